@@ -1,0 +1,319 @@
+"""Error codes and the exception hierarchy shared by every part of autoglm-runtime.
+
+Every failure the SDK reports carries a stable code (``E0409``, ``E0512`` ...). The code, its meaning,
+severity and recommended action live in one registry (:data:`REGISTRY`); ``docs/error-codes.md`` is
+checked against it by a test. Each exception class names its code and how adapters should map it:
+HTTP status, gRPC status (by name, so the core never imports grpc) and CLI exit code. Adapters read
+those attributes instead of branching on types::
+
+    try:
+        client.start()
+    except AutoGLMRuntimeError as exc:
+        print(exc.code, exc.http_status, exc.grpc_status, exc.exit_code)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
+
+Severity = Literal["error", "warning", "info"]
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    """One entry of the registry: what a code means and what an operator should do about it."""
+
+    code: str
+    title: str
+    severity: Severity
+    meaning: str
+    action: str
+
+
+_REGISTRY: dict[str, ErrorCode] = {}
+REGISTRY: Mapping[str, ErrorCode] = MappingProxyType(_REGISTRY)
+
+
+def _register(code: str, title: str, severity: Severity, meaning: str, action: str) -> ErrorCode:
+    if code in _REGISTRY:
+        raise RuntimeError(f"error code {code} is registered twice")
+    entry = ErrorCode(code, title, severity, meaning, action)
+    _REGISTRY[code] = entry
+    return entry
+
+
+def lookup(code: str) -> ErrorCode:
+    """Return the registry entry for ``code``; raises ``KeyError`` for an unknown code."""
+    return _REGISTRY[code]
+
+
+_register(
+    "E0001",
+    "Invalid usage",
+    "error",
+    "A command, argument or option was given a value it cannot accept.",
+    "Read the message and the command's --help, then call again with corrected arguments.",
+)
+_register(
+    "E0101",
+    "Dependency conflict or model load failure",
+    "error",
+    "A model's requirements cannot be met: two models need incompatible versions of one distribution, the "
+    "environment breaks a requirement, an import name is shadowed, or building the model's environment failed.",
+    "Run `autoglm-runtime check-deps` on the model directories; load conflicting models isolated, or fix the "
+    "pinned versions the finding names.",
+)
+_register(
+    "E0102",
+    "Invalid model manifest",
+    "error",
+    "A model.toml or requirements file could not be parsed, or a field has a value of the wrong form.",
+    "Fix the file and field named in the message.",
+)
+_register(
+    "E0103",
+    "Model worker failed",
+    "error",
+    "An isolated model's worker process exited or could not start (crash, signal, sys.exit), or kept "
+    "crashing and was given up on.",
+    "Read the worker's stderr in the logs (tagged with the model name); fix the model, then load it again.",
+)
+_register(
+    "E0104",
+    "Isolation backend unsupported",
+    "error",
+    "The requested backend cannot run this model here, e.g. an extension module refuses to load in a "
+    "subinterpreter or the interpreter has no subinterpreter support.",
+    "Use backend='process' (or 'auto', which falls back to it).",
+)
+_register(
+    "E0305",
+    "Model call timed out",
+    "error",
+    "A call to an isolated model did not answer within its timeout; the worker was killed and will restart.",
+    "Raise the timeout if the model is merely slow, otherwise find why it hangs.",
+)
+_register(
+    "E0409",
+    "Config hot-update failure",
+    "error",
+    "The local configuration cache may not match ZooKeeper: the sync was lost or is stale, drift was found and "
+    "corrected, an update was rejected, a snapshot was refused, or access was denied.",
+    "Check connectivity and credentials for the hosts and root named; look at health() for staleness; "
+    "fix or revert a rejected value in ZooKeeper.",
+)
+_register(
+    "E0512",
+    "Token or header too long",
+    "error",
+    "A header value (such as an Authorization token) exceeds its length limit and was rejected before parsing.",
+    "Send a shorter value; raise the limit only if such tokens are legitimate.",
+)
+_register(
+    "E0513",
+    "Context window exceeded",
+    "error",
+    "Input tokens plus requested output tokens exceed the model's context window.",
+    "Shorten the prompt or lower max_tokens; or enable truncation explicitly if cutting input is acceptable.",
+)
+_register(
+    "E0514",
+    "Input truncated to fit",
+    "warning",
+    "Input was longer than the context window allows and was truncated because truncation is enabled; the "
+    "response says how many tokens were removed.",
+    "Nothing if truncation is intended; otherwise disable truncate_on_overflow to get E0513 instead.",
+)
+_register(
+    "E0515",
+    "Request body too large",
+    "error",
+    "The request body exceeds the byte limit and was rejected before it was read in full.",
+    "Send a smaller body, or raise the body limit of the validation middleware.",
+)
+_register(
+    "E5009",
+    "Input cannot be decoded",
+    "error",
+    "The input is not valid UTF-8, is malformed JSON, or contains lone surrogates that tokenizers mangle.",
+    "Send well-formed UTF-8 JSON text without unpaired surrogate escapes.",
+)
+
+
+class AutoGLMRuntimeError(Exception):
+    """Base of every error the SDK raises. ``code`` is registered; the message is a full sentence."""
+
+    code: ClassVar[str] = "E0001"
+    http_status: ClassVar[int] = 500
+    grpc_status: ClassVar[str] = "INTERNAL"
+    exit_code: ClassVar[int] = EXIT_FINDINGS
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.code not in _REGISTRY:
+            raise TypeError(f"{cls.__name__}.code {cls.code!r} is not in the error registry")
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def info(self) -> ErrorCode:
+        """The registry entry for this error's code."""
+        return _REGISTRY[self.code]
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class UsageError(AutoGLMRuntimeError, ValueError):
+    """A caller passed arguments the SDK or the CLI cannot accept."""
+
+    code = "E0001"
+    http_status = 400
+    grpc_status = "INVALID_ARGUMENT"
+    exit_code = EXIT_USAGE
+
+
+# --- config -------------------------------------------------------------------------------------------
+
+
+class ConfigError(AutoGLMRuntimeError):
+    """Sub-base for the config part: the local cache may not match ZooKeeper (E0409)."""
+
+    code = "E0409"
+    http_status = 503
+    grpc_status = "UNAVAILABLE"
+    exit_code = EXIT_FINDINGS
+
+
+class ConfigUnavailableError(ConfigError):
+    """ZooKeeper could not be reached and no usable snapshot exists."""
+
+
+class ConfigAccessError(ConfigError, PermissionError):
+    """ZooKeeper refused access to a path (missing or wrong credentials, ACL)."""
+
+    exit_code = EXIT_USAGE
+
+
+class SnapshotError(ConfigError):
+    """A snapshot file is truncated, altered, or belongs to other hosts or another root."""
+
+
+class ConfigValueError(ConfigError, ValueError):
+    """A value could not be decoded by the codec or was rejected by the validator."""
+
+
+# --- isolation ----------------------------------------------------------------------------------------
+
+
+class IsolationError(AutoGLMRuntimeError):
+    """Sub-base for the isolation part: a model cannot be loaded or run (E0101 family)."""
+
+    code = "E0101"
+    http_status = 503
+    grpc_status = "FAILED_PRECONDITION"
+    exit_code = EXIT_FINDINGS
+
+
+class DependencyConflictError(IsolationError):
+    """Requirements that cannot hold together, or an environment that breaks them."""
+
+
+class EnvironmentBuildError(IsolationError):
+    """Building a model's virtual environment failed; nothing of it was left behind."""
+
+
+class ManifestError(IsolationError, ValueError):
+    """A model.toml or requirements file is malformed."""
+
+    code = "E0102"
+    exit_code = EXIT_USAGE
+
+
+class WorkerError(IsolationError):
+    """A model worker died, failed its handshake, or crash-looped."""
+
+    code = "E0103"
+    grpc_status = "UNAVAILABLE"
+
+
+class BackendUnsupportedError(IsolationError):
+    """The chosen isolation backend cannot run this model (e.g. extension refuses subinterpreters)."""
+
+    code = "E0104"
+
+
+class ModelTimeoutError(IsolationError, TimeoutError):
+    """A model call did not finish within its timeout; its worker was restarted."""
+
+    code = "E0305"
+    http_status = 504
+    grpc_status = "DEADLINE_EXCEEDED"
+
+
+# --- validation ---------------------------------------------------------------------------------------
+
+
+class ValidationError(AutoGLMRuntimeError, ValueError):
+    """Sub-base for the validation part: a request was rejected before it reached the model."""
+
+    code = "E5009"
+    http_status = 400
+    grpc_status = "INVALID_ARGUMENT"
+    exit_code = EXIT_FINDINGS
+    param: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class HeaderTooLongError(ValidationError):
+    """A header value exceeds its length limit (E0512)."""
+
+    code = "E0512"
+    http_status = 431
+
+
+class ContextWindowExceededError(ValidationError):
+    """Input tokens plus requested output tokens exceed the context window (E0513)."""
+
+    code = "E0513"
+
+
+class RequestTooLargeError(ValidationError):
+    """The request body exceeds the byte limit (E0515)."""
+
+    code = "E0515"
+    http_status = 413
+
+
+class InputDecodeError(ValidationError):
+    """Input is not valid UTF-8 / JSON or carries lone surrogates (E5009)."""
+
+    code = "E5009"
+
+
+#: Codes that are logged but never raised (they describe something the SDK did on purpose).
+INPUT_TRUNCATED = "E0514"
+
+
+def error_classes() -> list[type[AutoGLMRuntimeError]]:
+    """Every exception class of the hierarchy, base first (used by tests and docs)."""
+    seen: list[type[AutoGLMRuntimeError]] = [AutoGLMRuntimeError]
+    stack = list(AutoGLMRuntimeError.__subclasses__())
+    while stack:
+        cls = stack.pop(0)
+        if cls not in seen:
+            seen.append(cls)
+            stack.extend(cls.__subclasses__())
+    return seen

@@ -1,0 +1,226 @@
+"""Model manifests (``model.toml``) and requirements files.
+
+A model directory holds ``model.toml``::
+
+    [model]
+    name = "sentiment-v1"
+    entrypoint = "sentiment_model:load"      # module:callable returning the model object
+    requirements = ["conflictlib==1.0", "numpy>=1.24,<2", "-r extra-requirements.txt"]
+    python = ">=3.10"                        # optional
+
+A requirements entry ``-r FILE`` (relative to the model directory) includes a requirements file. Every
+problem in a manifest is collected and reported at once, naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+from autoglm_runtime.errors import ManifestError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["ModelManifest", "load_manifest", "parse_requirement_lines", "parse_requirements_file"]
+
+MANIFEST_NAME = "model.toml"
+_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
+_ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*$")
+
+
+@dataclass(frozen=True)
+class ModelManifest:
+    """A parsed model manifest. ``requirements`` has every ``-r`` include expanded."""
+
+    name: str
+    entrypoint: str
+    requirements: tuple[Requirement, ...]
+    python: SpecifierSet | None
+    directory: Path
+    source: Path
+    #: Files pulled in by ``-r`` entries, in the order read (their content belongs in an env's identity).
+    included_files: tuple[Path, ...] = field(default=())
+
+    @property
+    def module(self) -> str:
+        """The module part of the entrypoint."""
+        return self.entrypoint.split(":", 1)[0]
+
+    @property
+    def attribute(self) -> str:
+        """The callable part of the entrypoint."""
+        return self.entrypoint.split(":", 1)[1]
+
+
+class _Problems:
+    """Collects every problem in one file, then raises them together."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.items: list[str] = []
+
+    def add(self, where: str, what: str) -> None:
+        self.items.append(f"{where}: {what}")
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        if len(self.items) == 1:
+            raise ManifestError(f"{self.source}: {self.items[0]}")
+        listed = "; ".join(self.items)
+        raise ManifestError(f"{self.source} has {len(self.items)} problems: {listed}")
+
+
+def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
+    """Requirements-file lines with comments stripped and backslash continuations joined."""
+    pending = ""
+    start = 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = re.sub(r"(^|\s)#.*$", "", raw).rstrip()
+        if not pending:
+            start = number
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = (pending + line).strip()
+        pending = ""
+        if line:
+            yield start, line
+    if pending.strip():
+        yield start, pending.strip()
+
+
+def parse_requirement_lines(
+    lines: Iterable[tuple[str, str]],
+    base: Path,
+    problems: _Problems,
+    included: list[Path],
+    _stack: tuple[Path, ...] = (),
+) -> list[Requirement]:
+    """Parse ``(where, text)`` pairs; ``-r FILE`` entries are read relative to ``base``."""
+    out: list[Requirement] = []
+    for where, text in lines:
+        if text.startswith(("-r ", "--requirement ", "-r\t")) or text.startswith("--requirement="):
+            target = text.split("=", 1)[1] if text.startswith("--requirement=") else text.split(None, 1)[1]
+            path = (base / target.strip()).resolve()
+            if path in _stack:
+                problems.add(where, f"'-r {target.strip()}' includes itself through {path}")
+                continue
+            try:
+                content = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                problems.add(where, f"cannot read included requirements file {path}: {exc.strerror}")
+                continue
+            included.append(path)
+            nested = ((f"{path}:{n}", line) for n, line in _logical_lines(content))
+            out.extend(parse_requirement_lines(nested, path.parent, problems, included, (*_stack, path)))
+            continue
+        if text.startswith("-"):
+            problems.add(where, f"option {text.split()[0]!r} is not supported in requirements (only -r FILE)")
+            continue
+        try:
+            out.append(Requirement(text))
+        except InvalidRequirement as exc:
+            reason = str(exc).splitlines()[0]
+            problems.add(where, f"{text!r} is not a valid PEP 508 requirement ({reason})")
+    return out
+
+
+def parse_requirements_file(path: Path | str) -> tuple[list[Requirement], list[Path]]:
+    """Parse a requirements file; returns the requirements and the files it includes (itself first)."""
+    source = Path(path).resolve()
+    problems = _Problems(source)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{source}: cannot read requirements file: {exc}") from exc
+    included = [source]
+    lines = ((f"line {n}", line) for n, line in _logical_lines(text))
+    reqs = parse_requirement_lines(lines, source.parent, problems, included, (source,))
+    problems.raise_if_any()
+    return reqs, included
+
+
+def _read_toml(source: Path) -> dict[str, Any]:
+    try:
+        with source.open("rb") as fh:
+            data: dict[str, Any] = tomllib.load(fh)
+            return data
+    except FileNotFoundError as exc:
+        raise ManifestError(f"{source}: no such manifest; a model directory must hold {MANIFEST_NAME}") from exc
+    except OSError as exc:
+        raise ManifestError(f"{source}: cannot read manifest: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"{source}: not valid TOML: {exc}") from exc
+
+
+def load_manifest(path: Path | str) -> ModelManifest:
+    """Load a model manifest from a model directory or a ``model.toml`` path.
+
+    >>> m = load_manifest("models/a")            # doctest: +SKIP
+    >>> m.name, [str(r) for r in m.requirements] # doctest: +SKIP
+    ('a', ['conflictlib==1.0'])
+    """
+    given = Path(path)
+    source = (given / MANIFEST_NAME if given.is_dir() else given).resolve()
+    data = _read_toml(source)
+    problems = _Problems(source)
+    table = data.get("model")
+    if not isinstance(table, dict):
+        problems.add("[model]", "missing table; the manifest needs a [model] table with name and entrypoint")
+        problems.raise_if_any()
+        raise AssertionError("unreachable")
+
+    known = {"name", "entrypoint", "requirements", "python"}
+    for key in sorted(set(table) - known):
+        problems.add(f"model.{key}", f"unknown field; expected one of {', '.join(sorted(known))}")
+
+    name = table.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        problems.add("model.name", f"must be a name of letters, digits, '.', '_' or '-', got {name!r}")
+    entrypoint = table.get("entrypoint")
+    if not isinstance(entrypoint, str) or not _ENTRYPOINT_RE.match(entrypoint):
+        problems.add("model.entrypoint", f"must look like 'module:callable', got {entrypoint!r}")
+
+    raw_reqs = table.get("requirements", [])
+    included: list[Path] = []
+    requirements: list[Requirement] = []
+    if not isinstance(raw_reqs, list) or not all(isinstance(r, str) for r in raw_reqs):
+        problems.add("model.requirements", f"must be a list of PEP 508 strings, got {raw_reqs!r}")
+    else:
+        lines = ((f"model.requirements[{i}]", r.strip()) for i, r in enumerate(raw_reqs))
+        requirements = parse_requirement_lines(lines, source.parent, problems, included, (source,))
+
+    python: SpecifierSet | None = None
+    raw_python = table.get("python")
+    if raw_python is not None:
+        if not isinstance(raw_python, str):
+            problems.add("model.python", f"must be a version specifier string such as '>=3.10', got {raw_python!r}")
+        else:
+            try:
+                python = SpecifierSet(raw_python)
+            except InvalidSpecifier:
+                problems.add("model.python", f"{raw_python!r} is not a valid version specifier")
+
+    problems.raise_if_any()
+    assert isinstance(name, str)
+    assert isinstance(entrypoint, str)
+    return ModelManifest(
+        name=name,
+        entrypoint=entrypoint,
+        requirements=tuple(requirements),
+        python=python,
+        directory=source.parent,
+        source=source,
+        included_files=tuple(included),
+    )

@@ -1,0 +1,143 @@
+"""JSON-lines logs with error codes and trace ids, and the rule that config values never reach a log.
+
+The library only attaches a ``NullHandler`` to the ``autoglm_runtime`` logger; an application opts in::
+
+    from autoglm_runtime.logging import configure_json_logging, bind_trace_id
+    configure_json_logging(level="INFO")
+    with bind_trace_id("req-42"):
+        log.warning("drift corrected", extra={"error_code": "E0409", "key": "models/a"})
+
+Every line is one JSON object with ``level``, ``timestamp`` (UTC, RFC 3339), ``module``, ``error_code``,
+``message``, ``trace_id`` when one is bound, and every ``extra`` field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import hashlib
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import IO, Any
+
+from autoglm_runtime.errors import AutoGLMRuntimeError
+
+__all__ = [
+    "JsonFormatter",
+    "bind_trace_id",
+    "configure_json_logging",
+    "current_trace_id",
+    "describe_value",
+    "get_logger",
+]
+
+_trace_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("autoglm_trace_id", default=None)
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+_RECORD_ATTRS = frozenset(
+    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
+    | {"message", "asctime", "taskName", "error_code"}
+)
+
+
+def get_logger(name: str) -> logging.Logger:
+    """The logger for an SDK module (``name`` is the module's ``__name__``)."""
+    return logging.getLogger(name)
+
+
+def current_trace_id() -> str | None:
+    """The trace id bound in this context, if any."""
+    return _trace_id.get()
+
+
+@contextlib.contextmanager
+def bind_trace_id(trace_id: str) -> Iterator[None]:
+    """Bind ``trace_id`` to every log line written in this context (thread or asyncio task)."""
+    token = _trace_id.set(trace_id)
+    try:
+        yield
+    finally:
+        _trace_id.reset(token)
+
+
+def describe_value(value: Any) -> dict[str, Any]:
+    """What may be logged about a config value: its size and a short hash, never its content.
+
+    >>> describe_value(b"secret")
+    {'size': 6, 'sha256': '2bb80d537b1d'}
+    """
+    if value is None:
+        data = b""
+    elif isinstance(value, bytes):
+        data = value
+    elif isinstance(value, str):
+        data = value.encode("utf-8", "surrogatepass")
+    else:
+        data = json.dumps(value, sort_keys=True, default=repr).encode("utf-8", "surrogatepass")
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()[:12]}
+
+
+def _rfc3339(created: float) -> str:
+    stamp = datetime.fromtimestamp(created, tz=timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats each record as one JSON object on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        error_code = getattr(record, "error_code", None)
+        exc = record.exc_info[1] if record.exc_info else None
+        if error_code is None and isinstance(exc, AutoGLMRuntimeError):
+            error_code = exc.code
+        entry: dict[str, Any] = {
+            "level": record.levelname,
+            "timestamp": _rfc3339(record.created),
+            "module": record.name,
+            "error_code": error_code,
+            "message": record.getMessage(),
+        }
+        trace_id = _trace_id.get()
+        if trace_id is not None:
+            entry["trace_id"] = trace_id
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRS and not key.startswith("_") and key not in entry:
+                entry[key] = _jsonable(value)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_json_logging(
+    level: int | str = logging.INFO,
+    *,
+    stream: IO[str] | None = None,
+    logger: str = "",
+) -> logging.Handler:
+    """Send ``logger``'s records (root by default) to ``stream`` as JSON lines; returns the handler.
+
+    Replaces a handler installed by an earlier call, so calling it twice does not double the output.
+    """
+    target = logging.getLogger(logger)
+    for handler in list(target.handlers):
+        if getattr(handler, "_autoglm_json", False):
+            target.removeHandler(handler)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler._autoglm_json = True  # type: ignore[attr-defined]
+    target.addHandler(handler)
+    target.setLevel(level)
+    return handler

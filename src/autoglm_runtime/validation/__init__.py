@@ -1,0 +1,5 @@
+"""The validation part of autoglm-runtime."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
