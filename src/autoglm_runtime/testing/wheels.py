@@ -71,8 +71,10 @@ def build_wheel(
     for extra, reqs in (extras or {}).items():
         metadata.append(f"Provides-Extra: {extra}")
         for req in reqs:
-            joiner = " and " if ";" in req else "; "
-            metadata.append(f'Requires-Dist: {req}{joiner}extra == "{extra}"')
+            # Parenthesise an existing marker: "a or b and extra" would bind the extra to b alone.
+            spec, _, marker = req.partition(";")
+            condition = f'({marker.strip()}) and extra == "{extra}"' if marker.strip() else f'extra == "{extra}"'
+            metadata.append(f"Requires-Dist: {spec.strip()}; {condition}")
     names = (
         sorted(top_level)
         if top_level is not None
