@@ -252,6 +252,27 @@ class BackendUnsupportedError(IsolationError):
     code = "E0104"
 
 
+class ModelLoadError(IsolationError):
+    """A model's entrypoint failed to import or to build the model object inside its worker."""
+
+
+class ModelCallError(IsolationError):
+    """A model raised an exception from a called method; the worker itself is still healthy.
+
+    ``remote_type`` and ``remote_traceback`` carry what the model raised, as text (the host never
+    unpickles objects from a model's environment).
+    """
+
+    code = "E0103"
+    http_status = 500
+    grpc_status = "INTERNAL"
+
+    def __init__(self, message: str, *, remote_type: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+
+
 class ModelTimeoutError(IsolationError, TimeoutError):
     """A model call did not finish within its timeout; its worker was restarted."""
 

@@ -19,7 +19,7 @@ from autoglm_runtime.errors import EXIT_USAGE, AutoGLMRuntimeError
 __all__ = ["build_parser", "main"]
 
 # Subcommand modules, in the order --help lists them.
-_SUBCOMMANDS: tuple[str, ...] = ()
+_SUBCOMMANDS: tuple[str, ...] = ("config", "check_deps", "env")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,5 +1,28 @@
-"""The config part of autoglm-runtime."""
+"""The config part: a local cache that follows a ZooKeeper subtree (or a directory) and never silently stops.
+
+Start with :class:`ConfigClient`; listeners receive :class:`ConfigChange` events. ``docs/config-sync.md``
+describes the guarantees.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from autoglm_runtime.config._values import Validator
+from autoglm_runtime.config.client import ConfigClient
+from autoglm_runtime.config.codec import BytesCodec, Codec, JsonCodec, TextCodec
+from autoglm_runtime.config.dispatcher import ConfigChange, Listener
+from autoglm_runtime.config.snapshot import Snapshot, SnapshotEntry, read_snapshot, write_snapshot
+
+__all__ = [
+    "BytesCodec",
+    "Codec",
+    "ConfigChange",
+    "ConfigClient",
+    "JsonCodec",
+    "Listener",
+    "Snapshot",
+    "SnapshotEntry",
+    "TextCodec",
+    "Validator",
+    "read_snapshot",
+    "write_snapshot",
+]

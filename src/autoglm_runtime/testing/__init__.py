@@ -1,5 +1,30 @@
-"""Helpers users may import in their own tests: a real ZooKeeper harness and offline wheel builder."""
+"""Helpers users may import in their own tests: a real ZooKeeper harness and offline wheel builder.
+
+See :mod:`autoglm_runtime.testing.zookeeper` and ``docs/testing.md``.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from autoglm_runtime.testing.wheels import build_wheel
+from autoglm_runtime.testing.zookeeper import (
+    FaultProxy,
+    ZooKeeperEnsemble,
+    ZooKeeperHarnessError,
+    ZooKeeperServer,
+    ZooKeeperUnavailableError,
+    expire_session,
+    start_ensemble,
+    start_zookeeper,
+)
+
+__all__ = [
+    "FaultProxy",
+    "ZooKeeperEnsemble",
+    "ZooKeeperHarnessError",
+    "ZooKeeperServer",
+    "ZooKeeperUnavailableError",
+    "build_wheel",
+    "expire_session",
+    "start_ensemble",
+    "start_zookeeper",
+]

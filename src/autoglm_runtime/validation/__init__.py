@@ -1,5 +1,45 @@
-"""The validation part of autoglm-runtime."""
+"""The validation part: guards that reject bad input with coded errors before it reaches a model.
+
+The core (guards, tokenizer adapters, live limits, the ASGI middleware and the decorator) imports without
+Starlette, grpcio, tokenizers or tiktoken installed; adapters import their library only when built. The gRPC
+interceptor lives in :mod:`autoglm_runtime.validation.grpc`, the one module that imports grpc::
+
+    from autoglm_runtime.validation import ContextWindowGuard, HFTokenizer, ValidationMiddleware
+    guard = ContextWindowGuard(HFTokenizer.from_file("tokenizer.json"), 8192)
+    app = ValidationMiddleware(app, context_guard=guard)
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from autoglm_runtime.validation._openai import ExtractedInput, OpenAIExtractor, TextField, error_body
+from autoglm_runtime.validation.asgi import ValidationMiddleware
+from autoglm_runtime.validation.context_window import BOUNDARY_SLACK, ContextWindowGuard, GuardInput, GuardResult
+from autoglm_runtime.validation.decode import DecodeGuard
+from autoglm_runtime.validation.decorator import guarded
+from autoglm_runtime.validation.headers import HeaderTokenGuard
+from autoglm_runtime.validation.limits import ConfigLimits, ConfigReader, Limits, LimitsSource, StaticLimits
+from autoglm_runtime.validation.tokenizers import CallableTokenizer, HFTokenizer, TiktokenTokenizer, Tokenizer
+
+__all__ = [
+    "BOUNDARY_SLACK",
+    "CallableTokenizer",
+    "ConfigLimits",
+    "ConfigReader",
+    "ContextWindowGuard",
+    "DecodeGuard",
+    "ExtractedInput",
+    "GuardInput",
+    "GuardResult",
+    "HFTokenizer",
+    "HeaderTokenGuard",
+    "Limits",
+    "LimitsSource",
+    "OpenAIExtractor",
+    "StaticLimits",
+    "TextField",
+    "TiktokenTokenizer",
+    "Tokenizer",
+    "ValidationMiddleware",
+    "error_body",
+    "guarded",
+]

@@ -1,0 +1,1 @@
+"""The example model server: config sync, isolated models and input guards in one ASGI app."""

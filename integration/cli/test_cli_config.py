@@ -1,0 +1,124 @@
+"""``autoglm-runtime config`` against a real ZooKeeper and a file:// directory, as operators run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kazoo.client import KazooClient
+from kazoo.security import make_digest_acl
+
+from autoglm_runtime.cli import main
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_set_get_dump_delete_round_trip(zk_hosts: str, zk_root: str, capsys: pytest.CaptureFixture[str]) -> None:
+    target = ("--hosts", zk_hosts, "--root", zk_root)
+    assert _run(capsys, "config", "set", "models/llm/context_window", "8192", *target) == (0, "", "")
+    assert _run(capsys, "config", "set", "flags", '{"truncate": false}', *target)[0] == 0
+    assert _run(capsys, "config", "get", "models/llm/context_window", *target) == (0, "8192\n", "")
+    code, out, _ = _run(capsys, "config", "get", "flags", "--json", *target)
+    record = json.loads(out)
+    assert (code, record["key"], record["value"]) == (0, "flags", {"truncate": False})
+    assert isinstance(record["version"], int)
+    code, out, _ = _run(capsys, "config", "dump", *target)
+    assert (code, out) == (0, 'flags = {"truncate": false}\nmodels = null\nmodels/llm = null\n'
+                                 "models/llm/context_window = 8192\n")  # fmt: skip
+    assert _run(capsys, "config", "delete", "models", *target) == (
+        2,
+        "",
+        "autoglm-runtime: error E0001: key 'models' has children: pass --recursive to delete them too\n",
+    )
+    assert _run(capsys, "config", "delete", "models", "--recursive", *target)[0] == 0
+    assert _run(capsys, "config", "get", "models/llm/context_window", *target) == (
+        1,
+        "",
+        f"autoglm-runtime: key 'models/llm/context_window' does not exist under {zk_root}\n",
+    )
+
+
+def test_a_value_the_codec_rejects_is_never_written(
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _run(capsys, "config", "set", "a", "{not json", "--hosts", zk_hosts, "--root", zk_root)
+    assert (code, out) == (2, "")
+    assert err.startswith("autoglm-runtime: error E0001: value '{not json' cannot be decoded by the codec")
+    assert zk_client.exists(f"{zk_root}/a") is None
+
+
+def test_watch_prints_each_change_as_json(zk_hosts: str, zk_root: str, zk_client: KazooClient) -> None:
+    zk_client.create(f"{zk_root}/limit", b"1")
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "autoglm_runtime", "config", "watch", "--json", "--count", "2", "--for", "60",
+         "--hosts", zk_hosts, "--root", zk_root],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert watcher.stderr is not None
+        assert watcher.stderr.readline().startswith(f"watching {zk_root}/ on {zk_hosts}")
+        assert watcher.stdout is not None
+        zk_client.set(f"{zk_root}/limit", b"2")
+        # One change at a time: a watch-driven cache may fold a set+delete that land together into one event.
+        first = watcher.stdout.readline()
+        zk_client.delete(f"{zk_root}/limit")
+        rest, _ = watcher.communicate(timeout=60)
+    finally:
+        watcher.kill()
+        watcher.wait()
+    events = [json.loads(line) for line in (first + rest).splitlines()]
+    assert [(e["kind"], e["key"], e["old"], e["new"]) for e in events] == [
+        ("updated", "limit", 1, 2),
+        ("deleted", "limit", 2, None),
+    ]
+    assert watcher.returncode == 0
+
+
+def test_unreachable_zookeeper_and_missing_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(capsys, "config", "dump", "--hosts", "127.0.0.1:1", "--root", "/x", "--timeout", "0.5")
+    assert code == 1
+    assert err == (
+        "autoglm-runtime: error E0409: ZooKeeper at 127.0.0.1:1 could not be reached (or root /x loaded) within "
+        "0.5 s and no snapshot_path is set: start ZooKeeper, check hosts, or give a snapshot_path with a valid "
+        "snapshot\n"
+    )
+    code, _, err = _run(capsys, "config", "get", "k", "--hosts", "127.0.0.1:1")
+    assert (code, err) == (2, "autoglm-runtime: error E0001: no config root given: pass --root /path or set "
+                              "AUTOGLM_ZK_ROOT\n")  # fmt: skip
+    code, _, err = _run(capsys, "config", "get", "/abs", "--hosts", "h", "--root", "/r")
+    assert (code, err) == (2, "autoglm-runtime: error E0001: key '/abs' must be a path relative to the root, "
+                              "such as 'models/llm/context_window'\n")  # fmt: skip
+
+
+def test_writes_without_credentials_are_refused_with_the_path(
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    acl = make_digest_acl("ops", "s3cret", all=True)
+    zk_client.create(f"{zk_root}/locked", b"1", acl=[acl])
+    target = ("--hosts", zk_hosts, "--root", zk_root)
+    code, _, err = _run(capsys, "config", "set", "locked", "2", *target)
+    assert (code, err) == (
+        2,
+        f"autoglm-runtime: error E0409: ZooKeeper at {zk_hosts} denied writing under {zk_root}: give --auth "
+        "USER:PASSWORD with write access\n",
+    )
+    assert _run(capsys, "config", "set", "locked", "3", "--auth", "ops:s3cret", *target)[0] == 0
+    assert _run(capsys, "config", "delete", "locked", "--auth", "ops:s3cret", *target)[0] == 0
+
+
+def test_file_directory_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = ("--hosts", f"file://{tmp_path}", "--root", "/dev")
+    (tmp_path / "dev").mkdir()
+    assert _run(capsys, "config", "set", "models/window", "512", *target)[0] == 0
+    assert (tmp_path / "dev" / "models" / "window").read_bytes() == b"512"
+    assert _run(capsys, "config", "get", "models/window", *target) == (0, "512\n", "")
+    assert _run(capsys, "config", "dump", "--json", *target)[1] == '{\n  "models/window": 512\n}\n'
+    assert _run(capsys, "config", "delete", "models", "--recursive", *target)[0] == 0
+    assert list((tmp_path / "dev").iterdir()) == []

@@ -1,0 +1,203 @@
+"""Following a real ZooKeeper tree: load, nested changes, bursts, many keys, listeners, validation, drift."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kazoo.client import KazooClient
+
+from autoglm_runtime import ConfigChange, ConfigClient
+
+from .conftest import FakeClock
+
+Factory = Callable[..., ConfigClient]
+Until = Callable[..., None]
+
+
+def j(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def test_loads_the_whole_tree_and_follows_every_level(
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until
+) -> None:
+    zk_client.create(f"{zk_root}/models/llm/context_window", j(4096), makepath=True)
+    zk_client.create(f"{zk_root}/flag", b"")
+    client = make_client(zk_hosts, zk_root)
+    client.start(timeout=10)
+    assert dict(client.snapshot()) == {"models": None, "models/llm": None, "models/llm/context_window": 4096, "flag": None}
+    events: list[ConfigChange] = []
+    client.subscribe("", events.append)
+
+    zk_client.create(f"{zk_root}/a/b/c/d/e", j("deep"), makepath=True)
+    zk_client.set(f"{zk_root}/models/llm/context_window", j(8192))
+    zk_client.delete(f"{zk_root}/flag")
+    until(lambda: client.get("a/b/c/d/e") == "deep" and client.get("models/llm/context_window") == 8192)
+    until(lambda: "flag" not in client.snapshot())
+    zk_client.delete(f"{zk_root}/models", recursive=True)
+    until(lambda: not any(k.startswith("models") for k in client.snapshot()))
+    assert client.wait_listeners(10)
+    seen = [(e.key, e.kind) for e in events]
+    assert ("a/b/c/d/e", "added") in seen
+    assert ("models/llm/context_window", "updated") in seen
+    assert ("flag", "deleted") in seen
+    assert {k for k, kind in seen if kind == "deleted"} == {"flag", "models", "models/llm", "models/llm/context_window"}
+    assert sorted(client.snapshot()) == ["a", "a/b", "a/b/c", "a/b/c/d", "a/b/c/d/e"]
+    assert client.version("a/b/c/d/e") == zk_client.exists(f"{zk_root}/a/b/c/d/e").mzxid
+
+
+def test_burst_of_2000_updates_converges_on_the_last_value(
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until
+) -> None:
+    zk_client.create(f"{zk_root}/hot", j(0))
+    client = make_client(zk_hosts, zk_root)
+    client.start(timeout=10)
+    versions: list[int] = []
+    client.subscribe("hot", lambda change: versions.append(change.version))
+    pending = [zk_client.set_async(f"{zk_root}/hot", j(i)) for i in range(1, 2001)]
+    last = [p.get(timeout=30) for p in pending][-1]
+    until(lambda: client.get("hot") == 2000, what="the last of 2000 updates")
+    assert client.version("hot") == last.mzxid
+    assert client.wait_listeners(10)
+    assert versions == sorted(set(versions))  # never back, never twice
+    assert versions[-1] == last.mzxid
+
+
+def test_1000_keys_updated_concurrently(
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until
+) -> None:
+    for p in [zk_client.create_async(f"{zk_root}/k{i:04d}", j(0)) for i in range(1000)]:
+        p.get(timeout=30)
+    client = make_client(zk_hosts, zk_root)
+    client.start(timeout=10)
+    assert len(client.snapshot()) == 1000
+
+    def writer(start: int) -> None:
+        results = [zk_client.set_async(f"{zk_root}/k{i:04d}", j(i)) for i in range(start, 1000, 4)]
+        for result in results:
+            result.get(timeout=30)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    until(lambda: dict(client.snapshot()) == {f"k{i:04d}": i for i in range(1000)}, what="1000 updated keys")
+
+
+def test_invalid_json_and_validator_rejection_keep_last_good(
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until, caplog: pytest.LogCaptureFixture
+) -> None:
+    def validator(key: str, value: Any) -> bool:
+        return not (key == "limit" and isinstance(value, int) and value < 0)
+
+    zk_client.create(f"{zk_root}/limit", j(10))
+    client = make_client(zk_hosts, zk_root, validator=validator)
+    client.start(timeout=10)
+    with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
+        zk_client.set(f"{zk_root}/limit", b"{broken")
+        until(lambda: client.health()["rejected"] == 1)
+        zk_client.set(f"{zk_root}/limit", j(-1))
+        until(lambda: client.health()["rejected"] == 2)
+        zk_client.create(f"{zk_root}/after", j("sync goes on"))
+        until(lambda: client.get("after") == "sync goes on")
+    assert client.get("limit") == 10
+    rejected = [r for r in caplog.records if getattr(r, "error_code", None) == "E0409"]
+    assert [r.getMessage() for r in rejected] == [
+        "config update for 'limit' rejected, keeping the last good value: the json codec cannot decode it: "
+        "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+        "config update for 'limit' rejected, keeping the last good value: the validator rejected it: it returned False",
+    ]
+    assert [r.key for r in rejected] == ["limit", "limit"]  # type: ignore[attr-defined]
+    zk_client.set(f"{zk_root}/limit", j(20))
+    until(lambda: client.get("limit") == 20)
+
+
+def test_raising_and_slow_listeners_never_hold_up_the_cache(
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until
+) -> None:
+    zk_client.create(f"{zk_root}/v", j(0))
+    client = make_client(zk_hosts, zk_root)
+    client.start(timeout=10)
+    release = threading.Event()
+    in_slow = threading.Event()
+    good: list[ConfigChange] = []
+
+    def raising(change: ConfigChange) -> None:
+        raise RuntimeError("listener bug")
+
+    def slow(change: ConfigChange) -> None:
+        in_slow.set()
+        release.wait(30)
+
+    client.subscribe("", raising)
+    client.subscribe("", slow)
+    client.subscribe("", good.append)
+    try:
+        zk_client.set(f"{zk_root}/v", j(1))
+        assert in_slow.wait(10)
+        zk_client.set(f"{zk_root}/v", j(2))
+        until(lambda: client.get("v") == 2)  # the cache moved on while the slow listener still runs
+        assert good == []
+    finally:
+        release.set()
+    assert client.wait_listeners(10)
+    assert [(c.old, c.new) for c in good] == [(0, 1), (1, 2)]
+
+
+def test_reconciler_corrects_drift_from_a_missed_watch(
+    zk_hosts: str,
+    zk_root: str,
+    zk_client: KazooClient,
+    make_client: Factory,
+    until: Until,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    zk_client.create(f"{zk_root}/k", j("before"))
+    client = make_client(zk_hosts, zk_root, ttl=30.0)
+    client.start(timeout=10)
+    kazoo = client._source.client  # type: ignore[union-attr]
+    path = f"{zk_root}/k"
+    # Drop our watch on the client side: the server's notification for the next write reaches no one.
+    assert kazoo._data_watchers.pop(path)
+    zk_client.set(path, j("after"))
+    zk_client.create(f"{zk_root}/marker", b"")  # delivered through the root's child watch, after the lost event
+    until(lambda: "marker" in client.snapshot())
+    assert client.get("k") == "before"
+    with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
+        clock.advance(31)
+        until(lambda: client.health()["drift_corrected"] == 1, what="drift correction")
+    assert client.get("k") == "after"
+    [record] = [r for r in caplog.records if r.getMessage().startswith("drift corrected")]
+    assert record.getMessage() == "drift corrected: 'k' differed from ZooKeeper (a watch was missed)"
+    assert (record.error_code, record.key) == ("E0409", "k")  # type: ignore[attr-defined]
+    assert "after" not in json.dumps(record.value)  # type: ignore[attr-defined]
+    # the re-read armed the watch again: the next write arrives without the reconciler
+    zk_client.set(path, j("again"))
+    until(lambda: client.get("k") == "again")
+    assert client.health()["drift_corrected"] == 1
+
+
+def test_stop_leaves_no_thread_and_no_watch(zk_hosts: str, zk_root: str, zk_client: KazooClient) -> None:
+    zk_client.create(f"{zk_root}/a/b", j(1), makepath=True)
+    before = set(threading.enumerate())
+    client = ConfigClient(zk_hosts, zk_root, snapshot_path=None)
+    client.start(timeout=10)
+    kazoo = client._source.client  # type: ignore[union-attr]
+    assert f"{zk_root}/a/b" in kazoo._data_watchers
+    assert f"{zk_root}/a" in kazoo._child_watchers
+    assert {t.name for t in set(threading.enumerate()) - before} >= {
+        "autoglm-config-sync",
+        "autoglm-config-dispatch",
+        "autoglm-config-reconcile",
+    }
+    client.stop()
+    assert not any(path.startswith(zk_root) for path in kazoo._data_watchers)
+    assert not any(path.startswith(zk_root) for path in kazoo._child_watchers)
+    assert set(threading.enumerate()) - before == set()

@@ -1,0 +1,203 @@
+"""What connection failures do to readers and listeners: restart, expiry, partition, leader loss."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException
+from kazoo.protocol.states import KazooState
+
+from autoglm_runtime import ConfigChange, ConfigClient
+from autoglm_runtime.testing.zookeeper import FaultProxy, ZooKeeperEnsemble, ZooKeeperServer, expire_session
+
+from .conftest import FakeClock
+
+Factory = Callable[..., ConfigClient]
+Until = Callable[..., None]
+
+
+def j(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def kazoo_of(client: ConfigClient) -> KazooClient:
+    return client._source.client  # type: ignore[union-attr,no-any-return]
+
+
+def test_server_restart_resyncs_and_keeps_following(
+    zk_restartable: ZooKeeperServer, make_client: Factory, until: Until, clock: FakeClock
+) -> None:
+    admin = KazooClient(hosts=zk_restartable.hosts)
+    admin.start(timeout=10)
+    try:
+        admin.create("/cfg/a", j(1), makepath=True)
+        client = make_client(zk_restartable.hosts, "/cfg")
+        client.start(timeout=10)
+        zk_restartable.stop()
+        until(lambda: not client.health()["connected"], what="suspension")
+        clock.advance(7.5)
+        assert client.get("a") == 1  # last-known-good while down
+        assert client.health()["stale_seconds"] == 7.5
+        zk_restartable.start()
+        until(lambda: client.health()["resyncs"] == 1 and client.health()["stale_seconds"] == 0.0, what="resync")
+        # plain kazoo loses every watch here; we re-armed them with the resync
+        admin.set("/cfg/a", j(2))
+        admin.create("/cfg/b", j(3))
+        until(lambda: client.get("a") == 2 and client.get("b") == 3, what="updates after restart")
+    finally:
+        admin.stop()
+        admin.close()
+
+
+def test_forced_session_expiry_rebuilds_and_follows(
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until
+) -> None:
+    zk_client.create(f"{zk_root}/a", j(1))
+    client = make_client(zk_hosts, zk_root)
+    client.start(timeout=10)
+    old_session = kazoo_of(client).client_id[0]  # type: ignore[index]
+    expire_session(kazoo_of(client), hosts=zk_hosts)
+    until(lambda: client.health()["resyncs"] == 1, what="rebuild after expiry")
+    assert kazoo_of(client).client_id[0] != old_session  # type: ignore[index]
+    zk_client.set(f"{zk_root}/a", j(2))
+    until(lambda: client.get("a") == 2, what="an update on the new session")
+
+
+def test_session_expired_while_partitioned_emits_every_difference(
+    zk_proxy: FaultProxy, zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until
+) -> None:
+    for name in ("keep", "change", "gone", "again"):
+        zk_client.create(f"{zk_root}/{name}", j(1))
+    client = make_client(zk_proxy.hosts, zk_root)
+    client.start(timeout=10)
+    events: list[ConfigChange] = []
+    client.subscribe("", events.append)
+    states: list[KazooState] = []
+    suspended = threading.Event()
+
+    def on_state(state: KazooState) -> None:
+        states.append(state)
+        if state == KazooState.SUSPENDED:
+            suspended.set()
+
+    kazoo_of(client).add_listener(on_state)
+    session = kazoo_of(client).client_id
+    assert session is not None
+    zk_proxy.refuse()
+    zk_proxy.cut()
+    assert suspended.wait(20)
+    zk_client.set(f"{zk_root}/change", j(2))
+    zk_client.delete(f"{zk_root}/gone")
+    zk_client.delete(f"{zk_root}/again")
+    zk_client.create(f"{zk_root}/again", j(1))
+    zk_client.create(f"{zk_root}/new", j(3))
+    # End the session on the server while the client cannot reach it (what a long partition does).
+    twin = KazooClient(hosts=zk_hosts, client_id=session)
+    twin.start(timeout=10)
+    twin.stop()
+    twin.close()
+    zk_proxy.restore()
+    until(lambda: client.health()["resyncs"] == 1, what="rebuild after the expired session")
+    assert KazooState.LOST in states
+    assert kazoo_of(client).client_id[0] != session[0]  # type: ignore[index]
+    assert dict(client.snapshot()) == {"keep": 1, "change": 2, "again": 1, "new": 3}
+    assert client.wait_listeners(10)
+    assert sorted((e.key, e.kind, e.old, e.new) for e in events) == [
+        ("again", "updated", 1, 1),
+        ("change", "updated", 1, 2),
+        ("gone", "deleted", 1, None),
+        ("new", "added", None, 3),
+    ]
+
+
+def test_partition_and_heal_with_changes_made_while_away(
+    zk_proxy: FaultProxy, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until, clock: FakeClock
+) -> None:
+    for name in ("stay", "update", "delete", "recreate", "recreate_same"):
+        zk_client.create(f"{zk_root}/{name}", j(name))
+    client = make_client(zk_proxy.hosts, zk_root, session_timeout=10.0)
+    client.start(timeout=10)
+    before = {k: client.version(k) for k in client.snapshot()}
+    events: list[ConfigChange] = []
+    client.subscribe("", events.append)
+    suspended = threading.Event()
+    kazoo_of(client).add_listener(lambda state: suspended.set() if state == KazooState.SUSPENDED else None)
+
+    zk_proxy.refuse()
+    zk_proxy.cut()
+    assert suspended.wait(20)
+    clock.advance(3)
+    assert client.health()["stale_seconds"] == 3.0
+    zk_client.set(f"{zk_root}/update", j("updated"))
+    zk_client.delete(f"{zk_root}/delete")
+    zk_client.delete(f"{zk_root}/recreate")
+    zk_client.create(f"{zk_root}/recreate", j("recreated"))
+    zk_client.delete(f"{zk_root}/recreate_same")
+    zk_client.create(f"{zk_root}/recreate_same", j("recreate_same"))  # same data, version counter back to 0
+    zk_client.create(f"{zk_root}/added/child", j("new"), makepath=True)
+    assert client.get("update") == "update"  # last-known-good until the resync
+    assert client.get("delete") == "delete"
+
+    zk_proxy.restore()
+    until(lambda: client.health()["resyncs"] == 1, what="resync after heal")
+    assert client.health()["stale_seconds"] == 0.0
+    assert dict(client.snapshot()) == {
+        "stay": "stay",
+        "update": "updated",
+        "recreate": "recreated",
+        "recreate_same": "recreate_same",
+        "added": None,
+        "added/child": "new",
+    }
+    assert client.version("stay") == before["stay"]
+    assert client.version("recreate_same") > before["recreate_same"]  # type: ignore[operator]
+    assert client.wait_listeners(10)
+    assert sorted((e.key, e.kind) for e in events) == [
+        ("added", "added"),
+        ("added/child", "added"),
+        ("delete", "deleted"),
+        ("recreate", "updated"),
+        ("recreate_same", "updated"),
+        ("update", "updated"),
+    ]
+    # watches are armed again on the healed connection
+    zk_client.set(f"{zk_root}/stay", j("moved"))
+    until(lambda: client.get("stay") == "moved")
+
+
+def test_ensemble_losing_its_leader_mid_stream(
+    zk_ensemble: ZooKeeperEnsemble, make_client: Factory, until: Until
+) -> None:
+    admin = KazooClient(hosts=zk_ensemble.hosts, timeout=10)
+    admin.start(timeout=20)
+    try:
+        admin.ensure_path("/ens/seq")
+        client = make_client(zk_ensemble.hosts, "/ens", session_timeout=6.0)
+        client.start(timeout=20)
+        versions: list[int] = []
+        client.subscribe("seq", lambda change: versions.append(change.version))
+        leader = zk_ensemble.wait_for_leader()
+        written = 0
+        for i in range(1, 301):
+            if i == 100:
+                zk_ensemble.servers[leader].stop()
+            while True:
+                try:
+                    admin.retry(admin.set, "/ens/seq", j(i))
+                    break
+                except KazooException:
+                    continue
+            written = i
+        until(lambda: client.get("seq") == written, timeout=40, what="the last write after the leader loss")
+        assert client.wait_listeners(10)
+        assert versions == sorted(set(versions))
+    finally:
+        admin.stop()
+        admin.close()
+        for server in zk_ensemble.servers:
+            if not server.running:
+                server.start()

@@ -1,0 +1,171 @@
+"""Snapshots against a real server (down at start, corrupt, foreign) and ACL-protected trees."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kazoo.client import KazooClient
+from kazoo.security import make_digest_acl
+
+from autoglm_runtime import ConfigChange, ConfigClient
+from autoglm_runtime.config import read_snapshot
+from autoglm_runtime.errors import ConfigAccessError, ConfigUnavailableError, SnapshotError
+from autoglm_runtime.testing.zookeeper import ZooKeeperServer
+
+from .conftest import FakeClock
+
+Factory = Callable[..., ConfigClient]
+Until = Callable[..., None]
+
+
+def j(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def snapshot_keys(path: Path, hosts: str, root: str) -> dict[str, bytes]:
+    try:
+        return {k: e.data for k, e in read_snapshot(path, hosts=hosts, root=root).entries.items()}
+    except SnapshotError:
+        return {}
+
+
+def test_zookeeper_down_at_start_serves_the_snapshot_then_converges(
+    zk_restartable: ZooKeeperServer, tmp_path: Path, make_client: Factory, until: Until, clock: FakeClock
+) -> None:
+    hosts, path = zk_restartable.hosts, tmp_path / "cfg.snapshot"
+    admin = KazooClient(hosts=hosts)
+    admin.start(timeout=10)
+    try:
+        admin.create("/cfg/a", j(1), makepath=True)
+        admin.create("/cfg/b", j(2))
+        first = make_client(hosts, "/cfg", snapshot_path=path, snapshot_debounce=0.05)
+        first.start(timeout=10)
+        until(lambda: snapshot_keys(path, hosts, "/cfg") == {"a": j(1), "b": j(2)}, what="snapshot written")
+        first.stop()
+        admin.set("/cfg/a", j(10))
+        admin.delete("/cfg/b")
+        admin.create("/cfg/c", j(3))
+    finally:
+        admin.stop()
+        admin.close()
+    zk_restartable.stop()
+
+    client = make_client(hosts, "/cfg", snapshot_path=path, snapshot_debounce=0.05)
+    client.start(timeout=1.0)
+    events: list[ConfigChange] = []
+    client.subscribe("", events.append)
+    assert dict(client.snapshot()) == {"a": 1, "b": 2}
+    clock.advance(42)
+    health = client.health()
+    assert (health["source"], health["connected"], health["stale_seconds"]) == ("snapshot", False, 42.0)
+
+    zk_restartable.start()
+    until(lambda: client.health()["source"] == "zookeeper", what="convergence once ZooKeeper is up")
+    assert dict(client.snapshot()) == {"a": 10, "c": 3}
+    assert client.health()["stale_seconds"] == 0.0
+    assert client.wait_listeners(10)
+    assert sorted((e.key, e.kind, e.old, e.new) for e in events) == [
+        ("a", "updated", 1, 10),
+        ("b", "deleted", 2, None),
+        ("c", "added", None, 3),
+    ]
+    until(lambda: snapshot_keys(path, hosts, "/cfg") == {"a": j(10), "c": j(3)}, what="snapshot rewritten")
+
+
+def test_zookeeper_down_at_start_without_snapshot(zk_restartable: ZooKeeperServer, make_client: Factory) -> None:
+    hosts = zk_restartable.hosts
+    zk_restartable.stop()
+    client = make_client(hosts, "/cfg", snapshot_path="/nonexistent/cfg.snapshot")
+    with pytest.raises(ConfigUnavailableError) as info:
+        client.start(timeout=0.5)
+    assert info.value.message == (
+        f"ZooKeeper at {hosts} could not be reached (or root /cfg loaded) within 0.5 s and no snapshot exists at "
+        "/nonexistent/cfg.snapshot: start ZooKeeper, check hosts, or give a snapshot_path with a valid snapshot"
+    )
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "foreign"])
+def test_refused_snapshots_with_zookeeper_down(
+    zk_restartable: ZooKeeperServer, tmp_path: Path, make_client: Factory, until: Until, damage: str
+) -> None:
+    hosts, path = zk_restartable.hosts, tmp_path / "cfg.snapshot"
+    admin = KazooClient(hosts=hosts)
+    admin.start(timeout=10)
+    try:
+        admin.create("/cfg/a", j(1), makepath=True)
+    finally:
+        admin.stop()
+        admin.close()
+    writer = make_client(hosts, "/cfg", snapshot_path=path, snapshot_debounce=0.05)
+    writer.start(timeout=10)
+    until(lambda: snapshot_keys(path, hosts, "/cfg") == {"a": j(1)}, what="snapshot written")
+    writer.stop()
+    zk_restartable.stop()
+    if damage == "corrupt":
+        data = bytearray(path.read_bytes())
+        data[data.index(b'"a"') + 1] = ord("b")  # rename a key behind the checksum's back
+        path.write_bytes(bytes(data))
+        reason = "was altered: its sha256 checksum does not match its content; it was not loaded"
+        client = make_client(hosts, "/cfg", snapshot_path=path)
+    else:
+        reason = f"belongs to hosts {hosts!r} root '/cfg', not hosts {hosts!r} root '/other'; it was not loaded"
+        client = make_client(hosts, "/other", snapshot_path=path)
+    with pytest.raises(SnapshotError) as info:
+        client.start(timeout=0.5)
+    root = "/cfg" if damage == "corrupt" else "/other"
+    assert info.value.message == (
+        f"snapshot {path} {reason}; ZooKeeper at {hosts} (root {root}) could not be reached within 0.5 s, so there "
+        "is nothing to serve"
+    )
+    assert client.snapshot() == {}
+
+
+def test_corrupt_snapshot_is_replaced_when_zookeeper_is_up(
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, tmp_path: Path, make_client: Factory, until: Until
+) -> None:
+    path = tmp_path / "cfg.snapshot"
+    path.write_bytes(b'{"format": "autoglm-config-snapshot/1", "hos')
+    zk_client.create(f"{zk_root}/a", j(1))
+    client = make_client(zk_hosts, zk_root, snapshot_path=path, snapshot_debounce=0.05)
+    client.start(timeout=10)
+    assert client.get("a") == 1
+    until(lambda: snapshot_keys(path, zk_hosts, zk_root) == {"a": j(1)}, what="valid snapshot written")
+
+
+@pytest.fixture
+def protected_root(zk_hosts: str, zk_root: str) -> Iterator[str]:
+    """``zk_root``/public is open; ``zk_root``/secret is readable only by digest user reader:s3cret."""
+    owner = KazooClient(hosts=zk_hosts, auth_data=[("digest", "reader:s3cret")])
+    owner.start(timeout=10)
+    try:
+        owner.create(f"{zk_root}/public", j("open"))
+        owner.create(f"{zk_root}/secret", j("hidden"), acl=[make_digest_acl("reader", "s3cret", all=True)])
+        yield zk_root
+        owner.delete(f"{zk_root}/secret")  # zk_root's own cleanup has no credentials for it
+    finally:
+        owner.stop()
+        owner.close()
+
+
+def test_acl_with_the_right_credentials(zk_hosts: str, protected_root: str, make_client: Factory) -> None:
+    client = make_client(zk_hosts, protected_root, auth=("digest", "reader:s3cret"))
+    client.start(timeout=10)
+    assert dict(client.snapshot()) == {"public": "open", "secret": "hidden"}
+
+
+@pytest.mark.parametrize("auth", [None, ("digest", "reader:wrong")])
+def test_acl_without_or_with_wrong_credentials(
+    zk_hosts: str, protected_root: str, make_client: Factory, auth: tuple[str, str] | None
+) -> None:
+    client = make_client(zk_hosts, protected_root, auth=auth)
+    with pytest.raises(ConfigAccessError) as info:
+        client.start(timeout=10)
+    assert info.value.message == (
+        f"ZooKeeper at {zk_hosts} denied reading {protected_root}/secret under root {protected_root}: check the "
+        "credentials (auth=) and the ACLs of those nodes"
+    )
+    assert info.value.code == "E0409"

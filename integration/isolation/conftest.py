@@ -1,0 +1,108 @@
+"""Fixtures for the isolated loader's integration tests: a real offline wheelhouse and model directories.
+
+Every distribution comes from ``build_wheel`` into a temporary wheelhouse; environments are built with uv
+offline (``--no-index --find-links``). Environments are shared per test module (one env root per module),
+which keeps the suite within its time budget.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from autoglm_runtime.testing.wheels import build_wheel
+
+PY313 = Path("/root/.pyenv/versions/3.13.0/bin/python3.13")
+MakeModel = Callable[..., Path]
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """conflictlib 1.0 and 2.0 (each reports its version as ``conflictlib.VERSION``), and shadowlib 1.0,
+    which (wrongly) ships a top-level ``conflictlib`` package too."""
+    path = tmp_path_factory.mktemp("wheels")
+    for version in ("1.0", "2.0"):
+        build_wheel(path, "conflictlib", version, modules={"conflictlib/__init__.py": f"VERSION = {version!r}\n"})
+    build_wheel(path, "shadowlib", "1.0", modules={"conflictlib/__init__.py": "VERSION = 'shadow'\n"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def env_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("envs")
+
+
+@pytest.fixture(scope="module")
+def make_model(tmp_path_factory: pytest.TempPathFactory) -> MakeModel:
+    """``make_model(name, code, requirements=("conflictlib==1.0",))`` writes a model directory.
+
+    ``code`` is the body of module ``<name>_model`` and must define ``load()``; the manifest's
+    entrypoint is ``<name>_model:load``.
+    """
+    base = tmp_path_factory.mktemp("models")
+
+    def make(name: str, code: str, requirements: Sequence[str] = ("conflictlib==1.0",)) -> Path:
+        directory = base / name
+        directory.mkdir()
+        module = f"{name.replace('-', '_')}_model"
+        reqs = ", ".join(f'"{r}"' for r in requirements)
+        (directory / "model.toml").write_text(
+            f'[model]\nname = "{name}"\nentrypoint = "{module}:load"\nrequirements = [{reqs}]\n', encoding="utf-8"
+        )
+        (directory / f"{module}.py").write_text(textwrap.dedent(code), encoding="utf-8")
+        return directory
+
+    return make
+
+
+def _gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (absent, or a zombie waiting for init to reap it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.fixture
+def wait_gone() -> Callable[[int, float], bool]:
+    """``wait_gone(pid, timeout)``: polls until ``pid`` no longer runs; False if it still runs at the deadline."""
+
+    def wait(pid: int, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while not _gone(pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    return wait
+
+
+@pytest.fixture
+def no_leaked_children() -> Iterator[None]:
+    """Fails the test if a direct child process of the test process outlives it."""
+    before = set(_children())
+    yield
+    leaked = [pid for pid in set(_children()) - before if not _gone(pid)]
+    assert leaked == [], f"child processes left running: {leaked}"
+
+
+def _children() -> list[int]:
+    me = os.getpid()
+    tasks = Path(f"/proc/{me}/task")
+    pids: list[int] = []
+    for task in tasks.iterdir():
+        children = task / "children"
+        if children.exists():
+            pids += [int(p) for p in children.read_text().split()]
+    return pids

@@ -1,0 +1,145 @@
+"""Real environments: conflicting pins side by side, reuse, building once across processes, failed builds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoglm_runtime.errors import DependencyConflictError, EnvironmentBuildError
+from autoglm_runtime.isolation import EnvironmentBuilder, ModelLoader, load_manifest
+from autoglm_runtime.isolation.envbuild import METADATA_NAME
+
+pytestmark = pytest.mark.slow
+
+VERSION_MODEL = """
+import conflictlib
+
+class Model:
+    def version(self):
+        return conflictlib.VERSION
+
+def load():
+    return Model()
+"""
+
+
+def test_conflicting_pins_load_side_by_side(wheelhouse: Path, env_root: Path, make_model) -> None:
+    a_dir = make_model("a", VERSION_MODEL, ["conflictlib==1.0"])
+    b_dir = make_model("b", VERSION_MODEL, ["conflictlib==2.0"])
+    with ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="process") as loader:
+        a = loader.load(a_dir)
+        b = loader.load(b_dir)
+        assert a.call("version", timeout=30) == "1.0"
+        assert b.call("version", timeout=30) == "2.0"
+        assert a.environment.key != b.environment.key
+        assert a.versions["conflictlib"] == {
+            "version": "1.0",
+            "location": str(
+                a.environment.path
+                / "lib"
+                / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+                / "site-packages"
+                / "conflictlib"
+            ),
+        }
+        assert b.versions["conflictlib"]["version"] == "2.0"
+        assert b.versions["conflictlib"]["location"].startswith(str(b.environment.path) + os.sep)
+        assert set(loader.health()) == {"a", "b"}
+        assert loader.health()["a"]["state"] == "ready"
+
+
+def test_second_load_reuses_the_environment(wheelhouse: Path, env_root: Path, make_model) -> None:
+    first_dir = make_model("reuse-1", VERSION_MODEL, ["conflictlib==1.0"])
+    second_dir = make_model("reuse-2", VERSION_MODEL, ["ConflictLib == 1.0"])  # same set, other spelling
+    with ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="process") as loader:
+        first = loader.load(first_dir)
+    before = sorted(p.name for p in env_root.iterdir())
+    with ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="process") as loader:
+        second = loader.load(second_dir)
+        assert second.call("version", timeout=30) == "1.0"
+    assert first.environment.key == second.environment.key
+    assert second.environment.created is False
+    assert sorted(p.name for p in env_root.iterdir()) == before
+    metadata = json.loads((second.environment.path / METADATA_NAME).read_text())
+    assert metadata["requirements"] == ["conflictlib==1.0"]
+
+
+BUILD_SCRIPT = """
+import sys
+from autoglm_runtime.isolation import EnvironmentBuilder, load_manifest
+builder = EnvironmentBuilder(sys.argv[1], wheelhouse=sys.argv[2], offline=True)
+env = builder.ensure(load_manifest(sys.argv[3]))
+print(env.key, env.created)
+"""
+
+
+def test_two_processes_build_one_environment_once(wheelhouse: Path, tmp_path: Path, make_model) -> None:
+    model = make_model("concurrent", VERSION_MODEL, ["conflictlib==2.0"])
+    root = tmp_path / "envs"
+    argv = [sys.executable, "-c", BUILD_SCRIPT, str(root), str(wheelhouse), str(model)]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]
+    results = sorted(out.split() for out, _ in outputs)
+    key = results[0][0]
+    assert results == [[key, "False"], [key, "True"]]
+    assert sorted(p.name for p in root.iterdir()) == [key]
+
+
+def test_failed_build_leaves_nothing_behind(wheelhouse: Path, tmp_path: Path, make_model) -> None:
+    model = load_manifest(make_model("unsatisfiable", VERSION_MODEL, ["conflictlib==9.9"]))
+    root = tmp_path / "envs"
+    builder = EnvironmentBuilder(root, wheelhouse=wheelhouse, offline=True)
+    with pytest.raises(EnvironmentBuildError) as info:
+        builder.ensure(model)
+    message = info.value.message
+    assert message.startswith(
+        "building the environment for model 'unsatisfiable' failed: `uv pip install` exited with status 1; "
+        "nothing was left behind. Last lines:\n"
+    )
+    assert "conflictlib==9.9" in message
+    assert info.value.code == "E0101"
+    assert list(root.iterdir()) == []
+
+
+def test_failed_build_keeps_good_environments(wheelhouse: Path, tmp_path: Path, make_model) -> None:
+    root = tmp_path / "envs"
+    builder = EnvironmentBuilder(root, wheelhouse=wheelhouse, offline=True)
+    good = builder.ensure(load_manifest(make_model("good", VERSION_MODEL, ["conflictlib==1.0"])))
+    with pytest.raises(EnvironmentBuildError):
+        builder.ensure(load_manifest(make_model("bad", VERSION_MODEL, ["conflictlib>=3"])))
+    assert [p.name for p in root.iterdir()] == [good.key]
+    assert (good.path / METADATA_NAME).is_file()
+
+
+def test_pip_fallback_builds_offline(wheelhouse: Path, tmp_path: Path, make_model) -> None:
+    builder = EnvironmentBuilder(tmp_path / "envs", wheelhouse=wheelhouse, offline=True, installer="pip")
+    env = builder.ensure(load_manifest(make_model("via-pip", VERSION_MODEL, ["conflictlib==2.0"])))
+    done = subprocess.run(
+        [str(env.python), "-I", "-c", "import conflictlib; print(conflictlib.VERSION)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout == "2.0\n"
+    assert builder.uv is None
+
+
+def test_environment_failing_check_deps_is_not_kept(wheelhouse: Path, tmp_path: Path, make_model) -> None:
+    root = tmp_path / "envs"
+    builder = EnvironmentBuilder(root, wheelhouse=wheelhouse, offline=True)
+    good = builder.ensure(load_manifest(make_model("kept", VERSION_MODEL, ["conflictlib==2.0"])))
+    shadowing = load_manifest(make_model("shadowing", VERSION_MODEL, ["conflictlib==1.0", "shadowlib==1.0"]))
+    with pytest.raises(DependencyConflictError) as info:
+        builder.ensure(shadowing)
+    assert info.value.code == "E0101"
+    assert info.value.message.startswith(
+        "the environment built for model 'shadowing' fails check-deps; it was not kept:\n"
+    )
+    assert "[shadowed-module] conflictlib 1.0 and shadowlib 1.0 both install the top-level module" in info.value.message
+    assert [p.name for p in root.iterdir()] == [good.key]

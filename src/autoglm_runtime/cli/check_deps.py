@@ -1,0 +1,137 @@
+"""``autoglm-runtime check-deps [PATH ...] [--python INTERPRETER] [--json]``: find dependency conflicts (E0101).
+
+PATH is a model directory, a ``model.toml`` or a requirements file (checked as a model named after the
+file); with no PATH the environment is checked alone. Exit 0 when clean, 1 with findings, 2 on a usage error
+(a bad path, a malformed manifest: E0102, an interpreter that cannot be probed).
+
+Start-up time matters (the command runs in CI and before every isolated load), so the checker is imported
+inside :func:`run`, and with ``--python`` the probe subprocess is started *before* that import: the target
+interpreter scans its path while this process imports ``packaging`` and parses manifests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autoglm_runtime.errors import UsageError
+
+if TYPE_CHECKING:
+    from autoglm_runtime.isolation.findings import Report
+    from autoglm_runtime.isolation.manifest import ModelManifest
+
+__all__ = ["load_target", "register", "run"]
+
+#: The probe script, found without importing the isolation package (whose import is what we overlap with).
+PROBE_SCRIPT = Path(__file__).resolve().parent.parent / "isolation" / "_probe.py"
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``check-deps`` subcommand."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "check-deps",
+        help="find and explain dependency conflicts of models and environments (E0101)",
+        description="Check an environment, alone or against model directories, model.toml files or requirements "
+        "files. Exit 0 clean, 1 findings, 2 usage error.",
+    )
+    parser.add_argument(
+        "paths", nargs="*", type=Path, metavar="PATH", help="model directory, model.toml or requirements file"
+    )
+    parser.add_argument(
+        "--python", metavar="INTERPRETER", help="check this interpreter's environment (default: the running one)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object with the findings and a summary")
+    parser.set_defaults(func=run)
+
+
+def load_target(path: Path) -> ModelManifest:
+    """A model from a model directory or ``model.toml``, or a pseudo-model named after a requirements file.
+
+    Raises :class:`~autoglm_runtime.errors.UsageError` for a path that does not exist and
+    :class:`~autoglm_runtime.errors.ManifestError` (E0102) for a malformed file.
+    """
+    from autoglm_runtime.isolation.manifest import (  # here: kept off the import path of --help
+        ModelManifest,
+        load_manifest,
+        parse_requirements_file,
+    )
+
+    if not path.exists():
+        raise UsageError(
+            f"{path}: no such file or directory; PATH must be a model directory, a model.toml or a requirements file"
+        )
+    if path.is_dir() or path.suffix == ".toml":
+        return load_manifest(path)
+    requirements, included = parse_requirements_file(path)
+    source = path.resolve()
+    return ModelManifest(
+        name=path.name,
+        entrypoint="",
+        requirements=tuple(requirements),
+        python=None,
+        directory=source.parent,
+        source=source,
+        included_files=tuple(included),
+    )
+
+
+def _start_probe(python: str) -> subprocess.Popen[str] | OSError:
+    try:
+        return subprocess.Popen(
+            [python, "-I", str(PROBE_SCRIPT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    except OSError as exc:
+        return exc
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the check and print the report; returns the exit code."""
+    started = _start_probe(args.python) if args.python else None
+    try:
+        report = _check(args, started)
+    finally:
+        if isinstance(started, subprocess.Popen) and started.poll() is None:
+            started.kill()
+            started.communicate()
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        width = min(max(shutil.get_terminal_size((100, 24)).columns, 60), 120)
+        sys.stdout.write(report.render(width=width))
+    return report.exit_code
+
+
+def _check(args: argparse.Namespace, started: subprocess.Popen[str] | OSError | None) -> Report:
+    # Imported here: kept off the import path of --help and of the other subcommands.
+    from autoglm_runtime.isolation._environment import (
+        PROBE_TIMEOUT,
+        finish_probe,
+        launch_error,
+        probe_environment,
+    )
+    from autoglm_runtime.isolation.check import check_probed
+
+    models = [load_target(path) for path in args.paths]
+    seen: dict[str, Path] = {}
+    for model in models:
+        if model.name in seen:
+            raise UsageError(
+                f"model name '{model.name}' is used by both {seen[model.name]} and {model.source}; names must be unique"
+            )
+        seen[model.name] = model.source
+    if started is None:
+        env = probe_environment(None)
+    elif isinstance(started, OSError):
+        raise launch_error(args.python, started) from started
+    else:
+        try:
+            stdout, stderr = started.communicate(timeout=PROBE_TIMEOUT)
+        except subprocess.TimeoutExpired as exc:
+            raise launch_error(args.python, exc) from exc
+        env = finish_probe(args.python, started.returncode, stdout, stderr)
+    return check_probed(env, models)

@@ -1,0 +1,285 @@
+"""``autoglm-runtime config get|set|delete|dump|watch``: operators' view of a config subtree.
+
+Reads go through :class:`~autoglm_runtime.config.ConfigClient`, so they decode and validate exactly as a
+server would and work for ``file://`` directories too. Writes go straight to ZooKeeper (or the directory),
+after checking that the codec can decode the new value: a value a server would reject is refused here.
+
+    autoglm-runtime config set models/llm/context_window 8192 --hosts 127.0.0.1:2181 --root /autoglm/prod
+    autoglm-runtime config watch models/ --json --hosts 127.0.0.1:2181 --root /autoglm/prod
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autoglm_runtime.errors import EXIT_FINDINGS, EXIT_OK, ConfigAccessError, ConfigUnavailableError, UsageError
+
+if TYPE_CHECKING:
+    from autoglm_runtime.config import ConfigChange, ConfigClient
+    from autoglm_runtime.config.codec import Codec
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``config`` command and its subcommands."""
+    parser = subparsers.add_parser(
+        "config",
+        help="read, change and follow a config subtree in ZooKeeper (or a file:// directory)",
+        description="Read, change and follow a config subtree. Keys are paths relative to --root.",
+    )
+    commands = parser.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+
+    def common(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--hosts",
+            default=os.environ.get("AUTOGLM_ZK_HOSTS"),
+            help="ZooKeeper connect string or file:///dir (default: $AUTOGLM_ZK_HOSTS)",
+        )
+        sub.add_argument(
+            "--root",
+            default=os.environ.get("AUTOGLM_ZK_ROOT"),
+            help="absolute path of the config subtree (default: $AUTOGLM_ZK_ROOT)",
+        )
+        sub.add_argument("--codec", default="json", choices=["json", "text", "bytes"], help="value codec")
+        sub.add_argument("--auth", metavar="USER:PASSWORD", help="digest credentials")
+        sub.add_argument("--timeout", type=float, default=10.0, help="seconds to connect and load (default 10)")
+        sub.add_argument("--json", action="store_true", help="print JSON")
+
+    get = commands.add_parser("get", help="print one key's value")
+    get.add_argument("key")
+    common(get)
+    get.set_defaults(func=_get)
+
+    put = commands.add_parser("set", help="set one key (created with its parents if missing)")
+    put.add_argument("key")
+    put.add_argument("value", help="the value as the codec reads it (JSON text for --codec json)")
+    common(put)
+    put.set_defaults(func=_set)
+
+    delete = commands.add_parser("delete", help="delete one key (and, with --recursive, its children)")
+    delete.add_argument("key")
+    delete.add_argument("--recursive", action="store_true")
+    common(delete)
+    delete.set_defaults(func=_delete)
+
+    dump = commands.add_parser("dump", help="print every key and value")
+    common(dump)
+    dump.set_defaults(func=_dump)
+
+    watch = commands.add_parser("watch", help="print changes as they happen (until Ctrl-C)")
+    watch.add_argument("prefix", nargs="?", default="", help="only keys under this prefix")
+    watch.add_argument("--count", type=int, help="exit after this many changes")
+    watch.add_argument("--for", dest="duration", type=float, help="exit after this many seconds")
+    common(watch)
+    watch.set_defaults(func=_watch)
+
+
+def _target(args: argparse.Namespace) -> tuple[str, str]:
+    if not args.hosts:
+        raise UsageError("no ZooKeeper given: pass --hosts HOST:PORT (or file:///dir) or set AUTOGLM_ZK_HOSTS")
+    if not args.root:
+        raise UsageError("no config root given: pass --root /path or set AUTOGLM_ZK_ROOT")
+    return str(args.hosts), str(args.root)
+
+
+def _check_key(key: str) -> str:
+    if not key or key.startswith("/") or key.endswith("/") or "//" in key or ".." in key.split("/"):
+        raise UsageError(f"key {key!r} must be a path relative to the root, such as 'models/llm/context_window'")
+    return key
+
+
+def _auth(args: argparse.Namespace) -> tuple[str, str] | None:
+    return ("digest", str(args.auth)) if args.auth else None
+
+
+@contextmanager
+def _client(args: argparse.Namespace) -> Iterator[ConfigClient]:
+    from autoglm_runtime.config import ConfigClient  # kazoo loads only for commands that use it
+
+    hosts, root = _target(args)
+    client = ConfigClient(hosts, root, codec=args.codec, auth=_auth(args))
+    try:
+        client.start(timeout=args.timeout)
+        yield client
+    finally:
+        client.stop()
+
+
+def _show(value: Any, codec: str) -> str:
+    if codec == "json":
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return "" if value is None else str(value)
+
+
+def _get(args: argparse.Namespace) -> int:
+    key = _check_key(args.key)
+    with _client(args) as client:
+        snapshot = client.snapshot()
+        if key not in snapshot:
+            print(f"autoglm-runtime: key {key!r} does not exist under {args.root}", file=sys.stderr)
+            return EXIT_FINDINGS
+        value = snapshot[key]
+        version = client.version(key)
+    if args.json:
+        print(json.dumps({"key": key, "value": _jsonable(value), "version": version}, ensure_ascii=False))
+    else:
+        print(_show(value, args.codec))
+    return EXIT_OK
+
+
+def _jsonable(value: Any) -> Any:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
+
+
+def _encode(codec: Codec, text: str) -> bytes:
+    data = text.encode("utf-8")
+    try:
+        codec.decode(data)
+    except ValueError as exc:
+        raise UsageError(
+            f"value {text[:40]!r} cannot be decoded by the codec, so servers would reject it: {exc}"
+        ) from exc
+    return data
+
+
+def _set(args: argparse.Namespace) -> int:
+    key = _check_key(args.key)
+    hosts, root = _target(args)
+    from autoglm_runtime.config.codec import resolve_codec
+
+    data = _encode(resolve_codec(args.codec), args.value)
+    if hosts.startswith("file://"):
+        path = _file_path(hosts, root, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write beside the file and rename, so a watching server never reads half a value.
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        version: int | None = None
+    else:
+        with _kazoo(args, hosts) as zk:
+            full = f"{root}/{key}"
+            if zk.exists(full) is None:
+                zk.create(full, data, makepath=True)
+            stat = zk.set(full, data)
+            version = int(stat.mzxid)
+    if args.json:
+        print(json.dumps({"key": key, "set": True, "version": version}))
+    return EXIT_OK
+
+
+def _delete(args: argparse.Namespace) -> int:
+    key = _check_key(args.key)
+    hosts, root = _target(args)
+    if hosts.startswith("file://"):
+        path = _file_path(hosts, root, key)
+        if not path.exists():
+            print(f"autoglm-runtime: key {key!r} does not exist under {root}", file=sys.stderr)
+            return EXIT_FINDINGS
+        if path.is_dir():
+            if not args.recursive:
+                raise UsageError(f"key {key!r} has children: pass --recursive to delete them too")
+            for child in sorted(path.rglob("*"), reverse=True):
+                child.rmdir() if child.is_dir() else child.unlink()
+            path.rmdir()
+        else:
+            path.unlink()
+    else:
+        from kazoo.exceptions import NoNodeError, NotEmptyError
+
+        with _kazoo(args, hosts) as zk:
+            try:
+                zk.delete(f"{root}/{key}", recursive=args.recursive)
+            except NoNodeError:
+                print(f"autoglm-runtime: key {key!r} does not exist under {root}", file=sys.stderr)
+                return EXIT_FINDINGS
+            except NotEmptyError as exc:
+                raise UsageError(f"key {key!r} has children: pass --recursive to delete them too") from exc
+    if args.json:
+        print(json.dumps({"key": key, "deleted": True}))
+    return EXIT_OK
+
+
+def _dump(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        snapshot = client.snapshot()
+    if args.json:
+        print(json.dumps({k: _jsonable(snapshot[k]) for k in sorted(snapshot)}, ensure_ascii=False, indent=2))
+    else:
+        for key in sorted(snapshot):
+            print(f"{key} = {_show(snapshot[key], args.codec)}")
+    return EXIT_OK
+
+
+def _watch(args: argparse.Namespace) -> int:
+    changes: queue.Queue[ConfigChange] = queue.Queue()
+    seen = 0
+    deadline = time.monotonic() + args.duration if args.duration is not None else None
+    with _client(args) as client:
+        client.subscribe(args.prefix, changes.put)
+        print(f"watching {args.root}/{args.prefix} on {args.hosts}", file=sys.stderr, flush=True)
+        while args.count is None or seen < args.count:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            try:
+                change = changes.get(timeout=0.5 if remaining is None else min(0.5, remaining))
+            except queue.Empty:
+                continue
+            seen += 1
+            if args.json:
+                record = {
+                    "key": change.key,
+                    "kind": change.kind,
+                    "old": _jsonable(change.old),
+                    "new": _jsonable(change.new),
+                    "version": change.version,
+                }
+                print(json.dumps(record, ensure_ascii=False), flush=True)
+            else:
+                print(f"{change.kind} {change.key} = {_show(change.new, args.codec)}", flush=True)
+    return EXIT_OK
+
+
+def _file_path(hosts: str, root: str, key: str) -> Path:
+    from autoglm_runtime.config._files import file_directory
+
+    return file_directory(hosts, root) / key
+
+
+@contextmanager
+def _kazoo(args: argparse.Namespace, hosts: str) -> Iterator[Any]:
+    from kazoo.client import KazooClient
+    from kazoo.exceptions import NoAuthError
+    from kazoo.handlers.threading import KazooTimeoutError
+
+    auth = [_auth(args)] if args.auth else None
+    zk = KazooClient(hosts=hosts, auth_data=auth)
+    try:
+        zk.start(timeout=args.timeout)
+    except KazooTimeoutError as exc:
+        zk.close()
+        raise ConfigUnavailableError(
+            f"ZooKeeper at {hosts} could not be reached within {args.timeout:g} s: check --hosts"
+        ) from exc
+    try:
+        yield zk
+    except NoAuthError as exc:
+        raise ConfigAccessError(
+            f"ZooKeeper at {hosts} denied writing under {args.root}: give --auth USER:PASSWORD with write access"
+        ) from exc
+    finally:
+        zk.stop()
+        zk.close()

@@ -1,0 +1,96 @@
+"""``autoglm-runtime env build PATH...``: build (or reuse) the isolated environment of each model.
+
+On a terminal, progress is one redrawn bar on stderr; otherwise every build step and installer line is
+printed on stderr as its own line. stdout gets one line per model: ``<name> <key> built|reused <path>``.
+Exit codes: 0 when every environment is ready, 1 when a build or its check failed, 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from autoglm_runtime.errors import EXIT_OK
+from autoglm_runtime.isolation.envbuild import BuildEvent, EnvironmentBuilder
+from autoglm_runtime.isolation.manifest import load_manifest
+
+__all__ = ["DEFAULT_ENV_ROOT", "ProgressBar", "ProgressLines", "register", "run_build"]
+
+DEFAULT_ENV_ROOT = os.environ.get("AUTOGLM_ENV_ROOT", str(Path("~/.cache/autoglm-runtime/envs").expanduser()))
+
+
+class ProgressBar:
+    """Draws ``[#####-----] 2/4 install  <last line>`` on one redrawn terminal line."""
+
+    def __init__(self, stream: TextIO, width: int = 24) -> None:
+        self.stream = stream
+        self.width = width
+
+    def __call__(self, event: BuildEvent) -> None:
+        filled = self.width * event.step // event.total
+        bar = "#" * filled + "-" * (self.width - filled)
+        columns = shutil.get_terminal_size((100, 20)).columns
+        head = f"[{bar}] {event.step}/{event.total} {event.phase:<7} "
+        text = (head + event.message)[: max(columns - 1, len(head))]
+        self.stream.write("\r\x1b[2K" + text)
+        if event.phase == "done":
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+class ProgressLines:
+    """Prints ``[2/4 install] <line>`` for every event (for logs and pipes)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def __call__(self, event: BuildEvent) -> None:
+        self.stream.write(f"[{event.step}/{event.total} {event.phase}] {event.message}\n")
+        self.stream.flush()
+
+
+def register(subparsers: Any) -> None:
+    """Add ``env`` and its ``build`` subcommand."""
+    env = subparsers.add_parser("env", help="build and inspect isolated model environments")
+    commands = env.add_subparsers(dest="env_command", metavar="ENV_COMMAND", required=True)
+    build = commands.add_parser("build", help="build (or reuse) the environment of each model")
+    build.add_argument("paths", nargs="+", metavar="PATH", help="model directory or model.toml")
+    build.add_argument("--env-root", default=DEFAULT_ENV_ROOT, help="where environments live (%(default)s)")
+    build.add_argument("--wheelhouse", help="directory of wheels to install from (--find-links)")
+    build.add_argument("--offline", action="store_true", help="never use the network (with --wheelhouse: --no-index)")
+    build.add_argument("--index-url", help="package index to use instead of the default")
+    build.add_argument("--python", help="interpreter to build for (default: the one running this command)")
+    build.add_argument("--installer", choices=("auto", "uv", "pip"), default="auto")
+    build.add_argument("--no-check", action="store_true", help="skip the check-deps run after a build")
+    build.add_argument(
+        "--progress", choices=("auto", "bar", "lines"), default="auto", help="bar on a terminal, lines otherwise"
+    )
+    build.set_defaults(func=run_build)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    """Build every model's environment; SDK errors propagate to ``main`` (printed with their code)."""
+    err: TextIO = sys.stderr
+    style = args.progress
+    if style == "auto":
+        style = "bar" if err.isatty() else "lines"
+    progress = ProgressBar(err) if style == "bar" else ProgressLines(err)
+    builder = EnvironmentBuilder(
+        args.env_root,
+        python=args.python,
+        wheelhouse=args.wheelhouse,
+        offline=args.offline,
+        index_url=args.index_url,
+        installer=args.installer,
+        progress=progress,
+        check=not args.no_check,
+    )
+    for path in args.paths:
+        manifest = load_manifest(path)
+        env = builder.ensure(manifest)
+        print(f"{manifest.name} {env.key} {'built' if env.created else 'reused'} {env.path}")
+    return EXIT_OK

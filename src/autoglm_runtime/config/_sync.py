@@ -1,0 +1,386 @@
+"""Following a ZooKeeper subtree with kazoo: pipelined loads, one-shot watches, resyncs.
+
+Threads and who may call ZooKeeper:
+
+* kazoo's connection thread runs :meth:`ZooKeeperSync._on_state`; it only records the state and the time
+  and queues a note for the sync thread (calling ZooKeeper there deadlocks, kazoo #356/#381);
+* kazoo's callback thread runs :meth:`ZooKeeperSync._on_watch`; it only queues the path;
+* the sync thread (``autoglm-config-sync``) does every load, re-read and resync;
+* the reconciler thread calls :meth:`ZooKeeperSync.reread` for expired entries.
+
+Reads are pipelined: a batch of ``get_async``/``get_children_async`` calls is issued before any result is
+waited on, one tree level at a time. Each read arms the watch it needs (``get`` a data watch,
+``get_children`` a child watch) with one callback of ours; every firing is answered by reading again,
+which re-arms it. kazoo drops all watches on any connection loss without re-registering them, so every
+CONNECTED after a SUSPENDED or LOST triggers a full re-read (a resync) that re-arms every watch and diffs
+the tree against the cache.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NoAuthError, NoNodeError
+from kazoo.protocol.states import EventType, KazooState, WatchedEvent
+from kazoo.retry import KazooRetry
+
+from autoglm_runtime.config._values import ValuePipeline
+from autoglm_runtime.config.cache import ConfigCache
+from autoglm_runtime.config.health import SyncStatus
+from autoglm_runtime.errors import ConfigAccessError
+from autoglm_runtime.logging import describe_value
+
+__all__ = ["ZooKeeperSync"]
+
+log = logging.getLogger("autoglm_runtime.config")
+
+_STOP = ("stop", "")
+_Spec = tuple[str, bool, bool]  # path, read data, read children
+
+
+class _Interrupted(Exception):
+    """The connection went away (or a read timed out) in the middle of a batch."""
+
+
+class _Result:
+    __slots__ = ("children", "data", "denied", "missing", "path", "seq", "stat")
+
+    def __init__(self, path: str, seq: int) -> None:
+        self.path = path
+        self.seq = seq
+        self.data: bytes | None = None
+        self.stat: Any = None
+        self.children: list[str] | None = None
+        self.missing = False
+        self.denied = False
+
+
+class ZooKeeperSync:
+    """Keeps ``cache`` equal to the subtree under ``root`` on ``hosts``."""
+
+    def __init__(
+        self,
+        *,
+        hosts: str,
+        root: str,
+        cache: ConfigCache,
+        pipeline: ValuePipeline,
+        status: SyncStatus,
+        kazoo_options: dict[str, Any],
+        session_timeout: float,
+        batch_size: int,
+        reconnect_max_delay: float,
+    ) -> None:
+        self.hosts = hosts
+        self.root = root
+        self._prefix = root.rstrip("/") + "/"
+        self._cache = cache
+        self._pipeline = pipeline
+        self._status = status
+        self._batch_size = batch_size
+        self._op_timeout = max(session_timeout, 2.0)
+        retry = KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_jitter=0.3, max_delay=reconnect_max_delay)
+        self.client = KazooClient(hosts=hosts, timeout=session_timeout, connection_retry=retry, **kazoo_options)
+        self._watch = self._on_watch
+        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._children: dict[str, tuple[int, frozenset[str]]] = {}
+        self._pending: set[str] = set()
+        self._seq = itertools.count(1)
+        self._issue_lock = threading.Lock()
+        self._need_full = False
+        self._ever_loaded = False
+        self._session: int | None = None
+        self._denied: list[str] = []
+        self.loaded = threading.Event()
+        self.load_error: ConfigAccessError | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="autoglm-config-sync", daemon=True)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start connecting (kazoo retries forever in the background) and the sync thread."""
+        self.client.add_listener(self._on_state)
+        self._thread.start()
+        self.client.start_async()
+
+    def stop(self) -> None:
+        """End the sync thread, close the session (which drops every watch) and kazoo's threads."""
+        self._stopping.set()
+        self.client.remove_listener(self._on_state)
+        self._queue.put(_STOP)
+        if self._thread.is_alive():
+            self._thread.join(10.0)
+        try:
+            self.client.stop()
+        finally:
+            self.client.close()
+
+    # --- kazoo callbacks (never call ZooKeeper here) -----------------------------------------------
+
+    def _on_state(self, state: KazooState) -> None:
+        if state == KazooState.CONNECTED:
+            self._status.set_connected(True)
+        else:
+            self._status.set_connected(False)
+            self._status.mark_stale()
+            log.warning(
+                "config sync %s: serving last-known-good values until the resync completes",
+                "suspended (connection lost)" if state == KazooState.SUSPENDED else "lost its session",
+                extra={"error_code": "E0409", "hosts": self.hosts, "root": self.root, "state": str(state)},
+            )
+        self._queue.put(("state", state))
+
+    def _on_watch(self, event: WatchedEvent) -> None:
+        # kazoo fires every watch with EventType.NONE when it drops them on a connection loss; the resync
+        # that follows the reconnect re-reads everything, so those carry nothing to do.
+        if event.type == EventType.NONE or not event.path or self._stopping.is_set():
+            return
+        self._pending.add(event.path)
+        self._queue.put(("children" if event.type == EventType.CHILD else "data", event.path))
+
+    # --- the sync thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                items = [self._queue.get(timeout=0.5)]
+            except queue.Empty:
+                items = []
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if _STOP in items or self._stopping.is_set():
+                return
+            data: set[str] = set()
+            children: set[str] = set()
+            for kind, arg in items:
+                if kind == "state":
+                    self._need_full = self._need_full or arg == KazooState.CONNECTED
+                elif kind == "data":
+                    data.add(arg)
+                elif kind == "children":
+                    children.add(arg)
+                elif kind == "read":
+                    data.update(arg)
+                    children.update(arg)
+            if not self.client.connected:
+                continue
+            try:
+                if self._need_full:
+                    self._full_sync()
+                elif data or children:
+                    self._incremental(data, children)
+            except _Interrupted:
+                self._need_full = True
+            except Exception:
+                self._need_full = True
+                log.exception("config sync failed; it retries", extra={"error_code": "E0409", "root": self.root})
+                self._stopping.wait(0.5)
+
+    def _full_sync(self) -> None:
+        self._need_full = False
+        client_id = self.client.client_id
+        session = client_id[0] if client_id else None
+        resync = self._ever_loaded
+        start_seq = self._next_seq()
+        found: set[str] = set()
+        self._denied = []
+        root_present = self._traverse([(self.root, False, True)], found=found, full=True)
+        if not root_present:
+            # The root does not exist (yet): an exists watch tells us when it is created.
+            self.client.exists_async(self.root, watch=self._watch)
+            self._status.add("reads")
+        if self._denied and not self.loaded.is_set():
+            paths = ", ".join(self._denied[:5])
+            self.load_error = ConfigAccessError(
+                f"ZooKeeper at {self.hosts} denied reading {paths} under root {self.root}: check the credentials "
+                "(auth=) and the ACLs of those nodes"
+            )
+        with self._cache.batch():
+            for key in self._cache.keys() - found:
+                self._cache.remove(key, seq=start_seq)
+            known = {self._path(k) for k in found} | {self.root}
+            for path in [p for p in self._children if p not in known]:
+                del self._children[path]
+            self._status.source = "zookeeper"
+            self._status.mark_synced(resync=resync)
+            # Set under the cache lock: a snapshot served at start must not land after this load.
+            self.loaded.set()
+        if resync:
+            log.info(
+                "config resynced after %s",
+                "session expiry" if session != self._session else "a reconnect",
+                extra={"hosts": self.hosts, "root": self.root, "keys": len(found)},
+            )
+        self._session = session
+        self._ever_loaded = True
+
+    def _incremental(self, data: set[str], children: set[str]) -> None:
+        paths = data | children
+        self._pending.difference_update(paths)
+        specs = [(p, p in data and p != self.root, p in children or p == self.root) for p in sorted(paths)]
+        if not self._traverse(specs, found=None, full=False):
+            self._need_full = True
+
+    def _traverse(self, specs: Sequence[_Spec], *, found: set[str] | None, full: bool) -> bool:
+        """Read ``specs`` and, level by level, what they lead to; False if the root turned out missing."""
+        root_present = True
+        frontier = list(specs)
+        while frontier and not self._stopping.is_set():
+            results = self._read(frontier)
+            frontier = []
+            with self._cache.batch():
+                for result in results:
+                    if result.path == self.root and result.missing:
+                        root_present = False
+                    frontier.extend(self._apply(result, found=found, full=full, reconcile=False))
+        return root_present
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        with self._issue_lock:
+            return next(self._seq)
+
+    def _read(self, specs: Sequence[_Spec]) -> list[_Result]:
+        if not self.client.connected:
+            raise _Interrupted
+        out: list[_Result] = []
+        for start in range(0, len(specs), self._batch_size):
+            chunk = specs[start : start + self._batch_size]
+            issued: list[tuple[_Result, Any, Any]] = []
+            reads = 0
+            with self._issue_lock:
+                for path, want_data, want_children in chunk:
+                    result = _Result(path, next(self._seq))
+                    pending_data = self.client.get_async(path, watch=self._watch) if want_data else None
+                    pending_children = (
+                        self.client.get_children_async(path, watch=self._watch) if want_children else None
+                    )
+                    reads += int(want_data) + int(want_children)
+                    issued.append((result, pending_data, pending_children))
+            self._status.add("reads", reads)
+            for result, pending_data, pending_children in issued:
+                if pending_data is not None:
+                    value = self._wait(result, pending_data)
+                    if value is not None:
+                        result.data, result.stat = value
+                if pending_children is not None:
+                    value = self._wait(result, pending_children)
+                    if value is not None:
+                        result.children = value
+                out.append(result)
+        return out
+
+    def _wait(self, result: _Result, pending: Any) -> Any:
+        try:
+            return pending.get(timeout=self._op_timeout)
+        except NoNodeError:
+            result.missing = True
+        except NoAuthError:
+            result.denied = True
+        except (KazooException, self.client.handler.timeout_exception) as exc:
+            raise _Interrupted from exc
+        return None
+
+    # --- applying --------------------------------------------------------------------------------
+
+    def _path(self, key: str) -> str:
+        return self.root if key == "" else self._prefix + key
+
+    def _key(self, path: str) -> str:
+        return "" if path == self.root else path[len(self._prefix) :]
+
+    def _apply(self, result: _Result, *, found: set[str] | None, full: bool, reconcile: bool) -> list[_Spec]:
+        """Apply one read (cache lock held); returns the reads it leads to (new children)."""
+        path, key = result.path, self._key(result.path)
+        if result.denied:
+            self._denied.append(path)
+            log.warning(
+                "ZooKeeper denied reading %s; keeping its last known value",
+                path,
+                extra={"error_code": "E0409", "path": path, "hosts": self.hosts},
+            )
+            if found is not None and key in self._cache.values:
+                found.add(key)
+            return []
+        if result.missing:
+            if path != self.root:
+                self._remove_subtree(path, result.seq, reconcile=reconcile)
+            return []
+        if result.stat is not None and key:
+            if found is not None:
+                found.add(key)
+            stat = result.stat
+            change = self._pipeline.ingest(key, result.data or b"", czxid=stat.czxid, mzxid=stat.mzxid, seq=result.seq)
+            if change is not None and reconcile:
+                self._drift(path, key, change.new)
+        elif found is not None and key:
+            found.add(key)
+        if result.children is None:
+            return []
+        previous = self._children.get(path)
+        if previous is not None and result.seq < previous[0]:
+            return []
+        names = frozenset(result.children)
+        self._children[path] = (result.seq, names)
+        if not key:
+            self._cache.touch("")
+        old_names = previous[1] if previous is not None else frozenset()
+        for gone in old_names - names:
+            self._remove_subtree(f"{self._prefix if not key else path + '/'}{gone}", result.seq, reconcile=reconcile)
+        new = names if full else names - old_names
+        if reconcile and names - old_names:
+            self._drift(path, key, None)
+        base = self._prefix if not key else path + "/"
+        return [(base + name, True, True) for name in sorted(new)]
+
+    def _remove_subtree(self, path: str, seq: int, *, reconcile: bool) -> None:
+        stack = [path]
+        while stack:
+            current = stack.pop()
+            entry = self._children.get(current)
+            if entry is not None and entry[0] <= seq:
+                del self._children[current]
+                stack.extend(f"{current}/{name}" for name in entry[1])
+            change = self._cache.remove(self._key(current), seq=seq)
+            if change is not None and reconcile:
+                self._drift(current, change.key, None)
+
+    def _drift(self, path: str, key: str, value: Any) -> None:
+        if path in self._pending:
+            return  # a watch already reported it; the sync thread is on its way
+        log.warning(
+            "drift corrected: %r differed from ZooKeeper (a watch was missed)",
+            key,
+            extra={"error_code": "E0409", "key": key, "path": path, "value": describe_value(value)},
+        )
+        self._status.add("drift_corrected")
+
+    # --- the reconciler's entry point ------------------------------------------------------------
+
+    def reread(self, keys: Iterable[str]) -> int:
+        """Re-read ``keys`` (``""`` is the root's child list) and correct drift; returns the reads issued."""
+        if not self.loaded.is_set() or not self.client.connected or self._need_full:
+            return 0
+        specs = [(self._path(k), bool(k), True) for k in keys]
+        try:
+            results = self._read(specs)
+        except _Interrupted:
+            return 0
+        follow: list[str] = []
+        with self._cache.batch():
+            for result in results:
+                follow.extend(spec[0] for spec in self._apply(result, found=None, full=False, reconcile=True))
+        if follow:
+            self._queue.put(("read", follow))
+        return sum(int(bool(k)) + 1 for k in keys)

@@ -1,0 +1,323 @@
+"""``ConfigClient``: a local config cache that never silently stops following ZooKeeper.
+
+Data flows one way: ZooKeeper (or a directory) -> sync -> cache -> readers and listeners::
+
+    from autoglm_runtime import ConfigClient
+
+    with ConfigClient("127.0.0.1:2181", "/autoglm/prod", snapshot_path="/var/cache/autoglm/prod.snapshot") as config:
+        window = config.get("models/llm/context_window", default=4096)
+        unsubscribe = config.subscribe("models/", lambda change: print(change.key, change.kind))
+        print(config.health()["stale_seconds"])
+
+See ``docs/config-sync.md`` for what each failure does to readers and listeners.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from autoglm_runtime.config._files import FileSync, file_directory
+from autoglm_runtime.config._sync import ZooKeeperSync
+from autoglm_runtime.config._values import Validator, ValuePipeline
+from autoglm_runtime.config.cache import ConfigCache
+from autoglm_runtime.config.codec import Codec, resolve_codec
+from autoglm_runtime.config.dispatcher import ConfigChange, Dispatcher, Listener
+from autoglm_runtime.config.health import SyncStatus
+from autoglm_runtime.config.reconciler import Reconciler
+from autoglm_runtime.config.snapshot import SnapshotEntry, SnapshotWriter, read_snapshot
+from autoglm_runtime.errors import ConfigUnavailableError, SnapshotError, UsageError
+
+__all__ = ["ConfigClient"]
+
+log = logging.getLogger("autoglm_runtime.config")
+
+Auth = tuple[str, str] | Sequence[tuple[str, str]]
+
+
+def _normalize_root(root: str) -> str:
+    if not root.startswith("/") or "//" in root or (root != "/" and root.endswith("/")):
+        raise UsageError(f"config root {root!r} must be an absolute ZooKeeper path such as '/autoglm/prod'")
+    return root
+
+
+def _normalize_auth(auth: Auth | None) -> list[tuple[str, str]]:
+    if auth is None:
+        return []
+    if len(auth) == 2 and all(isinstance(part, str) for part in auth):
+        return [(str(auth[0]), str(auth[1]))]
+    pairs = [tuple(item) for item in auth]
+    if not all(len(pair) == 2 and all(isinstance(p, str) for p in pair) for pair in pairs):
+        raise UsageError('auth must be ("digest", "user:password") or a list of (scheme, credential) pairs')
+    return [(str(p[0]), str(p[1])) for p in pairs]
+
+
+class ConfigClient:
+    """Follows every znode under ``root`` and serves it from memory.
+
+    ``hosts`` is a ZooKeeper connect string (``"h1:2181,h2:2181"``) or ``"file:///dir"`` for the directory
+    backend. ``codec`` decodes each znode's data (``"json"``, ``"text"``, ``"bytes"`` or a
+    :class:`~autoglm_runtime.config.codec.Codec`; empty data is ``None``). ``ttl`` seconds after an entry
+    was last confirmed, the reconciler re-reads it. ``validator(key, value)`` may reject a value (raise, or
+    return ``False``): the last good one stays. ``auth`` is ``("digest", "user:password")`` or a list of
+    such pairs. Keyword-only extras: ``timer`` (monotonic clock for TTL and staleness), ``session_timeout``,
+    TLS options passed to kazoo (``use_ssl``, ``ca``, ``certfile``, ``keyfile``, ``keyfile_password``,
+    ``verify_certs``, ``check_hostname``), reconciler tuning (``reconcile_rate`` reads/s,
+    ``reconcile_jitter`` s, ``reconcile_interval`` s), ``snapshot_debounce`` s, ``poll_interval`` s (file
+    backend), ``batch_size`` (reads pipelined per round trip) and ``reconnect_max_delay`` s.
+    """
+
+    # The positional parameters are the public contract of issue 3 (hosts ... auth); extras are keyword-only.
+    def __init__(  # noqa: PLR0917
+        self,
+        hosts: str,
+        root: str,
+        codec: str | Codec = "json",
+        ttl: float = 30.0,
+        snapshot_path: str | os.PathLike[str] | None = None,
+        validator: Validator | None = None,
+        auth: Auth | None = None,
+        *,
+        timer: Callable[[], float] = time.monotonic,
+        session_timeout: float = 10.0,
+        use_ssl: bool = False,
+        ca: str | None = None,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        keyfile_password: str | None = None,
+        verify_certs: bool = True,
+        check_hostname: bool = False,
+        reconcile_rate: float = 200.0,
+        reconcile_jitter: float = 1.0,
+        reconcile_interval: float = 1.0,
+        snapshot_debounce: float = 1.0,
+        poll_interval: float = 1.0,
+        batch_size: int = 2000,
+        reconnect_max_delay: float = 2.0,
+    ) -> None:
+        if not hosts:
+            raise UsageError("config hosts must not be empty: give 'host:port[,host:port...]' or 'file:///dir'")
+        if ttl <= 0:
+            raise UsageError(f"config ttl must be a positive number of seconds, got {ttl}")
+        self.hosts = hosts
+        self.root = _normalize_root(root)
+        self.ttl = ttl
+        self.snapshot_path = Path(snapshot_path) if snapshot_path is not None else None
+        self._codec = resolve_codec(codec)
+        self._timer = timer
+        self._status = SyncStatus(timer=timer)
+        self._dispatcher = Dispatcher()
+        self._writer: SnapshotWriter | None = None
+        self._cache = ConfigCache(ttl=ttl, timer=timer, publish=self._on_change)
+        self._values = self._cache.values
+        self._pipeline = ValuePipeline(cache=self._cache, codec=self._codec, validator=validator, status=self._status)
+        self._snapshot_debounce = snapshot_debounce
+        self._lifecycle = threading.Lock()
+        self._started = False
+        self._stopped = False
+        self._source: ZooKeeperSync | FileSync
+        if hosts.startswith("file://"):
+            self._source = FileSync(
+                directory=file_directory(hosts, self.root),
+                hosts=hosts,
+                root=self.root,
+                cache=self._cache,
+                pipeline=self._pipeline,
+                status=self._status,
+                interval=poll_interval,
+            )
+        else:
+            kazoo_options: dict[str, Any] = {
+                "auth_data": _normalize_auth(auth),
+                "use_ssl": use_ssl,
+                "ca": ca,
+                "certfile": certfile,
+                "keyfile": keyfile,
+                "keyfile_password": keyfile_password,
+                "verify_certs": verify_certs,
+                "check_hostname": check_hostname,
+            }
+            self._source = ZooKeeperSync(
+                hosts=hosts,
+                root=self.root,
+                cache=self._cache,
+                pipeline=self._pipeline,
+                status=self._status,
+                kazoo_options=kazoo_options,
+                session_timeout=session_timeout,
+                batch_size=batch_size,
+                reconnect_max_delay=reconnect_max_delay,
+            )
+        source = self._source
+        self._reconciler = Reconciler(
+            cache=self._cache,
+            reread=source.reread,
+            timer=timer,
+            rate=reconcile_rate,
+            jitter=reconcile_jitter,
+            interval=reconcile_interval,
+            ready=lambda: source.loaded.is_set() and self._status.connected,
+        )
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Load the whole subtree, then follow it; returns once the cache holds a consistent picture.
+
+        If ZooKeeper cannot be reached (and the tree loaded) within ``timeout`` seconds and a valid snapshot
+        exists, the snapshot is served, ``health()`` reports it stale, and the client keeps connecting in the
+        background. Raises :class:`~autoglm_runtime.errors.ConfigUnavailableError` with neither,
+        :class:`~autoglm_runtime.errors.SnapshotError` if the snapshot is refused, and
+        :class:`~autoglm_runtime.errors.ConfigAccessError` if ZooKeeper denies reading part of the tree.
+        """
+        with self._lifecycle:
+            if self._stopped:
+                raise UsageError("this ConfigClient was stopped; create a new one")
+            if self._started:
+                return
+            self._started = True
+            self._dispatcher.start()
+            try:
+                self._start_source(timeout)
+            except BaseException:
+                self._shutdown()
+                raise
+            if self.snapshot_path is not None and isinstance(self._source, ZooKeeperSync):
+                self._writer = SnapshotWriter(
+                    self.snapshot_path,
+                    hosts=self.hosts,
+                    root=self.root,
+                    collect=self._snapshot_entries,
+                    debounce=self._snapshot_debounce,
+                )
+                self._writer.start()
+                if self._status.source == "zookeeper":
+                    self._writer.mark_dirty()
+            self._reconciler.start()
+        # Events of the initial load reach listeners subscribed before start(), not those subscribed after.
+        self._dispatcher.wait_idle(max(timeout, 1.0))
+
+    def _start_source(self, timeout: float) -> None:
+        source = self._source
+        if isinstance(source, FileSync):
+            source.start()
+            self._status.source = "file"
+            return
+        source.start()
+        if source.loaded.wait(timeout):
+            if source.load_error is not None:
+                raise source.load_error
+            self._status.source = "zookeeper"
+            return
+        if self.snapshot_path is None or not self.snapshot_path.exists():
+            where = f"no snapshot exists at {self.snapshot_path}" if self.snapshot_path else "no snapshot_path is set"
+            raise ConfigUnavailableError(
+                f"ZooKeeper at {self.hosts} could not be reached (or root {self.root} loaded) within {timeout:g} s "
+                f"and {where}: start ZooKeeper, check hosts, or give a snapshot_path with a valid snapshot"
+            )
+        try:
+            snapshot = read_snapshot(self.snapshot_path, hosts=self.hosts, root=self.root)
+        except SnapshotError as exc:
+            raise SnapshotError(
+                f"{exc.message}; ZooKeeper at {self.hosts} (root {self.root}) could not be reached within "
+                f"{timeout:g} s, so there is nothing to serve"
+            ) from exc
+        with self._cache.batch():
+            if not source.loaded.is_set():
+                for key, entry in snapshot.entries.items():
+                    self._pipeline.ingest(key, entry.data, czxid=entry.czxid, mzxid=entry.mzxid, seq=0)
+                self._status.source = "snapshot"
+                self._status.mark_stale()
+        log.warning(
+            "ZooKeeper unreachable at start: serving the snapshot (%d keys) and reporting stale until it connects",
+            len(snapshot.entries),
+            extra={"error_code": "E0409", "hosts": self.hosts, "root": self.root, "path": str(self.snapshot_path)},
+        )
+
+    def stop(self) -> None:
+        """Stop following: ends every thread of the client and closes the session, which drops every watch.
+
+        The snapshot (if any) is written one last time if it has unwritten changes. Idempotent.
+        """
+        with self._lifecycle:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._reconciler.stop()
+        if self._started:
+            self._source.stop()
+        if self._writer is not None:
+            self._writer.stop()
+        self._dispatcher.stop()
+
+    def __enter__(self) -> ConfigClient:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The cached value of ``key`` (relative to root, no leading slash), or ``default``.
+
+        Never touches the network and never blocks on ZooKeeper. Values are shared with the cache: treat
+        them as read-only.
+        """
+        return self._values.get(key, default)
+
+    def version(self, key: str) -> int | None:
+        """The mzxid of the cached value of ``key`` (as in :attr:`ConfigChange.version`), or ``None``."""
+        entry = self._cache.entry(key)
+        return entry.mzxid if entry is not None else None
+
+    def snapshot(self) -> Mapping[str, Any]:
+        """An immutable, consistent mapping of every key to its value at one instant."""
+        return self._cache.snapshot()
+
+    def subscribe(self, prefix: str, fn: Listener) -> Callable[[], None]:
+        """Call ``fn(change)`` on the dispatcher thread for each change under ``prefix`` (``""``: every key).
+
+        Returns a callable that unsubscribes. Per key, changes arrive in version order; a raising
+        listener is logged (E0409) and the others still run.
+
+        >>> unsubscribe = client.subscribe("models/", lambda change: print(change.key, change.new))  # doctest: +SKIP
+        """
+        return self._dispatcher.subscribe(prefix, fn)
+
+    def wait_listeners(self, timeout: float) -> bool:
+        """Wait until listeners have been called for every change applied so far; ``False`` on timeout."""
+        return self._dispatcher.wait_idle(timeout)
+
+    def health(self) -> Mapping[str, Any]:
+        """How well the cache follows its source.
+
+        Keys: ``connected`` (bool), ``stale_seconds`` (0.0 while following; else seconds since suspension,
+        session loss or a snapshot start, on the injected timer), ``last_sync`` (Unix time of the last full
+        load or resync, or ``None``), ``applied``, ``rejected``, ``drift_corrected``, ``resyncs``, ``reads``
+        (znode reads issued), ``source`` (``"zookeeper"``, ``"snapshot"``, ``"file"``) and ``keys``.
+        """
+        return self._status.report(applied=self._cache.applied, keys=len(self._cache))
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _on_change(self, change: ConfigChange) -> None:
+        self._dispatcher.publish(change)
+        writer = self._writer
+        if writer is not None and self._status.source != "none":
+            writer.mark_dirty()
+
+    def _snapshot_entries(self) -> dict[str, SnapshotEntry]:
+        return {k: SnapshotEntry(e.data, e.czxid, e.mzxid) for k, e in self._cache.entries().items()}

@@ -1,0 +1,119 @@
+"""Change events and the thread that delivers them to listeners.
+
+Listeners run on one dispatcher thread owned by the client, never on kazoo's threads and never while the
+cache lock is held: a slow listener delays only the listeners after it, never the cache, and a listener
+that raises is logged (E0409) while the others still run. Events are delivered in the order the cache
+applied them, so each key's events arrive in version order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+__all__ = ["ChangeKind", "ConfigChange", "Dispatcher", "Listener"]
+
+log = logging.getLogger(__name__)
+
+ChangeKind = Literal["added", "updated", "deleted"]
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """One key's change as seen by the cache.
+
+    ``version`` is the znode's mzxid after the change (for ``"deleted"``, the mzxid of the value that
+    vanished). ``old`` is ``None`` for ``"added"``; ``new`` is ``None`` for ``"deleted"``.
+    """
+
+    key: str
+    kind: ChangeKind
+    old: Any
+    new: Any
+    version: int
+
+
+class Listener(Protocol):
+    """A subscriber: called with each change whose key starts with the subscribed prefix."""
+
+    def __call__(self, change: ConfigChange, /) -> object: ...
+
+
+_STOP = object()
+
+
+class Dispatcher:
+    """Delivers :class:`ConfigChange` events to subscribers on a named thread of its own."""
+
+    def __init__(self, name: str = "autoglm-config-dispatch") -> None:
+        self._name = name
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._subscribers: tuple[tuple[int, str, Listener], ...] = ()
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._idle = threading.Condition()
+        self._queued = 0
+        self._done = 0
+
+    def subscribe(self, prefix: str, fn: Listener) -> Callable[[], None]:
+        """Call ``fn`` for every change whose key starts with ``prefix``; returns the unsubscribe callable."""
+        if not callable(fn):
+            raise TypeError(f"listener must be callable, not {fn!r}")
+        ident = next(self._ids)
+        with self._lock:
+            self._subscribers = (*self._subscribers, (ident, prefix, fn))
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._subscribers = tuple(s for s in self._subscribers if s[0] != ident)
+
+        return unsubscribe
+
+    def publish(self, change: ConfigChange) -> None:
+        """Queue ``change`` for delivery; never blocks and never calls a listener itself."""
+        with self._idle:
+            self._queued += 1
+        self._queue.put(change)
+
+    def start(self) -> None:
+        """Start the dispatcher thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Deliver what is queued, then end the thread."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(_STOP)
+            thread.join(timeout)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until every event published so far was delivered; ``False`` on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._done >= self._queued, timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            assert isinstance(item, ConfigChange)
+            for _ident, prefix, fn in self._subscribers:
+                if item.key.startswith(prefix):
+                    try:
+                        fn(item)
+                    except Exception:
+                        log.exception(
+                            "config listener raised; the other listeners still run",
+                            extra={"error_code": "E0409", "key": item.key, "listener": repr(fn)},
+                        )
+            with self._idle:
+                self._done += 1
+                self._idle.notify_all()

@@ -1,0 +1,210 @@
+"""Snapshot files: the last good picture of a config tree, for starting while ZooKeeper is down.
+
+A snapshot is one JSON document::
+
+    {"format": "autoglm-config-snapshot/1", "hosts": "...", "root": "/...", "written_at": 1700000000.0,
+     "entries": {"key": [czxid, mzxid, "<base64 data>"]}, "sha256": "<hex of the canonical body>"}
+
+It holds the raw znode data (not decoded values), so loading it runs the codec and validator again.
+It is written atomically (temp file in the same directory, fsync, rename, fsync of the directory), so a
+crash leaves the old file or the new one, never half of one. :func:`read_snapshot` refuses, with
+:class:`~autoglm_runtime.errors.SnapshotError`, a file that is truncated or not JSON, whose checksum
+does not match (altered), or that belongs to other hosts or another root (foreign).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autoglm_runtime.errors import SnapshotError
+
+__all__ = ["SNAPSHOT_FORMAT", "Snapshot", "SnapshotEntry", "SnapshotWriter", "read_snapshot", "write_snapshot"]
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = "autoglm-config-snapshot/1"
+
+
+@dataclass(frozen=True)
+class SnapshotEntry:
+    """One key's raw data and the znode version it was read at."""
+
+    data: bytes
+    czxid: int
+    mzxid: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A verified snapshot file's content."""
+
+    hosts: str
+    root: str
+    written_at: float
+    entries: Mapping[str, SnapshotEntry]
+
+
+def normalize_hosts(hosts: str) -> str:
+    """Hosts in a canonical form (order and spaces do not matter) to compare a snapshot's owner."""
+    return ",".join(sorted(h.strip() for h in hosts.split(",") if h.strip()))
+
+
+def _checksum(body: Mapping[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def write_snapshot(
+    path: str | os.PathLike[str], *, hosts: str, root: str, entries: Mapping[str, SnapshotEntry]
+) -> None:
+    """Write a snapshot of ``entries`` for ``hosts``/``root`` to ``path`` atomically."""
+    target = Path(path)
+    body: dict[str, Any] = {
+        "format": SNAPSHOT_FORMAT,
+        "hosts": normalize_hosts(hosts),
+        "root": root,
+        "written_at": time.time(),
+        "entries": {
+            key: [e.czxid, e.mzxid, base64.b64encode(e.data).decode("ascii")] for key, e in sorted(entries.items())
+        },
+    }
+    body["sha256"] = _checksum(body)
+    payload = json.dumps(body, separators=(",", ":")).encode("ascii")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def read_snapshot(path: str | os.PathLike[str], *, hosts: str, root: str) -> Snapshot:
+    """Read and verify the snapshot at ``path``; it must belong to ``hosts`` and ``root``.
+
+    Raises :class:`SnapshotError` (E0409) for a missing, truncated, altered or foreign file; a refused
+    snapshot is never loaded.
+    """
+    where = os.fspath(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise SnapshotError(f"snapshot {where} cannot be read: {exc.strerror or exc}") from exc
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise SnapshotError(
+            f"snapshot {where} is truncated or not a snapshot ({len(raw)} bytes, not valid JSON); it was not "
+            "loaded: delete it, it is rewritten after the next successful sync"
+        ) from exc
+    if not isinstance(body, dict) or body.get("format") != SNAPSHOT_FORMAT:
+        raise SnapshotError(f"snapshot {where} is not an {SNAPSHOT_FORMAT} file; it was not loaded")
+    claimed = body.pop("sha256", None)
+    if claimed != _checksum(body):
+        raise SnapshotError(
+            f"snapshot {where} was altered: its sha256 checksum does not match its content; it was not loaded"
+        )
+    if body.get("hosts") != normalize_hosts(hosts) or body.get("root") != root:
+        raise SnapshotError(
+            f"snapshot {where} belongs to hosts {body.get('hosts')!r} root {body.get('root')!r}, not hosts "
+            f"{normalize_hosts(hosts)!r} root {root!r}; it was not loaded"
+        )
+    try:
+        entries = {
+            str(key): SnapshotEntry(base64.b64decode(item[2], validate=True), int(item[0]), int(item[1]))
+            for key, item in body["entries"].items()
+        }
+        written_at = float(body["written_at"])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, binascii.Error) as exc:
+        raise SnapshotError(f"snapshot {where} has malformed entries ({exc}); it was not loaded") from exc
+    return Snapshot(hosts=str(body["hosts"]), root=root, written_at=written_at, entries=entries)
+
+
+class SnapshotWriter:
+    """Writes the snapshot on a named thread, at most once per ``debounce`` seconds after changes."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        hosts: str,
+        root: str,
+        collect: Callable[[], Mapping[str, SnapshotEntry]],
+        debounce: float = 1.0,
+    ) -> None:
+        self.path = Path(path)
+        self._hosts = hosts
+        self._root = root
+        self._collect = collect
+        self._debounce = debounce
+        self._dirty = threading.Event()
+        self._pending = False
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.writes = 0
+
+    def mark_dirty(self) -> None:
+        """Note that the cache changed; a write follows within ``debounce`` seconds."""
+        self._pending = True
+        self._dirty.set()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="autoglm-config-snapshot", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Write pending changes, then end the thread."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stopping.set()
+            self._dirty.set()
+            thread.join(timeout)
+
+    def flush(self) -> None:
+        """Write the snapshot now (on the caller's thread)."""
+        self._dirty.clear()
+        self._pending = False
+        try:
+            write_snapshot(self.path, hosts=self._hosts, root=self._root, entries=self._collect())
+            self.writes += 1
+        except OSError as exc:
+            log.warning(
+                "config snapshot could not be written: %s",
+                exc,
+                extra={"error_code": "E0409", "path": str(self.path)},
+            )
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._dirty.wait()
+            if not self._stopping.is_set():
+                # Debounce: a burst of updates becomes one write.
+                self._stopping.wait(self._debounce)
+            self._dirty.clear()
+            if self._pending:
+                self.flush()

@@ -1,0 +1,189 @@
+"""The identity of a model environment: a hash of everything that decides what gets installed.
+
+Two models share an environment exactly when their keys are equal. The key covers:
+
+* the requirements, normalised: PEP 503 names, sorted extras, canonical specifiers (sorted, versions as
+  written by ``packaging``), the marker text, sorted and de-duplicated, so ``Foo_Bar >=1.0,<2`` and
+  ``foo-bar<2,>=1.0`` give one key;
+* the interpreter: implementation, ``major.minor.micro``, ``sys.implementation.cache_tag``, ABI flags and the
+  platform tag, read from the interpreter that will run the environment;
+* where packages come from: a hash of the wheelhouse's file names and sizes, or the index URL, and whether
+  the build is offline;
+* the content of every ``-r`` file the manifest included (a changed file means a new environment).
+
+>>> key = environment_key(manifest, interpreter_info(sys.executable), source_identity(None, None, False))
+... # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from autoglm_runtime.errors import EnvironmentBuildError
+from autoglm_runtime.isolation.manifest import ModelManifest
+
+__all__ = [
+    "KEY_LENGTH",
+    "InterpreterInfo",
+    "environment_key",
+    "interpreter_info",
+    "normalise_requirement",
+    "normalise_requirements",
+    "source_identity",
+]
+
+#: Hex digits of the key used as the environment's directory name.
+KEY_LENGTH = 24
+#: Bumped when the layout of an environment changes, so old environments are not reused by mistake.
+_LAYOUT = "autoglm-env/1"
+_WHEELHOUSE_SUFFIXES = (".whl", ".tar.gz", ".zip", ".tar.bz2")
+
+_PROBE = (
+    "import json, sys, sysconfig; print(json.dumps({"
+    "'implementation': sys.implementation.name, "
+    "'version': '%d.%d.%d' % sys.version_info[:3], "
+    "'cache_tag': sys.implementation.cache_tag, "
+    "'abiflags': getattr(sys, 'abiflags', ''), "
+    "'platform': sysconfig.get_platform(), "
+    "'executable': sys.executable}))"
+)
+
+
+@dataclass(frozen=True)
+class InterpreterInfo:
+    """What of an interpreter decides which wheels fit it."""
+
+    implementation: str
+    version: str
+    cache_tag: str
+    abiflags: str
+    platform: str
+    executable: str
+
+    @property
+    def version_tuple(self) -> tuple[int, ...]:
+        """``(3, 13, 0)`` for ``"3.13.0"``."""
+        return tuple(int(part) for part in self.version.split("."))
+
+    def identity(self) -> str:
+        """The parts that belong in an environment key (not the path: a moved interpreter is the same one)."""
+        return f"{self.implementation}|{self.version}|{self.cache_tag}|{self.abiflags}|{self.platform}"
+
+
+_INFO_CACHE: dict[tuple[str, int, int], InterpreterInfo] = {}
+
+
+def interpreter_info(python: str | os.PathLike[str]) -> InterpreterInfo:
+    """Describe the interpreter at ``python``; the running one is read in-process, others by running them.
+
+    Answers are cached per path, modification time and size, so reuse costs a ``stat``. Raises
+    :class:`EnvironmentBuildError` when ``python`` does not exist or does not run.
+    """
+    path = os.fspath(python)
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise EnvironmentBuildError(
+            f"interpreter {path} does not exist: {exc.strerror}; pass python= an existing one"
+        ) from exc
+    cache_key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+    cached = _INFO_CACHE.get(cache_key)
+    if cached is not None:
+        return cached
+    if os.path.realpath(path) == os.path.realpath(sys.executable):
+        info = InterpreterInfo(
+            implementation=sys.implementation.name,
+            version="{}.{}.{}".format(*sys.version_info[:3]),
+            cache_tag=sys.implementation.cache_tag or "",
+            abiflags=getattr(sys, "abiflags", ""),
+            platform=sysconfig.get_platform(),
+            executable=path,
+        )
+    else:
+        try:
+            done = subprocess.run(
+                [path, "-I", "-S", "-c", _PROBE], capture_output=True, text=True, timeout=60, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise EnvironmentBuildError(f"interpreter {path} could not be run: {exc}") from exc
+        if done.returncode != 0:
+            last = done.stderr.strip().splitlines()[-1:] or ["no output"]
+            raise EnvironmentBuildError(f"interpreter {path} failed to describe itself: {last[0]}")
+        data = json.loads(done.stdout)
+        info = InterpreterInfo(**{**data, "executable": path})
+    _INFO_CACHE[cache_key] = info
+    return info
+
+
+def normalise_requirement(requirement: Requirement) -> str:
+    """One requirement in canonical text: ``Foo_Bar[b,a] >= 1.0, <2`` becomes ``foo-bar[a,b]<2,>=1.0``."""
+    text = str(canonicalize_name(requirement.name))
+    if requirement.extras:
+        text += "[" + ",".join(sorted(canonicalize_name(e) for e in requirement.extras)) + "]"
+    if requirement.url:
+        text += f" @ {requirement.url}"
+    else:
+        text += ",".join(sorted(str(spec) for spec in requirement.specifier))
+    if requirement.marker is not None:
+        text += f"; {requirement.marker}"
+    return text
+
+
+def normalise_requirements(requirements: Iterable[Requirement]) -> list[str]:
+    """Every requirement normalised, sorted and de-duplicated."""
+    return sorted({normalise_requirement(r) for r in requirements})
+
+
+def source_identity(wheelhouse: str | os.PathLike[str] | None, index_url: str | None, offline: bool) -> str:
+    """Where packages come from: the wheelhouse's file names and sizes (hashed), or the index URL.
+
+    A wheelhouse that gains, loses or replaces a file gives a new identity, so an environment is never
+    reused after the packages it could have been built from changed.
+    """
+    parts = [f"offline={offline}"]
+    if wheelhouse is not None:
+        digest = hashlib.sha256()
+        try:
+            entries = sorted(os.scandir(wheelhouse), key=lambda e: e.name)
+        except OSError as exc:
+            raise EnvironmentBuildError(f"wheelhouse {os.fspath(wheelhouse)} cannot be read: {exc.strerror}") from exc
+        for entry in entries:
+            if entry.is_file() and entry.name.endswith(_WHEELHOUSE_SUFFIXES):
+                digest.update(f"{entry.name}\0{entry.stat().st_size}\n".encode())
+        parts.append(f"wheelhouse={digest.hexdigest()}")
+    if index_url is not None:
+        parts.append(f"index={index_url.rstrip('/')}")
+    elif wheelhouse is None:
+        parts.append("index=default")
+    return "|".join(parts)
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise EnvironmentBuildError(f"included requirements file {path} cannot be read: {exc.strerror}") from exc
+
+
+def environment_key(manifest: ModelManifest, interpreter: InterpreterInfo, source: str) -> str:
+    """The hex key naming the environment that ``manifest``'s requirements need on ``interpreter``."""
+    material = {
+        "layout": _LAYOUT,
+        "requirements": normalise_requirements(manifest.requirements),
+        "interpreter": interpreter.identity(),
+        "source": source,
+        "included": sorted(_file_digest(Path(p)) for p in manifest.included_files),
+    }
+    blob = json.dumps(material, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:KEY_LENGTH]

@@ -1,0 +1,161 @@
+"""Whether several version specifier sets can hold at once, with a version that proves it.
+
+Two models that both need ``numpy`` can share an environment only if one version satisfies both of their
+specifier sets. :func:`intersect` answers that exactly and returns a *witness*: a version inside every set,
+or ``None`` when the intersection is empty::
+
+    >>> from packaging.specifiers import SpecifierSet
+    >>> intersect(SpecifierSet(">=2"), SpecifierSet("<2")) is None
+    True
+    >>> intersect(SpecifierSet(">=1.24,<2"), SpecifierSet("~=1.26.0"))
+    '1.26.0'
+
+Pre-releases are judged as pip judges them: pip prefers final releases, and when no final release fits
+it takes a pre-release (``packaging``'s ``filter`` fallback that pip's finder relies on). So the
+intersection is empty only when *no* version, pre-release or not, satisfies every set; a non-empty
+intersection holding pre-releases only is reported with :attr:`Overlap.prerelease_only`.
+
+How it is exact: membership of a version in a specifier depends only on how the version compares with the
+specifier's own version (its release, pre-, post-, dev- and local parts) and on prefix matches of the
+release. The satisfying sets are therefore unions of intervals whose ends are built from the specifiers'
+versions, and every non-empty intersection contains one of a finite set of candidates built around those
+versions (each one, its neighbours in every part, and releases just above and just below it). The
+candidates are tested with ``packaging``'s own ``contains``, so the judgement never drifts from the
+library pip vendors. A property test checks the judgement against brute force and, where installed,
+against ``packaging``'s ``SpecifierSet.is_unsatisfiable``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from packaging.specifiers import Specifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+__all__ = ["Overlap", "intersect", "overlap"]
+
+_PreTag = tuple[str, int] | None
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """The result of intersecting specifier sets: ``witness`` is ``None`` when nothing satisfies them all."""
+
+    #: A version in every set (normalised; the literal string for ``===``), or ``None``.
+    witness: str | None
+    #: True when only pre-releases satisfy every set (pip installs one only when no final release fits).
+    prerelease_only: bool = False
+
+    @property
+    def empty(self) -> bool:
+        """True when no version satisfies every set."""
+        return self.witness is None
+
+
+def _spec_versions(spec: Specifier) -> Iterator[Version]:
+    """The versions a specifier's boundaries are built from (a wildcard gives its prefix and the next one)."""
+    text = spec.version
+    try:
+        if text.endswith(".*"):
+            prefix = Version(text[:-2])
+            yield prefix
+            release = (*prefix.release[:-1], prefix.release[-1] + 1)
+            yield Version(f"{prefix.epoch}!{'.'.join(map(str, release))}")
+        else:
+            yield Version(text)
+    except InvalidVersion:
+        return  # an arbitrary-equality string; tried verbatim by the caller
+
+
+def _release_str(epoch: int, release: tuple[int, ...]) -> str:
+    return f"{epoch}!{'.'.join(map(str, release))}"
+
+
+def _neighbour_releases(release: tuple[int, ...], depth: int, big: int) -> list[tuple[int, ...]]:
+    """``release`` itself, the release just above it and the one just below it.
+
+    "Just" means no specifier's release lies strictly between: above pads to ``depth`` and appends 1 (deeper
+    than any specifier release); below lowers the last non-zero part and appends ``big`` (larger than any
+    specifier number).
+    """
+    out = [release, (*release, *(0,) * max(0, depth - len(release)), 1)]
+    trimmed = list(release)
+    while trimmed and trimmed[-1] == 0:
+        trimmed.pop()
+    if trimmed:
+        out.append((*trimmed[:-1], trimmed[-1] - 1, big))
+    return out
+
+
+def _numbers_near(value: int | None) -> list[int]:
+    if value is None:
+        return []
+    return [value, value + 1] + ([value - 1] if value else [])
+
+
+def _around(version: Version, depth: int, big: int) -> Iterator[str]:
+    """Candidate versions near ``version`` in every part of its PEP 440 key."""
+    pres: list[_PreTag] = [None, ("a", 0), ("rc", big)]
+    if version.pre is not None:
+        letter, number = version.pre
+        pres += [version.pre, (letter, number + 1)] + ([(letter, number - 1)] if number else [])
+    posts = [None, 0, big, *_numbers_near(version.post)]
+    devs = [None, 0, big, *_numbers_near(version.dev)]
+    locals_: list[str | None] = [None, "0"] + ([version.local] if version.local else [])
+    for release in _neighbour_releases(version.release, depth, big):
+        base = _release_str(version.epoch, release)
+        for pre, post, dev, local in itertools.product(pres, posts, devs, locals_):
+            text = base
+            if pre is not None:
+                text += f"{pre[0]}{pre[1]}"
+            if post is not None:
+                text += f".post{post}"
+            if dev is not None:
+                text += f".dev{dev}"
+            if local is not None:
+                text += f"+{local}"
+            yield text
+
+
+def _candidates(sets: Iterable[SpecifierSet]) -> list[Version | str]:
+    """A finite set that meets every non-empty intersection of ``sets``; specifier versions first."""
+    specs = [spec for spec_set in sets for spec in spec_set]
+    versions = [v for spec in specs for v in _spec_versions(spec)]
+    numbers = [n for v in versions for n in (*v.release, v.epoch, *(v.pre or ("", 0))[1:], v.post or 0, v.dev or 0)]
+    big = max([9, *numbers]) + 2
+    depth = max([1, *(len(v.release) for v in versions)]) + 1
+    out: list[Version | str] = [spec.version for spec in specs if spec.operator == "==="]
+    out += versions
+    texts = itertools.chain.from_iterable(_around(v, depth, big) for v in versions)
+    out += [Version(t) for t in dict.fromkeys(texts)]
+    out += [Version("0"), Version("0.dev0"), Version(str(big))]
+    epochs = {v.epoch for v in versions}
+    out += [Version(f"{e + 1}!0.dev0") for e in epochs] + [Version(f"{e}!{big}") for e in epochs]
+    return out
+
+
+def _rank(item: Version | str) -> tuple[bool, bool, bool]:
+    if isinstance(item, str):
+        return (False, False, False)
+    return (item.is_prerelease, item.local is not None, item.post is not None)
+
+
+def overlap(*sets: SpecifierSet) -> Overlap:
+    """Intersect ``sets``; the witness is a final release whenever one fits, else a pre-release.
+
+    >>> overlap(SpecifierSet(">=2.0b1"), SpecifierSet("<2")).empty   # 2.0b1 is excluded by "<2"
+    True
+    >>> overlap(SpecifierSet("==2.0b1"), SpecifierSet(">=1")).prerelease_only
+    True
+    """
+    for item in sorted(_candidates(sets), key=_rank):  # stable: the specifiers' own versions first
+        if all(spec_set.contains(item, prereleases=True) for spec_set in sets):
+            return Overlap(str(item), prerelease_only=_rank(item)[0])
+    return Overlap(None)
+
+
+def intersect(*sets: SpecifierSet) -> str | None:
+    """A version satisfying every one of ``sets``, or ``None`` when their intersection is empty."""
+    return overlap(*sets).witness

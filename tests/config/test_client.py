@@ -1,0 +1,115 @@
+"""ConfigClient without a server: start-up failures, snapshot fallback, staleness on the injected clock."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+import autoglm_runtime.config as config_package
+from autoglm_runtime import ConfigClient
+from autoglm_runtime.config import SnapshotEntry, write_snapshot
+from autoglm_runtime.errors import ConfigUnavailableError, SnapshotError, UsageError
+
+from .conftest import FakeClock
+
+
+@pytest.fixture
+def dead_hosts() -> str:
+    """A local port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"127.0.0.1:{port}"
+
+
+def test_unreachable_without_snapshot_raises_naming_hosts_and_root(dead_hosts: str) -> None:
+    before = set(threading.enumerate())
+    client = ConfigClient(dead_hosts, "/autoglm/prod")
+    with pytest.raises(ConfigUnavailableError) as info:
+        client.start(timeout=0.3)
+    assert info.value.message == (
+        f"ZooKeeper at {dead_hosts} could not be reached (or root /autoglm/prod loaded) within 0.3 s and no "
+        "snapshot_path is set: start ZooKeeper, check hosts, or give a snapshot_path with a valid snapshot"
+    )
+    assert str(info.value).startswith("E0409: ")
+    assert set(threading.enumerate()) - before == set()
+
+
+def test_unreachable_with_snapshot_serves_it_and_reports_staleness(
+    dead_hosts: str, tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "prod.snapshot"
+    write_snapshot(
+        path,
+        hosts=dead_hosts,
+        root="/autoglm/prod",
+        entries={"models/llm/context_window": SnapshotEntry(b"4096", 5, 9), "bad": SnapshotEntry(b"{", 6, 6)},
+    )
+    before = set(threading.enumerate())
+    client = ConfigClient(dead_hosts, "/autoglm/prod", snapshot_path=path, timer=clock)
+    client.start(timeout=0.3)
+    try:
+        assert client.get("models/llm/context_window") == 4096
+        assert client.version("models/llm/context_window") == 9
+        assert dict(client.snapshot()) == {"models/llm/context_window": 4096}
+        clock.advance(12.5)
+        health = client.health()
+        assert (health["connected"], health["stale_seconds"], health["source"]) == (False, 12.5, "snapshot")
+        assert health["rejected"] == 1
+    finally:
+        client.stop()
+    assert set(threading.enumerate()) - before == set()
+    # stopping did not overwrite the snapshot with anything else
+    assert set(config_package.read_snapshot(path, hosts=dead_hosts, root="/autoglm/prod").entries) == {
+        "models/llm/context_window",
+        "bad",
+    }
+
+
+@pytest.mark.parametrize("damage", ["truncate", "foreign"])
+def test_unreachable_with_refused_snapshot_raises(dead_hosts: str, tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "prod.snapshot"
+    owner = "elsewhere:2181" if damage == "foreign" else dead_hosts
+    write_snapshot(path, hosts=owner, root="/autoglm/prod", entries={"a": SnapshotEntry(b"1", 1, 1)})
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:20])
+    client = ConfigClient(dead_hosts, "/autoglm/prod", snapshot_path=path)
+    with pytest.raises(SnapshotError) as info:
+        client.start(timeout=0.3)
+    reason = {
+        "truncate": "is truncated or not a snapshot (20 bytes, not valid JSON); it was not loaded: delete it, it is "
+        "rewritten after the next successful sync",
+        "foreign": f"belongs to hosts 'elsewhere:2181' root '/autoglm/prod', not hosts {dead_hosts!r} root "
+        "'/autoglm/prod'; it was not loaded",
+    }[damage]
+    assert info.value.message == (
+        f"snapshot {path} {reason}; ZooKeeper at {dead_hosts} (root /autoglm/prod) could not be reached within "
+        "0.3 s, so there is nothing to serve"
+    )
+    assert client.get("a") is None
+
+
+@pytest.mark.parametrize("root", ["relative", "/trailing/", "/a//b", ""])
+def test_bad_root_is_a_usage_error(root: str) -> None:
+    with pytest.raises(UsageError) as info:
+        ConfigClient("127.0.0.1:2181", root)
+    assert info.value.message == f"config root {root!r} must be an absolute ZooKeeper path such as '/autoglm/prod'"
+
+
+def test_bad_ttl_and_auth_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="config ttl must be a positive number of seconds, got 0"):
+        ConfigClient("127.0.0.1:2181", "/r", ttl=0)
+    with pytest.raises(UsageError, match="auth must be"):
+        ConfigClient("127.0.0.1:2181", "/r", auth=[("digest",)])  # type: ignore[list-item]
+
+
+def test_stopped_client_cannot_restart(tmp_path: Path) -> None:
+    client = ConfigClient(f"file://{tmp_path}", "/")
+    client.start()
+    client.stop()
+    client.stop()
+    with pytest.raises(UsageError, match="this ConfigClient was stopped; create a new one"):
+        client.start()

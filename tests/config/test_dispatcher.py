@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from autoglm_runtime.config.dispatcher import ConfigChange, Dispatcher
+
+
+def change(key: str, version: int) -> ConfigChange:
+    return ConfigChange(key, "updated", version - 1, version, version)
+
+
+def test_in_order_by_prefix_and_unsubscribe() -> None:
+    dispatcher = Dispatcher()
+    seen_models: list[ConfigChange] = []
+    seen_all: list[ConfigChange] = []
+    unsubscribe = dispatcher.subscribe("models/", seen_models.append)
+    dispatcher.subscribe("", seen_all.append)
+    dispatcher.start()
+    try:
+        for version in range(1, 51):
+            dispatcher.publish(change("models/a", version))
+            dispatcher.publish(change("other", version))
+        assert dispatcher.wait_idle(10)
+        unsubscribe()
+        dispatcher.publish(change("models/a", 51))
+        assert dispatcher.wait_idle(10)
+    finally:
+        dispatcher.stop()
+    assert [c.version for c in seen_models] == list(range(1, 51))
+    assert len(seen_all) == 101
+
+
+def test_raising_listener_is_logged_and_others_still_run(caplog: pytest.LogCaptureFixture) -> None:
+    dispatcher = Dispatcher()
+    seen: list[ConfigChange] = []
+
+    def bad(_: ConfigChange) -> None:
+        raise RuntimeError("boom")
+
+    dispatcher.subscribe("", bad)
+    dispatcher.subscribe("", seen.append)
+    dispatcher.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="autoglm_runtime.config.dispatcher"):
+            dispatcher.publish(change("k", 1))
+            assert dispatcher.wait_idle(10)
+    finally:
+        dispatcher.stop()
+    assert seen == [change("k", 1)]
+    [record] = caplog.records
+    assert record.getMessage() == "config listener raised; the other listeners still run"
+    assert record.error_code == "E0409"  # type: ignore[attr-defined]
+    assert record.key == "k"  # type: ignore[attr-defined]
+
+
+def test_slow_listener_never_blocks_publish() -> None:
+    dispatcher = Dispatcher()
+    release = threading.Event()
+    entered = threading.Event()
+
+    def slow(_: ConfigChange) -> None:
+        entered.set()
+        release.wait(30)
+
+    dispatcher.subscribe("", slow)
+    dispatcher.start()
+    try:
+        dispatcher.publish(change("k", 1))
+        assert entered.wait(10)
+        for version in range(2, 1000):
+            dispatcher.publish(change("k", version))  # returns although the listener is stuck
+        assert not dispatcher.wait_idle(0.01)
+    finally:
+        release.set()
+        dispatcher.stop()
+
+
+def test_listener_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="listener must be callable, not 3"):
+        Dispatcher().subscribe("", 3)  # type: ignore[arg-type]

@@ -1,0 +1,152 @@
+"""The file:// backend, through the public ConfigClient API (a real directory, no server)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from autoglm_runtime import ConfigChange, ConfigClient
+from autoglm_runtime.errors import ConfigUnavailableError
+
+from .conftest import FakeClock
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met within the deadline")
+        time.sleep(0.01)
+
+
+def write(path: Path, text: str) -> None:
+    """Replace ``path`` atomically, as editors do (the poller never sees a half-written file)."""
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "autoglm" / "dev"
+    (root / "models" / "llm").mkdir(parents=True)
+    (root / "models" / "llm" / "context_window").write_text("4096")
+    (root / "flag").write_text("true")
+    (root / ".swp").write_text("ignored")
+    return root
+
+
+@pytest.fixture
+def client(tmp_path: Path, tree: Path, clock: FakeClock) -> Iterator[ConfigClient]:
+    def positive(key: str, value: object) -> object:
+        if key.endswith("context_window") and not (isinstance(value, int) and value > 0):
+            raise ValueError("context_window must be a positive integer")
+        return None
+
+    config = ConfigClient(
+        f"file://{tmp_path}",
+        "/autoglm/dev",
+        ttl=30.0,
+        validator=positive,
+        timer=clock,
+        poll_interval=0.02,
+        reconcile_interval=0.02,
+        reconcile_jitter=0.0,
+    )
+    config.start(timeout=5)
+    try:
+        yield config
+    finally:
+        config.stop()
+
+
+def test_loads_every_file_as_a_key(client: ConfigClient) -> None:
+    assert dict(client.snapshot()) == {"models/llm/context_window": 4096, "flag": True}
+    assert client.health()["source"] == "file"
+    assert client.health()["connected"] is True
+
+
+def test_follows_edits_creates_and_deletes(client: ConfigClient, tree: Path) -> None:
+    events: list[ConfigChange] = []
+    client.subscribe("", events.append)
+    write(tree / "models" / "llm" / "context_window", "8192")
+    write(tree / "models" / "new", '"x"')
+    (tree / "flag").unlink()
+    wait_until(lambda: client.get("models/llm/context_window") == 8192 and client.get("models/new") == "x")
+    wait_until(lambda: client.get("flag", "gone") == "gone")
+    assert client.wait_listeners(5)
+    assert sorted((e.key, e.kind, e.old, e.new) for e in events) == [
+        ("flag", "deleted", True, None),
+        ("models/llm/context_window", "updated", 4096, 8192),
+        ("models/new", "added", None, "x"),
+    ]
+
+
+def test_invalid_json_and_validator_rejection_keep_last_good(
+    client: ConfigClient, tree: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = tree / "models" / "llm" / "context_window"
+    with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
+        write(target, "{not json")
+        wait_until(lambda: client.health()["rejected"] == 1)
+        write(target, "-5")
+        wait_until(lambda: client.health()["rejected"] == 2)
+    assert client.get("models/llm/context_window") == 4096
+    messages = [r.getMessage() for r in caplog.records if getattr(r, "error_code", None) == "E0409"]
+    assert messages == [
+        "config update for 'models/llm/context_window' rejected, keeping the last good value: the json codec "
+        "cannot decode it: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+        "config update for 'models/llm/context_window' rejected, keeping the last good value: the validator "
+        "rejected it: ValueError: context_window must be a positive integer",
+    ]
+    assert all("{not json" not in str(vars(r)) for r in caplog.records)  # values never reach logs
+    write(target, "2048")
+    wait_until(lambda: client.get("models/llm/context_window") == 2048)
+
+
+def test_reconciler_corrects_an_edit_the_poller_missed(
+    client: ConfigClient, tree: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = tree / "flag"
+    before = target.stat()
+    # Same size, same inode, same mtime: the stat signature cannot see this edit.
+    with open(target, "r+b") as handle:
+        handle.write(b"null")
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert client.get("flag") is True
+    with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
+        clock.advance(31)
+        wait_until(lambda: client.health()["drift_corrected"] == 1)
+    assert client.get("flag", "missing") is None
+    [record] = [r for r in caplog.records if r.getMessage().startswith("drift corrected")]
+    assert record.getMessage() == "drift corrected: 'flag' differed from its file (an edit was missed)"
+    assert record.error_code == "E0409"  # type: ignore[attr-defined]
+    assert record.key == "flag"  # type: ignore[attr-defined]
+
+
+def test_missing_directory_is_unavailable(tmp_path: Path) -> None:
+    config = ConfigClient(f"file://{tmp_path}", "/nope")
+    with pytest.raises(ConfigUnavailableError) as info:
+        config.start(timeout=1)
+    assert info.value.message == (
+        f"config directory {tmp_path / 'nope'} (hosts file://{tmp_path}, root /nope) does not exist or is not a "
+        "directory: create it or fix hosts/root"
+    )
+
+
+def test_stop_leaves_no_thread(tmp_path: Path, tree: Path) -> None:
+    before = set(threading.enumerate())
+    with ConfigClient(f"file://{tmp_path}", "/autoglm/dev", poll_interval=0.01) as config:
+        assert config.get("flag") is True
+        assert {t.name for t in set(threading.enumerate()) - before} == {
+            "autoglm-config-dispatch",
+            "autoglm-config-files",
+            "autoglm-config-reconcile",
+        }
+    assert set(threading.enumerate()) - before == set()

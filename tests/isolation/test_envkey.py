@@ -1,0 +1,151 @@
+"""Environment keys: what changes a key, and what must not."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from packaging.requirements import Requirement
+
+from autoglm_runtime.errors import EnvironmentBuildError
+from autoglm_runtime.isolation.envkey import (
+    KEY_LENGTH,
+    InterpreterInfo,
+    environment_key,
+    interpreter_info,
+    normalise_requirement,
+    normalise_requirements,
+    source_identity,
+)
+from autoglm_runtime.isolation.manifest import ModelManifest, load_manifest
+
+INFO = InterpreterInfo("cpython", "3.11.7", "cpython-311", "", "linux-x86_64", "/usr/bin/python3.11")
+SOURCE = "offline=True|wheelhouse=abc"
+
+
+def _manifest(*reqs: str, included: tuple[Path, ...] = ()) -> ModelManifest:
+    return ModelManifest(
+        name="m",
+        entrypoint="m:load",
+        requirements=tuple(Requirement(r) for r in reqs),
+        python=None,
+        directory=Path("/models/m"),
+        source=Path("/models/m/model.toml"),
+        included_files=included,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "normalised"),
+    [
+        ("Foo_Bar >= 1.0, <2", "foo-bar<2,>=1.0"),
+        ("foo.bar[B,a]==1.0", "foo-bar[a,b]==1.0"),
+        ("numpy>=1.24; python_version < '3.12'", 'numpy>=1.24; python_version < "3.12"'),
+        ("pkg @ https://example.org/pkg-1.0-py3-none-any.whl", "pkg @ https://example.org/pkg-1.0-py3-none-any.whl"),
+        ("plain", "plain"),
+    ],
+)
+def test_normalise_requirement(text: str, normalised: str) -> None:
+    assert normalise_requirement(Requirement(text)) == normalised
+
+
+def test_normalise_requirements_sorts_and_deduplicates() -> None:
+    reqs = [Requirement("b==1"), Requirement("A>=1,<2"), Requirement("a<2,>=1")]
+    assert normalise_requirements(reqs) == ["a<2,>=1", "b==1"]
+
+
+NAMES = st.sampled_from(["conflictlib", "Conflict_Lib", "conflict.lib", "numpy", "NumPy", "tokenizers"])
+SPECS = st.lists(st.sampled_from([">=1.0", "<2", "!=1.5", "==1.*", "~=1.2"]), max_size=3, unique=True)
+
+
+@given(st.lists(st.tuples(NAMES, SPECS), min_size=1, max_size=5), st.randoms())
+def test_key_ignores_order_spelling_and_spacing(reqs: list[tuple[str, list[str]]], rnd: object) -> None:
+    texts = [name + ",".join(specs) for name, specs in reqs]
+    shuffled = [name.upper().replace("_", "-") + " " + " , ".join(reversed(specs)) for name, specs in reqs]
+    rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+    assert environment_key(_manifest(*texts), INFO, SOURCE) == environment_key(_manifest(*shuffled), INFO, SOURCE)
+
+
+def test_key_is_hex_of_fixed_length() -> None:
+    key = environment_key(_manifest("a==1"), INFO, SOURCE)
+    assert len(key) == KEY_LENGTH
+    int(key, 16)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m, i, s: (_manifest("conflictlib==2.0"), i, s),
+        lambda m, i, s: (_manifest("conflictlib==1.0", "extra"), i, s),
+        lambda m, i, s: (_manifest("conflictlib[x]==1.0"), i, s),
+        lambda m, i, s: (_manifest("conflictlib==1.0; sys_platform == 'linux'"), i, s),
+        lambda m, i, s: (m, replace(i, version="3.11.8"), s),
+        lambda m, i, s: (m, replace(i, cache_tag="cpython-312"), s),
+        lambda m, i, s: (m, replace(i, abiflags="t"), s),
+        lambda m, i, s: (m, replace(i, platform="linux-aarch64"), s),
+        lambda m, i, s: (m, replace(i, implementation="pypy"), s),
+        lambda m, i, s: (m, i, "offline=True|wheelhouse=def"),
+        lambda m, i, s: (m, i, "offline=False|index=https://pypi.example/simple"),
+    ],
+)
+def test_key_changes_with_what_decides_the_install(change: object) -> None:
+    base = (_manifest("conflictlib==1.0"), INFO, SOURCE)
+    changed = change(*base)  # type: ignore[operator]
+    assert environment_key(*changed) != environment_key(*base)
+
+
+def test_key_ignores_the_interpreter_path() -> None:
+    moved = replace(INFO, executable="/opt/python/bin/python3.11")
+    assert environment_key(_manifest("a==1"), moved, SOURCE) == environment_key(_manifest("a==1"), INFO, SOURCE)
+
+
+def test_key_covers_included_file_content(tmp_path: Path) -> None:
+    (tmp_path / "model.toml").write_text('[model]\nname = "m"\nentrypoint = "m:load"\nrequirements = ["-r r.txt"]\n')
+    (tmp_path / "r.txt").write_text("conflictlib==1.0\n")
+    first = environment_key(load_manifest(tmp_path), INFO, SOURCE)
+    (tmp_path / "r.txt").write_text("conflictlib==1.0  # pinned for the demo\n")
+    second = environment_key(load_manifest(tmp_path), INFO, SOURCE)
+    assert first != second
+
+
+def test_source_identity_hashes_wheel_names_and_sizes(tmp_path: Path) -> None:
+    (tmp_path / "a-1.0-py3-none-any.whl").write_bytes(b"x" * 10)
+    (tmp_path / "notes.txt").write_text("ignored")
+    first = source_identity(tmp_path, None, True)
+    (tmp_path / "notes.txt").write_text("still ignored")
+    assert source_identity(tmp_path, None, True) == first
+    (tmp_path / "a-1.0-py3-none-any.whl").write_bytes(b"x" * 11)
+    assert source_identity(tmp_path, None, True) != first
+    assert source_identity(tmp_path, None, False) != source_identity(tmp_path, None, True)
+
+
+def test_source_identity_of_an_index() -> None:
+    assert source_identity(None, "https://pypi.example/simple/", False) == (
+        "offline=False|index=https://pypi.example/simple"
+    )
+    assert source_identity(None, None, False) == "offline=False|index=default"
+
+
+def test_missing_wheelhouse_is_a_build_error(tmp_path: Path) -> None:
+    with pytest.raises(EnvironmentBuildError) as info:
+        source_identity(tmp_path / "nope", None, True)
+    assert info.value.message == f"wheelhouse {tmp_path / 'nope'} cannot be read: No such file or directory"
+
+
+def test_interpreter_info_of_the_running_interpreter() -> None:
+    info = interpreter_info(sys.executable)
+    assert info.version == "{}.{}.{}".format(*sys.version_info[:3])
+    assert info.cache_tag == sys.implementation.cache_tag
+    assert info.version_tuple == tuple(sys.version_info[:3])
+
+
+def test_interpreter_info_of_a_missing_interpreter(tmp_path: Path) -> None:
+    with pytest.raises(EnvironmentBuildError) as info:
+        interpreter_info(tmp_path / "python9")
+    assert info.value.message == (
+        f"interpreter {tmp_path / 'python9'} does not exist: No such file or directory; pass python= an existing one"
+    )

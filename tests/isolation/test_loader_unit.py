@@ -1,0 +1,183 @@
+"""The loader's parts that need no environment build: backends, exit statuses, reuse, workers on the host
+interpreter, and the ``env build`` command's progress output."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from autoglm_runtime.cli import main
+from autoglm_runtime.cli.env import ProgressBar, ProgressLines
+from autoglm_runtime.errors import (
+    BackendUnsupportedError,
+    DependencyConflictError,
+    ModelLoadError,
+    UsageError,
+    WorkerError,
+)
+from autoglm_runtime.isolation import BuildEvent, EnvironmentBuilder, ModelLoader, load_manifest
+from autoglm_runtime.isolation._output import describe_exit
+from autoglm_runtime.isolation.envbuild import METADATA_NAME
+from autoglm_runtime.isolation.envkey import interpreter_info
+from autoglm_runtime.isolation.subinterp import resolve_backend
+from autoglm_runtime.isolation.worker import WorkerProcess, WorkerSpec
+
+
+def _model(tmp_path: Path, body: str, python: str | None = None) -> Path:
+    directory = tmp_path / "model"
+    directory.mkdir()
+    extra = f'python = "{python}"\n' if python else ""
+    (directory / "model.toml").write_text(
+        f'[model]\nname = "unit"\nentrypoint = "unit_model:load"\nrequirements = []\n{extra}'
+    )
+    (directory / "unit_model.py").write_text(textwrap.dedent(body))
+    return directory
+
+
+ECHO = """
+import json
+class Model:
+    def echo(self, value):
+        return value
+def load():
+    return Model()
+"""
+
+
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [
+        (None, "still running"),
+        (0, "exited with status 0"),
+        (3, "exited with status 3"),
+        (-9, "killed by signal 9 (SIGKILL)"),
+        (-11, "killed by signal 11 (SIGSEGV)"),
+        (-200, "killed by signal 200 (unknown signal)"),
+    ],
+)
+def test_describe_exit(code: int | None, text: str) -> None:
+    assert describe_exit(code) == text
+
+
+def test_resolve_backend() -> None:
+    info = interpreter_info(sys.executable)
+    assert resolve_backend("process", info) == "process"
+    with pytest.raises(UsageError) as info_error:
+        resolve_backend("thread", info)
+    assert info_error.value.message == "backend must be 'auto', 'process' or 'subinterp', got 'thread'"
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="the host interpreter itself supports subinterpreters")
+def test_subinterp_refused_on_an_old_interpreter() -> None:
+    info = interpreter_info(sys.executable)
+    assert resolve_backend("auto", info) == "process"
+    with pytest.raises(BackendUnsupportedError) as error:
+        resolve_backend("subinterp", info)
+    assert error.value.message == (
+        "the subinterpreter backend needs CPython 3.13+ with the _interpreters module, but the environment "
+        f"interpreter {sys.executable} is cpython {info.version}; use backend='process', or pass python= a 3.13 "
+        "interpreter"
+    )
+
+
+def test_loader_rejects_unknown_backend(tmp_path: Path) -> None:
+    with pytest.raises(UsageError) as info:
+        ModelLoader(tmp_path, backend="threads")  # type: ignore[arg-type]
+    assert info.value.message == "backend must be 'auto', 'process' or 'subinterp', got 'threads'"
+
+
+def test_existing_key_is_reused_without_building(tmp_path: Path) -> None:
+    builder = EnvironmentBuilder(tmp_path / "envs", offline=True)
+    manifest = load_manifest(_model(tmp_path, ECHO))
+    key = builder.key_for(manifest)
+    (tmp_path / "envs" / key).mkdir()
+    (tmp_path / "envs" / key / METADATA_NAME).write_text(json.dumps({"key": key}))
+    env = builder.ensure(manifest)
+    assert (env.key, env.path, env.created) == (key, tmp_path / "envs" / key, False)
+    assert env.python == tmp_path / "envs" / key / "bin" / "python"
+
+
+def test_python_requirement_is_checked_before_building(tmp_path: Path) -> None:
+    builder = EnvironmentBuilder(tmp_path / "envs", offline=True)
+    manifest = load_manifest(_model(tmp_path, ECHO, python=">=4"))
+    with pytest.raises(DependencyConflictError) as info:
+        builder.ensure(manifest)
+    version = "{}.{}.{}".format(*sys.version_info[:3])
+    assert info.value.message == (
+        f"model 'unit' needs Python >=4 but the environment interpreter {os.path.abspath(sys.executable)} is "
+        f"{version}; pass python= an interpreter that fits"
+    )
+    assert list((tmp_path / "envs").iterdir()) == []
+
+
+def test_worker_on_the_host_interpreter(tmp_path: Path) -> None:
+    directory = _model(tmp_path, ECHO)
+    worker = WorkerProcess(WorkerSpec("unit", sys.executable, str(directory), "unit_model:load"))
+    hello = worker.start()
+    try:
+        assert hello["ok"] is True
+        assert hello["pid"] == worker.health()["pid"]
+        assert worker.call("echo", {"a": [1, None]}, timeout=30) == {"a": [1, None]}
+        assert worker.health()["state"] == "ready"
+    finally:
+        worker.close()
+    assert worker.health() == {
+        "state": "dead",
+        "pid": None,
+        "restarts": 0,
+        "last_exit": None,
+        "backend": "process",
+        "failures": 0,
+    }
+    with pytest.raises(WorkerError):
+        worker.call("echo", 1)
+
+
+def test_worker_reports_entrypoint_errors(tmp_path: Path) -> None:
+    directory = _model(tmp_path, "def load():\n    raise RuntimeError('no weights at /models/x')\n")
+    worker = WorkerProcess(WorkerSpec("unit", sys.executable, str(directory), "unit_model:load"))
+    with pytest.raises(ModelLoadError) as info:
+        worker.start()
+    assert info.value.message.splitlines()[0] == (
+        "model 'unit' failed to load its entrypoint unit_model:load: RuntimeError: no weights at /models/x"
+    )
+    assert worker.health()["state"] == "failed"
+    assert worker.health()["pid"] is None
+
+
+def test_progress_bar_redraws_one_line() -> None:
+    stream = io.StringIO()
+    bar = ProgressBar(stream, width=8)
+    bar(BuildEvent("k", 2, 4, "install", "Resolved 1 package"))
+    bar(BuildEvent("k", 4, 4, "done", "ready"))
+    assert stream.getvalue() == (
+        "\r\x1b[2K[####----] 2/4 install Resolved 1 package\r\x1b[2K[########] 4/4 done    ready\n"
+    )
+
+
+def test_progress_lines() -> None:
+    stream = io.StringIO()
+    ProgressLines(stream)(BuildEvent("k", 1, 4, "venv", "creating"))
+    assert stream.getvalue() == "[1/4 venv] creating\n"
+
+
+def test_env_build_reports_a_bad_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["env", "build", str(tmp_path), "--env-root", str(tmp_path / "envs")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"autoglm-runtime: error E0102: {tmp_path / 'model.toml'}: no such manifest; a model directory must hold "
+        "model.toml\n"
+    )
+
+
+def test_env_build_needs_a_path(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["env", "build"])
+    assert info.value.code == 2
+    assert "the following arguments are required: PATH" in capsys.readouterr().err

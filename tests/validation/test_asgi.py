@@ -1,0 +1,310 @@
+"""ValidationMiddleware in a real Starlette app over httpx's ASGI transport, plus raw-ASGI checks and fuzzing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from autoglm_runtime.errors import UsageError
+from autoglm_runtime.validation import (
+    CallableTokenizer,
+    ContextWindowGuard,
+    HeaderTokenGuard,
+    ValidationMiddleware,
+)
+
+CODES = {"E0512", "E0513", "E0515", "E5009"}
+
+
+def char_tok() -> CallableTokenizer:
+    return CallableTokenizer(lambda t: [ord(c) for c in t], decode=lambda ids: "".join(map(chr, ids)))
+
+
+async def echo(request: Request) -> JSONResponse:
+    body = await request.json()
+    return JSONResponse({"received": body, "content_length": request.headers.get("content-length")})
+
+
+async def ws_echo(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.close()
+
+
+def build_app(*, truncate: bool = False, max_body_bytes: int = 4096, window: int = 50) -> Starlette:
+    guard = ContextWindowGuard(char_tok(), window, truncate_on_overflow=truncate)
+    return Starlette(
+        routes=[
+            Route("/v1/completions", echo, methods=["POST"]),
+            Route("/v1/chat/completions", echo, methods=["POST"]),
+            Route("/other", echo, methods=["POST"]),
+            WebSocketRoute("/ws", ws_echo),
+        ],
+        middleware=[Middleware(ValidationMiddleware, context_guard=guard, max_body_bytes=max_body_bytes)],
+    )
+
+
+def post(
+    app: Any, path: str, *, content: bytes | None = None, json_body: Any = None, headers: Any = None
+) -> httpx.Response:
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post(path, content=content, json=json_body, headers=headers)
+
+    return asyncio.run(go())
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    payload: dict[str, Any] = response.json()["error"]
+    assert response.headers["x-autoglm-error-code"] == payload["code"]
+    assert payload["type"] == "invalid_request_error"
+    return payload
+
+
+def test_fitting_request_reaches_the_app_unchanged() -> None:
+    response = post(build_app(), "/v1/completions", json_body={"prompt": "hello", "max_tokens": 10})
+    assert response.status_code == 200
+    assert response.json()["received"] == {"prompt": "hello", "max_tokens": 10}
+    assert "x-autoglm-truncated-tokens" not in response.headers
+
+
+def test_context_overflow_is_400_with_openai_error_body() -> None:
+    response = post(
+        build_app(), "/v1/chat/completions", json_body={"messages": [{"content": "x" * 45}], "max_tokens": 10}
+    )
+    assert response.status_code == 400
+    assert error_of(response) == {
+        "message": "the input has 45 tokens and 10 output tokens were requested (55 in total), "
+        "more than the context window of 50 tokens: shorten the input or lower max_tokens",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "E0513",
+    }
+
+
+def test_truncated_request_passes_the_truncated_body_and_says_so() -> None:
+    response = post(build_app(truncate=True), "/v1/completions", json_body={"prompt": "ab" * 30, "max_tokens": 10})
+    assert response.status_code == 200
+    received = response.json()
+    assert received["received"] == {"prompt": "ab" * 20, "max_tokens": 10}
+    assert received["content_length"] == str(len(json.dumps({"prompt": "ab" * 20, "max_tokens": 10})))
+    assert response.headers["x-autoglm-truncated-tokens"] == "20"
+    assert response.headers["x-autoglm-warning-code"] == "E0514"
+
+
+def test_overlong_authorization_is_431_naming_the_header() -> None:
+    response = post(build_app(), "/other", json_body={}, headers={"Authorization": "Bearer " + "t" * 600})
+    assert response.status_code == 431
+    assert error_of(response) == {
+        "message": "the authorization header is 607 bytes long, more than the limit of 512: send a shorter value, "
+        "or raise the limit if such values are legitimate",
+        "type": "invalid_request_error",
+        "param": "authorization",
+        "code": "E0512",
+    }
+
+
+def test_lone_surrogate_escape_is_400_e5009() -> None:
+    response = post(build_app(), "/v1/completions", content=b'{"prompt": "\\ud800"}')
+    assert response.status_code == 400
+    assert error_of(response)["message"] == (
+        "the input contains a lone surrogate U+D800 at character 0 of prompt, which no tokenizer can encode: "
+        "send well-formed Unicode text"
+    )
+
+
+def test_declared_oversize_body_is_413() -> None:
+    response = post(build_app(max_body_bytes=100), "/v1/completions", content=b"x" * 101)
+    assert response.status_code == 413
+    assert error_of(response) == {
+        "message": "the request body is 101 bytes long, more than the limit of 100 bytes: send a smaller body, "
+        "or raise max_body_bytes",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "E0515",
+    }
+
+
+def test_unguarded_paths_skip_body_checks() -> None:
+    response = post(build_app(), "/other", json_body={"prompt": "x" * 100})
+    assert response.status_code == 200
+
+
+# --- raw ASGI: what happens before and while the body is read -------------------------------------------------
+
+
+class Driver:
+    """Runs one request through an ASGI app, feeding the body in chunks and recording what was read."""
+
+    def __init__(self, chunks: Sequence[bytes]) -> None:
+        self.chunks = list(chunks)
+        self.reads = 0
+        self.sent: list[dict[str, Any]] = []
+
+    async def receive(self) -> dict[str, Any]:
+        if self.reads >= len(self.chunks):
+            await asyncio.Event().wait()  # a real client would now disconnect; the app must not get here
+        self.reads += 1
+        more = self.reads < len(self.chunks)
+        return {"type": "http.request", "body": self.chunks[self.reads - 1], "more_body": more}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+    async def run(self, app: Any, headers: list[tuple[bytes, bytes]], path: str = "/v1/completions") -> int:
+        scope = {"type": "http", "method": "POST", "path": path, "headers": headers, "query_string": b""}
+        await asyncio.wait_for(app(scope, self.receive, self.send), timeout=10)
+        status: int = self.sent[0]["status"]
+        return status
+
+    @property
+    def body(self) -> Any:
+        return json.loads(b"".join(m.get("body", b"") for m in self.sent[1:]))
+
+
+async def never_called(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("the app must not be called")
+
+
+def test_headers_are_checked_before_the_body_is_read() -> None:
+    driver = Driver([b"{}"])
+    app = ValidationMiddleware(never_called)
+    assert asyncio.run(driver.run(app, [(b"authorization", b"x" * 513)])) == 431
+    assert driver.reads == 0
+
+
+def test_reading_stops_at_the_limit_without_content_length() -> None:
+    driver = Driver([b"x" * 60] * 100)
+    app = ValidationMiddleware(never_called, max_body_bytes=100)
+    assert asyncio.run(driver.run(app, [])) == 413
+    assert driver.reads == 2
+    assert driver.body["error"]["message"] == (
+        "the request body is larger than the limit of 100 bytes (120 bytes received when reading stopped): "
+        "send a smaller body, or raise max_body_bytes"
+    )
+
+
+def test_client_disconnect_while_reading_ends_quietly() -> None:
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}
+    asyncio.run(ValidationMiddleware(never_called)(scope, receive, send))
+    assert sent == []
+
+
+def test_websocket_with_overlong_header_is_closed_before_accept() -> None:
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "websocket.connect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/ws", "headers": [(b"authorization", b"x" * 600)]}
+    asyncio.run(ValidationMiddleware(never_called)(scope, receive, send))
+    assert sent == [
+        {
+            "type": "websocket.close",
+            "code": 1008,
+            "reason": "E0512: the authorization header is 600 bytes long, more than the limit of 512: send a "
+            "shorter value, or raise the limit ",  # a close reason is capped at 123 bytes
+        }
+    ]
+
+
+def test_large_bodies_are_judged_off_the_event_loop() -> None:
+    prompt = "z" * 20_000
+    driver = Driver([json.dumps({"prompt": prompt}).encode()])
+    app = ValidationMiddleware(build_app(window=100_000), context_guard=ContextWindowGuard(char_tok(), 10))
+    assert asyncio.run(driver.run(app, [])) == 400
+    assert driver.body["error"]["code"] == "E0513"
+
+
+def test_bad_body_limit() -> None:
+    with pytest.raises(UsageError) as info:
+        ValidationMiddleware(never_called, max_body_bytes=0)
+    assert info.value.message == "max_body_bytes must be at least 1, got 0"
+
+
+# --- fuzzing: always a coded 4xx or a pass, never a 500 or a hang --------------------------------------------
+
+JSON_TEXT = st.one_of(
+    st.text(max_size=80),
+    st.just("\ud800"),
+    st.text(alphabet=st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF), max_size=3),
+    st.just("x" * 5000),
+)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | JSON_TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(JSON_TEXT, children, max_size=4),
+    max_leaves=12,
+)
+REQUESTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "prompt": JSON_VALUES,
+        "messages": st.lists(st.fixed_dictionaries({"content": JSON_VALUES}) | JSON_VALUES, max_size=3),
+        "max_tokens": st.integers(-5, 100) | JSON_VALUES,
+    },
+)
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value).encode("ascii")  # ascii escapes lone surrogates as \\udXXX, like a hostile client
+
+
+BODIES = st.one_of(
+    st.binary(max_size=200),
+    REQUESTS.map(_json_bytes),
+    REQUESTS.map(_json_bytes).map(lambda b: b[: len(b) // 2]),
+    st.just(b"[" * 50_000),
+    st.just(b'{"max_tokens": ' + b"7" * 4400 + b"}"),
+    st.just(b'{"prompt": "' + b"y" * 6000 + b'"}'),
+)
+HEADERS = st.lists(
+    st.tuples(
+        st.sampled_from([b"authorization", b"content-type", b"x-other", b"content-length"]), st.binary(max_size=700)
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=BODIES, headers=HEADERS, chunk=st.integers(1, 4000), truncate=st.booleans())
+def test_fuzzed_requests_get_a_coded_4xx_or_pass(
+    body: bytes, headers: list[tuple[bytes, bytes]], chunk: int, truncate: bool
+) -> None:
+    chunks = [body[i : i + chunk] for i in range(0, len(body), chunk)] or [b""]
+    driver = Driver(chunks)
+    app = ValidationMiddleware(
+        build_app(window=100_000),
+        context_guard=ContextWindowGuard(char_tok(), 3000, truncate_on_overflow=truncate),
+        header_guard=HeaderTokenGuard(max_length=512),
+        max_body_bytes=5000,
+        offload=False,
+    )
+    status = asyncio.run(driver.run(app, headers))
+    if status == 200:
+        return
+    assert status in (400, 413, 431)
+    assert driver.body["error"]["code"] in CODES

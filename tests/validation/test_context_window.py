@@ -1,0 +1,341 @@
+"""ContextWindowGuard: exact counts and messages, the pre-check, early exit, truncation, live limits."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from autoglm_runtime.errors import ContextWindowExceededError, InputDecodeError, UsageError
+from autoglm_runtime.validation import (
+    BOUNDARY_SLACK,
+    CallableTokenizer,
+    ConfigLimits,
+    ContextWindowGuard,
+    HFTokenizer,
+    Limits,
+    StaticLimits,
+    TiktokenTokenizer,
+)
+from autoglm_runtime.validation import context_window as cw
+
+TAIL = "shorten the input or lower max_tokens"
+
+
+def overflow(n: int, out: int, window: int, *, at_least: bool = False) -> str:
+    has = "at least " if at_least else ""
+    return (
+        f"the input has {has}{n} tokens and {out} output tokens were requested ({has}{n + out} in total), "
+        f"more than the context window of {window} tokens: {TAIL}"
+    )
+
+
+class RecordingTokenizer:
+    """A real (one token per character) tokenizer that remembers how many characters it was asked to encode."""
+
+    def __init__(self, max_token_chars: int | None = None) -> None:
+        self.max_token_chars = max_token_chars
+        self.encoded_chars = 0
+
+    def encode(self, text: str) -> list[int]:
+        self.encoded_chars += len(text)
+        return [ord(c) for c in text]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(map(chr, ids))
+
+
+def test_fitting_input_is_counted_exactly(hf_bytelevel: HFTokenizer) -> None:
+    text = "hello world, hello guard"
+    result = ContextWindowGuard(hf_bytelevel, 100).check(text, max_output_tokens=10)
+    ids = hf_bytelevel.encode(text)
+    assert (result.input_tokens, result.output_tokens, result.context_window) == (len(ids), 10, 100)
+    assert result.token_ids == (tuple(ids),)
+    assert (result.removed_tokens, result.truncated, result.text) == (0, False, text)
+
+
+def test_exactly_full_window_fits(chars: CallableTokenizer) -> None:
+    assert ContextWindowGuard(chars, 10).check("abcdef", max_output_tokens=4).input_tokens == 6
+
+
+def test_overflow_names_both_numbers_and_the_limit(chars: CallableTokenizer) -> None:
+    guard = ContextWindowGuard(chars, 10, max_chars_per_token=None)
+    with pytest.raises(ContextWindowExceededError) as info:
+        guard.check("abcdefg", max_output_tokens=4, param="prompt")
+    assert info.value.message == overflow(7, 4, 10)
+    assert (info.value.code, info.value.http_status, info.value.grpc_status, info.value.param) == (
+        "E0513",
+        400,
+        "INVALID_ARGUMENT",
+        "prompt",
+    )
+
+
+def test_default_output_tokens_count_when_none_requested(chars: CallableTokenizer) -> None:
+    guard = ContextWindowGuard(chars, 10, default_output_tokens=5, max_chars_per_token=None)
+    with pytest.raises(ContextWindowExceededError) as info:
+        guard.check("abcdef")
+    assert info.value.message == overflow(6, 5, 10)
+
+
+def test_wordlevel_overflow_counts_words(hf_wordlevel: HFTokenizer) -> None:
+    guard = ContextWindowGuard(hf_wordlevel, 8)
+    with pytest.raises(ContextWindowExceededError) as info:
+        guard.check("the quick brown fox jumps over the lazy dog", max_output_tokens=2)
+    assert info.value.message == overflow(9, 2, 8)
+
+
+def test_tiktoken_counts_merged_tokens(tiny_tiktoken: TiktokenTokenizer) -> None:
+    # "hello" and " world" are single tokens; " hello" is a space and "hello".
+    assert ContextWindowGuard(tiny_tiktoken, 5).check("hello world hello", max_output_tokens=1).input_tokens == 4
+
+
+def test_precheck_rejects_without_tokenizing() -> None:
+    tok = RecordingTokenizer(max_token_chars=4)
+    guard = ContextWindowGuard(tok, 100)
+    with pytest.raises(ContextWindowExceededError) as info:
+        guard.check("x" * 1000, max_output_tokens=10)
+    # 1000 characters at no more than 4 characters per token are at least 250 tokens.
+    assert info.value.message == overflow(250, 10, 100, at_least=True)
+    assert tok.encoded_chars == 0
+
+
+def test_chunked_counting_stops_early_with_a_lower_bound() -> None:
+    tok = RecordingTokenizer(max_token_chars=None)
+    guard = ContextWindowGuard(tok, 20)
+    with pytest.raises(ContextWindowExceededError) as info:
+        guard.check("x" * 1_000_000, max_output_tokens=10)
+    first_chunk = 16_384  # the minimum chunk; no whitespace, so the cut is exact
+    assert info.value.message == overflow(first_chunk - BOUNDARY_SLACK, 10, 20, at_least=True)
+    assert tok.encoded_chars == first_chunk
+
+
+def test_chunks_are_cut_at_the_start_of_a_whitespace_run() -> None:
+    text = "abc   defgh"
+    assert [cw._cut(text, target) for target in (9, 5, 3, 2)] == [3, 3, 3, 2]
+
+
+def test_long_input_that_fits_is_counted_exactly() -> None:
+    tok = RecordingTokenizer(max_token_chars=None)
+    text = "y" * 40_000
+    result = ContextWindowGuard(tok, 50_000).check(text)
+    assert result.input_tokens == 40_000
+
+
+def test_segments_share_one_budget(chars: CallableTokenizer) -> None:
+    guard = ContextWindowGuard(chars, 10, max_chars_per_token=None)
+    assert guard.check(["abc", "de"], max_output_tokens=5).input_tokens == 5
+    with pytest.raises(ContextWindowExceededError) as info:
+        guard.check(["abc", "def"], max_output_tokens=5)
+    assert info.value.message == overflow(6, 5, 10)
+
+
+def test_overflow_in_an_early_segment_reports_a_lower_bound(chars: CallableTokenizer) -> None:
+    guard = ContextWindowGuard(chars, 10, max_chars_per_token=None)
+    with pytest.raises(ContextWindowExceededError) as info:
+        guard.check(["abcdefghijkl", "more"], max_output_tokens=0)
+    assert info.value.message == overflow(12, 0, 10, at_least=True)
+
+
+def test_token_id_segments_are_counted_by_length(chars: CallableTokenizer) -> None:
+    guard = ContextWindowGuard(chars, 10)
+    assert guard.check([1, 2, 3], max_output_tokens=2).token_ids == ((1, 2, 3),)
+    mixed: list[str | list[int]] = ["ab", [7, 8]]
+    assert guard.check(mixed).input_tokens == 4
+
+
+def test_truncate_left_keeps_the_end(chars: CallableTokenizer, caplog: pytest.LogCaptureFixture) -> None:
+    guard = ContextWindowGuard(chars, 8, truncate_on_overflow=True)
+    with caplog.at_level(logging.WARNING, logger="autoglm_runtime.validation"):
+        result = guard.check("abcdefghij", max_output_tokens=3)
+    assert (result.text, result.removed_tokens, result.input_tokens, result.truncated) == ("fghij", 5, 5, True)
+    [record] = caplog.records
+    assert record.getMessage() == "input truncated to fit the context window: 5 of 10 tokens removed from the left"
+    assert (record.error_code, record.removed_tokens, record.context_window) == ("E0514", 5, 8)  # type: ignore[attr-defined]
+
+
+def test_truncate_right_keeps_the_start(chars: CallableTokenizer) -> None:
+    guard = ContextWindowGuard(chars, 8, truncate_on_overflow=True, truncation_side="right")
+    result = guard.check("abcdefghij", max_output_tokens=3)
+    assert (result.text, result.removed_tokens) == ("abcde", 5)
+
+
+def test_truncate_across_segments(chars: CallableTokenizer) -> None:
+    guard = ContextWindowGuard(chars, 6, truncate_on_overflow=True)
+    result = guard.check(["aaaa", "bbbb", "cccc"])
+    assert (result.segments, result.removed_tokens) == (("", "bb", "cccc"), 6)
+    right = ContextWindowGuard(chars, 6, truncate_on_overflow=True, truncation_side="right")
+    mixed: list[str | list[int]] = ["aaaa", "bbbb", [1, 2, 3, 4]]
+    assert right.check(mixed).segments == ("aaaa", "bb", ())
+
+
+def test_truncated_text_retokenizes_within_budget(hf_bytelevel: HFTokenizer) -> None:
+    text = "never truncate silently; say how many tokens were removed " * 5
+    total = len(hf_bytelevel.encode(text))
+    result = ContextWindowGuard(hf_bytelevel, 30, truncate_on_overflow=True).check(text, max_output_tokens=10)
+    assert len(hf_bytelevel.encode(result.text)) == result.input_tokens <= 20
+    assert result.removed_tokens == total - result.input_tokens
+    assert text.endswith(result.text)
+
+
+def test_truncation_does_not_apply_when_output_alone_overflows(chars: CallableTokenizer) -> None:
+    guard = ContextWindowGuard(chars, 8, truncate_on_overflow=True, max_chars_per_token=None)
+    with pytest.raises(ContextWindowExceededError) as info:
+        guard.check("abc", max_output_tokens=8)
+    assert info.value.message == overflow(3, 8, 8)
+
+
+def test_truncation_can_be_refused_per_call(chars: CallableTokenizer) -> None:
+    guard = ContextWindowGuard(chars, 8, truncate_on_overflow=True)
+    with pytest.raises(ContextWindowExceededError) as info:
+        guard.check("abcdefghij", max_output_tokens=3, allow_truncation=False)
+    assert info.value.message == overflow(10, 3, 8, at_least=True)
+
+
+@pytest.mark.parametrize("bad", [-1, True, "5", 2.5])
+def test_bad_output_budget_is_a_decode_error(chars: CallableTokenizer, bad: Any) -> None:
+    with pytest.raises(InputDecodeError) as info:
+        ContextWindowGuard(chars, 8).check("a", max_output_tokens=bad)
+    assert info.value.message == f"max_tokens must be a non-negative integer, got {bad!r}"
+
+
+def test_a_failing_tokenizer_becomes_a_coded_error() -> None:
+    def explode(text: str) -> list[int]:
+        raise RuntimeError("boom")
+
+    with pytest.raises(InputDecodeError) as info:
+        ContextWindowGuard(CallableTokenizer(explode), 8).check("a")
+    assert info.value.message == "the tokenizer could not encode the input (RuntimeError): send well-formed text"
+
+
+def test_a_failing_decode_during_truncation_becomes_a_rejection() -> None:
+    def decode(ids: Sequence[int]) -> str:
+        raise KeyError(ids[0])
+
+    guard = ContextWindowGuard(CallableTokenizer(list, decode=decode), 4, truncate_on_overflow=True)  # type: ignore[arg-type]
+    with pytest.raises(ContextWindowExceededError) as info:
+        guard.check("abcdef", max_output_tokens=1)
+    assert info.value.message == (
+        "the input does not fit the context window of 4 tokens with 1 output tokens requested, and truncating it "
+        "failed: the tokenizer could not decode the kept tokens (KeyError): shorten the input"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"context_window": 0}, "context_window must be at least 1 token, got 0"),
+        ({"context_window": 8, "truncation_side": "middle"}, "truncation_side must be 'left' or 'right', got 'middle'"),
+        ({"context_window": 8, "max_chars_per_token": 0}, "max_chars_per_token must be at least 1 or None, got 0"),
+        ({"context_window": 8, "default_output_tokens": -1}, "default_output_tokens must not be negative, got -1"),
+        (
+            {"context_window": StaticLimits(Limits(8)), "truncate_on_overflow": True},
+            "truncate_on_overflow and truncation_side come from the limits source when one is given: set them there",
+        ),
+    ],
+)
+def test_constructor_errors(chars: CallableTokenizer, kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        ContextWindowGuard(chars, **kwargs)
+    assert info.value.message == message
+
+
+class DictConfig:
+    """The ConfigClient read API over a dict (a unit-test stand-in; integration tests use the real client)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+
+def test_config_limits_take_effect_on_the_next_request(chars: CallableTokenizer) -> None:
+    config = DictConfig()
+    limits = ConfigLimits(config, prefix="models/llm/", defaults=Limits(10))
+    guard = ContextWindowGuard(chars, limits, max_chars_per_token=None)
+    assert guard.check("abcdefgh").input_tokens == 8
+    config.values["models/llm/context_window"] = 5
+    with pytest.raises(ContextWindowExceededError) as info:
+        guard.check("abcdefgh")
+    assert info.value.message == overflow(8, 0, 5)
+    config.values["models/llm/truncate_on_overflow"] = "true"
+    config.values["models/llm/truncation_side"] = "right"
+    assert guard.check("abcdefgh").text == "abcde"
+    config.values.clear()
+    assert guard.limits == Limits(10)
+
+
+def test_invalid_config_value_keeps_last_good_and_logs_once(
+    chars: CallableTokenizer, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = DictConfig()
+    config.values["context_window"] = "4096"
+    limits = ConfigLimits(config, defaults=Limits(10))
+    assert limits.current() == Limits(4096)
+    config.values["context_window"] = "secret-looking value"
+    with caplog.at_level(logging.WARNING, logger="autoglm_runtime.validation"):
+        assert limits.current() == Limits(4096)
+        config.values["truncate_on_overflow"] = 3
+        assert limits.current() == Limits(4096)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "the value of config key 'context_window' is not a valid limit (expected a whole number of tokens); "
+        "the last good value stays in force",
+        "the value of config key 'truncate_on_overflow' is not a valid limit (expected true or false); "
+        "the last good value stays in force",
+    ]
+    assert all(r.error_code == "E0409" for r in caplog.records)  # type: ignore[attr-defined]
+    assert "secret-looking" not in caplog.text
+    config.values["context_window"] = 0
+    assert limits.current().context_window == 4096
+    assert limits.keys == ("context_window", "truncate_on_overflow", "truncation_side")
+
+
+ALPHABET = st.sampled_from([*list("abcdefgh "), "ü", "漢", "🙂", "\n", ".", "hello", " world"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    pieces=st.lists(ALPHABET, max_size=400),
+    window=st.integers(1, 120),
+    output=st.integers(0, 40),
+    chunk=st.integers(4, 64),
+)
+def test_verdicts_are_sound(
+    hf_bytelevel: HFTokenizer, tiny_tiktoken: TiktokenTokenizer, pieces: list[str], window: int, output: int, chunk: int
+) -> None:
+    """Whatever the pre-check and early exit decide, accepted counts are exact and rejections are true."""
+    text = "".join(pieces)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cw, "_MIN_CHUNK_CHARS", chunk)
+        for tok in (hf_bytelevel, tiny_tiktoken):
+            true_count = len(tok.encode(text))
+            guard = ContextWindowGuard(tok, window)
+            try:
+                result = guard.check(text, max_output_tokens=output)
+            except ContextWindowExceededError as exc:
+                rejection: ContextWindowExceededError | None = exc
+            else:
+                rejection = None
+            if rejection is not None:
+                assert true_count + output > window
+                message = rejection.message
+                claimed = int(message.split("the input has ")[1].removeprefix("at least ").split(" ")[0])
+                assert claimed <= true_count if "at least" in message else claimed == true_count
+            else:
+                assert result.input_tokens == true_count
+                assert true_count + output <= window
+
+
+def test_precheck_lets_borderline_input_through_to_exact_counting() -> None:
+    tok = RecordingTokenizer(max_token_chars=4)
+    with pytest.raises(ContextWindowExceededError) as info:
+        ContextWindowGuard(tok, 100).check("x" * 360, max_output_tokens=10)
+    # 360 characters could be 90 tokens, so the pre-check cannot reject; exact counting does.
+    assert info.value.message == overflow(360, 10, 100)
+    assert tok.encoded_chars == 360

@@ -1,0 +1,194 @@
+"""ValidationInterceptor on a real grpc server on loopback (generic handlers over raw bytes: no protoc)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from autoglm_runtime.validation import (
+    CallableTokenizer,
+    ContextWindowGuard,
+    DecodeGuard,
+    GuardInput,
+    GuardResult,
+    OpenAIExtractor,
+)
+from autoglm_runtime.validation.grpc import ValidationInterceptor
+
+SERVICE = "test.Llm"
+
+
+def char_tok() -> CallableTokenizer:
+    return CallableTokenizer(lambda t: [ord(c) for c in t], decode=lambda ids: "".join(map(chr, ids)))
+
+
+def extract(request: bytes) -> GuardInput:
+    """Requests are OpenAI-style JSON bytes; decode problems surface as E5009."""
+    extracted = OpenAIExtractor().extract(DecodeGuard().check_json(request))
+    return GuardInput(extracted.segments, extracted.max_output_tokens, extracted.param)
+
+
+def rewrite(request: bytes, result: GuardResult) -> bytes:
+    body = json.loads(request)
+    body["prompt"] = result.text
+    return json.dumps(body).encode()
+
+
+def complete(request: bytes, context: grpc.ServicerContext) -> bytes:
+    return json.dumps({"received": json.loads(request)}).encode()
+
+
+def chat(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+    return json.dumps({"received": [json.loads(r) for r in requests]}).encode()
+
+
+def serve(interceptor: ValidationInterceptor) -> tuple[grpc.Server, grpc.Channel]:
+    server = grpc.server(ThreadPoolExecutor(max_workers=2), interceptors=[interceptor])
+    handlers = {
+        "Complete": grpc.unary_unary_rpc_method_handler(complete),
+        "Chat": grpc.stream_unary_rpc_method_handler(chat),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, grpc.insecure_channel(f"127.0.0.1:{port}")
+
+
+@pytest.fixture
+def channel_for() -> Iterator[Any]:
+    started: list[tuple[grpc.Server, grpc.Channel]] = []
+
+    def make(**kwargs: Any) -> grpc.Channel:
+        server, channel = serve(ValidationInterceptor(**kwargs))
+        started.append((server, channel))
+        return channel
+
+    yield make
+    for server, channel in started:
+        channel.close()
+        server.stop(None).wait()
+
+
+def unary(channel: grpc.Channel, body: Any, metadata: Any = ()) -> Any:
+    call = channel.unary_unary(f"/{SERVICE}/Complete")
+    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response, info = call.with_call(payload, metadata=metadata, timeout=10)
+    return json.loads(response), dict(info.trailing_metadata() or ())
+
+
+def rpc_error(channel: grpc.Channel, body: Any, metadata: Any = ()) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        unary(channel, body, metadata)
+    return info.value
+
+
+def test_fitting_request_passes(channel_for: Any) -> None:
+    channel = channel_for(context_guard=ContextWindowGuard(char_tok(), 20), extractor=extract)
+    assert unary(channel, {"prompt": "hello", "max_tokens": 5}) == (
+        {"received": {"prompt": "hello", "max_tokens": 5}},
+        {},
+    )
+
+
+def test_overlong_metadata_aborts_before_the_handler(channel_for: Any) -> None:
+    channel = channel_for()
+    error = rpc_error(channel, b"not even json", metadata=[("authorization", "Bearer " + "t" * 600)])
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "E0512: the authorization header is 607 bytes long, more than the limit of 512: send a shorter value, "
+        "or raise the limit if such values are legitimate"
+    )
+
+
+def test_context_overflow_aborts_with_the_code(channel_for: Any) -> None:
+    channel = channel_for(context_guard=ContextWindowGuard(char_tok(), 20), extractor=extract)
+    error = rpc_error(channel, {"prompt": "x" * 18, "max_tokens": 5})
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "E0513: the input has 18 tokens and 5 output tokens were requested (23 in total), more than the context "
+        "window of 20 tokens: shorten the input or lower max_tokens"
+    )
+
+
+def test_lone_surrogate_aborts_with_e5009(channel_for: Any) -> None:
+    channel = channel_for(context_guard=ContextWindowGuard(char_tok(), 20), extractor=extract)
+    error = rpc_error(channel, b'{"prompt": "\\udfff"}')
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "E5009: the input contains a lone surrogate U+DFFF at character 0 of prompt, which no tokenizer can "
+        "encode: send well-formed Unicode text"
+    )
+
+
+def test_truncation_rewrites_the_request_and_reports_it(channel_for: Any) -> None:
+    guard = ContextWindowGuard(char_tok(), 20, truncate_on_overflow=True)
+    channel = channel_for(context_guard=guard, extractor=extract, rewriter=rewrite)
+    response, trailing = unary(channel, {"prompt": "abcdefghijklmnopqrstuvwxyz", "max_tokens": 5})
+    assert response == {"received": {"prompt": "lmnopqrstuvwxyz", "max_tokens": 5}}
+    assert trailing == {"x-autoglm-truncated-tokens": "11", "x-autoglm-warning-code": "E0514"}
+
+
+def test_without_a_rewriter_truncation_becomes_rejection(channel_for: Any) -> None:
+    guard = ContextWindowGuard(char_tok(), 20, truncate_on_overflow=True)
+    channel = channel_for(context_guard=guard, extractor=extract)
+    error = rpc_error(channel, {"prompt": "x" * 30})
+    assert error.details() == (
+        "E0513: the input has 30 tokens and 0 output tokens were requested (30 in total), more than the context "
+        "window of 20 tokens: shorten the input or lower max_tokens"
+    )
+
+
+def test_streaming_requests_are_judged_message_by_message(channel_for: Any) -> None:
+    channel = channel_for(context_guard=ContextWindowGuard(char_tok(), 10), extractor=extract)
+    call = channel.stream_unary(f"/{SERVICE}/Chat")
+    ok = [json.dumps({"prompt": p}).encode() for p in ("one", "two")]
+    assert json.loads(call(iter(ok), timeout=10)) == {"received": [{"prompt": "one"}, {"prompt": "two"}]}
+    with pytest.raises(grpc.RpcError) as info:
+        call(iter([*ok, json.dumps({"prompt": "x" * 11}).encode()]), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith("E0513: the input has 11 tokens")
+
+
+def test_extractor_may_return_plain_text_or_none(channel_for: Any) -> None:
+    def by_prefix(request: bytes) -> str | None:
+        return None if request.startswith(b"skip") else request.decode()
+
+    channel = channel_for(context_guard=ContextWindowGuard(char_tok(), 10), extractor=by_prefix)
+    call = channel.unary_unary(f"/{SERVICE}/Complete")
+    with pytest.raises(grpc.RpcError) as info:
+        call(b"12345678901", timeout=10)
+    assert info.value.details().startswith("E0513: the input has 11 tokens")
+    with pytest.raises(grpc.RpcError) as passed:
+        call(b"skip: not json, so the handler itself fails", timeout=10)
+    assert passed.value.code() == grpc.StatusCode.UNKNOWN  # the request reached the handler
+
+
+def test_fuzzed_calls_get_a_coded_invalid_argument_or_pass(channel_for: Any) -> None:
+    guard = ContextWindowGuard(char_tok(), 300, truncate_on_overflow=True)
+    channel = channel_for(context_guard=guard, extractor=extract, rewriter=rewrite)
+    call = channel.unary_unary(f"/{SERVICE}/Complete")
+    prompts = st.one_of(st.text(max_size=400), st.just("\ud800"), st.just("z" * 5000))
+    bodies = st.one_of(
+        st.binary(max_size=300),
+        st.builds(lambda p, m: json.dumps({"prompt": p, "max_tokens": m}).encode(), prompts, st.integers(-3, 400)),
+        st.builds(lambda p: json.dumps({"messages": [{"content": p}]}).encode()[:-3], prompts),
+    )
+    values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=900)
+
+    @settings(max_examples=120, deadline=None)
+    @given(body=bodies, token=values)
+    def check(body: bytes, token: str) -> None:
+        future = call.future(body, metadata=[("authorization", token)], timeout=10)
+        if future.exception() is None:
+            return
+        assert future.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert future.details()[:5] in {"E0512", "E0513", "E5009"}
+
+    check()

@@ -1,0 +1,153 @@
+"""AsyncValidationInterceptor on a real grpc.aio server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from autoglm_runtime.validation import (
+    CallableTokenizer,
+    ContextWindowGuard,
+    DecodeGuard,
+    GuardInput,
+    GuardResult,
+    OpenAIExtractor,
+)
+from autoglm_runtime.validation.grpc import AsyncValidationInterceptor
+
+SERVICE = "test.AioLlm"
+
+
+def char_tok() -> CallableTokenizer:
+    return CallableTokenizer(lambda t: [ord(c) for c in t], decode=lambda ids: "".join(map(chr, ids)))
+
+
+def extract(request: bytes) -> GuardInput:
+    extracted = OpenAIExtractor().extract(DecodeGuard().check_json(request))
+    return GuardInput(extracted.segments, extracted.max_output_tokens, extracted.param)
+
+
+def rewrite(request: bytes, result: GuardResult) -> bytes:
+    return json.dumps({**json.loads(request), "prompt": result.text}).encode()
+
+
+async def complete(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    return request
+
+
+async def words(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    for word in json.loads(request)["prompt"].split():
+        yield word.encode()
+
+
+async def echo_stream(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async for request in requests:
+        yield request
+
+
+def run(interceptor: AsyncValidationInterceptor, body: Callable[[grpc.aio.Channel], Awaitable[Any]]) -> Any:
+    async def go() -> Any:
+        server = grpc.aio.server(interceptors=[interceptor])
+        handlers = {
+            "Complete": grpc.unary_unary_rpc_method_handler(complete),
+            "Words": grpc.unary_stream_rpc_method_handler(words),
+            "Echo": grpc.stream_stream_rpc_method_handler(echo_stream),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                return await asyncio.wait_for(body(channel), timeout=20)
+        finally:
+            await server.stop(None)
+
+    return asyncio.run(go())
+
+
+def payload(prompt: str, **extra: Any) -> bytes:
+    return json.dumps({"prompt": prompt, **extra}).encode()
+
+
+async def failure(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error.code(), error.details() or ""
+    raise AssertionError("the call succeeded")
+
+
+def test_unary_calls_are_guarded() -> None:
+    interceptor = AsyncValidationInterceptor(context_guard=ContextWindowGuard(char_tok(), 20), extractor=extract)
+
+    async def body(channel: grpc.aio.Channel) -> Any:
+        call = channel.unary_unary(f"/{SERVICE}/Complete")
+        ok = await call(payload("hello"))
+        too_long = await failure(call(payload("x" * 21)))
+        header = await failure(call(b"never parsed", metadata=(("authorization", "a" * 513),)))
+        return ok, too_long, header
+
+    ok, too_long, header = run(interceptor, body)
+    assert ok == payload("hello")
+    assert too_long == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "E0513: the input has 21 tokens and 0 output tokens were requested (21 in total), more than the context "
+        "window of 20 tokens: shorten the input or lower max_tokens",
+    )
+    assert header == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "E0512: the authorization header is 513 bytes long, more than the limit of 512: send a shorter value, "
+        "or raise the limit if such values are legitimate",
+    )
+
+
+def test_truncation_is_rewritten_and_reported_in_trailing_metadata() -> None:
+    guard = ContextWindowGuard(char_tok(), 10, truncate_on_overflow=True)
+    interceptor = AsyncValidationInterceptor(context_guard=guard, extractor=extract, rewriter=rewrite)
+
+    async def body(channel: grpc.aio.Channel) -> Any:
+        call = channel.unary_unary(f"/{SERVICE}/Complete")(payload("abcdefghijkl", max_tokens=2))
+        return await call, dict(await call.trailing_metadata())
+
+    response, trailing = run(interceptor, body)
+    assert json.loads(response) == {"prompt": "efghijkl", "max_tokens": 2}
+    assert trailing == {"x-autoglm-truncated-tokens": "4", "x-autoglm-warning-code": "E0514"}
+
+
+def test_streams_are_guarded_message_by_message() -> None:
+    interceptor = AsyncValidationInterceptor(context_guard=ContextWindowGuard(char_tok(), 13), extractor=extract)
+
+    async def body(channel: grpc.aio.Channel) -> Any:
+        words_call = channel.unary_stream(f"/{SERVICE}/Words")
+        spoken = [w async for w in words_call(payload("one two three"))]
+        echo = channel.stream_stream(f"/{SERVICE}/Echo")
+        received: list[bytes] = []
+        call = echo(iter([payload("fine"), payload("y" * 14), payload("never")]))
+        try:
+            async for item in call:
+                received.append(item)
+        except grpc.aio.AioRpcError as error:
+            return spoken, received, error.code(), error.details()
+        raise AssertionError("the stream was not aborted")
+
+    spoken, received, code, details = run(interceptor, body)
+    assert spoken == [b"one", b"two", b"three"]
+    assert received == [payload("fine")]
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("E0513: the input has 14 tokens")
+
+
+def test_metadata_rejection_of_a_streaming_call() -> None:
+    interceptor = AsyncValidationInterceptor()
+
+    async def body(channel: grpc.aio.Channel) -> Any:
+        call = channel.unary_stream(f"/{SERVICE}/Words")(payload("a b"), metadata=(("authorization", "z" * 600),))
+        return await failure(call.read())
+
+    code, details = run(interceptor, body)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.startswith("E0512: the authorization header is 600 bytes long")
