@@ -176,8 +176,8 @@ def test_environment_alone_reports_every_kind_exactly(env: Env) -> None:
         (
             "duplicate",
             ("dupe",),
-            f"dupe is installed 2 times on the path: dupe 2.0 in {env.site} is the one imported, shadowing dupe 1.0 "
-            f"in {env.extra_dir}",
+            f"dupe is installed 2 times on the path: dupe 2.0 ({env.site / 'dupe-2.0.dist-info'}) is the one "
+            f"imported, shadowing dupe 1.0 ({env.extra_dir / 'dupe-1.0.dist-info'})",
         ),
         (
             "shadowed-module",

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,12 @@ class Model:
 
     def unsendable(self):
         return object()
+
+    def isolation(self):
+        import importlib.util
+        names = ("autoglm_runtime", "kazoo", "packaging", "pytest")
+        return {"isolated": sys.flags.isolated, "importable": [n for n in names if importlib.util.find_spec(n)],
+                "prefix": sys.prefix, "path": sys.path}
 
 def load():
     if os.path.exists(os.path.join(os.path.dirname(__file__), "CRASH_ON_START")):
@@ -235,6 +242,10 @@ def test_close_leaves_no_child_process(
     grandchild = first.call("spawn", timeout=30)
     loader.close()
     assert all(wait_gone(pid, 10.0) for pid in [*workers, grandchild])
+    threads = [
+        t.name for t in threading.enumerate() if t.name.startswith(("autoglm-worker-close-1", "autoglm-worker-close-2"))
+    ]
+    assert threads == []
     assert loader.health() == {}
     assert first.health()["state"] == "dead"
     with pytest.raises(WorkerError) as info:
@@ -279,3 +290,15 @@ def test_a_name_loads_once(loader: ModelLoader, make_model: Any) -> None:
     first.close()
     assert "twice" not in loader.models
     loader.load(directory).close()
+
+
+def test_worker_sees_only_its_environment(model: Any) -> None:
+    seen = model.call("isolation", timeout=30)
+    assert seen["isolated"] == 1
+    assert seen["importable"] == []
+    assert seen["prefix"] == str(model.environment.path)
+    assert seen["path"][0] == str(model.manifest.directory)
+    site = [p for p in seen["path"] if p.endswith("site-packages")]
+    assert site == [
+        str(model.environment.path / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages")
+    ]

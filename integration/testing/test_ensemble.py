@@ -9,6 +9,7 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import ConnectionLoss, SessionExpiredError
 from kazoo.protocol.states import KazooState
+from kazoo.retry import KazooRetry
 
 from autoglm_runtime.testing.ensemble import ZooKeeperEnsemble
 from autoglm_runtime.testing.session import StateWatcher
@@ -73,7 +74,8 @@ def test_reader_survives_leader_stop_and_sees_later_writes(ensemble: ZooKeeperEn
             states.wait_for(KazooState.SUSPENDED, timeout=15)
             states.wait_for(KazooState.CONNECTED, timeout=30)
 
-        writer.retry(writer.set, "/ensemble/value", b"after")
+        # the writer may still be reconnecting: retry on connection loss until it is back
+        KazooRetry(max_tries=-1, delay=0.05, max_delay=0.5, deadline=30)(writer.set, "/ensemble/value", b"after")
         assert reader.wait_for(b"after", timeout=30)
         assert ensemble.wait_for_leader() != leader
     finally:

@@ -147,6 +147,16 @@ _register(
 )
 
 
+_register(
+    "E5010",
+    "Invalid request field",
+    "error",
+    "A request field the guards read has the wrong shape or type: the body is not a JSON object, a prompt or "
+    "message is not text, or max_tokens is not a non-negative integer.",
+    "Fix the field named in the error's param; see the OpenAI request format.",
+)
+
+
 class AutoGLMRuntimeError(Exception):
     """Base of every error the SDK raises. ``code`` is registered; the message is a full sentence."""
 
@@ -322,6 +332,12 @@ class InputDecodeError(ValidationError):
     """Input is not valid UTF-8 / JSON or carries lone surrogates (E5009)."""
 
     code = "E5009"
+
+
+class InvalidRequestError(ValidationError):
+    """A request field has the wrong shape or type, e.g. ``max_tokens: "9"`` or ``messages: "hi"`` (E5010)."""
+
+    code = "E5010"
 
 
 #: Codes that are logged but never raised (they describe something the SDK did on purpose).

@@ -77,8 +77,8 @@ def test_duplicates_name_the_copy_that_imports() -> None:
         (
             "duplicate",
             ("dup",),
-            f"Dup is installed 2 times on the path: Dup 2.0 in {SITE} is the one imported, shadowing dup 1.0 in "
-            "/t/other",
+            f"Dup is installed 2 times on the path: Dup 2.0 ({SITE}/Dup-2.0.dist-info) is the one imported, "
+            "shadowing dup 1.0 (/t/other/dup-1.0.dist-info)",
         )
     ]  # the shadowed copy's requirements are not checked, as pip check does not
 

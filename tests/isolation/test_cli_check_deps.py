@@ -126,7 +126,7 @@ def test_a_usage_error_leaves_no_probe_process_behind(tmp_path: Path, capsys: py
     assert "no such file or directory" in capsys.readouterr().err
     # A probe left running would write its pid within the deadline and still be alive; a killed one is gone
     # (killed before it wrote the pid, or reaped after).
-    deadline = time.monotonic() + 2.0
+    deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline and not (pidfile.exists() and pidfile.read_text().strip()):
         time.sleep(0.02)
     if pidfile.exists() and pidfile.read_text().strip():

@@ -73,15 +73,15 @@ def test_resolve_backend() -> None:
     assert info_error.value.message == "backend must be 'auto', 'process' or 'subinterp', got 'thread'"
 
 
-@pytest.mark.skipif(sys.version_info >= (3, 13), reason="the host interpreter itself supports subinterpreters")
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="the host interpreter itself supports subinterpreters")
 def test_subinterp_refused_on_an_old_interpreter() -> None:
     info = interpreter_info(sys.executable)
     assert resolve_backend("auto", info) == "process"
     with pytest.raises(BackendUnsupportedError) as error:
         resolve_backend("subinterp", info)
     assert error.value.message == (
-        "the subinterpreter backend needs CPython 3.13+ with the _interpreters module, but the environment "
-        f"interpreter {sys.executable} is cpython {info.version}; use backend='process', or pass python= a 3.13 "
+        "the subinterpreter backend needs CPython 3.12+ (isolated subinterpreters), but the environment "
+        f"interpreter {sys.executable} is cpython {info.version}; use backend='process', or pass python= a 3.12+ "
         "interpreter"
     )
 

@@ -61,7 +61,7 @@ def test_parse_mode() -> None:
 
 
 @given(
-    st.lists(st.text(alphabet=st.characters(blacklist_characters="\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"))),
+    st.lists(st.text(alphabet=st.characters(exclude_characters="\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"))),
     st.sampled_from(["leader", "follower", "standalone", "observer"]),
 )
 def test_parse_mode_finds_the_mode_line_among_any_others(lines: list[str], mode: str) -> None:

@@ -26,7 +26,7 @@ from autoglm_runtime.validation import (
     ValidationMiddleware,
 )
 
-CODES = {"E0512", "E0513", "E0515", "E5009"}
+CODES = {"E0512", "E0513", "E0515", "E5009", "E5010"}
 
 
 def char_tok() -> CallableTokenizer:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoglm_runtime.errors import ContextWindowExceededError, InputDecodeError, UsageError
+from autoglm_runtime.errors import ContextWindowExceededError, InputDecodeError, InvalidRequestError, UsageError
 from autoglm_runtime.validation import (
     BOUNDARY_SLACK,
     CallableTokenizer,
@@ -197,10 +197,11 @@ def test_truncation_can_be_refused_per_call(chars: CallableTokenizer) -> None:
 
 
 @pytest.mark.parametrize("bad", [-1, True, "5", 2.5])
-def test_bad_output_budget_is_a_decode_error(chars: CallableTokenizer, bad: Any) -> None:
-    with pytest.raises(InputDecodeError) as info:
+def test_bad_output_budget_is_an_invalid_request(chars: CallableTokenizer, bad: Any) -> None:
+    with pytest.raises(InvalidRequestError) as info:
         ContextWindowGuard(chars, 8).check("a", max_output_tokens=bad)
     assert info.value.message == f"max_tokens must be a non-negative integer, got {bad!r}"
+    assert info.value.code == "E5010"
 
 
 def test_a_failing_tokenizer_becomes_a_coded_error() -> None:
@@ -216,7 +217,8 @@ def test_a_failing_decode_during_truncation_becomes_a_rejection() -> None:
     def decode(ids: Sequence[int]) -> str:
         raise KeyError(ids[0])
 
-    guard = ContextWindowGuard(CallableTokenizer(list, decode=decode), 4, truncate_on_overflow=True)  # type: ignore[arg-type]
+    tokenizer = CallableTokenizer(lambda text: [ord(c) for c in text], decode=decode)
+    guard = ContextWindowGuard(tokenizer, 4, truncate_on_overflow=True)
     with pytest.raises(ContextWindowExceededError) as info:
         guard.check("abcdef", max_output_tokens=1)
     assert info.value.message == (

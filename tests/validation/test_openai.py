@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from autoglm_runtime.errors import ContextWindowExceededError, InputDecodeError
+from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestError
 from autoglm_runtime.validation import (
     CallableTokenizer,
     ContextWindowGuard,
@@ -108,9 +108,9 @@ def test_no_input_fields() -> None:
     ],
 )
 def test_wrong_shapes_are_coded(body: Any, message: str, param: str | None) -> None:
-    with pytest.raises(InputDecodeError) as info:
+    with pytest.raises(InvalidRequestError) as info:
         OpenAIExtractor().extract(body)
-    assert (info.value.message, info.value.param, info.value.code) == (message, param, "E5009")
+    assert (info.value.message, info.value.param, info.value.code) == (message, param, "E5010")
 
 
 def test_apply_writes_truncated_pieces_back(chars: CallableTokenizer) -> None:

@@ -8,17 +8,15 @@ Threads and who may call ZooKeeper:
 * the sync thread (``autoglm-config-sync``) does every load, re-read and resync;
 * the reconciler thread calls :meth:`ZooKeeperSync.reread` for expired entries.
 
-Reads are pipelined: a batch of ``get_async``/``get_children_async`` calls is issued before any result is
-waited on, one tree level at a time. Each read arms the watch it needs (``get`` a data watch,
-``get_children`` a child watch) with one callback of ours; every firing is answered by reading again,
-which re-arms it. kazoo drops all watches on any connection loss without re-registering them, so every
-CONNECTED after a SUSPENDED or LOST triggers a full re-read (a resync) that re-arms every watch and diffs
-the tree against the cache.
+Reads are pipelined, one tree level at a time, by :mod:`._reader`: each read arms the watch it needs (a
+data watch for the value, a child watch for the child list) with one callback of ours, and every firing is
+answered by reading again, which re-arms it. kazoo drops all watches on any connection loss without
+re-registering them, so every CONNECTED after a SUSPENDED or LOST triggers a full re-read (a resync) that
+re-arms every watch and diffs the tree against the cache.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import queue
 import threading
@@ -26,10 +24,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NoAuthError, NoNodeError
 from kazoo.protocol.states import EventType, KazooState, WatchedEvent
 from kazoo.retry import KazooRetry
 
+from autoglm_runtime.config._reader import Interrupted, ReadResult, Spec, ZooKeeperReader
 from autoglm_runtime.config._values import ValuePipeline
 from autoglm_runtime.config.cache import ConfigCache
 from autoglm_runtime.config.health import SyncStatus
@@ -41,24 +39,6 @@ __all__ = ["ZooKeeperSync"]
 log = logging.getLogger("autoglm_runtime.config")
 
 _STOP = ("stop", "")
-_Spec = tuple[str, bool, bool]  # path, read data, read children
-
-
-class _Interrupted(Exception):
-    """The connection went away (or a read timed out) in the middle of a batch."""
-
-
-class _Result:
-    __slots__ = ("children", "data", "denied", "missing", "path", "seq", "stat")
-
-    def __init__(self, path: str, seq: int) -> None:
-        self.path = path
-        self.seq = seq
-        self.data: bytes | None = None
-        self.stat: Any = None
-        self.children: list[str] | None = None
-        self.missing = False
-        self.denied = False
 
 
 class ZooKeeperSync:
@@ -76,6 +56,7 @@ class ZooKeeperSync:
         session_timeout: float,
         batch_size: int,
         reconnect_max_delay: float,
+        bulk_reads: bool = True,
     ) -> None:
         self.hosts = hosts
         self.root = root
@@ -83,16 +64,20 @@ class ZooKeeperSync:
         self._cache = cache
         self._pipeline = pipeline
         self._status = status
-        self._batch_size = batch_size
-        self._op_timeout = max(session_timeout, 2.0)
         retry = KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_jitter=0.3, max_delay=reconnect_max_delay)
         self.client = KazooClient(hosts=hosts, timeout=session_timeout, connection_retry=retry, **kazoo_options)
         self._watch = self._on_watch
+        self._reader = ZooKeeperReader(
+            client=self.client,
+            watch=self._watch,
+            status=status,
+            batch_size=batch_size,
+            op_timeout=max(session_timeout, 2.0),
+            bulk=bulk_reads,
+        )
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._children: dict[str, tuple[int, frozenset[str]]] = {}
         self._pending: set[str] = set()
-        self._seq = itertools.count(1)
-        self._issue_lock = threading.Lock()
         self._need_full = False
         self._ever_loaded = False
         self._session: int | None = None
@@ -179,7 +164,7 @@ class ZooKeeperSync:
                     self._full_sync()
                 elif data or children:
                     self._incremental(data, children)
-            except _Interrupted:
+            except Interrupted:
                 self._need_full = True
             except Exception:
                 self._need_full = True
@@ -191,7 +176,7 @@ class ZooKeeperSync:
         client_id = self.client.client_id
         session = client_id[0] if client_id else None
         resync = self._ever_loaded
-        start_seq = self._next_seq()
+        start_seq = self._reader.next_seq()
         found: set[str] = set()
         self._denied = []
         root_present = self._traverse([(self.root, False, True)], found=found, full=True)
@@ -231,12 +216,12 @@ class ZooKeeperSync:
         if not self._traverse(specs, found=None, full=False):
             self._need_full = True
 
-    def _traverse(self, specs: Sequence[_Spec], *, found: set[str] | None, full: bool) -> bool:
+    def _traverse(self, specs: Sequence[Spec], *, found: set[str] | None, full: bool) -> bool:
         """Read ``specs`` and, level by level, what they lead to; False if the root turned out missing."""
         root_present = True
         frontier = list(specs)
         while frontier and not self._stopping.is_set():
-            results = self._read(frontier)
+            results = self._reader.read(frontier)
             frontier = []
             with self._cache.batch():
                 for result in results:
@@ -244,53 +229,6 @@ class ZooKeeperSync:
                         root_present = False
                     frontier.extend(self._apply(result, found=found, full=full, reconcile=False))
         return root_present
-
-    # --- reading ---------------------------------------------------------------------------------
-
-    def _next_seq(self) -> int:
-        with self._issue_lock:
-            return next(self._seq)
-
-    def _read(self, specs: Sequence[_Spec]) -> list[_Result]:
-        if not self.client.connected:
-            raise _Interrupted
-        out: list[_Result] = []
-        for start in range(0, len(specs), self._batch_size):
-            chunk = specs[start : start + self._batch_size]
-            issued: list[tuple[_Result, Any, Any]] = []
-            reads = 0
-            with self._issue_lock:
-                for path, want_data, want_children in chunk:
-                    result = _Result(path, next(self._seq))
-                    pending_data = self.client.get_async(path, watch=self._watch) if want_data else None
-                    pending_children = (
-                        self.client.get_children_async(path, watch=self._watch) if want_children else None
-                    )
-                    reads += int(want_data) + int(want_children)
-                    issued.append((result, pending_data, pending_children))
-            self._status.add("reads", reads)
-            for result, pending_data, pending_children in issued:
-                if pending_data is not None:
-                    value = self._wait(result, pending_data)
-                    if value is not None:
-                        result.data, result.stat = value
-                if pending_children is not None:
-                    value = self._wait(result, pending_children)
-                    if value is not None:
-                        result.children = value
-                out.append(result)
-        return out
-
-    def _wait(self, result: _Result, pending: Any) -> Any:
-        try:
-            return pending.get(timeout=self._op_timeout)
-        except NoNodeError:
-            result.missing = True
-        except NoAuthError:
-            result.denied = True
-        except (KazooException, self.client.handler.timeout_exception) as exc:
-            raise _Interrupted from exc
-        return None
 
     # --- applying --------------------------------------------------------------------------------
 
@@ -300,7 +238,7 @@ class ZooKeeperSync:
     def _key(self, path: str) -> str:
         return "" if path == self.root else path[len(self._prefix) :]
 
-    def _apply(self, result: _Result, *, found: set[str] | None, full: bool, reconcile: bool) -> list[_Spec]:
+    def _apply(self, result: ReadResult, *, found: set[str] | None, full: bool, reconcile: bool) -> list[Spec]:
         """Apply one read (cache lock held); returns the reads it leads to (new children)."""
         path, key = result.path, self._key(result.path)
         if result.denied:
@@ -374,8 +312,8 @@ class ZooKeeperSync:
             return 0
         specs = [(self._path(k), bool(k), True) for k in keys]
         try:
-            results = self._read(specs)
-        except _Interrupted:
+            results = self._reader.read(specs)
+        except Interrupted:
             return 0
         follow: list[str] = []
         with self._cache.batch():

@@ -70,7 +70,8 @@ class ConfigClient:
     TLS options passed to kazoo (``use_ssl``, ``ca``, ``certfile``, ``keyfile``, ``keyfile_password``,
     ``verify_certs``, ``check_hostname``), reconciler tuning (``reconcile_rate`` reads/s,
     ``reconcile_jitter`` s, ``reconcile_interval`` s), ``snapshot_debounce`` s, ``poll_interval`` s (file
-    backend), ``batch_size`` (reads pipelined per round trip) and ``reconnect_max_delay`` s.
+    backend), ``batch_size`` (reads per multiRead request or pipelined batch), ``reconnect_max_delay`` s and
+    ``bulk_reads`` (load and resync with multiRead + setWatches, ZooKeeper 3.6+; falls back by itself).
     """
 
     # The positional parameters are the public contract of issue 3 (hosts ... auth); extras are keyword-only.
@@ -98,8 +99,9 @@ class ConfigClient:
         reconcile_interval: float = 1.0,
         snapshot_debounce: float = 1.0,
         poll_interval: float = 1.0,
-        batch_size: int = 2000,
+        batch_size: int = 500,
         reconnect_max_delay: float = 2.0,
+        bulk_reads: bool = True,
     ) -> None:
         if not hosts:
             raise UsageError("config hosts must not be empty: give 'host:port[,host:port...]' or 'file:///dir'")
@@ -153,6 +155,7 @@ class ConfigClient:
                 session_timeout=session_timeout,
                 batch_size=batch_size,
                 reconnect_max_delay=reconnect_max_delay,
+                bulk_reads=bulk_reads,
             )
         source = self._source
         self._reconciler = Reconciler(
@@ -307,7 +310,8 @@ class ConfigClient:
         Keys: ``connected`` (bool), ``stale_seconds`` (0.0 while following; else seconds since suspension,
         session loss or a snapshot start, on the injected timer), ``last_sync`` (Unix time of the last full
         load or resync, or ``None``), ``applied``, ``rejected``, ``drift_corrected``, ``resyncs``, ``reads``
-        (znode reads issued), ``source`` (``"zookeeper"``, ``"snapshot"``, ``"file"``) and ``keys``.
+        (znode reads issued), ``requests`` (ZooKeeper requests those took), ``source`` (``"zookeeper"``,
+        ``"snapshot"``, ``"file"``) and ``keys``.
         """
         return self._status.report(applied=self._cache.applied, keys=len(self._cache))
 

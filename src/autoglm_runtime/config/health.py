@@ -30,6 +30,7 @@ class SyncStatus:
         self.drift_corrected = 0
         self.resyncs = 0
         self.reads = 0
+        self.requests = 0
 
     def mark_stale(self) -> None:
         """The cache stopped following its source now (kept if already stale: staleness counts from the first
@@ -51,7 +52,7 @@ class SyncStatus:
             self.connected = connected
 
     def add(self, counter: str, amount: int = 1) -> None:
-        """Add ``amount`` to ``rejected``, ``drift_corrected``, ``resyncs`` or ``reads``."""
+        """Add ``amount`` to ``rejected``, ``drift_corrected``, ``resyncs``, ``reads`` or ``requests``."""
         with self._lock:
             setattr(self, counter, getattr(self, counter) + amount)
 
@@ -75,6 +76,7 @@ class SyncStatus:
                     "drift_corrected": self.drift_corrected,
                     "resyncs": self.resyncs,
                     "reads": self.reads,
+                    "requests": self.requests,
                     "source": self.source,
                     "keys": keys,
                 }

@@ -238,19 +238,20 @@ def _duplicates(env: Environment) -> list[Finding]:
         if len(found) < 2:
             continue
         used, shadowed = found[0], found[1:]
-        hidden = "; ".join(f"{d.label} in {d.location}" for d in shadowed)
+        hidden = "; ".join(f"{d.label} ({d.metadata_dir})" for d in shadowed)
         findings.append(
             Finding(
                 kind="duplicate",
                 packages=(key,),
-                message=f"{used.name} is installed {len(found)} times on the path: {used.label} in {used.location} "
-                f"is the one imported, shadowing {hidden}",
-                hint="uninstall the shadowed copies ("
-                + ", ".join(d.metadata_dir for d in shadowed)
-                + ") or take their directories off the path",
+                message=f"{used.name} is installed {len(found)} times on the path: {used.label} "
+                f"({used.metadata_dir}) is the one imported, shadowing {hidden}",
+                hint="uninstall the shadowed copies or delete their metadata directories, or take their directories "
+                "off the path",
                 details={
-                    "used": {"version": used.version, "location": used.location},
-                    "shadowed": [{"version": d.version, "location": d.location} for d in shadowed],
+                    "used": {"version": used.version, "location": used.location, "metadata_dir": used.metadata_dir},
+                    "shadowed": [
+                        {"version": d.version, "location": d.location, "metadata_dir": d.metadata_dir} for d in shadowed
+                    ],
                 },
             )
         )

@@ -10,9 +10,10 @@ is one JSON object::
 
 ``distributions`` is in import-precedence order: ``sys.path`` order, then directory order, the order
 ``importlib.metadata`` finds them, so the first of a name is the copy that imports. ``modules`` maps each
-top-level import name a distribution installs to the RECORD path and hash of the file that makes it
-importable (``pkg/__init__.py`` or ``mod.py``); for a name claimed by more than one distribution,
-``on_disk`` holds the hash of the file actually present. ``errors`` lists metadata that could not be
+top-level import name a distribution installs to ``[RECORD path, RECORD hash]`` of the file that makes it
+importable (``pkg/__init__.py`` or ``mod.py``; a namespace directory is no name a distribution owns). For a
+name claimed by several distributions in one directory, a third item, the hash of the file actually on
+disk, tells whose file won. ``errors`` lists metadata that could not be
 read; the checker turns those into ``invalid-metadata`` findings instead of failing.
 """
 

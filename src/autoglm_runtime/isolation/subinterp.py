@@ -62,7 +62,7 @@ def resolve_backend(requested: str, info: InterpreterInfo) -> Literal["process",
     if requested == "subinterp" and not supported:
         raise BackendUnsupportedError(
             f"the subinterpreter backend needs CPython {MIN_VERSION[0]}.{MIN_VERSION[1]}+ (isolated "
-            f"subinterpreters), but the environment interpreter {info.executable} is {info.implementation} {info.version}; "
-            "use backend='process', or pass python= a 3.12+ interpreter"
+            f"subinterpreters), but the environment interpreter {info.executable} is {info.implementation} "
+            f"{info.version}; use backend='process', or pass python= a 3.12+ interpreter"
         )
     return "subinterp" if supported else "process"

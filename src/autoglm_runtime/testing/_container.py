@@ -125,8 +125,10 @@ def start_container_server(*, start_timeout: float, env: Mapping[str, str] | Non
     reason = docker_unreachable_reason(env)
     if reason is not None:
         raise ZooKeeperUnavailableError(reason)
-    # imported here: testcontainers is a test dependency, not a runtime one
-    from testcontainers.core.container import DockerContainer
+    try:  # imported here: testcontainers is a test dependency, not a runtime one
+        from testcontainers.core.container import DockerContainer
+    except ImportError as exc:
+        raise ZooKeeperUnavailableError("The container backend needs the 'testcontainers' package.") from exc
 
     image = env.get("AUTOGLM_ZK_IMAGE", DEFAULT_IMAGE)
     host_port = free_port()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -17,7 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -130,26 +129,18 @@ def _kill_all_at_exit() -> None:
 
 atexit.register(_kill_all_at_exit)
 
-_PR_SET_PDEATHSIG = 1
 
+def _die_with_parent_prefix() -> list[str]:
+    """``setpriv --pdeathsig KILL --`` where it exists: the kernel kills java should its parent die.
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A pre-exec hook asking Linux to SIGKILL the child when its parent thread dies, or None elsewhere.
-
-    The kernel ties this to the thread that forked, so it is only used from the main thread.
+    ``setpriv`` (util-linux) sets the parent-death signal and then executes java in its place, which
+    keeps it, so no Python runs between fork and exec. The kernel ties the signal to the thread that
+    started the process, so it is only used from the main thread.
     """
     if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-    return hook
+        return []
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 class JavaProcess:
@@ -179,13 +170,12 @@ class JavaProcess:
         log_file: IO[bytes] = self.log_path.open("ab")
         try:
             self._popen = subprocess.Popen(
-                self.argv,
+                [*_die_with_parent_prefix(), *self.argv],
                 cwd=self.cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(),  # noqa: PLW1509 - only calls prctl, which is async-signal-safe
             )
         except OSError as exc:
             raise ZooKeeperHarnessError(f"Could not run {self.argv[0]!r} for {self.name}: {exc}.") from exc

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from autoglm_runtime.errors import AutoGLMRuntimeError, InputDecodeError
+from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError
 from autoglm_runtime.validation.context_window import GuardResult, Segment
 
 __all__ = ["ExtractedInput", "OpenAIExtractor", "TextField", "error_body"]
@@ -54,8 +54,8 @@ def _dotted(body: dict[str, Any], name: str) -> Any:
     return value
 
 
-def _shape_error(where: str, expected: str, value: Any, param: str) -> InputDecodeError:
-    return InputDecodeError(
+def _shape_error(where: str, expected: str, value: Any, param: str) -> InvalidRequestError:
+    return InvalidRequestError(
         f"{where} must be {expected}, got {type(value).__name__}: fix the request body", param=param
     )
 
@@ -79,9 +79,9 @@ class OpenAIExtractor:
         self.max_tokens_fields = tuple(max_tokens_fields)
 
     def extract(self, body: Any) -> ExtractedInput:
-        """The input of ``body``; raises :class:`InputDecodeError` (E5009) for fields of the wrong shape."""
+        """The input of ``body``; raises :class:`InvalidRequestError` (E5010) for fields of the wrong shape."""
         if not isinstance(body, dict):
-            raise InputDecodeError(
+            raise InvalidRequestError(
                 f"the request body must be a JSON object, got {type(body).__name__}: send a JSON object"
             )
         fields: list[TextField] = []
@@ -149,7 +149,7 @@ class OpenAIExtractor:
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InputDecodeError(
+                raise InvalidRequestError(
                     f"{name} must be a non-negative integer, got {value!r:.40}: fix the request body", param=name
                 )
             return value

@@ -31,7 +31,7 @@ from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardR
 from autoglm_runtime.validation.decode import DecodeGuard
 from autoglm_runtime.validation.headers import HeaderTokenGuard
 
-__all__ = ["TRUNCATED_TOKENS_HEADER", "WARNING_CODE_HEADER", "ValidationMiddleware"]
+__all__ = ["ERROR_CODE_HEADER", "TRUNCATED_TOKENS_HEADER", "WARNING_CODE_HEADER", "ValidationMiddleware"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

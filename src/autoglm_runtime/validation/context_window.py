@@ -30,7 +30,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from autoglm_runtime.errors import INPUT_TRUNCATED, ContextWindowExceededError, InputDecodeError, UsageError
+from autoglm_runtime.errors import (
+    INPUT_TRUNCATED,
+    ContextWindowExceededError,
+    InputDecodeError,
+    InvalidRequestError,
+    UsageError,
+)
 from autoglm_runtime.logging import get_logger
 from autoglm_runtime.validation.limits import Limits, LimitsSource, StaticLimits, TruncationSide
 from autoglm_runtime.validation.tokenizers import Tokenizer
@@ -195,7 +201,7 @@ requested (5 in total), more than the context window of 4 tokens: shorten the in
         window = limits.context_window
         output = self.default_output_tokens if max_output_tokens is None else max_output_tokens
         if isinstance(output, bool) or not isinstance(output, int) or output < 0:
-            raise InputDecodeError(f"max_tokens must be a non-negative integer, got {output!r}", param="max_tokens")
+            raise InvalidRequestError(f"max_tokens must be a non-negative integer, got {output!r}", param="max_tokens")
         budget = window - output
         segments = _segments(text)
         if limits.truncate_on_overflow and allow_truncation and budget >= 1:

@@ -1,0 +1,248 @@
+"""ConfigClient against raw kazoo on one real ZooKeeper server, in one run; prints figures and ratios.
+
+    .venv/bin/python benchmarks/config_sync.py [--nodes 10000] [--updates 300]
+
+1. change propagation (set -> visible in get() and listener called) vs a raw kazoo DataWatch on the
+   same node, both following the same writes: target p50 <= 1.1x the raw watch;
+2. get() vs dict.get and kazoo TreeCache.get_data: target <= 3x dict.get;
+3. initial load of N nodes vs kazoo TreeCache (connect included for both): target >= 3x faster;
+4. resync of N nodes after a forced session expiry: target <= 1.5 s, with the reads it issued.
+The ZooKeeper server comes from the test harness (AUTOGLM_ZK_BACKEND chooses; local install here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+import timeit
+from typing import Any
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.recipe.cache import TreeCache, TreeEvent
+from kazoo.recipe.watchers import DataWatch
+
+from autoglm_runtime.config import ConfigChange, ConfigClient
+from autoglm_runtime.testing import expire_session, start_zookeeper
+
+
+def _populate(zk: KazooClient, root: str, nodes: int) -> list[str]:
+    """Create ``nodes`` znodes under ``root`` (100 per folder) with pipelined async creates."""
+    zk.ensure_path(root)
+    folders = max(1, nodes // 100)
+    per_folder = nodes // folders - 1
+    pending = [zk.create_async(f"{root}/d{f}", b"{}") for f in range(folders)]
+    for p in pending:
+        p.get()
+    keys = []
+    pending = []
+    for f in range(folders):
+        for k in range(per_folder):
+            keys.append(f"d{f}/k{k}")
+            pending.append(zk.create_async(f"{root}/d{f}/k{k}", str(f * 1000 + k).encode()))
+    for p in pending:
+        p.get()
+    return keys
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _load_config_client(hosts: str, root: str) -> tuple[float, ConfigClient]:
+    t0 = time.perf_counter()
+    client = ConfigClient(hosts, root, ttl=3600.0)
+    client.start(timeout=120)
+    return time.perf_counter() - t0, client
+
+
+def _load_tree_cache(hosts: str, root: str) -> tuple[float, KazooClient, TreeCache]:
+    ready = threading.Event()
+    t0 = time.perf_counter()
+    zk = KazooClient(hosts=hosts)
+    zk.start()
+    cache = TreeCache(zk, root)
+    cache.listen(lambda event: ready.set() if event.event_type == TreeEvent.INITIALIZED else None)
+    cache.start()
+    if not ready.wait(300):
+        raise RuntimeError("TreeCache did not initialise within 300 s")
+    return time.perf_counter() - t0, zk, cache
+
+
+def bench_load_and_get(hosts: str, root: str, keys: list[str], rounds: int) -> tuple[ConfigClient, dict[str, Any]]:
+    ours, theirs = [], []
+    client: ConfigClient | None = None
+    tree: tuple[KazooClient, TreeCache] | None = None
+    for _ in range(rounds):
+        seconds, fresh = _load_config_client(hosts, root)
+        ours.append(seconds)
+        if client is not None:
+            client.stop()
+        client = fresh
+        seconds, zk, cache = _load_tree_cache(hosts, root)
+        theirs.append(seconds)
+        if tree is not None:
+            tree[1].close()
+            tree[0].stop()
+            tree[0].close()
+        tree = (zk, cache)
+    assert client is not None
+    assert tree is not None
+    if len(client.snapshot()) != len(keys) + len({k.split("/")[0] for k in keys}):
+        raise RuntimeError(f"ConfigClient loaded {len(client.snapshot())} keys, expected every node")
+
+    key = keys[len(keys) // 2]
+    plain = dict(client.snapshot())
+    path = f"{root}/{key}"
+    number = 200_000
+    t_dict = min(timeit.repeat(lambda: plain.get(key), number=number, repeat=5)) / number
+    t_ours = min(timeit.repeat(lambda: client.get(key), number=number, repeat=5)) / number
+    t_tree = min(timeit.repeat(lambda: tree[1].get_data(path), number=number, repeat=5)) / number
+    tree[1].close()
+    tree[0].stop()
+    tree[0].close()
+    return client, {
+        "load_ours": statistics.median(ours),
+        "load_tree": statistics.median(theirs),
+        "get_dict": t_dict,
+        "get_ours": t_ours,
+        "get_tree": t_tree,
+    }
+
+
+def bench_propagation(hosts: str, root: str, updates: int) -> dict[str, Any]:
+    writer = KazooClient(hosts=hosts)
+    writer.start()
+    path = f"{root}/limit"
+    writer.ensure_path(root)
+    writer.create(path, b"0")
+    raw_client = KazooClient(hosts=hosts)
+    raw_client.start()
+    client = ConfigClient(hosts, root, ttl=3600.0)
+    client.start(timeout=30)
+
+    expected = [0]
+    ours_seen, raw_seen = threading.Event(), threading.Event()
+    stamp: dict[str, float] = {}
+
+    def on_change(change: ConfigChange) -> None:
+        if change.new == expected[0] and client.get("limit") == expected[0]:
+            stamp["ours"] = time.perf_counter()
+            ours_seen.set()
+
+    def on_raw(data: bytes | None, _stat: Any) -> None:
+        if data is not None and int(data) == expected[0]:
+            stamp["raw"] = time.perf_counter()
+            raw_seen.set()
+
+    client.subscribe("limit", on_change)
+    DataWatch(raw_client, path, on_raw)
+    ours, raw = [], []
+    for value in range(1, updates + 1):
+        expected[0] = value
+        ours_seen.clear()
+        raw_seen.clear()
+        start = time.perf_counter()
+        writer.set(path, str(value).encode())
+        if not (ours_seen.wait(10) and raw_seen.wait(10)):
+            raise RuntimeError(f"update {value} was not seen within 10 s")
+        ours.append(stamp["ours"] - start)
+        raw.append(stamp["raw"] - start)
+    client.stop()
+    for zk in (raw_client, writer):
+        zk.stop()
+        zk.close()
+    return {
+        "ours_p50": _pct(ours, 0.5),
+        "ours_p99": _pct(ours, 0.99),
+        "raw_p50": _pct(raw, 0.5),
+        "raw_p99": _pct(raw, 0.99),
+    }
+
+
+def bench_resync(client: ConfigClient) -> dict[str, Any]:
+    zk: KazooClient = client._source.client  # type: ignore[union-attr]
+    before = client.health()
+    connected = threading.Event()
+    stamp: dict[str, float] = {}
+    lost = threading.Event()
+
+    def on_state(state: Any) -> bool:
+        if state == KazooState.LOST:
+            lost.set()
+        elif state == KazooState.CONNECTED and lost.is_set():
+            stamp["connected"] = time.perf_counter()
+            connected.set()
+            return True
+        return False
+
+    zk.add_listener(on_state)
+    t0 = time.perf_counter()
+    expire_session(zk)
+    deadline = time.monotonic() + 60
+    while client.health()["resyncs"] == before["resyncs"]:
+        if time.monotonic() > deadline:
+            raise RuntimeError("no resync within 60 s of the session expiry")
+        time.sleep(0.001)
+    done = time.perf_counter()
+    if not connected.wait(5):
+        raise RuntimeError("the client never reported CONNECTED after the expiry")
+    after = client.health()
+    return {
+        "resync": done - stamp["connected"],
+        "total": done - t0,
+        "reads": after["reads"] - before["reads"],
+        "keys": after["keys"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=10_000)
+    parser.add_argument("--updates", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3, help="initial-load repetitions (median)")
+    args = parser.parse_args()
+
+    with start_zookeeper() as server:
+        print(f"ZooKeeper: {server.backend} backend at {server.hosts}")
+        admin = KazooClient(hosts=server.hosts)
+        admin.start()
+        keys = _populate(admin, "/bench/tree", args.nodes)
+        print(f"populated {len(keys) + len({k.split('/')[0] for k in keys})} nodes under /bench/tree")
+
+        prop = bench_propagation(server.hosts, "/bench/prop", args.updates)
+        print(f"\n1. change propagation over {args.updates} updates (set -> get() and listener)")
+        print(f"   ConfigClient       p50 {prop['ours_p50'] * 1e3:7.3f} ms   p99 {prop['ours_p99'] * 1e3:7.3f} ms")
+        print(f"   kazoo DataWatch    p50 {prop['raw_p50'] * 1e3:7.3f} ms   p99 {prop['raw_p99'] * 1e3:7.3f} ms")
+        ratio = prop["ours_p50"] / prop["raw_p50"]
+        print(f"   ratio p50 {ratio:.2f}x (target <= 1.10x: {'met' if ratio <= 1.1 else 'MISSED'})")
+
+        client, figures = bench_load_and_get(server.hosts, "/bench/tree", keys, args.rounds)
+        print("\n2. get() cost")
+        print(f"   dict.get               {figures['get_dict'] * 1e9:7.1f} ns")
+        print(f"   ConfigClient.get       {figures['get_ours'] * 1e9:7.1f} ns")
+        print(f"   TreeCache.get_data     {figures['get_tree'] * 1e9:7.1f} ns")
+        ratio = figures["get_ours"] / figures["get_dict"]
+        print(f"   ratio vs dict.get {ratio:.2f}x (target <= 3x: {'met' if ratio <= 3 else 'MISSED'}); "
+              f"TreeCache.get_data is {figures['get_tree'] / figures['get_ours']:.1f}x ConfigClient.get")  # fmt: skip
+
+        print(f"\n3. initial load of {args.nodes} nodes (median of {args.rounds}, connect included)")
+        print(f"   ConfigClient.start()   {figures['load_ours']:7.3f} s")
+        print(f"   kazoo TreeCache        {figures['load_tree']:7.3f} s")
+        speedup = figures["load_tree"] / figures["load_ours"]
+        print(f"   speed-up {speedup:.1f}x (target >= 3x: {'met' if speedup >= 3 else 'MISSED'})")
+
+        resync = bench_resync(client)
+        print(f"\n4. resync of {resync['keys']} keys after a forced session expiry")
+        print(f"   reconnect -> resynced  {resync['resync']:7.3f} s   (expiry -> resynced {resync['total']:.3f} s)")
+        print(f"   reads issued           {resync['reads']}")
+        print(f"   target <= 1.5 s: {'met' if resync['resync'] <= 1.5 else 'MISSED'}")
+        client.stop()
+        admin.stop()
+        admin.close()
+
+
+if __name__ == "__main__":
+    main()

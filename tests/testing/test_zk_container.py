@@ -1,0 +1,102 @@
+"""The container backend's lifecycle, driven through a stand-in for testcontainers' DockerContainer.
+
+There is no Docker engine where these tests run; the stand-in records the calls the backend makes on
+the testcontainers and docker-py objects, and a loopback TCP stub answers ``srvr`` like ZooKeeper.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from autoglm_runtime.testing._container import ContainerZooKeeperServer
+from autoglm_runtime.testing.zookeeper import ZooKeeperHarnessError
+
+
+class _Wrapped:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def stop(self, timeout: int) -> None:
+        self.calls.append(f"docker stop timeout={timeout}")
+
+    def start(self) -> None:
+        self.calls.append("docker start")
+
+
+class _Container:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.wrapped = _Wrapped(self.calls)
+
+    def get_wrapped_container(self) -> _Wrapped:
+        return self.wrapped
+
+    def stop(self) -> None:
+        self.calls.append("remove")
+
+
+@pytest.fixture
+def srvr_port() -> Iterator[int]:
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4)
+                conn.sendall(b"Zookeeper version: 3.8.4\nMode: standalone\n")
+
+    thread = threading.Thread(target=serve, name="srvr-stub", daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        thread.join(5)
+
+
+def test_stop_start_keep_the_container_and_close_removes_it(srvr_port: int) -> None:
+    container = _Container()
+    server = ContainerZooKeeperServer(container, "127.0.0.1", srvr_port, image="zookeeper:3.8", start_timeout=5)
+
+    assert (server.backend, server.hosts, server.running) == ("container", f"127.0.0.1:{srvr_port}", True)
+    server.stop()
+    server.stop()
+    assert not server.running
+    server.start()
+    assert server.running
+    server.restart()
+    server.close()
+    server.close()
+
+    assert container.calls == [
+        "docker stop timeout=5",
+        "docker start",
+        "docker stop timeout=5",
+        "docker start",
+        "remove",
+    ]
+    with pytest.raises(ZooKeeperHarnessError) as info:
+        server.start()
+    assert str(info.value) == f"The ZooKeeper container that served 127.0.0.1:{srvr_port} was removed."
+
+
+def test_a_container_that_never_serves_is_reported() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:
+        port = placeholder.getsockname()[1]
+    server = ContainerZooKeeperServer(_Container(), "127.0.0.1", port, image="zookeeper:3.8", start_timeout=0)
+
+    with pytest.raises(ZooKeeperHarnessError) as info:
+        server.wait_until_serving()
+    assert str(info.value) == (
+        f"ZooKeeper in a zookeeper:3.8 container did not answer 'srvr' with a Mode line at 127.0.0.1:{port} "
+        "within 0 seconds."
+    )
