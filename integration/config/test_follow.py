@@ -30,7 +30,12 @@ def test_loads_the_whole_tree_and_follows_every_level(
     zk_client.create(f"{zk_root}/flag", b"")
     client = make_client(zk_hosts, zk_root)
     client.start(timeout=10)
-    assert dict(client.snapshot()) == {"models": None, "models/llm": None, "models/llm/context_window": 4096, "flag": None}
+    assert dict(client.snapshot()) == {
+        "models": None,
+        "models/llm": None,
+        "models/llm/context_window": 4096,
+        "flag": None,
+    }
     events: list[ConfigChange] = []
     client.subscribe("", events.append)
 
@@ -91,7 +96,12 @@ def test_1000_keys_updated_concurrently(
 
 
 def test_invalid_json_and_validator_rejection_keep_last_good(
-    zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until, caplog: pytest.LogCaptureFixture
+    zk_hosts: str,
+    zk_root: str,
+    zk_client: KazooClient,
+    make_client: Factory,
+    until: Until,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     def validator(key: str, value: Any) -> bool:
         return not (key == "limit" and isinstance(value, int) and value < 0)
@@ -201,3 +211,41 @@ def test_stop_leaves_no_thread_and_no_watch(zk_hosts: str, zk_root: str, zk_clie
     assert not any(path.startswith(zk_root) for path in kazoo._data_watchers)
     assert not any(path.startswith(zk_root) for path in kazoo._child_watchers)
     assert set(threading.enumerate()) - before == set()
+
+
+@pytest.mark.parametrize("bulk_reads", [True, False], ids=["multiread", "one-by-one"])
+def test_load_while_writes_are_in_flight_loses_nothing(
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until, bulk_reads: bool
+) -> None:
+    """Changes landing between a read and the arming of its watch are not lost (no TTL help: ttl is huge)."""
+    names = [f"g{i // 50}/k{i}" for i in range(400)]
+    for group in range(8):
+        zk_client.create(f"{zk_root}/g{group}")
+    for p in [zk_client.create_async(f"{zk_root}/{n}", j(0)) for n in names]:
+        p.get(timeout=30)
+    stop = threading.Event()
+    final: dict[str, int] = {}
+
+    def writer() -> None:
+        round_ = 0
+        while not stop.is_set():
+            round_ += 1
+            for p in [zk_client.set_async(f"{zk_root}/{n}", j(round_)) for n in names[round_ % 7 :: 7]]:
+                p.get(timeout=30)
+            for n in names[round_ % 7 :: 7]:
+                final[n] = round_
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        client = make_client(zk_hosts, zk_root, ttl=3600.0, bulk_reads=bulk_reads)
+        client.start(timeout=20)
+        assert client.health()["keys"] == 408
+    finally:
+        stop.set()
+        thread.join()
+    expected = {n: final.get(n, 0) for n in names}
+    until(lambda: {n: client.get(n) for n in names} == expected, what="every in-flight write")
+    assert client.health()["drift_corrected"] == 0
+    if bulk_reads:
+        assert client.health()["requests"] < client.health()["reads"] / 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -72,21 +73,38 @@ def test_second_load_reuses_the_environment(wheelhouse: Path, env_root: Path, ma
 BUILD_SCRIPT = """
 import sys
 from autoglm_runtime.isolation import EnvironmentBuilder, load_manifest
-builder = EnvironmentBuilder(sys.argv[1], wheelhouse=sys.argv[2], offline=True)
+
+def progress(event):
+    if event.phase == "wait":
+        print("waiting", flush=True)
+
+builder = EnvironmentBuilder(sys.argv[1], wheelhouse=sys.argv[2], offline=True, progress=progress)
 env = builder.ensure(load_manifest(sys.argv[3]))
-print(env.key, env.created)
+print(env.key, env.created, flush=True)
 """
 
 
 def test_two_processes_build_one_environment_once(wheelhouse: Path, tmp_path: Path, make_model) -> None:
     model = make_model("concurrent", VERSION_MODEL, ["conflictlib==2.0"])
     root = tmp_path / "envs"
+    key = EnvironmentBuilder(root, wheelhouse=wheelhouse, offline=True).key_for(load_manifest(model))
+    # Hold the key's lock, as a third builder would, until both processes are waiting for it: then they
+    # contend for it for certain, instead of the second merely finding the first one's result.
+    lock_path = root / f".{key}.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
     argv = [sys.executable, "-c", BUILD_SCRIPT, str(root), str(wheelhouse), str(model)]
     procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "waiting\n"
+    finally:
+        os.unlink(lock_path)
+        os.close(fd)
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]
     results = sorted(out.split() for out, _ in outputs)
-    key = results[0][0]
     assert results == [[key, "False"], [key, "True"]]
     assert sorted(p.name for p in root.iterdir()) == [key]
 

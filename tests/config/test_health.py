@@ -25,6 +25,7 @@ def test_staleness_counts_from_the_first_suspension(clock: FakeClock) -> None:
         "drift_corrected": 0,
         "resyncs": 1,
         "reads": 0,
+        "requests": 0,
         "source": "none",
         "keys": 2,
     }

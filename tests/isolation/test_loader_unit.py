@@ -125,6 +125,9 @@ def test_worker_on_the_host_interpreter(tmp_path: Path) -> None:
         assert hello["pid"] == worker.health()["pid"]
         assert worker.call("echo", {"a": [1, None]}, timeout=30) == {"a": [1, None]}
         assert worker.health()["state"] == "ready"
+        with pytest.raises(UsageError) as info:
+            worker.call("echo", 1, timeout=0)
+        assert info.value.message == "timeout of unit.echo() must be a positive number of seconds, got 0"
     finally:
         worker.close()
     assert worker.health() == {

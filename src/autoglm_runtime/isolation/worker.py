@@ -126,6 +126,10 @@ class WorkerProcess:
 
     def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """Run ``model.<method>(*args, **kwargs)`` in the worker and return its (JSON-shaped) result."""
+        if timeout is not None and not timeout > 0:
+            raise UsageError(
+                f"timeout of {self.spec.name}.{method}() must be a positive number of seconds, got {timeout!r}"
+            )
         call_id = next(self._ids)
         try:
             frame = _protocol.encode({"id": call_id, "method": method, "args": list(args), "kwargs": kwargs})

@@ -126,6 +126,8 @@ class LocalZooKeeperServer(ZooKeeperServer):
         self.log_path = self.data_dir / "zookeeper.log"
         self._process: JavaProcess | None = None
         self._ever_served = False
+        #: True after a failed start in which java exited (a port taken meanwhile, most often).
+        self.exited_at_start = False
 
     @property
     def running(self) -> bool:
@@ -203,6 +205,7 @@ class LocalZooKeeperServer(ZooKeeperServer):
     def _fail_start(self) -> NoReturn:
         process = self._process
         exited = process is not None and not process.running
+        self.exited_at_start = exited
         tail = process.log_tail() if process is not None else ""
         self.stop()
         if exited:

@@ -150,9 +150,18 @@ def start_ensemble(
     Needs the local backend (``ZOOKEEPER_HOME`` or Debian's package); raises
     :class:`~autoglm_runtime.testing.zookeeper.ZooKeeperUnavailableError` when it is missing.
     """
-    ensemble = ZooKeeperEnsemble(size, base_dir=base_dir, start_timeout=start_timeout, env=env)
-    try:
-        return ensemble.start()
-    except BaseException:
-        ensemble.close()
-        raise
+    attempts = 3
+    for attempt in range(1, attempts + 1):
+        ensemble = ZooKeeperEnsemble(size, base_dir=base_dir, start_timeout=start_timeout, env=env)
+        try:
+            return ensemble.start()
+        except ZooKeeperHarnessError:
+            ensemble.close()
+            # ports were free when picked but another process may have bound one since: pick anew
+            if attempt == attempts or not any(s.exited_at_start for s in ensemble.servers):
+                raise
+            log.warning("a ZooKeeper ensemble member exited at start; trying again with other ports")
+        except BaseException:
+            ensemble.close()
+            raise
+    raise AssertionError("unreachable")

@@ -170,10 +170,11 @@ def start_zookeeper(
 
     ``backend`` overrides ``AUTOGLM_ZK_BACKEND``. ``data_dir`` keeps the server's data in a folder of
     yours, which is then never deleted (only the local backend can, so ``auto`` goes straight to it);
-    by default a temporary folder is used and removed by ``close()``. A backend that is not available
-    here is skipped under ``auto``; when none is left,
-    :class:`ZooKeeperUnavailableError` says why each failed and how to install ZooKeeper. A backend that
-    is available but breaks (java exits at start, no answer in ``start_timeout`` seconds) raises
+    by default a temporary folder is used and removed by ``close()``.
+
+    A backend that is not available here is skipped under ``auto``; when none is left,
+    :class:`ZooKeeperUnavailableError` says why each failed and how to install ZooKeeper. A backend
+    that is available but breaks (java exits at start, no answer in ``start_timeout`` seconds) raises
     :class:`ZooKeeperHarnessError` at once rather than hiding the fault behind the next backend.
     """
     env = os.environ if env is None else env
