@@ -7,6 +7,7 @@ tests/test_errors.py fails while the document and the registry disagree.
 
 from pathlib import Path
 
+import autoglm_runtime.testing  # noqa: F401  (defines the harness's error classes)
 from autoglm_runtime.errors import REGISTRY, error_classes
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "error-codes.md"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import autoglm_runtime.testing  # noqa: F401  (defines the harness's error classes)
 from autoglm_runtime import errors
 from autoglm_runtime.errors import (
     REGISTRY,

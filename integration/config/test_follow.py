@@ -249,3 +249,18 @@ def test_load_while_writes_are_in_flight_loses_nothing(
     assert client.health()["drift_corrected"] == 0
     if bulk_reads:
         assert client.health()["requests"] < client.health()["reads"] / 10
+
+
+def test_root_created_after_start_and_deleted_again(
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until
+) -> None:
+    root = f"{zk_root}/later"
+    client = make_client(zk_hosts, root)
+    client.start(timeout=10)
+    assert dict(client.snapshot()) == {}
+    zk_client.create(f"{root}/a/b", j("b"), makepath=True)
+    until(lambda: client.get("a/b") == "b", what="keys under a root created after start")
+    zk_client.delete(root, recursive=True)
+    until(lambda: dict(client.snapshot()) == {}, what="keys gone with the root")
+    zk_client.create(f"{root}/c", j("c"), makepath=True)
+    until(lambda: dict(client.snapshot()) == {"c": "c"}, what="a recreated root followed again")

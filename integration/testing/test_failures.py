@@ -24,7 +24,7 @@ def test_port_in_use_is_reported_with_the_log(tmp_path: Path) -> None:
         with pytest.raises(ZooKeeperHarnessError) as info:
             server.start()
 
-    message = str(info.value)
+    message = info.value.message
     head = (
         f"ZooKeeper from {installation.source} could not start at 127.0.0.1:{port}: its java process exited "
         f"before it answered 'srvr' with a Mode line. Its log is {tmp_path / 'zookeeper.log'}"

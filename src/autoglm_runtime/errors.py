@@ -62,6 +62,15 @@ _register(
     "Read the message and the command's --help, then call again with corrected arguments.",
 )
 _register(
+    "E0002",
+    "Test ZooKeeper unavailable",
+    "error",
+    "The test harness (autoglm_runtime.testing) could not start, stop or control a ZooKeeper server: no "
+    "backend is available (Docker engine, local installation, AUTOGLM_ZK_HOSTS) or the server failed to start.",
+    "Install ZooKeeper (apt-get install zookeeper, or an Apache tarball at ZOOKEEPER_HOME), start a Docker "
+    "engine, or name a server with AUTOGLM_ZK_HOSTS; read the server log lines quoted in the message.",
+)
+_register(
     "E0101",
     "Dependency conflict or model load failure",
     "error",
@@ -92,6 +101,14 @@ _register(
     "The requested backend cannot run this model here, e.g. an extension module refuses to load in a "
     "subinterpreter or the interpreter has no subinterpreter support.",
     "Use backend='process' (or 'auto', which falls back to it).",
+)
+_register(
+    "E0105",
+    "Model raised an exception",
+    "error",
+    "A called method of an isolated model raised; the worker is still healthy and serves further calls. The "
+    "error carries the model's exception type and traceback as text.",
+    "Read the remote traceback in the message or logs and fix the model or the arguments passed to it.",
 )
 _register(
     "E0305",
@@ -273,7 +290,7 @@ class ModelCallError(IsolationError):
     unpickles objects from a model's environment).
     """
 
-    code = "E0103"
+    code = "E0105"
     http_status = 500
     grpc_status = "INTERNAL"
 

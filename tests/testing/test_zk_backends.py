@@ -47,7 +47,7 @@ def test_unknown_backend_is_refused() -> None:
     with pytest.raises(ZooKeeperHarnessError) as info:
         backend_order(None, {"AUTOGLM_ZK_BACKEND": "podman"})
 
-    assert str(info.value) == (
+    assert info.value.message == (
         "The ZooKeeper backend must be one of auto, container, local or external, not 'podman'; "
         "set AUTOGLM_ZK_BACKEND or the backend argument to one of those."
     )
@@ -93,18 +93,20 @@ def test_debian_jar_is_used_with_its_logger(tmp_path: Path, fake_java: Path) -> 
 def test_missing_pieces_are_named(tmp_path: Path, fake_java: Path) -> None:
     with pytest.raises(ZooKeeperUnavailableError) as info:
         find_local_installation({"PATH": str(tmp_path)})
-    assert str(info.value) == "The local backend needs a java executable, but none was found in JAVA_HOME or on PATH."
+    assert (
+        info.value.message == "The local backend needs a java executable, but none was found in JAVA_HOME or on PATH."
+    )
 
     with pytest.raises(ZooKeeperUnavailableError) as info:
         find_local_installation({"JAVA_HOME": str(fake_java), "ZOOKEEPER_HOME": str(tmp_path)})
-    assert str(info.value) == (
+    assert info.value.message == (
         f"ZOOKEEPER_HOME is set to {str(tmp_path)!r}, but no zookeeper-*.jar was found in it or in its lib folder."
     )
 
     missing = tmp_path / "none.jar"
     with pytest.raises(ZooKeeperUnavailableError) as info:
         find_local_installation({"JAVA_HOME": str(fake_java)}, debian_jar=missing)
-    assert str(info.value) == (
+    assert info.value.message == (
         f"The local backend found no ZooKeeper: ZOOKEEPER_HOME is not set and {missing} does not exist."
     )
 
@@ -121,7 +123,7 @@ def test_auto_with_nothing_available_says_why_and_how_to_install(tmp_path: Path)
     with pytest.raises(ZooKeeperUnavailableError) as info:
         start_zookeeper(env=env)
 
-    assert str(info.value) == (
+    assert info.value.message == (
         "No ZooKeeper backend could start (tried container, local, external). "
         f"container: No Docker engine answered a ping at {NO_DOCKER} within 2 seconds. "
         "local: The local backend needs a java executable, but none was found in JAVA_HOME or on PATH. "
@@ -139,7 +141,7 @@ def test_only_the_chosen_backend_is_tried(tmp_path: Path) -> None:
     with pytest.raises(ZooKeeperUnavailableError) as info:
         start_zookeeper(env=env)
 
-    assert str(info.value) == (
+    assert info.value.message == (
         "No ZooKeeper backend could start (tried external). "
         "external: The external backend needs AUTOGLM_ZK_HOSTS, which is not set. " + INSTALL_HINT
     )
@@ -156,7 +158,7 @@ def test_external_backend_uses_the_given_hosts_and_cannot_stop() -> None:
     )
     with pytest.raises(ZooKeeperHarnessError) as info:
         server.restart()
-    assert str(info.value) == (
+    assert info.value.message == (
         "The external ZooKeeper at zk1.example:2182,zk2.example:2181/chroot is not run by the harness, so it "
         "cannot be stopped or restarted; use the local or container backend for tests that stop servers."
     )

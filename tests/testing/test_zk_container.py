@@ -86,7 +86,7 @@ def test_stop_start_keep_the_container_and_close_removes_it(srvr_port: int) -> N
     ]
     with pytest.raises(ZooKeeperHarnessError) as info:
         server.start()
-    assert str(info.value) == f"The ZooKeeper container that served 127.0.0.1:{srvr_port} was removed."
+    assert info.value.message == f"The ZooKeeper container that served 127.0.0.1:{srvr_port} was removed."
 
 
 def test_a_container_that_never_serves_is_reported() -> None:
@@ -96,7 +96,7 @@ def test_a_container_that_never_serves_is_reported() -> None:
 
     with pytest.raises(ZooKeeperHarnessError) as info:
         server.wait_until_serving()
-    assert str(info.value) == (
+    assert info.value.message == (
         f"ZooKeeper in a zookeeper:3.8 container did not answer 'srvr' with a Mode line at 127.0.0.1:{port} "
         "within 0 seconds."
     )

@@ -141,7 +141,7 @@ def test_upstream_down_resets_the_client() -> None:
 def test_hosts_before_start_is_an_error() -> None:
     with pytest.raises(ZooKeeperHarnessError) as info:
         _ = FaultProxy("127.0.0.1", 1).hosts
-    assert str(info.value) == "The fault proxy has no address until it is started."
+    assert info.value.message == "The fault proxy has no address until it is started."
 
 
 def test_stop_leaves_no_thread_and_no_listener(echo_port: int) -> None:

@@ -41,7 +41,7 @@ def test_waits_for_states_in_order() -> None:
 
         with pytest.raises(ZooKeeperHarnessError) as info:
             states.wait_for(KazooState.CONNECTED, timeout=0)  # already consumed: needs a new one
-        assert str(info.value) == (
+        assert info.value.message == (
             "The kazoo client did not reach state CONNECTED within 0 seconds (states seen since the last wait: [])."
         )
 
@@ -57,5 +57,5 @@ def test_expire_session_needs_a_connected_client() -> None:
     client = KazooClient(hosts="127.0.0.1:1")
     with pytest.raises(ZooKeeperHarnessError) as info:
         expire_session(client)
-    assert str(info.value) == "Cannot expire the session of a kazoo client that is not connected."
+    assert info.value.message == "Cannot expire the session of a kazoo client that is not connected."
     client.close()

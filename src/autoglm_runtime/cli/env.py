@@ -12,11 +12,12 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from autoglm_runtime.errors import EXIT_OK
-from autoglm_runtime.isolation.envbuild import BuildEvent, EnvironmentBuilder
-from autoglm_runtime.isolation.manifest import load_manifest
+
+if TYPE_CHECKING:
+    from autoglm_runtime.isolation.envbuild import BuildEvent
 
 __all__ = ["DEFAULT_ENV_ROOT", "ProgressBar", "ProgressLines", "register", "run_build"]
 
@@ -79,6 +80,10 @@ def run_build(args: argparse.Namespace) -> int:
     if style == "auto":
         style = "bar" if err.isatty() else "lines"
     progress = ProgressBar(err) if style == "bar" else ProgressLines(err)
+    # Imported here: registering the command must not load the isolation package for every other command.
+    from autoglm_runtime.isolation.envbuild import EnvironmentBuilder
+    from autoglm_runtime.isolation.manifest import load_manifest
+
     builder = EnvironmentBuilder(
         args.env_root,
         python=args.python,

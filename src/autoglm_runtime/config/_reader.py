@@ -112,7 +112,8 @@ class ZooKeeperReader:
             return path
         return chroot if path == "/" else chroot + path
 
-    def _get(self, pending: Any) -> Any:
+    def wait(self, pending: Any) -> Any:
+        """The answer of one kazoo request: its value, or a ``NoNodeError``/``NoAuthError`` instance."""
         try:
             return pending.get(timeout=self._op_timeout)
         except (NoNodeError, NoAuthError) as exc:
@@ -136,15 +137,15 @@ class ZooKeeperReader:
             self._status.add("requests", reads)
             for result, data, kids in issued:
                 if data is not None:
-                    result.take(self._get(data), children=False)
+                    result.take(self.wait(data), children=False)
                 if kids is not None:
-                    result.take(self._get(kids), children=True)
+                    result.take(self.wait(kids), children=True)
                 out.append(result)
         return out
 
     def _read_bulk(self, specs: Sequence[Spec]) -> list[ReadResult]:
         if not self.client.last_zxid:
-            self._get(self.client.exists_async("/"))  # learn a zxid to arm the watches relative to
+            self.wait(self.client.exists_async("/"))  # learn a zxid to arm the watches relative to
         relative = self.client.last_zxid
         issued: list[tuple[list[tuple[ReadResult, bool]], Any]] = []
         reads = 0
@@ -204,7 +205,7 @@ class ZooKeeperReader:
                 requests.append(pending)
         self._status.add("requests", len(requests))
         for pending in requests:
-            answer = self._get(pending)
+            answer = self.wait(pending)
             if isinstance(answer, BaseException):
                 raise Interrupted from answer
 

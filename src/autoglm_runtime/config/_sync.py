@@ -181,9 +181,13 @@ class ZooKeeperSync:
         self._denied = []
         root_present = self._traverse([(self.root, False, True)], found=found, full=True)
         if not root_present:
-            # The root does not exist (yet): an exists watch tells us when it is created.
-            self.client.exists_async(self.root, watch=self._watch)
+            # The root does not exist (yet): an exists watch tells us when it is created. If it appeared in
+            # the meantime, the watch is armed but will not fire for that creation: load again.
+            stat = self._reader.wait(self.client.exists_async(self.root, watch=self._watch))
             self._status.add("reads")
+            self._status.add("requests")
+            if stat is not None and not isinstance(stat, BaseException):
+                self._need_full = True
         if self._denied and not self.loaded.is_set():
             paths = ", ".join(self._denied[:5])
             self.load_error = ConfigAccessError(
@@ -242,7 +246,8 @@ class ZooKeeperSync:
         """Apply one read (cache lock held); returns the reads it leads to (new children)."""
         path, key = result.path, self._key(result.path)
         if result.denied:
-            self._denied.append(path)
+            if not self.loaded.is_set():
+                self._denied.append(path)
             log.warning(
                 "ZooKeeper denied reading %s; keeping its last known value",
                 path,

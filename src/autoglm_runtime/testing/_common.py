@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from autoglm_runtime.errors import AutoGLMRuntimeError
+
 __all__ = [
     "INSTALL_HINT",
     "QuorumPeer",
@@ -28,12 +30,13 @@ INSTALL_HINT = (
 )
 
 
-class ZooKeeperHarnessError(RuntimeError):
-    """The test harness could not start, stop or control a ZooKeeper server.
+class ZooKeeperHarnessError(AutoGLMRuntimeError, RuntimeError):
+    """The test harness could not start, stop or control a ZooKeeper server (E0002).
 
-    This is test tooling, not a product failure: it carries no registry code and subclasses
-    ``RuntimeError`` so a test runner reports it as an error of the test set-up.
+    It subclasses ``RuntimeError`` too, so a test runner reports it as an error of the test set-up.
     """
+
+    code = "E0002"
 
 
 class ZooKeeperUnavailableError(ZooKeeperHarnessError):

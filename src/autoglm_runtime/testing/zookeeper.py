@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NoReturn
 
+from autoglm_runtime.errors import AutoGLMRuntimeError
 from autoglm_runtime.testing._common import (
     INSTALL_HINT,
     ZooKeeperHarnessError,
@@ -115,7 +116,8 @@ def skip_or_fail(exc: BaseException, env: Mapping[str, str] | None = None) -> No
     """
     import pytest  # imported here: only fixtures call this, and only they may assume pytest
 
-    message = f"This test needs a real ZooKeeper and none could start. {exc}"
+    reason = exc.message if isinstance(exc, AutoGLMRuntimeError) else str(exc)
+    message = f"This test needs a real ZooKeeper and none could start. {reason}"
     try:
         if in_ci(env):
             pytest.fail(message, pytrace=False)
@@ -186,7 +188,7 @@ def start_zookeeper(
             server = _STARTERS[name](folder, start_timeout, env)
         except ZooKeeperUnavailableError as exc:
             log.debug("ZooKeeper backend %s is not available: %s", name, exc)
-            reasons.append(f"{name}: {exc}")
+            reasons.append(f"{name}: {exc.message}")
             continue
         log.info("ZooKeeper test server uses the %s backend at %s", name, server.hosts)
         return server

@@ -1,0 +1,85 @@
+"""The multiRead / setWatches requests, byte for byte against ZooKeeper's jute layout."""
+
+from __future__ import annotations
+
+import struct
+
+from kazoo.exceptions import NoAuthError, NoNodeError
+from kazoo.protocol.serialization import ZnodeStat
+
+from autoglm_runtime.config._reader import _chunks
+from autoglm_runtime.config._wire import GET_CHILDREN, GET_DATA, MAX_REQUEST_BYTES, MultiRead, SetWatches
+
+
+def jstr(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack("!i", len(raw)) + raw
+
+
+def header(kind: int, done: bool, err: int) -> bytes:
+    return struct.pack("!iBi", kind, done, err)
+
+
+STAT = (5, 9, 1, 2, 3, 0, 0, 0, 4, 1, 7)
+
+
+def test_multiread_serializes_each_op_behind_a_multiheader() -> None:
+    request = MultiRead([(GET_DATA, "/a"), (GET_CHILDREN, "/a")])
+    assert request.type == 22
+    assert bytes(request.serialize()) == (
+        header(4, False, -1) + jstr("/a") + b"\x00" + header(8, False, -1) + jstr("/a") + b"\x00" + header(-1, True, -1)
+    )
+    assert repr(request) == "MultiRead(<2 reads>)"
+
+
+def test_multiread_parses_data_children_and_errors() -> None:
+    response = (
+        header(4, False, 0)
+        + struct.pack("!i", 3)
+        + b"abc"
+        + struct.pack("!qqqqiiiqiiq", *STAT)
+        + header(4, False, 0)
+        + struct.pack("!i", -1)  # null data
+        + struct.pack("!qqqqiiiqiiq", *STAT)
+        + header(8, False, 0)
+        + struct.pack("!i", 2)
+        + jstr("x")
+        + jstr("y")
+        + header(-1, False, -101)
+        + struct.pack("!i", -101)
+        + header(-1, False, -102)
+        + struct.pack("!i", -102)
+        + header(-1, True, -1)
+    )
+    data, empty, children, missing, denied = MultiRead.deserialize(b"junk" + response, 4)
+    assert data == (b"abc", ZnodeStat(*STAT))
+    assert empty == (b"", ZnodeStat(*STAT))
+    assert children == ["x", "y"]
+    assert isinstance(missing, NoNodeError)
+    assert isinstance(denied, NoAuthError)
+
+
+def test_setwatches_layout() -> None:
+    request = SetWatches(42, ["/a", "/b"], (), ["/a"])
+    assert request.type == 101
+    assert bytes(request.serialize()) == (
+        struct.pack("!q", 42)
+        + struct.pack("!i", 2)
+        + jstr("/a")
+        + jstr("/b")
+        + struct.pack("!i", 0)
+        + struct.pack("!i", 1)
+        + jstr("/a")
+    )
+    assert SetWatches.deserialize(b"", 0) is None
+
+
+def test_setwatches_are_split_under_the_packet_limit() -> None:
+    data = [f"/root/{'d' * 200}/{i}" for i in range(3000)]
+    children = [f"/root/{'c' * 100}/{i}" for i in range(3000)]
+    chunks = _chunks(data, children)
+    assert len(chunks) > 1
+    assert [p for d, _ in chunks for p in d] == data
+    assert [p for _, c in chunks for p in c] == children
+    for d, c in chunks:
+        assert len(SetWatches(1, d, (), c).serialize()) <= MAX_REQUEST_BYTES + 20
