@@ -186,6 +186,30 @@ def test_headers_are_checked_before_the_body_is_read() -> None:
     assert driver.reads == 0
 
 
+def test_a_content_length_of_thousands_of_digits_is_413_unread() -> None:
+    driver = Driver([b"{}"])
+    app = ValidationMiddleware(never_called, max_body_bytes=100)
+    assert asyncio.run(driver.run(app, [(b"content-length", b"9" * 5000)])) == 413
+    assert driver.reads == 0
+    assert driver.body["error"]["message"] == (
+        "the request body is 999999999999... (5000 digits) bytes long, more than the limit of 100 bytes: "
+        "send a smaller body, or raise max_body_bytes"
+    )
+
+
+def test_an_output_budget_over_the_window_is_400_even_without_input() -> None:
+    for body in ({"max_tokens": 100_000}, {"prompt": [], "max_tokens": 51}):
+        response = post(build_app(), "/v1/completions", json_body=body)
+        assert response.status_code == 400
+        assert error_of(response)["param"] == "max_tokens"
+        assert error_of(response)["message"] == (
+            f"the input has 0 tokens and {body['max_tokens']} output tokens were requested "
+            f"({body['max_tokens']} in total), more than the context window of 50 tokens: shorten the input or "
+            "lower max_tokens"
+        )
+    assert post(build_app(), "/v1/completions", json_body={"max_tokens": 50}).status_code == 200
+
+
 def test_reading_stops_at_the_limit_without_content_length() -> None:
     driver = Driver([b"x" * 60] * 100)
     app = ValidationMiddleware(never_called, max_body_bytes=100)

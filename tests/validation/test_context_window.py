@@ -341,3 +341,16 @@ def test_precheck_lets_borderline_input_through_to_exact_counting() -> None:
     # 360 characters could be 90 tokens, so the pre-check cannot reject; exact counting does.
     assert info.value.message == overflow(360, 10, 100)
     assert tok.encoded_chars == 360
+
+
+@pytest.mark.parametrize("truncate", [False, True])
+def test_an_output_budget_over_the_window_is_rejected_with_no_input(chars: CallableTokenizer, truncate: bool) -> None:
+    guard = ContextWindowGuard(chars, 10, truncate_on_overflow=truncate)
+    with pytest.raises(ContextWindowExceededError) as info:
+        guard.check([], max_output_tokens=11)
+    assert info.value.message == (
+        "the input has 0 tokens and 11 output tokens were requested (11 in total), more than the context window "
+        "of 10 tokens: shorten the input or lower max_tokens"
+    )
+    assert info.value.param == "max_tokens"
+    assert guard.check([], max_output_tokens=10).input_tokens == 0

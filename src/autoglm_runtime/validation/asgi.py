@@ -120,11 +120,17 @@ class ValidationMiddleware:
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.max_body_bytes
         for name, value in scope.get("headers") or ():
-            if name.lower() == b"content-length" and value.strip().isdigit() and int(value) > limit:
-                raise RequestTooLargeError(
-                    f"the request body is {int(value)} bytes long, more than the limit of {limit} bytes: "
-                    "send a smaller body, or raise max_body_bytes",
-                )
+            declared = value.strip()
+            # Compare digit counts first: int() of a 5,000-digit header would raise (and cost) before any check.
+            if name.lower() == b"content-length" and declared.isdigit():
+                too_large = len(declared.lstrip(b"0")) > len(str(limit)) or int(declared) > limit
+                if too_large:
+                    text = declared.decode("ascii")
+                    shown = text if len(text) <= 20 else f"{text[:12]}... ({len(text)} digits)"
+                    raise RequestTooLargeError(
+                        f"the request body is {shown} bytes long, more than the limit of {limit} bytes: "
+                        "send a smaller body, or raise max_body_bytes",
+                    )
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -145,7 +151,7 @@ class ValidationMiddleware:
     def _judge(self, body: bytes) -> tuple[bytes, GuardResult | None]:
         value = self.decode_guard.check_json(body)
         extracted = self.extractor.extract(value)
-        if self.context_guard is None or not extracted.fields:
+        if self.context_guard is None or (not extracted.fields and extracted.max_output_tokens is None):
             return body, None
         result = self.context_guard.check(
             extracted.segments, max_output_tokens=extracted.max_output_tokens, param=extracted.param

@@ -204,6 +204,9 @@ requested (5 in total), more than the context window of 4 tokens: shorten the in
             raise InvalidRequestError(f"max_tokens must be a non-negative integer, got {output!r}", param="max_tokens")
         budget = window - output
         segments = _segments(text)
+        if budget < 0 and not segments:
+            # No input to count, yet the output budget alone is over the window.
+            raise _overflow(0, output, window, "max_tokens", at_least=False)
         if limits.truncate_on_overflow and allow_truncation and budget >= 1:
             ids = [self._encode_segment(segment) for segment in segments]
             total = sum(len(i) for i in ids)
