@@ -120,7 +120,8 @@ def test_the_probe_script_is_found_without_importing_isolation() -> None:
 def test_a_usage_error_leaves_no_probe_process_behind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pidfile = tmp_path / "pid"
     slow = tmp_path / "slow-python"
-    slow.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 60\n")
+    marker = f"59.{os.getpid()}{time.monotonic_ns() % 10**6}"  # a sleep argument no other process has
+    slow.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep {marker}\n")
     slow.chmod(0o755)
     assert main(["check-deps", str(tmp_path / "absent"), "--python", str(slow)]) == 2
     assert "no such file or directory" in capsys.readouterr().err
@@ -132,3 +133,14 @@ def test_a_usage_error_leaves_no_probe_process_behind(tmp_path: Path, capsys: py
     if pidfile.exists() and pidfile.read_text().strip():
         with pytest.raises(ProcessLookupError):
             os.kill(int(pidfile.read_text()), 0)
+    # Whether or not it got as far as writing its pid, no process may still run the fake interpreter's sleep.
+    running = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in cmdline or str(slow).encode() in cmdline:
+                running.append(entry.name)
+    assert running == []
