@@ -106,6 +106,20 @@ class ZooKeeperReader:
             return self._read_bulk(specs)
         return self._read_each(specs)
 
+    def start_data_read(self, path: str) -> tuple[ReadResult, Any]:
+        """Issue one data read (arming its watch) without waiting; pass the pair to :meth:`finish`."""
+        with self._lock:
+            result = ReadResult(path, next(self._seq))
+            pending = self.client.get_async(path, watch=self._watch)
+        self._status.add("reads")
+        self._status.add("requests")
+        return result, pending
+
+    def finish(self, result: ReadResult, pending: Any) -> ReadResult:
+        """Wait for a read started by :meth:`start_data_read`; raises :class:`Interrupted` on a drop."""
+        result.take(self.wait(pending), children=False)
+        return result
+
     def _server_path(self, path: str) -> str:
         chroot: str = self.client.chroot
         if not chroot:
@@ -190,8 +204,20 @@ class ZooKeeperReader:
         return list(answers)
 
     def _arm(self, results: Sequence[ReadResult], relative: int) -> None:
-        data = [self._server_path(r.path) for r in results if r.stat is not None]
-        children = [self._server_path(r.path) for r in results if r.children is not None]
+        self.arm(
+            [r.path for r in results if r.stat is not None],
+            [r.path for r in results if r.children is not None],
+            relative,
+        )
+
+    def arm(self, data_paths: Sequence[str], child_paths: Sequence[str], relative: int) -> None:
+        """Arm our data watch on ``data_paths`` and child watch on ``child_paths`` with ``setWatches``.
+
+        The server fires at once every watch whose znode changed after zxid ``relative`` (or vanished), so
+        a cache that reflects every change up to ``relative`` misses nothing.
+        """
+        data = [self._server_path(p) for p in data_paths]
+        children = [self._server_path(p) for p in child_paths]
         # Register our callback where kazoo looks for it before the server can fire anything.
         for path in data:
             self.client._data_watchers[path].add(self._watch)

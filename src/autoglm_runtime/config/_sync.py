@@ -4,15 +4,18 @@ Threads and who may call ZooKeeper:
 
 * kazoo's connection thread runs :meth:`ZooKeeperSync._on_state`; it only records the state and the time
   and queues a note for the sync thread (calling ZooKeeper there deadlocks, kazoo #356/#381);
-* kazoo's callback thread runs :meth:`ZooKeeperSync._on_watch`; it only queues the path;
+* kazoo's callback thread runs :meth:`ZooKeeperSync._on_watch`; it queues the path, and for a data change or
+  deletion issues the re-read without waiting for it (saving a thread hop on every update's path);
 * the sync thread (``autoglm-config-sync``) does every load, re-read and resync;
 * the reconciler thread calls :meth:`ZooKeeperSync.reread` for expired entries.
 
 Reads are pipelined, one tree level at a time, by :mod:`._reader`: each read arms the watch it needs (a
 data watch for the value, a child watch for the child list) with one callback of ours, and every firing is
 answered by reading again, which re-arms it. kazoo drops all watches on any connection loss without
-re-registering them, so every CONNECTED after a SUSPENDED or LOST triggers a full re-read (a resync) that
-re-arms every watch and diffs the tree against the cache.
+re-registering them, so every CONNECTED after a SUSPENDED or LOST triggers a resync: ``setWatches`` re-arms
+every watch relative to the last zxid seen before the drop, the server fires those whose znodes changed
+meanwhile, and only those are read again (:meth:`ZooKeeperSync._rearm`). Without such a zxid (first load,
+start from a snapshot, an interrupted load) the whole tree is read again and diffed against the cache.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.protocol.states import EventType, KazooState, WatchedEvent
+from kazoo.protocol.states import Callback, EventType, KazooState, WatchedEvent
 from kazoo.retry import KazooRetry
 
 from autoglm_runtime.config._reader import Interrupted, ReadResult, Spec, ZooKeeperReader
@@ -79,6 +82,11 @@ class ZooKeeperSync:
         self._children: dict[str, tuple[int, frozenset[str]]] = {}
         self._pending: set[str] = set()
         self._need_full = False
+        self._need_rearm = False
+        self._rearm_ok = False  # a complete load happened and no traversal was lost since
+        self._relative: int | None = None  # last zxid seen before the connection dropped
+        self._retry: set[str] = set()  # paths whose reads a connection loss interrupted
+        self._generation = 0
         self._ever_loaded = False
         self._session: int | None = None
         self._denied: list[str] = []
@@ -113,6 +121,11 @@ class ZooKeeperSync:
         if state == KazooState.CONNECTED:
             self._status.set_connected(True)
         else:
+            # Everything up to this zxid reached us (as data or as a watch event) before the drop; kazoo
+            # forgets it when it resets a lost session, so keep the first one of this outage.
+            zxid = self.client.last_zxid
+            if zxid and self._relative is None:
+                self._relative = zxid
             self._status.set_connected(False)
             self._status.mark_stale()
             log.warning(
@@ -128,6 +141,14 @@ class ZooKeeperSync:
         if event.type == EventType.NONE or not event.path or self._stopping.is_set():
             return
         self._pending.add(event.path)
+        if event.type in (EventType.CHANGED, EventType.DELETED) and event.path != self.root:
+            # Issue the re-read here (asynchronous, never blocking kazoo's callback thread): it saves a
+            # thread hop on the path every update takes. The sync thread waits for it and applies it.
+            try:
+                self._queue.put(("fetched", self._reader.start_data_read(event.path)))
+                return
+            except Exception:  # kazoo refuses calls once closing; the sync thread reads it instead
+                pass
         self._queue.put(("children" if event.type == EventType.CHILD else "data", event.path))
 
     # --- the sync thread -------------------------------------------------------------------------
@@ -147,25 +168,53 @@ class ZooKeeperSync:
                 return
             data: set[str] = set()
             children: set[str] = set()
+            fetched: list[tuple[ReadResult, Any]] = []
+            synced = False
             for kind, arg in items:
                 if kind == "state":
-                    self._need_full = self._need_full or arg == KazooState.CONNECTED
+                    if arg == KazooState.CONNECTED:
+                        self._generation += 1
+                        if self._ever_loaded and self._rearm_ok and self._relative is not None:
+                            self._need_rearm = True
+                        else:
+                            self._need_full = True
+                elif kind == "fetched":
+                    fetched.append(arg)
+                elif kind == "synced":
+                    synced = synced or arg == self._generation
                 elif kind == "data":
                     data.add(arg)
                 elif kind == "children":
                     children.add(arg)
                 elif kind == "read":
-                    data.update(arg)
-                    children.update(arg)
+                    self._retry.update(arg)  # kept across a drop, unlike the watch events above
             if not self.client.connected:
                 continue
             try:
                 if self._need_full:
                     self._full_sync()
-                elif data or children:
+                    continue
+                if self._need_rearm:
+                    self._rearm()
+                if fetched:
+                    self._apply_fetched(fetched)
+                if self._retry:
+                    data |= self._retry
+                    children |= self._retry
+                    self._retry.clear()
+                if data or children:
                     self._incremental(data, children)
+                if synced and not self._need_rearm:
+                    self._relative = None
+                    self._status.mark_synced(resync=True)
+                    log.info("config resynced", extra={"hosts": self.hosts, "root": self.root})
             except Interrupted:
-                self._need_full = True
+                # Lost reads are in _retry. A drop brings a CONNECTED that resyncs; a timeout without a drop
+                # is retried from here.
+                if not self._rearm_ok:
+                    self._need_full = True
+                elif self._relative is not None:
+                    self._need_rearm = True
             except Exception:
                 self._need_full = True
                 log.exception("config sync failed; it retries", extra={"error_code": "E0409", "root": self.root})
@@ -173,6 +222,9 @@ class ZooKeeperSync:
 
     def _full_sync(self) -> None:
         self._need_full = False
+        self._need_rearm = False
+        self._rearm_ok = False
+        self._pending.clear()
         client_id = self.client.client_id
         session = client_id[0] if client_id else None
         resync = self._ever_loaded
@@ -212,6 +264,42 @@ class ZooKeeperSync:
             )
         self._session = session
         self._ever_loaded = True
+        self._rearm_ok = True
+        self._relative = None
+        self._retry.clear()
+
+    def _rearm(self) -> None:
+        """Resync after a reconnect without re-reading the tree (kazoo #664's read spike).
+
+        ``setWatches`` relative to the last zxid seen before the drop re-arms every watch; the server fires
+        at once each one whose znode changed, appeared under a watched parent, or vanished meanwhile, and
+        only those are read again. A marker sent through kazoo's callback queue after those firings tells
+        the sync thread when they have all been handled.
+        """
+        self._need_rearm = False
+        relative = self._relative
+        assert relative is not None
+        with self._cache.batch():
+            child_paths = list(self._children)
+            # Every znode we know, including those whose value was rejected (not in the cache).
+            data_paths = sorted({self._path(k) for k in self._cache.entries()} | set(child_paths) - {self.root})
+        # Watch events that reached us before the drop but were never answered by a read.
+        self._retry |= self._pending
+        self._reader.arm(data_paths, child_paths, relative)
+        generation = self._generation
+        self.client.handler.dispatch_callback(Callback("watch", self._queue.put, (("synced", generation),)))
+
+    def _apply_fetched(self, fetched: list[tuple[ReadResult, Any]]) -> None:
+        """Apply the reads ``_on_watch`` started, in the order they were issued."""
+        for index, (result, pending) in enumerate(fetched):
+            try:
+                self._reader.finish(result, pending)
+            except Interrupted:
+                self._retry.update(r.path for r, _ in fetched[index:])
+                raise
+            with self._cache.batch():
+                self._pending.discard(result.path)
+                self._apply(result, found=None, full=False, reconcile=False)
 
     def _incremental(self, data: set[str], children: set[str]) -> None:
         paths = data | children
@@ -225,7 +313,11 @@ class ZooKeeperSync:
         root_present = True
         frontier = list(specs)
         while frontier and not self._stopping.is_set():
-            results = self._reader.read(frontier)
+            try:
+                results = self._reader.read(frontier)
+            except Interrupted:
+                self._retry.update(spec[0] for spec in frontier)
+                raise
             frontier = []
             with self._cache.batch():
                 for result in results:
@@ -313,8 +405,8 @@ class ZooKeeperSync:
 
     def reread(self, keys: Iterable[str]) -> int:
         """Re-read ``keys`` (``""`` is the root's child list) and correct drift; returns the reads issued."""
-        if not self.loaded.is_set() or not self.client.connected or self._need_full:
-            return 0
+        if not self.loaded.is_set() or not self.client.connected or self._need_full or self._relative is not None:
+            return 0  # a resync is due or running: it finds every difference, and they are not drift
         specs = [(self._path(k), bool(k), True) for k in keys]
         try:
             results = self._reader.read(specs)
