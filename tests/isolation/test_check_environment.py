@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 from packaging.requirements import InvalidRequirement, Requirement
+from tests.isolation._check_data import SITE, WIN39, dist, environment
 
 from autoglm_runtime.isolation._checks import check_installed
 from autoglm_runtime.isolation.check import check_probed
-
-# Shared probe data (tests run with --import-mode=importlib, so siblings are loaded by path).
-_spec = importlib.util.spec_from_file_location("_check_data", Path(__file__).with_name("_check_data.py"))
-assert _spec is not None
-assert _spec.loader is not None
-_data = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_data)
-SITE, WIN39, dist, environment = _data.SITE, _data.WIN39, _data.dist, _data.environment
 
 
 def _found(*dists: dict[str, object], markers: dict[str, str] = WIN39) -> list[tuple[str, tuple[str, ...], str]]:

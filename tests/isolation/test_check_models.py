@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from packaging.requirements import Requirement
+from tests.isolation._check_data import WIN39, dist, environment, model
 
 from autoglm_runtime.isolation.check import EXTRA_REQUIREMENTS_MODEL, check_models, check_probed
-
-_spec = importlib.util.spec_from_file_location("_check_data", Path(__file__).with_name("_check_data.py"))
-assert _spec is not None
-assert _spec.loader is not None
-_data = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_data)
-WIN39, dist, environment, model = _data.WIN39, _data.dist, _data.environment, _data.model
 
 
 def _found(report: object) -> list[tuple[str, tuple[str, ...], str]]:

@@ -13,6 +13,7 @@ import pytest
 
 from autoglm_runtime.cli import main
 from autoglm_runtime.cli.check_deps import load_target
+from autoglm_runtime.testing.processes import processes_matching
 
 
 def _model(root: Path, name: str, requirements: list[str]) -> Path:
@@ -134,13 +135,5 @@ def test_a_usage_error_leaves_no_probe_process_behind(tmp_path: Path, capsys: py
         with pytest.raises(ProcessLookupError):
             os.kill(int(pidfile.read_text()), 0)
     # Whether or not it got as far as writing its pid, no process may still run the fake interpreter's sleep.
-    running = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in cmdline or str(slow).encode() in cmdline:
-                running.append(entry.name)
-    assert running == []
+    assert processes_matching(marker.encode()) == []
+    assert processes_matching(str(slow).encode()) == []

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from autoglm_runtime.testing._local import JavaProcess, live_processes
+from autoglm_runtime.testing.processes import group_members
 
 # Stands in for java: a parent that starts a child in its group, then waits; both must die on stop().
 _FAMILY = [
@@ -18,21 +19,6 @@ _FAMILY = [
     "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
     "print('ready', flush=True); time.sleep(600)",
 ]
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -51,13 +37,13 @@ def test_stop_kills_the_whole_group_and_forgets_it(tmp_path: Path) -> None:
     pgid = process.pid
     assert pgid is not None
     assert pgid != os.getpgid(0)  # its own process group, so signals to ours do not reach it and back
-    assert _wait_for(lambda: len(_group_members(pgid)) == 2 and process.log_tail() == "ready")
+    assert _wait_for(lambda: len(group_members(pgid)) == 2 and process.log_tail() == "ready")
     assert process in live_processes()
 
     process.stop(grace=5)
 
     assert not process.running
-    assert _wait_for(lambda: _group_members(pgid) == []), _group_members(pgid)  # the child dies a moment later
+    assert _wait_for(lambda: group_members(pgid) == []), group_members(pgid)  # the child dies a moment later
     assert process not in live_processes()
     assert process.log_tail() == "ready"
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from tests.validation._helpers import char_tok
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from autoglm_runtime.validation import CallableTokenizer, HFTokenizer, TiktokenTokenizer
@@ -20,15 +20,6 @@ CORPUS = [
 
 TIKTOKEN_PATTERN = r"""'s|'t| ?\w+| ?[^\s\w]+|\s+(?!\S)|\s+"""
 TIKTOKEN_MERGES = [b"he", b"ll", b"llo", b"hello", b" w", b"or", b" wor", b"ld", b" world"]
-
-
-def char_tokenizer() -> CallableTokenizer:
-    """One token per character: token counts equal character counts, which keeps expected numbers obvious."""
-
-    def decode(ids: Sequence[int]) -> str:
-        return "".join(map(chr, ids))
-
-    return CallableTokenizer(lambda text: [ord(c) for c in text], decode=decode, max_token_chars=1)
 
 
 def _train_wordlevel(path: Path) -> None:
@@ -81,4 +72,4 @@ def tiny_tiktoken(tokenizer_dir: Path) -> TiktokenTokenizer:
 
 @pytest.fixture
 def chars() -> CallableTokenizer:
-    return char_tokenizer()
+    return char_tok(max_token_chars=1)

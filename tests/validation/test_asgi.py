@@ -17,20 +17,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
+from tests.validation._helpers import char_tok
 
 from autoglm_runtime.errors import UsageError
 from autoglm_runtime.validation import (
-    CallableTokenizer,
     ContextWindowGuard,
     HeaderTokenGuard,
     ValidationMiddleware,
 )
 
 CODES = {"E0512", "E0513", "E0515", "E5009", "E5010"}
-
-
-def char_tok() -> CallableTokenizer:
-    return CallableTokenizer(lambda t: [ord(c) for c in t], decode=lambda ids: "".join(map(chr, ids)))
 
 
 async def echo(request: Request) -> JSONResponse:

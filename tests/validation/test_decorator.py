@@ -5,13 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from tests.validation._helpers import char_tok
 
 from autoglm_runtime.errors import ContextWindowExceededError, InputDecodeError, UsageError
-from autoglm_runtime.validation import CallableTokenizer, ContextWindowGuard, GuardResult, guarded
-
-
-def char_tok() -> CallableTokenizer:
-    return CallableTokenizer(lambda t: [ord(c) for c in t], decode=lambda ids: "".join(map(chr, ids)))
+from autoglm_runtime.validation import ContextWindowGuard, GuardResult, guarded
 
 
 def test_sync_function_sees_only_fitting_input() -> None:

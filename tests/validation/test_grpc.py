@@ -11,34 +11,14 @@ import grpc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.validation._helpers import char_tok, extract, rewrite
 
 from autoglm_runtime.validation import (
-    CallableTokenizer,
     ContextWindowGuard,
-    DecodeGuard,
-    GuardInput,
-    GuardResult,
-    OpenAIExtractor,
 )
 from autoglm_runtime.validation.grpc import ValidationInterceptor
 
 SERVICE = "test.Llm"
-
-
-def char_tok() -> CallableTokenizer:
-    return CallableTokenizer(lambda t: [ord(c) for c in t], decode=lambda ids: "".join(map(chr, ids)))
-
-
-def extract(request: bytes) -> GuardInput:
-    """Requests are OpenAI-style JSON bytes; decode problems surface as E5009."""
-    extracted = OpenAIExtractor().extract(DecodeGuard().check_json(request))
-    return GuardInput(extracted.segments, extracted.max_output_tokens, extracted.param)
-
-
-def rewrite(request: bytes, result: GuardResult) -> bytes:
-    body = json.loads(request)
-    body["prompt"] = result.text
-    return json.dumps(body).encode()
 
 
 def complete(request: bytes, context: grpc.ServicerContext) -> bytes:

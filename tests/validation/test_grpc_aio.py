@@ -8,31 +8,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from tests.validation._helpers import char_tok, extract, rewrite
 
 from autoglm_runtime.validation import (
-    CallableTokenizer,
     ContextWindowGuard,
-    DecodeGuard,
-    GuardInput,
-    GuardResult,
-    OpenAIExtractor,
 )
 from autoglm_runtime.validation.grpc import AsyncValidationInterceptor
 
 SERVICE = "test.AioLlm"
-
-
-def char_tok() -> CallableTokenizer:
-    return CallableTokenizer(lambda t: [ord(c) for c in t], decode=lambda ids: "".join(map(chr, ids)))
-
-
-def extract(request: bytes) -> GuardInput:
-    extracted = OpenAIExtractor().extract(DecodeGuard().check_json(request))
-    return GuardInput(extracted.segments, extracted.max_output_tokens, extracted.param)
-
-
-def rewrite(request: bytes, result: GuardResult) -> bytes:
-    return json.dumps({**json.loads(request), "prompt": result.text}).encode()
 
 
 async def complete(request: bytes, context: grpc.aio.ServicerContext) -> bytes:

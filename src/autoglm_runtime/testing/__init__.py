@@ -5,6 +5,7 @@ See :mod:`autoglm_runtime.testing.zookeeper` and ``docs/testing.md``.
 
 from __future__ import annotations
 
+from autoglm_runtime.testing.processes import group_members, is_running, processes_matching
 from autoglm_runtime.testing.wheels import build_wheel
 from autoglm_runtime.testing.zookeeper import (
     FaultProxy,
@@ -25,6 +26,9 @@ __all__ = [
     "ZooKeeperUnavailableError",
     "build_wheel",
     "expire_session",
+    "group_members",
+    "is_running",
+    "processes_matching",
     "start_ensemble",
     "start_zookeeper",
 ]
