@@ -13,6 +13,7 @@ from kazoo.client import KazooClient
 
 from autoglm_runtime.testing._local import live_processes
 from autoglm_runtime.testing._server import LocalZooKeeperServer
+from autoglm_runtime.testing.processes import group_members
 from autoglm_runtime.testing.zookeeper import ZooKeeperServer, ZooKeeperUnavailableError, skip_or_fail, start_zookeeper
 
 
@@ -35,24 +36,9 @@ def _group_gone(pgid: int, timeout: float = 10.0) -> bool:
             os.killpg(pgid, 0)
         except ProcessLookupError:
             return True
-        if not _alive_members(pgid) or time.monotonic() >= deadline:
-            return not _alive_members(pgid)
+        if not group_members(pgid) or time.monotonic() >= deadline:
+            return not group_members(pgid)
         time.sleep(0.05)  # polling the kernel's process table with a deadline
-
-
-def _alive_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
 
 
 def _local_server(zk_restartable: ZooKeeperServer) -> LocalZooKeeperServer:
@@ -96,7 +82,7 @@ def test_stop_leaves_no_java_process(zk_restartable: ZooKeeperServer) -> None:
     assert server.process is not None
     pgid = server.process.pid
     assert pgid is not None
-    assert _alive_members(pgid)
+    assert group_members(pgid)
 
     server.stop()
 
@@ -129,4 +115,4 @@ def test_no_java_process_survives_its_python(how: str) -> None:
     )
     pgid = int(result.stdout.split()[0])
 
-    assert _group_gone(pgid), f"java process group {pgid} outlived its Python ({how}): {_alive_members(pgid)}"
+    assert _group_gone(pgid), f"java process group {pgid} outlived its Python ({how}): {group_members(pgid)}"

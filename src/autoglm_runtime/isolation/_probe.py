@@ -15,6 +15,10 @@ importable (``pkg/__init__.py`` or ``mod.py``; a namespace directory is no name 
 name claimed by several distributions in one directory, a third item, the hash of the file actually on
 disk, tells whose file won. ``errors`` lists metadata that could not be
 read; the checker turns those into ``invalid-metadata`` findings instead of failing.
+
+``INTERPRETER -I -S _probe.py --base`` prints instead what every virtual environment of that interpreter
+shares (see :func:`base_facts`); the environment builder caches it and reads a new environment's
+distributions in-process with :func:`collect`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import platform
 import sys
 
 PROBE_FORMAT = 1
+#: The prefix :func:`base_facts` passes to ``site.getsitepackages``; a real prefix replaces it.
+PREFIX_PLACEHOLDER = "/@autoglm-venv-prefix@"
 _MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd")
 
 
@@ -232,5 +238,27 @@ def probe() -> dict[str, object]:
     }
 
 
+def base_facts() -> dict[str, object]:
+    """What a probe of any virtual environment of the running interpreter shares; run with ``-I -S``.
+
+    ``path`` is ``sys.path`` before ``site`` adds anything (duplicates removed, as ``site`` does first);
+    ``site_packages`` is ``site.getsitepackages`` for the prefix :data:`PREFIX_PLACEHOLDER`, so the
+    interpreter's own rules (``sys.platlibdir``, version, free-threading suffix) name an environment's
+    site directories.
+    """
+    import site  # with -S, importing site adds nothing to sys.path
+
+    site.removeduppaths()
+    return {
+        "probe": PROBE_FORMAT,
+        "executable": sys.executable,
+        "version": platform.python_version(),
+        "markers": marker_environment(),
+        "path": list(sys.path),
+        "site_packages": site.getsitepackages([PREFIX_PLACEHOLDER]),
+        "no_site": bool(sys.flags.no_site),
+    }
+
+
 if __name__ == "__main__":
-    json.dump(probe(), sys.stdout)
+    json.dump(base_facts() if sys.argv[1:] == ["--base"] else probe(), sys.stdout)

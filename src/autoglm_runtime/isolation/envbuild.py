@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from autoglm_runtime.errors import DependencyConflictError, EnvironmentBuildError, UsageError
-from autoglm_runtime.isolation.check import check_environment
+from autoglm_runtime.isolation._venvprobe import FactsProbe, probe_venv
+from autoglm_runtime.isolation.check import check_probed
 from autoglm_runtime.isolation.envkey import (
     InterpreterInfo,
     environment_key,
@@ -214,6 +215,7 @@ class EnvironmentBuilder:
             shutil.rmtree(stale, ignore_errors=True)
         started = time.monotonic()
         workdir = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=self.root))
+        facts: FactsProbe | None = None
         try:
             venv = workdir / "venv"
             tool = "uv" if self.uv is not None else "venv+pip"
@@ -223,6 +225,8 @@ class EnvironmentBuilder:
             for argv in self._commands(venv, reqs, bool(manifest.requirements)):
                 phase: Phase = "venv" if "venv" in argv[:4] else "install"
                 self._run(key, 1 if phase == "venv" else 2, phase, argv, manifest)
+                if phase == "venv" and self.check:  # what the check needs of the interpreter, learnt meanwhile
+                    facts = FactsProbe(_bin(venv))
             self._relocate(venv, final)
             metadata = {
                 "key": key,
@@ -234,10 +238,12 @@ class EnvironmentBuilder:
             }
             if self.check:
                 self._emit(key, 3, "check", "checking the environment with check-deps")
-                self._check(manifest, venv)
+                self._check(manifest, venv, facts)
             (venv / METADATA_NAME).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
             os.rename(venv, final)
         finally:
+            if facts is not None:
+                facts.close()
             shutil.rmtree(workdir, ignore_errors=True)
         self._emit(key, 4, "done", f"environment {key} ready in {time.monotonic() - started:.1f} s at {final}")
 
@@ -301,8 +307,9 @@ class EnvironmentBuilder:
             if old in data:
                 path.write_bytes(data.replace(old, new))
 
-    def _check(self, manifest: ModelManifest, venv: Path) -> None:
-        report = check_environment(python=str(_bin(venv)), models=[manifest])
+    def _check(self, manifest: ModelManifest, venv: Path, facts: FactsProbe | None) -> None:
+        # Equal to check_environment(python=<venv python>); the interpreter's part is probed once and cached.
+        report = check_probed(probe_venv(_bin(venv), facts), [manifest])
         if not report.ok:
             raise DependencyConflictError(
                 f"the environment built for model '{manifest.name}' fails check-deps; it was not kept:\n"
