@@ -20,9 +20,15 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
     return code, out, err
 
 
-def test_set_get_dump_delete_round_trip(zk_hosts: str, zk_root: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_set_get_dump_delete_round_trip(
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, capsys: pytest.CaptureFixture[str]
+) -> None:
     target = ("--hosts", zk_hosts, "--root", zk_root)
     assert _run(capsys, "config", "set", "models/llm/context_window", "8192", *target) == (0, "", "")
+    # A new key is created with its value in one write: version 0, not a create followed by a set.
+    assert zk_client.get(f"{zk_root}/models/llm/context_window")[1].version == 0
+    assert _run(capsys, "config", "set", "models/llm/context_window", "8192", *target) == (0, "", "")
+    assert zk_client.get(f"{zk_root}/models/llm/context_window")[1].version == 1
     assert _run(capsys, "config", "set", "flags", '{"truncate": false}', *target)[0] == 0
     assert _run(capsys, "config", "get", "models/llm/context_window", *target) == (0, "8192\n", "")
     code, out, _ = _run(capsys, "config", "get", "flags", "--json", *target)
@@ -98,7 +104,7 @@ def test_unreachable_zookeeper_and_missing_arguments(capsys: pytest.CaptureFixtu
 
 
 def test_writes_without_credentials_are_refused_with_the_path(
-    zk_hosts: str, zk_root: str, zk_client: KazooClient, capsys: pytest.CaptureFixture[str]
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     acl = make_digest_acl("ops", "s3cret", all=True)
     zk_client.create(f"{zk_root}/locked", b"1", acl=[acl])
@@ -106,11 +112,20 @@ def test_writes_without_credentials_are_refused_with_the_path(
     code, _, err = _run(capsys, "config", "set", "locked", "2", *target)
     assert (code, err) == (
         2,
-        f"autoglm-runtime: error E0409: ZooKeeper at {zk_hosts} denied writing under {zk_root}: give --auth "
-        "USER:PASSWORD with write access\n",
+        f"autoglm-runtime: error E0409: ZooKeeper at {zk_hosts} denied writing under {zk_root}: give --auth-file "
+        "(or --auth) with credentials that have write access\n",
     )
-    assert _run(capsys, "config", "set", "locked", "3", "--auth", "ops:s3cret", *target)[0] == 0
+    secret = tmp_path / "zk-auth"
+    secret.write_text("ops:s3cret\n")
+    assert _run(capsys, "config", "set", "locked", "3", "--auth-file", str(secret), *target)[0] == 0
+    zk_client.add_auth("digest", "ops:s3cret")
+    assert zk_client.get(f"{zk_root}/locked")[0] == b"3"
     assert _run(capsys, "config", "delete", "locked", "--auth", "ops:s3cret", *target)[0] == 0
+    code, _, err = _run(capsys, "config", "set", "x", "1", "--auth-file", str(tmp_path / "absent"), *target)
+    assert (code, err) == (
+        2,
+        f"autoglm-runtime: error E0001: cannot read --auth-file {tmp_path / 'absent'}: No such file or directory\n",
+    )
 
 
 def test_file_directory_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

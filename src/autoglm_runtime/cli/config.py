@@ -1,8 +1,10 @@
 """``autoglm-runtime config get|set|delete|dump|watch``: operators' view of a config subtree.
 
-Reads go through :class:`~autoglm_runtime.config.ConfigClient`, so they decode and validate exactly as a
-server would and work for ``file://`` directories too. Writes go straight to ZooKeeper (or the directory),
-after checking that the codec can decode the new value: a value a server would reject is refused here.
+Reads go through :class:`~autoglm_runtime.config.ConfigClient`, so they decode with the same codec a server
+uses and work for ``file://`` directories too. Writes go straight to ZooKeeper (or the directory), after
+checking that the codec can decode the new value: a value no server could decode is refused here.
+Credentials come from ``--auth-file`` or ``$AUTOGLM_ZK_AUTH`` (``--auth`` works too, but puts the password in
+the process list); TLS options match ConfigClient's.
 
     autoglm-runtime config set models/llm/context_window 8192 --hosts 127.0.0.1:2181 --root /autoglm/prod
     autoglm-runtime config watch models/ --json --hosts 127.0.0.1:2181 --root /autoglm/prod
@@ -51,7 +53,17 @@ def register(subparsers: Any) -> None:
             help="absolute path of the config subtree (default: $AUTOGLM_ZK_ROOT)",
         )
         sub.add_argument("--codec", default="json", choices=["json", "text", "bytes"], help="value codec")
-        sub.add_argument("--auth", metavar="USER:PASSWORD", help="digest credentials")
+        sub.add_argument(
+            "--auth",
+            metavar="USER:PASSWORD",
+            default=os.environ.get("AUTOGLM_ZK_AUTH"),
+            help="digest credentials (default: $AUTOGLM_ZK_AUTH; prefer --auth-file)",
+        )
+        sub.add_argument("--auth-file", type=Path, help="file holding USER:PASSWORD for digest auth")
+        sub.add_argument("--use-ssl", action="store_true", help="connect to ZooKeeper over TLS")
+        sub.add_argument("--ca", help="CA certificate file for TLS")
+        sub.add_argument("--certfile", help="client certificate file for TLS")
+        sub.add_argument("--keyfile", help="client key file for TLS")
         sub.add_argument("--timeout", type=float, default=10.0, help="seconds to connect and load (default 10)")
         sub.add_argument("--json", action="store_true", help="print JSON")
 
@@ -99,7 +111,21 @@ def _check_key(key: str) -> str:
 
 
 def _auth(args: argparse.Namespace) -> tuple[str, str] | None:
-    return ("digest", str(args.auth)) if args.auth else None
+    credential = args.auth
+    if args.auth_file is not None:
+        try:
+            credential = args.auth_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read --auth-file {args.auth_file}: {exc.strerror}") from exc
+    if not credential:
+        return None
+    if ":" not in credential:
+        raise UsageError("digest credentials must look like USER:PASSWORD")
+    return ("digest", str(credential))
+
+
+def _tls(args: argparse.Namespace) -> dict[str, Any]:
+    return {"use_ssl": args.use_ssl, "ca": args.ca, "certfile": args.certfile, "keyfile": args.keyfile}
 
 
 @contextmanager
@@ -107,9 +133,8 @@ def _client(args: argparse.Namespace) -> Iterator[ConfigClient]:
     from autoglm_runtime.config import ConfigClient  # kazoo loads only for commands that use it
 
     hosts, root = _target(args)
-    client = ConfigClient(hosts, root, codec=args.codec, auth=_auth(args))
+    client = ConfigClient(hosts, root, codec=args.codec, auth=_auth(args), **_tls(args))
     try:
-        client.start(timeout=args.timeout)
         yield client
     finally:
         client.stop()
@@ -126,6 +151,7 @@ def _show(value: Any, codec: str) -> str:
 def _get(args: argparse.Namespace) -> int:
     key = _check_key(args.key)
     with _client(args) as client:
+        client.start(timeout=args.timeout)
         snapshot = client.snapshot()
         if key not in snapshot:
             print(f"autoglm-runtime: key {key!r} does not exist under {args.root}", file=sys.stderr)
@@ -169,12 +195,16 @@ def _set(args: argparse.Namespace) -> int:
         tmp.replace(path)
         version: int | None = None
     else:
+        from kazoo.exceptions import NodeExistsError
+
         with _kazoo(args, hosts) as zk:
             full = f"{root}/{key}"
-            if zk.exists(full) is None:
+            try:
                 zk.create(full, data, makepath=True)
-            stat = zk.set(full, data)
-            version = int(stat.mzxid)
+                stat = zk.exists(full)
+            except NodeExistsError:
+                stat = zk.set(full, data)
+            version = int(stat.mzxid) if stat is not None else None
     if args.json:
         print(json.dumps({"key": key, "set": True, "version": version}))
     return EXIT_OK
@@ -214,6 +244,7 @@ def _delete(args: argparse.Namespace) -> int:
 
 def _dump(args: argparse.Namespace) -> int:
     with _client(args) as client:
+        client.start(timeout=args.timeout)
         snapshot = client.snapshot()
     if args.json:
         print(json.dumps({k: _jsonable(snapshot[k]) for k in sorted(snapshot)}, ensure_ascii=False, indent=2))
@@ -227,8 +258,18 @@ def _watch(args: argparse.Namespace) -> int:
     changes: queue.Queue[ConfigChange] = queue.Queue()
     seen = 0
     deadline = time.monotonic() + args.duration if args.duration is not None else None
+    watching = False
+
+    def on_change(change: ConfigChange) -> None:
+        # The initial load arrives as "added" events before start() returns: only later changes are news.
+        if watching or change.kind != "added":
+            changes.put(change)
+
     with _client(args) as client:
-        client.subscribe(args.prefix, changes.put)
+        # Subscribed before start(), so a change landing between the load and the subscription is not lost.
+        client.subscribe(args.prefix, on_change)
+        client.start(timeout=args.timeout)
+        watching = True
         print(f"watching {args.root}/{args.prefix} on {args.hosts}", file=sys.stderr, flush=True)
         while args.count is None or seen < args.count:
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -262,11 +303,11 @@ def _file_path(hosts: str, root: str, key: str) -> Path:
 @contextmanager
 def _kazoo(args: argparse.Namespace, hosts: str) -> Iterator[Any]:
     from kazoo.client import KazooClient
-    from kazoo.exceptions import NoAuthError
+    from kazoo.exceptions import KazooException, NoAuthError
     from kazoo.handlers.threading import KazooTimeoutError
 
-    auth = [_auth(args)] if args.auth else None
-    zk = KazooClient(hosts=hosts, auth_data=auth)
+    auth = _auth(args)
+    zk = KazooClient(hosts=hosts, auth_data=[auth] if auth else None, **_tls(args))
     try:
         zk.start(timeout=args.timeout)
     except KazooTimeoutError as exc:
@@ -278,7 +319,13 @@ def _kazoo(args: argparse.Namespace, hosts: str) -> Iterator[Any]:
         yield zk
     except NoAuthError as exc:
         raise ConfigAccessError(
-            f"ZooKeeper at {hosts} denied writing under {args.root}: give --auth USER:PASSWORD with write access"
+            f"ZooKeeper at {hosts} denied writing under {args.root}: give --auth-file (or --auth) with credentials "
+            "that have write access"
+        ) from exc
+    except (KazooException, KazooTimeoutError) as exc:
+        raise ConfigUnavailableError(
+            f"ZooKeeper at {hosts} failed the request under {args.root} ({type(exc).__name__}): check the "
+            "connection and try again"
         ) from exc
     finally:
         zk.stop()
