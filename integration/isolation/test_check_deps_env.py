@@ -397,7 +397,15 @@ def broken_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
     nameless = site / "nameless-1.0.dist-info"
     nameless.mkdir()
     (nameless / "METADATA").write_text("Metadata-Version: 2.1\nVersion: 1.0\n")
+    latin = site / "latin-1.0.dist-info"  # readable METADATA, but RECORD and top_level.txt in Latin-1
+    latin.mkdir()
+    (latin / "METADATA").write_text("Metadata-Version: 2.1\nName: latin\nVersion: 1.0\n")
+    (latin / "RECORD").write_bytes(b"latin/caf\xe9.py,,\n")
+    (latin / "top_level.txt").write_bytes(b"caf\xe9\n")
     return venv / "bin" / "python"
+
+
+_LATIN = "'utf-8' codec can't decode byte 0xe9 in position {}: invalid continuation byte"
 
 
 def test_broken_metadata_is_a_finding_not_a_crash(broken_env: Path) -> None:
@@ -422,5 +430,37 @@ def test_broken_metadata_is_a_finding_not_a_crash(broken_env: Path) -> None:
             f"invalid metadata in {site / 'badreq-1.0.dist-info'}: badreq 1.0 has an invalid requirement "
             f"'foo >>> 1' ({_packaging_reason('foo >>> 1')})",
         ),
+        (
+            "invalid-metadata",
+            ("latin",),
+            f"invalid metadata in {site / 'latin-1.0.dist-info'}: RECORD cannot be read: {_LATIN.format(9)}",
+        ),
+        (
+            "invalid-metadata",
+            ("latin",),
+            f"invalid metadata in {site / 'latin-1.0.dist-info'}: top_level.txt cannot be read: {_LATIN.format(3)}",
+        ),
     ]
     assert report.exit_code == 1
+
+
+def test_undecodable_metadata_through_the_cli_is_a_finding(
+    broken_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check-deps", "--python", str(broken_env), "--json"]) == 1
+    findings = json.loads(capsys.readouterr().out)["findings"]
+    latin = [f["details"]["error"] for f in findings if f["packages"] == ["latin"]]
+    assert latin == [f"RECORD cannot be read: {_LATIN.format(9)}", f"top_level.txt cannot be read: {_LATIN.format(3)}"]
+    # Without --python the running interpreter is probed in-process: the same files on its path.
+    site = _site(broken_env)
+    cli = Path(sys.executable).with_name("autoglm-runtime")
+    done = subprocess.run(
+        [str(cli), "check-deps", "--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (1, "")
+    findings = json.loads(done.stdout)["findings"]
+    assert [f["details"]["error"] for f in findings if f["packages"] == ["latin"]] == latin

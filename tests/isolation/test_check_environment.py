@@ -73,6 +73,50 @@ def test_duplicates_name_the_copy_that_imports() -> None:
     ]  # the shadowed copy's requirements are not checked, as pip check does not
 
 
+def test_duplicates_in_one_directory_are_decided_by_the_file_hash() -> None:
+    old = dist("dup", "1.0", modules={"dup": ["dup/__init__.py", "sha256=old", "sha256=new"]})
+    new = dist("dup", "2.0", modules={"dup": ["dup/__init__.py", "sha256=new", "sha256=new"]})
+    for order in ((old, new), (new, old)):  # directory order must not matter
+        report = check_probed(environment(*order))
+        assert [(f.kind, f.message) for f in report.findings] == [
+            (
+                "duplicate",
+                f"dup is installed 2 times on the path: dup 2.0 ({SITE}/dup-2.0.dist-info) is the one imported, "
+                f"shadowing dup 1.0 ({SITE}/dup-1.0.dist-info)",
+            )
+        ]
+        assert report.findings[0].details["used"]["version"] == "2.0"
+
+
+def test_duplicates_in_one_directory_without_a_deciding_hash_are_undetermined() -> None:
+    old = dist("dup", "1.0", modules={"dup": ["dup/__init__.py", "sha256=old", "sha256=other"]})
+    new = dist("dup", "2.0", modules={"dup": ["dup/__init__.py", "sha256=new", "sha256=other"]})
+    far = dist("dup", "0.9", location="/t/later")
+    report = check_probed(environment(new, old, far))
+    assert [(f.kind, f.packages, f.message) for f in report.findings] == [
+        (
+            "duplicate",
+            ("dup",),
+            f"dup is installed 3 times on the path: dup 2.0 ({SITE}/dup-2.0.dist-info) and dup 1.0 "
+            f"({SITE}/dup-1.0.dist-info) are in one directory, so which copy's files are imported cannot be "
+            "determined; they shadow dup 0.9 (/t/later/dup-0.9.dist-info)",
+        )
+    ]
+    finding = report.findings[0]
+    assert finding.hint == (
+        "reinstall dup (pip install --force-reinstall dup) so that one copy remains, and delete the metadata "
+        "directories of the others"
+    )
+    assert finding.details == {
+        "used": None,
+        "candidates": [
+            {"version": "2.0", "location": SITE, "metadata_dir": f"{SITE}/dup-2.0.dist-info"},
+            {"version": "1.0", "location": SITE, "metadata_dir": f"{SITE}/dup-1.0.dist-info"},
+        ],
+        "shadowed": [{"version": "0.9", "location": "/t/later", "metadata_dir": "/t/later/dup-0.9.dist-info"}],
+    }
+
+
 def test_shadowed_module_across_path_entries_first_wins() -> None:
     assert _found(
         dist("jwt", "1.0", modules={"jwt": ["jwt/__init__.py", "sha256=a"]}, location="/t/first"),

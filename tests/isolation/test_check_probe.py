@@ -114,3 +114,43 @@ def test_probe_environment_in_process_matches_a_subprocess() -> None:
     assert here.python == there.python == sys.executable
     assert here.markers == there.markers
     assert sorted(d.key for d in here.dists) == sorted(d.key for d in there.dists)
+
+
+def _undecodable(path: Path, head: bytes = b"") -> None:
+    path.write_bytes(head + b"caf\xe9\n")
+
+
+def test_undecodable_metadata_files_are_errors_not_crashes(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    info = site / "latin-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: latin\nVersion: 1.0\n")
+    _undecodable(info / "RECORD", b"latin/__init__.py,sha256=x,1\n")
+    _undecodable(info / "top_level.txt")
+    egg = site / "oldlatin-1.0.egg-info"
+    egg.mkdir()
+    (egg / "PKG-INFO").write_text("Metadata-Version: 1.0\nName: oldlatin\nVersion: 1.0\n")
+    _undecodable(egg / "requires.txt")
+    _undecodable(egg / "top_level.txt")
+    dists = {str(d["name"]): d for d in _probe.collect([str(site)])}
+    reason = "'utf-8' codec can't decode byte 0xe9 in position {}: invalid continuation byte"
+    assert dists["latin"]["errors"] == [
+        f"RECORD cannot be read: {reason.format(32)}",
+        f"top_level.txt cannot be read: {reason.format(3)}",
+    ]
+    assert dists["oldlatin"]["errors"] == [
+        f"requires.txt cannot be read: {reason.format(3)}",
+        f"top_level.txt cannot be read: {reason.format(3)}",
+    ]
+    assert (dists["latin"]["modules"], dists["oldlatin"]["requires"]) == ({}, [])
+    runner = "; ".join(
+        [
+            "import runpy, sys",
+            f"sys.path.insert(0, {str(site)!r})",
+            f"runpy.run_path({_probe.__file__!r}, run_name='__main__')",
+        ]
+    )
+    done = subprocess.run([sys.executable, "-I", "-c", runner], capture_output=True, text=True, check=False)
+    assert (done.returncode, done.stderr) == (0, "")  # the probe script answers, as check-deps --python needs
+    latin = next(d for d in json.loads(done.stdout)["distributions"] if d["name"] == "latin")
+    assert latin["errors"] == dists["latin"]["errors"]

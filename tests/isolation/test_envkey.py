@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from packaging.requirements import Requirement
 
-from autoglm_runtime.errors import EnvironmentBuildError
+from autoglm_runtime.errors import UsageError
 from autoglm_runtime.isolation.envkey import (
     KEY_LENGTH,
     InterpreterInfo,
@@ -19,6 +20,7 @@ from autoglm_runtime.isolation.envkey import (
     interpreter_info,
     normalise_requirement,
     normalise_requirements,
+    redact_url,
     source_identity,
 )
 from autoglm_runtime.isolation.manifest import ModelManifest, load_manifest
@@ -123,6 +125,16 @@ def test_source_identity_hashes_wheel_names_and_sizes(tmp_path: Path) -> None:
     assert source_identity(tmp_path, None, False) != source_identity(tmp_path, None, True)
 
 
+def test_source_identity_sees_a_wheel_rewritten_in_place_with_the_same_size(tmp_path: Path) -> None:
+    wheel = tmp_path / "a-1.0-py3-none-any.whl"
+    wheel.write_bytes(b"x" * 10)
+    os.utime(wheel, ns=(1_000_000_000, 1_000_000_000))
+    first = source_identity(tmp_path, None, True)
+    wheel.write_bytes(b"y" * 10)
+    os.utime(wheel, ns=(2_000_000_000, 2_000_000_000))
+    assert source_identity(tmp_path, None, True) != first
+
+
 def test_source_identity_of_an_index() -> None:
     assert source_identity(None, "https://pypi.example/simple/", False) == (
         "offline=False|index=https://pypi.example/simple"
@@ -130,10 +142,34 @@ def test_source_identity_of_an_index() -> None:
     assert source_identity(None, None, False) == "offline=False|index=default"
 
 
-def test_missing_wheelhouse_is_a_build_error(tmp_path: Path) -> None:
-    with pytest.raises(EnvironmentBuildError) as info:
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("https://user:s3cret-token@pypi.example/simple", "https://****@pypi.example/simple"),
+        ("https://tok%40en@pypi.example:8443/simple/", "https://****@pypi.example:8443/simple/"),
+        ("https://pypi.example/simple", "https://pypi.example/simple"),
+    ],
+)
+def test_redact_url_drops_user_information(url: str, redacted: str) -> None:
+    assert redact_url(url) == redacted
+
+
+def test_redacted_source_identity_keeps_credentials_out_but_keys_tell_them_apart() -> None:
+    url = "https://user:s3cret-token@pypi.example/simple"
+    assert source_identity(None, url, False, redact=True) == "offline=False|index=https://****@pypi.example/simple"
+    assert source_identity(None, url, False) == f"offline=False|index={url}"
+    other = source_identity(None, "https://user:other-token@pypi.example/simple", False)
+    assert environment_key(_manifest("a"), INFO, other) != environment_key(
+        _manifest("a"), INFO, source_identity(None, url, False)
+    )
+
+
+def test_missing_wheelhouse_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError) as info:
         source_identity(tmp_path / "nope", None, True)
-    assert info.value.message == f"wheelhouse {tmp_path / 'nope'} cannot be read: No such file or directory"
+    assert info.value.message == (
+        f"wheelhouse {tmp_path / 'nope'} cannot be read (No such file or directory); give a directory of wheels"
+    )
 
 
 def test_interpreter_info_of_the_running_interpreter() -> None:
@@ -144,8 +180,20 @@ def test_interpreter_info_of_the_running_interpreter() -> None:
 
 
 def test_interpreter_info_of_a_missing_interpreter(tmp_path: Path) -> None:
-    with pytest.raises(EnvironmentBuildError) as info:
+    with pytest.raises(UsageError) as info:
         interpreter_info(tmp_path / "python9")
     assert info.value.message == (
-        f"interpreter {tmp_path / 'python9'} does not exist: No such file or directory; pass python= an existing one"
+        f"interpreter {tmp_path / 'python9'} does not exist (No such file or directory); give the path of an "
+        "existing Python executable"
+    )
+
+
+def test_interpreter_info_of_a_program_that_is_no_python(tmp_path: Path) -> None:
+    fake = tmp_path / "python9"
+    fake.write_text("#!/bin/sh\necho not python >&2\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(UsageError) as info:
+        interpreter_info(fake)
+    assert info.value.message == (
+        f"interpreter {fake} failed to describe itself (not python); give the path of an existing Python executable"
     )

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from autoglm_runtime.isolation.specifiers import Overlap, intersect, overlap
+from autoglm_runtime.isolation.specifiers import Overlap, intersect, overlap, satisfies
 
 # Small numbers so that generated versions collide with the specifiers' own boundaries.
 _num = st.integers(min_value=0, max_value=3)
@@ -104,3 +104,28 @@ def test_more_than_two_sets() -> None:
     sets = (SpecifierSet(">=1,<3"), SpecifierSet(">=2,<4"), SpecifierSet("!=2.*"))
     assert intersect(*sets) is None
     assert intersect(*sets[:2]) == "2"
+
+
+@given(spec_sets, versions())
+def test_satisfies_is_packagings_contains_for_pep440_versions(spec_set: SpecifierSet, version: str) -> None:
+    assert satisfies(spec_set, version) is spec_set.contains(version, prereleases=True)
+
+
+@pytest.mark.parametrize(
+    ("spec_set", "expected"),
+    [
+        ("", True),  # no specifier: any installed version will do
+        (">=0.5", False),
+        ("===1.0-foo-bar", True),
+        ("===1.0-FOO-bar", True),  # arbitrary equality compares text case-insensitively
+        ("===1.0-foo-bar,>=0.5", False),
+        ("===1.0-foo", False),
+    ],
+)
+def test_satisfies_judges_a_version_that_is_not_pep440(spec_set: str, expected: bool) -> None:
+    assert satisfies(SpecifierSet(spec_set), "1.0-foo-bar") is expected
+
+
+def test_arbitrary_equality_to_a_string_that_is_no_version() -> None:
+    assert overlap(SpecifierSet("===1.0-foo-bar"), SpecifierSet("")) == Overlap("1.0-foo-bar")
+    assert overlap(SpecifierSet("===1.0-foo-bar"), SpecifierSet(">=1")).empty

@@ -2,7 +2,8 @@
 
 On a terminal, progress is one redrawn bar on stderr; otherwise every build step and installer line is
 printed on stderr as its own line. stdout gets one line per model: ``<name> <key> built|reused <path>``.
-Exit codes: 0 when every environment is ready, 1 when a build or its check failed, 2 for usage errors.
+Exit codes: 0 when every environment is ready, 1 when a build or its check failed, 2 for usage errors (a
+malformed manifest, an interpreter, wheelhouse or environment root that does not exist or cannot be used).
 """
 
 from __future__ import annotations
@@ -68,6 +69,13 @@ def register(subparsers: Any) -> None:
     build.add_argument("--installer", choices=("auto", "uv", "pip"), default="auto")
     build.add_argument("--no-check", action="store_true", help="skip the check-deps run after a build")
     build.add_argument(
+        "--build-timeout",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="kill an installer still running after this long and fail the build (%(default)g)",
+    )
+    build.add_argument(
         "--progress", choices=("auto", "bar", "lines"), default="auto", help="bar on a terminal, lines otherwise"
     )
     build.set_defaults(func=run_build)
@@ -93,6 +101,7 @@ def run_build(args: argparse.Namespace) -> int:
         installer=args.installer,
         progress=progress,
         check=not args.no_check,
+        build_timeout=args.build_timeout,
     )
     for path in args.paths:
         manifest = load_manifest(path)

@@ -10,6 +10,7 @@ from packaging.requirements import Requirement
 from autoglm_runtime.isolation._environment import Environment, InstalledDist, canonical
 from autoglm_runtime.isolation._graph import Edges, cycles, req_text, shortest_chain
 from autoglm_runtime.isolation.findings import Finding
+from autoglm_runtime.isolation.specifiers import satisfies
 
 __all__ = ["RequirementGraph", "check_installed"]
 
@@ -59,7 +60,7 @@ class RequirementGraph:
             ]
         for wanted in sorted(req.extras):
             self._extras.append((where, models, key, canonical(wanted), req))
-        if req.specifier.contains(dist.version, prereleases=True):
+        if satisfies(req.specifier, dist.version):
             return []
         if model is not None:
             return [self._model_vs_host(where, model, req, dist)]
@@ -80,7 +81,7 @@ class RequirementGraph:
         version = self.env.winners[key].version
 
         def accept(req: Requirement) -> bool:
-            return req.specifier.contains(version, prereleases=True)
+            return satisfies(req.specifier, version)
 
         models = [f"model {m}" for m in sorted(self.models) if m != model]
         return shortest_chain(self.edges, models, key, self.labels, accept) or shortest_chain(
@@ -156,7 +157,7 @@ class RequirementGraph:
             )
         for wanted in sorted(dep.extras):  # the extra's own extras: requested by this distribution
             self._extras.append((dist.label, models, dep_key, canonical(wanted), dep))
-        if dep.specifier.contains(installed.version, prereleases=True):
+        if satisfies(dep.specifier, installed.version):
             return None
         kind: Literal["model-vs-host", "incompatible"] = "model-vs-host" if models else "incompatible"
         chain = self._chain(models[0], dep_key) if models else None
@@ -228,6 +229,16 @@ def _invalid_metadata(env: Environment) -> list[Finding]:
     return findings
 
 
+def _place(dist: InstalledDist) -> dict[str, str]:
+    return {"version": dist.version, "location": dist.location, "metadata_dir": dist.metadata_dir}
+
+
+def _files_on_disk_match(dist: InstalledDist) -> bool:
+    """Whether every contested file of ``dist`` that was hashed on disk is the one its RECORD lists."""
+    hashed = [info for info in dist.modules.values() if len(info) > 2]
+    return bool(hashed) and all(info[1] is not None and info[1] == info[2] for info in hashed)
+
+
 def _duplicates(env: Environment) -> list[Finding]:
     copies: dict[str, list[InstalledDist]] = {}
     for dist in env.dists:
@@ -237,24 +248,43 @@ def _duplicates(env: Environment) -> list[Finding]:
     for key, found in sorted(copies.items()):
         if len(found) < 2:
             continue
-        used, shadowed = found[0], found[1:]
-        hidden = "; ".join(f"{d.label} ({d.metadata_dir})" for d in shadowed)
-        findings.append(
-            Finding(
-                kind="duplicate",
-                packages=(key,),
-                message=f"{used.name} is installed {len(found)} times on the path: {used.label} "
-                f"({used.metadata_dir}) is the one imported, shadowing {hidden}",
-                hint="uninstall the shadowed copies or delete their metadata directories, or take their directories "
-                "off the path",
-                details={
-                    "used": {"version": used.version, "location": used.location, "metadata_dir": used.metadata_dir},
-                    "shadowed": [
-                        {"version": d.version, "location": d.location, "metadata_dir": d.metadata_dir} for d in shadowed
-                    ],
-                },
-            )
+        # Copies in one directory are listed in directory order, which says nothing about whose files are on
+        # disk: only the files' hashes can tell (exactly one copy's RECORD must match them).
+        first_dir = [d for d in found if d.location == found[0].location]
+        matching = [d for d in first_dir if _files_on_disk_match(d)]
+        used: InstalledDist | None = found[0] if len(first_dir) == 1 else None
+        if used is None and len(matching) == 1:
+            used = matching[0]
+        hint = (
+            "uninstall the shadowed copies or delete their metadata directories, or take their directories off the path"
         )
+        if used is not None:
+            shadowed = [d for d in found if d is not used]
+            hidden = "; ".join(f"{d.label} ({d.metadata_dir})" for d in shadowed)
+            message = (
+                f"{used.name} is installed {len(found)} times on the path: {used.label} ({used.metadata_dir}) is the "
+                f"one imported, shadowing {hidden}"
+            )
+            details: dict[str, object] = {"used": _place(used), "shadowed": [_place(d) for d in shadowed]}
+        else:
+            shadowed = found[len(first_dir) :]
+            listed = " and ".join(f"{d.label} ({d.metadata_dir})" for d in first_dir)
+            message = (
+                f"{found[0].name} is installed {len(found)} times on the path: {listed} are in one directory, so "
+                "which copy's files are imported cannot be determined"
+            )
+            if shadowed:
+                message += "; they shadow " + "; ".join(f"{d.label} ({d.metadata_dir})" for d in shadowed)
+            hint = (
+                f"reinstall {found[0].name} (pip install --force-reinstall {found[0].name}) so that one copy "
+                "remains, and delete the metadata directories of the others"
+            )
+            details = {
+                "used": None,
+                "candidates": [_place(d) for d in first_dir],
+                "shadowed": [_place(d) for d in shadowed],
+            }
+        findings.append(Finding(kind="duplicate", packages=(key,), message=message, hint=hint, details=details))
     return findings
 
 

@@ -22,6 +22,7 @@ from packaging.version import InvalidVersion, Version
 
 from autoglm_runtime.errors import UsageError
 from autoglm_runtime.isolation import _probe
+from autoglm_runtime.isolation.specifiers import satisfies
 
 __all__ = [
     "Environment",
@@ -100,7 +101,7 @@ class Environment:
             release = Version(self.python_version).base_version
         except InvalidVersion:
             release = self.python_version
-        return requires_python.contains(release, prereleases=True)
+        return satisfies(requires_python, release)
 
     def evaluate(self, marker: Marker | None, extra: str = "") -> bool:
         """Evaluate ``marker`` for the target interpreter with ``extra`` (``""`` for no extra)."""

@@ -107,7 +107,7 @@ def _top_name(path: str) -> tuple[str, bool] | None:
     return None
 
 
-def _modules(meta_dir: str, record: str | None, location: str) -> dict[str, list[str | None]]:
+def _modules(meta_dir: str, record: str | None, location: str, errors: list[str]) -> dict[str, list[str | None]]:
     """Top-level import names with their marker file and RECORD hash (from RECORD, else top_level.txt)."""
     out: dict[str, list[str | None]] = {}
     if record is not None:
@@ -122,12 +122,10 @@ def _modules(meta_dir: str, record: str | None, location: str) -> dict[str, list
             digest = rest.split(",", 1)[0] or None
             out.setdefault(name, [path.strip().strip('"'), digest])
         return out
-    try:
-        with open(os.path.join(meta_dir, "top_level.txt"), encoding="utf-8") as fh:
-            names = [n.strip() for n in fh.read().splitlines() if n.strip()]
-    except OSError:
-        return out
-    for name in names:
+    text = _read_meta(meta_dir, "top_level.txt", errors)
+    for name in (n.strip() for n in (text or "").splitlines()):
+        if not name:
+            continue
         for rel in (f"{name}/__init__.py", f"{name}.py"):
             if os.path.exists(os.path.join(location, rel)):
                 out[name] = [rel, None]
@@ -136,10 +134,20 @@ def _modules(meta_dir: str, record: str | None, location: str) -> dict[str, list
 
 
 def _read(path: str) -> str | None:
+    """The UTF-8 text of ``path``, ``None`` when it does not exist; raises ``OSError`` or ``ValueError``."""
     try:
         with open(path, encoding="utf-8") as fh:
             return fh.read()
     except FileNotFoundError:
+        return None
+
+
+def _read_meta(meta_dir: str, name: str, errors: list[str]) -> str | None:
+    """A metadata file's text; one that cannot be read or decoded is added to ``errors`` and gives ``None``."""
+    try:
+        return _read(os.path.join(meta_dir, name))
+    except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, or a NUL in the path
+        errors.append(f"{name} cannot be read: {exc}")
         return None
 
 
@@ -157,7 +165,7 @@ def describe(location: str, entry: str) -> dict[str, object]:
             errors.append(f"{os.path.basename(meta_file)} is missing")
         else:
             headers = _headers(text)
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         errors.append(f"{os.path.basename(meta_file)} cannot be read: {exc}")
     for field in ("name", "version"):
         values = headers.get(field)
@@ -167,19 +175,16 @@ def describe(location: str, entry: str) -> dict[str, object]:
             errors.append(f"{os.path.basename(meta_file)} has no {field.capitalize()} field")
     requires = headers.get("requires-dist", [])
     record: str | None = None
-    try:
-        if egg and os.path.isdir(meta_dir):
-            requires = _egg_requires(_read(os.path.join(meta_dir, "requires.txt")) or "")
-        if os.path.isdir(meta_dir):
-            record = _read(os.path.join(meta_dir, "RECORD"))
-    except (OSError, UnicodeDecodeError) as exc:
-        errors.append(f"metadata cannot be read: {exc}")
+    if os.path.isdir(meta_dir):
+        if egg:
+            requires = _egg_requires(_read_meta(meta_dir, "requires.txt", errors) or "")
+        record = _read_meta(meta_dir, "RECORD", errors)
     python = headers.get("requires-python")
     dist.update(
         requires=requires,
         requires_python=python[0] if python else None,
         provides_extra=headers.get("provides-extra", []),
-        modules=_modules(meta_dir, record, location),
+        modules=_modules(meta_dir, record, location, errors),
         errors=errors,
     )
     return dist

@@ -2,14 +2,21 @@
 
 ``EnvironmentBuilder.ensure(manifest)`` returns the environment for the manifest's requirements:
 
-* if ``<root>/<key>`` exists it is returned at once (a ``stat``; the directory only ever appears complete);
+* if ``<root>/<key>/autoglm-env.json`` exists it is returned at once (the key computation and a ``stat``;
+  the directory only ever appears complete);
 * otherwise the builder takes an exclusive ``fcntl`` lock on ``<root>/.<key>.lock`` (so two processes
   asking for one key build it once: the second waits, then finds it built), builds in a temporary
   directory ``<root>/.build-<key>-*`` with uv (or ``python -m venv`` and pip when uv is missing), checks it
   with check-deps, and renames it to ``<root>/<key>``;
 * a failed build or check removes its temporary directory and lock file and raises
   :class:`EnvironmentBuildError` (with the installer's last lines) or :class:`DependencyConflictError` (with
-  the check's findings); environments already built are never touched.
+  the check's findings); environments already built are never touched. An installer that runs past
+  ``build_timeout`` is killed (with every process it started) and the build fails the same way;
+* ``<root>/<key>`` without ``autoglm-env.json`` (a deletion that was interrupted) is removed, under the
+  lock, and built again.
+
+Arguments the builder cannot use (an interpreter or wheelhouse that does not exist, an ``env_root`` that
+cannot be created or written) raise :class:`UsageError` (E0001) from the constructor.
 
 Progress is reported as :class:`BuildEvent` values to an optional callback and as log lines on the
 ``autoglm_runtime.isolation.envbuild`` logger. POSIX only (``fcntl``).
@@ -25,7 +32,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +41,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from autoglm_runtime.errors import DependencyConflictError, EnvironmentBuildError, UsageError
+from autoglm_runtime.isolation._buildrun import Scrubber, remove_path, run_streaming, usable_root
 from autoglm_runtime.isolation._venvprobe import FactsProbe, probe_venv
 from autoglm_runtime.isolation.check import check_probed
 from autoglm_runtime.isolation.envkey import (
@@ -46,12 +53,22 @@ from autoglm_runtime.isolation.envkey import (
 )
 from autoglm_runtime.isolation.manifest import ModelManifest
 
-__all__ = ["METADATA_NAME", "BuildEvent", "BuildProgress", "Environment", "EnvironmentBuilder", "find_uv"]
+__all__ = [
+    "DEFAULT_BUILD_TIMEOUT",
+    "METADATA_NAME",
+    "BuildEvent",
+    "BuildProgress",
+    "Environment",
+    "EnvironmentBuilder",
+    "find_uv",
+]
 
 METADATA_NAME = "autoglm-env.json"
 Installer = Literal["auto", "uv", "pip"]
 Phase = Literal["wait", "venv", "install", "check", "done"]
 _TOTAL_STEPS = 4
+#: Default limit (s) of one build's installer commands together.
+DEFAULT_BUILD_TIMEOUT = 1800.0
 _log = logging.getLogger("autoglm_runtime.isolation.envbuild")
 
 
@@ -98,6 +115,10 @@ def _bin(venv: Path) -> Path:
 class EnvironmentBuilder:
     """Builds and reuses model environments under ``root``.
 
+    ``build_timeout`` limits one build's installer commands together (seconds, ``None`` for no limit);
+    ``lock_timeout`` how long to wait for another process building the same key. Raises
+    :class:`UsageError` for arguments that cannot work (see the module docstring).
+
     >>> builder = EnvironmentBuilder("/var/lib/autoglm/envs", wheelhouse="wheels/", offline=True)  # doctest: +SKIP
     >>> env = builder.ensure(load_manifest("models/a")); env.python                               # doctest: +SKIP
     PosixPath('/var/lib/autoglm/envs/3f2a.../bin/python')
@@ -115,9 +136,12 @@ class EnvironmentBuilder:
         progress: BuildProgress | None = None,
         check: bool = True,
         lock_timeout: float = 3600.0,
+        build_timeout: float | None = DEFAULT_BUILD_TIMEOUT,
     ) -> None:
         if installer not in ("auto", "uv", "pip"):
             raise UsageError(f"installer must be 'auto', 'uv' or 'pip', got {installer!r}")
+        if build_timeout is not None and not build_timeout > 0:
+            raise UsageError(f"build_timeout must be a positive number of seconds or None, got {build_timeout!r}")
         self.root = Path(root).absolute()
         self.python = os.path.abspath(os.fspath(python) if python is not None else sys.executable)
         self.wheelhouse = Path(wheelhouse).absolute() if wheelhouse is not None else None
@@ -126,11 +150,17 @@ class EnvironmentBuilder:
         self.progress = progress
         self.check = check
         self.lock_timeout = lock_timeout
+        self.build_timeout = build_timeout
+        self._scrub = Scrubber(index_url)
         uv = find_uv() if installer in ("auto", "uv") else None
         if installer == "uv" and uv is None:
             raise UsageError("installer='uv' was asked for but no uv binary was found; pip install uv")
         self.uv = uv
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.wheelhouse is not None and not self.wheelhouse.is_dir():
+            what = "is not a directory" if self.wheelhouse.exists() else "does not exist"
+            raise UsageError(f"wheelhouse {self.wheelhouse} {what}; give a directory of wheels")
+        interpreter_info(self.python)  # a missing or broken interpreter is a usage error now, not at the first load
+        usable_root(self.root)
 
     # --- keys -----------------------------------------------------------------------------------------
 
@@ -180,7 +210,13 @@ class EnvironmentBuilder:
         deadline = time.monotonic() + self.lock_timeout
         waiting = False
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise EnvironmentBuildError(
+                    f"the lock file {path} of environment {key} cannot be opened: {exc.strerror or exc}; check that "
+                    f"{self.root} is a writable directory, then load the model again"
+                ) from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -211,41 +247,72 @@ class EnvironmentBuilder:
             os.close(fd)
 
     def _build(self, manifest: ModelManifest, key: str, final: Path, info: InterpreterInfo) -> None:
-        for stale in self.root.glob(f".build-{key}-*"):  # left by a builder that was killed; we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
         started = time.monotonic()
-        workdir = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=self.root))
+        deadline = None if self.build_timeout is None else started + self.build_timeout
+        doing = "removing directories left by an earlier build"
+        workdir: Path | None = None
         facts: FactsProbe | None = None
         try:
+            for stale in [*self.root.glob(f".build-{key}-*"), *self.root.glob(f".stale-{key}-*")]:
+                remove_path(stale)  # left by a builder that was killed; we hold the lock
+            if os.path.lexists(final):
+                doing = f"removing {final}, which has no {METADATA_NAME}"
+                self._remove_incomplete(key, final)
+            doing = f"creating a temporary directory in {self.root}"
+            workdir = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=self.root))
             venv = workdir / "venv"
             tool = "uv" if self.uv is not None else "venv+pip"
             self._emit(key, 1, "venv", f"creating a {info.version} environment with {tool} for model '{manifest.name}'")
+            doing = "writing the requirements file"
             reqs = workdir / "requirements.txt"
             reqs.write_text("".join(f"{r}\n" for r in manifest.requirements), encoding="utf-8")
             for argv in self._commands(venv, reqs, bool(manifest.requirements)):
                 phase: Phase = "venv" if "venv" in argv[:4] else "install"
-                self._run(key, 1 if phase == "venv" else 2, phase, argv, manifest)
+                self._run(key, 1 if phase == "venv" else 2, phase, argv, manifest, deadline=deadline)
                 if phase == "venv" and self.check:  # what the check needs of the interpreter, learnt meanwhile
                     facts = FactsProbe(_bin(venv))
+            doing = "pointing the environment's scripts at its final path"
             self._relocate(venv, final)
             metadata = {
                 "key": key,
                 "model": manifest.name,
                 "requirements": normalise_requirements(manifest.requirements),
                 "interpreter": info.identity(),
-                "source": source_identity(self.wheelhouse, self.index_url, self.offline),
+                "source": source_identity(self.wheelhouse, self.index_url, self.offline, redact=True),
                 "installer": tool,
             }
             if self.check:
                 self._emit(key, 3, "check", "checking the environment with check-deps")
                 self._check(manifest, venv, facts)
+            doing = f"writing {METADATA_NAME}"
             (venv / METADATA_NAME).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+            doing = f"renaming the environment to {final}"
             os.rename(venv, final)
+        except OSError as exc:
+            raise EnvironmentBuildError(
+                f"building the environment {key} for model '{manifest.name}' failed while {doing}: "
+                f"{exc.strerror or exc}; nothing was left behind. Check that {self.root} is writable and has free "
+                "space, then load the model again"
+            ) from exc
         finally:
             if facts is not None:
                 facts.close()
-            shutil.rmtree(workdir, ignore_errors=True)
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
         self._emit(key, 4, "done", f"environment {key} ready in {time.monotonic() - started:.1f} s at {final}")
+
+    def _remove_incomplete(self, key: str, final: Path) -> None:
+        """Move aside and delete ``final``: it exists without its metadata, so it is not a finished build."""
+        _log.warning(
+            "environment directory %s has no %s (a deletion or a copy that did not finish); removing it and "
+            "building the environment again",
+            final,
+            METADATA_NAME,
+            extra={"error_code": "E0101", "env_key": key},
+        )
+        aside = Path(tempfile.mkdtemp(prefix=f".stale-{key}-", dir=self.root)) / "env"
+        os.rename(final, aside)  # one atomic step: <root>/<key> never holds a half-removed tree
+        remove_path(aside.parent)
 
     def _commands(self, venv: Path, reqs: Path, install: bool) -> list[list[str]]:
         source: list[str] = []
@@ -271,28 +338,38 @@ class EnvironmentBuilder:
             commands.append([*pip, *source, "-r", str(reqs)])
         return commands
 
-    def _run(self, key: str, step: int, phase: Phase, argv: Sequence[str], manifest: ModelManifest) -> None:
+    def _run(
+        self, key: str, step: int, phase: Phase, argv: Sequence[str], manifest: ModelManifest, *, deadline: float | None
+    ) -> None:
+        """Run one installer command, streaming its output as events; it never outlives this call."""
         tail: collections.deque[str] = collections.deque(maxlen=15)
         env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+        command = " ".join(Path(argv[0]).name if i == 0 else a for i, a in enumerate(argv[:3]))
+
+        def line(text: str) -> None:
+            text = self._scrub(text)
+            if text:
+                tail.append(text)
+                self._emit(key, step, phase, text)
+
         try:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
-            )
+            status = run_streaming(argv, env, deadline, line)
         except OSError as exc:
-            raise EnvironmentBuildError(f"building the environment for model '{manifest.name}' failed: {exc}") from exc
-        assert proc.stdout is not None
-        with proc.stdout:
-            for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace").rstrip()
-                if line:
-                    tail.append(line)
-                    self._emit(key, step, phase, line)
-        status = proc.wait()
+            raise EnvironmentBuildError(
+                f"building the environment for model '{manifest.name}' failed: `{command}` could not be started: "
+                f"{exc.strerror or exc}; nothing was left behind"
+            ) from exc
+        last = "\n".join(tail) or "(no output)"
+        if status is None:
+            raise EnvironmentBuildError(
+                f"building the environment for model '{manifest.name}' failed: `{command}` did not finish within "
+                f"the build timeout of {self.build_timeout:g} s and was killed; nothing was left behind. Raise "
+                f"build_timeout if the build is just slow. Last lines:\n{last}"
+            )
         if status != 0:
-            command = " ".join(Path(argv[0]).name if i == 0 else a for i, a in enumerate(argv[:3]))
             raise EnvironmentBuildError(
                 f"building the environment for model '{manifest.name}' failed: `{command}` exited with status "
-                f"{status}; nothing was left behind. Last lines:\n" + "\n".join(tail)
+                f"{status}; nothing was left behind. Last lines:\n{last}"
             )
 
     @staticmethod

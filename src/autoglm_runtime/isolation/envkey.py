@@ -7,8 +7,8 @@ Two models share an environment exactly when their keys are equal. The key cover
   ``foo-bar<2,>=1.0`` give one key;
 * the interpreter: implementation, ``major.minor.micro``, ``sys.implementation.cache_tag``, ABI flags and the
   platform tag, read from the interpreter that will run the environment;
-* where packages come from: a hash of the wheelhouse's file names and sizes, or the index URL, and whether
-  the build is offline;
+* where packages come from: a hash of the wheelhouse's file names, sizes and modification times, or the
+  index URL, and whether the build is offline;
 * the content of every ``-r`` file the manifest included (a changed file means a new environment).
 
 >>> key = environment_key(manifest, interpreter_info(sys.executable), source_identity(None, None, False))
@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from autoglm_runtime.errors import EnvironmentBuildError
+from autoglm_runtime.errors import EnvironmentBuildError, UsageError
 from autoglm_runtime.isolation.manifest import ModelManifest
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "interpreter_info",
     "normalise_requirement",
     "normalise_requirements",
+    "redact_url",
     "source_identity",
 ]
 
@@ -88,19 +90,19 @@ def interpreter_info(python: str | os.PathLike[str]) -> InterpreterInfo:
     """Describe the interpreter at ``python``; the running one is read in-process, others by running them.
 
     Answers are cached per path, modification time and size, so reuse costs a ``stat``. Raises
-    :class:`EnvironmentBuildError` when ``python`` does not exist or does not run.
+    :class:`UsageError` (E0001) when ``python`` does not exist or does not run as a Python interpreter.
     """
     path = os.fspath(python)
+    advice = "give the path of an existing Python executable"
     try:
         stat = os.stat(path)
     except OSError as exc:
-        raise EnvironmentBuildError(
-            f"interpreter {path} does not exist: {exc.strerror}; pass python= an existing one"
-        ) from exc
+        raise UsageError(f"interpreter {path} does not exist ({exc.strerror}); {advice}") from exc
     cache_key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
     cached = _INFO_CACHE.get(cache_key)
     if cached is not None:
         return cached
+    info: InterpreterInfo | None
     if os.path.realpath(path) == os.path.realpath(sys.executable):
         info = InterpreterInfo(
             implementation=sys.implementation.name,
@@ -115,13 +117,18 @@ def interpreter_info(python: str | os.PathLike[str]) -> InterpreterInfo:
             done = subprocess.run(
                 [path, "-I", "-S", "-c", _PROBE], capture_output=True, text=True, timeout=60, check=False
             )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise EnvironmentBuildError(f"interpreter {path} could not be run: {exc}") from exc
-        if done.returncode != 0:
-            last = done.stderr.strip().splitlines()[-1:] or ["no output"]
-            raise EnvironmentBuildError(f"interpreter {path} failed to describe itself: {last[0]}")
-        data = json.loads(done.stdout)
-        info = InterpreterInfo(**{**data, "executable": path})
+        except subprocess.TimeoutExpired as exc:
+            raise UsageError(f"interpreter {path} did not describe itself within 60 s; {advice}") from exc
+        except OSError as exc:
+            raise UsageError(f"interpreter {path} cannot be run ({exc.strerror or exc}); {advice}") from exc
+        try:
+            data = json.loads(done.stdout) if done.returncode == 0 else None
+            info = InterpreterInfo(**{**data, "executable": path}) if isinstance(data, dict) else None
+        except (ValueError, TypeError):
+            info = None
+        if info is None:
+            last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            raise UsageError(f"interpreter {path} failed to describe itself ({last}); {advice}")
     _INFO_CACHE[cache_key] = info
     return info
 
@@ -145,25 +152,42 @@ def normalise_requirements(requirements: Iterable[Requirement]) -> list[str]:
     return sorted({normalise_requirement(r) for r in requirements})
 
 
-def source_identity(wheelhouse: str | os.PathLike[str] | None, index_url: str | None, offline: bool) -> str:
-    """Where packages come from: the wheelhouse's file names and sizes (hashed), or the index URL.
+def redact_url(url: str) -> str:
+    """``url`` without its user information: ``https://user:token@host/simple`` -> ``https://****@host/simple``."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc="****@" + parts.netloc.rpartition("@")[2]))
 
-    A wheelhouse that gains, loses or replaces a file gives a new identity, so an environment is never
-    reused after the packages it could have been built from changed.
+
+def source_identity(
+    wheelhouse: str | os.PathLike[str] | None, index_url: str | None, offline: bool, *, redact: bool = False
+) -> str:
+    """Where packages come from: the wheelhouse's file names, sizes and modification times (hashed), or the
+    index URL.
+
+    A wheelhouse that gains, loses, replaces or rewrites a file gives a new identity, so an environment is
+    never reused after the packages it could have been built from changed. Environment keys use the full
+    URL; ``redact=True`` gives the form that may be written to disk or logged (no credentials).
+    Raises :class:`UsageError` when the wheelhouse cannot be read.
     """
     parts = [f"offline={offline}"]
     if wheelhouse is not None:
         digest = hashlib.sha256()
         try:
             entries = sorted(os.scandir(wheelhouse), key=lambda e: e.name)
+            for entry in entries:
+                if entry.is_file() and entry.name.endswith(_WHEELHOUSE_SUFFIXES):
+                    stat = entry.stat()
+                    digest.update(f"{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         except OSError as exc:
-            raise EnvironmentBuildError(f"wheelhouse {os.fspath(wheelhouse)} cannot be read: {exc.strerror}") from exc
-        for entry in entries:
-            if entry.is_file() and entry.name.endswith(_WHEELHOUSE_SUFFIXES):
-                digest.update(f"{entry.name}\0{entry.stat().st_size}\n".encode())
+            raise UsageError(
+                f"wheelhouse {os.fspath(wheelhouse)} cannot be read ({exc.strerror}); give a directory of wheels"
+            ) from exc
         parts.append(f"wheelhouse={digest.hexdigest()}")
     if index_url is not None:
-        parts.append(f"index={index_url.rstrip('/')}")
+        url = index_url.rstrip("/")
+        parts.append(f"index={redact_url(url) if redact else url}")
     elif wheelhouse is None:
         parts.append("index=default")
     return "|".join(parts)

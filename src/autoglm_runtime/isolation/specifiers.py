@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from packaging.specifiers import Specifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-__all__ = ["Overlap", "intersect", "overlap"]
+__all__ = ["Overlap", "intersect", "overlap", "satisfies"]
 
 _PreTag = tuple[str, int] | None
 
@@ -52,6 +52,23 @@ class Overlap:
     def empty(self) -> bool:
         """True when no version satisfies every set."""
         return self.witness is None
+
+
+def satisfies(spec_set: SpecifierSet, version: Version | str) -> bool:
+    """Whether ``version`` is in ``spec_set``, pre-releases included, the same on every ``packaging`` >= 23.
+
+    A ``version`` that is not PEP 440 (``1.0-foo-bar``) satisfies only ``===`` of the same text (compared
+    case-insensitively), or a set without specifiers: ``packaging`` 26 judges it so, while 23 to 25 raise
+    ``InvalidVersion`` instead.
+
+    >>> satisfies(SpecifierSet(">=1"), "1.0-foo-bar"), satisfies(SpecifierSet("===1.0-foo-bar"), "1.0-foo-bar")
+    (False, True)
+    """
+    try:
+        return spec_set.contains(version, prereleases=True)
+    except InvalidVersion:
+        text = str(version).lower()
+        return all(spec.operator == "===" and spec.version.lower() == text for spec in spec_set)
 
 
 def _spec_versions(spec: Specifier) -> Iterator[Version]:
@@ -151,7 +168,7 @@ def overlap(*sets: SpecifierSet) -> Overlap:
     True
     """
     for item in sorted(_candidates(sets), key=_rank):  # stable: the specifiers' own versions first
-        if all(spec_set.contains(item, prereleases=True) for spec_set in sets):
+        if all(satisfies(spec_set, item) for spec_set in sets):
             return Overlap(str(item), prerelease_only=_rank(item)[0])
     return Overlap(None)
 
