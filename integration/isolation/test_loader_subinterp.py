@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from autoglm_runtime.errors import BackendUnsupportedError, ModelTimeoutError
+from autoglm_runtime.errors import BackendUnsupportedError, ModelLoadError, ModelTimeoutError
 from autoglm_runtime.isolation import ModelLoader
 from autoglm_runtime.isolation.envkey import interpreter_info
 from autoglm_runtime.isolation.subinterp import resolve_backend
@@ -80,6 +80,34 @@ class Model:
 
 def load():
     return Model()
+"""
+
+
+DAEMON_MODEL = """
+import threading
+
+class Model:
+    def ping(self):
+        return "pong"
+
+def load():
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
+    return Model()
+"""
+
+# Fails in a subinterpreter with a message nobody listed as a refusal: auto must still retry with processes.
+MAIN_ONLY_MODEL = WHERE_MODEL.replace(
+    "def load():\n    return Model()",
+    "def load():\n"
+    "    current, main = _ids()\n"
+    "    if current != main:\n"
+    "        raise RuntimeError('this model only runs in the main interpreter')\n"
+    "    return Model()",
+)
+
+BROKEN_MODEL = """
+def load():
+    raise RuntimeError("no weights at /models/x")
 """
 
 
@@ -148,8 +176,15 @@ def test_auto_falls_back_to_processes_when_refused(
     model = loader.load(make_model(name, CURSES_MODEL))
     assert model.backend == "process"
     assert model.call("curses_loaded", timeout=30) == "_curses"
-    fallbacks = [r for r in caplog.records if getattr(r, "error_code", None) == "E0104"]
-    assert [r.getMessage().split(" (")[0] for r in fallbacks] == [f"model {name} refuses subinterpreters"]
+    fallbacks = [(r.levelname, r.getMessage()) for r in caplog.records if getattr(r, "error_code", None) == "E0104"]
+    assert fallbacks == [
+        (
+            "WARNING",
+            f"model {name} failed to load in a subinterpreter (model '{name}' cannot run in a subinterpreter: "
+            "ImportError: module _curses does not support loading in subinterpreters; use backend='process' (or "
+            "'auto', which falls back to it)); retrying with the process backend",
+        )
+    ]
 
 
 def test_extension_imported_during_a_call_is_refused(
@@ -190,3 +225,68 @@ def test_subinterp_needs_312(wheelhouse: Path, env_root: Path, make_model: Any) 
     with loader, pytest.raises(BackendUnsupportedError) as info:
         loader.load(make_model("sub-on-host", WHERE_MODEL))
     assert info.value.message.startswith("the subinterpreter backend needs CPython 3.12+ (isolated subinterpreters)")
+
+
+def test_auto_falls_back_when_a_model_starts_a_daemon_thread(
+    loader: ModelLoader, make_model: Any, python: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="autoglm_runtime.isolation.loader")
+    name = _name("auto-daemon", python)
+    model = loader.load(make_model(name, DAEMON_MODEL))
+    assert model.backend == "process"
+    assert model.call("ping", timeout=30) == "pong"
+    fallbacks = [r.getMessage() for r in caplog.records if getattr(r, "error_code", None) == "E0104"]
+    assert fallbacks == [
+        f"model {name} failed to load in a subinterpreter (model '{name}' cannot run in a subinterpreter: "
+        "RuntimeError: daemon threads are disabled in this (sub)interpreter; use backend='process' (or 'auto', "
+        "which falls back to it)); retrying with the process backend"
+    ]
+
+
+def test_explicit_subinterp_refuses_a_daemon_thread(
+    wheelhouse: Path, env_root: Path, make_model: Any, python: Path
+) -> None:
+    name = _name("sub-daemon", python)
+    directory = make_model(name, DAEMON_MODEL)
+    loader = ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="subinterp", python=python)
+    with loader, pytest.raises(BackendUnsupportedError) as info:
+        loader.load(directory)
+    assert info.value.message == (
+        f"model '{name}' cannot run in a subinterpreter: RuntimeError: daemon threads are disabled in this "
+        "(sub)interpreter; use backend='process' (or 'auto', which falls back to it)"
+    )
+
+
+def test_auto_retries_any_subinterpreter_failure_with_processes(
+    loader: ModelLoader, make_model: Any, python: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="autoglm_runtime.isolation.loader")
+    name = _name("auto-main-only", python)
+    model = loader.load(make_model(name, MAIN_ONLY_MODEL))
+    assert model.backend == "process"
+    assert model.call("where", timeout=30)["version"] == "1.0"
+    fallbacks = [r.getMessage() for r in caplog.records if getattr(r, "error_code", None) == "E0104"]
+    module = name.replace("-", "_") + "_model"
+    assert fallbacks == [
+        f"model {name} failed to load in a subinterpreter (model '{name}' failed to load its entrypoint "
+        f"{module}:load: RuntimeError: this model only runs in the main interpreter); retrying with the process "
+        "backend"
+    ]
+
+
+def test_auto_reports_the_process_error_and_the_subinterpreter_error(
+    loader: ModelLoader, make_model: Any, python: Path
+) -> None:
+    name = _name("auto-broken", python)
+    module = name.replace("-", "_") + "_model"
+    with pytest.raises(ModelLoadError) as info:
+        loader.load(make_model(name, BROKEN_MODEL))
+    lines = info.value.message.splitlines()
+    assert lines[0] == (
+        f"model '{name}' failed to load its entrypoint {module}:load: RuntimeError: no weights at /models/x"
+    )
+    assert lines[-1] == (
+        f"(before that, loading it in a subinterpreter failed too: E0101: model '{name}' failed to load its "
+        f"entrypoint {module}:load: RuntimeError: no weights at /models/x)"
+    )
+    assert name not in loader.models

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -55,6 +56,10 @@ class Model:
     def unsendable(self):
         return object()
 
+    def big_int(self):
+        sys.set_int_max_str_digits(0)  # this worker may print it; the host (default limit) cannot read it
+        return 10 ** 5000
+
     def isolation(self):
         import importlib.util
         names = ("autoglm_runtime", "kazoo", "packaging", "pytest")
@@ -62,8 +67,15 @@ class Model:
                 "prefix": sys.prefix, "path": sys.path}
 
 def load():
-    if os.path.exists(os.path.join(os.path.dirname(__file__), "CRASH_ON_START")):
+    here = os.path.dirname(__file__)
+    if os.path.exists(os.path.join(here, "CRASH_ON_START")):
+        open(os.path.join(here, "STARTED_PID"), "w").write(str(os.getpid()))
         os._exit(9)
+    if os.path.exists(os.path.join(here, "SLOW_START")):  # load slowly: until the file goes, at most 5 s
+        open(os.path.join(here, "STARTED_PID"), "w").write(str(os.getpid()))
+        deadline = time.monotonic() + 5
+        while os.path.exists(os.path.join(here, "SLOW_START")) and time.monotonic() < deadline:
+            time.sleep(0.01)
     return Model()
 """
 
@@ -302,3 +314,212 @@ def test_worker_sees_only_its_environment(model: Any) -> None:
     assert site == [
         str(model.environment.path / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages")
     ]
+
+
+# --- regressions from review -------------------------------------------------------------------------------
+
+
+def _outcome(call: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return call(*args, **kwargs)
+    except BaseException as exc:
+        return exc
+
+
+@pytest.mark.parametrize("second_timeout", [None, 30.0], ids=["untimed", "timed"])
+def test_a_call_sends_under_its_own_deadline(
+    wheelhouse: Path, env_root: Path, make_model: Any, second_timeout: float | None
+) -> None:
+    # A timed call used to leave its socket timeout behind, so the next call's send of a large payload failed
+    # once that old timeout ran out: a false ModelTimeoutError (worker killed), or a TypeError when untimed.
+    name = f"own-deadline-{'untimed' if second_timeout is None else 'timed'}"
+    with ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="process", default_timeout=None) as loader:
+        model = loader.load(make_model(name, MODEL))
+        pid = model.health()["pid"]
+        assert model.call("echo", 1, timeout=1.0) == [1, ""]
+        payload = "x" * (4 << 20)  # far more than the socket buffers hold
+        results: list[Any] = []
+        caller = threading.Thread(
+            target=lambda: results.append(_outcome(model.call, "echo", payload, timeout=second_timeout))
+        )
+        os.kill(pid, signal.SIGSTOP)  # the worker stops reading, so the send must wait for it
+        try:
+            caller.start()
+            # Longer than any timeout the first call could have left (1 s): a send under it has failed by now.
+            caller.join(2.0)
+            finished_while_stopped = not caller.is_alive()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        caller.join(60)
+        assert not finished_while_stopped, results
+        assert results == [[payload, ""]]
+        assert (model.health()["state"], model.health()["pid"]) == ("ready", pid)
+
+
+def test_waiting_for_an_earlier_call_is_bounded_by_the_timeout(model: Any, tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            model.call("hang", str(marker), timeout=10)
+        except BaseException as exc:
+            errors.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    pid = _wait_for_file(marker)
+    with pytest.raises(ModelTimeoutError) as info:
+        model.call("pid", timeout=0.2)
+    assert info.value.code == "E0305"
+    assert info.value.message == (
+        f"model '{model.name}' did not answer pid() within 0.2 s: the call waited all that time for an earlier "
+        "call to the same model to finish (a worker serves one call at a time); the worker was not restarted: "
+        "raise the timeout, or load the model under a second name for parallel calls"
+    )
+    assert (model.health()["state"], model.health()["pid"]) == ("ready", pid)  # left alone
+    os.kill(pid, signal.SIGKILL)
+    caller.join(30)
+    assert [type(e) for e in errors] == [WorkerError]
+
+
+def test_waiting_for_a_restarted_worker_is_bounded_by_the_timeout(model: Any, tmp_path: Path) -> None:
+    slow = model.manifest.directory / "SLOW_START"
+    slow.write_text("")
+    try:
+        with pytest.raises(ModelTimeoutError):
+            model.call("hang", str(tmp_path / "marker"), timeout=0.5)
+        restarted = _wait_for_file(model.manifest.directory / "STARTED_PID")
+        with pytest.raises(ModelTimeoutError) as info:
+            model.call("pid", timeout=0.3)
+        assert info.value.message == (
+            f"model '{model.name}' did not answer pid() within 0.3 s: its restarted worker (pid {restarted}) is "
+            "still loading the model; it was left loading and a later call uses it once it is ready (raise the "
+            "timeout to wait for it)"
+        )
+    finally:
+        slow.unlink()
+    assert model.call("pid", timeout=30) == restarted  # the same worker, not killed for being slow
+
+
+def test_dollar_keys_and_bytes_arrive_as_sent(model: Any) -> None:
+    value = {"looks_tagged": {"$bytes": "aGk="}, "$$x": [b"\x00", {"$bytes": b"hi"}], "plain": {"$": None}}
+    assert model.call("echo", value, timeout=30) == [value, ""]
+
+
+def _body_length(message: Any) -> int:
+    return len(json.dumps(message, separators=(",", ":")))
+
+
+def test_a_reply_the_host_cannot_decode_is_a_model_call_error(model: Any) -> None:
+    pid = model.health()["pid"]
+    with pytest.raises(ModelCallError) as info:
+        model.call("big_int", timeout=30)
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)
+    try:
+        length = _body_length({"id": 1, "ok": True, "result": 10**5000})
+    finally:
+        sys.set_int_max_str_digits(limit)
+    assert info.value.code == "E0105"
+    assert info.value.message == (
+        f"model '{model.name}' answered big_int() with a reply the host cannot decode (frame of {length} bytes is "
+        "not valid JSON: Exceeds the limit (4300 digits) for integer string conversion: value has 5001 digits; use "
+        "sys.set_int_max_str_digits() to increase the limit); the worker keeps running: return JSON values (and "
+        "bytes) from the model"
+    )
+    assert model.call("echo", 1, timeout=30) == [1, ""]
+    health = model.health()
+    assert (health["state"], health["pid"], health["restarts"], health["failures"]) == ("ready", pid, 0, 0)
+
+
+def test_arguments_the_worker_cannot_decode_are_a_model_call_error(model: Any) -> None:
+    pid = model.health()["pid"]
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)  # the host can write it; the worker (default limit) cannot read it
+    try:
+        with pytest.raises(ModelCallError) as info:
+            model.call("echo", 10**5000, timeout=30)
+        length = _body_length({"id": 1, "method": "echo", "args": [10**5000], "kwargs": {}})
+    finally:
+        sys.set_int_max_str_digits(limit)
+    assert info.value.message == (
+        f"model '{model.name}' worker could not decode the arguments of echo(): frame of {length} bytes is not "
+        "valid JSON: Exceeds the limit (4300 digits) for integer string conversion: value has 5001 digits; use "
+        "sys.set_int_max_str_digits() to increase the limit; the worker keeps running"
+    )
+    assert model.call("echo", 2, timeout=30) == [2, ""]
+    assert model.health()["pid"] == pid
+
+
+def test_closing_a_stale_handle_keeps_the_newer_model(loader: ModelLoader, make_model: Any) -> None:
+    directory = make_model("stale-handle", MODEL)
+    old = loader.load(directory)
+    old.close()
+    new = loader.load(directory)
+    old.close()
+    assert loader.models == {"stale-handle": new}
+    assert new.call("echo", 1, timeout=30) == [1, ""]
+    new.close()
+    assert loader.models == {}
+
+
+def test_close_stops_a_worker_that_is_still_loading(
+    wheelhouse: Path, env_root: Path, make_model: Any, wait_gone: Any, no_leaked_children: None
+) -> None:
+    directory = make_model("close-mid-load", MODEL)
+    (directory / "SLOW_START").write_text("")
+    loader = ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="process")
+    outcome: list[Any] = []
+    loading = threading.Thread(target=lambda: outcome.append(_outcome(loader.load, directory)))
+    loading.start()
+    pid = _wait_for_file(directory / "STARTED_PID")
+    loader.close()
+    assert wait_gone(pid, 0.0)  # gone when close() returns, not when the load finishes
+    loading.join(30)
+    assert [type(o) for o in outcome] == [UsageError]
+    assert (
+        outcome[0].message == "model 'close-mid-load' was not loaded: the ModelLoader was closed while it was loading"
+    )
+    assert loader.models == {}
+
+
+def test_timeouts_count_towards_the_crash_loop_limit(model: Any, tmp_path: Path) -> None:
+    # max_restarts=2: the third failure in a row (here: timeouts) gives up instead of restarting for ever.
+    restarting = (
+        f"model '{model.name}' did not answer hang() within 0.5 s; its worker was killed and is restarting: raise "
+        "the timeout if the model is merely slow"
+    )
+    gave_up = (
+        f"model '{model.name}' did not answer hang() within 0.5 s; its worker was killed; it has failed 3 times in "
+        "a row, more than max_restarts=2, and will not be restarted: fix it and load it again"
+    )
+    messages = []
+    for _ in range(20):  # a restarted worker slow to load times out without counting: tolerate that
+        with pytest.raises(ModelTimeoutError) as info:
+            model.call("hang", str(tmp_path / "marker"), timeout=0.5)
+        messages.append(info.value.message)
+        if info.value.message == gave_up:
+            break
+    assert [m for m in messages if "still loading" not in m] == [restarting, restarting, gave_up]
+    health = model.health()
+    assert (health["state"], health["pid"], health["restarts"], health["failures"]) == ("failed", None, 2, 3)
+    with pytest.raises(WorkerError) as info_loop:
+        model.call("echo", 1, timeout=30)
+    assert info_loop.value.message == (
+        f"model '{model.name}' failed 3 times in a row (last: timed out in hang() after 0.5 s); gave up after 2 "
+        "restarts: read its stderr in the logs, fix it and load it again"
+    )
+
+
+def test_death_before_the_handshake_says_the_model_was_not_loaded(loader: ModelLoader, make_model: Any) -> None:
+    directory = make_model("dies-loading", MODEL)
+    (directory / "CRASH_ON_START").write_text("")
+    with pytest.raises(WorkerError) as info:
+        loader.load(directory)
+    pid = int((directory / "STARTED_PID").read_text())
+    assert info.value.message == (
+        f"model 'dies-loading' worker (pid {pid}) died before its handshake: exited with status 9; the model was not "
+        "loaded: read its stderr, fix it and load it again"
+    )
+    assert "dies-loading" not in loader.models

@@ -114,7 +114,9 @@ _register(
     "E0305",
     "Model call timed out",
     "error",
-    "A call to an isolated model did not answer within its timeout; the worker was killed and will restart.",
+    "A call to an isolated model did not answer within its timeout. If the model itself hung, its worker was "
+    "killed and will restart; if the call timed out waiting for an earlier call or a restart, the worker was left "
+    "running.",
     "Raise the timeout if the model is merely slow, otherwise find why it hangs.",
 )
 _register(

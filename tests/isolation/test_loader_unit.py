@@ -3,6 +3,7 @@ interpreter, and the ``env build`` command's progress output."""
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import os
@@ -90,6 +91,17 @@ def test_loader_rejects_unknown_backend(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as info:
         ModelLoader(tmp_path, backend="threads")  # type: ignore[arg-type]
     assert info.value.message == "backend must be 'auto', 'process' or 'subinterp', got 'threads'"
+
+
+def test_calls_are_bounded_by_default() -> None:
+    assert inspect.signature(ModelLoader).parameters["default_timeout"].default == 60.0
+
+
+@pytest.mark.parametrize("value", [0, -1.0])
+def test_loader_rejects_a_non_positive_default_timeout(tmp_path: Path, value: float) -> None:
+    with pytest.raises(UsageError) as info:
+        ModelLoader(tmp_path, default_timeout=value)
+    assert info.value.message == f"default_timeout must be a positive number of seconds or None, got {value!r}"
 
 
 def test_existing_key_is_reused_without_building(tmp_path: Path) -> None:

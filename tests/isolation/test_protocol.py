@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from autoglm_runtime.isolation._protocol import (
     MAX_FRAME,
+    DecodeError,
     FrameError,
     FrameReader,
     PeerClosedError,
@@ -21,9 +22,16 @@ from autoglm_runtime.isolation._protocol import (
     write_frame,
 )
 
+# Keys starting with "$" are where tags live: user dicts with such keys (even ones that look exactly like a
+# tag) must round-trip unchanged.
+KEYS = st.text() | st.text().map(lambda key: "$" + key) | st.sampled_from(["$bytes", "$$bytes", "$", "$$", "$dict"])
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text() | st.binary(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(KEYS, children, max_size=4)
+        | st.builds(lambda key, value: {key: value}, st.sampled_from(["$bytes", "$$bytes"]), children)
+    ),
     max_leaves=20,
 )
 
@@ -115,3 +123,85 @@ def test_invalid_json_is_a_frame_error() -> None:
     with pytest.raises(FrameError) as info:
         decode(b"{nope")
     assert str(info.value).startswith("frame of 5 bytes is not valid JSON: ")
+
+
+def test_user_dicts_that_look_like_tags_arrive_unchanged() -> None:
+    value = {"$bytes": "aGk="}
+    assert decode(encode(value)[4:]) == {"$bytes": "aGk="}
+    assert decode(encode([{"$bytes": b"hi"}, {"$$bytes": "x", "plain": b""}])[4:]) == [
+        {"$bytes": b"hi"},
+        {"$$bytes": "x", "plain": b""},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            b'{"$bytes":"%%%"}',
+            'frame of 16 bytes holds an invalid tagged value: a "$bytes" value is not valid base64: Only base64 '
+            "data is allowed",
+        ),
+        (
+            b'{"$bytes":"aGk"}',
+            'frame of 16 bytes holds an invalid tagged value: a "$bytes" value is not valid base64: Incorrect padding',
+        ),
+        (
+            b'{"$bytes":5}',
+            'frame of 12 bytes holds an invalid tagged value: a "$bytes" value must be a base64 string, got int',
+        ),
+        (
+            b'{"$x":1}',
+            "frame of 8 bytes holds an invalid tagged value: unknown tag '$x' (user keys starting with '$' travel "
+            "escaped as '$$')",
+        ),
+    ],
+)
+def test_malformed_tags_are_decode_errors(body: bytes, message: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode(body)
+    assert str(info.value) == message
+
+
+def test_a_frame_that_cannot_be_decoded_leaves_the_stream_in_step(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    body = b'{"$bytes":"%%%"}'
+    a.sendall(struct.pack(">I", len(body)) + body)
+    write_frame(a, {"id": 2})
+    reader = FrameReader(b)
+    with pytest.raises(DecodeError):
+        reader.read()
+    assert reader.read() == {"id": 2}
+
+
+def test_values_nested_too_deeply_raise_value_error() -> None:
+    looped: list[object] = []
+    looped.append(looped)
+    with pytest.raises(ValueError, match="nested too deeply") as info:
+        encode(looped)
+    assert str(info.value) == "the value is nested too deeply (or contains itself) to be sent to or from a model"
+
+
+def test_send_runs_under_its_own_deadline(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    write_frame(a, 1)
+    reader = FrameReader(b)
+    assert reader.read(time.monotonic() + 0.05) == 1  # leaves a 0.05 s timeout on the socket
+    reader.send(encode(2))
+    assert b.gettimeout() is None  # an untimed send waits as long as it takes, whatever the last read used
+    reader.send(encode(3), time.monotonic() + 30)
+    timeout = b.gettimeout()
+    assert timeout is not None
+    assert 0 < timeout <= 30
+    reader_a = FrameReader(a)
+    assert [reader_a.read(), reader_a.read()] == [2, 3]
+
+
+def test_send_past_its_deadline_sends_nothing(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    with pytest.raises(TimeoutError):
+        FrameReader(b).send(encode(1), time.monotonic() - 1)
+    b.close()
+    with pytest.raises(PeerClosedError) as info:
+        FrameReader(a).read()
+    assert str(info.value) == "peer closed the connection between frames"

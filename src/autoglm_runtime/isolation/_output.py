@@ -10,7 +10,10 @@ import signal
 import threading
 from typing import IO
 
-__all__ = ["OutputPump", "describe_exit"]
+__all__ = ["MAX_LINE", "LineSplitter", "OutputPump", "describe_exit"]
+
+#: Longest line (bytes) forwarded whole; the rest of a longer line is dropped and the line marked truncated.
+MAX_LINE = 64 * 1024
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -26,16 +29,76 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
+class LineSplitter:
+    r"""Splits a byte stream into lines of at most ``limit`` bytes, holding at most ``limit`` bytes in between.
+
+    A line longer than ``limit`` is handed out as its first ``limit`` bytes, flagged truncated, as soon as
+    that much has arrived; the rest of it, up to the next newline, is dropped. So a model that writes
+    without newlines costs bounded memory.
+
+    >>> splitter = LineSplitter(limit=4)
+    >>> splitter.feed(b"ab\ncdefgh"), splitter.feed(b"ij\nk"), splitter.flush()
+    ([(b'ab', False), (b'cdef', True)], [], [(b'k', False)])
+    """
+
+    def __init__(self, limit: int = MAX_LINE) -> None:
+        self._limit = limit
+        self._partial = bytearray()
+        self._dropping = False  # inside the rest of a line already handed out truncated
+
+    def feed(self, chunk: bytes) -> list[tuple[bytes, bool]]:
+        """The lines ``chunk`` completes, each as ``(line without newline, truncated)``."""
+        lines: list[tuple[bytes, bool]] = []
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            if self._dropping:
+                self._dropping = False
+            else:
+                self._partial += chunk[start:end]
+                lines.append(self._take())
+            start = end + 1
+        if not self._dropping:
+            self._partial += chunk[start:]
+            if len(self._partial) > self._limit:
+                lines.append(self._take())
+                self._dropping = True
+        return lines
+
+    def flush(self) -> list[tuple[bytes, bool]]:
+        """The unfinished last line, if any (at end of stream)."""
+        if self._partial and not self._dropping:
+            return [self._take()]
+        return []
+
+    def _take(self) -> tuple[bytes, bool]:
+        truncated = len(self._partial) > self._limit
+        line = bytes(self._partial[: self._limit])
+        self._partial.clear()
+        return line, truncated
+
+
 class OutputPump:
     """One named thread that turns a worker's stdout/stderr lines into log records tagged with the model.
 
     stdout lines are logged at INFO, stderr lines at WARNING, each with ``extra={"model", "stream", "pid"}``.
-    The last stderr lines are kept for error messages (:attr:`stderr_tail`). The thread ends by itself when
-    both pipes reach end-of-file (the process exited); :meth:`join` waits for that.
+    The last stderr lines are kept for error messages (:attr:`stderr_tail`). A line longer than
+    ``max_line`` bytes is cut there and logged with `` [line truncated at N bytes]`` appended and
+    ``extra["truncated"]`` true. The thread ends by itself when both pipes reach end-of-file (the process
+    exited); :meth:`join` waits for that.
     """
 
-    def __init__(self, model: str, pid: int, stdout: IO[bytes], stderr: IO[bytes], logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        model: str,
+        pid: int,
+        stdout: IO[bytes],
+        stderr: IO[bytes],
+        logger: logging.Logger,
+        *,
+        max_line: int = MAX_LINE,
+    ) -> None:
         self._model = model
+        self._max_line = max_line
         self._pid = pid
         self._logger = logger
         self._streams = {stdout.fileno(): "stdout", stderr.fileno(): "stderr"}
@@ -58,8 +121,10 @@ class OutputPump:
         with self._tail_lock:
             return list(self._tail)
 
-    def _emit(self, stream: str, raw: bytes) -> None:
+    def _emit(self, stream: str, raw: bytes, truncated: bool) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if truncated:
+            line += f" [line truncated at {self._max_line} bytes]"
         if stream == "stderr":
             with self._tail_lock:
                 self._tail.append(line)
@@ -70,11 +135,11 @@ class OutputPump:
             self._model,
             stream,
             line,
-            extra={"model": self._model, "stream": stream, "pid": self._pid},
+            extra={"model": self._model, "stream": stream, "pid": self._pid, "truncated": truncated},
         )
 
     def _run(self) -> None:
-        partial = dict.fromkeys(self._streams, b"")
+        splitters = {fd: LineSplitter(self._max_line) for fd in self._streams}
         with selectors.DefaultSelector() as selector:
             for fd in self._streams:
                 selector.register(fd, selectors.EVENT_READ)
@@ -87,11 +152,8 @@ class OutputPump:
                     if not chunk:
                         selector.unregister(fd)
                         open_fds.discard(fd)
-                        if partial[fd]:
-                            self._emit(stream, partial[fd])
-                        continue
-                    *lines, partial[fd] = (partial[fd] + chunk).split(b"\n")
-                    for line in lines:
-                        self._emit(stream, line)
+                    lines = splitters[fd].feed(chunk) if chunk else splitters[fd].flush()
+                    for line, truncated in lines:
+                        self._emit(stream, line, truncated)
         for pipe in self._pipes:
             pipe.close()

@@ -36,7 +36,14 @@ from importlib import metadata
 from types import ModuleType
 from typing import Any, NoReturn
 
-UNSUPPORTED_MARKER = "does not support loading in subinterpreters"
+#: What refusing subinterpreters looks like: single-phase-init extensions (numpy, pydantic-core, _curses),
+#: daemon threads in an isolated subinterpreter, PyO3 extensions, and numpy's own guard.
+UNSUPPORTED_MARKERS = (
+    "does not support loading in subinterpreters",
+    "daemon threads are disabled in this (sub)interpreter",
+    "do not yet support subinterpreters",
+    "cannot load module more than once per process",
+)
 EXIT_LOAD_FAILED = 3
 EXIT_HOST_FAILED = 4
 
@@ -51,13 +58,14 @@ def _load_protocol() -> ModuleType:
     return module
 
 
-def _error(exc: BaseException) -> dict[str, Any]:
+def _error(exc: BaseException, backend: str = "process") -> dict[str, Any]:
+    """``exc`` as the error of a reply; ``unsupported`` marks a refusal of the subinterpreter backend."""
     text = str(exc)
     return {
         "type": type(exc).__name__,
         "message": text,
         "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-        "unsupported": isinstance(exc, ImportError) and UNSUPPORTED_MARKER in text,
+        "unsupported": backend == "subinterp" and any(marker in text for marker in UNSUPPORTED_MARKERS),
     }
 
 
@@ -128,7 +136,7 @@ def serve(fd: int, name: str, model_dir: str, entrypoint: str, backend: str) -> 
     try:
         model = _load_model(model_dir, entrypoint)
     except BaseException as exc:  # SystemExit and KeyboardInterrupt too: report, never die silently
-        protocol.write_frame(sock, {"type": "hello", "ok": False, "error": _error(exc)})
+        protocol.write_frame(sock, {"type": "hello", "ok": False, "error": _error(exc, backend)})
         return EXIT_LOAD_FAILED
     protocol.write_frame(
         sock,
@@ -147,6 +155,9 @@ def serve(fd: int, name: str, model_dir: str, entrypoint: str, backend: str) -> 
     while True:
         try:
             request = reader.read()
+        except protocol.DecodeError as exc:  # a whole frame we cannot read (the stream is still in step): say so
+            sock.sendall(protocol.encode({"id": None, "ok": False, "error": _error(exc)}))
+            continue
         except (protocol.FrameError, OSError):  # the host closed the socket (or broke the stream): nothing to serve
             _exit_now(0)
         call_id = request.get("id")
@@ -157,7 +168,7 @@ def serve(fd: int, name: str, model_dir: str, entrypoint: str, backend: str) -> 
         except SystemExit as exc:  # the model asked the process to end: end it as asked, now
             _exit_now(exc.code)
         except BaseException as exc:
-            frame = protocol.encode({"id": call_id, "ok": False, "error": _error(exc)})
+            frame = protocol.encode({"id": call_id, "ok": False, "error": _error(exc, backend)})
         sock.sendall(frame)
 
 

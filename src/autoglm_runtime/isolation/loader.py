@@ -7,8 +7,8 @@
 ...     a.call("predict", {"text": "hi"}, timeout=5.0)
 
 ``load`` builds (or reuses) the model's environment, checks it with check-deps after a build, starts a
-worker with the environment's interpreter and waits for its handshake. ``close`` stops every worker; no
-child process survives it.
+worker with the environment's interpreter and waits for its handshake. ``close`` stops every worker, also
+those still loading; no worker process survives it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from autoglm_runtime.errors import BackendUnsupportedError, UsageError
+from autoglm_runtime.errors import BackendUnsupportedError, IsolationError, UsageError
 from autoglm_runtime.isolation.envbuild import BuildProgress, Environment, EnvironmentBuilder, Installer
 from autoglm_runtime.isolation.manifest import ModelManifest, load_manifest
 from autoglm_runtime.isolation.subinterp import Backend, resolve_backend
@@ -41,7 +41,7 @@ class LoadedModel:
         environment: Environment,
         worker: WorkerProcess,
         default_timeout: float | None,
-        on_close: Callable[[str], None],
+        on_close: Callable[[LoadedModel], None],
     ) -> None:
         self.manifest = manifest
         self.environment = environment
@@ -78,9 +78,10 @@ class LoadedModel:
         return {**self._worker.health(), "env": self.environment.key}
 
     def close(self) -> None:
-        """Stop this model's worker and forget it in its loader."""
+        """Stop this model's worker and forget it in its loader (idempotent; a newer model loaded under the
+        same name is not affected)."""
         self._worker.close()
-        self._on_close(self.name)
+        self._on_close(self)
 
     def __repr__(self) -> str:
         return f"<LoadedModel {self.name!r} backend={self.backend} env={self.environment.key}>"
@@ -93,7 +94,9 @@ class ModelLoader:
     packages come from (``offline=True`` with a wheelhouse installs with ``--no-index --find-links``);
     ``index_url`` overrides the index. ``python`` is the interpreter environments are built for (the running
     one by default). ``backend`` is ``"process"``, ``"subinterp"`` or ``"auto"`` (subinterpreters where the
-    environment's interpreter supports them, else -- and whenever a model refuses them -- processes).
+    environment's interpreter supports them, else -- and whenever a model fails to load in one -- processes).
+    ``default_timeout`` (s) bounds every ``call`` given no timeout of its own; ``None`` lets such calls wait
+    for ever, and then one call to a hung model blocks every later call to it.
     """
 
     def __init__(  # noqa: PLR0917 - the documented call takes these six positionally
@@ -108,7 +111,7 @@ class ModelLoader:
         installer: Installer = "auto",
         progress: BuildProgress | None = None,
         check: bool = True,
-        default_timeout: float | None = None,
+        default_timeout: float | None = 60.0,
         start_timeout: float = 120.0,
         max_restarts: int = 5,
         backoff: float = 0.1,
@@ -116,6 +119,8 @@ class ModelLoader:
     ) -> None:
         if backend not in ("auto", "process", "subinterp"):
             raise UsageError(f"backend must be 'auto', 'process' or 'subinterp', got {backend!r}")
+        if default_timeout is not None and not default_timeout > 0:
+            raise UsageError(f"default_timeout must be a positive number of seconds or None, got {default_timeout!r}")
         self.builder = EnvironmentBuilder(
             env_root,
             python=python,
@@ -137,6 +142,7 @@ class ModelLoader:
         self._lock = threading.Lock()
         self._models: dict[str, LoadedModel] = {}
         self._loading: set[str] = set()
+        self._starting: set[WorkerProcess] = set()  # workers of loads in flight: close() stops them too
         self._closed = False
 
     @property
@@ -153,7 +159,8 @@ class ModelLoader:
         Raises :class:`UsageError` when a model of that name is already loaded, :class:`EnvironmentBuildError`
         or :class:`DependencyConflictError` (E0101) when its environment cannot be built or fails the check,
         :class:`ModelLoadError` when its entrypoint fails, :class:`BackendUnsupportedError` (E0104) when
-        ``backend="subinterp"`` cannot run it.
+        ``backend="subinterp"`` cannot run it, and :class:`UsageError` when the loader is (or gets) closed
+        before the model is loaded.
         """
         manifest = (
             path_or_manifest if isinstance(path_or_manifest, ModelManifest) else load_manifest(Path(path_or_manifest))
@@ -168,12 +175,13 @@ class ModelLoader:
             worker = self._start_worker(manifest, environment, backend or self.backend)
             model = LoadedModel(manifest, environment, worker, self._default_timeout, self._forget)
             with self._lock:
-                try:
-                    self._check_open()
-                except UsageError:
-                    worker.close()
-                    raise
-                self._models[manifest.name] = model
+                self._starting.discard(worker)  # in the same step as registering: close() sees it in one place
+                registered = not self._closed
+                if registered:
+                    self._models[manifest.name] = model
+            if not registered:  # closed after the worker started: close() stopped it, or is stopping it now
+                worker.close()
+                raise UsageError(_closed_while_loading(manifest.name))
         finally:
             with self._lock:
                 self._loading.discard(manifest.name)
@@ -189,44 +197,67 @@ class ModelLoader:
     def _start_worker(self, manifest: ModelManifest, environment: Environment, requested: Backend) -> WorkerProcess:
         first = resolve_backend(requested, environment.interpreter)
         spec = WorkerSpec(manifest.name, str(environment.python), str(manifest.directory), manifest.entrypoint, first)
+        try:
+            return self._run_worker(spec)
+        except IsolationError as exc:
+            if requested != "auto" or first != "subinterp":
+                raise
+            refusal = exc
+        # Under auto, any failure in a subinterpreter (an extension refusing it, a daemon thread, PyO3 or
+        # numpy's own guards, or reasons nobody listed yet) earns a second try in a plain process.
+        first_line = refusal.message.splitlines()[0]
+        _log.warning(
+            "model %s failed to load in a subinterpreter (%s); retrying with the process backend",
+            manifest.name,
+            first_line,
+            extra={"error_code": BackendUnsupportedError.code, "model": manifest.name},
+        )
+        try:
+            return self._run_worker(WorkerSpec(spec.name, spec.python, spec.model_dir, spec.entrypoint, "process"))
+        except IsolationError as exc:
+            note = f"(before that, loading it in a subinterpreter failed too: {refusal.code}: {first_line})"
+            raise type(exc)(f"{exc.message}\n{note}") from exc
+
+    def _run_worker(self, spec: WorkerSpec) -> WorkerProcess:
+        """A started worker for ``spec``, registered as in flight (the caller unregisters it)."""
         worker = WorkerProcess(spec, **self._worker_options)
+        with self._lock:
+            self._check_open()
+            self._starting.add(worker)
         try:
             worker.start()
-        except BackendUnsupportedError as exc:
-            if requested != "auto":
-                raise
-            _log.info(
-                "model %s refuses subinterpreters (%s); falling back to the process backend",
-                manifest.name,
-                exc.message,
-                extra={"error_code": exc.code, "model": manifest.name},
-            )
-            worker = WorkerProcess(
-                WorkerSpec(spec.name, spec.python, spec.model_dir, spec.entrypoint, "process"), **self._worker_options
-            )
-            worker.start()
+        except BaseException as exc:
+            with self._lock:
+                self._starting.discard(worker)
+                closed = self._closed
+            if closed and isinstance(exc, IsolationError):  # close() stopped it mid-load
+                raise UsageError(_closed_while_loading(spec.name)) from exc
+            raise
         return worker
 
     def _check_open(self) -> None:
         if self._closed:
             raise UsageError("this ModelLoader is closed; create a new one to load models")
 
-    def _forget(self, name: str) -> None:
+    def _forget(self, model: LoadedModel) -> None:
         with self._lock:
-            self._models.pop(name, None)
+            if self._models.get(model.name) is model:
+                del self._models[model.name]
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Each loaded model's :meth:`LoadedModel.health`, by name."""
         return {name: model.health() for name, model in self.models.items()}
 
     def close(self) -> None:
-        """Stop every worker (idempotent); afterwards no child process of this loader is alive."""
+        """Stop every worker, also those of loads in flight (idempotent); afterwards no worker process of this
+        loader is alive, and loads in flight raise :class:`UsageError`."""
         with self._lock:
             self._closed = True
-            models = list(self._models.values())
+            workers = [model._worker for model in self._models.values()] + list(self._starting)
             self._models.clear()
-        for model in models:
-            model._worker.close()
+            self._starting.clear()
+        for worker in workers:
+            worker.close()
 
     def __enter__(self) -> ModelLoader:
         return self
@@ -235,3 +266,7 @@ class ModelLoader:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _closed_while_loading(name: str) -> str:
+    return f"model '{name}' was not loaded: the ModelLoader was closed while it was loading"

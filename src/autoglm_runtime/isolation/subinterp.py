@@ -7,9 +7,10 @@ interpreter creates one *isolated* subinterpreter (own GIL, own ``sys.modules``,
 extensions refused) and runs the whole worker loop inside it, on the same socket protocol as the
 process backend. Supervision -- timeouts, restarts, crash loops, health -- is the process backend's.
 
-An extension module that refuses subinterpreters ("module X does not support loading in
-subinterpreters") fails the load with :class:`BackendUnsupportedError` (E0104); ``backend="auto"``
-catches that and loads the model with the process backend instead.
+A model that refuses subinterpreters (an extension "does not support loading in subinterpreters", a
+daemon thread, PyO3's or numpy's guards) fails the load with :class:`BackendUnsupportedError` (E0104).
+``backend="auto"`` retries *any* failed subinterpreter load with the process backend (see
+``ModelLoader``), since refusals come in more shapes than anyone can list.
 """
 
 from __future__ import annotations

@@ -6,12 +6,17 @@ stderr are forwarded to the ``autoglm_runtime.isolation.worker`` logger, tagged 
 
 Promises:
 
-* a call past its timeout raises :class:`ModelTimeoutError` (E0305); the worker's process group is killed
-  and a fresh worker is started at once (its handshake is awaited by the next call);
+* a call's timeout bounds all of it: waiting for an earlier call to the same model, waiting for a
+  restarted worker's handshake or backoff, sending the arguments and reading the result;
+* a call past its timeout raises :class:`ModelTimeoutError` (E0305). If the worker was running the call,
+  its process group is killed and a fresh worker is started at once (its handshake is awaited by the next
+  call); if the time ran out before the call reached the worker (an earlier call still running, a restart
+  still loading), the worker is left alone;
 * a worker that dies (signal, segfault, ``sys.exit``) fails the call in flight with :class:`WorkerError`
   (E0103) naming the model and the exit status; the next call restarts it after an exponential backoff;
-  after ``max_restarts`` failures in a row without one successful call, the worker is given up on
-  (state ``failed``) and every call raises at once;
+* after more than ``max_restarts`` failures in a row (deaths and timeouts alike) without one successful
+  call, the worker is given up on (state ``failed``) and every call raises at once;
+* a reply the host cannot decode raises :class:`ModelCallError` (E0105); the worker keeps running;
 * :meth:`WorkerProcess.health` polls the real process: a dead worker is never reported ``ready``;
 * :meth:`WorkerProcess.close` leaves no process, thread or socket behind.
 """
@@ -34,14 +39,15 @@ from typing import Any, Literal
 
 from autoglm_runtime.errors import (
     BackendUnsupportedError,
-    ModelCallError,
+    IsolationError,
     ModelLoadError,
     ModelTimeoutError,
     UsageError,
     WorkerError,
 )
-from autoglm_runtime.isolation import _protocol
+from autoglm_runtime.isolation import _protocol, _replies
 from autoglm_runtime.isolation._output import OutputPump, describe_exit
+from autoglm_runtime.isolation._restarts import RestartPolicy
 
 __all__ = ["WORKER_SCRIPT", "WorkerProcess", "WorkerSpec", "WorkerState"]
 
@@ -80,23 +86,20 @@ class WorkerProcess:
     ) -> None:
         self.spec = spec
         self._start_timeout = start_timeout
-        self._max_restarts = max_restarts
-        self._backoff = backoff
-        self._max_backoff = max_backoff
+        self._restarts = RestartPolicy(max_restarts, backoff, max_backoff)
         self._logger = logger or _log
         self._call_lock = threading.Lock()
         self._state_lock = threading.RLock()
         self._closing = threading.Event()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._stopped: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
         self._reader: _protocol.FrameReader | None = None
         self._pump: OutputPump | None = None
         self._state: WorkerState = "starting"
         self._awaiting_hello = False
+        self._hello_deadline = 0.0
         self._spawns = 0
-        self._failures = 0  # deaths since the last successful call
-        self._died_at = 0.0
-        self._last_exit: str | None = None
         self._recorded_death: subprocess.Popen[bytes] | None = None
         self._ids = itertools.count(1)
         self.hello: Mapping[str, Any] = {}
@@ -125,53 +128,64 @@ class WorkerProcess:
         return versions
 
     def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Run ``model.<method>(*args, **kwargs)`` in the worker and return its (JSON-shaped) result."""
+        """Run ``model.<method>(*args, **kwargs)`` in the worker and return its (JSON-shaped) result.
+
+        ``timeout`` (s; ``None`` waits for ever) bounds the whole call, including the wait for an earlier
+        call to this model and for a restarting worker. Raises :class:`ModelTimeoutError` (E0305) past it,
+        :class:`WorkerError` (E0103) when the worker died or was given up on, :class:`ModelCallError` (E0105)
+        when the model raised or answered something the host cannot decode, :class:`UsageError` for
+        arguments that cannot be sent.
+        """
         if timeout is not None and not timeout > 0:
             raise UsageError(
                 f"timeout of {self.spec.name}.{method}() must be a positive number of seconds, got {timeout!r}"
             )
+        deadline = None if timeout is None else time.monotonic() + timeout
         call_id = next(self._ids)
         try:
             frame = _protocol.encode({"id": call_id, "method": method, "args": list(args), "kwargs": kwargs})
         except (TypeError, ValueError, _protocol.FrameError) as exc:
             raise UsageError(f"arguments of {self.spec.name}.{method}() cannot be sent to its worker: {exc}") from exc
-        with self._call_lock:
-            self._ensure_running()
-            sock, reader = self._sock, self._reader
-            assert sock is not None
-            assert reader is not None
-            deadline = None if timeout is None else time.monotonic() + timeout
-            try:
-                sock.sendall(frame)
-                reply = reader.read(deadline)
-            except TimeoutError:
-                self._restart_after_timeout(method, timeout)
-                raise ModelTimeoutError(
-                    f"model '{self.spec.name}' did not answer {method}() within {timeout:g} s; its worker was "
-                    "killed and is restarting: raise the timeout if the model is merely slow"
-                ) from None
-            except (_protocol.FrameError, OSError) as exc:
-                raise self._died_during(method) from exc
-            if reply.get("id") != call_id:
-                self._stop_process(grace=0.0)
-                raise WorkerError(
-                    f"model '{self.spec.name}' worker answered call {reply.get('id')!r} instead of {call_id}; "
-                    "it was stopped and the next call restarts it"
-                )
-            if reply.get("ok"):
-                self._failures = 0
-                return reply.get("result")
-            error = reply.get("error") or {}
-            summary = f"{error.get('type', 'Exception')}: {error.get('message', '')}"
-            if error.get("unsupported"):
-                raise BackendUnsupportedError(
-                    f"model '{self.spec.name}' cannot run in a subinterpreter: {summary}; use backend='process'"
-                )
-            raise ModelCallError(
-                f"model '{self.spec.name}' raised {summary} in {method}()",
-                remote_type=str(error.get("type", "")),
-                remote_traceback=str(error.get("traceback", "")),
+        if not self._call_lock.acquire(timeout=-1 if deadline is None else max(deadline - time.monotonic(), 0.0)):
+            raise ModelTimeoutError(
+                f"model '{self.spec.name}' did not answer {method}() within {_seconds(timeout)}: the call waited all "
+                "that time for an earlier call to the same model to finish (a worker serves one call at a time); "
+                "the worker was not restarted: raise the timeout, or load the model under a second name for "
+                "parallel calls"
             )
+        try:
+            return self._call_locked(method, call_id, frame, timeout, deadline)
+        finally:
+            self._call_lock.release()
+
+    def _call_locked(
+        self, method: str, call_id: int, frame: bytes, timeout: float | None, deadline: float | None
+    ) -> Any:
+        self._ensure_running(method, timeout, deadline)
+        reader = self._reader
+        if reader is None or self._closing.is_set():  # close() ran since _ensure_running returned
+            raise WorkerError(f"model '{self.spec.name}' was closed; load it again to use it")
+        if deadline is not None and deadline <= time.monotonic():
+            raise ModelTimeoutError(
+                f"model '{self.spec.name}' did not answer {method}() within {_seconds(timeout)}: the time ran out "
+                "before the call reached the worker (waiting for an earlier call or a restart); the worker was "
+                "not restarted"
+            )
+        try:
+            reader.send(frame, deadline)
+            reply = reader.read(deadline)
+        except TimeoutError:
+            raise self._timed_out(method, timeout) from None
+        except _protocol.DecodeError as exc:
+            raise _replies.undecodable_reply(self.spec.name, method, exc) from None
+        except (_protocol.FrameError, OSError) as exc:
+            raise self._died_during(method) from exc
+        try:
+            result = _replies.result_of(self.spec.name, method, call_id, reply)
+        except _replies.ReplyMismatch as exc:
+            raise self._protocol_violation(str(exc), method) from None
+        self._restarts.succeeded()
+        return result
 
     def health(self) -> dict[str, Any]:
         """The worker's real state: ``state``, ``pid``, ``restarts``, ``last_exit``, ``backend``, ``failures``."""
@@ -183,9 +197,9 @@ class WorkerProcess:
                 "state": self._state,
                 "pid": proc.pid if proc is not None and proc.returncode is None else None,
                 "restarts": max(self._spawns - 1, 0),
-                "last_exit": self._last_exit,
+                "last_exit": self._restarts.last_failure,
                 "backend": self.spec.backend,
-                "failures": self._failures,
+                "failures": self._restarts.failures,
             }
 
     def close(self, grace: float = 5.0) -> None:
@@ -205,7 +219,10 @@ class WorkerProcess:
         with self._state_lock:
             if self._closing.is_set():
                 raise WorkerError(f"model '{self.spec.name}' was closed; load it again to use it")
-            parent, child = socket.socketpair()
+            try:
+                parent, child = socket.socketpair()
+            except OSError as exc:
+                raise WorkerError(f"model '{self.spec.name}' worker could not start: {exc}") from exc
             argv = [self.spec.python, "-I", str(WORKER_SCRIPT), "--fd", str(child.fileno()), "--name", self.spec.name]
             argv += ["--model-dir", self.spec.model_dir, "--entrypoint", self.spec.entrypoint]
             argv += ["--backend", self.spec.backend]
@@ -231,52 +248,57 @@ class WorkerProcess:
             self._proc, self._sock, self._reader = proc, parent, _protocol.FrameReader(parent)
             self._spawns += 1
             self._awaiting_hello = True
+            self._hello_deadline = time.monotonic() + self._start_timeout
             self._state = "starting" if self._spawns == 1 else "restarting"
             self._logger.info(
                 "model %s worker started (pid %d, %s backend)", self.spec.name, proc.pid, self.spec.backend
             )
 
-    def _await_hello(self) -> Mapping[str, Any]:
+    def _await_hello(
+        self, method: str | None = None, timeout: float | None = None, deadline: float | None = None
+    ) -> Mapping[str, Any]:
+        """Wait for the handshake, until ``start_timeout`` after the spawn or the call's ``deadline``."""
         reader, proc = self._reader, self._proc
         assert reader is not None
         assert proc is not None
+        call_bound = deadline is not None and deadline < self._hello_deadline
         try:
-            hello: dict[str, Any] = reader.read(time.monotonic() + self._start_timeout)
+            hello = reader.read(deadline if call_bound else self._hello_deadline)
         except TimeoutError:
+            if call_bound:  # the worker may be merely slow to load: leave it loading for the next call
+                raise ModelTimeoutError(
+                    f"model '{self.spec.name}' did not answer {method}() within {_seconds(timeout)}: its restarted "
+                    f"worker (pid {proc.pid}) is still loading the model; it was left loading and a later call "
+                    "uses it once it is ready (raise the timeout to wait for it)"
+                ) from None
             self._stop_process()
             self._count_failure(f"did not load within {self._start_timeout:g} s")
             raise WorkerError(
                 f"model '{self.spec.name}' worker (pid {proc.pid}) did not finish loading within "
                 f"{self._start_timeout:g} s; it was killed"
             ) from None
+        except _protocol.DecodeError as exc:
+            raise self._protocol_violation(f"sent a handshake the host cannot decode ({exc})", None) from None
         except (_protocol.FrameError, OSError) as exc:
             raise self._died_during(None) from exc
         self._awaiting_hello = False
-        if not hello.get("ok"):
-            error = hello.get("error") or {}
-            summary = f"{error.get('type', 'Exception')}: {error.get('message', '')}"
+        try:
+            self.hello = _replies.hello_of(self.spec.name, self.spec.entrypoint, hello)
+        except _replies.ReplyMismatch as exc:
+            raise self._protocol_violation(str(exc), None) from None
+        except IsolationError:
             self._stop_process()
-            if error.get("unsupported"):
-                raise BackendUnsupportedError(
-                    f"model '{self.spec.name}' cannot run in a subinterpreter: {summary}; use backend='process' "
-                    "(or 'auto', which falls back to it)"
-                )
-            last = str(error.get("traceback", "")).strip().splitlines()[-3:]
-            raise ModelLoadError(
-                f"model '{self.spec.name}' failed to load its entrypoint {self.spec.entrypoint}: {summary}"
-                + ("\n" + "\n".join(last) if last else "")
-            )
-        self.hello = hello
+            raise
         self._set_state("ready")
-        return hello
+        return self.hello
 
-    def _ensure_running(self) -> None:
+    def _ensure_running(self, method: str, timeout: float | None, deadline: float | None) -> None:
         while True:
             with self._state_lock:
                 if self._closing.is_set():
                     raise WorkerError(f"model '{self.spec.name}' was closed; load it again to use it")
                 if self._state == "failed":
-                    raise self._crash_loop_error()
+                    raise self._restarts.gave_up(self.spec.name)
                 proc = self._proc
                 if proc is not None and proc.poll() is not None:
                     self._record_death(proc)
@@ -284,35 +306,35 @@ class WorkerProcess:
                 return
             if self._awaiting_hello and self._proc is not None and self._proc.returncode is None:
                 try:
-                    self._await_hello()
+                    self._await_hello(method, timeout, deadline)
                     return
                 except (ModelLoadError, BackendUnsupportedError) as exc:
                     self._count_failure(f"failed to load: {exc.message.splitlines()[0]}")
                 except WorkerError:
                     pass  # recorded as a death; the loop decides between a restart and giving up
                 continue
-            if self._failures > self._max_restarts:
+            if self._restarts.exhausted:
                 self._set_state("failed")
                 self._stop_process()
-                raise self._crash_loop_error()
-            delay = min(self._backoff * 2 ** max(self._failures - 1, 0), self._max_backoff)
-            wait = self._died_at + delay - time.monotonic()
-            if wait > 0 and self._closing.wait(wait):
-                continue
+                raise self._restarts.gave_up(self.spec.name)
+            wait = self._restarts.wait()
+            if wait > 0:
+                left = None if deadline is None else deadline - time.monotonic()
+                if self._closing.wait(wait if left is None or left >= wait else max(left, 0.0)):
+                    continue
+                if left is not None and left < wait:
+                    raise ModelTimeoutError(
+                        f"model '{self.spec.name}' did not answer {method}() within {_seconds(timeout)}: its "
+                        f"worker is restarting after a backoff of {self._restarts.delay():g} s (last failure: "
+                        f"{self._restarts.last_failure}); "
+                        "it was not started yet: call again later"
+                    )
             self._stop_process()
             self._spawn()
 
-    def _crash_loop_error(self) -> WorkerError:
-        return WorkerError(
-            f"model '{self.spec.name}' failed {self._failures} times in a row (last: {self._last_exit}); "
-            f"gave up after {self._max_restarts} restarts: read its stderr in the logs, fix it and load it again"
-        )
-
     def _count_failure(self, description: str) -> None:
         with self._state_lock:
-            self._failures += 1
-            self._died_at = time.monotonic()
-            self._last_exit = description
+            self._restarts.record(description)
             if self._state != "failed":
                 self._state = "dead"
 
@@ -321,22 +343,18 @@ class WorkerProcess:
             if self._recorded_death is proc:
                 return
             self._recorded_death = proc
-            returncode = proc.wait()
-            self._last_exit = describe_exit(returncode)
-            self._failures += 1
-            self._died_at = time.monotonic()
+            self._count_failure(describe_exit(proc.wait()))
             self._awaiting_hello = False
-            if self._state != "failed":
-                self._state = "dead"
             self._logger.warning(
                 "model %s worker (pid %d) %s",
                 self.spec.name,
                 proc.pid,
-                self._last_exit,
+                self._restarts.last_failure,
                 extra={"error_code": WorkerError.code, "model": self.spec.name},
             )
 
     def _died_during(self, method: str | None) -> WorkerError:
+        """The error for a worker whose socket broke during ``method`` (``None``: during its handshake)."""
         proc = self._proc
         assert proc is not None
         if self._closing.is_set():
@@ -352,27 +370,45 @@ class WorkerProcess:
         tail = self._pump.stderr_tail[-5:] if self._pump is not None else []
         what = f"during {method}()" if method else "before its handshake"
         message = (
-            f"model '{self.spec.name}' worker (pid {proc.pid}) died {what}: {self._last_exit}; "
-            "the next call restarts it"
+            f"model '{self.spec.name}' worker (pid {proc.pid}) died {what}: {self._restarts.last_failure}; "
+            f"{self._restarts.next_step(method is not None)}"
         )
         if tail:
             message += "; last stderr lines:\n" + "\n".join(tail)
         self._close_socket()
         return WorkerError(message)
 
-    def _restart_after_timeout(self, method: str, timeout: float | None) -> None:
+    def _timed_out(self, method: str, timeout: float | None) -> ModelTimeoutError:
+        """Kill the worker running the late call, count it as a failure, and restart it unless given up on."""
         self._logger.warning(
-            "model %s: %s() timed out after %s s; restarting its worker",
+            "model %s: %s() timed out after %s; killing its worker",
             self.spec.name,
             method,
-            timeout,
+            _seconds(timeout),
             extra={"error_code": ModelTimeoutError.code, "model": self.spec.name},
         )
         self._stop_process(grace=0.0)
+        message = (
+            f"model '{self.spec.name}' did not answer {method}() within {_seconds(timeout)}; its worker was killed"
+        )
+        with self._state_lock:
+            self._count_failure(f"timed out in {method}() after {_seconds(timeout)}")
+            if self._restarts.exhausted:
+                self._state = "failed"
+                return ModelTimeoutError(f"{message}; {self._restarts.no_more_restarts()}")
         try:
             self._spawn()
         except WorkerError:
             self._set_state("dead")
+        return ModelTimeoutError(f"{message} and is restarting: raise the timeout if the model is merely slow")
+
+    def _protocol_violation(self, what: str, method: str | None) -> WorkerError:
+        """Stop a worker that broke the protocol during ``method`` (``None``: its handshake); counted as a death."""
+        pid = self._proc.pid if self._proc is not None else None
+        self._stop_process(grace=0.0)
+        self._count_failure("broke the protocol")
+        then = self._restarts.next_step(method is not None)
+        return WorkerError(f"model '{self.spec.name}' worker (pid {pid}) {what}; it was stopped: {then}")
 
     def _kill(self, proc: subprocess.Popen[bytes]) -> None:
         try:
@@ -392,7 +428,8 @@ class WorkerProcess:
         with self._state_lock:
             proc, pump = self._proc, self._pump
             self._close_socket()
-            if proc is not None:
+            if proc is not None and proc is not self._stopped:
+                self._stopped = proc
                 if grace > 0:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.wait(timeout=grace)  # it exits by itself once its socket closes
@@ -402,3 +439,7 @@ class WorkerProcess:
             if pump is not None:
                 pump.join(5)
             self._awaiting_hello = False
+
+
+def _seconds(timeout: float | None) -> str:
+    return "no time limit" if timeout is None else f"{timeout:g} s"
