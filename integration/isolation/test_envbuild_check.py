@@ -13,6 +13,7 @@ from autoglm_runtime.isolation._environment import probe_environment
 from autoglm_runtime.isolation._venvprobe import describe_venv, facts_key, probe_venv
 from autoglm_runtime.isolation.check import check_environment, check_probed
 from autoglm_runtime.testing.wheels import build_wheel
+from autoglm_runtime.testing.zookeeper import fail_in_ci_else_skip
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +52,9 @@ def rich_wheelhouse(wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory) 
 def python(request: pytest.FixtureRequest) -> Path:
     path = PYTHONS[request.param]
     if not path.exists():
-        pytest.skip(f"needs the pyenv interpreter {path} (absent on this machine)")
+        fail_in_ci_else_skip(
+            f"needs the pyenv interpreter {path}: install it with 'pyenv install {path.parent.parent.name}'"
+        )
     return path
 
 

@@ -20,6 +20,7 @@ from autoglm_runtime.errors import BackendUnsupportedError, ModelLoadError, Mode
 from autoglm_runtime.isolation import ModelLoader
 from autoglm_runtime.isolation.envkey import interpreter_info
 from autoglm_runtime.isolation.subinterp import resolve_backend
+from autoglm_runtime.testing.zookeeper import fail_in_ci_else_skip
 
 PY313 = Path("/root/.pyenv/versions/3.13.0/bin/python3.13")
 PY312 = Path("/root/.pyenv/versions/3.12.1/bin/python3.12")
@@ -115,7 +116,9 @@ def load():
 def python(request: pytest.FixtureRequest) -> Path:
     path: Path = request.param
     if not path.exists():
-        pytest.skip(f"needs the pyenv interpreter {path} (absent on this machine)")
+        fail_in_ci_else_skip(
+            f"needs the pyenv interpreter {path}: install it with 'pyenv install {path.parent.parent.name}'"
+        )
     return path
 
 
@@ -123,7 +126,7 @@ def python(request: pytest.FixtureRequest) -> Path:
 def curses_available(python: Path) -> None:
     done = subprocess.run([str(python), "-I", "-c", "import _curses"], capture_output=True, check=False)
     if done.returncode != 0:
-        pytest.skip(f"{python} has no _curses extension to refuse subinterpreters with")
+        fail_in_ci_else_skip(f"{python} has no _curses extension to refuse subinterpreters with")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from autoglm_runtime.testing.zookeeper import (
     ZooKeeperServer,
     ZooKeeperUnavailableError,
     expire_session,
+    fail_in_ci_else_skip,
     start_ensemble,
     start_zookeeper,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "ZooKeeperUnavailableError",
     "build_wheel",
     "expire_session",
+    "fail_in_ci_else_skip",
     "group_members",
     "is_running",
     "processes_matching",

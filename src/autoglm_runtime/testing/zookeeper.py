@@ -64,6 +64,7 @@ __all__ = [
     "ZooKeeperUnavailableError",
     "backend_order",
     "expire_session",
+    "fail_in_ci_else_skip",
     "in_ci",
     "skip_or_fail",
     "start_ensemble",
@@ -114,10 +115,21 @@ def skip_or_fail(exc: BaseException, env: Mapping[str, str] | None = None) -> No
         except ZooKeeperUnavailableError as exc:
             skip_or_fail(exc)
     """
-    import pytest  # imported here: only fixtures call this, and only they may assume pytest
-
     reason = exc.message if isinstance(exc, AutoGLMRuntimeError) else str(exc)
-    message = f"This test needs a real ZooKeeper and none could start. {reason}"
+    fail_in_ci_else_skip(f"This test needs a real ZooKeeper and none could start. {reason}", env)
+
+
+def fail_in_ci_else_skip(message: str, env: Mapping[str, str] | None = None) -> NoReturn:
+    """End a test whose prerequisite is missing: fail when ``CI`` is true, else skip, with ``message`` either way.
+
+    For anything a CI machine must have (a ZooKeeper, a second interpreter, a package cache): a skip there would
+    hide that the test never ran::
+
+        if not PY313.exists():
+            fail_in_ci_else_skip(f"needs {PY313}: install it with 'pyenv install 3.13'")
+    """
+    import pytest  # imported here: only tests call this, and only they may assume pytest
+
     try:
         if in_ci(env):
             pytest.fail(message, pytrace=False)
