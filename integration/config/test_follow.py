@@ -12,6 +12,8 @@ import pytest
 from kazoo.client import KazooClient
 
 from autoglm_runtime import ConfigChange, ConfigClient
+from autoglm_runtime.testing._common import four_letter_word
+from autoglm_runtime.testing.zookeeper import ZooKeeperServer
 
 from .conftest import FakeClock
 
@@ -181,7 +183,7 @@ def test_reconciler_corrects_drift_from_a_missed_watch(
     until(lambda: "marker" in client.snapshot())
     assert client.get("k") == "before"
     with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
-        clock.advance(31)
+        clock.advance(34)  # past ttl * 1.1, the latest jittered deadline
         until(lambda: client.health()["drift_corrected"] == 1, what="drift correction")
     assert client.get("k") == "after"
     [record] = [r for r in caplog.records if r.getMessage().startswith("drift corrected")]
@@ -194,14 +196,33 @@ def test_reconciler_corrects_drift_from_a_missed_watch(
     assert client.health()["drift_corrected"] == 1
 
 
-def test_stop_leaves_no_thread_and_no_watch(zk_hosts: str, zk_root: str, zk_client: KazooClient) -> None:
+def server_watches(server: ZooKeeperServer) -> dict[str, set[str]]:
+    """The data watches the server holds, per session id (``wchc``, enabled by the harness)."""
+    reply = four_letter_word(server.host, server.port, "wchc")
+    assert reply is not None, "the server did not answer wchc"
+    out: dict[str, set[str]] = {}
+    session = ""
+    for line in reply.splitlines():
+        if line.startswith("0x"):
+            session = line.strip()
+            out[session] = set()
+        elif line.strip():
+            out[session].add(line.strip())
+    return out
+
+
+def test_stop_leaves_no_thread_and_no_watch(
+    zk_server: ZooKeeperServer, zk_hosts: str, zk_root: str, zk_client: KazooClient
+) -> None:
     zk_client.create(f"{zk_root}/a/b", j(1), makepath=True)
     before = set(threading.enumerate())
     client = ConfigClient(zk_hosts, zk_root, snapshot_path=None)
     client.start(timeout=10)
     kazoo = client._source.client  # type: ignore[union-attr]
+    session = f"0x{kazoo.client_id[0]:x}"
     assert f"{zk_root}/a/b" in kazoo._data_watchers
     assert f"{zk_root}/a" in kazoo._child_watchers
+    assert {f"{zk_root}/a", f"{zk_root}/a/b"} <= server_watches(zk_server)[session]
     assert {t.name for t in set(threading.enumerate()) - before} >= {
         "autoglm-config-sync",
         "autoglm-config-dispatch",
@@ -210,6 +231,9 @@ def test_stop_leaves_no_thread_and_no_watch(zk_hosts: str, zk_root: str, zk_clie
     client.stop()
     assert not any(path.startswith(zk_root) for path in kazoo._data_watchers)
     assert not any(path.startswith(zk_root) for path in kazoo._child_watchers)
+    # The server side: the session is gone, and with it every watch it held.
+    assert session not in server_watches(zk_server)
+    assert not any(p.startswith(zk_root) for paths in server_watches(zk_server).values() for p in paths)
     assert set(threading.enumerate()) - before == set()
 
 

@@ -186,7 +186,11 @@ def test_ensemble_losing_its_leader_mid_stream(
         client.start(timeout=20)
         versions: list[int] = []
         client.subscribe("seq", lambda change: versions.append(change.version))
+        states: list[KazooState] = []
+        kazoo_of(client).add_listener(states.append)
         leader = zk_ensemble.wait_for_leader()
+        leader_port = zk_ensemble.servers[leader].port
+        peer = kazoo_of(client)._connection._socket.getpeername()  # which member the client talks to
         written = 0
         for i in range(1, 301):
             if i == 100:
@@ -201,6 +205,10 @@ def test_ensemble_losing_its_leader_mid_stream(
         until(lambda: client.get("seq") == written, timeout=40, what="the last write after the leader loss")
         assert client.wait_listeners(10)
         assert versions == sorted(set(versions))
+        # The test is about a client the leader loss reached: on the stopped leader, or on a follower that
+        # dropped its clients while the ensemble elected a new leader.
+        assert peer[1] == leader_port or KazooState.SUSPENDED in states, (peer, leader_port, states)
+        until(lambda: client.health()["resyncs"] >= 1, what="the resync after the leader loss")
     finally:
         admin.stop()
         admin.close()

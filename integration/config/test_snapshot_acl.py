@@ -138,11 +138,16 @@ def test_corrupt_snapshot_is_replaced_when_zookeeper_is_up(
 
 @pytest.fixture
 def protected_root(zk_hosts: str, zk_root: str) -> Iterator[str]:
-    """``zk_root``/public is open; ``zk_root``/secret is readable only by digest user reader:s3cret."""
+    """``zk_root``/public is open; ``zk_root``/secret is readable only by digest user reader:s3cret.
+
+    Twenty open siblings ``p00``..``p19`` make the level large enough to be read with multiRead, so the
+    denial arrives as one error among many answers of a bulk request."""
     owner = KazooClient(hosts=zk_hosts, auth_data=[("digest", "reader:s3cret")])
     owner.start(timeout=10)
     try:
         owner.create(f"{zk_root}/public", j("open"))
+        for i in range(20):
+            owner.create(f"{zk_root}/p{i:02d}", j(i))
         owner.create(f"{zk_root}/secret", j("hidden"), acl=[make_digest_acl("reader", "s3cret", all=True)])
         yield zk_root
         owner.delete(f"{zk_root}/secret")  # zk_root's own cleanup has no credentials for it
@@ -154,7 +159,9 @@ def protected_root(zk_hosts: str, zk_root: str) -> Iterator[str]:
 def test_acl_with_the_right_credentials(zk_hosts: str, protected_root: str, make_client: Factory) -> None:
     client = make_client(zk_hosts, protected_root, auth=("digest", "reader:s3cret"))
     client.start(timeout=10)
-    assert dict(client.snapshot()) == {"public": "open", "secret": "hidden"}
+    siblings = {f"p{i:02d}": i for i in range(20)}
+    assert dict(client.snapshot()) == {"public": "open", "secret": "hidden", **siblings}
+    assert client.health()["requests"] < client.health()["reads"]  # the level went out as multiRead
 
 
 @pytest.mark.parametrize("auth", [None, ("digest", "reader:wrong")])

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
+
+
+class FixedRandom(random.Random):
+    """A random source whose ``uniform(a, b)`` is always the same point of the range (``fraction`` of it)."""
+
+    def __init__(self, fraction: float = 0.5) -> None:
+        super().__init__(0)
+        self.fraction = fraction
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self.fraction
 
 
 class FakeClock:

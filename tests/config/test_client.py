@@ -113,3 +113,51 @@ def test_stopped_client_cannot_restart(tmp_path: Path) -> None:
     client.stop()
     with pytest.raises(UsageError, match="this ConfigClient was stopped; create a new one"):
         client.start()
+
+
+def sdk_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith("autoglm-config")}
+
+
+def test_start_after_a_failed_start_is_a_usage_error(dead_hosts: str) -> None:
+    before = sdk_threads()
+    client = ConfigClient(dead_hosts, "/r", session_timeout=2.0)
+    with pytest.raises(ConfigUnavailableError):
+        client.start(timeout=0.2)
+    assert sdk_threads() == before
+    with pytest.raises(UsageError) as info:
+        client.start(timeout=5.0)
+    assert info.value.message == (
+        "this ConfigClient failed to start (ConfigUnavailableError) and was shut down; create a new one"
+    )
+    client.stop()
+    assert sdk_threads() == before
+
+
+def test_stop_interrupts_a_waiting_start(dead_hosts: str) -> None:
+    client = ConfigClient(dead_hosts, "/r", session_timeout=2.0)
+    raised: list[BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            client.start(timeout=3600.0)  # without the fix stop() would wait this out
+        except BaseException as exc:
+            raised.append(exc)
+        done.set()
+
+    thread = threading.Thread(target=run, name="test-start")
+    thread.start()
+    deadline = threading.Event()
+    # wait until start() is waiting on ZooKeeper (the sync thread exists), without sleeping a fixed time
+    for _ in range(2000):
+        if "autoglm-config-sync" in sdk_threads():
+            break
+        deadline.wait(0.005)
+    client.stop()
+    assert done.wait(30.0)
+    thread.join()
+    [exc] = raised
+    assert isinstance(exc, UsageError)
+    assert exc.message == "stopped during start: ConfigClient.stop() was called while start() waited for ZooKeeper"
+    assert "autoglm-config-sync" not in sdk_threads()

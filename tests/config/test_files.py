@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,7 +122,7 @@ def test_reconciler_corrects_an_edit_the_poller_missed(
     os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert client.get("flag") is True
     with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
-        clock.advance(31)
+        clock.advance(34)  # past ttl * 1.1, the latest jittered deadline
         wait_until(lambda: client.health()["drift_corrected"] == 1)
     assert client.get("flag", "missing") is None
     [record] = [r for r in caplog.records if r.getMessage().startswith("drift corrected")]
@@ -150,3 +151,31 @@ def test_stop_leaves_no_thread(tmp_path: Path, tree: Path) -> None:
             "autoglm-config-reconcile",
         }
     assert set(threading.enumerate()) - before == set()
+
+
+def test_an_unreadable_directory_is_not_a_deletion(
+    client: ConfigClient, tree: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``os.walk`` skips a directory it cannot list (permissions): its keys must stay, reported stale."""
+    real_walk = os.walk
+    models = str(tree / "models")
+
+    def walk_without_models(top: Any, onerror: Any = None, **options: Any) -> Any:
+        for dirpath, dirnames, filenames in real_walk(top, onerror=onerror, **options):
+            if "models" in dirnames and dirpath == str(tree):
+                dirnames.remove("models")
+                onerror(PermissionError(13, "Permission denied", models))
+            yield dirpath, dirnames, filenames
+
+    with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
+        monkeypatch.setattr("autoglm_runtime.config._files.os.walk", walk_without_models)
+        write(tree / "flag", "false")
+        wait_until(lambda: client.get("flag") is False)  # files outside the unreadable directory still follow
+        wait_until(lambda: client._status.stale_since is not None)  # type: ignore[attr-defined]
+    assert client.get("models/llm/context_window") == 4096
+    record = next(r for r in caplog.records if r.getMessage().startswith("config directory"))
+    assert record.getMessage() == f"config directory {models} could not be read; keeping the last known values under it"
+    assert record.error_code == "E0409"  # type: ignore[attr-defined]
+    monkeypatch.setattr("autoglm_runtime.config._files.os.walk", real_walk)
+    wait_until(lambda: client._status.stale_since is None)  # type: ignore[attr-defined]
+    assert client.get("models/llm/context_window") == 4096

@@ -5,11 +5,11 @@ import random
 from autoglm_runtime.config.cache import ConfigCache
 from autoglm_runtime.config.reconciler import Reconciler
 
-from .conftest import FakeClock
+from .conftest import FakeClock, FixedRandom
 
 
 def filled(clock: FakeClock, count: int, ttl: float = 30.0) -> ConfigCache:
-    cache = ConfigCache(ttl=ttl, timer=clock)
+    cache = ConfigCache(ttl=ttl, timer=clock, rng=FixedRandom(0.5))
     for i in range(count):
         cache.offer(f"k{i:03d}", i, b"", czxid=i + 1, mzxid=i + 1, seq=i + 1)
     return cache
@@ -45,13 +45,13 @@ def test_rate_limit_spreads_reads_over_time(clock: FakeClock) -> None:
         issued.append(2 * len(keys))  # data and children for each key
         return 2 * len(keys)
 
-    reconciler = Reconciler(cache=cache, reread=reread, timer=clock, rate=20, jitter=0)
+    reconciler = Reconciler(cache=cache, reread=reread, timer=clock, rate=20, jitter=0, reads_per_key=2)
     clock.advance(31)
     total = 0
-    for _ in range(10):  # ten seconds at 20 reads/s: a batch every other second once the burst is spent
+    for _ in range(10):  # ten seconds at 20 reads/s; the burst is one second's worth of reads, not of keys
         total += reconciler.run_once()
         clock.advance(1.0)
-    assert issued == [40, 40, 40, 40, 40]
+    assert issued == [20] * 10
     assert total == 100
 
 

@@ -7,8 +7,15 @@ import struct
 from kazoo.exceptions import NoAuthError, NoNodeError
 from kazoo.protocol.serialization import ZnodeStat
 
-from autoglm_runtime.config._reader import _chunks
-from autoglm_runtime.config._wire import GET_CHILDREN, GET_DATA, MAX_REQUEST_BYTES, MultiRead, SetWatches
+from autoglm_runtime.config._wire import (
+    GET_CHILDREN,
+    GET_DATA,
+    MAX_REQUEST_BYTES,
+    MultiRead,
+    SetWatches,
+    plan_batches,
+    setwatches_chunks,
+)
 
 
 def jstr(text: str) -> bytes:
@@ -77,9 +84,27 @@ def test_setwatches_layout() -> None:
 def test_setwatches_are_split_under_the_packet_limit() -> None:
     data = [f"/root/{'d' * 200}/{i}" for i in range(3000)]
     children = [f"/root/{'c' * 100}/{i}" for i in range(3000)]
-    chunks = _chunks(data, children)
+    exist = ["/root"]
+    chunks = setwatches_chunks(data, exist, children)
     assert len(chunks) > 1
-    assert [p for d, _ in chunks for p in d] == data
-    assert [p for _, c in chunks for p in c] == children
-    for d, c in chunks:
-        assert len(SetWatches(1, d, (), c).serialize()) <= MAX_REQUEST_BYTES + 20
+    assert [p for d, _, _ in chunks for p in d] == data
+    assert [p for _, e, _ in chunks for p in e] == exist
+    assert [p for _, _, c in chunks for p in c] == children
+    for d, e, c in chunks:
+        assert len(SetWatches(1, d, e, c).serialize()) <= MAX_REQUEST_BYTES + 20
+
+
+def test_multiread_batches_are_cut_by_bytes_as_well_as_by_count() -> None:
+    """Long paths must not make a request exceed jute.maxbuffer (the server drops the connection)."""
+    long = [(f"/e5/{'d' * 400}/{'e' * 400}/{i:04d}{'n' * 300}", True, True) for i in range(600)]
+    ends = plan_batches(long, count=500, max_bytes=MAX_REQUEST_BYTES, path_bytes=lambda p: len(p.encode()))
+    assert ends[-1] == 600
+    starts = [0, *ends[:-1]]
+    for start, end in zip(starts, ends, strict=True):
+        request = MultiRead([(op, path) for path, _, _ in long[start:end] for op in (GET_DATA, GET_CHILDREN)])
+        assert len(request.serialize()) <= MAX_REQUEST_BYTES
+    assert len(ends) == 6
+    short = [(f"/k{i}", True, True) for i in range(1200)]
+    assert plan_batches(short, count=500, max_bytes=MAX_REQUEST_BYTES, path_bytes=len) == [500, 1000, 1200]
+    huge = [("/" + "x" * 300_000, True, False), ("/y", True, False)]
+    assert plan_batches(huge, count=500, max_bytes=MAX_REQUEST_BYTES, path_bytes=len) == [1, 2]

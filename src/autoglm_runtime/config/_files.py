@@ -6,6 +6,8 @@ the data the codec decodes. Names starting with a dot are ignored, so editors' t
 renames do not show up as keys. A poller thread follows edits every ``interval`` seconds (stat
 signature: mtime, size, inode); the reconciler re-reads contents whose TTL passed, catching edits a
 coarse mtime could hide. Versions are a counter of our own (there is no zxid): they only grow.
+A directory or file that cannot be read (permissions) is not a deletion: its keys keep their last known
+values, the client reports stale and logs E0409 until it can read them again.
 """
 
 from __future__ import annotations
@@ -85,16 +87,19 @@ class FileSync:
     def _run(self) -> None:
         while not self._stopping.wait(self._interval):
             try:
-                self.scan()
+                complete = not self.scan()
             except OSError:
+                complete = False
+            if not complete:
                 self._status.mark_stale()
-            else:
-                if self._status.stale_since is not None:
-                    self._status.mark_synced(resync=True)
+            elif self._status.stale_since is not None:
+                self._status.mark_synced(resync=True)
 
-    def _walk(self) -> dict[str, os.stat_result]:
+    def _walk(self) -> tuple[dict[str, os.stat_result], list[str]]:
+        """Every file's stat, and the (relative) directories that could not be listed."""
         found: dict[str, os.stat_result] = {}
-        for dirpath, dirnames, filenames in os.walk(self.directory):
+        errors: list[OSError] = []
+        for dirpath, dirnames, filenames in os.walk(self.directory, onerror=errors.append):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for name in filenames:
                 if name.startswith("."):
@@ -106,13 +111,20 @@ class FileSync:
                     continue
                 key = Path(full).relative_to(self.directory).as_posix()
                 found[key] = st
-        return found
+        unreadable: list[str] = []
+        for error in errors:
+            if isinstance(error, FileNotFoundError) or error.filename is None:
+                continue  # removed while we walked: a deletion like any other
+            relative = os.path.relpath(os.fsdecode(error.filename), self.directory)
+            unreadable.append("" if relative == "." else Path(relative).as_posix())
+        return found, unreadable
 
-    def scan(self) -> None:
-        """Apply every file added, changed or removed since the last scan."""
+    def scan(self) -> list[str]:
+        """Apply every file added, changed or removed since the last scan; returns the directories that
+        could not be read (their keys keep their last known values)."""
         if not self.directory.is_dir():
             raise FileNotFoundError(str(self.directory))
-        found = self._walk()
+        found, unreadable = self._walk()
         with self._lock, self._cache.batch():
             for key, st in found.items():
                 signature = (st.st_mtime_ns, st.st_size, st.st_ino)
@@ -120,7 +132,15 @@ class FileSync:
                     self._signatures[key] = signature
                     self._read(key)
             for key in [k for k in self._signatures if k not in found]:
-                self._forget(key)
+                if not any(not d or key.startswith(d + "/") for d in unreadable):
+                    self._forget(key)
+        for directory in unreadable:
+            log.warning(
+                "config directory %s could not be read; keeping the last known values under it",
+                self.directory / directory,
+                extra={"error_code": "E0409", "path": str(self.directory / directory)},
+            )
+        return unreadable
 
     def reread(self, keys: Iterable[str]) -> int:
         """Re-read the content of ``keys`` (the TTL safety net); returns the files read."""
@@ -128,6 +148,13 @@ class FileSync:
         with self._lock, self._cache.batch():
             for key in keys:
                 count += 1
+                try:
+                    os.stat(self.directory / key)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    self._status.mark_stale()  # unreadable is not deleted: keep the last known value
+                    continue
                 if not (self.directory / key).is_file():
                     if key in self._signatures:
                         self._forget(key)

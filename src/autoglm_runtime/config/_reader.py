@@ -8,8 +8,14 @@ Two ways to read a batch, chosen by size:
 * many paths (loads, resyncs): ``multiRead`` requests of up to ``batch_size`` reads, then ``setWatches``
   relative to the last zxid seen *before* the reads were issued. Anything changed after that zxid fires
   its watch at once, so no change between reading and arming is lost; the few spurious firings cost one
-  re-read each. If the server does not answer a multiRead (ZooKeeper before 3.6), the reader falls back
-  to the first way for good.
+  re-read each. Requests are cut by count and by bytes (``MAX_REQUEST_BYTES``: ZooKeeper drops the
+  connection of a request over ``jute.maxbuffer``). If a bulk request's connection drops, the next ones
+  are half the size; after a second drop in a row the next batch is read the first way.
+
+If the server answers a multiRead with UNIMPLEMENTED or a marshalling error (ZooKeeper before 3.6), the
+reader falls back to the first way for good. Any other unexpected failure of the private kazoo calls this
+needs (``_call``, ``_data_watchers``) downgrades it once, logged as E0409, to plain reads and full re-reads
+(``bulk`` and ``rearm`` False), and :meth:`ZooKeeperReader.self_check` verifies them on the first connect.
 
 Every read carries a sequence number taken under one lock while it is queued: requests of a session are
 answered in order, so a larger number means a view at least as new (see ``cache.py``).
@@ -24,23 +30,46 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import KazooException, NoAuthError, NoNodeError
+from kazoo.exceptions import (
+    ConnectionClosedError,
+    ConnectionLoss,
+    KazooException,
+    MarshallingError,
+    NoAuthError,
+    NoNodeError,
+    SessionExpiredError,
+    UnimplementedError,
+)
 
-from autoglm_runtime.config._wire import GET_CHILDREN, GET_DATA, MAX_REQUEST_BYTES, MultiRead, SetWatches
+from autoglm_runtime.config._wire import (
+    GET_CHILDREN,
+    GET_DATA,
+    MAX_REQUEST_BYTES,
+    MultiRead,
+    SetWatches,
+    Spec,
+    plan_batches,
+    setwatches_chunks,
+)
 from autoglm_runtime.config.health import SyncStatus
 
-__all__ = ["BULK_MIN", "Interrupted", "ReadResult", "ZooKeeperReader"]
+__all__ = ["BULK_MIN", "Interrupted", "ReadResult", "Spec", "ZooKeeperReader"]
 
 log = logging.getLogger("autoglm_runtime.config")
 
 #: Batches at least this large use multiRead + setWatches.
 BULK_MIN = 16
-
-Spec = tuple[str, bool, bool]  # path, read data, read children
+#: The smallest byte budget halving goes down to after drops.
+_MIN_REQUEST_BYTES = 16 * 1024
+_DROPS = (ConnectionLoss, ConnectionClosedError, SessionExpiredError)
 
 
 class Interrupted(Exception):
     """The connection went away (or a read timed out) in the middle of a batch."""
+
+
+class _Downgrade(Exception):
+    """The multiRead path cannot be used with this server or kazoo version; read znodes one by one."""
 
 
 class ReadResult:
@@ -90,7 +119,14 @@ class ZooKeeperReader:
         self._batch_size = max(1, batch_size)
         self._op_timeout = op_timeout
         self.bulk = bulk
+        #: setWatches may be used (re-arming after a reconnect); False after a failed self-check.
+        self.rearm = True
+        #: :meth:`self_check` passed or downgraded (it runs once, on the first connect).
+        self.checked = False
         self._bulk_verified = False
+        self._max_bytes = MAX_REQUEST_BYTES
+        self._bulk_drops = 0
+        self._plain_next = False
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -103,21 +139,32 @@ class ZooKeeperReader:
         if not self.client.connected:
             raise Interrupted
         if self.bulk and len(specs) >= BULK_MIN:
-            return self._read_bulk(specs)
+            if not self._plain_next:
+                try:
+                    return self._read_bulk(specs)
+                except _Downgrade:
+                    pass
+            self._plain_next = False
         return self._read_each(specs)
 
-    def start_data_read(self, path: str) -> tuple[ReadResult, Any]:
-        """Issue one data read (arming its watch) without waiting; pass the pair to :meth:`finish`."""
+    def start_read(self, path: str, *, children: bool = False) -> tuple[ReadResult, Any]:
+        """Issue one data read (and a child-list read if ``children``), arming their watches, without
+        waiting; pass the pair to :meth:`finish`."""
         with self._lock:
             result = ReadResult(path, next(self._seq))
-            pending = self.client.get_async(path, watch=self._watch)
-        self._status.add("reads")
-        self._status.add("requests")
-        return result, pending
+            data = self.client.get_async(path, watch=self._watch)
+            kids = self.client.get_children_async(path, watch=self._watch) if children else None
+        reads = 1 + int(children)
+        self._status.add("reads", reads)
+        self._status.add("requests", reads)
+        return result, (data, kids)
 
     def finish(self, result: ReadResult, pending: Any) -> ReadResult:
-        """Wait for a read started by :meth:`start_data_read`; raises :class:`Interrupted` on a drop."""
-        result.take(self.wait(pending), children=False)
+        """Wait for reads started by :meth:`start_read`; raises :class:`Interrupted` on a drop."""
+        data, kids = pending
+        result.take(self.wait(data), children=False)
+        if kids is not None:
+            result.take(self.wait(kids), children=True)
         return result
 
     def _server_path(self, path: str) -> str:
@@ -163,11 +210,17 @@ class ZooKeeperReader:
         relative = self.client.last_zxid
         issued: list[tuple[list[tuple[ReadResult, bool]], Any]] = []
         reads = 0
+        ends = plan_batches(
+            specs,
+            count=self._batch_size,
+            max_bytes=self._max_bytes,
+            path_bytes=lambda path: len(self._server_path(path).encode("utf-8")),
+        )
         with self._lock:
-            for start in range(0, len(specs), self._batch_size):
+            for start, end in zip([0, *ends[:-1]], ends, strict=True):
                 plan: list[tuple[ReadResult, bool]] = []
                 ops: list[tuple[int, str]] = []
-                for path, want_data, want_children in specs[start : start + self._batch_size]:
+                for path, want_data, want_children in specs[start:end]:
                     result = ReadResult(path, next(self._seq))
                     server = self._server_path(path)
                     if want_data:
@@ -177,31 +230,107 @@ class ZooKeeperReader:
                         plan.append((result, True))
                         ops.append((GET_CHILDREN, server))
                 pending = self.client.handler.async_result()
-                self.client._call(MultiRead(ops), pending)
+                try:
+                    self.client._call(MultiRead(ops), pending)
+                except Exception as exc:
+                    self._downgrade(f"KazooClient._call failed: {type(exc).__name__}: {exc}")
+                    raise _Downgrade from exc
                 issued.append((plan, pending))
                 reads += len(ops)
         self._status.add("reads", reads)
         self._status.add("requests", len(issued))
         out: list[ReadResult] = []
         for plan, pending in issued:
-            answers = self._bulk_answers(pending)
+            answers = self._bulk_answers(pending, len(plan))
             for (result, children), answer in zip(plan, answers, strict=True):
                 result.take(answer, children=children)
                 if not out or out[-1] is not result:
                     out.append(result)
+        self._bulk_drops = 0
         self._arm(out, relative)
         return out
 
-    def _bulk_answers(self, pending: Any) -> list[Any]:
+    def _bulk_answers(self, pending: Any, expected: int) -> list[Any]:
         try:
-            answers = pending.get(timeout=self._op_timeout)
-        except (KazooException, self.client.handler.timeout_exception, ValueError) as exc:
-            if not self._bulk_verified:
-                self.bulk = False
-                log.info("ZooKeeper did not answer a multiRead (needs 3.6+); reading znodes one by one")
+            answers = list(pending.get(timeout=self._op_timeout))
+        except (UnimplementedError, MarshallingError) as exc:
+            self.bulk = False
+            log.info(
+                "ZooKeeper does not support multiRead (needs 3.6+: %s); reading znodes one by one",
+                type(exc).__name__,
+                extra={"hosts": getattr(self.client, "hosts", None)},
+            )
+            raise _Downgrade from exc
+        except (*_DROPS, self.client.handler.timeout_exception) as exc:
+            # Maybe the request was too large for the server (jute.maxbuffer): send smaller ones next,
+            # and after a second drop in a row read the next batch znode by znode.
+            self._bulk_drops += 1
+            self._max_bytes = max(_MIN_REQUEST_BYTES, self._max_bytes // 2)
+            self._batch_size = max(BULK_MIN, self._batch_size // 2)
+            if self._bulk_drops >= 2:
+                self._plain_next = True
+                self._bulk_drops = 0
             raise Interrupted from exc
+        except Exception as exc:
+            self._downgrade(f"a multiRead failed: {type(exc).__name__}: {exc}")
+            raise _Downgrade from exc
+        if len(answers) != expected:
+            self._downgrade(f"a multiRead answered {len(answers)} results for {expected} reads")
+            raise _Downgrade
         self._bulk_verified = True
-        return list(answers)
+        return answers
+
+    def _downgrade(self, reason: str) -> None:
+        """Stop using kazoo's private internals for good: plain reads, and full re-reads after reconnects."""
+        if self.bulk or self.rearm:
+            log.warning(
+                "config sync cannot use multiRead/setWatches (%s); reading znodes one by one and re-reading "
+                "the whole tree after each reconnect",
+                reason,
+                extra={"error_code": "E0409", "reason": reason},
+            )
+        self.bulk = False
+        self.rearm = False
+
+    def self_check(self, path: str) -> None:
+        """Verify, once, the kazoo internals bulk reads and re-arming rely on; downgrade if any is off.
+
+        Checks that ``KazooClient._call`` exists, that ``_data_watchers``/``_child_watchers`` map paths to
+        sets, that ``last_zxid`` is an int, and that a multiRead of ``path`` answers what plain
+        ``get``/``get_children`` do. Raises :class:`Interrupted` on a drop (it runs again next time).
+        """
+        problems: list[str] = []
+        if not callable(getattr(self.client, "_call", None)):
+            problems.append("KazooClient._call is missing")
+        for name in ("_data_watchers", "_child_watchers"):
+            watchers = getattr(self.client, name, None)
+            if not isinstance(watchers, dict) or not all(isinstance(v, set) for v in watchers.values()):
+                problems.append(f"KazooClient.{name} is not a dict of sets")
+        if not isinstance(getattr(self.client, "last_zxid", None), int):
+            problems.append("KazooClient.last_zxid is not an int")
+        if not problems and self.bulk:
+            mismatch = self._compare_multiread(path)
+            if mismatch:
+                problems.append(mismatch)
+        if problems:
+            self._downgrade("; ".join(problems))
+        self.checked = True
+
+    def _compare_multiread(self, path: str) -> str | None:
+        server = self._server_path(path)
+        for _ in range(3):  # the znode may change between the two reads: try again
+            plain = [self.wait(self.client.get_async(path)), self.wait(self.client.get_children_async(path))]
+            pending = self.client.handler.async_result()
+            try:
+                self.client._call(MultiRead([(GET_DATA, server), (GET_CHILDREN, server)]), pending)
+                bulk = self._bulk_answers(pending, 2)
+            except _Downgrade:
+                return None if not self.rearm else "a multiRead of the root failed"
+            self._status.add("reads", 4)
+            self._status.add("requests", 3)
+            if _same_answers(plain, bulk):
+                return None
+        return f"a multiRead of {path} did not answer what get/get_children do"
 
     def _arm(self, results: Sequence[ReadResult], relative: int) -> None:
         self.arm(
@@ -210,45 +339,56 @@ class ZooKeeperReader:
             relative,
         )
 
-    def arm(self, data_paths: Sequence[str], child_paths: Sequence[str], relative: int) -> None:
-        """Arm our data watch on ``data_paths`` and child watch on ``child_paths`` with ``setWatches``.
+    def arm(
+        self, data_paths: Sequence[str], child_paths: Sequence[str], relative: int, exist_paths: Sequence[str] = ()
+    ) -> None:
+        """Arm our data watch on ``data_paths``, child watch on ``child_paths`` and exists watch on
+        ``exist_paths`` (absent znodes) with ``setWatches``.
 
         The server fires at once every watch whose znode changed after zxid ``relative`` (or vanished), so
         a cache that reflects every change up to ``relative`` misses nothing.
         """
         data = [self._server_path(p) for p in data_paths]
         children = [self._server_path(p) for p in child_paths]
-        # Register our callback where kazoo looks for it before the server can fire anything.
-        for path in data:
-            self.client._data_watchers[path].add(self._watch)
-        for path in children:
-            self.client._child_watchers[path].add(self._watch)
+        exist = [self._server_path(p) for p in exist_paths]
         requests: list[Any] = []
-        with self._lock:
-            for data_part, children_part in _chunks(data, children):
-                pending = self.client.handler.async_result()
-                self.client._call(SetWatches(relative, data_part, (), children_part), pending)
-                requests.append(pending)
+        try:
+            # Register our callback where kazoo looks for it before the server can fire anything (kazoo
+            # keeps exists watches with the data watches).
+            for path in data + exist:
+                self.client._data_watchers.setdefault(path, set()).add(self._watch)
+            for path in children:
+                self.client._child_watchers.setdefault(path, set()).add(self._watch)
+            with self._lock:
+                for data_part, exist_part, children_part in setwatches_chunks(data, exist, children):
+                    pending = self.client.handler.async_result()
+                    self.client._call(SetWatches(relative, data_part, exist_part, children_part), pending)
+                    requests.append(pending)
+        except Exception as exc:
+            self._downgrade(f"setWatches could not be sent: {type(exc).__name__}: {exc}")
+            raise Interrupted from exc
         self._status.add("requests", len(requests))
         for pending in requests:
-            answer = self.wait(pending)
+            try:
+                answer = pending.get(timeout=self._op_timeout)
+            except (*_DROPS, self.client.handler.timeout_exception) as exc:
+                raise Interrupted from exc
+            except Exception as exc:
+                self._downgrade(f"setWatches failed: {type(exc).__name__}: {exc}")
+                raise Interrupted from exc
             if isinstance(answer, BaseException):
                 raise Interrupted from answer
 
 
-def _chunks(data: list[str], children: list[str]) -> list[tuple[list[str], list[str]]]:
-    """Split watch paths into setWatches requests that stay under the packet limit."""
-    out: list[tuple[list[str], list[str]]] = []
-    current: tuple[list[str], list[str]] = ([], [])
-    size = 0
-    for index, paths in ((0, data), (1, children)):
-        for path in paths:
-            cost = len(path.encode("utf-8")) + 4
-            if size + cost > MAX_REQUEST_BYTES and (current[0] or current[1]):
-                out.append(current)
-                current, size = ([], []), 0
-            current[index].append(path)
-            size += cost
-    if current[0] or current[1]:
-        out.append(current)
-    return out
+def _same_answers(plain: list[Any], bulk: list[Any]) -> bool:
+    if isinstance(plain[0], NoNodeError) or isinstance(bulk[0], NoNodeError):
+        return isinstance(plain[0], NoNodeError) and isinstance(bulk[0], NoNodeError)
+    if isinstance(plain[0], BaseException) or isinstance(bulk[0], BaseException):
+        return type(plain[0]) is type(bulk[0])
+    (data, stat), (bulk_data, bulk_stat) = plain[0], bulk[0]
+    return bool(
+        (data or b"") == bulk_data
+        and tuple(stat) == tuple(bulk_stat)
+        and not isinstance(bulk[1], BaseException)
+        and sorted(plain[1]) == sorted(bulk[1])
+    )

@@ -31,11 +31,12 @@ from kazoo.protocol.states import Callback, EventType, KazooState, WatchedEvent
 from kazoo.retry import KazooRetry
 
 from autoglm_runtime.config._reader import Interrupted, ReadResult, Spec, ZooKeeperReader
+from autoglm_runtime.config._tree import TreeApplier
 from autoglm_runtime.config._values import ValuePipeline
+from autoglm_runtime.config._zxid import ZxidGuard
 from autoglm_runtime.config.cache import ConfigCache
 from autoglm_runtime.config.health import SyncStatus
 from autoglm_runtime.errors import ConfigAccessError
-from autoglm_runtime.logging import describe_value
 
 __all__ = ["ZooKeeperSync"]
 
@@ -79,7 +80,6 @@ class ZooKeeperSync:
             bulk=bulk_reads,
         )
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._children: dict[str, tuple[int, frozenset[str]]] = {}
         self._pending: set[str] = set()
         self._need_full = False
         self._need_rearm = False
@@ -89,10 +89,23 @@ class ZooKeeperSync:
         self._generation = 0
         self._ever_loaded = False
         self._session: int | None = None
-        self._denied: list[str] = []
+        self._failures = 0  # consecutive unexpected sync failures (exponential backoff)
         self.loaded = threading.Event()
         self.load_error: ConfigAccessError | None = None
         self._stopping = threading.Event()
+        self._guard = ZxidGuard(
+            client=self.client, wait=self._reader.wait, status=status, cache=cache, hosts=hosts, root=root
+        )
+        self._tree = TreeApplier(
+            hosts=hosts,
+            root=root,
+            cache=cache,
+            pipeline=pipeline,
+            status=status,
+            pending=self._pending,
+            behind=self._guard.behind,
+            loaded=self.loaded,
+        )
         self._thread = threading.Thread(target=self._run, name="autoglm-config-sync", daemon=True)
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -126,6 +139,7 @@ class ZooKeeperSync:
             zxid = self.client.last_zxid
             if zxid and self._relative is None:
                 self._relative = zxid
+            self._guard.note_drop(zxid)
             self._status.set_connected(False)
             self._status.mark_stale()
             log.warning(
@@ -144,8 +158,11 @@ class ZooKeeperSync:
         if event.type in (EventType.CHANGED, EventType.DELETED) and event.path != self.root:
             # Issue the re-read here (asynchronous, never blocking kazoo's callback thread): it saves a
             # thread hop on the path every update takes. The sync thread waits for it and applies it.
+            # After a deletion the znode may already be back (a new incarnation): read its children too,
+            # which arms the child watch the deletion consumed.
             try:
-                self._queue.put(("fetched", self._reader.start_data_read(event.path)))
+                deleted = event.type == EventType.DELETED
+                self._queue.put(("fetched", self._reader.start_read(event.path, children=deleted)))
                 return
             except Exception:  # kazoo refuses calls once closing; the sync thread reads it instead
                 pass
@@ -174,7 +191,8 @@ class ZooKeeperSync:
                 if kind == "state":
                     if arg == KazooState.CONNECTED:
                         self._generation += 1
-                        if self._ever_loaded and self._rearm_ok and self._relative is not None:
+                        rearm = self._ever_loaded and self._rearm_ok and self._reader.rearm
+                        if rearm and self._relative is not None:
                             self._need_rearm = True
                         else:
                             self._need_full = True
@@ -190,9 +208,16 @@ class ZooKeeperSync:
                     self._retry.update(arg)  # kept across a drop, unlike the watch events above
             if not self.client.connected:
                 continue
+            if self._guard.recheck_due():
+                self._need_full = True
             try:
+                if not self._reader.checked:
+                    self._reader.self_check(self.root)
+                if self._need_full or self._need_rearm:
+                    self._catch_up()
                 if self._need_full:
                     self._full_sync()
+                    self._failures = 0
                     continue
                 if self._need_rearm:
                     self._rearm()
@@ -206,19 +231,39 @@ class ZooKeeperSync:
                     self._incremental(data, children)
                 if synced and not self._need_rearm:
                     self._relative = None
+                    # setWatches confirmed every key it did not fire for: they are fresh, not due for a
+                    # re-read by the reconciler (which would make the outage a full re-read after all).
+                    self._cache.touch_all()
                     self._status.mark_synced(resync=True)
                     log.info("config resynced", extra={"hosts": self.hosts, "root": self.root})
+                self._failures = 0
             except Interrupted:
                 # Lost reads are in _retry. A drop brings a CONNECTED that resyncs; a timeout without a drop
                 # is retried from here.
-                if not self._rearm_ok:
+                if not self._rearm_ok or not self._reader.rearm:
                     self._need_full = True
                 elif self._relative is not None:
                     self._need_rearm = True
             except Exception:
+                # A bug or an unexpected answer: never spin. Report stale, back off exponentially, and
+                # rebuild from a full read.
                 self._need_full = True
-                log.exception("config sync failed; it retries", extra={"error_code": "E0409", "root": self.root})
-                self._stopping.wait(0.5)
+                self._failures += 1
+                delay = min(30.0, 0.5 * 2 ** (self._failures - 1))
+                self._status.mark_stale()
+                log.exception(
+                    "config sync failed; serving last-known-good values and retrying in %.1f s",
+                    delay,
+                    extra={"error_code": "E0409", "root": self.root, "hosts": self.hosts, "failures": self._failures},
+                )
+                self._stopping.wait(delay)
+
+    def _catch_up(self) -> None:
+        """On a new session or a due re-check: see :meth:`ZxidGuard.catch_up`."""
+        if self._guard.catch_up(recheck=self._need_full and self._guard.rechecks > 0):
+            self._tree.czxids.clear()
+            self._need_full = True
+            self._need_rearm = False
 
     def _full_sync(self) -> None:
         self._need_full = False
@@ -230,8 +275,11 @@ class ZooKeeperSync:
         resync = self._ever_loaded
         start_seq = self._reader.next_seq()
         found: set[str] = set()
-        self._denied = []
-        root_present = self._traverse([(self.root, False, True)], found=found, full=True)
+        self._tree.denied = []
+        results = self._read_tree()
+        if self._stopping.is_set():
+            return  # a partial read must not delete what it did not reach
+        root_present = not any(r.path == self.root and r.missing for r in results)
         if not root_present:
             # The root does not exist (yet): an exists watch tells us when it is created. If it appeared in
             # the meantime, the watch is armed but will not fire for that creation: load again.
@@ -240,18 +288,20 @@ class ZooKeeperSync:
             self._status.add("requests")
             if stat is not None and not isinstance(stat, BaseException):
                 self._need_full = True
-        if self._denied and not self.loaded.is_set():
-            paths = ", ".join(self._denied[:5])
-            self.load_error = ConfigAccessError(
-                f"ZooKeeper at {self.hosts} denied reading {paths} under root {self.root}: check the credentials "
-                "(auth=) and the ACLs of those nodes"
-            )
+        # Every level is applied in one batch, so snapshot() and the snapshot file never mix levels.
         with self._cache.batch():
-            for key in self._cache.keys() - found:
-                self._cache.remove(key, seq=start_seq)
-            known = {self._path(k) for k in found} | {self.root}
-            for path in [p for p in self._children if p not in known]:
-                del self._children[path]
+            for result in results:
+                self._tree.apply(result, found=found, full=True, reconcile=False)
+            if self._tree.denied and not self.loaded.is_set():
+                paths = ", ".join(self._tree.denied[:5])
+                self.load_error = ConfigAccessError(
+                    f"ZooKeeper at {self.hosts} denied reading {paths} under root {self.root}: check the "
+                    "credentials (auth=) and the ACLs of those nodes"
+                )
+            if not self._guard.behind():
+                for key in self._cache.keys() - found:
+                    self._cache.remove(key, seq=start_seq)
+                self._tree.prune(found)
             self._status.source = "zookeeper"
             self._status.mark_synced(resync=resync)
             # Set under the cache lock: a snapshot served at start must not land after this load.
@@ -263,10 +313,29 @@ class ZooKeeperSync:
                 extra={"hosts": self.hosts, "root": self.root, "keys": len(found)},
             )
         self._session = session
+        self._guard.checked_session = session
         self._ever_loaded = True
         self._rearm_ok = True
         self._relative = None
         self._retry.clear()
+
+    def _read_tree(self) -> list[ReadResult]:
+        """Read the whole tree, level by level, without applying anything (the caller applies it at once)."""
+        out: list[ReadResult] = []
+        frontier: list[Spec] = [(self.root, False, True)]
+        while frontier and not self._stopping.is_set():
+            try:
+                results = self._reader.read(frontier)
+            except Interrupted:
+                self._retry.update(spec[0] for spec in frontier)
+                raise
+            out.extend(results)
+            frontier = []
+            for result in results:
+                if result.children and not result.missing and not result.denied:
+                    base = self._prefix if result.path == self.root else result.path + "/"
+                    frontier.extend((base + name, True, True) for name in sorted(result.children))
+        return out
 
     def _rearm(self) -> None:
         """Resync after a reconnect without re-reading the tree (kazoo #664's read spike).
@@ -280,17 +349,20 @@ class ZooKeeperSync:
         relative = self._relative
         assert relative is not None
         with self._cache.batch():
-            child_paths = list(self._children)
+            child_paths = list(self._tree.children)
             # Every znode we know, including those whose value was rejected (not in the cache).
-            data_paths = sorted({self._path(k) for k in self._cache.entries()} | set(child_paths) - {self.root})
+            data_paths = sorted({self._tree.path(k) for k in self._cache.entries()} | set(child_paths) - {self.root})
+            # An absent root is followed by an exists watch; re-arm it too.
+            exist_paths = [] if self.root in self._tree.children else [self.root]
         # Watch events that reached us before the drop but were never answered by a read.
         self._retry |= self._pending
-        self._reader.arm(data_paths, child_paths, relative)
+        self._reader.arm(data_paths, child_paths, relative, exist_paths)
         generation = self._generation
         self.client.handler.dispatch_callback(Callback("watch", self._queue.put, (("synced", generation),)))
 
     def _apply_fetched(self, fetched: list[tuple[ReadResult, Any]]) -> None:
-        """Apply the reads ``_on_watch`` started, in the order they were issued."""
+        """Apply the reads ``_on_watch`` started, in the order they were issued, then what they lead to."""
+        follow: list[Spec] = []
         for index, (result, pending) in enumerate(fetched):
             try:
                 self._reader.finish(result, pending)
@@ -299,7 +371,9 @@ class ZooKeeperSync:
                 raise
             with self._cache.batch():
                 self._pending.discard(result.path)
-                self._apply(result, found=None, full=False, reconcile=False)
+                follow.extend(self._tree.apply(result, found=None, full=False, reconcile=False))
+        if follow and not self._traverse(follow, found=None, full=False):
+            self._need_full = True
 
     def _incremental(self, data: set[str], children: set[str]) -> None:
         paths = data | children
@@ -323,83 +397,8 @@ class ZooKeeperSync:
                 for result in results:
                     if result.path == self.root and result.missing:
                         root_present = False
-                    frontier.extend(self._apply(result, found=found, full=full, reconcile=False))
+                    frontier.extend(self._tree.apply(result, found=found, full=full, reconcile=False))
         return root_present
-
-    # --- applying --------------------------------------------------------------------------------
-
-    def _path(self, key: str) -> str:
-        return self.root if key == "" else self._prefix + key
-
-    def _key(self, path: str) -> str:
-        return "" if path == self.root else path[len(self._prefix) :]
-
-    def _apply(self, result: ReadResult, *, found: set[str] | None, full: bool, reconcile: bool) -> list[Spec]:
-        """Apply one read (cache lock held); returns the reads it leads to (new children)."""
-        path, key = result.path, self._key(result.path)
-        if result.denied:
-            if not self.loaded.is_set():
-                self._denied.append(path)
-            log.warning(
-                "ZooKeeper denied reading %s; keeping its last known value",
-                path,
-                extra={"error_code": "E0409", "path": path, "hosts": self.hosts},
-            )
-            if found is not None and key in self._cache.values:
-                found.add(key)
-            return []
-        if result.missing:
-            if path != self.root:
-                self._remove_subtree(path, result.seq, reconcile=reconcile)
-            return []
-        if result.stat is not None and key:
-            if found is not None:
-                found.add(key)
-            stat = result.stat
-            change = self._pipeline.ingest(key, result.data or b"", czxid=stat.czxid, mzxid=stat.mzxid, seq=result.seq)
-            if change is not None and reconcile:
-                self._drift(path, key, change.new)
-        elif found is not None and key:
-            found.add(key)
-        if result.children is None:
-            return []
-        previous = self._children.get(path)
-        if previous is not None and result.seq < previous[0]:
-            return []
-        names = frozenset(result.children)
-        self._children[path] = (result.seq, names)
-        if not key:
-            self._cache.touch("")
-        old_names = previous[1] if previous is not None else frozenset()
-        for gone in old_names - names:
-            self._remove_subtree(f"{self._prefix if not key else path + '/'}{gone}", result.seq, reconcile=reconcile)
-        new = names if full else names - old_names
-        if reconcile and names - old_names:
-            self._drift(path, key, None)
-        base = self._prefix if not key else path + "/"
-        return [(base + name, True, True) for name in sorted(new)]
-
-    def _remove_subtree(self, path: str, seq: int, *, reconcile: bool) -> None:
-        stack = [path]
-        while stack:
-            current = stack.pop()
-            entry = self._children.get(current)
-            if entry is not None and entry[0] <= seq:
-                del self._children[current]
-                stack.extend(f"{current}/{name}" for name in entry[1])
-            change = self._cache.remove(self._key(current), seq=seq)
-            if change is not None and reconcile:
-                self._drift(current, change.key, None)
-
-    def _drift(self, path: str, key: str, value: Any) -> None:
-        if path in self._pending:
-            return  # a watch already reported it; the sync thread is on its way
-        log.warning(
-            "drift corrected: %r differed from ZooKeeper (a watch was missed)",
-            key,
-            extra={"error_code": "E0409", "key": key, "path": path, "value": describe_value(value)},
-        )
-        self._status.add("drift_corrected")
 
     # --- the reconciler's entry point ------------------------------------------------------------
 
@@ -407,7 +406,7 @@ class ZooKeeperSync:
         """Re-read ``keys`` (``""`` is the root's child list) and correct drift; returns the reads issued."""
         if not self.loaded.is_set() or not self.client.connected or self._need_full or self._relative is not None:
             return 0  # a resync is due or running: it finds every difference, and they are not drift
-        specs = [(self._path(k), bool(k), True) for k in keys]
+        specs = [(self._tree.path(k), bool(k), True) for k in keys]
         try:
             results = self._reader.read(specs)
         except Interrupted:
@@ -415,7 +414,7 @@ class ZooKeeperSync:
         follow: list[str] = []
         with self._cache.batch():
             for result in results:
-                follow.extend(spec[0] for spec in self._apply(result, found=None, full=False, reconcile=True))
+                follow.extend(spec[0] for spec in self._tree.apply(result, found=None, full=False, reconcile=True))
         if follow:
             self._queue.put(("read", follow))
         return sum(int(bool(k)) + 1 for k in keys)

@@ -1,8 +1,8 @@
 """Turning raw data into cached values: decode, validate, then offer to the cache.
 
-A codec error or a validator rejection keeps the last good value, logs E0409 with the key and the
-reason (never the value), counts in ``health()["rejected"]`` and remembers the refused version so the
-same bad data is not decoded and reported again.
+A codec error (any exception the codec raises) or a validator rejection keeps the last good value, logs
+E0409 with the key and the reason (never the value), counts in ``health()["rejected"]`` and remembers
+the refused version so the same bad data is not decoded and reported again.
 """
 
 from __future__ import annotations
@@ -45,11 +45,14 @@ class ValuePipeline:
         self._status = status
 
     def check(self, key: str, data: bytes) -> Any:
-        """Decode and validate ``data`` for ``key``; raises ``ValueError`` with the reason on refusal."""
+        """Decode and validate ``data`` for ``key``; raises ``ValueError`` with the reason on refusal (whatever
+        exception the codec or the validator raised)."""
         try:
             value = decode_value(self._codec, data)
         except ValueError as exc:
             raise ValueError(f"the {self._codec.name} codec cannot decode it: {exc}") from exc
+        except Exception as exc:  # RecursionError from deep JSON, a custom codec's TypeError...: still a refusal
+            raise ValueError(f"the {self._codec.name} codec cannot decode it: {type(exc).__name__}: {exc}") from exc
         if self._validator is not None:
             try:
                 verdict = self._validator(key, value)

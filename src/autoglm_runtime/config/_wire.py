@@ -13,7 +13,7 @@ through ``KazooClient._call``; these two follow that shape, built on kazoo's own
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from kazoo.exceptions import EXCEPTIONS
@@ -29,7 +29,16 @@ from kazoo.protocol.serialization import (
     write_string,
 )
 
-__all__ = ["GET_CHILDREN", "GET_DATA", "MAX_REQUEST_BYTES", "MultiRead", "SetWatches"]
+__all__ = [
+    "GET_CHILDREN",
+    "GET_DATA",
+    "MAX_REQUEST_BYTES",
+    "MultiRead",
+    "SetWatches",
+    "Spec",
+    "plan_batches",
+    "setwatches_chunks",
+]
 
 GET_DATA = 4
 GET_CHILDREN = 8
@@ -37,6 +46,9 @@ _ERROR = -1
 
 # ZooKeeper refuses packets over jute.maxbuffer (1 MiB by default); stay far below it.
 MAX_REQUEST_BYTES = 256 * 1024
+_OP_OVERHEAD = 9 + 4 + 1  # multiheader, string length, watch flag
+
+Spec = tuple[str, bool, bool]  # path, read data, read children
 
 
 class MultiRead:
@@ -118,3 +130,44 @@ class SetWatches:
     @classmethod
     def deserialize(cls, buffer: bytes, offset: int) -> None:
         return None
+
+
+def plan_batches(specs: Sequence[Spec], *, count: int, max_bytes: int, path_bytes: Callable[[str], int]) -> list[int]:
+    """Where to cut ``specs`` into multiRead requests: the end index of each batch.
+
+    A batch holds at most ``count`` specs and at most ``max_bytes`` of encoded ops (each data or child
+    read costs its path's bytes plus a fixed overhead); a single spec over the budget still gets a batch.
+    """
+    ends: list[int] = []
+    size = 0
+    items = 0
+    for index, (path, want_data, want_children) in enumerate(specs):
+        cost = (int(want_data) + int(want_children)) * (path_bytes(path) + _OP_OVERHEAD)
+        if items and (items >= count or size + cost > max_bytes):
+            ends.append(index)
+            size = items = 0
+        size += cost
+        items += 1
+    if items:
+        ends.append(len(specs))
+    return ends
+
+
+def setwatches_chunks(
+    data: list[str], exist: list[str], children: list[str]
+) -> list[tuple[list[str], list[str], list[str]]]:
+    """Split watch paths into setWatches requests that stay under the packet limit."""
+    out: list[tuple[list[str], list[str], list[str]]] = []
+    current: tuple[list[str], list[str], list[str]] = ([], [], [])
+    size = 0
+    for index, paths in ((0, data), (1, exist), (2, children)):
+        for path in paths:
+            cost = len(path.encode("utf-8")) + 4
+            if size + cost > MAX_REQUEST_BYTES and any(current):
+                out.append(current)
+                current, size = ([], [], []), 0
+            current[index].append(path)
+            size += cost
+    if any(current):
+        out.append(current)
+    return out

@@ -10,7 +10,12 @@ back to an older version:
 * every read carries a sequence number taken when it was issued. All reads share one session, and a
   session's requests are answered in order, so a read issued later reflects a state at least as new.
   A deletion remembers the sequence number that observed it (a tombstone), so a read issued before the
-  deletion but answered after it cannot bring the key back (kazoo TreeCache #645).
+  deletion but answered after it cannot bring the key back (kazoo TreeCache #645);
+* an entry loaded from a snapshot file (``seq`` 0) loses to any ZooKeeper read: the ensemble it came
+  from may have been rebuilt with smaller zxids, so its versions prove nothing about the one we talk to.
+
+Deadlines are jittered per entry (``ttl * U(0.9, 1.1)`` from the injected ``rng``) so entries loaded
+together do not all expire in the same reconciler pass.
 
 Reads never lock: :meth:`get` is one ``dict.get`` on a dict that writers change in place while holding
 :attr:`lock` (a single ``dict`` read is atomic in CPython).
@@ -18,6 +23,8 @@ Reads never lock: :meth:`get` is one ``dict.get`` on a dict that writers change 
 
 from __future__ import annotations
 
+import heapq
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -31,6 +38,10 @@ from autoglm_runtime.config.dispatcher import ConfigChange
 __all__ = ["CachedEntry", "ConfigCache"]
 
 _MAX_TOMBSTONES = 65_536
+
+#: The ``seq`` of entries loaded from a snapshot file: they lose to any read from ZooKeeper.
+SNAPSHOT_SEQ = 0
+_UNKNOWN = (-1, -1)
 
 
 class CachedEntry:
@@ -49,6 +60,11 @@ class CachedEntry:
     def version(self) -> tuple[int, int]:
         return (self.czxid, self.mzxid)
 
+    @property
+    def rank(self) -> tuple[int, int]:
+        """The version newer reads are compared with: below any real one for a snapshot entry."""
+        return _UNKNOWN if self.seq == SNAPSHOT_SEQ else (self.czxid, self.mzxid)
+
 
 class ConfigCache:
     """Thread-safe cache with newest-wins application and a TTL deadline per key (``timer`` injectable).
@@ -66,8 +82,11 @@ class ConfigCache:
         ttl: float,
         timer: Callable[[], float] | None = None,
         publish: Callable[[ConfigChange], None] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.ttl = ttl
+        #: The largest mzxid read from ZooKeeper (snapshot entries excluded); 0 after :meth:`forget_versions`.
+        self.max_mzxid = 0
         self.lock = threading.RLock()
         self.applied = 0
         self._timer = timer if timer is not None else time.monotonic
@@ -76,7 +95,9 @@ class ConfigCache:
         self._entries: dict[str, CachedEntry] = {}
         self._tombstones: OrderedDict[str, tuple[tuple[int, int], int]] = OrderedDict()
         self._rejected: dict[str, tuple[int, int]] = {}
-        self._deadlines: OrderedDict[str, float] = OrderedDict()
+        self._rng = rng if rng is not None else random.Random()
+        self._deadlines: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []  # (deadline, key); stale items are skipped lazily
         self._view: Mapping[str, Any] | None = None
 
     # --- readers ---------------------------------------------------------------------------------
@@ -131,6 +152,8 @@ class ConfigCache:
         version = (czxid, mzxid)
         with self.lock:
             cur = self._entries.get(key)
+            if cur is not None and cur.seq == SNAPSHOT_SEQ and seq > SNAPSHOT_SEQ:
+                return False  # a ZooKeeper read always replaces a snapshot entry (see offer)
             if cur is not None and version <= cur.version:
                 if seq > cur.seq:
                     cur.seq = seq
@@ -156,8 +179,15 @@ class ConfigCache:
         version = (czxid, mzxid)
         with self.lock:
             cur = self._entries.get(key)
+            snap = cur is not None and cur.seq == SNAPSHOT_SEQ and seq > SNAPSHOT_SEQ
+            if snap and cur is not None and version == cur.version and data == cur.data:
+                # ZooKeeper confirms the snapshot's value: adopt the read, no event.
+                cur.seq = seq
+                self.max_mzxid = max(self.max_mzxid, mzxid)
+                self._touch(key)
+                return None
             if cur is not None:
-                if seq < cur.seq or version <= cur.version:
+                if seq < cur.seq or version <= cur.rank:
                     if seq > cur.seq:
                         cur.seq = seq
                         self._touch(key)
@@ -170,6 +200,8 @@ class ConfigCache:
                 self._tombstones.pop(key, None)
                 change = ConfigChange(key, "added", None, value, mzxid)
             self._entries[key] = CachedEntry(value, data, czxid, mzxid, seq)
+            if seq > SNAPSHOT_SEQ:
+                self.max_mzxid = max(self.max_mzxid, mzxid)
             self._values[key] = value
             self._rejected.pop(key, None)
             self._view = None
@@ -186,12 +218,20 @@ class ConfigCache:
             cur = self._entries.get(key)
             if cur is None:
                 self._deadlines.pop(key, None)
+                # Remember the deletion even for a key we do not hold: a read issued before it, answered
+                # (or applied) after it, must not bring the key back.
+                tomb = self._tombstones.get(key)
+                if tomb is None or tomb[1] < seq:
+                    self._tombstones[key] = (tomb[0] if tomb is not None else _UNKNOWN, seq)
+                    self._tombstones.move_to_end(key)
+                    if len(self._tombstones) > _MAX_TOMBSTONES:
+                        self._tombstones.popitem(last=False)
                 return None
             if seq < cur.seq:
                 return None
             del self._entries[key]
             del self._values[key]
-            self._tombstones[key] = (cur.version, seq)
+            self._tombstones[key] = (cur.rank, seq)
             if len(self._tombstones) > _MAX_TOMBSTONES:
                 self._tombstones.popitem(last=False)
             self._deadlines.pop(key, None)
@@ -202,12 +242,29 @@ class ConfigCache:
                 self._publish(change)
             return change
 
+    def forget_versions(self) -> None:
+        """Treat every entry as if it came from a snapshot: the next ZooKeeper read of it wins whatever its
+        zxids, and tombstones and rejections are forgotten. For an ensemble whose zxids went backwards."""
+        with self.lock:
+            for entry in self._entries.values():
+                entry.seq = SNAPSHOT_SEQ
+            self._tombstones.clear()
+            self._rejected.clear()
+            self.max_mzxid = 0
+
     # --- freshness -------------------------------------------------------------------------------
 
     def touch(self, key: str) -> None:
-        """Mark ``key`` (or ``""`` for the root's child list) as confirmed now: its deadline is now + ttl."""
+        """Mark ``key`` (or ``""`` for the root's child list) as confirmed now: its deadline is now + ttl
+        (jittered by up to 10 % either way)."""
         with self.lock:
             self._touch(key)
+
+    def touch_all(self) -> None:
+        """Mark every entry (and the root's child list) as confirmed now, e.g. after a resync confirmed them."""
+        with self.lock:
+            for key in set(self._deadlines) | set(self._entries):
+                self._touch(key)
 
     def deadline(self, key: str) -> float | None:
         """When ``key`` stops being fresh (in ``timer`` units), or ``None`` if it has no deadline."""
@@ -216,14 +273,23 @@ class ConfigCache:
     def expired(self, limit: int) -> list[str]:
         """Up to ``limit`` keys whose deadline has passed, oldest first."""
         now = self._timer()
-        out: list[str] = []
+        out: list[tuple[float, str]] = []
+        seen: set[str] = set()
         with self.lock:
-            for key, deadline in self._deadlines.items():
-                if deadline > now or len(out) >= limit:
-                    break
-                out.append(key)
-        return out
+            heap = self._heap
+            while heap and heap[0][0] <= now and len(out) < limit:
+                deadline, key = heapq.heappop(heap)
+                if self._deadlines.get(key) == deadline and key not in seen:
+                    seen.add(key)
+                    out.append((deadline, key))
+            for item in out:  # still expired until a re-read confirms them
+                heapq.heappush(heap, item)
+        return [key for _, key in out]
 
     def _touch(self, key: str) -> None:
-        self._deadlines[key] = self._timer() + self.ttl
-        self._deadlines.move_to_end(key)
+        deadline = self._timer() + self.ttl * self._rng.uniform(0.9, 1.1)
+        self._deadlines[key] = deadline
+        heapq.heappush(self._heap, (deadline, key))
+        if len(self._heap) > 4 * len(self._deadlines) + 1024:
+            self._heap = [(d, k) for k, d in self._deadlines.items()]
+            heapq.heapify(self._heap)

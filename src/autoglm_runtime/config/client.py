@@ -123,6 +123,9 @@ class ConfigClient:
         self._lifecycle = threading.Lock()
         self._started = False
         self._stopped = False
+        self._failed: BaseException | None = None
+        self._shut_down = False
+        self._stop_requested = threading.Event()
         self._source: ZooKeeperSync | FileSync
         if hosts.startswith("file://"):
             self._source = FileSync(
@@ -165,6 +168,7 @@ class ConfigClient:
             rate=reconcile_rate,
             jitter=reconcile_jitter,
             interval=reconcile_interval,
+            reads_per_key=2.0 if isinstance(source, ZooKeeperSync) else 1.0,
             ready=lambda: source.loaded.is_set() and self._status.connected,
         )
 
@@ -178,17 +182,28 @@ class ConfigClient:
         background. Raises :class:`~autoglm_runtime.errors.ConfigUnavailableError` with neither,
         :class:`~autoglm_runtime.errors.SnapshotError` if the snapshot is refused, and
         :class:`~autoglm_runtime.errors.ConfigAccessError` if ZooKeeper denies reading part of the tree.
+
+        Calling it again after it returned does nothing. A start that raised leaves the client shut down
+        (no thread left): calling ``start()`` again raises :class:`~autoglm_runtime.errors.UsageError`,
+        create a new client instead. :meth:`stop` from another thread interrupts a waiting ``start()``,
+        which then raises ``UsageError``.
         """
         with self._lifecycle:
             if self._stopped:
                 raise UsageError("this ConfigClient was stopped; create a new one")
+            if self._failed is not None:
+                raise UsageError(
+                    f"this ConfigClient failed to start ({type(self._failed).__name__}) and was shut down; "
+                    "create a new one"
+                )
             if self._started:
                 return
             self._started = True
             self._dispatcher.start()
             try:
                 self._start_source(timeout)
-            except BaseException:
+            except BaseException as exc:
+                self._failed = exc
                 self._shutdown()
                 raise
             if self.snapshot_path is not None and isinstance(self._source, ZooKeeperSync):
@@ -213,7 +228,7 @@ class ConfigClient:
             self._status.source = "file"
             return
         source.start()
-        if source.loaded.wait(timeout):
+        if self._wait_loaded(source, timeout):
             if source.load_error is not None:
                 raise source.load_error
             self._status.source = "zookeeper"
@@ -243,11 +258,24 @@ class ConfigClient:
             extra={"error_code": "E0409", "hosts": self.hosts, "root": self.root, "path": str(self.snapshot_path)},
         )
 
+    def _wait_loaded(self, source: ZooKeeperSync, timeout: float) -> bool:
+        """Wait for the load, polling :meth:`stop`'s request so it never waits out the whole timeout."""
+        deadline = time.monotonic() + timeout
+        while not self._stop_requested.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return source.loaded.is_set()
+            if source.loaded.wait(min(remaining, 0.05)):
+                return True
+        raise UsageError("stopped during start: ConfigClient.stop() was called while start() waited for ZooKeeper")
+
     def stop(self) -> None:
         """Stop following: ends every thread of the client and closes the session, which drops every watch.
 
-        The snapshot (if any) is written one last time if it has unwritten changes. Idempotent.
+        The snapshot (if any) is written one last time if it has unwritten changes. Idempotent; interrupts a
+        ``start()`` running in another thread.
         """
+        self._stop_requested.set()
         with self._lifecycle:
             if self._stopped:
                 return
@@ -255,6 +283,9 @@ class ConfigClient:
             self._shutdown()
 
     def _shutdown(self) -> None:
+        if self._shut_down:
+            return
+        self._shut_down = True
         self._reconciler.stop()
         if self._started:
             self._source.stop()

@@ -1,11 +1,12 @@
 """The TTL safety net: re-read entries whose freshness deadline passed, gently.
 
 Watches can be missed (a bug, a dropped event, a watch lost in a reconnect race). Every cached entry has
-a deadline ``ttl`` after it was last confirmed; the reconciler thread re-reads expired entries in
-pipelined batches. It is rate limited by a token bucket (``rate`` reads per second, on the injected
-timer) and waits a random ``0..jitter`` seconds before each batch, so a fleet of clients started together
-does not hit one ensemble in lock-step. What it finds different is corrected by the sync layer and
-reported as E0409 "drift corrected".
+a deadline about ``ttl`` after it was last confirmed (jittered per entry, see ``cache.py``); the
+reconciler thread re-reads expired entries in pipelined batches. It is rate limited by a token bucket
+(``rate`` reads per second on the injected timer, burst one second's worth; a key costs
+``reads_per_key`` reads) and waits a random ``0..jitter`` seconds before each batch, so a fleet of
+clients started together does not hit one ensemble in lock-step. What it finds different is corrected
+by the sync layer and reported as E0409 "drift corrected".
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 class Reconciler:
     """Re-reads expired cache entries through ``reread(keys) -> reads issued`` on a named thread.
 
+    ``reads_per_key`` is what one key costs the token bucket (2 for ZooKeeper: data and child list).
     ``ready()`` says whether re-reading makes sense now (connected, loaded); ``interval`` is how often
     (real seconds) the thread looks for expired entries.
     """
@@ -39,6 +41,7 @@ class Reconciler:
         jitter: float = 1.0,
         interval: float = 1.0,
         batch_size: int = 500,
+        reads_per_key: float = 2.0,
         ready: Callable[[], bool] = lambda: True,
         rng: random.Random | None = None,
         name: str = "autoglm-config-reconcile",
@@ -55,6 +58,7 @@ class Reconciler:
         self._jitter = jitter
         self._interval = interval
         self._batch_size = batch_size
+        self._cost = max(reads_per_key, 1e-9)
         self._ready = ready
         self._rng = rng if rng is not None else random.Random()
         self._name = name
@@ -79,9 +83,11 @@ class Reconciler:
         now = self._timer()
         self._tokens = min(self._capacity, self._tokens + (now - self._refilled_at) * self._rate)
         self._refilled_at = now
-        if self._tokens < 1.0:
+        # Charged per read, not per key: a ZooKeeper key costs a data and a child-list read.
+        affordable = int(self._tokens / self._cost)
+        if affordable < 1:
             return 0
-        keys = self._cache.expired(limit=min(self._batch_size, max(1, int(self._tokens))))
+        keys = self._cache.expired(limit=min(self._batch_size, affordable))
         if not keys:
             return 0
         if self._jitter > 0 and self._stopping.wait(self._rng.uniform(0.0, self._jitter)):

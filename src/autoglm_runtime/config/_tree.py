@@ -1,0 +1,172 @@
+"""Applying reads to the cache, and the bookkeeping of the tree they came from.
+
+:class:`TreeApplier` turns each :class:`~._reader.ReadResult` into cache changes: values go through the
+value pipeline (decode, validate, newest wins), a missing znode removes its subtree, a child list is
+diffed against the last one to find what to read next and what vanished. It remembers, per znode, the
+child list last read and the czxid of the incarnation last seen: a larger czxid means the znode was
+deleted and created again, so its children are read again and loaded in full. Every method runs with the
+cache lock held (the caller's ``cache.batch()``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from autoglm_runtime.config._reader import ReadResult, Spec
+from autoglm_runtime.config._values import ValuePipeline
+from autoglm_runtime.config.cache import ConfigCache
+from autoglm_runtime.config.health import SyncStatus
+from autoglm_runtime.logging import describe_value
+
+__all__ = ["TreeApplier"]
+
+log = logging.getLogger("autoglm_runtime.config")
+
+
+class TreeApplier:
+    """Applies reads of the subtree under ``root`` to ``cache``.
+
+    ``pending`` is the set of paths whose watch fired and whose re-read is on its way (a difference found
+    there is not drift); ``behind()`` says whether the server answers below what the cache holds (its
+    removals are then deferred); ``loaded`` is set once the first load finished.
+    """
+
+    def __init__(
+        self,
+        *,
+        hosts: str,
+        root: str,
+        cache: ConfigCache,
+        pipeline: ValuePipeline,
+        status: SyncStatus,
+        pending: set[str],
+        behind: Callable[[], bool],
+        loaded: threading.Event,
+    ) -> None:
+        self.hosts = hosts
+        self.root = root
+        self._prefix = root.rstrip("/") + "/"
+        self._cache = cache
+        self._pipeline = pipeline
+        self._status = status
+        self._pending = pending
+        self._behind = behind
+        self._loaded = loaded
+        #: The child list last read per znode, with the sequence number of that read.
+        self.children: dict[str, tuple[int, frozenset[str]]] = {}
+        #: The czxid of each znode's incarnation we read last.
+        self.czxids: dict[str, int] = {}
+        #: Znodes created again: their next child list loads every child.
+        self.reload: set[str] = set()
+        #: Paths denied during the first load (for the start error).
+        self.denied: list[str] = []
+
+    def prune(self, found: set[str]) -> None:
+        """Forget the bookkeeping of znodes a full read did not find (keys ``found`` are the ones it did)."""
+        known = {self.path(k) for k in found} | {self.root}
+        for path in [p for p in self.children if p not in known]:
+            del self.children[path]
+        for path in [p for p in self.czxids if p not in known]:
+            del self.czxids[path]
+
+    def path(self, key: str) -> str:
+        return self.root if key == "" else self._prefix + key
+
+    def key(self, path: str) -> str:
+        return "" if path == self.root else path[len(self._prefix) :]
+
+    def apply(self, result: ReadResult, *, found: set[str] | None, full: bool, reconcile: bool) -> list[Spec]:
+        """Apply one read (cache lock held); returns the reads it leads to (new children)."""
+        path, key = result.path, self.key(result.path)
+        if result.denied:
+            if not self._loaded.is_set():
+                self.denied.append(path)
+            log.warning(
+                "ZooKeeper denied reading %s; keeping the last known values of it and everything under it",
+                path,
+                extra={"error_code": "E0409", "path": path, "hosts": self.hosts},
+            )
+            if found is not None:
+                # What we cannot read is kept as last known, not deleted by the resync.
+                below = key + "/"
+                cached = self._cache.keys()
+                found.update(k for k in cached if not key or k == key or k.startswith(below))
+            return []
+        if result.missing:
+            if path != self.root and not self._behind():
+                self.remove_subtree(path, result.seq, reconcile=reconcile)
+            return []
+        follow: list[Spec] = []
+        if result.stat is not None and key:
+            if found is not None:
+                found.add(key)
+            stat = result.stat
+            before = self.czxids.get(path)
+            if before is None or stat.czxid > before:
+                self.czxids[path] = stat.czxid
+            if before is not None and stat.czxid > before:
+                # A new incarnation of the znode (deleted and created again): its child watch went with the
+                # old one, and its children are new znodes even where the names are the same.
+                self.reload.add(path)
+                if result.children is None:
+                    follow.append((path, False, True))
+            change = self._pipeline.ingest(key, result.data or b"", czxid=stat.czxid, mzxid=stat.mzxid, seq=result.seq)
+            if change is not None and reconcile:
+                self.drift(path, key, change.new)
+        elif found is not None and key:
+            found.add(key)
+        if result.children is None:
+            return follow
+        previous = self.children.get(path)
+        if previous is not None and result.seq < previous[0]:
+            return follow
+        names = frozenset(result.children)
+        old_names = previous[1] if previous is not None else frozenset()
+        base = self._prefix if not key else path + "/"
+        if old_names - names and self._behind():
+            names = names | old_names  # a lagging server's missing children are re-checked later
+        self.children[path] = (result.seq, names)
+        if not key:
+            self._cache.touch("")
+        for gone in old_names - names:
+            self.remove_subtree(base + gone, result.seq, reconcile=reconcile)
+        reload = path in self.reload
+        self.reload.discard(path)
+        new = names if full or reload else names - old_names
+        if reconcile and names - old_names:
+            self.drift(path, key, None)
+        return [(base + name, True, True) for name in sorted(new)]
+
+    def remove_subtree(self, path: str, seq: int, *, reconcile: bool) -> None:
+        # Forget the name in the parent's child list too: if the znode is created again, the parent's next
+        # child list must show it as new (and load it), even though the name did not change.
+        parent = path.rsplit("/", 1)[0] or "/"
+        parent = self.root if parent + "/" == self._prefix else parent
+        listed = self.children.get(parent)
+        name = path.rsplit("/", 1)[1]
+        if listed is not None and name in listed[1]:
+            self.children[parent] = (listed[0], listed[1] - {name})
+        stack = [path]
+        while stack:
+            current = stack.pop()
+            entry = self.children.get(current)
+            if entry is not None and entry[0] <= seq:
+                del self.children[current]
+                stack.extend(f"{current}/{name}" for name in entry[1])
+            self.czxids.pop(current, None)
+            change = self._cache.remove(self.key(current), seq=seq)
+            if change is not None and reconcile:
+                self.drift(current, change.key, None)
+
+    def drift(self, path: str, key: str, value: Any) -> None:
+        if path in self._pending:
+            return  # a watch already reported it; the sync thread is on its way
+        log.warning(
+            "drift corrected: %r differed from ZooKeeper (a watch was missed)",
+            key,
+            extra={"error_code": "E0409", "key": key, "path": path, "value": describe_value(value)},
+        )
+        self._status.add("drift_corrected")
