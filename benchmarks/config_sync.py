@@ -164,12 +164,10 @@ def bench_propagation(hosts: str, root: str, updates: int) -> dict[str, Any]:
     }
 
 
-def bench_resync(client: ConfigClient) -> dict[str, Any]:
-    zk: KazooClient = client._source.client  # type: ignore[union-attr]
-    before = client.health()
-    connected = threading.Event()
+def _watch_new_session(zk: KazooClient) -> tuple[threading.Event, dict[str, float]]:
+    """An event set (and the instant stamped) when ``zk`` is CONNECTED again after losing its session."""
+    connected, lost = threading.Event(), threading.Event()
     stamp: dict[str, float] = {}
-    lost = threading.Event()
 
     def on_state(state: Any) -> bool:
         if state == KazooState.LOST:
@@ -181,6 +179,13 @@ def bench_resync(client: ConfigClient) -> dict[str, Any]:
         return False
 
     zk.add_listener(on_state)
+    return connected, stamp
+
+
+def bench_resync(client: ConfigClient) -> dict[str, Any]:
+    zk: KazooClient = client._source.client  # type: ignore[union-attr]
+    before = client.health()
+    connected, stamp = _watch_new_session(zk)
     t0 = time.perf_counter()
     expire_session(zk)
     deadline = time.monotonic() + 60
@@ -210,19 +215,7 @@ def bench_resync_with_changes(hosts: str, root: str, keys: list[str], admin: Kaz
         client.start(timeout=120)
         zk: KazooClient = client._source.client  # type: ignore[union-attr]
         session = zk.client_id
-        lost, connected = threading.Event(), threading.Event()
-        stamp: dict[str, float] = {}
-
-        def on_state(state: Any) -> bool:
-            if state == KazooState.LOST:
-                lost.set()
-            elif state == KazooState.CONNECTED and lost.is_set():
-                stamp["connected"] = time.perf_counter()
-                connected.set()
-                return True
-            return False
-
-        zk.add_listener(on_state)
+        connected, stamp = _watch_new_session(zk)
         proxy.refuse()
         proxy.cut()
         deadline = time.monotonic() + 30
