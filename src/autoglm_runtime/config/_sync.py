@@ -319,16 +319,20 @@ class ZooKeeperSync:
         self._relative = None
         self._retry.clear()
 
+    def _read_level(self, frontier: Sequence[Spec]) -> list[ReadResult]:
+        """Read one level; if the connection drops, remember its paths so the next sync reads them again."""
+        try:
+            return self._reader.read(frontier)
+        except Interrupted:
+            self._retry.update(spec[0] for spec in frontier)
+            raise
+
     def _read_tree(self) -> list[ReadResult]:
         """Read the whole tree, level by level, without applying anything (the caller applies it at once)."""
         out: list[ReadResult] = []
         frontier: list[Spec] = [(self.root, False, True)]
         while frontier and not self._stopping.is_set():
-            try:
-                results = self._reader.read(frontier)
-            except Interrupted:
-                self._retry.update(spec[0] for spec in frontier)
-                raise
+            results = self._read_level(frontier)
             out.extend(results)
             frontier = []
             for result in results:
@@ -387,11 +391,7 @@ class ZooKeeperSync:
         root_present = True
         frontier = list(specs)
         while frontier and not self._stopping.is_set():
-            try:
-                results = self._reader.read(frontier)
-            except Interrupted:
-                self._retry.update(spec[0] for spec in frontier)
-                raise
+            results = self._read_level(frontier)
             frontier = []
             with self._cache.batch():
                 for result in results:

@@ -231,16 +231,20 @@ def collect(path: list[str]) -> list[dict[str, object]]:
     return dists
 
 
-def probe() -> dict[str, object]:
-    """The whole description of the running interpreter."""
+def _interpreter() -> dict[str, object]:
+    """What every description of the running interpreter starts with."""
     return {
         "probe": PROBE_FORMAT,
         "executable": sys.executable,
         "version": platform.python_version(),
         "markers": marker_environment(),
         "path": list(sys.path),
-        "distributions": collect(list(sys.path)),
     }
+
+
+def probe() -> dict[str, object]:
+    """The whole description of the running interpreter."""
+    return {**_interpreter(), "distributions": collect(list(sys.path))}
 
 
 def base_facts() -> dict[str, object]:
@@ -255,11 +259,7 @@ def base_facts() -> dict[str, object]:
 
     site.removeduppaths()
     return {
-        "probe": PROBE_FORMAT,
-        "executable": sys.executable,
-        "version": platform.python_version(),
-        "markers": marker_environment(),
-        "path": list(sys.path),
+        **_interpreter(),
         "site_packages": site.getsitepackages([PREFIX_PLACEHOLDER]),
         "no_site": bool(sys.flags.no_site),
     }
