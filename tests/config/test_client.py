@@ -161,3 +161,11 @@ def test_stop_interrupts_a_waiting_start(dead_hosts: str) -> None:
     assert isinstance(exc, UsageError)
     assert exc.message == "stopped during start: ConfigClient.stop() was called while start() waited for ZooKeeper"
     assert "autoglm-config-sync" not in sdk_threads()
+
+
+def test_a_non_positive_reconcile_rate_is_a_usage_error() -> None:
+    from autoglm_runtime.errors import UsageError
+
+    with pytest.raises(UsageError) as info:
+        ConfigClient("127.0.0.1:1", "/x", reconcile_rate=0)
+    assert str(info.value) == "E0001: reconcile_rate must be a positive number of reads per second, got 0"

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 
 from autoglm_runtime.config.cache import ConfigCache
+from autoglm_runtime.errors import UsageError
 
 __all__ = ["Reconciler"]
 
@@ -47,7 +48,7 @@ class Reconciler:
         name: str = "autoglm-config-reconcile",
     ) -> None:
         if rate <= 0:
-            raise ValueError(f"reconcile rate must be positive, got {rate}")
+            raise UsageError(f"reconcile_rate must be a positive number of reads per second, got {rate}")
         self._cache = cache
         self._reread = reread
         self._timer = timer
