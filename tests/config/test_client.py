@@ -164,8 +164,6 @@ def test_stop_interrupts_a_waiting_start(dead_hosts: str) -> None:
 
 
 def test_a_non_positive_reconcile_rate_is_a_usage_error() -> None:
-    from autoglm_runtime.errors import UsageError
-
     with pytest.raises(UsageError) as info:
         ConfigClient("127.0.0.1:1", "/x", reconcile_rate=0)
     assert str(info.value) == "E0001: reconcile_rate must be a positive number of reads per second, got 0"
