@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterator
 
 import pytest
+from integration._helpers import kazoo_session
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoNodeError
 
@@ -71,13 +72,8 @@ def zk_hosts(zk_server: ZooKeeperServer) -> str:
 
 @pytest.fixture(scope="session")
 def _zk_admin(zk_server: ZooKeeperServer) -> Iterator[KazooClient]:
-    client = KazooClient(hosts=zk_server.hosts)
-    client.start(timeout=30)
-    try:
+    with kazoo_session(zk_server.hosts) as client:
         yield client
-    finally:
-        client.stop()
-        client.close()
 
 
 def _remove_tree(admin: KazooClient, root: str) -> None:
@@ -108,13 +104,8 @@ def zk_root(zk_hosts: str, _zk_admin: KazooClient) -> Iterator[str]:
 @pytest.fixture
 def zk_client(zk_hosts: str) -> Iterator[KazooClient]:
     """A started KazooClient on the session's server, stopped and closed after the test."""
-    client = KazooClient(hosts=zk_hosts)
-    client.start(timeout=30)
-    try:
+    with kazoo_session(zk_hosts) as client:
         yield client
-    finally:
-        client.stop()
-        client.close()
 
 
 @pytest.fixture

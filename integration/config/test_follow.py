@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
+from integration.config._helpers import Factory, Until, j
 from kazoo.client import KazooClient
 
 from autoglm_runtime import ConfigChange, ConfigClient
@@ -16,13 +16,6 @@ from autoglm_runtime.testing._common import four_letter_word
 from autoglm_runtime.testing.zookeeper import ZooKeeperServer
 
 from .conftest import FakeClock
-
-Factory = Callable[..., ConfigClient]
-Until = Callable[..., None]
-
-
-def j(value: Any) -> bytes:
-    return json.dumps(value).encode()
 
 
 def test_loads_the_whole_tree_and_follows_every_level(

@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from integration._helpers import kazoo_session
+from integration.config._helpers import Factory, Until, j, kazoo_of
 from kazoo.client import KazooClient
 from kazoo.security import make_digest_acl
 
-from autoglm_runtime import ConfigChange, ConfigClient
+from autoglm_runtime import ConfigChange
 from autoglm_runtime.config import SnapshotEntry, write_snapshot
 from autoglm_runtime.testing.zookeeper import FaultProxy, ZooKeeperServer, expire_session
-
-Factory = Callable[..., ConfigClient]
-Until = Callable[..., None]
-
-
-def j(value: Any) -> bytes:
-    return json.dumps(value).encode()
-
-
-@contextmanager
-def kazoo_session(hosts: str, **options: Any) -> Iterator[KazooClient]:
-    zk = KazooClient(hosts=hosts, **options)
-    zk.start()
-    try:
-        yield zk
-    finally:
-        zk.stop()
-        zk.close()
 
 
 class SwitchingProxy(FaultProxy):
@@ -52,10 +33,6 @@ class SwitchingProxy(FaultProxy):
 
     def then(self, *targets: tuple[str, int]) -> None:
         self._targets = list(targets)
-
-
-def kazoo_of(client: ConfigClient) -> KazooClient:
-    return client._source.client  # type: ignore[union-attr,no-any-return]
 
 
 def coded(caplog: pytest.LogCaptureFixture, start: str) -> list[logging.LogRecord]:

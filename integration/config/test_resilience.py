@@ -2,38 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import threading
-from collections.abc import Callable
-from typing import Any
 
+from integration._helpers import kazoo_session
+from integration.config._helpers import Factory, Until, j, kazoo_of
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
 from kazoo.protocol.states import KazooState
 
-from autoglm_runtime import ConfigChange, ConfigClient
+from autoglm_runtime import ConfigChange
 from autoglm_runtime.testing.zookeeper import FaultProxy, ZooKeeperEnsemble, ZooKeeperServer, expire_session
 
 from .conftest import FakeClock
-
-Factory = Callable[..., ConfigClient]
-Until = Callable[..., None]
-
-
-def j(value: Any) -> bytes:
-    return json.dumps(value).encode()
-
-
-def kazoo_of(client: ConfigClient) -> KazooClient:
-    return client._source.client  # type: ignore[union-attr,no-any-return]
 
 
 def test_server_restart_resyncs_and_keeps_following(
     zk_restartable: ZooKeeperServer, make_client: Factory, until: Until, clock: FakeClock
 ) -> None:
-    admin = KazooClient(hosts=zk_restartable.hosts)
-    admin.start(timeout=10)
-    try:
+    with kazoo_session(zk_restartable.hosts, start_timeout=10) as admin:
         admin.create("/cfg/a", j(1), makepath=True)
         client = make_client(zk_restartable.hosts, "/cfg")
         client.start(timeout=10)
@@ -48,9 +34,6 @@ def test_server_restart_resyncs_and_keeps_following(
         admin.set("/cfg/a", j(2))
         admin.create("/cfg/b", j(3))
         until(lambda: client.get("a") == 2 and client.get("b") == 3, what="updates after restart")
-    finally:
-        admin.stop()
-        admin.close()
 
 
 def test_forced_session_expiry_rebuilds_and_follows(

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from integration._helpers import kazoo_session
+from integration.config._helpers import Factory, Until, j
 from kazoo.client import KazooClient
 from kazoo.security import make_digest_acl
 
-from autoglm_runtime import ConfigChange, ConfigClient
+from autoglm_runtime import ConfigChange
 from autoglm_runtime.config import read_snapshot
 from autoglm_runtime.errors import ConfigAccessError, ConfigUnavailableError, SnapshotError
 from autoglm_runtime.testing.zookeeper import ZooKeeperServer
 
 from .conftest import FakeClock
-
-Factory = Callable[..., ConfigClient]
-Until = Callable[..., None]
-
-
-def j(value: Any) -> bytes:
-    return json.dumps(value).encode()
 
 
 def snapshot_keys(path: Path, hosts: str, root: str) -> dict[str, bytes]:
@@ -37,9 +30,7 @@ def test_zookeeper_down_at_start_serves_the_snapshot_then_converges(
     zk_restartable: ZooKeeperServer, tmp_path: Path, make_client: Factory, until: Until, clock: FakeClock
 ) -> None:
     hosts, path = zk_restartable.hosts, tmp_path / "cfg.snapshot"
-    admin = KazooClient(hosts=hosts)
-    admin.start(timeout=10)
-    try:
+    with kazoo_session(hosts, start_timeout=10) as admin:
         admin.create("/cfg/a", j(1), makepath=True)
         admin.create("/cfg/b", j(2))
         first = make_client(hosts, "/cfg", snapshot_path=path, snapshot_debounce=0.05)
@@ -49,9 +40,6 @@ def test_zookeeper_down_at_start_serves_the_snapshot_then_converges(
         admin.set("/cfg/a", j(10))
         admin.delete("/cfg/b")
         admin.create("/cfg/c", j(3))
-    finally:
-        admin.stop()
-        admin.close()
     zk_restartable.stop()
 
     client = make_client(hosts, "/cfg", snapshot_path=path, snapshot_debounce=0.05)
@@ -93,13 +81,8 @@ def test_refused_snapshots_with_zookeeper_down(
     zk_restartable: ZooKeeperServer, tmp_path: Path, make_client: Factory, until: Until, damage: str
 ) -> None:
     hosts, path = zk_restartable.hosts, tmp_path / "cfg.snapshot"
-    admin = KazooClient(hosts=hosts)
-    admin.start(timeout=10)
-    try:
+    with kazoo_session(hosts, start_timeout=10) as admin:
         admin.create("/cfg/a", j(1), makepath=True)
-    finally:
-        admin.stop()
-        admin.close()
     writer = make_client(hosts, "/cfg", snapshot_path=path, snapshot_debounce=0.05)
     writer.start(timeout=10)
     until(lambda: snapshot_keys(path, hosts, "/cfg") == {"a": j(1)}, what="snapshot written")
@@ -142,18 +125,13 @@ def protected_root(zk_hosts: str, zk_root: str) -> Iterator[str]:
 
     Twenty open siblings ``p00``..``p19`` make the level large enough to be read with multiRead, so the
     denial arrives as one error among many answers of a bulk request."""
-    owner = KazooClient(hosts=zk_hosts, auth_data=[("digest", "reader:s3cret")])
-    owner.start(timeout=10)
-    try:
+    with kazoo_session(zk_hosts, start_timeout=10, auth_data=[("digest", "reader:s3cret")]) as owner:
         owner.create(f"{zk_root}/public", j("open"))
         for i in range(20):
             owner.create(f"{zk_root}/p{i:02d}", j(i))
         owner.create(f"{zk_root}/secret", j("hidden"), acl=[make_digest_acl("reader", "s3cret", all=True)])
         yield zk_root
         owner.delete(f"{zk_root}/secret")  # zk_root's own cleanup has no credentials for it
-    finally:
-        owner.stop()
-        owner.close()
 
 
 def test_acl_with_the_right_credentials(zk_hosts: str, protected_root: str, make_client: Factory) -> None:

@@ -67,14 +67,13 @@ def _run(*cmd: str | Path) -> None:
     subprocess.run([str(c) for c in cmd], check=True, capture_output=True, text=True)
 
 
+def _printed(python: Path, code: str) -> str:
+    """What ``code`` prints, run by ``python`` in isolated mode, without surrounding whitespace."""
+    return subprocess.run([str(python), "-I", "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+
+
 def _site(python: Path) -> Path:
-    out = subprocess.run(
-        [str(python), "-I", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return Path(out.stdout.strip())
+    return Path(_printed(python, "import sysconfig; print(sysconfig.get_path('purelib'))"))
 
 
 def _unpack(wheel: Path, target: Path) -> None:
@@ -94,12 +93,7 @@ def _write_model(root: Path, name: str, requirements: list[str], python: str | N
 
 
 def _pip_wheel(python: Path) -> Path:
-    bundled = subprocess.run(
-        [str(python), "-I", "-c", "import ensurepip, pathlib; print(pathlib.Path(ensurepip.__file__).parent)"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    bundled = _printed(python, "import ensurepip, pathlib; print(pathlib.Path(ensurepip.__file__).parent)")
     return sorted((Path(bundled) / "_bundled").glob("pip-*.whl"))[-1]
 
 
@@ -154,12 +148,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     _write_model(models, "c", ["pandas>=3", "absent-model-lib>=1", "httpx[http2]", "markerlib[gpu]"])
     _write_model(models, "d", ["dupe"], python=">=4")
     (models / "extra-reqs.txt").write_text("pandas<2\nwin-only; sys_platform == 'win32'\n")
-    version = subprocess.run(
-        [str(env_python), "-c", "import platform; print(platform.python_version())"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    version = _printed(env_python, "import platform; print(platform.python_version())")
     yield Env(root, env_python, site, extra_dir, models, version)
     shutil.rmtree(root, ignore_errors=True)
 

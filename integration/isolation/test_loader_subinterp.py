@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from autoglm_runtime.testing.zookeeper import fail_in_ci_else_skip
 PY313 = Path("/root/.pyenv/versions/3.13.0/bin/python3.13")
 PY312 = Path("/root/.pyenv/versions/3.12.1/bin/python3.12")
 pytestmark = pytest.mark.slow
+Fallbacks = Callable[[], list[tuple[str, str]]]
 
 WHERE_MODEL = """
 import conflictlib
@@ -111,6 +112,10 @@ def load():
     raise RuntimeError("no weights at /models/x")
 """
 
+# What CPython says when a subinterpreter refuses something.
+CURSES_REFUSAL = "ImportError: module _curses does not support loading in subinterpreters"
+DAEMON_REFUSAL = "RuntimeError: daemon threads are disabled in this (sub)interpreter"
+
 
 @pytest.fixture(scope="module", params=[PY313, PY312], ids=["py313", "py312"])
 def python(request: pytest.FixtureRequest) -> Path:
@@ -135,8 +140,35 @@ def loader(wheelhouse: Path, env_root: Path, python: Path) -> Iterator[ModelLoad
         yield loader
 
 
+@pytest.fixture
+def subinterp_loader(wheelhouse: Path, env_root: Path, python: Path) -> Iterator[ModelLoader]:
+    """A loader of the test's own that insists on the subinterpreter backend (no fallback)."""
+    with ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="subinterp", python=python) as loader:
+        yield loader
+
+
+@pytest.fixture
+def fallbacks(caplog: pytest.LogCaptureFixture) -> Fallbacks:
+    """``fallbacks()``: the (level, message) of every E0104 record the loader has logged so far."""
+    caplog.set_level("INFO", logger="autoglm_runtime.isolation.loader")
+    return lambda: [(r.levelname, r.getMessage()) for r in caplog.records if getattr(r, "error_code", None) == "E0104"]
+
+
 def _name(base: str, python: Path) -> str:
     return f"{base}-{python.name.replace('.', '')}"
+
+
+def _refused(name: str, reason: str) -> str:
+    """The message of a load the subinterpreter backend refuses for ``reason``."""
+    return (
+        f"model '{name}' cannot run in a subinterpreter: {reason}; use backend='process' (or 'auto', which falls "
+        "back to it)"
+    )
+
+
+def _fallback(name: str, error: str) -> str:
+    """The warning auto logs when it retries a model with processes after a subinterpreter failed with ``error``."""
+    return f"model {name} failed to load in a subinterpreter ({error}); retrying with the process backend"
 
 
 def test_auto_prefers_subinterpreters(python: Path) -> None:
@@ -156,38 +188,24 @@ def test_pure_python_model_runs_in_a_subinterpreter(loader: ModelLoader, make_mo
 
 
 def test_explicit_subinterp_refused_by_an_extension(
-    wheelhouse: Path, env_root: Path, make_model: Any, python: Path, curses_available: None
+    subinterp_loader: ModelLoader, make_model: Any, python: Path, curses_available: None
 ) -> None:
     name = _name("sub-curses", python)
-    directory = make_model(name, CURSES_MODEL)
-    loader = ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="subinterp", python=python)
-    with loader, pytest.raises(BackendUnsupportedError) as info:
-        loader.load(directory)
+    with pytest.raises(BackendUnsupportedError) as info:
+        subinterp_loader.load(make_model(name, CURSES_MODEL))
     assert info.value.code == "E0104"
-    assert info.value.message == (
-        f"model '{name}' cannot run in a subinterpreter: ImportError: module _curses does not support "
-        "loading in subinterpreters; use backend='process' (or 'auto', which falls back to it)"
-    )
-    assert loader.models == {}
+    assert info.value.message == _refused(name, CURSES_REFUSAL)
+    assert subinterp_loader.models == {}
 
 
 def test_auto_falls_back_to_processes_when_refused(
-    loader: ModelLoader, make_model: Any, python: Path, curses_available: None, caplog: pytest.LogCaptureFixture
+    loader: ModelLoader, make_model: Any, python: Path, curses_available: None, fallbacks: Fallbacks
 ) -> None:
-    caplog.set_level("INFO", logger="autoglm_runtime.isolation.loader")
     name = _name("auto-curses", python)
     model = loader.load(make_model(name, CURSES_MODEL))
     assert model.backend == "process"
     assert model.call("curses_loaded", timeout=30) == "_curses"
-    fallbacks = [(r.levelname, r.getMessage()) for r in caplog.records if getattr(r, "error_code", None) == "E0104"]
-    assert fallbacks == [
-        (
-            "WARNING",
-            f"model {name} failed to load in a subinterpreter (model '{name}' cannot run in a subinterpreter: "
-            "ImportError: module _curses does not support loading in subinterpreters; use backend='process' (or "
-            "'auto', which falls back to it)); retrying with the process backend",
-        )
-    ]
+    assert fallbacks() == [("WARNING", _fallback(name, _refused(name, CURSES_REFUSAL)))]
 
 
 def test_extension_imported_during_a_call_is_refused(
@@ -199,17 +217,15 @@ def test_extension_imported_during_a_call_is_refused(
     with pytest.raises(BackendUnsupportedError) as info:
         model.call("curses", timeout=30)
     assert info.value.message == (
-        f"model '{name}' cannot run in a subinterpreter: ImportError: module _curses does not support loading in "
-        "subinterpreters; use backend='process'"
+        f"model '{name}' cannot run in a subinterpreter: {CURSES_REFUSAL}; use backend='process'"
     )
     assert model.health()["state"] == "ready"
 
 
 def test_subinterp_timeout_restarts_and_close_leaves_nothing(
-    wheelhouse: Path, env_root: Path, make_model: Any, python: Path, wait_gone: Any
+    subinterp_loader: ModelLoader, make_model: Any, python: Path, wait_gone: Any
 ) -> None:
-    loader = ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="subinterp", python=python)
-    model = loader.load(make_model(_name("sub-hang", python), HANG_MODEL))
+    model = subinterp_loader.load(make_model(_name("sub-hang", python), HANG_MODEL))
     first_pid = model.health()["pid"]
     with pytest.raises(ModelTimeoutError):
         model.call("hang", timeout=0.5)
@@ -217,7 +233,7 @@ def test_subinterp_timeout_restarts_and_close_leaves_nothing(
     second_pid = model.health()["pid"]
     assert second_pid != first_pid
     assert model.backend == "subinterp"
-    loader.close()
+    subinterp_loader.close()
     assert wait_gone(first_pid, 10.0)
     assert wait_gone(second_pid, 10.0)
 
@@ -231,50 +247,37 @@ def test_subinterp_needs_312(wheelhouse: Path, env_root: Path, make_model: Any) 
 
 
 def test_auto_falls_back_when_a_model_starts_a_daemon_thread(
-    loader: ModelLoader, make_model: Any, python: Path, caplog: pytest.LogCaptureFixture
+    loader: ModelLoader, make_model: Any, python: Path, fallbacks: Fallbacks
 ) -> None:
-    caplog.set_level("INFO", logger="autoglm_runtime.isolation.loader")
     name = _name("auto-daemon", python)
     model = loader.load(make_model(name, DAEMON_MODEL))
     assert model.backend == "process"
     assert model.call("ping", timeout=30) == "pong"
-    fallbacks = [r.getMessage() for r in caplog.records if getattr(r, "error_code", None) == "E0104"]
-    assert fallbacks == [
-        f"model {name} failed to load in a subinterpreter (model '{name}' cannot run in a subinterpreter: "
-        "RuntimeError: daemon threads are disabled in this (sub)interpreter; use backend='process' (or 'auto', "
-        "which falls back to it)); retrying with the process backend"
-    ]
+    assert fallbacks() == [("WARNING", _fallback(name, _refused(name, DAEMON_REFUSAL)))]
 
 
 def test_explicit_subinterp_refuses_a_daemon_thread(
-    wheelhouse: Path, env_root: Path, make_model: Any, python: Path
+    subinterp_loader: ModelLoader, make_model: Any, python: Path
 ) -> None:
     name = _name("sub-daemon", python)
-    directory = make_model(name, DAEMON_MODEL)
-    loader = ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="subinterp", python=python)
-    with loader, pytest.raises(BackendUnsupportedError) as info:
-        loader.load(directory)
-    assert info.value.message == (
-        f"model '{name}' cannot run in a subinterpreter: RuntimeError: daemon threads are disabled in this "
-        "(sub)interpreter; use backend='process' (or 'auto', which falls back to it)"
-    )
+    with pytest.raises(BackendUnsupportedError) as info:
+        subinterp_loader.load(make_model(name, DAEMON_MODEL))
+    assert info.value.message == _refused(name, DAEMON_REFUSAL)
 
 
 def test_auto_retries_any_subinterpreter_failure_with_processes(
-    loader: ModelLoader, make_model: Any, python: Path, caplog: pytest.LogCaptureFixture
+    loader: ModelLoader, make_model: Any, python: Path, fallbacks: Fallbacks
 ) -> None:
-    caplog.set_level("INFO", logger="autoglm_runtime.isolation.loader")
     name = _name("auto-main-only", python)
     model = loader.load(make_model(name, MAIN_ONLY_MODEL))
     assert model.backend == "process"
     assert model.call("where", timeout=30)["version"] == "1.0"
-    fallbacks = [r.getMessage() for r in caplog.records if getattr(r, "error_code", None) == "E0104"]
     module = name.replace("-", "_") + "_model"
-    assert fallbacks == [
-        f"model {name} failed to load in a subinterpreter (model '{name}' failed to load its entrypoint "
-        f"{module}:load: RuntimeError: this model only runs in the main interpreter); retrying with the process "
-        "backend"
-    ]
+    error = (
+        f"model '{name}' failed to load its entrypoint {module}:load: RuntimeError: this model only runs in the main "
+        "interpreter"
+    )
+    assert fallbacks() == [("WARNING", _fallback(name, error))]
 
 
 def test_auto_reports_the_process_error_and_the_subinterpreter_error(

@@ -9,7 +9,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,22 @@ def _wait_for_file(path: Path, timeout: float = 30.0) -> int:
     return int(path.read_text())
 
 
+def _outcome(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """What ``call(*args, **kwargs)`` returned, or the exception it raised."""
+    try:
+        return call(*args, **kwargs)
+    except BaseException as exc:
+        return exc
+
+
+def _in_background(call: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[threading.Thread, list[Any]]:
+    """Start ``call(*args, **kwargs)`` on a thread of its own; the list gets its outcome (see ``_outcome``)."""
+    outcome: list[Any] = []
+    thread = threading.Thread(target=lambda: outcome.append(_outcome(call, *args, **kwargs)), name="test-caller")
+    thread.start()
+    return thread, outcome
+
+
 def test_call_returns_the_result(model: Any) -> None:
     assert model.call("echo", {"x": [1, 2]}, suffix="!", timeout=30) == [{"x": [1, 2]}, "!"]
     assert model.call("echo", b"\x00\xff", timeout=30) == [b"\x00\xff", ""]
@@ -150,22 +166,13 @@ def test_timeout_raises_e0305_and_restarts_the_worker(model: Any, tmp_path: Path
 
 def test_sigkill_fails_the_call_in_flight(model: Any, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
-    errors: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            model.call("hang", str(marker), timeout=60)
-        except BaseException as exc:
-            errors.append(exc)
-
-    caller = threading.Thread(target=call)
-    caller.start()
+    caller, outcome = _in_background(model.call, "hang", str(marker), timeout=60)
     pid = _wait_for_file(marker)
     os.kill(pid, signal.SIGKILL)
     caller.join(30)
-    assert len(errors) == 1
-    assert isinstance(errors[0], WorkerError)
-    assert errors[0].message == (
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], WorkerError)
+    assert outcome[0].message == (
         f"model '{model.name}' worker (pid {pid}) died during hang(): killed by signal 9 (SIGKILL); "
         "the next call restarts it"
     )
@@ -273,24 +280,15 @@ def test_close_during_a_call_fails_it_and_returns(
     loader = ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="process")
     model = loader.load(make_model("close-busy", MODEL))
     marker = tmp_path / "marker"
-    errors: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            model.call("hang", str(marker), timeout=120)
-        except BaseException as exc:
-            errors.append(exc)
-
-    caller = threading.Thread(target=call)
-    caller.start()
+    caller, outcome = _in_background(model.call, "hang", str(marker), timeout=120)
     pid = _wait_for_file(marker)
     loader.close()
     caller.join(30)
     assert not caller.is_alive()
     assert wait_gone(pid, 10.0)
-    assert len(errors) == 1
-    assert isinstance(errors[0], WorkerError)
-    assert errors[0].message == "model 'close-busy' was closed while hang was running"
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], WorkerError)
+    assert outcome[0].message == "model 'close-busy' was closed while hang was running"
 
 
 def test_a_name_loads_once(loader: ModelLoader, make_model: Any) -> None:
@@ -319,13 +317,6 @@ def test_worker_sees_only_its_environment(model: Any) -> None:
 # --- regressions from review -------------------------------------------------------------------------------
 
 
-def _outcome(call: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return call(*args, **kwargs)
-    except BaseException as exc:
-        return exc
-
-
 @pytest.mark.parametrize("second_timeout", [None, 30.0], ids=["untimed", "timed"])
 def test_a_call_sends_under_its_own_deadline(
     wheelhouse: Path, env_root: Path, make_model: Any, second_timeout: float | None
@@ -338,13 +329,9 @@ def test_a_call_sends_under_its_own_deadline(
         pid = model.health()["pid"]
         assert model.call("echo", 1, timeout=1.0) == [1, ""]
         payload = "x" * (4 << 20)  # far more than the socket buffers hold
-        results: list[Any] = []
-        caller = threading.Thread(
-            target=lambda: results.append(_outcome(model.call, "echo", payload, timeout=second_timeout))
-        )
         os.kill(pid, signal.SIGSTOP)  # the worker stops reading, so the send must wait for it
         try:
-            caller.start()
+            caller, results = _in_background(model.call, "echo", payload, timeout=second_timeout)
             # Longer than any timeout the first call could have left (1 s): a send under it has failed by now.
             caller.join(2.0)
             finished_while_stopped = not caller.is_alive()
@@ -358,16 +345,7 @@ def test_a_call_sends_under_its_own_deadline(
 
 def test_waiting_for_an_earlier_call_is_bounded_by_the_timeout(model: Any, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
-    errors: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            model.call("hang", str(marker), timeout=10)
-        except BaseException as exc:
-            errors.append(exc)
-
-    caller = threading.Thread(target=call)
-    caller.start()
+    caller, outcome = _in_background(model.call, "hang", str(marker), timeout=10)
     pid = _wait_for_file(marker)
     with pytest.raises(ModelTimeoutError) as info:
         model.call("pid", timeout=0.2)
@@ -380,7 +358,7 @@ def test_waiting_for_an_earlier_call_is_bounded_by_the_timeout(model: Any, tmp_p
     assert (model.health()["state"], model.health()["pid"]) == ("ready", pid)  # left alone
     os.kill(pid, signal.SIGKILL)
     caller.join(30)
-    assert [type(e) for e in errors] == [WorkerError]
+    assert [type(o) for o in outcome] == [WorkerError]
 
 
 def test_waiting_for_a_restarted_worker_is_bounded_by_the_timeout(model: Any, tmp_path: Path) -> None:
@@ -470,9 +448,7 @@ def test_close_stops_a_worker_that_is_still_loading(
     directory = make_model("close-mid-load", MODEL)
     (directory / "SLOW_START").write_text("")
     loader = ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="process")
-    outcome: list[Any] = []
-    loading = threading.Thread(target=lambda: outcome.append(_outcome(loader.load, directory)))
-    loading.start()
+    loading, outcome = _in_background(loader.load, directory)
     pid = _wait_for_file(directory / "STARTED_PID")
     loader.close()
     assert wait_gone(pid, 0.0)  # gone when close() returns, not when the load finishes

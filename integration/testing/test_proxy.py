@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from integration._helpers import kazoo_session
 from kazoo.client import KazooClient
 from kazoo.protocol.states import KazooState
 from kazoo.retry import KazooRetry
@@ -17,15 +18,9 @@ from autoglm_runtime.testing.session import StateWatcher
 @pytest.fixture
 def proxied_client(zk_proxy: FaultProxy) -> Iterator[KazooClient]:
     # reconnect attempts capped at 0.5 s apart, so a restored proxy is noticed quickly
-    client = KazooClient(
-        hosts=zk_proxy.hosts, timeout=15.0, connection_retry=KazooRetry(max_tries=-1, delay=0.05, max_delay=0.5)
-    )
-    client.start(timeout=30)
-    try:
+    retry = KazooRetry(max_tries=-1, delay=0.05, max_delay=0.5)
+    with kazoo_session(zk_proxy.hosts, timeout=15.0, connection_retry=retry) as client:
         yield client
-    finally:
-        client.stop()
-        client.close()
 
 
 def test_cut_suspends_and_restore_reconnects_same_session(

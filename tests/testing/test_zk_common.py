@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-from collections.abc import Iterator
-
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -75,36 +70,9 @@ def test_format_hosts() -> None:
     assert format_hosts([("127.0.0.1", 2181), ("::1", 2182)]) == "127.0.0.1:2181,[::1]:2182"
 
 
-@pytest.fixture
-def srvr_server() -> Iterator[int]:
-    """A TCP server on loopback that answers every connection with a canned srvr reply."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    requests: list[bytes] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                requests.append(conn.recv(4))
-                conn.sendall(b"Zookeeper version: test\nMode: standalone\n")
-
-    thread = threading.Thread(target=serve, name="srvr-stub", daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.shutdown(socket.SHUT_RDWR)
-        listener.close()
-        thread.join(5)
-    assert set(requests) == {b"srvr"}
-
-
-def test_four_letter_word_and_wait_for_mode(srvr_server: int) -> None:
-    assert four_letter_word("127.0.0.1", srvr_server, "srvr") == "Zookeeper version: test\nMode: standalone\n"
-    assert wait_for_mode("127.0.0.1", srvr_server, timeout=5) == "standalone"
+def test_four_letter_word_and_wait_for_mode(srvr_port: int) -> None:
+    assert four_letter_word("127.0.0.1", srvr_port, "srvr") == "Zookeeper version: test\nMode: standalone\n"
+    assert wait_for_mode("127.0.0.1", srvr_port, timeout=5) == "standalone"
 
 
 def test_no_answer_gives_none() -> None:

@@ -7,8 +7,6 @@ the testcontainers and docker-py objects, and a loopback TCP stub answers ``srvr
 from __future__ import annotations
 
 import socket
-import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -37,30 +35,6 @@ class _Container:
 
     def stop(self) -> None:
         self.calls.append("remove")
-
-
-@pytest.fixture
-def srvr_port() -> Iterator[int]:
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(4)
-                conn.sendall(b"Zookeeper version: 3.8.4\nMode: standalone\n")
-
-    thread = threading.Thread(target=serve, name="srvr-stub", daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.shutdown(socket.SHUT_RDWR)
-        listener.close()
-        thread.join(5)
 
 
 def test_stop_start_keep_the_container_and_close_removes_it(srvr_port: int) -> None:

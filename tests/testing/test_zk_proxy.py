@@ -7,44 +7,26 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from tests.testing._helpers import serve_loopback
 
 from autoglm_runtime.testing.proxy import FaultProxy
 from autoglm_runtime.testing.zookeeper import ZooKeeperHarnessError
 
 
+def _echo(conn: socket.socket) -> None:
+    with conn:
+        try:
+            while data := conn.recv(4096):
+                conn.sendall(data)
+        except OSError:
+            pass
+
+
 @pytest.fixture
 def echo_port() -> Iterator[int]:
-    listener = socket.create_server(("127.0.0.1", 0))
-    threads: list[threading.Thread] = []
-
-    def echo(conn: socket.socket) -> None:
-        with conn:
-            try:
-                while data := conn.recv(4096):
-                    conn.sendall(data)
-            except OSError:
-                pass
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            thread = threading.Thread(target=echo, args=(conn,), name="echo", daemon=True)
-            threads.append(thread)
-            thread.start()
-
-    acceptor = threading.Thread(target=serve, name="echo-accept", daemon=True)
-    acceptor.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.shutdown(socket.SHUT_RDWR)
-        listener.close()
-        acceptor.join(5)
-        for thread in threads:
-            thread.join(5)
+    """A plain TCP echo server on loopback, one thread a connection."""
+    with serve_loopback(_echo, name="echo") as port:
+        yield port
 
 
 @pytest.fixture

@@ -217,32 +217,28 @@ def test_reading_stops_at_the_limit_without_content_length() -> None:
     )
 
 
-def test_client_disconnect_while_reading_ends_quietly() -> None:
+def sent_by_middleware(scope: dict[str, Any], received: dict[str, Any]) -> list[Any]:
+    """What ``ValidationMiddleware(never_called)`` sends for ``scope`` when every receive() gives ``received``."""
     sent: list[Any] = []
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.disconnect"}
+        return received
 
     async def send(message: Any) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}
     asyncio.run(ValidationMiddleware(never_called)(scope, receive, send))
-    assert sent == []
+    return sent
+
+
+def test_client_disconnect_while_reading_ends_quietly() -> None:
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}
+    assert sent_by_middleware(scope, {"type": "http.disconnect"}) == []
 
 
 def test_websocket_with_overlong_header_is_closed_before_accept() -> None:
-    sent: list[Any] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "websocket.connect"}
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
     scope = {"type": "websocket", "path": "/ws", "headers": [(b"authorization", b"x" * 600)]}
-    asyncio.run(ValidationMiddleware(never_called)(scope, receive, send))
-    assert sent == [
+    assert sent_by_middleware(scope, {"type": "websocket.connect"}) == [
         {
             "type": "websocket.close",
             "code": 1008,
