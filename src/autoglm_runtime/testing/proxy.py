@@ -84,6 +84,7 @@ class _Link:
                     self._closed.wait(delay)  # the injected latency; cut() interrupts it
                     if self._closed.is_set():
                         break
+                    self.proxy._count_delayed()
                 target.sendall(data)
         except OSError:
             pass
@@ -116,6 +117,7 @@ class FaultProxy:
         self.listen_host = listen_host
         self.port = 0
         self.delay = 0.0
+        self._delayed = 0
         self._refusing = False
         self._lock = threading.Lock()
         self._links: set[_Link] = set()
@@ -130,6 +132,16 @@ class FaultProxy:
         if not self.port:
             raise ZooKeeperHarnessError("The fault proxy has no address until it is started.")
         return format_hosts([(self.listen_host, self.port)])
+
+    @property
+    def delayed_chunks(self) -> int:
+        """How many chunks (either direction) were held back by :meth:`set_delay` and then passed on."""
+        with self._lock:
+            return self._delayed
+
+    def _count_delayed(self) -> None:
+        with self._lock:
+            self._delayed += 1
 
     @property
     def connections(self) -> int:
