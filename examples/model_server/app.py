@@ -93,10 +93,10 @@ def create_app(
         )
 
     async def health(_: Request) -> JSONResponse:
-        config_health = dict(config.health())
+        config_health = config.health()  # a ConfigHealth dict, JSON-ready as is
         workers = loader.health()
         current = limits.current()
-        healthy = bool(config_health["connected"]) and all(w["state"] == "ready" for w in workers.values())
+        healthy = config_health["connected"] and all(w["state"] == "ready" for w in workers.values())
         payload = {
             "status": "ok" if healthy else "degraded",
             "config": config_health,

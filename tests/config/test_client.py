@@ -36,6 +36,16 @@ def test_unreachable_without_snapshot_raises_naming_hosts_and_root(dead_hosts: s
     )
     assert str(info.value).startswith("E0409: ")
     assert set(threading.enumerate()) - before == set()
+    health = client.health()
+    assert (health["state"], health["connected"], health["stale_seconds"]) == ("failed", False, 0.0)
+    with pytest.raises(UsageError) as refused:
+        client.subscribe("", lambda change: None)
+    assert refused.value.message == (
+        f"cannot subscribe to '': this ConfigClient (hosts {dead_hosts}, root /autoglm/prod) was shut down after "
+        "its start failed and delivers no more changes; subscribe on a new, started client"
+    )
+    client.stop()
+    assert client.health()["state"] == "failed"
 
 
 def test_unreachable_with_snapshot_serves_it_and_reports_staleness(
@@ -58,9 +68,13 @@ def test_unreachable_with_snapshot_serves_it_and_reports_staleness(
         clock.advance(12.5)
         health = client.health()
         assert (health["connected"], health["stale_seconds"], health["source"]) == (False, 12.5, "snapshot")
-        assert health["rejected"] == 1
+        assert (health["state"], health["rejected"]) == ("running", 1)
     finally:
         client.stop()
+    clock.advance(1.0)
+    health = client.health()
+    assert (health["state"], health["connected"], health["stale_seconds"]) == ("stopped", False, 13.5)
+    assert client.get("models/llm/context_window") == 4096
     assert set(threading.enumerate()) - before == set()
     # stopping did not overwrite the snapshot with anything else
     assert set(config_package.read_snapshot(path, hosts=dead_hosts, root="/autoglm/prod").entries) == {

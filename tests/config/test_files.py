@@ -71,6 +71,15 @@ def test_loads_every_file_as_a_key(client: ConfigClient) -> None:
     assert dict(client.snapshot()) == {"models/llm/context_window": 4096, "flag": True}
     assert client.health()["source"] == "file"
     assert client.health()["connected"] is True
+    assert client.health()["state"] == "running"
+
+
+def test_a_stopped_file_client_says_so_and_keeps_its_values(client: ConfigClient, tree: Path) -> None:
+    client.stop()
+    write(tree / "flag", "false")
+    health = client.health()
+    assert (health["state"], health["connected"], health["source"]) == ("stopped", False, "file")
+    assert client.get("flag") is True
 
 
 def test_follows_edits_creates_and_deletes(client: ConfigClient, tree: Path) -> None:

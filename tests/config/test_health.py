@@ -16,7 +16,8 @@ def test_staleness_counts_from_the_first_suspension(clock: FakeClock) -> None:
     status.mark_synced(resync=True)
     assert status.stale_seconds() == 0.0
     report = status.report(applied=4, keys=2)
-    assert dict(report) == {
+    assert report == {
+        "state": "new",
         "connected": False,
         "stale_seconds": 0.0,
         "last_sync": 1.7e9,
@@ -29,3 +30,44 @@ def test_staleness_counts_from_the_first_suspension(clock: FakeClock) -> None:
         "source": "none",
         "keys": 2,
     }
+
+
+def test_only_a_running_client_is_connected(clock: FakeClock) -> None:
+    status = SyncStatus(timer=clock)
+    status.set_connected(True)  # what the source's last callback said
+    seen = {}
+    for state in ("new", "starting", "running", "stopped", "failed"):
+        status.set_state(state)  # type: ignore[arg-type]
+        seen[state] = status.report(applied=0, keys=0)["connected"]
+    assert seen == {"new": False, "starting": False, "running": True, "stopped": False, "failed": False}
+
+
+def test_stopping_a_client_that_holds_values_makes_it_stale_for_good(clock: FakeClock) -> None:
+    status = SyncStatus(timer=clock)
+    status.set_state("running")
+    status.source = "zookeeper"
+    status.mark_synced(resync=False)
+    clock.advance(1)
+    status.set_state("stopped")
+    clock.advance(2.5)
+    status.mark_synced(resync=True)  # a late sync after the stop changes nothing
+    report = status.report(applied=0, keys=0)
+    assert (report["state"], report["stale_seconds"], report["resyncs"]) == ("stopped", 2.5, 0)
+
+
+def test_stopping_a_client_that_loaded_nothing_is_not_stale(clock: FakeClock) -> None:
+    status = SyncStatus(timer=clock)
+    status.set_state("stopped")
+    clock.advance(2)
+    assert status.report(applied=0, keys=0)["stale_seconds"] == 0.0
+
+
+def test_staleness_from_before_the_stop_keeps_counting_from_its_start(clock: FakeClock) -> None:
+    status = SyncStatus(timer=clock)
+    status.set_state("running")
+    status.source = "snapshot"
+    status.mark_stale()
+    clock.advance(3)
+    status.set_state("stopped")
+    clock.advance(1)
+    assert status.stale_seconds() == 4.0

@@ -10,6 +10,7 @@ from autoglm_runtime.config._values import Validator
 from autoglm_runtime.config.client import ConfigClient
 from autoglm_runtime.config.codec import BytesCodec, Codec, JsonCodec, TextCodec
 from autoglm_runtime.config.dispatcher import ConfigChange, Listener
+from autoglm_runtime.config.health import ConfigHealth, ConfigSource, ConfigState
 from autoglm_runtime.config.snapshot import Snapshot, SnapshotEntry, read_snapshot, write_snapshot
 
 __all__ = [
@@ -17,6 +18,9 @@ __all__ = [
     "Codec",
     "ConfigChange",
     "ConfigClient",
+    "ConfigHealth",
+    "ConfigSource",
+    "ConfigState",
     "JsonCodec",
     "Listener",
     "Snapshot",

@@ -7,7 +7,7 @@ Data flows one way: ZooKeeper (or a directory) -> sync -> cache -> readers and l
     with ConfigClient("127.0.0.1:2181", "/autoglm/prod", snapshot_path="/var/cache/autoglm/prod.snapshot") as config:
         window = config.get("models/llm/context_window", default=4096)
         unsubscribe = config.subscribe("models/", lambda change: print(change.key, change.kind))
-        print(config.health()["stale_seconds"])
+        print(config.health()["stale_seconds"])   # a ConfigHealth dict: json.dumps() it as is
 
 See ``docs/config-sync.md`` for what each failure does to readers and listeners.
 """
@@ -29,7 +29,7 @@ from autoglm_runtime.config._values import Validator, ValuePipeline
 from autoglm_runtime.config.cache import ConfigCache
 from autoglm_runtime.config.codec import Codec, resolve_codec
 from autoglm_runtime.config.dispatcher import ConfigChange, Dispatcher, Listener
-from autoglm_runtime.config.health import SyncStatus
+from autoglm_runtime.config.health import ConfigHealth, SyncStatus
 from autoglm_runtime.config.reconciler import Reconciler
 from autoglm_runtime.config.snapshot import SnapshotEntry, SnapshotWriter, read_snapshot
 from autoglm_runtime.errors import ConfigUnavailableError, SnapshotError, UsageError
@@ -199,11 +199,13 @@ class ConfigClient:
             if self._started:
                 return
             self._started = True
+            self._status.set_state("starting")
             self._dispatcher.start()
             try:
                 self._start_source(timeout)
             except BaseException as exc:
                 self._failed = exc
+                self._status.set_state("stopped" if self._stop_requested.is_set() else "failed")
                 self._shutdown()
                 raise
             if self.snapshot_path is not None and isinstance(self._source, ZooKeeperSync):
@@ -218,6 +220,7 @@ class ConfigClient:
                 if self._status.source == "zookeeper":
                     self._writer.mark_dirty()
             self._reconciler.start()
+            self._status.set_state("running")
         # Events of the initial load reach listeners subscribed before start(), not those subscribed after.
         self._dispatcher.wait_idle(max(timeout, 1.0))
 
@@ -273,13 +276,18 @@ class ConfigClient:
         """Stop following: ends every thread of the client and closes the session, which drops every watch.
 
         The snapshot (if any) is written one last time if it has unwritten changes. Idempotent; interrupts a
-        ``start()`` running in another thread.
+        ``start()`` running in another thread. Afterwards :meth:`health` says ``state`` "stopped",
+        ``connected`` False and ``stale_seconds`` counting from the stop; :meth:`get`, :meth:`version` and
+        :meth:`snapshot` keep serving the last values; :meth:`subscribe` and :meth:`start` raise
+        :class:`~autoglm_runtime.errors.UsageError`.
         """
         self._stop_requested.set()
         with self._lifecycle:
             if self._stopped:
                 return
             self._stopped = True
+            if self._failed is None:
+                self._status.set_state("stopped")
             self._shutdown()
 
     def _shutdown(self) -> None:
@@ -308,7 +316,8 @@ class ConfigClient:
         """The cached value of ``key`` (relative to root, no leading slash), or ``default``.
 
         Never touches the network and never blocks on ZooKeeper. Values are shared with the cache: treat
-        them as read-only.
+        them as read-only. Before :meth:`start` there is nothing cached (``default``); after :meth:`stop`
+        the last values stay readable, no longer followed: ``health()["state"]`` says "stopped".
         """
         return self._values.get(key, default)
 
@@ -325,24 +334,38 @@ class ConfigClient:
         """Call ``fn(change)`` on the dispatcher thread for each change under ``prefix`` (``""``: every key).
 
         Returns a callable that unsubscribes. Per key, changes arrive in version order; a raising
-        listener is logged (E0409) and the others still run.
+        listener is logged (E0409) and the others still run. Subscribe before :meth:`start` to receive the
+        initial load as ``added`` events. On a stopped (or failed) client, which delivers nothing any more,
+        it raises :class:`~autoglm_runtime.errors.UsageError` (E0001).
 
         >>> unsubscribe = client.subscribe("models/", lambda change: print(change.key, change.new))  # doctest: +SKIP
         """
+        # No lock: start() holds it while loading, and a listener may subscribe from the dispatcher thread.
+        if self._stopped or self._failed is not None:
+            ended = "shut down after its start failed" if self._failed is not None else "stopped"
+            raise UsageError(
+                f"cannot subscribe to {prefix!r}: this ConfigClient (hosts {self.hosts}, root {self.root}) "
+                f"was {ended} and delivers no more changes; subscribe on a new, started client"
+            )
         return self._dispatcher.subscribe(prefix, fn)
 
     def wait_listeners(self, timeout: float) -> bool:
         """Wait until listeners have been called for every change applied so far; ``False`` on timeout."""
         return self._dispatcher.wait_idle(timeout)
 
-    def health(self) -> Mapping[str, Any]:
-        """How well the cache follows its source.
+    def health(self) -> ConfigHealth:
+        """How well the cache follows its source: a new :class:`~autoglm_runtime.config.ConfigHealth` dict.
 
-        Keys: ``connected`` (bool), ``stale_seconds`` (0.0 while following; else seconds since suspension,
-        session loss or a snapshot start, on the injected timer), ``last_sync`` (Unix time of the last full
-        load or resync, or ``None``), ``applied``, ``rejected``, ``drift_corrected``, ``resyncs``, ``reads``
-        (znode reads issued), ``requests`` (ZooKeeper requests those took), ``source`` (``"zookeeper"``,
-        ``"snapshot"``, ``"file"``) and ``keys``.
+        Keys: ``state`` (``"new"``, ``"starting"``, ``"running"``, ``"stopped"``, ``"failed"``),
+        ``connected`` (bool; False unless running and CONNECTED), ``stale_seconds`` (0.0 while following;
+        else seconds since suspension, session loss, a snapshot start or :meth:`stop`, on the injected
+        timer), ``last_sync`` (Unix time of the last full load or resync, or ``None``), ``applied``,
+        ``rejected``, ``drift_corrected``, ``resyncs``, ``reads`` (znode reads issued), ``requests``
+        (ZooKeeper requests those took), ``source`` (``"none"``, ``"zookeeper"``, ``"snapshot"``,
+        ``"file"``) and ``keys``. It is JSON-ready: ``json.dumps(client.health())``.
+
+        >>> client.health()["state"], client.health()["connected"]  # doctest: +SKIP
+        ('running', True)
         """
         return self._status.report(applied=self._cache.applied, keys=len(self._cache))
 

@@ -1,18 +1,64 @@
-"""Sync status: connection state, staleness and counters, reported by ``ConfigClient.health()``.
+"""Sync status: lifecycle, connection state, staleness and counters, reported by ``ConfigClient.health()``.
 
 Staleness is measured with the injected ``timer`` from the moment the cache stopped following its
-source (suspension, session loss, or a start that served a snapshot) until the next complete resync.
+source (suspension, session loss, a start that served a snapshot, or ``stop()``) until the next complete
+resync. :class:`ConfigHealth` is what ``health()`` returns: a plain ``dict`` at run time, so
+``json.dumps(client.health())`` works as is.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
-from typing import Any
+from collections.abc import Callable
+from typing import Literal, TypedDict
 
-__all__ = ["SyncStatus"]
+__all__ = ["ConfigHealth", "ConfigSource", "ConfigState", "SyncStatus"]
+
+#: Where a client is in its life: ``"new"`` (created, ``start()`` not called), ``"starting"`` (``start()``
+#: is loading), ``"running"`` (``start()`` returned; the client follows its source or tries to),
+#: ``"stopped"`` (``stop()`` was called) and ``"failed"`` (``start()`` raised; the client was shut down).
+ConfigState = Literal["new", "starting", "running", "stopped", "failed"]
+
+#: Where the cached values came from: ``"none"`` (nothing loaded yet), ``"zookeeper"``, ``"snapshot"``
+#: (the snapshot file served at start, until ZooKeeper answers) or ``"file"`` (the ``file://`` backend).
+ConfigSource = Literal["none", "zookeeper", "snapshot", "file"]
+
+
+class ConfigHealth(TypedDict):
+    """What :meth:`ConfigClient.health() <autoglm_runtime.config.ConfigClient.health>` returns.
+
+    A ``dict`` at run time (JSON-ready: only str, bool, int, float and ``None`` values), typed for mypy.
+    Each call returns a new one.
+
+    * ``state`` (:data:`ConfigState`): ``"new"``, ``"starting"``, ``"running"``, ``"stopped"`` or ``"failed"``.
+    * ``connected`` (bool): the client is running and its session is CONNECTED (always, for ``file://``);
+      False in every other state.
+    * ``stale_seconds`` (float): 0.0 while the cache follows its source, and for a client that never
+      loaded anything; otherwise seconds on the injected ``timer`` since it stopped following (first
+      suspension, session loss, a start that served a snapshot, a sync failure, ``stop()``).
+    * ``last_sync`` (float or None): Unix time of the last completed load or resync.
+    * ``applied`` (int): changes applied to the cache (adds, updates, deletes).
+    * ``rejected`` (int): data refused by the codec or the validator.
+    * ``drift_corrected`` (int): differences the reconciler found and fixed.
+    * ``resyncs`` (int): completed resyncs after a reconnect or a new session.
+    * ``reads`` (int): znode reads issued; ``requests`` (int): ZooKeeper requests those reads took.
+    * ``source`` (:data:`ConfigSource`): ``"none"``, ``"zookeeper"``, ``"snapshot"`` or ``"file"``.
+    * ``keys`` (int): number of cached keys.
+    """
+
+    state: ConfigState
+    connected: bool
+    stale_seconds: float
+    last_sync: float | None
+    applied: int
+    rejected: int
+    drift_corrected: int
+    resyncs: int
+    reads: int
+    requests: int
+    source: ConfigSource
+    keys: int
 
 
 class SyncStatus:
@@ -22,8 +68,9 @@ class SyncStatus:
         self._timer = timer
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
+        self.state: ConfigState = "new"
         self.connected = False
-        self.source = "none"
+        self.source: ConfigSource = "none"
         self.stale_since: float | None = None
         self.last_sync: float | None = None
         self.rejected = 0
@@ -40,8 +87,10 @@ class SyncStatus:
                 self.stale_since = self._timer()
 
     def mark_synced(self, *, resync: bool) -> None:
-        """A complete load or resync finished: the cache follows its source again."""
+        """A complete load or resync finished: the cache follows its source again (unless it was stopped)."""
         with self._lock:
+            if self.state in ("stopped", "failed"):
+                return
             self.stale_since = None
             self.last_sync = self._wall_clock()
             if resync:
@@ -63,21 +112,30 @@ class SyncStatus:
             return 0.0
         return max(0.0, self._timer() - since)
 
-    def report(self, *, applied: int, keys: int) -> Mapping[str, Any]:
-        """The ``health()`` mapping."""
+    def set_state(self, state: ConfigState) -> None:
+        """Record a lifecycle step. ``"stopped"`` and ``"failed"`` end following for good: a cache that holds
+        values is stale from then on (its source moves on without it) and no later sync clears that."""
         with self._lock:
-            return MappingProxyType(
-                {
-                    "connected": self.connected,
-                    "stale_seconds": self.stale_seconds(),
-                    "last_sync": self.last_sync,
-                    "applied": applied,
-                    "rejected": self.rejected,
-                    "drift_corrected": self.drift_corrected,
-                    "resyncs": self.resyncs,
-                    "reads": self.reads,
-                    "requests": self.requests,
-                    "source": self.source,
-                    "keys": keys,
-                }
+            ended = state in ("stopped", "failed")
+            if ended and self.source != "none" and self.stale_since is None:
+                self.stale_since = self._timer()
+            self.state = state
+
+    def report(self, *, applied: int, keys: int) -> ConfigHealth:
+        """The ``health()`` dict."""
+        with self._lock:
+            return ConfigHealth(
+                state=self.state,
+                # Only a running client is connected, whatever the source's last callback said.
+                connected=self.connected and self.state == "running",
+                stale_seconds=self.stale_seconds(),
+                last_sync=self.last_sync,
+                applied=applied,
+                rejected=self.rejected,
+                drift_corrected=self.drift_corrected,
+                resyncs=self.resyncs,
+                reads=self.reads,
+                requests=self.requests,
+                source=self.source,
+                keys=keys,
             )

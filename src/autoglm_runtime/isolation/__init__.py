@@ -5,7 +5,7 @@ from __future__ import annotations
 from autoglm_runtime.isolation.check import check_environment, check_models
 from autoglm_runtime.isolation.envbuild import BuildEvent, Environment, EnvironmentBuilder
 from autoglm_runtime.isolation.findings import Finding, Report
-from autoglm_runtime.isolation.loader import LoadedModel, ModelLoader
+from autoglm_runtime.isolation.loader import LoadedModel, ModelHealth, ModelLoader
 from autoglm_runtime.isolation.manifest import ModelManifest, load_manifest, parse_requirements_file
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "EnvironmentBuilder",
     "Finding",
     "LoadedModel",
+    "ModelHealth",
     "ModelLoader",
     "ModelManifest",
     "Report",

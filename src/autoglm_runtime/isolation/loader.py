@@ -25,11 +25,24 @@ from autoglm_runtime.errors import BackendUnsupportedError, IsolationError, Usag
 from autoglm_runtime.isolation.envbuild import BuildProgress, Environment, EnvironmentBuilder, Installer
 from autoglm_runtime.isolation.manifest import ModelManifest, load_manifest
 from autoglm_runtime.isolation.subinterp import Backend, resolve_backend
-from autoglm_runtime.isolation.worker import WorkerProcess, WorkerSpec
+from autoglm_runtime.isolation.worker import WorkerHealth, WorkerProcess, WorkerSpec
 
-__all__ = ["LoadedModel", "ModelLoader"]
+__all__ = ["LoadedModel", "ModelHealth", "ModelLoader"]
 
 _log = logging.getLogger("autoglm_runtime.isolation.loader")
+
+
+class ModelHealth(WorkerHealth):
+    """What :meth:`LoadedModel.health` returns (and :meth:`ModelLoader.health` maps by model name).
+
+    A ``dict`` at run time, JSON-ready: ``json.dumps(loader.health())`` works as is. The keys of
+    :class:`~autoglm_runtime.isolation.worker.WorkerHealth` (``state``, ``pid``, ``restarts``,
+    ``last_exit``, ``backend``, ``failures``) plus:
+
+    * ``env`` (str): the key of the model's environment (the directory name under ``env_root``).
+    """
+
+    env: str
 
 
 class LoadedModel:
@@ -73,9 +86,22 @@ class LoadedModel:
         effective = self._default_timeout if timeout is None else timeout
         return self._worker.call(method, *args, timeout=effective, **kwargs)
 
-    def health(self) -> dict[str, Any]:
-        """``state`` (starting|ready|restarting|dead|failed), ``pid``, ``restarts``, ``last_exit``, and more."""
-        return {**self._worker.health(), "env": self.environment.key}
+    def health(self) -> ModelHealth:
+        """The worker's real state and the model's environment: a new :class:`ModelHealth` dict.
+
+        ``state`` (starting|ready|restarting|dead|failed), ``pid``, ``restarts``, ``last_exit``,
+        ``backend``, ``failures`` and ``env``.
+        """
+        worker = self._worker.health()
+        return ModelHealth(
+            state=worker["state"],
+            pid=worker["pid"],
+            restarts=worker["restarts"],
+            last_exit=worker["last_exit"],
+            backend=worker["backend"],
+            failures=worker["failures"],
+            env=self.environment.key,
+        )
 
     def close(self) -> None:
         """Stop this model's worker and forget it in its loader (idempotent; a newer model loaded under the
@@ -244,8 +270,9 @@ class ModelLoader:
             if self._models.get(model.name) is model:
                 del self._models[model.name]
 
-    def health(self) -> dict[str, dict[str, Any]]:
-        """Each loaded model's :meth:`LoadedModel.health`, by name."""
+    def health(self) -> dict[str, ModelHealth]:
+        """Each loaded model's :meth:`LoadedModel.health`, by name (``{}`` when none is loaded or after
+        :meth:`close`). JSON-ready as is."""
         return {name: model.health() for name, model in self.models.items()}
 
     def close(self) -> None:

@@ -35,7 +35,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from autoglm_runtime.errors import (
     BackendUnsupportedError,
@@ -49,11 +49,31 @@ from autoglm_runtime.isolation import _protocol, _replies
 from autoglm_runtime.isolation._output import OutputPump, describe_exit
 from autoglm_runtime.isolation._restarts import RestartPolicy
 
-__all__ = ["WORKER_SCRIPT", "WorkerProcess", "WorkerSpec", "WorkerState"]
+__all__ = ["WORKER_SCRIPT", "WorkerHealth", "WorkerProcess", "WorkerSpec", "WorkerState"]
 
 WORKER_SCRIPT = Path(__file__).with_name("_worker_main.py")
 WorkerState = Literal["starting", "ready", "restarting", "dead", "failed"]
 _log = logging.getLogger("autoglm_runtime.isolation.worker")
+
+
+class WorkerHealth(TypedDict):
+    """What :meth:`WorkerProcess.health` returns: a ``dict`` at run time (JSON-ready), typed for mypy.
+
+    * ``state`` (:data:`WorkerState`): ``"starting"``, ``"ready"``, ``"restarting"``, ``"dead"`` (died,
+      restarts on the next call; also after ``close()``) or ``"failed"`` (gave up after ``max_restarts``).
+    * ``pid`` (int or None): the worker process's id while one runs, else ``None``.
+    * ``restarts`` (int): how many times the worker was started again after its first start.
+    * ``last_exit`` (str or None): how the last failure ended, e.g. ``"killed by signal 9 (SIGKILL)"``.
+    * ``backend`` (str): ``"process"`` or ``"subinterp"``.
+    * ``failures`` (int): failures (deaths, timeouts) in a row since the last successful call.
+    """
+
+    state: WorkerState
+    pid: int | None
+    restarts: int
+    last_exit: str | None
+    backend: Literal["process", "subinterp"]
+    failures: int
 
 
 @dataclass(frozen=True)
@@ -187,20 +207,20 @@ class WorkerProcess:
         self._restarts.succeeded()
         return result
 
-    def health(self) -> dict[str, Any]:
-        """The worker's real state: ``state``, ``pid``, ``restarts``, ``last_exit``, ``backend``, ``failures``."""
+    def health(self) -> WorkerHealth:
+        """The worker's real state (see :class:`WorkerHealth`), polled from the process: never ``ready`` when dead."""
         with self._state_lock:
             proc = self._proc
             if proc is not None and proc.poll() is not None and self._state in ("ready", "starting", "restarting"):
                 self._record_death(proc)
-            return {
-                "state": self._state,
-                "pid": proc.pid if proc is not None and proc.returncode is None else None,
-                "restarts": max(self._spawns - 1, 0),
-                "last_exit": self._restarts.last_failure,
-                "backend": self.spec.backend,
-                "failures": self._restarts.failures,
-            }
+            return WorkerHealth(
+                state=self._state,
+                pid=proc.pid if proc is not None and proc.returncode is None else None,
+                restarts=max(self._spawns - 1, 0),
+                last_exit=self._restarts.last_failure,
+                backend=self.spec.backend,
+                failures=self._restarts.failures,
+            )
 
     def close(self, grace: float = 5.0) -> None:
         """Stop the worker: close its socket (it exits by itself), kill its process group after ``grace`` s."""
