@@ -1,0 +1,88 @@
+"""Packaging stays honest: one version everywhere, and the declared dependencies are what the code imports."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+import autoglm_runtime
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "autoglm_runtime"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+#: Import names of optional extras and of test-only helpers: imported lazily, where they are used.
+OPTIONAL = {"grpc": "grpc", "tokenizers": "tokenizers", "tiktoken": "tiktoken", "uv": "uv"}
+TEST_ONLY = {"pytest", "testcontainers"}
+
+
+def imported_top_level_names() -> set[str]:
+    names: set[str] = set()
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "import_module"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                names.add(node.args[0].value.split(".")[0])
+    return {name for name in names if name not in sys.stdlib_module_names and name != "autoglm_runtime"}
+
+
+def test_the_version_is_written_once_and_everything_agrees() -> None:
+    assert "version" not in PYPROJECT["project"]
+    assert "version" in PYPROJECT["project"]["dynamic"]
+    assert PYPROJECT["tool"]["hatch"]["version"]["path"] == "src/autoglm_runtime/__init__.py"
+    init = (SRC / "__init__.py").read_text()
+    assert re.findall(r'^__version__ = "([^"]+)"$', init, re.MULTILINE) == [autoglm_runtime.__version__]
+    assert importlib.metadata.version("autoglm-runtime") == autoglm_runtime.__version__
+    script = Path(sys.executable).with_name("autoglm-runtime")
+    out = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True, timeout=60).stdout
+    assert out == f"autoglm-runtime {autoglm_runtime.__version__}\n"
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert f"## [{autoglm_runtime.__version__}]" in changelog
+
+
+def test_runtime_dependencies_are_exactly_what_the_code_imports() -> None:
+    declared = {Requirement(spec).name for spec in PYPROJECT["project"]["dependencies"]}
+    imported = imported_top_level_names() - set(OPTIONAL.values()) - TEST_ONLY
+    # Import names from the installed metadata; a distribution not installed here (tomli on 3.11+) by its name.
+    modules = {name: _modules_of(name) or {name.replace("-", "_")} for name in declared}
+    provided = set().union(*modules.values())
+    assert imported <= provided, f"imported but not declared: {sorted(imported - provided)}"
+    unused = sorted(name for name, names in modules.items() if not names & imported)
+    assert unused == [], f"declared but never imported: {unused}"
+
+
+def test_every_extra_is_imported_by_the_code_it_serves() -> None:
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    imported = imported_top_level_names()
+    for extra, import_name in OPTIONAL.items():
+        assert import_name in imported, f"extra {extra!r} installs {import_name}, which nothing imports"
+        assert extra in extras
+    assert set(extras) == {*OPTIONAL, "server", "test", "dev"}
+
+
+def _modules_of(distribution: str) -> set[str]:
+    return {
+        module
+        for module, distributions in importlib.metadata.packages_distributions().items()
+        if distribution in distributions
+    }
