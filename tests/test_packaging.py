@@ -23,7 +23,9 @@ SRC = ROOT / "src" / "autoglm_runtime"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 #: Import names of optional extras and of test-only helpers: imported lazily, where they are used.
 OPTIONAL = {"grpc": "grpc", "tokenizers": "tokenizers", "tiktoken": "tiktoken", "uv": "uv"}
-TEST_ONLY = {"pytest", "testcontainers"}
+TEST_ONLY = {"pytest", "testcontainers", "docker"}  # the harness's container backend (docker comes with testcontainers)
+#: Stdlib modules of other Python versions than this one (subinterpreters: 3.12 and 3.13+).
+OTHER_STDLIB = {"_interpreters", "_xxsubinterpreters"}
 
 
 def imported_top_level_names() -> set[str]:
@@ -43,7 +45,8 @@ def imported_top_level_names() -> set[str]:
                 and isinstance(node.args[0].value, str)
             ):
                 names.add(node.args[0].value.split(".")[0])
-    return {name for name in names if name not in sys.stdlib_module_names and name != "autoglm_runtime"}
+    stdlib = sys.stdlib_module_names | OTHER_STDLIB
+    return {name for name in names if name not in stdlib and name != "autoglm_runtime"}
 
 
 def test_the_version_is_written_once_and_everything_agrees() -> None:
