@@ -168,6 +168,7 @@ def test_stop_interrupts_a_waiting_start(dead_hosts: str) -> None:
         if "autoglm-config-sync" in sdk_threads():
             break
         deadline.wait(0.005)
+    assert (client.health()["state"], client.health()["connected"]) == ("starting", False)
     client.stop()
     assert done.wait(30.0)
     thread.join()
@@ -175,6 +176,7 @@ def test_stop_interrupts_a_waiting_start(dead_hosts: str) -> None:
     assert isinstance(exc, UsageError)
     assert exc.message == "stopped during start: ConfigClient.stop() was called while start() waited for ZooKeeper"
     assert "autoglm-config-sync" not in sdk_threads()
+    assert client.health()["state"] == "stopped"
 
 
 def test_a_non_positive_reconcile_rate_is_a_usage_error() -> None:
