@@ -35,8 +35,8 @@ port in use, a state directory used by another server, contradictory flags), els
 that stopped the start."""
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    """The parsed command line; paths are absolute (resolved once, here)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The parser behind ``bash scripts/serve --help``."""
     parser = argparse.ArgumentParser(
         prog="bash scripts/serve",
         description=DESCRIPTION,
@@ -81,7 +81,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         choices=["auto", "process", "subinterp"],
         help="how models are isolated: worker processes or subinterpreters (default: %(default)s)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line; paths are absolute (resolved once, here)."""
+    args = build_parser().parse_args(argv)
     args.state_dir = args.state_dir.resolve()
     if args.zk and args.config_store != "auto":
         raise UsageError(
