@@ -95,12 +95,6 @@ def _build_running(root: Path, key: str, *, tidy: bool) -> bool:
         return not mine and lock.exists()
 
 
-def _remove_aside(root: Path, key: str, target: Path) -> None:
-    aside = Path(tempfile.mkdtemp(prefix=f".stale-{key}-", dir=root)) / "env"
-    os.rename(target, aside)  # one atomic step: <root>/<key> never holds a half-removed tree
-    remove_path(aside.parent)
-
-
 def collect_garbage(
     root: str | os.PathLike[str],
     *,
@@ -129,45 +123,65 @@ def collect_garbage(
         if leftover is not None:
             key = leftover.group(2)
             if leftover.group(1) == "stale" or not _build_running(base, key, tidy=not dry_run):
-                _remove(report, key, entry, "left by an interrupted build or removal", dry_run, aside=False)
+                _remove(report, key, entry, "left by an interrupted build or removal", dry_run)
         elif lock is not None:
             _build_running(base, lock.group(1), tidy=not dry_run)  # removes the lock file nobody holds
         elif _KEY.fullmatch(name) and entry.is_dir() and not entry.is_symlink():
-            _consider(report, entry, keep=keep, cutoff=cutoff, dry_run=dry_run)
+            aside = _consider(report, entry, keep=keep, cutoff=cutoff, dry_run=dry_run)
+            if aside is not None:  # deleted once its lock is released: a loader waiting on it learns at once
+                with contextlib.suppress(FileNotFoundError):
+                    remove_path(aside)
     return report
 
 
-def _consider(report: GarbageReport, entry: Path, *, keep: Collection[str], cutoff: float, dry_run: bool) -> None:
+def _consider(
+    report: GarbageReport, entry: Path, *, keep: Collection[str], cutoff: float, dry_run: bool
+) -> Path | None:
+    """Decide on one ``<root>/<key>``; returns the directory it was moved aside to, for the caller to delete."""
     base, key = entry.parent, entry.name
     metadata = entry / METADATA_NAME
     if not metadata.is_file():
         if not _build_running(base, key, tidy=not dry_run):
-            _remove(report, key, entry, f"no {METADATA_NAME} (an interrupted build or removal)", dry_run)
-        return
+            return _move_aside(report, entry, f"no {METADATA_NAME} (an interrupted build or removal)", dry_run)
+        return None
     if key in keep:
         report.kept[key] = "kept"
-        return
+        return None
     with _exclusive(metadata) as mine:
         if not mine:
             report.kept[key] = "in use"
-            return
+            return None
         try:
             last_used = os.stat(metadata).st_mtime
         except FileNotFoundError:
-            return
+            return None
         if last_used > cutoff:
             report.kept[key] = f"used {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(last_used))}"
-            return
-        _remove(report, key, entry, "not in use", dry_run)  # under our lock: nobody can start using it
+            return None
+        return _move_aside(report, entry, "not in use", dry_run)  # under our lock: nobody can start using it
 
 
-def _remove(report: GarbageReport, key: str, path: Path, reason: str, dry_run: bool, *, aside: bool = True) -> None:
+def _move_aside(report: GarbageReport, path: Path, reason: str, dry_run: bool) -> Path | None:
+    """Rename ``<root>/<key>`` into a ``.stale-<key>-*`` directory: one atomic step, so the key's directory
+    never holds a half-removed tree."""
+    key = path.name
+    if dry_run:
+        report.removed.append(Removal(key, path, reason))
+        return None
+    holder = Path(tempfile.mkdtemp(prefix=f".stale-{key}-", dir=path.parent))
+    try:
+        os.rename(path, holder / "env")
+    except FileNotFoundError:  # someone else removed it meanwhile
+        holder.rmdir()
+        return None
+    report.removed.append(Removal(key, path, reason))
+    return holder
+
+
+def _remove(report: GarbageReport, key: str, path: Path, reason: str, dry_run: bool) -> None:
     if not dry_run:
         try:
-            if aside:
-                _remove_aside(path.parent, key, path)
-            else:
-                remove_path(path)
+            remove_path(path)
         except FileNotFoundError:
             return  # someone else removed it meanwhile
     report.removed.append(Removal(key, path, reason))
