@@ -29,7 +29,8 @@ from typing import Any
 import httpx
 import pytest
 
-from autoglm_runtime.testing import ZooKeeperUnavailableError, fail_in_ci_else_skip
+from autoglm_runtime.isolation import EnvironmentBuilder, load_manifest
+from autoglm_runtime.testing import ZooKeeperUnavailableError, build_wheel, fail_in_ci_else_skip
 from autoglm_runtime.testing._local import find_local_installation
 from autoglm_runtime.testing.processes import is_running, processes_matching
 
@@ -226,6 +227,16 @@ def _env_dirs() -> dict[str, int]:
     return {p.name: p.stat().st_ino for p in envs.iterdir() if not p.name.startswith(".")}
 
 
+def _an_environment_of_an_older_wheelhouse(tmp_path: Path) -> Path:
+    """A real environment in the state directory that the server no longer uses (another conflictlib 1.0 build)."""
+    wheels = tmp_path / "older-wheels"
+    build_wheel(wheels, "conflictlib", "1.0", modules={"conflictlib/__init__.py": "__version__ = '1.0'  # older\n"})
+    model = REPO / "examples" / "model_server" / "models" / "summarizer-v1"
+    env = EnvironmentBuilder(STATE / "envs", wheelhouse=wheels, offline=True).ensure(load_manifest(model))
+    assert env.created
+    return env.path
+
+
 def _lower_the_window(serve: Serve) -> int:
     """Run the banner's command that lowers the window (each start's local ZooKeeper has its own port)."""
     command = next(s.command for s in walkthrough(serve.banner) if re.search(r"context_window (?!64 )", s.command))
@@ -275,13 +286,15 @@ def test_scripts_serve_walkthrough_restart_and_reset(store: str, tmp_path: Path,
     window = _lower_the_window(first)  # an operator's change, which a restart keeps
     envs_before = _env_dirs()
     first.stop()
+    old = _an_environment_of_an_older_wheelhouse(tmp_path)
 
     second = serve()
     assert second.line("limits in force: ").startswith(
         f"limits in force: context_window={window} truncate_on_overflow=false (kept in "
     )
-    assert second.line("environments: ") == "environments: .autoglm/example/envs: 2 reused, 0 built, 0 unused removed"
-    assert _env_dirs() == envs_before  # the same directories: nothing rebuilt
+    assert second.line("environments: ") == "environments: .autoglm/example/envs: 2 reused, 0 built, 1 unused removed"
+    assert _env_dirs() == envs_before  # the same directories: nothing rebuilt, the old one gone
+    assert not old.exists()
     _check_full_walk(walk(second), restore_first=True)
     _lower_the_window(second)
     second.stop()
