@@ -1,4 +1,5 @@
-"""End to end: the example model server under uvicorn, on a real ZooKeeper, with real isolated workers."""
+"""End to end: ``bash scripts/serve --zk`` (the example model server under uvicorn) on the harness's ZooKeeper,
+with real isolated workers, in a state directory of its own."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,7 +49,7 @@ def server(zk_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     log_path = state / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "examples.model_server", "--zk", zk_server.hosts, "--root", root,
+            ["bash", "scripts/serve", "--zk", zk_server.hosts, "--root", root,
              "--port", str(port), "--state-dir", str(state)],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip

@@ -14,6 +14,8 @@ import pytest
 from autoglm_runtime.errors import DependencyConflictError, EnvironmentBuildError
 from autoglm_runtime.isolation import EnvironmentBuilder, ModelLoader, load_manifest
 from autoglm_runtime.isolation.envbuild import METADATA_NAME
+from autoglm_runtime.isolation.envgc import collect_garbage
+from autoglm_runtime.testing.wheels import build_wheel
 
 pytestmark = pytest.mark.slow
 
@@ -161,3 +163,34 @@ def test_environment_failing_check_deps_is_not_kept(wheelhouse: Path, tmp_path: 
     )
     assert "[shadowed-module] conflictlib 1.0 and shadowlib 1.0 both install the top-level module" in info.value.message
     assert [p.name for p in root.iterdir()] == [good.key]
+
+
+def test_a_rebuilt_wheelhouse_with_the_same_wheels_reuses_the_environments(
+    tmp_path: Path, env_root: Path, make_model
+) -> None:
+    # What a restart of the example server does: it writes its wheelhouse again, byte for byte the same.
+    model = make_model("rebuilt-wheels", VERSION_MODEL, ["conflictlib==2.0"])
+    wheels = tmp_path / "wheels"
+    build_wheel(wheels, "conflictlib", "2.0", modules={"conflictlib/__init__.py": "VERSION = '2.0'\n"})
+    first = EnvironmentBuilder(env_root, wheelhouse=wheels, offline=True).ensure(load_manifest(model))
+    wheel = wheels / "conflictlib-2.0-py3-none-any.whl"
+    wheel.unlink()
+    build_wheel(wheels, "conflictlib", "2.0", modules={"conflictlib/__init__.py": "VERSION = '2.0'\n"})
+    os.utime(wheel, ns=(5_000_000_000, 5_000_000_000))
+
+    again = EnvironmentBuilder(env_root, wheelhouse=wheels, offline=True).ensure(load_manifest(model))
+
+    assert (again.key, again.path, again.created) == (first.key, first.path, False)
+
+
+def test_env_gc_leaves_the_environments_of_loaded_models_alone(tmp_path: Path, wheelhouse: Path, make_model) -> None:
+    root = tmp_path / "envs"
+    model = make_model("held-by-loader", VERSION_MODEL, ["conflictlib==1.0"])
+    with ModelLoader(root, wheelhouse=wheelhouse, offline=True, backend="process") as loader:
+        loaded = loader.load(model)
+        report = collect_garbage(root)  # unused_for=0: anything not in use would go
+        assert (report.removed, report.kept) == ([], {loaded.environment.key: "in use"})
+        assert loaded.call("version", timeout=30) == "1.0"
+        loaded.close()  # closing the model releases its environment
+        assert [r.key for r in collect_garbage(root).removed] == [loaded.environment.key]
+    assert list(root.iterdir()) == []

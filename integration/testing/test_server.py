@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 from kazoo.client import KazooClient
@@ -116,3 +117,24 @@ def test_no_java_process_survives_its_python(how: str) -> None:
     pgid = int(result.stdout.split()[0])
 
     assert _group_gone(pgid), f"java process group {pgid} outlived its Python ({how}): {group_members(pgid)}"
+
+
+def test_a_relative_data_dir_starts_and_keeps_its_data_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reproduction: java runs in the data folder, so a relative path must be resolved before.
+    monkeypatch.chdir(tmp_path)
+    try:
+        server = start_zookeeper("local", data_dir=Path("zkdata"))
+    except ZooKeeperUnavailableError as exc:
+        skip_or_fail(exc)
+    with server:
+        assert isinstance(server, LocalZooKeeperServer)
+        assert server.data_dir == tmp_path / "zkdata"
+        assert server.mode() == "standalone"
+        monkeypatch.chdir("/")  # a later change of directory does not move the server's files
+        server.restart()
+        assert server.mode() == "standalone"
+    assert (tmp_path / "zkdata" / "zoo.cfg").is_file()
+    assert (tmp_path / "zkdata" / "version-2").is_dir()
+    assert not (tmp_path / "zkdata" / "zkdata").exists()

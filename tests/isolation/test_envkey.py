@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from dataclasses import replace
@@ -22,8 +23,10 @@ from autoglm_runtime.isolation.envkey import (
     normalise_requirements,
     redact_url,
     source_identity,
+    wheelhouse_identity,
 )
 from autoglm_runtime.isolation.manifest import ModelManifest, load_manifest
+from autoglm_runtime.testing.wheels import build_wheel
 
 INFO = InterpreterInfo("cpython", "3.11.7", "cpython-311", "", "linux-x86_64", "/usr/bin/python3.11")
 SOURCE = "offline=True|wheelhouse=abc"
@@ -133,6 +136,42 @@ def test_source_identity_sees_a_wheel_rewritten_in_place_with_the_same_size(tmp_
     wheel.write_bytes(b"y" * 10)
     os.utime(wheel, ns=(2_000_000_000, 2_000_000_000))
     assert source_identity(tmp_path, None, True) != first
+
+
+def test_same_wheelhouse_content_with_other_modification_times_gives_the_same_key(tmp_path: Path) -> None:
+    # What a restart of the example does: the wheels are written again, byte for byte the same.
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    build_wheel(first_dir, "conflictlib", "1.0")
+    first = environment_key(_manifest("conflictlib==1.0"), INFO, source_identity(first_dir, None, True))
+    build_wheel(second_dir, "conflictlib", "1.0")
+    wheel = second_dir / "conflictlib-1.0-py3-none-any.whl"
+    os.utime(wheel, ns=(3_000_000_000, 3_000_000_000))
+    assert environment_key(_manifest("conflictlib==1.0"), INFO, source_identity(second_dir, None, True)) == first
+
+    build_wheel(second_dir, "conflictlib", "1.0", modules={"conflictlib/__init__.py": "VERSION = 'patched'\n"})
+    assert environment_key(_manifest("conflictlib==1.0"), INFO, source_identity(second_dir, None, True)) != first
+
+
+def test_wheelhouse_identity_is_names_and_content(tmp_path: Path) -> None:
+    (tmp_path / "a-1.0-py3-none-any.whl").write_bytes(b"abc")
+    (tmp_path / "b-1.0.tar.gz").write_bytes(b"")
+    expected = hashlib.sha256(
+        f"a-1.0-py3-none-any.whl\0{hashlib.sha256(b'abc').hexdigest()}\n"
+        f"b-1.0.tar.gz\0{hashlib.sha256(b'').hexdigest()}\n".encode()
+    ).hexdigest()
+    assert wheelhouse_identity(tmp_path) == expected
+    (tmp_path / "a-1.0-py3-none-any.whl").rename(tmp_path / "a-1.1-py3-none-any.whl")
+    assert wheelhouse_identity(tmp_path) != expected
+
+
+def test_a_rewrite_that_restores_size_and_modification_time_is_still_seen(tmp_path: Path) -> None:
+    wheel = tmp_path / "a-1.0-py3-none-any.whl"
+    wheel.write_bytes(b"x" * 10)
+    os.utime(wheel, ns=(1_000_000_000, 1_000_000_000))
+    first = wheelhouse_identity(tmp_path)  # now cached by the file's stat
+    wheel.write_bytes(b"y" * 10)
+    os.utime(wheel, ns=(1_000_000_000, 1_000_000_000))
+    assert wheelhouse_identity(tmp_path) != first
 
 
 def test_source_identity_of_an_index() -> None:

@@ -11,7 +11,8 @@ import pytest
 from autoglm_runtime.testing._common import INSTALL_HINT
 from autoglm_runtime.testing._container import docker_unreachable_reason
 from autoglm_runtime.testing._local import STANDALONE_MAIN, LocalInstallation, find_local_installation
-from autoglm_runtime.testing._server import ExternalZooKeeperServer
+from autoglm_runtime.testing._server import ExternalZooKeeperServer, LocalZooKeeperServer
+from autoglm_runtime.testing.ensemble import ZooKeeperEnsemble
 from autoglm_runtime.testing.zookeeper import (
     BACKENDS,
     ZooKeeperHarnessError,
@@ -183,3 +184,26 @@ def test_skip_or_fail_fails_under_ci_and_skips_elsewhere() -> None:
     with pytest.raises(pytest.skip.Exception) as skipped:
         skip_or_fail(exc, {})
     assert skipped.value.msg == expected
+
+
+def test_relative_paths_are_resolved_once_where_they_are_accepted(
+    tmp_path: Path, fake_java: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # java runs in the server's data folder: any relative path handed to it would name the wrong place.
+    home = tmp_path / "zk"
+    (home / "lib").mkdir(parents=True)
+    (home / "lib" / "zookeeper-3.8.4.jar").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+
+    found = find_local_installation({"JAVA_HOME": "jdk", "ZOOKEEPER_HOME": "zk", "PATH": ""})
+    assert found.java == str(fake_java / "bin" / "java")
+    assert found.classpath == (str(home / "lib" / "zookeeper-3.8.4.jar"),)
+
+    server = LocalZooKeeperServer(found, data_dir=Path("data"), port=1)
+    assert (server.data_dir, server.config_path, server.log_path) == (
+        tmp_path / "data",
+        tmp_path / "data" / "zoo.cfg",
+        tmp_path / "data" / "zookeeper.log",
+    )
+    ensemble = ZooKeeperEnsemble(3, installation=found, base_dir="ens")
+    assert [s.data_dir for s in ensemble.servers] == [tmp_path / "ens" / f"server{n}" for n in (1, 2, 3)]

@@ -1,9 +1,11 @@
-"""``autoglm-runtime env build PATH...``: build (or reuse) the isolated environment of each model.
+"""``autoglm-runtime env build PATH...`` builds (or reuses) the isolated environment of each model;
+``autoglm-runtime env gc`` removes environments that no running model holds and nobody used for a while.
 
 On a terminal, progress is one redrawn bar on stderr; otherwise every build step and installer line is
 printed on stderr as its own line. stdout gets one line per model: ``<name> <key> built|reused <path>``.
 Exit codes: 0 when every environment is ready, 1 when a build or its check failed, 2 for usage errors (a
 malformed manifest, an interpreter, wheelhouse or environment root that does not exist or cannot be used).
+``env gc`` prints ``removed <key> <path> (<reason>)`` or ``kept <key> (<reason>)`` per entry on stdout.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from autoglm_runtime.errors import EXIT_OK
 if TYPE_CHECKING:
     from autoglm_runtime.isolation.envbuild import BuildEvent
 
-__all__ = ["DEFAULT_ENV_ROOT", "ProgressBar", "ProgressLines", "register", "run_build"]
+__all__ = ["DEFAULT_ENV_ROOT", "DEFAULT_UNUSED_DAYS", "ProgressBar", "ProgressLines", "register", "run_build", "run_gc"]
 
 DEFAULT_ENV_ROOT = os.environ.get("AUTOGLM_ENV_ROOT", str(Path("~/.cache/autoglm-runtime/envs").expanduser()))
+#: ``env gc`` removes environments last used this many days ago or earlier.
+DEFAULT_UNUSED_DAYS = 7.0
 
 
 class ProgressBar:
@@ -80,6 +84,23 @@ def register(subparsers: Any) -> None:
     )
     build.set_defaults(func=run_build)
 
+    gc = commands.add_parser(
+        "gc",
+        help="remove environments no loaded model holds and nobody used for a while",
+        description="Remove the environments under --env-root that no running ModelLoader holds and that were last "
+        "built or used --unused-days ago or earlier, and what interrupted builds left behind.",
+    )
+    gc.add_argument("--env-root", default=DEFAULT_ENV_ROOT, help="where environments live (%(default)s)")
+    gc.add_argument(
+        "--unused-days",
+        type=float,
+        default=DEFAULT_UNUSED_DAYS,
+        metavar="DAYS",
+        help="remove environments last used at least this long ago; 0 removes every one not in use (%(default)g)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    gc.set_defaults(func=run_gc)
+
 
 def run_build(args: argparse.Namespace) -> int:
     """Build every model's environment; SDK errors propagate to ``main`` (printed with their code)."""
@@ -107,4 +128,17 @@ def run_build(args: argparse.Namespace) -> int:
         manifest = load_manifest(path)
         env = builder.ensure(manifest)
         print(f"{manifest.name} {env.key} {'built' if env.created else 'reused'} {env.path}")
+    return EXIT_OK
+
+
+def run_gc(args: argparse.Namespace) -> int:
+    """Collect unused environments; prints one line per environment removed or kept."""
+    from autoglm_runtime.isolation.envgc import collect_garbage
+
+    report = collect_garbage(args.env_root, unused_for=args.unused_days * 86400.0, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for removal in report.removed:
+        print(f"{verb} {removal.key} {removal.path} ({removal.reason})")
+    for key, reason in sorted(report.kept.items()):
+        print(f"kept {key} ({reason})")
     return EXIT_OK

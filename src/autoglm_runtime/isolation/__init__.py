@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from autoglm_runtime.isolation.check import check_environment, check_models
 from autoglm_runtime.isolation.envbuild import BuildEvent, Environment, EnvironmentBuilder
+from autoglm_runtime.isolation.envgc import GarbageReport, collect_garbage
 from autoglm_runtime.isolation.findings import Finding, Report
 from autoglm_runtime.isolation.loader import LoadedModel, ModelHealth, ModelLoader
 from autoglm_runtime.isolation.manifest import ModelManifest, load_manifest, parse_requirements_file
@@ -13,6 +14,7 @@ __all__ = [
     "Environment",
     "EnvironmentBuilder",
     "Finding",
+    "GarbageReport",
     "LoadedModel",
     "ModelHealth",
     "ModelLoader",
@@ -20,6 +22,7 @@ __all__ = [
     "Report",
     "check_environment",
     "check_models",
+    "collect_garbage",
     "load_manifest",
     "parse_requirements_file",
 ]

@@ -42,6 +42,7 @@ from typing import Literal, Protocol
 
 from autoglm_runtime.errors import DependencyConflictError, EnvironmentBuildError, UsageError
 from autoglm_runtime.isolation._buildrun import Scrubber, remove_path, run_streaming, usable_root
+from autoglm_runtime.isolation._envuse import METADATA_NAME, touch
 from autoglm_runtime.isolation._venvprobe import FactsProbe, probe_venv
 from autoglm_runtime.isolation.check import check_probed
 from autoglm_runtime.isolation.envkey import (
@@ -63,7 +64,6 @@ __all__ = [
     "find_uv",
 ]
 
-METADATA_NAME = "autoglm-env.json"
 Installer = Literal["auto", "uv", "pip"]
 Phase = Literal["wait", "venv", "install", "check", "done"]
 _TOTAL_STEPS = 4
@@ -190,6 +190,7 @@ class EnvironmentBuilder:
         key = self.key_for(manifest)
         final = self.path_for(key)
         if (final / METADATA_NAME).is_file():
+            touch(final)  # its last use, which ``env gc`` reads
             return Environment(key, final, _bin(final), info, created=False)
         with self._lock(key):
             if (final / METADATA_NAME).is_file():  # another process built it while we waited

@@ -7,7 +7,7 @@ Two models share an environment exactly when their keys are equal. The key cover
   ``foo-bar<2,>=1.0`` give one key;
 * the interpreter: implementation, ``major.minor.micro``, ``sys.implementation.cache_tag``, ABI flags and the
   platform tag, read from the interpreter that will run the environment;
-* where packages come from: a hash of the wheelhouse's file names, sizes and modification times, or the
+* where packages come from: a hash of the wheelhouse's content (each file's name and SHA-256), or the
   index URL, and whether the build is offline;
 * the content of every ``-r`` file the manifest included (a changed file means a new environment).
 
@@ -43,6 +43,7 @@ __all__ = [
     "normalise_requirements",
     "redact_url",
     "source_identity",
+    "wheelhouse_identity",
 ]
 
 #: Hex digits of the key used as the environment's directory name.
@@ -160,31 +161,63 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc="****@" + parts.netloc.rpartition("@")[2]))
 
 
+# (path, device, inode, size, mtime, ctime) -> SHA-256 of the content. ctime changes with every write and
+# cannot be set back by anyone, so a file whose entry matches still has the content that was hashed.
+_DIGEST_CACHE: dict[tuple[str, int, int, int, int, int], str] = {}
+_DIGEST_CACHE_SIZE = 4096
+
+
+def _content_digest(path: str, stat: os.stat_result) -> str:
+    cache_key = (path, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    digest = _DIGEST_CACHE.get(cache_key)
+    if digest is None:
+        content = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                content.update(block)
+        if len(_DIGEST_CACHE) >= _DIGEST_CACHE_SIZE:  # entries of replaced files are never asked for again
+            _DIGEST_CACHE.clear()
+        digest = _DIGEST_CACHE[cache_key] = content.hexdigest()
+    return digest
+
+
+def wheelhouse_identity(wheelhouse: str | os.PathLike[str]) -> str:
+    """A SHA-256 over the wheelhouse's package files (``*.whl``, ``*.tar.gz``, ``*.zip``, ``*.tar.bz2``): each
+    one's name and the SHA-256 of its content, in name order.
+
+    Only the content counts: a wheelhouse rebuilt or copied with the same files (new modification times)
+    has the same identity, and one that gains, loses or changes a file has another. Each file is read once
+    per process; later calls cost a ``stat`` per file while it is unchanged. Raises :class:`UsageError`
+    when the wheelhouse cannot be read.
+    """
+    digest = hashlib.sha256()
+    try:
+        entries = sorted(os.scandir(wheelhouse), key=lambda e: e.name)
+        for entry in entries:
+            if entry.is_file() and entry.name.endswith(_WHEELHOUSE_SUFFIXES):
+                content = _content_digest(os.path.abspath(entry.path), entry.stat())
+                digest.update(f"{entry.name}\0{content}\n".encode())
+    except OSError as exc:
+        raise UsageError(
+            f"wheelhouse {os.fspath(wheelhouse)} cannot be read ({exc.strerror}); give a directory of wheels"
+        ) from exc
+    return digest.hexdigest()
+
+
 def source_identity(
     wheelhouse: str | os.PathLike[str] | None, index_url: str | None, offline: bool, *, redact: bool = False
 ) -> str:
-    """Where packages come from: the wheelhouse's file names, sizes and modification times (hashed), or the
-    index URL.
+    """Where packages come from: the wheelhouse's content (:func:`wheelhouse_identity`), or the index URL.
 
     A wheelhouse that gains, loses, replaces or rewrites a file gives a new identity, so an environment is
-    never reused after the packages it could have been built from changed. Environment keys use the full
-    URL; ``redact=True`` gives the form that may be written to disk or logged (no credentials).
-    Raises :class:`UsageError` when the wheelhouse cannot be read.
+    never reused after the packages it could have been built from changed; one rebuilt with the same files
+    keeps its identity, so its environments are reused. Environment keys use the full URL; ``redact=True``
+    gives the form that may be written to disk or logged (no credentials). Raises :class:`UsageError` when
+    the wheelhouse cannot be read.
     """
     parts = [f"offline={offline}"]
     if wheelhouse is not None:
-        digest = hashlib.sha256()
-        try:
-            entries = sorted(os.scandir(wheelhouse), key=lambda e: e.name)
-            for entry in entries:
-                if entry.is_file() and entry.name.endswith(_WHEELHOUSE_SUFFIXES):
-                    stat = entry.stat()
-                    digest.update(f"{entry.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        except OSError as exc:
-            raise UsageError(
-                f"wheelhouse {os.fspath(wheelhouse)} cannot be read ({exc.strerror}); give a directory of wheels"
-            ) from exc
-        parts.append(f"wheelhouse={digest.hexdigest()}")
+        parts.append(f"wheelhouse={wheelhouse_identity(wheelhouse)}")
     if index_url is not None:
         url = index_url.rstrip("/")
         parts.append(f"index={redact_url(url) if redact else url}")

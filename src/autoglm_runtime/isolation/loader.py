@@ -21,7 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from autoglm_runtime.errors import BackendUnsupportedError, IsolationError, UsageError
+from autoglm_runtime.errors import BackendUnsupportedError, EnvironmentBuildError, IsolationError, UsageError
+from autoglm_runtime.isolation._envuse import EnvironmentHold, hold_environment
 from autoglm_runtime.isolation.envbuild import BuildProgress, Environment, EnvironmentBuilder, Installer
 from autoglm_runtime.isolation.manifest import ModelManifest, load_manifest
 from autoglm_runtime.isolation.subinterp import Backend, resolve_backend
@@ -169,6 +170,7 @@ class ModelLoader:
         self._models: dict[str, LoadedModel] = {}
         self._loading: set[str] = set()
         self._starting: set[WorkerProcess] = set()  # workers of loads in flight: close() stops them too
+        self._holds: dict[LoadedModel, EnvironmentHold] = {}  # keeps ``env gc`` off the models' environments
         self._closed = False
 
     @property
@@ -196,8 +198,9 @@ class ModelLoader:
             if manifest.name in self._models or manifest.name in self._loading:
                 raise UsageError(f"a model named '{manifest.name}' is already loaded; close it first")
             self._loading.add(manifest.name)
+        hold: EnvironmentHold | None = None
         try:
-            environment = self.builder.ensure(manifest)
+            environment, hold = self._ensure_held(manifest)
             worker = self._start_worker(manifest, environment, backend or self.backend)
             model = LoadedModel(manifest, environment, worker, self._default_timeout, self._forget)
             with self._lock:
@@ -205,10 +208,13 @@ class ModelLoader:
                 registered = not self._closed
                 if registered:
                     self._models[manifest.name] = model
+                    self._holds[model], hold = hold, None
             if not registered:  # closed after the worker started: close() stopped it, or is stopping it now
                 worker.close()
                 raise UsageError(_closed_while_loading(manifest.name))
         finally:
+            if hold is not None:
+                hold.release()
             with self._lock:
                 self._loading.discard(manifest.name)
         _log.info(
@@ -219,6 +225,18 @@ class ModelLoader:
             model.health()["pid"],
         )
         return model
+
+    def _ensure_held(self, manifest: ModelManifest) -> tuple[Environment, EnvironmentHold]:
+        """The model's environment, held in use; built again should a collection remove it meanwhile."""
+        for _ in range(3):
+            environment = self.builder.ensure(manifest)
+            hold = hold_environment(environment.path)
+            if hold is not None:
+                return environment, hold
+        raise EnvironmentBuildError(
+            f"the environment of model '{manifest.name}' at {environment.path} was removed three times while it "
+            "was being loaded; stop the process that keeps collecting it (autoglm-runtime env gc), then load again"
+        )
 
     def _start_worker(self, manifest: ModelManifest, environment: Environment, requested: Backend) -> WorkerProcess:
         first = resolve_backend(requested, environment.interpreter)
@@ -269,6 +287,9 @@ class ModelLoader:
         with self._lock:
             if self._models.get(model.name) is model:
                 del self._models[model.name]
+            hold = self._holds.pop(model, None)
+        if hold is not None:
+            hold.release()
 
     def health(self) -> dict[str, ModelHealth]:
         """Each loaded model's :meth:`LoadedModel.health`, by name (``{}`` when none is loaded or after
@@ -283,8 +304,12 @@ class ModelLoader:
             workers = [model._worker for model in self._models.values()] + list(self._starting)
             self._models.clear()
             self._starting.clear()
+            holds = list(self._holds.values())
+            self._holds.clear()
         for worker in workers:
             worker.close()
+        for hold in holds:  # after the workers: none of them runs from an environment a collection may remove
+            hold.release()
 
     def __enter__(self) -> ModelLoader:
         return self

@@ -63,10 +63,11 @@ class LocalInstallation:
 def _find_java(env: Mapping[str, str]) -> str | None:
     java_home = env.get("JAVA_HOME")
     if java_home:
-        candidate = Path(java_home) / "bin" / "java"
+        candidate = Path(java_home).resolve() / "bin" / "java"
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
-    return shutil.which("java", path=env.get("PATH"))
+    found = shutil.which("java", path=env.get("PATH"))
+    return None if found is None else os.path.abspath(found)  # a relative PATH entry would break in java's cwd
 
 
 def _tarball_classpath(home: Path) -> tuple[str, ...]:
@@ -83,6 +84,9 @@ def find_local_installation(
 ) -> LocalInstallation:
     """Find java and ZooKeeper: ``ZOOKEEPER_HOME`` (an Apache tarball) first, then Debian's package.
 
+    Every path in the answer is absolute (a relative ``ZOOKEEPER_HOME``, ``JAVA_HOME`` or ``PATH`` entry is
+    resolved against the current directory now), because java runs in the server's data folder.
+
     Raises :class:`ZooKeeperUnavailableError` saying what is missing.
     """
     env = os.environ if env is None else env
@@ -93,12 +97,13 @@ def find_local_installation(
         )
     home = env.get("ZOOKEEPER_HOME")
     if home:
-        classpath = _tarball_classpath(Path(home))
+        classpath = _tarball_classpath(Path(home).resolve())
         if not classpath:
             raise ZooKeeperUnavailableError(
                 f"ZOOKEEPER_HOME is set to {home!r}, but no zookeeper-*.jar was found in it or in its lib folder."
             )
         return LocalInstallation(java, classpath, f"ZOOKEEPER_HOME={home}")
+    debian_jar = debian_jar.resolve()
     if debian_jar.is_file():
         classpath = (str(debian_jar),)
         logger = debian_jar.parent / DEBIAN_LOGGER.name
@@ -148,8 +153,8 @@ class JavaProcess:
 
     def __init__(self, argv: Sequence[str], *, log_path: Path, cwd: Path, name: str) -> None:
         self.argv = list(argv)
-        self.log_path = log_path
-        self.cwd = cwd
+        self.log_path = log_path.resolve()
+        self.cwd = cwd.resolve()
         self.name = name
         self._popen: subprocess.Popen[bytes] | None = None
 

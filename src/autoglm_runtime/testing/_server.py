@@ -114,7 +114,10 @@ class LocalZooKeeperServer(ZooKeeperServer):
         super().__init__(host, port if port is not None else free_port(host))
         self._fixed_port = port is not None
         self._owns_dir = data_dir is None
-        self.data_dir = Path(tempfile.mkdtemp(prefix="autoglm-zk-")) if data_dir is None else Path(data_dir)
+        # Resolved once, here: java runs with the data folder as its working directory, where a relative
+        # config path or dataDir would name the wrong place.
+        folder = Path(tempfile.mkdtemp(prefix="autoglm-zk-")) if data_dir is None else Path(data_dir)
+        self.data_dir = folder.resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.installation = installation
         self.main_class = main_class

@@ -53,7 +53,8 @@ class ZooKeeperEnsemble:
             raise ValueError(f"An ensemble needs at least one member, not {size}.")
         self.installation = installation if installation is not None else find_local_installation(env)
         self._owns_dir = base_dir is None
-        self.base_dir = Path(tempfile.mkdtemp(prefix="autoglm-zk-ensemble-")) if base_dir is None else Path(base_dir)
+        base = Path(tempfile.mkdtemp(prefix="autoglm-zk-ensemble-")) if base_dir is None else Path(base_dir)
+        self.base_dir = base.resolve()  # once, here: members' java processes run in their own folders
         host = "127.0.0.1"
         peers = [QuorumPeer(n, host, free_port(host), free_port(host)) for n in range(1, size + 1)]
         self.servers: list[LocalZooKeeperServer] = [

@@ -193,7 +193,7 @@ def start_zookeeper(
     """
     env = os.environ if env is None else env
     order = backend_order(backend, env)
-    folder = None if data_dir is None else Path(data_dir)
+    folder = None if data_dir is None else Path(data_dir).resolve()  # relative to the caller's cwd, now
     reasons: list[str] = []
     for name in order:
         try:

@@ -1,0 +1,97 @@
+"""Where the example's config lives: the ZooKeeper given by --zk, a local ZooKeeper, or a file:// directory.
+
+The local stores keep their data in the state directory, so the limits an operator set survive a restart;
+the defaults are written only where a key is missing, or everywhere with ``reset``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoglm_runtime.errors import ConfigUnavailableError, UsageError
+from autoglm_runtime.testing import ZooKeeperUnavailableError, start_zookeeper
+from examples.model_server.app import DEFAULT_LIMITS, LIMITS_PREFIX
+
+log = logging.getLogger("examples.model_server")
+
+DEFAULTS: dict[str, bytes] = {
+    f"{LIMITS_PREFIX}context_window": str(DEFAULT_LIMITS.context_window).encode(),
+    f"{LIMITS_PREFIX}truncate_on_overflow": b"false",
+}
+
+
+@dataclass(frozen=True)
+class ConfigStore:
+    """The hosts string the server follows, what it is (for the banner), and where its data lives."""
+
+    hosts: str
+    description: str
+    data: str
+
+
+def open_store(
+    *, zk: str | None, choice: str, state: Path, stack: contextlib.ExitStack, env: Mapping[str, str] | None = None
+) -> ConfigStore:
+    """The config store to follow; a local ZooKeeper started here is stopped when ``stack`` closes.
+
+    ``env`` is where the harness looks for a ZooKeeper installation (default: the process environment).
+    """
+    if zk:
+        return ConfigStore(zk, "ZooKeeper given by --zk / AUTOGLM_ZK_HOSTS", f"that ZooKeeper, under {zk}")
+    if choice in ("auto", "zookeeper"):
+        data = state / "zookeeper"
+        try:
+            server = stack.enter_context(start_zookeeper("local", data_dir=data, env=env))
+        except ZooKeeperUnavailableError as exc:
+            if choice == "zookeeper":
+                raise UsageError(
+                    f"--config-store zookeeper needs a local ZooKeeper, and none is installed ({exc.message}); "
+                    "install one, or use --config-store file"
+                ) from exc
+            log.warning("no ZooKeeper installed (%s); following a file:// config directory instead", exc.message)
+        else:
+            return ConfigStore(server.hosts, "a local ZooKeeper started through autoglm_runtime.testing", str(data))
+    directory = state / "config"
+    directory.mkdir(parents=True, exist_ok=True)
+    why = "no ZooKeeper installed" if choice == "auto" else "--config-store file"
+    return ConfigStore(f"file://{directory}", f"a file:// config directory ({why})", str(directory))
+
+
+def seed(hosts: str, root: str, *, reset: bool) -> None:
+    """Write the default limits where they are missing (all of them with ``reset``); other values stay."""
+    if hosts.startswith("file://"):
+        base = Path(hosts[len("file://") :]) / root.strip("/")
+        for key, value in DEFAULTS.items():
+            path = base / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if reset or not path.exists():
+                tmp = path.with_name(f".{path.name}.tmp")  # the poller ignores dot files; the rename is atomic
+                tmp.write_bytes(value)
+                tmp.replace(path)
+        return
+    from kazoo.client import KazooClient
+    from kazoo.exceptions import KazooException, NodeExistsError
+    from kazoo.handlers.threading import KazooTimeoutError
+
+    zk = KazooClient(hosts=hosts)
+    try:
+        zk.start(timeout=15)
+        for key, value in DEFAULTS.items():
+            path = f"{root}/{key}"
+            try:
+                zk.create(path, value, makepath=True)
+            except NodeExistsError:
+                if reset:
+                    zk.set(path, value)
+    except (KazooException, KazooTimeoutError) as exc:
+        raise ConfigUnavailableError(
+            f"ZooKeeper at {hosts} could not take the default limits under {root} ({type(exc).__name__}): "
+            "check --zk and that the server runs"
+        ) from exc
+    finally:
+        zk.stop()
+        zk.close()

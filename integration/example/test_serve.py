@@ -1,0 +1,324 @@
+"""The README's first command, end to end: ``bash scripts/serve`` from the repository root, default state dir.
+
+Each test starts the command as a newcomer would (only ``--port`` added, to stay off a port in use), reads
+the banner it prints, runs every command of the walk-through exactly as printed (bash from the repository
+root), and checks each response against the status and details the banner claims, and against what the
+test knows. So the test breaks when the banner lies. Restarts check that the limits persist in the state
+directory, that environments are reused (not rebuilt), and that ``--reset`` starts from the defaults. After
+every stop no server, worker or java process is left.
+
+The local-ZooKeeper run needs ZooKeeper installed (it is on CI; elsewhere the test is skipped with a
+message); the file:// run uses ``--config-store file``, the store a machine without ZooKeeper gets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from autoglm_runtime.isolation import EnvironmentBuilder, load_manifest
+from autoglm_runtime.testing import ZooKeeperUnavailableError, build_wheel, fail_in_ci_else_skip
+from autoglm_runtime.testing._local import find_local_installation
+from autoglm_runtime.testing.processes import is_running, processes_matching
+
+REPO = Path(__file__).resolve().parents[2]
+STATE = REPO / ".autoglm" / "example"  # the default --state-dir, as the README runs it
+DEFAULTS = {"context_window": 64, "truncate_on_overflow": False}
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _poll(condition: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)  # polling a condition with a deadline
+
+
+@dataclass
+class Serve:
+    """One run of ``bash scripts/serve``: its process, its log, and the banner it printed."""
+
+    args: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] = field(init=False)
+    banner: str = ""
+
+    def start(self) -> Serve:
+        env = {k: v for k, v in os.environ.items() if k not in ("AUTOGLM_ZK_HOSTS", "PORT")}
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                ["bash", "scripts/serve", *self.args],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        text = _poll(lambda: self._banner() or self.proc.poll() is not None, 300, "the banner")
+        if not isinstance(text, str):
+            raise AssertionError(f"scripts/serve exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+        self.banner = text
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def _banner(self) -> str | None:
+        lines = [line for line in self.log().splitlines() if not line.startswith("{")]  # JSON log lines
+        for index, line in enumerate(lines):
+            if line.startswith("autoglm-runtime example model server listening on"):
+                end = next((i for i in range(index, len(lines)) if lines[i].strip().endswith("/health")), None)
+                return "\n".join(lines[index : end + 1]) if end is not None else None
+        return None
+
+    @property
+    def url(self) -> str:
+        return re.search(r"listening on (\S+)", self.banner).group(1)  # type: ignore[union-attr]
+
+    def line(self, prefix: str) -> str:
+        return next(line for line in self.banner.splitlines() if line.startswith(prefix))
+
+    def stop(self) -> None:
+        """Ctrl-C, as a user stops it; then nothing it started may be left."""
+        workers = [m["pid"] for m in httpx.get(f"{self.url}/health", timeout=30).json()["models"].values()]
+        self.proc.send_signal(signal.SIGINT)  # bash exec'd python: this is the server itself
+        try:
+            assert self.proc.wait(60) == 130, self.log()[-4000:]  # 128 + SIGINT, after a clean stop
+        finally:
+            self.kill()
+        _poll(lambda: not any(is_running(pid) for pid in workers), 30, f"the workers {workers} to exit")
+        _poll(lambda: not processes_matching(str(STATE / "zookeeper").encode()), 30, "the local ZooKeeper to exit")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@dataclass
+class Step:
+    """A command of the walk-through and the claim of its comment (``[400, E0513: ...]``)."""
+
+    command: str
+    claim: str
+
+
+def walkthrough(banner: str) -> list[Step]:
+    """Every command printed after "Try it", each with the bracketed claim of the comment above it."""
+    steps: list[Step] = []
+    claim, after_command = "", True
+    for raw in banner.split("Try it", 1)[1].splitlines()[1:]:
+        line = raw.strip()
+        if line.startswith("#"):
+            if after_command:  # a new block of comments: the claim above no longer holds
+                claim, after_command = "", False
+            found = re.search(r"\[(.*)\]", line)
+            claim = found.group(1) if found else claim
+        elif line:
+            steps.append(Step(line, claim))
+            after_command = True
+    return steps
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+def _run(command: str) -> str:
+    done = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, timeout=60, check=False)
+    assert done.returncode == 0, f"{command!r} exited with {done.returncode}: {done.stderr.decode()}"
+    return done.stdout.decode()  # not text=True: that would turn HTTP's CRLF into LF
+
+
+def _parse_http(output: str) -> Response:
+    head, _, body = output.partition("\r\n\r\n")
+    status_line, *header_lines = head.split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    return Response(int(status_line.split()[1]), headers, json.loads(body))
+
+
+def walk(serve: Serve) -> list[tuple[Step, Response | None]]:
+    """Run every step as printed; after a ``config set``, wait (with a deadline) until the server follows."""
+    done: list[tuple[Step, Response | None]] = []
+    for step in walkthrough(serve.banner):
+        output = _run(step.command)
+        if step.command.startswith("curl"):
+            response = _parse_http(output)
+            done.append((step, response))
+            _check_claim(step, response)
+            continue
+        setting = re.search(r" config set limits/(\w+) (\S+) ", step.command)
+        assert setting is not None, f"an unexpected command in the walk-through: {step.command}"
+        key, text = setting.groups()
+        value: Any = int(text) if text.isdigit() else text == "true"
+
+        def followed(key: str = key, value: Any = value) -> bool:
+            return httpx.get(f"{serve.url}/health", timeout=30).json()["limits"][key] == value
+
+        _poll(followed, 30, f"the server to follow {key}={text}")
+        done.append((step, None))
+    return done
+
+
+def _check_claim(step: Step, response: Response) -> None:
+    """The status and the details the banner claims for this step."""
+    status, *details = [part.strip() for part in step.claim.split(",", 1)]
+    assert response.status == int(status), (step, response)
+    detail = details[0] if details else ""
+    code = re.match(r"(E\d{4})", detail)
+    if code:
+        assert response.body["error"]["code"] == code.group(1), (step, response)
+    numbers = re.match(r"E0513: (\d+) tokens, more than the context window of (\d+)", detail)
+    if numbers:
+        total, window = numbers.groups()
+        assert f"({total} in total), more than the context window of {window} tokens" in (
+            response.body["error"]["message"]
+        ), (step, response)
+    truncated = re.match(r"x-autoglm-truncated-tokens: (\d+)", detail)
+    if truncated:
+        assert response.headers["x-autoglm-truncated-tokens"] == truncated.group(1), (step, response)
+        assert response.headers["x-autoglm-warning-code"] == "E0514"
+
+
+def _check_full_walk(done: list[tuple[Step, Response | None]], restore_first: bool) -> None:
+    """What the test knows about each step, beyond the banner's own claims."""
+    responses = [r for _, r in done]
+    if restore_first:  # two config sets putting the defaults back come first
+        assert responses[:2] == [None, None]
+        responses = responses[2:]
+    statuses = [None if r is None else r.status for r in responses]
+    assert statuses == [200, 200, 200, None, 400, None, 200, None, None, 431, 200]
+    one, two, fits, _, rejected, _, truncated, _, _, refused, health = responses
+    assert (one.body["conflictlib"], two.body["conflictlib"]) == ("1.0", "2.0")  # type: ignore[union-attr]
+    assert one.body["choices"][0]["text"] == "hello there world"  # type: ignore[union-attr]
+    assert "x-autoglm-truncated-tokens" not in fits.headers  # type: ignore[union-attr]
+    assert rejected.body["error"]["code"] == "E0513"  # type: ignore[union-attr]
+    assert int(truncated.headers["x-autoglm-truncated-tokens"]) > 0  # type: ignore[union-attr]
+    assert refused.body["error"]["code"] == "E0512"  # type: ignore[union-attr]
+    assert health.body["status"] == "ok"  # type: ignore[union-attr]
+    assert health.body["limits"] == DEFAULTS  # type: ignore[union-attr]
+
+
+def _env_dirs() -> dict[str, int]:
+    envs = STATE / "envs"
+    return {p.name: p.stat().st_ino for p in envs.iterdir() if not p.name.startswith(".")}
+
+
+def _an_environment_of_an_older_wheelhouse(tmp_path: Path) -> Path:
+    """A real environment in the state directory that the server no longer uses (another conflictlib 1.0 build)."""
+    wheels = tmp_path / "older-wheels"
+    build_wheel(wheels, "conflictlib", "1.0", modules={"conflictlib/__init__.py": "__version__ = '1.0'  # older\n"})
+    model = REPO / "examples" / "model_server" / "models" / "summarizer-v1"
+    env = EnvironmentBuilder(STATE / "envs", wheelhouse=wheels, offline=True).ensure(load_manifest(model))
+    assert env.created
+    return env.path
+
+
+def _lower_the_window(serve: Serve) -> int:
+    """Run the banner's command that lowers the window (each start's local ZooKeeper has its own port)."""
+    command = next(s.command for s in walkthrough(serve.banner) if re.search(r"context_window (?!64 )", s.command))
+    _run(command)
+    return int(re.search(r"context_window (\d+) ", command).group(1))  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def runs() -> Iterator[list[Serve]]:
+    started: list[Serve] = []
+    yield started
+    for serve in started:
+        serve.kill()
+
+
+def _needs_local_zookeeper() -> None:
+    try:
+        find_local_installation()
+    except ZooKeeperUnavailableError as exc:
+        fail_in_ci_else_skip(f"scripts/serve starts a local ZooKeeper only where one is installed. {exc.message}")
+
+
+@pytest.mark.parametrize("store", ["zookeeper", "file"])
+def test_scripts_serve_walkthrough_restart_and_reset(store: str, tmp_path: Path, runs: list[Serve]) -> None:
+    if shutil.which("curl") is None:
+        fail_in_ci_else_skip("the walk-through scripts/serve prints runs curl, which is not installed")
+    extra = [] if store == "zookeeper" else ["--config-store", "file"]
+    if store == "zookeeper":
+        _needs_local_zookeeper()
+    port = _free_port()
+
+    def serve(*flags: str) -> Serve:
+        run = Serve(["--port", str(port), *extra, *flags], tmp_path / f"serve-{len(runs)}.log")
+        runs.append(run)
+        return run.start()
+
+    first = serve()
+    assert first.url == f"http://127.0.0.1:{port}"
+    expected_config = (
+        "config: a local ZooKeeper started through autoglm_runtime.testing: 127.0.0.1:"
+        if store == "zookeeper"
+        else f"config: a file:// config directory (--config-store file): file://{STATE / 'config'} root"
+    )
+    assert first.line("config: ").startswith(expected_config)
+    restore_first = "not the defaults" in first.banner  # left so by an earlier run in this checkout
+    _check_full_walk(walk(first), restore_first)
+    window = _lower_the_window(first)  # an operator's change, which a restart keeps
+    envs_before = _env_dirs()
+    first.stop()
+    old = _an_environment_of_an_older_wheelhouse(tmp_path)
+
+    second = serve()
+    assert second.line("limits in force: ").startswith(
+        f"limits in force: context_window={window} truncate_on_overflow=false (kept in "
+    )
+    assert second.line("environments: ") == "environments: .autoglm/example/envs: 2 reused, 0 built, 1 unused removed"
+    assert _env_dirs() == envs_before  # the same directories: nothing rebuilt, the old one gone
+    assert not old.exists()
+    _check_full_walk(walk(second), restore_first=True)
+    _lower_the_window(second)
+    second.stop()
+
+    third = serve("--reset")
+    assert third.line("limits in force: ").startswith("limits in force: context_window=64 truncate_on_overflow=false")
+    assert "not the defaults" not in third.banner
+    assert httpx.get(f"{third.url}/health", timeout=30).json()["limits"] == DEFAULTS
+    third.stop()
+
+
+def test_a_port_in_use_is_a_usage_error_before_any_set_up(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        state = tmp_path / "state"
+        done = subprocess.run(
+            ["bash", "scripts/serve", "--port", str(port), "--state-dir", str(state)],
+            cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        f"bash scripts/serve: error E0001: port {port} on 127.0.0.1 is in use by another program: stop it, or pass "
+        "--port with a free port (--port 0 picks one)"
+    )
+    assert not state.exists()  # nothing was built

@@ -1,0 +1,122 @@
+"""The example server's set-up pieces: command line, port and state-dir checks, config stores, walk-through numbers."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from autoglm_runtime.errors import UsageError
+from autoglm_runtime.validation import ContextWindowGuard, HFTokenizer
+from examples.model_server import banner, options
+from examples.model_server.app import DEFAULT_LIMITS
+from examples.model_server.assets import build_tokenizer
+from examples.model_server.store import open_store, seed
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_relative_state_dir_is_resolved_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AUTOGLM_ZK_HOSTS", raising=False)
+    args = options.parse([])
+    assert args.state_dir == tmp_path / ".autoglm" / "example"
+    assert (args.zk, args.config_store, args.reset) == (None, "auto", False)
+
+
+def test_zk_and_a_config_store_contradict() -> None:
+    with pytest.raises(UsageError) as info:
+        options.parse(["--zk", "127.0.0.1:2181", "--config-store", "file"])
+    assert info.value.message == (
+        "--zk 127.0.0.1:2181 and --config-store file contradict each other: --zk names the ZooKeeper to follow, "
+        "--config-store chooses a local store when there is none; pass one of them"
+    )
+
+
+def test_help_names_every_flag_with_its_default() -> None:
+    done = subprocess.run(
+        ["bash", "scripts/serve", "--help"], cwd=REPO, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    for flag, default in [
+        ("--host HOST", "(default: 127.0.0.1)"),
+        ("--port PORT", "(default: $PORT or 8000"),
+        ("--zk HOSTS", "(default: $AUTOGLM_ZK_HOSTS"),
+        ("--config-store {auto,zookeeper,file}", "(default: auto)"),
+        ("--root ROOT", "(default: /autoglm/example)"),
+        ("--state-dir STATE_DIR", "(default: .autoglm/example)"),
+        ("--reset", "(default: keep them)"),
+        ("--backend {auto,process,subinterp}", "(default: process)"),
+    ]:
+        start = text.index(f"{flag} ", text.index("options:"))
+        assert default in text[start : start + 300], f"{flag} does not say {default}"
+
+
+def test_a_taken_port_and_a_used_state_dir_are_usage_errors(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UsageError) as info:
+            options.bind("127.0.0.1", port)
+    assert info.value.exit_code == 2
+    assert info.value.message == (
+        f"port {port} on 127.0.0.1 is in use by another program: stop it, or pass --port with a free port "
+        "(--port 0 picks one)"
+    )
+    with options.state_lock(tmp_path), pytest.raises(UsageError) as info, options.state_lock(tmp_path):
+        pass
+    assert info.value.message.startswith(f"the state directory {tmp_path} is in use by another example server (pid ")
+    with options.state_lock(tmp_path):  # released by the first holder
+        pass
+
+
+def test_auto_falls_back_to_a_file_store_when_the_harness_finds_no_zookeeper(tmp_path: Path) -> None:
+    empty = tmp_path / "no-zookeeper-here"
+    empty.mkdir()
+    with contextlib.ExitStack() as stack:
+        store = open_store(zk=None, choice="auto", state=tmp_path, stack=stack, env={"ZOOKEEPER_HOME": str(empty)})
+    assert (store.hosts, store.description, store.data) == (
+        f"file://{tmp_path / 'config'}",
+        "a file:// config directory (no ZooKeeper installed)",
+        str(tmp_path / "config"),
+    )
+    with contextlib.ExitStack() as stack, pytest.raises(UsageError) as info:
+        open_store(zk=None, choice="zookeeper", state=tmp_path, stack=stack, env={"ZOOKEEPER_HOME": str(empty)})
+    assert info.value.message.startswith("--config-store zookeeper needs a local ZooKeeper, and none is installed (")
+
+
+def test_seeding_keeps_an_operator_value_unless_reset(tmp_path: Path) -> None:
+    hosts = f"file://{tmp_path}"
+    window = tmp_path / "autoglm" / "example" / "limits" / "context_window"
+    seed(hosts, "/autoglm/example", reset=False)
+    assert window.read_text() == str(DEFAULT_LIMITS.context_window)
+    window.write_text("26")
+    seed(hosts, "/autoglm/example", reset=False)
+    assert window.read_text() == "26"
+    seed(hosts, "/autoglm/example", reset=True)
+    assert window.read_text() == str(DEFAULT_LIMITS.context_window)
+
+
+def test_the_walkthrough_numbers_hold_for_the_demo_tokenizer(tmp_path: Path) -> None:
+    tokenizer = HFTokenizer.from_file(build_tokenizer(tmp_path / "tokenizer.json"))
+    numbers = banner.Walkthrough.for_tokenizer(tokenizer)
+    total = numbers.prompt_tokens + banner.MAX_TOKENS
+    assert total <= DEFAULT_LIMITS.context_window  # "fits" -> 200
+    assert banner.MAX_TOKENS < numbers.lowered_window < total  # "lower the window" -> 400, truncation can fit
+    guard = ContextWindowGuard(tokenizer, numbers.lowered_window, truncate_on_overflow=True)
+    assert guard.check(banner.PROMPT, max_output_tokens=banner.MAX_TOKENS).removed_tokens == numbers.truncated_tokens
+    assert numbers.truncated_tokens > 0
+
+
+def test_the_readme_flag_table_names_every_flag() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| `scripts/serve` flag |", 1)[1].split("\n\n", 1)[0]
+    documented = {row.split("`")[1].split()[0] for row in table.splitlines()[2:]}
+    actions = options.build_parser()._actions
+    parser_flags = {flag for action in actions for flag in action.option_strings if flag.startswith("--")} - {"--help"}
+    assert documented == parser_flags
