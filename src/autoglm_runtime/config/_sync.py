@@ -16,6 +16,9 @@ re-registering them, so every CONNECTED after a SUSPENDED or LOST triggers a res
 every watch relative to the last zxid seen before the drop, the server fires those whose znodes changed
 meanwhile, and only those are read again (:meth:`ZooKeeperSync._rearm`). Without such a zxid (first load,
 start from a snapshot, an interrupted load) the whole tree is read again and diffed against the cache.
+
+The sync thread collects what was queued into events, lets :func:`._syncstate.decide` choose what to do on
+its explicit state, and executes that plan; :mod:`._walk` does the level-by-level reads.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -31,9 +34,10 @@ from kazoo.protocol.states import Callback, EventType, KazooState, WatchedEvent
 from kazoo.retry import KazooRetry
 
 from autoglm_runtime.config import _syncstate as sm
-from autoglm_runtime.config._reader import Interrupted, ReadResult, Spec, ZooKeeperReader
+from autoglm_runtime.config._reader import Interrupted, ReadResult, ZooKeeperReader
 from autoglm_runtime.config._tree import TreeApplier
 from autoglm_runtime.config._values import ValuePipeline
+from autoglm_runtime.config._walk import Lost, TreeWalker
 from autoglm_runtime.config._zxid import ZxidGuard
 from autoglm_runtime.config.cache import ConfigCache
 from autoglm_runtime.config.health import SyncStatus
@@ -44,14 +48,6 @@ __all__ = ["ZooKeeperSync"]
 log = logging.getLogger("autoglm_runtime.config")
 
 _STOP = ("stop", "")
-
-
-class _Lost(Interrupted):
-    """A drop cut reads short: ``paths`` are read again later."""
-
-    def __init__(self, paths: Iterable[str]) -> None:
-        super().__init__()
-        self.paths = frozenset(paths)
 
 
 class ZooKeeperSync:
@@ -73,7 +69,6 @@ class ZooKeeperSync:
     ) -> None:
         self.hosts = hosts
         self.root = root
-        self._prefix = root.rstrip("/") + "/"
         self._cache = cache
         self._pipeline = pipeline
         self._status = status
@@ -107,6 +102,9 @@ class ZooKeeperSync:
             pending=self._pending,
             behind=self._guard.behind,
             loaded=self.loaded,
+        )
+        self._walker = TreeWalker(
+            root=root, reader=self._reader, tree=self._tree, cache=cache, pending=self._pending, stopping=self._stopping
         )
         self._thread = threading.Thread(target=self._run, name="autoglm-config-sync", daemon=True)
 
@@ -245,7 +243,7 @@ class ZooKeeperSync:
                 else:
                     event = self._do(action, unanswered, error)
             except Interrupted as exc:
-                lost = exc.paths if isinstance(exc, _Lost) else frozenset()
+                lost = exc.paths if isinstance(exc, Lost) else frozenset()
                 event = sm.CutShort(lost, self._reader.rearm, tuple(todo))
             except Exception as exc:
                 error, event = exc, sm.Failed()
@@ -265,9 +263,10 @@ class ZooKeeperSync:
         elif isinstance(action, sm.FullRead):
             return self._full_sync(action)
         elif isinstance(action, sm.ApplyFetched):
-            return self._apply_fetched(action.fetched)
+            return None if self._walker.apply_fetched(action.fetched) else sm.RootMissing()
         elif isinstance(action, sm.Read):
-            return self._incremental(action.data | unanswered, action.children | unanswered)
+            complete = self._walker.read(action.data | unanswered, action.children | unanswered)
+            return None if complete else sm.RootMissing()
         elif isinstance(action, sm.Confirm):
             # setWatches confirmed every key it did not fire for: they are fresh, not due for a re-read by
             # the reconciler (which would make the outage a full re-read after all).
@@ -295,7 +294,7 @@ class ZooKeeperSync:
         start_seq = self._reader.next_seq()
         found: set[str] = set()
         self._tree.denied = []
-        results = self._read_tree()
+        results = self._walker.read_tree()
         if self._stopping.is_set():
             return None  # a partial read must not delete what it did not reach
         root_appeared = False
@@ -333,27 +332,6 @@ class ZooKeeperSync:
         self._guard.checked_session = session
         return sm.FullSyncDone(session, root_appeared=root_appeared)
 
-    def _read_level(self, frontier: Sequence[Spec]) -> list[ReadResult]:
-        """Read one level; if the connection drops, its paths go with the error, to be read again."""
-        try:
-            return self._reader.read(frontier)
-        except Interrupted as exc:
-            raise _Lost(spec[0] for spec in frontier) from exc
-
-    def _read_tree(self) -> list[ReadResult]:
-        """Read the whole tree, level by level, without applying anything (the caller applies it at once)."""
-        out: list[ReadResult] = []
-        frontier: list[Spec] = [(self.root, False, True)]
-        while frontier and not self._stopping.is_set():
-            results = self._read_level(frontier)
-            out.extend(results)
-            frontier = []
-            for result in results:
-                if result.children and not result.missing and not result.denied:
-                    base = self._prefix if result.path == self.root else result.path + "/"
-                    frontier.extend((base + name, True, True) for name in sorted(result.children))
-        return out
-
     def _rearm(self, action: sm.Rearm) -> frozenset[str]:
         """Resync after a reconnect without re-reading the tree (kazoo #664's read spike).
 
@@ -374,43 +352,6 @@ class ZooKeeperSync:
         marker = ("synced", action.generation)
         self.client.handler.dispatch_callback(Callback("watch", self._queue.put, (marker,)))
         return unanswered
-
-    def _apply_fetched(self, fetched: Sequence[tuple[ReadResult, Any]]) -> sm.RootMissing | None:
-        """Apply the reads ``_on_watch`` started, in the order they were issued, then what they lead to."""
-        follow: list[Spec] = []
-        for index, (result, pending) in enumerate(fetched):
-            try:
-                self._reader.finish(result, pending)
-            except Interrupted as exc:
-                raise _Lost(r.path for r, _ in fetched[index:]) from exc
-            with self._cache.batch():
-                self._pending.discard(result.path)
-                follow.extend(self._tree.apply(result, found=None, full=False, reconcile=False))
-        if follow and not self._traverse(follow, found=None, full=False):
-            return sm.RootMissing()
-        return None
-
-    def _incremental(self, data: frozenset[str], children: frozenset[str]) -> sm.RootMissing | None:
-        paths = data | children
-        if not paths:
-            return None
-        self._pending.difference_update(paths)
-        specs = [(p, p in data and p != self.root, p in children or p == self.root) for p in sorted(paths)]
-        return None if self._traverse(specs, found=None, full=False) else sm.RootMissing()
-
-    def _traverse(self, specs: Sequence[Spec], *, found: set[str] | None, full: bool) -> bool:
-        """Read ``specs`` and, level by level, what they lead to; False if the root turned out missing."""
-        root_present = True
-        frontier = list(specs)
-        while frontier and not self._stopping.is_set():
-            results = self._read_level(frontier)
-            frontier = []
-            with self._cache.batch():
-                for result in results:
-                    if result.path == self.root and result.missing:
-                        root_present = False
-                    frontier.extend(self._tree.apply(result, found=found, full=full, reconcile=False))
-        return root_present
 
     # --- the reconciler's entry point ------------------------------------------------------------
 
