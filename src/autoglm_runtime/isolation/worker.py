@@ -326,7 +326,7 @@ class WorkerProcess:
                 raise self._restarts.gave_up(self.spec.name)
             elif step is Step.RAISE_FAILED:
                 raise self._restarts.gave_up(self.spec.name)
-            else:
+            else:  # Step.RAISE_CLOSED
                 raise WorkerError(f"model '{self.spec.name}' was closed; load it again to use it")
 
     def _look(self, deadline: float | None) -> WorkerView:
