@@ -170,8 +170,7 @@ def test_denied_subtree_keeps_its_last_known_values_through_a_full_resync(
         with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
             admin.set_acls(f"{zk_root}/models", [make_digest_acl("adm", "pw", all=True)])
             # A full re-read, as after a load a drop interrupted (how the reviewer reproduced it).
-            client._source._need_full = True  # type: ignore[union-attr]
-            client._source._queue.put(("noop", None))  # type: ignore[union-attr]
+            client._source.request_full_read()  # type: ignore[union-attr]
             until(lambda: client.health()["resyncs"] == 1, what="the full resync")
         assert dict(client.snapshot()) == loaded
         assert client.wait_listeners(10)

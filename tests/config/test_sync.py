@@ -112,10 +112,10 @@ def test_an_unexpected_sync_failure_marks_stale_logs_and_backs_off(
     """A bug in a full read must not spin: stale, E0409, and exponentially longer waits between retries."""
     sync.client._live.set()  # looks connected; no request is sent (the full read below fails first)
     sync._reader.checked = True
-    sync._need_full = True
+    sync.request_full_read()
     attempts: list[int] = []
 
-    def failing_full_sync() -> None:
+    def failing_full_sync(*_: object) -> None:
         attempts.append(1)
         raise RuntimeError("boom")
 

@@ -16,6 +16,9 @@ re-registering them, so every CONNECTED after a SUSPENDED or LOST triggers a res
 every watch relative to the last zxid seen before the drop, the server fires those whose znodes changed
 meanwhile, and only those are read again (:meth:`ZooKeeperSync._rearm`). Without such a zxid (first load,
 start from a snapshot, an interrupted load) the whole tree is read again and diffed against the cache.
+
+The sync thread collects what was queued into events, lets :func:`._syncstate.decide` choose what to do on
+its explicit state, and executes that plan; :mod:`._walk` does the level-by-level reads.
 """
 
 from __future__ import annotations
@@ -23,16 +26,18 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.protocol.states import Callback, EventType, KazooState, WatchedEvent
 from kazoo.retry import KazooRetry
 
-from autoglm_runtime.config._reader import Interrupted, ReadResult, Spec, ZooKeeperReader
+from autoglm_runtime.config import _syncstate as sm
+from autoglm_runtime.config._reader import Interrupted, ReadResult, ZooKeeperReader
 from autoglm_runtime.config._tree import TreeApplier
 from autoglm_runtime.config._values import ValuePipeline
+from autoglm_runtime.config._walk import Lost, TreeWalker
 from autoglm_runtime.config._zxid import ZxidGuard
 from autoglm_runtime.config.cache import ConfigCache
 from autoglm_runtime.config.health import SyncStatus
@@ -64,7 +69,6 @@ class ZooKeeperSync:
     ) -> None:
         self.hosts = hosts
         self.root = root
-        self._prefix = root.rstrip("/") + "/"
         self._cache = cache
         self._pipeline = pipeline
         self._status = status
@@ -81,15 +85,8 @@ class ZooKeeperSync:
         )
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._pending: set[str] = set()
-        self._need_full = False
-        self._need_rearm = False
-        self._rearm_ok = False  # a complete load happened and no traversal was lost since
-        self._relative: int | None = None  # last zxid seen before the connection dropped
-        self._retry: set[str] = set()  # paths whose reads a connection loss interrupted
-        self._generation = 0
-        self._ever_loaded = False
-        self._session: int | None = None
-        self._failures = 0  # consecutive unexpected sync failures (exponential backoff)
+        # Written by the sync thread only; read (one reference) by the reconciler's reread().
+        self._state = sm.SyncState()
         self.loaded = threading.Event()
         self.load_error: ConfigAccessError | None = None
         self._stopping = threading.Event()
@@ -105,6 +102,9 @@ class ZooKeeperSync:
             pending=self._pending,
             behind=self._guard.behind,
             loaded=self.loaded,
+        )
+        self._walker = TreeWalker(
+            root=root, reader=self._reader, tree=self._tree, cache=cache, pending=self._pending, stopping=self._stopping
         )
         self._thread = threading.Thread(target=self._run, name="autoglm-config-sync", daemon=True)
 
@@ -133,12 +133,11 @@ class ZooKeeperSync:
     def _on_state(self, state: KazooState) -> None:
         if state == KazooState.CONNECTED:
             self._status.set_connected(True)
+            zxid = 0
         else:
             # Everything up to this zxid reached us (as data or as a watch event) before the drop; kazoo
-            # forgets it when it resets a lost session, so keep the first one of this outage.
+            # forgets it when it resets a lost session: the event carries it to the sync thread.
             zxid = self.client.last_zxid
-            if zxid and self._relative is None:
-                self._relative = zxid
             self._guard.note_drop(zxid)
             self._status.set_connected(False)
             self._status.mark_stale()
@@ -147,7 +146,7 @@ class ZooKeeperSync:
                 "suspended (connection lost)" if state == KazooState.SUSPENDED else "lost its session",
                 extra={"error_code": "E0409", "hosts": self.hosts, "root": self.root, "state": str(state)},
             )
-        self._queue.put(("state", state))
+        self._queue.put(("state", (state, zxid)))
 
     def _on_watch(self, event: WatchedEvent) -> None:
         # kazoo fires every watch with EventType.NONE when it drops them on a connection loss; the resync
@@ -168,126 +167,144 @@ class ZooKeeperSync:
                 pass
         self._queue.put(("children" if event.type == EventType.CHILD else "data", event.path))
 
-    # --- the sync thread -------------------------------------------------------------------------
+    # --- the sync thread: collect events, decide (``_syncstate``), execute ------------------------
+
+    def request_full_read(self) -> None:
+        """Read the whole tree again and diff it against the cache, as after an interrupted load."""
+        self._queue.put(("resync", None))
 
     def _run(self) -> None:
         while True:
-            try:
-                items = [self._queue.get(timeout=0.5)]
-            except queue.Empty:
-                items = []
-            while True:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            items = self._collect()
             if _STOP in items or self._stopping.is_set():
                 return
-            data: set[str] = set()
-            children: set[str] = set()
-            fetched: list[tuple[ReadResult, Any]] = []
-            synced = False
-            for kind, arg in items:
-                if kind == "state":
-                    if arg == KazooState.CONNECTED:
-                        self._generation += 1
-                        rearm = self._ever_loaded and self._rearm_ok and self._reader.rearm
-                        if rearm and self._relative is not None:
-                            self._need_rearm = True
-                        else:
-                            self._need_full = True
-                elif kind == "fetched":
-                    fetched.append(arg)
-                elif kind == "synced":
-                    synced = synced or arg == self._generation
-                elif kind == "data":
-                    data.add(arg)
-                elif kind == "children":
-                    children.add(arg)
-                elif kind == "read":
-                    self._retry.update(arg)  # kept across a drop, unlike the watch events above
-            if not self.client.connected:
-                continue
-            if self._guard.recheck_due():
-                self._need_full = True
+            plan: sm.Plan = ()
+            for event in self._events(items):
+                self._state, replaced = sm.decide(self._state, event)
+                if replaced is not None:
+                    plan = replaced
+            self._execute(plan)
+
+    def _collect(self) -> list[tuple[str, Any]]:
+        """Wait up to 0.5 s for a queued item, then take every other one already queued."""
+        try:
+            items = [self._queue.get(timeout=0.5)]
+        except queue.Empty:
+            items = []
+        while True:
             try:
-                if not self._reader.checked:
-                    self._reader.self_check(self.root)
-                if self._need_full or self._need_rearm:
-                    self._catch_up()
-                if self._need_full:
-                    self._full_sync()
-                    self._failures = 0
-                    continue
-                if self._need_rearm:
-                    self._rearm()
-                if fetched:
-                    self._apply_fetched(fetched)
-                if self._retry:
-                    data |= self._retry
-                    children |= self._retry
-                    self._retry.clear()
-                if data or children:
-                    self._incremental(data, children)
-                if synced and not self._need_rearm:
-                    self._relative = None
-                    # setWatches confirmed every key it did not fire for: they are fresh, not due for a
-                    # re-read by the reconciler (which would make the outage a full re-read after all).
-                    self._cache.touch_all()
-                    self._status.mark_synced(resync=True)
-                    log.info("config resynced", extra={"hosts": self.hosts, "root": self.root})
-                self._failures = 0
-            except Interrupted:
-                # Lost reads are in _retry. A drop brings a CONNECTED that resyncs; a timeout without a drop
-                # is retried from here.
-                if not self._rearm_ok or not self._reader.rearm:
-                    self._need_full = True
-                elif self._relative is not None:
-                    self._need_rearm = True
-            except Exception:
-                # A bug or an unexpected answer: never spin. Report stale, back off exponentially, and
-                # rebuild from a full read.
-                self._need_full = True
-                self._failures += 1
-                delay = min(30.0, 0.5 * 2 ** (self._failures - 1))
-                self._status.mark_stale()
-                log.exception(
-                    "config sync failed; serving last-known-good values and retrying in %.1f s",
-                    delay,
-                    extra={"error_code": "E0409", "root": self.root, "hosts": self.hosts, "failures": self._failures},
-                )
-                self._stopping.wait(delay)
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                return items
 
-    def _catch_up(self) -> None:
-        """On a new session or a due re-check: see :meth:`ZxidGuard.catch_up`."""
-        if self._guard.catch_up(recheck=self._need_full and self._guard.rechecks > 0):
-            self._tree.czxids.clear()
-            self._need_full = True
-            self._need_rearm = False
+    def _events(self, items: list[tuple[str, Any]]) -> list[sm.Event]:
+        """The queued items as events, in order, then a ``Wake`` with what the watches asked for."""
+        events: list[sm.Event] = []
+        fetched: list[tuple[ReadResult, Any]] = []
+        wanted: dict[str, set[str]] = {"data": set(), "children": set()}
+        for kind, arg in items:
+            if kind == "state":
+                state, zxid = arg
+                events.append(sm.Connected(self._reader.rearm) if state == KazooState.CONNECTED else sm.Dropped(zxid))
+            elif kind == "synced":
+                events.append(sm.MarkerArrived(arg))
+            elif kind == "read":
+                events.append(sm.Unread(frozenset(arg)))
+            elif kind == "resync":
+                events.append(sm.ResyncRequested())
+            elif kind == "fetched":
+                fetched.append(arg)
+            elif kind in wanted:
+                wanted[kind].add(arg)
+        connected = self.client.connected
+        events.append(
+            sm.Wake(
+                connected=connected,
+                recheck_due=connected and self._guard.recheck_due(),
+                self_checked=self._reader.checked,
+                fetched=tuple(fetched),
+                data=frozenset(wanted["data"]),
+                children=frozenset(wanted["children"]),
+            )
+        )
+        return events
 
-    def _full_sync(self) -> None:
-        self._need_full = False
-        self._need_rearm = False
-        self._rearm_ok = False
+    def _execute(self, plan: sm.Plan) -> None:
+        """Run ``plan``; every outcome goes through :func:`decide`, which may replace the rest of it."""
+        todo = list(plan)
+        unanswered: frozenset[str] = frozenset()  # found by a re-arm; read with the Read that follows it
+        error: Exception | None = None
+        while todo:
+            action = todo.pop(0)
+            event: sm.Event | None = None
+            try:
+                if isinstance(action, sm.Rearm):
+                    unanswered = self._rearm(action)
+                else:
+                    event = self._do(action, unanswered, error)
+            except Interrupted as exc:
+                lost = exc.paths if isinstance(exc, Lost) else frozenset()
+                event = sm.CutShort(lost, self._reader.rearm, tuple(todo))
+            except Exception as exc:
+                error, event = exc, sm.Failed()
+            if event is not None:
+                self._state, replaced = sm.decide(self._state, event)
+                if replaced is not None:
+                    todo = list(replaced)
+
+    def _do(self, action: sm.Action, unanswered: frozenset[str], error: Exception | None) -> sm.Event | None:
+        if isinstance(action, sm.SelfCheck):
+            self._reader.self_check(self.root)
+        elif isinstance(action, sm.CatchUp):
+            # A new session (or a due re-check): see ZxidGuard.catch_up.
+            if self._guard.catch_up(recheck=action.full and self._guard.rechecks > 0):
+                self._tree.czxids.clear()
+                return sm.CaughtUp(regressed=True)
+        elif isinstance(action, sm.FullRead):
+            return self._full_sync(action)
+        elif isinstance(action, sm.ApplyFetched):
+            return None if self._walker.apply_fetched(action.fetched) else sm.RootMissing()
+        elif isinstance(action, sm.Read):
+            complete = self._walker.read(action.data | unanswered, action.children | unanswered)
+            return None if complete else sm.RootMissing()
+        elif isinstance(action, sm.Confirm):
+            # setWatches confirmed every key it did not fire for: they are fresh, not due for a re-read by
+            # the reconciler (which would make the outage a full re-read after all).
+            self._cache.touch_all()
+            self._status.mark_synced(resync=True)
+            log.info("config resynced", extra={"hosts": self.hosts, "root": self.root})
+            return sm.Confirmed()
+        elif isinstance(action, sm.Backoff):
+            # A bug or an unexpected answer: never spin. Report stale, back off exponentially, and rebuild
+            # from a full read.
+            self._status.mark_stale()
+            log.error(
+                "config sync failed; serving last-known-good values and retrying in %.1f s",
+                action.delay,
+                exc_info=error,
+                extra={"error_code": "E0409", "root": self.root, "hosts": self.hosts, "failures": action.failures},
+            )
+            self._stopping.wait(action.delay)
+        return None
+
+    def _full_sync(self, action: sm.FullRead) -> sm.FullSyncDone | None:
         self._pending.clear()
         client_id = self.client.client_id
         session = client_id[0] if client_id else None
-        resync = self._ever_loaded
         start_seq = self._reader.next_seq()
         found: set[str] = set()
         self._tree.denied = []
-        results = self._read_tree()
+        results = self._walker.read_tree()
         if self._stopping.is_set():
-            return  # a partial read must not delete what it did not reach
-        root_present = not any(r.path == self.root and r.missing for r in results)
-        if not root_present:
+            return None  # a partial read must not delete what it did not reach
+        root_appeared = False
+        if any(r.path == self.root and r.missing for r in results):
             # The root does not exist (yet): an exists watch tells us when it is created. If it appeared in
             # the meantime, the watch is armed but will not fire for that creation: load again.
             stat = self._reader.wait(self.client.exists_async(self.root, watch=self._watch))
             self._status.add("reads")
             self._status.add("requests")
-            if stat is not None and not isinstance(stat, BaseException):
-                self._need_full = True
+            root_appeared = stat is not None and not isinstance(stat, BaseException)
         # Every level is applied in one batch, so snapshot() and the snapshot file never mix levels.
         with self._cache.batch():
             for result in results:
@@ -303,108 +320,44 @@ class ZooKeeperSync:
                     self._cache.remove(key, seq=start_seq)
                 self._tree.prune(found)
             self._status.source = "zookeeper"
-            self._status.mark_synced(resync=resync)
+            self._status.mark_synced(resync=action.resync)
             # Set under the cache lock: a snapshot served at start must not land after this load.
             self.loaded.set()
-        if resync:
+        if action.resync:
             log.info(
                 "config resynced after %s",
-                "session expiry" if session != self._session else "a reconnect",
+                "session expiry" if session != action.session else "a reconnect",
                 extra={"hosts": self.hosts, "root": self.root, "keys": len(found)},
             )
-        self._session = session
         self._guard.checked_session = session
-        self._ever_loaded = True
-        self._rearm_ok = True
-        self._relative = None
-        self._retry.clear()
+        return sm.FullSyncDone(session, root_appeared=root_appeared)
 
-    def _read_level(self, frontier: Sequence[Spec]) -> list[ReadResult]:
-        """Read one level; if the connection drops, remember its paths so the next sync reads them again."""
-        try:
-            return self._reader.read(frontier)
-        except Interrupted:
-            self._retry.update(spec[0] for spec in frontier)
-            raise
-
-    def _read_tree(self) -> list[ReadResult]:
-        """Read the whole tree, level by level, without applying anything (the caller applies it at once)."""
-        out: list[ReadResult] = []
-        frontier: list[Spec] = [(self.root, False, True)]
-        while frontier and not self._stopping.is_set():
-            results = self._read_level(frontier)
-            out.extend(results)
-            frontier = []
-            for result in results:
-                if result.children and not result.missing and not result.denied:
-                    base = self._prefix if result.path == self.root else result.path + "/"
-                    frontier.extend((base + name, True, True) for name in sorted(result.children))
-        return out
-
-    def _rearm(self) -> None:
+    def _rearm(self, action: sm.Rearm) -> frozenset[str]:
         """Resync after a reconnect without re-reading the tree (kazoo #664's read spike).
 
         ``setWatches`` relative to the last zxid seen before the drop re-arms every watch; the server fires
         at once each one whose znode changed, appeared under a watched parent, or vanished meanwhile, and
         only those are read again. A marker sent through kazoo's callback queue after those firings tells
-        the sync thread when they have all been handled.
+        the sync thread when they have all been handled. Returns the paths whose watch events reached us
+        before the drop but were never answered by a read: they are read again right after.
         """
-        self._need_rearm = False
-        relative = self._relative
-        assert relative is not None
         with self._cache.batch():
             child_paths = list(self._tree.children)
             # Every znode we know, including those whose value was rejected (not in the cache).
             data_paths = sorted({self._tree.path(k) for k in self._cache.entries()} | set(child_paths) - {self.root})
             # An absent root is followed by an exists watch; re-arm it too.
             exist_paths = [] if self.root in self._tree.children else [self.root]
-        # Watch events that reached us before the drop but were never answered by a read.
-        self._retry |= self._pending
-        self._reader.arm(data_paths, child_paths, relative, exist_paths)
-        generation = self._generation
-        self.client.handler.dispatch_callback(Callback("watch", self._queue.put, (("synced", generation),)))
-
-    def _apply_fetched(self, fetched: list[tuple[ReadResult, Any]]) -> None:
-        """Apply the reads ``_on_watch`` started, in the order they were issued, then what they lead to."""
-        follow: list[Spec] = []
-        for index, (result, pending) in enumerate(fetched):
-            try:
-                self._reader.finish(result, pending)
-            except Interrupted:
-                self._retry.update(r.path for r, _ in fetched[index:])
-                raise
-            with self._cache.batch():
-                self._pending.discard(result.path)
-                follow.extend(self._tree.apply(result, found=None, full=False, reconcile=False))
-        if follow and not self._traverse(follow, found=None, full=False):
-            self._need_full = True
-
-    def _incremental(self, data: set[str], children: set[str]) -> None:
-        paths = data | children
-        self._pending.difference_update(paths)
-        specs = [(p, p in data and p != self.root, p in children or p == self.root) for p in sorted(paths)]
-        if not self._traverse(specs, found=None, full=False):
-            self._need_full = True
-
-    def _traverse(self, specs: Sequence[Spec], *, found: set[str] | None, full: bool) -> bool:
-        """Read ``specs`` and, level by level, what they lead to; False if the root turned out missing."""
-        root_present = True
-        frontier = list(specs)
-        while frontier and not self._stopping.is_set():
-            results = self._read_level(frontier)
-            frontier = []
-            with self._cache.batch():
-                for result in results:
-                    if result.path == self.root and result.missing:
-                        root_present = False
-                    frontier.extend(self._tree.apply(result, found=found, full=full, reconcile=False))
-        return root_present
+        unanswered = frozenset(self._pending)
+        self._reader.arm(data_paths, child_paths, action.relative, exist_paths)
+        marker = ("synced", action.generation)
+        self.client.handler.dispatch_callback(Callback("watch", self._queue.put, (marker,)))
+        return unanswered
 
     # --- the reconciler's entry point ------------------------------------------------------------
 
     def reread(self, keys: Iterable[str]) -> int:
         """Re-read ``keys`` (``""`` is the root's child list) and correct drift; returns the reads issued."""
-        if not self.loaded.is_set() or not self.client.connected or self._need_full or self._relative is not None:
+        if not self._state.fresh or not self.client.connected or self._status.stale_since is not None:
             return 0  # a resync is due or running: it finds every difference, and they are not drift
         specs = [(self._tree.path(k), bool(k), True) for k in keys]
         try:

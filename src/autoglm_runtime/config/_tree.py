@@ -82,18 +82,7 @@ class TreeApplier:
         """Apply one read (cache lock held); returns the reads it leads to (new children)."""
         path, key = result.path, self.key(result.path)
         if result.denied:
-            if not self._loaded.is_set():
-                self.denied.append(path)
-            log.warning(
-                "ZooKeeper denied reading %s; keeping the last known values of it and everything under it",
-                path,
-                extra={"error_code": "E0409", "path": path, "hosts": self.hosts},
-            )
-            if found is not None:
-                # What we cannot read is kept as last known, not deleted by the resync.
-                below = key + "/"
-                cached = self._cache.keys()
-                found.update(k for k in cached if not key or k == key or k.startswith(below))
+            self._denied(path, key, found)
             return []
         if result.missing:
             if path != self.root and not self._behind():
@@ -103,27 +92,54 @@ class TreeApplier:
         if result.stat is not None and key:
             if found is not None:
                 found.add(key)
-            stat = result.stat
-            before = self.czxids.get(path)
-            if before is None or stat.czxid > before:
-                self.czxids[path] = stat.czxid
-            if before is not None and stat.czxid > before:
-                # A new incarnation of the znode (deleted and created again): its child watch went with the
-                # old one, and its children are new znodes even where the names are the same.
-                self.reload.add(path)
-                if result.children is None:
-                    follow.append((path, False, True))
-            change = self._pipeline.ingest(key, result.data or b"", czxid=stat.czxid, mzxid=stat.mzxid, seq=result.seq)
-            if change is not None and reconcile:
-                self.drift(path, key, change.new)
+            follow = self._value(result, key, reconcile=reconcile)
         elif found is not None and key:
             found.add(key)
         if result.children is None:
             return follow
+        return self._child_list(result, key, result.children, full=full, reconcile=reconcile)
+
+    def _denied(self, path: str, key: str, found: set[str] | None) -> None:
+        if not self._loaded.is_set():
+            self.denied.append(path)
+        log.warning(
+            "ZooKeeper denied reading %s; keeping the last known values of it and everything under it",
+            path,
+            extra={"error_code": "E0409", "path": path, "hosts": self.hosts},
+        )
+        if found is not None:
+            # What we cannot read is kept as last known, not deleted by the resync.
+            below = key + "/"
+            cached = self._cache.keys()
+            found.update(k for k in cached if not key or k == key or k.startswith(below))
+
+    def _value(self, result: ReadResult, key: str, *, reconcile: bool) -> list[Spec]:
+        """Ingest a znode's value; a new incarnation read without its child list asks for it."""
+        path, stat = result.path, result.stat
+        follow: list[Spec] = []
+        before = self.czxids.get(path)
+        if before is None or stat.czxid > before:
+            self.czxids[path] = stat.czxid
+        if before is not None and stat.czxid > before:
+            # A new incarnation of the znode (deleted and created again): its child watch went with the
+            # old one, and its children are new znodes even where the names are the same.
+            self.reload.add(path)
+            if result.children is None:
+                follow.append((path, False, True))
+        change = self._pipeline.ingest(key, result.data or b"", czxid=stat.czxid, mzxid=stat.mzxid, seq=result.seq)
+        if change is not None and reconcile:
+            self.drift(path, key, change.new)
+        return follow
+
+    def _child_list(
+        self, result: ReadResult, key: str, children: list[str], *, full: bool, reconcile: bool
+    ) -> list[Spec]:
+        """Apply a child list: remove the children gone, return the reads of the new ones (all if ``full``)."""
+        path = result.path
         previous = self.children.get(path)
         if previous is not None and result.seq < previous[0]:
-            return follow
-        names = frozenset(result.children)
+            return []
+        names = frozenset(children)
         old_names = previous[1] if previous is not None else frozenset()
         base = self._prefix if not key else path + "/"
         if old_names - names and self._behind():

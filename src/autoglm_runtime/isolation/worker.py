@@ -48,6 +48,7 @@ from autoglm_runtime.errors import (
 from autoglm_runtime.isolation import _protocol, _replies
 from autoglm_runtime.isolation._output import OutputPump, describe_exit
 from autoglm_runtime.isolation._restarts import RestartPolicy
+from autoglm_runtime.isolation._workerstate import Step, WorkerView, decide, phase_of
 
 __all__ = ["WORKER_SCRIPT", "WorkerHealth", "WorkerProcess", "WorkerSpec", "WorkerState"]
 
@@ -313,44 +314,51 @@ class WorkerProcess:
         return self.hello
 
     def _ensure_running(self, method: str, timeout: float | None, deadline: float | None) -> None:
+        """Until the worker can take the call: look at it, decide (``_workerstate``), act, look again."""
         while True:
-            with self._state_lock:
-                if self._closing.is_set():
-                    raise WorkerError(f"model '{self.spec.name}' was closed; load it again to use it")
-                if self._state == "failed":
-                    raise self._restarts.gave_up(self.spec.name)
-                proc = self._proc
-                if proc is not None and proc.poll() is not None:
-                    self._record_death(proc)
-            if self._state == "ready" and not self._awaiting_hello:
+            action = decide(self._look(deadline))
+            step = action.step
+            if step is Step.SERVE:
                 return
-            if self._awaiting_hello and self._proc is not None and self._proc.returncode is None:
+            if step is Step.AWAIT_HELLO:
                 try:
                     self._await_hello(method, timeout, deadline)
                     return
                 except (ModelLoadError, BackendUnsupportedError) as exc:
                     self._count_failure(f"failed to load: {exc.message.splitlines()[0]}")
                 except WorkerError:
-                    pass  # recorded as a death; the loop decides between a restart and giving up
-                continue
-            if self._restarts.exhausted:
-                self._set_state("failed")
+                    pass  # recorded as a death; the next look decides between a restart and giving up
+            elif step is Step.RESTART:
                 self._stop_process()
-                raise self._restarts.gave_up(self.spec.name)
-            wait = self._restarts.wait()
-            if wait > 0:
-                left = None if deadline is None else deadline - time.monotonic()
-                if self._closing.wait(wait if left is None or left >= wait else max(left, 0.0)):
-                    continue
-                if left is not None and left < wait:
+                self._spawn()
+            elif step is Step.BACK_OFF:
+                self._closing.wait(action.wait)
+            elif step is Step.TIME_OUT:
+                if not self._closing.wait(action.wait):
                     raise ModelTimeoutError(
                         f"model '{self.spec.name}' did not answer {method}() within {_seconds(timeout)}: its "
                         f"worker is restarting after a backoff of {self._restarts.delay():g} s (last failure: "
-                        f"{self._restarts.last_failure}); "
-                        "it was not started yet: call again later"
+                        f"{self._restarts.last_failure}); it was not started yet: call again later"
                     )
-            self._stop_process()
-            self._spawn()
+            elif step is Step.GIVE_UP:
+                self._set_state("failed")
+                self._stop_process()
+                raise self._restarts.gave_up(self.spec.name)
+            elif step is Step.RAISE_FAILED:
+                raise self._restarts.gave_up(self.spec.name)
+            else:  # Step.RAISE_CLOSED
+                raise WorkerError(f"model '{self.spec.name}' was closed; load it again to use it")
+
+    def _look(self, deadline: float | None) -> WorkerView:
+        """The worker as a call finds it; an exit not yet noticed is recorded as a death first."""
+        with self._state_lock:
+            closing, proc = self._closing.is_set(), self._proc
+            if not closing and self._state != "failed" and proc is not None and proc.poll() is not None:
+                self._record_death(proc)
+            alive = proc is not None and proc.returncode is None
+            phase = phase_of(closing=closing, state=self._state, awaiting_hello=self._awaiting_hello, alive=alive)
+            left = None if deadline is None else deadline - time.monotonic()
+            return WorkerView(phase, self._restarts.exhausted, self._restarts.wait(), left)
 
     def _count_failure(self, description: str) -> None:
         with self._state_lock:

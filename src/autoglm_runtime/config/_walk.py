@@ -1,0 +1,112 @@
+"""Reading parts of the tree level by level and applying them to the cache, for the sync thread.
+
+A level's reads go out together (pipelined by :mod:`._reader`); what they lead to -- the children of a
+child list, the child list of a new incarnation -- is the next level. If the connection drops in the
+middle, :class:`Lost` carries the paths whose reads did not complete, so the sync decision can have them
+read again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from autoglm_runtime.config._reader import Interrupted, ReadResult, Spec, ZooKeeperReader
+from autoglm_runtime.config._tree import TreeApplier
+from autoglm_runtime.config.cache import ConfigCache
+
+__all__ = ["Lost", "TreeWalker"]
+
+
+class Lost(Interrupted):
+    """A drop cut reads short: ``paths`` must be read again."""
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        super().__init__()
+        self.paths = frozenset(paths)
+
+
+class TreeWalker:
+    """Reads from ``root`` or from given paths down, applying each level in one cache batch.
+
+    Runs on the sync thread only; ``pending`` (paths with unanswered watch events) is shared with kazoo's
+    callback thread, which only adds to it.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        reader: ZooKeeperReader,
+        tree: TreeApplier,
+        cache: ConfigCache,
+        pending: set[str],
+        stopping: threading.Event,
+    ) -> None:
+        self.root = root
+        self._prefix = root.rstrip("/") + "/"
+        self._reader = reader
+        self._tree = tree
+        self._cache = cache
+        self._pending = pending
+        self._stopping = stopping
+
+    def read_level(self, frontier: Sequence[Spec]) -> list[ReadResult]:
+        """Read one level; if the connection drops, raise :class:`Lost` with its paths."""
+        try:
+            return self._reader.read(frontier)
+        except Interrupted as exc:
+            raise Lost(spec[0] for spec in frontier) from exc
+
+    def read_tree(self) -> list[ReadResult]:
+        """Read the whole tree, level by level, without applying anything (the caller applies it at once)."""
+        out: list[ReadResult] = []
+        frontier: list[Spec] = [(self.root, False, True)]
+        while frontier and not self._stopping.is_set():
+            results = self.read_level(frontier)
+            out.extend(results)
+            frontier = []
+            for result in results:
+                if result.children and not result.missing and not result.denied:
+                    base = self._prefix if result.path == self.root else result.path + "/"
+                    frontier.extend((base + name, True, True) for name in sorted(result.children))
+        return out
+
+    def apply_fetched(self, fetched: Sequence[tuple[ReadResult, Any]]) -> bool:
+        """Apply the reads kazoo's callback thread started, in the order they were issued, then what they
+        lead to; False if the root turned out missing."""
+        follow: list[Spec] = []
+        for index, (result, pending) in enumerate(fetched):
+            try:
+                self._reader.finish(result, pending)
+            except Interrupted as exc:
+                raise Lost(r.path for r, _ in fetched[index:]) from exc
+            with self._cache.batch():
+                self._pending.discard(result.path)
+                follow.extend(self._tree.apply(result, found=None, full=False, reconcile=False))
+        return not follow or self.traverse(follow)
+
+    def read(self, data: frozenset[str], children: frozenset[str]) -> bool:
+        """Read the values of ``data``, the child lists of ``children`` and what they lead to; False if the
+        root turned out missing."""
+        paths = data | children
+        if not paths:
+            return True
+        self._pending.difference_update(paths)
+        specs = [(p, p in data and p != self.root, p in children or p == self.root) for p in sorted(paths)]
+        return self.traverse(specs)
+
+    def traverse(self, specs: Sequence[Spec]) -> bool:
+        """Read ``specs`` and, level by level, what they lead to; False if the root turned out missing."""
+        root_present = True
+        frontier = list(specs)
+        while frontier and not self._stopping.is_set():
+            results = self.read_level(frontier)
+            frontier = []
+            with self._cache.batch():
+                for result in results:
+                    if result.path == self.root and result.missing:
+                        root_present = False
+                    frontier.extend(self._tree.apply(result, found=None, full=False, reconcile=False))
+        return root_present
