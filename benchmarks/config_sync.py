@@ -25,7 +25,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.recipe.cache import TreeCache, TreeEvent
 from kazoo.recipe.watchers import DataWatch
 
-from autoglm_runtime.config import ConfigChange, ConfigClient
+from autoglm_runtime.config import ConfigChange, ConfigClient, ZooKeeperConnection
 from autoglm_runtime.testing import FaultProxy, expire_session, start_zookeeper
 
 
@@ -211,7 +211,7 @@ def bench_resync_with_changes(hosts: str, root: str, keys: list[str], admin: Kaz
     host, port = hosts.split(":")
     with FaultProxy(host, int(port)) as proxy:
         proxy.start()
-        client = ConfigClient(proxy.hosts, root, ttl=3600.0, session_timeout=4.0)
+        client = ConfigClient(proxy.hosts, root, ttl=3600.0, connection=ZooKeeperConnection(session_timeout=4.0))
         client.start(timeout=120)
         zk: KazooClient = client._source.client  # type: ignore[union-attr]
         session = zk.client_id

@@ -19,6 +19,7 @@ from pathlib import Path
 import uvicorn
 
 from autoglm_runtime import ConfigClient
+from autoglm_runtime.config import SyncTuning
 from autoglm_runtime.errors import AutoGLMRuntimeError
 from autoglm_runtime.isolation import ModelLoader, collect_garbage
 from autoglm_runtime.logging import configure_json_logging
@@ -66,7 +67,7 @@ def _serve(args: argparse.Namespace, sock: socket.socket) -> None:
         root: str = args.root
         seed(store.hosts, root, reset=args.reset)
         snapshot = None if store.hosts.startswith("file://") else state / "config.snapshot"
-        config = ConfigClient(store.hosts, root, snapshot_path=snapshot, poll_interval=0.2)
+        config = ConfigClient(store.hosts, root, snapshot_path=snapshot, tuning=SyncTuning(poll_interval=0.2))
         config.start(timeout=15)
         stack.callback(config.stop)
 

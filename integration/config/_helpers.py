@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,10 @@ def j(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
+#: The KazooClient each ``make_client`` ConfigClient was given through its ``client_factory`` seam.
+KAZOO_OF: weakref.WeakKeyDictionary[ConfigClient, KazooClient] = weakref.WeakKeyDictionary()
+
+
 def kazoo_of(client: ConfigClient) -> KazooClient:
-    """The KazooClient a started ConfigClient syncs through."""
-    return client._source.client  # type: ignore[union-attr,no-any-return]
+    """The KazooClient a ConfigClient built by ``make_client`` syncs through."""
+    return KAZOO_OF[client]

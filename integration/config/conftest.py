@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from integration.config._helpers import KAZOO_OF
 
 from autoglm_runtime import ConfigClient
+from autoglm_runtime.config import SyncTuning, ZooKeeperConnection
 
 
 class FakeClock:
@@ -43,18 +46,28 @@ def until() -> Callable[..., None]:
     return wait_until
 
 
+TUNING = {field.name for field in dataclasses.fields(SyncTuning)}
+CONNECTION = {field.name for field in dataclasses.fields(ZooKeeperConnection)} - {"auth"}
+
+
 @pytest.fixture
 def make_client(clock: FakeClock) -> Iterator[Callable[..., ConfigClient]]:
     """Build (not start) ConfigClients on the test's clock with a fast reconciler; all stopped after the test."""
     made: list[ConfigClient] = []
 
     def factory(hosts: str, root: str, **options: Any) -> ConfigClient:
+        """``options`` are ConfigClient's, plus SyncTuning's and ZooKeeperConnection's fields by name."""
+        tuning = {name: options.pop(name) for name in TUNING if name in options}
+        connection = {name: options.pop(name) for name in CONNECTION if name in options}
         options.setdefault("timer", clock)
-        options.setdefault("session_timeout", 4.0)
-        options.setdefault("reconcile_interval", 0.05)
-        options.setdefault("reconcile_jitter", 0.0)
-        options.setdefault("reconnect_max_delay", 0.5)
-        client = ConfigClient(hosts, root, **options)
+        options["tuning"] = SyncTuning(**{"reconcile_interval": 0.05, "reconcile_jitter": 0.0, **tuning})
+        if hosts.startswith("file://"):
+            client = ConfigClient(hosts, root, **options)
+        else:
+            settings = ZooKeeperConnection(**{"session_timeout": 4.0, "reconnect_max_delay": 0.5, **connection})
+            kazoo = settings.kazoo_client(hosts, options.pop("auth", None))
+            client = ConfigClient(hosts, root, client_factory=lambda: kazoo, **options)
+            KAZOO_OF[client] = kazoo
         made.append(client)
         return client
 

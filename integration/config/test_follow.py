@@ -8,10 +8,11 @@ import threading
 from typing import Any
 
 import pytest
-from integration.config._helpers import Factory, Until, j
+from integration.config._helpers import Factory, Until, j, kazoo_of
 from kazoo.client import KazooClient
 
 from autoglm_runtime import ConfigChange, ConfigClient
+from autoglm_runtime.config import ZooKeeperConnection
 from autoglm_runtime.testing._common import four_letter_word
 from autoglm_runtime.testing.zookeeper import ZooKeeperServer
 
@@ -167,7 +168,7 @@ def test_reconciler_corrects_drift_from_a_missed_watch(
     zk_client.create(f"{zk_root}/k", j("before"))
     client = make_client(zk_hosts, zk_root, ttl=30.0)
     client.start(timeout=10)
-    kazoo = client._source.client  # type: ignore[union-attr]
+    kazoo = kazoo_of(client)
     path = f"{zk_root}/k"
     # Drop our watch on the client side: the server's notification for the next write reaches no one.
     assert kazoo._data_watchers.pop(path)
@@ -209,9 +210,9 @@ def test_stop_leaves_no_thread_and_no_watch(
 ) -> None:
     zk_client.create(f"{zk_root}/a/b", j(1), makepath=True)
     before = set(threading.enumerate())
-    client = ConfigClient(zk_hosts, zk_root, snapshot_path=None)
+    kazoo = ZooKeeperConnection().kazoo_client(zk_hosts)
+    client = ConfigClient(zk_hosts, zk_root, snapshot_path=None, client_factory=lambda: kazoo)
     client.start(timeout=10)
-    kazoo = client._source.client  # type: ignore[union-attr]
     session = f"0x{kazoo.client_id[0]:x}"
     assert f"{zk_root}/a/b" in kazoo._data_watchers
     assert f"{zk_root}/a" in kazoo._child_watchers

@@ -10,7 +10,7 @@ import pytest
 
 import autoglm_runtime.config as config_package
 from autoglm_runtime import ConfigClient
-from autoglm_runtime.config import SnapshotEntry, write_snapshot
+from autoglm_runtime.config import SnapshotEntry, SyncTuning, ZooKeeperConnection, write_snapshot
 from autoglm_runtime.errors import ConfigUnavailableError, SnapshotError, UsageError
 
 from .conftest import FakeClock
@@ -135,7 +135,7 @@ def sdk_threads() -> set[str]:
 
 def test_start_after_a_failed_start_is_a_usage_error(dead_hosts: str) -> None:
     before = sdk_threads()
-    client = ConfigClient(dead_hosts, "/r", session_timeout=2.0)
+    client = ConfigClient(dead_hosts, "/r", connection=ZooKeeperConnection(session_timeout=2.0))
     with pytest.raises(ConfigUnavailableError):
         client.start(timeout=0.2)
     assert sdk_threads() == before
@@ -149,7 +149,7 @@ def test_start_after_a_failed_start_is_a_usage_error(dead_hosts: str) -> None:
 
 
 def test_stop_interrupts_a_waiting_start(dead_hosts: str) -> None:
-    client = ConfigClient(dead_hosts, "/r", session_timeout=2.0)
+    client = ConfigClient(dead_hosts, "/r", connection=ZooKeeperConnection(session_timeout=2.0))
     raised: list[BaseException] = []
     done = threading.Event()
 
@@ -181,5 +181,5 @@ def test_stop_interrupts_a_waiting_start(dead_hosts: str) -> None:
 
 def test_a_non_positive_reconcile_rate_is_a_usage_error() -> None:
     with pytest.raises(UsageError) as info:
-        ConfigClient("127.0.0.1:1", "/x", reconcile_rate=0)
+        ConfigClient("127.0.0.1:1", "/x", tuning=SyncTuning(reconcile_rate=0))
     assert str(info.value) == "E0001: reconcile_rate must be a positive number of reads per second, got 0"

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from autoglm_runtime import ConfigChange, ConfigClient
+from autoglm_runtime.config import SyncTuning
 from autoglm_runtime.errors import ConfigUnavailableError
 
 from .conftest import FakeClock
@@ -56,9 +57,7 @@ def client(tmp_path: Path, tree: Path, clock: FakeClock) -> Iterator[ConfigClien
         ttl=30.0,
         validator=positive,
         timer=clock,
-        poll_interval=0.02,
-        reconcile_interval=0.02,
-        reconcile_jitter=0.0,
+        tuning=SyncTuning(poll_interval=0.02, reconcile_interval=0.02, reconcile_jitter=0.0),
     )
     config.start(timeout=5)
     try:
@@ -152,7 +151,7 @@ def test_missing_directory_is_unavailable(tmp_path: Path) -> None:
 
 def test_stop_leaves_no_thread(tmp_path: Path, tree: Path) -> None:
     before = set(threading.enumerate())
-    with ConfigClient(f"file://{tmp_path}", "/autoglm/dev", poll_interval=0.01) as config:
+    with ConfigClient(f"file://{tmp_path}", "/autoglm/dev", tuning=SyncTuning(poll_interval=0.01)) as config:
         assert config.get("flag") is True
         assert {t.name for t in set(threading.enumerate()) - before} == {
             "autoglm-config-dispatch",

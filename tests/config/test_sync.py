@@ -14,6 +14,7 @@ from autoglm_runtime.config._values import ValuePipeline
 from autoglm_runtime.config.cache import ConfigCache
 from autoglm_runtime.config.codec import resolve_codec
 from autoglm_runtime.config.health import SyncStatus
+from autoglm_runtime.config.settings import ZooKeeperConnection
 
 from .conftest import FakeClock
 
@@ -29,10 +30,9 @@ def sync(clock: FakeClock) -> Iterator[ZooKeeperSync]:
         cache=cache,
         pipeline=pipeline,
         status=status,
-        kazoo_options={},
-        session_timeout=2.0,
+        client=ZooKeeperConnection(session_timeout=2.0, reconnect_max_delay=1.0).kazoo_client("127.0.0.1:1"),
+        op_timeout=2.0,
         batch_size=500,
-        reconnect_max_delay=1.0,
     )
     zk.client.last_zxid = 10_000  # the server is not behind the cache
     yield zk

@@ -130,10 +130,10 @@ def _tls(args: argparse.Namespace) -> dict[str, Any]:
 
 @contextmanager
 def _client(args: argparse.Namespace) -> Iterator[ConfigClient]:
-    from autoglm_runtime.config import ConfigClient  # kazoo loads only for commands that use it
+    from autoglm_runtime.config import ConfigClient, ZooKeeperConnection  # kazoo loads only when used
 
     hosts, root = _target(args)
-    client = ConfigClient(hosts, root, codec=args.codec, auth=_auth(args), **_tls(args))
+    client = ConfigClient(hosts, root, codec=args.codec, auth=_auth(args), connection=ZooKeeperConnection(**_tls(args)))
     try:
         yield client
     finally:

@@ -11,6 +11,7 @@ from autoglm_runtime.config.client import ConfigClient
 from autoglm_runtime.config.codec import BytesCodec, Codec, JsonCodec, TextCodec
 from autoglm_runtime.config.dispatcher import ConfigChange, Listener
 from autoglm_runtime.config.health import ConfigHealth, ConfigSource, ConfigState
+from autoglm_runtime.config.settings import SyncTuning, ZooKeeperConnection
 from autoglm_runtime.config.snapshot import Snapshot, SnapshotEntry, read_snapshot, write_snapshot
 
 __all__ = [
@@ -25,8 +26,10 @@ __all__ = [
     "Listener",
     "Snapshot",
     "SnapshotEntry",
+    "SyncTuning",
     "TextCodec",
     "Validator",
+    "ZooKeeperConnection",
     "read_snapshot",
     "write_snapshot",
 ]

@@ -31,7 +31,6 @@ from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.protocol.states import Callback, EventType, KazooState, WatchedEvent
-from kazoo.retry import KazooRetry
 
 from autoglm_runtime.config import _syncstate as sm
 from autoglm_runtime.config._reader import Interrupted, ReadResult, ZooKeeperReader
@@ -61,10 +60,9 @@ class ZooKeeperSync:
         cache: ConfigCache,
         pipeline: ValuePipeline,
         status: SyncStatus,
-        kazoo_options: dict[str, Any],
-        session_timeout: float,
+        client: KazooClient,
+        op_timeout: float,
         batch_size: int,
-        reconnect_max_delay: float,
         bulk_reads: bool = True,
     ) -> None:
         self.hosts = hosts
@@ -72,15 +70,14 @@ class ZooKeeperSync:
         self._cache = cache
         self._pipeline = pipeline
         self._status = status
-        retry = KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_jitter=0.3, max_delay=reconnect_max_delay)
-        self.client = KazooClient(hosts=hosts, timeout=session_timeout, connection_retry=retry, **kazoo_options)
+        self.client = client
         self._watch = self._on_watch
         self._reader = ZooKeeperReader(
             client=self.client,
             watch=self._watch,
             status=status,
             batch_size=batch_size,
-            op_timeout=max(session_timeout, 2.0),
+            op_timeout=op_timeout,
             bulk=bulk_reads,
         )
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()

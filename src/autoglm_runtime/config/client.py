@@ -18,10 +18,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoglm_runtime.config._files import FileSync, file_directory
 from autoglm_runtime.config._sync import ZooKeeperSync
@@ -31,31 +31,22 @@ from autoglm_runtime.config.codec import Codec, resolve_codec
 from autoglm_runtime.config.dispatcher import ConfigChange, Dispatcher, Listener
 from autoglm_runtime.config.health import ConfigHealth, SyncStatus
 from autoglm_runtime.config.reconciler import Reconciler
+from autoglm_runtime.config.settings import Auth, SyncTuning, ZooKeeperConnection, normalize_auth
 from autoglm_runtime.config.snapshot import SnapshotEntry, SnapshotWriter, read_snapshot
 from autoglm_runtime.errors import ConfigUnavailableError, SnapshotError, UsageError
+
+if TYPE_CHECKING:
+    from kazoo.client import KazooClient
 
 __all__ = ["ConfigClient"]
 
 log = logging.getLogger("autoglm_runtime.config")
-
-Auth = tuple[str, str] | Sequence[tuple[str, str]]
 
 
 def _normalize_root(root: str) -> str:
     if not root.startswith("/") or "//" in root or (root != "/" and root.endswith("/")):
         raise UsageError(f"config root {root!r} must be an absolute ZooKeeper path such as '/autoglm/prod'")
     return root
-
-
-def _normalize_auth(auth: Auth | None) -> list[tuple[str, str]]:
-    if auth is None:
-        return []
-    if len(auth) == 2 and all(isinstance(part, str) for part in auth):
-        return [(str(auth[0]), str(auth[1]))]
-    pairs = [tuple(item) for item in auth]
-    if not all(len(pair) == 2 and all(isinstance(p, str) for p in pair) for pair in pairs):
-        raise UsageError('auth must be ("digest", "user:password") or a list of (scheme, credential) pairs')
-    return [(str(p[0]), str(p[1])) for p in pairs]
 
 
 class ConfigClient:
@@ -66,12 +57,19 @@ class ConfigClient:
     :class:`~autoglm_runtime.config.codec.Codec`; empty data is ``None``). ``ttl`` seconds after an entry
     was last confirmed, the reconciler re-reads it. ``validator(key, value)`` may reject a value (raise, or
     return ``False``): the last good one stays. ``auth`` is ``("digest", "user:password")`` or a list of
-    such pairs. Keyword-only extras: ``timer`` (monotonic clock for TTL and staleness), ``session_timeout``,
-    TLS options passed to kazoo (``use_ssl``, ``ca``, ``certfile``, ``keyfile``, ``keyfile_password``,
-    ``verify_certs``, ``check_hostname``), reconciler tuning (``reconcile_rate`` reads/s,
-    ``reconcile_jitter`` s, ``reconcile_interval`` s), ``snapshot_debounce`` s, ``poll_interval`` s (file
-    backend), ``batch_size`` (reads per multiRead request or pipelined batch), ``reconnect_max_delay`` s and
-    ``bulk_reads`` (load and resync with multiRead + setWatches, ZooKeeper 3.6+; falls back by itself).
+    such pairs. Keyword-only: ``connection`` (:class:`~autoglm_runtime.config.ZooKeeperConnection`: session
+    timeout, reconnect pacing, TLS), ``tuning`` (:class:`~autoglm_runtime.config.SyncTuning`: reconciler
+    pace, batch sizes, snapshot debounce, file polling), ``timer`` (monotonic clock for TTL and staleness).
+
+    ``client_factory`` replaces ``connection`` and ``auth`` where the caller wants the ``KazooClient`` in its
+    own hands (kazoo's recipes take a ready client the same way): it is called once, with no arguments, and
+    must return a new, unstarted client, which the ConfigClient then starts, owns and stops. A client that
+    retries forever (``connection_retry=KazooRetry(max_tries=-1, ...)``) is what the sync expects;
+    :meth:`ZooKeeperConnection.kazoo_client` builds one::
+
+        kazoo = ZooKeeperConnection(session_timeout=4.0).kazoo_client(hosts)
+        kazoo.add_listener(print)  # see every connection state the config client goes through
+        config = ConfigClient(hosts, "/autoglm/prod", client_factory=lambda: kazoo)
     """
 
     # The positional parameters are the public contract of issue 3 (hosts ... auth); extras are keyword-only.
@@ -85,28 +83,23 @@ class ConfigClient:
         validator: Validator | None = None,
         auth: Auth | None = None,
         *,
+        connection: ZooKeeperConnection | None = None,
+        tuning: SyncTuning | None = None,
+        client_factory: Callable[[], KazooClient] | None = None,
         timer: Callable[[], float] = time.monotonic,
-        session_timeout: float = 10.0,
-        use_ssl: bool = False,
-        ca: str | None = None,
-        certfile: str | None = None,
-        keyfile: str | None = None,
-        keyfile_password: str | None = None,
-        verify_certs: bool = True,
-        check_hostname: bool = False,
-        reconcile_rate: float = 200.0,
-        reconcile_jitter: float = 1.0,
-        reconcile_interval: float = 1.0,
-        snapshot_debounce: float = 1.0,
-        poll_interval: float = 1.0,
-        batch_size: int = 500,
-        reconnect_max_delay: float = 2.0,
-        bulk_reads: bool = True,
     ) -> None:
         if not hosts:
             raise UsageError("config hosts must not be empty: give 'host:port[,host:port...]' or 'file:///dir'")
         if ttl <= 0:
             raise UsageError(f"config ttl must be a positive number of seconds, got {ttl}")
+        if client_factory is not None and (connection is not None or auth is not None):
+            raise UsageError(
+                "give either client_factory or connection/auth: the factory's KazooClient carries its own "
+                "connection settings and credentials"
+            )
+        tuning = tuning if tuning is not None else SyncTuning()
+        connection = connection if connection is not None else ZooKeeperConnection()
+        normalize_auth(auth)  # a malformed auth is a usage error for every backend
         self.hosts = hosts
         self.root = _normalize_root(root)
         self.ttl = ttl
@@ -119,7 +112,7 @@ class ConfigClient:
         self._cache = ConfigCache(ttl=ttl, timer=timer, publish=self._on_change)
         self._values = self._cache.values
         self._pipeline = ValuePipeline(cache=self._cache, codec=self._codec, validator=validator, status=self._status)
-        self._snapshot_debounce = snapshot_debounce
+        self._snapshot_debounce = tuning.snapshot_debounce
         self._lifecycle = threading.Lock()
         self._started = False
         self._stopped = False
@@ -135,39 +128,28 @@ class ConfigClient:
                 cache=self._cache,
                 pipeline=self._pipeline,
                 status=self._status,
-                interval=poll_interval,
+                interval=tuning.poll_interval,
             )
         else:
-            kazoo_options: dict[str, Any] = {
-                "auth_data": _normalize_auth(auth),
-                "use_ssl": use_ssl,
-                "ca": ca,
-                "certfile": certfile,
-                "keyfile": keyfile,
-                "keyfile_password": keyfile_password,
-                "verify_certs": verify_certs,
-                "check_hostname": check_hostname,
-            }
             self._source = ZooKeeperSync(
                 hosts=hosts,
                 root=self.root,
                 cache=self._cache,
                 pipeline=self._pipeline,
                 status=self._status,
-                kazoo_options=kazoo_options,
-                session_timeout=session_timeout,
-                batch_size=batch_size,
-                reconnect_max_delay=reconnect_max_delay,
-                bulk_reads=bulk_reads,
+                client=client_factory() if client_factory is not None else connection.kazoo_client(hosts, auth),
+                op_timeout=max(connection.session_timeout, 2.0),
+                batch_size=tuning.batch_size,
+                bulk_reads=tuning.bulk_reads,
             )
         source = self._source
         self._reconciler = Reconciler(
             cache=self._cache,
             reread=source.reread,
             timer=timer,
-            rate=reconcile_rate,
-            jitter=reconcile_jitter,
-            interval=reconcile_interval,
+            rate=tuning.reconcile_rate,
+            jitter=tuning.reconcile_jitter,
+            interval=tuning.reconcile_interval,
             reads_per_key=2.0 if isinstance(source, ZooKeeperSync) else 1.0,
             ready=lambda: source.loaded.is_set() and self._status.connected,
         )

@@ -1,0 +1,122 @@
+"""How a :class:`~autoglm_runtime.config.ConfigClient` connects and paces itself, grouped in two settings objects.
+
+:class:`ZooKeeperConnection` holds what kazoo's ``KazooClient`` needs (session timeout, reconnect pacing,
+credentials, TLS); :class:`SyncTuning` holds how hard the client works (reconciler rate, batch sizes,
+snapshot debounce). Both are frozen, so one instance can be shared by every client of a process::
+
+    from autoglm_runtime.config import ConfigClient, SyncTuning, ZooKeeperConnection
+
+    tls = ZooKeeperConnection(use_ssl=True, ca="/etc/zk/ca.pem", certfile="/etc/zk/client.pem")
+    config = ConfigClient("zk1:2281", "/autoglm/prod", connection=tls, tuning=SyncTuning(reconcile_rate=50))
+
+A test or an application that needs its own ``KazooClient`` (to share its handler, watch its states or
+expire its session) passes ``client_factory`` instead of ``connection``; see :class:`ConfigClient`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from autoglm_runtime.errors import UsageError
+
+if TYPE_CHECKING:
+    from kazoo.client import KazooClient
+
+__all__ = ["Auth", "SyncTuning", "ZooKeeperConnection", "normalize_auth"]
+
+#: ``("digest", "user:password")`` or a sequence of ``(scheme, credential)`` pairs.
+Auth = tuple[str, str] | Sequence[tuple[str, str]]
+
+
+def normalize_auth(auth: Auth | None) -> list[tuple[str, str]]:
+    """``auth`` as the list of ``(scheme, credential)`` pairs kazoo takes; a coded usage error otherwise."""
+    if auth is None:
+        return []
+    if len(auth) == 2 and all(isinstance(part, str) for part in auth):
+        return [(str(auth[0]), str(auth[1]))]
+    pairs = [tuple(item) for item in auth]
+    if not all(len(pair) == 2 and all(isinstance(p, str) for p in pair) for pair in pairs):
+        raise UsageError('auth must be ("digest", "user:password") or a list of (scheme, credential) pairs')
+    return [(str(p[0]), str(p[1])) for p in pairs]
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise UsageError(f"{name} must be a positive number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ZooKeeperConnection:
+    """Session, reconnect pacing, credentials and TLS of the client's ZooKeeper connection.
+
+    ``session_timeout`` seconds is what the client asks the ensemble for; ``reconnect_max_delay`` caps the
+    backoff between connection attempts (the client retries for as long as it runs: ``health()`` says how
+    stale it is meanwhile). ``auth`` pairs are sent on every (re)connect. The TLS options are kazoo's
+    (``use_ssl``, ``ca``, ``certfile``, ``keyfile``, ``keyfile_password``, ``verify_certs``,
+    ``check_hostname``). ``auth`` here and the ``auth`` argument of ``ConfigClient`` add up.
+    """
+
+    session_timeout: float = 10.0
+    reconnect_max_delay: float = 2.0
+    auth: Auth | None = None
+    use_ssl: bool = False
+    ca: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    keyfile_password: str | None = field(default=None, repr=False)
+    verify_certs: bool = True
+    check_hostname: bool = False
+
+    def __post_init__(self) -> None:
+        _positive("session_timeout", self.session_timeout)
+        _positive("reconnect_max_delay", self.reconnect_max_delay)
+        object.__setattr__(self, "auth", tuple(normalize_auth(self.auth)))
+
+    def kazoo_client(self, hosts: str, auth: Auth | None = None) -> KazooClient:
+        """A new, unstarted ``KazooClient`` for ``hosts`` as a ConfigClient uses it: it retries forever."""
+        from kazoo.client import KazooClient
+        from kazoo.retry import KazooRetry
+
+        retry = KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_jitter=0.3, max_delay=self.reconnect_max_delay)
+        options: dict[str, Any] = {
+            "auth_data": [*normalize_auth(self.auth), *normalize_auth(auth)],
+            "use_ssl": self.use_ssl,
+            "ca": self.ca,
+            "certfile": self.certfile,
+            "keyfile": self.keyfile,
+            "keyfile_password": self.keyfile_password,
+            "verify_certs": self.verify_certs,
+            "check_hostname": self.check_hostname,
+        }
+        return KazooClient(hosts=hosts, timeout=self.session_timeout, connection_retry=retry, **options)
+
+
+@dataclass(frozen=True)
+class SyncTuning:
+    """How hard a client works to stay in sync; the defaults suit a fleet (see ``docs/operations.md``).
+
+    ``reconcile_rate`` (reads/s), ``reconcile_jitter`` (s) and ``reconcile_interval`` (s) pace the TTL
+    safety net; ``batch_size`` is the reads per multiRead request or pipelined batch; ``bulk_reads`` loads
+    and resyncs with multiRead + setWatches (ZooKeeper 3.6+, falls back by itself); ``snapshot_debounce``
+    (s) delays snapshot writes; ``poll_interval`` (s) is how often the ``file://`` backend looks.
+    """
+
+    reconcile_rate: float = 200.0
+    reconcile_jitter: float = 1.0
+    reconcile_interval: float = 1.0
+    snapshot_debounce: float = 1.0
+    poll_interval: float = 1.0
+    batch_size: int = 500
+    bulk_reads: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.reconcile_rate > 0:
+            raise UsageError(f"reconcile_rate must be a positive number of reads per second, got {self.reconcile_rate}")
+        _positive("reconcile_interval", self.reconcile_interval)
+        _positive("poll_interval", self.poll_interval)
+        if self.reconcile_jitter < 0 or self.snapshot_debounce < 0:
+            raise UsageError("reconcile_jitter and snapshot_debounce must not be negative")
+        if self.batch_size < 1:
+            raise UsageError(f"batch_size must be at least 1, got {self.batch_size!r}")

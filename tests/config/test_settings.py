@@ -1,0 +1,70 @@
+"""ZooKeeperConnection and SyncTuning: validated, grouped settings, and the client_factory seam."""
+
+from __future__ import annotations
+
+import pytest
+from kazoo.client import KazooClient
+
+from autoglm_runtime import ConfigClient
+from autoglm_runtime.config import SyncTuning, ZooKeeperConnection
+from autoglm_runtime.errors import UsageError
+
+
+def test_the_kazoo_client_carries_the_connection_settings() -> None:
+    connection = ZooKeeperConnection(session_timeout=4.0, reconnect_max_delay=0.5, auth=[("digest", "a:b")])
+    kazoo = connection.kazoo_client("127.0.0.1:1", ("digest", "c:d"))
+    try:
+        assert isinstance(kazoo, KazooClient)
+        assert kazoo.auth_data == {("digest", "a:b"), ("digest", "c:d")}
+        assert kazoo._conn_retry.max_tries == -1  # retries for as long as the sync runs
+        assert kazoo._conn_retry.max_delay == 0.5
+    finally:
+        kazoo.close()
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: ZooKeeperConnection(session_timeout=0), "E0001: session_timeout must be a positive number, got 0"),
+        (
+            lambda: ZooKeeperConnection(auth=[("digest",)]),  # type: ignore[list-item]
+            'E0001: auth must be ("digest", "user:password") or a list of (scheme, credential) pairs',
+        ),
+        (
+            lambda: SyncTuning(reconcile_rate=-1),
+            "E0001: reconcile_rate must be a positive number of reads per second, got -1",
+        ),
+        (lambda: SyncTuning(batch_size=0), "E0001: batch_size must be at least 1, got 0"),
+        (
+            lambda: SyncTuning(snapshot_debounce=-0.5),
+            "E0001: reconcile_jitter and snapshot_debounce must not be negative",
+        ),
+    ],
+)
+def test_bad_settings_are_coded_usage_errors(build: object, message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        build()  # type: ignore[operator]
+    assert str(info.value) == message
+
+
+def test_a_factory_excludes_connection_and_auth() -> None:
+    def factory() -> KazooClient:
+        raise AssertionError("not called when the arguments are refused")
+
+    with pytest.raises(UsageError, match="give either client_factory or connection/auth"):
+        ConfigClient("127.0.0.1:1", "/r", auth=("digest", "a:b"), client_factory=factory)
+    with pytest.raises(UsageError, match="give either client_factory or connection/auth"):
+        ConfigClient("127.0.0.1:1", "/r", connection=ZooKeeperConnection(), client_factory=factory)
+
+
+def test_the_factory_builds_the_client_once_and_the_config_client_closes_it() -> None:
+    made: list[KazooClient] = []
+
+    def factory() -> KazooClient:
+        made.append(ZooKeeperConnection(session_timeout=2.0).kazoo_client("127.0.0.1:1"))
+        return made[-1]
+
+    client = ConfigClient("127.0.0.1:1", "/r", client_factory=factory)
+    assert len(made) == 1
+    client.stop()
+    assert made[0].connected is False
