@@ -1,6 +1,6 @@
 """Benchmark of the isolated loader against its peers, measured in the same run.
 
-1. Environment creation for one requirement set (30 generated pure-Python wheels, offline wheelhouse):
+1. BuiltEnvironment creation for one requirement set (30 generated pure-Python wheels, offline wheelhouse):
    cold ``EnvironmentBuilder.ensure`` (uv venv + uv pip install + check-deps + atomic rename) against
    running ``uv venv`` + ``uv pip install`` by hand; warm ``ensure`` (the key exists) on its own.
    Targets: warm <= 50 ms, cold <= 1.2x bare uv.
@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from autoglm_runtime.isolation import EnvironmentBuilder, ModelLoader, load_manifest
-from autoglm_runtime.isolation.envbuild import find_uv
+from autoglm_runtime.deps import load_manifest
+from autoglm_runtime.isolation import EnvironmentBuilder, ModelLoader
+from autoglm_runtime.isolation.envs.build import find_uv
 from autoglm_runtime.testing.wheels import build_wheel
 
 ROUNDS = 7

@@ -29,7 +29,8 @@ from typing import Any
 import httpx
 import pytest
 
-from autoglm_runtime.isolation import EnvironmentBuilder, load_manifest
+from autoglm_runtime.deps import load_manifest
+from autoglm_runtime.isolation import EnvironmentBuilder
 from autoglm_runtime.testing import ZooKeeperUnavailableError, build_wheel, fail_in_ci_else_skip
 from autoglm_runtime.testing._local import find_local_installation
 from autoglm_runtime.testing.processes import is_running, processes_matching
@@ -194,8 +195,9 @@ def _check_claim(step: Step, response: Response) -> None:
     numbers = re.match(r"E0513: (\d+) tokens, more than the context window of (\d+)", detail)
     if numbers:
         total, window = numbers.groups()
-        assert f"({total} in total), more than the context window of {window} tokens" in (
-            response.body["error"]["message"]
+        assert (
+            f"({total} in total), more than the context window of {window} tokens"
+            in (response.body["error"]["message"])
         ), (step, response)
     truncated = re.match(r"x-autoglm-truncated-tokens: (\d+)", detail)
     if truncated:

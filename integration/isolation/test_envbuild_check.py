@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_runtime.deps import load_manifest
+from autoglm_runtime.deps.check import check_environment, check_probed
+from autoglm_runtime.deps.probe import probe_environment
 from autoglm_runtime.errors import DependencyConflictError
-from autoglm_runtime.isolation import EnvironmentBuilder, _venvprobe, load_manifest
-from autoglm_runtime.isolation._environment import probe_environment
-from autoglm_runtime.isolation._venvprobe import describe_venv, facts_key, probe_venv
-from autoglm_runtime.isolation.check import check_environment, check_probed
+from autoglm_runtime.isolation import EnvironmentBuilder
+from autoglm_runtime.isolation.envs import _fastprobe as _venvprobe
+from autoglm_runtime.isolation.envs._fastprobe import describe_venv, facts_key, probe_venv
 from autoglm_runtime.testing.wheels import build_wheel
 from autoglm_runtime.testing.zookeeper import fail_in_ci_else_skip
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_runtime.deps import load_manifest
 from autoglm_runtime.errors import DependencyConflictError
-from autoglm_runtime.isolation import EnvironmentBuilder, load_manifest
-from autoglm_runtime.isolation.envbuild import METADATA_NAME, BuildEvent
+from autoglm_runtime.isolation import EnvironmentBuilder
+from autoglm_runtime.isolation.envs.build import METADATA_NAME, BuildEvent
 from autoglm_runtime.testing.wheels import build_wheel
 
 pytestmark = pytest.mark.slow
@@ -52,7 +53,7 @@ def test_a_key_directory_without_metadata_is_removed_and_rebuilt(
     key = builder.key_for(manifest)
     (root / key / "bin").mkdir(parents=True)  # a deletion stopped after autoglm-env.json went
     (root / key / "bin" / "python").write_text("left over")
-    with caplog.at_level(logging.WARNING, logger="autoglm_runtime.isolation.envbuild"):
+    with caplog.at_level(logging.WARNING, logger="autoglm_runtime.isolation.envs.build"):
         env = builder.ensure(manifest)
     assert env.created
     assert (env.path / METADATA_NAME).is_file()

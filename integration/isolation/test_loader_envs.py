@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_runtime.deps import load_manifest
 from autoglm_runtime.errors import DependencyConflictError, EnvironmentBuildError
-from autoglm_runtime.isolation import EnvironmentBuilder, ModelLoader, load_manifest
-from autoglm_runtime.isolation.envbuild import METADATA_NAME
-from autoglm_runtime.isolation.envgc import collect_garbage
+from autoglm_runtime.isolation import EnvironmentBuilder, ModelLoader
+from autoglm_runtime.isolation.envs.build import METADATA_NAME
+from autoglm_runtime.isolation.envs.gc import collect_garbage
 from autoglm_runtime.testing.wheels import build_wheel
 
 pytestmark = pytest.mark.slow
@@ -74,7 +75,8 @@ def test_second_load_reuses_the_environment(wheelhouse: Path, env_root: Path, ma
 
 BUILD_SCRIPT = """
 import sys
-from autoglm_runtime.isolation import EnvironmentBuilder, load_manifest
+from autoglm_runtime.isolation import EnvironmentBuilder
+from autoglm_runtime.deps import load_manifest
 
 def progress(event):
     if event.phase == "wait":

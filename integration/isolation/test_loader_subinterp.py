@@ -18,8 +18,8 @@ import pytest
 
 from autoglm_runtime.errors import BackendUnsupportedError, ModelLoadError, ModelTimeoutError
 from autoglm_runtime.isolation import ModelLoader
-from autoglm_runtime.isolation.envkey import interpreter_info
-from autoglm_runtime.isolation.subinterp import resolve_backend
+from autoglm_runtime.isolation.envs.key import interpreter_info
+from autoglm_runtime.isolation.workers.subinterp import resolve_backend
 from autoglm_runtime.testing.zookeeper import fail_in_ci_else_skip
 
 PY313 = Path("/root/.pyenv/versions/3.13.0/bin/python3.13")

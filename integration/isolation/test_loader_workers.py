@@ -228,7 +228,7 @@ def test_crash_loop_gives_up_with_a_clear_error(model: Any) -> None:
 
 
 def test_worker_output_reaches_logging_tagged_with_the_model(model: Any, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="autoglm_runtime.isolation.worker")
+    caplog.set_level(logging.INFO, logger="autoglm_runtime.isolation.workers.process")
     assert model.call("talk", timeout=30) is True
     event = threading.Event()
     for _ in range(3000):

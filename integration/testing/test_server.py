@@ -119,9 +119,7 @@ def test_no_java_process_survives_its_python(how: str) -> None:
     assert _group_gone(pgid), f"java process group {pgid} outlived its Python ({how}): {group_members(pgid)}"
 
 
-def test_a_relative_data_dir_starts_and_keeps_its_data_there(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_relative_data_dir_starts_and_keeps_its_data_there(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The reproduction: java runs in the data folder, so a relative path must be resolved before.
     monkeypatch.chdir(tmp_path)
     try:

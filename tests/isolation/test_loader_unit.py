@@ -15,6 +15,7 @@ import pytest
 
 from autoglm_runtime.cli import main
 from autoglm_runtime.cli.env import ProgressBar, ProgressLines
+from autoglm_runtime.deps import load_manifest
 from autoglm_runtime.errors import (
     BackendUnsupportedError,
     DependencyConflictError,
@@ -22,12 +23,12 @@ from autoglm_runtime.errors import (
     UsageError,
     WorkerError,
 )
-from autoglm_runtime.isolation import BuildEvent, EnvironmentBuilder, ModelLoader, load_manifest
-from autoglm_runtime.isolation._output import describe_exit
-from autoglm_runtime.isolation.envbuild import METADATA_NAME
-from autoglm_runtime.isolation.envkey import interpreter_info
-from autoglm_runtime.isolation.subinterp import resolve_backend
-from autoglm_runtime.isolation.worker import WorkerProcess, WorkerSpec
+from autoglm_runtime.isolation import BuildEvent, EnvironmentBuilder, ModelLoader
+from autoglm_runtime.isolation.envs.build import METADATA_NAME
+from autoglm_runtime.isolation.envs.key import interpreter_info
+from autoglm_runtime.isolation.workers._output import describe_exit
+from autoglm_runtime.isolation.workers.process import WorkerProcess, WorkerSpec
+from autoglm_runtime.isolation.workers.subinterp import resolve_backend
 
 
 def _model(tmp_path: Path, body: str, python: str | None = None) -> Path:

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 from autoglm_runtime.errors import UsageError
 
 if TYPE_CHECKING:
-    from autoglm_runtime.isolation.findings import Report
-    from autoglm_runtime.isolation.manifest import ModelManifest
+    from autoglm_runtime.deps.findings import Report
+    from autoglm_runtime.deps.manifest import ModelManifest
 
 __all__ = ["load_target", "register", "run"]
 
-#: The probe script, found without importing the isolation package (whose import is what we overlap with).
-PROBE_SCRIPT = Path(__file__).resolve().parent.parent / "isolation" / "_probe.py"
+#: The probe script, found without importing the deps package (whose import is what we overlap with).
+PROBE_SCRIPT = Path(__file__).resolve().parent.parent / "deps" / "_scripts" / "probe.py"
 
 
 def register(subparsers: Any) -> None:
@@ -55,7 +55,7 @@ def load_target(path: Path) -> ModelManifest:
     Raises :class:`~autoglm_runtime.errors.UsageError` for a path that does not exist and
     :class:`~autoglm_runtime.errors.ManifestError` (E0102) for a malformed file.
     """
-    from autoglm_runtime.isolation.manifest import (  # here: kept off the import path of --help
+    from autoglm_runtime.deps.manifest import (  # here: kept off the import path of --help
         ModelManifest,
         load_manifest,
         parse_requirements_file,
@@ -108,13 +108,13 @@ def run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace, started: subprocess.Popen[str] | OSError | None) -> Report:
     # Imported here: kept off the import path of --help and of the other subcommands.
-    from autoglm_runtime.isolation._environment import (
+    from autoglm_runtime.deps.check import check_probed
+    from autoglm_runtime.deps.probe import (
         PROBE_TIMEOUT,
         finish_probe,
         launch_error,
         probe_environment,
     )
-    from autoglm_runtime.isolation.check import check_probed
 
     models = [load_target(path) for path in args.paths]
     seen: dict[str, Path] = {}

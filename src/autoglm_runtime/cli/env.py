@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from autoglm_runtime.errors import EXIT_OK
 
 if TYPE_CHECKING:
-    from autoglm_runtime.isolation.envbuild import BuildEvent
+    from autoglm_runtime.isolation.envs.build import BuildEvent
 
 __all__ = ["DEFAULT_ENV_ROOT", "DEFAULT_UNUSED_DAYS", "ProgressBar", "ProgressLines", "register", "run_build", "run_gc"]
 
@@ -110,8 +110,8 @@ def run_build(args: argparse.Namespace) -> int:
         style = "bar" if err.isatty() else "lines"
     progress = ProgressBar(err) if style == "bar" else ProgressLines(err)
     # Imported here: registering the command must not load the isolation package for every other command.
-    from autoglm_runtime.isolation.envbuild import EnvironmentBuilder
-    from autoglm_runtime.isolation.manifest import load_manifest
+    from autoglm_runtime.deps.manifest import load_manifest
+    from autoglm_runtime.isolation.envs.build import EnvironmentBuilder
 
     builder = EnvironmentBuilder(
         args.env_root,
@@ -133,7 +133,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_gc(args: argparse.Namespace) -> int:
     """Collect unused environments; prints one line per environment removed or kept."""
-    from autoglm_runtime.isolation.envgc import collect_garbage
+    from autoglm_runtime.isolation.envs.gc import collect_garbage
 
     report = collect_garbage(args.env_root, unused_for=args.unused_days * 86400.0, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"

@@ -1,28 +1,24 @@
-"""The isolation part: model manifests, dependency checks, per-model environments and workers."""
+"""Conflicting models side by side: one virtual environment and one worker per model.
+
+:class:`ModelLoader` builds (or reuses) each model's environment (:mod:`~autoglm_runtime.isolation.envs`)
+and runs the model in a worker process or subinterpreter (:mod:`~autoglm_runtime.isolation.workers`); the
+dependency analysis it checks new environments with lives in :mod:`autoglm_runtime.deps`.
+:func:`collect_garbage` removes environments no loader has used for a while.
+"""
 
 from __future__ import annotations
 
-from autoglm_runtime.isolation.check import check_environment, check_models
-from autoglm_runtime.isolation.envbuild import BuildEvent, Environment, EnvironmentBuilder
-from autoglm_runtime.isolation.envgc import GarbageReport, collect_garbage
-from autoglm_runtime.isolation.findings import Finding, Report
+from autoglm_runtime.isolation.envs.build import BuildEvent, BuiltEnvironment, EnvironmentBuilder
+from autoglm_runtime.isolation.envs.gc import GarbageReport, collect_garbage
 from autoglm_runtime.isolation.loader import LoadedModel, ModelHealth, ModelLoader
-from autoglm_runtime.isolation.manifest import ModelManifest, load_manifest, parse_requirements_file
 
 __all__ = [
     "BuildEvent",
-    "Environment",
+    "BuiltEnvironment",
     "EnvironmentBuilder",
-    "Finding",
     "GarbageReport",
     "LoadedModel",
     "ModelHealth",
     "ModelLoader",
-    "ModelManifest",
-    "Report",
-    "check_environment",
-    "check_models",
     "collect_garbage",
-    "load_manifest",
-    "parse_requirements_file",
 ]

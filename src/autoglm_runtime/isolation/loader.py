@@ -21,12 +21,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from autoglm_runtime.deps.manifest import ModelManifest, load_manifest
 from autoglm_runtime.errors import BackendUnsupportedError, EnvironmentBuildError, IsolationError, UsageError
-from autoglm_runtime.isolation._envuse import EnvironmentHold, hold_environment
-from autoglm_runtime.isolation.envbuild import BuildProgress, Environment, EnvironmentBuilder, Installer
-from autoglm_runtime.isolation.manifest import ModelManifest, load_manifest
-from autoglm_runtime.isolation.subinterp import Backend, resolve_backend
-from autoglm_runtime.isolation.worker import WorkerHealth, WorkerProcess, WorkerSpec
+from autoglm_runtime.isolation.envs._use import EnvironmentHold, hold_environment
+from autoglm_runtime.isolation.envs.build import BuildProgress, BuiltEnvironment, EnvironmentBuilder, Installer
+from autoglm_runtime.isolation.workers.process import WorkerHealth, WorkerProcess, WorkerSpec
+from autoglm_runtime.isolation.workers.subinterp import Backend, resolve_backend
 
 __all__ = ["LoadedModel", "ModelHealth", "ModelLoader"]
 
@@ -37,7 +37,7 @@ class ModelHealth(WorkerHealth):
     """What :meth:`LoadedModel.health` returns (and :meth:`ModelLoader.health` maps by model name).
 
     A ``dict`` at run time, JSON-ready: ``json.dumps(loader.health())`` works as is. The keys of
-    :class:`~autoglm_runtime.isolation.worker.WorkerHealth` (``state``, ``pid``, ``restarts``,
+    :class:`~autoglm_runtime.isolation.workers.process.WorkerHealth` (``state``, ``pid``, ``restarts``,
     ``last_exit``, ``backend``, ``failures``) plus:
 
     * ``env`` (str): the key of the model's environment (the directory name under ``env_root``).
@@ -52,7 +52,7 @@ class LoadedModel:
     def __init__(
         self,
         manifest: ModelManifest,
-        environment: Environment,
+        environment: BuiltEnvironment,
         worker: WorkerProcess,
         default_timeout: float | None,
         on_close: Callable[[LoadedModel], None],
@@ -226,7 +226,7 @@ class ModelLoader:
         )
         return model
 
-    def _ensure_held(self, manifest: ModelManifest) -> tuple[Environment, EnvironmentHold]:
+    def _ensure_held(self, manifest: ModelManifest) -> tuple[BuiltEnvironment, EnvironmentHold]:
         """The model's environment, held in use; built again should a collection remove it meanwhile."""
         for _ in range(3):
             environment = self.builder.ensure(manifest)
@@ -238,7 +238,9 @@ class ModelLoader:
             "was being loaded; stop the process that keeps collecting it (autoglm-runtime env gc), then load again"
         )
 
-    def _start_worker(self, manifest: ModelManifest, environment: Environment, requested: Backend) -> WorkerProcess:
+    def _start_worker(
+        self, manifest: ModelManifest, environment: BuiltEnvironment, requested: Backend
+    ) -> WorkerProcess:
         first = resolve_backend(requested, environment.interpreter)
         spec = WorkerSpec(manifest.name, str(environment.python), str(manifest.directory), manifest.entrypoint, first)
         try:

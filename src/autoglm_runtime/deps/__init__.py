@@ -1,0 +1,39 @@
+"""Dependency analysis behind ``autoglm-runtime check-deps``: manifests, specifiers, probes and findings.
+
+It imports nothing from :mod:`autoglm_runtime.isolation` (environments and workers), so the command starts
+light. Check an interpreter's environment alone or against models, or models against each other::
+
+    from autoglm_runtime.deps import check_environment, check_models, load_manifest
+
+    report = check_environment()          # the running interpreter's environment
+    print(report.render() if not report.ok else "no problems")
+
+- :mod:`~autoglm_runtime.deps.manifest`: ``model.toml`` and requirements files;
+- :mod:`~autoglm_runtime.deps.probe`: what an interpreter has installed (:class:`ProbedEnvironment`), read by
+  the stdlib-only script in ``_scripts/probe.py`` run inside that interpreter;
+- :mod:`~autoglm_runtime.deps.installed`: checks over installed distributions (missing, incompatible,
+  duplicate, shadowed-module, ...);
+- :mod:`~autoglm_runtime.deps.check`: the entry points, and the checks between models and against a host;
+- :mod:`~autoglm_runtime.deps.findings`: :class:`Finding` and :class:`Report` (human and JSON output).
+"""
+
+from __future__ import annotations
+
+from autoglm_runtime.deps.check import check_environment, check_models, check_probed
+from autoglm_runtime.deps.findings import Finding, Report
+from autoglm_runtime.deps.manifest import ModelManifest, load_manifest, parse_requirements_file
+from autoglm_runtime.deps.probe import InstalledDist, ProbedEnvironment, probe_environment
+
+__all__ = [
+    "Finding",
+    "InstalledDist",
+    "ModelManifest",
+    "ProbedEnvironment",
+    "Report",
+    "check_environment",
+    "check_models",
+    "check_probed",
+    "load_manifest",
+    "parse_requirements_file",
+    "probe_environment",
+]

@@ -1,0 +1,1 @@
+"""Stdlib-only code run inside other interpreters (``python -I probe.py``): no imports from the SDK here."""

@@ -1,0 +1,334 @@
+"""The checks of one environment: metadata, duplicates, shadowed modules, requirements, extras, cycles."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+from packaging.requirements import Requirement
+
+from autoglm_runtime.deps._graph import Edges, cycles, req_text, shortest_chain
+from autoglm_runtime.deps.findings import Finding
+from autoglm_runtime.deps.probe import InstalledDist, ProbedEnvironment, canonical
+from autoglm_runtime.deps.specifiers import satisfies
+
+__all__ = ["RequirementGraph", "check_installed"]
+
+
+class RequirementGraph:
+    """Checks requirements against the installed winners and explains how a version got installed.
+
+    ``model_requirements`` maps model names to their active requirements; they are the first roots tried
+    when a ``model-vs-host`` chain is explained. Requested extras are collected by
+    :meth:`check_requirement` and checked by :meth:`check_extras`.
+    """
+
+    def __init__(self, env: ProbedEnvironment, model_requirements: Mapping[str, Sequence[Requirement]]) -> None:
+        self.env = env
+        self.edges: dict[str, list[tuple[str, Requirement]]] = {}
+        for key, dist in env.winners.items():
+            self.edges[key] = [(canonical(r.name), r) for r in dist.requires if env.evaluate(r.marker)]
+        required = {dep for deps in self.edges.values() for dep, _ in deps}
+        self.models = dict(model_requirements)
+        for name, reqs in self.models.items():
+            self.edges[f"model {name}"] = [(canonical(r.name), r) for r in reqs]
+        self.root_dists = sorted(k for k in env.winners if k not in required)
+        self.labels = {key: dist.label for key, dist in env.winners.items()}
+        self._extras: list[tuple[str, tuple[str, ...], str, str, Requirement]] = []
+
+    def check_requirement(
+        self, where: str, req: Requirement, *, requirer: str | None = None, model: str | None = None
+    ) -> list[Finding]:
+        """``missing`` / ``incompatible`` (a distribution's) or ``model-vs-host`` (a model's) for ``req``.
+
+        ``where`` names the requirer in messages ("pandas 2.1.4" or "model 'a'"); ``requirer`` is the
+        requiring distribution's key, ``model`` the requiring model's name.
+        """
+        models = (model,) if model else ()
+        key = canonical(req.name)
+        dist = self.env.winners.get(key)
+        if dist is None:
+            return [
+                Finding(
+                    kind="missing",
+                    packages=tuple(p for p in (requirer, key) if p),
+                    models=models,
+                    message=f"{where} requires {req_text(req)}, but {req.name} is not installed",
+                    hint=f"install it: pip install '{req_text(req)}'",
+                    details={"requirement": req_text(req)},
+                )
+            ]
+        for wanted in sorted(req.extras):
+            self._extras.append((where, models, key, canonical(wanted), req))
+        if satisfies(req.specifier, dist.version):
+            return []
+        if model is not None:
+            return [self._model_vs_host(where, model, req, dist)]
+        name = self.env.winners[requirer].name if requirer else where
+        return [
+            Finding(
+                kind="incompatible",
+                packages=(requirer or key, key),
+                message=f"{where} requires {req_text(req)}, but {dist.label} is installed",
+                hint=f"install a version of {req.name} matching '{req.specifier}', or a version of {name} that "
+                f"accepts {dist.label}",
+                details={"requirement": req_text(req), "installed": dist.version},
+            )
+        ]
+
+    def _chain(self, model: str | None, key: str) -> list[str] | None:
+        """Why ``key``'s installed version is there: from another model if one leads to it, else a root."""
+        version = self.env.winners[key].version
+
+        def accept(req: Requirement) -> bool:
+            return satisfies(req.specifier, version)
+
+        models = [f"model {m}" for m in sorted(self.models) if m != model]
+        return shortest_chain(self.edges, models, key, self.labels, accept) or shortest_chain(
+            self.edges, self.root_dists, key, self.labels, accept
+        )
+
+    def _model_vs_host(self, where: str, model: str, req: Requirement, dist: InstalledDist) -> Finding:
+        chain = self._chain(model, dist.key)
+        why = ", which nothing else requires" if chain is None else f", pulled in by {' -> '.join(chain)}"
+        return Finding(
+            kind="model-vs-host",
+            packages=(dist.key,),
+            models=(model,),
+            message=f"{where} needs {req_text(req)} but the environment has {dist.label}{why}",
+            hint=f"load model '{model}' isolated in its own environment, or change the environment so that "
+            f"{req.name} matches '{req.specifier}'",
+            details={"requirement": req_text(req), "installed": dist.version, "chain": chain or []},
+        )
+
+    def check_extras(self) -> list[Finding]:
+        """``missing-extra`` (and mismatched versions) for every extra requested so far, transitively."""
+        findings: list[Finding] = []
+        done: set[tuple[str, str, str]] = set()
+        while self._extras:
+            where, models, key, extra, req = self._extras.pop(0)
+            if (where, key, extra) in done:
+                continue
+            done.add((where, key, extra))
+            dist = self.env.winners[key]
+            if extra not in dist.provides_extra:
+                findings.append(
+                    Finding(
+                        kind="missing-extra",
+                        packages=(key,),
+                        models=models,
+                        message=f"{where} requires {req_text(req)}, but {dist.label} has no extra '{extra}'",
+                        hint=f"drop the extra '{extra}' or install a version of {req.name} that provides it",
+                        details={"requirement": req_text(req), "extra": extra, "needs": None},
+                    )
+                )
+                continue
+            for dep in dist.requires:
+                if dep.marker is None or not self.env.evaluate(dep.marker, extra):
+                    continue
+                if self.env.evaluate(dep.marker, ""):
+                    continue  # a base requirement, checked with the distribution itself
+                finding = self._check_extra_dep(where, models, req, dist=dist, extra=extra, dep=dep)
+                if finding is not None:
+                    findings.append(finding)
+        return findings
+
+    def _check_extra_dep(
+        self,
+        where: str,
+        models: tuple[str, ...],
+        req: Requirement,
+        *,
+        dist: InstalledDist,
+        extra: str,
+        dep: Requirement,
+    ) -> Finding | None:
+        dep_key = canonical(dep.name)
+        installed = self.env.winners.get(dep_key)
+        through = f"{where} requires {req_text(req)}, whose extra '{extra}' needs {req_text(dep)}"
+        if installed is None:
+            return Finding(
+                kind="missing-extra",
+                packages=(dist.key, dep_key),
+                models=models,
+                message=f"{through}, but {dep.name} is not installed",
+                hint=f"install the extra's requirements: pip install '{dist.name}[{extra}]=={dist.version}'",
+                details={"requirement": req_text(req), "extra": extra, "needs": req_text(dep)},
+            )
+        for wanted in sorted(dep.extras):  # the extra's own extras: requested by this distribution
+            self._extras.append((dist.label, models, dep_key, canonical(wanted), dep))
+        if satisfies(dep.specifier, installed.version):
+            return None
+        kind: Literal["model-vs-host", "incompatible"] = "model-vs-host" if models else "incompatible"
+        chain = self._chain(models[0], dep_key) if models else None
+        why = f", pulled in by {' -> '.join(chain)}" if chain else ""
+        return Finding(
+            kind=kind,
+            packages=(dist.key, dep_key),
+            models=models,
+            message=f"{through}, but {installed.label} is installed{why}",
+            hint=f"install a version of {dep.name} matching '{dep.specifier}', or drop the extra '{extra}'",
+            details={
+                "requirement": req_text(req),
+                "extra": extra,
+                "needs": req_text(dep),
+                "installed": installed.version,
+                "chain": chain or [],
+            },
+        )
+
+
+def check_installed(env: ProbedEnvironment) -> list[Finding]:
+    """Every finding about the environment alone (no model involved)."""
+    findings = _invalid_metadata(env) + _duplicates(env) + _shadowed_modules(env)
+    graph = RequirementGraph(env, {})
+    version = env.python_version
+    for key, dist in sorted(env.winners.items()):
+        if dist.requires_python is not None and not env.supports(dist.requires_python):
+            findings.append(
+                Finding(
+                    kind="requires-python",
+                    packages=(key,),
+                    message=f"{dist.label} requires Python {dist.requires_python}, but {env.python} is "
+                    f"Python {version}",
+                    hint=f"install a version of {dist.name} that supports Python {version}",
+                    details={"requires_python": str(dist.requires_python), "python_version": version},
+                )
+            )
+        for _, req in graph.edges[key]:
+            findings += graph.check_requirement(dist.label, req, requirer=key)
+    findings += graph.check_extras()
+    dist_edges: Edges = {k: v for k, v in graph.edges.items() if k in env.winners}
+    for cycle in cycles(dist_edges):
+        walk = " -> ".join(env.winners[k].label for k in cycle)
+        findings.append(
+            Finding(
+                kind="cycle",
+                packages=tuple(sorted(set(cycle))),
+                message=f"dependency cycle: {walk}",
+                hint="nothing to do unless the cycle is unintended; these distributions must be upgraded together",
+                details={"cycle": cycle},
+            )
+        )
+    return findings
+
+
+def _invalid_metadata(env: ProbedEnvironment) -> list[Finding]:
+    findings = []
+    for dist in env.dists:
+        for error in dist.errors:
+            findings.append(
+                Finding(
+                    kind="invalid-metadata",
+                    packages=(dist.key,) if dist.name else (),
+                    message=f"invalid metadata in {dist.metadata_dir}: {error}",
+                    hint=f"reinstall {dist.name or 'the distribution'} or delete {dist.metadata_dir}",
+                    details={"metadata_dir": dist.metadata_dir, "error": error},
+                )
+            )
+    return findings
+
+
+def _place(dist: InstalledDist) -> dict[str, str]:
+    return {"version": dist.version, "location": dist.location, "metadata_dir": dist.metadata_dir}
+
+
+def _files_on_disk_match(dist: InstalledDist) -> bool:
+    """Whether every contested file of ``dist`` that was hashed on disk is the one its RECORD lists."""
+    hashed = [info for info in dist.modules.values() if len(info) > 2]
+    return bool(hashed) and all(info[1] is not None and info[1] == info[2] for info in hashed)
+
+
+def _duplicates(env: ProbedEnvironment) -> list[Finding]:
+    copies: dict[str, list[InstalledDist]] = {}
+    for dist in env.dists:
+        if dist.name:
+            copies.setdefault(dist.key, []).append(dist)
+    findings = []
+    for key, found in sorted(copies.items()):
+        if len(found) < 2:
+            continue
+        # Copies in one directory are listed in directory order, which says nothing about whose files are on
+        # disk: only the files' hashes can tell (exactly one copy's RECORD must match them).
+        first_dir = [d for d in found if d.location == found[0].location]
+        matching = [d for d in first_dir if _files_on_disk_match(d)]
+        used: InstalledDist | None = found[0] if len(first_dir) == 1 else None
+        if used is None and len(matching) == 1:
+            used = matching[0]
+        hint = (
+            "uninstall the shadowed copies or delete their metadata directories, or take their directories off the path"
+        )
+        if used is not None:
+            shadowed = [d for d in found if d is not used]
+            hidden = "; ".join(f"{d.label} ({d.metadata_dir})" for d in shadowed)
+            message = (
+                f"{used.name} is installed {len(found)} times on the path: {used.label} ({used.metadata_dir}) is the "
+                f"one imported, shadowing {hidden}"
+            )
+            details: dict[str, object] = {"used": _place(used), "shadowed": [_place(d) for d in shadowed]}
+        else:
+            shadowed = found[len(first_dir) :]
+            listed = " and ".join(f"{d.label} ({d.metadata_dir})" for d in first_dir)
+            message = (
+                f"{found[0].name} is installed {len(found)} times on the path: {listed} are in one directory, so "
+                "which copy's files are imported cannot be determined"
+            )
+            if shadowed:
+                message += "; they shadow " + "; ".join(f"{d.label} ({d.metadata_dir})" for d in shadowed)
+            hint = (
+                f"reinstall {found[0].name} (pip install --force-reinstall {found[0].name}) so that one copy "
+                "remains, and delete the metadata directories of the others"
+            )
+            details = {
+                "used": None,
+                "candidates": [_place(d) for d in first_dir],
+                "shadowed": [_place(d) for d in shadowed],
+            }
+        findings.append(Finding(kind="duplicate", packages=(key,), message=message, hint=hint, details=details))
+    return findings
+
+
+def _shadowed_modules(env: ProbedEnvironment) -> list[Finding]:
+    providers: dict[str, list[InstalledDist]] = {}
+    for dist in env.winners.values():
+        for module in dist.modules:
+            providers.setdefault(module, []).append(dist)
+    rank: dict[str, int] = {}
+    for dist in env.dists:
+        rank.setdefault(dist.location, len(rank))
+    findings = []
+    for module, found in sorted(providers.items()):
+        if len(found) < 2:
+            continue
+        dists = sorted(found, key=lambda d: (rank[d.location], d.key))
+        first = [d for d in dists if d.location == dists[0].location]
+        if len(first) == 1:
+            winner: InstalledDist | None = first[0]
+        else:
+            hashes = {d.modules[module][1] for d in first}
+            if len(hashes) == 1 and None not in hashes and len(first) == len(dists):
+                continue  # identical files (a shared namespace __init__.py): nothing is shadowed
+            on_disk = first[0].modules[module][2] if len(first[0].modules[module]) > 2 else None
+            matching = [d for d in first if on_disk is not None and d.modules[module][1] == on_disk]
+            winner = matching[0] if len(matching) == 1 else None
+        names = ", ".join(d.label for d in dists[:-1]) + f" and {dists[-1].label}"
+        verb = "both install" if len(dists) == 2 else "all install"
+        if winner is None:
+            outcome = "the files on disk cannot be attributed to either, so the import is a mix or a guess"
+        else:
+            losers = " and ".join(d.label for d in dists if d is not winner)
+            outcome = f"'import {module}' gets {winner.label}, so {losers} is shadowed"
+        findings.append(
+            Finding(
+                kind="shadowed-module",
+                packages=tuple(sorted(d.key for d in dists)),
+                message=f"{names} {verb} the top-level module '{module}'; {outcome}",
+                hint="uninstall one of them; they cannot be used in one environment",
+                details={
+                    "module": module,
+                    "winner": winner.key if winner else None,
+                    "distributions": [{"name": d.key, "version": d.version, "location": d.location} for d in dists],
+                },
+            )
+        )
+    return findings

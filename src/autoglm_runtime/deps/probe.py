@@ -1,0 +1,198 @@
+"""An interpreter's installed distributions, as the dependency checks see them.
+
+:func:`probe_environment` runs :mod:`autoglm_runtime.deps._scripts.probe` in the target interpreter (one
+``python -I`` subprocess) or, for the running interpreter, in-process; it then parses the metadata with
+``packaging``. Metadata that does not parse is kept as an error on the distribution, never raised.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packaging.markers import InvalidMarker, Marker
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from autoglm_runtime.deps._scripts import probe as _probe
+from autoglm_runtime.deps.specifiers import satisfies
+from autoglm_runtime.errors import UsageError
+
+__all__ = [
+    "InstalledDist",
+    "ProbedEnvironment",
+    "canonical",
+    "finish_probe",
+    "launch_error",
+    "probe_command",
+    "probe_environment",
+]
+
+PROBE_TIMEOUT = 120.0
+_CANON_RE = re.compile(r"[-_.]+")
+
+
+def canonical(name: str) -> str:
+    """PEP 503 normalised name (``Foo.Bar_baz`` -> ``foo-bar-baz``)."""
+    return _CANON_RE.sub("-", name).lower()
+
+
+@dataclass
+class InstalledDist:
+    """One ``.dist-info`` / ``.egg-info`` found on the path; ``errors`` hold metadata that did not parse."""
+
+    name: str
+    version: str
+    location: str
+    metadata_dir: str
+    requires: list[Requirement] = field(default_factory=list)
+    requires_python: SpecifierSet | None = None
+    provides_extra: frozenset[str] = frozenset()
+    #: top-level import name -> [RECORD path, RECORD hash, hash of the file on disk (only when contested)]
+    modules: dict[str, list[str | None]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """The PEP 503 normalised name."""
+        return canonical(self.name)
+
+    @property
+    def label(self) -> str:
+        """``name version`` as messages show it."""
+        return f"{self.name} {self.version}"
+
+
+@dataclass
+class ProbedEnvironment:
+    """What the probe reported: interpreter, marker environment, path and distributions (precedence order)."""
+
+    python: str
+    version: str
+    markers: dict[str, str]
+    path: list[str]
+    dists: list[InstalledDist]
+    #: The importable copy of each distribution (the first on the path), by normalised name.
+    winners: dict[str, InstalledDist] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.winners = {}
+        for dist in self.dists:
+            if dist.name:
+                self.winners.setdefault(dist.key, dist)
+
+    @property
+    def python_version(self) -> str:
+        """The interpreter's full version (``3.13.0rc1``), as the probe's marker environment gives it."""
+        return self.markers.get("python_full_version", self.version)
+
+    def supports(self, requires_python: SpecifierSet) -> bool:
+        """Whether ``requires_python`` admits this interpreter, judged as pip does.
+
+        pip compares ``sys.version_info[:3]`` only, so a 3.13.0rc1 interpreter counts as 3.13.0.
+        """
+        try:
+            release = Version(self.python_version).base_version
+        except InvalidVersion:
+            release = self.python_version
+        return satisfies(requires_python, release)
+
+    def evaluate(self, marker: Marker | None, extra: str = "") -> bool:
+        """Evaluate ``marker`` for the target interpreter with ``extra`` (``""`` for no extra)."""
+        if marker is None:
+            return True
+        return marker.evaluate({**self.markers, "extra": extra})
+
+
+def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
+    where = str(raw.get("metadata_dir"))
+    errors = [str(e) for e in raw.get("errors", [])]
+    name = str(raw.get("name") or "")
+    version = str(raw.get("version") or "")
+    dist = InstalledDist(name, version, str(raw.get("location")), where, errors=errors)
+    label = f"{name} {version}".strip() or where
+    if version:
+        try:
+            Version(version)
+        except InvalidVersion:
+            errors.append(f"{label} has an invalid version {version!r} (not PEP 440)")
+    for text in raw.get("requires", []):
+        try:
+            req = Requirement(text)
+            if req.marker is not None:
+                req.marker.evaluate({"extra": ""})  # surfaces undefined marker variables now
+        except (InvalidRequirement, InvalidMarker, ValueError) as exc:
+            reason = str(exc).splitlines()[0]
+            errors.append(f"{label} has an invalid requirement {text!r} ({reason})")
+            continue
+        dist.requires.append(req)
+    python = raw.get("requires_python")
+    if python:
+        try:
+            dist.requires_python = SpecifierSet(python)
+        except InvalidSpecifier:
+            errors.append(f"{label} has an invalid Requires-Python {python!r}")
+    dist.provides_extra = frozenset(canonical(e) for e in raw.get("provides_extra", []))
+    dist.modules = dict(raw.get("modules", {}))
+    return dist
+
+
+def parse_probe(data: dict[str, Any], python: str) -> ProbedEnvironment:
+    """Build an :class:`ProbedEnvironment` from the probe's JSON object."""
+    return ProbedEnvironment(
+        python=python,
+        version=str(data["version"]),
+        markers={str(k): str(v) for k, v in data["markers"].items()},
+        path=[str(p) for p in data["path"]],
+        dists=[_parse_dist(raw) for raw in data["distributions"]],
+    )
+
+
+def probe_command(python: str | Path) -> list[str]:
+    """The command that runs the probe in ``python``, isolated (``-I``: no user site, no environment vars)."""
+    return [str(python), "-I", str(Path(_probe.__file__))]
+
+
+def launch_error(python: str | Path, exc: OSError | subprocess.TimeoutExpired) -> UsageError:
+    """The usage error for an interpreter that could not be started or did not answer."""
+    exe = str(python)
+    if isinstance(exc, subprocess.TimeoutExpired):
+        return UsageError(f"interpreter {exe} did not answer the probe within {PROBE_TIMEOUT:.0f} s")
+    if isinstance(exc, FileNotFoundError):
+        return UsageError(f"interpreter {exe} does not exist; pass a Python executable to --python")
+    if isinstance(exc, PermissionError):
+        return UsageError(f"interpreter {exe} cannot be run (permission denied); pass a Python executable")
+    return UsageError(f"interpreter {exe} cannot be run: {exc}; pass a Python executable to --python")
+
+
+def finish_probe(python: str | Path, returncode: int, stdout: str, stderr: str) -> ProbedEnvironment:
+    """Parse what the probe printed; a failed or garbled probe is a :class:`UsageError`."""
+    exe = str(python)
+    if returncode != 0:
+        tail = (stderr.strip().splitlines() or ["no output"])[-1]
+        raise UsageError(f"interpreter {exe} failed to run the probe (exit {returncode}): {tail}")
+    try:
+        return parse_probe(json.loads(stdout), exe)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(f"interpreter {exe} answered the probe with something that is not its JSON: {exc}") from exc
+
+
+def probe_environment(python: str | Path | None = None) -> ProbedEnvironment:
+    """Describe ``python``'s environment (the running interpreter's when ``None``).
+
+    Raises :class:`~autoglm_runtime.errors.UsageError` (E0001) when the interpreter cannot be run or
+    does not answer with the probe's JSON.
+    """
+    if python is None:
+        return parse_probe(_probe.probe(), sys.executable)
+    try:
+        done = subprocess.run(probe_command(python), capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise launch_error(python, exc) from exc
+    return finish_probe(python, done.returncode, done.stdout, done.stderr)

@@ -1,0 +1,76 @@
+"""Probe data for unit tests of the checks: an environment described without building one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+
+from autoglm_runtime.deps.manifest import ModelManifest
+from autoglm_runtime.deps.probe import ProbedEnvironment, parse_probe
+
+#: A target that is not the test's own interpreter: Windows, CPython 3.9.1.
+WIN39 = {
+    "implementation_name": "cpython",
+    "implementation_version": "3.9.1",
+    "os_name": "nt",
+    "platform_machine": "AMD64",
+    "platform_release": "10",
+    "platform_system": "Windows",
+    "platform_version": "10.0.19041",
+    "python_full_version": "3.9.1",
+    "platform_python_implementation": "CPython",
+    "python_version": "3.9",
+    "sys_platform": "win32",
+}
+SITE = "/t/site-packages"
+
+
+def dist(
+    name: str | None,
+    version: str | None,
+    requires: Iterable[str] = (),
+    *,
+    location: str = SITE,
+    requires_python: str | None = None,
+    extras: Iterable[str] = (),
+    modules: Mapping[str, Sequence[str | None]] | None = None,
+    errors: Iterable[str] = (),
+) -> dict[str, Any]:
+    """One distribution as the probe describes it."""
+    return {
+        "name": name,
+        "version": version,
+        "location": location,
+        "metadata_dir": f"{location}/{name}-{version}.dist-info",
+        "requires": list(requires),
+        "requires_python": requires_python,
+        "provides_extra": list(extras),
+        "modules": {k: list(v) for k, v in (modules or {}).items()},
+        "errors": list(errors),
+    }
+
+
+def environment(*dists: dict[str, Any], markers: Mapping[str, str] = WIN39) -> ProbedEnvironment:
+    data = {
+        "probe": 1,
+        "version": markers["python_full_version"],
+        "markers": dict(markers),
+        "path": [SITE],
+        "distributions": list(dists),
+    }
+    return parse_probe(data, "/t/bin/python")
+
+
+def model(name: str, *requirements: str, python: str | None = None) -> ModelManifest:
+    return ModelManifest(
+        name=name,
+        entrypoint=f"{name}:load",
+        requirements=tuple(Requirement(r) for r in requirements),
+        python=SpecifierSet(python) if python is not None else None,
+        directory=Path(f"/m/{name}"),
+        source=Path(f"/m/{name}/model.toml"),
+    )

@@ -1,0 +1,150 @@
+"""Model checks on described environments: cross-model, model-vs-host chains, extras, requires-python."""
+
+from __future__ import annotations
+
+from packaging.requirements import Requirement
+from tests.deps._check_data import WIN39, dist, environment, model
+
+from autoglm_runtime.deps.check import EXTRA_REQUIREMENTS_MODEL, check_models, check_probed
+
+
+def _found(report: object) -> list[tuple[str, tuple[str, ...], str]]:
+    return [(f.kind, f.models, f.message) for f in report.findings]  # type: ignore[attr-defined]
+
+
+def test_cross_model_message_and_hint() -> None:
+    report = check_models([model("a", "numpy<2"), model("b", "NumPy>=2")])
+    assert _found(report) == [
+        (
+            "cross-model",
+            ("a", "b"),
+            "model 'b' needs NumPy>=2 but model 'a' needs numpy<2: they cannot share one environment; load them "
+            "isolated",
+        )
+    ]
+    finding = report.findings[0]
+    assert finding.packages == ("numpy",)
+    assert finding.hint == "load 'a' and 'b' isolated (one environment each), or align their numpy requirements"
+    assert finding.details == {"requirements": {"a": "numpy<2", "b": "NumPy>=2"}}
+    assert report.python is None
+    assert report.exit_code == 1
+
+
+def test_cross_model_needs_every_model_when_pairs_overlap() -> None:
+    report = check_models([model("a", "x>=1,<3"), model("b", "x>=2,<4"), model("c", "x!=2.*")])
+    assert _found(report) == [
+        (
+            "cross-model",
+            ("a", "b", "c"),
+            "model 'a' needs x<3,>=1; model 'b' needs x<4,>=2; model 'c' needs x!=2.*: no version of x satisfies all "
+            "of them, so they cannot share one environment; load them isolated",
+        )
+    ]
+
+
+def test_cross_model_respects_markers_and_prereleases() -> None:
+    models = [model("a", "x<2; sys_platform == 'linux'", "y==2.0b1"), model("b", "x>=2", "y>=1")]
+    assert _found(check_models(models, markers=WIN39)) == []  # x<2 only applies on Linux; 2.0b1 satisfies >=1
+    linux = {**WIN39, "sys_platform": "linux"}
+    assert [f.kind for f in check_models(models, markers=linux).findings] == ["cross-model"]
+
+
+def test_model_vs_host_chain_prefers_other_models() -> None:
+    env = environment(dist("pandas", "2.1.4", ["numpy<2"]), dist("numpy", "1.26.4"), dist("tool", "1.0", ["numpy"]))
+    report = check_probed(env, [model("a", "pandas==2.1.4"), model("b", "numpy>=2")])
+    assert _found(report) == [
+        (
+            "model-vs-host",
+            ("b",),
+            "model 'b' needs numpy>=2 but the environment has numpy 1.26.4, pulled in by model a -> pandas 2.1.4 -> "
+            "numpy<2",
+        )
+    ]
+    assert report.findings[0].details == {
+        "requirement": "numpy>=2",
+        "installed": "1.26.4",
+        "chain": ["model a", "pandas 2.1.4", "numpy<2"],
+    }
+
+
+def test_model_vs_host_chain_from_a_root_distribution_or_none() -> None:
+    env = environment(dist("pandas", "2.1.4", ["numpy<2"]), dist("numpy", "1.26.4"), dist("lone", "1.0"))
+    report = check_probed(env, [model("b", "numpy>=2", "lone>1")])
+    assert _found(report) == [
+        (
+            "model-vs-host",
+            ("b",),
+            "model 'b' needs lone>1 but the environment has lone 1.0, which nothing else requires",
+        ),
+        (
+            "model-vs-host",
+            ("b",),
+            "model 'b' needs numpy>=2 but the environment has numpy 1.26.4, pulled in by pandas 2.1.4 -> numpy<2",
+        ),
+    ]
+
+
+def test_missing_and_requires_python_for_models() -> None:
+    report = check_probed(environment(), [model("a", "absent>=1", "winonly; os_name == 'nt'", python=">=3.10")])
+    assert _found(report) == [
+        ("missing", ("a",), "model 'a' requires absent>=1, but absent is not installed"),
+        ("missing", ("a",), "model 'a' requires winonly, but winonly is not installed"),
+        ("requires-python", ("a",), "model 'a' requires Python >=3.10, but /t/bin/python is Python 3.9.1"),
+    ]
+
+
+def test_extras_missing_unknown_mismatched_and_transitive() -> None:
+    env = environment(
+        dist("httpx", "0.27", ["anyio", "h2>=4; extra == 'http2'", "rich<13; extra == 'cli'"], extras=["http2", "cli"]),
+        dist("anyio", "4.0"),
+        dist("rich", "13.1"),
+        dist("outer", "1.0", ["inner[Deep_Extra]; extra == 'x'"], extras=["x"]),
+        dist("inner", "1.0", ["deeplib; extra == 'deep-extra'"], extras=["deep-extra"]),
+        dist("app", "1.0", ["outer[x]"]),
+    )
+    report = check_probed(env, [model("m", "httpx[http2,cli,socks]")])
+    assert [(f.kind, f.packages, f.models, f.message) for f in report.findings] == [
+        (
+            "model-vs-host",
+            ("httpx", "rich"),
+            ("m",),
+            "model 'm' requires httpx[cli,http2,socks], whose extra 'cli' needs rich<13, but rich 13.1 is installed",
+        ),
+        (
+            "missing-extra",
+            ("inner", "deeplib"),
+            (),
+            "outer 1.0 requires inner[Deep_Extra], whose extra 'deep-extra' needs deeplib, but deeplib is not "
+            "installed",
+        ),
+        (
+            "missing-extra",
+            ("httpx",),
+            ("m",),
+            "model 'm' requires httpx[cli,http2,socks], but httpx 0.27 has no extra 'socks'",
+        ),
+        (
+            "missing-extra",
+            ("httpx", "h2"),
+            ("m",),
+            "model 'm' requires httpx[cli,http2,socks], whose extra 'http2' needs h2>=4, but h2 is not installed",
+        ),
+    ]
+
+
+def test_extra_requirements_are_a_pseudo_model() -> None:
+    report = check_probed(environment(dist("a", "1.0")), [model("m", "a<1")], [Requirement("a>=1")])
+    assert report.models == ("m", EXTRA_REQUIREMENTS_MODEL)
+    assert _found(report) == [
+        (
+            "cross-model",
+            ("extra-requirements", "m"),
+            "model 'm' needs a<1 but model 'extra-requirements' needs a>=1: they cannot share one environment; load "
+            "them isolated",
+        ),
+        (
+            "model-vs-host",
+            ("m",),
+            "model 'm' needs a<1 but the environment has a 1.0, pulled in by model extra-requirements -> a>=1",
+        ),
+    ]

@@ -1,0 +1,139 @@
+"""The check-deps command: paths, pseudo-models, usage errors and exit codes, a lean import path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autoglm_runtime.cli import main
+from autoglm_runtime.cli.check_deps import load_target
+from autoglm_runtime.testing.processes import processes_matching
+
+
+def _model(root: Path, name: str, requirements: list[str]) -> Path:
+    directory = root / name
+    directory.mkdir()
+    reqs = ", ".join(f'"{r}"' for r in requirements)
+    (directory / "model.toml").write_text(f'[model]\nname = "{name}"\nentrypoint = "m:load"\nrequirements = [{reqs}]\n')
+    return directory
+
+
+def test_paths_are_model_dirs_manifests_or_requirements_files(tmp_path: Path) -> None:
+    a = _model(tmp_path, "a", ["numpy<2"])
+    assert load_target(a).name == "a"
+    assert load_target(a / "model.toml").name == "a"
+    reqs = tmp_path / "serving.txt"
+    reqs.write_text("numpy>=2\n-r more.txt\n")
+    (tmp_path / "more.txt").write_text("six\n")
+    pseudo = load_target(reqs)
+    assert (pseudo.name, [str(r) for r in pseudo.requirements]) == ("serving.txt", ["numpy>=2", "six"])
+    assert pseudo.included_files == (reqs.resolve(), (tmp_path / "more.txt").resolve())
+
+
+def test_cross_model_conflict_exits_1_with_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _model(tmp_path, "a", ["zz-not-installed-lib<2"])
+    b = _model(tmp_path, "b", ["zz-not-installed-lib>=2"])
+    assert main(["check-deps", str(a), str(b), "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert [(f["kind"], f["models"]) for f in out["findings"] if f["models"]] == [
+        ("cross-model", ["a", "b"]),
+        ("missing", ["a"]),
+        ("missing", ["b"]),
+    ]
+    assert out["findings"][0]["message"] == (
+        "model 'b' needs zz-not-installed-lib>=2 but model 'a' needs zz-not-installed-lib<2: they cannot share one "
+        "environment; load them isolated"
+    )
+    assert out["environment"]["python"] == sys.executable
+
+
+def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-deps", str(tmp_path / "absent")]) == 2
+    assert capsys.readouterr().err == (
+        f"autoglm-runtime: error E0001: {tmp_path / 'absent'}: no such file or directory; PATH must be a model "
+        "directory, a model.toml or a requirements file\n"
+    )
+    (tmp_path / "empty").mkdir()
+    assert main(["check-deps", str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err == (
+        f"autoglm-runtime: error E0102: {tmp_path / 'empty' / 'model.toml'}: no such manifest; a model directory "
+        "must hold model.toml\n"
+    )
+    bad = tmp_path / "bad.txt"
+    bad.write_text("numpy >>> 2\n")
+    assert main(["check-deps", str(bad)]) == 2
+    assert capsys.readouterr().err.startswith(f"autoglm-runtime: error E0102: {bad}: line 1: 'numpy >>> 2' is not")
+    a = _model(tmp_path, "a", [])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.toml").write_text((a / "model.toml").read_text())
+    assert main(["check-deps", str(a), str(other)]) == 2
+    assert capsys.readouterr().err == (
+        f"autoglm-runtime: error E0001: model name 'a' is used by both {a / 'model.toml'} and "
+        f"{other / 'model.toml'}; names must be unique\n"
+    )
+
+
+def test_an_interpreter_that_fails_the_probe_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'not json'\n")
+    fake.chmod(0o755)
+    assert main(["check-deps", "--python", str(fake)]) == 2
+    assert capsys.readouterr().err == (
+        f"autoglm-runtime: error E0001: interpreter {fake} answered the probe with something that is not its JSON: "
+        "Expecting value: line 1 column 1 (char 0)\n"
+    )
+    failing = tmp_path / "failing"
+    failing.write_text("#!/bin/sh\necho boom >&2\nexit 3\n")
+    failing.chmod(0o755)
+    assert main(["check-deps", "--python", str(failing)]) == 2
+    assert capsys.readouterr().err == (
+        f"autoglm-runtime: error E0001: interpreter {failing} failed to run the probe (exit 3): boom\n"
+    )
+
+
+def test_registering_the_command_does_not_import_the_checker() -> None:
+    code = (
+        "import argparse, sys\n"
+        "from autoglm_runtime.cli import check_deps\n"
+        "check_deps.register(argparse.ArgumentParser().add_subparsers())\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('packaging', 'autoglm_runtime.deps'))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout == "[]\n"
+
+
+def test_the_probe_script_is_found_without_importing_deps() -> None:
+    from autoglm_runtime.cli.check_deps import PROBE_SCRIPT
+    from autoglm_runtime.deps._scripts import probe as _probe
+
+    assert Path(_probe.__file__).resolve() == PROBE_SCRIPT
+
+
+def test_a_usage_error_leaves_no_probe_process_behind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pidfile = tmp_path / "pid"
+    slow = tmp_path / "slow-python"
+    marker = f"59.{os.getpid()}{time.monotonic_ns() % 10**6}"  # a sleep argument no other process has
+    slow.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep {marker}\n")
+    slow.chmod(0o755)
+    assert main(["check-deps", str(tmp_path / "absent"), "--python", str(slow)]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+    # A probe left running would write its pid within the deadline and still be alive; a killed one is gone
+    # (killed before it wrote the pid, or reaped after).
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and not (pidfile.exists() and pidfile.read_text().strip()):
+        time.sleep(0.02)
+    if pidfile.exists() and pidfile.read_text().strip():
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pidfile.read_text()), 0)
+    # Whether or not it got as far as writing its pid, no process may still run the fake interpreter's sleep.
+    assert processes_matching(marker.encode()) == []
+    assert processes_matching(str(slow).encode()) == []

@@ -1,0 +1,118 @@
+"""model.toml and requirements-file parsing: every problem named with its file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from autoglm_runtime.deps.manifest import (
+    _Problems,
+    load_manifest,
+    parse_requirement_lines,
+    parse_requirements_file,
+)
+from autoglm_runtime.errors import ManifestError
+
+
+def _write(directory: Path, text: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "model.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_full_manifest(tmp_path: Path) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "extra.txt").write_text("six>=1.16  # pinned for x\nnumpy>=1.24,\\\n  <2\n")
+    _write(
+        tmp_path / "m",
+        '[model]\nname = "sentiment-v1"\nentrypoint = "sentiment_model:load"\n'
+        'requirements = ["conflictlib==1.0", "-r extra.txt"]\npython = ">=3.10"\n',
+    )
+    manifest = load_manifest(tmp_path / "m")
+    assert manifest.name == "sentiment-v1"
+    assert (manifest.module, manifest.attribute) == ("sentiment_model", "load")
+    assert [str(r) for r in manifest.requirements] == ["conflictlib==1.0", "six>=1.16", "numpy<2,>=1.24"]
+    assert str(manifest.python) == ">=3.10"
+    assert manifest.directory == (tmp_path / "m").resolve()
+    assert manifest.included_files == ((tmp_path / "m" / "extra.txt").resolve(),)
+
+
+def test_loading_by_file_path_and_defaults(tmp_path: Path) -> None:
+    path = _write(tmp_path / "m", '[model]\nname = "a"\nentrypoint = "pkg.mod:Factory.create"\n')
+    manifest = load_manifest(path)
+    assert manifest.requirements == ()
+    assert manifest.python is None
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "m",
+        '[model]\nname = "bad name!"\nentrypoint = "no_colon"\nrequirements = ["ok==1", "bad req ==="]\n'
+        'python = "three"\ncolour = "red"\n',
+    )
+    with pytest.raises(ManifestError) as info:
+        load_manifest(tmp_path / "m")
+    assert info.value.code == "E0102"
+    assert info.value.message == (
+        f"{path} has 5 problems: model.colour: unknown field; expected one of entrypoint, name, python, "
+        "requirements; model.name: must be a name of letters, digits, '.', '_' or '-', got 'bad name!'; "
+        "model.entrypoint: must look like 'module:callable', got 'no_colon'; model.requirements[1]: "
+        "'bad req ===' is not a valid PEP 508 requirement (Expected semicolon (after name with no version "
+        "specifier) or end); model.python: 'three' is not a valid version specifier"
+    )
+
+
+def test_missing_file_table_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match=r"no such manifest; a model directory must hold model.toml"):
+        load_manifest(tmp_path)
+    path = _write(tmp_path / "x", "name = 'a'\n")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert info.value.message == (
+        f"{path}: [model]: missing table; the manifest needs a [model] table with name and entrypoint"
+    )
+    path = _write(tmp_path / "y", "[model\n")
+    with pytest.raises(ManifestError, match=r"model.toml: not valid TOML: "):
+        load_manifest(path)
+
+
+def test_requirements_must_be_strings(tmp_path: Path) -> None:
+    path = _write(tmp_path / "m", '[model]\nname = "a"\nentrypoint = "a:b"\nrequirements = "six"\n')
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert info.value.message == f"{path}: model.requirements: must be a list of PEP 508 strings, got 'six'"
+
+
+def test_include_cycles_missing_includes_and_options(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("-r b.txt\nsix\n")
+    (tmp_path / "b.txt").write_text("-r a.txt\n--index-url http://example.invalid\n-r missing.txt\n")
+    with pytest.raises(ManifestError) as info:
+        parse_requirements_file(tmp_path / "a.txt")
+    b = (tmp_path / "b.txt").resolve()
+    assert info.value.message == (
+        f"{(tmp_path / 'a.txt').resolve()} has 3 problems: {b}:1: '-r a.txt' includes itself through "
+        f"{(tmp_path / 'a.txt').resolve()}; {b}:2: option '--index-url' is not supported in requirements "
+        f"(only -r FILE); {b}:3: cannot read included requirements file {(tmp_path / 'missing.txt').resolve()}: "
+        "No such file or directory"
+    )
+
+
+def test_requirements_file_with_markers_and_extras(tmp_path: Path) -> None:
+    (tmp_path / "r.txt").write_text("# comment\n\nrequests[socks]>=2 ; python_version >= '3.8'\n")
+    reqs, included = parse_requirements_file(tmp_path / "r.txt")
+    assert [str(r) for r in reqs] == ['requests[socks]>=2; python_version >= "3.8"']
+    assert included == [(tmp_path / "r.txt").resolve()]
+
+
+@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=80))
+def test_any_requirement_text_parses_or_gives_a_coded_error(text: str) -> None:
+    problems = _Problems(Path("model.toml"))
+    reqs = parse_requirement_lines([("model.requirements[0]", text.strip())], Path("."), problems, [])
+    assert len(reqs) + len(problems.items) <= 1
+    if not text.strip():
+        return
+    assert len(reqs) + len(problems.items) == 1
