@@ -10,6 +10,7 @@ import pytest
 PACKAGES = [
     "autoglm_runtime",
     "autoglm_runtime.config",
+    "autoglm_runtime.deps",
     "autoglm_runtime.isolation",
     "autoglm_runtime.validation",
     "autoglm_runtime.testing",
@@ -29,3 +30,15 @@ def test_all_is_sorted_and_complete(name: str) -> None:
         if not attr.startswith("_") and not isinstance(value, types.ModuleType) and attr != "annotations"
     }
     assert public <= set(exported), f"{name} defines public names missing from __all__: {public - set(exported)}"
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_no_exported_name_claims_a_private_module(name: str) -> None:
+    package = importlib.import_module(name)
+    private = {
+        member: module
+        for member in package.__all__
+        if isinstance(module := getattr(getattr(package, member), "__module__", None), str)
+        and any(part.startswith("_") for part in module.split("."))
+    }
+    assert private == {}, f"{name} exports names whose __module__ is private: {private}"

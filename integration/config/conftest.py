@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,6 +11,7 @@ from integration.config._helpers import KAZOO_OF
 
 from autoglm_runtime import ConfigClient
 from autoglm_runtime.config import SyncTuning, ZooKeeperConnection
+from autoglm_runtime.testing import wait_until
 
 
 class FakeClock:
@@ -25,15 +25,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll ``condition`` until it is true; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g} s")
-        time.sleep(0.01)
 
 
 @pytest.fixture

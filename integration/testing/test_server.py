@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from kazoo.client import KazooClient
+from tests._support.processes import group_members
 
 from autoglm_runtime.testing._local import live_processes
 from autoglm_runtime.testing._server import LocalZooKeeperServer
-from autoglm_runtime.testing.processes import group_members
 from autoglm_runtime.testing.zookeeper import ZooKeeperServer, ZooKeeperUnavailableError, skip_or_fail, start_zookeeper
 
 

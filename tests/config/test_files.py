@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +14,9 @@ import pytest
 from autoglm_runtime import ConfigChange, ConfigClient
 from autoglm_runtime.config import SyncTuning
 from autoglm_runtime.errors import ConfigUnavailableError
+from autoglm_runtime.testing import wait_until
 
 from .conftest import FakeClock
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met within the deadline")
-        time.sleep(0.01)
 
 
 def write(path: Path, text: str) -> None:

@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from tests._support.processes import processes_matching
 
 from autoglm_runtime.cli import main
 from autoglm_runtime.cli.check_deps import load_target
-from autoglm_runtime.testing.processes import processes_matching
 
 
 def _model(root: Path, name: str, requirements: list[str]) -> Path:

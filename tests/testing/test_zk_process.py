@@ -8,8 +8,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tests._support.processes import group_members
+
 from autoglm_runtime.testing._local import JavaProcess, live_processes
-from autoglm_runtime.testing.processes import group_members
 
 # Stands in for java: a parent that starts a child in its group, then waits; both must die on stop().
 _FAMILY = [

@@ -6,6 +6,7 @@ describes the guarantees.
 
 from __future__ import annotations
 
+from autoglm_runtime._exports import publish as _publish
 from autoglm_runtime.config._values import Validator
 from autoglm_runtime.config.client import ConfigClient
 from autoglm_runtime.config.codec import BytesCodec, Codec, JsonCodec, TextCodec
@@ -33,3 +34,5 @@ __all__ = [
     "read_snapshot",
     "write_snapshot",
 ]
+
+_publish(__name__, globals(), __all__)

@@ -5,7 +5,9 @@ See :mod:`autoglm_runtime.testing.zookeeper` and ``docs/testing.md``.
 
 from __future__ import annotations
 
-from autoglm_runtime.testing.processes import group_members, is_running, processes_matching
+from autoglm_runtime._exports import publish as _publish
+from autoglm_runtime.testing.session import StateWatcher
+from autoglm_runtime.testing.waiting import wait_until
 from autoglm_runtime.testing.wheels import build_wheel
 from autoglm_runtime.testing.zookeeper import (
     FaultProxy,
@@ -15,12 +17,14 @@ from autoglm_runtime.testing.zookeeper import (
     ZooKeeperUnavailableError,
     expire_session,
     fail_in_ci_else_skip,
+    skip_or_fail,
     start_ensemble,
     start_zookeeper,
 )
 
 __all__ = [
     "FaultProxy",
+    "StateWatcher",
     "ZooKeeperEnsemble",
     "ZooKeeperHarnessError",
     "ZooKeeperServer",
@@ -28,9 +32,10 @@ __all__ = [
     "build_wheel",
     "expire_session",
     "fail_in_ci_else_skip",
-    "group_members",
-    "is_running",
-    "processes_matching",
+    "skip_or_fail",
     "start_ensemble",
     "start_zookeeper",
+    "wait_until",
 ]
+
+_publish(__name__, globals(), __all__)

@@ -11,6 +11,7 @@ interceptor lives in :mod:`autoglm_runtime.validation.grpc`, the one module that
 
 from __future__ import annotations
 
+from autoglm_runtime._exports import publish as _publish
 from autoglm_runtime.validation._openai import ExtractedInput, OpenAIExtractor, TextField, error_body
 from autoglm_runtime.validation.asgi import ValidationMiddleware
 from autoglm_runtime.validation.context_window import BOUNDARY_SLACK, ContextWindowGuard, GuardInput, GuardResult
@@ -43,3 +44,5 @@ __all__ = [
     "error_body",
     "guarded",
 ]
+
+_publish(__name__, globals(), __all__)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import uuid
 
-from autoglm_runtime.testing.processes import group_members, is_running, processes_matching
+from tests._support.processes import group_members, is_running, processes_matching
 
 
 def test_a_group_a_marker_and_a_reaped_process() -> None:

@@ -1,6 +1,6 @@
 """Look at live processes, for tests that prove nothing was left behind (Linux: reads ``/proc``).
 
-    from autoglm_runtime.testing.processes import group_members, is_running, processes_matching
+    from tests._support.processes import group_members, is_running, processes_matching
     assert group_members(worker_pgid) == []
     assert processes_matching(b"my-unique-marker") == []
 
