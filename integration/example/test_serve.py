@@ -28,12 +28,12 @@ from typing import Any
 
 import httpx
 import pytest
+from tests._support.processes import is_running, processes_matching
 
 from autoglm_runtime.deps import load_manifest
 from autoglm_runtime.isolation import EnvironmentBuilder
 from autoglm_runtime.testing import ZooKeeperUnavailableError, build_wheel, fail_in_ci_else_skip
 from autoglm_runtime.testing._local import find_local_installation
-from autoglm_runtime.testing.processes import is_running, processes_matching
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = REPO / ".autoglm" / "example"  # the default --state-dir, as the README runs it

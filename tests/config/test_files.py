@@ -153,8 +153,18 @@ def test_stop_leaves_no_thread(tmp_path: Path, tree: Path) -> None:
     assert set(threading.enumerate()) - before == set()
 
 
+def stale_seconds(client: ConfigClient, clock: FakeClock) -> float:
+    """``health()["stale_seconds"]`` with the fake clock nudged forward, so a staleness just begun shows."""
+    clock.advance(0.001)
+    return client.health()["stale_seconds"]
+
+
 def test_an_unreadable_directory_is_not_a_deletion(
-    client: ConfigClient, tree: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    client: ConfigClient,
+    clock: FakeClock,
+    tree: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """``os.walk`` skips a directory it cannot list (permissions): its keys must stay, reported stale."""
     real_walk = os.walk
@@ -171,11 +181,11 @@ def test_an_unreadable_directory_is_not_a_deletion(
         monkeypatch.setattr("autoglm_runtime.config._files.os.walk", walk_without_models)
         write(tree / "flag", "false")
         wait_until(lambda: client.get("flag") is False)  # files outside the unreadable directory still follow
-        wait_until(lambda: client._status.stale_since is not None)  # type: ignore[attr-defined]
+        wait_until(lambda: stale_seconds(client, clock) > 0)
     assert client.get("models/llm/context_window") == 4096
     record = next(r for r in caplog.records if r.getMessage().startswith("config directory"))
     assert record.getMessage() == f"config directory {models} could not be read; keeping the last known values under it"
     assert record.error_code == "E0409"  # type: ignore[attr-defined]
     monkeypatch.setattr("autoglm_runtime.config._files.os.walk", real_walk)
-    wait_until(lambda: client._status.stale_since is None)  # type: ignore[attr-defined]
+    wait_until(lambda: stale_seconds(client, clock) == 0.0)
     assert client.get("models/llm/context_window") == 4096
