@@ -92,8 +92,9 @@ def test_context_overflow_aborts_with_the_code(channel_for: Any) -> None:
     error = rpc_error(channel, {"prompt": "x" * 18, "max_tokens": 5})
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == (
-        "E0513: the input has 18 tokens and 5 output tokens were requested (23 in total), more than the context "
-        "window of 20 tokens: shorten the input or lower max_tokens"
+        "E0513: This model's maximum context length is 20 tokens. However, you requested 23 tokens (18 "
+        "in the input, 5 in the completion asked for by max_tokens), more than the context window of 20 "
+        "tokens: shorten the input or lower max_tokens"
     )
 
 
@@ -120,8 +121,9 @@ def test_without_a_rewriter_truncation_becomes_rejection(channel_for: Any) -> No
     channel = channel_for(context_guard=guard, extractor=extract)
     error = rpc_error(channel, {"prompt": "x" * 30})
     assert error.details() == (
-        "E0513: the input has 30 tokens and 0 output tokens were requested (30 in total), more than the context "
-        "window of 20 tokens: shorten the input or lower max_tokens"
+        "E0513: This model's maximum context length is 20 tokens. However, you requested 30 tokens (30 "
+        "in the input, 0 in the completion asked for by max_tokens), more than the context window of 20 "
+        "tokens: shorten the input or lower max_tokens"
     )
 
 
@@ -133,7 +135,9 @@ def test_streaming_requests_are_judged_message_by_message(channel_for: Any) -> N
     with pytest.raises(grpc.RpcError) as info:
         call(iter([*ok, json.dumps({"prompt": "x" * 11}).encode()]), timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert info.value.details().startswith("E0513: the input has 11 tokens")
+    assert info.value.details().startswith(
+        "E0513: This model's maximum context length is 10 tokens. However, you requested 11 tokens"
+    )
 
 
 def test_extractor_may_return_plain_text_or_none(channel_for: Any) -> None:
@@ -144,7 +148,9 @@ def test_extractor_may_return_plain_text_or_none(channel_for: Any) -> None:
     call = channel.unary_unary(f"/{SERVICE}/Complete")
     with pytest.raises(grpc.RpcError) as info:
         call(b"12345678901", timeout=10)
-    assert info.value.details().startswith("E0513: the input has 11 tokens")
+    assert info.value.details().startswith(
+        "E0513: This model's maximum context length is 10 tokens. However, you requested 11 tokens"
+    )
     with pytest.raises(grpc.RpcError) as passed:
         call(b"skip: not json, so the handler itself fails", timeout=10)
     assert passed.value.code() == grpc.StatusCode.UNKNOWN  # the request reached the handler

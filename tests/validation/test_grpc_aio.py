@@ -78,8 +78,9 @@ def test_unary_calls_are_guarded() -> None:
     assert ok == payload("hello")
     assert too_long == (
         grpc.StatusCode.INVALID_ARGUMENT,
-        "E0513: the input has 21 tokens and 0 output tokens were requested (21 in total), more than the context "
-        "window of 20 tokens: shorten the input or lower max_tokens",
+        "E0513: This model's maximum context length is 20 tokens. However, you requested 21 tokens (21 "
+        "in the input, 0 in the completion asked for by max_tokens), more than the context window of 20 "
+        "tokens: shorten the input or lower max_tokens",
     )
     assert header == (
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -121,7 +122,9 @@ def test_streams_are_guarded_message_by_message() -> None:
     assert spoken == [b"one", b"two", b"three"]
     assert received == [payload("fine")]
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert details.startswith("E0513: the input has 14 tokens")
+    assert details.startswith(
+        "E0513: This model's maximum context length is 13 tokens. However, you requested 14 tokens"
+    )
 
 
 def test_metadata_rejection_of_a_streaming_call() -> None:

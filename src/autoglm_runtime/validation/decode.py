@@ -12,11 +12,16 @@ replaces such a character with U+FFFD; other tokenizers raise from deep inside. 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from autoglm_runtime.errors import InputDecodeError
 
 __all__ = ["DecodeGuard"]
+
+# A lone surrogate can only enter parsed JSON through an escape (strict UTF-8 rejects encoded ones), so a body
+# without any surrogate escape needs no walk over its strings.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _describe_position(index: int, where: str | None) -> str:
@@ -81,7 +86,8 @@ of prompt, which no tokenizer can encode: send well-formed Unicode text
                 "the request body is not valid JSON: a value in it cannot be converted (such as an integer too long "
                 "to parse): send a well-formed JSON object",
             ) from exc
-        self.check_value(value)
+        if _SURROGATE_ESCAPE.search(text) is not None and _has_lone_surrogate(value):
+            self.check_value(value)
         return value
 
     def check_value(self, value: Any) -> None:
@@ -99,3 +105,22 @@ of prompt, which no tokenizer can encode: send well-formed Unicode text
                 stack.extend(reversed(children))
             elif isinstance(item, list):
                 stack.extend(reversed([(child, f"{path}[{index}]") for index, child in enumerate(item)]))
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether any string in ``value`` (keys too) cannot be written as UTF-8; builds no path on the way."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
