@@ -154,7 +154,9 @@ def test_tool_definitions_and_calls_count_as_the_json_the_model_reads() -> None:
 def test_empty_messages_still_cost_the_template_tokens() -> None:
     body = {"messages": [{"role": "user", "content": ""}] * 4000, "max_tokens": 1}
     error = rejection(body, 8192, message_tokens=4)
-    assert error.message.startswith("This model's maximum context length is 8192 tokens. However, you requested at least 16005")
+    assert error.message.startswith(
+        "This model's maximum context length is 8192 tokens. However, you requested at least 16005"
+    )
 
 
 def test_an_unknown_part_that_carries_text_is_rejected() -> None:

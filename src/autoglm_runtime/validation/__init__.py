@@ -12,7 +12,7 @@ interceptor lives in :mod:`autoglm_runtime.validation.grpc`, the one module that
 from __future__ import annotations
 
 from autoglm_runtime.validation._openai import ErrorStyle, ExtractedInput, OpenAIExtractor, TextField, error_body
-from autoglm_runtime.validation.asgi import GUARD_RESULT_KEY, ValidationMiddleware
+from autoglm_runtime.validation.asgi import ValidationMiddleware
 from autoglm_runtime.validation.chat_template import ChatTemplate
 from autoglm_runtime.validation.context_window import BOUNDARY_SLACK, Chat, ContextWindowGuard, GuardInput, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
@@ -39,7 +39,6 @@ __all__ = [
     "DecodeGuard",
     "ErrorStyle",
     "ExtractedInput",
-    "GUARD_RESULT_KEY",
     "GuardInput",
     "GuardResult",
     "HFTokenizer",
