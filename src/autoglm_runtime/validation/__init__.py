@@ -14,6 +14,7 @@ from __future__ import annotations
 from autoglm_runtime.validation._openai import ErrorStyle, ExtractedInput, OpenAIExtractor, TextField, error_body
 from autoglm_runtime.validation.asgi import ValidationMiddleware
 from autoglm_runtime.validation.chat_template import ChatTemplate
+from autoglm_runtime.validation.configured import EnvValidationMiddleware, GuardSettings
 from autoglm_runtime.validation.context_window import BOUNDARY_SLACK, Chat, ContextWindowGuard, GuardInput, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
 from autoglm_runtime.validation.decorator import guarded
@@ -37,10 +38,12 @@ __all__ = [
     "ConfigReader",
     "ContextWindowGuard",
     "DecodeGuard",
+    "EnvValidationMiddleware",
     "ErrorStyle",
     "ExtractedInput",
     "GuardInput",
     "GuardResult",
+    "GuardSettings",
     "HFTokenizer",
     "HeaderTokenGuard",
     "Limits",

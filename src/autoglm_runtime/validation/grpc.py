@@ -245,9 +245,7 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
 
             async def guarded_streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 incoming = (
-                    judged(request, context)
-                    if handler.request_streaming
-                    else await judge(request, context, _Tally())
+                    judged(request, context) if handler.request_streaming else await judge(request, context, _Tally())
                 )
                 outcome = behavior(incoming, context)
                 if inspect.isasyncgen(outcome):
@@ -260,10 +258,8 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
 
         async def guarded_single(request: Any, context: grpc.aio.ServicerContext) -> Any:
             incoming = (
-                    judged(request, context)
-                    if handler.request_streaming
-                    else await judge(request, context, _Tally())
-                )
+                judged(request, context) if handler.request_streaming else await judge(request, context, _Tally())
+            )
             return await behavior(incoming, context)
 
         return _build(handler, guarded_single, request_deserializer=handler.request_deserializer)
