@@ -11,6 +11,21 @@ from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestErr
 from autoglm_runtime.validation import ContextWindowGuard, GuardResult, OpenAIExtractor
 
 
+class Recording:
+    """One token per character, remembering how many characters it was asked to encode."""
+
+    def __init__(self, max_token_chars: int | None) -> None:
+        self.max_token_chars = max_token_chars
+        self.encoded = 0
+
+    def encode(self, text: str) -> list[int]:
+        self.encoded += len(text)
+        return [ord(c) for c in text]
+
+    def decode(self, ids: Any) -> str:
+        return "".join(map(chr, ids))
+
+
 def judge(body: dict[str, Any], window: int, *, truncate: bool = False, message_tokens: int = 0) -> GuardResult:
     guard = ContextWindowGuard(char_tok(), window, truncate_on_overflow=truncate, message_tokens=message_tokens)
     return guard.judge(OpenAIExtractor().extract(body).guard_input())
@@ -212,3 +227,24 @@ def test_many_small_pieces_take_one_tokenizer_call() -> None:
     result = guard.judge(OpenAIExtractor().extract(body).guard_input())
     assert calls == [50]  # 3000 pieces, 50 distinct texts, one call
     assert result.input_tokens == sum(len(str(i % 50)) for i in range(3000)) + 4 * 3001
+
+
+# 8. Truncating a huge prompt tokenizes a bounded part next to what is kept, not the whole input.
+@pytest.mark.parametrize("bound", [None, 1])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_truncating_a_huge_prompt_tokenizes_a_bounded_part(bound: int | None, side: Any) -> None:
+    tok = Recording(bound)
+    text = "".join(chr(ord("a") + i % 26) for i in range(4_000_000))
+    guard = ContextWindowGuard(tok, 1000, truncate_on_overflow=True, truncation_side=side)
+    result = guard.check(text, max_output_tokens=100)
+    assert result.text == (text[-900:] if side == "left" else text[:900])
+    assert (result.input_tokens, result.removed_tokens) == (900, 4_000_000 - 900)
+    assert tok.encoded < 70_000
+
+
+def test_truncating_several_pieces_still_cuts_from_the_side() -> None:
+    tok = Recording(None)
+    guard = ContextWindowGuard(tok, 200, truncate_on_overflow=True)
+    result = guard.check(["h" * 100_000, "t" * 150], max_output_tokens=0)
+    assert result.segments == ("h" * 50, "t" * 150)
+    assert result.removed_tokens == 100_000 - 50
