@@ -248,3 +248,25 @@ def test_truncating_several_pieces_still_cuts_from_the_side() -> None:
     result = guard.check(["h" * 100_000, "t" * 150], max_output_tokens=0)
     assert result.segments == ("h" * 50, "t" * 150)
     assert result.removed_tokens == 100_000 - 50
+
+
+def test_batch_prompts_are_tokenized_together() -> None:
+    calls: list[int] = []
+
+    class Batching:
+        max_token_chars = None
+
+        def encode(self, text: str) -> list[int]:
+            raise AssertionError("a batch tokenizer is called per batch, not per prompt")
+
+        def encode_batch(self, texts: list[str]) -> list[list[int]]:
+            calls.append(len(texts))
+            return [[ord(c) for c in text] for text in texts]
+
+        def decode(self, ids: list[int]) -> str:
+            return "".join(map(chr, ids))
+
+    guard = ContextWindowGuard(Batching(), 100)
+    result = guard.judge(OpenAIExtractor().extract({"prompt": [f"p{i}" for i in range(1000)]}).guard_input())
+    assert calls == [1000]
+    assert [r.input_tokens for r in result.batch[:11]] == [2] * 10 + [3]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, UsageError
 from autoglm_runtime.validation.context_window import Chat, GuardInput, GuardResult, Segment
@@ -33,10 +33,10 @@ _NO_TEXT_PARTS = frozenset(
 _PINNED_ROLES = frozenset({"system", "developer"})
 _MESSAGE_TEXT = ("reasoning_content",)
 _MESSAGE_JSON = ("tool_calls", "function_call")
+_CONTENT: tuple[str | int, ...] = ("content",)
 
 
-@dataclass(frozen=True)
-class TextField:
+class TextField(NamedTuple):
     """One piece of input and where it sits in the body (``("messages", 0, "content")``)."""
 
     path: Path
@@ -78,7 +78,8 @@ class ExtractedInput:
 
 
 def _is_ids(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+    # One pass in C over the element types; bool is a distinct type, so True/False are not token ids.
+    return isinstance(value, list) and (not value or set(map(type, value)) == {int})
 
 
 def _dotted(body: dict[str, Any], name: str) -> Any:
@@ -216,40 +217,40 @@ class OpenAIExtractor:
         for index, message in enumerate(value):
             if not isinstance(message, dict):
                 raise _shape_error(f"{name}[{index}]", "an object", message, name)
-            role = message.get("role")
-            keep = role in _PINNED_ROLES
-
-            def add(place: Path, text: Segment, index: int = index, keep: bool = keep) -> None:
+            content = message.get("content")
+            found: list[tuple[Path, Segment]]
+            if isinstance(content, str):
+                found = [(_CONTENT, content)]
+            elif content is None:
+                found = []
+            elif isinstance(content, list):
+                parts_seen += len(content)
+                if parts_seen > self.max_parts:
+                    raise _too_many("content parts", parts_seen, self.max_parts, "max_parts", name)
+                found = []
+                for part_index, part in enumerate(content):
+                    place = self._part(name, index, part_index, part)
+                    if place is not None:
+                        found.append((("content", part_index, *place), _text_at(part, place)))
+            else:
+                raise _shape_error(f"{name}[{index}].content", "a string or a list of content parts", content, name)
+            if len(message) > 2:  # more than role and content: look for the other fields the model reads
+                found.extend(((key,), message[key]) for key in _MESSAGE_TEXT if isinstance(message.get(key), str))
+            keep = message.get("role") in _PINNED_ROLES
+            for place, text in found:
                 if keep:
                     pinned.add(len(fields))
                 fields.append(TextField((*base, index, *place), text))
                 turns.append(index)
                 places.append(place)
-
-            content = message.get("content")
-            if isinstance(content, str):
-                add(("content",), content)
-            elif isinstance(content, list):
-                parts_seen += len(content)
-                if parts_seen > self.max_parts:
-                    raise _too_many("content parts", parts_seen, self.max_parts, "max_parts", name)
-                for part_index, part in enumerate(content):
-                    place = self._part(name, index, part_index, part)
-                    if place is not None:
-                        add(("content", part_index, *place), _text_at(part, place))
-            elif content is not None:
-                raise _shape_error(f"{name}[{index}].content", "a string or a list of content parts", content, name)
-            for key in _MESSAGE_TEXT:
-                text = message.get(key)
-                if isinstance(text, str):
-                    add((key,), text)
-            for key in _MESSAGE_JSON:
-                if message.get(key) is not None:
-                    # Counted as the JSON the template writes; pinned, so a cut never leaves broken JSON behind.
-                    pinned.add(len(fields))
-                    fields.append(TextField((*base, index, key), json.dumps(message[key], ensure_ascii=False)))
-                    turns.append(index)
-                    places.append((key,))
+            if len(message) > 2:
+                for key in _MESSAGE_JSON:
+                    if message.get(key) is not None:
+                        # Counted as the JSON the template writes; pinned, so a cut never leaves broken JSON behind.
+                        pinned.add(len(fields))
+                        fields.append(TextField((*base, index, key), json.dumps(message[key], ensure_ascii=False)))
+                        turns.append(index)
+                        places.append((key,))
         return Chat(tuple(value), tuple(turns), tuple(places))
 
     @staticmethod

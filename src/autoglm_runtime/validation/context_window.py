@@ -32,9 +32,11 @@ bounded part of it (see :mod:`autoglm_runtime.validation._truncation`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from autoglm_runtime.errors import ContextWindowExceededError, InputDecodeError, InvalidRequestError, UsageError
 from autoglm_runtime.validation.limits import Limits, LimitsSource, StaticLimits, TruncationSide
@@ -55,6 +57,8 @@ _MIN_CHUNK_CHARS = 16_384
 _CUT_LOOKBACK = 1_024
 #: Characters of short pieces tokenized in one batch call before the running total is compared with the budget.
 _BATCH_CHARS = 65_536
+#: Token ids of a batch's prompts, tokenized together ahead of judging them one by one (per call, per thread).
+_memo: ContextVar[dict[str, list[int]] | None] = ContextVar("autoglm_guard_memo", default=None)
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,12 @@ def _output_error(output: int, window: int, output_param: str) -> ContextWindowE
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _batches(kind: type) -> bool:
+    # What isinstance(tok, BatchTokenizer) decides, asked once per tokenizer class rather than per call.
+    return callable(getattr(kind, "encode_batch", None))
+
+
 def _cut(text: str, target: int) -> int:
     """A cut point at or before ``target``: the start of a whitespace run when one is near, else ``target``."""
     for index in range(target, max(target - _CUT_LOOKBACK, 1), -1):
@@ -162,6 +172,11 @@ def _is_ids(item: object) -> bool:
     return isinstance(item, Sequence) and not isinstance(item, str | bytes)
 
 
+def _all_ints(items: Sequence[object]) -> bool:
+    # One pass in C over the element types; bool is a distinct type, so True/False are not token ids.
+    return set(map(type, items)) == {int}
+
+
 def _segments(text: object) -> list[Segment]:
     if isinstance(text, str):
         return [text]
@@ -170,15 +185,17 @@ def _segments(text: object) -> list[Segment]:
             f"the input to judge must be a string, token ids or a list of those, got {type(text).__name__}: "
             "fix the extractor or the request"
         )
+    if isinstance(text, tuple) and _all_ints(text):
+        return [text]
     items = list(text)
-    if items and all(isinstance(item, int) and not isinstance(item, bool) for item in items):
+    if items and _all_ints(items):
         return [tuple(items)]
     segments: list[Segment] = []
     for item in items:
         if isinstance(item, str):
             segments.append(item)
-        elif _is_ids(item) and all(isinstance(i, int) and not isinstance(i, bool) for i in item):
-            segments.append(tuple(item))
+        elif _is_ids(item) and _all_ints(item):
+            segments.append(item if isinstance(item, tuple) else tuple(item))
         else:
             raise InvalidRequestError(
                 f"input pieces must be strings or lists of token ids, got {type(item).__name__}: "
@@ -282,16 +299,23 @@ context window of 4 tokens: shorten the input or lower max_tokens
         if not request.batch:
             return self._judge_one(request, segments, output, limits, allow_truncation)
         shared = [segment for index, segment in enumerate(segments) if index in request.pinned]
-        prompts = [(index, segment) for index, segment in enumerate(segments) if index not in request.pinned]
+        prompts = [segment for index, segment in enumerate(segments) if index not in request.pinned]
         results = []
-        for number, (_, prompt) in enumerate(prompts):
-            one = replace(
-                request,
-                param=f"{request.param}[{number}]" if request.param else None,
-                pinned=frozenset(range(1, len(shared) + 1)),
-                batch=False,
-            )
-            results.append(self._judge_one(one, [prompt, *shared], output, limits, allow_truncation))
+        memo: dict[str, list[int]] = {}
+        token = _memo.set(memo)
+        try:
+            for number, prompt in enumerate(prompts):
+                if isinstance(prompt, str) and len(prompt) <= _MIN_CHUNK_CHARS and prompt not in memo:
+                    self._prefetch(prompts, number, memo)
+                one = replace(
+                    request,
+                    param=f"{request.param}[{number}]" if request.param else None,
+                    pinned=frozenset(range(1, len(shared) + 1)),
+                    batch=False,
+                )
+                results.append(self._judge_one(one, [prompt, *shared], output, limits, allow_truncation))
+        finally:
+            _memo.reset(token)
         return GuardResult(
             sum(r.input_tokens for r in results),
             output,
@@ -301,6 +325,18 @@ context window of 4 tokens: shorten the input or lower max_tokens
             tuple(r.token_ids[0] for r in results),
             batch=tuple(results),
         )
+
+    def _prefetch(self, prompts: Sequence[Segment], start: int, memo: dict[str, list[int]]) -> None:
+        """Tokenize the short prompts from ``start`` on, up to about ``_BATCH_CHARS`` characters, in one call."""
+        batch: list[str] = []
+        chars = 0
+        for prompt in prompts[start:]:
+            if isinstance(prompt, str) and len(prompt) <= _MIN_CHUNK_CHARS and prompt not in memo:
+                batch.append(prompt)
+                chars += len(prompt)
+                if chars >= _BATCH_CHARS:
+                    break
+        memo.update(zip(batch, self.encode_many(batch), strict=True))
 
     def _judge_one(
         self, request: GuardInput, segments: list[Segment], output: int, limits: Limits, allow_truncation: bool
@@ -330,12 +366,20 @@ context window of 4 tokens: shorten the input or lower max_tokens
     def encode_many(self, texts: Sequence[str], *, tokenizer: Tokenizer | None = None) -> list[list[int]]:
         """The ids of each text, in one batch call when the tokenizer has one, each distinct text once."""
         tok = tokenizer or self.tokenizer
+        memo = _memo.get() if tokenizer is None else None
+        if memo:
+            missing = [text for text in texts if text not in memo]
+            if not missing:
+                return [memo[text] for text in texts]
+            found = dict(zip(missing, self._encode_distinct(missing, tok), strict=True))
+            return [memo[text] if text in memo else found[text] for text in texts]
+        return self._encode_distinct(texts, tok)
+
+    def _encode_distinct(self, texts: Sequence[str], tok: Tokenizer) -> list[list[int]]:
         unique = list(dict.fromkeys(texts))
         try:
-            if isinstance(tok, BatchTokenizer):
-                encoded = tok.encode_batch(unique)
-            else:
-                encoded = [tok.encode(text) for text in unique]
+            batching = cast(BatchTokenizer, tok) if _batches(type(tok)) else None
+            encoded = batching.encode_batch(unique) if batching else [tok.encode(text) for text in unique]
         except UsageError:
             raise
         except Exception as exc:
@@ -370,8 +414,7 @@ context window of 4 tokens: shorten the input or lower max_tokens
         tokenizer: Tokenizer | None = None,
     ) -> list[list[int]]:
         """Each segment's ids, or E0513 as soon as their running total is proven to exceed ``budget``."""
-        ids: list[list[int] | None] = [list(s) if isinstance(s, tuple) else None for s in segments]
-        running = sum(len(i) for i in ids if i is not None)
+        running = sum(len(s) for s in segments if isinstance(s, tuple))
 
         def over(counted: int, *, exact: bool) -> ContextWindowExceededError:
             return overflow_error(
@@ -380,6 +423,7 @@ context window of 4 tokens: shorten the input or lower max_tokens
 
         if running > budget:
             raise over(running, exact=False)
+        ids: list[list[int] | None] = [list(s) if isinstance(s, tuple) else None for s in segments]
         batch: list[int] = []
         batch_chars = 0
         order = [i for i, s in enumerate(segments) if isinstance(s, str)]
@@ -407,8 +451,10 @@ context window of 4 tokens: shorten the input or lower max_tokens
 
     def _count_long(self, text: str, remaining: int, tokenizer: Tokenizer | None) -> tuple[int, list[int] | None]:
         """``(len(ids), ids)``, or ``(lower_bound, None)`` once chunked counting proved ``remaining`` exceeded."""
-        chunk = max(_MIN_CHUNK_CHARS, 8 * (max(remaining, 0) + 1))
-        if len(text) > chunk:
+        if len(text) > max(_MIN_CHUNK_CHARS, 8 * (max(remaining, 0) + 1)):
+            # Far longer than could plausibly fit: count in chunks a little over what is left, so a rejection
+            # costs about the tokens left rather than the whole text (text that still fits is counted again whole).
+            chunk = max(_MIN_CHUNK_CHARS, 2 * (max(remaining, 0) + 1))
             position = counted = cuts = 0
             while position < len(text):
                 end = len(text) if position + chunk >= len(text) else _cut(text, position + chunk)

@@ -12,16 +12,18 @@ replaces such a character with U+FFFD; other tokenizers raise from deep inside. 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from autoglm_runtime.errors import InputDecodeError
 
 __all__ = ["DecodeGuard"]
 
-# A lone surrogate can only enter parsed JSON through an escape (strict UTF-8 rejects encoded ones), so a body
-# without any surrogate escape needs no walk over its strings.
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+# A lone surrogate can only enter parsed JSON through a "\\udXXX" escape (strict UTF-8 rejects encoded ones), so a
+# body without one needs no look at its strings.
+def _may_hold_surrogates(text: str) -> bool:
+    # The one-character test is a fast memchr and settles most bodies.
+    return "\\" in text and ("\\ud" in text or "\\uD" in text)
 
 
 def _describe_position(index: int, where: str | None) -> str:
@@ -86,7 +88,7 @@ of prompt, which no tokenizer can encode: send well-formed Unicode text
                 "the request body is not valid JSON: a value in it cannot be converted (such as an integer too long "
                 "to parse): send a well-formed JSON object",
             ) from exc
-        if _SURROGATE_ESCAPE.search(text) is not None and _has_lone_surrogate(value):
+        if _may_hold_surrogates(text) and _has_lone_surrogate(value):
             self.check_value(value)
         return value
 
@@ -108,19 +110,30 @@ of prompt, which no tokenizer can encode: send well-formed Unicode text
 
 
 def _has_lone_surrogate(value: Any) -> bool:
-    """Whether any string in ``value`` (keys too) cannot be written as UTF-8; builds no path on the way."""
+    """Whether any string in ``value`` (keys too) cannot be written as UTF-8; builds no path on the way.
+
+    Strings are checked many at a time (joined, then encoded once): Python never merges two lone surrogates into a
+    pair, so a join fails to encode exactly when one of its parts does.
+    """
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, str):
-            if not item.isascii():
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError:
-                    return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+        if isinstance(item, dict):
+            texts = [key for key in item if isinstance(key, str)]
+            texts.extend(child for child in item.values() if isinstance(child, str))
+            stack.extend(child for child in item.values() if isinstance(child, dict | list))
         elif isinstance(item, list):
-            stack.extend(item)
+            texts = [child for child in item if type(child) is str]
+            if len(texts) < len(item):
+                stack.extend(child for child in item if type(child) is dict or type(child) is list)
+        elif isinstance(item, str):
+            texts = [item]
+        else:
+            continue
+        joined = "".join(texts)
+        if not joined.isascii():
+            try:
+                joined.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
     return False
