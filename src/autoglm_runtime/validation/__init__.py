@@ -15,11 +15,12 @@ from autoglm_runtime.validation._openai import ErrorStyle, ExtractedInput, OpenA
 from autoglm_runtime.validation.asgi import ValidationMiddleware
 from autoglm_runtime.validation.chat_template import ChatTemplate
 from autoglm_runtime.validation.configured import EnvValidationMiddleware, GuardSettings
-from autoglm_runtime.validation.context_window import BOUNDARY_SLACK, Chat, ContextWindowGuard, GuardInput, GuardResult
+from autoglm_runtime.validation.context_window import BOUNDARY_SLACK, ContextWindowGuard
 from autoglm_runtime.validation.decode import DecodeGuard
 from autoglm_runtime.validation.decorator import guarded
 from autoglm_runtime.validation.headers import HeaderTokenGuard
 from autoglm_runtime.validation.limits import ConfigLimits, ConfigReader, Limits, LimitsSource, StaticLimits
+from autoglm_runtime.validation.request import Chat, GuardInput, GuardResult
 from autoglm_runtime.validation.tokenizers import (
     BatchTokenizer,
     CallableTokenizer,
