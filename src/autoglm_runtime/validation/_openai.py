@@ -189,10 +189,13 @@ class OpenAIExtractor:
         base: Path = tuple(name.split("."))
         if isinstance(value, str):
             return [TextField(base, value)], False
-        if _is_ids(value) and value:
-            return [TextField(base, tuple(value))], False
         if not isinstance(value, list):
             raise _shape_error(name, "a string, a list of strings or a list of token ids", value, name)
+        if value and type(value[0]) is int:
+            # One tokenized prompt (however long), not a batch.
+            if not _is_ids(value):
+                raise _shape_error(name, "a list of token ids (integers only)", value, name)
+            return [TextField(base, tuple(value))], False
         if len(value) > self.max_prompts:
             raise _too_many("prompts", len(value), self.max_prompts, "max_prompts", name)
         out: list[TextField] = []

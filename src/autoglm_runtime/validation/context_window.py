@@ -122,7 +122,7 @@ def _segments(text: object) -> list[Segment]:
     for item in items:
         if isinstance(item, str):
             segments.append(item)
-        elif _is_ids(item) and _all_ints(item):
+        elif _is_ids(item) and (not item or _all_ints(item)):
             segments.append(item if isinstance(item, tuple) else tuple(item))
         else:
             raise InvalidRequestError(
