@@ -68,6 +68,14 @@ def test_a_batch_reaches_the_app_with_only_the_long_prompt_cut() -> None:
     assert response.headers["x-autoglm-truncated-tokens"] == "10"
 
 
+def test_a_truncated_batch_with_a_suffix_keeps_the_suffix() -> None:
+    body = {"prompt": ["a" * 10, "b" * 30], "suffix": "s" * 5}
+    response = post(build_app(window=20, truncate=True), json=body)
+    assert response.status_code == 200
+    assert response.json()["received"] == {"prompt": ["a" * 10, "b" * 15], "suffix": "s" * 5}
+    assert response.headers["x-autoglm-truncated-tokens"] == "15"
+
+
 def test_a_batch_error_names_the_prompt_over_http() -> None:
     response = post(build_app(window=20), json={"prompt": ["a" * 10, "b" * 30]})
     assert response.json()["error"]["param"] == "prompt[1]"

@@ -244,12 +244,13 @@ context window of 4 tokens: shorten the input or lower max_tokens
                 results.append(self._judge_one(one, [prompt, *shared], output, limits, allow_truncation))
         finally:
             _memo.reset(token)
+        judged = iter(r.segments[0] for r in results)
         return GuardResult(
             sum(r.input_tokens for r in results),
             output,
             limits.context_window,
             sum(r.removed_tokens for r in results),
-            tuple(r.segments[0] for r in results),
+            tuple(segment if index in request.pinned else next(judged) for index, segment in enumerate(segments)),
             tuple(r.token_ids[0] for r in results),
             batch=tuple(results),
         )

@@ -60,8 +60,8 @@ class GuardResult:
     ``segments`` are the input pieces as they should reach the model (truncated if ``removed_tokens`` is not
     zero; a dropped message's pieces are empty and its index is in ``dropped_messages``). ``token_ids`` holds one
     tuple per segment, or, for a chat counted with a chat template, one tuple: the rendered prompt's ids, whose text
-    is ``prompt``. ``input_tokens`` is what the model will read. For a batch, ``batch`` holds one result per prompt
-    and the totals are their sums.
+    is ``prompt``. ``input_tokens`` is what the model will read. For a batch, ``batch`` holds one result per prompt,
+    the totals are their sums, and ``token_ids`` holds each prompt's ids.
     """
 
     input_tokens: int
