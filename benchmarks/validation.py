@@ -8,20 +8,32 @@ corpus (nothing is downloaded):
 * overhead: ContextWindowGuard.check on an ~8k-token prompt vs the bare tokenizer encoding the same prompt
   (target: guard <= 1.05x the bare tokenizer);
 * 10 MB: time for the guard to reject a 10 MB prompt vs tokenizing it whole (target: >= 100x faster), both with
-  the character pre-check (sound bound known) and with only chunked early-exit counting (bound unknown).
+  the character pre-check (sound bound known) and with only chunked early-exit counting (bound unknown);
+* adversarial bodies: for body shapes built to make the guard work hard, each as large as ``max_body_bytes``, the
+  middleware's whole judgement (parse, decode check, extraction, counting) vs ``json.loads`` of the same body
+  (target: worst ratio <= 3x); a body whose text fits must be tokenized once, which is shown apart;
+* app overhead: CPU per 8k-token request of an ASGI app that tokenizes the prompt itself, vs the same app behind
+  ValidationMiddleware reusing ``scope["state"]["guard_result"]`` instead (target: <= 1.05x).
+
+Tokenizers runs single-threaded here (TOKENIZERS_PARALLELISM=false), so CPU times are not inflated at random by
+its idle workers spinning on a shared machine.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import random
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from autoglm_runtime.errors import ContextWindowExceededError
-from autoglm_runtime.validation import ContextWindowGuard, HFTokenizer
+from autoglm_runtime.errors import AutoGLMRuntimeError, ContextWindowExceededError
+from autoglm_runtime.validation import ContextWindowGuard, HFTokenizer, ValidationMiddleware
 
 ROUNDS = 41
 
@@ -101,6 +113,7 @@ def rejects(guard: ContextWindowGuard, text: str) -> Callable[[], None]:
 
 
 def main() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read by tokenizers when it first encodes
     rng = random.Random(7)
     raw, words = build_tokenizer(rng)
     adapter = HFTokenizer(raw)
@@ -126,6 +139,10 @@ def main() -> None:
     print(f"  ratio guard / bare tokenizer          {guarded / bare:8.3f}x   (target <= 1.05x)")
     print(f"  ratio guard / raw Tokenizer.encode    {guarded / raw_encode:8.3f}x   (the adapter skips offsets)")
 
+    # Measured before the sections that allocate hundreds of megabytes, which leave the heap in a state that
+    # taxes whichever side allocates more.
+    app_overhead(adapter, prompt)
+
     big = (prompt + " ") * (10_000_000 // (len(prompt) + 1) + 1)
     big = big[:10_000_000]
     window = 8192
@@ -142,6 +159,140 @@ def main() -> None:
     for label, seconds in (("character pre-check", reject_bound), ("chunked early exit only", reject_chunked)):
         print(f"  guard, {label:<30} {seconds * 1e3:10.3f} ms   {whole / seconds:12.0f}x faster")
     print("  (target: >= 100x faster than tokenizing whole)")
+
+    adversarial(adapter, words)
+
+
+def _fill(make: Callable[[int], Any], limit: int) -> bytes:
+    """The largest body ``make(n)`` gives that stays within ``limit`` bytes (n found by doubling, then bisection)."""
+    low, high = 1, 2
+    while len(json.dumps(make(high))) <= limit:
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if len(json.dumps(make(middle))) <= limit else (low, middle)
+    return json.dumps(make(low)).encode()
+
+
+def adversarial(adapter: HFTokenizer, words: list[str]) -> None:
+    limit = 4 * 1024 * 1024
+    guard = ContextWindowGuard(adapter, 8192)
+    blind = ContextWindowGuard(adapter, 8192, max_chars_per_token=None)
+    sentence = " ".join(words[:200])
+    shapes: dict[str, Callable[[int], Any]] = {
+        "prompt: many empty strings": lambda n: {"prompt": [""] * n},
+        "prompt: many distinct short strings": lambda n: {"prompt": [str(i) for i in range(n)]},
+        "prompt: one huge string": lambda n: {"prompt": "ab " * n},
+        "prompt: huge token id list": lambda n: {"prompt": list(range(n))},
+        "messages: many empty": lambda n: {"messages": [{"role": "user", "content": ""}] * n},
+        "messages: 4096 long ones": lambda n: {"messages": [{"role": "user", "content": "x " * n}] * 4096},
+        "parts: many empty text parts": lambda n: {
+            "messages": [{"role": "user", "content": [{"type": "text", "text": ""}] * n}]
+        },
+        "parts: many image parts": lambda n: {
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}] * n}]
+        },
+        "unknown keys: many": lambda n: {"prompt": "hi", **{f"k{i}": i for i in range(n)}},
+        "surrogate pairs: many": lambda n: {"prompt": ["\U0001f600"] * n},
+        "tools: one huge definition": lambda n: {
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"d": "y " * n}],
+        },
+        "batch: 2048 prompts, the first over": lambda n: {"prompt": ["z " * n] + [sentence[:40]] * 2047},
+    }
+    print()
+    print(f"adversarial bodies up to max_body_bytes = {limit} (window 8192; median of 5; guard includes its own parse)")
+    worst = 0.0
+    for label, make in shapes.items():
+        body = _fill(make, limit)
+        for name, which in (("bound", guard), ("no bound", blind)):
+            middleware = ValidationMiddleware(_never, context_guard=which, max_body_bytes=limit)
+
+            def judge(middleware: ValidationMiddleware = middleware, body: bytes = body) -> str:
+                try:
+                    middleware._judge(body)
+                except AutoGLMRuntimeError as exc:
+                    return exc.code
+                return "pass"
+
+            outcome = judge()
+            loads, judged = interleaved(lambda body=body: json.loads(body), judge, rounds=5)  # type: ignore[misc]
+            ratio = judged / loads
+            worst = max(worst, ratio)
+            print(
+                f"  {label:<40} {name:<8} {len(body):>8} B  json.loads {loads * 1e3:8.2f} ms  guard "
+                f"{judged * 1e3:8.2f} ms  {ratio:6.2f}x  ({outcome})"
+            )
+    print(f"  worst adversarial ratio guard / json.loads   {worst:6.2f}x   (target <= 3x)")
+    fitting = _fill(lambda n: {"prompt": [" ".join(words[i : i + n]) for i in range(2048)]}, limit)
+    middleware = ValidationMiddleware(_never, context_guard=ContextWindowGuard(adapter, 8192), max_body_bytes=limit)
+    loads, judged = interleaved(lambda: json.loads(fitting), lambda: middleware._judge(fitting), rounds=3)
+    print(
+        f"  fitting text: 2048 distinct prompts, {len(fitting)} B, all tokenized once: json.loads "
+        f"{loads * 1e3:.2f} ms, guard {judged * 1e3:.2f} ms ({judged / loads:.1f}x; the tokens reach the app "
+        "in guard_result)"
+    )
+
+
+async def _never(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("not called")
+
+
+async def _read(receive: Any) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def app_overhead(adapter: HFTokenizer, prompt: str) -> None:
+    async def respond(send: Any, tokens: int) -> None:
+        payload = json.dumps({"usage": {"prompt_tokens": tokens}}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def tokenizing_app(scope: Any, receive: Any, send: Any) -> None:
+        body = json.loads(await _read(receive))
+        await respond(send, len(adapter.encode(body["prompt"])))
+
+    async def reusing_app(scope: Any, receive: Any, send: Any) -> None:
+        json.loads(await _read(receive))
+        await respond(send, len(scope["state"]["guard_result"].token_ids[0]))
+
+    guarded = ValidationMiddleware(reusing_app, context_guard=ContextWindowGuard(adapter, 16_384))
+    body = json.dumps({"prompt": prompt, "max_tokens": 512}).encode()
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}
+
+    async def one(app: Any) -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: Any) -> None:
+            return None
+
+        await app(dict(scope), receive, send)
+
+    async def measure(rounds: int) -> tuple[list[float], list[float]]:
+        alone: list[float] = []
+        behind: list[float] = []
+        for _ in range(rounds):
+            for app, bucket in ((tokenizing_app, alone), (guarded, behind)):
+                start = time.process_time()
+                await one(app)
+                bucket.append(time.process_time() - start)
+        return alone, behind
+
+    with guarded:
+        asyncio.run(measure(5))
+        alone, behind = asyncio.run(measure(300))
+    a, b = statistics.median(alone), statistics.median(behind)
+    print()
+    print("app overhead: CPU per 8k-token request (process time, median of 300, requests alternating)")
+    print(f"  app tokenizing the prompt itself          {a * 1e3:8.3f} ms")
+    print(f"  same app behind the guard, reusing result {b * 1e3:8.3f} ms")
+    print(f"  ratio guarded / app alone                 {b / a:8.3f}x   (target <= 1.05x)")
 
 
 if __name__ == "__main__":

@@ -89,8 +89,9 @@ def test_limit_changes_in_zookeeper_apply_to_the_next_request(
     rejected = post(app, body)
     assert rejected.status_code == 400
     assert rejected.json()["error"]["message"] == (
-        "the input has 30 tokens and 5 output tokens were requested (35 in total), more than the context window "
-        "of 20 tokens: shorten the input or lower max_tokens"
+        "This model's maximum context length is 20 tokens. However, you requested 35 tokens (30 in the "
+        "input, 5 in the completion asked for by max_tokens), more than the context window of 20 "
+        "tokens: shorten the input or lower max_tokens"
     )
 
     zk_client.create(f"{zk_root}/{PREFIX}truncate_on_overflow", b"true")

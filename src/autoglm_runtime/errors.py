@@ -158,6 +158,23 @@ _register(
     "Send a smaller body, or raise the body limit of the validation middleware.",
 )
 _register(
+    "E0516",
+    "Guard overloaded",
+    "error",
+    "Every thread the validation middleware judges large request bodies on was busy, so the request was refused "
+    "at once (HTTP 503 with Retry-After) instead of waiting in an unbounded queue.",
+    "Retry after the number of seconds in Retry-After; if it happens often, raise max_concurrent_checks or add "
+    "replicas.",
+)
+_register(
+    "E0517",
+    "Request body timeout",
+    "error",
+    "The client did not send the whole request body within body_timeout seconds (a slow or stalled upload, or a "
+    "slow-loris attack), so the connection was answered with HTTP 408 and closed.",
+    "Send the body promptly; raise body_timeout only if legitimate clients upload this slowly.",
+)
+_register(
     "E5009",
     "Input cannot be decoded",
     "error",
@@ -183,6 +200,9 @@ class AutoGLMRuntimeError(Exception):
     http_status: ClassVar[int] = 500
     grpc_status: ClassVar[str] = "INTERNAL"
     exit_code: ClassVar[int] = EXIT_FINDINGS
+    #: The ``type`` and ``code`` an OpenAI-compatible server would answer with (``code`` ``None``: none fits).
+    openai_type: ClassVar[str] = "server_error"
+    openai_code: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -320,6 +340,7 @@ class ValidationError(AutoGLMRuntimeError, ValueError):
     http_status = 400
     grpc_status = "INVALID_ARGUMENT"
     exit_code = EXIT_FINDINGS
+    openai_type = "invalid_request_error"
     param: str | None = None
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
@@ -338,6 +359,7 @@ class ContextWindowExceededError(ValidationError):
     """Input tokens plus requested output tokens exceed the context window (E0513)."""
 
     code = "E0513"
+    openai_code = "context_length_exceeded"
 
 
 class RequestTooLargeError(ValidationError):
@@ -357,6 +379,27 @@ class InvalidRequestError(ValidationError):
     """A request field has the wrong shape or type, e.g. ``max_tokens: "9"`` or ``messages: "hi"`` (E5010)."""
 
     code = "E5010"
+
+
+class GuardOverloadedError(ValidationError):
+    """Every guard thread was busy; the request is refused at once with 503 and Retry-After (E0516)."""
+
+    code = "E0516"
+    http_status = 503
+    grpc_status = "UNAVAILABLE"
+    openai_type = "server_error"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BodyTimeoutError(ValidationError, TimeoutError):
+    """The request body did not arrive within the body timeout (E0517, HTTP 408)."""
+
+    code = "E0517"
+    http_status = 408
+    grpc_status = "DEADLINE_EXCEEDED"
 
 
 #: Codes that are logged but never raised (they describe something the SDK did on purpose).

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from autoglm_runtime.validation import CallableTokenizer, DecodeGuard, GuardInput, GuardResult, OpenAIExtractor
 
@@ -26,3 +30,41 @@ def extract(request: bytes) -> GuardInput:
 def rewrite(request: bytes, result: GuardResult) -> bytes:
     """A gRPC rewriter putting the guard's truncated prompt back into the request."""
     return json.dumps({**json.loads(request), "prompt": result.text}).encode()
+
+
+SPECIALS = ["<s>", "</s>", "<|im_start|>", "<|im_end|>", "[INST]", "[/INST]"]
+
+
+def write_chat_model(directory: Path, template: Any) -> Path:
+    """A model directory with a byte-level BPE tokenizer.json (BOS added) and a tokenizer_config.json holding
+    ``template`` as its chat template, the way models ship them; nothing is downloaded."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(["hello world, the quick brown fox, one two three"] * 30, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    config = {
+        "chat_template": template,
+        "bos_token": "<s>",
+        # Older configs spell a token as a serialized AddedToken.
+        "eos_token": {
+            "__type": "AddedToken",
+            "content": "</s>",
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        },
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return directory

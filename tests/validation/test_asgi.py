@@ -83,8 +83,10 @@ def test_context_overflow_is_400_with_openai_error_body() -> None:
     )
     assert response.status_code == 400
     assert error_of(response) == {
-        "message": "the input has 45 tokens and 10 output tokens were requested (55 in total), "
-        "more than the context window of 50 tokens: shorten the input or lower max_tokens",
+        # 45 characters, plus 4 tokens for the message and 4 for the reply's start (no chat template given).
+        "message": "This model's maximum context length is 50 tokens. However, you requested 63 tokens (53 in the "
+        "input, 10 in the completion asked for by max_tokens), more than the context window of 50 tokens: shorten "
+        "the input or lower max_tokens",
         "type": "invalid_request_error",
         "param": "messages",
         "code": "E0513",
@@ -199,9 +201,9 @@ def test_an_output_budget_over_the_window_is_400_even_without_input() -> None:
         assert response.status_code == 400
         assert error_of(response)["param"] == "max_tokens"
         assert error_of(response)["message"] == (
-            f"the input has 0 tokens and {body['max_tokens']} output tokens were requested "
-            f"({body['max_tokens']} in total), more than the context window of 50 tokens: shorten the input or "
-            "lower max_tokens"
+            f"This model's maximum context length is 50 tokens. However, max_tokens asks for {body['max_tokens']} "
+            "output tokens, more than the context window of 50 tokens on its own: lower max_tokens to at most 50 "
+            "minus the input's tokens"
         )
     assert post(build_app(), "/v1/completions", json_body={"max_tokens": 50}).status_code == 200
 

@@ -29,8 +29,9 @@ TAIL = "shorten the input or lower max_tokens"
 def overflow(n: int, out: int, window: int, *, at_least: bool = False) -> str:
     has = "at least " if at_least else ""
     return (
-        f"the input has {has}{n} tokens and {out} output tokens were requested ({has}{n + out} in total), "
-        f"more than the context window of {window} tokens: {TAIL}"
+        f"This model's maximum context length is {window} tokens. However, you requested {has}{n + out} tokens "
+        f"({has}{n} in the input, {out} in the completion asked for by max_tokens), more than the context window "
+        f"of {window} tokens: {TAIL}"
     )
 
 
@@ -138,7 +139,8 @@ def test_overflow_in_an_early_segment_reports_a_lower_bound(chars: CallableToken
     guard = ContextWindowGuard(chars, 10, max_chars_per_token=None)
     with pytest.raises(ContextWindowExceededError) as info:
         guard.check(["abcdefghijkl", "more"], max_output_tokens=0)
-    assert info.value.message == overflow(12, 0, 10, at_least=True)
+    # Short pieces are tokenized in one batch, so the count is exact.
+    assert info.value.message == overflow(16, 0, 10)
 
 
 def test_token_id_segments_are_counted_by_length(chars: CallableTokenizer) -> None:
@@ -327,7 +329,10 @@ def test_verdicts_are_sound(
             if rejection is not None:
                 assert true_count + output > window
                 message = rejection.message
-                claimed = int(message.split("the input has ")[1].removeprefix("at least ").split(" ")[0])
+                if "on its own" in message:
+                    assert output > window
+                    continue
+                claimed = int(message.split("tokens (")[1].removeprefix("at least ").split(" ")[0])
                 assert claimed <= true_count if "at least" in message else claimed == true_count
             else:
                 assert result.input_tokens == true_count
@@ -349,8 +354,8 @@ def test_an_output_budget_over_the_window_is_rejected_with_no_input(chars: Calla
     with pytest.raises(ContextWindowExceededError) as info:
         guard.check([], max_output_tokens=11)
     assert info.value.message == (
-        "the input has 0 tokens and 11 output tokens were requested (11 in total), more than the context window "
-        "of 10 tokens: shorten the input or lower max_tokens"
+        "This model's maximum context length is 10 tokens. However, max_tokens asks for 11 output tokens, more than "
+        "the context window of 10 tokens on its own: lower max_tokens to at most 10 minus the input's tokens"
     )
     assert info.value.param == "max_tokens"
     assert guard.check([], max_output_tokens=10).input_tokens == 0

@@ -23,8 +23,9 @@ def test_sync_function_sees_only_fitting_input() -> None:
     with pytest.raises(ContextWindowExceededError) as info:
         generate("abcdefg")  # 7 + the default 4 output tokens
     assert info.value.message == (
-        "the input has 7 tokens and 4 output tokens were requested (11 in total), more than the context window "
-        "of 10 tokens: shorten the input or lower max_tokens"
+        "This model's maximum context length is 10 tokens. However, you requested 11 tokens (7 in the "
+        "input, 4 in the completion asked for by max_tokens), more than the context window of 10 "
+        "tokens: shorten the input or lower max_tokens"
     )
     assert info.value.param == "prompt"
     assert generate("abcdefg", max_tokens=3) == "ABCDEFG"

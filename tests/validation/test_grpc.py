@@ -13,9 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.validation._helpers import char_tok, extract, rewrite
 
-from autoglm_runtime.validation import (
-    ContextWindowGuard,
-)
+from autoglm_runtime.validation import ContextWindowGuard, GuardInput
 from autoglm_runtime.validation.grpc import ValidationInterceptor
 
 SERVICE = "test.Llm"
@@ -92,8 +90,9 @@ def test_context_overflow_aborts_with_the_code(channel_for: Any) -> None:
     error = rpc_error(channel, {"prompt": "x" * 18, "max_tokens": 5})
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == (
-        "E0513: the input has 18 tokens and 5 output tokens were requested (23 in total), more than the context "
-        "window of 20 tokens: shorten the input or lower max_tokens"
+        "E0513: This model's maximum context length is 20 tokens. However, you requested 23 tokens (18 "
+        "in the input, 5 in the completion asked for by max_tokens), more than the context window of 20 "
+        "tokens: shorten the input or lower max_tokens"
     )
 
 
@@ -112,7 +111,11 @@ def test_truncation_rewrites_the_request_and_reports_it(channel_for: Any) -> Non
     channel = channel_for(context_guard=guard, extractor=extract, rewriter=rewrite)
     response, trailing = unary(channel, {"prompt": "abcdefghijklmnopqrstuvwxyz", "max_tokens": 5})
     assert response == {"received": {"prompt": "lmnopqrstuvwxyz", "max_tokens": 5}}
-    assert trailing == {"x-autoglm-truncated-tokens": "11", "x-autoglm-warning-code": "E0514"}
+    assert trailing == {
+        "x-autoglm-truncated-tokens": "11",
+        "x-autoglm-truncated-messages": "0:11",
+        "x-autoglm-warning-code": "E0514",
+    }
 
 
 def test_without_a_rewriter_truncation_becomes_rejection(channel_for: Any) -> None:
@@ -120,8 +123,9 @@ def test_without_a_rewriter_truncation_becomes_rejection(channel_for: Any) -> No
     channel = channel_for(context_guard=guard, extractor=extract)
     error = rpc_error(channel, {"prompt": "x" * 30})
     assert error.details() == (
-        "E0513: the input has 30 tokens and 0 output tokens were requested (30 in total), more than the context "
-        "window of 20 tokens: shorten the input or lower max_tokens"
+        "E0513: This model's maximum context length is 20 tokens. However, you requested 30 tokens (30 "
+        "in the input, 0 in the completion asked for by max_tokens), more than the context window of 20 "
+        "tokens: shorten the input or lower max_tokens"
     )
 
 
@@ -133,7 +137,9 @@ def test_streaming_requests_are_judged_message_by_message(channel_for: Any) -> N
     with pytest.raises(grpc.RpcError) as info:
         call(iter([*ok, json.dumps({"prompt": "x" * 11}).encode()]), timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert info.value.details().startswith("E0513: the input has 11 tokens")
+    assert info.value.details().startswith(
+        "E0513: This model's maximum context length is 10 tokens. However, you requested 11 tokens"
+    )
 
 
 def test_extractor_may_return_plain_text_or_none(channel_for: Any) -> None:
@@ -144,7 +150,9 @@ def test_extractor_may_return_plain_text_or_none(channel_for: Any) -> None:
     call = channel.unary_unary(f"/{SERVICE}/Complete")
     with pytest.raises(grpc.RpcError) as info:
         call(b"12345678901", timeout=10)
-    assert info.value.details().startswith("E0513: the input has 11 tokens")
+    assert info.value.details().startswith(
+        "E0513: This model's maximum context length is 10 tokens. However, you requested 11 tokens"
+    )
     with pytest.raises(grpc.RpcError) as passed:
         call(b"skip: not json, so the handler itself fails", timeout=10)
     assert passed.value.code() == grpc.StatusCode.UNKNOWN  # the request reached the handler
@@ -172,3 +180,47 @@ def test_fuzzed_calls_get_a_coded_invalid_argument_or_pass(channel_for: Any) -> 
         assert future.details()[:5] in {"E0512", "E0513", "E5009", "E5010"}
 
     check()
+
+
+@pytest.mark.parametrize(
+    ("extractor", "details"),
+    [
+        (
+            lambda request: GuardInput(5),  # type: ignore[arg-type]
+            "E5010: the input to judge must be a string, token ids or a list of those, got int: fix the extractor or "
+            "the request",
+        ),
+        (
+            lambda request: GuardInput(2.5),  # type: ignore[arg-type]
+            "E5010: the input to judge must be a string, token ids or a list of those, got float: fix the extractor "
+            "or the request",
+        ),
+        (
+            lambda request: json.loads(request)["missing"],
+            "E5010: the server's extractor failed on this request (KeyError: 'missing'): check the request fields",
+        ),
+        (
+            lambda request: [1, 2],
+            "E5010: the server's extractor returned list, not a GuardInput, a string or None, for this request: check "
+            "the request fields",
+        ),
+    ],
+)
+def test_a_failing_extractor_is_always_a_coded_status(channel_for: Any, extractor: Any, details: str) -> None:
+    channel = channel_for(context_guard=ContextWindowGuard(char_tok(), 10), extractor=extractor)
+    error = rpc_error(channel, {"prompt": "x"})
+    assert (error.code(), error.details()) == (grpc.StatusCode.INVALID_ARGUMENT, details)
+
+
+def test_a_client_stream_reports_every_truncated_message(channel_for: Any) -> None:
+    guard = ContextWindowGuard(char_tok(), 10, truncate_on_overflow=True)
+    channel = channel_for(context_guard=guard, extractor=extract, rewriter=rewrite)
+    call = channel.stream_unary(f"/{SERVICE}/Chat")
+    bodies = [{"prompt": "a" * 13}, {"prompt": "fits"}, {"prompt": "b" * 15}]
+    response, info = call.with_call(iter([json.dumps(b).encode() for b in bodies]), timeout=10)
+    assert [r["prompt"] for r in json.loads(response)["received"]] == ["a" * 10, "fits", "b" * 10]
+    assert dict(info.trailing_metadata()) == {
+        "x-autoglm-truncated-tokens": "8",
+        "x-autoglm-truncated-messages": "0:3,2:5",
+        "x-autoglm-warning-code": "E0514",
+    }

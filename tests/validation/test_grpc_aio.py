@@ -78,8 +78,9 @@ def test_unary_calls_are_guarded() -> None:
     assert ok == payload("hello")
     assert too_long == (
         grpc.StatusCode.INVALID_ARGUMENT,
-        "E0513: the input has 21 tokens and 0 output tokens were requested (21 in total), more than the context "
-        "window of 20 tokens: shorten the input or lower max_tokens",
+        "E0513: This model's maximum context length is 20 tokens. However, you requested 21 tokens (21 "
+        "in the input, 0 in the completion asked for by max_tokens), more than the context window of 20 "
+        "tokens: shorten the input or lower max_tokens",
     )
     assert header == (
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -98,7 +99,11 @@ def test_truncation_is_rewritten_and_reported_in_trailing_metadata() -> None:
 
     response, trailing = run(interceptor, body)
     assert json.loads(response) == {"prompt": "efghijkl", "max_tokens": 2}
-    assert trailing == {"x-autoglm-truncated-tokens": "4", "x-autoglm-warning-code": "E0514"}
+    assert trailing == {
+        "x-autoglm-truncated-tokens": "4",
+        "x-autoglm-truncated-messages": "0:4",
+        "x-autoglm-warning-code": "E0514",
+    }
 
 
 def test_streams_are_guarded_message_by_message() -> None:
@@ -121,7 +126,9 @@ def test_streams_are_guarded_message_by_message() -> None:
     assert spoken == [b"one", b"two", b"three"]
     assert received == [payload("fine")]
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert details.startswith("E0513: the input has 14 tokens")
+    assert details.startswith(
+        "E0513: This model's maximum context length is 13 tokens. However, you requested 14 tokens"
+    )
 
 
 def test_metadata_rejection_of_a_streaming_call() -> None:
@@ -134,3 +141,34 @@ def test_metadata_rejection_of_a_streaming_call() -> None:
     code, details = run(interceptor, body)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.startswith("E0512: the authorization header is 600 bytes long")
+
+
+def test_a_client_stream_reports_every_truncated_message() -> None:
+    guard = ContextWindowGuard(char_tok(), 10, truncate_on_overflow=True)
+    interceptor = AsyncValidationInterceptor(context_guard=guard, extractor=extract, rewriter=rewrite)
+
+    async def body(channel: grpc.aio.Channel) -> Any:
+        call = channel.stream_stream(f"/{SERVICE}/Echo")(iter([payload("a" * 14), payload("short"), payload("b" * 12)]))
+        received = [json.loads(response)["prompt"] async for response in call]
+        return received, dict(await call.trailing_metadata())
+
+    received, trailing = run(interceptor, body)
+    assert received == ["a" * 10, "short", "b" * 10]
+    assert trailing == {
+        "x-autoglm-truncated-tokens": "6",
+        "x-autoglm-truncated-messages": "0:4,2:2",
+        "x-autoglm-warning-code": "E0514",
+    }
+
+
+def test_an_extractor_returning_a_wrong_type_is_a_coded_status() -> None:
+    interceptor = AsyncValidationInterceptor(context_guard=ContextWindowGuard(char_tok(), 10), extractor=lambda r: 5)
+
+    async def body(channel: grpc.aio.Channel) -> Any:
+        return await failure(channel.unary_unary(f"/{SERVICE}/Complete")(payload("x")))
+
+    assert run(interceptor, body) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "E5010: the server's extractor returned int, not a GuardInput, a string or None, for this request: check "
+        "the request fields",
+    )

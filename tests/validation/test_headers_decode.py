@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from autoglm_runtime.errors import HeaderTooLongError, InputDecodeError, UsageError
@@ -167,3 +167,23 @@ def test_surrogates_are_found_wherever_they_are(text: str) -> None:
     with pytest.raises(InputDecodeError) as info:
         DecodeGuard().check_json(body)
     assert info.value.param == "prompt[0]"
+
+
+PIECES = st.sampled_from(
+    ["\\ud800", "\\udc00", "\\udbff", "\\ud83d\\ude00", "\\\\", "\\\\u", "a", "\\u00e9", "u", "d800", "\\n", "é"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(PIECES, max_size=10), key=st.lists(PIECES, max_size=3))
+def test_the_fast_surrogate_screen_never_lets_a_lone_surrogate_through(pieces: list[str], key: list[str]) -> None:
+    """Bodies full of valid escaped pairs skip the walk over every string; a lone surrogate never slips past."""
+    body = ('{"' + "".join(key) + '": ["' + "".join(pieces) + '"]}').encode()
+    value = json.loads(body)
+    text = "".join(value) + "".join(next(iter(value.values())))
+    lone = any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+    if lone:
+        with pytest.raises(InputDecodeError):
+            DecodeGuard().check_json(body)
+    else:
+        assert DecodeGuard().check_json(body) == value

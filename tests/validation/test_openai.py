@@ -52,10 +52,12 @@ def test_messages_with_string_and_part_contents() -> None:
     extracted = OpenAIExtractor().extract(body)
     assert [f.path for f in extracted.fields] == [
         ("messages", 0, "content"),
+        ("messages", 1, "tool_calls"),
         ("messages", 2, "content", 0, "text"),
         ("messages", 2, "content", 2, "text"),
     ]
-    assert extracted.segments == ["be brief", "look:", "what is it?"]
+    assert extracted.segments == ["be brief", "[]", "look:", "what is it?"]
+    assert extracted.pinned == {0, 1}  # the system message and the tool calls are never cut
     assert (extracted.max_output_tokens, extracted.param) == (7, "messages")
 
 
@@ -81,7 +83,7 @@ def test_no_input_fields() -> None:
         (
             {"prompt": ["a", 1.5]},
             "prompt[1] must be a string or a list of token ids, got float: fix the request body",
-            "prompt",
+            "prompt[1]",
         ),
         ({"messages": "hi"}, "messages must be a list of messages, got str: fix the request body", "messages"),
         ({"messages": ["hi"]}, "messages[0] must be an object, got str: fix the request body", "messages"),

@@ -12,25 +12,40 @@ interceptor lives in :mod:`autoglm_runtime.validation.grpc`, the one module that
 from __future__ import annotations
 
 from autoglm_runtime._exports import publish as _publish
-from autoglm_runtime.validation._openai import ExtractedInput, OpenAIExtractor, TextField, error_body
+from autoglm_runtime.validation._openai import ErrorStyle, ExtractedInput, OpenAIExtractor, TextField, error_body
 from autoglm_runtime.validation.asgi import ValidationMiddleware
-from autoglm_runtime.validation.context_window import BOUNDARY_SLACK, ContextWindowGuard, GuardInput, GuardResult
+from autoglm_runtime.validation.chat_template import ChatTemplate
+from autoglm_runtime.validation.configured import EnvValidationMiddleware, GuardSettings
+from autoglm_runtime.validation.context_window import BOUNDARY_SLACK, ContextWindowGuard
 from autoglm_runtime.validation.decode import DecodeGuard
 from autoglm_runtime.validation.decorator import guarded
 from autoglm_runtime.validation.headers import HeaderTokenGuard
 from autoglm_runtime.validation.limits import ConfigLimits, ConfigReader, Limits, LimitsSource, StaticLimits
-from autoglm_runtime.validation.tokenizers import CallableTokenizer, HFTokenizer, TiktokenTokenizer, Tokenizer
+from autoglm_runtime.validation.request import Chat, GuardInput, GuardResult
+from autoglm_runtime.validation.tokenizers import (
+    BatchTokenizer,
+    CallableTokenizer,
+    HFTokenizer,
+    TiktokenTokenizer,
+    Tokenizer,
+)
 
 __all__ = [
     "BOUNDARY_SLACK",
+    "BatchTokenizer",
     "CallableTokenizer",
+    "Chat",
+    "ChatTemplate",
     "ConfigLimits",
     "ConfigReader",
     "ContextWindowGuard",
     "DecodeGuard",
+    "EnvValidationMiddleware",
+    "ErrorStyle",
     "ExtractedInput",
     "GuardInput",
     "GuardResult",
+    "GuardSettings",
     "HFTokenizer",
     "HeaderTokenGuard",
     "Limits",

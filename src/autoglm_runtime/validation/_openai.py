@@ -1,26 +1,42 @@
 """Text extraction from OpenAI-style JSON bodies, and the OpenAI-shaped error body.
 
-``prompt`` may be a string, a list of strings, a list of token ids or a list of such lists; each
-``messages[*].content`` a string or a list of parts, of which ``{"type": "text", "text": ...}`` parts count.
-Field names are configurable (dotted for nesting, e.g. ``parameters.max_new_tokens`` for TGI).
+Everything the model reads is counted: ``prompt`` (a string, token ids, or a batch: a list of strings or of token id
+lists, each prompt judged on its own), ``suffix``, every message's text (``text``, ``input_text`` and untyped parts
+with ``text``, ``refusal``, ``reasoning_content``, tool calls) and the ``tools``/``functions`` definitions. Parts of
+a kind that carries no text (images, audio, files) are skipped; a part of an unknown kind that carries text is
+rejected with E5010 rather than left uncounted. System and developer messages, tools and the suffix are pinned:
+counted, never truncated. Field names are configurable (dotted for nesting, e.g. ``parameters.max_new_tokens``).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
-from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError
-from autoglm_runtime.validation.context_window import GuardResult, Segment
+from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, UsageError
+from autoglm_runtime.validation.context_window import Chat, GuardInput, GuardResult, Segment
 
-__all__ = ["ExtractedInput", "OpenAIExtractor", "TextField", "error_body"]
+__all__ = ["ErrorStyle", "ExtractedInput", "OpenAIExtractor", "TextField", "error_body"]
 
 Path = tuple[str | int, ...]
 
+#: ``"autoglm"`` puts our E-code in ``error.code``; ``"openai"`` puts OpenAI's code there (for E0513
+#: ``context_length_exceeded``) and keeps the E-code in the message and the ``x-autoglm-error-code`` header.
+ErrorStyle = Literal["autoglm", "openai"]
 
-@dataclass(frozen=True)
-class TextField:
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+_NO_TEXT_PARTS = frozenset(
+    {"image_url", "input_image", "image", "input_audio", "audio", "file", "input_file", "video", "video_url"}
+)
+_PINNED_ROLES = frozenset({"system", "developer"})
+_MESSAGE_TEXT = ("reasoning_content",)
+_MESSAGE_JSON = ("tool_calls", "function_call")
+_CONTENT: tuple[str | int, ...] = ("content",)
+
+
+class TextField(NamedTuple):
     """One piece of input and where it sits in the body (``("messages", 0, "content")``)."""
 
     path: Path
@@ -29,20 +45,41 @@ class TextField:
 
 @dataclass(frozen=True)
 class ExtractedInput:
-    """The input pieces of one request, the output budget it asks for, and the field to blame on errors."""
+    """The input pieces of one request, the output budget it asks for, and the fields to blame on errors.
+
+    ``output_param`` is the field the budget came from (the largest when several are sent); ``pinned`` holds the
+    indexes of fields never truncated; ``batch`` marks a list of prompts; ``chat`` describes the messages.
+    """
 
     fields: tuple[TextField, ...]
     max_output_tokens: int | None
     param: str | None
+    output_param: str = "max_tokens"
+    pinned: frozenset[int] = frozenset()
+    batch: bool = False
+    chat: Chat | None = None
 
     @property
     def segments(self) -> list[Segment]:
         """The pieces in body order, as a guard counts them."""
         return [field.value for field in self.fields]
 
+    def guard_input(self) -> GuardInput:
+        """What a :class:`ContextWindowGuard` judges for this request."""
+        return GuardInput(
+            self.segments,
+            self.max_output_tokens,
+            self.param,
+            output_param=self.output_param,
+            pinned=self.pinned,
+            batch=self.batch,
+            chat=self.chat,
+        )
+
 
 def _is_ids(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+    # One pass in C over the element types; bool is a distinct type, so True/False are not token ids.
+    return isinstance(value, list) and (not value or set(map(type, value)) == {int})
 
 
 def _dotted(body: dict[str, Any], name: str) -> Any:
@@ -60,8 +97,17 @@ def _shape_error(where: str, expected: str, value: Any, param: str) -> InvalidRe
     )
 
 
+def _too_many(what: str, count: int, limit: int, option: str, param: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"the request has {count} {what}, more than the limit of {limit}: send fewer, or raise {option}", param=param
+    )
+
+
 class OpenAIExtractor:
     """Finds the text a model will read in an OpenAI-style request body.
+
+    ``max_prompts``, ``max_messages`` and ``max_parts`` (content parts over all messages) bound the work one body
+    can cause; past them the request is rejected with E5010.
 
     >>> OpenAIExtractor().extract({"prompt": "hi", "max_tokens": 5}).segments
     ['hi']
@@ -73,10 +119,23 @@ class OpenAIExtractor:
         prompt_fields: Sequence[str] = ("prompt",),
         messages_fields: Sequence[str] = ("messages",),
         max_tokens_fields: Sequence[str] = ("max_tokens", "max_completion_tokens", "max_new_tokens"),
+        suffix_fields: Sequence[str] = ("suffix",),
+        tools_fields: Sequence[str] = ("tools", "functions"),
+        max_prompts: int = 2048,
+        max_messages: int = 4096,
+        max_parts: int = 8192,
     ) -> None:
+        for option, value in (("max_prompts", max_prompts), ("max_messages", max_messages), ("max_parts", max_parts)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"{option} must be a positive integer, got {value!r}")
         self.prompt_fields = tuple(prompt_fields)
         self.messages_fields = tuple(messages_fields)
         self.max_tokens_fields = tuple(max_tokens_fields)
+        self.suffix_fields = tuple(suffix_fields)
+        self.tools_fields = tuple(tools_fields)
+        self.max_prompts = max_prompts
+        self.max_messages = max_messages
+        self.max_parts = max_parts
 
     def extract(self, body: Any) -> ExtractedInput:
         """The input of ``body``; raises :class:`InvalidRequestError` (E5010) for fields of the wrong shape."""
@@ -85,65 +144,148 @@ class OpenAIExtractor:
                 f"the request body must be a JSON object, got {type(body).__name__}: send a JSON object"
             )
         fields: list[TextField] = []
+        pinned: set[int] = set()
         param: str | None = None
+        batch = False
+        chat: Chat | None = None
         for name in self.prompt_fields:
             value = _dotted(body, name)
             if value is not None:
                 param = param or name
-                fields.extend(self._prompt(name, value))
+                prompts, is_batch = self._prompt(name, value)
+                fields.extend(prompts)
+                batch = batch or is_batch
         for name in self.messages_fields:
             value = _dotted(body, name)
             if value is not None:
                 param = param or name
-                fields.extend(self._messages(name, value))
-        return ExtractedInput(tuple(fields), self._max_tokens(body), param)
+                chat = self._messages(name, value, fields, pinned)
+        for name in self.suffix_fields:
+            value = _dotted(body, name)
+            if value is None:
+                continue
+            if not isinstance(value, str):
+                raise _shape_error(name, "a string", value, name)
+            pinned.add(len(fields))
+            fields.append(TextField(tuple(name.split(".")), value))
+        for name in self.tools_fields:
+            value = _dotted(body, name)
+            if value is None:
+                continue
+            if not isinstance(value, list):
+                raise _shape_error(name, "a list of definitions", value, name)
+            pinned.add(len(fields))
+            fields.append(TextField(tuple(name.split(".")), json.dumps(value, ensure_ascii=False)))
+            if chat is not None:
+                chat = Chat(chat.messages, (*chat.turns, -1), (*chat.places, ()), tuple(value))
+        if chat is not None and len(chat.turns) < len(fields):
+            # Pieces outside the messages (a suffix) belong to no turn.
+            missing = len(fields) - len(chat.turns)
+            chat = Chat(chat.messages, (*chat.turns, *[-1] * missing), (*chat.places, *[()] * missing), chat.tools)
+        output, output_param = self._max_tokens(body)
+        return ExtractedInput(tuple(fields), output, param, output_param, frozenset(pinned), batch, chat)
 
-    def _prompt(self, name: str, value: Any) -> list[TextField]:
+    def _prompt(self, name: str, value: Any) -> tuple[list[TextField], bool]:
         base: Path = tuple(name.split("."))
         if isinstance(value, str):
-            return [TextField(base, value)]
-        if _is_ids(value) and value:
-            return [TextField(base, tuple(value))]
-        if isinstance(value, list):
-            out: list[TextField] = []
-            for index, item in enumerate(value):
-                if isinstance(item, str):
-                    out.append(TextField((*base, index), item))
-                elif _is_ids(item):
-                    out.append(TextField((*base, index), tuple(item)))
-                else:
-                    where = f"{name}[{index}]"
-                    raise _shape_error(where, "a string or a list of token ids", item, name)
-            return out
-        raise _shape_error(name, "a string, a list of strings or a list of token ids", value, name)
+            return [TextField(base, value)], False
+        if not isinstance(value, list):
+            raise _shape_error(name, "a string, a list of strings or a list of token ids", value, name)
+        if value and type(value[0]) is int:
+            # One tokenized prompt (however long), not a batch.
+            if not _is_ids(value):
+                raise _shape_error(name, "a list of token ids (integers only)", value, name)
+            return [TextField(base, tuple(value))], False
+        if len(value) > self.max_prompts:
+            raise _too_many("prompts", len(value), self.max_prompts, "max_prompts", name)
+        out: list[TextField] = []
+        for index, item in enumerate(value):
+            if isinstance(item, str):
+                out.append(TextField((*base, index), item))
+            elif _is_ids(item):
+                out.append(TextField((*base, index), tuple(item)))
+            else:
+                raise _shape_error(f"{name}[{index}]", "a string or a list of token ids", item, f"{name}[{index}]")
+        return out, True
 
-    def _messages(self, name: str, value: Any) -> list[TextField]:
+    def _messages(self, name: str, value: Any, fields: list[TextField], pinned: set[int]) -> Chat:
         base: Path = tuple(name.split("."))
         if not isinstance(value, list):
             raise _shape_error(name, "a list of messages", value, name)
-        out: list[TextField] = []
+        if len(value) > self.max_messages:
+            raise _too_many("messages", len(value), self.max_messages, "max_messages", name)
+        turns: list[int] = [-1] * len(fields)
+        places: list[Path] = [()] * len(fields)
+        parts_seen = 0
         for index, message in enumerate(value):
             if not isinstance(message, dict):
                 raise _shape_error(f"{name}[{index}]", "an object", message, name)
             content = message.get("content")
-            if content is None:
-                continue
+            found: list[tuple[Path, Segment]]
             if isinstance(content, str):
-                out.append(TextField((*base, index, "content"), content))
-                continue
-            if not isinstance(content, list):
-                where = f"{name}[{index}].content"
-                raise _shape_error(where, "a string or a list of content parts", content, name)
-            for part_index, part in enumerate(content):
-                if isinstance(part, dict) and part.get("type") == "text":
-                    text = part.get("text")
-                    if not isinstance(text, str):
-                        where = f"{name}[{index}].content[{part_index}].text"
-                        raise _shape_error(where, "a string", text, name)
-                    out.append(TextField((*base, index, "content", part_index, "text"), text))
-        return out
+                found = [(_CONTENT, content)]
+            elif content is None:
+                found = []
+            elif isinstance(content, list):
+                parts_seen += len(content)
+                if parts_seen > self.max_parts:
+                    raise _too_many("content parts", parts_seen, self.max_parts, "max_parts", name)
+                found = []
+                for part_index, part in enumerate(content):
+                    place = self._part(name, index, part_index, part)
+                    if place is not None:
+                        found.append((("content", part_index, *place), _text_at(part, place)))
+            else:
+                raise _shape_error(f"{name}[{index}].content", "a string or a list of content parts", content, name)
+            if len(message) > 2:  # more than role and content: look for the other fields the model reads
+                found.extend(((key,), message[key]) for key in _MESSAGE_TEXT if isinstance(message.get(key), str))
+            keep = message.get("role") in _PINNED_ROLES
+            for place, text in found:
+                if keep:
+                    pinned.add(len(fields))
+                fields.append(TextField((*base, index, *place), text))
+                turns.append(index)
+                places.append(place)
+            if len(message) > 2:
+                for key in _MESSAGE_JSON:
+                    if message.get(key) is not None:
+                        # Counted as the JSON the template writes; pinned, so a cut never leaves broken JSON behind.
+                        pinned.add(len(fields))
+                        fields.append(TextField((*base, index, key), json.dumps(message[key], ensure_ascii=False)))
+                        turns.append(index)
+                        places.append((key,))
+        return Chat(tuple(value), tuple(turns), tuple(places))
 
-    def _max_tokens(self, body: dict[str, Any]) -> int | None:
+    @staticmethod
+    def _part(name: str, index: int, part_index: int, part: Any) -> Path | None:
+        """Where the text of one content part is (``("text",)``), or ``None`` for a part without text."""
+        where = f"{name}[{index}].content[{part_index}]"
+        if isinstance(part, str):
+            return ()
+        if not isinstance(part, dict):
+            raise _shape_error(where, "an object", part, name)
+        kind = part.get("type")
+        if kind in _TEXT_PARTS or (kind is None and "text" in part):
+            if not isinstance(part.get("text"), str):
+                raise _shape_error(f"{where}.text", "a string", part.get("text"), name)
+            return ("text",)
+        if kind == "refusal" and isinstance(part.get("refusal"), str):
+            return ("refusal",)
+        if kind in _NO_TEXT_PARTS:
+            return None
+        carried = [key for key, item in part.items() if key != "type" and isinstance(item, str)]
+        if carried:
+            raise InvalidRequestError(
+                f"{where} is a content part of type {kind!r} carrying text in {carried[0]!r}, which the guard cannot "
+                "count: send it as a {'type': 'text', 'text': ...} part",
+                param=name,
+            )
+        return None
+
+    def _max_tokens(self, body: dict[str, Any]) -> tuple[int | None, str]:
+        """The largest output budget sent, and its field: the backend may honour any of them."""
+        best: int | None = None
+        best_name = self.max_tokens_fields[0] if self.max_tokens_fields else "max_tokens"
         for name in self.max_tokens_fields:
             value = _dotted(body, name)
             if value is None:
@@ -152,28 +294,53 @@ class OpenAIExtractor:
                 raise InvalidRequestError(
                     f"{name} must be a non-negative integer, got {value!r:.40}: fix the request body", param=name
                 )
-            return value
-        return None
+            if best is None or value > best:
+                best, best_name = value, name
+        return best, best_name
 
     def apply(self, body: Any, extracted: ExtractedInput, result: GuardResult) -> Any:
         """``body`` (changed in place) with each input piece replaced by the guard's possibly truncated one."""
-        for field, segment in zip(extracted.fields, result.segments, strict=True):
-            if segment == field.value:
+        for index, (field, segment) in enumerate(zip(extracted.fields, result.segments, strict=True)):
+            if segment == field.value or index in extracted.pinned:
                 continue
             target: Any = body
             for key in field.path[:-1]:
                 target = target[key]
             target[field.path[-1]] = list(segment) if isinstance(segment, tuple) else segment
+        if result.dropped_messages and extracted.chat is not None:
+            for name in self.messages_fields:
+                messages = _dotted(body, name)
+                if isinstance(messages, list):
+                    for number in sorted(result.dropped_messages, reverse=True):
+                        del messages[number]
+                    break
         return body
 
 
-def error_body(exc: AutoGLMRuntimeError) -> dict[str, Any]:
-    """The OpenAI error shape carrying our code: ``{"error": {"message", "type", "param", "code"}}``."""
+def _text_at(part: Any, place: Path) -> str:
+    value = part
+    for key in place:
+        value = value[key]
+    assert isinstance(value, str)
+    return value
+
+
+def error_body(exc: AutoGLMRuntimeError, style: ErrorStyle = "autoglm") -> dict[str, Any]:
+    """The OpenAI error shape carrying our code: ``{"error": {"message", "type", "param", "code"}}``.
+
+    With ``style="openai"`` the ``code`` is OpenAI's where one exists (``context_length_exceeded``) and the message
+    starts with our code.
+    """
+    code: str | None = exc.code
+    message = exc.message
+    if style == "openai":
+        code = exc.openai_code or exc.code
+        message = f"{exc.code}: {message}"
     return {
         "error": {
-            "message": exc.message,
-            "type": "invalid_request_error",
+            "message": message,
+            "type": exc.openai_type,
             "param": getattr(exc, "param", None),
-            "code": exc.code,
+            "code": code,
         }
     }

@@ -4,34 +4,62 @@ Order of work for an HTTP request, each step rejecting before the app sees anyth
 
 1. guarded headers are measured on the raw bytes (E0512, 431) -- before the body is read, for every path;
 2. on guarded paths, the body is read up to ``max_body_bytes`` (E0515, 413; a larger ``content-length`` is refused
-   without reading, and reading stops at the limit);
+   without reading, and reading stops at the limit) within ``body_timeout`` seconds (E0517, 408);
 3. the body must be UTF-8 JSON without lone surrogates (E5009, 400);
-4. the text is extracted OpenAI-style and judged by the context-window guard (E0513, 400).
+4. the text is extracted OpenAI-style and judged by the context-window guard (E0513, 400). Large bodies are judged
+   on the middleware's own pool of ``max_concurrent_checks`` named threads; when all are busy the request is
+   refused at once (E0516, 503 with ``Retry-After``) rather than queued.
 
-Errors answer in the OpenAI shape with our code, plus an ``x-autoglm-error-code`` header::
+Errors answer in the OpenAI shape with our code, plus an ``x-autoglm-error-code`` header, and each rejection is
+logged once with its code::
 
     {"error": {"message": "...", "type": "invalid_request_error", "param": "messages", "code": "E0513"}}
 
-When the guard truncates, the app receives the truncated body and the response carries
-``x-autoglm-truncated-tokens: N`` and ``x-autoglm-warning-code: E0514``::
+``error_style="openai"`` answers E0513 with ``"code": "context_length_exceeded"`` (the E-code stays in the message
+and the header), for clients that look for OpenAI's code. The guard's verdict (a :class:`GuardResult`: token counts,
+token ids, what was cut) reaches the app as ``scope["state"]["guard_result"]`` (``request.state.guard_result`` in
+Starlette and FastAPI), so the app need not tokenize again. When the guard truncates, the app receives the truncated
+body and the response carries ``x-autoglm-truncated-tokens: N`` and ``x-autoglm-warning-code: E0514``::
 
     app = ValidationMiddleware(app, context_guard=ContextWindowGuard(tokenizer, 8192))
+
+The middleware is never a Starlette ``BaseHTTPMiddleware``: that would break disconnect detection and streaming.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
+import threading
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
 from typing import Any
 
-from autoglm_runtime.errors import INPUT_TRUNCATED, AutoGLMRuntimeError, RequestTooLargeError, UsageError
-from autoglm_runtime.validation._openai import OpenAIExtractor, error_body
+from autoglm_runtime.errors import (
+    INPUT_TRUNCATED,
+    AutoGLMRuntimeError,
+    BodyTimeoutError,
+    GuardOverloadedError,
+    RequestTooLargeError,
+    UsageError,
+)
+from autoglm_runtime.logging import get_logger
+from autoglm_runtime.validation._openai import ErrorStyle, OpenAIExtractor, error_body
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
 from autoglm_runtime.validation.headers import HeaderTokenGuard
 
-__all__ = ["ERROR_CODE_HEADER", "TRUNCATED_TOKENS_HEADER", "WARNING_CODE_HEADER", "ValidationMiddleware"]
+__all__ = [
+    "ERROR_CODE_HEADER",
+    "GUARD_RESULT_KEY",
+    "TRUNCATED_TOKENS_HEADER",
+    "WARNING_CODE_HEADER",
+    "ValidationMiddleware",
+]
+
+log = get_logger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -42,11 +70,14 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 TRUNCATED_TOKENS_HEADER = "x-autoglm-truncated-tokens"
 WARNING_CODE_HEADER = "x-autoglm-warning-code"
 ERROR_CODE_HEADER = "x-autoglm-error-code"
+#: The key of ``scope["state"]`` holding the guard's :class:`GuardResult`.
+GUARD_RESULT_KEY = "guard_result"
 
 _DEFAULT_PATHS = ("/v1/completions", "/v1/chat/completions")
 _DEFAULT_HEADER_GUARD = HeaderTokenGuard()
 # Judging a small body inline is cheaper than a thread hop; larger ones would stall the event loop.
 _INLINE_BODY_BYTES = 16_384
+_FRAMING = (b"content-length", b"transfer-encoding")
 
 
 class _Disconnected(Exception):
@@ -58,8 +89,12 @@ class ValidationMiddleware:
 
     ``paths`` are the exact request paths whose bodies are judged (``None``: every path); header checks apply to
     every HTTP and WebSocket request. ``header_guard=None`` turns the header check off, ``context_guard=None``
-    the token check (bodies are still size- and decode-checked). ``offload`` judges large bodies in a worker
-    thread (``asyncio.to_thread``) so tokenizing does not block the event loop; turn it off outside asyncio.
+    the token check (bodies are still size- and decode-checked). ``offload`` judges large bodies on the
+    middleware's pool of ``max_concurrent_checks`` threads so tokenizing does not block the event loop (turn it off
+    outside asyncio). ``body_timeout`` (seconds, ``None`` for none) bounds how long a body may take to arrive.
+
+    The pool starts with the first large body (or :meth:`start`) and stops with :meth:`stop`, at ASGI lifespan
+    shutdown, or when the middleware is used as a context manager.
     """
 
     def __init__(
@@ -74,9 +109,19 @@ class ValidationMiddleware:
         paths: Collection[str] | None = _DEFAULT_PATHS,
         methods: Collection[str] = ("POST",),
         offload: bool = True,
+        max_concurrent_checks: int = 4,
+        retry_after: int = 1,
+        body_timeout: float | None = 30.0,
+        error_style: ErrorStyle = "autoglm",
     ) -> None:
         if max_body_bytes < 1:
             raise UsageError(f"max_body_bytes must be at least 1, got {max_body_bytes}")
+        if isinstance(max_concurrent_checks, bool) or max_concurrent_checks < 1:
+            raise UsageError(f"max_concurrent_checks must be at least 1, got {max_concurrent_checks}")
+        if body_timeout is not None and body_timeout <= 0:
+            raise UsageError(f"body_timeout must be positive or None, got {body_timeout}")
+        if error_style not in ("autoglm", "openai"):
+            raise UsageError(f"error_style must be 'autoglm' or 'openai', got {error_style!r}")
         self.app = app
         self.context_guard = context_guard
         self.header_guard = header_guard
@@ -86,9 +131,41 @@ class ValidationMiddleware:
         self.paths = frozenset(paths) if paths is not None else None
         self.methods = frozenset(method.upper() for method in methods)
         self.offload = offload
+        self.max_concurrent_checks = max_concurrent_checks
+        self.retry_after = retry_after
+        self.body_timeout = body_timeout
+        self.error_style: ErrorStyle = error_style
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._busy = 0
+
+    def start(self) -> None:
+        """Start the pool of guard threads (done on demand otherwise)."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.max_concurrent_checks, thread_name_prefix="autoglm-guard")
+
+    def stop(self) -> None:
+        """Stop the pool and wait for its threads; a later large body starts a new one."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    def __enter__(self) -> ValidationMiddleware:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
+        if kind == "lifespan":
+            await self.app(scope, receive, self._stopping_on_shutdown(send))
+            return
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
@@ -96,26 +173,64 @@ class ValidationMiddleware:
             if self.header_guard is not None:
                 self.header_guard.check(scope.get("headers") or ())
         except AutoGLMRuntimeError as exc:
-            await self._reject(exc, kind, send)
+            await self._reject(exc, kind, scope, send)
             return
         if kind != "http" or not self._guards(scope):
             await self.app(scope, receive, send)
             return
         try:
-            body = await self._read_body(scope, receive)
+            if self.body_timeout is None:
+                body = await self._read_body(scope, receive)
+            else:
+                body = await self._read_body_in_time(scope, receive, self.body_timeout)
             if self.offload and len(body) > _INLINE_BODY_BYTES:
-                body, result = await asyncio.to_thread(self._judge, body)
+                body, result = await self._judge_on_pool(body)
             else:
                 body, result = self._judge(body)
         except _Disconnected:
             return
         except AutoGLMRuntimeError as exc:
-            await self._reject(exc, kind, send)
+            await self._reject(exc, kind, scope, send)
             return
         await self._forward(scope, receive, send, body, result)
 
+    def _stopping_on_shutdown(self, send: Send) -> Send:
+        async def wrapped(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await asyncio.get_running_loop().run_in_executor(None, self.stop)
+            await send(message)
+
+        return wrapped
+
     def _guards(self, scope: Scope) -> bool:
         return scope.get("method", "GET") in self.methods and (self.paths is None or scope.get("path") in self.paths)
+
+    async def _read_body_in_time(self, scope: Scope, receive: Receive, timeout: float) -> bytes:
+        try:
+            return await asyncio.wait_for(self._read_body(scope, receive), timeout)
+        except asyncio.TimeoutError:
+            raise BodyTimeoutError(
+                f"the request body did not arrive within {timeout:g} seconds: send the body promptly "
+                "(the server's body_timeout)"
+            ) from None
+
+    async def _judge_on_pool(self, body: bytes) -> tuple[bytes, GuardResult | None]:
+        with self._lock:
+            if self._busy >= self.max_concurrent_checks:
+                raise GuardOverloadedError(
+                    f"all {self.max_concurrent_checks} guard threads are busy judging other requests: retry in "
+                    f"{self.retry_after} seconds",
+                    retry_after=self.retry_after,
+                )
+            self._busy += 1
+        try:
+            self.start()
+            assert self._executor is not None
+            context = contextvars.copy_context()
+            return await asyncio.get_running_loop().run_in_executor(self._executor, context.run, self._judge, body)
+        finally:
+            with self._lock:
+                self._busy -= 1
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.max_body_bytes
@@ -153,9 +268,7 @@ class ValidationMiddleware:
         extracted = self.extractor.extract(value)
         if self.context_guard is None or (not extracted.fields and extracted.max_output_tokens is None):
             return body, None
-        result = self.context_guard.check(
-            extracted.segments, max_output_tokens=extracted.max_output_tokens, param=extracted.param
-        )
+        result = self.context_guard.judge(extracted.guard_input())
         if not result.truncated:
             return body, result
         rewritten = self.extractor.apply(value, extracted, result)
@@ -173,10 +286,13 @@ class ValidationMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
+        if result is not None:
+            scope.setdefault("state", {})[GUARD_RESULT_KEY] = result
         if result is None or not result.truncated:
             await self.app(scope, replay, send)
             return
-        headers = [(k, v) for k, v in scope.get("headers") or () if k.lower() != b"content-length"]
+        # The app reads the rewritten body whole, so exactly one framing header describes it.
+        headers = [(k, v) for k, v in scope.get("headers") or () if k.lower() not in _FRAMING]
         headers.append((b"content-length", str(len(body)).encode("ascii")))
         extra = [
             (TRUNCATED_TOKENS_HEADER.encode("ascii"), str(result.removed_tokens).encode("ascii")),
@@ -191,21 +307,27 @@ class ValidationMiddleware:
 
         await self.app({**scope, "headers": headers}, replay, send_marked)
 
-    async def _reject(self, exc: AutoGLMRuntimeError, kind: str, send: Send) -> None:
+    async def _reject(self, exc: AutoGLMRuntimeError, kind: str, scope: Scope, send: Send) -> None:
+        log.warning(
+            "request to %s rejected: %s",
+            scope.get("path"),
+            exc.message,
+            extra={"error_code": exc.code, "status": exc.http_status, "param": getattr(exc, "param", None)},
+        )
         if kind == "websocket":
             # Closing before accepting makes the server answer the handshake with 403.
             await send({"type": "websocket.close", "code": 1008, "reason": f"{exc.code}: {exc.message}"[:120]})
             return
-        payload = json.dumps(error_body(exc)).encode("utf-8")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": exc.http_status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode("ascii")),
-                    (ERROR_CODE_HEADER.encode("ascii"), exc.code.encode("ascii")),
-                ],
-            }
-        )
+        payload = json.dumps(error_body(exc, self.error_style)).encode("utf-8")
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode("ascii")),
+            (ERROR_CODE_HEADER.encode("ascii"), exc.code.encode("ascii")),
+        ]
+        if isinstance(exc, GuardOverloadedError):
+            headers.append((b"retry-after", str(exc.retry_after).encode("ascii")))
+        if isinstance(exc, BodyTimeoutError | RequestTooLargeError):
+            # The rest of the body is never read, so the connection cannot carry another request.
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
         await send({"type": "http.response.body", "body": payload, "more_body": False})

@@ -1,14 +1,19 @@
 """ContextWindowGuard: input tokens plus requested output tokens must fit the model's context window.
 
-The guard counts with the model's own tokenizer and, by default, rejects an overflow with E0513 naming both numbers
-and the limit. Truncation happens only when asked for; the guard then cuts the token ids itself (it never flips a
-shared tokenizer's truncation setting), logs E0514, and says how many tokens it removed::
+The guard counts with the model's own tokenizer (and, when given one, the model's own chat template) and, by
+default, rejects an overflow with E0513 in the words OpenAI-compatible clients look for ("This model's maximum
+context length is N tokens"). Truncation happens only when asked for; the guard then cuts the token ids itself
+(it never flips a shared tokenizer's truncation setting), logs E0514, and says how many tokens it removed::
 
     guard = ContextWindowGuard(tokenizer, 8192)
     result = guard.check(prompt, max_output_tokens=256)       # raises ContextWindowExceededError on overflow
     guard = ContextWindowGuard(tokenizer, 8192, truncate_on_overflow=True)
     result = guard.check(prompt, max_output_tokens=256)
     result.removed_tokens, result.text                        # what was cut, and what is left
+
+A :class:`GuardInput` describes a whole request: a batch of prompts is judged prompt by prompt, pinned pieces
+(system and developer messages, tool definitions, a ``suffix``) are counted but never cut, and a chat's messages
+are dropped oldest first when truncating.
 
 Absurdly long input never ties up a worker, in two steps:
 
@@ -20,91 +25,67 @@ Absurdly long input never ties up a worker, in two steps:
    minus a slack of ``BOUNDARY_SLACK`` tokens for each cut (a cut can split what the whole text would merge),
    exceed what is left. Input that turns out to fit is then tokenized whole, so accepted counts are exact.
 
-Truncation needs the exact count of what it removes, so with truncation on the input is tokenized whole; bound
-that work with the body limit of the adapter in front (the ASGI middleware's ``max_body_bytes``).
+Short pieces are tokenized together in one batch call (identical pieces once), so a body of many small strings
+costs one tokenizer call per batch rather than one per string. Truncating a very long piece tokenizes only a
+bounded part of it (see :mod:`autoglm_runtime.validation._truncation`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from contextvars import ContextVar
+from dataclasses import replace
+from typing import TYPE_CHECKING, Literal, cast
 
-from autoglm_runtime.errors import (
-    INPUT_TRUNCATED,
-    ContextWindowExceededError,
-    InputDecodeError,
-    InvalidRequestError,
-    UsageError,
-)
-from autoglm_runtime.logging import get_logger
+from autoglm_runtime.errors import ContextWindowExceededError, InputDecodeError, InvalidRequestError, UsageError
 from autoglm_runtime.validation.limits import Limits, LimitsSource, StaticLimits, TruncationSide
-from autoglm_runtime.validation.tokenizers import Tokenizer
+from autoglm_runtime.validation.request import Chat, GuardInput, GuardResult, Segment
+from autoglm_runtime.validation.tokenizers import BatchTokenizer, HFTokenizer, Tokenizer
 
-__all__ = ["BOUNDARY_SLACK", "ContextWindowGuard", "GuardInput", "GuardResult", "Segment"]
+if TYPE_CHECKING:
+    from autoglm_runtime.validation.chat_template import ChatTemplate
 
-log = get_logger(__name__)
-
-#: Input pieces a guard counts: text, or token ids the client sent already tokenized.
-Segment = str | tuple[int, ...]
+__all__ = ["BOUNDARY_SLACK", "Chat", "ContextWindowGuard", "GuardInput", "GuardResult", "Segment"]
 
 #: Tokens a chunk cut may add compared with tokenizing across it (merges split, a prefix space added).
 BOUNDARY_SLACK = 8
 
 _MIN_CHUNK_CHARS = 16_384
 _CUT_LOOKBACK = 1_024
-_FIT_ROUNDS = 8
+#: Characters of short pieces tokenized in one batch call before the running total is compared with the budget.
+_BATCH_CHARS = 65_536
+#: Token ids of a batch's prompts, tokenized together ahead of judging them one by one (per call, per thread).
+_memo: ContextVar[dict[str, list[int]] | None] = ContextVar("autoglm_guard_memo", default=None)
 
 
-@dataclass(frozen=True)
-class GuardInput:
-    """What an adapter's extractor hands a guard: the input, the output budget asked for, the field to blame.
-
-    >>> GuardInput("Tell me a story", max_output_tokens=200, param="prompt")
-    GuardInput(segments='Tell me a story', max_output_tokens=200, param='prompt')
-    """
-
-    segments: str | Sequence[int] | Sequence[str | Sequence[int]]
-    max_output_tokens: int | None = None
-    param: str | None = None
-
-
-@dataclass(frozen=True)
-class GuardResult:
-    """What the guard let through.
-
-    ``segments`` and ``token_ids`` are the input as it should reach the model (truncated if ``removed_tokens``
-    is not zero); ``input_tokens`` is their token count.
-    """
-
-    input_tokens: int
-    output_tokens: int
-    context_window: int
-    removed_tokens: int
-    segments: tuple[Segment, ...]
-    token_ids: tuple[tuple[int, ...], ...]
-
-    @property
-    def truncated(self) -> bool:
-        """Whether input was removed to make the request fit."""
-        return self.removed_tokens > 0
-
-    @property
-    def text(self) -> str:
-        """The text segments joined (for a single prompt: the prompt as it should reach the model)."""
-        return "".join(segment for segment in self.segments if isinstance(segment, str))
-
-
-def _overflow(
-    input_tokens: int, output_tokens: int, window: int, param: str | None, *, at_least: bool
+def overflow_error(
+    input_tokens: int, output_tokens: int, window: int, param: str | None, output_param: str, *, at_least: bool
 ) -> ContextWindowExceededError:
+    """E0513 worded as OpenAI words it, so clients that look for the phrase recognise it."""
     has = "at least " if at_least else ""
     return ContextWindowExceededError(
-        f"the input has {has}{input_tokens} tokens and {output_tokens} output tokens were requested "
-        f"({has}{input_tokens + output_tokens} in total), more than the context window of {window} tokens: "
-        "shorten the input or lower max_tokens",
+        f"This model's maximum context length is {window} tokens. However, you requested {has}"
+        f"{input_tokens + output_tokens} tokens ({has}{input_tokens} in the input, {output_tokens} in the completion "
+        f"asked for by {output_param}), more than the context window of {window} tokens: shorten the input or "
+        f"lower {output_param}",
         param=param,
     )
+
+
+def _output_error(output: int, window: int, output_param: str) -> ContextWindowExceededError:
+    return ContextWindowExceededError(
+        f"This model's maximum context length is {window} tokens. However, {output_param} asks for {output} output "
+        f"tokens, more than the context window of {window} tokens on its own: lower {output_param} to at most "
+        f"{window} minus the input's tokens",
+        param=output_param,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _batches(kind: type) -> bool:
+    # What isinstance(tok, BatchTokenizer) decides, asked once per tokenizer class rather than per call.
+    return callable(getattr(kind, "encode_batch", None))
 
 
 def _cut(text: str, target: int) -> int:
@@ -115,20 +96,39 @@ def _cut(text: str, target: int) -> int:
     return target
 
 
-def _segments(text: str | Sequence[int] | Sequence[str | Sequence[int]]) -> list[Segment]:
+def _is_ids(item: object) -> bool:
+    return isinstance(item, Sequence) and not isinstance(item, str | bytes)
+
+
+def _all_ints(items: Sequence[object]) -> bool:
+    # One pass in C over the element types; bool is a distinct type, so True/False are not token ids.
+    return set(map(type, items)) == {int}
+
+
+def _segments(text: object) -> list[Segment]:
     if isinstance(text, str):
         return [text]
+    if not isinstance(text, Sequence) or isinstance(text, bytes):
+        raise InvalidRequestError(
+            f"the input to judge must be a string, token ids or a list of those, got {type(text).__name__}: "
+            "fix the extractor or the request"
+        )
+    if isinstance(text, tuple) and _all_ints(text):
+        return [text]
     items = list(text)
-    if items and all(isinstance(item, int) and not isinstance(item, bool) for item in items):
-        return [tuple(item for item in items if isinstance(item, int))]
+    if items and _all_ints(items):
+        return [tuple(items)]
     segments: list[Segment] = []
     for item in items:
         if isinstance(item, str):
             segments.append(item)
-        elif isinstance(item, Sequence) and all(isinstance(i, int) and not isinstance(i, bool) for i in item):
-            segments.append(tuple(i for i in item if isinstance(i, int)))
+        elif _is_ids(item) and (not item or _all_ints(item)):
+            segments.append(item if isinstance(item, tuple) else tuple(item))
         else:
-            raise UsageError(f"input segments must be strings or sequences of token ids, got {type(item).__name__}")
+            raise InvalidRequestError(
+                f"input pieces must be strings or lists of token ids, got {type(item).__name__}: "
+                "fix the extractor or the request"
+            )
     return segments
 
 
@@ -138,14 +138,17 @@ class ContextWindowGuard:
     ``context_window`` is a token count or a :class:`LimitsSource` read once per request (then the source decides
     truncation too). ``max_chars_per_token`` overrides the tokenizer's ``max_token_chars`` for the pre-check
     (``None`` turns the pre-check off). ``default_output_tokens`` is assumed when a request names no output budget.
+    ``chat_template`` renders chat requests as the model will read them; without one, each message costs
+    ``message_tokens`` on top of its text (a cautious stand-in for the template's own tokens).
 
     >>> from autoglm_runtime.validation import CallableTokenizer
     >>> guard = ContextWindowGuard(CallableTokenizer(str.split), 4)
     >>> guard.check("one two three", max_output_tokens=2)
     Traceback (most recent call last):
     ...
-    autoglm_runtime.errors.ContextWindowExceededError: E0513: the input has 3 tokens and 2 output tokens were \
-requested (5 in total), more than the context window of 4 tokens: shorten the input or lower max_tokens
+    autoglm_runtime.errors.ContextWindowExceededError: E0513: This model's maximum context length is 4 tokens. \
+However, you requested 5 tokens (3 in the input, 2 in the completion asked for by max_tokens), more than the \
+context window of 4 tokens: shorten the input or lower max_tokens
     """
 
     def __init__(
@@ -157,6 +160,8 @@ requested (5 in total), more than the context window of 4 tokens: shorten the in
         truncation_side: TruncationSide = "left",
         max_chars_per_token: int | Literal["auto"] | None = "auto",
         default_output_tokens: int = 0,
+        chat_template: ChatTemplate | None = None,
+        message_tokens: int = 4,
     ) -> None:
         if isinstance(context_window, int):
             self._limits: LimitsSource = StaticLimits(
@@ -175,9 +180,17 @@ requested (5 in total), more than the context window of 4 tokens: shorten the in
             raise UsageError(f"max_chars_per_token must be at least 1 or None, got {max_chars_per_token}")
         if default_output_tokens < 0:
             raise UsageError(f"default_output_tokens must not be negative, got {default_output_tokens}")
+        if message_tokens < 0:
+            raise UsageError(f"message_tokens must not be negative, got {message_tokens}")
         self.tokenizer = tokenizer
         self.max_chars_per_token: int | None = max_chars_per_token
         self.default_output_tokens = default_output_tokens
+        self.chat_template = chat_template
+        self.message_tokens = message_tokens
+        # A rendered chat already holds the special tokens the template writes; vLLM tokenizes it without adding more.
+        self.prompt_tokenizer: Tokenizer = (
+            tokenizer.without_special_tokens() if isinstance(tokenizer, HFTokenizer) else tokenizer
+        )
 
     @property
     def limits(self) -> Limits:
@@ -197,28 +210,105 @@ requested (5 in total), more than the context window of 4 tokens: shorten the in
         ``allow_truncation=False`` rejects even when the limits enable truncation (for callers that cannot pass
         a truncated input on). Raises :class:`ContextWindowExceededError` or :class:`InputDecodeError`.
         """
-        limits = self._limits.current()
-        window = limits.context_window
-        output = self.default_output_tokens if max_output_tokens is None else max_output_tokens
-        if isinstance(output, bool) or not isinstance(output, int) or output < 0:
-            raise InvalidRequestError(f"max_tokens must be a non-negative integer, got {output!r}", param="max_tokens")
-        budget = window - output
-        segments = _segments(text)
-        if budget < 0 and not segments:
-            # No input to count, yet the output budget alone is over the window.
-            raise _overflow(0, output, window, "max_tokens", at_least=False)
-        if limits.truncate_on_overflow and allow_truncation and budget >= 1:
-            ids = [self._encode_segment(segment) for segment in segments]
-            total = sum(len(i) for i in ids)
-            if total <= budget:
-                return GuardResult(total, output, window, 0, tuple(segments), tuple(tuple(i) for i in ids))
-            return self._truncate(segments, ids, budget=budget, output=output, limits=limits)
-        self._precheck(segments, budget, output, window, param)
-        return self._count(segments, budget, output, window, param)
+        return self.judge(GuardInput(text, max_output_tokens, param), allow_truncation=allow_truncation)
 
-    def _encode(self, text: str) -> list[int]:
+    def judge(self, request: GuardInput, *, allow_truncation: bool = True) -> GuardResult:
+        """Judge a whole request described by ``request`` (batch prompts, pinned pieces, chat messages)."""
+        limits = self._limits.current()
+        output = self.default_output_tokens if request.max_output_tokens is None else request.max_output_tokens
+        if isinstance(output, bool) or not isinstance(output, int) or output < 0:
+            raise InvalidRequestError(
+                f"{request.output_param} must be a non-negative integer, got {output!r:.40}",
+                param=request.output_param,
+            )
+        if output > limits.context_window:
+            raise _output_error(output, limits.context_window, request.output_param)
+        segments = _segments(request.segments)
+        if not request.batch:
+            return self._judge_one(request, segments, output, limits, allow_truncation)
+        shared = [segment for index, segment in enumerate(segments) if index in request.pinned]
+        prompts = [segment for index, segment in enumerate(segments) if index not in request.pinned]
+        results = []
+        memo: dict[str, list[int]] = {}
+        token = _memo.set(memo)
         try:
-            return self.tokenizer.encode(text)
+            for number, prompt in enumerate(prompts):
+                if isinstance(prompt, str) and len(prompt) <= _MIN_CHUNK_CHARS and prompt not in memo:
+                    self._prefetch(prompts, number, memo)
+                one = replace(
+                    request,
+                    param=f"{request.param}[{number}]" if request.param else None,
+                    pinned=frozenset(range(1, len(shared) + 1)),
+                    batch=False,
+                )
+                results.append(self._judge_one(one, [prompt, *shared], output, limits, allow_truncation))
+        finally:
+            _memo.reset(token)
+        judged = iter(r.segments[0] for r in results)
+        return GuardResult(
+            sum(r.input_tokens for r in results),
+            output,
+            limits.context_window,
+            sum(r.removed_tokens for r in results),
+            tuple(segment if index in request.pinned else next(judged) for index, segment in enumerate(segments)),
+            tuple(r.token_ids[0] for r in results),
+            batch=tuple(results),
+        )
+
+    def _prefetch(self, prompts: Sequence[Segment], start: int, memo: dict[str, list[int]]) -> None:
+        """Tokenize the short prompts from ``start`` on, up to about ``_BATCH_CHARS`` characters, in one call."""
+        batch: list[str] = []
+        chars = 0
+        for prompt in prompts[start:]:
+            if isinstance(prompt, str) and len(prompt) <= _MIN_CHUNK_CHARS and prompt not in memo:
+                batch.append(prompt)
+                chars += len(prompt)
+                if chars >= _BATCH_CHARS:
+                    break
+        memo.update(zip(batch, self.encode_many(batch), strict=True))
+
+    def _judge_one(
+        self, request: GuardInput, segments: list[Segment], output: int, limits: Limits, allow_truncation: bool
+    ) -> GuardResult:
+        from autoglm_runtime.validation import _truncation
+
+        budget = limits.context_window - output
+        truncating = limits.truncate_on_overflow and allow_truncation
+        if request.chat is not None and self.chat_template is not None:
+            return _truncation.judge_rendered(self, request, segments, output, limits, truncating=truncating)
+        fixed = request.fixed_tokens
+        if request.chat is not None:
+            fixed += self.message_tokens * len(request.chat.messages) + self.message_tokens
+        if truncating and budget - fixed >= 1:
+            return _truncation.judge_truncating(self, request, segments, fixed=fixed, output=output, limits=limits)
+        self._precheck(
+            segments, budget - fixed, fixed=fixed, output=output, window=limits.context_window, request=request
+        )
+        ids = self.count(segments, budget - fixed, request, fixed=fixed, output=output, window=limits.context_window)
+        total = fixed + sum(len(i) for i in ids)
+        return GuardResult(total, output, limits.context_window, 0, tuple(segments), tuple(tuple(i) for i in ids))
+
+    def encode(self, text: str, *, tokenizer: Tokenizer | None = None) -> list[int]:
+        """``text``'s ids; a tokenizer failure becomes :class:`InputDecodeError` (E5009)."""
+        return self.encode_many([text], tokenizer=tokenizer)[0]
+
+    def encode_many(self, texts: Sequence[str], *, tokenizer: Tokenizer | None = None) -> list[list[int]]:
+        """The ids of each text, in one batch call when the tokenizer has one, each distinct text once."""
+        tok = tokenizer or self.tokenizer
+        memo = _memo.get() if tokenizer is None else None
+        if memo:
+            missing = [text for text in texts if text not in memo]
+            if not missing:
+                return [memo[text] for text in texts]
+            found = dict(zip(missing, self._encode_distinct(missing, tok), strict=True))
+            return [memo[text] if text in memo else found[text] for text in texts]
+        return self._encode_distinct(texts, tok)
+
+    def _encode_distinct(self, texts: Sequence[str], tok: Tokenizer) -> list[list[int]]:
+        unique = list(dict.fromkeys(texts))
+        try:
+            batching = cast(BatchTokenizer, tok) if _batches(type(tok)) else None
+            encoded = batching.encode_batch(unique) if batching else [tok.encode(text) for text in unique]
         except UsageError:
             raise
         except Exception as exc:
@@ -226,115 +316,82 @@ requested (5 in total), more than the context window of 4 tokens: shorten the in
             raise InputDecodeError(
                 f"the tokenizer could not encode the input ({type(exc).__name__}): send well-formed text"
             ) from exc
+        by_text = dict(zip(unique, encoded, strict=True))
+        return [by_text[text] for text in texts]
 
-    def _encode_segment(self, segment: Segment) -> list[int]:
-        return list(segment) if isinstance(segment, tuple) else self._encode(segment)
-
-    def _precheck(self, segments: list[Segment], budget: int, output: int, window: int, param: str | None) -> None:
+    def _precheck(
+        self, segments: list[Segment], budget: int, *, fixed: int, output: int, window: int, request: GuardInput
+    ) -> None:
         per_token = self.max_chars_per_token
         if per_token is None:
             return
         chars = sum(len(s) for s in segments if isinstance(s, str))
-        fixed = sum(len(s) for s in segments if isinstance(s, tuple))
-        at_least = fixed + -(-chars // per_token)
+        ids = sum(len(s) for s in segments if isinstance(s, tuple))
+        at_least = ids + -(-chars // per_token)
         if at_least > budget:
-            raise _overflow(at_least, output, window, param, at_least=True)
+            raise overflow_error(at_least + fixed, output, window, request.param, request.output_param, at_least=True)
 
-    def _count(self, segments: list[Segment], budget: int, output: int, window: int, param: str | None) -> GuardResult:
-        all_ids: list[list[int]] = []
-        running = 0
-        for index, segment in enumerate(segments):
-            ids, counted = self._count_segment(segment, budget - running)
-            if ids is None or running + counted > budget:
-                exact = ids is not None and index == len(segments) - 1
-                raise _overflow(running + counted, output, window, param, at_least=not exact)
-            running += counted
-            all_ids.append(ids)
-        return GuardResult(running, output, window, 0, tuple(segments), tuple(tuple(i) for i in all_ids))
+    def count(
+        self,
+        segments: Sequence[Segment],
+        budget: int,
+        request: GuardInput,
+        *,
+        fixed: int,
+        output: int,
+        window: int,
+        tokenizer: Tokenizer | None = None,
+    ) -> list[list[int]]:
+        """Each segment's ids, or E0513 as soon as their running total is proven to exceed ``budget``."""
+        running = sum(len(s) for s in segments if isinstance(s, tuple))
 
-    def _count_segment(self, segment: Segment, remaining: int) -> tuple[list[int] | None, int]:
-        """``(ids, len(ids))``, or ``(None, lower_bound)`` once chunked counting proved ``remaining`` exceeded."""
-        if isinstance(segment, tuple):
-            return list(segment), len(segment)
-        chunk = max(_MIN_CHUNK_CHARS, 8 * (max(remaining, 0) + 1))
-        if len(segment) > chunk:
+        def over(counted: int, *, exact: bool) -> ContextWindowExceededError:
+            return overflow_error(
+                counted + fixed, output, window, request.param, request.output_param, at_least=not exact
+            )
+
+        if running > budget:
+            raise over(running, exact=False)
+        ids: list[list[int] | None] = [list(s) if isinstance(s, tuple) else None for s in segments]
+        batch: list[int] = []
+        batch_chars = 0
+        order = [i for i, s in enumerate(segments) if isinstance(s, str)]
+        for position, index in enumerate(order):
+            text = segments[index]
+            assert isinstance(text, str)
+            if len(text) > _MIN_CHUNK_CHARS:
+                counted, exact = self._count_long(text, budget - running, tokenizer)
+                if exact is None:
+                    raise over(running + counted, exact=False)
+                ids[index] = exact
+                running += counted
+            else:
+                batch.append(index)
+                batch_chars += len(text)
+            if batch and (batch_chars >= _BATCH_CHARS or position == len(order) - 1):
+                encoded = self.encode_many([segments[i] for i in batch], tokenizer=tokenizer)  # type: ignore[misc]
+                for i, e in zip(batch, encoded, strict=True):
+                    ids[i] = e
+                running += sum(len(e) for e in encoded)
+                batch, batch_chars = [], 0
+            if running > budget:
+                raise over(running, exact=position == len(order) - 1)
+        return [i if i is not None else [] for i in ids]
+
+    def _count_long(self, text: str, remaining: int, tokenizer: Tokenizer | None) -> tuple[int, list[int] | None]:
+        """``(len(ids), ids)``, or ``(lower_bound, None)`` once chunked counting proved ``remaining`` exceeded."""
+        if len(text) > max(_MIN_CHUNK_CHARS, 8 * (max(remaining, 0) + 1)):
+            # Far longer than could plausibly fit: count in chunks a little over what is left, so a rejection
+            # costs about the tokens left rather than the whole text (text that still fits is counted again whole).
+            chunk = max(_MIN_CHUNK_CHARS, 2 * (max(remaining, 0) + 1))
             position = counted = cuts = 0
-            while position < len(segment):
-                end = len(segment) if position + chunk >= len(segment) else _cut(segment, position + chunk)
-                counted += len(self._encode(segment[position:end]))
+            while position < len(text):
+                end = len(text) if position + chunk >= len(text) else _cut(text, position + chunk)
+                counted += len(self.encode(text[position:end], tokenizer=tokenizer))
                 position = end
-                cuts += position < len(segment)
+                cuts += position < len(text)
                 lower = counted - BOUNDARY_SLACK * cuts
                 if lower > remaining:
-                    return None, lower
-        ids = self._encode(segment)
-        return ids, len(ids)
-
-    def _truncate(
-        self, segments: list[Segment], ids: list[list[int]], *, budget: int, output: int, limits: Limits
-    ) -> GuardResult:
-        side, window = limits.truncation_side, limits.context_window
-        total = sum(len(i) for i in ids)
-        to_remove = total - budget
-        kept_segments = list(segments)
-        kept_ids = [list(i) for i in ids]
-        order = range(len(segments)) if side == "left" else range(len(segments) - 1, -1, -1)
-        for index in order:
-            if to_remove <= 0:
-                break
-            current = kept_ids[index]
-            cut = min(to_remove, len(current))
-            keep = current[cut:] if side == "left" else current[: len(current) - cut]
-            to_remove -= cut
-            if isinstance(segments[index], tuple) or not keep:
-                kept_ids[index] = keep
-                kept_segments[index] = tuple(keep) if isinstance(segments[index], tuple) else ""
-                continue
-            kept_segments[index], kept_ids[index] = self._fit_text(keep, side=side, output=output, window=window)
-        kept = sum(len(i) for i in kept_ids)
-        removed = total - kept
-        log.warning(
-            "input truncated to fit the context window: %d of %d tokens removed from the %s",
-            removed,
-            total,
-            side,
-            extra={
-                "error_code": INPUT_TRUNCATED,
-                "removed_tokens": removed,
-                "input_tokens": kept,
-                "output_tokens": output,
-                "context_window": window,
-            },
-        )
-        return GuardResult(kept, output, window, removed, tuple(kept_segments), tuple(tuple(i) for i in kept_ids))
-
-    def _fit_text(self, keep: list[int], *, side: TruncationSide, output: int, window: int) -> tuple[str, list[int]]:
-        """Text for ``keep`` whose own re-tokenization still fits ``target`` tokens.
-
-        Decoding a cut sequence and tokenizing it again may yield a token or two more (a split merge, a special
-        token added back); the model sees the re-tokenized text, so that is what must fit.
-        """
-        target = len(keep)
-        for _ in range(_FIT_ROUNDS):
-            try:
-                text = self.tokenizer.decode(keep)
-            except UsageError:
-                raise
-            except Exception as exc:
-                raise ContextWindowExceededError(
-                    f"the input does not fit the context window of {window} tokens with {output} output tokens "
-                    f"requested, and truncating it failed: the tokenizer could not decode the kept tokens "
-                    f"({type(exc).__name__}): shorten the input",
-                ) from exc
-            ids = self._encode(text)
-            excess = len(ids) - target
-            if excess <= 0:
-                return text, ids
-            keep = keep[excess:] if side == "left" else keep[: len(keep) - excess]
-            if not keep:
-                return "", []
-        raise ContextWindowExceededError(
-            f"the input could not be truncated to {target} tokens: after {_FIT_ROUNDS} attempts its re-tokenized "
-            f"text was still {len(ids)} tokens with {output} output tokens requested from a context window of "
-            f"{window} tokens: shorten the input",
-        )
+                    return lower, None
+        ids = self.encode(text, tokenizer=tokenizer)
+        return len(ids), ids

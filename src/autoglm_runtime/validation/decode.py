@@ -19,6 +19,13 @@ from autoglm_runtime.errors import InputDecodeError
 __all__ = ["DecodeGuard"]
 
 
+# A lone surrogate can only enter parsed JSON through a "\\udXXX" escape (strict UTF-8 rejects encoded ones), so a
+# body without one needs no look at its strings.
+def _may_hold_surrogates(text: str) -> bool:
+    # The one-character test is a fast memchr and settles most bodies.
+    return "\\" in text and ("\\ud" in text or "\\uD" in text)
+
+
 def _describe_position(index: int, where: str | None) -> str:
     return f"at character {index} of {where}" if where else f"at character {index}"
 
@@ -81,7 +88,8 @@ of prompt, which no tokenizer can encode: send well-formed Unicode text
                 "the request body is not valid JSON: a value in it cannot be converted (such as an integer too long "
                 "to parse): send a well-formed JSON object",
             ) from exc
-        self.check_value(value)
+        if _may_hold_surrogates(text) and _has_lone_surrogate(value):
+            self.check_value(value)
         return value
 
     def check_value(self, value: Any) -> None:
@@ -99,3 +107,33 @@ of prompt, which no tokenizer can encode: send well-formed Unicode text
                 stack.extend(reversed(children))
             elif isinstance(item, list):
                 stack.extend(reversed([(child, f"{path}[{index}]") for index, child in enumerate(item)]))
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether any string in ``value`` (keys too) cannot be written as UTF-8; builds no path on the way.
+
+    Strings are checked many at a time (joined, then encoded once): Python never merges two lone surrogates into a
+    pair, so a join fails to encode exactly when one of its parts does.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            texts = [key for key in item if isinstance(key, str)]
+            texts.extend(child for child in item.values() if isinstance(child, str))
+            stack.extend(child for child in item.values() if isinstance(child, dict | list))
+        elif isinstance(item, list):
+            texts = [child for child in item if type(child) is str]
+            if len(texts) < len(item):
+                stack.extend(child for child in item if type(child) is dict or type(child) is list)
+        elif isinstance(item, str):
+            texts = [item]
+        else:
+            continue
+        joined = "".join(texts)
+        if not joined.isascii():
+            try:
+                joined.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False

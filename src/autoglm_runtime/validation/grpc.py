@@ -15,26 +15,35 @@ call is aborted with the status named by the error class (``INVALID_ARGUMENT`` f
 :class:`AsyncValidationInterceptor` does the same for ``grpc.aio`` servers.
 
 Truncation needs a ``rewriter`` that builds the shortened request; without one the interceptor rejects instead
-of truncating. A truncated call carries ``x-autoglm-truncated-tokens`` and ``x-autoglm-warning-code`` in its
-trailing metadata (a handler that sets its own trailing metadata replaces them).
+of truncating. A truncated call carries ``x-autoglm-truncated-tokens`` (the total), ``x-autoglm-truncated-messages``
+(``index:tokens`` for every truncated message of the call, so a client stream reports each one) and
+``x-autoglm-warning-code`` in its trailing metadata (a handler that sets its own trailing metadata replaces them).
+
+An extractor or rewriter that fails, or returns something that is not input, ends the call with a coded status
+(E5010, ``INVALID_ARGUMENT``), never ``UNKNOWN``; every rejection is logged once with its code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
 
-from autoglm_runtime.errors import INPUT_TRUNCATED, AutoGLMRuntimeError
+from autoglm_runtime.errors import INPUT_TRUNCATED, AutoGLMRuntimeError, InvalidRequestError
+from autoglm_runtime.logging import get_logger
 from autoglm_runtime.validation.asgi import TRUNCATED_TOKENS_HEADER, WARNING_CODE_HEADER
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardInput, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
 from autoglm_runtime.validation.headers import HeaderTokenGuard
 
-__all__ = ["AsyncValidationInterceptor", "Extractor", "Rewriter", "ValidationInterceptor"]
+__all__ = ["TRUNCATED_MESSAGES_HEADER", "AsyncValidationInterceptor", "Extractor", "Rewriter", "ValidationInterceptor"]
+
+log = get_logger(__name__)
+
+TRUNCATED_MESSAGES_HEADER = "x-autoglm-truncated-messages"
 
 Extractor = Callable[[Any], "GuardInput | str | None"]
 Rewriter = Callable[[Any, GuardResult], Any]
@@ -47,7 +56,36 @@ def _status(exc: AutoGLMRuntimeError) -> grpc.StatusCode:
 
 
 def _details(exc: AutoGLMRuntimeError) -> str:
+    log.warning("gRPC call rejected: %s", exc.message, extra={"error_code": exc.code, "status": exc.grpc_status})
     return f"{exc.code}: {exc.message}"
+
+
+class _Tally:
+    """The messages one call has had judged, and which of them were truncated by how many tokens."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.cuts: list[tuple[int, int]] = []
+
+    def trailing(self) -> tuple[tuple[str, str], ...]:
+        total = sum(removed for _, removed in self.cuts)
+        return (
+            (TRUNCATED_TOKENS_HEADER, str(total)),
+            (TRUNCATED_MESSAGES_HEADER, ",".join(f"{index}:{removed}" for index, removed in self.cuts)),
+            (WARNING_CODE_HEADER, INPUT_TRUNCATED),
+        )
+
+
+def _call(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except AutoGLMRuntimeError:
+        raise
+    except Exception as exc:
+        # A plug-in that chokes on a request is the request's problem to the client, and must stay coded.
+        raise InvalidRequestError(
+            f"the server's {what} failed on this request ({type(exc).__name__}: {exc}): check the request fields"
+        ) from exc
 
 
 class _Guards:
@@ -76,30 +114,33 @@ class _Guards:
             return exc
         return None
 
-    def judge(self, request: Any) -> tuple[Any, tuple[tuple[str, str], ...] | None]:
-        """The request to pass on and the trailing metadata to set; raises our coded errors."""
+    def judge(self, request: Any, tally: _Tally) -> Any:
+        """The request to pass on (``tally`` records a truncation); raises our coded errors."""
         assert self.extractor is not None
-        extracted = self.extractor(request)
+        number = tally.seen
+        tally.seen += 1
+        extracted = _call("extractor", self.extractor, request)
         if extracted is None:
-            return request, None
+            return request
         if isinstance(extracted, str):
             extracted = GuardInput(extracted)
+        if not isinstance(extracted, GuardInput):
+            raise InvalidRequestError(
+                f"the server's extractor returned {type(extracted).__name__}, not a GuardInput, a string or None, "
+                "for this request: check the request fields"
+            )
         segments = extracted.segments
-        for segment in [segments] if isinstance(segments, str) else segments:
+        pieces = [segments] if isinstance(segments, str) else segments if isinstance(segments, Sequence) else []
+        for segment in pieces:
             if isinstance(segment, str):
                 self.decode_guard.check_text(segment, param=extracted.param)
         if self.context_guard is None:
-            return request, None
-        result = self.context_guard.check(
-            segments,
-            max_output_tokens=extracted.max_output_tokens,
-            param=extracted.param,
-            allow_truncation=self.rewriter is not None,
-        )
+            return request
+        result = self.context_guard.judge(extracted, allow_truncation=self.rewriter is not None)
         if not result.truncated or self.rewriter is None:
-            return request, None
-        trailing = ((TRUNCATED_TOKENS_HEADER, str(result.removed_tokens)), (WARNING_CODE_HEADER, INPUT_TRUNCATED))
-        return self.rewriter(request, result), trailing
+            return request
+        tally.cuts.append((number, result.removed_tokens))
+        return _call("rewriter", self.rewriter, request, result)
 
 
 class ValidationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -141,23 +182,24 @@ class ValidationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if handler.request_streaming:
 
             def guarded_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-                return behavior((self._judge(request, context) for request in requests), context)
+                tally = _Tally()
+                return behavior((self._judge(request, context, tally) for request in requests), context)
 
             return _build(handler, guarded_stream, request_deserializer=handler.request_deserializer)
 
         def guarded_unary(request: Any, context: grpc.ServicerContext) -> Any:
-            return behavior(self._judge(request, context), context)
+            return behavior(self._judge(request, context, _Tally()), context)
 
         return _build(handler, guarded_unary, request_deserializer=handler.request_deserializer)
 
-    def _judge(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def _judge(self, request: Any, context: grpc.ServicerContext, tally: _Tally) -> Any:
         try:
-            request, trailing = self._guards.judge(request)
+            request = self._guards.judge(request, tally)
         except AutoGLMRuntimeError as exc:
             context.abort(_status(exc), _details(exc))
             raise AssertionError("context.abort returned") from exc  # abort always raises
-        if trailing is not None:
-            context.set_trailing_metadata(trailing)
+        if tally.cuts:
+            context.set_trailing_metadata(tally.trailing())
         return request
 
 
@@ -195,13 +237,16 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         judge = self._judge
 
         async def judged(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            tally = _Tally()
             async for request in requests:
-                yield await judge(request, context)
+                yield await judge(request, context, tally)
 
         if handler.response_streaming:
 
             async def guarded_streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                incoming = judged(request, context) if handler.request_streaming else await judge(request, context)
+                incoming = (
+                    judged(request, context) if handler.request_streaming else await judge(request, context, _Tally())
+                )
                 outcome = behavior(incoming, context)
                 if inspect.isasyncgen(outcome):
                     async for response in outcome:
@@ -212,19 +257,21 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             return _build(handler, guarded_streaming, request_deserializer=handler.request_deserializer)
 
         async def guarded_single(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            incoming = judged(request, context) if handler.request_streaming else await judge(request, context)
+            incoming = (
+                judged(request, context) if handler.request_streaming else await judge(request, context, _Tally())
+            )
             return await behavior(incoming, context)
 
         return _build(handler, guarded_single, request_deserializer=handler.request_deserializer)
 
-    async def _judge(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def _judge(self, request: Any, context: grpc.aio.ServicerContext, tally: _Tally) -> Any:
         try:
-            request, trailing = await asyncio.to_thread(self._guards.judge, request)
+            request = await asyncio.to_thread(self._guards.judge, request, tally)
         except AutoGLMRuntimeError as exc:
             await context.abort(_status(exc), _details(exc))
             raise AssertionError("context.abort returned") from exc  # abort always raises
-        if trailing is not None:
-            context.set_trailing_metadata(trailing)
+        if tally.cuts:
+            context.set_trailing_metadata(tally.trailing())
         return request
 
 

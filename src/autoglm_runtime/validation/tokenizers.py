@@ -26,7 +26,14 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from autoglm_runtime.errors import UsageError
 
-__all__ = ["CallableTokenizer", "HFTokenizer", "TiktokenTokenizer", "Tokenizer", "load_tiktoken_ranks"]
+__all__ = [
+    "BatchTokenizer",
+    "CallableTokenizer",
+    "HFTokenizer",
+    "TiktokenTokenizer",
+    "Tokenizer",
+    "load_tiktoken_ranks",
+]
 
 
 @runtime_checkable
@@ -46,6 +53,14 @@ class Tokenizer(Protocol):
 
     def decode(self, ids: Sequence[int]) -> str:
         """The text of ``ids`` (used to produce the truncated input)."""
+
+
+@runtime_checkable
+class BatchTokenizer(Tokenizer, Protocol):
+    """A :class:`Tokenizer` that also encodes many texts in one call (the guards use it for many small pieces)."""
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """The token ids of each text, as :meth:`encode` would give them."""
 
 
 class CallableTokenizer:
@@ -121,6 +136,18 @@ class HFTokenizer:
         # The batch "fast" path skips offset tracking, which counting does not need.
         encoding = self._tok.encode_batch_fast([text], add_special_tokens=self._add_special_tokens)[0]
         return list(encoding.ids)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        encodings = self._tok.encode_batch_fast(list(texts), add_special_tokens=self._add_special_tokens)
+        return [list(encoding.ids) for encoding in encodings]
+
+    def without_special_tokens(self) -> HFTokenizer:
+        """The same tokenizer counting without the special tokens it adds (for text a chat template rendered)."""
+        if not self._add_special_tokens:
+            return self
+        plain = HFTokenizer.__new__(HFTokenizer)
+        plain._tok, plain._add_special_tokens, plain._max_token_chars = self._tok, False, self._max_token_chars
+        return plain
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._tok.decode(list(ids), skip_special_tokens=True))

@@ -1,0 +1,199 @@
+"""The guards wired as vLLM wires a middleware (``app.add_middleware(cls)``, settings from a file named by an
+environment variable) on a real FastAPI app under uvicorn, driven over real HTTP by the official openai client."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from starlette.middleware.base import BaseHTTPMiddleware
+from tests.validation._helpers import write_chat_model
+
+from autoglm_runtime.errors import UsageError
+from autoglm_runtime.validation import (
+    ChatTemplate,
+    ContextWindowGuard,
+    EnvValidationMiddleware,
+    HFTokenizer,
+    OpenAIExtractor,
+)
+from autoglm_runtime.validation.configured import CONFIG_ENV_VAR, GuardSettings
+
+CHATML = (
+    "{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+WINDOW = 64
+
+
+def build_app() -> FastAPI:
+    """A small OpenAI-compatible server whose usage counts come from the guard (it never tokenizes itself)."""
+    app = FastAPI()
+
+    def usage(request: Request, completion: int) -> dict[str, int]:
+        prompt = request.state.guard_result.input_tokens
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        return {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": usage(request, 1),
+        }
+
+    @app.post("/v1/completions")
+    async def complete(request: Request) -> dict[str, Any]:
+        body = await request.json()
+        prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+        choices = [
+            {"index": i, "text": p[-3:], "finish_reason": "stop", "logprobs": None} for i, p in enumerate(prompts)
+        ]
+        return {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": choices,
+            "usage": usage(request, len(prompts)),
+        }
+
+    app.add_middleware(EnvValidationMiddleware)  # exactly what vLLM's --middleware does with a class
+    return app
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    return write_chat_model(tmp_path / "model", CHATML)
+
+
+@pytest.fixture
+def server(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    settings = tmp_path / "guard.toml"
+    settings.write_text(
+        f'context_window = {WINDOW}\ntokenizer = "{model_dir / "tokenizer.json"}"\n'
+        f'chat_template = "{model_dir / "tokenizer_config.json"}"\nerror_style = "openai"\nbody_timeout = 0.5\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(settings))
+    server = uvicorn.Server(uvicorn.Config(build_app(), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn-test-server")
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive(), "uvicorn stopped while starting"
+        assert time.monotonic() < deadline, "uvicorn did not start within 30 seconds"
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    assert not [t for t in threading.enumerate() if t.name.startswith("autoglm-guard")]
+
+
+@pytest.fixture
+def client(server: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{server}/v1", api_key="test", max_retries=0, timeout=30) as client:
+        yield client
+
+
+def expected_chat_tokens(model_dir: Path, messages: list[dict[str, str]]) -> int:
+    guard = ContextWindowGuard(
+        HFTokenizer.from_file(model_dir / "tokenizer.json"), WINDOW, chat_template=ChatTemplate.from_file(model_dir)
+    )
+    return guard.judge(OpenAIExtractor().extract({"messages": messages}).guard_input()).input_tokens
+
+
+def test_the_middleware_is_pure_asgi() -> None:
+    assert not issubclass(EnvValidationMiddleware, BaseHTTPMiddleware)
+
+
+def test_chat_usage_comes_from_the_guard_counting_with_the_template(client: openai.OpenAI, model_dir: Path) -> None:
+    messages = [{"role": "user", "content": "hello world"}]
+    response = client.chat.completions.create(model="m", messages=messages)  # type: ignore[arg-type]
+    assert response.choices[0].message.content == "ok"
+    assert response.usage is not None
+    assert response.usage.prompt_tokens == expected_chat_tokens(model_dir, messages)
+
+
+def test_an_overlong_chat_raises_bad_request_with_context_length_exceeded(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "the quick brown fox " * 30}],
+            max_completion_tokens=10,
+        )
+    error = info.value
+    assert error.code == "context_length_exceeded"
+    assert error.param == "messages"
+    assert error.response.headers["x-autoglm-error-code"] == "E0513"
+    assert error.message.startswith("Error code: 400")
+    assert f"E0513: This model's maximum context length is {WINDOW} tokens." in error.message
+
+
+def test_an_absurd_output_budget_names_its_field(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="m", prompt="hi", max_tokens=10**9)
+    assert (info.value.code, info.value.param) == ("context_length_exceeded", "max_tokens")
+
+
+def test_a_batch_prompt_is_judged_prompt_by_prompt(client: openai.OpenAI) -> None:
+    response = client.completions.create(model="m", prompt=["hello " * 20, "world " * 20], max_tokens=4)
+    assert len(response.choices) == 2
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="m", prompt=["hello", "world " * 200], max_tokens=4)
+    assert info.value.param == "prompt[1]"
+
+
+def test_a_slow_loris_body_gets_408_and_the_connection_closed(server: str) -> None:
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"prompt": '
+        )
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert b"x-autoglm-error-code: E0517" in head
+    assert json.loads(body)["error"]["message"] == (
+        "E0517: the request body did not arrive within 0.5 seconds: send the body promptly (the server's body_timeout)"
+    )
+
+
+def test_without_the_environment_variable_the_error_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CONFIG_ENV_VAR, raising=False)
+    with pytest.raises(UsageError) as info:
+        EnvValidationMiddleware(build_app())
+    assert info.value.message == (
+        "EnvValidationMiddleware reads its settings from the file named by AUTOGLM_VALIDATION_CONFIG, which is not "
+        "set: set it to a TOML or JSON settings file (see docs/validation.md)"
+    )
+
+
+def test_every_settings_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "guard.json"
+    path.write_text(json.dumps({"tokenizer": "t.json", "max_body_bytes": "big", "colour": "red"}), encoding="utf-8")
+    with pytest.raises(UsageError) as info:
+        GuardSettings.from_file(path)
+    assert info.value.message == (
+        f"the guard settings in {str(path)!r} are not valid: unknown key 'colour'; 'max_body_bytes' cannot be 'big'; "
+        "'tokenizer' needs 'context_window': fix them (see docs/validation.md)"
+    )

@@ -1,0 +1,174 @@
+"""GuardSettings and EnvValidationMiddleware: the guards for servers that build a middleware from its class alone.
+
+vLLM's ``--middleware pkg.Class`` (and any ``app.add_middleware(Class)``) instantiates the class with the app and
+nothing else. :class:`EnvValidationMiddleware` reads its settings from the TOML or JSON file named by the
+``AUTOGLM_VALIDATION_CONFIG`` environment variable::
+
+    # guard.toml
+    context_window = 8192
+    tokenizer = "/models/llm/tokenizer.json"
+    chat_template = "/models/llm/tokenizer_config.json"
+    error_style = "openai"
+
+    AUTOGLM_VALIDATION_CONFIG=guard.toml vllm serve /models/llm \\
+        --middleware autoglm_runtime.validation.configured.EnvValidationMiddleware
+
+Every key of the file is optional except ``context_window`` when a ``tokenizer`` is given; unknown keys and values
+of the wrong type are all reported together (E0001) when the server builds its middleware.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from autoglm_runtime.errors import UsageError
+from autoglm_runtime.validation._openai import ErrorStyle, OpenAIExtractor
+from autoglm_runtime.validation.asgi import ASGIApp, ValidationMiddleware
+from autoglm_runtime.validation.chat_template import ChatTemplate
+from autoglm_runtime.validation.context_window import ContextWindowGuard
+from autoglm_runtime.validation.headers import HeaderTokenGuard
+from autoglm_runtime.validation.limits import TruncationSide
+from autoglm_runtime.validation.tokenizers import HFTokenizer
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["CONFIG_ENV_VAR", "EnvValidationMiddleware", "GuardSettings"]
+
+#: The environment variable naming the settings file of :class:`EnvValidationMiddleware`.
+CONFIG_ENV_VAR = "AUTOGLM_VALIDATION_CONFIG"
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """Everything a :class:`ValidationMiddleware` can be configured with, as plain values from a file.
+
+    >>> GuardSettings.from_mapping({"max_body_bytes": 1024}).max_body_bytes
+    1024
+    """
+
+    context_window: int | None = None
+    tokenizer: str | None = None
+    chat_template: str | None = None
+    truncate_on_overflow: bool = False
+    truncation_side: TruncationSide = "left"
+    default_output_tokens: int = 0
+    message_tokens: int = 4
+    max_body_bytes: int = 4 * 1024 * 1024
+    paths: tuple[str, ...] | None = ("/v1/completions", "/v1/chat/completions")
+    max_concurrent_checks: int = 4
+    retry_after: int = 1
+    body_timeout: float | None = 30.0
+    error_style: ErrorStyle = "autoglm"
+    max_header_length: int = 512
+    guarded_headers: tuple[str, ...] = ("authorization",)
+    max_prompts: int = 2048
+    max_messages: int = 4096
+    max_parts: int = 8192
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, source: str = "the settings") -> GuardSettings:
+        """Settings from parsed TOML/JSON; every unknown key and wrongly typed value is reported at once."""
+        known = {f.name: f for f in fields(cls)}
+        problems = [f"unknown key {key!r}" for key in values if key not in known]
+        kwargs: dict[str, Any] = {}
+        for key, raw in values.items():
+            if key not in known:
+                continue
+            value = tuple(raw) if isinstance(raw, list) else raw
+            if not _valid(key, value):
+                problems.append(f"{key!r} cannot be {value!r:.60}")
+                continue
+            kwargs[key] = value
+        if kwargs.get("tokenizer") is not None and kwargs.get("context_window") is None:
+            problems.append("'tokenizer' needs 'context_window'")
+        if problems:
+            raise UsageError(f"{source} are not valid: {'; '.join(problems)}: fix them (see docs/validation.md)")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> GuardSettings:
+        """Settings from a ``.toml`` or ``.json`` file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read the guard settings file {str(path)!r}: {exc}") from exc
+        if not isinstance(values, dict):
+            raise UsageError(f"the guard settings file {str(path)!r} must hold a table of settings")
+        return cls.from_mapping(values, source=f"the guard settings in {str(path)!r}")
+
+    def middleware(self, app: ASGIApp) -> ValidationMiddleware:
+        """A :class:`ValidationMiddleware` around ``app`` with these settings."""
+        return ValidationMiddleware(app, **self.middleware_options())
+
+    def middleware_options(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`ValidationMiddleware` these settings stand for (files are loaded)."""
+        guard = None
+        if self.tokenizer is not None:
+            assert self.context_window is not None
+            guard = ContextWindowGuard(
+                HFTokenizer.from_file(self.tokenizer),
+                self.context_window,
+                truncate_on_overflow=self.truncate_on_overflow,
+                truncation_side=self.truncation_side,
+                default_output_tokens=self.default_output_tokens,
+                message_tokens=self.message_tokens,
+                chat_template=ChatTemplate.from_file(self.chat_template) if self.chat_template else None,
+            )
+        return {
+            "context_guard": guard,
+            "header_guard": HeaderTokenGuard(self.max_header_length, self.guarded_headers),
+            "extractor": OpenAIExtractor(
+                max_prompts=self.max_prompts, max_messages=self.max_messages, max_parts=self.max_parts
+            ),
+            "max_body_bytes": self.max_body_bytes,
+            "paths": self.paths,
+            "max_concurrent_checks": self.max_concurrent_checks,
+            "retry_after": self.retry_after,
+            "body_timeout": self.body_timeout,
+            "error_style": self.error_style,
+        }
+
+
+_OPTIONAL_TEXT = frozenset({"tokenizer", "chat_template"})
+_TEXT_LISTS = frozenset({"paths", "guarded_headers"})
+
+
+def _valid(key: str, value: Any) -> bool:
+    if key in _OPTIONAL_TEXT:
+        return value is None or isinstance(value, str)
+    if key in _TEXT_LISTS:
+        return (value is None and key == "paths") or (
+            isinstance(value, tuple) and all(isinstance(item, str) for item in value)
+        )
+    if key == "body_timeout":
+        return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+    if key == "context_window":
+        return type(value) is int
+    return type(value) is type(getattr(GuardSettings, key))
+
+
+class EnvValidationMiddleware(ValidationMiddleware):
+    """A :class:`ValidationMiddleware` built from the app alone, configured by the file ``$AUTOGLM_VALIDATION_CONFIG``.
+
+    For vLLM's ``--middleware`` and ``app.add_middleware(EnvValidationMiddleware)``; it is pure ASGI like its base.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        path = os.environ.get(CONFIG_ENV_VAR)
+        if not path:
+            raise UsageError(
+                f"EnvValidationMiddleware reads its settings from the file named by {CONFIG_ENV_VAR}, which is not "
+                "set: set it to a TOML or JSON settings file (see docs/validation.md)"
+            )
+        super().__init__(app, **GuardSettings.from_file(path).middleware_options())

@@ -1,0 +1,85 @@
+"""What a guard judges and what it hands back: one request's input (:class:`GuardInput`), a chat's messages
+(:class:`Chat`) and the verdict (:class:`GuardResult`), which the ASGI middleware passes on to the app as
+``scope["state"]["guard_result"]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Chat", "GuardInput", "GuardResult", "Segment"]
+
+#: Input pieces a guard counts: text, or token ids the client sent already tokenized.
+Segment = str | tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Chat:
+    """The messages (and tools) of a chat request, for counting with a chat template and for dropping turns.
+
+    ``turns[i]`` is the index of the message segment ``i`` belongs to (``-1`` for pieces outside any message, such
+    as tool definitions); ``places[i]`` is where segment ``i`` sits inside its message (``("content",)``).
+    """
+
+    messages: tuple[Mapping[str, Any], ...]
+    turns: tuple[int, ...]
+    places: tuple[tuple[str | int, ...], ...] = ()
+    tools: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class GuardInput:
+    """What an adapter's extractor hands a guard.
+
+    ``segments`` is the input (a prompt, or the request's pieces), ``max_output_tokens`` the output budget asked
+    for, ``param`` the input field to blame and ``output_param`` the field the budget came from. Segments whose
+    index is in ``pinned`` are counted but never truncated. With ``batch`` every segment not pinned is a prompt of
+    its own, judged alone together with the pinned ones. ``fixed_tokens`` are counted on top (formatting the
+    model adds around the pieces).
+
+    >>> GuardInput("Tell me a story", max_output_tokens=200, param="prompt").max_output_tokens
+    200
+    """
+
+    segments: str | Sequence[int] | Sequence[str | Sequence[int]]
+    max_output_tokens: int | None = None
+    param: str | None = None
+    output_param: str = "max_tokens"
+    pinned: frozenset[int] = frozenset()
+    batch: bool = False
+    fixed_tokens: int = 0
+    chat: Chat | None = None
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    """What the guard let through.
+
+    ``segments`` are the input pieces as they should reach the model (truncated if ``removed_tokens`` is not
+    zero; a dropped message's pieces are empty and its index is in ``dropped_messages``). ``token_ids`` holds one
+    tuple per segment, or, for a chat counted with a chat template, one tuple: the rendered prompt's ids, whose text
+    is ``prompt``. ``input_tokens`` is what the model will read. For a batch, ``batch`` holds one result per prompt,
+    the totals are their sums, and ``token_ids`` holds each prompt's ids.
+    """
+
+    input_tokens: int
+    output_tokens: int
+    context_window: int
+    removed_tokens: int
+    segments: tuple[Segment, ...]
+    token_ids: tuple[tuple[int, ...], ...]
+    dropped_messages: tuple[int, ...] = ()
+    prompt: str | None = None
+    batch: tuple[GuardResult, ...] = field(default=())
+
+    @property
+    def truncated(self) -> bool:
+        """Whether input was removed to make the request fit."""
+        return self.removed_tokens > 0
+
+    @property
+    def text(self) -> str:
+        """The text segments joined (for a single prompt: the prompt as it should reach the model)."""
+        return "".join(segment for segment in self.segments if isinstance(segment, str))
