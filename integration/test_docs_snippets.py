@@ -19,7 +19,9 @@ traceback points at lines of the markdown file.
 
 from __future__ import annotations
 
+import ast
 import base64
+import importlib
 import json
 import os
 import re
@@ -32,7 +34,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-_FENCE = re.compile(r"^(?P<indent> *)```(?P<info>[^`\s]*)\s*$")
+_FENCE = re.compile(r"^(?P<indent> *)```(?P<info>[^`\s]*)(?P<attrs>[^`]*?)\s*$")
+#: ```python needs=DIST: a snippet for a third-party server (SGLang, Ray Serve, ...) that is not installed here.
+_NEEDS = re.compile(r"^needs=(?P<dists>[\w.,\[\]-]+)$")
 
 # Runs in the page's interpreter: each block compiled against its markdown file, padded so line numbers match.
 _DRIVER = textwrap.dedent(
@@ -51,8 +55,11 @@ _DRIVER = textwrap.dedent(
 )
 
 
-def python_blocks(text: str) -> list[tuple[int, str]]:
-    """The ```python blocks of a markdown text, in order: (1-based line of the opening fence, dedented code)."""
+def python_blocks(text: str, *, needing: bool = False) -> list[tuple[int, str]]:
+    """The ```python blocks of a markdown text, in order: (1-based line of the opening fence, dedented code).
+
+    Blocks marked ``needs=DIST`` are left out, or with ``needing=True`` they are the only ones returned.
+    """
     blocks: list[tuple[int, str]] = []
     lines = text.splitlines()
     index = 0
@@ -64,7 +71,7 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
         end = index + 1
         while end < len(lines) and not re.match(rf"^{opening['indent']}```\s*$", lines[end]):
             end += 1
-        if opening["info"] == "python":
+        if opening["info"] == "python" and bool(_NEEDS.match(opening["attrs"].strip())) == needing:
             blocks.append((index + 1, textwrap.dedent("\n".join(lines[index + 1 : end])) + "\n"))
         index = end + 1
     return blocks
@@ -178,6 +185,41 @@ def test_the_runner_covers_the_readme_and_every_guide_with_snippets() -> None:
         if (fence := _FENCE.match(line)) and fence["info"] in {"py", "py3", "python3", "pycon", "Python"}
     ]
     assert other_spellings == []
+
+
+def _pages_with_framework_snippets() -> list[Path]:
+    return [page for page in PAGES if python_blocks(page.read_text(encoding="utf-8"), needing=True)]
+
+
+def our_imports(code: str) -> list[tuple[str, str]]:
+    """``(module, name)`` for every ``from autoglm_runtime... import name`` of ``code``."""
+    return [
+        (node.module, alias.name)
+        for node in ast.walk(ast.parse(code))
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "autoglm_runtime"
+        for alias in node.names
+    ]
+
+
+@pytest.mark.parametrize("page", _pages_with_framework_snippets(), ids=lambda page: page.relative_to(ROOT).as_posix())
+def test_framework_snippets_compile_and_name_what_the_sdk_exports(page: Path) -> None:
+    """A ``needs=`` block cannot run here (its server is not installed), so what it says of the SDK is checked."""
+    for line, code in python_blocks(page.read_text(encoding="utf-8"), needing=True):
+        compile("\n" * line + code, str(page), "exec")
+        imports = our_imports(code)
+        assert imports, f"{page.relative_to(ROOT)}:{line}: a needs= block shows no autoglm_runtime import"
+        for module, name in imports:
+            assert hasattr(importlib.import_module(module), name), f"{page.relative_to(ROOT)}:{line}: {module}.{name}"
+
+
+def test_our_imports_of_a_snippet() -> None:
+    code = "import ray\nfrom autoglm_runtime.validation import ValidationMiddleware, HFTokenizer\nfrom x import y\n"
+    assert our_imports(code) == [
+        ("autoglm_runtime.validation", "ValidationMiddleware"),
+        ("autoglm_runtime.validation", "HFTokenizer"),
+    ]
+    assert python_blocks("```python needs=ray[serve]\nimport ray\n```\n", needing=True) == [(1, "import ray\n")]
+    assert python_blocks("```python needs=ray[serve]\nimport ray\n```\n") == []
 
 
 def test_a_broken_snippet_fails_naming_its_page_and_line(tmp_path: Path) -> None:

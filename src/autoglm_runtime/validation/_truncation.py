@@ -81,7 +81,7 @@ def _bounded(guard: ContextWindowGuard, text: str, room: int, side: TruncationSi
     return text, guard.encode(text), 0, 0
 
 
-def judge_truncating(
+def judge_truncating(  # noqa: PLR0912  (the cut order: batch, chat turns, plain text, in one readable pass)
     guard: ContextWindowGuard, request: GuardInput, segments: list[Segment], *, fixed: int, output: int, limits: Limits
 ) -> GuardResult:
     window, side = limits.context_window, limits.truncation_side
