@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from integration._helpers import kazoo_session
 from integration.config._helpers import Factory, Until, j, kazoo_of
 from kazoo.client import KazooClient
@@ -16,6 +17,7 @@ from autoglm_runtime.testing.zookeeper import FaultProxy, ZooKeeperEnsemble, Zoo
 from .conftest import FakeClock
 
 
+@pytest.mark.zk_container
 def test_server_restart_resyncs_and_keeps_following(
     zk_restartable: ZooKeeperServer, make_client: Factory, until: Until, clock: FakeClock
 ) -> None:
@@ -36,6 +38,7 @@ def test_server_restart_resyncs_and_keeps_following(
         until(lambda: client.get("a") == 2 and client.get("b") == 3, what="updates after restart")
 
 
+@pytest.mark.zk_container
 def test_forced_session_expiry_rebuilds_and_follows(
     zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until
 ) -> None:
@@ -50,6 +53,7 @@ def test_forced_session_expiry_rebuilds_and_follows(
     until(lambda: client.get("a") == 2, what="an update on the new session")
 
 
+@pytest.mark.zk_container
 def test_session_expired_while_partitioned_emits_every_difference(
     zk_proxy: FaultProxy, zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until
 ) -> None:
@@ -97,6 +101,7 @@ def test_session_expired_while_partitioned_emits_every_difference(
     ]
 
 
+@pytest.mark.zk_container
 def test_partition_and_heal_with_changes_made_while_away(
     zk_proxy: FaultProxy, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until, clock: FakeClock
 ) -> None:
