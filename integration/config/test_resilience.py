@@ -10,6 +10,7 @@ from integration.config._helpers import Factory, Until, j, kazoo_of
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
 from kazoo.protocol.states import KazooState
+from kazoo.retry import KazooRetry
 
 from autoglm_runtime import ConfigChange
 from autoglm_runtime.testing.zookeeper import FaultProxy, ZooKeeperEnsemble, ZooKeeperServer, expire_session
@@ -21,7 +22,11 @@ from .conftest import FakeClock
 def test_server_restart_resyncs_and_keeps_following(
     zk_restartable: ZooKeeperServer, make_client: Factory, until: Until, clock: FakeClock
 ) -> None:
-    with kazoo_session(zk_restartable.hosts, start_timeout=10) as admin:
+    # The admin session lives through the restart: with kazoo's default back-off (doubling without a cap) its
+    # reconnection can come later than its session timeout after a slow restart (a container's, on a busy
+    # machine), and the server then expires it. Reconnect at most 0.5 s apart, as the ConfigClient does.
+    retry = KazooRetry(max_tries=-1, delay=0.05, max_delay=0.5)
+    with kazoo_session(zk_restartable.hosts, start_timeout=10, timeout=15.0, connection_retry=retry) as admin:
         admin.create("/cfg/a", j(1), makepath=True)
         client = make_client(zk_restartable.hosts, "/cfg")
         client.start(timeout=10)
