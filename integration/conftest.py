@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterator
 
 import pytest
-from integration._helpers import kazoo_session
+from integration._helpers import kazoo_session, skip_or_fail_zookeeper
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException, NoNodeError
 
@@ -47,7 +47,7 @@ def _start_server() -> ZooKeeperServer:
     try:
         server = start_zookeeper()
     except ZooKeeperUnavailableError as exc:
-        skip_or_fail(exc)
+        skip_or_fail_zookeeper(exc)
     _STARTED.append(f"zookeeper harness: used the {server.backend} backend")
     return server
 

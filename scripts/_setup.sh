@@ -36,3 +36,58 @@ setup_zookeeper() {
          "ZOOKEEPER_HOME, AUTOGLM_ZK_HOSTS, or 'sudo apt-get install zookeeper'" >&2
   fi
 }
+
+# The container pass of scripts/test runs unless the first pass used the container backend already, or the
+# arguments select no test of the container slice (asked of pytest only when there are arguments).
+container_pass_wanted() {
+  [ "${AUTOGLM_ZK_BACKEND:-}" = container ] && return 1
+  [ $# -eq 0 ] && return 0
+  .venv/bin/python -m pytest --collect-only -q -m zk_container "$@" >/dev/null 2>&1
+}
+
+docker_engine_answers() {
+  .venv/bin/python -c 'import sys
+from autoglm_runtime.testing._container import docker_unreachable_reason
+sys.exit(0 if docker_unreachable_reason() is None else 1)'
+}
+
+# A container engine for the container pass: a Docker engine that answers is used as it is; otherwise, as root
+# with apt-get, scripts/container-zookeeper sets up podman and a ZooKeeper image, and serves the Docker API on a
+# socket of this run's own, which teardown_container_engine (on exit) stops after removing what was left.
+# Otherwise nothing: the container tests then say how to get an engine (and fail under CI=true).
+CONTAINER_SOCKET=""
+setup_container_engine() {
+  if docker_engine_answers; then return 0; fi
+  if [ "${AUTOGLM_ZK_CONTAINER_SETUP:-1}" = 0 ]; then
+    echo "== no Docker engine answers, and AUTOGLM_ZK_CONTAINER_SETUP=0: no container engine is set up"
+    return 0
+  fi
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "== no Docker engine answers, and only root with apt-get can set up podman here" \
+         "(see 'Without Docker Hub' in docs/testing.md)" >&2
+    return 0
+  fi
+  echo "== setting up podman and a ZooKeeper image (scripts/container-zookeeper)"
+  CONTAINER_SOCKET=$(mktemp -d /tmp/autoglm-podman.XXXXXX)/podman.sock
+  trap teardown_container_engine EXIT
+  local exports
+  if exports=$(bash scripts/container-zookeeper up --socket "$CONTAINER_SOCKET"); then
+    eval "$exports"
+  else
+    echo "== scripts/container-zookeeper failed (above); the container tests will say so" >&2
+  fi
+}
+
+# On exit: fail the run if a harness container outlived its test process, then remove it and stop podman.
+teardown_container_engine() {
+  local status=$? left
+  [ -n "$CONTAINER_SOCKET" ] || return 0
+  left=$(bash scripts/container-zookeeper leftovers)
+  if [ -n "$left" ]; then
+    echo "== FAILED: the test run left harness containers behind: $(echo $left)" >&2
+    status=1
+  fi
+  bash scripts/container-zookeeper down --socket "$CONTAINER_SOCKET"
+  rm -rf "$(dirname "$CONTAINER_SOCKET")"
+  exit "$status"
+}

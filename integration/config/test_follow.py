@@ -19,6 +19,7 @@ from autoglm_runtime.testing.zookeeper import ZooKeeperServer
 from .conftest import FakeClock
 
 
+@pytest.mark.zk_container
 def test_loads_the_whole_tree_and_follows_every_level(
     zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until
 ) -> None:
@@ -205,6 +206,7 @@ def server_watches(server: ZooKeeperServer) -> dict[str, set[str]]:
     return out
 
 
+@pytest.mark.zk_container
 def test_stop_leaves_no_thread_and_no_watch(
     zk_server: ZooKeeperServer, zk_hosts: str, zk_root: str, zk_client: KazooClient
 ) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from integration._helpers import kazoo_session
 from integration.config._helpers import Factory, Until, j, kazoo_of
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
 from kazoo.protocol.states import KazooState
+from kazoo.retry import KazooRetry
 
 from autoglm_runtime import ConfigChange
 from autoglm_runtime.testing.zookeeper import FaultProxy, ZooKeeperEnsemble, ZooKeeperServer, expire_session
@@ -16,10 +18,15 @@ from autoglm_runtime.testing.zookeeper import FaultProxy, ZooKeeperEnsemble, Zoo
 from .conftest import FakeClock
 
 
+@pytest.mark.zk_container
 def test_server_restart_resyncs_and_keeps_following(
     zk_restartable: ZooKeeperServer, make_client: Factory, until: Until, clock: FakeClock
 ) -> None:
-    with kazoo_session(zk_restartable.hosts, start_timeout=10) as admin:
+    # The admin session lives through the restart: with kazoo's default back-off (doubling without a cap) its
+    # reconnection can come later than its session timeout after a slow restart (a container's, on a busy
+    # machine), and the server then expires it. Reconnect at most 0.5 s apart, as the ConfigClient does.
+    retry = KazooRetry(max_tries=-1, delay=0.05, max_delay=0.5)
+    with kazoo_session(zk_restartable.hosts, start_timeout=10, timeout=15.0, connection_retry=retry) as admin:
         admin.create("/cfg/a", j(1), makepath=True)
         client = make_client(zk_restartable.hosts, "/cfg")
         client.start(timeout=10)
@@ -36,6 +43,7 @@ def test_server_restart_resyncs_and_keeps_following(
         until(lambda: client.get("a") == 2 and client.get("b") == 3, what="updates after restart")
 
 
+@pytest.mark.zk_container
 def test_forced_session_expiry_rebuilds_and_follows(
     zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until
 ) -> None:
@@ -50,6 +58,7 @@ def test_forced_session_expiry_rebuilds_and_follows(
     until(lambda: client.get("a") == 2, what="an update on the new session")
 
 
+@pytest.mark.zk_container
 def test_session_expired_while_partitioned_emits_every_difference(
     zk_proxy: FaultProxy, zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until
 ) -> None:
@@ -97,6 +106,7 @@ def test_session_expired_while_partitioned_emits_every_difference(
     ]
 
 
+@pytest.mark.zk_container
 def test_partition_and_heal_with_changes_made_while_away(
     zk_proxy: FaultProxy, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until, clock: FakeClock
 ) -> None:

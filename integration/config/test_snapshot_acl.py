@@ -26,6 +26,7 @@ def snapshot_keys(path: Path, hosts: str, root: str) -> dict[str, bytes]:
         return {}
 
 
+@pytest.mark.zk_container
 def test_zookeeper_down_at_start_serves_the_snapshot_then_converges(
     zk_restartable: ZooKeeperServer, tmp_path: Path, make_client: Factory, until: Until, clock: FakeClock
 ) -> None:

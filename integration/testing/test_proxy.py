@@ -22,6 +22,7 @@ def proxied_client(zk_proxy: FaultProxy) -> Iterator[KazooClient]:
         yield client
 
 
+@pytest.mark.zk_container
 def test_cut_suspends_and_restore_reconnects_same_session(
     zk_proxy: FaultProxy, proxied_client: KazooClient, zk_root: str
 ) -> None:

@@ -48,6 +48,7 @@ def _local_server(zk_restartable: ZooKeeperServer) -> LocalZooKeeperServer:
     return zk_restartable
 
 
+@pytest.mark.zk_container
 def test_restart_keeps_data_and_port(zk_restartable: ZooKeeperServer) -> None:
     client = KazooClient(hosts=zk_restartable.hosts)
     client.start(timeout=30)
@@ -62,6 +63,7 @@ def test_restart_keeps_data_and_port(zk_restartable: ZooKeeperServer) -> None:
     assert _read_back(zk_restartable.hosts, "/kept/node") == b"written before restart"
 
 
+@pytest.mark.zk_container
 def test_stop_then_start_keeps_data(zk_restartable: ZooKeeperServer) -> None:
     client = KazooClient(hosts=zk_restartable.hosts)
     client.start(timeout=30)

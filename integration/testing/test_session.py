@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from kazoo.client import KazooClient
 from kazoo.protocol.states import KazooState
 
@@ -9,6 +10,7 @@ from autoglm_runtime.testing.session import StateWatcher
 from autoglm_runtime.testing.zookeeper import expire_session
 
 
+@pytest.mark.zk_container
 def test_expire_session_moves_client_to_lost_then_new_session(zk_client: KazooClient, zk_root: str) -> None:
     zk_client.create(f"{zk_root}/ephemeral", b"mine", ephemeral=True)
     old_client_id = zk_client.client_id

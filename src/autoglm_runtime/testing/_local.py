@@ -23,7 +23,7 @@ from typing import IO
 
 from autoglm_runtime.testing._common import ZooKeeperHarnessError, ZooKeeperUnavailableError
 
-__all__ = ["JavaProcess", "LocalInstallation", "find_local_installation", "live_processes"]
+__all__ = ["JVM_OPTIONS", "JavaProcess", "LocalInstallation", "find_local_installation", "live_processes"]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ DEBIAN_LOGGER = Path("/usr/share/java/slf4j-simple.jar")
 STANDALONE_MAIN = "org.apache.zookeeper.server.ZooKeeperServerMain"
 QUORUM_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 
-_JVM_OPTIONS = (
+JVM_OPTIONS = (
     "-Xmx256m",
     "-XX:+UseSerialGC",
     "-XX:TieredStopAtLevel=1",  # start fast; a test server never runs long enough to profit from C2
@@ -57,7 +57,7 @@ class LocalInstallation:
 
     def command(self, main_class: str, config: Path) -> list[str]:
         """The argument vector that runs ``main_class`` with ``config``."""
-        return [self.java, *_JVM_OPTIONS, "-cp", os.pathsep.join(self.classpath), main_class, str(config)]
+        return [self.java, *JVM_OPTIONS, "-cp", os.pathsep.join(self.classpath), main_class, str(config)]
 
 
 def _find_java(env: Mapping[str, str]) -> str | None:
