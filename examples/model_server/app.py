@@ -197,7 +197,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         problem = UsageError(f"{request.method} is not allowed on {request.url.path}: use {allowed}")
     else:
         served = ", ".join(sorted({route.path for route in request.app.routes if isinstance(route, Route)}))
-        problem = UsageError(f"there is no endpoint at {request.method} {request.url.path}: the server answers {served}")
+        problem = UsageError(
+            f"there is no endpoint at {request.method} {request.url.path}: the server answers {served}"
+        )
     response = error_response(problem, status=exc.status_code)
     response.headers.update(exc.headers or {})
     return response
