@@ -109,7 +109,7 @@ class _Handlers:
             _required(body, "prompt", "a prompt: a string, a list of strings, or token ids")
             sampling = Sampling.from_body(body)
             result = self._judged(request)
-            prompts = self._prompts(result)
+            prompts = self._prompts(body["prompt"], result)
             model = self._model(body)
             envelope = Envelope.new("text_completion", model.name, f"numpy-{numpy_version(model)}")
             if sampling.stream:
@@ -127,13 +127,13 @@ class _Handlers:
         choices = [completion_choice(i, a.text, a.finish_reason) for i, a in enumerate(answers)]
         return JSONResponse(envelope.body(choices, usage=usage(result, sum(a.tokens for a in answers))))
 
-    def _prompts(self, result: GuardResult | None) -> list[str]:
+    def _prompts(self, sent: Any, result: GuardResult | None) -> list[str]:
         """Each prompt as the guard let it through (truncated if it truncated), token ids decoded."""
+        if sent == []:
+            raise InvalidRequestError("prompt is an empty list: send at least one prompt", param="prompt")
         if result is None:  # the guard judges every body with a prompt
             raise InvalidRequestError("the request has no prompt to complete: send a prompt", param="prompt")
         pieces = [one.segments[0] for one in result.batch] if result.batch else [result.segments[0]]
-        if not pieces:
-            raise InvalidRequestError("prompt is an empty list: send at least one prompt", param="prompt")
         return [piece if isinstance(piece, str) else self.tokenizer.decode(piece) for piece in pieces]
 
     async def chat(self, request: Request) -> Response:
