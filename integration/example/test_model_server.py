@@ -2,7 +2,7 @@
 uvicorn) on the harness's ZooKeeper, with its two real numpy models in their own environments and workers.
 
 The server gets a state directory of its own; its wheelhouse starts from the numpy wheels of the default state
-directory when an earlier run fetched them there (else the server fetches them itself, as at any first start).
+directory, filled first as ``bash scripts/serve`` fills it at first start (so a run fetches them once at most).
 Expected texts and token counts come from the same code the server runs: the example's n-gram package with
 ``temperature=0`` (its most frequent continuation, the same on every numpy), its tokenizer and chat templates.
 """
@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,8 +29,9 @@ import openai
 import pytest
 from kazoo.client import KazooClient
 
+from autoglm_runtime.deps import load_manifest
 from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, HFTokenizer, OpenAIExtractor
-from examples.model_server.assets import CORPUS, HERE, MODELS, tokenizer_path
+from examples.model_server.assets import CORPUS, HERE, MODELS, fill_wheelhouse, tokenizer_path
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_WHEELS = REPO / ".autoglm" / "example" / "wheels"
@@ -69,10 +71,10 @@ class Server:
 @pytest.fixture(scope="module")
 def server(zk_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     state = tmp_path_factory.mktemp("example-state")
-    if DEFAULT_WHEELS.is_dir():
-        (state / "wheels").mkdir()
-        for wheel in DEFAULT_WHEELS.glob("numpy-*.whl"):
-            os.link(wheel, state / "wheels" / wheel.name)
+    fill_wheelhouse(DEFAULT_WHEELS, [load_manifest(model) for model in sorted(MODELS.iterdir())])
+    (state / "wheels").mkdir()
+    for wheel in DEFAULT_WHEELS.glob("numpy-*.whl"):
+        shutil.copy2(wheel, state / "wheels" / wheel.name)
     root = f"/example-{os.getpid()}"
     port = _free_port()
     log_path = state / "server.log"
