@@ -25,10 +25,11 @@ from autoglm_runtime.deps import load_manifest
 from autoglm_runtime.errors import AutoGLMRuntimeError
 from autoglm_runtime.isolation import ModelLoader, collect_garbage
 from autoglm_runtime.logging import configure_json_logging
-from autoglm_runtime.validation import ChatTemplate, ConfigLimits, HFTokenizer
+from autoglm_runtime.validation import ChatTemplate, HFTokenizer
 from examples.model_server import banner, options
-from examples.model_server.app import DEFAULT_LIMITS, create_app, limits_prefix, numpy_version
+from examples.model_server.app import create_app, numpy_version
 from examples.model_server.assets import MODELS, build_tokenizer, fill_wheelhouse, tokenizer_path
+from examples.model_server.model_limits import ModelLimits
 from examples.model_server.store import open_store, seed
 
 log = logging.getLogger("examples.model_server")
@@ -90,10 +91,7 @@ def _serve(args: argparse.Namespace, sock: socket.socket) -> None:
             url=url,
             store=store,
             root=root,
-            limits={
-                m.name: ConfigLimits(config, prefix=limits_prefix(m.name), defaults=DEFAULT_LIMITS).current()
-                for m in manifests
-            },
+            limits={m.name: ModelLimits(config, m.name).current() for m in manifests},
             numpy={model.name: numpy_version(model) for model in loaded},
             environments=environments,
             walkthrough=walkthrough,

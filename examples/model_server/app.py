@@ -5,7 +5,7 @@
   of the model it names (``guards.py``): the Authorization header's length (E0512, 431) before anything parses
   the request, then the prompt, rendered with the model's own chat template, against that model's limits read
   live from the config (``limits/<model>/context_window`` and ``.../truncate_on_overflow``; E0513, or truncation
-  said in the ``x-autoglm-truncated-tokens`` header).
+  said in the ``x-autoglm-truncated-tokens`` header); ``.../max_output_tokens`` caps ``max_tokens`` (E5010).
 - ``/v1/models`` and ``/v1/models/{id}`` list the models in OpenAI's shape, with the numpy each one imported:
   two small n-gram models on numpy 1.26 and numpy 2, which cannot share a process, each in its own environment
   and worker (:class:`ModelLoader`).
@@ -19,6 +19,7 @@ A route is one entry of ``routes`` in :func:`create_app`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -34,16 +35,15 @@ from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, Usa
 from autoglm_runtime.isolation import LoadedModel, ModelLoader
 from autoglm_runtime.validation import (
     ChatTemplate,
-    ConfigLimits,
     ContextWindowGuard,
     GuardResult,
     HeaderTokenGuard,
-    Limits,
     Tokenizer,
     ValidationMiddleware,
 )
 from examples.model_server import generation
 from examples.model_server.guards import PerModelGuards
+from examples.model_server.model_limits import ModelLimits
 from examples.model_server.openai_api import (
     DEFAULT_MAX_TOKENS,
     Envelope,
@@ -56,14 +56,7 @@ from examples.model_server.openai_api import (
     usage,
 )
 
-LIMITS_PREFIX = "limits/"
-DEFAULT_LIMITS = Limits(context_window=64, truncate_on_overflow=False)
 GUARDED = ("/v1/completions", "/v1/chat/completions")
-
-
-def limits_prefix(model: str) -> str:
-    """Where a model's limits live in the config: ``limits/<model>/``."""
-    return f"{LIMITS_PREFIX}{model}/"
 
 
 def numpy_version(model: LoadedModel) -> str | None:
@@ -85,7 +78,7 @@ class _Handlers:
         config: ConfigClient,
         loader: ModelLoader,
         tokenizer: Tokenizer,
-        limits: Mapping[str, ConfigLimits],
+        limits: Mapping[str, ModelLimits],
         call_timeout: float,
     ) -> None:
         self.config = config
@@ -98,6 +91,21 @@ class _Handlers:
     def _model(self, body: Mapping[str, Any]) -> LoadedModel:
         return self.loader.models[body["model"]]  # the per-model guard let only served models through
 
+    def _capped(self, name: str, sampling: Sampling) -> Sampling:
+        """``sampling`` within the model's output cap: a default budget is lowered to it, a larger one asked
+        for is refused."""
+        limits = self.limits[name]
+        cap = limits.current().max_output_tokens
+        if sampling.max_tokens <= cap:
+            return sampling
+        if not sampling.explicit:
+            return dataclasses.replace(sampling, max_tokens=cap)
+        raise InvalidRequestError(
+            f"max_tokens {sampling.max_tokens} is more than the output cap of {cap} tokens of model {name} "
+            f"(config key {limits.cap_key}): lower max_tokens",
+            param="max_tokens",
+        )
+
     @staticmethod
     def _judged(request: Request) -> GuardResult | None:
         result: GuardResult | None = getattr(request.state, "guard_result", None)
@@ -107,7 +115,7 @@ class _Handlers:
         body = await request.json()  # the middleware decoded and judged it already
         try:
             _required(body, "prompt", "a prompt: a string, a list of strings, or token ids")
-            sampling = Sampling.from_body(body)
+            sampling = self._capped(body["model"], Sampling.from_body(body))
             result = self._judged(request)
             prompts = self._prompts(body["prompt"], result)
             model = self._model(body)
@@ -143,7 +151,7 @@ class _Handlers:
             result = self._judged(request)
             if result is None or result.prompt is None or not body["messages"]:
                 raise InvalidRequestError("messages is empty: send at least one message", param="messages")
-            sampling = Sampling.from_body(body)
+            sampling = self._capped(body["model"], Sampling.from_body(body))
             model = self._model(body)
             envelope = Envelope.new("chat.completion", model.name, f"numpy-{numpy_version(model)}")
             if sampling.stream:
@@ -160,7 +168,7 @@ class _Handlers:
         )
 
     def _card(self, name: str, model: LoadedModel) -> dict[str, Any]:
-        return model_card(name, numpy_version(model), self.created, self.limits[name].current().context_window)
+        return model_card(name, numpy_version(model), self.created, self.limits[name].current())
 
     async def models(self, _: Request) -> JSONResponse:
         cards = [self._card(name, model) for name, model in sorted(self.loader.models.items())]
@@ -177,13 +185,7 @@ class _Handlers:
         config_health = self.config.health()  # a ConfigHealth dict, JSON-ready as is
         workers = self.loader.health()
         healthy = config_health["connected"] and all(w["state"] == "ready" for w in workers.values())
-        limits = {}
-        for name, source in sorted(self.limits.items()):
-            current = source.current()
-            limits[name] = {
-                "context_window": current.context_window,
-                "truncate_on_overflow": current.truncate_on_overflow,
-            }
+        limits = {name: source.current().as_dict() for name, source in sorted(self.limits.items())}
         payload = {"status": "ok" if healthy else "degraded", "config": config_health, "limits": limits,
                    "models": workers}  # fmt: skip
         return JSONResponse(payload, status_code=200 if healthy else 503)
@@ -220,7 +222,7 @@ def create_app(
     ``tokenizer``. Run it with ASGI lifespan on: shutdown stops the guards' threads.
     """
     names = sorted(loader.models)
-    limits = {name: ConfigLimits(config, prefix=limits_prefix(name), defaults=DEFAULT_LIMITS) for name in names}
+    limits = {name: ModelLimits(config, name) for name in names}
     handlers = _Handlers(config, loader, tokenizer, limits, call_timeout)
     model_guards: dict[str, ValidationMiddleware] = {}
 
@@ -243,7 +245,7 @@ def create_app(
     )
     for name in names:
         guard = ContextWindowGuard(
-            tokenizer, limits[name], chat_template=templates[name], default_output_tokens=DEFAULT_MAX_TOKENS
+            tokenizer, limits[name].guard, chat_template=templates[name], default_output_tokens=DEFAULT_MAX_TOKENS
         )
         model_guards[name] = ValidationMiddleware(
             app, context_guard=guard, header_guard=None, paths=GUARDED, error_style="openai"

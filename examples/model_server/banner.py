@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, GuardInput, Limits, OpenAIExtractor, Tokenizer
-from examples.model_server.app import DEFAULT_LIMITS, limits_prefix
+from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, GuardInput, OpenAIExtractor, Tokenizer
+from examples.model_server.model_limits import DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT_TOKENS, Reading, limits_prefix
 from examples.model_server.store import ConfigStore
 
 #: The prompt of the hot-reload steps: a sentence of the tokenizer's corpus, so it counts in few tokens.
@@ -81,8 +81,11 @@ def _config_set(cli: str, store: ConfigStore, root: str, model: str, setting: tu
     )
 
 
-def _limits(limits: Limits) -> str:
-    return f"context_window={limits.context_window} truncate_on_overflow={str(limits.truncate_on_overflow).lower()}"
+DEFAULT_READING = Reading(DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT_TOKENS)
+
+
+def _limits(limits: Reading) -> str:
+    return " ".join(f"{key}={str(value).lower()}" for key, value in limits.as_dict().items())
 
 
 def render(
@@ -90,7 +93,7 @@ def render(
     url: str,
     store: ConfigStore,
     root: str,
-    limits: Mapping[str, Limits],
+    limits: Mapping[str, Reading],
     numpy: Mapping[str, str | None],
     environments: str,
     walkthrough: Walkthrough,
@@ -101,7 +104,7 @@ def render(
     default_window = DEFAULT_LIMITS.context_window
     total = walkthrough.prompt_tokens + MAX_TOKENS
     lowered = walkthrough.lowered_window
-    changed = sorted(name for name, current in limits.items() if current != DEFAULT_LIMITS)
+    changed = sorted(name for name, current in limits.items() if current != DEFAULT_READING)
     in_force = "; ".join(f"{name} {_limits(current)}" for name, current in sorted(limits.items()))
     versions = " and ".join(f"{numpy[name]}" for name in (RELOADED, OTHER))
     lines = [
@@ -109,7 +112,7 @@ def render(
         f"autoglm-runtime example model server listening on {url}",
         f"config: {store.description}: {store.hosts} root {root}",
         f"limits in force: {in_force} (kept in {store.data} across restarts; --reset starts from "
-        f"{_limits(DEFAULT_LIMITS)})",
+        f"{_limits(DEFAULT_READING)})",
         "models: "
         + ", ".join(f"{name} (numpy {version})" for name, version in sorted(numpy.items()))
         + ", each in its own environment and worker",
@@ -122,7 +125,7 @@ def render(
         lines += [
             "  # the limits in force are not the defaults the steps below start from: put the defaults back",
             "  # (or restart with --reset)",
-            *(f"  {command}" for name in changed for command in _reset(cli, store, root, name)),
+            *(f"  {command}" for name in changed for command in _reset(cli, store, root, name, all_keys=True)),
             "",
         ]
     chat = shlex.quote(json.dumps(chat_body()))
@@ -164,8 +167,7 @@ def render(
     return "\n".join(lines)
 
 
-def _reset(cli: str, store: ConfigStore, root: str, model: str) -> list[str]:
-    return [
-        _config_set(cli, store, root, model, ("context_window", str(DEFAULT_LIMITS.context_window))),
-        _config_set(cli, store, root, model, ("truncate_on_overflow", "false")),
-    ]
+def _reset(cli: str, store: ConfigStore, root: str, model: str, *, all_keys: bool = False) -> list[str]:
+    """The commands putting ``model``'s default limits back: those the walk-through changes, or ``all_keys``."""
+    keys = DEFAULT_READING.as_dict() if all_keys else {"context_window": 0, "truncate_on_overflow": 0}
+    return [_config_set(cli, store, root, model, (key, str(DEFAULT_READING.as_dict()[key]).lower())) for key in keys]

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 
 from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError
 from autoglm_runtime.validation import GuardResult, error_body
+from examples.model_server.model_limits import Reading
 
 #: Output tokens when a request names none (the guards assume the same; see app.py).
 DEFAULT_MAX_TOKENS = 16
@@ -50,6 +51,7 @@ class Sampling:
     """The generation options of one request, checked (every problem named at once)."""
 
     max_tokens: int
+    explicit: bool
     temperature: float
     seed: int | None
     stream: bool
@@ -84,6 +86,7 @@ class Sampling:
             )
         return cls(
             max_tokens=max(budgets) if budgets else DEFAULT_MAX_TOKENS,
+            explicit=bool(budgets),
             temperature=float(temperature),
             seed=seed,
             stream=bool(stream),
@@ -155,14 +158,15 @@ def event(data: Mapping[str, Any] | str) -> bytes:
 DONE = event("[DONE]")
 
 
-def model_card(name: str, numpy_version: str | None, created: int, context_window: int) -> dict[str, Any]:
-    """One entry of ``/v1/models``: OpenAI's fields plus the numpy the model's worker imported and its window
-    (no host paths)."""
+def model_card(name: str, numpy_version: str | None, created: int, limits: Reading) -> dict[str, Any]:
+    """One entry of ``/v1/models``: OpenAI's fields plus the numpy the model's worker imported, its window
+    (``max_model_len``, as vLLM names it) and output cap; no host paths."""
     return {
         "id": name,
         "object": "model",
         "created": created,
         "owned_by": OWNER,
-        "max_model_len": context_window,
+        "max_model_len": limits.guard.context_window,
+        "max_output_tokens": limits.max_output_tokens,
         "numpy": numpy_version,
     }

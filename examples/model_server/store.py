@@ -14,14 +14,18 @@ from pathlib import Path
 
 from autoglm_runtime.errors import ConfigUnavailableError, UsageError
 from autoglm_runtime.testing import ZooKeeperUnavailableError, start_zookeeper
-from examples.model_server.app import DEFAULT_LIMITS, limits_prefix
+from examples.model_server.model_limits import DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT_TOKENS, limits_prefix
 
 log = logging.getLogger("examples.model_server")
 
 
 def defaults(models: Iterable[str]) -> dict[str, bytes]:
     """The default limits of each model, by config key (``limits/<model>/context_window`` ...)."""
-    values = {"context_window": str(DEFAULT_LIMITS.context_window).encode(), "truncate_on_overflow": b"false"}
+    values = {
+        "context_window": str(DEFAULT_LIMITS.context_window).encode(),
+        "truncate_on_overflow": b"false",
+        "max_output_tokens": str(DEFAULT_MAX_OUTPUT_TOKENS).encode(),
+    }
     return {f"{limits_prefix(model)}{key}": value for model in models for key, value in values.items()}
 
 

@@ -237,12 +237,46 @@ def test_a_window_changed_in_zookeeper_judges_that_models_next_request(server: S
         assert info.value.code == "context_length_exceeded"
         assert "maximum context length is 16 tokens" in info.value.message
         assert server.client.completions.create(model=CHARS, prompt=prompt, max_tokens=8).choices  # its own window
-        assert server.client.models.retrieve(WORDS).model_extra == {"max_model_len": 16, "numpy": _numpy(server)}
+        assert server.client.models.retrieve(WORDS).model_extra == {
+            "max_model_len": 16, "max_output_tokens": 32, "numpy": _numpy(server),
+        }  # fmt: skip
     finally:
         zk.set(key, b"64")
         zk.stop()
         zk.close()
     _until(lambda: server.http.get("/health").json()["limits"][WORDS]["context_window"] == 64, 10, "the default")
+
+
+def test_an_output_cap_changed_in_zookeeper_bounds_max_tokens(server: Server) -> None:
+    zk = KazooClient(hosts=server.hosts)
+    zk.start()
+    key = f"{server.root}/limits/{CHARS}/max_output_tokens"
+    try:
+        zk.set(key, b"4")
+        _until(lambda: server.http.get("/health").json()["limits"][CHARS]["max_output_tokens"] == 4, 10, "the cap")
+        with pytest.raises(openai.BadRequestError) as info:
+            server.client.completions.create(model=CHARS, prompt="The model", max_tokens=5)
+        assert (info.value.code, info.value.param) == ("E5010", "max_tokens")
+        assert info.value.body["message"] == (  # type: ignore[index]
+            f"E5010: max_tokens 5 is more than the output cap of 4 tokens of model {CHARS} (config key "
+            f"limits/{CHARS}/max_output_tokens): lower max_tokens"
+        )
+        unasked = server.client.completions.create(model=CHARS, prompt="The model", temperature=0)
+        assert unasked.usage is not None
+        assert unasked.usage.completion_tokens == 4  # the default budget of 16, lowered to the cap
+        zk.set(key, b'"many"')  # JSON, but not a number: logged as E0409 when read, the last good value stays
+        log = server.state / "server.log"
+        _until(
+            lambda: server.http.get("/health") and "is not a valid output cap" in log.read_text(), 10, "the warning"
+        )
+        warning = next(json.loads(line) for line in log.read_text().splitlines() if "valid output cap" in line)
+        assert (warning["error_code"], warning["key"]) == ("E0409", f"limits/{CHARS}/max_output_tokens")
+        assert server.http.get("/health").json()["limits"][CHARS]["max_output_tokens"] == 4
+    finally:
+        zk.set(key, b"32")
+        zk.stop()
+        zk.close()
+    _until(lambda: server.http.get("/health").json()["limits"][CHARS]["max_output_tokens"] == 32, 10, "the default")
 
 
 def _numpy(server: Server) -> str:
@@ -348,6 +382,6 @@ def test_health_reports_config_limits_and_workers(server: Server) -> None:
     assert health["status"] == "ok"
     assert health["config"]["connected"] is True
     assert health["config"]["source"] == "zookeeper"
-    defaults = {"context_window": 64, "truncate_on_overflow": False}
+    defaults = {"context_window": 64, "truncate_on_overflow": False, "max_output_tokens": 32}
     assert health["limits"] == {CHARS: defaults, WORDS: defaults}
     assert {name: w["state"] for name, w in health["models"].items()} == {CHARS: "ready", WORDS: "ready"}

@@ -38,7 +38,7 @@ from examples.model_server.assets import build_local_wheels
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = REPO / ".autoglm" / "example"  # the default --state-dir, as the README runs it
-DEFAULTS = {"context_window": 64, "truncate_on_overflow": False}
+DEFAULTS = {"context_window": 64, "truncate_on_overflow": False, "max_output_tokens": 32}
 MODELS = ("chars-numpy2", "words-numpy1")
 
 pytestmark = pytest.mark.slow
@@ -336,8 +336,8 @@ def test_scripts_serve_walkthrough_restart_and_reset(store: str, tmp_path: Path,
 
     second = serve()
     assert second.line("limits in force: ").startswith(
-        "limits in force: chars-numpy2 context_window=64 truncate_on_overflow=false; "
-        f"words-numpy1 context_window={window} truncate_on_overflow=false (kept in "
+        "limits in force: chars-numpy2 context_window=64 truncate_on_overflow=false max_output_tokens=32; "
+        f"words-numpy1 context_window={window} truncate_on_overflow=false max_output_tokens=32 (kept in "
     )
     assert second.line("environments: ") == "environments: .autoglm/example/envs: 2 reused, 0 built, 1 unused removed"
     assert _env_dirs() == envs_before  # the same directories: nothing rebuilt, the old one gone
@@ -348,8 +348,8 @@ def test_scripts_serve_walkthrough_restart_and_reset(store: str, tmp_path: Path,
 
     third = serve("--reset")
     assert third.line("limits in force: ").startswith(
-        "limits in force: chars-numpy2 context_window=64 truncate_on_overflow=false; "
-        "words-numpy1 context_window=64 truncate_on_overflow=false (kept in "
+        "limits in force: chars-numpy2 context_window=64 truncate_on_overflow=false max_output_tokens=32; "
+        "words-numpy1 context_window=64 truncate_on_overflow=false max_output_tokens=32 (kept in "
     )
     assert "not the defaults" not in third.banner
     assert httpx.get(f"{third.url}/health", timeout=30).json()["limits"] == dict.fromkeys(MODELS, DEFAULTS)

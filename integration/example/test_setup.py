@@ -12,8 +12,8 @@ import pytest
 from autoglm_runtime.errors import UsageError
 from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, HFTokenizer
 from examples.model_server import banner, options
-from examples.model_server.app import DEFAULT_LIMITS
 from examples.model_server.assets import MODELS, build_tokenizer
+from examples.model_server.model_limits import DEFAULT_LIMITS
 from examples.model_server.store import open_store, seed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,6 +97,7 @@ def test_seeding_keeps_an_operator_value_unless_reset(tmp_path: Path) -> None:
     seed(hosts, "/autoglm/example", ["a", "b"], reset=False)
     assert window.read_text() == other.read_text() == str(DEFAULT_LIMITS.context_window)
     assert (limits / "a" / "truncate_on_overflow").read_text() == "false"
+    assert (limits / "b" / "max_output_tokens").read_text() == "32"
     window.write_text("26")
     seed(hosts, "/autoglm/example", ["a", "b"], reset=False)
     assert window.read_text() == "26"
