@@ -6,7 +6,8 @@ are built on the latter, so they do not care how the tokens arrive.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,13 +50,16 @@ async def model_complete(model: LoadedModel, prompt: str, sampling: Sampling, ti
     return Answer(answer["text"], len(answer["tokens"]), answer["finish_reason"])
 
 
-async def _model_chunks(model: LoadedModel, prompt: str, sampling: Sampling, timeout: float) -> AsyncIterator[str]:
+async def _model_chunks(
+    model: LoadedModel, prompt: str, sampling: Sampling, timeout: float
+) -> AsyncGenerator[str, None]:
     """The tokens of the model's completion of ``prompt``, each as the text it adds, as they come.
 
     The one place streaming depends on the worker API. Until the worker can stream (issue 13), the model
     completes in one call and its tokens are sent as they were generated; then this becomes
     ``async for token in model.astream("generate", prompt, sampling.max_tokens, temperature=..., seed=...,
-    timeout=timeout): yield token``, which also closes the model's generator when the client goes away.
+    timeout=timeout): yield token``. The streams below close this generator when they end or the client goes
+    away (``aclosing``), which then closes the model's.
     """
     answer: dict[str, Any] = await run_in_threadpool(
         model.call,
@@ -78,7 +82,7 @@ def _finish(count: int, sampling: Sampling) -> str:
 async def completion_events(
     model: LoadedModel,
     prompts: list[str],
-    first: tuple[str | None, AsyncIterator[str]],
+    first: tuple[str | None, AsyncGenerator[str, None]],
     *,
     envelope: Envelope,
     sampling: Sampling,
@@ -93,12 +97,13 @@ async def completion_events(
         for index, prompt in enumerate(prompts):
             token, tokens = first if index == 0 else (None, _model_chunks(model, prompt, sampling, timeout))
             count = 0
-            if index == 0 and token is not None:
-                count += 1
-                yield event(envelope.body([completion_choice(index, token, None)]))
-            async for token in tokens:
-                count += 1
-                yield event(envelope.body([completion_choice(index, token, None)]))
+            async with contextlib.aclosing(tokens):
+                if index == 0 and token is not None:
+                    count += 1
+                    yield event(envelope.body([completion_choice(index, token, None)]))
+                async for token in tokens:
+                    count += 1
+                    yield event(envelope.body([completion_choice(index, token, None)]))
             generated += count
             yield event(envelope.body([completion_choice(index, "", _finish(count, sampling))]))
     except AutoGLMRuntimeError as exc:  # the status is sent already: the error travels as an event
@@ -110,7 +115,7 @@ async def completion_events(
 
 
 async def chat_events(
-    first: tuple[str | None, AsyncIterator[str]],
+    first: tuple[str | None, AsyncGenerator[str, None]],
     *,
     envelope: Envelope,
     sampling: Sampling,
@@ -122,12 +127,13 @@ async def chat_events(
     count = 0
     yield event(envelope.body([chat_delta({"role": "assistant", "content": ""})]))
     try:
-        if token is not None:
-            count += 1
-            yield event(envelope.body([chat_delta({"content": token})]))
-        async for token in tokens:
-            count += 1
-            yield event(envelope.body([chat_delta({"content": token})]))
+        async with contextlib.aclosing(tokens):
+            if token is not None:
+                count += 1
+                yield event(envelope.body([chat_delta({"content": token})]))
+            async for token in tokens:
+                count += 1
+                yield event(envelope.body([chat_delta({"content": token})]))
     except AutoGLMRuntimeError as exc:
         yield event(error_body(exc, "openai"))
         return
@@ -139,7 +145,7 @@ async def chat_events(
 
 async def started(
     model: LoadedModel, prompt: str, sampling: Sampling, timeout: float
-) -> tuple[str | None, AsyncIterator[str]]:
+) -> tuple[str | None, AsyncGenerator[str, None]]:
     """The first token of the model's stream and the rest of it: errors before the first token (an unknown
     worker state, a timeout) surface here, while the response can still carry their status."""
     tokens = _model_chunks(model, prompt, sampling, timeout)
