@@ -5,7 +5,7 @@ The convention the docs follow (docs/testing.md, "Documentation snippets"):
 * the ```python blocks of one page run in order, in one fresh interpreter of their own, so a later block may use
   names an earlier block of the same page defined; pages never share anything;
 * the working directory is a new temporary folder holding what the snippets name by relative path:
-  ``wheels/`` (the example's conflictlib 1.0 and 2.0 wheels), ``models/a`` and ``models/b`` (two models that need
+  ``wheels/`` (conflictlib 1.0 and 2.0 wheels), ``models/a`` and ``models/b`` (two models that need
   conflictlib==1.0 and ==2.0, with a ``predict`` method), ``tokenizer.json`` and ``models/llm/tokenizer.json``
   (a byte-level BPE trained like ``examples/model_server/assets.py``), ``models/llm/ranks.tiktoken`` and
   ``envs/`` (an environment root shared by every page, so environments are built once per run);
@@ -126,10 +126,12 @@ def _write_tiktoken_ranks(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from examples.model_server.assets import build_tokenizer, build_wheelhouse
+    from autoglm_runtime.testing import build_wheel
+    from examples.model_server.assets import build_tokenizer
 
     base = tmp_path_factory.mktemp("docs-assets")
-    build_wheelhouse(base / "wheels")
+    for version in ("1.0", "2.0"):
+        build_wheel(base / "wheels", "conflictlib", version)
     _write_model(base / "models" / "a", "a", "conflictlib==1.0")
     _write_model(base / "models" / "b", "b", "conflictlib==2.0")
     build_tokenizer(base / "models" / "llm" / "tokenizer.json")

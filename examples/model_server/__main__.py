@@ -1,9 +1,10 @@
 """Run the example model server: ``python -m examples.model_server`` (``bash scripts/serve`` does the set-up).
 
 The order matters to a newcomer: the command line and the port are checked before anything is built (a
-taken port is E0001, exit 2, at once); then the state directory is locked, assets are built or reused,
-the config store is opened and seeded, the models are loaded, environments nobody uses are removed, and
-the banner is printed only once uvicorn serves on the port. See ``options.py`` for the flags.
+taken port is E0001, exit 2, at once); then the state directory is locked, assets are built or reused (the
+numpy wheels are fetched at first start only), the config store is opened and seeded, the models are
+loaded, environments nobody uses are removed, and the banner is printed only once uvicorn serves on the
+port. See ``options.py`` for the flags.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ import uvicorn
 
 from autoglm_runtime import ConfigClient
 from autoglm_runtime.config import SyncTuning
+from autoglm_runtime.deps import load_manifest
 from autoglm_runtime.errors import AutoGLMRuntimeError
 from autoglm_runtime.isolation import ModelLoader, collect_garbage
 from autoglm_runtime.logging import configure_json_logging
-from autoglm_runtime.validation import ConfigLimits, HFTokenizer
+from autoglm_runtime.validation import ChatTemplate, HFTokenizer
 from examples.model_server import banner, options
-from examples.model_server.app import DEFAULT_LIMITS, LIMITS_PREFIX, create_app
-from examples.model_server.assets import HERE, build_tokenizer, build_wheelhouse
+from examples.model_server.app import create_app, numpy_version
+from examples.model_server.assets import MODELS, build_tokenizer, fill_wheelhouse, tokenizer_path
+from examples.model_server.model_limits import ModelLimits
 from examples.model_server.store import open_store, seed
 
 log = logging.getLogger("examples.model_server")
@@ -56,16 +59,18 @@ def _serve(args: argparse.Namespace, sock: socket.socket) -> None:
     state: Path = args.state_dir
     with contextlib.ExitStack() as stack:
         stack.enter_context(options.state_lock(state))
-        wheelhouse = build_wheelhouse(state / "wheels")
-        tokenizer_path = state / "tokenizer.json"
-        if not tokenizer_path.exists():
-            build_tokenizer(tokenizer_path)
-        tokenizer = HFTokenizer.from_file(tokenizer_path)
-        walkthrough = banner.Walkthrough.for_tokenizer(tokenizer)
+        manifests = [load_manifest(model_dir) for model_dir in sorted(MODELS.iterdir())]
+        wheelhouse = fill_wheelhouse(state / "wheels", manifests)
+        tokenizer_file = tokenizer_path(state)
+        if not tokenizer_file.exists():
+            build_tokenizer(tokenizer_file)
+        tokenizer = HFTokenizer.from_file(tokenizer_file)
+        templates = {m.name: ChatTemplate.from_file(m.directory / "tokenizer_config.json") for m in manifests}
+        walkthrough = banner.Walkthrough.for_tokenizer(tokenizer, templates[banner.RELOADED])
 
         store = open_store(zk=args.zk, choice=args.config_store, state=state, stack=stack)
         root: str = args.root
-        seed(store.hosts, root, reset=args.reset)
+        seed(store.hosts, root, [m.name for m in manifests], reset=args.reset)
         snapshot = None if store.hosts.startswith("file://") else state / "config.snapshot"
         config = ConfigClient(store.hosts, root, snapshot_path=snapshot, tuning=SyncTuning(poll_interval=0.2))
         config.start(timeout=15)
@@ -73,30 +78,27 @@ def _serve(args: argparse.Namespace, sock: socket.socket) -> None:
 
         envs = state / "envs"
         loader = stack.enter_context(ModelLoader(envs, wheelhouse=wheelhouse, offline=True, backend=args.backend))
-        loaded = [loader.load(model_dir) for model_dir in sorted((HERE / "models").iterdir())]
+        loaded = [loader.load(manifest) for manifest in manifests]
         # The state directory's environments are this server's alone: those it does not hold are old keys.
         removed = collect_garbage(envs).removed
         built = sum(model.environment.created for model in loaded)
         environments = f"{_shown(envs)}: {len(loaded) - built} reused, {built} built, {len(removed)} unused removed"
-        models = (
-            ", ".join(f"{m.name} (conflictlib=={m.versions['conflictlib']['version']})" for m in loaded)
-            + ", each in its own environment"
-        )
 
-        app = create_app(config=config, loader=loader, tokenizer=tokenizer)
+        app = create_app(config=config, loader=loader, tokenizer=tokenizer, templates=templates)
         host, port = sock.getsockname()[:2]
         url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
         text = banner.render(
             url=url,
             store=store,
             root=root,
-            limits=ConfigLimits(config, prefix=LIMITS_PREFIX, defaults=DEFAULT_LIMITS).current(),
-            models=models,
+            limits={m.name: ModelLimits(config, m.name).current() for m in manifests},
+            numpy={model.name: numpy_version(model) for model in loaded},
             environments=environments,
             walkthrough=walkthrough,
             cli=str(Path(sys.executable).parent / "autoglm-runtime"),
         )
-        server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"), text)
+        # Lifespan on: shutdown stops the guards' threads.
+        server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"), text)
         server.run(sockets=[sock])
 
 

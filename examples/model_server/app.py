@@ -1,45 +1,210 @@
 """The example model server's ASGI app: all three parts of autoglm-runtime, wired as a real server would.
 
-- ``/v1/completions`` (OpenAI style) is guarded by :class:`ValidationMiddleware`: the Authorization header is
-  length-checked before anything parses it (E0512, 431), the prompt is judged against a context window read
-  live from ZooKeeper through :class:`ConfigLimits` (E0513, or truncation when configured, said in a header).
-- The models run isolated through :class:`ModelLoader`: two models pinned to conflicting versions of
-  ``conflictlib`` answer side by side, each from its own environment and worker.
-- ``/health`` reports config connection and staleness and each worker's real state (503 when degraded).
+- ``/v1/chat/completions`` and ``/v1/completions`` (batch prompts: one choice per prompt), both also with
+  ``stream: true`` as server-sent events, answer in OpenAI's format with ``usage``. Each is judged by the guards
+  of the model it names (``guards.py``): the Authorization header's length (E0512, 431) before anything parses
+  the request, then the prompt, rendered with the model's own chat template, against that model's limits read
+  live from the config (``limits/<model>/context_window`` and ``.../truncate_on_overflow``; E0513, or truncation
+  said in the ``x-autoglm-truncated-tokens`` header); ``.../max_output_tokens`` caps ``max_tokens`` (E5010).
+- ``/v1/models`` and ``/v1/models/{id}`` list the models in OpenAI's shape, with the numpy each one imported:
+  two small n-gram models on numpy 1.26 and numpy 2, which cannot share a process, each in its own environment
+  and worker (:class:`ModelLoader`).
+- ``/health`` reports config connection and staleness, each model's limits and its worker's state (503 when
+  degraded). Unknown paths and methods answer in OpenAI's error shape (404, 405), as do unknown models (404
+  ``model_not_found``).
+
+A route is one entry of ``routes`` in :func:`create_app`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
-import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from autoglm_runtime import ConfigClient
-from autoglm_runtime.errors import AutoGLMRuntimeError, UsageError
+from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, UsageError
 from autoglm_runtime.isolation import LoadedModel, ModelLoader
 from autoglm_runtime.validation import (
-    ConfigLimits,
+    ChatTemplate,
     ContextWindowGuard,
+    GuardResult,
     HeaderTokenGuard,
-    Limits,
     Tokenizer,
     ValidationMiddleware,
-    error_body,
+)
+from examples.model_server import generation
+from examples.model_server.guards import PerModelGuards
+from examples.model_server.model_limits import ModelLimits
+from examples.model_server.openai_api import (
+    DEFAULT_MAX_TOKENS,
+    Envelope,
+    Sampling,
+    chat_choice,
+    completion_choice,
+    error_response,
+    model_card,
+    model_not_found,
+    usage,
 )
 
-LIMITS_PREFIX = "limits/"
-DEFAULT_LIMITS = Limits(context_window=64, truncate_on_overflow=False)
+GUARDED = ("/v1/completions", "/v1/chat/completions")
 
 
-def _error(exc: AutoGLMRuntimeError) -> JSONResponse:
-    return JSONResponse(error_body(exc), status_code=exc.http_status, headers={"x-autoglm-error-code": exc.code})
+def numpy_version(model: LoadedModel) -> str | None:
+    """The numpy the model's worker imported, from its handshake (the version only, never the path)."""
+    found = model.versions.get("numpy")
+    return found["version"] if found else None
+
+
+def _required(body: Mapping[str, Any], field: str, what: str) -> None:
+    if body.get(field) is None:
+        raise InvalidRequestError(f"the request has no {field!r}: send {what}", param=field)
+
+
+class _Handlers:
+    """The endpoints; one instance per app."""
+
+    def __init__(
+        self,
+        config: ConfigClient,
+        loader: ModelLoader,
+        tokenizer: Tokenizer,
+        limits: Mapping[str, ModelLimits],
+        call_timeout: float,
+    ) -> None:
+        self.config = config
+        self.loader = loader
+        self.tokenizer = tokenizer
+        self.limits = limits
+        self.call_timeout = call_timeout
+        self.created = int(time.time())
+
+    def _model(self, body: Mapping[str, Any]) -> LoadedModel:
+        return self.loader.models[body["model"]]  # the per-model guard let only served models through
+
+    def _capped(self, name: str, sampling: Sampling) -> Sampling:
+        """``sampling`` within the model's output cap: a default budget is lowered to it, a larger one asked
+        for is refused."""
+        limits = self.limits[name]
+        cap = limits.current().max_output_tokens
+        if sampling.max_tokens <= cap:
+            return sampling
+        if not sampling.explicit:
+            return dataclasses.replace(sampling, max_tokens=cap)
+        raise InvalidRequestError(
+            f"max_tokens {sampling.max_tokens} is more than the output cap of {cap} tokens of model {name} "
+            f"(config key {limits.cap_key}): lower max_tokens",
+            param="max_tokens",
+        )
+
+    @staticmethod
+    def _judged(request: Request) -> GuardResult | None:
+        result: GuardResult | None = getattr(request.state, "guard_result", None)
+        return result
+
+    async def completions(self, request: Request) -> Response:
+        body = await request.json()  # the middleware decoded and judged it already
+        try:
+            _required(body, "prompt", "a prompt: a string, a list of strings, or token ids")
+            sampling = self._capped(body["model"], Sampling.from_body(body))
+            result = self._judged(request)
+            prompts = self._prompts(body["prompt"], result)
+            model = self._model(body)
+            envelope = Envelope.new("text_completion", model.name, f"numpy-{numpy_version(model)}")
+            if sampling.stream:
+                first = await generation.started(model, prompts[0], sampling, self.call_timeout)
+                events = generation.completion_events(
+                    model, prompts, first, envelope=envelope, sampling=sampling, result=result,
+                    timeout=self.call_timeout,
+                )  # fmt: skip
+                return StreamingResponse(events, media_type="text/event-stream")
+            answers = [
+                await generation.model_complete(model, prompt, sampling, self.call_timeout) for prompt in prompts
+            ]
+        except AutoGLMRuntimeError as exc:
+            return error_response(exc)
+        choices = [completion_choice(i, a.text, a.finish_reason) for i, a in enumerate(answers)]
+        return JSONResponse(envelope.body(choices, usage=usage(result, sum(a.tokens for a in answers))))
+
+    def _prompts(self, sent: Any, result: GuardResult | None) -> list[str]:
+        """Each prompt as the guard let it through (truncated if it truncated), token ids decoded."""
+        if sent == []:
+            raise InvalidRequestError("prompt is an empty list: send at least one prompt", param="prompt")
+        if result is None:  # the guard judges every body with a prompt
+            raise InvalidRequestError("the request has no prompt to complete: send a prompt", param="prompt")
+        pieces = [one.segments[0] for one in result.batch] if result.batch else [result.segments[0]]
+        return [piece if isinstance(piece, str) else self.tokenizer.decode(piece) for piece in pieces]
+
+    async def chat(self, request: Request) -> Response:
+        body = await request.json()
+        try:
+            _required(body, "messages", "the conversation as a list of messages")
+            result = self._judged(request)
+            if result is None or result.prompt is None or not body["messages"]:
+                raise InvalidRequestError("messages is empty: send at least one message", param="messages")
+            sampling = self._capped(body["model"], Sampling.from_body(body))
+            model = self._model(body)
+            envelope = Envelope.new("chat.completion", model.name, f"numpy-{numpy_version(model)}")
+            if sampling.stream:
+                first = await generation.started(model, result.prompt, sampling, self.call_timeout)
+                chunks = Envelope(envelope.id, "chat.completion.chunk", model.name, envelope.fingerprint,
+                                  envelope.created)  # fmt: skip
+                events = generation.chat_events(first, envelope=chunks, sampling=sampling, result=result)
+                return StreamingResponse(events, media_type="text/event-stream")
+            answer = await generation.model_complete(model, result.prompt, sampling, self.call_timeout)
+        except AutoGLMRuntimeError as exc:
+            return error_response(exc)
+        return JSONResponse(
+            envelope.body([chat_choice(answer.text, answer.finish_reason)], usage=usage(result, answer.tokens))
+        )
+
+    def _card(self, name: str, model: LoadedModel) -> dict[str, Any]:
+        return model_card(name, numpy_version(model), self.created, self.limits[name].current())
+
+    async def models(self, _: Request) -> JSONResponse:
+        cards = [self._card(name, model) for name, model in sorted(self.loader.models.items())]
+        return JSONResponse({"object": "list", "data": cards})
+
+    async def model(self, request: Request) -> JSONResponse:
+        name = request.path_params["model"]
+        model = self.loader.models.get(name)
+        if model is None:
+            return model_not_found(name, list(self.loader.models))
+        return JSONResponse(self._card(name, model))
+
+    async def health(self, _: Request) -> JSONResponse:
+        config_health = self.config.health()  # a ConfigHealth dict, JSON-ready as is
+        workers = self.loader.health()
+        healthy = config_health["connected"] and all(w["state"] == "ready" for w in workers.values())
+        limits = {name: source.current().as_dict() for name, source in sorted(self.limits.items())}
+        payload = {"status": "ok" if healthy else "degraded", "config": config_health, "limits": limits,
+                   "models": workers}  # fmt: skip
+        return JSONResponse(payload, status_code=200 if healthy else 503)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """404 and 405 in OpenAI's error shape (Starlette answers them in plain text)."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        problem = UsageError(f"{request.method} is not allowed on {request.url.path}: use {allowed}")
+    else:
+        served = ", ".join(sorted({route.path for route in request.app.routes if isinstance(route, Route)}))
+        problem = UsageError(
+            f"there is no endpoint at {request.method} {request.url.path}: the server answers {served}"
+        )
+    response = error_response(problem, status=exc.status_code)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 def create_app(
@@ -47,77 +212,48 @@ def create_app(
     config: ConfigClient,
     loader: ModelLoader,
     tokenizer: Tokenizer,
+    templates: Mapping[str, ChatTemplate],
     call_timeout: float = 10.0,
     max_header_length: int = 512,
 ) -> ValidationMiddleware:
-    """The server's ASGI app; ``config`` is started and ``loader`` has its models loaded by the caller."""
-    limits = ConfigLimits(config, prefix=LIMITS_PREFIX, defaults=DEFAULT_LIMITS)
+    """The server's ASGI app; ``config`` is started and ``loader`` has its models loaded by the caller.
 
-    def model_named(name: Any) -> LoadedModel:
-        models = loader.models
-        if not isinstance(name, str) or name not in models:
-            known = ", ".join(sorted(models))
-            raise UsageError(f"model {name!r} is not loaded here; choose one of: {known}")
-        return models[name]
+    ``templates`` holds each model's chat template (its ``tokenizer_config.json``); all models count tokens with
+    ``tokenizer``. Run it with ASGI lifespan on: shutdown stops the guards' threads.
+    """
+    names = sorted(loader.models)
+    limits = {name: ModelLimits(config, name) for name in names}
+    handlers = _Handlers(config, loader, tokenizer, limits, call_timeout)
+    model_guards: dict[str, ValidationMiddleware] = {}
 
-    async def completions(request: Request) -> JSONResponse:
-        body = await request.json()  # the middleware already decoded and judged it
-        try:
-            model = model_named(body.get("model"))
-            max_tokens = body.get("max_tokens", 16)
-            answer: Mapping[str, Any] = await run_in_threadpool(
-                model.call, "complete", body["prompt"], max_tokens=max_tokens, timeout=call_timeout
-            )
-        except AutoGLMRuntimeError as exc:
-            return _error(exc)
-        return JSONResponse(
-            {
-                "id": f"cmpl-{uuid.uuid4().hex[:12]}",
-                "object": "text_completion",
-                "created": int(time.time()),
-                "model": model.name,
-                "choices": [{"index": 0, "text": answer["text"], "finish_reason": "length"}],
-                "conflictlib": answer["conflictlib"],
-            }
-        )
-
-    async def models(_: Request) -> JSONResponse:
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [
-                    {"id": name, "object": "model", "backend": model.backend, "versions": dict(model.versions)}
-                    for name, model in sorted(loader.models.items())
-                ],
-            }
-        )
-
-    async def health(_: Request) -> JSONResponse:
-        config_health = config.health()  # a ConfigHealth dict, JSON-ready as is
-        workers = loader.health()
-        current = limits.current()
-        healthy = config_health["connected"] and all(w["state"] == "ready" for w in workers.values())
-        payload = {
-            "status": "ok" if healthy else "degraded",
-            "config": config_health,
-            "limits": {
-                "context_window": current.context_window,
-                "truncate_on_overflow": current.truncate_on_overflow,
-            },
-            "models": workers,
-        }
-        return JSONResponse(payload, status_code=200 if healthy else 503)
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        for guard in model_guards.values():
+            guard.stop()
 
     app = Starlette(
         routes=[
-            Route("/v1/completions", completions, methods=["POST"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/health", health, methods=["GET"]),
-        ]
+            Route("/v1/completions", handlers.completions, methods=["POST"]),
+            Route("/v1/chat/completions", handlers.chat, methods=["POST"]),
+            Route("/v1/models", handlers.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", handlers.model, methods=["GET"]),
+            Route("/health", handlers.health, methods=["GET"]),
+        ],
+        exception_handlers={404: _http_error, 405: _http_error},
+        lifespan=lifespan,
     )
+    for name in names:
+        guard = ContextWindowGuard(
+            tokenizer, limits[name].guard, chat_template=templates[name], default_output_tokens=DEFAULT_MAX_TOKENS
+        )
+        model_guards[name] = ValidationMiddleware(
+            app, context_guard=guard, header_guard=None, paths=GUARDED, error_style="openai"
+        )
+    # The outer middleware checks headers, body size and shape for every request, before any model is chosen.
     return ValidationMiddleware(
-        app,
-        context_guard=ContextWindowGuard(tokenizer, limits),
+        PerModelGuards(app, model_guards, GUARDED),
         header_guard=HeaderTokenGuard(max_length=max_header_length),
-        paths=("/v1/completions",),
+        paths=GUARDED,
+        error_style="openai",
     )

@@ -7,33 +7,54 @@ printed commands and checks every claim).
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from autoglm_runtime.validation import ContextWindowGuard, Limits, Tokenizer
-from examples.model_server.app import DEFAULT_LIMITS, LIMITS_PREFIX
+from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, GuardInput, OpenAIExtractor, Tokenizer
+from examples.model_server.model_limits import DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT_TOKENS, Reading, limits_prefix
 from examples.model_server.store import ConfigStore
 
 #: The prompt of the hot-reload steps: a sentence of the tokenizer's corpus, so it counts in few tokens.
 PROMPT = "The model server reads its configuration from ZooKeeper and keeps a local copy in sync."
-SHORT_PROMPT = "hello there world"
+SHORT_PROMPT = "The model server"
+QUESTION = "How does the server follow ZooKeeper?"
 MAX_TOKENS = 8
 HEADER_LENGTH = 600  # over the server's 512-byte limit for one header value
+#: The model whose window the walk-through changes (and which streams the chat), and the one left alone.
+RELOADED = "words-numpy1"
+OTHER = "chars-numpy2"
+
+
+def chat_body(stream: bool = True) -> dict[str, Any]:
+    """The body of the walk-through's chat request."""
+    body: dict[str, Any] = {
+        "model": RELOADED,
+        "messages": [{"role": "user", "content": QUESTION}],
+        "max_tokens": MAX_TOKENS,
+    }
+    if stream:
+        body.update(stream=True, stream_options={"include_usage": True})
+    return body
 
 
 @dataclass(frozen=True)
 class Walkthrough:
-    """The numbers the hot-reload steps rest on."""
+    """The numbers the walk-through's claims rest on."""
 
     prompt_tokens: int
     lowered_window: int
     truncated_tokens: int
+    chat_tokens: int
 
     @classmethod
-    def for_tokenizer(cls, tokenizer: Tokenizer) -> Walkthrough:
+    def for_tokenizer(cls, tokenizer: Tokenizer, template: ChatTemplate) -> Walkthrough:
         """Pick a lowered window the prompt no longer fits but a truncated prompt still can, and ask the
-        server's own guard how many tokens truncation then removes."""
+        server's own guard how many tokens truncation then removes, and how many the chat request counts with
+        ``template`` (the chat model's own)."""
         tokens = len(tokenizer.encode(PROMPT))
         if tokens + MAX_TOKENS > DEFAULT_LIMITS.context_window:
             raise ValueError(
@@ -49,7 +70,9 @@ class Walkthrough:
             removed = guard.check(PROMPT, max_output_tokens=MAX_TOKENS).removed_tokens
         finally:
             quiet.disabled = level
-        return cls(tokens, lowered, removed)
+        chat: GuardInput = OpenAIExtractor().extract(chat_body()).guard_input()
+        judged = ContextWindowGuard(tokenizer, DEFAULT_LIMITS.context_window, chat_template=template).judge(chat)
+        return cls(tokens, lowered, removed, judged.input_tokens)
 
 
 def _curl(url: str, model: str, prompt: str) -> str:
@@ -57,14 +80,19 @@ def _curl(url: str, model: str, prompt: str) -> str:
     return f"curl -si {url}/v1/completions -H 'content-type: application/json' -d {shlex.quote(body)}"
 
 
-def _config_set(cli: str, store: ConfigStore, root: str, key: str, value: str) -> str:
+def _config_set(cli: str, store: ConfigStore, root: str, model: str, setting: tuple[str, str]) -> str:
+    key, value = setting
     return (
-        f"{shlex.quote(cli)} config set {LIMITS_PREFIX}{key} {value} --hosts {shlex.quote(store.hosts)} --root {root}"
+        f"{shlex.quote(cli)} config set {limits_prefix(model)}{key} {value} --hosts {shlex.quote(store.hosts)} "
+        f"--root {root}"
     )
 
 
-def _limits(limits: Limits) -> str:
-    return f"context_window={limits.context_window} truncate_on_overflow={str(limits.truncate_on_overflow).lower()}"
+DEFAULT_READING = Reading(DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT_TOKENS)
+
+
+def _limits(limits: Reading) -> str:
+    return " ".join(f"{key}={str(value).lower()}" for key, value in limits.as_dict().items())
 
 
 def render(
@@ -72,64 +100,81 @@ def render(
     url: str,
     store: ConfigStore,
     root: str,
-    limits: Limits,
-    models: str,
+    limits: Mapping[str, Reading],
+    numpy: Mapping[str, str | None],
     environments: str,
     walkthrough: Walkthrough,
     cli: str,
 ) -> str:
-    """The banner: where the server listens, the config and limits in force, and the walk-through."""
+    """The banner: where the server listens, the config and limits in force, the models with the numpy each
+    imported, and the walk-through."""
     default_window = DEFAULT_LIMITS.context_window
     total = walkthrough.prompt_tokens + MAX_TOKENS
     lowered = walkthrough.lowered_window
-    reset_defaults = [
-        _config_set(cli, store, root, "context_window", str(default_window)),
-        _config_set(cli, store, root, "truncate_on_overflow", "false"),
-    ]
+    changed = sorted(name for name, current in limits.items() if current != DEFAULT_READING)
+    in_force = "; ".join(f"{name} {_limits(current)}" for name, current in sorted(limits.items()))
+    versions = " and ".join(f"{numpy[name]}" for name in (RELOADED, OTHER))
     lines = [
         "",
         f"autoglm-runtime example model server listening on {url}",
         f"config: {store.description}: {store.hosts} root {root}",
-        f"limits in force: {_limits(limits)} (kept in {store.data} across restarts; --reset starts from "
-        f"{_limits(DEFAULT_LIMITS)})",
-        f"models: {models}",
+        f"limits in force: {in_force} (kept in {store.data} across restarts; --reset starts from "
+        f"{_limits(DEFAULT_READING)})",
+        "models: "
+        + ", ".join(f"{name} (numpy {version})" for name, version in sorted(numpy.items()))
+        + ", each in its own environment and worker",
         f"environments: {environments}",
         "",
         "Try it (in another shell; each step's expected status is in brackets):",
         "",
     ]
-    if limits != DEFAULT_LIMITS:
+    if changed:
         lines += [
             "  # the limits in force are not the defaults the steps below start from: put the defaults back",
             "  # (or restart with --reset)",
-            *(f"  {command}" for command in reset_defaults),
+            *(f"  {command}" for name in changed for command in _reset(cli, store, root, name, all_keys=True)),
             "",
         ]
+    chat = shlex.quote(json.dumps(chat_body()))
     lines += [
-        "  # two models with conflicting requirements answer side by side [200, conflictlib 1.0 and 2.0]",
-        f"  {_curl(url, 'summarizer-v1', SHORT_PROMPT)}",
-        f"  {_curl(url, 'summarizer-v2', SHORT_PROMPT)}",
+        f"  # the models, in OpenAI's shape, with the numpy each one imported [200, numpy {versions}]",
+        f"  curl -si {url}/v1/models",
+        f"  # two models whose numpy versions cannot share a process answer side by side [200, numpy {versions}]",
+        f"  {_curl(url, RELOADED, SHORT_PROMPT)}",
+        f"  {_curl(url, OTHER, SHORT_PROMPT)}",
         "",
-        f"  # hot reload: a prompt of {walkthrough.prompt_tokens} tokens plus max_tokens {MAX_TOKENS} fits the context "
-        f"window of {default_window} [200]",
-        f"  {_curl(url, 'summarizer-v1', PROMPT)}",
-        f"  # ... lower the window to {lowered} in the config; within a second the next request is judged by it",
-        f"  # [400, E0513: {total} tokens, more than the context window of {lowered}]",
-        f"  {_config_set(cli, store, root, 'context_window', str(lowered))}",
-        f"  {_curl(url, 'summarizer-v1', PROMPT)}",
+        f"  # a streamed chat completion: {RELOADED}'s own chat template renders the messages, the tokens arrive",
+        f"  # as server-sent events [200, text/event-stream, usage: {walkthrough.chat_tokens} prompt tokens]",
+        f"  curl -siN {url}/v1/chat/completions -H 'content-type: application/json' -d {chat}",
+        "",
+        f"  # hot reload: a prompt of {walkthrough.prompt_tokens} tokens plus max_tokens {MAX_TOKENS} fits "
+        f"{RELOADED}'s context window of {default_window} [200]",
+        f"  {_curl(url, RELOADED, PROMPT)}",
+        f"  # ... lower {RELOADED}'s window to {lowered} in the config; within a second its next request is judged",
+        f"  # by it [400, E0513: {total} tokens, more than the context window of {lowered}]",
+        f"  {_config_set(cli, store, root, RELOADED, ('context_window', str(lowered)))}",
+        f"  {_curl(url, RELOADED, PROMPT)}",
+        f"  # ... while {OTHER} keeps its own window [200]",
+        f"  {_curl(url, OTHER, PROMPT)}",
         "  # ... or let it truncate, and the response says so [200, x-autoglm-truncated-tokens: "
         f"{walkthrough.truncated_tokens}]",
-        f"  {_config_set(cli, store, root, 'truncate_on_overflow', 'true')}",
-        f"  {_curl(url, 'summarizer-v1', PROMPT)}",
+        f"  {_config_set(cli, store, root, RELOADED, ('truncate_on_overflow', 'true'))}",
+        f"  {_curl(url, RELOADED, PROMPT)}",
         "  # ... and back to the defaults",
-        *(f"  {command}" for command in reset_defaults),
+        *(f"  {command}" for command in _reset(cli, store, root, RELOADED)),
         "",
         "  # an overlong Authorization header is refused before parsing [431, E0512]",
         f"  curl -si {url}/v1/completions -H \"Authorization: Bearer $(printf 'x%.0s' $(seq {HEADER_LENGTH}))\" "
         "-d '{}'",
         "",
-        "  # config connection, staleness, limits and each worker's state [200]",
+        "  # config connection, staleness, each model's limits and its worker's state [200]",
         f"  curl -si {url}/health",
         "",
     ]
     return "\n".join(lines)
+
+
+def _reset(cli: str, store: ConfigStore, root: str, model: str, *, all_keys: bool = False) -> list[str]:
+    """The commands putting ``model``'s default limits back: those the walk-through changes, or ``all_keys``."""
+    keys = DEFAULT_READING.as_dict() if all_keys else {"context_window": 0, "truncate_on_overflow": 0}
+    return [_config_set(cli, store, root, model, (key, str(DEFAULT_READING.as_dict()[key]).lower())) for key in keys]

@@ -18,17 +18,19 @@ DEFAULT_ROOT = "/autoglm/example"
 STORES = ("auto", "zookeeper", "file")
 
 DESCRIPTION = """\
-Run the example model server: config that follows ZooKeeper, two models with conflicting requirements in
-isolated environments, and input guards, in one ASGI app under uvicorn.
+Run the example model server: an OpenAI-compatible API (chat and completions, streamed or not, and the
+models list) in front of two small n-gram models, one on numpy 1.26 and one on numpy 2, each in its own
+isolated environment, with config that follows ZooKeeper and input guards, in one ASGI app under uvicorn.
 
 Config comes from ZooKeeper at --zk / $AUTOGLM_ZK_HOSTS. Without one, --config-store decides: 'auto' starts
 a local ZooKeeper (through autoglm_runtime.testing, data in STATE_DIR/zookeeper) when one is installed and
 follows a file:// directory (STATE_DIR/config) when none is; 'zookeeper' and 'file' choose one of the two.
-The limits (limits/context_window, limits/truncate_on_overflow) live there, so they persist across restarts;
---reset writes the defaults again. Everything else is built offline in STATE_DIR on first start and reused
-afterwards: a wheelhouse, a small tokenizer, one environment per model (environments of STATE_DIR/envs that
-the server does not use are removed at start). Once the port serves, a walk-through of curl commands is
-printed on stderr.
+Each model's limits (limits/<model>/context_window, .../truncate_on_overflow, .../max_output_tokens) live
+there, so they persist across restarts; --reset writes the defaults again. Everything else is set up in
+STATE_DIR on first start and reused afterwards: a wheelhouse (the numpy wheels the models pin are fetched
+from the package index at first start only; later starts work offline), a small tokenizer, one environment
+per model (environments of STATE_DIR/envs that the server does not use are removed at start). Once the port
+serves, a walk-through of curl commands is printed on stderr.
 
 Exit codes: 130 after Ctrl-C and 143 after SIGTERM (everything stopped then), 2 for usage errors (E0001: a
 port in use, a state directory used by another server, contradictory flags), else the code of the error

@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from autoglm_runtime.errors import ConfigUnavailableError, UsageError
 from autoglm_runtime.testing import ZooKeeperUnavailableError, start_zookeeper
-from examples.model_server.app import DEFAULT_LIMITS, LIMITS_PREFIX
+from examples.model_server.model_limits import DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT_TOKENS, limits_prefix
 
 log = logging.getLogger("examples.model_server")
 
-DEFAULTS: dict[str, bytes] = {
-    f"{LIMITS_PREFIX}context_window": str(DEFAULT_LIMITS.context_window).encode(),
-    f"{LIMITS_PREFIX}truncate_on_overflow": b"false",
-}
+
+def defaults(models: Iterable[str]) -> dict[str, bytes]:
+    """The default limits of each model, by config key (``limits/<model>/context_window`` ...)."""
+    values = {
+        "context_window": str(DEFAULT_LIMITS.context_window).encode(),
+        "truncate_on_overflow": b"false",
+        "max_output_tokens": str(DEFAULT_MAX_OUTPUT_TOKENS).encode(),
+    }
+    return {f"{limits_prefix(model)}{key}": value for model in models for key, value in values.items()}
 
 
 @dataclass(frozen=True)
@@ -61,11 +66,13 @@ def open_store(
     return ConfigStore(f"file://{directory}", f"a file:// config directory ({why})", str(directory))
 
 
-def seed(hosts: str, root: str, *, reset: bool) -> None:
-    """Write the default limits where they are missing (all of them with ``reset``); other values stay."""
+def seed(hosts: str, root: str, models: Iterable[str], *, reset: bool) -> None:
+    """Write the ``models``' default limits where they are missing (all of them with ``reset``); other values
+    stay."""
+    wanted = defaults(models)
     if hosts.startswith("file://"):
         base = Path(hosts[len("file://") :]) / root.strip("/")
-        for key, value in DEFAULTS.items():
+        for key, value in wanted.items():
             path = base / key
             path.parent.mkdir(parents=True, exist_ok=True)
             if reset or not path.exists():
@@ -80,13 +87,13 @@ def seed(hosts: str, root: str, *, reset: bool) -> None:
     zk = KazooClient(hosts=hosts)
     try:
         zk.start(timeout=15)
-        for key, value in DEFAULTS.items():
-            path = f"{root}/{key}"
+        for key, value in wanted.items():
+            node = f"{root}/{key}"
             try:
-                zk.create(path, value, makepath=True)
+                zk.create(node, value, makepath=True)
             except NodeExistsError:
                 if reset:
-                    zk.set(path, value)
+                    zk.set(node, value)
     except (KazooException, KazooTimeoutError) as exc:
         raise ConfigUnavailableError(
             f"ZooKeeper at {hosts} could not take the default limits under {root} ({type(exc).__name__}): "

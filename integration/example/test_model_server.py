@@ -1,23 +1,41 @@
-"""End to end: ``bash scripts/serve --zk`` (the example model server under uvicorn) on the harness's ZooKeeper,
-with real isolated workers, in a state directory of its own."""
+"""End to end with the official ``openai`` client: ``bash scripts/serve --zk`` (the example model server under
+uvicorn) on the harness's ZooKeeper, with its two real numpy models in their own environments and workers.
+
+The server gets a state directory of its own; its wheelhouse starts from the numpy wheels of the default state
+directory, filled first as ``bash scripts/serve`` fills it at first start (so a run fetches them once at most).
+Expected texts and token counts come from the same code the server runs: the example's n-gram package with
+``temperature=0`` (its most frequent continuation, the same on every numpy), its tokenizer and chat templates.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from kazoo.client import KazooClient
 
+from autoglm_runtime.deps import load_manifest
+from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, HFTokenizer, OpenAIExtractor
+from examples.model_server.assets import CORPUS, HERE, MODELS, fill_wheelhouse, tokenizer_path
+
 REPO = Path(__file__).resolve().parents[2]
+DEFAULT_WHEELS = REPO / ".autoglm" / "example" / "wheels"
+WORDS, CHARS = "words-numpy1", "chars-numpy2"
 
 
 def _free_port() -> int:
@@ -41,9 +59,22 @@ def _until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.05)
 
 
+@dataclass
+class Server:
+    http: httpx.Client
+    client: openai.OpenAI
+    hosts: str
+    root: str
+    state: Path
+
+
 @pytest.fixture(scope="module")
-def server(zk_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, str, str]]:
+def server(zk_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     state = tmp_path_factory.mktemp("example-state")
+    fill_wheelhouse(DEFAULT_WHEELS, [load_manifest(model) for model in sorted(MODELS.iterdir())])
+    (state / "wheels").mkdir()
+    for wheel in DEFAULT_WHEELS.glob("numpy-*.whl"):
+        shutil.copy2(wheel, state / "wheels" / wheel.name)
     root = f"/example-{os.getpid()}"
     port = _free_port()
     log_path = state / "server.log"
@@ -53,14 +84,17 @@ def server(zk_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
              "--port", str(port), "--state-dir", str(state)],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    url = f"http://127.0.0.1:{port}"
+    http = httpx.Client(base_url=url, timeout=30)
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
     try:
-        _until(lambda: proc.poll() is not None or client.get("/health").status_code == 200, 240, "the server")
+        _until(lambda: proc.poll() is not None or http.get("/health").status_code == 200, 240, "the server")
         if proc.poll() is not None:
             raise AssertionError(f"the server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        yield client, zk_server.hosts, root
+        yield Server(http, client, zk_server.hosts, root, state)
     finally:
         client.close()
+        http.close()
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(30)
@@ -73,87 +107,281 @@ def server(zk_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
 
-def _complete(client: httpx.Client, model: str, prompt: str, **headers: str) -> httpx.Response:
-    return client.post("/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": 8}, headers=headers)
+@pytest.fixture(scope="module")
+def ngramlm() -> ModuleType:
+    """The example's n-gram package, imported here from its source (numpy of the test environment)."""
+    spec = importlib.util.spec_from_file_location(
+        "example_ngramlm", HERE / "packages" / "ngramlm-1.0" / "ngramlm" / "__init__.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_conflicting_models_answer_side_by_side(server: tuple[httpx.Client, str, str]) -> None:
-    client, _, _ = server
-    one = _complete(client, "summarizer-v1", "hello there world")
-    two = _complete(client, "summarizer-v2", "hello there world")
-    assert (one.status_code, one.json()["conflictlib"], one.json()["choices"][0]["text"]) == (
-        200, "1.0", "hello there world",
+def _answer(ngramlm: ModuleType, model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+    """What ``model`` answers to ``prompt`` with ``temperature=0``, computed here."""
+    unit, order = ("word", 3) if model == WORDS else ("char", 6)
+    lm = ngramlm.NGramLM(CORPUS.read_text(encoding="utf-8"), unit=unit, order=order)
+    answer: dict[str, Any] = lm.complete(prompt, max_tokens, temperature=0)
+    return answer
+
+
+def _greedy(ngramlm: ModuleType, model: str, prompt: str, max_tokens: int) -> str:
+    return str(_answer(ngramlm, model, prompt, max_tokens)["text"])
+
+
+def _prompt_tokens(server: Server, model: str, body: dict[str, Any]) -> int:
+    """What the server's guard counts for ``body``: its tokenizer and the model's own chat template."""
+    template = ChatTemplate.from_file(MODELS / model / "tokenizer_config.json")
+    guard = ContextWindowGuard(HFTokenizer.from_file(tokenizer_path(server.state)), 10_000, chat_template=template)
+    return guard.judge(OpenAIExtractor().extract(body).guard_input()).input_tokens
+
+
+def test_the_models_list_shows_the_numpy_each_model_imported(server: Server) -> None:
+    listed = {model.id: model for model in server.client.models.list()}
+    assert sorted(listed) == [CHARS, WORDS]
+    assert getattr(listed[WORDS], "numpy").startswith("1.26.")  # noqa: B009 (an extra field of the model object)
+    assert int(getattr(listed[CHARS], "numpy").split(".")[0]) == 2  # noqa: B009
+    one = server.client.models.retrieve(WORDS)
+    assert (one.id, one.object, one.owned_by) == (WORDS, "model", "autoglm-runtime-example")
+    assert str(state := server.state) not in server.http.get("/v1/models").text, state  # no host paths
+
+
+def test_chat_and_completion_answer_with_usage(server: Server, ngramlm: ModuleType) -> None:
+    messages: Any = [{"role": "user", "content": "How does the server follow ZooKeeper?"}]
+    chat = server.client.chat.completions.create(model=WORDS, messages=messages, max_tokens=8, temperature=0)
+    body = {"model": WORDS, "messages": messages, "max_tokens": 8}
+    rendered = ChatTemplate.from_file(MODELS / WORDS / "tokenizer_config.json").render(messages)
+    expected = _answer(ngramlm, WORDS, rendered, 8)
+    assert chat.choices[0].message.content == expected["text"]
+    assert chat.choices[0].finish_reason == expected["finish_reason"]
+    assert chat.usage is not None
+    assert chat.usage.prompt_tokens == _prompt_tokens(server, WORDS, body)
+    assert chat.usage.completion_tokens == len(expected["tokens"])
+    numpy = server.http.get(f"/v1/models/{WORDS}").json()["numpy"]
+    assert chat.system_fingerprint == f"numpy-{numpy}"
+
+    done = server.client.completions.create(model=CHARS, prompt="The model server", max_tokens=8, temperature=0)
+    assert done.choices[0].text == _greedy(ngramlm, CHARS, "The model server", 8)
+    assert done.choices[0].finish_reason == "length"
+    assert done.usage is not None
+    assert done.usage.completion_tokens == 8
+    assert done.usage.prompt_tokens == _prompt_tokens(server, CHARS, {"prompt": "The model server"})
+
+
+def test_streams_parse_with_the_clients_stream_api(server: Server, ngramlm: ModuleType) -> None:
+    messages: Any = [{"role": "user", "content": "What does a streamed completion send?"}]
+    stream = server.client.chat.completions.create(
+        model=WORDS, messages=messages, max_tokens=8, temperature=0, stream=True,
+        stream_options={"include_usage": True},
     )  # fmt: skip
-    assert (two.status_code, two.json()["conflictlib"]) == (200, "2.0")
-    models = {m["id"]: m["versions"] for m in client.get("/v1/models").json()["data"]}
-    assert models["summarizer-v1"]["conflictlib"]["version"] == "1.0"
-    assert models["summarizer-v2"]["conflictlib"]["version"] == "2.0"
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    whole = server.client.chat.completions.create(model=WORDS, messages=messages, max_tokens=8, temperature=0)
+    assert text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens  # type: ignore[union-attr]
+    assert len({chunk.id for chunk in chunks}) == 1
+
+    prompts = ["The model server", "Two models"]
+    batch = server.client.completions.create(model=CHARS, prompt=prompts, max_tokens=5, temperature=0, stream=True)
+    texts = ["", ""]
+    for chunk in batch:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+    assert texts == [_greedy(ngramlm, CHARS, prompt, 5) for prompt in prompts]
 
 
-def test_a_limit_changed_in_zookeeper_judges_the_next_request(server: tuple[httpx.Client, str, str]) -> None:
-    client, hosts, root = server
+def test_a_batch_prompt_gets_one_choice_per_prompt(server: Server, ngramlm: ModuleType) -> None:
+    prompts = ["The model server", "Each model", "A chat request"]
+    done = server.client.completions.create(model=WORDS, prompt=prompts, max_tokens=4, temperature=0)
+    assert [choice.index for choice in done.choices] == [0, 1, 2]
+    assert [choice.text for choice in done.choices] == [_greedy(ngramlm, WORDS, p, 4) for p in prompts]
+    assert done.usage is not None
+    assert done.usage.prompt_tokens == sum(_prompt_tokens(server, WORDS, {"prompt": p}) for p in prompts)
+
+
+def test_an_overlong_chat_request_says_what_to_do(server: Server) -> None:
+    messages: Any = [{"role": "user", "content": "The model server reads its configuration. " * 20}]
+    with pytest.raises(openai.BadRequestError) as info:
+        server.client.chat.completions.create(model=WORDS, messages=messages, max_tokens=8)
+    assert info.value.code == "context_length_exceeded"
+    assert info.value.param == "messages"
+    assert info.value.response.headers["x-autoglm-error-code"] == "E0513"
+    # The guard stops counting once the input cannot fit: "at least".
+    found = re.fullmatch(
+        r"E0513: This model's maximum context length is 64 tokens\. However, you requested at least (\d+) tokens "
+        r"\(at least (\d+) in the input, 8 in the completion asked for by max_tokens\), more than the context window "
+        r"of 64 tokens: shorten the input or lower max_tokens",
+        info.value.body["message"],  # type: ignore[index]
+    )
+    assert found is not None, info.value.body
+    assert int(found.group(1)) == int(found.group(2)) + 8 > 64
+
+
+def test_a_window_changed_in_zookeeper_judges_that_models_next_request(server: Server) -> None:
     prompt = "one two three four five six seven eight nine ten"
-    assert _complete(client, "summarizer-v1", prompt).status_code == 200
-    zk = KazooClient(hosts=hosts)
+    assert server.client.completions.create(model=WORDS, prompt=prompt, max_tokens=8).choices
+    zk = KazooClient(hosts=server.hosts)
     zk.start()
+    key = f"{server.root}/limits/{WORDS}/context_window"
     try:
-        zk.set(f"{root}/limits/context_window", b"16")
-        _until(lambda: client.get("/health").json()["limits"]["context_window"] == 16, 10, "the new limit")
-        rejected = _complete(client, "summarizer-v1", prompt)
-        assert rejected.status_code == 400
-        assert rejected.json()["error"]["code"] == "E0513"
-        assert "more than the context window of 16 tokens" in rejected.json()["error"]["message"]
-
-        zk.set(f"{root}/limits/truncate_on_overflow", b"true")
-        _until(lambda: client.get("/health").json()["limits"]["truncate_on_overflow"], 10, "truncation on")
-        truncated = _complete(client, "summarizer-v1", prompt)
-        assert truncated.status_code == 200
-        assert truncated.headers["x-autoglm-warning-code"] == "E0514"
-        assert int(truncated.headers["x-autoglm-truncated-tokens"]) > 0
+        zk.set(key, b"16")
+        _until(lambda: server.http.get("/health").json()["limits"][WORDS]["context_window"] == 16, 10, "the limit")
+        with pytest.raises(openai.BadRequestError) as info:
+            server.client.completions.create(model=WORDS, prompt=prompt, max_tokens=8)
+        assert info.value.code == "context_length_exceeded"
+        assert "maximum context length is 16 tokens" in info.value.message
+        assert server.client.completions.create(model=CHARS, prompt=prompt, max_tokens=8).choices  # its own window
+        assert server.client.models.retrieve(WORDS).model_extra == {
+            "max_model_len": 16, "max_output_tokens": 32, "numpy": _numpy(server),
+        }  # fmt: skip
     finally:
-        zk.set(f"{root}/limits/context_window", b"64")
-        zk.set(f"{root}/limits/truncate_on_overflow", b"false")
+        zk.set(key, b"64")
         zk.stop()
         zk.close()
+    _until(lambda: server.http.get("/health").json()["limits"][WORDS]["context_window"] == 64, 10, "the default")
 
 
-def test_a_killed_worker_comes_back(server: tuple[httpx.Client, str, str]) -> None:
-    client, _, _ = server
-    before = client.get("/health").json()["models"]["summarizer-v2"]
+def test_an_output_cap_changed_in_zookeeper_bounds_max_tokens(server: Server) -> None:
+    zk = KazooClient(hosts=server.hosts)
+    zk.start()
+    key = f"{server.root}/limits/{CHARS}/max_output_tokens"
+    try:
+        zk.set(key, b"4")
+        _until(lambda: server.http.get("/health").json()["limits"][CHARS]["max_output_tokens"] == 4, 10, "the cap")
+        with pytest.raises(openai.BadRequestError) as info:
+            server.client.completions.create(model=CHARS, prompt="The model", max_tokens=5)
+        assert (info.value.code, info.value.param) == ("E5010", "max_tokens")
+        assert info.value.body["message"] == (  # type: ignore[index]
+            f"E5010: max_tokens 5 is more than the output cap of 4 tokens of model {CHARS} (config key "
+            f"limits/{CHARS}/max_output_tokens): lower max_tokens"
+        )
+        unasked = server.client.completions.create(model=CHARS, prompt="The model", temperature=0)
+        assert unasked.usage is not None
+        assert unasked.usage.completion_tokens == 4  # the default budget of 16, lowered to the cap
+        zk.set(key, b'"many"')  # JSON, but not a number: logged as E0409 when read, the last good value stays
+        log = server.state / "server.log"
+        _until(
+            lambda: server.http.get("/health") and "is not a valid output cap" in log.read_text(), 10, "the warning"
+        )
+        warning = next(json.loads(line) for line in log.read_text().splitlines() if "valid output cap" in line)
+        assert (warning["error_code"], warning["key"]) == ("E0409", f"limits/{CHARS}/max_output_tokens")
+        assert server.http.get("/health").json()["limits"][CHARS]["max_output_tokens"] == 4
+    finally:
+        zk.set(key, b"32")
+        zk.stop()
+        zk.close()
+    _until(lambda: server.http.get("/health").json()["limits"][CHARS]["max_output_tokens"] == 32, 10, "the default")
+
+
+def _numpy(server: Server) -> str:
+    return str(server.http.get(f"/v1/models/{WORDS}").json()["numpy"])
+
+
+def test_unknown_models_and_paths_answer_in_openais_shape(server: Server) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        server.client.completions.create(model="gpt-4o", prompt="hi")
+    assert info.value.code == "model_not_found"
+    assert info.value.message == (
+        f"Error code: 404 - E5010: the model 'gpt-4o' does not exist here: choose one of {CHARS}, {WORDS} "
+        "(GET /v1/models lists them)"
+    )
+    with pytest.raises(openai.NotFoundError):
+        server.client.models.retrieve("gpt-4o")
+    with pytest.raises(openai.NotFoundError) as missing:
+        server.client.embeddings.create(model=WORDS, input="hi")
+    assert missing.value.response.headers["x-autoglm-error-code"] == "E0001"
+    wrong = server.http.get("/v1/chat/completions")
+    assert (wrong.status_code, wrong.json()["error"]["type"], wrong.headers["allow"]) == (
+        405, "invalid_request_error", "POST",
+    )  # fmt: skip
+
+
+COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param", "message"),
+    [
+        (COMPLETIONS, {"model": WORDS}, "prompt", "E5010: the request has no 'prompt': send a prompt: a string, a "
+         "list of strings, or token ids"),
+        (COMPLETIONS, {"prompt": "hi"}, "model", f"E5010: the request names no model: set 'model' to one of {CHARS}, "
+         f"{WORDS}"),
+        (COMPLETIONS, {"model": WORDS, "prompt": [], "max_tokens": 2}, "prompt", "E5010: prompt is an empty list: "
+         "send at least one prompt"),
+        (COMPLETIONS, {"model": WORDS, "prompt": "hi", "temperature": "hot", "n": 3}, "temperature", "E5010: "
+         "temperature must be a number from 0 to 2, got 'hot'; n must be 1 (these models write one choice per "
+         "prompt), got 3: fix the request body"),
+        (COMPLETIONS, {"model": WORDS, "prompt": {"text": "hi"}}, "prompt", "E5010: prompt must be a string, a list "
+         "of strings or a list of token ids, got dict: fix the request body"),
+        (CHAT, {"model": WORDS}, "messages", "E5010: the request has no 'messages': send the conversation as a list "
+         "of messages"),
+        (CHAT, {"model": WORDS, "messages": [], "max_tokens": 2}, "messages", "E5010: messages is empty: send at "
+         "least one message"),
+        (CHAT, {"model": CHARS, "messages": [{"role": "tool", "content": "42"}]}, "messages", "E5010: the model's "
+         "chat template rejected the messages: roles are system, user and assistant; got tool: fix the conversation"),
+    ],
+)  # fmt: skip
+def test_requests_the_guard_can_judge_get_coded_400s(
+    server: Server, path: str, body: dict[str, Any], param: str, message: str
+) -> None:
+    response = server.http.post(path, json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": param,
+        "code": "E5010",
+    }
+
+
+def test_token_id_prompts_are_decoded_with_the_models_tokenizer(server: Server, ngramlm: ModuleType) -> None:
+    ids = HFTokenizer.from_file(tokenizer_path(server.state)).encode("The model server")
+    done = server.client.completions.create(model=WORDS, prompt=ids, max_tokens=4, temperature=0)
+    assert done.choices[0].text == _greedy(ngramlm, WORDS, "The model server", 4)
+    assert done.usage is not None
+    assert done.usage.prompt_tokens == len(ids)
+
+
+def test_a_killed_worker_comes_back(server: Server) -> None:
+    before = server.http.get("/health").json()["models"][CHARS]
     os.kill(before["pid"], signal.SIGKILL)
 
     def answered() -> httpx.Response | None:
-        response = _complete(client, "summarizer-v2", "back again")
+        response = server.http.post("/v1/completions", json={"model": CHARS, "prompt": "back", "max_tokens": 2})
         return response if response.status_code == 200 else None
 
-    assert _until(answered, 30, "the restarted worker to answer").json()["conflictlib"] == "2.0"
-    after = client.get("/health").json()["models"]["summarizer-v2"]
+    assert _until(answered, 30, "the restarted worker to answer").json()["system_fingerprint"].startswith("numpy-2.")
+    after = server.http.get("/health").json()["models"][CHARS]
     assert after["state"] == "ready"
     assert after["pid"] != before["pid"]
     assert after["restarts"] == before["restarts"] + 1
 
 
-def test_an_overlong_authorization_header_gets_431_e0512(server: tuple[httpx.Client, str, str]) -> None:
-    client, _, _ = server
-    response = _complete(client, "summarizer-v1", "hi", authorization="Bearer " + "x" * 600)
+def test_an_overlong_authorization_header_gets_431_e0512(server: Server) -> None:
+    response = server.http.post(
+        "/v1/completions", json={"model": WORDS, "prompt": "hi"}, headers={"authorization": "Bearer " + "x" * 600}
+    )
     assert response.status_code == 431
     assert response.json()["error"] == {
-        "message": "the authorization header is 607 bytes long, more than the limit of 512: send a shorter value, "
-        "or raise the limit if such values are legitimate",
+        "message": "E0512: the authorization header is 607 bytes long, more than the limit of 512: send a shorter "
+        "value, or raise the limit if such values are legitimate",
         "type": "invalid_request_error",
         "param": "authorization",
         "code": "E0512",
     }
 
 
-def test_health_reports_config_and_workers(server: tuple[httpx.Client, str, str]) -> None:
-    client, _, _ = server
-    health = client.get("/health").json()
+def test_health_reports_config_limits_and_workers(server: Server) -> None:
+    health = server.http.get("/health").json()
     assert health["status"] == "ok"
     assert health["config"]["connected"] is True
-    assert health["config"]["stale_seconds"] == 0.0
     assert health["config"]["source"] == "zookeeper"
-    assert {name: w["state"] for name, w in health["models"].items()} == {
-        "summarizer-v1": "ready",
-        "summarizer-v2": "ready",
-    }
+    defaults = {"context_window": 64, "truncate_on_overflow": False, "max_output_tokens": 32}
+    assert health["limits"] == {CHARS: defaults, WORDS: defaults}
+    assert {name: w["state"] for name, w in health["models"].items()} == {CHARS: "ready", WORDS: "ready"}

@@ -34,10 +34,12 @@ from autoglm_runtime.deps import load_manifest
 from autoglm_runtime.isolation import EnvironmentBuilder
 from autoglm_runtime.testing import ZooKeeperUnavailableError, build_wheel, fail_in_ci_else_skip
 from autoglm_runtime.testing._local import find_local_installation
+from examples.model_server.assets import build_local_wheels
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = REPO / ".autoglm" / "example"  # the default --state-dir, as the README runs it
-DEFAULTS = {"context_window": 64, "truncate_on_overflow": False}
+DEFAULTS = {"context_window": 64, "truncate_on_overflow": False, "max_output_tokens": 32}
+MODELS = ("chars-numpy2", "words-numpy1")
 
 pytestmark = pytest.mark.slow
 
@@ -155,9 +157,14 @@ def _run(command: str) -> str:
 
 
 def _parse_http(output: str) -> Response:
+    """A response as curl -si printed it; a server-sent event stream's body is the list of its events' data."""
     head, _, body = output.partition("\r\n\r\n")
     status_line, *header_lines = head.split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    if headers.get("content-type", "").startswith("text/event-stream"):
+        assert body.endswith("\n\n"), body
+        events = [event.removeprefix("data: ") for event in body.split("\n\n")[:-1]]
+        return Response(int(status_line.split()[1]), headers, events)
     return Response(int(status_line.split()[1]), headers, json.loads(body))
 
 
@@ -171,15 +178,15 @@ def walk(serve: Serve) -> list[tuple[Step, Response | None]]:
             done.append((step, response))
             _check_claim(step, response)
             continue
-        setting = re.search(r" config set limits/(\w+) (\S+) ", step.command)
+        setting = re.search(r" config set limits/([\w-]+)/(\w+) (\S+) ", step.command)
         assert setting is not None, f"an unexpected command in the walk-through: {step.command}"
-        key, text = setting.groups()
+        model, key, text = setting.groups()
         value: Any = int(text) if text.isdigit() else text == "true"
 
-        def followed(key: str = key, value: Any = value) -> bool:
-            return httpx.get(f"{serve.url}/health", timeout=30).json()["limits"][key] == value
+        def followed(model: str = model, key: str = key, value: Any = value) -> bool:
+            return httpx.get(f"{serve.url}/health", timeout=30).json()["limits"][model][key] == value
 
-        _poll(followed, 30, f"the server to follow {key}={text}")
+        _poll(followed, 30, f"the server to follow {model}'s {key}={text}")
         done.append((step, None))
     return done
 
@@ -191,36 +198,68 @@ def _check_claim(step: Step, response: Response) -> None:
     detail = details[0] if details else ""
     code = re.match(r"(E\d{4})", detail)
     if code:
-        assert response.body["error"]["code"] == code.group(1), (step, response)
+        assert response.headers["x-autoglm-error-code"] == code.group(1), (step, response)
+        assert response.body["error"]["message"].startswith(f"{code.group(1)}: "), (step, response)
     numbers = re.match(r"E0513: (\d+) tokens, more than the context window of (\d+)", detail)
     if numbers:
         total, window = numbers.groups()
+        assert response.body["error"]["code"] == "context_length_exceeded", (step, response)
         message = response.body["error"]["message"]
-        assert message.startswith(f"This model's maximum context length is {window} tokens."), (step, response)
-        assert f"you requested {total} tokens" in message, (step, response)
+        assert f"maximum context length is {window} tokens. However, you requested {total} tokens (" in message, (
+            step,
+            response,
+        )
     truncated = re.match(r"x-autoglm-truncated-tokens: (\d+)", detail)
     if truncated:
         assert response.headers["x-autoglm-truncated-tokens"] == truncated.group(1), (step, response)
         assert response.headers["x-autoglm-warning-code"] == "E0514"
+    versions = re.match(r"numpy (\S+) and (\S+)", detail)
+    if versions:
+        claimed = set(versions.groups())
+        if isinstance(response.body, dict) and response.body.get("object") == "list":
+            assert {model["numpy"] for model in response.body["data"]} == claimed, (step, response)
+        else:
+            assert response.body["system_fingerprint"].removeprefix("numpy-") in claimed, (step, response)
+    streamed = re.match(r"text/event-stream, usage: (\d+) prompt tokens", detail)
+    if streamed:
+        assert response.headers["content-type"].startswith("text/event-stream"), (step, response)
+        assert response.body[-1] == "[DONE]", (step, response)
+        chunks = [json.loads(data) for data in response.body[:-1]]
+        assert chunks[-1]["usage"]["prompt_tokens"] == int(streamed.group(1)), (step, response)
 
 
 def _check_full_walk(done: list[tuple[Step, Response | None]], restore_first: bool) -> None:
     """What the test knows about each step, beyond the banner's own claims."""
     responses = [r for _, r in done]
-    if restore_first:  # two config sets putting the defaults back come first
-        assert responses[:2] == [None, None]
-        responses = responses[2:]
+    if restore_first:  # config sets putting the defaults back come first
+        assert responses[0] is None
+        while responses[0] is None:
+            responses = responses[1:]
     statuses = [None if r is None else r.status for r in responses]
-    assert statuses == [200, 200, 200, None, 400, None, 200, None, None, 431, 200]
-    one, two, fits, _, rejected, _, truncated, _, _, refused, health = responses
-    assert (one.body["conflictlib"], two.body["conflictlib"]) == ("1.0", "2.0")  # type: ignore[union-attr]
-    assert one.body["choices"][0]["text"] == "hello there world"  # type: ignore[union-attr]
+    assert statuses == [200, 200, 200, 200, 200, None, 400, 200, None, 200, None, None, 431, 200]
+    listed, one, two, chat, fits, _, rejected, other, _, truncated, _, _, refused, health = responses
+    numpy = {m["id"]: m["numpy"] for m in listed.body["data"]}  # type: ignore[union-attr]
+    assert numpy["words-numpy1"].startswith("1.26."), numpy
+    assert numpy["chars-numpy2"].startswith("2."), numpy
+    assert one.body["system_fingerprint"] == f"numpy-{numpy['words-numpy1']}"  # type: ignore[union-attr]
+    assert two.body["system_fingerprint"] == f"numpy-{numpy['chars-numpy2']}"  # type: ignore[union-attr]
+    for answer in (one, two):
+        assert answer.body["choices"][0]["text"], answer  # type: ignore[union-attr]
+        assert answer.body["usage"]["completion_tokens"] <= 8  # type: ignore[union-attr]
+    chunks = [json.loads(data) for data in chat.body[:-1]]  # type: ignore[union-attr]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    words = [c["choices"][0]["delta"]["content"] for c in chunks[1:-2]]
+    assert 1 <= len(words) <= 8, words
+    assert all(words), words
+    assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert chunks[-1]["usage"]["completion_tokens"] == len(words)
     assert "x-autoglm-truncated-tokens" not in fits.headers  # type: ignore[union-attr]
-    assert rejected.body["error"]["code"] == "E0513"  # type: ignore[union-attr]
+    assert rejected.body["error"]["code"] == "context_length_exceeded"  # type: ignore[union-attr]
+    assert "x-autoglm-truncated-tokens" not in other.headers  # type: ignore[union-attr]
     assert int(truncated.headers["x-autoglm-truncated-tokens"]) > 0  # type: ignore[union-attr]
-    assert refused.body["error"]["code"] == "E0512"  # type: ignore[union-attr]
+    assert refused.headers["x-autoglm-error-code"] == "E0512"  # type: ignore[union-attr]
     assert health.body["status"] == "ok"  # type: ignore[union-attr]
-    assert health.body["limits"] == DEFAULTS  # type: ignore[union-attr]
+    assert health.body["limits"] == dict.fromkeys(MODELS, DEFAULTS)  # type: ignore[union-attr]
 
 
 def _env_dirs() -> dict[str, int]:
@@ -229,10 +268,11 @@ def _env_dirs() -> dict[str, int]:
 
 
 def _an_environment_of_an_older_wheelhouse(tmp_path: Path) -> Path:
-    """A real environment in the state directory that the server no longer uses (another conflictlib 1.0 build)."""
+    """A real environment in the state directory that the server no longer uses (another numpy 1.26.4 build)."""
     wheels = tmp_path / "older-wheels"
-    build_wheel(wheels, "conflictlib", "1.0", modules={"conflictlib/__init__.py": "__version__ = '1.0'  # older\n"})
-    model = REPO / "examples" / "model_server" / "models" / "summarizer-v1"
+    build_wheel(wheels, "numpy", "1.26.4", modules={"numpy/__init__.py": "__version__ = '1.26.4'  # older\n"})
+    build_local_wheels(wheels)
+    model = REPO / "examples" / "model_server" / "models" / "words-numpy1"
     env = EnvironmentBuilder(STATE / "envs", wheelhouse=wheels, offline=True).ensure(load_manifest(model))
     assert env.created
     return env.path
@@ -282,6 +322,11 @@ def test_scripts_serve_walkthrough_restart_and_reset(store: str, tmp_path: Path,
         else f"config: a file:// config directory (--config-store file): file://{STATE / 'config'} root"
     )
     assert first.line("config: ").startswith(expected_config)
+    assert re.fullmatch(
+        r"models: chars-numpy2 \(numpy 2\.\d+\.\d+\), words-numpy1 \(numpy 1\.26\.\d+\), each in its own "
+        r"environment and worker",
+        first.line("models: "),
+    )
     restore_first = "not the defaults" in first.banner  # left so by an earlier run in this checkout
     _check_full_walk(walk(first), restore_first)
     window = _lower_the_window(first)  # an operator's change, which a restart keeps
@@ -291,7 +336,8 @@ def test_scripts_serve_walkthrough_restart_and_reset(store: str, tmp_path: Path,
 
     second = serve()
     assert second.line("limits in force: ").startswith(
-        f"limits in force: context_window={window} truncate_on_overflow=false (kept in "
+        "limits in force: chars-numpy2 context_window=64 truncate_on_overflow=false max_output_tokens=32; "
+        f"words-numpy1 context_window={window} truncate_on_overflow=false max_output_tokens=32 (kept in "
     )
     assert second.line("environments: ") == "environments: .autoglm/example/envs: 2 reused, 0 built, 1 unused removed"
     assert _env_dirs() == envs_before  # the same directories: nothing rebuilt, the old one gone
@@ -301,9 +347,12 @@ def test_scripts_serve_walkthrough_restart_and_reset(store: str, tmp_path: Path,
     second.stop()
 
     third = serve("--reset")
-    assert third.line("limits in force: ").startswith("limits in force: context_window=64 truncate_on_overflow=false")
+    assert third.line("limits in force: ").startswith(
+        "limits in force: chars-numpy2 context_window=64 truncate_on_overflow=false max_output_tokens=32; "
+        "words-numpy1 context_window=64 truncate_on_overflow=false max_output_tokens=32 (kept in "
+    )
     assert "not the defaults" not in third.banner
-    assert httpx.get(f"{third.url}/health", timeout=30).json()["limits"] == DEFAULTS
+    assert httpx.get(f"{third.url}/health", timeout=30).json()["limits"] == dict.fromkeys(MODELS, DEFAULTS)
     third.stop()
 
 

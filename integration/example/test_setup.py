@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from autoglm_runtime.errors import UsageError
-from autoglm_runtime.validation import ContextWindowGuard, HFTokenizer
+from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, HFTokenizer
 from examples.model_server import banner, options
-from examples.model_server.app import DEFAULT_LIMITS
-from examples.model_server.assets import build_tokenizer
+from examples.model_server.assets import MODELS, build_tokenizer
+from examples.model_server.model_limits import DEFAULT_LIMITS
 from examples.model_server.store import open_store, seed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,25 +117,35 @@ def test_auto_falls_back_to_a_file_store_when_the_harness_finds_no_zookeeper(tmp
 
 def test_seeding_keeps_an_operator_value_unless_reset(tmp_path: Path) -> None:
     hosts = f"file://{tmp_path}"
-    window = tmp_path / "autoglm" / "example" / "limits" / "context_window"
-    seed(hosts, "/autoglm/example", reset=False)
-    assert window.read_text() == str(DEFAULT_LIMITS.context_window)
+    limits = tmp_path / "autoglm" / "example" / "limits"
+    window, other = limits / "a" / "context_window", limits / "b" / "context_window"
+    seed(hosts, "/autoglm/example", ["a", "b"], reset=False)
+    assert window.read_text() == other.read_text() == str(DEFAULT_LIMITS.context_window)
+    assert (limits / "a" / "truncate_on_overflow").read_text() == "false"
+    assert (limits / "b" / "max_output_tokens").read_text() == "32"
     window.write_text("26")
-    seed(hosts, "/autoglm/example", reset=False)
+    seed(hosts, "/autoglm/example", ["a", "b"], reset=False)
     assert window.read_text() == "26"
-    seed(hosts, "/autoglm/example", reset=True)
+    seed(hosts, "/autoglm/example", ["a", "b"], reset=True)
     assert window.read_text() == str(DEFAULT_LIMITS.context_window)
 
 
 def test_the_walkthrough_numbers_hold_for_the_demo_tokenizer(tmp_path: Path) -> None:
     tokenizer = HFTokenizer.from_file(build_tokenizer(tmp_path / "tokenizer.json"))
-    numbers = banner.Walkthrough.for_tokenizer(tokenizer)
+    template = ChatTemplate.from_file(MODELS / banner.RELOADED / "tokenizer_config.json")
+    numbers = banner.Walkthrough.for_tokenizer(tokenizer, template)
     total = numbers.prompt_tokens + banner.MAX_TOKENS
     assert total <= DEFAULT_LIMITS.context_window  # "fits" -> 200
     assert banner.MAX_TOKENS < numbers.lowered_window < total  # "lower the window" -> 400, truncation can fit
     guard = ContextWindowGuard(tokenizer, numbers.lowered_window, truncate_on_overflow=True)
     assert guard.check(banner.PROMPT, max_output_tokens=banner.MAX_TOKENS).removed_tokens == numbers.truncated_tokens
     assert numbers.truncated_tokens > 0
+    # The chat step fits the default window, counted with the model's own template (its markers are one token each).
+    rendered = template.render(banner.chat_body()["messages"])
+    assert rendered.startswith("<|im_start|>user\n")
+    assert numbers.chat_tokens == len(tokenizer.without_special_tokens().encode(rendered))
+    assert numbers.chat_tokens + banner.MAX_TOKENS <= DEFAULT_LIMITS.context_window
+    assert tokenizer.encode("<|im_start|>") == [tokenizer.encode("<|im_start|>")[0]]
 
 
 def test_the_readme_flag_table_names_every_flag() -> None:

@@ -1,0 +1,172 @@
+"""OpenAI's wire format for the example server: request options, response bodies, stream chunks and errors.
+
+Shapes follow OpenAI's API reference (``text_completion``, ``chat.completion``, ``chat.completion.chunk``, the
+``{"error": {...}}`` body), so the official clients parse them. Errors keep the SDK's convention of
+``error_style="openai"``: OpenAI's code where one exists (``model_not_found``, ``context_length_exceeded``),
+our E-code at the start of the message and in the ``x-autoglm-error-code`` header.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError
+from autoglm_runtime.validation import GuardResult, error_body
+from examples.model_server.model_limits import Reading
+
+#: Output tokens when a request names none (the guards assume the same; see app.py).
+DEFAULT_MAX_TOKENS = 16
+OWNER = "autoglm-runtime-example"
+
+
+def error_response(exc: AutoGLMRuntimeError, *, status: int | None = None, code: str | None = None) -> JSONResponse:
+    """``exc`` as OpenAI's error body; ``status`` and ``code`` override the class's where OpenAI has its own."""
+    status = status or exc.http_status
+    body = error_body(exc, "openai")
+    if code is not None:
+        body["error"]["code"] = code
+    if status < 500:  # the request's fault, whatever the class's default type
+        body["error"]["type"] = "invalid_request_error"
+    return JSONResponse(body, status_code=status, headers={"x-autoglm-error-code": exc.code})
+
+
+def model_not_found(name: str, known: Sequence[str]) -> JSONResponse:
+    """404 ``model_not_found``, naming the models that are served."""
+    exc = InvalidRequestError(
+        f"the model {name!r} does not exist here: choose one of {', '.join(sorted(known))} (GET /v1/models lists them)",
+        param="model",
+    )
+    return error_response(exc, status=404, code="model_not_found")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The generation options of one request, checked (every problem named at once)."""
+
+    max_tokens: int
+    explicit: bool
+    temperature: float
+    seed: int | None
+    stream: bool
+    include_usage: bool
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Sampling:
+        """The options of ``body``; raises :class:`InvalidRequestError` (E5010) naming every bad field."""
+        problems: list[tuple[str, str]] = []
+        # The guard has checked these are non-negative integers and judged the largest one: use the same.
+        budgets = [body[name] for name in ("max_tokens", "max_completion_tokens") if body.get(name) is not None]
+        temperature = body.get("temperature", 1.0)
+        if temperature is None:
+            temperature = 1.0
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
+            problems.append(("temperature", f"temperature must be a number from 0 to 2, got {temperature!r:.40}"))
+        seed = body.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            problems.append(("seed", f"seed must be an integer, got {seed!r:.40}"))
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool) and stream is not None:
+            problems.append(("stream", f"stream must be true or false, got {stream!r:.40}"))
+        options = body.get("stream_options") or {}
+        if not isinstance(options, dict):
+            problems.append(("stream_options", f"stream_options must be an object, got {options!r:.40}"))
+            options = {}
+        if body.get("n", 1) not in (1, None):
+            problems.append(("n", f"n must be 1 (these models write one choice per prompt), got {body['n']!r:.40}"))
+        if problems:
+            raise InvalidRequestError(
+                "; ".join(message for _, message in problems) + ": fix the request body", param=problems[0][0]
+            )
+        return cls(
+            max_tokens=max(budgets) if budgets else DEFAULT_MAX_TOKENS,
+            explicit=bool(budgets),
+            temperature=float(temperature),
+            seed=seed,
+            stream=bool(stream),
+            include_usage=bool(options.get("include_usage", False)),
+        )
+
+
+def usage(result: GuardResult | None, completion_tokens: int) -> dict[str, int]:
+    """``usage``: prompt tokens as the guard counted them (the model's tokenizer and chat template), completion
+    tokens as the model counted what it generated."""
+    prompt_tokens = result.input_tokens if result is not None else 0
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What every body and chunk of one response shares."""
+
+    id: str
+    object: str
+    model: str
+    fingerprint: str
+    created: int
+
+    @classmethod
+    def new(cls, kind: str, model: str, fingerprint: str) -> Envelope:
+        prefix = "chatcmpl" if kind.startswith("chat") else "cmpl"
+        return cls(f"{prefix}-{uuid.uuid4().hex[:24]}", kind, model, fingerprint, int(time.time()))
+
+    def body(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.fingerprint,
+            "choices": choices,
+            **extra,
+        }
+
+
+def completion_choice(index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+
+def chat_choice(text: str, finish_reason: str) -> dict[str, Any]:
+    return {
+        "index": 0,
+        "message": {"role": "assistant", "content": text},
+        "logprobs": None,
+        "finish_reason": finish_reason,
+    }
+
+
+def chat_delta(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
+def event(data: Mapping[str, Any] | str) -> bytes:
+    """One server-sent event: ``data: <json>`` and a blank line."""
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {text}\n\n".encode()
+
+
+DONE = event("[DONE]")
+
+
+def model_card(name: str, numpy_version: str | None, created: int, limits: Reading) -> dict[str, Any]:
+    """One entry of ``/v1/models``: OpenAI's fields plus the numpy the model's worker imported, its window
+    (``max_model_len``, as vLLM names it) and output cap; no host paths."""
+    return {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": OWNER,
+        "max_model_len": limits.guard.context_window,
+        "max_output_tokens": limits.max_output_tokens,
+        "numpy": numpy_version,
+    }
