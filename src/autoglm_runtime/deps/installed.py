@@ -233,56 +233,52 @@ def _place(dist: InstalledDist) -> dict[str, str]:
     return {"version": dist.version, "location": dist.location, "metadata_dir": dist.metadata_dir}
 
 
-def _files_on_disk_match(dist: InstalledDist) -> bool:
-    """Whether every contested file of ``dist`` that was hashed on disk is the one its RECORD lists."""
-    hashed = [info for info in dist.modules.values() if len(info) > 2]
-    return bool(hashed) and all(info[1] is not None and info[1] == info[2] for info in hashed)
-
-
 def _duplicates(env: ProbedEnvironment) -> list[Finding]:
-    copies: dict[str, list[InstalledDist]] = {}
-    for dist in env.dists:
-        if dist.name:
-            copies.setdefault(dist.key, []).append(dist)
     findings = []
-    for key, found in sorted(copies.items()):
+    for key in sorted(env.winners):
+        found = env.copies(key)
         if len(found) < 2:
             continue
-        # Copies in one directory are listed in directory order, which says nothing about whose files are on
-        # disk: only the files' hashes can tell (exactly one copy's RECORD must match them).
-        first_dir = [d for d in found if d.location == found[0].location]
-        matching = [d for d in first_dir if _files_on_disk_match(d)]
-        used: InstalledDist | None = found[0] if len(first_dir) == 1 else None
-        if used is None and len(matching) == 1:
-            used = matching[0]
-        hint = (
-            "uninstall the shadowed copies or delete their metadata directories, or take their directories off the path"
-        )
-        if used is not None:
-            shadowed = [d for d in found if d is not used]
-            hidden = "; ".join(f"{d.label} ({d.metadata_dir})" for d in shadowed)
+        used = env.winners[key]
+        name = used.name
+        same_dir = [d for d in found if d.location == used.location and d is not used]
+        other_dirs = [d for d in found if d.location != used.location]
+        # pip cannot uninstall a copy whose RECORD is gone, and an unpinned --force-reinstall would upgrade
+        # past what the environment pins: delete the stale metadata, then reinstall the same version.
+        reinstall = f"pip install --force-reinstall --no-deps '{name}=={used.version}'"
+        if key not in env.undetermined:
+            hidden = "; ".join(f"{d.label} ({d.metadata_dir})" for d in found if d is not used)
             message = (
-                f"{used.name} is installed {len(found)} times on the path: {used.label} ({used.metadata_dir}) is the "
+                f"{name} is installed {len(found)} times on the path: {used.label} ({used.metadata_dir}) is the "
                 f"one imported, shadowing {hidden}"
             )
-            details: dict[str, object] = {"used": _place(used), "shadowed": [_place(d) for d in shadowed]}
+            details: dict[str, object] = {"used": _place(used), "shadowed": [_place(d) for d in found if d is not used]}
+            steps = []
+            if same_dir:
+                dirs = ", ".join(d.metadata_dir for d in same_dir)
+                steps.append(f"delete the stale metadata {'directories' if len(same_dir) > 1 else 'directory'} {dirs}")
+            if other_dirs:
+                steps.append(
+                    "uninstall the shadowed copies in other directories or take those directories off the path"
+                )
+            hint = "; ".join(steps)
         else:
-            shadowed = found[len(first_dir) :]
-            listed = " and ".join(f"{d.label} ({d.metadata_dir})" for d in first_dir)
+            candidates = [d for d in found if d.location == used.location]
+            listed = " and ".join(f"{d.label} ({d.metadata_dir})" for d in candidates)
             message = (
-                f"{found[0].name} is installed {len(found)} times on the path: {listed} are in one directory, so "
-                "which copy's files are imported cannot be determined"
+                f"{name} is installed {len(found)} times on the path: {listed} are in one directory and the files "
+                "on disk match no single copy's RECORD, so which copy's files are imported cannot be determined"
             )
-            if shadowed:
-                message += "; they shadow " + "; ".join(f"{d.label} ({d.metadata_dir})" for d in shadowed)
+            if other_dirs:
+                message += "; they shadow " + "; ".join(f"{d.label} ({d.metadata_dir})" for d in other_dirs)
             hint = (
-                f"reinstall {found[0].name} (pip install --force-reinstall {found[0].name}) so that one copy "
-                "remains, and delete the metadata directories of the others"
+                f"delete the metadata directories of the copies you do not want, then reinstall the one you keep over "
+                f"its files, e.g. {reinstall}"
             )
             details = {
                 "used": None,
-                "candidates": [_place(d) for d in first_dir],
-                "shadowed": [_place(d) for d in shadowed],
+                "candidates": [_place(d) for d in candidates],
+                "shadowed": [_place(d) for d in other_dirs],
             }
         findings.append(Finding(kind="duplicate", packages=(key,), message=message, hint=hint, details=details))
     return findings
@@ -291,6 +287,8 @@ def _duplicates(env: ProbedEnvironment) -> list[Finding]:
 def _shadowed_modules(env: ProbedEnvironment) -> list[Finding]:
     providers: dict[str, list[InstalledDist]] = {}
     for dist in env.winners.values():
+        if dist.editable:
+            continue  # its RECORD lists only the import hook; the project's files are not its own
         for module in dist.modules:
             providers.setdefault(module, []).append(dist)
     rank: dict[str, int] = {}
@@ -302,33 +300,34 @@ def _shadowed_modules(env: ProbedEnvironment) -> list[Finding]:
             continue
         dists = sorted(found, key=lambda d: (rank[d.location], d.key))
         first = [d for d in dists if d.location == dists[0].location]
-        if len(first) == 1:
-            winner: InstalledDist | None = first[0]
-        else:
-            hashes = {d.modules[module][1] for d in first}
-            if len(hashes) == 1 and None not in hashes and len(first) == len(dists):
-                continue  # identical files (a shared namespace __init__.py): nothing is shadowed
-            on_disk = first[0].modules[module][2] if len(first[0].modules[module]) > 2 else None
-            matching = [d for d in first if on_disk is not None and d.modules[module][1] == on_disk]
-            winner = matching[0] if len(matching) == 1 else None
-        names = ", ".join(d.label for d in dists[:-1]) + f" and {dists[-1].label}"
-        verb = "both install" if len(dists) == 2 else "all install"
-        if winner is None:
-            outcome = "the files on disk cannot be attributed to either, so the import is a mix or a guess"
-        else:
-            losers = " and ".join(d.label for d in dists if d is not winner)
-            outcome = f"'import {module}' gets {winner.label}, so {losers} is shadowed"
-        findings.append(
-            Finding(
-                kind="shadowed-module",
-                packages=tuple(sorted(d.key for d in dists)),
-                message=f"{names} {verb} the top-level module '{module}'; {outcome}",
-                hint="uninstall one of them; they cannot be used in one environment",
-                details={
-                    "module": module,
-                    "winner": winner.key if winner else None,
-                    "distributions": [{"name": d.key, "version": d.version, "location": d.location} for d in dists],
-                },
-            )
-        )
+        winner: InstalledDist | None = first[0]
+        if len(first) > 1:
+            clashing = [d for d in first if module in d.clashes]
+            if not clashing and len(first) == len(dists):
+                continue  # every file they both install is identical (a shared namespace __init__.py)
+            on_disk = [d for d in clashing if d.clashes[module]]
+            if clashing:
+                winner = on_disk[0] if len(on_disk) == 1 else None
+        findings.append(_shadowed_finding(module, dists, winner))
     return findings
+
+
+def _shadowed_finding(module: str, dists: list[InstalledDist], winner: InstalledDist | None) -> Finding:
+    names = ", ".join(d.label for d in dists[:-1]) + f" and {dists[-1].label}"
+    verb = "both install" if len(dists) == 2 else "all install"
+    if winner is None:
+        outcome = "the files on disk cannot be attributed to either, so the import is a mix or a guess"
+    else:
+        losers = " and ".join(d.label for d in dists if d is not winner)
+        outcome = f"'import {module}' gets {winner.label}, so {losers} is shadowed"
+    return Finding(
+        kind="shadowed-module",
+        packages=tuple(sorted(d.key for d in dists)),
+        message=f"{names} {verb} the top-level module '{module}'; {outcome}",
+        hint="uninstall one of them; they cannot be used in one environment",
+        details={
+            "module": module,
+            "winner": winner.key if winner else None,
+            "distributions": [{"name": d.key, "version": d.version, "location": d.location} for d in dists],
+        },
+    )

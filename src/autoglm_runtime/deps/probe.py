@@ -54,9 +54,16 @@ class InstalledDist:
     requires: list[Requirement] = field(default_factory=list)
     requires_python: SpecifierSet | None = None
     provides_extra: frozenset[str] = frozenset()
-    #: top-level import name -> [RECORD path, RECORD hash, hash of the file on disk (only when contested)]
+    #: top-level import name -> [RECORD path, RECORD hash] of the file that makes it importable
     modules: dict[str, list[str | None]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    #: The project directory of an editable install, else ``None``.
+    editable: str | None = None
+    #: For a copy sharing its directory with another copy: whether its RECORD matches the files on disk.
+    record_matches: bool | None = None
+    #: Import name -> whether this distribution's files are on disk, for names whose files differ from
+    #: those of another distribution in the same directory.
+    clashes: dict[str, bool] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -78,14 +85,30 @@ class ProbedEnvironment:
     markers: dict[str, str]
     path: list[str]
     dists: list[InstalledDist]
-    #: The importable copy of each distribution (the first on the path), by normalised name.
+    #: The importable copy of each distribution, by normalised name (see :meth:`copies`).
     winners: dict[str, InstalledDist] = field(init=False)
+    #: Names whose importable copy cannot be told (several copies in one directory, none or several
+    #: matching the files on disk); their winner is the first listed, as ``importlib.metadata`` takes it.
+    undetermined: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.winners = {}
+        copies: dict[str, list[InstalledDist]] = {}
         for dist in self.dists:
             if dist.name:
-                self.winners.setdefault(dist.key, dist)
+                copies.setdefault(dist.key, []).append(dist)
+        self.winners = {}
+        undetermined = set()
+        for key, found in copies.items():
+            first_dir = [d for d in found if d.location == found[0].location]
+            matching = [d for d in first_dir if d.record_matches]
+            if len(first_dir) > 1 and len(matching) != 1:
+                undetermined.add(key)
+            self.winners[key] = matching[0] if len(first_dir) > 1 and len(matching) == 1 else found[0]
+        self.undetermined = frozenset(undetermined)
+
+    def copies(self, key: str) -> list[InstalledDist]:
+        """Every copy of distribution ``key`` on the path, in precedence order."""
+        return [d for d in self.dists if d.name and d.key == key]
 
     @property
     def python_version(self) -> str:
@@ -140,6 +163,11 @@ def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
             errors.append(f"{label} has an invalid Requires-Python {python!r}")
     dist.provides_extra = frozenset(canonical(e) for e in raw.get("provides_extra", []))
     dist.modules = dict(raw.get("modules", {}))
+    editable = raw.get("editable")
+    dist.editable = str(editable) if editable else None
+    matches = raw.get("record_matches")
+    dist.record_matches = bool(matches) if matches is not None else None
+    dist.clashes = {str(k): bool(v) for k, v in (raw.get("clashes") or {}).items()}
     return dist
 
 

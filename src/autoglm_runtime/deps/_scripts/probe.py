@@ -4,17 +4,21 @@
 import nothing outside the standard library and run on every Python this project supports. The output
 is one JSON object::
 
-    {"probe": 1, "executable": ..., "version": "3.11.7", "markers": {...PEP 508 environment...},
+    {"probe": 2, "executable": ..., "version": "3.11.7", "markers": {...PEP 508 environment...},
      "path": [...sys.path...], "distributions": [{"name", "version", "location", "metadata_dir",
-     "requires", "requires_python", "provides_extra", "modules", "errors"}, ...]}
+     "requires", "requires_python", "provides_extra", "modules", "editable", "record_matches", "clashes",
+     "errors"}, ...]}
 
 ``distributions`` is in import-precedence order: ``sys.path`` order, then directory order, the order
-``importlib.metadata`` finds them, so the first of a name is the copy that imports. ``modules`` maps each
-top-level import name a distribution installs to ``[RECORD path, RECORD hash]`` of the file that makes it
-importable (``pkg/__init__.py`` or ``mod.py``; a namespace directory is no name a distribution owns). For a
-name claimed by several distributions in one directory, a third item, the hash of the file actually on
-disk, tells whose file won. ``errors`` lists metadata that could not be
-read; the checker turns those into ``invalid-metadata`` findings instead of failing.
+``importlib.metadata`` finds them. ``modules`` maps each top-level import name a distribution installs to
+``[RECORD path, RECORD hash]`` of the file that makes it importable (``pkg/__init__.py`` or ``mod.py``; a
+namespace directory is no name a distribution owns); an editable install (``editable``: its project
+directory) owns none. Where distributions of one directory claim one name, ``clashes`` maps it to whether
+this distribution's files are the ones on disk, judged on every file they both list with different
+hashes (compiled modules included); where copies of one distribution share a directory,
+``record_matches`` says whether this copy's RECORD matches the files on disk. ``errors`` lists metadata
+that could not be read; the checker turns those into ``invalid-metadata`` findings instead of failing.
+Metadata directories named ``~...`` (left by an interrupted pip uninstall) are not distributions.
 
 ``INTERPRETER -I -S _probe.py --base`` prints instead what every virtual environment of that interpreter
 shares (see :func:`base_facts`); the environment builder caches it and reads a new environment's
@@ -26,9 +30,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import sys
 
-PROBE_FORMAT = 1
+PROBE_FORMAT = 2
 #: The prefix :func:`base_facts` passes to ``site.getsitepackages``; a real prefix replaces it.
 PREFIX_PLACEHOLDER = "/@autoglm-venv-prefix@"
 _MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd")
@@ -55,22 +60,32 @@ def marker_environment() -> dict[str, str]:
     }
 
 
+_LINE_RE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+#: What ``email.feedparser`` takes for a header line: a field name and colon, or a continuation.
+_FIELD_RE = re.compile(r"[\041-\071\073-\176]*:")
+
+
 def _headers(text: str) -> dict[str, list[str]]:
-    """RFC 822 style headers of a METADATA / PKG-INFO file (the body after the blank line is skipped)."""
+    """RFC 822 headers of a METADATA / PKG-INFO file, read exactly as ``importlib.metadata`` reads them.
+
+    ``importlib.metadata`` parses with :mod:`email` (policy ``compat32``): a line starting with a space or
+    a tab continues the field before it, even when it holds nothing but whitespace (meson-python and
+    hatchling write multi-line ``License`` fields so); only a truly empty line, or a line that is neither a
+    field nor a continuation, ends the headers. A value keeps its folded line breaks, as ``get_all`` does.
+    """
     out: dict[str, list[str]] = {}
-    last: str | None = None
-    for line in text.splitlines():
-        if not line.strip():
-            break
-        if line[0] in " \t" and last is not None:
-            out[last][-1] += " " + line.strip()
+    last: list[str] | None = None
+    for line in _LINE_RE.findall(text):
+        if line[0] in " \t":
+            if last is not None:
+                last[-1] += line
             continue
-        key, sep, value = line.partition(":")
-        if not sep:
-            continue
-        last = key.strip().lower()
-        out.setdefault(last, []).append(value.strip())
-    return out
+        if not _FIELD_RE.match(line):
+            break  # an empty line, or the body begins without one
+        key, _, value = line.partition(":")
+        last = out.setdefault(key.lower(), [])
+        last.append(value.lstrip(" \t"))
+    return {key: [v.rstrip("\r\n") for v in values] for key, values in out.items()}
 
 
 def _egg_requires(text: str) -> list[str]:
@@ -105,6 +120,28 @@ def _top_name(path: str) -> tuple[str, bool] | None:
     if len(parts) == 2 and parts[1] == "__init__.py":
         return parts[0], True
     return None
+
+
+def _record_rows(record: str) -> dict[str, str | None]:
+    """RECORD as ``{path: hash}`` (``None`` for a file listed without a hash); quoted paths unquoted."""
+    import csv  # only for the few RECORDs read in full
+
+    out: dict[str, str | None] = {}
+    for row in csv.reader(record.splitlines()):
+        if row:
+            out[row[0]] = (row[1] if len(row) > 1 else "") or None
+    return out
+
+
+def _owned(rows: dict[str, str | None], name: str) -> dict[str, str | None]:
+    """The RECORD rows that belong to import name ``name``: its package directory, or a module file."""
+    prefix = name + "/"
+    return {
+        path: digest
+        for path, digest in rows.items()
+        if path.startswith(prefix)
+        or ("/" not in path and path.split(".", 1)[0] == name and path.endswith(_MODULE_SUFFIXES))
+    }
 
 
 def _modules(meta_dir: str, record: str | None, location: str, errors: list[str]) -> dict[str, list[str | None]]:
@@ -151,6 +188,30 @@ def _read_meta(meta_dir: str, name: str, errors: list[str]) -> str | None:
         return None
 
 
+def _editable_root(meta_dir: str, record: str | None) -> str | None:
+    """The project directory of an editable install (PEP 660 ``direct_url.json``), else ``None``."""
+    if record is None or "direct_url.json" not in record:
+        return None
+    try:
+        data = json.loads(_read(os.path.join(meta_dir, "direct_url.json")) or "{}")
+    except (OSError, ValueError):
+        return None
+    url = data.get("url") if isinstance(data, dict) else None
+    dir_info = data.get("dir_info") if isinstance(data, dict) else None
+    if not isinstance(url, str) or not isinstance(dir_info, dict) or dir_info.get("editable") is not True:
+        return None
+    if not url.startswith("file://"):
+        return None
+    from urllib.parse import unquote, urlsplit
+
+    return os.path.normpath(unquote(urlsplit(url).path))
+
+
+def _unfold(value: str) -> str:
+    """A header value with its folding line breaks removed (RFC 5322 unfolding), then stripped."""
+    return re.sub(r"\r?\n(?=[ \t])|\r(?=[ \t])", "", value).strip()
+
+
 def describe(location: str, entry: str) -> dict[str, object]:
     """Describe one ``.dist-info`` or ``.egg-info`` directory found in ``location``."""
     meta_dir = os.path.join(location, entry)
@@ -158,36 +219,49 @@ def describe(location: str, entry: str) -> dict[str, object]:
     errors: list[str] = []
     dist: dict[str, object] = {"name": None, "version": None, "location": location, "metadata_dir": meta_dir}
     headers: dict[str, list[str]] = {}
-    meta_file = os.path.join(meta_dir, "PKG-INFO" if egg else "METADATA")
+    meta_name = "PKG-INFO" if egg else "METADATA"
     try:
-        text = _read(meta_file) if os.path.isdir(meta_dir) else _read(meta_dir)
+        text = _read(os.path.join(meta_dir, meta_name)) if os.path.isdir(meta_dir) else _read(meta_dir)
         if text is None:
-            errors.append(f"{os.path.basename(meta_file)} is missing")
+            errors.append(f"{meta_name} is missing")
+        elif not text.strip():
+            errors.append(f"{meta_name} is empty")
         else:
             headers = _headers(text)
     except (OSError, ValueError) as exc:
-        errors.append(f"{os.path.basename(meta_file)} cannot be read: {exc}")
+        errors.append(f"{meta_name} cannot be read: {exc}")
     for field in ("name", "version"):
         values = headers.get(field)
-        if values:
-            dist[field] = values[0]
+        if values and _unfold(values[0]):
+            dist[field] = _unfold(values[0])
         elif headers:
-            errors.append(f"{os.path.basename(meta_file)} has no {field.capitalize()} field")
-    requires = headers.get("requires-dist", [])
+            errors.append(f"{meta_name} has no {field.capitalize()} field")
+    requires = [_unfold(r) for r in headers.get("requires-dist", [])]
     record: str | None = None
     if os.path.isdir(meta_dir):
         if egg:
             requires = _egg_requires(_read_meta(meta_dir, "requires.txt", errors) or "")
         record = _read_meta(meta_dir, "RECORD", errors)
     python = headers.get("requires-python")
+    editable = _editable_root(meta_dir, record)
     dist.update(
         requires=requires,
-        requires_python=python[0] if python else None,
-        provides_extra=headers.get("provides-extra", []),
-        modules=_modules(meta_dir, record, location, errors),
+        requires_python=_unfold(python[0]) if python else None,
+        provides_extra=[_unfold(e) for e in headers.get("provides-extra", [])],
+        # An editable install's RECORD lists only its hook files: the project's modules are not its files.
+        modules={} if editable else _modules(meta_dir, record, location, errors),
+        editable=editable,
+        record_matches=None,
+        clashes={},
         errors=errors,
     )
+    if record is not None:
+        _RECORDS[meta_dir] = record
     return dist
+
+
+#: RECORD texts read by :func:`describe`, kept for the few distributions whose files must be compared.
+_RECORDS: dict[str, str] = {}
 
 
 def _file_hash(path: str) -> str | None:
@@ -202,10 +276,67 @@ def _file_hash(path: str) -> str | None:
     return "sha256=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
+def _canonical(name: object) -> str:
+    return re.sub(r"[-_.]+", "-", str(name)).lower()
+
+
+def _rows(dist: dict[str, object]) -> dict[str, str | None]:
+    record = _RECORDS.get(str(dist["metadata_dir"]))
+    return _record_rows(record) if record is not None else {}
+
+
+def _matches_disk(location: str, files: dict[str, str | None], paths: set[str], disk: dict[str, str | None]) -> bool:
+    """Whether each of ``paths`` that ``files`` lists is on disk with the hash ``files`` gives it."""
+    for path in paths & set(files):
+        if files[path] is None:
+            continue  # listed without a hash (RECORD itself, byte code): proves nothing
+        if path not in disk:
+            disk[path] = _file_hash(os.path.join(location, path))
+        if disk[path] != files[path]:
+            return False
+    return True
+
+
+def _differing(copies: list[dict[str, str | None]]) -> set[str]:
+    """Paths that the file lists do not all give with one hash (listed by some only, or hashed apart)."""
+    paths = set().union(*copies)
+    return {p for p in paths if len({c.get(p, "<absent>") for c in copies}) > 1}
+
+
+def _decide_copies(group: list[dict[str, object]]) -> None:
+    """For copies of one distribution in one directory: whose RECORD matches the files on disk."""
+    location = str(group[0]["location"])
+    rows = [_rows(d) for d in group]
+    paths = _differing(rows)
+    disk: dict[str, str | None] = {}
+    for dist, files in zip(group, rows, strict=True):
+        dist["record_matches"] = bool(files) and _matches_disk(location, files, paths, disk)
+
+
+def _decide_clash(module: str, group: list[dict[str, object]]) -> None:
+    """For distributions of one directory claiming import name ``module``: do their shared files differ,
+    and whose files are on disk? Files both install with one hash (a namespace ``__init__.py``) are no clash.
+    """
+    location = str(group[0]["location"])
+    owned = [_owned(_rows(d), module) for d in group]
+    if not all(owned):  # a distribution without RECORD rows for it: its files cannot be compared
+        for dist in group:
+            dist["clashes"][module] = False  # type: ignore[index]
+        return
+    shared = {p for i, a in enumerate(owned) for b in owned[i + 1 :] for p in set(a) & set(b)}
+    paths = shared & _differing(owned)
+    if not paths:
+        return
+    disk: dict[str, str | None] = {}
+    for dist, files in zip(group, owned, strict=True):
+        dist["clashes"][module] = _matches_disk(location, files, paths, disk)  # type: ignore[index]
+
+
 def collect(path: list[str]) -> list[dict[str, object]]:
     """Every distribution on ``path``, in import-precedence order."""
     dists: list[dict[str, object]] = []
     seen: set[str] = set()
+    _RECORDS.clear()
     for entry in path:
         location = os.path.abspath(entry or os.curdir)
         if location in seen or not os.path.isdir(location):
@@ -216,19 +347,40 @@ def collect(path: list[str]) -> list[dict[str, object]]:
         except OSError:
             continue
         for name in names:
-            if name.endswith((".dist-info", ".egg-info")):
+            # "~name" directories are what an interrupted pip uninstall leaves: no longer installed.
+            if name.endswith((".dist-info", ".egg-info")) and not name.startswith("~"):
                 dists.append(describe(location, name))
-    owners: dict[tuple[str, str], int] = {}
+    dists = _without_editable_leftovers(dists)
+    copies: dict[tuple[str, str], list[dict[str, object]]] = {}
+    owners: dict[tuple[str, str], list[dict[str, object]]] = {}
     for dist in dists:
+        if dist["name"]:
+            copies.setdefault((str(dist["location"]), _canonical(dist["name"])), []).append(dist)
         for module in dist["modules"]:  # type: ignore[attr-defined]
-            key = (str(dist["location"]), module)
-            owners[key] = owners.get(key, 0) + 1
-    for dist in dists:
-        modules: dict[str, list[str | None]] = dist["modules"]  # type: ignore[assignment]
-        for module, info in modules.items():
-            if owners[(str(dist["location"]), module)] > 1 and info[0] is not None:
-                info.append(_file_hash(os.path.join(str(dist["location"]), info[0])))
+            owners.setdefault((str(dist["location"]), module), []).append(dist)
+    for group in copies.values():
+        if len(group) > 1:
+            _decide_copies(group)
+    for (_, module), group in owners.items():
+        if len(group) > 1:
+            _decide_clash(module, group)
+    _RECORDS.clear()
     return dists
+
+
+def _without_editable_leftovers(dists: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Drop the ``.egg-info`` a setuptools build leaves in an editable project (``src/pkg.egg-info``):
+    the project's ``.dist-info`` in site-packages is the installed copy, the egg-info only a build artefact.
+    """
+    roots = {_canonical(d["name"]): str(d["editable"]) for d in dists if d.get("editable") and d["name"]}
+    out = []
+    for dist in dists:
+        root = roots.get(_canonical(dist["name"]))
+        meta_dir = str(dist["metadata_dir"])
+        if root and meta_dir.endswith(".egg-info") and meta_dir.startswith(root.rstrip(os.sep) + os.sep):
+            continue
+        out.append(dist)
+    return out
 
 
 def _interpreter() -> dict[str, object]:
