@@ -6,11 +6,12 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from autoglm_runtime.deps._graph import Edges, cycles, req_text, shortest_chain
 from autoglm_runtime.deps.findings import Finding
 from autoglm_runtime.deps.probe import InstalledDist, ProbedEnvironment, canonical
-from autoglm_runtime.deps.specifiers import satisfies
+from autoglm_runtime.deps.specifiers import disjoint, satisfies
 
 __all__ = ["RequirementGraph", "check_installed"]
 
@@ -76,21 +77,56 @@ class RequirementGraph:
             )
         ]
 
-    def _chain(self, model: str | None, key: str) -> list[str] | None:
-        """Why ``key``'s installed version is there: from another model if one leads to it, else a root."""
+    def _chain(self, model: str | None, key: str, wanted: SpecifierSet) -> list[str] | None:
+        """Why ``key``'s installed version is there and not one in ``wanted``: the shortest chain, from
+        another model if one leads to it, else from a root, whose last requirement the installed version
+        satisfies and which excludes every version in ``wanted``.
+        """
         version = self.env.winners[key].version
 
         def accept(req: Requirement) -> bool:
-            return satisfies(req.specifier, version)
+            return satisfies(req.specifier, version) and disjoint(req.specifier, wanted)
 
         models = [f"model {m}" for m in sorted(self.models) if m != model]
         return shortest_chain(self.edges, models, key, self.labels, accept) or shortest_chain(
             self.edges, self.root_dists, key, self.labels, accept
         )
 
+    def _holders(self, key: str, wanted: SpecifierSet) -> tuple[list[str], list[str]]:
+        """Installed distributions requiring ``key``: those whose ranges exclude ``wanted``, and the others."""
+        excluding, accepting = [], []
+        for requirer, deps in sorted(self.edges.items()):
+            if requirer.startswith("model "):
+                continue
+            for dep, req in deps:
+                if dep == key:
+                    label = f"{self.labels[requirer]} ({req_text(req)})"
+                    (excluding if disjoint(req.specifier, wanted) else accepting).append(label)
+        return excluding, accepting
+
+    def _why(self, model: str, req: Requirement, key: str) -> tuple[str, dict[str, object]]:
+        """The end of a ``model-vs-host`` message: what holds the installed version, and its details."""
+        chain = self._chain(model, key, req.specifier)
+        excluding, accepting = self._holders(key, req.specifier)
+        details: dict[str, object] = {"chain": chain or [], "excluded_by": excluding}
+        if chain is not None:
+            why = f", pulled in by {' -> '.join(chain)}"
+            others = [h for h in excluding if not h.startswith(chain[-2] + " (")] if len(chain) > 1 else excluding
+            if others:
+                why += f"; also excluded by {', '.join(others)}"
+        elif excluding:
+            why = f", which {', '.join(excluding)} {'requires' if len(excluding) == 1 else 'require'}"
+        elif accepting:
+            why = (
+                f"; no installed distribution excludes {req_text(req)} ({', '.join(accepting)} "
+                f"{'accepts' if len(accepting) == 1 else 'accept'} it), so {req.name} can be changed to match"
+            )
+        else:
+            why = ", which nothing else requires"
+        return why, details
+
     def _model_vs_host(self, where: str, model: str, req: Requirement, dist: InstalledDist) -> Finding:
-        chain = self._chain(model, dist.key)
-        why = ", which nothing else requires" if chain is None else f", pulled in by {' -> '.join(chain)}"
+        why, details = self._why(model, req, dist.key)
         return Finding(
             kind="model-vs-host",
             packages=(dist.key,),
@@ -98,7 +134,7 @@ class RequirementGraph:
             message=f"{where} needs {req_text(req)} but the environment has {dist.label}{why}",
             hint=f"load model '{model}' isolated in its own environment, or change the environment so that "
             f"{req.name} matches '{req.specifier}'",
-            details={"requirement": req_text(req), "installed": dist.version, "chain": chain or []},
+            details={"requirement": req_text(req), "installed": dist.version, **details},
         )
 
     def check_extras(self) -> list[Finding]:
@@ -160,7 +196,7 @@ class RequirementGraph:
         if satisfies(dep.specifier, installed.version):
             return None
         kind: Literal["model-vs-host", "incompatible"] = "model-vs-host" if models else "incompatible"
-        chain = self._chain(models[0], dep_key) if models else None
+        chain = self._chain(models[0], dep_key, dep.specifier) if models else None
         why = f", pulled in by {' -> '.join(chain)}" if chain else ""
         return Finding(
             kind=kind,
