@@ -139,7 +139,7 @@ def test_extras_missing_unknown_mismatched_and_transitive() -> None:
         ),
         (
             "missing-extra",
-            ("inner", "deeplib"),
+            ("outer", "inner", "deeplib"),
             (),
             "outer 1.0 requires inner[Deep_Extra], whose extra 'deep-extra' needs deeplib, but deeplib is not "
             "installed",

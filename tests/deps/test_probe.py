@@ -101,7 +101,7 @@ def test_collect_describes_distributions_and_contested_files(tmp_path: Path) -> 
 
 def test_probe_runs_isolated_in_another_interpreter() -> None:
     done = subprocess.run([sys.executable, "-I", _probe.__file__], capture_output=True, text=True, check=True)
-    data = json.loads(done.stdout)
+    data = json.loads(done.stdout.rpartition(_probe.OUTPUT_MARK)[2])
     assert data["probe"] == _probe.PROBE_FORMAT
     assert data["markers"] == _probe.marker_environment()
     names = {canonical(str(d["name"])) for d in data["distributions"] if d["name"]}
@@ -152,5 +152,6 @@ def test_undecodable_metadata_files_are_errors_not_crashes(tmp_path: Path) -> No
     )
     done = subprocess.run([sys.executable, "-I", "-c", runner], capture_output=True, text=True, check=False)
     assert (done.returncode, done.stderr) == (0, "")  # the probe script answers, as check-deps --python needs
-    latin = next(d for d in json.loads(done.stdout)["distributions"] if d["name"] == "latin")
+    payload = done.stdout.rpartition(_probe.OUTPUT_MARK)[2]
+    latin = next(d for d in json.loads(payload)["distributions"] if d["name"] == "latin")
     assert latin["errors"] == dists["latin"]["errors"]

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autoglm_runtime.errors import UsageError
+from autoglm_runtime.errors import AutoGLMRuntimeError, UsageError
 
 if TYPE_CHECKING:
     from autoglm_runtime.deps.findings import Report
@@ -89,11 +90,27 @@ def _start_probe(python: str) -> subprocess.Popen[str] | OSError:
         return exc
 
 
+def _absolute(python: str) -> str:
+    found = shutil.which(python) if os.sep not in python else None
+    return os.path.abspath(found or python)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the check and print the report; returns the exit code."""
+    """Run the check and print the report; returns the exit code.
+
+    With ``--json`` an error is printed as a JSON object on stdout too (``ok`` false, its ``code``,
+    ``exit_code`` 2 and the ``error`` message), so a caller parsing stdout always gets JSON.
+    """
+    if args.python:
+        args.python = _absolute(args.python)
     started = _start_probe(args.python) if args.python else None
     try:
         report = _check(args, started)
+    except AutoGLMRuntimeError as exc:
+        if args.json:
+            error = {"format": 1, "code": exc.code, "ok": False, "exit_code": exc.exit_code, "error": str(exc)}
+            print(json.dumps(error, indent=2))
+        raise
     finally:
         if isinstance(started, subprocess.Popen) and started.poll() is None:
             started.kill()

@@ -35,7 +35,8 @@ class RequirementGraph:
             self.edges[f"model {name}"] = [(canonical(r.name), r) for r in reqs]
         self.root_dists = sorted(k for k in env.winners if k not in required)
         self.labels = {key: dist.label for key, dist in env.winners.items()}
-        self._extras: list[tuple[str, tuple[str, ...], str, str, Requirement]] = []
+        #: (where, models, requiring distribution or None for a model, provider, extra, requirement)
+        self._extras: list[tuple[str, tuple[str, ...], str | None, str, str, Requirement]] = []
 
     def check_requirement(
         self, where: str, req: Requirement, *, requirer: str | None = None, model: str | None = None
@@ -60,7 +61,7 @@ class RequirementGraph:
                 )
             ]
         for wanted in sorted(req.extras):
-            self._extras.append((where, models, key, canonical(wanted), req))
+            self._extras.append((where, models, requirer, key, canonical(wanted), req))
         if satisfies(req.specifier, dist.version):
             return []
         if model is not None:
@@ -142,7 +143,7 @@ class RequirementGraph:
         findings: list[Finding] = []
         done: set[tuple[str, str, str]] = set()
         while self._extras:
-            where, models, key, extra, req = self._extras.pop(0)
+            where, models, requirer, key, extra, req = self._extras.pop(0)
             if (where, key, extra) in done:
                 continue
             done.add((where, key, extra))
@@ -151,7 +152,7 @@ class RequirementGraph:
                 findings.append(
                     Finding(
                         kind="missing-extra",
-                        packages=(key,),
+                        packages=tuple(p for p in (requirer, key) if p),
                         models=models,
                         message=f"{where} requires {req_text(req)}, but {dist.label} has no extra '{extra}'",
                         hint=f"drop the extra '{extra}' or install a version of {req.name} that provides it",
@@ -164,7 +165,7 @@ class RequirementGraph:
                     continue
                 if self.env.evaluate(dep.marker, ""):
                     continue  # a base requirement, checked with the distribution itself
-                finding = self._check_extra_dep(where, models, req, dist=dist, extra=extra, dep=dep)
+                finding = self._check_extra_dep(where, models, req, requirer, dist=dist, extra=extra, dep=dep)
                 if finding is not None:
                     findings.append(finding)
         return findings
@@ -174,6 +175,7 @@ class RequirementGraph:
         where: str,
         models: tuple[str, ...],
         req: Requirement,
+        requirer: str | None,
         *,
         dist: InstalledDist,
         extra: str,
@@ -185,14 +187,14 @@ class RequirementGraph:
         if installed is None:
             return Finding(
                 kind="missing-extra",
-                packages=(dist.key, dep_key),
+                packages=tuple(p for p in (requirer, dist.key, dep_key) if p),
                 models=models,
                 message=f"{through}, but {dep.name} is not installed",
                 hint=f"install the extra's requirements: pip install '{dist.name}[{extra}]=={dist.version}'",
                 details={"requirement": req_text(req), "extra": extra, "needs": req_text(dep)},
             )
         for wanted in sorted(dep.extras):  # the extra's own extras: requested by this distribution
-            self._extras.append((dist.label, models, dep_key, canonical(wanted), dep))
+            self._extras.append((dist.label, models, dist.key, dep_key, canonical(wanted), dep))
         if satisfies(dep.specifier, installed.version):
             return None
         kind: Literal["model-vs-host", "incompatible"] = "model-vs-host" if models else "incompatible"
@@ -200,7 +202,7 @@ class RequirementGraph:
         why = f", pulled in by {' -> '.join(chain)}" if chain else ""
         return Finding(
             kind=kind,
-            packages=(dist.key, dep_key),
+            packages=tuple(p for p in (requirer, dist.key, dep_key) if p),
             models=models,
             message=f"{through}, but {installed.label} is installed{why}",
             hint=f"install a version of {dep.name} matching '{dep.specifier}', or drop the extra '{extra}'",

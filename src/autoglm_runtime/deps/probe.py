@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -35,6 +37,9 @@ __all__ = [
 ]
 
 PROBE_TIMEOUT = 120.0
+#: The oldest interpreter the probe script runs on.
+MIN_PYTHON = (3, 7)
+_VERSION_SCRIPT = "import sys; sys.stdout.write('%d.%d' % sys.version_info[:2])"  # Python 2 runs it too
 _CANON_RE = re.compile(r"[-_.]+")
 
 
@@ -182,9 +187,23 @@ def parse_probe(data: dict[str, Any], python: str) -> ProbedEnvironment:
     )
 
 
+def interpreter_path(python: str | Path) -> str:
+    """``python`` as an absolute path (a bare name is looked up on ``PATH``), as reports show it."""
+    text = os.fspath(python)
+    found = shutil.which(text) if os.sep not in text else None
+    return os.path.abspath(found or text)
+
+
 def probe_command(python: str | Path) -> list[str]:
     """The command that runs the probe in ``python``, isolated (``-I``: no user site, no environment vars)."""
     return [str(python), "-I", str(Path(_probe.__file__))]
+
+
+def _directory_error(exe: str) -> UsageError:
+    for candidate in (Path(exe) / "bin" / "python", Path(exe) / "Scripts" / "python.exe"):
+        if candidate.exists():
+            return UsageError(f"{exe} is a directory, not an interpreter; pass its interpreter: --python {candidate}")
+    return UsageError(f"{exe} is a directory, not an interpreter; pass a Python executable to --python")
 
 
 def launch_error(python: str | Path, exc: OSError | subprocess.TimeoutExpired) -> UsageError:
@@ -192,6 +211,8 @@ def launch_error(python: str | Path, exc: OSError | subprocess.TimeoutExpired) -
     exe = str(python)
     if isinstance(exc, subprocess.TimeoutExpired):
         return UsageError(f"interpreter {exe} did not answer the probe within {PROBE_TIMEOUT:.0f} s")
+    if os.path.isdir(exe):
+        return _directory_error(exe)
     if isinstance(exc, FileNotFoundError):
         return UsageError(f"interpreter {exe} does not exist; pass a Python executable to --python")
     if isinstance(exc, PermissionError):
@@ -199,28 +220,54 @@ def launch_error(python: str | Path, exc: OSError | subprocess.TimeoutExpired) -
     return UsageError(f"interpreter {exe} cannot be run: {exc}; pass a Python executable to --python")
 
 
+def _python_version(exe: str) -> tuple[int, int] | None:
+    """The ``(major, minor)`` of an interpreter that failed the probe, asked in a way every Python answers."""
+    try:
+        done = subprocess.run([exe, "-c", _VERSION_SCRIPT], capture_output=True, text=True, timeout=30, check=False)
+        major, minor = done.stdout.strip().split(".")
+        return int(major), int(minor)
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+
+
 def finish_probe(python: str | Path, returncode: int, stdout: str, stderr: str) -> ProbedEnvironment:
-    """Parse what the probe printed; a failed or garbled probe is a :class:`UsageError`."""
+    """Parse what the probe printed; a failed or garbled probe is a :class:`UsageError`.
+
+    Output before the probe's mark (a ``.pth`` file that prints at start-up) is ignored.
+    """
     exe = str(python)
     if returncode != 0:
+        version = _python_version(exe)
+        if version is not None and version < MIN_PYTHON:
+            oldest = ".".join(map(str, MIN_PYTHON))
+            raise UsageError(
+                f"interpreter {exe} is Python {version[0]}.{version[1]}; check-deps checks environments of Python "
+                f"{oldest} or newer: pass a newer interpreter to --python"
+            )
         tail = (stderr.strip().splitlines() or ["no output"])[-1]
-        raise UsageError(f"interpreter {exe} failed to run the probe (exit {returncode}): {tail}")
+        raise UsageError(f"interpreter {exe} failed to run the probe (exit {returncode}): {tail[:300]}")
+    _, mark, payload = stdout.rpartition(_probe.OUTPUT_MARK)
     try:
-        return parse_probe(json.loads(stdout), exe)
+        if not mark:
+            raise ValueError("the probe's output mark is missing")
+        return parse_probe(json.loads(payload), exe)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise UsageError(f"interpreter {exe} answered the probe with something that is not its JSON: {exc}") from exc
+        raise UsageError(
+            f"interpreter {exe} answered the probe with something that is not its JSON: {str(exc)[:300]}"
+        ) from exc
 
 
 def probe_environment(python: str | Path | None = None) -> ProbedEnvironment:
     """Describe ``python``'s environment (the running interpreter's when ``None``).
 
     Raises :class:`~autoglm_runtime.errors.UsageError` (E0001) when the interpreter cannot be run or
-    does not answer with the probe's JSON.
+    does not answer with the probe's JSON (a directory, Python older than 3.7, not a Python at all).
     """
     if python is None:
         return parse_probe(_probe.probe(), sys.executable)
+    exe = interpreter_path(python)
     try:
-        done = subprocess.run(probe_command(python), capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
+        done = subprocess.run(probe_command(exe), capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise launch_error(python, exc) from exc
-    return finish_probe(python, done.returncode, done.stdout, done.stderr)
+        raise launch_error(exe, exc) from exc
+    return finish_probe(exe, done.returncode, done.stdout, done.stderr)

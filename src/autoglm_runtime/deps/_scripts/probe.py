@@ -34,6 +34,8 @@ import re
 import sys
 
 PROBE_FORMAT = 2
+#: Written before the JSON object, so that output of ``.pth`` files run at start-up can be told apart.
+OUTPUT_MARK = "\n@autoglm-runtime-probe@\n"
 #: The prefix :func:`base_facts` passes to ``site.getsitepackages``; a real prefix replaces it.
 PREFIX_PLACEHOLDER = "/@autoglm-venv-prefix@"
 _MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd")
@@ -309,7 +311,7 @@ def _decide_copies(group: list[dict[str, object]]) -> None:
     rows = [_rows(d) for d in group]
     paths = _differing(rows)
     disk: dict[str, str | None] = {}
-    for dist, files in zip(group, rows, strict=True):
+    for dist, files in zip(group, rows):  # noqa: B905
         dist["record_matches"] = bool(files) and _matches_disk(location, files, paths, disk)
 
 
@@ -328,7 +330,7 @@ def _decide_clash(module: str, group: list[dict[str, object]]) -> None:
     if not paths:
         return
     disk: dict[str, str | None] = {}
-    for dist, files in zip(group, owned, strict=True):
+    for dist, files in zip(group, owned):  # noqa: B905 (the probe runs on Python 3.8)
         dist["clashes"][module] = _matches_disk(location, files, paths, disk)  # type: ignore[index]
 
 
@@ -418,4 +420,8 @@ def base_facts() -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    json.dump(base_facts() if sys.argv[1:] == ["--base"] else probe(), sys.stdout)
+    if sys.argv[1:] == ["--base"]:
+        json.dump(base_facts(), sys.stdout)
+    else:
+        sys.stdout.write(OUTPUT_MARK)
+        json.dump(probe(), sys.stdout)
