@@ -95,7 +95,8 @@ class RequirementGraph:
 
     def _holders(self, key: str, wanted: SpecifierSet) -> tuple[list[str], list[str]]:
         """Installed distributions requiring ``key``: those whose ranges exclude ``wanted``, and the others."""
-        excluding, accepting = [], []
+        excluding: list[str] = []
+        accepting: list[str] = []
         for requirer, deps in sorted(self.edges.items()):
             if requirer.startswith("model "):
                 continue
