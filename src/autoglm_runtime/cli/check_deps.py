@@ -1,4 +1,7 @@
-"""``autoglm-runtime check-deps [PATH ...] [--python INTERPRETER] [--json]``: find dependency conflicts (E0101).
+"""``autoglm-runtime check-deps [PATH ...] [--python INTERPRETER] [--json] [--plan] [--why PKG]``: (E0101).
+
+Finds dependency conflicts; ``--plan`` adds a greedy grouping of the models into shared environments,
+``--why PKG`` who requires a distribution.
 
 PATH is a model directory, a ``model.toml`` or a requirements file (checked as a model named after the
 file); with no PATH the environment is checked alone. Exit 0 when clean, 1 with findings, 2 on a usage error
@@ -47,6 +50,18 @@ def register(subparsers: Any) -> None:
         "--python", metavar="INTERPRETER", help="check this interpreter's environment (default: the running one)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object with the findings and a summary")
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="also print a plan: the models in groups that can each share one environment (greedy)",
+    )
+    parser.add_argument(
+        "--why",
+        action="append",
+        default=[],
+        metavar="PKG",
+        help="also print which installed distributions and models require PKG, with their ranges (repeatable)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -105,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         args.python = _absolute(args.python)
     started = _start_probe(args.python) if args.python else None
     try:
-        report = _check(args, started)
+        report, extras = _check(args, started)
     except AutoGLMRuntimeError as exc:
         if args.json:
             error = {"format": 1, "code": exc.code, "ok": False, "exit_code": exc.exit_code, "error": str(exc)}
@@ -116,22 +131,33 @@ def run(args: argparse.Namespace) -> int:
             started.kill()
             started.communicate()
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        out = report.to_json()
+        if "plan" in extras:
+            out["plan"] = extras["plan"].to_json()
+        if "why" in extras:
+            out["why"] = [answer.to_json() for answer in extras["why"]]
+        print(json.dumps(out, indent=2))
     else:
         width = min(max(shutil.get_terminal_size((100, 24)).columns, 60), 120)
+        for answer in extras.get("why", []):
+            sys.stdout.write(answer.render() + "\n")
         sys.stdout.write(report.render(width=width))
+        if "plan" in extras:
+            sys.stdout.write("\n" + extras["plan"].render())
     return report.exit_code
 
 
-def _check(args: argparse.Namespace, started: subprocess.Popen[str] | OSError | None) -> Report:
+def _check(args: argparse.Namespace, started: subprocess.Popen[str] | OSError | None) -> tuple[Report, dict[str, Any]]:
     # Imported here: kept off the import path of --help and of the other subcommands.
     from autoglm_runtime.deps.check import check_probed
+    from autoglm_runtime.deps.planning import ModelRequirements, plan_groups
     from autoglm_runtime.deps.probe import (
         PROBE_TIMEOUT,
         finish_probe,
         launch_error,
         probe_environment,
     )
+    from autoglm_runtime.deps.why import explain
 
     models = [load_target(path) for path in args.paths]
     seen: dict[str, Path] = {}
@@ -151,4 +177,10 @@ def _check(args: argparse.Namespace, started: subprocess.Popen[str] | OSError | 
         except subprocess.TimeoutExpired as exc:
             raise launch_error(args.python, exc) from exc
         env = finish_probe(args.python, started.returncode, stdout, stderr)
-    return check_probed(env, models)
+    extras: dict[str, Any] = {}
+    planned = [ModelRequirements(m.name, m.requirements, m.python) for m in models]
+    if args.plan:
+        extras["plan"] = plan_groups(planned, env.markers)
+    if args.why:
+        extras["why"] = [explain(name, env, planned) for name in args.why]
+    return check_probed(env, models), extras
