@@ -15,6 +15,7 @@ interpreter scans its path while this process imports ``packaging`` and parses m
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from autoglm_runtime.deps.findings import Report
     from autoglm_runtime.deps.manifest import ModelManifest
 
-__all__ = ["load_target", "register", "run"]
+__all__ = ["cache_file", "load_target", "register", "run"]
 
 #: The probe script, found without importing the deps package (whose import is what we overlap with).
 PROBE_SCRIPT = Path(__file__).resolve().parent.parent / "deps" / "_scripts" / "probe.py"
@@ -50,6 +51,12 @@ def register(subparsers: Any) -> None:
         "--python", metavar="INTERPRETER", help="check this interpreter's environment (default: the running one)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object with the findings and a summary")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="describe every distribution afresh (by default descriptions are cached per metadata directory, "
+        "keyed by its files' mtimes and sizes)",
+    )
     parser.add_argument(
         "--plan",
         action="store_true",
@@ -96,11 +103,19 @@ def load_target(path: Path) -> ModelManifest:
     )
 
 
-def _start_probe(python: str) -> subprocess.Popen[str] | OSError:
+def cache_file(python: str) -> Path:
+    """Where the probe of ``python`` keeps its per-distribution cache (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(python.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+    return root / "autoglm-runtime" / "check-deps" / f"{digest}.json"
+
+
+def _start_probe(python: str, cache: bool) -> subprocess.Popen[str] | OSError:
+    command = [python, "-I", str(PROBE_SCRIPT)]
+    if cache:
+        command += ["--cache", str(cache_file(python))]
     try:
-        return subprocess.Popen(
-            [python, "-I", str(PROBE_SCRIPT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except OSError as exc:
         return exc
 
@@ -118,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     """
     if args.python:
         args.python = _absolute(args.python)
-    started = _start_probe(args.python) if args.python else None
+    started = _start_probe(args.python, not args.no_cache) if args.python else None
     try:
         report, extras = _check(args, started)
     except AutoGLMRuntimeError as exc:

@@ -283,8 +283,54 @@ def _canonical(name: object) -> str:
 
 
 def _rows(dist: dict[str, object]) -> dict[str, str | None]:
-    record = _RECORDS.get(str(dist["metadata_dir"]))
+    meta_dir = str(dist["metadata_dir"])
+    record = _RECORDS.get(meta_dir)
+    if record is None and os.path.isdir(meta_dir):  # described from the cache: read it now
+        try:
+            record = _read(os.path.join(meta_dir, "RECORD"))
+        except (OSError, ValueError):
+            record = None
     return _record_rows(record) if record is not None else {}
+
+
+_STAMPED = ("METADATA", "PKG-INFO", "RECORD", "requires.txt", "top_level.txt", "direct_url.json")
+
+
+def _stamp(meta_dir: str) -> list[object] | None:
+    """What changes whenever a description of ``meta_dir`` could: the directory's and its files' mtimes and
+    sizes (a file rewritten in place changes its own mtime; one added or removed changes the directory's).
+    """
+    try:
+        stamp: list[object] = [os.stat(meta_dir).st_mtime_ns]
+    except OSError:
+        return None
+    for name in _STAMPED:
+        try:
+            st = os.stat(os.path.join(meta_dir, name))
+            stamp.append([st.st_mtime_ns, st.st_size])
+        except OSError:
+            stamp.append(None)
+    return stamp
+
+
+def _describe_cached(
+    location: str, entry: str, cache: dict[str, object] | None, fresh: dict[str, object]
+) -> dict[str, object]:
+    """:func:`describe`, or its cached result when ``meta_dir``'s stamp is unchanged."""
+    if cache is None:
+        return describe(location, entry)
+    meta_dir = os.path.join(location, entry)
+    stamp = _stamp(meta_dir)
+    hit = cache.get(meta_dir)
+    if stamp is not None and isinstance(hit, list) and len(hit) == 2 and hit[0] == stamp:
+        dist = dict(hit[1])
+        dist.update(record_matches=None, clashes={})  # recomputed every run: they depend on other copies
+        dist["modules"] = {k: list(v) for k, v in dist["modules"].items()}
+    else:
+        dist = describe(location, entry)
+    if stamp is not None:
+        fresh[meta_dir] = [stamp, {k: v for k, v in dist.items() if k not in ("record_matches", "clashes")}]
+    return dist
 
 
 def _matches_disk(location: str, files: dict[str, str | None], paths: set[str], disk: dict[str, str | None]) -> bool:
@@ -334,11 +380,10 @@ def _decide_clash(module: str, group: list[dict[str, object]]) -> None:
         dist["clashes"][module] = _matches_disk(location, files, paths, disk)  # type: ignore[index]
 
 
-def collect(path: list[str]) -> list[dict[str, object]]:
-    """Every distribution on ``path``, in import-precedence order."""
-    dists: list[dict[str, object]] = []
+def _metadata_dirs(path: list[str]) -> list[tuple[str, str]]:
+    """``(location, entry)`` of every metadata directory on ``path``, in import-precedence order."""
+    found: list[tuple[str, str]] = []
     seen: set[str] = set()
-    _RECORDS.clear()
     for entry in path:
         location = os.path.abspath(entry or os.curdir)
         if location in seen or not os.path.isdir(location):
@@ -348,10 +393,23 @@ def collect(path: list[str]) -> list[dict[str, object]]:
             names = os.listdir(location)
         except OSError:
             continue
-        for name in names:
-            # "~name" directories are what an interrupted pip uninstall leaves: no longer installed.
-            if name.endswith((".dist-info", ".egg-info")) and not name.startswith("~"):
-                dists.append(describe(location, name))
+        # "~name" directories are what an interrupted pip uninstall leaves: no longer installed.
+        found += [(location, n) for n in names if n.endswith((".dist-info", ".egg-info")) and not n.startswith("~")]
+    return found
+
+
+def collect(path: list[str], cache: dict[str, object] | None = None) -> list[dict[str, object]]:
+    """Every distribution on ``path``, in import-precedence order.
+
+    ``cache`` (``{metadata_dir: [stamp, description]}``, as :func:`load_cache` reads it) is used for every
+    metadata directory whose stamp is unchanged, and replaced by the entries of this run.
+    """
+    fresh: dict[str, object] = {}
+    _RECORDS.clear()
+    dists = [_describe_cached(location, name, cache, fresh) for location, name in _metadata_dirs(path)]
+    if cache is not None:
+        cache.clear()
+        cache.update(fresh)
     dists = _without_editable_leftovers(dists)
     copies: dict[tuple[str, str], list[dict[str, object]]] = {}
     owners: dict[tuple[str, str], list[dict[str, object]]] = {}
@@ -419,9 +477,44 @@ def base_facts() -> dict[str, object]:
     }
 
 
-if __name__ == "__main__":
-    if sys.argv[1:] == ["--base"]:
+def load_cache(path: str) -> dict[str, object]:
+    """The cache file's entries; a missing, unreadable or other-format file is an empty cache."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != PROBE_FORMAT or not isinstance(data.get("dists"), dict):
+        return {}
+    return dict(data["dists"])
+
+
+def save_cache(path: str, cache: dict[str, object]) -> None:
+    """Write the cache atomically (a concurrent reader sees the old file or the new one, never a part)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"format": PROBE_FORMAT, "dists": cache}, fh)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a cache that cannot be written only costs speed
+
+
+def _main(argv: list[str]) -> None:
+    if argv == ["--base"]:
         json.dump(base_facts(), sys.stdout)
-    else:
-        sys.stdout.write(OUTPUT_MARK)
-        json.dump(probe(), sys.stdout)
+        return
+    cache_path = argv[1] if len(argv) == 2 and argv[0] == "--cache" else None
+    cache = load_cache(cache_path) if cache_path else None
+    before = dict(cache) if cache is not None else None
+    description = {**_interpreter(), "distributions": collect(list(sys.path), cache)}
+    sys.stdout.write(OUTPUT_MARK)
+    json.dump(description, sys.stdout)
+    sys.stdout.flush()
+    if cache_path and cache is not None and cache != before:
+        save_cache(cache_path, cache)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
