@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -70,7 +71,7 @@ class InstalledDist:
     #: those of another distribution in the same directory.
     clashes: dict[str, bool] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """The PEP 503 normalised name."""
         return canonical(self.name)
@@ -92,6 +93,7 @@ class ProbedEnvironment:
     dists: list[InstalledDist]
     #: The importable copy of each distribution, by normalised name (see :meth:`copies`).
     winners: dict[str, InstalledDist] = field(init=False)
+    _copies: dict[str, list[InstalledDist]] = field(init=False, repr=False)
     #: Names whose importable copy cannot be told (several copies in one directory, none or several
     #: matching the files on disk); their winner is the first listed, as ``importlib.metadata`` takes it.
     undetermined: frozenset[str] = field(init=False)
@@ -101,6 +103,7 @@ class ProbedEnvironment:
         for dist in self.dists:
             if dist.name:
                 copies.setdefault(dist.key, []).append(dist)
+        self._copies = copies
         self.winners = {}
         undetermined = set()
         for key, found in copies.items():
@@ -113,7 +116,7 @@ class ProbedEnvironment:
 
     def copies(self, key: str) -> list[InstalledDist]:
         """Every copy of distribution ``key`` on the path, in precedence order."""
-        return [d for d in self.dists if d.name and d.key == key]
+        return list(self._copies.get(key, ()))
 
     @property
     def python_version(self) -> str:
