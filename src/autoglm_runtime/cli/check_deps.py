@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,15 @@ def register(subparsers: Any) -> None:
         help="describe every distribution afresh (by default descriptions are cached per metadata directory, "
         "keyed by its files' mtimes and sizes)",
     )
+    parser.add_argument(
+        "--resolve",
+        action="store_true",
+        help="also resolve each model alone and all together with uv's resolver (the 'uv' extra), finding "
+        "transitive conflicts",
+    )
+    parser.add_argument("--find-links", action="append", default=[], metavar="DIR", help="with --resolve: a wheelhouse")
+    parser.add_argument("--index-url", metavar="URL", help="with --resolve: the package index to resolve against")
+    parser.add_argument("--offline", action="store_true", help="with --resolve: never use the network")
     parser.add_argument(
         "--plan",
         action="store_true",
@@ -193,9 +203,21 @@ def _check(args: argparse.Namespace, started: subprocess.Popen[str] | OSError | 
             raise launch_error(args.python, exc) from exc
         env = finish_probe(args.python, started.returncode, stdout, stderr)
     extras: dict[str, Any] = {}
+    if args.resolve:
+        from autoglm_runtime.deps.resolve import ResolveSources, find_uv
+
+        find_uv()  # a usage error saying how to get uv, before any work
+        extras["resolve"] = ResolveSources(tuple(args.find_links), args.index_url, args.offline)
     planned = [ModelRequirements(m.name, m.requirements, m.python) for m in models]
     if args.plan:
         extras["plan"] = plan_groups(planned, env.markers)
     if args.why:
         extras["why"] = [explain(name, env, planned) for name in args.why]
-    return check_probed(env, models), extras
+    report = check_probed(env, models)
+    if args.resolve:
+        from autoglm_runtime.deps.findings import Finding
+        from autoglm_runtime.deps.resolve import resolve_models
+
+        found = resolve_models(planned, env.python, extras.pop("resolve"))
+        report = replace(report, findings=sorted([*report.findings, *found], key=Finding.sort_key))
+    return report, extras

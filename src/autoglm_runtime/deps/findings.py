@@ -19,6 +19,8 @@ __all__ = ["INFORMATIONAL_KINDS", "KINDS", "Finding", "Kind", "Report"]
 
 Kind = Literal[
     "model-contradiction",
+    "unresolvable",
+    "resolve-conflict",
     "incompatible",
     "missing",
     "requires-python",
@@ -33,6 +35,8 @@ Kind = Literal[
 #: Every kind, in the order reports list them.
 KINDS: tuple[Kind, ...] = (
     "model-contradiction",
+    "unresolvable",
+    "resolve-conflict",
     "cross-model",
     "model-vs-host",
     "missing",
