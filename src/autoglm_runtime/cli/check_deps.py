@@ -15,12 +15,12 @@ interpreter scans its path while this process imports ``packaging`` and parses m
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import zlib
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,8 +116,10 @@ def load_target(path: Path) -> ModelManifest:
 def cache_file(python: str) -> Path:
     """Where the probe of ``python`` keeps its per-distribution cache (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    digest = hashlib.sha256(python.encode("utf-8", "surrogateescape")).hexdigest()[:20]
-    return root / "autoglm-runtime" / "check-deps" / f"{digest}.json"
+    # zlib, not hashlib: this runs before the probe starts, and hashlib's import costs more than the name is worth
+    digest = zlib.crc32(python.encode("utf-8", "surrogateescape"))
+    readable = "".join(c if c.isalnum() or c in "._-" else "_" for c in python)[-80:]
+    return root / "autoglm-runtime" / "check-deps" / f"{readable}-{digest:08x}.json"
 
 
 def _start_probe(python: str, cache: bool) -> subprocess.Popen[str] | OSError:
@@ -175,14 +177,13 @@ def run(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace, started: subprocess.Popen[str] | OSError | None) -> tuple[Report, dict[str, Any]]:
     # Imported here: kept off the import path of --help and of the other subcommands.
     from autoglm_runtime.deps.check import check_probed
-    from autoglm_runtime.deps.planning import ModelRequirements, plan_groups
+    from autoglm_runtime.deps.planning import ModelRequirements
     from autoglm_runtime.deps.probe import (
         PROBE_TIMEOUT,
         finish_probe,
         launch_error,
         probe_environment,
     )
-    from autoglm_runtime.deps.why import explain
 
     models = [load_target(path) for path in args.paths]
     seen: dict[str, Path] = {}
@@ -210,8 +211,12 @@ def _check(args: argparse.Namespace, started: subprocess.Popen[str] | OSError | 
         extras["resolve"] = ResolveSources(tuple(args.find_links), args.index_url, args.offline)
     planned = [ModelRequirements(m.name, m.requirements, m.python) for m in models]
     if args.plan:
+        from autoglm_runtime.deps.planning import plan_groups
+
         extras["plan"] = plan_groups(planned, env.markers)
     if args.why:
+        from autoglm_runtime.deps.why import explain
+
         extras["why"] = [explain(name, env, planned) for name in args.why]
     report = check_probed(env, models)
     if args.resolve:
