@@ -141,6 +141,21 @@ class ProbedEnvironment:
         return marker.evaluate({**self.markers, "extra": extra})
 
 
+@functools.lru_cache(maxsize=16384)
+def _requirement(text: str) -> Requirement | str:
+    """``text`` parsed, or why it does not parse; cached, as environments repeat requirement lines.
+
+    The result is shared between distributions: callers never mutate it.
+    """
+    try:
+        req = Requirement(text)
+        if req.marker is not None:
+            req.marker.evaluate({"extra": ""})  # surfaces undefined marker variables now
+    except (InvalidRequirement, InvalidMarker, ValueError) as exc:
+        return str(exc).splitlines()[0]
+    return req
+
+
 def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
     where = str(raw.get("metadata_dir"))
     errors = [str(e) for e in raw.get("errors", [])]
@@ -154,15 +169,11 @@ def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
         except InvalidVersion:
             errors.append(f"{label} has an invalid version {version!r} (not PEP 440)")
     for text in raw.get("requires", []):
-        try:
-            req = Requirement(text)
-            if req.marker is not None:
-                req.marker.evaluate({"extra": ""})  # surfaces undefined marker variables now
-        except (InvalidRequirement, InvalidMarker, ValueError) as exc:
-            reason = str(exc).splitlines()[0]
-            errors.append(f"{label} has an invalid requirement {text!r} ({reason})")
+        parsed = _requirement(str(text))
+        if isinstance(parsed, str):
+            errors.append(f"{label} has an invalid requirement {text!r} ({parsed})")
             continue
-        dist.requires.append(req)
+        dist.requires.append(parsed)
     python = raw.get("requires_python")
     if python:
         try:
