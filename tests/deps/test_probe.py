@@ -16,8 +16,9 @@ from autoglm_runtime.deps.probe import canonical, probe_environment
 from autoglm_runtime.testing.wheels import build_wheel
 
 
-def test_probe_imports_only_the_standard_library() -> None:
-    tree = ast.parse(Path(_probe.__file__).read_text())
+@pytest.mark.parametrize("script", sorted(p.name for p in Path(_probe.__file__).parent.glob("*.py")))
+def test_probe_scripts_import_only_the_standard_library(script: str) -> None:
+    tree = ast.parse((Path(_probe.__file__).parent / script).read_text())
     imported = {
         alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
     }

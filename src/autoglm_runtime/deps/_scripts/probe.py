@@ -32,6 +32,7 @@ import os
 import platform
 import re
 import sys
+import types
 
 PROBE_FORMAT = 2
 #: Written before the JSON object, so that output of ``.pth`` files run at start-up can be told apart.
@@ -122,28 +123,6 @@ def _top_name(path: str) -> tuple[str, bool] | None:
     if len(parts) == 2 and parts[1] == "__init__.py":
         return parts[0], True
     return None
-
-
-def _record_rows(record: str) -> dict[str, str | None]:
-    """RECORD as ``{path: hash}`` (``None`` for a file listed without a hash); quoted paths unquoted."""
-    import csv  # only for the few RECORDs read in full
-
-    out: dict[str, str | None] = {}
-    for row in csv.reader(record.splitlines()):
-        if row:
-            out[row[0]] = (row[1] if len(row) > 1 else "") or None
-    return out
-
-
-def _owned(rows: dict[str, str | None], name: str) -> dict[str, str | None]:
-    """The RECORD rows that belong to import name ``name``: its package directory, or a module file."""
-    prefix = name + "/"
-    return {
-        path: digest
-        for path, digest in rows.items()
-        if path.startswith(prefix)
-        or ("/" not in path and path.split(".", 1)[0] == name and path.endswith(_MODULE_SUFFIXES))
-    }
 
 
 def _modules(meta_dir: str, record: str | None, location: str, errors: list[str]) -> dict[str, list[str | None]]:
@@ -266,18 +245,6 @@ def describe(location: str, entry: str) -> dict[str, object]:
 _RECORDS: dict[str, str] = {}
 
 
-def _file_hash(path: str) -> str | None:
-    import base64  # only for contested files: most runs never need these two imports
-    import hashlib
-
-    try:
-        with open(path, "rb") as fh:
-            digest = hashlib.sha256(fh.read()).digest()
-    except OSError:
-        return None
-    return "sha256=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
 def _canonical(name: object) -> str:
     return re.sub(r"[-_.]+", "-", str(name)).lower()
 
@@ -290,27 +257,28 @@ def _rows(dist: dict[str, object]) -> dict[str, str | None]:
             record = _read(os.path.join(meta_dir, "RECORD"))
         except (OSError, ValueError):
             record = None
-    return _record_rows(record) if record is not None else {}
+    return _ownership().record_rows(record) if record is not None else {}
 
 
-_STAMPED = ("METADATA", "PKG-INFO", "RECORD", "requires.txt", "top_level.txt", "direct_url.json")
+def _ownership() -> types.ModuleType:
+    return _sibling("ownership")
 
 
-def _stamp(meta_dir: str) -> list[object] | None:
-    """What changes whenever a description of ``meta_dir`` could: the directory's and its files' mtimes and
-    sizes (a file rewritten in place changes its own mtime; one added or removed changes the directory's).
-    """
-    try:
-        stamp: list[object] = [os.stat(meta_dir).st_mtime_ns]
-    except OSError:
-        return None
-    for name in _STAMPED:
-        try:
-            st = os.stat(os.path.join(meta_dir, name))
-            stamp.append([st.st_mtime_ns, st.st_size])
-        except OSError:
-            stamp.append(None)
-    return stamp
+def _sibling(name: str) -> types.ModuleType:
+    """``name.py`` beside this file, loaded by path: the probe runs as a script, not from a package (and the
+    checked interpreter may have another autoglm-runtime installed)."""
+    module = sys.modules.get(f"_autoglm_probe_{name}")
+    if module is None:
+        import importlib.util
+
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"_autoglm_probe_{name}", path)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return module
 
 
 def _describe_cached(
@@ -320,7 +288,7 @@ def _describe_cached(
     if cache is None:
         return describe(location, entry)
     meta_dir = os.path.join(location, entry)
-    stamp = _stamp(meta_dir)
+    stamp = _sibling("probe_cache").stamp(meta_dir)
     hit = cache.get(meta_dir)
     if stamp is not None and isinstance(hit, list) and len(hit) == 2 and hit[0] == stamp:
         dist = dict(hit[1])
@@ -331,53 +299,6 @@ def _describe_cached(
     if stamp is not None:
         fresh[meta_dir] = [stamp, {k: v for k, v in dist.items() if k not in ("record_matches", "clashes")}]
     return dist
-
-
-def _matches_disk(location: str, files: dict[str, str | None], paths: set[str], disk: dict[str, str | None]) -> bool:
-    """Whether each of ``paths`` that ``files`` lists is on disk with the hash ``files`` gives it."""
-    for path in paths & set(files):
-        if files[path] is None:
-            continue  # listed without a hash (RECORD itself, byte code): proves nothing
-        if path not in disk:
-            disk[path] = _file_hash(os.path.join(location, path))
-        if disk[path] != files[path]:
-            return False
-    return True
-
-
-def _differing(copies: list[dict[str, str | None]]) -> set[str]:
-    """Paths that the file lists do not all give with one hash (listed by some only, or hashed apart)."""
-    paths = set().union(*copies)
-    return {p for p in paths if len({c.get(p, "<absent>") for c in copies}) > 1}
-
-
-def _decide_copies(group: list[dict[str, object]]) -> None:
-    """For copies of one distribution in one directory: whose RECORD matches the files on disk."""
-    location = str(group[0]["location"])
-    rows = [_rows(d) for d in group]
-    paths = _differing(rows)
-    disk: dict[str, str | None] = {}
-    for dist, files in zip(group, rows):  # noqa: B905
-        dist["record_matches"] = bool(files) and _matches_disk(location, files, paths, disk)
-
-
-def _decide_clash(module: str, group: list[dict[str, object]]) -> None:
-    """For distributions of one directory claiming import name ``module``: do their shared files differ,
-    and whose files are on disk? Files both install with one hash (a namespace ``__init__.py``) are no clash.
-    """
-    location = str(group[0]["location"])
-    owned = [_owned(_rows(d), module) for d in group]
-    if not all(owned):  # a distribution without RECORD rows for it: its files cannot be compared
-        for dist in group:
-            dist["clashes"][module] = False  # type: ignore[index]
-        return
-    shared = {p for i, a in enumerate(owned) for b in owned[i + 1 :] for p in set(a) & set(b)}
-    paths = shared & _differing(owned)
-    if not paths:
-        return
-    disk: dict[str, str | None] = {}
-    for dist, files in zip(group, owned):  # noqa: B905 (the probe runs on Python 3.8)
-        dist["clashes"][module] = _matches_disk(location, files, paths, disk)  # type: ignore[index]
 
 
 def _metadata_dirs(path: list[str]) -> list[tuple[str, str]]:
@@ -401,7 +322,7 @@ def _metadata_dirs(path: list[str]) -> list[tuple[str, str]]:
 def collect(path: list[str], cache: dict[str, object] | None = None) -> list[dict[str, object]]:
     """Every distribution on ``path``, in import-precedence order.
 
-    ``cache`` (``{metadata_dir: [stamp, description]}``, as :func:`load_cache` reads it) is used for every
+    ``cache`` (``{metadata_dir: [stamp, description]}``, as ``probe_cache.load_cache`` reads it) is used for every
     metadata directory whose stamp is unchanged, and replaced by the entries of this run.
     """
     fresh: dict[str, object] = {}
@@ -420,10 +341,10 @@ def collect(path: list[str], cache: dict[str, object] | None = None) -> list[dic
             owners.setdefault((str(dist["location"]), module), []).append(dist)
     for group in copies.values():
         if len(group) > 1:
-            _decide_copies(group)
+            _ownership().decide_copies(group, _rows)
     for (_, module), group in owners.items():
         if len(group) > 1:
-            _decide_clash(module, group)
+            _ownership().decide_clash(module, group, _rows)
     _RECORDS.clear()
     return dists
 
@@ -477,43 +398,19 @@ def base_facts() -> dict[str, object]:
     }
 
 
-def load_cache(path: str) -> dict[str, object]:
-    """The cache file's entries; a missing, unreadable or other-format file is an empty cache."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("format") != PROBE_FORMAT or not isinstance(data.get("dists"), dict):
-        return {}
-    return dict(data["dists"])
-
-
-def save_cache(path: str, cache: dict[str, object]) -> None:
-    """Write the cache atomically (a concurrent reader sees the old file or the new one, never a part)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"format": PROBE_FORMAT, "dists": cache}, fh)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a cache that cannot be written only costs speed
-
-
 def _main(argv: list[str]) -> None:
     if argv == ["--base"]:
         json.dump(base_facts(), sys.stdout)
         return
     cache_path = argv[1] if len(argv) == 2 and argv[0] == "--cache" else None
-    cache = load_cache(cache_path) if cache_path else None
+    cache = _sibling("probe_cache").load_cache(cache_path, PROBE_FORMAT) if cache_path else None
     before = dict(cache) if cache is not None else None
     description = {**_interpreter(), "distributions": collect(list(sys.path), cache)}
     sys.stdout.write(OUTPUT_MARK)
     json.dump(description, sys.stdout)
     sys.stdout.flush()
     if cache_path and cache is not None and cache != before:
-        save_cache(cache_path, cache)
+        _sibling("probe_cache").save_cache(cache_path, cache, PROBE_FORMAT)
 
 
 if __name__ == "__main__":
