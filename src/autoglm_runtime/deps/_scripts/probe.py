@@ -400,14 +400,14 @@ def base_facts() -> dict[str, object]:
 
 def _main(argv: list[str]) -> None:
     if argv == ["--base"]:
-        json.dump(base_facts(), sys.stdout)
+        sys.stdout.write(json.dumps(base_facts()))
         return
     cache_path = argv[1] if len(argv) == 2 and argv[0] == "--cache" else None
     cache = _sibling("probe_cache").load_cache(cache_path, PROBE_FORMAT) if cache_path else None
     before = dict(cache) if cache is not None else None
     description = {**_interpreter(), "distributions": collect(list(sys.path), cache)}
     sys.stdout.write(OUTPUT_MARK)
-    json.dump(description, sys.stdout)
+    sys.stdout.write(json.dumps(description))  # dumps, not dump: only the one-shot encoder is C code
     sys.stdout.flush()
     if cache_path and cache is not None and cache != before:
         _sibling("probe_cache").save_cache(cache_path, cache, PROBE_FORMAT)

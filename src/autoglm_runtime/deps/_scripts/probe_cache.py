@@ -18,14 +18,11 @@ def stamp(meta_dir: str) -> list[object] | None:
     """
     try:
         stamp: list[object] = [os.stat(meta_dir).st_mtime_ns]
+        with os.scandir(meta_dir) as entries:  # one listing, then a stat only of the files that exist
+            found = {e.name: e.stat() for e in entries if e.name in STAMPED}
     except OSError:
         return None
-    for name in STAMPED:
-        try:
-            st = os.stat(os.path.join(meta_dir, name))
-            stamp.append([st.st_mtime_ns, st.st_size])
-        except OSError:
-            stamp.append(None)
+    stamp += [[found[n].st_mtime_ns, found[n].st_size] if n in found else None for n in STAMPED]
     return stamp
 
 
@@ -47,7 +44,7 @@ def save_cache(path: str, cache: dict[str, object], fmt: int) -> None:
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"format": fmt, "dists": cache}, fh)
+            fh.write(json.dumps({"format": fmt, "dists": cache}))  # the one-shot encoder is C code
         os.replace(tmp, path)
     except OSError:
         pass  # a cache that cannot be written only costs speed
