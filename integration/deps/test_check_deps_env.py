@@ -168,12 +168,12 @@ def test_environment_alone_reports_every_kind_exactly(env: Env) -> None:
         ("incompatible", ("prelib", "gammalib"), "prelib 1.0 requires gammalib<2.0, but gammalib 2.0rc1 is installed"),
         (
             "missing-extra",
-            ("httpx",),
+            ("client", "httpx"),
             "client 1.0 requires httpx[socks], but httpx 0.27.0 has no extra 'socks'",
         ),
         (
             "missing-extra",
-            ("httpx", "h2"),
+            ("client", "httpx", "h2"),
             "client 1.0 requires httpx[http2]>=0.27, whose extra 'http2' needs h2>=4, but h2 is not installed",
         ),
         (
@@ -299,7 +299,12 @@ def test_cli_json_with_a_requirements_file(env: Env, capsys: pytest.CaptureFixtu
             "model a -> pandas==2.1.4",
             "hint": "load model 'extra-reqs.txt' isolated in its own environment, or change the environment so "
             "that pandas matches '<2'",
-            "details": {"requirement": "pandas<2", "installed": "2.1.4", "chain": ["model a", "pandas==2.1.4"]},
+            "details": {
+                "requirement": "pandas<2",
+                "installed": "2.1.4",
+                "chain": ["model a", "pandas==2.1.4"],
+                "excluded_by": [],
+            },
         }
     )
     assert out["summary"]["by_kind"]["model-vs-host"] == 1

@@ -196,3 +196,18 @@ def test_env_gc_leaves_the_environments_of_loaded_models_alone(tmp_path: Path, w
         loaded.close()  # closing the model releases its environment
         assert [r.key for r in collect_garbage(root).removed] == [loaded.environment.key]
     assert list(root.iterdir()) == []
+
+
+def test_shared_environments_build_one_environment_per_plan_group(wheelhouse: Path, env_root: Path, make_model) -> None:
+    a_dir = make_model("share-a", VERSION_MODEL, ["conflictlib==1.0"])
+    c_dir = make_model("share-c", VERSION_MODEL, ["conflictlib>=1.0,<2"])
+    b_dir = make_model("share-b", VERSION_MODEL, ["conflictlib==2.0"])
+    with ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="process") as loader:
+        plan = loader.share_environments([a_dir, b_dir, c_dir])
+        assert plan.groups == (("share-a", "share-c"), ("share-b",))
+        a, b, c = loader.load(a_dir), loader.load(b_dir), loader.load(c_dir)
+        assert a.environment.key == c.environment.key != b.environment.key
+        assert c.environment.created is False  # the group's environment, built for share-a
+        assert [m.call("version", timeout=30) for m in (a, b, c)] == ["1.0", "2.0", "1.0"]
+    metadata = json.loads((a.environment.path / METADATA_NAME).read_text())
+    assert metadata["requirements"] == ["conflictlib<2,>=1.0", "conflictlib==1.0"]

@@ -39,6 +39,9 @@ def dist(
     extras: Iterable[str] = (),
     modules: Mapping[str, Sequence[str | None]] | None = None,
     errors: Iterable[str] = (),
+    record_matches: bool | None = None,
+    clashes: Mapping[str, bool] | None = None,
+    editable: str | None = None,
 ) -> dict[str, Any]:
     """One distribution as the probe describes it."""
     return {
@@ -51,12 +54,15 @@ def dist(
         "provides_extra": list(extras),
         "modules": {k: list(v) for k, v in (modules or {}).items()},
         "errors": list(errors),
+        "record_matches": record_matches,
+        "clashes": dict(clashes or {}),
+        "editable": editable,
     }
 
 
 def environment(*dists: dict[str, Any], markers: Mapping[str, str] = WIN39) -> ProbedEnvironment:
     data = {
-        "probe": 1,
+        "probe": 2,
         "version": markers["python_full_version"],
         "markers": dict(markers),
         "path": [SITE],

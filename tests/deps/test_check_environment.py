@@ -74,8 +74,8 @@ def test_duplicates_name_the_copy_that_imports() -> None:
 
 
 def test_duplicates_in_one_directory_are_decided_by_the_file_hash() -> None:
-    old = dist("dup", "1.0", modules={"dup": ["dup/__init__.py", "sha256=old", "sha256=new"]})
-    new = dist("dup", "2.0", modules={"dup": ["dup/__init__.py", "sha256=new", "sha256=new"]})
+    old = dist("dup", "1.0", ["needs-old"], record_matches=False)
+    new = dist("dup", "2.0", record_matches=True)
     for order in ((old, new), (new, old)):  # directory order must not matter
         report = check_probed(environment(*order))
         assert [(f.kind, f.message) for f in report.findings] == [
@@ -86,11 +86,13 @@ def test_duplicates_in_one_directory_are_decided_by_the_file_hash() -> None:
             )
         ]
         assert report.findings[0].details["used"]["version"] == "2.0"
+        # One answer everywhere: the copy whose files are on disk is the one whose requirements count.
+        assert report.findings[0].hint == f"delete the stale metadata directory {SITE}/dup-1.0.dist-info"
 
 
 def test_duplicates_in_one_directory_without_a_deciding_hash_are_undetermined() -> None:
-    old = dist("dup", "1.0", modules={"dup": ["dup/__init__.py", "sha256=old", "sha256=other"]})
-    new = dist("dup", "2.0", modules={"dup": ["dup/__init__.py", "sha256=new", "sha256=other"]})
+    old = dist("dup", "1.0", record_matches=False)
+    new = dist("dup", "2.0", record_matches=False)
     far = dist("dup", "0.9", location="/t/later")
     report = check_probed(environment(new, old, far))
     assert [(f.kind, f.packages, f.message) for f in report.findings] == [
@@ -98,14 +100,15 @@ def test_duplicates_in_one_directory_without_a_deciding_hash_are_undetermined() 
             "duplicate",
             ("dup",),
             f"dup is installed 3 times on the path: dup 2.0 ({SITE}/dup-2.0.dist-info) and dup 1.0 "
-            f"({SITE}/dup-1.0.dist-info) are in one directory, so which copy's files are imported cannot be "
-            "determined; they shadow dup 0.9 (/t/later/dup-0.9.dist-info)",
+            f"({SITE}/dup-1.0.dist-info) are in one directory and the files on disk match no single copy's "
+            "RECORD, so which copy's files are imported cannot be determined; they shadow dup 0.9 "
+            "(/t/later/dup-0.9.dist-info)",
         )
     ]
     finding = report.findings[0]
     assert finding.hint == (
-        "reinstall dup (pip install --force-reinstall dup) so that one copy remains, and delete the metadata "
-        "directories of the others"
+        "delete the metadata directories of the copies you do not want, then reinstall the one you keep over its "
+        "files, e.g. pip install --force-reinstall --no-deps 'dup==2.0'"
     )
     assert finding.details == {
         "used": None,
@@ -133,8 +136,8 @@ def test_shadowed_module_across_path_entries_first_wins() -> None:
 
 def test_shadowed_module_in_one_directory_is_decided_by_the_file_hash() -> None:
     assert _found(
-        dist("PIL", "1.1.7", modules={"PIL": ["PIL/__init__.py", "sha256=old", "sha256=new"]}),
-        dist("Pillow", "10.0.0", modules={"PIL": ["PIL/__init__.py", "sha256=new", "sha256=new"]}),
+        dist("PIL", "1.1.7", modules={"PIL": ["PIL/__init__.py", "sha256=old"]}, clashes={"PIL": False}),
+        dist("Pillow", "10.0.0", modules={"PIL": ["PIL/__init__.py", "sha256=new"]}, clashes={"PIL": True}),
     ) == [
         (
             "shadowed-module",
@@ -146,12 +149,12 @@ def test_shadowed_module_in_one_directory_is_decided_by_the_file_hash() -> None:
 
 
 def test_identical_shared_files_are_not_shadowing_and_unknown_files_are_said_to_be() -> None:
-    same = {"ns": ["ns/__init__.py", "sha256=same", "sha256=same"]}
+    same = {"ns": ["ns/__init__.py", "sha256=same"]}
     assert _found(dist("ns-a", "1.0", modules=same), dist("ns-b", "1.0", modules=same)) == []
     assert _found(
-        dist("x", "1.0", modules={"m": ["m.py", "sha256=1", "sha256=3"]}),
-        dist("y", "1.0", modules={"m": ["m.py", "sha256=2", "sha256=3"]}),
-        dist("z", "1.0", modules={"m": ["m.py", "sha256=4", "sha256=3"]}),
+        dist("x", "1.0", modules={"m": ["m.py", "sha256=1"]}, clashes={"m": False}),
+        dist("y", "1.0", modules={"m": ["m.py", "sha256=2"]}, clashes={"m": False}),
+        dist("z", "1.0", modules={"m": ["m.py", "sha256=4"]}, clashes={"m": False}),
     ) == [
         (
             "shadowed-module",

@@ -64,6 +64,7 @@ def test_model_vs_host_chain_prefers_other_models() -> None:
         "requirement": "numpy>=2",
         "installed": "1.26.4",
         "chain": ["model a", "pandas 2.1.4", "numpy<2"],
+        "excluded_by": ["pandas 2.1.4 (numpy<2)"],
     }
 
 
@@ -82,6 +83,32 @@ def test_model_vs_host_chain_from_a_root_distribution_or_none() -> None:
             "model 'b' needs numpy>=2 but the environment has numpy 1.26.4, pulled in by pandas 2.1.4 -> numpy<2",
         ),
     ]
+
+
+def test_model_vs_host_names_what_excludes_the_range_never_a_chain_that_accepts_it() -> None:
+    env = environment(
+        dist("numpy", "1.26.4"),
+        dist("scipy", "1.11.4", ["numpy>=1.21"]),  # a root whose range accepts numpy>=2: not the cause
+        dist("cyc-a", "1.0", ["cyc-b", "torch<2"]),  # in a cycle: no root leads to it, yet it holds torch
+        dist("cyc-b", "1.0", ["cyc-a"]),
+        dist("torch", "1.13.1"),
+    )
+    report = check_probed(env, [model("m", "numpy>=2", "torch>=2")])
+    assert _found(report) == [
+        (
+            "model-vs-host",
+            ("m",),
+            "model 'm' needs numpy>=2 but the environment has numpy 1.26.4; no installed distribution excludes "
+            "numpy>=2 (scipy 1.11.4 (numpy>=1.21) accepts it), so numpy can be changed to match",
+        ),
+        (
+            "model-vs-host",
+            ("m",),
+            "model 'm' needs torch>=2 but the environment has torch 1.13.1, which cyc-a 1.0 (torch<2) requires",
+        ),
+        ("cycle", (), "dependency cycle: cyc-a 1.0 -> cyc-b 1.0 -> cyc-a 1.0"),
+    ]
+    assert [f.details.get("excluded_by") for f in report.findings] == [[], ["cyc-a 1.0 (torch<2)"], None]
 
 
 def test_missing_and_requires_python_for_models() -> None:
@@ -112,7 +139,7 @@ def test_extras_missing_unknown_mismatched_and_transitive() -> None:
         ),
         (
             "missing-extra",
-            ("inner", "deeplib"),
+            ("outer", "inner", "deeplib"),
             (),
             "outer 1.0 requires inner[Deep_Extra], whose extra 'deep-extra' needs deeplib, but deeplib is not "
             "installed",

@@ -89,7 +89,7 @@ def test_an_interpreter_that_fails_the_probe_is_a_usage_error(
     assert main(["check-deps", "--python", str(fake)]) == 2
     assert capsys.readouterr().err == (
         f"autoglm-runtime: error E0001: interpreter {fake} answered the probe with something that is not its JSON: "
-        "Expecting value: line 1 column 1 (char 0)\n"
+        "the probe's output mark is missing\n"
     )
     failing = tmp_path / "failing"
     failing.write_text("#!/bin/sh\necho boom >&2\nexit 3\n")
@@ -137,3 +137,64 @@ def test_a_usage_error_leaves_no_probe_process_behind(tmp_path: Path, capsys: py
     # Whether or not it got as far as writing its pid, no process may still run the fake interpreter's sleep.
     assert processes_matching(marker.encode()) == []
     assert processes_matching(str(slow).encode()) == []
+
+
+OLD_PYTHONS = {v: Path(f"/root/.pyenv/versions/{v}/bin/python") for v in ("2.7.18", "3.6.15")}
+
+
+def test_a_venv_directory_names_its_interpreter(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    assert main(["check-deps", "--python", str(venv)]) == 2
+    assert capsys.readouterr().err == (
+        f"autoglm-runtime: error E0001: {venv} is a directory, not an interpreter; pass its interpreter: "
+        f"--python {venv / 'bin' / 'python'}\n"
+    )
+
+
+@pytest.mark.parametrize("version", sorted(OLD_PYTHONS))
+def test_an_interpreter_too_old_for_the_probe_is_named_with_its_version(
+    version: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    python = OLD_PYTHONS[version]
+    if not python.exists():
+        pytest.skip(f"no Python {version} on this machine")
+    assert main(["check-deps", "--python", str(python)]) == 2
+    short = ".".join(version.split(".")[:2])
+    assert capsys.readouterr().err == (
+        f"autoglm-runtime: error E0001: interpreter {python} is Python {short}; check-deps checks environments of "
+        "Python 3.7 or newer: pass a newer interpreter to --python\n"
+    )
+
+
+def test_a_pth_file_that_prints_does_not_garble_the_probe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "noisy.pth").write_text("import sys; print('hello from a .pth file'); print('{')\n")
+    assert main(["check-deps", "--python", str(venv / "bin" / "python"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["environment"]["python"] == str(venv / "bin" / "python")
+
+
+def test_json_usage_errors_are_json_on_stdout_and_python_is_absolute(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["check-deps", str(tmp_path / "absent"), "--json"]) == 2
+    out = capsys.readouterr()
+    assert json.loads(out.out) == {
+        "format": 1,
+        "code": "E0001",
+        "ok": False,
+        "exit_code": 2,
+        "error": f"E0001: {tmp_path / 'absent'}: no such file or directory; PATH must be a model directory, a "
+        "model.toml or a requirements file",
+    }
+    assert out.err.startswith("autoglm-runtime: error E0001: ")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "mypython").symlink_to(sys.executable)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    main(["check-deps", "--python", "mypython", "--json"])
+    assert json.loads(capsys.readouterr().out)["environment"]["python"] == str(bindir / "mypython")

@@ -16,8 +16,9 @@ from autoglm_runtime.deps.probe import canonical, probe_environment
 from autoglm_runtime.testing.wheels import build_wheel
 
 
-def test_probe_imports_only_the_standard_library() -> None:
-    tree = ast.parse(Path(_probe.__file__).read_text())
+@pytest.mark.parametrize("script", sorted(p.name for p in Path(_probe.__file__).parent.glob("*.py")))
+def test_probe_scripts_import_only_the_standard_library(script: str) -> None:
+    tree = ast.parse((Path(_probe.__file__).parent / script).read_text())
     imported = {
         alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
     }
@@ -27,13 +28,14 @@ def test_probe_imports_only_the_standard_library() -> None:
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}
 
 
-def test_headers_stop_at_the_body_and_join_continuations() -> None:
+def test_headers_stop_at_the_body_and_keep_folded_continuations_as_email_does() -> None:
     text = "Name: a\nVersion: 1\nRequires-Dist: b\nRequires-Dist: c;\n  python_version < '3'\n\nRequires-Dist: body\n"
     assert _probe._headers(text) == {
         "name": ["a"],
         "version": ["1"],
-        "requires-dist": ["b", "c; python_version < '3'"],
+        "requires-dist": ["b", "c;\n  python_version < '3'"],
     }
+    assert _probe._unfold("c;\n  python_version < '3'") == "c;  python_version < '3'"
 
 
 def test_egg_info_requires_become_requires_dist() -> None:
@@ -93,15 +95,14 @@ def test_collect_describes_distributions_and_contested_files(tmp_path: Path) -> 
     assert dists["legacy"]["modules"] == {"legacy": ["legacy.py", None]}
     assert dists["None"]["errors"] == ["METADATA is missing"]
     on_disk = (site / "same" / "__init__.py").read_bytes()
-    one, two = dists["one"]["modules"]["same"], dists["two"]["modules"]["same"]  # type: ignore[index]
-    assert one[2] == two[2]  # the hash of the file actually there, for both
-    assert (one[1] == one[2]) != (two[1] == two[2])  # exactly one of them wrote it
-    assert on_disk in (b"A = 1\n", b"A = 2\n")
+    one, two = dists["one"]["clashes"], dists["two"]["clashes"]
+    assert one == {"same": on_disk == b"A = 1\n"}  # exactly one of them wrote the file that is there
+    assert two == {"same": on_disk == b"A = 2\n"}
 
 
 def test_probe_runs_isolated_in_another_interpreter() -> None:
     done = subprocess.run([sys.executable, "-I", _probe.__file__], capture_output=True, text=True, check=True)
-    data = json.loads(done.stdout)
+    data = json.loads(done.stdout.rpartition(_probe.OUTPUT_MARK)[2])
     assert data["probe"] == _probe.PROBE_FORMAT
     assert data["markers"] == _probe.marker_environment()
     names = {canonical(str(d["name"])) for d in data["distributions"] if d["name"]}
@@ -152,5 +153,6 @@ def test_undecodable_metadata_files_are_errors_not_crashes(tmp_path: Path) -> No
     )
     done = subprocess.run([sys.executable, "-I", "-c", runner], capture_output=True, text=True, check=False)
     assert (done.returncode, done.stderr) == (0, "")  # the probe script answers, as check-deps --python needs
-    latin = next(d for d in json.loads(done.stdout)["distributions"] if d["name"] == "latin")
+    payload = done.stdout.rpartition(_probe.OUTPUT_MARK)[2]
+    latin = next(d for d in json.loads(payload)["distributions"] if d["name"] == "latin")
     assert latin["errors"] == dists["latin"]["errors"]

@@ -14,7 +14,10 @@ light. Check an interpreter's environment alone or against models, or models aga
 - :mod:`~autoglm_runtime.deps.installed`: checks over installed distributions (missing, incompatible,
   duplicate, shadowed-module, ...);
 - :mod:`~autoglm_runtime.deps.check`: the entry points, and the checks between models and against a host;
-- :mod:`~autoglm_runtime.deps.findings`: :class:`Finding` and :class:`Report` (human and JSON output).
+- :mod:`~autoglm_runtime.deps.findings`: :class:`Finding` and :class:`Report` (human and JSON output);
+- :mod:`~autoglm_runtime.deps.planning`: between models: contradictions, cross-model conflicts and
+  :func:`plan_groups`; :mod:`~autoglm_runtime.deps.resolve` (``--resolve``, uv) and
+  :mod:`~autoglm_runtime.deps.why` (``--why``).
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ from __future__ import annotations
 from autoglm_runtime.deps.check import check_environment, check_models, check_probed
 from autoglm_runtime.deps.findings import Finding, Report
 from autoglm_runtime.deps.manifest import ModelManifest, load_manifest, parse_requirements_file
+from autoglm_runtime.deps.planning import ModelRequirements, Plan, plan_groups
 from autoglm_runtime.deps.probe import InstalledDist, ProbedEnvironment, probe_environment
 
 __all__ = [
     "Finding",
     "InstalledDist",
     "ModelManifest",
+    "ModelRequirements",
+    "Plan",
     "ProbedEnvironment",
     "Report",
     "check_environment",
@@ -35,5 +41,6 @@ __all__ = [
     "check_probed",
     "load_manifest",
     "parse_requirements_file",
+    "plan_groups",
     "probe_environment",
 ]

@@ -18,6 +18,9 @@ from autoglm_runtime.errors import EXIT_FINDINGS, EXIT_OK
 __all__ = ["INFORMATIONAL_KINDS", "KINDS", "Finding", "Kind", "Report"]
 
 Kind = Literal[
+    "model-contradiction",
+    "unresolvable",
+    "resolve-conflict",
     "incompatible",
     "missing",
     "requires-python",
@@ -31,6 +34,9 @@ Kind = Literal[
 ]
 #: Every kind, in the order reports list them.
 KINDS: tuple[Kind, ...] = (
+    "model-contradiction",
+    "unresolvable",
+    "resolve-conflict",
     "cross-model",
     "model-vs-host",
     "missing",
@@ -141,16 +147,20 @@ class Report:
         }
 
     def render(self, width: int = 100) -> str:
-        """Human output for a terminal: findings grouped by model, then the environment's, then a summary.
-
-        A finding that involves several models is shown under each of them.
+        """Human output for a terminal: each model's own findings, the findings between models (each once,
+        however many models it names), the environment's, then a summary.
         """
+        between = [f for f in self.findings if len(f.models) > 1]
         groups: list[tuple[str, list[Finding]]] = []
         for model in self.models:
-            mine = [f for f in self.findings if model in f.models]
-            groups.append((f"model '{model}'", mine))
+            mine = [f for f in self.findings if f.models == (model,)]
+            shared = sum(1 for f in between if model in f.models)
+            title = f"model '{model}'" + (f" (and {shared} between models, below)" if shared else "")
+            groups.append((title, mine))
         extra = sorted({m for f in self.findings for m in f.models} - set(self.models))
-        groups += [(f"model '{m}'", [f for f in self.findings if m in f.models]) for m in extra]
+        groups += [(f"model '{m}'", [f for f in self.findings if f.models == (m,)]) for m in extra]
+        if between:
+            groups.append(("between models", between))
         host = [f for f in self.findings if not f.models]
         if host or not self.models:
             where = f"environment ({self.python}, Python {self.python_version})" if self.python else "environment"

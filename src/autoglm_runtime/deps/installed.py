@@ -6,11 +6,12 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from autoglm_runtime.deps._graph import Edges, cycles, req_text, shortest_chain
 from autoglm_runtime.deps.findings import Finding
 from autoglm_runtime.deps.probe import InstalledDist, ProbedEnvironment, canonical
-from autoglm_runtime.deps.specifiers import satisfies
+from autoglm_runtime.deps.specifiers import disjoint, satisfies
 
 __all__ = ["RequirementGraph", "check_installed"]
 
@@ -34,7 +35,8 @@ class RequirementGraph:
             self.edges[f"model {name}"] = [(canonical(r.name), r) for r in reqs]
         self.root_dists = sorted(k for k in env.winners if k not in required)
         self.labels = {key: dist.label for key, dist in env.winners.items()}
-        self._extras: list[tuple[str, tuple[str, ...], str, str, Requirement]] = []
+        #: (where, models, requiring distribution or None for a model, provider, extra, requirement)
+        self._extras: list[tuple[str, tuple[str, ...], str | None, str, str, Requirement]] = []
 
     def check_requirement(
         self, where: str, req: Requirement, *, requirer: str | None = None, model: str | None = None
@@ -59,7 +61,7 @@ class RequirementGraph:
                 )
             ]
         for wanted in sorted(req.extras):
-            self._extras.append((where, models, key, canonical(wanted), req))
+            self._extras.append((where, models, requirer, key, canonical(wanted), req))
         if satisfies(req.specifier, dist.version):
             return []
         if model is not None:
@@ -76,21 +78,57 @@ class RequirementGraph:
             )
         ]
 
-    def _chain(self, model: str | None, key: str) -> list[str] | None:
-        """Why ``key``'s installed version is there: from another model if one leads to it, else a root."""
+    def _chain(self, model: str | None, key: str, wanted: SpecifierSet) -> list[str] | None:
+        """Why ``key``'s installed version is there and not one in ``wanted``: the shortest chain, from
+        another model if one leads to it, else from a root, whose last requirement the installed version
+        satisfies and which excludes every version in ``wanted``.
+        """
         version = self.env.winners[key].version
 
         def accept(req: Requirement) -> bool:
-            return satisfies(req.specifier, version)
+            return satisfies(req.specifier, version) and disjoint(req.specifier, wanted)
 
         models = [f"model {m}" for m in sorted(self.models) if m != model]
         return shortest_chain(self.edges, models, key, self.labels, accept) or shortest_chain(
             self.edges, self.root_dists, key, self.labels, accept
         )
 
+    def _holders(self, key: str, wanted: SpecifierSet) -> tuple[list[str], list[str]]:
+        """Installed distributions requiring ``key``: those whose ranges exclude ``wanted``, and the others."""
+        excluding: list[str] = []
+        accepting: list[str] = []
+        for requirer, deps in sorted(self.edges.items()):
+            if requirer.startswith("model "):
+                continue
+            for dep, req in deps:
+                if dep == key:
+                    label = f"{self.labels[requirer]} ({req_text(req)})"
+                    (excluding if disjoint(req.specifier, wanted) else accepting).append(label)
+        return excluding, accepting
+
+    def _why(self, model: str, req: Requirement, key: str) -> tuple[str, dict[str, object]]:
+        """The end of a ``model-vs-host`` message: what holds the installed version, and its details."""
+        chain = self._chain(model, key, req.specifier)
+        excluding, accepting = self._holders(key, req.specifier)
+        details: dict[str, object] = {"chain": chain or [], "excluded_by": excluding}
+        if chain is not None:
+            why = f", pulled in by {' -> '.join(chain)}"
+            others = [h for h in excluding if not h.startswith(chain[-2] + " (")] if len(chain) > 1 else excluding
+            if others:
+                why += f"; also excluded by {', '.join(others)}"
+        elif excluding:
+            why = f", which {', '.join(excluding)} {'requires' if len(excluding) == 1 else 'require'}"
+        elif accepting:
+            why = (
+                f"; no installed distribution excludes {req_text(req)} ({', '.join(accepting)} "
+                f"{'accepts' if len(accepting) == 1 else 'accept'} it), so {req.name} can be changed to match"
+            )
+        else:
+            why = ", which nothing else requires"
+        return why, details
+
     def _model_vs_host(self, where: str, model: str, req: Requirement, dist: InstalledDist) -> Finding:
-        chain = self._chain(model, dist.key)
-        why = ", which nothing else requires" if chain is None else f", pulled in by {' -> '.join(chain)}"
+        why, details = self._why(model, req, dist.key)
         return Finding(
             kind="model-vs-host",
             packages=(dist.key,),
@@ -98,7 +136,7 @@ class RequirementGraph:
             message=f"{where} needs {req_text(req)} but the environment has {dist.label}{why}",
             hint=f"load model '{model}' isolated in its own environment, or change the environment so that "
             f"{req.name} matches '{req.specifier}'",
-            details={"requirement": req_text(req), "installed": dist.version, "chain": chain or []},
+            details={"requirement": req_text(req), "installed": dist.version, **details},
         )
 
     def check_extras(self) -> list[Finding]:
@@ -106,7 +144,7 @@ class RequirementGraph:
         findings: list[Finding] = []
         done: set[tuple[str, str, str]] = set()
         while self._extras:
-            where, models, key, extra, req = self._extras.pop(0)
+            where, models, requirer, key, extra, req = self._extras.pop(0)
             if (where, key, extra) in done:
                 continue
             done.add((where, key, extra))
@@ -115,7 +153,7 @@ class RequirementGraph:
                 findings.append(
                     Finding(
                         kind="missing-extra",
-                        packages=(key,),
+                        packages=tuple(p for p in (requirer, key) if p),
                         models=models,
                         message=f"{where} requires {req_text(req)}, but {dist.label} has no extra '{extra}'",
                         hint=f"drop the extra '{extra}' or install a version of {req.name} that provides it",
@@ -128,7 +166,7 @@ class RequirementGraph:
                     continue
                 if self.env.evaluate(dep.marker, ""):
                     continue  # a base requirement, checked with the distribution itself
-                finding = self._check_extra_dep(where, models, req, dist=dist, extra=extra, dep=dep)
+                finding = self._check_extra_dep(where, models, req, requirer, dist=dist, extra=extra, dep=dep)
                 if finding is not None:
                     findings.append(finding)
         return findings
@@ -138,6 +176,7 @@ class RequirementGraph:
         where: str,
         models: tuple[str, ...],
         req: Requirement,
+        requirer: str | None,
         *,
         dist: InstalledDist,
         extra: str,
@@ -149,22 +188,22 @@ class RequirementGraph:
         if installed is None:
             return Finding(
                 kind="missing-extra",
-                packages=(dist.key, dep_key),
+                packages=tuple(p for p in (requirer, dist.key, dep_key) if p),
                 models=models,
                 message=f"{through}, but {dep.name} is not installed",
                 hint=f"install the extra's requirements: pip install '{dist.name}[{extra}]=={dist.version}'",
                 details={"requirement": req_text(req), "extra": extra, "needs": req_text(dep)},
             )
         for wanted in sorted(dep.extras):  # the extra's own extras: requested by this distribution
-            self._extras.append((dist.label, models, dep_key, canonical(wanted), dep))
+            self._extras.append((dist.label, models, dist.key, dep_key, canonical(wanted), dep))
         if satisfies(dep.specifier, installed.version):
             return None
         kind: Literal["model-vs-host", "incompatible"] = "model-vs-host" if models else "incompatible"
-        chain = self._chain(models[0], dep_key) if models else None
+        chain = self._chain(models[0], dep_key, dep.specifier) if models else None
         why = f", pulled in by {' -> '.join(chain)}" if chain else ""
         return Finding(
             kind=kind,
-            packages=(dist.key, dep_key),
+            packages=tuple(p for p in (requirer, dist.key, dep_key) if p),
             models=models,
             message=f"{through}, but {installed.label} is installed{why}",
             hint=f"install a version of {dep.name} matching '{dep.specifier}', or drop the extra '{extra}'",
@@ -233,56 +272,52 @@ def _place(dist: InstalledDist) -> dict[str, str]:
     return {"version": dist.version, "location": dist.location, "metadata_dir": dist.metadata_dir}
 
 
-def _files_on_disk_match(dist: InstalledDist) -> bool:
-    """Whether every contested file of ``dist`` that was hashed on disk is the one its RECORD lists."""
-    hashed = [info for info in dist.modules.values() if len(info) > 2]
-    return bool(hashed) and all(info[1] is not None and info[1] == info[2] for info in hashed)
-
-
 def _duplicates(env: ProbedEnvironment) -> list[Finding]:
-    copies: dict[str, list[InstalledDist]] = {}
-    for dist in env.dists:
-        if dist.name:
-            copies.setdefault(dist.key, []).append(dist)
     findings = []
-    for key, found in sorted(copies.items()):
+    for key in sorted(env.winners):
+        found = env.copies(key)
         if len(found) < 2:
             continue
-        # Copies in one directory are listed in directory order, which says nothing about whose files are on
-        # disk: only the files' hashes can tell (exactly one copy's RECORD must match them).
-        first_dir = [d for d in found if d.location == found[0].location]
-        matching = [d for d in first_dir if _files_on_disk_match(d)]
-        used: InstalledDist | None = found[0] if len(first_dir) == 1 else None
-        if used is None and len(matching) == 1:
-            used = matching[0]
-        hint = (
-            "uninstall the shadowed copies or delete their metadata directories, or take their directories off the path"
-        )
-        if used is not None:
-            shadowed = [d for d in found if d is not used]
-            hidden = "; ".join(f"{d.label} ({d.metadata_dir})" for d in shadowed)
+        used = env.winners[key]
+        name = used.name
+        same_dir = [d for d in found if d.location == used.location and d is not used]
+        other_dirs = [d for d in found if d.location != used.location]
+        # pip cannot uninstall a copy whose RECORD is gone, and an unpinned --force-reinstall would upgrade
+        # past what the environment pins: delete the stale metadata, then reinstall the same version.
+        reinstall = f"pip install --force-reinstall --no-deps '{name}=={used.version}'"
+        if key not in env.undetermined:
+            hidden = "; ".join(f"{d.label} ({d.metadata_dir})" for d in found if d is not used)
             message = (
-                f"{used.name} is installed {len(found)} times on the path: {used.label} ({used.metadata_dir}) is the "
+                f"{name} is installed {len(found)} times on the path: {used.label} ({used.metadata_dir}) is the "
                 f"one imported, shadowing {hidden}"
             )
-            details: dict[str, object] = {"used": _place(used), "shadowed": [_place(d) for d in shadowed]}
+            details: dict[str, object] = {"used": _place(used), "shadowed": [_place(d) for d in found if d is not used]}
+            steps = []
+            if same_dir:
+                dirs = ", ".join(d.metadata_dir for d in same_dir)
+                steps.append(f"delete the stale metadata {'directories' if len(same_dir) > 1 else 'directory'} {dirs}")
+            if other_dirs:
+                steps.append(
+                    "uninstall the shadowed copies in other directories or take those directories off the path"
+                )
+            hint = "; ".join(steps)
         else:
-            shadowed = found[len(first_dir) :]
-            listed = " and ".join(f"{d.label} ({d.metadata_dir})" for d in first_dir)
+            candidates = [d for d in found if d.location == used.location]
+            listed = " and ".join(f"{d.label} ({d.metadata_dir})" for d in candidates)
             message = (
-                f"{found[0].name} is installed {len(found)} times on the path: {listed} are in one directory, so "
-                "which copy's files are imported cannot be determined"
+                f"{name} is installed {len(found)} times on the path: {listed} are in one directory and the files "
+                "on disk match no single copy's RECORD, so which copy's files are imported cannot be determined"
             )
-            if shadowed:
-                message += "; they shadow " + "; ".join(f"{d.label} ({d.metadata_dir})" for d in shadowed)
+            if other_dirs:
+                message += "; they shadow " + "; ".join(f"{d.label} ({d.metadata_dir})" for d in other_dirs)
             hint = (
-                f"reinstall {found[0].name} (pip install --force-reinstall {found[0].name}) so that one copy "
-                "remains, and delete the metadata directories of the others"
+                f"delete the metadata directories of the copies you do not want, then reinstall the one you keep over "
+                f"its files, e.g. {reinstall}"
             )
             details = {
                 "used": None,
-                "candidates": [_place(d) for d in first_dir],
-                "shadowed": [_place(d) for d in shadowed],
+                "candidates": [_place(d) for d in candidates],
+                "shadowed": [_place(d) for d in other_dirs],
             }
         findings.append(Finding(kind="duplicate", packages=(key,), message=message, hint=hint, details=details))
     return findings
@@ -291,6 +326,8 @@ def _duplicates(env: ProbedEnvironment) -> list[Finding]:
 def _shadowed_modules(env: ProbedEnvironment) -> list[Finding]:
     providers: dict[str, list[InstalledDist]] = {}
     for dist in env.winners.values():
+        if dist.editable:
+            continue  # its RECORD lists only the import hook; the project's files are not its own
         for module in dist.modules:
             providers.setdefault(module, []).append(dist)
     rank: dict[str, int] = {}
@@ -302,33 +339,34 @@ def _shadowed_modules(env: ProbedEnvironment) -> list[Finding]:
             continue
         dists = sorted(found, key=lambda d: (rank[d.location], d.key))
         first = [d for d in dists if d.location == dists[0].location]
-        if len(first) == 1:
-            winner: InstalledDist | None = first[0]
-        else:
-            hashes = {d.modules[module][1] for d in first}
-            if len(hashes) == 1 and None not in hashes and len(first) == len(dists):
-                continue  # identical files (a shared namespace __init__.py): nothing is shadowed
-            on_disk = first[0].modules[module][2] if len(first[0].modules[module]) > 2 else None
-            matching = [d for d in first if on_disk is not None and d.modules[module][1] == on_disk]
-            winner = matching[0] if len(matching) == 1 else None
-        names = ", ".join(d.label for d in dists[:-1]) + f" and {dists[-1].label}"
-        verb = "both install" if len(dists) == 2 else "all install"
-        if winner is None:
-            outcome = "the files on disk cannot be attributed to either, so the import is a mix or a guess"
-        else:
-            losers = " and ".join(d.label for d in dists if d is not winner)
-            outcome = f"'import {module}' gets {winner.label}, so {losers} is shadowed"
-        findings.append(
-            Finding(
-                kind="shadowed-module",
-                packages=tuple(sorted(d.key for d in dists)),
-                message=f"{names} {verb} the top-level module '{module}'; {outcome}",
-                hint="uninstall one of them; they cannot be used in one environment",
-                details={
-                    "module": module,
-                    "winner": winner.key if winner else None,
-                    "distributions": [{"name": d.key, "version": d.version, "location": d.location} for d in dists],
-                },
-            )
-        )
+        winner: InstalledDist | None = first[0]
+        if len(first) > 1:
+            clashing = [d for d in first if module in d.clashes]
+            if not clashing and len(first) == len(dists):
+                continue  # every file they both install is identical (a shared namespace __init__.py)
+            on_disk = [d for d in clashing if d.clashes[module]]
+            if clashing:
+                winner = on_disk[0] if len(on_disk) == 1 else None
+        findings.append(_shadowed_finding(module, dists, winner))
     return findings
+
+
+def _shadowed_finding(module: str, dists: list[InstalledDist], winner: InstalledDist | None) -> Finding:
+    names = ", ".join(d.label for d in dists[:-1]) + f" and {dists[-1].label}"
+    verb = "both install" if len(dists) == 2 else "all install"
+    if winner is None:
+        outcome = "the files on disk cannot be attributed to either, so the import is a mix or a guess"
+    else:
+        losers = " and ".join(d.label for d in dists if d is not winner)
+        outcome = f"'import {module}' gets {winner.label}, so {losers} is shadowed"
+    return Finding(
+        kind="shadowed-module",
+        packages=tuple(sorted(d.key for d in dists)),
+        message=f"{names} {verb} the top-level module '{module}'; {outcome}",
+        hint="uninstall one of them; they cannot be used in one environment",
+        details={
+            "module": module,
+            "winner": winner.key if winner else None,
+            "distributions": [{"name": d.key, "version": d.version, "location": d.location} for d in dists],
+        },
+    )

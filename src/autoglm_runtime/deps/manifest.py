@@ -100,6 +100,50 @@ def _logical_lines(text: str) -> Iterable[tuple[int, str]]:
         yield start, pending.strip()
 
 
+#: pip's global options of a requirements file: they choose where packages come from, not which, so
+#: the checks accept and ignore them (with or without a value).
+_GLOBAL_OPTIONS = {
+    "-i": True, "--index-url": True, "--extra-index-url": True, "--no-index": False, "-f": True,
+    "--find-links": True, "--pre": False, "--prefer-binary": False, "--only-binary": True, "--no-binary": True,
+    "--trusted-host": True, "--use-feature": True, "--require-hashes": False,
+}  # fmt: skip
+#: pip's per-requirement options (``uv pip compile --generate-hashes`` writes ``--hash``); dropped.
+_PER_REQUIREMENT = re.compile(r"\s--(?:hash|config-settings|global-option|install-option)(?:[=\s]\S+)")
+_WHEEL_RE = re.compile(r"(?:^|[/\\])([A-Za-z0-9_.]+)-([^-/\\]+)(?:-\d[^-/\\]*)?-[^-/\\]+-[^-/\\]+-[^-/\\]+\.whl$")
+_EGG_RE = re.compile(r"[#&]egg=([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """``text`` quoted for a message, cut to ``limit`` characters: a message never echoes a whole file."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def _option(text: str) -> tuple[str, str]:
+    """``("--name", "value")`` of an option line (``--name=value``, ``--name value`` or ``-xvalue``)."""
+    if text.startswith("--"):
+        name, sep, value = text.partition("=")
+        if not sep:
+            name, _, value = text.partition(" ")
+        return name.strip(), value.strip()
+    if len(text) > 2 and not text[2].isspace():
+        return text[:2], text[2:].strip()
+    return text[:2], text[2:].strip()
+
+
+def _editable(target: str, base: Path) -> str | None:
+    """The distribution name of an ``-e`` target: ``#egg=NAME`` of a URL, or a local project's name."""
+    egg = _EGG_RE.search(target)
+    if egg:
+        return egg.group(1)
+    pyproject = base / target / "pyproject.toml"
+    try:
+        with pyproject.open("rb") as fh:
+            name = tomllib.load(fh).get("project", {}).get("name")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
 def parse_requirement_lines(
     lines: Iterable[tuple[str, str]],
     base: Path,
@@ -107,33 +151,58 @@ def parse_requirement_lines(
     included: list[Path],
     _stack: tuple[Path, ...] = (),
 ) -> list[Requirement]:
-    """Parse ``(where, text)`` pairs; ``-r FILE`` entries are read relative to ``base``."""
+    """Parse ``(where, text)`` pairs as pip reads requirements files; ``-r``/``-c FILE`` relative to ``base``.
+
+    What pip accepts is accepted: ``-r``/``-c`` includes (a constraints file is read and checked but adds
+    no requirement), index and binary options (ignored), per-requirement ``--hash`` options (dropped),
+    ``-e`` targets with ``#egg=NAME`` or a local project with a ``pyproject.toml`` name, and wheel paths
+    or URLs (``name==version`` from the file name).
+    """
     out: list[Requirement] = []
-    for where, text in lines:
-        if text.startswith(("-r ", "--requirement ", "-r\t")) or text.startswith("--requirement="):
-            target = text.split("=", 1)[1] if text.startswith("--requirement=") else text.split(None, 1)[1]
-            path = (base / target.strip()).resolve()
-            if path in _stack:
-                problems.add(where, f"'-r {target.strip()}' includes itself through {path}")
-                continue
-            try:
-                content = path.read_text(encoding="utf-8")
-            except OSError as exc:
-                problems.add(where, f"cannot read included requirements file {path}: {exc.strerror}")
-                continue
-            included.append(path)
-            nested = ((f"{path}:{n}", line) for n, line in _logical_lines(content))
-            out.extend(parse_requirement_lines(nested, path.parent, problems, included, (*_stack, path)))
+    for where, raw in lines:
+        text = _PER_REQUIREMENT.sub("", " " + raw).strip()
+        if not text:
             continue
         if text.startswith("-"):
-            problems.add(where, f"option {text.split()[0]!r} is not supported in requirements (only -r FILE)")
+            name, value = _option(text)
+            if name in ("-r", "--requirement", "-c", "--constraint"):
+                nested = _include(where, value, base, problems, included=included, stack=_stack)
+                if name in ("-r", "--requirement"):
+                    out.extend(nested)
+            elif name in ("-e", "--editable"):
+                project = _editable(value, base)
+                if project is not None:
+                    out.append(Requirement(project))
+            elif name not in _GLOBAL_OPTIONS:
+                problems.add(where, f"option {name!r} is not one pip accepts in a requirements file")
+            continue
+        wheel = _WHEEL_RE.search(text)
+        if wheel and " " not in text:
+            out.append(Requirement(f"{wheel.group(1)}=={wheel.group(2)}"))
             continue
         try:
             out.append(Requirement(text))
         except InvalidRequirement as exc:
             reason = str(exc).splitlines()[0]
-            problems.add(where, f"{text!r} is not a valid PEP 508 requirement ({reason})")
+            problems.add(where, f"{_shown(text)} is not a valid PEP 508 requirement ({reason[:120]})")
     return out
+
+
+def _include(
+    where: str, target: str, base: Path, problems: _Problems, *, included: list[Path], stack: tuple[Path, ...]
+) -> list[Requirement]:
+    path = (base / target.strip()).resolve()
+    if path in stack:
+        problems.add(where, f"'-r {target.strip()}' includes itself through {path}")
+        return []
+    try:
+        content = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.add(where, f"cannot read included requirements file {path}: {exc.strerror}")
+        return []
+    included.append(path)
+    nested = ((f"{path}:{n}", line) for n, line in _logical_lines(content))
+    return parse_requirement_lines(nested, path.parent, problems, included, (*stack, path))
 
 
 def parse_requirements_file(path: Path | str) -> tuple[list[Requirement], list[Path]]:

@@ -7,8 +7,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -35,6 +38,9 @@ __all__ = [
 ]
 
 PROBE_TIMEOUT = 120.0
+#: The oldest interpreter the probe script runs on.
+MIN_PYTHON = (3, 7)
+_VERSION_SCRIPT = "import sys; sys.stdout.write('%d.%d' % sys.version_info[:2])"  # Python 2 runs it too
 _CANON_RE = re.compile(r"[-_.]+")
 
 
@@ -54,11 +60,18 @@ class InstalledDist:
     requires: list[Requirement] = field(default_factory=list)
     requires_python: SpecifierSet | None = None
     provides_extra: frozenset[str] = frozenset()
-    #: top-level import name -> [RECORD path, RECORD hash, hash of the file on disk (only when contested)]
+    #: top-level import name -> [RECORD path, RECORD hash] of the file that makes it importable
     modules: dict[str, list[str | None]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    #: The project directory of an editable install, else ``None``.
+    editable: str | None = None
+    #: For a copy sharing its directory with another copy: whether its RECORD matches the files on disk.
+    record_matches: bool | None = None
+    #: Import name -> whether this distribution's files are on disk, for names whose files differ from
+    #: those of another distribution in the same directory.
+    clashes: dict[str, bool] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """The PEP 503 normalised name."""
         return canonical(self.name)
@@ -78,14 +91,32 @@ class ProbedEnvironment:
     markers: dict[str, str]
     path: list[str]
     dists: list[InstalledDist]
-    #: The importable copy of each distribution (the first on the path), by normalised name.
+    #: The importable copy of each distribution, by normalised name (see :meth:`copies`).
     winners: dict[str, InstalledDist] = field(init=False)
+    _copies: dict[str, list[InstalledDist]] = field(init=False, repr=False)
+    #: Names whose importable copy cannot be told (several copies in one directory, none or several
+    #: matching the files on disk); their winner is the first listed, as ``importlib.metadata`` takes it.
+    undetermined: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.winners = {}
+        copies: dict[str, list[InstalledDist]] = {}
         for dist in self.dists:
             if dist.name:
-                self.winners.setdefault(dist.key, dist)
+                copies.setdefault(dist.key, []).append(dist)
+        self._copies = copies
+        self.winners = {}
+        undetermined = set()
+        for key, found in copies.items():
+            first_dir = [d for d in found if d.location == found[0].location]
+            matching = [d for d in first_dir if d.record_matches]
+            if len(first_dir) > 1 and len(matching) != 1:
+                undetermined.add(key)
+            self.winners[key] = matching[0] if len(first_dir) > 1 and len(matching) == 1 else found[0]
+        self.undetermined = frozenset(undetermined)
+
+    def copies(self, key: str) -> list[InstalledDist]:
+        """Every copy of distribution ``key`` on the path, in precedence order."""
+        return list(self._copies.get(key, ()))
 
     @property
     def python_version(self) -> str:
@@ -110,6 +141,21 @@ class ProbedEnvironment:
         return marker.evaluate({**self.markers, "extra": extra})
 
 
+@functools.lru_cache(maxsize=16384)
+def _requirement(text: str) -> Requirement | str:
+    """``text`` parsed, or why it does not parse; cached, as environments repeat requirement lines.
+
+    The result is shared between distributions: callers never mutate it.
+    """
+    try:
+        req = Requirement(text)
+        if req.marker is not None:
+            req.marker.evaluate({"extra": ""})  # surfaces undefined marker variables now
+    except (InvalidRequirement, InvalidMarker, ValueError) as exc:
+        return str(exc).splitlines()[0]
+    return req
+
+
 def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
     where = str(raw.get("metadata_dir"))
     errors = [str(e) for e in raw.get("errors", [])]
@@ -123,15 +169,11 @@ def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
         except InvalidVersion:
             errors.append(f"{label} has an invalid version {version!r} (not PEP 440)")
     for text in raw.get("requires", []):
-        try:
-            req = Requirement(text)
-            if req.marker is not None:
-                req.marker.evaluate({"extra": ""})  # surfaces undefined marker variables now
-        except (InvalidRequirement, InvalidMarker, ValueError) as exc:
-            reason = str(exc).splitlines()[0]
-            errors.append(f"{label} has an invalid requirement {text!r} ({reason})")
+        parsed = _requirement(str(text))
+        if isinstance(parsed, str):
+            errors.append(f"{label} has an invalid requirement {text!r} ({parsed})")
             continue
-        dist.requires.append(req)
+        dist.requires.append(parsed)
     python = raw.get("requires_python")
     if python:
         try:
@@ -140,6 +182,11 @@ def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
             errors.append(f"{label} has an invalid Requires-Python {python!r}")
     dist.provides_extra = frozenset(canonical(e) for e in raw.get("provides_extra", []))
     dist.modules = dict(raw.get("modules", {}))
+    editable = raw.get("editable")
+    dist.editable = str(editable) if editable else None
+    matches = raw.get("record_matches")
+    dist.record_matches = bool(matches) if matches is not None else None
+    dist.clashes = {str(k): bool(v) for k, v in (raw.get("clashes") or {}).items()}
     return dist
 
 
@@ -154,9 +201,23 @@ def parse_probe(data: dict[str, Any], python: str) -> ProbedEnvironment:
     )
 
 
+def interpreter_path(python: str | Path) -> str:
+    """``python`` as an absolute path (a bare name is looked up on ``PATH``), as reports show it."""
+    text = os.fspath(python)
+    found = shutil.which(text) if os.sep not in text else None
+    return os.path.abspath(found or text)
+
+
 def probe_command(python: str | Path) -> list[str]:
     """The command that runs the probe in ``python``, isolated (``-I``: no user site, no environment vars)."""
     return [str(python), "-I", str(Path(_probe.__file__))]
+
+
+def _directory_error(exe: str) -> UsageError:
+    for candidate in (Path(exe) / "bin" / "python", Path(exe) / "Scripts" / "python.exe"):
+        if candidate.exists():
+            return UsageError(f"{exe} is a directory, not an interpreter; pass its interpreter: --python {candidate}")
+    return UsageError(f"{exe} is a directory, not an interpreter; pass a Python executable to --python")
 
 
 def launch_error(python: str | Path, exc: OSError | subprocess.TimeoutExpired) -> UsageError:
@@ -164,6 +225,8 @@ def launch_error(python: str | Path, exc: OSError | subprocess.TimeoutExpired) -
     exe = str(python)
     if isinstance(exc, subprocess.TimeoutExpired):
         return UsageError(f"interpreter {exe} did not answer the probe within {PROBE_TIMEOUT:.0f} s")
+    if os.path.isdir(exe):
+        return _directory_error(exe)
     if isinstance(exc, FileNotFoundError):
         return UsageError(f"interpreter {exe} does not exist; pass a Python executable to --python")
     if isinstance(exc, PermissionError):
@@ -171,28 +234,54 @@ def launch_error(python: str | Path, exc: OSError | subprocess.TimeoutExpired) -
     return UsageError(f"interpreter {exe} cannot be run: {exc}; pass a Python executable to --python")
 
 
+def _python_version(exe: str) -> tuple[int, int] | None:
+    """The ``(major, minor)`` of an interpreter that failed the probe, asked in a way every Python answers."""
+    try:
+        done = subprocess.run([exe, "-c", _VERSION_SCRIPT], capture_output=True, text=True, timeout=30, check=False)
+        major, minor = done.stdout.strip().split(".")
+        return int(major), int(minor)
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+
+
 def finish_probe(python: str | Path, returncode: int, stdout: str, stderr: str) -> ProbedEnvironment:
-    """Parse what the probe printed; a failed or garbled probe is a :class:`UsageError`."""
+    """Parse what the probe printed; a failed or garbled probe is a :class:`UsageError`.
+
+    Output before the probe's mark (a ``.pth`` file that prints at start-up) is ignored.
+    """
     exe = str(python)
     if returncode != 0:
+        version = _python_version(exe)
+        if version is not None and version < MIN_PYTHON:
+            oldest = ".".join(map(str, MIN_PYTHON))
+            raise UsageError(
+                f"interpreter {exe} is Python {version[0]}.{version[1]}; check-deps checks environments of Python "
+                f"{oldest} or newer: pass a newer interpreter to --python"
+            )
         tail = (stderr.strip().splitlines() or ["no output"])[-1]
-        raise UsageError(f"interpreter {exe} failed to run the probe (exit {returncode}): {tail}")
+        raise UsageError(f"interpreter {exe} failed to run the probe (exit {returncode}): {tail[:300]}")
+    _, mark, payload = stdout.rpartition(_probe.OUTPUT_MARK)
     try:
-        return parse_probe(json.loads(stdout), exe)
+        if not mark:
+            raise ValueError("the probe's output mark is missing")
+        return parse_probe(json.loads(payload), exe)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise UsageError(f"interpreter {exe} answered the probe with something that is not its JSON: {exc}") from exc
+        raise UsageError(
+            f"interpreter {exe} answered the probe with something that is not its JSON: {str(exc)[:300]}"
+        ) from exc
 
 
 def probe_environment(python: str | Path | None = None) -> ProbedEnvironment:
     """Describe ``python``'s environment (the running interpreter's when ``None``).
 
     Raises :class:`~autoglm_runtime.errors.UsageError` (E0001) when the interpreter cannot be run or
-    does not answer with the probe's JSON.
+    does not answer with the probe's JSON (a directory, Python older than 3.7, not a Python at all).
     """
     if python is None:
         return parse_probe(_probe.probe(), sys.executable)
+    exe = interpreter_path(python)
     try:
-        done = subprocess.run(probe_command(python), capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
+        done = subprocess.run(probe_command(exe), capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise launch_error(python, exc) from exc
-    return finish_probe(python, done.returncode, done.stdout, done.stderr)
+        raise launch_error(exe, exc) from exc
+    return finish_probe(exe, done.returncode, done.stdout, done.stderr)

@@ -27,6 +27,7 @@ against ``packaging``'s ``SpecifierSet.is_unsatisfiable``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from packaging.specifiers import Specifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-__all__ = ["Overlap", "intersect", "overlap", "satisfies"]
+__all__ = ["Overlap", "disjoint", "intersect", "overlap", "satisfies"]
 
 _PreTag = tuple[str, int] | None
 
@@ -176,3 +177,29 @@ def overlap(*sets: SpecifierSet) -> Overlap:
 def intersect(*sets: SpecifierSet) -> str | None:
     """A version satisfying every one of ``sets``, or ``None`` when their intersection is empty."""
     return overlap(*sets).witness
+
+
+_LOWER = frozenset({">=", ">"})
+_UPPER = frozenset({"<=", "<"})
+
+
+def disjoint(*sets: SpecifierSet) -> bool:
+    """Whether no version satisfies every one of ``sets``: ``overlap(*sets).empty``, fast on the usual cases.
+
+    Sets that only bound from below (``>=1``, ``>2``), or only from above, always meet; otherwise the
+    exact judgement of :func:`overlap` is taken once per distinct combination (model requirements repeat,
+    so pairwise checks of many models mostly hit the cache).
+
+    >>> disjoint(SpecifierSet(">=2"), SpecifierSet("<2")), disjoint(SpecifierSet(">=1"), SpecifierSet(">3"))
+    (True, False)
+    """
+    specs = [spec for spec_set in sets for spec in spec_set]
+    operators = {spec.operator for spec in specs}
+    if not specs or operators <= _LOWER or operators <= _UPPER:
+        return False
+    return _disjoint_texts(tuple(sorted({str(spec_set) for spec_set in sets})))
+
+
+@functools.lru_cache(maxsize=65536)
+def _disjoint_texts(texts: tuple[str, ...]) -> bool:
+    return overlap(*(SpecifierSet(text) for text in texts)).empty

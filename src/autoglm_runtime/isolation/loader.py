@@ -16,12 +16,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from packaging.specifiers import SpecifierSet
+
 from autoglm_runtime.deps.manifest import ModelManifest, load_manifest
+from autoglm_runtime.deps.planning import ModelRequirements, Plan, plan_groups
 from autoglm_runtime.errors import BackendUnsupportedError, EnvironmentBuildError, IsolationError, UsageError
 from autoglm_runtime.isolation.envs._use import EnvironmentHold, hold_environment
 from autoglm_runtime.isolation.envs.build import BuildProgress, BuiltEnvironment, EnvironmentBuilder, Installer
@@ -171,6 +175,7 @@ class ModelLoader:
         self._loading: set[str] = set()
         self._starting: set[WorkerProcess] = set()  # workers of loads in flight: close() stops them too
         self._holds: dict[LoadedModel, EnvironmentHold] = {}  # keeps ``env gc`` off the models' environments
+        self._shared: dict[str, ModelManifest] = {}  # model name -> the manifest of its group's environment
         self._closed = False
 
     @property
@@ -226,8 +231,35 @@ class ModelLoader:
         )
         return model
 
+    def share_environments(self, models: Sequence[str | os.PathLike[str] | ModelManifest]) -> Plan:
+        """Opt in to one environment per group of ``models`` that can share one, instead of one per
+        requirement set; returns the plan (:func:`~autoglm_runtime.deps.planning.plan_groups`, greedy).
+
+        Each group's environment holds the union of its members' requirements (markers judged for the
+        running interpreter), so loading any member builds or reuses the group's environment. Models left out,
+        or whose requirements contradict themselves, keep an environment of their own.
+
+        >>> plan = loader.share_environments(["models/a", "models/b", "models/c"])   # doctest: +SKIP
+        >>> plan.groups                                                             # doctest: +SKIP
+        (('a', 'c'), ('b',))
+        """
+        manifests = [m if isinstance(m, ModelManifest) else load_manifest(Path(m)) for m in models]
+        plan = plan_groups([ModelRequirements(m.name, m.requirements, m.python) for m in manifests])
+        by_name = {m.name: m for m in manifests}
+        shared: dict[str, ModelManifest] = {}
+        for group in plan.groups:
+            members = [by_name[n] for n in group]
+            if len(members) > 1:
+                merged = _group_manifest(members)
+                shared.update(dict.fromkeys(group, merged))
+        with self._lock:
+            self._shared.update(shared)
+        return plan
+
     def _ensure_held(self, manifest: ModelManifest) -> tuple[BuiltEnvironment, EnvironmentHold]:
         """The model's environment, held in use; built again should a collection remove it meanwhile."""
+        with self._lock:
+            manifest = self._shared.get(manifest.name, manifest)
         for _ in range(3):
             environment = self.builder.ensure(manifest)
             hold = hold_environment(environment.path)
@@ -320,6 +352,19 @@ class ModelLoader:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _group_manifest(members: Sequence[ModelManifest]) -> ModelManifest:
+    """The manifest a group's environment is built from: every member's requirements, once each."""
+    requirements = tuple(dict.fromkeys(r for m in members for r in m.requirements))
+    pythons = [str(m.python) for m in members if m.python is not None]
+    return replace(
+        members[0],
+        name="+".join(sorted(m.name for m in members)),
+        requirements=requirements,
+        python=SpecifierSet(",".join(pythons)) if pythons else None,
+        included_files=tuple(dict.fromkeys(p for m in members for p in m.included_files)),
+    )
 
 
 def _closed_while_loading(name: str) -> str:

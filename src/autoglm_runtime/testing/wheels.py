@@ -50,13 +50,16 @@ def build_wheel(
     requires_python: str | None = None,
     top_level: Iterable[str] | None = None,
     tag: str = "py3-none-any",
+    headers: Iterable[str] = (),
 ) -> Path:
     """Write a wheel of ``name`` ``version`` into ``directory`` and return its path.
 
     ``modules`` maps paths inside the wheel to file contents (by default one package named after the
     distribution, whose ``__version__`` is ``version``). ``requires`` are PEP 508 strings; ``extras`` maps an
     extra to its requirements (written as ``Requires-Dist: x; extra == "name"``). ``top_level`` overrides
-    the ``top_level.txt`` names (by default the first path segment of each module).
+    the ``top_level.txt`` names (by default the first path segment of each module). ``headers`` are more
+    METADATA lines written verbatim after ``Version``, folded as a build backend folds them (meson-python
+    and hatchling continue a multi-line ``License`` with lines of only spaces).
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,6 +68,7 @@ def build_wheel(
         modules = {f"{package}/__init__.py": f"__version__ = {version!r}\n"}
     dist_info = f"{_escape(name)}-{version}.dist-info"
     metadata = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    metadata.extend(headers)
     if requires_python is not None:
         metadata.append(f"Requires-Python: {requires_python}")
     metadata.extend(f"Requires-Dist: {req}" for req in requires)

@@ -1,0 +1,99 @@
+"""Whose files are on disk, for distributions that share a directory: stdlib only, run inside the probe.
+
+The probe (``probe.py``, run by path in the checked interpreter) loads this file by path only when copies of
+one distribution, or distributions claiming one import name, share a directory. Decisions rest on file
+ownership: every file their RECORDs list with different hashes (or only some list) is hashed on disk, and
+a distribution's files are "on disk" when each such file it lists with a hash matches.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+_MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd")
+
+
+def record_rows(record: str) -> dict[str, str | None]:
+    """RECORD as ``{path: hash}`` (``None`` for a file listed without a hash); quoted paths unquoted."""
+    import csv  # only for the few RECORDs read in full
+
+    out: dict[str, str | None] = {}
+    for row in csv.reader(record.splitlines()):
+        if row:
+            out[row[0]] = (row[1] if len(row) > 1 else "") or None
+    return out
+
+
+def owned(rows: dict[str, str | None], name: str) -> dict[str, str | None]:
+    """The RECORD rows that belong to import name ``name``: its package directory, or a module file."""
+    prefix = name + "/"
+    return {
+        path: digest
+        for path, digest in rows.items()
+        if path.startswith(prefix)
+        or ("/" not in path and path.split(".", 1)[0] == name and path.endswith(_MODULE_SUFFIXES))
+    }
+
+
+def file_hash(path: str) -> str | None:
+    import base64  # only for contested files: most runs never need these two imports
+    import hashlib
+
+    try:
+        with open(path, "rb") as fh:
+            digest = hashlib.sha256(fh.read()).digest()
+    except OSError:
+        return None
+    return "sha256=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _matches_disk(location: str, files: dict[str, str | None], paths: set[str], disk: dict[str, str | None]) -> bool:
+    """Whether each of ``paths`` that ``files`` lists is on disk with the hash ``files`` gives it."""
+    for path in paths & set(files):
+        if files[path] is None:
+            continue  # listed without a hash (RECORD itself, byte code): proves nothing
+        if path not in disk:
+            disk[path] = file_hash(os.path.join(location, path))
+        if disk[path] != files[path]:
+            return False
+    return True
+
+
+def _differing(copies: list[dict[str, str | None]]) -> set[str]:
+    """Paths that the file lists do not all give with one hash (listed by some only, or hashed apart)."""
+    paths = set().union(*copies)
+    return {p for p in paths if len({c.get(p, "<absent>") for c in copies}) > 1}
+
+
+def decide_copies(
+    group: list[dict[str, object]], rows_of: Callable[[dict[str, object]], dict[str, str | None]]
+) -> None:
+    """For copies of one distribution in one directory: whose RECORD matches the files on disk."""
+    location = str(group[0]["location"])
+    rows = [rows_of(d) for d in group]
+    paths = _differing(rows)
+    disk: dict[str, str | None] = {}
+    for dist, files in zip(group, rows):  # noqa: B905
+        dist["record_matches"] = bool(files) and _matches_disk(location, files, paths, disk)
+
+
+def decide_clash(
+    module: str, group: list[dict[str, object]], rows_of: Callable[[dict[str, object]], dict[str, str | None]]
+) -> None:
+    """For distributions of one directory claiming import name ``module``: do their shared files differ,
+    and whose files are on disk? Files both install with one hash (a namespace ``__init__.py``) are no clash.
+    """
+    location = str(group[0]["location"])
+    files_of = [owned(rows_of(d), module) for d in group]
+    if not all(files_of):  # a distribution without RECORD rows for it: its files cannot be compared
+        for dist in group:
+            dist["clashes"][module] = False  # type: ignore[index]
+        return
+    shared = {p for i, a in enumerate(files_of) for b in files_of[i + 1 :] for p in set(a) & set(b)}
+    paths = shared & _differing(files_of)
+    if not paths:
+        return
+    disk: dict[str, str | None] = {}
+    for dist, files in zip(group, files_of):  # noqa: B905 (the probe runs on Python 3.8)
+        dist["clashes"][module] = _matches_disk(location, files, paths, disk)  # type: ignore[index]

@@ -1,0 +1,221 @@
+"""Which models can share one environment: contradictions, cross-model conflicts, and a grouping plan.
+
+Many models repeat the same requirement texts, so models are compared in *camps*: the models that need
+one distribution with the same specifier set. A conflict between two camps is one finding naming every
+model of both, instead of one finding per pair of models; each distinct combination of specifier sets is
+judged once (:func:`~autoglm_runtime.deps.specifiers.disjoint`).
+
+:func:`plan_groups` partitions models into groups that can each share one environment::
+
+    from autoglm_runtime.deps.planning import plan_groups
+    plan = plan_groups(models)            # ModelManifest objects
+    plan.groups                           # (("a", "c"), ("b",))
+
+Finding the fewest groups is graph colouring, which is NP-hard; the plan is *greedy* (most-constrained
+model first, each into the first group it fits), so it may use more groups than the optimum, never fewer
+than needed, and each group it gives is checked as a whole, not only pairwise.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+
+from autoglm_runtime.deps._graph import req_text
+from autoglm_runtime.deps.findings import Finding
+from autoglm_runtime.deps.specifiers import disjoint
+
+__all__ = ["ModelRequirements", "Plan", "contradictions", "cross_model", "plan_groups"]
+
+
+@dataclass(frozen=True)
+class ModelRequirements:
+    """A model as the planning sees it: its name, requirements and Python range."""
+
+    name: str
+    requirements: tuple[Requirement, ...]
+    python: SpecifierSet | None = None
+
+    def active(self, markers: Mapping[str, str]) -> Iterable[Requirement]:
+        """The requirements whose markers hold in ``markers`` (with no extra)."""
+        for req in self.requirements:
+            if req.marker is None or req.marker.evaluate({**markers, "extra": ""}):
+                yield req
+
+
+def _canonical(name: str) -> str:
+    from autoglm_runtime.deps.probe import canonical
+
+    return canonical(name)
+
+
+def _needs(models: Sequence[ModelRequirements], markers: Mapping[str, str]) -> dict[str, dict[str, list[Requirement]]]:
+    """distribution -> model -> that model's active requirements on it."""
+    by_name: dict[str, dict[str, list[Requirement]]] = {}
+    for model in models:
+        for req in model.active(markers):
+            by_name.setdefault(_canonical(req.name), {}).setdefault(model.name, []).append(req)
+    return by_name
+
+
+def _spec(reqs: Sequence[Requirement]) -> SpecifierSet:
+    return SpecifierSet(",".join(str(r.specifier) for r in reqs if str(r.specifier)))
+
+
+def _text(reqs: Sequence[Requirement]) -> str:
+    return ", ".join(req_text(r) for r in reqs)
+
+
+def contradictions(models: Sequence[ModelRequirements], markers: Mapping[str, str]) -> list[Finding]:
+    """``model-contradiction``: one model's own requirements on a distribution that no version satisfies."""
+    findings = []
+    for key, per_model in sorted(_needs(models, markers).items()):
+        for name, reqs in sorted(per_model.items()):
+            if len(reqs) > 1 and disjoint(*(r.specifier for r in reqs)):
+                findings.append(
+                    Finding(
+                        kind="model-contradiction",
+                        packages=(key,),
+                        models=(name,),
+                        message=f"model '{name}' needs {' and '.join(req_text(r) for r in reqs)}: no version of "
+                        f"{key} satisfies all of them, so the model cannot be installed in any environment",
+                        hint=f"fix model '{name}''s requirements on {key} (they contradict each other)",
+                        details={"requirements": [req_text(r) for r in reqs]},
+                    )
+                )
+    return findings
+
+
+def _camps(per_model: Mapping[str, list[Requirement]]) -> list[tuple[SpecifierSet, list[str]]]:
+    """Models grouped by the specifier set they need (one camp per distinct set), in name order."""
+    camps: dict[str, tuple[SpecifierSet, list[str]]] = {}
+    for name in sorted(per_model):
+        spec = _spec(per_model[name])
+        camps.setdefault(str(spec), (spec, []))[1].append(name)
+    return list(camps.values())
+
+
+def _who(names: Sequence[str], texts: Mapping[str, str]) -> str:
+    if len(names) == 1:
+        return f"model '{names[0]}' needs {texts[names[0]]}"
+    shown = ", ".join(f"'{n}'" for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"models {shown} need {texts[names[0]]}"
+
+
+def cross_model(models: Sequence[ModelRequirements], markers: Mapping[str, str]) -> list[Finding]:
+    """``cross-model``: requirements of different models on one distribution that no version satisfies.
+
+    One finding per pair of clashing camps (models needing the same set are one camp); when every pair
+    overlaps but all together do not, one finding names all of them.
+    """
+    findings: list[Finding] = []
+    for key, per_model in sorted(_needs(models, markers).items()):
+        if len(per_model) < 2:
+            continue
+        texts = {m: _text(reqs) for m, reqs in per_model.items()}
+        camps = _camps(per_model)
+        clashing = False
+        for (spec_a, a), (spec_b, b) in itertools.combinations(camps, 2):
+            if not disjoint(spec_a, spec_b):
+                continue
+            clashing = True
+            names = tuple(sorted(a + b))
+            if len(names) == 2:
+                hint = f"load '{names[0]}' and '{names[1]}' isolated (one environment each), or align their {key} "
+                hint += "requirements"
+            else:
+                hint = f"load these models in separate environments (see --plan), or align their {key} requirements"
+            first, second = (a, b) if a[0] < b[0] else (b, a)
+            findings.append(
+                Finding(
+                    kind="cross-model",
+                    packages=(key,),
+                    models=names,
+                    message=f"{_who(second, texts)} but {_who(first, texts)}: they cannot share one environment; "
+                    "load them isolated",
+                    hint=hint,
+                    details={"requirements": {m: texts[m] for m in names}},
+                )
+            )
+        if not clashing and len(camps) > 2 and disjoint(*(spec for spec, _ in camps)):
+            names = tuple(sorted(per_model))
+            listed = "; ".join(f"model '{m}' needs {texts[m]}" for m in names)
+            findings.append(
+                Finding(
+                    kind="cross-model",
+                    packages=(key,),
+                    models=names,
+                    message=f"{listed}: no version of {key} satisfies all of them, so they cannot share one "
+                    "environment; load them isolated",
+                    hint=f"load these models isolated (one environment each), or align their {key} requirements",
+                    details={"requirements": {m: texts[m] for m in names}},
+                )
+            )
+    return findings
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Models partitioned into groups that can each share one environment (found greedily)."""
+
+    groups: tuple[tuple[str, ...], ...]
+    #: Models that fit no environment at all (their own requirements contradict each other).
+    unplaceable: tuple[str, ...] = ()
+    method: str = "greedy"
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"method": "greedy", "groups": [[...], ...], "unplaceable": [...]}``."""
+        return {"method": self.method, "groups": [list(g) for g in self.groups], "unplaceable": list(self.unplaceable)}
+
+    def render(self) -> str:
+        """Human lines: how many environments, and which models share each."""
+        count = len(self.groups)
+        lines = [
+            f"plan: {count} environment{'' if count == 1 else 's'} for "
+            f"{sum(len(g) for g in self.groups)} models (greedy grouping: may not be the fewest possible)"
+        ]
+        lines += [f"  group {i}: {', '.join(group)}" for i, group in enumerate(self.groups, start=1)]
+        if self.unplaceable:
+            lines.append(f"  no environment (contradictory requirements): {', '.join(self.unplaceable)}")
+        return "\n".join(lines) + "\n"
+
+
+def plan_groups(models: Sequence[ModelRequirements], markers: Mapping[str, str] | None = None) -> Plan:
+    """Partition ``models`` into groups that can each share one environment, greedily.
+
+    A model joins the first group in which, for every distribution, the specifier sets of all members
+    and its own still have a common version; the most-constrained models are placed first.
+    """
+    if markers is None:
+        from autoglm_runtime.deps._scripts.probe import marker_environment
+
+        markers = marker_environment()
+    own: dict[str, dict[str, SpecifierSet]] = {}
+    for model in models:
+        merged: dict[str, list[Requirement]] = {}
+        for req in model.active(markers):
+            merged.setdefault(_canonical(req.name), []).append(req)
+        own[model.name] = {key: _spec(reqs) for key, reqs in merged.items()}
+    bad = {f.models[0] for f in contradictions(models, markers)}
+    clashes: dict[str, int] = {m.name: 0 for m in models}
+    for finding in cross_model(models, markers):
+        for name in finding.models:
+            clashes[name] += 1
+    order = sorted((m.name for m in models if m.name not in bad), key=lambda n: (-clashes[n], n))
+    groups: list[tuple[list[str], dict[str, SpecifierSet]]] = []
+    for name in order:
+        for members, specs in groups:
+            if all(key not in specs or not disjoint(specs[key], spec) for key, spec in own[name].items()):
+                members.append(name)
+                for key, spec in own[name].items():
+                    specs[key] = spec if key not in specs else SpecifierSet(f"{specs[key]},{spec}".strip(","))
+                break
+        else:
+            groups.append(([name], dict(own[name])))
+    ordered = tuple(tuple(sorted(members)) for members, _ in groups)
+    return Plan(groups=tuple(sorted(ordered)), unplaceable=tuple(sorted(bad)))

@@ -1,0 +1,119 @@
+"""Between models: contradictions, summarised cross-model conflicts, the greedy grouping plan, --why."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tests.deps._check_data import WIN39, dist, environment, model
+
+from autoglm_runtime.cli import main
+from autoglm_runtime.deps.check import check_models
+from autoglm_runtime.deps.planning import ModelRequirements, Plan, plan_groups
+from autoglm_runtime.deps.why import explain
+
+
+def _plain(*models: object) -> list[ModelRequirements]:
+    return [ModelRequirements(m.name, m.requirements, m.python) for m in models]  # type: ignore[attr-defined]
+
+
+def test_a_model_contradicting_itself_is_a_finding_of_its_own() -> None:
+    report = check_models([model("m", "beta<2", "Beta>=2", "ok>=1", "ok<3")], markers=WIN39)
+    assert [(f.kind, f.packages, f.models, f.message) for f in report.findings] == [
+        (
+            "model-contradiction",
+            ("beta",),
+            ("m",),
+            "model 'm' needs beta<2 and Beta>=2: no version of beta satisfies all of them, so the model cannot be "
+            "installed in any environment",
+        )
+    ]
+    assert report.exit_code == 1
+    assert report.findings[0].details == {"requirements": ["beta<2", "Beta>=2"]}
+
+
+def test_forty_models_give_one_finding_per_clashing_camp_not_per_pair() -> None:
+    models = [model(f"m{i:02d}", "numpy<2" if i % 2 else "numpy>=2", f"torch=={'2.1.0' if i < 10 else '2.3.1'}")
+              for i in range(40)]  # fmt: skip
+    report = check_models(models, markers=WIN39)
+    assert [(f.packages, len(f.models)) for f in report.findings] == [(("numpy",), 40), (("torch",), 40)]
+    numpy = report.findings[0]
+    assert numpy.message == (
+        "models 'm01', 'm03', 'm05', 'm07', 'm09' and 15 more need numpy<2 but models 'm00', 'm02', 'm04', 'm06', "
+        "'m08' and 15 more need numpy>=2: they cannot share one environment; load them isolated"
+    )
+    assert numpy.hint == "load these models in separate environments (see --plan), or align their numpy requirements"
+    assert len(report.render().splitlines()) < 120  # each conflict shown once, not under each of 40 models
+
+
+def test_the_plan_groups_models_that_can_share_and_checks_each_group_whole() -> None:
+    models = _plain(
+        model("a", "numpy<2"), model("b", "numpy>=2"), model("c", "numpy<2", "torch>=2"), model("d", "torch<2")
+    )
+    assert plan_groups(models, WIN39) == Plan(groups=(("a", "c"), ("b", "d")))
+    # Every pair overlaps, the three together do not: the plan must not put them in one group.
+    trio = _plain(model("a", "x>=1,<3"), model("b", "x>=2,<4"), model("c", "x!=2.*"))
+    assert plan_groups(trio, WIN39).groups == (("a", "b"), ("c",))
+    broken = _plain(model("a", "y"), model("self", "y<1", "y>1"))
+    plan = plan_groups(broken, WIN39)
+    assert plan.to_json() == {"method": "greedy", "groups": [["a"]], "unplaceable": ["self"]}
+    assert plan.render() == (
+        "plan: 1 environment for 1 models (greedy grouping: may not be the fewest possible)\n"
+        "  group 1: a\n"
+        "  no environment (contradictory requirements): self\n"
+    )
+
+
+def test_forty_realistic_models_are_planned_into_few_groups() -> None:
+    lines = ["numpy<2", "numpy>=2", "torch==2.1.0", "torch>=2.3", "transformers<4.40", "transformers>=4.40"]
+    models = _plain(*(model(f"m{i:02d}", lines[i % 2], lines[2 + (i // 2) % 2], lines[4 + (i // 4) % 2])
+                      for i in range(40)))  # fmt: skip
+    plan = plan_groups(models, WIN39)
+    assert len(plan.groups) == 8
+    assert sorted(n for g in plan.groups for n in g) == [f"m{i:02d}" for i in range(40)]
+
+
+def test_why_names_installed_requirers_and_models_with_their_ranges() -> None:
+    env = environment(
+        dist("numpy", "1.26.4"),
+        dist("pandas", "2.1.4", ["numpy<2,>=1.23", "extra-only; extra == 'x'"], extras=["x"]),
+        dist("scipy", "1.11.4", ["NumPy>=1.21; sys_platform == 'win32'", "numpy<0; sys_platform == 'linux'"]),
+    )
+    answer = explain("NUMPY", env, _plain(model("m", "numpy>=2")))
+    assert answer.render() == (
+        "why numpy (1.26.4 installed):\n"
+        "  pandas 2.1.4 requires numpy<2,>=1.23\n"
+        "  scipy 1.11.4 requires NumPy>=1.21\n"
+        "  model 'm' requires numpy>=2\n"
+    )
+    assert explain("absent", env).to_json() == {
+        "package": "absent",
+        "installed": None,
+        "required_by": [],
+        "models": [],
+    }
+
+
+def _model_dir(root: Path, name: str, *requirements: str) -> Path:
+    directory = root / name
+    directory.mkdir()
+    reqs = ", ".join(json.dumps(r) for r in requirements)
+    (directory / "model.toml").write_text(f'[model]\nname = "{name}"\nentrypoint = "m:load"\nrequirements = [{reqs}]\n')
+    return directory
+
+
+def test_cli_plan_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _model_dir(tmp_path, "a", "packaging<1")
+    b = _model_dir(tmp_path, "b", "packaging>=1")
+    assert main(["check-deps", str(a), str(b), "--plan", "--why", "packaging", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["plan"] == {"method": "greedy", "groups": [["a"], ["b"]], "unplaceable": []}
+    assert [m["model"] for m in out["why"][0]["models"]] == ["a", "b"]
+    assert main(["check-deps", str(a), str(b), "--plan"]) == 1
+    text = capsys.readouterr().out
+    assert text.endswith(
+        "plan: 2 environments for 2 models (greedy grouping: may not be the fewest possible)\n"
+        "  group 1: a\n"
+        "  group 2: b\n"
+    )
