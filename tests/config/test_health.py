@@ -25,6 +25,8 @@ def test_staleness_counts_from_the_first_suspension(clock: FakeClock) -> None:
         "rejected": 0,
         "drift_corrected": 0,
         "resyncs": 1,
+        "resync_reasons": {"reconnect": 1},
+        "rejected_reasons": {},
         "reads": 0,
         "requests": 0,
         "source": "none",

@@ -39,7 +39,7 @@ from autoglm_runtime.config._values import ValuePipeline
 from autoglm_runtime.config._walk import Lost, TreeWalker
 from autoglm_runtime.config._zxid import ZxidGuard
 from autoglm_runtime.config.cache import ConfigCache
-from autoglm_runtime.config.health import SyncStatus
+from autoglm_runtime.config.health import ResyncReason, SyncStatus
 from autoglm_runtime.errors import ConfigAccessError
 
 __all__ = ["ZooKeeperSync"]
@@ -317,13 +317,14 @@ class ZooKeeperSync:
                     self._cache.remove(key, seq=start_seq)
                 self._tree.prune(found)
             self._status.source = "zookeeper"
-            self._status.mark_synced(resync=action.resync)
+            reason: ResyncReason = "session_expired" if session != action.session else "reconnect"
+            self._status.mark_synced(resync=action.resync, reason=reason)
             # Set under the cache lock: a snapshot served at start must not land after this load.
             self.loaded.set()
         if action.resync:
             log.info(
                 "config resynced after %s",
-                "session expiry" if session != action.session else "a reconnect",
+                "session expiry" if reason == "session_expired" else "a reconnect",
                 extra={"hosts": self.hosts, "root": self.root, "keys": len(found)},
             )
         self._guard.checked_session = session

@@ -8,12 +8,15 @@ resync. :class:`ConfigHealth` is what ``health()`` returns: a plain ``dict`` at 
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable
 from typing import Literal, TypedDict
 
-__all__ = ["ConfigHealth", "ConfigSource", "ConfigState", "SyncStatus"]
+from autoglm_runtime.observability._tracing import record_span
+
+__all__ = ["ConfigHealth", "ConfigSource", "ConfigState", "RejectReason", "ResyncReason", "SyncStatus"]
 
 #: Where a client is in its life: ``"new"`` (created, ``start()`` not called), ``"starting"`` (``start()``
 #: is loading), ``"running"`` (``start()`` returned; the client follows its source or tries to),
@@ -24,11 +27,21 @@ ConfigState = Literal["new", "starting", "running", "stopped", "failed"]
 #: (the snapshot file served at start, until ZooKeeper answers) or ``"file"`` (the ``file://`` backend).
 ConfigSource = Literal["none", "zookeeper", "snapshot", "file"]
 
+#: Why a resync ran: ``"reconnect"`` (the connection came back, same session) or ``"session_expired"`` (a new
+#: session after the old one expired).
+ResyncReason = Literal["reconnect", "session_expired"]
+
+#: Why an update was refused: ``"decode"`` (the codec could not decode it) or ``"validator"`` (it refused it).
+RejectReason = Literal["decode", "validator"]
+
+RESYNC_SPAN = "autoglm.config.resync"
+
 
 class ConfigHealth(TypedDict):
     """What :meth:`ConfigClient.health() <autoglm_runtime.config.ConfigClient.health>` returns.
 
-    A ``dict`` at run time (JSON-ready: only str, bool, int, float and ``None`` values), typed for mypy.
+    A ``dict`` at run time (JSON-ready: str, bool, int, float and ``None`` values, and dicts of ints), typed for
+    mypy.
     Each call returns a new one.
 
     * ``state`` (:data:`ConfigState`): ``"new"``, ``"starting"``, ``"running"``, ``"stopped"`` or ``"failed"``.
@@ -42,6 +55,8 @@ class ConfigHealth(TypedDict):
     * ``rejected`` (int): data refused by the codec or the validator.
     * ``drift_corrected`` (int): differences the reconciler found and fixed.
     * ``resyncs`` (int): completed resyncs after a reconnect or a new session.
+    * ``resync_reasons`` (dict): ``resyncs`` by :data:`ResyncReason`.
+    * ``rejected_reasons`` (dict): ``rejected`` by :data:`RejectReason`.
     * ``reads`` (int): znode reads issued; ``requests`` (int): ZooKeeper requests those reads took.
     * ``source`` (:data:`ConfigSource`): ``"none"``, ``"zookeeper"``, ``"snapshot"`` or ``"file"``.
     * ``keys`` (int): number of cached keys.
@@ -55,6 +70,8 @@ class ConfigHealth(TypedDict):
     rejected: int
     drift_corrected: int
     resyncs: int
+    resync_reasons: dict[str, int]
+    rejected_reasons: dict[str, int]
     reads: int
     requests: int
     source: ConfigSource
@@ -64,8 +81,11 @@ class ConfigHealth(TypedDict):
 class SyncStatus:
     """Counters and staleness of one client. Thread-safe; every method is cheap and never blocks on I/O."""
 
-    def __init__(self, *, timer: Callable[[], float], wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, *, timer: Callable[[], float], wall_clock: Callable[[], float] = time.time, root: str = ""
+    ) -> None:
         self._timer = timer
+        self._root = root
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self.state: ConfigState = "new"
@@ -76,8 +96,11 @@ class SyncStatus:
         self.rejected = 0
         self.drift_corrected = 0
         self.resyncs = 0
+        self.resync_reasons: collections.Counter[str] = collections.Counter()
+        self.rejected_reasons: collections.Counter[str] = collections.Counter()
         self.reads = 0
         self.requests = 0
+        self._stale_wall: float | None = None  # when it went stale, on the wall clock: where a resync span starts
 
     def mark_stale(self) -> None:
         """The cache stopped following its source now (kept if already stale: staleness counts from the first
@@ -85,16 +108,37 @@ class SyncStatus:
         with self._lock:
             if self.stale_since is None:
                 self.stale_since = self._timer()
+                self._stale_wall = self._wall_clock()
 
-    def mark_synced(self, *, resync: bool) -> None:
-        """A complete load or resync finished: the cache follows its source again (unless it was stopped)."""
+    def mark_synced(self, *, resync: bool, reason: ResyncReason = "reconnect") -> None:
+        """A complete load or resync finished: the cache follows its source again (unless it was stopped).
+
+        A resync is counted under ``reason`` and traced as one ``autoglm.config.resync`` span, from the moment
+        the cache stopped following its source to now.
+        """
         with self._lock:
             if self.state in ("stopped", "failed"):
                 return
             self.stale_since = None
-            self.last_sync = self._wall_clock()
-            if resync:
-                self.resyncs += 1
+            began, self._stale_wall = self._stale_wall, None
+            now = self.last_sync = self._wall_clock()
+            if not resync:
+                return
+            self.resyncs += 1
+            self.resync_reasons[reason] += 1
+        start = began if began is not None else now
+        record_span(
+            RESYNC_SPAN,
+            start_ns=int(start * 1e9),
+            end_ns=int(now * 1e9),
+            attributes={"autoglm.config.root": self._root, "autoglm.config.resync.reason": reason},
+        )
+
+    def reject(self, reason: RejectReason) -> None:
+        """An update was refused (counted in ``rejected`` and by ``reason``)."""
+        with self._lock:
+            self.rejected += 1
+            self.rejected_reasons[reason] += 1
 
     def set_connected(self, connected: bool) -> None:
         with self._lock:
@@ -134,6 +178,8 @@ class SyncStatus:
                 rejected=self.rejected,
                 drift_corrected=self.drift_corrected,
                 resyncs=self.resyncs,
+                resync_reasons=dict(self.resync_reasons),
+                rejected_reasons=dict(self.rejected_reasons),
                 reads=self.reads,
                 requests=self.requests,
                 source=self.source,
