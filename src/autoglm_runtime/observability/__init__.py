@@ -28,16 +28,16 @@ from autoglm_runtime.observability.collectors import (
 )
 
 __all__ = [
-    "ERROR_TYPE",
-    "METRICS_AVAILABLE",
-    "TRACING_AVAILABLE",
     "ConfigMetrics",
     "ConfigSource",
+    "ERROR_TYPE",
     "GuardCheck",
+    "METRICS_AVAILABLE",
     "ModelCall",
     "ModelMetrics",
     "ModelSource",
     "Surface",
+    "TRACING_AVAILABLE",
     "current_ids",
     "multiprocess_mode",
 ]
