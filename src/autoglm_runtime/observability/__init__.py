@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from autoglm_runtime._exports import publish as _publish
 from autoglm_runtime.observability._events import GuardCheck, ModelCall, Surface
-from autoglm_runtime.observability._metrics import METRICS_AVAILABLE
-from autoglm_runtime.observability._tracing import ERROR_TYPE, TRACING_AVAILABLE, current_ids
+from autoglm_runtime.observability._metrics import METRICS_AVAILABLE as _METRICS
+from autoglm_runtime.observability._tracing import TRACING_AVAILABLE as _TRACING
+from autoglm_runtime.observability._tracing import current_ids
 from autoglm_runtime.observability.collectors import (
     ConfigMetrics,
     ConfigSource,
@@ -30,16 +31,26 @@ from autoglm_runtime.observability.collectors import (
 __all__ = [
     "ConfigMetrics",
     "ConfigSource",
-    "ERROR_TYPE",
     "GuardCheck",
-    "METRICS_AVAILABLE",
     "ModelCall",
     "ModelMetrics",
     "ModelSource",
     "Surface",
-    "TRACING_AVAILABLE",
     "current_ids",
+    "metrics_available",
     "multiprocess_mode",
+    "tracing_available",
 ]
+
+
+def metrics_available() -> bool:
+    """Whether prometheus-client (the ``metrics`` extra) is installed: without it nothing is counted."""
+    return _METRICS
+
+
+def tracing_available() -> bool:
+    """Whether opentelemetry-api (the ``tracing`` extra) is installed: without it no span is made."""
+    return _TRACING
+
 
 _publish(__name__, globals(), __all__)
