@@ -6,6 +6,7 @@
 - The models run isolated through :class:`ModelLoader`: two models pinned to conflicting versions of
   ``conflictlib`` answer side by side, each from its own environment and worker.
 - ``/health`` reports config connection and staleness and each worker's real state (503 when degraded).
+- ``/metrics`` is the Prometheus exposition: guard, model-call, config and worker metrics (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from autoglm_runtime import ConfigClient
 from autoglm_runtime.errors import AutoGLMRuntimeError, UsageError
 from autoglm_runtime.isolation import LoadedModel, ModelLoader
+from autoglm_runtime.observability import ConfigMetrics, ModelMetrics
 from autoglm_runtime.validation import (
     ConfigLimits,
     ContextWindowGuard,
@@ -108,11 +111,19 @@ def create_app(
         }
         return JSONResponse(payload, status_code=200 if healthy else 503)
 
+    # Read at each scrape, on prometheus_client's default registry (one app per process, as __main__ makes).
+    ConfigMetrics(config).start()
+    ModelMetrics(loader).start()
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
     app = Starlette(
         routes=[
             Route("/v1/completions", completions, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ]
     )
     return ValidationMiddleware(
