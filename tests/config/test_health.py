@@ -21,6 +21,7 @@ def test_staleness_counts_from_the_first_suspension(clock: FakeClock) -> None:
         "connected": False,
         "stale_seconds": 0.0,
         "last_sync": 1.7e9,
+        "last_confirmed": 1.7e9,
         "applied": 4,
         "rejected": 0,
         "drift_corrected": 0,

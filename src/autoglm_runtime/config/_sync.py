@@ -368,4 +368,5 @@ class ZooKeeperSync:
                 follow.extend(spec[0] for spec in self._tree.apply(result, found=None, full=False, reconcile=True))
         if follow:
             self._queue.put(("read", follow))
+        self._status.mark_confirmed()
         return sum(int(bool(k)) + 1 for k in keys)

@@ -51,6 +51,9 @@ class ConfigHealth(TypedDict):
       loaded anything; otherwise seconds on the injected ``timer`` since it stopped following (first
       suspension, session loss, a start that served a snapshot, a sync failure, ``stop()``).
     * ``last_sync`` (float or None): Unix time of the last completed load or resync.
+    * ``last_confirmed`` (float or None): Unix time ZooKeeper (or the directory) last confirmed the cache while it
+      followed its source: a load, a resync, a completed verification re-read (or directory scan). It keeps
+      moving while all is well (at least every ``ttl``), so "now minus this" is how out of date the cache may be.
     * ``applied`` (int): changes applied to the cache (adds, updates, deletes).
     * ``rejected`` (int): data refused by the codec or the validator.
     * ``drift_corrected`` (int): differences the reconciler found and fixed.
@@ -66,6 +69,7 @@ class ConfigHealth(TypedDict):
     connected: bool
     stale_seconds: float
     last_sync: float | None
+    last_confirmed: float | None
     applied: int
     rejected: int
     drift_corrected: int
@@ -93,6 +97,7 @@ class SyncStatus:
         self.source: ConfigSource = "none"
         self.stale_since: float | None = None
         self.last_sync: float | None = None
+        self.last_confirmed: float | None = None
         self.rejected = 0
         self.drift_corrected = 0
         self.resyncs = 0
@@ -121,7 +126,7 @@ class SyncStatus:
                 return
             self.stale_since = None
             began, self._stale_wall = self._stale_wall, None
-            now = self.last_sync = self._wall_clock()
+            now = self.last_sync = self.last_confirmed = self._wall_clock()
             if not resync:
                 return
             self.resyncs += 1
@@ -133,6 +138,13 @@ class SyncStatus:
             end_ns=int(now * 1e9),
             attributes={"autoglm.config.root": self._root, "autoglm.config.resync.reason": reason},
         )
+
+    def mark_confirmed(self) -> None:
+        """The source confirmed the cache now (a verification re-read or a scan completed); ignored while stale,
+        when only a resync can confirm it."""
+        with self._lock:
+            if self.stale_since is None and self.state not in ("stopped", "failed"):
+                self.last_confirmed = self._wall_clock()
 
     def reject(self, reason: RejectReason) -> None:
         """An update was refused (counted in ``rejected`` and by ``reason``)."""
@@ -174,6 +186,7 @@ class SyncStatus:
                 connected=self.connected and self.state == "running",
                 stale_seconds=self.stale_seconds(),
                 last_sync=self.last_sync,
+                last_confirmed=self.last_confirmed,
                 applied=applied,
                 rejected=self.rejected,
                 drift_corrected=self.drift_corrected,

@@ -32,7 +32,7 @@ CONFIG_FAMILIES = (
     Family(
         "autoglm_config_last_sync_timestamp_seconds",
         "gauge",
-        "Unix time of the config client's last completed load or resync (absent before the first).",
+        "Unix time ZooKeeper last confirmed the config cache: a load, a resync or a verification re-read.",
         ("root",),
     ),
     Family("autoglm_config_connected", "gauge", "1 while the client runs and its session is CONNECTED.", ("root",)),
@@ -68,9 +68,9 @@ WORKER_FAMILIES = (
 def config_samples(root: str, health: Mapping[str, Any]) -> list[Sample]:
     """The config metrics of one client from its ``health()`` dict."""
     samples: list[Sample] = []
-    last_sync = health.get("last_sync")
-    if last_sync is not None:
-        samples.append(("autoglm_config_last_sync_timestamp_seconds", (root,), float(last_sync)))
+    confirmed = health.get("last_confirmed", health.get("last_sync"))
+    if confirmed is not None:
+        samples.append(("autoglm_config_last_sync_timestamp_seconds", (root,), float(confirmed)))
     samples.append(("autoglm_config_connected", (root,), 1.0 if health.get("connected") else 0.0))
     samples.extend(("autoglm_config_state", (root, s), float(health.get("state") == s)) for s in _CONFIG_STATES)
     samples.extend(("autoglm_config_source", (root, s), float(health.get("source") == s)) for s in _CONFIG_SOURCES)
