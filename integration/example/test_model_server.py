@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,9 @@ from typing import Any
 import httpx
 import pytest
 from kazoo.client import KazooClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from autoglm_runtime.testing import fail_in_ci_else_skip
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -157,3 +161,82 @@ def test_health_reports_config_and_workers(server: tuple[httpx.Client, str, str]
         "summarizer-v1": "ready",
         "summarizer-v2": "ready",
     }
+
+
+def _scrape(client: httpx.Client) -> tuple[str, dict[tuple[str, frozenset[tuple[str, str]]], float]]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    values = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+    return response.text, values
+
+
+def test_metrics_move_by_exactly_what_the_requests_did(server: tuple[httpx.Client, str, str]) -> None:
+    client, hosts, root = server
+    _, before = _scrape(client)
+    zk = KazooClient(hosts=hosts)
+    zk.start()
+    try:
+        assert _complete(client, "summarizer-v1", "hello").status_code == 200
+        assert _complete(client, "summarizer-v1", "hi", authorization="Bearer " + "x" * 600).status_code == 431
+        too_much = client.post("/v1/completions", json={"model": "summarizer-v1", "prompt": "hi", "max_tokens": 999})
+        assert too_much.headers["x-autoglm-error-code"] == "E0513"
+        rejected_before = client.get("/health").json()["config"]["rejected"]
+        zk.set(f"{root}/limits/context_window", b"{not json")
+        _until(lambda: client.get("/health").json()["config"]["rejected"] == rejected_before + 1, 10, "a rejection")
+        zk.set(f"{root}/limits/context_window", b"16")
+        zk.set(f"{root}/limits/truncate_on_overflow", b"true")
+        _until(lambda: client.get("/health").json()["limits"]["truncate_on_overflow"], 10, "truncation on")
+        cut = _complete(client, "summarizer-v1", "one two three four five six seven eight nine ten eleven twelve")
+        removed = int(cut.headers["x-autoglm-truncated-tokens"])
+        pid = client.get("/health").json()["models"]["summarizer-v2"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        _until(lambda: client.get("/health").json()["models"]["summarizer-v2"]["state"] == "dead", 10, "the death")
+        assert _complete(client, "summarizer-v2", "back").status_code == 200
+        text, after = _scrape(client)
+    finally:
+        zk.set(f"{root}/limits/context_window", b"64")
+        zk.set(f"{root}/limits/truncate_on_overflow", b"false")
+        zk.stop()
+        zk.close()
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert removed > 0
+    assert {
+        "checks": moved("autoglm_guard_check_duration_seconds_count", surface="http"),
+        "E0512": moved("autoglm_guard_rejections_total", code="E0512", surface="http"),
+        "E0513": moved("autoglm_guard_rejections_total", code="E0513", surface="http"),
+        "truncations": moved("autoglm_guard_truncations_total", surface="http"),
+        "tokens removed": moved("autoglm_guard_truncated_tokens_total", surface="http"),
+        "v1 calls ok": moved("autoglm_worker_calls_total", model="summarizer-v1", outcome="ok"),
+        "v2 calls ok": moved("autoglm_worker_calls_total", model="summarizer-v2", outcome="ok"),
+        "v2 restarts": moved("autoglm_worker_starts_total", model="summarizer-v2", reason="restart"),
+        "config rejected": moved("autoglm_config_updates_rejected_total", root=root, code="E0409", reason="decode"),
+        "resyncs": moved("autoglm_config_resyncs_total", root=root, reason="reconnect"),
+    } == {
+        "checks": 5.0,
+        "E0512": 1.0,
+        "E0513": 1.0,
+        "truncations": 1.0,
+        "tokens removed": float(removed),
+        "v1 calls ok": 2.0,
+        "v2 calls ok": 1.0,
+        "v2 restarts": 1.0,
+        "config rejected": 1.0,
+        "resyncs": 0.0,
+    }
+    assert after[("autoglm_worker_up", frozenset({("model", "summarizer-v2"), ("replica", "0")}))] == 1.0
+    assert after[("autoglm_config_connected", frozenset({("root", root)}))] == 1.0
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        fail_in_ci_else_skip("promtool is not installed: 'apt-get install prometheus' (scripts/test does it as root)")
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (check.returncode, check.stdout + check.stderr) == (0, "")
