@@ -42,23 +42,24 @@ def _version() -> str | None:
 
 
 _VERSION = _version()
+# Made once: get_tracer costs as much as a span. Before the application sets its provider this is the API's proxy
+# tracer, which switches to the provider's own tracer once there is one.
+_TRACER: Tracer | None = _trace.get_tracer(_SCOPE, _VERSION) if TRACING_AVAILABLE else None
 
 
 def tracer() -> Tracer | None:
-    """The SDK's tracer from the current global provider, or ``None`` without ``opentelemetry-api``.
-
-    Looked up on every call (a cheap proxy lookup): an application may set its provider after importing us.
-    """
-    if not TRACING_AVAILABLE:
-        return None
-    return _trace.get_tracer(_SCOPE, _VERSION)
+    """The SDK's tracer (following the global provider, even one set later), or ``None`` without the API."""
+    return _TRACER
 
 
 def start_span(name: str, attributes: Mapping[str, Any] | None = None) -> tuple[Span, object] | None:
     """Start ``name`` as the current span; returns it with the token :func:`end_span` needs, or ``None``."""
-    if not TRACING_AVAILABLE:
+    if not TRACING_AVAILABLE or _TRACER is None:
         return None
-    span = _trace.get_tracer(_SCOPE, _VERSION).start_span(name, attributes=attributes)
+    span = _TRACER.start_span(name, attributes=attributes)
+    if not span.is_recording():
+        # Sampled out: nothing will see it, and log lines keep the parent's ids. Attaching would cost as much.
+        return span, None
     token = _context.attach(_trace.set_span_in_context(span))
     return span, token
 
@@ -67,7 +68,8 @@ def end_span(started: tuple[Span, object]) -> None:
     """End a span from :func:`start_span` and make its parent current again."""
     span, token = started
     try:
-        _context.detach(token)  # type: ignore[arg-type]
+        if token is not None:
+            _context.detach(token)  # type: ignore[arg-type]
     finally:
         span.end()
 
@@ -84,9 +86,9 @@ def record_span(
     name: str, *, start_ns: int, end_ns: int, attributes: Mapping[str, Any], context: Context | None = None
 ) -> None:
     """Record a span of a background operation whose start is only known at its end (a resync)."""
-    if not TRACING_AVAILABLE:
+    if not TRACING_AVAILABLE or _TRACER is None:
         return
-    span = _trace.get_tracer(_SCOPE, _VERSION).start_span(
+    span = _TRACER.start_span(
         name, context=context, kind=_trace.SpanKind.INTERNAL, attributes=attributes, start_time=start_ns
     )
     span.end(end_time=max(end_ns, start_ns))
