@@ -7,7 +7,7 @@ import io
 import json
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,9 +25,10 @@ from tests.validation._helpers import char_tok, extract, rewrite
 from autoglm_runtime.errors import ContextWindowExceededError
 from autoglm_runtime.logging import configure_json_logging
 from autoglm_runtime.validation import ContextWindowGuard, ValidationMiddleware, guarded
-from autoglm_runtime.validation.grpc import ValidationInterceptor
+from autoglm_runtime.validation.grpc import AsyncValidationInterceptor, ValidationInterceptor
 
 CODES = ("E0512", "E0513", "E0516", "E5009", "E5010")
+LONG_METADATA = (("authorization", "Bearer " + "t" * 600),)
 
 
 def guard_series(surface: str) -> Delta:
@@ -213,3 +214,49 @@ def test_each_request_has_one_guard_span_and_its_log_lines_carry_the_span_ids() 
             format(context.trace_id, "032x"),
             format(context.span_id, "016x"),
         )
+
+
+def test_grpc_aio_calls_and_streams_count_each_message_and_rejection() -> None:
+    interceptor = AsyncValidationInterceptor(
+        context_guard=ContextWindowGuard(char_tok(), 20, truncate_on_overflow=True, message_tokens=0),
+        extractor=extract,
+        rewriter=rewrite,
+    )
+
+    async def complete(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    async def echo(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        async for request in requests:
+            yield request
+
+    async def scenario() -> list[Any]:
+        server = grpc.aio.server(interceptors=[interceptor])
+        handlers = {
+            "Complete": grpc.unary_unary_rpc_method_handler(complete),
+            "Echo": grpc.stream_stream_rpc_method_handler(echo),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Aio", handlers),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as chan:
+                unary = chan.unary_unary("/test.Aio/Complete")
+                ok = await unary(b'{"prompt": "hi", "max_tokens": 2}', timeout=10)
+                codes = []
+                for body, metadata in ((b'{"prompt": "hi", "max_tokens": 99}', ()), (b"{}", LONG_METADATA)):
+                    try:
+                        await unary(body, metadata=metadata, timeout=10)
+                    except grpc.aio.AioRpcError as error:
+                        codes.append((error.details() or "").split(":")[0])
+                stream = chan.stream_stream("/test.Aio/Echo")
+                requests = [b'{"prompt": "' + b"w" * n + b'", "max_tokens": 2}' for n in (3, 30, 4)]
+                echoed = [json.loads(r)["prompt"] async for r in stream(iter(requests), timeout=10)]
+                return [json.loads(ok)["prompt"], codes, [len(p) for p in echoed]]
+        finally:
+            await server.stop(None)
+
+    moved = guard_series("grpc")
+    assert asyncio.run(scenario()) == ["hi", ["E0513", "E0512"], [3, 18, 4]]
+    # Three stream messages, one unary pass, two rejections: six checks; the long message lost 12 tokens.
+    assert moved.moved() == expected("grpc", checks=6, truncations=1, tokens=12, E0513=1, E0512=1)
