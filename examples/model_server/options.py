@@ -35,6 +35,17 @@ port in use, a state directory used by another server, contradictory flags), els
 that stopped the start."""
 
 
+def _port(text: str) -> int:
+    """A TCP port number (argparse calls it for --port and for the $PORT default)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0 to 65535; 0 picks a free one)")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser behind ``bash scripts/serve --help``."""
     parser = argparse.ArgumentParser(
@@ -45,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument(
         "--port",
-        type=int,
-        default=int(os.environ.get("PORT", "8000")),
+        type=_port,
+        default=os.environ.get("PORT", "8000"),
         help="port to listen on; 0 picks a free one (default: $PORT or 8000, now %(default)s)",
     )
     zk = os.environ.get("AUTOGLM_ZK_HOSTS") or None

@@ -41,7 +41,7 @@ def open_store(
     ``env`` is where the harness looks for a ZooKeeper installation (default: the process environment).
     """
     if zk:
-        return ConfigStore(zk, "ZooKeeper given by --zk / AUTOGLM_ZK_HOSTS", f"that ZooKeeper, under {zk}")
+        return ConfigStore(zk, "ZooKeeper given by --zk / AUTOGLM_ZK_HOSTS", f"that ZooKeeper ({zk})")
     if choice in ("auto", "zookeeper"):
         data = state / "zookeeper"
         try:

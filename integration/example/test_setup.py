@@ -36,6 +36,31 @@ def test_zk_and_a_config_store_contradict() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("argv", "port_env", "said"),
+    [
+        ([], "abc", "argument --port: 'abc' is not a port number"),
+        (["--port", "70000"], None, "argument --port: 70000 is not a port number (0 to 65535; 0 picks a free one)"),
+        (["--port", "-1"], None, "argument --port: -1 is not a port number"),
+    ],
+)
+def test_a_port_that_is_no_port_is_a_usage_error(
+    argv: list[str],
+    port_env: str | None,
+    said: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if port_env is None:
+        monkeypatch.delenv("PORT", raising=False)
+    else:
+        monkeypatch.setenv("PORT", port_env)
+    with pytest.raises(SystemExit) as info:
+        options.parse(argv)
+    assert info.value.code == 2
+    assert said in capsys.readouterr().err
+
+
 def test_help_names_every_flag_with_its_default() -> None:
     done = subprocess.run(
         ["bash", "scripts/serve", "--help"], cwd=REPO, capture_output=True, text=True, timeout=300, check=False

@@ -68,3 +68,29 @@ def test_the_factory_builds_the_client_once_and_the_config_client_closes_it() ->
     assert len(made) == 1
     client.stop()
     assert made[0].connected is False
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: SyncTuning(batch_size=2.5), "E0001: batch_size must be at least 1, got 2.5"),  # type: ignore[arg-type]
+        (lambda: SyncTuning(reconcile_jitter=float("nan")), "E0001: reconcile_jitter must be a finite number, got nan"),
+        (
+            lambda: ZooKeeperConnection(session_timeout="10"),  # type: ignore[arg-type]
+            "E0001: session_timeout must be a finite number, got '10'",
+        ),
+        (
+            lambda: ZooKeeperConnection(auth="ab"),  # type: ignore[arg-type]
+            'E0001: auth must be ("digest", "user:password") or a list of (scheme, credential) pairs, not a string',
+        ),
+    ],
+)
+def test_settings_of_the_wrong_type_are_coded_usage_errors(build: object, message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        build()  # type: ignore[operator]
+    assert str(info.value) == message
+
+
+def test_a_factory_must_give_a_new_kazoo_client() -> None:
+    with pytest.raises(UsageError, match="client_factory must return a kazoo KazooClient, got NoneType"):
+        ConfigClient("127.0.0.1:1", "/r", client_factory=lambda: None)  # type: ignore[arg-type,return-value]

@@ -126,7 +126,7 @@ def test_auto_with_nothing_available_says_why_and_how_to_install(tmp_path: Path)
 
     assert info.value.message == (
         "No ZooKeeper backend could start (tried container, local, external). "
-        f"container: No Docker engine answered a ping at {NO_DOCKER} within 2 seconds. "
+        f"container: No Docker engine answered a ping at {NO_DOCKER} within 10 seconds. "
         "local: The local backend needs a java executable, but none was found in JAVA_HOME or on PATH. "
         "external: The external backend needs AUTOGLM_ZK_HOSTS, which is not set. " + INSTALL_HINT
     )

@@ -184,3 +184,53 @@ def test_a_config_without_a_template_is_a_usage_error(tmp_path: Path) -> None:
         f"{str(config)!r} holds no chat template (no 'chat_template' string or 'default' entry): point to the "
         "model's tokenizer_config.json or chat_template.jinja"
     )
+
+
+TOOL_CHAT = [
+    {"role": "user", "content": "look it up " * 30},
+    {
+        "role": "assistant",
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "look", "arguments": "{}"}}],
+    },
+    {"role": "tool", "tool_call_id": "c1", "content": "found it " * 30},
+    {"role": "user", "content": "and now?"},
+]
+
+
+def _tool_guard(directory: Path, window: int, template: bool) -> ContextWindowGuard:
+    return ContextWindowGuard(
+        HFTokenizer.from_file(directory / "tokenizer.json"),
+        window,
+        truncate_on_overflow=True,
+        chat_template=ChatTemplate.from_file(directory) if template else None,
+    )
+
+
+def test_with_a_template_a_tool_call_and_its_result_are_dropped_together(tmp_path: Path) -> None:
+    directory = write_chat_model(tmp_path / "model", CHATML)
+    extractor = OpenAIExtractor()
+
+    def tokens(messages: list[dict[str, Any]]) -> int:
+        extracted = extractor.extract({"messages": messages, "max_tokens": 4})
+        return _tool_guard(directory, 100_000, True).judge(extracted.guard_input()).input_tokens
+
+    # Room for the tool result and the question, not for the call too: a prefix cut would keep a result whose
+    # call is gone; the call and its result must go together.
+    window = tokens(TOOL_CHAT[2:]) + 4
+    assert window < tokens(TOOL_CHAT[1:]) + 4
+    extracted = extractor.extract({"messages": TOOL_CHAT, "max_tokens": 4})
+    result = _tool_guard(directory, window, True).judge(extracted.guard_input())
+    assert result.dropped_messages == (0, 1, 2)
+
+
+def test_without_a_template_a_tool_result_stays_with_its_call(tmp_path: Path) -> None:
+    directory = write_chat_model(tmp_path / "model", CHATML)
+    extracted = OpenAIExtractor().extract({"messages": TOOL_CHAT, "max_tokens": 4})
+    tool_fields = {
+        i for i, field in enumerate(extracted.fields) if field.path[:2] in (("messages", 1), ("messages", 2))
+    }
+    assert tool_fields
+    assert tool_fields <= set(extracted.pinned)
+    full = _tool_guard(directory, 100_000, False).judge(extracted.guard_input()).input_tokens
+    result = _tool_guard(directory, full - 20, False).judge(extracted.guard_input())
+    assert result.dropped_messages == (0,)

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from autoglm_runtime.errors import EXIT_OK
+from autoglm_runtime.errors import EXIT_OK, UsageError
 
 if TYPE_CHECKING:
     from autoglm_runtime.isolation.envs.build import BuildEvent
@@ -135,6 +135,8 @@ def run_gc(args: argparse.Namespace) -> int:
     """Collect unused environments; prints one line per environment removed or kept."""
     from autoglm_runtime.isolation.envs.gc import collect_garbage
 
+    if not args.unused_days >= 0:
+        raise UsageError(f"--unused-days must be a number of days >= 0, got {args.unused_days:g}")
     report = collect_garbage(args.env_root, unused_for=args.unused_days * 86400.0, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for removal in report.removed:

@@ -49,6 +49,18 @@ def _normalize_root(root: str) -> str:
     return root
 
 
+def _made_client(factory: Callable[[], KazooClient]) -> KazooClient:
+    """The factory's client, checked: a ConfigClient starts and owns it, so it must be a new, unstarted one."""
+    from kazoo.client import KazooClient
+
+    client = factory()
+    if not isinstance(client, KazooClient):
+        raise UsageError(f"client_factory must return a kazoo KazooClient, got {type(client).__name__}")
+    if client.connected:
+        raise UsageError("client_factory returned a started KazooClient: return a new one; the ConfigClient starts it")
+    return client
+
+
 class ConfigClient:
     """Follows every znode under ``root`` and serves it from memory.
 
@@ -62,7 +74,8 @@ class ConfigClient:
     pace, batch sizes, snapshot debounce, file polling), ``timer`` (monotonic clock for TTL and staleness).
 
     ``client_factory`` replaces ``connection`` and ``auth`` where the caller wants the ``KazooClient`` in its
-    own hands (kazoo's recipes take a ready client the same way): it is called once, with no arguments, and
+    own hands (kazoo's recipes take a ready client the same way; ``file://`` hosts use neither it nor
+    ``connection``): it is called once, with no arguments, and
     must return a new, unstarted client, which the ConfigClient then starts, owns and stops. A client that
     retries forever (``connection_retry=KazooRetry(max_tries=-1, ...)``) is what the sync expects;
     :meth:`ZooKeeperConnection.kazoo_client` builds one::
@@ -137,7 +150,9 @@ class ConfigClient:
                 cache=self._cache,
                 pipeline=self._pipeline,
                 status=self._status,
-                client=client_factory() if client_factory is not None else connection.kazoo_client(hosts, auth),
+                client=_made_client(client_factory)
+                if client_factory is not None
+                else connection.kazoo_client(hosts, auth),
                 op_timeout=max(connection.session_timeout, 2.0),
                 batch_size=tuning.batch_size,
                 bulk_reads=tuning.bulk_reads,

@@ -15,6 +15,7 @@ expire its session) passes ``client_factory`` instead of ``connection``; see :cl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,10 @@ def normalize_auth(auth: Auth | None) -> list[tuple[str, str]]:
     """``auth`` as the list of ``(scheme, credential)`` pairs kazoo takes; a coded usage error otherwise."""
     if auth is None:
         return []
+    if isinstance(auth, str):
+        raise UsageError(
+            'auth must be ("digest", "user:password") or a list of (scheme, credential) pairs, not a string'
+        )
     if len(auth) == 2 and all(isinstance(part, str) for part in auth):
         return [(str(auth[0]), str(auth[1]))]
     pairs = [tuple(item) for item in auth]
@@ -42,8 +47,14 @@ def normalize_auth(auth: Auth | None) -> list[tuple[str, str]]:
     return [(str(p[0]), str(p[1])) for p in pairs]
 
 
-def _positive(name: str, value: float) -> None:
-    if not value > 0:
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _positive(name: str, value: object) -> None:
+    if not _number(name, value) > 0:
         raise UsageError(f"{name} must be a positive number, got {value!r}")
 
 
@@ -112,11 +123,14 @@ class SyncTuning:
     bulk_reads: bool = True
 
     def __post_init__(self) -> None:
-        if not self.reconcile_rate > 0:
+        if not _number("reconcile_rate", self.reconcile_rate) > 0:
             raise UsageError(f"reconcile_rate must be a positive number of reads per second, got {self.reconcile_rate}")
         _positive("reconcile_interval", self.reconcile_interval)
         _positive("poll_interval", self.poll_interval)
-        if self.reconcile_jitter < 0 or self.snapshot_debounce < 0:
+        if (
+            _number("reconcile_jitter", self.reconcile_jitter) < 0
+            or _number("snapshot_debounce", self.snapshot_debounce) < 0
+        ):
             raise UsageError("reconcile_jitter and snapshot_debounce must not be negative")
-        if self.batch_size < 1:
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise UsageError(f"batch_size must be at least 1, got {self.batch_size!r}")

@@ -42,7 +42,7 @@ __all__ = [
 #: The image used unless ``AUTOGLM_ZK_IMAGE`` names another.
 DEFAULT_IMAGE = "zookeeper:3.8"
 CLIENT_PORT = 2181
-PING_TIMEOUT = 2.0
+PING_TIMEOUT = 10.0  # an absent engine fails at once; a loaded one (podman on a busy CI machine) can take seconds
 #: Labels on every harness container: what it is, and the pid of the Python process that owns it.
 HARNESS_LABEL = "org.autoglm.harness"
 OWNER_LABEL = "org.autoglm.harness.pid"

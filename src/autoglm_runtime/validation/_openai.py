@@ -33,6 +33,7 @@ _NO_TEXT_PARTS = frozenset(
 _PINNED_ROLES = frozenset({"system", "developer"})
 _MESSAGE_TEXT = ("reasoning_content",)
 _MESSAGE_JSON = ("tool_calls", "function_call")
+_RESULT_ROLES = frozenset({"tool", "function"})
 _CONTENT: tuple[str | int, ...] = ("content",)
 
 
@@ -217,6 +218,7 @@ class OpenAIExtractor:
         turns: list[int] = [-1] * len(fields)
         places: list[Path] = [()] * len(fields)
         parts_seen = 0
+        answering = False  # the messages so far end with an assistant's tool calls and their results
         for index, message in enumerate(value):
             if not isinstance(message, dict):
                 raise _shape_error(f"{name}[{index}]", "an object", message, name)
@@ -237,16 +239,23 @@ class OpenAIExtractor:
                         found.append((("content", part_index, *place), _text_at(part, place)))
             else:
                 raise _shape_error(f"{name}[{index}].content", "a string or a list of content parts", content, name)
-            if len(message) > 2:  # more than role and content: look for the other fields the model reads
+            # Any key besides role and content may carry text the model reads (tool_calls often come without content).
+            extra = len(message) > ("role" in message) + ("content" in message)
+            if extra:
                 found.extend(((key,), message[key]) for key in _MESSAGE_TEXT if isinstance(message.get(key), str))
-            keep = message.get("role") in _PINNED_ROLES
+            role = message.get("role")
+            # A tool result stays with the call it answers (pinned below): dropping one alone breaks the chat.
+            keep = role in _PINNED_ROLES or (answering and role in _RESULT_ROLES)
+            answering = (extra and role == "assistant" and any(message.get(key) for key in _MESSAGE_JSON)) or (
+                answering and role in _RESULT_ROLES
+            )
             for place, text in found:
                 if keep:
                     pinned.add(len(fields))
                 fields.append(TextField((*base, index, *place), text))
                 turns.append(index)
                 places.append(place)
-            if len(message) > 2:
+            if extra:
                 for key in _MESSAGE_JSON:
                     if message.get(key) is not None:
                         # Counted as the JSON the template writes; pinned, so a cut never leaves broken JSON behind.

@@ -35,6 +35,8 @@ log = get_logger("autoglm_runtime.validation.context_window")
 _FIT_ROUNDS = 8
 _MIN_PART_CHARS = 65_536
 _PINNED_ROLES = frozenset({"system", "developer"})
+_RESULT_ROLES = frozenset({"tool", "function"})
+_CALL_KEYS = ("tool_calls", "function_call")
 
 
 def _pinned_error(exc: ContextWindowExceededError, request: GuardInput, window: int) -> ContextWindowExceededError:
@@ -259,16 +261,16 @@ def judge_rendered(
     full = guard.encode(text, tokenizer=tok)
     if len(full) <= budget:
         return GuardResult(len(full), output, window, 0, tuple(segments), (tuple(full),), prompt=text)
-    droppable = [n for n, m in enumerate(chat.messages) if _role(m) not in _PINNED_ROLES]
+    units = _drop_units(chat.messages)
     try:
-        measure(render(droppable), budget - 1)
+        measure(render(_first(units, len(units))), budget - 1)
     except ContextWindowExceededError as exc:
         raise _pinned_error(exc, request, window) from None
 
     def fits(k: int) -> tuple[str, list[int]] | None:
-        return _fits(render(droppable[:k]), budget, guard)
+        return _fits(render(_first(units, k)), budget, guard)
 
-    low, high = 0, max(len(droppable) - 1, 0)
+    low, high = 0, max(len(units) - 1, 0)
     found = fits(high)
     if found is not None:
         while low < high:
@@ -278,10 +280,10 @@ def judge_rendered(
                 low = middle + 1
             else:
                 high, found = middle, attempt
-        dropped = droppable[:high]
+        dropped = _first(units, high)
         text, ids = found
     else:
-        dropped = droppable[:high]
+        dropped = _first(units, high)
         text, ids, segments = _cut_last_turn(
             guard, request, segments, render, dropped=dropped, budget=budget, output=output, window=window
         )
@@ -332,6 +334,32 @@ def _cut_last_turn(
         text = render(dropped, {i: work[i] for i in last})
         ids = guard.encode(text, tokenizer=guard.prompt_tokenizer)
     raise overflow_error(len(ids), output, window, request.param, request.output_param, at_least=False)
+
+
+def _drop_units(messages: Sequence[Any]) -> list[list[int]]:
+    """The messages truncation may drop, oldest first, in units dropped whole.
+
+    System and developer messages are never dropped. An assistant message that calls tools goes with the tool
+    results that answer it: dropping one without the other would leave a chat the backend refuses.
+    """
+    units: list[list[int]] = []
+    calls = False
+    for number, message in enumerate(messages):
+        role = _role(message)
+        if role in _PINNED_ROLES:
+            calls = False
+            continue
+        if role in _RESULT_ROLES and calls and units:
+            units[-1].append(number)
+            continue
+        units.append([number])
+        calls = role == "assistant" and any(message.get(key) for key in _CALL_KEYS)
+    return units
+
+
+def _first(units: list[list[int]], count: int) -> list[int]:
+    """The message numbers of the oldest ``count`` drop units."""
+    return [number for unit in units[:count] for number in unit]
 
 
 def _role(message: Any) -> str | None:

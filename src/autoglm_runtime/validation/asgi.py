@@ -133,6 +133,8 @@ class ValidationMiddleware:
         self.methods = frozenset(method.upper() for method in methods)
         self.offload = offload
         self.max_concurrent_checks = max_concurrent_checks
+        if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
+            raise UsageError(f"retry_after must be a whole number of seconds >= 0, got {retry_after!r}")
         self.retry_after = retry_after
         self.body_timeout = body_timeout
         self.error_style: ErrorStyle = error_style

@@ -103,11 +103,18 @@ class ChatTemplate:
         config_path = path / "tokenizer_config.json" if path.is_dir() else path
         jinja_path = path / "chat_template.jinja" if path.is_dir() else None
         config: dict[str, Any] = {}
+        if not path.exists():
+            raise UsageError(f"no chat template at {str(path)!r}: the file or directory does not exist")
         if config_path.suffix == ".json" and config_path.exists():
             try:
-                config = json.loads(config_path.read_text(encoding="utf-8"))
+                loaded = json.loads(config_path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise UsageError(f"cannot read the tokenizer config {str(config_path)!r}: {exc}") from exc
+            if not isinstance(loaded, dict):
+                raise UsageError(
+                    f"the tokenizer config {str(config_path)!r} holds a JSON {type(loaded).__name__}, not an object"
+                )
+            config = loaded
         source: Any = config.get("chat_template")
         if path.suffix == ".jinja" or (jinja_path is not None and jinja_path.exists()):
             template_path = path if path.suffix == ".jinja" else jinja_path

@@ -90,6 +90,13 @@ class GuardSettings:
             kwargs[key] = value
         if kwargs.get("tokenizer") is not None and kwargs.get("context_window") is None:
             problems.append("'tokenizer' needs 'context_window'")
+        if kwargs.get("tokenizer") is None:
+            # Without a tokenizer no context guard is built: these would be silently ignored.
+            problems.extend(
+                f"{key!r} needs 'tokenizer' (no tokens can be counted without one)"
+                for key in ("context_window", "chat_template", "truncate_on_overflow")
+                if kwargs.get(key) not in (None, False)
+            )
         if problems:
             raise UsageError(f"{source} are not valid: {'; '.join(problems)}: fix them (see docs/validation.md)")
         return cls(**kwargs)

@@ -17,7 +17,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
-from autoglm_runtime.errors import UsageError
+from autoglm_runtime.errors import InvalidRequestError, UsageError
 from autoglm_runtime.observability import GuardCheck
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
@@ -60,6 +60,10 @@ def guarded(
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             text = bound.arguments[text_arg]
+            if not isinstance(text, (str, list, tuple)):
+                raise InvalidRequestError(
+                    f"{text_arg} must be a string or a list of strings, got {type(text).__name__}", param=text_arg
+                )
             for piece in [text] if isinstance(text, str) else text:
                 if isinstance(piece, str):
                     decoder.check_text(piece, param=text_arg)

@@ -168,3 +168,10 @@ def test_env_gc_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         f"autoglm-runtime: error E0001: environment root {tmp_path / 'nope'} is not a directory; give the --env-root "
         "environments live in\n"
     )
+
+
+def test_the_cli_names_the_flag_of_a_negative_age(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from autoglm_runtime.cli import main
+
+    assert main(["env", "gc", "--env-root", str(tmp_path), "--unused-days", "-3"]) == 2
+    assert "--unused-days must be a number of days >= 0, got -3" in capsys.readouterr().err
