@@ -37,6 +37,19 @@ setup_zookeeper() {
   fi
 }
 
+# promtool checks the alerting rules and the example server's /metrics (Debian's prometheus package has it).
+setup_promtool() {
+  if command -v promtool >/dev/null 2>&1; then return 0; fi
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing promtool from Debian's prometheus package"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "== no promtool found and not root: the rule and exposition checks need" \
+         "'sudo apt-get install prometheus' (or promtool on PATH)" >&2
+  fi
+}
+
 # The container pass of scripts/test runs unless the first pass used the container backend already, or the
 # arguments select no test of the container slice (asked of pytest only when there are arguments).
 container_pass_wanted() {

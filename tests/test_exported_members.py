@@ -12,6 +12,7 @@ PACKAGES = [
     "autoglm_runtime.config",
     "autoglm_runtime.deps",
     "autoglm_runtime.isolation",
+    "autoglm_runtime.observability",
     "autoglm_runtime.validation",
     "autoglm_runtime.testing",
 ]

@@ -9,6 +9,7 @@
 - ``/v1/models`` and ``/v1/models/{id}`` list the models in OpenAI's shape, with the numpy each one imported:
   two small n-gram models on numpy 1.26 and numpy 2, which cannot share a process, each in its own environment
   and worker (:class:`ModelLoader`).
+- ``/metrics`` is the Prometheus exposition: guard, model-call, config and worker metrics (docs/operations.md).
 - ``/health`` reports config connection and staleness, each model's limits and its worker's state (503 when
   degraded). Unknown paths and methods answer in OpenAI's error shape (404, 405), as do unknown models (404
   ``model_not_found``).
@@ -24,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -33,6 +35,7 @@ from starlette.routing import Route
 from autoglm_runtime import ConfigClient
 from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, UsageError
 from autoglm_runtime.isolation import LoadedModel, ModelLoader
+from autoglm_runtime.observability import ConfigMetrics, ModelMetrics
 from autoglm_runtime.validation import (
     ChatTemplate,
     ContextWindowGuard,
@@ -226,6 +229,13 @@ def create_app(
     handlers = _Handlers(config, loader, tokenizer, limits, call_timeout)
     model_guards: dict[str, ValidationMiddleware] = {}
 
+    # Read at each scrape, on prometheus_client's default registry (one app per process, as __main__ makes).
+    ConfigMetrics(config).start()
+    ModelMetrics(loader).start()
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
@@ -239,6 +249,7 @@ def create_app(
             Route("/v1/models", handlers.models, methods=["GET"]),
             Route("/v1/models/{model:path}", handlers.model, methods=["GET"]),
             Route("/health", handlers.health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={404: _http_error, 405: _http_error},
         lifespan=lifespan,

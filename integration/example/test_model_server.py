@@ -28,8 +28,10 @@ import httpx
 import openai
 import pytest
 from kazoo.client import KazooClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from autoglm_runtime.deps import load_manifest
+from autoglm_runtime.testing import fail_in_ci_else_skip
 from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, HFTokenizer, OpenAIExtractor
 from examples.model_server.assets import CORPUS, HERE, MODELS, fill_wheelhouse, tokenizer_path
 
@@ -266,9 +268,7 @@ def test_an_output_cap_changed_in_zookeeper_bounds_max_tokens(server: Server) ->
         assert unasked.usage.completion_tokens == 4  # the default budget of 16, lowered to the cap
         zk.set(key, b'"many"')  # JSON, but not a number: logged as E0409 when read, the last good value stays
         log = server.state / "server.log"
-        _until(
-            lambda: server.http.get("/health") and "is not a valid output cap" in log.read_text(), 10, "the warning"
-        )
+        _until(lambda: server.http.get("/health") and "is not a valid output cap" in log.read_text(), 10, "the warning")
         warning = next(json.loads(line) for line in log.read_text().splitlines() if "valid output cap" in line)
         assert (warning["error_code"], warning["key"]) == ("E0409", f"limits/{CHARS}/max_output_tokens")
         assert server.http.get("/health").json()["limits"][CHARS]["max_output_tokens"] == 4
@@ -385,3 +385,93 @@ def test_health_reports_config_limits_and_workers(server: Server) -> None:
     defaults = {"context_window": 64, "truncate_on_overflow": False, "max_output_tokens": 32}
     assert health["limits"] == {CHARS: defaults, WORDS: defaults}
     assert {name: w["state"] for name, w in health["models"].items()} == {CHARS: "ready", WORDS: "ready"}
+
+
+def _scrape(server: Server) -> tuple[str, dict[tuple[str, frozenset[tuple[str, str]]], float]]:
+    response = server.http.get("/metrics")
+    assert response.status_code == 200
+    values = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+    return response.text, values
+
+
+def test_metrics_move_by_exactly_what_the_requests_did(server: Server) -> None:
+    """Scraped around real requests: a pass, a 431, an E0513, a rejected config value, a truncation, a worker kill."""
+    _, before = _scrape(server)
+    zk = KazooClient(hosts=server.hosts)
+    zk.start()
+    window, truncate = (
+        f"{server.root}/limits/{WORDS}/context_window",
+        f"{server.root}/limits/{WORDS}/truncate_on_overflow",
+    )
+    prompt = "The model server reads its configuration from ZooKeeper and keeps a local copy in sync."
+    body = {"model": WORDS, "prompt": prompt, "max_tokens": 8}
+    try:
+        assert server.http.post("/v1/completions", json=body).status_code == 200
+        long = server.http.post("/v1/completions", json=body, headers={"authorization": "Bearer " + "x" * 600})
+        assert long.status_code == 431
+        over = server.http.post("/v1/completions", json={**body, "prompt": prompt * 4})
+        assert over.headers["x-autoglm-error-code"] == "E0513"
+        rejected_before = server.http.get("/health").json()["config"]["rejected"]
+        zk.set(window, b"{not json")
+        _until(lambda: server.http.get("/health").json()["config"]["rejected"] == rejected_before + 1, 10, "rejection")
+        zk.set(window, b"28")
+        zk.set(truncate, b"true")
+        _until(lambda: server.http.get("/health").json()["limits"][WORDS]["truncate_on_overflow"], 10, "truncation")
+        cut = server.http.post("/v1/completions", json=body)
+        removed = int(cut.headers["x-autoglm-truncated-tokens"])
+        pid = server.http.get("/health").json()["models"][CHARS]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        _until(lambda: server.http.get("/health").json()["models"][CHARS]["state"] == "dead", 10, "the death")
+        assert server.http.post("/v1/completions", json={**body, "model": CHARS}).status_code == 200
+        text, after = _scrape(server)
+    finally:
+        zk.set(window, b"64")
+        zk.set(truncate, b"false")
+        zk.stop()
+        zk.close()
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert removed > 0
+    assert {
+        "checks": moved("autoglm_guard_check_duration_seconds_count", surface="http"),
+        "E0512": moved("autoglm_guard_rejections_total", code="E0512", surface="http"),
+        "E0513": moved("autoglm_guard_rejections_total", code="E0513", surface="http"),
+        "truncations": moved("autoglm_guard_truncations_total", surface="http"),
+        "tokens removed": moved("autoglm_guard_truncated_tokens_total", surface="http"),
+        "words calls ok": moved("autoglm_worker_calls_total", model=WORDS, outcome="ok"),
+        "chars calls ok": moved("autoglm_worker_calls_total", model=CHARS, outcome="ok"),
+        "chars restarts": moved("autoglm_worker_starts_total", model=CHARS, reason="restart"),
+        "config rejected": moved(
+            "autoglm_config_updates_rejected_total", root=server.root, code="E0409", reason="decode"
+        ),
+        "resyncs": moved("autoglm_config_resyncs_total", root=server.root, reason="reconnect"),
+    } == {
+        # Two guards see each guarded request (the outer one for headers and shape, the model's own for its
+        # window); the 431 stops at the outer one: 2 + 1 + 2 + 2 + 2.
+        "checks": 9.0,
+        "E0512": 1.0,
+        "E0513": 1.0,
+        "truncations": 1.0,
+        "tokens removed": float(removed),
+        "words calls ok": 2.0,
+        "chars calls ok": 1.0,
+        "chars restarts": 1.0,
+        "config rejected": 1.0,
+        "resyncs": 0.0,
+    }
+    assert after[("autoglm_worker_up", frozenset({("model", CHARS), ("replica", "0")}))] == 1.0
+    assert after[("autoglm_config_connected", frozenset({("root", server.root)}))] == 1.0
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        fail_in_ci_else_skip("promtool is not installed: 'apt-get install prometheus' (scripts/test does it as root)")
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (check.returncode, check.stdout + check.stderr) == (0, "")

@@ -8,7 +8,9 @@ The library only attaches a ``NullHandler`` to the ``autoglm_runtime`` logger; a
         log.warning("drift corrected", extra={"error_code": "E0409", "key": "models/a"})
 
 Every line is one JSON object with ``level``, ``timestamp`` (UTC, RFC 3339), ``module``, ``error_code``,
-``message``, ``trace_id`` when one is bound, and every ``extra`` field.
+``message``, ``trace_id`` and ``span_id`` when known, and every ``extra`` field. The ids come from the active
+OpenTelemetry span when there is one (with opentelemetry-api installed), else ``trace_id`` from
+:func:`bind_trace_id`, so one id ties a request's log lines to its trace.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from datetime import datetime, timezone
 from typing import IO, Any
 
 from autoglm_runtime.errors import AutoGLMRuntimeError
+from autoglm_runtime.observability._tracing import current_ids
 
 __all__ = [
     "JsonFormatter",
@@ -49,8 +52,10 @@ def get_logger(name: str) -> logging.Logger:
 
 
 def current_trace_id() -> str | None:
-    """The trace id bound in this context, if any."""
-    return _trace_id.get()
+    """The trace id of this context: the active OpenTelemetry span's (32 hex digits), else the one bound with
+    :func:`bind_trace_id`, else ``None``."""
+    ids = current_ids()
+    return ids[0] if ids is not None else _trace_id.get()
 
 
 @contextlib.contextmanager
@@ -110,8 +115,10 @@ class JsonFormatter(logging.Formatter):
             "error_code": error_code,
             "message": record.getMessage(),
         }
-        trace_id = _trace_id.get()
-        if trace_id is not None:
+        ids = current_ids()
+        if ids is not None:
+            entry["trace_id"], entry["span_id"] = ids
+        elif (trace_id := _trace_id.get()) is not None:
             entry["trace_id"] = trace_id
         for key, value in record.__dict__.items():
             if key not in _RECORD_ATTRS and not key.startswith("_") and key not in entry:

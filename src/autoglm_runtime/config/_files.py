@@ -94,6 +94,8 @@ class FileSync:
                 self._status.mark_stale()
             elif self._status.stale_since is not None:
                 self._status.mark_synced(resync=True)
+            else:
+                self._status.mark_confirmed()
 
     def _walk(self) -> tuple[dict[str, os.stat_result], list[str]]:
         """Every file's stat, and the (relative) directories that could not be listed."""

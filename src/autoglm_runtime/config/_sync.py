@@ -39,7 +39,7 @@ from autoglm_runtime.config._values import ValuePipeline
 from autoglm_runtime.config._walk import Lost, TreeWalker
 from autoglm_runtime.config._zxid import ZxidGuard
 from autoglm_runtime.config.cache import ConfigCache
-from autoglm_runtime.config.health import SyncStatus
+from autoglm_runtime.config.health import ResyncReason, SyncStatus
 from autoglm_runtime.errors import ConfigAccessError
 
 __all__ = ["ZooKeeperSync"]
@@ -84,6 +84,7 @@ class ZooKeeperSync:
         self._pending: set[str] = set()
         # Written by the sync thread only; read (one reference) by the reconciler's reread().
         self._state = sm.SyncState()
+        self._synced_session: int | None = None  # the session of the last completed load or resync
         self.loaded = threading.Event()
         self.load_error: ConfigAccessError | None = None
         self._stopping = threading.Event()
@@ -268,7 +269,7 @@ class ZooKeeperSync:
             # setWatches confirmed every key it did not fire for: they are fresh, not due for a re-read by
             # the reconciler (which would make the outage a full re-read after all).
             self._cache.touch_all()
-            self._status.mark_synced(resync=True)
+            self._status.mark_synced(resync=True, reason=self._resync_reason())
             log.info("config resynced", extra={"hosts": self.hosts, "root": self.root})
             return sm.Confirmed()
         elif isinstance(action, sm.Backoff):
@@ -317,17 +318,25 @@ class ZooKeeperSync:
                     self._cache.remove(key, seq=start_seq)
                 self._tree.prune(found)
             self._status.source = "zookeeper"
-            self._status.mark_synced(resync=action.resync)
+            reason = self._resync_reason()
+            self._status.mark_synced(resync=action.resync, reason=reason)
             # Set under the cache lock: a snapshot served at start must not land after this load.
             self.loaded.set()
         if action.resync:
             log.info(
                 "config resynced after %s",
-                "session expiry" if session != action.session else "a reconnect",
+                "session expiry" if reason == "session_expired" else "a reconnect",
                 extra={"hosts": self.hosts, "root": self.root, "keys": len(found)},
             )
         self._guard.checked_session = session
         return sm.FullSyncDone(session, root_appeared=root_appeared)
+
+    def _resync_reason(self) -> ResyncReason:
+        """Whether the resync completing now follows a new session; the session is remembered for the next."""
+        client_id = self.client.client_id
+        session = client_id[0] if client_id else None
+        previous, self._synced_session = self._synced_session, session
+        return "reconnect" if previous is None or session == previous else "session_expired"
 
     def _rearm(self, action: sm.Rearm) -> frozenset[str]:
         """Resync after a reconnect without re-reading the tree (kazoo #664's read spike).
@@ -367,4 +376,5 @@ class ZooKeeperSync:
                 follow.extend(spec[0] for spec in self._tree.apply(result, found=None, full=False, reconcile=True))
         if follow:
             self._queue.put(("read", follow))
+        self._status.mark_confirmed()
         return sum(int(bool(k)) + 1 for k in keys)

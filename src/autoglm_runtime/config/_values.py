@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from autoglm_runtime.config.cache import ConfigCache
 from autoglm_runtime.config.codec import Codec, decode_value
 from autoglm_runtime.config.dispatcher import ConfigChange
-from autoglm_runtime.config.health import SyncStatus
+from autoglm_runtime.config.health import RejectReason, SyncStatus
 from autoglm_runtime.logging import describe_value
 
 __all__ = ["Validator", "ValuePipeline"]
@@ -35,6 +35,14 @@ class Validator(Protocol):
     def __call__(self, key: str, value: Any, /) -> object: ...
 
 
+class _Refused(ValueError):
+    """A refusal and why: the codec could not decode the data, or the validator refused the value."""
+
+    def __init__(self, reason: RejectReason, message: str) -> None:
+        super().__init__(message)
+        self.reason: RejectReason = reason
+
+
 class ValuePipeline:
     """Decodes and validates data for one client, then offers it to the cache."""
 
@@ -50,16 +58,17 @@ class ValuePipeline:
         try:
             value = decode_value(self._codec, data)
         except ValueError as exc:
-            raise ValueError(f"the {self._codec.name} codec cannot decode it: {exc}") from exc
+            raise _Refused("decode", f"the {self._codec.name} codec cannot decode it: {exc}") from exc
         except Exception as exc:  # RecursionError from deep JSON, a custom codec's TypeError...: still a refusal
-            raise ValueError(f"the {self._codec.name} codec cannot decode it: {type(exc).__name__}: {exc}") from exc
+            message = f"the {self._codec.name} codec cannot decode it: {type(exc).__name__}: {exc}"
+            raise _Refused("decode", message) from exc
         if self._validator is not None:
             try:
                 verdict = self._validator(key, value)
             except Exception as exc:
-                raise ValueError(f"the validator rejected it: {type(exc).__name__}: {exc}") from exc
+                raise _Refused("validator", f"the validator rejected it: {type(exc).__name__}: {exc}") from exc
             if verdict is False:
-                raise ValueError("the validator rejected it: it returned False")
+                raise _Refused("validator", "the validator rejected it: it returned False")
         return value
 
     def ingest(self, key: str, data: bytes, *, czxid: int, mzxid: int, seq: int) -> ConfigChange | None:
@@ -68,7 +77,7 @@ class ValuePipeline:
             return None
         try:
             value = self.check(key, data)
-        except ValueError as exc:
+        except _Refused as exc:
             self._cache.reject(key, czxid, mzxid)
             log.warning(
                 "config update for %r rejected, keeping the last good value: %s",
@@ -83,6 +92,6 @@ class ValuePipeline:
                 },
             )
             # Counted after logging, so whoever sees the count can also see the log line.
-            self._status.add("rejected")
+            self._status.reject(exc.reason)
             return None
         return self._cache.offer(key, value, data, czxid=czxid, mzxid=mzxid, seq=seq)

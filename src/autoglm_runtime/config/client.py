@@ -119,7 +119,7 @@ class ConfigClient:
         self.snapshot_path = Path(snapshot_path) if snapshot_path is not None else None
         self._codec = resolve_codec(codec)
         self._timer = timer
-        self._status = SyncStatus(timer=timer)
+        self._status = SyncStatus(timer=timer, root=self.root)
         self._dispatcher = Dispatcher()
         self._writer: SnapshotWriter | None = None
         self._cache = ConfigCache(ttl=ttl, timer=timer, publish=self._on_change)

@@ -8,12 +8,15 @@ resync. :class:`ConfigHealth` is what ``health()`` returns: a plain ``dict`` at 
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable
 from typing import Literal, TypedDict
 
-__all__ = ["ConfigHealth", "ConfigSource", "ConfigState", "SyncStatus"]
+from autoglm_runtime.observability._tracing import record_span
+
+__all__ = ["ConfigHealth", "ConfigSource", "ConfigState", "RejectReason", "ResyncReason", "SyncStatus"]
 
 #: Where a client is in its life: ``"new"`` (created, ``start()`` not called), ``"starting"`` (``start()``
 #: is loading), ``"running"`` (``start()`` returned; the client follows its source or tries to),
@@ -24,11 +27,21 @@ ConfigState = Literal["new", "starting", "running", "stopped", "failed"]
 #: (the snapshot file served at start, until ZooKeeper answers) or ``"file"`` (the ``file://`` backend).
 ConfigSource = Literal["none", "zookeeper", "snapshot", "file"]
 
+#: Why a resync ran: ``"reconnect"`` (the connection came back, same session) or ``"session_expired"`` (a new
+#: session after the old one expired).
+ResyncReason = Literal["reconnect", "session_expired"]
+
+#: Why an update was refused: ``"decode"`` (the codec could not decode it) or ``"validator"`` (it refused it).
+RejectReason = Literal["decode", "validator"]
+
+RESYNC_SPAN = "autoglm.config.resync"
+
 
 class ConfigHealth(TypedDict):
     """What :meth:`ConfigClient.health() <autoglm_runtime.config.ConfigClient.health>` returns.
 
-    A ``dict`` at run time (JSON-ready: only str, bool, int, float and ``None`` values), typed for mypy.
+    A ``dict`` at run time (JSON-ready: str, bool, int, float and ``None`` values, and dicts of ints), typed for
+    mypy.
     Each call returns a new one.
 
     * ``state`` (:data:`ConfigState`): ``"new"``, ``"starting"``, ``"running"``, ``"stopped"`` or ``"failed"``.
@@ -38,10 +51,15 @@ class ConfigHealth(TypedDict):
       loaded anything; otherwise seconds on the injected ``timer`` since it stopped following (first
       suspension, session loss, a start that served a snapshot, a sync failure, ``stop()``).
     * ``last_sync`` (float or None): Unix time of the last completed load or resync.
+    * ``last_confirmed`` (float or None): Unix time ZooKeeper (or the directory) last confirmed the cache while it
+      followed its source: a load, a resync, a completed verification re-read (or directory scan). It keeps
+      moving while all is well (at least every ``ttl``), so "now minus this" is how out of date the cache may be.
     * ``applied`` (int): changes applied to the cache (adds, updates, deletes).
     * ``rejected`` (int): data refused by the codec or the validator.
     * ``drift_corrected`` (int): differences the reconciler found and fixed.
     * ``resyncs`` (int): completed resyncs after a reconnect or a new session.
+    * ``resync_reasons`` (dict): ``resyncs`` by :data:`ResyncReason`.
+    * ``rejected_reasons`` (dict): ``rejected`` by :data:`RejectReason`.
     * ``reads`` (int): znode reads issued; ``requests`` (int): ZooKeeper requests those reads took.
     * ``source`` (:data:`ConfigSource`): ``"none"``, ``"zookeeper"``, ``"snapshot"`` or ``"file"``.
     * ``keys`` (int): number of cached keys.
@@ -51,10 +69,13 @@ class ConfigHealth(TypedDict):
     connected: bool
     stale_seconds: float
     last_sync: float | None
+    last_confirmed: float | None
     applied: int
     rejected: int
     drift_corrected: int
     resyncs: int
+    resync_reasons: dict[str, int]
+    rejected_reasons: dict[str, int]
     reads: int
     requests: int
     source: ConfigSource
@@ -64,8 +85,11 @@ class ConfigHealth(TypedDict):
 class SyncStatus:
     """Counters and staleness of one client. Thread-safe; every method is cheap and never blocks on I/O."""
 
-    def __init__(self, *, timer: Callable[[], float], wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, *, timer: Callable[[], float], wall_clock: Callable[[], float] = time.time, root: str = ""
+    ) -> None:
         self._timer = timer
+        self._root = root
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
         self.state: ConfigState = "new"
@@ -73,11 +97,15 @@ class SyncStatus:
         self.source: ConfigSource = "none"
         self.stale_since: float | None = None
         self.last_sync: float | None = None
+        self.last_confirmed: float | None = None
         self.rejected = 0
         self.drift_corrected = 0
         self.resyncs = 0
+        self.resync_reasons: collections.Counter[str] = collections.Counter()
+        self.rejected_reasons: collections.Counter[str] = collections.Counter()
         self.reads = 0
         self.requests = 0
+        self._stale_wall: float | None = None  # when it went stale, on the wall clock: where a resync span starts
 
     def mark_stale(self) -> None:
         """The cache stopped following its source now (kept if already stale: staleness counts from the first
@@ -85,16 +113,44 @@ class SyncStatus:
         with self._lock:
             if self.stale_since is None:
                 self.stale_since = self._timer()
+                self._stale_wall = self._wall_clock()
 
-    def mark_synced(self, *, resync: bool) -> None:
-        """A complete load or resync finished: the cache follows its source again (unless it was stopped)."""
+    def mark_synced(self, *, resync: bool, reason: ResyncReason = "reconnect") -> None:
+        """A complete load or resync finished: the cache follows its source again (unless it was stopped).
+
+        A resync is counted under ``reason`` and traced as one ``autoglm.config.resync`` span, from the moment
+        the cache stopped following its source to now.
+        """
         with self._lock:
             if self.state in ("stopped", "failed"):
                 return
             self.stale_since = None
-            self.last_sync = self._wall_clock()
-            if resync:
-                self.resyncs += 1
+            began, self._stale_wall = self._stale_wall, None
+            now = self.last_sync = self.last_confirmed = self._wall_clock()
+            if not resync:
+                return
+            self.resyncs += 1
+            self.resync_reasons[reason] += 1
+        start = began if began is not None else now
+        record_span(
+            RESYNC_SPAN,
+            start_ns=int(start * 1e9),
+            end_ns=int(now * 1e9),
+            attributes={"autoglm.config.root": self._root, "autoglm.config.resync.reason": reason},
+        )
+
+    def mark_confirmed(self) -> None:
+        """The source confirmed the cache now (a verification re-read or a scan completed); ignored while stale,
+        when only a resync can confirm it."""
+        with self._lock:
+            if self.stale_since is None and self.state not in ("stopped", "failed"):
+                self.last_confirmed = self._wall_clock()
+
+    def reject(self, reason: RejectReason) -> None:
+        """An update was refused (counted in ``rejected`` and by ``reason``)."""
+        with self._lock:
+            self.rejected += 1
+            self.rejected_reasons[reason] += 1
 
     def set_connected(self, connected: bool) -> None:
         with self._lock:
@@ -130,10 +186,13 @@ class SyncStatus:
                 connected=self.connected and self.state == "running",
                 stale_seconds=self.stale_seconds(),
                 last_sync=self.last_sync,
+                last_confirmed=self.last_confirmed,
                 applied=applied,
                 rejected=self.rejected,
                 drift_corrected=self.drift_corrected,
                 resyncs=self.resyncs,
+                resync_reasons=dict(self.resync_reasons),
+                rejected_reasons=dict(self.rejected_reasons),
                 reads=self.reads,
                 requests=self.requests,
                 source=self.source,

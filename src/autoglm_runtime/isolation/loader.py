@@ -31,6 +31,7 @@ from autoglm_runtime.isolation.envs._use import EnvironmentHold, hold_environmen
 from autoglm_runtime.isolation.envs.build import BuildProgress, BuiltEnvironment, EnvironmentBuilder, Installer
 from autoglm_runtime.isolation.workers.process import WorkerHealth, WorkerProcess, WorkerSpec
 from autoglm_runtime.isolation.workers.subinterp import Backend, resolve_backend
+from autoglm_runtime.observability import ModelCall
 
 __all__ = ["LoadedModel", "ModelHealth", "ModelLoader"]
 
@@ -86,10 +87,12 @@ class LoadedModel:
         """Run ``model.<method>(*args, **kwargs)`` in the worker; ``timeout`` (s) defaults to the loader's.
 
         Raises :class:`ModelTimeoutError` (E0305) past the timeout, :class:`WorkerError` (E0103) when the
-        worker died or crash-loops, :class:`ModelCallError` when the model raised.
+        worker died or crash-loops, :class:`ModelCallError` when the model raised. Each call is counted in
+        ``autoglm_worker_calls_total`` by outcome, timed, and traced as an ``autoglm.model.call`` span.
         """
         effective = self._default_timeout if timeout is None else timeout
-        return self._worker.call(method, *args, timeout=effective, **kwargs)
+        with ModelCall(self.manifest.name, method):
+            return self._worker.call(method, *args, timeout=effective, **kwargs)
 
     def health(self) -> ModelHealth:
         """The worker's real state and the model's environment: a new :class:`ModelHealth` dict.

@@ -46,6 +46,7 @@ from autoglm_runtime.errors import (
     UsageError,
 )
 from autoglm_runtime.logging import get_logger
+from autoglm_runtime.observability import GuardCheck
 from autoglm_runtime.validation._openai import ErrorStyle, OpenAIExtractor, error_body
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
@@ -171,30 +172,41 @@ class ValidationMiddleware:
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        try:
-            if self.header_guard is not None:
-                self.header_guard.check(scope.get("headers") or ())
-        except AutoGLMRuntimeError as exc:
-            await self._reject(exc, kind, scope, send)
-            return
         if kind != "http" or not self._guards(scope):
+            # Unguarded paths see only the header check: a span and a timing for each would be noise.
+            try:
+                if self.header_guard is not None:
+                    self.header_guard.check(scope.get("headers") or ())
+            except AutoGLMRuntimeError as exc:
+                with GuardCheck("http") as check:
+                    check.reject(exc)
+                    await self._reject(exc, kind, scope, send)
+                return
             await self.app(scope, receive, send)
             return
-        try:
-            if self.body_timeout is None:
-                body = await self._read_body(scope, receive)
-            else:
-                body = await self._read_body_in_time(scope, receive, self.body_timeout)
-            if self.offload and len(body) > _INLINE_BODY_BYTES:
-                body, result = await self._judge_on_pool(body)
-            else:
-                body, result = self._judge(body)
-        except _Disconnected:
-            return
-        except AutoGLMRuntimeError as exc:
-            await self._reject(exc, kind, scope, send)
-            return
+        # The rejection is logged inside the check, so its log line carries the guard span's ids.
+        with GuardCheck("http") as check:
+            try:
+                if self.header_guard is not None:
+                    self.header_guard.check(scope.get("headers") or ())
+                body, result = await self._judge_body(scope, receive)
+            except _Disconnected:
+                return
+            except AutoGLMRuntimeError as exc:
+                check.reject(exc)
+                await self._reject(exc, kind, scope, send)
+                return
+            check.passed(result)
         await self._forward(scope, receive, send, body, result)
+
+    async def _judge_body(self, scope: Scope, receive: Receive) -> tuple[bytes, GuardResult | None]:
+        if self.body_timeout is None:
+            body = await self._read_body(scope, receive)
+        else:
+            body = await self._read_body_in_time(scope, receive, self.body_timeout)
+        if self.offload and len(body) > _INLINE_BODY_BYTES:
+            return await self._judge_on_pool(body)
+        return self._judge(body)
 
     def _stopping_on_shutdown(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:

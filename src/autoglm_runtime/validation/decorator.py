@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
 from autoglm_runtime.errors import InvalidRequestError, UsageError
+from autoglm_runtime.observability import GuardCheck
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
 
@@ -50,6 +51,12 @@ def guarded(
                 raise UsageError(f"{fn.__qualname__} has no parameter named {name!r} for the guard to use")
 
         def judge(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            with GuardCheck("decorator") as check:
+                bound, result = verdict(args, kwargs)
+                check.passed(result)
+            return bound.args, bound.kwargs
+
+        def verdict(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[inspect.BoundArguments, GuardResult]:
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             text = bound.arguments[text_arg]
@@ -66,7 +73,7 @@ def guarded(
                 bound.arguments[text_arg] = result.text if isinstance(text, str) else list(result.segments)
             if result_arg is not None:
                 bound.arguments[result_arg] = result
-            return bound.args, bound.kwargs
+            return bound, result
 
         if inspect.iscoroutinefunction(fn):
 

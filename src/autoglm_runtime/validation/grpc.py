@@ -34,6 +34,7 @@ import grpc
 
 from autoglm_runtime.errors import INPUT_TRUNCATED, AutoGLMRuntimeError, InvalidRequestError
 from autoglm_runtime.logging import get_logger
+from autoglm_runtime.observability import GuardCheck
 from autoglm_runtime.validation.asgi import TRUNCATED_TOKENS_HEADER, WARNING_CODE_HEADER
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardInput, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
@@ -66,6 +67,8 @@ class _Tally:
     def __init__(self) -> None:
         self.seen = 0
         self.cuts: list[tuple[int, int]] = []
+        #: The guard's verdict on the message judged last (``None``: nothing was counted).
+        self.verdict: GuardResult | None = None
 
     def trailing(self) -> tuple[tuple[str, str], ...]:
         total = sum(removed for _, removed in self.cuts)
@@ -119,6 +122,7 @@ class _Guards:
         assert self.extractor is not None
         number = tally.seen
         tally.seen += 1
+        tally.verdict = None
         extracted = _call("extractor", self.extractor, request)
         if extracted is None:
             return request
@@ -137,6 +141,7 @@ class _Guards:
         if self.context_guard is None:
             return request
         result = self.context_guard.judge(extracted, allow_truncation=self.rewriter is not None)
+        tally.verdict = result
         if not result.truncated or self.rewriter is None:
             return request
         tally.cuts.append((number, result.removed_tokens))
@@ -172,7 +177,9 @@ class ValidationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if error is not None:
 
             def reject(_request: Any, context: grpc.ServicerContext) -> Any:
-                context.abort(_status(error), _details(error))
+                with GuardCheck("grpc") as check:
+                    check.reject(error)
+                    context.abort(_status(error), _details(error))
 
             # No request deserializer: a rejected call's message is never parsed.
             return _build(handler, reject, request_deserializer=None)
@@ -193,11 +200,14 @@ class ValidationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         return _build(handler, guarded_unary, request_deserializer=handler.request_deserializer)
 
     def _judge(self, request: Any, context: grpc.ServicerContext, tally: _Tally) -> Any:
-        try:
-            request = self._guards.judge(request, tally)
-        except AutoGLMRuntimeError as exc:
-            context.abort(_status(exc), _details(exc))
-            raise AssertionError("context.abort returned") from exc  # abort always raises
+        with GuardCheck("grpc") as check:
+            try:
+                request = self._guards.judge(request, tally)
+            except AutoGLMRuntimeError as exc:
+                check.reject(exc)
+                context.abort(_status(exc), _details(exc))
+                raise AssertionError("context.abort returned") from exc  # abort always raises
+            check.passed(tally.verdict)
         if tally.cuts:
             context.set_trailing_metadata(tally.trailing())
         return request
@@ -265,11 +275,14 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         return _build(handler, guarded_single, request_deserializer=handler.request_deserializer)
 
     async def _judge(self, request: Any, context: grpc.aio.ServicerContext, tally: _Tally) -> Any:
-        try:
-            request = await asyncio.to_thread(self._guards.judge, request, tally)
-        except AutoGLMRuntimeError as exc:
-            await context.abort(_status(exc), _details(exc))
-            raise AssertionError("context.abort returned") from exc  # abort always raises
+        with GuardCheck("grpc") as check:
+            try:
+                request = await asyncio.to_thread(self._guards.judge, request, tally)
+            except AutoGLMRuntimeError as exc:
+                check.reject(exc)
+                await context.abort(_status(exc), _details(exc))
+                raise AssertionError("context.abort returned") from exc  # abort always raises
+            check.passed(tally.verdict)
         if tally.cuts:
             context.set_trailing_metadata(tally.trailing())
         return request
@@ -277,10 +290,14 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
 
 def _async_rejecting(error: AutoGLMRuntimeError, streaming: bool) -> Callable[..., Any]:
     async def reject(_request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(_status(error), _details(error))
+        with GuardCheck("grpc") as check:
+            check.reject(error)
+            await context.abort(_status(error), _details(error))
 
     async def reject_streaming(_request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await context.abort(_status(error), _details(error))
+        with GuardCheck("grpc") as check:
+            check.reject(error)
+            await context.abort(_status(error), _details(error))
         yield  # pragma: no cover - abort raises; the yield only makes this an async generator
 
     return reject_streaming if streaming else reject

@@ -1,0 +1,113 @@
+"""Model-call metrics and spans, and the loader's worker metrics, from a real worker process in a real env."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.trace import StatusCode
+from prometheus_client import CollectorRegistry
+from tests._support.telemetry import Delta, span_exporter
+
+from autoglm_runtime.errors import ModelCallError, ModelTimeoutError, WorkerError
+from autoglm_runtime.isolation import ModelLoader
+from autoglm_runtime.observability import ModelMetrics
+
+pytestmark = pytest.mark.slow
+
+MODEL = """
+import os, threading
+
+class Model:
+    def echo(self, value):
+        return value
+    def fail(self):
+        raise ValueError("bad input")
+    def hang(self, marker):
+        open(marker, "w").write(str(os.getpid()))
+        threading.Event().wait()
+
+def load():
+    return Model()
+"""
+
+OUTCOMES = ("ok", "E0105", "E0305", "E0103")
+
+
+@pytest.fixture
+def loader(wheelhouse: Path, env_root: Path) -> Iterator[ModelLoader]:
+    with ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="process", backoff=0.01) as loader:
+        yield loader
+
+
+def _pid_in(path: Path, timeout: float = 30.0) -> int:
+    pause = threading.Event()
+    for _ in range(int(timeout / 0.01)):
+        if path.exists() and path.read_text():
+            return int(path.read_text())
+        pause.wait(0.01)
+    raise AssertionError(f"{path} never appeared")
+
+
+def test_calls_count_by_outcome_and_restarts_show_in_the_worker_metrics(
+    loader: ModelLoader, make_model: Any, tmp_path: Path
+) -> None:
+    model = loader.load(make_model("telemetry", MODEL))
+    registry = CollectorRegistry()
+    exporter = span_exporter()
+    moved = Delta(
+        *[("autoglm_worker_calls_total", {"model": "telemetry", "outcome": o}) for o in OUTCOMES],
+        ("autoglm_worker_call_duration_seconds_count", {"model": "telemetry"}),
+    )
+    with ModelMetrics(loader, registry=registry):
+
+        def worker(name: str, **labels: str) -> float | None:
+            return registry.get_sample_value(name, {"model": "telemetry", **labels})
+
+        assert worker("autoglm_worker_up", replica="0") == 1.0
+        assert worker("autoglm_worker_starts_total", reason="initial") == 1.0
+        assert worker("autoglm_worker_starts_total", reason="restart") == 0.0
+        assert model.call("echo", 1, timeout=30) == 1
+        with pytest.raises(ModelCallError):
+            model.call("fail", timeout=30)
+        with pytest.raises(ModelTimeoutError):
+            model.call("hang", str(tmp_path / "first"), timeout=0.5)
+        assert model.call("echo", 2, timeout=30) == 2  # restarted the worker the timeout killed
+        outcome: list[BaseException] = []
+
+        def hang() -> None:
+            try:
+                model.call("hang", str(tmp_path / "second"), timeout=60)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        caller = threading.Thread(target=hang, name="test-caller")
+        caller.start()
+        os.kill(_pid_in(tmp_path / "second"), signal.SIGKILL)
+        caller.join(30)
+        assert [type(e) for e in outcome] == [WorkerError]
+        assert worker("autoglm_worker_up", replica="0") == 0.0  # dead until the next call restarts it
+        assert model.call("echo", 3, timeout=30) == 3
+        assert worker("autoglm_worker_up", replica="0") == 1.0
+        assert worker("autoglm_worker_starts_total", reason="restart") == 2.0
+    assert moved.moved() == {
+        "autoglm_worker_calls_total{model=telemetry,outcome=ok}": 3.0,
+        "autoglm_worker_calls_total{model=telemetry,outcome=E0105}": 1.0,
+        "autoglm_worker_calls_total{model=telemetry,outcome=E0305}": 1.0,
+        "autoglm_worker_calls_total{model=telemetry,outcome=E0103}": 1.0,
+        "autoglm_worker_call_duration_seconds_count{model=telemetry}": 6.0,
+    }
+    assert registry.get_sample_value("autoglm_worker_up", {"model": "telemetry", "replica": "0"}) is None  # stopped
+    spans = [s for s in exporter.get_finished_spans() if s.name == "autoglm.model.call"]
+    assert [(s.attributes or {}).get("error.type") for s in spans] == [None, "E0105", "E0305", None, "E0103", None]
+    assert [s.status.status_code for s in spans][:2] == [StatusCode.UNSET, StatusCode.ERROR]
+    assert dict(spans[1].attributes or {}) == {
+        "autoglm.model.name": "telemetry",
+        "autoglm.model.method": "fail",
+        "error.type": "E0105",
+    }

@@ -1,0 +1,127 @@
+"""What the guards and the model calls record about each request: metrics and one span, in one object.
+
+Adapters use them as context managers around the work; an :class:`~autoglm_runtime.errors.AutoGLMRuntimeError`
+leaving the block marks it failed (counted under its code, span status ERROR with ``error.type``), any other
+exception only ends the span. Without prometheus_client and opentelemetry-api both cost two attribute reads.
+"""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from autoglm_runtime.errors import AutoGLMRuntimeError
+from autoglm_runtime.observability import _tracing
+from autoglm_runtime.observability._metrics import event_metrics
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from autoglm_runtime.validation.request import GuardResult
+
+__all__ = ["GuardCheck", "ModelCall", "Surface"]
+
+#: Where a guard ran: the ASGI middleware, a gRPC interceptor, or the ``guarded`` decorator.
+Surface = Literal["http", "grpc", "decorator"]
+
+GUARD_SPAN = "autoglm.guard.check"
+MODEL_CALL_SPAN = "autoglm.model.call"
+
+
+class GuardCheck:
+    """One request's guard checks on one ``surface``.
+
+    Call :meth:`passed` with the verdict (``None`` when nothing was counted) or :meth:`reject` with the error
+    before the block ends, so the duration stops at the verdict and the rejection's log line, written inside the
+    block, carries the span's ids.
+    """
+
+    __slots__ = ("_done", "_metrics", "_span", "_start", "surface")
+
+    def __init__(self, surface: Surface) -> None:
+        self.surface = surface
+        self._metrics = event_metrics()
+        self._span: tuple[Span, object] | None = None
+        self._start = 0.0
+        self._done = False
+
+    def __enter__(self) -> GuardCheck:
+        self._start = time.perf_counter()
+        self._span = _tracing.start_span(GUARD_SPAN, {"autoglm.guard.surface": self.surface})
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(exc, AutoGLMRuntimeError):
+            self.reject(exc)
+        if self._span is not None:
+            _tracing.end_span(self._span)
+
+    def _observe(self) -> bool:
+        if self._done:
+            return False
+        self._done = True
+        if self._metrics is not None:
+            self._metrics.guard_duration.get(self.surface).observe(time.perf_counter() - self._start)
+        return True
+
+    def passed(self, result: GuardResult | None) -> None:
+        """The request goes on (``result`` is the guard's verdict, if a guard counted it)."""
+        if not self._observe() or result is None:
+            return
+        removed = result.removed_tokens
+        if removed and self._metrics is not None:
+            self._metrics.guard_truncations.get(self.surface).inc()
+            self._metrics.guard_truncated_tokens.get(self.surface).inc(removed)
+        if self._span is not None:
+            span = self._span[0]
+            span.set_attribute("autoglm.guard.input_tokens", result.input_tokens)
+            span.set_attribute("autoglm.guard.removed_tokens", removed)
+            if removed:
+                span.set_attribute("autoglm.warning.code", "E0514")
+
+    def reject(self, error: AutoGLMRuntimeError) -> None:
+        """The request is refused with ``error`` (counted once, however often this is called)."""
+        if not self._observe():
+            return
+        if self._metrics is not None:
+            self._metrics.guard_rejections.get(error.code, self.surface).inc()
+        if self._span is not None:
+            _tracing.fail_span(self._span[0], error)
+
+
+class ModelCall:
+    """One call to an isolated model: its outcome (``ok`` or the E-code), its duration and a span."""
+
+    __slots__ = ("_metrics", "_span", "_start", "method", "model")
+
+    def __init__(self, model: str, method: str) -> None:
+        self.model = model
+        self.method = method
+        self._metrics = event_metrics()
+        self._span: tuple[Span, object] | None = None
+        self._start = 0.0
+
+    def __enter__(self) -> ModelCall:
+        self._start = time.perf_counter()
+        attributes: dict[str, Any] = {"autoglm.model.name": self.model, "autoglm.model.method": self.method}
+        self._span = _tracing.start_span(MODEL_CALL_SPAN, attributes)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        outcome = "ok"
+        if isinstance(exc, AutoGLMRuntimeError):
+            outcome = exc.code
+            if self._span is not None:
+                _tracing.fail_span(self._span[0], exc)
+        elif exc is not None:
+            outcome = "error"
+        if self._metrics is not None:
+            self._metrics.model_call_duration.get(self.model).observe(time.perf_counter() - self._start)
+            self._metrics.model_calls.get(self.model, outcome).inc()
+        if self._span is not None:
+            _tracing.end_span(self._span)

@@ -1,0 +1,98 @@
+"""Health dicts as metric samples: pure functions, the single source of both exporters in ``collectors``.
+
+A :class:`Family` names a metric; a sample is ``(family name, label values, value)``. Counters are named here
+without ``_total`` (prometheus_client appends it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["CONFIG_FAMILIES", "WORKER_FAMILIES", "Family", "Sample", "config_samples", "worker_samples"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """One metric: its name, kind, help text and label names."""
+
+    name: str
+    kind: Literal["gauge", "counter"]
+    documentation: str
+    labels: tuple[str, ...]
+
+
+Sample = tuple[str, tuple[str, ...], float]
+
+_CONFIG_STATES = ("new", "starting", "running", "stopped", "failed")
+_CONFIG_SOURCES = ("none", "zookeeper", "snapshot", "file")
+
+CONFIG_FAMILIES = (
+    Family(
+        "autoglm_config_last_sync_timestamp_seconds",
+        "gauge",
+        "Unix time ZooKeeper last confirmed the config cache: a load, a resync or a verification re-read.",
+        ("root",),
+    ),
+    Family("autoglm_config_connected", "gauge", "1 while the client runs and its session is CONNECTED.", ("root",)),
+    Family("autoglm_config_state", "gauge", "1 for the client's lifecycle state, 0 for the others.", ("root", "state")),
+    Family("autoglm_config_source", "gauge", "1 for where the cached values came from.", ("root", "source")),
+    Family("autoglm_config_keys", "gauge", "Keys in the config cache.", ("root",)),
+    Family("autoglm_config_resyncs", "counter", "Completed resyncs, by what caused them.", ("root", "reason")),
+    Family(
+        "autoglm_config_drift_corrected",
+        "counter",
+        "Differences the reconciler found and fixed: each is a missed watch.",
+        ("root",),
+    ),
+    Family(
+        "autoglm_config_updates_rejected",
+        "counter",
+        "Config updates refused (the last good value stays), by error code and reason (decode, validator).",
+        ("root", "code", "reason"),
+    ),
+)
+
+WORKER_FAMILIES = (
+    Family("autoglm_worker_up", "gauge", "1 while the model's worker is ready to serve calls.", ("model", "replica")),
+    Family(
+        "autoglm_worker_starts",
+        "counter",
+        "Worker starts: the first (reason initial) and every restart after a failure.",
+        ("model", "reason"),
+    ),
+)
+
+
+def config_samples(root: str, health: Mapping[str, Any]) -> list[Sample]:
+    """The config metrics of one client from its ``health()`` dict."""
+    samples: list[Sample] = []
+    confirmed = health.get("last_confirmed", health.get("last_sync"))
+    if confirmed is not None:
+        samples.append(("autoglm_config_last_sync_timestamp_seconds", (root,), float(confirmed)))
+    samples.append(("autoglm_config_connected", (root,), 1.0 if health.get("connected") else 0.0))
+    samples.extend(("autoglm_config_state", (root, s), float(health.get("state") == s)) for s in _CONFIG_STATES)
+    samples.extend(("autoglm_config_source", (root, s), float(health.get("source") == s)) for s in _CONFIG_SOURCES)
+    samples.append(("autoglm_config_keys", (root,), float(health.get("keys", 0))))
+    for reason, count in sorted(health.get("resync_reasons", {}).items()):
+        samples.append(("autoglm_config_resyncs", (root, reason), float(count)))
+    samples.append(("autoglm_config_drift_corrected", (root,), float(health.get("drift_corrected", 0))))
+    for reason, count in sorted(health.get("rejected_reasons", {}).items()):
+        samples.append(("autoglm_config_updates_rejected", (root, "E0409", reason), float(count)))
+    return samples
+
+
+def worker_samples(health: Mapping[str, Mapping[str, Any]]) -> list[Sample]:
+    """The worker metrics of a loader from its ``health()`` dict (one entry per loaded model)."""
+    samples: list[Sample] = []
+    for model, entry in sorted(health.items()):
+        up = entry.get("state") == "ready" and entry.get("pid") is not None
+        samples.append(("autoglm_worker_up", (model, "0"), 1.0 if up else 0.0))
+        samples.append(("autoglm_worker_starts", (model, "initial"), 1.0))
+        reasons = entry.get("restart_reasons")
+        if isinstance(reasons, Mapping):  # issue 13's workers count failures by reason
+            samples.extend(("autoglm_worker_starts", (model, str(r)), float(n)) for r, n in sorted(reasons.items()))
+        else:
+            samples.append(("autoglm_worker_starts", (model, "restart"), float(entry.get("restarts", 0))))
+    return samples

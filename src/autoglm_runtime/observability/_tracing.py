@@ -1,0 +1,104 @@
+"""Spans on the OpenTelemetry API, when it is installed (the ``tracing`` extra); nothing at all when it is not.
+
+The SDK never configures a tracer provider: spans go wherever the application's provider sends them, and are
+non-recording (nearly free) when it set none. A failed operation's span gets status ERROR and ``error.type`` set
+to the E-code; the exception itself is not added as a span event, because the SDK logs it once with its code,
+and that log line carries the span's ``trace_id`` and ``span_id`` (see :mod:`autoglm_runtime.logging`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from autoglm_runtime.errors import AutoGLMRuntimeError
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span, Tracer
+
+try:
+    from opentelemetry import context as _context
+    from opentelemetry import trace as _trace
+
+    #: Whether ``opentelemetry-api`` is importable.
+    TRACING_AVAILABLE = True
+except ImportError:  # the tracing extra is not installed
+    TRACING_AVAILABLE = False
+
+__all__ = ["ERROR_TYPE", "TRACING_AVAILABLE", "current_ids", "fail_span", "record_span", "start_span", "tracer"]
+
+#: The semantic-conventions attribute holding the failure's class: here always an E-code.
+ERROR_TYPE = "error.type"
+_SCOPE = "autoglm_runtime"
+
+
+def _version() -> str | None:
+    try:
+        return importlib.metadata.version("autoglm-runtime")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare source tree
+        return None
+
+
+_VERSION = _version()
+# Made once: get_tracer costs as much as a span. Before the application sets its provider this is the API's proxy
+# tracer, which switches to the provider's own tracer once there is one.
+_TRACER: Tracer | None = _trace.get_tracer(_SCOPE, _VERSION) if TRACING_AVAILABLE else None
+
+
+def tracer() -> Tracer | None:
+    """The SDK's tracer (following the global provider, even one set later), or ``None`` without the API."""
+    return _TRACER
+
+
+def start_span(name: str, attributes: Mapping[str, Any] | None = None) -> tuple[Span, object] | None:
+    """Start ``name`` as the current span; returns it with the token :func:`end_span` needs, or ``None``."""
+    if not TRACING_AVAILABLE or _TRACER is None:
+        return None
+    span = _TRACER.start_span(name, attributes=attributes)
+    if not span.is_recording():
+        # Sampled out: nothing will see it, and log lines keep the parent's ids. Attaching would cost as much.
+        return span, None
+    token = _context.attach(_trace.set_span_in_context(span))
+    return span, token
+
+
+def end_span(started: tuple[Span, object]) -> None:
+    """End a span from :func:`start_span` and make its parent current again."""
+    span, token = started
+    try:
+        if token is not None:
+            _context.detach(token)  # type: ignore[arg-type]
+    finally:
+        span.end()
+
+
+def fail_span(span: Span, error: AutoGLMRuntimeError) -> None:
+    """Mark ``span`` failed with ``error``'s code (status ERROR, ``error.type``), without an exception event."""
+    if not TRACING_AVAILABLE:  # pragma: no cover - callers hold a span only when the API is there
+        return
+    span.set_attribute(ERROR_TYPE, error.code)
+    span.set_status(_trace.Status(_trace.StatusCode.ERROR, f"{error.code}: {type(error).__name__}"))
+
+
+def record_span(
+    name: str, *, start_ns: int, end_ns: int, attributes: Mapping[str, Any], context: Context | None = None
+) -> None:
+    """Record a span of a background operation whose start is only known at its end (a resync)."""
+    if not TRACING_AVAILABLE or _TRACER is None:
+        return
+    span = _TRACER.start_span(
+        name, context=context, kind=_trace.SpanKind.INTERNAL, attributes=attributes, start_time=start_ns
+    )
+    span.end(end_time=max(end_ns, start_ns))
+
+
+def current_ids() -> tuple[str, str] | None:
+    """The active span's ``(trace_id, span_id)`` as lowercase hex (32 and 16 digits), or ``None``."""
+    if not TRACING_AVAILABLE:
+        return None
+    context = _trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")

@@ -1,0 +1,66 @@
+"""health() dicts as samples: every field maps to its metric, and issue 13's restart reasons pass through."""
+
+from __future__ import annotations
+
+from autoglm_runtime.observability._samples import config_samples, worker_samples
+
+
+def test_a_running_client_with_resyncs_and_rejections() -> None:
+    health = {
+        "state": "running",
+        "connected": True,
+        "last_sync": 1_700_000_000.0,
+        "last_confirmed": 1_700_000_030.0,
+        "source": "zookeeper",
+        "keys": 12,
+        "resync_reasons": {"session_expired": 1, "reconnect": 3},
+        "drift_corrected": 2,
+        "rejected_reasons": {"validator": 4},
+    }
+    assert config_samples("/p", health) == [
+        ("autoglm_config_last_sync_timestamp_seconds", ("/p",), 1_700_000_030.0),
+        ("autoglm_config_connected", ("/p",), 1.0),
+        ("autoglm_config_state", ("/p", "new"), 0.0),
+        ("autoglm_config_state", ("/p", "starting"), 0.0),
+        ("autoglm_config_state", ("/p", "running"), 1.0),
+        ("autoglm_config_state", ("/p", "stopped"), 0.0),
+        ("autoglm_config_state", ("/p", "failed"), 0.0),
+        ("autoglm_config_source", ("/p", "none"), 0.0),
+        ("autoglm_config_source", ("/p", "zookeeper"), 1.0),
+        ("autoglm_config_source", ("/p", "snapshot"), 0.0),
+        ("autoglm_config_source", ("/p", "file"), 0.0),
+        ("autoglm_config_keys", ("/p",), 12.0),
+        ("autoglm_config_resyncs", ("/p", "reconnect"), 3.0),
+        ("autoglm_config_resyncs", ("/p", "session_expired"), 1.0),
+        ("autoglm_config_drift_corrected", ("/p",), 2.0),
+        ("autoglm_config_updates_rejected", ("/p", "E0409", "validator"), 4.0),
+    ]
+
+
+def test_a_client_that_never_synced_has_no_timestamp() -> None:
+    health = {"state": "new", "connected": False, "last_sync": None, "last_confirmed": None, "source": "none"}
+    names = [name for name, _, _ in config_samples("/p", health)]
+    assert "autoglm_config_last_sync_timestamp_seconds" not in names
+    assert ("autoglm_config_connected", ("/p",), 0.0) in config_samples("/p", health)
+
+
+def test_workers_today_and_with_restart_reasons() -> None:
+    today = {
+        "b": {"state": "dead", "pid": None, "restarts": 2},
+        "a": {"state": "ready", "pid": 42, "restarts": 0},
+    }
+    assert worker_samples(today) == [
+        ("autoglm_worker_up", ("a", "0"), 1.0),
+        ("autoglm_worker_starts", ("a", "initial"), 1.0),
+        ("autoglm_worker_starts", ("a", "restart"), 0.0),
+        ("autoglm_worker_up", ("b", "0"), 0.0),
+        ("autoglm_worker_starts", ("b", "initial"), 1.0),
+        ("autoglm_worker_starts", ("b", "restart"), 2.0),
+    ]
+    with_reasons = {"a": {"state": "ready", "pid": 7, "restarts": 3, "restart_reasons": {"timeout": 1, "oom": 2}}}
+    assert worker_samples(with_reasons) == [
+        ("autoglm_worker_up", ("a", "0"), 1.0),
+        ("autoglm_worker_starts", ("a", "initial"), 1.0),
+        ("autoglm_worker_starts", ("a", "oom"), 2.0),
+        ("autoglm_worker_starts", ("a", "timeout"), 1.0),
+    ]
