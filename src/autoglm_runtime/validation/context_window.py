@@ -88,9 +88,9 @@ def _batches(kind: type) -> bool:
     return callable(getattr(kind, "encode_batch", None))
 
 
-def _cut(text: str, target: int) -> int:
-    """A cut point at or before ``target``: the start of a whitespace run when one is near, else ``target``."""
-    for index in range(target, max(target - _CUT_LOOKBACK, 1), -1):
+def _cut(text: str, target: int, after: int = 1) -> int:
+    """A cut point in ``(after, target]``: the start of a whitespace run when one is near, else ``target``."""
+    for index in range(target, max(target - _CUT_LOOKBACK, after), -1):
         if text[index].isspace() and not text[index - 1].isspace():
             return index
     return target
@@ -380,18 +380,25 @@ context window of 4 tokens: shorten the input or lower max_tokens
 
     def _count_long(self, text: str, remaining: int, tokenizer: Tokenizer | None) -> tuple[int, list[int] | None]:
         """``(len(ids), ids)``, or ``(lower_bound, None)`` once chunked counting proved ``remaining`` exceeded."""
-        if len(text) > max(_MIN_CHUNK_CHARS, 8 * (max(remaining, 0) + 1)):
-            # Far longer than could plausibly fit: count in chunks a little over what is left, so a rejection
-            # costs about the tokens left rather than the whole text (text that still fits is counted again whole).
-            chunk = max(_MIN_CHUNK_CHARS, 2 * (max(remaining, 0) + 1))
+        remaining = max(remaining, 0)
+        if len(text) > max(_MIN_CHUNK_CHARS, 8 * (remaining + 1)):
+            # Far longer than could plausibly fit: count in chunks, each sized from the characters per token seen so
+            # far to just reach what is left, so a rejection costs little more than tokenizing the tokens left (text
+            # that still fits is counted again whole).
+            floor = max(_MIN_CHUNK_CHARS // 4, 1)
+            chunk = max(floor, remaining + 1 + 2 * BOUNDARY_SLACK)
             position = counted = cuts = 0
             while position < len(text):
-                end = len(text) if position + chunk >= len(text) else _cut(text, position + chunk)
+                target = position + chunk
+                end = len(text) if target >= len(text) else _cut(text, target, max(position, 1))
                 counted += len(self.encode(text[position:end], tokenizer=tokenizer))
                 position = end
                 cuts += position < len(text)
                 lower = counted - BOUNDARY_SLACK * cuts
                 if lower > remaining:
                     return lower, None
+                # The tokens still to prove, plus the next cut's slack, at the density so far and an eighth more.
+                needed = remaining + 1 - lower + BOUNDARY_SLACK
+                chunk = max(floor, needed * position * 9 // (8 * max(counted, 1)))
         ids = self.encode(text, tokenizer=tokenizer)
         return len(ids), ids
