@@ -50,6 +50,7 @@ from autoglm_runtime.validation._openai import ErrorStyle, OpenAIExtractor, erro
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
 from autoglm_runtime.validation.headers import HeaderTokenGuard
+from autoglm_runtime.validation.request import IncompleteInput
 
 __all__ = [
     "ERROR_CODE_HEADER",
@@ -265,10 +266,16 @@ class ValidationMiddleware:
 
     def _judge(self, body: bytes) -> tuple[bytes, GuardResult | None]:
         value = self.decode_guard.check_json(body)
-        extracted = self.extractor.extract(value)
-        if self.context_guard is None or (not extracted.fields and extracted.max_output_tokens is None):
+        guard = self.context_guard
+        extracted = self.extractor.extract(value, max_text_chars=guard.text_limit() if guard is not None else None)
+        if guard is None or (not extracted.fields and extracted.max_output_tokens is None):
             return body, None
-        result = self.context_guard.judge(extracted.guard_input())
+        try:
+            result = guard.judge(extracted.guard_input())
+        except IncompleteInput:
+            # The limits changed between reading the text limit and judging: judge the whole text.
+            extracted = self.extractor.extract(value)
+            result = guard.judge(extracted.guard_input())
         if not result.truncated:
             return body, result
         rewritten = self.extractor.apply(value, extracted, result)
