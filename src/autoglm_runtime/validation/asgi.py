@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -208,6 +209,10 @@ class ValidationMiddleware:
 
     async def _read_body_in_time(self, scope: Scope, receive: Receive, timeout: float) -> bytes:
         try:
+            if sys.version_info >= (3, 11):
+                # A deadline on the running task: wait_for would start a task of its own for every request.
+                async with asyncio.timeout(timeout):
+                    return await self._read_body(scope, receive)
             return await asyncio.wait_for(self._read_body(scope, receive), timeout)
         except asyncio.TimeoutError:
             raise BodyTimeoutError(
