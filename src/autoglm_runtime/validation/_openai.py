@@ -10,9 +10,11 @@ counted, never truncated. Field names are configurable (dotted for nesting, e.g.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Literal, NamedTuple
 
 from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, UsageError
@@ -84,6 +86,12 @@ class ExtractedInput:
 def _is_ids(value: Any) -> bool:
     # One pass in C over the element types; bool is a distinct type, so True/False are not token ids.
     return isinstance(value, list) and (not value or set(map(type, value)) == {int})
+
+
+@functools.lru_cache(maxsize=8)
+def _index_paths(base: Path, count: int) -> tuple[Path, ...]:
+    """``(*base, 0)`` to ``(*base, count - 1)``, built once per field rather than once per request."""
+    return tuple((*base, index) for index in range(count))
 
 
 def _dotted(body: dict[str, Any], name: str) -> Any:
@@ -215,6 +223,10 @@ class OpenAIExtractor:
             return [TextField(base, tuple(value))], False
         if len(value) > self.max_prompts:
             raise _too_many("prompts", len(value), self.max_prompts, "max_prompts", name)
+        if set(map(type, value)) == {str}:
+            # The usual batch: no per-element check, and the index paths come from a shared tuple.
+            paths = _index_paths(base, self.max_prompts)[: len(value)]
+            return list(map(tuple.__new__, repeat(TextField), zip(paths, value, strict=True))), True
         out: list[TextField] = []
         for index, item in enumerate(value):
             if isinstance(item, str):
