@@ -65,8 +65,19 @@ def test_with_a_bound_the_start_alone_rejects() -> None:
     extracted = OpenAIExtractor().extract(body, max_text_chars=guard.text_limit())
     with pytest.raises(ContextWindowExceededError) as info:
         guard.judge(extracted.guard_input())
-    # "hi" and the 201 characters held, at no more than 2 characters a token: at least 1 + 101 tokens.
-    assert "you requested at least 102 tokens (at least 102 in the input, 0 in the completion" in info.value.message
+    # The 201 characters held, at no more than 2 characters a token: at least 101 tokens (the tool definition is
+    # pinned, so only it is weighed: with truncation on, the rest of the input could be cut).
+    assert "you requested at least 101 tokens (at least 101 in the input, 0 in the completion" in info.value.message
+
+
+def test_with_truncation_on_a_long_tool_definition_is_still_rejected() -> None:
+    guard = ContextWindowGuard(two_chars_a_token(2), 100, message_tokens=0, truncate_on_overflow=True)
+    body = {**tools_body("y " * 10_000), "messages": [{"role": "user", "content": "x" * 10_000}]}
+    extracted = OpenAIExtractor().extract(body, max_text_chars=guard.text_limit())
+    assert extracted.partial == frozenset({1})
+    with pytest.raises(ContextWindowExceededError) as info:
+        guard.judge(extracted.guard_input())
+    assert "you requested at least 101 tokens" in info.value.message
 
 
 def test_without_a_bound_the_start_is_counted_with_early_exit() -> None:

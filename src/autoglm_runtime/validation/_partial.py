@@ -95,8 +95,9 @@ def reject_partial(
     """E0513 when the start of the partial segments already proves the overflow; else :class:`IncompleteInput`."""
     budget = limits.context_window - output - request.fixed_tokens
     if guard.chat_template is None and guard.max_chars_per_token is not None:
+        # The partial pieces alone: they are pinned, so with truncation on, the rest could still be cut to fit.
         guard._precheck(
-            segments,
+            [segments[index] for index in sorted(request.partial)],
             budget,
             fixed=request.fixed_tokens,
             output=output,
