@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import given, settings
@@ -20,6 +21,7 @@ from autoglm_runtime.validation import (
     Limits,
     StaticLimits,
     TiktokenTokenizer,
+    Tokenizer,
 )
 from autoglm_runtime.validation import context_window as cw
 
@@ -110,14 +112,42 @@ def test_chunked_counting_stops_early_with_a_lower_bound() -> None:
     guard = ContextWindowGuard(tok, 20)
     with pytest.raises(ContextWindowExceededError) as info:
         guard.check("x" * 1_000_000, max_output_tokens=10)
-    first_chunk = 16_384  # the minimum chunk; no whitespace, so the cut is exact
+    first_chunk = cw._MIN_CHUNK_CHARS // 4  # the smallest chunk; no whitespace, so the cut is exact
     assert info.value.message == overflow(first_chunk - BOUNDARY_SLACK, 10, 20, at_least=True)
     assert tok.encoded_chars == first_chunk
+
+
+def test_a_first_chunk_just_past_what_is_left_settles_a_dense_text() -> None:
+    tok = RecordingTokenizer(max_token_chars=None)
+    with pytest.raises(ContextWindowExceededError) as info:
+        ContextWindowGuard(tok, 20_000).check("x" * 1_000_000, max_output_tokens=0)
+    # What is left, one token more, and two cuts' slack: one chunk proves the overflow.
+    first_chunk = 20_000 + 1 + 2 * BOUNDARY_SLACK
+    assert info.value.message == overflow(first_chunk - BOUNDARY_SLACK, 0, 20_000, at_least=True)
+    assert tok.encoded_chars == first_chunk
+
+
+def test_later_chunks_are_sized_from_the_density_seen() -> None:
+    encoded: list[int] = []
+
+    def two_chars_a_token(text: str) -> list[int]:
+        encoded.append(len(text))
+        return list(range((len(text) + 1) // 2))
+
+    guard = ContextWindowGuard(CallableTokenizer(two_chars_a_token), 10_000, max_chars_per_token=None)
+    with pytest.raises(ContextWindowExceededError):
+        guard.check("x" * 1_000_000, max_output_tokens=0)
+    # Proving 10,001 tokens at two characters a token needs about 20,002 characters; the second chunk is sized for
+    # the tokens still missing, so the guard reads only a little more than that (not two chunks of 20,002 each).
+    assert len(encoded) == 2
+    assert 2 * 10_001 < sum(encoded) < 2 * 10_001 * 1.15
 
 
 def test_chunks_are_cut_at_the_start_of_a_whitespace_run() -> None:
     text = "abc   defgh"
     assert [cw._cut(text, target) for target in (9, 5, 3, 2)] == [3, 3, 3, 2]
+    # A cut never falls at or before the previous one, so counting always moves on.
+    assert cw._cut(text, 5, after=3) == 5
 
 
 def test_long_input_that_fits_is_counted_exactly() -> None:
@@ -313,13 +343,18 @@ ALPHABET = st.sampled_from([*list("abcdefgh "), "ü", "漢", "🙂", "\n", ".", 
 def test_verdicts_are_sound(
     hf_bytelevel: HFTokenizer, tiny_tiktoken: TiktokenTokenizer, pieces: list[str], window: int, output: int, chunk: int
 ) -> None:
-    """Whatever the pre-check and early exit decide, accepted counts are exact and rejections are true."""
+    """Whatever the pre-check and early exit decide, accepted counts are exact and rejections are true.
+
+    Without a bound (``None``) long text goes through chunked counting, with chunks as small as the patch makes them.
+    """
     text = "".join(pieces)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cw, "_MIN_CHUNK_CHARS", chunk)
-        for tok in (hf_bytelevel, tiny_tiktoken):
+        toks: tuple[Tokenizer, ...] = (hf_bytelevel, tiny_tiktoken)
+        bounds: tuple[Literal["auto"] | None, ...] = ("auto", None)
+        for tok, bound in itertools.product(toks, bounds):
             true_count = len(tok.encode(text))
-            guard = ContextWindowGuard(tok, window)
+            guard = ContextWindowGuard(tok, window, max_chars_per_token=bound)
             try:
                 result = guard.check(text, max_output_tokens=output)
             except ContextWindowExceededError as exc:

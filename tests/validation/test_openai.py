@@ -33,6 +33,17 @@ def test_prompt_lists_and_token_ids() -> None:
     assert extractor.extract({"prompt": []}).segments == []
 
 
+def test_a_batch_of_strings_names_each_prompt_as_a_mixed_batch_does() -> None:
+    extractor = OpenAIExtractor(max_prompts=3)
+    strings = extractor.extract({"prompt": ["a", "b"]})
+    mixed = extractor.extract({"prompt": ["a", [7]]})
+    assert strings.fields == (TextField(("prompt", 0), "a"), TextField(("prompt", 1), "b"))
+    assert mixed.fields == (TextField(("prompt", 0), "a"), TextField(("prompt", 1), (7,)))
+    assert (strings.batch, mixed.batch) == (True, True)
+    assert all(type(field) is TextField for field in strings.fields)
+    assert extractor.extract({"prompt": ["x", "y", "z"]}).fields[2] == TextField(("prompt", 2), "z")
+
+
 def test_messages_with_string_and_part_contents() -> None:
     body = {
         "messages": [

@@ -21,7 +21,7 @@ from autoglm_runtime.validation.decode import DecodeGuard
 from autoglm_runtime.validation.decorator import guarded
 from autoglm_runtime.validation.headers import HeaderTokenGuard
 from autoglm_runtime.validation.limits import ConfigLimits, ConfigReader, Limits, LimitsSource, StaticLimits
-from autoglm_runtime.validation.request import Chat, GuardInput, GuardResult
+from autoglm_runtime.validation.request import Chat, GuardInput, GuardResult, IncompleteInput
 from autoglm_runtime.validation.tokenizers import (
     BatchTokenizer,
     CallableTokenizer,
@@ -48,6 +48,7 @@ __all__ = [
     "GuardSettings",
     "HFTokenizer",
     "HeaderTokenGuard",
+    "IncompleteInput",
     "Limits",
     "LimitsSource",
     "OpenAIExtractor",

@@ -10,12 +10,15 @@ counted, never truncated. Field names are configurable (dotted for nesting, e.g.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Literal, NamedTuple
 
 from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, UsageError
+from autoglm_runtime.validation._partial import json_prefix
 from autoglm_runtime.validation.context_window import Chat, GuardInput, GuardResult, Segment
 
 __all__ = ["ErrorStyle", "ExtractedInput", "OpenAIExtractor", "TextField", "error_body"]
@@ -49,7 +52,8 @@ class ExtractedInput:
     """The input pieces of one request, the output budget it asks for, and the fields to blame on errors.
 
     ``output_param`` is the field the budget came from (the largest when several are sent); ``pinned`` holds the
-    indexes of fields never truncated; ``batch`` marks a list of prompts; ``chat`` describes the messages.
+    indexes of fields never truncated; ``batch`` marks a list of prompts; ``chat`` describes the messages;
+    ``partial`` holds the indexes of fields holding only the start of their text (see ``max_text_chars``).
     """
 
     fields: tuple[TextField, ...]
@@ -59,6 +63,7 @@ class ExtractedInput:
     pinned: frozenset[int] = frozenset()
     batch: bool = False
     chat: Chat | None = None
+    partial: frozenset[int] = frozenset()
 
     @property
     def segments(self) -> list[Segment]:
@@ -75,12 +80,19 @@ class ExtractedInput:
             pinned=self.pinned,
             batch=self.batch,
             chat=self.chat,
+            partial=self.partial,
         )
 
 
 def _is_ids(value: Any) -> bool:
     # One pass in C over the element types; bool is a distinct type, so True/False are not token ids.
     return isinstance(value, list) and (not value or set(map(type, value)) == {int})
+
+
+@functools.lru_cache(maxsize=8)
+def _index_paths(base: Path, count: int) -> tuple[Path, ...]:
+    """``(*base, 0)`` to ``(*base, count - 1)``, built once per field rather than once per request."""
+    return tuple((*base, index) for index in range(count))
 
 
 def _dotted(body: dict[str, Any], name: str) -> Any:
@@ -138,14 +150,20 @@ class OpenAIExtractor:
         self.max_messages = max_messages
         self.max_parts = max_parts
 
-    def extract(self, body: Any) -> ExtractedInput:  # noqa: PLR0912  (one flat branch per request field reads as the API does)
-        """The input of ``body``; raises :class:`InvalidRequestError` (E5010) for fields of the wrong shape."""
+    def extract(self, body: Any, *, max_text_chars: int | None = None) -> ExtractedInput:  # noqa: PLR0912  (one flat branch per request field reads as the API does)
+        """The input of ``body``; raises :class:`InvalidRequestError` (E5010) for fields of the wrong shape.
+
+        With ``max_text_chars`` (a guard's :meth:`~ContextWindowGuard.text_limit`: no longer text can fit), tool
+        definitions whose JSON text is longer are held as only its first ``max_text_chars + 1`` characters and
+        listed in ``partial``: enough to reject them, at a fraction of the cost of serializing them whole.
+        """
         if not isinstance(body, dict):
             raise InvalidRequestError(
                 f"the request body must be a JSON object, got {type(body).__name__}: send a JSON object"
             )
         fields: list[TextField] = []
         pinned: set[int] = set()
+        partial: set[int] = set()
         param: str | None = None
         batch = False
         chat: Chat | None = None
@@ -176,7 +194,12 @@ class OpenAIExtractor:
             if not isinstance(value, list):
                 raise _shape_error(name, "a list of definitions", value, name)
             pinned.add(len(fields))
-            fields.append(TextField(tuple(name.split(".")), json.dumps(value, ensure_ascii=False)))
+            text = None if max_text_chars is None else json_prefix(value, max_text_chars)
+            if text is None:
+                text = json.dumps(value, ensure_ascii=False)
+            else:
+                partial.add(len(fields))
+            fields.append(TextField(tuple(name.split(".")), text))
             if chat is not None:
                 chat = Chat(chat.messages, (*chat.turns, -1), (*chat.places, ()), tuple(value))
         if chat is not None and len(chat.turns) < len(fields):
@@ -184,7 +207,9 @@ class OpenAIExtractor:
             missing = len(fields) - len(chat.turns)
             chat = Chat(chat.messages, (*chat.turns, *[-1] * missing), (*chat.places, *[()] * missing), chat.tools)
         output, output_param = self._max_tokens(body)
-        return ExtractedInput(tuple(fields), output, param, output_param, frozenset(pinned), batch, chat)
+        return ExtractedInput(
+            tuple(fields), output, param, output_param, frozenset(pinned), batch, chat, frozenset(partial)
+        )
 
     def _prompt(self, name: str, value: Any) -> tuple[list[TextField], bool]:
         base: Path = tuple(name.split("."))
@@ -199,6 +224,10 @@ class OpenAIExtractor:
             return [TextField(base, tuple(value))], False
         if len(value) > self.max_prompts:
             raise _too_many("prompts", len(value), self.max_prompts, "max_prompts", name)
+        if set(map(type, value)) == {str}:
+            # The usual batch: no per-element check, and the index paths come from a shared tuple.
+            paths = _index_paths(base, self.max_prompts)[: len(value)]
+            return list(map(tuple.__new__, repeat(TextField), zip(paths, value, strict=True))), True
         out: list[TextField] = []
         for index, item in enumerate(value):
             if isinstance(item, str):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,7 @@ from autoglm_runtime.validation._openai import ErrorStyle, OpenAIExtractor, erro
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
 from autoglm_runtime.validation.headers import HeaderTokenGuard
+from autoglm_runtime.validation.request import IncompleteInput
 
 __all__ = [
     "ERROR_CODE_HEADER",
@@ -221,6 +223,10 @@ class ValidationMiddleware:
 
     async def _read_body_in_time(self, scope: Scope, receive: Receive, timeout: float) -> bytes:
         try:
+            if sys.version_info >= (3, 11):
+                # A deadline on the running task: wait_for would start a task of its own for every request.
+                async with asyncio.timeout(timeout):
+                    return await self._read_body(scope, receive)
             return await asyncio.wait_for(self._read_body(scope, receive), timeout)
         except asyncio.TimeoutError:
             raise BodyTimeoutError(
@@ -279,10 +285,16 @@ class ValidationMiddleware:
 
     def _judge(self, body: bytes) -> tuple[bytes, GuardResult | None]:
         value = self.decode_guard.check_json(body)
-        extracted = self.extractor.extract(value)
-        if self.context_guard is None or (not extracted.fields and extracted.max_output_tokens is None):
+        guard = self.context_guard
+        extracted = self.extractor.extract(value, max_text_chars=guard.text_limit() if guard is not None else None)
+        if guard is None or (not extracted.fields and extracted.max_output_tokens is None):
             return body, None
-        result = self.context_guard.judge(extracted.guard_input())
+        try:
+            result = guard.judge(extracted.guard_input())
+        except IncompleteInput:
+            # The limits changed between reading the text limit and judging: judge the whole text.
+            extracted = self.extractor.extract(value)
+            result = guard.judge(extracted.guard_input())
         if not result.truncated:
             return body, result
         rewritten = self.extractor.apply(value, extracted, result)

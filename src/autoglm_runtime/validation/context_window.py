@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Literal, cast
 
 from autoglm_runtime.errors import ContextWindowExceededError, InputDecodeError, InvalidRequestError, UsageError
 from autoglm_runtime.validation.limits import Limits, LimitsSource, StaticLimits, TruncationSide
-from autoglm_runtime.validation.request import Chat, GuardInput, GuardResult, Segment
+from autoglm_runtime.validation.request import Chat, GuardInput, GuardResult, Segment, segments_of
 from autoglm_runtime.validation.tokenizers import BatchTokenizer, HFTokenizer, Tokenizer
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ _MIN_CHUNK_CHARS = 16_384
 _CUT_LOOKBACK = 1_024
 #: Characters of short pieces tokenized in one batch call before the running total is compared with the budget.
 _BATCH_CHARS = 65_536
+#: Without a sound bound, a partial text's start holds this many characters per token of the window.
+_PARTIAL_CHARS_PER_TOKEN = 16
 #: Token ids of a batch's prompts, tokenized together ahead of judging them one by one (per call, per thread).
 _memo: ContextVar[dict[str, list[int]] | None] = ContextVar("autoglm_guard_memo", default=None)
 
@@ -88,48 +90,12 @@ def _batches(kind: type) -> bool:
     return callable(getattr(kind, "encode_batch", None))
 
 
-def _cut(text: str, target: int) -> int:
-    """A cut point at or before ``target``: the start of a whitespace run when one is near, else ``target``."""
-    for index in range(target, max(target - _CUT_LOOKBACK, 1), -1):
+def _cut(text: str, target: int, after: int = 1) -> int:
+    """A cut point in ``(after, target]``: the start of a whitespace run when one is near, else ``target``."""
+    for index in range(target, max(target - _CUT_LOOKBACK, after), -1):
         if text[index].isspace() and not text[index - 1].isspace():
             return index
     return target
-
-
-def _is_ids(item: object) -> bool:
-    return isinstance(item, Sequence) and not isinstance(item, str | bytes)
-
-
-def _all_ints(items: Sequence[object]) -> bool:
-    # One pass in C over the element types; bool is a distinct type, so True/False are not token ids.
-    return set(map(type, items)) == {int}
-
-
-def _segments(text: object) -> list[Segment]:
-    if isinstance(text, str):
-        return [text]
-    if not isinstance(text, Sequence) or isinstance(text, bytes):
-        raise InvalidRequestError(
-            f"the input to judge must be a string, token ids or a list of those, got {type(text).__name__}: "
-            "fix the extractor or the request"
-        )
-    if isinstance(text, tuple) and _all_ints(text):
-        return [text]
-    items = list(text)
-    if items and _all_ints(items):
-        return [tuple(items)]
-    segments: list[Segment] = []
-    for item in items:
-        if isinstance(item, str):
-            segments.append(item)
-        elif _is_ids(item) and (not item or _all_ints(item)):
-            segments.append(item if isinstance(item, tuple) else tuple(item))
-        else:
-            raise InvalidRequestError(
-                f"input pieces must be strings or lists of token ids, got {type(item).__name__}: "
-                "fix the extractor or the request"
-            )
-    return segments
 
 
 class ContextWindowGuard:
@@ -197,6 +163,20 @@ context window of 4 tokens: shorten the input or lower max_tokens
         """The limits that apply to a request judged now."""
         return self._limits.current()
 
+    def text_limit(self) -> int | None:
+        """How many characters of a long piece of text the guard needs to reject it (see ``GuardInput.partial``).
+
+        With a sound ``max_chars_per_token`` no longer text can fit the current window; without one, a start this
+        long holds enough tokens to prove an overflow for any usual text. ``None`` with a chat template (it
+        decides what the model reads, so the template must see everything).
+        """
+        if self.chat_template is not None:
+            return None
+        window = self._limits.current().context_window
+        if self.max_chars_per_token is None:
+            return _PARTIAL_CHARS_PER_TOKEN * (window + 1)
+        return window * self.max_chars_per_token
+
     def check(
         self,
         text: str | Sequence[int] | Sequence[str | Sequence[int]],
@@ -223,7 +203,11 @@ context window of 4 tokens: shorten the input or lower max_tokens
             )
         if output > limits.context_window:
             raise _output_error(output, limits.context_window, request.output_param)
-        segments = _segments(request.segments)
+        segments = segments_of(request.segments)
+        if request.partial:
+            from autoglm_runtime.validation._partial import reject_partial
+
+            reject_partial(self, request, segments, output, limits)
         if not request.batch:
             return self._judge_one(request, segments, output, limits, allow_truncation)
         shared = [segment for index, segment in enumerate(segments) if index in request.pinned]
@@ -380,18 +364,25 @@ context window of 4 tokens: shorten the input or lower max_tokens
 
     def _count_long(self, text: str, remaining: int, tokenizer: Tokenizer | None) -> tuple[int, list[int] | None]:
         """``(len(ids), ids)``, or ``(lower_bound, None)`` once chunked counting proved ``remaining`` exceeded."""
-        if len(text) > max(_MIN_CHUNK_CHARS, 8 * (max(remaining, 0) + 1)):
-            # Far longer than could plausibly fit: count in chunks a little over what is left, so a rejection
-            # costs about the tokens left rather than the whole text (text that still fits is counted again whole).
-            chunk = max(_MIN_CHUNK_CHARS, 2 * (max(remaining, 0) + 1))
+        remaining = max(remaining, 0)
+        if len(text) > max(_MIN_CHUNK_CHARS, 8 * (remaining + 1)):
+            # Far longer than could plausibly fit: count in chunks, each sized from the characters per token seen so
+            # far to just reach what is left, so a rejection costs little more than tokenizing the tokens left (text
+            # that still fits is counted again whole).
+            floor = max(_MIN_CHUNK_CHARS // 4, 1)
+            chunk = max(floor, remaining + 1 + 2 * BOUNDARY_SLACK)
             position = counted = cuts = 0
             while position < len(text):
-                end = len(text) if position + chunk >= len(text) else _cut(text, position + chunk)
+                target = position + chunk
+                end = len(text) if target >= len(text) else _cut(text, target, max(position, 1))
                 counted += len(self.encode(text[position:end], tokenizer=tokenizer))
                 position = end
                 cuts += position < len(text)
                 lower = counted - BOUNDARY_SLACK * cuts
                 if lower > remaining:
                     return lower, None
+                # The tokens still to prove, plus the next cut's slack, at the density so far and an eighth more.
+                needed = remaining + 1 - lower + BOUNDARY_SLACK
+                chunk = max(floor, needed * position * 9 // (8 * max(counted, 1)))
         ids = self.encode(text, tokenizer=tokenizer)
         return len(ids), ids

@@ -9,7 +9,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Chat", "GuardInput", "GuardResult", "Segment"]
+from autoglm_runtime.errors import InvalidRequestError
+
+__all__ = ["Chat", "GuardInput", "GuardResult", "IncompleteInput", "Segment"]
 
 #: Input pieces a guard counts: text, or token ids the client sent already tokenized.
 Segment = str | tuple[int, ...]
@@ -37,7 +39,8 @@ class GuardInput:
     for, ``param`` the input field to blame and ``output_param`` the field the budget came from. Segments whose
     index is in ``pinned`` are counted but never truncated. With ``batch`` every segment not pinned is a prompt of
     its own, judged alone together with the pinned ones. ``fixed_tokens`` are counted on top (formatting the
-    model adds around the pieces).
+    model adds around the pieces). Segments whose index is in ``partial`` hold only the start of a longer text; a
+    guard rejects such a request by length alone or raises :class:`IncompleteInput` (judge the whole text then).
 
     >>> GuardInput("Tell me a story", max_output_tokens=200, param="prompt").max_output_tokens
     200
@@ -51,6 +54,11 @@ class GuardInput:
     batch: bool = False
     fixed_tokens: int = 0
     chat: Chat | None = None
+    partial: frozenset[int] = frozenset()
+
+
+class IncompleteInput(Exception):
+    """A guard cannot judge a request from the start of its ``partial`` segments: judge it with the whole text."""
 
 
 @dataclass(frozen=True)
@@ -83,3 +91,40 @@ class GuardResult:
     def text(self) -> str:
         """The text segments joined (for a single prompt: the prompt as it should reach the model)."""
         return "".join(segment for segment in self.segments if isinstance(segment, str))
+
+
+def _is_ids(item: object) -> bool:
+    return isinstance(item, Sequence) and not isinstance(item, str | bytes)
+
+
+def _all_ints(items: Sequence[object]) -> bool:
+    # One pass in C over the element types; bool is a distinct type, so True/False are not token ids.
+    return set(map(type, items)) == {int}
+
+
+def segments_of(text: object) -> list[Segment]:
+    """``GuardInput.segments`` as a list of segments (token ids as tuples); E5010 for any other shape."""
+    if isinstance(text, str):
+        return [text]
+    if not isinstance(text, Sequence) or isinstance(text, bytes):
+        raise InvalidRequestError(
+            f"the input to judge must be a string, token ids or a list of those, got {type(text).__name__}: "
+            "fix the extractor or the request"
+        )
+    if isinstance(text, tuple) and _all_ints(text):
+        return [text]
+    items = list(text)
+    if items and _all_ints(items):
+        return [tuple(items)]
+    segments: list[Segment] = []
+    for item in items:
+        if isinstance(item, str):
+            segments.append(item)
+        elif _is_ids(item) and (not item or _all_ints(item)):
+            segments.append(item if isinstance(item, tuple) else tuple(item))
+        else:
+            raise InvalidRequestError(
+                f"input pieces must be strings or lists of token ids, got {type(item).__name__}: "
+                "fix the extractor or the request"
+            )
+    return segments

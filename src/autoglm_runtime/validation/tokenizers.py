@@ -134,12 +134,12 @@ class HFTokenizer:
 
     def encode(self, text: str) -> list[int]:
         # The batch "fast" path skips offset tracking, which counting does not need.
-        encoding = self._tok.encode_batch_fast([text], add_special_tokens=self._add_special_tokens)[0]
-        return list(encoding.ids)
+        # ``ids`` builds a new list on each access, so it is returned as it is.
+        return self._tok.encode_batch_fast([text], add_special_tokens=self._add_special_tokens)[0].ids  # type: ignore[no-any-return]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         encodings = self._tok.encode_batch_fast(list(texts), add_special_tokens=self._add_special_tokens)
-        return [list(encoding.ids) for encoding in encodings]
+        return [encoding.ids for encoding in encodings]
 
     def without_special_tokens(self) -> HFTokenizer:
         """The same tokenizer counting without the special tokens it adds (for text a chat template rendered)."""
