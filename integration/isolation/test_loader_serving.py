@@ -43,8 +43,9 @@ class Model:
 
     def describe(self, value):
         return {"type": type(value).__module__ + "." + type(value).__name__, "numpy": "numpy" in sys.modules,
-                "dtype": getattr(value, "dtype", None), "shape": list(getattr(value, "shape", ())),
-                "data": bytes(value.data) if hasattr(value, "data") else None}
+                "dtype": getattr(getattr(value, "dtype", None), "str", getattr(value, "dtype", None)),
+                "shape": list(getattr(value, "shape", ())),
+                "data": bytes(memoryview(value.data).cast("B")) if hasattr(value, "data") else None}
 
     def block(self, directory, key):
         # say "I am running" (one file per call), then wait until the test says "go"
@@ -210,7 +211,8 @@ def test_numpy_on_both_sides(loader: ModelLoader, make_model: Any, numpy_wheelho
         assert isinstance(made, np.ndarray)
         assert made.tolist() == [[0, 1], [2, 3], [4, 5]]
         seen = model.call("describe", np.ones(3, dtype="<f8"), timeout=60)
-        assert (seen["type"], seen["numpy"], seen["shape"]) == ("numpy.ndarray", True, [3])
+        assert (seen["type"], seen["numpy"], seen["dtype"], seen["shape"]) == ("numpy.ndarray", True, "<f8", [3])
+        assert seen["data"] == np.ones(3, dtype="<f8").tobytes()
         assert model.versions["numpy"]["version"] == np.__version__
     finally:
         model.close()

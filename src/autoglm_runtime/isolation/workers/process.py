@@ -27,16 +27,11 @@ import collections
 import contextlib
 import itertools
 import logging
-import os
-import signal
-import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any
 
 from autoglm_runtime.errors import (
     BackendUnsupportedError,
@@ -51,51 +46,19 @@ from autoglm_runtime.isolation.workers._connection import Connection
 from autoglm_runtime.isolation.workers._output import OutputPump, describe_exit, exit_reason, oom_kill_count
 from autoglm_runtime.isolation.workers._restarts import RestartPolicy
 from autoglm_runtime.isolation.workers._state import Heartbeat, Step, WorkerView, decide, heartbeat_step, phase_of
+from autoglm_runtime.isolation.workers.spec import (
+    WORKER_SCRIPT,
+    Concurrency,
+    WorkerHealth,
+    WorkerSpec,
+    WorkerState,
+    kill_group,
+    launch,
+)
 
 __all__ = ["WORKER_SCRIPT", "Concurrency", "WorkerHealth", "WorkerProcess", "WorkerSpec", "WorkerState"]
 
-WORKER_SCRIPT = Path(__file__).resolve().parent.parent / "_scripts" / "worker_main.py"
-WorkerState = Literal["starting", "ready", "restarting", "dead", "failed"]
-Concurrency = Literal["serial", "threads", "async"]
 _log = logging.getLogger("autoglm_runtime.isolation.workers.process")
-
-
-class WorkerHealth(TypedDict):
-    """What :meth:`WorkerProcess.health` returns: a ``dict`` at run time (JSON-ready), typed for mypy.
-
-    * ``state`` (:data:`WorkerState`): ``"starting"``, ``"ready"``, ``"restarting"``, ``"dead"`` (died,
-      restarts on the next call; also after ``close()``) or ``"failed"`` (gave up after ``max_restarts``).
-    * ``pid`` (int or None): the worker process's id while one runs, else ``None``.
-    * ``restarts`` (int): how many times the worker was started again after its first start.
-    * ``last_exit`` (str or None): how the last failure ended, e.g. ``"killed by signal 9 (SIGKILL)"``.
-    * ``backend`` (str): ``"process"`` or ``"subinterp"``.
-    * ``failures`` (int): failures (deaths, timeouts) in a row since the last successful call.
-    * ``restart_reasons`` (dict): failures by reason since the start -- ``exit``, ``signal``, ``oom``,
-      ``timeout``, ``heartbeat``, ``load`` (a restarted worker failed to load), ``protocol``.
-    * ``inflight`` (int): calls and streams running on the worker now.
-    """
-
-    state: WorkerState
-    pid: int | None
-    restarts: int
-    last_exit: str | None
-    backend: Literal["process", "subinterp"]
-    failures: int
-    restart_reasons: dict[str, int]
-    inflight: int
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What to run: the model, the interpreter of its environment, the backend, and how calls run in it."""
-
-    name: str
-    python: str
-    model_dir: str
-    entrypoint: str
-    backend: Literal["process", "subinterp"] = "process"
-    concurrency: Concurrency = "serial"
-    max_inflight: int = 1
 
 
 class WorkerProcess:
@@ -314,29 +277,8 @@ class WorkerProcess:
         with self._state_lock:
             if self._closing.is_set():
                 raise WorkerError(f"model '{self.spec.name}' was closed; load it again to use it")
-            try:
-                parent, child = socket.socketpair()
-            except OSError as exc:
-                raise WorkerError(f"model '{self.spec.name}' worker could not start: {exc}") from exc
             spec = self.spec
-            argv = [spec.python, "-I", str(WORKER_SCRIPT), "--fd", str(child.fileno()), "--name", spec.name]
-            argv += ["--model-dir", spec.model_dir, "--entrypoint", spec.entrypoint, "--backend", spec.backend]
-            argv += ["--concurrency", spec.concurrency, "--max-inflight", str(spec.max_inflight)]
-            try:
-                proc = subprocess.Popen(
-                    argv,
-                    pass_fds=(child.fileno(),),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    cwd=spec.model_dir,
-                    start_new_session=True,  # its own process group: killing it kills whatever it started
-                )
-            except OSError as exc:
-                parent.close()
-                raise WorkerError(f"model '{spec.name}' worker could not start: {exc}") from exc
-            finally:
-                child.close()
+            proc, parent = launch(spec)
             assert proc.stdout is not None
             assert proc.stderr is not None
             self._pump = OutputPump(spec.name, proc.pid, proc.stdout, proc.stderr, self._logger)
@@ -472,7 +414,7 @@ class WorkerProcess:
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:  # it closed the socket but lives on: it is of no use any more
-            self._kill(proc)
+            kill_group(proc)
         self._record_death(proc)
         pump = self._pump
         if pump is not None:
@@ -491,7 +433,7 @@ class WorkerProcess:
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self._kill(proc)
+            kill_group(proc)
         self._record_death(proc)
         if self._pump is not None:
             self._pump.join(5)
@@ -534,13 +476,6 @@ class WorkerProcess:
             f"model '{self.spec.name}' worker (pid {pid}) {what}; it was stopped: {self._restarts.next_step(False)}"
         )
 
-    def _kill(self, proc: subprocess.Popen[bytes]) -> None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            if proc.poll() is None:
-                proc.kill()
-
     def _stop_process(self, grace: float = 5.0, reason: Callable[[str], BaseException] | None = None) -> None:
         with self._state_lock:
             proc, pump, conn = self._proc, self._pump, self._conn
@@ -562,7 +497,7 @@ class WorkerProcess:
             if grace > 0:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=grace)  # it exits by itself once its socket closes
-            self._kill(proc)  # also reaps anything it started in its process group
+            kill_group(proc)  # also reaps anything it started in its process group
             proc.wait()
         if pump is not None:
             pump.join(5)
