@@ -139,6 +139,12 @@ class Dispatcher:
         call_id = message.get("id")
         try:
             result = self._start(message)
+            if inspect.iscoroutine(result):  # an async method of a model served on threads: run it here
+                result = asyncio.run(result)
+            if inspect.isasyncgen(result):
+                raise TypeError(
+                    f"{message['method']}() is an async generator: serve the model with concurrency='async'"
+                )
             if stream is None:
                 self._answer(call_id, result)
                 return
