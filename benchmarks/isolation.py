@@ -226,24 +226,36 @@ def _cpu_model(base: Path) -> tuple[Path, Path]:
     return wheels, model
 
 
-def _work_size() -> int:
-    """Loop count of about 10 ms of pure-Python work here."""
+def _work_size(model: Any) -> int:
+    """Loop count of about 10 ms of pure-Python work in the model's worker (median of 5 calls)."""
     n = 20_000
     while True:
-        start = time.perf_counter()
-        sum(i * i % 7 for i in range(n))
-        if time.perf_counter() - start >= 0.01:
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            model.call("work", n, timeout=60)
+            times.append(time.perf_counter() - start)
+        if statistics.median(times) >= 0.01:
             return n
-        n *= 2
+        n = int(n * max(1.2, 0.011 / max(statistics.median(times), 1e-4)))
+
+
+def _timed(model: Any, n: int) -> float:
+    start = time.perf_counter()
+    model.call("work", n, timeout=60)
+    return time.perf_counter() - start
 
 
 def bench_replicas(base: Path) -> dict[str, float]:
     """Throughput of 8 concurrent callers of a ~10 ms CPU-bound model: replicas=2 vs replicas=1; p99 latency."""
     wheels, model_dir = _cpu_model(base)
-    n = _work_size()
     calls_each = 25
     out: dict[str, float] = {}
     with ModelLoader(base / "cpu-envs", wheelhouse=wheels, offline=True, backend="process") as loader:
+        probe = loader.load(model_dir)
+        n = _work_size(probe)
+        out["work_ms"] = statistics.median(_timed(probe, n) for _ in range(5)) * 1000
+        probe.close()
         for replicas in (1, 2):
             model = loader.load(model_dir, replicas=replicas, max_queue=8)
             model.call("work", 10, timeout=60)
@@ -332,7 +344,9 @@ def main() -> None:
                 )
         if "replicas" in sections:
             rep = bench_replicas(base)
-            print("CPU-bound model (~10 ms pure Python per call), 8 concurrent callers, max_queue=8")
+            print(
+                f"CPU-bound model ({rep['work_ms']:.1f} ms of pure Python per call), 8 concurrent callers, max_queue=8"
+            )
             for replicas in (1, 2):
                 print(
                     f"  replicas={replicas}: {rep[f'throughput_{replicas}']:6.1f} calls/s   p50 "

@@ -2,8 +2,9 @@
 
 STDLIB ONLY (loaded by path by ``worker_main.py``, like ``protocol.py``).
 
-The socket's reader (the worker's main thread) never runs model code: it answers heartbeats at once and
-hands calls to the executor the model declared (``[serving] concurrency`` in ``model.toml``):
+The socket's reader (the worker's main thread) answers heartbeats and hands calls to the executor the model
+declared (``[serving] concurrency`` in ``model.toml``); it runs model code itself only for a serial model's
+plain call while no other call runs (one thread hand-off less; heartbeats are answered between calls):
 
 * ``serial``: one thread runs the calls one at a time (the default: models are rarely thread-safe);
 * ``threads``: up to ``max_inflight`` threads run calls at the same time;
@@ -94,6 +95,8 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._serial = concurrency == "serial"
+        self._queued = 0  # calls handed to the pool and not finished
         if concurrency == "async":
             self._loop = asyncio.new_event_loop()
             threading.Thread(target=self._loop.run_forever, name=f"autoglm-worker-{name}-loop").start()
@@ -102,7 +105,8 @@ class Dispatcher:
             self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"autoglm-worker-{name}-call")
 
     def handle(self, message: dict[str, Any]) -> None:
-        """One message from the host (called on the reader thread; never runs model code)."""
+        """One message from the host (called on the reader thread; runs model code only for a serial model's plain
+        call while nothing else runs)."""
         kind = message.get("type", "call")
         if kind == "ping":
             self._reply({"type": "pong", "seq": message.get("seq")})
@@ -114,10 +118,23 @@ class Dispatcher:
         elif self._loop is not None:
             stream = self._open(message)
             asyncio.run_coroutine_threadsafe(self._run_async(message, stream), self._loop)
+        elif self._serial and not message.get("stream") and self._queued == 0:
+            # Nothing else runs: a serial model's plain call runs right here, one thread hand-off less per call.
+            # Pings wait until it returns (the host only expects answers between calls).
+            self._run(message, None)
         else:
             assert self._pool is not None
             stream = self._open(message)
-            self._pool.submit(self._run, message, stream)
+            with self._lock:
+                self._queued += 1
+            self._pool.submit(self._run_queued, message, stream)
+
+    def _run_queued(self, message: dict[str, Any], stream: _Stream | None) -> None:
+        try:
+            self._run(message, stream)
+        finally:
+            with self._lock:
+                self._queued -= 1
 
     def _open(self, message: dict[str, Any]) -> _Stream | None:
         if not message.get("stream"):

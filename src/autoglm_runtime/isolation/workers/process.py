@@ -209,6 +209,9 @@ class WorkerProcess:
         if conn is None:
             return False
         now = self._timer()
+        if conn.inflight:  # between calls only: a serial worker answers after its call, a hung call is the timeout's
+            self._unanswered_since = None
+            return False
         if self._unanswered_since is not None and conn.last_pong >= self._unanswered_since:
             self._unanswered_since = None  # answered
         step = heartbeat_step(now, self._last_ping, self._unanswered_since, interval, timeout)
@@ -411,6 +414,21 @@ class WorkerProcess:
             proc = self._proc if self._conn is conn else None
         if proc is None or self._closing.is_set():
             return lambda method: WorkerError(f"model '{self.spec.name}' was closed while {method}() was running")
+        what = self._reap(proc, during_call=True)
+        return lambda method: WorkerError(
+            f"model '{self.spec.name}' worker (pid {proc.pid}) died during {method}(): {what}"
+        )
+
+    def _died_before_hello(self, proc: subprocess.Popen[bytes]) -> WorkerError:
+        if self._closing.is_set():
+            self._stop_process()
+            return WorkerError(f"model '{self.spec.name}' was closed while loading was running")
+        what = self._reap(proc, during_call=False)
+        self._stop_process()
+        return WorkerError(f"model '{self.spec.name}' worker (pid {proc.pid}) died before its handshake: {what}")
+
+    def _reap(self, proc: subprocess.Popen[bytes], during_call: bool) -> str:
+        """Record the death of a worker whose socket broke: how it ended, what happens next, its last stderr lines."""
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:  # it closed the socket but lives on: it is of no use any more
@@ -420,32 +438,8 @@ class WorkerProcess:
         if pump is not None:
             pump.join(5)
         tail = pump.stderr_tail[-5:] if pump is not None else []
-        status, then = self._restarts.last_failure, self._restarts.next_step(True)
-        suffix = ("; last stderr lines:\n" + "\n".join(tail)) if tail else ""
-        return lambda method: WorkerError(
-            f"model '{self.spec.name}' worker (pid {proc.pid}) died during {method}(): {status}; {then}{suffix}"
-        )
-
-    def _died_before_hello(self, proc: subprocess.Popen[bytes]) -> WorkerError:
-        if self._closing.is_set():
-            self._stop_process()
-            return WorkerError(f"model '{self.spec.name}' was closed while loading was running")
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            kill_group(proc)
-        self._record_death(proc)
-        if self._pump is not None:
-            self._pump.join(5)
-        tail = self._pump.stderr_tail[-5:] if self._pump is not None else []
-        message = (
-            f"model '{self.spec.name}' worker (pid {proc.pid}) died before its handshake: "
-            f"{self._restarts.last_failure}; {self._restarts.next_step(False)}"
-        )
-        if tail:
-            message += "; last stderr lines:\n" + "\n".join(tail)
-        self._stop_process()
-        return WorkerError(message)
+        what = f"{self._restarts.last_failure}; {self._restarts.next_step(during_call)}"
+        return what + ("; last stderr lines:\n" + "\n".join(tail) if tail else "")
 
     def _kill_and_restart(self, conn: Connection, why: str, description: str, reason: str) -> None:
         """(Holding the lifecycle lock) kill the worker of ``conn``, failing its other calls; restart it."""
