@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "autoglm_runtime"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 #: Import names of optional extras and of test-only helpers: imported lazily, where they are used.
-OPTIONAL = {"grpc": "grpc", "tokenizers": "tokenizers", "tiktoken": "tiktoken", "uv": "uv"}
+OPTIONAL = {"grpc": "grpc", "tokenizers": "tokenizers", "tiktoken": "tiktoken", "uv": "uv", "numpy": "numpy"}
 TEST_ONLY = {"pytest", "testcontainers", "docker"}  # the harness's container backend (docker comes with testcontainers)
 #: Stdlib modules of other Python versions than this one (subinterpreters: 3.12 and 3.13+).
 OTHER_STDLIB = {"_interpreters", "_xxsubinterpreters"}
