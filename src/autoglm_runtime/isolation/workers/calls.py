@@ -86,6 +86,13 @@ async def _aconnection(worker: WorkerProcess, method: str, timeout: float | None
     return await loop.run_in_executor(None, worker.connection, method, timeout, deadline)
 
 
+def _in_time(worker: WorkerProcess, method: str, timeout: float | None, deadline: float | None) -> None:
+    """Fail a call whose time ran out before it was sent (in the queue, or waiting for a restart) without
+    touching the worker: only a call the worker ran too long kills it."""
+    if deadline is not None and deadline <= worker._timer():
+        raise worker.late(method, timeout, "in the queue or waiting for the worker")
+
+
 def _send(conn: Connection, call_id: int, frame: _protocol.Frame) -> None:
     with contextlib.suppress(OSError):  # the socket broke: the reader (or close) fails the call's sink
         conn.send(frame)
@@ -112,6 +119,7 @@ def call(  # noqa: PLR0917
     deadline = _deadline(worker, method, timeout, deadline)
     call_id, frame = _request(worker, method, args, kwargs, False)
     conn = worker.connection(method, timeout, deadline)
+    _in_time(worker, method, timeout, deadline)
     sink = CallSink(method)
     conn.register(call_id, sink)
     try:
@@ -140,6 +148,7 @@ async def acall(  # noqa: PLR0917
     deadline = _deadline(worker, method, timeout, deadline)
     call_id, frame = _request(worker, method, args, kwargs, False)
     conn = await _aconnection(worker, method, timeout, deadline)
+    _in_time(worker, method, timeout, deadline)
     sink = AsyncCallSink(method, loop)
     conn.register(call_id, sink)
     try:

@@ -164,7 +164,7 @@ class WorkerProcess:
             return conn
         wait = -1.0 if deadline is None else max(deadline - self._timer(), 0.0)
         if not self._lifecycle.acquire(timeout=wait):
-            raise self._late(method, timeout, "waiting for the worker to restart")
+            raise self.late(method, timeout, "waiting for the worker to restart")
         try:
             self._ensure_running(method, timeout, deadline)
             conn = self._conn
@@ -270,7 +270,8 @@ class WorkerProcess:
         with self._state_lock:
             self._state = state
 
-    def _late(self, method: str, timeout: float | None, waiting: str) -> ModelTimeoutError:
+    def late(self, method: str, timeout: float | None, waiting: str) -> ModelTimeoutError:
+        """The error of a call whose time ran out ``waiting`` (for a restart, in a queue): the worker is left alone."""
         return ModelTimeoutError(
             f"model '{self.spec.name}' did not answer {method}() within {_seconds(timeout)}: the time ran out "
             f"{waiting}, before the call reached the worker; the worker was not restarted"
@@ -357,7 +358,7 @@ class WorkerProcess:
                 self._closing.wait(action.wait)
             elif step is Step.TIME_OUT:
                 if not self._closing.wait(action.wait):
-                    raise self._late(
+                    raise self.late(
                         method,
                         timeout,
                         f"while its worker waits {self._restarts.delay():g} s to restart "
