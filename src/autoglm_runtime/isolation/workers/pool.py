@@ -25,6 +25,8 @@ from typing import Any
 
 from autoglm_runtime.errors import ModelOverloadedError, ModelTimeoutError, WorkerError
 from autoglm_runtime.isolation.workers import calls
+from autoglm_runtime.isolation.workers._connection import Connection
+from autoglm_runtime.isolation.workers._state import Heartbeat, heartbeat_step
 from autoglm_runtime.isolation.workers.calls import AsyncModelStream, ModelStream
 from autoglm_runtime.isolation.workers.process import WorkerHealth, WorkerProcess
 
@@ -51,6 +53,36 @@ class _Waiter:
 def _settle(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+class _Heartbeat:
+    """The pings of one replica: when the last was sent, and since when one waits for its answer."""
+
+    def __init__(self, worker: WorkerProcess) -> None:
+        self.worker = worker
+        self.conn: Connection | None = None
+        self.last_ping = 0.0
+        self.unanswered_since: float | None = None
+
+    def tick(self, now: float, interval: float, timeout: float) -> None:
+        conn = self.worker.ready_connection()
+        if conn is not self.conn:  # a new worker process (or none): start afresh
+            self.conn, self.unanswered_since = conn, None
+        if conn is None or conn.inflight:  # between calls only: a hung call is its timeout's to catch
+            self.unanswered_since = None
+            return
+        if self.unanswered_since is not None and conn.last_pong >= self.unanswered_since:
+            self.unanswered_since = None  # answered
+        step = heartbeat_step(now, self.last_ping, self.unanswered_since, interval, timeout)
+        if step is Heartbeat.PING:
+            self.last_ping = now
+            if self.unanswered_since is None:
+                self.unanswered_since = now
+            conn.send_message({"type": "ping", "seq": int(now * 1000)})
+        elif step is Heartbeat.HUNG and self.unanswered_since is not None:
+            silent = f"answered no heartbeat for {now - self.unanswered_since:.1f} s (limit {timeout:g} s)"
+            self.unanswered_since = None
+            self.worker.restart_hung(conn, silent)
 
 
 class ReplicaPool:
@@ -258,11 +290,12 @@ class ReplicaPool:
     def _beat(self) -> None:
         interval, timeout = self._heartbeat
         assert interval is not None
+        beats = [_Heartbeat(worker) for worker in self.workers]
         while not self._stop.wait(interval / 4):
-            for worker in self.workers:
+            for beat in beats:
                 if self._stop.is_set():
                     return
                 try:
-                    worker.check_heartbeat(interval, timeout)
+                    beat.tick(self._timer(), interval, timeout)
                 except Exception:  # a failed restart is recorded on the worker; the next call reports it
                     continue

@@ -15,8 +15,7 @@ Promises:
   kernel tells); a call or stream past its timeout kills it (E0305) and a fresh one starts at once;
 * after more than ``max_restarts`` failures in a row without one successful call the worker is given up on
   (state ``failed``) and every call raises at once;
-* :meth:`WorkerProcess.check_heartbeat` kills and restarts a worker that answered no heartbeat for
-  ``heartbeat_timeout`` s;
+* :meth:`WorkerProcess.restart_hung` kills and restarts a worker its model's heartbeat found silent;
 * :meth:`WorkerProcess.health` polls the real process; :meth:`WorkerProcess.close` leaves no process, thread or
   socket behind.
 """
@@ -45,7 +44,7 @@ from autoglm_runtime.isolation.workers import _replies
 from autoglm_runtime.isolation.workers._connection import Connection
 from autoglm_runtime.isolation.workers._output import OutputPump, describe_exit, exit_reason, oom_kill_count
 from autoglm_runtime.isolation.workers._restarts import RestartPolicy
-from autoglm_runtime.isolation.workers._state import Heartbeat, Step, WorkerView, decide, heartbeat_step, phase_of
+from autoglm_runtime.isolation.workers._state import Step, WorkerView, decide, phase_of
 from autoglm_runtime.isolation.workers.spec import (
     WORKER_SCRIPT,
     Concurrency,
@@ -99,8 +98,6 @@ class WorkerProcess:
         self._stopped: set[int] = set()  # pids whose process group was killed
         self._reasons: collections.Counter[str] = collections.Counter()
         self._ids = itertools.count(1)
-        self._last_ping = 0.0
-        self._unanswered_since: float | None = None
         self.hello: Mapping[str, Any] = {}
 
     # --- public ---------------------------------------------------------------------------------------
@@ -200,44 +197,21 @@ class WorkerProcess:
                 return ModelTimeoutError(f"{message}; {self._restarts.no_more_restarts()}")
         return ModelTimeoutError(f"{message} and is restarting: raise the timeout if the model is merely slow")
 
-    def check_heartbeat(self, interval: float, timeout: float) -> bool:
-        """Ping a ready worker every ``interval`` s; kill and restart it once a ping went unanswered ``timeout`` s.
-
-        Called by the model's heartbeat thread (:class:`~.pool.ReplicaPool`); True when it restarted the worker.
-        """
-        conn = self.ready_connection()
-        if conn is None:
-            return False
-        now = self._timer()
-        if conn.inflight:  # between calls only: a serial worker answers after its call, a hung call is the timeout's
-            self._unanswered_since = None
-            return False
-        if self._unanswered_since is not None and conn.last_pong >= self._unanswered_since:
-            self._unanswered_since = None  # answered
-        step = heartbeat_step(now, self._last_ping, self._unanswered_since, interval, timeout)
-        if step is Heartbeat.PING:
-            self._last_ping = now
-            if self._unanswered_since is None:
-                self._unanswered_since = now
-            conn.send_message({"type": "ping", "seq": int(now * 1000)})
-        elif step is Heartbeat.HUNG:
-            with self._lifecycle:
-                if conn is not self._conn:
-                    return False
-                silent = (
-                    f"answered no heartbeat for {now - (self._unanswered_since or now):.1f} s (limit {timeout:g} s)"
-                )
-                self._unanswered_since = None
-                self._logger.warning(
-                    "model %s worker (pid %d) %s; killing it",
-                    self.spec.name,
-                    conn.pid,
-                    silent,
-                    extra={"error_code": WorkerError.code, "model": self.spec.name},
-                )
-                self._kill_and_restart(conn, f"it {silent}", silent, "heartbeat")
-                return True
-        return False
+    def restart_hung(self, conn: Connection, silent: str) -> bool:
+        """Kill and restart the worker behind ``conn``, which ``silent`` ("answered no heartbeat for 31.0 s ...");
+        False when that worker is gone already."""
+        with self._lifecycle:
+            if conn is not self._conn:
+                return False
+            self._logger.warning(
+                "model %s worker (pid %d) %s; killing it",
+                self.spec.name,
+                conn.pid,
+                silent,
+                extra={"error_code": WorkerError.code, "model": self.spec.name},
+            )
+            self._kill_and_restart(conn, f"it {silent}", silent, "heartbeat")
+            return True
 
     def health(self) -> WorkerHealth:
         """The worker's real state (see :class:`WorkerHealth`), polled from the process: never ``ready`` when dead."""
@@ -290,7 +264,6 @@ class WorkerProcess:
             self._proc = proc
             self._conn = Connection(spec.name, proc.pid, parent, self._on_broken, self._logger, timer=self._timer)
             self._oom_at_spawn = oom_kill_count()
-            self._unanswered_since = None
             self._spawns += 1
             self._awaiting_hello = True
             self._hello_deadline = self._timer() + self._start_timeout
