@@ -24,23 +24,30 @@ class CallSink:
 
     def __init__(self, method: str) -> None:
         self.method = method
-        self._done = threading.Event()
+        self._done = threading.Lock()  # held until the reply or error is in: a bare lock wakes the waiter fastest
+        self._done.acquire()
+        self._settled = False
+        self._guard = threading.Lock()
         self.reply: dict[str, Any] | None = None
         self.error: BaseException | None = None
 
+    def _settle(self, reply: dict[str, Any] | None, error: BaseException | None) -> None:
+        with self._guard:
+            if self._settled:
+                return
+            self._settled = True
+            self.reply, self.error = reply, error
+        self._done.release()
+
     def deliver(self, message: dict[str, Any]) -> None:
-        if not self._done.is_set():
-            self.reply = message
-            self._done.set()
+        self._settle(message, None)
 
     def fail(self, error: BaseException) -> None:
-        if not self._done.is_set():
-            self.error = error
-            self._done.set()
+        self._settle(None, error)
 
     def wait(self, timeout: float | None) -> bool:
         """True once a reply or an error arrived; False when ``timeout`` (s) passed first."""
-        return self._done.wait(timeout)
+        return self._done.acquire(timeout=-1 if timeout is None else timeout)
 
 
 class AsyncCallSink:
