@@ -49,7 +49,9 @@ class Model:
 
     def block(self, directory, key):
         # say "I am running" (one file per call), then wait until the test says "go"
-        open(os.path.join(directory, "running-" + str(key)), "w").write(str(os.getpid()))
+        partial = os.path.join(directory, "partial-" + str(key))
+        open(partial, "w").write(str(os.getpid()))
+        os.replace(partial, os.path.join(directory, "running-" + str(key)))  # the test reads it once it exists
         _wait_for(os.path.join(directory, "go"))
         return [key, os.getpid()]
 
