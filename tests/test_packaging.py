@@ -30,6 +30,7 @@ OPTIONAL = {
     "chat": "jinja2",
     "metrics": "prometheus_client",
     "tracing": "opentelemetry",
+    "numpy": "numpy",
 }
 TEST_ONLY = {"pytest", "testcontainers", "docker"}  # the harness's container backend (docker comes with testcontainers)
 #: Stdlib modules of other Python versions than this one (subinterpreters: 3.12 and 3.13+).

@@ -33,6 +33,22 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def numpy_wheelhouse(wheelhouse: Path) -> Path:
+    """``wheelhouse`` plus a wheel of the numpy installed on the host, repacked from its installed files (no
+    download: a model environment gets the very numpy the host runs)."""
+    from importlib import metadata
+
+    dist = metadata.distribution("numpy")
+    modules: dict[str, str | bytes] = {}
+    for file in dist.files or ():
+        top = str(file).split("/", 1)[0]
+        if top in ("numpy", "numpy.libs") and not str(file).endswith(".pyc"):
+            modules[str(file)] = Path(str(file.locate())).read_bytes()
+    build_wheel(wheelhouse, "numpy", dist.version, modules=modules, top_level=["numpy"])
+    return wheelhouse
+
+
+@pytest.fixture(scope="module")
 def env_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("envs")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -296,3 +297,51 @@ def test_auto_reports_the_process_error_and_the_subinterpreter_error(
         f"entrypoint {module}:load: RuntimeError: no weights at /models/x)"
     )
     assert name not in loader.models
+
+
+SERVING_MODEL = """
+import threading
+
+class Model:
+    def __init__(self):
+        self.barrier = threading.Barrier(2, timeout=60)
+
+    def meet(self, key):
+        self.barrier.wait()  # returns only when two calls run at once
+        return key
+
+    def words(self, text):
+        for word in text.split():
+            yield word
+
+    async def shout(self, text):
+        return text.upper()
+
+    def kind(self, value):
+        return type(value).__name__
+
+    def echo(self, value):
+        return value
+
+def load():
+    return Model()
+"""
+
+
+def test_a_subinterpreter_serves_streams_binary_payloads_and_concurrent_calls(
+    loader: ModelLoader, make_model: Any, python: Path
+) -> None:
+    model = loader.load(make_model(_name("si-serving", python), SERVING_MODEL), concurrency="threads", max_inflight=2)
+    try:
+        assert model.backend == "subinterp"
+        assert list(model.stream("words", "one two three", timeout=60)) == ["one", "two", "three"]
+        assert model.call("shout", "hi", timeout=60) == "HI"  # an async method of a model served on threads
+        assert model.call("echo", [b"\x00", bytearray(b"\x01")], timeout=60) == [b"\x00", bytearray(b"\x01")]
+        import numpy as np
+
+        assert model.call("kind", np.zeros(2), timeout=60) == "ArrayValue"  # no numpy in the model's environment
+        assert model.call("echo", np.arange(3, dtype="<i4"), timeout=60).tolist() == [0, 1, 2]
+        with ThreadPoolExecutor(2, thread_name_prefix="test-caller") as pool:
+            assert list(pool.map(lambda key: model.call("meet", key, timeout=60), ["a", "b"])) == ["a", "b"]
+    finally:
+        model.close()

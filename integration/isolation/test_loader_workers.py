@@ -141,7 +141,7 @@ def test_unsendable_values_are_refused_with_clear_errors(model: Any) -> None:
         model.call("echo", object(), timeout=30)
     assert info.value.message == (
         f"arguments of {model.name}.echo() cannot be sent to its worker: object of type object cannot be sent to "
-        "or from a model (JSON values only)"
+        "or from a model (JSON values, bytes and arrays only)"
     )
     with pytest.raises(ModelCallError) as result_info:
         model.call("unsendable", timeout=30)
@@ -288,7 +288,7 @@ def test_close_during_a_call_fails_it_and_returns(
     assert wait_gone(pid, 10.0)
     assert len(outcome) == 1
     assert isinstance(outcome[0], WorkerError)
-    assert outcome[0].message == "model 'close-busy' was closed while hang was running"
+    assert outcome[0].message == "model 'close-busy' was closed while hang() was running"
 
 
 def test_a_name_loads_once(loader: ModelLoader, make_model: Any) -> None:
@@ -351,9 +351,8 @@ def test_waiting_for_an_earlier_call_is_bounded_by_the_timeout(model: Any, tmp_p
         model.call("pid", timeout=0.2)
     assert info.value.code == "E0305"
     assert info.value.message == (
-        f"model '{model.name}' did not answer pid() within 0.2 s: the call waited all that time for an earlier "
-        "call to the same model to finish (a worker serves one call at a time); the worker was not restarted: "
-        "raise the timeout, or load the model under a second name for parallel calls"
+        f"model '{model.name}' did not answer pid() within 0.2 s: the call waited all that time in the queue for "
+        "one of its 1 replica(s) (max_inflight=1); no worker was restarted: raise the timeout or add replicas"
     )
     assert (model.health()["state"], model.health()["pid"]) == ("ready", pid)  # left alone
     os.kill(pid, signal.SIGKILL)
@@ -418,7 +417,8 @@ def test_arguments_the_worker_cannot_decode_are_a_model_call_error(model: Any) -
     try:
         with pytest.raises(ModelCallError) as info:
             model.call("echo", 10**5000, timeout=30)
-        length = _body_length({"id": 1, "method": "echo", "args": [10**5000], "kwargs": {}})
+        request = {"id": 1, "type": "call", "method": "echo", "args": [10**5000], "kwargs": {}, "stream": False}
+        length = _body_length(request)
     finally:
         sys.set_int_max_str_digits(limit)
     assert info.value.message == (

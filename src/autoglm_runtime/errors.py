@@ -111,6 +111,15 @@ _register(
     "Read the remote traceback in the message or logs and fix the model or the arguments passed to it.",
 )
 _register(
+    "E0106",
+    "Model overloaded",
+    "error",
+    "A call to an isolated model was refused at once: every replica already runs max_inflight calls and the "
+    "bounded queue in front of them is full. Nothing was sent to the model.",
+    "Retry after the time the error gives (HTTP Retry-After); to serve more at once raise replicas, max_inflight "
+    "or max_queue in the model's [serving] table.",
+)
+_register(
     "E0305",
     "Model call timed out",
     "error",
@@ -320,6 +329,21 @@ class ModelCallError(IsolationError):
         super().__init__(message)
         self.remote_type = remote_type
         self.remote_traceback = remote_traceback
+
+
+class ModelOverloadedError(IsolationError):
+    """Every replica of a model is busy and its queue is full; the call was refused without waiting.
+
+    ``retry_after`` (s) is what an HTTP adapter sends as ``Retry-After``.
+    """
+
+    code = "E0106"
+    http_status = 503
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ModelTimeoutError(IsolationError, TimeoutError):

@@ -150,6 +150,8 @@ def test_worker_on_the_host_interpreter(tmp_path: Path) -> None:
         "last_exit": None,
         "backend": "process",
         "failures": 0,
+        "restart_reasons": {},
+        "inflight": 0,
     }
     with pytest.raises(WorkerError):
         worker.call("echo", 1)

@@ -8,11 +8,17 @@ dependency analysis it checks new environments with lives in :mod:`autoglm_runti
 
 from __future__ import annotations
 
+from autoglm_runtime.isolation._scripts.protocol import ArrayValue
 from autoglm_runtime.isolation.envs.build import BuildEvent, BuiltEnvironment, EnvironmentBuilder
 from autoglm_runtime.isolation.envs.gc import GarbageReport, collect_garbage
 from autoglm_runtime.isolation.loader import LoadedModel, ModelHealth, ModelLoader
+from autoglm_runtime.isolation.workers.calls import AsyncModelStream, ModelStream
+
+ArrayValue.__module__ = __name__  # defined in the stdlib-only wire format, which the worker loads by path
 
 __all__ = [
+    "ArrayValue",
+    "AsyncModelStream",
     "BuildEvent",
     "BuiltEnvironment",
     "EnvironmentBuilder",
@@ -20,5 +26,6 @@ __all__ = [
     "LoadedModel",
     "ModelHealth",
     "ModelLoader",
+    "ModelStream",
     "collect_garbage",
 ]

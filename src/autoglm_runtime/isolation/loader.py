@@ -13,10 +13,11 @@ those still loading; no worker process survives it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -29,96 +30,15 @@ from autoglm_runtime.deps.planning import ModelRequirements, Plan, plan_groups
 from autoglm_runtime.errors import BackendUnsupportedError, EnvironmentBuildError, IsolationError, UsageError
 from autoglm_runtime.isolation.envs._use import EnvironmentHold, hold_environment
 from autoglm_runtime.isolation.envs.build import BuildProgress, BuiltEnvironment, EnvironmentBuilder, Installer
-from autoglm_runtime.isolation.workers.process import WorkerHealth, WorkerProcess, WorkerSpec
+from autoglm_runtime.isolation.model import LoadedModel, ModelHealth
+from autoglm_runtime.isolation.workers.pool import ReplicaPool
+from autoglm_runtime.isolation.workers.process import Concurrency, WorkerProcess, WorkerSpec
+from autoglm_runtime.isolation.workers.serving import read_serving
 from autoglm_runtime.isolation.workers.subinterp import Backend, resolve_backend
-from autoglm_runtime.observability import ModelCall
 
 __all__ = ["LoadedModel", "ModelHealth", "ModelLoader"]
 
 _log = logging.getLogger("autoglm_runtime.isolation.loader")
-
-
-class ModelHealth(WorkerHealth):
-    """What :meth:`LoadedModel.health` returns (and :meth:`ModelLoader.health` maps by model name).
-
-    A ``dict`` at run time, JSON-ready: ``json.dumps(loader.health())`` works as is. The keys of
-    :class:`~autoglm_runtime.isolation.workers.process.WorkerHealth` (``state``, ``pid``, ``restarts``,
-    ``last_exit``, ``backend``, ``failures``) plus:
-
-    * ``env`` (str): the key of the model's environment (the directory name under ``env_root``).
-    """
-
-    env: str
-
-
-class LoadedModel:
-    """A handle on one loaded model; calls run in its worker, in its own environment."""
-
-    def __init__(
-        self,
-        manifest: ModelManifest,
-        environment: BuiltEnvironment,
-        worker: WorkerProcess,
-        default_timeout: float | None,
-        on_close: Callable[[LoadedModel], None],
-    ) -> None:
-        self.manifest = manifest
-        self.environment = environment
-        self._worker = worker
-        self._default_timeout = default_timeout
-        self._on_close = on_close
-
-    @property
-    def name(self) -> str:
-        """The model's name from its manifest."""
-        return self.manifest.name
-
-    @property
-    def backend(self) -> str:
-        """The backend actually in use: ``"process"`` or ``"subinterp"``."""
-        return self._worker.spec.backend
-
-    @property
-    def versions(self) -> Mapping[str, Mapping[str, str]]:
-        """From the worker's handshake: distribution -> ``{"version", "location"}`` for what it imported."""
-        return self._worker.versions
-
-    def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Run ``model.<method>(*args, **kwargs)`` in the worker; ``timeout`` (s) defaults to the loader's.
-
-        Raises :class:`ModelTimeoutError` (E0305) past the timeout, :class:`WorkerError` (E0103) when the
-        worker died or crash-loops, :class:`ModelCallError` when the model raised. Each call is counted in
-        ``autoglm_worker_calls_total`` by outcome, timed, and traced as an ``autoglm.model.call`` span.
-        """
-        effective = self._default_timeout if timeout is None else timeout
-        with ModelCall(self.manifest.name, method):
-            return self._worker.call(method, *args, timeout=effective, **kwargs)
-
-    def health(self) -> ModelHealth:
-        """The worker's real state and the model's environment: a new :class:`ModelHealth` dict.
-
-        ``state`` (starting|ready|restarting|dead|failed), ``pid``, ``restarts``, ``last_exit``,
-        ``backend``, ``failures`` and ``env``.
-        """
-        worker = self._worker.health()
-        return ModelHealth(
-            state=worker["state"],
-            pid=worker["pid"],
-            restarts=worker["restarts"],
-            last_exit=worker["last_exit"],
-            backend=worker["backend"],
-            failures=worker["failures"],
-            env=self.environment.key,
-        )
-
-    def close(self) -> None:
-        """Stop this model's worker and forget it in its loader (idempotent; a newer model loaded under the
-        same name is not affected)."""
-        self._worker.close()
-        self._on_close(self)
-
-    def __repr__(self) -> str:
-        return f"<LoadedModel {self.name!r} backend={self.backend} env={self.environment.key}>"
 
 
 class ModelLoader:
@@ -129,8 +49,11 @@ class ModelLoader:
     ``index_url`` overrides the index. ``python`` is the interpreter environments are built for (the running
     one by default). ``backend`` is ``"process"``, ``"subinterp"`` or ``"auto"`` (subinterpreters where the
     environment's interpreter supports them, else -- and whenever a model fails to load in one -- processes).
-    ``default_timeout`` (s) bounds every ``call`` given no timeout of its own; ``None`` lets such calls wait
-    for ever, and then one call to a hung model blocks every later call to it.
+    ``default_timeout`` (s) bounds every ``call`` given no timeout of its own (for streams: each chunk);
+    ``None`` lets such calls wait for ever. ``heartbeat_interval`` (s; ``None`` turns heartbeats off) and
+    ``heartbeat_timeout`` (s) bound how long a hung worker goes unnoticed between calls: it is killed and
+    restarted between ``heartbeat_timeout`` and ``heartbeat_timeout + 1.25 * heartbeat_interval`` s after its
+    last answer. ``retry_after`` (s) is what :class:`ModelOverloadedError` tells callers to wait.
     """
 
     def __init__(  # noqa: PLR0917 - the documented call takes these six positionally
@@ -150,7 +73,15 @@ class ModelLoader:
         max_restarts: int = 5,
         backoff: float = 0.1,
         max_backoff: float = 5.0,
+        heartbeat_interval: float | None = 5.0,
+        heartbeat_timeout: float = 30.0,
+        retry_after: float = 1.0,
     ) -> None:
+        if heartbeat_interval is not None and not 0 < heartbeat_interval < heartbeat_timeout:
+            raise UsageError(
+                "heartbeat_interval must be a positive number of seconds below heartbeat_timeout="
+                f"{heartbeat_timeout!r} (or None to turn heartbeats off), got {heartbeat_interval!r}"
+            )
         if backend not in ("auto", "process", "subinterp"):
             raise UsageError(f"backend must be 'auto', 'process' or 'subinterp', got {backend!r}")
         if default_timeout is not None and not default_timeout > 0:
@@ -173,6 +104,11 @@ class ModelLoader:
             "backoff": backoff,
             "max_backoff": max_backoff,
         }
+        self._pool_options: dict[str, Any] = {
+            "heartbeat_interval": heartbeat_interval,
+            "heartbeat_timeout": heartbeat_timeout,
+            "retry_after": retry_after,
+        }
         self._lock = threading.Lock()
         self._models: dict[str, LoadedModel] = {}
         self._loading: set[str] = set()
@@ -188,9 +124,19 @@ class ModelLoader:
             return dict(self._models)
 
     def load(
-        self, path_or_manifest: str | os.PathLike[str] | ModelManifest, *, backend: Backend | None = None
+        self,
+        path_or_manifest: str | os.PathLike[str] | ModelManifest,
+        *,
+        backend: Backend | None = None,
+        replicas: int | None = None,
+        max_inflight: int | None = None,
+        concurrency: Concurrency | None = None,
+        max_queue: int | None = None,
     ) -> LoadedModel:
         """Load a model (a directory with ``model.toml``, a manifest path or a :class:`ModelManifest`).
+
+        ``replicas``, ``max_inflight``, ``concurrency`` and ``max_queue`` override the manifest's ``[serving]``
+        table (see :mod:`~autoglm_runtime.isolation.workers.serving`); a bad value raises :class:`ManifestError`.
 
         Raises :class:`UsageError` when a model of that name is already loaded, :class:`EnvironmentBuildError`
         or :class:`DependencyConflictError` (E0101) when its environment cannot be built or fails the check,
@@ -201,6 +147,13 @@ class ModelLoader:
         manifest = (
             path_or_manifest if isinstance(path_or_manifest, ModelManifest) else load_manifest(Path(path_or_manifest))
         )
+        serving = read_serving(manifest.source).with_overrides(
+            f"load('{manifest.name}')",
+            replicas=replicas,
+            max_inflight=max_inflight,
+            concurrency=concurrency,
+            max_queue=max_queue,
+        )
         with self._lock:
             self._check_open()
             if manifest.name in self._models or manifest.name in self._loading:
@@ -209,17 +162,36 @@ class ModelLoader:
         hold: EnvironmentHold | None = None
         try:
             environment, hold = self._ensure_held(manifest)
-            worker = self._start_worker(manifest, environment, backend or self.backend)
-            model = LoadedModel(manifest, environment, worker, self._default_timeout, self._forget)
+            first = self._start_worker(
+                manifest, environment, backend or self.backend, serving.concurrency, serving.max_inflight
+            )
+            workers = [first]
+            try:
+                workers += [self._run_worker(first.spec) for _ in range(serving.replicas - 1)]
+            except BaseException:
+                for worker in workers:
+                    worker.close()
+                    with self._lock:
+                        self._starting.discard(worker)
+                raise
+            pool = ReplicaPool(
+                manifest.name,
+                workers,
+                max_inflight=serving.max_inflight,
+                max_queue=serving.max_queue,
+                **self._pool_options,
+            )
+            model = LoadedModel(manifest, environment, pool, serving, self._default_timeout, self._forget)
             with self._lock:
-                self._starting.discard(worker)  # in the same step as registering: close() sees it in one place
+                self._starting.difference_update(workers)  # in the same step as registering: close() sees them
                 registered = not self._closed
                 if registered:
                     self._models[manifest.name] = model
                     self._holds[model], hold = hold, None
-            if not registered:  # closed after the worker started: close() stopped it, or is stopping it now
-                worker.close()
+            if not registered:  # closed after the workers started: close() stopped them, or is stopping them now
+                pool.close()
                 raise UsageError(_closed_while_loading(manifest.name))
+            pool.start()
         finally:
             if hold is not None:
                 hold.release()
@@ -274,10 +246,23 @@ class ModelLoader:
         )
 
     def _start_worker(
-        self, manifest: ModelManifest, environment: BuiltEnvironment, requested: Backend
+        self,
+        manifest: ModelManifest,
+        environment: BuiltEnvironment,
+        requested: Backend,
+        concurrency: Concurrency,
+        max_inflight: int,
     ) -> WorkerProcess:
         first = resolve_backend(requested, environment.interpreter)
-        spec = WorkerSpec(manifest.name, str(environment.python), str(manifest.directory), manifest.entrypoint, first)
+        spec = WorkerSpec(
+            manifest.name,
+            str(environment.python),
+            str(manifest.directory),
+            manifest.entrypoint,
+            first,
+            concurrency,
+            max_inflight,
+        )
         try:
             return self._run_worker(spec)
         except IsolationError as exc:
@@ -294,7 +279,7 @@ class ModelLoader:
             extra={"error_code": BackendUnsupportedError.code, "model": manifest.name},
         )
         try:
-            return self._run_worker(WorkerSpec(spec.name, spec.python, spec.model_dir, spec.entrypoint, "process"))
+            return self._run_worker(dataclasses.replace(spec, backend="process"))
         except IsolationError as exc:
             note = f"(before that, loading it in a subinterpreter failed too: {refusal.code}: {first_line})"
             raise type(exc)(f"{exc.message}\n{note}") from exc
@@ -333,18 +318,28 @@ class ModelLoader:
         :meth:`close`). JSON-ready as is."""
         return {name: model.health() for name, model in self.models.items()}
 
-    def close(self) -> None:
+    def close(self, drain_timeout: float | None = None) -> None:
         """Stop every worker, also those of loads in flight (idempotent); afterwards no worker process of this
-        loader is alive, and loads in flight raise :class:`UsageError`."""
+        loader is alive, and loads in flight raise :class:`UsageError`. With ``drain_timeout`` (s) every model
+        first refuses new calls and lets those in flight finish, all within that time."""
         with self._lock:
             self._closed = True
-            workers = [model._worker for model in self._models.values()] + list(self._starting)
+            models = list(self._models.values())
+            workers = list(self._starting)
             self._models.clear()
             self._starting.clear()
             holds = list(self._holds.values())
             self._holds.clear()
+        draining = [
+            threading.Thread(target=model._pool.close, args=(drain_timeout,), name=f"autoglm-model-{model.name}-close")
+            for model in models
+        ]
+        for thread in draining:  # in parallel: one drain deadline for all
+            thread.start()
         for worker in workers:
             worker.close()
+        for thread in draining:
+            thread.join()
         for hold in holds:  # after the workers: none of them runs from an environment a collection may remove
             hold.release()
 

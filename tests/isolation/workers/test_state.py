@@ -9,7 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from autoglm_runtime.isolation.workers._state import Action, Phase, Step, WorkerView, decide, phase_of
+from autoglm_runtime.isolation.workers._state import (
+    Action,
+    Heartbeat,
+    Phase,
+    Step,
+    WorkerView,
+    decide,
+    heartbeat_step,
+    phase_of,
+)
 
 State = Literal["starting", "ready", "restarting", "dead", "failed"]
 STATES: tuple[State, ...] = ("starting", "ready", "restarting", "dead", "failed")
@@ -106,3 +115,18 @@ def test_only_a_ready_worker_serves_and_only_a_down_one_is_restarted_or_given_up
     assert (step is Step.GIVE_UP) == (view.phase is Phase.DOWN and view.exhausted)
     if step is Step.RESTART:
         assert view.backoff_left <= 0
+
+
+@pytest.mark.parametrize(
+    ("now", "last_ping", "unanswered_since", "expected"),
+    [
+        (10.0, 9.0, None, Heartbeat.WAIT),  # pinged a second ago, answered: nothing to do
+        (10.0, 5.0, None, Heartbeat.PING),  # an interval since the last ping
+        (10.0, 8.0, 8.0, Heartbeat.WAIT),  # unanswered for 2 s of the 3 s allowed
+        (10.0, 5.0, 8.0, Heartbeat.PING),  # unanswered, not hung yet, a ping is due
+        (10.0, 9.5, 7.0, Heartbeat.HUNG),  # unanswered for the whole 3 s
+        (10.0, 9.5, 6.0, Heartbeat.HUNG),
+    ],
+)
+def test_heartbeat_step(now: float, last_ping: float, unanswered_since: float | None, expected: Heartbeat) -> None:
+    assert heartbeat_step(now, last_ping, unanswered_since, interval=4.0, timeout=3.0) is expected

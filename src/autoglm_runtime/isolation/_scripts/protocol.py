@@ -1,50 +1,64 @@
-"""Length-prefixed JSON frames between the host and a model worker.
+"""Frames between the host and a model worker: a JSON header plus raw binary buffers, sent out of band.
 
 STDLIB ONLY, and valid on every interpreter a model environment may use (3.8+): the worker loads this file
 by path inside the model's environment, where the SDK is not installed.
 
-A frame is a 4-byte big-endian unsigned length followed by that many bytes of UTF-8 JSON. JSON rather than
-pickle, on purpose:
+A frame is ``>IH`` (JSON length, buffer count), one ``>Q`` length per buffer, the UTF-8 JSON body, then the
+buffers' raw bytes. Binary values anywhere in a message travel as buffers, never inside the JSON (no base64,
+no escaping walk, no copy on the sending side: :func:`send` hands them to ``sendmsg``), and the receiver
+reads each straight into its own ``bytearray`` with ``recv_into``. In the JSON they are tags:
 
-* the host and the worker may run different Python versions (3.11 host, 3.13 model): JSON means the same
-  on both, while pickles of objects need the defining classes importable on the receiving side;
-* unpickling runs code chosen by the sender; a model's environment holds third-party code the host must
-  not execute, and keeping that code out of the host process is the point of isolation;
-* a model's results then have to be JSON-shaped (dict, list, str, int, float, bool, None; tuples arrive
-  as lists). ``bytes`` travel as ``{"$bytes": "<base64>"}`` and come back as ``bytes``.
+* ``bytes`` -> ``{"$b": i}``, ``bytearray`` -> ``{"$ba": i}``, ``memoryview`` -> ``{"$mv": i}``: each arrives
+  as the type it was sent as (a memoryview as a 1-D ``"B"`` view of its bytes);
+* a numpy array (non-object, non-structured dtype; a non-contiguous one is copied to C order first) ->
+  ``{"$array": i, "dtype": "<f4", "shape": [2, 3]}``: it arrives as a writable numpy array where numpy
+  imports on the receiving side, else as an :class:`ArrayValue` (dtype string, shape, memoryview), which
+  travels back as the same array.
 
-Keys starting with ``$`` are reserved for such tags, so a user dict's ``$``-keys are escaped with one more
-``$`` (``{"$bytes": "aGk="}`` travels as ``{"$$bytes": "aGk="}``): every JSON value, with ``bytes`` anywhere
-in it, arrives exactly as it was sent. A body that is well framed but cannot be decoded (invalid JSON, bad
-base64, an unknown tag) raises :class:`DecodeError` *after* the frame was consumed: the stream stays in
-step, so a reader may report the error and go on reading.
+JSON rather than pickle, on purpose: unpickling runs code chosen by the sender, and a model's environment
+holds third-party code the host must not execute; JSON also means the same on a 3.11 host and a 3.13
+worker. Results are JSON-shaped (tuples arrive as lists). Keys starting with ``$`` are reserved for tags,
+so a user dict's ``$``-keys travel escaped with one more ``$``: every value arrives exactly as it was sent.
+A frame that is well framed but cannot be decoded raises :class:`DecodeError` *after* it was consumed: the
+stream stays in step.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
+import re
 import socket
 import struct
+import sys
 import time
 from typing import Any
 
 __all__ = [
+    "MAX_BUFFERS",
     "MAX_FRAME",
+    "ArrayValue",
     "DecodeError",
+    "Frame",
     "FrameError",
     "FrameReader",
     "PeerClosedError",
     "decode",
     "encode",
+    "send",
     "write_frame",
 ]
 
-#: Largest frame either side accepts (64 MiB); a larger length prefix means a corrupt stream.
+#: Largest JSON body either side accepts (64 MiB); a larger length means a corrupt stream.
 MAX_FRAME = 64 * 1024 * 1024
-_HEADER = struct.Struct(">I")
-_BYTES_TAG = "$bytes"
+#: Most binary buffers in one frame, and the largest one (16 GiB): beyond either the stream is corrupt.
+MAX_BUFFERS = 65535
+MAX_BUFFER = 16 * 1024 * 1024 * 1024
+_HEAD = struct.Struct(">IH")
+_LENGTH = struct.Struct(">Q")
+_DIRECT = 1 << 16  # a buffer still missing this much is read with recv_into, not through the read buffer
+_KINDS = {"$b": bytes, "$ba": bytearray, "$mv": memoryview}
+#: A frame ready to send: the head (lengths and JSON) and the buffers, as memoryviews for ``sendmsg``.
+Frame = tuple[bytes, list[memoryview]]
 
 
 class FrameError(Exception):
@@ -56,81 +70,122 @@ class PeerClosedError(FrameError):
 
 
 class DecodeError(FrameError):
-    """A complete frame whose body cannot be decoded; the frame was consumed and the stream is still in step."""
+    """A complete frame whose body cannot be decoded; the frame was consumed and the stream is still in step.
+
+    ``call_id`` is the id the frame starts with (both sides write ``"id"`` first), so that the one call it
+    answers can fail; ``None`` when it names none.
+    """
+
+    call_id: int | None = None
+
+
+_ID = re.compile(rb'^\{"id":(-?[0-9]{1,18})[,}]')
+
+
+def _undecodable(message: str, body: bytes) -> DecodeError:
+    error = DecodeError(message)
+    match = _ID.match(body)
+    error.call_id = int(match.group(1)) if match else None
+    return error
+
+
+class ArrayValue:
+    """An array received where numpy does not import: ``dtype`` (numpy's ``dtype.str``, e.g. ``"<f4"``),
+    ``shape`` (a tuple) and ``data`` (a memoryview of its C-order bytes). Sent back, it travels as the array."""
+
+    __slots__ = ("data", "dtype", "shape")
+
+    def __init__(self, dtype: str, shape: tuple[int, ...], data: memoryview) -> None:
+        self.dtype = dtype
+        self.shape = tuple(shape)
+        self.data = data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ArrayValue):
+            return NotImplemented
+        return (self.dtype, self.shape) == (other.dtype, other.shape) and self.data == other.data
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the arrays it stands for
+
+    def __repr__(self) -> str:
+        return f"ArrayValue(dtype={self.dtype!r}, shape={self.shape!r}, nbytes={self.data.nbytes})"
 
 
 class _NeedsEscaping(Exception):
-    """The value holds bytes or a ``$`` key: it takes the (slower) escaping path."""
+    """The value holds a user key starting with ``$``: it takes the (slower) escaping path."""
 
 
-def _plain_default(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        raise _NeedsEscaping
-    return _default(value)
+def _bytes_of(value: Any) -> memoryview:
+    view = memoryview(value)
+    if not view.c_contiguous:
+        view = memoryview(view.tobytes())
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
-def _default(value: Any) -> Any:
-    raise TypeError(f"object of type {type(value).__name__} cannot be sent to or from a model (JSON values only)")
+class _Collector:
+    """Turns binary values into tags while JSON encodes, collecting their buffers."""
+
+    def __init__(self) -> None:
+        self.buffers: list[memoryview] = []
+
+    def _add(self, view: memoryview) -> int:
+        self.buffers.append(view)
+        return len(self.buffers) - 1
+
+    def tag(self, value: Any) -> Any:
+        kind = type(value)
+        if kind is bytes or kind is bytearray or kind is memoryview:
+            key = "$b" if kind is bytes else "$ba" if kind is bytearray else "$mv"
+            return {key: self._add(_bytes_of(value))}
+        if isinstance(value, ArrayValue):
+            return {"$array": self._add(_bytes_of(value.data)), "dtype": value.dtype, "shape": list(value.shape)}
+        numpy = sys.modules.get("numpy")
+        if numpy is not None and isinstance(value, numpy.ndarray):
+            if value.dtype.hasobject or value.dtype.fields is not None:
+                raise TypeError(
+                    f"a numpy array of dtype {value.dtype} cannot be sent to or from a model (object and structured "
+                    "dtypes have no raw form; convert it to plain numbers or a list)"
+                )
+            array = value if value.flags.c_contiguous else value.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
+            return {
+                "$array": self._add(_bytes_of(array.reshape(-1).view("u1"))),
+                "dtype": array.dtype.str,
+                "shape": list(array.shape),
+            }
+        raise TypeError(
+            f"object of type {kind.__name__} cannot be sent to or from a model (JSON values, bytes and arrays only)"
+        )
+
+    def escape(self, value: Any) -> Any:
+        """``value`` with user keys starting with ``$`` escaped (``$k`` -> ``$$k``), binary values tagged."""
+        kind = type(value)
+        if kind is str or kind is int or kind is float or kind is bool or value is None:
+            return value
+        if isinstance(value, dict):
+            return {
+                (f"${key}" if isinstance(key, str) and key[:1] == "$" else key): self.escape(v)
+                for key, v in value.items()
+            }
+        if isinstance(value, (list, tuple)):
+            return [self.escape(item) for item in value]
+        if isinstance(value, (str, int, float)):
+            return value
+        return self.tag(value)
 
 
-def _escape(value: Any) -> Any:
-    """``value`` with bytes tagged and user keys starting with ``$`` escaped (``$k`` -> ``$$k``)."""
-    kind = type(value)
-    if kind is str or kind is int or kind is float or kind is bool or value is None:
-        return value
-    if isinstance(value, dict):
-        return {(f"${key}" if isinstance(key, str) and key[:1] == "$" else key): _escape(v) for key, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_escape(item) for item in value]
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {_BYTES_TAG: base64.b64encode(bytes(value)).decode("ascii")}
-    return value  # json.dumps reports what it cannot carry (through _default)
+_OPTIONS: Any = {"ensure_ascii": False, "allow_nan": True, "separators": (",", ":")}
 
 
-def _object_hook(obj: dict) -> Any:  # type: ignore[type-arg]
-    for key in obj:
-        if key[:1] == "$":
-            return _untag(obj)
-    return obj
-
-
-def _untag(obj: dict[str, Any]) -> Any:
-    if len(obj) == 1 and _BYTES_TAG in obj:
-        data = obj[_BYTES_TAG]
-        if not isinstance(data, str):
-            raise DecodeError(f'a "{_BYTES_TAG}" value must be a base64 string, got {type(data).__name__}')
-        try:
-            return base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise DecodeError(f'a "{_BYTES_TAG}" value is not valid base64: {exc}') from None
-    plain: dict[str, Any] = {}
-    for key, value in obj.items():
-        if key[:2] == "$$":
-            plain[key[1:]] = value
-        elif key[:1] == "$":
-            raise DecodeError(f"unknown tag {key!r} (user keys starting with '$' travel escaped as '$$')")
-        else:
-            plain[key] = value
-    return plain
-
-
-_OPTIONS: dict[str, Any] = {"ensure_ascii": False, "allow_nan": True, "separators": (",", ":")}
-_PLAIN_ENCODER = json.JSONEncoder(default=_plain_default, **_OPTIONS)
-_ENCODER = json.JSONEncoder(default=_default, **_OPTIONS)
-_TAG_DECODER = json.JSONDecoder(object_hook=_object_hook)
-
-
-def encode(message: Any) -> bytes:
-    """One frame holding ``message``; raises ``TypeError`` for values JSON cannot carry, ``ValueError`` for
-    values nested too deeply (or containing themselves), ``FrameError`` when the frame would exceed
-    :data:`MAX_FRAME`."""
+def encode(message: Any) -> Frame:
+    """``message`` as a :data:`Frame`; raises ``TypeError`` for values that cannot travel, ``ValueError`` for
+    values nested too deeply (or containing themselves), ``FrameError`` when the JSON exceeds :data:`MAX_FRAME`."""
+    collector = _Collector()
     try:
-        try:  # fast path: most messages hold neither bytes nor a key starting with "$" (which dumps as '"$')
-            body = _PLAIN_ENCODER.encode(message)
-            if '"$' in body:
-                raise _NeedsEscaping
-        except _NeedsEscaping:
-            body = _ENCODER.encode(_escape(message))
+        body = json.JSONEncoder(default=collector.tag, **_OPTIONS).encode(message)
+        # Each tag's key dumps as one '"$'; any more is a user key (or a string) starting with "$".
+        if body.count('"$') != len(collector.buffers):
+            collector = _Collector()
+            body = json.JSONEncoder(default=collector.tag, **_OPTIONS).encode(collector.escape(message))
     except (RecursionError, ValueError) as exc:
         if isinstance(exc, ValueError) and str(exc) != "Circular reference detected":
             raise
@@ -138,32 +193,117 @@ def encode(message: Any) -> bytes:
     data = body.encode("utf-8", "surrogatepass")
     if len(data) > MAX_FRAME:
         raise FrameError(f"message of {len(data)} bytes exceeds the frame limit of {MAX_FRAME} bytes")
-    return _HEADER.pack(len(data)) + data
+    buffers = collector.buffers
+    if len(buffers) > MAX_BUFFERS:
+        raise FrameError(f"message holds {len(buffers)} binary values, more than the limit of {MAX_BUFFERS}")
+    lengths = b"".join(_LENGTH.pack(view.nbytes) for view in buffers)
+    return _HEAD.pack(len(data), len(buffers)) + lengths + data, buffers
 
 
-def decode(body: bytes) -> Any:
-    """The message in one frame body (without its length prefix); raises :class:`DecodeError`."""
+class _Untagger:
+    def __init__(self, buffers: list[bytearray]) -> None:
+        self.buffers = buffers
+        self.numpy: Any = None
+
+    def _buffer(self, index: Any) -> bytearray:
+        if type(index) is not int or not 0 <= index < len(self.buffers):
+            raise DecodeError(f"a binary tag names buffer {index!r}, but the frame holds {len(self.buffers)}")
+        return self.buffers[index]
+
+    def hook(self, obj: dict) -> Any:  # type: ignore[type-arg]
+        for key in obj:
+            if key[:1] == "$":
+                return self._untag(obj)
+        return obj
+
+    def _untag(self, obj: dict[str, Any]) -> Any:
+        if len(obj) == 1:
+            ((key, index),) = obj.items()
+            kind = _KINDS.get(key)
+            if kind is not None:
+                data = self._buffer(index)
+                return data if kind is bytearray else bytes(data) if kind is bytes else memoryview(data)
+        if "$array" in obj and set(obj) == {"$array", "dtype", "shape"}:
+            return self._array(self._buffer(obj["$array"]), obj["dtype"], obj["shape"])
+        plain = {}
+        for key, value in obj.items():
+            if key[:2] == "$$":
+                plain[key[1:]] = value
+            elif key[:1] == "$":
+                raise DecodeError(f"unknown tag {key!r} (user keys starting with '$' travel escaped as '$$')")
+            else:
+                plain[key] = value
+        return plain
+
+    def _array(self, data: bytearray, dtype: Any, shape: Any) -> Any:
+        if not isinstance(dtype, str) or not isinstance(shape, list) or not all(type(n) is int for n in shape):
+            raise DecodeError(f"an array tag needs a dtype string and a list of ints, got {dtype!r} and {shape!r}")
+        numpy = _numpy()
+        if numpy is None:
+            return ArrayValue(dtype, tuple(shape), memoryview(data))
+        try:
+            return numpy.frombuffer(data, dtype=numpy.dtype(dtype)).reshape(tuple(shape))
+        except (TypeError, ValueError) as exc:
+            raise DecodeError(
+                f"an array of dtype {dtype!r} and shape {shape!r} does not fit its buffer: {exc}"
+            ) from None
+
+
+_NUMPY: list[Any] = []
+
+
+def _numpy() -> Any:
+    """numpy if it imports here (once; a refusal, as in a subinterpreter, counts as absent), else ``None``."""
+    if not _NUMPY:
+        found: Any = None
+        try:
+            import numpy
+
+            found = numpy
+        except Exception:  # ImportError, or an extension refusing this interpreter
+            found = None
+        _NUMPY.append(found)
+    return _NUMPY[0]
+
+
+def decode(body: bytes, buffers: list[bytearray] | None = None) -> Any:
+    """The message in one frame's JSON ``body`` and its ``buffers``; raises :class:`DecodeError`."""
     try:
         text = body.decode("utf-8", "surrogatepass")
-        # Every tag and escaped key dumps as '"$'; without one, no object needs the (slower) hook.
-        return _TAG_DECODER.decode(text) if '"$' in text else json.loads(text)
+        if '"$' not in text:  # no tag and no escaped key: no object needs the (slower) hook
+            return json.loads(text)
+        return json.JSONDecoder(object_hook=_Untagger(buffers or []).hook).decode(text)
     except DecodeError as exc:
-        raise DecodeError(f"frame of {len(body)} bytes holds an invalid tagged value: {exc}") from None
+        raise _undecodable(f"frame of {len(body)} bytes holds an invalid tagged value: {exc}", body) from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise DecodeError(f"frame of {len(body)} bytes is not valid JSON: {exc}") from exc
+        raise _undecodable(f"frame of {len(body)} bytes is not valid JSON: {exc}", body) from exc
+
+
+def send(sock: socket.socket, frame: Frame) -> None:
+    """Write ``frame`` with ``sendmsg`` (buffers are never copied), all of it, however many calls it takes."""
+    parts = [memoryview(frame[0]), *frame[1]]
+    while parts:
+        sent = sock.sendmsg(parts[:1024])  # IOV_MAX
+        while sent:
+            size = parts[0].nbytes
+            if sent >= size:
+                sent -= size
+                parts.pop(0)
+            else:
+                parts[0] = parts[0][sent:]
+                sent = 0
+        while parts and not parts[0].nbytes:
+            parts.pop(0)
 
 
 def write_frame(sock: socket.socket, message: Any) -> None:
     """Send one message as a frame (blocking until all of it is written)."""
-    sock.sendall(encode(message))
+    send(sock, encode(message))
 
 
 class FrameReader:
-    """Reads frames from one socket through a buffer, so a small reply costs one ``recv`` call.
-
-    It owns the socket's timeout: send through :meth:`send` too, so that every operation runs under the
-    deadline of the call it belongs to, never under one left over from an earlier call.
-    """
+    """Reads frames from one socket: small ones through a buffer (one ``recv`` for a small reply), large
+    binary buffers straight into their own ``bytearray`` with ``recv_into``. One reader per socket."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
@@ -173,32 +313,47 @@ class FrameReader:
     def read(self, deadline: float | None = None) -> Any:
         """Read one message; ``deadline`` is a ``time.monotonic()`` instant, ``None`` waits for ever.
 
-        Raises ``TimeoutError`` past the deadline, :class:`PeerClosedError` when the peer closed,
-        :class:`DecodeError` for a complete frame that cannot be decoded (it is consumed: the next read
-        returns the next frame), :class:`FrameError` for a corrupt stream.
+        Raises ``TimeoutError`` past the deadline (the stream may then hold part of a frame),
+        :class:`PeerClosedError` when the peer closed, :class:`DecodeError` for a complete frame that cannot
+        be decoded (it is consumed), :class:`FrameError` for a corrupt stream.
         """
-        buffer = self._buffer
-        while True:
-            if len(buffer) >= _HEADER.size:
-                (length,) = _HEADER.unpack_from(buffer, 0)
-                if length > MAX_FRAME:
-                    raise FrameError(
-                        f"frame length {length} exceeds the limit of {MAX_FRAME} bytes; the stream is corrupt"
-                    )
-                end = _HEADER.size + length
-                if len(buffer) >= end:
-                    body = bytes(buffer[_HEADER.size : end])
-                    del buffer[:end]
-                    return decode(body)
+        self._need(_HEAD.size, deadline)
+        length, count = _HEAD.unpack_from(self._buffer, 0)
+        if length > MAX_FRAME:
+            raise FrameError(f"frame length {length} exceeds the limit of {MAX_FRAME} bytes; the stream is corrupt")
+        self._need(_HEAD.size + count * _LENGTH.size, deadline)
+        sizes = [_LENGTH.unpack_from(self._buffer, _HEAD.size + i * _LENGTH.size)[0] for i in range(count)]
+        if any(size > MAX_BUFFER for size in sizes):
+            raise FrameError(f"a buffer length exceeds the limit of {MAX_BUFFER} bytes; the stream is corrupt")
+        start = _HEAD.size + count * _LENGTH.size
+        self._need(start + length, deadline)
+        body = bytes(self._buffer[start : start + length])
+        del self._buffer[: start + length]
+        buffers = [self._read_buffer(size, deadline) for size in sizes]
+        return decode(body, buffers)
+
+    def _need(self, size: int, deadline: float | None) -> None:
+        while len(self._buffer) < size:
             self._fill(deadline)
 
-    def send(self, data: bytes, deadline: float | None = None) -> None:
-        """Send ``data`` (one or more whole frames), all of it by ``deadline`` (``None``: however long it takes).
-
-        Raises ``TimeoutError`` when the deadline passes first (the stream may then hold part of a frame).
-        """
-        self._apply_deadline(deadline)
-        self._sock.sendall(data)  # since 3.5 the timeout bounds the whole sendall, not each send
+    def _read_buffer(self, size: int, deadline: float | None) -> bytearray:
+        data = bytearray(size)
+        have = min(size, len(self._buffer))
+        data[:have] = self._buffer[:have]
+        del self._buffer[:have]
+        view = memoryview(data)
+        while have < size:
+            if size - have < _DIRECT:
+                self._need(size - have, deadline)
+                data[have:] = self._buffer[: size - have]
+                del self._buffer[: size - have]
+                break
+            self._apply_deadline(deadline)
+            got = self._sock.recv_into(view[have:])
+            if not got:
+                raise PeerClosedError("peer closed the connection inside a frame")
+            have += got
+        return data
 
     def _apply_deadline(self, deadline: float | None) -> None:
         if deadline is None:

@@ -10,8 +10,8 @@ directory on ``sys.path`` (the model must not see the SDK's modules).
 
 Start-up: put the model directory first on ``sys.path``, import the entrypoint, call it to get the model
 object, then send a ``hello`` frame listing the distributions whose modules were actually imported, with
-their versions and the files they came from. Then serve ``{"id", "method", "args", "kwargs"}`` requests,
-one at a time, answering ``{"id", "ok": true, "result"}`` or ``{"id", "ok": false, "error": {...}}``.
+their versions and the files they came from. Then hand every message to ``dispatch.py``'s
+:class:`Dispatcher` (calls multiplexed by id, streams, heartbeats; see there for the messages).
 
 A watchdog thread polls the socket for the host hanging up (``POLLRDHUP``): when the host closes it (or
 dies), the worker exits at once, even while a model call is still running, so no worker outlives its host.
@@ -48,14 +48,15 @@ EXIT_LOAD_FAILED = 3
 EXIT_HOST_FAILED = 4
 
 
-def _load_protocol() -> ModuleType:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "protocol.py")
-    spec = importlib.util.spec_from_file_location("_autoglm_protocol", path)
+def _load_sibling(module: str) -> ModuleType:
+    """``module``.py from this directory, by path, under a private name (not via ``sys.path``)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{module}.py")
+    spec = importlib.util.spec_from_file_location(f"_autoglm_{module}", path)
     if spec is None or spec.loader is None:  # pragma: no cover - the file ships next to this one
-        raise ImportError(f"cannot load the worker protocol from {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+        raise ImportError(f"cannot load the worker's {module} module from {path}")
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
 
 
 def _error(exc: BaseException, backend: str = "process") -> dict[str, Any]:
@@ -125,9 +126,18 @@ def _watchdog(sock: socket.socket) -> None:
     _exit_now(0)
 
 
-def serve(fd: int, name: str, model_dir: str, entrypoint: str, backend: str) -> int:
+def serve(  # noqa: PLR0917
+    fd: int,
+    name: str,
+    model_dir: str,
+    entrypoint: str,
+    backend: str,
+    concurrency: str = "serial",
+    max_inflight: int = 1,
+) -> int:
     """Load the model and answer calls until the host closes the socket; returns the exit status."""
-    protocol = _load_protocol()
+    protocol = _load_sibling("protocol")
+    dispatch = _load_sibling("dispatch")
     sock = socket.socket(fileno=fd)
     # Daemon where allowed; isolated subinterpreters refuse daemon threads, and there os._exit ends all.
     watchdog = threading.Thread(target=_watchdog, args=(sock,), name=f"autoglm-worker-{name}-watchdog")
@@ -138,6 +148,13 @@ def serve(fd: int, name: str, model_dir: str, entrypoint: str, backend: str) -> 
     except BaseException as exc:  # SystemExit and KeyboardInterrupt too: report, never die silently
         protocol.write_frame(sock, {"type": "hello", "ok": False, "error": _error(exc, backend)})
         return EXIT_LOAD_FAILED
+    send_lock = threading.Lock()
+
+    def reply(message: dict[str, Any]) -> None:
+        frame = protocol.encode(message)  # before the lock: a value that cannot travel raises here, sends nothing
+        with send_lock:
+            protocol.send(sock, frame)
+
     protocol.write_frame(
         sock,
         {
@@ -151,25 +168,19 @@ def serve(fd: int, name: str, model_dir: str, entrypoint: str, backend: str) -> 
             "versions": loaded_versions(),
         },
     )
+    errors = lambda exc: _error(exc, backend)  # noqa: E731
+    dispatcher = dispatch.Dispatcher(model, reply, errors, _exit_now, concurrency, max_inflight, name)
     reader = protocol.FrameReader(sock)
     while True:
         try:
-            request = reader.read()
+            message = reader.read()
         except protocol.DecodeError as exc:  # a whole frame we cannot read (the stream is still in step): say so
-            sock.sendall(protocol.encode({"id": None, "ok": False, "error": _error(exc)}))
+            reply({"id": exc.call_id, "ok": False, "error": _error(exc), "bad_request": True})
             continue
         except (protocol.FrameError, OSError):  # the host closed the socket (or broke the stream): nothing to serve
             _exit_now(0)
-        call_id = request.get("id")
-        try:
-            method = getattr(model, request["method"])
-            result = method(*request.get("args", ()), **request.get("kwargs", {}))
-            frame = protocol.encode({"id": call_id, "ok": True, "result": result})
-        except SystemExit as exc:  # the model asked the process to end: end it as asked, now
-            _exit_now(exc.code)
-        except BaseException as exc:
-            frame = protocol.encode({"id": call_id, "ok": False, "error": _error(exc, backend)})
-        sock.sendall(frame)
+        if isinstance(message, dict):
+            dispatcher.handle(message)
 
 
 def _exit_now(code: object) -> NoReturn:
@@ -203,7 +214,7 @@ def _create_isolated() -> tuple[Any, Any]:
 
 
 def _run_in_subinterpreter(args: argparse.Namespace) -> int:
-    protocol = _load_protocol()
+    protocol = _load_sibling("protocol")
     try:
         _, run = _create_isolated()
     except (ImportError, AttributeError, TypeError) as exc:
@@ -219,7 +230,8 @@ def _run_in_subinterpreter(args: argparse.Namespace) -> int:
         f"spec = importlib.util.spec_from_file_location('_autoglm_worker', {here!r})\n"
         "worker = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(worker)\n"
-        f"status = worker.serve({args.fd}, {args.name!r}, {args.model_dir!r}, {args.entrypoint!r}, 'subinterp')\n"
+        f"status = worker.serve({args.fd}, {args.name!r}, {args.model_dir!r}, {args.entrypoint!r}, 'subinterp', "
+        f"{args.concurrency!r}, {args.max_inflight!r})\n"
         "sys.stdout.flush(); sys.stderr.flush()\n"
         "os._exit(status)\n"
     )
@@ -236,10 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--entrypoint", required=True)
     parser.add_argument("--backend", choices=("process", "subinterp"), default="process")
+    parser.add_argument("--concurrency", choices=("serial", "threads", "async"), default="serial")
+    parser.add_argument("--max-inflight", type=int, default=1)
     args = parser.parse_args(argv)
     if args.backend == "subinterp":
         return _run_in_subinterpreter(args)
-    return serve(args.fd, args.name, args.model_dir, args.entrypoint, "process")
+    return serve(args.fd, args.name, args.model_dir, args.entrypoint, "process", args.concurrency, args.max_inflight)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,15 @@ import signal
 import threading
 from typing import IO
 
-__all__ = ["MAX_LINE", "LineSplitter", "OutputPump", "describe_exit"]
+__all__ = ["MAX_LINE", "LineSplitter", "OutputPump", "describe_exit", "exit_reason", "oom_kill_count"]
 
 #: Longest line (bytes) forwarded whole; the rest of a longer line is dropped and the line marked truncated.
 MAX_LINE = 64 * 1024
 
 
-def describe_exit(returncode: int | None) -> str:
-    """``"killed by signal 9 (SIGKILL)"``, ``"exited with status 3"`` or ``"still running"``."""
+def describe_exit(returncode: int | None, *, oom: bool = False) -> str:
+    """``"killed by signal 9 (SIGKILL)"``, ``"exited with status 3"`` or ``"still running"``; with ``oom``, a
+    SIGKILL is said to come from the kernel's OOM killer."""
     if returncode is None:
         return "still running"
     if returncode < 0:
@@ -25,8 +26,44 @@ def describe_exit(returncode: int | None) -> str:
             name = signal.Signals(-returncode).name
         except ValueError:
             name = "unknown signal"
-        return f"killed by signal {-returncode} ({name})"
+        by = " by the kernel's OOM killer (out of memory)" if oom and returncode == -signal.SIGKILL else ""
+        return f"killed by signal {-returncode} ({name}){by}"
     return f"exited with status {returncode}"
+
+
+def exit_reason(returncode: int | None, *, oom: bool = False) -> str:
+    """The restart reason an exit counts under in health: ``"oom"``, ``"signal"`` or ``"exit"``."""
+    if returncode is not None and returncode < 0:
+        return "oom" if oom and returncode == -signal.SIGKILL else "signal"
+    return "exit"
+
+
+def oom_kill_count(root: str = "/sys/fs/cgroup") -> int | None:
+    """How many processes the OOM killer has killed in this process's memory cgroup, or ``None`` where the
+    kernel does not say (then an OOM kill looks like any other SIGKILL). cgroup v2 ``memory.events`` or v1
+    ``memory.oom_control``."""
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    candidates = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            candidates.append(os.path.join(root, path.lstrip("/"), "memory.events"))
+        elif "memory" in controllers.split(","):
+            candidates.append(os.path.join(root, "memory", path.lstrip("/"), "memory.oom_control"))
+    for candidate in candidates:
+        try:
+            with open(candidate, encoding="utf-8") as fh:
+                for entry in fh.read().splitlines():
+                    key, _, value = entry.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 class LineSplitter:

@@ -62,7 +62,7 @@ def result_of(name: str, method: str, call_id: int, reply: Any) -> Any:
         raise ReplyMismatch(f"answered {method}() with a {type(reply).__name__}")
     error = _error_of(reply)
     remote = {"remote_type": str(error.get("type", "")), "remote_traceback": str(error.get("traceback", ""))}
-    if reply.get("id") is None and reply.get("ok") is False:  # a frame of ours it could not decode
+    if reply.get("bad_request"):  # a frame of ours it could not decode
         raise ModelCallError(
             f"model '{name}' worker could not decode the arguments of {method}(): {error.get('message', '')}; "
             "the worker keeps running",

@@ -21,7 +21,7 @@ import enum
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Action", "Phase", "Step", "WorkerView", "decide", "phase_of"]
+__all__ = ["Action", "Heartbeat", "Phase", "Step", "WorkerView", "decide", "heartbeat_step", "phase_of"]
 
 
 class Phase(enum.Enum):
@@ -104,3 +104,27 @@ def decide(view: WorkerView) -> Action:
     if view.time_left is not None and view.time_left < view.backoff_left:
         return Action(Step.TIME_OUT, max(view.time_left, 0.0))
     return Action(Step.BACK_OFF, view.backoff_left)
+
+
+class Heartbeat(enum.Enum):
+    """What the heartbeat thread does about one ready worker."""
+
+    WAIT = "wait"  #: nothing now
+    PING = "ping"  #: send a ping
+    HUNG = "hung"  #: a ping went unanswered too long: kill and restart the worker
+
+
+def heartbeat_step(
+    now: float, last_ping: float, unanswered_since: float | None, interval: float, timeout: float
+) -> Heartbeat:
+    """The heartbeat's next step: ``unanswered_since`` is when the oldest ping not answered yet was sent.
+
+    A worker is hung once a ping stayed unanswered for ``timeout`` s; so one that stops answering is
+    killed between ``timeout`` and ``timeout + interval`` s after its last answer (plus the thread's own
+    tick, a quarter of ``interval``).
+    """
+    if unanswered_since is not None and now - unanswered_since >= timeout:
+        return Heartbeat.HUNG
+    if now - last_ping >= interval:
+        return Heartbeat.PING
+    return Heartbeat.WAIT

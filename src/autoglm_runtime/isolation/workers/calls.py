@@ -1,0 +1,356 @@
+"""Calls and streams on one worker, blocking or async: request out, replies routed back by id.
+
+Promises (for every kind):
+
+* ``timeout`` (s; ``None`` waits for ever) bounds the wait for the worker to be ready and for the answer; for a
+  stream it is the idle bound, before the first chunk and between two chunks. Past it the call raises
+  :class:`ModelTimeoutError` (E0305) and the worker is killed and restarted (its other calls fail with E0103);
+* a stream yields each chunk as soon as the model yielded it; closing it early (``close()``, leaving a ``with``
+  block, dropping it) closes the generator inside the worker and frees the worker for the next call;
+* async calls wait on futures and queues of the caller's loop: no thread per call in flight. Only a worker
+  that must be (re)started first is waited for on the loop's default executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from autoglm_runtime.errors import UsageError
+from autoglm_runtime.isolation._scripts import protocol as _protocol
+from autoglm_runtime.isolation._scripts.dispatch import WINDOW
+from autoglm_runtime.isolation.workers import _replies
+from autoglm_runtime.isolation.workers._calls import AsyncCallSink, AsyncStreamSink, CallSink, Item, StreamSink
+from autoglm_runtime.isolation.workers._connection import Connection
+
+if TYPE_CHECKING:
+    from autoglm_runtime.isolation.workers.process import WorkerProcess
+
+__all__ = [
+    "AsyncModelStream",
+    "ModelStream",
+    "acall",
+    "astream",
+    "call",
+    "check_timeout",
+    "open_astream",
+    "seconds",
+    "stream",
+]
+
+_MORE = WINDOW // 2
+
+
+def seconds(timeout: float | None) -> str:
+    """A timeout as messages say it: ``"5 s"`` or ``"no time limit"``."""
+    return "no time limit" if timeout is None else f"{timeout:g} s"
+
+
+def check_timeout(name: str, method: str, timeout: float | None) -> None:
+    """Raise :class:`UsageError` unless ``timeout`` is ``None`` or a positive number of seconds."""
+    if timeout is not None and not timeout > 0:
+        raise UsageError(f"timeout of {name}.{method}() must be a positive number of seconds, got {timeout!r}")
+
+
+def _deadline(worker: WorkerProcess, method: str, timeout: float | None, given: float | None = None) -> float | None:
+    check_timeout(worker.spec.name, method, timeout)
+    if given is not None:
+        return given
+    return None if timeout is None else worker._timer() + timeout
+
+
+def _request(
+    worker: WorkerProcess, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], stream: bool
+) -> tuple[int, _protocol.Frame]:
+    call_id = worker.next_id()
+    message = {"id": call_id, "type": "call", "method": method, "args": list(args), "kwargs": kwargs, "stream": stream}
+    try:
+        return call_id, _protocol.encode(message)
+    except (TypeError, ValueError, _protocol.FrameError) as exc:
+        raise UsageError(f"arguments of {worker.spec.name}.{method}() cannot be sent to its worker: {exc}") from exc
+
+
+def _left(worker: WorkerProcess, deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - worker._timer(), 0.0)
+
+
+async def _aconnection(worker: WorkerProcess, method: str, timeout: float | None, deadline: float | None) -> Connection:
+    """The ready connection at once, or -- when the worker must be (re)started -- waited for off the loop."""
+    conn = worker.ready_connection()
+    if conn is not None:
+        return conn
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, worker.connection, method, timeout, deadline)
+
+
+def _in_time(worker: WorkerProcess, method: str, timeout: float | None, deadline: float | None) -> None:
+    """Fail a call whose time ran out before it was sent (in the queue, or waiting for a restart) without
+    touching the worker: only a call the worker ran too long kills it."""
+    if deadline is not None and deadline <= worker._timer():
+        raise worker.late(method, timeout, "in the queue or waiting for the worker")
+
+
+def _send(conn: Connection, call_id: int, frame: _protocol.Frame) -> None:
+    with contextlib.suppress(OSError):  # the socket broke: the reader (or close) fails the call's sink
+        conn.send(frame)
+
+
+def _outcome(worker: WorkerProcess, method: str, call_id: int, reply: dict[str, Any]) -> Any:
+    if "undecodable" in reply:
+        raise _replies.undecodable_reply(worker.spec.name, method, _protocol.DecodeError(reply["undecodable"]))
+    result = _replies.result_of(worker.spec.name, method, call_id, reply)
+    worker.succeeded()
+    return result
+
+
+def call(  # noqa: PLR0917
+    worker: WorkerProcess,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+    deadline: float | None = None,
+) -> Any:
+    """``model.<method>(*args, **kwargs)`` in ``worker``; blocks the calling thread. ``deadline`` (a ``timer``
+    instant) replaces ``now + timeout`` when the call already waited (in a queue)."""
+    deadline = _deadline(worker, method, timeout, deadline)
+    call_id, frame = _request(worker, method, args, kwargs, False)
+    conn = worker.connection(method, timeout, deadline)
+    _in_time(worker, method, timeout, deadline)
+    sink = CallSink(method)
+    conn.register(call_id, sink)
+    try:
+        _send(conn, call_id, frame)
+        if not sink.wait(_left(worker, deadline)):
+            conn.unregister(call_id)
+            raise worker.timed_out(conn, method, timeout)
+    finally:
+        conn.unregister(call_id)
+    if sink.error is not None:
+        raise sink.error
+    assert sink.reply is not None
+    return _outcome(worker, method, call_id, sink.reply)
+
+
+async def acall(  # noqa: PLR0917
+    worker: WorkerProcess,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+    deadline: float | None = None,
+) -> Any:
+    """:func:`call`, awaited on the running loop."""
+    loop = asyncio.get_running_loop()
+    deadline = _deadline(worker, method, timeout, deadline)
+    call_id, frame = _request(worker, method, args, kwargs, False)
+    conn = await _aconnection(worker, method, timeout, deadline)
+    _in_time(worker, method, timeout, deadline)
+    sink = AsyncCallSink(method, loop)
+    conn.register(call_id, sink)
+    try:
+        _send(conn, call_id, frame)
+        try:
+            reply = await asyncio.wait_for(sink.future, _left(worker, deadline))
+        except asyncio.TimeoutError:
+            conn.unregister(call_id)
+            raise await loop.run_in_executor(None, worker.timed_out, conn, method, timeout, "") from None
+    finally:
+        conn.unregister(call_id)
+    return _outcome(worker, method, call_id, reply)
+
+
+def _open(
+    worker: WorkerProcess, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+) -> tuple[int, _protocol.Frame, float | None]:
+    deadline = _deadline(worker, method, timeout)
+    call_id, frame = _request(worker, method, args, kwargs, True)
+    return call_id, frame, deadline
+
+
+class _StreamState:
+    """What a stream's two flavours share: its chunk accounting and how it ends."""
+
+    def __init__(  # noqa: PLR0917
+        self,
+        worker: WorkerProcess,
+        conn: Connection,
+        call_id: int,
+        method: str,
+        timeout: float | None,
+        on_done: Callable[[], None] | None,
+    ) -> None:
+        self.worker, self.conn, self.call_id, self.method, self.timeout = worker, conn, call_id, method, timeout
+        self._on_done = on_done
+        self._consumed = 0
+        self.finished = False
+
+    def take(self, item: Item | None) -> tuple[bool, Any]:
+        """``(True, chunk)`` for a chunk; ``(False, None)`` at the end; raises the stream's error."""
+        if isinstance(item, BaseException):
+            self.finish(cancel=False)
+            raise item
+        assert item is not None
+        if "chunk" in item:
+            self._consumed += 1
+            if self._consumed % _MORE == 0:
+                self.conn.send_message({"id": self.call_id, "type": "more", "n": _MORE})
+            return True, item["chunk"]
+        self.finish(cancel=False)
+        if item.get("end"):
+            self.worker.succeeded()
+            return False, None
+        _outcome(self.worker, self.method, self.call_id, item)
+        raise AssertionError("a stream ended with a result")  # pragma: no cover - the worker never sends one
+
+    def finish(self, cancel: bool) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.conn.unregister(self.call_id)
+        if cancel:  # the consumer went away: the worker closes the model's generator and is free again
+            self.conn.send_message({"id": self.call_id, "type": "cancel"})
+        if self._on_done is not None:
+            self._on_done()
+
+
+class ModelStream(Iterator[Any]):
+    """The chunks a model's generator yields, one by one, as they come; close it to stop the generator.
+
+    >>> with model.stream("generate", "Once upon", timeout=30) as chunks:  # doctest: +SKIP
+    ...     for chunk in chunks: print(chunk, end="")
+    """
+
+    def __init__(self, state: _StreamState, sink: StreamSink) -> None:
+        self._state = state
+        self._sink = sink
+
+    def __next__(self) -> Any:
+        state = self._state
+        if state.finished:
+            raise StopIteration
+        item = self._sink.get(state.timeout)
+        if item is None:
+            state.finish(cancel=False)
+            raise state.worker.timed_out(state.conn, state.method, state.timeout, " (waiting for its next chunk)")
+        more, chunk = state.take(item)
+        if not more:
+            raise StopIteration
+        return chunk
+
+    def close(self) -> None:
+        """Stop early: the model's generator is closed in the worker (its ``finally`` blocks run). Idempotent."""
+        self._state.finish(cancel=True)
+
+    def __enter__(self) -> ModelStream:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+class AsyncModelStream(AsyncIterator[Any]):
+    """:class:`ModelStream` for ``async for``; ``await stream.aclose()`` (or ``async with``) stops it early.
+
+    It reaches its worker on the first ``__anext__`` (so ``async for chunk in model.astream(...)`` works).
+    """
+
+    def __init__(self, opener: Callable[[], Awaitable[tuple[_StreamState, AsyncStreamSink]]]) -> None:
+        self._opener = opener
+        self._state: _StreamState | None = None
+        self._sink: AsyncStreamSink | None = None
+        self._closed = False
+
+    async def __anext__(self) -> Any:
+        if self._closed:
+            raise StopAsyncIteration
+        if self._state is None:
+            self._state, self._sink = await self._opener()
+        state, sink = self._state, self._sink
+        assert sink is not None
+        if state.finished:
+            raise StopAsyncIteration
+        try:
+            item = await asyncio.wait_for(sink.queue.get(), state.timeout)
+        except asyncio.TimeoutError:
+            state.finish(cancel=False)
+            loop = asyncio.get_running_loop()
+            error = await loop.run_in_executor(
+                None, state.worker.timed_out, state.conn, state.method, state.timeout, " (waiting for its next chunk)"
+            )
+            raise error from None
+        more, chunk = state.take(item)
+        if not more:
+            raise StopAsyncIteration
+        return chunk
+
+    async def aclose(self) -> None:
+        """Stop early: the model's generator is closed in the worker. Idempotent."""
+        self._closed = True
+        if self._state is not None:
+            self._state.finish(cancel=True)
+
+    async def __aenter__(self) -> AsyncModelStream:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._state is not None:
+                self._state.finish(cancel=True)
+
+
+def stream(  # noqa: PLR0917
+    worker: WorkerProcess,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+    on_done: Callable[[], None] | None = None,
+) -> ModelStream:
+    """Start ``model.<method>(*args, **kwargs)`` (a generator) in ``worker``; ``on_done`` runs once it ends."""
+    call_id, frame, deadline = _open(worker, method, args, kwargs, timeout)
+    conn = worker.connection(method, timeout, deadline)
+    sink = StreamSink(method)
+    conn.register(call_id, sink)
+    _send(conn, call_id, frame)
+    return ModelStream(_StreamState(worker, conn, call_id, method, timeout, on_done), sink)
+
+
+async def open_astream(  # noqa: PLR0917
+    worker: WorkerProcess,
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+    on_done: Callable[[], None] | None = None,
+) -> tuple[_StreamState, AsyncStreamSink]:
+    """Start ``model.<method>(...)`` (a generator) in ``worker`` from the running loop (opens an
+    :class:`AsyncModelStream`)."""
+    loop = asyncio.get_running_loop()
+    call_id, frame, deadline = _open(worker, method, args, kwargs, timeout)
+    conn = await _aconnection(worker, method, timeout, deadline)
+    sink = AsyncStreamSink(method, loop)
+    conn.register(call_id, sink)
+    _send(conn, call_id, frame)
+    return _StreamState(worker, conn, call_id, method, timeout, on_done), sink
+
+
+def astream(
+    worker: WorkerProcess, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+) -> AsyncModelStream:
+    """:func:`stream` for ``async for``."""
+    return AsyncModelStream(lambda: open_astream(worker, method, args, kwargs, timeout))
