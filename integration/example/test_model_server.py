@@ -447,7 +447,7 @@ def test_metrics_move_by_exactly_what_the_requests_did(server: Server) -> None:
         "tokens removed": moved("autoglm_guard_truncated_tokens_total", surface="http"),
         "words calls ok": moved("autoglm_worker_calls_total", model=WORDS, outcome="ok"),
         "chars calls ok": moved("autoglm_worker_calls_total", model=CHARS, outcome="ok"),
-        "chars restarts": moved("autoglm_worker_starts_total", model=CHARS, reason="restart"),
+        "chars restarts": moved("autoglm_worker_starts_total", model=CHARS, reason="crash"),
         "config rejected": moved(
             "autoglm_config_updates_rejected_total", root=server.root, code="E0409", reason="decode"
         ),

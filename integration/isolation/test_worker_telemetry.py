@@ -71,7 +71,7 @@ def test_calls_count_by_outcome_and_restarts_show_in_the_worker_metrics(
 
         assert worker("autoglm_worker_up", replica="0") == 1.0
         assert worker("autoglm_worker_starts_total", reason="initial") == 1.0
-        assert worker("autoglm_worker_starts_total", reason="restart") == 0.0
+        assert worker("autoglm_worker_starts_total", reason="crash") == 0.0
         assert model.call("echo", 1, timeout=30) == 1
         with pytest.raises(ModelCallError):
             model.call("fail", timeout=30)
@@ -94,7 +94,8 @@ def test_calls_count_by_outcome_and_restarts_show_in_the_worker_metrics(
         assert worker("autoglm_worker_up", replica="0") == 0.0  # dead until the next call restarts it
         assert model.call("echo", 3, timeout=30) == 3
         assert worker("autoglm_worker_up", replica="0") == 1.0
-        assert worker("autoglm_worker_starts_total", reason="restart") == 2.0
+        assert worker("autoglm_worker_starts_total", reason="timeout") == 1.0  # the hang past its timeout
+        assert worker("autoglm_worker_starts_total", reason="crash") == 1.0  # the SIGKILL
     assert moved.moved() == {
         "autoglm_worker_calls_total{model=telemetry,outcome=ok}": 3.0,
         "autoglm_worker_calls_total{model=telemetry,outcome=E0105}": 1.0,

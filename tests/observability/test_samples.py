@@ -44,23 +44,31 @@ def test_a_client_that_never_synced_has_no_timestamp() -> None:
     assert ("autoglm_config_connected", ("/p",), 0.0) in config_samples("/p", health)
 
 
-def test_workers_today_and_with_restart_reasons() -> None:
-    today = {
-        "b": {"state": "dead", "pid": None, "restarts": 2},
-        "a": {"state": "ready", "pid": 42, "restarts": 0},
+def test_workers_by_replica_and_restart_reason() -> None:
+    health = {
+        "b": {
+            "state": "dead",
+            "restart_reasons": {"signal": 1, "exit": 1, "heartbeat": 1},
+            "replicas": [{"state": "dead", "pid": None}, {"state": "ready", "pid": 9}],
+        },
+        "a": {
+            "state": "ready",
+            "restart_reasons": {"timeout": 1, "oom": 2},
+            "replicas": [{"state": "ready", "pid": 7}],
+        },
     }
-    assert worker_samples(today) == [
+    assert worker_samples(health) == [
         ("autoglm_worker_up", ("a", "0"), 1.0),
         ("autoglm_worker_starts", ("a", "initial"), 1.0),
-        ("autoglm_worker_starts", ("a", "restart"), 0.0),
-        ("autoglm_worker_up", ("b", "0"), 0.0),
-        ("autoglm_worker_starts", ("b", "initial"), 1.0),
-        ("autoglm_worker_starts", ("b", "restart"), 2.0),
-    ]
-    with_reasons = {"a": {"state": "ready", "pid": 7, "restarts": 3, "restart_reasons": {"timeout": 1, "oom": 2}}}
-    assert worker_samples(with_reasons) == [
-        ("autoglm_worker_up", ("a", "0"), 1.0),
-        ("autoglm_worker_starts", ("a", "initial"), 1.0),
+        ("autoglm_worker_starts", ("a", "crash"), 0.0),
         ("autoglm_worker_starts", ("a", "oom"), 2.0),
         ("autoglm_worker_starts", ("a", "timeout"), 1.0),
+        ("autoglm_worker_starts", ("a", "heartbeat"), 0.0),
+        ("autoglm_worker_up", ("b", "0"), 0.0),
+        ("autoglm_worker_up", ("b", "1"), 1.0),
+        ("autoglm_worker_starts", ("b", "initial"), 2.0),
+        ("autoglm_worker_starts", ("b", "crash"), 2.0),
+        ("autoglm_worker_starts", ("b", "oom"), 0.0),
+        ("autoglm_worker_starts", ("b", "timeout"), 0.0),
+        ("autoglm_worker_starts", ("b", "heartbeat"), 1.0),
     ]

@@ -83,16 +83,35 @@ def config_samples(root: str, health: Mapping[str, Any]) -> list[Sample]:
     return samples
 
 
+#: The workers' failure reasons (``restart_reasons`` in health) as the reasons of autoglm_worker_starts_total.
+START_REASONS = {
+    "exit": "crash",
+    "signal": "crash",
+    "load": "crash",
+    "protocol": "crash",
+    "oom": "oom",
+    "timeout": "timeout",
+    "heartbeat": "heartbeat",
+}
+
+
 def worker_samples(health: Mapping[str, Mapping[str, Any]]) -> list[Sample]:
-    """The worker metrics of a loader from its ``health()`` dict (one entry per loaded model)."""
+    """The worker metrics of a loader from its ``health()`` dict (one entry per loaded model).
+
+    ``autoglm_worker_up`` has one series per replica; ``autoglm_worker_starts_total`` counts the first start of
+    each replica (``initial``) and every restart by why it was needed (``crash``, ``oom``, ``timeout``,
+    ``heartbeat``), always all five, so a rate over a reason that never happened is 0, not absent.
+    """
     samples: list[Sample] = []
     for model, entry in sorted(health.items()):
-        up = entry.get("state") == "ready" and entry.get("pid") is not None
-        samples.append(("autoglm_worker_up", (model, "0"), 1.0 if up else 0.0))
-        samples.append(("autoglm_worker_starts", (model, "initial"), 1.0))
-        reasons = entry.get("restart_reasons")
-        if isinstance(reasons, Mapping):  # issue 13's workers count failures by reason
-            samples.extend(("autoglm_worker_starts", (model, str(r)), float(n)) for r, n in sorted(reasons.items()))
-        else:
-            samples.append(("autoglm_worker_starts", (model, "restart"), float(entry.get("restarts", 0))))
+        replicas = entry.get("replicas") or [entry]
+        for index, replica in enumerate(replicas):
+            up = replica.get("state") == "ready" and replica.get("pid") is not None
+            samples.append(("autoglm_worker_up", (model, str(index)), 1.0 if up else 0.0))
+        starts = dict.fromkeys(("initial", "crash", "oom", "timeout", "heartbeat"), 0.0)
+        starts["initial"] = float(len(replicas))
+        for reason, count in (entry.get("restart_reasons") or {}).items():
+            label = START_REASONS.get(str(reason), "crash")
+            starts[label] += float(count)
+        samples.extend(("autoglm_worker_starts", (model, reason), count) for reason, count in starts.items())
     return samples
