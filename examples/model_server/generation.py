@@ -11,8 +11,6 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-
 from autoglm_runtime.errors import AutoGLMRuntimeError
 from autoglm_runtime.isolation import LoadedModel
 from autoglm_runtime.validation import GuardResult, error_body
@@ -37,9 +35,8 @@ class Answer:
 
 
 async def model_complete(model: LoadedModel, prompt: str, sampling: Sampling, timeout: float) -> Answer:
-    """The model's whole completion of ``prompt``, from its ``complete`` method."""
-    answer: dict[str, Any] = await run_in_threadpool(
-        model.call,
+    """The model's whole completion of ``prompt``, from its ``complete`` method (awaited, no thread held)."""
+    answer: dict[str, Any] = await model.acall(
         "complete",
         prompt,
         sampling.max_tokens,
@@ -53,25 +50,25 @@ async def model_complete(model: LoadedModel, prompt: str, sampling: Sampling, ti
 async def _model_chunks(
     model: LoadedModel, prompt: str, sampling: Sampling, timeout: float
 ) -> AsyncGenerator[str, None]:
-    """The tokens of the model's completion of ``prompt``, each as the text it adds, as they come.
+    """The tokens of the model's ``generate`` generator, each as the text it adds, as the worker yields them.
 
-    The one place streaming depends on the worker API. Until the worker can stream (issue 13), the model
-    completes in one call and its tokens are sent as they were generated; then this becomes
-    ``async for token in model.astream("generate", prompt, sampling.max_tokens, temperature=..., seed=...,
-    timeout=timeout): yield token``. The streams below close this generator when they end or the client goes
-    away (``aclosing``), which then closes the model's.
+    The one place streaming depends on the worker API. ``timeout`` is the longest wait for the next token
+    (E0305 past it, and the worker is restarted). The streams below close this generator when they end or the
+    client goes away (``aclosing``), which closes the model's generator inside its worker.
     """
-    answer: dict[str, Any] = await run_in_threadpool(
-        model.call,
-        "complete",
+    stream = model.astream(
+        "generate",
         prompt,
         sampling.max_tokens,
         temperature=sampling.temperature,
         seed=sampling.seed,
         timeout=timeout,
     )
-    for token in answer["tokens"]:
-        yield token
+    try:
+        async for token in stream:
+            yield token
+    finally:
+        await stream.aclose()
 
 
 def _finish(count: int, sampling: Sampling) -> str:
