@@ -34,7 +34,11 @@ def error_response(exc: AutoGLMRuntimeError, *, status: int | None = None, code:
         body["error"]["code"] = code
     if status < 500:  # the request's fault, whatever the class's default type
         body["error"]["type"] = "invalid_request_error"
-    return JSONResponse(body, status_code=status, headers={"x-autoglm-error-code": exc.code})
+    headers = {"x-autoglm-error-code": exc.code}
+    retry_after = getattr(exc, "retry_after", None)  # overloaded models and guards say when to come back
+    if isinstance(retry_after, (int, float)):
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def model_not_found(name: str, known: Sequence[str]) -> JSONResponse:

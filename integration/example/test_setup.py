@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
 from pathlib import Path
@@ -155,3 +156,16 @@ def test_the_readme_flag_table_names_every_flag() -> None:
     actions = options.build_parser()._actions
     parser_flags = {flag for action in actions for flag in action.option_strings if flag.startswith("--")} - {"--help"}
     assert documented == parser_flags
+
+
+def test_an_overloaded_model_answers_503_with_retry_after() -> None:
+    from autoglm_runtime.errors import ModelOverloadedError
+    from examples.model_server.openai_api import error_response
+
+    response = error_response(ModelOverloadedError("model m is busy: retry later", retry_after=2.0))
+    assert (response.status_code, response.headers["retry-after"], response.headers["x-autoglm-error-code"]) == (
+        503,
+        "2",
+        "E0106",
+    )
+    assert json.loads(response.body)["error"]["message"] == "E0106: model m is busy: retry later"
