@@ -87,6 +87,8 @@ class ZooKeeperSync:
         self.loaded = threading.Event()
         self.load_error: ConfigAccessError | None = None
         self._stopping = threading.Event()
+        # A read found the root gone: the full read that follows is a change of the tree, not a resync.
+        self._root_event = False
         self._guard = ZxidGuard(
             client=self.client, wait=self._reader.wait, status=status, cache=cache, hosts=hosts, root=root
         )
@@ -260,10 +262,12 @@ class ZooKeeperSync:
         elif isinstance(action, sm.FullRead):
             return self._full_sync(action)
         elif isinstance(action, sm.ApplyFetched):
-            return None if self._walker.apply_fetched(action.fetched) else sm.RootMissing()
+            return None if self._walker.apply_fetched(action.fetched) else self._root_gone()
         elif isinstance(action, sm.Read):
             complete = self._walker.read(action.data | unanswered, action.children | unanswered)
-            return None if complete else sm.RootMissing()
+            if complete and self._status.root_missing and self.root in self._tree.children:
+                self._report_root(False, held=0, keys=len(self._cache))
+            return None if complete else self._root_gone()
         elif isinstance(action, sm.Confirm):
             # setWatches confirmed every key it did not fire for: they are fresh, not due for a re-read by
             # the reconciler (which would make the outage a full re-read after all).
@@ -284,6 +288,10 @@ class ZooKeeperSync:
             self._stopping.wait(action.delay)
         return None
 
+    def _root_gone(self) -> sm.RootMissing:
+        self._root_event = True
+        return sm.RootMissing()
+
     def _full_sync(self, action: sm.FullRead) -> sm.FullSyncDone | None:
         self._pending.clear()
         client_id = self.client.client_id
@@ -295,7 +303,8 @@ class ZooKeeperSync:
         if self._stopping.is_set():
             return None  # a partial read must not delete what it did not reach
         root_appeared = False
-        if any(r.path == self.root and r.missing for r in results):
+        root_missing = any(r.path == self.root and r.missing for r in results)
+        if root_missing:
             # The root does not exist (yet): an exists watch tells us when it is created. If it appeared in
             # the meantime, the watch is armed but will not fire for that creation: load again.
             stat = self._reader.wait(self.client.exists_async(self.root, watch=self._watch))
@@ -312,15 +321,20 @@ class ZooKeeperSync:
                     f"ZooKeeper at {self.hosts} denied reading {paths} under root {self.root}: check the "
                     "credentials (auth=) and the ACLs of those nodes"
                 )
+            held = len(self._cache)
             if not self._guard.behind():
                 for key in self._cache.keys() - found:
                     self._cache.remove(key, seq=start_seq)
-                self._tree.prune(found)
+                self._tree.prune(found, root=not root_missing)
             self._status.source = "zookeeper"
-            self._status.mark_synced(resync=action.resync)
+            root_event = self._root_event
+            self._root_event = False
+            # A root deleted or created is a change of the tree, not a reconnect: not counted as a resync.
+            self._status.mark_synced(resync=action.resync and not root_event and not root_missing)
             # Set under the cache lock: a snapshot served at start must not land after this load.
             self.loaded.set()
-        if action.resync:
+        self._report_root(root_missing, held=held, keys=len(found))
+        if action.resync and not root_event and not root_missing:
             log.info(
                 "config resynced after %s",
                 "session expiry" if session != action.session else "a reconnect",
@@ -328,6 +342,32 @@ class ZooKeeperSync:
             )
         self._guard.checked_session = session
         return sm.FullSyncDone(session, root_appeared=root_appeared)
+
+    def _report_root(self, missing: bool, *, held: int, keys: int) -> None:
+        """Say once when the root is missing (a typo, or an operator deleted it) and when it is back."""
+        if missing == self._status.root_missing:
+            return
+        self._status.root_missing = missing
+        extra = {"error_code": "E0409", "hosts": self.hosts, "root": self.root, "keys": keys}
+        if missing and held:
+            log.warning(
+                "config root %s was deleted on ZooKeeper at %s: its %d keys were removed; it is loaded again as "
+                "soon as it is created (health()['root_missing'] is True until then)",
+                self.root,
+                self.hosts,
+                held,
+                extra=extra,
+            )
+        elif missing:
+            log.warning(
+                "config root %s does not exist on ZooKeeper at %s: serving no keys (check the root for a typo); "
+                "it is loaded as soon as it is created (health()['root_missing'] is True until then)",
+                self.root,
+                self.hosts,
+                extra=extra,
+            )
+        else:
+            log.info("config root %s exists again: %d keys loaded", self.root, keys, extra=extra)
 
     def _rearm(self, action: sm.Rearm) -> frozenset[str]:
         """Resync after a reconnect without re-reading the tree (kazoo #664's read spike).

@@ -64,9 +64,10 @@ class TreeApplier:
         #: Paths denied during the first load (for the start error).
         self.denied: list[str] = []
 
-    def prune(self, found: set[str]) -> None:
-        """Forget the bookkeeping of znodes a full read did not find (keys ``found`` are the ones it did)."""
-        known = {self.path(k) for k in found} | {self.root}
+    def prune(self, found: set[str], *, root: bool) -> None:
+        """Forget the bookkeeping of znodes a full read did not find (keys ``found`` are the ones it did;
+        ``root``: it found the root)."""
+        known = {self.path(k) for k in found} | ({self.root} if root else set())
         for path in [p for p in self.children if p not in known]:
             del self.children[path]
         for path in [p for p in self.czxids if p not in known]:
@@ -85,7 +86,12 @@ class TreeApplier:
             self._denied(path, key, found)
             return []
         if result.missing:
-            if path != self.root and not self._behind():
+            if path == self.root:
+                # Forget the root's child list: when the root is created again (an operator's restore), every
+                # child it then lists is new and must be loaded, even where the names are the same.
+                self.children.pop(path, None)
+                self.czxids.pop(path, None)
+            elif not self._behind():
                 self.remove_subtree(path, result.seq, reconcile=reconcile)
             return []
         follow: list[Spec] = []
@@ -152,8 +158,13 @@ class TreeApplier:
         reload = path in self.reload
         self.reload.discard(path)
         new = names if full or reload else names - old_names
-        if reconcile and names - old_names:
-            self.drift(path, key, None)
+        if reconcile:
+            if names - old_names:
+                self.drift(path, key, None)
+            # The safety net covers structure too: a child this list already had but the cache lacks (its
+            # load was lost) is read again; the value read reports the drift if it was real.
+            entry = self._cache.entry
+            new |= {name for name in names & old_names if entry(self.key(base + name)) is None}
         return [(base + name, True, True) for name in sorted(new)]
 
     def remove_subtree(self, path: str, seq: int, *, reconcile: bool) -> None:

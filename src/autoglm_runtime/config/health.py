@@ -45,6 +45,8 @@ class ConfigHealth(TypedDict):
     * ``reads`` (int): znode reads issued; ``requests`` (int): ZooKeeper requests those reads took.
     * ``source`` (:data:`ConfigSource`): ``"none"``, ``"zookeeper"``, ``"snapshot"`` or ``"file"``.
     * ``keys`` (int): number of cached keys.
+    * ``root_missing`` (bool): ZooKeeper answered that the root does not exist (a typo in the root, or it
+      was deleted); the client follows it and loads it once it is created. Logged once as E0409.
     """
 
     state: ConfigState
@@ -59,6 +61,7 @@ class ConfigHealth(TypedDict):
     requests: int
     source: ConfigSource
     keys: int
+    root_missing: bool
 
 
 class SyncStatus:
@@ -78,6 +81,7 @@ class SyncStatus:
         self.resyncs = 0
         self.reads = 0
         self.requests = 0
+        self.root_missing = False
 
     def mark_stale(self) -> None:
         """The cache stopped following its source now (kept if already stale: staleness counts from the first
@@ -138,4 +142,5 @@ class SyncStatus:
                 requests=self.requests,
                 source=self.source,
                 keys=keys,
+                root_missing=self.root_missing,
             )
