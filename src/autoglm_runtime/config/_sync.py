@@ -331,9 +331,10 @@ class ZooKeeperSync:
             self._root_event = False
             # A root deleted or created is a change of the tree, not a reconnect: not counted as a resync.
             self._status.mark_synced(resync=action.resync and not root_event and not root_missing)
+            # Said before start() can return on this load.
+            self._report_root(root_missing, held=held, keys=len(found))
             # Set under the cache lock: a snapshot served at start must not land after this load.
             self.loaded.set()
-        self._report_root(root_missing, held=held, keys=len(found))
         if action.resync and not root_event and not root_missing:
             log.info(
                 "config resynced after %s",
