@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 
 import pytest
 from integration.config._helpers import Factory, Until, j
+from integration.config.conftest import FakeClock
 from kazoo.client import KazooClient
 
 
@@ -76,3 +78,26 @@ def test_a_root_that_does_not_exist_is_said(
     until(lambda: client.get("a") == 1, what="the root created later")
     until(lambda: not client.health()["root_missing"], what="root_missing cleared")
     assert client.health()["resyncs"] == 0  # a root created is a change of the tree, not a reconnect
+
+
+def test_create_delete_churn_without_a_fault_is_no_drift(
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until, clock: FakeClock
+) -> None:
+    for i in range(20):
+        zk_client.create(f"{zk_root}/c{i}", j(i))
+    client = make_client(zk_hosts, zk_root, ttl=1.0, reconcile_rate=100_000.0)
+    client.start(timeout=10)
+    rng = random.Random(15)
+    present = set(range(20))
+    for _ in range(1500):
+        i = rng.randrange(40)
+        if i in present:
+            zk_client.delete(f"{zk_root}/c{i}")
+            present.discard(i)
+        else:
+            zk_client.create(f"{zk_root}/c{i}", j(i))
+            present.add(i)
+        clock.advance(2.0)  # every entry is due for the safety net all the time
+    zk_client.sync(zk_root)
+    until(lambda: dict(client.snapshot()) == {f"c{i}": i for i in present}, what="the tree after the churn")
+    assert client.health()["drift_corrected"] == 0

@@ -80,6 +80,7 @@ class ZooKeeperSync:
             op_timeout=op_timeout,
             bulk=bulk_reads,
         )
+        self._op_timeout = op_timeout
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._pending: set[str] = set()
         # Written by the sync thread only; read (one reference) by the reconciler's reread().
@@ -401,6 +402,13 @@ class ZooKeeperSync:
         try:
             results = self._reader.read(specs)
         except Interrupted:
+            return 0
+        # ZooKeeper sends a watch event before the answer of any later read that sees its change, but kazoo
+        # hands the event to its callback thread: wait until that thread has queued every event that came
+        # before these answers, so a change a watch reported is never mistaken for drift.
+        drained = threading.Event()
+        self.client.handler.dispatch_callback(Callback("watch", drained.set, ()))
+        if not drained.wait(self._op_timeout):
             return 0
         follow: list[str] = []
         with self._cache.batch():

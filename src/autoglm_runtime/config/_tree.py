@@ -61,6 +61,8 @@ class TreeApplier:
         self.czxids: dict[str, int] = {}
         #: Znodes created again: their next child list loads every child.
         self.reload: set[str] = set()
+        #: Paths the sync thread is reading again for a watch event (a difference there is not drift).
+        self.inflight: set[str] = set()
         #: Paths denied during the first load (for the start error).
         self.denied: list[str] = []
 
@@ -134,7 +136,8 @@ class TreeApplier:
                 follow.append((path, False, True))
         change = self._pipeline.ingest(key, result.data or b"", czxid=stat.czxid, mzxid=stat.mzxid, seq=result.seq)
         if change is not None and reconcile:
-            self.drift(path, key, change.new)
+            created = change.kind == "added" or (before is not None and stat.czxid > before)
+            self.drift(path, key, change.new, structural=created)
         return follow
 
     def _child_list(
@@ -186,11 +189,15 @@ class TreeApplier:
             self.czxids.pop(current, None)
             change = self._cache.remove(self.key(current), seq=seq)
             if change is not None and reconcile:
-                self.drift(current, change.key, None)
+                self.drift(current, change.key, None, structural=True)
 
-    def drift(self, path: str, key: str, value: Any) -> None:
-        if path in self._pending:
-            return  # a watch already reported it; the sync thread is on its way
+    def drift(self, path: str, key: str, value: Any, *, structural: bool = False) -> None:
+        """Correct and report a difference the reconciler found, unless a watch reported it: the path's own
+        watch, or for a znode created or deleted (``structural``) its parent's child watch."""
+        # Membership tests only: kazoo's callback thread adds to ``pending`` meanwhile.
+        paths = [path, path.rsplit("/", 1)[0]] if structural and path != self.root else [path]
+        if any(p in self._pending or p in self.inflight for p in paths):
+            return  # the sync thread is on its way
         log.warning(
             "drift corrected: %r differed from ZooKeeper (a watch was missed)",
             key,
