@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from integration.config._helpers import Factory, Until, j
 from integration.config.conftest import FakeClock
 from kazoo.client import KazooClient
+
+from autoglm_runtime.config import SnapshotEntry, write_snapshot
+from autoglm_runtime.testing.zookeeper import ZooKeeperServer
 
 
 def _restore(
@@ -101,3 +106,20 @@ def test_create_delete_churn_without_a_fault_is_no_drift(
     zk_client.sync(zk_root)
     until(lambda: dict(client.snapshot()) == {f"c{i}": i for i in present}, what="the tree after the churn")
     assert client.health()["drift_corrected"] == 0
+
+
+def test_a_week_old_snapshot_is_a_week_stale(
+    zk_restartable: ZooKeeperServer, tmp_path: Path, make_client: Factory, clock: FakeClock
+) -> None:
+    path = tmp_path / "cfg.snapshot"
+    week = 7 * 86400.0
+    entries = {"a": SnapshotEntry(j(1), 5, 5)}
+    write_snapshot(path, hosts=zk_restartable.hosts, root="/cfg", entries=entries, written_at=time.time() - week)
+    zk_restartable.stop()
+    client = make_client(zk_restartable.hosts, "/cfg", snapshot_path=path)
+    client.start(timeout=0.5)
+    assert client.get("a") == 1
+    stale = client.health()["stale_seconds"]
+    assert week <= stale < week + 60
+    clock.advance(10)
+    assert client.health()["stale_seconds"] == stale + 10

@@ -36,7 +36,8 @@ class ConfigHealth(TypedDict):
       False in every other state.
     * ``stale_seconds`` (float): 0.0 while the cache follows its source, and for a client that never
       loaded anything; otherwise seconds on the injected ``timer`` since it stopped following (first
-      suspension, session loss, a start that served a snapshot, a sync failure, ``stop()``).
+      suspension, session loss, a sync failure, ``stop()``; for a start that served a snapshot, since the
+      snapshot was written).
     * ``last_sync`` (float or None): Unix time of the last completed load or resync.
     * ``applied`` (int): changes applied to the cache (adds, updates, deletes).
     * ``rejected`` (int): data refused by the codec or the validator.
@@ -83,12 +84,16 @@ class SyncStatus:
         self.requests = 0
         self.root_missing = False
 
-    def mark_stale(self) -> None:
-        """The cache stopped following its source now (kept if already stale: staleness counts from the first
-        moment)."""
+    def mark_stale(self, *, age: float = 0.0) -> None:
+        """The cache stopped following its source ``age`` seconds ago (kept if already stale: staleness counts
+        from the first moment)."""
         with self._lock:
             if self.stale_since is None:
-                self.stale_since = self._timer()
+                self.stale_since = self._timer() - max(0.0, age)
+
+    def wall_age(self, unix_time: float) -> float:
+        """Seconds from ``unix_time`` until now on the wall clock (0 for a time in the future)."""
+        return max(0.0, self._wall_clock() - unix_time)
 
     def mark_synced(self, *, resync: bool) -> None:
         """A complete load or resync finished: the cache follows its source again (unless it was stopped)."""

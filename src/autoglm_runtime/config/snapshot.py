@@ -68,15 +68,24 @@ def _checksum(body: Mapping[str, Any]) -> str:
 
 
 def write_snapshot(
-    path: str | os.PathLike[str], *, hosts: str, root: str, entries: Mapping[str, SnapshotEntry]
+    path: str | os.PathLike[str],
+    *,
+    hosts: str,
+    root: str,
+    entries: Mapping[str, SnapshotEntry],
+    written_at: float | None = None,
 ) -> None:
-    """Write a snapshot of ``entries`` for ``hosts``/``root`` to ``path`` atomically."""
+    """Write a snapshot of ``entries`` for ``hosts``/``root`` to ``path`` atomically.
+
+    ``written_at`` (Unix time, default now) is when its content was last known to be current: a client
+    that starts from it reports it stale since then.
+    """
     target = Path(path)
     body: dict[str, Any] = {
         "format": SNAPSHOT_FORMAT,
         "hosts": normalize_hosts(hosts),
         "root": root,
-        "written_at": time.time(),
+        "written_at": time.time() if written_at is None else written_at,
         "entries": {
             key: [e.czxid, e.mzxid, base64.b64encode(e.data).decode("ascii")] for key, e in sorted(entries.items())
         },
