@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import time
@@ -14,6 +15,7 @@ from integration.config.conftest import FakeClock
 from kazoo.client import KazooClient
 
 from autoglm_runtime.config import SnapshotEntry, write_snapshot
+from autoglm_runtime.errors import ReadOnlyValueError
 from autoglm_runtime.testing.zookeeper import ZooKeeperServer
 
 
@@ -123,3 +125,20 @@ def test_a_week_old_snapshot_is_a_week_stale(
     assert week <= stale < week + 60
     clock.advance(10)
     assert client.health()["stale_seconds"] == stale + 10
+
+
+def test_a_value_is_not_shared_mutable(
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until
+) -> None:
+    zk_client.create(f"{zk_root}/models", j({"names": ["a", "b"], "limits": {"rpm": 10}}))
+    client = make_client(zk_hosts, zk_root)
+    client.start(timeout=10)
+    value = client.get("models")
+    with pytest.raises(ReadOnlyValueError):
+        value["names"].append("c")
+    with pytest.raises(ReadOnlyValueError):
+        client.snapshot()["models"]["limits"]["rpm"] = 0
+    mine = copy.deepcopy(value)
+    mine["names"].append("c")
+    assert client.get("models") == {"names": ["a", "b"], "limits": {"rpm": 10}}
+    assert dict(client.snapshot()) == {"models": {"names": ["a", "b"], "limits": {"rpm": 10}}}

@@ -298,8 +298,10 @@ class ConfigClient:
     def get(self, key: str, default: Any = None) -> Any:
         """The cached value of ``key`` (relative to root, no leading slash), or ``default``.
 
-        Never touches the network and never blocks on ZooKeeper. Values are shared with the cache: treat
-        them as read-only. Before :meth:`start` there is nothing cached (``default``); after :meth:`stop`
+        Never touches the network and never blocks on ZooKeeper. Values are shared with every reader, so
+        containers are read-only (:class:`~autoglm_runtime.config.FrozenDict`, ``FrozenList``; a change in
+        place raises :class:`~autoglm_runtime.errors.ReadOnlyValueError`): ``copy.deepcopy(value)`` gives a
+        mutable copy. Before :meth:`start` there is nothing cached (``default``); after :meth:`stop`
         the last values stay readable, no longer followed: ``health()["state"]`` says "stopped".
         """
         return self._values.get(key, default)
