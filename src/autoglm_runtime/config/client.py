@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from autoglm_runtime.config._files import FileSync, file_directory
+from autoglm_runtime.config._reads import Reads
 from autoglm_runtime.config._sync import ZooKeeperSync
 from autoglm_runtime.config._values import Validator, ValuePipeline
 from autoglm_runtime.config.cache import ConfigCache
@@ -31,7 +32,7 @@ from autoglm_runtime.config.codec import Codec, resolve_codec
 from autoglm_runtime.config.dispatcher import ConfigChange, Dispatcher, Listener
 from autoglm_runtime.config.health import ConfigHealth, SyncStatus
 from autoglm_runtime.config.reconciler import Reconciler
-from autoglm_runtime.config.settings import Auth, SyncTuning, ZooKeeperConnection, normalize_auth
+from autoglm_runtime.config.settings import Auth, SyncTuning, ZooKeeperConnection, all_refused, normalize_auth
 from autoglm_runtime.config.snapshot import SnapshotEntry, SnapshotWriter, read_snapshot
 from autoglm_runtime.errors import ConfigUnavailableError, SnapshotError, UsageError
 
@@ -49,7 +50,7 @@ def _normalize_root(root: str) -> str:
     return root
 
 
-class ConfigClient:
+class ConfigClient(Reads):
     """Follows every znode under ``root`` and serves it from memory.
 
     ``hosts`` is a ZooKeeper connect string (``"h1:2181,h2:2181"``) or ``"file:///dir"`` for the directory
@@ -86,12 +87,16 @@ class ConfigClient:
         connection: ZooKeeperConnection | None = None,
         tuning: SyncTuning | None = None,
         client_factory: Callable[[], KazooClient] | None = None,
+        start_timeout: float = 10.0,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         if not hosts:
             raise UsageError("config hosts must not be empty: give 'host:port[,host:port...]' or 'file:///dir'")
         if ttl <= 0:
             raise UsageError(f"config ttl must be a positive number of seconds, got {ttl}")
+        if start_timeout <= 0:
+            raise UsageError(f"config start_timeout must be a positive number of seconds, got {start_timeout}")
+        self.start_timeout = start_timeout
         if client_factory is not None and (connection is not None or auth is not None):
             raise UsageError(
                 "give either client_factory or connection/auth: the factory's KazooClient carries its own "
@@ -156,12 +161,15 @@ class ConfigClient:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float | None = None) -> None:
         """Load the whole subtree, then follow it; returns once the cache holds a consistent picture.
 
-        If ZooKeeper cannot be reached (and the tree loaded) within ``timeout`` seconds and a valid snapshot
-        exists, the snapshot is served, ``health()`` reports it stale, and the client keeps connecting in the
-        background. Raises :class:`~autoglm_runtime.errors.ConfigUnavailableError` with neither,
+        ``timeout`` defaults to the client's ``start_timeout`` (which ``with ConfigClient(...)`` uses). If
+        ZooKeeper cannot be reached (and the tree loaded) within it and a valid snapshot exists, the
+        snapshot is served, ``health()`` reports it stale since the snapshot was written, and the client
+        keeps connecting in the background; when every host refuses the connection outright, a snapshot
+        is served at once instead of after the whole timeout. Raises
+        :class:`~autoglm_runtime.errors.ConfigUnavailableError` with neither,
         :class:`~autoglm_runtime.errors.SnapshotError` if the snapshot is refused, and
         :class:`~autoglm_runtime.errors.ConfigAccessError` if ZooKeeper denies reading part of the tree.
 
@@ -181,6 +189,7 @@ class ConfigClient:
             if self._started:
                 return
             self._started = True
+            timeout = self.start_timeout if timeout is None else timeout
             self._status.set_state("starting")
             self._dispatcher.start()
             try:
@@ -213,7 +222,8 @@ class ConfigClient:
             self._status.source = "file"
             return
         source.start()
-        if self._wait_loaded(source, timeout):
+        refused = self.snapshot_path is not None and self.snapshot_path.exists()
+        if self._wait_loaded(source, timeout, give_up_when_refused=refused):
             if source.load_error is not None:
                 raise source.load_error
             self._status.source = "zookeeper"
@@ -244,15 +254,21 @@ class ConfigClient:
             extra={"error_code": "E0409", "hosts": self.hosts, "root": self.root, "path": str(self.snapshot_path)},
         )
 
-    def _wait_loaded(self, source: ZooKeeperSync, timeout: float) -> bool:
-        """Wait for the load, polling :meth:`stop`'s request so it never waits out the whole timeout."""
+    def _wait_loaded(self, source: ZooKeeperSync, timeout: float, *, give_up_when_refused: bool) -> bool:
+        """Wait for the load, polling :meth:`stop`'s request so it never waits out the whole timeout, and
+        (``give_up_when_refused``) whether every host refuses connections, which no waiting cures."""
         deadline = time.monotonic() + timeout
+        probe_at = time.monotonic() + 0.2
         while not self._stop_requested.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return source.loaded.is_set()
             if source.loaded.wait(min(remaining, 0.05)):
                 return True
+            if give_up_when_refused and time.monotonic() >= probe_at:
+                probe_at = time.monotonic() + 1.0
+                if all_refused(self.hosts):
+                    return source.loaded.is_set()
         raise UsageError("stopped during start: ConfigClient.stop() was called while start() waited for ZooKeeper")
 
     def stop(self) -> None:
@@ -285,7 +301,7 @@ class ConfigClient:
         self._dispatcher.stop()
 
     def __enter__(self) -> ConfigClient:
-        self.start()
+        self.start(self.start_timeout)
         return self
 
     def __exit__(
