@@ -205,6 +205,8 @@ class ConfigClient(Reads):
                     hosts=self.hosts,
                     root=self.root,
                     collect=self._snapshot_entries,
+                    entry=self._snapshot_entry,
+                    lock=self._cache.lock,
                     debounce=self._snapshot_debounce,
                 )
                 self._writer.start()
@@ -376,7 +378,11 @@ class ConfigClient(Reads):
         self._dispatcher.publish(change)
         writer = self._writer
         if writer is not None and self._status.source != "none":
-            writer.mark_dirty()
+            writer.mark_dirty(change.key)
+
+    def _snapshot_entry(self, key: str) -> SnapshotEntry | None:
+        entry = self._cache.entry(key)
+        return SnapshotEntry(entry.data, entry.czxid, entry.mzxid) if entry is not None else None
 
     def _snapshot_entries(self) -> dict[str, SnapshotEntry]:
         return {k: SnapshotEntry(e.data, e.czxid, e.mzxid) for k, e in self._cache.entries().items()}
