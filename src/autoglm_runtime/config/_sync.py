@@ -267,7 +267,7 @@ class ZooKeeperSync:
         elif isinstance(action, sm.Read):
             complete = self._walker.read(action.data | unanswered, action.children | unanswered)
             if complete and self._status.root_missing and self.root in self._tree.children:
-                self._report_root(False, held=0, keys=len(self._cache))
+                self._tree.report_root(False, held=0, keys=len(self._cache))
             return None if complete else self._root_gone()
         elif isinstance(action, sm.Confirm):
             # setWatches confirmed every key it did not fire for: they are fresh, not due for a re-read by
@@ -333,7 +333,7 @@ class ZooKeeperSync:
             # A root deleted or created is a change of the tree, not a reconnect: not counted as a resync.
             self._status.mark_synced(resync=action.resync and not root_event and not root_missing)
             # Said before start() can return on this load.
-            self._report_root(root_missing, held=held, keys=len(found))
+            self._tree.report_root(root_missing, held=held, keys=len(found))
             # Set under the cache lock: a snapshot served at start must not land after this load.
             self.loaded.set()
         if action.resync and not root_event and not root_missing:
@@ -344,32 +344,6 @@ class ZooKeeperSync:
             )
         self._guard.checked_session = session
         return sm.FullSyncDone(session, root_appeared=root_appeared)
-
-    def _report_root(self, missing: bool, *, held: int, keys: int) -> None:
-        """Say once when the root is missing (a typo, or an operator deleted it) and when it is back."""
-        if missing == self._status.root_missing:
-            return
-        self._status.root_missing = missing
-        extra = {"error_code": "E0409", "hosts": self.hosts, "root": self.root, "keys": keys}
-        if missing and held:
-            log.warning(
-                "config root %s was deleted on ZooKeeper at %s: its %d keys were removed; it is loaded again as "
-                "soon as it is created (health()['root_missing'] is True until then)",
-                self.root,
-                self.hosts,
-                held,
-                extra=extra,
-            )
-        elif missing:
-            log.warning(
-                "config root %s does not exist on ZooKeeper at %s: serving no keys (check the root for a typo); "
-                "it is loaded as soon as it is created (health()['root_missing'] is True until then)",
-                self.root,
-                self.hosts,
-                extra=extra,
-            )
-        else:
-            log.info("config root %s exists again: %d keys loaded", self.root, keys, extra=extra)
 
     def _rearm(self, action: sm.Rearm) -> frozenset[str]:
         """Resync after a reconnect without re-reading the tree (kazoo #664's read spike).

@@ -204,3 +204,30 @@ class TreeApplier:
             extra={"error_code": "E0409", "key": key, "path": path, "value": describe_value(value)},
         )
         self._status.add("drift_corrected")
+
+    def report_root(self, missing: bool, *, held: int, keys: int) -> None:
+        """Say once when the root is missing (a typo, or an operator deleted it) and when it is back; ``held``
+        keys were cached, ``keys`` are now."""
+        if missing == self._status.root_missing:
+            return
+        self._status.root_missing = missing
+        extra = {"error_code": "E0409", "hosts": self.hosts, "root": self.root, "keys": keys}
+        if missing and held:
+            log.warning(
+                "config root %s was deleted on ZooKeeper at %s: its %d keys were removed; it is loaded again as "
+                "soon as it is created (health()['root_missing'] is True until then)",
+                self.root,
+                self.hosts,
+                held,
+                extra=extra,
+            )
+        elif missing:
+            log.warning(
+                "config root %s does not exist on ZooKeeper at %s: serving no keys (check the root for a typo); "
+                "it is loaded as soon as it is created (health()['root_missing'] is True until then)",
+                self.root,
+                self.hosts,
+                extra=extra,
+            )
+        else:
+            log.info("config root %s exists again: %d keys loaded", self.root, keys, extra=extra)
