@@ -32,7 +32,14 @@ from autoglm_runtime.testing._common import four_letter_word
 
 def mntr(hosts: str) -> dict[str, int]:
     host, port = hosts.split(",", maxsplit=1)[0].rsplit(":", 1)
-    reply = four_letter_word(host, int(port), "mntr", timeout=5.0) or ""
+    reply = None
+    for _ in range(20):  # a busy server may not answer a four-letter word at once
+        reply = four_letter_word(host, int(port), "mntr", timeout=5.0)
+        if reply:
+            break
+        time.sleep(0.5)
+    if not reply:
+        raise RuntimeError(f"ZooKeeper at {hosts} did not answer mntr")
     out = {}
     for line in reply.splitlines():
         name, _, value = line.partition("\t")
