@@ -9,6 +9,7 @@
 4. resync of N nodes after a forced session expiry: target <= 1.5 s, with the reads it issued; once with
    nothing changed meanwhile, once with 1,000 updates, 100 deletes and 100 creates made while the client was
    partitioned away (through the harness's fault proxy) and its session expired.
+5. the fleet benchmark and 6. the get() stall test with the snapshot writer on: see config_fleet.py.
 The ZooKeeper server comes from the test harness (AUTOGLM_ZK_BACKEND chooses; local install here).
 """
 
@@ -21,6 +22,7 @@ import time
 import timeit
 from typing import Any
 
+from config_fleet import bench_fleet, bench_stall
 from kazoo.client import KazooClient, KazooState
 from kazoo.recipe.cache import TreeCache, TreeEvent
 from kazoo.recipe.watchers import DataWatch
@@ -264,6 +266,9 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=10_000)
     parser.add_argument("--updates", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3, help="initial-load repetitions (median)")
+    parser.add_argument("--fleet", default="20,100", help="fleet sizes (clients), comma-separated; '' skips")
+    parser.add_argument("--fleet-nodes", type=int, default=2_000, help="nodes of the fleet's tree")
+    parser.add_argument("--stall-keys", type=int, default=100_000)
     args = parser.parse_args()
 
     with start_zookeeper() as server:
@@ -308,8 +313,41 @@ def main() -> None:
         print(f"   reconnect -> resynced  {changed['resync']:7.3f} s")
         print(f"   reads issued           {changed['reads']} ({changed['requests']} requests)")
         print(f"   target <= 1.5 s: {'met' if changed['resync'] <= 1.5 else 'MISSED'}")
+        fleet_keys = _populate(admin, "/bench/fleet", args.fleet_nodes)
+        for n in [int(x) for x in args.fleet.split(",") if x]:
+            report_fleet(server.hosts, admin, fleet_keys, n)
         admin.stop()
         admin.close()
+
+    stall = bench_stall(args.stall_keys)
+    print(f"\n6. get() every 1 ms on a {args.stall_keys}-key cache, 100 keys/s changing, snapshot writer on (5 s)")
+    for mode, f in stall.items():
+        print(f"   {mode:12s} max gap {f['max_gap'] * 1e3:6.1f} ms   gaps > 50 ms {f['over_50ms']:3d}   "
+              f"> 11 ms {f['over_10ms']:3d}   writes {f['writes']:3d}   CPU {f['cpu']:4.0%} of a core")  # fmt: skip
+    ratio = stall["whole tree"]["max_gap"] / stall["incremental"]["max_gap"]
+    met = "met" if stall["incremental"]["max_gap"] <= 0.010 else "MISSED"
+    print(f"   max gap whole-tree / incremental {ratio:.1f}x (target max gap <= 10 ms: {met})")
+
+
+def report_fleet(hosts: str, admin: KazooClient, keys: list[str], n: int) -> None:
+    nodes = len(keys) + len({k.split("/")[0] for k in keys})
+    figures = bench_fleet(hosts, admin, "/bench/fleet", keys, n)
+    print(f"\n5. fleet of {n} clients in 4 processes on a {nodes}-node tree, one server")
+    ours, theirs = figures["config"], figures["treecache"]
+    print(f"   server watches         ConfigClient {ours['watches']:9d} ({ours['watches'] / n:8.0f} per client)   "
+          f"TreeCache {theirs['watches']:9d} ({theirs['watches'] / n:8.0f} per client)")  # fmt: skip
+    for name in [k for k in ours if k != "watches"]:
+        a, b = ours[name], theirs[name]
+        gain = b["packets"] / max(a["packets"], 1)
+        print(f"   {name:27s} packets {a['packets']:8d} vs {b['packets']:8d} ({gain:6.1f}x)"
+              f"   converged {a['seconds']:6.2f} s vs {b['seconds']:6.2f} s")  # fmt: skip
+    per_client = ours["watches"] / n
+    print(f"   extrapolated to 1,000 clients on this tree: {per_client * 1000:,.0f} server watches "
+          f"(~{per_client * 1000 * 156 / 2**20:,.0f} MiB of server heap at ~156 B each); TreeCache "
+          f"{theirs['watches'] / n * 1000:,.0f}")  # fmt: skip
+    for name in [k for k in ours if k != "watches"]:
+        print(f"   {name:27s} at 1,000 clients: {ours[name]['packets'] / n * 1000:,.0f} packets "
+              f"vs TreeCache {theirs[name]['packets'] / n * 1000:,.0f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def test_set_get_dump_delete_round_trip(
     assert _run(capsys, "config", "get", "models/llm/context_window", *target) == (
         1,
         "",
-        f"autoglm-runtime: key 'models/llm/context_window' does not exist under {zk_root}\n",
+        f"autoglm-runtime: error E0409: key 'models/llm/context_window' does not exist under {zk_root}\n",
     )
 
 

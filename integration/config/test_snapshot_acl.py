@@ -50,7 +50,8 @@ def test_zookeeper_down_at_start_serves_the_snapshot_then_converges(
     assert dict(client.snapshot()) == {"a": 1, "b": 2}
     clock.advance(42)
     health = client.health()
-    assert (health["source"], health["connected"], health["stale_seconds"]) == ("snapshot", False, 42.0)
+    assert (health["source"], health["connected"]) == ("snapshot", False)
+    assert 42.0 < health["stale_seconds"] < 42.0 + 60  # since the snapshot was written, moments before the start
 
     zk_restartable.start()
     until(lambda: client.health()["source"] == "zookeeper", what="convergence once ZooKeeper is up")

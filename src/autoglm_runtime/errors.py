@@ -270,6 +270,20 @@ class ConfigValueError(ConfigError, ValueError):
     """A value could not be decoded by the codec or was rejected by the validator."""
 
 
+class ConfigTypeError(ConfigError, TypeError):
+    """A typed read (``get_int`` ...) found a value of another type, or no value."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigTimeoutError(ConfigError, TimeoutError):
+    """``wait_for`` gave up: the key did not reach the awaited value in time."""
+
+
+class ReadOnlyValueError(UsageError, TypeError):
+    """A config value was changed in place: every reader and listener shares it; copy it first."""
+
+
 # --- isolation ----------------------------------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ def test_staleness_counts_from_the_first_suspension(clock: FakeClock) -> None:
         "requests": 0,
         "source": "none",
         "keys": 2,
+        "root_missing": False,
     }
 
 

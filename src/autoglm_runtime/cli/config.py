@@ -148,13 +148,18 @@ def _show(value: Any, codec: str) -> str:
     return "" if value is None else str(value)
 
 
+def _missing(key: str, root: str) -> None:
+    # A finding, not a failure of the command: coded like every other error line, exit status 1.
+    print(f"autoglm-runtime: error E0409: key {key!r} does not exist under {root}", file=sys.stderr)
+
+
 def _get(args: argparse.Namespace) -> int:
     key = _check_key(args.key)
     with _client(args) as client:
         client.start(timeout=args.timeout)
         snapshot = client.snapshot()
         if key not in snapshot:
-            print(f"autoglm-runtime: key {key!r} does not exist under {args.root}", file=sys.stderr)
+            _missing(key, args.root)
             return EXIT_FINDINGS
         value = snapshot[key]
         version = client.version(key)
@@ -216,7 +221,7 @@ def _delete(args: argparse.Namespace) -> int:
     if hosts.startswith("file://"):
         path = _file_path(hosts, root, key)
         if not path.exists():
-            print(f"autoglm-runtime: key {key!r} does not exist under {root}", file=sys.stderr)
+            _missing(key, root)
             return EXIT_FINDINGS
         if path.is_dir():
             if not args.recursive:
@@ -233,7 +238,7 @@ def _delete(args: argparse.Namespace) -> int:
             try:
                 zk.delete(f"{root}/{key}", recursive=args.recursive)
             except NoNodeError:
-                print(f"autoglm-runtime: key {key!r} does not exist under {root}", file=sys.stderr)
+                _missing(key, root)
                 return EXIT_FINDINGS
             except NotEmptyError as exc:
                 raise UsageError(f"key {key!r} has children: pass --recursive to delete them too") from exc

@@ -7,6 +7,7 @@ describes the guarantees.
 from __future__ import annotations
 
 from autoglm_runtime._exports import publish as _publish
+from autoglm_runtime.config._frozen import FrozenDict, FrozenList
 from autoglm_runtime.config._values import Validator
 from autoglm_runtime.config.client import ConfigClient
 from autoglm_runtime.config.codec import BytesCodec, Codec, JsonCodec, TextCodec
@@ -23,6 +24,8 @@ __all__ = [
     "ConfigHealth",
     "ConfigSource",
     "ConfigState",
+    "FrozenDict",
+    "FrozenList",
     "JsonCodec",
     "Listener",
     "Snapshot",

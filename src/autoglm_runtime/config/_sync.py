@@ -80,6 +80,7 @@ class ZooKeeperSync:
             op_timeout=op_timeout,
             bulk=bulk_reads,
         )
+        self._op_timeout = op_timeout
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._pending: set[str] = set()
         # Written by the sync thread only; read (one reference) by the reconciler's reread().
@@ -88,6 +89,8 @@ class ZooKeeperSync:
         self.loaded = threading.Event()
         self.load_error: ConfigAccessError | None = None
         self._stopping = threading.Event()
+        # A read found the root gone: the full read that follows is a change of the tree, not a resync.
+        self._root_event = False
         self._guard = ZxidGuard(
             client=self.client, wait=self._reader.wait, status=status, cache=cache, hosts=hosts, root=root
         )
@@ -261,10 +264,12 @@ class ZooKeeperSync:
         elif isinstance(action, sm.FullRead):
             return self._full_sync(action)
         elif isinstance(action, sm.ApplyFetched):
-            return None if self._walker.apply_fetched(action.fetched) else sm.RootMissing()
+            return None if self._walker.apply_fetched(action.fetched) else self._root_gone()
         elif isinstance(action, sm.Read):
             complete = self._walker.read(action.data | unanswered, action.children | unanswered)
-            return None if complete else sm.RootMissing()
+            if complete and self._status.root_missing and self.root in self._tree.children:
+                self._tree.report_root(False, held=0, keys=len(self._cache))
+            return None if complete else self._root_gone()
         elif isinstance(action, sm.Confirm):
             # setWatches confirmed every key it did not fire for: they are fresh, not due for a re-read by
             # the reconciler (which would make the outage a full re-read after all).
@@ -285,6 +290,10 @@ class ZooKeeperSync:
             self._stopping.wait(action.delay)
         return None
 
+    def _root_gone(self) -> sm.RootMissing:
+        self._root_event = True
+        return sm.RootMissing()
+
     def _full_sync(self, action: sm.FullRead) -> sm.FullSyncDone | None:
         self._pending.clear()
         client_id = self.client.client_id
@@ -296,7 +305,8 @@ class ZooKeeperSync:
         if self._stopping.is_set():
             return None  # a partial read must not delete what it did not reach
         root_appeared = False
-        if any(r.path == self.root and r.missing for r in results):
+        root_missing = any(r.path == self.root and r.missing for r in results)
+        if root_missing:
             # The root does not exist (yet): an exists watch tells us when it is created. If it appeared in
             # the meantime, the watch is armed but will not fire for that creation: load again.
             stat = self._reader.wait(self.client.exists_async(self.root, watch=self._watch))
@@ -313,16 +323,22 @@ class ZooKeeperSync:
                     f"ZooKeeper at {self.hosts} denied reading {paths} under root {self.root}: check the "
                     "credentials (auth=) and the ACLs of those nodes"
                 )
+            held = len(self._cache)
             if not self._guard.behind():
                 for key in self._cache.keys() - found:
                     self._cache.remove(key, seq=start_seq)
-                self._tree.prune(found)
+                self._tree.prune(found, root=not root_missing)
             self._status.source = "zookeeper"
+            root_event = self._root_event
+            self._root_event = False
             reason = self._resync_reason()
-            self._status.mark_synced(resync=action.resync, reason=reason)
+            # A root deleted or created is a change of the tree, not a reconnect: not counted as a resync.
+            self._status.mark_synced(resync=action.resync and not root_event and not root_missing, reason=reason)
+            # Said before start() can return on this load.
+            self._tree.report_root(root_missing, held=held, keys=len(found))
             # Set under the cache lock: a snapshot served at start must not land after this load.
             self.loaded.set()
-        if action.resync:
+        if action.resync and not root_event and not root_missing:
             log.info(
                 "config resynced after %s",
                 "session expiry" if reason == "session_expired" else "a reconnect",
@@ -369,6 +385,13 @@ class ZooKeeperSync:
         try:
             results = self._reader.read(specs)
         except Interrupted:
+            return 0
+        # ZooKeeper sends a watch event before the answer of any later read that sees its change, but kazoo
+        # hands the event to its callback thread: wait until that thread has queued every event that came
+        # before these answers, so a change a watch reported is never mistaken for drift.
+        drained = threading.Event()
+        self.client.handler.dispatch_callback(Callback("watch", drained.set, ()))
+        if not drained.wait(self._op_timeout):
             return 0
         follow: list[str] = []
         with self._cache.batch():

@@ -61,12 +61,15 @@ class TreeApplier:
         self.czxids: dict[str, int] = {}
         #: Znodes created again: their next child list loads every child.
         self.reload: set[str] = set()
+        #: Paths the sync thread is reading again for a watch event (a difference there is not drift).
+        self.inflight: set[str] = set()
         #: Paths denied during the first load (for the start error).
         self.denied: list[str] = []
 
-    def prune(self, found: set[str]) -> None:
-        """Forget the bookkeeping of znodes a full read did not find (keys ``found`` are the ones it did)."""
-        known = {self.path(k) for k in found} | {self.root}
+    def prune(self, found: set[str], *, root: bool) -> None:
+        """Forget the bookkeeping of znodes a full read did not find (keys ``found`` are the ones it did;
+        ``root``: it found the root)."""
+        known = {self.path(k) for k in found} | ({self.root} if root else set())
         for path in [p for p in self.children if p not in known]:
             del self.children[path]
         for path in [p for p in self.czxids if p not in known]:
@@ -85,7 +88,12 @@ class TreeApplier:
             self._denied(path, key, found)
             return []
         if result.missing:
-            if path != self.root and not self._behind():
+            if path == self.root:
+                # Forget the root's child list: when the root is created again (an operator's restore), every
+                # child it then lists is new and must be loaded, even where the names are the same.
+                self.children.pop(path, None)
+                self.czxids.pop(path, None)
+            elif not self._behind():
                 self.remove_subtree(path, result.seq, reconcile=reconcile)
             return []
         follow: list[Spec] = []
@@ -128,7 +136,8 @@ class TreeApplier:
                 follow.append((path, False, True))
         change = self._pipeline.ingest(key, result.data or b"", czxid=stat.czxid, mzxid=stat.mzxid, seq=result.seq)
         if change is not None and reconcile:
-            self.drift(path, key, change.new)
+            created = change.kind == "added" or (before is not None and stat.czxid > before)
+            self.drift(path, key, change.new, structural=created)
         return follow
 
     def _child_list(
@@ -152,8 +161,13 @@ class TreeApplier:
         reload = path in self.reload
         self.reload.discard(path)
         new = names if full or reload else names - old_names
-        if reconcile and names - old_names:
-            self.drift(path, key, None)
+        if reconcile:
+            if names - old_names:
+                self.drift(path, key, None)
+            # The safety net covers structure too: a child this list already had but the cache lacks (its
+            # load was lost) is read again; the value read reports the drift if it was real.
+            entry = self._cache.entry
+            new |= {name for name in names & old_names if entry(self.key(base + name)) is None}
         return [(base + name, True, True) for name in sorted(new)]
 
     def remove_subtree(self, path: str, seq: int, *, reconcile: bool) -> None:
@@ -175,14 +189,45 @@ class TreeApplier:
             self.czxids.pop(current, None)
             change = self._cache.remove(self.key(current), seq=seq)
             if change is not None and reconcile:
-                self.drift(current, change.key, None)
+                self.drift(current, change.key, None, structural=True)
 
-    def drift(self, path: str, key: str, value: Any) -> None:
-        if path in self._pending:
-            return  # a watch already reported it; the sync thread is on its way
+    def drift(self, path: str, key: str, value: Any, *, structural: bool = False) -> None:
+        """Correct and report a difference the reconciler found, unless a watch reported it: the path's own
+        watch, or for a znode created or deleted (``structural``) its parent's child watch."""
+        # Membership tests only: kazoo's callback thread adds to ``pending`` meanwhile.
+        paths = [path, path.rsplit("/", 1)[0]] if structural and path != self.root else [path]
+        if any(p in self._pending or p in self.inflight for p in paths):
+            return  # the sync thread is on its way
         log.warning(
             "drift corrected: %r differed from ZooKeeper (a watch was missed)",
             key,
             extra={"error_code": "E0409", "key": key, "path": path, "value": describe_value(value)},
         )
         self._status.add("drift_corrected")
+
+    def report_root(self, missing: bool, *, held: int, keys: int) -> None:
+        """Say once when the root is missing (a typo, or an operator deleted it) and when it is back; ``held``
+        keys were cached, ``keys`` are now."""
+        if missing == self._status.root_missing:
+            return
+        self._status.root_missing = missing
+        extra = {"error_code": "E0409", "hosts": self.hosts, "root": self.root, "keys": keys}
+        if missing and held:
+            log.warning(
+                "config root %s was deleted on ZooKeeper at %s: its %d keys were removed; it is loaded again as "
+                "soon as it is created (health()['root_missing'] is True until then)",
+                self.root,
+                self.hosts,
+                held,
+                extra=extra,
+            )
+        elif missing:
+            log.warning(
+                "config root %s does not exist on ZooKeeper at %s: serving no keys (check the root for a typo); "
+                "it is loaded as soon as it is created (health()['root_missing'] is True until then)",
+                self.root,
+                self.hosts,
+                extra=extra,
+            )
+        else:
+            log.info("config root %s exists again: %d keys loaded", self.root, keys, extra=extra)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+from autoglm_runtime.config._frozen import freeze
 from autoglm_runtime.config.cache import ConfigCache
 from autoglm_runtime.config.codec import Codec, decode_value
 from autoglm_runtime.config.dispatcher import ConfigChange
@@ -56,7 +57,8 @@ class ValuePipeline:
         """Decode and validate ``data`` for ``key``; raises ``ValueError`` with the reason on refusal (whatever
         exception the codec or the validator raised)."""
         try:
-            value = decode_value(self._codec, data)
+            # Frozen once here: every reader and listener shares the value, and get() stays one dict read.
+            value = freeze(decode_value(self._codec, data))
         except ValueError as exc:
             raise _Refused("decode", f"the {self._codec.name} codec cannot decode it: {exc}") from exc
         except Exception as exc:  # RecursionError from deep JSON, a custom codec's TypeError...: still a refusal

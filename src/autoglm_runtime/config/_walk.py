@@ -84,7 +84,9 @@ class TreeWalker:
                 raise Lost(r.path for r, _ in fetched[index:]) from exc
             with self._cache.batch():
                 self._pending.discard(result.path)
-                follow.extend(self._tree.apply(result, found=None, full=False, reconcile=False))
+                more = self._tree.apply(result, found=None, full=False, reconcile=False)
+                self._tree.inflight.update(spec[0] for spec in more)
+                follow.extend(more)
         return not follow or self.traverse(follow)
 
     def read(self, data: frozenset[str], children: frozenset[str]) -> bool:
@@ -93,20 +95,31 @@ class TreeWalker:
         paths = data | children
         if not paths:
             return True
+        self._tree.inflight.update(paths)
         self._pending.difference_update(paths)
         specs = [(p, p in data and p != self.root, p in children or p == self.root) for p in sorted(paths)]
         return self.traverse(specs)
 
     def traverse(self, specs: Sequence[Spec]) -> bool:
         """Read ``specs`` and, level by level, what they lead to; False if the root turned out missing."""
+        # Every path is in flight from before its read until it is applied (the reads it leads to are added
+        # under the same lock): a difference the reconciler sees there meanwhile is this read's, not drift.
+        inflight = self._tree.inflight
         root_present = True
         frontier = list(specs)
-        while frontier and not self._stopping.is_set():
-            results = self.read_level(frontier)
-            frontier = []
-            with self._cache.batch():
-                for result in results:
-                    if result.path == self.root and result.missing:
-                        root_present = False
-                    frontier.extend(self._tree.apply(result, found=None, full=False, reconcile=False))
+        inflight.update(spec[0] for spec in frontier)
+        try:
+            while frontier and not self._stopping.is_set():
+                results = self.read_level(frontier)
+                done = {spec[0] for spec in frontier}
+                frontier = []
+                with self._cache.batch():
+                    for result in results:
+                        if result.path == self.root and result.missing:
+                            root_present = False
+                        frontier.extend(self._tree.apply(result, found=None, full=False, reconcile=False))
+                    inflight.update(spec[0] for spec in frontier)
+                    inflight.difference_update(done - {spec[0] for spec in frontier})
+        finally:
+            inflight.difference_update(spec[0] for spec in frontier)
         return root_present

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from autoglm_runtime.config._files import FileSync, file_directory
+from autoglm_runtime.config._reads import Reads
 from autoglm_runtime.config._sync import ZooKeeperSync
 from autoglm_runtime.config._values import Validator, ValuePipeline
 from autoglm_runtime.config.cache import ConfigCache
@@ -31,7 +32,7 @@ from autoglm_runtime.config.codec import Codec, resolve_codec
 from autoglm_runtime.config.dispatcher import ConfigChange, Dispatcher, Listener
 from autoglm_runtime.config.health import ConfigHealth, SyncStatus
 from autoglm_runtime.config.reconciler import Reconciler
-from autoglm_runtime.config.settings import Auth, SyncTuning, ZooKeeperConnection, normalize_auth
+from autoglm_runtime.config.settings import Auth, SyncTuning, ZooKeeperConnection, all_refused, normalize_auth
 from autoglm_runtime.config.snapshot import SnapshotEntry, SnapshotWriter, read_snapshot
 from autoglm_runtime.errors import ConfigUnavailableError, SnapshotError, UsageError
 
@@ -61,7 +62,7 @@ def _made_client(factory: Callable[[], KazooClient]) -> KazooClient:
     return client
 
 
-class ConfigClient:
+class ConfigClient(Reads):
     """Follows every znode under ``root`` and serves it from memory.
 
     ``hosts`` is a ZooKeeper connect string (``"h1:2181,h2:2181"``) or ``"file:///dir"`` for the directory
@@ -99,12 +100,16 @@ class ConfigClient:
         connection: ZooKeeperConnection | None = None,
         tuning: SyncTuning | None = None,
         client_factory: Callable[[], KazooClient] | None = None,
+        start_timeout: float = 10.0,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         if not hosts:
             raise UsageError("config hosts must not be empty: give 'host:port[,host:port...]' or 'file:///dir'")
         if ttl <= 0:
             raise UsageError(f"config ttl must be a positive number of seconds, got {ttl}")
+        if start_timeout <= 0:
+            raise UsageError(f"config start_timeout must be a positive number of seconds, got {start_timeout}")
+        self.start_timeout = start_timeout
         if client_factory is not None and (connection is not None or auth is not None):
             raise UsageError(
                 "give either client_factory or connection/auth: the factory's KazooClient carries its own "
@@ -171,12 +176,15 @@ class ConfigClient:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float | None = None) -> None:
         """Load the whole subtree, then follow it; returns once the cache holds a consistent picture.
 
-        If ZooKeeper cannot be reached (and the tree loaded) within ``timeout`` seconds and a valid snapshot
-        exists, the snapshot is served, ``health()`` reports it stale, and the client keeps connecting in the
-        background. Raises :class:`~autoglm_runtime.errors.ConfigUnavailableError` with neither,
+        ``timeout`` defaults to the client's ``start_timeout`` (which ``with ConfigClient(...)`` uses). If
+        ZooKeeper cannot be reached (and the tree loaded) within it and a valid snapshot exists, the
+        snapshot is served, ``health()`` reports it stale since the snapshot was written, and the client
+        keeps connecting in the background; when every host refuses the connection outright, a snapshot
+        is served at once instead of after the whole timeout. Raises
+        :class:`~autoglm_runtime.errors.ConfigUnavailableError` with neither,
         :class:`~autoglm_runtime.errors.SnapshotError` if the snapshot is refused, and
         :class:`~autoglm_runtime.errors.ConfigAccessError` if ZooKeeper denies reading part of the tree.
 
@@ -196,6 +204,7 @@ class ConfigClient:
             if self._started:
                 return
             self._started = True
+            timeout = self.start_timeout if timeout is None else timeout
             self._status.set_state("starting")
             self._dispatcher.start()
             try:
@@ -211,6 +220,8 @@ class ConfigClient:
                     hosts=self.hosts,
                     root=self.root,
                     collect=self._snapshot_entries,
+                    entry=self._snapshot_entry,
+                    lock=self._cache.lock,
                     debounce=self._snapshot_debounce,
                 )
                 self._writer.start()
@@ -228,7 +239,8 @@ class ConfigClient:
             self._status.source = "file"
             return
         source.start()
-        if self._wait_loaded(source, timeout):
+        refused = self.snapshot_path is not None and self.snapshot_path.exists()
+        if self._wait_loaded(source, timeout, give_up_when_refused=refused):
             if source.load_error is not None:
                 raise source.load_error
             self._status.source = "zookeeper"
@@ -251,22 +263,29 @@ class ConfigClient:
                 for key, entry in snapshot.entries.items():
                     self._pipeline.ingest(key, entry.data, czxid=entry.czxid, mzxid=entry.mzxid, seq=0)
                 self._status.source = "snapshot"
-                self._status.mark_stale()
+                # The values are as old as the snapshot, not as the start.
+                self._status.mark_stale(age=self._status.wall_age(snapshot.written_at))
         log.warning(
             "ZooKeeper unreachable at start: serving the snapshot (%d keys) and reporting stale until it connects",
             len(snapshot.entries),
             extra={"error_code": "E0409", "hosts": self.hosts, "root": self.root, "path": str(self.snapshot_path)},
         )
 
-    def _wait_loaded(self, source: ZooKeeperSync, timeout: float) -> bool:
-        """Wait for the load, polling :meth:`stop`'s request so it never waits out the whole timeout."""
+    def _wait_loaded(self, source: ZooKeeperSync, timeout: float, *, give_up_when_refused: bool) -> bool:
+        """Wait for the load, polling :meth:`stop`'s request so it never waits out the whole timeout, and
+        (``give_up_when_refused``) whether every host refuses connections, which no waiting cures."""
         deadline = time.monotonic() + timeout
+        probe_at = time.monotonic() + 0.2
         while not self._stop_requested.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return source.loaded.is_set()
             if source.loaded.wait(min(remaining, 0.05)):
                 return True
+            if give_up_when_refused and time.monotonic() >= probe_at:
+                probe_at = time.monotonic() + 1.0
+                if all_refused(self.hosts):
+                    return source.loaded.is_set()
         raise UsageError("stopped during start: ConfigClient.stop() was called while start() waited for ZooKeeper")
 
     def stop(self) -> None:
@@ -299,7 +318,7 @@ class ConfigClient:
         self._dispatcher.stop()
 
     def __enter__(self) -> ConfigClient:
-        self.start()
+        self.start(self.start_timeout)
         return self
 
     def __exit__(
@@ -312,8 +331,10 @@ class ConfigClient:
     def get(self, key: str, default: Any = None) -> Any:
         """The cached value of ``key`` (relative to root, no leading slash), or ``default``.
 
-        Never touches the network and never blocks on ZooKeeper. Values are shared with the cache: treat
-        them as read-only. Before :meth:`start` there is nothing cached (``default``); after :meth:`stop`
+        Never touches the network and never blocks on ZooKeeper. Values are shared with every reader, so
+        containers are read-only (:class:`~autoglm_runtime.config.FrozenDict`, ``FrozenList``; a change in
+        place raises :class:`~autoglm_runtime.errors.ReadOnlyValueError`): ``copy.deepcopy(value)`` gives a
+        mutable copy. Before :meth:`start` there is nothing cached (``default``); after :meth:`stop`
         the last values stay readable, no longer followed: ``health()["state"]`` says "stopped".
         """
         return self._values.get(key, default)
@@ -372,7 +393,11 @@ class ConfigClient:
         self._dispatcher.publish(change)
         writer = self._writer
         if writer is not None and self._status.source != "none":
-            writer.mark_dirty()
+            writer.mark_dirty(change.key)
+
+    def _snapshot_entry(self, key: str) -> SnapshotEntry | None:
+        entry = self._cache.entry(key)
+        return SnapshotEntry(entry.data, entry.czxid, entry.mzxid) if entry is not None else None
 
     def _snapshot_entries(self) -> dict[str, SnapshotEntry]:
         return {k: SnapshotEntry(e.data, e.czxid, e.mzxid) for k, e in self._cache.entries().items()}

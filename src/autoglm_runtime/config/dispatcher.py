@@ -53,7 +53,7 @@ class Dispatcher:
     def __init__(self, name: str = "autoglm-config-dispatch") -> None:
         self._name = name
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._subscribers: tuple[tuple[int, str, Listener], ...] = ()
+        self._subscribers: tuple[tuple[int, str, Listener, int], ...] = ()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -61,13 +61,19 @@ class Dispatcher:
         self._queued = 0
         self._done = 0
 
-    def subscribe(self, prefix: str, fn: Listener) -> Callable[[], None]:
-        """Call ``fn`` for every change whose key starts with ``prefix``; returns the unsubscribe callable."""
+    @property
+    def published(self) -> int:
+        """How many changes were published so far (a position for :meth:`subscribe`'s ``after``)."""
+        return self._queued
+
+    def subscribe(self, prefix: str, fn: Listener, *, after: int = 0) -> Callable[[], None]:
+        """Call ``fn`` for every change whose key starts with ``prefix`` published after the first ``after``
+        ones (default: every change not yet delivered); returns the unsubscribe callable."""
         if not callable(fn):
             raise TypeError(f"listener must be callable, not {fn!r}")
         ident = next(self._ids)
         with self._lock:
-            self._subscribers = (*self._subscribers, (ident, prefix, fn))
+            self._subscribers = (*self._subscribers, (ident, prefix, fn, after))
 
         def unsubscribe() -> None:
             with self._lock:
@@ -79,7 +85,8 @@ class Dispatcher:
         """Queue ``change`` for delivery; never blocks and never calls a listener itself."""
         with self._idle:
             self._queued += 1
-        self._queue.put(change)
+            position = self._queued
+        self._queue.put((position, change))
 
     def start(self) -> None:
         """Start the dispatcher thread (idempotent)."""
@@ -101,12 +108,13 @@ class Dispatcher:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is _STOP:
+            got = self._queue.get()
+            if got is _STOP:
                 return
-            assert isinstance(item, ConfigChange)
-            for _ident, prefix, fn in self._subscribers:
-                if item.key.startswith(prefix):
+            assert isinstance(got, tuple)
+            position, item = got
+            for _ident, prefix, fn, after in self._subscribers:
+                if position > after and item.key.startswith(prefix):
                     try:
                         fn(item)
                     except Exception:

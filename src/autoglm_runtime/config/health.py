@@ -49,7 +49,8 @@ class ConfigHealth(TypedDict):
       False in every other state.
     * ``stale_seconds`` (float): 0.0 while the cache follows its source, and for a client that never
       loaded anything; otherwise seconds on the injected ``timer`` since it stopped following (first
-      suspension, session loss, a start that served a snapshot, a sync failure, ``stop()``).
+      suspension, session loss, a sync failure, ``stop()``; for a start that served a snapshot, since the
+      snapshot was written).
     * ``last_sync`` (float or None): Unix time of the last completed load or resync.
     * ``last_confirmed`` (float or None): Unix time ZooKeeper (or the directory) last confirmed the cache while it
       followed its source: a load, a resync, a completed verification re-read (or directory scan). It keeps
@@ -63,6 +64,8 @@ class ConfigHealth(TypedDict):
     * ``reads`` (int): znode reads issued; ``requests`` (int): ZooKeeper requests those reads took.
     * ``source`` (:data:`ConfigSource`): ``"none"``, ``"zookeeper"``, ``"snapshot"`` or ``"file"``.
     * ``keys`` (int): number of cached keys.
+    * ``root_missing`` (bool): ZooKeeper answered that the root does not exist (a typo in the root, or it
+      was deleted); the client follows it and loads it once it is created. Logged once as E0409.
     """
 
     state: ConfigState
@@ -80,6 +83,7 @@ class ConfigHealth(TypedDict):
     requests: int
     source: ConfigSource
     keys: int
+    root_missing: bool
 
 
 class SyncStatus:
@@ -106,14 +110,19 @@ class SyncStatus:
         self.reads = 0
         self.requests = 0
         self._stale_wall: float | None = None  # when it went stale, on the wall clock: where a resync span starts
+        self.root_missing = False
 
-    def mark_stale(self) -> None:
-        """The cache stopped following its source now (kept if already stale: staleness counts from the first
-        moment)."""
+    def mark_stale(self, *, age: float = 0.0) -> None:
+        """The cache stopped following its source ``age`` seconds ago (kept if already stale: staleness counts
+        from the first moment)."""
         with self._lock:
             if self.stale_since is None:
-                self.stale_since = self._timer()
-                self._stale_wall = self._wall_clock()
+                self.stale_since = self._timer() - max(0.0, age)
+                self._stale_wall = self._wall_clock() - max(0.0, age)
+
+    def wall_age(self, unix_time: float) -> float:
+        """Seconds from ``unix_time`` until now on the wall clock (0 for a time in the future)."""
+        return max(0.0, self._wall_clock() - unix_time)
 
     def mark_synced(self, *, resync: bool, reason: ResyncReason = "reconnect") -> None:
         """A complete load or resync finished: the cache follows its source again (unless it was stopped).
@@ -197,4 +206,5 @@ class SyncStatus:
                 requests=self.requests,
                 source=self.source,
                 keys=keys,
+                root_missing=self.root_missing,
             )

@@ -90,6 +90,8 @@ class ZooKeeperConnection:
         from kazoo.client import KazooClient
         from kazoo.retry import KazooRetry
 
+        from autoglm_runtime.config._kazoolog import OutageLog
+
         retry = KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_jitter=0.3, max_delay=self.reconnect_max_delay)
         options: dict[str, Any] = {
             "auth_data": [*normalize_auth(self.auth), *normalize_auth(auth)],
@@ -101,6 +103,8 @@ class ZooKeeperConnection:
             "verify_certs": self.verify_certs,
             "check_hostname": self.check_hostname,
         }
+        # kazoo logs every failed attempt while ZooKeeper is down: coded and bounded (see _kazoolog).
+        options["logger"] = OutageLog(hosts)
         return KazooClient(hosts=hosts, timeout=self.session_timeout, connection_retry=retry, **options)
 
 
@@ -134,3 +138,21 @@ class SyncTuning:
             raise UsageError("reconcile_jitter and snapshot_debounce must not be negative")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise UsageError(f"batch_size must be at least 1, got {self.batch_size!r}")
+
+
+def all_refused(hosts: str, *, timeout: float = 0.5) -> bool:
+    """True if every host of the connect string ``hosts`` refuses a TCP connection right now (nothing
+    listens there); a host that answers, times out or cannot be resolved counts as not refusing."""
+    import socket
+
+    addresses = [h.strip() for h in hosts.split("/", 1)[0].split(",") if h.strip()]
+    for address in addresses:
+        host, _, port = address.rpartition(":") if ":" in address else (address, "", "2181")
+        try:
+            with socket.create_connection((host.strip("[]") or address, int(port)), timeout=timeout):
+                return False
+        except ConnectionRefusedError:
+            continue
+        except (OSError, ValueError):
+            return False
+    return bool(addresses)

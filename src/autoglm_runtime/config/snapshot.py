@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import contextlib
 import hashlib
 import json
@@ -67,22 +68,74 @@ def _checksum(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
+class SnapshotEncoder:
+    """The snapshot file's bytes, kept up to date key by key so a write never re-encodes the whole tree.
+
+    Each entry is encoded once, when it changes, into its fragment of the canonical JSON (the form the
+    checksum covers: sorted keys, no spaces, ASCII); a write only joins the fragments in key order and
+    hashes them. The work is a Python loop of small steps (the interpreter lets other threads run every
+    few milliseconds) plus a join and a sha256 that are quick or release the GIL, never one long
+    ``json.dumps`` of the whole tree that holds the GIL throughout.
+    """
+
+    def __init__(self, *, hosts: str, root: str) -> None:
+        self._head = b'{"entries":{'
+        tail = {"format": SNAPSHOT_FORMAT, "hosts": normalize_hosts(hosts), "root": root}
+        self._tail = json.dumps(tail, sort_keys=True, separators=(",", ":"), ensure_ascii=True)[1:-1].encode()
+        self._fragments: dict[str, bytes] = {}
+        self._order: list[str] = []  # sorted keys, kept sorted with bisect
+
+    def __len__(self) -> int:
+        return len(self._fragments)
+
+    def update(self, entries: Mapping[str, SnapshotEntry | None]) -> None:
+        """Encode ``entries`` (``None``: the key is gone)."""
+        fragments, order = self._fragments, self._order
+        for key, entry in entries.items():
+            if entry is None:
+                if fragments.pop(key, None) is not None:
+                    del order[bisect.bisect_left(order, key)]
+                continue
+            item = [entry.czxid, entry.mzxid, base64.b64encode(entry.data).decode("ascii")]
+            fragment = (json.dumps(key) + ":" + json.dumps(item, separators=(",", ":"))).encode("ascii")
+            if fragments.setdefault(key, fragment) is not fragment:
+                fragments[key] = fragment
+            else:
+                bisect.insort(order, key)
+
+    def clear(self) -> None:
+        self._fragments.clear()
+        self._order.clear()
+
+    def payload(self, written_at: float) -> bytes:
+        """The file's bytes: the canonical body with its sha256 added as the last member."""
+        fragments = self._fragments
+        entries = b",".join([fragments[key] for key in self._order])
+        stamp = b',"written_at":' + json.dumps(float(written_at)).encode("ascii")
+        body = b"".join((self._head, entries, b"},", self._tail, stamp))
+        digest = hashlib.sha256(body + b"}").hexdigest()  # hashlib releases the GIL on large inputs
+        return body + b',"sha256":"' + digest.encode("ascii") + b'"}'
+
+
 def write_snapshot(
-    path: str | os.PathLike[str], *, hosts: str, root: str, entries: Mapping[str, SnapshotEntry]
+    path: str | os.PathLike[str],
+    *,
+    hosts: str,
+    root: str,
+    entries: Mapping[str, SnapshotEntry],
+    written_at: float | None = None,
 ) -> None:
-    """Write a snapshot of ``entries`` for ``hosts``/``root`` to ``path`` atomically."""
-    target = Path(path)
-    body: dict[str, Any] = {
-        "format": SNAPSHOT_FORMAT,
-        "hosts": normalize_hosts(hosts),
-        "root": root,
-        "written_at": time.time(),
-        "entries": {
-            key: [e.czxid, e.mzxid, base64.b64encode(e.data).decode("ascii")] for key, e in sorted(entries.items())
-        },
-    }
-    body["sha256"] = _checksum(body)
-    payload = json.dumps(body, separators=(",", ":")).encode("ascii")
+    """Write a snapshot of ``entries`` for ``hosts``/``root`` to ``path`` atomically.
+
+    ``written_at`` (Unix time, default now) is when its content was last known to be current: a client
+    that starts from it reports it stale since then.
+    """
+    encoder = SnapshotEncoder(hosts=hosts, root=root)
+    encoder.update(entries)
+    _write_atomically(Path(path), encoder.payload(time.time() if written_at is None else written_at))
+
+
+def _write_atomically(target: Path, payload: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
@@ -145,7 +198,13 @@ def read_snapshot(path: str | os.PathLike[str], *, hosts: str, root: str) -> Sna
 
 
 class SnapshotWriter:
-    """Writes the snapshot on a named thread, at most once per ``debounce`` seconds after changes."""
+    """Writes the snapshot on a named thread, at most once per ``debounce`` seconds after changes.
+
+    ``collect()`` returns every entry (for the first write, and after :meth:`mark_dirty` without a key);
+    ``entry(key)`` returns one entry or ``None`` (for keys marked dirty one by one), read under ``lock``
+    so one write never mixes two versions of the tree. Only changed keys are encoded again
+    (:class:`SnapshotEncoder`).
+    """
 
     def __init__(
         self,
@@ -154,21 +213,30 @@ class SnapshotWriter:
         hosts: str,
         root: str,
         collect: Callable[[], Mapping[str, SnapshotEntry]],
+        entry: Callable[[str], SnapshotEntry | None] | None = None,
+        lock: threading.RLock | None = None,
         debounce: float = 1.0,
     ) -> None:
         self.path = Path(path)
-        self._hosts = hosts
-        self._root = root
         self._collect = collect
+        self._entry = entry
+        self._lock = lock if lock is not None else threading.RLock()
         self._debounce = debounce
+        self._encoder = SnapshotEncoder(hosts=hosts, root=root)
+        self._everything = True  # the next write collects every entry
+        self._keys: set[str] = set()
         self._dirty = threading.Event()
         self._pending = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.writes = 0
 
-    def mark_dirty(self) -> None:
-        """Note that the cache changed; a write follows within ``debounce`` seconds."""
+    def mark_dirty(self, key: str | None = None) -> None:
+        """Note that ``key`` (``None``: anything) changed; a write follows within ``debounce`` seconds."""
+        if key is None or self._entry is None:
+            self._everything = True
+        else:
+            self._keys.add(key)
         self._pending = True
         self._dirty.set()
 
@@ -189,8 +257,19 @@ class SnapshotWriter:
         """Write the snapshot now (on the caller's thread)."""
         self._dirty.clear()
         self._pending = False
+        with self._lock:
+            everything, self._everything = self._everything, False
+            keys, self._keys = self._keys, set()
+            if everything:
+                changed: Mapping[str, SnapshotEntry | None] = self._collect()
+            else:
+                assert self._entry is not None
+                changed = {key: self._entry(key) for key in keys}
+        if everything:
+            self._encoder.clear()
+        self._encoder.update(changed)
         try:
-            write_snapshot(self.path, hosts=self._hosts, root=self._root, entries=self._collect())
+            _write_atomically(self.path, self._encoder.payload(time.time()))
             self.writes += 1
         except OSError as exc:
             log.warning(
