@@ -15,6 +15,7 @@ from typing import Any
 
 from autoglm_runtime.errors import InvalidRequestError
 from autoglm_runtime.validation import ValidationMiddleware
+from autoglm_runtime.validation.asgi import replaying
 from examples.model_server.openai_api import error_response, model_not_found
 
 Scope = MutableMapping[str, Any]
@@ -62,13 +63,4 @@ class PerModelGuards:
         if guard is None:
             await model_not_found(name, list(self.guards))(scope, receive, send)
             return
-        delivered = False
-
-        async def replay() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await guard(scope, replay, send)
+        await guard(scope, replaying(body, receive), send)

@@ -60,6 +60,7 @@ __all__ = [
     "TRUNCATED_TOKENS_HEADER",
     "WARNING_CODE_HEADER",
     "ValidationMiddleware",
+    "replaying",
 ]
 
 log = get_logger(__name__)
@@ -85,6 +86,21 @@ _FRAMING = (b"content-length", b"transfer-encoding")
 
 class _Disconnected(Exception):
     """The client went away while its body was being read."""
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app ``body`` (already read and judged) as one message, then defers to
+    ``receive`` (for the disconnect), so a middleware that read the body can still pass the request on."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 class ValidationMiddleware:
@@ -303,15 +319,7 @@ class ValidationMiddleware:
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, result: GuardResult | None
     ) -> None:
-        delivered = False
-
-        async def replay() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
+        replay = replaying(body, receive)
         if result is not None:
             scope.setdefault("state", {})[GUARD_RESULT_KEY] = result
         if result is None or not result.truncated:
