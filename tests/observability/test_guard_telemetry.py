@@ -6,8 +6,7 @@ import asyncio
 import io
 import json
 import logging
-import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from tests._support.telemetry import Delta, span_exporter
-from tests.validation._helpers import char_tok, extract, rewrite
+from tests.validation._helpers import Gate, char_tok, extract, rewrite
 
 from autoglm_runtime.errors import ContextWindowExceededError
 from autoglm_runtime.logging import configure_json_logging
@@ -87,25 +86,6 @@ def test_http_requests_move_each_counter_by_exactly_their_outcome() -> None:
     removed = int(cut.headers["x-autoglm-truncated-tokens"])
     assert removed > 0
     assert moved.moved() == expected("http", checks=7, truncations=1, tokens=removed, E0513=2, E0512=2, E5009=1)
-
-
-class Gate:
-    """A character tokenizer holding long inputs until released, so a test can fill the guard pool."""
-
-    max_token_chars = None
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def encode(self, text: str) -> list[int]:
-        if len(text) > 10_000:
-            self.entered.set()
-            assert self.release.wait(30)
-        return [ord(c) for c in text]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return "".join(map(chr, ids))
 
 
 def test_an_overloaded_guard_pool_counts_e0516_once_per_refusal() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +70,22 @@ def write_chat_model(directory: Path, template: Any) -> Path:
     }
     (directory / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     return directory
+
+
+class Gate:
+    """A character tokenizer that holds long inputs until released, so a test can fill the guard pool."""
+
+    max_token_chars = None
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def encode(self, text: str) -> list[int]:
+        if len(text) > 10_000:
+            self.entered.set()
+            assert self.release.wait(30)
+        return [ord(c) for c in text]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(map(chr, ids))

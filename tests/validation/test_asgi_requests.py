@@ -16,7 +16,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from tests.validation._helpers import char_tok
+from tests.validation._helpers import Gate, char_tok
 
 from autoglm_runtime.validation import ContextWindowGuard, GuardResult, ValidationMiddleware
 
@@ -167,23 +167,6 @@ def test_every_rejection_is_logged_once_with_its_code(caplog: pytest.LogCaptureF
 
 
 # 9. Large bodies are judged on a bounded pool of the middleware's own; a full pool answers 503 at once.
-class Gate:
-    """A character tokenizer that holds long inputs until released, so a test can fill the pool."""
-
-    max_token_chars = None
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def encode(self, text: str) -> list[int]:
-        if len(text) > 10_000:
-            self.entered.set()
-            assert self.release.wait(30)
-        return [ord(c) for c in text]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return "".join(map(chr, ids))
 
 
 def test_a_full_guard_pool_answers_503_with_retry_after_and_small_bodies_pass() -> None:
