@@ -59,3 +59,17 @@ def test_copies_are_mutable_and_pickling_keeps_it_frozen() -> None:
     assert type(frozen["a"].copy()) is list
     again = pickle.loads(pickle.dumps(frozen))
     assert (type(again), type(again["a"]), again) == (FrozenDict, FrozenList, VALUE)
+
+
+def test_a_shallow_copy_is_mutable_as_with_copy_method() -> None:
+    import copy
+
+    from autoglm_runtime.config._frozen import freeze
+
+    value = freeze({"a": [1], "b": 2})
+    shallow = copy.copy(value)
+    shallow["c"] = 3
+    assert type(shallow) is dict
+    items = copy.copy(value["a"])
+    items.append(2)
+    assert (type(items), items) == (list, [1, 2])

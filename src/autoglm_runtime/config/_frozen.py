@@ -25,7 +25,7 @@ def _refuse(self: object, *args: object, **kwargs: object) -> NoReturn:
 
 
 class FrozenDict(dict[str, Any]):
-    """A ``dict`` that refuses changes; ``copy()`` and ``copy.deepcopy()`` give mutable ones."""
+    """A ``dict`` that refuses changes; ``copy()``, ``copy.copy()`` and ``copy.deepcopy()`` give mutable ones."""
 
     __slots__ = ()
     __setitem__ = __delitem__ = __ior__ = _refuse
@@ -40,9 +40,11 @@ class FrozenDict(dict[str, Any]):
     def copy(self) -> dict[str, Any]:
         return dict(self)
 
+    __copy__ = copy  # copy.copy(value), like value.copy(), gives a mutable (shallow) copy
+
 
 class FrozenList(list[Any]):
-    """A ``list`` that refuses changes; ``copy()`` and ``copy.deepcopy()`` give mutable ones."""
+    """A ``list`` that refuses changes; ``copy()``, ``copy.copy()`` and ``copy.deepcopy()`` give mutable ones."""
 
     __slots__ = ()
     __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
@@ -56,6 +58,8 @@ class FrozenList(list[Any]):
 
     def copy(self) -> list[Any]:
         return list(self)
+
+    __copy__ = copy
 
 
 def freeze(value: Any) -> Any:
