@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -41,6 +42,12 @@ class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, text: str) -> None:
         super().__init__(config)
         self._text = text
+        #: The signals that stopped the server, in order.
+        self.received: list[int] = []
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.received.append(sig)
+        super().handle_exit(sig, frame)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
@@ -100,6 +107,12 @@ def _serve(args: argparse.Namespace, sock: socket.socket) -> None:
         # Lifespan on: shutdown stops the guards' threads.
         server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"), text)
         server.run(sockets=[sock])
+        # uvicorn raises the signal again after its shutdown, but inside asyncio.run, whose own SIGINT handler may
+        # only cancel a task that has already finished: then run() returns normally. Say how it ended anyway.
+        if signal.SIGINT in server.received:
+            raise KeyboardInterrupt
+        if signal.SIGTERM in server.received:
+            raise _Terminated
 
 
 class _Terminated(Exception):
