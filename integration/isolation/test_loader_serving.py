@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from integration.isolation._helpers import in_background
+from tests.isolation.workers._helpers import exact
 
 from autoglm_runtime.errors import ManifestError, ModelCallError, ModelOverloadedError, ModelTimeoutError, WorkerError
 from autoglm_runtime.isolation import ModelLoader
@@ -138,20 +140,6 @@ def _wait(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any
         waited += 0.01
 
 
-def _outcome(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    try:
-        return call(*args, **kwargs)
-    except BaseException as exc:
-        return exc
-
-
-def _background(call: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-    thread = threading.Thread(target=lambda: out.append(_outcome(call, *args, **kwargs)), name="test-caller")
-    thread.start()
-    return thread, out
-
-
 @pytest.fixture(scope="module")
 def echo(loader: ModelLoader, make_model: Any) -> Any:
     return loader.load(make_model("serving-echo", MODEL))
@@ -171,23 +159,11 @@ VALUES = st.recursive(
 )
 
 
-def _exact(a: Any, b: Any) -> bool:
-    if isinstance(a, np.ndarray):
-        return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(_exact(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_exact(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(VALUES)
 def test_payloads_round_trip_exactly_through_a_real_worker(echo: Any, value: Any) -> None:
     # The model's environment has no numpy: arrays cross it as ArrayValue and come back as numpy arrays.
-    assert _exact(echo.call("echo", value, timeout=60), value)
+    assert exact(echo.call("echo", value, timeout=60), value)
 
 
 def test_numpy_only_on_the_host_side(echo: Any) -> None:
@@ -273,7 +249,7 @@ def test_stream_idle_timeout_raises_e0305_and_restarts_the_worker(
 def test_concurrent_calls_on_one_thread_safe_worker(loader: ModelLoader, make_model: Any) -> None:
     model = loader.load(make_model("serving-threads", MODEL), concurrency="threads", max_inflight=4)
     try:
-        callers = [_background(model.call, "meet", 4, f"key-{i}", timeout=60) for i in range(4)]
+        callers = [in_background(model.call, "meet", 4, f"key-{i}", timeout=60) for i in range(4)]
         for thread, _ in callers:
             thread.join()
         assert [out for _, out in callers] == [[f"key-{i}"] for i in range(4)]
@@ -288,7 +264,7 @@ def test_replicas_serve_at_the_same_time_least_loaded_first(
     try:
         pids = {replica["pid"] for replica in model.health()["replicas"]}
         assert len(pids) == 2
-        callers = [_background(model.call, "block", str(tmp_path), i, timeout=60) for i in range(2)]
+        callers = [in_background(model.call, "block", str(tmp_path), i, timeout=60) for i in range(2)]
         _wait(lambda: len(list(tmp_path.glob("running-*"))) == 2, "both calls running")
         running = {int(path.read_text()) for path in tmp_path.glob("running-*")}
         assert running == pids  # one call on each replica, at once
@@ -303,9 +279,9 @@ def test_replicas_serve_at_the_same_time_least_loaded_first(
 def test_overload_is_refused_with_e0106(loader: ModelLoader, make_model: Any, tmp_path: Path) -> None:
     model = loader.load(make_model("serving-overload", MODEL), max_queue=1)
     try:
-        running = _background(model.call, "block", str(tmp_path), "a", timeout=60)
+        running = in_background(model.call, "block", str(tmp_path), "a", timeout=60)
         _wait((tmp_path / "running-a").exists, "the first call running")
-        queued = _background(model.call, "echo", "b", timeout=60)
+        queued = in_background(model.call, "echo", "b", timeout=60)
         _wait(lambda: model.health()["queued"] == 1, "the second call queued")
         with pytest.raises(ModelOverloadedError) as info:
             model.call("echo", "c", timeout=60)
@@ -335,7 +311,7 @@ def test_a_replica_killed_mid_call_fails_only_its_calls(
 ) -> None:
     model = loader.load(make_model("serving-kill", MODEL), replicas=2)
     try:
-        callers = [_background(model.call, "block", str(tmp_path), i, timeout=60) for i in range(2)]
+        callers = [in_background(model.call, "block", str(tmp_path), i, timeout=60) for i in range(2)]
         _wait(lambda: len(list(tmp_path.glob("running-*"))) == 2, "both calls running")
         victim = int((tmp_path / "running-0").read_text())
         survivor = int((tmp_path / "running-1").read_text())
@@ -381,9 +357,9 @@ def test_close_drains_calls_in_flight_then_stops_every_worker(
 ) -> None:
     model = loader.load(make_model("serving-drain", MODEL), replicas=2)
     pids = [replica["pid"] for replica in model.health()["replicas"]]
-    running = _background(model.call, "block", str(tmp_path), "a", timeout=60)
+    running = in_background(model.call, "block", str(tmp_path), "a", timeout=60)
     _wait((tmp_path / "running-a").exists, "the call running")
-    closing = _background(model.close, drain_timeout=60)
+    closing = in_background(model.close, drain_timeout=60)
     refused = _wait(lambda: _refused(model), "new calls refused while draining")
     assert refused.message == "model 'serving-drain' is closing; echo() was refused"
     assert closing[0].is_alive()  # still draining: the call in flight has not finished

@@ -9,11 +9,12 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from integration.isolation._helpers import in_background, pid_in
 
 from autoglm_runtime.errors import ModelCallError, ModelLoadError, ModelTimeoutError, UsageError, WorkerError
 from autoglm_runtime.isolation import ModelLoader
@@ -96,31 +97,6 @@ def model(loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest) 
     loaded.close()
 
 
-def _wait_for_file(path: Path, timeout: float = 30.0) -> int:
-    event = threading.Event()
-    while not path.exists() or not path.read_text():
-        if event.wait(0.01) or timeout <= 0:
-            raise AssertionError(f"{path} never appeared")
-        timeout -= 0.01
-    return int(path.read_text())
-
-
-def _outcome(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """What ``call(*args, **kwargs)`` returned, or the exception it raised."""
-    try:
-        return call(*args, **kwargs)
-    except BaseException as exc:
-        return exc
-
-
-def _in_background(call: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[threading.Thread, list[Any]]:
-    """Start ``call(*args, **kwargs)`` on a thread of its own; the list gets its outcome (see ``_outcome``)."""
-    outcome: list[Any] = []
-    thread = threading.Thread(target=lambda: outcome.append(_outcome(call, *args, **kwargs)), name="test-caller")
-    thread.start()
-    return thread, outcome
-
-
 def test_call_returns_the_result(model: Any) -> None:
     assert model.call("echo", {"x": [1, 2]}, suffix="!", timeout=30) == [{"x": [1, 2]}, "!"]
     assert model.call("echo", b"\x00\xff", timeout=30) == [b"\x00\xff", ""]
@@ -166,8 +142,8 @@ def test_timeout_raises_e0305_and_restarts_the_worker(model: Any, tmp_path: Path
 
 def test_sigkill_fails_the_call_in_flight(model: Any, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
-    caller, outcome = _in_background(model.call, "hang", str(marker), timeout=60)
-    pid = _wait_for_file(marker)
+    caller, outcome = in_background(model.call, "hang", str(marker), timeout=60)
+    pid = pid_in(marker)
     os.kill(pid, signal.SIGKILL)
     caller.join(30)
     assert len(outcome) == 1
@@ -280,8 +256,8 @@ def test_close_during_a_call_fails_it_and_returns(
     loader = ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="process")
     model = loader.load(make_model("close-busy", MODEL))
     marker = tmp_path / "marker"
-    caller, outcome = _in_background(model.call, "hang", str(marker), timeout=120)
-    pid = _wait_for_file(marker)
+    caller, outcome = in_background(model.call, "hang", str(marker), timeout=120)
+    pid = pid_in(marker)
     loader.close()
     caller.join(30)
     assert not caller.is_alive()
@@ -331,7 +307,7 @@ def test_a_call_sends_under_its_own_deadline(
         payload = "x" * (4 << 20)  # far more than the socket buffers hold
         os.kill(pid, signal.SIGSTOP)  # the worker stops reading, so the send must wait for it
         try:
-            caller, results = _in_background(model.call, "echo", payload, timeout=second_timeout)
+            caller, results = in_background(model.call, "echo", payload, timeout=second_timeout)
             # Longer than any timeout the first call could have left (1 s): a send under it has failed by now.
             caller.join(2.0)
             finished_while_stopped = not caller.is_alive()
@@ -345,8 +321,8 @@ def test_a_call_sends_under_its_own_deadline(
 
 def test_waiting_for_an_earlier_call_is_bounded_by_the_timeout(model: Any, tmp_path: Path) -> None:
     marker = tmp_path / "marker"
-    caller, outcome = _in_background(model.call, "hang", str(marker), timeout=10)
-    pid = _wait_for_file(marker)
+    caller, outcome = in_background(model.call, "hang", str(marker), timeout=10)
+    pid = pid_in(marker)
     with pytest.raises(ModelTimeoutError) as info:
         model.call("pid", timeout=0.2)
     assert info.value.code == "E0305"
@@ -366,7 +342,7 @@ def test_waiting_for_a_restarted_worker_is_bounded_by_the_timeout(model: Any, tm
     try:
         with pytest.raises(ModelTimeoutError):
             model.call("hang", str(tmp_path / "marker"), timeout=0.5)
-        restarted = _wait_for_file(model.manifest.directory / "STARTED_PID")
+        restarted = pid_in(model.manifest.directory / "STARTED_PID")
         with pytest.raises(ModelTimeoutError) as info:
             model.call("pid", timeout=0.3)
         assert info.value.message == (
@@ -448,8 +424,8 @@ def test_close_stops_a_worker_that_is_still_loading(
     directory = make_model("close-mid-load", MODEL)
     (directory / "SLOW_START").write_text("")
     loader = ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="process")
-    loading, outcome = _in_background(loader.load, directory)
-    pid = _wait_for_file(directory / "STARTED_PID")
+    loading, outcome = in_background(loader.load, directory)
+    pid = pid_in(directory / "STARTED_PID")
     loader.close()
     assert wait_gone(pid, 0.0)  # gone when close() returns, not when the load finishes
     loading.join(30)

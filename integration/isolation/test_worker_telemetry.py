@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from integration.isolation._helpers import pid_in
 from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
 from tests._support.telemetry import Delta, span_exporter
@@ -43,15 +44,6 @@ OUTCOMES = ("ok", "E0105", "E0305", "E0103")
 def loader(wheelhouse: Path, env_root: Path) -> Iterator[ModelLoader]:
     with ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="process", backoff=0.01) as loader:
         yield loader
-
-
-def _pid_in(path: Path, timeout: float = 30.0) -> int:
-    pause = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if path.exists() and path.read_text():
-            return int(path.read_text())
-        pause.wait(0.01)
-    raise AssertionError(f"{path} never appeared")
 
 
 def test_calls_count_by_outcome_and_restarts_show_in_the_worker_metrics(
@@ -88,7 +80,7 @@ def test_calls_count_by_outcome_and_restarts_show_in_the_worker_metrics(
 
         caller = threading.Thread(target=hang, name="test-caller")
         caller.start()
-        os.kill(_pid_in(tmp_path / "second"), signal.SIGKILL)
+        os.kill(pid_in(tmp_path / "second"), signal.SIGKILL)
         caller.join(30)
         assert [type(e) for e in outcome] == [WorkerError]
         assert worker("autoglm_worker_up", replica="0") == 0.0  # dead until the next call restarts it

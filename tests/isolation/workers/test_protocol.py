@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from tests.isolation.workers._helpers import exact
 
 from autoglm_runtime.isolation._scripts import protocol
 from autoglm_runtime.isolation._scripts.protocol import (
@@ -48,19 +49,6 @@ ARRAYS = hnp.arrays(
 )
 
 
-def _exact(a: Any, b: Any) -> bool:
-    """Equal and of the same types all the way down (numpy arrays: dtype, shape and bytes)."""
-    if isinstance(a, np.ndarray):
-        return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(_exact(a[k], b[k]) for k in a)
-    if isinstance(a, list):
-        return len(a) == len(b) and all(_exact(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
-
-
 def _through_socket(value: Any) -> Any:
     a, b = socket.socketpair()
     try:
@@ -85,15 +73,15 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 
 @settings(deadline=None)  # a thread and a socket per example: a loaded machine is slow, not wrong
 @given(JSON)
-def test_round_trip_is_exact(value: object) -> None:
-    assert _exact(_through_socket(value), value)
+def test_round_trip_isexact(value: object) -> None:
+    assert exact(_through_socket(value), value)
 
 
 @settings(deadline=None)
 @given(ARRAYS)
 def test_numpy_arrays_round_trip_exactly(array: np.ndarray) -> None:
     got = _through_socket({"a": array, "t": [array]})
-    assert _exact(got, {"a": array, "t": [array]})
+    assert exact(got, {"a": array, "t": [array]})
     assert got["a"].flags.writeable
 
 
@@ -121,7 +109,7 @@ def test_without_numpy_arrays_arrive_as_array_values(monkeypatch: pytest.MonkeyP
     assert repr(got) == "ArrayValue(dtype='<f4', shape=(2, 3), nbytes=24)"
     monkeypatch.setattr(protocol, "_NUMPY", [np])
     back = _through_socket(got)  # an array value travels back as the array it stands for
-    assert _exact(back, array)
+    assert exact(back, array)
 
 
 def test_binary_values_travel_out_of_band() -> None:
@@ -218,7 +206,7 @@ def test_invalid_json_is_a_frame_error() -> None:
 
 def test_user_dicts_that_look_like_tags_arrive_unchanged() -> None:
     assert _through_socket({"$b": 0}) == {"$b": 0}
-    assert _exact(
+    assert exact(
         _through_socket([{"$b": b"hi"}, {"$$b": "x", "plain": b""}, "$5"]),
         [{"$b": b"hi"}, {"$$b": "x", "plain": b""}, "$5"],
     )
