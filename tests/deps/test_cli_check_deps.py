@@ -14,6 +14,7 @@ from tests._support.processes import processes_matching
 
 from autoglm_runtime.cli import main
 from autoglm_runtime.cli.check_deps import load_target
+from autoglm_runtime.testing import fail_in_ci_else_skip
 
 
 def _model(root: Path, name: str, requirements: list[str]) -> Path:
@@ -159,7 +160,7 @@ def test_an_interpreter_too_old_for_the_probe_is_named_with_its_version(
 ) -> None:
     python = OLD_PYTHONS[version]
     if not python.exists():
-        pytest.skip(f"no Python {version} on this machine")
+        fail_in_ci_else_skip(f"needs {python} (Python {version}): install it with 'pyenv install {version}'")
     assert main(["check-deps", "--python", str(python)]) == 2
     short = ".".join(version.split(".")[:2])
     assert capsys.readouterr().err == (
