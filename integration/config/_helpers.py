@@ -10,6 +10,8 @@ from typing import Any
 from kazoo.client import KazooClient
 
 from autoglm_runtime import ConfigClient
+from autoglm_runtime.testing._common import four_letter_word
+from autoglm_runtime.testing.zookeeper import ZooKeeperServer
 
 #: The ``make_client`` fixture: ``make_client(hosts, root, **options)`` builds a ConfigClient (not started).
 Factory = Callable[..., ConfigClient]
@@ -29,3 +31,18 @@ KAZOO_OF: weakref.WeakKeyDictionary[ConfigClient, KazooClient] = weakref.WeakKey
 def kazoo_of(client: ConfigClient) -> KazooClient:
     """The KazooClient a ConfigClient built by ``make_client`` syncs through."""
     return KAZOO_OF[client]
+
+
+def server_watches(server: ZooKeeperServer) -> dict[str, set[str]]:
+    """The data watches the server holds, per session id (``wchc``, enabled by the harness)."""
+    reply = four_letter_word(server.host, server.port, "wchc")
+    assert reply is not None, "the server did not answer wchc"
+    out: dict[str, set[str]] = {}
+    session = ""
+    for line in reply.splitlines():
+        if line.startswith("0x"):
+            session = line.strip()
+            out[session] = set()
+        elif line.strip():
+            out[session].add(line.strip())
+    return out

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from integration.config._helpers import KAZOO_OF
+from kazoo.client import KazooClient
 
 from autoglm_runtime import ConfigClient
 from autoglm_runtime.config import SyncTuning, ZooKeeperConnection
@@ -56,9 +57,16 @@ def make_client(clock: FakeClock) -> Iterator[Callable[..., ConfigClient]]:
             client = ConfigClient(hosts, root, **options)
         else:
             settings = ZooKeeperConnection(**{"session_timeout": 4.0, "reconnect_max_delay": 0.5, **connection})
-            kazoo = settings.kazoo_client(hosts, options.pop("auth", None))
-            client = ConfigClient(hosts, root, client_factory=lambda: kazoo, **options)
-            KAZOO_OF[client] = kazoo
+            auth = options.pop("auth", None)
+            sessions: list[KazooClient] = []
+
+            def new_session() -> KazooClient:
+                # The first is the client's own; later ones are the short catch-up sessions after a gap.
+                sessions.append(settings.kazoo_client(hosts, auth))
+                return sessions[-1]
+
+            client = ConfigClient(hosts, root, client_factory=new_session, **options)
+            KAZOO_OF[client] = sessions[0]
         made.append(client)
         return client
 

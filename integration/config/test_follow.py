@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any
+from typing import Any, Literal
 
 import pytest
-from integration.config._helpers import Factory, Until, j, kazoo_of
+from integration.config._helpers import Factory, Until, j, kazoo_of, server_watches
 from kazoo.client import KazooClient
 
 from autoglm_runtime import ConfigChange, ConfigClient
-from autoglm_runtime.config import ZooKeeperConnection
+from autoglm_runtime.config import SyncTuning, ZooKeeperConnection
 from autoglm_runtime.testing import wait_until
-from autoglm_runtime.testing._common import four_letter_word
 from autoglm_runtime.testing.zookeeper import ZooKeeperServer
 
 from .conftest import FakeClock
@@ -158,7 +157,9 @@ def test_raising_and_slow_listeners_never_hold_up_the_cache(
     assert [(c.old, c.new) for c in good] == [(0, 1), (1, 2)]
 
 
+@pytest.mark.parametrize("watch_mode", ["auto", "per_node"])
 def test_reconciler_corrects_drift_from_a_missed_watch(
+    watch_mode: str,
     zk_hosts: str,
     zk_root: str,
     zk_client: KazooClient,
@@ -168,14 +169,23 @@ def test_reconciler_corrects_drift_from_a_missed_watch(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     zk_client.create(f"{zk_root}/k", j("before"))
-    client = make_client(zk_hosts, zk_root, ttl=30.0)
+    client = make_client(zk_hosts, zk_root, ttl=30.0, watch_mode=watch_mode)
     client.start(timeout=10)
+    assert client.health()["watch_mode"] == ("persistent" if watch_mode == "auto" else "per_node")
     kazoo = kazoo_of(client)
     path = f"{zk_root}/k"
-    # Drop our watch on the client side: the server's notification for the next write reaches no one.
-    assert kazoo._data_watchers.pop(path)
-    zk_client.set(path, j("after"))
-    zk_client.create(f"{zk_root}/marker", b"")  # delivered through the root's child watch, after the lost event
+    # Lose the server's notification for the next write on the client side.
+    if watch_mode == "per_node":
+        assert kazoo._data_watchers.pop(path)  # our one-shot watch: the notification reaches no one
+        zk_client.set(path, j("after"))
+    else:
+        routing = kazoo._data_watchers
+        under = routing.under
+        routing.under = lambda p: p != path and under(p)  # kazoo drops what it has no watcher for
+        zk_client.set(path, j("after"))
+        kazoo.get(path)  # the notification comes before this answer on the connection
+        routing.under = under
+    zk_client.create(f"{zk_root}/marker", b"")  # reported after the lost event
     until(lambda: "marker" in client.snapshot())
     assert client.get("k") == "before"
     with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
@@ -192,34 +202,32 @@ def test_reconciler_corrects_drift_from_a_missed_watch(
     assert client.health()["drift_corrected"] == 1
 
 
-def server_watches(server: ZooKeeperServer) -> dict[str, set[str]]:
-    """The data watches the server holds, per session id (``wchc``, enabled by the harness)."""
-    reply = four_letter_word(server.host, server.port, "wchc")
-    assert reply is not None, "the server did not answer wchc"
-    out: dict[str, set[str]] = {}
-    session = ""
-    for line in reply.splitlines():
-        if line.startswith("0x"):
-            session = line.strip()
-            out[session] = set()
-        elif line.strip():
-            out[session].add(line.strip())
-    return out
-
-
 @pytest.mark.zk_container
+@pytest.mark.parametrize("watch_mode", ["auto", "per_node"])
 def test_stop_leaves_no_thread_and_no_watch(
-    zk_server: ZooKeeperServer, zk_hosts: str, zk_root: str, zk_client: KazooClient
+    watch_mode: Literal["auto", "per_node"],
+    zk_server: ZooKeeperServer,
+    zk_hosts: str,
+    zk_root: str,
+    zk_client: KazooClient,
 ) -> None:
     zk_client.create(f"{zk_root}/a/b", j(1), makepath=True)
     before = set(threading.enumerate())
     kazoo = ZooKeeperConnection().kazoo_client(zk_hosts)
-    client = ConfigClient(zk_hosts, zk_root, snapshot_path=None, client_factory=lambda: kazoo)
+    client = ConfigClient(
+        zk_hosts, zk_root, snapshot_path=None, client_factory=lambda: kazoo, tuning=SyncTuning(watch_mode=watch_mode)
+    )
     client.start(timeout=10)
     session = f"0x{kazoo.client_id[0]:x}"
-    assert f"{zk_root}/a/b" in kazoo._data_watchers
-    assert f"{zk_root}/a" in kazoo._child_watchers
-    assert {f"{zk_root}/a", f"{zk_root}/a/b"} <= server_watches(zk_server)[session]
+    if watch_mode == "per_node":
+        assert f"{zk_root}/a/b" in kazoo._data_watchers
+        assert f"{zk_root}/a" in kazoo._child_watchers
+        assert {f"{zk_root}/a", f"{zk_root}/a/b"} <= server_watches(zk_server)[session]
+    else:
+        # One persistent recursive watch on the root, nothing per znode, on either side.
+        assert not any(path.startswith(zk_root) for path in kazoo._data_watchers)
+        assert not any(path.startswith(zk_root) for path in kazoo._child_watchers)
+        assert server_watches(zk_server)[session] == {zk_root}
     assert {t.name for t in set(threading.enumerate()) - before} >= {
         "autoglm-config-sync",
         "autoglm-config-dispatch",

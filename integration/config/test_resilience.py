@@ -107,16 +107,24 @@ def test_session_expired_while_partitioned_emits_every_difference(
 
 
 @pytest.mark.zk_container
+@pytest.mark.parametrize("watch_mode", ["auto", "per_node"])
 def test_partition_and_heal_with_changes_made_while_away(
-    zk_proxy: FaultProxy, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until, clock: FakeClock
+    watch_mode: str,
+    zk_proxy: FaultProxy,
+    zk_root: str,
+    zk_client: KazooClient,
+    make_client: Factory,
+    until: Until,
+    clock: FakeClock,
 ) -> None:
     for name in ("stay", "update", "delete", "recreate", "recreate_same"):
         zk_client.create(f"{zk_root}/{name}", j(name))
     zk_client.create(f"{zk_root}/bulk")
     for p in [zk_client.create_async(f"{zk_root}/bulk/k{i}", j(i)) for i in range(300)]:
         p.get(timeout=30)
-    client = make_client(zk_proxy.hosts, zk_root, session_timeout=10.0)
+    client = make_client(zk_proxy.hosts, zk_root, session_timeout=10.0, watch_mode=watch_mode)
     client.start(timeout=10)
+    assert client.health()["watch_mode"] == ("persistent" if watch_mode == "auto" else "per_node")
     before = {k: client.version(k) for k in client.snapshot()}
     events: list[ConfigChange] = []
     client.subscribe("", events.append)
@@ -163,9 +171,15 @@ def test_partition_and_heal_with_changes_made_while_away(
         ("recreate_same", "updated"),
         ("update", "updated"),
     ]
-    # watches are armed again on the healed connection
+    # watches are armed again on the healed connection: a change, a creation and a deletion
     zk_client.set(f"{zk_root}/stay", j("moved"))
-    until(lambda: client.get("stay") == "moved")
+    zk_client.create(f"{zk_root}/added/later", j("later"))
+    zk_client.delete(f"{zk_root}/update")
+    until(
+        lambda: (
+            client.get("stay") == "moved" and client.get("added/later") == "later" and "update" not in client.snapshot()
+        )
+    )
 
 
 def test_ensemble_losing_its_leader_mid_stream(

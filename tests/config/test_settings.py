@@ -36,6 +36,10 @@ def test_the_kazoo_client_carries_the_connection_settings() -> None:
         ),
         (lambda: SyncTuning(batch_size=0), "E0001: batch_size must be at least 1, got 0"),
         (
+            lambda: SyncTuning(watch_mode="recursive"),  # type: ignore[arg-type]
+            "E0001: watch_mode must be 'auto' or 'per_node', got 'recursive'",
+        ),
+        (
             lambda: SyncTuning(snapshot_debounce=-0.5),
             "E0001: reconcile_jitter and snapshot_debounce must not be negative",
         ),

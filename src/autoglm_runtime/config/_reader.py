@@ -121,6 +121,8 @@ class ZooKeeperReader:
         self.bulk = bulk
         #: setWatches may be used (re-arming after a reconnect); False after a failed self-check.
         self.rearm = True
+        #: Reads arm one-shot watches (per-node watch mode); False under a persistent recursive watch.
+        self.watching = True
         #: :meth:`self_check` passed or downgraded (it runs once, on the first connect).
         self.checked = False
         self._bulk_verified = False
@@ -152,8 +154,9 @@ class ZooKeeperReader:
         waiting; pass the pair to :meth:`finish`."""
         with self._lock:
             result = ReadResult(path, next(self._seq))
-            data = self.client.get_async(path, watch=self._watch)
-            kids = self.client.get_children_async(path, watch=self._watch) if children else None
+            watch = self._watch if self.watching else None
+            data = self.client.get_async(path, watch=watch)
+            kids = self.client.get_children_async(path, watch=watch) if children else None
         reads = 1 + int(children)
         self._status.add("reads", reads)
         self._status.add("requests", reads)
@@ -187,11 +190,12 @@ class ZooKeeperReader:
         for start in range(0, len(specs), self._batch_size):
             issued: list[tuple[ReadResult, Any, Any]] = []
             reads = 0
+            watch = self._watch if self.watching else None
             with self._lock:
                 for path, want_data, want_children in specs[start : start + self._batch_size]:
                     result = ReadResult(path, next(self._seq))
-                    data = self.client.get_async(path, watch=self._watch) if want_data else None
-                    kids = self.client.get_children_async(path, watch=self._watch) if want_children else None
+                    data = self.client.get_async(path, watch=watch) if want_data else None
+                    kids = self.client.get_children_async(path, watch=watch) if want_children else None
                     reads += int(want_data) + int(want_children)
                     issued.append((result, data, kids))
             self._status.add("reads", reads)
@@ -205,7 +209,7 @@ class ZooKeeperReader:
         return out
 
     def _read_bulk(self, specs: Sequence[Spec]) -> list[ReadResult]:
-        if not self.client.last_zxid:
+        if self.watching and not self.client.last_zxid:
             self.wait(self.client.exists_async("/"))  # learn a zxid to arm the watches relative to
         relative = self.client.last_zxid
         issued: list[tuple[list[tuple[ReadResult, bool]], Any]] = []
@@ -247,7 +251,8 @@ class ZooKeeperReader:
                 if not out or out[-1] is not result:
                     out.append(result)
         self._bulk_drops = 0
-        self._arm(out, relative)
+        if self.watching:
+            self._arm(out, relative)
         return out
 
     def _bulk_answers(self, pending: Any, expected: int) -> list[Any]:

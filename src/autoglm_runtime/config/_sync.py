@@ -1,21 +1,21 @@
-"""Following a ZooKeeper subtree with kazoo: pipelined loads, one-shot watches, resyncs.
+"""Following a ZooKeeper subtree with kazoo: pipelined loads, watches, resyncs.
 
 Threads and who may call ZooKeeper:
 
 * kazoo's connection thread runs :meth:`ZooKeeperSync._on_state`; it only records the state and the time
   and queues a note for the sync thread (calling ZooKeeper there deadlocks, kazoo #356/#381);
-* kazoo's callback thread runs :meth:`ZooKeeperSync._on_watch`; it queues the path, and for a data change or
-  deletion issues the re-read without waiting for it (saving a thread hop on every update's path);
+* kazoo's callback thread runs :meth:`ZooKeeperSync._on_watch`; it queues the path, and for a value
+  changed, a znode created or deleted issues the re-read without waiting for it (a thread hop saved);
 * the sync thread (``autoglm-config-sync``) does every load, re-read and resync;
 * the reconciler thread calls :meth:`ZooKeeperSync.reread` for expired entries.
 
-Reads are pipelined, one tree level at a time, by :mod:`._reader`: each read arms the watch it needs (a
-data watch for the value, a child watch for the child list) with one callback of ours, and every firing is
-answered by reading again, which re-arms it. kazoo drops all watches on any connection loss without
-re-registering them, so every CONNECTED after a SUSPENDED or LOST triggers a resync: ``setWatches`` re-arms
-every watch relative to the last zxid seen before the drop, the server fires those whose znodes changed
-meanwhile, and only those are read again (:meth:`ZooKeeperSync._rearm`). Without such a zxid (first load,
-start from a snapshot, an interrupted load) the whole tree is read again and diffed against the cache.
+Changes are reported by one persistent recursive watch on the root (:mod:`._recursive`, ZooKeeper 3.6+), or
+per node: each read arms the watch it needs (data for the value, child for the child list) and every
+firing is answered by reading again, which re-arms it. Reads are pipelined, one tree level at a time, by
+:mod:`._reader`. kazoo keeps no watch of ours across a connection loss, so every CONNECTED after a
+SUSPENDED or LOST triggers a resync relative to the last zxid seen before the drop, which reads again only
+what changed meanwhile (:meth:`ZooKeeperSync._rearm`). Without such a zxid (first load, start from a
+snapshot, an interrupted load) the whole tree is read again and diffed against the cache.
 
 The sync thread collects what was queued into events, lets :func:`._syncstate.decide` choose what to do on
 its explicit state, and executes that plan; :mod:`._walk` does the level-by-level reads.
@@ -26,15 +26,16 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
 
 from kazoo.client import KazooClient
 from kazoo.protocol.states import Callback, EventType, KazooState, WatchedEvent
 
 from autoglm_runtime.config import _syncstate as sm
-from autoglm_runtime.config._reader import Interrupted, ReadResult, ZooKeeperReader
-from autoglm_runtime.config._tree import TreeApplier
+from autoglm_runtime.config._inbox import STOP, Item, collect, to_events
+from autoglm_runtime.config._reader import Interrupted, ZooKeeperReader
+from autoglm_runtime.config._recursive import RecursiveWatch
+from autoglm_runtime.config._tree import PendingPaths, TreeApplier
 from autoglm_runtime.config._values import ValuePipeline
 from autoglm_runtime.config._walk import Lost, TreeWalker
 from autoglm_runtime.config._zxid import ZxidGuard
@@ -45,8 +46,6 @@ from autoglm_runtime.errors import ConfigAccessError
 __all__ = ["ZooKeeperSync"]
 
 log = logging.getLogger("autoglm_runtime.config")
-
-_STOP = ("stop", "")
 
 
 class ZooKeeperSync:
@@ -64,6 +63,8 @@ class ZooKeeperSync:
         op_timeout: float,
         batch_size: int,
         bulk_reads: bool = True,
+        persistent_watch: bool = True,
+        session_factory: Callable[[], KazooClient] | None = None,
     ) -> None:
         self.hosts = hosts
         self.root = root
@@ -81,8 +82,8 @@ class ZooKeeperSync:
             bulk=bulk_reads,
         )
         self._op_timeout = op_timeout
-        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._pending: set[str] = set()
+        self._queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        self._pending = PendingPaths()
         # Written by the sync thread only; read (one reference) by the reconciler's reread().
         self._state = sm.SyncState()
         self._synced_session: int | None = None  # the session of the last completed load or resync
@@ -107,6 +108,17 @@ class ZooKeeperSync:
         self._walker = TreeWalker(
             root=root, reader=self._reader, tree=self._tree, cache=cache, pending=self._pending, stopping=self._stopping
         )
+        self._recursive = RecursiveWatch(
+            client=client,
+            root=root,
+            route=self._watch,
+            reader=self._reader,
+            status=status,
+            session_factory=session_factory,
+            op_timeout=op_timeout,
+            enabled=persistent_watch,
+        )
+        self._connections = 0  # CONNECTED transitions so far (kazoo's connection thread counts them)
         self._thread = threading.Thread(target=self._run, name="autoglm-config-sync", daemon=True)
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -121,7 +133,7 @@ class ZooKeeperSync:
         """End the sync thread, close the session (which drops every watch) and kazoo's threads."""
         self._stopping.set()
         self.client.remove_listener(self._on_state)
-        self._queue.put(_STOP)
+        self._queue.put(STOP)
         if self._thread.is_alive():
             self._thread.join(10.0)
         try:
@@ -133,6 +145,7 @@ class ZooKeeperSync:
 
     def _on_state(self, state: KazooState) -> None:
         if state == KazooState.CONNECTED:
+            self._connections += 1
             self._status.set_connected(True)
             zxid = 0
         else:
@@ -154,15 +167,19 @@ class ZooKeeperSync:
         # that follows the reconnect re-reads everything, so those carry nothing to do.
         if event.type == EventType.NONE or not event.path or self._stopping.is_set():
             return
+        if event.path == self.root and event.type == EventType.CHANGED:
+            return  # the root's own value is not a key (a persistent watch reports it)
         self._pending.add(event.path)
-        if event.type in (EventType.CHANGED, EventType.DELETED) and event.path != self.root:
+        if event.type != EventType.CHILD and event.path != self.root:
             # Issue the re-read here (asynchronous, never blocking kazoo's callback thread): it saves a
             # thread hop on the path every update takes. The sync thread waits for it and applies it.
             # After a deletion the znode may already be back (a new incarnation): read its children too,
-            # which arms the child watch the deletion consumed.
+            # which (per node) arms the child watch the deletion consumed. A creation (reported by a
+            # persistent watch) is read with its children as well.
             try:
-                deleted = event.type == EventType.DELETED
-                self._queue.put(("fetched", self._reader.start_read(event.path, children=deleted)))
+                started = self._reader.start_read(event.path, children=event.type != EventType.CHANGED)
+                self._pending.fetching(event.path, started[0].seq)
+                self._queue.put(("fetched", started))
                 return
             except Exception:  # kazoo refuses calls once closing; the sync thread reads it instead
                 pass
@@ -176,59 +193,23 @@ class ZooKeeperSync:
 
     def _run(self) -> None:
         while True:
-            items = self._collect()
-            if _STOP in items or self._stopping.is_set():
+            items = collect(self._queue)
+            if STOP in items or self._stopping.is_set():
                 return
             plan: sm.Plan = ()
-            for event in self._events(items):
+            connected = self.client.connected
+            events = to_events(
+                items,
+                can_rearm=self._reader.rearm,
+                connected=connected,
+                recheck_due=connected and self._guard.recheck_due(),
+                self_checked=self._reader.checked,
+            )
+            for event in events:
                 self._state, replaced = sm.decide(self._state, event)
                 if replaced is not None:
                     plan = replaced
             self._execute(plan)
-
-    def _collect(self) -> list[tuple[str, Any]]:
-        """Wait up to 0.5 s for a queued item, then take every other one already queued."""
-        try:
-            items = [self._queue.get(timeout=0.5)]
-        except queue.Empty:
-            items = []
-        while True:
-            try:
-                items.append(self._queue.get_nowait())
-            except queue.Empty:
-                return items
-
-    def _events(self, items: list[tuple[str, Any]]) -> list[sm.Event]:
-        """The queued items as events, in order, then a ``Wake`` with what the watches asked for."""
-        events: list[sm.Event] = []
-        fetched: list[tuple[ReadResult, Any]] = []
-        wanted: dict[str, set[str]] = {"data": set(), "children": set()}
-        for kind, arg in items:
-            if kind == "state":
-                state, zxid = arg
-                events.append(sm.Connected(self._reader.rearm) if state == KazooState.CONNECTED else sm.Dropped(zxid))
-            elif kind == "synced":
-                events.append(sm.MarkerArrived(arg))
-            elif kind == "read":
-                events.append(sm.Unread(frozenset(arg)))
-            elif kind == "resync":
-                events.append(sm.ResyncRequested())
-            elif kind == "fetched":
-                fetched.append(arg)
-            elif kind in wanted:
-                wanted[kind].add(arg)
-        connected = self.client.connected
-        events.append(
-            sm.Wake(
-                connected=connected,
-                recheck_due=connected and self._guard.recheck_due(),
-                self_checked=self._reader.checked,
-                fetched=tuple(fetched),
-                data=frozenset(wanted["data"]),
-                children=frozenset(wanted["children"]),
-            )
-        )
-        return events
 
     def _execute(self, plan: sm.Plan) -> None:
         """Run ``plan``; every outcome goes through :func:`decide`, which may replace the rest of it."""
@@ -301,14 +282,16 @@ class ZooKeeperSync:
         start_seq = self._reader.next_seq()
         found: set[str] = set()
         self._tree.denied = []
+        persistent = self._ensure_watch()
         results = self._walker.read_tree()
         if self._stopping.is_set():
             return None  # a partial read must not delete what it did not reach
         root_appeared = False
         root_missing = any(r.path == self.root and r.missing for r in results)
-        if root_missing:
-            # The root does not exist (yet): an exists watch tells us when it is created. If it appeared in
-            # the meantime, the watch is armed but will not fire for that creation: load again.
+        if root_missing and not persistent:
+            # The root does not exist (yet): an exists watch tells us when it is created (a persistent watch
+            # reports it by itself). If it appeared in the meantime, the watch is armed but will not fire
+            # for that creation: load again.
             stat = self._reader.wait(self.client.exists_async(self.root, watch=self._watch))
             self._status.add("reads")
             self._status.add("requests")
@@ -357,23 +340,38 @@ class ZooKeeperSync:
     def _rearm(self, action: sm.Rearm) -> frozenset[str]:
         """Resync after a reconnect without re-reading the tree (kazoo #664's read spike).
 
-        ``setWatches`` relative to the last zxid seen before the drop re-arms every watch; the server fires
-        at once each one whose znode changed, appeared under a watched parent, or vanished meanwhile, and
-        only those are read again. A marker sent through kazoo's callback queue after those firings tells
-        the sync thread when they have all been handled. Returns the paths whose watch events reached us
-        before the drop but were never answered by a read: they are read again right after.
+        Per node, ``setWatches`` relative to the last zxid seen before the drop re-arms every watch; the
+        server fires at once each one whose znode changed, appeared under a watched parent, or vanished
+        meanwhile, and only those are read again; a marker sent through kazoo's callback queue after those
+        firings says when they were all handled. With a persistent watch, the watch is added again and a
+        short second session does that ``setWatches`` (:meth:`RecursiveWatch.catch_up`). Returns the paths
+        whose watch events reached us before the drop but were never answered: they are read right after.
         """
         with self._cache.batch():
-            child_paths = list(self._tree.children)
-            # Every znode we know, including those whose value was rejected (not in the cache).
-            data_paths = sorted({self._tree.path(k) for k in self._cache.entries()} | set(child_paths) - {self.root})
-            # An absent root is followed by an exists watch; re-arm it too.
-            exist_paths = [] if self.root in self._tree.children else [self.root]
+            data_paths, child_paths, exist_paths = self._tree.known_paths()
         unanswered = frozenset(self._pending)
-        self._reader.arm(data_paths, child_paths, action.relative, exist_paths)
         marker = ("synced", action.generation)
-        self.client.handler.dispatch_callback(Callback("watch", self._queue.put, (marker,)))
+        if not self._ensure_watch():
+            self._reader.arm(data_paths, child_paths, action.relative, exist_paths)
+            self.client.handler.dispatch_callback(Callback("watch", self._queue.put, (marker,)))
+        elif self._recursive.catch_up(action.relative, data_paths, child_paths, exist_paths, self._on_catch_up):
+            self._queue.put(marker)
+        else:
+            self._queue.put(("resync", None))
         return unanswered
+
+    def _ensure_watch(self) -> bool:
+        """Add the persistent watch on this connection (once); False in per-node mode."""
+        persistent = self._recursive.ensure(self._connections)
+        self._tree.adopt = persistent
+        return persistent
+
+    def _on_catch_up(self, event: WatchedEvent) -> None:
+        """A firing of the catch-up session's setWatches: read that znode (or child list) again."""
+        if event.type == EventType.NONE or not event.path or self._stopping.is_set():
+            return
+        self._pending.add(event.path)
+        self._queue.put(("children" if event.type == EventType.CHILD else "data", event.path))
 
     # --- the reconciler's entry point ------------------------------------------------------------
 
@@ -381,22 +379,9 @@ class ZooKeeperSync:
         """Re-read ``keys`` (``""`` is the root's child list) and correct drift; returns the reads issued."""
         if not self._state.fresh or not self.client.connected or self._status.stale_since is not None:
             return 0  # a resync is due or running: it finds every difference, and they are not drift
-        specs = [(self._tree.path(k), bool(k), True) for k in keys]
-        try:
-            results = self._reader.read(specs)
-        except Interrupted:
+        follow = self._walker.verify(keys, timeout=self._op_timeout)
+        if follow is None:
             return 0
-        # ZooKeeper sends a watch event before the answer of any later read that sees its change, but kazoo
-        # hands the event to its callback thread: wait until that thread has queued every event that came
-        # before these answers, so a change a watch reported is never mistaken for drift.
-        drained = threading.Event()
-        self.client.handler.dispatch_callback(Callback("watch", drained.set, ()))
-        if not drained.wait(self._op_timeout):
-            return 0
-        follow: list[str] = []
-        with self._cache.batch():
-            for result in results:
-                follow.extend(spec[0] for spec in self._tree.apply(result, found=None, full=False, reconcile=True))
         if follow:
             self._queue.put(("read", follow))
         self._status.mark_confirmed()

@@ -21,9 +21,43 @@ from autoglm_runtime.config.cache import ConfigCache
 from autoglm_runtime.config.health import SyncStatus
 from autoglm_runtime.logging import describe_value
 
-__all__ = ["TreeApplier"]
+__all__ = ["PendingPaths", "TreeApplier"]
 
 log = logging.getLogger("autoglm_runtime.config")
+
+
+class PendingPaths(set[str]):
+    """Paths whose watch fired and whose re-read has not been applied yet (a difference there is not drift).
+
+    kazoo's callback thread adds to it and issues re-reads; the sync thread takes paths out as it applies
+    them. A path reported twice has two re-reads on their way: applying the first must not take it out while
+    the second is still coming (the reconciler would take the second change for drift), so a re-read issued
+    here is recorded by its sequence number and only the newest one takes its path out.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._latest: dict[str, int] = {}
+
+    def fetching(self, path: str, seq: int) -> None:
+        """A re-read of ``path`` with sequence number ``seq`` was issued."""
+        with self._lock:
+            self.add(path)
+            if seq > self._latest.get(path, 0):
+                self._latest[path] = seq
+
+    def fetched(self, path: str, seq: int) -> None:
+        """The re-read ``seq`` of ``path`` is being applied: the path is answered unless a newer one is coming."""
+        with self._lock:
+            if seq >= self._latest.get(path, 0):
+                self.discard(path)
+                self._latest.pop(path, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            super().clear()
+            self._latest.clear()
 
 
 class TreeApplier:
@@ -42,7 +76,7 @@ class TreeApplier:
         cache: ConfigCache,
         pipeline: ValuePipeline,
         status: SyncStatus,
-        pending: set[str],
+        pending: PendingPaths,
         behind: Callable[[], bool],
         loaded: threading.Event,
     ) -> None:
@@ -65,6 +99,9 @@ class TreeApplier:
         self.inflight: set[str] = set()
         #: Paths denied during the first load (for the start error).
         self.denied: list[str] = []
+        #: A znode read for its own creation event joins its parent's child list (persistent watch mode, where
+        #: creations are reported per znode and child lists are not read again).
+        self.adopt = False
 
     def prune(self, found: set[str], *, root: bool) -> None:
         """Forget the bookkeeping of znodes a full read did not find (keys ``found`` are the ones it did;
@@ -74,6 +111,13 @@ class TreeApplier:
             del self.children[path]
         for path in [p for p in self.czxids if p not in known]:
             del self.czxids[path]
+
+    def known_paths(self) -> tuple[list[str], list[str], list[str]]:
+        """The znodes whose value we hold (rejected values included), those whose child list we hold, and the
+        root if it is known to be absent: what a resync relative to a zxid watches (cache lock held)."""
+        child_paths = list(self.children)
+        data_paths = sorted({self.path(k) for k in self._cache.entries()} | set(child_paths) - {self.root})
+        return data_paths, child_paths, ([] if self.root in self.children else [self.root])
 
     def path(self, key: str) -> str:
         return self.root if key == "" else self._prefix + key
@@ -101,11 +145,22 @@ class TreeApplier:
             if found is not None:
                 found.add(key)
             follow = self._value(result, key, reconcile=reconcile)
+            if self.adopt:
+                self._adopt(path, result.seq)
         elif found is not None and key:
             found.add(key)
         if result.children is None:
             return follow
         return self._child_list(result, key, result.children, full=full, reconcile=reconcile)
+
+    def _adopt(self, path: str, seq: int) -> None:
+        """Add ``path`` to its parent's child list, unless a newer list was read (it then had its say)."""
+        parent, name = path.rsplit("/", 1)
+        parent = parent or "/"
+        parent = self.root if parent + "/" == self._prefix else parent
+        listed = self.children.get(parent)
+        if listed is not None and name not in listed[1] and seq > listed[0]:
+            self.children[parent] = (listed[0], listed[1] | {name})
 
     def _denied(self, path: str, key: str, found: set[str] | None) -> None:
         if not self._loaded.is_set():
@@ -153,6 +208,14 @@ class TreeApplier:
         base = self._prefix if not key else path + "/"
         if old_names - names and self._behind():
             names = names | old_names  # a lagging server's missing children are re-checked later
+        if self.adopt and old_names - names:
+            # A child read after this list was issued (its creation event's read) is newer than the list.
+            entry = self._cache.entry
+            names |= {
+                n for n in old_names - names if (e := entry(self.key(base + n))) is not None and e.seq > result.seq
+            }
+        # A child a newer read saw deleted is not back because this older list still names it.
+        names -= {n for n in names - old_names if self._cache.removed_after(self.key(base + n), result.seq)}
         self.children[path] = (result.seq, names)
         if not key:
             self._cache.touch("")
@@ -163,7 +226,8 @@ class TreeApplier:
         new = names if full or reload else names - old_names
         if reconcile:
             if names - old_names:
-                self.drift(path, key, None)
+                # Per node, the parent's child watch reports a creation; a persistent watch reports the child.
+                self.drift(path, key, None, created=[base + name for name in names - old_names])
             # The safety net covers structure too: a child this list already had but the cache lacks (its
             # load was lost) is read again; the value read reports the drift if it was real.
             entry = self._cache.entry
@@ -191,13 +255,18 @@ class TreeApplier:
             if change is not None and reconcile:
                 self.drift(current, change.key, None, structural=True)
 
-    def drift(self, path: str, key: str, value: Any, *, structural: bool = False) -> None:
+    def drift(
+        self, path: str, key: str, value: Any, *, structural: bool = False, created: list[str] | None = None
+    ) -> None:
         """Correct and report a difference the reconciler found, unless a watch reported it: the path's own
-        watch, or for a znode created or deleted (``structural``) its parent's child watch."""
+        watch, for a znode created or deleted (``structural``) its parent's child watch, and for children
+        ``created`` in a child list, their own creation events."""
         # Membership tests only: kazoo's callback thread adds to ``pending`` meanwhile.
         paths = [path, path.rsplit("/", 1)[0]] if structural and path != self.root else [path]
         if any(p in self._pending or p in self.inflight for p in paths):
             return  # the sync thread is on its way
+        if created and all(p in self._pending or p in self.inflight for p in created):
+            return
         log.warning(
             "drift corrected: %r differed from ZooKeeper (a watch was missed)",
             key,

@@ -12,8 +12,10 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from kazoo.protocol.states import Callback
+
 from autoglm_runtime.config._reader import Interrupted, ReadResult, Spec, ZooKeeperReader
-from autoglm_runtime.config._tree import TreeApplier
+from autoglm_runtime.config._tree import PendingPaths, TreeApplier
 from autoglm_runtime.config.cache import ConfigCache
 
 __all__ = ["Lost", "TreeWalker"]
@@ -41,7 +43,7 @@ class TreeWalker:
         reader: ZooKeeperReader,
         tree: TreeApplier,
         cache: ConfigCache,
-        pending: set[str],
+        pending: PendingPaths,
         stopping: threading.Event,
     ) -> None:
         self.root = root
@@ -83,7 +85,7 @@ class TreeWalker:
             except Interrupted as exc:
                 raise Lost(r.path for r, _ in fetched[index:]) from exc
             with self._cache.batch():
-                self._pending.discard(result.path)
+                self._pending.fetched(result.path, result.seq)
                 more = self._tree.apply(result, found=None, full=False, reconcile=False)
                 self._tree.inflight.update(spec[0] for spec in more)
                 follow.extend(more)
@@ -123,3 +125,24 @@ class TreeWalker:
         finally:
             inflight.difference_update(spec[0] for spec in frontier)
         return root_present
+
+    def verify(self, keys: Iterable[str], *, timeout: float) -> list[str] | None:
+        """Re-read ``keys`` (``""`` is the root's child list) for the reconciler and correct drift; returns the
+        paths the reads lead to, or None if they were cut short."""
+        specs = [(self._tree.path(k), bool(k), True) for k in keys]
+        try:
+            results = self._reader.read(specs)
+        except Interrupted:
+            return None
+        # ZooKeeper sends a watch event before the answer of any later read that sees its change, but kazoo
+        # hands the event to its callback thread: wait until that thread has queued every event that came
+        # before these answers, so a change a watch reported is never mistaken for drift.
+        drained = threading.Event()
+        self._reader.client.handler.dispatch_callback(Callback("watch", drained.set, ()))
+        if not drained.wait(timeout):
+            return None
+        follow: list[str] = []
+        with self._cache.batch():
+            for result in results:
+                follow.extend(spec[0] for spec in self._tree.apply(result, found=None, full=False, reconcile=True))
+        return follow

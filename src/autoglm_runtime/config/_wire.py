@@ -1,4 +1,4 @@
-"""Two ZooKeeper requests kazoo lacks, for bulk loads: ``multiRead`` and ``setWatches``.
+"""Three ZooKeeper requests kazoo lacks: ``multiRead``, ``setWatches`` and ``addWatch``.
 
 kazoo sends any object with ``type`` (the opcode), ``serialize()`` and ``deserialize(buffer, offset)``
 through ``KazooClient._call``; these two follow that shape, built on kazoo's own serialization helpers.
@@ -9,6 +9,9 @@ through ``KazooClient._call``; these two follow that shape, built on kazoo's own
 * ``setWatches`` (opcode 101; what ZooKeeper's Java client sends after a reconnect) arms data and child
   watches on many paths at once, relative to a zxid: the server fires at once for any path changed after
   that zxid, so nothing that happened between our read and the arming is lost.
+* ``addWatch`` (opcode 106, ZooKeeper 3.6+) adds a persistent watch; in ``PERSISTENT_RECURSIVE`` mode it
+  reports every creation, change and deletion at or below its path, for as long as the connection lasts:
+  one watch on the server instead of two per znode.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from kazoo.protocol.serialization import (
 )
 
 __all__ = [
+    "ADD_WATCH_PERSISTENT_RECURSIVE",
     "GET_CHILDREN",
     "GET_DATA",
     "MAX_REQUEST_BYTES",
+    "AddWatch",
     "MultiRead",
     "SetWatches",
     "Spec",
@@ -43,6 +48,8 @@ __all__ = [
 GET_DATA = 4
 GET_CHILDREN = 8
 _ERROR = -1
+#: addWatch's mode for a persistent watch on a path and every path below it.
+ADD_WATCH_PERSISTENT_RECURSIVE = 1
 
 # ZooKeeper refuses packets over jute.maxbuffer (1 MiB by default); stay far below it.
 MAX_REQUEST_BYTES = 256 * 1024
@@ -126,6 +133,27 @@ class SetWatches:
             for path in paths:
                 out += write_string(path)
         return out
+
+    @classmethod
+    def deserialize(cls, buffer: bytes, offset: int) -> None:
+        return None
+
+
+class AddWatch:
+    """Add a persistent watch of ``mode`` on ``path`` (a server path); the answer carries no body."""
+
+    type: ClassVar[int] = 106
+    __slots__ = ("mode", "path")
+
+    def __init__(self, path: str, mode: int = ADD_WATCH_PERSISTENT_RECURSIVE) -> None:
+        self.path = path
+        self.mode = mode
+
+    def __repr__(self) -> str:
+        return f"AddWatch({self.path!r}, mode={self.mode})"
+
+    def serialize(self) -> bytearray:
+        return bytearray(write_string(self.path) + int_struct.pack(self.mode))
 
     @classmethod
     def deserialize(cls, buffer: bytes, offset: int) -> None:

@@ -168,6 +168,12 @@ class ConfigCache:
                 return True
             return False
 
+    def removed_after(self, key: str, seq: int) -> bool:
+        """True if ``key`` is not cached and a read issued after ``seq`` saw it deleted."""
+        with self.lock:
+            tomb = self._tombstones.get(key)
+            return key not in self._entries and tomb is not None and tomb[1] > seq
+
     def reject(self, key: str, czxid: int, mzxid: int) -> None:
         """Remember that ``key`` at this version was refused, so it is not decoded and reported again."""
         with self.lock:

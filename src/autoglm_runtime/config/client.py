@@ -149,18 +149,24 @@ class ConfigClient(Reads):
                 interval=tuning.poll_interval,
             )
         else:
+
+            def new_session() -> KazooClient:
+                if client_factory is not None:
+                    return _made_client(client_factory)
+                return connection.kazoo_client(hosts, auth)
+
             self._source = ZooKeeperSync(
                 hosts=hosts,
                 root=self.root,
                 cache=self._cache,
                 pipeline=self._pipeline,
                 status=self._status,
-                client=_made_client(client_factory)
-                if client_factory is not None
-                else connection.kazoo_client(hosts, auth),
+                client=new_session(),
                 op_timeout=max(connection.session_timeout, 2.0),
                 batch_size=tuning.batch_size,
                 bulk_reads=tuning.bulk_reads,
+                persistent_watch=tuning.watch_mode == "auto",
+                session_factory=new_session,
             )
         source = self._source
         self._reconciler = Reconciler(

@@ -16,7 +16,15 @@ from typing import Literal, TypedDict
 
 from autoglm_runtime.observability._tracing import record_span
 
-__all__ = ["ConfigHealth", "ConfigSource", "ConfigState", "RejectReason", "ResyncReason", "SyncStatus"]
+__all__ = [
+    "ConfigHealth",
+    "ConfigSource",
+    "ConfigState",
+    "RejectReason",
+    "ResyncReason",
+    "SyncStatus",
+    "WatchMode",
+]
 
 #: Where a client is in its life: ``"new"`` (created, ``start()`` not called), ``"starting"`` (``start()``
 #: is loading), ``"running"`` (``start()`` returned; the client follows its source or tries to),
@@ -30,6 +38,11 @@ ConfigSource = Literal["none", "zookeeper", "snapshot", "file"]
 #: Why a resync ran: ``"reconnect"`` (the connection came back, same session) or ``"session_expired"`` (a new
 #: session after the old one expired).
 ResyncReason = Literal["reconnect", "session_expired"]
+
+#: How a ZooKeeper client follows its tree: ``"persistent"`` (one persistent recursive watch on the root,
+#: ZooKeeper 3.6+), ``"per_node"`` (a data and a child watch per znode: servers before 3.6, or
+#: ``SyncTuning(watch_mode="per_node")``); ``"none"`` for the ``file://`` backend.
+WatchMode = Literal["persistent", "per_node", "none"]
 
 #: Why an update was refused: ``"decode"`` (the codec could not decode it) or ``"validator"`` (it refused it).
 RejectReason = Literal["decode", "validator"]
@@ -66,6 +79,7 @@ class ConfigHealth(TypedDict):
     * ``keys`` (int): number of cached keys.
     * ``root_missing`` (bool): ZooKeeper answered that the root does not exist (a typo in the root, or it
       was deleted); the client follows it and loads it once it is created. Logged once as E0409.
+    * ``watch_mode`` (:data:`WatchMode`): ``"persistent"``, ``"per_node"`` or ``"none"`` (``file://``).
     """
 
     state: ConfigState
@@ -84,6 +98,7 @@ class ConfigHealth(TypedDict):
     source: ConfigSource
     keys: int
     root_missing: bool
+    watch_mode: WatchMode
 
 
 class SyncStatus:
@@ -111,6 +126,7 @@ class SyncStatus:
         self.requests = 0
         self._stale_wall: float | None = None  # when it went stale, on the wall clock: where a resync span starts
         self.root_missing = False
+        self.watch_mode: WatchMode = "none"
 
     def mark_stale(self, *, age: float = 0.0) -> None:
         """The cache stopped following its source ``age`` seconds ago (kept if already stale: staleness counts
@@ -207,4 +223,5 @@ class SyncStatus:
                 source=self.source,
                 keys=keys,
                 root_missing=self.root_missing,
+                watch_mode=self.watch_mode,
             )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from autoglm_runtime.errors import UsageError
 
@@ -115,7 +115,9 @@ class SyncTuning:
     ``reconcile_rate`` (reads/s), ``reconcile_jitter`` (s) and ``reconcile_interval`` (s) pace the TTL
     safety net; ``batch_size`` is the reads per multiRead request or pipelined batch; ``bulk_reads`` loads
     and resyncs with multiRead + setWatches (ZooKeeper 3.6+, falls back by itself); ``snapshot_debounce``
-    (s) delays snapshot writes; ``poll_interval`` (s) is how often the ``file://`` backend looks.
+    (s) delays snapshot writes; ``poll_interval`` (s) is how often the ``file://`` backend looks;
+    ``watch_mode`` is ``"auto"`` (one persistent recursive watch per client where the server supports it,
+    ZooKeeper 3.6+, else a data and a child watch per znode) or ``"per_node"`` (always the latter).
     """
 
     reconcile_rate: float = 200.0
@@ -125,6 +127,7 @@ class SyncTuning:
     poll_interval: float = 1.0
     batch_size: int = 500
     bulk_reads: bool = True
+    watch_mode: Literal["auto", "per_node"] = "auto"
 
     def __post_init__(self) -> None:
         if not _number("reconcile_rate", self.reconcile_rate) > 0:
@@ -138,6 +141,8 @@ class SyncTuning:
             raise UsageError("reconcile_jitter and snapshot_debounce must not be negative")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise UsageError(f"batch_size must be at least 1, got {self.batch_size!r}")
+        if self.watch_mode not in ("auto", "per_node"):
+            raise UsageError(f"watch_mode must be 'auto' or 'per_node', got {self.watch_mode!r}")
 
 
 def all_refused(hosts: str, *, timeout: float = 0.5) -> bool:

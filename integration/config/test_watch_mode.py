@@ -1,0 +1,126 @@
+"""Watch modes: one persistent recursive watch per client (ZooKeeper 3.6+), its catch-up after a gap, and the
+per-node watches it replaces."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+from integration.config._helpers import Factory, Until, j, kazoo_of, server_watches
+from kazoo.client import KazooClient
+from kazoo.protocol.states import KazooState
+
+from autoglm_runtime import ConfigClient
+from autoglm_runtime.config import ZooKeeperConnection
+from autoglm_runtime.testing.zookeeper import FaultProxy, ZooKeeperServer
+
+
+def session_of(client: ConfigClient) -> str:
+    return f"0x{kazoo_of(client).client_id[0]:x}"
+
+
+def build_tree(zk_client: KazooClient, root: str, parents: int, children: int) -> dict[str, int]:
+    expected: dict[str, int] = {}
+    for p in range(parents):
+        zk_client.create(f"{root}/p{p}", j(p))
+        expected[f"p{p}"] = p
+    pending = []
+    for p in range(parents):
+        for c in range(children):
+            pending.append(zk_client.create_async(f"{root}/p{p}/c{c}", j(c)))
+            expected[f"p{p}/c{c}"] = c
+    for item in pending:
+        item.get(timeout=30)
+    return expected
+
+
+@pytest.mark.zk_container
+def test_one_server_watch_per_client_whatever_the_tree(
+    zk_server: ZooKeeperServer, zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until
+) -> None:
+    expected = build_tree(zk_client, zk_root, parents=30, children=10)
+    persistent = make_client(zk_hosts, zk_root)
+    per_node = make_client(zk_hosts, zk_root, watch_mode="per_node")
+    persistent.start(timeout=10)
+    per_node.start(timeout=10)
+    assert persistent.health()["watch_mode"] == "persistent"
+    assert per_node.health()["watch_mode"] == "per_node"
+    watches = server_watches(zk_server)
+    assert watches[session_of(persistent)] == {zk_root}
+    assert len(watches[session_of(per_node)]) >= len(expected)  # every znode (wchc lists a path once)
+
+    # Creations, changes and deletions at every depth reach both, and no one-shot watch creeps in.
+    zk_client.create(f"{zk_root}/p0/new/deeper", j("deep"), makepath=True)
+    zk_client.set(f"{zk_root}/p1/c1", j("changed"))
+    zk_client.delete(f"{zk_root}/p2/c2")
+    zk_client.delete(f"{zk_root}/p3", recursive=True)
+    zk_client.create(f"{zk_root}/top", j("top"))
+    expected.update({"p0/new": None, "p0/new/deeper": "deep", "p1/c1": "changed", "top": "top"})
+    for key in ["p2/c2", "p3", *(f"p3/c{c}" for c in range(10))]:
+        del expected[key]
+    for client in (persistent, per_node):
+        until(lambda client=client: dict(client.snapshot()) == expected, what="the changed tree")  # type: ignore[misc]
+        assert client.health()["drift_corrected"] == 0
+    assert server_watches(zk_server)[session_of(persistent)] == {zk_root}
+
+
+@pytest.mark.zk_container
+def test_a_gap_is_caught_up_by_a_short_second_session(
+    zk_server: ZooKeeperServer,
+    zk_proxy: FaultProxy,
+    zk_root: str,
+    zk_client: KazooClient,
+    make_client: Factory,
+    until: Until,
+) -> None:
+    expected = build_tree(zk_client, zk_root, parents=20, children=10)
+    client = make_client(zk_proxy.hosts, zk_root, session_timeout=10.0)
+    client.start(timeout=10)
+    suspended = threading.Event()
+    kazoo_of(client).add_listener(lambda state: suspended.set() if state == KazooState.SUSPENDED else None)
+    zk_proxy.refuse()
+    zk_proxy.cut()
+    assert suspended.wait(20)
+    zk_client.set(f"{zk_root}/p4/c4", j("while away"))
+    zk_client.create(f"{zk_root}/p5/c99", j(99))
+    zk_client.delete(f"{zk_root}/p6/c6")
+    expected.update({"p4/c4": "while away", "p5/c99": 99})
+    del expected["p6/c6"]
+    reads = client.health()["reads"]
+    zk_proxy.restore()
+    until(lambda: client.health()["resyncs"] == 1, what="the resync after the gap")
+    assert dict(client.snapshot()) == expected
+    assert client.health()["reads"] - reads < 20  # what changed, not the 420 reads of the whole tree
+    assert client.health()["resync_reasons"] == {"reconnect": 1}
+    # The catch-up session is closed: the server holds one watch for this client again, and it reports.
+    until(lambda: server_watches(zk_server).get(session_of(client)) == {zk_root}, what="one watch again")
+    assert len([s for s, paths in server_watches(zk_server).items() if any(p.startswith(zk_root) for p in paths)]) == 1
+    zk_client.set(f"{zk_root}/p7/c7", j("after"))
+    until(lambda: client.get("p7/c7") == "after")
+    assert client.health()["drift_corrected"] == 0
+
+
+@pytest.mark.zk_container
+def test_a_factory_without_a_second_session_reads_the_tree_after_a_gap(
+    zk_proxy: FaultProxy, zk_root: str, zk_client: KazooClient, until: Until, caplog: pytest.LogCaptureFixture
+) -> None:
+    expected = build_tree(zk_client, zk_root, parents=5, children=4)
+    kazoo = ZooKeeperConnection(session_timeout=10.0, reconnect_max_delay=0.5).kazoo_client(zk_proxy.hosts)
+    suspended = threading.Event()
+    kazoo.add_listener(lambda state: suspended.set() if state == KazooState.SUSPENDED else None)
+    with ConfigClient(zk_proxy.hosts, zk_root, snapshot_path=None, client_factory=lambda: kazoo) as client:
+        zk_proxy.refuse()
+        zk_proxy.cut()
+        assert suspended.wait(20)
+        zk_client.set(f"{zk_root}/p1/c1", j("while away"))
+        expected["p1/c1"] = "while away"
+        with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
+            zk_proxy.restore()
+            until(lambda: client.health()["resyncs"] == 1, what="the resync after the gap")
+        assert dict(client.snapshot()) == expected
+        [record] = [r for r in caplog.records if "second, short ZooKeeper session" in r.getMessage()]
+        assert record.error_code == "E0409"  # type: ignore[attr-defined]
+        assert client.health()["watch_mode"] == "persistent"
+        zk_client.set(f"{zk_root}/p2/c2", j("after"))
+        until(lambda: client.get("p2/c2") == "after")
