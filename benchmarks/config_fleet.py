@@ -1,6 +1,7 @@
 """The fleet benchmark and the get() stall test, run by ``benchmarks/config_sync.py`` (sections 5 and 6).
 
-5. N clients (ConfigClient, then the same number of kazoo TreeCaches) in several worker processes follow
+5. N clients (ConfigClient with its persistent watch, ConfigClient with per-node watches, then the same number
+   of kazoo TreeCaches) in several worker processes follow
    one tree on one real ZooKeeper server, each through a fault proxy of its process. Four outages: a
    reconnect (connections cut, session kept) and a session expiry, each with nothing changed and with 5% of
    the keys changed meanwhile. Per outage: server packets (mntr zk_packets_received) until the fleet
@@ -23,7 +24,7 @@ from typing import Any
 from kazoo.client import KazooClient
 from kazoo.recipe.cache import TreeCache, TreeEvent
 
-from autoglm_runtime.config import ConfigClient, SnapshotEntry, ZooKeeperConnection, write_snapshot
+from autoglm_runtime.config import ConfigClient, SnapshotEntry, SyncTuning, ZooKeeperConnection, write_snapshot
 from autoglm_runtime.config.cache import ConfigCache
 from autoglm_runtime.config.snapshot import SnapshotWriter
 from autoglm_runtime.testing import FaultProxy
@@ -56,14 +57,26 @@ def _worker(kind: str, count: int, server: str, root: str, conn: Any) -> None:
     proxy = FaultProxy(host, int(port)).start()
     clients: list[Any] = []
     kazoos: list[KazooClient] = []
+    settings = ZooKeeperConnection(session_timeout=20.0, reconnect_max_delay=0.5)
     for _ in range(count):
-        kazoo = ZooKeeperConnection(session_timeout=20.0, reconnect_max_delay=0.5).kazoo_client(proxy.hosts)
-        kazoos.append(kazoo)
-        if kind == "config":
-            client = ConfigClient(proxy.hosts, root, ttl=3600.0, client_factory=lambda k=kazoo: k)
+        if kind != "treecache":
+            made: list[KazooClient] = []
+
+            def new_session(made: list[KazooClient] = made) -> KazooClient:
+                # The first is the client's own; later ones are its short catch-up sessions after a gap.
+                made.append(settings.kazoo_client(proxy.hosts))
+                return made[-1]
+
+            mode = "per_node" if kind == "config-per-node" else "auto"
+            client = ConfigClient(
+                proxy.hosts, root, ttl=3600.0, client_factory=new_session, tuning=SyncTuning(watch_mode=mode)
+            )
+            kazoos.append(made[0])
             client.start(timeout=300)
             clients.append(client)
         else:
+            kazoo = settings.kazoo_client(proxy.hosts)
+            kazoos.append(kazoo)
             kazoo.start(timeout=60)
             ready = threading.Event()
             cache = TreeCache(kazoo, root)
@@ -94,8 +107,8 @@ def _worker(kind: str, count: int, server: str, root: str, conn: Any) -> None:
             conn.send(time.monotonic())
         elif command == "stop":
             for client in clients:
-                client.stop() if kind == "config" else client.close()
-            for kazoo in kazoos:
+                client.stop() if kind != "treecache" else client.close()
+            for kazoo in kazoos if kind == "treecache" else []:
                 kazoo.stop()
                 kazoo.close()
             proxy.stop()
@@ -104,7 +117,7 @@ def _worker(kind: str, count: int, server: str, root: str, conn: Any) -> None:
 
 
 def _converged(kind: str, client: Any, root: str, expected: dict[str, Any]) -> bool:
-    if kind == "config":
+    if kind != "treecache":
         health = client.health()
         if not health["connected"] or health["stale_seconds"] > 0:
             return False
@@ -179,7 +192,7 @@ def outage(
 
 def bench_fleet(server: str, admin: KazooClient, root: str, keys: list[str], n: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for kind in ("config", "treecache"):
+    for kind in ("config", "config-per-node", "treecache"):
         base = mntr(server)["zk_watch_count"]
         fleet = Fleet(kind, n, server, root)
         try:

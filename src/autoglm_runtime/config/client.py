@@ -32,7 +32,14 @@ from autoglm_runtime.config.codec import Codec, resolve_codec
 from autoglm_runtime.config.dispatcher import ConfigChange, Dispatcher, Listener
 from autoglm_runtime.config.health import ConfigHealth, SyncStatus
 from autoglm_runtime.config.reconciler import Reconciler
-from autoglm_runtime.config.settings import Auth, SyncTuning, ZooKeeperConnection, all_refused, normalize_auth
+from autoglm_runtime.config.settings import (
+    Auth,
+    SyncTuning,
+    ZooKeeperConnection,
+    all_refused,
+    normalize_auth,
+    session_factory,
+)
 from autoglm_runtime.config.snapshot import SnapshotEntry, SnapshotWriter, read_snapshot
 from autoglm_runtime.errors import ConfigUnavailableError, SnapshotError, UsageError
 
@@ -50,18 +57,6 @@ def _normalize_root(root: str) -> str:
     return root
 
 
-def _made_client(factory: Callable[[], KazooClient]) -> KazooClient:
-    """The factory's client, checked: a ConfigClient starts and owns it, so it must be a new, unstarted one."""
-    from kazoo.client import KazooClient
-
-    client = factory()
-    if not isinstance(client, KazooClient):
-        raise UsageError(f"client_factory must return a kazoo KazooClient, got {type(client).__name__}")
-    if client.connected:
-        raise UsageError("client_factory returned a started KazooClient: return a new one; the ConfigClient starts it")
-    return client
-
-
 class ConfigClient(Reads):
     """Follows every znode under ``root`` and serves it from memory.
 
@@ -75,15 +70,14 @@ class ConfigClient(Reads):
     pace, batch sizes, snapshot debounce, file polling), ``timer`` (monotonic clock for TTL and staleness).
 
     ``client_factory`` replaces ``connection`` and ``auth`` where the caller wants the ``KazooClient`` in its
-    own hands (kazoo's recipes take a ready client the same way; ``file://`` hosts use neither it nor
-    ``connection``): it is called once, with no arguments, and
-    must return a new, unstarted client, which the ConfigClient then starts, owns and stops. A client that
-    retries forever (``connection_retry=KazooRetry(max_tries=-1, ...)``) is what the sync expects;
+    own hands (``file://`` hosts use neither it nor ``connection``): it is called with no arguments and must
+    return a new, unstarted client, which the ConfigClient starts, owns and stops; it is called again for each
+    short catch-up session after a reconnect (see docs/config-sync.md, "Watch modes"). A client that retries
+    forever (``connection_retry=KazooRetry(max_tries=-1, ...)``) is what the sync expects;
     :meth:`ZooKeeperConnection.kazoo_client` builds one::
 
-        kazoo = ZooKeeperConnection(session_timeout=4.0).kazoo_client(hosts)
-        kazoo.add_listener(print)  # see every connection state the config client goes through
-        config = ConfigClient(hosts, "/autoglm/prod", client_factory=lambda: kazoo)
+        settings = ZooKeeperConnection(session_timeout=4.0)
+        config = ConfigClient(hosts, "/autoglm/prod", client_factory=lambda: settings.kazoo_client(hosts))
     """
 
     # The positional parameters are the public contract of issue 3 (hosts ... auth); extras are keyword-only.
@@ -149,12 +143,7 @@ class ConfigClient(Reads):
                 interval=tuning.poll_interval,
             )
         else:
-
-            def new_session() -> KazooClient:
-                if client_factory is not None:
-                    return _made_client(client_factory)
-                return connection.kazoo_client(hosts, auth)
-
+            new_session = session_factory(hosts, connection, auth, client_factory)
             self._source = ZooKeeperSync(
                 hosts=hosts,
                 root=self.root,

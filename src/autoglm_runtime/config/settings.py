@@ -16,7 +16,7 @@ expire its session) passes ``client_factory`` instead of ``connection``; see :cl
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -161,3 +161,25 @@ def all_refused(hosts: str, *, timeout: float = 0.5) -> bool:
         except (OSError, ValueError):
             return False
     return bool(addresses)
+
+
+def session_factory(
+    hosts: str, connection: ZooKeeperConnection, auth: Auth | None, client_factory: Callable[[], KazooClient] | None
+) -> Callable[[], KazooClient]:
+    """What makes a ConfigClient's sessions (its own, then the short catch-up ones): ``client_factory``'s clients,
+    checked, or clients built from ``connection`` and ``auth``."""
+    if client_factory is None:
+        return lambda: connection.kazoo_client(hosts, auth)
+    return lambda: _made_client(client_factory)
+
+
+def _made_client(factory: Callable[[], KazooClient]) -> KazooClient:
+    """The factory's client, checked: a ConfigClient starts and owns it, so it must be a new, unstarted one."""
+    from kazoo.client import KazooClient
+
+    client = factory()
+    if not isinstance(client, KazooClient):
+        raise UsageError(f"client_factory must return a kazoo KazooClient, got {type(client).__name__}")
+    if client.connected:
+        raise UsageError("client_factory returned a started KazooClient: return a new one; the ConfigClient starts it")
+    return client
