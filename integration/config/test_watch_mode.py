@@ -15,6 +15,8 @@ from autoglm_runtime import ConfigClient
 from autoglm_runtime.config import ZooKeeperConnection
 from autoglm_runtime.testing.zookeeper import FaultProxy, ZooKeeperServer
 
+from .conftest import FakeClock
+
 
 def session_of(client: ConfigClient) -> str:
     return f"0x{kazoo_of(client).client_id[0]:x}"
@@ -124,3 +126,49 @@ def test_a_factory_without_a_second_session_reads_the_tree_after_a_gap(
         assert client.health()["watch_mode"] == "persistent"
         zk_client.set(f"{zk_root}/p2/c2", j("after"))
         until(lambda: client.get("p2/c2") == "after")
+
+
+def test_verification_under_a_persistent_watch_reads_stats_not_values(
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until, clock: FakeClock
+) -> None:
+    build_tree(zk_client, zk_root, parents=5, children=9)  # 50 keys
+    client = make_client(zk_hosts, zk_root, ttl=30.0)
+    client.start(timeout=10)
+    before = client.health()
+    clock.advance(34)  # every entry (and the root's child list) is due
+    until(lambda: all(client._cache.deadline(k) > clock() for k in client.snapshot()), what="every key confirmed")  # type: ignore[attr-defined,operator]
+    after = client.health()
+    # One exists per key and one for the root, nothing read again, no drift.
+    assert after["reads"] - before["reads"] == 51
+    assert after["requests"] - before["requests"] == 51
+    assert after["drift_corrected"] == 0
+
+
+def test_verification_finds_a_creation_whose_event_was_lost(
+    zk_hosts: str,
+    zk_root: str,
+    zk_client: KazooClient,
+    make_client: Factory,
+    until: Until,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    build_tree(zk_client, zk_root, parents=2, children=2)
+    client = make_client(zk_hosts, zk_root, ttl=30.0)
+    client.start(timeout=10)
+    kazoo = kazoo_of(client)
+    lost = f"{zk_root}/p1/lost"
+    routing = kazoo._data_watchers
+    under = routing.under
+    routing.under = lambda p: p != lost and under(p)  # kazoo drops the creation event
+    zk_client.create(lost, j("found"))
+    kazoo.get(f"{zk_root}/p1")  # the notification comes before this answer on the connection
+    routing.under = under
+    zk_client.create(f"{zk_root}/marker", b"")  # reported after the lost event
+    until(lambda: "marker" in client.snapshot())
+    assert "p1/lost" not in client.snapshot()
+    with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
+        clock.advance(34)
+        until(lambda: client.get("p1/lost") == "found", what="the lost creation found by verification")
+    assert client.health()["drift_corrected"] == 1
+    assert "drift corrected: 'p1' differed from ZooKeeper" in caplog.text

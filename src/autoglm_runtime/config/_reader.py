@@ -48,7 +48,9 @@ from autoglm_runtime.config._wire import (
     MultiRead,
     SetWatches,
     Spec,
+    kazoo_internals_problems,
     plan_batches,
+    same_answers,
     setwatches_chunks,
 )
 from autoglm_runtime.config.health import SyncStatus
@@ -148,6 +150,26 @@ class ZooKeeperReader:
                     pass
             self._plain_next = False
         return self._read_each(specs)
+
+    def stats(self, paths: Sequence[str]) -> list[tuple[Any, int]]:
+        """The stat of each of ``paths`` (None where it does not exist) and the sequence number of its read:
+        pipelined ``exists`` requests, which carry no data and arm no watch."""
+        if not self.client.connected:
+            raise Interrupted
+        issued: list[tuple[Any, int]] = []
+        with self._lock:
+            for path in paths:
+                seq = next(self._seq)
+                issued.append((self.client.exists_async(path), seq))
+        self._status.add("reads", len(paths))
+        self._status.add("requests", len(paths))
+        out: list[tuple[Any, int]] = []
+        for pending, seq in issued:
+            stat = self.wait(pending)
+            if isinstance(stat, BaseException):
+                raise Interrupted from stat  # NoAuth on exists: let the full read say it
+            out.append((stat, seq))
+        return out
 
     def start_read(self, path: str, *, children: bool = False) -> tuple[ReadResult, Any]:
         """Issue one data read (and a child-list read if ``children``), arming their watches, without
@@ -304,15 +326,7 @@ class ZooKeeperReader:
         sets, that ``last_zxid`` is an int, and that a multiRead of ``path`` answers what plain
         ``get``/``get_children`` do. Raises :class:`Interrupted` on a drop (it runs again next time).
         """
-        problems: list[str] = []
-        if not callable(getattr(self.client, "_call", None)):
-            problems.append("KazooClient._call is missing")
-        for name in ("_data_watchers", "_child_watchers"):
-            watchers = getattr(self.client, name, None)
-            if not isinstance(watchers, dict) or not all(isinstance(v, set) for v in watchers.values()):
-                problems.append(f"KazooClient.{name} is not a dict of sets")
-        if not isinstance(getattr(self.client, "last_zxid", None), int):
-            problems.append("KazooClient.last_zxid is not an int")
+        problems = kazoo_internals_problems(self.client)
         if not problems and self.bulk:
             mismatch = self._compare_multiread(path)
             if mismatch:
@@ -333,7 +347,7 @@ class ZooKeeperReader:
                 return None if not self.rearm else "a multiRead of the root failed"
             self._status.add("reads", 4)
             self._status.add("requests", 3)
-            if _same_answers(plain, bulk):
+            if same_answers(plain, bulk):
                 return None
         return f"a multiRead of {path} did not answer what get/get_children do"
 
@@ -383,17 +397,3 @@ class ZooKeeperReader:
                 raise Interrupted from exc
             if isinstance(answer, BaseException):
                 raise Interrupted from answer
-
-
-def _same_answers(plain: list[Any], bulk: list[Any]) -> bool:
-    if isinstance(plain[0], NoNodeError) or isinstance(bulk[0], NoNodeError):
-        return isinstance(plain[0], NoNodeError) and isinstance(bulk[0], NoNodeError)
-    if isinstance(plain[0], BaseException) or isinstance(bulk[0], BaseException):
-        return type(plain[0]) is type(bulk[0])
-    (data, stat), (bulk_data, bulk_stat) = plain[0], bulk[0]
-    return bool(
-        (data or b"") == bulk_data
-        and tuple(stat) == tuple(bulk_stat)
-        and not isinstance(bulk[1], BaseException)
-        and sorted(plain[1]) == sorted(bulk[1])
-    )

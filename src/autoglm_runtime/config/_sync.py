@@ -379,10 +379,16 @@ class ZooKeeperSync:
         """Re-read ``keys`` (``""`` is the root's child list) and correct drift; returns the reads issued."""
         if not self._state.fresh or not self.client.connected or self._status.stale_since is not None:
             return 0  # a resync is due or running: it finds every difference, and they are not drift
-        follow = self._walker.verify(keys, timeout=self._op_timeout)
-        if follow is None:
+        verified = self._walker.verify(keys, timeout=self._op_timeout, stats=self._recursive.active)
+        if verified is None:
             return 0
+        follow, issued = verified
         if follow:
             self._queue.put(("read", follow))
         self._status.mark_confirmed()
-        return sum(int(bool(k)) + 1 for k in keys)
+        return issued
+
+    @property
+    def reads_per_key(self) -> float:
+        """What verifying one key costs: an ``exists`` under a persistent watch, else a data and a child read."""
+        return 1.0 if self._recursive.active else 2.0

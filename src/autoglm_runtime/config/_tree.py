@@ -17,7 +17,7 @@ from typing import Any
 
 from autoglm_runtime.config._reader import ReadResult, Spec
 from autoglm_runtime.config._values import ValuePipeline
-from autoglm_runtime.config.cache import ConfigCache
+from autoglm_runtime.config.cache import SNAPSHOT_SEQ, ConfigCache
 from autoglm_runtime.config.health import SyncStatus
 from autoglm_runtime.logging import describe_value
 
@@ -93,6 +93,9 @@ class TreeApplier:
         self.children: dict[str, tuple[int, frozenset[str]]] = {}
         #: The czxid of each znode's incarnation we read last.
         self.czxids: dict[str, int] = {}
+        #: The pzxid of each znode, from a data read issued before a read of its child list: while the znode's
+        #: pzxid is still this, the child list we hold is current (stat-only verification).
+        self.pzxids: dict[str, int] = {}
         #: Znodes created again: their next child list loads every child.
         self.reload: set[str] = set()
         #: Paths the sync thread is reading again for a watch event (a difference there is not drift).
@@ -111,6 +114,8 @@ class TreeApplier:
             del self.children[path]
         for path in [p for p in self.czxids if p not in known]:
             del self.czxids[path]
+        for path in [p for p in self.pzxids if p not in known]:
+            del self.pzxids[path]
 
     def known_paths(self) -> tuple[list[str], list[str], list[str]]:
         """The znodes whose value we hold (rejected values included), those whose child list we hold, and the
@@ -118,6 +123,20 @@ class TreeApplier:
         child_paths = list(self.children)
         data_paths = sorted({self.path(k) for k in self._cache.entries()} | set(child_paths) - {self.root})
         return data_paths, child_paths, ([] if self.root in self.children else [self.root])
+
+    def confirm(self, key: str, stat: Any, seq: int) -> bool:
+        """True if ``stat`` (an ``exists`` answer, read ``seq``) proves the cached value and child list of ``key``
+        current; the entry then counts as confirmed now. False: read it again (cache lock held)."""
+        path = self.path(key)
+        if stat is None or self.pzxids.get(path) != stat.pzxid or self.czxids.get(path, stat.czxid) != stat.czxid:
+            return False
+        if not key:
+            self._cache.touch("")
+            return True
+        entry = self._cache.entry(key)
+        if entry is None or entry.seq == SNAPSHOT_SEQ or (entry.czxid, entry.mzxid) != (stat.czxid, stat.mzxid):
+            return False
+        return self._cache.known(key, stat.czxid, stat.mzxid, seq)
 
     def path(self, key: str) -> str:
         return self.root if key == "" else self._prefix + key
@@ -137,10 +156,13 @@ class TreeApplier:
                 # child it then lists is new and must be loaded, even where the names are the same.
                 self.children.pop(path, None)
                 self.czxids.pop(path, None)
+                self.pzxids.pop(path, None)
             elif not self._behind():
                 self.remove_subtree(path, result.seq, reconcile=reconcile)
             return []
         follow: list[Spec] = []
+        if result.stat is not None and result.children is not None:
+            self.pzxids[path] = result.stat.pzxid  # the data read went out before the child-list read
         if result.stat is not None and key:
             if found is not None:
                 found.add(key)
@@ -251,6 +273,7 @@ class TreeApplier:
                 del self.children[current]
                 stack.extend(f"{current}/{name}" for name in entry[1])
             self.czxids.pop(current, None)
+            self.pzxids.pop(current, None)
             change = self._cache.remove(self.key(current), seq=seq)
             if change is not None and reconcile:
                 self.drift(current, change.key, None, structural=True)

@@ -64,7 +64,9 @@ class TreeWalker:
     def read_tree(self) -> list[ReadResult]:
         """Read the whole tree, level by level, without applying anything (the caller applies it at once)."""
         out: list[ReadResult] = []
-        frontier: list[Spec] = [(self.root, False, True)]
+        # Under a persistent watch the root's data is read too: its stat's pzxid lets verification confirm
+        # the root's child list without reading it.
+        frontier: list[Spec] = [(self.root, self._tree.adopt, True)]
         while frontier and not self._stopping.is_set():
             results = self.read_level(frontier)
             out.extend(results)
@@ -126,14 +128,37 @@ class TreeWalker:
             inflight.difference_update(spec[0] for spec in frontier)
         return root_present
 
-    def verify(self, keys: Iterable[str], *, timeout: float) -> list[str] | None:
+    def verify(self, keys: Iterable[str], *, timeout: float, stats: bool) -> tuple[list[str], int] | None:
         """Re-read ``keys`` (``""`` is the root's child list) for the reconciler and correct drift; returns the
-        paths the reads lead to, or None if they were cut short."""
-        specs = [(self._tree.path(k), bool(k), True) for k in keys]
+        paths the reads lead to and the reads issued, or None if they were cut short.
+
+        With ``stats`` (no watch to re-arm: a persistent watch), each key costs one ``exists``: where its stat
+        shows the cached version and the pzxid of the child list held, the key is confirmed without reading
+        its value; only the others are read (data and child list).
+        """
+        keys = list(keys)
+        specs = [(self._tree.path(k), True, True) for k in keys]
+        issued = 0
+        if stats:
+            try:
+                answers = self._reader.stats([spec[0] for spec in specs])
+            except Interrupted:
+                return None
+            issued += len(answers)
+            with self._cache.batch():
+                specs = [
+                    spec
+                    for key, spec, (stat, seq) in zip(keys, specs, answers, strict=True)
+                    if not self._tree.confirm(key, stat, seq)
+                ]
+            if not specs:
+                return [], issued
+        specs = [(path, path != self.root or stats, children) for path, _, children in specs]
         try:
             results = self._reader.read(specs)
         except Interrupted:
             return None
+        issued += sum(int(data) + int(children) for _, data, children in specs)
         # ZooKeeper sends a watch event before the answer of any later read that sees its change, but kazoo
         # hands the event to its callback thread: wait until that thread has queued every event that came
         # before these answers, so a change a watch reported is never mistaken for drift.
@@ -145,4 +170,4 @@ class TreeWalker:
         with self._cache.batch():
             for result in results:
                 follow.extend(spec[0] for spec in self._tree.apply(result, found=None, full=False, reconcile=True))
-        return follow
+        return follow, issued

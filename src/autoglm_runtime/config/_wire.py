@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from kazoo.exceptions import EXCEPTIONS
+from kazoo.exceptions import EXCEPTIONS, NoNodeError
 from kazoo.protocol.serialization import (
     MultiHeader,
     ZnodeStat,
@@ -41,7 +41,9 @@ __all__ = [
     "MultiRead",
     "SetWatches",
     "Spec",
+    "kazoo_internals_problems",
     "plan_batches",
+    "same_answers",
     "setwatches_chunks",
 ]
 
@@ -199,3 +201,33 @@ def setwatches_chunks(
     if any(current):
         out.append(current)
     return out
+
+
+def kazoo_internals_problems(client: Any) -> list[str]:
+    """What is off in the kazoo internals these requests rely on: ``KazooClient._call``, the watcher tables
+    (dicts of sets) and ``last_zxid`` (an int). Empty when all is as expected."""
+    problems: list[str] = []
+    if not callable(getattr(client, "_call", None)):
+        problems.append("KazooClient._call is missing")
+    for name in ("_data_watchers", "_child_watchers"):
+        watchers = getattr(client, name, None)
+        if not isinstance(watchers, dict) or not all(isinstance(v, set) for v in watchers.values()):
+            problems.append(f"KazooClient.{name} is not a dict of sets")
+    if not isinstance(getattr(client, "last_zxid", None), int):
+        problems.append("KazooClient.last_zxid is not an int")
+    return problems
+
+
+def same_answers(plain: list[Any], bulk: list[Any]) -> bool:
+    """Whether a multiRead's answers to a data and a child-list read equal plain get/get_children answers."""
+    if isinstance(plain[0], NoNodeError) or isinstance(bulk[0], NoNodeError):
+        return isinstance(plain[0], NoNodeError) and isinstance(bulk[0], NoNodeError)
+    if isinstance(plain[0], BaseException) or isinstance(bulk[0], BaseException):
+        return type(plain[0]) is type(bulk[0])
+    (data, stat), (bulk_data, bulk_stat) = plain[0], bulk[0]
+    return bool(
+        (data or b"") == bulk_data
+        and tuple(stat) == tuple(bulk_stat)
+        and not isinstance(bulk[1], BaseException)
+        and sorted(plain[1]) == sorted(bulk[1])
+    )

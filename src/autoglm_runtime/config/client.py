@@ -165,7 +165,7 @@ class ConfigClient(Reads):
             rate=tuning.reconcile_rate,
             jitter=tuning.reconcile_jitter,
             interval=tuning.reconcile_interval,
-            reads_per_key=2.0 if isinstance(source, ZooKeeperSync) else 1.0,
+            reads_per_key=(lambda: source.reads_per_key) if isinstance(source, ZooKeeperSync) else 1.0,
             ready=lambda: source.loaded.is_set() and self._status.connected,
         )
 

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 class Reconciler:
     """Re-reads expired cache entries through ``reread(keys) -> reads issued`` on a named thread.
 
-    ``reads_per_key`` is what one key costs the token bucket (2 for ZooKeeper: data and child list).
+    ``reads_per_key`` is what one key costs the token bucket (a number, or a callable asked each batch: for
+    ZooKeeper 1 ``exists`` under a persistent watch, else 2, data and child list).
     ``ready()`` says whether re-reading makes sense now (connected, loaded); ``interval`` is how often
     (real seconds) the thread looks for expired entries.
     """
@@ -42,7 +43,7 @@ class Reconciler:
         jitter: float = 1.0,
         interval: float = 1.0,
         batch_size: int = 500,
-        reads_per_key: float = 2.0,
+        reads_per_key: float | Callable[[], float] = 2.0,
         ready: Callable[[], bool] = lambda: True,
         rng: random.Random | None = None,
         name: str = "autoglm-config-reconcile",
@@ -59,7 +60,7 @@ class Reconciler:
         self._jitter = jitter
         self._interval = interval
         self._batch_size = batch_size
-        self._cost = max(reads_per_key, 1e-9)
+        self._cost = reads_per_key if callable(reads_per_key) else (lambda cost=reads_per_key: cost)
         self._ready = ready
         self._rng = rng if rng is not None else random.Random()
         self._name = name
@@ -85,7 +86,7 @@ class Reconciler:
         self._tokens = min(self._capacity, self._tokens + (now - self._refilled_at) * self._rate)
         self._refilled_at = now
         # Charged per read, not per key: a ZooKeeper key costs a data and a child-list read.
-        affordable = int(self._tokens / self._cost)
+        affordable = int(self._tokens / max(self._cost(), 1e-9))
         if affordable < 1:
             return 0
         keys = self._cache.expired(limit=min(self._batch_size, affordable))
