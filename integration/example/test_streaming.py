@@ -11,6 +11,7 @@ id, and the server logs those lines.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from types import ModuleType
@@ -93,3 +94,21 @@ def test_a_client_leaving_mid_stream_closes_the_generator_and_frees_the_worker(s
     model = server.health()["models"][CHARS]
     assert [replica["inflight"] for replica in model["replicas"]] == [0]
     assert model["queued"] == 0
+
+
+def test_a_pace_that_is_not_a_rate_is_logged_and_the_last_good_one_stays(server: Server) -> None:
+    server.set_config({PACE: b"2.5"})
+    try:
+        until(lambda: _limits(server)["tokens_per_second"] == 2.5, 10, "the pace")
+        server.set_config({PACE: b"-1"})  # a number, but not a rate: logged as E0409 when read
+        warned = f"the value of config key '{PACE}' is not a valid stream pace"
+        until(lambda: server.health() and warned in server.log.read_text(), 10, "the warning")
+        warning = next(json.loads(line) for line in server.log.read_text().splitlines() if warned in line)
+        assert (warning["error_code"], warning["key"], warning["message"]) == (
+            "E0409", PACE, f"{warned} (expected a number of tokens per second, 0 or more; 0 turns pacing off); the "
+            "last good value stays in force",
+        )  # fmt: skip
+        assert _limits(server)["tokens_per_second"] == 2.5
+    finally:
+        server.set_config({PACE: b"0"})
+    until(lambda: _limits(server)["tokens_per_second"] == 0, 10, "the default")
