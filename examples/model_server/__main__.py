@@ -100,6 +100,7 @@ def _serve(args: argparse.Namespace, sock: socket.socket) -> None:
             root=root,
             limits={m.name: ModelLimits(config, m.name).current() for m in manifests},
             numpy={model.name: numpy_version(model) for model in loaded},
+            serving={model.name: model.serving for model in loaded},
             environments=environments,
             walkthrough=walkthrough,
             cli=str(Path(sys.executable).parent / "autoglm-runtime"),

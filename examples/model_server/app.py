@@ -5,12 +5,14 @@
   of the model it names (``guards.py``): the Authorization header's length (E0512, 431) before anything parses
   the request, then the prompt, rendered with the model's own chat template, against that model's limits read
   live from the config (``limits/<model>/context_window`` and ``.../truncate_on_overflow``; E0513, or truncation
-  said in the ``x-autoglm-truncated-tokens`` header); ``.../max_output_tokens`` caps ``max_tokens`` (E5010).
+  said in the ``x-autoglm-truncated-tokens`` header); ``.../max_output_tokens`` caps ``max_tokens`` (E5010);
+  ``.../tokens_per_second`` paces streamed responses.
 - ``/v1/models`` and ``/v1/models/{id}`` list the models in OpenAI's shape, with the numpy each one imported:
   two small n-gram models on numpy 1.26 and numpy 2, which cannot share a process, each in its own environment
   and worker (:class:`ModelLoader`).
 - ``/metrics`` is the Prometheus exposition: guard, model-call, config and worker metrics (docs/operations.md).
-- ``/health`` reports config connection and staleness, each model's limits and its worker's state (503 when
+- ``/health`` reports config connection and staleness, each model's limits, its workers' state and how it is
+  served (``serving``: replicas, concurrency, max_inflight, max_queue from its ``model.toml``; 503 when
   degraded). Unknown paths and methods answer in OpenAI's error shape (404, 405), as do unknown models (404
   ``model_not_found``).
 
@@ -109,6 +111,11 @@ class _Handlers:
             param="max_tokens",
         )
 
+    def _run(self, model: LoadedModel, sampling: Sampling, envelope: Envelope) -> generation.Run:
+        """The request on ``model``, under the response's id, its stream paced by the model's live setting."""
+        pace = self.limits[model.name].tokens_per_second
+        return generation.Run(model, sampling, envelope.id, self.call_timeout, pace)
+
     @staticmethod
     def _judged(request: Request) -> GuardResult | None:
         result: GuardResult | None = getattr(request.state, "guard_result", None)
@@ -123,15 +130,14 @@ class _Handlers:
             prompts = self._prompts(body["prompt"], result)
             model = self._model(body)
             envelope = Envelope.new("text_completion", model.name, f"numpy-{numpy_version(model)}")
+            run = self._run(model, sampling, envelope)
             if sampling.stream:
-                first = await generation.started(model, prompts[0], sampling, self.call_timeout)
-                events = generation.completion_events(
-                    model, prompts, first, envelope=envelope, sampling=sampling, result=result,
-                    timeout=self.call_timeout,
-                )  # fmt: skip
+                first = await generation.started(run, prompts[0], run.prompt_id(0, len(prompts)))
+                events = generation.completion_events(run, prompts, first, envelope=envelope, result=result)
                 return StreamingResponse(events, media_type="text/event-stream")
             answers = [
-                await generation.model_complete(model, prompt, sampling, self.call_timeout) for prompt in prompts
+                await generation.model_complete(run, prompt, run.prompt_id(index, len(prompts)))
+                for index, prompt in enumerate(prompts)
             ]
         except AutoGLMRuntimeError as exc:
             return error_response(exc)
@@ -157,13 +163,14 @@ class _Handlers:
             sampling = self._capped(body["model"], Sampling.from_body(body))
             model = self._model(body)
             envelope = Envelope.new("chat.completion", model.name, f"numpy-{numpy_version(model)}")
+            run = self._run(model, sampling, envelope)
             if sampling.stream:
-                first = await generation.started(model, result.prompt, sampling, self.call_timeout)
+                first = await generation.started(run, result.prompt, run.request_id)
                 chunks = Envelope(envelope.id, "chat.completion.chunk", model.name, envelope.fingerprint,
                                   envelope.created)  # fmt: skip
                 events = generation.chat_events(first, envelope=chunks, sampling=sampling, result=result)
                 return StreamingResponse(events, media_type="text/event-stream")
-            answer = await generation.model_complete(model, result.prompt, sampling, self.call_timeout)
+            answer = await generation.model_complete(run, result.prompt, run.request_id)
         except AutoGLMRuntimeError as exc:
             return error_response(exc)
         return JSONResponse(
@@ -189,8 +196,14 @@ class _Handlers:
         workers = self.loader.health()
         healthy = config_health["connected"] and all(w["state"] == "ready" for w in workers.values())
         limits = {name: source.current().as_dict() for name, source in sorted(self.limits.items())}
+        # Each worker's health, and how the model is served: the [serving] table of its model.toml.
+        models = {
+            name: {**workers[name], "serving": dataclasses.asdict(model.serving)}
+            for name, model in sorted(self.loader.models.items())
+            if name in workers
+        }
         payload = {"status": "ok" if healthy else "degraded", "config": config_health, "limits": limits,
-                   "models": workers}  # fmt: skip
+                   "models": models}  # fmt: skip
         return JSONResponse(payload, status_code=200 if healthy else 503)
 
 

@@ -14,16 +14,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from autoglm_runtime.isolation.workers.serving import ServingOptions
 from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, GuardInput, OpenAIExtractor, Tokenizer
 from examples.model_server.model_limits import DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT_TOKENS, Reading, limits_prefix
 from examples.model_server.store import ConfigStore
 
-#: The prompt of the hot-reload steps: a sentence of the tokenizer's corpus, so it counts in few tokens.
-PROMPT = "The model server reads its configuration from ZooKeeper and keeps a local copy in sync."
+#: The prompt of the hot-reload steps: most of a line of the corpus (so it counts in few tokens), which the
+#: models then finish.
+PROMPT = "The model server reads its configuration from ZooKeeper and keeps a local copy"
 SHORT_PROMPT = "The model server"
 QUESTION = "How does the server follow ZooKeeper?"
 MAX_TOKENS = 8
 HEADER_LENGTH = 600  # over the server's 512-byte limit for one header value
+PACE = 4  # tokens a second: slow enough to watch the streamed chat arrive token by token
 #: The model whose window the walk-through changes (and which streams the chat), and the one left alone.
 RELOADED = "words-numpy1"
 OTHER = "chars-numpy2"
@@ -91,8 +94,23 @@ def _config_set(cli: str, store: ConfigStore, root: str, model: str, setting: tu
 DEFAULT_READING = Reading(DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT_TOKENS)
 
 
+def _value(value: Any) -> str:
+    """A setting as the config CLI takes it: ``true``, ``64``, ``0`` (not ``0.0``), ``0.5``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _limits(limits: Reading) -> str:
-    return " ".join(f"{key}={str(value).lower()}" for key, value in limits.as_dict().items())
+    return " ".join(f"{key}={_value(value)}" for key, value in limits.as_dict().items())
+
+
+def _serving(options: ServingOptions) -> str:
+    """How a model is served, as its model.toml's [serving] table says."""
+    replicas = f"{options.replicas} replica{'s' if options.replicas != 1 else ''}"
+    calls = f"{options.max_inflight} call{'s' if options.max_inflight != 1 else ''} at once"
+    each = " each" if options.replicas != 1 else ""
+    return f"{replicas} ({options.concurrency}, {calls}{each}), queue {options.max_queue}"
 
 
 def render(
@@ -102,12 +120,13 @@ def render(
     root: str,
     limits: Mapping[str, Reading],
     numpy: Mapping[str, str | None],
+    serving: Mapping[str, ServingOptions],
     environments: str,
     walkthrough: Walkthrough,
     cli: str,
 ) -> str:
     """The banner: where the server listens, the config and limits in force, the models with the numpy each
-    imported, and the walk-through."""
+    imported and how each is served (``serving``: its model.toml's [serving] table), and the walk-through."""
     default_window = DEFAULT_LIMITS.context_window
     total = walkthrough.prompt_tokens + MAX_TOKENS
     lowered = walkthrough.lowered_window
@@ -121,8 +140,8 @@ def render(
         f"limits in force: {in_force} (kept in {store.data} across restarts; --reset starts from "
         f"{_limits(DEFAULT_READING)})",
         "models: "
-        + ", ".join(f"{name} (numpy {version})" for name, version in sorted(numpy.items()))
-        + ", each in its own environment and worker",
+        + ", ".join(f"{name} (numpy {version}; {_serving(serving[name])})" for name, version in sorted(numpy.items()))
+        + ", each in its own environment and workers ([serving] in its model.toml)",
         f"environments: {environments}",
         "",
         "Try it (in another shell; each step's expected status is in brackets):",
@@ -146,6 +165,12 @@ def render(
         f"  # a streamed chat completion: {RELOADED}'s own chat template renders the messages, the tokens arrive",
         f"  # as server-sent events [200, text/event-stream, usage: {walkthrough.chat_tokens} prompt tokens]",
         f"  curl -siN {url}/v1/chat/completions -H 'content-type: application/json' -d {chat}",
+        f"  # ... paced to {PACE} tokens a second (limits/<model>/tokens_per_second, live like every limit): the same",
+        f"  # chat arrives token by token [200, text/event-stream, usage: {walkthrough.chat_tokens} prompt tokens]",
+        f"  {_config_set(cli, store, root, RELOADED, ('tokens_per_second', str(PACE)))}",
+        f"  curl -siN {url}/v1/chat/completions -H 'content-type: application/json' -d {chat}",
+        "  # ... and back to 0: each token as soon as the model writes it",
+        f"  {_config_set(cli, store, root, RELOADED, ('tokens_per_second', '0'))}",
         "",
         f"  # hot reload: a prompt of {walkthrough.prompt_tokens} tokens plus max_tokens {MAX_TOKENS} fits "
         f"{RELOADED}'s context window of {default_window} [200]",
@@ -167,7 +192,8 @@ def render(
         f"  curl -si {url}/v1/completions -H \"Authorization: Bearer $(printf 'x%.0s' $(seq {HEADER_LENGTH}))\" "
         "-d '{}'",
         "",
-        "  # config connection, staleness, each model's limits and its worker's state [200]",
+        "  # config connection and staleness; each model's limits, its workers' state, the calls in flight and queued,",
+        "  # and how it is served: replicas, concurrency, max_inflight, max_queue from its model.toml [200]",
         f"  curl -si {url}/health",
         "",
     ]
@@ -177,4 +203,4 @@ def render(
 def _reset(cli: str, store: ConfigStore, root: str, model: str, *, all_keys: bool = False) -> list[str]:
     """The commands putting ``model``'s default limits back: those the walk-through changes, or ``all_keys``."""
     keys = DEFAULT_READING.as_dict() if all_keys else {"context_window": 0, "truncate_on_overflow": 0}
-    return [_config_set(cli, store, root, model, (key, str(DEFAULT_READING.as_dict()[key]).lower())) for key in keys]
+    return [_config_set(cli, store, root, model, (key, _value(DEFAULT_READING.as_dict()[key]))) for key in keys]

@@ -6,8 +6,9 @@ are built on the latter, so they do not care how the tokens arrive.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,38 +35,83 @@ class Answer:
     finish_reason: str
 
 
-async def model_complete(model: LoadedModel, prompt: str, sampling: Sampling, timeout: float) -> Answer:
+def _unpaced() -> float:
+    return 0.0
+
+
+@dataclass(frozen=True)
+class Run:
+    """What running one request on a model takes: the model, the request's options, the request's id (the model
+    logs each request's start and end under it), the longest wait for the model (s), and the stream's pace read
+    live (tokens a second, ``0``: as fast as the model writes them)."""
+
+    model: LoadedModel
+    sampling: Sampling
+    request_id: str
+    timeout: float
+    pace: Callable[[], float] = _unpaced
+
+    def prompt_id(self, index: int, count: int) -> str:
+        """The id the model gets for prompt ``index`` of ``count``: the request's, ``[index]`` added in a batch."""
+        return self.request_id if count == 1 else f"{self.request_id}[{index}]"
+
+
+#: The longest a paced stream sleeps before it reads its pace again: a change applies to waiting streams too.
+PACE_RECHECK = 0.2
+
+
+async def model_complete(run: Run, prompt: str, request_id: str) -> Answer:
     """The model's whole completion of ``prompt``, from its ``complete`` method (awaited, no thread held)."""
-    answer: dict[str, Any] = await model.acall(
+    sampling = run.sampling
+    answer: dict[str, Any] = await run.model.acall(
         "complete",
         prompt,
         sampling.max_tokens,
         temperature=sampling.temperature,
         seed=sampling.seed,
-        timeout=timeout,
+        request_id=request_id,
+        timeout=run.timeout,
     )
     return Answer(answer["text"], len(answer["tokens"]), answer["finish_reason"])
 
 
-async def _model_chunks(
-    model: LoadedModel, prompt: str, sampling: Sampling, timeout: float
-) -> AsyncGenerator[str, None]:
+async def _paced(pace: Callable[[], float], last: float) -> None:
+    """Return once the next token is due, ``1 / pace()`` s after the ``last`` one (a loop time)."""
+    loop = asyncio.get_running_loop()
+    while (rate := pace()) > 0 and (left := last + 1 / rate - loop.time()) > 0:
+        await asyncio.sleep(min(left, PACE_RECHECK))
+
+
+async def _model_chunks(run: Run, prompt: str, request_id: str) -> AsyncGenerator[str, None]:
     """The tokens of the model's ``generate`` generator, each as the text it adds, as the worker yields them.
 
-    The one place streaming depends on the worker API. ``timeout`` is the longest wait for the next token
-    (E0305 past it, and the worker is restarted). The streams below close this generator when they end or the
-    client goes away (``aclosing``), which closes the model's generator inside its worker.
+    The one place streaming depends on the worker API. ``run.timeout`` is the longest wait for the next token
+    (E0305 past it, and the worker is restarted). A paced stream takes its next token from the worker only once
+    it is due; the worker runs at most 32 tokens ahead of what is taken (docs/isolation.md), so pacing slows
+    the model's generator too. The streams below close this generator when they end or the client goes away
+    (``aclosing``), which closes the model's generator inside its worker.
     """
-    stream = model.astream(
+    sampling = run.sampling
+    stream = run.model.astream(
         "generate",
         prompt,
         sampling.max_tokens,
         temperature=sampling.temperature,
         seed=sampling.seed,
-        timeout=timeout,
+        request_id=request_id,
+        timeout=run.timeout,
     )
+    loop = asyncio.get_running_loop()
+    last: float | None = None
     try:
-        async for token in stream:
+        while True:
+            if last is not None:
+                await _paced(run.pace, last)
+            try:
+                token = await stream.__anext__()
+            except StopAsyncIteration:
+                return
+            last = loop.time()
             yield token
     finally:
         await stream.aclose()
@@ -77,22 +123,22 @@ def _finish(count: int, sampling: Sampling) -> str:
 
 
 async def completion_events(
-    model: LoadedModel,
+    run: Run,
     prompts: list[str],
     first: tuple[str | None, AsyncGenerator[str, None]],
     *,
     envelope: Envelope,
-    sampling: Sampling,
     result: GuardResult | None,
-    timeout: float,
 ) -> AsyncIterator[bytes]:
     """The SSE stream of a (batch) completion: each prompt's tokens as chunks of choice ``index``, a finishing
     chunk per prompt, the usage when asked for, then ``[DONE]``. ``first`` is the first prompt's first token
     (``None``: no tokens) and the rest of its stream, already started by the caller."""
+    sampling = run.sampling
     generated = 0
     try:
         for index, prompt in enumerate(prompts):
-            token, tokens = first if index == 0 else (None, _model_chunks(model, prompt, sampling, timeout))
+            request_id = run.prompt_id(index, len(prompts))
+            token, tokens = first if index == 0 else (None, _model_chunks(run, prompt, request_id))
             count = 0
             async with contextlib.aclosing(tokens):
                 if index == 0 and token is not None:
@@ -140,12 +186,10 @@ async def chat_events(
     yield DONE
 
 
-async def started(
-    model: LoadedModel, prompt: str, sampling: Sampling, timeout: float
-) -> tuple[str | None, AsyncGenerator[str, None]]:
+async def started(run: Run, prompt: str, request_id: str) -> tuple[str | None, AsyncGenerator[str, None]]:
     """The first token of the model's stream and the rest of it: errors before the first token (an unknown
     worker state, a timeout) surface here, while the response can still carry their status."""
-    tokens = _model_chunks(model, prompt, sampling, timeout)
+    tokens = _model_chunks(run, prompt, request_id)
     try:
         return await tokens.__anext__(), tokens
     except StopAsyncIteration:

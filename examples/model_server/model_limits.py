@@ -1,13 +1,17 @@
 """Each model's limits, read live from the config at every request: ``limits/<model>/...``.
 
 ``context_window``, ``truncate_on_overflow`` (and ``truncation_side``) are the guard's, read through the SDK's
-:class:`ConfigLimits`; ``max_output_tokens`` caps the ``max_tokens`` a request may ask of the model. A value
-that is not valid is logged once as E0409 (with the key, never the value) and the last good value stays.
+:class:`ConfigLimits`; ``max_output_tokens`` caps the ``max_tokens`` a request may ask of the model;
+``tokens_per_second`` paces streamed responses (at most that many tokens a second per stream; ``0``, the
+default, sends each token as soon as the model writes it). A value that is not valid is logged once as E0409
+(with the key, never the value) and the last good value stays.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +22,7 @@ log = logging.getLogger("examples.model_server")
 LIMITS_PREFIX = "limits/"
 DEFAULT_LIMITS = Limits(context_window=64, truncate_on_overflow=False)
 DEFAULT_MAX_OUTPUT_TOKENS = 32
+DEFAULT_TOKENS_PER_SECOND = 0.0
 
 
 def limits_prefix(model: str) -> str:
@@ -31,13 +36,34 @@ class Reading:
 
     guard: Limits
     max_output_tokens: int
+    tokens_per_second: float = DEFAULT_TOKENS_PER_SECOND
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "context_window": self.guard.context_window,
             "truncate_on_overflow": self.guard.truncate_on_overflow,
             "max_output_tokens": self.max_output_tokens,
+            "tokens_per_second": self.tokens_per_second,
         }
+
+
+#: What each setting's value must be, as the E0409 warning says it.
+_EXPECTED = {
+    "output cap": "a whole number of tokens, at least 1",
+    "stream pace": "a number of tokens per second, 0 or more; 0 turns pacing off",
+}
+
+
+def _cap(text: str) -> int | None:
+    return int(text) if text.isdigit() and int(text) >= 1 else None
+
+
+def _rate(text: str) -> float | None:
+    try:
+        rate = float(text)
+    except ValueError:
+        return None
+    return rate if math.isfinite(rate) and rate >= 0 else None
 
 
 class ModelLimits:
@@ -47,27 +73,38 @@ class ModelLimits:
         self.model = model
         self.guard = ConfigLimits(config, prefix=limits_prefix(model), defaults=DEFAULT_LIMITS)
         self.cap_key = f"{limits_prefix(model)}max_output_tokens"
+        self.rate_key = f"{limits_prefix(model)}tokens_per_second"
         self._config = config
-        self._cap = DEFAULT_MAX_OUTPUT_TOKENS
-        self._reported: set[str] = set()
+        self._defaults: dict[str, Any] = {
+            self.cap_key: DEFAULT_MAX_OUTPUT_TOKENS,
+            self.rate_key: DEFAULT_TOKENS_PER_SECOND,
+        }
+        self._good = dict(self._defaults)
+        self._reported: set[tuple[str, str]] = set()
 
     def current(self) -> Reading:
-        return Reading(self.guard.current(), self._max_output_tokens())
+        return Reading(self.guard.current(), self._read(self.cap_key, _cap, "output cap"), self.tokens_per_second())
 
-    def _max_output_tokens(self) -> int:
-        raw = self._config.get(self.cap_key, None)
+    def tokens_per_second(self) -> float:
+        """The pace of this model's streams now (``0``: unpaced); read at every token of a paced stream."""
+        return float(self._read(self.rate_key, _rate, "stream pace"))
+
+    def _read(self, key: str, parse: Callable[[str], Any | None], what: str) -> Any:
+        raw = self._config.get(key, None)
         if raw is None:
-            return DEFAULT_MAX_OUTPUT_TOKENS
+            return self._defaults[key]
         text = str(raw).strip()
-        if isinstance(raw, bool) or not text.isdigit() or int(text) < 1:
-            if text not in self._reported:
-                self._reported.add(text)
+        value = None if isinstance(raw, bool) else parse(text)
+        if value is None:
+            if (key, text) not in self._reported:
+                self._reported.add((key, text))
                 log.warning(
-                    "the value of config key %r is not a valid output cap (expected a whole number of tokens, at "
-                    "least 1); the last good value stays in force",
-                    self.cap_key,
-                    extra={"error_code": "E0409", "key": self.cap_key},
+                    "the value of config key %r is not a valid %s (expected %s); the last good value stays in force",
+                    key,
+                    what,
+                    _EXPECTED[what],
+                    extra={"error_code": "E0409", "key": key},
                 )
-            return self._cap
-        self._cap = int(text)
-        return self._cap
+            return self._good[key]
+        self._good[key] = value
+        return value

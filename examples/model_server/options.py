@@ -25,8 +25,10 @@ isolated environment, with config that follows ZooKeeper and input guards, in on
 Config comes from ZooKeeper at --zk / $AUTOGLM_ZK_HOSTS. Without one, --config-store decides: 'auto' starts
 a local ZooKeeper (through autoglm_runtime.testing, data in STATE_DIR/zookeeper) when one is installed and
 follows a file:// directory (STATE_DIR/config) when none is; 'zookeeper' and 'file' choose one of the two.
-Each model's limits (limits/<model>/context_window, .../truncate_on_overflow, .../max_output_tokens) live
-there, so they persist across restarts; --reset writes the defaults again. Everything else is set up in
+Each model's limits (limits/<model>/context_window, .../truncate_on_overflow, .../max_output_tokens, and
+.../tokens_per_second, the pace of its streams) live there, so they persist across restarts; --reset writes
+the defaults again. How each model is served (replicas, concurrency, max_inflight, max_queue) is the [serving]
+table of its model.toml (examples/model_server/models/<model>/). Everything else is set up in
 STATE_DIR on first start and reused afterwards: a wheelhouse (the numpy wheels the models pin are fetched
 from the package index at first start only; later starts work offline), a small tokenizer, one environment
 per model (environments of STATE_DIR/envs that the server does not use are removed at start). Once the port

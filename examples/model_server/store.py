@@ -14,7 +14,12 @@ from pathlib import Path
 
 from autoglm_runtime.errors import ConfigUnavailableError, UsageError
 from autoglm_runtime.testing import ZooKeeperUnavailableError, start_zookeeper
-from examples.model_server.model_limits import DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT_TOKENS, limits_prefix
+from examples.model_server.model_limits import (
+    DEFAULT_LIMITS,
+    DEFAULT_MAX_OUTPUT_TOKENS,
+    DEFAULT_TOKENS_PER_SECOND,
+    limits_prefix,
+)
 
 log = logging.getLogger("examples.model_server")
 
@@ -25,6 +30,7 @@ def defaults(models: Iterable[str]) -> dict[str, bytes]:
         "context_window": str(DEFAULT_LIMITS.context_window).encode(),
         "truncate_on_overflow": b"false",
         "max_output_tokens": str(DEFAULT_MAX_OUTPUT_TOKENS).encode(),
+        "tokens_per_second": f"{DEFAULT_TOKENS_PER_SECOND:g}".encode(),
     }
     return {f"{limits_prefix(model)}{key}": value for model in models for key, value in values.items()}
 

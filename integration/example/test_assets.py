@@ -24,8 +24,8 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_missing_names_requirements_without_a_fitting_wheel(tmp_path: Path) -> None:
     build_wheel(tmp_path, "numpy", "1.26.4")
     build_wheel(tmp_path, "numpy", "2.1.0", tag="cp27-cp27m-win32")  # a wheel this interpreter cannot install
-    wanted = [Requirement("numpy>=1.26,<1.27"), Requirement("numpy>=2,<3"), Requirement("ngramlm==1.0")]
-    assert [str(r) for r in missing(wanted, tmp_path)] == ["numpy<3,>=2", "ngramlm==1.0"]
+    wanted = [Requirement("numpy>=1.26,<1.27"), Requirement("numpy>=2,<3"), Requirement("ngramlm==1.1")]
+    assert [str(r) for r in missing(wanted, tmp_path)] == ["numpy<3,>=2", "ngramlm==1.1"]
 
 
 def test_a_filled_wheelhouse_is_used_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,7 +35,7 @@ def test_a_filled_wheelhouse_is_used_offline(tmp_path: Path, monkeypatch: pytest
     manifests = [load_manifest(model) for model in sorted(MODELS.iterdir())]
     assert fill_wheelhouse(tmp_path, manifests) == tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "ngramlm-1.0-py3-none-any.whl", "numpy-1.26.4-py3-none-any.whl", "numpy-2.0.2-py3-none-any.whl",
+        "ngramlm-1.1-py3-none-any.whl", "numpy-1.26.4-py3-none-any.whl", "numpy-2.0.2-py3-none-any.whl",
     ]  # fmt: skip
 
 
@@ -57,7 +57,7 @@ def test_a_wheel_that_cannot_be_fetched_is_a_coded_error(tmp_path: Path, monkeyp
 
 @pytest.fixture(scope="module")
 def ngramlm() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("example_ngramlm", HERE / "packages/ngramlm-1.0/ngramlm/__init__.py")
+    spec = importlib.util.spec_from_file_location("example_ngramlm", HERE / "packages/ngramlm-1.1/ngramlm/__init__.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -1,137 +1,32 @@
 """End to end with the official ``openai`` client: ``bash scripts/serve --zk`` (the example model server under
-uvicorn) on the harness's ZooKeeper, with its two real numpy models in their own environments and workers.
+uvicorn) on the harness's ZooKeeper, with its two real numpy models in their own environments and workers
+(the ``server`` fixture, conftest.py).
 
-The server gets a state directory of its own; its wheelhouse starts from the numpy wheels of the default state
-directory, filled first as ``bash scripts/serve`` fills it at first start (so a run fetches them once at most).
 Expected texts and token counts come from the same code the server runs: the example's n-gram package with
 ``temperature=0`` (its most frequent continuation, the same on every numpy), its tokenizer and chat templates.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from integration.example._server import CHARS, WORDS, Server, answer, greedy, until
 from kazoo.client import KazooClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from autoglm_runtime.deps import load_manifest
 from autoglm_runtime.testing import fail_in_ci_else_skip
 from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, HFTokenizer, OpenAIExtractor
-from examples.model_server.assets import CORPUS, HERE, MODELS, fill_wheelhouse, tokenizer_path
-
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_WHEELS = REPO / ".autoglm" / "example" / "wheels"
-WORDS, CHARS = "words-numpy1", "chars-numpy2"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = condition()
-        except httpx.TransportError:
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
-
-
-@dataclass
-class Server:
-    http: httpx.Client
-    client: openai.OpenAI
-    hosts: str
-    root: str
-    state: Path
-
-
-@pytest.fixture(scope="module")
-def server(zk_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    state = tmp_path_factory.mktemp("example-state")
-    fill_wheelhouse(DEFAULT_WHEELS, [load_manifest(model) for model in sorted(MODELS.iterdir())])
-    (state / "wheels").mkdir()
-    for wheel in DEFAULT_WHEELS.glob("numpy-*.whl"):
-        shutil.copy2(wheel, state / "wheels" / wheel.name)
-    root = f"/example-{os.getpid()}"
-    port = _free_port()
-    log_path = state / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            ["bash", "scripts/serve", "--zk", zk_server.hosts, "--root", root,
-             "--port", str(port), "--state-dir", str(state)],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    http = httpx.Client(base_url=url, timeout=30)
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
-    try:
-        _until(lambda: proc.poll() is not None or http.get("/health").status_code == 200, 240, "the server")
-        if proc.poll() is not None:
-            raise AssertionError(f"the server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        yield Server(http, client, zk_server.hosts, root, state)
-    finally:
-        client.close()
-        http.close()
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    workers = [line for line in log_path.read_text().splitlines() if "worker started (pid" in line]
-    for line in workers:
-        pid = int(json.loads(line)["message"].split("pid ")[1].split(",")[0])
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
-
-
-@pytest.fixture(scope="module")
-def ngramlm() -> ModuleType:
-    """The example's n-gram package, imported here from its source (numpy of the test environment)."""
-    spec = importlib.util.spec_from_file_location(
-        "example_ngramlm", HERE / "packages" / "ngramlm-1.0" / "ngramlm" / "__init__.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _answer(ngramlm: ModuleType, model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
-    """What ``model`` answers to ``prompt`` with ``temperature=0``, computed here."""
-    unit, order = ("word", 3) if model == WORDS else ("char", 6)
-    lm = ngramlm.NGramLM(CORPUS.read_text(encoding="utf-8"), unit=unit, order=order)
-    answer: dict[str, Any] = lm.complete(prompt, max_tokens, temperature=0)
-    return answer
-
-
-def _greedy(ngramlm: ModuleType, model: str, prompt: str, max_tokens: int) -> str:
-    return str(_answer(ngramlm, model, prompt, max_tokens)["text"])
+from examples.model_server.assets import MODELS, tokenizer_path
 
 
 def _prompt_tokens(server: Server, model: str, body: dict[str, Any]) -> int:
@@ -156,7 +51,7 @@ def test_chat_and_completion_answer_with_usage(server: Server, ngramlm: ModuleTy
     chat = server.client.chat.completions.create(model=WORDS, messages=messages, max_tokens=8, temperature=0)
     body = {"model": WORDS, "messages": messages, "max_tokens": 8}
     rendered = ChatTemplate.from_file(MODELS / WORDS / "tokenizer_config.json").render(messages)
-    expected = _answer(ngramlm, WORDS, rendered, 8)
+    expected = answer(ngramlm, WORDS, rendered, 8)
     assert chat.choices[0].message.content == expected["text"]
     assert chat.choices[0].finish_reason == expected["finish_reason"]
     assert chat.usage is not None
@@ -166,7 +61,7 @@ def test_chat_and_completion_answer_with_usage(server: Server, ngramlm: ModuleTy
     assert chat.system_fingerprint == f"numpy-{numpy}"
 
     done = server.client.completions.create(model=CHARS, prompt="The model server", max_tokens=8, temperature=0)
-    assert done.choices[0].text == _greedy(ngramlm, CHARS, "The model server", 8)
+    assert done.choices[0].text == greedy(ngramlm, CHARS, "The model server", 8)
     assert done.choices[0].finish_reason == "length"
     assert done.usage is not None
     assert done.usage.completion_tokens == 8
@@ -195,14 +90,14 @@ def test_streams_parse_with_the_clients_stream_api(server: Server, ngramlm: Modu
     for chunk in batch:
         for choice in chunk.choices:
             texts[choice.index] += choice.text
-    assert texts == [_greedy(ngramlm, CHARS, prompt, 5) for prompt in prompts]
+    assert texts == [greedy(ngramlm, CHARS, prompt, 5) for prompt in prompts]
 
 
 def test_a_batch_prompt_gets_one_choice_per_prompt(server: Server, ngramlm: ModuleType) -> None:
     prompts = ["The model server", "Each model", "A chat request"]
     done = server.client.completions.create(model=WORDS, prompt=prompts, max_tokens=4, temperature=0)
     assert [choice.index for choice in done.choices] == [0, 1, 2]
-    assert [choice.text for choice in done.choices] == [_greedy(ngramlm, WORDS, p, 4) for p in prompts]
+    assert [choice.text for choice in done.choices] == [greedy(ngramlm, WORDS, p, 4) for p in prompts]
     assert done.usage is not None
     assert done.usage.prompt_tokens == sum(_prompt_tokens(server, WORDS, {"prompt": p}) for p in prompts)
 
@@ -233,7 +128,7 @@ def test_a_window_changed_in_zookeeper_judges_that_models_next_request(server: S
     key = f"{server.root}/limits/{WORDS}/context_window"
     try:
         zk.set(key, b"16")
-        _until(lambda: server.http.get("/health").json()["limits"][WORDS]["context_window"] == 16, 10, "the limit")
+        until(lambda: server.http.get("/health").json()["limits"][WORDS]["context_window"] == 16, 10, "the limit")
         with pytest.raises(openai.BadRequestError) as info:
             server.client.completions.create(model=WORDS, prompt=prompt, max_tokens=8)
         assert info.value.code == "context_length_exceeded"
@@ -246,7 +141,7 @@ def test_a_window_changed_in_zookeeper_judges_that_models_next_request(server: S
         zk.set(key, b"64")
         zk.stop()
         zk.close()
-    _until(lambda: server.http.get("/health").json()["limits"][WORDS]["context_window"] == 64, 10, "the default")
+    until(lambda: server.http.get("/health").json()["limits"][WORDS]["context_window"] == 64, 10, "the default")
 
 
 def test_an_output_cap_changed_in_zookeeper_bounds_max_tokens(server: Server) -> None:
@@ -255,7 +150,7 @@ def test_an_output_cap_changed_in_zookeeper_bounds_max_tokens(server: Server) ->
     key = f"{server.root}/limits/{CHARS}/max_output_tokens"
     try:
         zk.set(key, b"4")
-        _until(lambda: server.http.get("/health").json()["limits"][CHARS]["max_output_tokens"] == 4, 10, "the cap")
+        until(lambda: server.http.get("/health").json()["limits"][CHARS]["max_output_tokens"] == 4, 10, "the cap")
         with pytest.raises(openai.BadRequestError) as info:
             server.client.completions.create(model=CHARS, prompt="The model", max_tokens=5)
         assert (info.value.code, info.value.param) == ("E5010", "max_tokens")
@@ -268,7 +163,7 @@ def test_an_output_cap_changed_in_zookeeper_bounds_max_tokens(server: Server) ->
         assert unasked.usage.completion_tokens == 4  # the default budget of 16, lowered to the cap
         zk.set(key, b'"many"')  # JSON, but not a number: logged as E0409 when read, the last good value stays
         log = server.state / "server.log"
-        _until(lambda: server.http.get("/health") and "is not a valid output cap" in log.read_text(), 10, "the warning")
+        until(lambda: server.http.get("/health") and "is not a valid output cap" in log.read_text(), 10, "the warning")
         warning = next(json.loads(line) for line in log.read_text().splitlines() if "valid output cap" in line)
         assert (warning["error_code"], warning["key"]) == ("E0409", f"limits/{CHARS}/max_output_tokens")
         assert server.http.get("/health").json()["limits"][CHARS]["max_output_tokens"] == 4
@@ -276,7 +171,7 @@ def test_an_output_cap_changed_in_zookeeper_bounds_max_tokens(server: Server) ->
         zk.set(key, b"32")
         zk.stop()
         zk.close()
-    _until(lambda: server.http.get("/health").json()["limits"][CHARS]["max_output_tokens"] == 32, 10, "the default")
+    until(lambda: server.http.get("/health").json()["limits"][CHARS]["max_output_tokens"] == 32, 10, "the default")
 
 
 def _numpy(server: Server) -> str:
@@ -343,7 +238,7 @@ def test_requests_the_guard_can_judge_get_coded_400s(
 def test_token_id_prompts_are_decoded_with_the_models_tokenizer(server: Server, ngramlm: ModuleType) -> None:
     ids = HFTokenizer.from_file(tokenizer_path(server.state)).encode("The model server")
     done = server.client.completions.create(model=WORDS, prompt=ids, max_tokens=4, temperature=0)
-    assert done.choices[0].text == _greedy(ngramlm, WORDS, "The model server", 4)
+    assert done.choices[0].text == greedy(ngramlm, WORDS, "The model server", 4)
     assert done.usage is not None
     assert done.usage.prompt_tokens == len(ids)
 
@@ -356,7 +251,7 @@ def test_a_killed_worker_comes_back(server: Server) -> None:
         response = server.http.post("/v1/completions", json={"model": CHARS, "prompt": "back", "max_tokens": 2})
         return response if response.status_code == 200 else None
 
-    assert _until(answered, 30, "the restarted worker to answer").json()["system_fingerprint"].startswith("numpy-2.")
+    assert until(answered, 30, "the restarted worker to answer").json()["system_fingerprint"].startswith("numpy-2.")
     after = server.http.get("/health").json()["models"][CHARS]
     assert after["state"] == "ready"
     assert after["pid"] != before["pid"]
@@ -382,9 +277,20 @@ def test_health_reports_config_limits_and_workers(server: Server) -> None:
     assert health["status"] == "ok"
     assert health["config"]["connected"] is True
     assert health["config"]["source"] == "zookeeper"
-    defaults = {"context_window": 64, "truncate_on_overflow": False, "max_output_tokens": 32}
+    defaults = {"context_window": 64, "truncate_on_overflow": False, "max_output_tokens": 32, "tokens_per_second": 0}
     assert health["limits"] == {CHARS: defaults, WORDS: defaults}
     assert {name: w["state"] for name, w in health["models"].items()} == {CHARS: "ready", WORDS: "ready"}
+    # How each model is served: the [serving] table of its model.toml, and the workers it started.
+    served = {
+        name: (w["serving"], [r["state"] for r in w["replicas"]], w["max_inflight"], w["max_queue"], w["queued"])
+        for name, w in health["models"].items()
+    }
+    assert served == {
+        CHARS: ({"replicas": 1, "concurrency": "threads", "max_inflight": 4, "max_queue": 8}, ["ready"], 4, 8, 0),
+        WORDS: ({"replicas": 2, "concurrency": "serial", "max_inflight": 1, "max_queue": 8}, ["ready"] * 2, 1, 8, 0),
+    }
+    pids = [r["pid"] for r in health["models"][WORDS]["replicas"]]
+    assert len(set(pids)) == 2, pids  # two worker processes
 
 
 def _scrape(server: Server) -> tuple[str, dict[tuple[str, frozenset[tuple[str, str]]], float]]:
@@ -417,15 +323,15 @@ def test_metrics_move_by_exactly_what_the_requests_did(server: Server) -> None:
         assert over.headers["x-autoglm-error-code"] == "E0513"
         rejected_before = server.http.get("/health").json()["config"]["rejected"]
         zk.set(window, b"{not json")
-        _until(lambda: server.http.get("/health").json()["config"]["rejected"] == rejected_before + 1, 10, "rejection")
+        until(lambda: server.http.get("/health").json()["config"]["rejected"] == rejected_before + 1, 10, "rejection")
         zk.set(window, b"28")
         zk.set(truncate, b"true")
-        _until(lambda: server.http.get("/health").json()["limits"][WORDS]["truncate_on_overflow"], 10, "truncation")
+        until(lambda: server.http.get("/health").json()["limits"][WORDS]["truncate_on_overflow"], 10, "truncation")
         cut = server.http.post("/v1/completions", json=body)
         removed = int(cut.headers["x-autoglm-truncated-tokens"])
         pid = server.http.get("/health").json()["models"][CHARS]["pid"]
         os.kill(pid, signal.SIGKILL)
-        _until(lambda: server.http.get("/health").json()["models"][CHARS]["state"] == "dead", 10, "the death")
+        until(lambda: server.http.get("/health").json()["models"][CHARS]["state"] == "dead", 10, "the death")
         assert server.http.post("/v1/completions", json={**body, "model": CHARS}).status_code == 200
         text, after = _scrape(server)
     finally:

@@ -38,7 +38,7 @@ from examples.model_server.assets import build_local_wheels
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = REPO / ".autoglm" / "example"  # the default --state-dir, as the README runs it
-DEFAULTS = {"context_window": 64, "truncate_on_overflow": False, "max_output_tokens": 32}
+DEFAULTS = {"context_window": 64, "truncate_on_overflow": False, "max_output_tokens": 32, "tokens_per_second": 0}
 MODELS = ("chars-numpy2", "words-numpy1")
 
 pytestmark = pytest.mark.slow
@@ -103,7 +103,8 @@ class Serve:
 
     def stop(self) -> None:
         """Ctrl-C, as a user stops it; then nothing it started may be left."""
-        workers = [m["pid"] for m in httpx.get(f"{self.url}/health", timeout=30).json()["models"].values()]
+        models = httpx.get(f"{self.url}/health", timeout=30).json()["models"].values()
+        workers = [replica["pid"] for model in models for replica in model["replicas"]]
         self.proc.send_signal(signal.SIGINT)  # bash exec'd python: this is the server itself
         try:
             assert self.proc.wait(60) == 130, self.log()[-4000:]  # 128 + SIGINT, after a clean stop
@@ -236,8 +237,8 @@ def _check_full_walk(done: list[tuple[Step, Response | None]], restore_first: bo
         while responses[0] is None:
             responses = responses[1:]
     statuses = [None if r is None else r.status for r in responses]
-    assert statuses == [200, 200, 200, 200, 200, None, 400, 200, None, 200, None, None, 431, 200]
-    listed, one, two, chat, fits, _, rejected, other, _, truncated, _, _, refused, health = responses
+    assert statuses == [200, 200, 200, 200, None, 200, None, 200, None, 400, 200, None, 200, None, None, 431, 200]
+    listed, one, two, chat, _, paced, _, fits, _, rejected, other, _, truncated, _, _, refused, health = responses
     numpy = {m["id"]: m["numpy"] for m in listed.body["data"]}  # type: ignore[union-attr]
     assert numpy["words-numpy1"].startswith("1.26."), numpy
     assert numpy["chars-numpy2"].startswith("2."), numpy
@@ -246,13 +247,14 @@ def _check_full_walk(done: list[tuple[Step, Response | None]], restore_first: bo
     for answer in (one, two):
         assert answer.body["choices"][0]["text"], answer  # type: ignore[union-attr]
         assert answer.body["usage"]["completion_tokens"] <= 8  # type: ignore[union-attr]
-    chunks = [json.loads(data) for data in chat.body[:-1]]  # type: ignore[union-attr]
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    words = [c["choices"][0]["delta"]["content"] for c in chunks[1:-2]]
-    assert 1 <= len(words) <= 8, words
-    assert all(words), words
-    assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length")
-    assert chunks[-1]["usage"]["completion_tokens"] == len(words)
+    for streamed in (chat, paced):
+        chunks = [json.loads(data) for data in streamed.body[:-1]]  # type: ignore[union-attr]
+        assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        words = [c["choices"][0]["delta"]["content"] for c in chunks[1:-2]]
+        assert 1 <= len(words) <= 8, words
+        assert all(words), words
+        assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length")
+        assert chunks[-1]["usage"]["completion_tokens"] == len(words)
     assert "x-autoglm-truncated-tokens" not in fits.headers  # type: ignore[union-attr]
     assert rejected.body["error"]["code"] == "context_length_exceeded"  # type: ignore[union-attr]
     assert "x-autoglm-truncated-tokens" not in other.headers  # type: ignore[union-attr]
@@ -260,6 +262,11 @@ def _check_full_walk(done: list[tuple[Step, Response | None]], restore_first: bo
     assert refused.headers["x-autoglm-error-code"] == "E0512"  # type: ignore[union-attr]
     assert health.body["status"] == "ok"  # type: ignore[union-attr]
     assert health.body["limits"] == dict.fromkeys(MODELS, DEFAULTS)  # type: ignore[union-attr]
+    serving = {name: model["serving"] for name, model in health.body["models"].items()}  # type: ignore[union-attr]
+    assert serving == {
+        "chars-numpy2": {"replicas": 1, "concurrency": "threads", "max_inflight": 4, "max_queue": 8},
+        "words-numpy1": {"replicas": 2, "concurrency": "serial", "max_inflight": 1, "max_queue": 8},
+    }
 
 
 def _env_dirs() -> dict[str, int]:
@@ -323,8 +330,9 @@ def test_scripts_serve_walkthrough_restart_and_reset(store: str, tmp_path: Path,
     )
     assert first.line("config: ").startswith(expected_config)
     assert re.fullmatch(
-        r"models: chars-numpy2 \(numpy 2\.\d+\.\d+\), words-numpy1 \(numpy 1\.26\.\d+\), each in its own "
-        r"environment and worker",
+        r"models: chars-numpy2 \(numpy 2\.\d+\.\d+; 1 replica \(threads, 4 calls at once\), queue 8\), "
+        r"words-numpy1 \(numpy 1\.26\.\d+; 2 replicas \(serial, 1 call at once each\), queue 8\), each in its own "
+        r"environment and workers \(\[serving\] in its model\.toml\)",
         first.line("models: "),
     )
     restore_first = "not the defaults" in first.banner  # left so by an earlier run in this checkout
@@ -336,8 +344,9 @@ def test_scripts_serve_walkthrough_restart_and_reset(store: str, tmp_path: Path,
 
     second = serve()
     assert second.line("limits in force: ").startswith(
-        "limits in force: chars-numpy2 context_window=64 truncate_on_overflow=false max_output_tokens=32; "
-        f"words-numpy1 context_window={window} truncate_on_overflow=false max_output_tokens=32 (kept in "
+        "limits in force: chars-numpy2 context_window=64 truncate_on_overflow=false max_output_tokens=32 "
+        f"tokens_per_second=0; words-numpy1 context_window={window} truncate_on_overflow=false max_output_tokens=32 "
+        "tokens_per_second=0 (kept in "
     )
     assert second.line("environments: ") == "environments: .autoglm/example/envs: 2 reused, 0 built, 1 unused removed"
     assert _env_dirs() == envs_before  # the same directories: nothing rebuilt, the old one gone
@@ -348,8 +357,9 @@ def test_scripts_serve_walkthrough_restart_and_reset(store: str, tmp_path: Path,
 
     third = serve("--reset")
     assert third.line("limits in force: ").startswith(
-        "limits in force: chars-numpy2 context_window=64 truncate_on_overflow=false max_output_tokens=32; "
-        "words-numpy1 context_window=64 truncate_on_overflow=false max_output_tokens=32 (kept in "
+        "limits in force: chars-numpy2 context_window=64 truncate_on_overflow=false max_output_tokens=32 "
+        "tokens_per_second=0; words-numpy1 context_window=64 truncate_on_overflow=false max_output_tokens=32 "
+        "tokens_per_second=0 (kept in "
     )
     assert "not the defaults" not in third.banner
     assert httpx.get(f"{third.url}/health", timeout=30).json()["limits"] == dict.fromkeys(MODELS, DEFAULTS)

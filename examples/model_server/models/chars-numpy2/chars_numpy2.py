@@ -9,8 +9,8 @@ import numpy
 CORPUS = Path(__file__).resolve().parents[2] / "corpus.txt"
 
 
-def load() -> ngramlm.NGramLM:
+def load() -> ngramlm.Served:
     # The manifest pins numpy 2; say so at once should an environment ever hold another numpy.
     if int(numpy.__version__.split(".")[0]) != 2:
         raise RuntimeError(f"chars-numpy2 needs numpy 2, this environment has numpy {numpy.__version__}")
-    return ngramlm.NGramLM(CORPUS.read_text(encoding="utf-8"), unit="char", order=6)
+    return ngramlm.Served(ngramlm.NGramLM(CORPUS.read_text(encoding="utf-8"), unit="char", order=6))

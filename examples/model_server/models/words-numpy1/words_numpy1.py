@@ -9,8 +9,8 @@ import numpy
 CORPUS = Path(__file__).resolve().parents[2] / "corpus.txt"
 
 
-def load() -> ngramlm.NGramLM:
+def load() -> ngramlm.Served:
     # The manifest pins numpy 1.26; say so at once should an environment ever hold another numpy.
     if not numpy.__version__.startswith("1.26."):
         raise RuntimeError(f"words-numpy1 needs numpy 1.26, this environment has numpy {numpy.__version__}")
-    return ngramlm.NGramLM(CORPUS.read_text(encoding="utf-8"), unit="word", order=3)
+    return ngramlm.Served(ngramlm.NGramLM(CORPUS.read_text(encoding="utf-8"), unit="word", order=3))

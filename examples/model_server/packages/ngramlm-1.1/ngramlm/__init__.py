@@ -1,21 +1,23 @@
-"""ngramlm 1.0: a small n-gram language model on numpy, trained on a text when it is built.
+"""ngramlm 1.1: a small n-gram language model on numpy, trained on a text when it is built.
 
 The example's two models use it, each in its own environment: one with numpy 1.26, one with numpy 2. It runs
 in the model worker, so it imports numpy and the standard library only. Counts are kept per context as numpy
 arrays; generation backs off to shorter contexts (down to single tokens) where a context was never seen, and
 samples with ``temperature`` (``0``: the most frequent next token) from a seeded ``numpy.random.Generator``.
+:class:`Served` is the model a server loads: it says on stdout when each request starts and how it ended (1.1).
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-__version__ = "1.0"
+__version__ = "1.1"
 
 #: The token that ends a line of the training text: generating it ends the completion ("stop").
 END = "\n"
@@ -110,3 +112,66 @@ class NGramLM:
         if self.unit == "char" or token in _ATTACHED:
             return token
         return f" {token}"
+
+
+class Served:
+    """An :class:`NGramLM` answering a server's requests, each named by the ``request_id`` the server gives.
+
+    Every request says on stdout when it starts and how it ended, as inference servers log their requests:
+    ``request <id> finished: 8 tokens (length)``, or ``request <id> aborted after 3 tokens: the stream was
+    closed before the end`` when the consumer closed :meth:`generate`'s generator early (a client that went
+    away). A model worker forwards these lines into the server's log, tagged with the model's name.
+    """
+
+    def __init__(self, lm: NGramLM) -> None:
+        self.lm = lm
+
+    def info(self) -> dict[str, Any]:
+        """:meth:`NGramLM.info`."""
+        return self.lm.info()
+
+    def generate(
+        self,
+        prompt: str,
+        max_tokens: int = 16,
+        *,
+        temperature: float = 1.0,
+        seed: int | None = None,
+        request_id: str = "-",
+    ) -> Iterator[str]:
+        """:meth:`NGramLM.generate`, reporting the request's start and end."""
+        _say(f"request {request_id} started: up to {max_tokens} tokens")
+        count = 0
+        try:
+            for token in self.lm.generate(prompt, max_tokens, temperature=temperature, seed=seed):
+                count += 1
+                yield token
+        except GeneratorExit:
+            _say(f"request {request_id} aborted after {count} tokens: the stream was closed before the end")
+            raise
+        except BaseException as exc:
+            _say(f"request {request_id} failed after {count} tokens: {type(exc).__name__}: {exc}")
+            raise
+        _say(f"request {request_id} finished: {count} tokens ({'length' if count == max_tokens else 'stop'})")
+
+    def complete(
+        self,
+        prompt: str,
+        max_tokens: int = 16,
+        *,
+        temperature: float = 1.0,
+        seed: int | None = None,
+        request_id: str = "-",
+    ) -> dict[str, Any]:
+        """:meth:`NGramLM.complete` (``{"text", "tokens", "finish_reason"}``), reporting the request's start and end."""
+        tokens = list(self.generate(prompt, max_tokens, temperature=temperature, seed=seed, request_id=request_id))
+        return {
+            "text": "".join(tokens),
+            "tokens": tokens,
+            "finish_reason": "length" if len(tokens) == max_tokens else "stop",
+        }
+
+
+def _say(line: str) -> None:
+    # Flushed at once: the worker's stdout is a pipe, and a line held in a buffer would reach the log late.
+    print(line, file=sys.stdout, flush=True)
