@@ -39,7 +39,7 @@ class Reconciler:
         cache: ConfigCache,
         reread: Callable[[list[str]], int],
         timer: Callable[[], float],
-        rate: float = 200.0,
+        rate: float = 50.0,
         jitter: float = 1.0,
         interval: float = 1.0,
         batch_size: int = 500,

@@ -120,7 +120,7 @@ class SyncTuning:
     ZooKeeper 3.6+, else a data and a child watch per znode) or ``"per_node"`` (always the latter).
     """
 
-    reconcile_rate: float = 200.0
+    reconcile_rate: float = 50.0
     reconcile_jitter: float = 1.0
     reconcile_interval: float = 1.0
     snapshot_debounce: float = 1.0
