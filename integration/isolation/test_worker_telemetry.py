@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from integration.isolation._helpers import pid_in
+from integration.isolation._helpers import in_background, pid_in
 from opentelemetry.trace import StatusCode
-from prometheus_client import CollectorRegistry
-from tests._support.telemetry import Delta, span_exporter
+from prometheus_client import CollectorRegistry, generate_latest
+from tests._support.telemetry import Delta, promtool_check_metrics, span_exporter
 
 from autoglm_runtime.errors import ModelCallError, ModelOverloadedError, ModelTimeoutError, WorkerError
 from autoglm_runtime.isolation import ModelLoader
 from autoglm_runtime.observability import ModelMetrics
+from autoglm_runtime.testing import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +34,10 @@ class Model:
     def hang(self, marker):
         open(marker, "w").write(str(os.getpid()))
         threading.Event().wait()
+    def wait_for(self, path):
+        while not os.path.exists(path):
+            threading.Event().wait(0.005)
+        return path
     def count(self, n):
         yield from range(n)
     def endless(self):
@@ -179,3 +184,28 @@ def test_streams_count_by_outcome_with_a_span_each(loader: ModelLoader, make_mod
         ("count", None, StatusCode.UNSET, 2, None),
         ("endless", None, StatusCode.UNSET, 1, True),
     ]
+
+
+def test_in_flight_and_queued_calls_are_gauges_read_at_scrape_time(
+    loader: ModelLoader, make_model: Any, tmp_path: Path
+) -> None:
+    model = loader.load(make_model("load-gauges", MODEL), replicas=1, max_inflight=1, max_queue=3)
+    registry = CollectorRegistry()
+
+    def gauges() -> dict[str, float | None]:
+        names = ("inflight", "queued", "replicas", "max_inflight", "max_queue")
+        return {n: registry.get_sample_value(f"autoglm_worker_{n}", {"model": "load-gauges"}) for n in names}
+
+    go = tmp_path / "go"
+    with ModelMetrics(loader, registry=registry):
+        assert gauges() == {"inflight": 0.0, "queued": 0.0, "replicas": 1.0, "max_inflight": 1.0, "max_queue": 3.0}
+        callers = [in_background(model.call, "wait_for", str(go), timeout=60) for _ in range(3)]
+        wait_until(lambda: (gauges()["inflight"], gauges()["queued"]) == (1.0, 2.0), 30, "1 call to run, 2 to queue")
+        assert gauges() == {"inflight": 1.0, "queued": 2.0, "replicas": 1.0, "max_inflight": 1.0, "max_queue": 3.0}
+        exposition = generate_latest(registry).decode()
+        go.write_text("1")
+        for thread, _ in callers:
+            thread.join(60)
+        assert [out for _, out in callers] == [[str(go)]] * 3
+        assert gauges() == {"inflight": 0.0, "queued": 0.0, "replicas": 1.0, "max_inflight": 1.0, "max_queue": 3.0}
+    assert promtool_check_metrics(exposition) == (0, "")
