@@ -78,12 +78,14 @@ class GuardCheck:
         if removed and self._metrics is not None:
             self._metrics.guard_truncations.get(self.surface).inc()
             self._metrics.guard_truncated_tokens.get(self.surface).inc(removed)
-        if self._span is not None:
-            span = self._span[0]
-            span.set_attribute("autoglm.guard.input_tokens", result.input_tokens)
-            span.set_attribute("autoglm.guard.removed_tokens", removed)
+        if self._span is not None and self._span[1] is not None:  # recording (a sampled-out span drops them)
+            attributes: dict[str, Any] = {
+                "autoglm.guard.input_tokens": result.input_tokens,
+                "autoglm.guard.removed_tokens": removed,
+            }
             if removed:
-                span.set_attribute("autoglm.warning.code", "E0514")
+                attributes["autoglm.warning.code"] = "E0514"
+            self._span[0].set_attributes(attributes)  # one call: the SDK takes the span's lock once
 
     def reject(self, error: AutoGLMRuntimeError) -> None:
         """The request is refused with ``error`` (counted once, however often this is called)."""
