@@ -157,12 +157,16 @@ def test_streams_count_by_outcome_with_a_span_each(loader: ModelLoader, make_mod
         return chunks
 
     assert asyncio.run(consume()) == [0, 1, 0]
+    dropped = model.stream("endless", timeout=30)
+    assert next(dropped) == 0
+    del dropped  # never closed: dropping it stops it, and frees the replica for the next call
+    assert model.call("echo", 7, timeout=30) == 7
     assert moved.moved() == {
-        "autoglm_worker_calls_total{model=streams,outcome=ok}": 2.0,
-        "autoglm_worker_calls_total{model=streams,outcome=cancelled}": 2.0,
+        "autoglm_worker_calls_total{model=streams,outcome=ok}": 3.0,  # two streams and the echo call
+        "autoglm_worker_calls_total{model=streams,outcome=cancelled}": 3.0,
         "autoglm_worker_calls_total{model=streams,outcome=E0106}": 2.0,
         "autoglm_worker_calls_total{model=streams,outcome=E0105}": 1.0,
-        "autoglm_worker_call_duration_seconds_count{model=streams}": 7.0,
+        "autoglm_worker_call_duration_seconds_count{model=streams}": 9.0,
     }
     spans = [s for s in exporter.get_finished_spans() if s.name == "autoglm.model.stream"]
     seen = [
@@ -182,6 +186,7 @@ def test_streams_count_by_outcome_with_a_span_each(loader: ModelLoader, make_mod
         ("count", "E0106", StatusCode.ERROR, 0, None),
         ("broken", "E0105", StatusCode.ERROR, 1, None),
         ("count", None, StatusCode.UNSET, 2, None),
+        ("endless", None, StatusCode.UNSET, 1, True),
         ("endless", None, StatusCode.UNSET, 1, True),
     ]
 
