@@ -14,7 +14,8 @@ gets). Four settings, interleaved request by request in one process (the SDK's m
 
 The exporter drops the spans, so only the SDK's own cost is measured. Printed: CPU per request (process time,
 median: it includes the batch processor's thread) for a 50-, a 1,000- and an 8,000-token prompt, and the ratio of
-each setting to off (target <= 1.03x). Also what one LoadedModel.call pays for its metrics and span, in microseconds.
+each setting to off (target <= 1.03x). Also what one LoadedModel.call and one LoadedModel.stream pay for their
+metrics, span and the traceparent put in the request frame, in microseconds.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-from autoglm_runtime.observability import ModelCall, _events, _tracing
+from autoglm_runtime.observability import ModelCall, ModelStreamCall, _events, _tracing
 from autoglm_runtime.observability._metrics import event_metrics
 from autoglm_runtime.validation import ContextWindowGuard, HFTokenizer, ValidationMiddleware
 from validation import build_tokenizer  # benchmarks/validation.py (this script's directory is on sys.path)
@@ -87,16 +88,24 @@ async def measure(guarded: ValidationMiddleware, body: bytes, requests: int) -> 
     return {setting: statistics.median(values) for setting, values in times.items()}
 
 
-def model_call_cost(rounds: int = 200_000) -> dict[str, float]:
-    """Microseconds one ModelCall block adds around a call, per setting (the call itself is not run)."""
-    costs: dict[str, float] = {}
+def model_call_cost(rounds: int = 200_000) -> dict[str, tuple[float, float]]:
+    """Microseconds a call's and a stream's telemetry add, per setting (the call itself is not run): the span,
+    the metrics and the traceparent of the request frame."""
+    costs: dict[str, tuple[float, float]] = {}
     for setting in SETTINGS:
         use(setting)
         start = time.perf_counter()
         for _ in range(rounds):
             with ModelCall("bench", "predict"):
-                pass
-        costs[setting] = (time.perf_counter() - start) / rounds * 1e6
+                _tracing.traceparent()
+        call = (time.perf_counter() - start) / rounds * 1e6
+        start = time.perf_counter()
+        for _ in range(rounds):
+            stream = ModelStreamCall("bench", "generate")
+            with stream.opening():
+                _tracing.traceparent()
+            stream.end()
+        costs[setting] = (call, (time.perf_counter() - start) / rounds * 1e6)
     return costs
 
 
@@ -126,9 +135,10 @@ def main() -> None:
                 target = "" if setting == "off" else "   (target <= 1.03x)"
                 print(f"    {setting:<20} {medians[setting] * 1e6:9.1f} us   {ratio:6.3f}x{target}")
     costs = model_call_cost()
-    print("LoadedModel.call: what its metrics and span add per call (a round trip to a worker takes milliseconds)")
+    print("LoadedModel.call / .stream: what metrics, span and traceparent add (a worker round trip takes milliseconds)")
     for setting in SETTINGS:
-        print(f"    {setting:<20} {costs[setting]:9.2f} us")
+        call, stream = costs[setting]
+        print(f"    {setting:<20} call {call:7.2f} us   stream {stream:7.2f} us")
     for provider in providers.values():
         provider.shutdown()
 

@@ -122,3 +122,34 @@ def _children() -> list[int]:
         if children.exists():
             pids += [int(p) for p in children.read_text().split()]
     return pids
+
+
+def repack_installed(wheelhouse: Path, name: str) -> Path:
+    """A wheel of the distribution ``name`` as installed on the host, repacked from its installed files and entry
+    points (no download: a model environment gets the very code the host runs)."""
+    from importlib import metadata
+
+    dist = metadata.distribution(name)
+    dist_info = f"{name.replace('-', '_')}-{dist.version}.dist-info"
+    modules: dict[str, str | bytes] = {}
+    for file in dist.files or ():
+        path = str(file)
+        if path.startswith("..") or "__pycache__" in path or path.endswith(".pyc"):
+            continue
+        if ".dist-info/" in path:
+            if path.endswith("/entry_points.txt"):
+                modules[f"{dist_info}/entry_points.txt"] = Path(str(file.locate())).read_bytes()
+            continue
+        modules[path] = Path(str(file.locate())).read_bytes()
+    requires = [r for r in dist.requires or () if "extra ==" not in r]
+    tops = {p.split("/", 1)[0].removesuffix(".py") for p in modules if ".dist-info/" not in p}
+    return build_wheel(wheelhouse, name, dist.version, modules=modules, requires=requires, top_level=sorted(tops))
+
+
+@pytest.fixture(scope="module")
+def otel_wheelhouse(wheelhouse: Path) -> Path:
+    """``wheelhouse`` plus the host's opentelemetry-api and -sdk (and what they need), repacked: for models that
+    make spans of their own."""
+    for name in ("typing-extensions", "opentelemetry-api", "opentelemetry-semantic-conventions", "opentelemetry-sdk"):
+        repack_installed(wheelhouse, name)
+    return wheelhouse

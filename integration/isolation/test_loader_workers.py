@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from integration.isolation._helpers import in_background, pid_in
+from tests._support.telemetry import span_exporter
 
 from autoglm_runtime.errors import ModelCallError, ModelLoadError, ModelTimeoutError, UsageError, WorkerError
 from autoglm_runtime.isolation import ModelLoader
@@ -388,12 +389,14 @@ def test_a_reply_the_host_cannot_decode_is_a_model_call_error(model: Any) -> Non
 
 def test_arguments_the_worker_cannot_decode_are_a_model_call_error(model: Any) -> None:
     pid = model.health()["pid"]
+    span_exporter()  # tracing on, whatever ran before: the frame carries the call span's traceparent (55 chars)
     limit = sys.get_int_max_str_digits()
     sys.set_int_max_str_digits(0)  # the host can write it; the worker (default limit) cannot read it
     try:
         with pytest.raises(ModelCallError) as info:
             model.call("echo", 10**5000, timeout=30)
         request = {"id": 1, "type": "call", "method": "echo", "args": [10**5000], "kwargs": {}, "stream": False}
+        request["traceparent"] = f"00-{'0' * 32}-{'0' * 16}-00"
         length = _body_length(request)
     finally:
         sys.set_int_max_str_digits(limit)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -10,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from integration.isolation._helpers import pid_in
+from integration.isolation._helpers import in_background, pid_in
 from opentelemetry.trace import StatusCode
-from prometheus_client import CollectorRegistry
-from tests._support.telemetry import Delta, span_exporter
+from prometheus_client import CollectorRegistry, generate_latest
+from tests._support.telemetry import Delta, promtool_check_metrics, span_exporter
 
-from autoglm_runtime.errors import ModelCallError, ModelTimeoutError, WorkerError
+from autoglm_runtime.errors import ModelCallError, ModelOverloadedError, ModelTimeoutError, WorkerError
 from autoglm_runtime.isolation import ModelLoader
 from autoglm_runtime.observability import ModelMetrics
+from autoglm_runtime.testing import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +34,20 @@ class Model:
     def hang(self, marker):
         open(marker, "w").write(str(os.getpid()))
         threading.Event().wait()
+    def wait_for(self, path):
+        while not os.path.exists(path):
+            threading.Event().wait(0.005)
+        return path
+    def count(self, n):
+        yield from range(n)
+    def endless(self):
+        i = 0
+        while True:
+            yield i
+            i += 1
+    def broken(self):
+        yield 1
+        raise ValueError("bad chunk")
 
 def load():
     return Model()
@@ -104,3 +120,97 @@ def test_calls_count_by_outcome_and_restarts_show_in_the_worker_metrics(
         "autoglm.model.method": "fail",
         "error.type": "E0105",
     }
+
+
+STREAM_OUTCOMES = ("ok", "cancelled", "E0106", "E0105")
+
+
+def test_streams_count_by_outcome_with_a_span_each(loader: ModelLoader, make_model: Any) -> None:
+    """Completed, early-closed, failed and overloaded streams, blocking and async: each counted once, under its
+    outcome, timed, and traced by an ``autoglm.model.stream`` span that ends with the stream."""
+    model = loader.load(make_model("streams", MODEL), max_inflight=1, max_queue=0)
+    exporter = span_exporter()
+    moved = Delta(
+        *[("autoglm_worker_calls_total", {"model": "streams", "outcome": o}) for o in STREAM_OUTCOMES],
+        ("autoglm_worker_call_duration_seconds_count", {"model": "streams"}),
+    )
+    assert list(model.stream("count", 3, timeout=30)) == [0, 1, 2]  # ok
+    with model.stream("endless", timeout=30) as endless:  # closed early: cancelled
+        assert next(endless) == 0
+        with pytest.raises(ModelOverloadedError):  # the one replica is busy with `endless`, no queue
+            model.stream("count", 1, timeout=30)
+
+        async def overloaded() -> None:
+            with pytest.raises(ModelOverloadedError):
+                async for _ in model.astream("count", 1, timeout=30):
+                    pass
+
+        asyncio.run(overloaded())
+        assert next(endless) == 1
+    with pytest.raises(ModelCallError):  # the generator raised after its first chunk
+        list(model.stream("broken", timeout=30))
+
+    async def consume() -> list[int]:
+        chunks = [chunk async for chunk in model.astream("count", 2, timeout=30)]  # ok
+        async with model.astream("endless", timeout=30) as endless:  # closed early: cancelled
+            chunks.append(await endless.__anext__())
+        return chunks
+
+    assert asyncio.run(consume()) == [0, 1, 0]
+    dropped = model.stream("endless", timeout=30)
+    assert next(dropped) == 0
+    del dropped  # never closed: dropping it stops it, and frees the replica for the next call
+    assert model.call("echo", 7, timeout=30) == 7
+    assert moved.moved() == {
+        "autoglm_worker_calls_total{model=streams,outcome=ok}": 3.0,  # two streams and the echo call
+        "autoglm_worker_calls_total{model=streams,outcome=cancelled}": 3.0,
+        "autoglm_worker_calls_total{model=streams,outcome=E0106}": 2.0,
+        "autoglm_worker_calls_total{model=streams,outcome=E0105}": 1.0,
+        "autoglm_worker_call_duration_seconds_count{model=streams}": 9.0,
+    }
+    spans = [s for s in exporter.get_finished_spans() if s.name == "autoglm.model.stream"]
+    seen = [
+        (
+            (s.attributes or {}).get("autoglm.model.method"),
+            (s.attributes or {}).get("error.type"),
+            s.status.status_code,
+            (s.attributes or {}).get("autoglm.model.stream.chunks"),
+            (s.attributes or {}).get("autoglm.model.stream.cancelled"),
+        )
+        for s in sorted(spans, key=lambda s: s.start_time or 0)
+    ]
+    assert seen == [
+        ("count", None, StatusCode.UNSET, 3, None),
+        ("endless", None, StatusCode.UNSET, 2, True),
+        ("count", "E0106", StatusCode.ERROR, 0, None),
+        ("count", "E0106", StatusCode.ERROR, 0, None),
+        ("broken", "E0105", StatusCode.ERROR, 1, None),
+        ("count", None, StatusCode.UNSET, 2, None),
+        ("endless", None, StatusCode.UNSET, 1, True),
+        ("endless", None, StatusCode.UNSET, 1, True),
+    ]
+
+
+def test_in_flight_and_queued_calls_are_gauges_read_at_scrape_time(
+    loader: ModelLoader, make_model: Any, tmp_path: Path
+) -> None:
+    model = loader.load(make_model("load-gauges", MODEL), replicas=1, max_inflight=1, max_queue=3)
+    registry = CollectorRegistry()
+
+    def gauges() -> dict[str, float | None]:
+        names = ("inflight", "queued", "replicas", "max_inflight", "max_queue")
+        return {n: registry.get_sample_value(f"autoglm_worker_{n}", {"model": "load-gauges"}) for n in names}
+
+    go = tmp_path / "go"
+    with ModelMetrics(loader, registry=registry):
+        assert gauges() == {"inflight": 0.0, "queued": 0.0, "replicas": 1.0, "max_inflight": 1.0, "max_queue": 3.0}
+        callers = [in_background(model.call, "wait_for", str(go), timeout=60) for _ in range(3)]
+        wait_until(lambda: (gauges()["inflight"], gauges()["queued"]) == (1.0, 2.0), 30, "1 call to run, 2 to queue")
+        assert gauges() == {"inflight": 1.0, "queued": 2.0, "replicas": 1.0, "max_inflight": 1.0, "max_queue": 3.0}
+        exposition = generate_latest(registry).decode()
+        go.write_text("1")
+        for thread, _ in callers:
+            thread.join(60)
+        assert [out for _, out in callers] == [[str(go)]] * 3
+        assert gauges() == {"inflight": 0.0, "queued": 0.0, "replicas": 1.0, "max_inflight": 1.0, "max_queue": 3.0}
+    assert promtool_check_metrics(exposition) == (0, "")

@@ -6,6 +6,8 @@ an in-memory exporter for the whole test session and hands back the same exporte
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 
 from opentelemetry import trace
@@ -13,6 +15,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
+
+from autoglm_runtime.testing import fail_in_ci_else_skip
 
 _lock = threading.Lock()
 _exporter: InMemorySpanExporter | None = None
@@ -54,3 +58,14 @@ class Delta:
             key = name + "{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}"
             out[key] = sample(name, **labels) - before
         return out
+
+
+def promtool_check_metrics(exposition: str) -> tuple[int, str]:
+    """``promtool check metrics`` on a text exposition: its exit status and output (``(0, "")`` when clean)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        fail_in_ci_else_skip("promtool is not installed: 'apt-get install prometheus' (scripts/test does it as root)")
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=exposition, capture_output=True, text=True, timeout=60, check=False
+    )
+    return check.returncode, check.stdout + check.stderr

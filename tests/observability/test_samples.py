@@ -49,7 +49,11 @@ def test_workers_by_replica_and_restart_reason() -> None:
         "b": {
             "state": "dead",
             "restart_reasons": {"signal": 1, "exit": 1, "heartbeat": 1},
-            "replicas": [{"state": "dead", "pid": None}, {"state": "ready", "pid": 9}],
+            "replicas": [{"state": "dead", "pid": None, "inflight": 0}, {"state": "ready", "pid": 9, "inflight": 3}],
+            "inflight": 3,
+            "queued": 5,
+            "max_inflight": 4,
+            "max_queue": 8,
         },
         "a": {
             "state": "ready",
@@ -64,6 +68,8 @@ def test_workers_by_replica_and_restart_reason() -> None:
         ("autoglm_worker_starts", ("a", "oom"), 2.0),
         ("autoglm_worker_starts", ("a", "timeout"), 1.0),
         ("autoglm_worker_starts", ("a", "heartbeat"), 0.0),
+        ("autoglm_worker_inflight", ("a",), 0.0),
+        ("autoglm_worker_replicas", ("a",), 1.0),
         ("autoglm_worker_up", ("b", "0"), 0.0),
         ("autoglm_worker_up", ("b", "1"), 1.0),
         ("autoglm_worker_starts", ("b", "initial"), 2.0),
@@ -71,4 +77,9 @@ def test_workers_by_replica_and_restart_reason() -> None:
         ("autoglm_worker_starts", ("b", "oom"), 0.0),
         ("autoglm_worker_starts", ("b", "timeout"), 0.0),
         ("autoglm_worker_starts", ("b", "heartbeat"), 1.0),
+        ("autoglm_worker_inflight", ("b",), 3.0),
+        ("autoglm_worker_replicas", ("b",), 2.0),
+        ("autoglm_worker_queued", ("b",), 5.0),
+        ("autoglm_worker_max_inflight", ("b",), 4.0),
+        ("autoglm_worker_max_queue", ("b",), 8.0),
     ]

@@ -11,12 +11,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from autoglm_runtime.deps.manifest import ModelManifest
+from autoglm_runtime.isolation._observed import ObservedAsyncStream, ObservedStream
 from autoglm_runtime.isolation.envs.build import BuiltEnvironment
 from autoglm_runtime.isolation.workers.calls import AsyncModelStream, ModelStream
 from autoglm_runtime.isolation.workers.pool import ReplicaPool
 from autoglm_runtime.isolation.workers.process import WorkerHealth
 from autoglm_runtime.isolation.workers.serving import ServingOptions
-from autoglm_runtime.observability import ModelCall
+from autoglm_runtime.observability import ModelCall, ModelStreamCall
 
 __all__ = ["LoadedModel", "ModelHealth"]
 
@@ -102,13 +103,27 @@ class LoadedModel:
         """The chunks of ``model.<method>(...)``, a generator (or async generator) method, as they are yielded.
 
         ``timeout`` bounds the wait for each chunk (idle timeout; E0305 and a restart past it). Close the
-        stream (or leave its ``with`` block) to stop early: the generator is closed in the worker.
+        stream (or leave its ``with`` block) to stop early: the generator is closed in the worker. Counted, timed
+        and traced from here to its end, like :meth:`call` (outcome ``cancelled`` when stopped early).
         """
-        return self._pool.stream(method, args, kwargs, self._timeout(timeout))
+        event = ModelStreamCall(self.manifest.name, method)
+        try:
+            with event.opening():  # the request frame is built now: it carries the stream span's context
+                inner = self._pool.stream(method, args, kwargs, self._timeout(timeout))
+        except BaseException as exc:  # refused (E0106) or the worker could not be reached
+            event.end(exc)
+            raise
+        return ObservedStream(inner, event)
 
     def astream(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> AsyncModelStream:
         """:meth:`stream` for ``async for chunk in model.astream(...)``; ``aclose()`` it to stop early."""
-        return self._pool.astream(method, args, kwargs, self._timeout(timeout))
+        event = ModelStreamCall(self.manifest.name, method)
+        try:
+            inner = self._pool.astream(method, args, kwargs, self._timeout(timeout))  # reaches a worker on first use
+        except BaseException as exc:  # a bad timeout
+            event.end(exc)
+            raise
+        return ObservedAsyncStream(inner, event)
 
     def health(self) -> ModelHealth:
         """The replicas' real state and the model's environment: a new :class:`ModelHealth` dict."""

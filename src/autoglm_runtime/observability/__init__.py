@@ -16,7 +16,7 @@ config client's and the loader's health is exported at scrape time by :class:`Co
 from __future__ import annotations
 
 from autoglm_runtime._exports import publish as _publish
-from autoglm_runtime.observability._events import GuardCheck, ModelCall, Surface
+from autoglm_runtime.observability._events import GuardCheck, ModelCall, ModelStreamCall, Surface
 from autoglm_runtime.observability._metrics import METRICS_AVAILABLE as _METRICS
 from autoglm_runtime.observability._tracing import TRACING_AVAILABLE as _TRACING
 from autoglm_runtime.observability._tracing import current_ids
@@ -35,6 +35,7 @@ __all__ = [
     "ModelCall",
     "ModelMetrics",
     "ModelSource",
+    "ModelStreamCall",
     "Surface",
     "current_ids",
     "metrics_available",

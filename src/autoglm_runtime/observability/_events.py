@@ -20,13 +20,16 @@ if TYPE_CHECKING:
 
     from autoglm_runtime.validation.request import GuardResult
 
-__all__ = ["GuardCheck", "ModelCall", "Surface"]
+__all__ = ["GuardCheck", "ModelCall", "ModelStreamCall", "Surface"]
 
 #: Where a guard ran: the ASGI middleware, a gRPC interceptor, or the ``guarded`` decorator.
 Surface = Literal["http", "grpc", "decorator"]
 
 GUARD_SPAN = "autoglm.guard.check"
 MODEL_CALL_SPAN = "autoglm.model.call"
+MODEL_STREAM_SPAN = "autoglm.model.stream"
+#: The outcome of a stream its consumer stopped early (closed it, left its ``with`` block, dropped it).
+CANCELLED = "cancelled"
 
 
 class GuardCheck:
@@ -75,12 +78,14 @@ class GuardCheck:
         if removed and self._metrics is not None:
             self._metrics.guard_truncations.get(self.surface).inc()
             self._metrics.guard_truncated_tokens.get(self.surface).inc(removed)
-        if self._span is not None:
-            span = self._span[0]
-            span.set_attribute("autoglm.guard.input_tokens", result.input_tokens)
-            span.set_attribute("autoglm.guard.removed_tokens", removed)
+        if self._span is not None and self._span[1] is not None:  # recording (a sampled-out span drops them)
+            attributes: dict[str, Any] = {
+                "autoglm.guard.input_tokens": result.input_tokens,
+                "autoglm.guard.removed_tokens": removed,
+            }
             if removed:
-                span.set_attribute("autoglm.warning.code", "E0514")
+                attributes["autoglm.warning.code"] = "E0514"
+            self._span[0].set_attributes(attributes)  # one call: the SDK takes the span's lock once
 
     def reject(self, error: AutoGLMRuntimeError) -> None:
         """The request is refused with ``error`` (counted once, however often this is called)."""
@@ -125,3 +130,68 @@ class ModelCall:
             self._metrics.model_calls.get(self.model, outcome).inc()
         if self._span is not None:
             _tracing.end_span(self._span)
+
+
+def _outcome(error: BaseException | None) -> str:
+    if error is None:
+        return "ok"
+    return error.code if isinstance(error, AutoGLMRuntimeError) else "error"
+
+
+class ModelStreamCall:
+    """One stream from an isolated model, from its start to its end: counted and timed like a :class:`ModelCall`
+    once it ends (``ok``, the E-code, or ``cancelled`` when its consumer stopped early), with a span open meanwhile.
+
+    The span is not made current (a stream outlives the block that opened it): wrap the opening of the stream in
+    :meth:`opening`, so its request carries the span's trace context; call :meth:`end` once it ends.
+    """
+
+    __slots__ = ("_ended", "_metrics", "_span", "_start", "chunks", "method", "model")
+
+    def __init__(self, model: str, method: str) -> None:
+        self.model = model
+        self.method = method
+        self.chunks = 0
+        self._metrics = event_metrics()
+        self._start = time.perf_counter()
+        attributes: dict[str, Any] = {"autoglm.model.name": model, "autoglm.model.method": method}
+        self._span = _tracing.start_detached(MODEL_STREAM_SPAN, attributes)
+        self._ended = False
+
+    def opening(self) -> _Opening:
+        """A ``with`` block in which the stream's span is the current one."""
+        return _Opening(self._span)
+
+    def end(self, error: BaseException | None = None, *, cancelled: bool = False) -> None:
+        """The stream ended: exhausted (no argument), failed with ``error``, or stopped early by its consumer
+        (``cancelled``). Only the first call counts."""
+        if self._ended:
+            return
+        self._ended = True
+        outcome = CANCELLED if cancelled and error is None else _outcome(error)
+        if self._metrics is not None:
+            self._metrics.model_call_duration.get(self.model).observe(time.perf_counter() - self._start)
+            self._metrics.model_calls.get(self.model, outcome).inc()
+        span = self._span
+        if span is not None:
+            if span.is_recording():
+                span.set_attribute("autoglm.model.stream.chunks", self.chunks)
+                if outcome == CANCELLED:
+                    span.set_attribute("autoglm.model.stream.cancelled", True)
+            if isinstance(error, AutoGLMRuntimeError):
+                _tracing.fail_span(span, error)
+            span.end()
+
+
+class _Opening:
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: Span | None) -> None:
+        self._span = span
+        self._token: object = None
+
+    def __enter__(self) -> None:
+        self._token = _tracing.attach(self._span)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _tracing.detach(self._token)

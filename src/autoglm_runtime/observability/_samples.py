@@ -62,6 +62,20 @@ WORKER_FAMILIES = (
         "Worker starts: the first (reason initial) and every restart after a failure.",
         ("model", "reason"),
     ),
+    Family("autoglm_worker_inflight", "gauge", "Calls and streams the model's workers run now.", ("model",)),
+    Family("autoglm_worker_queued", "gauge", "Calls waiting in the model's queue for a free replica.", ("model",)),
+    Family("autoglm_worker_replicas", "gauge", "Worker processes the model is served by.", ("model",)),
+    Family("autoglm_worker_max_inflight", "gauge", "Calls one replica runs at a time at most.", ("model",)),
+    Family(
+        "autoglm_worker_max_queue", "gauge", "Calls that may wait in the queue before E0106 refuses more.", ("model",)
+    ),
+)
+
+#: health() keys of a loaded model exported as they are, by metric.
+_LOAD_GAUGES = (
+    ("autoglm_worker_queued", "queued"),
+    ("autoglm_worker_max_inflight", "max_inflight"),
+    ("autoglm_worker_max_queue", "max_queue"),
 )
 
 
@@ -100,7 +114,8 @@ def worker_samples(health: Mapping[str, Mapping[str, Any]]) -> list[Sample]:
 
     ``autoglm_worker_up`` has one series per replica; ``autoglm_worker_starts_total`` counts the first start of
     each replica (``initial``) and every restart by why it was needed (``crash``, ``oom``, ``timeout``,
-    ``heartbeat``), always all five, so a rate over a reason that never happened is 0, not absent.
+    ``heartbeat``), always all five, so a rate over a reason that never happened is 0, not absent. The load
+    gauges (in flight, queued, replicas and the two limits) have one series per model.
     """
     samples: list[Sample] = []
     for model, entry in sorted(health.items()):
@@ -114,4 +129,10 @@ def worker_samples(health: Mapping[str, Mapping[str, Any]]) -> list[Sample]:
             label = START_REASONS.get(str(reason), "crash")
             starts[label] += float(count)
         samples.extend(("autoglm_worker_starts", (model, reason), count) for reason, count in starts.items())
+        inflight = entry.get("inflight")
+        if inflight is None:
+            inflight = sum(replica.get("inflight", 0) for replica in replicas)
+        samples.append(("autoglm_worker_inflight", (model,), float(inflight)))
+        samples.append(("autoglm_worker_replicas", (model,), float(len(replicas))))
+        samples.extend((name, (model,), float(entry[key])) for name, key in _LOAD_GAUGES if key in entry)
     return samples

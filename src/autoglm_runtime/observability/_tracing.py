@@ -27,7 +27,20 @@ try:
 except ImportError:  # the tracing extra is not installed
     TRACING_AVAILABLE = False
 
-__all__ = ["ERROR_TYPE", "TRACING_AVAILABLE", "current_ids", "fail_span", "record_span", "start_span", "tracer"]
+__all__ = [
+    "ERROR_TYPE",
+    "TRACING_AVAILABLE",
+    "attach",
+    "current_ids",
+    "detach",
+    "end_span",
+    "fail_span",
+    "record_span",
+    "start_detached",
+    "start_span",
+    "traceparent",
+    "tracer",
+]
 
 #: The semantic-conventions attribute holding the failure's class: here always an E-code.
 ERROR_TYPE = "error.type"
@@ -64,6 +77,27 @@ def start_span(name: str, attributes: Mapping[str, Any] | None = None) -> tuple[
     return span, token
 
 
+def start_detached(name: str, attributes: Mapping[str, Any] | None = None) -> Span | None:
+    """Start ``name`` under the current span without making it current (a stream's span outlives the block that
+    opened it); :func:`attach` makes it current for a while. ``None`` without the API."""
+    if not TRACING_AVAILABLE or _TRACER is None:
+        return None
+    return _TRACER.start_span(name, attributes=attributes)
+
+
+def attach(span: Span | None) -> object:
+    """Make ``span`` current until :func:`detach` (a token, ``None`` when nothing was attached)."""
+    if span is None or not span.is_recording():
+        return None
+    return _context.attach(_trace.set_span_in_context(span))
+
+
+def detach(token: object) -> None:
+    """Undo :func:`attach`."""
+    if token is not None:
+        _context.detach(token)  # type: ignore[arg-type]
+
+
 def end_span(started: tuple[Span, object]) -> None:
     """End a span from :func:`start_span` and make its parent current again."""
     span, token = started
@@ -92,6 +126,19 @@ def record_span(
         name, context=context, kind=_trace.SpanKind.INTERNAL, attributes=attributes, start_time=start_ns
     )
     span.end(end_time=max(end_ns, start_ns))
+
+
+def traceparent() -> str | None:
+    """The active span's W3C ``traceparent`` header value (``00-<trace>-<span>-<flags>``), or ``None``.
+
+    What a model call puts in its frame, so the worker's log lines and spans join the caller's trace.
+    """
+    if not TRACING_AVAILABLE:
+        return None
+    context = _trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 
 
 def current_ids() -> tuple[str, str] | None:

@@ -10,7 +10,8 @@ plain call while no other call runs (one thread hand-off less; heartbeats are an
 * ``threads``: up to ``max_inflight`` threads run calls at the same time;
 * ``async``: one event loop runs every method; coroutines are awaited, async generators iterated.
 
-Messages from the host: ``{"type": "call", "id", "method", "args", "kwargs", "stream"}``, ``{"type": "more",
+Messages from the host: ``{"type": "call", "id", "method", "args", "kwargs", "stream"}`` (plus an optional
+``"traceparent"``: the caller's W3C trace context, see ``trace_context.py``), ``{"type": "more",
 "id", "n"}`` (the host consumed ``n`` more chunks of a stream), ``{"type": "cancel", "id"}`` (close a stream's
 generator now) and ``{"type": "ping", "seq"}``. Replies: ``{"id", "ok": true, "result"}``, ``{"id", "ok":
 false, "error"}``, ``{"id", "chunk"}`` (a stream's next item), ``{"id", "ok": true, "end": true}`` (a stream
@@ -20,6 +21,7 @@ ended) and ``{"type": "pong", "seq"}``. A stream sends at most ``WINDOW`` chunks
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import threading
 from collections.abc import Callable
@@ -86,8 +88,10 @@ class Dispatcher:
         concurrency: str,
         max_inflight: int,
         name: str,
+        scope: Callable[[dict[str, Any]], contextlib.AbstractContextManager[None]] | None = None,
     ) -> None:
         self._model = model
+        self._scope = scope if scope is not None else (lambda message: contextlib.nullcontext())
         self._exit_now = exit_now
         self._reply = reply
         self._error = error
@@ -153,6 +157,10 @@ class Dispatcher:
         return method(*message.get("args", ()), **message.get("kwargs", {}))
 
     def _run(self, message: dict[str, Any], stream: _Stream | None) -> None:
+        with self._scope(message):  # the call's trace context, for its whole run (a stream's every chunk)
+            self._run_scoped(message, stream)
+
+    def _run_scoped(self, message: dict[str, Any], stream: _Stream | None) -> None:
         call_id = message.get("id")
         try:
             result = self._start(message)
@@ -184,7 +192,11 @@ class Dispatcher:
         finally:
             self._close(call_id)
 
-    async def _run_async(self, message: dict[str, Any], stream: _Stream | None) -> None:  # noqa: PLR0912
+    async def _run_async(self, message: dict[str, Any], stream: _Stream | None) -> None:
+        with self._scope(message):  # set inside the call's own task: other calls on the loop never see it
+            await self._run_async_scoped(message, stream)
+
+    async def _run_async_scoped(self, message: dict[str, Any], stream: _Stream | None) -> None:  # noqa: PLR0912
         call_id = message.get("id")
         try:
             result = self._start(message)

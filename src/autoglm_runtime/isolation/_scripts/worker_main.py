@@ -11,7 +11,8 @@ directory on ``sys.path`` (the model must not see the SDK's modules).
 Start-up: put the model directory first on ``sys.path``, import the entrypoint, call it to get the model
 object, then send a ``hello`` frame listing the distributions whose modules were actually imported, with
 their versions and the files they came from. Then hand every message to ``dispatch.py``'s
-:class:`Dispatcher` (calls multiplexed by id, streams, heartbeats; see there for the messages).
+:class:`Dispatcher` (calls multiplexed by id, streams, heartbeats; see there for the messages), each call run
+under the trace context its frame carries (``trace_context.py``).
 
 A watchdog thread polls the socket for the host hanging up (``POLLRDHUP``): when the host closes it (or
 dies), the worker exits at once, even while a model call is still running, so no worker outlives its host.
@@ -138,6 +139,8 @@ def serve(  # noqa: PLR0917
     """Load the model and answer calls until the host closes the socket; returns the exit status."""
     protocol = _load_sibling("protocol")
     dispatch = _load_sibling("dispatch")
+    trace_context = _load_sibling("trace_context")
+    trace_context.install_logging()  # before the model loads: its log records carry each call's trace ids
     sock = socket.socket(fileno=fd)
     # Daemon where allowed; isolated subinterpreters refuse daemon threads, and there os._exit ends all.
     watchdog = threading.Thread(target=_watchdog, args=(sock,), name=f"autoglm-worker-{name}-watchdog")
@@ -169,7 +172,9 @@ def serve(  # noqa: PLR0917
         },
     )
     errors = lambda exc: _error(exc, backend)  # noqa: E731
-    dispatcher = dispatch.Dispatcher(model, reply, errors, _exit_now, concurrency, max_inflight, name)
+    dispatcher = dispatch.Dispatcher(
+        model, reply, errors, _exit_now, concurrency, max_inflight, name, scope=trace_context.CallScope
+    )
     reader = protocol.FrameReader(sock)
     while True:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import selectors
@@ -10,7 +11,15 @@ import signal
 import threading
 from typing import IO
 
-__all__ = ["MAX_LINE", "LineSplitter", "OutputPump", "describe_exit", "exit_reason", "oom_kill_count"]
+__all__ = [
+    "MAX_LINE",
+    "LineSplitter",
+    "OutputPump",
+    "describe_exit",
+    "exit_reason",
+    "oom_kill_count",
+    "trace_ids",
+]
 
 #: Longest line (bytes) forwarded whole; the rest of a longer line is dropped and the line marked truncated.
 MAX_LINE = 64 * 1024
@@ -66,6 +75,23 @@ def oom_kill_count(root: str = "/sys/fs/cgroup") -> int | None:
     return None
 
 
+def trace_ids(line: str) -> dict[str, str]:
+    """The ``trace_id`` and ``span_id`` of a JSON log line (the worker writes its log records so), else none.
+
+    >>> trace_ids('{"message": "hi", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7"}')
+    {'trace_id': '4bf92f3577b34da6a3ce929d0e0e4736', 'span_id': '00f067aa0ba902b7'}
+    """
+    if not line.startswith("{") or '"trace_id"' not in line:
+        return {}
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return {}
+    if not isinstance(entry, dict):
+        return {}
+    return {key: entry[key] for key in ("trace_id", "span_id") if isinstance(entry.get(key), str)}
+
+
 class LineSplitter:
     r"""Splits a byte stream into lines of at most ``limit`` bytes, holding at most ``limit`` bytes in between.
 
@@ -117,7 +143,9 @@ class LineSplitter:
 class OutputPump:
     """One named thread that turns a worker's stdout/stderr lines into log records tagged with the model.
 
-    stdout lines are logged at INFO, stderr lines at WARNING, each with ``extra={"model", "stream", "pid"}``.
+    stdout lines are logged at INFO, stderr lines at WARNING, each with ``extra={"model", "stream", "pid"}``, plus
+    ``trace_id`` and ``span_id`` for a JSON line carrying them (a log record of a traced call: the host's JSON
+    log line then has the call's trace id).
     The last stderr lines are kept for error messages (:attr:`stderr_tail`). A line longer than
     ``max_line`` bytes is cut there and logged with `` [line truncated at N bytes]`` appended and
     ``extra["truncated"]`` true. The thread ends by itself when both pipes reach end-of-file (the process
@@ -172,7 +200,7 @@ class OutputPump:
             self._model,
             stream,
             line,
-            extra={"model": self._model, "stream": stream, "pid": self._pid, "truncated": truncated},
+            extra={"model": self._model, "stream": stream, "pid": self._pid, "truncated": truncated, **trace_ids(line)},
         )
 
     def _run(self) -> None:

@@ -25,6 +25,7 @@ from autoglm_runtime.isolation._scripts.dispatch import WINDOW
 from autoglm_runtime.isolation.workers import _replies
 from autoglm_runtime.isolation.workers._calls import AsyncCallSink, AsyncStreamSink, CallSink, Item, StreamSink
 from autoglm_runtime.isolation.workers._connection import Connection
+from autoglm_runtime.observability._tracing import traceparent
 
 if TYPE_CHECKING:
     from autoglm_runtime.isolation.workers.process import WorkerProcess
@@ -67,6 +68,9 @@ def _request(
 ) -> tuple[int, _protocol.Frame]:
     call_id = worker.next_id()
     message = {"id": call_id, "type": "call", "method": method, "args": list(args), "kwargs": kwargs, "stream": stream}
+    parent = traceparent()
+    if parent is not None:  # the worker joins the caller's trace (its log lines, the model's own spans)
+        message["traceparent"] = parent
     try:
         return call_id, _protocol.encode(message)
     except (TypeError, ValueError, _protocol.FrameError) as exc:
