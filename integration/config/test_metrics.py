@@ -48,7 +48,9 @@ def test_rejections_resyncs_and_the_sync_timestamp_reach_the_registry(
         until(lambda: client.health()["rejected"] == 2, what="both updates rejected")
         assert value("autoglm_config_updates_rejected_total", code="E0409", reason="decode") == 1.0
         assert value("autoglm_config_updates_rejected_total", code="E0409", reason="validator") == 1.0
-        assert value("autoglm_config_resyncs_total", reason="session_expired") is None
+        assert value("autoglm_config_resyncs_total", reason="session_expired") == 0.0
+        assert value("autoglm_config_watch_mode", mode="persistent") == 1.0
+        assert value("autoglm_config_root_missing") == 0.0
         expire_session(kazoo_of(client), hosts=zk_hosts)
         until(lambda: client.health()["resyncs"] == 1, what="the resync after expiry")
         assert value("autoglm_config_resyncs_total", reason="session_expired") == 1.0

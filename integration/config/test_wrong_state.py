@@ -61,6 +61,9 @@ def test_root_deleted_and_restored_in_transactions_is_followed(
     until(lambda: client.get("k0/after") == 1, what="a child created after the restores")
     health = client.health()
     assert (health["connected"], health["stale_seconds"], health["root_missing"]) == (True, 0.0, False)
+    assert set(health["resync_reasons"]) <= {"root_recreated"}  # never counted as a reconnect
+    if how == "seen-missing":
+        assert health["resync_reasons"] == {"root_recreated": 3}
 
 
 def test_a_root_that_does_not_exist_is_said(
@@ -84,7 +87,8 @@ def test_a_root_that_does_not_exist_is_said(
     zk_client.create(f"{zk_root}/typo/a", j(1), makepath=True)
     until(lambda: client.get("a") == 1, what="the root created later")
     until(lambda: not client.health()["root_missing"], what="root_missing cleared")
-    assert client.health()["resyncs"] == 0  # a root created is a change of the tree, not a reconnect
+    # A root created is a change of the tree: counted as such, never as a reconnect.
+    until(lambda: client.health()["resync_reasons"] == {"root_recreated": 1}, what="the resync counted")
 
 
 def test_create_delete_churn_without_a_fault_is_no_drift(

@@ -40,7 +40,7 @@ from autoglm_runtime.config._values import ValuePipeline
 from autoglm_runtime.config._walk import Lost, TreeWalker
 from autoglm_runtime.config._zxid import ZxidGuard
 from autoglm_runtime.config.cache import ConfigCache
-from autoglm_runtime.config.health import ResyncReason, SyncStatus
+from autoglm_runtime.config.health import RESYNCED_AFTER, ResyncReason, SyncStatus
 from autoglm_runtime.errors import ConfigAccessError
 
 __all__ = ["ZooKeeperSync"]
@@ -119,6 +119,7 @@ class ZooKeeperSync:
             enabled=persistent_watch,
         )
         self._connections = 0  # CONNECTED transitions so far (kazoo's connection thread counts them)
+        self._gap = False  # the next full read closes a gap no catch-up could (its resync reason)
         self._thread = threading.Thread(target=self._run, name="autoglm-config-sync", daemon=True)
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -163,8 +164,7 @@ class ZooKeeperSync:
         self._queue.put(("state", (state, zxid)))
 
     def _on_watch(self, event: WatchedEvent) -> None:
-        # kazoo fires every watch with EventType.NONE when it drops them on a connection loss; the resync
-        # that follows the reconnect re-reads everything, so those carry nothing to do.
+        # EventType.NONE: kazoo dropping its watches on a connection loss (the resync that follows covers it).
         if event.type == EventType.NONE or not event.path or self._stopping.is_set():
             return
         if event.path == self.root and event.type == EventType.CHANGED:
@@ -250,6 +250,7 @@ class ZooKeeperSync:
             complete = self._walker.read(action.data | unanswered, action.children | unanswered)
             if complete and self._status.root_missing and self.root in self._tree.children:
                 self._tree.report_root(False, held=0, keys=len(self._cache))
+                self._status.mark_synced(resync=True, reason="root_recreated")
             return None if complete else self._root_gone()
         elif isinstance(action, sm.Confirm):
             # setWatches confirmed every key it did not fire for: they are fresh, not due for a re-read by
@@ -314,18 +315,20 @@ class ZooKeeperSync:
             self._status.source = "zookeeper"
             root_event = self._root_event
             self._root_event = False
-            reason = self._resync_reason()
-            # A root deleted or created is a change of the tree, not a reconnect: not counted as a resync.
-            self._status.mark_synced(resync=action.resync and not root_event and not root_missing, reason=reason)
+            recreated = (self._status.root_missing or root_event) and not root_missing
+            reason: ResyncReason = "root_recreated" if recreated else self._resync_reason()
+            # A root deleted is a change of the tree, not a reconnect: not counted; one created again is.
+            counted = recreated or (action.resync and not root_event and not root_missing)
+            self._status.mark_synced(resync=counted, reason=reason)
             # Said before start() can return on this load.
             self._tree.report_root(root_missing, held=held, keys=len(found))
             # Set under the cache lock: a snapshot served at start must not land after this load.
             self.loaded.set()
-        if action.resync and not root_event and not root_missing:
+        if action.resync and not root_event and not root_missing and not recreated:
             log.info(
                 "config resynced after %s",
-                "session expiry" if reason == "session_expired" else "a reconnect",
-                extra={"hosts": self.hosts, "root": self.root, "keys": len(found)},
+                RESYNCED_AFTER[reason],
+                extra={"hosts": self.hosts, "root": self.root, "keys": len(found), "reason": reason},
             )
         self._guard.checked_session = session
         return sm.FullSyncDone(session, root_appeared=root_appeared)
@@ -335,6 +338,9 @@ class ZooKeeperSync:
         client_id = self.client.client_id
         session = client_id[0] if client_id else None
         previous, self._synced_session = self._synced_session, session
+        if self._gap:
+            self._gap = False
+            return "gap"
         return "reconnect" if previous is None or session == previous else "session_expired"
 
     def _rearm(self, action: sm.Rearm) -> frozenset[str]:
@@ -357,6 +363,7 @@ class ZooKeeperSync:
         elif self._recursive.catch_up(action.relative, data_paths, child_paths, exist_paths, self._on_catch_up):
             self._queue.put(marker)
         else:
+            self._gap = True  # no catch-up session: the whole tree is read again
             self._queue.put(("resync", None))
         return unanswered
 

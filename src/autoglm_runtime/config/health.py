@@ -35,9 +35,18 @@ ConfigState = Literal["new", "starting", "running", "stopped", "failed"]
 #: (the snapshot file served at start, until ZooKeeper answers) or ``"file"`` (the ``file://`` backend).
 ConfigSource = Literal["none", "zookeeper", "snapshot", "file"]
 
-#: Why a resync ran: ``"reconnect"`` (the connection came back, same session) or ``"session_expired"`` (a new
-#: session after the old one expired).
-ResyncReason = Literal["reconnect", "session_expired"]
+#: Why a resync ran: ``"reconnect"`` (the connection came back, same session), ``"session_expired"`` (a new
+#: session after the old one expired), ``"gap"`` (after a reconnect the client could not catch up on what it
+#: missed and read the whole tree again) or ``"root_recreated"`` (the root was missing, then created again:
+#: its tree was loaded anew).
+ResyncReason = Literal["reconnect", "session_expired", "gap", "root_recreated"]
+#: How the "config resynced after ..." log line names each reason.
+RESYNCED_AFTER: dict[ResyncReason, str] = {
+    "reconnect": "a reconnect",
+    "session_expired": "session expiry",
+    "gap": "a reconnect it could not catch up on",
+    "root_recreated": "the root was created again",
+}
 
 #: How a ZooKeeper client follows its tree: ``"persistent"`` (one persistent recursive watch on the root,
 #: ZooKeeper 3.6+), ``"per_node"`` (a data and a child watch per znode: servers before 3.6, or

@@ -27,6 +27,8 @@ Sample = tuple[str, tuple[str, ...], float]
 
 _CONFIG_STATES = ("new", "starting", "running", "stopped", "failed")
 _CONFIG_SOURCES = ("none", "zookeeper", "snapshot", "file")
+_WATCH_MODES = ("persistent", "per_node", "none")
+_RESYNC_REASONS = ("reconnect", "session_expired", "gap", "root_recreated")
 
 CONFIG_FAMILIES = (
     Family(
@@ -39,6 +41,18 @@ CONFIG_FAMILIES = (
     Family("autoglm_config_state", "gauge", "1 for the client's lifecycle state, 0 for the others.", ("root", "state")),
     Family("autoglm_config_source", "gauge", "1 for where the cached values came from.", ("root", "source")),
     Family("autoglm_config_keys", "gauge", "Keys in the config cache.", ("root",)),
+    Family(
+        "autoglm_config_watch_mode",
+        "gauge",
+        "1 for how the client follows ZooKeeper (persistent: one recursive watch; per_node: two per znode).",
+        ("root", "mode"),
+    ),
+    Family(
+        "autoglm_config_root_missing",
+        "gauge",
+        "1 while ZooKeeper says the configured root does not exist (a typo, or deleted).",
+        ("root",),
+    ),
     Family("autoglm_config_resyncs", "counter", "Completed resyncs, by what caused them.", ("root", "reason")),
     Family(
         "autoglm_config_drift_corrected",
@@ -89,7 +103,12 @@ def config_samples(root: str, health: Mapping[str, Any]) -> list[Sample]:
     samples.extend(("autoglm_config_state", (root, s), float(health.get("state") == s)) for s in _CONFIG_STATES)
     samples.extend(("autoglm_config_source", (root, s), float(health.get("source") == s)) for s in _CONFIG_SOURCES)
     samples.append(("autoglm_config_keys", (root,), float(health.get("keys", 0))))
-    for reason, count in sorted(health.get("resync_reasons", {}).items()):
+    mode = health.get("watch_mode", "none")
+    samples.extend(("autoglm_config_watch_mode", (root, m), float(mode == m)) for m in _WATCH_MODES)
+    samples.append(("autoglm_config_root_missing", (root,), 1.0 if health.get("root_missing") else 0.0))
+    # Every reason, always: a rate over a reason that never happened is 0, not absent.
+    reasons = dict.fromkeys(_RESYNC_REASONS, 0) | dict(health.get("resync_reasons", {}))
+    for reason, count in sorted(reasons.items()):
         samples.append(("autoglm_config_resyncs", (root, reason), float(count)))
     samples.append(("autoglm_config_drift_corrected", (root,), float(health.get("drift_corrected", 0))))
     for reason, count in sorted(health.get("rejected_reasons", {}).items()):
