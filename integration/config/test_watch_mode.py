@@ -121,6 +121,7 @@ def test_a_factory_without_a_second_session_reads_the_tree_after_a_gap(
             zk_proxy.restore()
             until(lambda: client.health()["resyncs"] == 1, what="the resync after the gap")
         assert dict(client.snapshot()) == expected
+        assert client.health()["resync_reasons"] == {"gap": 1}  # the whole tree was read to close the gap
         [record] = [r for r in caplog.records if "second, short ZooKeeper session" in r.getMessage()]
         assert record.error_code == "E0409"  # type: ignore[attr-defined]
         assert client.health()["watch_mode"] == "persistent"
@@ -132,7 +133,7 @@ def test_verification_under_a_persistent_watch_reads_stats_not_values(
     zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until, clock: FakeClock
 ) -> None:
     build_tree(zk_client, zk_root, parents=5, children=9)  # 50 keys
-    client = make_client(zk_hosts, zk_root, ttl=30.0)
+    client = make_client(zk_hosts, zk_root, ttl=30.0, reconcile_rate=1000.0)  # the fake clock refills no budget
     client.start(timeout=10)
     before = client.health()
     clock.advance(34)  # every entry (and the root's child list) is due
