@@ -325,8 +325,12 @@ def main() -> None:
         print(f"   {mode:12s} max gap {f['max_gap'] * 1e3:6.1f} ms   gaps > 50 ms {f['over_50ms']:3d}   "
               f"> 11 ms {f['over_10ms']:3d}   writes {f['writes']:3d}   CPU {f['cpu']:4.0%} of a core")  # fmt: skip
     ratio = stall["whole tree"]["max_gap"] / stall["incremental"]["max_gap"]
-    met = "met" if stall["incremental"]["max_gap"] <= 0.010 else "MISSED"
-    print(f"   max gap whole-tree / incremental {ratio:.1f}x (target max gap <= 10 ms: {met})")
+    floor = stall["no writer"]["max_gap"]
+    ours = stall["incremental"]["max_gap"]
+    met = "met" if ours <= 0.010 else "MISSED"
+    added = max(0.0, ours - floor) * 1e3
+    print(f"   max gap whole-tree / incremental {ratio:.1f}x (target max gap <= 10 ms: {met}; the machine's own "
+          f"floor without a writer: {floor * 1e3:.1f} ms, incremental adds {added:.1f} ms)")  # fmt: skip
 
 
 def report_fleet(hosts: str, admin: KazooClient, keys: list[str], n: int) -> None:

@@ -62,3 +62,20 @@ def test_the_incremental_writer_writes_what_read_snapshot_verifies(tmp_path: Pat
     assert read_snapshot(path, hosts="h:1", root="/r").entries == current
     write_snapshot(tmp_path / "t", hosts="h:1", root="/r", entries=current, written_at=7.0)
     assert read_snapshot(tmp_path / "t", hosts="h:1", root="/r").written_at == 7.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.dictionaries(keys, entries, max_size=40), st.integers(1, 7))
+def test_chunks_of_any_size_are_the_canonical_document(tree: dict[str, SnapshotEntry], size: int) -> None:
+    import hashlib
+    import json
+
+    encoder = SnapshotEncoder(hosts="h:1", root="/r")
+    encoder.update(tree)
+    written = b"".join(encoder.chunks(2.5, size=size))
+    document = json.loads(written)
+    digest = document.pop("sha256")
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    assert written == canonical[:-1] + b',"sha256":"' + digest.encode() + b'"}'
+    assert digest == hashlib.sha256(canonical).hexdigest()
+    assert set(document["entries"]) == set(tree)

@@ -25,7 +25,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,14 +107,26 @@ class SnapshotEncoder:
         self._fragments.clear()
         self._order.clear()
 
+    def chunks(self, written_at: float, *, size: int = 512) -> Iterator[bytes]:
+        """The file's bytes in pieces of about ``size`` entries: the canonical body, then its sha256 as the last
+        member. Each piece is a short join (the interpreter can switch threads between pieces, and hashing a
+        piece releases the GIL), never one copy of the whole tree that holds the GIL throughout."""
+        fragments, order = self._fragments, self._order
+        digest = hashlib.sha256()
+        stamp = b',"written_at":' + json.dumps(float(written_at)).encode("ascii")
+        for start in range(0, max(len(order), 1), size):
+            piece = b",".join([fragments[key] for key in order[start : start + size]])
+            piece = self._head + piece if start == 0 else b"," + piece
+            if start + size >= len(order):
+                piece += b"}," + self._tail + stamp
+            digest.update(piece)
+            yield piece
+        digest.update(b"}")
+        yield b',"sha256":"' + digest.hexdigest().encode("ascii") + b'"}'
+
     def payload(self, written_at: float) -> bytes:
         """The file's bytes: the canonical body with its sha256 added as the last member."""
-        fragments = self._fragments
-        entries = b",".join([fragments[key] for key in self._order])
-        stamp = b',"written_at":' + json.dumps(float(written_at)).encode("ascii")
-        body = b"".join((self._head, entries, b"},", self._tail, stamp))
-        digest = hashlib.sha256(body + b"}").hexdigest()  # hashlib releases the GIL on large inputs
-        return body + b',"sha256":"' + digest.encode("ascii") + b'"}'
+        return b"".join(self.chunks(written_at))
 
 
 def write_snapshot(
@@ -135,12 +147,13 @@ def write_snapshot(
     _write_atomically(Path(path), encoder.payload(time.time() if written_at is None else written_at))
 
 
-def _write_atomically(target: Path, payload: bytes) -> None:
+def _write_atomically(target: Path, payload: bytes | Iterable[bytes]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+            for piece in [payload] if isinstance(payload, bytes) else payload:
+                handle.write(piece)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -269,7 +282,7 @@ class SnapshotWriter:
             self._encoder.clear()
         self._encoder.update(changed)
         try:
-            _write_atomically(self.path, self._encoder.payload(time.time()))
+            _write_atomically(self.path, self._encoder.chunks(time.time()))
             self.writes += 1
         except OSError as exc:
             log.warning(
