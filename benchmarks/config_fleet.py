@@ -9,11 +9,15 @@
    count (mntr zk_watch_count) with the fleet loaded, extrapolated to 1,000 clients.
 6. get() stall: a reader thread calls get() every 1 ms on a 100k-key cache while 100 keys/s change and the
    snapshot writer writes (debounce 0.2 s): the longest gap between two get() calls, with the incremental
-   writer and with the whole-tree encoding it replaced (write_snapshot of every entry) as the peer.
+   writer and with the whole-tree encoding it replaced (write_snapshot of every entry) as the peer, and the
+   same loop without a writer (the machine's own scheduling floor).
+7. Memory per key (tracemalloc, everything a started client holds) for a loaded tree of small JSON values:
+   ConfigClient without and with a snapshot file, kazoo TreeCache, and a plain dict of the decoded values.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import tempfile
@@ -284,4 +288,60 @@ def bench_stall(keys: int = 100_000, seconds: float = 5.0) -> dict[str, dict[str
             "writes": writer.writes,
             "cpu": (time.process_time() - cpu0) / seconds,
         }
+    return out
+
+
+# --- memory per key ----------------------------------------------------------------------------------
+
+
+def _traced(build: Any) -> tuple[Any, int]:
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    built = build()
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    return built, used
+
+
+def bench_memory(server: str, root: str) -> dict[str, float]:
+    """Bytes per key of what a started client holds, for the tree under ``root``."""
+    out: dict[str, float] = {}
+    for name, snapshot in (("ConfigClient", None), ("ConfigClient + snapshot", "snapshot")):
+        path = os.path.join(tempfile.mkdtemp(), "s.snapshot") if snapshot else None
+
+        def build(path: str | None = path) -> ConfigClient:
+            client = ConfigClient(server, root, snapshot_path=path)
+            client.start(timeout=120)
+            return client
+
+        client, used = _traced(build)
+        keys = client.health()["keys"]
+        out[name] = used / keys
+        if name == "ConfigClient":
+            values, plain = _traced(
+                lambda client=client: {k: json.loads(json.dumps(v)) for k, v in client.snapshot().items()}
+            )
+            out["dict of decoded values"] = plain / max(len(values), 1)
+        client.stop()
+
+    def tree() -> tuple[KazooClient, TreeCache]:
+        kazoo = KazooClient(hosts=server)
+        kazoo.start(timeout=60)
+        ready = threading.Event()
+        cache = TreeCache(kazoo, root)
+        cache.listen(lambda e: ready.set() if e.event_type == TreeEvent.INITIALIZED else None)
+        cache.start()
+        ready.wait(300)
+        return kazoo, cache
+
+    (kazoo, cache), used = _traced(tree)
+    out["kazoo TreeCache"] = used / max(keys, 1)
+    cache.close()
+    kazoo.stop()
+    kazoo.close()
     return out

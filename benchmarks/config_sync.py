@@ -22,7 +22,7 @@ import time
 import timeit
 from typing import Any
 
-from config_fleet import bench_fleet, bench_stall
+from config_fleet import bench_fleet, bench_memory, bench_stall
 from kazoo.client import KazooClient, KazooState
 from kazoo.recipe.cache import TreeCache, TreeEvent
 from kazoo.recipe.watchers import DataWatch
@@ -313,6 +313,12 @@ def main() -> None:
         print(f"   reconnect -> resynced  {changed['resync']:7.3f} s")
         print(f"   reads issued           {changed['reads']} ({changed['requests']} requests)")
         print(f"   target <= 1.5 s: {'met' if changed['resync'] <= 1.5 else 'MISSED'}")
+        memory = bench_memory(server.hosts, "/bench/tree")
+        print(f"\n7. memory per key of a started client, {args.nodes} nodes (tracemalloc)")
+        for name, per_key in memory.items():
+            print(f"   {name:26s} {per_key:7.0f} B/key")
+        ratio = memory["ConfigClient"] / memory["kazoo TreeCache"]
+        print(f"   ConfigClient / TreeCache {ratio:.2f}x; the raw bytes are kept only with a snapshot file")
         fleet_keys = _populate(admin, "/bench/fleet", args.fleet_nodes)
         for n in [int(x) for x in args.fleet.split(",") if x]:
             report_fleet(server.hosts, admin, fleet_keys, n)

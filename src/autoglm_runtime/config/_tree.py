@@ -25,6 +25,8 @@ __all__ = ["PendingPaths", "TreeApplier"]
 
 log = logging.getLogger("autoglm_runtime.config")
 
+_NONE: frozenset[str] = frozenset()
+
 
 class PendingPaths(set[str]):
     """Paths whose watch fired and whose re-read has not been applied yet (a difference there is not drift).
@@ -225,8 +227,8 @@ class TreeApplier:
         previous = self.children.get(path)
         if previous is not None and result.seq < previous[0]:
             return []
-        names = frozenset(children)
-        old_names = previous[1] if previous is not None else frozenset()
+        names = frozenset(children) if children else _NONE
+        old_names = previous[1] if previous is not None else _NONE
         base = self._prefix if not key else path + "/"
         if old_names - names and self._behind():
             names = names | old_names  # a lagging server's missing children are re-checked later
@@ -237,8 +239,10 @@ class TreeApplier:
                 n for n in old_names - names if (e := entry(self.key(base + n))) is not None and e.seq > result.seq
             }
         # A child a newer read saw deleted is not back because this older list still names it.
-        names -= {n for n in names - old_names if self._cache.removed_after(self.key(base + n), result.seq)}
-        self.children[path] = (result.seq, names)
+        stale = {n for n in names - old_names if self._cache.removed_after(self.key(base + n), result.seq)}
+        if stale:
+            names = (names - stale) or _NONE
+        self.children[path] = (result.seq, names)  # most znodes are leaves: they share one empty frozenset
         if not key:
             self._cache.touch("")
         for gone in old_names - names:

@@ -83,8 +83,12 @@ class ConfigCache:
         timer: Callable[[], float] | None = None,
         publish: Callable[[ConfigChange], None] | None = None,
         rng: random.Random | None = None,
+        keep_data: bool = True,
     ) -> None:
         self.ttl = ttl
+        #: Keep each entry's raw bytes (a snapshot file needs them); without, entries from ZooKeeper hold only
+        #: the decoded value (half the memory for large values).
+        self.keep_data = keep_data
         #: The largest mzxid read from ZooKeeper (snapshot entries excluded); 0 after :meth:`forget_versions`.
         self.max_mzxid = 0
         self.lock = threading.RLock()
@@ -205,7 +209,8 @@ class ConfigCache:
                     return None
                 self._tombstones.pop(key, None)
                 change = ConfigChange(key, "added", None, value, mzxid)
-            self._entries[key] = CachedEntry(value, data, czxid, mzxid, seq)
+            kept = data if self.keep_data or seq == SNAPSHOT_SEQ else b""
+            self._entries[key] = CachedEntry(value, kept, czxid, mzxid, seq)
             if seq > SNAPSHOT_SEQ:
                 self.max_mzxid = max(self.max_mzxid, mzxid)
             self._values[key] = value

@@ -121,7 +121,7 @@ class ConfigClient(Reads):
         self._status = SyncStatus(timer=timer, root=self.root)
         self._dispatcher = Dispatcher()
         self._writer: SnapshotWriter | None = None
-        self._cache = ConfigCache(ttl=ttl, timer=timer, publish=self._on_change)
+        self._cache = ConfigCache(ttl=ttl, timer=timer, publish=self._on_change, keep_data=snapshot_path is not None)
         self._values = self._cache.values
         self._pipeline = ValuePipeline(cache=self._cache, codec=self._codec, validator=validator, status=self._status)
         self._snapshot_debounce = tuning.snapshot_debounce
