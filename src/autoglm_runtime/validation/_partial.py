@@ -4,8 +4,7 @@ Serializing a multi-megabyte tool definition costs several times what parsing it
 a guard's :meth:`~ContextWindowGuard.text_limit`, its first characters are all the guard needs to reject it: with a
 sound characters-per-token bound by length alone, without one by counting the start with early exit (the whole text
 holds at least the start's tokens less one cut's slack; :meth:`~ContextWindowGuard.least_tokens` does either). When
-the start proves nothing, the guard raises
-:class:`IncompleteInput` and the caller judges the whole text.
+the start proves nothing, the guard raises :class:`IncompleteInput` and the caller judges the whole text.
 """
 
 from __future__ import annotations
