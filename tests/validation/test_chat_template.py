@@ -234,3 +234,30 @@ def test_without_a_template_a_tool_result_stays_with_its_call(tmp_path: Path) ->
     full = _tool_guard(directory, 100_000, False).judge(extracted.guard_input()).input_tokens
     result = _tool_guard(directory, full - 20, False).judge(extracted.guard_input())
     assert result.dropped_messages == (0,)
+
+
+@pytest.mark.parametrize(
+    ("message", "state"), [({"role": "user"}, "missing"), ({"role": "user", "content": None}, "null")]
+)
+def test_a_message_without_content_is_named(message: dict[str, Any], state: str) -> None:
+    template = ChatTemplate("{% for m in messages %}<{{ m.role }}>{{ m['content'] + '|' }}{% endfor %}")
+    with pytest.raises(InvalidRequestError) as info:
+        template.render([{"role": "system", "content": "be brief"}, message])
+    kind, detail = (
+        ("UndefinedError", "'dict object' has no attribute 'content'")
+        if state == "missing"
+        else ("TypeError", "unsupported operand type(s) for +: 'NoneType' and 'str'")
+    )
+    assert info.value.message == (
+        f"messages[1] (role 'user') has no content (its 'content' is {state}), and the model's chat template cannot "
+        f"render a message without it ({kind}: {detail}): send messages[1] with a 'content' string"
+    )
+    assert info.value.param == "messages[1].content"
+
+
+def test_a_template_failing_for_another_reason_keeps_its_words() -> None:
+    template = ChatTemplate("{% for m in messages %}{{ raise_exception('no ' + m.role) }}{% endfor %}")
+    with pytest.raises(InvalidRequestError) as info:
+        template.render([{"role": "user"}])
+    assert info.value.message == "the model's chat template rejected the messages: no user: fix the conversation"
+    assert info.value.param == "messages"

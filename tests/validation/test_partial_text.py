@@ -77,7 +77,34 @@ def test_with_truncation_on_a_long_tool_definition_is_still_rejected() -> None:
     assert extracted.partial == frozenset({1})
     with pytest.raises(ContextWindowExceededError) as info:
         guard.judge(extracted.guard_input())
-    assert "you requested at least 101 tokens" in info.value.message
+    # Truncation cannot help: the message says the pieces never truncated are what leaves no room.
+    assert info.value.message == (
+        "This model's maximum context length is 100 tokens. However, the system and developer messages, tool "
+        "definitions and other pieces that are never truncated leave no room for the rest of the input (you "
+        "requested at least 101 tokens (at least 101 in the input, 0 in the completion asked for by max_tokens), "
+        "more than the context window of 100 tokens: shorten the input or lower max_tokens)"
+    )
+    assert info.value.param == "messages"
+
+
+def test_least_tokens_is_the_seam_for_judging_a_start() -> None:
+    encoded: list[int] = []
+
+    def encode(text: str) -> list[int]:
+        encoded.append(len(text))
+        return list(range((len(text) + 1) // 2))
+
+    text = "y " * 100_000
+    # With a bound: by length alone, nothing tokenized.
+    bounded = ContextWindowGuard(CallableTokenizer(encode, max_token_chars=2), 100)
+    assert bounded.least_tokens([text, "abc"], 100) == 100_002
+    assert encoded == []
+    # Without one: counted with early exit, less one cut's slack, tokenizing only a little past the window.
+    blind = ContextWindowGuard(CallableTokenizer(encode), 100)
+    least = blind.least_tokens([text], 100)
+    assert 100 < least < 100_000
+    assert sum(encoded) < 20_000
+    assert blind.least_tokens(["y y"], 100) == 0  # two tokens, less the slack of a cut
 
 
 def test_without_a_bound_the_start_is_counted_with_early_exit() -> None:

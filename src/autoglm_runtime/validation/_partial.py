@@ -3,8 +3,8 @@
 Serializing a multi-megabyte tool definition costs several times what parsing it did. When the text is longer than
 a guard's :meth:`~ContextWindowGuard.text_limit`, its first characters are all the guard needs to reject it: with a
 sound characters-per-token bound by length alone, without one by counting the start with early exit (the whole text
-holds at least the start's tokens less one cut's slack). When the start proves nothing, the guard raises
-:class:`IncompleteInput` and the caller judges the whole text.
+holds at least the start's tokens less one cut's slack; :meth:`~ContextWindowGuard.least_tokens` does either). When
+the start proves nothing, the guard raises :class:`IncompleteInput` and the caller judges the whole text.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from autoglm_runtime.validation.context_window import BOUNDARY_SLACK, overflow_error
+from autoglm_runtime.validation._truncation import pinned_error
+from autoglm_runtime.validation.context_window import overflow_error
 from autoglm_runtime.validation.limits import Limits
 from autoglm_runtime.validation.request import GuardInput, IncompleteInput, Segment
 
@@ -90,34 +91,31 @@ def json_prefix(value: Any, limit: int) -> str | None:
 
 
 def reject_partial(
-    guard: ContextWindowGuard, request: GuardInput, segments: list[Segment], output: int, limits: Limits
+    guard: ContextWindowGuard,
+    request: GuardInput,
+    segments: list[Segment],
+    output: int,
+    limits: Limits,
+    *,
+    truncating: bool,
 ) -> None:
-    """E0513 when the start of the partial segments already proves the overflow; else :class:`IncompleteInput`."""
-    budget = limits.context_window - output - request.fixed_tokens
-    if guard.chat_template is None and guard.max_chars_per_token is not None:
-        # The partial pieces alone: they are pinned, so with truncation on, the rest could still be cut to fit.
-        guard._precheck(
-            [segments[index] for index in sorted(request.partial)],
-            budget,
-            fixed=request.fixed_tokens,
-            output=output,
-            window=limits.context_window,
-            request=request,
-        )
-    elif guard.chat_template is None:
-        for index in sorted(request.partial):
-            text = segments[index]
-            if not isinstance(text, str):
-                continue
-            counted, _ = guard._count_long(text, budget + BOUNDARY_SLACK, None)
-            # The whole text holds at least the tokens of its start, less one cut's slack.
-            if counted - BOUNDARY_SLACK > budget:
-                raise overflow_error(
-                    counted - BOUNDARY_SLACK + request.fixed_tokens,
-                    output,
-                    limits.context_window,
-                    request.param,
-                    request.output_param,
-                    at_least=True,
-                )
+    """E0513 when the start of the partial segments already proves the overflow; else :class:`IncompleteInput`.
+
+    The partial pieces are weighed alone: they are pinned, so with truncation on the rest could still be cut to fit,
+    and the rejection then says that the pieces never truncated leave no room.
+    """
+    if guard.chat_template is None:
+        budget = limits.context_window - output - request.fixed_tokens
+        starts = [text for index in sorted(request.partial) if isinstance(text := segments[index], str)]
+        least = guard.least_tokens(starts, budget)
+        if least > budget:
+            exc = overflow_error(
+                least + request.fixed_tokens,
+                output,
+                limits.context_window,
+                request.param,
+                request.output_param,
+                at_least=True,
+            )
+            raise pinned_error(exc, request, limits.context_window) if truncating else exc
     raise IncompleteInput(f"segments {sorted(request.partial)} hold only the start of their text")

@@ -39,7 +39,7 @@ _RESULT_ROLES = frozenset({"tool", "function"})
 _CALL_KEYS = ("tool_calls", "function_call")
 
 
-def _pinned_error(exc: ContextWindowExceededError, request: GuardInput, window: int) -> ContextWindowExceededError:
+def pinned_error(exc: ContextWindowExceededError, request: GuardInput, window: int) -> ContextWindowExceededError:
     return ContextWindowExceededError(
         f"This model's maximum context length is {window} tokens. However, the system and developer messages, tool "
         f"definitions and other pieces that are never truncated leave no room for the rest of the input "
@@ -94,7 +94,7 @@ def judge_truncating(  # noqa: PLR0912  (the cut order: batch, chat turns, plain
             [segments[i] for i in pinned], budget - 1, request, fixed=fixed, output=output, window=window
         )
     except ContextWindowExceededError as exc:
-        raise _pinned_error(exc, request, window) if pinned or fixed else exc from None
+        raise pinned_error(exc, request, window) if pinned or fixed else exc from None
     room = budget - sum(len(i) for i in pinned_ids)
     ids: list[list[int]] = [[] for _ in segments]
     for i, found in zip(pinned, pinned_ids, strict=True):
@@ -265,7 +265,7 @@ def judge_rendered(
     try:
         measure(render(_first(units, len(units))), budget - 1)
     except ContextWindowExceededError as exc:
-        raise _pinned_error(exc, request, window) from None
+        raise pinned_error(exc, request, window) from None
 
     def fits(k: int) -> tuple[str, list[int]] | None:
         return _fits(render(_first(units, k)), budget, guard)

@@ -140,21 +140,45 @@ class ChatTemplate:
         A template that rejects the conversation (``raise_exception``) or fails on it is a bad request: E5010.
         """
         try:
-            return str(
-                self._template.render(
-                    messages=list(messages),
-                    tools=list(tools) if tools is not None else None,
-                    documents=None,
-                    add_generation_prompt=self.add_generation_prompt,
-                    **self.special_tokens,
-                )
-            )
+            return self._render(messages, tools)
         except self._errors as exc:
-            raise InvalidRequestError(
+            raise self._named(messages, tools, exc) or InvalidRequestError(
                 f"the model's chat template rejected the messages: {exc}: fix the conversation", param="messages"
             ) from exc
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
-            raise InvalidRequestError(
+            raise self._named(messages, tools, exc) or InvalidRequestError(
                 f"the model's chat template failed on the messages ({type(exc).__name__}: {exc}): fix the conversation",
                 param="messages",
             ) from exc
+
+    def _render(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None) -> str:
+        return str(
+            self._template.render(
+                messages=list(messages),
+                tools=list(tools) if tools is not None else None,
+                documents=None,
+                add_generation_prompt=self.add_generation_prompt,
+                **self.special_tokens,
+            )
+        )
+
+    def _named(
+        self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None, exc: Exception
+    ) -> InvalidRequestError | None:
+        """E5010 naming the first message without content, when giving those messages content lets the template
+        render (so their missing content is what it failed on); ``None`` otherwise."""
+        empty = [n for n, m in enumerate(messages) if isinstance(m, Mapping) and m.get("content") is None]
+        if not empty:
+            return None
+        try:
+            self._render([{**m, "content": ""} if n in empty else m for n, m in enumerate(messages)], tools)
+        except Exception:  # something else is wrong too: keep the template's own words
+            return None
+        first = messages[empty[0]]
+        state = "is null" if "content" in first else "is missing"
+        return InvalidRequestError(
+            f"messages[{empty[0]}] (role {first.get('role')!r}) has no content (its 'content' {state}), and the "
+            f"model's chat template cannot render a message without it ({type(exc).__name__}: {exc}): send "
+            f"messages[{empty[0]}] with a 'content' string",
+            param=f"messages[{empty[0]}].content",
+        )

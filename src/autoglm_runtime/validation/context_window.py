@@ -207,7 +207,9 @@ context window of 4 tokens: shorten the input or lower max_tokens
         if request.partial:
             from autoglm_runtime.validation._partial import reject_partial
 
-            reject_partial(self, request, segments, output, limits)
+            reject_partial(
+                self, request, segments, output, limits, truncating=limits.truncate_on_overflow and allow_truncation
+            )
         if not request.batch:
             return self._judge_one(request, segments, output, limits, allow_truncation)
         shared = [segment for index, segment in enumerate(segments) if index in request.pinned]
@@ -314,6 +316,28 @@ context window of 4 tokens: shorten the input or lower max_tokens
         at_least = ids + -(-chars // per_token)
         if at_least > budget:
             raise overflow_error(at_least + fixed, output, window, request.param, request.output_param, at_least=True)
+
+    def least_tokens(self, texts: Sequence[str], enough: int) -> int:
+        """A proven lower bound on the tokens of texts that begin with ``texts``, working no harder than it takes
+        to pass ``enough``.
+
+        Each text may be only the start of a longer one. With a sound ``max_chars_per_token`` the bound is their
+        length over it; without one, each start is counted with early exit, less one cut's slack (the whole text
+        holds at least its start's tokens, less what one cut can split).
+
+        >>> from autoglm_runtime.validation import CallableTokenizer
+        >>> ContextWindowGuard(CallableTokenizer(list, max_token_chars=4), 8).least_tokens(["x" * 10], 8)
+        3
+        """
+        if self.max_chars_per_token is not None:
+            return -(-sum(map(len, texts)) // self.max_chars_per_token)
+        least = 0
+        for text in texts:
+            counted, _ = self._count_long(text, enough - least + BOUNDARY_SLACK, None)
+            least += max(counted - BOUNDARY_SLACK, 0)
+            if least > enough:
+                break
+        return least
 
     def count(
         self,

@@ -11,20 +11,24 @@ The libraries are imported when an adapter is built, so importing this module ne
 
 ``max_token_chars`` is the most characters of input one token can stand for, when that is knowable *soundly*;
 the context-window guard uses it for a pre-check that rejects absurd input without tokenizing. A wrong bound would
-reject input that fits, so adapters only report one when the tokenizer keeps every byte of input in some token
-(tiktoken; byte-level BPE without a normalizer). Tokenizers that drop whitespace, normalize, or map a whole unknown
-word to one token report ``None``, and the guard relies on early-exit counting instead.
+reject input that fits, so adapters only report one when it is proven: tiktoken (every byte of input is in some
+token), and Hugging Face BPE tokenizers whose normalizer, pre-tokenizer and model never drop or fuse text (byte-level
+with or without an NFC normalizer, Metaspace/SentencePiece-style with byte fallback; the proof is in
+:mod:`autoglm_runtime.validation._token_bounds`). WordPiece, WordLevel, Unigram and tokenizers that strip text
+report ``None``, and the guard relies on early-exit counting instead.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from autoglm_runtime.errors import UsageError
+from autoglm_runtime.validation._token_bounds import max_token_chars
 
 __all__ = [
     "BatchTokenizer",
@@ -154,18 +158,8 @@ class HFTokenizer:
 
 
 def _hf_max_token_chars(tok: Any) -> int | None:
-    """A sound per-token character bound for byte-level BPE without a normalizer; ``None`` otherwise."""
-    model = tok.model
-    if type(model).__name__ != "BPE" or tok.normalizer is not None:
-        return None
-    if model.unk_token is not None and model.fuse_unk:
-        return None
-    if "ByteLevel" not in repr(tok.pre_tokenizer):
-        return None
-    # A byte-level vocabulary spells each byte as one character, so an entry's length is its byte count,
-    # and every input character is at least one byte.
-    longest = max((len(token) for token in tok.get_vocab(with_added_tokens=True)), default=1)
-    return max(longest, 1)
+    """The sound per-token character bound :mod:`._token_bounds` derives from ``tok``'s ``tokenizer.json``."""
+    return max_token_chars(json.loads(tok.to_str()))
 
 
 def load_tiktoken_ranks(path: str | Path) -> dict[bytes, int]:
