@@ -31,6 +31,7 @@ OPTIONAL = {
     "metrics": "prometheus_client",
     "tracing": "opentelemetry",
     "numpy": "numpy",
+    "typed": "pydantic",
 }
 TEST_ONLY = {"pytest", "testcontainers", "docker"}  # the harness's container backend (docker comes with testcontainers)
 #: Stdlib modules of other Python versions than this one (subinterpreters: 3.12 and 3.13+).

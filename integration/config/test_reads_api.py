@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from integration.config._helpers import Factory, Until, j, kazoo_of
 from kazoo.client import KazooClient
+from pydantic import BaseModel
 
 from autoglm_runtime import ConfigClient
 from autoglm_runtime.config import ConfigChange, SnapshotEntry, write_snapshot
-from autoglm_runtime.errors import ConfigTimeoutError, ConfigTypeError, ConfigUnavailableError
+from autoglm_runtime.errors import ConfigTimeoutError, ConfigTypeError, ConfigUnavailableError, UsageError
 from autoglm_runtime.testing.zookeeper import ZooKeeperServer
 
 
@@ -139,3 +140,84 @@ def test_refused_connections_with_a_snapshot_start_at_once(
     assert {getattr(r, "error_code", None) for r in kazoo_lines} == {"E0409"}
     templates = [r.msg for r in kazoo_lines]
     assert len(templates) == len(set(templates))
+
+
+def test_a_typed_read_on_a_directory_names_the_directory(tmp_path: Path) -> None:
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "s").write_bytes(j("true"))
+    with (
+        ConfigClient(f"file://{tmp_path}", "/cfg", snapshot_path=None) as client,
+        pytest.raises(ConfigTypeError) as info,
+    ):
+        client.get_bool("s")
+    assert info.value.message == (
+        "config key 's' under /cfg holds str 'true', not bool: fix the value in the config directory or read it "
+        "with get()"
+    )
+
+
+class Limits(BaseModel):
+    context_window: int
+    truncate_on_overflow: bool = False
+    stop: list[str] = []
+
+
+def test_a_typed_view_is_validated_and_last_known_good(
+    zk_hosts: str,
+    zk_root: str,
+    zk_client: KazooClient,
+    make_client: Factory,
+    until: Until,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    zk_client.create(f"{zk_root}/limits/m/context_window", j(8192), makepath=True)
+    zk_client.create(f"{zk_root}/limits/m/stop", j(["</s>"]))
+    zk_client.create(f"{zk_root}/limits/other/context_window", j("not mine"), makepath=True)
+    client = make_client(zk_hosts, zk_root)
+    client.start(timeout=10)
+    with client.typed_view("limits/m", Limits) as view:
+        assert view.get() == Limits(context_window=8192, stop=["</s>"])
+        seen: list[Limits] = []
+        view.subscribe(seen.append)
+        zk_client.create(f"{zk_root}/limits/m/truncate_on_overflow", j(True))
+        until(lambda: view.get().truncate_on_overflow)
+        # A bad value refuses the whole group: the last valid model stays, said once as E0409.
+        with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
+            zk_client.set(f"{zk_root}/limits/m/context_window", j("huge"))
+            until(lambda: view.error is not None, what="the refusal")
+            zk_client.set(f"{zk_root}/limits/m/stop", j(["</s>", "<eot>"]))  # still refused: context_window
+            until(lambda: client.get("limits/m/stop") == ["</s>", "<eot>"])
+        assert view.get() == Limits(context_window=8192, truncate_on_overflow=True, stop=["</s>"])
+        assert view.error is not None
+        assert view.error.code == "E0409"
+        assert view.error.message.startswith(
+            f"config under 'limits/m' of {zk_root} is not a valid Limits: context_window: Input should be a valid "
+            "integer"
+        )
+        assert view.error.message.endswith("; keeping the last valid one")
+        refusals = [r for r in caplog.records if "is not a valid Limits" in r.getMessage()]
+        assert len(refusals) == 2  # once per refused state, not once per event
+        assert all(r.error_code == "E0409" for r in refusals)  # type: ignore[attr-defined]
+        zk_client.set(f"{zk_root}/limits/m/context_window", j(4096))
+        until(lambda: view.get().context_window == 4096)
+        assert view.error is None
+        assert view.get().stop == ["</s>", "<eot>"]
+        assert client.wait_listeners(10)
+        assert seen[0] == Limits(context_window=8192, truncate_on_overflow=True, stop=["</s>"])
+        assert seen[-1] == Limits(context_window=4096, truncate_on_overflow=True, stop=["</s>", "<eot>"])
+
+
+def test_a_typed_view_that_never_validated_raises(
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory
+) -> None:
+    zk_client.create(f"{zk_root}/limits/m/truncate_on_overflow", j(True), makepath=True)
+    client = make_client(zk_hosts, zk_root)
+    client.start(timeout=10)
+    view = client.typed_view("limits/m", Limits)
+    with pytest.raises(ConfigTypeError) as info:
+        view.get()
+    assert info.value.message == (
+        f"config under 'limits/m' of {zk_root} is not a valid Limits: context_window: Field required; no valid one yet"
+    )
+    with pytest.raises(UsageError, match="typed_view needs a pydantic BaseModel subclass"):
+        client.typed_view("limits/m", dict)  # type: ignore[type-var]

@@ -15,6 +15,7 @@ from autoglm_runtime.config.dispatcher import ConfigChange, Listener
 from autoglm_runtime.config.health import ConfigHealth, ConfigSource, ConfigState
 from autoglm_runtime.config.settings import SyncTuning, ZooKeeperConnection
 from autoglm_runtime.config.snapshot import Snapshot, SnapshotEntry, read_snapshot, write_snapshot
+from autoglm_runtime.config.typed import TypedView
 
 __all__ = [
     "BytesCodec",
@@ -32,6 +33,7 @@ __all__ = [
     "SnapshotEntry",
     "SyncTuning",
     "TextCodec",
+    "TypedView",
     "Validator",
     "ZooKeeperConnection",
     "read_snapshot",

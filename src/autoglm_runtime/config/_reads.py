@@ -12,15 +12,21 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from autoglm_runtime.config.cache import ConfigCache
 from autoglm_runtime.config.dispatcher import ConfigChange, Dispatcher, Listener
 from autoglm_runtime.errors import ConfigTimeoutError, ConfigTypeError
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from autoglm_runtime.config.typed import TypedView
+
 __all__ = ["Reads"]
 
 T = TypeVar("T")
+M = TypeVar("M", bound="BaseModel")
 _MISSING: Any = object()
 
 
@@ -47,9 +53,10 @@ class Reads:
         if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
             found: Any = value
             return float(found) if name == "float" else found
+        where = "the config directory" if getattr(self, "hosts", "").startswith("file://") else "ZooKeeper"
         raise ConfigTypeError(
             f"config key {key!r} under {self.root} holds {type(value).__name__} {_short(value)}, not {name}: "
-            f"fix the value in ZooKeeper or read it with get()"
+            f"fix the value in {where} or read it with get()"
         )
 
     def get_int(self, key: str, default: int = _MISSING) -> int:
@@ -119,6 +126,17 @@ class Reads:
             view = {k: v for k, v in self._values.items() if k.startswith(prefix)}
             unsubscribe = self._dispatcher.subscribe(prefix, fn, after=self._dispatcher.published)
         return MappingProxyType(view), unsubscribe
+
+    def typed_view(self, prefix: str, model: type[M]) -> TypedView[M]:
+        """The keys under ``prefix`` as one pydantic ``model``, validated on every change and last-known-good:
+        see :class:`~autoglm_runtime.config.typed.TypedView` (needs the ``typed`` extra)::
+
+            limits = config.typed_view("limits/words-numpy1", Limits)
+            limits.get().context_window
+        """
+        from autoglm_runtime.config.typed import TypedView
+
+        return TypedView(self, prefix, model)  # type: ignore[arg-type]
 
     async def changes(self, prefix: str = "") -> AsyncIterator[ConfigChange]:
         """The changes under ``prefix`` from now on, as an async iterator on the running event loop::
