@@ -341,8 +341,9 @@ async def _read(receive: Any) -> bytes:
             return b"".join(chunks)
 
 
-def _apps(tok: Any, pool: ThreadPoolExecutor) -> tuple[Any, Any, ValidationMiddleware]:
-    """The same app tokenizing on the event loop, on a worker thread, and behind the guard reusing its result."""
+def _apps(tok: Any, pool: ThreadPoolExecutor) -> tuple[Any, Any, ValidationMiddleware, ValidationMiddleware]:
+    """The same app tokenizing on the event loop, on a worker thread, and behind the guard reusing its result
+    (the guard judging on its thread pool, the default, and on the event loop, ``offload=False``)."""
 
     async def respond(send: Any, tokens: int) -> None:
         payload = json.dumps({"usage": {"prompt_tokens": tokens}}).encode()
@@ -367,6 +368,7 @@ def _apps(tok: Any, pool: ThreadPoolExecutor) -> tuple[Any, Any, ValidationMiddl
         tokenizing_app,
         offloading_app,
         ValidationMiddleware(reusing_app, context_guard=ContextWindowGuard(tok, 16_384)),
+        ValidationMiddleware(reusing_app, context_guard=ContextWindowGuard(tok, 16_384), offload=False),
     )
 
 
@@ -423,9 +425,9 @@ def app_overhead(raw: Tokenizer, prompt: str) -> None:
     body = json.dumps({"prompt": prompt, "max_tokens": 512}).encode()
     tok = _TimedTokenizer(raw)
     with ThreadPoolExecutor(1, thread_name_prefix="bench-tokenizer") as pool:
-        on_loop, on_thread, guarded = _apps(tok, pool)
-        with guarded:
-            times, tokenizing = _measure_apps((on_loop, on_thread, guarded), body, APP_ROUNDS)
+        on_loop, on_thread, guarded, guarded_inline = _apps(tok, pool)
+        with guarded, guarded_inline:
+            times, tokenizing = _measure_apps((on_loop, on_thread, guarded, guarded_inline), body, APP_ROUNDS)
     outside = [[t - k for t, k in zip(ts, ks, strict=True)] for ts, ks in zip(times, tokenizing, strict=True)]
     # The tokenizer's own CPU time swings by a few percent from request to request on a shared machine, more than
     # the guard costs; every app makes the same tokenizer call, so one median of all of them stands for each.
@@ -433,26 +435,37 @@ def app_overhead(raw: Tokenizer, prompt: str) -> None:
     print()
     print(
         f"app overhead: CPU per 8k-token request (process time of all threads; {APP_ROUNDS} rounds of "
-        f"{APP_BLOCK}-request blocks, A B C C B A); the tokenizer call itself: {encode * 1e3:.3f} ms"
+        f"{APP_BLOCK}-request blocks, A B C D D C B A); the tokenizer call itself: {encode * 1e3:.3f} ms"
     )
-    labels = ("app tokenizing on the event loop", "app tokenizing on a worker thread", "app behind the guard, reusing")
+    labels = (
+        "app tokenizing on the event loop",
+        "app tokenizing on a worker thread",
+        "app behind the guard, reusing",
+        "the same, guard with offload=False",
+    )
     for label, seconds, rest in zip(labels, times, outside, strict=True):
         low, middle, high = statistics.quantiles(rest, n=4)
         print(
             f"  {label:<42}{statistics.median(seconds) * 1e3:8.3f} ms   (outside the tokenizer: "
             f"{middle * 1e6:5.0f} us, quartiles {low * 1e6:.0f}-{high * 1e6:.0f})"
         )
-    guard_rest = statistics.median(outside[2])
-    for index, label in ((0, "on the event loop"), (1, "on a worker thread")):
+    # Like for like: the guard judging on a thread (the default) against the app tokenizing on one, the guard
+    # judging on the event loop against the app doing so; and the default against the event-loop app.
+    for guard, index, label in (
+        (2, 1, "guarded / app tokenizing on a worker thread"),
+        (3, 0, "guarded inline / app tokenizing on the event loop"),
+        (2, 0, "guarded / app tokenizing on the event loop"),
+    ):
         per_round = APP_BLOCK * 2
         ratios = [
-            sum(times[2][r * per_round : (r + 1) * per_round]) / sum(times[index][r * per_round : (r + 1) * per_round])
+            sum(times[guard][r * per_round : (r + 1) * per_round])
+            / sum(times[index][r * per_round : (r + 1) * per_round])
             for r in range(APP_ROUNDS)
         ]
         low, middle, high = statistics.quantiles(ratios, n=4)
-        peer_rest = statistics.median(outside[index])
+        guard_rest, peer_rest = statistics.median(outside[guard]), statistics.median(outside[index])
         print(
-            f"  ratio guarded / app tokenizing {label:<19}{(encode + guard_rest) / (encode + peer_rest):6.3f}x   "
+            f"  ratio {label:<50}{(encode + guard_rest) / (encode + peer_rest):6.3f}x   "
             f"(outside the tokenizer {guard_rest * 1e6:.0f} vs {peer_rest * 1e6:.0f} us; direct: median round "
             f"{middle:.3f}x, quartiles {low:.3f}-{high:.3f}; target <= 1.05x)"
         )
