@@ -181,9 +181,14 @@ def outage(
     changed = {key: stamp + i for i, key in enumerate(keys[: int(len(keys) * share)])}
     pings = len(fleet.procs) * 50
     fleet.all("cut")
-    for key, value in changed.items():
-        admin.set_async(f"{root}/{key}", str(value).encode())
-    admin.sync(root)
+    # With retries: on a loaded machine the admin session may drop while hundreds of clients reconnect.
+    pending = [admin.set_async(f"{root}/{key}", str(value).encode()) for key, value in changed.items()]
+    for (key, value), result in zip(changed.items(), pending, strict=True):
+        try:
+            result.get(timeout=30)
+        except Exception:
+            admin.retry(admin.set, f"{root}/{key}", str(value).encode())
+    admin.retry(admin.sync, root)
     if expire:
         fleet.all("expire")
     before = _quiet(server, pings)

@@ -273,7 +273,7 @@ def main() -> None:
 
     with start_zookeeper() as server:
         print(f"ZooKeeper: {server.backend} backend at {server.hosts}")
-        admin = KazooClient(hosts=server.hosts)
+        admin = KazooClient(hosts=server.hosts, timeout=30.0)
         admin.start()
         keys = _populate(admin, "/bench/tree", args.nodes)
         print(f"populated {len(keys) + len({k.split('/')[0] for k in keys})} nodes under /bench/tree")
