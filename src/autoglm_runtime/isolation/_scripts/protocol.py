@@ -26,11 +26,14 @@ stream stays in step.
 from __future__ import annotations
 
 import json
+import math
 import re
+import select
 import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
@@ -45,6 +48,7 @@ __all__ = [
     "decode",
     "encode",
     "send",
+    "wait_writable",
     "write_frame",
 ]
 
@@ -176,16 +180,43 @@ class _Collector:
 _OPTIONS: Any = {"ensure_ascii": False, "allow_nan": True, "separators": (",", ":")}
 
 
+def _c_dumps() -> Any:
+    """``dumps(value, default)`` on the C encoder directly (what ``JSONEncoder.encode`` builds on each call, less
+    its Python layers: a small call costs noticeably less); ``None`` where this interpreter has no usable one."""
+    try:
+        from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+
+        def dumps(value: Any, default: Any) -> str:
+            return "".join(c_make_encoder({}, default, encode_basestring, None, ":", ",", False, False, True)(value, 0))
+
+        if c_make_encoder is None or dumps({"a": [1.5, "\u00e9", None, True, float("nan")]}, repr) != (
+            json.JSONEncoder(**_OPTIONS).encode({"a": [1.5, "\u00e9", None, True, float("nan")]})
+        ):
+            return None
+    except Exception:  # ImportError, or a C encoder of another signature
+        return None
+    return dumps
+
+
+_DUMPS = _c_dumps()
+
+
+def _dumps(value: Any, default: Any) -> str:
+    if _DUMPS is not None:
+        return _DUMPS(value, default)  # type: ignore[no-any-return]
+    return json.JSONEncoder(default=default, **_OPTIONS).encode(value)
+
+
 def encode(message: Any) -> Frame:
     """``message`` as a :data:`Frame`; raises ``TypeError`` for values that cannot travel, ``ValueError`` for
     values nested too deeply (or containing themselves), ``FrameError`` when the JSON exceeds :data:`MAX_FRAME`."""
     collector = _Collector()
     try:
-        body = json.JSONEncoder(default=collector.tag, **_OPTIONS).encode(message)
+        body = _dumps(message, collector.tag)
         # Each tag's key dumps as one '"$'; any more is a user key (or a string) starting with "$".
         if body.count('"$') != len(collector.buffers):
             collector = _Collector()
-            body = json.JSONEncoder(default=collector.tag, **_OPTIONS).encode(collector.escape(message))
+            body = _dumps(collector.escape(message), collector.tag)
     except (RecursionError, ValueError) as exc:
         if isinstance(exc, ValueError) and str(exc) != "Circular reference detected":
             raise
@@ -196,7 +227,9 @@ def encode(message: Any) -> Frame:
     buffers = collector.buffers
     if len(buffers) > MAX_BUFFERS:
         raise FrameError(f"message holds {len(buffers)} binary values, more than the limit of {MAX_BUFFERS}")
-    lengths = b"".join(_LENGTH.pack(view.nbytes) for view in buffers)
+    if not buffers:
+        return _HEAD.pack(len(data), 0) + data, buffers
+    lengths = struct.pack(f">{len(buffers)}Q", *[view.nbytes for view in buffers])
     return _HEAD.pack(len(data), len(buffers)) + lengths + data, buffers
 
 
@@ -266,24 +299,52 @@ def _numpy() -> Any:
     return _NUMPY[0]
 
 
+class _Decoder:
+    """Decodes frames' JSON bodies; one per reader, reused from frame to frame (one thread at a time)."""
+
+    def __init__(self) -> None:
+        self._untagger = _Untagger([])
+        self._json = json.JSONDecoder(object_hook=self._untagger.hook)
+
+    def decode(self, body: bytes, buffers: list[bytearray] | None) -> Any:
+        try:
+            text = body.decode("utf-8", "surrogatepass")
+            if '"$' not in text:  # no tag and no escaped key: no object needs the (slower) hook
+                return json.loads(text)
+            self._untagger.buffers = buffers or []
+            try:
+                return self._json.decode(text)
+            finally:
+                self._untagger.buffers = []
+        except DecodeError as exc:
+            raise _undecodable(f"frame of {len(body)} bytes holds an invalid tagged value: {exc}", body) from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise _undecodable(f"frame of {len(body)} bytes is not valid JSON: {exc}", body) from exc
+
+
 def decode(body: bytes, buffers: list[bytearray] | None = None) -> Any:
     """The message in one frame's JSON ``body`` and its ``buffers``; raises :class:`DecodeError`."""
-    try:
-        text = body.decode("utf-8", "surrogatepass")
-        if '"$' not in text:  # no tag and no escaped key: no object needs the (slower) hook
-            return json.loads(text)
-        return json.JSONDecoder(object_hook=_Untagger(buffers or []).hook).decode(text)
-    except DecodeError as exc:
-        raise _undecodable(f"frame of {len(body)} bytes holds an invalid tagged value: {exc}", body) from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise _undecodable(f"frame of {len(body)} bytes is not valid JSON: {exc}", body) from exc
+    return _Decoder().decode(body, buffers)
 
 
-def send(sock: socket.socket, frame: Frame) -> None:
-    """Write ``frame`` with ``sendmsg`` (buffers are never copied), all of it, however many calls it takes."""
+def send(sock: socket.socket, frame: Frame, blocked: Callable[[bool], None] | None = None) -> None:
+    """Write ``frame`` with ``sendmsg`` (buffers are never copied), all of it, however many calls it takes.
+
+    With ``blocked``, the socket is never waited on here: each time it cannot take more, ``blocked(started)``
+    is called (``started``: part of the frame went out already) to wait until it can, or to raise.
+    """
     parts = [memoryview(frame[0]), *frame[1]]
+    started = False
     while parts:
-        sent = sock.sendmsg(parts[:1024])  # IOV_MAX
+        if blocked is None:
+            sent = sock.sendmsg(parts[:1024])  # IOV_MAX
+        else:
+            try:
+                sent = sock.sendmsg(parts[:1024], (), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                blocked(started)
+                continue
+        started = started or sent > 0
         while sent:
             size = parts[0].nbytes
             if sent >= size:
@@ -294,6 +355,23 @@ def send(sock: socket.socket, frame: Frame) -> None:
                 sent = 0
         while parts and not parts[0].nbytes:
             parts.pop(0)
+
+
+def _ready(sock: socket.socket, events: int, timeout: float) -> bool:
+    """Whether ``sock`` is ready for ``events`` (``select.POLLIN``/``POLLOUT``) within ``timeout`` s.
+
+    Polled rather than ``settimeout``: a timeout would also apply to other threads' reads or writes."""
+    poller = select.poll()
+    try:
+        poller.register(sock, events)
+    except ValueError:  # closed meanwhile (its fileno is -1)
+        raise OSError("the socket is closed") from None
+    return bool(poller.poll(math.ceil(timeout * 1000)))
+
+
+def wait_writable(sock: socket.socket, timeout: float) -> bool:
+    """Whether ``sock`` can take more data within ``timeout`` s (for :func:`send`'s ``blocked``)."""
+    return timeout > 0 and _ready(sock, select.POLLOUT, timeout)
 
 
 def write_frame(sock: socket.socket, message: Any) -> None:
@@ -308,29 +386,40 @@ class FrameReader:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buffer = bytearray()
-        self._timeout: float | None = -1.0  # unknown: set on first read
+        self._decoder = _Decoder()
 
     def read(self, deadline: float | None = None) -> Any:
         """Read one message; ``deadline`` is a ``time.monotonic()`` instant, ``None`` waits for ever.
+
+        The deadline is kept by polling, never with ``settimeout``: the socket stays blocking, so another
+        thread may write to it meanwhile without inheriting a timeout.
 
         Raises ``TimeoutError`` past the deadline (the stream may then hold part of a frame),
         :class:`PeerClosedError` when the peer closed, :class:`DecodeError` for a complete frame that cannot
         be decoded (it is consumed), :class:`FrameError` for a corrupt stream.
         """
-        self._need(_HEAD.size, deadline)
-        length, count = _HEAD.unpack_from(self._buffer, 0)
+        buffer = self._buffer  # grows in place: the name stays valid across fills
+        while len(buffer) < _HEAD.size:
+            self._fill(deadline)
+        length, count = _HEAD.unpack_from(buffer, 0)
         if length > MAX_FRAME:
             raise FrameError(f"frame length {length} exceeds the limit of {MAX_FRAME} bytes; the stream is corrupt")
-        self._need(_HEAD.size + count * _LENGTH.size, deadline)
-        sizes = [_LENGTH.unpack_from(self._buffer, _HEAD.size + i * _LENGTH.size)[0] for i in range(count)]
-        if any(size > MAX_BUFFER for size in sizes):
-            raise FrameError(f"a buffer length exceeds the limit of {MAX_BUFFER} bytes; the stream is corrupt")
         start = _HEAD.size + count * _LENGTH.size
-        self._need(start + length, deadline)
-        body = bytes(self._buffer[start : start + length])
-        del self._buffer[: start + length]
-        buffers = [self._read_buffer(size, deadline) for size in sizes]
-        return decode(body, buffers)
+        sizes: tuple[int, ...] = ()
+        if count:
+            while len(buffer) < start:
+                self._fill(deadline)
+            sizes = struct.unpack_from(f">{count}Q", buffer, _HEAD.size)
+            if max(sizes) > MAX_BUFFER:
+                raise FrameError(f"a buffer length exceeds the limit of {MAX_BUFFER} bytes; the stream is corrupt")
+        end = start + length
+        while len(buffer) < end:
+            self._fill(deadline)
+        body = bytes(buffer[start:end])
+        del buffer[:end]
+        if not count:
+            return self._decoder.decode(body, None)
+        return self._decoder.decode(body, [self._read_buffer(size, deadline) for size in sizes])
 
     def _need(self, size: int, deadline: float | None) -> None:
         while len(self._buffer) < size:
@@ -356,15 +445,12 @@ class FrameReader:
         return data
 
     def _apply_deadline(self, deadline: float | None) -> None:
+        """Return once the socket has data (or EOF) to read; ``TimeoutError`` when ``deadline`` passes first."""
         if deadline is None:
-            timeout = None
-        else:
-            timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                raise TimeoutError("timed out")
-        if timeout != self._timeout:
-            self._sock.settimeout(timeout)
-            self._timeout = timeout
+            return
+        timeout = deadline - time.monotonic()
+        if timeout <= 0 or not _ready(self._sock, select.POLLIN, timeout):
+            raise TimeoutError("timed out")
 
     def _fill(self, deadline: float | None) -> None:
         self._apply_deadline(deadline)

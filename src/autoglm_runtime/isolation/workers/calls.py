@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from autoglm_runtime.isolation._scripts import protocol as _protocol
 from autoglm_runtime.isolation._scripts.dispatch import WINDOW
 from autoglm_runtime.isolation.workers import _replies
 from autoglm_runtime.isolation.workers._calls import AsyncCallSink, AsyncStreamSink, CallSink, Item, StreamSink
-from autoglm_runtime.isolation.workers._connection import Connection
+from autoglm_runtime.isolation.workers._connection import Connection, SendTimeout
 
 if TYPE_CHECKING:
     from autoglm_runtime.isolation.workers.process import WorkerProcess
@@ -77,6 +78,12 @@ def _left(worker: WorkerProcess, deadline: float | None) -> float | None:
     return None if deadline is None else max(deadline - worker._timer(), 0.0)
 
 
+def _monotonic(worker: WorkerProcess, deadline: float | None) -> float | None:
+    """``deadline`` (a ``worker._timer`` instant) as a ``time.monotonic()`` one, for socket waits."""
+    left = _left(worker, deadline)
+    return None if left is None else time.monotonic() + left
+
+
 async def _aconnection(worker: WorkerProcess, method: str, timeout: float | None, deadline: float | None) -> Connection:
     """The ready connection at once, or -- when the worker must be (re)started -- waited for off the loop."""
     conn = worker.ready_connection()
@@ -93,9 +100,25 @@ def _in_time(worker: WorkerProcess, method: str, timeout: float | None, deadline
         raise worker.late(method, timeout, "in the queue or waiting for the worker")
 
 
-def _send(conn: Connection, call_id: int, frame: _protocol.Frame) -> None:
-    with contextlib.suppress(OSError):  # the socket broke: the reader (or close) fails the call's sink
-        conn.send(frame)
+def _send(conn: Connection, call_id: int, frame: _protocol.Frame, deadline: float | None) -> str | None:
+    """Write a call's request by its deadline: ``None`` once written (or when the socket broke: whoever reads
+    it, or close, fails the call), ``"unsent"`` when none of it went out in time, ``"torn"`` when part did."""
+    try:
+        conn.send(frame, deadline)
+    except SendTimeout as exc:
+        conn.unregister(call_id)
+        return "torn" if exc.partial else "unsent"
+    except OSError:
+        pass
+    return None
+
+
+def _unsent(worker: WorkerProcess, conn: Connection, method: str, timeout: float | None, how: str) -> BaseException:
+    """The error (E0305) of a request not written in time: one that never started going out leaves the worker
+    alone; one left half written leaves the stream out of step, so the worker is killed and restarted."""
+    if how == "unsent":
+        return worker.late(method, timeout, "waiting to write its arguments to the worker")
+    return worker.timed_out(conn, method, timeout, " (writing its arguments)")
 
 
 def _outcome(worker: WorkerProcess, method: str, call_id: int, reply: dict[str, Any]) -> Any:
@@ -123,8 +146,10 @@ def call(  # noqa: PLR0917
     sink = CallSink(method)
     conn.register(call_id, sink)
     try:
-        _send(conn, call_id, frame)
-        if not sink.wait(_left(worker, deadline)):
+        unsent = _send(conn, call_id, frame, deadline)
+        if unsent is not None:
+            raise _unsent(worker, conn, method, timeout, unsent)
+        if not conn.wait(sink, _monotonic(worker, deadline)):
             conn.unregister(call_id)
             raise worker.timed_out(conn, method, timeout)
     finally:
@@ -152,7 +177,9 @@ async def acall(  # noqa: PLR0917
     sink = AsyncCallSink(method, loop)
     conn.register(call_id, sink)
     try:
-        _send(conn, call_id, frame)
+        unsent = _send(conn, call_id, frame, deadline)
+        if unsent is not None:
+            raise await loop.run_in_executor(None, _unsent, worker, conn, method, timeout, unsent)
         try:
             reply = await asyncio.wait_for(sink.future, _left(worker, deadline))
         except asyncio.TimeoutError:
@@ -326,7 +353,9 @@ def stream(  # noqa: PLR0917
     conn = worker.connection(method, timeout, deadline)
     sink = StreamSink(method)
     conn.register(call_id, sink)
-    _send(conn, call_id, frame)
+    unsent = _send(conn, call_id, frame, deadline)
+    if unsent is not None:
+        raise _unsent(worker, conn, method, timeout, unsent)
     return ModelStream(_StreamState(worker, conn, call_id, method, timeout, on_done), sink)
 
 
@@ -345,7 +374,9 @@ async def open_astream(  # noqa: PLR0917
     conn = await _aconnection(worker, method, timeout, deadline)
     sink = AsyncStreamSink(method, loop)
     conn.register(call_id, sink)
-    _send(conn, call_id, frame)
+    unsent = _send(conn, call_id, frame, deadline)
+    if unsent is not None:
+        raise await loop.run_in_executor(None, _unsent, worker, conn, method, timeout, unsent)
     return _StreamState(worker, conn, call_id, method, timeout, on_done), sink
 
 

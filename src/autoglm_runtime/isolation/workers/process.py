@@ -173,8 +173,9 @@ class WorkerProcess:
 
     def succeeded(self) -> None:
         """A call got its answer: the run of failures is over."""
-        with self._state_lock:
-            self._restarts.succeeded()
+        if self._restarts.failures:  # (read without the lock: only ever cleared here)
+            with self._state_lock:
+                self._restarts.succeeded()
 
     def timed_out(self, conn: Connection, method: str, timeout: float | None, what: str = "") -> ModelTimeoutError:
         """Kill the worker a late call ran on, count a failure, restart it unless given up on; the error to raise."""
