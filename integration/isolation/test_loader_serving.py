@@ -171,7 +171,7 @@ def test_numpy_only_on_the_host_side(echo: Any) -> None:
     array = np.arange(6, dtype="<f4").reshape(2, 3)
     seen = echo.call("describe", array, timeout=60)
     assert seen == {
-        "type": "_autoglm_protocol.ArrayValue",
+        "type": "_autoglm_codec.ArrayValue",  # the wire format, loaded by path in the worker
         "numpy": False,
         "dtype": "<f4",
         "shape": [2, 3],
