@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from tests.isolation.workers._helpers import exact
 
-from autoglm_runtime.isolation._scripts import codec, protocol
+from autoglm_runtime.isolation._scripts import codec
 from autoglm_runtime.isolation._scripts.protocol import (
     MAX_FRAME,
     ArrayValue,
