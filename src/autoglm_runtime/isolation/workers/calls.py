@@ -2,9 +2,11 @@
 
 Promises (for every kind):
 
-* ``timeout`` (s; ``None`` waits for ever) bounds the wait for the worker to be ready and for the answer; for a
-  stream it is the idle bound, before the first chunk and between two chunks. Past it the call raises
-  :class:`ModelTimeoutError` (E0305) and the worker is killed and restarted (its other calls fail with E0103);
+* ``timeout`` (s; ``None`` waits for ever) bounds the wait for the worker to be ready, the writing of the
+  request and the wait for the answer; for a stream it is the idle bound, before the first chunk and between
+  two chunks. Past it the call raises :class:`ModelTimeoutError` (E0305) and the worker is killed and restarted
+  (its other calls fail with E0103) -- unless none of the request went out yet: then the worker is left alone;
+* a blocking call reads its own reply from the socket while no other thread does (see ``_connection.py``);
 * a stream yields each chunk as soon as the model yielded it; closing it early (``close()``, leaving a ``with``
   block, dropping it) closes the generator inside the worker and frees the worker for the next call;
 * async calls wait on futures and queues of the caller's loop: no thread per call in flight. Only a worker
