@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from integration.isolation._helpers import in_background
+from integration.isolation._helpers import in_background, pid_in
 from tests.isolation.workers._helpers import exact
 
 from autoglm_runtime.errors import ManifestError, ModelCallError, ModelOverloadedError, ModelTimeoutError, WorkerError
@@ -170,7 +171,7 @@ def test_numpy_only_on_the_host_side(echo: Any) -> None:
     array = np.arange(6, dtype="<f4").reshape(2, 3)
     seen = echo.call("describe", array, timeout=60)
     assert seen == {
-        "type": "_autoglm_protocol.ArrayValue",
+        "type": "_autoglm_codec.ArrayValue",  # the wire format, loaded by path in the worker
         "numpy": False,
         "dtype": "<f4",
         "shape": [2, 3],
@@ -349,6 +350,41 @@ def test_a_worker_that_stops_answering_heartbeats_is_restarted(
         assert health["last_exit"].startswith("answered no heartbeat for ")
         assert health["last_exit"].endswith(" s (limit 2 s)")
     finally:
+        model.close()
+
+
+def test_writing_a_large_argument_is_bounded_by_the_call_timeout(
+    loader: ModelLoader, make_model: Any, tmp_path: Path, wait_gone: Any
+) -> None:
+    model = loader.load(make_model("serving-write", MODEL), concurrency="threads", max_inflight=4)
+    pid = 0
+    try:
+        running = in_background(model.call, "block", str(tmp_path), 0, timeout=60)
+        pid = pid_in(tmp_path / "running-0")
+        os.kill(pid, signal.SIGSTOP)  # alive but reading nothing: a large write to it fills the socket and stalls
+        writing = in_background(model.call, "echo", b"w" * (32 << 20), timeout=3)
+        writing[0].join(30)
+        assert not writing[0].is_alive(), "the write outlived its call's timeout"
+        error = writing[1][0]
+        assert isinstance(error, ModelTimeoutError)
+        assert error.message == (
+            "model 'serving-write' did not answer echo() within 3 s (writing its arguments); its worker was killed "
+            "and is restarting: raise the timeout if the model is merely slow"
+        )
+        running[0].join(30)
+        killed = running[1][0]
+        assert isinstance(killed, WorkerError)
+        assert killed.message.startswith(
+            f"model 'serving-write' worker (pid {pid}) was killed while block() was running: another call, echo(), "
+            "timed out after 3 s; "
+        )
+        assert wait_gone(pid, 10.0)
+        assert model.health()["restart_reasons"] == {"timeout": 1}
+        assert model.call("echo", b"after", timeout=60) == b"after"
+    finally:
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # never left stopped, whatever happened above
         model.close()
 
 

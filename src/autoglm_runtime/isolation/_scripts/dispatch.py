@@ -30,6 +30,8 @@ from typing import Any
 
 #: Chunks a stream may send before the host says it consumed them.
 WINDOW = 32
+#: Result types that are never a generator or a coroutine.
+_PLAIN = frozenset((type(None), bool, int, float, str, bytes, bytearray, memoryview, list, dict, tuple))
 
 
 class _Stream:
@@ -164,6 +166,9 @@ class Dispatcher:
         call_id = message.get("id")
         try:
             result = self._start(message)
+            if stream is None and type(result) in _PLAIN:  # the common answer: no generator or coroutine checks
+                self._reply({"id": call_id, "ok": True, "result": result})
+                return
             if inspect.iscoroutine(result):  # an async method of a model served on threads: run it here
                 result = asyncio.run(result)
             if inspect.isasyncgen(result):
@@ -190,7 +195,8 @@ class Dispatcher:
         except BaseException as exc:
             self._fail(call_id, exc)
         finally:
-            self._close(call_id)
+            if stream is not None:
+                self._close(call_id)
 
     async def _run_async(self, message: dict[str, Any], stream: _Stream | None) -> None:
         with self._scope(message):  # set inside the call's own task: other calls on the loop never see it

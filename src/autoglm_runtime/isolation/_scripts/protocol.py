@@ -1,37 +1,38 @@
-"""Frames between the host and a model worker: a JSON header plus raw binary buffers, sent out of band.
+"""Frames over a socket between the host and a model worker: written with ``sendmsg``, read with ``recv_into``.
 
 STDLIB ONLY, and valid on every interpreter a model environment may use (3.8+): the worker loads this file
-by path inside the model's environment, where the SDK is not installed.
+by path inside the model's environment, where the SDK is not installed; it loads ``codec.py`` (what a frame
+holds, and the values it re-exports here) from its own directory the same way.
 
-A frame is ``>IH`` (JSON length, buffer count), one ``>Q`` length per buffer, the UTF-8 JSON body, then the
-buffers' raw bytes. Binary values anywhere in a message travel as buffers, never inside the JSON (no base64,
-no escaping walk, no copy on the sending side: :func:`send` hands them to ``sendmsg``), and the receiver
-reads each straight into its own ``bytearray`` with ``recv_into``. In the JSON they are tags:
-
-* ``bytes`` -> ``{"$b": i}``, ``bytearray`` -> ``{"$ba": i}``, ``memoryview`` -> ``{"$mv": i}``: each arrives
-  as the type it was sent as (a memoryview as a 1-D ``"B"`` view of its bytes);
-* a numpy array (non-object, non-structured dtype; a non-contiguous one is copied to C order first) ->
-  ``{"$array": i, "dtype": "<f4", "shape": [2, 3]}``: it arrives as a writable numpy array where numpy
-  imports on the receiving side, else as an :class:`ArrayValue` (dtype string, shape, memoryview), which
-  travels back as the same array.
-
-JSON rather than pickle, on purpose: unpickling runs code chosen by the sender, and a model's environment
-holds third-party code the host must not execute; JSON also means the same on a 3.11 host and a 3.13
-worker. Results are JSON-shaped (tuples arrive as lists). Keys starting with ``$`` are reserved for tags,
-so a user dict's ``$``-keys travel escaped with one more ``$``: every value arrives exactly as it was sent.
-A frame that is well framed but cannot be decoded raises :class:`DecodeError` *after* it was consumed: the
-stream stays in step.
+:func:`send` hands a frame's buffers to ``sendmsg`` without copying them; :class:`FrameReader` reads small
+frames through one buffer (one ``recv`` for a small reply) and large binary buffers straight into their own
+``bytearray``. Deadlines are kept by polling, never with ``settimeout``: a socket's timeout would also apply
+to other threads writing to it.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import math
+import select
 import socket
 import struct
-import sys
 import time
+from collections.abc import Callable
 from typing import Any
+
+if __package__:
+    from . import codec as _codec
+else:  # loaded by path in a model's environment: its sibling is loaded by path too, under a private name
+    import importlib.util
+    import os
+
+    _spec = importlib.util.spec_from_file_location(
+        "_autoglm_codec", os.path.join(os.path.dirname(os.path.abspath(__file__)), "codec.py")
+    )
+    assert _spec is not None
+    assert _spec.loader is not None
+    _codec = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_codec)
 
 __all__ = [
     "MAX_BUFFERS",
@@ -45,245 +46,43 @@ __all__ = [
     "decode",
     "encode",
     "send",
+    "wait_writable",
     "write_frame",
 ]
 
-#: Largest JSON body either side accepts (64 MiB); a larger length means a corrupt stream.
-MAX_FRAME = 64 * 1024 * 1024
-#: Most binary buffers in one frame, and the largest one (16 GiB): beyond either the stream is corrupt.
-MAX_BUFFERS = 65535
-MAX_BUFFER = 16 * 1024 * 1024 * 1024
+MAX_FRAME = _codec.MAX_FRAME
+MAX_BUFFERS = _codec.MAX_BUFFERS
+MAX_BUFFER = _codec.MAX_BUFFER
+ArrayValue = _codec.ArrayValue
+DecodeError = _codec.DecodeError
+FrameError = _codec.FrameError
+PeerClosedError = _codec.PeerClosedError
+Frame = _codec.Frame
+decode = _codec.decode
+encode = _codec.encode
 _HEAD = struct.Struct(">IH")
 _LENGTH = struct.Struct(">Q")
 _DIRECT = 1 << 16  # a buffer still missing this much is read with recv_into, not through the read buffer
-_KINDS = {"$b": bytes, "$ba": bytearray, "$mv": memoryview}
-#: A frame ready to send: the head (lengths and JSON) and the buffers, as memoryviews for ``sendmsg``.
-Frame = tuple[bytes, list[memoryview]]
 
 
-class FrameError(Exception):
-    """The stream does not hold a well-formed frame (bad length, bad JSON); it cannot be resynchronised."""
+def send(sock: socket.socket, frame: Frame, blocked: Callable[[bool], None] | None = None) -> None:
+    """Write ``frame`` with ``sendmsg`` (buffers are never copied), all of it, however many calls it takes.
 
-
-class PeerClosedError(FrameError):
-    """The other side closed the connection (at a frame boundary or in the middle of one)."""
-
-
-class DecodeError(FrameError):
-    """A complete frame whose body cannot be decoded; the frame was consumed and the stream is still in step.
-
-    ``call_id`` is the id the frame starts with (both sides write ``"id"`` first), so that the one call it
-    answers can fail; ``None`` when it names none.
+    With ``blocked``, the socket is never waited on here: each time it cannot take more, ``blocked(started)``
+    is called (``started``: part of the frame went out already) to wait until it can, or to raise.
     """
-
-    call_id: int | None = None
-
-
-_ID = re.compile(rb'^\{"id":(-?[0-9]{1,18})[,}]')
-
-
-def _undecodable(message: str, body: bytes) -> DecodeError:
-    error = DecodeError(message)
-    match = _ID.match(body)
-    error.call_id = int(match.group(1)) if match else None
-    return error
-
-
-class ArrayValue:
-    """An array received where numpy does not import: ``dtype`` (numpy's ``dtype.str``, e.g. ``"<f4"``),
-    ``shape`` (a tuple) and ``data`` (a memoryview of its C-order bytes). Sent back, it travels as the array."""
-
-    __slots__ = ("data", "dtype", "shape")
-
-    def __init__(self, dtype: str, shape: tuple[int, ...], data: memoryview) -> None:
-        self.dtype = dtype
-        self.shape = tuple(shape)
-        self.data = data
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ArrayValue):
-            return NotImplemented
-        return (self.dtype, self.shape) == (other.dtype, other.shape) and self.data == other.data
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, like the arrays it stands for
-
-    def __repr__(self) -> str:
-        return f"ArrayValue(dtype={self.dtype!r}, shape={self.shape!r}, nbytes={self.data.nbytes})"
-
-
-class _NeedsEscaping(Exception):
-    """The value holds a user key starting with ``$``: it takes the (slower) escaping path."""
-
-
-def _bytes_of(value: Any) -> memoryview:
-    view = memoryview(value)
-    if not view.c_contiguous:
-        view = memoryview(view.tobytes())
-    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
-
-
-class _Collector:
-    """Turns binary values into tags while JSON encodes, collecting their buffers."""
-
-    def __init__(self) -> None:
-        self.buffers: list[memoryview] = []
-
-    def _add(self, view: memoryview) -> int:
-        self.buffers.append(view)
-        return len(self.buffers) - 1
-
-    def tag(self, value: Any) -> Any:
-        kind = type(value)
-        if kind is bytes or kind is bytearray or kind is memoryview:
-            key = "$b" if kind is bytes else "$ba" if kind is bytearray else "$mv"
-            return {key: self._add(_bytes_of(value))}
-        if isinstance(value, ArrayValue):
-            return {"$array": self._add(_bytes_of(value.data)), "dtype": value.dtype, "shape": list(value.shape)}
-        numpy = sys.modules.get("numpy")
-        if numpy is not None and isinstance(value, numpy.ndarray):
-            if value.dtype.hasobject or value.dtype.fields is not None:
-                raise TypeError(
-                    f"a numpy array of dtype {value.dtype} cannot be sent to or from a model (object and structured "
-                    "dtypes have no raw form; convert it to plain numbers or a list)"
-                )
-            array = value if value.flags.c_contiguous else value.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
-            return {
-                "$array": self._add(_bytes_of(array.reshape(-1).view("u1"))),
-                "dtype": array.dtype.str,
-                "shape": list(array.shape),
-            }
-        raise TypeError(
-            f"object of type {kind.__name__} cannot be sent to or from a model (JSON values, bytes and arrays only)"
-        )
-
-    def escape(self, value: Any) -> Any:
-        """``value`` with user keys starting with ``$`` escaped (``$k`` -> ``$$k``), binary values tagged."""
-        kind = type(value)
-        if kind is str or kind is int or kind is float or kind is bool or value is None:
-            return value
-        if isinstance(value, dict):
-            return {
-                (f"${key}" if isinstance(key, str) and key[:1] == "$" else key): self.escape(v)
-                for key, v in value.items()
-            }
-        if isinstance(value, (list, tuple)):
-            return [self.escape(item) for item in value]
-        if isinstance(value, (str, int, float)):
-            return value
-        return self.tag(value)
-
-
-_OPTIONS: Any = {"ensure_ascii": False, "allow_nan": True, "separators": (",", ":")}
-
-
-def encode(message: Any) -> Frame:
-    """``message`` as a :data:`Frame`; raises ``TypeError`` for values that cannot travel, ``ValueError`` for
-    values nested too deeply (or containing themselves), ``FrameError`` when the JSON exceeds :data:`MAX_FRAME`."""
-    collector = _Collector()
-    try:
-        body = json.JSONEncoder(default=collector.tag, **_OPTIONS).encode(message)
-        # Each tag's key dumps as one '"$'; any more is a user key (or a string) starting with "$".
-        if body.count('"$') != len(collector.buffers):
-            collector = _Collector()
-            body = json.JSONEncoder(default=collector.tag, **_OPTIONS).encode(collector.escape(message))
-    except (RecursionError, ValueError) as exc:
-        if isinstance(exc, ValueError) and str(exc) != "Circular reference detected":
-            raise
-        raise ValueError("the value is nested too deeply (or contains itself) to be sent to or from a model") from None
-    data = body.encode("utf-8", "surrogatepass")
-    if len(data) > MAX_FRAME:
-        raise FrameError(f"message of {len(data)} bytes exceeds the frame limit of {MAX_FRAME} bytes")
-    buffers = collector.buffers
-    if len(buffers) > MAX_BUFFERS:
-        raise FrameError(f"message holds {len(buffers)} binary values, more than the limit of {MAX_BUFFERS}")
-    lengths = b"".join(_LENGTH.pack(view.nbytes) for view in buffers)
-    return _HEAD.pack(len(data), len(buffers)) + lengths + data, buffers
-
-
-class _Untagger:
-    def __init__(self, buffers: list[bytearray]) -> None:
-        self.buffers = buffers
-        self.numpy: Any = None
-
-    def _buffer(self, index: Any) -> bytearray:
-        if type(index) is not int or not 0 <= index < len(self.buffers):
-            raise DecodeError(f"a binary tag names buffer {index!r}, but the frame holds {len(self.buffers)}")
-        return self.buffers[index]
-
-    def hook(self, obj: dict) -> Any:  # type: ignore[type-arg]
-        for key in obj:
-            if key[:1] == "$":
-                return self._untag(obj)
-        return obj
-
-    def _untag(self, obj: dict[str, Any]) -> Any:
-        if len(obj) == 1:
-            ((key, index),) = obj.items()
-            kind = _KINDS.get(key)
-            if kind is not None:
-                data = self._buffer(index)
-                return data if kind is bytearray else bytes(data) if kind is bytes else memoryview(data)
-        if "$array" in obj and set(obj) == {"$array", "dtype", "shape"}:
-            return self._array(self._buffer(obj["$array"]), obj["dtype"], obj["shape"])
-        plain = {}
-        for key, value in obj.items():
-            if key[:2] == "$$":
-                plain[key[1:]] = value
-            elif key[:1] == "$":
-                raise DecodeError(f"unknown tag {key!r} (user keys starting with '$' travel escaped as '$$')")
-            else:
-                plain[key] = value
-        return plain
-
-    def _array(self, data: bytearray, dtype: Any, shape: Any) -> Any:
-        if not isinstance(dtype, str) or not isinstance(shape, list) or not all(type(n) is int for n in shape):
-            raise DecodeError(f"an array tag needs a dtype string and a list of ints, got {dtype!r} and {shape!r}")
-        numpy = _numpy()
-        if numpy is None:
-            return ArrayValue(dtype, tuple(shape), memoryview(data))
-        try:
-            return numpy.frombuffer(data, dtype=numpy.dtype(dtype)).reshape(tuple(shape))
-        except (TypeError, ValueError) as exc:
-            raise DecodeError(
-                f"an array of dtype {dtype!r} and shape {shape!r} does not fit its buffer: {exc}"
-            ) from None
-
-
-_NUMPY: list[Any] = []
-
-
-def _numpy() -> Any:
-    """numpy if it imports here (once; a refusal, as in a subinterpreter, counts as absent), else ``None``."""
-    if not _NUMPY:
-        found: Any = None
-        try:
-            import numpy
-
-            found = numpy
-        except Exception:  # ImportError, or an extension refusing this interpreter
-            found = None
-        _NUMPY.append(found)
-    return _NUMPY[0]
-
-
-def decode(body: bytes, buffers: list[bytearray] | None = None) -> Any:
-    """The message in one frame's JSON ``body`` and its ``buffers``; raises :class:`DecodeError`."""
-    try:
-        text = body.decode("utf-8", "surrogatepass")
-        if '"$' not in text:  # no tag and no escaped key: no object needs the (slower) hook
-            return json.loads(text)
-        return json.JSONDecoder(object_hook=_Untagger(buffers or []).hook).decode(text)
-    except DecodeError as exc:
-        raise _undecodable(f"frame of {len(body)} bytes holds an invalid tagged value: {exc}", body) from None
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise _undecodable(f"frame of {len(body)} bytes is not valid JSON: {exc}", body) from exc
-
-
-def send(sock: socket.socket, frame: Frame) -> None:
-    """Write ``frame`` with ``sendmsg`` (buffers are never copied), all of it, however many calls it takes."""
     parts = [memoryview(frame[0]), *frame[1]]
+    started = False
     while parts:
-        sent = sock.sendmsg(parts[:1024])  # IOV_MAX
+        if blocked is None:
+            sent = sock.sendmsg(parts[:1024])  # IOV_MAX
+        else:
+            try:
+                sent = sock.sendmsg(parts[:1024], (), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                blocked(started)
+                continue
+        started = started or sent > 0
         while sent:
             size = parts[0].nbytes
             if sent >= size:
@@ -294,6 +93,23 @@ def send(sock: socket.socket, frame: Frame) -> None:
                 sent = 0
         while parts and not parts[0].nbytes:
             parts.pop(0)
+
+
+def _ready(sock: socket.socket, events: int, timeout: float) -> bool:
+    """Whether ``sock`` is ready for ``events`` (``select.POLLIN``/``POLLOUT``) within ``timeout`` s.
+
+    Polled rather than ``settimeout``: a timeout would also apply to other threads' reads or writes."""
+    poller = select.poll()
+    try:
+        poller.register(sock, events)
+    except ValueError:  # closed meanwhile (its fileno is -1)
+        raise OSError("the socket is closed") from None
+    return bool(poller.poll(math.ceil(timeout * 1000)))
+
+
+def wait_writable(sock: socket.socket, timeout: float) -> bool:
+    """Whether ``sock`` can take more data within ``timeout`` s (for :func:`send`'s ``blocked``)."""
+    return timeout > 0 and _ready(sock, select.POLLOUT, timeout)
 
 
 def write_frame(sock: socket.socket, message: Any) -> None:
@@ -308,29 +124,40 @@ class FrameReader:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buffer = bytearray()
-        self._timeout: float | None = -1.0  # unknown: set on first read
+        self._decoder = _codec.Decoder()
 
     def read(self, deadline: float | None = None) -> Any:
         """Read one message; ``deadline`` is a ``time.monotonic()`` instant, ``None`` waits for ever.
+
+        The deadline is kept by polling, never with ``settimeout``: the socket stays blocking, so another
+        thread may write to it meanwhile without inheriting a timeout.
 
         Raises ``TimeoutError`` past the deadline (the stream may then hold part of a frame),
         :class:`PeerClosedError` when the peer closed, :class:`DecodeError` for a complete frame that cannot
         be decoded (it is consumed), :class:`FrameError` for a corrupt stream.
         """
-        self._need(_HEAD.size, deadline)
-        length, count = _HEAD.unpack_from(self._buffer, 0)
+        buffer = self._buffer  # grows in place: the name stays valid across fills
+        while len(buffer) < _HEAD.size:
+            self._fill(deadline)
+        length, count = _HEAD.unpack_from(buffer, 0)
         if length > MAX_FRAME:
             raise FrameError(f"frame length {length} exceeds the limit of {MAX_FRAME} bytes; the stream is corrupt")
-        self._need(_HEAD.size + count * _LENGTH.size, deadline)
-        sizes = [_LENGTH.unpack_from(self._buffer, _HEAD.size + i * _LENGTH.size)[0] for i in range(count)]
-        if any(size > MAX_BUFFER for size in sizes):
-            raise FrameError(f"a buffer length exceeds the limit of {MAX_BUFFER} bytes; the stream is corrupt")
         start = _HEAD.size + count * _LENGTH.size
-        self._need(start + length, deadline)
-        body = bytes(self._buffer[start : start + length])
-        del self._buffer[: start + length]
-        buffers = [self._read_buffer(size, deadline) for size in sizes]
-        return decode(body, buffers)
+        sizes: tuple[int, ...] = ()
+        if count:
+            while len(buffer) < start:
+                self._fill(deadline)
+            sizes = struct.unpack_from(f">{count}Q", buffer, _HEAD.size)
+            if max(sizes) > MAX_BUFFER:
+                raise FrameError(f"a buffer length exceeds the limit of {MAX_BUFFER} bytes; the stream is corrupt")
+        end = start + length
+        while len(buffer) < end:
+            self._fill(deadline)
+        body = bytes(buffer[start:end])
+        del buffer[:end]
+        if not count:
+            return self._decoder.decode(body, None)
+        return self._decoder.decode(body, [self._read_buffer(size, deadline) for size in sizes])
 
     def _need(self, size: int, deadline: float | None) -> None:
         while len(self._buffer) < size:
@@ -356,15 +183,12 @@ class FrameReader:
         return data
 
     def _apply_deadline(self, deadline: float | None) -> None:
+        """Return once the socket has data (or EOF) to read; ``TimeoutError`` when ``deadline`` passes first."""
         if deadline is None:
-            timeout = None
-        else:
-            timeout = deadline - time.monotonic()
-            if timeout <= 0:
-                raise TimeoutError("timed out")
-        if timeout != self._timeout:
-            self._sock.settimeout(timeout)
-            self._timeout = timeout
+            return
+        timeout = deadline - time.monotonic()
+        if timeout <= 0 or not _ready(self._sock, select.POLLIN, timeout):
+            raise TimeoutError("timed out")
 
     def _fill(self, deadline: float | None) -> None:
         self._apply_deadline(deadline)

@@ -1,8 +1,9 @@
-"""Where a call's replies wait for its caller: a thread (event or queue) or a coroutine (future or queue).
+"""Where a call's replies wait for its caller: a thread (a lock or a queue) or a coroutine (future or queue).
 
-Each implements :class:`~autoglm_runtime.isolation.workers._connection.Sink`. The reader thread calls
-``deliver``/``fail``; the async kinds hand over with ``loop.call_soon_threadsafe``, so an in-flight async call
-costs a future, not a thread.
+Each implements :class:`~autoglm_runtime.isolation.workers._connection.Sink`. Whoever reads the socket calls
+``deliver``/``fail``: the blocked caller of a :class:`CallSink` itself where it can, else the connection's
+reader thread; the async kinds hand over with ``loop.call_soon_threadsafe``, so an in-flight async call costs
+a future, not a thread.
 """
 
 from __future__ import annotations
@@ -20,24 +21,33 @@ Item = dict[str, Any] | BaseException
 
 
 class CallSink:
-    """One reply for a thread waiting in :meth:`wait`."""
+    """One reply for a thread blocked in :meth:`Connection.wait <.._connection.Connection.wait>`, which reads
+    the socket itself when nobody else does (``reads`` is True): see :mod:`._connection`."""
+
+    reads = True
 
     def __init__(self, method: str) -> None:
         self.method = method
-        self._done = threading.Lock()  # held until the reply or error is in: a bare lock wakes the waiter fastest
-        self._done.acquire()
-        self._settled = False
+        self._signal = threading.Lock()  # released when there is news: a bare lock wakes the waiter fastest
+        self._signal.acquire()
+        self._signalled = False
         self._guard = threading.Lock()
+        self.settled = False
+        self.granted = False  # set (under the connection's lock) when this call's thread is to read next
+        self.queued = False  # in the connection's line of threads waiting for the read side
         self.reply: dict[str, Any] | None = None
         self.error: BaseException | None = None
 
     def _settle(self, reply: dict[str, Any] | None, error: BaseException | None) -> None:
         with self._guard:
-            if self._settled:
+            if self.settled:
                 return
-            self._settled = True
             self.reply, self.error = reply, error
-        self._done.release()
+            self.settled = True
+            if self._signalled:
+                return
+            self._signalled = True
+        self._signal.release()
 
     def deliver(self, message: dict[str, Any]) -> None:
         self._settle(message, None)
@@ -45,13 +55,27 @@ class CallSink:
     def fail(self, error: BaseException) -> None:
         self._settle(None, error)
 
-    def wait(self, timeout: float | None) -> bool:
-        """True once a reply or an error arrived; False when ``timeout`` (s) passed first."""
-        return self._done.acquire(timeout=-1 if timeout is None else timeout)
+    def poke(self) -> None:
+        """Wake the waiting thread (a reply arrived, or the read side was handed to it)."""
+        with self._guard:
+            if self._signalled:
+                return
+            self._signalled = True
+        self._signal.release()
+
+    def sleep(self, timeout: float | None) -> bool:
+        """Wait for news (a poke since the last sleep); False when ``timeout`` (s) passed first."""
+        if not self._signal.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        with self._guard:
+            self._signalled = False
+        return True
 
 
 class AsyncCallSink:
     """One reply, as the result of a future of ``loop``."""
+
+    reads = False
 
     def __init__(self, method: str, loop: asyncio.AbstractEventLoop) -> None:
         self.method = method
@@ -76,6 +100,8 @@ class AsyncCallSink:
 class StreamSink:
     """A stream's replies, in order, for a thread reading with :meth:`get`."""
 
+    reads = False
+
     def __init__(self, method: str) -> None:
         self.method = method
         self._queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
@@ -96,6 +122,8 @@ class StreamSink:
 
 class AsyncStreamSink:
     """A stream's replies, in order, in an ``asyncio.Queue`` of ``loop``."""
+
+    reads = False
 
     def __init__(self, method: str, loop: asyncio.AbstractEventLoop) -> None:
         self.method = method

@@ -1,14 +1,27 @@
-"""One worker's socket on the host: frames out under a lock, frames in on one reader thread, routed by id.
+"""One worker's socket on the host: frames out under a lock, frames in by whoever holds the read side.
 
-Every call or stream registers a :class:`Sink` under its id before its request is sent; the reader thread
-(``autoglm-worker-<name>-reader``) hands each reply to the sink of its id -- a thread waiting on an event, a
-queue, or an asyncio future resolved with ``call_soon_threadsafe`` (no thread per call). Heartbeat answers
-update :attr:`Connection.last_pong`. When the stream breaks (the worker died, or the supervisor closed the
-socket) every sink still registered fails with the error the supervisor names for it.
+Every call or stream registers a :class:`Sink` under its id before its request is sent; each reply goes to the
+sink of its id. Who reads the socket:
+
+* a thread blocked in :meth:`Connection.wait` for its own reply (a blocking call) reads it itself while nobody
+  else reads: one call in flight costs no hand-off between host threads;
+* while another thread reads, it sleeps until its reply is delivered or the read side is handed to it;
+* replies no blocked thread reads for (async calls, streams, heartbeat answers) are read by the connection's
+  reader thread (``autoglm-worker-<name>-reader-<pid>``), which sleeps otherwise; async sinks resolve futures
+  with ``call_soon_threadsafe`` (no thread per call).
+
+The read side changes hands at a frame boundary, under the connection's lock: to the first thread still
+waiting, else to the reader thread while a reply still has no reader, else nobody holds it. When the stream
+breaks (the worker died, or the supervisor closed the socket) every sink still registered fails with the error
+the supervisor names for it.
+
+Writes go out one frame at a time under a lock; :meth:`Connection.send` with a deadline never waits past it,
+and a frame left half written makes every later send fail (the stream is out of step: the worker must go).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import socket
@@ -18,14 +31,19 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from autoglm_runtime.isolation._scripts import protocol as _protocol
+from autoglm_runtime.isolation.workers._calls import CallSink
 
-__all__ = ["Connection", "Sink"]
+__all__ = ["Connection", "SendTimeout", "Sink"]
 
 
 class Sink(Protocol):
-    """Where the replies to one call go; both methods are called on the reader thread (or by a closer)."""
+    """Where the replies to one call go; both methods are called by whoever reads the socket (or by a closer).
+
+    ``reads`` is True for a sink whose thread waits in :meth:`Connection.wait` and reads for itself.
+    """
 
     method: str
+    reads: bool
 
     def deliver(self, message: dict[str, Any]) -> None: ...
 
@@ -34,6 +52,14 @@ class Sink(Protocol):
 
 #: Given the method of a call the stream broke under, the error that call fails with.
 BrokenHandler = Callable[["Connection"], Callable[[str], BaseException]]
+
+
+class SendTimeout(Exception):
+    """A frame could not be written before its deadline; ``partial``: part of it went out (the stream is broken)."""
+
+    def __init__(self, partial: bool) -> None:
+        super().__init__("partly written" if partial else "not written")
+        self.partial = partial
 
 
 class Connection:
@@ -51,6 +77,7 @@ class Connection:
     ) -> None:
         self.name = name
         self.pid = pid
+        sock.settimeout(None)  # blocking for good: deadlines are kept by polling (a timeout would be shared)
         self.reader = _protocol.FrameReader(sock)
         self.last_pong = timer()
         self._sock = sock
@@ -58,21 +85,27 @@ class Connection:
         self._logger = logger
         self._timer = timer
         self._send_lock = threading.Lock()
+        self._torn = False  # a frame was left half written: nothing more may be sent
         self._lock = threading.Lock()
         self._sinks: dict[int, Sink] = {}
+        self._unread = 0  # registered sinks whose thread does not read (async calls, streams)
+        self._pongs = 0  # pings sent and not yet answered
+        self._reading = False  # somebody holds the read side
+        self._waiting: collections.deque[CallSink] = collections.deque()
+        self._turn = threading.Condition(self._lock)  # the reader thread sleeps here until it holds the read side
+        self._reader_turn = False
         self._closed_with: Callable[[str], BaseException] | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start routing replies (after the handshake was read with :attr:`reader`)."""
-        self._sock.settimeout(None)
+        """Start the reader thread (after the handshake was read with :attr:`reader`)."""
         self._thread = threading.Thread(target=self._run, name=f"autoglm-worker-{self.name}-reader-{self.pid}")
         self._thread.daemon = True  # a blocked recv must never keep the host from exiting
         self._thread.start()
 
     @property
     def inflight(self) -> int:
-        """Calls and streams registered and not yet finished."""
+        """Calls and streams registered and not yet answered in full."""
         with self._lock:
             return len(self._sinks)
 
@@ -82,35 +115,190 @@ class Connection:
             closed = self._closed_with
             if closed is None:
                 self._sinks[call_id] = sink
+                if not sink.reads:
+                    self._unread += 1
+                    self._want_reader()
         if closed is not None:
             sink.fail(closed(sink.method))
 
     def unregister(self, call_id: int) -> None:
         with self._lock:
-            self._sinks.pop(call_id, None)
+            sink = self._sinks.pop(call_id, None)
+            if sink is not None and not sink.reads:
+                self._unread -= 1
 
-    def send(self, frame: _protocol.Frame) -> None:
-        """Write one frame; raises ``OSError`` when the socket is closed or broken."""
-        with self._send_lock:
-            _protocol.send(self._sock, frame)
+    def wait(self, sink: CallSink, deadline: float | None) -> bool:
+        """Until ``sink`` (registered by the calling thread) has its reply or error: True; False when
+        ``deadline`` (a ``time.monotonic()`` instant) passed first.
+
+        After False the caller must stop the worker: this thread may have left the stream in the middle of a
+        frame, and keeps the read side so that nobody reads on from there.
+        """
+        while True:
+            with self._lock:
+                mine = sink.granted or (not self._reading and self._closed_with is None and not sink.settled)
+                if mine:
+                    sink.granted = False
+                    self._reading = True
+                elif sink.settled:
+                    return True
+                elif not sink.queued:
+                    sink.queued = True
+                    self._waiting.append(sink)
+            if mine:
+                return self._read_for(sink, deadline)
+            left = None if deadline is None else deadline - time.monotonic()
+            if (left is not None and left <= 0) or not sink.sleep(left):
+                with self._lock:
+                    if sink.queued:
+                        sink.queued = False
+                        self._waiting.remove(sink)
+                    if sink.granted:  # handed the read side just now, at a frame boundary: pass it on
+                        sink.granted = False
+                        self._hand_over()
+                    return sink.settled
+
+    def send(self, frame: _protocol.Frame, deadline: float | None = None) -> None:
+        """Write one frame, not waiting past ``deadline`` (a ``timer`` instant; ``None``: as long as it takes).
+
+        Raises :class:`SendTimeout` past the deadline, ``OSError`` when the socket is closed or broken.
+        """
+        if deadline is None:
+            with self._send_lock:
+                self._check_intact()
+                _protocol.send(self._sock, frame)
+            return
+        if not self._send_lock.acquire(timeout=max(deadline - self._timer(), 0.0)):
+            raise SendTimeout(partial=False)
+        try:
+            self._check_intact()
+
+            def blocked(started: bool) -> None:
+                if not _protocol.wait_writable(self._sock, deadline - self._timer()):
+                    self._torn = self._torn or started
+                    raise SendTimeout(partial=started)
+
+            _protocol.send(self._sock, frame, blocked)
+        finally:
+            self._send_lock.release()
 
     def send_message(self, message: dict[str, Any]) -> bool:
-        """Send a small control message (ping, more, cancel); False if the socket is gone."""
+        """Send a small control message (more, cancel); False if the socket is gone."""
         try:
             self.send(_protocol.encode(message))
         except OSError:
             return False
         return True
 
+    def ping(self, seq: int) -> bool:
+        """Send a heartbeat; its answer updates :attr:`last_pong`. False if the socket is gone."""
+        with self._lock:
+            self._pongs += 1
+            self._want_reader()
+        return self.send_message({"type": "ping", "seq": seq})
+
     def close(self, reason: Callable[[str], BaseException]) -> None:
         """Fail every registered sink with ``reason(method)``, close the socket, stop the reader thread."""
         self._fail_all(reason)
         with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the reader blocked in recv
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes whoever is blocked reading
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(10)
         self._sock.close()
+
+    # --- the read side --------------------------------------------------------------------------------
+
+    def _check_intact(self) -> None:
+        if self._torn:
+            raise OSError("a frame was left half written on this connection")
+
+    def _want_reader(self) -> None:
+        """(Under the lock) a reply has no thread of its own to read it: wake the reader thread if nobody reads."""
+        if not self._reading and self._closed_with is None:
+            self._reading = True
+            self._reader_turn = True
+            self._turn.notify()
+
+    def _hand_over(self) -> None:
+        """(Under the lock, by the holder of the read side, at a frame boundary) pass the read side on."""
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            waiter.queued = False
+            if not waiter.settled:
+                waiter.granted = True
+                waiter.poke()
+                return
+        if (self._unread or self._pongs) and self._closed_with is None:
+            self._reader_turn = True
+            self._turn.notify()
+            return
+        self._reading = False
+
+    def _read_for(self, sink: CallSink, deadline: float | None) -> bool:
+        """Read (holding the read side) until ``sink`` settles; see :meth:`wait`."""
+        try:
+            while not sink.settled:
+                if not self._read_one(deadline):
+                    return True  # the stream broke: every sink failed, and nobody reads any more
+        except TimeoutError:
+            return False
+        with self._lock:
+            self._hand_over()
+        return True
+
+    def _read_one(self, deadline: float | None) -> bool:
+        """Read one frame and route it; False when the stream broke (every sink failed)."""
+        try:
+            message = self.reader.read(deadline)
+        except TimeoutError:
+            raise
+        except _protocol.DecodeError as exc:
+            self._undecodable(exc)
+            return True
+        except (_protocol.FrameError, OSError):
+            with self._lock:
+                closed = self._closed_with is not None
+            if not closed:  # the worker's end broke first: it died (or hung up); the supervisor says how
+                self._fail_all(self._on_broken(self))
+            return False
+        if type(message) is dict:
+            self._route(message)
+        return True
+
+    def _route(self, message: dict[str, Any]) -> None:
+        call_id = message.get("id")
+        if call_id is None and message.get("type") == "pong":
+            self.last_pong = self._timer()
+            with self._lock:
+                self._pongs = 0
+            return
+        final = "chunk" not in message  # a result, an error or a stream's end: nothing more comes for the id
+        with self._lock:
+            sink = self._sinks.get(call_id)  # type: ignore[arg-type]
+            if sink is not None and final:
+                del self._sinks[call_id]  # type: ignore[arg-type]
+                if not sink.reads:
+                    self._unread -= 1
+        if sink is not None:
+            sink.deliver(message)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._reader_turn and self._closed_with is None:
+                    self._turn.wait()
+                if not self._reader_turn:
+                    return
+            while True:
+                if not self._read_one(None):
+                    return
+                with self._lock:
+                    if (self._unread or self._pongs) and self._closed_with is None:
+                        continue
+                    self._reader_turn = False
+                    self._hand_over()
+                    break
 
     def _fail_all(self, reason: Callable[[str], BaseException]) -> None:
         with self._lock:
@@ -118,37 +306,16 @@ class Connection:
                 self._closed_with = reason
             sinks = list(self._sinks.values())
             self._sinks.clear()
+            self._unread = 0
+            self._turn.notify_all()
         for sink in sinks:
             sink.fail(reason(sink.method))
 
-    def _run(self) -> None:
-        while True:
-            try:
-                message = self.reader.read()
-            except _protocol.DecodeError as exc:
-                self._undecodable(exc)
-                continue
-            except (_protocol.FrameError, OSError):
-                break
-            if not isinstance(message, dict):
-                continue
-            if message.get("type") == "pong":
-                self.last_pong = self._timer()
-                continue
-            with self._lock:
-                sink = self._sinks.get(message.get("id"))  # type: ignore[arg-type]
-            if sink is not None:
-                sink.deliver(message)
-        with self._lock:
-            closed = self._closed_with is not None
-        if not closed:  # the worker's end broke first: it died (or hung up); the supervisor says how
-            self._fail_all(self._on_broken(self))
-
     def _undecodable(self, exc: _protocol.DecodeError) -> None:
         with self._lock:
-            sink = self._sinks.get(exc.call_id) if exc.call_id is not None else None
-        if sink is not None:
-            sink.deliver({"id": exc.call_id, "ok": False, "undecodable": str(exc)})
+            known = exc.call_id is not None and exc.call_id in self._sinks
+        if known:
+            self._route({"id": exc.call_id, "ok": False, "undecodable": str(exc)})
         else:
             self._logger.warning(
                 "model %s worker (pid %d) sent a frame the host cannot decode: %s", self.name, self.pid, exc

@@ -60,6 +60,8 @@ def result_of(name: str, method: str, call_id: int, reply: Any) -> Any:
     """
     if not isinstance(reply, dict):
         raise ReplyMismatch(f"answered {method}() with a {type(reply).__name__}")
+    if reply.get("ok") is True and reply.get("id") == call_id:  # the common case, without building an error
+        return reply.get("result")
     error = _error_of(reply)
     remote = {"remote_type": str(error.get("type", "")), "remote_traceback": str(error.get("traceback", ""))}
     if reply.get("bad_request"):  # a frame of ours it could not decode

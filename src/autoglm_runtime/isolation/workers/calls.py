@@ -2,9 +2,11 @@
 
 Promises (for every kind):
 
-* ``timeout`` (s; ``None`` waits for ever) bounds the wait for the worker to be ready and for the answer; for a
-  stream it is the idle bound, before the first chunk and between two chunks. Past it the call raises
-  :class:`ModelTimeoutError` (E0305) and the worker is killed and restarted (its other calls fail with E0103);
+* ``timeout`` (s; ``None`` waits for ever) bounds the wait for the worker to be ready, the writing of the
+  request and the wait for the answer; for a stream it is the idle bound, before the first chunk and between
+  two chunks. Past it the call raises :class:`ModelTimeoutError` (E0305) and the worker is killed and restarted
+  (its other calls fail with E0103) -- unless none of the request went out yet: then the worker is left alone;
+* a blocking call reads its own reply from the socket while no other thread does (see ``_connection.py``);
 * a stream yields each chunk as soon as the model yielded it; closing it early (``close()``, leaving a ``with``
   block, dropping it) closes the generator inside the worker and frees the worker for the next call;
 * async calls wait on futures and queues of the caller's loop: no thread per call in flight. Only a worker
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -24,7 +27,7 @@ from autoglm_runtime.isolation._scripts import protocol as _protocol
 from autoglm_runtime.isolation._scripts.dispatch import WINDOW
 from autoglm_runtime.isolation.workers import _replies
 from autoglm_runtime.isolation.workers._calls import AsyncCallSink, AsyncStreamSink, CallSink, Item, StreamSink
-from autoglm_runtime.isolation.workers._connection import Connection
+from autoglm_runtime.isolation.workers._connection import Connection, SendTimeout
 from autoglm_runtime.observability._tracing import traceparent
 
 if TYPE_CHECKING:
@@ -81,6 +84,12 @@ def _left(worker: WorkerProcess, deadline: float | None) -> float | None:
     return None if deadline is None else max(deadline - worker._timer(), 0.0)
 
 
+def _monotonic(worker: WorkerProcess, deadline: float | None) -> float | None:
+    """``deadline`` (a ``worker._timer`` instant) as a ``time.monotonic()`` one, for socket waits."""
+    left = _left(worker, deadline)
+    return None if left is None else time.monotonic() + left
+
+
 async def _aconnection(worker: WorkerProcess, method: str, timeout: float | None, deadline: float | None) -> Connection:
     """The ready connection at once, or -- when the worker must be (re)started -- waited for off the loop."""
     conn = worker.ready_connection()
@@ -97,9 +106,25 @@ def _in_time(worker: WorkerProcess, method: str, timeout: float | None, deadline
         raise worker.late(method, timeout, "in the queue or waiting for the worker")
 
 
-def _send(conn: Connection, call_id: int, frame: _protocol.Frame) -> None:
-    with contextlib.suppress(OSError):  # the socket broke: the reader (or close) fails the call's sink
-        conn.send(frame)
+def _send(conn: Connection, call_id: int, frame: _protocol.Frame, deadline: float | None) -> str | None:
+    """Write a call's request by its deadline: ``None`` once written (or when the socket broke: whoever reads
+    it, or close, fails the call), ``"unsent"`` when none of it went out in time, ``"torn"`` when part did."""
+    try:
+        conn.send(frame, deadline)
+    except SendTimeout as exc:
+        conn.unregister(call_id)
+        return "torn" if exc.partial else "unsent"
+    except OSError:
+        pass
+    return None
+
+
+def _unsent(worker: WorkerProcess, conn: Connection, method: str, timeout: float | None, how: str) -> BaseException:
+    """The error (E0305) of a request not written in time: one that never started going out leaves the worker
+    alone; one left half written leaves the stream out of step, so the worker is killed and restarted."""
+    if how == "unsent":
+        return worker.late(method, timeout, "waiting to write its arguments to the worker")
+    return worker.timed_out(conn, method, timeout, " (writing its arguments)")
 
 
 def _outcome(worker: WorkerProcess, method: str, call_id: int, reply: dict[str, Any]) -> Any:
@@ -127,8 +152,10 @@ def call(  # noqa: PLR0917
     sink = CallSink(method)
     conn.register(call_id, sink)
     try:
-        _send(conn, call_id, frame)
-        if not sink.wait(_left(worker, deadline)):
+        unsent = _send(conn, call_id, frame, deadline)
+        if unsent is not None:
+            raise _unsent(worker, conn, method, timeout, unsent)
+        if not conn.wait(sink, _monotonic(worker, deadline)):
             conn.unregister(call_id)
             raise worker.timed_out(conn, method, timeout)
     finally:
@@ -156,7 +183,9 @@ async def acall(  # noqa: PLR0917
     sink = AsyncCallSink(method, loop)
     conn.register(call_id, sink)
     try:
-        _send(conn, call_id, frame)
+        unsent = _send(conn, call_id, frame, deadline)
+        if unsent is not None:
+            raise await loop.run_in_executor(None, _unsent, worker, conn, method, timeout, unsent)
         try:
             reply = await asyncio.wait_for(sink.future, _left(worker, deadline))
         except asyncio.TimeoutError:
@@ -330,7 +359,9 @@ def stream(  # noqa: PLR0917
     conn = worker.connection(method, timeout, deadline)
     sink = StreamSink(method)
     conn.register(call_id, sink)
-    _send(conn, call_id, frame)
+    unsent = _send(conn, call_id, frame, deadline)
+    if unsent is not None:
+        raise _unsent(worker, conn, method, timeout, unsent)
     return ModelStream(_StreamState(worker, conn, call_id, method, timeout, on_done), sink)
 
 
@@ -349,7 +380,9 @@ async def open_astream(  # noqa: PLR0917
     conn = await _aconnection(worker, method, timeout, deadline)
     sink = AsyncStreamSink(method, loop)
     conn.register(call_id, sink)
-    _send(conn, call_id, frame)
+    unsent = _send(conn, call_id, frame, deadline)
+    if unsent is not None:
+        raise await loop.run_in_executor(None, _unsent, worker, conn, method, timeout, unsent)
     return _StreamState(worker, conn, call_id, method, timeout, on_done), sink
 
 

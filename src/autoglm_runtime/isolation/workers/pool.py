@@ -78,7 +78,7 @@ class _Heartbeat:
             self.last_ping = now
             if self.unanswered_since is None:
                 self.unanswered_since = now
-            conn.send_message({"type": "ping", "seq": int(now * 1000)})
+            conn.ping(int(now * 1000))
         elif step is Heartbeat.HUNG and self.unanswered_since is not None:
             silent = f"answered no heartbeat for {now - self.unanswered_since:.1f} s (limit {timeout:g} s)"
             self.unanswered_since = None
@@ -216,10 +216,8 @@ class ReplicaPool:
                 raise WorkerError(f"model '{self.name}' was closed; load it again to use it")
             if self._closing:
                 raise WorkerError(f"model '{self.name}' is closing; {method}() was refused")
-            free = [w for w in self.workers if self._load[w] < self.max_inflight]
-            alive = [w for w in free if not w.given_up] or free
-            if alive:
-                worker = min(alive, key=lambda w: self._load[w])
+            worker = self._least_loaded()
+            if worker is not None:
                 self._load[worker] += 1
                 return worker
             if len(self._waiters) >= self.max_queue:
@@ -233,6 +231,16 @@ class ReplicaPool:
             waiter = _Waiter(loop)
             self._waiters.append(waiter)
             return waiter
+
+    def _least_loaded(self) -> WorkerProcess | None:
+        """(Under the lock) the replica with the fewest calls below ``max_inflight``, preferring live ones."""
+        best: WorkerProcess | None = None
+        best_key = (True, self.max_inflight)
+        for worker in self.workers:
+            key = (worker.given_up, self._load[worker])
+            if key[1] < self.max_inflight and key < best_key:
+                best, best_key = worker, key
+        return best
 
     def _granted(self, waiter: _Waiter, method: str, timeout: float | None) -> WorkerProcess:
         """The replica a waiter got; on a timeout its place in the queue (or its replica) is given back."""
@@ -285,7 +293,8 @@ class ReplicaPool:
                 waiter.wake()
                 return
             self._load[worker] -= 1
-            self._idle.notify_all()
+            if self._closing:  # close() drains: it waits for the last call
+                self._idle.notify_all()
 
     def _beat(self) -> None:
         interval, timeout = self._heartbeat

@@ -1,0 +1,161 @@
+"""The host's end of a worker socket, over a real socketpair: who reads, hand-overs, bounded writes."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from autoglm_runtime.isolation._scripts import protocol
+from autoglm_runtime.isolation.workers._calls import CallSink, StreamSink
+from autoglm_runtime.isolation.workers._connection import Connection, SendTimeout
+
+
+def _broken(conn: Connection) -> Callable[[str], BaseException]:
+    return lambda method: ConnectionError(f"{method}: the peer went away")
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Connection, socket.socket]]:
+    host, peer = socket.socketpair()
+    conn = Connection("m", 1, host, _broken, logging.getLogger("test"))
+    conn.start()
+    yield conn, peer
+    conn.close(lambda method: ConnectionError(f"{method}: closed"))
+    peer.close()
+
+
+def _request(call_id: int) -> protocol.Frame:
+    return protocol.encode({"id": call_id, "type": "call", "method": "echo", "args": [call_id]})
+
+
+def _answer_all_in_reverse(peer: socket.socket, count: int) -> threading.Thread:
+    """A peer that reads ``count`` calls, then answers them last first."""
+
+    def run() -> None:
+        reader = protocol.FrameReader(peer)
+        ids = [reader.read()["id"] for _ in range(count)]
+        for call_id in reversed(ids):
+            protocol.write_frame(peer, {"id": call_id, "ok": True, "result": call_id})
+
+    thread = threading.Thread(target=run, name="test-peer")
+    thread.start()
+    return thread
+
+
+class _Witness(CallSink):
+    """A call sink that notes which thread delivered its reply."""
+
+    delivered_on = ""
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        self.delivered_on = threading.current_thread().name
+        super().deliver(message)
+
+
+def test_a_lone_call_reads_its_own_reply_on_its_own_thread(pair: tuple[Connection, socket.socket]) -> None:
+    conn, peer = pair
+    sink = _Witness("echo")
+    conn.register(7, sink)
+    peer_thread = _answer_all_in_reverse(peer, 1)
+    conn.send(_request(7))
+    assert conn.wait(sink, time.monotonic() + 30)
+    peer_thread.join()
+    assert sink.reply == {"id": 7, "ok": True, "result": 7}
+    assert sink.delivered_on == threading.current_thread().name
+    assert conn.inflight == 0
+
+
+def test_concurrent_callers_hand_the_read_side_over_and_each_gets_its_own_reply(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    conn, peer = pair
+    peer_thread = _answer_all_in_reverse(peer, 8)
+    results: dict[int, Any] = {}
+
+    def caller(call_id: int) -> None:
+        sink = CallSink("echo")
+        conn.register(call_id, sink)
+        conn.send(_request(call_id))
+        assert conn.wait(sink, time.monotonic() + 30)
+        results[call_id] = sink.reply
+
+    threads = [threading.Thread(target=caller, args=(i,), name=f"test-caller-{i}") for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    peer_thread.join()
+    assert results == {i: {"id": i, "ok": True, "result": i} for i in range(8)}
+    assert conn.inflight == 0
+
+
+def test_a_stream_is_read_by_the_reader_thread_while_a_blocked_call_reads_its_own(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    conn, peer = pair
+    stream = StreamSink("tokens")
+    conn.register(1, stream)
+    call = CallSink("echo")
+    conn.register(2, call)
+    protocol.write_frame(peer, {"id": 1, "chunk": "a"})
+    protocol.write_frame(peer, {"id": 2, "ok": True, "result": 2})
+    protocol.write_frame(peer, {"id": 1, "ok": True, "end": True})
+    assert conn.wait(call, time.monotonic() + 30)
+    assert call.reply == {"id": 2, "ok": True, "result": 2}
+    assert [stream.get(30), stream.get(30)] == [{"id": 1, "chunk": "a"}, {"id": 1, "ok": True, "end": True}]
+    assert conn.inflight == 0
+
+
+def test_a_wait_past_its_deadline_returns_false(pair: tuple[Connection, socket.socket]) -> None:
+    conn, _ = pair
+    sink = CallSink("echo")
+    conn.register(3, sink)
+    assert conn.wait(sink, time.monotonic() + 0.05) is False
+    assert not sink.settled
+
+
+def test_a_broken_stream_fails_the_blocked_call(pair: tuple[Connection, socket.socket]) -> None:
+    conn, peer = pair
+    sink = CallSink("echo")
+    conn.register(4, sink)
+    peer.shutdown(socket.SHUT_RDWR)
+    assert conn.wait(sink, None)
+    assert isinstance(sink.error, ConnectionError)
+    assert str(sink.error) == "echo: the peer went away"
+
+
+def _fill(sock: socket.socket) -> None:
+    """Write to ``sock`` until the peer's side holds all it can."""
+    while True:
+        try:
+            sock.send(b"\0" * 65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+
+
+def test_a_write_that_cannot_start_by_its_deadline_raises_unwritten(pair: tuple[Connection, socket.socket]) -> None:
+    conn, _ = pair
+    _fill(conn._sock)
+    with pytest.raises(SendTimeout) as info:
+        conn.send(_request(5), time.monotonic() + 0.05)
+    assert info.value.partial is False
+    with pytest.raises(SendTimeout) as again:  # nothing was torn: a later write waits for room like the first
+        conn.send(_request(6), time.monotonic() + 0.05)
+    assert again.value.partial is False
+
+
+def test_a_write_left_half_done_raises_partial_and_later_writes_fail(pair: tuple[Connection, socket.socket]) -> None:
+    conn, _ = pair
+    big = protocol.encode({"id": 6, "type": "call", "method": "echo", "args": [b"x" * (8 << 20)]})
+    with pytest.raises(SendTimeout) as info:
+        conn.send(big, time.monotonic() + 0.2)
+    assert info.value.partial is True
+    with pytest.raises(OSError, match="a frame was left half written on this connection"):
+        conn.send(_request(7))
+    assert conn.send_message({"type": "ping"}) is False
