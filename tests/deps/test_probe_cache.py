@@ -58,3 +58,117 @@ def test_the_cache_is_used_while_unchanged_and_invalidated_by_any_change(
     found = _run(python, capsys)
     assert any(m.startswith("lib is installed 2 times on the path") for m in found)
     assert _run(python, capsys, "--no-cache") == found
+
+
+def _egg_info(site: Path, requires: str | None) -> Path:
+    """A distribution's egg-info directory (requires.txt only if ``requires`` is given), made now."""
+    egg = site / "eggy-1.0.egg-info"
+    egg.mkdir()
+    (egg / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: eggy\nVersion: 1.0\n")
+    if requires is not None:
+        (egg / "requires.txt").write_text(requires)
+    return egg
+
+
+def _add_unseen(egg: Path) -> None:
+    """Add requires.txt, then set the directory's mtime back: as a file system with coarse timestamps may
+    leave it when the file is added right after the directory was listed."""
+    before = egg.stat()
+    (egg / "requires.txt").write_text("zz-not-installed>=1\n")
+    os.utime(egg, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+MISSING = ["eggy 1.0 requires zz-not-installed>=1, but zz-not-installed is not installed"]
+
+
+def test_a_recently_changed_metadata_directory_is_listed_again_every_run(
+    venv: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    python, site = venv
+    egg = _egg_info(site, None)  # its mtime is now: too recent to trust that it says every change
+    assert _run(python, capsys) == []
+    _add_unseen(egg)
+    assert _run(python, capsys) == MISSING
+
+
+def test_an_old_metadata_directory_is_checked_by_its_files_alone(
+    venv: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    python, site = venv
+    egg = _egg_info(site, None)
+    an_hour_ago = egg.stat().st_mtime_ns - 3600 * 10**9
+    os.utime(egg, ns=(an_hour_ago, an_hour_ago))
+    assert _run(python, capsys) == []
+    (egg / "requires.txt").write_text("zz-not-installed>=1\n")  # changes the directory's mtime
+    assert _run(python, capsys) == MISSING
+    (egg / "requires.txt").write_text("zz-not-installed>=2\n")  # in place: the file's own mtime and size
+    os.utime(egg, ns=(an_hour_ago, an_hour_ago))
+    assert _run(python, capsys) == ["eggy 1.0 requires zz-not-installed>=2, but zz-not-installed is not installed"]
+    stored = json.loads(cache_file(str(python)).read_text())["dists"][str(egg)]
+    assert stored[2] is True  # trusted: the next runs stat its files without listing it
+
+
+def _report_entry(python: Path) -> Path:
+    return cache_file(str(python)).with_name(cache_file(str(python)).stem + ".report.json")
+
+
+def test_a_stored_report_is_printed_again_without_importing_the_checker(
+    venv: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    python, _site = venv
+    first = _run(python, capsys)
+    entry = _report_entry(python)
+    stamp = entry.stat().st_mtime_ns
+    code = (
+        "import sys\n"
+        "from autoglm_runtime.cli import main\n"
+        f"code = main(['check-deps', '--python', {str(python)!r}, '--json'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('packaging', 'autoglm_runtime.deps'))), code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "[] 0"
+    assert json.loads(done.stdout[: done.stdout.rindex("}") + 1])["findings"] == first == []
+    assert entry.stat().st_mtime_ns == stamp  # a hit leaves the entry as it was
+
+
+def test_a_stored_report_is_used_only_for_the_same_options_and_environment(
+    venv: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    python, site = venv
+    main(["check-deps", "--python", str(python)])
+    human = capsys.readouterr().out
+    assert main(["check-deps", "--python", str(python), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["findings"] == []
+    main(["check-deps", "--python", str(python), "--why", "lib"])
+    why = capsys.readouterr().out
+    assert why.startswith("why lib (2.0 installed):\n")
+    assert why.endswith(human)
+    assert main(["check-deps", "--python", str(python)]) == 0
+    assert capsys.readouterr().out == human
+    _egg_info(site, "zz-not-installed>=1\n")
+    assert _run(python, capsys) == MISSING
+
+
+def test_no_cache_and_model_paths_neither_read_nor_write_a_stored_report(
+    venv: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    python, _ = venv
+    entry = _report_entry(python)
+    assert _run(python, capsys, "--no-cache") == []
+    assert not entry.exists()
+    reqs = tmp_path / "serving.txt"
+    reqs.write_text("lib>=3\n")
+    (found,) = _run(python, capsys, str(reqs))
+    assert found.startswith("model 'serving.txt' needs lib>=3 but the environment has lib 2.0;")
+    assert not entry.exists()
+    assert _run(python, capsys) == []
+    stored = json.loads(entry.read_text())
+    # A forged entry for this very probe output, options and code: printed as stored, which proves it is read;
+    # --no-cache ignores it.
+    stored["output"] = json.dumps({"findings": [{"message": "from the stored report"}]}) + "\n"
+    entry.write_text(json.dumps(stored))
+    assert _run(python, capsys) == ["from the stored report"]
+    assert _run(python, capsys, "--no-cache") == []
+    entry.write_text("{not json")
+    assert _run(python, capsys) == []
+    assert json.loads(entry.read_text())["format"] == 1  # rewritten

@@ -1,0 +1,147 @@
+"""Every distribution on an interpreter's path, as the probe reports them: stdlib only, run inside the probe.
+
+Walks the path in import-precedence order, describes each metadata directory (:mod:`metadata`, or its entry in
+the per-directory cache of :mod:`probe_cache` while that still holds), then decides file ownership where
+distributions of one directory overlap (:mod:`ownership`): which copy of a distribution is on disk, and which
+of two distributions claiming one import name installed the files that are there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from . import metadata
+
+_CANON_RE = re.compile(r"[-_.]+")
+#: Recomputed every run (they depend on other distributions' files), so never taken from the cache.
+_PER_RUN = ("record_matches", "clashes")
+
+
+def _canonical(name: object) -> str:
+    return _CANON_RE.sub("-", str(name)).lower()
+
+
+def _describe_cached(
+    location: str, entry: str, cache: dict[str, object] | None, fresh: dict[str, object], now_ns: int
+) -> tuple[dict[str, object], str | None]:
+    """:func:`metadata.describe`, or its cached result while the directory's stamp holds (RECORD then unread)."""
+    if cache is None:
+        return metadata.describe(location, entry)
+    from . import probe_cache
+
+    meta_dir = os.path.join(location, entry)
+    hit = cache.get(meta_dir)
+    if not (isinstance(hit, list) and len(hit) == 3 and isinstance(hit[1], dict)):
+        hit = None
+    if hit is not None and hit[2] is True and probe_cache.holds(meta_dir, hit[0]):
+        stamp, trusted = hit[0], True
+    else:
+        stamp, trusted = probe_cache.stamp(meta_dir, now_ns)
+        if hit is not None and (stamp is None or stamp != hit[0]):
+            hit = None
+    if hit is not None:
+        dist = dict(hit[1])
+        dist.update(record_matches=None, clashes={})
+        dist["modules"] = {k: list(v) for k, v in dist["modules"].items()}
+        record = None
+    else:
+        dist, record = metadata.describe(location, entry)
+    if stamp is not None:
+        fresh[meta_dir] = [stamp, {k: v for k, v in dist.items() if k not in _PER_RUN}, trusted]
+    return dist, record
+
+
+def metadata_dirs(path: list[str]) -> list[tuple[str, str]]:
+    """``(location, entry)`` of every metadata directory on ``path``, in import-precedence order."""
+    found: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for entry in path:
+        location = os.path.abspath(entry or os.curdir)
+        if location in seen or not os.path.isdir(location):
+            continue
+        seen.add(location)
+        try:
+            names = os.listdir(location)
+        except OSError:
+            continue
+        # "~name" directories are what an interrupted pip uninstall leaves: no longer installed.
+        found += [(location, n) for n in names if n.endswith((".dist-info", ".egg-info")) and not n.startswith("~")]
+    return found
+
+
+def collect(
+    path: list[str], cache: dict[str, object] | None = None, now_ns: int | None = None
+) -> list[dict[str, object]]:
+    """Every distribution on ``path``, in import-precedence order.
+
+    ``cache`` (``{metadata_dir: [stamp, description, trusted]}``, as ``probe_cache.load_cache`` reads it) is
+    used for every metadata directory whose stamp holds, and replaced by the entries of this run. ``now_ns``
+    is the wall clock (``time.time_ns()``) the stamps of this run are judged against.
+    """
+    if now_ns is None:
+        import time
+
+        now_ns = time.time_ns()
+    fresh: dict[str, object] = {}
+    records: dict[str, str] = {}
+    dists = []
+    for location, name in metadata_dirs(path):
+        dist, record = _describe_cached(location, name, cache, fresh, now_ns)
+        if record is not None:
+            records[str(dist["metadata_dir"])] = record
+        dists.append(dist)
+    if cache is not None:
+        cache.clear()
+        cache.update(fresh)
+    dists = _without_editable_leftovers(dists)
+    copies: dict[tuple[str, str], list[dict[str, object]]] = {}
+    owners: dict[tuple[str, str], list[dict[str, object]]] = {}
+    for dist in dists:
+        if dist["name"]:
+            copies.setdefault((str(dist["location"]), _canonical(dist["name"])), []).append(dist)
+        for module in dist["modules"]:  # type: ignore[attr-defined]
+            owners.setdefault((str(dist["location"]), module), []).append(dist)
+    contested = [g for g in copies.values() if len(g) > 1], [(m, g) for (_, m), g in owners.items() if len(g) > 1]
+    if contested[0] or contested[1]:
+        from . import ownership
+
+        def rows(dist: dict[str, object]) -> dict[str, str | None]:
+            return _rows(dist, records)
+
+        for group in contested[0]:
+            ownership.decide_copies(group, rows)
+        for module, group in contested[1]:
+            ownership.decide_clash(module, group, rows)
+    return dists
+
+
+def _rows(dist: dict[str, object], records: dict[str, str]) -> dict[str, str | None]:
+    """RECORD of ``dist`` as ``{path: hash}``: the text read this run, else read now (described from the cache)."""
+    from . import ownership
+
+    meta_dir = str(dist["metadata_dir"])
+    record = records.get(meta_dir)
+    if record is None and os.path.isdir(meta_dir):
+        try:
+            record = metadata._read(os.path.join(meta_dir, "RECORD"))
+        except (OSError, ValueError):
+            record = None
+    return ownership.record_rows(record) if record is not None else {}
+
+
+def _without_editable_leftovers(dists: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Drop the ``.egg-info`` a setuptools build leaves in an editable project (``src/pkg.egg-info``):
+    the project's ``.dist-info`` in site-packages is the installed copy, the egg-info only a build artefact.
+    """
+    roots = {_canonical(d["name"]): str(d["editable"]) for d in dists if d.get("editable") and d["name"]}
+    if not roots:
+        return dists
+    out = []
+    for dist in dists:
+        root = roots.get(_canonical(dist["name"]))
+        meta_dir = str(dist["metadata_dir"])
+        if root and meta_dir.endswith(".egg-info") and meta_dir.startswith(root.rstrip(os.sep) + os.sep):
+            continue
+        out.append(dist)
+    return out
