@@ -101,7 +101,8 @@ def _probe_cache_valid(env_python: Path) -> str:
     from autoglm_runtime.cli._early_probe import cache_path
     from autoglm_runtime.deps._scripts import probe_cache
 
-    cache = probe_cache.load_cache(cache_path(str(env_python)))
+    every = probe_cache.load_cache(cache_path(str(env_python)))
+    cache = {k: v for k, v in every.items() if not k.startswith("@")}  # distributions, not decisions or facts
     now = time.time_ns()
     valid = sum(
         1
@@ -109,7 +110,8 @@ def _probe_cache_valid(env_python: Path) -> str:
         if (trusted and probe_cache.holds(meta_dir, stamp)) or probe_cache.stamp(meta_dir, now)[0] == stamp
     )
     trusted_count = sum(1 for entry in cache.values() if entry[2] is True)  # type: ignore[index]
-    return f"{valid}/{len(cache)} entries hold ({trusted_count} checked without a listing)"
+    others = sorted({k.split()[0] for k in every if k.startswith("@")})
+    return f"{valid}/{len(cache)} entries hold ({trusted_count} checked without a listing), also cached: {others}"
 
 
 def _load() -> str:

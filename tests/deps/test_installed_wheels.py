@@ -8,6 +8,7 @@ from __future__ import annotations
 import email
 import json
 import os
+import platform
 import sys
 import zipfile
 from importlib.metadata import Distribution
@@ -46,7 +47,7 @@ def _install(site: Path, wheel: Path) -> None:
 def _probe_site(*sites: Path) -> ProbedEnvironment:
     data = {
         "probe": _probe.PROBE_FORMAT,
-        "version": _probe.platform.python_version(),
+        "version": platform.python_version(),
         "markers": _probe.marker_environment(),
         "path": [str(s) for s in sites],
         "distributions": _probe.collect([str(s) for s in sites]),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -172,3 +174,61 @@ def test_no_cache_and_model_paths_neither_read_nor_write_a_stored_report(
     entry.write_text("{not json")
     assert _run(python, capsys) == []
     assert json.loads(entry.read_text())["format"] == 1  # rewritten
+
+
+def _probe(python: Path, *flags: str) -> tuple[dict[str, dict[str, object]], str]:
+    """The probe's distributions by name, and what ``-X importtime`` says it imported."""
+    from autoglm_runtime.cli._early_probe import PROBE_SCRIPT
+
+    command = [str(python), "-X", "importtime", "-I", PROBE_SCRIPT, "--cache", str(cache_file(str(python)))]
+    done = subprocess.run([*command[:1], *flags, *command[1:]], capture_output=True, text=True, check=True)
+    payload = json.loads(done.stdout.rpartition("@autoglm-runtime-probe@\n")[2])
+    return {str(d["name"]): d for d in payload["distributions"]}, done.stderr
+
+
+def _age(*paths: Path) -> None:
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    for path in paths:
+        os.utime(path, ns=(an_hour_ago, an_hour_ago))
+
+
+def test_a_warm_probe_reuses_ownership_decisions_and_interpreter_facts_while_their_files_are_unchanged(
+    venv: tuple[Path, Path],
+) -> None:
+    python, site = venv
+    for wheel in (
+        build_wheel(site.parent / "w3", "jwt", "1.0", modules={"jwt/__init__.py": "X = 1\n"}),
+        build_wheel(site.parent / "w3", "PyJWT", "2.8.0", modules={"jwt/__init__.py": "X = 2\n"}),
+    ):
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extractall(site)  # PyJWT last: its file is the one on disk
+    _age(site / "jwt" / "__init__.py", *site.glob("*.dist-info"))
+    dists, imported = _probe(python)
+    assert (dists["jwt"]["clashes"], dists["PyJWT"]["clashes"]) == ({"jwt": False}, {"jwt": True})
+    assert "hashlib" in imported
+    assert "platform" in imported
+    cached = json.loads(cache_file(str(python)).read_text())["dists"]
+    assert sorted(k.split()[0] for k in cached if k.startswith("@")) == ["@interpreter", "@ownership"]
+    dists, imported = _probe(python)
+    assert (dists["jwt"]["clashes"], dists["PyJWT"]["clashes"]) == ({"jwt": False}, {"jwt": True})
+    assert "hashlib" not in imported  # the decision was not made again
+    assert "platform" not in imported  # nor the marker environment computed again
+    (site / "jwt" / "__init__.py").write_text("X = 1\n")  # same size: the mtime tells
+    dists, imported = _probe(python)
+    assert (dists["jwt"]["clashes"], dists["PyJWT"]["clashes"]) == ({"jwt": True}, {"jwt": False})
+    assert "hashlib" in imported
+    dists, imported = _probe(python)  # the file is too new to trust its mtime: decided again
+    assert (dists["jwt"]["clashes"], dists["PyJWT"]["clashes"]) == ({"jwt": True}, {"jwt": False})
+    assert "hashlib" in imported
+
+
+def test_interpreter_facts_are_taken_from_the_cache_only_for_the_same_inputs() -> None:
+    from autoglm_runtime.deps._scripts import probe as _probe
+
+    inputs = _probe._facts_inputs()
+    forged = {"version": "9.9.9", "markers": {"python_version": "9.9"}}
+    assert _probe._facts({_probe.FACTS_KEY: [inputs, forged]}) == forged
+    other = [*inputs[:-1], "elsewhere"]  # type: ignore[index]
+    cache: dict[str, object] = {_probe.FACTS_KEY: [other, forged]}
+    assert _probe._facts(cache) == {"version": platform.python_version(), "markers": _probe.marker_environment()}
+    assert cache[_probe.FACTS_KEY] == [inputs, _probe._facts(None)]

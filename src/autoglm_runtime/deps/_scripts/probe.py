@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 
 if not __package__:  # run as a script: the relative imports below then find the modules beside this file
@@ -63,6 +62,8 @@ PREFIX_PLACEHOLDER = "/@autoglm-venv-prefix@"
 
 def marker_environment() -> dict[str, str]:
     """The PEP 508 marker environment of the running interpreter (as ``packaging`` computes it)."""
+    import platform  # here: a probe that finds these facts cached never imports it
+
     impl = sys.implementation.version
     impl_version = f"{impl.major}.{impl.minor}.{impl.micro}"
     if impl.releaselevel != "final":
@@ -82,13 +83,42 @@ def marker_environment() -> dict[str, str]:
     }
 
 
-def _interpreter() -> dict[str, object]:
-    """What every description of the running interpreter starts with."""
+#: The probe cache's key for the interpreter facts (metadata directories' keys are absolute paths).
+FACTS_KEY = "@interpreter"
+
+
+def _facts_inputs() -> list[object] | None:
+    """All that ``platform`` computes the version and markers from on POSIX: ``sys.version`` (parsed for the
+    version and implementation), ``os.uname()`` (system, release, version, machine) and ``sys.implementation``.
+    ``None`` elsewhere (Windows asks the registry), where the facts are never cached."""
+    if not hasattr(os, "uname"):
+        return None
+    impl = sys.implementation
+    return [sys.version, list(os.uname()), impl.name, list(impl.version), os.name, sys.platform]
+
+
+def _facts(cache: dict[str, object] | None) -> dict[str, object]:
+    """The interpreter's version and marker environment, from ``cache`` while their inputs are unchanged."""
+    inputs = _facts_inputs()
+    hit = cache.get(FACTS_KEY) if cache is not None else None
+    if inputs is not None and isinstance(hit, list) and len(hit) == 2 and hit[0] == inputs:
+        return dict(hit[1])
+    import platform
+
+    facts: dict[str, object] = {"version": platform.python_version(), "markers": marker_environment()}
+    if cache is not None and inputs is not None:
+        cache[FACTS_KEY] = [inputs, facts]
+    return facts
+
+
+def _interpreter(cache: dict[str, object] | None = None) -> dict[str, object]:
+    """What every description of the running interpreter starts with (``cache``: see :func:`_facts`)."""
+    facts = _facts(cache)
     return {
         "probe": PROBE_FORMAT,
         "executable": sys.executable,
-        "version": platform.python_version(),
-        "markers": marker_environment(),
+        "version": facts["version"],
+        "markers": facts["markers"],
         "path": list(sys.path),
     }
 
@@ -127,7 +157,11 @@ def _main(argv: list[str]) -> None:
 
         cache = probe_cache.load_cache(cache_path)
         before = dict(cache)
-    description = {**_interpreter(), "distributions": collect(list(sys.path), cache)}
+    interpreter = _interpreter(cache)
+    facts = cache.get(FACTS_KEY) if cache is not None else None
+    description = {**interpreter, "distributions": collect(list(sys.path), cache)}
+    if cache is not None and facts is not None:
+        cache[FACTS_KEY] = facts  # collect keeps only the entries it made
     sys.stdout.write(OUTPUT_MARK)
     sys.stdout.write(json.dumps(description))  # dumps, not dump: only the one-shot encoder is C code
     sys.stdout.flush()

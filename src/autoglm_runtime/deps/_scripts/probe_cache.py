@@ -1,7 +1,9 @@
 """The probe's per-metadata-directory cache: stdlib only, used by ``probe.py`` when given ``--cache FILE``.
 
 An entry is ``{metadata_dir: [stamp, description, trusted]}``; the stamp (:func:`stamp`) changes whenever the
-description could, so a cached description is used only while it is still true (:func:`holds`).
+description could, so a cached description is used only while it is still true (:func:`holds`). Keys that
+start with ``@`` (never an absolute path) hold what else a warm probe need not compute again: file-ownership
+decisions (``scan.OWNERSHIP_KEY``) and the interpreter's marker environment (``probe.FACTS_KEY``).
 """
 
 from __future__ import annotations

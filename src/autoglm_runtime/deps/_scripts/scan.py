@@ -8,6 +8,7 @@ of two distributions claiming one import name installed the files that are there
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -75,9 +76,10 @@ def collect(
 ) -> list[dict[str, object]]:
     """Every distribution on ``path``, in import-precedence order.
 
-    ``cache`` (``{metadata_dir: [stamp, description, trusted]}``, as ``probe_cache.load_cache`` reads it) is
-    used for every metadata directory whose stamp holds, and replaced by the entries of this run. ``now_ns``
-    is the wall clock (``time.time_ns()``) the stamps of this run are judged against.
+    ``cache`` (``{metadata_dir: [stamp, description, trusted]}`` and file-ownership decisions under
+    :data:`OWNERSHIP_KEY` keys, as ``probe_cache.load_cache`` reads it) is used for every metadata directory
+    whose stamp holds and every decision whose files are unchanged, and replaced by the entries of this run.
+    ``now_ns`` is the wall clock (``time.time_ns()``) the stamps of this run are judged against.
     """
     if now_ns is None:
         import time
@@ -91,9 +93,6 @@ def collect(
         if record is not None:
             records[str(dist["metadata_dir"])] = record
         dists.append(dist)
-    if cache is not None:
-        cache.clear()
-        cache.update(fresh)
     dists = _without_editable_leftovers(dists)
     copies: dict[tuple[str, str], list[dict[str, object]]] = {}
     owners: dict[tuple[str, str], list[dict[str, object]]] = {}
@@ -102,18 +101,85 @@ def collect(
             copies.setdefault((str(dist["location"]), _canonical(dist["name"])), []).append(dist)
         for module in dist["modules"]:  # type: ignore[attr-defined]
             owners.setdefault((str(dist["location"]), module), []).append(dist)
-    contested = [g for g in copies.values() if len(g) > 1], [(m, g) for (_, m), g in owners.items() if len(g) > 1]
-    if contested[0] or contested[1]:
-        from . import ownership
-
-        def rows(dist: dict[str, object]) -> dict[str, str | None]:
-            return _rows(dist, records)
-
-        for group in contested[0]:
-            ownership.decide_copies(group, rows)
-        for module, group in contested[1]:
-            ownership.decide_clash(module, group, rows)
+    contested = [("copies", "", g) for g in copies.values() if len(g) > 1]
+    contested += [("clash", m, g) for (_, m), g in owners.items() if len(g) > 1]
+    for kind, module, group in contested:
+        _decide(kind, module, group, records=records, cache=cache, fresh=fresh, now_ns=now_ns)
+    if cache is not None:
+        cache.clear()
+        cache.update(fresh)
     return dists
+
+
+#: Cache keys of file-ownership decisions start with this (metadata directories' keys are absolute paths).
+OWNERSHIP_KEY = "@ownership"
+
+
+def _decide(
+    kind: str,
+    module: str,
+    group: list[dict[str, object]],
+    *,
+    records: dict[str, str],
+    cache: dict[str, object] | None,
+    fresh: dict[str, object],
+    now_ns: int,
+) -> None:
+    """Decide whose files are on disk for ``group`` (copies of one distribution, or claimants of ``module``),
+    or take the decision from the cache while it still holds.
+
+    A cached decision holds while every member's metadata stamp is the one it was made with (so their RECORDs
+    are unchanged) and every file it read has the same mtime, size and inode. It is cached only when those
+    files were old enough to trust their timestamps (as :func:`probe_cache.stamp` judges directories).
+    """
+    from . import ownership
+
+    meta_dirs = [str(d["metadata_dir"]) for d in group]
+    key = " ".join([OWNERSHIP_KEY, kind, module, json.dumps(meta_dirs)])
+    stamps = [(fresh.get(m) or [None])[0] for m in meta_dirs]  # type: ignore[index]
+    location = str(group[0]["location"])
+    hit = cache.get(key) if cache is not None else None
+    if isinstance(hit, list) and _holds(hit, stamps, location):
+        for dist, value in zip(group, hit[2]):  # noqa: B905 (the probe runs on Python 3.7)
+            _apply(kind, module, dist, value)
+        fresh[key] = hit
+        return
+    stats: dict[str, list[int] | None] = {}
+
+    def rows(dist: dict[str, object]) -> dict[str, str | None]:
+        return _rows(dist, records)
+
+    if kind == "copies":
+        ownership.decide_copies(group, rows, stats)
+    else:
+        ownership.decide_clash(module, group, rows, stats)
+    from . import probe_cache
+
+    old = all(st is None or st[0] < now_ns - probe_cache.TRUST_MARGIN_NS for st in stats.values())
+    if cache is not None and None not in stamps and old:
+        fresh[key] = [stamps, stats, [_result(kind, module, d) for d in group]]
+
+
+def _holds(hit: list[object], stamps: list[object], location: str) -> bool:
+    """Whether the cached decision ``hit`` was made on these metadata stamps and these very files."""
+    from . import ownership
+
+    if len(hit) != 3 or None in stamps or hit[0] != stamps or not isinstance(hit[1], dict):
+        return False
+    return all(ownership.file_stat(os.path.join(location, p)) == st for p, st in hit[1].items())
+
+
+def _result(kind: str, module: str, dist: dict[str, object]) -> object:
+    if kind == "copies":
+        return dist["record_matches"]
+    return dist["clashes"].get(module)  # type: ignore[attr-defined]
+
+
+def _apply(kind: str, module: str, dist: dict[str, object], value: object) -> None:
+    if kind == "copies":
+        dist["record_matches"] = value
+    elif value is not None:
+        dist["clashes"][module] = value  # type: ignore[index]
 
 
 def _rows(dist: dict[str, object], records: dict[str, str]) -> dict[str, str | None]:
