@@ -111,3 +111,10 @@ def test_an_interpreter_that_cannot_start_is_an_error_kept_for_later(tmp_path: P
     probe = ProbeProcess(str(tmp_path / "absent"), None)
     assert isinstance(probe.error, FileNotFoundError)
     probe.kill()
+
+
+def test_the_command_waits_for_the_probe_as_long_as_the_probe_module_says() -> None:
+    from autoglm_runtime.cli import check_deps
+    from autoglm_runtime.deps import probe
+
+    assert check_deps.PROBE_TIMEOUT == probe.PROBE_TIMEOUT

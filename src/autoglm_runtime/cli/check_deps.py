@@ -153,15 +153,19 @@ def _report_key(args: argparse.Namespace, width: int | None) -> dict[str, Any] |
 
 def _wait(started: ProbeProcess) -> tuple[int, str, str]:
     """The probe's exit code, stdout and stderr; one that cannot start or does not finish is a usage error."""
-    import subprocess
-
-    from autoglm_runtime.deps.probe import launch_error
-
     if started.error is not None:
+        from autoglm_runtime.deps.probe import launch_error
+
         raise launch_error(started.python, started.error) from started.error
     try:
         return started.communicate(PROBE_TIMEOUT)
-    except subprocess.TimeoutExpired as exc:
+    except Exception as exc:
+        import subprocess  # here: only a probe that timed out needs it
+
+        if not isinstance(exc, subprocess.TimeoutExpired):
+            raise
+        from autoglm_runtime.deps.probe import launch_error
+
         raise launch_error(started.python, exc) from exc
 
 
@@ -186,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         answer = None
         if stored is not None and started is not None and started.error is None:
             # Most likely unchanged: wait for the probe before importing the checker, which a hit never needs.
-            answer = started.communicate(PROBE_TIMEOUT)
+            answer = _wait(started)
             if answer[0] == 0 and answer[1] == stored["probe"]:
                 sys.stdout.write(stored["output"])
                 return int(stored["exit_code"])
