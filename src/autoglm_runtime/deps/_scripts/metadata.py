@@ -81,6 +81,8 @@ def _modules(meta_dir: str, record: str | None, location: str, errors: list[str]
     if record is not None:
         for line in record.splitlines():
             path, _, rest = line.partition(",")
+            if line.count("/", 0, len(path)) + line.count("\\", 0, len(path)) > 1:
+                continue  # deeper than a package's __init__.py (most of a RECORD): no import name of its own
             found = _top_name(path.strip().strip('"'))
             if found is None:
                 continue
@@ -138,9 +140,14 @@ def _editable_root(meta_dir: str, record: str | None) -> str | None:
     return os.path.normpath(unquote(urlsplit(url).path))
 
 
+_FOLD_RE = re.compile(r"\r?\n(?=[ \t])|\r(?=[ \t])")
+
+
 def _unfold(value: str) -> str:
     """A header value with its folding line breaks removed (RFC 5322 unfolding), then stripped."""
-    return re.sub(r"\r?\n(?=[ \t])|\r(?=[ \t])", "", value).strip()
+    if "\n" in value or "\r" in value:  # most values are one line: nothing to unfold
+        value = _FOLD_RE.sub("", value)
+    return value.strip()
 
 
 def describe(location: str, entry: str) -> tuple[dict[str, object], str | None]:
