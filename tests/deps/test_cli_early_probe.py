@@ -118,3 +118,22 @@ def test_the_command_waits_for_the_probe_as_long_as_the_probe_module_says() -> N
     from autoglm_runtime.deps import probe
 
     assert check_deps.PROBE_TIMEOUT == probe.PROBE_TIMEOUT
+
+
+def test_a_changed_environment_is_checked_in_full_on_the_probe_already_run(
+    counted: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    wrapper, log = counted
+    argv = ["check-deps", "--python", str(wrapper), "--json"]
+    assert main(argv) == 0
+    assert main(argv) == 0  # the stored report, printed again before argparse is imported
+    assert capsys.readouterr().out.count('"findings": []') == 2
+    site = next((wrapper.parent / "venv" / "lib").glob("python3*/site-packages"))
+    egg = site / "eggy-1.0.egg-info"
+    egg.mkdir()
+    (egg / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: eggy\nVersion: 1.0\n")
+    (egg / "requires.txt").write_text("zz-not-installed>=1\n")
+    assert main(argv) == 1
+    (finding,) = json.loads(capsys.readouterr().out)["findings"]
+    assert finding["message"] == "eggy 1.0 requires zz-not-installed>=1, but zz-not-installed is not installed"
+    assert log.read_text() == "start\n" * 3  # one probe per run, the third one's answer used by the full check

@@ -114,7 +114,7 @@ def _report_entry(python: Path) -> Path:
     return cache_file(str(python)).with_name(cache_file(str(python)).stem + ".report.json")
 
 
-def test_a_stored_report_is_printed_again_without_importing_the_checker(
+def test_a_stored_report_is_printed_again_without_importing_the_checker_or_argparse(
     venv: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     python, _site = venv
@@ -125,7 +125,8 @@ def test_a_stored_report_is_printed_again_without_importing_the_checker(
         "import sys\n"
         "from autoglm_runtime.cli import main\n"
         f"code = main(['check-deps', '--python', {str(python)!r}, '--json'])\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('packaging', 'autoglm_runtime.deps'))), code)\n"
+        "loaded = [m for m in sys.modules if m.startswith(('argparse', 'packaging', 'autoglm_runtime.deps'))]\n"
+        "print(sorted(loaded), code)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.splitlines()[-1] == "[] 0"

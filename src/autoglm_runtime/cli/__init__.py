@@ -7,7 +7,9 @@ configuration error. Errors of the SDK are printed as their coded message, never
 
 Start-up time is part of what ``check-deps`` is judged by, so this module imports nothing at load time:
 a command line naming a subcommand registers only that one, and ``check-deps --python PY`` starts its probe
-process (:mod:`autoglm_runtime.cli._early_probe`) before argparse is even imported.
+process (:mod:`autoglm_runtime.cli._early_probe`) before argparse is even imported; when the same arguments
+were given last time and nothing the report rests on changed, argparse is not imported at all
+(:func:`autoglm_runtime.cli.check_deps.replay`).
 """
 
 from __future__ import annotations
@@ -49,17 +51,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     command = arguments[0] if arguments else None
     prestarted = None
+    extra: dict[str, object] = {}
     if command == "check-deps":
         from autoglm_runtime.cli._early_probe import prestart
 
         prestarted = prestart(arguments[1:])
+        extra = {"prestarted": prestarted, "argv": arguments[1:]}
     try:
+        if prestarted is not None:
+            from autoglm_runtime.cli.check_deps import replay
+
+            try:
+                code = replay(arguments[1:], prestarted)
+            except KeyboardInterrupt:
+                return 130
+            if code is not None:
+                return code
         # A known subcommand first: argparse then never looks at the other subcommands, so registering
         # only this one parses exactly as the full parser would.
         parser = build_parser(only=command if command in _SUBCOMMANDS else None)
         import argparse
 
-        args = parser.parse_args(arguments, namespace=argparse.Namespace(prestarted=prestarted))
+        args = parser.parse_args(arguments, namespace=argparse.Namespace(**extra))
         return _dispatch(parser, args)
     finally:
         if prestarted is not None:

@@ -77,6 +77,7 @@ class ProbeProcess:
         self._pid: int | None = None
         self._fds: list[int] = []
         self._popen: subprocess.Popen[bytes] | None = None
+        self._outcome: tuple[int, str, str] | Exception | None = None
         command = [python, "-I", PROBE_SCRIPT, *(["--cache", cache] if cache else [])]
         try:
             if hasattr(os, "posix_spawn"):
@@ -111,7 +112,18 @@ class ProbeProcess:
         """Wait for the probe: ``(exit code, stdout, stderr)``, text with universal newlines.
 
         Raises :class:`subprocess.TimeoutExpired` (after killing the probe) when it runs longer than ``timeout``.
+        A second call gives the first one's outcome again.
         """
+        if self._outcome is None:
+            try:
+                self._outcome = self._communicate(timeout, clock)
+            except Exception as exc:
+                self._outcome = exc
+        if isinstance(self._outcome, Exception):
+            raise self._outcome
+        return self._outcome
+
+    def _communicate(self, timeout: float, clock: Callable[[], float] | None) -> tuple[int, str, str]:
         if self._popen is not None:  # pragma: no cover - Windows
             out, err = self._popen.communicate(timeout=timeout)
             return self._popen.returncode, _text(out), _text(err)

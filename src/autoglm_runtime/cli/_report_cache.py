@@ -48,14 +48,16 @@ def entry_path(probe_cache: str) -> str:
     return probe_cache[: -len(".json")] + ".report.json" if probe_cache.endswith(".json") else probe_cache + ".report"
 
 
-def load(path: str, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The stored entry if it was made with ``key`` (same options and code), else ``None``."""
+def load(path: str, key: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The stored entry if it was made with ``key`` (same options and code; any key for ``None``), else ``None``."""
     try:
         with open(path, encoding="utf-8") as fh:
             entry = json.loads(fh.read())
     except (OSError, ValueError):
         return None
-    if not isinstance(entry, dict) or entry.get("format") != FORMAT or entry.get("key") != key:
+    if not isinstance(entry, dict) or entry.get("format") != FORMAT:
+        return None
+    if key is not None and entry.get("key") != key:
         return None
     if not isinstance(entry.get("probe"), str) or not isinstance(entry.get("output"), str):
         return None
