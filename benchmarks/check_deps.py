@@ -110,7 +110,7 @@ def _probe_cache_valid(env_python: Path) -> str:
         if (trusted and probe_cache.holds(meta_dir, stamp)) or probe_cache.stamp(meta_dir, now)[0] == stamp
     )
     trusted_count = sum(1 for entry in cache.values() if entry[2] is True)  # type: ignore[index]
-    others = sorted({k.split()[0] for k in every if k.startswith("@")})
+    others = sorted({k.partition("\0")[0] for k in every if k.startswith("@")})
     return f"{valid}/{len(cache)} entries hold ({trusted_count} checked without a listing), also cached: {others}"
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from autoglm_runtime.cli import main
 from autoglm_runtime.cli.check_deps import cache_file
+from autoglm_runtime.deps._scripts import probe_cache
 from autoglm_runtime.testing.wheels import build_wheel
 
 
@@ -43,8 +44,8 @@ def test_the_cache_is_used_while_unchanged_and_invalidated_by_any_change(
 ) -> None:
     python, site = venv
     assert _run(python, capsys) == []
-    cached = json.loads(cache_file(str(python)).read_text())
-    assert f"{site}/app-1.0.dist-info" in cached["dists"]
+    cached = probe_cache.load_cache(str(cache_file(str(python))))
+    assert f"{site}/app-1.0.dist-info" in cached
     assert _run(python, capsys) == []  # warm
     # METADATA rewritten in place (same directory, same size): its own mtime changes.
     meta = site / "app-1.0.dist-info" / "METADATA"
@@ -106,7 +107,7 @@ def test_an_old_metadata_directory_is_checked_by_its_files_alone(
     (egg / "requires.txt").write_text("zz-not-installed>=2\n")  # in place: the file's own mtime and size
     os.utime(egg, ns=(an_hour_ago, an_hour_ago))
     assert _run(python, capsys) == ["eggy 1.0 requires zz-not-installed>=2, but zz-not-installed is not installed"]
-    stored = json.loads(cache_file(str(python)).read_text())["dists"][str(egg)]
+    stored = probe_cache.load_cache(str(cache_file(str(python))))[str(egg)]
     assert stored[2] is True  # trusted: the next runs stat its files without listing it
 
 
@@ -177,14 +178,15 @@ def test_no_cache_and_model_paths_neither_read_nor_write_a_stored_report(
     assert json.loads(entry.read_text())["format"] == 1  # rewritten
 
 
-def _probe(python: Path, *flags: str) -> tuple[dict[str, dict[str, object]], str]:
-    """The probe's distributions by name, and what ``-X importtime`` says it imported."""
+def _probe(python: Path, *flags: str) -> tuple[dict[str, dict[str, object]], set[str]]:
+    """The probe's distributions by name, and the modules ``-X importtime`` says it imported."""
     from autoglm_runtime.cli._early_probe import PROBE_SCRIPT
 
     command = [str(python), "-X", "importtime", "-I", PROBE_SCRIPT, "--cache", str(cache_file(str(python)))]
     done = subprocess.run([*command[:1], *flags, *command[1:]], capture_output=True, text=True, check=True)
     payload = json.loads(done.stdout.rpartition("@autoglm-runtime-probe@\n")[2])
-    return {str(d["name"]): d for d in payload["distributions"]}, done.stderr
+    imported = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    return {str(d["name"]): d for d in payload["distributions"]}, imported
 
 
 def _age(*paths: Path) -> None:
@@ -208,12 +210,14 @@ def test_a_warm_probe_reuses_ownership_decisions_and_interpreter_facts_while_the
     assert (dists["jwt"]["clashes"], dists["PyJWT"]["clashes"]) == ({"jwt": False}, {"jwt": True})
     assert "hashlib" in imported
     assert "platform" in imported
-    cached = json.loads(cache_file(str(python)).read_text())["dists"]
-    assert sorted(k.split()[0] for k in cached if k.startswith("@")) == ["@interpreter", "@ownership"]
+    cached = probe_cache.load_cache(str(cache_file(str(python))))
+    kept = sorted(k.partition("\0")[0] for k in cached if k.startswith("@"))
+    assert kept == ["@interpreter", "@output", "@ownership"]
     dists, imported = _probe(python)
     assert (dists["jwt"]["clashes"], dists["PyJWT"]["clashes"]) == ({"jwt": False}, {"jwt": True})
     assert "hashlib" not in imported  # the decision was not made again
     assert "platform" not in imported  # nor the marker environment computed again
+    assert {"json", "re"} & imported == set()  # nor the metadata read, nor the output written again
     (site / "jwt" / "__init__.py").write_text("X = 1\n")  # same size: the mtime tells
     dists, imported = _probe(python)
     assert (dists["jwt"]["clashes"], dists["PyJWT"]["clashes"]) == ({"jwt": True}, {"jwt": False})

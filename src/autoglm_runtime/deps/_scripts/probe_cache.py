@@ -8,16 +8,19 @@ decisions (``scan.OWNERSHIP_KEY``) and the interpreter's marker environment (``p
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
+import sys
 
 STAMPED = ("METADATA", "PKG-INFO", "RECORD", "requires.txt", "top_level.txt", "direct_url.json")
 #: Bumped whenever an entry's form changes: a cache file of another format is an empty cache.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 #: How much older than the stamp a directory's mtime must be for :func:`holds` to trust it without a
 #: listing: file systems keep timestamps at a coarse granularity (up to 2 s on FAT), so an entry added just
 #: after a listing could leave the directory's mtime unchanged.
 TRUST_MARGIN_NS = 2_000_000_000
+#: marshal's format may change between Python versions: a file is read only by the version that wrote it.
+_VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
 def stamp(meta_dir: str, now_ns: int) -> tuple[list[object] | None, bool]:
@@ -61,15 +64,21 @@ def holds(meta_dir: str, cached: object) -> bool:
 
 
 def load_cache(path: str) -> dict[str, object]:
-    """The cache file's entries; a missing, unreadable or other-format file is an empty cache."""
+    """The cache file's entries; a missing, unreadable or other-format file is an empty cache.
+
+    The file is in :mod:`marshal` form: read without importing ``json`` (and ``re`` with it), which a probe
+    whose every entry holds never needs. It is private to the interpreter that wrote it (one file per
+    interpreter path); a file from another Python version is a format mismatch, read as empty.
+    """
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.loads(fh.read())
-    except (OSError, ValueError):
+        with open(path, "rb") as fh:
+            data = marshal.loads(fh.read())
+    except (OSError, ValueError, EOFError, TypeError):
         return {}
-    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT or not isinstance(data.get("dists"), dict):
+    if not isinstance(data, dict) or data.get("format") != [CACHE_FORMAT, _VERSION]:
         return {}
-    return dict(data["dists"])
+    dists = data.get("dists")
+    return dict(dists) if isinstance(dists, dict) else {}
 
 
 def save_cache(path: str, cache: dict[str, object]) -> None:
@@ -77,8 +86,8 @@ def save_cache(path: str, cache: dict[str, object]) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps({"format": CACHE_FORMAT, "dists": cache}))  # the one-shot encoder is C code
+        with open(tmp, "wb") as fh:
+            fh.write(marshal.dumps({"format": [CACHE_FORMAT, _VERSION], "dists": cache}))
         os.replace(tmp, path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a value marshal cannot write
         pass  # a cache that cannot be written only costs speed

@@ -8,26 +8,30 @@ of two distributions claiming one import name installed the files that are there
 
 from __future__ import annotations
 
-import json
 import os
-import re
 
-from . import metadata
-
-_CANON_RE = re.compile(r"[-_.]+")
 #: Recomputed every run (they depend on other distributions' files), so never taken from the cache.
 _PER_RUN = ("record_matches", "clashes")
 
 
 def _canonical(name: object) -> str:
-    return _CANON_RE.sub("-", str(name)).lower()
+    """PEP 503 normalised name (``re.sub(r"[-_.]+", "-", name).lower()``), without importing ``re``."""
+    text = str(name).replace("_", "-").replace(".", "-")
+    while "--" in text:
+        text = text.replace("--", "-")
+    return text.lower()
 
 
 def _describe_cached(
     location: str, entry: str, cache: dict[str, object] | None, fresh: dict[str, object], now_ns: int
 ) -> tuple[dict[str, object], str | None]:
-    """:func:`metadata.describe`, or its cached result while the directory's stamp holds (RECORD then unread)."""
+    """:func:`metadata.describe`, or its cached result while the directory's stamp holds (RECORD then unread).
+
+    ``metadata`` (and with it ``re`` and ``json``) is imported only when a directory must be read.
+    """
     if cache is None:
+        from . import metadata
+
         return metadata.describe(location, entry)
     from . import probe_cache
 
@@ -47,6 +51,8 @@ def _describe_cached(
         dist["modules"] = {k: list(v) for k, v in dist["modules"].items()}
         record = None
     else:
+        from . import metadata
+
         dist, record = metadata.describe(location, entry)
     if stamp is not None:
         fresh[meta_dir] = [stamp, {k: v for k, v in dist.items() if k not in _PER_RUN}, trusted]
@@ -135,7 +141,7 @@ def _decide(
     from . import ownership
 
     meta_dirs = [str(d["metadata_dir"]) for d in group]
-    key = " ".join([OWNERSHIP_KEY, kind, module, json.dumps(meta_dirs)])
+    key = "\0".join([OWNERSHIP_KEY, kind, module, *meta_dirs])
     stamps = [(fresh.get(m) or [None])[0] for m in meta_dirs]  # type: ignore[index]
     location = str(group[0]["location"])
     hit = cache.get(key) if cache is not None else None
@@ -190,6 +196,8 @@ def _rows(dist: dict[str, object], records: dict[str, str]) -> dict[str, str | N
     record = records.get(meta_dir)
     if record is None and os.path.isdir(meta_dir):
         try:
+            from . import metadata
+
             record = metadata._read(os.path.join(meta_dir, "RECORD"))
         except (OSError, ValueError):
             record = None
