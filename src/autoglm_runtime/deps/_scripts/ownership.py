@@ -9,7 +9,10 @@ a distribution's files are "on disk" when each such file it lists with a hash ma
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+
+TYPE_CHECKING = False  # typing's own flag costs the import of typing, in a script that must start fast
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd")
 

@@ -33,9 +33,7 @@ import os
 import sys
 
 if not __package__:  # run as a script: the relative imports below then find the modules beside this file
-    import types
-
-    _here = types.ModuleType("_autoglm_probe")  # a name no installed distribution uses
+    _here = type(sys)("_autoglm_probe")  # a module named as no installed distribution is
     _here.__path__ = [os.path.dirname(os.path.abspath(__file__))]
     sys.modules[_here.__name__] = _here
     __package__ = _here.__name__
