@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -237,3 +238,16 @@ def test_interpreter_facts_are_taken_from_the_cache_only_for_the_same_inputs() -
     cache: dict[str, object] = {_probe.FACTS_KEY: [other, forged]}
     assert _probe._facts(cache) == {"version": platform.python_version(), "markers": _probe.marker_environment()}
     assert cache[_probe.FACTS_KEY] == [inputs, _probe._facts(None)]
+
+
+def test_a_warm_probe_prints_its_last_output_again_only_for_the_same_directories(venv: tuple[Path, Path]) -> None:
+    python, site = venv
+    _age(*site.glob("*.dist-info"))
+    first, _ = _probe(python)
+    second, imported = _probe(python)
+    assert second == first
+    assert "json" not in imported
+    shutil.rmtree(site / "lib-2.0.dist-info")  # every remaining entry still holds: only the listing changed
+    third, imported = _probe(python)
+    assert sorted(third) == ["app"]
+    assert "json" in imported

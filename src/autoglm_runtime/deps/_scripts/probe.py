@@ -94,8 +94,9 @@ def _facts_inputs() -> list[object] | None:
     return [sys.version, list(os.uname()), impl.name, list(impl.version), os.name, sys.platform]
 
 
-def _facts(cache: dict[str, object] | None) -> dict[str, object]:
-    """The interpreter's version and marker environment, from ``cache`` while their inputs are unchanged."""
+def _facts(cache: dict[str, object] | None, misses: list[str] | None = None) -> dict[str, object]:
+    """The interpreter's version and marker environment, from ``cache`` while their inputs are unchanged
+    (``misses`` receives :data:`FACTS_KEY` when they are computed)."""
     inputs = _facts_inputs()
     hit = cache.get(FACTS_KEY) if cache is not None else None
     if inputs is not None and isinstance(hit, list) and len(hit) == 2 and hit[0] == inputs:
@@ -105,12 +106,14 @@ def _facts(cache: dict[str, object] | None) -> dict[str, object]:
     facts: dict[str, object] = {"version": platform.python_version(), "markers": marker_environment()}
     if cache is not None and inputs is not None:
         cache[FACTS_KEY] = [inputs, facts]
+    if misses is not None:
+        misses.append(FACTS_KEY)
     return facts
 
 
-def _interpreter(cache: dict[str, object] | None = None) -> dict[str, object]:
-    """What every description of the running interpreter starts with (``cache``: see :func:`_facts`)."""
-    facts = _facts(cache)
+def _interpreter(cache: dict[str, object] | None = None, misses: list[str] | None = None) -> dict[str, object]:
+    """What every description of the running interpreter starts with (``cache``, ``misses``: see :func:`_facts`)."""
+    facts = _facts(cache, misses)
     return {
         "probe": PROBE_FORMAT,
         "executable": sys.executable,
@@ -143,18 +146,8 @@ def base_facts() -> dict[str, object]:
     }
 
 
-#: The probe cache's key for the last output: its shape (:func:`_shape`) and its JSON text.
+#: The probe cache's key for the last output: ``[executable, path, metadata directories, JSON text]``.
 OUTPUT_KEY = "@output"
-
-
-def _shape(value: object) -> object:
-    """``value`` as nested tuples that compare equal only when ``json.dumps`` writes the same text for both:
-    key order and the types of scalars (``True`` is not ``1``) included."""
-    if isinstance(value, dict):
-        return ("{", tuple((k, _shape(v)) for k, v in value.items()))
-    if isinstance(value, list):
-        return ("[", tuple(_shape(v) for v in value))
-    return (type(value).__name__, value)
 
 
 def _main(argv: list[str]) -> None:
@@ -164,30 +157,33 @@ def _main(argv: list[str]) -> None:
         sys.stdout.write(json.dumps(base_facts()))
         return
     cache_path = argv[1] if len(argv) == 2 and argv[0] == "--cache" else None
-    cache = before = None
+    cache: dict[str, object] | None = None
+    misses: list[str] = []
     if cache_path:
         from . import probe_cache
 
         cache = probe_cache.load_cache(cache_path)
-        before = dict(cache)
-    interpreter = _interpreter(cache)
-    kept = {k: cache[k] for k in (FACTS_KEY, OUTPUT_KEY) if k in cache} if cache is not None else {}
-    description = {**interpreter, "distributions": collect(list(sys.path), cache)}
-    shape = _shape(description)
-    last = kept.get(OUTPUT_KEY)
-    if isinstance(last, tuple) and len(last) == 2 and last[0] == shape and isinstance(last[1], str):
-        text = last[1]  # what the last run printed for this very description: no json import needed
+    last = cache.pop(OUTPUT_KEY, None) if cache is not None else None
+    interpreter = _interpreter(cache, misses)
+    facts = cache.get(FACTS_KEY) if cache is not None else None
+    dists = collect(list(sys.path), cache, misses=misses)
+    # Every part taken from the cache, the same directories in the same order: the very description the
+    # cache's last run printed (each entry was stored by the run that printed it), so its text is reused.
+    seen = [sys.executable, list(sys.path), [d["metadata_dir"] for d in dists]]
+    same = isinstance(last, list) and len(last) == 4 and last[:3] == seen and isinstance(last[3], str)
+    if same and not misses:
+        text = last[3]  # type: ignore[index]
     else:
         import json
 
-        text = json.dumps(description)  # dumps, not dump: only the one-shot encoder is C code
-    if cache is not None:
-        cache.update(kept)  # collect keeps only the entries it made
-        cache[OUTPUT_KEY] = (shape, text)
+        text = json.dumps({**interpreter, "distributions": dists})  # dumps: only the one-shot encoder is C code
     sys.stdout.write(OUTPUT_MARK)
     sys.stdout.write(text)
     sys.stdout.flush()
-    if cache_path and cache is not None and cache != before:
+    if cache_path and cache is not None and (misses or not same):
+        if facts is not None:
+            cache[FACTS_KEY] = facts  # collect keeps only the entries it made
+        cache[OUTPUT_KEY] = [*seen, text]
         probe_cache.save_cache(cache_path, cache)
 
 

@@ -23,6 +23,15 @@ TRUST_MARGIN_NS = 2_000_000_000
 _VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
+def _format() -> list[object]:
+    """What a cache file must have been written by: this format, this Python version, and these scripts
+    (their names, mtimes and sizes: an upgraded probe may describe distributions differently)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    with os.scandir(here) as entries:
+        code = sorted([e.name, e.stat().st_mtime_ns, e.stat().st_size] for e in entries if e.name.endswith(".py"))
+    return [CACHE_FORMAT, _VERSION, code]
+
+
 def stamp(meta_dir: str, now_ns: int) -> tuple[list[object] | None, bool]:
     """What changes whenever a description of ``meta_dir`` could, and whether :func:`holds` may trust it.
 
@@ -75,7 +84,11 @@ def load_cache(path: str) -> dict[str, object]:
             data = marshal.loads(fh.read())
     except (OSError, ValueError, EOFError, TypeError):
         return {}
-    if not isinstance(data, dict) or data.get("format") != [CACHE_FORMAT, _VERSION]:
+    try:
+        expected = _format()
+    except OSError:
+        return {}
+    if not isinstance(data, dict) or data.get("format") != expected:
         return {}
     dists = data.get("dists")
     return dict(dists) if isinstance(dists, dict) else {}
@@ -87,7 +100,7 @@ def save_cache(path: str, cache: dict[str, object]) -> None:
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(tmp, "wb") as fh:
-            fh.write(marshal.dumps({"format": [CACHE_FORMAT, _VERSION], "dists": cache}))
+            fh.write(marshal.dumps({"format": _format(), "dists": cache}))
         os.replace(tmp, path)
     except (OSError, ValueError):  # ValueError: a value marshal cannot write
         pass  # a cache that cannot be written only costs speed

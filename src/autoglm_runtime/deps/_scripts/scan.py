@@ -23,7 +23,13 @@ def _canonical(name: object) -> str:
 
 
 def _describe_cached(
-    location: str, entry: str, cache: dict[str, object] | None, fresh: dict[str, object], now_ns: int
+    location: str,
+    entry: str,
+    cache: dict[str, object] | None,
+    fresh: dict[str, object],
+    now_ns: int,
+    *,
+    misses: list[str] | None = None,
 ) -> tuple[dict[str, object], str | None]:
     """:func:`metadata.describe`, or its cached result while the directory's stamp holds (RECORD then unread).
 
@@ -46,16 +52,21 @@ def _describe_cached(
         if hit is not None and (stamp is None or stamp != hit[0]):
             hit = None
     if hit is not None:
-        dist = dict(hit[1])
-        dist.update(record_matches=None, clashes={})
-        dist["modules"] = {k: list(v) for k, v in dist["modules"].items()}
-        record = None
-    else:
-        from . import metadata
+        dist = {**hit[1], "record_matches": None, "clashes": {}}  # per-run values, never cached
+        if trusted is hit[2]:
+            fresh[meta_dir] = hit
+        else:  # now old enough to trust: a new entry, so the cache is written again
+            fresh[meta_dir] = [stamp, hit[1], trusted]
+            if misses is not None:
+                misses.append(meta_dir)
+        return dist, None
+    from . import metadata
 
-        dist, record = metadata.describe(location, entry)
+    dist, record = metadata.describe(location, entry)
     if stamp is not None:
         fresh[meta_dir] = [stamp, {k: v for k, v in dist.items() if k not in _PER_RUN}, trusted]
+    if misses is not None:
+        misses.append(meta_dir)
     return dist, record
 
 
@@ -78,14 +89,16 @@ def metadata_dirs(path: list[str]) -> list[tuple[str, str]]:
 
 
 def collect(
-    path: list[str], cache: dict[str, object] | None = None, now_ns: int | None = None
+    path: list[str], cache: dict[str, object] | None = None, now_ns: int | None = None, misses: list[str] | None = None
 ) -> list[dict[str, object]]:
     """Every distribution on ``path``, in import-precedence order.
 
     ``cache`` (``{metadata_dir: [stamp, description, trusted]}`` and file-ownership decisions under
     :data:`OWNERSHIP_KEY` keys, as ``probe_cache.load_cache`` reads it) is used for every metadata directory
     whose stamp holds and every decision whose files are unchanged, and replaced by the entries of this run.
-    ``now_ns`` is the wall clock (``time.time_ns()``) the stamps of this run are judged against.
+    ``now_ns`` is the wall clock (``time.time_ns()``) the stamps of this run are judged against. ``misses``
+    receives what could not be taken from the cache (a metadata directory, a decision); when it stays empty
+    and the path lists the same metadata directories, the result is the one the cache's last run had.
     """
     if now_ns is None:
         import time
@@ -95,7 +108,7 @@ def collect(
     records: dict[str, str] = {}
     dists = []
     for location, name in metadata_dirs(path):
-        dist, record = _describe_cached(location, name, cache, fresh, now_ns)
+        dist, record = _describe_cached(location, name, cache, fresh, now_ns, misses=misses)
         if record is not None:
             records[str(dist["metadata_dir"])] = record
         dists.append(dist)
@@ -110,7 +123,7 @@ def collect(
     contested = [("copies", "", g) for g in copies.values() if len(g) > 1]
     contested += [("clash", m, g) for (_, m), g in owners.items() if len(g) > 1]
     for kind, module, group in contested:
-        _decide(kind, module, group, records=records, cache=cache, fresh=fresh, now_ns=now_ns)
+        _decide(kind, module, group, records=records, cache=cache, fresh=fresh, now_ns=now_ns, misses=misses)
     if cache is not None:
         cache.clear()
         cache.update(fresh)
@@ -130,6 +143,7 @@ def _decide(
     cache: dict[str, object] | None,
     fresh: dict[str, object],
     now_ns: int,
+    misses: list[str] | None,
 ) -> None:
     """Decide whose files are on disk for ``group`` (copies of one distribution, or claimants of ``module``),
     or take the decision from the cache while it still holds.
@@ -150,6 +164,8 @@ def _decide(
             _apply(kind, module, dist, value)
         fresh[key] = hit
         return
+    if misses is not None:
+        misses.append(key)
     stats: dict[str, list[int] | None] = {}
 
     def rows(dist: dict[str, object]) -> dict[str, str | None]:
