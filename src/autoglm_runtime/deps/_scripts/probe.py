@@ -22,6 +22,10 @@ hashes (compiled modules included); where copies of one distribution share a dir
 that could not be read; the checker turns those into ``invalid-metadata`` findings instead of failing.
 Metadata directories named ``~...`` (left by an interrupted pip uninstall) are not distributions.
 
+With ``--cache FILE`` the probe keeps in FILE what a later run need not work out again (:mod:`probe_cache`):
+each metadata directory's description, each file-ownership decision, the marker environment and its own
+last output, each reused only while what it was made from is unchanged.
+
 ``INTERPRETER -I -S _probe.py --base`` prints instead what every virtual environment of that interpreter
 shares (see :func:`base_facts`); the environment builder caches it and reads a new environment's
 distributions in-process with :func:`collect`.
