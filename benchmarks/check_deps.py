@@ -7,12 +7,20 @@ top-level module, a second copy of a distribution on the path and a cycle. A qua
 METADATA files carry a multi-line License folded as meson-python and hatchling fold it. Each command runs as
 its own process, several times, interleaved; the medians and ratios are printed along with how many problems
 each command reported. ``check-deps (cold)`` runs with ``--no-cache``; ``check-deps (warm)`` reuses the
-per-distribution cache of the previous run. Run: ``.venv/bin/python benchmarks/check_deps.py``.
+caches of the previous run (per distribution, and the stored report); how often they hit is printed too.
+
+Every Python command runs as an installed tool runs: with byte code compiled (``compileall`` of the project,
+its virtual environment and the benchmark's environment first, as ``pip install`` leaves them) and without
+``PYTHONDONTWRITEBYTECODE``, which would otherwise make each run compile ``packaging`` and the checker from
+source. The load average is printed before and after: the machine may be shared.
+Run: ``.venv/bin/python benchmarks/check_deps.py``.
 """
 
 from __future__ import annotations
 
+import compileall
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -69,10 +77,45 @@ def _build_env(root: Path) -> Path:
     return env_python
 
 
+#: The environment every command runs with: as an installed tool, byte code used and written.
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def _time(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
     start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=ENV)
     return time.perf_counter() - start, done
+
+
+def _compile(env_python: Path) -> None:
+    import autoglm_runtime
+
+    for root in (Path(autoglm_runtime.__file__).parent, Path(sysconfig.get_path("purelib"))):
+        compileall.compile_dir(str(root), quiet=1)
+    code = "import compileall, sysconfig; compileall.compile_dir(sysconfig.get_path('purelib'), quiet=1)"
+    subprocess.run([str(env_python), "-c", code], check=True, env=ENV)
+
+
+def _probe_cache_valid(env_python: Path) -> str:
+    """How many entries of the probe's cache hold for the environment as it is (the warm runs' hit rate)."""
+    from autoglm_runtime.cli._early_probe import cache_path
+    from autoglm_runtime.deps._scripts import probe_cache
+
+    every = probe_cache.load_cache(cache_path(str(env_python)))
+    cache = {k: v for k, v in every.items() if not k.startswith("@")}  # distributions, not decisions or facts
+    now = time.time_ns()
+    valid = sum(
+        1
+        for meta_dir, (stamp, _, trusted) in cache.items()  # type: ignore[misc]
+        if (trusted and probe_cache.holds(meta_dir, stamp)) or probe_cache.stamp(meta_dir, now)[0] == stamp
+    )
+    trusted_count = sum(1 for entry in cache.values() if entry[2] is True)  # type: ignore[index]
+    others = sorted({k.partition("\0")[0] for k in every if k.startswith("@")})
+    return f"{valid}/{len(cache)} entries hold ({trusted_count} checked without a listing), also cached: {others}"
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -86,13 +129,25 @@ def main() -> None:
             "uv pip check": [str(BIN / "uv"), "pip", "check", "--python", str(env_python)],
             "pipdeptree": [str(env_python.parent / "pipdeptree"), "-w", "warn"],
         }
-        subprocess.run(ours, capture_output=True, check=False)  # fills the cache the warm runs use
+        _compile(env_python)
+        loads = [_load()]
+        subprocess.run(ours, capture_output=True, check=False, env=ENV)  # fills the caches the warm runs use
+        subprocess.run(ours, capture_output=True, check=False, env=ENV)
+        from autoglm_runtime.cli._early_probe import cache_path
+        from autoglm_runtime.cli._report_cache import entry_path
+
+        entry = Path(entry_path(cache_path(str(env_python))))
         times: dict[str, list[float]] = {name: [] for name in commands}
         outputs: dict[str, subprocess.CompletedProcess[str]] = {}
+        report_hits = 0
         for _ in range(REPEATS):  # interleaved, so load on the machine hits every command alike
             for name, cmd in commands.items():
+                before = entry.stat().st_mtime_ns if entry.exists() else None
                 elapsed, outputs[name] = _time(cmd)
                 times[name].append(elapsed)
+                if name == "check-deps (warm)" and before is not None and entry.stat().st_mtime_ns == before:
+                    report_hits += 1  # a hit prints the stored report and leaves the entry as it was
+        loads.append(_load())
         report = json.loads(outputs["check-deps (cold)"].stdout)
         warm = json.loads(outputs["check-deps (warm)"].stdout)
         assert warm["findings"] == report["findings"], "the warm run must report what the cold run reports"
@@ -111,6 +166,8 @@ def main() -> None:
             f"environment: {environment['distributions']} distributions, Python {environment['python_version']}; "
             f"{REPEATS} runs of each command, interleaved"
         )
+        print(f"machine: {loads[0]} before, {loads[1]} after")
+        print(f"warm caches: probe cache {_probe_cache_valid(env_python)}; stored report {report_hits}/{REPEATS} hits")
         medians = {name: statistics.median(values) for name, values in times.items()}
         for name, median in medians.items():
             exit_code = outputs[name].returncode

@@ -9,12 +9,15 @@ The three parts live in :mod:`autoglm_runtime.config`, :mod:`autoglm_runtime.iso
 from __future__ import annotations
 
 import logging as _logging
-import typing as _typing
 
-from autoglm_runtime.errors import AutoGLMRuntimeError
+# typing.TYPE_CHECKING without importing typing: this module runs first in every `autoglm-runtime` command.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-if _typing.TYPE_CHECKING:
     from autoglm_runtime.config import ConfigChange, ConfigClient
+    from autoglm_runtime.errors import AutoGLMRuntimeError
+del TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -23,12 +26,25 @@ __all__ = ["AutoGLMRuntimeError", "ConfigChange", "ConfigClient", "__version__"]
 # A library never configures logging; it only makes sure an unconfigured app sees no "no handler" noise.
 _logging.getLogger("autoglm_runtime").addHandler(_logging.NullHandler())
 
+#: Public name -> the module that defines it, imported on first access: the config part pulls in kazoo and
+#: the error registry dataclasses, which `autoglm-runtime check-deps` and the validation guards need not pay for.
+_LAZY = {
+    "AutoGLMRuntimeError": "autoglm_runtime.errors",
+    "ConfigChange": "autoglm_runtime.config",
+    "ConfigClient": "autoglm_runtime.config",
+}
 
-def __getattr__(name: str) -> _typing.Any:
-    # The config part pulls in kazoo; importing it lazily keeps `autoglm-runtime check-deps` and the
-    # validation guards from paying for ZooKeeper support they do not use.
-    if name in ("ConfigChange", "ConfigClient"):
-        from autoglm_runtime import config
 
-        return getattr(config, name)
-    raise AttributeError(f"module 'autoglm_runtime' has no attribute {name!r}")
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'autoglm_runtime' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -116,7 +116,7 @@ def test_the_probe_script_is_found_without_importing_deps() -> None:
     from autoglm_runtime.cli.check_deps import PROBE_SCRIPT
     from autoglm_runtime.deps._scripts import probe as _probe
 
-    assert Path(_probe.__file__).resolve() == PROBE_SCRIPT
+    assert Path(_probe.__file__).resolve() == Path(PROBE_SCRIPT)
 
 
 def test_a_usage_error_leaves_no_probe_process_behind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

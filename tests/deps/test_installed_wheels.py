@@ -8,6 +8,7 @@ from __future__ import annotations
 import email
 import json
 import os
+import platform
 import sys
 import zipfile
 from importlib.metadata import Distribution
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_runtime.deps._scripts import metadata as _metadata
 from autoglm_runtime.deps._scripts import probe as _probe
 from autoglm_runtime.deps.check import check_probed
 from autoglm_runtime.deps.findings import Finding
@@ -45,7 +47,7 @@ def _install(site: Path, wheel: Path) -> None:
 def _probe_site(*sites: Path) -> ProbedEnvironment:
     data = {
         "probe": _probe.PROBE_FORMAT,
-        "version": _probe.platform.python_version(),
+        "version": platform.python_version(),
         "markers": _probe.marker_environment(),
         "path": [str(s) for s in sites],
         "distributions": _probe.collect([str(s) for s in sites]),
@@ -105,7 +107,7 @@ def test_headers_match_importlib_metadata_on_built_and_installed_wheels(tmp_path
     assert len(dirs) > 20
     for meta_dir in dirs:
         text = (meta_dir / "METADATA").read_text(encoding="utf-8")
-        ours = _probe._headers(text)
+        ours = _metadata._headers(text)
         assert ours == _email_headers(text), meta_dir
         metadata = Distribution.at(meta_dir).metadata
         for field in ("Name", "Version", "Requires-Dist", "Requires-Python", "Provides-Extra"):  # License: dedented

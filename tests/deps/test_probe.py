@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_runtime.deps._scripts import metadata as _metadata
 from autoglm_runtime.deps._scripts import probe as _probe
 from autoglm_runtime.deps.probe import canonical, probe_environment
 from autoglm_runtime.testing.wheels import build_wheel
@@ -23,24 +24,26 @@ def test_probe_scripts_import_only_the_standard_library(script: str) -> None:
         alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
     }
     imported |= {
-        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0  # relative: a sibling, checked too
     }
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}
 
 
 def test_headers_stop_at_the_body_and_keep_folded_continuations_as_email_does() -> None:
     text = "Name: a\nVersion: 1\nRequires-Dist: b\nRequires-Dist: c;\n  python_version < '3'\n\nRequires-Dist: body\n"
-    assert _probe._headers(text) == {
+    assert _metadata._headers(text) == {
         "name": ["a"],
         "version": ["1"],
         "requires-dist": ["b", "c;\n  python_version < '3'"],
     }
-    assert _probe._unfold("c;\n  python_version < '3'") == "c;  python_version < '3'"
+    assert _metadata._unfold("c;\n  python_version < '3'") == "c;  python_version < '3'"
 
 
 def test_egg_info_requires_become_requires_dist() -> None:
     text = "base>=1\n\n[fast]\nspeedup\n\n[:sys_platform == 'win32']\nwinlib\n\n[gpu:python_version < '3.12']\ncuda\n"
-    assert _probe._egg_requires(text) == [
+    assert _metadata._egg_requires(text) == [
         "base>=1",
         'speedup; extra == "fast"',
         "winlib; (sys_platform == 'win32')",
@@ -61,7 +64,7 @@ def test_egg_info_requires_become_requires_dist() -> None:
     ],
 )
 def test_top_name(path: str, expected: tuple[str, bool] | None) -> None:
-    assert _probe._top_name(path) == expected
+    assert _metadata._top_name(path) == expected
 
 
 def _install(wheel: Path, site: Path) -> None:

@@ -4,52 +4,99 @@ Each subcommand lives in a module of this package that exposes ``register(subpar
 ``func`` on its parser to a callable taking the parsed arguments and returning an exit code. Exit codes
 are one convention across all commands: 0 ok, 1 findings or failure of the checked thing, 2 usage or
 configuration error. Errors of the SDK are printed as their coded message, never as a traceback.
+
+Start-up time is part of what ``check-deps`` is judged by, so this module imports nothing at load time:
+a command line naming a subcommand registers only that one, and ``check-deps --python PY`` starts its probe
+process (:mod:`autoglm_runtime.cli._early_probe`) before argparse is even imported; when the same arguments
+were given last time and nothing the report rests on changed, argparse is not imported at all
+(:func:`autoglm_runtime.cli.check_deps.replay`).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
-from collections.abc import Sequence
 
-from autoglm_runtime import __version__
-from autoglm_runtime.errors import EXIT_USAGE, AutoGLMRuntimeError
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 __all__ = ["build_parser", "main"]
 
-# Subcommand modules, in the order --help lists them.
-_SUBCOMMANDS: tuple[str, ...] = ("config", "check_deps", "env")
+#: Subcommand -> the module of this package that registers it, in the order --help lists them.
+_SUBCOMMANDS: dict[str, str] = {"config": "config", "check-deps": "check_deps", "env": "env"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser, with every subcommand registered."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser, with every subcommand registered (or only the subcommand ``only``)."""
+    import argparse
+    import importlib
+
+    from autoglm_runtime import __version__
+
     parser = argparse.ArgumentParser(
         prog="autoglm-runtime",
         description="Config sync, isolated model loading and input validation for LLM model servers.",
     )
     parser.add_argument("--version", action="version", version=f"autoglm-runtime {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _SUBCOMMANDS:
-        importlib.import_module(f"autoglm_runtime.cli.{name}").register(subparsers)
+    for name, module in _SUBCOMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(f"autoglm_runtime.cli.{module}").register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (the console script exits with it)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    command = arguments[0] if arguments else None
+    prestarted = None
+    extra: dict[str, object] = {}
+    if command == "check-deps":
+        from autoglm_runtime.cli._early_probe import prestart
+
+        prestarted = prestart(arguments[1:])
+        extra = {"prestarted": prestarted, "argv": arguments[1:]}
+    try:
+        if prestarted is not None:
+            from autoglm_runtime.cli.check_deps import replay
+
+            try:
+                code = replay(arguments[1:], prestarted)
+            except KeyboardInterrupt:
+                return 130
+            if code is not None:
+                return code
+        # A known subcommand first: argparse then never looks at the other subcommands, so registering
+        # only this one parses exactly as the full parser would.
+        parser = build_parser(only=command if command in _SUBCOMMANDS else None)
+        import argparse
+
+        args = parser.parse_args(arguments, namespace=argparse.Namespace(**extra))
+        return _dispatch(parser, args)
+    finally:
+        if prestarted is not None:
+            prestarted.kill()  # a no-op once check-deps has used it; else (a usage error, --help) it must go
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)
+        from autoglm_runtime.errors import EXIT_USAGE
+
         return EXIT_USAGE
     try:
         code: int = func(args)
-    except AutoGLMRuntimeError as exc:
-        print(f"autoglm-runtime: error {exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from autoglm_runtime.errors import AutoGLMRuntimeError  # here: a run that succeeds never loads the registry
+
+        if not isinstance(exc, AutoGLMRuntimeError):
+            raise
+        print(f"autoglm-runtime: error {exc}", file=sys.stderr)
+        return exc.exit_code
     return code
 
 

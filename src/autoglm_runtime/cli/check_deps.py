@@ -7,34 +7,44 @@ PATH is a model directory, a ``model.toml`` or a requirements file (checked as a
 file); with no PATH the environment is checked alone. Exit 0 when clean, 1 with findings, 2 on a usage error
 (a bad path, a malformed manifest: E0102, an interpreter that cannot be probed).
 
-Start-up time matters (the command runs in CI and before every isolated load), so the checker is imported
-inside :func:`run`, and with ``--python`` the probe subprocess is started *before* that import: the target
-interpreter scans its path while this process imports ``packaging`` and parses manifests.
+Start-up time matters (the command runs in CI and before every isolated load). With ``--python`` the probe
+process is started before argparse is imported (:mod:`~autoglm_runtime.cli._early_probe`), and the checker
+and ``packaging`` only inside :func:`run`, so the target interpreter scans its path while this process
+imports them and parses manifests. When the environment, the options and the code are all unchanged since
+the last run, the stored report is printed again (:mod:`~autoglm_runtime.cli._report_cache`) and neither
+is imported at all; ``--no-cache`` computes everything afresh.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
-import zlib
-from dataclasses import replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from autoglm_runtime.errors import AutoGLMRuntimeError, UsageError
+from autoglm_runtime.cli import _early_probe, _report_cache
+from autoglm_runtime.cli._early_probe import ProbeProcess
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from pathlib import Path
+    from typing import Any
+
     from autoglm_runtime.deps.findings import Report
     from autoglm_runtime.deps.manifest import ModelManifest
 
 __all__ = ["cache_file", "load_target", "register", "run"]
 
-#: The probe script, found without importing the deps package (whose import is what we overlap with).
-PROBE_SCRIPT = Path(__file__).resolve().parent.parent / "deps" / "_scripts" / "probe.py"
+#: The probe script, found without importing the deps package (whose import is what the probe overlaps).
+PROBE_SCRIPT = _early_probe.PROBE_SCRIPT
+#: How long the probe may take (the probe module's own limit, which is imported only when needed).
+PROBE_TIMEOUT = 120.0
+
+
+def _path(text: str) -> Path:
+    from pathlib import Path  # here: pathlib is not needed when no PATH is given
+
+    return Path(text)
 
 
 def register(subparsers: Any) -> None:
@@ -46,7 +56,7 @@ def register(subparsers: Any) -> None:
         "files. Exit 0 clean, 1 findings, 2 usage error.",
     )
     parser.add_argument(
-        "paths", nargs="*", type=Path, metavar="PATH", help="model directory, model.toml or requirements file"
+        "paths", nargs="*", type=_path, metavar="PATH", help="model directory, model.toml or requirements file"
     )
     parser.add_argument(
         "--python", metavar="INTERPRETER", help="check this interpreter's environment (default: the running one)"
@@ -93,6 +103,7 @@ def load_target(path: Path) -> ModelManifest:
         load_manifest,
         parse_requirements_file,
     )
+    from autoglm_runtime.errors import UsageError
 
     if not path.exists():
         raise UsageError(
@@ -115,26 +126,93 @@ def load_target(path: Path) -> ModelManifest:
 
 def cache_file(python: str) -> Path:
     """Where the probe of ``python`` keeps its per-distribution cache (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    # zlib, not hashlib: this runs before the probe starts, and hashlib's import costs more than the name is worth
-    digest = zlib.crc32(python.encode("utf-8", "surrogateescape"))
-    readable = "".join(c if c.isalnum() or c in "._-" else "_" for c in python)[-80:]
-    return root / "autoglm-runtime" / "check-deps" / f"{readable}-{digest:08x}.json"
+    from pathlib import Path
+
+    return Path(_early_probe.cache_path(python))
 
 
-def _start_probe(python: str, cache: bool) -> subprocess.Popen[str] | OSError:
-    command = [python, "-I", str(PROBE_SCRIPT)]
-    if cache:
-        command += ["--cache", str(cache_file(python))]
+def _probe_process(args: argparse.Namespace) -> ProbeProcess:
+    """The probe the arguments ask for: the one :func:`~autoglm_runtime.cli.main` started early if it fits."""
+    cache = None if args.no_cache else _early_probe.cache_path(args.python)
+    early: ProbeProcess | None = getattr(args, "prestarted", None)
+    if early is not None and early.serves(args.python, cache):
+        return early
+    if early is not None:
+        early.kill()
+    return ProbeProcess(args.python, cache)
+
+
+def _width() -> int:
+    import shutil  # here: JSON output has no width, and argparse's own import of shutil may not have happened
+
+    return min(max(shutil.get_terminal_size((100, 24)).columns, 60), 120)
+
+
+def _report_key(args: argparse.Namespace, width: int | None) -> dict[str, Any] | None:
+    """What a stored report must have been made with to be printed again; ``None``: never reuse one."""
+    if args.no_cache or not args.python or args.paths or args.resolve:
+        return None
+    from autoglm_runtime import __version__
+
+    options = {"json": args.json, "plan": args.plan, "why": list(args.why)}
+    return {
+        "version": __version__,
+        "runtime": sys.version,
+        "python": args.python,
+        "argv": getattr(args, "argv", None),
+        "width": width,
+        "options": options,
+        "code": _report_cache.code_stamp(),
+    }
+
+
+def replay(argv: Sequence[str], early: ProbeProcess | None) -> int | None:
+    """Print the stored report of a run with exactly these arguments, if nothing it rests on changed.
+
+    Returns its exit code, or ``None`` when the command must run (and parse its arguments) as usual. Called
+    before argparse is imported: the same arguments parse the same way, so the stored run's options hold.
+    """
+    if early is None or early.cache is None or early.error is not None:
+        return None
+    from autoglm_runtime import __version__
+
+    entry = _report_cache.entry_path(early.cache)
+    stored = _report_cache.load(entry, None)
+    key = stored["key"] if stored is not None and isinstance(stored.get("key"), dict) else None
+    if key is None or key.get("argv") != list(argv) or key.get("python") != early.python:
+        return None
+    if key.get("version") != __version__ or key.get("runtime") != sys.version:
+        return None
+    if key.get("width") is not None and key.get("width") != _width():
+        return None
+    if key.get("code") != _report_cache.code_stamp():
+        return None
     try:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    except OSError as exc:
-        return exc
+        answer = early.communicate(PROBE_TIMEOUT)
+    except Exception:
+        return None  # the full run reports it (the process keeps its outcome)
+    if answer[0] != 0 or answer[1] != stored["probe"]:  # type: ignore[index]
+        return None  # the process keeps its answer: the full run uses it
+    sys.stdout.write(stored["output"])  # type: ignore[index]
+    return int(stored["exit_code"])  # type: ignore[index]
 
 
-def _absolute(python: str) -> str:
-    found = shutil.which(python) if os.sep not in python else None
-    return os.path.abspath(found or python)
+def _wait(started: ProbeProcess) -> tuple[int, str, str]:
+    """The probe's exit code, stdout and stderr; one that cannot start or does not finish is a usage error."""
+    if started.error is not None:
+        from autoglm_runtime.deps.probe import launch_error
+
+        raise launch_error(started.python, started.error) from started.error
+    try:
+        return started.communicate(PROBE_TIMEOUT)
+    except Exception as exc:
+        import subprocess  # here: only a probe that timed out needs it
+
+        if not isinstance(exc, subprocess.TimeoutExpired):
+            raise
+        from autoglm_runtime.deps.probe import launch_error
+
+        raise launch_error(started.python, exc) from exc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,46 +222,48 @@ def run(args: argparse.Namespace) -> int:
     ``exit_code`` 2 and the ``error`` message), so a caller parsing stdout always gets JSON.
     """
     if args.python:
-        args.python = _absolute(args.python)
-    started = _start_probe(args.python, not args.no_cache) if args.python else None
+        args.python = _early_probe.absolute(args.python)
+    started = _probe_process(args) if args.python else None
     try:
-        report, extras = _check(args, started)
-    except AutoGLMRuntimeError as exc:
-        if args.json:
+        width = None if args.json else _width()
+        key = _report_key(args, width)
+        entry = _report_cache.entry_path(_early_probe.cache_path(args.python)) if key is not None else ""
+        stored = _report_cache.load(entry, key) if key is not None else None
+        answer = None
+        if stored is not None and started is not None and started.error is None:
+            # Most likely unchanged: wait for the probe before importing the checker, which a hit never needs.
+            answer = _wait(started)
+            if answer[0] == 0 and answer[1] == stored["probe"]:
+                sys.stdout.write(stored["output"])
+                return int(stored["exit_code"])
+        code, output, answer = _check(args, started, answer, width)
+        if key is not None and answer is not None:
+            _report_cache.store(entry, key, answer[1], code, output)
+    except Exception as exc:
+        from autoglm_runtime.errors import AutoGLMRuntimeError
+
+        if args.json and isinstance(exc, AutoGLMRuntimeError):
             error = {"format": 1, "code": exc.code, "ok": False, "exit_code": exc.exit_code, "error": str(exc)}
             print(json.dumps(error, indent=2))
         raise
     finally:
-        if isinstance(started, subprocess.Popen) and started.poll() is None:
+        if started is not None:
             started.kill()
-            started.communicate()
-    if args.json:
-        out = report.to_json()
-        if "plan" in extras:
-            out["plan"] = extras["plan"].to_json()
-        if "why" in extras:
-            out["why"] = [answer.to_json() for answer in extras["why"]]
-        print(json.dumps(out, indent=2))
-    else:
-        width = min(max(shutil.get_terminal_size((100, 24)).columns, 60), 120)
-        for answer in extras.get("why", []):
-            sys.stdout.write(answer.render() + "\n")
-        sys.stdout.write(report.render(width=width))
-        if "plan" in extras:
-            sys.stdout.write("\n" + extras["plan"].render())
-    return report.exit_code
+    sys.stdout.write(output)
+    return code
 
 
-def _check(args: argparse.Namespace, started: subprocess.Popen[str] | OSError | None) -> tuple[Report, dict[str, Any]]:
-    # Imported here: kept off the import path of --help and of the other subcommands.
+def _check(
+    args: argparse.Namespace, started: ProbeProcess | None, answer: tuple[int, str, str] | None, width: int | None
+) -> tuple[int, str, tuple[int, str, str] | None]:
+    """The exit code and output of a full check, with the probe's answer it rests on."""
+    # Imported here: kept off the import path of --help, of the other subcommands and of a stored report.
+    from dataclasses import replace
+
     from autoglm_runtime.deps.check import check_probed
     from autoglm_runtime.deps.planning import ModelRequirements
-    from autoglm_runtime.deps.probe import (
-        PROBE_TIMEOUT,
-        finish_probe,
-        launch_error,
-        probe_environment,
-    )
+    from autoglm_runtime.deps.probe import finish_probe, probe_environment
+    from autoglm_runtime.errors import UsageError
 
     models = [load_target(path) for path in args.paths]
     seen: dict[str, Path] = {}
@@ -195,14 +275,9 @@ def _check(args: argparse.Namespace, started: subprocess.Popen[str] | OSError | 
         seen[model.name] = model.source
     if started is None:
         env = probe_environment(None)
-    elif isinstance(started, OSError):
-        raise launch_error(args.python, started) from started
     else:
-        try:
-            stdout, stderr = started.communicate(timeout=PROBE_TIMEOUT)
-        except subprocess.TimeoutExpired as exc:
-            raise launch_error(args.python, exc) from exc
-        env = finish_probe(args.python, started.returncode, stdout, stderr)
+        answer = answer or _wait(started)
+        env = finish_probe(args.python, *answer)
     extras: dict[str, Any] = {}
     if args.resolve:
         from autoglm_runtime.deps.resolve import ResolveSources, find_uv
@@ -218,11 +293,26 @@ def _check(args: argparse.Namespace, started: subprocess.Popen[str] | OSError | 
         from autoglm_runtime.deps.why import explain
 
         extras["why"] = [explain(name, env, planned) for name in args.why]
-    report = check_probed(env, models)
+    report: Report = check_probed(env, models)
     if args.resolve:
         from autoglm_runtime.deps.findings import Finding
         from autoglm_runtime.deps.resolve import resolve_models
 
         found = resolve_models(planned, env.python, extras.pop("resolve"))
         report = replace(report, findings=sorted([*report.findings, *found], key=Finding.sort_key))
-    return report, extras
+    return report.exit_code, _output(args, report, extras, width), answer
+
+
+def _output(args: argparse.Namespace, report: Report, extras: dict[str, Any], width: int | None) -> str:
+    if args.json:
+        out = report.to_json()
+        if "plan" in extras:
+            out["plan"] = extras["plan"].to_json()
+        if "why" in extras:
+            out["why"] = [answer.to_json() for answer in extras["why"]]
+        return json.dumps(out, indent=2) + "\n"
+    text = "".join(answer.render() + "\n" for answer in extras.get("why", []))
+    text += report.render(width=width or 100)
+    if "plan" in extras:
+        text += "\n" + extras["plan"].render()
+    return text

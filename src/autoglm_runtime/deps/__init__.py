@@ -22,11 +22,16 @@ light. Check an interpreter's environment alone or against models, or models aga
 
 from __future__ import annotations
 
-from autoglm_runtime.deps.check import check_environment, check_models, check_probed
-from autoglm_runtime.deps.findings import Finding, Report
-from autoglm_runtime.deps.manifest import ModelManifest, load_manifest, parse_requirements_file
-from autoglm_runtime.deps.planning import ModelRequirements, Plan, plan_groups
-from autoglm_runtime.deps.probe import InstalledDist, ProbedEnvironment, probe_environment
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from autoglm_runtime.deps.check import check_environment, check_models, check_probed
+    from autoglm_runtime.deps.findings import Finding, Report
+    from autoglm_runtime.deps.manifest import ModelManifest, load_manifest, parse_requirements_file
+    from autoglm_runtime.deps.planning import ModelRequirements, Plan, plan_groups
+    from autoglm_runtime.deps.probe import InstalledDist, ProbedEnvironment, probe_environment
+del TYPE_CHECKING
 
 __all__ = [
     "Finding",
@@ -44,3 +49,37 @@ __all__ = [
     "plan_groups",
     "probe_environment",
 ]
+
+#: Public name -> the module defining it, imported on first access: ``check-deps`` imports only the modules
+#: it uses (no TOML parser without a model.toml), and a stored report none at all.
+_LAZY = {
+    "Finding": "findings",
+    "InstalledDist": "probe",
+    "ModelManifest": "manifest",
+    "ModelRequirements": "planning",
+    "Plan": "planning",
+    "ProbedEnvironment": "probe",
+    "Report": "findings",
+    "check_environment": "check",
+    "check_models": "check",
+    "check_probed": "check",
+    "load_manifest": "manifest",
+    "parse_requirements_file": "manifest",
+    "plan_groups": "planning",
+    "probe_environment": "probe",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'autoglm_runtime.deps' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"autoglm_runtime.deps.{module}"), name)
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

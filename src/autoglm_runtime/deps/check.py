@@ -16,16 +16,20 @@ The finding kinds, their messages and the JSON form are described in ``docs/chec
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packaging.requirements import Requirement
 
 from autoglm_runtime.deps._scripts.probe import marker_environment
 from autoglm_runtime.deps.findings import Finding, Report
 from autoglm_runtime.deps.installed import RequirementGraph, check_installed
-from autoglm_runtime.deps.manifest import ModelManifest
 from autoglm_runtime.deps.planning import ModelRequirements, contradictions, cross_model
 from autoglm_runtime.deps.probe import ProbedEnvironment, probe_environment
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from autoglm_runtime.deps.manifest import ModelManifest
 
 __all__ = ["EXTRA_REQUIREMENTS_MODEL", "check_environment", "check_models", "check_probed"]
 

@@ -15,8 +15,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packaging.markers import InvalidMarker, Marker
 from packaging.requirements import InvalidRequirement, Requirement
@@ -26,6 +25,9 @@ from packaging.version import InvalidVersion, Version
 from autoglm_runtime.deps._scripts import probe as _probe
 from autoglm_runtime.deps.specifiers import satisfies
 from autoglm_runtime.errors import UsageError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = [
     "InstalledDist",
@@ -210,10 +212,12 @@ def interpreter_path(python: str | Path) -> str:
 
 def probe_command(python: str | Path) -> list[str]:
     """The command that runs the probe in ``python``, isolated (``-I``: no user site, no environment vars)."""
-    return [str(python), "-I", str(Path(_probe.__file__))]
+    return [str(python), "-I", os.path.normpath(_probe.__file__)]
 
 
 def _directory_error(exe: str) -> UsageError:
+    from pathlib import Path  # here: only an error needs it
+
     for candidate in (Path(exe) / "bin" / "python", Path(exe) / "Scripts" / "python.exe"):
         if candidate.exists():
             return UsageError(f"{exe} is a directory, not an interpreter; pass its interpreter: --python {candidate}")

@@ -9,7 +9,10 @@ a distribution's files are "on disk" when each such file it lists with a hash ma
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+
+TYPE_CHECKING = False  # typing's own flag costs the import of typing, in a script that must start fast
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd")
 
@@ -48,13 +51,35 @@ def file_hash(path: str) -> str | None:
     return "sha256=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
-def _matches_disk(location: str, files: dict[str, str | None], paths: set[str], disk: dict[str, str | None]) -> bool:
-    """Whether each of ``paths`` that ``files`` lists is on disk with the hash ``files`` gives it."""
+def file_stat(path: str) -> list[int] | None:
+    """``[mtime_ns, size, inode]`` of ``path``, ``None`` when it cannot be read: what a decision rests on."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_size, st.st_ino]
+
+
+def _matches_disk(
+    location: str,
+    files: dict[str, str | None],
+    paths: set[str],
+    disk: dict[str, str | None],
+    stats: dict[str, list[int] | None] | None,
+) -> bool:
+    """Whether each of ``paths`` that ``files`` lists is on disk with the hash ``files`` gives it.
+
+    ``stats`` (when given) receives each hashed file's :func:`file_stat`, taken before it is read: a file
+    changed after that shows as changed.
+    """
     for path in paths & set(files):
         if files[path] is None:
             continue  # listed without a hash (RECORD itself, byte code): proves nothing
         if path not in disk:
-            disk[path] = file_hash(os.path.join(location, path))
+            full = os.path.join(location, path)
+            if stats is not None:
+                stats[path] = file_stat(full)
+            disk[path] = file_hash(full)
         if disk[path] != files[path]:
             return False
     return True
@@ -67,22 +92,31 @@ def _differing(copies: list[dict[str, str | None]]) -> set[str]:
 
 
 def decide_copies(
-    group: list[dict[str, object]], rows_of: Callable[[dict[str, object]], dict[str, str | None]]
+    group: list[dict[str, object]],
+    rows_of: Callable[[dict[str, object]], dict[str, str | None]],
+    stats: dict[str, list[int] | None] | None = None,
 ) -> None:
-    """For copies of one distribution in one directory: whose RECORD matches the files on disk."""
+    """For copies of one distribution in one directory: whose RECORD matches the files on disk.
+
+    ``stats`` receives the :func:`file_stat` of every file the decision read.
+    """
     location = str(group[0]["location"])
     rows = [rows_of(d) for d in group]
     paths = _differing(rows)
     disk: dict[str, str | None] = {}
     for dist, files in zip(group, rows):  # noqa: B905
-        dist["record_matches"] = bool(files) and _matches_disk(location, files, paths, disk)
+        dist["record_matches"] = bool(files) and _matches_disk(location, files, paths, disk, stats)
 
 
 def decide_clash(
-    module: str, group: list[dict[str, object]], rows_of: Callable[[dict[str, object]], dict[str, str | None]]
+    module: str,
+    group: list[dict[str, object]],
+    rows_of: Callable[[dict[str, object]], dict[str, str | None]],
+    stats: dict[str, list[int] | None] | None = None,
 ) -> None:
     """For distributions of one directory claiming import name ``module``: do their shared files differ,
     and whose files are on disk? Files both install with one hash (a namespace ``__init__.py``) are no clash.
+    ``stats`` receives the :func:`file_stat` of every file the decision read.
     """
     location = str(group[0]["location"])
     files_of = [owned(rows_of(d), module) for d in group]
@@ -96,4 +130,4 @@ def decide_clash(
         return
     disk: dict[str, str | None] = {}
     for dist, files in zip(group, files_of):  # noqa: B905 (the probe runs on Python 3.8)
-        dist["clashes"][module] = _matches_disk(location, files, paths, disk)  # type: ignore[index]
+        dist["clashes"][module] = _matches_disk(location, files, paths, disk, stats)  # type: ignore[index]

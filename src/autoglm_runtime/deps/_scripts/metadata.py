@@ -1,0 +1,200 @@
+"""One metadata directory (``.dist-info`` / ``.egg-info``) described as the probe reports it: stdlib only.
+
+Runs inside the checked interpreter (see ``probe.py``), on every Python the probe supports. Headers are read
+exactly as ``importlib.metadata`` reads them; ``modules`` comes from RECORD (else ``top_level.txt``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+_MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd")
+
+
+_LINE_RE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+#: What ``email.feedparser`` takes for a header line: a field name and colon, or a continuation.
+_FIELD_RE = re.compile(r"[\041-\071\073-\176]*:")
+
+
+def _headers(text: str) -> dict[str, list[str]]:
+    """RFC 822 headers of a METADATA / PKG-INFO file, read exactly as ``importlib.metadata`` reads them.
+
+    ``importlib.metadata`` parses with :mod:`email` (policy ``compat32``): a line starting with a space or
+    a tab continues the field before it, even when it holds nothing but whitespace (meson-python and
+    hatchling write multi-line ``License`` fields so); only a truly empty line, or a line that is neither a
+    field nor a continuation, ends the headers. A value keeps its folded line breaks, as ``get_all`` does.
+    """
+    out: dict[str, list[str]] = {}
+    last: list[str] | None = None
+    for line in _LINE_RE.findall(text):
+        if line[0] in " \t":
+            if last is not None:
+                last[-1] += line
+            continue
+        if not _FIELD_RE.match(line):
+            break  # an empty line, or the body begins without one
+        key, _, value = line.partition(":")
+        last = out.setdefault(key.lower(), [])
+        last.append(value.lstrip(" \t"))
+    return {key: [v.rstrip("\r\n") for v in values] for key, values in out.items()}
+
+
+def _egg_requires(text: str) -> list[str]:
+    """``requires.txt`` of an egg-info directory, converted to Requires-Dist strings."""
+    out: list[str] = []
+    marker = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            extra, _, env = line[1:-1].partition(":")
+            parts = []
+            if env.strip():
+                parts.append(f"({env.strip()})")
+            if extra.strip():
+                parts.append(f'extra == "{extra.strip()}"')
+            marker = " and ".join(parts)
+            continue
+        out.append(f"{line}; {marker}" if marker else line)
+    return out
+
+
+def _top_name(path: str) -> tuple[str, bool] | None:
+    """The import name a RECORD path makes importable, and whether it is the package's marker file."""
+    parts = path.replace("\\", "/").split("/")
+    if len(parts) == 1:
+        name = parts[0]
+        if name.endswith(".pth") or not name.endswith(_MODULE_SUFFIXES):
+            return None
+        return name.split(".", 1)[0], True
+    if len(parts) == 2 and parts[1] == "__init__.py":
+        return parts[0], True
+    return None
+
+
+def _modules(meta_dir: str, record: str | None, location: str, errors: list[str]) -> dict[str, list[str | None]]:
+    """Top-level import names with their marker file and RECORD hash (from RECORD, else top_level.txt)."""
+    out: dict[str, list[str | None]] = {}
+    if record is not None:
+        for line in record.splitlines():
+            path, _, rest = line.partition(",")
+            if line.count("/", 0, len(path)) + line.count("\\", 0, len(path)) > 1:
+                continue  # deeper than a package's __init__.py (most of a RECORD): no import name of its own
+            found = _top_name(path.strip().strip('"'))
+            if found is None:
+                continue
+            name, _ = found
+            if not name.isidentifier() or name.startswith("__editable__"):
+                continue
+            digest = rest.split(",", 1)[0] or None
+            out.setdefault(name, [path.strip().strip('"'), digest])
+        return out
+    text = _read_meta(meta_dir, "top_level.txt", errors)
+    for name in (n.strip() for n in (text or "").splitlines()):
+        if not name:
+            continue
+        for rel in (f"{name}/__init__.py", f"{name}.py"):
+            if os.path.exists(os.path.join(location, rel)):
+                out[name] = [rel, None]
+                break
+    return out
+
+
+def _read(path: str) -> str | None:
+    """The UTF-8 text of ``path``, ``None`` when it does not exist; raises ``OSError`` or ``ValueError``."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def _read_meta(meta_dir: str, name: str, errors: list[str]) -> str | None:
+    """A metadata file's text; one that cannot be read or decoded is added to ``errors`` and gives ``None``."""
+    try:
+        return _read(os.path.join(meta_dir, name))
+    except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, or a NUL in the path
+        errors.append(f"{name} cannot be read: {exc}")
+        return None
+
+
+def _editable_root(meta_dir: str, record: str | None) -> str | None:
+    """The project directory of an editable install (PEP 660 ``direct_url.json``), else ``None``."""
+    if record is None or "direct_url.json" not in record:
+        return None
+    try:
+        data = json.loads(_read(os.path.join(meta_dir, "direct_url.json")) or "{}")
+    except (OSError, ValueError):
+        return None
+    url = data.get("url") if isinstance(data, dict) else None
+    dir_info = data.get("dir_info") if isinstance(data, dict) else None
+    if not isinstance(url, str) or not isinstance(dir_info, dict) or dir_info.get("editable") is not True:
+        return None
+    if not url.startswith("file://"):
+        return None
+    from urllib.parse import unquote, urlsplit
+
+    return os.path.normpath(unquote(urlsplit(url).path))
+
+
+_FOLD_RE = re.compile(r"\r?\n(?=[ \t])|\r(?=[ \t])")
+
+
+def _unfold(value: str) -> str:
+    """A header value with its folding line breaks removed (RFC 5322 unfolding), then stripped."""
+    if "\n" in value or "\r" in value:  # most values are one line: nothing to unfold
+        value = _FOLD_RE.sub("", value)
+    return value.strip()
+
+
+def describe(location: str, entry: str) -> tuple[dict[str, object], str | None]:
+    """Describe one ``.dist-info`` or ``.egg-info`` directory found in ``location``, with its RECORD text.
+
+    The RECORD text (``None`` when there is none) is for the few distributions whose files must be compared.
+    """
+    meta_dir = os.path.join(location, entry)
+    egg = entry.endswith(".egg-info")
+    errors: list[str] = []
+    dist: dict[str, object] = {"name": None, "version": None, "location": location, "metadata_dir": meta_dir}
+    headers: dict[str, list[str]] = {}
+    meta_name = "PKG-INFO" if egg else "METADATA"
+    try:
+        text = _read(os.path.join(meta_dir, meta_name)) if os.path.isdir(meta_dir) else _read(meta_dir)
+        if text is None:
+            errors.append(f"{meta_name} is missing")
+        elif not text.strip():
+            errors.append(f"{meta_name} is empty")
+        else:
+            headers = _headers(text)
+    except (OSError, ValueError) as exc:
+        errors.append(f"{meta_name} cannot be read: {exc}")
+    for field in ("name", "version"):
+        values = headers.get(field)
+        if values and _unfold(values[0]):
+            dist[field] = _unfold(values[0])
+        elif headers:
+            errors.append(f"{meta_name} has no {field.capitalize()} field")
+    requires = [_unfold(r) for r in headers.get("requires-dist", [])]
+    record: str | None = None
+    if os.path.isdir(meta_dir):
+        if egg:
+            requires = _egg_requires(_read_meta(meta_dir, "requires.txt", errors) or "")
+        record = _read_meta(meta_dir, "RECORD", errors)
+    python = headers.get("requires-python")
+    editable = _editable_root(meta_dir, record)
+    dist.update(
+        requires=requires,
+        requires_python=_unfold(python[0]) if python else None,
+        provides_extra=[_unfold(e) for e in headers.get("provides-extra", [])],
+        # An editable install's RECORD lists only its hook files: the project's modules are not its files.
+        modules={} if editable else _modules(meta_dir, record, location, errors),
+        editable=editable,
+        errors=errors,
+        # last, as the cache's per-run update adds them: one key order, one JSON text for one description
+        record_matches=None,
+        clashes={},
+    )
+    return dist, record
