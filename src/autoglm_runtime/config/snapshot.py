@@ -72,11 +72,14 @@ class SnapshotEncoder:
     """The snapshot file's bytes, kept up to date key by key so a write never re-encodes the whole tree.
 
     Each entry is encoded once, when it changes, into its fragment of the canonical JSON (the form the
-    checksum covers: sorted keys, no spaces, ASCII); a write only joins the fragments in key order and
-    hashes them. The work is a Python loop of small steps (the interpreter lets other threads run every
-    few milliseconds) plus a join and a sha256 that are quick or release the GIL, never one long
-    ``json.dumps`` of the whole tree that holds the GIL throughout.
+    checksum covers: sorted keys, no spaces, ASCII). Fragments are kept in key order in blocks of
+    ``BLOCK`` entries, each block's bytes joined once and kept until an entry in it changes (an insertion or
+    deletion also moves the blocks after it). A write then hashes and writes the blocks one by one: on a
+    tree where a few keys changed, the Python work is a few block joins and a loop over the blocks, and the
+    hashing and writing release the GIL; nothing holds the GIL for a copy, or a loop, of the whole tree.
     """
+
+    BLOCK = 512
 
     def __init__(self, *, hosts: str, root: str) -> None:
         self._head = b'{"entries":{'
@@ -84,9 +87,19 @@ class SnapshotEncoder:
         self._tail = json.dumps(tail, sort_keys=True, separators=(",", ":"), ensure_ascii=True)[1:-1].encode()
         self._fragments: dict[str, bytes] = {}
         self._order: list[str] = []  # sorted keys, kept sorted with bisect
+        self._blocks: dict[int, bytes] = {}  # block number -> its fragments joined, while none of them changed
 
     def __len__(self) -> int:
         return len(self._fragments)
+
+    def _changed_from(self, index: int, *, moved: bool) -> None:
+        """The fragment at ``index`` changed (``moved``: entries from there on shifted by an insertion or deletion)."""
+        block = index // self.BLOCK
+        if not moved:
+            self._blocks.pop(block, None)
+            return
+        for number in [n for n in self._blocks if n >= block]:
+            del self._blocks[number]
 
     def update(self, entries: Mapping[str, SnapshotEntry | None]) -> None:
         """Encode ``entries`` (``None``: the key is gone)."""
@@ -94,35 +107,43 @@ class SnapshotEncoder:
         for key, entry in entries.items():
             if entry is None:
                 if fragments.pop(key, None) is not None:
-                    del order[bisect.bisect_left(order, key)]
+                    index = bisect.bisect_left(order, key)
+                    del order[index]
+                    self._changed_from(index, moved=True)
                 continue
             item = [entry.czxid, entry.mzxid, base64.b64encode(entry.data).decode("ascii")]
             fragment = (json.dumps(key) + ":" + json.dumps(item, separators=(",", ":"))).encode("ascii")
             if fragments.setdefault(key, fragment) is not fragment:
                 fragments[key] = fragment
+                self._changed_from(bisect.bisect_left(order, key), moved=False)
             else:
-                bisect.insort(order, key)
+                index = bisect.bisect_left(order, key)
+                order.insert(index, key)
+                self._changed_from(index, moved=True)
 
     def clear(self) -> None:
         self._fragments.clear()
         self._order.clear()
+        self._blocks.clear()
 
-    def chunks(self, written_at: float, *, size: int = 512) -> Iterator[bytes]:
-        """The file's bytes in pieces of about ``size`` entries: the canonical body, then its sha256 as the last
-        member. Each piece is a short join (the interpreter can switch threads between pieces, and hashing a
-        piece releases the GIL), never one copy of the whole tree that holds the GIL throughout."""
-        fragments, order = self._fragments, self._order
+    def chunks(self, written_at: float) -> Iterator[bytes]:
+        """The file's bytes, a block of entries at a time: the canonical body, then its sha256 as the last
+        member (hashing a block releases the GIL)."""
+        fragments, order, blocks, size = self._fragments, self._order, self._blocks, self.BLOCK
         digest = hashlib.sha256()
         stamp = b',"written_at":' + json.dumps(float(written_at)).encode("ascii")
-        for start in range(0, max(len(order), 1), size):
-            piece = b",".join([fragments[key] for key in order[start : start + size]])
-            piece = self._head + piece if start == 0 else b"," + piece
-            if start + size >= len(order):
-                piece += b"}," + self._tail + stamp
-            digest.update(piece)
-            yield piece
-        digest.update(b"}")
-        yield b',"sha256":"' + digest.hexdigest().encode("ascii") + b'"}'
+        pieces = max(1, -(-len(order) // size))
+        for number in range(pieces):
+            block = blocks.get(number)
+            if block is None:
+                start = number * size
+                block = blocks[number] = b",".join([fragments[key] for key in order[start : start + size]])
+            for piece in (self._head if number == 0 else b",", block):
+                digest.update(piece)
+                yield piece
+        end = b"}," + self._tail + stamp
+        digest.update(end + b"}")
+        yield end + b',"sha256":"' + digest.hexdigest().encode("ascii") + b'"}'
 
     def payload(self, written_at: float) -> bytes:
         """The file's bytes: the canonical body with its sha256 added as the last member."""
