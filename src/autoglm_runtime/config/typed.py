@@ -80,7 +80,8 @@ class TypedView(Generic[M]):
         self._refused: Any = None  # the last state refused (logged once)
         watched = self.prefix + "/" if self.prefix else ""
         view, self._unsubscribe = client.get_and_subscribe(watched, self._on_change)
-        self._rebuild(view)
+        self._values = dict(view)  # the keys under the prefix, kept up to date by the changes that follow
+        self._rebuild(self._values)
 
     def get(self) -> M:
         """The last model the tree validated as; :class:`~autoglm_runtime.errors.ConfigTypeError` (E0409) if it
@@ -113,8 +114,11 @@ class TypedView(Generic[M]):
         self.close()
 
     def _on_change(self, change: ConfigChange) -> None:
-        watched = self.prefix + "/" if self.prefix else ""
-        self._rebuild({k: v for k, v in self._client.snapshot().items() if k.startswith(watched)})
+        if change.kind == "deleted":
+            self._values.pop(change.key, None)
+        else:
+            self._values[change.key] = change.new
+        self._rebuild(self._values)
 
     def _rebuild(self, values: Mapping[str, Any]) -> None:
         from pydantic import ValidationError
