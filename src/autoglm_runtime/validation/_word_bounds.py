@@ -1,0 +1,209 @@
+"""A sound lower bound on a tokenizer's token count from the words of a text, for tokenizers with no
+characters-per-token bound (WordPiece, WordLevel, Unigram, BPE behind text-dropping normalizers).
+
+Without a bound on the characters one token covers, proving that a text overflows the window means finding more
+than ``tokens_left`` tokens in it. Tokenizing that many costs several times the parse of a body that is one huge
+string. For the tokenizers below, counting *words* proves it far more cheaply: each word costs at least one token.
+:func:`word_counter` returns a :class:`WordCounter` only when the proof applies to every part of the tokenizer
+(normalizer, pre-tokenizer, model, added tokens), and ``None`` otherwise.
+
+**Definitions.** The *separators* ``S`` are ASCII whitespace characters the pre-tokenizer is proven to split at:
+``" \\t\\n\\r"`` after ``BertPreTokenizer``, ``Whitespace`` or ``WhitespaceSplit``, ``" "`` after a splitting
+``Metaspace``, the delimiter of ``CharDelimiterSplit`` when it is one of these. A *word* of the raw text is a maximal
+run of non-separators. The *sure* characters ``U`` are the ASCII graphic characters (``!`` to ``~``) minus those a
+pre-tokenizer step removes (ASCII punctuation under ``Punctuation`` with ``Removed``, an ASCII delimiter of
+``CharDelimiterSplit``). The bound is the number of words holding at least one sure character.
+
+**Claim.** ``len(encode(text)) >= `` that number, and the same holds for any text that starts with ``text``.
+
+1. *Normalizers keep separators and sure characters.* The allowed ones are ``NFC``, ``NFD``, ``NFKC``, ``NFKD``,
+   ``Lowercase``, ``StripAccents``, ``Strip``, ``Nmt``, ``BertNormalizer`` and ``Prepend``, alone or in a
+   ``Sequence``. None maps an ASCII character to nothing or to whitespace: the normal forms leave ASCII as it is
+   except that a following combining mark may compose onto it, giving a letter or symbol that is neither
+   whitespace, nor a mark, nor ASCII (the tests check every ASCII base against every combining mark with the
+   installed ``tokenizers``' own normalizers); ``Lowercase`` maps ASCII letters to ASCII letters; ``StripAccents``
+   and ``BertNormalizer``'s accent stripping remove only marks (category Mn); ``clean_text`` and ``Nmt`` remove only
+   control characters and map ``\\t``, ``\\n``, ``\\r`` to a space; ``Strip`` removes whitespace at the ends;
+   ``Prepend`` and ``handle_chinese_chars`` only add. No separator composes with what follows (a space, tab or line
+   break is a starter with no composite), so a separator stays whitespace and the image of each raw word stays
+   between the images of its separators. ``Replace``, ``Precompiled`` and ``ByteLevel`` are not allowed: they can
+   delete or rewrite sure characters and separators in ways the structure does not show.
+2. *Pre-tokenizers keep the sure characters and split at every separator.* The allowed steps remove only
+   whitespace, ASCII punctuation (``Punctuation`` with ``Removed``) or an ASCII delimiter, and the composites of
+   step 1 are none of these; ``Punctuation``, ``Digits`` and ``Split`` without ``Removed`` only split. A
+   ``Metaspace`` turns spaces into its replacement, so later steps are not credited with splitting at spaces.
+   Hence the image of a raw word holding a sure character lies in at least one non-empty pre-token of its own, and
+   two such words never share one (a separator lies between them, and a split there is never undone).
+3. *Each non-empty pre-token yields at least one token.* WordPiece writes a word it cannot spell, or one longer
+   than ``max_input_chars_per_word``, as one unknown token (its ``unk_token`` must be in the vocabulary); WordLevel
+   writes every word as one token (``unk_token`` in the vocabulary); Unigram covers every character, fusing unknown
+   runs into one token (``unk_id`` set); BPE writes unknown characters as their byte tokens (``byte_fallback`` with
+   all 256) or as an unknown token, fused or not (``unk_token`` in the vocabulary). Post-processors only add tokens.
+4. *Added tokens.* An added token is matched before pre-tokenizing and becomes one token, however much text it
+   covers. Its content must hold no separator (matched on raw text) or be ASCII graphic only (matched on normalized
+   text), so one match lies inside one word; ``lstrip``/``rstrip`` swallow only whitespace. So a word with a sure
+   character keeps a token of its own whether the match covers its sure character or not.
+5. *A longer text.* Each word of ``text`` with a sure character lies inside a distinct word of any text that starts
+   with ``text``, so the longer text has at least as many such words.
+
+:meth:`WordCounter.least_tokens` counts in C: the text's UTF-8 bytes are translated (separators to a space, sure
+characters to ``a``, every other byte deleted: deleting can only merge words, so the count only drops) and the word
+starts are counted, in growing chunks, stopping once the count passes what is needed. A word cut by a chunk boundary
+is counted twice, so each boundary takes one off.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["WordCounter", "word_counter"]
+
+_WHITESPACE = " \t\n\r"
+_GRAPHIC = frozenset(chr(code) for code in range(0x21, 0x7F))
+_PUNCTUATION = frozenset(string.punctuation)
+_NORMALIZERS = frozenset({"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents", "Strip", "Nmt", "BertNormalizer"})
+_FIRST_CHUNK = 4_096
+
+
+class WordCounter:
+    """Counts the words of a text that each cost at least one token (see this module's docstring for the proof).
+
+    >>> WordCounter(" ", "ab").least_tokens("a b ba  c a", 10)
+    4
+    """
+
+    __slots__ = ("_delete", "_separators", "_sure", "_table")
+
+    def __init__(self, separators: str, sure: str) -> None:
+        if not separators or not set(separators) <= set(_WHITESPACE) or not set(sure) <= _GRAPHIC:
+            raise ValueError("separators must be ASCII whitespace and sure characters ASCII graphic ones")
+        table = bytearray(range(256))
+        for char in separators:
+            table[ord(char)] = ord(" ")
+        for char in sure:
+            table[ord(char)] = ord("a")
+        self._separators = "".join(sorted(set(separators)))
+        self._sure = "".join(sorted(set(sure)))
+        self._table = bytes(table)
+        self._delete = bytes(code for code in range(256) if chr(code) not in set(separators) | set(sure))
+
+    @property
+    def separators(self) -> str:
+        """The characters words are split at."""
+        return self._separators
+
+    @property
+    def sure(self) -> str:
+        """The characters that make a word cost at least one token."""
+        return self._sure
+
+    def __repr__(self) -> str:
+        return f"WordCounter(separators={self._separators!r}, sure={self._sure!r})"
+
+    def least_tokens(self, text: str, enough: int) -> int:
+        """A lower bound on the tokens of any text starting with ``text``; stops counting once past ``enough``."""
+        count = boundaries = position = 0
+        size = max(_FIRST_CHUNK, 4 * (enough + 1))
+        while position < len(text) and count - boundaries <= enough:
+            # surrogatepass: JSON may carry lone surrogates; their bytes are non-ASCII and deleted like the rest.
+            data = text[position : position + size].encode("utf-8", "surrogatepass")
+            data = data.translate(self._table, self._delete)
+            count += data.count(b" a") + data.startswith(b"a")
+            position += size
+            size *= 2
+            boundaries += position < len(text)
+        return max(count - boundaries, 0)
+
+    def least_tokens_of(self, texts: Sequence[str], enough: int) -> int:
+        """:meth:`least_tokens` summed over ``texts``, stopping once past ``enough``."""
+        least = 0
+        for text in texts:
+            least += self.least_tokens(text, enough - least)
+            if least > enough:
+                break
+        return least
+
+
+def _normalizer_keeps(spec: Mapping[str, Any] | None) -> bool:
+    if spec is None:
+        return True
+    kind = spec.get("type")
+    if kind == "Sequence":
+        return all(_normalizer_keeps(step) for step in spec.get("normalizers") or ())
+    return kind in _NORMALIZERS or (kind == "Prepend" and isinstance(spec.get("prepend"), str))
+
+
+def _pre_tokenizer(spec: Mapping[str, Any] | None) -> tuple[set[str], set[str]] | None:
+    """``(separators it splits at, sure characters it removes)``, or ``None`` when it is not in the proof."""
+    if spec is None:
+        return set(), set()
+    kind = spec.get("type")
+    if kind in ("BertPreTokenizer", "Whitespace", "WhitespaceSplit"):
+        return set(_WHITESPACE), set()
+    if kind == "Metaspace":
+        # Without "split" (tokenizers before 0.19) Metaspace always split at its replacement.
+        return ({" "} if spec.get("split", True) else set()), set()
+    if kind == "CharDelimiterSplit":
+        delimiter = spec.get("delimiter")
+        if not isinstance(delimiter, str) or not delimiter.isascii():
+            return None
+        return ({delimiter} & set(_WHITESPACE)), {delimiter}
+    if kind == "Punctuation":
+        return set(), set(_PUNCTUATION) if spec.get("behavior") == "Removed" else set()
+    if kind in ("Digits", "Split"):
+        return None if spec.get("behavior") == "Removed" else (set(), set())
+    if kind == "Sequence":
+        separators: set[str] = set()
+        removed: set[str] = set()
+        spaces_kept = True
+        for step in spec.get("pretokenizers") or ():
+            found = _pre_tokenizer(step)
+            if found is None:
+                return None
+            step_separators, step_removed = found
+            separators |= step_separators if spaces_kept or step.get("type") == "Metaspace" else step_separators - {" "}
+            removed |= step_removed
+            spaces_kept = spaces_kept and step.get("type") != "Metaspace"
+        return separators, removed
+    return None
+
+
+def _model_covers_words(model: Mapping[str, Any]) -> bool:
+    """Whether the model writes every non-empty pre-token as at least one token (step 3 of the proof)."""
+    kind, vocab = model.get("type"), model.get("vocab")
+    if kind in ("WordPiece", "WordLevel", "BPE"):
+        if not isinstance(vocab, Mapping):
+            return False
+        if kind == "BPE" and model.get("byte_fallback") and all(f"<0x{b:02X}>" in vocab for b in range(256)):
+            return True
+        return model.get("unk_token") in vocab
+    if kind == "Unigram":
+        unk = model.get("unk_id")
+        return isinstance(vocab, Sequence) and isinstance(unk, int) and 0 <= unk < len(vocab)
+    return False
+
+
+def word_counter(spec: Mapping[str, Any]) -> WordCounter | None:
+    """The :class:`WordCounter` for the tokenizer described by ``spec`` (a parsed ``tokenizer.json``) when the
+    proof in this module's docstring applies to it; else ``None``.
+
+    >>> word_counter({"normalizer": {"type": "BertNormalizer"}, "pre_tokenizer": {"type": "BertPreTokenizer"},
+    ...               "model": {"type": "WordPiece", "unk_token": "[UNK]", "vocab": {"[UNK]": 0}}}).separators
+    '\\t\\n\\r '
+    """
+    if not _model_covers_words(spec.get("model") or {}) or not _normalizer_keeps(spec.get("normalizer")):
+        return None
+    found = _pre_tokenizer(spec.get("pre_tokenizer"))
+    if found is None or not found[0]:
+        return None
+    separators, removed = found
+    added: Sequence[Mapping[str, Any]] = spec.get("added_tokens") or ()
+    for token in added:
+        content = str(token.get("content", ""))
+        if token.get("normalized") and not set(content) <= _GRAPHIC:
+            return None
+        if set(content) & set(_WHITESPACE):
+            return None
+    return WordCounter("".join(separators), "".join(sorted(_GRAPHIC - removed)))
