@@ -237,14 +237,31 @@ def main() -> None:
 
 
 def _fill(make: Callable[[int], Any], limit: int) -> bytes:
-    """The largest body ``make(n)`` gives that stays within ``limit`` bytes (n found by doubling, then bisection)."""
+    """The largest body ``make(n)`` gives that stays within ``limit`` bytes (n found by doubling, then bisection).
+
+    A ``make`` that returns a :class:`_Utf8` is sent as raw UTF-8, as clients that do not escape send it.
+    """
+
+    def body(n: int) -> bytes:
+        value = make(n)
+        if isinstance(value, _Utf8):
+            return json.dumps(value.value, ensure_ascii=False).encode()
+        return json.dumps(value).encode()
+
     low, high = 1, 2
-    while len(json.dumps(make(high))) <= limit:
+    while len(body(high)) <= limit:
         low, high = high, high * 2
     while high - low > 1:
         middle = (low + high) // 2
-        low, high = (middle, high) if len(json.dumps(make(middle))) <= limit else (low, middle)
-    return json.dumps(make(low)).encode()
+        low, high = (middle, high) if len(body(middle)) <= limit else (low, middle)
+    return body(low)
+
+
+class _Utf8:
+    """A body to send as raw UTF-8 rather than with ``\\u`` escapes (which ``json.loads`` reads more slowly)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
 def adversarial(
@@ -282,6 +299,11 @@ def adversarial(
             "tools": [{"d": "y " * n}],
         },
         "batch: 2048 prompts, the first over": lambda n: {"prompt": ["z " * n] + [sentence[:40]] * 2047},
+        # Text the word bound does not count (no ASCII character in a word, or no separator it relies on): the
+        # word-bound rows fall back to the exact path here.
+        "no word bound: accented words, UTF-8": lambda n: _Utf8({"prompt": "\u00e9\u00e8 " * n}),
+        "no word bound: CJK run, UTF-8": lambda n: _Utf8({"prompt": "\u6f22\u5b57" * n}),
+        "no word bound: no-break spaces, UTF-8": lambda n: _Utf8({"prompt": "ab\u00a0" * n}),
     }
     print()
     print(

@@ -107,7 +107,7 @@ class ContextWindowGuard:
 
     ``context_window`` is a token count or a :class:`LimitsSource` read once per request (then the source decides
     truncation too). ``max_chars_per_token`` overrides the tokenizer's ``max_token_chars`` for the pre-check
-    (``None`` turns the pre-check off). ``word_bound=False`` stops the guard from using the tokenizer's
+    (``None`` turns that character pre-check off). ``word_bound=False`` stops the guard from using the tokenizer's
     ``word_counter`` (a proven lower bound from words) when it has no character bound. ``default_output_tokens``
     is assumed when a request names no output budget.
     ``chat_template`` renders chat requests as the model will read them; without one, each message costs
