@@ -331,8 +331,12 @@ def adversarial(
 
             outcome = judge()
             loads, judged, ratio = paired(lambda body=body: json.loads(body), judge, ADV_ROUNDS)  # type: ignore[misc]
-            worst[name] = max(worst[name], ratio)
             floor = ""
+            if outcome == "pass" and sum(map(len, _strings(json.loads(body)))) > 65_536:
+                # Text that fits must be tokenized once whatever the guard does (see "fitting text" below).
+                floor = ": its text fits and is tokenized once, so it is left out of the worst ratio"
+            else:
+                worst[name] = max(worst[name], ratio)
             tokenize = _window_of_text(wordpiece, json.loads(body), 8192) if name == "exact" else None
             if outcome == "E0513" and tokenize is not None:
                 # Proving more than 8,192 tokens without a bound means tokenizing that many: the least this can cost.
@@ -366,6 +370,17 @@ def adversarial(
 
 def _window_of_text(adapter: HFTokenizer, value: Any, window: int) -> float | None:
     """Process time to tokenize ``window + 1`` tokens of the longest string in ``value`` (``None``: no text)."""
+    text = max(_strings(value), key=len, default="")
+    if len(text) < window:
+        return None
+    sample = text[: 8 * (window + 1)]
+    per_token = len(sample) / max(len(adapter.encode(sample)), 1)
+    part = text[: int((window + 1) * per_token) + 1]
+    return statistics.median(_process_time(lambda: adapter.encode(part)) for _ in range(5))
+
+
+def _strings(value: Any) -> list[str]:
+    """The string values (not keys) anywhere in a parsed JSON body."""
     strings: list[str] = []
     stack = [value]
     while stack:
@@ -376,13 +391,7 @@ def _window_of_text(adapter: HFTokenizer, value: Any, window: int) -> float | No
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    text = max(strings, key=len, default="")
-    if len(text) < window:
-        return None
-    sample = text[: 8 * (window + 1)]
-    per_token = len(sample) / max(len(adapter.encode(sample)), 1)
-    part = text[: int((window + 1) * per_token) + 1]
-    return statistics.median(_process_time(lambda: adapter.encode(part)) for _ in range(5))
+    return strings
 
 
 def _process_time(fn: Callable[[], object]) -> float:

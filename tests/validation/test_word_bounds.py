@@ -202,9 +202,11 @@ def test_counting_words() -> None:
     assert counter.least_tokens("  a\nb  !  \u00e9 c \u00a0 ", 10) == 3  # é, c and the no-break space are not sure
     assert counter.least_tokens("a\u0301b\tb", 10) == 1  # a tab is no separator here
     # A word cut by a chunk boundary counts once: 4,096 characters, then "a b".
-    assert counter.least_tokens("a" * 4_095 + "aa b", 10) == 2
+    assert counter.least_tokens("a" * 4_095 + "aa b", 100) == 2
+    # Reading stops after 64 characters per token still to prove (here the first 4,096): a start is bounded too.
+    assert counter.least_tokens("a" * 1_000_000 + " a" * 1_000, 10) == 1
     # Early exit: past ``enough`` after the first chunk, the rest is not read.
-    assert counter.least_tokens("a " * 100_000, 10) == 2_047  # less one for the boundary
+    assert counter.least_tokens("a " * 100_000, 10) == 2_048  # the first 4,096 characters
     assert counter.least_tokens("\ud800 a", 10) == 1  # a lone surrogate from JSON
 
 
@@ -276,6 +278,19 @@ class TestNoWordBound:
         tok.add_tokens(["a b c d"])
         assert HFTokenizer(tok).word_counter is None
         assert len(tok.encode("a b c d").ids) == 1
+
+    def test_a_delimiter_that_lowercase_produces(self) -> None:
+        tok = wordlevel()
+        tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.CharDelimiterSplit("x")]
+        )
+        counter = HFTokenizer(tok).word_counter
+        assert counter is not None
+        assert "x" not in counter.sure
+        assert "X" not in counter.sure
+        assert tok.encode("X X X").ids == []
+        assert counter.least_tokens("X X X", 10) == 0
 
     def test_wordpiece_without_its_unknown_token(self) -> None:
         assert word_counter(_spec(bert_like(), ("model", "unk_token"), "<missing>")) is None

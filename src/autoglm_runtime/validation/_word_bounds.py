@@ -48,8 +48,10 @@ pre-tokenizer step removes (ASCII punctuation under ``Punctuation`` with ``Remov
 
 :meth:`WordCounter.least_tokens` counts in C: the text's UTF-8 bytes are translated (separators to a space, sure
 characters to ``a``, every other byte deleted: deleting can only merge words, so the count only drops) and the word
-starts are counted, in growing chunks, stopping once the count passes what is needed. A word cut by a chunk boundary
-is counted twice, so each boundary takes one off.
+starts are counted, in growing chunks, stopping once the count passes what is needed, or after 64 characters per
+token still to prove (a start of the text is bounded too, by step 5; text with longer words is left to the exact
+count, which then costs no more than before). A word cut by a chunk boundary is counted twice, so each boundary
+takes one off.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ _GRAPHIC = frozenset(chr(code) for code in range(0x21, 0x7F))
 _PUNCTUATION = frozenset(string.punctuation)
 _NORMALIZERS = frozenset({"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents", "Strip", "Nmt", "BertNormalizer"})
 _FIRST_CHUNK = 4_096
+#: Characters read per token still to prove before giving up: text with longer words is left to the exact count.
+_GIVE_UP_CHARS_PER_WORD = 64
 
 
 class WordCounter:
@@ -106,14 +110,15 @@ class WordCounter:
         """A lower bound on the tokens of any text starting with ``text``; stops counting once past ``enough``."""
         count = boundaries = position = 0
         size = max(_FIRST_CHUNK, 4 * (enough + 1))
-        while position < len(text) and count - boundaries <= enough:
+        end = min(len(text), max(_FIRST_CHUNK, _GIVE_UP_CHARS_PER_WORD * (enough + 1)))
+        while position < end and count - boundaries <= enough:
             # surrogatepass: JSON may carry lone surrogates; their bytes are non-ASCII and deleted like the rest.
-            data = text[position : position + size].encode("utf-8", "surrogatepass")
+            data = text[position : min(position + size, end)].encode("utf-8", "surrogatepass")
             data = data.translate(self._table, self._delete)
             count += data.count(b" a") + data.startswith(b"a")
             position += size
             size *= 2
-            boundaries += position < len(text)
+            boundaries += position < end
         return max(count - boundaries, 0)
 
     def least_tokens_of(self, texts: Sequence[str], enough: int) -> int:
@@ -149,7 +154,8 @@ def _pre_tokenizer(spec: Mapping[str, Any] | None) -> tuple[set[str], set[str]] 
         delimiter = spec.get("delimiter")
         if not isinstance(delimiter, str) or not delimiter.isascii():
             return None
-        return ({delimiter} & set(_WHITESPACE)), {delimiter}
+        # Lowercase may turn a sure character into the delimiter, which is then removed.
+        return ({delimiter} & set(_WHITESPACE)), {delimiter, delimiter.lower(), delimiter.upper()}
     if kind == "Punctuation":
         return set(), set(_PUNCTUATION) if spec.get("behavior") == "Removed" else set()
     if kind in ("Digits", "Split"):
