@@ -22,7 +22,7 @@ from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizer
 
 from autoglm_runtime.errors import ContextWindowExceededError
 from autoglm_runtime.validation import ContextWindowGuard, HFTokenizer
-from autoglm_runtime.validation._word_bounds import WordCounter, word_counter
+from autoglm_runtime.validation._word_bounds import SURE_LEADS, WordCounter, word_counter
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog, hello world 12345 !!",
@@ -63,6 +63,15 @@ PIECES = [
     "[CLS]",
     "<extra>",
     "word",
+    "\u00e9",  # sure characters outside ASCII: Latin-1 and Latin Extended letters, IPA, modifier letters, Cyrillic
+    "\u00d7",
+    "\u0130",  # Lowercase makes it two characters
+    "\u0149",  # NFKC makes it a modifier letter and "n"
+    "\u01c5",
+    "\u02b0",
+    "\u02bc",
+    "\u0416",
+    "\u0400\u0301",
     "x" * 150,  # longer than WordPiece's max_input_chars_per_word
 ]
 adversarial_text = st.lists(
@@ -166,6 +175,8 @@ def test_the_counters_of_the_families() -> None:
 
     graphic = 0x7F - 0x21
     assert counter(bert_like()) == ("\t\n\r ", graphic)
+    assert HFTokenizer(bert_like()).word_counter.sure_leads == SURE_LEADS  # type: ignore[union-attr]
+    assert HFTokenizer(wordpiece_short_words()).word_counter.sure_leads == b""  # type: ignore[union-attr]
     assert counter(wordpiece_short_words()) == ("\t\n\r ", graphic - 32)  # ASCII punctuation is removed
     assert counter(wordlevel()) == ("\t\n\r ", graphic)
     assert counter(t5_like()) == (" ", graphic)
@@ -208,6 +219,8 @@ def test_counting_words() -> None:
     # Early exit: past ``enough`` after the first chunk, the rest is not read.
     assert counter.least_tokens("a " * 100_000, 10) == 2_048  # the first 4,096 characters
     assert counter.least_tokens("\ud800 a", 10) == 1  # a lone surrogate from JSON
+    leads = WordCounter(" ", "a", SURE_LEADS)
+    assert leads.least_tokens("\u00e9t\u00e9 \u0416 \u6f22 \u00a0 \u0301 \u00e9\u00a0\u0416", 10) == 3
 
 
 def test_the_normalizers_keep_sure_characters_and_separators() -> None:
@@ -223,9 +236,14 @@ def test_the_normalizers_keep_sure_characters_and_separators() -> None:
         normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True),
         normalizers.Sequence([normalizers.NFKD(), normalizers.StripAccents(), normalizers.Lowercase()]),
     ]
-    graphic = [chr(c) for c in range(0x21, 0x7F)]
+    non_ascii = [chr(c) for c in range(0xC0, 0x10000) if chr(c).encode(errors="surrogatepass")[0] in SURE_LEADS]
+    assert non_ascii == [chr(c) for c in [*range(0xC0, 0x2C0), *range(0x400, 0x480)]]
+    for char in non_ascii:
+        assert unicodedata.combining(char) == 0, char
+        assert unicodedata.category(char)[0] == "L" or char in "\u00d7\u00f7", char
+    graphic = [chr(c) for c in range(0x21, 0x7F)] + non_ascii
     for step in steps:
-        for mark in MARKS:
+        for mark in ["", *MARKS]:
             for separator in " \t\n\r":
                 assert step.normalize_str(separator + mark)[:1].isspace(), (step, separator, mark)
             # Each ASCII character with the mark after it, between spaces; composition never crosses a space.

@@ -12,28 +12,34 @@ string. For the tokenizers below, counting *words* proves it far more cheaply: e
 ``Metaspace``, the delimiter of ``CharDelimiterSplit`` when it is one of these. A *word* of the raw text is a maximal
 run of non-separators. The *sure* characters ``U`` are the ASCII graphic characters (``!`` to ``~``) minus those a
 pre-tokenizer step removes (ASCII punctuation under ``Punctuation`` with ``Removed``, an ASCII delimiter of
-``CharDelimiterSplit``). The bound is the number of words holding at least one sure character.
+``CharDelimiterSplit`` in either case), plus, when no pre-tokenizer step removes anything but whitespace, the
+letters of U+00C0-U+02BF (Latin-1 letters, Latin Extended-A and -B, IPA, modifier letters) and U+0400-U+047F
+(Cyrillic): every character whose UTF-8 form starts with one of the bytes ``C3``-``CA``, ``D0``, ``D1``. The bound
+is the number of words holding at least one sure character.
 
 **Claim.** ``len(encode(text)) >= `` that number, and the same holds for any text that starts with ``text``.
 
 1. *Normalizers keep separators and sure characters.* The allowed ones are ``NFC``, ``NFD``, ``NFKC``, ``NFKD``,
    ``Lowercase``, ``StripAccents``, ``Strip``, ``Nmt``, ``BertNormalizer`` and ``Prepend``, alone or in a
-   ``Sequence``. None maps an ASCII character to nothing or to whitespace: the normal forms leave ASCII as it is
+   ``Sequence``. None maps a sure character to nothing or to whitespace: the normal forms leave ASCII as it is
    except that a following combining mark may compose onto it, giving a letter or symbol that is neither
-   whitespace, nor a mark, nor ASCII (the tests check every ASCII base against every combining mark with the
-   installed ``tokenizers``' own normalizers); ``Lowercase`` maps ASCII letters to ASCII letters; ``StripAccents``
-   and ``BertNormalizer``'s accent stripping remove only marks (category Mn); ``clean_text`` and ``Nmt`` remove only
-   control characters and map ``\\t``, ``\\n``, ``\\r`` to a space; ``Strip`` removes whitespace at the ends;
-   ``Prepend`` and ``handle_chinese_chars`` only add. No separator composes with what follows (a space, tab or line
-   break is a starter with no composite), so a separator stays whitespace and the image of each raw word stays
-   between the images of its separators. ``Replace``, ``Precompiled`` and ``ByteLevel`` are not allowed: they can
-   delete or rewrite sure characters and separators in ways the structure does not show.
+   whitespace, nor a mark, nor ASCII; the non-ASCII sure characters are starters whose normal forms keep a letter
+   (``NFD`` then ``StripAccents`` leaves the ``e`` of ``é``). The tests check every sure character, alone and
+   before every combining mark, with the installed ``tokenizers``' own normalizers. ``Lowercase`` maps ASCII
+   letters to ASCII letters; ``StripAccents`` and ``BertNormalizer``'s accent stripping remove only marks
+   (category Mn); ``clean_text`` and ``Nmt`` remove only control characters and map ``\\t``, ``\\n``, ``\\r`` to a
+   space; ``Strip`` removes whitespace at the ends; ``Prepend`` and ``handle_chinese_chars`` only add. No separator
+   composes with what follows (a space, tab or line break is a starter with no composite), so a separator stays
+   whitespace and the image of each raw word stays between the images of its separators. ``Replace``,
+   ``Precompiled`` and ``ByteLevel`` are not allowed: they can delete or rewrite sure characters and separators in
+   ways the structure does not show.
 2. *Pre-tokenizers keep the sure characters and split at every separator.* The allowed steps remove only
    whitespace, ASCII punctuation (``Punctuation`` with ``Removed``) or an ASCII delimiter, and the composites of
-   step 1 are none of these; ``Punctuation``, ``Digits`` and ``Split`` without ``Removed`` only split. A
-   ``Metaspace`` turns spaces into its replacement, so later steps are not credited with splitting at spaces.
-   Hence the image of a raw word holding a sure character lies in at least one non-empty pre-token of its own, and
-   two such words never share one (a separator lies between them, and a split there is never undone).
+   step 1 are none of these. The non-ASCII sure characters count only when nothing but whitespace is removed.
+   ``Punctuation``, ``Digits`` and ``Split`` without ``Removed`` only split. A ``Metaspace`` turns spaces into its
+   replacement, so later steps are not credited with splitting at spaces. Hence the image of a raw word holding a
+   sure character lies in at least one non-empty pre-token of its own, and two such words never share one (a
+   separator lies between them, and a split there is never undone).
 3. *Each non-empty pre-token yields at least one token.* WordPiece writes a word it cannot spell, or one longer
    than ``max_input_chars_per_word``, as one unknown token (its ``unk_token`` must be in the vocabulary); WordLevel
    writes every word as one token (``unk_token`` in the vocabulary); Unigram covers every character, fusing unknown
@@ -47,11 +53,11 @@ pre-tokenizer step removes (ASCII punctuation under ``Punctuation`` with ``Remov
    with ``text``, so the longer text has at least as many such words.
 
 :meth:`WordCounter.least_tokens` counts in C: the text's UTF-8 bytes are translated (separators to a space, sure
-characters to ``a``, every other byte deleted: deleting can only merge words, so the count only drops) and the word
-starts are counted, in growing chunks, stopping once the count passes what is needed, or after 64 characters per
-token still to prove (a start of the text is bounded too, by step 5; text with longer words is left to the exact
-count, which then costs no more than before). A word cut by a chunk boundary is counted twice, so each boundary
-takes one off.
+characters and the lead bytes above to ``a``, every other byte deleted: deleting can only merge words, so the count
+only drops) and the word starts are counted, in growing chunks, stopping once the count passes what is needed, or
+after 64 characters per token still to prove (a start of the text is bounded too, by step 5; text with longer
+words is left to the exact count, which then costs no more than before). A word cut by a chunk boundary is
+counted twice, so each boundary takes one off.
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ _WHITESPACE = " \t\n\r"
 _GRAPHIC = frozenset(chr(code) for code in range(0x21, 0x7F))
 _PUNCTUATION = frozenset(string.punctuation)
 _NORMALIZERS = frozenset({"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents", "Strip", "Nmt", "BertNormalizer"})
+#: UTF-8 lead bytes of U+00C0-U+02BF and U+0400-U+047F (the non-ASCII sure characters, see above).
+SURE_LEADS = bytes([*range(0xC3, 0xCB), 0xD0, 0xD1])
 _FIRST_CHUNK = 4_096
 #: Characters read per token still to prove before giving up: text with longer words is left to the exact count.
 _GIVE_UP_CHARS_PER_WORD = 64
@@ -76,22 +84,30 @@ class WordCounter:
 
     >>> WordCounter(" ", "ab").least_tokens("a b ba  c a", 10)
     4
+
+    ``sure_leads`` are UTF-8 lead bytes whose characters are all sure (:data:`SURE_LEADS` or a part of it).
     """
 
-    __slots__ = ("_delete", "_separators", "_sure", "_table")
+    __slots__ = ("_delete", "_separators", "_sure", "_sure_leads", "_table")
 
-    def __init__(self, separators: str, sure: str) -> None:
+    def __init__(self, separators: str, sure: str, sure_leads: bytes = b"") -> None:
         if not separators or not set(separators) <= set(_WHITESPACE) or not set(sure) <= _GRAPHIC:
             raise ValueError("separators must be ASCII whitespace and sure characters ASCII graphic ones")
+        if not set(sure_leads) <= set(SURE_LEADS):
+            raise ValueError("sure lead bytes must be among SURE_LEADS")
         table = bytearray(range(256))
         for char in separators:
             table[ord(char)] = ord(" ")
         for char in sure:
             table[ord(char)] = ord("a")
+        for lead in sure_leads:
+            table[lead] = ord("a")
         self._separators = "".join(sorted(set(separators)))
         self._sure = "".join(sorted(set(sure)))
+        self._sure_leads = bytes(sorted(set(sure_leads)))
         self._table = bytes(table)
-        self._delete = bytes(code for code in range(256) if chr(code) not in set(separators) | set(sure))
+        kept = {ord(char) for char in separators + sure} | set(sure_leads)
+        self._delete = bytes(code for code in range(256) if code not in kept)
 
     @property
     def separators(self) -> str:
@@ -103,8 +119,13 @@ class WordCounter:
         """The characters that make a word cost at least one token."""
         return self._sure
 
+    @property
+    def sure_leads(self) -> bytes:
+        """The UTF-8 lead bytes whose characters make a word cost at least one token."""
+        return self._sure_leads
+
     def __repr__(self) -> str:
-        return f"WordCounter(separators={self._separators!r}, sure={self._sure!r})"
+        return f"WordCounter(separators={self._separators!r}, sure={self._sure!r}, sure_leads={self._sure_leads!r})"
 
     def least_tokens(self, text: str, enough: int) -> int:
         """A lower bound on the tokens of any text starting with ``text``; stops counting once past ``enough``."""
@@ -212,4 +233,6 @@ def word_counter(spec: Mapping[str, Any]) -> WordCounter | None:
             return None
         if set(content) & set(_WHITESPACE):
             return None
-    return WordCounter("".join(separators), "".join(sorted(_GRAPHIC - removed)))
+    # Only whitespace removed: the non-ASCII letters stay (a delimiter or punctuation removal could meet their images).
+    leads = b"" if removed else SURE_LEADS
+    return WordCounter("".join(separators), "".join(sorted(_GRAPHIC - removed)), leads)
