@@ -22,7 +22,7 @@ from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizer
 
 from autoglm_runtime.errors import ContextWindowExceededError
 from autoglm_runtime.validation import ContextWindowGuard, HFTokenizer
-from autoglm_runtime.validation._word_bounds import SURE_LEADS, WordCounter, word_counter
+from autoglm_runtime.validation._word_bounds import CJK_LEADS, SURE_LEADS, WordCounter, word_counter
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog, hello world 12345 !!",
@@ -72,6 +72,8 @@ PIECES = [
     "\u02bc",
     "\u0416",
     "\u0400\u0301",
+    "\u5b57\u6f22\u9fff",  # ideographs a BertNormalizer makes words of
+    "\u4e00\u4dc0\uf900",  # and some it does not (or that this bound does not count)
     "x" * 150,  # longer than WordPiece's max_input_chars_per_word
 ]
 adversarial_text = st.lists(
@@ -177,6 +179,8 @@ def test_the_counters_of_the_families() -> None:
     assert counter(bert_like()) == ("\t\n\r ", graphic)
     assert HFTokenizer(bert_like()).word_counter.sure_leads == SURE_LEADS  # type: ignore[union-attr]
     assert HFTokenizer(wordpiece_short_words()).word_counter.sure_leads == b""  # type: ignore[union-attr]
+    assert HFTokenizer(bert_like()).word_counter.word_leads == CJK_LEADS  # type: ignore[union-attr]
+    assert HFTokenizer(t5_like()).word_counter.word_leads == b""  # type: ignore[union-attr]
     assert counter(wordpiece_short_words()) == ("\t\n\r ", graphic - 32)  # ASCII punctuation is removed
     assert counter(wordlevel()) == ("\t\n\r ", graphic)
     assert counter(t5_like()) == (" ", graphic)
@@ -219,6 +223,9 @@ def test_counting_words() -> None:
     # Early exit: past ``enough`` after the first chunk, the rest is not read.
     assert counter.least_tokens("a " * 100_000, 10) == 2_048  # the first 4,096 characters
     assert counter.least_tokens("\ud800 a", 10) == 1  # a lone surrogate from JSON
+    ideographs = WordCounter(" ", "a", b"", CJK_LEADS)
+    # "ab", two ideographs, "a" and one more; "cd" holds no sure character and U+4E00 is not counted.
+    assert ideographs.least_tokens("ab\u6f22\u5b57cd \u4e00 a\u6f22", 10) == 5
     leads = WordCounter(" ", "a", SURE_LEADS)
     assert leads.least_tokens("\u00e9t\u00e9 \u0416 \u6f22 \u00a0 \u0301 \u00e9\u00a0\u0416", 10) == 3
 
@@ -256,6 +263,15 @@ def test_the_normalizers_keep_sure_characters_and_separators() -> None:
                 assert unicodedata.category(kept) not in ("Mn", "Cc", "Cf", "Zs"), (step, sure, mark)
                 if sure.isalnum():
                     assert unicodedata.category(kept)[0] in "LN", (step, sure, mark)
+
+
+def test_bert_normalizer_makes_each_counted_ideograph_a_word() -> None:
+    ideographs = [chr(c) for c in range(0x4E00, 0xA000) if chr(c).encode()[0] in CJK_LEADS]
+    assert ideographs == [chr(c) for c in range(0x5000, 0xA000)]
+    for options in ({}, {"lowercase": False}, {"strip_accents": True}, {"clean_text": False}):
+        step = normalizers.BertNormalizer(handle_chinese_chars=True, **options)
+        out = step.normalize_str("a" + "a".join(ideographs) + "a")
+        assert out.split() == ["a", *(piece for char in ideographs for piece in (char, "a"))]
 
 
 def _spec(tok: Tokenizer, path: Sequence[str], value: Any) -> dict[str, Any]:
@@ -349,6 +365,15 @@ class TestGuard:
         assert _CountingCalls.chars == 0
         # The first 32,372 characters (4 per token left) hold 10,791 words, less one for the chunk boundary.
         assert "you requested at least 10890 tokens (at least 10790 in the input" in str(caught.value)
+
+    def test_rejects_accented_words_and_ideographs_without_tokenizing(self) -> None:
+        tok = _CountingCalls(bert_like())
+        _CountingCalls.chars = 0
+        guard = ContextWindowGuard(tok, 8192)
+        for text in ("\u00e9t\u00e9 " * 100_000, "\u6f22\u5b57" * 100_000):
+            with pytest.raises(ContextWindowExceededError, match="you requested at least"):
+                guard.check(text)
+        assert _CountingCalls.chars == 0
 
     def test_word_bound_off_tokenizes(self) -> None:
         tok = _CountingCalls(bert_like())

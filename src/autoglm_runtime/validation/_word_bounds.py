@@ -15,7 +15,10 @@ pre-tokenizer step removes (ASCII punctuation under ``Punctuation`` with ``Remov
 ``CharDelimiterSplit`` in either case), plus, when no pre-tokenizer step removes anything but whitespace, the
 letters of U+00C0-U+02BF (Latin-1 letters, Latin Extended-A and -B, IPA, modifier letters) and U+0400-U+047F
 (Cyrillic): every character whose UTF-8 form starts with one of the bytes ``C3``-``CA``, ``D0``, ``D1``. The bound
-is the number of words holding at least one sure character.
+is the number of words holding at least one sure character, plus, behind a ``BertNormalizer`` with
+``handle_chinese_chars`` and a pre-tokenizer splitting at spaces, one for each CJK ideograph of U+5000-U+9FFF
+(UTF-8 lead bytes ``E5``-``E9``): that normalizer puts spaces around each (they are in its Chinese ranges), no
+other allowed normalizer changes them or removes a space between words, so each is a pre-token of its own.
 
 **Claim.** ``len(encode(text)) >= `` that number, and the same holds for any text that starts with ``text``.
 
@@ -72,6 +75,8 @@ _WHITESPACE = " \t\n\r"
 _GRAPHIC = frozenset(chr(code) for code in range(0x21, 0x7F))
 _PUNCTUATION = frozenset(string.punctuation)
 _NORMALIZERS = frozenset({"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents", "Strip", "Nmt", "BertNormalizer"})
+#: UTF-8 lead bytes of U+5000-U+9FFF, CJK ideographs ``BertNormalizer(handle_chinese_chars=True)`` makes words.
+CJK_LEADS = bytes(range(0xE5, 0xEA))
 #: UTF-8 lead bytes of U+00C0-U+02BF and U+0400-U+047F (the non-ASCII sure characters, see above).
 SURE_LEADS = bytes([*range(0xC3, 0xCB), 0xD0, 0xD1])
 _FIRST_CHUNK = 4_096
@@ -85,16 +90,17 @@ class WordCounter:
     >>> WordCounter(" ", "ab").least_tokens("a b ba  c a", 10)
     4
 
-    ``sure_leads`` are UTF-8 lead bytes whose characters are all sure (:data:`SURE_LEADS` or a part of it).
+    ``sure_leads`` are UTF-8 lead bytes whose characters are all sure (:data:`SURE_LEADS` or a part of it),
+    ``word_leads`` lead bytes whose characters are each a word of their own (:data:`CJK_LEADS` or a part of it).
     """
 
-    __slots__ = ("_delete", "_separators", "_sure", "_sure_leads", "_table")
+    __slots__ = ("_delete", "_separators", "_sure", "_sure_leads", "_table", "_word_leads")
 
-    def __init__(self, separators: str, sure: str, sure_leads: bytes = b"") -> None:
+    def __init__(self, separators: str, sure: str, sure_leads: bytes = b"", word_leads: bytes = b"") -> None:
         if not separators or not set(separators) <= set(_WHITESPACE) or not set(sure) <= _GRAPHIC:
             raise ValueError("separators must be ASCII whitespace and sure characters ASCII graphic ones")
-        if not set(sure_leads) <= set(SURE_LEADS):
-            raise ValueError("sure lead bytes must be among SURE_LEADS")
+        if not set(sure_leads) <= set(SURE_LEADS) or not set(word_leads) <= set(CJK_LEADS):
+            raise ValueError("sure lead bytes must be among SURE_LEADS and word lead bytes among CJK_LEADS")
         table = bytearray(range(256))
         for char in separators:
             table[ord(char)] = ord(" ")
@@ -102,11 +108,14 @@ class WordCounter:
             table[ord(char)] = ord("a")
         for lead in sure_leads:
             table[lead] = ord("a")
+        for lead in word_leads:
+            table[lead] = ord("c")
         self._separators = "".join(sorted(set(separators)))
         self._sure = "".join(sorted(set(sure)))
         self._sure_leads = bytes(sorted(set(sure_leads)))
+        self._word_leads = bytes(sorted(set(word_leads)))
         self._table = bytes(table)
-        kept = {ord(char) for char in separators + sure} | set(sure_leads)
+        kept = {ord(char) for char in separators + sure} | set(sure_leads) | set(word_leads)
         self._delete = bytes(code for code in range(256) if code not in kept)
 
     @property
@@ -124,8 +133,16 @@ class WordCounter:
         """The UTF-8 lead bytes whose characters make a word cost at least one token."""
         return self._sure_leads
 
+    @property
+    def word_leads(self) -> bytes:
+        """The UTF-8 lead bytes whose characters are each a word costing at least one token."""
+        return self._word_leads
+
     def __repr__(self) -> str:
-        return f"WordCounter(separators={self._separators!r}, sure={self._sure!r}, sure_leads={self._sure_leads!r})"
+        return (
+            f"WordCounter(separators={self._separators!r}, sure={self._sure!r}, sure_leads={self._sure_leads!r}, "
+            f"word_leads={self._word_leads!r})"
+        )
 
     def least_tokens(self, text: str, enough: int) -> int:
         """A lower bound on the tokens of any text starting with ``text``; stops counting once past ``enough``."""
@@ -136,7 +153,8 @@ class WordCounter:
             # surrogatepass: JSON may carry lone surrogates; their bytes are non-ASCII and deleted like the rest.
             data = text[position : min(position + size, end)].encode("utf-8", "surrogatepass")
             data = data.translate(self._table, self._delete)
-            count += data.count(b" a") + data.startswith(b"a")
+            # A word starts at an "a" after a space, an ideograph or the start; each ideograph is a word.
+            count += data.count(b" a") + data.count(b"ca") + data.startswith(b"a") + data.count(b"c")
             position += size
             size *= 2
             boundaries += position < end
@@ -235,4 +253,14 @@ def word_counter(spec: Mapping[str, Any]) -> WordCounter | None:
             return None
     # Only whitespace removed: the non-ASCII letters stay (a delimiter or punctuation removal could meet their images).
     leads = b"" if removed else SURE_LEADS
-    return WordCounter("".join(separators), "".join(sorted(_GRAPHIC - removed)), leads)
+    words = CJK_LEADS if " " in separators and _pads_ideographs(spec.get("normalizer")) else b""
+    return WordCounter("".join(separators), "".join(sorted(_GRAPHIC - removed)), leads, words)
+
+
+def _pads_ideographs(spec: Mapping[str, Any] | None) -> bool:
+    """Whether the (allowed) normalizer holds a ``BertNormalizer`` that puts spaces around CJK ideographs."""
+    if spec is None:
+        return False
+    if spec.get("type") == "Sequence":
+        return any(_pads_ideographs(step) for step in spec.get("normalizers") or ())
+    return spec.get("type") == "BertNormalizer" and spec.get("handle_chinese_chars", True) is not False
