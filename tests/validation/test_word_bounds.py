@@ -176,15 +176,15 @@ def test_the_counters_of_the_families() -> None:
         return found.separators, len(found.sure)
 
     graphic = 0x7F - 0x21
-    assert counter(bert_like()) == ("\t\n\r ", graphic)
+    assert counter(bert_like()) == ("\t\n\r \u00a0", graphic)
     assert HFTokenizer(bert_like()).word_counter.sure_leads == SURE_LEADS  # type: ignore[union-attr]
     assert HFTokenizer(wordpiece_short_words()).word_counter.sure_leads == b""  # type: ignore[union-attr]
     assert HFTokenizer(bert_like()).word_counter.word_leads == CJK_LEADS  # type: ignore[union-attr]
     assert HFTokenizer(t5_like()).word_counter.word_leads == b""  # type: ignore[union-attr]
-    assert counter(wordpiece_short_words()) == ("\t\n\r ", graphic - 32)  # ASCII punctuation is removed
-    assert counter(wordlevel()) == ("\t\n\r ", graphic)
+    assert counter(wordpiece_short_words()) == ("\t\n\r \u00a0", graphic - 32)  # ASCII punctuation is removed
+    assert counter(wordlevel()) == ("\t\n\r \u00a0", graphic)
     assert counter(t5_like()) == (" ", graphic)
-    assert counter(unigram_split_then_metaspace()) == ("\t\n\r ", graphic)
+    assert counter(unigram_split_then_metaspace()) == ("\t\n\r \u00a0", graphic)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -223,6 +223,7 @@ def test_counting_words() -> None:
     # Early exit: past ``enough`` after the first chunk, the rest is not read.
     assert counter.least_tokens("a " * 100_000, 10) == 2_048  # the first 4,096 characters
     assert counter.least_tokens("\ud800 a", 10) == 1  # a lone surrogate from JSON
+    assert WordCounter(" \u00a0", "a").least_tokens("a\u00a0a \u00a0a\u2002a", 10) == 3  # U+2002 is not counted
     ideographs = WordCounter(" ", "a", b"", CJK_LEADS)
     # "ab", two ideographs, "a" and one more; "cd" holds no sure character and U+4E00 is not counted.
     assert ideographs.least_tokens("ab\u6f22\u5b57cd \u4e00 a\u6f22", 10) == 5
@@ -251,7 +252,7 @@ def test_the_normalizers_keep_sure_characters_and_separators() -> None:
     graphic = [chr(c) for c in range(0x21, 0x7F)] + non_ascii
     for step in steps:
         for mark in ["", *MARKS]:
-            for separator in " \t\n\r":
+            for separator in " \t\n\r\u00a0":
                 assert step.normalize_str(separator + mark)[:1].isspace(), (step, separator, mark)
             # Each ASCII character with the mark after it, between spaces; composition never crosses a space.
             pieces = step.normalize_str("".join(f" {sure}{mark}" for sure in graphic) + " ").split(" ")
@@ -370,7 +371,7 @@ class TestGuard:
         tok = _CountingCalls(bert_like())
         _CountingCalls.chars = 0
         guard = ContextWindowGuard(tok, 8192)
-        for text in ("\u00e9t\u00e9 " * 100_000, "\u6f22\u5b57" * 100_000):
+        for text in ("\u00e9t\u00e9 " * 100_000, "\u6f22\u5b57" * 100_000, "ab\u00a0" * 100_000):
             with pytest.raises(ContextWindowExceededError, match="you requested at least"):
                 guard.check(text)
         assert _CountingCalls.chars == 0

@@ -7,10 +7,12 @@ string. For the tokenizers below, counting *words* proves it far more cheaply: e
 :func:`word_counter` returns a :class:`WordCounter` only when the proof applies to every part of the tokenizer
 (normalizer, pre-tokenizer, model, added tokens), and ``None`` otherwise.
 
-**Definitions.** The *separators* ``S`` are ASCII whitespace characters the pre-tokenizer is proven to split at:
-``" \\t\\n\\r"`` after ``BertPreTokenizer``, ``Whitespace`` or ``WhitespaceSplit``, ``" "`` after a splitting
-``Metaspace``, the delimiter of ``CharDelimiterSplit`` when it is one of these. A *word* of the raw text is a maximal
-run of non-separators. The *sure* characters ``U`` are the ASCII graphic characters (``!`` to ``~``) minus those a
+**Definitions.** The *separators* ``S`` are whitespace characters the pre-tokenizer is proven to split at:
+``" \\t\\n\\r"`` and the no-break space U+00A0 after ``BertPreTokenizer``, ``Whitespace`` or ``WhitespaceSplit``
+(they split at any Unicode whitespace, and no allowed normalizer makes U+00A0 anything but whitespace), ``" "``
+after a splitting ``Metaspace``, the delimiter of ``CharDelimiterSplit`` when it is one of these. A *word* of the
+raw text is a maximal run of non-separators. The *sure* characters ``U`` are the ASCII graphic characters (``!``
+to ``~``) minus those a
 pre-tokenizer step removes (ASCII punctuation under ``Punctuation`` with ``Removed``, an ASCII delimiter of
 ``CharDelimiterSplit`` in either case), plus, when no pre-tokenizer step removes anything but whitespace, the
 letters of U+00C0-U+02BF (Latin-1 letters, Latin Extended-A and -B, IPA, modifier letters) and U+0400-U+047F
@@ -31,11 +33,11 @@ other allowed normalizer changes them or removes a space between words, so each 
    before every combining mark, with the installed ``tokenizers``' own normalizers. ``Lowercase`` maps ASCII
    letters to ASCII letters; ``StripAccents`` and ``BertNormalizer``'s accent stripping remove only marks
    (category Mn); ``clean_text`` and ``Nmt`` remove only control characters and map ``\\t``, ``\\n``, ``\\r`` to a
-   space; ``Strip`` removes whitespace at the ends; ``Prepend`` and ``handle_chinese_chars`` only add. No separator
-   composes with what follows (a space, tab or line break is a starter with no composite), so a separator stays
-   whitespace and the image of each raw word stays between the images of its separators. ``Replace``,
-   ``Precompiled`` and ``ByteLevel`` are not allowed: they can delete or rewrite sure characters and separators in
-   ways the structure does not show.
+   space; ``Strip`` removes whitespace at the ends; ``Prepend`` and ``handle_chinese_chars`` only add. No
+   separator composes with what follows (a space, tab, line break or no-break space is a starter with no
+   composite), so a separator stays whitespace and the image of each raw word stays between the images of its
+   separators. ``Replace``, ``Precompiled`` and ``ByteLevel`` are not allowed: they can delete or rewrite sure
+   characters and separators in ways the structure does not show.
 2. *Pre-tokenizers keep the sure characters and split at every separator.* The allowed steps remove only
    whitespace, ASCII punctuation (``Punctuation`` with ``Removed``) or an ASCII delimiter, and the composites of
    step 1 are none of these. The non-ASCII sure characters count only when nothing but whitespace is removed.
@@ -72,6 +74,7 @@ from typing import Any
 __all__ = ["WordCounter", "word_counter"]
 
 _WHITESPACE = " \t\n\r"
+_NBSP = "\u00a0"
 _GRAPHIC = frozenset(chr(code) for code in range(0x21, 0x7F))
 _PUNCTUATION = frozenset(string.punctuation)
 _NORMALIZERS = frozenset({"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents", "Strip", "Nmt", "BertNormalizer"})
@@ -94,15 +97,17 @@ class WordCounter:
     ``word_leads`` lead bytes whose characters are each a word of their own (:data:`CJK_LEADS` or a part of it).
     """
 
-    __slots__ = ("_delete", "_separators", "_sure", "_sure_leads", "_table", "_word_leads")
+    __slots__ = ("_delete", "_nbsp", "_separators", "_sure", "_sure_leads", "_table", "_word_leads")
 
     def __init__(self, separators: str, sure: str, sure_leads: bytes = b"", word_leads: bytes = b"") -> None:
-        if not separators or not set(separators) <= set(_WHITESPACE) or not set(sure) <= _GRAPHIC:
-            raise ValueError("separators must be ASCII whitespace and sure characters ASCII graphic ones")
+        if not separators or not set(separators) <= set(_WHITESPACE + _NBSP) or not set(sure) <= _GRAPHIC:
+            raise ValueError("separators must be ASCII whitespace or U+00A0 and sure characters ASCII graphic ones")
+        if _NBSP in separators and " " not in separators:
+            raise ValueError("U+00A0 is only a separator together with the space it is read as")
         if not set(sure_leads) <= set(SURE_LEADS) or not set(word_leads) <= set(CJK_LEADS):
             raise ValueError("sure lead bytes must be among SURE_LEADS and word lead bytes among CJK_LEADS")
         table = bytearray(range(256))
-        for char in separators:
+        for char in set(separators) - {_NBSP}:
             table[ord(char)] = ord(" ")
         for char in sure:
             table[ord(char)] = ord("a")
@@ -112,10 +117,11 @@ class WordCounter:
             table[lead] = ord("c")
         self._separators = "".join(sorted(set(separators)))
         self._sure = "".join(sorted(set(sure)))
+        self._nbsp = _NBSP in separators
         self._sure_leads = bytes(sorted(set(sure_leads)))
         self._word_leads = bytes(sorted(set(word_leads)))
         self._table = bytes(table)
-        kept = {ord(char) for char in separators + sure} | set(sure_leads) | set(word_leads)
+        kept = {ord(char) for char in set(separators + sure) - {_NBSP}} | set(sure_leads) | set(word_leads)
         self._delete = bytes(code for code in range(256) if code not in kept)
 
     @property
@@ -152,6 +158,8 @@ class WordCounter:
         while position < end and count - boundaries <= enough:
             # surrogatepass: JSON may carry lone surrogates; their bytes are non-ASCII and deleted like the rest.
             data = text[position : min(position + size, end)].encode("utf-8", "surrogatepass")
+            if self._nbsp:
+                data = data.replace(b"\xc2\xa0", b" ")
             data = data.translate(self._table, self._delete)
             # A word starts at an "a" after a space, an ideograph or the start; each ideograph is a word.
             count += data.count(b" a") + data.count(b"ca") + data.startswith(b"a") + data.count(b"c")
@@ -185,7 +193,7 @@ def _pre_tokenizer(spec: Mapping[str, Any] | None) -> tuple[set[str], set[str]] 
         return set(), set()
     kind = spec.get("type")
     if kind in ("BertPreTokenizer", "Whitespace", "WhitespaceSplit"):
-        return set(_WHITESPACE), set()
+        return set(_WHITESPACE + _NBSP), set()
     if kind == "Metaspace":
         # Without "split" (tokenizers before 0.19) Metaspace always split at its replacement.
         return ({" "} if spec.get("split", True) else set()), set()
@@ -236,7 +244,7 @@ def word_counter(spec: Mapping[str, Any]) -> WordCounter | None:
 
     >>> word_counter({"normalizer": {"type": "BertNormalizer"}, "pre_tokenizer": {"type": "BertPreTokenizer"},
     ...               "model": {"type": "WordPiece", "unk_token": "[UNK]", "vocab": {"[UNK]": 0}}}).separators
-    '\\t\\n\\r '
+    '\\t\\n\\r \\xa0'
     """
     if not _model_covers_words(spec.get("model") or {}) or not _normalizer_keeps(spec.get("normalizer")):
         return None
@@ -249,7 +257,7 @@ def word_counter(spec: Mapping[str, Any]) -> WordCounter | None:
         content = str(token.get("content", ""))
         if token.get("normalized") and not set(content) <= _GRAPHIC:
             return None
-        if set(content) & set(_WHITESPACE):
+        if set(content) & set(_WHITESPACE + _NBSP):
             return None
     # Only whitespace removed: the non-ASCII letters stay (a delimiter or punctuation removal could meet their images).
     leads = b"" if removed else SURE_LEADS
