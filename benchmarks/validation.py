@@ -299,11 +299,12 @@ def adversarial(
             "tools": [{"d": "y " * n}],
         },
         "batch: 2048 prompts, the first over": lambda n: {"prompt": ["z " * n] + [sentence[:40]] * 2047},
-        # Text the word bound does not count (no ASCII character in a word, or no separator it relies on): the
-        # word-bound rows fall back to the exact path here.
-        "no word bound: accented words, UTF-8": lambda n: _Utf8({"prompt": "\u00e9\u00e8 " * n}),
-        "no word bound: CJK run, UTF-8": lambda n: _Utf8({"prompt": "\u6f22\u5b57" * n}),
-        "no word bound: no-break spaces, UTF-8": lambda n: _Utf8({"prompt": "ab\u00a0" * n}),
+        # Text beyond ASCII, sent unescaped (json.loads reads it fastest): the word bound counts accented words,
+        # CJK ideographs behind a BertNormalizer and no-break spaces behind whitespace-splitting pre-tokenizers;
+        # elsewhere (a CJK run for Unigram, no-break spaces for Metaspace) its rows take the exact path.
+        "UTF-8: accented words": lambda n: _Utf8({"prompt": "\u00e9\u00e8 " * n}),
+        "UTF-8: CJK run": lambda n: _Utf8({"prompt": "\u6f22\u5b57" * n}),
+        "UTF-8: words split by no-break spaces": lambda n: _Utf8({"prompt": "ab\u00a0" * n}),
     }
     print()
     print(
