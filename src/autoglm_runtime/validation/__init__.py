@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from autoglm_runtime._exports import publish as _publish
 from autoglm_runtime.validation._openai import ErrorStyle, ExtractedInput, OpenAIExtractor, TextField, error_body
+from autoglm_runtime.validation._word_bounds import WordCounter
 from autoglm_runtime.validation.asgi import ValidationMiddleware
 from autoglm_runtime.validation.chat_template import ChatTemplate
 from autoglm_runtime.validation.configured import EnvValidationMiddleware, GuardSettings
@@ -57,6 +58,7 @@ __all__ = [
     "TiktokenTokenizer",
     "Tokenizer",
     "ValidationMiddleware",
+    "WordCounter",
     "error_body",
     "guarded",
 ]

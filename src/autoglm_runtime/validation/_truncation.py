@@ -246,12 +246,10 @@ def judge_rendered(
         return template.render(kept, tools=chat.tools)
 
     def measure(text: str, room: int) -> list[int]:
-        chars = len(text)
         per_token = guard.max_chars_per_token
-        if per_token is not None and -(-chars // per_token) > room:
-            raise overflow_error(
-                -(-chars // per_token), output, window, request.param, request.output_param, at_least=True
-            )
+        least = -(-len(text) // per_token) if per_token is not None else guard.least_words([text], room)
+        if least > room:
+            raise overflow_error(least, output, window, request.param, request.output_param, at_least=True)
         return guard.count([text], room, request, fixed=0, output=output, window=window, tokenizer=tok)[0]
 
     text = render()

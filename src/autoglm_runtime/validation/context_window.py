@@ -21,6 +21,9 @@ Absurdly long input never ties up a worker, in two steps:
    input longer than ``tokens_left * max_token_chars`` characters cannot fit and is rejected before tokenizing.
    The bound is deliberately not "one character per token": a byte-level tokenizer can spend up to four tokens on
    one character, so characters are no upper bound on tokens, and the check only ever uses the safe direction.
+   Without such a bound, a tokenizer whose ``word_counter`` is proven (WordPiece, WordLevel, Unigram behind
+   normalizers and pre-tokenizers that keep every word, see :mod:`autoglm_runtime.validation._word_bounds`) still
+   rejects without tokenizing: each word costs at least one token, and counting words runs at memory speed.
 2. Otherwise long input is tokenized in chunks cut at whitespace, and counting stops as soon as the tokens counted,
    minus a slack of ``BOUNDARY_SLACK`` tokens for each cut (a cut can split what the whole text would merge),
    exceed what is left. Input that turns out to fit is then tokenized whole, so accepted counts are exact.
@@ -39,6 +42,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Literal, cast
 
 from autoglm_runtime.errors import ContextWindowExceededError, InputDecodeError, InvalidRequestError, UsageError
+from autoglm_runtime.validation._word_bounds import WordCounter
 from autoglm_runtime.validation.limits import Limits, LimitsSource, StaticLimits, TruncationSide
 from autoglm_runtime.validation.request import Chat, GuardInput, GuardResult, Segment, segments_of
 from autoglm_runtime.validation.tokenizers import BatchTokenizer, HFTokenizer, Tokenizer
@@ -103,7 +107,9 @@ class ContextWindowGuard:
 
     ``context_window`` is a token count or a :class:`LimitsSource` read once per request (then the source decides
     truncation too). ``max_chars_per_token`` overrides the tokenizer's ``max_token_chars`` for the pre-check
-    (``None`` turns the pre-check off). ``default_output_tokens`` is assumed when a request names no output budget.
+    (``None`` turns that character pre-check off). ``word_bound=False`` stops the guard from using the tokenizer's
+    ``word_counter`` (a proven lower bound from words) when it has no character bound. ``default_output_tokens``
+    is assumed when a request names no output budget.
     ``chat_template`` renders chat requests as the model will read them; without one, each message costs
     ``message_tokens`` on top of its text (a cautious stand-in for the template's own tokens).
 
@@ -128,6 +134,7 @@ context window of 4 tokens: shorten the input or lower max_tokens
         default_output_tokens: int = 0,
         chat_template: ChatTemplate | None = None,
         message_tokens: int = 4,
+        word_bound: bool = True,
     ) -> None:
         if isinstance(context_window, int):
             self._limits: LimitsSource = StaticLimits(
@@ -150,6 +157,9 @@ context window of 4 tokens: shorten the input or lower max_tokens
             raise UsageError(f"message_tokens must not be negative, got {message_tokens}")
         self.tokenizer = tokenizer
         self.max_chars_per_token: int | None = max_chars_per_token
+        self.word_counter: WordCounter | None = (
+            tokenizer.word_counter if word_bound and isinstance(tokenizer, HFTokenizer) else None
+        )
         self.default_output_tokens = default_output_tokens
         self.chat_template = chat_template
         self.message_tokens = message_tokens
@@ -309,11 +319,15 @@ context window of 4 tokens: shorten the input or lower max_tokens
         self, segments: list[Segment], budget: int, *, fixed: int, output: int, window: int, request: GuardInput
     ) -> None:
         per_token = self.max_chars_per_token
-        if per_token is None:
-            return
         chars = sum(len(s) for s in segments if isinstance(s, str))
         ids = sum(len(s) for s in segments if isinstance(s, tuple))
-        at_least = ids + -(-chars // per_token)
+        if per_token is not None:
+            at_least = ids + -(-chars // per_token)
+        elif self.word_counter is not None and chars > max(_BATCH_CHARS, 2 * (budget - ids)):
+            # Short text is tokenized at once for an exact count; c characters hold at most ceil(c / 2) words.
+            at_least = ids + self.least_words([s for s in segments if isinstance(s, str)], budget - ids)
+        else:
+            return
         if at_least > budget:
             raise overflow_error(at_least + fixed, output, window, request.param, request.output_param, at_least=True)
 
@@ -331,6 +345,9 @@ context window of 4 tokens: shorten the input or lower max_tokens
         """
         if self.max_chars_per_token is not None:
             return -(-sum(map(len, texts)) // self.max_chars_per_token)
+        least = self.least_words(texts, enough)
+        if least > enough:
+            return least
         least = 0
         for text in texts:
             counted, _ = self._count_long(text, enough - least + BOUNDARY_SLACK, None)
@@ -338,6 +355,11 @@ context window of 4 tokens: shorten the input or lower max_tokens
             if least > enough:
                 break
         return least
+
+    def least_words(self, texts: Sequence[str], enough: int) -> int:
+        """The words of ``texts`` that each cost at least one token (0 without a ``word_counter``), counted no
+        further than it takes to pass ``enough``; a lower bound on the tokens of texts that begin with ``texts``."""
+        return 0 if self.word_counter is None else self.word_counter.least_tokens_of(texts, enough)
 
     def count(
         self,

@@ -15,7 +15,9 @@ reject input that fits, so adapters only report one when it is proven: tiktoken 
 token), and Hugging Face BPE tokenizers whose normalizer, pre-tokenizer and model never drop or fuse text (byte-level
 with or without an NFC normalizer, Metaspace/SentencePiece-style with byte fallback; the proof is in
 :mod:`autoglm_runtime.validation._token_bounds`). WordPiece, WordLevel, Unigram and tokenizers that strip text
-report ``None``, and the guard relies on early-exit counting instead.
+report ``None``. For many of those ``HFTokenizer.word_counter`` proves a lower bound instead (each word costs at
+least one token; the proof is in :mod:`autoglm_runtime.validation._word_bounds`), and the guard rejects a text with
+more words than tokens left without tokenizing it; otherwise it relies on early-exit counting.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from autoglm_runtime.errors import UsageError
 from autoglm_runtime.validation._token_bounds import max_token_chars
+from autoglm_runtime.validation._word_bounds import WordCounter, word_counter
 
 __all__ = [
     "BatchTokenizer",
@@ -119,7 +122,9 @@ class HFTokenizer:
             tokenizer.no_padding()
         self._tok = tokenizer
         self._add_special_tokens = add_special_tokens
-        self._max_token_chars = _hf_max_token_chars(tokenizer)
+        spec = json.loads(tokenizer.to_str())
+        self._max_token_chars = max_token_chars(spec)
+        self._word_counter = word_counter(spec)
 
     @classmethod
     def from_file(cls, path: str | Path, *, add_special_tokens: bool = True) -> HFTokenizer:
@@ -136,6 +141,13 @@ class HFTokenizer:
     def max_token_chars(self) -> int | None:
         return self._max_token_chars
 
+    @property
+    def word_counter(self) -> WordCounter | None:
+        """A proven lower bound on the tokens from the words of a text, for tokenizers with no ``max_token_chars``
+        (WordPiece, WordLevel, Unigram behind the normalizers and pre-tokenizers of
+        :mod:`autoglm_runtime.validation._word_bounds`); ``None`` when the proof does not apply."""
+        return self._word_counter
+
     def encode(self, text: str) -> list[int]:
         # The batch "fast" path skips offset tracking, which counting does not need.
         # ``ids`` builds a new list on each access, so it is returned as it is.
@@ -151,15 +163,11 @@ class HFTokenizer:
             return self
         plain = HFTokenizer.__new__(HFTokenizer)
         plain._tok, plain._add_special_tokens, plain._max_token_chars = self._tok, False, self._max_token_chars
+        plain._word_counter = self._word_counter
         return plain
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._tok.decode(list(ids), skip_special_tokens=True))
-
-
-def _hf_max_token_chars(tok: Any) -> int | None:
-    """The sound per-token character bound :mod:`._token_bounds` derives from ``tok``'s ``tokenizer.json``."""
-    return max_token_chars(json.loads(tok.to_str()))
 
 
 def load_tiktoken_ranks(path: str | Path) -> dict[bytes, int]:
