@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from autoglm_runtime.validation._overflow import overflow_error
 from autoglm_runtime.validation._truncation import pinned_error
-from autoglm_runtime.validation.context_window import overflow_error
 from autoglm_runtime.validation.limits import Limits
 from autoglm_runtime.validation.request import GuardInput, IncompleteInput, Segment
 

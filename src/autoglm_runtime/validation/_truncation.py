@@ -18,13 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from autoglm_runtime.errors import INPUT_TRUNCATED, ContextWindowExceededError, InvalidRequestError, UsageError
 from autoglm_runtime.logging import get_logger
-from autoglm_runtime.validation.context_window import (
-    BOUNDARY_SLACK,
-    GuardInput,
-    GuardResult,
-    Segment,
-    overflow_error,
-)
+from autoglm_runtime.validation._overflow import overflow_error
+from autoglm_runtime.validation.context_window import BOUNDARY_SLACK, GuardInput, GuardResult, Segment
 from autoglm_runtime.validation.limits import Limits, TruncationSide
 
 if TYPE_CHECKING:

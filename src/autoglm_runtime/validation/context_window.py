@@ -42,6 +42,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Literal, cast
 
 from autoglm_runtime.errors import ContextWindowExceededError, InputDecodeError, InvalidRequestError, UsageError
+from autoglm_runtime.validation._overflow import output_error, overflow_error
 from autoglm_runtime.validation._word_bounds import WordCounter
 from autoglm_runtime.validation.limits import Limits, LimitsSource, StaticLimits, TruncationSide
 from autoglm_runtime.validation.request import Chat, GuardInput, GuardResult, Segment, segments_of
@@ -63,29 +64,6 @@ _BATCH_CHARS = 65_536
 _PARTIAL_CHARS_PER_TOKEN = 16
 #: Token ids of a batch's prompts, tokenized together ahead of judging them one by one (per call, per thread).
 _memo: ContextVar[dict[str, list[int]] | None] = ContextVar("autoglm_guard_memo", default=None)
-
-
-def overflow_error(
-    input_tokens: int, output_tokens: int, window: int, param: str | None, output_param: str, *, at_least: bool
-) -> ContextWindowExceededError:
-    """E0513 worded as OpenAI words it, so clients that look for the phrase recognise it."""
-    has = "at least " if at_least else ""
-    return ContextWindowExceededError(
-        f"This model's maximum context length is {window} tokens. However, you requested {has}"
-        f"{input_tokens + output_tokens} tokens ({has}{input_tokens} in the input, {output_tokens} in the completion "
-        f"asked for by {output_param}), more than the context window of {window} tokens: shorten the input or "
-        f"lower {output_param}",
-        param=param,
-    )
-
-
-def _output_error(output: int, window: int, output_param: str) -> ContextWindowExceededError:
-    return ContextWindowExceededError(
-        f"This model's maximum context length is {window} tokens. However, {output_param} asks for {output} output "
-        f"tokens, more than the context window of {window} tokens on its own: lower {output_param} to at most "
-        f"{window} minus the input's tokens",
-        param=output_param,
-    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -212,7 +190,7 @@ context window of 4 tokens: shorten the input or lower max_tokens
                 param=request.output_param,
             )
         if output > limits.context_window:
-            raise _output_error(output, limits.context_window, request.output_param)
+            raise output_error(output, limits.context_window, request.output_param)
         segments = segments_of(request.segments)
         if request.partial:
             from autoglm_runtime.validation._partial import reject_partial
