@@ -188,6 +188,10 @@ class FrameReader:
             self._fill(deadline)
 
     def _read_buffer(self, size: int, deadline: float | None) -> bytearray:
+        if size <= len(self._buffer):  # a small buffer, read with its frame's head: one copy out of the read buffer
+            data = self._buffer[:size]
+            del self._buffer[:size]
+            return data
         data = bytearray(size)
         have = min(size, len(self._buffer))
         data[:have] = self._buffer[:have]
