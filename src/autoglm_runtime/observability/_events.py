@@ -111,25 +111,30 @@ class ModelCall:
 
     def __enter__(self) -> ModelCall:
         self._start = time.perf_counter()
-        attributes: dict[str, Any] = {"autoglm.model.name": self.model, "autoglm.model.method": self.method}
-        self._span = _tracing.start_span(MODEL_CALL_SPAN, attributes)
+        if _tracing.TRACING_AVAILABLE:  # (without the API, not even the attributes are built)
+            attributes: dict[str, Any] = {"autoglm.model.name": self.model, "autoglm.model.method": self.method}
+            self._span = _tracing.start_span(MODEL_CALL_SPAN, attributes)
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        span = self._span
         outcome = "ok"
-        if isinstance(exc, AutoGLMRuntimeError):
+        if exc is None:
+            pass
+        elif isinstance(exc, AutoGLMRuntimeError):
             outcome = exc.code
-            if self._span is not None:
-                _tracing.fail_span(self._span[0], exc)
-        elif exc is not None:
+            if span is not None:
+                _tracing.fail_span(span[0], exc)
+        else:
             outcome = "error"
-        if self._metrics is not None:
-            self._metrics.model_call_duration.get(self.model).observe(time.perf_counter() - self._start)
-            self._metrics.model_calls.get(self.model, outcome).inc()
-        if self._span is not None:
-            _tracing.end_span(self._span)
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.model_call_duration.get(self.model).observe(time.perf_counter() - self._start)
+            metrics.model_calls.get(self.model, outcome).inc()
+        if span is not None:
+            _tracing.end_span(span)
 
 
 def _outcome(error: BaseException | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import threading
@@ -27,6 +28,7 @@ from autoglm_runtime.isolation._scripts.protocol import (
     decode,
     encode,
     send,
+    wait_writable,
     write_frame,
 )
 
@@ -279,3 +281,80 @@ def test_large_buffers_cross_a_socket_whole(pair: tuple[socket.socket, socket.so
     got = FrameReader(b).read()
     sender.join()
     assert got == [payload, bytearray(payload[:5])]
+
+
+# The small-call fast paths: a request or reply carrying plain JSON or binary values (a lone tag is untagged
+# without the general walk), a body decoded by the JSON scanner directly, a frame written by one sendmsg.
+CALL_VALUES = st.lists(JSON, max_size=3)
+
+
+@settings(deadline=None)
+@given(st.integers(min_value=0, max_value=2**62), CALL_VALUES, st.dictionaries(st.text(), JSON, max_size=2))
+def test_call_and_reply_shapes_round_trip_exactly(call_id: int, args: list[Any], kwargs: dict[str, Any]) -> None:
+    request = {"id": call_id, "type": "call", "method": "echo", "args": args, "kwargs": kwargs, "stream": False}
+    assert exact(_through_socket(request), request)
+    for result in (*args, b"x" * 1024, bytearray(b"y"), memoryview(b"z")):
+        reply = {"id": call_id, "ok": True, "result": result}
+        assert exact(_through_socket(reply), reply)
+
+
+@given(JSON, st.sampled_from([" ", "\n", "\t ", "\r\n"]), st.booleans(), st.booleans())
+def test_bodies_with_surrounding_space_decode_alike(value: object, space: str, before: bool, after: bool) -> None:
+    head, buffers = encode(value)
+    count = struct.unpack_from(">IH", head)[1]
+    body = head[6 + 8 * count :]
+    padded = (space if before else "").encode() + body + (space if after else "").encode()
+    assert exact(decode(padded, [bytearray(view) for view in buffers]), value)
+
+
+@pytest.mark.parametrize("body", [b"", b"{nope", b'{"a":1} x', b"1 2", b'{"a":1}}', b'{"$b":0} {'])
+def test_invalid_bodies_fail_as_json_decode_says(body: bytes) -> None:
+    try:
+        json.loads(body.decode())
+    except ValueError as exc:
+        expected = f"frame of {len(body)} bytes is not valid JSON: {exc}"
+    with pytest.raises(DecodeError) as info:
+        decode(body, [bytearray(1)])
+    assert str(info.value) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"$b":1}', "a binary tag names buffer 1, but the frame holds 1"),
+        (b'{"$ba":-1}', "a binary tag names buffer -1, but the frame holds 1"),
+        (b'{"$mv":"0"}', "a binary tag names buffer '0', but the frame holds 1"),
+        (b'{"$mv":true}', "a binary tag names buffer True, but the frame holds 1"),
+    ],
+)
+def test_lone_tags_naming_no_buffer_are_decode_errors(body: bytes, message: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode(body, [bytearray(1)])
+    assert str(info.value) == f"frame of {len(body)} bytes holds an invalid tagged value: {message}"
+
+
+def test_frames_of_more_buffers_than_one_sendmsg_takes_cross_whole(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    value = [bytes([i % 256]) * (i % 7) for i in range(3000)]  # beyond IOV_MAX (1024) parts, some empty
+    sender = threading.Thread(target=write_frame, args=(a, value), name="test-sender")
+    sender.start()
+    got = FrameReader(b).read()
+    sender.join()
+    assert got == value
+
+
+def test_a_frame_sent_with_a_blocked_callback_crosses_whole(pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    payload = bytes(range(256)) * 8_000  # 2 MB: more than the socket takes at once, so blocked() is called
+    waits: list[bool] = []
+
+    def blocked(started: bool) -> None:
+        waits.append(started)
+        assert wait_writable(a, 30)
+
+    sender = threading.Thread(target=send, args=(a, encode({"id": 1, "d": payload}), blocked), name="test-sender")
+    sender.start()
+    got = FrameReader(b).read()
+    sender.join()
+    assert got == {"id": 1, "d": payload}
+    assert waits[-1] is True  # (and blocked() was called)

@@ -219,6 +219,8 @@ def encode(message: Any) -> Frame:
         raise FrameError(f"message holds {len(buffers)} binary values, more than the limit of {MAX_BUFFERS}")
     if not buffers:
         return _HEAD.pack(len(data), 0) + data, buffers
+    if len(buffers) == 1:
+        return _HEAD.pack(len(data), 1) + _LENGTH.pack(buffers[0].nbytes) + data, buffers
     lengths = struct.pack(f">{len(buffers)}Q", *[view.nbytes for view in buffers])
     return _HEAD.pack(len(data), len(buffers)) + lengths + data, buffers
 
@@ -234,6 +236,12 @@ class _Untagger:
         return self.buffers[index]
 
     def hook(self, obj: dict) -> Any:  # type: ignore[type-arg]
+        if len(obj) == 1:  # a lone binary tag, the commonest tagged object, without the general walk
+            for key, index in obj.items():
+                kind = _KINDS.get(key)
+                if kind is not None:
+                    data = self._buffer(index)
+                    return data if kind is bytearray else bytes(data) if kind is bytes else memoryview(data)
         for key in obj:
             if key[:1] == "$":
                 return self._untag(obj)
@@ -289,21 +297,35 @@ def _numpy() -> Any:
     return _NUMPY[0]
 
 
+def _scan(decoder: Any, text: str) -> Any:  # a json.JSONDecoder (its scan_once is untyped)
+    """``decoder.decode(text)``, by its scanner directly when ``text`` is one JSON value from its first character to
+    its last (what :func:`encode` writes); anything else (surrounding space, invalid JSON) takes ``decode`` itself,
+    so results and errors are exactly the same."""
+    try:
+        value, end = decoder.scan_once(text, 0)
+    except (StopIteration, ValueError):
+        end = -1
+    if end == len(text):
+        return value
+    return decoder.decode(text)
+
+
 class Decoder:
     """Decodes frames' JSON bodies; one per reader, reused from frame to frame (one thread at a time)."""
 
     def __init__(self) -> None:
         self._untagger = _Untagger([])
         self._json = json.JSONDecoder(object_hook=self._untagger.hook)
+        self._plain = json.JSONDecoder()
 
     def decode(self, body: bytes, buffers: list[bytearray] | None) -> Any:
         try:
             text = body.decode("utf-8", "surrogatepass")
             if '"$' not in text:  # no tag and no escaped key: no object needs the (slower) hook
-                return json.loads(text)
+                return _scan(self._plain, text)
             self._untagger.buffers = buffers or []
             try:
-                return self._json.decode(text)
+                return _scan(self._json, text)
             finally:
                 self._untagger.buffers = []
         except DecodeError as exc:

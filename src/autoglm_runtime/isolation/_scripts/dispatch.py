@@ -159,6 +159,9 @@ class Dispatcher:
         return method(*message.get("args", ()), **message.get("kwargs", {}))
 
     def _run(self, message: dict[str, Any], stream: _Stream | None) -> None:
+        if "traceparent" not in message:  # no trace context to enter: the scope would do nothing
+            self._run_scoped(message, stream)
+            return
         with self._scope(message):  # the call's trace context, for its whole run (a stream's every chunk)
             self._run_scoped(message, stream)
 

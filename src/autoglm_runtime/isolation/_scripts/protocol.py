@@ -71,8 +71,24 @@ def send(sock: socket.socket, frame: Frame, blocked: Callable[[bool], None] | No
     With ``blocked``, the socket is never waited on here: each time it cannot take more, ``blocked(started)``
     is called (``started``: part of the frame went out already) to wait until it can, or to raise.
     """
-    parts = [memoryview(frame[0]), *frame[1]]
+    head, buffers = frame
+    if blocked is None and not buffers:  # a small control message or reply: one syscall, nothing to slice
+        sock.sendall(head)
+        return
+    parts = [memoryview(head), *buffers]
+    if len(parts) <= 1024:  # IOV_MAX: the whole frame in one sendmsg, as it nearly always goes
+        total = sum(part.nbytes for part in parts)
+        try:
+            sent = sock.sendmsg(parts) if blocked is None else sock.sendmsg(parts, (), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        if sent == total:
+            return
+    else:
+        sent = 0
     started = False
+    if sent:
+        parts, started = _skip(parts, sent), True
     while parts:
         if blocked is None:
             sent = sock.sendmsg(parts[:1024])  # IOV_MAX
@@ -83,16 +99,22 @@ def send(sock: socket.socket, frame: Frame, blocked: Callable[[bool], None] | No
                 blocked(started)
                 continue
         started = started or sent > 0
-        while sent:
-            size = parts[0].nbytes
-            if sent >= size:
-                sent -= size
-                parts.pop(0)
-            else:
-                parts[0] = parts[0][sent:]
-                sent = 0
-        while parts and not parts[0].nbytes:
+        parts = _skip(parts, sent)
+
+
+def _skip(parts: list[memoryview], sent: int) -> list[memoryview]:
+    """``parts`` less their first ``sent`` bytes (and any empty part at the front)."""
+    while sent:
+        size = parts[0].nbytes
+        if sent >= size:
+            sent -= size
             parts.pop(0)
+        else:
+            parts[0] = parts[0][sent:]
+            sent = 0
+    while parts and not parts[0].nbytes:
+        parts.pop(0)
+    return parts
 
 
 def _ready(sock: socket.socket, events: int, timeout: float) -> bool:
@@ -125,6 +147,8 @@ class FrameReader:
         self._sock = sock
         self._buffer = bytearray()
         self._decoder = _codec.Decoder()
+        self._poller: Any = None  # made on the first wait with a deadline, then kept: one poll() syscall a wait
+        self._polled = -1  # the descriptor it watches
 
     def read(self, deadline: float | None = None) -> Any:
         """Read one message; ``deadline`` is a ``time.monotonic()`` instant, ``None`` waits for ever.
@@ -164,6 +188,10 @@ class FrameReader:
             self._fill(deadline)
 
     def _read_buffer(self, size: int, deadline: float | None) -> bytearray:
+        if size <= len(self._buffer):  # a small buffer, read with its frame's head: one copy out of the read buffer
+            data = self._buffer[:size]
+            del self._buffer[:size]
+            return data
         data = bytearray(size)
         have = min(size, len(self._buffer))
         data[:have] = self._buffer[:have]
@@ -187,7 +215,16 @@ class FrameReader:
         if deadline is None:
             return
         timeout = deadline - time.monotonic()
-        if timeout <= 0 or not _ready(self._sock, select.POLLIN, timeout):
+        if timeout <= 0:
+            raise TimeoutError("timed out")
+        fd = self._sock.fileno()
+        if fd != self._polled:
+            if fd < 0:  # closed meanwhile
+                raise OSError("the socket is closed")
+            self._poller = select.poll()
+            self._poller.register(fd, select.POLLIN)
+            self._polled = fd
+        if not self._poller.poll(math.ceil(timeout * 1000)):
             raise TimeoutError("timed out")
 
     def _fill(self, deadline: float | None) -> None:

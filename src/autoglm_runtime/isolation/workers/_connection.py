@@ -276,7 +276,7 @@ class Connection:
         final = "chunk" not in message  # a result, an error or a stream's end: nothing more comes for the id
         with self._lock:
             sink = self._sinks.get(call_id)  # type: ignore[arg-type]
-            if sink is not None and final:
+            if sink is not None and (final or sink.reads):  # a blocking call takes one reply, whatever it is
                 del self._sinks[call_id]  # type: ignore[arg-type]
                 if not sink.reads:
                     self._unread -= 1

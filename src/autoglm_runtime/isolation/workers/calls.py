@@ -159,7 +159,8 @@ def call(  # noqa: PLR0917
             conn.unregister(call_id)
             raise worker.timed_out(conn, method, timeout)
     finally:
-        conn.unregister(call_id)
+        if not sink.settled:  # a settled sink was unregistered by whoever settled it
+            conn.unregister(call_id)
     if sink.error is not None:
         raise sink.error
     assert sink.reply is not None
