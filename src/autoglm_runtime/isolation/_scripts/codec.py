@@ -28,7 +28,7 @@ import json
 import re
 import struct
 import sys
-from typing import Any
+from typing import Any, List, Tuple  # noqa: UP035 (this file runs on Python 3.8)
 
 __all__ = [
     "MAX_BUFFERS",
@@ -52,7 +52,7 @@ _HEAD = struct.Struct(">IH")
 _LENGTH = struct.Struct(">Q")
 _KINDS = {"$b": bytes, "$ba": bytearray, "$mv": memoryview}
 #: A frame ready to send: the head (lengths and JSON) and the buffers, as memoryviews for ``sendmsg``.
-Frame = tuple[bytes, list[memoryview]]
+Frame = Tuple[bytes, List[memoryview]]  # noqa: UP006 (typing generics: this file runs on Python 3.8)
 
 
 class FrameError(Exception):
