@@ -347,14 +347,18 @@ def test_a_frame_sent_with_a_blocked_callback_crosses_whole(pair: tuple[socket.s
     a, b = pair
     payload = bytes(range(256)) * 8_000  # 2 MB: more than the socket takes at once, so blocked() is called
     waits: list[bool] = []
+    called = threading.Event()
 
     def blocked(started: bool) -> None:
         waits.append(started)
+        called.set()
         assert wait_writable(a, 30)
 
     sender = threading.Thread(target=send, args=(a, encode({"id": 1, "d": payload}), blocked), name="test-sender")
     sender.start()
+    # Nothing reads until the sender is blocked: 2 MB cannot fit in the socket's buffer, so blocked() is called.
+    assert called.wait(30)
     got = FrameReader(b).read()
     sender.join()
     assert got == {"id": 1, "d": payload}
-    assert waits[-1] is True  # (and blocked() was called)
+    assert waits[-1] is True
