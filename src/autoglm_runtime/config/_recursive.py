@@ -129,8 +129,10 @@ class RecursiveWatch:
             self._install_routing()
             pending = self.client.handler.async_result()
             self.client._call(AddWatch(self._server_root()), pending)
-        except Exception as exc:
+        except (AttributeError, TypeError) as exc:  # kazoo's internals are not what this relies on
             return self._fall_back(f"addWatch could not be sent: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # the connection went away meanwhile: try again on the next one
+            raise Interrupted from exc
         self._status.add("requests")
         try:
             pending.get(timeout=self._op_timeout)
