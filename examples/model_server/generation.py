@@ -60,18 +60,21 @@ class Run:
 PACE_RECHECK = 0.2
 
 
+def _model_arguments(run: Run, request_id: str) -> dict[str, Any]:
+    """What ``complete`` and ``generate`` take besides the prompt, and the call's timeout."""
+    sampling = run.sampling
+    return {
+        "max_tokens": sampling.max_tokens,
+        "temperature": sampling.temperature,
+        "seed": sampling.seed,
+        "request_id": request_id,
+        "timeout": run.timeout,
+    }
+
+
 async def model_complete(run: Run, prompt: str, request_id: str) -> Answer:
     """The model's whole completion of ``prompt``, from its ``complete`` method (awaited, no thread held)."""
-    sampling = run.sampling
-    answer: dict[str, Any] = await run.model.acall(
-        "complete",
-        prompt,
-        sampling.max_tokens,
-        temperature=sampling.temperature,
-        seed=sampling.seed,
-        request_id=request_id,
-        timeout=run.timeout,
-    )
+    answer: dict[str, Any] = await run.model.acall("complete", prompt, **_model_arguments(run, request_id))
     return Answer(answer["text"], len(answer["tokens"]), answer["finish_reason"])
 
 
@@ -91,16 +94,7 @@ async def _model_chunks(run: Run, prompt: str, request_id: str) -> AsyncGenerato
     the model's generator too. The streams below close this generator when they end or the client goes away
     (``aclosing``), which closes the model's generator inside its worker.
     """
-    sampling = run.sampling
-    stream = run.model.astream(
-        "generate",
-        prompt,
-        sampling.max_tokens,
-        temperature=sampling.temperature,
-        seed=sampling.seed,
-        request_id=request_id,
-        timeout=run.timeout,
-    )
+    stream = run.model.astream("generate", prompt, **_model_arguments(run, request_id))
     loop = asyncio.get_running_loop()
     last: float | None = None
     try:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -46,3 +47,20 @@ def server_watches(server: ZooKeeperServer) -> dict[str, set[str]]:
         elif line.strip():
             out[session].add(line.strip())
     return out
+
+
+@contextlib.contextmanager
+def persistent_events_lost(kazoo: KazooClient, path: str) -> Iterator[None]:
+    """Within the block, kazoo drops the persistent watch's events for ``path`` (it has no watcher for them).
+
+    On leaving, a read on the same connection makes sure every notification sent before it has arrived (and
+    been dropped) before the routing is restored.
+    """
+    routing = kazoo._data_watchers
+    under = routing.under
+    routing.under = lambda p: p != path and under(p)
+    try:
+        yield
+        kazoo.get(path.rsplit("/", 1)[0] or "/")  # the notifications come before this answer on the connection
+    finally:
+        routing.under = under

@@ -8,7 +8,7 @@ import threading
 from typing import Any, Literal
 
 import pytest
-from integration.config._helpers import Factory, Until, j, kazoo_of, server_watches
+from integration.config._helpers import Factory, Until, j, kazoo_of, persistent_events_lost, server_watches
 from kazoo.client import KazooClient
 
 from autoglm_runtime import ConfigChange, ConfigClient
@@ -179,12 +179,8 @@ def test_reconciler_corrects_drift_from_a_missed_watch(
         assert kazoo._data_watchers.pop(path)  # our one-shot watch: the notification reaches no one
         zk_client.set(path, j("after"))
     else:
-        routing = kazoo._data_watchers
-        under = routing.under
-        routing.under = lambda p: p != path and under(p)  # kazoo drops what it has no watcher for
-        zk_client.set(path, j("after"))
-        kazoo.get(path)  # the notification comes before this answer on the connection
-        routing.under = under
+        with persistent_events_lost(kazoo, path):
+            zk_client.set(path, j("after"))
     zk_client.create(f"{zk_root}/marker", b"")  # reported after the lost event
     until(lambda: "marker" in client.snapshot())
     assert client.get("k") == "before"
