@@ -187,6 +187,7 @@ def test_a_typed_view_is_validated_and_last_known_good(
             until(lambda: view.error is not None, what="the refusal")
             zk_client.set(f"{zk_root}/limits/m/stop", j(["</s>", "<eot>"]))  # still refused: context_window
             until(lambda: client.get("limits/m/stop") == ["</s>", "<eot>"])
+            assert client.wait_listeners(10)  # the view hears of a change on the dispatcher, after the cache has it
         assert view.get() == Limits(context_window=8192, truncate_on_overflow=True, stop=["</s>"])
         assert view.error is not None
         assert view.error.code == "E0409"
