@@ -113,7 +113,7 @@ class ModelCall:
         self._start = time.perf_counter()
         if _tracing.TRACING_AVAILABLE:  # (without the API, not even the attributes are built)
             attributes: dict[str, Any] = {"autoglm.model.name": self.model, "autoglm.model.method": self.method}
-            self._span = _tracing.start_span(MODEL_CALL_SPAN, attributes)
+            self._span = _tracing.start_span(MODEL_CALL_SPAN, attributes, propagate=True)
         return self
 
     def __exit__(

@@ -4,6 +4,10 @@ The SDK never configures a tracer provider: spans go wherever the application's 
 non-recording (nearly free) when it set none. A failed operation's span gets status ERROR and ``error.type`` set
 to the E-code; the exception itself is not added as a span event, because the SDK logs it once with its code,
 and that log line carries the span's ``trace_id`` and ``span_id`` (see :mod:`autoglm_runtime.logging`).
+
+Spans follow the sampling decision of the trace they join: under a parent span whose trace is not sampled, none
+is started (the SDK's default sampler, ``ParentBased``, would drop it anyway, after paying for the ids and the
+decision), and the parent stays current, so log lines and the worker's ``traceparent`` keep its ids.
 """
 
 from __future__ import annotations
@@ -65,13 +69,26 @@ def tracer() -> Tracer | None:
     return _TRACER
 
 
-def start_span(name: str, attributes: Mapping[str, Any] | None = None) -> tuple[Span, object] | None:
-    """Start ``name`` as the current span; returns it with the token :func:`end_span` needs, or ``None``."""
-    if not TRACING_AVAILABLE or _TRACER is None:
+def _in_unsampled_trace() -> bool:
+    """Whether the current span belongs to a trace its root (or the caller upstream) decided not to sample."""
+    parent = _trace.get_current_span().get_span_context()
+    return parent.is_valid and not parent.trace_flags.sampled
+
+
+def start_span(
+    name: str, attributes: Mapping[str, Any] | None = None, *, propagate: bool = False
+) -> tuple[Span, object] | None:
+    """Start ``name`` as the current span; returns it with the token :func:`end_span` needs, or ``None`` (no API,
+    or an unsampled trace).
+
+    A span its trace's root sampled out is made current only with ``propagate`` (a model call: the worker's
+    request then carries the trace, flagged not sampled, so the model's own spans follow the same decision).
+    """
+    if not TRACING_AVAILABLE or _TRACER is None or _in_unsampled_trace():
         return None
     span = _TRACER.start_span(name, attributes=attributes)
-    if not span.is_recording():
-        # Sampled out: nothing will see it, and log lines keep the parent's ids. Attaching would cost as much.
+    if not span.is_recording() and not (propagate and span.get_span_context().is_valid):
+        # Sampled out and nothing to pass on: log lines keep the parent's ids. Attaching would cost as much.
         return span, None
     token = _context.attach(_trace.set_span_in_context(span))
     return span, token
@@ -79,15 +96,16 @@ def start_span(name: str, attributes: Mapping[str, Any] | None = None) -> tuple[
 
 def start_detached(name: str, attributes: Mapping[str, Any] | None = None) -> Span | None:
     """Start ``name`` under the current span without making it current (a stream's span outlives the block that
-    opened it); :func:`attach` makes it current for a while. ``None`` without the API."""
-    if not TRACING_AVAILABLE or _TRACER is None:
+    opened it); :func:`attach` makes it current for a while. ``None`` without the API or in an unsampled trace."""
+    if not TRACING_AVAILABLE or _TRACER is None or _in_unsampled_trace():
         return None
     return _TRACER.start_span(name, attributes=attributes)
 
 
 def attach(span: Span | None) -> object:
-    """Make ``span`` current until :func:`detach` (a token, ``None`` when nothing was attached)."""
-    if span is None or not span.is_recording():
+    """Make ``span`` current until :func:`detach` (a token, ``None`` when nothing was attached); a sampled-out
+    span too, so the request opened meanwhile carries its trace, flagged not sampled."""
+    if span is None or not span.get_span_context().is_valid:
         return None
     return _context.attach(_trace.set_span_in_context(span))
 
@@ -110,7 +128,7 @@ def end_span(started: tuple[Span, object]) -> None:
 
 def fail_span(span: Span, error: AutoGLMRuntimeError) -> None:
     """Mark ``span`` failed with ``error``'s code (status ERROR, ``error.type``), without an exception event."""
-    if not TRACING_AVAILABLE:  # pragma: no cover - callers hold a span only when the API is there
+    if not TRACING_AVAILABLE or not span.is_recording():
         return
     span.set_attribute(ERROR_TYPE, error.code)
     span.set_status(_trace.Status(_trace.StatusCode.ERROR, f"{error.code}: {type(error).__name__}"))
