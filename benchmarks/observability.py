@@ -1,45 +1,62 @@
-"""Observability benchmark: what metrics and tracing add to each guarded request.
+"""Observability benchmark: what metrics and tracing add to each request.
 
 Run: .venv/bin/python benchmarks/observability.py
 
-One ASGI request through ValidationMiddleware (body read, decode check, extraction, counting with a byte-level BPE
-tokenizer trained here) to a small app, called directly (no HTTP server, so the guard's share is as large as it
-gets). Four settings, interleaved request by request in one process (the SDK's module switches are flipped here):
+Settings, interleaved request by request in one process (the SDK's module switches are flipped here):
 
 * off: as without the extras: no metric, no span;
 * metrics: prometheus_client counters and the duration histogram;
-* tracing 1%: also a span per guard check, on an OpenTelemetry SDK provider sampling 1% of traces
-  (``ParentBased(TraceIdRatioBased(0.01))``, a common production set-up), batch processor;
-* tracing 100%: every span recorded and handed to the batch processor.
+* tracing 1%: metrics and our spans, on an OpenTelemetry SDK provider sampling 1% of traces
+  (``ParentBased(TraceIdRatioBased(0.01))``, a common production set-up), batch processor; no span around the
+  request, so our guard span is the root of its trace and pays for the trace's ids and sampling decision;
+* tracing 100%: every span recorded and handed to the batch processor;
+* in a traced server: each request inside a SERVER span the benchmark starts on the same provider (what an HTTP
+  server's OpenTelemetry instrumentation does; its span is the trace's root), with our spans off (metrics only)
+  and on. "ours on" is compared with "ours off": the server's own span is paid by any traced server.
 
-The exporter drops the spans, so only the SDK's own cost is measured. Printed: CPU per request (process time,
-median: it includes the batch processor's thread) for a 50-, a 1,000- and an 8,000-token prompt, and the ratio of
-each setting to off (target <= 1.03x). Also what one LoadedModel.call and one LoadedModel.stream pay for their
-metrics, span and the traceparent put in the request frame, in microseconds.
+The exporter drops the spans, so only the SDK's own cost is measured. Printed:
+
+1. guard only: one ASGI request through ValidationMiddleware (body read, decode check, extraction, counting with a
+   byte-level BPE tokenizer trained here) to a small app, called directly (no HTTP server, so the guard's share is
+   as large as it gets): CPU per request (process time, median: it includes the batch processor's thread) for a
+   50-, a 1,000- and an 8,000-token prompt, each setting's ratio to its peer (target <= 1.03x);
+2. the example server's whole request (``examples/model_server``'s app called directly, its models in real
+   workers): wall time and host CPU per request, same ratios;
+3. what one LoadedModel.call and one LoadedModel.stream pay for their metrics, span and the traceparent put in the
+   request frame, in microseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import statistics
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import SpanKind
 
 from autoglm_runtime.observability import ModelCall, ModelStreamCall, _events, _tracing
 from autoglm_runtime.observability._metrics import event_metrics
 from autoglm_runtime.validation import ContextWindowGuard, HFTokenizer, ValidationMiddleware
 from validation import build_tokenizer  # benchmarks/validation.py (this script's directory is on sys.path)
 
+REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ("off", "metrics", "tracing 1%", "tracing 100%")
+#: A traced server: each request inside a SERVER span the benchmark starts (what an HTTP server's OpenTelemetry
+#: instrumentation does) on the same provider; with our spans off (metrics on) and on.
+IN_SERVER = ("server 1%, ours off", "server 1%, ours on", "server 100%, ours off", "server 100%, ours on")
 TRACERS: dict[str, Any] = {}
+SERVER_TRACERS: dict[str, Any] = {}
 
 
 class Dropping(SpanExporter):
@@ -54,6 +71,16 @@ def use(setting: str) -> None:
     _events.event_metrics = (lambda: None) if setting == "off" else event_metrics  # type: ignore[assignment]
     _tracing.TRACING_AVAILABLE = setting in TRACERS
     _tracing._TRACER = TRACERS.get(setting)
+
+
+async def serve(setting: str, request: Callable[[], Awaitable[None]]) -> None:
+    """``request`` under ``setting``, inside a SERVER span for the traced-server settings."""
+    server = SERVER_TRACERS.get(setting)
+    if server is None:
+        await request()
+        return
+    with server.start_as_current_span("POST /v1/completions", kind=SpanKind.SERVER):
+        await request()
 
 
 async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -71,7 +98,8 @@ def prompt_of(raw: Any, words: list[str], tokens: int, rng: random.Random) -> st
 
 async def measure(guarded: ValidationMiddleware, body: bytes, requests: int) -> dict[str, float]:
     scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}
-    times: dict[str, list[float]] = {setting: [] for setting in SETTINGS}
+    settings = SETTINGS + IN_SERVER
+    times: dict[str, list[float]] = {setting: [] for setting in settings}
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
@@ -79,11 +107,15 @@ async def measure(guarded: ValidationMiddleware, body: bytes, requests: int) -> 
     async def send(message: Any) -> None:
         return None
 
+    async def request() -> None:
+        await guarded(dict(scope), receive, send)
+
     for i in range(requests):
-        for setting in SETTINGS[i % 4 :] + SETTINGS[: i % 4]:  # rotated: no setting always goes first
+        turn = i % len(settings)
+        for setting in settings[turn:] + settings[:turn]:  # rotated: no setting always goes first
             use(setting)
             start = time.process_time()
-            await guarded(dict(scope), receive, send)
+            await serve(setting, request)
             times[setting].append(time.process_time() - start)
     return {setting: statistics.median(values) for setting, values in times.items()}
 
@@ -109,36 +141,130 @@ def model_call_cost(rounds: int = 200_000) -> dict[str, tuple[float, float]]:
     return costs
 
 
+def example_app(stack: contextlib.ExitStack) -> Any:
+    """The example server's ASGI app (``examples/model_server``) as ``bash scripts/serve`` builds it, its config in a
+    file:// directory: both n-gram models loaded in their own environments and workers (built on the first run, in
+    ``.autoglm/bench-observability``; the numpy wheels come from ``.autoglm/example/wheels``, fetched once)."""
+    sys.path.insert(0, str(REPO))  # examples/ is not installed
+    from autoglm_runtime import ConfigClient
+    from autoglm_runtime.config import SyncTuning
+    from autoglm_runtime.deps import load_manifest
+    from autoglm_runtime.isolation import ModelLoader
+    from autoglm_runtime.validation import ChatTemplate
+    from examples.model_server.app import create_app
+    from examples.model_server.assets import MODELS, fill_wheelhouse
+    from examples.model_server.assets import build_tokenizer as build_example_tokenizer
+    from examples.model_server.store import open_store, seed
+
+    state = REPO / ".autoglm" / "bench-observability"
+    state.mkdir(parents=True, exist_ok=True)
+    manifests = [load_manifest(model) for model in sorted(MODELS.iterdir())]
+    wheelhouse = fill_wheelhouse(REPO / ".autoglm" / "example" / "wheels", manifests)
+    tokenizer_file = state / "tokenizer.json"
+    if not tokenizer_file.exists():
+        build_example_tokenizer(tokenizer_file)
+    templates = {m.name: ChatTemplate.from_file(m.directory / "tokenizer_config.json") for m in manifests}
+    store = open_store(zk=None, choice="file", state=state, stack=stack)
+    seed(store.hosts, "/bench", [m.name for m in manifests], reset=True)
+    config = ConfigClient(store.hosts, "/bench", tuning=SyncTuning(poll_interval=0.2))
+    config.start(timeout=15)
+    stack.callback(config.stop)
+    loader = stack.enter_context(ModelLoader(state / "envs", wheelhouse=wheelhouse, offline=True))
+    for manifest in manifests:
+        loader.load(manifest)
+    return create_app(
+        config=config, loader=loader, tokenizer=HFTokenizer.from_file(tokenizer_file), templates=templates
+    )
+
+
+async def measure_full(app: Any, body: bytes, requests: int) -> dict[str, tuple[float, float]]:
+    """Median wall time and host CPU of one /v1/completions request to the example's app, per setting."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/v1/completions", "raw_path": b"/v1/completions", "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json")],
+        "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000),
+    }  # fmt: skip
+    settings = SETTINGS + IN_SERVER
+    walls: dict[str, list[float]] = {setting: [] for setting in settings}
+    cpus: dict[str, list[float]] = {setting: [] for setting in settings}
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    async def request() -> None:
+        await app(dict(scope), receive, send)
+
+    for i in range(requests):
+        turn = i % len(settings)
+        for setting in settings[turn:] + settings[:turn]:
+            use(setting)
+            wall, cpu = time.perf_counter(), time.process_time()
+            await serve(setting, request)
+            cpus[setting].append(time.process_time() - cpu)
+            walls[setting].append(time.perf_counter() - wall)
+    assert set(statuses) == {200}, f"the example server answered {sorted(set(statuses))}"
+    return {s: (statistics.median(walls[s]), statistics.median(cpus[s])) for s in settings}
+
+
+def report(medians: dict[str, float], unit: str = "us", scale: float = 1e6) -> None:
+    """Each setting against its peer: the untraced ones against off, our spans in a traced server against the
+    same server with ours off."""
+    for setting in SETTINGS:
+        ratio = medians[setting] / medians["off"]
+        target = "" if setting == "off" else "   (target <= 1.03x)"
+        print(f"    {setting:<22} {medians[setting] * scale:9.1f} {unit}   {ratio:6.3f}x{target}")
+    print("    in a traced server (each request inside a SERVER span on the same provider, ours off = metrics only):")
+    for setting in IN_SERVER:
+        peer = setting.replace("ours on", "ours off")
+        ratio = f"{medians[setting] / medians[peer]:6.3f}x   (target <= 1.03x)" if setting != peer else ""
+        print(f"    {setting:<22} {medians[setting] * scale:9.1f} {unit}   {ratio}")
+
+
 def main() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     providers = {
-        "tracing 1%": TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.01))),
-        "tracing 100%": TracerProvider(),
+        "1%": TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.01))),
+        "100%": TracerProvider(),
     }
-    for setting, provider in providers.items():
+    for rate, provider in providers.items():
         provider.add_span_processor(BatchSpanProcessor(Dropping()))
-        TRACERS[setting] = provider.get_tracer("autoglm_runtime")
+        TRACERS[f"tracing {rate}"] = TRACERS[f"server {rate}, ours on"] = provider.get_tracer("autoglm_runtime")
+        server = provider.get_tracer("server")
+        SERVER_TRACERS[f"server {rate}, ours off"] = SERVER_TRACERS[f"server {rate}, ours on"] = server
     rng = random.Random(7)
     raw, words = build_tokenizer(rng)
     guarded = ValidationMiddleware(app, context_guard=ContextWindowGuard(HFTokenizer(raw), 16_384))
     print(f"tokenizer: byte-level BPE, vocab {raw.get_vocab_size()}; requests called directly on the ASGI app")
-    print("CPU per request (process time, median; the four settings alternate request by request)")
+    print("1. Guard only: CPU per request (process time, median; the settings alternate request by request)")
     with guarded:
         for tokens, requests in ((50, 2000), (1000, 1000), (8000, 200)):
             body = json.dumps({"prompt": prompt_of(raw, words, tokens, rng), "max_tokens": 256}).encode()
             asyncio.run(measure(guarded, body, 20))  # warm up
-            medians = asyncio.run(measure(guarded, body, requests))
-            off = medians["off"]
             print(f"  {tokens}-token prompt (median of {requests})")
-            for setting in SETTINGS:
-                ratio = medians[setting] / off
-                target = "" if setting == "off" else "   (target <= 1.03x)"
-                print(f"    {setting:<20} {medians[setting] * 1e6:9.1f} us   {ratio:6.3f}x{target}")
+            report(asyncio.run(measure(guarded, body, requests)))
+    print("2. The example server's whole /v1/completions request (its app called directly: both guard layers,")
+    print("   routing, a real call to the words-numpy1 worker; ~30 tokens in, 16 out), per request")
+    with contextlib.ExitStack() as stack:
+        example = example_app(stack)
+        prompt = " ".join((REPO / "examples" / "model_server" / "corpus.txt").read_text().split()[:12])
+        body = json.dumps({"model": "words-numpy1", "prompt": prompt, "max_tokens": 16, "temperature": 0}).encode()
+        asyncio.run(measure_full(example, body, 10))  # warm up
+        full = asyncio.run(measure_full(example, body, 1000))
+    print("  wall time (median of 1000)")
+    report({setting: wall for setting, (wall, _) in full.items()})
+    print("  host CPU (median of 1000; the worker's CPU is not in it)")
+    report({setting: cpu for setting, (_, cpu) in full.items()})
     costs = model_call_cost()
-    print("LoadedModel.call / .stream: what metrics, span and traceparent add (a worker round trip takes milliseconds)")
+    print("3. LoadedModel.call / .stream: what metrics, span and traceparent add (the call itself is not run)")
     for setting in SETTINGS:
         call, stream = costs[setting]
-        print(f"    {setting:<20} call {call:7.2f} us   stream {stream:7.2f} us")
+        print(f"    {setting:<22} call {call:7.2f} us   stream {stream:7.2f} us")
     for provider in providers.values():
         provider.shutdown()
 

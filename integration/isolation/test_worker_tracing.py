@@ -17,12 +17,16 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from tests._support.telemetry import span_exporter
 from tests.validation._helpers import char_tok
 
 from autoglm_runtime.isolation import LoadedModel, ModelLoader
 from autoglm_runtime.logging import configure_json_logging
+from autoglm_runtime.observability import _tracing
 from autoglm_runtime.testing import wait_until
 from autoglm_runtime.validation import ContextWindowGuard, guarded
 
@@ -225,3 +229,21 @@ def test_an_async_models_calls_and_streams_log_under_their_own_spans(
     assert len(call_ids) == 2  # concurrent calls on one loop each keep their own span
     assert set(ids[:2]) == call_ids
     assert ids[2] == _ids(stream)
+
+
+def test_a_call_the_hosts_sampler_drops_makes_the_models_own_spans_follow(
+    loader: ModelLoader, make_model: Any, worker_log: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = loader.load(make_model("trace-dropped", TRACED, requirements=("opentelemetry-sdk",)))
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_OFF))  # this host samples no trace it starts
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(_tracing, "_TRACER", provider.get_tracer("autoglm_runtime"))
+    assert model.call("predict", "dropped", timeout=60) == "DROPPED"
+    # The call's context went to the worker flagged not sampled: the model's ParentBased sampler drops its span
+    # (before, no context went and the model started -- and sampled -- a trace of its own).
+    assert model.call("spans", timeout=60) == []
+    assert exporter.get_finished_spans() == ()
+    line = _line(worker_log, "predicting 7 chars")
+    assert line.get("trace_id") is not None
+    provider.shutdown()
