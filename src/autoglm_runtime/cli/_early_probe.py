@@ -11,6 +11,7 @@ command uses the process only if it was started for the same interpreter and cac
 from __future__ import annotations
 
 import os
+import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -88,6 +89,15 @@ class ProbeProcess:
                 self._popen = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except OSError as exc:
             self.error = exc
+
+    @classmethod
+    def answered(cls, python: str, cache: str, stdout: str) -> ProbeProcess:
+        """A probe whose answer is already known: no process (see :func:`start_probe`)."""
+        probe = cls.__new__(cls)
+        probe.python, probe.cache, probe.error = python, cache, None
+        probe._pid, probe._fds, probe._popen = None, [], None
+        probe._outcome = (0, stdout, "")
+        return probe
 
     def _spawn(self, command: list[str]) -> None:
         out_r, out_w = os.pipe()  # not inheritable: only the dup2'd ends reach the child
@@ -184,10 +194,42 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
 
 
+def _described_here(python: str, cache: str) -> str | None:
+    """What the probe of ``python`` would print, read in this process while its path is known unchanged.
+
+    The probe's own modules do the work (``probe.cached_output``), imported from their files under a package
+    name of their own: importing them as ``autoglm_runtime.deps._scripts`` would import the deps package,
+    and with it ``packaging``.
+    """
+    name = "_autoglm_probe"  # the name probe.py gives itself when run as a script
+    if name not in sys.modules:
+        package = type(sys)(name)
+        package.__path__ = [os.path.dirname(PROBE_SCRIPT)]
+        sys.modules[name] = package
+    __import__(f"{name}.probe")
+    probe = sys.modules[f"{name}.probe"]
+    text: str | None = probe.cached_output(cache, here=python)
+    return None if text is None else probe.OUTPUT_MARK + text
+
+
+def start_probe(python: str, cache: str | None) -> ProbeProcess:
+    """The probe of ``python`` (absolute) with the cache file ``cache``: started, or answered in this process.
+
+    With a cache whose record shows that nothing deciding ``python``'s ``sys.path`` changed since its last
+    probe (:mod:`autoglm_runtime.deps._scripts.path_stamp`), the distributions on that path are read here,
+    by the probe's own code: the same answer without starting the interpreter.
+    """
+    if cache is not None:
+        text = _described_here(python, cache)
+        if text is not None:
+            return ProbeProcess.answered(python, cache, text)
+    return ProbeProcess(python, cache)
+
+
 def prestart(argv: Sequence[str]) -> ProbeProcess | None:
     """Start the probe that ``check-deps`` with ``argv`` (its arguments) will most likely ask for."""
     python, no_cache = guess(argv)
     if python is None:
         return None
     python = absolute(python)
-    return ProbeProcess(python, None if no_cache else cache_path(python))
+    return start_probe(python, None if no_cache else cache_path(python))

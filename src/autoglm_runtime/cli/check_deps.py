@@ -17,7 +17,6 @@ is imported at all; ``--no-cache`` computes everything afresh.
 
 from __future__ import annotations
 
-import json
 import sys
 
 from autoglm_runtime.cli import _early_probe, _report_cache
@@ -139,7 +138,7 @@ def _probe_process(args: argparse.Namespace) -> ProbeProcess:
         return early
     if early is not None:
         early.kill()
-    return ProbeProcess(args.python, cache)
+    return _early_probe.start_probe(args.python, cache)
 
 
 def _width() -> int:
@@ -243,6 +242,8 @@ def run(args: argparse.Namespace) -> int:
         from autoglm_runtime.errors import AutoGLMRuntimeError
 
         if args.json and isinstance(exc, AutoGLMRuntimeError):
+            import json
+
             error = {"format": 1, "code": exc.code, "ok": False, "exit_code": exc.exit_code, "error": str(exc)}
             print(json.dumps(error, indent=2))
         raise
@@ -305,6 +306,8 @@ def _check(
 
 def _output(args: argparse.Namespace, report: Report, extras: dict[str, Any], width: int | None) -> str:
     if args.json:
+        import json
+
         out = report.to_json()
         if "plan" in extras:
             out["plan"] = extras["plan"].to_json()
