@@ -126,7 +126,10 @@ def _editable_root(meta_dir: str, record: str | None) -> str | None:
     if record is None or "direct_url.json" not in record:
         return None
     try:
-        data = json.loads(_read(os.path.join(meta_dir, "direct_url.json")) or "{}")
+        text = _read(os.path.join(meta_dir, "direct_url.json")) or "{}"
+        # Installers write one for every install from a file or URL; only an editable one names the key
+        # (spelled out, unless escaped).
+        data = json.loads(text) if "editable" in text or "\\u" in text else None
     except (OSError, ValueError):
         return None
     url = data.get("url") if isinstance(data, dict) else None
