@@ -244,7 +244,7 @@ def test_a_plain_check_imports_neither_argparse_nor_shutil(tmp_path: Path) -> No
     code = (
         "import sys\n"
         "from autoglm_runtime.cli import main\n"
-        f"code = main(['check-deps', '--python', sys.executable, '--json', '--no-cache'])\n"
+        "code = main(['check-deps', '--python', sys.executable, '--json', '--no-cache'])\n"
         "print(sorted(m for m in ('argparse', 'shutil') if m in sys.modules), code)\n"
     )
     done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=False)
