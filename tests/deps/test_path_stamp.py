@@ -168,6 +168,20 @@ def test_an_interpreter_reached_through_a_wrapper_script_always_runs(
     assert spawned == [str(wrapper)] * 2
 
 
+def test_another_library_path_makes_the_interpreter_run_again(
+    venv: tuple[Path, Path], spawned: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    python, _site = venv
+    _age(python.parent.parent)
+    assert _check(python, capsys) == []
+    assert _check(python, capsys) == []
+    assert spawned == [str(python)]
+    monkeypatch.setenv("LD_LIBRARY_PATH", str(python.parent))  # -I ignores PYTHON* variables, not this one
+    assert _check(python, capsys) == []
+    assert _check(python, capsys) == []
+    assert spawned == [str(python)] * 2
+
+
 def test_nothing_is_recorded_while_a_stamped_directory_is_too_new_to_trust(
     venv: tuple[Path, Path], spawned: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

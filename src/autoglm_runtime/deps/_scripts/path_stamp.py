@@ -32,8 +32,10 @@ import sys
 
 from . import probe_cache
 
-#: The probe cache's key for the entry: ``[real executable, [[path, stamp], ...], uname, interpreter]``.
+#: The probe cache's key for the entry: ``[real executable, [[path, stamp], ...], context, interpreter]``.
 PATH_KEY = "@path"
+#: Environment variables that ``-I`` does not ignore and that choose which libraries the interpreter loads.
+_LOADER_VARIABLES = ("LD_LIBRARY_PATH", "LD_PRELOAD", "DYLD_LIBRARY_PATH", "DYLD_INSERT_LIBRARIES")
 
 
 def _stat(path: str) -> list[int] | None:
@@ -67,6 +69,12 @@ def _pth_targets(sitedir: str) -> tuple[list[str], list[str]] | None:
     return files, targets
 
 
+def _context() -> list[object]:
+    """What else the description depends on: the kernel (``os.uname()``: the marker environment) and the
+    dynamic loader's variables (the ``libpython`` loaded)."""
+    return [list(os.uname()), [os.environ.get(name) for name in _LOADER_VARIABLES]]
+
+
 def _libraries() -> list[str] | None:
     """The ``libpython`` files this process loaded (none for a static build); ``None`` when unknown."""
     try:
@@ -82,6 +90,8 @@ def record(now_ns: int) -> list[object] | None:
     """The entry for the running interpreter (started ``-I``, with ``site``), or ``None`` when none can be made."""
     if "sitecustomize" in sys.modules or "usercustomize" in sys.modules or sys.flags.no_site:
         return None
+    if not hasattr(os, "uname"):
+        return None  # Windows: the marker environment comes from the registry, never from a stamp
     import site
 
     getsitepackages = getattr(site, "getsitepackages", None)
@@ -103,7 +113,7 @@ def record(now_ns: int) -> list[object] | None:
     limit = now_ns - probe_cache.TRUST_MARGIN_NS
     if any(st is not None and st[0] >= limit for st in stamps.values()):
         return None
-    return [real, sorted([p, st] for p, st in stamps.items()), list(os.uname())]
+    return [real, sorted([p, st] for p, st in stamps.items()), _context()]
 
 
 def holds(entry: object, python: str) -> bool:
@@ -112,6 +122,6 @@ def holds(entry: object, python: str) -> bool:
         return False
     if not isinstance(entry[3], dict):
         return False
-    if not hasattr(os, "uname") or os.path.realpath(python) != entry[0] or list(os.uname()) != entry[2]:
+    if not hasattr(os, "uname") or os.path.realpath(python) != entry[0] or _context() != entry[2]:
         return False
     return all(isinstance(item, list) and _stat(item[0]) == item[1] for item in entry[1])
