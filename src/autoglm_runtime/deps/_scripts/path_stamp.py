@@ -120,7 +120,8 @@ def holds(entry: object, python: str) -> bool:
     """Whether ``entry`` (from :func:`record`, plus the interpreter's description) still describes ``python``."""
     if not isinstance(entry, list) or len(entry) != 4 or not isinstance(entry[1], list):
         return False
-    if not isinstance(entry[3], dict):
+    described = entry[3]
+    if not isinstance(described, dict) or not isinstance(described.get("path"), list):
         return False
     if not hasattr(os, "uname") or os.path.realpath(python) != entry[0] or _context() != entry[2]:
         return False
