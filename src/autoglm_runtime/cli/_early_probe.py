@@ -5,7 +5,9 @@ and PY running the probe script. :func:`prestart` starts the probe from a first 
 before argparse, packaging or the checker are imported, so that the two overlap; it needs only ``os``
 (``os.posix_spawn``; ``subprocess`` where that is missing). Once argparse has parsed the arguments, the
 command uses the process only if it was started for the same interpreter and cache
-(:meth:`ProbeProcess.serves`); a wrong guess costs time, never the answer.
+(:meth:`ProbeProcess.serves`); a wrong guess costs time, never the answer. While the cache shows that
+nothing deciding the interpreter's ``sys.path`` changed, no process is started at all: the probe's code
+reads the distributions on that path in this process (:func:`start_probe`).
 """
 
 from __future__ import annotations
@@ -69,9 +71,13 @@ def guess(argv: Sequence[str]) -> tuple[str | None, bool]:
 
 
 class ProbeProcess:
-    """The probe script running in ``python``; a launch failure is kept in :attr:`error`, not raised."""
+    """The probe script running in ``python``; a launch failure is kept in :attr:`error`, not raised.
 
-    def __init__(self, python: str, cache: str | None) -> None:
+    ``answer`` is what the probe prints when that is already known (:func:`start_probe`): then no process
+    is started and :meth:`communicate` gives it with exit code 0.
+    """
+
+    def __init__(self, python: str, cache: str | None, *, answer: str | None = None) -> None:
         self.python = python
         self.cache = cache
         self.error: OSError | None = None
@@ -79,6 +85,9 @@ class ProbeProcess:
         self._fds: list[int] = []
         self._popen: subprocess.Popen[bytes] | None = None
         self._outcome: tuple[int, str, str] | Exception | None = None
+        if answer is not None:
+            self._outcome = (0, answer, "")
+            return
         command = [python, "-I", PROBE_SCRIPT, *(["--cache", cache] if cache else [])]
         try:
             if hasattr(os, "posix_spawn"):
@@ -89,15 +98,6 @@ class ProbeProcess:
                 self._popen = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         except OSError as exc:
             self.error = exc
-
-    @classmethod
-    def answered(cls, python: str, cache: str, stdout: str) -> ProbeProcess:
-        """A probe whose answer is already known: no process (see :func:`start_probe`)."""
-        probe = cls.__new__(cls)
-        probe.python, probe.cache, probe.error = python, cache, None
-        probe._pid, probe._fds, probe._popen = None, [], None
-        probe._outcome = (0, stdout, "")
-        return probe
 
     def _spawn(self, command: list[str]) -> None:
         out_r, out_w = os.pipe()  # not inheritable: only the dup2'd ends reach the child
@@ -222,7 +222,7 @@ def start_probe(python: str, cache: str | None) -> ProbeProcess:
     if cache is not None:
         text = _described_here(python, cache)
         if text is not None:
-            return ProbeProcess.answered(python, cache, text)
+            return ProbeProcess(python, cache, answer=text)
     return ProbeProcess(python, cache)
 
 
