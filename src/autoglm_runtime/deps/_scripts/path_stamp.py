@@ -22,7 +22,8 @@ line that runs code (``import ...``), a ``sitecustomize`` or ``usercustomize`` m
 stamped path changed less than :data:`probe_cache.TRUST_MARGIN_NS` ago (a coarse file-system clock could hide
 a change made just after). A later run uses the entry only for the same interpreter after symlinks (never
 through a wrapper script, whose choice may depend on anything), on the same kernel (``os.uname()``: the
-marker environment) and with the same Python version (:func:`probe_cache.load_cache` reads no other's file).
+marker environment), with the same dynamic-loader variables (``LD_LIBRARY_PATH`` and the like, which ``-I``
+does not ignore) and with the same Python version (:func:`probe_cache.load_cache` reads no other's file).
 """
 
 from __future__ import annotations

@@ -24,7 +24,9 @@ Metadata directories named ``~...`` (left by an interrupted pip uninstall) are n
 
 With ``--cache FILE`` the probe keeps in FILE what a later run need not work out again (:mod:`probe_cache`):
 each metadata directory's description, each file-ownership decision, the marker environment and its own
-last output, each reused only while what it was made from is unchanged.
+last output, each reused only while what it was made from is unchanged; and what decides its ``sys.path``
+(:mod:`path_stamp`), so that ``check-deps`` can call :func:`cached_output` in its own process while that
+is unchanged instead of starting this interpreter.
 
 ``INTERPRETER -I -S _probe.py --base`` prints instead what every virtual environment of that interpreter
 shares (see :func:`base_facts`); the environment builder caches it and reads a new environment's
@@ -177,8 +179,9 @@ def cached_output(cache_path: str, here: str | None = None, emit: Callable[[str]
         interpreter = _interpreter(cache, misses)
         import time
 
-        now_ns: int | None = time.time_ns()
-        recorded = path_stamp.record(now_ns)  # type: ignore[arg-type]
+        now = time.time_ns()
+        recorded = path_stamp.record(now)
+        now_ns: int | None = now
         entry = None if recorded is None else [*recorded, interpreter]
     else:
         if not path_stamp.holds(stamped, here) or stamped[3].get("executable") != here:  # type: ignore[index]
