@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -125,3 +127,15 @@ def test_a_described_value_never_shows_its_content(capture: tuple[logging.Logger
     logger.info("value changed", extra={"key": "auth/token", **describe_value("hunter2-secret")})
     assert "hunter2" not in stream.getvalue()
     assert _lines(stream)[0]["size"] == 14
+
+
+def test_the_root_package_leaves_logging_alone_and_each_part_that_logs_installs_the_null_handler() -> None:
+    code = (
+        "import sys\n"
+        "import autoglm_runtime, autoglm_runtime.cli, autoglm_runtime.cli.check_deps\n"
+        "print('logging' in sys.modules)\n"
+        "import autoglm_runtime.isolation, autoglm_runtime.config, autoglm_runtime.logging, logging\n"
+        "print([type(h).__name__ for h in logging.getLogger('autoglm_runtime').handlers])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines() == ["False", "['NullHandler']"]

@@ -8,8 +8,6 @@ The three parts live in :mod:`autoglm_runtime.config`, :mod:`autoglm_runtime.iso
 
 from __future__ import annotations
 
-import logging as _logging
-
 # typing.TYPE_CHECKING without importing typing: this module runs first in every `autoglm-runtime` command.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,9 +20,6 @@ del TYPE_CHECKING
 __version__ = "0.1.0"
 
 __all__ = ["AutoGLMRuntimeError", "ConfigChange", "ConfigClient", "__version__"]
-
-# A library never configures logging; it only makes sure an unconfigured app sees no "no handler" noise.
-_logging.getLogger("autoglm_runtime").addHandler(_logging.NullHandler())
 
 #: Public name -> the module that defines it, imported on first access: the config part pulls in kazoo and
 #: the error registry dataclasses, which `autoglm-runtime check-deps` and the validation guards need not pay for.

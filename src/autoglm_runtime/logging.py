@@ -25,8 +25,11 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import IO, Any
 
+from autoglm_runtime._library_logging import install_null_handler
 from autoglm_runtime.errors import AutoGLMRuntimeError
 from autoglm_runtime.observability._tracing import current_ids
+
+install_null_handler()
 
 __all__ = [
     "JsonFormatter",

@@ -199,3 +199,53 @@ def test_json_usage_errors_are_json_on_stdout_and_python_is_absolute(
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     main(["check-deps", "--python", "mypython", "--json"])
     assert json.loads(capsys.readouterr().out)["environment"]["python"] == str(bindir / "mypython")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["--json"],
+        ["--python", "/x/python", "--json", "--no-cache"],
+        ["--python=/x/python", "--plan", "--python", "/y/python"],  # the last --python wins
+        ["--python=", "--resolve", "--offline", "--json", "--json"],
+    ],
+)
+def test_plain_command_lines_are_read_without_argparse_exactly_as_argparse_reads_them(argv: list[str]) -> None:
+    from autoglm_runtime.cli import build_parser
+    from autoglm_runtime.cli.check_deps import plain_arguments
+
+    parsed = vars(build_parser(only="check-deps").parse_args(["check-deps", *argv]))
+    parsed.pop("command")
+    plain = plain_arguments(argv, argv=argv)
+    assert plain is not None
+    assert vars(plain) == {**parsed, "argv": argv}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["model-dir"], ["--pyth", "/x"], ["--python"], ["--python", "--json"], ["--why", "numpy"], ["-h"], ["--", "x"]],
+)
+def test_other_command_lines_are_left_to_argparse(argv: list[str]) -> None:
+    from autoglm_runtime.cli.check_deps import plain_arguments
+
+    assert plain_arguments(argv) is None
+
+
+def test_the_plain_reading_knows_every_option_of_the_parser() -> None:
+    from autoglm_runtime.cli import build_parser
+    from autoglm_runtime.cli.check_deps import DEFAULTS
+
+    parsed = vars(build_parser(only="check-deps").parse_args(["check-deps"]))
+    assert {k: v for k, v in parsed.items() if k not in ("command", "func")} == DEFAULTS
+
+
+def test_a_plain_check_imports_neither_argparse_nor_shutil(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from autoglm_runtime.cli import main\n"
+        "code = main(['check-deps', '--python', sys.executable, '--json', '--no-cache'])\n"
+        "print(sorted(m for m in ('argparse', 'shutil') if m in sys.modules), code)\n"
+    )
+    done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=False)
+    assert done.stdout.splitlines()[-1] in ("[] 0", "[] 1")

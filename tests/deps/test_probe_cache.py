@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import platform
 import shutil
@@ -113,7 +114,7 @@ def test_an_old_metadata_directory_is_checked_by_its_files_alone(
 
 
 def _report_entry(python: Path) -> Path:
-    return cache_file(str(python)).with_name(cache_file(str(python)).stem + ".report.json")
+    return cache_file(str(python)).with_name(cache_file(str(python)).stem + ".report")
 
 
 def test_a_stored_report_is_printed_again_without_importing_the_checker_or_argparse(
@@ -167,16 +168,16 @@ def test_no_cache_and_model_paths_neither_read_nor_write_a_stored_report(
     assert found.startswith("model 'serving.txt' needs lib>=3 but the environment has lib 2.0;")
     assert not entry.exists()
     assert _run(python, capsys) == []
-    stored = json.loads(entry.read_text())
+    stored = marshal.loads(entry.read_bytes())
     # A forged entry for this very probe output, options and code: printed as stored, which proves it is read;
     # --no-cache ignores it.
     stored["output"] = json.dumps({"findings": [{"message": "from the stored report"}]}) + "\n"
-    entry.write_text(json.dumps(stored))
+    entry.write_bytes(marshal.dumps(stored))
     assert _run(python, capsys) == ["from the stored report"]
     assert _run(python, capsys, "--no-cache") == []
-    entry.write_text("{not json")
+    entry.write_text("{not marshal")
     assert _run(python, capsys) == []
-    assert json.loads(entry.read_text())["format"] == 1  # rewritten
+    assert marshal.loads(entry.read_bytes())["format"] == 2  # rewritten
 
 
 def _probe(python: Path, *flags: str) -> tuple[dict[str, dict[str, object]], set[str]]:

@@ -67,6 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 130
             if code is not None:
                 return code
+        if command == "check-deps":
+            from autoglm_runtime.cli.check_deps import plain_arguments
+
+            plain = plain_arguments(arguments[1:], **extra)
+            if plain is not None:
+                return _call(plain)
         # A known subcommand first: argparse then never looks at the other subcommands, so registering
         # only this one parses exactly as the full parser would.
         parser = build_parser(only=command if command in _SUBCOMMANDS else None)
@@ -86,8 +92,13 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from autoglm_runtime.errors import EXIT_USAGE
 
         return EXIT_USAGE
+    return _call(args)
+
+
+def _call(args: argparse.Namespace) -> int:
+    """Run the parsed command ``args.func``; an SDK error is printed as its coded message and exit code."""
     try:
-        code: int = func(args)
+        code: int = args.func(args)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:

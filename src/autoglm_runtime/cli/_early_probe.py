@@ -5,12 +5,15 @@ and PY running the probe script. :func:`prestart` starts the probe from a first 
 before argparse, packaging or the checker are imported, so that the two overlap; it needs only ``os``
 (``os.posix_spawn``; ``subprocess`` where that is missing). Once argparse has parsed the arguments, the
 command uses the process only if it was started for the same interpreter and cache
-(:meth:`ProbeProcess.serves`); a wrong guess costs time, never the answer.
+(:meth:`ProbeProcess.serves`); a wrong guess costs time, never the answer. While the cache shows that
+nothing deciding the interpreter's ``sys.path`` changed, no process is started at all: the probe's code
+reads the distributions on that path in this process (:func:`start_probe`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -68,9 +71,13 @@ def guess(argv: Sequence[str]) -> tuple[str | None, bool]:
 
 
 class ProbeProcess:
-    """The probe script running in ``python``; a launch failure is kept in :attr:`error`, not raised."""
+    """The probe script running in ``python``; a launch failure is kept in :attr:`error`, not raised.
 
-    def __init__(self, python: str, cache: str | None) -> None:
+    ``answer`` is what the probe prints when that is already known (:func:`start_probe`): then no process
+    is started and :meth:`communicate` gives it with exit code 0.
+    """
+
+    def __init__(self, python: str, cache: str | None, *, answer: str | None = None) -> None:
         self.python = python
         self.cache = cache
         self.error: OSError | None = None
@@ -78,6 +85,9 @@ class ProbeProcess:
         self._fds: list[int] = []
         self._popen: subprocess.Popen[bytes] | None = None
         self._outcome: tuple[int, str, str] | Exception | None = None
+        if answer is not None:
+            self._outcome = (0, answer, "")
+            return
         command = [python, "-I", PROBE_SCRIPT, *(["--cache", cache] if cache else [])]
         try:
             if hasattr(os, "posix_spawn"):
@@ -184,10 +194,42 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
 
 
+def _described_here(python: str, cache: str) -> str | None:
+    """What the probe of ``python`` would print, read in this process while its path is known unchanged.
+
+    The probe's own modules do the work (``probe.cached_output``), imported from their files under a package
+    name of their own: importing them as ``autoglm_runtime.deps._scripts`` would import the deps package,
+    and with it ``packaging``.
+    """
+    name = "_autoglm_probe"  # the name probe.py gives itself when run as a script
+    if name not in sys.modules:
+        package = type(sys)(name)
+        package.__path__ = [os.path.dirname(PROBE_SCRIPT)]
+        sys.modules[name] = package
+    __import__(f"{name}.probe")
+    probe = sys.modules[f"{name}.probe"]
+    text: str | None = probe.cached_output(cache, here=python)
+    return None if text is None else probe.OUTPUT_MARK + text
+
+
+def start_probe(python: str, cache: str | None) -> ProbeProcess:
+    """The probe of ``python`` (absolute) with the cache file ``cache``: started, or answered in this process.
+
+    With a cache whose record shows that nothing deciding ``python``'s ``sys.path`` changed since its last
+    probe (:mod:`autoglm_runtime.deps._scripts.path_stamp`), the distributions on that path are read here,
+    by the probe's own code: the same answer without starting the interpreter.
+    """
+    if cache is not None:
+        text = _described_here(python, cache)
+        if text is not None:
+            return ProbeProcess(python, cache, answer=text)
+    return ProbeProcess(python, cache)
+
+
 def prestart(argv: Sequence[str]) -> ProbeProcess | None:
     """Start the probe that ``check-deps`` with ``argv`` (its arguments) will most likely ask for."""
     python, no_cache = guess(argv)
     if python is None:
         return None
     python = absolute(python)
-    return ProbeProcess(python, None if no_cache else cache_path(python))
+    return start_probe(python, None if no_cache else cache_path(python))

@@ -6,18 +6,22 @@ environment), the options that shape the output, and the code that computes it (
 ``errors.py`` and ``packaging``). The entry stores all three exactly - the probe's output as text, not a
 hash - beside the probe's own cache; a run whose three match prints the stored output and exit code, without
 importing ``packaging`` or the checker. Any difference is a miss and the run computes the report afresh.
+
+The entry is in :mod:`marshal` form, like the probe's cache: read without importing ``json`` (and ``re``
+with it), which a run that prints the stored report needs for nothing else. Its key holds ``sys.version``,
+so only the Python that wrote it uses it; another's bytes are a miss, never an error.
 """
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-FORMAT = 1
+FORMAT = 2
 #: The package directory; the stamp covers its root, cli/ and deps/ (and deps/_scripts/).
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,15 +49,15 @@ def code_stamp() -> dict[str, list[list[object]]]:
 
 def entry_path(probe_cache: str) -> str:
     """The report entry kept beside the probe cache file ``probe_cache``."""
-    return probe_cache[: -len(".json")] + ".report.json" if probe_cache.endswith(".json") else probe_cache + ".report"
+    return probe_cache[: -len(".json")] + ".report" if probe_cache.endswith(".json") else probe_cache + ".report"
 
 
 def load(path: str, key: dict[str, Any] | None) -> dict[str, Any] | None:
     """The stored entry if it was made with ``key`` (same options and code; any key for ``None``), else ``None``."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            entry = json.loads(fh.read())
-    except (OSError, ValueError):
+        with open(path, "rb") as fh:
+            entry = marshal.loads(fh.read())
+    except (OSError, ValueError, EOFError, TypeError):
         return None
     if not isinstance(entry, dict) or entry.get("format") != FORMAT:
         return None
@@ -72,10 +76,10 @@ def store(path: str, key: dict[str, Any], probe: str, exit_code: int, output: st
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry))
+        with open(tmp, "wb") as fh:
+            fh.write(marshal.dumps(entry))
         os.replace(tmp, path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a value marshal cannot write
         import contextlib
 
         with contextlib.suppress(OSError):

@@ -17,7 +17,6 @@ is imported at all; ``--no-cache`` computes everything afresh.
 
 from __future__ import annotations
 
-import json
 import sys
 
 from autoglm_runtime.cli import _early_probe, _report_cache
@@ -33,7 +32,8 @@ if TYPE_CHECKING:
     from autoglm_runtime.deps.findings import Report
     from autoglm_runtime.deps.manifest import ModelManifest
 
-__all__ = ["cache_file", "load_target", "register", "run"]
+__all__ = ["DEFAULTS", "cache_file", "load_target", "plain_arguments", "register", "run"]
+
 
 #: The probe script, found without importing the deps package (whose import is what the probe overlaps).
 PROBE_SCRIPT = _early_probe.PROBE_SCRIPT
@@ -92,6 +92,48 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
+#: What :func:`register`'s parser gives each option that is not on the command line (a test keeps them equal).
+DEFAULTS: dict[str, Any] = {
+    "paths": [],
+    "python": None,
+    "json": False,
+    "no_cache": False,
+    "resolve": False,
+    "find_links": [],
+    "index_url": None,
+    "offline": False,
+    "plan": False,
+    "why": [],
+}
+_FLAGS = {"--json": "json", "--no-cache": "no_cache", "--plan": "plan", "--resolve": "resolve", "--offline": "offline"}
+
+
+def plain_arguments(arguments: Sequence[str], **extra: object) -> argparse.Namespace | None:
+    """check-deps' ``arguments`` as the parser reads them, when each is an exact spelling of a flag or of
+    ``--python X`` / ``--python=X``; ``None`` for anything else (paths, abbreviations, ``--help``), which
+    argparse reads. ``extra`` is set on the result as well. Building the parser costs more than the rest of a
+    check's start-up, for command lines that are almost always of this form.
+    """
+    values: dict[str, object] = {**DEFAULTS, "paths": [], "find_links": [], "why": []}
+    i = 0
+    while i < len(arguments):
+        arg = arguments[i]
+        if arg in _FLAGS:
+            values[_FLAGS[arg]] = True
+        elif arg == "--python" and i + 1 < len(arguments) and not arguments[i + 1].startswith("-"):
+            values["python"] = arguments[i + 1]
+            i += 1
+        elif arg.startswith("--python="):
+            values["python"] = arg[len("--python=") :]
+        else:
+            return None
+        i += 1
+    from types import SimpleNamespace
+
+    # The attributes an argparse.Namespace would have, without importing argparse for its class.
+    return SimpleNamespace(**values, **extra, func=run)  # type: ignore[return-value]
+
+
 def load_target(path: Path) -> ModelManifest:
     """A model from a model directory or ``model.toml``, or a pseudo-model named after a requirements file.
 
@@ -139,7 +181,7 @@ def _probe_process(args: argparse.Namespace) -> ProbeProcess:
         return early
     if early is not None:
         early.kill()
-    return ProbeProcess(args.python, cache)
+    return _early_probe.start_probe(args.python, cache)
 
 
 def _width() -> int:
@@ -243,6 +285,8 @@ def run(args: argparse.Namespace) -> int:
         from autoglm_runtime.errors import AutoGLMRuntimeError
 
         if args.json and isinstance(exc, AutoGLMRuntimeError):
+            import json
+
             error = {"format": 1, "code": exc.code, "ok": False, "exit_code": exc.exit_code, "error": str(exc)}
             print(json.dumps(error, indent=2))
         raise
@@ -305,6 +349,8 @@ def _check(
 
 def _output(args: argparse.Namespace, report: Report, extras: dict[str, Any], width: int | None) -> str:
     if args.json:
+        import json
+
         out = report.to_json()
         if "plan" in extras:
             out["plan"] = extras["plan"].to_json()

@@ -7,6 +7,7 @@ describes the guarantees.
 from __future__ import annotations
 
 from autoglm_runtime._exports import publish as _publish
+from autoglm_runtime._library_logging import install_null_handler as _install_null_handler
 from autoglm_runtime.config._frozen import FrozenDict, FrozenList
 from autoglm_runtime.config._values import Validator
 from autoglm_runtime.config.client import ConfigClient
@@ -16,6 +17,8 @@ from autoglm_runtime.config.health import ConfigHealth, ConfigSource, ConfigStat
 from autoglm_runtime.config.settings import SyncTuning, ZooKeeperConnection
 from autoglm_runtime.config.snapshot import Snapshot, SnapshotEntry, read_snapshot, write_snapshot
 from autoglm_runtime.config.typed import TypedView
+
+_install_null_handler()  # a library never configures logging; see autoglm_runtime._library_logging
 
 __all__ = [
     "BytesCodec",

@@ -11,7 +11,6 @@ import functools
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -206,7 +205,11 @@ def parse_probe(data: dict[str, Any], python: str) -> ProbedEnvironment:
 def interpreter_path(python: str | Path) -> str:
     """``python`` as an absolute path (a bare name is looked up on ``PATH``), as reports show it."""
     text = os.fspath(python)
-    found = shutil.which(text) if os.sep not in text else None
+    found = None
+    if os.sep not in text:
+        import shutil  # only for a bare name: shutil's import (bz2, lzma) is a part of check-deps' start-up
+
+        found = shutil.which(text)
     return os.path.abspath(found or text)
 
 

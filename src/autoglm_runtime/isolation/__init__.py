@@ -8,6 +8,7 @@ dependency analysis it checks new environments with lives in :mod:`autoglm_runti
 
 from __future__ import annotations
 
+from autoglm_runtime._library_logging import install_null_handler as _install_null_handler
 from autoglm_runtime.isolation._scripts.protocol import ArrayValue
 from autoglm_runtime.isolation.envs.build import BuildEvent, BuiltEnvironment, EnvironmentBuilder
 from autoglm_runtime.isolation.envs.gc import GarbageReport, collect_garbage
@@ -15,6 +16,8 @@ from autoglm_runtime.isolation.loader import LoadedModel, ModelHealth, ModelLoad
 from autoglm_runtime.isolation.workers.calls import AsyncModelStream, ModelStream
 
 ArrayValue.__module__ = __name__  # defined in the stdlib-only wire format, which the worker loads by path
+
+_install_null_handler()  # a library never configures logging; see autoglm_runtime._library_logging
 
 __all__ = [
     "ArrayValue",

@@ -6,6 +6,7 @@ See :mod:`autoglm_runtime.testing.zookeeper` and ``docs/testing.md``.
 from __future__ import annotations
 
 from autoglm_runtime._exports import publish as _publish
+from autoglm_runtime._library_logging import install_null_handler as _install_null_handler
 from autoglm_runtime.testing.session import StateWatcher
 from autoglm_runtime.testing.waiting import wait_until
 from autoglm_runtime.testing.wheels import build_wheel
@@ -21,6 +22,8 @@ from autoglm_runtime.testing.zookeeper import (
     start_ensemble,
     start_zookeeper,
 )
+
+_install_null_handler()  # a library never configures logging; see autoglm_runtime._library_logging
 
 __all__ = [
     "FaultProxy",

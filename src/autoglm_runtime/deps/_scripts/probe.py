@@ -24,7 +24,9 @@ Metadata directories named ``~...`` (left by an interrupted pip uninstall) are n
 
 With ``--cache FILE`` the probe keeps in FILE what a later run need not work out again (:mod:`probe_cache`):
 each metadata directory's description, each file-ownership decision, the marker environment and its own
-last output, each reused only while what it was made from is unchanged.
+last output, each reused only while what it was made from is unchanged; and what decides its ``sys.path``
+(:mod:`path_stamp`), so that ``check-deps`` can call :func:`cached_output` in its own process while that
+is unchanged instead of starting this interpreter.
 
 ``INTERPRETER -I -S _probe.py --base`` prints instead what every virtual environment of that interpreter
 shares (see :func:`base_facts`); the environment builder caches it and reads a new environment's
@@ -44,11 +46,16 @@ if not __package__:  # run as a script: the relative imports below then find the
 
 from .scan import collect
 
+TYPE_CHECKING = False  # typing's own flag costs the import of typing, in a script that must start fast
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 __all__ = [
     "OUTPUT_MARK",
     "PREFIX_PLACEHOLDER",
     "PROBE_FORMAT",
     "base_facts",
+    "cached_output",
     "collect",
     "marker_environment",
     "probe",
@@ -154,6 +161,59 @@ def base_facts() -> dict[str, object]:
 OUTPUT_KEY = "@output"
 
 
+def cached_output(cache_path: str, here: str | None = None, emit: Callable[[str], object] | None = None) -> str | None:
+    """The description's JSON text, from and into the cache file ``cache_path``; ``emit`` receives it before
+    the cache file is written (the reader need not wait for that).
+
+    Without ``here`` it describes the running interpreter and records what decides its path
+    (:func:`path_stamp.record`). With ``here`` (an interpreter's absolute path) it describes that interpreter
+    from the running process, the same text it would print, when the cache's :data:`path_stamp.PATH_KEY`
+    entry shows its path unchanged (:func:`path_stamp.holds`); else it returns ``None`` and changes nothing.
+    """
+    from . import path_stamp, probe_cache
+
+    cache = probe_cache.load_cache(cache_path)
+    stamped = cache.pop(path_stamp.PATH_KEY, None)
+    if here is None:
+        misses: list[str] = []
+        interpreter = _interpreter(cache, misses)
+        import time
+
+        now = time.time_ns()
+        recorded = path_stamp.record(now)
+        now_ns: int | None = now
+        entry = None if recorded is None else [*recorded, interpreter]
+    else:
+        if not path_stamp.holds(stamped, here) or stamped[3].get("executable") != here:  # type: ignore[index]
+            return None
+        misses, interpreter, now_ns = [], dict(stamped[3]), None  # type: ignore[index]
+        entry = stamped  # type: ignore[assignment]
+    last = cache.pop(OUTPUT_KEY, None)
+    facts = cache.get(FACTS_KEY)
+    path = list(interpreter["path"])  # type: ignore[call-overload]
+    dists = collect(path, cache, now_ns, misses=misses)
+    # Every part taken from the cache, the same directories in the same order: the very description the
+    # cache's last run printed (each entry was stored by the run that printed it), so its text is reused.
+    seen = [interpreter["executable"], path, [d["metadata_dir"] for d in dists]]
+    same = isinstance(last, list) and len(last) == 4 and last[:3] == seen and isinstance(last[3], str)
+    if same and not misses:
+        text: str = last[3]  # type: ignore[index]
+    else:
+        import json
+
+        text = json.dumps({**interpreter, "distributions": dists})  # dumps: only the one-shot encoder is C code
+    if emit is not None:
+        emit(text)
+    if misses or not same or entry != stamped:
+        if facts is not None:
+            cache[FACTS_KEY] = facts  # collect keeps only the entries it made
+        if entry is not None:
+            cache[path_stamp.PATH_KEY] = entry
+        cache[OUTPUT_KEY] = [*seen, text]
+        probe_cache.save_cache(cache_path, cache)
+    return text
+
+
 def _main(argv: list[str]) -> None:
     if argv == ["--base"]:
         import json
@@ -161,34 +221,18 @@ def _main(argv: list[str]) -> None:
         sys.stdout.write(json.dumps(base_facts()))
         return
     cache_path = argv[1] if len(argv) == 2 and argv[0] == "--cache" else None
-    cache: dict[str, object] | None = None
-    misses: list[str] = []
     if cache_path:
-        from . import probe_cache
-
-        cache = probe_cache.load_cache(cache_path)
-    last = cache.pop(OUTPUT_KEY, None) if cache is not None else None
-    interpreter = _interpreter(cache, misses)
-    facts = cache.get(FACTS_KEY) if cache is not None else None
-    dists = collect(list(sys.path), cache, misses=misses)
-    # Every part taken from the cache, the same directories in the same order: the very description the
-    # cache's last run printed (each entry was stored by the run that printed it), so its text is reused.
-    seen = [sys.executable, list(sys.path), [d["metadata_dir"] for d in dists]]
-    same = isinstance(last, list) and len(last) == 4 and last[:3] == seen and isinstance(last[3], str)
-    if same and not misses:
-        text = last[3]  # type: ignore[index]
+        cached_output(cache_path, emit=_print)
     else:
         import json
 
-        text = json.dumps({**interpreter, "distributions": dists})  # dumps: only the one-shot encoder is C code
+        _print(json.dumps(probe()))
+
+
+def _print(text: str) -> None:
     sys.stdout.write(OUTPUT_MARK)
     sys.stdout.write(text)
     sys.stdout.flush()
-    if cache_path and cache is not None and (misses or not same):
-        if facts is not None:
-            cache[FACTS_KEY] = facts  # collect keeps only the entries it made
-        cache[OUTPUT_KEY] = [*seen, text]
-        probe_cache.save_cache(cache_path, cache)
 
 
 if __name__ == "__main__":

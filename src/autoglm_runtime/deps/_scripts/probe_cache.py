@@ -3,7 +3,8 @@
 An entry is ``{metadata_dir: [stamp, description, trusted]}``; the stamp (:func:`stamp`) changes whenever the
 description could, so a cached description is used only while it is still true (:func:`holds`). Keys that
 start with ``@`` (never an absolute path) hold what else a warm probe need not compute again: file-ownership
-decisions (``scan.OWNERSHIP_KEY``) and the interpreter's marker environment (``probe.FACTS_KEY``).
+decisions (``scan.OWNERSHIP_KEY``), the interpreter's marker environment (``probe.FACTS_KEY``), the last output
+(``probe.OUTPUT_KEY``) and what decides the interpreter's path (``path_stamp.PATH_KEY``).
 """
 
 from __future__ import annotations

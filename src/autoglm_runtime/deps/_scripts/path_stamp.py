@@ -1,0 +1,129 @@
+"""What decides an interpreter's ``sys.path``, stamped, so a later run can tell it is unchanged without starting it.
+
+The probe (``probe.py --cache FILE``) records under :data:`PATH_KEY` the description of the interpreter it runs
+in (``sys.executable``, ``sys.path``, version and marker environment) together with the stamps of everything
+``python -I`` builds that from. While every stamp is unchanged, ``check-deps`` reads the distributions on that
+path in its own process with the same scripts (:func:`autoglm_runtime.cli._early_probe.start_probe`), instead
+of starting the interpreter only to learn its path again. Stdlib only: it runs inside the probe too.
+
+What is stamped (``[mtime_ns, size, inode]``, or ``None`` for a path that does not exist):
+
+* the interpreter binary (after symlinks) and the shared ``libpython`` it loaded: its version and markers;
+* the directories of ``sys.executable`` and of its parent, and both ``pyvenv.cfg`` candidates: where the
+  interpreter finds its prefix (a ``._pth`` file beside it would change the path too);
+* every ``sys.path`` entry and every site-packages directory ``site`` looks at: a directory's mtime changes
+  when an entry is added, removed or renamed in it (a new ``.pth`` file, a ``sitecustomize`` module);
+* every ``.pth`` file in those site directories, and every directory their lines name (``site`` adds only
+  those that exist).
+
+Nothing is recorded, so the interpreter always runs, when that cannot show the path is the same: a ``.pth``
+line that runs code (``import ...``), a ``sitecustomize`` or ``usercustomize`` module that was imported, a
+``site`` without ``getsitepackages``, a process whose loaded libraries cannot be listed (no ``/proc``), or a
+stamped path changed less than :data:`probe_cache.TRUST_MARGIN_NS` ago (a coarse file-system clock could hide
+a change made just after). A later run uses the entry only for the same interpreter after symlinks (never
+through a wrapper script, whose choice may depend on anything), on the same kernel (``os.uname()``: the
+marker environment), with the same dynamic-loader variables (``LD_LIBRARY_PATH`` and the like, which ``-I``
+does not ignore) and with the same Python version (:func:`probe_cache.load_cache` reads no other's file).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import probe_cache
+
+#: The probe cache's key for the entry: ``[real executable, [[path, stamp], ...], context, interpreter]``.
+PATH_KEY = "@path"
+#: Environment variables that ``-I`` does not ignore and that choose which libraries the interpreter loads.
+_LOADER_VARIABLES = ("LD_LIBRARY_PATH", "LD_PRELOAD", "DYLD_LIBRARY_PATH", "DYLD_INSERT_LIBRARIES")
+
+
+def _stat(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_size, st.st_ino]
+
+
+def _pth_targets(sitedir: str) -> tuple[list[str], list[str]] | None:
+    """The ``.pth`` files of ``sitedir`` and the paths their lines name; ``None`` when a line runs code."""
+    try:
+        names = sorted(n for n in os.listdir(sitedir) if n.endswith(".pth"))
+    except OSError:
+        return [], []
+    files, targets = [], []
+    for name in names:
+        full = os.path.join(sitedir, name)
+        files.append(full)
+        try:
+            with open(full, "rb") as fh:
+                lines = fh.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            if line.startswith(("import ", "import\t")):
+                return None  # site runs it: what it does to the path cannot be stamped
+            if line.strip() and not line.startswith("#"):
+                targets.append(os.path.join(sitedir, line.rstrip()))
+    return files, targets
+
+
+def _context() -> list[object]:
+    """What else the description depends on: the kernel (``os.uname()``: the marker environment) and the
+    dynamic loader's variables (the ``libpython`` loaded)."""
+    return [list(os.uname()), [os.environ.get(name) for name in _LOADER_VARIABLES]]
+
+
+def _libraries() -> list[str] | None:
+    """The ``libpython`` files this process loaded (none for a static build); ``None`` when unknown."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
+            maps = fh.read()
+    except OSError:
+        return None
+    found = {line.split(None, 5)[-1] for line in maps.splitlines() if "libpython" in line and "/" in line}
+    return sorted(found)
+
+
+def record(now_ns: int) -> list[object] | None:
+    """The entry for the running interpreter (started ``-I``, with ``site``), or ``None`` when none can be made."""
+    if "sitecustomize" in sys.modules or "usercustomize" in sys.modules or sys.flags.no_site:
+        return None
+    if not hasattr(os, "uname"):
+        return None  # Windows: the marker environment comes from the registry, never from a stamp
+    import site
+
+    getsitepackages = getattr(site, "getsitepackages", None)
+    libraries = _libraries()
+    if getsitepackages is None or libraries is None:
+        return None
+    real = os.path.realpath(sys.executable)
+    exe_dir = os.path.dirname(os.path.abspath(sys.executable))
+    watched = [real, *libraries, exe_dir, os.path.dirname(exe_dir), os.path.dirname(real)]
+    watched += [os.path.join(exe_dir, "pyvenv.cfg"), os.path.join(os.path.dirname(exe_dir), "pyvenv.cfg")]
+    watched += [os.path.abspath(p or os.curdir) for p in sys.path]
+    for sitedir in getsitepackages():
+        watched.append(sitedir)
+        found = _pth_targets(sitedir)
+        if found is None:
+            return None
+        watched += found[0] + found[1]
+    stamps = {path: _stat(path) for path in watched}
+    limit = now_ns - probe_cache.TRUST_MARGIN_NS
+    if any(st is not None and st[0] >= limit for st in stamps.values()):
+        return None
+    return [real, sorted([p, st] for p, st in stamps.items()), _context()]
+
+
+def holds(entry: object, python: str) -> bool:
+    """Whether ``entry`` (from :func:`record`, plus the interpreter's description) still describes ``python``."""
+    if not isinstance(entry, list) or len(entry) != 4 or not isinstance(entry[1], list):
+        return False
+    described = entry[3]
+    if not isinstance(described, dict) or not isinstance(described.get("path"), list):
+        return False
+    if not hasattr(os, "uname") or os.path.realpath(python) != entry[0] or _context() != entry[2]:
+        return False
+    return all(isinstance(item, list) and _stat(item[0]) == item[1] for item in entry[1])
