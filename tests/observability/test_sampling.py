@@ -69,15 +69,38 @@ class Counting(Sampler):
         return f"Counting{{{self.inner.get_description()}}}"
 
 
-Tracing = Callable[[Sampler], tuple[InMemorySpanExporter, Counting]]
+class CountingParentBased(ParentBased):
+    """The SDK's default sampler shape, ``ParentBased(root)``, counting the decisions asked of it. (Wrapped in
+    :class:`Counting`, it would be a sampler of unknown behaviour, which the SDK always asks.)"""
+
+    def __init__(self, root: Sampler) -> None:
+        super().__init__(root)
+        self.asked = 0
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        self.asked += 1
+        return super().should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+
+Tracing = Callable[[Sampler], tuple[InMemorySpanExporter, Counting | CountingParentBased]]
 
 
 @pytest.fixture
 def tracing(monkeypatch: pytest.MonkeyPatch) -> Iterator[Tracing]:
     providers: list[TracerProvider] = []
 
-    def use(sampler: Sampler) -> tuple[InMemorySpanExporter, Counting]:
-        counting, exporter = Counting(sampler), InMemorySpanExporter()
+    def use(sampler: Sampler) -> tuple[InMemorySpanExporter, Counting | CountingParentBased]:
+        counting = sampler if isinstance(sampler, CountingParentBased) else Counting(sampler)
+        exporter = InMemorySpanExporter()
         provider = TracerProvider(sampler=counting)
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         providers.append(provider)
@@ -162,7 +185,7 @@ def unsampled_parent() -> trace.Span:
 def test_under_an_unsampled_parent_no_span_is_started_and_the_parent_stays_current(
     tracing: Tracing, log: io.StringIO
 ) -> None:
-    exporter, sampler = tracing(ParentBased(ALWAYS_ON))
+    exporter, sampler = tracing(CountingParentBased(ALWAYS_ON))
     with trace.use_span(unsampled_parent()):
         sent = everything()
     assert sampler.asked == 0  # the SDK was not even asked: the trace's decision was made upstream
@@ -231,3 +254,32 @@ def test_a_sampled_trace_records_every_span_with_its_attributes_and_status(traci
     logged = [(line["trace_id"], line["span_id"]) for line in lines(log)]
     assert logged == [(f"{s.context.trace_id:032x}", f"{s.context.span_id:016x}")
                       for s in (spans[1], spans[3], spans[6]) if s.context]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [ALWAYS_ON, ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON), TraceIdRatioBased(1.0)],
+    ids=["always-on", "parent-based-keeping-unsampled-remote-parents", "ratio-without-parent"],
+)
+def test_a_sampler_that_keeps_spans_under_an_unsampled_parent_gets_every_span(
+    tracing: Tracing, log: io.StringIO, sampler: Sampler
+) -> None:
+    # The application's sampler decides, not the parent's flag: these record children of an unsampled parent.
+    exporter, _counting = tracing(sampler)
+    with trace.use_span(unsampled_parent()):
+        sent = everything()
+    spans = exporter.get_finished_spans()
+    assert [span.name for span in spans] == [
+        *["autoglm.guard.check"] * 6,
+        "autoglm.model.call",
+        "autoglm.model.call",
+        "autoglm.model.stream",
+    ]
+    assert all(span.context and span.context.trace_id == TRACE_ID for span in spans)
+    assert all(span.parent and span.parent.span_id == SPAN_ID for span in spans)
+    assert dict(spans[7].attributes or {})["error.type"] == "E0103"
+    assert sent == [
+        f"00-{s.context.trace_id:032x}-{s.context.span_id:016x}-{s.context.trace_flags:02x}"
+        for s in spans[6:]
+        if s.context
+    ]

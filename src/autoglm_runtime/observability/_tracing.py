@@ -6,13 +6,15 @@ to the E-code; the exception itself is not added as a span event, because the SD
 and that log line carries the span's ``trace_id`` and ``span_id`` (see :mod:`autoglm_runtime.logging`).
 
 Spans follow the sampling decision of the trace they join: under a parent span whose trace is not sampled, none
-is started (the SDK's default sampler, ``ParentBased``, would drop it anyway, after paying for the ids and the
-decision), and the parent stays current, so log lines and the worker's ``traceparent`` keep its ids.
+is started while the application's sampler is the SDK's ``ParentBased`` with its default for such parents (it would
+drop the span anyway, after paying for the ids and the decision), and the parent stays current, so log lines and the
+worker's ``traceparent`` keep its ids. Any other sampler is asked, as for every other span.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -70,9 +72,26 @@ def tracer() -> Tracer | None:
 
 
 def _in_unsampled_trace() -> bool:
-    """Whether the current span belongs to a trace its root (or the caller upstream) decided not to sample."""
+    """Whether the current span belongs to a trace its root (or the caller upstream) decided not to sample, and
+    the application's sampler is known to drop every span under such a parent."""
     parent = _trace.get_current_span().get_span_context()
-    return parent.is_valid and not parent.trace_flags.sampled
+    return parent.is_valid and not parent.trace_flags.sampled and _drops_unsampled_children(parent.is_remote)
+
+
+def _drops_unsampled_children(remote: bool) -> bool:
+    """Whether the sampler behind :data:`_TRACER` is the SDK's ``ParentBased`` with its default (``ALWAYS_OFF``)
+    for a not-sampled parent. Any other sampler (``ALWAYS_ON``, ``TraceIdRatioBased``, a ``ParentBased`` told to
+    keep such children, one of the application's own) may record the span, so it is asked."""
+    sampling = sys.modules.get("opentelemetry.sdk.trace.sampling")
+    if sampling is None:  # no SDK sampler exists in this process
+        return False
+    sampler = getattr(_TRACER, "sampler", None)
+    if sampler is None:  # the API's proxy tracer: the global provider's tracer samples
+        sampler = getattr(_trace.get_tracer_provider(), "sampler", None)
+    if not isinstance(sampler, sampling.ParentBased):
+        return False
+    delegate = getattr(sampler, "_remote_parent_not_sampled" if remote else "_local_parent_not_sampled", None)
+    return delegate is sampling.ALWAYS_OFF
 
 
 def start_span(
