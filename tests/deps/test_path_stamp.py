@@ -190,3 +190,33 @@ def test_nothing_is_recorded_while_a_stamped_directory_is_too_new_to_trust(
     assert _check(python, capsys) == []
     assert spawned == [str(python)] * 2
     assert path_stamp.PATH_KEY not in probe_cache.load_cache(cache_path(str(python)))
+
+
+def test_a_change_made_while_the_interpreter_was_starting_is_never_stamped_as_its_path(
+    venv: tuple[Path, Path], spawned: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # The probe decides its sys.path at start-up and stamps what decided it later. A .pth file added in between
+    # is in the stamps but not in the path: it must not be taken as the path's for ever, even when the probe's
+    # start-up took longer than the stamps' margin (a loaded machine, a slow disk).
+    python, site = venv
+    extra = _extra_site(tmp_path)
+    _age(python.parent.parent)
+    cache = Path(cache_path(str(python)))
+    cache.parent.mkdir(parents=True)
+    os.mkfifo(cache)  # the probe opens its cache after its path is decided: this holds it there
+    probe = ProbeProcess(str(python), str(cache))
+    try:
+        with open(cache, "wb"):  # returns once the probe opened the cache: its sys.path is decided
+            (site / "zz_extra.pth").write_text(f"{extra}\n")
+            changed = (site / "zz_extra.pth").stat().st_mtime_ns
+            deadline = time.monotonic() + 60
+            while time.time_ns() < changed + probe_cache.TRUST_MARGIN_NS + 500_000_000:  # the margin passes
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        code, out, _err = probe.communicate(60.0)  # an empty cache: it describes itself and records
+    finally:
+        probe.kill()
+    assert code == 0
+    assert str(extra) not in json.loads(out.partition(OUTPUT_MARK)[2])["path"]
+    assert _check(python, capsys) == [MISSING]  # the interpreter started now has the .pth file's directory
+    assert _check(python, capsys) == [MISSING]

@@ -18,12 +18,14 @@ What is stamped (``[mtime_ns, size, inode]``, or ``None`` for a path that does n
 
 Nothing is recorded, so the interpreter always runs, when that cannot show the path is the same: a ``.pth``
 line that runs code (``import ...``), a ``sitecustomize`` or ``usercustomize`` module that was imported, a
-``site`` without ``getsitepackages``, a process whose loaded libraries cannot be listed (no ``/proc``), or a
-stamped path changed less than :data:`probe_cache.TRUST_MARGIN_NS` ago (a coarse file-system clock could hide
-a change made just after). A later run uses the entry only for the same interpreter after symlinks (never
-through a wrapper script, whose choice may depend on anything), on the same kernel (``os.uname()``: the
-marker environment), with the same dynamic-loader variables (``LD_LIBRARY_PATH`` and the like, which ``-I``
-does not ignore) and with the same Python version (:func:`probe_cache.load_cache` reads no other's file).
+``site`` without ``getsitepackages``, a process whose loaded libraries or start time cannot be read (no
+``/proc``), or a stamped path changed less than :data:`probe_cache.TRUST_MARGIN_NS` before the process started
+(a coarse file-system clock could hide a change made just after; a change made while it started is in the
+stamps but not in its ``sys.path``, however long the start-up took). A later run uses the entry only for the
+same interpreter after symlinks (never through a wrapper script, whose choice may depend on anything), on the
+same kernel (``os.uname()``: the marker environment), with the same dynamic-loader variables
+(``LD_LIBRARY_PATH`` and the like, which ``-I`` does not ignore) and with the same Python version
+(:func:`probe_cache.load_cache` reads no other's file).
 """
 
 from __future__ import annotations
@@ -87,6 +89,26 @@ def _libraries() -> list[str] | None:
     return sorted(found)
 
 
+def _started_ns(now_ns: int) -> int | None:
+    """When this process started, on the wall clock ``now_ns`` is read from (``None`` when ``/proc`` cannot tell).
+
+    ``sys.path`` was decided then, before anything here is stamped: a change made in between is in the stamps
+    but not in the path, so it must count as too new however long the start-up took.
+    """
+    import time
+
+    try:
+        with open("/proc/self/stat", "rb") as fh:
+            fields = fh.read().rpartition(b")")[2].split()  # after the command name, which may hold anything
+        ticks = int(fields[19])  # field 22, starttime: clock ticks after boot
+        hz = os.sysconf("SC_CLK_TCK")
+        since_boot = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    tick = 1_000_000_000 // hz
+    return now_ns - (since_boot - ticks * tick) - tick  # a tick earlier: starttime is rounded down to one
+
+
 def record(now_ns: int) -> list[object] | None:
     """The entry for the running interpreter (started ``-I``, with ``site``), or ``None`` when none can be made."""
     if "sitecustomize" in sys.modules or "usercustomize" in sys.modules or sys.flags.no_site:
@@ -97,7 +119,8 @@ def record(now_ns: int) -> list[object] | None:
 
     getsitepackages = getattr(site, "getsitepackages", None)
     libraries = _libraries()
-    if getsitepackages is None or libraries is None:
+    started = _started_ns(now_ns)
+    if getsitepackages is None or libraries is None or started is None:
         return None
     real = os.path.realpath(sys.executable)
     exe_dir = os.path.dirname(os.path.abspath(sys.executable))
@@ -111,7 +134,7 @@ def record(now_ns: int) -> list[object] | None:
             return None
         watched += found[0] + found[1]
     stamps = {path: _stat(path) for path in watched}
-    limit = now_ns - probe_cache.TRUST_MARGIN_NS
+    limit = min(now_ns, started) - probe_cache.TRUST_MARGIN_NS
     if any(st is not None and st[0] >= limit for st in stamps.values()):
         return None
     return [real, sorted([p, st] for p, st in stamps.items()), _context()]
