@@ -220,3 +220,21 @@ def test_a_change_made_while_the_interpreter_was_starting_is_never_stamped_as_it
     assert str(extra) not in json.loads(out.partition(OUTPUT_MARK)[2])["path"]
     assert _check(python, capsys) == [MISSING]  # the interpreter started now has the .pth file's directory
     assert _check(python, capsys) == [MISSING]
+
+
+def test_an_interpreter_started_under_a_wrapper_scripts_name_always_runs(
+    venv: tuple[Path, Path], spawned: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # `exec -a "$0"` makes the wrapper's path the interpreter's sys.executable: its real path is then the script,
+    # which may choose another interpreter next time (from a file, a variable): nothing may be recorded.
+    python, _site = venv
+    choice = tmp_path / "choice"
+    choice.write_text(str(python))
+    wrapper = python.parent / "python-wrapped"  # beside pyvenv.cfg: the interpreter it runs is the venv's
+    wrapper.write_text(f'#!/bin/bash\nexec -a "$0" "$(cat {choice})" "$@"\n')
+    wrapper.chmod(0o755)
+    _age(python.parent.parent)
+    assert _check(wrapper, capsys) == []
+    assert path_stamp.PATH_KEY not in probe_cache.load_cache(cache_path(str(wrapper)))
+    assert _check(wrapper, capsys) == []
+    assert spawned == [str(wrapper)] * 2

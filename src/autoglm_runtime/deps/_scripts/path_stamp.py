@@ -8,7 +8,8 @@ of starting the interpreter only to learn its path again. Stdlib only: it runs i
 
 What is stamped (``[mtime_ns, size, inode]``, or ``None`` for a path that does not exist):
 
-* the interpreter binary (after symlinks) and the shared ``libpython`` it loaded: its version and markers;
+* the interpreter binary (after symlinks; only when it is the one running, never a script that started it
+  under its own name) and the shared ``libpython`` it loaded: its version and markers;
 * the directories of ``sys.executable`` and of its parent, and both ``pyvenv.cfg`` candidates: where the
   interpreter finds its prefix (a ``._pth`` file beside it would change the path too);
 * every ``sys.path`` entry and every site-packages directory ``site`` looks at: a directory's mtime changes
@@ -123,6 +124,8 @@ def record(now_ns: int) -> list[object] | None:
     if getsitepackages is None or libraries is None or started is None:
         return None
     real = os.path.realpath(sys.executable)
+    if os.path.realpath("/proc/self/exe") != real:
+        return None  # started under another name (a wrapper's ``exec -a``): that name does not fix the binary
     exe_dir = os.path.dirname(os.path.abspath(sys.executable))
     watched = [real, *libraries, exe_dir, os.path.dirname(exe_dir), os.path.dirname(real)]
     watched += [os.path.join(exe_dir, "pyvenv.cfg"), os.path.join(os.path.dirname(exe_dir), "pyvenv.cfg")]
