@@ -238,3 +238,15 @@ def test_an_interpreter_started_under_a_wrapper_scripts_name_always_runs(
     assert path_stamp.PATH_KEY not in probe_cache.load_cache(cache_path(str(wrapper)))
     assert _check(wrapper, capsys) == []
     assert spawned == [str(wrapper)] * 2
+
+
+def test_a_pth_line_no_path_can_hold_is_skipped_as_site_skips_it(
+    venv: tuple[Path, Path], spawned: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A .pth file that a crash left full of NUL bytes: site ignores the line (no such path), and so must the stamps.
+    python, site = venv
+    (site / "zz_zeroed.pth").write_bytes(b"\x00" * 16 + b"\n")
+    _age(python.parent.parent)
+    assert _check(python, capsys) == []
+    assert _check(python, capsys) == []
+    assert spawned == [str(python)]

@@ -45,7 +45,7 @@ _LOADER_VARIABLES = ("LD_LIBRARY_PATH", "LD_PRELOAD", "DYLD_LIBRARY_PATH", "DYLD
 def _stat(path: str) -> list[int] | None:
     try:
         st = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in a .pth line, which site skips as no path
         return None
     return [st.st_mtime_ns, st.st_size, st.st_ino]
 
