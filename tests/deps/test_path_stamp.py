@@ -250,3 +250,22 @@ def test_a_pth_line_no_path_can_hold_is_skipped_as_site_skips_it(
     assert _check(python, capsys) == []
     assert _check(python, capsys) == []
     assert spawned == [str(python)]
+
+
+def test_an_interpreter_that_can_no_longer_run_is_reported_not_read_in_process(
+    tmp_path: Path, spawned: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # chmod changes no mtime, size or inode, only the ctime: the interpreter it stops is not "unchanged".
+    env = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--copies", "--without-pip", str(env)], check=True)
+    python = env / "bin" / "python"
+    _age(env)
+    assert _check(python, capsys) == []
+    assert _check(python, capsys) == []
+    assert spawned == [str(python)]
+    python.chmod(0o644)
+    assert main(["check-deps", "--python", str(python)]) == 2
+    assert capsys.readouterr().err == (
+        f"autoglm-runtime: error E0001: interpreter {python} cannot be run (permission denied); pass a Python "
+        "executable\n"
+    )

@@ -6,7 +6,9 @@ in (``sys.executable``, ``sys.path``, version and marker environment) together w
 path in its own process with the same scripts (:func:`autoglm_runtime.cli._early_probe.start_probe`), instead
 of starting the interpreter only to learn its path again. Stdlib only: it runs inside the probe too.
 
-What is stamped (``[mtime_ns, size, inode]``, or ``None`` for a path that does not exist):
+What is stamped (``[mtime_ns, size, inode, ctime_ns]``, or ``None`` for a path that does not exist; the ctime
+changes with what leaves the rest alone: a ``chmod`` that stops the interpreter or hides a ``.pth`` file, a tree
+put back with its old mtimes):
 
 * the interpreter binary (after symlinks; only when it is the one running, never a script that started it
   under its own name) and the shared ``libpython`` it loaded: its version and markers;
@@ -47,7 +49,7 @@ def _stat(path: str) -> list[int] | None:
         st = os.stat(path)
     except (OSError, ValueError):  # ValueError: a NUL in a .pth line, which site skips as no path
         return None
-    return [st.st_mtime_ns, st.st_size, st.st_ino]
+    return [st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns]
 
 
 def _pth_targets(sitedir: str) -> tuple[list[str], list[str]] | None:
