@@ -269,3 +269,16 @@ def test_an_interpreter_that_can_no_longer_run_is_reported_not_read_in_process(
         f"autoglm-runtime: error E0001: interpreter {python} cannot be run (permission denied); pass a Python "
         "executable\n"
     )
+
+
+def test_a_pth_line_that_runs_code_after_a_byte_order_mark_makes_every_run_start_the_interpreter(
+    venv: tuple[Path, Path], spawned: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Python 3.13 and later read a .pth file as utf-8-sig: this line runs there (earlier ones take it as a path).
+    python, site = venv
+    (site / "zz_code.pth").write_bytes(b"\xef\xbb\xbfimport os\n")
+    _age(python.parent.parent)
+    assert _check(python, capsys) == []
+    assert _check(python, capsys) == []
+    assert spawned == [str(python)] * 2
+    assert path_stamp.PATH_KEY not in probe_cache.load_cache(cache_path(str(python)))

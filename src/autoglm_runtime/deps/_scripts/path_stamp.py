@@ -64,7 +64,9 @@ def _pth_targets(sitedir: str) -> tuple[list[str], list[str]] | None:
         files.append(full)
         try:
             with open(full, "rb") as fh:
-                lines = fh.read().decode("utf-8", "replace").splitlines()
+                # utf-8-sig: Python 3.13+ drops a byte-order mark before it looks for "import" (earlier ones
+                # keep it, and take the line as a path: then this only records nothing where it could).
+                lines = fh.read().decode("utf-8-sig", "replace").splitlines()
         except OSError:
             return None
         for line in lines:
