@@ -77,7 +77,7 @@ def send(sock: socket.socket, frame: Frame, blocked: Callable[[bool], None] | No
         return
     parts = [memoryview(head), *buffers]
     if len(parts) <= 1024:  # IOV_MAX: the whole frame in one sendmsg, as it nearly always goes
-        total = sum(part.nbytes for part in parts)
+        total = sum(map(len, parts))  # (every part is a 1-D view of bytes: its len is its size)
         try:
             sent = sock.sendmsg(parts) if blocked is None else sock.sendmsg(parts, (), socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -167,20 +167,26 @@ class FrameReader:
         if length > MAX_FRAME:
             raise FrameError(f"frame length {length} exceeds the limit of {MAX_FRAME} bytes; the stream is corrupt")
         start = _HEAD.size + count * _LENGTH.size
-        sizes: tuple[int, ...] = ()
-        if count:
-            while len(buffer) < start:
-                self._fill(deadline)
-            sizes = struct.unpack_from(f">{count}Q", buffer, _HEAD.size)
-            if max(sizes) > MAX_BUFFER:
-                raise FrameError(f"a buffer length exceeds the limit of {MAX_BUFFER} bytes; the stream is corrupt")
         end = start + length
+        if not count:
+            while len(buffer) < end:
+                self._fill(deadline)
+            body = buffer[start:end]
+            del buffer[:end]
+            return self._decoder.decode(body, None)
+        while len(buffer) < start:
+            self._fill(deadline)
+        sizes = _LENGTH.unpack_from(buffer, _HEAD.size) if count == 1 else struct.unpack_from(f">{count}Q", buffer, 6)
+        if max(sizes) > MAX_BUFFER:
+            raise FrameError(f"a buffer length exceeds the limit of {MAX_BUFFER} bytes; the stream is corrupt")
         while len(buffer) < end:
             self._fill(deadline)
-        body = bytes(buffer[start:end])
+        body = buffer[start:end]
+        if count == 1 and len(buffer) >= end + sizes[0]:  # a small frame, read whole: one copy of its buffer out
+            data = buffer[end : end + sizes[0]]
+            del buffer[: end + sizes[0]]
+            return self._decoder.decode(body, [data])
         del buffer[:end]
-        if not count:
-            return self._decoder.decode(body, None)
         return self._decoder.decode(body, [self._read_buffer(size, deadline) for size in sizes])
 
     def _need(self, size: int, deadline: float | None) -> None:
