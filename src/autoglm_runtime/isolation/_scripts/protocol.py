@@ -234,7 +234,8 @@ class FrameReader:
             raise TimeoutError("timed out")
 
     def _fill(self, deadline: float | None) -> None:
-        self._apply_deadline(deadline)
+        if deadline is not None:
+            self._apply_deadline(deadline)
         chunk = self._sock.recv(1 << 16)
         if not chunk:
             where = "inside a frame" if self._buffer else "between frames"
