@@ -209,7 +209,8 @@ class FrameReader:
                 data[have:] = self._buffer[: size - have]
                 del self._buffer[: size - have]
                 break
-            self._apply_deadline(deadline)
+            if deadline is not None:
+                self._apply_deadline(deadline)
             got = self._sock.recv_into(view[have:])
             if not got:
                 raise PeerClosedError("peer closed the connection inside a frame")
@@ -217,12 +218,18 @@ class FrameReader:
         return data
 
     def _apply_deadline(self, deadline: float | None) -> None:
-        """Return once the socket has data (or EOF) to read; ``TimeoutError`` when ``deadline`` passes first."""
+        """Return once the socket has data (or EOF) to read; ``TimeoutError`` when ``deadline`` passes first.
+
+        Polled even without a deadline: a thread blocked in ``recv`` is also woken each time the peer reads what
+        this side sent (the socket's write space frees up), a wasted wake-up per round trip; a poll for
+        ``POLLIN`` is woken by data only."""
         if deadline is None:
-            return
-        timeout = deadline - time.monotonic()
-        if timeout <= 0:
-            raise TimeoutError("timed out")
+            wait = -1
+        else:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                raise TimeoutError("timed out")
+            wait = math.ceil(timeout * 1000)
         fd = self._sock.fileno()
         if fd != self._polled:
             if fd < 0:  # closed meanwhile
@@ -230,12 +237,11 @@ class FrameReader:
             self._poller = select.poll()
             self._poller.register(fd, select.POLLIN)
             self._polled = fd
-        if not self._poller.poll(math.ceil(timeout * 1000)):
+        if not self._poller.poll(wait):
             raise TimeoutError("timed out")
 
     def _fill(self, deadline: float | None) -> None:
-        if deadline is not None:
-            self._apply_deadline(deadline)
+        self._apply_deadline(deadline)
         chunk = self._sock.recv(1 << 16)
         if not chunk:
             where = "inside a frame" if self._buffer else "between frames"
