@@ -50,16 +50,17 @@ def model(loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest) 
     loaded.close()
 
 
-def _zombie(pid: int) -> bool:
-    """Exited and not yet reaped: nobody in the host has looked at it since it died."""
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+def _exited(pid: int) -> bool:
+    """Exited, all its threads too, and not reaped (``WNOWAIT``): the host has not looked at it since it died. (A
+    zombie in ``/proc`` is not enough: its other threads may still be exiting, and until they are gone it holds
+    its socket open and no ``wait`` reports it.)"""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def test_a_worker_that_died_while_idle_is_restarted_by_the_next_call(model: Any) -> None:
     pid = model.call("pid", timeout=30)
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: _zombie(pid), 30, f"worker {pid} to die")
+    wait_until(lambda: _exited(pid), 30, f"worker {pid} to die")
     assert model.call("pid", timeout=30) != pid  # not "died during pid()": the call never reached the dead one
     health = model.health()
     assert (health["state"], health["restarts"], health["last_exit"]) == ("ready", 1, "killed by signal 9 (SIGKILL)")

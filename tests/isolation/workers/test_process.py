@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,9 +10,9 @@ from autoglm_runtime.isolation.workers.process import _alive
 from autoglm_runtime.testing import wait_until
 
 
-def _zombie(pid: int) -> bool:
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+def _exited(pid: int) -> bool:
+    """Exited and not reaped (``WNOWAIT`` leaves it to be reaped)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def test_a_running_child_is_alive_and_left_unreaped() -> None:
@@ -28,7 +29,7 @@ def test_a_running_child_is_alive_and_left_unreaped() -> None:
 
 def test_an_exited_child_is_not_alive_and_is_reaped_with_its_status() -> None:
     child = subprocess.Popen([sys.executable, "-c", "raise SystemExit(7)"])
-    wait_until(lambda: _zombie(child.pid), 30, "the child to exit")
+    wait_until(lambda: _exited(child.pid), 30, "the child to exit")
     assert child.returncode is None  # nobody reaped it yet
     assert not _alive(child)
     assert child.returncode == 7  # reaped by the check, its status recorded as poll() records it
