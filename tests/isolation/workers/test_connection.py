@@ -159,3 +159,86 @@ def test_a_write_left_half_done_raises_partial_and_later_writes_fail(pair: tuple
     with pytest.raises(OSError, match="a frame was left half written on this connection"):
         conn.send(_request(7))
     assert conn.send_message({"type": "ping"}) is False
+
+
+# Connection.call: a blocking call with nothing else in flight holds the read side from the moment it registers.
+def _answer_after_a_pong(peer: socket.socket) -> threading.Thread:
+    def run() -> None:
+        call_id = protocol.FrameReader(peer).read()["id"]
+        protocol.write_frame(peer, {"type": "pong", "seq": 1})
+        protocol.write_frame(peer, {"id": call_id, "ok": True, "result": call_id})
+
+    thread = threading.Thread(target=run, name="test-peer")
+    thread.start()
+    return thread
+
+
+def test_a_lone_call_takes_its_own_reply_and_routes_what_came_before(pair: tuple[Connection, socket.socket]) -> None:
+    conn, peer = pair
+    before = conn.last_pong
+    peer_thread = _answer_after_a_pong(peer)
+    reply = conn.call(11, "echo", _request(11), None, time.monotonic() + 30)
+    peer_thread.join()
+    assert reply == {"id": 11, "ok": True, "result": 11}
+    assert conn.last_pong > before
+    assert conn.inflight == 0
+    after = _Witness("echo")  # the read side was passed on: the next blocked call reads for itself
+    conn.register(12, after)
+    protocol.write_frame(peer, {"id": 12, "ok": True, "result": 12})
+    assert conn.wait(after, time.monotonic() + 30)
+    assert after.delivered_on == threading.current_thread().name
+
+
+def test_calls_in_flight_together_each_get_their_own_reply(pair: tuple[Connection, socket.socket]) -> None:
+    conn, peer = pair
+    peer_thread = _answer_all_in_reverse(peer, 6)
+    results: dict[int, Any] = {}
+
+    def caller(call_id: int) -> None:
+        results[call_id] = conn.call(call_id, "echo", _request(call_id), None, time.monotonic() + 30)
+
+    threads = [threading.Thread(target=caller, args=(i,), name=f"test-caller-{i}") for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    peer_thread.join()
+    assert results == {i: {"id": i, "ok": True, "result": i} for i in range(6)}
+    assert conn.inflight == 0
+
+
+def test_a_lone_call_fails_with_the_supervisors_error_when_the_worker_end_closes(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    conn, peer = pair
+
+    def read_then_close() -> None:
+        protocol.FrameReader(peer).read()
+        peer.shutdown(socket.SHUT_RDWR)
+
+    closer = threading.Thread(target=read_then_close, name="test-peer")
+    closer.start()
+    with pytest.raises(ConnectionError, match=r"^echo: the peer went away$"):
+        conn.call(13, "echo", _request(13), None, time.monotonic() + 30)
+    closer.join()
+    assert conn.inflight == 0
+
+
+def test_a_lone_call_past_its_deadline_returns_none_and_is_unregistered(pair: tuple[Connection, socket.socket]) -> None:
+    conn, _ = pair
+    assert conn.call(14, "echo", _request(14), None, time.monotonic() + 0.05) is None
+    assert conn.inflight == 0
+
+
+def test_a_lone_call_not_written_in_time_frees_the_read_side(pair: tuple[Connection, socket.socket]) -> None:
+    conn, peer = pair
+    _fill(conn._sock)
+    with pytest.raises(SendTimeout) as info:
+        conn.call(15, "echo", _request(15), time.monotonic() + 0.05, time.monotonic() + 30)
+    assert info.value.partial is False
+    assert conn.inflight == 0
+    after = _Witness("echo")
+    conn.register(16, after)
+    protocol.write_frame(peer, {"id": 16, "ok": True, "result": 16})
+    assert conn.wait(after, time.monotonic() + 30)
+    assert after.delivered_on == threading.current_thread().name

@@ -362,3 +362,42 @@ def test_a_frame_sent_with_a_blocked_callback_crosses_whole(pair: tuple[socket.s
     sender.join()
     assert got == {"id": 1, "d": payload}
     assert waits[-1] is True
+
+
+# Each thread keeps its encoder from frame to frame: frames stay its own, and no caller's buffer stays exported.
+def test_a_bytearray_can_grow_again_once_its_frame_is_gone() -> None:
+    value = bytearray(b"abc")
+    frame = encode({"id": 1, "ok": True, "result": value})
+    assert bytes(frame[1][0]) == b"abc"
+    del frame
+    value.extend(b"d")  # BufferError while anything still holds a view of it
+    assert value == bytearray(b"abcd")
+
+
+def test_threads_encoding_at_once_each_get_their_own_buffers() -> None:
+    errors: list[str] = []
+    start = threading.Barrier(8)
+
+    def encode_many(n: int) -> None:
+        start.wait()
+        for i in range(300):
+            message = {"id": i, "args": [bytes([n]) * (i % 7 + 1), {"k": bytearray([n, i % 256])}], "n": n}
+            head, buffers = encode(message)
+            got = decode(head[6 + 8 * len(buffers) :], [bytearray(b) for b in buffers])
+            if not exact(got, message):
+                errors.append(f"thread {n}, frame {i}: {got!r}")
+
+    threads = [threading.Thread(target=encode_many, args=(n,), name=f"test-encoder-{n}") for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+def test_a_value_that_cannot_travel_leaves_the_next_frame_whole() -> None:
+    with pytest.raises(TypeError, match="object of type object cannot be sent"):
+        encode({"id": 1, "args": [b"x", object()]})
+    head, buffers = encode({"id": 2, "args": [b"y"]})
+    assert [bytes(b) for b in buffers] == [b"y"]
+    assert decode(head[14:], [bytearray(b"y")]) == {"id": 2, "args": [b"y"]}

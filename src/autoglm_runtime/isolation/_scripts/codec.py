@@ -28,6 +28,7 @@ import json
 import re
 import struct
 import sys
+import threading
 from typing import Any, List, Tuple  # noqa: UP035 (this file runs on Python 3.8)
 
 __all__ = [
@@ -50,8 +51,9 @@ MAX_BUFFERS = 65535
 MAX_BUFFER = 16 * 1024 * 1024 * 1024
 _HEAD = struct.Struct(">IH")
 _LENGTH = struct.Struct(">Q")
+_HEAD_ONE = struct.Struct(">IHQ")  # the head of a frame with one buffer
 _KINDS = {"$b": bytes, "$ba": bytearray, "$mv": memoryview}
-#: A frame ready to send: the head (lengths and JSON) and the buffers, as memoryviews for ``sendmsg``.
+#: A frame ready to send: the head (lengths and JSON) and the buffers, as 1-D unsigned-byte memoryviews for ``sendmsg``.
 Frame = Tuple[bytes, List[memoryview]]  # noqa: UP006 (typing generics: this file runs on Python 3.8)
 
 
@@ -76,7 +78,7 @@ class DecodeError(FrameError):
 _ID = re.compile(rb'^\{"id":(-?[0-9]{1,18})[,}]')
 
 
-def _undecodable(message: str, body: bytes) -> DecodeError:
+def _undecodable(message: str, body: bytes | bytearray) -> DecodeError:
     error = DecodeError(message)
     match = _ID.match(body)
     error.call_id = int(match.group(1)) if match else None
@@ -117,10 +119,17 @@ def _bytes_of(value: Any) -> memoryview:
 
 
 class _Collector:
-    """Turns binary values into tags while JSON encodes, collecting their buffers."""
+    """Turns binary values into tags while JSON encodes, collecting their buffers (one encode at a time)."""
 
     def __init__(self) -> None:
         self.buffers: list[memoryview] = []
+        self.busy = False
+        self._encoder = _MAKE_ENCODER(self.tag) if _MAKE_ENCODER is not None else None
+
+    def dumps(self, value: Any) -> str:
+        if self._encoder is not None:
+            return "".join(self._encoder(value, 0))
+        return json.JSONEncoder(default=self.tag, **_OPTIONS).encode(value)
 
     def _add(self, view: memoryview) -> int:
         self.buffers.append(view)
@@ -128,9 +137,12 @@ class _Collector:
 
     def tag(self, value: Any) -> Any:
         kind = type(value)
-        if kind is bytes or kind is bytearray or kind is memoryview:
-            key = "$b" if kind is bytes else "$ba" if kind is bytearray else "$mv"
-            return {key: self._add(_bytes_of(value))}
+        if kind is bytes or kind is bytearray:  # a 1-D view of bytes as they are: no checks to make
+            buffers = self.buffers
+            buffers.append(memoryview(value))
+            return {"$b" if kind is bytes else "$ba": len(buffers) - 1}
+        if kind is memoryview:
+            return {"$mv": self._add(_bytes_of(value))}
         if isinstance(value, ArrayValue):
             return {"$array": self._add(_bytes_of(value.data)), "dtype": value.dtype, "shape": list(value.shape)}
         numpy = sys.modules.get("numpy")
@@ -170,57 +182,62 @@ class _Collector:
 _OPTIONS: Any = {"ensure_ascii": False, "allow_nan": True, "separators": (",", ":")}
 
 
-def _c_dumps() -> Any:
-    """``dumps(value, default)`` on the C encoder directly (what ``JSONEncoder.encode`` builds on each call, less
-    its Python layers: a small call costs noticeably less); ``None`` where this interpreter has no usable one."""
+def _c_encoder() -> Any:
+    """``make(default)``: the C encoder ``JSONEncoder.encode`` builds on each call, made once per thread and kept (a
+    small frame costs noticeably less), with no circular check (a value containing itself ends in RecursionError,
+    as one nested too deeply does); ``None`` where this interpreter has no usable one."""
     try:
         from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 
-        def dumps(value: Any, default: Any) -> str:
-            return "".join(c_make_encoder({}, default, encode_basestring, None, ":", ",", False, False, True)(value, 0))
+        def make(default: Any) -> Any:
+            return c_make_encoder(None, default, encode_basestring, None, ":", ",", False, False, True)
 
-        if c_make_encoder is None or dumps({"a": [1.5, "\u00e9", None, True, float("nan")]}, repr) != (
-            json.JSONEncoder(**_OPTIONS).encode({"a": [1.5, "\u00e9", None, True, float("nan")]})
-        ):
+        sample = {"a": [1.5, "\u00e9", None, True, float("nan")]}
+        if c_make_encoder is None or "".join(make(repr)(sample, 0)) != json.JSONEncoder(**_OPTIONS).encode(sample):
             return None
     except Exception:  # ImportError, or a C encoder of another signature
         return None
-    return dumps
+    return make
 
 
-_DUMPS = _c_dumps()
-
-
-def _dumps(value: Any, default: Any) -> str:
-    if _DUMPS is not None:
-        return _DUMPS(value, default)  # type: ignore[no-any-return]
-    return json.JSONEncoder(default=default, **_OPTIONS).encode(value)
+_MAKE_ENCODER = _c_encoder()
+#: Each thread's collector (and C encoder), reused from frame to frame.
+_LOCAL = threading.local()
 
 
 def encode(message: Any) -> Frame:
     """``message`` as a :data:`Frame`; raises ``TypeError`` for values that cannot travel, ``ValueError`` for
     values nested too deeply (or containing themselves), ``FrameError`` when the JSON exceeds :data:`MAX_FRAME`."""
-    collector = _Collector()
+    collector: _Collector | None = getattr(_LOCAL, "collector", None)
+    if collector is None:
+        collector = _LOCAL.collector = _Collector()
+    elif collector.busy:  # encode re-entered on this thread (a signal handler): a collector of its own
+        collector = _Collector()
+    collector.busy = True
+    buffers = collector.buffers = []
     try:
-        body = _dumps(message, collector.tag)
+        body = collector.dumps(message)
         # Each tag's key dumps as one '"$'; any more is a user key (or a string) starting with "$".
-        if body.count('"$') != len(collector.buffers):
-            collector = _Collector()
-            body = _dumps(collector.escape(message), collector.tag)
+        if body.count('"$') != len(buffers):
+            escaping = _Collector()
+            body = escaping.dumps(escaping.escape(message))
+            buffers = escaping.buffers
     except (RecursionError, ValueError) as exc:
         if isinstance(exc, ValueError) and str(exc) != "Circular reference detected":
             raise
         raise ValueError("the value is nested too deeply (or contains itself) to be sent to or from a model") from None
+    finally:
+        collector.buffers = []  # no reference to the caller's buffers is kept (a bytearray could not resize)
+        collector.busy = False
     data = body.encode("utf-8", "surrogatepass")
     if len(data) > MAX_FRAME:
         raise FrameError(f"message of {len(data)} bytes exceeds the frame limit of {MAX_FRAME} bytes")
-    buffers = collector.buffers
     if len(buffers) > MAX_BUFFERS:
         raise FrameError(f"message holds {len(buffers)} binary values, more than the limit of {MAX_BUFFERS}")
     if not buffers:
         return _HEAD.pack(len(data), 0) + data, buffers
     if len(buffers) == 1:
-        return _HEAD.pack(len(data), 1) + _LENGTH.pack(buffers[0].nbytes) + data, buffers
+        return _HEAD_ONE.pack(len(data), 1, buffers[0].nbytes) + data, buffers
     lengths = struct.pack(f">{len(buffers)}Q", *[view.nbytes for view in buffers])
     return _HEAD.pack(len(data), len(buffers)) + lengths + data, buffers
 
@@ -246,6 +263,12 @@ class _Untagger:
             if key[:1] == "$":
                 return self._untag(obj)
         return obj
+
+    def tags_only(self, obj: dict) -> Any:  # type: ignore[type-arg]
+        """:meth:`hook` for a frame whose every ``"$`` starts a tag's key, as :func:`encode` writes them when no user
+        key or string starts with ``$``: only tag-shaped objects (one key, or an array's three) need looking at."""
+        size = len(obj)
+        return self.hook(obj) if size == 1 or (size == 3 and "$array" in obj) else obj
 
     def _untag(self, obj: dict[str, Any]) -> Any:
         if len(obj) == 1:
@@ -297,35 +320,34 @@ def _numpy() -> Any:
     return _NUMPY[0]
 
 
-def _scan(decoder: Any, text: str) -> Any:  # a json.JSONDecoder (its scan_once is untyped)
-    """``decoder.decode(text)``, by its scanner directly when ``text`` is one JSON value from its first character to
-    its last (what :func:`encode` writes); anything else (surrounding space, invalid JSON) takes ``decode`` itself,
-    so results and errors are exactly the same."""
-    try:
-        value, end = decoder.scan_once(text, 0)
-    except (StopIteration, ValueError):
-        end = -1
-    if end == len(text):
-        return value
-    return decoder.decode(text)
-
-
 class Decoder:
     """Decodes frames' JSON bodies; one per reader, reused from frame to frame (one thread at a time)."""
 
     def __init__(self) -> None:
         self._untagger = _Untagger([])
         self._json = json.JSONDecoder(object_hook=self._untagger.hook)
+        self._tags = json.JSONDecoder(object_hook=self._untagger.tags_only)
         self._plain = json.JSONDecoder()
 
-    def decode(self, body: bytes, buffers: list[bytearray] | None) -> Any:
+    def decode(self, body: bytes | bytearray, buffers: list[bytearray] | None) -> Any:
         try:
             text = body.decode("utf-8", "surrogatepass")
-            if '"$' not in text:  # no tag and no escaped key: no object needs the (slower) hook
-                return _scan(self._plain, text)
-            self._untagger.buffers = buffers or []
+            marks = text.count('"$')
+            if not marks:  # no tag and no escaped key: no object needs the (slower) hook
+                decoder = self._plain
+            else:
+                buffers = buffers or []
+                decoder = self._tags if marks == len(buffers) else self._json  # (see encode)
+                self._untagger.buffers = buffers
             try:
-                return _scan(self._json, text)
+                # The scanner directly when the text is one JSON value from its first character to its last (what
+                # encode writes); anything else (surrounding space, invalid JSON) takes decode itself, so results
+                # and errors are exactly the same.
+                try:
+                    value, end = decoder.scan_once(text, 0)  # type: ignore[attr-defined]
+                except (StopIteration, ValueError):
+                    end = -1
+                return value if end == len(text) else decoder.decode(text)
             finally:
                 self._untagger.buffers = []
         except DecodeError as exc:

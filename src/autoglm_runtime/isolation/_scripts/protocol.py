@@ -77,7 +77,7 @@ def send(sock: socket.socket, frame: Frame, blocked: Callable[[bool], None] | No
         return
     parts = [memoryview(head), *buffers]
     if len(parts) <= 1024:  # IOV_MAX: the whole frame in one sendmsg, as it nearly always goes
-        total = sum(part.nbytes for part in parts)
+        total = sum(map(len, parts))  # (every part is a 1-D view of bytes: its len is its size)
         try:
             sent = sock.sendmsg(parts) if blocked is None else sock.sendmsg(parts, (), socket.MSG_DONTWAIT)
         except BlockingIOError:
@@ -167,20 +167,26 @@ class FrameReader:
         if length > MAX_FRAME:
             raise FrameError(f"frame length {length} exceeds the limit of {MAX_FRAME} bytes; the stream is corrupt")
         start = _HEAD.size + count * _LENGTH.size
-        sizes: tuple[int, ...] = ()
-        if count:
-            while len(buffer) < start:
-                self._fill(deadline)
-            sizes = struct.unpack_from(f">{count}Q", buffer, _HEAD.size)
-            if max(sizes) > MAX_BUFFER:
-                raise FrameError(f"a buffer length exceeds the limit of {MAX_BUFFER} bytes; the stream is corrupt")
         end = start + length
+        if not count:
+            while len(buffer) < end:
+                self._fill(deadline)
+            body = buffer[start:end]
+            del buffer[:end]
+            return self._decoder.decode(body, None)
+        while len(buffer) < start:
+            self._fill(deadline)
+        sizes = _LENGTH.unpack_from(buffer, _HEAD.size) if count == 1 else struct.unpack_from(f">{count}Q", buffer, 6)
+        if max(sizes) > MAX_BUFFER:
+            raise FrameError(f"a buffer length exceeds the limit of {MAX_BUFFER} bytes; the stream is corrupt")
         while len(buffer) < end:
             self._fill(deadline)
-        body = bytes(buffer[start:end])
+        body = buffer[start:end]
+        if count == 1 and len(buffer) >= end + sizes[0]:  # a small frame, read whole: one copy of its buffer out
+            data = buffer[end : end + sizes[0]]
+            del buffer[: end + sizes[0]]
+            return self._decoder.decode(body, [data])
         del buffer[:end]
-        if not count:
-            return self._decoder.decode(body, None)
         return self._decoder.decode(body, [self._read_buffer(size, deadline) for size in sizes])
 
     def _need(self, size: int, deadline: float | None) -> None:
@@ -203,7 +209,8 @@ class FrameReader:
                 data[have:] = self._buffer[: size - have]
                 del self._buffer[: size - have]
                 break
-            self._apply_deadline(deadline)
+            if deadline is not None:
+                self._apply_deadline(deadline)
             got = self._sock.recv_into(view[have:])
             if not got:
                 raise PeerClosedError("peer closed the connection inside a frame")
@@ -211,12 +218,18 @@ class FrameReader:
         return data
 
     def _apply_deadline(self, deadline: float | None) -> None:
-        """Return once the socket has data (or EOF) to read; ``TimeoutError`` when ``deadline`` passes first."""
+        """Return once the socket has data (or EOF) to read; ``TimeoutError`` when ``deadline`` passes first.
+
+        Polled even without a deadline: a thread blocked in ``recv`` is also woken each time the peer reads what
+        this side sent (the socket's write space frees up), a wasted wake-up per round trip; a poll for
+        ``POLLIN`` is woken by data only."""
         if deadline is None:
-            return
-        timeout = deadline - time.monotonic()
-        if timeout <= 0:
-            raise TimeoutError("timed out")
+            wait = -1
+        else:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                raise TimeoutError("timed out")
+            wait = math.ceil(timeout * 1000)
         fd = self._sock.fileno()
         if fd != self._polled:
             if fd < 0:  # closed meanwhile
@@ -224,7 +237,7 @@ class FrameReader:
             self._poller = select.poll()
             self._poller.register(fd, select.POLLIN)
             self._polled = fd
-        if not self._poller.poll(math.ceil(timeout * 1000)):
+        if not self._poller.poll(wait):
             raise TimeoutError("timed out")
 
     def _fill(self, deadline: float | None) -> None:

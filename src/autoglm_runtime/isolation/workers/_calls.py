@@ -14,7 +14,7 @@ import queue
 import threading
 from typing import Any
 
-__all__ = ["AsyncCallSink", "AsyncStreamSink", "CallSink", "StreamSink"]
+__all__ = ["AsyncCallSink", "AsyncStreamSink", "CallSink", "OwnSink", "StreamSink"]
 
 #: What a stream's queue holds: a reply message, or the error the stream failed with.
 Item = dict[str, Any] | BaseException
@@ -70,6 +70,28 @@ class CallSink:
         with self._guard:
             self._signalled = False
         return True
+
+
+class OwnSink:
+    """One reply for a blocking call whose thread held the read side from the moment it registered (nothing else
+    was in flight): it reads its reply itself and nobody ever has to wake it, so there is nothing to signal."""
+
+    reads = True
+    __slots__ = ("error", "method", "reply", "settled")
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.settled = False
+        self.reply: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        if not self.settled:
+            self.reply, self.settled = message, True
+
+    def fail(self, error: BaseException) -> None:
+        if not self.settled:
+            self.error, self.settled = error, True
 
 
 class AsyncCallSink:

@@ -4,7 +4,8 @@ Every call or stream registers a :class:`Sink` under its id before its request i
 sink of its id. Who reads the socket:
 
 * a thread blocked in :meth:`Connection.wait` for its own reply (a blocking call) reads it itself while nobody
-  else reads: one call in flight costs no hand-off between host threads;
+  else reads: one call in flight costs no hand-off between host threads; :meth:`Connection.call` takes the read
+  side as it registers when nothing else is in flight (one lock, no sink to signal);
 * while another thread reads, it sleeps until its reply is delivered or the read side is handed to it;
 * replies no blocked thread reads for (async calls, streams, heartbeat answers) are read by the connection's
   reader thread (``autoglm-worker-<name>-reader-<pid>``), which sleeps otherwise; async sinks resolve futures
@@ -31,7 +32,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from autoglm_runtime.isolation._scripts import protocol as _protocol
-from autoglm_runtime.isolation.workers._calls import CallSink
+from autoglm_runtime.isolation.workers._calls import CallSink, OwnSink
 
 __all__ = ["Connection", "SendTimeout", "Sink"]
 
@@ -158,6 +159,49 @@ class Connection:
                         self._hand_over()
                     return sink.settled
 
+    def call(
+        self, call_id: int, method: str, frame: _protocol.Frame, deadline: float | None, read_deadline: float | None
+    ) -> dict[str, Any] | None:
+        """A blocking call: register it, write its request by ``deadline`` (a ``timer`` instant), wait for its reply
+        until ``read_deadline`` (a ``time.monotonic()`` one); the reply, or ``None`` when it did not come in time
+        (then the caller must stop the worker, as after :meth:`wait`).
+
+        With nothing else in flight and nobody reading, the calling thread holds the read side from the moment it
+        registers: the worker has nothing else to send that could fill the socket while the request goes out.
+        Raises :class:`SendTimeout` (the call is unregistered) or the error the call failed with.
+        """
+        with self._lock:
+            closed = self._closed_with
+            alone = closed is None and not self._reading and not self._sinks
+            sink: OwnSink | CallSink = OwnSink(method) if alone else CallSink(method)
+            if closed is None:
+                self._sinks[call_id] = sink
+                if alone:
+                    self._reading = True
+        if closed is not None:
+            raise closed(method)
+        try:
+            self.send(frame, deadline)
+        except SendTimeout:
+            with self._lock:
+                self._sinks.pop(call_id, None)
+                if alone:
+                    self._hand_over()
+            raise
+        except OSError:
+            pass  # the stream broke: reading it fails the call with the error the supervisor names
+        if isinstance(sink, OwnSink):
+            answered = self._read_own(call_id, sink, read_deadline)
+        else:
+            answered = self.wait(sink, read_deadline)
+        if not sink.settled:  # a settled sink was unregistered by whoever settled it
+            self.unregister(call_id)
+        if not answered:
+            return None
+        if sink.error is not None:
+            raise sink.error
+        return sink.reply
+
     def send(self, frame: _protocol.Frame, deadline: float | None = None) -> None:
         """Write one frame, not waiting past ``deadline`` (a ``timer`` instant; ``None``: as long as it takes).
 
@@ -235,7 +279,7 @@ class Connection:
             return
         self._reading = False
 
-    def _read_for(self, sink: CallSink, deadline: float | None) -> bool:
+    def _read_for(self, sink: CallSink | OwnSink, deadline: float | None) -> bool:
         """Read (holding the read side) until ``sink`` settles; see :meth:`wait`."""
         try:
             while not sink.settled:
@@ -247,24 +291,54 @@ class Connection:
             self._hand_over()
         return True
 
+    def _read_own(self, call_id: int, sink: OwnSink, deadline: float | None) -> bool:
+        """:meth:`_read_for` for a call holding the read side since it registered: its own reply is taken here and
+        the read side passed on under one lock (nobody else can have routed anything to it meanwhile)."""
+        read = self.reader.read
+        while not sink.settled:
+            try:
+                message = read(deadline)
+            except TimeoutError:
+                return False
+            except (_protocol.FrameError, OSError) as exc:  # (a DecodeError is a FrameError)
+                if not self._unreadable(exc):
+                    return True  # the stream broke: every sink failed, and nobody reads any more
+                continue
+            if type(message) is dict and message.get("id") == call_id:
+                with self._lock:
+                    if self._sinks.pop(call_id, None) is not None:  # else a closer failed it meanwhile
+                        sink.deliver(message)
+                    self._hand_over()
+                return True
+            if type(message) is dict:
+                self._route(message)
+        with self._lock:
+            self._hand_over()
+        return True
+
     def _read_one(self, deadline: float | None) -> bool:
         """Read one frame and route it; False when the stream broke (every sink failed)."""
         try:
             message = self.reader.read(deadline)
         except TimeoutError:
             raise
-        except _protocol.DecodeError as exc:
-            self._undecodable(exc)
-            return True
-        except (_protocol.FrameError, OSError):
-            with self._lock:
-                closed = self._closed_with is not None
-            if not closed:  # the worker's end broke first: it died (or hung up); the supervisor says how
-                self._fail_all(self._on_broken(self))
-            return False
+        except (_protocol.FrameError, OSError) as exc:
+            return self._unreadable(exc)
         if type(message) is dict:
             self._route(message)
         return True
+
+    def _unreadable(self, exc: Exception) -> bool:
+        """A frame could not be read: True after an undecodable one (the stream is still in step), False when the
+        stream broke (every sink failed with the error the supervisor names)."""
+        if isinstance(exc, _protocol.DecodeError):
+            self._undecodable(exc)
+            return True
+        with self._lock:
+            closed = self._closed_with is not None
+        if not closed:  # the worker's end broke first: it died (or hung up); the supervisor says how
+            self._fail_all(self._on_broken(self))
+        return False
 
     def _route(self, message: dict[str, Any]) -> None:
         call_id = message.get("id")

@@ -26,7 +26,7 @@ from autoglm_runtime.errors import UsageError
 from autoglm_runtime.isolation._scripts import protocol as _protocol
 from autoglm_runtime.isolation._scripts.dispatch import WINDOW
 from autoglm_runtime.isolation.workers import _replies
-from autoglm_runtime.isolation.workers._calls import AsyncCallSink, AsyncStreamSink, CallSink, Item, StreamSink
+from autoglm_runtime.isolation.workers._calls import AsyncCallSink, AsyncStreamSink, Item, StreamSink
 from autoglm_runtime.isolation.workers._connection import Connection, SendTimeout
 from autoglm_runtime.observability._tracing import traceparent
 
@@ -86,6 +86,8 @@ def _left(worker: WorkerProcess, deadline: float | None) -> float | None:
 
 def _monotonic(worker: WorkerProcess, deadline: float | None) -> float | None:
     """``deadline`` (a ``worker._timer`` instant) as a ``time.monotonic()`` one, for socket waits."""
+    if deadline is None or worker._timer is time.monotonic:  # the same clock already (as it nearly always is)
+        return deadline
     left = _left(worker, deadline)
     return None if left is None else time.monotonic() + left
 
@@ -149,22 +151,16 @@ def call(  # noqa: PLR0917
     call_id, frame = _request(worker, method, args, kwargs, False)
     conn = worker.connection(method, timeout, deadline)
     _in_time(worker, method, timeout, deadline)
-    sink = CallSink(method)
-    conn.register(call_id, sink)
     try:
-        unsent = _send(conn, call_id, frame, deadline)
-        if unsent is not None:
-            raise _unsent(worker, conn, method, timeout, unsent)
-        if not conn.wait(sink, _monotonic(worker, deadline)):
-            conn.unregister(call_id)
-            raise worker.timed_out(conn, method, timeout)
-    finally:
-        if not sink.settled:  # a settled sink was unregistered by whoever settled it
-            conn.unregister(call_id)
-    if sink.error is not None:
-        raise sink.error
-    assert sink.reply is not None
-    return _outcome(worker, method, call_id, sink.reply)
+        reply = conn.call(call_id, method, frame, deadline, _monotonic(worker, deadline))
+    except SendTimeout as exc:
+        raise _unsent(worker, conn, method, timeout, "torn" if exc.partial else "unsent") from None
+    if reply is None:
+        raise worker.timed_out(conn, method, timeout)
+    if reply.get("ok") is True and reply.get("id") == call_id:  # the common answer, without building an error
+        worker.succeeded()
+        return reply.get("result")
+    return _outcome(worker, method, call_id, reply)
 
 
 async def acall(  # noqa: PLR0917

@@ -234,6 +234,9 @@ class ReplicaPool:
 
     def _least_loaded(self) -> WorkerProcess | None:
         """(Under the lock) the replica with the fewest calls below ``max_inflight``, preferring live ones."""
+        if len(self.workers) == 1:  # (no other replica to prefer)
+            only = self.workers[0]
+            return only if self._load[only] < self.max_inflight else None
         best: WorkerProcess | None = None
         best_key = (True, self.max_inflight)
         for worker in self.workers:

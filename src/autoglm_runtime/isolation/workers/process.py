@@ -23,6 +23,8 @@ Promises:
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +40,24 @@ from autoglm_runtime.isolation.workers.spec import (
 )
 
 __all__ = ["WORKER_SCRIPT", "Concurrency", "WorkerHealth", "WorkerProcess", "WorkerSpec", "WorkerState"]
+
+_WAITID = getattr(os, "waitid", None)
+_EXITED = getattr(os, "WEXITED", 0) | getattr(os, "WNOHANG", 0) | getattr(os, "WNOWAIT", 0)
+
+
+def _alive(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether ``proc`` has not exited, as ``proc.poll() is None`` says, but without reaping it: one ``waitid``
+    with ``WNOWAIT`` (Popen's own locking and bookkeeping cost more than the system call, on every call);
+    ``proc.poll()`` once it has exited, so that it is reaped and its status recorded as before."""
+    if proc.returncode is not None:
+        return False
+    if _WAITID is not None and _EXITED:
+        try:
+            if _WAITID(os.P_PID, proc.pid, _EXITED) is None:
+                return True
+        except ChildProcessError:  # reaped meanwhile by another thread's poll() or wait()
+            pass
+    return proc.poll() is None
 
 
 class WorkerProcess(WorkerLifecycle):
@@ -91,7 +111,7 @@ class WorkerProcess(WorkerLifecycle):
         """The connection to a ready worker, without waiting; ``None`` when it must be (re)started first."""
         with self._state_lock:
             proc, conn = self._proc, self._conn
-            if self._state == "ready" and conn is not None and proc is not None and proc.poll() is None:
+            if self._state == "ready" and conn is not None and proc is not None and _alive(proc):
                 return conn
         return None
 
