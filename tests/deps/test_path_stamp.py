@@ -154,6 +154,23 @@ def test_a_pth_file_that_runs_code_makes_every_run_start_the_interpreter(
     assert path_stamp.PATH_KEY not in probe_cache.load_cache(cache_path(str(python)))
 
 
+def test_a_sitecustomize_that_fails_part_way_makes_every_run_start_the_interpreter(
+    tmp_path: Path, venv: tuple[Path, Path], spawned: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    python, site = venv
+    extra = _extra_site(tmp_path)
+    # It adds a directory to the path, then fails: site reports the error and goes on, with the path changed.
+    (site / "sitecustomize.py").write_text(f"import sys\nsys.path.append({str(extra)!r})\nraise RuntimeError('x')\n")
+    _age(extra)
+    for _ in range(2):  # the first start writes sitecustomize's byte code into site-packages: aged again after it
+        _age(python.parent.parent)
+        assert _check(python, capsys) == [MISSING]
+    assert path_stamp.PATH_KEY not in probe_cache.load_cache(cache_path(str(python)))
+    (site / "sitecustomize.py").write_text("raise RuntimeError('x')\n")  # no longer adds the directory
+    assert _check(python, capsys) == []
+    assert spawned == [str(python)] * 3
+
+
 def test_an_interpreter_reached_through_a_wrapper_script_always_runs(
     venv: tuple[Path, Path], spawned: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -20,8 +20,9 @@ put back with its old mtimes):
   those that exist).
 
 Nothing is recorded, so the interpreter always runs, when that cannot show the path is the same: a ``.pth``
-line that runs code (``import ...``), a ``sitecustomize`` or ``usercustomize`` module that was imported, a
-``site`` without ``getsitepackages``, a process whose loaded libraries or start time cannot be read (no
+line that runs code (``import ...``), a ``sitecustomize`` or ``usercustomize`` module on the path (imported
+or not: one that failed part-way may have changed the path first), a ``site`` without ``getsitepackages``, a
+process whose loaded libraries or start time cannot be read (no
 ``/proc``), or a stamped path changed less than :data:`probe_cache.TRUST_MARGIN_NS` before the process started
 (a coarse file-system clock could hide a change made just after; a change made while it started is in the
 stamps but not in its ``sys.path``, however long the start-up took). A later run uses the entry only for the
@@ -118,6 +119,10 @@ def record(now_ns: int) -> list[object] | None:
     """The entry for the running interpreter (started ``-I``, with ``site``), or ``None`` when none can be made."""
     if "sitecustomize" in sys.modules or "usercustomize" in sys.modules or sys.flags.no_site:
         return None
+    from importlib.machinery import PathFinder
+
+    if any(PathFinder.find_spec(name) is not None for name in ("sitecustomize", "usercustomize")):
+        return None  # one that raised part-way is not in sys.modules, but it may have changed sys.path first
     if not hasattr(os, "uname"):
         return None  # Windows: the marker environment comes from the registry, never from a stamp
     import site
