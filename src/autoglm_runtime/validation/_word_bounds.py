@@ -69,9 +69,9 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["WordCounter", "word_counter"]
+__all__ = ["WordBound", "WordCounter", "model_covers_words", "word_counter"]
 
 _WHITESPACE = " \t\n\r"
 _NBSP = "\u00a0"
@@ -85,6 +85,16 @@ SURE_LEADS = bytes([*range(0xC3, 0xCB), 0xD0, 0xD1])
 _FIRST_CHUNK = 4_096
 #: Characters read per token still to prove before giving up: text with longer words is left to the exact count.
 _GIVE_UP_CHARS_PER_WORD = 64
+
+
+class WordBound(Protocol):
+    """A proven lower bound on the tokens of any text that starts with a given text (what the guard asks of one)."""
+
+    def least_tokens(self, text: str, enough: int) -> int:
+        """A lower bound on the tokens of any text starting with ``text``; may stop counting once past ``enough``."""
+
+    def least_tokens_of(self, texts: Sequence[str], enough: int) -> int:
+        """:meth:`least_tokens` summed over ``texts``, stopping once past ``enough``."""
 
 
 class WordCounter:
@@ -223,7 +233,7 @@ def _pre_tokenizer(spec: Mapping[str, Any] | None) -> tuple[set[str], set[str]] 
     return None
 
 
-def _model_covers_words(model: Mapping[str, Any]) -> bool:
+def model_covers_words(model: Mapping[str, Any]) -> bool:
     """Whether the model writes every non-empty pre-token as at least one token (step 3 of the proof)."""
     kind, vocab = model.get("type"), model.get("vocab")
     if kind in ("WordPiece", "WordLevel", "BPE"):
@@ -246,7 +256,7 @@ def word_counter(spec: Mapping[str, Any]) -> WordCounter | None:
     ...               "model": {"type": "WordPiece", "unk_token": "[UNK]", "vocab": {"[UNK]": 0}}}).separators
     '\\t\\n\\r \\xa0'
     """
-    if not _model_covers_words(spec.get("model") or {}) or not _normalizer_keeps(spec.get("normalizer")):
+    if not model_covers_words(spec.get("model") or {}) or not _normalizer_keeps(spec.get("normalizer")):
         return None
     found = _pre_tokenizer(spec.get("pre_tokenizer"))
     if found is None or not found[0]:

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Literal, cast
 
 from autoglm_runtime.errors import ContextWindowExceededError, InputDecodeError, InvalidRequestError, UsageError
 from autoglm_runtime.validation._overflow import output_error, overflow_error
-from autoglm_runtime.validation._word_bounds import WordCounter
+from autoglm_runtime.validation._word_bounds import WordBound
 from autoglm_runtime.validation.limits import Limits, LimitsSource, StaticLimits, TruncationSide
 from autoglm_runtime.validation.request import Chat, GuardInput, GuardResult, Segment, segments_of
 from autoglm_runtime.validation.tokenizers import BatchTokenizer, HFTokenizer, Tokenizer
@@ -135,8 +135,8 @@ context window of 4 tokens: shorten the input or lower max_tokens
             raise UsageError(f"message_tokens must not be negative, got {message_tokens}")
         self.tokenizer = tokenizer
         self.max_chars_per_token: int | None = max_chars_per_token
-        self.word_counter: WordCounter | None = (
-            tokenizer.word_counter if word_bound and isinstance(tokenizer, HFTokenizer) else None
+        self.word_counter: WordBound | None = (
+            tokenizer.word_bound if word_bound and isinstance(tokenizer, HFTokenizer) else None
         )
         self.default_output_tokens = default_output_tokens
         self.chat_template = chat_template
