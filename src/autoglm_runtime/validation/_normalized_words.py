@@ -9,10 +9,12 @@ that the normalization of a start is a start of the normalization of the whole t
 a token. :func:`normalized_word_counter` returns a counter only when both apply.
 
 **The cut.** A start ``A = text[:i]`` is cut at a *junction*: ``text[i]`` is a space, ``text[i-1]`` and
-``text[i+1]`` are *fixed* characters, and ``text[i-2]`` is fixed, or a space after a fixed ``text[i-3]``. The fixed
-characters ``W`` are the ASCII graphic ones and the letters of U+00C0-U+024F that every normalizer step maps to
-themselves when alone (asked of the installed ``tokenizers`` when the counter is built), minus the characters of
-``Replace`` string patterns; every step must map a lone space to a space.
+``text[i+1]`` are *fixed* characters, and ``text[i-2]`` is fixed, or the same space after a fixed ``text[i-3]``. The
+fixed characters ``W`` are the ASCII graphic ones and the letters of a few scripts (Latin, Greek, Cyrillic, Armenian,
+Hebrew, Arabic, kana, CJK ideographs, Hangul syllables; see ``_RANGES``) and emoji faces that every normalizer step
+maps to themselves when alone between spaces (asked of the installed ``tokenizers`` when the counter is built),
+minus the characters of ``Replace`` string patterns. The spaces are a space and a no-break space that every step
+maps to a space or a no-break space.
 
 **Claim 1: ``N(text) = N(A) + B`` for some ``B`` starting with a space.** By steps; each keeps ``A`` ending in
 ``x = text[i-1]`` and the rest starting with that space, and the steps before a ``Precompiled`` keep the window
@@ -21,13 +23,14 @@ themselves when alone (asked of the installed ``tokenizers`` when the counter is
 * ``NFC``/``NFD``/``NFKC``/``NFKD``: the space is a starter that composes with nothing, so nothing composes or
   reorders across it; ``W`` characters are their own normal forms, starters, and never a composition's second half.
 * ``Lowercase``, ``BertNormalizer``, ``Nmt``, ``StripAccents``: character by character, except final sigma, whose
-  context scan stops at the space on either side. ``W`` holds no mark, control character or ideograph.
+  context scan stops at the space on either side. ``W`` holds no mark or control character, and no ideograph a
+  ``BertNormalizer`` pads with spaces (it does not map those to themselves).
 * ``Strip`` removes whitespace at the ends only, and ``A`` ends in ``x``; ``Prepend`` adds at the start only.
 * ``Replace`` with a string pattern holding no space: a match never holds the space, so none crosses the cut, and
   none holds a ``W`` character. ``Replace`` with a regex of the form ``" {n,}"``/``" +"``/``"\\s{n,}"``/``"\\s+"``
   matches only whitespace, so never ``x``; it leaves a lone space alone (``n >= 2``) or writes a space.
-* ``Precompiled`` (at most one): it rewrites grapheme by grapheme. ``text[i-2]`` is below U+0600, so no Prepend
-  character (all are U+0600 or above), and ``x``, the space and ``text[i+1]`` are neither marks nor joiners: ``x``
+* ``Precompiled`` (at most one): it rewrites grapheme by grapheme. ``text[i-2]`` is no Prepend
+  character (those are U+0600-U+0605, U+06DD and others outside the ranges of ``W``), and ``x``, the space and ``text[i+1]`` are neither marks nor joiners: ``x``
   and the space are graphemes of their own, mapped to themselves, and the grapheme boundary at ``i`` is where it is
   in the whole text.
 
@@ -77,8 +80,14 @@ WHITE_SPACE = (
 GIVE_UP_CHARS_PER_WORD = 16
 _FIRST_CHUNK = 4_096
 _LOOKBACK = 1_024
+#: Letters of scripts whose letters are graphemes of their own next to each other and never a composition's second
+#: half (Latin, Greek, Cyrillic, Armenian, Hebrew, Arabic, kana, CJK ideographs, Hangul syllables), and emoji faces.
+_RANGES = ((0xC0, 0x250), (0x370, 0x588), (0x5D0, 0x5EB), (0x620, 0x64B), (0x3041, 0x30FB), (0x4E00, 0xA000))
 _CANDIDATES = [chr(c) for c in range(0x21, 0x7F)] + [
-    chr(c) for c in range(0xC0, 0x250) if unicodedata.category(chr(c)).startswith("L")
+    chr(c)
+    for low, high in (*_RANGES, (0xAC00, 0xD7A4), (0x1F600, 0x1F650))
+    for c in range(low, high)
+    if unicodedata.category(chr(c))[0] in "LS" or 0xAC00 <= c
 ]
 _PROBED = frozenset({"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents", "Nmt", "BertNormalizer", "Precompiled"})
 _JUNCTIONS = " \u00a0"
@@ -246,6 +255,18 @@ def _space_run(pattern: str, content: Any, char: str) -> str | None:
     return content if matched and least == 1 else char
 
 
+def _kept(normalizer: Any, chars: list[str]) -> list[str]:
+    """The ``chars`` the normalizer maps to themselves, each alone between spaces (a space composes with nothing and
+    is a grapheme of its own); asked in halves wherever some character's image holds a space."""
+    probed = normalizer.normalize_str(" ".join(chars)).split(" ")
+    if len(probed) == len(chars):
+        return [char for char, image in zip(chars, probed, strict=True) if image == char]
+    if len(chars) == 1:
+        return []
+    half = len(chars) // 2
+    return _kept(normalizer, chars[:half]) + _kept(normalizer, chars[half:])
+
+
 def fixed_characters(spec: Mapping[str, Any] | None) -> tuple[str, str] | None:
     """``(W, junctions)``: the characters a cut may lie between, and the spaces it may lie before (a space or a
     no-break space every step maps to a space or a no-break space), for the normalizer ``spec``; ``None`` when it
@@ -269,7 +290,7 @@ def fixed_characters(spec: Mapping[str, Any] | None) -> tuple[str, str] | None:
             precompiled += kind == "Precompiled"
             normalizer = _normalizer_of(step)
             images = {char: normalizer.normalize_str(image) for char, image in images.items()}
-            fixed = {char for char in fixed if normalizer.normalize_str(char) == char}
+            fixed = set(_kept(normalizer, sorted(fixed)))
         elif not (kind == "Strip" or (kind == "Prepend" and isinstance(step.get("prepend"), str))):
             return None
         images = {char: image for char, image in images.items() if image in _JUNCTIONS}
