@@ -13,7 +13,7 @@ import json
 import string
 import sys
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -30,7 +30,6 @@ from autoglm_runtime.validation._normalized_words import (
     WHITE_SPACE,
     NormalizedWordCounter,
     fixed_characters,
-    normalized_word_counter,
     word_separators,
 )
 
@@ -115,11 +114,10 @@ long_text = st.lists(
 
 
 @pytest.fixture(autouse=True)
-def _small_chunks(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def _small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Starts of a few characters, so that short texts are cut (the rules are the same at any size)."""
     monkeypatch.setattr(normalized_words, "_FIRST_CHUNK", 4)
     monkeypatch.setattr(normalized_words, "_LOOKBACK", 8)
-    yield
 
 
 @pytest.fixture(scope="module", params=sorted(NORMALIZED))
@@ -289,9 +287,7 @@ class TestGuard:
 
     def test_unicode_words_under_a_word_counter(self) -> None:
         """A tokenizer with both counters proves with the second what the first does not count (Greek words)."""
-        tok = _CountingCalls(
-            unigram(normalizers.NFKC(), pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit()]))
-        )
+        tok = _CountingCalls(unigram(normalizers.NFKC(), pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit()])))
         assert tok.word_counter is not None
         assert tok.normalized_word_counter is not None
         _CountingCalls.chars = 0

@@ -8,31 +8,34 @@ will see. Words of any script count (Greek, Arabic, emoji, whatever the normaliz
 that the normalization of a start is a start of the normalization of the whole text, and that each word of it costs
 a token. :func:`normalized_word_counter` returns a counter only when both apply.
 
-**The cut.** A start ``A = text[:i]`` is cut at a *junction*: ``text[i]`` is a space, ``text[i-1]`` and
-``text[i+1]`` are *fixed* characters, and ``text[i-2]`` is fixed, or the same space after a fixed ``text[i-3]``. The
-fixed characters ``W`` are the ASCII graphic ones and the letters of a few scripts (Latin, Greek, Cyrillic, Armenian,
-Hebrew, Arabic, kana, CJK ideographs, Hangul syllables; see ``_RANGES``) and emoji faces that every normalizer step
-maps to themselves when alone between spaces (asked of the installed ``tokenizers`` when the counter is built),
-minus the characters of ``Replace`` string patterns. The spaces are a space and a no-break space that every step
-maps to a space or a no-break space.
+**The cut.** A start ``A = text[:i]`` is cut at a *junction*: ``text[i]`` is a junction space, ``text[i-1]`` and
+``text[i+1]`` are *fixed* characters, and ``text[i-2]`` is fixed, or the same space after a fixed ``text[i-3]``.
+The fixed characters ``W`` are the ASCII graphic ones, the letters and symbols of a few scripts (Latin, Greek,
+Cyrillic, Armenian, Hebrew, Arabic, kana, CJK ideographs, Hangul syllables; see ``_RANGES``) and emoji faces, that
+every normalizer step maps to themselves when alone between spaces (asked of the installed ``tokenizers`` when the
+counter is built), minus the characters of ``Replace`` string patterns. None is a mark, a joiner, a Prepend
+character (those are U+0600-U+0605, U+06DD and others outside these ranges) or the second half of a canonical
+composition (the tests check all four). The junction spaces are a space and a no-break space, each kept while
+every step maps what it has become to a space or a no-break space.
 
-**Claim 1: ``N(text) = N(A) + B`` for some ``B`` starting with a space.** By steps; each keeps ``A`` ending in
-``x = text[i-1]`` and the rest starting with that space, and the steps before a ``Precompiled`` keep the window
+**Claim 1: ``N(text) = N(A) + B`` for some ``B``.** By steps; each keeps ``A`` ending in ``x = text[i-1]`` and the
+rest starting with (the image of) the junction space, and the steps before a ``Precompiled`` keep the window
 ``text[i-3:i+2]`` as it is:
 
-* ``NFC``/``NFD``/``NFKC``/``NFKD``: the space is a starter that composes with nothing, so nothing composes or
-  reorders across it; ``W`` characters are their own normal forms, starters, and never a composition's second half.
-* ``Lowercase``, ``BertNormalizer``, ``Nmt``, ``StripAccents``: character by character, except final sigma, whose
-  context scan stops at the space on either side. ``W`` holds no mark or control character, and no ideograph a
+* ``NFC``/``NFD``/``NFKC``/``NFKD``: a junction space is a starter that composes with nothing, and no ``W``
+  character is a composition's second half, so nothing composes or reorders across the cut.
+* ``Lowercase``, ``BertNormalizer``, ``Nmt``, ``StripAccents``: character by character (final sigma's context scan
+  stops at the space on either side). ``W`` holds no mark or control character, and no ideograph a
   ``BertNormalizer`` pads with spaces (it does not map those to themselves).
 * ``Strip`` removes whitespace at the ends only, and ``A`` ends in ``x``; ``Prepend`` adds at the start only.
-* ``Replace`` with a string pattern holding no space: a match never holds the space, so none crosses the cut, and
-  none holds a ``W`` character. ``Replace`` with a regex of the form ``" {n,}"``/``" +"``/``"\\s{n,}"``/``"\\s+"``
-  matches only whitespace, so never ``x``; it leaves a lone space alone (``n >= 2``) or writes a space.
-* ``Precompiled`` (at most one): it rewrites grapheme by grapheme. ``text[i-2]`` is no Prepend
-  character (those are U+0600-U+0605, U+06DD and others outside the ranges of ``W``), and ``x``, the space and ``text[i+1]`` are neither marks nor joiners: ``x``
-  and the space are graphemes of their own, mapped to themselves, and the grapheme boundary at ``i`` is where it is
-  in the whole text.
+* ``Replace`` with a string pattern: it holds no ``W`` character and not the junction space's image (else that
+  space is no junction), so no match holds ``x``, the space or any window character, and none crosses the cut.
+  ``Replace`` with a regex of the form ``" {n,}"``/``" +"``/``"\\s{n,}"``/``"\\s+"`` (``n >= 1``) matches only
+  whitespace, so never ``x``; the window's spaces are lone, so it leaves them alone (``n >= 2``) or writes what it
+  writes (kept as a junction only when that is a space).
+* ``Precompiled`` (at most one): it rewrites grapheme by grapheme. ``text[i-2]`` is no Prepend character, and
+  ``x``, the space and ``text[i+1]`` are neither marks nor joiners, so ``x`` and the space are graphemes of their
+  own, mapped to themselves, and the grapheme boundary at ``i`` is where it is in the whole text.
 
 **Claim 2: each word of ``N(A)`` costs its own token.** A *word* is a maximal run of characters the pre-tokenizer
 keeps and does not split at. The separators are what the pre-tokenizer splits at: the Unicode ``White_Space``
@@ -87,7 +90,7 @@ _CANDIDATES = [chr(c) for c in range(0x21, 0x7F)] + [
     chr(c)
     for low, high in (*_RANGES, (0xAC00, 0xD7A4), (0x1F600, 0x1F650))
     for c in range(low, high)
-    if unicodedata.category(chr(c))[0] in "LS" or 0xAC00 <= c
+    if unicodedata.category(chr(c))[0] in "LS" or c >= 0xAC00
 ]
 _PROBED = frozenset({"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents", "Nmt", "BertNormalizer", "Precompiled"})
 _JUNCTIONS = " \u00a0"
@@ -118,7 +121,12 @@ class NormalizedWordCounter:
         self._fixed = frozenset(fixed)
         self._junctions = "".join(sorted(set(junctions)))
         self._separators = "".join(sorted(set(separators)))
-        self._multi = tuple(char.encode() for char in self._separators if not char.isascii())
+        multi: dict[bytes, list[bytes]] = {}
+        for char in self._separators:
+            if not char.isascii():
+                multi.setdefault(char.encode()[:1], []).append(char.encode())
+        # Grouped by lead byte: text without the lead (most text) is scanned once for it, not once per separator.
+        self._multi = tuple((lead, tuple(group)) for lead, group in sorted(multi.items()))
         self._raw_added = tuple(content for content in raw_added if content)
         table = bytearray(b"a" * 128 + b"\0" * 64 + (b"a" if count_non_ascii else b"\0") * 64)
         for char in self._separators:
@@ -153,7 +161,8 @@ class NormalizedWordCounter:
             found = text.find(content, 0, limit + len(content) - 1)
             if found >= 0:
                 limit, whole = found, False
-        size = max(_FIRST_CHUNK, 4 * (enough + 1))
+        # Five characters per token still to prove: a word and its space, with room for a cut that falls short.
+        size = max(_FIRST_CHUNK, 5 * (enough + 1))
         count = 0
         while count <= enough:
             if whole and size >= limit:
@@ -200,8 +209,10 @@ class NormalizedWordCounter:
             return 0
         data = normal.encode("utf-8", "surrogatepass")
         if not data.isascii():
-            for separator in self._multi:
-                data = data.replace(separator, b" ")
+            for lead, group in self._multi:
+                if lead in data:
+                    for separator in group:
+                        data = data.replace(separator, b" ")
         data = data.translate(self._table, self._delete)
         return data.count(b" a") + data.startswith(b"a")
 

@@ -60,8 +60,9 @@ other allowed normalizer changes them or removes a space between words, so each 
 :meth:`WordCounter.least_tokens` counts in C: the text's UTF-8 bytes are translated (separators to a space, sure
 characters and the lead bytes above to ``a``, every other byte deleted: deleting can only merge words, so the count
 only drops) and the word starts are counted, in growing chunks, stopping once the count passes what is needed, or
-after 64 characters per token still to prove (a start of the text is bounded too, by step 5; text with longer
-words is left to the exact count, which then costs no more than before). A word cut by a chunk boundary is
+after 64 characters per token still to prove, or at once when the first chunk holds no counted word (a start of
+the text is bounded too, by step 5; text with longer words, or of other scripts, is left to the other bounds and
+the exact count, which then costs no more than before). A word cut by a chunk boundary is
 counted twice, so each boundary takes one off.
 """
 
@@ -176,6 +177,8 @@ class WordCounter:
             position += size
             size *= 2
             boundaries += position < end
+            if not count:  # not a word it counts in the first chunk: text of another kind, left to other bounds
+                break
         return max(count - boundaries, 0)
 
     def least_tokens_of(self, texts: Sequence[str], enough: int) -> int:
