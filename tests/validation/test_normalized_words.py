@@ -137,6 +137,7 @@ def test_the_counters_of_the_families() -> None:
     assert t5 is not None
     assert t5.separators == "".join(sorted(WHITE_SPACE + "\u2581"))
     assert t5.junctions == " \u00a0"
+    assert t5.raw_added == ("</s>", "<extra_id_0>")
     assert set(string.ascii_letters + string.digits) <= set(t5.fixed)
     albert = HFTokenizer(albert_like()).normalized_word_counter
     assert albert is not None
@@ -156,6 +157,13 @@ def test_bound_holds_on_adversarial_text(counted: HFTokenizer, text: str, cut: i
     assert counter.least_tokens(text, 10**9) <= tokens
     assert counter.least_tokens(text[: cut % (len(text) + 1)], 10**9) <= tokens  # a start of the text
     assert counter.least_tokens(text, enough) <= tokens
+    # Claim 1 and 2 at every cut the counter would take, before any raw added token.
+    found = [text.find(content) for content in counter.raw_added]
+    before = min((index for index in found if index >= 0), default=len(text))
+    for end in range(4, before + 1):
+        cut = counter._junction(text, end)
+        if cut is not None:
+            assert counter._words(text[:cut]) <= tokens, (text[:cut], cut)
     guard = ContextWindowGuard(counted, max(tokens, 1))
     assert guard.check(text).input_tokens == tokens
 
