@@ -137,7 +137,7 @@ def test_the_counters_of_the_families() -> None:
     assert t5 is not None
     assert t5.separators == "".join(sorted(WHITE_SPACE + "\u2581"))
     assert t5.junctions == " \u00a0"
-    assert t5.raw_added == ("</s>", "<extra_id_0>")
+    assert t5.raw_added == ("<unk>", "</s>", "<extra_id_0>")  # the trainer adds its special token
     assert set(string.ascii_letters + string.digits) <= set(t5.fixed)
     albert = HFTokenizer(albert_like()).normalized_word_counter
     assert albert is not None
@@ -245,6 +245,12 @@ class TestNotInTheProof:
         assert HFTokenizer(tok).normalized_word_counter is None
         assert len(tok.encode("a b").ids) <= 2
 
+    def test_a_normalized_added_token_whose_normal_form_spans_words(self) -> None:
+        tok = unigram(normalizers.NFKC(), pre_tokenizers.Metaspace())
+        tok.add_tokens([AddedToken("a\u00a0b", normalized=True)])
+        assert HFTokenizer(tok).normalized_word_counter is None
+        assert len(tok.encode("a b").ids) == 1  # two words, one added token
+
     def test_a_raw_added_token_across_words_is_cut_before(self) -> None:
         tok = t5_precompiled()
         tok.add_tokens([AddedToken("q r", normalized=False)])
@@ -324,3 +330,10 @@ def test_no_candidate_is_a_second_half_or_a_prepend_character() -> None:
     assert not candidates & seconds
     assert not candidates & prepend
     assert all(unicodedata.category(char)[0] in "LNPS" for char in candidates)
+
+
+def test_lowercase_maps_each_character_alone() -> None:
+    """Claim 1 relies on it: no final-sigma context, so a cut never changes how a sigma before it is lowercased."""
+    for step in (normalizers.Lowercase(), normalizers.BertNormalizer()):
+        assert step.normalize_str("\u0391\u03a3") == "\u03b1\u03c3"
+        assert step.normalize_str("\u0391\u03a3 \u0391") == "\u03b1\u03c3 \u03b1"

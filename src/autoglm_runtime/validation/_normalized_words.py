@@ -24,9 +24,10 @@ rest starting with (the image of) the junction space, and the steps before a ``P
 
 * ``NFC``/``NFD``/``NFKC``/``NFKD``: a junction space is a starter that composes with nothing, and no ``W``
   character is a composition's second half, so nothing composes or reorders across the cut.
-* ``Lowercase``, ``BertNormalizer``, ``Nmt``, ``StripAccents``: character by character (final sigma's context scan
-  stops at the space on either side). ``W`` holds no mark or control character, and no ideograph a
-  ``BertNormalizer`` pads with spaces (it does not map those to themselves).
+* ``Lowercase``, ``BertNormalizer``, ``Nmt``, ``StripAccents``: character by character (``tokenizers`` lowercases
+  each character alone, with no final-sigma context; ``BertNormalizer`` strips accents after ``NFD``, see above).
+  ``W`` holds no mark or control character, and no ideograph a ``BertNormalizer`` pads with spaces (it does not
+  map those to themselves).
 * ``Strip`` removes whitespace at the ends only, and ``A`` ends in ``x``; ``Prepend`` adds at the start only.
 * ``Replace`` with a string pattern: it holds no ``W`` character and not the junction space's image (else that
   space is no junction), so no match holds ``x``, the space or any window character, and none crosses the cut.
@@ -42,8 +43,10 @@ keeps and does not split at. The separators are what the pre-tokenizer splits at
 characters for ``WhitespaceSplit``, ``Whitespace`` and ``BertPreTokenizer`` (they split there and drop them), the
 space and its replacement for a splitting ``Metaspace``, a ``CharDelimiterSplit`` delimiter, ASCII punctuation for
 ``Punctuation`` with ``Removed`` (which also removes non-ASCII punctuation, so non-ASCII characters are then not
-counted: deleting a character from the count can only merge words). Other allowed steps only split. The model
-writes each non-empty pre-token as at least one token (the model conditions of the word bound).
+counted: deleting a character from the count can only merge words). Other allowed steps only split. So each word
+of ``N(A)`` lies inside one pre-token of ``N(A) + B`` (the last one may go on into ``B``), and two words never share
+one. The model writes each non-empty pre-token as at least one token (the model conditions of the word bound). A
+text read whole, with no raw added token in it, is counted from its whole normalization.
 
 **Added tokens.** Raw ones (``normalized=False``) are matched on the text first and each piece is normalized alone:
 ``A`` is cut before the first place any of their contents occurs, so ``A`` starts the first piece (an ``lstrip``
@@ -367,8 +370,8 @@ def normalized_word_counter(spec: Mapping[str, Any], normalizer: Any) -> Normali
     """
     if not model_covers_words(spec.get("model") or {}):
         return None
-    characters = fixed_characters(spec.get("normalizer"))
     found = word_separators(spec.get("pre_tokenizer"))
+    characters = None if found is None else fixed_characters(spec.get("normalizer"))  # it asks the normalizer
     if characters is None or found is None:
         return None
     fixed, junctions = characters
@@ -378,7 +381,9 @@ def normalized_word_counter(spec: Mapping[str, Any], normalizer: Any) -> Normali
     for token in added:
         content = str(token.get("content", ""))
         if token.get("normalized"):
-            if set(content) & set(separators):
+            # Matched as the normalizer writes it (tokenizers normalizes the content too), so both forms are asked.
+            written = content if normalizer is None else normalizer.normalize_str(content)
+            if set(content + written) & set(separators):
                 return None
         elif content:
             raw_added.append(content)

@@ -17,7 +17,10 @@ with or without an NFC normalizer, Metaspace/SentencePiece-style with byte fallb
 :mod:`autoglm_runtime.validation._token_bounds`). WordPiece, WordLevel, Unigram and tokenizers that strip text
 report ``None``. For many of those ``HFTokenizer.word_counter`` proves a lower bound instead (each word costs at
 least one token; the proof is in :mod:`autoglm_runtime.validation._word_bounds`), and the guard rejects a text with
-more words than tokens left without tokenizing it; otherwise it relies on early-exit counting.
+more words than tokens left without tokenizing it. Behind normalizers that bound cannot see through (SentencePiece's
+``Precompiled``, ``Replace``), ``HFTokenizer.normalized_word_counter`` counts the words of the tokenizer's own
+normalization of a start of the text (:mod:`autoglm_runtime.validation._normalized_words`); otherwise the guard
+relies on early-exit counting.
 """
 
 from __future__ import annotations
