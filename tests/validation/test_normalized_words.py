@@ -30,6 +30,7 @@ from autoglm_runtime.validation._normalized_words import (
     WHITE_SPACE,
     NormalizedWordCounter,
     fixed_characters,
+    normalized_word_counter,
     word_separators,
 )
 
@@ -232,6 +233,15 @@ class TestNotInTheProof:
     def test_two_precompiled(self) -> None:
         step = json.loads(precompiled().__getstate__())
         assert fixed_characters({"type": "Sequence", "normalizers": [step, step]}) is None
+
+    def test_a_normalizer_that_cannot_be_rebuilt_gets_no_bound(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        def refuse(spec: Any) -> Any:
+            raise ValueError(f"cannot rebuild {spec['type']}")
+
+        monkeypatch.setattr(normalized_words, "_normalizer_of", refuse)
+        tok = HFTokenizer(t5_precompiled())  # loads all the same
+        assert tok.normalized_word_counter is None
+        assert normalized_word_counter(json.loads(t5_precompiled().to_str()), None) is None
 
     def test_metaspace_that_does_not_split(self) -> None:
         assert word_separators({"type": "Metaspace", "split": False}) is None
