@@ -15,8 +15,9 @@ Cyrillic, Armenian, Hebrew, Arabic, kana, CJK ideographs, Hangul syllables; see 
 every normalizer step maps to themselves when alone between spaces (asked of the installed ``tokenizers`` when the
 counter is built), minus the characters of ``Replace`` string patterns. None is a mark, a joiner, a Prepend
 character (those are U+0600-U+0605, U+06DD and others outside these ranges) or the second half of a canonical
-composition (the tests check all four). The junction spaces are a space and a no-break space, each kept while
-every step maps what it has become to a space or a no-break space.
+composition (the tests check all four). The junction spaces are the ``White_Space`` characters (a space, a
+no-break space, an en or ideographic space, a tab, ...: starters that compose with nothing, graphemes of their own
+between fixed characters), each kept while every step maps what it has become to one of them.
 
 **Claim 1: ``N(text) = N(A) + B`` for some ``B``.** By steps; each keeps ``A`` ending in ``x = text[i-1]`` and the
 rest starting with (the image of) the junction space, and the steps before a ``Precompiled`` keep the window
@@ -96,7 +97,7 @@ _CANDIDATES = [chr(c) for c in range(0x21, 0x7F)] + [
     if unicodedata.category(chr(c))[0] in "LS" or c >= 0xAC00
 ]
 _PROBED = frozenset({"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents", "Nmt", "BertNormalizer", "Precompiled"})
-_JUNCTIONS = " \u00a0"
+_JUNCTIONS = WHITE_SPACE
 _SPACE_RUN = re.compile(r"( |\\s)(?:\{(\d+),(\d*)\}|(\+))")
 
 
@@ -295,9 +296,9 @@ def _kept(normalizer: Any, chars: list[str]) -> list[str]:
 
 
 def fixed_characters(spec: Mapping[str, Any] | None) -> tuple[str, str] | None:
-    """``(W, junctions)``: the characters a cut may lie between, and the spaces it may lie before (a space or a
-    no-break space every step maps to a space or a no-break space), for the normalizer ``spec``; ``None`` when it
-    is not in the proof."""
+    """``(W, junctions)``: the characters a cut may lie between, and the spaces it may lie before (``White_Space``
+    characters every step maps to ``White_Space`` characters), for the normalizer ``spec``; ``None`` when it is not
+    in the proof."""
     fixed = set(_CANDIDATES)
     images = {junction: junction for junction in _JUNCTIONS}
     precompiled = 0
