@@ -1,6 +1,6 @@
 """Validation benchmark: guard overhead on 8k-token prompts, and rejecting a 10 MB prompt.
 
-Run: .venv/bin/python benchmarks/validation.py
+Run: .venv/bin/python benchmarks/validation.py (``--only adversarial`` for that section alone)
 
 Everything is measured against a peer in the same run, on a byte-level BPE tokenizer trained here on a synthetic
 corpus (nothing is downloaded):
@@ -34,6 +34,7 @@ its idle workers spinning on a shared machine.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import json
@@ -93,6 +94,76 @@ def build_word_tokenizers(rng: random.Random) -> tuple[Tokenizer, Tokenizer]:
     trainer = trainers.UnigramTrainer(vocab_size=8000, unk_token="<unk>", special_tokens=["<unk>"], show_progress=False)
     unigram.train_from_iterator(corpus, trainer)
     return wordpiece, unigram
+
+
+def nmt_nfkc_charsmap(rng: random.Random) -> bytes:
+    """The ``Precompiled`` charsmap T5, ALBERT and XLNet ship (SentencePiece's ``nmt_nfkc`` rules), taken from a tiny
+    SentencePiece model trained here (the ``sentencepiece`` package of the test extra; nothing is downloaded)."""
+    import io
+
+    import sentencepiece
+
+    _, corpus = synthetic_corpus(rng)
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_writer=model,
+        vocab_size=2000,
+        normalization_rule_name="nmt_nfkc",
+        minloglevel=2,
+    )
+
+    def field(message: bytes, number: int) -> bytes:
+        index = 0
+
+        def varint() -> int:
+            nonlocal index
+            value = shift = 0
+            while True:
+                byte = message[index]
+                index += 1
+                value |= (byte & 0x7F) << shift
+                shift += 7
+                if byte < 0x80:
+                    return value
+
+        while True:
+            key = varint()
+            if key & 7 == 0:
+                varint()
+            elif key & 7 in (1, 5):
+                index += 8 if key & 7 == 1 else 4
+            else:
+                size = varint()
+                if key >> 3 == number:
+                    return message[index : index + size]
+                index += size
+
+    # ModelProto.normalizer_spec (3) -> NormalizerSpec.precompiled_charsmap (2)
+    return field(field(model.getvalue(), 3), 2)
+
+
+def build_normalized_tokenizers(rng: random.Random) -> tuple[Tokenizer, Tokenizer]:
+    """A T5-style Unigram (``Precompiled`` + extra spaces folded, ``WhitespaceSplit`` + ``Metaspace``, ``</s>``) and
+    a WordPiece behind ``Replace`` normalizers (ALBERT's quote rewrites, then ``Lowercase``), trained here."""
+    charsmap = nmt_nfkc_charsmap(random.Random(7))
+    _, corpus = synthetic_corpus(rng)
+    t5 = Tokenizer(models.Unigram())
+    t5.normalizer = normalizers.Sequence([normalizers.Precompiled(charsmap), normalizers.Replace(Regex(" {2,}"), " ")])
+    t5.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace()])
+    trainer = trainers.UnigramTrainer(
+        vocab_size=8000, unk_token="<unk>", special_tokens=["<unk>", "</s>"], show_progress=False
+    )
+    t5.train_from_iterator(corpus, trainer)
+    replace = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    replace.normalizer = normalizers.Sequence(
+        [normalizers.Replace("``", '"'), normalizers.Replace("''", '"'), normalizers.Lowercase()]
+    )
+    replace.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    replace.train_from_iterator(
+        corpus, trainers.WordPieceTrainer(vocab_size=8000, special_tokens=["[UNK]"], show_progress=False)
+    )
+    return t5, replace
 
 
 def synthetic_corpus(rng: random.Random) -> tuple[list[str], list[str]]:
@@ -184,10 +255,16 @@ def rejects(guard: ContextWindowGuard, text: str) -> Callable[[], None]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--only", choices=["adversarial"], help="run only this section")
+    only = parser.parse_args().only
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read by tokenizers when it first encodes
     rng = random.Random(7)
     raw, words = build_tokenizer(rng)
     adapter = HFTokenizer(raw)
+    if only == "adversarial":
+        adversarial_section(adapter, words)
+        return
     prompt_words: list[str] = []
     text = ""
     while len(raw.encode(text).ids) < 8192:
@@ -231,9 +308,14 @@ def main() -> None:
         print(f"  guard, {label:<30} {seconds * 1e3:10.3f} ms   {whole / seconds:12.0f}x faster")
     print("  (target: >= 100x faster than tokenizing whole)")
 
+    adversarial_section(adapter, words)
+
+
+def adversarial_section(adapter: HFTokenizer, words: list[str]) -> None:
     nfc = HFTokenizer(build_tokenizer(random.Random(7), nfc=True)[0])
     wordpiece, unigram = (HFTokenizer(tok) for tok in build_word_tokenizers(random.Random(7)))
-    adversarial(adapter, nfc, wordpiece, unigram, words)
+    t5, replace = (HFTokenizer(tok) for tok in build_normalized_tokenizers(random.Random(7)))
+    adversarial(adapter, nfc, wordpiece, unigram, t5, replace, words)
 
 
 def _fill(make: Callable[[int], Any], limit: int) -> bytes:
@@ -265,7 +347,13 @@ class _Utf8:
 
 
 def adversarial(
-    adapter: HFTokenizer, nfc: HFTokenizer, wordpiece: HFTokenizer, unigram: HFTokenizer, words: list[str]
+    adapter: HFTokenizer,
+    nfc: HFTokenizer,
+    wordpiece: HFTokenizer,
+    unigram: HFTokenizer,
+    t5: HFTokenizer,
+    replace: HFTokenizer,
+    words: list[str],
 ) -> None:
     limit = 4 * 1024 * 1024
     guards = {
@@ -273,11 +361,17 @@ def adversarial(
         "NFC bound": ContextWindowGuard(nfc, 8192),
         "WordPiece": ContextWindowGuard(wordpiece, 8192),
         "Unigram": ContextWindowGuard(unigram, 8192),
+        "T5 spm": ContextWindowGuard(t5, 8192),
+        "Replace": ContextWindowGuard(replace, 8192),
         "exact": ContextWindowGuard(wordpiece, 8192, word_bound=False),
     }
     for tok in (wordpiece, unigram):
         assert tok.max_token_chars is None, "the word-bound rows are for tokenizers without a character bound"
         assert tok.word_counter is not None
+    for tok in (t5, replace):
+        assert tok.max_token_chars is None, "rows for the normalized word bound"
+        assert tok.word_counter is None
+        assert tok.normalized_word_counter is not None
     sentence = " ".join(words[:200])
     shapes: dict[str, Callable[[int], Any]] = {
         "prompt: many empty strings": lambda n: {"prompt": [""] * n},
@@ -305,6 +399,7 @@ def adversarial(
         "UTF-8: accented words": lambda n: _Utf8({"prompt": "\u00e9\u00e8 " * n}),
         "UTF-8: CJK run": lambda n: _Utf8({"prompt": "\u6f22\u5b57" * n}),
         "UTF-8: words split by no-break spaces": lambda n: _Utf8({"prompt": "ab\u00a0" * n}),
+        "UTF-8: Greek words": lambda n: _Utf8({"prompt": "\u03b1\u03b2\u03b3 " * n}),
     }
     print()
     print(
@@ -314,7 +409,9 @@ def adversarial(
     print(
         f"  bounds: byte-level BPE {adapter.max_token_chars} characters a token; the same behind NFC and a Qwen2 "
         f"split {nfc.max_token_chars}; WordPiece (BERT-style) and Unigram (NFKC + Metaspace): no character bound, "
-        "a word bound; exact: the WordPiece counting with early exit, word bound off"
+        "a word bound; T5 spm (Precompiled nmt_nfkc + Replace, WhitespaceSplit + Metaspace) and Replace (WordPiece "
+        "behind Replace + Lowercase): the normalized word bound; exact: the WordPiece counting with early exit, "
+        "word bounds off"
     )
     worst = dict.fromkeys(guards, 0.0)
     above_floor = 0.0
@@ -353,6 +450,8 @@ def adversarial(
         ("NFC bound", "NFC bound"),
         ("WordPiece", "WordPiece, word bound"),
         ("Unigram", "Unigram, word bound"),
+        ("T5 spm", "T5 spm, normalized"),
+        ("Replace", "Replace, normalized"),
     ):
         print(f"  worst adversarial ratio guard / json.loads, {label:<22}{worst[name]:6.2f}x   (target <= 3x)")
     print(

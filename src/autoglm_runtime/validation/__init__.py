@@ -12,8 +12,9 @@ interceptor lives in :mod:`autoglm_runtime.validation.grpc`, the one module that
 from __future__ import annotations
 
 from autoglm_runtime._exports import publish as _publish
+from autoglm_runtime.validation._normalized_words import NormalizedWordCounter
 from autoglm_runtime.validation._openai import ErrorStyle, ExtractedInput, OpenAIExtractor, TextField, error_body
-from autoglm_runtime.validation._word_bounds import WordCounter
+from autoglm_runtime.validation._word_bounds import WordBound, WordCounter
 from autoglm_runtime.validation.asgi import ValidationMiddleware
 from autoglm_runtime.validation.chat_template import ChatTemplate
 from autoglm_runtime.validation.configured import EnvValidationMiddleware, GuardSettings
@@ -52,12 +53,14 @@ __all__ = [
     "IncompleteInput",
     "Limits",
     "LimitsSource",
+    "NormalizedWordCounter",
     "OpenAIExtractor",
     "StaticLimits",
     "TextField",
     "TiktokenTokenizer",
     "Tokenizer",
     "ValidationMiddleware",
+    "WordBound",
     "WordCounter",
     "error_body",
     "guarded",

@@ -60,8 +60,9 @@ other allowed normalizer changes them or removes a space between words, so each 
 :meth:`WordCounter.least_tokens` counts in C: the text's UTF-8 bytes are translated (separators to a space, sure
 characters and the lead bytes above to ``a``, every other byte deleted: deleting can only merge words, so the count
 only drops) and the word starts are counted, in growing chunks, stopping once the count passes what is needed, or
-after 64 characters per token still to prove (a start of the text is bounded too, by step 5; text with longer
-words is left to the exact count, which then costs no more than before). A word cut by a chunk boundary is
+after 64 characters per token still to prove, or at once when the first chunk holds no counted word (a start of
+the text is bounded too, by step 5; text with longer words, or of other scripts, is left to the other bounds and
+the exact count, which then costs no more than before). A word cut by a chunk boundary is
 counted twice, so each boundary takes one off.
 """
 
@@ -69,9 +70,9 @@ from __future__ import annotations
 
 import string
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["WordCounter", "word_counter"]
+__all__ = ["WordBound", "WordCounter", "model_covers_words", "word_counter"]
 
 _WHITESPACE = " \t\n\r"
 _NBSP = "\u00a0"
@@ -85,6 +86,16 @@ SURE_LEADS = bytes([*range(0xC3, 0xCB), 0xD0, 0xD1])
 _FIRST_CHUNK = 4_096
 #: Characters read per token still to prove before giving up: text with longer words is left to the exact count.
 _GIVE_UP_CHARS_PER_WORD = 64
+
+
+class WordBound(Protocol):
+    """A proven lower bound on the tokens of any text that starts with a given text (what the guard asks of one)."""
+
+    def least_tokens(self, text: str, enough: int) -> int:
+        """A lower bound on the tokens of any text starting with ``text``; may stop counting once past ``enough``."""
+
+    def least_tokens_of(self, texts: Sequence[str], enough: int) -> int:
+        """:meth:`least_tokens` summed over ``texts``, stopping once past ``enough``."""
 
 
 class WordCounter:
@@ -166,6 +177,8 @@ class WordCounter:
             position += size
             size *= 2
             boundaries += position < end
+            if not count:  # not a word it counts in the first chunk: text of another kind, left to other bounds
+                break
         return max(count - boundaries, 0)
 
     def least_tokens_of(self, texts: Sequence[str], enough: int) -> int:
@@ -223,7 +236,7 @@ def _pre_tokenizer(spec: Mapping[str, Any] | None) -> tuple[set[str], set[str]] 
     return None
 
 
-def _model_covers_words(model: Mapping[str, Any]) -> bool:
+def model_covers_words(model: Mapping[str, Any]) -> bool:
     """Whether the model writes every non-empty pre-token as at least one token (step 3 of the proof)."""
     kind, vocab = model.get("type"), model.get("vocab")
     if kind in ("WordPiece", "WordLevel", "BPE"):
@@ -246,7 +259,7 @@ def word_counter(spec: Mapping[str, Any]) -> WordCounter | None:
     ...               "model": {"type": "WordPiece", "unk_token": "[UNK]", "vocab": {"[UNK]": 0}}}).separators
     '\\t\\n\\r \\xa0'
     """
-    if not _model_covers_words(spec.get("model") or {}) or not _normalizer_keeps(spec.get("normalizer")):
+    if not model_covers_words(spec.get("model") or {}) or not _normalizer_keeps(spec.get("normalizer")):
         return None
     found = _pre_tokenizer(spec.get("pre_tokenizer"))
     if found is None or not found[0]:

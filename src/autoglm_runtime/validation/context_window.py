@@ -21,9 +21,9 @@ Absurdly long input never ties up a worker, in two steps:
    input longer than ``tokens_left * max_token_chars`` characters cannot fit and is rejected before tokenizing.
    The bound is deliberately not "one character per token": a byte-level tokenizer can spend up to four tokens on
    one character, so characters are no upper bound on tokens, and the check only ever uses the safe direction.
-   Without such a bound, a tokenizer whose ``word_counter`` is proven (WordPiece, WordLevel, Unigram behind
-   normalizers and pre-tokenizers that keep every word, see :mod:`autoglm_runtime.validation._word_bounds`) still
-   rejects without tokenizing: each word costs at least one token, and counting words runs at memory speed.
+   Without such a bound, a tokenizer with a proven ``word_bound`` (WordPiece, WordLevel, Unigram; T5-style
+   ``Precompiled`` and ``Replace`` normalizers by the words of their own normalization of a start, see
+   ``_word_bounds`` and ``_normalized_words``) still rejects without tokenizing: each word costs a token.
 2. Otherwise long input is tokenized in chunks cut at whitespace, and counting stops as soon as the tokens counted,
    minus a slack of ``BOUNDARY_SLACK`` tokens for each cut (a cut can split what the whole text would merge),
    exceed what is left. Input that turns out to fit is then tokenized whole, so accepted counts are exact.
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Literal, cast
 
 from autoglm_runtime.errors import ContextWindowExceededError, InputDecodeError, InvalidRequestError, UsageError
 from autoglm_runtime.validation._overflow import output_error, overflow_error
-from autoglm_runtime.validation._word_bounds import WordCounter
+from autoglm_runtime.validation._word_bounds import WordBound
 from autoglm_runtime.validation.limits import Limits, LimitsSource, StaticLimits, TruncationSide
 from autoglm_runtime.validation.request import Chat, GuardInput, GuardResult, Segment, segments_of
 from autoglm_runtime.validation.tokenizers import BatchTokenizer, HFTokenizer, Tokenizer
@@ -86,7 +86,7 @@ class ContextWindowGuard:
     ``context_window`` is a token count or a :class:`LimitsSource` read once per request (then the source decides
     truncation too). ``max_chars_per_token`` overrides the tokenizer's ``max_token_chars`` for the pre-check
     (``None`` turns that character pre-check off). ``word_bound=False`` stops the guard from using the tokenizer's
-    ``word_counter`` (a proven lower bound from words) when it has no character bound. ``default_output_tokens``
+    ``word_bound`` (proven lower bounds from words) when it has no character bound. ``default_output_tokens``
     is assumed when a request names no output budget.
     ``chat_template`` renders chat requests as the model will read them; without one, each message costs
     ``message_tokens`` on top of its text (a cautious stand-in for the template's own tokens).
@@ -135,8 +135,8 @@ context window of 4 tokens: shorten the input or lower max_tokens
             raise UsageError(f"message_tokens must not be negative, got {message_tokens}")
         self.tokenizer = tokenizer
         self.max_chars_per_token: int | None = max_chars_per_token
-        self.word_counter: WordCounter | None = (
-            tokenizer.word_counter if word_bound and isinstance(tokenizer, HFTokenizer) else None
+        self.word_counter: WordBound | None = (
+            tokenizer.word_bound if word_bound and isinstance(tokenizer, HFTokenizer) else None
         )
         self.default_output_tokens = default_output_tokens
         self.chat_template = chat_template

@@ -17,7 +17,10 @@ with or without an NFC normalizer, Metaspace/SentencePiece-style with byte fallb
 :mod:`autoglm_runtime.validation._token_bounds`). WordPiece, WordLevel, Unigram and tokenizers that strip text
 report ``None``. For many of those ``HFTokenizer.word_counter`` proves a lower bound instead (each word costs at
 least one token; the proof is in :mod:`autoglm_runtime.validation._word_bounds`), and the guard rejects a text with
-more words than tokens left without tokenizing it; otherwise it relies on early-exit counting.
+more words than tokens left without tokenizing it. Behind normalizers that bound cannot see through (SentencePiece's
+``Precompiled``, ``Replace``), ``HFTokenizer.normalized_word_counter`` counts the words of the tokenizer's own
+normalization of a start of the text (:mod:`autoglm_runtime.validation._normalized_words`); otherwise the guard
+relies on early-exit counting.
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from autoglm_runtime.errors import UsageError
+from autoglm_runtime.validation._normalized_words import EitherBound, NormalizedWordCounter, normalized_word_counter
 from autoglm_runtime.validation._token_bounds import max_token_chars
-from autoglm_runtime.validation._word_bounds import WordCounter, word_counter
+from autoglm_runtime.validation._word_bounds import WordBound, WordCounter, word_counter
 
 __all__ = [
     "BatchTokenizer",
@@ -125,6 +129,7 @@ class HFTokenizer:
         spec = json.loads(tokenizer.to_str())
         self._max_token_chars = max_token_chars(spec)
         self._word_counter = word_counter(spec)
+        self._normalized_word_counter = normalized_word_counter(spec, tokenizer.normalizer)
 
     @classmethod
     def from_file(cls, path: str | Path, *, add_special_tokens: bool = True) -> HFTokenizer:
@@ -148,6 +153,22 @@ class HFTokenizer:
         :mod:`autoglm_runtime.validation._word_bounds`); ``None`` when the proof does not apply."""
         return self._word_counter
 
+    @property
+    def normalized_word_counter(self) -> NormalizedWordCounter | None:
+        """A proven lower bound on the tokens from the words of the tokenizer's own normalization of a text's start,
+        for normalizers the word counter cannot see through (SentencePiece's ``Precompiled``, ``Replace``; the proof
+        is in :mod:`autoglm_runtime.validation._normalized_words`); ``None`` when the proof does not apply."""
+        return self._normalized_word_counter
+
+    @property
+    def word_bound(self) -> WordBound | None:
+        """What the guard proves overflows with when there is no ``max_token_chars``: the word counter, then the
+        normalized word counter for text the first does not prove enough of; ``None`` when neither applies."""
+        first, second = self._word_counter, self._normalized_word_counter
+        if first is not None and second is not None:
+            return EitherBound(first, second)
+        return first if first is not None else second
+
     def encode(self, text: str) -> list[int]:
         # The batch "fast" path skips offset tracking, which counting does not need.
         # ``ids`` builds a new list on each access, so it is returned as it is.
@@ -164,6 +185,7 @@ class HFTokenizer:
         plain = HFTokenizer.__new__(HFTokenizer)
         plain._tok, plain._add_special_tokens, plain._max_token_chars = self._tok, False, self._max_token_chars
         plain._word_counter = self._word_counter
+        plain._normalized_word_counter = self._normalized_word_counter
         return plain
 
     def decode(self, ids: Sequence[int]) -> str:
