@@ -42,6 +42,7 @@ __all__ = [
     "PeerClosedError",
     "decode",
     "encode",
+    "encode_wrapped",
 ]
 
 #: Largest JSON body either side accepts (64 MiB); a larger length means a corrupt stream.
@@ -208,6 +209,25 @@ _LOCAL = threading.local()
 def encode(message: Any) -> Frame:
     """``message`` as a :data:`Frame`; raises ``TypeError`` for values that cannot travel, ``ValueError`` for
     values nested too deeply (or containing themselves), ``FrameError`` when the JSON exceeds :data:`MAX_FRAME`."""
+    body, buffers = _dump(message)
+    return _frame(body, buffers)
+
+
+def encode_wrapped(prefix: str, value: Any, suffix: str) -> Frame:
+    """The frame of a message whose JSON is ``prefix``, then ``value``'s, then ``suffix``: byte for byte what
+    :func:`encode` writes for the whole message, with only ``value`` walked (a call's or reply's envelope is
+    formatted, never built as a dict). ``prefix`` and ``suffix`` are JSON text holding no ``"$``; raises as
+    :func:`encode` does."""
+    body, buffers = _dump(value)
+    return _frame(prefix + body + suffix, buffers)
+
+
+def _dump(message: Any) -> tuple[str, list[memoryview]]:
+    kind = type(message)
+    if kind is bytes or kind is bytearray:  # one binary value (an image, audio): nothing to walk
+        return ('{"$b":0}' if kind is bytes else '{"$ba":0}'), [memoryview(message)]
+    if kind is list and len(message) == 1 and type(message[0]) is bytes:  # the arguments of call(method, blob)
+        return '[{"$b":0}]', [memoryview(message[0])]
     collector: _Collector | None = getattr(_LOCAL, "collector", None)
     if collector is None:
         collector = _LOCAL.collector = _Collector()
@@ -229,6 +249,10 @@ def encode(message: Any) -> Frame:
     finally:
         collector.buffers = []  # no reference to the caller's buffers is kept (a bytearray could not resize)
         collector.busy = False
+    return body, buffers
+
+
+def _frame(body: str, buffers: list[memoryview]) -> Frame:
     data = body.encode("utf-8", "surrogatepass")
     if len(data) > MAX_FRAME:
         raise FrameError(f"message of {len(data)} bytes exceeds the frame limit of {MAX_FRAME} bytes")
