@@ -448,3 +448,38 @@ def test_a_lone_binary_value_is_framed_without_json_walking() -> None:
     head, buffers = encode([blob])
     assert head == struct.pack(">IHQ", len(b'[{"$b":0}]'), 1, 1024) + b'[{"$b":0}]'
     assert buffers[0].obj is blob
+
+
+class _Whole(codec.Decoder):
+    """The decoder without its reply shortcut: every body read whole."""
+
+    def _enveloped(self, text: str, decoder: Any, buffers: list[bytearray] | None) -> dict[str, Any] | None:
+        return None
+
+
+def _decoded(decoder: codec.Decoder, body: bytes, buffers: list[bytearray]) -> Any:
+    try:
+        return decoder.decode(body, [bytearray(b) for b in buffers])
+    except DecodeError as exc:
+        return ("error", str(exc))
+
+
+REPLY_TAILS = st.sampled_from(
+    ['{"$b":0}}', '{"$b":1}}', '[{"$b":0}]}', "1}", '1,"x":2}', "1} ", "}", '"a"}', '{"$x":0}}']
+)
+
+
+@settings(deadline=None)
+@given(
+    st.sampled_from(['{"id":7,"ok":true,"result":', '{"id":07,"ok":true,"result":', '{"id":-1,"ok":true,"result":']),
+    REPLY_TAILS | st.text().map(lambda t: t + "}"),
+    st.lists(st.binary(max_size=4), max_size=2),
+)
+def test_a_reply_decodes_as_its_whole_body_reads(head: str, tail: str, buffers: list[bytes]) -> None:
+    body = (head + tail).encode("utf-8", "surrogatepass")
+    assert exact(_decoded(codec.Decoder(), body, buffers), _decoded(_Whole(), body, buffers))
+
+
+def test_a_lone_blob_reply_arrives_as_bytes() -> None:
+    message = codec.Decoder().decode(b'{"id":12,"ok":true,"result":{"$b":0}}', [bytearray(b"abc")])
+    assert exact(message, {"id": 12, "ok": True, "result": b"abc"})

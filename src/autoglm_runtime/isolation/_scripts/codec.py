@@ -364,6 +364,9 @@ class Decoder:
                 decoder = self._tags if marks == len(buffers) else self._json  # (see encode)
                 self._untagger.buffers = buffers
             try:
+                message = self._enveloped(text, decoder, buffers)
+                if message is not None:
+                    return message
                 # The scanner directly when the text is one JSON value from its first character to its last (what
                 # encode writes); anything else (surrounding space, invalid JSON) takes decode itself, so results
                 # and errors are exactly the same.
@@ -378,6 +381,29 @@ class Decoder:
             raise _undecodable(f"frame of {len(body)} bytes holds an invalid tagged value: {exc}", body) from None
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise _undecodable(f"frame of {len(body)} bytes is not valid JSON: {exc}", body) from exc
+
+    def _enveloped(self, text: str, decoder: Any, buffers: list[bytearray] | None) -> dict[str, Any] | None:
+        """A plain reply in the exact form the worker formats it (``encode_wrapped``), with only its result
+        decoded; ``None`` for any other text, which :meth:`decode` then reads whole (to the same value: the
+        envelope holds no tag, and a JSON value ends where it ends)."""
+        reply = _REPLY.match(text)
+        if reply is None or text[-1] != "}":
+            return None
+        text = text[reply.end() : -1]
+        if text == '{"$b":0}' and decoder is self._tags and buffers is not None and len(buffers) == 1:
+            value: Any = bytes(buffers[0])  # a lone blob, as encode frames it
+        else:
+            try:
+                value, end = decoder.scan_once(text, 0)
+            except (StopIteration, ValueError):
+                return None
+            if end != len(text):
+                return None
+        return {"id": int(reply.group(1)), "ok": True, "result": value}
+
+
+# The reply envelope the worker formats (call ids are small non-negative ints): any other text is decoded whole.
+_REPLY = re.compile(r'\{"id":(0|[1-9][0-9]{0,17}),"ok":true,"result":')
 
 
 def decode(body: bytes, buffers: list[bytearray] | None = None) -> Any:
