@@ -102,3 +102,42 @@ def test_multiprocess_mode_mirrors_health_into_the_shared_files(tmp_path: Path) 
         'autoglm_config_updates_rejected_total{"code": "E0409", "reason": "decode", "root": "/p"}': 1.0,
         'autoglm_guard_check_duration_seconds_count{"surface": "decorator"}': 1.0,
     }
+
+
+def test_no_span_is_started_until_the_application_sets_a_provider_and_then_every_call_has_one() -> None:
+    out = run(
+        """
+        import json
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from autoglm_runtime.observability import ModelCall, _tracing
+
+        proxy = _tracing.tracer()
+        started = []
+        real_start = proxy.start_span
+        proxy.start_span = lambda *a, **k: started.append(a[0]) or real_start(*a, **k)
+        with ModelCall("m", "echo"):
+            before = _tracing.current_ids()
+        unset = list(started)
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        with ModelCall("m", "echo"):
+            inside = _tracing.current_ids()
+        spans = exporter.get_finished_spans()
+        print(json.dumps({
+            "unset": unset, "before": before, "started": started, "inside": inside is not None,
+            "spans": [(s.name, dict(s.attributes)) for s in spans],
+        }))
+        """
+    )
+    assert out == {
+        "unset": [],
+        "before": None,
+        "started": ["autoglm.model.call"],
+        "inside": True,
+        "spans": [["autoglm.model.call", {"autoglm.model.name": "m", "autoglm.model.method": "echo"}]],
+    }

@@ -1,7 +1,8 @@
 """Spans on the OpenTelemetry API, when it is installed (the ``tracing`` extra); nothing at all when it is not.
 
-The SDK never configures a tracer provider: spans go wherever the application's provider sends them, and are
-non-recording (nearly free) when it set none. A failed operation's span gets status ERROR and ``error.type`` set
+The SDK never configures a tracer provider: spans go wherever the application's provider sends them. While it
+set none, no span is started at all (the API would only hand back a non-recording copy of the current span).
+A failed operation's span gets status ERROR and ``error.type`` set
 to the E-code; the exception itself is not added as a span event, because the SDK logs it once with its code,
 and that log line carries the span's ``trace_id`` and ``span_id`` (see :mod:`autoglm_runtime.logging`).
 
@@ -30,6 +31,8 @@ try:
 
     #: Whether ``opentelemetry-api`` is importable.
     TRACING_AVAILABLE = True
+    # While the global provider is one of these, the API's proxy tracer starts only non-recording spans.
+    _NO_SPANS: tuple[type, ...] = (_trace.ProxyTracerProvider, _trace.NoOpTracerProvider)
 except ImportError:  # the tracing extra is not installed
     TRACING_AVAILABLE = False
 
@@ -71,6 +74,18 @@ def tracer() -> Tracer | None:
     return _TRACER
 
 
+def _no_provider() -> bool:
+    """Whether every span :data:`_TRACER` starts now is a non-recording copy of the current span: it is the API's
+    proxy (or no-op) tracer and the application has set no provider (or the API's no-op one). Starting one then
+    changes nothing a caller, a log line or the worker can see: the current span already carries those ids and
+    flags. Asked per span, so a provider set later is followed at once.
+    """
+    tracer = _TRACER
+    if isinstance(tracer, _trace.NoOpTracer):
+        return True
+    return isinstance(tracer, _trace.ProxyTracer) and isinstance(_trace.get_tracer_provider(), _NO_SPANS)
+
+
 def _in_unsampled_trace() -> bool:
     """Whether the current span belongs to a trace its root (or the caller upstream) decided not to sample, and
     the application's sampler is known to drop every span under such a parent."""
@@ -103,7 +118,7 @@ def start_span(
     A span its trace's root sampled out is made current only with ``propagate`` (a model call: the worker's
     request then carries the trace, flagged not sampled, so the model's own spans follow the same decision).
     """
-    if not TRACING_AVAILABLE or _TRACER is None or _in_unsampled_trace():
+    if not TRACING_AVAILABLE or _TRACER is None or _no_provider() or _in_unsampled_trace():
         return None
     span = _TRACER.start_span(name, attributes=attributes)
     if not span.is_recording() and not (propagate and span.get_span_context().is_valid):
@@ -116,7 +131,7 @@ def start_span(
 def start_detached(name: str, attributes: Mapping[str, Any] | None = None) -> Span | None:
     """Start ``name`` under the current span without making it current (a stream's span outlives the block that
     opened it); :func:`attach` makes it current for a while. ``None`` without the API or in an unsampled trace."""
-    if not TRACING_AVAILABLE or _TRACER is None or _in_unsampled_trace():
+    if not TRACING_AVAILABLE or _TRACER is None or _no_provider() or _in_unsampled_trace():
         return None
     return _TRACER.start_span(name, attributes=attributes)
 

@@ -31,6 +31,7 @@ from autoglm_runtime.isolation._scripts.protocol import (
     wait_writable,
     write_frame,
 )
+from autoglm_runtime.isolation.workers.calls import request_frame
 
 # Keys starting with "$" are where tags live: user dicts with such keys (even ones that look exactly like a
 # tag) must round-trip unchanged.
@@ -401,3 +402,84 @@ def test_a_value_that_cannot_travel_leaves_the_next_frame_whole() -> None:
     head, buffers = encode({"id": 2, "args": [b"y"]})
     assert [bytes(b) for b in buffers] == [b"y"]
     assert decode(head[14:], [bytearray(b"y")]) == {"id": 2, "args": [b"y"]}
+
+
+def _same_frame(got: codec.Frame, want: codec.Frame) -> None:
+    assert got[0] == want[0]
+    assert [bytes(view) for view in got[1]] == [bytes(view) for view in want[1]]
+
+
+# Calls and replies are formatted around their values, never built as dicts (and a lone binary value, or a call's
+# one binary argument, is not walked at all): the bytes must be exactly what encoding the whole message writes.
+@settings(deadline=None)
+@given(st.integers(min_value=0, max_value=2**62), JSON | ARRAYS | st.lists(st.binary(), min_size=1, max_size=2))
+def test_a_reply_formatted_around_its_value_is_the_reply_encoded_whole(call_id: int, value: Any) -> None:
+    got = codec.encode_wrapped(f'{{"id":{call_id},"ok":true,"result":', value, "}")
+    _same_frame(got, encode({"id": call_id, "ok": True, "result": value}))
+
+
+METHODS = st.text() | st.sampled_from(["echo", "$b", "pr\u00e9dict", "a\ud800b", 'qu"ote'])
+
+
+@settings(deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**62),
+    METHODS,
+    CALL_VALUES | st.lists(st.binary(), min_size=1, max_size=2),
+    st.dictionaries(st.text(), JSON, max_size=2),
+    st.booleans(),
+    st.none() | st.just("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+)
+def test_a_request_frame_is_the_call_encoded_whole(
+    call_id: int, method: str, args: list[Any], kwargs: dict[str, Any], stream: bool, parent: str | None
+) -> None:
+    message = {"id": call_id, "type": "call", "method": method, "args": args, "kwargs": kwargs, "stream": stream}
+    if parent is not None:
+        message["traceparent"] = parent
+    _same_frame(request_frame(call_id, method, tuple(args), kwargs, stream, parent), encode(message))
+
+
+def test_a_lone_binary_value_is_framed_without_json_walking() -> None:
+    blob = b"x" * 1024
+    head, buffers = codec.encode_wrapped('{"id":3,"ok":true,"result":', blob, "}")
+    body = b'{"id":3,"ok":true,"result":{"$b":0}}'
+    assert head == struct.pack(">IHQ", len(body), 1, 1024) + body
+    assert buffers[0].obj is blob  # the caller's bytes, not a copy
+    head, buffers = encode([blob])
+    assert head == struct.pack(">IHQ", len(b'[{"$b":0}]'), 1, 1024) + b'[{"$b":0}]'
+    assert buffers[0].obj is blob
+
+
+class _Whole(codec.Decoder):
+    """The decoder without its reply shortcut: every body read whole."""
+
+    def _enveloped(self, text: str, decoder: Any, buffers: list[bytearray] | None) -> dict[str, Any] | None:
+        return None
+
+
+def _decoded(decoder: codec.Decoder, body: bytes, buffers: list[bytearray]) -> Any:
+    try:
+        return decoder.decode(body, [bytearray(b) for b in buffers])
+    except DecodeError as exc:
+        return ("error", str(exc))
+
+
+REPLY_TAILS = st.sampled_from(
+    ['{"$b":0}}', '{"$b":1}}', '[{"$b":0}]}', "1}", '1,"x":2}', "1} ", "}", '"a"}', '{"$x":0}}']
+)
+
+
+@settings(deadline=None)
+@given(
+    st.sampled_from(['{"id":7,"ok":true,"result":', '{"id":07,"ok":true,"result":', '{"id":-1,"ok":true,"result":']),
+    REPLY_TAILS | st.text().map(lambda t: t + "}"),
+    st.lists(st.binary(max_size=4), max_size=2),
+)
+def test_a_reply_decodes_as_its_whole_body_reads(head: str, tail: str, buffers: list[bytes]) -> None:
+    body = (head + tail).encode("utf-8", "surrogatepass")
+    assert exact(_decoded(codec.Decoder(), body, buffers), _decoded(_Whole(), body, buffers))
+
+
+def test_a_lone_blob_reply_arrives_as_bytes() -> None:
+    message = codec.Decoder().decode(b'{"id":12,"ok":true,"result":{"$b":0}}', [bytearray(b"abc")])
+    assert exact(message, {"id": 12, "ok": True, "result": b"abc"})

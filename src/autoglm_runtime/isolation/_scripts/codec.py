@@ -42,6 +42,7 @@ __all__ = [
     "PeerClosedError",
     "decode",
     "encode",
+    "encode_wrapped",
 ]
 
 #: Largest JSON body either side accepts (64 MiB); a larger length means a corrupt stream.
@@ -208,6 +209,25 @@ _LOCAL = threading.local()
 def encode(message: Any) -> Frame:
     """``message`` as a :data:`Frame`; raises ``TypeError`` for values that cannot travel, ``ValueError`` for
     values nested too deeply (or containing themselves), ``FrameError`` when the JSON exceeds :data:`MAX_FRAME`."""
+    body, buffers = _dump(message)
+    return _frame(body, buffers)
+
+
+def encode_wrapped(prefix: str, value: Any, suffix: str) -> Frame:
+    """The frame of a message whose JSON is ``prefix``, then ``value``'s, then ``suffix``: byte for byte what
+    :func:`encode` writes for the whole message, with only ``value`` walked (a call's or reply's envelope is
+    formatted, never built as a dict). ``prefix`` and ``suffix`` are JSON text holding no ``"$``; raises as
+    :func:`encode` does."""
+    body, buffers = _dump(value)
+    return _frame(prefix + body + suffix, buffers)
+
+
+def _dump(message: Any) -> tuple[str, list[memoryview]]:
+    kind = type(message)
+    if kind is bytes or kind is bytearray:  # one binary value (an image, audio): nothing to walk
+        return ('{"$b":0}' if kind is bytes else '{"$ba":0}'), [memoryview(message)]
+    if kind is list and len(message) == 1 and type(message[0]) is bytes:  # the arguments of call(method, blob)
+        return '[{"$b":0}]', [memoryview(message[0])]
     collector: _Collector | None = getattr(_LOCAL, "collector", None)
     if collector is None:
         collector = _LOCAL.collector = _Collector()
@@ -229,6 +249,10 @@ def encode(message: Any) -> Frame:
     finally:
         collector.buffers = []  # no reference to the caller's buffers is kept (a bytearray could not resize)
         collector.busy = False
+    return body, buffers
+
+
+def _frame(body: str, buffers: list[memoryview]) -> Frame:
     data = body.encode("utf-8", "surrogatepass")
     if len(data) > MAX_FRAME:
         raise FrameError(f"message of {len(data)} bytes exceeds the frame limit of {MAX_FRAME} bytes")
@@ -340,6 +364,9 @@ class Decoder:
                 decoder = self._tags if marks == len(buffers) else self._json  # (see encode)
                 self._untagger.buffers = buffers
             try:
+                message = self._enveloped(text, decoder, buffers)
+                if message is not None:
+                    return message
                 # The scanner directly when the text is one JSON value from its first character to its last (what
                 # encode writes); anything else (surrounding space, invalid JSON) takes decode itself, so results
                 # and errors are exactly the same.
@@ -354,6 +381,29 @@ class Decoder:
             raise _undecodable(f"frame of {len(body)} bytes holds an invalid tagged value: {exc}", body) from None
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise _undecodable(f"frame of {len(body)} bytes is not valid JSON: {exc}", body) from exc
+
+    def _enveloped(self, text: str, decoder: Any, buffers: list[bytearray] | None) -> dict[str, Any] | None:
+        """A plain reply in the exact form the worker formats it (``encode_wrapped``), with only its result
+        decoded; ``None`` for any other text, which :meth:`decode` then reads whole (to the same value: the
+        envelope holds no tag, and a JSON value ends where it ends)."""
+        reply = _REPLY.match(text)
+        if reply is None or text[-1] != "}":
+            return None
+        text = text[reply.end() : -1]
+        if text == '{"$b":0}' and decoder is self._tags and buffers is not None and len(buffers) == 1:
+            value: Any = bytes(buffers[0])  # a lone blob, as encode frames it
+        else:
+            try:
+                value, end = decoder.scan_once(text, 0)
+            except (StopIteration, ValueError):
+                return None
+            if end != len(text):
+                return None
+        return {"id": int(reply.group(1)), "ok": True, "result": value}
+
+
+# The reply envelope the worker formats (call ids are small non-negative ints): any other text is decoded whole.
+_REPLY = re.compile(r'\{"id":(0|[1-9][0-9]{0,17}),"ok":true,"result":')
 
 
 def decode(body: bytes, buffers: list[bytearray] | None = None) -> Any:

@@ -79,7 +79,8 @@ class _Stream:
 
 
 class Dispatcher:
-    """Runs the calls of one connection; ``reply(message)`` sends a frame (thread-safe)."""
+    """Runs the calls of one connection; ``reply(message)`` sends a frame (thread-safe), and so does
+    ``result(call_id, value)``, if given, for the reply ``{"id": call_id, "ok": True, "result": value}``."""
 
     def __init__(  # noqa: PLR0917
         self,
@@ -91,8 +92,10 @@ class Dispatcher:
         max_inflight: int,
         name: str,
         scope: Callable[[dict[str, Any]], contextlib.AbstractContextManager[None]] | None = None,
+        result: Callable[[Any, Any], None] | None = None,
     ) -> None:
         self._model = model
+        self._result = result or (lambda call_id, value: reply({"id": call_id, "ok": True, "result": value}))
         self._scope = scope if scope is not None else (lambda message: contextlib.nullcontext())
         self._exit_now = exit_now
         self._reply = reply
@@ -173,7 +176,7 @@ class Dispatcher:
         try:
             result = getattr(self._model, message["method"])(*message.get("args", ()), **message.get("kwargs", {}))
             if stream is None and type(result) in _PLAIN:  # the common answer: no generator or coroutine checks
-                self._reply({"id": call_id, "ok": True, "result": result})
+                self._result(call_id, result)
                 return
             if inspect.iscoroutine(result):  # an async method of a model served on threads: run it here
                 result = asyncio.run(result)

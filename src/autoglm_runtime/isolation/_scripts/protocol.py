@@ -45,6 +45,7 @@ __all__ = [
     "PeerClosedError",
     "decode",
     "encode",
+    "encode_wrapped",
     "send",
     "wait_writable",
     "write_frame",
@@ -60,6 +61,7 @@ PeerClosedError = _codec.PeerClosedError
 Frame = _codec.Frame
 decode = _codec.decode
 encode = _codec.encode
+encode_wrapped = _codec.encode_wrapped
 _HEAD = struct.Struct(">IH")
 _LENGTH = struct.Struct(">Q")
 _DIRECT = 1 << 16  # a buffer still missing this much is read with recv_into, not through the read buffer
