@@ -24,7 +24,7 @@ from tests.validation.test_word_bounds import PIECES, adversarial_text, unigram
 from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from autoglm_runtime.errors import ContextWindowExceededError
-from autoglm_runtime.validation import ContextWindowGuard, HFTokenizer
+from autoglm_runtime.validation import ContextWindowGuard, HFTokenizer, IncompleteInput, OpenAIExtractor
 from autoglm_runtime.validation import _normalized_words as normalized_words
 from autoglm_runtime.validation._normalized_words import (
     WHITE_SPACE,
@@ -414,3 +414,27 @@ class TestFoundInReview:
         """Asking each step costs about 0.1 s at load: hundreds of steps get no bound rather than a slow load."""
         assert fixed_characters({"type": "Sequence", "normalizers": [{"type": "NFC"}] * 16}) is not None
         assert fixed_characters({"type": "Sequence", "normalizers": [{"type": "NFC"}] * 17}) is None
+
+    def test_a_long_tool_definition_that_fits_is_not_rejected_from_its_start(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The guard judges a long tool definition from its first characters (a start, not the whole text): its
+        words are counted only up to a junction, never as if the text ended there."""
+        monkeypatch.setattr(normalized_words, "_FIRST_CHUNK", 4_096)  # a start this short was read whole
+        tok = Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>"))
+        tok.normalizer = normalizers.Replace(" x" * 12, "")
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        guard = ContextWindowGuard(HFTokenizer(tok), 100, message_tokens=0)
+        limit = guard.text_limit()
+        assert limit is not None
+        empty = json.dumps([{"type": "function", "function": {"name": "f", "description": ""}}])
+        filler = limit + 1 - empty.index('""') - 1 - 16  # the start ends inside the run of " x" the Replace deletes
+        description = ("y" * 59 + " ") * (filler // 60) + "y" * (filler % 60) + " x" * 12 + " " + "z" * 40
+        tools = [{"type": "function", "function": {"name": "f", "description": description}}]
+        assert len(tok.encode(json.dumps(tools)).ids) == 33
+        body = {"messages": [{"role": "user", "content": "hi"}], "tools": tools, "max_tokens": 66}
+        extracted = OpenAIExtractor().extract(body, max_text_chars=limit)
+        assert extracted.partial == frozenset({1})
+        with pytest.raises(IncompleteInput):  # the start proves nothing: the caller judges the whole text
+            guard.judge(extracted.guard_input())
+        assert guard.judge(OpenAIExtractor().extract(body).guard_input()).input_tokens == 34

@@ -49,18 +49,15 @@ that does not remove) only split. ``UnicodeScripts`` is not allowed: it drops th
 script (a space, private-use and unassigned code points, letters newer than its tables such as U+0560). So each word
 of ``N(A)`` lies inside one pre-token of ``N(A) + B`` (the last one may go on into ``B``), and two words never share
 one. The model writes each non-empty pre-token as at least one token (the model conditions of the word bound). A
-text the caller says is read whole (``whole=True``: it is tokenized as it is, not only a start of what is), with no
-raw added token in it, is counted from its whole normalization; a start is only ever cut at a junction (its whole
-normalization need not start the continuation's: ``Replace("ab", "")`` deletes the ``a`` of ``"q a"`` once a ``b``
-follows).
+text tokenized as it is (``whole=True``) with no raw added token is counted from its whole normalization; a start
+is only cut at junctions (``Replace("ab", "")`` deletes the ``a`` ending ``"q a"`` once a ``b`` follows).
 
 **Added tokens.** Raw ones (``normalized=False``) are matched on the text first and each piece is normalized alone:
 ``A`` is cut before the first place any of their contents occurs, so ``A`` starts the first piece (an ``lstrip``
 token swallows only whitespace, and ``A`` ends in ``x``). Normalized ones are matched on the normalized piece; their
 content must hold no separator, so a match lies inside one word: a word it covers still costs the match's token, and
-the rest of a word it cuts is a pre-token of its own. One with ``lstrip`` or ``rstrip`` also swallows the
-whitespace next to it, so it is allowed only when the pre-tokenizer splits at every ``White_Space`` character
-(else a tab between two spaces is a word the token swallows).
+the rest of a word it cuts is a pre-token of its own. One that strips (``lstrip``/``rstrip``) swallows the spaces
+next to it, so the pre-tokenizer must split at every ``White_Space`` character (else it swallows a tab word).
 
 **A longer text** starting with ``A`` has ``N(A)`` as a start too (claim 1 for any continuation), so the bound holds
 for the text and any text it starts. Counting reads growing starts, stopping once past what is needed or after
