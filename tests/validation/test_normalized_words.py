@@ -24,7 +24,7 @@ from tests.validation.test_word_bounds import PIECES, adversarial_text, unigram
 from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from autoglm_runtime.errors import ContextWindowExceededError
-from autoglm_runtime.validation import ContextWindowGuard, HFTokenizer
+from autoglm_runtime.validation import ContextWindowGuard, HFTokenizer, IncompleteInput, OpenAIExtractor
 from autoglm_runtime.validation import _normalized_words as normalized_words
 from autoglm_runtime.validation._normalized_words import (
     WHITE_SPACE,
@@ -238,8 +238,8 @@ class TestNotInTheProof:
         tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
         assert HFTokenizer(tok).normalized_word_counter is None
         forced = NormalizedWordCounter(tok.normalizer, "abc", " ")
-        assert forced.least_tokens("a b", 10) == 2
-        assert len(tok.encode("a b c").ids) == 1  # a text that starts with "a b"
+        assert forced.least_tokens("c a b c", 10) == 3  # cut after "c a b"
+        assert len(tok.encode("c a b c").ids) == 2
 
     def test_a_replace_of_the_space(self) -> None:
         spec = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
@@ -372,3 +372,69 @@ def test_lowercase_maps_each_character_alone() -> None:
     for step in (normalizers.Lowercase(), normalizers.BertNormalizer()):
         assert step.normalize_str("\u0391\u03a3") == "\u03b1\u03c3"
         assert step.normalize_str("\u0391\u03a3 \u0391") == "\u03b1\u03c3 \u03b1"
+
+
+class TestFoundInReview:
+    """Counterexamples to the bound found in review: each is excluded from it or counted as it really is."""
+
+    def test_unicode_scripts_drops_spaces_and_code_points_it_has_no_script_for(self) -> None:
+        # It drops the leading run of what it calls "Any": a space, private-use, unassigned and newer letters (the
+        # Armenian U+0560 is one), so a word of them costs no token.
+        tok = Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.UnicodeScripts()])
+        text = "\u0560 \ue000 " * 40_000
+        assert tok.encode(text).ids == []
+        wrapped = HFTokenizer(tok)
+        assert wrapped.normalized_word_counter is None
+        assert ContextWindowGuard(wrapped, 10).check(text, max_output_tokens=10).input_tokens == 0
+
+    @pytest.mark.parametrize(("strip", "unit"), [("lstrip", "\t \t \t <tok>"), ("rstrip", "<tok> \t \t \t")])
+    def test_a_normalized_added_token_stripping_spaces_the_pre_tokenizer_keeps(self, strip: str, unit: str) -> None:
+        # Metaspace splits at spaces only: a tab is part of a word, yet the token swallows it with the spaces.
+        tok = unigram(None, pre_tokenizers.Metaspace())
+        tok.add_tokens([AddedToken("<tok>", normalized=True, **{strip: True})])
+        text = unit * 20_000
+        tokens = len(tok.encode(text).ids)
+        assert tokens == 20_000
+        wrapped = HFTokenizer(tok)
+        assert wrapped.normalized_word_counter is None
+        assert ContextWindowGuard(wrapped, tokens + 10).check(text, max_output_tokens=10).input_tokens == tokens
+
+    def test_a_start_is_not_counted_as_a_whole_text(self) -> None:
+        # "q a" may go on as "q ab", which the Replace makes "q ": one token.
+        tok = HFTokenizer(wordpiece_behind_replace())
+        assert len(tok.encode("q ab")) == 1
+        counter = tok.normalized_word_counter
+        assert counter is not None
+        assert counter.least_tokens("q a", 10) <= 1
+        assert ContextWindowGuard(tok, 100).least_tokens(["q a"], 10) <= 1
+        assert counter.least_tokens("q a", 10, whole=True) == 2  # read whole, "q a" is two tokens
+
+    def test_a_normalizer_of_very_many_steps_is_not_asked(self) -> None:
+        """Asking each step costs about 0.1 s at load: hundreds of steps get no bound rather than a slow load."""
+        assert fixed_characters({"type": "Sequence", "normalizers": [{"type": "NFC"}] * 16}) is not None
+        assert fixed_characters({"type": "Sequence", "normalizers": [{"type": "NFC"}] * 17}) is None
+
+    def test_a_long_tool_definition_that_fits_is_not_rejected_from_its_start(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The guard judges a long tool definition from its first characters (a start, not the whole text): its
+        words are counted only up to a junction, never as if the text ended there."""
+        monkeypatch.setattr(normalized_words, "_FIRST_CHUNK", 4_096)  # a start this short was read whole
+        tok = Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>"))
+        tok.normalizer = normalizers.Replace(" x" * 12, "")
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        guard = ContextWindowGuard(HFTokenizer(tok), 100, message_tokens=0)
+        limit = guard.text_limit()
+        assert limit is not None
+        empty = json.dumps([{"type": "function", "function": {"name": "f", "description": ""}}])
+        filler = limit + 1 - empty.index('""') - 1 - 16  # the start ends inside the run of " x" the Replace deletes
+        description = ("y" * 59 + " ") * (filler // 60) + "y" * (filler % 60) + " x" * 12 + " " + "z" * 40
+        tools = [{"type": "function", "function": {"name": "f", "description": description}}]
+        assert len(tok.encode(json.dumps(tools)).ids) == 33
+        body = {"messages": [{"role": "user", "content": "hi"}], "tools": tools, "max_tokens": 66}
+        extracted = OpenAIExtractor().extract(body, max_text_chars=limit)
+        assert extracted.partial == frozenset({1})
+        with pytest.raises(IncompleteInput):  # the start proves nothing: the caller judges the whole text
+            guard.judge(extracted.guard_input())
+        assert guard.judge(OpenAIExtractor().extract(body).guard_input()).input_tokens == 34

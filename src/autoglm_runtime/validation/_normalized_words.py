@@ -44,16 +44,20 @@ keeps and does not split at. The separators are what the pre-tokenizer splits at
 characters for ``WhitespaceSplit``, ``Whitespace`` and ``BertPreTokenizer`` (they split there and drop them), the
 space and its replacement for a splitting ``Metaspace``, a ``CharDelimiterSplit`` delimiter, ASCII punctuation for
 ``Punctuation`` with ``Removed`` (which also removes non-ASCII punctuation, so non-ASCII characters are then not
-counted: deleting a character from the count can only merge words). Other allowed steps only split. So each word
+counted: deleting a character from the count can only merge words). Other allowed steps (``Digits``, a ``Split``
+that does not remove) only split. ``UnicodeScripts`` is not allowed: it drops the leading run of what it gives no
+script (a space, private-use and unassigned code points, letters newer than its tables such as U+0560). So each word
 of ``N(A)`` lies inside one pre-token of ``N(A) + B`` (the last one may go on into ``B``), and two words never share
 one. The model writes each non-empty pre-token as at least one token (the model conditions of the word bound). A
-text read whole, with no raw added token in it, is counted from its whole normalization.
+text tokenized as it is (``whole=True``) with no raw added token is counted from its whole normalization; a start
+is only cut at junctions (``Replace("ab", "")`` deletes the ``a`` ending ``"q a"`` once a ``b`` follows).
 
 **Added tokens.** Raw ones (``normalized=False``) are matched on the text first and each piece is normalized alone:
 ``A`` is cut before the first place any of their contents occurs, so ``A`` starts the first piece (an ``lstrip``
 token swallows only whitespace, and ``A`` ends in ``x``). Normalized ones are matched on the normalized piece; their
 content must hold no separator, so a match lies inside one word: a word it covers still costs the match's token, and
-the rest of a word it cuts is a pre-token of its own.
+the rest of a word it cuts is a pre-token of its own. One that strips (``lstrip``/``rstrip``) swallows the spaces
+next to it, so the pre-tokenizer must split at every ``White_Space`` character (else it swallows a tab word).
 
 **A longer text** starting with ``A`` has ``N(A)`` as a start too (claim 1 for any continuation), so the bound holds
 for the text and any text it starts. Counting reads growing starts, stopping once past what is needed or after
@@ -98,6 +102,8 @@ _CANDIDATES = [chr(c) for c in range(0x21, 0x7F)] + [
 ]
 _PROBED = frozenset({"NFC", "NFD", "NFKC", "NFKD", "Lowercase", "StripAccents", "Nmt", "BertNormalizer", "Precompiled"})
 _JUNCTIONS = WHITE_SPACE
+#: Normalizer steps asked at most (ALBERT has seven).
+_MAX_STEPS = 16
 _SPACE_RUN = re.compile(r"( |\\s)(?:\{(\d+),(\d*)\}|(\+))")
 
 
@@ -167,10 +173,11 @@ class NormalizedWordCounter:
     def __repr__(self) -> str:
         return f"NormalizedWordCounter(separators={self._separators!r}, fixed={len(self._fixed)} characters)"
 
-    def least_tokens(self, text: str, enough: int) -> int:
-        """A lower bound on the tokens of any text starting with ``text``; stops counting once past ``enough``."""
+    def least_tokens(self, text: str, enough: int, *, whole: bool = False) -> int:
+        """A lower bound on the tokens of any text starting with ``text`` (of ``text`` itself with ``whole``);
+        stops counting once past ``enough``."""
         limit = min(len(text), max(_FIRST_CHUNK, GIVE_UP_CHARS_PER_WORD * (enough + 1)))
-        whole = limit == len(text)
+        whole = whole and limit == len(text)
         for first, group in self._raw_added:
             if text.find(first, 0, limit) < 0:
                 continue
@@ -192,11 +199,11 @@ class NormalizedWordCounter:
             size *= 2
         return count
 
-    def least_tokens_of(self, texts: Sequence[str], enough: int) -> int:
+    def least_tokens_of(self, texts: Sequence[str], enough: int, *, whole: bool = False) -> int:
         """:meth:`least_tokens` summed over ``texts``, stopping once past ``enough``."""
         least = 0
         for text in texts:
-            least += self.least_tokens(text, enough - least)
+            least += self.least_tokens(text, enough - least, whole=whole)
             if least > enough:
                 break
         return least
@@ -242,14 +249,14 @@ class EitherBound:
     def __init__(self, first: WordBound, second: WordBound) -> None:
         self.first, self.second = first, second
 
-    def least_tokens(self, text: str, enough: int) -> int:
-        least = self.first.least_tokens(text, enough)
-        return least if least > enough else max(least, self.second.least_tokens(text, enough))
+    def least_tokens(self, text: str, enough: int, *, whole: bool = False) -> int:
+        least = self.first.least_tokens(text, enough, whole=whole)
+        return least if least > enough else max(least, self.second.least_tokens(text, enough, whole=whole))
 
-    def least_tokens_of(self, texts: Sequence[str], enough: int) -> int:
+    def least_tokens_of(self, texts: Sequence[str], enough: int, *, whole: bool = False) -> int:
         least = 0
         for text in texts:
-            least += self.least_tokens(text, enough - least)
+            least += self.least_tokens(text, enough - least, whole=whole)
             if least > enough:
                 break
         return least
@@ -299,10 +306,13 @@ def fixed_characters(spec: Mapping[str, Any] | None) -> tuple[str, str] | None:
     """``(W, junctions)``: the characters a cut may lie between, and the spaces it may lie before (``White_Space``
     characters every step maps to ``White_Space`` characters), for the normalizer ``spec``; ``None`` when it is not
     in the proof."""
+    steps = _flatten(spec, "normalizers")
+    # Asking a step costs about 0.1 s: a tokenizer.json of hundreds of steps is left without the bound.
+    if len(steps) > _MAX_STEPS or sum(step.get("type") == "Precompiled" for step in steps) > 1:
+        return None
     fixed = set(_CANDIDATES)
     images = {junction: junction for junction in _JUNCTIONS}
-    precompiled = 0
-    for step in _flatten(spec, "normalizers"):
+    for step in steps:
         kind = step.get("type")
         if kind == "Replace":
             pattern, content = step.get("pattern") or {}, step.get("content")
@@ -315,14 +325,13 @@ def fixed_characters(spec: Mapping[str, Any] | None) -> tuple[str, str] | None:
             else:
                 return None
         elif kind in _PROBED:
-            precompiled += kind == "Precompiled"
             normalizer = _normalizer_of(step)
             images = {char: normalizer.normalize_str(image) for char, image in images.items()}
             fixed = set(_kept(normalizer, sorted(fixed)))
         elif not (kind == "Strip" or (kind == "Prepend" and isinstance(step.get("prepend"), str))):
             return None
         images = {char: image for char, image in images.items() if image in _JUNCTIONS}
-    if precompiled > 1 or not fixed or not images:
+    if not fixed or not images:
         return None
     return "".join(sorted(fixed)), "".join(sorted(images))
 
@@ -353,7 +362,7 @@ def word_separators(spec: Mapping[str, Any] | None) -> tuple[str, bool] | None:
         elif kind == "Split":
             if step.get("behavior") == "Removed":
                 return None
-        elif kind not in ("Digits", "UnicodeScripts"):
+        elif kind != "Digits":
             return None
     return ("".join(sorted(separators)), non_ascii) if separators else None
 
@@ -382,8 +391,11 @@ def normalized_word_counter(spec: Mapping[str, Any], normalizer: Any) -> Normali
     separators, non_ascii = found
     raw_added = []
     added: Sequence[Mapping[str, Any]] = spec.get("added_tokens") or ()
+    splits_every_space = set(WHITE_SPACE) <= set(separators)
     for token in added:
         content = str(token.get("content", ""))
+        if token.get("normalized") and (token.get("lstrip") or token.get("rstrip")) and not splits_every_space:
+            return None  # it may swallow a tab or other space the pre-tokenizer counts in a word
         if token.get("normalized"):
             # Matched as the normalizer writes it (tokenizers normalizes the content too), so both forms are asked.
             written = content if normalizer is None else normalizer.normalize_str(content)

@@ -242,7 +242,7 @@ def judge_rendered(
 
     def measure(text: str, room: int) -> list[int]:
         per_token = guard.max_chars_per_token
-        least = -(-len(text) // per_token) if per_token is not None else guard.least_words([text], room)
+        least = -(-len(text) // per_token) if per_token is not None else guard.least_words([text], room, whole=True)
         if least > room:
             raise overflow_error(least, output, window, request.param, request.output_param, at_least=True)
         return guard.count([text], room, request, fixed=0, output=output, window=window, tokenizer=tok)[0]

@@ -91,10 +91,11 @@ _GIVE_UP_CHARS_PER_WORD = 64
 class WordBound(Protocol):
     """A proven lower bound on the tokens of any text that starts with a given text (what the guard asks of one)."""
 
-    def least_tokens(self, text: str, enough: int) -> int:
-        """A lower bound on the tokens of any text starting with ``text``; may stop counting once past ``enough``."""
+    def least_tokens(self, text: str, enough: int, *, whole: bool = False) -> int:
+        """A lower bound on the tokens of any text starting with ``text``, or with ``whole`` (the text is tokenized
+        as it is) of ``text`` itself; may stop counting once past ``enough``."""
 
-    def least_tokens_of(self, texts: Sequence[str], enough: int) -> int:
+    def least_tokens_of(self, texts: Sequence[str], enough: int, *, whole: bool = False) -> int:
         """:meth:`least_tokens` summed over ``texts``, stopping once past ``enough``."""
 
 
@@ -161,8 +162,9 @@ class WordCounter:
             f"word_leads={self._word_leads!r})"
         )
 
-    def least_tokens(self, text: str, enough: int) -> int:
-        """A lower bound on the tokens of any text starting with ``text``; stops counting once past ``enough``."""
+    def least_tokens(self, text: str, enough: int, *, whole: bool = False) -> int:
+        """A lower bound on the tokens of any text starting with ``text``; stops counting once past ``enough``
+        (``whole`` changes nothing: the bound of a start holds for the text read whole too)."""
         count = boundaries = position = 0
         size = max(_FIRST_CHUNK, 4 * (enough + 1))
         end = min(len(text), max(_FIRST_CHUNK, _GIVE_UP_CHARS_PER_WORD * (enough + 1)))
@@ -181,7 +183,7 @@ class WordCounter:
                 break
         return max(count - boundaries, 0)
 
-    def least_tokens_of(self, texts: Sequence[str], enough: int) -> int:
+    def least_tokens_of(self, texts: Sequence[str], enough: int, *, whole: bool = False) -> int:
         """:meth:`least_tokens` summed over ``texts``, stopping once past ``enough``."""
         least = 0
         for text in texts:

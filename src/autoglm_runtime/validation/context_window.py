@@ -303,7 +303,7 @@ context window of 4 tokens: shorten the input or lower max_tokens
             at_least = ids + -(-chars // per_token)
         elif self.word_counter is not None and chars > max(_BATCH_CHARS, 2 * (budget - ids)):
             # Short text is tokenized at once for an exact count; c characters hold at most ceil(c / 2) words.
-            at_least = ids + self.least_words([s for s in segments if isinstance(s, str)], budget - ids)
+            at_least = ids + self.least_words([s for s in segments if isinstance(s, str)], budget - ids, whole=True)
         else:
             return
         if at_least > budget:
@@ -334,10 +334,11 @@ context window of 4 tokens: shorten the input or lower max_tokens
                 break
         return least
 
-    def least_words(self, texts: Sequence[str], enough: int) -> int:
+    def least_words(self, texts: Sequence[str], enough: int, *, whole: bool = False) -> int:
         """The words of ``texts`` that each cost at least one token (0 without a ``word_counter``), counted no
-        further than it takes to pass ``enough``; a lower bound on the tokens of texts that begin with ``texts``."""
-        return 0 if self.word_counter is None else self.word_counter.least_tokens_of(texts, enough)
+        further than it takes to pass ``enough``; a lower bound on the tokens of texts that begin with ``texts``, or
+        with ``whole`` (each text is tokenized as it is) of ``texts`` themselves."""
+        return 0 if self.word_counter is None else self.word_counter.least_tokens_of(texts, enough, whole=whole)
 
     def count(
         self,
