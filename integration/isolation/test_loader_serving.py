@@ -160,7 +160,9 @@ VALUES = st.recursive(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(VALUES)
 def test_payloads_round_trip_exactly_through_a_real_worker(echo: Any, value: Any) -> None:
     # The model's environment has no numpy: arrays cross it as ArrayValue and come back as numpy arrays.

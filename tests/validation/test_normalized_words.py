@@ -167,7 +167,9 @@ def test_the_counters_of_the_families() -> None:
     assert not set("-abAB") & set(wordpiece.fixed)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(text=long_text, cut=st.integers(0, 10_000), enough=st.integers(0, 40))
 def test_bound_holds_on_adversarial_text(counted: HFTokenizer, text: str, cut: int, enough: int) -> None:
     counter = counted.normalized_word_counter

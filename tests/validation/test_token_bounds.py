@@ -216,7 +216,9 @@ adversarial_text = st.lists(
 ).map("".join)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(text=adversarial_text)
 def test_bound_holds_on_adversarial_text(bounded: HFTokenizer, text: str) -> None:
     bound = bounded.max_token_chars

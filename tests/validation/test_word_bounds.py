@@ -187,7 +187,9 @@ def test_the_counters_of_the_families() -> None:
     assert counter(unigram_split_then_metaspace()) == ("\t\n\r \u00a0", graphic)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(text=adversarial_text, cut=st.integers(0, 10_000))
 def test_bound_holds_on_adversarial_text(counted: HFTokenizer, text: str, cut: int) -> None:
     counter = counted.word_counter
