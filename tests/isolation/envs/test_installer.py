@@ -68,7 +68,10 @@ def test_a_raising_callback_leaves_no_process_behind() -> None:
 
 def test_the_deadline_kills_the_command_and_what_it_started() -> None:
     lines: list[str] = []
-    status = run_streaming([sys.executable, "-c", STUCK], os.environ, time.monotonic() + 1.0, lines.append)
+    # A shell (it starts in milliseconds even on a loaded machine, where a Python child can take over a second to
+    # say its pids) and the sleep it started.
+    stuck = ["/bin/sh", "-c", "sleep 600 & echo pids $$ $!; wait"]
+    status = run_streaming(stuck, os.environ, time.monotonic() + 2.0, lines.append)
     assert status is None
     assert _wait_gone(_pids(lines)) == []
 
