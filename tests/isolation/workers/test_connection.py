@@ -242,3 +242,41 @@ def test_a_lone_call_not_written_in_time_frees_the_read_side(pair: tuple[Connect
     protocol.write_frame(peer, {"id": 16, "ok": True, "result": 16})
     assert conn.wait(after, time.monotonic() + 30)
     assert after.delivered_on == threading.current_thread().name
+
+
+def test_a_lone_call_whose_reply_races_a_closer_fails_with_the_closers_error_not_a_missing_reply(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    # The closer takes every sink under the lock and fails them after releasing it; a reply read in between
+    # must not leave the call "answered" with neither reply nor error (which calls.call takes for a timeout).
+    conn, peer = pair
+    taken, release = threading.Event(), threading.Event()
+
+    def reason(method: str) -> BaseException:
+        if threading.current_thread().name == "test-closer":  # hold the closer between taking and failing
+            taken.set()
+            release.wait(30)
+        return ConnectionError(f"{method}: closed")
+
+    outcome: list[Any] = []
+
+    def caller() -> None:
+        try:
+            outcome.append(conn.call(17, "echo", _request(17), None, time.monotonic() + 30))
+        except ConnectionError as exc:
+            outcome.append(exc)
+
+    call_thread = threading.Thread(target=caller, name="test-caller")
+    call_thread.start()
+    protocol.FrameReader(peer).read()  # the call registered and is reading for itself
+    closer = threading.Thread(target=conn.close, args=(reason,), name="test-closer")
+    closer.start()
+    assert taken.wait(30)
+    protocol.write_frame(peer, {"id": 17, "ok": True, "result": 17})
+    call_thread.join(30)
+    release.set()
+    closer.join(30)
+    assert not call_thread.is_alive()
+    assert [type(item) for item in outcome] == [ConnectionError]
+    assert str(outcome[0]) == "echo: closed"
+    assert conn.inflight == 0

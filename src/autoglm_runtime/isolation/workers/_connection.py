@@ -194,10 +194,14 @@ class Connection:
             answered = self._read_own(call_id, sink, read_deadline)
         else:
             answered = self.wait(sink, read_deadline)
-        if not sink.settled:  # a settled sink was unregistered by whoever settled it
-            self.unregister(call_id)
         if not answered:
+            self.unregister(call_id)
             return None
+        if not sink.settled:  # a closer took the sink and is failing it right now (outside the lock): as it will
+            with self._lock:
+                closed = self._closed_with
+            assert closed is not None
+            sink.fail(closed(method))
         if sink.error is not None:
             raise sink.error
         return sink.reply
