@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 import time
@@ -280,3 +281,40 @@ def test_a_lone_call_whose_reply_races_a_closer_fails_with_the_closers_error_not
     assert [type(item) for item in outcome] == [ConnectionError]
     assert str(outcome[0]) == "echo: closed"
     assert conn.inflight == 0
+
+
+def test_a_call_interrupted_while_waiting_its_turn_leaves_no_sink_and_does_not_take_the_read_side_with_it(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    # Ctrl-C in the main thread while its call sleeps behind another call's read: once that call has its reply,
+    # the read side must not be handed to the interrupted call (nobody would read again).
+    conn, peer = pair
+    requests = protocol.FrameReader(peer)
+    first: list[Any] = []
+    holder = threading.Thread(
+        target=lambda: first.append(conn.call(21, "echo", _request(21), None, time.monotonic() + 30)),
+        name="test-holder",
+    )
+    holder.start()
+    assert requests.read()["id"] == 21  # the holder registered alone: it holds the read side
+
+    def interrupt_when_queued() -> None:
+        deadline = time.monotonic() + 30
+        while not conn._waiting and time.monotonic() < deadline:
+            time.sleep(0.001)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_when_queued, name="test-interrupter")
+    interrupter.start()
+    with pytest.raises(KeyboardInterrupt):
+        conn.call(22, "echo", _request(22), None, time.monotonic() + 30)
+    interrupter.join()
+    assert requests.read()["id"] == 22
+    protocol.write_frame(peer, {"id": 21, "ok": True, "result": 21})
+    holder.join(30)
+    assert first == [{"id": 21, "ok": True, "result": 21}]
+    assert conn.inflight == 0
+    protocol.write_frame(peer, {"id": 22, "ok": True, "result": 22})  # late: nobody waits for it any more
+    peer_thread = _answer_all_in_reverse(peer, 1)
+    assert conn.call(23, "echo", _request(23), None, time.monotonic() + 30) == {"id": 23, "ok": True, "result": 23}
+    peer_thread.join()

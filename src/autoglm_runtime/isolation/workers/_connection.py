@@ -149,15 +149,25 @@ class Connection:
             if mine:
                 return self._read_for(sink, deadline)
             left = None if deadline is None else deadline - time.monotonic()
-            if (left is not None and left <= 0) or not sink.sleep(left):
-                with self._lock:
-                    if sink.queued:
-                        sink.queued = False
-                        self._waiting.remove(sink)
-                    if sink.granted:  # handed the read side just now, at a frame boundary: pass it on
-                        sink.granted = False
-                        self._hand_over()
-                    return sink.settled
+            try:
+                slept = (left is None or left > 0) and sink.sleep(left)
+            except BaseException:  # interrupted (KeyboardInterrupt) while not reading: leave the line cleanly
+                self._leave_line(sink)
+                raise
+            if not slept:
+                self._leave_line(sink)
+                return sink.settled
+
+    def _leave_line(self, sink: CallSink) -> None:
+        """``sink``'s thread stops waiting for the read side: out of the line, and a turn just handed to it (at a
+        frame boundary) passed on."""
+        with self._lock:
+            if sink.queued:
+                sink.queued = False
+                self._waiting.remove(sink)
+            if sink.granted:
+                sink.granted = False
+                self._hand_over()
 
     def call(
         self, call_id: int, method: str, frame: _protocol.Frame, deadline: float | None, read_deadline: float | None
@@ -190,10 +200,14 @@ class Connection:
             raise
         except OSError:
             pass  # the stream broke: reading it fails the call with the error the supervisor names
-        if isinstance(sink, OwnSink):
-            answered = self._read_own(call_id, sink, read_deadline)
-        else:
-            answered = self.wait(sink, read_deadline)
+        try:
+            if isinstance(sink, OwnSink):
+                answered = self._read_own(call_id, sink, read_deadline)
+            else:
+                answered = self.wait(sink, read_deadline)
+        except BaseException:  # interrupted: a thread that was reading keeps the read side (it may have left the
+            self.unregister(call_id)  # stream mid-frame), and the heartbeat or a later call's timeout restarts it
+            raise
         if not answered:
             self.unregister(call_id)
             return None
