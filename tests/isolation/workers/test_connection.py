@@ -318,3 +318,31 @@ def test_a_call_interrupted_while_waiting_its_turn_leaves_no_sink_and_does_not_t
     peer_thread = _answer_all_in_reverse(peer, 1)
     assert conn.call(23, "echo", _request(23), None, time.monotonic() + 30) == {"id": 23, "ok": True, "result": 23}
     peer_thread.join()
+
+
+def test_a_lone_call_interrupted_while_writing_its_request_frees_the_read_side(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    conn, peer = pair
+    _fill(conn._sock)  # the request cannot go out: the call blocks writing it, holding the read side
+
+    def interrupt_when_registered() -> None:
+        deadline = time.monotonic() + 30
+        while conn.inflight == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_when_registered, name="test-interrupter")
+    interrupter.start()
+    with pytest.raises(KeyboardInterrupt):
+        conn.call(31, "echo", _request(31), None, time.monotonic() + 30)
+    interrupter.join()
+    assert conn.inflight == 0
+    while True:  # the peer drops what filled its buffer (none of the request went out)
+        try:
+            peer.recv(1 << 20, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+    peer_thread = _answer_all_in_reverse(peer, 1)
+    assert conn.call(32, "echo", _request(32), None, time.monotonic() + 30) == {"id": 32, "ok": True, "result": 32}
+    peer_thread.join()

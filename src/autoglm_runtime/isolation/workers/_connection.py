@@ -192,21 +192,23 @@ class Connection:
             raise closed(method)
         try:
             self.send(frame, deadline)
-        except SendTimeout:
+        except OSError:
+            pass  # the stream broke: reading it fails the call with the error the supervisor names
+        except BaseException:  # SendTimeout, or interrupted (KeyboardInterrupt): nothing was read yet
             with self._lock:
                 self._sinks.pop(call_id, None)
                 if alone:
                     self._hand_over()
             raise
-        except OSError:
-            pass  # the stream broke: reading it fails the call with the error the supervisor names
         try:
             if isinstance(sink, OwnSink):
                 answered = self._read_own(call_id, sink, read_deadline)
             else:
                 answered = self.wait(sink, read_deadline)
-        except BaseException:  # interrupted: a thread that was reading keeps the read side (it may have left the
-            self.unregister(call_id)  # stream mid-frame), and the heartbeat or a later call's timeout restarts it
+        except BaseException:
+            # Interrupted (KeyboardInterrupt): a thread that was reading keeps the read side, as after a timeout (it
+            # may have left the stream mid-frame); the heartbeat, or a later call's timeout, restarts the worker.
+            self.unregister(call_id)
             raise
         if not answered:
             self.unregister(call_id)
