@@ -135,28 +135,27 @@ class Connection:
         After False the caller must stop the worker: this thread may have left the stream in the middle of a
         frame, and keeps the read side so that nobody reads on from there.
         """
-        while True:
-            with self._lock:
-                mine = sink.granted or (not self._reading and self._closed_with is None and not sink.settled)
+        try:
+            while True:
+                with self._lock:
+                    mine = sink.granted or (not self._reading and self._closed_with is None and not sink.settled)
+                    if mine:
+                        sink.granted = False
+                        self._reading = True
+                    elif sink.settled:
+                        return True
+                    elif not sink.queued:
+                        sink.queued = True
+                        self._waiting.append(sink)
                 if mine:
-                    sink.granted = False
-                    self._reading = True
-                elif sink.settled:
-                    return True
-                elif not sink.queued:
-                    sink.queued = True
-                    self._waiting.append(sink)
-            if mine:
-                return self._read_for(sink, deadline)
-            left = None if deadline is None else deadline - time.monotonic()
-            try:
-                slept = (left is None or left > 0) and sink.sleep(left)
-            except BaseException:  # interrupted (KeyboardInterrupt) while not reading: leave the line cleanly
-                self._leave_line(sink)
-                raise
-            if not slept:
-                self._leave_line(sink)
-                return sink.settled
+                    return self._read_for(sink, deadline)
+                left = None if deadline is None else deadline - time.monotonic()
+                if (left is not None and left <= 0) or not sink.sleep(left):
+                    self._leave_line(sink)
+                    return sink.settled
+        except BaseException:  # interrupted (KeyboardInterrupt): out of the line (one reading keeps the read side)
+            self._leave_line(sink)
+            raise
 
     def _leave_line(self, sink: CallSink) -> None:
         """``sink``'s thread stops waiting for the read side: out of the line, and a turn just handed to it (at a
