@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from integration.isolation.conftest import MakeModel
 
+from autoglm_runtime.errors import ModelCallError
 from autoglm_runtime.isolation import ModelLoader
 from autoglm_runtime.testing import fail_in_ci_else_skip
 
@@ -24,6 +25,11 @@ class Model:
         return list(sys.version_info[:2])
 
     def echo(self, value):
+        return value
+
+    def looped(self):
+        value = {"k": []}
+        value["k"].append(value)
         return value
 
     def count(self, n):
@@ -56,3 +62,16 @@ def test_a_worker_on_python_38_calls_and_streams(loader: ModelLoader, make_model
     value = {"text": "héllo", "n": [1, 2.5, None, True], "raw": b"\x00\xff" * 600, "buf": bytearray(b"ab")}
     assert model.call("echo", value) == value
     assert list(model.stream("count", 3)) == [{"i": i, "raw": bytes([i])} for i in range(3)]
+
+
+def test_a_result_containing_itself_is_a_coded_error_on_python_38(loader: ModelLoader, make_model: MakeModel) -> None:
+    # The worker's encoder has no circular check: the loop must still end as the model's error, not kill the worker.
+    model = loader.load(make_model("oldest-looped", MODEL))
+    with pytest.raises(ModelCallError) as info:
+        model.call("looped")
+    assert info.value.code == "E0105"
+    assert str(info.value.message) == (
+        "model 'oldest-looped' raised ValueError: the value is nested too deeply (or contains itself) to be sent to "
+        "or from a model in looped()"
+    )
+    assert model.call("echo", [1]) == [1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 import time
@@ -242,3 +243,106 @@ def test_a_lone_call_not_written_in_time_frees_the_read_side(pair: tuple[Connect
     protocol.write_frame(peer, {"id": 16, "ok": True, "result": 16})
     assert conn.wait(after, time.monotonic() + 30)
     assert after.delivered_on == threading.current_thread().name
+
+
+def test_a_lone_call_whose_reply_races_a_closer_fails_with_the_closers_error_not_a_missing_reply(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    # The closer takes every sink under the lock and fails them after releasing it; a reply read in between
+    # must not leave the call "answered" with neither reply nor error (which calls.call takes for a timeout).
+    conn, peer = pair
+    taken, release = threading.Event(), threading.Event()
+
+    def reason(method: str) -> BaseException:
+        if threading.current_thread().name == "test-closer":  # hold the closer between taking and failing
+            taken.set()
+            release.wait(30)
+        return ConnectionError(f"{method}: closed")
+
+    outcome: list[Any] = []
+
+    def caller() -> None:
+        try:
+            outcome.append(conn.call(17, "echo", _request(17), None, time.monotonic() + 30))
+        except ConnectionError as exc:
+            outcome.append(exc)
+
+    call_thread = threading.Thread(target=caller, name="test-caller")
+    call_thread.start()
+    protocol.FrameReader(peer).read()  # the call registered and is reading for itself
+    closer = threading.Thread(target=conn.close, args=(reason,), name="test-closer")
+    closer.start()
+    assert taken.wait(30)
+    protocol.write_frame(peer, {"id": 17, "ok": True, "result": 17})
+    call_thread.join(30)
+    release.set()
+    closer.join(30)
+    assert not call_thread.is_alive()
+    assert [type(item) for item in outcome] == [ConnectionError]
+    assert str(outcome[0]) == "echo: closed"
+    assert conn.inflight == 0
+
+
+def test_a_call_interrupted_while_waiting_its_turn_leaves_no_sink_and_does_not_take_the_read_side_with_it(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    # Ctrl-C in the main thread while its call sleeps behind another call's read: once that call has its reply,
+    # the read side must not be handed to the interrupted call (nobody would read again).
+    conn, peer = pair
+    requests = protocol.FrameReader(peer)
+    first: list[Any] = []
+    holder = threading.Thread(
+        target=lambda: first.append(conn.call(21, "echo", _request(21), None, time.monotonic() + 30)),
+        name="test-holder",
+    )
+    holder.start()
+    assert requests.read()["id"] == 21  # the holder registered alone: it holds the read side
+
+    def interrupt_when_queued() -> None:
+        deadline = time.monotonic() + 30
+        while not conn._waiting and time.monotonic() < deadline:
+            time.sleep(0.001)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_when_queued, name="test-interrupter")
+    interrupter.start()
+    with pytest.raises(KeyboardInterrupt):
+        conn.call(22, "echo", _request(22), None, time.monotonic() + 30)
+    interrupter.join()
+    assert requests.read()["id"] == 22
+    protocol.write_frame(peer, {"id": 21, "ok": True, "result": 21})
+    holder.join(30)
+    assert first == [{"id": 21, "ok": True, "result": 21}]
+    assert conn.inflight == 0
+    protocol.write_frame(peer, {"id": 22, "ok": True, "result": 22})  # late: nobody waits for it any more
+    peer_thread = _answer_all_in_reverse(peer, 1)
+    assert conn.call(23, "echo", _request(23), None, time.monotonic() + 30) == {"id": 23, "ok": True, "result": 23}
+    peer_thread.join()
+
+
+def test_a_lone_call_interrupted_while_writing_its_request_frees_the_read_side(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    conn, peer = pair
+    _fill(conn._sock)  # the request cannot go out: the call blocks writing it, holding the read side
+
+    def interrupt_when_registered() -> None:
+        deadline = time.monotonic() + 30
+        while conn.inflight == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_when_registered, name="test-interrupter")
+    interrupter.start()
+    with pytest.raises(KeyboardInterrupt):
+        conn.call(31, "echo", _request(31), None, time.monotonic() + 30)
+    interrupter.join()
+    assert conn.inflight == 0
+    while True:  # the peer drops what filled its buffer (none of the request went out)
+        try:
+            peer.recv(1 << 20, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+    peer_thread = _answer_all_in_reverse(peer, 1)
+    assert conn.call(32, "echo", _request(32), None, time.monotonic() + 30) == {"id": 32, "ok": True, "result": 32}
+    peer_thread.join()

@@ -135,29 +135,38 @@ class Connection:
         After False the caller must stop the worker: this thread may have left the stream in the middle of a
         frame, and keeps the read side so that nobody reads on from there.
         """
-        while True:
-            with self._lock:
-                mine = sink.granted or (not self._reading and self._closed_with is None and not sink.settled)
-                if mine:
-                    sink.granted = False
-                    self._reading = True
-                elif sink.settled:
-                    return True
-                elif not sink.queued:
-                    sink.queued = True
-                    self._waiting.append(sink)
-            if mine:
-                return self._read_for(sink, deadline)
-            left = None if deadline is None else deadline - time.monotonic()
-            if (left is not None and left <= 0) or not sink.sleep(left):
+        try:
+            while True:
                 with self._lock:
-                    if sink.queued:
-                        sink.queued = False
-                        self._waiting.remove(sink)
-                    if sink.granted:  # handed the read side just now, at a frame boundary: pass it on
+                    mine = sink.granted or (not self._reading and self._closed_with is None and not sink.settled)
+                    if mine:
                         sink.granted = False
-                        self._hand_over()
+                        self._reading = True
+                    elif sink.settled:
+                        return True
+                    elif not sink.queued:
+                        sink.queued = True
+                        self._waiting.append(sink)
+                if mine:
+                    return self._read_for(sink, deadline)
+                left = None if deadline is None else deadline - time.monotonic()
+                if (left is not None and left <= 0) or not sink.sleep(left):
+                    self._leave_line(sink)
                     return sink.settled
+        except BaseException:  # interrupted (KeyboardInterrupt): out of the line (one reading keeps the read side)
+            self._leave_line(sink)
+            raise
+
+    def _leave_line(self, sink: CallSink) -> None:
+        """``sink``'s thread stops waiting for the read side: out of the line, and a turn just handed to it (at a
+        frame boundary) passed on."""
+        with self._lock:
+            if sink.queued:
+                sink.queued = False
+                self._waiting.remove(sink)
+            if sink.granted:
+                sink.granted = False
+                self._hand_over()
 
     def call(
         self, call_id: int, method: str, frame: _protocol.Frame, deadline: float | None, read_deadline: float | None
@@ -182,22 +191,32 @@ class Connection:
             raise closed(method)
         try:
             self.send(frame, deadline)
-        except SendTimeout:
+        except OSError:
+            pass  # the stream broke: reading it fails the call with the error the supervisor names
+        except BaseException:  # SendTimeout, or interrupted (KeyboardInterrupt): nothing was read yet
             with self._lock:
                 self._sinks.pop(call_id, None)
                 if alone:
                     self._hand_over()
             raise
-        except OSError:
-            pass  # the stream broke: reading it fails the call with the error the supervisor names
-        if isinstance(sink, OwnSink):
-            answered = self._read_own(call_id, sink, read_deadline)
-        else:
-            answered = self.wait(sink, read_deadline)
-        if not sink.settled:  # a settled sink was unregistered by whoever settled it
+        try:
+            if isinstance(sink, OwnSink):
+                answered = self._read_own(call_id, sink, read_deadline)
+            else:
+                answered = self.wait(sink, read_deadline)
+        except BaseException:
+            # Interrupted (KeyboardInterrupt): a thread that was reading keeps the read side, as after a timeout (it
+            # may have left the stream mid-frame); the heartbeat, or a later call's timeout, restarts the worker.
             self.unregister(call_id)
+            raise
         if not answered:
+            self.unregister(call_id)
             return None
+        if not sink.settled:  # a closer took the sink and is failing it right now (outside the lock): as it will
+            with self._lock:
+                closed = self._closed_with
+            assert closed is not None
+            sink.fail(closed(method))
         if sink.error is not None:
             raise sink.error
         return sink.reply
