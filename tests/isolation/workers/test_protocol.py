@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import subprocess
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +35,7 @@ from autoglm_runtime.isolation._scripts.protocol import (
     write_frame,
 )
 from autoglm_runtime.isolation.workers.calls import request_frame
+from autoglm_runtime.testing import fail_in_ci_else_skip
 
 # Keys starting with "$" are where tags live: user dicts with such keys (even ones that look exactly like a
 # tag) must round-trip unchanged.
@@ -272,6 +276,53 @@ def test_values_nested_too_deeply_raise_value_error() -> None:
     with pytest.raises(ValueError, match="nested too deeply") as info:
         encode(looped)
     assert str(info.value) == "the value is nested too deeply (or contains itself) to be sent to or from a model"
+
+
+def test_a_container_of_a_failed_encode_encodes_again_once_fixed() -> None:
+    # The thread's encoder is kept from frame to frame: an encode that fails part-way must not leave its
+    # containers marked as being encoded, or the same (fixed) list would read as containing itself.
+    outer = [[1, object()]]
+    with pytest.raises(TypeError):
+        encode(outer)
+    outer[0][1] = 2
+    assert _through_socket(outer) == [[1, 2]]
+
+
+PY313 = Path("/root/.pyenv/versions/3.13.0/bin/python3.13")
+
+
+def test_a_value_containing_itself_is_found_without_running_out_of_stack() -> None:
+    # Python 3.13's C encoder recurses on the C stack: without a circular check a looped value crashed a thread
+    # with a small stack (a segmentation fault) instead of raising.
+    if not PY313.exists():
+        fail_in_ci_else_skip(f"needs the pyenv interpreter {PY313}: install it with 'pyenv install 3.13.0'")
+    script = textwrap.dedent(
+        f"""
+        import importlib.util, sys, threading
+        spec = importlib.util.spec_from_file_location("codec", {codec.__file__!r})
+        codec = importlib.util.module_from_spec(spec)
+        sys.modules["codec"] = codec
+        spec.loader.exec_module(codec)
+        threading.stack_size(512 * 1024)
+        said = []
+        def run():
+            looped = [1]
+            looped.append(looped)
+            try:
+                codec.encode(looped)
+            except ValueError as exc:
+                said.append(str(exc))
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        print(said)
+        """
+    )
+    done = subprocess.run([str(PY313), "-I", "-c", script], check=False, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (
+        0,
+        "['the value is nested too deeply (or contains itself) to be sent to or from a model']",
+    )
 
 
 def test_large_buffers_cross_a_socket_whole(pair: tuple[socket.socket, socket.socket]) -> None:

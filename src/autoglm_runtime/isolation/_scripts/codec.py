@@ -125,11 +125,16 @@ class _Collector:
     def __init__(self) -> None:
         self.buffers: list[memoryview] = []
         self.busy = False
-        self._encoder = _MAKE_ENCODER(self.tag) if _MAKE_ENCODER is not None else None
+        self._markers: dict[int, Any] = {}  # the containers being encoded (a circular check)
+        self._encoder = _MAKE_ENCODER(self.tag, self._markers) if _MAKE_ENCODER is not None else None
 
     def dumps(self, value: Any) -> str:
         if self._encoder is not None:
-            return "".join(self._encoder(value, 0))
+            try:
+                return "".join(self._encoder(value, 0))
+            except BaseException:
+                self._markers.clear()  # an encode that failed part-way leaves its containers marked
+                raise
         return json.JSONEncoder(default=self.tag, **_OPTIONS).encode(value)
 
     def _add(self, view: memoryview) -> int:
@@ -185,16 +190,17 @@ _OPTIONS: Any = {"ensure_ascii": False, "allow_nan": True, "separators": (",", "
 
 def _c_encoder() -> Any:
     """``make(default)``: the C encoder ``JSONEncoder.encode`` builds on each call, made once per thread and kept (a
-    small frame costs noticeably less), with no circular check (a value containing itself ends in RecursionError,
-    as one nested too deeply does); ``None`` where this interpreter has no usable one."""
+    small frame costs noticeably less), with its circular check on a markers dict the caller keeps (a value
+    containing itself is found at once, never by running out of stack); ``None`` where this interpreter has no
+    usable one."""
     try:
         from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 
-        def make(default: Any) -> Any:
-            return c_make_encoder(None, default, encode_basestring, None, ":", ",", False, False, True)
+        def make(default: Any, markers: Any) -> Any:
+            return c_make_encoder(markers, default, encode_basestring, None, ":", ",", False, False, True)
 
         sample = {"a": [1.5, "\u00e9", None, True, float("nan")]}
-        if c_make_encoder is None or "".join(make(repr)(sample, 0)) != json.JSONEncoder(**_OPTIONS).encode(sample):
+        if c_make_encoder is None or "".join(make(repr, {})(sample, 0)) != json.JSONEncoder(**_OPTIONS).encode(sample):
             return None
     except Exception:  # ImportError, or a C encoder of another signature
         return None
