@@ -73,7 +73,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from autoglm_runtime.validation._word_bounds import WordBound, model_covers_words
+from autoglm_runtime.validation._word_bounds import WordBound, model_covers_words, summed_least_tokens
 
 __all__ = [
     "GIVE_UP_CHARS_PER_WORD",
@@ -201,12 +201,7 @@ class NormalizedWordCounter:
 
     def least_tokens_of(self, texts: Sequence[str], enough: int, *, whole: bool = False) -> int:
         """:meth:`least_tokens` summed over ``texts``, stopping once past ``enough``."""
-        least = 0
-        for text in texts:
-            least += self.least_tokens(text, enough - least, whole=whole)
-            if least > enough:
-                break
-        return least
+        return summed_least_tokens(self, texts, enough, whole=whole)
 
     def _junction(self, text: str, target: int) -> int | None:
         """A cut ``i <= target`` near ``target`` (see the module docstring), or ``None``."""
@@ -254,12 +249,7 @@ class EitherBound:
         return least if least > enough else max(least, self.second.least_tokens(text, enough, whole=whole))
 
     def least_tokens_of(self, texts: Sequence[str], enough: int, *, whole: bool = False) -> int:
-        least = 0
-        for text in texts:
-            least += self.least_tokens(text, enough - least, whole=whole)
-            if least > enough:
-                break
-        return least
+        return summed_least_tokens(self, texts, enough, whole=whole)
 
 
 def _flatten(spec: Mapping[str, Any] | None, key: str) -> list[Mapping[str, Any]]:

@@ -72,7 +72,7 @@ import string
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-__all__ = ["WordBound", "WordCounter", "model_covers_words", "word_counter"]
+__all__ = ["WordBound", "WordCounter", "model_covers_words", "summed_least_tokens", "word_counter"]
 
 _WHITESPACE = " \t\n\r"
 _NBSP = "\u00a0"
@@ -185,12 +185,17 @@ class WordCounter:
 
     def least_tokens_of(self, texts: Sequence[str], enough: int, *, whole: bool = False) -> int:
         """:meth:`least_tokens` summed over ``texts``, stopping once past ``enough``."""
-        least = 0
-        for text in texts:
-            least += self.least_tokens(text, enough - least)
-            if least > enough:
-                break
-        return least
+        return summed_least_tokens(self, texts, enough, whole=whole)
+
+
+def summed_least_tokens(bound: WordBound, texts: Sequence[str], enough: int, *, whole: bool = False) -> int:
+    """``bound.least_tokens`` summed over ``texts``, stopping once past ``enough``."""
+    least = 0
+    for text in texts:
+        least += bound.least_tokens(text, enough - least, whole=whole)
+        if least > enough:
+            break
+    return least
 
 
 def _normalizer_keeps(spec: Mapping[str, Any] | None) -> bool:
