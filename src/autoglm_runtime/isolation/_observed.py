@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from types import TracebackType
 from typing import Any
 
 from autoglm_runtime.isolation.workers.calls import AsyncModelStream, ModelStream
@@ -44,18 +43,6 @@ class ObservedStream(ModelStream):
             self._inner.close()
         finally:
             self._event.end(cancelled=True)
-
-    def __enter__(self) -> ObservedStream:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
 
 
 class ObservedAsyncStream(AsyncModelStream):
@@ -93,14 +80,6 @@ class ObservedAsyncStream(AsyncModelStream):
             await self._inner.aclose()
         finally:
             self._event.end(cancelled=True)
-
-    async def __aenter__(self) -> ObservedAsyncStream:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):

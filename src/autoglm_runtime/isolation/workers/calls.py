@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from json.encoder import encode_basestring as _json_string  # what encode writes for a str
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from autoglm_runtime.errors import UsageError
 from autoglm_runtime.isolation._scripts import protocol as _protocol
@@ -261,6 +261,10 @@ class _StreamState:
             self._on_done()
 
 
+_S = TypeVar("_S", bound="ModelStream")
+_A = TypeVar("_A", bound="AsyncModelStream")
+
+
 class ModelStream(Iterator[Any]):
     """The chunks a model's generator yields, one by one, as they come; close it to stop the generator.
 
@@ -289,7 +293,7 @@ class ModelStream(Iterator[Any]):
         """Stop early: the model's generator is closed in the worker (its ``finally`` blocks run). Idempotent."""
         self._state.finish(cancel=True)
 
-    def __enter__(self) -> ModelStream:
+    def __enter__(self: _S) -> _S:
         return self
 
     def __exit__(
@@ -343,7 +347,7 @@ class AsyncModelStream(AsyncIterator[Any]):
         if self._state is not None:
             self._state.finish(cancel=True)
 
-    async def __aenter__(self) -> AsyncModelStream:
+    async def __aenter__(self: _A) -> _A:
         return self
 
     async def __aexit__(
