@@ -23,6 +23,10 @@ body and the response carries ``x-autoglm-truncated-tokens: N`` and ``x-autoglm-
 
     app = ValidationMiddleware(app, context_guard=ContextWindowGuard(tokenizer, 8192))
 
+With the ``tracing`` extra, each guarded request is one ``autoglm.guard.check`` span, current until the app has
+answered, so the request's model calls are in its trace; a middleware inside another one (a per-model guard behind
+a general one) records its verdict on the outer one's span instead of starting its own (docs/operations.md).
+
 The middleware is never a Starlette ``BaseHTTPMiddleware``: that would break disconnect detection and streaming.
 """
 
