@@ -241,6 +241,11 @@ def report(medians: dict[str, float], unit: str = "us", scale: float = 1e6) -> N
         peer = setting.replace("ours on", "ours off")
         ratio = f"{medians[setting] / medians[peer]:6.3f}x   (target <= 1.03x)" if setting != peer else ""
         print(f"    {setting:<22} {medians[setting] * scale:9.1f} {unit}   {ratio}")
+    # For scale: what the SDK charges for one root span of the server's own (no span of ours), against off.
+    roots = "   ".join(
+        f"{rate} {medians[f'server {rate}, ours off'] / medians['off']:6.3f}x" for rate in ("1%", "100%")
+    )
+    print(f"    the server's own root span alone (server X%, ours off, against off): {roots}")
 
 
 SETTING_HEADER = "x-bench-setting"
