@@ -73,6 +73,14 @@ class InstalledDist:
     clashes: dict[str, bool] = field(default_factory=dict)
 
     @functools.cached_property
+    def parsed_version(self) -> Version | str:
+        """:attr:`version` parsed once for the checks (the text itself when it is not PEP 440)."""
+        try:
+            return Version(self.version)
+        except InvalidVersion:
+            return self.version
+
+    @functools.cached_property
     def key(self) -> str:
         """The PEP 503 normalised name."""
         return canonical(self.name)
@@ -98,6 +106,9 @@ class ProbedEnvironment:
     #: Names whose importable copy cannot be told (several copies in one directory, none or several
     #: matching the files on disk); their winner is the first listed, as ``importlib.metadata`` takes it.
     undetermined: frozenset[str] = field(init=False)
+    #: id(marker) -> (marker, extra, result): each parsed marker evaluated once per extra (requirements
+    #: parsed from one text share their marker object).
+    _evaluated: dict[tuple[int, str], tuple[Marker, bool]] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         copies: dict[str, list[InstalledDist]] = {}
@@ -139,7 +150,12 @@ class ProbedEnvironment:
         """Evaluate ``marker`` for the target interpreter with ``extra`` (``""`` for no extra)."""
         if marker is None:
             return True
-        return marker.evaluate({**self.markers, "extra": extra})
+        hit = self._evaluated.get((id(marker), extra))
+        if hit is not None and hit[0] is marker:
+            return hit[1]
+        result = marker.evaluate({**self.markers, "extra": extra})
+        self._evaluated[(id(marker), extra)] = (marker, result)
+        return result
 
 
 @functools.lru_cache(maxsize=16384)
@@ -164,11 +180,8 @@ def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
     version = str(raw.get("version") or "")
     dist = InstalledDist(name, version, str(raw.get("location")), where, errors=errors)
     label = f"{name} {version}".strip() or where
-    if version:
-        try:
-            Version(version)
-        except InvalidVersion:
-            errors.append(f"{label} has an invalid version {version!r} (not PEP 440)")
+    if version and isinstance(dist.parsed_version, str):
+        errors.append(f"{label} has an invalid version {version!r} (not PEP 440)")
     for text in raw.get("requires", []):
         parsed = _requirement(str(text))
         if isinstance(parsed, str):
