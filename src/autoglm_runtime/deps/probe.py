@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 import subprocess
@@ -36,6 +35,7 @@ __all__ = [
     "launch_error",
     "probe_command",
     "probe_environment",
+    "probe_payload",
 ]
 
 PROBE_TIMEOUT = 120.0
@@ -280,15 +280,31 @@ def finish_probe(python: str | Path, returncode: int, stdout: str, stderr: str) 
             )
         tail = (stderr.strip().splitlines() or ["no output"])[-1]
         raise UsageError(f"interpreter {exe} failed to run the probe (exit {returncode}): {tail[:300]}")
-    _, mark, payload = stdout.rpartition(_probe.OUTPUT_MARK)
     try:
-        if not mark:
-            raise ValueError("the probe's output mark is missing")
-        return parse_probe(json.loads(payload), exe)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return parse_probe(probe_payload(stdout), exe)
+    except (ValueError, KeyError, TypeError, AttributeError, EOFError) as exc:
         raise UsageError(
             f"interpreter {exe} answered the probe with something that is not its JSON: {str(exc)[:300]}"
         ) from exc
+
+
+def probe_payload(stdout: str) -> Any:
+    """The description the probe printed on ``stdout``: its JSON text, or its marshal bytes in base64
+    (:data:`~autoglm_runtime.deps._scripts.probe.MARSHAL_MARK`), after its last mark. Raises
+    ``ValueError`` (or ``EOFError``, ``TypeError`` from marshal) for output that is neither.
+    """
+    _, mark, payload = stdout.rpartition(_probe.MARSHAL_MARK)
+    if mark:
+        import binascii
+        import marshal
+
+        return marshal.loads(binascii.a2b_base64(payload))
+    _, mark, payload = stdout.rpartition(_probe.OUTPUT_MARK)
+    if not mark:
+        raise ValueError("the probe's output mark is missing")
+    import json  # here: a check printed as text never needs it
+
+    return json.loads(payload)
 
 
 def probe_environment(python: str | Path | None = None) -> ProbedEnvironment:

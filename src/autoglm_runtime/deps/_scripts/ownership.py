@@ -51,9 +51,9 @@ def _sha256() -> Callable[[bytes], Any]:
         from _sha2 import sha256  # type: ignore[import-not-found]  # Python 3.12+
     except ImportError:
         try:
-            from _sha256 import sha256  # type: ignore[import-not-found,no-redef]  # Python 3.7 to 3.11
+            from _sha256 import sha256  # type: ignore[import-not-found]  # Python 3.7 to 3.11
         except ImportError:
-            from hashlib import sha256  # type: ignore[assignment]  # elsewhere (PyPy, a build without them)
+            from hashlib import sha256  # elsewhere (PyPy, a build without them)
     return sha256  # type: ignore[no-any-return]
 
 

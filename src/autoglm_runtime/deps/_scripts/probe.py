@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = [
+    "MARSHAL_MARK",
     "OUTPUT_MARK",
     "PREFIX_PLACEHOLDER",
     "PROBE_FORMAT",
@@ -59,18 +60,30 @@ __all__ = [
     "collect",
     "marker_environment",
     "probe",
+    "python_version",
 ]
 
 PROBE_FORMAT = 2
 #: Written before the JSON object, so that output of ``.pth`` files run at start-up can be told apart.
 OUTPUT_MARK = "\n@autoglm-runtime-probe@\n"
+#: Written before the base64 of the description's marshal bytes (:func:`_print_marshal`) instead of
+#: :data:`OUTPUT_MARK` and its JSON text, by a probe on CPython without a cache.
+MARSHAL_MARK = "\n@autoglm-runtime-probe-marshal@\n"
 #: The prefix :func:`base_facts` passes to ``site.getsitepackages``; a real prefix replaces it.
 PREFIX_PLACEHOLDER = "/@autoglm-venv-prefix@"
 
 
 def marker_environment() -> dict[str, str]:
     """The PEP 508 marker environment of the running interpreter (as ``packaging`` computes it)."""
-    import platform  # here: a probe that finds these facts cached never imports it
+    fast = _uname_markers()
+    if fast is not None:
+        return fast
+    return _platform_markers()
+
+
+def _platform_markers() -> dict[str, str]:
+    """:func:`marker_environment` as ``packaging`` computes it, with :mod:`platform`."""
+    import platform  # here: its import brings re, which the probe otherwise never needs
 
     impl = sys.implementation.version
     impl_version = f"{impl.major}.{impl.minor}.{impl.micro}"
@@ -87,6 +100,56 @@ def marker_environment() -> dict[str, str]:
         "python_full_version": platform.python_version(),
         "platform_python_implementation": platform.python_implementation(),
         "python_version": ".".join(platform.python_version_tuple()[:2]),
+        "sys_platform": sys.platform,
+    }
+
+
+def python_version() -> str:
+    """``platform.python_version()``, without importing :mod:`platform` where that is plain to see."""
+    fast = _cpython_version()
+    if fast is not None:
+        return fast
+    import platform
+
+    return platform.python_version()
+
+
+def _cpython_version() -> str | None:
+    """What ``platform.python_version()`` gives on CPython with a plain ``sys.version`` ("3.11.7 (main, ...)":
+    the leading version, ``.0`` added to a two-part one), else ``None``: another implementation, or a
+    ``sys.version`` of another form (a free-threading or vendor build), which :mod:`platform` parses."""
+    head, space, rest = sys.version.partition(" ")
+    if sys.implementation.name != "cpython" or not space or not rest.startswith("("):
+        return None
+    if not head or not head.isascii() or not all(c.isalnum() or c in "._+" for c in head):
+        return None
+    if any(name in sys.version for name in ("IronPython", "PyPy", "Brython")):
+        return None  # names platform looks for before it takes a version for CPython's
+    return head + ".0" if head.count(".") == 1 else head
+
+
+def _uname_markers() -> dict[str, str] | None:
+    """:func:`_platform_markers` from ``os.uname()`` and ``sys`` alone, on CPython on Linux, where
+    :mod:`platform` takes its answers from them unchanged (``"unknown"`` read as empty); ``None`` elsewhere."""
+    version = _cpython_version()
+    if version is None or sys.platform != "linux" or not hasattr(os, "uname"):
+        return None
+    uname = ["" if value == "unknown" else value for value in os.uname()]
+    impl = sys.implementation.version
+    impl_version = f"{impl.major}.{impl.minor}.{impl.micro}"
+    if impl.releaselevel != "final":
+        impl_version += impl.releaselevel[0] + str(impl.serial)
+    return {
+        "implementation_name": sys.implementation.name,
+        "implementation_version": impl_version,
+        "os_name": os.name,
+        "platform_machine": uname[4],
+        "platform_release": uname[2],
+        "platform_system": uname[0],
+        "platform_version": uname[3],
+        "python_full_version": version,
+        "platform_python_implementation": "CPython",
+        "python_version": ".".join(version.split(".")[:2]),
         "sys_platform": sys.platform,
     }
 
@@ -112,9 +175,7 @@ def _facts(cache: dict[str, object] | None, misses: list[str] | None = None) -> 
     hit = cache.get(FACTS_KEY) if cache is not None else None
     if inputs is not None and isinstance(hit, list) and len(hit) == 2 and hit[0] == inputs:
         return dict(hit[1])
-    import platform
-
-    facts: dict[str, object] = {"version": platform.python_version(), "markers": marker_environment()}
+    facts: dict[str, object] = {"version": python_version(), "markers": marker_environment()}
     if cache is not None and inputs is not None:
         cache[FACTS_KEY] = [inputs, facts]
     if misses is not None:
@@ -223,16 +284,31 @@ def _main(argv: list[str]) -> None:
     cache_path = argv[1] if len(argv) == 2 and argv[0] == "--cache" else None
     if cache_path:
         cached_output(cache_path, emit=_print)
+    elif sys.implementation.name == "cpython":
+        _print_marshal(probe())
     else:
         import json
 
         _print(json.dumps(probe()))
 
 
-def _print(text: str) -> None:
-    sys.stdout.write(OUTPUT_MARK)
+def _print(text: str, mark: str = OUTPUT_MARK) -> None:
+    sys.stdout.write(mark)
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def _print_marshal(description: dict[str, object]) -> None:
+    """Print ``description`` as :data:`MARSHAL_MARK` and base64 of its marshal (format 4) bytes.
+
+    ``json`` would cost the probe the import of ``re`` (json's decoder imports it) and its encoding; marshal
+    is built in, and CPython 3.4 and later all write and read format 4 for these types (dict, list, str, int,
+    bool, None). Base64 keeps the output text, as a ``.pth`` file's output before the mark is.
+    """
+    import marshal
+    from binascii import b2a_base64
+
+    _print(b2a_base64(marshal.dumps(description, 4), newline=False).decode("ascii"), MARSHAL_MARK)
 
 
 if __name__ == "__main__":
