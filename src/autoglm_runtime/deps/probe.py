@@ -22,10 +22,11 @@ from packaging.version import InvalidVersion, Version
 
 from autoglm_runtime.deps._scripts import probe as _probe
 from autoglm_runtime.deps.specifiers import satisfies
-from autoglm_runtime.errors import UsageError
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from autoglm_runtime.errors import UsageError
 
 __all__ = [
     "InstalledDist",
@@ -234,6 +235,8 @@ def probe_command(python: str | Path) -> list[str]:
 def _directory_error(exe: str) -> UsageError:
     from pathlib import Path  # here: only an error needs it
 
+    from autoglm_runtime.errors import UsageError
+
     for candidate in (Path(exe) / "bin" / "python", Path(exe) / "Scripts" / "python.exe"):
         if candidate.exists():
             return UsageError(f"{exe} is a directory, not an interpreter; pass its interpreter: --python {candidate}")
@@ -242,6 +245,8 @@ def _directory_error(exe: str) -> UsageError:
 
 def launch_error(python: str | Path, exc: OSError | subprocess.TimeoutExpired) -> UsageError:
     """The usage error for an interpreter that could not be started or did not answer."""
+    from autoglm_runtime.errors import UsageError  # here: a check that runs never loads the registry
+
     exe = str(python)
     if isinstance(exc, subprocess.TimeoutExpired):
         return UsageError(f"interpreter {exe} did not answer the probe within {PROBE_TIMEOUT:.0f} s")
@@ -269,6 +274,8 @@ def finish_probe(python: str | Path, returncode: int, stdout: str, stderr: str) 
 
     Output before the probe's mark (a ``.pth`` file that prints at start-up) is ignored.
     """
+    from autoglm_runtime.errors import UsageError  # here, with the error it raises: see launch_error
+
     exe = str(python)
     if returncode != 0:
         version = _python_version(exe)
