@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_runtime.deps._scripts import markers as _markers
 from autoglm_runtime.deps._scripts import metadata as _metadata
 from autoglm_runtime.deps._scripts import probe as _probe
 from autoglm_runtime.deps.probe import canonical, probe_environment, probe_payload
@@ -195,7 +196,7 @@ def test_markers_from_uname_equal_platforms_on_every_interpreter(python: str) ->
     if not Path(python).exists():
         pytest.skip(f"{python} is not installed here")
     code = (
-        f"import runpy, platform; p = runpy.run_path({_probe.__file__!r}, run_name='probe'); "
+        f"import runpy, platform; p = runpy.run_path({_markers.__file__!r}, run_name='markers'); "
         "fast = p['_uname_markers'](); "
         "print(fast is not None and fast == p['_platform_markers']() and p['python_version']() == "
         "platform.python_version())"
