@@ -107,9 +107,11 @@ class ProbedEnvironment:
     #: Names whose importable copy cannot be told (several copies in one directory, none or several
     #: matching the files on disk); their winner is the first listed, as ``importlib.metadata`` takes it.
     undetermined: frozenset[str] = field(init=False)
-    #: id(marker) -> (marker, extra, result): each parsed marker evaluated once per extra (requirements
+    #: (id(marker), extra) -> (marker, result): each parsed marker evaluated once per extra (requirements
     #: parsed from one text share their marker object).
-    _evaluated: dict[tuple[int, str], tuple[Marker, bool]] = field(init=False, repr=False, default_factory=dict)
+    _evaluated: dict[tuple[int, str], tuple[Marker, bool]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         copies: dict[str, list[InstalledDist]] = {}
