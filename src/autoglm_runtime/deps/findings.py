@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from autoglm_runtime._exit_codes import EXIT_FINDINGS, EXIT_OK
+
 __all__ = ["INFORMATIONAL_KINDS", "KINDS", "Finding", "Kind", "Report"]
 
 Kind = Literal[
@@ -109,8 +111,6 @@ class Report:
     @property
     def exit_code(self) -> int:
         """0 when :attr:`ok`, else 1 (the command's exit code)."""
-        from autoglm_runtime.errors import EXIT_FINDINGS, EXIT_OK  # here: the registry's import is not free
-
         return EXIT_OK if self.ok else EXIT_FINDINGS
 
     def summary(self) -> dict[str, Any]:
