@@ -34,8 +34,8 @@ OPTIONAL = {
     "typed": "pydantic",
 }
 TEST_ONLY = {"pytest", "testcontainers", "docker"}  # the harness's container backend (docker comes with testcontainers)
-#: Stdlib modules of other Python versions than this one (subinterpreters: 3.12 and 3.13+).
-OTHER_STDLIB = {"_interpreters", "_xxsubinterpreters"}
+#: Stdlib modules of other Python versions than this one (subinterpreters: 3.12 and 3.13+; SHA-2: 3.12+).
+OTHER_STDLIB = {"_interpreters", "_xxsubinterpreters", "_sha2"}
 
 
 def imported_top_level_names() -> set[str]:

@@ -19,11 +19,14 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
+from autoglm_runtime import _exit_codes
+
 Severity = Literal["error", "warning", "info"]
 
-EXIT_OK = 0
-EXIT_FINDINGS = 1
-EXIT_USAGE = 2
+# The commands' exit codes, defined apart so that a report gives its exit code without this registry.
+EXIT_OK = _exit_codes.EXIT_OK
+EXIT_FINDINGS = _exit_codes.EXIT_FINDINGS
+EXIT_USAGE = _exit_codes.EXIT_USAGE
 
 
 @dataclass(frozen=True)

@@ -222,3 +222,39 @@ def test_clash_winner_does_not_depend_on_install_order_names(tmp_path: Path, ord
     _install(site, second)
     winner = "zzz" if second is b else "aaa"
     assert [f.details["winner"] for f in _findings(site)] == [winner]
+
+
+def test_a_repeated_requirement_string_gives_the_findings_of_separate_ones_and_each_marker_is_evaluated_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from packaging.markers import Marker
+
+    same = ['lib>=2; python_version >= "3"', 'gone>=1; extra == "x"', 'lib<1; python_version < "3"']
+    spelled = [  # the same requirements, each distribution spelling them its own way
+        ['lib >=2 ; python_version>="3"', 'gone >= 1 ; extra=="x"', 'lib <1 ; python_version<"3"'],
+        ['lib>= 2;python_version >="3"', 'gone>=1 ;extra == "x"', 'lib< 1; python_version <"3"'],
+        ["lib>=2 ; python_version >= '3'", "gone>=1; extra == 'x'", "lib<1 ; python_version < '3'"],
+    ]
+    sites = {"same": tmp_path / "same", "spelled": tmp_path / "spelled"}
+    for kind, site in sites.items():
+        for i, requires in enumerate(spelled if kind == "spelled" else [same] * 3):
+            _install(site, build_wheel(tmp_path / kind, f"app{i}", "1.0", requires=requires, extras={"x": []}))
+        _install(site, build_wheel(tmp_path / kind, "lib", "1.5"))
+        _install(site, build_wheel(tmp_path / kind, "wants", "1.0", requires=["app0[x]", "app1[x]", "app2[x]"]))
+    calls: list[str] = []
+    evaluate = Marker.evaluate
+
+    def counted(marker: Marker, environment: dict[str, str] | None = None, context: str = "metadata") -> bool:
+        calls.append(str(marker))
+        return evaluate(marker, environment, context)  # type: ignore[arg-type]
+
+    found = {kind: [(f.kind, f.message) for f in _findings(site)] for kind, site in sites.items()}
+    assert found["same"] == found["spelled"]
+    assert sorted(kind for kind, _ in found["same"]) == ["incompatible"] * 3 + ["missing-extra"] * 3
+    env = _probe_site(sites["same"])
+    assert env.winners["app0"].requires[0] is env.winners["app2"].requires[0]  # one text, parsed once
+    monkeypatch.setattr(Marker, "evaluate", counted)
+    assert [(f.kind, f.message) for f in check_probed(env).findings] == found["same"]
+    # Three markers shared by three distributions, whose extra "x" is requested: each marker evaluated once
+    # without an extra and once with "x", not once per distribution.
+    assert sorted(calls) == sorted(2 * [str(r.marker) for r in env.winners["app0"].requires])

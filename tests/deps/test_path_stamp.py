@@ -18,7 +18,7 @@ import pytest
 from autoglm_runtime.cli import main
 from autoglm_runtime.cli._early_probe import ProbeProcess, _described_here, cache_path
 from autoglm_runtime.deps._scripts import path_stamp, probe_cache
-from autoglm_runtime.deps._scripts.probe import OUTPUT_MARK
+from autoglm_runtime.deps.probe import probe_payload
 from autoglm_runtime.testing.wheels import build_wheel
 
 MISSING = "extra-dist 1.0 requires zz-not-installed>=1, but zz-not-installed is not installed"
@@ -93,7 +93,7 @@ def test_an_unchanged_environment_is_read_in_process_as_its_interpreter_reads_it
     here = _described_here(str(python), cache_path(str(python)))
     assert here is not None
     done = ProbeProcess(str(python), None).communicate(60.0)
-    assert json.loads(here.partition(OUTPUT_MARK)[2]) == json.loads(done[1].partition(OUTPUT_MARK)[2])
+    assert probe_payload(here) == probe_payload(done[1])
 
 
 def test_a_distribution_added_or_removed_gives_the_new_answer(
@@ -234,7 +234,7 @@ def test_a_change_made_while_the_interpreter_was_starting_is_never_stamped_as_it
     finally:
         probe.kill()
     assert code == 0
-    assert str(extra) not in json.loads(out.partition(OUTPUT_MARK)[2])["path"]
+    assert str(extra) not in probe_payload(out)["path"]
     assert _check(python, capsys) == [MISSING]  # the interpreter started now has the .pth file's directory
     assert _check(python, capsys) == [MISSING]
 

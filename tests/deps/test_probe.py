@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import platform
 import subprocess
 import sys
 import zipfile
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_runtime.deps._scripts import markers as _markers
 from autoglm_runtime.deps._scripts import metadata as _metadata
 from autoglm_runtime.deps._scripts import probe as _probe
-from autoglm_runtime.deps.probe import canonical, probe_environment
+from autoglm_runtime.deps.probe import canonical, probe_environment, probe_payload
 from autoglm_runtime.testing.wheels import build_wheel
 
 
@@ -28,7 +30,8 @@ def test_probe_scripts_import_only_the_standard_library(script: str) -> None:
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0  # relative: a sibling, checked too
     }
-    assert imported <= set(sys.stdlib_module_names) | {"__future__"}
+    # _sha2 is the standard library's SHA-2 module from Python 3.12 on (_sha256 before), tried first.
+    assert imported <= set(sys.stdlib_module_names) | {"__future__", "_sha2"}
 
 
 def test_headers_stop_at_the_body_and_keep_folded_continuations_as_email_does() -> None:
@@ -105,7 +108,8 @@ def test_collect_describes_distributions_and_contested_files(tmp_path: Path) -> 
 
 def test_probe_runs_isolated_in_another_interpreter() -> None:
     done = subprocess.run([sys.executable, "-I", _probe.__file__], capture_output=True, text=True, check=True)
-    data = json.loads(done.stdout.rpartition(_probe.OUTPUT_MARK)[2])
+    assert _probe.MARSHAL_MARK in done.stdout  # CPython without a cache: marshal, no json (nor re) imported
+    data = probe_payload(done.stdout)
     assert data["probe"] == _probe.PROBE_FORMAT
     assert data["markers"] == _probe.marker_environment()
     names = {canonical(str(d["name"])) for d in data["distributions"] if d["name"]}
@@ -156,6 +160,66 @@ def test_undecodable_metadata_files_are_errors_not_crashes(tmp_path: Path) -> No
     )
     done = subprocess.run([sys.executable, "-I", "-c", runner], capture_output=True, text=True, check=False)
     assert (done.returncode, done.stderr) == (0, "")  # the probe script answers, as check-deps --python needs
-    payload = done.stdout.rpartition(_probe.OUTPUT_MARK)[2]
-    latin = next(d for d in json.loads(payload)["distributions"] if d["name"] == "latin")
+    latin = next(d for d in probe_payload(done.stdout)["distributions"] if d["name"] == "latin")
     assert latin["errors"] == dists["latin"]["errors"]
+
+
+#: Interpreters the probe must run on, where this machine has them (the oldest supported among them).
+OTHER_PYTHONS = [
+    f"/root/.pyenv/versions/{v}/bin/python{v.rsplit('.', 1)[0]}" for v in ("3.8.18", "3.12.1", "3.13.0")
+]
+
+
+@pytest.mark.parametrize("python", [sys.executable, *OTHER_PYTHONS])
+def test_marshal_output_equals_the_json_description_on_every_interpreter(python: str) -> None:
+    if not Path(python).exists():
+        pytest.skip(f"{python} is not installed here")
+    script = _probe.__file__
+    compare = (
+        "import json, runpy, sys; sys.argv = [sys.argv[0]]; "
+        f"probe = runpy.run_path({script!r}); sys.stdout.write(json.dumps(probe['probe']()))"
+    )
+    as_json = subprocess.run([python, "-I", "-c", compare], capture_output=True, text=True, check=True).stdout
+    done = subprocess.run([python, "-I", script], capture_output=True, text=True, check=True)
+    assert _probe.MARSHAL_MARK in done.stdout
+    assert probe_payload(done.stdout) == json.loads(as_json)
+    if python != sys.executable:  # this one's environment has an editable install: json reads its direct_url.json
+        imported = subprocess.run(
+            [python, "-X", "importtime", "-I", script], capture_output=True, text=True, check=True
+        ).stderr
+        modules = {line.rpartition("|")[2].strip() for line in imported.splitlines() if line.startswith("import time")}
+        assert {"re", "json", "platform", "hashlib"} & modules == set()  # the imports the probe no longer pays for
+
+
+@pytest.mark.parametrize("python", [sys.executable, *OTHER_PYTHONS])
+def test_markers_from_uname_equal_platforms_on_every_interpreter(python: str) -> None:
+    if not Path(python).exists():
+        pytest.skip(f"{python} is not installed here")
+    code = (
+        f"import runpy, platform; p = runpy.run_path({_markers.__file__!r}, run_name='markers'); "
+        "fast = p['_uname_markers'](); "
+        "print(fast is not None and fast == p['_platform_markers']() and p['python_version']() == "
+        "platform.python_version())"
+    )
+    done = subprocess.run([python, "-I", "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"
+
+
+def test_markers_equal_packagings_default_environment() -> None:
+    from packaging.markers import default_environment
+
+    assert _probe.marker_environment() == default_environment()
+    assert _probe.python_version() == platform.python_version()
+
+
+def test_probe_payload_reads_json_and_marshal_after_output_from_pth_files() -> None:
+    description = {"probe": 2, "path": ["/x"], "distributions": [{"name": "a", "editable": None, "ok": True}]}
+    junk = "printed by a .pth file\n"
+    import base64
+    import marshal
+
+    packed = base64.b64encode(marshal.dumps(description, 4)).decode("ascii")
+    assert probe_payload(junk + _probe.MARSHAL_MARK + packed) == description
+    assert probe_payload(junk + _probe.OUTPUT_MARK + json.dumps(description)) == description
+    with pytest.raises(ValueError, match="mark is missing"):
+        probe_payload(junk)

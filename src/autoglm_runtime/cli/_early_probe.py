@@ -102,6 +102,7 @@ class ProbeProcess:
     def _spawn(self, command: list[str]) -> None:
         out_r, out_w = os.pipe()  # not inheritable: only the dup2'd ends reach the child
         err_r, err_w = os.pipe()
+        _widen(out_w)
         try:
             actions = [(os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
             self._pid = os.posix_spawn(command[0], command, os.environ, file_actions=actions)
@@ -187,6 +188,27 @@ class ProbeProcess:
         for fd in self._fds:
             os.close(fd)
         self._fds = []
+
+
+#: The pipe the probe writes its output into holds this much (Linux; the default, 64 KiB, is less than the
+#: description of an environment of a few hundred distributions).
+PIPE_SIZE = 1 << 20
+
+
+def _widen(fd: int) -> None:
+    """Let the pipe ``fd`` hold :data:`PIPE_SIZE` bytes where the system allows it.
+
+    The probe writes its whole output at once and exits, usually while this process is still importing the
+    checker: with the default pipe it would block when the pipe is full and only finish (and exit) once this
+    process starts reading, which puts the rest of its writing and its interpreter's shutdown on the path of
+    the command.
+    """
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (ImportError, AttributeError, OSError):  # not Linux, Python < 3.10, or over the per-user limit
+        pass
 
 
 def _text(data: bytes) -> str:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from autoglm_runtime.deps.findings import Report
     from autoglm_runtime.deps.manifest import ModelManifest
+    from autoglm_runtime.deps.planning import ModelRequirements
 
 __all__ = ["DEFAULTS", "cache_file", "load_target", "plain_arguments", "register", "run"]
 
@@ -305,14 +306,14 @@ def _check(
     from dataclasses import replace
 
     from autoglm_runtime.deps.check import check_probed
-    from autoglm_runtime.deps.planning import ModelRequirements
     from autoglm_runtime.deps.probe import finish_probe, probe_environment
-    from autoglm_runtime.errors import UsageError
 
     models = [load_target(path) for path in args.paths]
     seen: dict[str, Path] = {}
     for model in models:
         if model.name in seen:
+            from autoglm_runtime.errors import UsageError
+
             raise UsageError(
                 f"model name '{model.name}' is used by both {seen[model.name]} and {model.source}; names must be unique"
             )
@@ -328,7 +329,11 @@ def _check(
 
         find_uv()  # a usage error saying how to get uv, before any work
         extras["resolve"] = ResolveSources(tuple(args.find_links), args.index_url, args.offline)
-    planned = [ModelRequirements(m.name, m.requirements, m.python) for m in models]
+    planned: list[ModelRequirements] = []
+    if models and (args.plan or args.why or args.resolve):
+        from autoglm_runtime.deps.planning import ModelRequirements
+
+        planned = [ModelRequirements(m.name, m.requirements, m.python) for m in models]
     if args.plan:
         from autoglm_runtime.deps.planning import plan_groups
 

@@ -72,8 +72,13 @@ def cycles(edges: Edges) -> list[list[str]]:
     found: list[list[str]] = []
     counter = 0
 
+    successors: dict[str, list[str]] = {}
+
     def targets(node: str) -> list[str]:
-        return sorted({dep for dep, _ in edges.get(node, ()) if dep in edges})
+        found = successors.get(node)
+        if found is None:  # asked again at every step through the node's successors: computed once
+            found = successors[node] = sorted({dep for dep, _ in edges.get(node, ()) if dep in edges})
+        return found
 
     for start in sorted(edges):
         if start in index:

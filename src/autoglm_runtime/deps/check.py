@@ -23,13 +23,13 @@ from packaging.requirements import Requirement
 from autoglm_runtime.deps._scripts.probe import marker_environment
 from autoglm_runtime.deps.findings import Finding, Report
 from autoglm_runtime.deps.installed import RequirementGraph, check_installed
-from autoglm_runtime.deps.planning import ModelRequirements, contradictions, cross_model
 from autoglm_runtime.deps.probe import ProbedEnvironment, probe_environment
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from autoglm_runtime.deps.manifest import ModelManifest
+    from autoglm_runtime.deps.planning import ModelRequirements
 
 __all__ = ["EXTRA_REQUIREMENTS_MODEL", "check_environment", "check_models", "check_probed"]
 
@@ -38,6 +38,8 @@ EXTRA_REQUIREMENTS_MODEL = "extra-requirements"
 
 
 def _as_models(models: Sequence[ModelManifest], extra: Sequence[Requirement]) -> list[ModelRequirements]:
+    from autoglm_runtime.deps.planning import ModelRequirements  # here: an environment alone never needs it
+
     out = [ModelRequirements(m.name, m.requirements, m.python) for m in models]
     if extra:
         out.append(ModelRequirements(EXTRA_REQUIREMENTS_MODEL, tuple(extra), None))
@@ -62,10 +64,13 @@ def check_probed(
     env: ProbedEnvironment, models: Sequence[ModelManifest] = (), extra_requirements: Sequence[Requirement] = ()
 ) -> Report:
     """:func:`check_environment` on an environment already described (by :func:`probe_environment`)."""
-    all_models = _as_models(models, extra_requirements)
     findings = check_installed(env)
-    findings += _check_against_env(env, all_models)
-    findings += contradictions(all_models, env.markers) + cross_model(all_models, env.markers)
+    all_models = _as_models(models, extra_requirements) if models or extra_requirements else []
+    if all_models:  # an environment alone: the model checks (and the planning module) have nothing to do
+        from autoglm_runtime.deps.planning import contradictions, cross_model
+
+        findings += _check_against_env(env, all_models)
+        findings += contradictions(all_models, env.markers) + cross_model(all_models, env.markers)
     return Report(
         findings=sorted(findings, key=Finding.sort_key),
         python=env.python,
@@ -83,6 +88,8 @@ def check_models(models: Sequence[ModelManifest], markers: Mapping[str, str] | N
     """
     if markers is None:
         markers = marker_environment()
+    from autoglm_runtime.deps.planning import contradictions, cross_model
+
     all_models = _as_models(models, ())
     findings = contradictions(all_models, markers) + cross_model(all_models, markers)
     return Report(findings=sorted(findings, key=Finding.sort_key), models=tuple(m.name for m in all_models))

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from autoglm_runtime.errors import EXIT_FINDINGS, EXIT_OK
+from autoglm_runtime._exit_codes import EXIT_FINDINGS, EXIT_OK
 
 __all__ = ["INFORMATIONAL_KINDS", "KINDS", "Finding", "Kind", "Report"]
 

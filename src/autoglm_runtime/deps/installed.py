@@ -62,7 +62,7 @@ class RequirementGraph:
             ]
         for wanted in sorted(req.extras):
             self._extras.append((where, models, requirer, key, canonical(wanted), req))
-        if satisfies(req.specifier, dist.version):
+        if satisfies(req.specifier, dist.parsed_version):
             return []
         if model is not None:
             return [self._model_vs_host(where, model, req, dist)]
@@ -83,7 +83,7 @@ class RequirementGraph:
         another model if one leads to it, else from a root, whose last requirement the installed version
         satisfies and which excludes every version in ``wanted``.
         """
-        version = self.env.winners[key].version
+        version = self.env.winners[key].parsed_version
 
         def accept(req: Requirement) -> bool:
             return satisfies(req.specifier, version) and disjoint(req.specifier, wanted)
@@ -196,7 +196,7 @@ class RequirementGraph:
             )
         for wanted in sorted(dep.extras):  # the extra's own extras: requested by this distribution
             self._extras.append((dist.label, models, dist.key, dep_key, canonical(wanted), dep))
-        if satisfies(dep.specifier, installed.version):
+        if satisfies(dep.specifier, installed.parsed_version):
             return None
         kind: Literal["model-vs-host", "incompatible"] = "model-vs-host" if models else "incompatible"
         chain = self._chain(models[0], dep_key, dep.specifier) if models else None

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 import subprocess
@@ -23,10 +22,11 @@ from packaging.version import InvalidVersion, Version
 
 from autoglm_runtime.deps._scripts import probe as _probe
 from autoglm_runtime.deps.specifiers import satisfies
-from autoglm_runtime.errors import UsageError
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from autoglm_runtime.errors import UsageError
 
 __all__ = [
     "InstalledDist",
@@ -36,6 +36,7 @@ __all__ = [
     "launch_error",
     "probe_command",
     "probe_environment",
+    "probe_payload",
 ]
 
 PROBE_TIMEOUT = 120.0
@@ -73,6 +74,14 @@ class InstalledDist:
     clashes: dict[str, bool] = field(default_factory=dict)
 
     @functools.cached_property
+    def parsed_version(self) -> Version | str:
+        """:attr:`version` parsed once for the checks (the text itself when it is not PEP 440)."""
+        try:
+            return Version(self.version)
+        except InvalidVersion:
+            return self.version
+
+    @functools.cached_property
     def key(self) -> str:
         """The PEP 503 normalised name."""
         return canonical(self.name)
@@ -98,6 +107,11 @@ class ProbedEnvironment:
     #: Names whose importable copy cannot be told (several copies in one directory, none or several
     #: matching the files on disk); their winner is the first listed, as ``importlib.metadata`` takes it.
     undetermined: frozenset[str] = field(init=False)
+    #: (id(marker), extra) -> (marker, result): each parsed marker evaluated once per extra (requirements
+    #: parsed from one text share their marker object).
+    _evaluated: dict[tuple[int, str], tuple[Marker, bool]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         copies: dict[str, list[InstalledDist]] = {}
@@ -139,7 +153,12 @@ class ProbedEnvironment:
         """Evaluate ``marker`` for the target interpreter with ``extra`` (``""`` for no extra)."""
         if marker is None:
             return True
-        return marker.evaluate({**self.markers, "extra": extra})
+        hit = self._evaluated.get((id(marker), extra))
+        if hit is not None and hit[0] is marker:
+            return hit[1]
+        result = marker.evaluate({**self.markers, "extra": extra})
+        self._evaluated[(id(marker), extra)] = (marker, result)
+        return result
 
 
 @functools.lru_cache(maxsize=16384)
@@ -164,11 +183,8 @@ def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
     version = str(raw.get("version") or "")
     dist = InstalledDist(name, version, str(raw.get("location")), where, errors=errors)
     label = f"{name} {version}".strip() or where
-    if version:
-        try:
-            Version(version)
-        except InvalidVersion:
-            errors.append(f"{label} has an invalid version {version!r} (not PEP 440)")
+    if version and isinstance(dist.parsed_version, str):
+        errors.append(f"{label} has an invalid version {version!r} (not PEP 440)")
     for text in raw.get("requires", []):
         parsed = _requirement(str(text))
         if isinstance(parsed, str):
@@ -221,6 +237,8 @@ def probe_command(python: str | Path) -> list[str]:
 def _directory_error(exe: str) -> UsageError:
     from pathlib import Path  # here: only an error needs it
 
+    from autoglm_runtime.errors import UsageError
+
     for candidate in (Path(exe) / "bin" / "python", Path(exe) / "Scripts" / "python.exe"):
         if candidate.exists():
             return UsageError(f"{exe} is a directory, not an interpreter; pass its interpreter: --python {candidate}")
@@ -229,6 +247,8 @@ def _directory_error(exe: str) -> UsageError:
 
 def launch_error(python: str | Path, exc: OSError | subprocess.TimeoutExpired) -> UsageError:
     """The usage error for an interpreter that could not be started or did not answer."""
+    from autoglm_runtime.errors import UsageError  # here: a check that runs never loads the registry
+
     exe = str(python)
     if isinstance(exc, subprocess.TimeoutExpired):
         return UsageError(f"interpreter {exe} did not answer the probe within {PROBE_TIMEOUT:.0f} s")
@@ -256,6 +276,8 @@ def finish_probe(python: str | Path, returncode: int, stdout: str, stderr: str) 
 
     Output before the probe's mark (a ``.pth`` file that prints at start-up) is ignored.
     """
+    from autoglm_runtime.errors import UsageError  # here, with the error it raises: see launch_error
+
     exe = str(python)
     if returncode != 0:
         version = _python_version(exe)
@@ -267,15 +289,31 @@ def finish_probe(python: str | Path, returncode: int, stdout: str, stderr: str) 
             )
         tail = (stderr.strip().splitlines() or ["no output"])[-1]
         raise UsageError(f"interpreter {exe} failed to run the probe (exit {returncode}): {tail[:300]}")
-    _, mark, payload = stdout.rpartition(_probe.OUTPUT_MARK)
     try:
-        if not mark:
-            raise ValueError("the probe's output mark is missing")
-        return parse_probe(json.loads(payload), exe)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        return parse_probe(probe_payload(stdout), exe)
+    except (ValueError, KeyError, TypeError, AttributeError, EOFError) as exc:
         raise UsageError(
             f"interpreter {exe} answered the probe with something that is not its JSON: {str(exc)[:300]}"
         ) from exc
+
+
+def probe_payload(stdout: str) -> Any:
+    """The description the probe printed on ``stdout``: its JSON text, or its marshal bytes in base64
+    (:data:`~autoglm_runtime.deps._scripts.probe.MARSHAL_MARK`), after its last mark. Raises
+    ``ValueError`` (or ``EOFError``, ``TypeError`` from marshal) for output that is neither.
+    """
+    _, mark, payload = stdout.rpartition(_probe.MARSHAL_MARK)
+    if mark:
+        import binascii
+        import marshal
+
+        return marshal.loads(binascii.a2b_base64(payload))
+    _, mark, payload = stdout.rpartition(_probe.OUTPUT_MARK)
+    if not mark:
+        raise ValueError("the probe's output mark is missing")
+    import json  # here: a check printed as text never needs it
+
+    return json.loads(payload)
 
 
 def probe_environment(python: str | Path | None = None) -> ProbedEnvironment:

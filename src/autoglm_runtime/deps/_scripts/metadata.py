@@ -6,16 +6,16 @@ exactly as ``importlib.metadata`` reads them; ``modules`` comes from RECORD (els
 
 from __future__ import annotations
 
-import json
 import os
-import re
 
 _MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd")
 
 
-_LINE_RE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
-#: What ``email.feedparser`` takes for a header line: a field name and colon, or a continuation.
-_FIELD_RE = re.compile(r"[\041-\071\073-\176]*:")
+def _is_field_name(name: str) -> bool:
+    """Whether ``name`` (the text before a line's first colon) makes the line a header field for
+    ``email.feedparser``: printable ASCII other than space (its ``[\\041-\\071\\073-\\176]*``), empty
+    included."""
+    return name.isascii() and name.isprintable() and " " not in name
 
 
 def _headers(text: str) -> dict[str, list[str]]:
@@ -25,20 +25,24 @@ def _headers(text: str) -> dict[str, list[str]]:
     a tab continues the field before it, even when it holds nothing but whitespace (meson-python and
     hatchling write multi-line ``License`` fields so); only a truly empty line, or a line that is neither a
     field nor a continuation, ends the headers. A value keeps its folded line breaks, as ``get_all`` does.
+    The probe imports no ``re`` (its import costs more than reading every header), hence string methods.
     """
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    end = text.find("\n\n")  # the body is never read: the first empty line ends the headers
     out: dict[str, list[str]] = {}
     last: list[str] | None = None
-    for line in _LINE_RE.findall(text):
-        if line[0] in " \t":
+    for line in (text if end < 0 else text[:end]).split("\n"):
+        if line[:1] in (" ", "\t"):
             if last is not None:
-                last[-1] += line
+                last[-1] += "\n" + line
             continue
-        if not _FIELD_RE.match(line):
+        key, colon, value = line.partition(":")
+        if not colon or not _is_field_name(key):
             break  # an empty line, or the body begins without one
-        key, _, value = line.partition(":")
         last = out.setdefault(key.lower(), [])
         last.append(value.lstrip(" \t"))
-    return {key: [v.rstrip("\r\n") for v in values] for key, values in out.items()}
+    return {key: [v.rstrip("\n") for v in values] for key, values in out.items()}
 
 
 def _egg_requires(text: str) -> list[str]:
@@ -80,6 +84,9 @@ def _modules(meta_dir: str, record: str | None, location: str, errors: list[str]
     out: dict[str, list[str | None]] = {}
     if record is not None:
         for line in record.splitlines():
+            slash, comma = line.find("/"), line.find(",")
+            if slash >= 0 and (slash < comma or comma < 0) and "__init__.py" not in line:
+                continue  # a path inside a directory, not a package's marker: most of a RECORD, skipped cheaply
             path, _, rest = line.partition(",")
             if line.count("/", 0, len(path)) + line.count("\\", 0, len(path)) > 1:
                 continue  # deeper than a package's __init__.py (most of a RECORD): no import name of its own
@@ -148,7 +155,11 @@ def _editable_root(meta_dir: str, record: str | None) -> str | None:
         text = _read(os.path.join(meta_dir, "direct_url.json")) or "{}"
         # Installers write one for every install from a file or URL; only an editable one names the key
         # (spelled out, unless escaped).
-        data = json.loads(text) if "editable" in text or "\\u" in text else None
+        if "editable" not in text and "\\u" not in text:
+            return None
+        import json  # only for an install that may be editable: json's import brings re
+
+        data = json.loads(text)
     except (OSError, ValueError):
         return None
     url = data.get("url") if isinstance(data, dict) else None
@@ -162,13 +173,14 @@ def _editable_root(meta_dir: str, record: str | None) -> str | None:
     return os.path.normpath(unquote(urlsplit(url).path))
 
 
-_FOLD_RE = re.compile(r"\r?\n(?=[ \t])|\r(?=[ \t])")
-
-
 def _unfold(value: str) -> str:
     """A header value with its folding line breaks removed (RFC 5322 unfolding), then stripped."""
-    if "\n" in value or "\r" in value:  # most values are one line: nothing to unfold
-        value = _FOLD_RE.sub("", value)
+    if "\r" in value:  # never from describe, whose text has its line ends normalised
+        import re
+
+        value = re.sub(r"\r?\n(?=[ \t])|\r(?=[ \t])", "", value)
+    elif "\n" in value:  # most values are one line: nothing to unfold
+        value = value.replace("\n ", " ").replace("\n\t", "\t")
     return value.strip()
 
 

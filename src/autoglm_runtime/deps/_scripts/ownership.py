@@ -12,17 +12,22 @@ import os
 
 TYPE_CHECKING = False  # typing's own flag costs the import of typing, in a script that must start fast
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
+    from typing import Any
 
 _MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd")
 
 
 def record_rows(record: str) -> dict[str, str | None]:
     """RECORD as ``{path: hash}`` (``None`` for a file listed without a hash); quoted paths unquoted."""
-    import csv  # only for the few RECORDs read in full
-
     out: dict[str, str | None] = {}
-    for row in csv.reader(record.splitlines()):
+    if '"' in record:
+        import csv  # only for a RECORD that quotes a path: csv's import brings re
+
+        rows: Iterable[list[str]] = csv.reader(record.splitlines())
+    else:  # without quotes, csv reads each line as the line split at its commas
+        rows = (line.split(",") for line in record.splitlines() if line)
+    for row in rows:
         if row:
             out[row[0]] = (row[1] if len(row) > 1 else "") or None
     return out
@@ -39,16 +44,30 @@ def owned(rows: dict[str, str | None], name: str) -> dict[str, str | None]:
     }
 
 
+def _sha256() -> Callable[[bytes], Any]:
+    """SHA-256 from CPython's own small module where there is one: ``hashlib`` loads OpenSSL first, which
+    costs the probe more than hashing the few contested files does."""
+    try:
+        from _sha2 import sha256  # type: ignore[import-not-found]  # Python 3.12+
+    except ImportError:
+        try:
+            from _sha256 import sha256  # type: ignore[import-not-found]  # Python 3.7 to 3.11
+        except ImportError:
+            from hashlib import sha256  # elsewhere (PyPy, a build without them)
+    return sha256  # type: ignore[no-any-return]
+
+
 def file_hash(path: str) -> str | None:
-    import base64  # only for contested files: most runs never need these two imports
-    import hashlib
+    """``sha256=<urlsafe base64, unpadded>`` of the file ``path``, as RECORD gives it; ``None`` when unreadable."""
+    from binascii import b2a_base64  # not base64, whose import brings re
 
     try:
         with open(path, "rb") as fh:
-            digest = hashlib.sha256(fh.read()).digest()
+            digest = _sha256()(fh.read()).digest()
     except OSError:
         return None
-    return "sha256=" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    text = b2a_base64(digest, newline=False).rstrip(b"=").translate(bytes.maketrans(b"+/", b"-_"))
+    return "sha256=" + text.decode("ascii")
 
 
 def file_stat(path: str) -> list[int] | None:

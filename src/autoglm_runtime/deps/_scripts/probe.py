@@ -1,10 +1,11 @@
-"""Describe an interpreter's installed distributions, as JSON, using only the standard library.
+"""Describe an interpreter's installed distributions, as JSON (or marshal), using only the standard library.
 
 ``check-deps --python INTERPRETER`` runs this file with ``INTERPRETER -I probe.py``; it and the modules beside
-it (:mod:`scan`, :mod:`metadata`, :mod:`probe_cache`, :mod:`ownership`) must therefore import nothing outside
-the standard library and run on every Python this project supports. Run as a script, this file is compiled
-afresh each time, so it stays small; the modules beside it are imported and their byte code is cached. The
-output is one JSON object::
+it (:mod:`scan`, :mod:`metadata`, :mod:`markers`, :mod:`probe_cache`, :mod:`ownership`) must therefore import
+nothing outside the standard library and run on every Python this project supports. Run as a script, this file
+is compiled afresh each time, so it stays small; the modules beside it are imported and their byte code is cached. The
+output is one JSON object (without ``--cache``, on CPython: the same object as marshal bytes in base64, see
+:func:`_print_marshal`)::
 
     {"probe": 2, "executable": ..., "version": "3.11.7", "markers": {...PEP 508 environment...},
      "path": [...sys.path...], "distributions": [{"name", "version", "location", "metadata_dir",
@@ -44,6 +45,7 @@ if not __package__:  # run as a script: the relative imports below then find the
     sys.modules[_here.__name__] = _here
     __package__ = _here.__name__
 
+from .markers import marker_environment, python_version
 from .scan import collect
 
 TYPE_CHECKING = False  # typing's own flag costs the import of typing, in a script that must start fast
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = [
+    "MARSHAL_MARK",
     "OUTPUT_MARK",
     "PREFIX_PLACEHOLDER",
     "PROBE_FORMAT",
@@ -59,36 +62,17 @@ __all__ = [
     "collect",
     "marker_environment",
     "probe",
+    "python_version",
 ]
 
 PROBE_FORMAT = 2
 #: Written before the JSON object, so that output of ``.pth`` files run at start-up can be told apart.
 OUTPUT_MARK = "\n@autoglm-runtime-probe@\n"
+#: Written before the base64 of the description's marshal bytes (:func:`_print_marshal`) instead of
+#: :data:`OUTPUT_MARK` and its JSON text, by a probe on CPython without a cache.
+MARSHAL_MARK = "\n@autoglm-runtime-probe-marshal@\n"
 #: The prefix :func:`base_facts` passes to ``site.getsitepackages``; a real prefix replaces it.
 PREFIX_PLACEHOLDER = "/@autoglm-venv-prefix@"
-
-
-def marker_environment() -> dict[str, str]:
-    """The PEP 508 marker environment of the running interpreter (as ``packaging`` computes it)."""
-    import platform  # here: a probe that finds these facts cached never imports it
-
-    impl = sys.implementation.version
-    impl_version = f"{impl.major}.{impl.minor}.{impl.micro}"
-    if impl.releaselevel != "final":
-        impl_version += impl.releaselevel[0] + str(impl.serial)
-    return {
-        "implementation_name": sys.implementation.name,
-        "implementation_version": impl_version,
-        "os_name": os.name,
-        "platform_machine": platform.machine(),
-        "platform_release": platform.release(),
-        "platform_system": platform.system(),
-        "platform_version": platform.version(),
-        "python_full_version": platform.python_version(),
-        "platform_python_implementation": platform.python_implementation(),
-        "python_version": ".".join(platform.python_version_tuple()[:2]),
-        "sys_platform": sys.platform,
-    }
 
 
 #: The probe cache's key for the interpreter facts (metadata directories' keys are absolute paths).
@@ -112,9 +96,7 @@ def _facts(cache: dict[str, object] | None, misses: list[str] | None = None) -> 
     hit = cache.get(FACTS_KEY) if cache is not None else None
     if inputs is not None and isinstance(hit, list) and len(hit) == 2 and hit[0] == inputs:
         return dict(hit[1])
-    import platform
-
-    facts: dict[str, object] = {"version": platform.python_version(), "markers": marker_environment()}
+    facts: dict[str, object] = {"version": python_version(), "markers": marker_environment()}
     if cache is not None and inputs is not None:
         cache[FACTS_KEY] = [inputs, facts]
     if misses is not None:
@@ -223,16 +205,31 @@ def _main(argv: list[str]) -> None:
     cache_path = argv[1] if len(argv) == 2 and argv[0] == "--cache" else None
     if cache_path:
         cached_output(cache_path, emit=_print)
+    elif sys.implementation.name == "cpython":
+        _print_marshal(probe())
     else:
         import json
 
         _print(json.dumps(probe()))
 
 
-def _print(text: str) -> None:
-    sys.stdout.write(OUTPUT_MARK)
+def _print(text: str, mark: str = OUTPUT_MARK) -> None:
+    sys.stdout.write(mark)
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def _print_marshal(description: dict[str, object]) -> None:
+    """Print ``description`` as :data:`MARSHAL_MARK` and base64 of its marshal (format 4) bytes.
+
+    ``json`` would cost the probe the import of ``re`` (json's decoder imports it) and its encoding; marshal
+    is built in, and CPython 3.4 and later all write and read format 4 for these types (dict, list, str, int,
+    bool, None). Base64 keeps the output text, as a ``.pth`` file's output before the mark is.
+    """
+    import marshal
+    from binascii import b2a_base64
+
+    _print(b2a_base64(marshal.dumps(description, 4), newline=False).decode("ascii"), MARSHAL_MARK)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,13 @@
+"""The exit codes every ``autoglm-runtime`` command uses (re-exported by :mod:`autoglm_runtime.errors`).
+
+Apart from the error registry so that a report can give its exit code without importing every error class
+(``check-deps`` is judged by its start-up time).
+"""
+
+from __future__ import annotations
+
+__all__ = ["EXIT_FINDINGS", "EXIT_OK", "EXIT_USAGE"]
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_USAGE = 2
