@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from autoglm_runtime.isolation._scripts import protocol as _protocol
 from autoglm_runtime.isolation.workers._calls import CallSink, OwnSink
 
-__all__ = ["Connection", "SendTimeout", "Sink"]
+__all__ = ["Connection", "PeerGone", "SendTimeout", "Sink"]
 
 
 class Sink(Protocol):
@@ -53,6 +53,11 @@ class Sink(Protocol):
 
 #: Given the method of a call the stream broke under, the error that call fails with.
 BrokenHandler = Callable[["Connection"], Callable[[str], BaseException]]
+
+
+class PeerGone(Exception):
+    """A lone call's request could not be written at all: the worker's end is closed (it died while idle). Nothing
+    reached it and nothing was read: the call may go to a restarted worker."""
 
 
 class SendTimeout(Exception):
@@ -168,8 +173,14 @@ class Connection:
                 sink.granted = False
                 self._hand_over()
 
-    def call(
-        self, call_id: int, method: str, frame: _protocol.Frame, deadline: float | None, read_deadline: float | None
+    def call(  # noqa: PLR0917
+        self,
+        call_id: int,
+        method: str,
+        frame: _protocol.Frame,
+        deadline: float | None,
+        read_deadline: float | None,
+        retry: bool = True,
     ) -> dict[str, Any] | None:
         """A blocking call: register it, write its request by ``deadline`` (a ``timer`` instant), wait for its reply
         until ``read_deadline`` (a ``time.monotonic()`` one); the reply, or ``None`` when it did not come in time
@@ -177,7 +188,8 @@ class Connection:
 
         With nothing else in flight and nobody reading, the calling thread holds the read side from the moment it
         registers: the worker has nothing else to send that could fill the socket while the request goes out.
-        Raises :class:`SendTimeout` (the call is unregistered) or the error the call failed with.
+        Raises :class:`SendTimeout` (the call is unregistered) or the error the call failed with; with ``retry``,
+        :class:`PeerGone` when the call was alone and the worker's end of the socket is closed (it is unregistered).
         """
         with self._lock:
             closed = self._closed_with
@@ -189,16 +201,7 @@ class Connection:
                     self._reading = True
         if closed is not None:
             raise closed(method)
-        try:
-            self.send(frame, deadline)
-        except OSError:
-            pass  # the stream broke: reading it fails the call with the error the supervisor names
-        except BaseException:  # SendTimeout, or interrupted (KeyboardInterrupt): nothing was read yet
-            with self._lock:
-                self._sinks.pop(call_id, None)
-                if alone:
-                    self._hand_over()
-            raise
+        self._send_call(call_id, frame, deadline, alone, retry)
         try:
             if isinstance(sink, OwnSink):
                 answered = self._read_own(call_id, sink, read_deadline)
@@ -221,6 +224,27 @@ class Connection:
             raise sink.error
         return sink.reply
 
+    def _send_call(
+        self, call_id: int, frame: _protocol.Frame, deadline: float | None, alone: bool, retry: bool
+    ) -> None:
+        """Write the request of a blocking call registered under ``call_id``; see :meth:`call`."""
+        try:
+            self.send(frame, deadline)
+        except OSError as exc:
+            if not (retry and alone and isinstance(exc, (BrokenPipeError, ConnectionResetError))):
+                return  # the stream broke: reading it fails the call with the error the supervisor names
+            # Alone, no reply is due: the worker is gone, and never had all of this request; nothing was read.
+            with self._lock:
+                self._sinks.pop(call_id, None)
+                self._hand_over()
+            raise PeerGone from None
+        except BaseException:  # SendTimeout, or interrupted (KeyboardInterrupt): nothing was read yet
+            with self._lock:
+                self._sinks.pop(call_id, None)
+                if alone:
+                    self._hand_over()
+            raise
+
     def send(self, frame: _protocol.Frame, deadline: float | None = None) -> None:
         """Write one frame, not waiting past ``deadline`` (a ``timer`` instant; ``None``: as long as it takes).
 
@@ -231,7 +255,8 @@ class Connection:
                 self._check_intact()
                 _protocol.send(self._sock, frame)
             return
-        if not self._send_lock.acquire(timeout=max(deadline - self._timer(), 0.0)):
+        lock = self._send_lock
+        if not lock.acquire(False) and not lock.acquire(timeout=max(deadline - self._timer(), 0.0)):
             raise SendTimeout(partial=False)
         try:
             self._check_intact()
