@@ -29,43 +29,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from autoglm_runtime.isolation._scripts import protocol as _protocol
-from autoglm_runtime.isolation.workers._calls import CallSink, OwnSink
+from autoglm_runtime.isolation.workers._calls import CallSink, OwnSink, PeerGone, SendTimeout, Sink
 
 __all__ = ["Connection", "PeerGone", "SendTimeout", "Sink"]
 
 
-class Sink(Protocol):
-    """Where the replies to one call go; both methods are called by whoever reads the socket (or by a closer).
-
-    ``reads`` is True for a sink whose thread waits in :meth:`Connection.wait` and reads for itself.
-    """
-
-    method: str
-    reads: bool
-
-    def deliver(self, message: dict[str, Any]) -> None: ...
-
-    def fail(self, error: BaseException) -> None: ...
-
-
 #: Given the method of a call the stream broke under, the error that call fails with.
 BrokenHandler = Callable[["Connection"], Callable[[str], BaseException]]
-
-
-class PeerGone(Exception):
-    """A lone call's request could not be written at all: the worker's end is closed (it died while idle). Nothing
-    reached it and nothing was read: the call may go to a restarted worker."""
-
-
-class SendTimeout(Exception):
-    """A frame could not be written before its deadline; ``partial``: part of it went out (the stream is broken)."""
-
-    def __init__(self, partial: bool) -> None:
-        super().__init__("partly written" if partial else "not written")
-        self.partial = partial
 
 
 class Connection:
