@@ -389,21 +389,23 @@ class Decoder:
             raise _undecodable(f"frame of {len(body)} bytes is not valid JSON: {exc}", body) from exc
 
     def _enveloped(self, text: str, decoder: Any, buffers: list[bytearray] | None) -> dict[str, Any] | None:
-        """A plain reply in the exact form the worker formats it (``encode_wrapped``), with only its result
-        decoded; ``None`` for any other text, which :meth:`decode` then reads whole (to the same value: the
-        envelope holds no tag, and a JSON value ends where it ends)."""
-        reply = _REPLY.match(text)
-        if reply is not None and text[-1] == "}":
-            found, value = self._value(text[reply.end() : -1], decoder, buffers)
-            return {"id": int(reply.group(1)), "ok": True, "result": value} if found else None
-        call = _CALL.match(text)
-        if call is not None and text.endswith(_PLAIN_CALL_END):
-            found, args = self._value(text[call.end() : -len(_PLAIN_CALL_END)], decoder, buffers)
+        """A plain reply in the exact form the worker formats it (``encode_wrapped``), or a plain call (no kwargs,
+        not a stream, no trace context) as the host formats it, with only its result or arguments decoded; ``None``
+        for any other text, which :meth:`decode` then reads whole (to the same value: the envelope holds no tag, and
+        a JSON value ends where it ends)."""
+        envelope = _ENVELOPE.match(text)
+        if envelope is None:
+            return None
+        method = envelope.group(2)
+        if method is None and text[-1] == "}":  # a reply
+            found, value = self._value(text[envelope.end() : -1], decoder, buffers)
+            return {"id": int(envelope.group(1)), "ok": True, "result": value} if found else None
+        if method is not None and text.endswith(_PLAIN_CALL_END):
+            found, args = self._value(text[envelope.end() : -len(_PLAIN_CALL_END)], decoder, buffers)
             if not found or type(args) is not list:
                 return None
-            method = call.group(2)
             return {
-                "id": int(call.group(1)),
+                "id": int(envelope.group(1)),
                 "type": "call",
                 "method": method,
                 "args": args,
@@ -428,8 +430,9 @@ class Decoder:
 
 # The reply envelope the worker formats, and the plain call the host formats (call ids are small non-negative ints;
 # a method named as an identifier reads the same in JSON): any other text is decoded whole.
-_REPLY = re.compile(r'\{"id":(0|[1-9][0-9]{0,17}),"ok":true,"result":')
-_CALL = re.compile(r'\{"id":(0|[1-9][0-9]{0,17}),"type":"call","method":"([A-Za-z_][A-Za-z0-9_]{0,99})","args":')
+_ENVELOPE = re.compile(
+    r'\{"id":(0|[1-9][0-9]{0,17}),(?:"ok":true,"result":|"type":"call","method":"([A-Za-z_][A-Za-z0-9_]{0,99})","args":)'
+)
 _PLAIN_CALL_END = ',"kwargs":{},"stream":false}'
 
 

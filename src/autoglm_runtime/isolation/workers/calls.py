@@ -161,15 +161,20 @@ def call(  # noqa: PLR0917
 ) -> Any:
     """``model.<method>(*args, **kwargs)`` in ``worker``; blocks the calling thread. ``deadline`` (a ``timer``
     instant) replaces ``now + timeout`` when the call already waited (in a queue)."""
-    deadline = _deadline(worker, method, timeout, deadline)
+    if deadline is None:  # (a deadline given comes from a pool, which checked the timeout)
+        deadline = _deadline(worker, method, timeout)
     call_id, frame = _request(worker, method, args, kwargs, False)
     # A ready worker is taken at its word (no system call to look at the process): one that died since is found
     # by the request's write failing before any of it reached it, and then restarted like one found dead here.
     conn = worker.ready_connection(look=False) or worker.connection(method, timeout, deadline)
-    _in_time(worker, method, timeout, deadline)
+    timer = worker._timer
+    if deadline is not None and deadline <= timer():
+        _in_time(worker, method, timeout, deadline)
     try:
         try:
-            reply = conn.call(call_id, method, frame, deadline, _monotonic(worker, deadline))
+            reply = conn.call(
+                call_id, method, frame, deadline, deadline if timer is time.monotonic else _monotonic(worker, deadline)
+            )
         except PeerGone:  # its worker died while idle: the call never reached it
             worker.await_exit(conn, deadline)
             conn = worker.connection(method, timeout, deadline)
