@@ -23,7 +23,13 @@ The exporter drops the spans, so only the SDK's own cost is measured. Printed:
 2. the example server's whole request (``examples/model_server``'s app called directly, its models in real
    workers): wall time and host CPU per request, same ratios;
 3. what one LoadedModel.call and one LoadedModel.stream pay for their metrics, span and the traceparent put in the
-   request frame, in microseconds.
+   request frame, in microseconds;
+4. as users see it: the example server served by uvicorn on 127.0.0.1 in a process of its own (started by this
+   script with ``--serve``), driven over one keep-alive connection by httpx; the setting travels in a request
+   header and the server switches to it before the request (and opens the SERVER span for the traced-server
+   settings). Printed: the client's wall time per request and the server process's CPU per request (the CPU
+   between the starts of consecutive requests, read in the server: its HTTP parsing and writing, the app, the
+   batch processor's thread; not the model worker's).
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ import contextlib
 import json
 import os
 import random
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -232,10 +241,106 @@ def report(medians: dict[str, float], unit: str = "us", scale: float = 1e6) -> N
         peer = setting.replace("ours on", "ours off")
         ratio = f"{medians[setting] / medians[peer]:6.3f}x   (target <= 1.03x)" if setting != peer else ""
         print(f"    {setting:<22} {medians[setting] * scale:9.1f} {unit}   {ratio}")
+    # For scale: what the SDK charges for one root span of the server's own (no span of ours), against off.
+    roots = "   ".join(
+        f"{rate} {medians[f'server {rate}, ours off'] / medians['off']:6.3f}x" for rate in ("1%", "100%")
+    )
+    print(f"    the server's own root span alone (server X%, ours off, against off): {roots}")
 
 
-def main() -> None:
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+SETTING_HEADER = "x-bench-setting"
+CPU_HEADER = "x-bench-cpu"
+
+
+class Switching:
+    """The served app, switched to the setting each request names (the requests come one at a time); each response
+    says the server process's CPU time when its request arrived."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cpu = time.process_time()
+        setting = dict(scope["headers"]).get(SETTING_HEADER.encode(), b"off").decode()
+        use(setting)
+
+        async def stamped(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (CPU_HEADER.encode(), repr(cpu).encode())]
+            await send(message)
+
+        await serve(setting, lambda: self.app(scope, receive, stamped))
+
+
+def serve_example(port: int) -> None:
+    """The ``--serve`` child: the example server under uvicorn on 127.0.0.1:``port``, until SIGINT."""
+    import uvicorn
+
+    with contextlib.ExitStack() as stack:
+        app = Switching(example_app(stack))
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on")
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises the SIGINT again once it has shut down
+            uvicorn.Server(config).run()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def measure_served(body: bytes, requests: int) -> dict[str, tuple[float, float]]:
+    """Median wall time (client) and server CPU of one /v1/completions request over HTTP, per setting."""
+    import httpx
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)], cwd=REPO)
+    settings = SETTINGS + IN_SERVER
+    walls: dict[str, list[float]] = {setting: [] for setting in settings}
+    cpus: dict[str, list[float]] = {setting: [] for setting in settings}
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.monotonic() + 600
+            while True:  # the server builds its models' environments on its first run
+                if server.poll() is not None:
+                    raise SystemExit(f"the benchmark's server exited with {server.returncode}")
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get("/health").status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise SystemExit("the benchmark's server did not answer /health within 600 s")
+                time.sleep(0.2)
+            headers = {setting: {"content-type": "application/json", SETTING_HEADER: setting} for setting in settings}
+            previous: tuple[str, float] | None = None
+            for i in range(requests + 10):  # the first 10 rounds warm up
+                turn = i % len(settings)
+                for setting in settings[turn:] + settings[:turn]:
+                    start = time.perf_counter()
+                    response = client.post("/v1/completions", content=body, headers=headers[setting])
+                    wall = time.perf_counter() - start
+                    assert response.status_code == 200, response.text
+                    cpu = float(response.headers[CPU_HEADER])
+                    if i >= 10:
+                        walls[setting].append(wall)
+                        if previous is not None:
+                            cpus[previous[0]].append(cpu - previous[1])
+                    previous = (setting, cpu)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return {s: (statistics.median(walls[s]), statistics.median(cpus[s])) for s in settings}
+
+
+def tracer_providers() -> dict[str, TracerProvider]:
+    """The settings' providers (a 1% and a 100% one), filling :data:`TRACERS`, :data:`SERVER_TRACERS` and
+    :data:`FLUSHES`."""
     providers = {
         "1%": TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.01))),
         "100%": TracerProvider(),
@@ -246,6 +351,15 @@ def main() -> None:
         server = provider.get_tracer("server")
         SERVER_TRACERS[f"server {rate}, ours off"] = SERVER_TRACERS[f"server {rate}, ours on"] = server
         FLUSHES[f"tracing {rate}"] = provider.force_flush
+    return providers
+
+
+def main() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    providers = tracer_providers()
+    if sys.argv[1:2] == ["--serve"]:
+        serve_example(int(sys.argv[2]))
+        return
     rng = random.Random(7)
     raw, words = build_tokenizer(rng)
     guarded = ValidationMiddleware(app, context_guard=ContextWindowGuard(HFTokenizer(raw), 16_384))
@@ -274,6 +388,13 @@ def main() -> None:
     for setting in SETTINGS:
         call, stream = costs[setting]
         print(f"    {setting:<22} call {call:7.2f} us   stream {stream:7.2f} us")
+    print("4. The example server under uvicorn (its own process, 127.0.0.1), driven over one keep-alive connection by")
+    print("   httpx; the same /v1/completions request, the settings alternating request by request")
+    served = measure_served(body, 1500)
+    print("  wall time at the client (median of 1500)")
+    report({setting: wall for setting, (wall, _) in served.items()})
+    print("  server process CPU (median of 1500; the model worker's CPU is not in it)")
+    report({setting: cpu for setting, (_, cpu) in served.items()})
     for provider in providers.values():
         provider.shutdown()
 

@@ -8,8 +8,9 @@ exception only ends the span. Without prometheus_client and opentelemetry-api bo
 from __future__ import annotations
 
 import time
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Mapping
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from autoglm_runtime.errors import AutoGLMRuntimeError
 from autoglm_runtime.observability import _tracing
@@ -38,20 +39,28 @@ class GuardCheck:
     Call :meth:`passed` with the verdict (``None`` when nothing was counted) or :meth:`reject` with the error
     before the block ends, so the duration stops at the verdict and the rejection's log line, written inside the
     block, carries the span's ids.
+
+    A check ``within`` another one (a second guard layer judging the same request inside the first one's block)
+    starts no span of its own: its verdict is recorded on the enclosing check's span, so a request has one guard
+    span however many layers judge it. Its metrics are its own.
     """
 
-    __slots__ = ("_done", "_metrics", "_span", "_start", "surface")
+    __slots__ = ("_done", "_metrics", "_span", "_start", "_within", "surface")
 
-    def __init__(self, surface: Surface) -> None:
+    def __init__(self, surface: Surface, *, within: GuardCheck | None = None) -> None:
         self.surface = surface
         self._metrics = event_metrics()
         self._span: tuple[Span, object] | None = None
         self._start = 0.0
         self._done = False
+        self._within = within
 
     def __enter__(self) -> GuardCheck:
         self._start = time.perf_counter()
-        self._span = _tracing.start_span(GUARD_SPAN, {"autoglm.guard.surface": self.surface})
+        if self._within is not None:
+            self._span = self._within._span  # recorded on, never ended here
+        elif _tracing.TRACING_AVAILABLE:
+            self._span = _tracing.start_span(GUARD_SPAN, _SURFACE_ATTRIBUTES[self.surface])
         return self
 
     def __exit__(
@@ -59,7 +68,7 @@ class GuardCheck:
     ) -> None:
         if isinstance(exc, AutoGLMRuntimeError):
             self.reject(exc)
-        if self._span is not None:
+        if self._span is not None and self._within is None:
             _tracing.end_span(self._span)
 
     def _observe(self) -> bool:
@@ -78,7 +87,7 @@ class GuardCheck:
         if removed and self._metrics is not None:
             self._metrics.guard_truncations.get(self.surface).inc()
             self._metrics.guard_truncated_tokens.get(self.surface).inc(removed)
-        if self._span is not None and self._span[1] is not None:  # recording (a sampled-out span drops them)
+        if self._span is not None and self._span[0].is_recording():  # (a sampled-out span drops them)
             attributes: dict[str, Any] = {
                 "autoglm.guard.input_tokens": result.input_tokens,
                 "autoglm.guard.removed_tokens": removed,
@@ -95,6 +104,20 @@ class GuardCheck:
             self._metrics.guard_rejections.get(error.code, self.surface).inc()
         if self._span is not None:
             _tracing.fail_span(self._span[0], error)
+
+    def forward(self) -> None:
+        """The request goes on to the app inside this block: make the span current for the rest of it even when
+        its trace was sampled out, so what the app does (its model calls, their workers) joins the request's
+        trace and follows its sampling decision instead of starting traces of its own."""
+        span = self._span
+        if span is not None and span[1] is None and self._within is None:
+            self._span = (span[0], _tracing.attach(span[0]))
+
+
+# Made once: the SDK copies a span's attributes, so one mapping per surface serves every span.
+_SURFACE_ATTRIBUTES: dict[str, Mapping[str, Any]] = {
+    surface: MappingProxyType({"autoglm.guard.surface": surface}) for surface in get_args(Surface)
+}
 
 
 class ModelCall:

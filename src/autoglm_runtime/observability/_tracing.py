@@ -140,14 +140,20 @@ def start_span(
     A span its trace's root sampled out is made current only with ``propagate`` (a model call: the worker's
     request then carries the trace, flagged not sampled, so the model's own spans follow the same decision).
     """
-    if not TRACING_AVAILABLE or _TRACER is None or _no_provider() or _in_unsampled_trace():
+    tracer = _TRACER
+    if not TRACING_AVAILABLE or tracer is None or _no_provider():
         return None
-    span = _TRACER.start_span(name, attributes=attributes)
+    # The current context, read once: the unsampled-parent check, the SDK (parent and sampler) and the new
+    # current context all start from it.
+    current = _context.get_current()
+    parent = _trace.get_current_span(current).get_span_context()
+    if parent.is_valid and not parent.trace_flags.sampled and _drops_unsampled_children(parent.is_remote):
+        return None
+    span = tracer.start_span(name, current, attributes=attributes)
     if not span.is_recording() and not (propagate and span.get_span_context().is_valid):
         # Sampled out and nothing to pass on: log lines keep the parent's ids. Attaching would cost as much.
         return span, None
-    token = _context.attach(_trace.set_span_in_context(span))
-    return span, token
+    return span, _context.attach(_trace.set_span_in_context(span, current))
 
 
 def start_detached(name: str, attributes: Mapping[str, Any] | None = None) -> Span | None:

@@ -23,6 +23,10 @@ body and the response carries ``x-autoglm-truncated-tokens: N`` and ``x-autoglm-
 
     app = ValidationMiddleware(app, context_guard=ContextWindowGuard(tokenizer, 8192))
 
+With the ``tracing`` extra, each guarded request is one ``autoglm.guard.check`` span, current until the app has
+answered, so the request's model calls are in its trace; a middleware inside another one (a per-model guard behind
+a general one) records its verdict on the outer one's span instead of starting its own (docs/operations.md).
+
 The middleware is never a Starlette ``BaseHTTPMiddleware``: that would break disconnect detection and streaming.
 """
 
@@ -82,6 +86,8 @@ _DEFAULT_HEADER_GUARD = HeaderTokenGuard()
 # Judging a small body inline is cheaper than a thread hop; larger ones would stall the event loop.
 _INLINE_BODY_BYTES = 16_384
 _FRAMING = (b"content-length", b"transfer-encoding")
+# The scope key under which the outermost middleware's check of a request is found by the ones inside it.
+_CHECK_KEY = "autoglm.guard_check"
 
 
 class _Disconnected(Exception):
@@ -202,8 +208,10 @@ class ValidationMiddleware:
                 return
             await self.app(scope, receive, send)
             return
-        # The rejection is logged inside the check, so its log line carries the guard span's ids.
-        with GuardCheck("http") as check:
+        # The rejection is logged inside the check, so its log line carries the guard span's ids. A middleware
+        # inside another one's block (a per-model guard behind a general one) records on the outer one's span.
+        outer: GuardCheck | None = scope.get(_CHECK_KEY)
+        with GuardCheck("http", within=outer) as check:
             try:
                 if self.header_guard is not None:
                     self.header_guard.check(scope.get("headers") or ())
@@ -215,7 +223,16 @@ class ValidationMiddleware:
                 await self._reject(exc, kind, scope, send)
                 return
             check.passed(result)
-        await self._forward(scope, receive, send, body, result)
+            if outer is not None:
+                await self._forward(scope, receive, send, body, result)
+                return
+            # The span covers the app's work, so the request's model calls and their workers share its trace.
+            check.forward()
+            scope[_CHECK_KEY] = check
+            try:
+                await self._forward(scope, receive, send, body, result)
+            finally:
+                scope.pop(_CHECK_KEY, None)
 
     async def _judge_body(self, scope: Scope, receive: Receive) -> tuple[bytes, GuardResult | None]:
         if self.body_timeout is None:
