@@ -1,5 +1,6 @@
-"""Real workers on the small-call fast paths: a lone call that reads its own reply, liveness without reaping, the
-encoder each thread keeps."""
+"""Real workers on the small-call fast paths: a lone call that reads its own reply, liveness without a system call
+(a worker that died idle is found by the failed write), the lean path of calls that start no span, the encoder each
+thread keeps."""
 
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from tests._support.telemetry import Delta
 
-from autoglm_runtime.errors import ModelCallError
+from autoglm_runtime.errors import AutoGLMRuntimeError, ModelCallError
 from autoglm_runtime.isolation import ModelLoader
+from autoglm_runtime.observability import _tracing
 from autoglm_runtime.testing import wait_until
 
 pytestmark = pytest.mark.slow
@@ -94,3 +101,141 @@ def test_a_bytearray_argument_can_grow_after_the_call(model: Any) -> None:
     assert model.call("echo", value, timeout=30) == bytearray(b"abc")
     value.extend(b"d")  # BufferError if the host's kept encoder still held a view of it
     assert model.call("echo", value, timeout=30) == bytearray(b"abcd")
+
+
+SLOW_MODEL = """
+import os, threading
+
+class Model:
+    def echo(self, value):
+        return value
+
+    def pid(self):
+        return os.getpid()
+
+    def fail(self):
+        raise ValueError("bad input: 42")
+
+    def hang(self):
+        threading.Event().wait()
+
+def load():
+    return Model()
+"""
+
+OUTCOMES = ("ok", "E0105", "E0305", "E0103")
+
+
+def _calls_moved(name: str) -> Delta:
+    return Delta(
+        *[("autoglm_worker_calls_total", {"model": name, "outcome": o}) for o in OUTCOMES],
+        ("autoglm_worker_call_duration_seconds_count", {"model": name}),
+    )
+
+
+def _counts(moved: Delta, name: str) -> list[float]:
+    changes = moved.moved()
+    return [changes[f"autoglm_worker_calls_total{{model={name},outcome={o}}}"] for o in OUTCOMES] + [
+        changes[f"autoglm_worker_call_duration_seconds_count{{model={name}}}"]
+    ]
+
+
+def _run_sequence(model: Any) -> list[Any]:
+    """Results and errors of lone calls: plain values, binary ones, a model error, a timeout, a call after it."""
+    seen: list[Any] = [
+        model.call("echo", b"x" * 1024, timeout=30),
+        model.call("echo", {"i": 1, "data": [b"a", bytearray(b"b")]}, timeout=30),
+        model.call("echo", value=[1, "two", None], timeout=30),
+    ]
+    for method, timeout in (("fail", 30.0), ("hang", 0.5)):
+        with pytest.raises(AutoGLMRuntimeError) as info:
+            model.call(method, timeout=timeout)
+        seen.append((info.value.code, str(info.value).split(";")[0]))
+    seen.append(model.call("echo", b"after the timeout", timeout=60))  # on the restarted worker
+    return seen
+
+
+@pytest.fixture
+def recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
+    """Spans on: the model-call tracer of an SDK provider recording into memory (calls take the traced path)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(_tracing, "_TRACER", provider.get_tracer("autoglm_runtime"))
+    yield exporter
+    provider.shutdown()
+
+
+def test_lone_calls_without_spans_answer_fail_and_count_exactly_as_traced_calls_do(
+    loader: ModelLoader, make_model: Any, monkeypatch: pytest.MonkeyPatch, recording: InMemorySpanExporter
+) -> None:
+    name = "fast-compare"
+    model = loader.load(make_model(name, SLOW_MODEL))
+    try:
+        moved = _calls_moved(name)
+        traced = _run_sequence(model)
+        assert _counts(moved, name) == [4, 1, 1, 0, 6]
+        assert len(recording.get_finished_spans()) == 6
+
+        recording.clear()
+        monkeypatch.setattr(_tracing, "_TRACER", trace.NoOpTracer())  # no span: the lean path
+        moved = _calls_moved(name)
+        lean = _run_sequence(model)
+        assert _counts(moved, name) == [4, 1, 1, 0, 6]
+        assert recording.get_finished_spans() == ()
+        assert lean == traced
+        assert lean[3][0] == "E0105"
+        assert lean[4] == ("E0305", f"E0305: model '{name}' did not answer hang() within 0.5 s")
+        assert model.health()["restart_reasons"] == {"timeout": 2}
+    finally:
+        model.close()
+
+
+def test_a_worker_killed_while_idle_is_restarted_by_a_lone_call_counted_once_as_ok(
+    loader: ModelLoader, make_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_tracing, "_TRACER", trace.NoOpTracer())
+    name = "fast-killed-idle"
+    model = loader.load(make_model(name, SLOW_MODEL))
+    try:
+        for _ in range(3):
+            pid = model.call("pid", timeout=30)
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda pid=pid: _exited(pid), 30, f"worker {pid} to die")
+            moved = _calls_moved(name)
+            assert model.call("echo", b"x" * 1024, timeout=30) == b"x" * 1024
+            assert _counts(moved, name) == [1, 0, 0, 0, 1]
+        health = model.health()
+        assert (health["state"], health["restarts"], health["inflight"]) == ("ready", 3, 0)
+        assert health["last_exit"] == "killed by signal 9 (SIGKILL)"
+    finally:
+        model.close()
+
+
+def test_lone_calls_beside_concurrent_callers_each_get_their_own_result_and_count_once(
+    loader: ModelLoader, make_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_tracing, "_TRACER", trace.NoOpTracer())
+    name = "fast-beside"
+    model = loader.load(make_model(name, SLOW_MODEL))
+    try:
+        moved = _calls_moved(name)
+        results: dict[int, list[Any]] = {}
+
+        def caller(n: int) -> None:
+            results[n] = [model.call("echo", [n, i, bytes([n]) * 3], timeout=60) for i in range(30)]
+
+        alone = [model.call("echo", bytes([i]) * 100, timeout=60) for i in range(20)]  # lone, nothing else runs
+        threads = [threading.Thread(target=caller, args=(n,), name=f"test-caller-{n}") for n in range(4)]
+        for thread in threads:
+            thread.start()
+        beside = [model.call("echo", {"main": i}, timeout=60) for i in range(30)]  # while the others call
+        for thread in threads:
+            thread.join()
+        assert alone == [bytes([i]) * 100 for i in range(20)]
+        assert beside == [{"main": i} for i in range(30)]
+        assert results == {n: [[n, i, bytes([n]) * 3] for i in range(30)] for n in range(4)}
+        assert _counts(moved, name) == [170, 0, 0, 0, 170]
+        assert model.health()["inflight"] == 0
+    finally:
+        model.close()

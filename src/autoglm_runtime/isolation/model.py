@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from time import perf_counter
 from typing import Any
 
 from autoglm_runtime.deps.manifest import ModelManifest
@@ -18,6 +19,8 @@ from autoglm_runtime.isolation.workers.pool import ReplicaPool
 from autoglm_runtime.isolation.workers.process import WorkerHealth
 from autoglm_runtime.isolation.workers.serving import ServingOptions
 from autoglm_runtime.observability import ModelCall, ModelStreamCall
+from autoglm_runtime.observability._events import ModelCallMetrics
+from autoglm_runtime.observability._tracing import spans_off
 
 __all__ = ["LoadedModel", "ModelHealth"]
 
@@ -64,6 +67,7 @@ class LoadedModel:
         self._pool = pool
         self._default_timeout = default_timeout
         self._on_close = on_close
+        self._metrics = ModelCallMetrics(manifest.name)
 
     @property
     def name(self) -> str:
@@ -91,8 +95,17 @@ class LoadedModel:
         :class:`WorkerError` (E0103) when the worker died or crash-loops, :class:`ModelCallError` (E0105) when
         the model raised, :class:`ModelOverloadedError` (E0106) when every replica is busy and the queue full.
         """
-        with ModelCall(self.manifest.name, method):  # counted by outcome, timed and traced (docs/operations.md)
-            return self._pool.call(method, args, kwargs, self._timeout(timeout))
+        if not spans_off():
+            with ModelCall(self.manifest.name, method):  # counted by outcome, timed and traced (docs/operations.md)
+                return self._pool.call(method, args, kwargs, self._timeout(timeout))
+        started = perf_counter()  # no span to start: counted and timed as a ModelCall counts them, at less cost
+        try:
+            result = self._pool.call(method, args, kwargs, self._default_timeout if timeout is None else timeout)
+        except BaseException as exc:
+            self._metrics.record(started, exc)
+            raise
+        self._metrics.record(started, None)
+        return result
 
     async def acall(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         """:meth:`call` for event loops: awaits the answer without blocking the loop or holding a thread."""

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from autoglm_runtime.validation.request import GuardResult
 
-__all__ = ["GuardCheck", "ModelCall", "ModelStreamCall", "Surface"]
+__all__ = ["GuardCheck", "ModelCall", "ModelCallMetrics", "ModelStreamCall", "Surface"]
 
 #: Where a guard ran: the ASGI middleware, a gRPC interceptor, or the ``guarded`` decorator.
 Surface = Literal["http", "grpc", "decorator"]
@@ -158,6 +158,39 @@ class ModelCall:
             metrics.model_calls.get(self.model, outcome).inc()
         if span is not None:
             _tracing.end_span(span)
+
+
+class ModelCallMetrics:
+    """The metrics of one model's calls, for a path that starts no span (see ``spans_off``): what a
+    :class:`ModelCall` records, with the series of its commonest outcome (``ok``) looked up once, on first use.
+
+    >>> metrics = ModelCallMetrics("a"); started = time.perf_counter()   # doctest: +SKIP
+    >>> metrics.record(started, None)   # or the error the call raised  # doctest: +SKIP
+    """
+
+    __slots__ = ("_duration", "_metrics", "_ok", "model")
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self._metrics = event_metrics()
+        self._duration: Any = None
+        self._ok: Any = None
+
+    def record(self, started: float, error: BaseException | None) -> None:
+        """Count a call that began at ``started`` (``time.perf_counter()``) and ended now, with ``error`` or not."""
+        metrics = self._metrics
+        if metrics is None:
+            return
+        elapsed = time.perf_counter() - started
+        if self._duration is None:
+            self._duration = metrics.model_call_duration.get(self.model)
+        self._duration.observe(elapsed)
+        if error is not None:
+            metrics.model_calls.get(self.model, _outcome(error)).inc()
+            return
+        if self._ok is None:
+            self._ok = metrics.model_calls.get(self.model, "ok")
+        self._ok.inc()
 
 
 def _outcome(error: BaseException | None) -> str:

@@ -45,6 +45,7 @@ __all__ = [
     "end_span",
     "fail_span",
     "record_span",
+    "spans_off",
     "start_detached",
     "start_span",
     "traceparent",
@@ -74,16 +75,37 @@ def tracer() -> Tracer | None:
     return _TRACER
 
 
+# The tracer last found to start no span while the API's global provider was still unset ([None]: none yet).
+_quiet: list[object] = [None]
+_UNSET = object()
+
+
 def _no_provider() -> bool:
     """Whether every span :data:`_TRACER` starts now is a non-recording copy of the current span: it is the API's
     proxy (or no-op) tracer and the application has set no provider (or the API's no-op one). Starting one then
     changes nothing a caller, a log line or the worker can see: the current span already carries those ids and
     flags. Asked per span, so a provider set later is followed at once.
+
+    The answer for a tracer is remembered while the API's global provider stays unset (the same tracer, no
+    provider: the same answer), which spares a model call the API's lookup (an environment read per call); a
+    provider named only by ``OTEL_PYTHON_TRACER_PROVIDER`` is read from the environment on the first span.
     """
     tracer = _TRACER
-    if isinstance(tracer, _trace.NoOpTracer):
+    unset = getattr(_trace, "_TRACER_PROVIDER", _UNSET) is None  # (an API without that global: always asked)
+    if unset and tracer is _quiet[0]:
         return True
-    return isinstance(tracer, _trace.ProxyTracer) and isinstance(_trace.get_tracer_provider(), _NO_SPANS)
+    if isinstance(tracer, _trace.NoOpTracer):
+        quiet = True
+    else:
+        quiet = isinstance(tracer, _trace.ProxyTracer) and isinstance(_trace.get_tracer_provider(), _NO_SPANS)
+    if quiet and unset and getattr(_trace, "_TRACER_PROVIDER", _UNSET) is None:
+        _quiet[0] = tracer
+    return quiet
+
+
+def spans_off() -> bool:
+    """Whether no span is started now (no API, or no provider to record it): a model call then only counts."""
+    return not TRACING_AVAILABLE or _TRACER is None or _no_provider()
 
 
 def _in_unsampled_trace() -> bool:

@@ -14,7 +14,7 @@ import pytest
 
 from autoglm_runtime.isolation._scripts import protocol
 from autoglm_runtime.isolation.workers._calls import CallSink, StreamSink
-from autoglm_runtime.isolation.workers._connection import Connection, SendTimeout
+from autoglm_runtime.isolation.workers._connection import Connection, PeerGone, SendTimeout
 
 
 def _broken(conn: Connection) -> Callable[[str], BaseException]:
@@ -346,3 +346,27 @@ def test_a_lone_call_interrupted_while_writing_its_request_frees_the_read_side(
     peer_thread = _answer_all_in_reverse(peer, 1)
     assert conn.call(32, "echo", _request(32), None, time.monotonic() + 30) == {"id": 32, "ok": True, "result": 32}
     peer_thread.join()
+
+
+def test_a_lone_call_to_a_closed_worker_end_says_the_peer_is_gone_and_frees_everything(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    conn, peer = pair
+    peer.close()  # the worker died while idle: nothing of the request can reach it
+    with pytest.raises(PeerGone):
+        conn.call(41, "echo", _request(41), time.monotonic() + 30, time.monotonic() + 30)
+    assert (conn.inflight, conn._reading) == (0, False)
+    # Told not to retry (a second attempt), the call fails as any call on a broken stream does.
+    with pytest.raises(ConnectionError, match=r"^echo: the peer went away$"):
+        conn.call(42, "echo", _request(42), time.monotonic() + 30, time.monotonic() + 30, retry=False)
+    assert conn.inflight == 0
+
+
+def test_a_call_beside_another_on_a_closed_worker_end_fails_as_before(pair: tuple[Connection, socket.socket]) -> None:
+    conn, peer = pair
+    other = CallSink("stream")
+    conn.register(43, other)  # something else in flight: the call is not alone, so no reply can be ruled out
+    peer.close()
+    with pytest.raises(ConnectionError, match=r"^echo: the peer went away$"):
+        conn.call(44, "echo", _request(44), time.monotonic() + 30, time.monotonic() + 30)
+    assert conn.inflight == 0

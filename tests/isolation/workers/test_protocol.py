@@ -534,3 +534,64 @@ def test_a_reply_decodes_as_its_whole_body_reads(head: str, tail: str, buffers: 
 def test_a_lone_blob_reply_arrives_as_bytes() -> None:
     message = codec.Decoder().decode(b'{"id":12,"ok":true,"result":{"$b":0}}', [bytearray(b"abc")])
     assert exact(message, {"id": 12, "ok": True, "result": b"abc"})
+
+
+CALL_HEADS = st.sampled_from(
+    [
+        '{"id":7,"type":"call","method":"echo","args":',
+        '{"id":0,"type":"call","method":"_m2","args":',
+        '{"id":07,"type":"call","method":"echo","args":',
+        '{"id":7,"type":"call","method":"e\\u0063ho","args":',
+        '{"id":7,"type":"call","method":"1x","args":',
+        '{"id":7,"type":"call","method":"echo","stream":true,"args":',
+    ]
+)
+CALL_TAILS = st.sampled_from(
+    [
+        '[{"$b":0}],"kwargs":{},"stream":false}',
+        '[{"$b":1}],"kwargs":{},"stream":false}',
+        '[1,{"$b":0}],"kwargs":{},"stream":false}',
+        '{"$b":0},"kwargs":{},"stream":false}',
+        '[],"kwargs":{},"stream":false}',
+        '[],"kwargs":{},"stream":false} ',
+        '[1] ,"kwargs":{},"stream":false}',
+        '[{"$$k":1}],"kwargs":{},"stream":false}',
+        '[{"$x":0}],"kwargs":{},"stream":false}',
+        '1,"kwargs":{},"stream":false}',
+        '[],"kwargs":{"a":1},"stream":false}',
+        '[],"kwargs":{},"stream":true}',
+    ]
+)
+
+
+@settings(deadline=None)
+@given(
+    CALL_HEADS,
+    CALL_TAILS | st.text().map(lambda t: t + ',"kwargs":{},"stream":false}'),
+    st.lists(st.binary(max_size=4), max_size=2),
+)
+def test_a_call_decodes_as_its_whole_body_reads(head: str, tail: str, buffers: list[bytes]) -> None:
+    body = (head + tail).encode("utf-8", "surrogatepass")
+    assert exact(_decoded(codec.Decoder(), body, buffers), _decoded(_Whole(), body, buffers))
+
+
+def test_a_plain_call_of_one_blob_arrives_as_the_call() -> None:
+    head, buffers = request_frame(5, "echo", (b"abc",), {}, False, None)
+    message = codec.Decoder().decode(head[14:], [bytearray(buffers[0])])
+    assert exact(message, {"id": 5, "type": "call", "method": "echo", "args": [b"abc"], "kwargs": {}, "stream": False})
+
+
+def test_frames_that_arrive_together_or_in_pieces_are_read_one_by_one(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    messages = [{"id": 1, "ok": True, "result": b"x" * 100}, {"id": 2, "ok": True, "result": "two"}, [b"y", 3]]
+    frames = [head + b"".join(buffers) for head, buffers in map(encode, messages)]
+    reader = FrameReader(b)
+    a.sendall(b"".join(frames))  # three frames in one read
+    assert [exact(reader.read(time.monotonic() + 30), m) for m in messages] == [True] * 3
+    whole = b"".join(frames)
+    for cut in (1, 5, 6, 13, 14, 20, len(frames[0]) - 1, len(frames[0]) + 3):  # the first frame in two pieces
+        a.sendall(whole[:cut])
+        threading.Timer(0.01, a.sendall, (whole[cut:],)).start()
+        assert [exact(reader.read(time.monotonic() + 30), m) for m in messages] == [True] * 3

@@ -389,27 +389,51 @@ class Decoder:
             raise _undecodable(f"frame of {len(body)} bytes is not valid JSON: {exc}", body) from exc
 
     def _enveloped(self, text: str, decoder: Any, buffers: list[bytearray] | None) -> dict[str, Any] | None:
-        """A plain reply in the exact form the worker formats it (``encode_wrapped``), with only its result
-        decoded; ``None`` for any other text, which :meth:`decode` then reads whole (to the same value: the
-        envelope holds no tag, and a JSON value ends where it ends)."""
-        reply = _REPLY.match(text)
-        if reply is None or text[-1] != "}":
+        """A plain reply in the exact form the worker formats it (``encode_wrapped``), or a plain call (no kwargs,
+        not a stream, no trace context) as the host formats it, with only its result or arguments decoded; ``None``
+        for any other text, which :meth:`decode` then reads whole (to the same value: the envelope holds no tag, and
+        a JSON value ends where it ends)."""
+        envelope = _ENVELOPE.match(text)
+        if envelope is None:
             return None
-        text = text[reply.end() : -1]
-        if text == '{"$b":0}' and decoder is self._tags and buffers is not None and len(buffers) == 1:
-            value: Any = bytes(buffers[0])  # a lone blob, as encode frames it
-        else:
-            try:
-                value, end = decoder.scan_once(text, 0)
-            except (StopIteration, ValueError):
+        method = envelope.group(2)
+        if method is None and text[-1] == "}":  # a reply
+            found, value = self._value(text[envelope.end() : -1], decoder, buffers)
+            return {"id": int(envelope.group(1)), "ok": True, "result": value} if found else None
+        if method is not None and text.endswith(_PLAIN_CALL_END):
+            found, args = self._value(text[envelope.end() : -len(_PLAIN_CALL_END)], decoder, buffers)
+            if not found or type(args) is not list:
                 return None
-            if end != len(text):
-                return None
-        return {"id": int(reply.group(1)), "ok": True, "result": value}
+            return {
+                "id": int(envelope.group(1)),
+                "type": "call",
+                "method": method,
+                "args": args,
+                "kwargs": {},
+                "stream": False,
+            }
+        return None
+
+    def _value(self, text: str, decoder: Any, buffers: list[bytearray] | None) -> tuple[bool, Any]:
+        """``(True, value)`` when ``text`` is exactly one JSON value, else ``(False, None)``."""
+        if decoder is self._tags and buffers is not None and len(buffers) == 1:  # a lone blob, as encode frames it
+            if text == '{"$b":0}':
+                return True, bytes(buffers[0])
+            if text == '[{"$b":0}]':
+                return True, [bytes(buffers[0])]
+        try:
+            value, end = decoder.scan_once(text, 0)
+        except (StopIteration, ValueError):
+            return False, None
+        return end == len(text), value
 
 
-# The reply envelope the worker formats (call ids are small non-negative ints): any other text is decoded whole.
-_REPLY = re.compile(r'\{"id":(0|[1-9][0-9]{0,17}),"ok":true,"result":')
+# The reply envelope the worker formats, and the plain call the host formats (call ids are small non-negative ints;
+# a method named as an identifier reads the same in JSON): any other text is decoded whole.
+_ENVELOPE = re.compile(
+    r'\{"id":(0|[1-9][0-9]{0,17}),(?:"ok":true,"result":|"type":"call","method":"([A-Za-z_][A-Za-z0-9_]{0,99})","args":)'
+)
+_PLAIN_CALL_END = ',"kwargs":{},"stream":false}'
 
 
 def decode(body: bytes, buffers: list[bytearray] | None = None) -> Any:

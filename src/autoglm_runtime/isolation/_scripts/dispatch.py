@@ -117,6 +117,10 @@ class Dispatcher:
         """One message from the host (called on the reader thread; runs model code only for a serial model's plain
         call while nothing else runs)."""
         kind = message.get("type", "call")
+        plain = kind == "call" and self._serial and not self._queued and "traceparent" not in message
+        if plain and not message.get("stream"):  # the commonest message first: a serial model's plain call, run here
+            self._run_scoped(message, None)
+            return
         if kind == "ping":
             self._reply({"type": "pong", "seq": message.get("seq")})
         elif kind in ("more", "cancel"):

@@ -63,21 +63,40 @@ decode = _codec.decode
 encode = _codec.encode
 encode_wrapped = _codec.encode_wrapped
 _HEAD = struct.Struct(">IH")
+_HEAD_ONE = struct.Struct(">IHQ")  # the head of a frame with one buffer
 _LENGTH = struct.Struct(">Q")
 _DIRECT = 1 << 16  # a buffer still missing this much is read with recv_into, not through the read buffer
+_JOIN = 1 << 14  # a frame's lone buffer up to this size is copied next to its head: one plain send, no iovec
+_SCRATCH = 1 << 16  # what one recv_into between frames takes: a small frame whole
+_PART = object()  # what a read between frames got is not one whole frame
 
 
 def send(sock: socket.socket, frame: Frame, blocked: Callable[[bool], None] | None = None) -> None:
-    """Write ``frame`` with ``sendmsg`` (buffers are never copied), all of it, however many calls it takes.
+    """Write ``frame`` with ``sendmsg`` (large buffers are never copied; a small lone one is joined to the head for
+    one plain ``send``), all of it, however many calls it takes.
 
     With ``blocked``, the socket is never waited on here: each time it cannot take more, ``blocked(started)``
     is called (``started``: part of the frame went out already) to wait until it can, or to raise.
     """
     head, buffers = frame
-    if blocked is None and not buffers:  # a small control message or reply: one syscall, nothing to slice
-        sock.sendall(head)
+    if not buffers:  # a small control message or reply: one syscall, nothing to slice
+        parts = [memoryview(head)]
+    elif len(buffers) == 1 and buffers[0].nbytes <= _JOIN:  # one small blob: joined, one plain send
+        parts = [memoryview(head + buffers[0])]
+    else:
+        parts = [memoryview(head), *buffers]
+    if len(parts) == 1:
+        if blocked is None:
+            sock.sendall(parts[0])
+            return
+        try:
+            sent = sock.send(parts[0], socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        if sent == parts[0].nbytes:
+            return
+        _send_rest(sock, _skip(parts, sent), sent > 0, blocked)
         return
-    parts = [memoryview(head), *buffers]
     if len(parts) <= 1024:  # IOV_MAX: the whole frame in one sendmsg, as it nearly always goes
         total = sum(map(len, parts))  # (every part is a 1-D view of bytes: its len is its size)
         try:
@@ -88,9 +107,13 @@ def send(sock: socket.socket, frame: Frame, blocked: Callable[[bool], None] | No
             return
     else:
         sent = 0
-    started = False
-    if sent:
-        parts, started = _skip(parts, sent), True
+    _send_rest(sock, _skip(parts, sent) if sent else parts, sent > 0, blocked)
+
+
+def _send_rest(
+    sock: socket.socket, parts: list[memoryview], started: bool, blocked: Callable[[bool], None] | None
+) -> None:
+    """Write what is left of a frame (``started``: part of it went out already); see :func:`send`."""
     while parts:
         if blocked is None:
             sent = sock.sendmsg(parts[:1024])  # IOV_MAX
@@ -148,6 +171,7 @@ class FrameReader:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buffer = bytearray()
+        self._scratch = bytearray(_SCRATCH)  # what a read between frames receives into (reused)
         self._decoder = _codec.Decoder()
         self._poller: Any = None  # made on the first wait with a deadline, then kept: one poll() syscall a wait
         self._polled = -1  # the descriptor it watches
@@ -163,6 +187,10 @@ class FrameReader:
         be decoded (it is consumed), :class:`FrameError` for a corrupt stream.
         """
         buffer = self._buffer  # grows in place: the name stays valid across fills
+        if not buffer:  # between frames, nothing read ahead: one recv_into, which usually holds a small frame whole
+            message = self._read_whole(deadline)
+            if message is not _PART:
+                return message
         while len(buffer) < _HEAD.size:
             self._fill(deadline)
         length, count = _HEAD.unpack_from(buffer, 0)
@@ -190,6 +218,26 @@ class FrameReader:
             return self._decoder.decode(body, [data])
         del buffer[:end]
         return self._decoder.decode(body, [self._read_buffer(size, deadline) for size in sizes])
+
+    def _read_whole(self, deadline: float | None) -> Any:
+        """The message of the one frame the next ``recv_into`` holds exactly; else what it got goes into the read
+        buffer and ``_PART`` is returned (:meth:`read` goes on from there)."""
+        self._apply_deadline(deadline)
+        scratch = self._scratch
+        got = self._sock.recv_into(scratch)
+        if not got:
+            raise PeerClosedError("peer closed the connection between frames")
+        if got >= _HEAD_ONE.size:
+            length, count, size = _HEAD_ONE.unpack_from(scratch, 0)
+            if count == 1 and got == _HEAD_ONE.size + length + size:
+                end = _HEAD_ONE.size + length
+                return self._decoder.decode(scratch[_HEAD_ONE.size : end], [scratch[end:got]])
+            if count == 0 and got == _HEAD.size + length:
+                return self._decoder.decode(scratch[_HEAD.size : got], None)
+        elif got >= _HEAD.size and _HEAD.unpack_from(scratch, 0) == (got - _HEAD.size, 0):
+            return self._decoder.decode(scratch[_HEAD.size : got], None)
+        self._buffer += memoryview(scratch)[:got]
+        return _PART
 
     def _need(self, size: int, deadline: float | None) -> None:
         while len(self._buffer) < size:

@@ -1,6 +1,6 @@
 """Where a call's replies wait for its caller: a thread (a lock or a queue) or a coroutine (future or queue).
 
-Each implements :class:`~autoglm_runtime.isolation.workers._connection.Sink`. Whoever reads the socket calls
+Each implements :class:`Sink`. Whoever reads the socket calls
 ``deliver``/``fail``: the blocked caller of a :class:`CallSink` itself where it can, else the connection's
 reader thread; the async kinds hand over with ``loop.call_soon_threadsafe``, so an in-flight async call costs
 a future, not a thread.
@@ -12,9 +12,38 @@ import asyncio
 import contextlib
 import queue
 import threading
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["AsyncCallSink", "AsyncStreamSink", "CallSink", "OwnSink", "StreamSink"]
+__all__ = ["AsyncCallSink", "AsyncStreamSink", "CallSink", "OwnSink", "PeerGone", "SendTimeout", "Sink", "StreamSink"]
+
+
+class Sink(Protocol):
+    """Where the replies to one call go; both methods are called by whoever reads the socket (or by a closer).
+
+    ``reads`` is True for a sink whose thread waits in :meth:`Connection.wait <.._connection.Connection.wait>`
+    and reads for itself.
+    """
+
+    method: str
+    reads: bool
+
+    def deliver(self, message: dict[str, Any]) -> None: ...
+
+    def fail(self, error: BaseException) -> None: ...
+
+
+class PeerGone(Exception):
+    """A lone call's request could not be written at all: the worker's end is closed (it died while idle). Nothing
+    reached it and nothing was read: the call may go to a restarted worker."""
+
+
+class SendTimeout(Exception):
+    """A frame could not be written before its deadline; ``partial``: part of it went out (the stream is broken)."""
+
+    def __init__(self, partial: bool) -> None:
+        super().__init__("partly written" if partial else "not written")
+        self.partial = partial
+
 
 #: What a stream's queue holds: a reply message, or the error the stream failed with.
 Item = dict[str, Any] | BaseException

@@ -29,38 +29,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from autoglm_runtime.isolation._scripts import protocol as _protocol
-from autoglm_runtime.isolation.workers._calls import CallSink, OwnSink
+from autoglm_runtime.isolation.workers._calls import CallSink, OwnSink, PeerGone, SendTimeout, Sink
 
-__all__ = ["Connection", "SendTimeout", "Sink"]
-
-
-class Sink(Protocol):
-    """Where the replies to one call go; both methods are called by whoever reads the socket (or by a closer).
-
-    ``reads`` is True for a sink whose thread waits in :meth:`Connection.wait` and reads for itself.
-    """
-
-    method: str
-    reads: bool
-
-    def deliver(self, message: dict[str, Any]) -> None: ...
-
-    def fail(self, error: BaseException) -> None: ...
+__all__ = ["Connection", "PeerGone", "SendTimeout", "Sink"]
 
 
 #: Given the method of a call the stream broke under, the error that call fails with.
 BrokenHandler = Callable[["Connection"], Callable[[str], BaseException]]
-
-
-class SendTimeout(Exception):
-    """A frame could not be written before its deadline; ``partial``: part of it went out (the stream is broken)."""
-
-    def __init__(self, partial: bool) -> None:
-        super().__init__("partly written" if partial else "not written")
-        self.partial = partial
 
 
 class Connection:
@@ -168,8 +146,14 @@ class Connection:
                 sink.granted = False
                 self._hand_over()
 
-    def call(
-        self, call_id: int, method: str, frame: _protocol.Frame, deadline: float | None, read_deadline: float | None
+    def call(  # noqa: PLR0917
+        self,
+        call_id: int,
+        method: str,
+        frame: _protocol.Frame,
+        deadline: float | None,
+        read_deadline: float | None,
+        retry: bool = True,
     ) -> dict[str, Any] | None:
         """A blocking call: register it, write its request by ``deadline`` (a ``timer`` instant), wait for its reply
         until ``read_deadline`` (a ``time.monotonic()`` one); the reply, or ``None`` when it did not come in time
@@ -177,7 +161,8 @@ class Connection:
 
         With nothing else in flight and nobody reading, the calling thread holds the read side from the moment it
         registers: the worker has nothing else to send that could fill the socket while the request goes out.
-        Raises :class:`SendTimeout` (the call is unregistered) or the error the call failed with.
+        Raises :class:`SendTimeout` (the call is unregistered) or the error the call failed with; with ``retry``,
+        :class:`PeerGone` when the call was alone and the worker's end of the socket is closed (it is unregistered).
         """
         with self._lock:
             closed = self._closed_with
@@ -189,16 +174,7 @@ class Connection:
                     self._reading = True
         if closed is not None:
             raise closed(method)
-        try:
-            self.send(frame, deadline)
-        except OSError:
-            pass  # the stream broke: reading it fails the call with the error the supervisor names
-        except BaseException:  # SendTimeout, or interrupted (KeyboardInterrupt): nothing was read yet
-            with self._lock:
-                self._sinks.pop(call_id, None)
-                if alone:
-                    self._hand_over()
-            raise
+        self._send_call(call_id, frame, deadline, alone, retry)
         try:
             if isinstance(sink, OwnSink):
                 answered = self._read_own(call_id, sink, read_deadline)
@@ -221,6 +197,27 @@ class Connection:
             raise sink.error
         return sink.reply
 
+    def _send_call(
+        self, call_id: int, frame: _protocol.Frame, deadline: float | None, alone: bool, retry: bool
+    ) -> None:
+        """Write the request of a blocking call registered under ``call_id``; see :meth:`call`."""
+        try:
+            self.send(frame, deadline)
+        except OSError as exc:
+            if not (retry and alone and isinstance(exc, (BrokenPipeError, ConnectionResetError))):
+                return  # the stream broke: reading it fails the call with the error the supervisor names
+            # Alone, no reply is due: the worker is gone, and never had all of this request; nothing was read.
+            with self._lock:
+                self._sinks.pop(call_id, None)
+                self._hand_over()
+            raise PeerGone from None
+        except BaseException:  # SendTimeout, or interrupted (KeyboardInterrupt): nothing was read yet
+            with self._lock:
+                self._sinks.pop(call_id, None)
+                if alone:
+                    self._hand_over()
+            raise
+
     def send(self, frame: _protocol.Frame, deadline: float | None = None) -> None:
         """Write one frame, not waiting past ``deadline`` (a ``timer`` instant; ``None``: as long as it takes).
 
@@ -231,7 +228,8 @@ class Connection:
                 self._check_intact()
                 _protocol.send(self._sock, frame)
             return
-        if not self._send_lock.acquire(timeout=max(deadline - self._timer(), 0.0)):
+        lock = self._send_lock
+        if not lock.acquire(False) and not lock.acquire(timeout=max(deadline - self._timer(), 0.0)):
             raise SendTimeout(partial=False)
         try:
             self._check_intact()

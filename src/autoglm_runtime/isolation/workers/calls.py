@@ -28,7 +28,7 @@ from autoglm_runtime.isolation._scripts import protocol as _protocol
 from autoglm_runtime.isolation._scripts.dispatch import WINDOW
 from autoglm_runtime.isolation.workers import _replies
 from autoglm_runtime.isolation.workers._calls import AsyncCallSink, AsyncStreamSink, Item, StreamSink
-from autoglm_runtime.isolation.workers._connection import Connection, SendTimeout
+from autoglm_runtime.isolation.workers._connection import Connection, PeerGone, SendTimeout
 from autoglm_runtime.observability._tracing import traceparent
 
 if TYPE_CHECKING:
@@ -161,12 +161,25 @@ def call(  # noqa: PLR0917
 ) -> Any:
     """``model.<method>(*args, **kwargs)`` in ``worker``; blocks the calling thread. ``deadline`` (a ``timer``
     instant) replaces ``now + timeout`` when the call already waited (in a queue)."""
-    deadline = _deadline(worker, method, timeout, deadline)
+    if deadline is None:  # (a deadline given comes from a pool, which checked the timeout)
+        deadline = _deadline(worker, method, timeout)
     call_id, frame = _request(worker, method, args, kwargs, False)
-    conn = worker.connection(method, timeout, deadline)
-    _in_time(worker, method, timeout, deadline)
+    # A ready worker is taken at its word (no system call to look at the process): one that died since is found
+    # by the request's write failing before any of it reached it, and then restarted like one found dead here.
+    conn = worker.ready_connection(look=False) or worker.connection(method, timeout, deadline)
+    timer = worker._timer
+    if deadline is not None and deadline <= timer():
+        _in_time(worker, method, timeout, deadline)
     try:
-        reply = conn.call(call_id, method, frame, deadline, _monotonic(worker, deadline))
+        try:
+            reply = conn.call(
+                call_id, method, frame, deadline, deadline if timer is time.monotonic else _monotonic(worker, deadline)
+            )
+        except PeerGone:  # its worker died while idle: the call never reached it
+            worker.await_exit(conn, deadline)
+            conn = worker.connection(method, timeout, deadline)
+            _in_time(worker, method, timeout, deadline)
+            reply = conn.call(call_id, method, frame, deadline, _monotonic(worker, deadline), retry=False)
     except SendTimeout as exc:
         raise _unsent(worker, conn, method, timeout, "torn" if exc.partial else "unsent") from None
     if reply is None:

@@ -127,7 +127,12 @@ class ReplicaPool:
     def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         calls.check_timeout(self.name, method, timeout)
         deadline = None if timeout is None else self._timer() + timeout
-        worker = self._acquire(method, timeout, deadline)
+        with self._lock:  # a free replica, taken at once (as _pick would); anything else goes the general way
+            worker = None if self._closing else self._least_loaded()
+            if worker is not None:
+                self._load[worker] += 1
+        if worker is None:
+            worker = self._acquire(method, timeout, deadline)
         try:
             return calls.call(worker, method, args, kwargs, timeout, deadline)
         finally:

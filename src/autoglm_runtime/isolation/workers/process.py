@@ -23,6 +23,7 @@ Promises:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Mapping
@@ -42,6 +43,7 @@ from autoglm_runtime.isolation.workers.spec import (
 __all__ = ["WORKER_SCRIPT", "Concurrency", "WorkerHealth", "WorkerProcess", "WorkerSpec", "WorkerState"]
 
 _WAITID = getattr(os, "waitid", None)
+_EXIT_WAIT = 1.0  # how long a worker that closed its socket gets to be seen exiting (it takes microseconds)
 _EXITED = getattr(os, "WEXITED", 0) | getattr(os, "WNOHANG", 0) | getattr(os, "WNOWAIT", 0)
 
 
@@ -107,13 +109,27 @@ class WorkerProcess(WorkerLifecycle):
         conn = self._conn
         return conn.inflight if conn is not None else 0
 
-    def ready_connection(self) -> Connection | None:
-        """The connection to a ready worker, without waiting; ``None`` when it must be (re)started first."""
+    def ready_connection(self, look: bool = True) -> Connection | None:
+        """The connection to a ready worker, without waiting; ``None`` when it must be (re)started first.
+
+        ``look=False`` trusts the recorded state without asking the system about the process (a blocking call:
+        a worker that died since is found when its request cannot be written, see :meth:`await_exit`)."""
         with self._state_lock:
             proc, conn = self._proc, self._conn
-            if self._state == "ready" and conn is not None and proc is not None and _alive(proc):
+            if self._state == "ready" and conn is not None and proc is not None and (not look or _alive(proc)):
                 return conn
         return None
+
+    def await_exit(self, conn: Connection, deadline: float | None) -> None:
+        """The worker behind ``conn`` closed its end of the socket, so it is exiting: wait (briefly, within
+        ``deadline``) until its exit can be seen, so that the next look at it finds it dead and restarts it."""
+        with self._state_lock:
+            proc = self._proc if self._conn is conn else None
+        if proc is None:
+            return
+        wait = _EXIT_WAIT if deadline is None else min(_EXIT_WAIT, max(deadline - self._timer(), 0.0))
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(wait)
 
     def connection(self, method: str, timeout: float | None, deadline: float | None) -> Connection:
         """The connection to a ready worker, (re)starting it as needed within ``deadline``.
