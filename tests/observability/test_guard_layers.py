@@ -166,3 +166,51 @@ def test_a_check_within_another_records_its_verdict_on_the_outer_span_and_never_
         assert exporter.get_finished_spans() == ()
     (span,) = exporter.get_finished_spans()
     assert span.name == "autoglm.guard.check"
+
+
+def test_an_inner_layer_refusing_headers_on_a_path_it_does_not_judge_records_on_the_one_guard_span(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    # The inner layer judges no body here (paths=()), only headers, more strictly than the outer one.
+    _, exporter = provider
+    sent: list[str | None] = []
+
+    async def complete(request: Request) -> JSONResponse:
+        with ModelCall("m", "predict"):
+            sent.append(_tracing.traceparent())
+        return JSONResponse({})
+
+    app = Starlette(routes=[Route("/v1/completions", complete, methods=["POST"])])
+    inner = ValidationMiddleware(app, header_guard=HeaderTokenGuard(max_length=16), paths=())
+    outer = ValidationMiddleware(inner, header_guard=HeaderTokenGuard(max_length=64))
+    refused = post(outer, "hi", headers={"authorization": "y" * 32})
+    assert (refused.status_code, refused.headers["x-autoglm-error-code"]) == (431, "E0512")
+    (guard,) = exporter.get_finished_spans()
+    assert guard.name == "autoglm.guard.check"
+    assert guard.parent is None
+    assert dict(guard.attributes or {}) == {"autoglm.guard.surface": "http", "error.type": "E0512"}
+    assert (guard.status.status_code, guard.status.description) == (StatusCode.ERROR, "E0512: HeaderTooLongError")
+    assert sent == []
+
+
+def test_a_truncation_by_the_outer_layer_stays_on_the_span_when_the_inner_layer_removes_nothing(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    _, exporter = provider
+
+    async def complete(request: Request) -> JSONResponse:
+        return JSONResponse(await request.json())
+
+    app = Starlette(routes=[Route("/v1/completions", complete, methods=["POST"])])
+    inner = ValidationMiddleware(app, context_guard=ContextWindowGuard(char_tok(), 80, message_tokens=0))
+    narrow = ContextWindowGuard(char_tok(), 50, truncate_on_overflow=True, message_tokens=0)
+    outer = ValidationMiddleware(inner, context_guard=narrow)
+    truncated = post(outer, "x" * 100)
+    assert (truncated.status_code, truncated.headers["x-autoglm-truncated-tokens"]) == (200, "55")
+    (guard,) = exporter.get_finished_spans()
+    assert dict(guard.attributes or {}) == {
+        "autoglm.guard.surface": "http",
+        "autoglm.guard.input_tokens": 45,  # what the app was given
+        "autoglm.guard.removed_tokens": 55,  # what the request lost, whichever layer cut it
+        "autoglm.warning.code": "E0514",
+    }
