@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from tests._support.telemetry import Delta
 from tests.validation._helpers import char_tok
 
 from autoglm_runtime.observability import GuardCheck, ModelCall, _tracing
@@ -213,4 +214,30 @@ def test_a_truncation_by_the_outer_layer_stays_on_the_span_when_the_inner_layer_
         "autoglm.guard.input_tokens": 45,  # what the app was given
         "autoglm.guard.removed_tokens": 55,  # what the request lost, whichever layer cut it
         "autoglm.warning.code": "E0514",
+    }
+
+
+def test_each_layer_counts_its_own_check_and_verdict_once(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    series = [("autoglm_guard_rejections_total", {"code": code, "surface": "http"}) for code in ("E0512", "E0513")]
+    moved = Delta(
+        *series,
+        ("autoglm_guard_truncations_total", {"surface": "http"}),
+        ("autoglm_guard_truncated_tokens_total", {"surface": "http"}),
+        ("autoglm_guard_check_duration_seconds_count", {"surface": "http"}),
+    )
+    sent: list[str | None] = []
+    assert post(layered(sent), "hello").status_code == 200  # two checks
+    assert post(layered(sent, truncate=True), "x" * 100).status_code == 200  # two, the inner one truncating
+    assert post(layered(sent), "x" * 100).status_code == 400  # two, the inner one refusing
+    assert post(layered(sent), "hi", headers={"authorization": "y" * 100}).status_code == 431  # the outer one
+    strict = ValidationMiddleware(layered(sent), header_guard=HeaderTokenGuard(max_length=16), paths=())
+    assert post(ValidationMiddleware(strict), "hi", headers={"authorization": "y" * 32}).status_code == 431
+    assert moved.moved() == {
+        "autoglm_guard_rejections_total{code=E0512,surface=http}": 2.0,
+        "autoglm_guard_rejections_total{code=E0513,surface=http}": 1.0,
+        "autoglm_guard_truncations_total{surface=http}": 1.0,
+        "autoglm_guard_truncated_tokens_total{surface=http}": 55.0,
+        "autoglm_guard_check_duration_seconds_count{surface=http}": 9.0,
     }
