@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from tests._support.telemetry import Delta
 from tests.validation._helpers import char_tok
 
 from autoglm_runtime.observability import GuardCheck, ModelCall, _tracing
@@ -166,3 +167,77 @@ def test_a_check_within_another_records_its_verdict_on_the_outer_span_and_never_
         assert exporter.get_finished_spans() == ()
     (span,) = exporter.get_finished_spans()
     assert span.name == "autoglm.guard.check"
+
+
+def test_an_inner_layer_refusing_headers_on_a_path_it_does_not_judge_records_on_the_one_guard_span(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    # The inner layer judges no body here (paths=()), only headers, more strictly than the outer one.
+    _, exporter = provider
+    sent: list[str | None] = []
+
+    async def complete(request: Request) -> JSONResponse:
+        with ModelCall("m", "predict"):
+            sent.append(_tracing.traceparent())
+        return JSONResponse({})
+
+    app = Starlette(routes=[Route("/v1/completions", complete, methods=["POST"])])
+    inner = ValidationMiddleware(app, header_guard=HeaderTokenGuard(max_length=16), paths=())
+    outer = ValidationMiddleware(inner, header_guard=HeaderTokenGuard(max_length=64))
+    refused = post(outer, "hi", headers={"authorization": "y" * 32})
+    assert (refused.status_code, refused.headers["x-autoglm-error-code"]) == (431, "E0512")
+    (guard,) = exporter.get_finished_spans()
+    assert guard.name == "autoglm.guard.check"
+    assert guard.parent is None
+    assert dict(guard.attributes or {}) == {"autoglm.guard.surface": "http", "error.type": "E0512"}
+    assert (guard.status.status_code, guard.status.description) == (StatusCode.ERROR, "E0512: HeaderTooLongError")
+    assert sent == []
+
+
+def test_a_truncation_by_the_outer_layer_stays_on_the_span_when_the_inner_layer_removes_nothing(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    _, exporter = provider
+
+    async def complete(request: Request) -> JSONResponse:
+        return JSONResponse(await request.json())
+
+    app = Starlette(routes=[Route("/v1/completions", complete, methods=["POST"])])
+    inner = ValidationMiddleware(app, context_guard=ContextWindowGuard(char_tok(), 80, message_tokens=0))
+    narrow = ContextWindowGuard(char_tok(), 50, truncate_on_overflow=True, message_tokens=0)
+    outer = ValidationMiddleware(inner, context_guard=narrow)
+    truncated = post(outer, "x" * 100)
+    assert (truncated.status_code, truncated.headers["x-autoglm-truncated-tokens"]) == (200, "55")
+    (guard,) = exporter.get_finished_spans()
+    assert dict(guard.attributes or {}) == {
+        "autoglm.guard.surface": "http",
+        "autoglm.guard.input_tokens": 45,  # what the app was given
+        "autoglm.guard.removed_tokens": 55,  # what the request lost, whichever layer cut it
+        "autoglm.warning.code": "E0514",
+    }
+
+
+def test_each_layer_counts_its_own_check_and_verdict_once(
+    provider: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    series = [("autoglm_guard_rejections_total", {"code": code, "surface": "http"}) for code in ("E0512", "E0513")]
+    moved = Delta(
+        *series,
+        ("autoglm_guard_truncations_total", {"surface": "http"}),
+        ("autoglm_guard_truncated_tokens_total", {"surface": "http"}),
+        ("autoglm_guard_check_duration_seconds_count", {"surface": "http"}),
+    )
+    sent: list[str | None] = []
+    assert post(layered(sent), "hello").status_code == 200  # two checks
+    assert post(layered(sent, truncate=True), "x" * 100).status_code == 200  # two, the inner one truncating
+    assert post(layered(sent), "x" * 100).status_code == 400  # two, the inner one refusing
+    assert post(layered(sent), "hi", headers={"authorization": "y" * 100}).status_code == 431  # the outer one
+    strict = ValidationMiddleware(layered(sent), header_guard=HeaderTokenGuard(max_length=16), paths=())
+    assert post(ValidationMiddleware(strict), "hi", headers={"authorization": "y" * 32}).status_code == 431
+    assert moved.moved() == {
+        "autoglm_guard_rejections_total{code=E0512,surface=http}": 2.0,
+        "autoglm_guard_rejections_total{code=E0513,surface=http}": 1.0,
+        "autoglm_guard_truncations_total{surface=http}": 1.0,
+        "autoglm_guard_truncated_tokens_total{surface=http}": 55.0,
+        "autoglm_guard_check_duration_seconds_count{surface=http}": 9.0,
+    }

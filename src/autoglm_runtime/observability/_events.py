@@ -42,10 +42,11 @@ class GuardCheck:
 
     A check ``within`` another one (a second guard layer judging the same request inside the first one's block)
     starts no span of its own: its verdict is recorded on the enclosing check's span, so a request has one guard
-    span however many layers judge it. Its metrics are its own.
+    span however many layers judge it; the span's ``autoglm.guard.removed_tokens`` is what all its layers removed.
+    Its metrics are its own.
     """
 
-    __slots__ = ("_done", "_metrics", "_span", "_start", "_within", "surface")
+    __slots__ = ("_done", "_metrics", "_removed", "_span", "_start", "_within", "surface")
 
     def __init__(self, surface: Surface, *, within: GuardCheck | None = None) -> None:
         self.surface = surface
@@ -54,6 +55,7 @@ class GuardCheck:
         self._start = 0.0
         self._done = False
         self._within = within
+        self._removed = 0  # on the check owning the span: the tokens its request's layers removed so far
 
     def __enter__(self) -> GuardCheck:
         self._start = time.perf_counter()
@@ -87,12 +89,15 @@ class GuardCheck:
         if removed and self._metrics is not None:
             self._metrics.guard_truncations.get(self.surface).inc()
             self._metrics.guard_truncated_tokens.get(self.surface).inc(removed)
+        # An inner layer judges what an outer one let through: its input is the app's, the removals add up.
+        owner = self if self._within is None else self._within
+        owner._removed += removed
         if self._span is not None and self._span[0].is_recording():  # (a sampled-out span drops them)
             attributes: dict[str, Any] = {
                 "autoglm.guard.input_tokens": result.input_tokens,
-                "autoglm.guard.removed_tokens": removed,
+                "autoglm.guard.removed_tokens": owner._removed,
             }
-            if removed:
+            if owner._removed:
                 attributes["autoglm.warning.code"] = "E0514"
             self._span[0].set_attributes(attributes)  # one call: the SDK takes the span's lock once
 

@@ -202,7 +202,8 @@ class ValidationMiddleware:
                 if self.header_guard is not None:
                     self.header_guard.check(scope.get("headers") or ())
             except AutoGLMRuntimeError as exc:
-                with GuardCheck("http") as check:
+                # Inside another middleware's block this is one more layer of its request: no span of its own.
+                with GuardCheck("http", within=scope.get(_CHECK_KEY)) as check:
                     check.reject(exc)
                     await self._reject(exc, kind, scope, send)
                 return
