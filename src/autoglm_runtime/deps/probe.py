@@ -75,11 +75,13 @@ class InstalledDist:
 
     @functools.cached_property
     def parsed_version(self) -> Version | str:
-        """:attr:`version` parsed once for the checks (the text itself when it is not PEP 440)."""
+        """:attr:`version` parsed once for the checks; the text itself when it is not PEP 440 or not in its
+        normal form (``1.0.0-RC1``), which ``===`` compares as written."""
         try:
-            return Version(self.version)
+            parsed = Version(self.version)
         except InvalidVersion:
             return self.version
+        return parsed if str(parsed) == self.version else self.version
 
     @functools.cached_property
     def key(self) -> str:
@@ -161,6 +163,14 @@ class ProbedEnvironment:
         return result
 
 
+def _is_pep440(version: str) -> bool:
+    try:
+        Version(version)
+    except InvalidVersion:
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=16384)
 def _requirement(text: str) -> Requirement | str:
     """``text`` parsed, or why it does not parse; cached, as environments repeat requirement lines.
@@ -183,7 +193,7 @@ def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
     version = str(raw.get("version") or "")
     dist = InstalledDist(name, version, str(raw.get("location")), where, errors=errors)
     label = f"{name} {version}".strip() or where
-    if version and isinstance(dist.parsed_version, str):
+    if version and isinstance(dist.parsed_version, str) and not _is_pep440(version):
         errors.append(f"{label} has an invalid version {version!r} (not PEP 440)")
     for text in raw.get("requires", []):
         parsed = _requirement(str(text))
