@@ -309,7 +309,8 @@ def finish_probe(python: str | Path, returncode: int, stdout: str, stderr: str) 
 
 def probe_payload(stdout: str) -> Any:
     """The description the probe printed on ``stdout``: its JSON text, or its marshal bytes in base64
-    (:data:`~autoglm_runtime.deps._scripts.probe.MARSHAL_MARK`), after its last mark. Raises
+    (:data:`~autoglm_runtime.deps._scripts.probe.MARSHAL_MARK`), on the line after its last mark (what
+    ``.pth`` files print before the mark, or exit handlers after that line, is not the probe's). Raises
     ``ValueError`` (or ``EOFError``, ``TypeError`` from marshal) for output that is neither.
     """
     _, mark, payload = stdout.rpartition(_probe.MARSHAL_MARK)
@@ -317,13 +318,13 @@ def probe_payload(stdout: str) -> Any:
         import binascii
         import marshal
 
-        return marshal.loads(binascii.a2b_base64(payload))
+        return marshal.loads(binascii.a2b_base64(payload.partition("\n")[0]))
     _, mark, payload = stdout.rpartition(_probe.OUTPUT_MARK)
     if not mark:
         raise ValueError("the probe's output mark is missing")
     import json  # here: a check printed as text never needs it
 
-    return json.loads(payload)
+    return json.loads(payload.partition("\n")[0])
 
 
 def probe_environment(python: str | Path | None = None) -> ProbedEnvironment:
