@@ -57,7 +57,8 @@ def _dist(site: Path, name: str, metadata: str) -> None:
 @pytest.fixture(scope="module")
 def odd_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[Path]]:
     """A venv with ``bad 1.0-foo-bar`` (not PEP 440), ``user`` (requires ``bad>=0.5`` and ``nover``), ``nover``
-    (no version), and two models: one pinning ``bad===1.0-foo-bar``, one needing ``bad>=2``."""
+    (no version), ``rc 1.0.0-RC1`` (not in normal form) with two distributions requiring it by ``===``, and two
+    models: one pinning ``bad===1.0-foo-bar``, one needing ``bad>=2``."""
     root = tmp_path_factory.mktemp("odd-versions")
     subprocess.run([str(UV), "venv", "-q", "--python", sys.executable, str(root / "venv")], check=True)
     python = root / "venv" / "bin" / "python"
@@ -72,6 +73,10 @@ def odd_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[
     _dist(site, "bad", "Version: 1.0-foo-bar\n")
     _dist(site, "nover", "")
     _dist(site, "user", "Version: 1.0\nRequires-Dist: bad>=0.5\nRequires-Dist: nover\n")
+    # ``===`` compares the version as written (23 to 25 compare its normal form, ``1.0.0rc1``)
+    _dist(site, "rc", "Version: 1.0.0-RC1\n")
+    _dist(site, "rc-user", "Version: 1.0\nRequires-Dist: rc===1.0.0-RC1\nRequires-Dist: rc>=1.0.0rc1\n")
+    _dist(site, "rc-normal", "Version: 1.0\nRequires-Dist: rc===1.0.0rc1\n")
     models = []
     for name, requirement in (("pinned", "bad===1.0-foo-bar"), ("newer", "bad>=2")):
         model = root / name
@@ -111,6 +116,7 @@ def test_check_deps_on_the_packaging_floor_equals_the_current_packaging(
             "model 'newer' needs bad>=2 but the environment has bad 1.0-foo-bar, pulled in by model pinned -> "
             "bad===1.0-foo-bar",
         ),
+        ("incompatible", [], "rc-normal 1.0 requires rc===1.0.0rc1, but rc 1.0.0-RC1 is installed"),
         ("incompatible", [], "user 1.0 requires bad>=0.5, but bad 1.0-foo-bar is installed"),
         (
             "invalid-metadata",

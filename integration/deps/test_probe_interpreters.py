@@ -81,3 +81,20 @@ def test_every_planted_kind_is_found_cold_and_cached_on_this_interpreter(
     assert ("incompatible", "app 1.0 requires lib>=2, but lib 1.0 is installed") in cold
     assert _check(python, capsys) == cold  # the probe's JSON, written with its cache
     assert _check(python, capsys) == cold  # and read from that cache
+
+
+@pytest.mark.parametrize("written", ["bye", "\nbye\n", "b"])
+def test_output_printed_at_exit_after_the_probe_is_ignored_cold_and_cached(
+    written: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As output printed at start-up (before the probe's mark) is: a .pth file or sitecustomize may register
+    # an exit handler that prints, after the probe has written its description.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    python, site = _venv(tmp_path, PYTHONS["3.8"])
+    with zipfile.ZipFile(build_wheel(tmp_path / "w", "app", "1.0", requires=["absent>=1"])) as zf:
+        zf.extractall(site)
+    (site / "zz_bye.pth").write_text(f"import atexit, sys; atexit.register(sys.stdout.write, {written!r})\n")
+    expected = [("missing", "app 1.0 requires absent>=1, but absent is not installed")]
+    assert _check(python, capsys, "--no-cache") == expected  # the probe's marshal output
+    assert _check(python, capsys) == expected  # its JSON, written with its cache
+    assert _check(python, capsys) == expected

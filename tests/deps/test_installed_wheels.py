@@ -258,3 +258,40 @@ def test_a_repeated_requirement_string_gives_the_findings_of_separate_ones_and_e
     # Three markers shared by three distributions, whose extra "x" is requested: each marker evaluated once
     # without an extra and once with "x", not once per distribution.
     assert sorted(calls) == sorted(2 * [str(r.marker) for r in env.winners["app0"].requires])
+
+
+def test_arbitrary_equality_compares_the_installed_version_as_written(tmp_path: Path) -> None:
+    # PEP 440: ``===`` is string equality with the version as the distribution spells it, not its normal form.
+    wheels, site = tmp_path / "w", tmp_path / "site"
+    _install(site, build_wheel(wheels, "rc", "1.0.0-RC1"))
+    _install(site, build_wheel(wheels, "exact", "1.0", requires=["rc===1.0.0-RC1", "rc==1.0.0rc1"]))
+    _install(site, build_wheel(wheels, "normal", "1.0", requires=["rc===1.0.0rc1"]))
+    _install(site, build_wheel(wheels, "both", "1.0", requires=["rc===1.0.0-rc1,>=1.0.0rc1"]))
+    assert [(f.kind, f.message) for f in _findings(site)] == [
+        ("incompatible", "normal 1.0 requires rc===1.0.0rc1, but rc 1.0.0-RC1 is installed"),
+    ]
+
+
+def test_a_metadata_file_whose_headers_cannot_be_read_is_invalid_metadata(tmp_path: Path) -> None:
+    # importlib.metadata finds no Name in a METADATA that starts with a byte order mark (its email parser
+    # takes the first line for the body): such a distribution must not vanish from the report.
+    site = tmp_path / "site"
+    _install(site, build_wheel(tmp_path / "w", "bommed", "1.0", requires=["absent>=1"]))
+    meta = site / "bommed-1.0.dist-info" / "METADATA"
+    meta.write_bytes(b"\xef\xbb\xbf" + meta.read_bytes())
+    _install(site, build_wheel(tmp_path / "w", "bodied", "1.0", requires=["absent>=1"]))
+    body = site / "bodied-1.0.dist-info" / "METADATA"
+    body.write_text("Metadata-Version 2.1\n" + body.read_text())  # no colon: the body starts at once
+    for path in (meta, body):
+        assert Distribution.at(path.parent).metadata["Name"] is None
+    assert sorted((f.kind, f.message) for f in _findings(site)) == [
+        (
+            "invalid-metadata",
+            f"invalid metadata in {body.parent}: METADATA has no headers (its first line is not a field)",
+        ),
+        (
+            "invalid-metadata",
+            f"invalid metadata in {meta.parent}: METADATA starts with a byte order mark (U+FEFF), so its headers "
+            "cannot be read",
+        ),
+    ]

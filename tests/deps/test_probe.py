@@ -212,7 +212,7 @@ def test_markers_equal_packagings_default_environment() -> None:
     assert _probe.python_version() == platform.python_version()
 
 
-def test_probe_payload_reads_json_and_marshal_after_output_from_pth_files() -> None:
+def test_probe_payload_reads_json_and_marshal_between_output_from_pth_files_and_exit_handlers() -> None:
     description = {"probe": 2, "path": ["/x"], "distributions": [{"name": "a", "editable": None, "ok": True}]}
     junk = "printed by a .pth file\n"
     import base64
@@ -221,5 +221,8 @@ def test_probe_payload_reads_json_and_marshal_after_output_from_pth_files() -> N
     packed = base64.b64encode(marshal.dumps(description, 4)).decode("ascii")
     assert probe_payload(junk + _probe.MARSHAL_MARK + packed) == description
     assert probe_payload(junk + _probe.OUTPUT_MARK + json.dumps(description)) == description
+    after = "\nprinted at exit, by a handler a .pth file registered\n"  # the probe ends its line: see _print
+    assert probe_payload(junk + _probe.MARSHAL_MARK + packed + after) == description
+    assert probe_payload(junk + _probe.OUTPUT_MARK + json.dumps(description) + after) == description
     with pytest.raises(ValueError, match="mark is missing"):
         probe_payload(junk)

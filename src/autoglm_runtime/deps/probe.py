@@ -75,11 +75,13 @@ class InstalledDist:
 
     @functools.cached_property
     def parsed_version(self) -> Version | str:
-        """:attr:`version` parsed once for the checks (the text itself when it is not PEP 440)."""
+        """:attr:`version` parsed once for the checks; the text itself when it is not PEP 440 or not in its
+        normal form (``1.0.0-RC1``), which ``===`` compares as written."""
         try:
-            return Version(self.version)
+            parsed = Version(self.version)
         except InvalidVersion:
             return self.version
+        return parsed if str(parsed) == self.version else self.version
 
     @functools.cached_property
     def key(self) -> str:
@@ -161,6 +163,14 @@ class ProbedEnvironment:
         return result
 
 
+def _is_pep440(version: str) -> bool:
+    try:
+        Version(version)
+    except InvalidVersion:
+        return False
+    return True
+
+
 @functools.lru_cache(maxsize=16384)
 def _requirement(text: str) -> Requirement | str:
     """``text`` parsed, or why it does not parse; cached, as environments repeat requirement lines.
@@ -183,7 +193,7 @@ def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
     version = str(raw.get("version") or "")
     dist = InstalledDist(name, version, str(raw.get("location")), where, errors=errors)
     label = f"{name} {version}".strip() or where
-    if version and isinstance(dist.parsed_version, str):
+    if version and isinstance(dist.parsed_version, str) and not _is_pep440(version):
         errors.append(f"{label} has an invalid version {version!r} (not PEP 440)")
     for text in raw.get("requires", []):
         parsed = _requirement(str(text))
@@ -299,7 +309,8 @@ def finish_probe(python: str | Path, returncode: int, stdout: str, stderr: str) 
 
 def probe_payload(stdout: str) -> Any:
     """The description the probe printed on ``stdout``: its JSON text, or its marshal bytes in base64
-    (:data:`~autoglm_runtime.deps._scripts.probe.MARSHAL_MARK`), after its last mark. Raises
+    (:data:`~autoglm_runtime.deps._scripts.probe.MARSHAL_MARK`), on the line after its last mark (what
+    ``.pth`` files print before the mark, or exit handlers after that line, is not the probe's). Raises
     ``ValueError`` (or ``EOFError``, ``TypeError`` from marshal) for output that is neither.
     """
     _, mark, payload = stdout.rpartition(_probe.MARSHAL_MARK)
@@ -307,13 +318,13 @@ def probe_payload(stdout: str) -> Any:
         import binascii
         import marshal
 
-        return marshal.loads(binascii.a2b_base64(payload))
+        return marshal.loads(binascii.a2b_base64(payload.partition("\n")[0]))
     _, mark, payload = stdout.rpartition(_probe.OUTPUT_MARK)
     if not mark:
         raise ValueError("the probe's output mark is missing")
     import json  # here: a check printed as text never needs it
 
-    return json.loads(payload)
+    return json.loads(payload.partition("\n")[0])
 
 
 def probe_environment(python: str | Path | None = None) -> ProbedEnvironment:

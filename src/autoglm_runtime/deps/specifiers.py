@@ -58,14 +58,23 @@ class Overlap:
 def satisfies(spec_set: SpecifierSet, version: Version | str) -> bool:
     """Whether ``version`` is in ``spec_set``, pre-releases included, the same on every ``packaging`` >= 23.
 
-    A ``version`` that is not PEP 440 (``1.0-foo-bar``) satisfies only ``===`` of the same text (compared
-    case-insensitively), or a set without specifiers: ``packaging`` 26 judges it so, while 23 to 25 raise
-    ``InvalidVersion`` instead.
+    ``===`` compares a ``version`` given as text with the text as written (PEP 440 string equality, compared
+    case-insensitively), not its normal form: ``packaging`` 26 does so, 23 to 25 compare the normal form. A
+    ``version`` that is not PEP 440 (``1.0-foo-bar``) satisfies only ``===`` of the same text, or a set
+    without specifiers: ``packaging`` 26 judges it so, while 23 to 25 raise ``InvalidVersion`` instead.
 
     >>> satisfies(SpecifierSet(">=1"), "1.0-foo-bar"), satisfies(SpecifierSet("===1.0-foo-bar"), "1.0-foo-bar")
     (False, True)
+    >>> satisfies(SpecifierSet("===1.0.0-RC1"), "1.0.0-RC1"), satisfies(SpecifierSet("===1.0.0rc1"), "1.0.0-RC1")
+    (True, False)
     """
     try:
+        if isinstance(version, str) and any(spec.operator == "===" for spec in spec_set):
+            text = version.lower()
+            return all(
+                spec.version.lower() == text if spec.operator == "===" else spec.contains(version, prereleases=True)
+                for spec in spec_set
+            )
         return spec_set.contains(version, prereleases=True)
     except InvalidVersion:
         text = str(version).lower()

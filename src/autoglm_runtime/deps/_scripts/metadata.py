@@ -201,8 +201,12 @@ def describe(location: str, entry: str) -> tuple[dict[str, object], str | None]:
             errors.append(f"{meta_name} is missing")
         elif not text.strip():
             errors.append(f"{meta_name} is empty")
+        elif text.startswith("\ufeff"):  # importlib.metadata reads no header after it: its first line is body
+            errors.append(f"{meta_name} starts with a byte order mark (U+FEFF), so its headers cannot be read")
         else:
             headers = _headers(text)
+            if not headers:  # the body from its first line on: nothing names the distribution
+                errors.append(f"{meta_name} has no headers (its first line is not a field)")
     except (OSError, ValueError) as exc:
         errors.append(f"{meta_name} cannot be read: {exc}")
     for field in ("name", "version"):

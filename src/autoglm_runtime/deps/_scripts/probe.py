@@ -214,8 +214,11 @@ def _main(argv: list[str]) -> None:
 
 
 def _print(text: str, mark: str = OUTPUT_MARK) -> None:
+    # ``text`` is one line (JSON and base64 alike): the line end sets it apart from anything an exit handler
+    # prints after it, as the mark does from what .pth files print before.
     sys.stdout.write(mark)
     sys.stdout.write(text)
+    sys.stdout.write("\n")
     sys.stdout.flush()
 
 
