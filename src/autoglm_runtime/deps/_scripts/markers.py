@@ -26,13 +26,9 @@ def _platform_markers() -> dict[str, str]:
     """:func:`marker_environment` as ``packaging`` computes it, with :mod:`platform`."""
     import platform  # here: its import brings re, which the probe otherwise never needs
 
-    impl = sys.implementation.version
-    impl_version = f"{impl.major}.{impl.minor}.{impl.micro}"
-    if impl.releaselevel != "final":
-        impl_version += impl.releaselevel[0] + str(impl.serial)
     return {
         "implementation_name": sys.implementation.name,
-        "implementation_version": impl_version,
+        "implementation_version": _implementation_version(),
         "os_name": os.name,
         "platform_machine": platform.machine(),
         "platform_release": platform.release(),
@@ -43,6 +39,15 @@ def _platform_markers() -> dict[str, str]:
         "python_version": ".".join(platform.python_version_tuple()[:2]),
         "sys_platform": sys.platform,
     }
+
+
+def _implementation_version() -> str:
+    """``sys.implementation.version`` as PEP 508's ``implementation_version`` writes it ("3.13.0", "3.14.0a1")."""
+    impl = sys.implementation.version
+    text = f"{impl.major}.{impl.minor}.{impl.micro}"
+    if impl.releaselevel != "final":
+        text += impl.releaselevel[0] + str(impl.serial)
+    return text
 
 
 def python_version() -> str:
@@ -76,13 +81,9 @@ def _uname_markers() -> dict[str, str] | None:
     if version is None or sys.platform != "linux" or not hasattr(os, "uname"):
         return None
     uname = ["" if value == "unknown" else value for value in os.uname()]
-    impl = sys.implementation.version
-    impl_version = f"{impl.major}.{impl.minor}.{impl.micro}"
-    if impl.releaselevel != "final":
-        impl_version += impl.releaselevel[0] + str(impl.serial)
     return {
         "implementation_name": sys.implementation.name,
-        "implementation_version": impl_version,
+        "implementation_version": _implementation_version(),
         "os_name": os.name,
         "platform_machine": uname[4],
         "platform_release": uname[2],
