@@ -239,3 +239,62 @@ def test_lone_calls_beside_concurrent_callers_each_get_their_own_result_and_coun
         assert model.health()["inflight"] == 0
     finally:
         model.close()
+
+
+BLOB_MODEL = """
+class Model:
+    def echo(self, value):
+        return value
+
+    def kind(self, value):
+        return [type(value).__name__, len(value)]
+
+    def upper(self, value):
+        return value.upper()
+
+    def fail(self, value):
+        raise ValueError(f"bad blob of {len(value)} bytes")
+
+def load():
+    return Model()
+"""
+
+
+def _blob_sequence(model: Any) -> list[Any]:
+    """Lone-blob calls (one bytes argument, or a bytes result) read off their frames without decoding JSON on both
+    sides: each arrives as bytes, the model's error as the general path raises it."""
+    seen: list[Any] = []
+    for size in (0, 1, 1024, 16 * 1024, 16 * 1024 + 1, 200_000):
+        blob = bytes(range(256)) * (size // 256) + b"q" * (size % 256)
+        echoed = model.call("echo", blob, timeout=30)
+        seen.append((type(echoed).__name__, echoed == blob))
+        seen.append(model.call("kind", blob, timeout=30))
+    upper = model.call("upper", b"abc", timeout=30)
+    seen.append((type(upper).__name__, upper))
+    with pytest.raises(ModelCallError) as info:
+        model.call("fail", b"x" * 1024, timeout=30)
+    seen.append((info.value.code, str(info.value).split("\n")[0]))
+    return seen
+
+
+def test_lone_blob_calls_arrive_as_bytes_fail_and_count_as_traced_ones_do(
+    loader: ModelLoader, make_model: Any, monkeypatch: pytest.MonkeyPatch, recording: InMemorySpanExporter
+) -> None:
+    name = "fast-blob"
+    model = loader.load(make_model(name, BLOB_MODEL))
+    try:
+        moved = _calls_moved(name)
+        traced = _blob_sequence(model)  # frames carry a traceparent: decoded whole on the worker
+        assert _counts(moved, name) == [13, 1, 0, 0, 14]
+        monkeypatch.setattr(_tracing, "_TRACER", trace.NoOpTracer())
+        moved = _calls_moved(name)
+        lean = _blob_sequence(model)
+        assert _counts(moved, name) == [13, 1, 0, 0, 14]
+        assert lean == traced
+        assert lean[:4] == [("bytes", True), ["bytes", 0], ("bytes", True), ["bytes", 1]]
+        assert lean[-2] == ("bytes", b"ABC")
+        assert lean[-1][0] == "E0105"
+        assert "raised ValueError: bad blob of 1024 bytes in fail" in lean[-1][1]
+        assert model.health()["inflight"] == 0
+    finally:
+        model.close()

@@ -595,3 +595,54 @@ def test_frames_that_arrive_together_or_in_pieces_are_read_one_by_one(
         a.sendall(whole[:cut])
         threading.Timer(0.01, a.sendall, (whole[cut:],)).start()
         assert [exact(reader.read(time.monotonic() + 30), m) for m in messages] == [True] * 3
+
+
+def _raw_frame(body: bytes, buffers: list[bytes]) -> bytes:
+    lengths = struct.pack(f">IH{len(buffers)}Q", len(body), len(buffers), *map(len, buffers))
+    return lengths + body + b"".join(buffers)
+
+
+LONE_HEADS = st.sampled_from(
+    [
+        '{"id":0,"ok":true,"result":',
+        '{"id":123456789012345678,"ok":true,"result":',
+        '{"id":1234567890123456789,"ok":true,"result":',
+        '{"id":07,"ok":true,"result":',
+        '{"id":7,"ok":false,"result":',
+    ]
+)
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    (LONE_HEADS | CALL_HEADS).flatmap(
+        lambda head: st.tuples(st.just(head), REPLY_TAILS if "result" in head else CALL_TAILS)
+    ),
+    st.lists(st.binary(max_size=300), max_size=2),
+)
+def test_a_frame_read_whole_from_the_socket_is_its_body_decoded_whole(
+    head_tail: tuple[str, str], buffers: list[bytes]
+) -> None:
+    """A small frame read in one piece: a lone blob's reply or call is read off the frame without decoding JSON,
+    and must give exactly what decoding the whole body gives (bytes, never a bytearray; the same id and method)."""
+    body = "".join(head_tail).encode()
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(_raw_frame(body, buffers))
+        try:
+            read = FrameReader(b).read(time.monotonic() + 30)
+        except DecodeError as exc:
+            read = ("error", str(exc))
+    assert exact(read, _decoded(_Whole(), body, [bytearray(x) for x in buffers]))
+
+
+def test_a_lone_blob_reply_and_call_read_from_the_socket_are_the_messages_sent() -> None:
+    reply = {"id": 41, "ok": True, "result": b"\x00" * 1024}
+    call = {"id": 42, "type": "call", "method": "echo_2", "args": [b"z" * 5], "kwargs": {}, "stream": False}
+    a, b = socket.socketpair()
+    with a, b:
+        reader = FrameReader(b)
+        for message in (reply, call):
+            head, views = encode(message)
+            a.sendall(head + b"".join(views))
+            assert exact(reader.read(time.monotonic() + 30), message)

@@ -13,6 +13,7 @@ to other threads writing to it.
 from __future__ import annotations
 
 import math
+import re
 import select
 import socket
 import struct
@@ -69,6 +70,12 @@ _DIRECT = 1 << 16  # a buffer still missing this much is read with recv_into, no
 _JOIN = 1 << 14  # a frame's lone buffer up to this size is copied next to its head: one plain send, no iovec
 _SCRATCH = 1 << 16  # what one recv_into between frames takes: a small frame whole
 _PART = object()  # what a read between frames got is not one whole frame
+# What encode writes for a plain reply whose result is one bytes value, and for a plain call (no kwargs, not a stream,
+# no trace context) whose only argument is one: read off the frame as it is, no JSON decoded (the same message).
+_LONE_BLOB = re.compile(
+    rb'\{"id":(0|[1-9][0-9]{0,17}),(?:"ok":true,"result":\{"\$b":0\}\}|"type":"call","method":"'
+    rb'([A-Za-z_][A-Za-z0-9_]{0,99})","args":\[\{"\$b":0\}\],"kwargs":\{\},"stream":false\})'
+)
 
 
 def send(sock: socket.socket, frame: Frame, blocked: Callable[[bool], None] | None = None) -> None:
@@ -231,6 +238,9 @@ class FrameReader:
             length, count, size = _HEAD_ONE.unpack_from(scratch, 0)
             if count == 1 and got == _HEAD_ONE.size + length + size:
                 end = _HEAD_ONE.size + length
+                lone = _LONE_BLOB.fullmatch(scratch, _HEAD_ONE.size, end)
+                if lone is not None:
+                    return _lone_blob(lone, bytes(memoryview(scratch)[end:got]))
                 return self._decoder.decode(scratch[_HEAD_ONE.size : end], [scratch[end:got]])
             if count == 0 and got == _HEAD.size + length:
                 return self._decoder.decode(scratch[_HEAD.size : got], None)
@@ -297,3 +307,18 @@ class FrameReader:
             where = "inside a frame" if self._buffer else "between frames"
             raise PeerClosedError(f"peer closed the connection {where}")
         self._buffer += chunk
+
+
+def _lone_blob(match: re.Match[bytes], blob: bytes) -> dict[str, Any]:
+    """The message of a frame :data:`_LONE_BLOB` matched, holding ``blob``: what decoding its JSON gives."""
+    method = match.group(2)
+    if method is None:
+        return {"id": int(match.group(1)), "ok": True, "result": blob}
+    return {
+        "id": int(match.group(1)),
+        "type": "call",
+        "method": method.decode("ascii"),
+        "args": [blob],
+        "kwargs": {},
+        "stream": False,
+    }
