@@ -28,6 +28,8 @@ from autoglm_runtime.isolation._scripts.protocol import (
     FrameError,
     FrameReader,
     PeerClosedError,
+    blob_call,
+    blob_reply,
     decode,
     encode,
     send,
@@ -646,3 +648,25 @@ def test_a_lone_blob_reply_and_call_read_from_the_socket_are_the_messages_sent()
             head, views = encode(message)
             a.sendall(head + b"".join(views))
             assert exact(reader.read(time.monotonic() + 30), message)
+
+
+@settings(deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**62),
+    st.sampled_from(["echo", "_m", "Predict2"]) | st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,120}", fullmatch=True),
+    st.binary(max_size=40_000),
+)
+def test_a_lone_blob_call_and_reply_are_framed_as_encode_and_send_write_them(
+    call_id: int, method: str, blob: bytes
+) -> None:
+    """The one-blob call the host frames without walking, and the reply the worker writes in one piece, are byte for
+    byte what the general encoder (and :func:`send`, for the reply) write; a blob too large to join gets ``None``."""
+    call = {"id": call_id, "type": "call", "method": method, "args": [blob], "kwargs": {}, "stream": False}
+    _same_frame(blob_call(call_id, method, blob), encode(call))
+    _same_frame(request_frame(call_id, method, (blob,), {}, False, None), encode(call))
+    head, _ = encode({"id": call_id, "ok": True, "result": blob})
+    assert blob_reply(call_id, blob) == (head + blob if len(blob) <= 16 * 1024 else None)
+    a, b = socket.socketpair()
+    with a, b:  # what send writes, read back whole
+        a.sendall(blob_reply(call_id, blob) or head + blob)
+        assert exact(FrameReader(b).read(time.monotonic() + 30), {"id": call_id, "ok": True, "result": blob})

@@ -44,6 +44,8 @@ __all__ = [
     "FrameError",
     "FrameReader",
     "PeerClosedError",
+    "blob_call",
+    "blob_reply",
     "decode",
     "encode",
     "encode_wrapped",
@@ -164,6 +166,24 @@ def _ready(sock: socket.socket, events: int, timeout: float) -> bool:
 def wait_writable(sock: socket.socket, timeout: float) -> bool:
     """Whether ``sock`` can take more data within ``timeout`` s (for :func:`send`'s ``blocked``)."""
     return timeout > 0 and _ready(sock, select.POLLOUT, timeout)
+
+
+def blob_call(call_id: int, method: str, blob: bytes) -> Frame:
+    """The frame :func:`encode` makes of the plain call ``{"id": call_id, "type": "call", "method": method, "args":
+    [blob], "kwargs": {}, "stream": False}`` (``method`` an ASCII identifier), made without walking anything."""
+    body = f'{{"id":{call_id},"type":"call","method":"{method}","args":[{{"$b":0}}],"kwargs":{{}},"stream":false}}'
+    data = body.encode("ascii")
+    return _HEAD_ONE.pack(len(data), 1, len(blob)) + data, [memoryview(blob)]
+
+
+def blob_reply(call_id: int, blob: bytes) -> bytes | None:
+    """All that :func:`send` writes for the frame of the reply ``{"id": call_id, "ok": True, "result": blob}``, in
+    one piece (the answer of a model echoing or making one small blob); ``None`` when ``blob`` is too large to be
+    joined to its head."""
+    if len(blob) > _JOIN:
+        return None
+    body = b'{"id":%d,"ok":true,"result":{"$b":0}}' % call_id
+    return _HEAD_ONE.pack(len(body), 1, len(blob)) + body + blob
 
 
 def write_frame(sock: socket.socket, message: Any) -> None:
