@@ -6,8 +6,10 @@ holds, and the values it re-exports here) from its own directory the same way.
 
 :func:`send` hands a frame's buffers to ``sendmsg`` without copying them; :class:`FrameReader` reads small
 frames through one buffer (one ``recv`` for a small reply) and large binary buffers straight into their own
-``bytearray``. Deadlines are kept by polling, never with ``settimeout``: a socket's timeout would also apply
-to other threads writing to it.
+``bytearray``. The commonest small frames skip the JSON codec both ways, byte for byte the same on the wire: a
+plain call or reply whose arguments or result are one ``bytes`` value is made by :func:`blob_call` /
+:func:`blob_reply` and, read whole, matched by one regex. Deadlines are kept by polling, never with
+``settimeout``: a socket's timeout would also apply to other threads writing to it.
 """
 
 from __future__ import annotations
