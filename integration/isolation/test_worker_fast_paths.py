@@ -4,6 +4,9 @@ thread keeps."""
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 import signal
 import threading
@@ -12,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -20,6 +24,7 @@ from tests._support.telemetry import Delta
 
 from autoglm_runtime.errors import AutoGLMRuntimeError, ModelCallError
 from autoglm_runtime.isolation import ModelLoader
+from autoglm_runtime.logging import configure_json_logging
 from autoglm_runtime.observability import _tracing
 from autoglm_runtime.testing import wait_until
 
@@ -237,5 +242,126 @@ def test_lone_calls_beside_concurrent_callers_each_get_their_own_result_and_coun
         assert results == {n: [[n, i, bytes([n]) * 3] for i in range(30)] for n in range(4)}
         assert _counts(moved, name) == [170, 0, 0, 0, 170]
         assert model.health()["inflight"] == 0
+    finally:
+        model.close()
+
+
+BLOB_MODEL = """
+class Model:
+    def echo(self, value):
+        return value
+
+    def kind(self, value):
+        return [type(value).__name__, len(value)]
+
+    def upper(self, value):
+        return value.upper()
+
+    def fail(self, value):
+        raise ValueError(f"bad blob of {len(value)} bytes")
+
+def load():
+    return Model()
+"""
+
+
+def _blob_sequence(model: Any) -> list[Any]:
+    """Lone-blob calls (one bytes argument, or a bytes result) read off their frames without decoding JSON on both
+    sides: each arrives as bytes, the model's error as the general path raises it."""
+    seen: list[Any] = []
+    for size in (0, 1, 1024, 16 * 1024, 16 * 1024 + 1, 200_000):
+        blob = bytes(range(256)) * (size // 256) + b"q" * (size % 256)
+        echoed = model.call("echo", blob, timeout=30)
+        seen.append((type(echoed).__name__, echoed == blob))
+        seen.append(model.call("kind", blob, timeout=30))
+    upper = model.call("upper", b"abc", timeout=30)
+    seen.append((type(upper).__name__, upper))
+    with pytest.raises(ModelCallError) as info:
+        model.call("fail", b"x" * 1024, timeout=30)
+    seen.append((info.value.code, str(info.value).split("\n")[0]))
+    return seen
+
+
+def test_lone_blob_calls_arrive_as_bytes_fail_and_count_as_traced_ones_do(
+    loader: ModelLoader, make_model: Any, monkeypatch: pytest.MonkeyPatch, recording: InMemorySpanExporter
+) -> None:
+    name = "fast-blob"
+    model = loader.load(make_model(name, BLOB_MODEL))
+    try:
+        moved = _calls_moved(name)
+        traced = _blob_sequence(model)  # frames carry a traceparent: decoded whole on the worker
+        assert _counts(moved, name) == [13, 1, 0, 0, 14]
+        monkeypatch.setattr(_tracing, "_TRACER", trace.NoOpTracer())
+        moved = _calls_moved(name)
+        lean = _blob_sequence(model)
+        assert _counts(moved, name) == [13, 1, 0, 0, 14]
+        assert lean == traced
+        assert lean[:4] == [("bytes", True), ["bytes", 0], ("bytes", True), ["bytes", 1]]
+        assert lean[-2] == ("bytes", b"ABC")
+        assert lean[-1][0] == "E0105"
+        assert "raised ValueError: bad blob of 1024 bytes in fail" in lean[-1][1]
+        assert model.health()["inflight"] == 0
+    finally:
+        model.close()
+
+
+NOTE_MODEL = """
+import logging
+
+log = logging.getLogger("note")
+
+class Model:
+    def note(self, blob):
+        log.warning("noted %d bytes", len(blob))
+        return blob
+
+def load():
+    return Model()
+"""
+
+
+@pytest.fixture
+def worker_log() -> Iterator[io.StringIO]:
+    """The host's JSON log of what workers write (the output pump's logger)."""
+    stream = io.StringIO()
+    handler = configure_json_logging(logging.INFO, stream=stream, logger="autoglm_runtime.isolation.workers.process")
+    try:
+        yield stream
+    finally:
+        logging.getLogger("autoglm_runtime.isolation.workers.process").removeHandler(handler)
+
+
+def _line(stream: io.StringIO, text: str) -> dict[str, Any]:
+    def found() -> list[dict[str, Any]]:
+        return [line for line in map(json.loads, stream.getvalue().splitlines()) if text in line["message"]]
+
+    wait_until(lambda: len(found()) == 1, 30, f"the worker's log line with {text!r}")
+    return found()[0]
+
+
+def test_a_lean_blob_call_under_a_remote_parent_carries_its_trace_context_to_the_worker(
+    loader: ModelLoader, make_model: Any, monkeypatch: pytest.MonkeyPatch, worker_log: io.StringIO
+) -> None:
+    """No span is started (no provider), but a trace context the caller attached (an upstream traceparent) still
+    travels: the worker's log line carries its ids; with nothing attached (or only other context values), none."""
+    monkeypatch.setattr(_tracing, "_TRACER", trace.NoOpTracer())
+    model = loader.load(make_model("fast-remote-parent", NOTE_MODEL))
+    try:
+        remote = trace.SpanContext(
+            0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, True, trace.TraceFlags(trace.TraceFlags.SAMPLED)
+        )
+        with trace.use_span(trace.NonRecordingSpan(remote)):
+            assert model.call("note", b"x" * 1001, timeout=30) == b"x" * 1001
+        line = _line(worker_log, "noted 1001 bytes")
+        assert (line["trace_id"], line["span_id"]) == ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+        assert model.call("note", b"y" * 1002, timeout=30) == b"y" * 1002
+        token = otel_context.attach(otel_context.set_value("unrelated", 1))
+        try:
+            assert model.call("note", b"z" * 1003, timeout=30) == b"z" * 1003
+        finally:
+            otel_context.detach(token)
+        for size in (1002, 1003):
+            line = _line(worker_log, f"noted {size} bytes")
+            assert (line.get("trace_id"), line.get("span_id")) == (None, None)
     finally:
         model.close()

@@ -213,7 +213,7 @@ def traceparent() -> str | None:
 
     What a model call puts in its frame, so the worker's log lines and spans join the caller's trace.
     """
-    if not TRACING_AVAILABLE:
+    if not TRACING_AVAILABLE or not _context.get_current():  # an empty context holds no span (most calls' case)
         return None
     context = _trace.get_current_span().get_span_context()
     if not context.is_valid:

@@ -28,6 +28,8 @@ from autoglm_runtime.isolation._scripts.protocol import (
     FrameError,
     FrameReader,
     PeerClosedError,
+    blob_call,
+    blob_reply,
     decode,
     encode,
     send,
@@ -595,3 +597,76 @@ def test_frames_that_arrive_together_or_in_pieces_are_read_one_by_one(
         a.sendall(whole[:cut])
         threading.Timer(0.01, a.sendall, (whole[cut:],)).start()
         assert [exact(reader.read(time.monotonic() + 30), m) for m in messages] == [True] * 3
+
+
+def _raw_frame(body: bytes, buffers: list[bytes]) -> bytes:
+    lengths = struct.pack(f">IH{len(buffers)}Q", len(body), len(buffers), *map(len, buffers))
+    return lengths + body + b"".join(buffers)
+
+
+LONE_HEADS = st.sampled_from(
+    [
+        '{"id":0,"ok":true,"result":',
+        '{"id":123456789012345678,"ok":true,"result":',
+        '{"id":1234567890123456789,"ok":true,"result":',
+        '{"id":07,"ok":true,"result":',
+        '{"id":7,"ok":false,"result":',
+    ]
+)
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    (LONE_HEADS | CALL_HEADS).flatmap(
+        lambda head: st.tuples(st.just(head), REPLY_TAILS if "result" in head else CALL_TAILS)
+    ),
+    st.lists(st.binary(max_size=300), max_size=2),
+)
+def test_a_frame_read_whole_from_the_socket_is_its_body_decoded_whole(
+    head_tail: tuple[str, str], buffers: list[bytes]
+) -> None:
+    """A small frame read in one piece: a lone blob's reply or call is read off the frame without decoding JSON,
+    and must give exactly what decoding the whole body gives (bytes, never a bytearray; the same id and method)."""
+    body = "".join(head_tail).encode()
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(_raw_frame(body, buffers))
+        try:
+            read = FrameReader(b).read(time.monotonic() + 30)
+        except DecodeError as exc:
+            read = ("error", str(exc))
+    assert exact(read, _decoded(_Whole(), body, [bytearray(x) for x in buffers]))
+
+
+def test_a_lone_blob_reply_and_call_read_from_the_socket_are_the_messages_sent() -> None:
+    reply = {"id": 41, "ok": True, "result": b"\x00" * 1024}
+    call = {"id": 42, "type": "call", "method": "echo_2", "args": [b"z" * 5], "kwargs": {}, "stream": False}
+    a, b = socket.socketpair()
+    with a, b:
+        reader = FrameReader(b)
+        for message in (reply, call):
+            head, views = encode(message)
+            a.sendall(head + b"".join(views))
+            assert exact(reader.read(time.monotonic() + 30), message)
+
+
+@settings(deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**62),
+    st.sampled_from(["echo", "_m", "Predict2"]) | st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,120}", fullmatch=True),
+    st.binary(max_size=40_000),
+)
+def test_a_lone_blob_call_and_reply_are_framed_as_encode_and_send_write_them(
+    call_id: int, method: str, blob: bytes
+) -> None:
+    """The one-blob call the host frames without walking, and the reply the worker writes in one piece, are byte for
+    byte what the general encoder (and :func:`send`, for the reply) write; a blob too large to join gets ``None``."""
+    call = {"id": call_id, "type": "call", "method": method, "args": [blob], "kwargs": {}, "stream": False}
+    _same_frame(blob_call(call_id, method, blob), encode(call))
+    _same_frame(request_frame(call_id, method, (blob,), {}, False, None), encode(call))
+    head, _ = encode({"id": call_id, "ok": True, "result": blob})
+    assert blob_reply(call_id, blob) == (head + blob if len(blob) <= 16 * 1024 else None)
+    a, b = socket.socketpair()
+    with a, b:  # what send writes, read back whole
+        a.sendall(blob_reply(call_id, blob) or head + blob)
+        assert exact(FrameReader(b).read(time.monotonic() + 30), {"id": call_id, "ok": True, "result": blob})

@@ -6,13 +6,16 @@ holds, and the values it re-exports here) from its own directory the same way.
 
 :func:`send` hands a frame's buffers to ``sendmsg`` without copying them; :class:`FrameReader` reads small
 frames through one buffer (one ``recv`` for a small reply) and large binary buffers straight into their own
-``bytearray``. Deadlines are kept by polling, never with ``settimeout``: a socket's timeout would also apply
-to other threads writing to it.
+``bytearray``. The commonest small frames skip the JSON codec both ways, byte for byte the same on the wire: a
+plain call or reply whose arguments or result are one ``bytes`` value is made by :func:`blob_call` /
+:func:`blob_reply` and, read whole, matched by one regex. Deadlines are kept by polling, never with
+``settimeout``: a socket's timeout would also apply to other threads writing to it.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import select
 import socket
 import struct
@@ -43,6 +46,8 @@ __all__ = [
     "FrameError",
     "FrameReader",
     "PeerClosedError",
+    "blob_call",
+    "blob_reply",
     "decode",
     "encode",
     "encode_wrapped",
@@ -69,6 +74,12 @@ _DIRECT = 1 << 16  # a buffer still missing this much is read with recv_into, no
 _JOIN = 1 << 14  # a frame's lone buffer up to this size is copied next to its head: one plain send, no iovec
 _SCRATCH = 1 << 16  # what one recv_into between frames takes: a small frame whole
 _PART = object()  # what a read between frames got is not one whole frame
+# What encode writes for a plain reply whose result is one bytes value, and for a plain call (no kwargs, not a stream,
+# no trace context) whose only argument is one: read off the frame as it is, no JSON decoded (the same message).
+_LONE_BLOB = re.compile(
+    rb'\{"id":(0|[1-9][0-9]{0,17}),(?:"ok":true,"result":\{"\$b":0\}\}|"type":"call","method":"'
+    rb'([A-Za-z_][A-Za-z0-9_]{0,99})","args":\[\{"\$b":0\}\],"kwargs":\{\},"stream":false\})'
+)
 
 
 def send(sock: socket.socket, frame: Frame, blocked: Callable[[bool], None] | None = None) -> None:
@@ -159,6 +170,24 @@ def wait_writable(sock: socket.socket, timeout: float) -> bool:
     return timeout > 0 and _ready(sock, select.POLLOUT, timeout)
 
 
+def blob_call(call_id: int, method: str, blob: bytes) -> Frame:
+    """The frame :func:`encode` makes of the plain call ``{"id": call_id, "type": "call", "method": method, "args":
+    [blob], "kwargs": {}, "stream": False}`` (``method`` an ASCII identifier), made without walking anything."""
+    body = f'{{"id":{call_id},"type":"call","method":"{method}","args":[{{"$b":0}}],"kwargs":{{}},"stream":false}}'
+    data = body.encode("ascii")
+    return _HEAD_ONE.pack(len(data), 1, len(blob)) + data, [memoryview(blob)]
+
+
+def blob_reply(call_id: int, blob: bytes) -> bytes | None:
+    """All that :func:`send` writes for the frame of the reply ``{"id": call_id, "ok": True, "result": blob}``, in
+    one piece (the answer of a model echoing or making one small blob); ``None`` when ``blob`` is too large to be
+    joined to its head."""
+    if len(blob) > _JOIN:
+        return None
+    body = b'{"id":%d,"ok":true,"result":{"$b":0}}' % call_id
+    return _HEAD_ONE.pack(len(body), 1, len(blob)) + body + blob
+
+
 def write_frame(sock: socket.socket, message: Any) -> None:
     """Send one message as a frame (blocking until all of it is written)."""
     send(sock, encode(message))
@@ -231,6 +260,9 @@ class FrameReader:
             length, count, size = _HEAD_ONE.unpack_from(scratch, 0)
             if count == 1 and got == _HEAD_ONE.size + length + size:
                 end = _HEAD_ONE.size + length
+                lone = _LONE_BLOB.fullmatch(scratch, _HEAD_ONE.size, end)
+                if lone is not None:
+                    return _lone_blob(lone, bytes(memoryview(scratch)[end:got]))
                 return self._decoder.decode(scratch[_HEAD_ONE.size : end], [scratch[end:got]])
             if count == 0 and got == _HEAD.size + length:
                 return self._decoder.decode(scratch[_HEAD.size : got], None)
@@ -297,3 +329,18 @@ class FrameReader:
             where = "inside a frame" if self._buffer else "between frames"
             raise PeerClosedError(f"peer closed the connection {where}")
         self._buffer += chunk
+
+
+def _lone_blob(match: re.Match[bytes], blob: bytes) -> dict[str, Any]:
+    """The message of a frame :data:`_LONE_BLOB` matched, holding ``blob``: what decoding its JSON gives."""
+    method = match.group(2)
+    if method is None:
+        return {"id": int(match.group(1)), "ok": True, "result": blob}
+    return {
+        "id": int(match.group(1)),
+        "type": "call",
+        "method": method.decode("ascii"),
+        "args": [blob],
+        "kwargs": {},
+        "stream": False,
+    }

@@ -162,6 +162,12 @@ def serve(  # noqa: PLR0917
         if type(call_id) is not int:
             reply({"id": call_id, "ok": True, "result": value})
             return
+        if type(value) is bytes:
+            data = protocol.blob_reply(call_id, value)
+            if data is not None:  # a small blob: its frame made at once, one write
+                with send_lock:
+                    sock.sendall(data)
+                return
         frame = protocol.encode_wrapped(f'{{"id":{call_id},"ok":true,"result":', value, "}")
         with send_lock:
             protocol.send(sock, frame)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from json.encoder import encode_basestring as _json_string  # what encode writes for a str
@@ -47,6 +48,7 @@ __all__ = [
 ]
 
 _MORE = WINDOW // 2
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a method name JSON writes as it is
 
 
 def seconds(timeout: float | None) -> str:
@@ -82,6 +84,9 @@ def request_frame(  # noqa: PLR0917
 ) -> _protocol.Frame:
     """The frame of a call: ``{"id", "type": "call", "method", "args", "kwargs", "stream"}``, and ``traceparent``
     when the caller is in a trace (the worker then joins it: its log lines, the model's own spans)."""
+    one_blob = len(args) == 1 and type(args[0]) is bytes and not kwargs and not stream and parent is None
+    if one_blob and type(method) is str and _IDENTIFIER.fullmatch(method):  # nothing to walk at all
+        return _protocol.blob_call(call_id, method, args[0])
     # The commonest shape, formatted around its arguments: the same bytes, with only the arguments walked.
     if not kwargs and type(method) is str and '"$' not in (name := _json_string(method)):
         prefix = f'{{"id":{call_id},"type":"call","method":{name},"args":'
