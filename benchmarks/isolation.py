@@ -6,7 +6,8 @@
    Targets: warm <= 50 ms, cold <= 1.2x bare uv.
 2. Call round trips of 1 KB, 1 MB and 10 MB of bytes and a 1M-element float32 array: ``LoadedModel.call``
    (JSON header + out-of-band buffers over a socketpair) against a ``multiprocessing`` Pipe worker speaking
-   pickle protocol 5 with out-of-band buffers. Target: <= 1.5x.
+   pickle protocol 5 with out-of-band buffers. Target: <= 1.5x. For comparison, without a target, a 1 KB JSON
+   value (a dict holding a 1,000-character string), which travels inside the frame's JSON.
 3. A CPU-bound model (~10 ms of pure Python per call) under 8 concurrent callers: replicas=2 against
    replicas=1 throughput (target >= 1.7x on 2 idle cores), and p50/p99 latency behind a bounded queue.
 4. Streaming: time to first chunk and per-chunk cost of ``model.stream`` against the same generator in-process.
@@ -157,6 +158,7 @@ def _payloads() -> dict[str, Any]:
 
     return {
         "1 KB bytes": b"x" * 1024,
+        "1 KB JSON": {"prompt": "x" * 1000, "max_tokens": 16},
         "1 MB bytes": bytes(range(256)) * 4096,
         "10 MB bytes": bytes(range(256)) * 40960,
         "1M float32 array": np.arange(1_000_000, dtype=np.float32),
@@ -164,7 +166,8 @@ def _payloads() -> dict[str, Any]:
 
 
 def _rounds(label: str) -> int:
-    return 400 if label.startswith("1 KB") else 20 if label.startswith("10 MB") else 60
+    # 1 KB round trips take tens of microseconds: enough of them that one scheduling hiccup moves no median.
+    return 4000 if "KB" in label else 20 if label.startswith("10 MB") else 60
 
 
 def bench_payloads(base: Path) -> dict[str, tuple[float, float]]:
@@ -338,9 +341,12 @@ def main() -> None:
                 "  (the model's environment has no numpy: the array reaches it as an ArrayValue and returns as numpy)"
             )
             for label, (ours, peer) in bench_payloads(base).items():
+                # A JSON value travels in the frame's JSON (escaped and scanned on both sides, where pickle copies
+                # a string): printed for comparison; the targets are the binary payloads'.
+                target = "(for comparison)" if "JSON" in label else "(target <= 1.50x)"
                 print(
                     f"  {label:<17} ours {ours * ms:8.3f} ms   pipe+pickle5 {peer * ms:8.3f} ms   "
-                    f"ratio {ours / peer:5.2f}x  (target <= 1.50x)"
+                    f"ratio {ours / peer:5.2f}x  {target}"
                 )
         if "replicas" in sections:
             rep = bench_replicas(base)
