@@ -4,6 +4,7 @@ thread keeps."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -26,6 +27,7 @@ from autoglm_runtime.testing import wait_until
 pytestmark = pytest.mark.slow
 
 MODEL = """
+import contextlib
 import os
 import conflictlib
 
@@ -238,4 +240,43 @@ def test_lone_calls_beside_concurrent_callers_each_get_their_own_result_and_coun
         assert _counts(moved, name) == [170, 0, 0, 0, 170]
         assert model.health()["inflight"] == 0
     finally:
+        model.close()
+
+
+FORKING_MODEL = """
+import os, signal, time
+
+class Model:
+    def pid(self):
+        return os.getpid()
+
+    def fork_sleeper(self):
+        child = os.fork()  # as multiprocessing's "fork" start method does: the child gets every descriptor
+        if child == 0:
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+            while True:
+                time.sleep(3600)
+        return child
+
+def load():
+    return Model()
+"""
+
+
+def test_a_worker_killed_while_idle_with_a_forked_child_alive_is_restarted_by_the_next_call(
+    loader: ModelLoader, make_model: Any
+) -> None:
+    # The child of a fork holds a copy of every descriptor: were the worker's socket among them, a request to the
+    # dead worker would be written without error and never answered (the call would wait out its timeout).
+    model = loader.load(make_model("fast-forked-child", FORKING_MODEL))
+    child = model.call("fork_sleeper", timeout=30)
+    try:
+        pid = model.call("pid", timeout=30)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: _exited(pid), 30, f"worker {pid} to die")
+        assert model.call("pid", timeout=30) != pid
+        assert model.health()["last_exit"] == "killed by signal 9 (SIGKILL)"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
         model.close()
