@@ -244,7 +244,7 @@ def test_lone_calls_beside_concurrent_callers_each_get_their_own_result_and_coun
 
 
 FORKING_MODEL = """
-import os, signal, time
+import os, signal, subprocess, sys, time
 
 class Model:
     def pid(self):
@@ -258,18 +258,24 @@ class Model:
                 time.sleep(3600)
         return child
 
+    def spawn_sleeper(self):  # a program started keeping every descriptor it may inherit
+        code = "import time\\nwhile True: time.sleep(3600)"
+        return subprocess.Popen([sys.executable, "-c", code], close_fds=False).pid
+
 def load():
     return Model()
 """
 
 
-def test_a_worker_killed_while_idle_with_a_forked_child_alive_is_restarted_by_the_next_call(
-    loader: ModelLoader, make_model: Any
+@pytest.mark.parametrize("start", ["fork_sleeper", "spawn_sleeper"])
+def test_a_worker_killed_while_idle_with_a_child_alive_is_restarted_by_the_next_call(
+    loader: ModelLoader, make_model: Any, start: str
 ) -> None:
-    # The child of a fork holds a copy of every descriptor: were the worker's socket among them, a request to the
-    # dead worker would be written without error and never answered (the call would wait out its timeout).
-    model = loader.load(make_model("fast-forked-child", FORKING_MODEL))
-    child = model.call("fork_sleeper", timeout=30)
+    # A forked child holds a copy of every descriptor, a program started with close_fds=False every inheritable
+    # one: were the worker's socket among them, a request to the dead worker would be written without error and
+    # never answered (the call would wait out its timeout).
+    model = loader.load(make_model(f"fast-{start.replace('_', '-')}", FORKING_MODEL))
+    child = model.call(start, timeout=30)
     try:
         pid = model.call("pid", timeout=30)
         os.kill(pid, signal.SIGKILL)
