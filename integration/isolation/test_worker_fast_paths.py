@@ -4,6 +4,7 @@ thread keeps."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -31,6 +32,7 @@ from autoglm_runtime.testing import wait_until
 pytestmark = pytest.mark.slow
 
 MODEL = """
+import contextlib
 import os
 import conflictlib
 
@@ -364,4 +366,49 @@ def test_a_lean_blob_call_under_a_remote_parent_carries_its_trace_context_to_the
             line = _line(worker_log, f"noted {size} bytes")
             assert (line.get("trace_id"), line.get("span_id")) == (None, None)
     finally:
+        model.close()
+
+
+FORKING_MODEL = """
+import os, signal, subprocess, sys, time
+
+class Model:
+    def pid(self):
+        return os.getpid()
+
+    def fork_sleeper(self):
+        child = os.fork()  # as multiprocessing's "fork" start method does: the child gets every descriptor
+        if child == 0:
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])
+            while True:
+                time.sleep(3600)
+        return child
+
+    def spawn_sleeper(self):  # a program started keeping every descriptor it may inherit
+        code = "import time\\nwhile True: time.sleep(3600)"
+        return subprocess.Popen([sys.executable, "-c", code], close_fds=False).pid
+
+def load():
+    return Model()
+"""
+
+
+@pytest.mark.parametrize("start", ["fork_sleeper", "spawn_sleeper"])
+def test_a_worker_killed_while_idle_with_a_child_alive_is_restarted_by_the_next_call(
+    loader: ModelLoader, make_model: Any, start: str
+) -> None:
+    # A forked child holds a copy of every descriptor, a program started with close_fds=False every inheritable
+    # one: were the worker's socket among them, a request to the dead worker would be written without error and
+    # never answered (the call would wait out its timeout).
+    model = loader.load(make_model(f"fast-{start.replace('_', '-')}", FORKING_MODEL))
+    child = model.call(start, timeout=30)
+    try:
+        pid = model.call("pid", timeout=30)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: _exited(pid), 30, f"worker {pid} to die")
+        assert model.call("pid", timeout=30) != pid
+        assert model.health()["last_exit"] == "killed by signal 9 (SIGKILL)"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
         model.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import socket
@@ -283,6 +284,39 @@ def test_a_lone_call_whose_reply_races_a_closer_fails_with_the_closers_error_not
     assert conn.inflight == 0
 
 
+@contextlib.contextmanager
+def _interrupting_main_once(ready: Callable[[], bool]) -> Iterator[None]:
+    """Ctrl-C in the main thread once ``ready()`` holds: one ``KeyboardInterrupt``, whenever the main thread takes it.
+
+    A single SIGINT is not enough: one that arrives after the main thread last looked for signals and before it
+    blocks (in ``sendall``, or a lock's wait) is taken only when that wait ends, which may be never. So SIGINT is
+    sent again until the handler has raised, and the handler raises once (later ones only note the signal)."""
+    raised = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        if not raised.is_set():
+            raised.set()
+            raise KeyboardInterrupt
+
+    def interrupt() -> None:
+        while not ready() and not stop.is_set():
+            stop.wait(0.001)
+        while not raised.is_set() and not stop.is_set():
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+            raised.wait(0.005)
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, handler)
+    interrupter = threading.Thread(target=interrupt, name="test-interrupter")
+    interrupter.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        interrupter.join()
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_a_call_interrupted_while_waiting_its_turn_leaves_no_sink_and_does_not_take_the_read_side_with_it(
     pair: tuple[Connection, socket.socket],
 ) -> None:
@@ -298,17 +332,8 @@ def test_a_call_interrupted_while_waiting_its_turn_leaves_no_sink_and_does_not_t
     holder.start()
     assert requests.read()["id"] == 21  # the holder registered alone: it holds the read side
 
-    def interrupt_when_queued() -> None:
-        deadline = time.monotonic() + 30
-        while not conn._waiting and time.monotonic() < deadline:
-            time.sleep(0.001)
-        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
-
-    interrupter = threading.Thread(target=interrupt_when_queued, name="test-interrupter")
-    interrupter.start()
-    with pytest.raises(KeyboardInterrupt):
+    with _interrupting_main_once(lambda: bool(conn._waiting)), pytest.raises(KeyboardInterrupt):
         conn.call(22, "echo", _request(22), None, time.monotonic() + 30)
-    interrupter.join()
     assert requests.read()["id"] == 22
     protocol.write_frame(peer, {"id": 21, "ok": True, "result": 21})
     holder.join(30)
@@ -326,17 +351,8 @@ def test_a_lone_call_interrupted_while_writing_its_request_frees_the_read_side(
     conn, peer = pair
     _fill(conn._sock)  # the request cannot go out: the call blocks writing it, holding the read side
 
-    def interrupt_when_registered() -> None:
-        deadline = time.monotonic() + 30
-        while conn.inflight == 0 and time.monotonic() < deadline:
-            time.sleep(0.001)
-        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
-
-    interrupter = threading.Thread(target=interrupt_when_registered, name="test-interrupter")
-    interrupter.start()
-    with pytest.raises(KeyboardInterrupt):
+    with _interrupting_main_once(lambda: conn.inflight > 0), pytest.raises(KeyboardInterrupt):
         conn.call(31, "echo", _request(31), None, time.monotonic() + 30)
-    interrupter.join()
     assert conn.inflight == 0
     while True:  # the peer drops what filled its buffer (none of the request went out)
         try:

@@ -670,3 +670,53 @@ def test_a_lone_blob_call_and_reply_are_framed_as_encode_and_send_write_them(
     with a, b:  # what send writes, read back whole
         a.sendall(blob_reply(call_id, blob) or head + blob)
         assert exact(FrameReader(b).read(time.monotonic() + 30), {"id": call_id, "ok": True, "result": blob})
+
+
+def test_messages_read_whole_from_the_reused_receive_buffer_never_share_it(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    reader = FrameReader(b)
+    first = {"id": 1, "ok": True, "result": b"a" * 100}
+    head, buffers = encode(first)
+    a.sendall(head + b"".join(buffers))  # one frame, read by one recv_into
+    got = reader.read(time.monotonic() + 30)
+    held = got["result"]
+    later = [{"id": 2, "ok": True, "result": b"b" * 100}, {"id": 3, "ok": True, "result": [b"c" * 70000, "big"]}]
+    for message in later:  # the next reads land in the same receive buffer (one larger than it, too)
+        head, buffers = encode(message)
+        a.sendall(head + b"".join(buffers))
+        assert exact(reader.read(time.monotonic() + 30), message)
+    assert exact(got, first)
+    assert held == b"a" * 100
+
+
+RAW_NUMBERS = st.sampled_from(["1e5", "1E+05", "-0", "-0.0", "0.1e-3", "123456789012345678901234567890", "-1.5E300"])
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=3) | st.sampled_from(["$b", "$$k", "$a", "$"]), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+JSON_TEXTS = RAW_NUMBERS | st.builds(
+    lambda value, ascii_only: json.dumps(value, ensure_ascii=ascii_only, separators=(",", ":")),
+    JSON_VALUES,
+    st.booleans(),
+)
+
+
+@settings(deadline=None)
+@given(JSON_TEXTS, st.lists(st.binary(max_size=4), max_size=2))
+def test_a_reply_or_plain_call_of_any_json_value_decodes_as_its_whole_body(text: str, buffers: list[bytes]) -> None:
+    for body in (
+        '{"id":7,"ok":true,"result":' + text + "}",
+        '{"id":7,"type":"call","method":"echo","args":[' + text + '],"kwargs":{},"stream":false}',
+    ):
+        data = body.encode("utf-8", "surrogatepass")
+        assert exact(_decoded(codec.Decoder(), data, buffers), _decoded(_Whole(), data, buffers))

@@ -25,6 +25,7 @@ environment's; the main interpreter only hosts it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
@@ -113,6 +114,20 @@ def _load_model(model_dir: str, entrypoint: str) -> Any:
     return target()
 
 
+def _keep_to_this_process(sock: socket.socket) -> None:
+    """No process the model starts holds the worker's socket: when the worker dies, its socket closes, so the host's
+    next write to it fails at once (and the host restarts the worker) instead of going to a process that never
+    answers. Not inherited through ``exec``; closed in the child of a ``fork`` (multiprocessing's "fork")."""
+    os.set_inheritable(sock.fileno(), False)  # the host passed it inheritable (``pass_fds``)
+
+    def drop() -> None:
+        with contextlib.suppress(OSError):
+            os.close(sock.detach())
+
+    with contextlib.suppress(AttributeError, RuntimeError):  # no fork here (or not in this subinterpreter)
+        os.register_at_fork(after_in_child=drop)
+
+
 def _watchdog(sock: socket.socket) -> None:
     """Ends the process as soon as the host closes its end of the socket, even mid-call."""
     rdhup = getattr(select, "POLLRDHUP", 0)
@@ -142,6 +157,7 @@ def serve(  # noqa: PLR0917
     trace_context = _load_sibling("trace_context")
     trace_context.install_logging()  # before the model loads: its log records carry each call's trace ids
     sock = socket.socket(fileno=fd)
+    _keep_to_this_process(sock)
     # Daemon where allowed; isolated subinterpreters refuse daemon threads, and there os._exit ends all.
     watchdog = threading.Thread(target=_watchdog, args=(sock,), name=f"autoglm-worker-{name}-watchdog")
     watchdog.daemon = backend == "process"
