@@ -171,6 +171,38 @@ def test_read_times_out_at_the_deadline(pair: tuple[socket.socket, socket.socket
         FrameReader(b).read(time.monotonic() + 0.05)
 
 
+def test_a_deadline_seconds_away_is_kept_through_the_whole_second_bounds(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    # The kernel's bound on a receive is whole seconds while two or more are left: one running out must not end the
+    # read early, and a frame arriving after it must still be read.
+    a, b = pair
+    reader = FrameReader(b)
+    deadline = time.monotonic() + 2.6
+    with pytest.raises(TimeoutError):
+        reader.read(deadline)
+    assert time.monotonic() >= deadline
+    sender = threading.Timer(2.2, write_frame, (a, {"late": True}))
+    sender.start()
+    try:
+        assert reader.read(time.monotonic() + 30.6) == {"late": True}
+    finally:
+        sender.join()
+
+
+def test_a_read_without_deadline_leaves_the_socket_without_a_receive_timeout(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    reader = FrameReader(b)
+    with pytest.raises(TimeoutError):
+        reader.read(time.monotonic() + 0.05)
+    assert b.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) != bytes(16)  # bounded for that read
+    write_frame(a, 1)
+    assert reader.read() == 1
+    assert b.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) == bytes(16)  # none, for whoever reads next
+
+
 def test_past_deadline_raises_without_reading(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
     write_frame(a, 1)
