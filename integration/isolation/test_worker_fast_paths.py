@@ -412,3 +412,24 @@ def test_a_worker_killed_while_idle_with_a_child_alive_is_restarted_by_the_next_
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
         model.close()
+
+
+def test_a_worker_loaded_under_a_default_socket_timeout_serves_large_replies(
+    loader: ModelLoader, make_model: Any
+) -> None:
+    # socket.setdefaulttimeout (set by many apps) makes socketpair() non-blocking at the OS level; the worker's end
+    # must not stay so (its reads would spin, its large writes fail with BlockingIOError).
+    import socket
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)
+    try:
+        loaded = loader.load(make_model("fast-default-timeout", MODEL))
+    finally:
+        socket.setdefaulttimeout(previous)
+    try:
+        payload = os.urandom(8 << 20)
+        assert loaded.call("echo", payload, timeout=60) == payload
+        assert loaded.call("echo", [payload, b"x"], timeout=60) == [payload, b"x"]
+    finally:
+        loaded.close()

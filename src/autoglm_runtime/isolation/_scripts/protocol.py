@@ -8,9 +8,9 @@ holds, and the values it re-exports here) from its own directory the same way.
 frames through one buffer (one ``recv`` for a small reply) and large binary buffers straight into their own
 ``bytearray``. The commonest small frames skip the JSON codec both ways, byte for byte the same on the wire: a
 plain call or reply whose arguments or result are one ``bytes`` value is made by :func:`blob_call` /
-:func:`blob_reply` and, read whole, matched by one regex. A read waits in a blocking receive whose wait the kernel
-bounds (``SO_RCVTIMEO``), never with ``settimeout``: a socket's timeout would also apply to other threads writing
-to it.
+:func:`blob_reply` and, read whole, matched by one regex. A read waits in a blocking receive the kernel bounds
+(``SO_RCVTIMEO``), then in ``poll``, never with ``settimeout``: a socket's timeout would also apply to other threads
+writing to it.
 """
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ _JOIN = 1 << 14  # a frame's lone buffer up to this size is copied next to its h
 _SCRATCH = 1 << 16  # what one recv_into between frames takes: a small frame whole
 _PART = object()  # what a read between frames got is not one whole frame
 _TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO
+_BLOCKING = 0.002  # the longest a read with a deadline blocks in a receive before it polls (see _receive)
+_LONGEST = 86400.0  # the longest one poll waits: a deadline further off (or none) is polled again
 # What encode writes for a plain reply whose result is one bytes value, and for a plain call (no kwargs, not a stream,
 # no trace context) whose only argument is one: read off the frame as it is, no JSON decoded (the same message).
 _LONE_BLOB = re.compile(
@@ -209,7 +211,7 @@ class FrameReader:
     def read(self, deadline: float | None = None) -> Any:
         """Read one message; ``deadline`` is a ``time.monotonic()`` instant, ``None`` waits for ever.
 
-        The deadline bounds each blocking receive (``SO_RCVTIMEO``), never ``settimeout``: the socket stays
+        The deadline bounds each blocking receive (``SO_RCVTIMEO``) and poll, never ``settimeout``: the socket stays
         blocking, so another thread may write to it meanwhile without inheriting a timeout.
 
         Raises ``TimeoutError`` past the deadline (the stream may then hold part of a frame),
@@ -298,31 +300,41 @@ class FrameReader:
         return data
 
     def _receive(self, into: bytearray | memoryview | None, deadline: float | None) -> Any:
-        """``recv_into(into)`` (``recv`` of up to 64 KB when ``into`` is ``None``) in one blocking receive whose
-        wait the kernel bounds by ``deadline``; ``TimeoutError`` once it has passed.
+        """``recv_into(into)`` (``recv`` of up to 64 KB when ``into`` is ``None``), waiting until ``deadline``;
+        ``TimeoutError`` once it has passed.
 
-        Not a poll and then a receive: besides the second system call, a poll's wake-up costs tens of microseconds
-        more when the peer runs on the other CPU (measured here: a 1 KB socketpair round trip 48-55 us blocking,
-        73-92 us polled). The bound is set only when it changes: whole seconds while two or more are left (the
-        receive then wakes before the deadline and is bounded again), milliseconds after that."""
+        A read with a deadline first blocks in the receive itself for up to 2 ms, bounded by the kernel
+        (``SO_RCVTIMEO``, set only when it changes): a quick answer then costs no poll, whose wake-up costs tens of
+        microseconds more when the peer runs on the other CPU (measured here: a 1 KB socketpair round trip 48-55 us
+        blocking, 73-92 us polled). A longer wait polls: after a signal Python retries a receive and the kernel
+        restarts its whole bound, so signals coming more often than a long bound would keep it waiting past the
+        deadline for ever, while a poll's wait is recomputed each time."""
         sock = self._sock
+        if deadline is None:
+            bound = 0.0
+        else:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("timed out")
+            bound = math.ceil(min(left, _BLOCKING) * 1000) / 1000
+        if bound != self._bound:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(0, round(bound * 1_000_000)))
+            self._bound = bound
         while True:
-            if deadline is None:
-                bound = 0.0
-            else:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("timed out")
-                bound = float(int(left)) if left >= 2 else math.ceil(left * 1000) / 1000
-            if bound != self._bound:
-                whole = int(bound)
-                value = _TIMEVAL.pack(whole, round((bound - whole) * 1_000_000))
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-                self._bound = bound
             try:
                 return sock.recv_into(into) if into is not None else sock.recv(_SCRATCH)
-            except BlockingIOError:  # the bound ran out: the deadline, or whole seconds before it
-                continue
+            except BlockingIOError:  # the bound ran out (or the socket is non-blocking): wait in poll
+                pass
+            while True:
+                if deadline is None:
+                    wait = _LONGEST
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("timed out")
+                    wait = min(left, _LONGEST)
+                if _ready(sock, select.POLLIN, wait):
+                    break
 
     def _fill(self, deadline: float | None) -> None:
         chunk = self._receive(None, deadline)

@@ -157,6 +157,9 @@ def serve(  # noqa: PLR0917
     trace_context = _load_sibling("trace_context")
     trace_context.install_logging()  # before the model loads: its log records carry each call's trace ids
     sock = socket.socket(fileno=fd)
+    # Blocking at the OS level too: a host under socket.setdefaulttimeout() makes the pair non-blocking, which
+    # socket(fileno=) does not see (reads would spin on EAGAIN, a large write fail with BlockingIOError).
+    sock.setblocking(True)
     _keep_to_this_process(sock)
     # Daemon where allowed; isolated subinterpreters refuse daemon threads, and there os._exit ends all.
     watchdog = threading.Thread(target=_watchdog, args=(sock,), name=f"autoglm-worker-{name}-watchdog")
