@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -98,11 +99,14 @@ def test_calls_are_bounded_by_default() -> None:
     assert inspect.signature(ModelLoader).parameters["default_timeout"].default == 60.0
 
 
-@pytest.mark.parametrize("value", [0, -1.0])
-def test_loader_rejects_a_non_positive_default_timeout(tmp_path: Path, value: float) -> None:
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), 1e30])
+def test_loader_rejects_a_default_timeout_no_wait_can_take(tmp_path: Path, value: float) -> None:
     with pytest.raises(UsageError) as info:
         ModelLoader(tmp_path, default_timeout=value)
-    assert info.value.message == f"default_timeout must be a positive number of seconds or None, got {value!r}"
+    assert info.value.message == (
+        f"default_timeout must be a positive number of seconds (at most {threading.TIMEOUT_MAX:g}) or None, "
+        f"got {value!r}"
+    )
 
 
 def test_existing_key_is_reused_without_building(tmp_path: Path) -> None:
@@ -138,9 +142,13 @@ def test_worker_on_the_host_interpreter(tmp_path: Path) -> None:
         assert hello["pid"] == worker.health()["pid"]
         assert worker.call("echo", {"a": [1, None]}, timeout=30) == {"a": [1, None]}
         assert worker.health()["state"] == "ready"
-        with pytest.raises(UsageError) as info:
-            worker.call("echo", 1, timeout=0)
-        assert info.value.message == "timeout of unit.echo() must be a positive number of seconds, got 0"
+        for bad in (0, float("inf"), 1e30):  # (inf would fail deep inside a lock wait: OverflowError)
+            with pytest.raises(UsageError) as info:
+                worker.call("echo", 1, timeout=bad)
+            assert info.value.message == (
+                f"timeout of unit.echo() must be a positive number of seconds (at most {threading.TIMEOUT_MAX:g}; "
+                f"None waits for ever), got {bad!r}"
+            )
     finally:
         worker.close()
     assert worker.health() == {

@@ -84,8 +84,11 @@ class ModelLoader:
             )
         if backend not in ("auto", "process", "subinterp"):
             raise UsageError(f"backend must be 'auto', 'process' or 'subinterp', got {backend!r}")
-        if default_timeout is not None and not default_timeout > 0:
-            raise UsageError(f"default_timeout must be a positive number of seconds or None, got {default_timeout!r}")
+        if default_timeout is not None and not 0 < default_timeout <= threading.TIMEOUT_MAX:
+            raise UsageError(
+                f"default_timeout must be a positive number of seconds (at most {threading.TIMEOUT_MAX:g}) or None, "
+                f"got {default_timeout!r}"
+            )
         self.builder = EnvironmentBuilder(
             env_root,
             python=python,

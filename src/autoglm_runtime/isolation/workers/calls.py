@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from json.encoder import encode_basestring as _json_string  # what encode writes for a str
@@ -57,9 +58,13 @@ def seconds(timeout: float | None) -> str:
 
 
 def check_timeout(name: str, method: str, timeout: float | None) -> None:
-    """Raise :class:`UsageError` unless ``timeout`` is ``None`` or a positive number of seconds."""
-    if timeout is not None and not timeout > 0:
-        raise UsageError(f"timeout of {name}.{method}() must be a positive number of seconds, got {timeout!r}")
+    """Raise :class:`UsageError` unless ``timeout`` is ``None`` or a positive number of seconds a lock wait takes
+    (up to ``threading.TIMEOUT_MAX``, about 292 years: ``inf`` would fail deep inside a wait)."""
+    if timeout is not None and not 0 < timeout <= threading.TIMEOUT_MAX:
+        raise UsageError(
+            f"timeout of {name}.{method}() must be a positive number of seconds (at most {threading.TIMEOUT_MAX:g}; "
+            f"None waits for ever), got {timeout!r}"
+        )
 
 
 def _deadline(worker: WorkerProcess, method: str, timeout: float | None, given: float | None = None) -> float | None:
