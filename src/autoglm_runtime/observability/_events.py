@@ -148,19 +148,12 @@ class ModelCall:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         span = self._span
-        outcome = "ok"
-        if exc is None:
-            pass
-        elif isinstance(exc, AutoGLMRuntimeError):
-            outcome = exc.code
-            if span is not None:
-                _tracing.fail_span(span[0], exc)
-        else:
-            outcome = "error"
+        if span is not None and isinstance(exc, AutoGLMRuntimeError):
+            _tracing.fail_span(span[0], exc)
         metrics = self._metrics
         if metrics is not None:
             metrics.model_call_duration.get(self.model).observe(time.perf_counter() - self._start)
-            metrics.model_calls.get(self.model, outcome).inc()
+            metrics.model_calls.get(self.model, _outcome(exc)).inc()
         if span is not None:
             _tracing.end_span(span)
 

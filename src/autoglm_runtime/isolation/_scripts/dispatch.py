@@ -134,10 +134,7 @@ class Dispatcher:
         elif self._serial and not message.get("stream") and self._queued == 0:
             # Nothing else runs: a serial model's plain call runs right here, one thread hand-off less per call.
             # Pings wait until it returns (the host only expects answers between calls).
-            if "traceparent" in message:
-                self._run(message, None)
-            else:  # no trace context to enter: the scope would do nothing
-                self._run_scoped(message, None)
+            self._run(message, None)
         else:
             assert self._pool is not None
             stream = self._open(message)
@@ -178,7 +175,7 @@ class Dispatcher:
     def _run_scoped(self, message: dict[str, Any], stream: _Stream | None) -> None:
         call_id = message.get("id")
         try:
-            result = getattr(self._model, message["method"])(*message.get("args", ()), **message.get("kwargs", {}))
+            result = self._start(message)
             if stream is None and type(result) in _PLAIN:  # the common answer: no generator or coroutine checks
                 self._result(call_id, result)
                 return
