@@ -286,10 +286,10 @@ def finish_probe(python: str | Path, returncode: int, stdout: str, stderr: str) 
 
     Output before the probe's mark (a ``.pth`` file that prints at start-up) is ignored.
     """
-    from autoglm_runtime.errors import UsageError  # here, with the error it raises: see launch_error
-
     exe = str(python)
     if returncode != 0:
+        from autoglm_runtime.errors import UsageError  # here, with the error it raises: see launch_error
+
         version = _python_version(exe)
         if version is not None and version < MIN_PYTHON:
             oldest = ".".join(map(str, MIN_PYTHON))
@@ -302,6 +302,8 @@ def finish_probe(python: str | Path, returncode: int, stdout: str, stderr: str) 
     try:
         return parse_probe(probe_payload(stdout), exe)
     except (ValueError, KeyError, TypeError, AttributeError, EOFError) as exc:
+        from autoglm_runtime.errors import UsageError
+
         raise UsageError(
             f"interpreter {exe} answered the probe with something that is not its JSON: {str(exc)[:300]}"
         ) from exc
