@@ -305,7 +305,7 @@ def finish_probe(python: str | Path, returncode: int, stdout: str, stderr: str) 
         from autoglm_runtime.errors import UsageError
 
         raise UsageError(
-            f"interpreter {exe} answered the probe with something that is not its JSON: {str(exc)[:300]}"
+            f"interpreter {exe} answered the probe with something that is not its description: {str(exc)[:300]}"
         ) from exc
 
 
@@ -333,7 +333,7 @@ def probe_environment(python: str | Path | None = None) -> ProbedEnvironment:
     """Describe ``python``'s environment (the running interpreter's when ``None``).
 
     Raises :class:`~autoglm_runtime.errors.UsageError` (E0001) when the interpreter cannot be run or
-    does not answer with the probe's JSON (a directory, Python older than 3.7, not a Python at all).
+    does not answer with the probe's description (a directory, Python older than 3.7, not a Python at all).
     """
     if python is None:
         return parse_probe(_probe.probe(), sys.executable)
