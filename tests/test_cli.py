@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +39,49 @@ def test_console_entry_point_runs_as_a_module() -> None:
     )
     assert done.returncode == 0
     assert "Config sync, isolated model loading and input validation" in done.stdout
+
+
+@pytest.fixture
+def small_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A real virtual environment with one distribution; its checker caches go under ``tmp_path``."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)  # the commands' stdout is block-buffered, as usual
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python*/site-packages"))
+    info = site / "demo-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: demo\nVersion: 1.0\nRequires-Dist: absent>=1\n")
+    return venv / "bin" / "python"
+
+
+COMMANDS = {
+    "console script": [str(Path(sys.executable).with_name("autoglm-runtime"))],
+    "python -m": [sys.executable, "-m", "autoglm_runtime"],
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
+def test_check_deps_output_redirected_to_a_file_is_whole(command: list[str], small_env: Path, tmp_path: Path) -> None:
+    # check-deps ends its process without the interpreter's shutdown: its output must be flushed first (a file
+    # is block-buffered, so this fails if anything is left in the buffer).
+    out = tmp_path / "report.json"
+    with out.open("wb") as fh:
+        done = subprocess.run([*command, "check-deps", "--python", str(small_env), "--json"], stdout=fh, check=False)
+    assert done.returncode == 1
+    report = json.loads(out.read_text())
+    assert [finding["kind"] for finding in report["findings"]] == ["missing"]
+
+
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
+def test_a_reader_gone_away_ends_check_deps_with_120_and_no_traceback(command: list[str], small_env: Path) -> None:
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written: the first write fails with EPIPE
+    try:
+        done = subprocess.run(
+            [*command, "check-deps", "--python", str(small_env)], stdout=write, stderr=subprocess.PIPE, check=False
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 120
+    assert done.stderr == b""

@@ -1,7 +1,5 @@
 """``python -m autoglm_runtime`` runs the command line."""
 
-import sys
+from autoglm_runtime.cli import console
 
-from autoglm_runtime.cli import main
-
-sys.exit(main())
+console()

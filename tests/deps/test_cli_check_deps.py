@@ -89,8 +89,8 @@ def test_an_interpreter_that_fails_the_probe_is_a_usage_error(
     fake.chmod(0o755)
     assert main(["check-deps", "--python", str(fake)]) == 2
     assert capsys.readouterr().err == (
-        f"autoglm-runtime: error E0001: interpreter {fake} answered the probe with something that is not its JSON: "
-        "the probe's output mark is missing\n"
+        f"autoglm-runtime: error E0001: interpreter {fake} answered the probe with something that is not its "
+        "description: the probe's output mark is missing\n"
     )
     failing = tmp_path / "failing"
     failing.write_text("#!/bin/sh\necho boom >&2\nexit 3\n")

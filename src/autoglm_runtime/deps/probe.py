@@ -286,10 +286,10 @@ def finish_probe(python: str | Path, returncode: int, stdout: str, stderr: str) 
 
     Output before the probe's mark (a ``.pth`` file that prints at start-up) is ignored.
     """
-    from autoglm_runtime.errors import UsageError  # here, with the error it raises: see launch_error
-
     exe = str(python)
     if returncode != 0:
+        from autoglm_runtime.errors import UsageError  # here, with the error it raises: see launch_error
+
         version = _python_version(exe)
         if version is not None and version < MIN_PYTHON:
             oldest = ".".join(map(str, MIN_PYTHON))
@@ -302,8 +302,10 @@ def finish_probe(python: str | Path, returncode: int, stdout: str, stderr: str) 
     try:
         return parse_probe(probe_payload(stdout), exe)
     except (ValueError, KeyError, TypeError, AttributeError, EOFError) as exc:
+        from autoglm_runtime.errors import UsageError
+
         raise UsageError(
-            f"interpreter {exe} answered the probe with something that is not its JSON: {str(exc)[:300]}"
+            f"interpreter {exe} answered the probe with something that is not its description: {str(exc)[:300]}"
         ) from exc
 
 
@@ -331,7 +333,7 @@ def probe_environment(python: str | Path | None = None) -> ProbedEnvironment:
     """Describe ``python``'s environment (the running interpreter's when ``None``).
 
     Raises :class:`~autoglm_runtime.errors.UsageError` (E0001) when the interpreter cannot be run or
-    does not answer with the probe's JSON (a directory, Python older than 3.7, not a Python at all).
+    does not answer with the probe's description (a directory, Python older than 3.7, not a Python at all).
     """
     if python is None:
         return parse_probe(_probe.probe(), sys.executable)
