@@ -127,6 +127,10 @@ def console() -> NoReturn:
     import os
 
     fast = sys.argv[1:2] == ["check-deps"]
+    if fast:  # a one-shot run making many small objects and no garbage cycles: the collector would only walk them
+        import gc
+
+        gc.disable()
     try:
         code = main()
         if fast:
