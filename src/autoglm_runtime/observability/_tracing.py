@@ -76,13 +76,14 @@ def tracer() -> Tracer | None:
 
 
 _UNSET = object()
-# What _TRACER does under the API's global provider, found once per (tracer, provider) pair: (tracer, provider,
-# (quiet, drops a not-sampled local parent's children, drops a not-sampled remote parent's children)). Replaced
-# whole, so a thread reads one consistent answer. Each span then costs two identity checks instead of the lookups,
-# isinstance checks against the API's abstract classes and sampler inspection behind the answer (two per request
-# for a guard and a model call, a sizeable share of what a sampled-out request paid; see
-# benchmarks/observability.py).
-_known: tuple[object, object, tuple[bool, bool, bool]] = (None, _UNSET, (True, False, False))
+# What each tracer does under the API's global provider: id(tracer) -> (tracer, provider, (quiet, drops a not-sampled
+# local parent's children, drops a not-sampled remote parent's children)). Each span then costs a dict read and two
+# identity checks instead of the lookups, isinstance checks against the API's abstract classes and sampler
+# inspection behind the answer (a sizeable share of what a sampled-out request paid; see
+# benchmarks/observability.py). Keyed by id (a tracer need not be hashable), holding the tracer so the id stays its
+# own; a few entries, so switching between tracers (tests, the benchmark's settings) does not forget them.
+_known: dict[int, tuple[object, object, tuple[bool, bool, bool]]] = {}
+_KNOWN_MAX = 8
 
 
 def _mode(tracer: Tracer) -> tuple[bool, bool, bool]:
@@ -90,13 +91,12 @@ def _mode(tracer: Tracer) -> tuple[bool, bool, bool]:
     copy of the current span (see :func:`_no_provider`), and whether the application's sampler drops every child
     of a not-sampled local (remote) parent (see :func:`_drops_unsampled_children`).
 
-    Remembered while the tracer and the API's global provider stay the same objects (the provider is set once;
-    an SDK provider's sampler never changes), so a provider set later is followed at once.
+    Remembered while the API's global provider stays the same object (it is set once; an SDK provider's sampler
+    never changes), so a provider set later is followed at once.
     """
-    global _known
     provider = getattr(_trace, "_TRACER_PROVIDER", _UNSET)  # (an API without that global: always asked)
-    known = _known
-    if known[0] is tracer and known[1] is provider and provider is not _UNSET:
+    known = _known.get(id(tracer))
+    if known is not None and known[0] is tracer and known[1] is provider and provider is not _UNSET:
         return known[2]
     quiet = _no_provider(tracer)
     mode = (
@@ -105,7 +105,9 @@ def _mode(tracer: Tracer) -> tuple[bool, bool, bool]:
         not quiet and _drops_unsampled_children(tracer, True),
     )
     if getattr(_trace, "_TRACER_PROVIDER", _UNSET) is provider:  # (not one read from the environment meanwhile)
-        _known = (tracer, provider, mode)
+        if len(_known) >= _KNOWN_MAX:
+            _known.clear()
+        _known[id(tracer)] = (tracer, provider, mode)
     return mode
 
 
