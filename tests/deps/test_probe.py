@@ -165,7 +165,9 @@ def test_undecodable_metadata_files_are_errors_not_crashes(tmp_path: Path) -> No
 
 
 #: Interpreters the probe must run on, where this machine has them (the oldest supported among them).
-OTHER_PYTHONS = [f"/root/.pyenv/versions/{v}/bin/python{v.rsplit('.', 1)[0]}" for v in ("3.8.18", "3.12.1", "3.13.0")]
+OTHER_PYTHONS = [
+    f"/root/.pyenv/versions/{v}/bin/python{v.rsplit('.', 1)[0]}" for v in ("3.8.18", "3.12.1", "3.13.0")
+]
 
 
 @pytest.mark.parametrize("python", [sys.executable, *OTHER_PYTHONS])
