@@ -1,6 +1,6 @@
 """Observability benchmark: what metrics and tracing add to each request.
 
-Run: .venv/bin/python benchmarks/observability.py
+Run: .venv/bin/python benchmarks/observability.py [--sections 2,4]   (all four sections by default)
 
 Settings, interleaved request by request in one process (the SDK's module switches are flipped here):
 
@@ -106,10 +106,26 @@ def prompt_of(raw: Any, words: list[str], tokens: int, rng: random.Random) -> st
     return str(raw.decode(raw.encode(text).ids[:tokens]))
 
 
-async def measure(guarded: ValidationMiddleware, body: bytes, requests: int) -> dict[str, float]:
-    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}
+async def alternate(request: Callable[[], Awaitable[None]], requests: int) -> dict[str, tuple[float, float]]:
+    """Median wall time and CPU (process time) of ``request`` per setting, the settings alternating request by
+    request (rotated: no setting always goes first)."""
     settings = SETTINGS + IN_SERVER
-    times: dict[str, list[float]] = {setting: [] for setting in settings}
+    walls: dict[str, list[float]] = {setting: [] for setting in settings}
+    cpus: dict[str, list[float]] = {setting: [] for setting in settings}
+    for i in range(requests):
+        turn = i % len(settings)
+        for setting in settings[turn:] + settings[:turn]:
+            use(setting)
+            wall, cpu = time.perf_counter(), time.process_time()
+            await serve(setting, request)
+            cpus[setting].append(time.process_time() - cpu)
+            walls[setting].append(time.perf_counter() - wall)
+    return {s: (statistics.median(walls[s]), statistics.median(cpus[s])) for s in settings}
+
+
+async def measure(guarded: ValidationMiddleware, body: bytes, requests: int) -> dict[str, float]:
+    """Median CPU of one request through the guard alone, per setting."""
+    scope = {"type": "http", "method": "POST", "path": "/v1/completions", "headers": []}
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
@@ -117,17 +133,8 @@ async def measure(guarded: ValidationMiddleware, body: bytes, requests: int) -> 
     async def send(message: Any) -> None:
         return None
 
-    async def request() -> None:
-        await guarded(dict(scope), receive, send)
-
-    for i in range(requests):
-        turn = i % len(settings)
-        for setting in settings[turn:] + settings[:turn]:  # rotated: no setting always goes first
-            use(setting)
-            start = time.process_time()
-            await serve(setting, request)
-            times[setting].append(time.process_time() - start)
-    return {setting: statistics.median(values) for setting, values in times.items()}
+    medians = await alternate(lambda: guarded(dict(scope), receive, send), requests)
+    return {setting: cpu for setting, (_, cpu) in medians.items()}
 
 
 def model_call_cost(rounds: int = 200_000, batch: int = 256) -> dict[str, tuple[float, float]]:
@@ -202,9 +209,6 @@ async def measure_full(app: Any, body: bytes, requests: int) -> dict[str, tuple[
         "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json")],
         "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000),
     }  # fmt: skip
-    settings = SETTINGS + IN_SERVER
-    walls: dict[str, list[float]] = {setting: [] for setting in settings}
-    cpus: dict[str, list[float]] = {setting: [] for setting in settings}
     statuses: list[int] = []
 
     async def receive() -> dict[str, Any]:
@@ -214,19 +218,9 @@ async def measure_full(app: Any, body: bytes, requests: int) -> dict[str, tuple[
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
 
-    async def request() -> None:
-        await app(dict(scope), receive, send)
-
-    for i in range(requests):
-        turn = i % len(settings)
-        for setting in settings[turn:] + settings[:turn]:
-            use(setting)
-            wall, cpu = time.perf_counter(), time.process_time()
-            await serve(setting, request)
-            cpus[setting].append(time.process_time() - cpu)
-            walls[setting].append(time.perf_counter() - wall)
+    medians = await alternate(lambda: app(dict(scope), receive, send), requests)
     assert set(statuses) == {200}, f"the example server answered {sorted(set(statuses))}"
-    return {s: (statistics.median(walls[s]), statistics.median(cpus[s])) for s in settings}
+    return medians
 
 
 def report(medians: dict[str, float], unit: str = "us", scale: float = 1e6) -> None:
@@ -360,6 +354,35 @@ def main() -> None:
     if sys.argv[1:2] == ["--serve"]:
         serve_example(int(sys.argv[2]))
         return
+    sections = {1, 2, 3, 4}
+    if sys.argv[1:2] == ["--sections"]:
+        sections = {int(part) for part in sys.argv[2].split(",")}
+    if 1 in sections:
+        guard_only()
+    if sections & {2, 4}:
+        body = example_sections(sections)
+    if 3 in sections:
+        costs = model_call_cost()
+        print("3. LoadedModel.call / .stream: what metrics, span and traceparent add (the call itself is not run)")
+        for setting in SETTINGS:
+            call, stream = costs[setting]
+            print(f"    {setting:<22} call {call:7.2f} us   stream {stream:7.2f} us")
+    if 4 in sections:
+        print(
+            "4. The example server under uvicorn (its own process, 127.0.0.1), driven over one keep-alive connection by"
+        )
+        print("   httpx; the same /v1/completions request, the settings alternating request by request")
+        served = measure_served(body, 1500)
+        print("  wall time at the client (median of 1500)")
+        report({setting: wall for setting, (wall, _) in served.items()})
+        print("  server process CPU (median of 1500; the model worker's CPU is not in it)")
+        report({setting: cpu for setting, (_, cpu) in served.items()})
+    for provider in providers.values():
+        provider.shutdown()
+
+
+def guard_only() -> None:
+    """Section 1."""
     rng = random.Random(7)
     raw, words = build_tokenizer(rng)
     guarded = ValidationMiddleware(app, context_guard=ContextWindowGuard(HFTokenizer(raw), 16_384))
@@ -371,32 +394,25 @@ def main() -> None:
             asyncio.run(measure(guarded, body, 20))  # warm up
             print(f"  {tokens}-token prompt (median of {requests})")
             report(asyncio.run(measure(guarded, body, requests)))
+
+
+def example_sections(sections: set[int]) -> bytes:
+    """Section 2 (when asked for); returns the example request's body, which section 4 sends too."""
+    prompt = " ".join((REPO / "examples" / "model_server" / "corpus.txt").read_text().split()[:12])
+    body = json.dumps({"model": "words-numpy1", "prompt": prompt, "max_tokens": 16, "temperature": 0}).encode()
+    if 2 not in sections:
+        return body
     print("2. The example server's whole /v1/completions request (its app called directly: both guard layers,")
     print("   routing, a real call to the words-numpy1 worker; ~30 tokens in, 16 out), per request")
     with contextlib.ExitStack() as stack:
         example = example_app(stack)
-        prompt = " ".join((REPO / "examples" / "model_server" / "corpus.txt").read_text().split()[:12])
-        body = json.dumps({"model": "words-numpy1", "prompt": prompt, "max_tokens": 16, "temperature": 0}).encode()
         asyncio.run(measure_full(example, body, 10))  # warm up
         full = asyncio.run(measure_full(example, body, 1000))
     print("  wall time (median of 1000)")
     report({setting: wall for setting, (wall, _) in full.items()})
     print("  host CPU (median of 1000; the worker's CPU is not in it)")
     report({setting: cpu for setting, (_, cpu) in full.items()})
-    costs = model_call_cost()
-    print("3. LoadedModel.call / .stream: what metrics, span and traceparent add (the call itself is not run)")
-    for setting in SETTINGS:
-        call, stream = costs[setting]
-        print(f"    {setting:<22} call {call:7.2f} us   stream {stream:7.2f} us")
-    print("4. The example server under uvicorn (its own process, 127.0.0.1), driven over one keep-alive connection by")
-    print("   httpx; the same /v1/completions request, the settings alternating request by request")
-    served = measure_served(body, 1500)
-    print("  wall time at the client (median of 1500)")
-    report({setting: wall for setting, (wall, _) in served.items()})
-    print("  server process CPU (median of 1500; the model worker's CPU is not in it)")
-    report({setting: cpu for setting, (_, cpu) in served.items()})
-    for provider in providers.values():
-        provider.shutdown()
+    return body
 
 
 if __name__ == "__main__":

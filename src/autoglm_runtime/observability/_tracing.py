@@ -23,7 +23,7 @@ from autoglm_runtime.errors import AutoGLMRuntimeError
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.trace import Span, SpanContext, Tracer
 
 try:
     from opentelemetry import context as _context
@@ -75,54 +75,74 @@ def tracer() -> Tracer | None:
     return _TRACER
 
 
-# The tracer last found to start no span while the API's global provider was still unset ([None]: none yet).
-_quiet: list[object] = [None]
 _UNSET = object()
+# What each tracer does under the API's global provider: id(tracer) -> (tracer, provider, (quiet, drops a not-sampled
+# local parent's children, drops a not-sampled remote parent's children)). Each span then costs a dict read and two
+# identity checks instead of the lookups, isinstance checks against the API's abstract classes and sampler
+# inspection behind the answer (a sizeable share of what a sampled-out request paid; see
+# benchmarks/observability.py). Keyed by id (a tracer need not be hashable), holding the tracer so the id stays its
+# own; a few entries, so switching between tracers (tests, the benchmark's settings) does not forget them.
+_known: dict[int, tuple[object, object, tuple[bool, bool, bool]]] = {}
+_KNOWN_MAX = 8
 
 
-def _no_provider() -> bool:
-    """Whether every span :data:`_TRACER` starts now is a non-recording copy of the current span: it is the API's
+def _mode(tracer: Tracer) -> tuple[bool, bool, bool]:
+    """``(quiet, drops_local, drops_remote)`` for ``tracer`` now: whether every span it starts is a non-recording
+    copy of the current span (see :func:`_no_provider`), and whether the application's sampler drops every child
+    of a not-sampled local (remote) parent (see :func:`_drops_unsampled_children`).
+
+    Remembered while the API's global provider stays the same object (it is set once; an SDK provider's sampler
+    never changes), so a provider set later is followed at once.
+    """
+    provider = getattr(_trace, "_TRACER_PROVIDER", _UNSET)  # (an API without that global: always asked)
+    known = _known.get(id(tracer))
+    if known is not None and known[0] is tracer and known[1] is provider and provider is not _UNSET:
+        return known[2]
+    quiet = _no_provider(tracer)
+    mode = (
+        quiet,
+        not quiet and _drops_unsampled_children(tracer, False),
+        not quiet and _drops_unsampled_children(tracer, True),
+    )
+    if getattr(_trace, "_TRACER_PROVIDER", _UNSET) is provider:  # (not one read from the environment meanwhile)
+        if len(_known) >= _KNOWN_MAX:
+            _known.clear()
+        _known[id(tracer)] = (tracer, provider, mode)
+    return mode
+
+
+def _no_provider(tracer: Tracer) -> bool:
+    """Whether every span ``tracer`` starts now is a non-recording copy of the current span: it is the API's
     proxy (or no-op) tracer and the application has set no provider (or the API's no-op one). Starting one then
     changes nothing a caller, a log line or the worker can see: the current span already carries those ids and
-    flags. Asked per span, so a provider set later is followed at once.
-
-    The answer for a tracer is remembered while the API's global provider stays unset (the same tracer, no
-    provider: the same answer), which spares a model call the API's lookup (an environment read per call); a
-    provider named only by ``OTEL_PYTHON_TRACER_PROVIDER`` is read from the environment on the first span.
+    flags. A provider named only by ``OTEL_PYTHON_TRACER_PROVIDER`` is read from the environment here.
     """
-    tracer = _TRACER
-    unset = getattr(_trace, "_TRACER_PROVIDER", _UNSET) is None  # (an API without that global: always asked)
-    if unset and tracer is _quiet[0]:
-        return True
     if isinstance(tracer, _trace.NoOpTracer):
-        quiet = True
-    else:
-        quiet = isinstance(tracer, _trace.ProxyTracer) and isinstance(_trace.get_tracer_provider(), _NO_SPANS)
-    if quiet and unset and getattr(_trace, "_TRACER_PROVIDER", _UNSET) is None:
-        _quiet[0] = tracer
-    return quiet
+        return True
+    return isinstance(tracer, _trace.ProxyTracer) and isinstance(_trace.get_tracer_provider(), _NO_SPANS)
 
 
 def spans_off() -> bool:
     """Whether no span is started now (no API, or no provider to record it): a model call then only counts."""
-    return not TRACING_AVAILABLE or _TRACER is None or _no_provider()
+    tracer = _TRACER
+    return not TRACING_AVAILABLE or tracer is None or _mode(tracer)[0]
 
 
-def _in_unsampled_trace() -> bool:
+def _in_unsampled_trace(tracer: Tracer) -> bool:
     """Whether the current span belongs to a trace its root (or the caller upstream) decided not to sample, and
     the application's sampler is known to drop every span under such a parent."""
     parent = _trace.get_current_span().get_span_context()
-    return parent.is_valid and not parent.trace_flags.sampled and _drops_unsampled_children(parent.is_remote)
+    return parent.is_valid and not parent.trace_flags.sampled and _mode(tracer)[2 if parent.is_remote else 1]
 
 
-def _drops_unsampled_children(remote: bool) -> bool:
-    """Whether the sampler behind :data:`_TRACER` is the SDK's ``ParentBased`` with its default (``ALWAYS_OFF``)
+def _drops_unsampled_children(tracer: Tracer, remote: bool) -> bool:
+    """Whether the sampler behind ``tracer`` is the SDK's ``ParentBased`` with its default (``ALWAYS_OFF``)
     for a not-sampled parent. Any other sampler (``ALWAYS_ON``, ``TraceIdRatioBased``, a ``ParentBased`` told to
     keep such children, one of the application's own) may record the span, so it is asked."""
     sampling = sys.modules.get("opentelemetry.sdk.trace.sampling")
     if sampling is None:  # no SDK sampler exists in this process
         return False
-    sampler = getattr(_TRACER, "sampler", None)
+    sampler = getattr(tracer, "sampler", None)
     if sampler is None:  # the API's proxy tracer: the global provider's tracer samples
         sampler = getattr(_trace.get_tracer_provider(), "sampler", None)
     if not isinstance(sampler, sampling.ParentBased):
@@ -141,27 +161,56 @@ def start_span(
     request then carries the trace, flagged not sampled, so the model's own spans follow the same decision).
     """
     tracer = _TRACER
-    if not TRACING_AVAILABLE or tracer is None or _no_provider():
+    if not TRACING_AVAILABLE or tracer is None:
+        return None
+    quiet, drops_local, drops_remote = _mode(tracer)
+    if quiet:
         return None
     # The current context, read once: the unsampled-parent check, the SDK (parent and sampler) and the new
     # current context all start from it.
     current = _context.get_current()
-    parent = _trace.get_current_span(current).get_span_context()
-    if parent.is_valid and not parent.trace_flags.sampled and _drops_unsampled_children(parent.is_remote):
-        return None
+    if current:  # (an empty context, a request's usual one, holds no parent: the span starts a trace)
+        parent = _span_context(current)
+        if parent.is_valid and not parent.trace_flags.sampled and (drops_remote if parent.is_remote else drops_local):
+            return None
     span = tracer.start_span(name, current, attributes=attributes)
     if not span.is_recording() and not (propagate and span.get_span_context().is_valid):
         # Sampled out and nothing to pass on: log lines keep the parent's ids. Attaching would cost as much.
         return span, None
-    return span, _context.attach(_trace.set_span_in_context(span, current))
+    return span, _attach(span, current)
+
+
+# The context this module made current last, with its span's context: (Context, SpanContext). A Context never
+# changes, so while it is still the current one its span is known without the API's lookup (a read of the context
+# variable, then of the span under its key, checked against the API's abstract Span class): the model call under
+# a guard span and the traceparent of its request find their parent here. Replaced whole, so threads and tasks
+# interleaving only make it miss; it keeps one context (and its span) alive until the next.
+_last: tuple[object, SpanContext | None] = (None, None)
+
+
+def _span_context(current: Context) -> SpanContext:
+    """The context of the span current in ``current`` (invalid when there is none)."""
+    last = _last
+    if last[0] is current and last[1] is not None:
+        return last[1]
+    return _trace.get_current_span(current).get_span_context()
+
+
+def _attach(span: Span, current: Context | None = None) -> object:
+    """Make ``span`` current (under ``current``, else the current context); the token for ``detach``."""
+    global _last
+    context = _trace.set_span_in_context(span, current)
+    _last = (context, span.get_span_context())
+    return _context.attach(context)
 
 
 def start_detached(name: str, attributes: Mapping[str, Any] | None = None) -> Span | None:
     """Start ``name`` under the current span without making it current (a stream's span outlives the block that
     opened it); :func:`attach` makes it current for a while. ``None`` without the API or in an unsampled trace."""
-    if not TRACING_AVAILABLE or _TRACER is None or _no_provider() or _in_unsampled_trace():
+    tracer = _TRACER
+    if not TRACING_AVAILABLE or tracer is None or _mode(tracer)[0] or _in_unsampled_trace(tracer):
         return None
-    return _TRACER.start_span(name, attributes=attributes)
+    return tracer.start_span(name, attributes=attributes)
 
 
 def attach(span: Span | None) -> object:
@@ -169,7 +218,7 @@ def attach(span: Span | None) -> object:
     span too, so the request opened meanwhile carries its trace, flagged not sampled."""
     if span is None or not span.get_span_context().is_valid:
         return None
-    return _context.attach(_trace.set_span_in_context(span))
+    return _attach(span)
 
 
 def detach(token: object) -> None:
@@ -213,9 +262,12 @@ def traceparent() -> str | None:
 
     What a model call puts in its frame, so the worker's log lines and spans join the caller's trace.
     """
-    if not TRACING_AVAILABLE or not _context.get_current():  # an empty context holds no span (most calls' case)
+    if not TRACING_AVAILABLE:
         return None
-    context = _trace.get_current_span().get_span_context()
+    current = _context.get_current()
+    if not current:  # an empty context holds no span (most calls' case)
+        return None
+    context = _span_context(current)
     if not context.is_valid:
         return None
     return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"

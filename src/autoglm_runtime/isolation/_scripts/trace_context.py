@@ -24,6 +24,7 @@ from typing import Any
 
 #: ``version-trace_id-parent_id-flags``: version 00, lowercase hex (https://www.w3.org/TR/trace-context/).
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+_NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
 _PARENT: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("autoglm_parent", default=None)
 
 
@@ -32,9 +33,12 @@ def parse(traceparent: object) -> tuple[str, str] | None:
     if not isinstance(traceparent, str):
         return None
     match = _TRACEPARENT.match(traceparent)
-    if match is None or set(match.group(1)) == {"0"} or set(match.group(2)) == {"0"}:
+    if match is None:
         return None
-    return match.group(1), match.group(2)
+    trace_id, span_id = match.group(1, 2)
+    if trace_id == _NO_TRACE or span_id == _NO_SPAN:  # (all-zero ids are invalid)
+        return None
+    return trace_id, span_id
 
 
 def current_ids() -> tuple[str, str] | None:
