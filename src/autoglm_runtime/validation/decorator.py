@@ -50,12 +50,6 @@ def guarded(
             if name is not None and name not in signature.parameters:
                 raise UsageError(f"{fn.__qualname__} has no parameter named {name!r} for the guard to use")
 
-        def judge(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-            with GuardCheck("decorator") as check:
-                bound, result = verdict(args, kwargs)
-                check.passed(result)
-            return bound.args, bound.kwargs
-
         def verdict(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[inspect.BoundArguments, GuardResult]:
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
@@ -79,15 +73,21 @@ def guarded(
 
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                new_args, new_kwargs = judge(args, kwargs)
-                return await fn(*new_args, **new_kwargs)
+                with GuardCheck("decorator") as check:
+                    bound, result = verdict(args, kwargs)
+                    check.passed(result)
+                    check.forward()  # the call's own spans (its model calls) join the guard span's trace
+                    return await fn(*bound.args, **bound.kwargs)
 
             return cast(Callable[P, R], async_wrapper)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            new_args, new_kwargs = judge(args, kwargs)
-            return fn(*new_args, **new_kwargs)
+            with GuardCheck("decorator") as check:
+                bound, result = verdict(args, kwargs)
+                check.passed(result)
+                check.forward()
+                return fn(*bound.args, **bound.kwargs)
 
         return cast(Callable[P, R], wrapper)
 

@@ -195,19 +195,28 @@ class ValidationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return _build(handler, guarded_stream, request_deserializer=handler.request_deserializer)
 
         def guarded_unary(request: Any, context: grpc.ServicerContext) -> Any:
-            return behavior(self._judge(request, context, _Tally()), context)
+            # One request message: the guard span stays current while the handler runs (until it returns), so
+            # the handler's model calls join the call's trace; see _judge for streamed requests.
+            with GuardCheck("grpc") as check:
+                request = self._verdict(request, context, _Tally(), check)
+                check.forward()
+                return behavior(request, context)
 
         return _build(handler, guarded_unary, request_deserializer=handler.request_deserializer)
 
     def _judge(self, request: Any, context: grpc.ServicerContext, tally: _Tally) -> Any:
+        """One message of a streamed request, judged (and spanned) alone as the handler pulls it."""
         with GuardCheck("grpc") as check:
-            try:
-                request = self._guards.judge(request, tally)
-            except AutoGLMRuntimeError as exc:
-                check.reject(exc)
-                context.abort(_status(exc), _details(exc))
-                raise AssertionError("context.abort returned") from exc  # abort always raises
-            check.passed(tally.verdict)
+            return self._verdict(request, context, tally, check)
+
+    def _verdict(self, request: Any, context: grpc.ServicerContext, tally: _Tally, check: GuardCheck) -> Any:
+        try:
+            request = self._guards.judge(request, tally)
+        except AutoGLMRuntimeError as exc:
+            check.reject(exc)
+            context.abort(_status(exc), _details(exc))
+            raise AssertionError("context.abort returned") from exc  # abort always raises
+        check.passed(tally.verdict)
         if tally.cuts:
             context.set_trailing_metadata(tally.trailing())
         return request
@@ -267,22 +276,28 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             return _build(handler, guarded_streaming, request_deserializer=handler.request_deserializer)
 
         async def guarded_single(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            incoming = (
-                judged(request, context) if handler.request_streaming else await judge(request, context, _Tally())
-            )
-            return await behavior(incoming, context)
+            if handler.request_streaming:
+                return await behavior(judged(request, context), context)
+            # One request message: its guard span stays current while the handler runs (as on the sync server).
+            with GuardCheck("grpc") as check:
+                incoming = await self._verdict(request, context, _Tally(), check)
+                check.forward()
+                return await behavior(incoming, context)
 
         return _build(handler, guarded_single, request_deserializer=handler.request_deserializer)
 
     async def _judge(self, request: Any, context: grpc.aio.ServicerContext, tally: _Tally) -> Any:
         with GuardCheck("grpc") as check:
-            try:
-                request = await asyncio.to_thread(self._guards.judge, request, tally)
-            except AutoGLMRuntimeError as exc:
-                check.reject(exc)
-                await context.abort(_status(exc), _details(exc))
-                raise AssertionError("context.abort returned") from exc  # abort always raises
-            check.passed(tally.verdict)
+            return await self._verdict(request, context, tally, check)
+
+    async def _verdict(self, request: Any, context: grpc.aio.ServicerContext, tally: _Tally, check: GuardCheck) -> Any:
+        try:
+            request = await asyncio.to_thread(self._guards.judge, request, tally)
+        except AutoGLMRuntimeError as exc:
+            check.reject(exc)
+            await context.abort(_status(exc), _details(exc))
+            raise AssertionError("context.abort returned") from exc  # abort always raises
+        check.passed(tally.verdict)
         if tally.cuts:
             context.set_trailing_metadata(tally.trailing())
         return request
