@@ -125,6 +125,8 @@ def console() -> NoReturn:
 
     Output that cannot be written because the reader went away (``autoglm-runtime check-deps | head -1``) ends
     any command with exit status 120, as a failed flush at the interpreter's shutdown does, without a traceback.
+    (A reader leaving in the middle of one large write is not seen: Python's buffered writer takes the partial
+    write for a whole one, and the command ends with its own code.)
     """
     import os
 
