@@ -85,3 +85,30 @@ def test_a_reader_gone_away_ends_check_deps_with_120_and_no_traceback(command: l
         os.close(write)
     assert done.returncode == 120
     assert done.stderr == b""
+
+
+# What a test runner's in-process mode does with a console script (pytest-console-scripts' default): run the
+# script's code in this interpreter, under a fresh ``__main__`` namespace, and catch its SystemExit.
+IN_PROCESS = """
+import gc, sys
+script = sys.argv[1]
+sys.argv = [script, *sys.argv[2:]]
+try:
+    exec(compile(open(script).read(), script, "exec"), {"__name__": "__main__"})
+except SystemExit as exc:
+    print(f"\\ncaller goes on: exit {exc.code}, gc enabled {gc.isenabled()}")
+"""
+
+
+def test_check_deps_run_in_process_by_a_test_runner_returns_to_it(small_env: Path) -> None:
+    # Ending the process at once is for the command's own process only: run inside another program's, the
+    # program goes on (with its garbage collector on).
+    script = COMMANDS["console script"][0]
+    done = subprocess.run(
+        [sys.executable, "-c", IN_PROCESS, script, "check-deps", "--python", str(small_env)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.stdout.endswith("\ncaller goes on: exit 1, gc enabled True\n"), done.stdout + done.stderr
+    assert "missing" in done.stdout

@@ -119,14 +119,18 @@ def console() -> NoReturn:
     output is flushed, its process ends at once (``os._exit``) instead of tearing down the interpreter, which for
     an environment of a few hundred distributions spends 10-15 ms freeing objects nobody will read (a sixth of
     a cold run). It starts no thread, registers no exit handler and leaves no file open, so nothing is lost. Every
-    other command exits normally: their ZooKeeper clients' threads and exit handlers run.
+    other command exits normally: their ZooKeeper clients' threads and exit handlers run. So does a run inside
+    another program's process (a test runner executing the console script in-process, as pytest-console-scripts
+    does by default): only the command's own process is ended early, and only its collector is turned off.
 
     Output that cannot be written because the reader went away (``autoglm-runtime check-deps | head -1``) ends
     any command with exit status 120, as a failed flush at the interpreter's shutdown does, without a traceback.
+    (A reader leaving in the middle of one large write is not seen: Python's buffered writer takes the partial
+    write for a whole one, and the command ends with its own code.)
     """
     import os
 
-    fast = sys.argv[1:2] == ["check-deps"]
+    fast = sys.argv[1:2] == ["check-deps"] and _is_the_program()
     if fast:  # a one-shot run making many small objects and no garbage cycles: the collector would only walk them
         import gc
 
@@ -146,6 +150,12 @@ def console() -> NoReturn:
     if fast:
         os._exit(code)
     sys.exit(code)
+
+
+def _is_the_program() -> bool:
+    """Whether this process runs the command as its program: its ``__main__`` is the console script or this
+    package's ``__main__`` (both import :func:`console` under that name), not a caller's module."""
+    return getattr(sys.modules.get("__main__"), "console", None) is console
 
 
 if __name__ == "__main__":  # pragma: no cover
