@@ -202,6 +202,41 @@ def test_json_usage_errors_are_json_on_stdout_and_python_is_absolute(
 
 
 @pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--json", "--bogus"], "unrecognized arguments: --bogus"),
+        (["--json", "--python"], "argument --python: expected one argument"),
+        (["--find-links", "--json"], "argument --find-links: expected one argument"),
+    ],
+)
+def test_a_command_line_argparse_refuses_is_json_on_stdout_with_json(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-deps", *argv])
+    assert exit_info.value.code == 2
+    out = capsys.readouterr()
+    assert json.loads(out.out) == {
+        "format": 1,
+        "code": "E0001",
+        "ok": False,
+        "exit_code": 2,
+        "error": f"E0001: {message}",
+    }
+    assert out.err.endswith(f"error: {message}\n")  # argparse's own usage and message, as without --json
+    assert out.err.startswith("usage: autoglm-runtime")
+
+
+def test_a_refused_command_line_without_json_prints_nothing_on_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-deps", "--bogus"])
+    assert exit_info.value.code == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.endswith("error: unrecognized arguments: --bogus\n")
+
+
+@pytest.mark.parametrize(
     "argv",
     [
         [],

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import NoReturn
 
-__all__ = ["build_parser", "console", "main"]
+__all__ = ["UsageExit", "build_parser", "console", "main"]
 
 #: Subcommand -> the module of this package that registers it, in the order --help lists them.
 _SUBCOMMANDS: dict[str, str] = {"config": "config", "check-deps": "check_deps", "env": "env"}
@@ -30,12 +30,11 @@ _SUBCOMMANDS: dict[str, str] = {"config": "config", "check-deps": "check_deps", 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The argument parser, with every subcommand registered (or only the subcommand ``only``)."""
-    import argparse
     import importlib
 
     from autoglm_runtime import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _parser_class()(
         prog="autoglm-runtime",
         description="Config sync, isolated model loading and input validation for LLM model servers.",
     )
@@ -45,6 +44,38 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only is None or name == only:
             importlib.import_module(f"autoglm_runtime.cli.{module}").register(subparsers)
     return parser
+
+
+class UsageExit(SystemExit):
+    """argparse's refusal of a command line (exit status 2), with its ``message``; raised after argparse's own
+    usage and message are on stderr, so it behaves as argparse's ``SystemExit`` everywhere."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+
+def _parser_class() -> type[argparse.ArgumentParser]:
+    """argparse's parser, whose errors raise :class:`UsageExit` (its subcommands' parsers are of its class)."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            self.print_usage(sys.stderr)
+            sys.stderr.write(f"{self.prog}: error: {message}\n")
+            raise UsageExit(message)
+
+    return Parser
+
+
+def _json_requested(arguments: Sequence[str]) -> bool:
+    """Whether check-deps' arguments spell ``--json`` (before any ``--``)."""
+    for arg in arguments:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,7 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser(only=command if command in _SUBCOMMANDS else None)
         import argparse
 
-        args = parser.parse_args(arguments, namespace=argparse.Namespace(**extra))
+        try:
+            args = parser.parse_args(arguments, namespace=argparse.Namespace(**extra))
+        except UsageExit as exc:
+            if command == "check-deps" and _json_requested(arguments[1:]):
+                # A caller parsing check-deps --json's stdout gets JSON for a refused command line too.
+                from autoglm_runtime.cli.check_deps import print_json_error
+                from autoglm_runtime.errors import UsageError
+
+                print_json_error(UsageError(exc.message))
+            raise
         return _dispatch(parser, args)
     finally:
         if prestarted is not None:

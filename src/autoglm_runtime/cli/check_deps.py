@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from autoglm_runtime.deps.findings import Report
     from autoglm_runtime.deps.manifest import ModelManifest
     from autoglm_runtime.deps.planning import ModelRequirements
+    from autoglm_runtime.errors import AutoGLMRuntimeError
 
 __all__ = ["DEFAULTS", "cache_file", "load_target", "plain_arguments", "register", "run"]
 
@@ -286,16 +287,21 @@ def run(args: argparse.Namespace) -> int:
         from autoglm_runtime.errors import AutoGLMRuntimeError
 
         if args.json and isinstance(exc, AutoGLMRuntimeError):
-            import json
-
-            error = {"format": 1, "code": exc.code, "ok": False, "exit_code": exc.exit_code, "error": str(exc)}
-            print(json.dumps(error, indent=2))
+            print_json_error(exc)
         raise
     finally:
         if started is not None:
             started.kill()
     sys.stdout.write(output)
     return code
+
+
+def print_json_error(exc: AutoGLMRuntimeError) -> None:
+    """``exc`` as ``--json`` prints an error: one JSON object on stdout (``ok`` false, its code, exit code 2)."""
+    import json
+
+    error = {"format": 1, "code": exc.code, "ok": False, "exit_code": exc.exit_code, "error": str(exc)}
+    print(json.dumps(error, indent=2))
 
 
 def _check(
