@@ -8,7 +8,6 @@ informational: it is reported but does not make the check fail. The JSON form is
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -193,6 +192,8 @@ def _count(found: Sequence[Finding]) -> str:
 
 
 def _wrap(text: str, width: int, first: str, rest: str) -> list[str]:
+    import textwrap  # here: a report printed as JSON never wraps text
+
     return textwrap.wrap(
         text, width=width, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False, break_long_words=False
     )
