@@ -179,19 +179,20 @@ def test_a_pth_file_that_prints_does_not_garble_the_probe(tmp_path: Path, capsys
     assert report["environment"]["python"] == str(venv / "bin" / "python")
 
 
+def usage_error(message: str) -> dict[str, object]:
+    """The JSON object check-deps --json prints on stdout for a usage error saying ``message``."""
+    return {"format": 1, "code": "E0001", "ok": False, "exit_code": 2, "error": f"E0001: {message}"}
+
+
 def test_json_usage_errors_are_json_on_stdout_and_python_is_absolute(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert main(["check-deps", str(tmp_path / "absent"), "--json"]) == 2
     out = capsys.readouterr()
-    assert json.loads(out.out) == {
-        "format": 1,
-        "code": "E0001",
-        "ok": False,
-        "exit_code": 2,
-        "error": f"E0001: {tmp_path / 'absent'}: no such file or directory; PATH must be a model directory, a "
-        "model.toml or a requirements file",
-    }
+    assert json.loads(out.out) == usage_error(
+        f"{tmp_path / 'absent'}: no such file or directory; PATH must be a model directory, a model.toml or a "
+        "requirements file"
+    )
     assert out.err.startswith("autoglm-runtime: error E0001: ")
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -216,13 +217,7 @@ def test_a_command_line_argparse_refuses_is_json_on_stdout_with_json(
         main(["check-deps", *argv])
     assert exit_info.value.code == 2
     out = capsys.readouterr()
-    assert json.loads(out.out) == {
-        "format": 1,
-        "code": "E0001",
-        "ok": False,
-        "exit_code": 2,
-        "error": f"E0001: {message}",
-    }
+    assert json.loads(out.out) == usage_error(message)
     assert out.err.endswith(f"error: {message}\n")  # argparse's own usage and message, as without --json
     assert out.err.startswith("usage: autoglm-runtime")
 
