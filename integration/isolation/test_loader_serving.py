@@ -221,6 +221,28 @@ def test_closing_a_stream_early_closes_the_generator_and_frees_the_worker(echo: 
     assert echo.health()["inflight"] == 0
 
 
+def test_a_stream_dropped_inside_its_connections_critical_section_is_closed_once_it_ends(
+    echo: Any, tmp_path: Path
+) -> None:
+    # The garbage collector may run a dropped stream's __del__ on a thread inside the connection's critical
+    # section (a cycle found while that thread allocates): closing there must not wait for that thread itself.
+    holder = [echo.stream("endless", str(tmp_path), timeout=60)]
+    assert next(holder[0]) == 0
+    conn = holder[0]._inner._state.conn  # (the pool's stream inside the observed one)
+
+    def drop_holding_the_lock() -> None:
+        with conn._lock:
+            holder.clear()  # the last reference: __del__ runs here, on a thread holding the connection's lock
+
+    thread = threading.Thread(target=drop_holding_the_lock, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "dropping the stream waited for a lock its own thread holds"
+    _wait((tmp_path / "closed").exists, "the generator's finally block ran in the worker")
+    assert echo.call("echo", "next", timeout=60) == "next"  # a serial worker: free again
+    assert echo.health()["inflight"] == 0
+
+
 def test_a_stream_of_something_else_is_a_model_call_error(echo: Any) -> None:
     with pytest.raises(ModelCallError) as info:
         list(echo.stream("not_a_generator", timeout=60))

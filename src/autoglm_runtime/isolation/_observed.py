@@ -9,9 +9,10 @@ subclass the streams they wrap, so the types :class:`LoadedModel` promises stay 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 from typing import Any
 
+from autoglm_runtime.isolation.workers import _closer
 from autoglm_runtime.isolation.workers.calls import AsyncModelStream, ModelStream
 from autoglm_runtime.observability import ModelStreamCall
 
@@ -43,6 +44,9 @@ class ObservedStream(ModelStream):
             self._inner.close()
         finally:
             self._event.end(cancelled=True)
+
+    def __del__(self) -> None:
+        _end_dropped(self._event)  # the pool's stream, dropped with this one, frees its worker itself
 
 
 class ObservedAsyncStream(AsyncModelStream):
@@ -82,5 +86,10 @@ class ObservedAsyncStream(AsyncModelStream):
             self._event.end(cancelled=True)
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self._event.end(cancelled=True)
+        _end_dropped(self._event)
+
+
+def _end_dropped(event: ModelStreamCall) -> None:
+    """Count and end a dropped stream's event as cancelled (on the closer thread: see ``workers/_closer.py``)."""
+    if not event.ended:
+        _closer.close_dropped(functools.partial(event.end, cancelled=True))

@@ -221,6 +221,11 @@ class ModelStreamCall:
         """A ``with`` block in which the stream's span is the current one."""
         return _Opening(self._span)
 
+    @property
+    def ended(self) -> bool:
+        """Whether :meth:`end` was called."""
+        return self._ended
+
     def end(self, error: BaseException | None = None, *, cancelled: bool = False) -> None:
         """The stream ended: exhausted (no argument), failed with ``error``, or stopped early by its consumer
         (``cancelled``). Only the first call counts."""

@@ -16,7 +16,7 @@ Promises (for every kind):
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import re
 import threading
 import time
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from autoglm_runtime.errors import UsageError
 from autoglm_runtime.isolation._scripts import protocol as _protocol
 from autoglm_runtime.isolation._scripts.dispatch import WINDOW
-from autoglm_runtime.isolation.workers import _replies
+from autoglm_runtime.isolation.workers import _closer, _replies
 from autoglm_runtime.isolation.workers._calls import AsyncCallSink, AsyncStreamSink, Item, StreamSink
 from autoglm_runtime.isolation.workers._connection import Connection, PeerGone, SendTimeout
 from autoglm_runtime.observability._tracing import traceparent
@@ -325,8 +325,8 @@ class ModelStream(Iterator[Any]):
         self.close()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
+        if not self._state.finished:  # dropped unclosed: closed on the closer thread (see _closer)
+            _closer.close_dropped(self.close)
 
 
 class AsyncModelStream(AsyncIterator[Any]):
@@ -379,9 +379,9 @@ class AsyncModelStream(AsyncIterator[Any]):
         await self.aclose()
 
     def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            if self._state is not None:
-                self._state.finish(cancel=True)
+        state = self._state
+        if state is not None and not state.finished:
+            _closer.close_dropped(functools.partial(state.finish, cancel=True))
 
 
 def stream(  # noqa: PLR0917
@@ -393,6 +393,7 @@ def stream(  # noqa: PLR0917
     on_done: Callable[[], None] | None = None,
 ) -> ModelStream:
     """Start ``model.<method>(*args, **kwargs)`` (a generator) in ``worker``; ``on_done`` runs once it ends."""
+    _closer.ensure_started()  # here, not in __del__: see _closer
     call_id, frame, deadline = _open(worker, method, args, kwargs, timeout)
     conn = worker.connection(method, timeout, deadline)
     sink = StreamSink(method)
@@ -414,6 +415,7 @@ async def open_astream(  # noqa: PLR0917
     """Start ``model.<method>(...)`` (a generator) in ``worker`` from the running loop (opens an
     :class:`AsyncModelStream`)."""
     loop = asyncio.get_running_loop()
+    _closer.ensure_started()
     call_id, frame, deadline = _open(worker, method, args, kwargs, timeout)
     conn = await _aconnection(worker, method, timeout, deadline)
     sink = AsyncStreamSink(method, loop)

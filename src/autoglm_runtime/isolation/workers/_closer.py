@@ -1,0 +1,68 @@
+"""Streams dropped without being closed are closed on a thread of their own.
+
+A stream's ``__del__`` runs wherever the last reference goes, or wherever the garbage collector finds it in a
+reference cycle (a traceback holding the frame that iterated it, say), which can be a thread in the middle of a
+connection's or a replica pool's critical section. Closing inline there would take a lock that same thread holds
+and wait for ever. So ``__del__`` hands the stream to the closer thread and waits for it to be closed: a dropped
+stream still frees its worker before the dropping line returns, as before, and only when the dropping thread
+holds a lock the close needs does it go on after :data:`CLOSE_WAIT` seconds, the close completing once it lets go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import sys
+import threading
+from collections.abc import Callable
+
+__all__ = ["CLOSE_WAIT", "close_dropped", "ensure_started"]
+
+#: How long a stream's ``__del__`` waits for the closer thread to close it (in the normal case microseconds).
+CLOSE_WAIT = 1.0
+
+_queue: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = queue.SimpleQueue()
+_thread: threading.Thread | None = None
+_start_lock = threading.Lock()
+
+
+def ensure_started() -> None:
+    """Start the closer thread if it is not running in this process (called when a stream opens, never from
+    ``__del__``; a forked child starts its own)."""
+    global _thread
+    thread = _thread
+    if thread is not None and thread.is_alive():
+        return
+    with _start_lock:
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_run, name="autoglm-stream-closer", daemon=True)
+            _thread.start()
+
+
+def close_dropped(close: Callable[[], None]) -> None:
+    """Run ``close`` (a dropped stream's) on the closer thread, waiting up to :data:`CLOSE_WAIT` s for it.
+
+    Only :class:`queue.SimpleQueue` and a fresh event are touched here, both safe wherever ``__del__`` runs. On
+    the closer thread itself (a stream dropped while it closes another) ``close`` is queued without waiting. It
+    runs inline where no closer can: at interpreter shutdown, and with no closer thread running (no stream was
+    opened in this process).
+    """
+    thread = _thread
+    if sys.is_finalizing() or thread is None or not thread.is_alive():
+        with contextlib.suppress(Exception):
+            close()
+        return
+    done = threading.Event()
+    _queue.put((close, done))
+    if thread is not threading.current_thread():
+        done.wait(CLOSE_WAIT)
+
+
+def _run() -> None:
+    while True:
+        close, done = _queue.get()
+        try:
+            with contextlib.suppress(Exception):  # a stream that cannot be closed is one whose worker went away
+                close()
+        finally:
+            done.set()

@@ -1,0 +1,57 @@
+"""Dropped streams are closed on the closer thread: never waiting for a lock the dropping thread holds."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from autoglm_runtime.isolation.workers import _closer
+
+
+@pytest.fixture(autouse=True)
+def started(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_closer, "CLOSE_WAIT", 0.2)
+    _closer.ensure_started()
+
+
+def test_a_close_runs_on_the_closer_thread_before_close_dropped_returns() -> None:
+    ran: list[str] = []
+    _closer.close_dropped(lambda: ran.append(threading.current_thread().name))
+    assert ran == ["autoglm-stream-closer"]
+
+
+def test_a_close_needing_a_lock_the_dropping_thread_holds_completes_once_it_is_free() -> None:
+    lock = threading.Lock()
+    closed = threading.Event()
+
+    def close() -> None:
+        with lock:
+            closed.set()
+
+    with lock:  # as the garbage collector may run a stream's __del__ inside a critical section
+        _closer.close_dropped(close)  # returns after CLOSE_WAIT instead of waiting for this thread for ever
+        assert not closed.is_set()
+    assert closed.wait(30)
+
+
+def test_a_failing_close_is_dropped_and_the_next_one_runs() -> None:
+    def failing() -> None:
+        raise OSError("the worker went away")
+
+    ran: list[int] = []
+    _closer.close_dropped(failing)
+    _closer.close_dropped(lambda: ran.append(1))
+    assert ran == [1]
+
+
+def test_a_stream_dropped_on_the_closer_thread_is_queued_not_waited_for() -> None:
+    order: list[str] = []
+
+    def outer() -> None:
+        _closer.close_dropped(lambda: order.append("inner"))  # on the closer thread: queued, no wait
+        order.append("outer")
+
+    _closer.close_dropped(outer)
+    _closer.close_dropped(lambda: None)  # the queue is served in order: both ran once this returns
+    assert order == ["outer", "inner"]
