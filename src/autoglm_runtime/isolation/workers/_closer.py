@@ -65,4 +65,5 @@ def _run() -> None:
             with contextlib.suppress(Exception):  # a stream that cannot be closed is one whose worker went away
                 close()
         finally:
+            del close  # the stream (and the chunks it buffered) goes with its dropping line, not the next drop
             done.set()
