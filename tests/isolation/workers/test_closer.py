@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 
@@ -75,3 +76,39 @@ def test_a_closed_stream_is_let_go_before_close_dropped_returns() -> None:
     _closer.close_dropped(stream.close)
     del stream
     assert gone() is None
+
+
+def test_a_forked_child_runs_none_of_the_closes_its_parent_queued(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Run in the child, the parent's closes would cancel the parent's calls on the sockets both share (or wait
+    # for ever for a lock held at the fork, and with it every stream the child drops).
+    monkeypatch.setattr(_closer, "CLOSE_WAIT", 0.0)
+    lock = threading.Lock()
+    closing = threading.Event()
+    ran_in: list[int] = []
+
+    def blocked() -> None:
+        closing.set()
+        with lock:
+            pass
+
+    with lock:
+        _closer.close_dropped(blocked)
+        _closer.close_dropped(lambda: ran_in.append(os.getpid()))  # queued behind `blocked`
+        assert closing.wait(60)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                _closer.ensure_started()  # as opening the child's first stream does
+                _closer.CLOSE_WAIT = 60.0
+                _closer.close_dropped(lambda: None)
+                os.write(write, repr(ran_in).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        assert os.waitpid(pid, 0)[1] == 0
+        with os.fdopen(read) as child:
+            assert child.read() == "[]"
+    monkeypatch.setattr(_closer, "CLOSE_WAIT", 60.0)
+    _closer.close_dropped(lambda: None)
+    assert ran_in == [os.getpid()]

@@ -11,6 +11,7 @@ holds a lock the close needs does it go on after :data:`CLOSE_WAIT` seconds, the
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import sys
 import threading
@@ -67,3 +68,17 @@ def _run() -> None:
         finally:
             del close  # the stream (and the chunks it buffered) goes with its dropping line, not the next drop
             done.set()
+
+
+def _forget_parent() -> None:
+    """In a forked child: the parent's closer thread does not run here, and the closes it had queued are the
+    parent's (run here, they would cancel the parent's calls on the sockets both share, or wait for ever for a
+    lock held at the fork); the child starts its own closer with its first stream."""
+    global _queue, _thread, _start_lock
+    _queue = queue.SimpleQueue()
+    _thread = None
+    _start_lock = threading.Lock()  # (held at the fork by a thread that does not exist here)
+
+
+with contextlib.suppress(AttributeError):  # no fork on this platform
+    os.register_at_fork(after_in_child=_forget_parent)
