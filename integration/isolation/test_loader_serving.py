@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import threading
@@ -221,18 +222,20 @@ def test_closing_a_stream_early_closes_the_generator_and_frees_the_worker(echo: 
     assert echo.health()["inflight"] == 0
 
 
-def test_a_stream_dropped_inside_its_connections_critical_section_is_closed_once_it_ends(
+def test_a_stream_the_garbage_collector_finds_inside_its_connections_critical_section_is_closed_once_it_ends(
     echo: Any, tmp_path: Path
 ) -> None:
-    # The garbage collector may run a dropped stream's __del__ on a thread inside the connection's critical
-    # section (a cycle found while that thread allocates): closing there must not wait for that thread itself.
-    holder = [echo.stream("endless", str(tmp_path), timeout=60)]
+    # The garbage collector may finalize a stream in a reference cycle on a thread inside the connection's
+    # critical section (wherever an allocation sets it off): closing there must not wait for that thread itself.
+    holder: list[Any] = [echo.stream("endless", str(tmp_path), timeout=60)]
+    holder.append(holder)  # a cycle: only the garbage collector finds the stream dropped
     assert next(holder[0]) == 0
     conn = holder[0]._inner._state.conn  # (the pool's stream inside the observed one)
+    del holder
 
     def drop_holding_the_lock() -> None:
         with conn._lock:
-            holder.clear()  # the last reference: __del__ runs here, on a thread holding the connection's lock
+            gc.collect()  # __del__ runs here, on a thread holding the connection's lock
 
     thread = threading.Thread(target=drop_holding_the_lock, daemon=True)
     thread.start()

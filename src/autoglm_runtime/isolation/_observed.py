@@ -90,6 +90,6 @@ class ObservedAsyncStream(AsyncModelStream):
 
 
 def _end_dropped(event: ModelStreamCall) -> None:
-    """Count and end a dropped stream's event as cancelled (on the closer thread: see ``workers/_closer.py``)."""
+    """Count and end a dropped stream's event as cancelled (see ``workers/_closer.py``)."""
     if not event.ended:
-        _closer.close_dropped(functools.partial(event.end, cancelled=True))
+        _closer.dropped(functools.partial(event.end, cancelled=True))

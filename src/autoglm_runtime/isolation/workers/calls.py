@@ -325,8 +325,8 @@ class ModelStream(Iterator[Any]):
         self.close()
 
     def __del__(self) -> None:
-        if not self._state.finished:  # dropped unclosed: closed on the closer thread (see _closer)
-            _closer.close_dropped(self.close)
+        if not self._state.finished:  # dropped unclosed (see _closer)
+            _closer.dropped(self.close)
 
 
 class AsyncModelStream(AsyncIterator[Any]):
@@ -381,7 +381,7 @@ class AsyncModelStream(AsyncIterator[Any]):
     def __del__(self) -> None:
         state = self._state
         if state is not None and not state.finished:
-            _closer.close_dropped(functools.partial(state.finish, cancel=True))
+            _closer.dropped(functools.partial(state.finish, cancel=True))
 
 
 def stream(  # noqa: PLR0917
