@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -30,3 +32,14 @@ def pid_in(path: Path, timeout: float = 30.0) -> int:
     """The pid a model wrote to ``path``, once it is there."""
     wait_until(lambda: path.exists() and path.read_text(), timeout, f"{path} to be written")
     return int(path.read_text())
+
+
+def log_line(stream: io.StringIO, text: str) -> dict[str, Any]:
+    """The one JSON log line in ``stream`` whose message contains ``text`` (waited for: the pump forwards
+    asynchronously)."""
+
+    def found() -> list[dict[str, Any]]:
+        return [line for line in map(json.loads, stream.getvalue().splitlines()) if text in line["message"]]
+
+    wait_until(lambda: len(found()) == 1, 30, f"the worker's log line with {text!r}")
+    return found()[0]

@@ -7,6 +7,8 @@ which keeps the suite within its time budget.
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import textwrap
 import time
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_runtime.logging import configure_json_logging
 from autoglm_runtime.testing.wheels import build_wheel
 
 PY313 = Path("/root/.pyenv/versions/3.13.0/bin/python3.13")
@@ -153,3 +156,14 @@ def otel_wheelhouse(wheelhouse: Path) -> Path:
     for name in ("typing-extensions", "opentelemetry-api", "opentelemetry-semantic-conventions", "opentelemetry-sdk"):
         repack_installed(wheelhouse, name)
     return wheelhouse
+
+
+@pytest.fixture
+def worker_log() -> Iterator[io.StringIO]:
+    """The host's JSON log of what workers write (the output pump's logger)."""
+    stream = io.StringIO()
+    handler = configure_json_logging(logging.INFO, stream=stream, logger="autoglm_runtime.isolation.workers.process")
+    try:
+        yield stream
+    finally:
+        logging.getLogger("autoglm_runtime.isolation.workers.process").removeHandler(handler)

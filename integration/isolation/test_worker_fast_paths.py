@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import logging
 import os
 import signal
 import threading
@@ -16,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from integration.isolation._helpers import log_line
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -25,7 +24,6 @@ from tests._support.telemetry import Delta
 
 from autoglm_runtime.errors import AutoGLMRuntimeError, ModelCallError
 from autoglm_runtime.isolation import ModelLoader
-from autoglm_runtime.logging import configure_json_logging
 from autoglm_runtime.observability import _tracing
 from autoglm_runtime.testing import wait_until
 
@@ -322,25 +320,6 @@ def load():
 """
 
 
-@pytest.fixture
-def worker_log() -> Iterator[io.StringIO]:
-    """The host's JSON log of what workers write (the output pump's logger)."""
-    stream = io.StringIO()
-    handler = configure_json_logging(logging.INFO, stream=stream, logger="autoglm_runtime.isolation.workers.process")
-    try:
-        yield stream
-    finally:
-        logging.getLogger("autoglm_runtime.isolation.workers.process").removeHandler(handler)
-
-
-def _line(stream: io.StringIO, text: str) -> dict[str, Any]:
-    def found() -> list[dict[str, Any]]:
-        return [line for line in map(json.loads, stream.getvalue().splitlines()) if text in line["message"]]
-
-    wait_until(lambda: len(found()) == 1, 30, f"the worker's log line with {text!r}")
-    return found()[0]
-
-
 def test_a_lean_blob_call_under_a_remote_parent_carries_its_trace_context_to_the_worker(
     loader: ModelLoader, make_model: Any, monkeypatch: pytest.MonkeyPatch, worker_log: io.StringIO
 ) -> None:
@@ -354,7 +333,7 @@ def test_a_lean_blob_call_under_a_remote_parent_carries_its_trace_context_to_the
         )
         with trace.use_span(trace.NonRecordingSpan(remote)):
             assert model.call("note", b"x" * 1001, timeout=30) == b"x" * 1001
-        line = _line(worker_log, "noted 1001 bytes")
+        line = log_line(worker_log, "noted 1001 bytes")
         assert (line["trace_id"], line["span_id"]) == ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
         assert model.call("note", b"y" * 1002, timeout=30) == b"y" * 1002
         token = otel_context.attach(otel_context.set_value("unrelated", 1))
@@ -363,7 +342,7 @@ def test_a_lean_blob_call_under_a_remote_parent_carries_its_trace_context_to_the
         finally:
             otel_context.detach(token)
         for size in (1002, 1003):
-            line = _line(worker_log, f"noted {size} bytes")
+            line = log_line(worker_log, f"noted {size} bytes")
             assert (line.get("trace_id"), line.get("span_id")) == (None, None)
     finally:
         model.close()

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from integration.isolation._helpers import log_line
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -25,9 +24,7 @@ from tests._support.telemetry import span_exporter
 from tests.validation._helpers import char_tok
 
 from autoglm_runtime.isolation import LoadedModel, ModelLoader
-from autoglm_runtime.logging import configure_json_logging
 from autoglm_runtime.observability import _tracing
-from autoglm_runtime.testing import wait_until
 from autoglm_runtime.validation import ContextWindowGuard, guarded
 
 pytestmark = pytest.mark.slow
@@ -115,28 +112,6 @@ def loader(otel_wheelhouse: Path, env_root: Path) -> Iterator[ModelLoader]:
         yield loader
 
 
-@pytest.fixture
-def worker_log() -> Iterator[io.StringIO]:
-    """The host's JSON log of what workers write (the output pump's logger)."""
-    stream = io.StringIO()
-    handler = configure_json_logging(logging.INFO, stream=stream, logger="autoglm_runtime.isolation.workers.process")
-    try:
-        yield stream
-    finally:
-        logging.getLogger("autoglm_runtime.isolation.workers.process").removeHandler(handler)
-
-
-def _line(stream: io.StringIO, text: str) -> dict[str, Any]:
-    """The one JSON log line whose message contains ``text`` (waited for: the pump forwards asynchronously)."""
-
-    def found() -> list[dict[str, Any]]:
-        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-        return [line for line in lines if text in line["message"]]
-
-    wait_until(lambda: len(found()) == 1, 30, f"the worker's log line with {text!r}")
-    return found()[0]
-
-
 def _ids(span: ReadableSpan) -> tuple[str, str]:
     assert span.context is not None
     return format(span.context.trace_id, "032x"), format(span.context.span_id, "016x")
@@ -168,7 +143,7 @@ def test_the_model_call_span_ids_reach_the_workers_log_lines(
     assert {_ids(span)[0] for span in spans.values()} == {trace_id}
     assert spans["autoglm.guard.check"].parent is not None
     assert spans["autoglm.guard.check"].parent.span_id == int(request_id, 16)
-    line = _line(worker_log, "predicting 18 chars")
+    line = log_line(worker_log, "predicting 18 chars")
     assert (line["trace_id"], line["span_id"], line["model"]) == (trace_id, call_id, "trace-plain")
 
     exporter = span_exporter()
@@ -178,14 +153,14 @@ def test_the_model_call_span_ids_reach_the_workers_log_lines(
     stream_ids = _ids(streamed["autoglm.model.stream"])
     assert _ids(streamed["request"])[0] == stream_ids[0]
     for word in ("one", "two"):
-        line = _line(worker_log, f"yielding {word}")
+        line = log_line(worker_log, f"yielding {word}")
         assert (line["trace_id"], line["span_id"]) == stream_ids
 
     exporter = span_exporter()
     model.call("predict", "a root", timeout=60)  # outside any request: the call's own span starts a trace
     (root,) = exporter.get_finished_spans()
     assert _ids(root)[0] not in (trace_id, stream_ids[0])
-    line = _line(worker_log, "predicting 6 chars")
+    line = log_line(worker_log, "predicting 6 chars")
     assert (line["trace_id"], line["span_id"]) == _ids(root)
 
 
@@ -202,7 +177,7 @@ def test_a_model_with_opentelemetry_makes_its_spans_children_of_the_call(
     assert len(children) == 1
     child = children[0]
     assert (child["name"], child["trace_id"], child["parent"]) == ("model.predict", trace_id, call_id)
-    line = _line(worker_log, "predicting 13 chars")
+    line = log_line(worker_log, "predicting 13 chars")
     assert (line["trace_id"], line["span_id"]) == (trace_id, child["span_id"])
 
 
@@ -224,7 +199,7 @@ def test_an_async_models_calls_and_streams_log_under_their_own_spans(
     spans = exporter.get_finished_spans()
     call_ids = {_ids(span) for span in spans if span.name == "autoglm.model.call"}
     (stream,) = [span for span in spans if span.name == "autoglm.model.stream"]
-    lines = [_line(worker_log, text) for text in ("awaited first", "awaited second", "async yielding x")]
+    lines = [log_line(worker_log, text) for text in ("awaited first", "awaited second", "async yielding x")]
     ids = [(line["trace_id"], line["span_id"]) for line in lines]
     assert len(call_ids) == 2  # concurrent calls on one loop each keep their own span
     assert set(ids[:2]) == call_ids
@@ -244,6 +219,6 @@ def test_a_call_the_hosts_sampler_drops_makes_the_models_own_spans_follow(
     # (before, no context went and the model started -- and sampled -- a trace of its own).
     assert model.call("spans", timeout=60) == []
     assert exporter.get_finished_spans() == ()
-    line = _line(worker_log, "predicting 7 chars")
+    line = log_line(worker_log, "predicting 7 chars")
     assert line.get("trace_id") is not None
     provider.shutdown()
