@@ -1,6 +1,6 @@
 """The guard span of a decorated call and of a one-message gRPC call stays current while the guarded code runs, so
 what that code traces (its model calls, their workers) is in the guard's trace, under the guard span; a failure of
-the guarded code after the verdict is not the guard's."""
+the guarded code after the verdict is not the guard's. Calls with a stream of responses: test_guard_stream_scope."""
 
 from __future__ import annotations
 
@@ -11,43 +11,14 @@ from typing import Any
 
 import grpc
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 from tests._support.telemetry import Delta, span_exporter
-from tests.validation._helpers import char_tok, extract, rewrite
+from tests.observability._scope import assert_inner_under_guard, guard, inner_work
+from tests.validation._helpers import extract, rewrite
 
 from autoglm_runtime.errors import WorkerError
-from autoglm_runtime.validation import ContextWindowGuard, guarded
+from autoglm_runtime.validation import guarded
 from autoglm_runtime.validation.grpc import AsyncValidationInterceptor, ValidationInterceptor
-
-GUARD = "autoglm.guard.check"
-
-
-def guard() -> ContextWindowGuard:
-    return ContextWindowGuard(char_tok(), 50, message_tokens=0)
-
-
-def inner_work() -> None:
-    """What a handler's model call does to the trace: a span under whatever is current."""
-    with trace.get_tracer("test").start_as_current_span("inner"):
-        pass
-
-
-def spans_by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
-    named = {span.name: span for span in spans}
-    assert len(named) == len(spans), [span.name for span in spans]
-    return named
-
-
-def assert_inner_under_guard(spans: tuple[ReadableSpan, ...]) -> None:
-    named = spans_by_name(spans)
-    outer, inner = named[GUARD], named["inner"]
-    assert outer.parent is None
-    assert inner.parent is not None
-    assert inner.context.trace_id == outer.context.trace_id
-    assert inner.parent.span_id == outer.context.span_id
-    assert outer.status.status_code is StatusCode.UNSET
 
 
 def test_a_decorated_call_runs_inside_its_guard_span() -> None:

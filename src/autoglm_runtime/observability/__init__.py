@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from autoglm_runtime._exports import publish as _publish
 from autoglm_runtime.observability._events import GuardCheck, ModelCall, ModelStreamCall, Surface
+from autoglm_runtime.observability._guard_stream import GuardStream
 from autoglm_runtime.observability._metrics import METRICS_AVAILABLE as _METRICS
 from autoglm_runtime.observability._tracing import TRACING_AVAILABLE as _TRACING
 from autoglm_runtime.observability._tracing import current_ids
@@ -32,6 +33,7 @@ __all__ = [
     "ConfigMetrics",
     "ConfigSource",
     "GuardCheck",
+    "GuardStream",
     "ModelCall",
     "ModelMetrics",
     "ModelSource",

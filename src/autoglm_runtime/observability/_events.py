@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from autoglm_runtime.errors import AutoGLMRuntimeError
 from autoglm_runtime.observability import _tracing
+from autoglm_runtime.observability._guard_stream import GuardStream
 from autoglm_runtime.observability._metrics import event_metrics
 
 if TYPE_CHECKING:
@@ -117,6 +118,18 @@ class GuardCheck:
         span = self._span
         if span is not None and span[1] is None and self._within is None:
             self._span = (span[0], _tracing.attach(span[0]))
+
+    def hand_over(self) -> GuardStream | None:
+        """The request's responses are produced after this block ends (a stream its server iterates later): call
+        last in the block, after :meth:`forward`. The span stays open, no longer current here; the stream returned
+        makes it current around each step of producing a response and ends it with the stream. ``None`` when
+        there is no span to keep (no tracing, or a check ``within`` another one)."""
+        span = self._span
+        if span is None or self._within is not None:
+            return None
+        self._span = None
+        _tracing.detach(span[1])  # in the context it was attached in; each step attaches it anew
+        return GuardStream(self, span[0])
 
 
 # Made once: the SDK copies a span's attributes, so one mapping per surface serves every span.

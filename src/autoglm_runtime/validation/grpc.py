@@ -194,6 +194,23 @@ class ValidationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
             return _build(handler, guarded_stream, request_deserializer=handler.request_deserializer)
 
+        if handler.response_streaming:
+
+            def guarded_responses(request: Any, context: grpc.ServicerContext) -> Any:
+                # grpc iterates the responses after this returns: the guard span stays open until they end.
+                with GuardCheck("grpc") as check:
+                    request = self._verdict(request, context, _Tally(), check)
+                    check.forward()
+                    responses = iter(behavior(request, context))
+                    stream = check.hand_over()
+                if stream is None:
+                    return responses
+                if not context.add_callback(stream.end):  # (a cancel or deadline only stops grpc's iterating)
+                    stream.end()
+                return stream.responses(responses)
+
+            return _build(handler, guarded_responses, request_deserializer=handler.request_deserializer)
+
         def guarded_unary(request: Any, context: grpc.ServicerContext) -> Any:
             # One request message: the guard span stays current while the handler runs (until it returns), so
             # the handler's model calls join the call's trace; see _judge for streamed requests.
@@ -263,10 +280,10 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         if handler.response_streaming:
 
             async def guarded_streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                incoming = (
-                    judged(request, context) if handler.request_streaming else await judge(request, context, _Tally())
-                )
-                outcome = behavior(incoming, context)
+                if handler.request_streaming:
+                    outcome = behavior(judged(request, context), context)
+                else:
+                    outcome = await self._responses(behavior, request, context)
                 if inspect.isasyncgen(outcome):
                     async for response in outcome:
                         yield response
@@ -289,6 +306,21 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
     async def _judge(self, request: Any, context: grpc.aio.ServicerContext, tally: _Tally) -> Any:
         with GuardCheck("grpc") as check:
             return await self._verdict(request, context, tally, check)
+
+    async def _responses(self, behavior: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """The handler's outcome for one request message (an async generator, or a coroutine that writes its
+        responses), to be run after the verdict with the guard span open (current while it runs) until it ends."""
+        with GuardCheck("grpc") as check:
+            incoming = await self._verdict(request, context, _Tally(), check)
+            check.forward()
+            outcome = behavior(incoming, context)
+            stream = check.hand_over()
+        if stream is None:
+            return outcome
+        # A cancel or deadline cancels the call's task, maybe while grpc sends a response, outside the stream's
+        # steps (the handler's generator is then left suspended): grpc's done callback ends the span.
+        context.add_done_callback(lambda _context: stream.end())
+        return stream.aresponses(outcome) if inspect.isasyncgen(outcome) else stream.run(outcome)
 
     async def _verdict(self, request: Any, context: grpc.aio.ServicerContext, tally: _Tally, check: GuardCheck) -> Any:
         try:

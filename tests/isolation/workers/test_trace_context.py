@@ -32,6 +32,7 @@ TRACE, SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
         (f"00-{TRACE}-{'0' * 16}-01", None),
         (f"00-{TRACE}-{SPAN}", None),
         (f"00-{TRACE}-{SPAN}-01-extra", None),
+        (f"00-{TRACE}-{SPAN}-01\n", None),  # exact: `$` would accept a trailing newline
         (None, None),
         (42, None),
     ],

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 #: ``version-trace_id-parent_id-flags``: version 00, lowercase hex (https://www.w3.org/TR/trace-context/).
-_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 _NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
 _PARENT: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("autoglm_parent", default=None)
 
@@ -32,7 +32,7 @@ def parse(traceparent: object) -> tuple[str, str] | None:
     """``(trace_id, span_id)`` of a valid version-00 ``traceparent``, else ``None`` (a bad one is ignored)."""
     if not isinstance(traceparent, str):
         return None
-    match = _TRACEPARENT.match(traceparent)
+    match = _TRACEPARENT.fullmatch(traceparent)  # (not match with `$`, which also accepts a trailing newline)
     if match is None:
         return None
     trace_id, span_id = match.group(1, 2)
