@@ -66,6 +66,17 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     )
 
 
+def test_a_final_newline_is_not_part_of_a_valid_name_or_entrypoint(tmp_path: Path) -> None:
+    path = _write(tmp_path / "m", '[model]\nname = "a\\n"\nentrypoint = "pkg.mod:make\\n"\n')
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert info.value.code == "E0102"
+    assert info.value.message == (
+        f"{path} has 2 problems: model.name: must be a name of letters, digits, '.', '_' or '-', got 'a\\n'; "
+        "model.entrypoint: must look like 'module:callable', got 'pkg.mod:make\\n'"
+    )
+
+
 def test_missing_file_table_and_bad_toml(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match=r"no such manifest; a model directory must hold model.toml"):
         load_manifest(tmp_path)

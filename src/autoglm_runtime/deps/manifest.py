@@ -34,8 +34,8 @@ else:  # pragma: no cover
 __all__ = ["ModelManifest", "load_manifest", "parse_requirement_lines", "parse_requirements_file"]
 
 MANIFEST_NAME = "model.toml"
-_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
-_ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")  # fullmatch: `$` lets a final newline by
+_ENTRYPOINT_RE = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*")
 
 
 @dataclass(frozen=True)
@@ -255,10 +255,10 @@ def load_manifest(path: Path | str) -> ModelManifest:
         problems.add(f"model.{key}", f"unknown field; expected one of {', '.join(sorted(known))}")
 
     name = table.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         problems.add("model.name", f"must be a name of letters, digits, '.', '_' or '-', got {name!r}")
     entrypoint = table.get("entrypoint")
-    if not isinstance(entrypoint, str) or not _ENTRYPOINT_RE.match(entrypoint):
+    if not isinstance(entrypoint, str) or not _ENTRYPOINT_RE.fullmatch(entrypoint):
         problems.add("model.entrypoint", f"must look like 'module:callable', got {entrypoint!r}")
 
     raw_reqs = table.get("requirements", [])
