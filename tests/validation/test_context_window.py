@@ -266,6 +266,18 @@ def test_a_failing_decode_during_truncation_becomes_a_rejection() -> None:
         ({"context_window": 8, "truncation_side": "middle"}, "truncation_side must be 'left' or 'right', got 'middle'"),
         ({"context_window": 8, "max_chars_per_token": 0}, "max_chars_per_token must be at least 1 or None, got 0"),
         ({"context_window": 8, "default_output_tokens": -1}, "default_output_tokens must not be negative, got -1"),
+        # A window read from an environment variable or a float in a settings file: refused here, not by an
+        # AttributeError on every request.
+        (
+            {"context_window": "8192"},
+            "context_window must be a whole number of tokens or a limits source (StaticLimits, ConfigLimits), "
+            "got '8192'",
+        ),
+        (
+            {"context_window": 8192.0},
+            "context_window must be a whole number of tokens or a limits source (StaticLimits, ConfigLimits), "
+            "got 8192.0",
+        ),
         (
             {"context_window": StaticLimits(Limits(8)), "truncate_on_overflow": True},
             "truncate_on_overflow and truncation_side come from the limits source when one is given: set them there",
