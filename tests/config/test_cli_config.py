@@ -90,3 +90,15 @@ def test_an_unreachable_zookeeper_is_one_coded_line_without_kazoos_own(tmp_path:
         "",
         "autoglm-runtime: error E0409: ZooKeeper at 127.0.0.1:1 could not be reached within 1 s: check --hosts\n",
     )
+
+
+def test_a_connect_string_kazoo_cannot_parse_is_a_usage_error_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for command in (["get", "k"], ["set", "k", "1"]):
+        assert main(["config", *command, "--hosts", "127.0.0.1:abc", "--root", "/x"]) == 2
+        assert capsys.readouterr() == (
+            "",
+            "autoglm-runtime: error E0001: config hosts '127.0.0.1:abc' are not a ZooKeeper connect string (Port "
+            "could not be cast to integer value as 'abc'): give 'host:port[,host:port...]' or 'file:///dir'\n",
+        )

@@ -122,6 +122,9 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
         raise UsageError("no ZooKeeper given: pass --hosts HOST:PORT (or file:///dir) or set AUTOGLM_ZK_HOSTS")
     if not args.root:
         raise UsageError("no config root given: pass --root /path or set AUTOGLM_ZK_ROOT")
+    from autoglm_runtime.config.settings import check_hosts
+
+    check_hosts(str(args.hosts))
     return str(args.hosts), str(args.root)
 
 
