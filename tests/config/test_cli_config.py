@@ -102,3 +102,13 @@ def test_a_connect_string_kazoo_cannot_parse_is_a_usage_error_not_a_traceback(
             "autoglm-runtime: error E0001: config hosts '127.0.0.1:abc' are not a ZooKeeper connect string (Port "
             "could not be cast to integer value as 'abc'): give 'host:port[,host:port...]' or 'file:///dir'\n",
         )
+
+
+@pytest.mark.parametrize("command", ["get", "set", "delete"])
+def test_help_says_what_a_key_is_and_the_default_codec(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["config", command, "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "key path relative to --root, such as models/llm/context_window" in text
+    assert "JSON text (default)" in text

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
+_KEY_HELP = "path relative to --root, such as models/llm/context_window"
+
 
 def register(subparsers: Any) -> None:
     """Add the ``config`` command and its subcommands."""
@@ -52,7 +54,12 @@ def register(subparsers: Any) -> None:
             default=os.environ.get("AUTOGLM_ZK_ROOT"),
             help="absolute path of the config subtree (default: $AUTOGLM_ZK_ROOT)",
         )
-        sub.add_argument("--codec", default="json", choices=["json", "text", "bytes"], help="value codec")
+        sub.add_argument(
+            "--codec",
+            default="json",
+            choices=["json", "text", "bytes"],
+            help="how values are written: JSON text (default), UTF-8 text or raw bytes; as the servers read them",
+        )
         sub.add_argument(
             "--auth",
             metavar="USER:PASSWORD",
@@ -68,18 +75,18 @@ def register(subparsers: Any) -> None:
         sub.add_argument("--json", action="store_true", help="print JSON")
 
     get = commands.add_parser("get", help="print one key's value")
-    get.add_argument("key")
+    get.add_argument("key", help=_KEY_HELP)
     common(get)
     get.set_defaults(func=_get)
 
     put = commands.add_parser("set", help="set one key (created with its parents if missing)")
-    put.add_argument("key")
+    put.add_argument("key", help=_KEY_HELP)
     put.add_argument("value", help="the value as the codec reads it (JSON text for --codec json)")
     common(put)
     put.set_defaults(func=_set)
 
     delete = commands.add_parser("delete", help="delete one key (and, with --recursive, its children)")
-    delete.add_argument("key")
+    delete.add_argument("key", help=_KEY_HELP)
     delete.add_argument("--recursive", action="store_true")
     common(delete)
     delete.set_defaults(func=_delete)
