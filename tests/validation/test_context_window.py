@@ -316,6 +316,20 @@ def test_config_limits_take_effect_on_the_next_request(chars: CallableTokenizer)
     assert guard.limits == Limits(10)
 
 
+@pytest.mark.parametrize(("prefix", "key"), [("/models/llm/", "/models/llm/context_window"), ("/", "/context_window")])
+def test_a_prefix_with_a_leading_slash_is_refused_instead_of_serving_the_defaults_for_ever(
+    prefix: str, key: str
+) -> None:
+    # Config keys are relative to the client's root and never start with '/': before, such a prefix matched no
+    # key, and the defaults stayed in force whatever ZooKeeper said, without a word.
+    with pytest.raises(UsageError) as info:
+        ConfigLimits(DictConfig(), prefix=prefix, defaults=Limits(10))
+    assert info.value.message == (
+        f"ConfigLimits reads keys relative to the config client's root, which never start with '/', but prefix "
+        f"{prefix!r} gives {key!r}: drop the leading '/' (and the root, which the client adds)"
+    )
+
+
 def test_invalid_config_value_keeps_last_good_and_logs_once(
     chars: CallableTokenizer, caplog: pytest.LogCaptureFixture
 ) -> None:
