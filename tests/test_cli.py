@@ -33,6 +33,25 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     assert "invalid choice: 'no-such-command'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["check-deps", "--pln"], "unrecognized arguments: --pln"),
+        (["config", "get"], "the following arguments are required: key"),
+        (["env", "build"], "the following arguments are required: PATH"),
+    ],
+)
+def test_a_refused_command_line_is_coded_e0001_like_every_other_usage_error(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: autoglm-runtime")
+    assert err.endswith(f": error E0001: {message}\n")
+
+
 def test_console_entry_point_runs_as_a_module() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "autoglm_runtime", "--help"], capture_output=True, text=True, check=False

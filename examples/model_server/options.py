@@ -11,6 +11,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from autoglm_runtime.config.settings import check_hosts
 from autoglm_runtime.errors import UsageError
 
 DEFAULT_STATE_DIR = Path(".autoglm/example")
@@ -108,6 +109,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             f"--zk {args.zk} and --config-store {args.config_store} contradict each other: --zk names the "
             "ZooKeeper to follow, --config-store chooses a local store when there is none; pass one of them"
         )
+    if args.zk:
+        check_hosts(args.zk)  # a typo in --zk is a usage error now, not a traceback after the downloads
     return args
 
 

@@ -233,6 +233,14 @@ def test_requests_the_guard_can_judge_get_coded_400s(
     }
 
 
+def test_an_empty_prompt_is_completed_from_nothing_as_openais_api_does(server: Server, ngramlm: ModuleType) -> None:
+    # Only a missing prompt or an empty list of prompts is E5010 (the README says which).
+    done = server.client.completions.create(model=WORDS, prompt="", max_tokens=4, temperature=0)
+    assert done.choices[0].text == greedy(ngramlm, WORDS, "", 4)
+    assert done.usage is not None
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (0, 4)
+
+
 def test_token_id_prompts_are_decoded_with_the_models_tokenizer(server: Server, ngramlm: ModuleType) -> None:
     ids = HFTokenizer.from_file(tokenizer_path(server.state)).encode("The model server")
     done = server.client.completions.create(model=WORDS, prompt=ids, max_tokens=4, temperature=0)

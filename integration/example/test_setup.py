@@ -37,6 +37,15 @@ def test_zk_and_a_config_store_contradict() -> None:
     )
 
 
+def test_a_zk_connect_string_kazoo_cannot_parse_is_a_usage_error() -> None:
+    with pytest.raises(UsageError) as info:
+        options.parse(["--zk", "127.0.0.1:abc"])
+    assert info.value.message == (
+        "config hosts '127.0.0.1:abc' are not a ZooKeeper connect string (Port could not be cast to integer value "
+        "as 'abc'): give 'host:port[,host:port...]' or 'file:///dir'"
+    )
+
+
 @pytest.mark.parametrize(
     ("argv", "port_env", "said"),
     [

@@ -117,6 +117,24 @@ def test_bad_root_is_a_usage_error(root: str) -> None:
     assert info.value.message == f"config root {root!r} must be an absolute ZooKeeper path such as '/autoglm/prod'"
 
 
+@pytest.mark.parametrize(
+    ("hosts", "reason"),
+    [
+        ("127.0.0.1:abc", "Port could not be cast to integer value as 'abc'"),
+        ("zk1:99999", "Port out of range 0-65535"),
+        ("zk1:2181,,zk2:2181", "bad hostname"),
+    ],
+)
+def test_a_connect_string_kazoo_cannot_parse_is_a_usage_error_at_once(hosts: str, reason: str) -> None:
+    # Before: accepted here, then a bare ValueError from kazoo when start() built the connection.
+    with pytest.raises(UsageError) as info:
+        ConfigClient(hosts, "/r")
+    assert info.value.message == (
+        f"config hosts {hosts!r} are not a ZooKeeper connect string ({reason}): give 'host:port[,host:port...]' "
+        "or 'file:///dir'"
+    )
+
+
 def test_bad_ttl_and_auth_are_usage_errors() -> None:
     with pytest.raises(UsageError, match="config ttl must be a positive number of seconds, got 0"):
         ConfigClient("127.0.0.1:2181", "/r", ttl=0)

@@ -218,7 +218,7 @@ def test_a_command_line_argparse_refuses_is_json_on_stdout_with_json(
     assert exit_info.value.code == 2
     out = capsys.readouterr()
     assert json.loads(out.out) == usage_error(message)
-    assert out.err.endswith(f"error: {message}\n")  # argparse's own usage and message, as without --json
+    assert out.err.endswith(f"error E0001: {message}\n")  # argparse's own usage and message, as without --json
     assert out.err.startswith("usage: autoglm-runtime")
 
 
@@ -228,7 +228,7 @@ def test_a_refused_command_line_without_json_prints_nothing_on_stdout(capsys: py
     assert exit_info.value.code == 2
     out = capsys.readouterr()
     assert out.out == ""
-    assert out.err.endswith("error: unrecognized arguments: --bogus\n")
+    assert out.err.endswith("error E0001: unrecognized arguments: --bogus\n")
 
 
 @pytest.mark.parametrize(

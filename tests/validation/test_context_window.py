@@ -266,6 +266,18 @@ def test_a_failing_decode_during_truncation_becomes_a_rejection() -> None:
         ({"context_window": 8, "truncation_side": "middle"}, "truncation_side must be 'left' or 'right', got 'middle'"),
         ({"context_window": 8, "max_chars_per_token": 0}, "max_chars_per_token must be at least 1 or None, got 0"),
         ({"context_window": 8, "default_output_tokens": -1}, "default_output_tokens must not be negative, got -1"),
+        # A window read from an environment variable or a float in a settings file: refused here, not by an
+        # AttributeError on every request.
+        (
+            {"context_window": "8192"},
+            "context_window must be a whole number of tokens or a limits source (StaticLimits, ConfigLimits), "
+            "got '8192'",
+        ),
+        (
+            {"context_window": 8192.0},
+            "context_window must be a whole number of tokens or a limits source (StaticLimits, ConfigLimits), "
+            "got 8192.0",
+        ),
         (
             {"context_window": StaticLimits(Limits(8)), "truncate_on_overflow": True},
             "truncate_on_overflow and truncation_side come from the limits source when one is given: set them there",
@@ -302,6 +314,20 @@ def test_config_limits_take_effect_on_the_next_request(chars: CallableTokenizer)
     assert guard.check("abcdefgh").text == "abcde"
     config.values.clear()
     assert guard.limits == Limits(10)
+
+
+@pytest.mark.parametrize(("prefix", "key"), [("/models/llm/", "/models/llm/context_window"), ("/", "/context_window")])
+def test_a_prefix_with_a_leading_slash_is_refused_instead_of_serving_the_defaults_for_ever(
+    prefix: str, key: str
+) -> None:
+    # Config keys are relative to the client's root and never start with '/': before, such a prefix matched no
+    # key, and the defaults stayed in force whatever ZooKeeper said, without a word.
+    with pytest.raises(UsageError) as info:
+        ConfigLimits(DictConfig(), prefix=prefix, defaults=Limits(10))
+    assert info.value.message == (
+        f"ConfigLimits reads keys relative to the config client's root, which never start with '/', but prefix "
+        f"{prefix!r} gives {key!r}: drop the leading '/' (and the root, which the client adds)"
+    )
 
 
 def test_invalid_config_value_keeps_last_good_and_logs_once(

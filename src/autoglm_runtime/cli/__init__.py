@@ -61,8 +61,11 @@ def _parser_class() -> type[argparse.ArgumentParser]:
 
     class Parser(argparse.ArgumentParser):
         def error(self, message: str) -> NoReturn:
+            from autoglm_runtime.errors import UsageError
+
             self.print_usage(sys.stderr)
-            sys.stderr.write(f"{self.prog}: error: {message}\n")
+            # Coded like every other usage error of the command (docs/check-deps.md: "E0001 with the parser's message").
+            sys.stderr.write(f"{self.prog}: error {UsageError.code}: {message}\n")
             raise UsageExit(message)
 
     return Parser

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
+_KEY_HELP = "path relative to --root, such as models/llm/context_window"
+
 
 def register(subparsers: Any) -> None:
     """Add the ``config`` command and its subcommands."""
@@ -52,7 +54,12 @@ def register(subparsers: Any) -> None:
             default=os.environ.get("AUTOGLM_ZK_ROOT"),
             help="absolute path of the config subtree (default: $AUTOGLM_ZK_ROOT)",
         )
-        sub.add_argument("--codec", default="json", choices=["json", "text", "bytes"], help="value codec")
+        sub.add_argument(
+            "--codec",
+            default="json",
+            choices=["json", "text", "bytes"],
+            help="how values are written: JSON text (default), UTF-8 text or raw bytes; as the servers read them",
+        )
         sub.add_argument(
             "--auth",
             metavar="USER:PASSWORD",
@@ -64,22 +71,22 @@ def register(subparsers: Any) -> None:
         sub.add_argument("--ca", help="CA certificate file for TLS")
         sub.add_argument("--certfile", help="client certificate file for TLS")
         sub.add_argument("--keyfile", help="client key file for TLS")
-        sub.add_argument("--timeout", type=float, default=10.0, help="seconds to connect and load (default 10)")
+        sub.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to connect and load (default 10)")
         sub.add_argument("--json", action="store_true", help="print JSON")
 
     get = commands.add_parser("get", help="print one key's value")
-    get.add_argument("key")
+    get.add_argument("key", help=_KEY_HELP)
     common(get)
     get.set_defaults(func=_get)
 
     put = commands.add_parser("set", help="set one key (created with its parents if missing)")
-    put.add_argument("key")
+    put.add_argument("key", help=_KEY_HELP)
     put.add_argument("value", help="the value as the codec reads it (JSON text for --codec json)")
     common(put)
     put.set_defaults(func=_set)
 
     delete = commands.add_parser("delete", help="delete one key (and, with --recursive, its children)")
-    delete.add_argument("key")
+    delete.add_argument("key", help=_KEY_HELP)
     delete.add_argument("--recursive", action="store_true")
     common(delete)
     delete.set_defaults(func=_delete)
@@ -90,10 +97,31 @@ def register(subparsers: Any) -> None:
 
     watch = commands.add_parser("watch", help="print changes as they happen (until Ctrl-C)")
     watch.add_argument("prefix", nargs="?", default="", help="only keys under this prefix")
-    watch.add_argument("--count", type=int, help="exit after this many changes")
-    watch.add_argument("--for", dest="duration", type=float, help="exit after this many seconds")
+    watch.add_argument("--count", type=_count, help="exit after this many changes")
+    watch.add_argument("--for", dest="duration", type=_seconds, help="exit after this many seconds")
     common(watch)
     watch.set_defaults(func=_watch)
+
+
+def _seconds(text: str) -> float:
+    """A duration option: a number of seconds above 0 (0, a negative or nan would end the command at once)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of changes, 1 or more")
+    return value
 
 
 def _target(args: argparse.Namespace) -> tuple[str, str]:
@@ -101,6 +129,9 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
         raise UsageError("no ZooKeeper given: pass --hosts HOST:PORT (or file:///dir) or set AUTOGLM_ZK_HOSTS")
     if not args.root:
         raise UsageError("no config root given: pass --root /path or set AUTOGLM_ZK_ROOT")
+    from autoglm_runtime.config.settings import check_hosts
+
+    check_hosts(str(args.hosts))
     return str(args.hosts), str(args.root)
 
 
@@ -174,13 +205,19 @@ def _jsonable(value: Any) -> Any:
     return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
-def _encode(codec: Codec, text: str) -> bytes:
+def _encode(codec: Codec, text: str, name: str) -> bytes:
     data = text.encode("utf-8")
     try:
         codec.decode(data)
     except ValueError as exc:
+        # The usual slip: a bare word for the json codec, which reads JSON text (a string needs its quotes).
+        hint = (
+            f"; give JSON text (a string in quotes: {json.dumps(text[:40])!r}), or --codec text"
+            if name == "json"
+            else ""
+        )
         raise UsageError(
-            f"value {text[:40]!r} cannot be decoded by the codec, so servers would reject it: {exc}"
+            f"value {text[:40]!r} cannot be decoded by the codec, so servers would reject it: {exc}{hint}"
         ) from exc
     return data
 
@@ -190,9 +227,10 @@ def _set(args: argparse.Namespace) -> int:
     hosts, root = _target(args)
     from autoglm_runtime.config.codec import resolve_codec
 
-    data = _encode(resolve_codec(args.codec), args.value)
+    data = _encode(resolve_codec(args.codec), args.value, args.codec)
     if hosts.startswith("file://"):
         path = _file_path(hosts, root, key)
+        _check_file_key(path, key, hosts, root)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write beside the file and rename, so a watching server never reads half a value.
         tmp = path.with_name(f".{path.name}.tmp")
@@ -305,6 +343,23 @@ def _file_path(hosts: str, root: str, key: str) -> Path:
     return file_directory(hosts, root) / key
 
 
+def _check_file_key(path: Path, key: str, hosts: str, root: str) -> None:
+    """In a ``file://`` store a key is a file: one with keys below it (a directory) cannot hold a value too."""
+    if path.is_dir():
+        raise UsageError(
+            f"key {key!r} has keys below it in the file:// store ({hosts}, root {root}), so it cannot hold a value "
+            "there: set a key below it, or delete them first (config delete --recursive)"
+        )
+    parts = key.split("/")
+    for depth in range(1, len(parts)):
+        parent = "/".join(parts[:depth])
+        if (path.parents[len(parts) - depth - 1]).is_file():
+            raise UsageError(
+                f"key {key!r} cannot be created in the file:// store ({hosts}, root {root}): {parent!r} holds a "
+                "value, and a key with a value cannot have keys below it there: delete it first, or choose another key"
+            )
+
+
 @contextmanager
 def _kazoo(args: argparse.Namespace, hosts: str) -> Iterator[Any]:
     from kazoo.client import KazooClient
@@ -312,7 +367,10 @@ def _kazoo(args: argparse.Namespace, hosts: str) -> Iterator[Any]:
     from kazoo.handlers.threading import KazooTimeoutError
 
     auth = _auth(args)
-    zk = KazooClient(hosts=hosts, auth_data=[auth] if auth else None, **_tls(args))
+    from autoglm_runtime.config._kazoolog import OutageLog
+
+    # kazoo's own lines (one per failed connection attempt) would reach stderr through logging's last resort.
+    zk = KazooClient(hosts=hosts, auth_data=[auth] if auth else None, logger=OutageLog(hosts), **_tls(args))
     try:
         zk.start(timeout=args.timeout)
     except KazooTimeoutError as exc:

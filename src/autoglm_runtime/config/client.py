@@ -37,6 +37,7 @@ from autoglm_runtime.config.settings import (
     SyncTuning,
     ZooKeeperConnection,
     all_refused,
+    check_hosts,
     normalize_auth,
     session_factory,
 )
@@ -97,8 +98,7 @@ class ConfigClient(Reads):
         start_timeout: float = 10.0,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not hosts:
-            raise UsageError("config hosts must not be empty: give 'host:port[,host:port...]' or 'file:///dir'")
+        check_hosts(hosts)
         if ttl <= 0:
             raise UsageError(f"config ttl must be a positive number of seconds, got {ttl}")
         if start_timeout <= 0:

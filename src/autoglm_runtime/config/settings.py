@@ -53,6 +53,24 @@ def _number(name: str, value: object) -> float:
     return float(value)
 
 
+def check_hosts(hosts: str) -> None:
+    """Refuse a connect string kazoo cannot parse (a bad port, an empty host): kazoo would raise a bare
+    ``ValueError`` only when the client starts."""
+    if not hosts:
+        raise UsageError("config hosts must not be empty: give 'host:port[,host:port...]' or 'file:///dir'")
+    if hosts.startswith("file://"):
+        return
+    from kazoo.hosts import collect_hosts
+
+    try:
+        collect_hosts(hosts)
+    except ValueError as exc:
+        raise UsageError(
+            f"config hosts {hosts!r} are not a ZooKeeper connect string ({exc}): give 'host:port[,host:port...]' "
+            "or 'file:///dir'"
+        ) from exc
+
+
 def _positive(name: str, value: object) -> None:
     if not _number(name, value) > 0:
         raise UsageError(f"{name} must be a positive number, got {value!r}")

@@ -56,9 +56,12 @@ class ChatTemplate:
         add_generation_prompt: bool = True,
         now: Callable[[], datetime] = datetime.now,
     ) -> None:
-        import jinja2  # optional dependency: imported only when used
-        import jinja2.ext
-        import jinja2.sandbox
+        try:  # optional dependency: imported only when used
+            import jinja2
+            import jinja2.ext
+            import jinja2.sandbox
+        except ImportError as exc:
+            raise UsageError("chat templates need jinja2: pip install 'autoglm-runtime[chat]' (jinja2>=3.1)") from exc
 
         def raise_exception(message: str) -> None:
             raise jinja2.exceptions.TemplateError(message)

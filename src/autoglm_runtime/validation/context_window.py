@@ -118,6 +118,11 @@ context window of 4 tokens: shorten the input or lower max_tokens
             self._limits: LimitsSource = StaticLimits(
                 Limits(context_window, truncate_on_overflow=truncate_on_overflow, truncation_side=truncation_side)
             )
+        elif not callable(getattr(context_window, "current", None)):
+            raise UsageError(
+                "context_window must be a whole number of tokens or a limits source (StaticLimits, ConfigLimits), "
+                f"got {context_window!r}"
+            )
         else:
             if truncate_on_overflow or truncation_side != "left":
                 raise UsageError(

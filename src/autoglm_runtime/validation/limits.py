@@ -131,6 +131,11 @@ class ConfigLimits:
             prefix + truncate_on_overflow_key,
             prefix + truncation_side_key,
         )
+        if self._keys[0].startswith("/"):  # such a key never exists: the defaults would stay in force silently
+            raise UsageError(
+                "ConfigLimits reads keys relative to the config client's root, which never start with '/', but "
+                f"prefix {prefix!r} gives {self._keys[0]!r}: drop the leading '/' (and the root, which the client adds)"
+            )
         self._lock = threading.Lock()
         self._last_raw: tuple[Any, Any, Any] | None = None
         self._last_good = defaults

@@ -134,8 +134,12 @@ class HFTokenizer:
     @classmethod
     def from_file(cls, path: str | Path, *, add_special_tokens: bool = True) -> HFTokenizer:
         """Load ``tokenizer.json`` from a local path (no hub look-up, no download)."""
-        import tokenizers  # optional dependency: imported only when used
-
+        try:  # optional dependency: imported only when used
+            import tokenizers
+        except ImportError as exc:
+            raise UsageError(
+                "HFTokenizer needs tokenizers: pip install 'autoglm-runtime[tokenizers]' (tokenizers>=0.15)"
+            ) from exc
         try:
             tok = tokenizers.Tokenizer.from_file(str(path))
         except Exception as exc:
@@ -251,7 +255,12 @@ class TiktokenTokenizer:
         name: str | None = None,
     ) -> TiktokenTokenizer:
         """Build an encoding from a local ranks file and the model's split pattern (no download)."""
-        import tiktoken  # optional dependency: imported only when used
+        try:  # optional dependency: imported only when used
+            import tiktoken
+        except ImportError as exc:
+            raise UsageError(
+                "TiktokenTokenizer needs tiktoken: pip install 'autoglm-runtime[tiktoken]' (tiktoken>=0.5)"
+            ) from exc
 
         ranks = load_tiktoken_ranks(path)
         encoding = tiktoken.Encoding(

@@ -1,0 +1,114 @@
+"""``autoglm-runtime config``: what it refuses before it touches a store, and the file:// store's shape rules."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoglm_runtime.cli import main
+
+
+def _refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    return err.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["get", "k", "--timeout", "0"], "argument --timeout: '0' is not a number of seconds above 0"),
+        (["dump", "--timeout", "-1"], "argument --timeout: '-1' is not a number of seconds above 0"),
+        (["dump", "--timeout", "nan"], "argument --timeout: 'nan' is not a number of seconds above 0"),
+        (["dump", "--timeout", "soon"], "argument --timeout: 'soon' is not a number of seconds above 0"),
+        (["watch", "--for", "0"], "argument --for: '0' is not a number of seconds above 0"),
+        (["watch", "--count", "0"], "argument --count: '0' is not a whole number of changes, 1 or more"),
+        (["watch", "--count", "1.5"], "argument --count: '1.5' is not a whole number of changes, 1 or more"),
+    ],
+)
+def test_a_duration_or_count_that_would_end_the_command_at_once_is_a_usage_error(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Before: --timeout 0 waited for nothing and reported ZooKeeper unreachable "within 0 s" (E0409, exit 1);
+    # --count 0 and --for 0 watched nothing and exited 0.
+    target = ["--hosts", tmp_path.as_uri(), "--root", "/cfg"]
+    assert _refused(capsys, "config", *argv, *target) == f"autoglm-runtime config {argv[0]}: error E0001: {message}"
+
+
+def test_a_bare_word_for_the_json_codec_is_refused_with_how_to_write_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code = main(["config", "set", "models/llm/name", "llama", "--hosts", tmp_path.as_uri(), "--root", "/cfg"])
+    assert (code, *capsys.readouterr()) == (
+        2,
+        "",
+        "autoglm-runtime: error E0001: value 'llama' cannot be decoded by the codec, so servers would reject it: "
+        "Expecting value: line 1 column 1 (char 0); give JSON text (a string in quotes: '\"llama\"'), or --codec "
+        "text\n",
+    )
+    assert not (tmp_path / "cfg").exists()
+
+
+def test_a_file_store_key_cannot_both_hold_a_value_and_have_keys_below_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store = tmp_path.as_uri()
+    target = ["--hosts", store, "--root", "/cfg"]
+    assert main(["config", "set", "a/b", "1", *target]) == 0
+    # Before: both were tracebacks (IsADirectoryError, FileExistsError), the first leaving cfg/.a.tmp behind.
+    assert main(["config", "set", "a", "2", *target]) == 2
+    assert capsys.readouterr().err == (
+        f"autoglm-runtime: error E0001: key 'a' has keys below it in the file:// store ({store}, root /cfg), so it "
+        "cannot hold a value there: set a key below it, or delete them first (config delete --recursive)\n"
+    )
+    assert main(["config", "set", "a/b/c/d", "3", *target]) == 2
+    assert capsys.readouterr().err == (
+        f"autoglm-runtime: error E0001: key 'a/b/c/d' cannot be created in the file:// store ({store}, root /cfg): "
+        "'a/b' holds a value, and a key with a value cannot have keys below it there: delete it first, or choose "
+        "another key\n"
+    )
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["cfg", "cfg/a", "cfg/a/b"]
+    assert (tmp_path / "cfg" / "a" / "b").read_text() == "1"
+
+
+def test_an_unreachable_zookeeper_is_one_coded_line_without_kazoos_own(tmp_path: Path) -> None:
+    # Before: kazoo's "Connection dropped: ... Connection refused" lines reached stderr through logging's last
+    # resort (the library's logger has a NullHandler, kazoo's had nothing), one per attempt, before the error.
+    done = subprocess.run(
+        [sys.executable, "-m", "autoglm_runtime", "config", "set", "k", "1", "--hosts", "127.0.0.1:1", "--root",
+         "/x", "--timeout", "1"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout, done.stderr) == (
+        1,
+        "",
+        "autoglm-runtime: error E0409: ZooKeeper at 127.0.0.1:1 could not be reached within 1 s: check --hosts\n",
+    )
+
+
+def test_a_connect_string_kazoo_cannot_parse_is_a_usage_error_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for command in (["get", "k"], ["set", "k", "1"]):
+        assert main(["config", *command, "--hosts", "127.0.0.1:abc", "--root", "/x"]) == 2
+        assert capsys.readouterr() == (
+            "",
+            "autoglm-runtime: error E0001: config hosts '127.0.0.1:abc' are not a ZooKeeper connect string (Port "
+            "could not be cast to integer value as 'abc'): give 'host:port[,host:port...]' or 'file:///dir'\n",
+        )
+
+
+@pytest.mark.parametrize("command", ["get", "set", "delete"])
+def test_help_says_what_a_key_is_and_the_default_codec(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["config", command, "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "key path relative to --root, such as models/llm/context_window" in text
+    assert "JSON text (default)" in text
