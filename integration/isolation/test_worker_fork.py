@@ -12,7 +12,6 @@ import signal
 import time
 import weakref
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,12 +39,6 @@ class Model:
 def load():
     return Model()
 """
-
-
-@pytest.fixture(scope="module")
-def loader(wheelhouse: Path, env_root: Path) -> Iterator[ModelLoader]:
-    with ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="process", heartbeat_interval=None) as one:
-        yield one
 
 
 @pytest.fixture
