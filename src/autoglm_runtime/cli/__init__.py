@@ -21,9 +21,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
-    from typing import NoReturn
+    from typing import NoReturn, Protocol
 
-    from _typeshed import SupportsWrite
+    class _Writable(Protocol):  # what argparse prints to (typeshed's SupportsWrite[str])
+        def write(self, text: str, /) -> object: ...
+
 
 __all__ = ["UsageExit", "build_parser", "console", "main"]
 
@@ -69,7 +71,7 @@ def _parser_class() -> type[argparse.ArgumentParser]:
             raise UsageExit(message)
 
         # argparse drops what it cannot write; --help and --version on stdout fail as every output does.
-        def print_help(self, file: SupportsWrite[str] | None = None) -> None:
+        def print_help(self, file: _Writable | None = None) -> None:
             if file is None:
                 from autoglm_runtime.cli import _output
 
@@ -77,7 +79,7 @@ def _parser_class() -> type[argparse.ArgumentParser]:
             else:
                 super().print_help(file)
 
-        def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        def _print_message(self, message: str, file: _Writable | None = None) -> None:
             if message and (file is None or file is sys.stdout):  # only the --version action writes there
                 from autoglm_runtime.cli import _output
 
