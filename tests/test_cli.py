@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests._support.stdout import REASONS, cannot_write, run_with_stdout
 
 from autoglm_runtime import __version__
 from autoglm_runtime.cli import main
@@ -131,3 +132,71 @@ def test_check_deps_run_in_process_by_a_test_runner_returns_to_it(small_env: Pat
     )
     assert done.stdout.endswith("\ncaller goes on: exit 1, gc enabled True\n"), done.stdout + done.stderr
     assert "missing" in done.stdout
+
+
+@pytest.mark.parametrize("stdout", REASONS)
+@pytest.mark.parametrize("json_flag", [[], ["--json"]], ids=["text", "json"])
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=COMMANDS.keys())
+def test_check_deps_output_that_cannot_be_written_is_a_coded_error_and_exit_120(
+    command: list[str], json_flag: list[str], stdout: str, small_env: Path
+) -> None:
+    # The first run stores its report before writing it; the second replays the stored report (another write).
+    for _ in range(2):
+        done = run_with_stdout(stdout, [*command, "check-deps", "--python", str(small_env), *json_flag])
+        assert (done.returncode, done.stderr) == (120, cannot_write("the report", stdout))
+
+
+@pytest.mark.parametrize("stdout", REASONS)
+def test_an_error_whose_json_cannot_be_written_keeps_its_own_line(stdout: str, tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    done = run_with_stdout(stdout, [*COMMANDS["console script"], "check-deps", "--json", str(missing)])
+    assert done.returncode == 120
+    assert done.stderr == (
+        f"autoglm-runtime: error E0001: {missing}: no such file or directory; PATH must be a model directory, a "
+        "model.toml or a requirements file\n" + cannot_write("the error as JSON", stdout)
+    )
+
+
+@pytest.mark.parametrize("stdout", REASONS)
+@pytest.mark.parametrize(("argv", "what"), [(["--help"], "the help"), (["--version"], "the version")])
+def test_help_and_version_that_cannot_be_written_are_coded_errors(argv: list[str], what: str, stdout: str) -> None:
+    done = run_with_stdout(stdout, [*COMMANDS["python -m"], *argv])
+    assert (done.returncode, done.stderr) == (120, cannot_write(what, stdout))
+
+
+@pytest.mark.parametrize("stdout", REASONS)
+def test_config_commands_whose_output_cannot_be_written_are_coded_errors(stdout: str, tmp_path: Path) -> None:
+    config = [*COMMANDS["console script"], "config"]
+    target = ["--hosts", f"file://{tmp_path}", "--root", "/app"]
+    subprocess.run([*config, "set", "limits/rpm", "100", *target], check=True)
+    cases = [
+        (["set", "limits/burst", "5", "--json"], "the confirmation of setting 'limits/burst' (the value is set)"),
+        (["get", "limits/rpm"], "the value of 'limits/rpm'"),
+        (["get", "limits/rpm", "--json"], "the value of 'limits/rpm'"),
+        (["dump"], "the 2 values under /app"),
+        (["dump", "--json"], "the 2 values under /app"),
+        (["delete", "limits/burst", "--json"], "the confirmation of deleting 'limits/burst' (the key is deleted)"),
+    ]
+    for argv, what in cases:
+        done = run_with_stdout(stdout, [*config, *argv, *target])
+        assert (done.returncode, done.stderr) == (120, cannot_write(what, stdout)), argv
+    assert not (tmp_path / "app" / "limits" / "burst").exists()  # set, then deleted: both done all the same
+
+
+def test_config_watch_ends_at_the_first_change_it_cannot_write(tmp_path: Path) -> None:
+    config = [*COMMANDS["console script"], "config"]
+    target = ["--hosts", f"file://{tmp_path}", "--root", "/app"]
+    subprocess.run([*config, "set", "limits/rpm", "100", *target], check=True)
+    with open("/dev/full", "w") as full:
+        watch = subprocess.Popen([*config, "watch", *target], stdout=full, stderr=subprocess.PIPE, text=True)
+    try:
+        assert watch.stderr is not None
+        assert watch.stderr.readline() == f"watching /app/ on file://{tmp_path}\n"
+        subprocess.run([*config, "set", "limits/rpm", "200", *target], check=True)
+        assert watch.wait(60) == 120
+        assert watch.stderr.read() == cannot_write("the change of 'limits/rpm'", "full")
+    finally:
+        watch.kill()
+        watch.wait()
+        if watch.stderr is not None:
+            watch.stderr.close()

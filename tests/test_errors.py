@@ -72,7 +72,7 @@ def test_every_class_carries_a_registered_code_and_valid_mappings(cls: type[Auto
     assert cls.code in REGISTRY
     assert 400 <= cls.http_status <= 599
     assert cls.grpc_status in _GRPC_NAMES
-    assert cls.exit_code in (errors.EXIT_FINDINGS, errors.EXIT_USAGE)
+    assert cls.exit_code in (errors.EXIT_FINDINGS, errors.EXIT_USAGE, errors.EXIT_OUTPUT)
 
 
 def test_message_and_str_carry_the_code() -> None:

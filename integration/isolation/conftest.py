@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_runtime.isolation import ModelLoader
 from autoglm_runtime.logging import configure_json_logging
 from autoglm_runtime.testing.wheels import build_wheel
 
@@ -49,6 +50,14 @@ def numpy_wheelhouse(wheelhouse: Path) -> Path:
             modules[str(file)] = Path(str(file.locate())).read_bytes()
     build_wheel(wheelhouse, "numpy", dist.version, modules=modules, top_level=["numpy"])
     return wheelhouse
+
+
+@pytest.fixture(scope="module")
+def loader(wheelhouse: Path, env_root: Path) -> Iterator[ModelLoader]:
+    """A process-backend loader without heartbeats, for the module (a module needing other options defines its own
+    ``loader``)."""
+    with ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="process", heartbeat_interval=None) as one:
+        yield one
 
 
 @pytest.fixture(scope="module")

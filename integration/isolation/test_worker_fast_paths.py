@@ -10,7 +10,6 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,12 +46,6 @@ class Model:
 def load():
     return Model()
 """
-
-
-@pytest.fixture(scope="module")
-def loader(wheelhouse: Path, env_root: Path) -> Iterator[ModelLoader]:
-    with ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="process", heartbeat_interval=None) as one:
-        yield one
 
 
 @pytest.fixture

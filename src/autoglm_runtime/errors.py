@@ -27,6 +27,7 @@ Severity = Literal["error", "warning", "info"]
 EXIT_OK = _exit_codes.EXIT_OK
 EXIT_FINDINGS = _exit_codes.EXIT_FINDINGS
 EXIT_USAGE = _exit_codes.EXIT_USAGE
+EXIT_OUTPUT = _exit_codes.EXIT_OUTPUT
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,16 @@ _register(
     "backend is available (Docker engine, local installation, AUTOGLM_ZK_HOSTS) or the server failed to start.",
     "Install ZooKeeper (apt-get install zookeeper, or an Apache tarball at ZOOKEEPER_HOME), start a Docker "
     "engine, or name a server with AUTOGLM_ZK_HOSTS; read the server log lines quoted in the message.",
+)
+_register(
+    "E0003",
+    "Output cannot be written",
+    "error",
+    "A command's output could not be written to standard output: the device is full, standard output is closed "
+    "or was opened for reading only, or another write error. (A reader that went away, as `head -1` at the end of "
+    "a pipeline does, ends the command with the same exit status 120 and no message.)",
+    "Free space on the device, or redirect standard output to a file or program that can take it; the message names "
+    "what was not written and why.",
 )
 _register(
     "E0101",
@@ -241,6 +252,13 @@ class UsageError(AutoGLMRuntimeError, ValueError):
     http_status = 400
     grpc_status = "INVALID_ARGUMENT"
     exit_code = EXIT_USAGE
+
+
+class OutputError(AutoGLMRuntimeError, OSError):
+    """A command's output could not be written to standard output (the CLI exits with status 120)."""
+
+    code = "E0003"
+    exit_code = EXIT_OUTPUT
 
 
 # --- config -------------------------------------------------------------------------------------------

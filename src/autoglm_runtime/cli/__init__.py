@@ -3,7 +3,8 @@
 Each subcommand lives in a module of this package that exposes ``register(subparsers)``; it sets
 ``func`` on its parser to a callable taking the parsed arguments and returning an exit code. Exit codes
 are one convention across all commands: 0 ok, 1 findings or failure of the checked thing, 2 usage or
-configuration error. Errors of the SDK are printed as their coded message, never as a traceback.
+configuration error, 120 output that could not be written (:func:`console`). Errors of the SDK are printed as
+their coded message, never as a traceback; commands write their output with :func:`._output.write`.
 
 Start-up time is part of what ``check-deps`` is judged by, so this module imports nothing at load time:
 a command line naming a subcommand registers only that one, and ``check-deps --python PY`` starts its probe
@@ -20,7 +21,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
-    from typing import NoReturn
+    from typing import NoReturn, Protocol
+
+    class _Writable(Protocol):  # what argparse prints to (typeshed's SupportsWrite[str])
+        def write(self, text: str, /) -> object: ...
+
 
 __all__ = ["UsageExit", "build_parser", "console", "main"]
 
@@ -67,6 +72,23 @@ def _parser_class() -> type[argparse.ArgumentParser]:
             # Coded like every other usage error of the command (docs/check-deps.md: "E0001 with the parser's message").
             sys.stderr.write(f"{self.prog}: error {UsageError.code}: {message}\n")
             raise UsageExit(message)
+
+        # argparse drops what it cannot write; --help and --version on stdout fail as every output does.
+        def print_help(self, file: _Writable | None = None) -> None:
+            if file is None:
+                from autoglm_runtime.cli import _output
+
+                _output.write(self.format_help(), "the help")
+            else:
+                super().print_help(file)
+
+        def _print_message(self, message: str, file: _Writable | None = None) -> None:
+            if message and (file is None or file is sys.stdout):  # only the --version action writes there
+                from autoglm_runtime.cli import _output
+
+                _output.write(message, "the version")
+            else:
+                super()._print_message(message, file)
 
     return Parser
 
@@ -150,7 +172,9 @@ def _call(args: argparse.Namespace) -> int:
 
         if not isinstance(exc, AutoGLMRuntimeError):
             raise
-        print(f"autoglm-runtime: error {exc}", file=sys.stderr)
+        from autoglm_runtime.cli import _output
+
+        _output.report(exc)
         return exc.exit_code
     return code
 
@@ -166,12 +190,18 @@ def console() -> NoReturn:
     another program's process (a test runner executing the console script in-process, as pytest-console-scripts
     does by default): only the command's own process is ended early, and only its collector is turned off.
 
-    Output that cannot be written because the reader went away (``autoglm-runtime check-deps | head -1``) ends
-    any command with exit status 120, as a failed flush at the interpreter's shutdown does, without a traceback.
-    (A reader leaving in the middle of one large write is not seen: Python's buffered writer takes the partial
-    write for a whole one, and the command ends with its own code.)
+    Every command writes its output through :mod:`autoglm_runtime.cli._output`, and what it leaves unflushed is
+    flushed here, before the process ends either way. Output that cannot be written ends any command with exit
+    status 120, as a failed flush at the interpreter's shutdown does, but with one coded line on stderr instead of
+    a traceback (``autoglm-runtime: error E0003: cannot write the report to standard output: No space left on
+    device``; closed standard output too). A reader that went away (``autoglm-runtime check-deps | head -1``) ends
+    it with 120 and nothing on stderr. (A reader leaving in the middle of one large write is not seen: Python's
+    buffered writer takes the partial write for a whole one, and the command ends with its own code.)
     """
+    import contextlib
     import os
+
+    from autoglm_runtime.cli import _output
 
     fast = sys.argv[1:2] == ["check-deps"] and _is_the_program()
     if fast:  # a one-shot run making many small objects and no garbage cycles: the collector would only walk them
@@ -180,17 +210,22 @@ def console() -> NoReturn:
         gc.disable()
     try:
         code = main()
-        if fast:
-            sys.stdout.flush()
-            sys.stderr.flush()
+        _output.flush()
     except BrokenPipeError:
-        # Nothing more can reach the reader; stdout is pointed at /dev/null so that the interpreter's own
-        # flush at exit does not fail again with a traceback.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        code = 120
+        from autoglm_runtime._exit_codes import EXIT_OUTPUT
+
+        _output.discard()  # nothing more can reach the reader: the interpreter's own flush must not fail again
+        code = EXIT_OUTPUT
+    except Exception as exc:
+        from autoglm_runtime.errors import OutputError
+
+        if not isinstance(exc, OutputError):
+            raise
+        _output.report(exc)  # written outside a command: a stored report replayed, argparse's help
+        code = exc.exit_code
     if fast:
+        with contextlib.suppress(AttributeError, OSError):  # stderr closed or failing: nowhere is left to say so
+            sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
 

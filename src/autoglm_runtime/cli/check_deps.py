@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from autoglm_runtime.cli import _early_probe, _report_cache
+from autoglm_runtime.cli import _early_probe, _output, _report_cache
 from autoglm_runtime.cli._early_probe import ProbeProcess
 
 TYPE_CHECKING = False
@@ -237,7 +237,7 @@ def replay(argv: Sequence[str], early: ProbeProcess | None) -> int | None:
         return None  # the full run reports it (the process keeps its outcome)
     if answer[0] != 0 or answer[1] != stored["probe"]:  # type: ignore[index]
         return None  # the process keeps its answer: the full run uses it
-    sys.stdout.write(stored["output"])  # type: ignore[index]
+    _output.write(stored["output"], "the report")  # type: ignore[index]
     return int(stored["exit_code"])  # type: ignore[index]
 
 
@@ -274,15 +274,16 @@ def run(args: argparse.Namespace) -> int:
         entry = _report_cache.entry_path(_early_probe.cache_path(args.python)) if key is not None else ""
         stored = _report_cache.load(entry, key) if key is not None else None
         answer = None
+        output: str | None = None
         if stored is not None and started is not None and started.error is None:
             # Most likely unchanged: wait for the probe before importing the checker, which a hit never needs.
             answer = _wait(started)
             if answer[0] == 0 and answer[1] == stored["probe"]:
-                sys.stdout.write(stored["output"])
-                return int(stored["exit_code"])
-        code, output, answer = _check(args, started, answer, width)
-        if key is not None and answer is not None:
-            _report_cache.store(entry, key, answer[1], code, output)
+                code, output = int(stored["exit_code"]), stored["output"]
+        if output is None:
+            code, output, answer = _check(args, started, answer, width)
+            if key is not None and answer is not None:
+                _report_cache.store(entry, key, answer[1], code, output)
     except Exception as exc:
         from autoglm_runtime.errors import AutoGLMRuntimeError
 
@@ -292,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if started is not None:
             started.kill()
-    sys.stdout.write(output)
+    _output.write(output, "the report")  # (outside the try: a report that cannot be written is no JSON error)
     return code
 
 
@@ -301,7 +302,7 @@ def print_json_error(exc: AutoGLMRuntimeError) -> None:
     import json
 
     error = {"format": 1, "code": exc.code, "ok": False, "exit_code": exc.exit_code, "error": str(exc)}
-    print(json.dumps(error, indent=2))
+    _output.write(json.dumps(error, indent=2) + "\n", "the error as JSON")
 
 
 def _check(
@@ -355,10 +356,10 @@ def _check(
 
         found = resolve_models(planned, env.python, extras.pop("resolve"))
         report = replace(report, findings=sorted([*report.findings, *found], key=Finding.sort_key))
-    return report.exit_code, _output(args, report, extras, width), answer
+    return report.exit_code, _render(args, report, extras, width), answer
 
 
-def _output(args: argparse.Namespace, report: Report, extras: dict[str, Any], width: int | None) -> str:
+def _render(args: argparse.Namespace, report: Report, extras: dict[str, Any], width: int | None) -> str:
     if args.json:
         import json
 

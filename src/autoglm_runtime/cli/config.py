@@ -16,14 +16,21 @@ import argparse
 import json
 import os
 import queue
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autoglm_runtime.errors import EXIT_FINDINGS, EXIT_OK, ConfigAccessError, ConfigUnavailableError, UsageError
+from autoglm_runtime.cli import _output
+from autoglm_runtime.errors import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    ConfigAccessError,
+    ConfigError,
+    ConfigUnavailableError,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from autoglm_runtime.config import ConfigChange, ConfigClient
@@ -181,7 +188,7 @@ def _show(value: Any, codec: str) -> str:
 
 def _missing(key: str, root: str) -> None:
     # A finding, not a failure of the command: coded like every other error line, exit status 1.
-    print(f"autoglm-runtime: error E0409: key {key!r} does not exist under {root}", file=sys.stderr)
+    _output.report(ConfigError(f"key {key!r} does not exist under {root}"))
 
 
 def _get(args: argparse.Namespace) -> int:
@@ -195,9 +202,10 @@ def _get(args: argparse.Namespace) -> int:
         value = snapshot[key]
         version = client.version(key)
     if args.json:
-        print(json.dumps({"key": key, "value": _jsonable(value), "version": version}, ensure_ascii=False))
+        text = json.dumps({"key": key, "value": _jsonable(value), "version": version}, ensure_ascii=False)
     else:
-        print(_show(value, args.codec))
+        text = _show(value, args.codec)
+    _output.write(f"{text}\n", f"the value of {key!r}")
     return EXIT_OK
 
 
@@ -249,7 +257,10 @@ def _set(args: argparse.Namespace) -> int:
                 stat = zk.set(full, data)
             version = int(stat.mzxid) if stat is not None else None
     if args.json:
-        print(json.dumps({"key": key, "set": True, "version": version}))
+        _output.write(
+            json.dumps({"key": key, "set": True, "version": version}) + "\n",
+            f"the confirmation of setting {key!r} (the value is set)",
+        )
     return EXIT_OK
 
 
@@ -281,7 +292,10 @@ def _delete(args: argparse.Namespace) -> int:
             except NotEmptyError as exc:
                 raise UsageError(f"key {key!r} has children: pass --recursive to delete them too") from exc
     if args.json:
-        print(json.dumps({"key": key, "deleted": True}))
+        _output.write(
+            json.dumps({"key": key, "deleted": True}) + "\n",
+            f"the confirmation of deleting {key!r} (the key is deleted)",
+        )
     return EXIT_OK
 
 
@@ -290,10 +304,11 @@ def _dump(args: argparse.Namespace) -> int:
         client.start(timeout=args.timeout)
         snapshot = client.snapshot()
     if args.json:
-        print(json.dumps({k: _jsonable(snapshot[k]) for k in sorted(snapshot)}, ensure_ascii=False, indent=2))
+        text = json.dumps({k: _jsonable(snapshot[k]) for k in sorted(snapshot)}, ensure_ascii=False, indent=2) + "\n"
     else:
-        for key in sorted(snapshot):
-            print(f"{key} = {_show(snapshot[key], args.codec)}")
+        text = "".join(f"{key} = {_show(snapshot[key], args.codec)}\n" for key in sorted(snapshot))
+    if text:
+        _output.write(text, f"the {len(snapshot)} values under {args.root}")
     return EXIT_OK
 
 
@@ -313,7 +328,7 @@ def _watch(args: argparse.Namespace) -> int:
         client.subscribe(args.prefix, on_change)
         client.start(timeout=args.timeout)
         watching = True
-        print(f"watching {args.root}/{args.prefix} on {args.hosts}", file=sys.stderr, flush=True)
+        _output.note(f"watching {args.root}/{args.prefix} on {args.hosts}")
         while args.count is None or seen < args.count:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -331,9 +346,10 @@ def _watch(args: argparse.Namespace) -> int:
                     "new": _jsonable(change.new),
                     "version": change.version,
                 }
-                print(json.dumps(record, ensure_ascii=False), flush=True)
+                text = json.dumps(record, ensure_ascii=False)
             else:
-                print(f"{change.kind} {change.key} = {_show(change.new, args.codec)}", flush=True)
+                text = f"{change.kind} {change.key} = {_show(change.new, args.codec)}"
+            _output.write(f"{text}\n", f"the change of {change.key!r}")
     return EXIT_OK
 
 

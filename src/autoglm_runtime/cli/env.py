@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from autoglm_runtime.cli import _output
 from autoglm_runtime.errors import EXIT_OK, UsageError
 
 if TYPE_CHECKING:
@@ -127,7 +128,8 @@ def run_build(args: argparse.Namespace) -> int:
     for path in args.paths:
         manifest = load_manifest(path)
         env = builder.ensure(manifest)
-        print(f"{manifest.name} {env.key} {'built' if env.created else 'reused'} {env.path}")
+        line = f"{manifest.name} {env.key} {'built' if env.created else 'reused'} {env.path}\n"
+        _output.write(line, f"the line of model {manifest.name!r} (its environment is ready)")
     return EXIT_OK
 
 
@@ -139,8 +141,9 @@ def run_gc(args: argparse.Namespace) -> int:
         raise UsageError(f"--unused-days must be a number of days >= 0, got {args.unused_days:g}")
     report = collect_garbage(args.env_root, unused_for=args.unused_days * 86400.0, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
-    for removal in report.removed:
-        print(f"{verb} {removal.key} {removal.path} ({removal.reason})")
-    for key, reason in sorted(report.kept.items()):
-        print(f"kept {key} ({reason})")
+    lines = [f"{verb} {removal.key} {removal.path} ({removal.reason})\n" for removal in report.removed]
+    lines += [f"kept {key} ({reason})\n" for key, reason in sorted(report.kept.items())]
+    if lines:
+        done = "" if args.dry_run else f" ({len(report.removed)} removed)"
+        _output.write("".join(lines), f"the list of {len(lines)} environments{done}")
     return EXIT_OK

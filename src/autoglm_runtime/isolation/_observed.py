@@ -3,7 +3,8 @@
 Each wraps the pool's stream and ends its :class:`~autoglm_runtime.observability.ModelStreamCall` exactly once:
 when the model's generator is exhausted, when the stream fails (the E-code), or when its consumer stops it early
 (``close``, ``aclose``, leaving its ``with`` block, dropping it, or cancelling the task awaiting a chunk). They
-subclass the streams they wrap, so the types :class:`LoadedModel` promises stay true.
+subclass the streams they wrap, so the types :class:`LoadedModel` promises stay true. A forked child's copy records
+nothing (the stream goes on in the parent, whose event it is; see ``workers/calls.py``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ class ObservedStream(ModelStream):
     def __init__(self, inner: ModelStream, event: ModelStreamCall) -> None:
         self._inner = inner  # not ModelStream.__init__: every method delegates to the pool's stream
         self._event = event
+        self._pid = _closer.pid()
 
     def __next__(self) -> Any:
+        if self._pid != _closer.pid():
+            return next(self._inner)  # a forked child's copy: refused (E0001), or ended once closed
         try:
             chunk = next(self._inner)
         except StopIteration:
@@ -43,10 +47,12 @@ class ObservedStream(ModelStream):
         try:
             self._inner.close()
         finally:
-            self._event.end(cancelled=True)
+            if self._pid == _closer.pid():
+                self._event.end(cancelled=True)
 
     def __del__(self) -> None:
-        _end_dropped(self._event)  # the pool's stream, dropped with this one, frees its worker itself
+        if self._pid == _closer.pid():
+            _end_dropped(self._event)  # the pool's stream, dropped with this one, frees its worker itself
 
 
 class ObservedAsyncStream(AsyncModelStream):
@@ -57,8 +63,11 @@ class ObservedAsyncStream(AsyncModelStream):
         self._inner = inner
         self._event = event
         self._opened = False
+        self._pid = _closer.pid()
 
     async def __anext__(self) -> Any:
+        if self._pid != _closer.pid():
+            return await self._inner.__anext__()  # a forked child's copy (see ObservedStream)
         try:
             if self._opened:
                 chunk = await self._inner.__anext__()
@@ -83,10 +92,12 @@ class ObservedAsyncStream(AsyncModelStream):
         try:
             await self._inner.aclose()
         finally:
-            self._event.end(cancelled=True)
+            if self._pid == _closer.pid():
+                self._event.end(cancelled=True)
 
     def __del__(self) -> None:
-        _end_dropped(self._event)
+        if self._pid == _closer.pid():
+            _end_dropped(self._event)
 
 
 def _end_dropped(event: ModelStreamCall) -> None:

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from tests._support.stdout import REASONS, cannot_write, run_with_stdout
 
 from autoglm_runtime.cli import main
 from autoglm_runtime.errors import UsageError
@@ -175,3 +176,12 @@ def test_the_cli_names_the_flag_of_a_negative_age(tmp_path: Path, capsys: pytest
 
     assert main(["env", "gc", "--env-root", str(tmp_path), "--unused-days", "-3"]) == 2
     assert "--unused-days must be a number of days >= 0, got -3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stdout", REASONS)
+def test_env_gc_whose_list_cannot_be_written_is_a_coded_error_after_the_removal(stdout: str, tmp_path: Path) -> None:
+    old = _env(tmp_path, OLD, 1000.0)
+    _env(tmp_path, NEW, 4_000_000_000.0)
+    done = run_with_stdout(stdout, [sys.executable, "-m", "autoglm_runtime", "env", "gc", "--env-root", str(tmp_path)])
+    assert (done.returncode, done.stderr) == (120, cannot_write("the list of 2 environments (1 removed)", stdout))
+    assert not old.exists()

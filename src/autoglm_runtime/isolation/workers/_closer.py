@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-__all__ = ["CLOSE_WAIT", "close_dropped", "dropped", "ensure_started"]
+__all__ = ["CLOSE_WAIT", "close_dropped", "dropped", "ensure_started", "pid"]
 
 #: How long a stream's ``__del__`` waits for the closer thread to close it (in the normal case microseconds).
 CLOSE_WAIT = 1.0
@@ -28,6 +28,7 @@ _queue: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = queue.Si
 _thread: threading.Thread | None = None
 _start_lock = threading.Lock()
 _collecting: int | None = None  # the thread a garbage collection runs on, while it runs
+_pid = os.getpid()
 
 
 def _note_collection(phase: str, info: dict[str, int]) -> None:
@@ -80,6 +81,12 @@ def close_dropped(close: Callable[[], None]) -> None:
         done.wait(CLOSE_WAIT)
 
 
+def pid() -> int:
+    """This process's id, kept current by the fork hook below: a stream compares it with the id of the process
+    that opened it at every chunk, where ``os.getpid()`` would be a system call each time."""
+    return _pid
+
+
 def _run() -> None:
     while True:
         close, done = _queue.get()
@@ -95,7 +102,8 @@ def _forget_parent() -> None:
     """In a forked child: the parent's closer thread does not run here, and the closes it had queued are the
     parent's (run here, they would cancel the parent's calls on the sockets both share, or wait for ever for a
     lock held at the fork); the child starts its own closer with its first stream."""
-    global _queue, _thread, _start_lock
+    global _queue, _thread, _start_lock, _pid
+    _pid = os.getpid()
     _queue = queue.SimpleQueue()
     _thread = None
     _start_lock = threading.Lock()  # (held at the fork by a thread that does not exist here)

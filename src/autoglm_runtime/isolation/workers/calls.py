@@ -9,6 +9,9 @@ Promises (for every kind):
 * a blocking call reads its own reply from the socket while no other thread does (see ``_connection.py``);
 * a stream yields each chunk as soon as the model yielded it; closing it early (``close()``, leaving a ``with``
   block, dropping it) closes the generator inside the worker and frees the worker for the next call;
+* a stream belongs to the process that opened it: a forked child's copy does nothing when closed or dropped (the
+  call, its connection and its worker's slot are the parent's: a cancel from the child would stop the parent's
+  stream) and refuses to be read (E0001);
 * async calls wait on futures and queues of the caller's loop: no thread per call in flight. Only a worker
   that must be (re)started first is waited for on the loop's default executor.
 """
@@ -254,6 +257,15 @@ class _StreamState:
         self._on_done = on_done
         self._consumed = 0
         self.finished = False
+        self.pid = _closer.pid()  # the process that opened the stream, the only one whose copy talks to the worker
+
+    def not_here(self) -> UsageError:
+        """The error reading a copy of the stream a forked child inherited raises."""
+        return UsageError(
+            f"the stream of {self.method}() on model '{self.worker.spec.name}' was opened by process {self.pid} and "
+            f"cannot be read in process {_closer.pid()}, a fork of it: its chunks go to process {self.pid}; open "
+            "streams in the process that reads them"
+        )
 
     def take(self, item: Item | None) -> tuple[bool, Any]:
         """``(True, chunk)`` for a chunk; ``(False, None)`` at the end; raises the stream's error."""
@@ -277,6 +289,8 @@ class _StreamState:
         if self.finished:
             return
         self.finished = True
+        if self.pid != _closer.pid():
+            return  # a forked child's copy: only marked closed (see the module's promises)
         self.conn.unregister(self.call_id)
         if cancel:  # the consumer went away: the worker closes the model's generator and is free again
             self.conn.send_message({"id": self.call_id, "type": "cancel"})
@@ -303,6 +317,8 @@ class ModelStream(Iterator[Any]):
         state = self._state
         if state.finished:
             raise StopIteration
+        if state.pid != _closer.pid():
+            raise state.not_here()
         item = self._sink.get(state.timeout)
         if item is None:
             state.finish(cancel=False)
@@ -313,7 +329,10 @@ class ModelStream(Iterator[Any]):
         return chunk
 
     def close(self) -> None:
-        """Stop early: the model's generator is closed in the worker (its ``finally`` blocks run). Idempotent."""
+        """Stop early: the model's generator is closed in the worker (its ``finally`` blocks run). Idempotent.
+
+        In a forked child, its inherited copy is only marked closed: the stream goes on in the parent.
+        """
         self._state.finish(cancel=True)
 
     def __enter__(self: _S) -> _S:
@@ -325,7 +344,8 @@ class ModelStream(Iterator[Any]):
         self.close()
 
     def __del__(self) -> None:
-        if not self._state.finished:  # dropped unclosed (see _closer)
+        state = self._state
+        if not state.finished and state.pid == _closer.pid():  # dropped unclosed (see _closer), where it was opened
             _closer.dropped(self.close)
 
 
@@ -350,6 +370,8 @@ class AsyncModelStream(AsyncIterator[Any]):
         assert sink is not None
         if state.finished:
             raise StopAsyncIteration
+        if state.pid != _closer.pid():
+            raise state.not_here()
         try:
             item = await asyncio.wait_for(sink.queue.get(), state.timeout)
         except asyncio.TimeoutError:
@@ -365,7 +387,8 @@ class AsyncModelStream(AsyncIterator[Any]):
         return chunk
 
     async def aclose(self) -> None:
-        """Stop early: the model's generator is closed in the worker. Idempotent."""
+        """Stop early: the model's generator is closed in the worker. Idempotent (in a forked child, see
+        :meth:`ModelStream.close`)."""
         self._closed = True
         if self._state is not None:
             self._state.finish(cancel=True)
@@ -380,7 +403,7 @@ class AsyncModelStream(AsyncIterator[Any]):
 
     def __del__(self) -> None:
         state = self._state
-        if state is not None and not state.finished:
+        if state is not None and not state.finished and state.pid == _closer.pid():
             _closer.dropped(functools.partial(state.finish, cancel=True))
 
 
