@@ -99,6 +99,30 @@ def test_an_interpreter_that_fails_the_probe_is_a_usage_error(
     assert capsys.readouterr().err == (
         f"autoglm-runtime: error E0001: interpreter {failing} failed to run the probe (exit 3): boom\n"
     )
+    # A wrapper that is not Python (a pyenv shim for a version not selected) says what is wrong first; a
+    # traceback says it last.
+    shim = tmp_path / "shim"
+    shim.write_text(
+        "#!/bin/sh\necho 'pyenv: python2: command not found' >&2\necho >&2\necho 'The python2 command exists in "
+        "these Python versions:' >&2\necho '  2.7.18' >&2\nexit 127\n"
+    )
+    shim.chmod(0o755)
+    assert main(["check-deps", "--python", str(shim)]) == 2
+    assert capsys.readouterr().err == (
+        f"autoglm-runtime: error E0001: interpreter {shim} failed to run the probe (exit 127): pyenv: python2: "
+        "command not found\n"
+    )
+    crashing = tmp_path / "crashing"
+    crashing.write_text(
+        "#!/bin/sh\necho 'Traceback (most recent call last):' >&2\necho '  File \"<probe>\", line 1' >&2\n"
+        "echo 'MemoryError: out of memory' >&2\nexit 1\n"
+    )
+    crashing.chmod(0o755)
+    assert main(["check-deps", "--python", str(crashing)]) == 2
+    assert capsys.readouterr().err == (
+        f"autoglm-runtime: error E0001: interpreter {crashing} failed to run the probe (exit 1): MemoryError: out "
+        "of memory\n"
+    )
 
 
 def test_registering_the_command_does_not_import_the_checker() -> None:
