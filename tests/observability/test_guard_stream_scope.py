@@ -262,14 +262,19 @@ def run_aio(scenario: Callable[[grpc.aio.Channel], Awaitable[Any]]) -> Any:
     return asyncio.run(main())
 
 
-@pytest.mark.parametrize("method", ["Words", "Write"])
-def test_an_aio_streamed_handler_runs_inside_its_guard_span(method: str) -> None:
-    exporter = span_exporter()
+def aio_responses(method: str) -> list[bytes]:
+    """All the responses of one call of ``method`` on the ``grpc.aio`` server."""
 
     async def scenario(channel: grpc.aio.Channel) -> list[bytes]:
         return [response async for response in channel.unary_stream(f"/{SERVICE}/{method}")(REQUEST, timeout=10)]
 
-    assert run_aio(scenario) == [w.encode() for w in WORDS]
+    return run_aio(scenario)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("method", ["Words", "Write"])
+def test_an_aio_streamed_handler_runs_inside_its_guard_span(method: str) -> None:
+    exporter = span_exporter()
+    assert aio_responses(method) == [w.encode() for w in WORDS]
     assert_after_the_stream(exporter.get_finished_spans())
     assert len(guard_spans(exporter)) == 1
 
@@ -277,11 +282,7 @@ def test_an_aio_streamed_handler_runs_inside_its_guard_span(method: str) -> None
 @pytest.mark.parametrize("method", ["Own", "WriteOwn"])
 def test_an_aio_handler_s_own_span_stays_current_across_its_responses(method: str) -> None:
     exporter = span_exporter()
-
-    async def scenario(channel: grpc.aio.Channel) -> list[bytes]:
-        return [response async for response in channel.unary_stream(f"/{SERVICE}/{method}")(REQUEST, timeout=10)]
-
-    assert run_aio(scenario) == [w.encode() for w in WORDS]
+    assert aio_responses(method) == [w.encode() for w in WORDS]
     assert_under_own_span(exporter.get_finished_spans())
 
 
