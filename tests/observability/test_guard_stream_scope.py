@@ -6,6 +6,7 @@ of its own, so a context left attached could not reach another call here: test_g
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -79,6 +80,14 @@ def assert_after_the_stream(spans: tuple[ReadableSpan, ...]) -> None:
     outer = assert_inner_under_guard(spans, *WORDS)
     assert outer.end_time is not None
     assert all(outer.end_time >= (span.end_time or 0) for span in spans)
+
+
+@pytest.fixture(autouse=True)
+def no_detach_failure(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """No context is detached in another one than it was attached in (OpenTelemetry logs and swallows that)."""
+    with caplog.at_level(logging.ERROR, logger="opentelemetry.context"):
+        yield
+    assert [record.getMessage() for record in caplog.records if record.name == "opentelemetry.context"] == []
 
 
 class SyncServer:
