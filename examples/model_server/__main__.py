@@ -67,14 +67,7 @@ def _serve(args: argparse.Namespace, sock: socket.socket) -> None:
     with contextlib.ExitStack() as stack:
         stack.enter_context(options.state_lock(state))
         manifests = [load_manifest(model_dir) for model_dir in sorted(MODELS.iterdir())]
-        wheelhouse = fill_wheelhouse(state / "wheels", manifests)
-        tokenizer_file = tokenizer_path(state)
-        if not tokenizer_file.exists():
-            build_tokenizer(tokenizer_file)
-        tokenizer = HFTokenizer.from_file(tokenizer_file)
-        templates = {m.name: ChatTemplate.from_file(m.directory / "tokenizer_config.json") for m in manifests}
-        walkthrough = banner.Walkthrough.for_tokenizer(tokenizer, templates[banner.RELOADED])
-
+        # Config first: a ZooKeeper that cannot be reached fails the start before the first start's downloads.
         store = open_store(zk=args.zk, choice=args.config_store, state=state, stack=stack)
         root: str = args.root
         seed(store.hosts, root, [m.name for m in manifests], reset=args.reset)
@@ -82,6 +75,14 @@ def _serve(args: argparse.Namespace, sock: socket.socket) -> None:
         config = ConfigClient(store.hosts, root, snapshot_path=snapshot, tuning=SyncTuning(poll_interval=0.2))
         config.start(timeout=15)
         stack.callback(config.stop)
+
+        wheelhouse = fill_wheelhouse(state / "wheels", manifests)
+        tokenizer_file = tokenizer_path(state)
+        if not tokenizer_file.exists():
+            build_tokenizer(tokenizer_file)
+        tokenizer = HFTokenizer.from_file(tokenizer_file)
+        templates = {m.name: ChatTemplate.from_file(m.directory / "tokenizer_config.json") for m in manifests}
+        walkthrough = banner.Walkthrough.for_tokenizer(tokenizer, templates[banner.RELOADED])
 
         envs = state / "envs"
         loader = stack.enter_context(ModelLoader(envs, wheelhouse=wheelhouse, offline=True, backend=args.backend))

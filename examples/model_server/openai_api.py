@@ -50,6 +50,41 @@ def model_not_found(name: str, known: Sequence[str]) -> JSONResponse:
     return error_response(exc, status=404, code="model_not_found")
 
 
+# What these models cannot give: refused when asked for, never dropped (a client asking for log probabilities would
+# get "logprobs": null, one sending tools a plain text answer, one sending stop sequences text past them).
+_UNSUPPORTED = {
+    "logprobs": "log probabilities",
+    "top_logprobs": "log probabilities",
+    "echo": "echoing the prompt",
+    "best_of": "best-of sampling",
+    "suffix": "suffixes",
+    "stop": "stop sequences",
+    "logit_bias": "logit biases",
+    "tools": "tool calls",
+    "tool_choice": "tool calls",
+    "functions": "function calls",
+    "function_call": "function calls",
+    "response_format": "response formats other than text",
+}
+# The values that ask for nothing (what a client sends when it leaves the option at its default).
+_NOTHING_ASKED: dict[str, tuple[Any, ...]] = {
+    "best_of": (1,),
+    "tool_choice": ("none", "auto"),
+    "function_call": ("none", "auto"),
+    "response_format": ({"type": "text"},),
+}
+
+
+def _unsupported(body: Mapping[str, Any]) -> list[tuple[str, str]]:
+    problems = []
+    for name, what in _UNSUPPORTED.items():
+        value = body.get(name)
+        if value in (None, False, 0, "", [], {}) or value in _NOTHING_ASKED.get(name, ()):
+            continue
+        problems.append((name, f"{name} asks for {what}, which these models do not give, got {value!r:.40}"))
+    return problems
+
+
 @dataclass(frozen=True)
 class Sampling:
     """The generation options of one request, checked (every problem named at once)."""
@@ -84,6 +119,7 @@ class Sampling:
             options = {}
         if body.get("n", 1) not in (1, None):
             problems.append(("n", f"n must be 1 (these models write one choice per prompt), got {body['n']!r:.40}"))
+        problems += _unsupported(body)
         if problems:
             raise InvalidRequestError(
                 "; ".join(message for _, message in problems) + ": fix the request body", param=problems[0][0]

@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         default="process",
         choices=["auto", "process", "subinterp"],
-        help="how models are isolated: worker processes or subinterpreters (default: %(default)s)",
+        help="how models are isolated: worker processes, or auto (a subinterpreter where the model allows it, else a "
+        "process); these models import numpy, which refuses subinterpreters (default: %(default)s)",
     )
     return parser
 
@@ -108,6 +109,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         raise UsageError(
             f"--zk {args.zk} and --config-store {args.config_store} contradict each other: --zk names the "
             "ZooKeeper to follow, --config-store chooses a local store when there is none; pass one of them"
+        )
+    if args.backend == "subinterp":
+        raise UsageError(
+            "--backend subinterp cannot load these models: they import numpy, whose extension modules refuse "
+            "isolated subinterpreters (single-phase initialisation; docs/isolation.md, Backends): use --backend "
+            "process (the default), or auto, which tries a subinterpreter and falls back to a process (WARNING E0104)"
         )
     if args.zk:
         check_hosts(args.zk)  # a typo in --zk is a usage error now, not a traceback after the downloads

@@ -365,7 +365,7 @@ def test_clean_environment_exits_0(env: Env, capsys: pytest.CaptureFixture[str])
     assert main(["check-deps", "--python", str(clean / "bin" / "python")]) == 0
     assert capsys.readouterr().out == (
         f"environment ({clean / 'bin' / 'python'}, Python {env.version}): ok\n\n"
-        "E0101 check-deps: no problems (0 distributions, 0 models); exit 0\n"
+        "check-deps: no problems (0 distributions, 0 models); exit 0\n"
     )
 
 

@@ -216,6 +216,13 @@ COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
          "of messages"),
         (CHAT, {"model": WORDS, "messages": [], "max_tokens": 2}, "messages", "E5010: messages is empty: send at "
          "least one message"),
+        (COMPLETIONS, {"model": WORDS, "prompt": "hi", "logprobs": 2, "echo": True, "stop": ["\n"]}, "logprobs",
+         "E5010: logprobs asks for log probabilities, which these models do not give, got 2; echo asks for echoing "
+         "the prompt, which these models do not give, got True; stop asks for stop sequences, which these models do "
+         "not give, got ['\\n']: fix the request body"),
+        (CHAT, {"model": WORDS, "messages": [{"role": "user", "content": "hi"}], "tool_choice": "auto",
+                "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "E5010: tools asks for tool "
+         "calls, which these models do not give, got [{'type': 'function', 'function': {'name: fix the request body"),
         (CHAT, {"model": CHARS, "messages": [{"role": "tool", "content": "42"}]}, "messages", "E5010: the model's "
          "chat template rejected the messages: roles are system, user and assistant; got tool: fix the conversation"),
     ],
@@ -231,6 +238,23 @@ def test_requests_the_guard_can_judge_get_coded_400s(
         "param": param,
         "code": "E5010",
     }
+
+
+def test_options_left_at_what_asks_for_nothing_are_accepted(server: Server) -> None:
+    # What a client sends for an option it leaves alone: refusing these would refuse ordinary clients.
+    done = server.client.completions.create(
+        model=WORDS, prompt="hi", max_tokens=2, best_of=1, echo=False, logprobs=None, stop=None, logit_bias={}
+    )
+    assert done.choices[0].finish_reason in ("length", "stop")
+    chat = server.client.chat.completions.create(
+        model=WORDS,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=2,
+        logprobs=False,
+        tool_choice="none",
+        response_format={"type": "text"},
+    )
+    assert chat.choices[0].message.role == "assistant"
 
 
 def test_an_empty_prompt_is_completed_from_nothing_as_openais_api_does(server: Server, ngramlm: ModuleType) -> None:

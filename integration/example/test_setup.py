@@ -37,6 +37,17 @@ def test_zk_and_a_config_store_contradict() -> None:
     )
 
 
+def test_the_subinterpreter_backend_is_refused_at_once_with_the_reason() -> None:
+    # numpy's extension modules refuse isolated subinterpreters: the flag could only fail, after the set-up.
+    with pytest.raises(UsageError) as info:
+        options.parse(["--backend", "subinterp"])
+    assert info.value.message.startswith(
+        "--backend subinterp cannot load these models: they import numpy, whose extension modules refuse isolated "
+        "subinterpreters"
+    )
+    assert options.parse(["--backend", "auto"]).backend == "auto"
+
+
 def test_a_zk_connect_string_kazoo_cannot_parse_is_a_usage_error() -> None:
     with pytest.raises(UsageError) as info:
         options.parse(["--zk", "127.0.0.1:abc"])

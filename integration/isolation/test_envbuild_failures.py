@@ -113,3 +113,19 @@ def test_undecodable_metadata_in_a_new_environment_is_a_finding(
         in " ".join(info.value.message.split())
     )
     assert list((tmp_path / "envs").iterdir()) == []
+
+
+def test_a_uv_build_never_tells_to_activate_its_temporary_directory(
+    carrier_wheelhouse: Path, tmp_path: Path, make_model: MakeModel
+) -> None:
+    # uv venv ended with "Activate with: source <root>/.build-<key>-*/venv/bin/activate", an instruction naming a
+    # path that is gone once the build is renamed into place, in every build's log and progress.
+    events: list[BuildEvent] = []
+    builder = EnvironmentBuilder(
+        tmp_path / "envs", wheelhouse=carrier_wheelhouse, offline=True, installer="uv", progress=events.append
+    )
+    env = builder.ensure(load_manifest(make_model("quiet-venv", MODEL, ["conflictlib==1.0"])))
+    assert env.created
+    said = [event.message for event in events]
+    assert [m for m in said if "Activate with" in m or "activate" in m] == [], said
+    assert any("creating a" in m for m in said)

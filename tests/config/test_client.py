@@ -205,3 +205,24 @@ def test_a_non_positive_reconcile_rate_is_a_usage_error() -> None:
     with pytest.raises(UsageError) as info:
         ConfigClient("127.0.0.1:1", "/x", tuning=SyncTuning(reconcile_rate=0))
     assert str(info.value) == "E0001: reconcile_rate must be a positive number of reads per second, got 0"
+
+
+def test_a_key_starting_with_a_slash_is_a_usage_error_not_a_silent_default(tmp_path: Path) -> None:
+    (tmp_path / "cfg" / "models" / "llm").mkdir(parents=True)
+    (tmp_path / "cfg" / "models" / "llm" / "context_window").write_text("4096")
+    with ConfigClient(f"file://{tmp_path}", "/cfg") as client:
+        assert client.get("models/llm/context_window") == 4096
+        assert client.get("models/llm/missing", 7) == 7
+        hint = "keys are relative to the client's root /cfg, such as 'models/llm/context_window'"
+        for key in ("/models/llm/context_window", "/cfg/models/llm/context_window"):
+            with pytest.raises(UsageError, match=f"config key '{key}' starts with '/' and can never exist: {hint}"):
+                client.get(key, 8192)
+            with pytest.raises(UsageError, match="starts with '/'"):
+                client.get_int(key, 8192)
+            with pytest.raises(UsageError, match="starts with '/'"):
+                client.wait_for(key, timeout=0.01)
+        with pytest.raises(UsageError, match="config key '/models/' starts with '/'"):
+            client.subscribe("/models/", lambda change: None)
+        with pytest.raises(UsageError, match="starts with '/'"):
+            client.get_and_subscribe("/models/", lambda change: None)
+        assert client.get(12, "default") == "default"  # type: ignore[arg-type]  # (not a key: a miss, as before)

@@ -92,13 +92,22 @@ def test_an_interpreter_that_fails_the_probe_is_a_usage_error(
         f"autoglm-runtime: error E0001: interpreter {fake} answered the probe with something that is not its "
         "description: the probe's output mark is missing\n"
     )
-    failing = tmp_path / "failing"
-    failing.write_text("#!/bin/sh\necho boom >&2\nexit 3\n")
-    failing.chmod(0o755)
-    assert main(["check-deps", "--python", str(failing)]) == 2
-    assert capsys.readouterr().err == (
-        f"autoglm-runtime: error E0001: interpreter {failing} failed to run the probe (exit 3): boom\n"
-    )
+    # A wrapper that is not Python (a pyenv shim for a version not selected) says what is wrong first; a
+    # traceback says it last.
+    shim = "pyenv: python2: command not found\n\nThe python2 command exists in these Python versions:\n  2.7.18\n"
+    crash = 'Traceback (most recent call last):\n  File "<probe>", line 1\nMemoryError: out of memory\n'
+    for name, stderr, status, said in [
+        ("failing", "boom\n", 3, "boom"),
+        ("shim", shim, 127, "pyenv: python2: command not found"),
+        ("crashing", crash, 1, "MemoryError: out of memory"),
+    ]:
+        script = tmp_path / name
+        script.write_text(f"#!/bin/sh\ncat >&2 <<'EOF'\n{stderr}EOF\nexit {status}\n")
+        script.chmod(0o755)
+        assert main(["check-deps", "--python", str(script)]) == 2
+        assert capsys.readouterr().err == (
+            f"autoglm-runtime: error E0001: interpreter {script} failed to run the probe (exit {status}): {said}\n"
+        )
 
 
 def test_registering_the_command_does_not_import_the_checker() -> None:

@@ -98,6 +98,12 @@ def test_render_groups_by_model_and_wraps() -> None:
 
 def test_render_without_environment_or_findings() -> None:
     assert (
-        Report([], models=("a",)).render() == "model 'a': ok\n\nE0101 check-deps: no problems (no environment, 1 "
+        Report([], models=("a",)).render() == "model 'a': ok\n\ncheck-deps: no problems (no environment, 1 "
         "model); exit 0\n"
     )
+
+
+def test_a_run_with_informational_findings_only_carries_no_conflict_code() -> None:
+    # E0101 names a conflict: a run without one must not start its summary with it.
+    last = Report([CYCLE], models=("a",)).render().splitlines()[-1]
+    assert last == "check-deps: no problems, 1 informational (no environment, 1 model); exit 0"

@@ -167,3 +167,16 @@ def test_a_huge_bad_line_is_not_echoed_whole(tmp_path: Path) -> None:
     assert len(info.value.message) < 400
     assert info.value.message.startswith(f"{bad.resolve()}: line 1: 'numpy==1.26.4 garbage garbage garbage")
     assert "... (16013 characters)" in info.value.message
+
+
+def test_each_requirement_that_is_not_a_string_is_named_alone(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "m", '[model]\nname = "a"\nentrypoint = "a:b"\nrequirements = ["six==1.16", 3, "x ===", {a = 1}]\n'
+    )
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert info.value.message == (
+        f"{path} has 3 problems: model.requirements[1]: must be a PEP 508 string, got 3; model.requirements[2]: "
+        "'x ===' is not a valid PEP 508 requirement (Expected semicolon (after name with no version specifier) or "
+        "end); model.requirements[3]: must be a PEP 508 string, got {'a': 1}"
+    )

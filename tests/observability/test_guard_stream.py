@@ -58,6 +58,28 @@ def test_the_span_is_current_while_a_response_is_produced_and_never_in_between()
     assert seen == [span.context.span_id, span.context.span_id]
 
 
+def test_what_a_step_made_current_is_current_in_the_next_and_never_in_between() -> None:
+    exporter = span_exporter()
+    stream = handed_over()
+    seen: list[int | None] = []
+
+    def produce() -> Iterator[int]:
+        with trace.get_tracer("test").start_as_current_span("handler") as own:  # held across its yields
+            for number in range(2):
+                seen.append(current_span_id())
+                yield number
+        assert own.get_span_context().span_id == seen[0]
+        seen.append(current_span_id())  # after its block: the guard span again
+
+    responses = stream.responses(produce())
+    between = []
+    for _response in responses:
+        between.append(current_span_id())
+    assert between == [None, None]
+    handler, guard_span = exporter.get_finished_spans()
+    assert seen == [handler.context.span_id, handler.context.span_id, guard_span.context.span_id]
+
+
 def test_the_span_ends_once_however_often_its_end_is_heard(caplog: pytest.LogCaptureFixture) -> None:
     exporter = span_exporter()
     stream = handed_over()

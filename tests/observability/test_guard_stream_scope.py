@@ -6,6 +6,7 @@ of its own, so a context left attached could not reach another call here: test_g
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -14,11 +15,12 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from tests._support.telemetry import Delta, span_exporter
-from tests.observability._scope import GUARD, assert_inner_under_guard, guard, inner_work
+from tests.observability._scope import GUARD, assert_inner_under_guard, guard, inner_work, spans_by_name
 from tests.validation._helpers import extract
 
 from autoglm_runtime.errors import WorkerError
@@ -63,11 +65,29 @@ def wait_for_guard_span(exporter: InMemorySpanExporter) -> None:
         time.sleep(0.01)
 
 
+def assert_under_own_span(spans: tuple[ReadableSpan, ...]) -> None:
+    """The handler's own span is under the guard span, and the work of every response under the handler's span."""
+    assert_inner_under_guard(spans, "handler")
+    named = spans_by_name(spans)
+    for name in WORDS:
+        parent = named[name].parent
+        assert parent is not None, name
+        assert parent.span_id == named["handler"].context.span_id, name
+
+
 def assert_after_the_stream(spans: tuple[ReadableSpan, ...]) -> None:
     """The guard span ended after the last response's work did (an ordering of timestamps, not a duration)."""
     outer = assert_inner_under_guard(spans, *WORDS)
     assert outer.end_time is not None
     assert all(outer.end_time >= (span.end_time or 0) for span in spans)
+
+
+@pytest.fixture(autouse=True)
+def no_detach_failure(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """No context is detached in another one than it was attached in (OpenTelemetry logs and swallows that)."""
+    with caplog.at_level(logging.ERROR, logger="opentelemetry.context"):
+        yield
+    assert [record.getMessage() for record in caplog.records if record.name == "opentelemetry.context"] == []
 
 
 class SyncServer:
@@ -83,6 +103,10 @@ class SyncServer:
                 inner_work(name)
                 yield name.encode()
 
+        def own(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+            with trace.get_tracer("test").start_as_current_span("handler"):  # held across the handler's yields
+                yield from words(request, context)
+
         def fail(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
             inner_work()
             yield b"first"
@@ -96,7 +120,7 @@ class SyncServer:
 
         interceptor = ValidationInterceptor(context_guard=guard(), extractor=extract)
         self.server = grpc.server(ThreadPoolExecutor(max_workers=2), interceptors=[interceptor])
-        streams = {"Words": words, "Fail": fail, "Hang": hang}
+        streams = {"Words": words, "Own": own, "Fail": fail, "Hang": hang}
         handlers = {name: grpc.unary_stream_rpc_method_handler(fn) for name, fn in streams.items()}
         handlers["Unsendable"] = grpc.unary_stream_rpc_method_handler(words, response_serializer=unsendable)
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
@@ -121,6 +145,15 @@ def test_a_sync_streamed_handler_runs_inside_its_guard_span(sync_server: tuple[S
     assert list(channel.unary_stream(f"/{SERVICE}/Words")(REQUEST, timeout=10)) == [w.encode() for w in WORDS]
     assert_after_the_stream(exporter.get_finished_spans())
     assert len(guard_spans(exporter)) == 1
+
+
+def test_a_sync_handler_s_own_span_stays_current_across_its_responses(
+    sync_server: tuple[SyncServer, grpc.Channel],
+) -> None:
+    exporter = span_exporter()
+    _, channel = sync_server
+    assert list(channel.unary_stream(f"/{SERVICE}/Own")(REQUEST, timeout=10)) == [w.encode() for w in WORDS]
+    assert_under_own_span(exporter.get_finished_spans())
 
 
 def test_a_sync_stream_failing_half_way_ends_its_span_without_a_rejection(
@@ -194,6 +227,17 @@ async def write_words(request: bytes, context: grpc.aio.ServicerContext) -> None
         await context.write(name.encode())
 
 
+async def own(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    with trace.get_tracer("test").start_as_current_span("handler"):  # held across the handler's yields
+        async for response in words(request, context):
+            yield response
+
+
+async def write_own(request: bytes, context: grpc.aio.ServicerContext) -> None:
+    with trace.get_tracer("test").start_as_current_span("handler"):
+        await write_words(request, context)
+
+
 async def fail(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
     inner_work()
     yield b"first"
@@ -212,7 +256,7 @@ def run_aio(scenario: Callable[[grpc.aio.Channel], Awaitable[Any]]) -> Any:
 
     async def main() -> Any:
         server = grpc.aio.server(interceptors=[AsyncValidationInterceptor(context_guard=guard(), extractor=extract)])
-        streams = {"Words": words, "Write": write_words, "Fail": fail, "Hang": hang}
+        streams = {"Words": words, "Write": write_words, "Own": own, "WriteOwn": write_own, "Fail": fail, "Hang": hang}
         handlers = {name: grpc.unary_stream_rpc_method_handler(fn) for name, fn in streams.items()}
         handlers["Unsendable"] = grpc.unary_stream_rpc_method_handler(words, response_serializer=unsendable)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
@@ -227,16 +271,28 @@ def run_aio(scenario: Callable[[grpc.aio.Channel], Awaitable[Any]]) -> Any:
     return asyncio.run(main())
 
 
-@pytest.mark.parametrize("method", ["Words", "Write"])
-def test_an_aio_streamed_handler_runs_inside_its_guard_span(method: str) -> None:
-    exporter = span_exporter()
+def aio_responses(method: str) -> list[bytes]:
+    """All the responses of one call of ``method`` on the ``grpc.aio`` server."""
 
     async def scenario(channel: grpc.aio.Channel) -> list[bytes]:
         return [response async for response in channel.unary_stream(f"/{SERVICE}/{method}")(REQUEST, timeout=10)]
 
-    assert run_aio(scenario) == [w.encode() for w in WORDS]
+    return run_aio(scenario)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("method", ["Words", "Write"])
+def test_an_aio_streamed_handler_runs_inside_its_guard_span(method: str) -> None:
+    exporter = span_exporter()
+    assert aio_responses(method) == [w.encode() for w in WORDS]
     assert_after_the_stream(exporter.get_finished_spans())
     assert len(guard_spans(exporter)) == 1
+
+
+@pytest.mark.parametrize("method", ["Own", "WriteOwn"])
+def test_an_aio_handler_s_own_span_stays_current_across_its_responses(method: str) -> None:
+    exporter = span_exporter()
+    assert aio_responses(method) == [w.encode() for w in WORDS]
+    assert_under_own_span(exporter.get_finished_spans())
 
 
 def test_an_aio_stream_failing_half_way_ends_its_span_without_a_rejection() -> None:

@@ -330,6 +330,28 @@ def test_a_prefix_with_a_leading_slash_is_refused_instead_of_serving_the_default
     )
 
 
+def test_an_absent_key_is_said_once_per_absence_so_a_misnamed_one_is_not_silent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = DictConfig()
+    config.values["models/llm/context_window"] = 64
+    limits = ConfigLimits(config, prefix="models/llm", defaults=Limits(10))  # no '/': reads models/llmcontext_window
+    with caplog.at_level(logging.INFO, logger="autoglm_runtime.validation"):
+        assert limits.current() == Limits(10)
+        assert limits.current() == Limits(10)
+        config.values["models/llmtruncation_side"] = "right"
+        assert limits.current() == Limits(10, truncation_side="right")
+        del config.values["models/llmtruncation_side"]
+        assert limits.current() == Limits(10)
+    assert [r.getMessage() for r in caplog.records] == [
+        "config key 'models/llmcontext_window' does not exist; the default context_window=10 is in force",
+        "config key 'models/llmtruncate_on_overflow' does not exist; the default truncate_on_overflow=False is in "
+        "force",
+        "config key 'models/llmtruncation_side' does not exist; the default truncation_side='left' is in force",
+        "config key 'models/llmtruncation_side' does not exist; the default truncation_side='left' is in force",
+    ]
+
+
 def test_invalid_config_value_keeps_last_good_and_logs_once(
     chars: CallableTokenizer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -83,6 +83,7 @@ def test_overlong_metadata_aborts_before_the_handler(channel_for: Any) -> None:
         "E0512: the authorization header is 607 bytes long, more than the limit of 512: send a shorter value, "
         "or raise the limit if such values are legitimate"
     )
+    assert dict(error.trailing_metadata()) == {"x-autoglm-error-code": "E0512"}  # as HTTP's header
 
 
 def test_context_overflow_aborts_with_the_code(channel_for: Any) -> None:
@@ -94,6 +95,7 @@ def test_context_overflow_aborts_with_the_code(channel_for: Any) -> None:
         "in the input, 5 in the completion asked for by max_tokens), more than the context window of 20 "
         "tokens: shorten the input or lower max_tokens"
     )
+    assert dict(error.trailing_metadata()) == {"x-autoglm-error-code": "E0513"}
 
 
 def test_lone_surrogate_aborts_with_e5009(channel_for: Any) -> None:
@@ -223,4 +225,19 @@ def test_a_client_stream_reports_every_truncated_message(channel_for: Any) -> No
         "x-autoglm-truncated-tokens": "8",
         "x-autoglm-truncated-messages": "0:3,2:5",
         "x-autoglm-warning-code": "E0514",
+    }
+
+
+def test_a_client_stream_rejected_after_a_truncation_reports_both(channel_for: Any) -> None:
+    guard = ContextWindowGuard(char_tok(), 10, truncate_on_overflow=True)
+    channel = channel_for(context_guard=guard, extractor=extract, rewriter=rewrite)
+    call = channel.stream_unary(f"/{SERVICE}/Chat")
+    with pytest.raises(grpc.RpcError) as info:
+        call(iter([json.dumps({"prompt": "a" * 13}).encode(), b'{"prompt": "\\udfff"}']), timeout=10)
+    assert info.value.details().startswith("E5009: the input contains a lone surrogate U+DFFF")
+    assert dict(info.value.trailing_metadata()) == {
+        "x-autoglm-truncated-tokens": "3",
+        "x-autoglm-truncated-messages": "0:3",
+        "x-autoglm-warning-code": "E0514",
+        "x-autoglm-error-code": "E5009",
     }

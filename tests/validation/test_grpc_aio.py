@@ -172,3 +172,43 @@ def test_an_extractor_returning_a_wrong_type_is_a_coded_status() -> None:
         "E5010: the server's extractor returned int, not a GuardInput, a string or None, for this request: check "
         "the request fields",
     )
+
+
+def test_a_rejection_carries_its_code_in_trailing_metadata_too() -> None:
+    guard = ContextWindowGuard(char_tok(), 10, truncate_on_overflow=True)
+    interceptor = AsyncValidationInterceptor(context_guard=guard, extractor=extract, rewriter=rewrite)
+
+    async def trailer(call: Any) -> tuple[str, dict[str, str]]:
+        try:
+            async for _ in call:
+                pass
+        except grpc.aio.AioRpcError as error:
+            return (error.details() or "")[:5], dict(error.trailing_metadata() or ())
+        raise AssertionError("the call succeeded")
+
+    async def body(channel: grpc.aio.Channel) -> Any:
+        long_header = (("authorization", "a" * 513),)
+        complete_call = channel.unary_unary(f"/{SERVICE}/Complete")
+        unary = await trailer(_as_stream(complete_call(payload("x", max_tokens=11))))
+        header = await trailer(_as_stream(complete_call(b"never parsed", metadata=long_header)))
+        header_stream = await trailer(channel.unary_stream(f"/{SERVICE}/Words")(payload("a"), metadata=long_header))
+        echo = channel.stream_stream(f"/{SERVICE}/Echo")
+        stream = await trailer(echo(iter([payload("a" * 13), b'{"prompt": "\\udfff"}'])))
+        return unary, header, header_stream, stream
+
+    unary, header, header_stream, stream = run(interceptor, body)
+    assert unary == ("E0513", {"x-autoglm-error-code": "E0513"})
+    assert header == header_stream == ("E0512", {"x-autoglm-error-code": "E0512"})
+    assert stream == (  # what the truncated message put there stays, as HTTP keeps both headers
+        "E5009",
+        {
+            "x-autoglm-truncated-tokens": "3",
+            "x-autoglm-truncated-messages": "0:3",
+            "x-autoglm-warning-code": "E0514",
+            "x-autoglm-error-code": "E5009",
+        },
+    )
+
+
+async def _as_stream(call: Awaitable[Any]) -> AsyncIterator[Any]:
+    yield await call

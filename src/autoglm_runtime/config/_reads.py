@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from autoglm_runtime.config.cache import ConfigCache
 from autoglm_runtime.config.dispatcher import ConfigChange, Dispatcher, Listener
-from autoglm_runtime.errors import ConfigTimeoutError, ConfigTypeError
+from autoglm_runtime.errors import ConfigTimeoutError, ConfigTypeError, UsageError
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -41,11 +41,22 @@ class Reads:
     def subscribe(self, prefix: str, fn: Listener) -> Callable[[], None]:
         raise NotImplementedError
 
+    def _absolute(self, key: str) -> UsageError:
+        """The error for a key or prefix starting with '/': it can never exist, and its reads would silently give
+        their defaults for ever (a path with the root in it, or a stray slash)."""
+        relative = key[len(self.root) :] if key.startswith(self.root.rstrip("/") + "/") else key
+        return UsageError(
+            f"config key {key!r} starts with '/' and can never exist: keys are relative to the client's root "
+            f"{self.root}, such as {relative.lstrip('/')!r}"
+        )
+
     # --- typed reads -------------------------------------------------------------------------------
 
     def _typed(self, key: str, default: Any, kinds: tuple[type, ...], name: str) -> Any:
         value: Any = self._values.get(key, _MISSING)
         if value is _MISSING:
+            if isinstance(key, str) and key[:1] == "/":
+                raise self._absolute(key)
             if default is not _MISSING:
                 return default
             raise ConfigTypeError(f"config key {key!r} does not exist under {self.root}: no {name} to return")
@@ -85,6 +96,9 @@ class Reads:
         Raises :class:`~autoglm_runtime.errors.ConfigTimeoutError` (E0409, a ``TimeoutError``) after
         ``timeout`` seconds. Example: ``config.wait_for("rollout/percent", lambda v: v >= 50, timeout=60)``.
         """
+
+        if key[:1] == "/":
+            raise self._absolute(key)
 
         def ok(value: Any) -> bool:
             return value is not _MISSING and (predicate is None or bool(predicate(value)))

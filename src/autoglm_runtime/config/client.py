@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from autoglm_runtime.config._files import FileSync, file_directory
-from autoglm_runtime.config._reads import Reads
+from autoglm_runtime.config._reads import _MISSING, Reads
 from autoglm_runtime.config._sync import ZooKeeperSync
 from autoglm_runtime.config._values import Validator, ValuePipeline
 from autoglm_runtime.config.cache import ConfigCache
@@ -331,9 +331,15 @@ class ConfigClient(Reads):
         containers are read-only (:class:`~autoglm_runtime.config.FrozenDict`, ``FrozenList``; a change in
         place raises :class:`~autoglm_runtime.errors.ReadOnlyValueError`): ``copy.deepcopy(value)`` gives a
         mutable copy. Before :meth:`start` there is nothing cached (``default``); after :meth:`stop`
-        the last values stay readable, no longer followed: ``health()["state"]`` says "stopped".
+        the last values stay readable, no longer followed: ``health()["state"]`` says "stopped". A key starting
+        with '/' can never exist: it raises :class:`~autoglm_runtime.errors.UsageError` (E0001).
         """
-        return self._values.get(key, default)
+        value = self._values.get(key, _MISSING)
+        if value is _MISSING:
+            if isinstance(key, str) and key[:1] == "/":
+                raise self._absolute(key)
+            return default
+        return value
 
     def version(self, key: str) -> int | None:
         """The mzxid of the cached value of ``key`` (as in :attr:`ConfigChange.version`), or ``None``."""
@@ -355,6 +361,8 @@ class ConfigClient(Reads):
         >>> unsubscribe = client.subscribe("models/", lambda change: print(change.key, change.new))  # doctest: +SKIP
         """
         # No lock: start() holds it while loading, and a listener may subscribe from the dispatcher thread.
+        if prefix[:1] == "/":
+            raise self._absolute(prefix)
         if self._stopped or self._failed is not None:
             ended = "shut down after its start failed" if self._failed is not None else "stopped"
             raise UsageError(

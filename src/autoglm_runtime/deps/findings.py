@@ -178,9 +178,9 @@ class Report:
         summary = self.summary()
         checked = f"{self.distributions} distributions" if self.python is not None else "no environment"
         models = f"{len(self.models)} model" + ("" if len(self.models) == 1 else "s")
-        if not self.findings:
-            return f"E0101 check-deps: no problems ({checked}, {models}); exit {self.exit_code}"
         info = f", {summary['informational']} informational" if summary["informational"] else ""
+        if not summary["errors"]:  # E0101 names a conflict: a clean run carries no code
+            return f"check-deps: no problems{info} ({checked}, {models}); exit {self.exit_code}"
         return (
             f"E0101 check-deps: {summary['errors']} problem{'' if summary['errors'] == 1 else 's'}{info} "
             f"({checked}, {models}); exit {self.exit_code}"

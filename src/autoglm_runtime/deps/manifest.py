@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,11 +264,18 @@ def load_manifest(path: Path | str) -> ModelManifest:
     raw_reqs = table.get("requirements", [])
     included: list[Path] = []
     requirements: list[Requirement] = []
-    if not isinstance(raw_reqs, list) or not all(isinstance(r, str) for r in raw_reqs):
+    if not isinstance(raw_reqs, list):
         problems.add("model.requirements", f"must be a list of PEP 508 strings, got {raw_reqs!r}")
     else:
-        lines = ((f"model.requirements[{i}]", r.strip()) for i, r in enumerate(raw_reqs))
-        requirements = parse_requirement_lines(lines, source.parent, problems, included, (source,))
+
+        def lines(items: list[Any]) -> Iterator[tuple[str, str]]:
+            for i, raw in enumerate(items):  # each bad item named alone, in order, not the whole list quoted
+                if isinstance(raw, str):
+                    yield f"model.requirements[{i}]", raw.strip()
+                else:
+                    problems.add(f"model.requirements[{i}]", f"must be a PEP 508 string, got {raw!r}")
+
+        requirements = parse_requirement_lines(lines(raw_reqs), source.parent, problems, included, (source,))
 
     python: SpecifierSet | None = None
     raw_python = table.get("python")

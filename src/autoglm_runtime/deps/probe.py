@@ -297,8 +297,10 @@ def finish_probe(python: str | Path, returncode: int, stdout: str, stderr: str) 
                 f"interpreter {exe} is Python {version[0]}.{version[1]}; check-deps checks environments of Python "
                 f"{oldest} or newer: pass a newer interpreter to --python"
             )
-        tail = (stderr.strip().splitlines() or ["no output"])[-1]
-        raise UsageError(f"interpreter {exe} failed to run the probe (exit {returncode}): {tail[:300]}")
+        lines = [line.strip() for line in stderr.splitlines() if line.strip()] or ["no output"]
+        # A traceback ends with its exception; anything else (a pyenv shim, a wrapper script) says it first.
+        said = lines[-1] if "Traceback (most recent call last):" in lines else lines[0]
+        raise UsageError(f"interpreter {exe} failed to run the probe (exit {returncode}): {said[:300]}")
     try:
         return parse_probe(probe_payload(stdout), exe)
     except (ValueError, KeyError, TypeError, AttributeError, EOFError) as exc:

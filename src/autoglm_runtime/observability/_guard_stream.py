@@ -21,27 +21,34 @@ class GuardStream:
 
     The span is current while each response is produced, never in between: each step attaches and detaches it in
     the thread or task running that step, so a stream its server abandons half-way (a cancelled call) leaves
-    nothing attached in the thread or task that iterated it. :meth:`end` ends the span once, whoever calls it
-    first: the stream's end or failure (the wrappers below), or the server's callback at the call's end, which
-    hears of a cancelled call whose stream the server just stopped iterating::
+    nothing attached in the thread or task that iterated it. What the handler's code made current in one step (its
+    own span, held across its yields) is current again in the next, as it would be without the guard.
+
+    :meth:`end` ends the span once, whoever calls it first: the stream's end or failure (the wrappers below), or the
+    server's callback at the call's end, which hears of a cancelled call whose stream the server just stopped
+    iterating::
 
         responses = stream.responses(handler(request, context))   # a server iterates it later
         context.add_callback(stream.end)
     """
 
-    __slots__ = ("_check", "_open", "_span")
+    __slots__ = ("_check", "_inside", "_open", "_span")
 
     def __init__(self, check: GuardCheck, span: Span) -> None:
         self._check = check
         self._span = span
         self._open = [span]  # emptied by the first end(): list.pop is atomic, so two threads cannot both end it
+        self._inside: object = None  # the context the last step left current (None before the first step)
 
     def enter(self) -> object:
-        """Make the span current; the token for :meth:`leave`."""
-        return _tracing.attach(self._span)
+        """Make the span current (with what the previous step left current); the token for :meth:`leave`."""
+        inside = self._inside
+        return _tracing.attach(self._span) if inside is None else _tracing.attach_context(inside)
 
     def leave(self, token: object) -> None:
-        """Undo :meth:`enter` (in the thread or task that entered)."""
+        """Undo :meth:`enter` (in the thread or task that entered), keeping what the step left current for the next."""
+        if token is not None:
+            self._inside = _tracing.current_context()
         _tracing.detach(token)
 
     def end(self, error: BaseException | None = None) -> None:

@@ -40,6 +40,8 @@ __all__ = [
     "ERROR_TYPE",
     "TRACING_AVAILABLE",
     "attach",
+    "attach_context",
+    "current_context",
     "current_ids",
     "detach",
     "end_span",
@@ -221,8 +223,20 @@ def attach(span: Span | None) -> object:
     return _attach(span)
 
 
+def current_context() -> object:
+    """The current context, for :func:`attach_context` to make current again later (``None`` without the API)."""
+    return _context.get_current() if TRACING_AVAILABLE else None
+
+
+def attach_context(context: object) -> object:
+    """Make ``context`` (from :func:`current_context`) current until :func:`detach`: the token, or ``None``."""
+    if context is None:
+        return None
+    return _context.attach(context)  # type: ignore[arg-type]
+
+
 def detach(token: object) -> None:
-    """Undo :func:`attach`."""
+    """Undo :func:`attach` or :func:`attach_context`."""
     if token is not None:
         _context.detach(token)  # type: ignore[arg-type]
 

@@ -35,7 +35,7 @@ import grpc
 from autoglm_runtime.errors import INPUT_TRUNCATED, AutoGLMRuntimeError, InvalidRequestError
 from autoglm_runtime.logging import get_logger
 from autoglm_runtime.observability import GuardCheck
-from autoglm_runtime.validation.asgi import TRUNCATED_TOKENS_HEADER, WARNING_CODE_HEADER
+from autoglm_runtime.validation.asgi import ERROR_CODE_HEADER, TRUNCATED_TOKENS_HEADER, WARNING_CODE_HEADER
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardInput, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
 from autoglm_runtime.validation.headers import HeaderTokenGuard
@@ -59,6 +59,18 @@ def _status(exc: AutoGLMRuntimeError) -> grpc.StatusCode:
 def _details(exc: AutoGLMRuntimeError) -> str:
     log.warning("gRPC call rejected: %s", exc.message, extra={"error_code": exc.code, "status": exc.grpc_status})
     return f"{exc.code}: {exc.message}"
+
+
+def _trailer(exc: AutoGLMRuntimeError, tally: _Tally | None = None) -> tuple[tuple[str, str], ...]:
+    """A rejected call's trailing metadata: its code (as HTTP's header), after what earlier messages' truncation
+    put there (aborting replaces the call's trailing metadata)."""
+    earlier = tally.trailing() if tally is not None and tally.cuts else ()
+    return (*earlier, (ERROR_CODE_HEADER, exc.code))
+
+
+def _abort(context: grpc.ServicerContext, exc: AutoGLMRuntimeError, tally: _Tally | None = None) -> None:
+    context.set_trailing_metadata(_trailer(exc, tally))
+    context.abort(_status(exc), _details(exc))
 
 
 class _Tally:
@@ -179,7 +191,7 @@ class ValidationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             def reject(_request: Any, context: grpc.ServicerContext) -> Any:
                 with GuardCheck("grpc") as check:
                     check.reject(error)
-                    context.abort(_status(error), _details(error))
+                    _abort(context, error)
 
             # No request deserializer: a rejected call's message is never parsed.
             return _build(handler, reject, request_deserializer=None)
@@ -231,7 +243,7 @@ class ValidationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             request = self._guards.judge(request, tally)
         except AutoGLMRuntimeError as exc:
             check.reject(exc)
-            context.abort(_status(exc), _details(exc))
+            _abort(context, exc, tally)
             raise AssertionError("context.abort returned") from exc  # abort always raises
         check.passed(tally.verdict)
         if tally.cuts:
@@ -327,7 +339,7 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
             request = await asyncio.to_thread(self._guards.judge, request, tally)
         except AutoGLMRuntimeError as exc:
             check.reject(exc)
-            await context.abort(_status(exc), _details(exc))
+            await context.abort(_status(exc), _details(exc), _trailer(exc, tally))
             raise AssertionError("context.abort returned") from exc  # abort always raises
         check.passed(tally.verdict)
         if tally.cuts:
@@ -339,12 +351,12 @@ def _async_rejecting(error: AutoGLMRuntimeError, streaming: bool) -> Callable[..
     async def reject(_request: Any, context: grpc.aio.ServicerContext) -> Any:
         with GuardCheck("grpc") as check:
             check.reject(error)
-            await context.abort(_status(error), _details(error))
+            await context.abort(_status(error), _details(error), _trailer(error))
 
     async def reject_streaming(_request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         with GuardCheck("grpc") as check:
             check.reject(error)
-            await context.abort(_status(error), _details(error))
+            await context.abort(_status(error), _details(error), _trailer(error))
         yield  # pragma: no cover - abort raises; the yield only makes this an async generator
 
     return reject_streaming if streaming else reject

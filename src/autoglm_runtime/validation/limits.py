@@ -141,6 +141,7 @@ class ConfigLimits:
         self._last_good = defaults
         self._defaults = defaults
         self._reported: set[tuple[str, str]] = set()
+        self._absent: set[str] = set()  # keys whose absence was logged (again when they come back and go)
 
     @property
     def keys(self) -> tuple[str, str, str]:
@@ -169,13 +170,31 @@ class ConfigLimits:
         )
         for key, (field, value, parse) in zip(self._keys, fields, strict=True):
             if value is None:
-                limits = replace(limits, **{field: getattr(self._defaults, field)})
+                default = getattr(self._defaults, field)
+                limits = replace(limits, **{field: default})
+                self._report_absent(key, field, default)
                 continue
+            self._absent.discard(key)
             try:
                 limits = replace(limits, **{field: parse(value)})
             except ValueError as exc:  # the parsers' reasons never quote the value
                 self._report(key, value, str(exc))
         return limits
+
+    def _report_absent(self, key: str, field: str, default: Any) -> None:
+        # Said once per absence: a key named wrongly (a prefix without its '/', a typo) is not silent.
+        if key in self._absent:
+            return
+        self._absent.add(key)
+        root = getattr(self._client, "root", None)
+        log.info(
+            "config key %r does not exist%s; the default %s=%r is in force",
+            key,
+            f" under {root}" if root else "",
+            field,
+            default,
+            extra={"key": key},
+        )
 
     def _report(self, key: str, value: Any, reason: str) -> None:
         fingerprint = describe_value(value)["sha256"]

@@ -325,7 +325,8 @@ class EnvironmentBuilder:
             source += ["--no-index"]
         if self.uv is not None:
             flags = ["--no-config", "--no-python-downloads"] + (["--offline"] if self.offline else [])
-            commands = [[self.uv, "venv", *flags, "--python", self.python, str(venv)]]
+            # --quiet: its "Activate with: source <temporary path>" would reach the build's log; errors still do.
+            commands = [[self.uv, "venv", "--quiet", *flags, "--python", self.python, str(venv)]]
             if install:
                 commands.append(
                     [self.uv, "pip", "install", *flags, "--python", str(_bin(venv)), *source, "-r", str(reqs)]
