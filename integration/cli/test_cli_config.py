@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from integration._helpers import kazoo_session
 from kazoo.client import KazooClient
 from kazoo.security import make_digest_acl
 
@@ -137,3 +138,62 @@ def test_file_directory_backend(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert _run(capsys, "config", "dump", "--json", *target)[1] == '{\n  "models/window": 512\n}\n'
     assert _run(capsys, "config", "delete", "models", "--recursive", *target)[0] == 0
     assert list((tmp_path / "dev").iterdir()) == []
+
+
+def _cli(*argv: str) -> tuple[int, str, str]:
+    command = [sys.executable, "-m", "autoglm_runtime", *argv]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_dump_prints_what_it_may_read_and_names_each_key_it_may_not(
+    zk_hosts: str, zk_root: str, tmp_path: Path
+) -> None:
+    # Before: exit 2 and nothing on stdout, with the SDK's hint "check the credentials (auth=)".
+    only_reader = [make_digest_acl("reader", "s3cret", all=True)]
+    with kazoo_session(zk_hosts, auth_data=[("digest", "reader:s3cret")]) as owner:
+        owner.create(f"{zk_root}/public", b'"open"')
+        owner.create(f"{zk_root}/models/window", b"8192", makepath=True)
+        owner.create(f"{zk_root}/models/locked", b"1", acl=only_reader)
+        owner.create(f"{zk_root}/secret", b'"hidden"', acl=only_reader)
+        owner.create(f"{zk_root}/secret/inner", b"2")
+        try:
+            target = ("--hosts", zk_hosts, "--root", zk_root)
+            hint = "give --auth-file (or --auth) with credentials that may read it, or check its ACL"
+            refused = [
+                f"autoglm-runtime: error E0409: ZooKeeper at {zk_hosts} denied reading key {key!r} under {zk_root} "
+                f"(and any key below it): {hint}"
+                for key in ("models/locked", "secret")
+            ]
+            assert _cli("config", "dump", *target) == (
+                3,
+                'models = null\nmodels/window = 8192\npublic = "open"\n',
+                "\n".join(refused) + "\n",
+            )
+            code, out, err = _cli("config", "dump", "--json", *target)
+            assert (code, json.loads(out), err) == (
+                3,
+                {"models": None, "models/window": 8192, "public": "open"},
+                "\n".join(refused) + "\n",
+            )
+            # get: a readable key is served; one below a refused key is refused, not "missing".
+            assert _cli("config", "get", "public", *target) == (0, '"open"\n', "")
+            assert _cli("config", "get", "secret/inner", *target) == (2, "", refused[1] + "\n")
+            assert _cli("config", "get", "nothing", *target) == (
+                1,
+                "",
+                f"autoglm-runtime: error E0409: key 'nothing' does not exist under {zk_root}\n",
+            )
+            # watch: a client that could not load everything follows nothing; said the same way.
+            assert _cli("config", "watch", "--for", "1", *target) == (2, "", "\n".join(refused) + "\n")
+            secret = tmp_path / "zk-auth"
+            secret.write_text("reader:s3cret\n")
+            assert _cli("config", "dump", "--auth-file", str(secret), *target) == (
+                0,
+                'models = null\nmodels/locked = 1\nmodels/window = 8192\npublic = "open"\nsecret = "hidden"\n'
+                "secret/inner = 2\n",
+                "",
+            )
+        finally:
+            owner.delete(f"{zk_root}/secret", recursive=True)  # the fixture's cleanup has no credentials for it
+            owner.delete(f"{zk_root}/models/locked")

@@ -156,3 +156,6 @@ def test_acl_without_or_with_wrong_credentials(
         "credentials (auth=) and the ACLs of those nodes"
     )
     assert info.value.code == "E0409"
+    # What it refused, for a caller to report; what it could read stays readable (config dump prints it).
+    assert info.value.paths == (f"{protected_root}/secret",)
+    assert dict(client.snapshot()) == {"public": "open", **{f"p{i:02d}": i for i in range(20)}}

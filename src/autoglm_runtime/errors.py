@@ -14,7 +14,7 @@ those attributes instead of branching on types::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal
@@ -27,6 +27,7 @@ Severity = Literal["error", "warning", "info"]
 EXIT_OK = _exit_codes.EXIT_OK
 EXIT_FINDINGS = _exit_codes.EXIT_FINDINGS
 EXIT_USAGE = _exit_codes.EXIT_USAGE
+EXIT_PARTIAL = _exit_codes.EXIT_PARTIAL
 EXIT_OUTPUT = _exit_codes.EXIT_OUTPUT
 
 
@@ -278,9 +279,17 @@ class ConfigUnavailableError(ConfigError):
 
 
 class ConfigAccessError(ConfigError, PermissionError):
-    """ZooKeeper refused access to a path (missing or wrong credentials, ACL)."""
+    """ZooKeeper refused access to a path (missing or wrong credentials, ACL).
+
+    ``paths`` are the znodes ZooKeeper refused to read, when ``ConfigClient.start()`` raises it: the keys it
+    could read stay readable (``snapshot()``, ``get()``), so a caller may use them and report these.
+    """
 
     exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, *, paths: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.paths = tuple(paths)
 
 
 class SnapshotError(ConfigError):

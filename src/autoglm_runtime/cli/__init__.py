@@ -3,7 +3,8 @@
 Each subcommand lives in a module of this package that exposes ``register(subparsers)``; it sets
 ``func`` on its parser to a callable taking the parsed arguments and returning an exit code. Exit codes
 are one convention across all commands: 0 ok, 1 findings or failure of the checked thing, 2 usage or
-configuration error, 120 output that could not be written (:func:`console`). Errors of the SDK are printed as
+configuration error, 3 partial output (what could not be had is named on stderr), 120 output that could not be
+written (:func:`console`). Errors of the SDK are printed as
 their coded message, never as a traceback; commands write their output with :func:`._output.write`.
 
 Start-up time is part of what ``check-deps`` is judged by, so this module imports nothing at load time:

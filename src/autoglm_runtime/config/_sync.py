@@ -305,7 +305,8 @@ class ZooKeeperSync:
                 paths = ", ".join(self._tree.denied[:5])
                 self.load_error = ConfigAccessError(
                     f"ZooKeeper at {self.hosts} denied reading {paths} under root {self.root}: check the "
-                    "credentials (auth=) and the ACLs of those nodes"
+                    "credentials (auth=) and the ACLs of those nodes",
+                    paths=self._tree.denied,
                 )
             held = len(self._cache)
             if not self._guard.behind():

@@ -181,7 +181,8 @@ class ConfigClient(Reads):
         is served at once instead of after the whole timeout. Raises
         :class:`~autoglm_runtime.errors.ConfigUnavailableError` with neither,
         :class:`~autoglm_runtime.errors.SnapshotError` if the snapshot is refused, and
-        :class:`~autoglm_runtime.errors.ConfigAccessError` if ZooKeeper denies reading part of the tree.
+        :class:`~autoglm_runtime.errors.ConfigAccessError` if ZooKeeper denies reading part of the tree: its ``paths``
+        name the znodes refused, and what could be read stays readable (:meth:`snapshot`, :meth:`get`).
 
         Calling it again after it returned does nothing. A start that raised leaves the client shut down
         (no thread left): calling ``start()`` again raises :class:`~autoglm_runtime.errors.UsageError`,

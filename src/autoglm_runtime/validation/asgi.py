@@ -143,7 +143,7 @@ class ValidationMiddleware:
             raise UsageError(f"max_body_bytes must be at least 1, got {max_body_bytes}")
         if isinstance(max_concurrent_checks, bool) or max_concurrent_checks < 1:
             raise UsageError(f"max_concurrent_checks must be at least 1, got {max_concurrent_checks}")
-        if body_timeout is not None and body_timeout <= 0:
+        if body_timeout is not None and not body_timeout > 0:  # (nan too: it would never time out)
             raise UsageError(f"body_timeout must be positive or None, got {body_timeout}")
         if error_style not in ("autoglm", "openai"):
             raise UsageError(f"error_style must be 'autoglm' or 'openai', got {error_style!r}")

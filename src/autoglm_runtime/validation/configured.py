@@ -13,8 +13,9 @@ nothing else. :class:`EnvValidationMiddleware` reads its settings from the TOML 
     AUTOGLM_VALIDATION_CONFIG=guard.toml vllm serve /models/llm \\
         --middleware autoglm_runtime.validation.configured.EnvValidationMiddleware
 
-Every key of the file is optional except ``context_window`` when a ``tokenizer`` is given; unknown keys and values
-of the wrong type are all reported together (E0001) when the server builds its middleware.
+Every key of the file is optional except ``context_window`` when a ``tokenizer`` is given; unknown keys, values
+of the wrong type and values out of range are all reported together (E0001), naming the file, when the server
+builds its middleware.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,8 @@ class GuardSettings:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, source: str = "the settings") -> GuardSettings:
-        """Settings from parsed TOML/JSON; every unknown key and wrongly typed value is reported at once."""
+        """Settings from parsed TOML/JSON; every unknown key, wrongly typed value and value out of range is reported
+        at once, in one :class:`~autoglm_runtime.errors.UsageError` naming ``source``."""
         known = {f.name: f for f in fields(cls)}
         problems = [f"unknown key {key!r}" for key in values if key not in known]
         kwargs: dict[str, Any] = {}
@@ -87,15 +89,20 @@ class GuardSettings:
             if not _valid(key, value):
                 problems.append(f"{key!r} cannot be {value!r:.60}")
                 continue
+            bound = _BOUNDS.get(key)
+            if bound is not None and value is not None and not bound[0](value):
+                problems.append(f"{key!r} {bound[1]}, got {value!r:.60}")
+                continue
             kwargs[key] = value
-        if kwargs.get("tokenizer") is not None and kwargs.get("context_window") is None:
+        # Judged on what the file gives, so that a value refused above is not also reported as absent.
+        if values.get("tokenizer") is not None and values.get("context_window") is None:
             problems.append("'tokenizer' needs 'context_window'")
-        if kwargs.get("tokenizer") is None:
+        if values.get("tokenizer") is None:
             # Without a tokenizer no context guard is built: these would be silently ignored.
             problems.extend(
                 f"{key!r} needs 'tokenizer' (no tokens can be counted without one)"
                 for key in ("context_window", "chat_template", "truncate_on_overflow")
-                if kwargs.get(key) not in (None, False)
+                if values.get(key) not in (None, False)
             )
         if problems:
             raise UsageError(f"{source} are not valid: {'; '.join(problems)}: fix them (see docs/validation.md)")
@@ -146,6 +153,25 @@ class GuardSettings:
             "error_style": self.error_style,
         }
 
+
+#: What a value of the right type must also be, as the part it configures requires (the part refuses the same
+#: values, one at a time: a settings file is judged whole). ``None`` (a JSON null) passes wherever it is allowed.
+_BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "context_window": (lambda v: v >= 1, "must be at least 1 token"),
+    "truncation_side": (lambda v: v in ("left", "right"), "must be 'left' or 'right'"),
+    "default_output_tokens": (lambda v: v >= 0, "must not be negative"),
+    "message_tokens": (lambda v: v >= 0, "must not be negative"),
+    "max_body_bytes": (lambda v: v >= 1, "must be at least 1"),
+    "max_concurrent_checks": (lambda v: v >= 1, "must be at least 1"),
+    "retry_after": (lambda v: v >= 0, "must not be negative"),
+    "body_timeout": (lambda v: v > 0, "must be positive"),
+    "error_style": (lambda v: v in ("autoglm", "openai"), "must be 'autoglm' or 'openai'"),
+    "max_header_length": (lambda v: v >= 1, "must be at least 1"),
+    "guarded_headers": (lambda v: len(v) >= 1, "must name at least one header"),
+    "max_prompts": (lambda v: v >= 1, "must be at least 1"),
+    "max_messages": (lambda v: v >= 1, "must be at least 1"),
+    "max_parts": (lambda v: v >= 1, "must be at least 1"),
+}
 
 _OPTIONAL_TEXT = frozenset({"tokenizer", "chat_template"})
 _TEXT_LISTS = frozenset({"paths", "guarded_headers"})
