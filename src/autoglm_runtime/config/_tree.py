@@ -28,38 +28,56 @@ log = logging.getLogger("autoglm_runtime.config")
 _NONE: frozenset[str] = frozenset()
 
 
-class PendingPaths(set[str]):
+class PendingPaths:
     """Paths whose watch fired and whose re-read has not been applied yet (a difference there is not drift).
 
-    kazoo's callback thread adds to it and issues re-reads; the sync thread takes paths out as it applies
-    them. A path reported twice has two re-reads on their way: applying the first must not take it out while
-    the second is still coming (the reconciler would take the second change for drift), so a re-read issued
-    here is recorded by its sequence number and only the newest one takes its path out.
+    An event marks what it asks to read again -- the value, the child list, or both -- with a number from the
+    reader's sequence, so reads issued after the event carry larger ones. A read unmarks only what it read,
+    and only marks not newer than itself: neither the re-read of an earlier event nor a read of the value
+    alone forgets a later event, whose change the reconciler would otherwise take for drift. kazoo's callback
+    thread marks; the sync thread unmarks.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, next_seq: Callable[[], int]) -> None:
+        self._next_seq = next_seq
         self._lock = threading.Lock()
-        self._latest: dict[str, int] = {}
+        self._marks: dict[str, list[int]] = {}  # path -> [value mark, child-list mark]; 0: not marked
 
-    def fetching(self, path: str, seq: int) -> None:
-        """A re-read of ``path`` with sequence number ``seq`` was issued."""
+    def mark(self, path: str, *, data: bool, children: bool, seq: int | None = None) -> None:
+        """An event asks to read the value (``data``) and/or the child list of ``path`` again; ``seq``: the
+        number of the read already issued for it (default: a new number, for a read still to be issued)."""
+        seq = self._next_seq() if seq is None else seq
         with self._lock:
-            self.add(path)
-            if seq > self._latest.get(path, 0):
-                self._latest[path] = seq
+            marks = self._marks.setdefault(path, [0, 0])
+            if data:
+                marks[0] = max(marks[0], seq)
+            if children:
+                marks[1] = max(marks[1], seq)
 
-    def fetched(self, path: str, seq: int) -> None:
-        """The re-read ``seq`` of ``path`` is being applied: the path is answered unless a newer one is coming."""
+    def answer(self, path: str, seq: int, *, data: bool, children: bool) -> None:
+        """A read of ``path`` numbered ``seq`` (of its value if ``data``, its child list if ``children``) is being
+        applied: unmark what it answers."""
         with self._lock:
-            if seq >= self._latest.get(path, 0):
-                self.discard(path)
-                self._latest.pop(path, None)
+            marks = self._marks.get(path)
+            if marks is None:
+                return
+            if data and marks[0] <= seq:
+                marks[0] = 0
+            if children and marks[1] <= seq:
+                marks[1] = 0
+            if marks == [0, 0]:
+                del self._marks[path]
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._marks
+
+    def paths(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._marks)
 
     def clear(self) -> None:
         with self._lock:
-            super().clear()
-            self._latest.clear()
+            self._marks.clear()
 
 
 class TreeApplier:

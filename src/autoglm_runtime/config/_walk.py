@@ -87,7 +87,9 @@ class TreeWalker:
             except Interrupted as exc:
                 raise Lost(r.path for r, _ in fetched[index:]) from exc
             with self._cache.batch():
-                self._pending.fetched(result.path, result.seq)
+                self._pending.answer(
+                    result.path, result.seq, data=True, children=pending[1] is not None or result.missing
+                )
                 more = self._tree.apply(result, found=None, full=False, reconcile=False)
                 self._tree.inflight.update(spec[0] for spec in more)
                 follow.extend(more)
@@ -100,7 +102,11 @@ class TreeWalker:
         if not paths:
             return True
         self._tree.inflight.update(paths)
-        self._pending.difference_update(paths)
+        # These reads answer the events marked so far (their numbers are larger), not those marked meanwhile.
+        issued = self._reader.next_seq()
+        root = self.root
+        for p in paths:
+            self._pending.answer(p, issued, data=p in data or p == root, children=p in children or p == root)
         specs = [(p, p in data and p != self.root, p in children or p == self.root) for p in sorted(paths)]
         return self.traverse(specs)
 
