@@ -164,11 +164,13 @@ def test_values_and_children_changing_together_without_a_fault_is_no_drift(
     the re-read of one event, or starting the re-read of another, forgot the newer event)."""
     for p in range(8):
         zk_client.create(f"{zk_root}/p{p}", j(0))
-    client = make_client(zk_hosts, zk_root, ttl=1.0, reconcile_rate=100_000.0, watch_mode=watch_mode)
+    client = make_client(
+        zk_hosts, zk_root, ttl=1.0, reconcile_rate=100_000.0, reconcile_interval=0.005, watch_mode=watch_mode
+    )
     client.start(timeout=10)
     rng = random.Random(17)
     expected: dict[str, int] = {f"p{p}": 0 for p in range(8)}
-    for n in range(1500):
+    for n in range(2000):
         p = rng.randrange(8)
         child = f"p{p}/c{rng.randrange(3)}"
         if rng.random() < 0.5:
