@@ -94,3 +94,18 @@ def test_applying_the_re_read_of_an_earlier_event_keeps_a_later_one_pending() ->
     assert "/r/a" in paths
     paths.answer("/r/a", 11, data=True, children=True)
     assert "/r/a" not in paths
+
+
+def test_a_child_an_older_read_found_missing_is_read_again_when_a_newer_list_names_it() -> None:
+    tree, cache, _ = _applier()
+    tree.apply(_children("/r", 1, ["a"]), found=None, full=False, reconcile=False)
+    cache.offer("a", 1, b"1", czxid=10, mzxid=10, seq=2)
+    # "a" was deleted (its re-read, 3, found it missing) and created again before the root's list (4) was read.
+    tree.apply(_children("/r", 4, ["a"]), found=None, full=False, reconcile=False)
+    assert tree.apply(_missing("/r/a", 3), found=None, full=False, reconcile=False) == [("/r/a", True, True)]
+    assert cache.get("a") == 1
+    assert tree.children["/r"] == (4, frozenset({"a"}))
+    # A read after the list that finds it missing is a deletion.
+    assert tree.apply(_missing("/r/a", 5), found=None, full=False, reconcile=False) == []
+    assert cache.get("a") is None
+    assert tree.children["/r"] == (4, frozenset())

@@ -158,6 +158,18 @@ class TreeApplier:
             return False
         return self._cache.known(key, stat.czxid, stat.mzxid, seq)
 
+    def _parent(self, path: str) -> tuple[str, str]:
+        """The parent of ``path`` (as the child lists are keyed) and its name there."""
+        parent, name = path.rsplit("/", 1)
+        parent = parent or "/"
+        return (self.root if parent + "/" == self._prefix else parent), name
+
+    def _listed_after(self, path: str, seq: int) -> bool:
+        """True if the child list held for ``path``'s parent was read after read ``seq`` and names it."""
+        parent, name = self._parent(path)
+        listed = self.children.get(parent)
+        return listed is not None and listed[0] > seq and name in listed[1]
+
     def path(self, key: str) -> str:
         return self.root if key == "" else self._prefix + key
 
@@ -177,6 +189,10 @@ class TreeApplier:
                 self.children.pop(path, None)
                 self.czxids.pop(path, None)
                 self.pzxids.pop(path, None)
+            elif self._listed_after(path, result.seq):
+                # A child list read after this one names it: it was created again after this read found it
+                # missing, and (per node) no watch of ours is left on the new znode. Read it, do not drop it.
+                return [(path, True, True)]
             elif not self._behind():
                 self.remove_subtree(path, result.seq, reconcile=reconcile)
             return []
@@ -197,9 +213,7 @@ class TreeApplier:
 
     def _adopt(self, path: str, seq: int) -> None:
         """Add ``path`` to its parent's child list, unless a newer list was read (it then had its say)."""
-        parent, name = path.rsplit("/", 1)
-        parent = parent or "/"
-        parent = self.root if parent + "/" == self._prefix else parent
+        parent, name = self._parent(path)
         listed = self.children.get(parent)
         if listed is not None and name not in listed[1] and seq > listed[0]:
             self.children[parent] = (listed[0], listed[1] | {name})
@@ -281,10 +295,8 @@ class TreeApplier:
     def remove_subtree(self, path: str, seq: int, *, reconcile: bool) -> None:
         # Forget the name in the parent's child list too: if the znode is created again, the parent's next
         # child list must show it as new (and load it), even though the name did not change.
-        parent = path.rsplit("/", 1)[0] or "/"
-        parent = self.root if parent + "/" == self._prefix else parent
+        parent, name = self._parent(path)
         listed = self.children.get(parent)
-        name = path.rsplit("/", 1)[1]
         if listed is not None and name in listed[1]:
             self.children[parent] = (listed[0], listed[1] - {name})
         stack = [path]
