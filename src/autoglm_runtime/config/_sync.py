@@ -390,9 +390,11 @@ class ZooKeeperSync:
 
     def reread(self, keys: Iterable[str]) -> int:
         """Re-read ``keys`` (``""`` is the root's child list) and correct drift; returns the reads issued."""
-        if not self._state.fresh or not self.client.connected or self._status.stale_since is not None:
+        if not self._following():
             return 0  # a resync is due or running: it finds every difference, and they are not drift
-        verified = self._walker.verify(keys, timeout=self._op_timeout, stats=self._recursive.active)
+        verified = self._walker.verify(
+            keys, timeout=self._op_timeout, stats=self._recursive.active, following=self._following
+        )
         if verified is None:
             return 0
         follow, issued = verified
@@ -400,6 +402,10 @@ class ZooKeeperSync:
             self._queue.put(("read", follow))
         self._status.mark_confirmed()
         return issued
+
+    def _following(self) -> bool:
+        """No resync or full read is due or running (checked again before a re-read's differences count)."""
+        return self._state.fresh and self.client.connected and self._status.stale_since is None
 
     @property
     def reads_per_key(self) -> float:
