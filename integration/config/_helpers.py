@@ -12,6 +12,7 @@ from kazoo.client import KazooClient
 
 from autoglm_runtime import ConfigClient
 from autoglm_runtime.testing._common import four_letter_word
+from autoglm_runtime.testing.proxy import FaultProxy
 from autoglm_runtime.testing.zookeeper import ZooKeeperServer
 
 #: The ``make_client`` fixture: ``make_client(hosts, root, **options)`` builds a ConfigClient (not started).
@@ -64,3 +65,21 @@ def persistent_events_lost(kazoo: KazooClient, path: str) -> Iterator[None]:
         kazoo.get(path.rsplit("/", 1)[0] or "/")  # the notifications come before this answer on the connection
     finally:
         routing.under = under
+
+
+class SwitchingProxy(FaultProxy):
+    """A FaultProxy whose next connections go to the targets queued with :meth:`then`, in turn (the last
+    one stays)."""
+
+    _targets: list[tuple[str, int]]
+
+    @property  # type: ignore[override]
+    def target(self) -> tuple[str, int]:
+        return self._targets.pop(0) if len(self._targets) > 1 else self._targets[0]
+
+    @target.setter
+    def target(self, value: tuple[str, int]) -> None:
+        self._targets = [value]
+
+    def then(self, *targets: tuple[str, int]) -> None:
+        self._targets = list(targets)

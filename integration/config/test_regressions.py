@@ -8,31 +8,13 @@ from typing import Any
 
 import pytest
 from integration._helpers import kazoo_session
-from integration.config._helpers import Factory, Until, j, kazoo_of
+from integration.config._helpers import Factory, SwitchingProxy, Until, j, kazoo_of
 from kazoo.client import KazooClient
 from kazoo.security import make_digest_acl
 
 from autoglm_runtime import ConfigChange
 from autoglm_runtime.config import SnapshotEntry, write_snapshot
 from autoglm_runtime.testing.zookeeper import FaultProxy, ZooKeeperServer, expire_session
-
-
-class SwitchingProxy(FaultProxy):
-    """A FaultProxy whose next connections go to the targets queued with :meth:`then`, in turn (the last
-    one stays)."""
-
-    _targets: list[tuple[str, int]]
-
-    @property  # type: ignore[override]
-    def target(self) -> tuple[str, int]:
-        return self._targets.pop(0) if len(self._targets) > 1 else self._targets[0]
-
-    @target.setter
-    def target(self, value: tuple[str, int]) -> None:
-        self._targets = [value]
-
-    def then(self, *targets: tuple[str, int]) -> None:
-        self._targets = list(targets)
 
 
 def coded(caplog: pytest.LogCaptureFixture, start: str) -> list[logging.LogRecord]:

@@ -147,3 +147,42 @@ def test_a_value_is_not_shared_mutable(
     mine["names"].append("c")
     assert client.get("models") == {"names": ["a", "b"], "limits": {"rpm": 10}}
     assert dict(client.snapshot()) == {"models": {"names": ["a", "b"], "limits": {"rpm": 10}}}
+
+
+@pytest.mark.parametrize("watch_mode", ["auto", "per_node"])
+def test_values_and_children_changing_together_without_a_fault_is_no_drift(
+    watch_mode: str,
+    zk_hosts: str,
+    zk_root: str,
+    zk_client: KazooClient,
+    make_client: Factory,
+    until: Until,
+    clock: FakeClock,
+) -> None:
+    """A parent's value and its child list change close together while the safety net re-reads it all the
+    time: a watch event whose re-read is still to come must never be taken for drift (before the fix, applying
+    the re-read of one event, or starting the re-read of another, forgot the newer event)."""
+    for p in range(8):
+        zk_client.create(f"{zk_root}/p{p}", j(0))
+    client = make_client(
+        zk_hosts, zk_root, ttl=1.0, reconcile_rate=100_000.0, reconcile_interval=0.005, watch_mode=watch_mode
+    )
+    client.start(timeout=10)
+    rng = random.Random(17)
+    expected: dict[str, int] = {f"p{p}": 0 for p in range(8)}
+    for n in range(2000):
+        p = rng.randrange(8)
+        child = f"p{p}/c{rng.randrange(3)}"
+        if rng.random() < 0.5:
+            zk_client.set(f"{zk_root}/p{p}", j(n))
+            expected[f"p{p}"] = n
+        elif child in expected:
+            zk_client.delete(f"{zk_root}/{child}")
+            del expected[child]
+        else:
+            zk_client.create(f"{zk_root}/{child}", j(n))
+            expected[child] = n
+        clock.advance(2.0)  # every entry is due for the safety net all the time
+    zk_client.sync(zk_root)
+    until(lambda: dict(client.snapshot()) == expected, what="the tree after the churn")
+    assert client.health()["drift_corrected"] == 0

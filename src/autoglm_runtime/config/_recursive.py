@@ -10,10 +10,11 @@ znode. What this module handles around ZooKeeper's rules for such watches:
   callback, by giving kazoo's data-watcher table a ``pop`` that adds that callback for paths under the root;
 * the watch lives as long as the connection: it is added again on every new connection (:meth:`ensure`);
 * changes made while the client was disconnected are not reported when the watch is added again (unlike
-  one-shot watches re-armed relative to a zxid). :meth:`catch_up` asks a short second session: its
+  one-shot watches re-armed relative to a zxid). :meth:`catch_up` asks a short second session: after a
+  ``sync`` (it may land on a lagging follower; one still behind the main session is not trusted), its
   ``setWatches`` relative to the last zxid seen before the gap fires at once for every known znode changed,
   deleted or given new children since, and the session is closed as soon as those firings are in. Nothing
-  changed costs a connect, a ``setWatches`` and a close, and no read;
+  changed costs a connect, a ``sync``, a ``setWatches`` and a close, and no read;
 * the main session never sets a one-shot watch while in this mode: a one-shot watch on the watched path
   downgrades the persistent one (ZOOKEEPER-4466) and child watches below it can leak events into it
   (ZOOKEEPER-4475);
@@ -168,6 +169,9 @@ class RecursiveWatch:
         ``data``/``children``: the znodes whose value/child list the cache holds; ``exist``: znodes known to be
         absent (a missing root). Returns once every firing went to ``on_event``.
         """
+        # Everything up to here reached the main session (its watch was added at or below this zxid): the
+        # catch-up must answer from a server at least this far, or it reports nothing for what it lacks.
+        floor: int = self.client.last_zxid
         session = self._second_session()
         if session is None:
             return False
@@ -186,6 +190,20 @@ class RecursiveWatch:
                 client=session, watch=on_event, status=self._status, batch_size=1, op_timeout=self._op_timeout
             )
             try:
+                # A new session may land on a follower that lags: its setWatches would fire nothing for a
+                # change it has not applied yet, and the session is closed before it does. sync() makes it
+                # catch up with the leader; one still behind the main session cannot be trusted.
+                reader.wait(session.sync_async(self.root))
+                self._status.add("requests")
+                if session.last_zxid < floor:
+                    log.info(
+                        "config sync's catch-up session reached a ZooKeeper server behind its own (zxid %#x < "
+                        "%#x); reading the whole tree instead",
+                        session.last_zxid,
+                        floor,
+                        extra={"root": self.root},
+                    )
+                    return False
                 reader.arm(data, children, relative, exist)
             except Interrupted:
                 return False

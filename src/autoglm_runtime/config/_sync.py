@@ -83,7 +83,7 @@ class ZooKeeperSync:
         )
         self._op_timeout = op_timeout
         self._queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
-        self._pending = PendingPaths()
+        self._pending = PendingPaths(self._reader.next_seq)
         # Written by the sync thread only; read (one reference) by the reconciler's reread().
         self._state = sm.SyncState()
         self._synced_session: int | None = None  # the session of the last completed load or resync
@@ -169,21 +169,28 @@ class ZooKeeperSync:
             return
         if event.path == self.root and event.type == EventType.CHANGED:
             return  # the root's own value is not a key (a persistent watch reports it)
-        self._pending.add(event.path)
         if event.type != EventType.CHILD and event.path != self.root:
             # Issue the re-read here (asynchronous, never blocking kazoo's callback thread): it saves a
             # thread hop on the path every update takes. The sync thread waits for it and applies it.
             # After a deletion the znode may already be back (a new incarnation): read its children too,
             # which (per node) arms the child watch the deletion consumed. A creation (reported by a
             # persistent watch) is read with its children as well.
+            children = event.type != EventType.CHANGED
             try:
-                started = self._reader.start_read(event.path, children=event.type != EventType.CHANGED)
-                self._pending.fetching(event.path, started[0].seq)
-                self._queue.put(("fetched", started))
-                return
+                started = self._reader.start_read(event.path, children=children)
             except Exception:  # kazoo refuses calls once closing; the sync thread reads it instead
                 pass
-        self._queue.put(("children" if event.type == EventType.CHILD else "data", event.path))
+            else:
+                self._pending.mark(event.path, data=True, children=children, seq=started[0].seq)
+                self._queue.put(("fetched", started))
+                return
+        self._queue_read(event)
+
+    def _queue_read(self, event: WatchedEvent) -> None:
+        """Have the sync thread read the value (or, for a child event, the child list) of the event's znode."""
+        child = event.type == EventType.CHILD
+        self._pending.mark(event.path, data=not child, children=child)
+        self._queue.put(("children" if child else "data", event.path))
 
     # --- the sync thread: collect events, decide (``_syncstate``), execute ------------------------
 
@@ -356,7 +363,7 @@ class ZooKeeperSync:
         """
         with self._cache.batch():
             data_paths, child_paths, exist_paths = self._tree.known_paths()
-        unanswered = frozenset(self._pending)
+        unanswered = self._pending.paths()
         marker = ("synced", action.generation)
         if not self._ensure_watch():
             self._reader.arm(data_paths, child_paths, action.relative, exist_paths)
@@ -378,16 +385,17 @@ class ZooKeeperSync:
         """A firing of the catch-up session's setWatches: read that znode (or child list) again."""
         if event.type == EventType.NONE or not event.path or self._stopping.is_set():
             return
-        self._pending.add(event.path)
-        self._queue.put(("children" if event.type == EventType.CHILD else "data", event.path))
+        self._queue_read(event)
 
     # --- the reconciler's entry point ------------------------------------------------------------
 
     def reread(self, keys: Iterable[str]) -> int:
         """Re-read ``keys`` (``""`` is the root's child list) and correct drift; returns the reads issued."""
-        if not self._state.fresh or not self.client.connected or self._status.stale_since is not None:
+        if not self._following():
             return 0  # a resync is due or running: it finds every difference, and they are not drift
-        verified = self._walker.verify(keys, timeout=self._op_timeout, stats=self._recursive.active)
+        verified = self._walker.verify(
+            keys, timeout=self._op_timeout, stats=self._recursive.active, following=self._following
+        )
         if verified is None:
             return 0
         follow, issued = verified
@@ -395,6 +403,10 @@ class ZooKeeperSync:
             self._queue.put(("read", follow))
         self._status.mark_confirmed()
         return issued
+
+    def _following(self) -> bool:
+        """No resync or full read is due or running (checked again before a re-read's differences count)."""
+        return self._state.fresh and self.client.connected and self._status.stale_since is None
 
     @property
     def reads_per_key(self) -> float:

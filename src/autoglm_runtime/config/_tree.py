@@ -28,38 +28,56 @@ log = logging.getLogger("autoglm_runtime.config")
 _NONE: frozenset[str] = frozenset()
 
 
-class PendingPaths(set[str]):
+class PendingPaths:
     """Paths whose watch fired and whose re-read has not been applied yet (a difference there is not drift).
 
-    kazoo's callback thread adds to it and issues re-reads; the sync thread takes paths out as it applies
-    them. A path reported twice has two re-reads on their way: applying the first must not take it out while
-    the second is still coming (the reconciler would take the second change for drift), so a re-read issued
-    here is recorded by its sequence number and only the newest one takes its path out.
+    An event marks what it asks to read again -- the value, the child list, or both -- with a number from the
+    reader's sequence, so reads issued after the event carry larger ones. A read unmarks only what it read,
+    and only marks not newer than itself: neither the re-read of an earlier event nor a read of the value
+    alone forgets a later event, whose change the reconciler would otherwise take for drift. kazoo's callback
+    thread marks; the sync thread unmarks.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, next_seq: Callable[[], int]) -> None:
+        self._next_seq = next_seq
         self._lock = threading.Lock()
-        self._latest: dict[str, int] = {}
+        self._marks: dict[str, list[int]] = {}  # path -> [value mark, child-list mark]; 0: not marked
 
-    def fetching(self, path: str, seq: int) -> None:
-        """A re-read of ``path`` with sequence number ``seq`` was issued."""
+    def mark(self, path: str, *, data: bool, children: bool, seq: int | None = None) -> None:
+        """An event asks to read the value (``data``) and/or the child list of ``path`` again; ``seq``: the
+        number of the read already issued for it (default: a new number, for a read still to be issued)."""
+        seq = self._next_seq() if seq is None else seq
         with self._lock:
-            self.add(path)
-            if seq > self._latest.get(path, 0):
-                self._latest[path] = seq
+            marks = self._marks.setdefault(path, [0, 0])
+            if data:
+                marks[0] = max(marks[0], seq)
+            if children:
+                marks[1] = max(marks[1], seq)
 
-    def fetched(self, path: str, seq: int) -> None:
-        """The re-read ``seq`` of ``path`` is being applied: the path is answered unless a newer one is coming."""
+    def answer(self, path: str, seq: int, *, data: bool, children: bool) -> None:
+        """A read of ``path`` numbered ``seq`` (of its value if ``data``, its child list if ``children``) is being
+        applied: unmark what it answers."""
         with self._lock:
-            if seq >= self._latest.get(path, 0):
-                self.discard(path)
-                self._latest.pop(path, None)
+            marks = self._marks.get(path)
+            if marks is None:
+                return
+            if data and marks[0] <= seq:
+                marks[0] = 0
+            if children and marks[1] <= seq:
+                marks[1] = 0
+            if marks == [0, 0]:
+                del self._marks[path]
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._marks
+
+    def paths(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._marks)
 
     def clear(self) -> None:
         with self._lock:
-            super().clear()
-            self._latest.clear()
+            self._marks.clear()
 
 
 class TreeApplier:
@@ -140,6 +158,18 @@ class TreeApplier:
             return False
         return self._cache.known(key, stat.czxid, stat.mzxid, seq)
 
+    def _parent(self, path: str) -> tuple[str, str]:
+        """The parent of ``path`` (as the child lists are keyed) and its name there."""
+        parent, name = path.rsplit("/", 1)
+        parent = parent or "/"
+        return (self.root if parent + "/" == self._prefix else parent), name
+
+    def _listed_after(self, path: str, seq: int) -> bool:
+        """True if the child list held for ``path``'s parent was read after read ``seq`` and names it."""
+        parent, name = self._parent(path)
+        listed = self.children.get(parent)
+        return listed is not None and listed[0] > seq and name in listed[1]
+
     def path(self, key: str) -> str:
         return self.root if key == "" else self._prefix + key
 
@@ -159,6 +189,10 @@ class TreeApplier:
                 self.children.pop(path, None)
                 self.czxids.pop(path, None)
                 self.pzxids.pop(path, None)
+            elif self._listed_after(path, result.seq):
+                # A child list read after this one names it: it was created again after this read found it
+                # missing, and (per node) no watch of ours is left on the new znode. Read it, do not drop it.
+                return [(path, True, True)]
             elif not self._behind():
                 self.remove_subtree(path, result.seq, reconcile=reconcile)
             return []
@@ -179,9 +213,7 @@ class TreeApplier:
 
     def _adopt(self, path: str, seq: int) -> None:
         """Add ``path`` to its parent's child list, unless a newer list was read (it then had its say)."""
-        parent, name = path.rsplit("/", 1)
-        parent = parent or "/"
-        parent = self.root if parent + "/" == self._prefix else parent
+        parent, name = self._parent(path)
         listed = self.children.get(parent)
         if listed is not None and name not in listed[1] and seq > listed[0]:
             self.children[parent] = (listed[0], listed[1] | {name})
@@ -263,10 +295,8 @@ class TreeApplier:
     def remove_subtree(self, path: str, seq: int, *, reconcile: bool) -> None:
         # Forget the name in the parent's child list too: if the znode is created again, the parent's next
         # child list must show it as new (and load it), even though the name did not change.
-        parent = path.rsplit("/", 1)[0] or "/"
-        parent = self.root if parent + "/" == self._prefix else parent
+        parent, name = self._parent(path)
         listed = self.children.get(parent)
-        name = path.rsplit("/", 1)[1]
         if listed is not None and name in listed[1]:
             self.children[parent] = (listed[0], listed[1] - {name})
         stack = [path]

@@ -9,7 +9,7 @@ read again.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from kazoo.protocol.states import Callback
@@ -87,7 +87,9 @@ class TreeWalker:
             except Interrupted as exc:
                 raise Lost(r.path for r, _ in fetched[index:]) from exc
             with self._cache.batch():
-                self._pending.fetched(result.path, result.seq)
+                self._pending.answer(
+                    result.path, result.seq, data=True, children=pending[1] is not None or result.missing
+                )
                 more = self._tree.apply(result, found=None, full=False, reconcile=False)
                 self._tree.inflight.update(spec[0] for spec in more)
                 follow.extend(more)
@@ -100,7 +102,11 @@ class TreeWalker:
         if not paths:
             return True
         self._tree.inflight.update(paths)
-        self._pending.difference_update(paths)
+        # These reads answer the events marked so far (their numbers are larger), not those marked meanwhile.
+        issued = self._reader.next_seq()
+        root = self.root
+        for p in paths:
+            self._pending.answer(p, issued, data=p in data or p == root, children=p in children or p == root)
         specs = [(p, p in data and p != self.root, p in children or p == self.root) for p in sorted(paths)]
         return self.traverse(specs)
 
@@ -128,9 +134,12 @@ class TreeWalker:
             inflight.difference_update(spec[0] for spec in frontier)
         return root_present
 
-    def verify(self, keys: Iterable[str], *, timeout: float, stats: bool) -> tuple[list[str], int] | None:
+    def verify(
+        self, keys: Iterable[str], *, timeout: float, stats: bool, following: Callable[[], bool]
+    ) -> tuple[list[str], int] | None:
         """Re-read ``keys`` (``""`` is the root's child list) for the reconciler and correct drift; returns the
-        paths the reads lead to and the reads issued, or None if they were cut short.
+        paths the reads lead to and the reads issued, or None if they were cut short, or if ``following()``
+        turned false meanwhile (a resync or full read started: the differences are its to find, not drift).
 
         With ``stats`` (no watch to re-arm: a persistent watch), each key costs one ``exists``: where its stat
         shows the cached version and the pzxid of the child list held, the key is confirmed without reading
@@ -168,6 +177,8 @@ class TreeWalker:
             return None
         follow: list[str] = []
         with self._cache.batch():
+            if not following():
+                return None
             for result in results:
                 follow.extend(spec[0] for spec in self._tree.apply(result, found=None, full=False, reconcile=True))
         return follow, issued

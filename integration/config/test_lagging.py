@@ -1,0 +1,60 @@
+"""Sessions that land on a ZooKeeper server behind what the client already saw (a lagging follower).
+
+A second standalone server with smaller zxids plays the lagging member: a SwitchingProxy sends chosen
+connections to it.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from integration._helpers import kazoo_session
+from integration.config._helpers import Factory, SwitchingProxy, Until, j, kazoo_of
+from kazoo.client import KazooClient
+from kazoo.protocol.states import KazooState
+
+from autoglm_runtime.testing.zookeeper import ZooKeeperServer
+
+
+def test_a_catch_up_session_on_a_server_behind_does_not_hide_a_change(
+    zk_root: str,
+    zk_server: ZooKeeperServer,
+    zk_client: KazooClient,
+    zk_restartable: ZooKeeperServer,
+    make_client: Factory,
+    until: Until,
+) -> None:
+    """After a reconnect the persistent watch is added again on the (current) server, and the short catch-up
+    session asks "what changed since zxid Z?". If that session lands on a member that has not applied the
+    change yet, its setWatches fires nothing and the change is never read: the client says it resynced and
+    serves the old value until the TTL finds it as drift."""
+    zk_client.create(f"{zk_root}/a", j(1))
+    zk_client.create(f"{zk_root}/b", j(2))
+    with kazoo_session(zk_restartable.hosts) as lagging:
+        lagging.create(f"{zk_root}/a", j(1), makepath=True)
+        lagging.create(f"{zk_root}/b", j(2))
+        behind_zxid = lagging.exists(f"{zk_root}/b").mzxid
+    for _ in range(max(0, behind_zxid - zk_client.exists(zk_root).mzxid + 10)):
+        zk_client.set(zk_root, b"")  # the lagging server's zxids must stay below the ones the client sees
+    proxy = SwitchingProxy(zk_server.host, zk_server.port).start()
+    try:
+        client = make_client(proxy.hosts, zk_root, session_timeout=10.0)
+        client.start(timeout=10)
+        assert client.health()["watch_mode"] == "persistent"
+        suspended = threading.Event()
+        kazoo_of(client).add_listener(lambda state: suspended.set() if state == KazooState.SUSPENDED else None)
+        current, behind = (zk_server.host, zk_server.port), (zk_restartable.host, zk_restartable.port)
+        proxy.then(current, behind)  # the session reconnects where it lives; the catch-up lands behind
+        proxy.refuse()
+        proxy.cut()
+        assert suspended.wait(20)
+        zk_client.set(f"{zk_root}/a", j("while away"))
+        proxy.restore()
+        until(lambda: client.health()["resyncs"] == 1, what="the resync")
+        until(lambda: client.get("a") == "while away", timeout=10, what="the change made while away")
+        assert dict(client.snapshot()) == {"a": "while away", "b": 2}
+        assert client.health()["resync_reasons"] == {"gap": 1}
+        assert client.health()["drift_corrected"] == 0
+        client.stop()
+    finally:
+        proxy.stop()
