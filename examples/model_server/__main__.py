@@ -92,14 +92,15 @@ def _serve(args: argparse.Namespace, sock: socket.socket) -> None:
         built = sum(model.environment.created for model in loaded)
         environments = f"{_shown(envs)}: {len(loaded) - built} reused, {built} built, {len(removed)} unused removed"
 
-        app = create_app(config=config, loader=loader, tokenizer=tokenizer, templates=templates)
+        limits = {m.name: ModelLimits(config, m.name) for m in manifests}  # the app's, read once for the banner
+        app = create_app(config=config, loader=loader, tokenizer=tokenizer, templates=templates, limits=limits)
         host, port = sock.getsockname()[:2]
         url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
         text = banner.render(
             url=url,
             store=store,
             root=root,
-            limits={m.name: ModelLimits(config, m.name).current() for m in manifests},
+            limits={name: model_limits.current() for name, model_limits in limits.items()},
             numpy={model.name: numpy_version(model) for model in loaded},
             serving={model.name: model.serving for model in loaded},
             environments=environments,

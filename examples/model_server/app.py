@@ -231,14 +231,16 @@ def create_app(
     templates: Mapping[str, ChatTemplate],
     call_timeout: float = 10.0,
     max_header_length: int = 512,
+    limits: Mapping[str, ModelLimits] | None = None,
 ) -> ValidationMiddleware:
     """The server's ASGI app; ``config`` is started and ``loader`` has its models loaded by the caller.
 
     ``templates`` holds each model's chat template (its ``tokenizer_config.json``); all models count tokens with
-    ``tokenizer``. Run it with ASGI lifespan on: shutdown stops the guards' threads.
+    ``tokenizer``. Run it with ASGI lifespan on: shutdown stops the guards' threads. ``limits``: each model's
+    live limits, when the caller reads them too (the banner); else made here.
     """
     names = sorted(loader.models)
-    limits = {name: ModelLimits(config, name) for name in names}
+    limits = dict(limits) if limits is not None else {name: ModelLimits(config, name) for name in names}
     handlers = _Handlers(config, loader, tokenizer, limits, call_timeout)
     model_guards: dict[str, ValidationMiddleware] = {}
 
