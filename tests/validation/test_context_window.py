@@ -330,6 +330,18 @@ def test_a_prefix_with_a_leading_slash_is_refused_instead_of_serving_the_default
     )
 
 
+@pytest.mark.parametrize("name", ["context_window_key", "truncate_on_overflow_key", "truncation_side_key"])
+def test_a_key_name_with_a_leading_slash_is_refused_at_construction(name: str) -> None:
+    # Only the first key was checked: a later one was read as given, for ever (ConfigClient.get() now refuses it,
+    # which failed every request instead of the construction).
+    with pytest.raises(UsageError) as info:
+        ConfigLimits(DictConfig(), defaults=Limits(10), **{name: "/side"})
+    assert info.value.message == (
+        f"ConfigLimits reads keys relative to the config client's root, which never start with '/', but "
+        f"{name}='/side' gives '/side': drop the leading '/' (and the root, which the client adds)"
+    )
+
+
 def test_an_absent_key_is_said_once_per_absence_so_a_misnamed_one_is_not_silent(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

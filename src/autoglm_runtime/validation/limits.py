@@ -131,11 +131,14 @@ class ConfigLimits:
             prefix + truncate_on_overflow_key,
             prefix + truncation_side_key,
         )
-        if self._keys[0].startswith("/"):  # such a key never exists: the defaults would stay in force silently
-            raise UsageError(
-                "ConfigLimits reads keys relative to the config client's root, which never start with '/', but "
-                f"prefix {prefix!r} gives {self._keys[0]!r}: drop the leading '/' (and the root, which the client adds)"
-            )
+        names = ("context_window_key", "truncate_on_overflow_key", "truncation_side_key")
+        for name, key in zip(names, self._keys, strict=True):
+            if key.startswith("/"):  # such a key never exists: a reader gives the default for ever, or refuses it
+                given = f"prefix {prefix!r}" if prefix else f"{name}={key!r}"
+                raise UsageError(
+                    "ConfigLimits reads keys relative to the config client's root, which never start with '/', but "
+                    f"{given} gives {key!r}: drop the leading '/' (and the root, which the client adds)"
+                )
         self._lock = threading.Lock()
         self._last_raw: tuple[Any, Any, Any] | None = None
         self._last_good = defaults
