@@ -79,7 +79,9 @@ def _unsupported(body: Mapping[str, Any]) -> list[tuple[str, str]]:
     problems = []
     for name, what in _UNSUPPORTED.items():
         value = body.get(name)
-        if value in (None, False, 0, "", [], {}) or value in _NOTHING_ASKED.get(name, ()):
+        # (A completion's logprobs=0 asks for the log probability of each chosen token: only false asks nothing.)
+        zero_asks = name == "logprobs" and type(value) is int
+        if (value in (None, False, 0, "", [], {}) and not zero_asks) or value in _NOTHING_ASKED.get(name, ()):
             continue
         problems.append((name, f"{name} asks for {what}, which these models do not give, got {value!r:.40}"))
     return problems
