@@ -364,6 +364,20 @@ def test_an_absent_key_is_said_once_per_absence_so_a_misnamed_one_is_not_silent(
     ]
 
 
+def test_a_key_holding_null_is_not_said_not_to_exist(caplog: pytest.LogCaptureFixture) -> None:
+    # An empty znode (or `config set KEY null`) reads as None, as an absent key does: the log said it did not exist,
+    # sending the operator to look for a typo in a key that is there.
+    config = DictConfig()
+    config.values["models/llm/context_window"] = None
+    limits = ConfigLimits(config, prefix="models/llm/", defaults=Limits(10), truncate_on_overflow_key="t")
+    with caplog.at_level(logging.INFO, logger="autoglm_runtime.validation"):
+        assert limits.current() == Limits(10)
+    assert [r.getMessage() for r in caplog.records][:2] == [
+        "config key 'models/llm/context_window' holds null (empty); the default context_window=10 is in force",
+        "config key 'models/llm/t' does not exist; the default truncate_on_overflow=False is in force",
+    ]
+
+
 def test_invalid_config_value_keeps_last_good_and_logs_once(
     chars: CallableTokenizer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -29,6 +29,7 @@ log = get_logger(__name__)
 TruncationSide = Literal["left", "right"]
 
 _SIDES: tuple[TruncationSide, ...] = ("left", "right")
+_ABSENT = object()  # a default no config value can be
 
 
 @dataclass(frozen=True)
@@ -190,9 +191,12 @@ class ConfigLimits:
             return
         self._absent.add(key)
         root = getattr(self._client, "root", None)
+        # A key holding null (an empty znode) reads as None too: it exists, and saying otherwise misleads.
+        state = "does not exist" if self._client.get(key, _ABSENT) is _ABSENT else "holds null (empty)"
         log.info(
-            "config key %r does not exist%s; the default %s=%r is in force",
+            "config key %r %s%s; the default %s=%r is in force",
             key,
+            state,
             f" under {root}" if root else "",
             field,
             default,
