@@ -73,13 +73,20 @@ _NOTHING_ASKED: dict[str, tuple[Any, ...]] = {
     "function_call": ("none", "auto"),
     "response_format": ({"type": "text"},),
 }
+# Tools a request forbids calling ("none": "the model will not call any tool and instead generates a message") ask
+# for nothing these models cannot give: a plain answer is what such a request wants.
+_CALLS_FORBIDDEN_BY = {"tools": "tool_choice", "functions": "function_call"}
 
 
 def _unsupported(body: Mapping[str, Any]) -> list[tuple[str, str]]:
     problems = []
     for name, what in _UNSUPPORTED.items():
         value = body.get(name)
-        if value in (None, False, 0, "", [], {}) or value in _NOTHING_ASKED.get(name, ()):
+        # (A completion's logprobs=0 asks for the log probability of each chosen token: only false asks nothing.)
+        zero_asks = name == "logprobs" and type(value) is int
+        if (value in (None, False, 0, "", [], {}) and not zero_asks) or value in _NOTHING_ASKED.get(name, ()):
+            continue
+        if name in _CALLS_FORBIDDEN_BY and body.get(_CALLS_FORBIDDEN_BY[name]) == "none":
             continue
         problems.append((name, f"{name} asks for {what}, which these models do not give, got {value!r:.40}"))
     return problems

@@ -189,3 +189,37 @@ def test_an_overloaded_model_answers_503_with_retry_after() -> None:
         "E0106",
     )
     assert json.loads(response.body)["error"]["message"] == "E0106: model m is busy: retry later"
+
+
+@pytest.mark.parametrize(("body", "asked"), [({"logprobs": 0}, True), ({"logprobs": False}, False)])
+def test_a_completions_logprobs_of_0_asks_for_the_chosen_tokens_log_probabilities(
+    body: dict[str, object], asked: bool
+) -> None:
+    # OpenAI's completions give the chosen token's log probability for logprobs=0 (and up to n more for n): it was
+    # taken for "nothing asked" and answered with "logprobs": null.
+    from autoglm_runtime.errors import InvalidRequestError
+    from examples.model_server.openai_api import Sampling
+
+    if not asked:
+        assert Sampling.from_body({"prompt": "hi", **body}).max_tokens > 0
+        return
+    with pytest.raises(InvalidRequestError) as info:
+        Sampling.from_body({"prompt": "hi", **body})
+    assert info.value.message == (
+        "logprobs asks for log probabilities, which these models do not give, got 0: fix the request body"
+    )
+
+
+@pytest.mark.parametrize(("tools", "choice"), [("tools", "tool_choice"), ("functions", "function_call")])
+def test_tools_whose_calls_the_request_forbids_ask_for_nothing(tools: str, choice: str) -> None:
+    # tool_choice "none": the model "will not call any tool and instead generates a message", which these models
+    # give (an agent framework sends it to force a final answer); refused before. "auto" still asks for tool calls.
+    from autoglm_runtime.errors import InvalidRequestError
+    from examples.model_server.openai_api import Sampling
+
+    listed = [{"type": "function", "function": {"name": "f"}}] if tools == "tools" else [{"name": "f"}]
+    messages = [{"role": "user", "content": "hi"}]
+    assert Sampling.from_body({"messages": messages, tools: listed, choice: "none"}).max_tokens > 0
+    with pytest.raises(InvalidRequestError) as info:
+        Sampling.from_body({"messages": messages, tools: listed, choice: "auto"})
+    assert info.value.param == tools

@@ -226,3 +226,18 @@ def test_a_key_starting_with_a_slash_is_a_usage_error_not_a_silent_default(tmp_p
         with pytest.raises(UsageError, match="starts with '/'"):
             client.get_and_subscribe("/models/", lambda change: None)
         assert client.get(12, "default") == "default"  # type: ignore[arg-type]  # (not a key: a miss, as before)
+
+
+def test_version_refuses_a_key_starting_with_a_slash_as_get_does(tmp_path: Path) -> None:
+    # version() is a read of the same cache: it gave None for ever for such a key, where get() refuses it.
+    (tmp_path / "cfg" / "models").mkdir(parents=True)
+    (tmp_path / "cfg" / "models" / "window").write_text("4096")
+    with ConfigClient(f"file://{tmp_path}", "/cfg") as client:
+        assert client.version("models/window") is not None
+        assert client.version("models/missing") is None
+        with pytest.raises(UsageError) as info:
+            client.version("/cfg/models/window")
+        assert info.value.message == (
+            "config key '/cfg/models/window' starts with '/' and can never exist: keys are relative to the client's "
+            "root /cfg, such as 'models/window'"
+        )

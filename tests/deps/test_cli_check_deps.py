@@ -96,10 +96,23 @@ def test_an_interpreter_that_fails_the_probe_is_a_usage_error(
     # traceback says it last.
     shim = "pyenv: python2: command not found\n\nThe python2 command exists in these Python versions:\n  2.7.18\n"
     crash = 'Traceback (most recent call last):\n  File "<probe>", line 1\nMemoryError: out of memory\n'
+    # What CPython prints when it cannot start (PYTHONHOME naming no standard library), abridged.
+    fatal = (
+        "Python path configuration:\n  PYTHONHOME = '/nonexistent'\n  sys.path = [\n  ]\nFatal Python error: "
+        "init_fs_encoding: failed to get the Python codec of the filesystem encoding\nPython runtime state: core "
+        "initialized\nModuleNotFoundError: No module named 'encodings'\n\nCurrent thread 0x7f (most recent call "
+        "first):\n  <no Python frame>\n"
+    )
     for name, stderr, status, said in [
         ("failing", "boom\n", 3, "boom"),
         ("shim", shim, 127, "pyenv: python2: command not found"),
         ("crashing", crash, 1, "MemoryError: out of memory"),
+        (
+            "unstartable",
+            fatal,
+            1,
+            "Fatal Python error: init_fs_encoding: failed to get the Python codec of the filesystem encoding",
+        ),
     ]:
         script = tmp_path / name
         script.write_text(f"#!/bin/sh\ncat >&2 <<'EOF'\n{stderr}EOF\nexit {status}\n")

@@ -330,6 +330,18 @@ def test_a_prefix_with_a_leading_slash_is_refused_instead_of_serving_the_default
     )
 
 
+@pytest.mark.parametrize("name", ["context_window_key", "truncate_on_overflow_key", "truncation_side_key"])
+def test_a_key_name_with_a_leading_slash_is_refused_at_construction(name: str) -> None:
+    # Only the first key was checked: a later one was read as given, for ever (ConfigClient.get() now refuses it,
+    # which failed every request instead of the construction).
+    with pytest.raises(UsageError) as info:
+        ConfigLimits(DictConfig(), defaults=Limits(10), **{name: "/side"})
+    assert info.value.message == (
+        f"ConfigLimits reads keys relative to the config client's root, which never start with '/', but "
+        f"{name}='/side' gives '/side': drop the leading '/' (and the root, which the client adds)"
+    )
+
+
 def test_an_absent_key_is_said_once_per_absence_so_a_misnamed_one_is_not_silent(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -349,6 +361,20 @@ def test_an_absent_key_is_said_once_per_absence_so_a_misnamed_one_is_not_silent(
         "force",
         "config key 'models/llmtruncation_side' does not exist; the default truncation_side='left' is in force",
         "config key 'models/llmtruncation_side' does not exist; the default truncation_side='left' is in force",
+    ]
+
+
+def test_a_key_holding_null_is_not_said_not_to_exist(caplog: pytest.LogCaptureFixture) -> None:
+    # An empty znode (or `config set KEY null`) reads as None, as an absent key does: the log said it did not exist,
+    # sending the operator to look for a typo in a key that is there.
+    config = DictConfig()
+    config.values["models/llm/context_window"] = None
+    limits = ConfigLimits(config, prefix="models/llm/", defaults=Limits(10), truncate_on_overflow_key="t")
+    with caplog.at_level(logging.INFO, logger="autoglm_runtime.validation"):
+        assert limits.current() == Limits(10)
+    assert [r.getMessage() for r in caplog.records][:2] == [
+        "config key 'models/llm/context_window' holds null (empty); the default context_window=10 is in force",
+        "config key 'models/llm/t' does not exist; the default truncate_on_overflow=False is in force",
     ]
 
 

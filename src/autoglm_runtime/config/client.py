@@ -342,9 +342,14 @@ class ConfigClient(Reads):
         return value
 
     def version(self, key: str) -> int | None:
-        """The mzxid of the cached value of ``key`` (as in :attr:`ConfigChange.version`), or ``None``."""
+        """The mzxid of the cached value of ``key`` (as in :attr:`ConfigChange.version`), or ``None``; a key
+        starting with '/' raises :class:`~autoglm_runtime.errors.UsageError` (E0001), as in :meth:`get`."""
         entry = self._cache.entry(key)
-        return entry.mzxid if entry is not None else None
+        if entry is None:
+            if isinstance(key, str) and key[:1] == "/":
+                raise self._absolute(key)
+            return None
+        return entry.mzxid
 
     def snapshot(self) -> Mapping[str, Any]:
         """An immutable, consistent mapping of every key to its value at one instant."""

@@ -298,8 +298,11 @@ def finish_probe(python: str | Path, returncode: int, stdout: str, stderr: str) 
                 f"{oldest} or newer: pass a newer interpreter to --python"
             )
         lines = [line.strip() for line in stderr.splitlines() if line.strip()] or ["no output"]
-        # A traceback ends with its exception; anything else (a pyenv shim, a wrapper script) says it first.
-        said = lines[-1] if "Traceback (most recent call last):" in lines else lines[0]
+        # An interpreter that cannot start (a wrong PYTHONHOME) says why in its "Fatal Python error" line, after its
+        # path configuration and before a thread dump; a traceback ends with its exception; anything else (a pyenv
+        # shim, a wrapper script) says it first.
+        fatal = [line for line in lines if line.startswith("Fatal Python error:")]
+        said = fatal[0] if fatal else lines[-1] if "Traceback (most recent call last):" in lines else lines[0]
         raise UsageError(f"interpreter {exe} failed to run the probe (exit {returncode}): {said[:300]}")
     try:
         return parse_probe(probe_payload(stdout), exe)

@@ -29,6 +29,7 @@ log = get_logger(__name__)
 TruncationSide = Literal["left", "right"]
 
 _SIDES: tuple[TruncationSide, ...] = ("left", "right")
+_ABSENT = object()  # a default no config value can be
 
 
 @dataclass(frozen=True)
@@ -131,11 +132,14 @@ class ConfigLimits:
             prefix + truncate_on_overflow_key,
             prefix + truncation_side_key,
         )
-        if self._keys[0].startswith("/"):  # such a key never exists: the defaults would stay in force silently
-            raise UsageError(
-                "ConfigLimits reads keys relative to the config client's root, which never start with '/', but "
-                f"prefix {prefix!r} gives {self._keys[0]!r}: drop the leading '/' (and the root, which the client adds)"
-            )
+        names = ("context_window_key", "truncate_on_overflow_key", "truncation_side_key")
+        for name, key in zip(names, self._keys, strict=True):
+            if key.startswith("/"):  # such a key never exists: a reader gives the default for ever, or refuses it
+                given = f"prefix {prefix!r}" if prefix else f"{name}={key!r}"
+                raise UsageError(
+                    "ConfigLimits reads keys relative to the config client's root, which never start with '/', but "
+                    f"{given} gives {key!r}: drop the leading '/' (and the root, which the client adds)"
+                )
         self._lock = threading.Lock()
         self._last_raw: tuple[Any, Any, Any] | None = None
         self._last_good = defaults
@@ -187,9 +191,12 @@ class ConfigLimits:
             return
         self._absent.add(key)
         root = getattr(self._client, "root", None)
+        # A key holding null (an empty znode) reads as None too: it exists, and saying otherwise misleads.
+        state = "does not exist" if self._client.get(key, _ABSENT) is _ABSENT else "holds null (empty)"
         log.info(
-            "config key %r does not exist%s; the default %s=%r is in force",
+            "config key %r %s%s; the default %s=%r is in force",
             key,
+            state,
             f" under {root}" if root else "",
             field,
             default,
