@@ -290,6 +290,23 @@ def test_constructor_errors(chars: CallableTokenizer, kwargs: dict[str, Any], me
     assert info.value.message == message
 
 
+class Index:
+    """An integer type that is not int, as numpy.int64 is (a window read from a model's config with numpy)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+def test_an_integer_of_another_type_is_taken_as_its_int(chars: CallableTokenizer) -> None:
+    guard = ContextWindowGuard(chars, Index(8))  # type: ignore[arg-type]
+    assert guard.limits == Limits(8)
+    with pytest.raises(UsageError, match="context_window must be at least 1 token, got 0"):
+        ContextWindowGuard(chars, Index(0))  # type: ignore[arg-type]
+
+
 class DictConfig:
     """The ConfigClient read API over a dict (a unit-test stand-in; integration tests use the real client)."""
 

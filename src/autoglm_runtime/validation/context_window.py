@@ -36,6 +36,7 @@ bounded part of it (see :mod:`autoglm_runtime.validation._truncation`).
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import replace
@@ -114,6 +115,9 @@ context window of 4 tokens: shorten the input or lower max_tokens
         message_tokens: int = 4,
         word_bound: bool = True,
     ) -> None:
+        if not isinstance(context_window, int | bool) and hasattr(type(context_window), "__index__"):
+            # An integer of another type: numpy.int64(8192) read from a model's config.
+            context_window = operator.index(context_window)  # type: ignore[arg-type]
         if isinstance(context_window, int):
             self._limits: LimitsSource = StaticLimits(
                 Limits(context_window, truncate_on_overflow=truncate_on_overflow, truncation_side=truncation_side)
