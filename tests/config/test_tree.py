@@ -96,6 +96,21 @@ def test_applying_the_re_read_of_an_earlier_event_keeps_a_later_one_pending() ->
     assert "/r/a" not in paths
 
 
+def test_a_full_read_answers_the_events_marked_before_it_started_not_those_since() -> None:
+    """A full read answers the pending events only when it is applied (under the cache lock): clearing them
+    when it started let a verification applying meanwhile count their changes as drift."""
+    paths = PendingPaths(itertools.count(100).__next__)
+    paths.mark("/r/a", data=True, children=False, seq=10)
+    paths.mark("/r/b", data=True, children=True, seq=11)
+    # The full read started after read 12; these events came after that.
+    paths.mark("/r/b", data=False, children=True, seq=13)
+    paths.mark("/r/c", data=True, children=False, seq=14)
+    paths.answer_all(12)
+    assert paths.paths() == frozenset({"/r/b", "/r/c"})
+    paths.answer("/r/b", 13, data=False, children=True)  # b's value mark went with the full read
+    assert paths.paths() == frozenset({"/r/c"})
+
+
 def test_a_child_an_older_read_found_missing_is_read_again_when_a_newer_list_names_it() -> None:
     tree, cache, _ = _applier()
     tree.apply(_children("/r", 1, ["a"]), found=None, full=False, reconcile=False)

@@ -284,7 +284,6 @@ class ZooKeeperSync:
         return sm.RootMissing()
 
     def _full_sync(self, action: sm.FullRead) -> sm.FullSyncDone | None:
-        self._pending.clear()
         client_id = self.client.client_id
         session = client_id[0] if client_id else None
         start_seq = self._reader.next_seq()
@@ -306,6 +305,10 @@ class ZooKeeperSync:
             root_appeared = stat is not None and not isinstance(stat, BaseException)
         # Every level is applied in one batch, so snapshot() and the snapshot file never mix levels.
         with self._cache.batch():
+            # The watch events marked before this read started are answered by it -- only now, under the cache
+            # lock: a verification applying meanwhile (it passed its check before this read was decided) must
+            # still see them as pending, not as drift.
+            self._pending.answer_all(start_seq)
             for result in results:
                 self._tree.apply(result, found=found, full=True, reconcile=False)
             if self._tree.denied and not self.loaded.is_set():

@@ -75,9 +75,14 @@ class PendingPaths:
         with self._lock:
             return frozenset(self._marks)
 
-    def clear(self) -> None:
+    def answer_all(self, seq: int) -> None:
+        """A full read whose reads are all numbered after ``seq`` is being applied: unmark everything marked
+        up to ``seq``, not what was marked since (those events' re-reads are still to come)."""
         with self._lock:
-            self._marks.clear()
+            for path in [p for p, marks in self._marks.items() if max(marks) <= seq]:
+                del self._marks[path]
+            for marks in self._marks.values():
+                marks[:] = [0 if mark <= seq else mark for mark in marks]
 
 
 class TreeApplier:
