@@ -65,6 +65,9 @@ _UNSUPPORTED = {
     "functions": "function calls",
     "function_call": "function calls",
     "response_format": "response formats other than text",
+    "modalities": "output other than text",
+    "audio": "audio output",
+    "web_search_options": "web search",
 }
 # The values that ask for nothing (what a client sends when it leaves the option at its default).
 _NOTHING_ASKED: dict[str, tuple[Any, ...]] = {
@@ -72,6 +75,7 @@ _NOTHING_ASKED: dict[str, tuple[Any, ...]] = {
     "tool_choice": ("none", "auto"),
     "function_call": ("none", "auto"),
     "response_format": ({"type": "text"},),
+    "modalities": (["text"],),
 }
 # Tools a request forbids calling ("none": "the model will not call any tool and instead generates a message") ask
 # for nothing these models cannot give: a plain answer is what such a request wants.

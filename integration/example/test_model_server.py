@@ -220,6 +220,10 @@ COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
          "E5010: logprobs asks for log probabilities, which these models do not give, got 2; echo asks for echoing "
          "the prompt, which these models do not give, got True; stop asks for stop sequences, which these models do "
          "not give, got ['\\n']: fix the request body"),
+        (CHAT, {"model": WORDS, "messages": [{"role": "user", "content": "hi"}], "modalities": ["text", "audio"],
+                "audio": {"voice": "alloy", "format": "wav"}}, "modalities", "E5010: modalities asks for output other "
+         "than text, which these models do not give, got ['text', 'audio']; audio asks for audio output, which these "
+         "models do not give, got {'voice': 'alloy', 'format': 'wav'}: fix the request body"),
         (CHAT, {"model": WORDS, "messages": [{"role": "user", "content": "hi"}], "tool_choice": "auto",
                 "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "E5010: tools asks for tool "
          "calls, which these models do not give, got [{'type': 'function', 'function': {'name: fix the request body"),
@@ -253,6 +257,7 @@ def test_options_left_at_what_asks_for_nothing_are_accepted(server: Server) -> N
         logprobs=False,
         tool_choice="none",
         response_format={"type": "text"},
+        modalities=["text"],
     )
     assert chat.choices[0].message.role == "assistant"
 
