@@ -55,3 +55,20 @@ def test_a_custom_codec_raising_type_error_is_a_rejection(clock: FakeClock) -> N
         pipe.check("k", b"x")
     assert status.rejected == 1
     assert "k" not in cache.values
+
+
+def test_a_late_read_of_an_older_refused_version_is_not_reported_again(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipe, cache, status = pipeline(clock, resolve_codec("json"))
+    pipe.ingest("k", b"1", czxid=1, mzxid=1, seq=1)
+    with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
+        assert pipe.ingest("k", b"{bad", czxid=1, mzxid=2, seq=2) is None
+        assert pipe.ingest("k", b"{worse", czxid=1, mzxid=3, seq=3) is None
+        assert pipe.ingest("k", b"{bad", czxid=1, mzxid=2, seq=4) is None  # a read sent before v3 came back late
+        assert pipe.ingest("k", b"{worse", czxid=1, mzxid=3, seq=5) is None  # the safety net reads v3 again
+    assert cache.get("k") == 1
+    assert status.rejected == 2  # v2 and v3, each once
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "config update for 'k' rejected, keeping the last good value",
+    ] * 2

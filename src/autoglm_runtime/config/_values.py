@@ -80,7 +80,8 @@ class ValuePipeline:
         try:
             value = self.check(key, data)
         except _Refused as exc:
-            self._cache.reject(key, czxid, mzxid)
+            if not self._cache.reject(key, czxid, mzxid):
+                return None  # a late read of a version older than one refused already: reported then
             log.warning(
                 "config update for %r rejected, keeping the last good value: %s",
                 key,

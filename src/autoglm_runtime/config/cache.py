@@ -178,11 +178,18 @@ class ConfigCache:
             tomb = self._tombstones.get(key)
             return key not in self._entries and tomb is not None and tomb[1] > seq
 
-    def reject(self, key: str, czxid: int, mzxid: int) -> None:
-        """Remember that ``key`` at this version was refused, so it is not decoded and reported again."""
+    def reject(self, key: str, czxid: int, mzxid: int) -> bool:
+        """Remember that ``key`` at this version was refused, so it is not decoded and reported again; ``False``
+        when a newer version was refused already (a late read of an older one: not to be reported again, and
+        not to replace the newer one remembered)."""
+        version = (czxid, mzxid)
         with self.lock:
-            self._rejected[key] = (czxid, mzxid)
+            newer = self._rejected.get(key)
+            if newer is not None and newer > version:
+                return False
+            self._rejected[key] = version
             self._touch(key)
+            return True
 
     def offer(self, key: str, value: Any, data: bytes, *, czxid: int, mzxid: int, seq: int) -> ConfigChange | None:
         """Apply ``value`` if it is newer than what is cached; return the change applied, if any."""
