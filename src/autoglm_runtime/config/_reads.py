@@ -41,9 +41,13 @@ class Reads:
     def subscribe(self, prefix: str, fn: Listener) -> Callable[[], None]:
         raise NotImplementedError
 
-    def _absolute(self, key: str) -> UsageError:
-        """The error for a key or prefix starting with '/': it can never exist, and its reads would silently give
+    def _refuse_absolute(self, key: object) -> None:
+        """Raise for a key or prefix starting with '/': it can never exist, and its reads would silently give
         their defaults for ever (a path with the root in it, or a stray slash)."""
+        if isinstance(key, str) and key[:1] == "/":
+            raise self._absolute(key)
+
+    def _absolute(self, key: str) -> UsageError:
         relative = key[len(self.root) :] if key.startswith(self.root.rstrip("/") + "/") else key
         return UsageError(
             f"config key {key!r} starts with '/' and can never exist: keys are relative to the client's root "
@@ -55,8 +59,7 @@ class Reads:
     def _typed(self, key: str, default: Any, kinds: tuple[type, ...], name: str) -> Any:
         value: Any = self._values.get(key, _MISSING)
         if value is _MISSING:
-            if isinstance(key, str) and key[:1] == "/":
-                raise self._absolute(key)
+            self._refuse_absolute(key)
             if default is not _MISSING:
                 return default
             raise ConfigTypeError(f"config key {key!r} does not exist under {self.root}: no {name} to return")
@@ -97,8 +100,7 @@ class Reads:
         ``timeout`` seconds. Example: ``config.wait_for("rollout/percent", lambda v: v >= 50, timeout=60)``.
         """
 
-        if key[:1] == "/":
-            raise self._absolute(key)
+        self._refuse_absolute(key)
 
         def ok(value: Any) -> bool:
             return value is not _MISSING and (predicate is None or bool(predicate(value)))

@@ -107,7 +107,7 @@ class TreeWalker:
         root = self.root
         for p in paths:
             self._pending.answer(p, issued, data=p in data or p == root, children=p in children or p == root)
-        specs = [(p, p in data and p != self.root, p in children or p == self.root) for p in sorted(paths)]
+        specs = [(p, p in data and p != root, p in children or p == root) for p in sorted(paths)]
         return self.traverse(specs)
 
     def traverse(self, specs: Sequence[Spec]) -> bool:

@@ -336,7 +336,7 @@ class ConfigClient(Reads):
         """
         value = self._values.get(key, _MISSING)
         if value is _MISSING:
-            if isinstance(key, str) and key[:1] == "/":
+            if isinstance(key, str) and key[:1] == "/":  # (_refuse_absolute inline: a miss is a per-request read too)
                 raise self._absolute(key)
             return default
         return value
@@ -346,8 +346,7 @@ class ConfigClient(Reads):
         starting with '/' raises :class:`~autoglm_runtime.errors.UsageError` (E0001), as in :meth:`get`."""
         entry = self._cache.entry(key)
         if entry is None:
-            if isinstance(key, str) and key[:1] == "/":
-                raise self._absolute(key)
+            self._refuse_absolute(key)
             return None
         return entry.mzxid
 
@@ -366,8 +365,7 @@ class ConfigClient(Reads):
         >>> unsubscribe = client.subscribe("models/", lambda change: print(change.key, change.new))  # doctest: +SKIP
         """
         # No lock: start() holds it while loading, and a listener may subscribe from the dispatcher thread.
-        if prefix[:1] == "/":
-            raise self._absolute(prefix)
+        self._refuse_absolute(prefix)
         if self._stopped or self._failed is not None:
             ended = "shut down after its start failed" if self._failed is not None else "stopped"
             raise UsageError(
