@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 import pytest
 from opentelemetry.trace import StatusCode
 from tests._support.telemetry import Delta, span_exporter
+from tests.observability._grpc_server import unary_channel
 from tests.observability._scope import assert_inner_under_guard, guard, inner_work
 from tests.validation._helpers import extract, rewrite
 
@@ -85,14 +85,8 @@ def sync_channel() -> Iterator[grpc.Channel]:
         return request
 
     interceptor = ValidationInterceptor(context_guard=guard(), extractor=extract, rewriter=rewrite)
-    server = grpc.server(ThreadPoolExecutor(max_workers=2), interceptors=[interceptor])
-    handlers = {"Complete": grpc.unary_unary_rpc_method_handler(complete)}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Scope", handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
+    with unary_channel(interceptor, complete, "test.Scope") as chan:
         yield chan
-    server.stop(None).wait()
 
 
 def test_a_unary_grpc_handler_runs_inside_its_guard_span(sync_channel: grpc.Channel) -> None:

@@ -7,7 +7,6 @@ import io
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -19,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from tests._support.telemetry import Delta, span_exporter
+from tests.observability._grpc_server import unary_channel
 from tests.validation._helpers import Gate, char_tok, extract, rewrite
 
 from autoglm_runtime.errors import ContextWindowExceededError
@@ -118,14 +118,8 @@ def channel() -> Iterator[grpc.Channel]:
         extractor=extract,
         rewriter=rewrite,
     )
-    server = grpc.server(ThreadPoolExecutor(max_workers=2), interceptors=[interceptor])
-    handlers = {"Complete": grpc.unary_unary_rpc_method_handler(complete)}
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Llm", handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
+    with unary_channel(interceptor, complete, "test.Llm") as chan:
         yield chan
-    server.stop(None).wait()
 
 
 def call(channel: grpc.Channel, body: bytes, metadata: Any = ()) -> tuple[bytes, dict[str, str]]:
