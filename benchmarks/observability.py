@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python benchmarks/observability.py [--sections 2,4]   (all four sections by default)
 
-Settings, interleaved request by request in one process (the SDK's module switches are flipped here):
+Settings, interleaved in short runs in one process (the SDK's module switches are flipped here; see ``RUN``):
 
 * off: as without the extras: no metric, no span;
 * metrics: prometheus_client counters and the duration histogram;
@@ -106,20 +106,34 @@ def prompt_of(raw: Any, words: list[str], tokens: int, rng: random.Random) -> st
     return str(raw.decode(raw.encode(text).ids[:tokens]))
 
 
+#: Requests in a row under one setting; the first of each run is not counted. A request pays for what the one before
+#: it left (the caches its code evicted, its garbage): counted only after one of its own setting, each setting is
+#: measured as a server running only it would see it. (Alternating single requests in a fixed cycle charged each
+#: setting for its fixed predecessor's traces instead.)
+RUN = 4
+
+
+def counted(requests: int) -> int:
+    """How many requests of each setting are counted when ``requests`` are asked for (whole runs)."""
+    return -(-requests // (RUN - 1)) * (RUN - 1)
+
+
 async def alternate(request: Callable[[], Awaitable[None]], requests: int) -> dict[str, tuple[float, float]]:
-    """Median wall time and CPU (process time) of ``request`` per setting, the settings alternating request by
-    request (rotated: no setting always goes first)."""
+    """Median wall time and CPU (process time) of ``request`` per setting, the settings alternating in short runs
+    (:data:`RUN`; rotated: no setting always goes first)."""
     settings = SETTINGS + IN_SERVER
     walls: dict[str, list[float]] = {setting: [] for setting in settings}
     cpus: dict[str, list[float]] = {setting: [] for setting in settings}
-    for i in range(requests):
+    for i in range(counted(requests) // (RUN - 1)):
         turn = i % len(settings)
         for setting in settings[turn:] + settings[:turn]:
             use(setting)
-            wall, cpu = time.perf_counter(), time.process_time()
-            await serve(setting, request)
-            cpus[setting].append(time.process_time() - cpu)
-            walls[setting].append(time.perf_counter() - wall)
+            for kept in (False, *(True,) * (RUN - 1)):
+                wall, cpu = time.perf_counter(), time.process_time()
+                await serve(setting, request)
+                if kept:
+                    cpus[setting].append(time.process_time() - cpu)
+                    walls[setting].append(time.perf_counter() - wall)
     return {s: (statistics.median(walls[s]), statistics.median(cpus[s])) for s in settings}
 
 
@@ -308,20 +322,21 @@ def measure_served(body: bytes, requests: int) -> dict[str, tuple[float, float]]
                     raise SystemExit("the benchmark's server did not answer /health within 600 s")
                 time.sleep(0.2)
             headers = {setting: {"content-type": "application/json", SETTING_HEADER: setting} for setting in settings}
-            previous: tuple[str, float] | None = None
-            for i in range(requests + 10):  # the first 10 rounds warm up
+            previous: tuple[str, float, bool] | None = None  # (setting, server CPU at its arrival, kept)
+            for i in range(counted(requests) // (RUN - 1) + 10):  # the first 10 rounds warm up
                 turn = i % len(settings)
                 for setting in settings[turn:] + settings[:turn]:
-                    start = time.perf_counter()
-                    response = client.post("/v1/completions", content=body, headers=headers[setting])
-                    wall = time.perf_counter() - start
-                    assert response.status_code == 200, response.text
-                    cpu = float(response.headers[CPU_HEADER])
-                    if i >= 10:
-                        walls[setting].append(wall)
-                        if previous is not None:
+                    for kept in (False, *(i >= 10,) * (RUN - 1)):  # (see RUN)
+                        start = time.perf_counter()
+                        response = client.post("/v1/completions", content=body, headers=headers[setting])
+                        wall = time.perf_counter() - start
+                        assert response.status_code == 200, response.text
+                        cpu = float(response.headers[CPU_HEADER])
+                        if kept:
+                            walls[setting].append(wall)
+                        if previous is not None and previous[2]:
                             cpus[previous[0]].append(cpu - previous[1])
-                    previous = (setting, cpu)
+                        previous = (setting, cpu, kept)
     finally:
         server.send_signal(signal.SIGINT)
         try:
@@ -371,11 +386,11 @@ def main() -> None:
         print(
             "4. The example server under uvicorn (its own process, 127.0.0.1), driven over one keep-alive connection by"
         )
-        print("   httpx; the same /v1/completions request, the settings alternating request by request")
+        print(f"   httpx; the same /v1/completions request, the settings alternating in runs of {RUN} requests")
         served = measure_served(body, 1500)
-        print("  wall time at the client (median of 1500)")
+        print(f"  wall time at the client (median of {counted(1500)})")
         report({setting: wall for setting, (wall, _) in served.items()})
-        print("  server process CPU (median of 1500; the model worker's CPU is not in it)")
+        print(f"  server process CPU (median of {counted(1500)}; the model worker's CPU is not in it)")
         report({setting: cpu for setting, (_, cpu) in served.items()})
     for provider in providers.values():
         provider.shutdown()
@@ -387,12 +402,12 @@ def guard_only() -> None:
     raw, words = build_tokenizer(rng)
     guarded = ValidationMiddleware(app, context_guard=ContextWindowGuard(HFTokenizer(raw), 16_384))
     print(f"tokenizer: byte-level BPE, vocab {raw.get_vocab_size()}; requests called directly on the ASGI app")
-    print("1. Guard only: CPU per request (process time, median; the settings alternate request by request)")
+    print(f"1. Guard only: CPU per request (process time, median; the settings alternate in runs of {RUN} requests)")
     with guarded:
         for tokens, requests in ((50, 2000), (1000, 1000), (8000, 200)):
             body = json.dumps({"prompt": prompt_of(raw, words, tokens, rng), "max_tokens": 256}).encode()
             asyncio.run(measure(guarded, body, 20))  # warm up
-            print(f"  {tokens}-token prompt (median of {requests})")
+            print(f"  {tokens}-token prompt (median of {counted(requests)})")
             report(asyncio.run(measure(guarded, body, requests)))
 
 
@@ -408,9 +423,9 @@ def example_sections(sections: set[int]) -> bytes:
         example = example_app(stack)
         asyncio.run(measure_full(example, body, 10))  # warm up
         full = asyncio.run(measure_full(example, body, 1000))
-    print("  wall time (median of 1000)")
+    print(f"  wall time (median of {counted(1000)})")
     report({setting: wall for setting, (wall, _) in full.items()})
-    print("  host CPU (median of 1000; the worker's CPU is not in it)")
+    print(f"  host CPU (median of {counted(1000)}; the worker's CPU is not in it)")
     report({setting: cpu for setting, (_, cpu) in full.items()})
     return body
 
