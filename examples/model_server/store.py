@@ -72,9 +72,9 @@ def open_store(
     return ConfigStore(f"file://{directory}", f"a file:// config directory ({why})", str(directory))
 
 
-def seed(hosts: str, root: str, models: Iterable[str], *, reset: bool) -> None:
+def seed(hosts: str, root: str, models: Iterable[str], *, reset: bool, timeout: float = 15) -> None:
     """Write the ``models``' default limits where they are missing (all of them with ``reset``); other values
-    stay."""
+    stay. A ZooKeeper not reached within ``timeout`` seconds is E0409."""
     wanted = defaults(models)
     if hosts.startswith("file://"):
         base = Path(hosts[len("file://") :]) / root.strip("/")
@@ -90,9 +90,12 @@ def seed(hosts: str, root: str, models: Iterable[str], *, reset: bool) -> None:
     from kazoo.exceptions import KazooException, NodeExistsError
     from kazoo.handlers.threading import KazooTimeoutError
 
-    zk = KazooClient(hosts=hosts)
+    from autoglm_runtime.config._kazoolog import OutageLog
+
+    # kazoo's own warnings (one per failed connection attempt) coded E0409 and said once, as the ConfigClient's.
+    zk = KazooClient(hosts=hosts, logger=OutageLog(hosts))
     try:
-        zk.start(timeout=15)
+        zk.start(timeout=timeout)
         for key, value in wanted.items():
             node = f"{root}/{key}"
             try:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from autoglm_runtime.errors import UsageError
+from autoglm_runtime.errors import ConfigUnavailableError, UsageError
 from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, HFTokenizer
 from examples.model_server import banner, options
 from examples.model_server.assets import MODELS, build_tokenizer
@@ -223,3 +224,20 @@ def test_tools_whose_calls_the_request_forbids_ask_for_nothing(tools: str, choic
     with pytest.raises(InvalidRequestError) as info:
         Sampling.from_body({"messages": messages, tools: listed, choice: "auto"})
     assert info.value.param == tools
+
+
+def test_seeding_an_unreachable_zookeeper_is_e0409_and_says_each_kazoo_warning_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as sock:  # a port nothing listens on: bound, never listening
+        sock.bind(("127.0.0.1", 0))
+        hosts = f"127.0.0.1:{sock.getsockname()[1]}"
+        with caplog.at_level("INFO"), pytest.raises(ConfigUnavailableError) as info:
+            seed(hosts, "/autoglm/example", ["words-numpy1"], reset=False, timeout=2)
+    assert info.value.message.startswith(f"ZooKeeper at {hosts} could not take the default limits")
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # kazoo logs a warning per failed attempt (several in 2 s); through OutageLog each template passes once, coded.
+    assert warnings, "kazoo said nothing about the failed connection"
+    assert all(getattr(r, "error_code", None) == "E0409" for r in warnings)
+    assert len({r.msg for r in warnings}) == len(warnings)
+    assert all(r.name == "autoglm_runtime.config.kazoo" for r in caplog.records if "kazoo" in r.name)
