@@ -41,3 +41,20 @@ def test_a_context_made_current_by_others_is_read_not_taken_for_the_remembered_o
     assert _tracing.traceparent() is None
     assert [span.name for span in exporter.get_finished_spans()] == ["call", "guard"]
     provider.shutdown()
+
+
+def test_contexts_read_in_turn_each_give_their_own_span(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A read context and its header are remembered for the next read: a server's spans (sampled out, so no span
+    # of ours starts under them) made current one after another, and again, must each give their own ids.
+    provider = TracerProvider()
+    monkeypatch.setattr(_tracing, "_TRACER", provider.get_tracer("autoglm_runtime"))
+    first = SpanContext(0x1111, 0x2222, is_remote=False, trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    second = SpanContext(0x3333, 0x4444, is_remote=False, trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    for context in (first, second, first, first, second):
+        with trace.use_span(NonRecordingSpan(context)):
+            assert _tracing.start_span("guard") is None  # sampled out: the server's span stays current
+            assert _tracing.traceparent() == _header(context)
+            assert _tracing.current_ids() == (f"{context.trace_id:032x}", f"{context.span_id:016x}")
+            assert _tracing.traceparent() == _header(context)
+        assert _tracing.traceparent() is None
+    provider.shutdown()

@@ -133,7 +133,7 @@ def spans_off() -> bool:
 def _in_unsampled_trace(tracer: Tracer) -> bool:
     """Whether the current span belongs to a trace its root (or the caller upstream) decided not to sample, and
     the application's sampler is known to drop every span under such a parent."""
-    parent = _trace.get_current_span().get_span_context()
+    parent = _span_context(_context.get_current())
     return parent.is_valid and not parent.trace_flags.sampled and _mode(tracer)[2 if parent.is_remote else 1]
 
 
@@ -182,20 +182,26 @@ def start_span(
     return span, _attach(span, current)
 
 
-# The context this module made current last, with its span's context: (Context, SpanContext). A Context never
-# changes, so while it is still the current one its span is known without the API's lookup (a read of the context
-# variable, then of the span under its key, checked against the API's abstract Span class): the model call under
-# a guard span and the traceparent of its request find their parent here. Replaced whole, so threads and tasks
+# The context this module made current or looked into last, with its span's context: (Context, SpanContext). A
+# Context never changes, so while it is still the current one its span is known without the API's lookup (a read
+# of the span under its key, checked against the API's abstract Span class): the model call under a guard span and
+# the traceparent of its request find their parent here, and under a server's span (sampled out: no span of ours
+# starts) the guard's lookup serves the model call and the traceparent. Replaced whole, so threads and tasks
 # interleaving only make it miss; it keeps one context (and its span) alive until the next.
 _last: tuple[object, SpanContext | None] = (None, None)
+# The traceparent of the last span context formatted: (SpanContext, header value); a request's model calls share it.
+_last_header: tuple[object, str] = (None, "")
 
 
 def _span_context(current: Context) -> SpanContext:
     """The context of the span current in ``current`` (invalid when there is none)."""
+    global _last
     last = _last
     if last[0] is current and last[1] is not None:
         return last[1]
-    return _trace.get_current_span(current).get_span_context()
+    span_context = _trace.get_current_span(current).get_span_context()
+    _last = (current, span_context)
+    return span_context
 
 
 def _attach(span: Span, current: Context | None = None) -> object:
@@ -281,10 +287,16 @@ def traceparent() -> str | None:
     current = _context.get_current()
     if not current:  # an empty context holds no span (most calls' case)
         return None
+    global _last_header
     context = _span_context(current)
+    last = _last_header
+    if last[0] is context:
+        return last[1]
     if not context.is_valid:
         return None
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    header = f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+    _last_header = (context, header)
+    return header
 
 
 def current_ids() -> tuple[str, str] | None:
