@@ -28,7 +28,7 @@ from packaging.specifiers import SpecifierSet
 
 from autoglm_runtime.deps._graph import req_text
 from autoglm_runtime.deps.findings import Finding
-from autoglm_runtime.deps.specifiers import disjoint
+from autoglm_runtime.deps.specifiers import admitted, disjoint
 
 __all__ = ["ModelRequirements", "Plan", "contradictions", "cross_model", "plan_groups"]
 
@@ -64,7 +64,7 @@ def _needs(models: Sequence[ModelRequirements], markers: Mapping[str, str]) -> d
 
 
 def _spec(reqs: Sequence[Requirement]) -> SpecifierSet:
-    return SpecifierSet(",".join(str(r.specifier) for r in reqs if str(r.specifier)))
+    return SpecifierSet(",".join(text for text in (str(admitted(r)) for r in reqs) if text))
 
 
 def _text(reqs: Sequence[Requirement]) -> str:
@@ -76,7 +76,7 @@ def contradictions(models: Sequence[ModelRequirements], markers: Mapping[str, st
     findings = []
     for key, per_model in sorted(_needs(models, markers).items()):
         for name, reqs in sorted(per_model.items()):
-            if len(reqs) > 1 and disjoint(*(r.specifier for r in reqs)):
+            if len(reqs) > 1 and disjoint(*(admitted(r) for r in reqs)):
                 findings.append(
                     Finding(
                         kind="model-contradiction",

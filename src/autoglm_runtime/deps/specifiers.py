@@ -33,10 +33,11 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from packaging.requirements import Requirement
 from packaging.specifiers import Specifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-__all__ = ["Overlap", "disjoint", "intersect", "overlap", "satisfies", "wheel_pin"]
+__all__ = ["Overlap", "admitted", "disjoint", "intersect", "overlap", "satisfies", "wheel_pin"]
 
 #: A wheel file name at the end of a path or URL: name, version (build tag, python, abi, platform dropped).
 _WHEEL_RE = re.compile(r"(?:^|[/\\])([A-Za-z0-9_.]+)-([^-/\\]+)(?:-\d[^-/\\]*)?-[^-/\\]+-[^-/\\]+-[^-/\\]+\.whl$")
@@ -233,3 +234,20 @@ def wheel_pin(location: str) -> tuple[str, str] | None:
     path = urlsplit(location).path if "://" in location else location
     found = _WHEEL_RE.search(path)
     return (found.group(1), unquote(found.group(2))) if found else None
+
+
+def admitted(req: Requirement) -> SpecifierSet:
+    """The versions a model's requirement admits: its specifier, or for a direct reference to a wheel
+    (``torch @ https://.../torch-2.1.0%2Bcpu-cp311-cp311-linux_x86_64.whl``) that wheel's version, which is
+    the one pip installs; a reference to anything else (an sdist, a VCS URL) admits any version.
+
+    >>> str(admitted(Requirement("torch @ https://example.com/torch-2.1.0%2Bcpu-cp311-cp311-linux_x86_64.whl")))
+    '==2.1.0+cpu'
+    """
+    if req.url is None:
+        return req.specifier
+    pin = wheel_pin(req.url)
+    try:
+        return SpecifierSet(f"=={pin[1]}") if pin else req.specifier
+    except ValueError:  # InvalidSpecifier: a file name whose version is not PEP 440 pins nothing we can compare
+        return req.specifier
