@@ -157,6 +157,25 @@ def test_namespace_siblings_sharing_an_identical_init_do_not_clash(tmp_path: Pat
     assert _findings(site) == []
 
 
+def test_namespace_siblings_whose_namespace_inits_are_spelled_differently_do_not_clash(tmp_path: Path) -> None:
+    # backports.functools_lru_cache 1.6.6 and backports.cached-property 1.0.2 (from PyPI) each ship a
+    # pkgutil-style backports/__init__.py, one with a comment: whichever is on disk, both import.
+    wheels, site = tmp_path / "w", tmp_path / "site"
+    init = "__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n"
+    a = {"backports/__init__.py": init, "backports/functools_lru_cache.py": "A = 1\n"}
+    b = {"backports/__init__.py": init[:-1] + "  # type: ignore\n", "backports/cached_property/__init__.py": "B = 1\n"}
+    _install(site, build_wheel(wheels, "backports.functools_lru_cache", "1.6.6", modules=a))
+    _install(site, build_wheel(wheels, "backports.cached-property", "1.0.2", modules=b))
+    stub = "try:\n    __import__('pkg_resources').declare_namespace(__name__)\nexcept ImportError:\n    pass\n"
+    _install(site, build_wheel(wheels, "zc.a", "1.0", modules={"zc/__init__.py": stub, "zc/a.py": "A = 1\n"}))
+    _install(site, build_wheel(wheels, "zc.b", "1.0", modules={"zc/__init__.py": "# ns\n" + stub, "zc/b.py": ""}))
+    assert _findings(site) == []
+    # A regular package's __init__.py on disk, over another distribution's namespace one, is still a clash.
+    _install(site, build_wheel(wheels, "zc-regular", "2.0", modules={"zc/__init__.py": "from .a import A\n"}))
+    found = [(f.kind, f.details["module"], f.details["winner"]) for f in _findings(site)]
+    assert found == [("shadowed-module", "zc", "zc-regular")]
+
+
 def _two_djangos(tmp_path: Path) -> Path:
     """Django 4.2 then 5.0 unpacked into one directory whose 4.2 metadata was left behind."""
     wheels, site = tmp_path / "w", tmp_path / "site"

@@ -110,6 +110,22 @@ def _differing(copies: list[dict[str, str | None]]) -> set[str]:
     return {p for p in paths if len({c.get(p, "<absent>") for c in copies}) > 1}
 
 
+def _declares_namespace(location: str, path: str, stats: dict[str, list[int] | None] | None) -> bool:
+    """Whether the package ``__init__.py`` at ``path`` (in ``location``) declares a namespace that several
+    distributions share (pkgutil's ``extend_path`` or ``pkg_resources.declare_namespace``, which the packaging
+    guide has each of them ship): then their own modules, beside it in one directory, all import whichever
+    spelling of it is on disk. ``stats`` receives its :func:`file_stat`, taken before it is read."""
+    full = os.path.join(location, path)
+    if stats is not None:
+        stats[path] = file_stat(full)
+    try:
+        with open(full, "rb") as fh:
+            text = fh.read()
+    except OSError:
+        return False
+    return b"extend_path(" in text or b"declare_namespace(" in text
+
+
 def decide_copies(
     group: list[dict[str, object]],
     rows_of: Callable[[dict[str, object]], dict[str, str | None]],
@@ -147,6 +163,9 @@ def decide_clash(
     paths = shared & _differing(files_of)
     if not paths:
         return
+    init = module + "/__init__.py"
+    if paths == {init} and _declares_namespace(location, init, stats):
+        return  # a namespace's __init__.py, spelled differently by each: every one's own modules import
     disk: dict[str, str | None] = {}
     for dist, files in zip(group, files_of):  # noqa: B905 (the probe runs on Python 3.8)
         dist["clashes"][module] = _matches_disk(location, files, paths, disk, stats)  # type: ignore[index]
