@@ -176,6 +176,33 @@ def test_namespace_siblings_whose_namespace_inits_are_spelled_differently_do_not
     assert found == [("shadowed-module", "zc", "zc-regular")]
 
 
+def test_a_namespace_spread_over_path_entries_shadows_nothing(tmp_path: Path) -> None:
+    # backports.functools_lru_cache in site-packages, backports.cached-property in a directory a .pth adds:
+    # the first backports/__init__.py extends the package's __path__ over both, so both import.
+    wheels, site, extra = tmp_path / "w", tmp_path / "site", tmp_path / "extra"
+    init = "__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n"
+    a = {"backports/__init__.py": init, "backports/functools_lru_cache.py": "A = 1\n"}
+    b = {"backports/__init__.py": init[:-1] + "  # type: ignore\n", "backports/cached_property/__init__.py": "B = 1\n"}
+    _install(site, build_wheel(wheels, "backports.functools_lru_cache", "1.6.6", modules=a))
+    _install(extra, build_wheel(wheels, "backports.cached-property", "1.0.2", modules=b))
+    assert _findings(site, extra) == []
+    # A regular package behind a namespace one is shadowed: its __init__.py never runs.
+    regular = {"backports/__init__.py": "API = 1\n", "backports/other.py": ""}
+    _install(tmp_path / "third", build_wheel(wheels, "backports-regular", "1.0", modules=regular))
+    found = [(f.kind, f.message) for f in _findings(site, extra, tmp_path / "third")]
+    assert found == [
+        (
+            "shadowed-module",
+            "backports.functools_lru_cache 1.6.6 and backports-regular 1.0 both install the top-level module "
+            "'backports'; 'import backports' gets backports.functools_lru_cache 1.6.6, so backports-regular 1.0 is "
+            "shadowed",
+        )
+    ]
+    # A regular package first on the path extends nothing: the namespace distributions behind it are shadowed.
+    found = [(f.kind, f.details["winner"]) for f in _findings(tmp_path / "third", site, extra)]
+    assert found == [("shadowed-module", "backports-regular")]
+
+
 def _two_djangos(tmp_path: Path) -> Path:
     """Django 4.2 then 5.0 unpacked into one directory whose 4.2 metadata was left behind."""
     wheels, site = tmp_path / "w", tmp_path / "site"

@@ -341,6 +341,10 @@ def _shadowed_modules(env: ProbedEnvironment) -> list[Finding]:
         if len(found) < 2:
             continue
         dists = sorted(found, key=lambda d: (rank[d.location], d.key))
+        if module in dists[0].namespaces:  # its __init__.py extends the package over the later path entries
+            dists = [d for d in dists if d.location == dists[0].location or module not in d.namespaces]
+            if len(dists) < 2:
+                continue
         first = [d for d in dists if d.location == dists[0].location]
         winner: InstalledDist | None = first[0]
         if len(first) > 1:

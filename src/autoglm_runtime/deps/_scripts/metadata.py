@@ -234,5 +234,6 @@ def describe(location: str, entry: str) -> tuple[dict[str, object], str | None]:
         # last, as the cache's per-run update adds them: one key order, one JSON text for one description
         record_matches=None,
         clashes={},
+        namespaces=[],
     )
     return dist, record

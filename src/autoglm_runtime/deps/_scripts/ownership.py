@@ -126,6 +126,22 @@ def _declares_namespace(location: str, path: str, stats: dict[str, list[int] | N
     return b"extend_path(" in text or b"declare_namespace(" in text
 
 
+def decide_spread(
+    module: str, group: list[dict[str, object]], stats: dict[str, list[int] | None] | None = None
+) -> None:
+    """For distributions of several path entries claiming package ``module``: list ``module`` in the
+    ``namespaces`` of each whose directory's ``module/__init__.py`` declares a namespace (the first such
+    ``__init__.py`` on the path extends the package over the others). ``stats`` receives the
+    :func:`file_stat` of each file read, by absolute path."""
+    declared: dict[str, bool] = {}
+    for dist in group:
+        full = os.path.join(str(dist["location"]), module, "__init__.py")
+        if full not in declared:
+            declared[full] = _declares_namespace("", full, stats)
+        if declared[full]:
+            dist["namespaces"].append(module)  # type: ignore[attr-defined]
+
+
 def decide_copies(
     group: list[dict[str, object]],
     rows_of: Callable[[dict[str, object]], dict[str, str | None]],
