@@ -203,6 +203,35 @@ def test_a_namespace_spread_over_path_entries_shadows_nothing(tmp_path: Path) ->
     assert found == [("shadowed-module", "backports-regular")]
 
 
+def test_eggs_on_the_path_zipped_or_not_are_distributions(tmp_path: Path) -> None:
+    # `setup.py install` (easy_install) puts six-1.16.0-py3.11.egg on the path through easy-install.pth, a zip
+    # file by default: importlib.metadata and pip check read its EGG-INFO, so six is installed.
+    wheels, site = tmp_path / "w", tmp_path / "site"
+    _install(site, build_wheel(wheels, "python-dateutil", "2.8.2", requires=["six>=1.5", "pytz"]))
+    zipped = tmp_path / "six-1.16.0-py3.11.egg"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.writestr("EGG-INFO/PKG-INFO", "Metadata-Version: 2.1\nName: six\nVersion: 1.16.0\n")
+        zf.writestr("six.py", "X = 1\n")
+    unzipped = tmp_path / "pytz-2020.1-py3.11.egg"
+    (unzipped / "EGG-INFO").mkdir(parents=True)
+    (unzipped / "EGG-INFO" / "PKG-INFO").write_text("Metadata-Version: 1.1\nName: pytz\nVersion: 2020.1\n")
+    (unzipped / "EGG-INFO" / "requires.txt").write_text("absent-lib>=1\n\n[extra]\nmore\n")
+    assert [(f.kind, f.message) for f in _findings(site, zipped, unzipped)] == [
+        ("missing", "pytz 2020.1 requires absent-lib>=1, but absent-lib is not installed")
+    ]
+    env = _probe_site(site, zipped, unzipped)
+    assert [(d.name, d.version, d.metadata_dir) for d in env.dists[1:]] == [
+        ("six", "1.16.0", f"{zipped}/EGG-INFO"),
+        ("pytz", "2020.1", f"{unzipped}/EGG-INFO"),
+    ]
+    sys.path[:0] = [str(zipped), str(unzipped)]
+    try:  # importlib.metadata finds the same
+        assert Distribution.from_name("six").version == "1.16.0"
+        assert Distribution.from_name("pytz").requires == ["absent-lib>=1", 'more; extra == "extra"']
+    finally:
+        del sys.path[:2]
+
+
 def _two_djangos(tmp_path: Path) -> Path:
     """Django 4.2 then 5.0 unpacked into one directory whose 4.2 metadata was left behind."""
     wheels, site = tmp_path / "w", tmp_path / "site"

@@ -76,9 +76,16 @@ def metadata_dirs(path: list[str]) -> list[tuple[str, str]]:
     seen: set[str] = set()
     for entry in path:
         location = os.path.abspath(entry or os.curdir)
-        if location in seen or not os.path.isdir(location):
+        if location in seen:
             continue
         seen.add(location)
+        if location.lower().endswith(".egg") and (
+            os.path.isfile(location) or os.path.isdir(os.path.join(location, "EGG-INFO"))
+        ):
+            found.append((location, "EGG-INFO"))  # as importlib.metadata reads an egg (easy_install's, zipped or not)
+            continue
+        if not os.path.isdir(location):
+            continue
         try:
             names = os.listdir(location)
         except OSError:
