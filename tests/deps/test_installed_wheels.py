@@ -232,6 +232,34 @@ def test_eggs_on_the_path_zipped_or_not_are_distributions(tmp_path: Path) -> Non
         del sys.path[:2]
 
 
+def test_an_egg_info_is_read_as_pip_and_importlib_metadata_read_it(tmp_path: Path) -> None:
+    # Requires-Dist of PKG-INFO first, requires.txt without them; Provides-Extra of PKG-INFO first, the
+    # sections of requires.txt without them (setuptools before 38.6 wrote none).
+    site = tmp_path / "site"
+    (site / "nodeps.egg-info").mkdir(parents=True)
+    (site / "nodeps.egg-info" / "PKG-INFO").write_text(
+        "Metadata-Version: 2.1\nName: nodeps\nVersion: 1.0\nRequires-Dist: absent-lib>=1\n"
+    )
+    (site / "oldtool-1.0-py3.11.egg-info").mkdir()
+    (site / "oldtool-1.0-py3.11.egg-info" / "PKG-INFO").write_text(
+        "Metadata-Version: 1.1\nName: oldtool\nVersion: 1.0\n"
+    )
+    (site / "oldtool-1.0-py3.11.egg-info" / "requires.txt").write_text(
+        "[Fast_Mode]\nnodeps\n\n[docs:python_version>'3']\n"
+    )
+    (site / "user-1.0.dist-info").mkdir()
+    (site / "user-1.0.dist-info" / "METADATA").write_text(
+        "Name: user\nVersion: 1.0\nRequires-Dist: oldtool[fast-mode]\n"
+    )
+    found = [(f.kind, f.message) for f in _findings(site)]
+    assert found == [("missing", "nodeps 1.0 requires absent-lib>=1, but absent-lib is not installed")]
+    sys.path.insert(0, str(site))
+    try:
+        assert Distribution.from_name("nodeps").requires == ["absent-lib>=1"]
+    finally:
+        sys.path.remove(str(site))
+
+
 def _two_djangos(tmp_path: Path) -> Path:
     """Django 4.2 then 5.0 unpacked into one directory whose 4.2 metadata was left behind."""
     wheels, site = tmp_path / "w", tmp_path / "site"

@@ -68,6 +68,19 @@ def _egg_requires(text: str) -> list[str]:
     return out
 
 
+def _egg_extras(text: str) -> list[str]:
+    """The extras ``requires.txt`` has sections for (``[name]``, ``[name:marker]``), as pip lists them for an
+    egg-info whose PKG-INFO names none."""
+    out: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            extra = line[1:-1].partition(":")[0].strip()
+            if extra and extra not in out:
+                out.append(extra)
+    return out
+
+
 def _top_name(path: str) -> tuple[str, bool] | None:
     """The import name a RECORD path makes importable, and whether it is the package's marker file."""
     parts = path.replace("\\", "/").split("/")
@@ -249,10 +262,13 @@ def describe(location: str, entry: str) -> tuple[dict[str, object], str | None]:
         elif headers:
             errors.append(f"{meta_name} has no {field.capitalize()} field")
     requires = [_unfold(r) for r in headers.get("requires-dist", [])]
+    extras = [_unfold(e) for e in headers.get("provides-extra", [])]
     record: str | None = None
     if archive is not None or os.path.isdir(meta_dir):
-        if egg:
-            requires = _egg_requires(_read_meta(meta_dir, "requires.txt", errors, archive) or "")
+        if egg and not (requires and extras):  # PKG-INFO's fields first, as importlib.metadata and pip read them
+            text = _read_meta(meta_dir, "requires.txt", errors, archive) or ""
+            requires = requires or _egg_requires(text)
+            extras = extras or _egg_extras(text)
         if archive is None:
             record = _read_meta(meta_dir, "RECORD", errors)
     python = headers.get("requires-python")
@@ -260,7 +276,7 @@ def describe(location: str, entry: str) -> tuple[dict[str, object], str | None]:
     dist.update(
         requires=requires,
         requires_python=_unfold(python[0]) if python else None,
-        provides_extra=[_unfold(e) for e in headers.get("provides-extra", [])],
+        provides_extra=extras,
         # An editable install's RECORD lists only its hook files: the project's modules are not its files.
         # A zipped egg's modules are no files in a directory that another distribution could overwrite.
         modules={} if editable or archive else _modules(meta_dir, record, location, errors),
