@@ -189,8 +189,22 @@ def test_a_wheel_url_with_a_percent_encoded_local_version_is_pinned_to_it(tmp_pa
     with pytest.raises(ManifestError) as info:
         parse_requirements_file(tmp_path / "r.txt")
     assert info.value.message.startswith(
-        f"{(tmp_path / 'r.txt').resolve()}: line 2: './wheels/odd-1.0%-py3-none-any.whl' names no valid version"
+        f"{(tmp_path / 'r.txt').resolve()}: line 2: './wheels/odd-1.0%-py3-none-any.whl' names no valid version "
+        "'1.0%' or marker"
     )
     (tmp_path / "r.txt").write_text(f"{url}\n")
     reqs, _ = parse_requirements_file(tmp_path / "r.txt")
     assert [str(r) for r in reqs] == ["torch==2.1.0+cpu"]
+
+
+def test_a_wheel_path_or_url_keeps_its_marker_as_pip_reads_it(tmp_path: Path) -> None:
+    (tmp_path / "r.txt").write_text(
+        "https://download.pytorch.org/whl/cu118/torch-2.0.1%2Bcu118-cp311-cp311-linux_x86_64.whl ; "
+        "sys_platform == 'linux'\n"
+        "./wheels/tiny_lib-2.0-py3-none-any.whl;python_version>='3'\n"
+    )
+    reqs, _ = parse_requirements_file(tmp_path / "r.txt")
+    assert [str(r) for r in reqs] == [
+        'torch==2.0.1+cu118; sys_platform == "linux"',
+        'tiny_lib==2.0; python_version >= "3"',
+    ]

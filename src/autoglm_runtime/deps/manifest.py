@@ -176,12 +176,16 @@ def parse_requirement_lines(
             elif name not in _GLOBAL_OPTIONS:
                 problems.add(where, f"option {name!r} is not one pip accepts in a requirements file")
             continue
-        wheel = wheel_pin(text) if " " not in text else None
+        # pip splits a marker off a path at ';', off a URL (which may hold a ';') at '; '
+        location, semi, marker = text.partition("; " if "://" in text else ";")
+        location = location.strip()
+        wheel = wheel_pin(location) if " " not in location else None
         if wheel is not None:
             try:
-                out.append(Requirement(f"{wheel[0]}=={wheel[1]}"))
-            except InvalidRequirement:
-                problems.add(where, f"{_shown(text)} names no valid version ({wheel[1]!r} is not PEP 440)")
+                out.append(Requirement(f"{wheel[0]}=={wheel[1]}" + (f"; {marker.strip()}" if semi else "")))
+            except InvalidRequirement as exc:
+                reason = str(exc).splitlines()[0]
+                problems.add(where, f"{_shown(text)} names no valid version {wheel[1]!r} or marker ({reason[:120]})")
             continue
         try:
             out.append(Requirement(text))
