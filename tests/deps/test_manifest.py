@@ -202,9 +202,11 @@ def test_a_wheel_path_or_url_keeps_its_marker_as_pip_reads_it(tmp_path: Path) ->
         "https://download.pytorch.org/whl/cu118/torch-2.0.1%2Bcu118-cp311-cp311-linux_x86_64.whl ; "
         "sys_platform == 'linux'\n"
         "./wheels/tiny_lib-2.0-py3-none-any.whl;python_version>='3'\n"
+        "https://files.example.invalid/six-1.16.0-py2.py3-none-any.whl#sha256=8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254\n"
     )
     reqs, _ = parse_requirements_file(tmp_path / "r.txt")
     assert [str(r) for r in reqs] == [
         'torch==2.0.1+cu118; sys_platform == "linux"',
         'tiny_lib==2.0; python_version >= "3"',
+        "six==1.16.0",  # the URL's fragment is no part of the file name
     ]
