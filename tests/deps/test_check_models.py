@@ -175,3 +175,42 @@ def test_extra_requirements_are_a_pseudo_model() -> None:
             "model 'm' needs a<1 but the environment has a 1.0, pulled in by model extra-requirements -> a>=1",
         ),
     ]
+
+
+TORCH_CPU = "torch @ https://download.pytorch.org/whl/cpu/torch-2.1.0%2Bcpu-cp311-cp311-linux_x86_64.whl"
+
+
+def test_a_direct_reference_to_a_wheel_admits_that_wheel_s_version_only() -> None:
+    # pip installs exactly the wheel a direct reference names: the model needs torch 2.1.0+cpu.
+    report = check_models([model("a", TORCH_CPU), model("b", "torch>=2.2")])
+    assert _found(report) == [
+        (
+            "cross-model",
+            ("a", "b"),
+            f"model 'b' needs torch>=2.2 but model 'a' needs {TORCH_CPU}: they cannot share one environment; load "
+            "them isolated",
+        )
+    ]
+    assert _found(check_models([model("a", TORCH_CPU), model("c", "torch==2.1.0")])) == []  # 2.1.0+cpu is ==2.1.0
+    assert _found(check_models([model("a", TORCH_CPU, "torch>=2.2")]))[0][0] == "model-contradiction"
+    env = environment(dist("torch", "2.3.0"))
+    report = check_probed(env, [model("a", TORCH_CPU)])
+    assert _found(report) == [
+        (
+            "model-vs-host",
+            ("a",),
+            f"model 'a' needs {TORCH_CPU} but the environment has torch 2.3.0, which nothing else requires",
+        )
+    ]
+    assert report.findings[0].hint == (
+        "load model 'a' isolated in its own environment, or change the environment so that torch matches '==2.1.0+cpu'"
+    )
+    assert _found(check_probed(environment(dist("torch", "2.1.0+cpu")), [model("a", TORCH_CPU)])) == []
+    missing = check_probed(environment(), [model("a", TORCH_CPU)]).findings[0]
+    assert (missing.message, missing.hint) == (
+        f"model 'a' requires {TORCH_CPU}, but torch is not installed",
+        f"install it: pip install '{TORCH_CPU}'",
+    )
+    # A reference to an sdist or a repository names no version: any installed one is accepted.
+    sdist = "torch @ https://example.invalid/torch-2.1.0.tar.gz"
+    assert _found(check_probed(env, [model("a", sdist), model("b", "torch>=2.2")])) == []

@@ -157,6 +157,109 @@ def test_namespace_siblings_sharing_an_identical_init_do_not_clash(tmp_path: Pat
     assert _findings(site) == []
 
 
+def test_namespace_siblings_whose_namespace_inits_are_spelled_differently_do_not_clash(tmp_path: Path) -> None:
+    # backports.functools_lru_cache 1.6.6 and backports.cached-property 1.0.2 (from PyPI) each ship a
+    # pkgutil-style backports/__init__.py, one with a comment: whichever is on disk, both import.
+    wheels, site = tmp_path / "w", tmp_path / "site"
+    init = "__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n"
+    a = {"backports/__init__.py": init, "backports/functools_lru_cache.py": "A = 1\n"}
+    b = {"backports/__init__.py": init[:-1] + "  # type: ignore\n", "backports/cached_property/__init__.py": "B = 1\n"}
+    _install(site, build_wheel(wheels, "backports.functools_lru_cache", "1.6.6", modules=a))
+    _install(site, build_wheel(wheels, "backports.cached-property", "1.0.2", modules=b))
+    stub = "try:\n    __import__('pkg_resources').declare_namespace(__name__)\nexcept ImportError:\n    pass\n"
+    _install(site, build_wheel(wheels, "zc.a", "1.0", modules={"zc/__init__.py": stub, "zc/a.py": "A = 1\n"}))
+    _install(site, build_wheel(wheels, "zc.b", "1.0", modules={"zc/__init__.py": "# ns\n" + stub, "zc/b.py": ""}))
+    assert _findings(site) == []
+    # A regular package's __init__.py on disk, over another distribution's namespace one, is still a clash.
+    _install(site, build_wheel(wheels, "zc-regular", "2.0", modules={"zc/__init__.py": "from .a import A\n"}))
+    found = [(f.kind, f.details["module"], f.details["winner"]) for f in _findings(site)]
+    assert found == [("shadowed-module", "zc", "zc-regular")]
+
+
+def test_a_namespace_spread_over_path_entries_shadows_nothing(tmp_path: Path) -> None:
+    # backports.functools_lru_cache in site-packages, backports.cached-property in a directory a .pth adds:
+    # the first backports/__init__.py extends the package's __path__ over both, so both import.
+    wheels, site, extra = tmp_path / "w", tmp_path / "site", tmp_path / "extra"
+    init = "__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n"
+    a = {"backports/__init__.py": init, "backports/functools_lru_cache.py": "A = 1\n"}
+    b = {"backports/__init__.py": init[:-1] + "  # type: ignore\n", "backports/cached_property/__init__.py": "B = 1\n"}
+    _install(site, build_wheel(wheels, "backports.functools_lru_cache", "1.6.6", modules=a))
+    _install(extra, build_wheel(wheels, "backports.cached-property", "1.0.2", modules=b))
+    assert _findings(site, extra) == []
+    # A regular package behind a namespace one is shadowed: its __init__.py never runs.
+    regular = {"backports/__init__.py": "API = 1\n", "backports/other.py": ""}
+    _install(tmp_path / "third", build_wheel(wheels, "backports-regular", "1.0", modules=regular))
+    found = [(f.kind, f.message) for f in _findings(site, extra, tmp_path / "third")]
+    assert found == [
+        (
+            "shadowed-module",
+            "backports.functools_lru_cache 1.6.6 and backports-regular 1.0 both install the top-level module "
+            "'backports'; 'import backports' gets backports.functools_lru_cache 1.6.6, so backports-regular 1.0 is "
+            "shadowed",
+        )
+    ]
+    # A regular package first on the path extends nothing: the namespace distributions behind it are shadowed.
+    found = [(f.kind, f.details["winner"]) for f in _findings(tmp_path / "third", site, extra)]
+    assert found == [("shadowed-module", "backports-regular")]
+
+
+def test_eggs_on_the_path_zipped_or_not_are_distributions(tmp_path: Path) -> None:
+    # `setup.py install` (easy_install) puts six-1.16.0-py3.11.egg on the path through easy-install.pth, a zip
+    # file by default: importlib.metadata and pip check read its EGG-INFO, so six is installed.
+    wheels, site = tmp_path / "w", tmp_path / "site"
+    _install(site, build_wheel(wheels, "python-dateutil", "2.8.2", requires=["six>=1.5", "pytz"]))
+    zipped = tmp_path / "six-1.16.0-py3.11.egg"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.writestr("EGG-INFO/PKG-INFO", "Metadata-Version: 2.1\nName: six\nVersion: 1.16.0\n")
+        zf.writestr("six.py", "X = 1\n")
+    unzipped = tmp_path / "pytz-2020.1-py3.11.egg"
+    (unzipped / "EGG-INFO").mkdir(parents=True)
+    (unzipped / "EGG-INFO" / "PKG-INFO").write_text("Metadata-Version: 1.1\nName: pytz\nVersion: 2020.1\n")
+    (unzipped / "EGG-INFO" / "requires.txt").write_text("absent-lib>=1\n\n[extra]\nmore\n")
+    assert [(f.kind, f.message) for f in _findings(site, zipped, unzipped)] == [
+        ("missing", "pytz 2020.1 requires absent-lib>=1, but absent-lib is not installed")
+    ]
+    env = _probe_site(site, zipped, unzipped)
+    assert [(d.name, d.version, d.metadata_dir) for d in env.dists[1:]] == [
+        ("six", "1.16.0", f"{zipped}/EGG-INFO"),
+        ("pytz", "2020.1", f"{unzipped}/EGG-INFO"),
+    ]
+    sys.path[:0] = [str(zipped), str(unzipped)]
+    try:  # importlib.metadata finds the same
+        assert Distribution.from_name("six").version == "1.16.0"
+        assert Distribution.from_name("pytz").requires == ["absent-lib>=1", 'more; extra == "extra"']
+    finally:
+        del sys.path[:2]
+
+
+def test_an_egg_info_is_read_as_pip_and_importlib_metadata_read_it(tmp_path: Path) -> None:
+    # Requires-Dist of PKG-INFO first, requires.txt without them; Provides-Extra of PKG-INFO first, the
+    # sections of requires.txt without them (setuptools before 38.6 wrote none).
+    site = tmp_path / "site"
+    (site / "nodeps.egg-info").mkdir(parents=True)
+    (site / "nodeps.egg-info" / "PKG-INFO").write_text(
+        "Metadata-Version: 2.1\nName: nodeps\nVersion: 1.0\nRequires-Dist: absent-lib>=1\n"
+    )
+    (site / "oldtool-1.0-py3.11.egg-info").mkdir()
+    (site / "oldtool-1.0-py3.11.egg-info" / "PKG-INFO").write_text(
+        "Metadata-Version: 1.1\nName: oldtool\nVersion: 1.0\n"
+    )
+    (site / "oldtool-1.0-py3.11.egg-info" / "requires.txt").write_text(
+        "[Fast_Mode]\nnodeps\n\n[docs:python_version>'3']\n"
+    )
+    (site / "user-1.0.dist-info").mkdir()
+    (site / "user-1.0.dist-info" / "METADATA").write_text(
+        "Name: user\nVersion: 1.0\nRequires-Dist: oldtool[fast-mode]\n"
+    )
+    found = [(f.kind, f.message) for f in _findings(site)]
+    assert found == [("missing", "nodeps 1.0 requires absent-lib>=1, but absent-lib is not installed")]
+    sys.path.insert(0, str(site))
+    try:
+        assert Distribution.from_name("nodeps").requires == ["absent-lib>=1"]
+    finally:
+        sys.path.remove(str(site))
+
+
 def _two_djangos(tmp_path: Path) -> Path:
     """Django 4.2 then 5.0 unpacked into one directory whose 4.2 metadata was left behind."""
     wheels, site = tmp_path / "w", tmp_path / "site"

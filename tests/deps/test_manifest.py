@@ -180,3 +180,33 @@ def test_each_requirement_that_is_not_a_string_is_named_alone(tmp_path: Path) ->
         "'x ===' is not a valid PEP 508 requirement (Expected semicolon (after name with no version specifier) or "
         "end); model.requirements[3]: must be a PEP 508 string, got {'a': 1}"
     )
+
+
+def test_a_wheel_url_with_a_percent_encoded_local_version_is_pinned_to_it(tmp_path: Path) -> None:
+    # download.pytorch.org spells the '+' of a local version '%2B' in its wheel URLs.
+    url = "https://download.pytorch.org/whl/cpu/torch-2.1.0%2Bcpu-cp311-cp311-linux_x86_64.whl"
+    (tmp_path / "r.txt").write_text(f"{url}\n./wheels/odd-1.0%-py3-none-any.whl\n")
+    with pytest.raises(ManifestError) as info:
+        parse_requirements_file(tmp_path / "r.txt")
+    assert info.value.message.startswith(
+        f"{(tmp_path / 'r.txt').resolve()}: line 2: './wheels/odd-1.0%-py3-none-any.whl' names no valid version "
+        "'1.0%' or marker"
+    )
+    (tmp_path / "r.txt").write_text(f"{url}\n")
+    reqs, _ = parse_requirements_file(tmp_path / "r.txt")
+    assert [str(r) for r in reqs] == ["torch==2.1.0+cpu"]
+
+
+def test_a_wheel_path_or_url_keeps_its_marker_as_pip_reads_it(tmp_path: Path) -> None:
+    (tmp_path / "r.txt").write_text(
+        "https://download.pytorch.org/whl/cu118/torch-2.0.1%2Bcu118-cp311-cp311-linux_x86_64.whl ; "
+        "sys_platform == 'linux'\n"
+        "./wheels/tiny_lib-2.0-py3-none-any.whl;python_version>='3'\n"
+        "https://files.example.invalid/six-1.16.0-py2.py3-none-any.whl#sha256=8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254\n"
+    )
+    reqs, _ = parse_requirements_file(tmp_path / "r.txt")
+    assert [str(r) for r in reqs] == [
+        'torch==2.0.1+cu118; sys_platform == "linux"',
+        'tiny_lib==2.0; python_version >= "3"',
+        "six==1.16.0",  # the URL's fragment is no part of the file name
+    ]

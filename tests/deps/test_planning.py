@@ -47,6 +47,23 @@ def test_forty_models_give_one_finding_per_clashing_camp_not_per_pair() -> None:
     assert len(report.render().splitlines()) < 120  # each conflict shown once, not under each of 40 models
 
 
+def test_models_whose_python_ranges_do_not_meet_cannot_share_an_environment() -> None:
+    models = [model("a", "six", python=">=3.12"), model("b", python="<3.10"), model("c", python=">=3.8")]
+    report = check_models(models, markers=WIN39)
+    assert [(f.kind, f.packages, f.models, f.message, f.hint, f.details) for f in report.findings] == [
+        (
+            "cross-model",
+            (),
+            ("a", "b"),
+            "model 'b' needs Python <3.10 but model 'a' needs Python >=3.12: they cannot share one environment; "
+            "load them isolated",
+            "load 'a' and 'b' isolated (one environment each), or align their Python requirements",
+            {"requirements": {"a": "Python >=3.12", "b": "Python <3.10"}},
+        )
+    ]
+    assert plan_groups(_plain(*models), markers=WIN39).groups == (("a", "c"), ("b",))
+
+
 def test_the_plan_groups_models_that_can_share_and_checks_each_group_whole() -> None:
     models = _plain(
         model("a", "numpy<2"), model("b", "numpy>=2"), model("c", "numpy<2", "torch>=2"), model("d", "torch<2")

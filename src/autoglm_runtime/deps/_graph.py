@@ -14,9 +14,9 @@ Edges = Mapping[str, Sequence[tuple[str, Requirement]]]
 
 
 def req_text(req: Requirement) -> str:
-    """A requirement as messages show it: name, extras and specifier, without its marker."""
+    """A requirement as messages show it: name, extras and specifier (or direct reference), without its marker."""
     extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
-    return f"{req.name}{extras}{req.specifier}"
+    return f"{req.name}{extras} @ {req.url}" if req.url else f"{req.name}{extras}{req.specifier}"
 
 
 def shortest_chain(

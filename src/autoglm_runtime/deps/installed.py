@@ -11,7 +11,7 @@ from packaging.specifiers import SpecifierSet
 from autoglm_runtime.deps._graph import Edges, cycles, req_text, shortest_chain
 from autoglm_runtime.deps.findings import Finding
 from autoglm_runtime.deps.probe import InstalledDist, ProbedEnvironment, canonical
-from autoglm_runtime.deps.specifiers import disjoint, satisfies
+from autoglm_runtime.deps.specifiers import admitted, disjoint, satisfies
 
 __all__ = ["RequirementGraph", "check_installed"]
 
@@ -62,7 +62,9 @@ class RequirementGraph:
             ]
         for wanted in sorted(req.extras):
             self._extras.append((where, models, requirer, key, canonical(wanted), req))
-        if satisfies(req.specifier, dist.parsed_version):
+        # A model's direct reference to a wheel admits that wheel's version; a distribution's is judged as pip
+        # check judges it (by its specifier alone).
+        if satisfies(admitted(req) if model is not None else req.specifier, dist.parsed_version):
             return []
         if model is not None:
             return [self._model_vs_host(where, model, req, dist)]
@@ -108,8 +110,8 @@ class RequirementGraph:
 
     def _why(self, model: str, req: Requirement, key: str) -> tuple[str, dict[str, object]]:
         """The end of a ``model-vs-host`` message: what holds the installed version, and its details."""
-        chain = self._chain(model, key, req.specifier)
-        excluding, accepting = self._holders(key, req.specifier)
+        chain = self._chain(model, key, admitted(req))
+        excluding, accepting = self._holders(key, admitted(req))
         details: dict[str, object] = {"chain": chain or [], "excluded_by": excluding}
         if chain is not None:
             why = f", pulled in by {' -> '.join(chain)}"
@@ -129,13 +131,14 @@ class RequirementGraph:
 
     def _model_vs_host(self, where: str, model: str, req: Requirement, dist: InstalledDist) -> Finding:
         why, details = self._why(model, req, dist.key)
+        wanted = admitted(req)
         return Finding(
             kind="model-vs-host",
             packages=(dist.key,),
             models=(model,),
             message=f"{where} needs {req_text(req)} but the environment has {dist.label}{why}",
             hint=f"load model '{model}' isolated in its own environment, or change the environment so that "
-            f"{req.name} matches '{req.specifier}'",
+            f"{req.name} matches '{wanted}'",
             details={"requirement": req_text(req), "installed": dist.version, **details},
         )
 
@@ -338,6 +341,10 @@ def _shadowed_modules(env: ProbedEnvironment) -> list[Finding]:
         if len(found) < 2:
             continue
         dists = sorted(found, key=lambda d: (rank[d.location], d.key))
+        if module in dists[0].namespaces:  # its __init__.py extends the package over the later path entries
+            dists = [d for d in dists if d.location == dists[0].location or module not in d.namespaces]
+            if len(dists) < 2:
+                continue
         first = [d for d in dists if d.location == dists[0].location]
         winner: InstalledDist | None = first[0]
         if len(first) > 1:

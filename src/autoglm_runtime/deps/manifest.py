@@ -24,6 +24,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
+from autoglm_runtime.deps.specifiers import wheel_pin
 from autoglm_runtime.errors import ManifestError
 
 if sys.version_info >= (3, 11):
@@ -109,7 +110,6 @@ _GLOBAL_OPTIONS = {
 }  # fmt: skip
 #: pip's per-requirement options (``uv pip compile --generate-hashes`` writes ``--hash``); dropped.
 _PER_REQUIREMENT = re.compile(r"\s--(?:hash|config-settings|global-option|install-option)(?:[=\s]\S+)")
-_WHEEL_RE = re.compile(r"(?:^|[/\\])([A-Za-z0-9_.]+)-([^-/\\]+)(?:-\d[^-/\\]*)?-[^-/\\]+-[^-/\\]+-[^-/\\]+\.whl$")
 _EGG_RE = re.compile(r"[#&]egg=([A-Za-z0-9][A-Za-z0-9._-]*)")
 
 
@@ -176,9 +176,16 @@ def parse_requirement_lines(
             elif name not in _GLOBAL_OPTIONS:
                 problems.add(where, f"option {name!r} is not one pip accepts in a requirements file")
             continue
-        wheel = _WHEEL_RE.search(text)
-        if wheel and " " not in text:
-            out.append(Requirement(f"{wheel.group(1)}=={wheel.group(2)}"))
+        # pip splits a marker off a path at ';', off a URL (which may hold a ';') at '; '
+        location, semi, marker = text.partition("; " if "://" in text else ";")
+        location = location.strip()
+        wheel = wheel_pin(location) if " " not in location else None
+        if wheel is not None:
+            try:
+                out.append(Requirement(f"{wheel[0]}=={wheel[1]}" + (f"; {marker.strip()}" if semi else "")))
+            except InvalidRequirement as exc:
+                reason = str(exc).splitlines()[0]
+                problems.add(where, f"{_shown(text)} names no valid version {wheel[1]!r} or marker ({reason[:120]})")
             continue
         try:
             out.append(Requirement(text))

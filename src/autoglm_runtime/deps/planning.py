@@ -28,9 +28,12 @@ from packaging.specifiers import SpecifierSet
 
 from autoglm_runtime.deps._graph import req_text
 from autoglm_runtime.deps.findings import Finding
-from autoglm_runtime.deps.specifiers import disjoint
+from autoglm_runtime.deps.specifiers import admitted, disjoint
 
 __all__ = ["ModelRequirements", "Plan", "contradictions", "cross_model", "plan_groups"]
+
+#: The key under which the plan compares models' Python ranges (no distribution's name starts with '@').
+_PYTHON = "@python"
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ def _needs(models: Sequence[ModelRequirements], markers: Mapping[str, str]) -> d
 
 
 def _spec(reqs: Sequence[Requirement]) -> SpecifierSet:
-    return SpecifierSet(",".join(str(r.specifier) for r in reqs if str(r.specifier)))
+    return SpecifierSet(",".join(text for text in (str(admitted(r)) for r in reqs) if text))
 
 
 def _text(reqs: Sequence[Requirement]) -> str:
@@ -76,7 +79,7 @@ def contradictions(models: Sequence[ModelRequirements], markers: Mapping[str, st
     findings = []
     for key, per_model in sorted(_needs(models, markers).items()):
         for name, reqs in sorted(per_model.items()):
-            if len(reqs) > 1 and disjoint(*(r.specifier for r in reqs)):
+            if len(reqs) > 1 and disjoint(*(admitted(r) for r in reqs)):
                 findings.append(
                     Finding(
                         kind="model-contradiction",
@@ -91,11 +94,11 @@ def contradictions(models: Sequence[ModelRequirements], markers: Mapping[str, st
     return findings
 
 
-def _camps(per_model: Mapping[str, list[Requirement]]) -> list[tuple[SpecifierSet, list[str]]]:
+def _camps(specs: Mapping[str, SpecifierSet]) -> list[tuple[SpecifierSet, list[str]]]:
     """Models grouped by the specifier set they need (one camp per distinct set), in name order."""
     camps: dict[str, tuple[SpecifierSet, list[str]]] = {}
-    for name in sorted(per_model):
-        spec = _spec(per_model[name])
+    for name in sorted(specs):
+        spec = specs[name]
         camps.setdefault(str(spec), (spec, []))[1].append(name)
     return list(camps.values())
 
@@ -108,54 +111,65 @@ def _who(names: Sequence[str], texts: Mapping[str, str]) -> str:
 
 
 def cross_model(models: Sequence[ModelRequirements], markers: Mapping[str, str]) -> list[Finding]:
-    """``cross-model``: requirements of different models on one distribution that no version satisfies.
+    """``cross-model``: requirements of different models on one distribution, or their Python ranges, that no
+    version satisfies.
 
     One finding per pair of clashing camps (models needing the same set are one camp); when every pair
     overlaps but all together do not, one finding names all of them.
     """
     findings: list[Finding] = []
     for key, per_model in sorted(_needs(models, markers).items()):
-        if len(per_model) < 2:
+        if len(per_model) > 1:
+            specs = {m: _spec(reqs) for m, reqs in per_model.items()}
+            findings += _clashes(key, key, specs, {m: _text(reqs) for m, reqs in per_model.items()})
+    pythons = {m.name: m.python for m in models if m.python is not None}
+    if len(pythons) > 1:
+        findings += _clashes(None, "Python", pythons, {m: f"Python {spec}" for m, spec in pythons.items()})
+    return findings
+
+
+def _clashes(key: str | None, label: str, specs: Mapping[str, SpecifierSet], texts: Mapping[str, str]) -> list[Finding]:
+    """The ``cross-model`` findings on one distribution ``key`` (``None`` for the Python range)."""
+    findings: list[Finding] = []
+    packages = (key,) if key else ()
+    camps = _camps(specs)
+    clashing = False
+    for (spec_a, a), (spec_b, b) in itertools.combinations(camps, 2):
+        if not disjoint(spec_a, spec_b):
             continue
-        texts = {m: _text(reqs) for m, reqs in per_model.items()}
-        camps = _camps(per_model)
-        clashing = False
-        for (spec_a, a), (spec_b, b) in itertools.combinations(camps, 2):
-            if not disjoint(spec_a, spec_b):
-                continue
-            clashing = True
-            names = tuple(sorted(a + b))
-            if len(names) == 2:
-                hint = f"load '{names[0]}' and '{names[1]}' isolated (one environment each), or align their {key} "
-                hint += "requirements"
-            else:
-                hint = f"load these models in separate environments (see --plan), or align their {key} requirements"
-            first, second = (a, b) if a[0] < b[0] else (b, a)
-            findings.append(
-                Finding(
-                    kind="cross-model",
-                    packages=(key,),
-                    models=names,
-                    message=f"{_who(second, texts)} but {_who(first, texts)}: they cannot share one environment; "
-                    "load them isolated",
-                    hint=hint,
-                    details={"requirements": {m: texts[m] for m in names}},
-                )
+        clashing = True
+        names = tuple(sorted(a + b))
+        if len(names) == 2:
+            hint = f"load '{names[0]}' and '{names[1]}' isolated (one environment each), or align their {label} "
+            hint += "requirements"
+        else:
+            hint = f"load these models in separate environments (see --plan), or align their {label} requirements"
+        first, second = (a, b) if a[0] < b[0] else (b, a)
+        findings.append(
+            Finding(
+                kind="cross-model",
+                packages=packages,
+                models=names,
+                message=f"{_who(second, texts)} but {_who(first, texts)}: they cannot share one environment; "
+                "load them isolated",
+                hint=hint,
+                details={"requirements": {m: texts[m] for m in names}},
             )
-        if not clashing and len(camps) > 2 and disjoint(*(spec for spec, _ in camps)):
-            names = tuple(sorted(per_model))
-            listed = "; ".join(f"model '{m}' needs {texts[m]}" for m in names)
-            findings.append(
-                Finding(
-                    kind="cross-model",
-                    packages=(key,),
-                    models=names,
-                    message=f"{listed}: no version of {key} satisfies all of them, so they cannot share one "
-                    "environment; load them isolated",
-                    hint=f"load these models isolated (one environment each), or align their {key} requirements",
-                    details={"requirements": {m: texts[m] for m in names}},
-                )
+        )
+    if not clashing and len(camps) > 2 and disjoint(*(spec for spec, _ in camps)):
+        names = tuple(sorted(specs))
+        listed = "; ".join(f"model '{m}' needs {texts[m]}" for m in names)
+        findings.append(
+            Finding(
+                kind="cross-model",
+                packages=packages,
+                models=names,
+                message=f"{listed}: no version of {label} satisfies all of them, so they cannot share one "
+                "environment; load them isolated",
+                hint=f"load these models isolated (one environment each), or align their {label} requirements",
+                details={"requirements": {m: texts[m] for m in names}},
             )
+        )
     return findings
 
 
@@ -201,6 +215,8 @@ def plan_groups(models: Sequence[ModelRequirements], markers: Mapping[str, str] 
         for req in model.active(markers):
             merged.setdefault(_canonical(req.name), []).append(req)
         own[model.name] = {key: _spec(reqs) for key, reqs in merged.items()}
+        if model.python is not None:
+            own[model.name][_PYTHON] = model.python
     bad = {f.models[0] for f in contradictions(models, markers)}
     clashes: dict[str, int] = {m.name: 0 for m in models}
     for finding in cross_model(models, markers):

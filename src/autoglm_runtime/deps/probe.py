@@ -72,6 +72,9 @@ class InstalledDist:
     #: Import name -> whether this distribution's files are on disk, for names whose files differ from
     #: those of another distribution in the same directory.
     clashes: dict[str, bool] = field(default_factory=dict)
+    #: Import names, claimed in several path entries too, whose ``__init__.py`` in this distribution's
+    #: directory declares a namespace (pkgutil ``extend_path``, ``pkg_resources.declare_namespace``).
+    namespaces: frozenset[str] = frozenset()
 
     @functools.cached_property
     def parsed_version(self) -> Version | str:
@@ -214,6 +217,7 @@ def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
     matches = raw.get("record_matches")
     dist.record_matches = bool(matches) if matches is not None else None
     dist.clashes = {str(k): bool(v) for k, v in (raw.get("clashes") or {}).items()}
+    dist.namespaces = frozenset(str(m) for m in raw.get("namespaces") or ())
     return dist
 
 

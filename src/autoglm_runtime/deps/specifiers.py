@@ -29,13 +29,18 @@ from __future__ import annotations
 
 import functools
 import itertools
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from packaging.requirements import Requirement
 from packaging.specifiers import Specifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-__all__ = ["Overlap", "disjoint", "intersect", "overlap", "satisfies"]
+__all__ = ["Overlap", "admitted", "disjoint", "intersect", "overlap", "satisfies", "wheel_pin"]
+
+#: A wheel file name at the end of a path or URL: name, version (build tag, python, abi, platform dropped).
+_WHEEL_RE = re.compile(r"(?:^|[/\\])([A-Za-z0-9_.]+)-([^-/\\]+)(?:-\d[^-/\\]*)?-[^-/\\]+-[^-/\\]+-[^-/\\]+\.whl$")
 
 _PreTag = tuple[str, int] | None
 
@@ -212,3 +217,37 @@ def disjoint(*sets: SpecifierSet) -> bool:
 @functools.lru_cache(maxsize=65536)
 def _disjoint_texts(texts: tuple[str, ...]) -> bool:
     return overlap(*(SpecifierSet(text) for text in texts)).empty
+
+
+def wheel_pin(location: str) -> tuple[str, str] | None:
+    """``(name, version)`` of the wheel a path or URL ends in, ``None`` when it names no wheel.
+
+    The version is percent-decoded (download.pytorch.org spells the ``+`` of a local version ``%2B``); a
+    URL's query and fragment (``#sha256=...``) are not part of the file name. The version may still be
+    invalid: the caller judges it.
+
+    >>> wheel_pin("https://download.pytorch.org/whl/cpu/torch-2.1.0%2Bcpu-cp311-cp311-linux_x86_64.whl")
+    ('torch', '2.1.0+cpu')
+    """
+    from urllib.parse import unquote, urlsplit  # here: only a wheel path or URL needs it
+
+    path = urlsplit(location).path if "://" in location else location
+    found = _WHEEL_RE.search(path)
+    return (found.group(1), unquote(found.group(2))) if found else None
+
+
+def admitted(req: Requirement) -> SpecifierSet:
+    """The versions a model's requirement admits: its specifier, or for a direct reference to a wheel
+    (``torch @ https://.../torch-2.1.0%2Bcpu-cp311-cp311-linux_x86_64.whl``) that wheel's version, which is
+    the one pip installs; a reference to anything else (an sdist, a VCS URL) admits any version.
+
+    >>> str(admitted(Requirement("torch @ https://example.com/torch-2.1.0%2Bcpu-cp311-cp311-linux_x86_64.whl")))
+    '==2.1.0+cpu'
+    """
+    if req.url is None:
+        return req.specifier
+    pin = wheel_pin(req.url)
+    try:
+        return SpecifierSet(f"=={pin[1]}") if pin else req.specifier
+    except ValueError:  # InvalidSpecifier: a file name whose version is not PEP 440 pins nothing we can compare
+        return req.specifier

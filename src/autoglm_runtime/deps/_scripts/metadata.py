@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 
 _MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd")
+#: The metadata directory of an egg (``six-1.16.0-py3.11.egg``, a directory or a zip file on the path).
+EGG_INFO = "EGG-INFO"
 
 
 def _is_field_name(name: str) -> bool:
@@ -63,6 +65,19 @@ def _egg_requires(text: str) -> list[str]:
             marker = " and ".join(parts)
             continue
         out.append(f"{line}; {marker}" if marker else line)
+    return out
+
+
+def _egg_extras(text: str) -> list[str]:
+    """The extras ``requires.txt`` has sections for (``[name]``, ``[name:marker]``), as pip lists them for an
+    egg-info whose PKG-INFO names none."""
+    out: list[str] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            extra = line[1:-1].partition(":")[0].strip()
+            if extra and extra not in out:
+                out.append(extra)
     return out
 
 
@@ -138,9 +153,28 @@ def _read(path: str) -> str | None:
     return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
-def _read_meta(meta_dir: str, name: str, errors: list[str]) -> str | None:
-    """A metadata file's text; one that cannot be read or decoded is added to ``errors`` and gives ``None``."""
+def _read_zipped(archive: str, member: str) -> str | None:
+    """The UTF-8 text of ``member`` of the zip file ``archive`` (a zipped egg), ``None`` when it has no such
+    member; raises ``OSError`` or ``ValueError``, as :func:`_read` does."""
+    import zipfile  # only for a zipped egg, which few environments hold
+
     try:
+        with zipfile.ZipFile(archive) as zf:
+            data = zf.read(member)
+    except KeyError:
+        return None
+    except zipfile.BadZipFile as exc:
+        raise OSError(f"{archive} is not a zip file: {exc}") from exc
+    text = data.decode("utf-8")
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
+
+
+def _read_meta(meta_dir: str, name: str, errors: list[str], archive: str | None = None) -> str | None:
+    """A metadata file's text (from the zipped egg ``archive`` when given); one that cannot be read or
+    decoded is added to ``errors`` and gives ``None``."""
+    try:
+        if archive is not None:
+            return _read_zipped(archive, f"{EGG_INFO}/{name}")
         return _read(os.path.join(meta_dir, name))
     except (OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, or a NUL in the path
         errors.append(f"{name} cannot be read: {exc}")
@@ -184,31 +218,43 @@ def _unfold(value: str) -> str:
     return value.strip()
 
 
+def _metadata_headers(meta_dir: str, meta_name: str, archive: str | None, errors: list[str]) -> dict[str, list[str]]:
+    """The headers of METADATA / PKG-INFO (``meta_dir`` itself when it is a file); problems go to ``errors``."""
+    try:
+        if archive is not None:
+            text = _read_zipped(archive, f"{EGG_INFO}/{meta_name}")
+        else:
+            text = _read(os.path.join(meta_dir, meta_name)) if os.path.isdir(meta_dir) else _read(meta_dir)
+    except (OSError, ValueError) as exc:
+        errors.append(f"{meta_name} cannot be read: {exc}")
+        return {}
+    if text is None:
+        errors.append(f"{meta_name} is missing")
+    elif not text.strip():
+        errors.append(f"{meta_name} is empty")
+    elif text.startswith("\ufeff"):  # importlib.metadata reads no header after it: its first line is body
+        errors.append(f"{meta_name} starts with a byte order mark (U+FEFF), so its headers cannot be read")
+    else:
+        headers = _headers(text)
+        if not headers:  # the body from its first line on: nothing names the distribution
+            errors.append(f"{meta_name} has no headers (its first line is not a field)")
+        return headers
+    return {}
+
+
 def describe(location: str, entry: str) -> tuple[dict[str, object], str | None]:
-    """Describe one ``.dist-info`` or ``.egg-info`` directory found in ``location``, with its RECORD text.
+    """Describe one ``.dist-info`` or ``.egg-info`` directory found in ``location``, or the ``EGG-INFO`` of
+    the egg ``location`` (a directory or a zip file), with its RECORD text.
 
     The RECORD text (``None`` when there is none) is for the few distributions whose files must be compared.
     """
     meta_dir = os.path.join(location, entry)
-    egg = entry.endswith(".egg-info")
+    egg = entry.endswith(".egg-info") or entry == EGG_INFO
+    archive = location if entry == EGG_INFO and os.path.isfile(location) else None  # a zipped egg
     errors: list[str] = []
     dist: dict[str, object] = {"name": None, "version": None, "location": location, "metadata_dir": meta_dir}
-    headers: dict[str, list[str]] = {}
     meta_name = "PKG-INFO" if egg else "METADATA"
-    try:
-        text = _read(os.path.join(meta_dir, meta_name)) if os.path.isdir(meta_dir) else _read(meta_dir)
-        if text is None:
-            errors.append(f"{meta_name} is missing")
-        elif not text.strip():
-            errors.append(f"{meta_name} is empty")
-        elif text.startswith("\ufeff"):  # importlib.metadata reads no header after it: its first line is body
-            errors.append(f"{meta_name} starts with a byte order mark (U+FEFF), so its headers cannot be read")
-        else:
-            headers = _headers(text)
-            if not headers:  # the body from its first line on: nothing names the distribution
-                errors.append(f"{meta_name} has no headers (its first line is not a field)")
-    except (OSError, ValueError) as exc:
-        errors.append(f"{meta_name} cannot be read: {exc}")
+    headers = _metadata_headers(meta_dir, meta_name, archive, errors)
     for field in ("name", "version"):
         values = headers.get(field)
         if values and _unfold(values[0]):
@@ -216,23 +262,29 @@ def describe(location: str, entry: str) -> tuple[dict[str, object], str | None]:
         elif headers:
             errors.append(f"{meta_name} has no {field.capitalize()} field")
     requires = [_unfold(r) for r in headers.get("requires-dist", [])]
+    extras = [_unfold(e) for e in headers.get("provides-extra", [])]
     record: str | None = None
-    if os.path.isdir(meta_dir):
-        if egg:
-            requires = _egg_requires(_read_meta(meta_dir, "requires.txt", errors) or "")
-        record = _read_meta(meta_dir, "RECORD", errors)
+    if archive is not None or os.path.isdir(meta_dir):
+        if egg and not (requires and extras):  # PKG-INFO's fields first, as importlib.metadata and pip read them
+            text = _read_meta(meta_dir, "requires.txt", errors, archive) or ""
+            requires = requires or _egg_requires(text)
+            extras = extras or _egg_extras(text)
+        if archive is None:
+            record = _read_meta(meta_dir, "RECORD", errors)
     python = headers.get("requires-python")
     editable = _editable_root(meta_dir, record)
     dist.update(
         requires=requires,
         requires_python=_unfold(python[0]) if python else None,
-        provides_extra=[_unfold(e) for e in headers.get("provides-extra", [])],
+        provides_extra=extras,
         # An editable install's RECORD lists only its hook files: the project's modules are not its files.
-        modules={} if editable else _modules(meta_dir, record, location, errors),
+        # A zipped egg's modules are no files in a directory that another distribution could overwrite.
+        modules={} if editable or archive else _modules(meta_dir, record, location, errors),
         editable=editable,
         errors=errors,
         # last, as the cache's per-run update adds them: one key order, one JSON text for one description
         record_matches=None,
         clashes={},
+        namespaces=[],
     )
     return dist, record

@@ -110,6 +110,38 @@ def _differing(copies: list[dict[str, str | None]]) -> set[str]:
     return {p for p in paths if len({c.get(p, "<absent>") for c in copies}) > 1}
 
 
+def _declares_namespace(location: str, path: str, stats: dict[str, list[int] | None] | None) -> bool:
+    """Whether the package ``__init__.py`` at ``path`` (in ``location``) declares a namespace that several
+    distributions share (pkgutil's ``extend_path`` or ``pkg_resources.declare_namespace``, which the packaging
+    guide has each of them ship): then their own modules, beside it in one directory, all import whichever
+    spelling of it is on disk. ``stats`` receives its :func:`file_stat`, taken before it is read."""
+    full = os.path.join(location, path)
+    if stats is not None:
+        stats[path] = file_stat(full)
+    try:
+        with open(full, "rb") as fh:
+            text = fh.read()
+    except OSError:
+        return False
+    return b"extend_path(" in text or b"declare_namespace(" in text
+
+
+def decide_spread(
+    module: str, group: list[dict[str, object]], stats: dict[str, list[int] | None] | None = None
+) -> None:
+    """For distributions of several path entries claiming package ``module``: list ``module`` in the
+    ``namespaces`` of each whose directory's ``module/__init__.py`` declares a namespace (the first such
+    ``__init__.py`` on the path extends the package over the others). ``stats`` receives the
+    :func:`file_stat` of each file read, by absolute path."""
+    declared: dict[str, bool] = {}
+    for dist in group:
+        full = os.path.join(str(dist["location"]), module, "__init__.py")
+        if full not in declared:
+            declared[full] = _declares_namespace("", full, stats)
+        if declared[full]:
+            dist["namespaces"].append(module)  # type: ignore[attr-defined]
+
+
 def decide_copies(
     group: list[dict[str, object]],
     rows_of: Callable[[dict[str, object]], dict[str, str | None]],
@@ -147,6 +179,9 @@ def decide_clash(
     paths = shared & _differing(files_of)
     if not paths:
         return
+    init = module + "/__init__.py"
+    if paths == {init} and _declares_namespace(location, init, stats):
+        return  # a namespace's __init__.py, spelled differently by each: every one's own modules import
     disk: dict[str, str | None] = {}
     for dist, files in zip(group, files_of):  # noqa: B905 (the probe runs on Python 3.8)
         dist["clashes"][module] = _matches_disk(location, files, paths, disk, stats)  # type: ignore[index]

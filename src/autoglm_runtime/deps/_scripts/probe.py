@@ -10,7 +10,7 @@ output is one JSON object (without ``--cache``, on CPython: the same object as m
     {"probe": 2, "executable": ..., "version": "3.11.7", "markers": {...PEP 508 environment...},
      "path": [...sys.path...], "distributions": [{"name", "version", "location", "metadata_dir",
      "requires", "requires_python", "provides_extra", "modules", "editable", "record_matches", "clashes",
-     "errors"}, ...]}
+     "namespaces", "errors"}, ...]}
 
 ``distributions`` is in import-precedence order: ``sys.path`` order, then directory order, the order
 ``importlib.metadata`` finds them. ``modules`` maps each top-level import name a distribution installs to
@@ -19,8 +19,10 @@ namespace directory is no name a distribution owns); an editable install (``edit
 directory) owns none. Where distributions of one directory claim one name, ``clashes`` maps it to whether
 this distribution's files are the ones on disk, judged on every file they both list with different
 hashes (compiled modules included); where copies of one distribution share a directory,
-``record_matches`` says whether this copy's RECORD matches the files on disk. ``errors`` lists metadata
-that could not be read; the checker turns those into ``invalid-metadata`` findings instead of failing.
+``record_matches`` says whether this copy's RECORD matches the files on disk; ``namespaces`` lists the
+names also claimed in other path entries whose ``__init__.py`` in this directory declares a namespace.
+``errors`` lists metadata that could not be read; the checker turns those into ``invalid-metadata``
+findings instead of failing.
 Metadata directories named ``~...`` (left by an interrupted pip uninstall) are not distributions.
 
 With ``--cache FILE`` the probe keeps in FILE what a later run need not work out again (:mod:`probe_cache`):

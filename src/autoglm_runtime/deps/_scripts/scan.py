@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 #: Recomputed every run (they depend on other distributions' files), so never taken from the cache.
-_PER_RUN = ("record_matches", "clashes")
+_PER_RUN = ("record_matches", "clashes", "namespaces")
 
 
 def _canonical(name: object) -> str:
@@ -52,7 +52,7 @@ def _describe_cached(
         if hit is not None and (stamp is None or stamp != hit[0]):
             hit = None
     if hit is not None:
-        dist = {**hit[1], "record_matches": None, "clashes": {}}  # per-run values, never cached
+        dist = {**hit[1], "record_matches": None, "clashes": {}, "namespaces": []}  # per-run values, never cached
         if trusted is hit[2]:
             fresh[meta_dir] = hit
         else:  # now old enough to trust: a new entry, so the cache is written again
@@ -76,9 +76,16 @@ def metadata_dirs(path: list[str]) -> list[tuple[str, str]]:
     seen: set[str] = set()
     for entry in path:
         location = os.path.abspath(entry or os.curdir)
-        if location in seen or not os.path.isdir(location):
+        if location in seen:
             continue
         seen.add(location)
+        if location.lower().endswith(".egg") and (
+            os.path.isfile(location) or os.path.isdir(os.path.join(location, "EGG-INFO"))
+        ):
+            found.append((location, "EGG-INFO"))  # as importlib.metadata reads an egg (easy_install's, zipped or not)
+            continue
+        if not os.path.isdir(location):
+            continue
         try:
             names = os.listdir(location)
         except OSError:
@@ -122,6 +129,10 @@ def collect(
             owners.setdefault((str(dist["location"]), module), []).append(dist)
     contested = [("copies", "", g) for g in copies.values() if len(g) > 1]
     contested += [("clash", m, g) for (_, m), g in owners.items() if len(g) > 1]
+    spread: dict[str, list[dict[str, object]]] = {}  # packages claimed in several path entries
+    for (_, module), group in owners.items():
+        spread.setdefault(module, []).extend(group)
+    contested += [("spread", m, g) for m, g in spread.items() if len({d["location"] for d in g}) > 1]
     for kind, module, group in contested:
         _decide(kind, module, group, records=records, cache=cache, fresh=fresh, now_ns=now_ns, misses=misses)
     if cache is not None:
@@ -173,6 +184,8 @@ def _decide(
 
     if kind == "copies":
         ownership.decide_copies(group, rows, stats)
+    elif kind == "spread":
+        ownership.decide_spread(module, group, stats)
     else:
         ownership.decide_clash(module, group, rows, stats)
     from . import probe_cache
@@ -194,12 +207,17 @@ def _holds(hit: list[object], stamps: list[object], location: str) -> bool:
 def _result(kind: str, module: str, dist: dict[str, object]) -> object:
     if kind == "copies":
         return dist["record_matches"]
+    if kind == "spread":
+        return module in dist["namespaces"]  # type: ignore[operator]
     return dist["clashes"].get(module)  # type: ignore[attr-defined]
 
 
 def _apply(kind: str, module: str, dist: dict[str, object], value: object) -> None:
     if kind == "copies":
         dist["record_matches"] = value
+    elif kind == "spread":
+        if value:
+            dist["namespaces"].append(module)  # type: ignore[attr-defined]
     elif value is not None:
         dist["clashes"][module] = value  # type: ignore[index]
 
