@@ -1,0 +1,126 @@
+"""Real worker processes under what a production server meets: odd exceptions, cancelled callers."""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autoglm_runtime.errors import ModelCallError
+from autoglm_runtime.isolation import ModelLoader
+
+pytestmark = pytest.mark.slow
+
+MODEL = """
+import os
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no text for you")
+
+class Model:
+    def pid(self):
+        return os.getpid()
+
+    def unprintable(self):
+        raise Unprintable()
+
+    def wordy(self, size):
+        raise ValueError("x" * size)
+
+    def unprintable_chunks(self):
+        yield 1
+        raise Unprintable()
+
+
+def load():
+    return Model()
+"""
+
+ASYNC_MODEL = """
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no text for you")
+
+class Model:
+    async def unprintable(self):
+        raise Unprintable()
+
+def load():
+    return Model()
+"""
+
+
+@pytest.fixture(scope="module")
+def loader(wheelhouse: Path, env_root: Path) -> Iterator[ModelLoader]:
+    with ModelLoader(
+        env_root, wheelhouse=wheelhouse, offline=True, backend="process", heartbeat_interval=None
+    ) as loader:
+        yield loader
+
+
+def _named(request: pytest.FixtureRequest) -> str:
+    """A model name of the test's own (its parameters included)."""
+    name = request.node.name
+    return f"{re.sub(r'[^A-Za-z0-9]+', '-', name)[:40].strip('-')}-{zlib.crc32(name.encode())}"
+
+
+def _load(loader: ModelLoader, make_model: Any, name: str, code: str, serving: str = "") -> Any:
+    directory = make_model(name, code)
+    if serving:
+        manifest = directory / "model.toml"
+        manifest.write_text(manifest.read_text() + f"[serving]\n{serving}\n")
+    return loader.load(directory)
+
+
+UNPRINTABLE = "model '{}' raised Unprintable: <str() of the Unprintable raised RuntimeError> in unprintable()"
+
+
+@pytest.mark.parametrize("serving", ["", 'concurrency = "threads"\nmax_inflight = 2'], ids=["serial", "threads"])
+def test_an_exception_whose_str_raises_is_a_model_call_error_and_the_worker_lives_on(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, serving: str
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL, serving)
+    pid = model.call("pid", timeout=30)
+    with pytest.raises(ModelCallError) as info:
+        model.call("unprintable", timeout=30)
+    assert info.value.message == UNPRINTABLE.format(model.name)
+    assert "RuntimeError: no text for you" not in info.value.message
+    assert info.value.remote_type == "Unprintable"
+    with pytest.raises(ModelCallError) as info:
+        list(model.stream("unprintable_chunks", timeout=30))
+    assert info.value.message == UNPRINTABLE.format(model.name).replace("unprintable()", "unprintable_chunks()")
+    assert model.call("pid", timeout=30) == pid
+    assert model.health()["restarts"] == 0
+    model.close()
+
+
+def test_an_async_models_exception_whose_str_raises_is_a_model_call_error(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest
+) -> None:
+    model = _load(loader, make_model, _named(request), ASYNC_MODEL, 'concurrency = "async"')
+    with pytest.raises(ModelCallError) as info:
+        model.call("unprintable", timeout=30)
+    assert info.value.message == UNPRINTABLE.format(model.name)
+    assert model.health()["restarts"] == 0
+    model.close()
+
+
+def test_an_exception_too_large_for_a_frame_is_reported_cut_and_the_worker_lives_on(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL)
+    pid = model.call("pid", timeout=30)
+    size = 70 * 1024 * 1024  # more than a frame's JSON may hold (64 MiB)
+    with pytest.raises(ModelCallError) as info:
+        model.call("wordy", size, timeout=60)
+    cut = size - 65536
+    assert info.value.message == (
+        f"model '{model.name}' raised ValueError: {'x' * 65536}... ({cut} more characters cut) in wordy()"
+    )
+    assert model.call("pid", timeout=30) == pid
+    model.close()
