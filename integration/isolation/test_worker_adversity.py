@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import zlib
 from collections.abc import Iterator
@@ -9,14 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from integration.isolation._helpers import outcome
 
 from autoglm_runtime.errors import ModelCallError
 from autoglm_runtime.isolation import ModelLoader
+from autoglm_runtime.testing import wait_until
 
 pytestmark = pytest.mark.slow
 
 MODEL = """
-import os
+import os, threading
 
 class Unprintable(Exception):
     def __str__(self):
@@ -36,6 +39,11 @@ class Model:
         yield 1
         raise Unprintable()
 
+    def wait(self, marker, release):
+        open(marker, "w").write(str(os.getpid()))
+        while not os.path.exists(release):
+            threading.Event().wait(0.01)
+        return "done"
 
 def load():
     return Model()
@@ -123,4 +131,32 @@ def test_an_exception_too_large_for_a_frame_is_reported_cut_and_the_worker_lives
         f"model '{model.name}' raised ValueError: {'x' * 65536}... ({cut} more characters cut) in wordy()"
     )
     assert model.call("pid", timeout=30) == pid
+    model.close()
+
+
+def test_a_cancelled_async_call_keeps_its_place_until_the_worker_answers_it(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL)
+    pid = model.call("pid", timeout=30)
+    marker, release = tmp_path / "running", tmp_path / "release"
+
+    async def scenario() -> tuple[Any, bool]:
+        first = asyncio.create_task(model.acall("wait", str(marker), str(release), timeout=60))
+        while not marker.exists():
+            await asyncio.sleep(0.01)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        # The worker still runs wait(): the next call waits for it in the queue (not inside the worker, where its
+        # timeout would kill the worker)
+        second = asyncio.create_task(model.acall("pid", timeout=30))
+        loop = asyncio.get_running_loop()
+        queued = await loop.run_in_executor(None, outcome, wait_until, lambda: model.health()["queued"] == 1, 10)
+        release.write_text("go")
+        return await second, queued is None
+
+    assert asyncio.run(scenario()) == (pid, True)
+    health = model.health()
+    assert (health["restarts"], health["inflight"], health["queued"]) == (0, 0, 0)
     model.close()

@@ -12,9 +12,20 @@ import asyncio
 import contextlib
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["AsyncCallSink", "AsyncStreamSink", "CallSink", "OwnSink", "PeerGone", "SendTimeout", "Sink", "StreamSink"]
+__all__ = [
+    "AbandonedSink",
+    "AsyncCallSink",
+    "AsyncStreamSink",
+    "CallSink",
+    "OwnSink",
+    "PeerGone",
+    "SendTimeout",
+    "Sink",
+    "StreamSink",
+]
 
 
 class Sink(Protocol):
@@ -146,6 +157,30 @@ class AsyncCallSink:
             self.future.set_exception(error)
         else:
             self.future.set_result(message or {})
+
+
+class AbandonedSink:
+    """The reply of a call its caller stopped waiting for (a cancelled task) while the worker runs it: nobody wants
+    the answer, but the worker is busy until it comes, so ``on_done`` (freeing the call's place) runs then, once."""
+
+    reads = False
+
+    def __init__(self, method: str, on_done: Callable[[], None]) -> None:
+        self.method = method
+        self._on_done: Callable[[], None] | None = on_done
+        self._lock = threading.Lock()
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        self._done()
+
+    def fail(self, error: BaseException) -> None:
+        self._done()
+
+    def _done(self) -> None:
+        with self._lock:
+            on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done()
 
 
 class StreamSink:

@@ -100,6 +100,19 @@ class Connection:
         if closed is not None:
             sink.fail(closed(sink.method))
 
+    def replace(self, call_id: int, sink: Sink) -> bool:
+        """Route the replies still due for ``call_id`` to ``sink`` instead; False when none is due any more (its
+        final reply was routed, or the connection broke and failed it)."""
+        with self._lock:
+            old = self._sinks.get(call_id)
+            if old is None:
+                return False
+            self._sinks[call_id] = sink
+            self._unread += (not sink.reads) - (not old.reads)
+            if not sink.reads:
+                self._want_reader()
+        return True
+
     def unregister(self, call_id: int) -> None:
         with self._lock:
             sink = self._sinks.pop(call_id, None)

@@ -142,10 +142,8 @@ class ReplicaPool:
         calls.check_timeout(self.name, method, timeout)
         deadline = None if timeout is None else self._timer() + timeout
         worker = await self._aacquire(method, timeout, deadline)
-        try:
-            return await calls.acall(worker, method, args, kwargs, timeout, deadline)
-        finally:
-            self._release(worker)
+        # Released once the worker is done with the call: after a cancel, when its answer comes (see calls.acall)
+        return await calls.acall(worker, method, args, kwargs, timeout, deadline, self._releaser(worker))
 
     def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> ModelStream:
         calls.check_timeout(self.name, method, timeout)

@@ -1,0 +1,57 @@
+"""A call its caller gave up on while the worker runs it: its place is freed when the worker is done, once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from autoglm_runtime.isolation._scripts import protocol
+from autoglm_runtime.isolation.workers._calls import AbandonedSink, AsyncCallSink
+from autoglm_runtime.isolation.workers._connection import Connection
+from autoglm_runtime.testing import wait_until
+
+
+def _broken(conn: Connection) -> Callable[[str], BaseException]:
+    return lambda method: ConnectionError(f"{method}: the peer went away")
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Connection, socket.socket]]:
+    host, peer = socket.socketpair()
+    conn = Connection("m", 1, host, _broken, logging.getLogger("test"))
+    conn.start()
+    yield conn, peer
+    conn.close(lambda method: ConnectionError(f"{method}: closed"))
+    peer.close()
+
+
+def test_an_abandoned_call_is_done_when_its_reply_comes_and_only_then(pair: tuple[Connection, socket.socket]) -> None:
+    conn, peer = pair
+    loop = asyncio.new_event_loop()
+    try:
+        conn.register(3, AsyncCallSink("slow", loop))
+        done: list[str] = []
+        assert conn.replace(3, AbandonedSink("slow", lambda: done.append("done")))
+        assert (conn.inflight, done) == (1, [])
+        protocol.write_frame(peer, {"id": 3, "ok": True, "result": 1})
+        wait_until(lambda: conn.inflight == 0, 30, "the abandoned call's reply to be read")
+        assert done == ["done"]
+        assert not conn.replace(3, AbandonedSink("slow", lambda: done.append("again")))  # nothing due any more
+    finally:
+        loop.close()
+
+
+def test_an_abandoned_call_is_done_once_when_its_worker_goes(pair: tuple[Connection, socket.socket]) -> None:
+    conn, peer = pair
+    done: list[str] = []
+    sink = AbandonedSink("slow", lambda: done.append("done"))
+    conn.register(4, sink)
+    peer.close()
+    wait_until(lambda: done, 30, "the broken connection to fail the abandoned call")
+    sink.deliver({"id": 4, "ok": True, "result": 1})
+    assert done == ["done"]
+    assert conn.inflight == 0
