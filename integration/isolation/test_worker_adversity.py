@@ -160,3 +160,26 @@ def test_a_cancelled_async_call_keeps_its_place_until_the_worker_answers_it(
     health = model.health()
     assert (health["restarts"], health["inflight"], health["queued"]) == (0, 0, 0)
     model.close()
+
+
+def test_an_abandoned_call_still_running_past_its_timeout_has_its_worker_restarted(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL)
+    pid = model.call("pid", timeout=30)
+    marker, never = tmp_path / "running", tmp_path / "never"
+
+    async def abandon() -> None:
+        task = asyncio.create_task(model.acall("wait", str(marker), str(never), timeout=1))
+        while not marker.exists():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(abandon())
+    # Nobody waits for it, but its timeout still holds: the hung worker is killed and restarted, as for a caller
+    assert model.call("pid", timeout=30) != pid
+    health = model.health()
+    assert (health["restarts"], health["restart_reasons"], health["inflight"]) == (1, {"timeout": 1}, 0)
+    model.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -55,3 +56,25 @@ def test_an_abandoned_call_is_done_once_when_its_worker_goes(pair: tuple[Connect
     sink.deliver({"id": 4, "ok": True, "result": 1})
     assert done == ["done"]
     assert conn.inflight == 0
+
+
+def test_an_abandoned_call_not_done_within_its_time_is_late_once() -> None:
+    done: list[str] = []
+    late = threading.Event()
+    sink = AbandonedSink("slow", lambda: done.append("done"))
+    sink.watch(0.01, late.set, "test-abandoned-timer")
+    assert late.wait(30)
+    assert done == []  # it is the worker's end (the connection breaking) that frees the place
+    sink.fail(ConnectionError("killed"))
+    assert done == ["done"]
+
+
+def test_an_abandoned_call_done_in_time_stops_its_timer_and_is_never_late() -> None:
+    late: list[str] = []
+    sink = AbandonedSink("slow", lambda: None)
+    sink.watch(3600, lambda: late.append("late"), "test-abandoned-timer")
+    assert "test-abandoned-timer" in [thread.name for thread in threading.enumerate()]
+    sink.deliver({"id": 1, "ok": True, "result": 1})
+    wait_until(lambda: "test-abandoned-timer" not in [t.name for t in threading.enumerate()], 30, "the timer to stop")
+    sink.watch(0.0, lambda: late.append("late"), "test-abandoned-timer")  # done already: nothing to watch
+    assert late == []

@@ -235,7 +235,7 @@ async def acall(  # noqa: PLR0917
                 raise await loop.run_in_executor(None, worker.timed_out, conn, method, timeout, "") from None
             except asyncio.CancelledError:
                 if on_done is not None:
-                    handed_over = conn.replace(call_id, AbandonedSink(method, on_done))
+                    handed_over = _abandon(worker, conn, call_id, method, timeout, _left(worker, deadline), on_done)
                 raise
         finally:
             if not handed_over:
@@ -244,6 +244,29 @@ async def acall(  # noqa: PLR0917
     finally:
         if on_done is not None and not handed_over:
             on_done()
+
+
+def _abandon(  # noqa: PLR0917
+    worker: WorkerProcess,
+    conn: Connection,
+    call_id: int,
+    method: str,
+    timeout: float | None,
+    left: float | None,
+    on_done: Callable[[], None],
+) -> bool:
+    """Hand the replies still due for a call its caller gave up on to an :class:`AbandonedSink`, which runs
+    ``on_done`` once the worker is done with the call, or kills the worker (as a timeout does) when it is not done
+    within ``left`` s; False when nothing is due any more (then nothing was handed over)."""
+    sink = AbandonedSink(method, on_done)
+    if not conn.replace(call_id, sink):
+        return False
+    sink.watch(
+        left,
+        lambda: worker.timed_out(conn, method, timeout, " after its caller had gone"),
+        f"autoglm-model-{worker.spec.name}-abandoned-{call_id}",
+    )
+    return True
 
 
 def _open(
