@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +22,7 @@ from autoglm_runtime.testing import wait_until
 pytestmark = pytest.mark.slow
 
 MODEL = """
-import os, threading
+import os, subprocess, threading
 
 class Unprintable(Exception):
     def __str__(self):
@@ -31,6 +34,9 @@ class Model:
 
     def unprintable(self):
         raise Unprintable()
+
+    def daemon(self):
+        return subprocess.Popen(["sleep", "600"], start_new_session=True).pid  # out of the worker's process group
 
     def wordy(self, size):
         raise ValueError("x" * size)
@@ -183,3 +189,16 @@ def test_an_abandoned_call_still_running_past_its_timeout_has_its_worker_restart
     health = model.health()
     assert (health["restarts"], health["restart_reasons"], health["inflight"]) == (1, {"timeout": 1}, 0)
     model.close()
+
+
+def test_close_leaves_no_thread_though_a_daemon_the_model_started_holds_its_output(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL)
+    pid = model.call("pid", timeout=30)
+    daemon = model.call("daemon", timeout=30)
+    try:
+        model.close()  # the worker's output pipes stay open in the daemon
+        assert [t.name for t in threading.enumerate() if t.name.endswith(f"-{pid}")] == []
+    finally:
+        os.kill(daemon, signal.SIGKILL)
