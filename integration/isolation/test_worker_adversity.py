@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from integration.isolation._helpers import outcome
+from integration.isolation._helpers import in_background, outcome
 
 from autoglm_runtime.errors import ModelCallError
 from autoglm_runtime.isolation import ModelLoader
@@ -202,3 +202,39 @@ def test_close_leaves_no_thread_though_a_daemon_the_model_started_holds_its_outp
         assert [t.name for t in threading.enumerate() if t.name.endswith(f"-{pid}")] == []
     finally:
         os.kill(daemon, signal.SIGKILL)
+
+
+def test_a_burst_of_calls_to_a_worker_that_died_idle_all_run_on_its_restarted_worker(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL, 'concurrency = "threads"\nmax_inflight = 8')
+    for _ in range(5):  # the callers race one another to find the death: every order must work
+        pid = model.call("pid", timeout=30)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda pid=pid: _exited(pid), 30, f"every thread of worker {pid} to exit")  # its socket is closed
+        start = threading.Barrier(8)
+        callers = [in_background(_at_once, start, model) for _ in range(8)]
+        for thread, _ in callers:
+            thread.join()
+        answers = [out[0] for _, out in callers]
+        assert [type(answer) for answer in answers] == [int] * 8, answers  # none of them reached the dead worker
+        assert len(set(answers)) == 1
+        assert pid not in answers
+    assert model.health()["restarts"] == 5
+    model.close()
+
+
+def _at_once(start: threading.Barrier, model: Any) -> Any:
+    start.wait()
+    return model.call("pid", timeout=30)
+
+
+def _exited(pid: int) -> bool:
+    """Whether every thread of process ``pid`` has exited (a zombie's leader is listed until the last one has: the
+    process's files, its socket among them, are closed only then)."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return threads == [str(pid)] and state == "Z"

@@ -378,11 +378,18 @@ def test_a_lone_call_to_a_closed_worker_end_says_the_peer_is_gone_and_frees_ever
     assert conn.inflight == 0
 
 
-def test_a_call_beside_another_on_a_closed_worker_end_fails_as_before(pair: tuple[Connection, socket.socket]) -> None:
+def test_a_call_beside_another_on_a_closed_worker_end_says_the_peer_is_gone_too(
+    pair: tuple[Connection, socket.socket],
+) -> None:
     conn, peer = pair
     other = CallSink("stream")
-    conn.register(43, other)  # something else in flight: the call is not alone, so no reply can be ruled out
+    conn.register(43, other)  # something else in flight: the worker died during it, but never had this request
     peer.close()
-    with pytest.raises(ConnectionError, match=r"^echo: the peer went away$"):
+    with pytest.raises(PeerGone):
         conn.call(44, "echo", _request(44), time.monotonic() + 30, time.monotonic() + 30)
-    assert conn.inflight == 0
+    assert (conn.inflight, other.settled) == (1, False)  # the other call is the reader's to fail
+    with pytest.raises(ConnectionError, match=r"^echo: the peer went away$"):
+        conn.call(45, "echo", _request(45), time.monotonic() + 30, time.monotonic() + 30, retry=False)
+    assert (conn.inflight, str(other.error)) == (0, "stream: the peer went away")
+    with pytest.raises(PeerGone):  # broken before it registered: none of it went out
+        conn.call(46, "echo", _request(46), time.monotonic() + 30, time.monotonic() + 30)

@@ -44,8 +44,8 @@ class Sink(Protocol):
 
 
 class PeerGone(Exception):
-    """A lone call's request could not be written at all: the worker's end is closed (it died while idle). Nothing
-    reached it and nothing was read: the call may go to a restarted worker."""
+    """A call's request could not be written: the worker's end is closed (it died, or was stopped), or the
+    connection broke before the call registered. None of it can have run: the call may go to a restarted worker."""
 
 
 class SendTimeout(Exception):

@@ -188,7 +188,7 @@ def call(  # noqa: PLR0917
             reply = conn.call(
                 call_id, method, frame, deadline, deadline if timer is time.monotonic else _monotonic(worker, deadline)
             )
-        except PeerGone:  # its worker died while idle: the call never reached it
+        except PeerGone:  # its worker died (or was stopped) before it had the request: the call never ran
             worker.await_exit(conn, deadline)
             conn = worker.connection(method, timeout, deadline)
             _in_time(worker, method, timeout, deadline)
