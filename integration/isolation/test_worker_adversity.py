@@ -8,7 +8,7 @@ import re
 import signal
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,12 +148,7 @@ def test_a_cancelled_async_call_keeps_its_place_until_the_worker_answers_it(
     marker, release = tmp_path / "running", tmp_path / "release"
 
     async def scenario() -> tuple[Any, bool]:
-        first = asyncio.create_task(model.acall("wait", str(marker), str(release), timeout=60))
-        while not marker.exists():
-            await asyncio.sleep(0.01)
-        first.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await first
+        await _cancel_while_running(model.acall("wait", str(marker), str(release), timeout=60), marker)
         # The worker still runs wait(): the next call waits for it in the queue (not inside the worker, where its
         # timeout would kill the worker)
         second = asyncio.create_task(model.acall("pid", timeout=30))
@@ -175,15 +170,7 @@ def test_an_abandoned_call_still_running_past_its_timeout_has_its_worker_restart
     pid = model.call("pid", timeout=30)
     marker, never = tmp_path / "running", tmp_path / "never"
 
-    async def abandon() -> None:
-        task = asyncio.create_task(model.acall("wait", str(marker), str(never), timeout=1))
-        while not marker.exists():
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(abandon())
+    asyncio.run(_cancel_while_running(model.acall("wait", str(marker), str(never), timeout=1), marker))
     # Nobody waits for it, but its timeout still holds: the hung worker is killed and restarted, as for a caller
     assert model.call("pid", timeout=30) != pid
     health = model.health()
@@ -238,3 +225,13 @@ def _exited(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return True
     return threads == [str(pid)] and state == "Z"
+
+
+async def _cancel_while_running(call: Coroutine[Any, Any, Any], marker: Path) -> None:
+    """Run ``call`` in a task and cancel it once the model has written ``marker`` (it is running in the worker)."""
+    task = asyncio.create_task(call)
+    while not marker.exists():
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import threading
-from collections.abc import Callable, Iterator
-
-import pytest
 
 from autoglm_runtime.isolation._scripts import protocol
 from autoglm_runtime.isolation.workers._calls import AbandonedSink, AsyncCallSink
 from autoglm_runtime.isolation.workers._connection import Connection
 from autoglm_runtime.testing import wait_until
-
-
-def _broken(conn: Connection) -> Callable[[str], BaseException]:
-    return lambda method: ConnectionError(f"{method}: the peer went away")
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[Connection, socket.socket]]:
-    host, peer = socket.socketpair()
-    conn = Connection("m", 1, host, _broken, logging.getLogger("test"))
-    conn.start()
-    yield conn, peer
-    conn.close(lambda method: ConnectionError(f"{method}: closed"))
-    peer.close()
 
 
 def test_an_abandoned_call_is_done_when_its_reply_comes_and_only_then(pair: tuple[Connection, socket.socket]) -> None:

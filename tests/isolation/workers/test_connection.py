@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import signal
 import socket
 import threading
@@ -16,20 +15,6 @@ import pytest
 from autoglm_runtime.isolation._scripts import protocol
 from autoglm_runtime.isolation.workers._calls import CallSink, StreamSink
 from autoglm_runtime.isolation.workers._connection import Connection, PeerGone, SendTimeout
-
-
-def _broken(conn: Connection) -> Callable[[str], BaseException]:
-    return lambda method: ConnectionError(f"{method}: the peer went away")
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[Connection, socket.socket]]:
-    host, peer = socket.socketpair()
-    conn = Connection("m", 1, host, _broken, logging.getLogger("test"))
-    conn.start()
-    yield conn, peer
-    conn.close(lambda method: ConnectionError(f"{method}: closed"))
-    peer.close()
 
 
 def _request(call_id: int) -> protocol.Frame:
