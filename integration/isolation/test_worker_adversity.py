@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from integration.isolation._helpers import in_background, outcome
 
-from autoglm_runtime.errors import ModelCallError
+from autoglm_runtime.errors import ModelCallError, WorkerError
 from autoglm_runtime.isolation import ModelLoader
 from autoglm_runtime.testing import wait_until
 
@@ -50,6 +50,9 @@ class Model:
         while not os.path.exists(release):
             threading.Event().wait(0.01)
         return "done"
+
+    def exit(self):
+        os._exit(3)
 
 def load():
     return Model()
@@ -235,3 +238,26 @@ async def _cancel_while_running(call: Coroutine[Any, Any, Any], marker: Path) ->
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_calls_wait_for_the_live_replica_not_fail_on_one_given_up(
+    wheelhouse: Path, env_root: Path, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    with ModelLoader(
+        env_root, wheelhouse=wheelhouse, offline=True, backend="process", heartbeat_interval=None, max_restarts=0
+    ) as loader:
+        model = _load(loader, make_model, _named(request), MODEL, "replicas = 2")
+        with pytest.raises(WorkerError):
+            model.call("exit", timeout=30)  # replica 0 dies
+        with pytest.raises(WorkerError, match="gave up after 0 restarts"):
+            model.call("pid", timeout=30)  # and the next call to it gives it up (max_restarts=0)
+        assert [replica["state"] for replica in model.health()["replicas"]] == ["failed", "ready"]
+        marker, release = tmp_path / "running", tmp_path / "release"
+        busy, first = in_background(model.call, "wait", str(marker), str(release), timeout=30)
+        wait_until(marker.exists, 30, "the live replica to be busy")
+        waiting, second = in_background(model.call, "pid", timeout=30)
+        queued = outcome(wait_until, lambda: model.health()["queued"] == 1, 10)
+        release.write_text("go")
+        busy.join()
+        waiting.join()
+        assert (first, queued, second) == (["done"], None, [int(marker.read_text())])
