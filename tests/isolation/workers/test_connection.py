@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import signal
 import socket
 import threading
@@ -16,20 +15,6 @@ import pytest
 from autoglm_runtime.isolation._scripts import protocol
 from autoglm_runtime.isolation.workers._calls import CallSink, StreamSink
 from autoglm_runtime.isolation.workers._connection import Connection, PeerGone, SendTimeout
-
-
-def _broken(conn: Connection) -> Callable[[str], BaseException]:
-    return lambda method: ConnectionError(f"{method}: the peer went away")
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[Connection, socket.socket]]:
-    host, peer = socket.socketpair()
-    conn = Connection("m", 1, host, _broken, logging.getLogger("test"))
-    conn.start()
-    yield conn, peer
-    conn.close(lambda method: ConnectionError(f"{method}: closed"))
-    peer.close()
 
 
 def _request(call_id: int) -> protocol.Frame:
@@ -378,11 +363,18 @@ def test_a_lone_call_to_a_closed_worker_end_says_the_peer_is_gone_and_frees_ever
     assert conn.inflight == 0
 
 
-def test_a_call_beside_another_on_a_closed_worker_end_fails_as_before(pair: tuple[Connection, socket.socket]) -> None:
+def test_a_call_beside_another_on_a_closed_worker_end_says_the_peer_is_gone_too(
+    pair: tuple[Connection, socket.socket],
+) -> None:
     conn, peer = pair
     other = CallSink("stream")
-    conn.register(43, other)  # something else in flight: the call is not alone, so no reply can be ruled out
+    conn.register(43, other)  # something else in flight: the worker died during it, but never had this request
     peer.close()
-    with pytest.raises(ConnectionError, match=r"^echo: the peer went away$"):
+    with pytest.raises(PeerGone):
         conn.call(44, "echo", _request(44), time.monotonic() + 30, time.monotonic() + 30)
-    assert conn.inflight == 0
+    assert (conn.inflight, other.settled) == (1, False)  # the other call is the reader's to fail
+    with pytest.raises(ConnectionError, match=r"^echo: the peer went away$"):
+        conn.call(45, "echo", _request(45), time.monotonic() + 30, time.monotonic() + 30, retry=False)
+    assert (conn.inflight, str(other.error)) == (0, "stream: the peer went away")
+    with pytest.raises(PeerGone):  # broken before it registered: none of it went out
+        conn.call(46, "echo", _request(46), time.monotonic() + 30, time.monotonic() + 30)

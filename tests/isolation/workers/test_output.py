@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import pytest
 
@@ -45,7 +46,7 @@ def test_the_pump_logs_long_lines_truncated(caplog: pytest.LogCaptureFixture) ->
         err.write(b"y" * (4 * MAX_LINE) + b"\nshort\n")
     with os.fdopen(out_w, "wb") as out:
         out.write(b"last words")
-    pump.join(30)
+    pump.finish(30)
     records = [(r.stream, r.getMessage(), r.levelname, r.truncated) for r in caplog.records]
     long = "y" * MAX_LINE + " [line truncated at 65536 bytes]"
     assert [r for r in records if r[0] == "stderr"] == [
@@ -54,3 +55,33 @@ def test_the_pump_logs_long_lines_truncated(caplog: pytest.LogCaptureFixture) ->
     ]
     assert [r for r in records if r[0] == "stdout"] == [("stdout", "model m stdout: last words", "INFO", False)]
     assert pump.stderr_tail == [long, "short"]
+
+
+def test_the_pump_stops_once_the_worker_exited_though_a_process_it_started_holds_the_pipes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    escaped = [os.dup(out_w), os.dup(err_w)]  # a daemon the model started in a session of its own keeps these
+    logger = logging.getLogger("autoglm_runtime.isolation.workers.process")
+    caplog.set_level(logging.INFO, logger=logger.name)
+    pump = OutputPump("m", 43, os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb"), logger)
+    pump.start()
+    try:
+        os.write(out_w, b"said\nunfinished")
+        os.write(err_w, b"complained\n")
+        os.close(out_w)  # the worker exited: its own ends are closed, the daemon's are not
+        os.close(err_w)
+        pump.finish(10)
+        assert "autoglm-worker-m-output-43" not in [thread.name for thread in threading.enumerate()]
+        records = [(r.stream, r.getMessage()) for r in caplog.records]
+        assert sorted(records) == [
+            ("stderr", "model m stderr: complained"),
+            ("stdout", "model m stdout: said"),
+            ("stdout", "model m stdout: unfinished"),
+        ]
+        assert pump.stderr_tail == ["complained"]
+        pump.finish(10)  # again: nothing more to do
+    finally:
+        for fd in escaped:
+            os.close(fd)

@@ -47,6 +47,8 @@ UNSUPPORTED_MARKERS = (
     "cannot load module more than once per process",
 )
 EXIT_LOAD_FAILED = 3
+#: The longest message (and traceback) an error reply carries; longer ones are cut.
+ERROR_TEXT = 65536
 EXIT_HOST_FAILED = 4
 
 
@@ -62,14 +64,32 @@ def _load_sibling(module: str) -> ModuleType:
 
 
 def _error(exc: BaseException, backend: str = "process") -> dict[str, Any]:
-    """``exc`` as the error of a reply; ``unsupported`` marks a refusal of the subinterpreter backend."""
-    text = str(exc)
+    """``exc`` as the error of a reply; ``unsupported`` marks a refusal of the subinterpreter backend.
+
+    Whatever the model raised, this returns: an exception whose ``str()`` raises is described by its type, and a
+    message or traceback longer than :data:`ERROR_TEXT` characters is cut (a reply must fit in one frame)."""
+    name = type(exc).__name__
+    try:
+        text = str(exc)
+    except Exception as failure:  # the model's own __str__ failed: the reply must still go out
+        text = f"<str() of the {name} raised {type(failure).__name__}>"
+    try:
+        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception as failure:
+        trace = f"<the traceback of the {name} could not be formatted: {type(failure).__name__}>"
     return {
-        "type": type(exc).__name__,
-        "message": text,
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "type": name,
+        "message": _clip(text),
+        "traceback": _clip(trace),
         "unsupported": backend == "subinterp" and any(marker in text for marker in UNSUPPORTED_MARKERS),
     }
+
+
+def _clip(text: str) -> str:
+    """``text`` up to :data:`ERROR_TEXT` characters, saying how many more were cut."""
+    if len(text) <= ERROR_TEXT:
+        return text
+    return f"{text[:ERROR_TEXT]}... ({len(text) - ERROR_TEXT} more characters cut)"
 
 
 def _top_level_names(dist: Any) -> list[str]:

@@ -12,9 +12,20 @@ import asyncio
 import contextlib
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
-__all__ = ["AsyncCallSink", "AsyncStreamSink", "CallSink", "OwnSink", "PeerGone", "SendTimeout", "Sink", "StreamSink"]
+__all__ = [
+    "AbandonedSink",
+    "AsyncCallSink",
+    "AsyncStreamSink",
+    "CallSink",
+    "OwnSink",
+    "PeerGone",
+    "SendTimeout",
+    "Sink",
+    "StreamSink",
+]
 
 
 class Sink(Protocol):
@@ -33,8 +44,8 @@ class Sink(Protocol):
 
 
 class PeerGone(Exception):
-    """A lone call's request could not be written at all: the worker's end is closed (it died while idle). Nothing
-    reached it and nothing was read: the call may go to a restarted worker."""
+    """A call's request could not be written: the worker's end is closed (it died, or was stopped), or the
+    connection broke before the call registered. None of it can have run: the call may go to a restarted worker."""
 
 
 class SendTimeout(Exception):
@@ -146,6 +157,55 @@ class AsyncCallSink:
             self.future.set_exception(error)
         else:
             self.future.set_result(message or {})
+
+
+class AbandonedSink:
+    """The reply of a call its caller stopped waiting for (a cancelled task) while the worker runs it: nobody wants
+    it, but the worker is busy until it comes, so ``on_done`` (freeing the call's place) runs then, once.
+    :meth:`watch` bounds the wait, as the caller's timeout would have."""
+
+    reads = False
+
+    def __init__(self, method: str, on_done: Callable[[], None]) -> None:
+        self.method = method
+        self._on_done: Callable[[], None] | None = on_done
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def watch(self, left: float | None, on_late: Callable[[], object], name: str) -> None:
+        """Run ``on_late`` (kill the worker) on a timer thread called ``name`` unless the last reply comes within
+        ``left`` s (``None``: wait for ever); the timer goes with the last reply (or a broken connection)."""
+        if left is None:
+            return
+        timer = threading.Timer(left, self._late, (on_late,))
+        timer.name, timer.daemon = name, True
+        with self._lock:
+            if self._on_done is None:  # the last reply came already
+                return
+            self._timer = timer
+        with contextlib.suppress(RuntimeError):  # the interpreter is shutting down: its workers go with it
+            timer.start()
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        self._done()
+
+    def fail(self, error: BaseException) -> None:
+        self._done()
+
+    def _late(self, on_late: Callable[[], object]) -> None:
+        with self._lock:
+            pending = self._on_done is not None
+        if pending:
+            on_late()
+
+    def _done(self) -> None:
+        with self._lock:
+            on_done, self._on_done = self._on_done, None
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        if on_done is not None:
+            on_done()
 
 
 class StreamSink:

@@ -100,6 +100,19 @@ class Connection:
         if closed is not None:
             sink.fail(closed(sink.method))
 
+    def replace(self, call_id: int, sink: Sink) -> bool:
+        """Route the replies still due for ``call_id`` to ``sink`` instead; False when none is due any more (its
+        final reply was routed, or the connection broke and failed it)."""
+        with self._lock:
+            old = self._sinks.get(call_id)
+            if old is None:
+                return False
+            self._sinks[call_id] = sink
+            self._unread += (not sink.reads) - (not old.reads)
+            if not sink.reads:
+                self._want_reader()
+        return True
+
     def unregister(self, call_id: int) -> None:
         with self._lock:
             sink = self._sinks.pop(call_id, None)
@@ -162,7 +175,8 @@ class Connection:
         With nothing else in flight and nobody reading, the calling thread holds the read side from the moment it
         registers: the worker has nothing else to send that could fill the socket while the request goes out.
         Raises :class:`SendTimeout` (the call is unregistered) or the error the call failed with; with ``retry``,
-        :class:`PeerGone` when the call was alone and the worker's end of the socket is closed (it is unregistered).
+        :class:`PeerGone` when none of the request can have run: the connection broke before the call registered, or
+        the worker's end of the socket is closed as the request is written (it is unregistered).
         """
         with self._lock:
             closed = self._closed_with
@@ -173,6 +187,8 @@ class Connection:
                 if alone:
                     self._reading = True
         if closed is not None:
+            if retry:
+                raise PeerGone
             raise closed(method)
         self._send_call(call_id, frame, deadline, alone, retry)
         try:
@@ -203,13 +219,15 @@ class Connection:
         """Write the request of a blocking call registered under ``call_id``; see :meth:`call`."""
         try:
             self.send(frame, deadline)
-        except OSError as exc:
-            if not (retry and alone and isinstance(exc, (BrokenPipeError, ConnectionResetError))):
+        except OSError:
+            if not retry:
                 return  # the stream broke: reading it fails the call with the error the supervisor names
-            # Alone, no reply is due: the worker is gone, and never had all of this request; nothing was read.
+            # The worker's end is closed (it died, idle or during other calls), or this end was (the worker is being
+            # stopped): the worker never had all of this request, so it cannot have run it. Nothing was read here.
             with self._lock:
                 self._sinks.pop(call_id, None)
-                self._hand_over()
+                if alone:
+                    self._hand_over()
             raise PeerGone from None
         except BaseException:  # SendTimeout, or interrupted (KeyboardInterrupt): nothing was read yet
             with self._lock:

@@ -65,5 +65,5 @@ def reap(proc: subprocess.Popen[bytes], pump: OutputPump | None) -> list[str]:
         kill_group(proc)
     if pump is None:
         return []
-    pump.join(5)
+    pump.finish(5)
     return pump.stderr_tail[-5:]

@@ -284,7 +284,7 @@ class WorkerLifecycle:
             kill_group(proc)  # also reaps anything it started in its process group
             proc.wait()
         if pump is not None:
-            pump.join(5)
+            pump.finish(5)
 
 
 def seconds(timeout: float | None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -149,7 +150,9 @@ class OutputPump:
     The last stderr lines are kept for error messages (:attr:`stderr_tail`). A line longer than
     ``max_line`` bytes is cut there and logged with `` [line truncated at N bytes]`` appended and
     ``extra["truncated"]`` true. The thread ends by itself when both pipes reach end-of-file (the process
-    exited); :meth:`join` waits for that.
+    exited and nothing it started holds them); once the worker has exited, :meth:`finish` ends it after what the
+    pipes hold is logged, even while a process that left the worker's process group (a daemon the model started
+    in a session of its own) keeps them open.
     """
 
     def __init__(
@@ -171,13 +174,21 @@ class OutputPump:
         self._tail: collections.deque[str] = collections.deque(maxlen=20)
         self._tail_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"autoglm-worker-{model}-output-{pid}", daemon=True)
+        self._wake_r, self._wake_w = os.pipe()  # finish() writes here: the worker exited, drain the pipes and stop
+        self._finish_lock = threading.Lock()
 
     def start(self) -> None:
         """Start forwarding."""
         self._thread.start()
 
-    def join(self, timeout: float | None = None) -> None:
-        """Wait until both pipes are drained (the worker has exited and everything it wrote is logged)."""
+    def finish(self, timeout: float | None = None) -> None:
+        """The worker has exited: log what its pipes hold, stop, and wait (up to ``timeout`` s) until that is done."""
+        with self._finish_lock:
+            if self._wake_w >= 0:
+                with contextlib.suppress(BrokenPipeError):  # it stopped by itself already (end of file on both)
+                    os.write(self._wake_w, b"x")
+                os.close(self._wake_w)
+                self._wake_w = -1
         self._thread.join(timeout)
 
     @property
@@ -208,17 +219,39 @@ class OutputPump:
         with selectors.DefaultSelector() as selector:
             for fd in self._streams:
                 selector.register(fd, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
             open_fds = set(self._streams)
             while open_fds:
                 for key, _ in selector.select():
                     fd = int(key.fd)
+                    if fd == self._wake_r:
+                        self._drain(open_fds, splitters)
+                        open_fds.clear()
+                        break
                     chunk = os.read(fd, 65536)
-                    stream = self._streams[fd]
                     if not chunk:
                         selector.unregister(fd)
                         open_fds.discard(fd)
-                    lines = splitters[fd].feed(chunk) if chunk else splitters[fd].flush()
-                    for line, truncated in lines:
-                        self._emit(stream, line, truncated)
+                    self._lines(fd, chunk, splitters[fd])
+        os.close(self._wake_r)
         for pipe in self._pipes:
             pipe.close()
+
+    def _lines(self, fd: int, chunk: bytes, splitter: LineSplitter) -> None:
+        """Log the lines ``chunk`` completes (at end of file, an empty chunk: the unfinished last one)."""
+        for line, truncated in splitter.feed(chunk) if chunk else splitter.flush():
+            self._emit(self._streams[fd], line, truncated)
+
+    def _drain(self, open_fds: set[int], splitters: dict[int, LineSplitter]) -> None:
+        """Log what the pipes hold now (the worker exited: it writes no more), without waiting for an end of file a
+        process it started may hold back; at most 64 MiB a pipe, should such a process write on meanwhile."""
+        for fd in open_fds:
+            os.set_blocking(fd, False)
+            for _ in range(1024):
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    chunk = b""
+                self._lines(fd, chunk, splitters[fd])
+                if not chunk:
+                    break

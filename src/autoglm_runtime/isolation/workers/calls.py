@@ -32,7 +32,7 @@ from autoglm_runtime.errors import UsageError
 from autoglm_runtime.isolation._scripts import protocol as _protocol
 from autoglm_runtime.isolation._scripts.dispatch import WINDOW
 from autoglm_runtime.isolation.workers import _closer, _replies
-from autoglm_runtime.isolation.workers._calls import AsyncCallSink, AsyncStreamSink, Item, StreamSink
+from autoglm_runtime.isolation.workers._calls import AbandonedSink, AsyncCallSink, AsyncStreamSink, Item, StreamSink
 from autoglm_runtime.isolation.workers._connection import Connection, PeerGone, SendTimeout
 from autoglm_runtime.observability._tracing import traceparent
 
@@ -188,7 +188,7 @@ def call(  # noqa: PLR0917
             reply = conn.call(
                 call_id, method, frame, deadline, deadline if timer is time.monotonic else _monotonic(worker, deadline)
             )
-        except PeerGone:  # its worker died while idle: the call never reached it
+        except PeerGone:  # its worker died (or was stopped) before it had the request: the call never ran
             worker.await_exit(conn, deadline)
             conn = worker.connection(method, timeout, deadline)
             _in_time(worker, method, timeout, deadline)
@@ -210,27 +210,63 @@ async def acall(  # noqa: PLR0917
     kwargs: dict[str, Any],
     timeout: float | None,
     deadline: float | None = None,
+    on_done: Callable[[], None] | None = None,
 ) -> Any:
-    """:func:`call`, awaited on the running loop."""
-    loop = asyncio.get_running_loop()
-    deadline = _deadline(worker, method, timeout, deadline)
-    call_id, frame = _request(worker, method, args, kwargs, False)
-    conn = await _aconnection(worker, method, timeout, deadline)
-    _in_time(worker, method, timeout, deadline)
-    sink = AsyncCallSink(method, loop)
-    conn.register(call_id, sink)
+    """:func:`call`, awaited on the running loop. ``on_done`` runs once the call no longer occupies the worker: as
+    it returns or raises, or -- when its task is cancelled while the worker runs it -- once the worker answers it
+    (or dies): the worker is not free before (a pool's next call would wait inside it, where its timeout kills it)."""
+    handed_over = False
     try:
-        unsent = _send(conn, call_id, frame, deadline)
-        if unsent is not None:
-            raise await loop.run_in_executor(None, _unsent, worker, conn, method, timeout, unsent)
+        loop = asyncio.get_running_loop()
+        deadline = _deadline(worker, method, timeout, deadline)
+        call_id, frame = _request(worker, method, args, kwargs, False)
+        conn = await _aconnection(worker, method, timeout, deadline)
+        _in_time(worker, method, timeout, deadline)
+        sink = AsyncCallSink(method, loop)
+        conn.register(call_id, sink)
         try:
-            reply = await asyncio.wait_for(sink.future, _left(worker, deadline))
-        except asyncio.TimeoutError:
-            conn.unregister(call_id)
-            raise await loop.run_in_executor(None, worker.timed_out, conn, method, timeout, "") from None
+            unsent = _send(conn, call_id, frame, deadline)
+            if unsent is not None:
+                raise await loop.run_in_executor(None, _unsent, worker, conn, method, timeout, unsent)
+            try:
+                reply = await asyncio.wait_for(sink.future, _left(worker, deadline))
+            except asyncio.TimeoutError:
+                conn.unregister(call_id)
+                raise await loop.run_in_executor(None, worker.timed_out, conn, method, timeout, "") from None
+            except asyncio.CancelledError:
+                if on_done is not None:
+                    handed_over = _abandon(worker, conn, call_id, method, timeout, _left(worker, deadline), on_done)
+                raise
+        finally:
+            if not handed_over:
+                conn.unregister(call_id)
+        return _outcome(worker, method, call_id, reply)
     finally:
-        conn.unregister(call_id)
-    return _outcome(worker, method, call_id, reply)
+        if on_done is not None and not handed_over:
+            on_done()
+
+
+def _abandon(  # noqa: PLR0917
+    worker: WorkerProcess,
+    conn: Connection,
+    call_id: int,
+    method: str,
+    timeout: float | None,
+    left: float | None,
+    on_done: Callable[[], None],
+) -> bool:
+    """Hand the replies still due for a call its caller gave up on to an :class:`AbandonedSink`, which runs
+    ``on_done`` once the worker is done with the call, or kills the worker (as a timeout does) when it is not done
+    within ``left`` s; False when nothing is due any more (then nothing was handed over)."""
+    sink = AbandonedSink(method, on_done)
+    if not conn.replace(call_id, sink):
+        return False
+    sink.watch(
+        left,
+        lambda: worker.timed_out(conn, method, timeout, " after its caller had gone"),
+        f"autoglm-model-{worker.spec.name}-abandoned-{call_id}",
+    )
+    return True
 
 
 def _open(

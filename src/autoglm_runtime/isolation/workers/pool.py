@@ -6,7 +6,8 @@ Promises:
   replica is full it waits in a FIFO queue (its timeout counts), and when ``max_queue`` calls already wait it
   is refused at once with :class:`ModelOverloadedError` (E0106, HTTP 503 with ``Retry-After``, gRPC
   ``RESOURCE_EXHAUSTED``); nothing unbounded;
-* replicas fail independently: a crash fails only the calls in flight on that replica;
+* replicas fail independently: a crash fails only the calls in flight on that replica, and a replica given up on
+  takes no calls while another serves (they wait for it instead);
 * one heartbeat thread per model (``autoglm-model-<name>-heartbeat``) pings every ready replica every
   ``heartbeat_interval`` s and restarts one whose ping went unanswered ``heartbeat_timeout`` s;
 * :meth:`ReplicaPool.close` refuses new calls, lets calls in flight and queued finish until ``drain_timeout``,
@@ -142,10 +143,8 @@ class ReplicaPool:
         calls.check_timeout(self.name, method, timeout)
         deadline = None if timeout is None else self._timer() + timeout
         worker = await self._aacquire(method, timeout, deadline)
-        try:
-            return await calls.acall(worker, method, args, kwargs, timeout, deadline)
-        finally:
-            self._release(worker)
+        # Released once the worker is done with the call: after a cancel, when its answer comes (see calls.acall)
+        return await calls.acall(worker, method, args, kwargs, timeout, deadline, self._releaser(worker))
 
     def stream(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> ModelStream:
         calls.check_timeout(self.name, method, timeout)
@@ -238,17 +237,23 @@ class ReplicaPool:
             return waiter
 
     def _least_loaded(self) -> WorkerProcess | None:
-        """(Under the lock) the replica with the fewest calls below ``max_inflight``, preferring live ones."""
+        """(Under the lock) the replica with the fewest calls below ``max_inflight`` among those not given up; while
+        one is not, a call waits for it rather than fail on a given-up one (when all are, a call fails at once)."""
         if len(self.workers) == 1:  # (no other replica to prefer)
             only = self.workers[0]
             return only if self._load[only] < self.max_inflight else None
         best: WorkerProcess | None = None
-        best_key = (True, self.max_inflight)
-        for worker in self.workers:
-            key = (worker.given_up, self._load[worker])
-            if key[1] < self.max_inflight and key < best_key:
-                best, best_key = worker, key
+        fewest = self.max_inflight
+        for worker in self._serving():
+            load = self._load[worker]
+            if load < fewest:
+                best, fewest = worker, load
         return best
+
+    def _serving(self) -> Sequence[WorkerProcess]:
+        """The replicas not given up, or all of them when every one is (its calls then fail at once, saying so)."""
+        live = [worker for worker in self.workers if not worker.given_up]
+        return live or self.workers
 
     def _granted(self, waiter: _Waiter, method: str, timeout: float | None) -> WorkerProcess:
         """The replica a waiter got; on a timeout its place in the queue (or its replica) is given back."""
@@ -295,7 +300,9 @@ class ReplicaPool:
 
     def _release(self, worker: WorkerProcess) -> None:
         with self._lock:
-            if self._waiters:  # the freed place goes straight to the first waiter: its load stays
+            # The freed place goes straight to the first waiter (its load stays), unless it is a given-up replica's
+            # while another serves: the waiter is that one's, as soon as it frees a place.
+            if self._waiters and (len(self.workers) == 1 or worker in self._serving()):
                 waiter = self._waiters.popleft()
                 waiter.worker = worker
                 waiter.wake()

@@ -1,0 +1,263 @@
+"""Real worker processes under what a production server meets: odd exceptions, cancelled callers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import threading
+import zlib
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from integration.isolation._helpers import in_background, outcome
+
+from autoglm_runtime.errors import ModelCallError, WorkerError
+from autoglm_runtime.isolation import ModelLoader
+from autoglm_runtime.testing import wait_until
+
+pytestmark = pytest.mark.slow
+
+MODEL = """
+import os, subprocess, threading
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no text for you")
+
+class Model:
+    def pid(self):
+        return os.getpid()
+
+    def unprintable(self):
+        raise Unprintable()
+
+    def daemon(self):
+        return subprocess.Popen(["sleep", "600"], start_new_session=True).pid  # out of the worker's process group
+
+    def wordy(self, size):
+        raise ValueError("x" * size)
+
+    def unprintable_chunks(self):
+        yield 1
+        raise Unprintable()
+
+    def wait(self, marker, release):
+        open(marker, "w").write(str(os.getpid()))
+        while not os.path.exists(release):
+            threading.Event().wait(0.01)
+        return "done"
+
+    def exit(self):
+        os._exit(3)
+
+def load():
+    return Model()
+"""
+
+ASYNC_MODEL = """
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("no text for you")
+
+class Model:
+    async def unprintable(self):
+        raise Unprintable()
+
+def load():
+    return Model()
+"""
+
+
+@pytest.fixture(scope="module")
+def loader(wheelhouse: Path, env_root: Path) -> Iterator[ModelLoader]:
+    with ModelLoader(
+        env_root, wheelhouse=wheelhouse, offline=True, backend="process", heartbeat_interval=None
+    ) as loader:
+        yield loader
+
+
+def _named(request: pytest.FixtureRequest) -> str:
+    """A model name of the test's own (its parameters included)."""
+    name = request.node.name
+    return f"{re.sub(r'[^A-Za-z0-9]+', '-', name)[:40].strip('-')}-{zlib.crc32(name.encode())}"
+
+
+def _load(loader: ModelLoader, make_model: Any, name: str, code: str, serving: str = "") -> Any:
+    directory = make_model(name, code)
+    if serving:
+        manifest = directory / "model.toml"
+        manifest.write_text(manifest.read_text() + f"[serving]\n{serving}\n")
+    return loader.load(directory)
+
+
+UNPRINTABLE = "model '{}' raised Unprintable: <str() of the Unprintable raised RuntimeError> in unprintable()"
+
+
+@pytest.mark.parametrize("serving", ["", 'concurrency = "threads"\nmax_inflight = 2'], ids=["serial", "threads"])
+def test_an_exception_whose_str_raises_is_a_model_call_error_and_the_worker_lives_on(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, serving: str
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL, serving)
+    pid = model.call("pid", timeout=30)
+    with pytest.raises(ModelCallError) as info:
+        model.call("unprintable", timeout=30)
+    assert info.value.message == UNPRINTABLE.format(model.name)
+    assert "RuntimeError: no text for you" not in info.value.message
+    assert info.value.remote_type == "Unprintable"
+    with pytest.raises(ModelCallError) as info:
+        list(model.stream("unprintable_chunks", timeout=30))
+    assert info.value.message == UNPRINTABLE.format(model.name).replace("unprintable()", "unprintable_chunks()")
+    assert model.call("pid", timeout=30) == pid
+    assert model.health()["restarts"] == 0
+    model.close()
+
+
+def test_an_async_models_exception_whose_str_raises_is_a_model_call_error(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest
+) -> None:
+    model = _load(loader, make_model, _named(request), ASYNC_MODEL, 'concurrency = "async"')
+    with pytest.raises(ModelCallError) as info:
+        model.call("unprintable", timeout=30)
+    assert info.value.message == UNPRINTABLE.format(model.name)
+    assert model.health()["restarts"] == 0
+    model.close()
+
+
+def test_an_exception_too_large_for_a_frame_is_reported_cut_and_the_worker_lives_on(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL)
+    pid = model.call("pid", timeout=30)
+    size = 70 * 1024 * 1024  # more than a frame's JSON may hold (64 MiB)
+    with pytest.raises(ModelCallError) as info:
+        model.call("wordy", size, timeout=60)
+    cut = size - 65536
+    assert info.value.message == (
+        f"model '{model.name}' raised ValueError: {'x' * 65536}... ({cut} more characters cut) in wordy()"
+    )
+    assert model.call("pid", timeout=30) == pid
+    model.close()
+
+
+def test_a_cancelled_async_call_keeps_its_place_until_the_worker_answers_it(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL)
+    pid = model.call("pid", timeout=30)
+    marker, release = tmp_path / "running", tmp_path / "release"
+
+    async def scenario() -> tuple[Any, bool]:
+        await _cancel_while_running(model.acall("wait", str(marker), str(release), timeout=60), marker)
+        # The worker still runs wait(): the next call waits for it in the queue (not inside the worker, where its
+        # timeout would kill the worker)
+        second = asyncio.create_task(model.acall("pid", timeout=30))
+        loop = asyncio.get_running_loop()
+        queued = await loop.run_in_executor(None, outcome, wait_until, lambda: model.health()["queued"] == 1, 10)
+        release.write_text("go")
+        return await second, queued is None
+
+    assert asyncio.run(scenario()) == (pid, True)
+    health = model.health()
+    assert (health["restarts"], health["inflight"], health["queued"]) == (0, 0, 0)
+    model.close()
+
+
+def test_an_abandoned_call_still_running_past_its_timeout_has_its_worker_restarted(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL)
+    pid = model.call("pid", timeout=30)
+    marker, never = tmp_path / "running", tmp_path / "never"
+
+    asyncio.run(_cancel_while_running(model.acall("wait", str(marker), str(never), timeout=1), marker))
+    # Nobody waits for it, but its timeout still holds: the hung worker is killed and restarted, as for a caller
+    assert model.call("pid", timeout=30) != pid
+    health = model.health()
+    assert (health["restarts"], health["restart_reasons"], health["inflight"]) == (1, {"timeout": 1}, 0)
+    model.close()
+
+
+def test_close_leaves_no_thread_though_a_daemon_the_model_started_holds_its_output(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL)
+    pid = model.call("pid", timeout=30)
+    daemon = model.call("daemon", timeout=30)
+    try:
+        model.close()  # the worker's output pipes stay open in the daemon
+        assert [t.name for t in threading.enumerate() if t.name.endswith(f"-{pid}")] == []
+    finally:
+        os.kill(daemon, signal.SIGKILL)
+
+
+def test_a_burst_of_calls_to_a_worker_that_died_idle_all_run_on_its_restarted_worker(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL, 'concurrency = "threads"\nmax_inflight = 8')
+    for _ in range(5):  # the callers race one another to find the death: every order must work
+        pid = model.call("pid", timeout=30)
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda pid=pid: _exited(pid), 30, f"every thread of worker {pid} to exit")  # its socket is closed
+        start = threading.Barrier(8)
+        callers = [in_background(_at_once, start, model) for _ in range(8)]
+        for thread, _ in callers:
+            thread.join()
+        answers = [out[0] for _, out in callers]
+        assert [type(answer) for answer in answers] == [int] * 8, answers  # none of them reached the dead worker
+        assert len(set(answers)) == 1
+        assert pid not in answers
+    assert model.health()["restarts"] == 5
+    model.close()
+
+
+def _at_once(start: threading.Barrier, model: Any) -> Any:
+    start.wait()
+    return model.call("pid", timeout=30)
+
+
+def _exited(pid: int) -> bool:
+    """Whether every thread of process ``pid`` has exited (a zombie's leader is listed until the last one has: the
+    process's files, its socket among them, are closed only then)."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return threads == [str(pid)] and state == "Z"
+
+
+async def _cancel_while_running(call: Coroutine[Any, Any, Any], marker: Path) -> None:
+    """Run ``call`` in a task and cancel it once the model has written ``marker`` (it is running in the worker)."""
+    task = asyncio.create_task(call)
+    while not marker.exists():
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def test_calls_wait_for_the_live_replica_not_fail_on_one_given_up(
+    wheelhouse: Path, env_root: Path, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    with ModelLoader(
+        env_root, wheelhouse=wheelhouse, offline=True, backend="process", heartbeat_interval=None, max_restarts=0
+    ) as loader:
+        model = _load(loader, make_model, _named(request), MODEL, "replicas = 2")
+        with pytest.raises(WorkerError):
+            model.call("exit", timeout=30)  # replica 0 dies
+        with pytest.raises(WorkerError, match="gave up after 0 restarts"):
+            model.call("pid", timeout=30)  # and the next call to it gives it up (max_restarts=0)
+        assert [replica["state"] for replica in model.health()["replicas"]] == ["failed", "ready"]
+        marker, release = tmp_path / "running", tmp_path / "release"
+        busy, first = in_background(model.call, "wait", str(marker), str(release), timeout=30)
+        wait_until(marker.exists, 30, "the live replica to be busy")
+        waiting, second = in_background(model.call, "pid", timeout=30)
+        queued = outcome(wait_until, lambda: model.health()["queued"] == 1, 10)
+        release.write_text("go")
+        busy.join()
+        waiting.join()
+        assert (first, queued, second) == (["done"], None, [int(marker.read_text())])

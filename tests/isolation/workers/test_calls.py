@@ -1,0 +1,62 @@
+"""A call its caller gave up on while the worker runs it: its place is freed when the worker is done, once."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+from autoglm_runtime.isolation._scripts import protocol
+from autoglm_runtime.isolation.workers._calls import AbandonedSink, AsyncCallSink
+from autoglm_runtime.isolation.workers._connection import Connection
+from autoglm_runtime.testing import wait_until
+
+
+def test_an_abandoned_call_is_done_when_its_reply_comes_and_only_then(pair: tuple[Connection, socket.socket]) -> None:
+    conn, peer = pair
+    loop = asyncio.new_event_loop()
+    try:
+        conn.register(3, AsyncCallSink("slow", loop))
+        done: list[str] = []
+        assert conn.replace(3, AbandonedSink("slow", lambda: done.append("done")))
+        assert (conn.inflight, done) == (1, [])
+        protocol.write_frame(peer, {"id": 3, "ok": True, "result": 1})
+        wait_until(lambda: conn.inflight == 0, 30, "the abandoned call's reply to be read")
+        assert done == ["done"]
+        assert not conn.replace(3, AbandonedSink("slow", lambda: done.append("again")))  # nothing due any more
+    finally:
+        loop.close()
+
+
+def test_an_abandoned_call_is_done_once_when_its_worker_goes(pair: tuple[Connection, socket.socket]) -> None:
+    conn, peer = pair
+    done: list[str] = []
+    sink = AbandonedSink("slow", lambda: done.append("done"))
+    conn.register(4, sink)
+    peer.close()
+    wait_until(lambda: done, 30, "the broken connection to fail the abandoned call")
+    sink.deliver({"id": 4, "ok": True, "result": 1})
+    assert done == ["done"]
+    assert conn.inflight == 0
+
+
+def test_an_abandoned_call_not_done_within_its_time_is_late_once() -> None:
+    done: list[str] = []
+    late = threading.Event()
+    sink = AbandonedSink("slow", lambda: done.append("done"))
+    sink.watch(0.01, late.set, "test-abandoned-timer")
+    assert late.wait(30)
+    assert done == []  # it is the worker's end (the connection breaking) that frees the place
+    sink.fail(ConnectionError("killed"))
+    assert done == ["done"]
+
+
+def test_an_abandoned_call_done_in_time_stops_its_timer_and_is_never_late() -> None:
+    late: list[str] = []
+    sink = AbandonedSink("slow", lambda: None)
+    sink.watch(3600, lambda: late.append("late"), "test-abandoned-timer")
+    assert "test-abandoned-timer" in [thread.name for thread in threading.enumerate()]
+    sink.deliver({"id": 1, "ok": True, "result": 1})
+    wait_until(lambda: "test-abandoned-timer" not in [t.name for t in threading.enumerate()], 30, "the timer to stop")
+    sink.watch(0.0, lambda: late.append("late"), "test-abandoned-timer")  # done already: nothing to watch
+    assert late == []
