@@ -112,3 +112,40 @@ def test_help_says_what_a_key_is_and_the_default_codec(command: str, capsys: pyt
     text = " ".join(capsys.readouterr().out.split())
     assert "key path relative to --root, such as models/llm/context_window" in text
     assert "JSON text (default)" in text
+
+
+def test_a_key_holding_data_the_codec_cannot_decode_is_named_as_such_not_as_missing_nor_left_out_silently(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Before: config get said "key ... does not exist" (exit 1) and config dump left the key out with exit 0, so
+    # an operator looking for why the servers ignore a value was told it was not there at all.
+    store = tmp_path / "cfg"
+    store.mkdir()
+    (store / "window").write_bytes(b"not json")
+    (store / "name").write_bytes(b"\xff")
+    (store / "ok").write_bytes(b"1")
+    target = ["--hosts", tmp_path.as_uri(), "--root", "/cfg"]
+    undecodable = (
+        "autoglm-runtime: error E0409: key {key!r} under /cfg holds data the {codec} codec cannot decode ({why}): "
+        "servers reading it with that codec keep their last good value (or their default); fix it with config set, "
+        "or read it as it is with --codec {other}\n"
+    )
+    window = undecodable.format(
+        key="window", codec="json", why="Expecting value: line 1 column 1 (char 0)", other="text"
+    )
+    name_json = undecodable.format(
+        key="name",
+        codec="json",
+        why="'utf-8' codec can't decode byte 0xff in position 0: invalid start byte",
+        other="bytes",
+    )
+    assert main(["config", "get", "window", *target]) == 1
+    assert capsys.readouterr() == ("", window)
+    assert main(["config", "get", "window", "--codec", "text", *target]) == 0
+    assert capsys.readouterr() == ("not json\n", "")
+    assert main(["config", "get", "name", "--codec", "text", *target]) == 1
+    assert capsys.readouterr().err == name_json.replace("the json codec", "the text codec")
+    assert main(["config", "dump", *target]) == 3
+    assert capsys.readouterr() == ("ok = 1\n", name_json + window)
+    assert main(["config", "dump", "--json", *target]) == 3
+    assert capsys.readouterr() == ('{\n  "ok": 1\n}\n', name_json + window)
