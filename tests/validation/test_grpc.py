@@ -126,8 +126,8 @@ def test_without_a_rewriter_truncation_becomes_rejection(channel_for: Any) -> No
     error = rpc_error(channel, {"prompt": "x" * 30})
     assert error.details() == (
         "E0513: This model's maximum context length is 20 tokens. However, you requested 30 tokens (30 "
-        "in the input, 0 in the completion asked for by max_tokens), more than the context window of 20 "
-        "tokens: shorten the input or lower max_tokens"
+        "in the input, 0 for the completion by default, as the request sets no max_tokens), more than the "
+        "context window of 20 tokens: shorten the input"
     )
 
 
