@@ -128,7 +128,7 @@ def test_python_requirement_is_checked_before_building(tmp_path: Path) -> None:
     version = "{}.{}.{}".format(*sys.version_info[:3])
     assert info.value.message == (
         f"model 'unit' needs Python >=4 but the environment interpreter {os.path.abspath(sys.executable)} is "
-        f"{version}; pass python= an interpreter that fits"
+        f"{version}: give an interpreter that fits (ModelLoader(python=...), or --python for env build)"
     )
     assert list((tmp_path / "envs").iterdir()) == []
 

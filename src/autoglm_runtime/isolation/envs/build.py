@@ -185,7 +185,8 @@ class EnvironmentBuilder:
         if manifest.python is not None and not manifest.python.contains(info.version, prereleases=True):
             raise DependencyConflictError(
                 f"model '{manifest.name}' needs Python {manifest.python} but the environment interpreter "
-                f"{self.python} is {info.version}; pass python= an interpreter that fits"
+                f"{self.python} is {info.version}: give an interpreter that fits (ModelLoader(python=...), or --python "
+                "for env build)"
             )
         key = self.key_for(manifest)
         final = self.path_for(key)
