@@ -149,3 +149,22 @@ def test_a_key_holding_data_the_codec_cannot_decode_is_named_as_such_not_as_miss
     assert capsys.readouterr() == ("ok = 1\n", name_json + window)
     assert main(["config", "dump", "--json", *target]) == 3
     assert capsys.readouterr() == ('{\n  "ok": 1\n}\n', name_json + window)
+
+
+@pytest.mark.parametrize(
+    ("root", "fix"),
+    [("cfg", ""), ("/cfg/", "; drop the final '/'"), ("/a//cfg", "; an empty part ('//') names no znode")],
+)
+@pytest.mark.parametrize("command", [["set", "k", "1"], ["delete", "k"], ["get", "k"]])
+def test_a_root_the_servers_refuse_is_refused_by_writes_too(
+    root: str, fix: str, command: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Before: get refused --root cfg (as every ConfigClient does) while set wrote tmp/cfg/k and delete removed it,
+    # and against ZooKeeper kazoo quietly took 'cfg' for '/cfg' and '/cfg/' for '/cfg'.
+    assert main(["config", *command, "--hosts", tmp_path.as_uri(), "--root", root]) == 2
+    assert capsys.readouterr() == (
+        "",
+        f"autoglm-runtime: error E0001: config root {root!r} must be an absolute ZooKeeper path such as "
+        f"'/autoglm/prod'{fix}\n",
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -87,10 +87,11 @@ def target(args: argparse.Namespace) -> tuple[str, str]:
         raise UsageError("no ZooKeeper given: pass --hosts HOST:PORT (or file:///dir) or set AUTOGLM_ZK_HOSTS")
     if not args.root:
         raise UsageError("no config root given: pass --root /path or set AUTOGLM_ZK_ROOT")
-    from autoglm_runtime.config.settings import check_hosts
+    from autoglm_runtime.config.settings import check_hosts, check_root
 
     check_hosts(str(args.hosts))
-    return str(args.hosts), str(args.root)
+    # set and delete write beside the client: a root the servers (and get) refuse must not be written either
+    return str(args.hosts), check_root(str(args.root))
 
 
 def check_key(key: str) -> str:
