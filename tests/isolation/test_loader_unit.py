@@ -207,3 +207,18 @@ def test_env_build_needs_a_path(capsys: pytest.CaptureFixture[str]) -> None:
         main(["env", "build"])
     assert info.value.code == 2
     assert "the following arguments are required: PATH" in capsys.readouterr().err
+
+
+def test_a_bare_interpreter_name_is_looked_up_on_path_as_check_deps_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: env build --python python3 (and ModelLoader(python="python3")) looked for ./python3 in the current
+    # directory ("interpreter /cwd/python3 does not exist"), while check-deps --python python3 found it on PATH.
+    directory, name = os.path.split(sys.executable)
+    monkeypatch.setenv("PATH", directory)
+    monkeypatch.chdir(tmp_path)
+    assert EnvironmentBuilder(tmp_path / "envs", python=name).python == sys.executable
+    assert EnvironmentBuilder(tmp_path / "envs", python=sys.executable).python == sys.executable
+    with pytest.raises(UsageError) as info:
+        EnvironmentBuilder(tmp_path / "envs", python="./" + name)  # a path is a path: not looked up
+    assert info.value.message.startswith(f"interpreter {tmp_path / name} does not exist")
