@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +169,44 @@ def test_a_root_the_servers_refuse_is_refused_by_writes_too(
         f"'/autoglm/prod'{fix}\n",
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_watch_says_when_a_key_is_set_to_data_servers_refuse(tmp_path: Path) -> None:
+    # Before: such an update printed nothing at all (the client refused it as servers do), so an operator watching
+    # a bad write go in saw no trace of it. The changes around it show what servers hold ("old" is the value they
+    # kept).
+    store = tmp_path / "cfg"
+    store.mkdir()
+    (store / "k").write_text("1")
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "autoglm_runtime", "config", "watch", "--count", "2", "--for", "120", "--json",
+         "--hosts", tmp_path.as_uri(), "--root", "/cfg"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert watch.stdout is not None
+    assert watch.stderr is not None
+    assert watch.stderr.readline() == f"watching /cfg/ on {tmp_path.as_uri()}\n"
+    (store / "k").write_text("not json")
+    assert watch.stderr.readline() == (
+        "autoglm-runtime: warning E0409: key 'k' under /cfg now holds data the json codec cannot decode (Expecting "
+        "value: line 1 column 1 (char 0)): servers reading it with that codec keep their last good value (or their "
+        "default); fix it with config set, or read it as it is with --codec text\n"
+    )
+    (store / "k").write_text("2")
+    assert json.loads(watch.stdout.readline()) | {"version": None} == {
+        "key": "k",
+        "kind": "updated",
+        "old": 1,
+        "new": 2,
+        "version": None,
+    }
+    (store / "k").unlink()
+    out, err = watch.communicate(timeout=120)
+    assert json.loads(out) | {"version": None} == {
+        "key": "k",
+        "kind": "deleted",
+        "old": 2,
+        "new": None,
+        "version": None,
+    }
+    assert (watch.returncode, err) == (0, "")
