@@ -222,3 +222,24 @@ def test_a_bare_interpreter_name_is_looked_up_on_path_as_check_deps_does(
     with pytest.raises(UsageError) as info:
         EnvironmentBuilder(tmp_path / "envs", python="./" + name)  # a path is a path: not looked up
     assert info.value.message.startswith(f"interpreter {tmp_path / name} does not exist")
+
+
+def test_supervision_options_no_worker_can_run_with_are_refused_all_at_once(tmp_path: Path) -> None:
+    # Before: all accepted; start_timeout=-5 failed every load with "did not finish loading within -5 s" (E0103,
+    # blaming the worker), max_restarts=-1 gave a model up at its first death ("gave up after -1 restarts"), and a
+    # negative backoff or retry_after, or a nan, passed unnoticed.
+    with pytest.raises(UsageError) as info:
+        ModelLoader(tmp_path, start_timeout=-5, max_restarts=-1, backoff=-1.0, max_backoff=float("nan"), retry_after=-3)
+    assert info.value.message == (
+        "start_timeout must be a number of seconds above 0, got -5; max_restarts must be a whole number, 0 or more "
+        "(0: never restart), got -1; backoff must be a number of seconds, 0 or more, got -1.0; max_backoff must be a "
+        "number of seconds, 0 or more, got nan; retry_after must be a number of seconds, 0 or more (the Retry-After "
+        "of E0106), got -3"
+    )
+    with pytest.raises(UsageError) as info:
+        ModelLoader(tmp_path, start_timeout=0, max_restarts=True)  # type: ignore[arg-type]
+    assert info.value.message == (
+        "start_timeout must be a number of seconds above 0, got 0; max_restarts must be a whole number, 0 or more "
+        "(0: never restart), got True"
+    )
+    ModelLoader(tmp_path, max_restarts=0, backoff=0, max_backoff=0, retry_after=0).close()  # 0 means none: valid

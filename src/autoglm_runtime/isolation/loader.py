@@ -34,6 +34,7 @@ from autoglm_runtime.errors import (
     IsolationError,
     UsageError,
 )
+from autoglm_runtime.isolation._options import check_loader_options
 from autoglm_runtime.isolation.envs._use import EnvironmentHold, hold_environment
 from autoglm_runtime.isolation.envs.build import BuildProgress, BuiltEnvironment, EnvironmentBuilder, Installer
 from autoglm_runtime.isolation.model import LoadedModel, ModelHealth
@@ -83,18 +84,17 @@ class ModelLoader:
         heartbeat_timeout: float = 30.0,
         retry_after: float = 1.0,
     ) -> None:
-        if heartbeat_interval is not None and not 0 < heartbeat_interval < heartbeat_timeout:
-            raise UsageError(
-                "heartbeat_interval must be a positive number of seconds below heartbeat_timeout="
-                f"{heartbeat_timeout!r} (or None to turn heartbeats off), got {heartbeat_interval!r}"
-            )
-        if backend not in ("auto", "process", "subinterp"):
-            raise UsageError(f"backend must be 'auto', 'process' or 'subinterp', got {backend!r}")
-        if default_timeout is not None and not 0 < default_timeout <= threading.TIMEOUT_MAX:
-            raise UsageError(
-                f"default_timeout must be a positive number of seconds (at most {threading.TIMEOUT_MAX:g}) or None, "
-                f"got {default_timeout!r}"
-            )
+        check_loader_options(
+            backend=backend,
+            default_timeout=default_timeout,
+            start_timeout=start_timeout,
+            max_restarts=max_restarts,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            retry_after=retry_after,
+        )
         self.builder = EnvironmentBuilder(
             env_root,
             python=python,
