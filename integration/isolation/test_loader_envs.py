@@ -211,3 +211,32 @@ def test_shared_environments_build_one_environment_per_plan_group(wheelhouse: Pa
         assert [m.call("version", timeout=30) for m in (a, b, c)] == ["1.0", "2.0", "1.0"]
     metadata = json.loads((a.environment.path / METADATA_NAME).read_text())
     assert metadata["requirements"] == ["conflictlib<2,>=1.0", "conflictlib==1.0"]
+
+
+def test_a_shared_environment_that_cannot_be_built_leaves_each_model_its_own(
+    wheelhouse: Path, tmp_path: Path, make_model, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The plan judges direct requirements: share-x (conflictlib==1.0) and share-y (needstwo, which pulls in
+    # conflictlib>=2) look compatible, and are grouped. Before: loading either failed with the group's E0101
+    # install error, though each loads alone.
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for wheel in wheelhouse.glob("conflictlib-*.whl"):
+        (wheels / wheel.name).write_bytes(wheel.read_bytes())
+    build_wheel(wheels, "needstwo", "1.0", requires=["conflictlib>=2"])
+    x_dir = make_model("share-x", VERSION_MODEL, ["conflictlib==1.0"])
+    y_dir = make_model("share-y", VERSION_MODEL, ["needstwo==1.0"])
+    with ModelLoader(tmp_path / "envs", wheelhouse=wheels, offline=True, backend="process") as loader:
+        assert loader.share_environments([x_dir, y_dir]).groups == (("share-x", "share-y"),)
+        with caplog.at_level("WARNING", logger="autoglm_runtime.isolation.loader"):
+            y = loader.load(y_dir)
+        x = loader.load(x_dir)
+        assert [m.call("version", timeout=30) for m in (x, y)] == ["1.0", "2.0"]
+        assert x.environment.key != y.environment.key
+    [record] = [r for r in caplog.records if r.name == "autoglm_runtime.isolation.loader"]
+    assert record.getMessage().startswith(
+        "models share-x, share-y cannot share one environment (building the environment for model "
+        "'share-x+share-y' failed: "
+    )
+    assert record.getMessage().endswith("); each gets an environment of its own")
+    assert (record.error_code, record.model) == ("E0101", "share-y")  # type: ignore[attr-defined]

@@ -497,7 +497,8 @@ def test_serving_options_are_checked(loader: ModelLoader, make_model: Any) -> No
     with pytest.raises(ManifestError) as info:
         loader.load(directory)
     assert info.value.message == (
-        f"{directory / 'model.toml'}: serving.speed: unknown field; expected one of replicas, concurrency, "
+        f"{directory / 'model.toml'} has 3 problems: serving.speed: unknown field; expected one of replicas, "
+        "concurrency, "
         "max_inflight, max_queue; serving.replicas: must be a whole number >= 1, got 0; serving.concurrency: must "
         "be one of 'serial', 'threads', 'async', got 'fast'"
     )

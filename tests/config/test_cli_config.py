@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,100 @@ def test_help_says_what_a_key_is_and_the_default_codec(command: str, capsys: pyt
     text = " ".join(capsys.readouterr().out.split())
     assert "key path relative to --root, such as models/llm/context_window" in text
     assert "JSON text (default)" in text
+
+
+def test_a_key_holding_data_the_codec_cannot_decode_is_named_as_such_not_as_missing_nor_left_out_silently(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Before: config get said "key ... does not exist" (exit 1) and config dump left the key out with exit 0, so
+    # an operator looking for why the servers ignore a value was told it was not there at all.
+    store = tmp_path / "cfg"
+    store.mkdir()
+    (store / "window").write_bytes(b"not json")
+    (store / "name").write_bytes(b"\xff")
+    (store / "ok").write_bytes(b"1")
+    target = ["--hosts", tmp_path.as_uri(), "--root", "/cfg"]
+    undecodable = (
+        "autoglm-runtime: error E0409: key {key!r} under /cfg holds data the {codec} codec cannot decode ({why}): "
+        "servers reading it with that codec keep their last good value (or their default); fix it with config set, "
+        "or read it as it is with --codec {other}\n"
+    )
+    window = undecodable.format(
+        key="window", codec="json", why="Expecting value: line 1 column 1 (char 0)", other="text"
+    )
+    name_json = undecodable.format(
+        key="name",
+        codec="json",
+        why="'utf-8' codec can't decode byte 0xff in position 0: invalid start byte",
+        other="bytes",
+    )
+    assert main(["config", "get", "window", *target]) == 1
+    assert capsys.readouterr() == ("", window)
+    assert main(["config", "get", "window", "--codec", "text", *target]) == 0
+    assert capsys.readouterr() == ("not json\n", "")
+    assert main(["config", "get", "name", "--codec", "text", *target]) == 1
+    assert capsys.readouterr().err == name_json.replace("the json codec", "the text codec")
+    assert main(["config", "dump", *target]) == 3
+    assert capsys.readouterr() == ("ok = 1\n", name_json + window)
+    assert main(["config", "dump", "--json", *target]) == 3
+    assert capsys.readouterr() == ('{\n  "ok": 1\n}\n', name_json + window)
+
+
+@pytest.mark.parametrize(
+    ("root", "fix"),
+    [("cfg", ""), ("/cfg/", "; drop the final '/'"), ("/a//cfg", "; an empty part ('//') names no znode")],
+)
+@pytest.mark.parametrize("command", [["set", "k", "1"], ["delete", "k"], ["get", "k"]])
+def test_a_root_the_servers_refuse_is_refused_by_writes_too(
+    root: str, fix: str, command: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Before: get refused --root cfg (as every ConfigClient does) while set wrote tmp/cfg/k and delete removed it,
+    # and against ZooKeeper kazoo quietly took 'cfg' for '/cfg' and '/cfg/' for '/cfg'.
+    assert main(["config", *command, "--hosts", tmp_path.as_uri(), "--root", root]) == 2
+    assert capsys.readouterr() == (
+        "",
+        f"autoglm-runtime: error E0001: config root {root!r} must be an absolute ZooKeeper path such as "
+        f"'/autoglm/prod'{fix}\n",
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_watch_says_when_a_key_is_set_to_data_servers_refuse(tmp_path: Path) -> None:
+    # Before: such an update printed nothing at all (the client refused it as servers do), so an operator watching
+    # a bad write go in saw no trace of it. The changes around it show what servers hold ("old" is the value they
+    # kept).
+    store = tmp_path / "cfg"
+    store.mkdir()
+    (store / "k").write_text("1")
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "autoglm_runtime", "config", "watch", "--count", "2", "--for", "120", "--json",
+         "--hosts", tmp_path.as_uri(), "--root", "/cfg"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert watch.stdout is not None
+    assert watch.stderr is not None
+    assert watch.stderr.readline() == f"watching /cfg/ on {tmp_path.as_uri()}\n"
+    (store / "k").write_text("not json")
+    assert watch.stderr.readline() == (
+        "autoglm-runtime: warning E0409: key 'k' under /cfg now holds data the json codec cannot decode (Expecting "
+        "value: line 1 column 1 (char 0)): servers reading it with that codec keep their last good value (or their "
+        "default); fix it with config set, or read it as it is with --codec text\n"
+    )
+    (store / "k").write_text("2")
+    assert json.loads(watch.stdout.readline()) | {"version": None} == {
+        "key": "k",
+        "kind": "updated",
+        "old": 1,
+        "new": 2,
+        "version": None,
+    }
+    (store / "k").unlink()
+    out, err = watch.communicate(timeout=120)
+    assert json.loads(out) | {"version": None} == {
+        "key": "k",
+        "kind": "deleted",
+        "old": 2,
+        "new": None,
+        "version": None,
+    }
+    assert (watch.returncode, err) == (0, "")

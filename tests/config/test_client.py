@@ -110,11 +110,23 @@ def test_unreachable_with_refused_snapshot_raises(dead_hosts: str, tmp_path: Pat
     assert client.get("a") is None
 
 
-@pytest.mark.parametrize("root", ["relative", "/trailing/", "/a//b", ""])
-def test_bad_root_is_a_usage_error(root: str) -> None:
+@pytest.mark.parametrize(
+    ("root", "fix"),
+    [
+        ("relative", ""),
+        ("", ""),
+        # Before: both were told to be "an absolute ZooKeeper path", which they are.
+        ("/trailing/", "; drop the final '/'"),
+        ("/a//b", "; an empty part ('//') names no znode"),
+        ("/a//", "; an empty part ('//') names no znode"),
+    ],
+)
+def test_bad_root_is_a_usage_error(root: str, fix: str) -> None:
     with pytest.raises(UsageError) as info:
         ConfigClient("127.0.0.1:2181", root)
-    assert info.value.message == f"config root {root!r} must be an absolute ZooKeeper path such as '/autoglm/prod'"
+    assert info.value.message == (
+        f"config root {root!r} must be an absolute ZooKeeper path such as '/autoglm/prod'{fix}"
+    )
 
 
 @pytest.mark.parametrize(

@@ -107,3 +107,12 @@ def test_a_run_with_informational_findings_only_carries_no_conflict_code() -> No
     # E0101 names a conflict: a run without one must not start its summary with it.
     last = Report([CYCLE], models=("a",)).render().splitlines()[-1]
     assert last == "check-deps: no problems, 1 informational (no environment, 1 model); exit 0"
+
+
+def test_the_summary_counts_one_distribution_in_the_singular() -> None:
+    # Before: "(1 distributions, 1 model)" (an environment holding one distribution, as a fresh venv may).
+    last = Report([CROSS], python="/e/bin/python", distributions=1, models=("a", "b")).render().splitlines()[-1]
+    assert last == "E0101 check-deps: 1 problem (1 distribution, 2 models); exit 1"
+    assert Report([], python="/e/bin/python", distributions=0).render().splitlines()[-1] == (
+        "check-deps: no problems (0 distributions, 0 models); exit 0"
+    )

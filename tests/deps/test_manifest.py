@@ -66,6 +66,36 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     )
 
 
+def test_the_serving_table_is_checked_with_the_model_table(tmp_path: Path) -> None:
+    # Before: load_manifest (so check-deps and env build) accepted any [serving] table, which the loader then
+    # refused: a CI gate running check-deps passed manifests no server could load.
+    path = _write(
+        tmp_path / "m",
+        '[model]\nname = "m"\nentrypoint = "x"\n[serving]\nreplicas = 0\nconcurrency = "fast"\nspeed = 1\n',
+    )
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert info.value.message == (
+        f"{path} has 4 problems: model.entrypoint: must look like 'module:callable', got 'x'; serving.speed: "
+        "unknown field; expected one of replicas, concurrency, max_inflight, max_queue; serving.replicas: must be "
+        "a whole number >= 1, got 0; serving.concurrency: must be one of 'serial', 'threads', 'async', got 'fast'"
+    )
+    _write(tmp_path / "m", '[model]\nname = "m"\nentrypoint = "m:load"\n[serving]\nmax_inflight = 2\n')
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert info.value.message == (
+        f"{path}: serving.max_inflight: 2 calls at once need concurrency = 'threads' (a thread-safe model) or "
+        "'async' (an async model); a serial model runs one call at a time"
+    )
+    _write(tmp_path / "m", 'serving = 3\n[model]\nname = "m"\nentrypoint = "m:load"\n')
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert info.value.message == f"{path}: serving: must be a table ([serving]), got 3"
+    table = '[serving]\nreplicas = 2\nconcurrency = "threads"\nmax_inflight = 4\nmax_queue = 0\n'
+    _write(tmp_path / "m", f'[model]\nname = "m"\nentrypoint = "m:load"\n{table}')
+    assert load_manifest(path).name == "m"
+
+
 def test_a_final_newline_is_not_part_of_a_valid_name_or_entrypoint(tmp_path: Path) -> None:
     path = _write(tmp_path / "m", '[model]\nname = "a\\n"\nentrypoint = "pkg.mod:make\\n"\n')
     with pytest.raises(ManifestError) as info:

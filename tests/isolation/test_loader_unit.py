@@ -128,7 +128,7 @@ def test_python_requirement_is_checked_before_building(tmp_path: Path) -> None:
     version = "{}.{}.{}".format(*sys.version_info[:3])
     assert info.value.message == (
         f"model 'unit' needs Python >=4 but the environment interpreter {os.path.abspath(sys.executable)} is "
-        f"{version}; pass python= an interpreter that fits"
+        f"{version}: give an interpreter that fits (ModelLoader(python=...), or --python for env build)"
     )
     assert list((tmp_path / "envs").iterdir()) == []
 
@@ -207,3 +207,39 @@ def test_env_build_needs_a_path(capsys: pytest.CaptureFixture[str]) -> None:
         main(["env", "build"])
     assert info.value.code == 2
     assert "the following arguments are required: PATH" in capsys.readouterr().err
+
+
+def test_a_bare_interpreter_name_is_looked_up_on_path_as_check_deps_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: env build --python python3 (and ModelLoader(python="python3")) looked for ./python3 in the current
+    # directory ("interpreter /cwd/python3 does not exist"), while check-deps --python python3 found it on PATH.
+    directory, name = os.path.split(sys.executable)
+    monkeypatch.setenv("PATH", directory)
+    monkeypatch.chdir(tmp_path)
+    assert EnvironmentBuilder(tmp_path / "envs", python=name).python == sys.executable
+    assert EnvironmentBuilder(tmp_path / "envs", python=sys.executable).python == sys.executable
+    with pytest.raises(UsageError) as info:
+        EnvironmentBuilder(tmp_path / "envs", python="./" + name)  # a path is a path: not looked up
+    assert info.value.message.startswith(f"interpreter {tmp_path / name} does not exist")
+
+
+def test_supervision_options_no_worker_can_run_with_are_refused_all_at_once(tmp_path: Path) -> None:
+    # Before: all accepted; start_timeout=-5 failed every load with "did not finish loading within -5 s" (E0103,
+    # blaming the worker), max_restarts=-1 gave a model up at its first death ("gave up after -1 restarts"), and a
+    # negative backoff or retry_after, or a nan, passed unnoticed.
+    with pytest.raises(UsageError) as info:
+        ModelLoader(tmp_path, start_timeout=-5, max_restarts=-1, backoff=-1.0, max_backoff=float("nan"), retry_after=-3)
+    assert info.value.message == (
+        "start_timeout must be a number of seconds above 0, got -5; max_restarts must be a whole number, 0 or more "
+        "(0: never restart), got -1; backoff must be a number of seconds, 0 or more, got -1.0; max_backoff must be a "
+        "number of seconds, 0 or more, got nan; retry_after must be a number of seconds, 0 or more (the Retry-After "
+        "of E0106), got -3"
+    )
+    with pytest.raises(UsageError) as info:
+        ModelLoader(tmp_path, start_timeout=0, max_restarts=True)  # type: ignore[arg-type]
+    assert info.value.message == (
+        "start_timeout must be a number of seconds above 0, got 0; max_restarts must be a whole number, 0 or more "
+        "(0: never restart), got True"
+    )
+    ModelLoader(tmp_path, max_restarts=0, backoff=0, max_backoff=0, retry_after=0).close()  # 0 means none: valid

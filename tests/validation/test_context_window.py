@@ -28,12 +28,18 @@ from autoglm_runtime.validation import context_window as cw
 TAIL = "shorten the input or lower max_tokens"
 
 
-def overflow(n: int, out: int, window: int, *, at_least: bool = False) -> str:
+def overflow(n: int, out: int, window: int, *, at_least: bool = False, asked: bool = True) -> str:
+    """The E0513 message; ``asked=False``: the request set no output budget (the guard's default counted)."""
     has = "at least " if at_least else ""
+    budget = (
+        f"{out} in the completion asked for by max_tokens"
+        if asked
+        else (f"{out} for the completion by default, as the request sets no max_tokens")
+    )
+    tail = TAIL if asked else "shorten the input" + (", or send a lower max_tokens" if out else "")
     return (
         f"This model's maximum context length is {window} tokens. However, you requested {has}{n + out} tokens "
-        f"({has}{n} in the input, {out} in the completion asked for by max_tokens), more than the context window "
-        f"of {window} tokens: {TAIL}"
+        f"({has}{n} in the input, {budget}), more than the context window of {window} tokens: {tail}"
     )
 
 
@@ -82,7 +88,9 @@ def test_default_output_tokens_count_when_none_requested(chars: CallableTokenize
     guard = ContextWindowGuard(chars, 10, default_output_tokens=5, max_chars_per_token=None)
     with pytest.raises(ContextWindowExceededError) as info:
         guard.check("abcdef")
-    assert info.value.message == overflow(6, 5, 10)
+    # Before: "5 in the completion asked for by max_tokens ...: shorten the input or lower max_tokens", a field
+    # the request never sent.
+    assert info.value.message == overflow(6, 5, 10, asked=False)
 
 
 def test_wordlevel_overflow_counts_words(hf_wordlevel: HFTokenizer) -> None:
@@ -325,7 +333,7 @@ def test_config_limits_take_effect_on_the_next_request(chars: CallableTokenizer)
     config.values["models/llm/context_window"] = 5
     with pytest.raises(ContextWindowExceededError) as info:
         guard.check("abcdefgh")
-    assert info.value.message == overflow(8, 0, 5)
+    assert info.value.message == overflow(8, 0, 5, asked=False)
     config.values["models/llm/truncate_on_overflow"] = "true"
     config.values["models/llm/truncation_side"] = "right"
     assert guard.check("abcdefgh").text == "abcde"

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from tests.validation._helpers import char_tok
 
-from autoglm_runtime.errors import ContextWindowExceededError, InputDecodeError, UsageError
-from autoglm_runtime.validation import ContextWindowGuard, GuardResult, guarded
+from autoglm_runtime.errors import ContextWindowExceededError, InputDecodeError, InvalidRequestError, UsageError
+from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, GuardResult, guarded
 
 
 def test_sync_function_sees_only_fitting_input() -> None:
@@ -69,4 +69,49 @@ def test_unknown_parameter_names_are_refused_at_decoration() -> None:
     assert info.value.message == (
         "test_unknown_parameter_names_are_refused_at_decoration.<locals>.generate has no parameter named 'prompt' "
         "for the guard to use"
+    )
+
+
+def test_a_chat_is_judged_as_the_middleware_judges_messages() -> None:
+    # Before: a list of message dicts was refused with "E5010: input pieces must be strings or lists of token ids,
+    # got dict: fix the extractor or the request", so a chat function could not be guarded at all.
+    template = ChatTemplate("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}")
+    seen: list[tuple[list[dict[str, str]], GuardResult | None]] = []
+
+    @guarded(
+        ContextWindowGuard(char_tok(), 30, chat_template=template, truncate_on_overflow=True),
+        text_arg="conversation",
+        max_tokens_arg="max_new",
+        result_arg="verdict",
+    )
+    def chat(conversation: list[dict[str, str]], max_new: int = 2, verdict: GuardResult | None = None) -> None:
+        seen.append((conversation, verdict))
+
+    conversation = [
+        {"role": "system", "content": "be"},
+        {"role": "user", "content": "abcdef"},
+        {"role": "assistant", "content": "ghij"},
+        {"role": "user", "content": "kl"},
+    ]
+    chat(conversation)  # <system>be<user>abcdef<assistant>ghij<user>kl: 45 characters, 43 over 28 left
+    kept, verdict = seen[-1]
+    assert kept == [{"role": "system", "content": "be"}, {"role": "user", "content": "kl"}]
+    assert verdict is not None
+    assert (verdict.dropped_messages, verdict.prompt, verdict.input_tokens) == ((1, 2), "<system>be<user>kl", 18)
+    assert len(conversation) == 4  # the caller's list is left as it was
+
+    strict = guarded(ContextWindowGuard(char_tok(), 30, chat_template=template), text_arg="conversation")
+    judged = strict(lambda conversation, max_tokens=2: len(conversation))
+    assert judged(conversation[:2]) == 2
+    with pytest.raises(ContextWindowExceededError) as info:
+        judged(conversation)
+    assert info.value.param == "conversation"
+    assert "(45 in the input, 2 in the completion asked for by max_tokens)" in info.value.message
+    with pytest.raises(InputDecodeError) as bad:
+        judged([{"role": "user", "content": "\ud800"}])
+    assert bad.value.param == "conversation[0].content"
+    with pytest.raises(InvalidRequestError) as wrong:
+        judged([{"role": "user", "content": 5}])
+    assert wrong.value.message == (
+        "conversation[0].content must be a string or a list of content parts, got int: fix the request body"
     )

@@ -126,8 +126,8 @@ def test_without_a_rewriter_truncation_becomes_rejection(channel_for: Any) -> No
     error = rpc_error(channel, {"prompt": "x" * 30})
     assert error.details() == (
         "E0513: This model's maximum context length is 20 tokens. However, you requested 30 tokens (30 "
-        "in the input, 0 in the completion asked for by max_tokens), more than the context window of 20 "
-        "tokens: shorten the input or lower max_tokens"
+        "in the input, 0 for the completion by default, as the request sets no max_tokens), more than the "
+        "context window of 20 tokens: shorten the input"
     )
 
 
@@ -241,3 +241,16 @@ def test_a_client_stream_rejected_after_a_truncation_reports_both(channel_for: A
         "x-autoglm-warning-code": "E0514",
         "x-autoglm-error-code": "E5009",
     }
+
+
+def test_a_rewriter_returning_another_type_than_the_request_is_a_coded_status(channel_for: Any) -> None:
+    # Before: the handler received the rewriter's None and failed: UNKNOWN "Exception calling application".
+    guard = ContextWindowGuard(char_tok(), 10, truncate_on_overflow=True)
+    channel = channel_for(context_guard=guard, extractor=extract, rewriter=lambda request, result: None)
+    assert unary(channel, {"prompt": "abc"})[0] == {"received": {"prompt": "abc"}}  # nothing cut: not called
+    error = rpc_error(channel, {"prompt": "x" * 30})
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "E5010: the server's rewriter returned NoneType, not a bytes like the request, for this request: check the "
+        "request fields",
+    )

@@ -79,8 +79,8 @@ def test_unary_calls_are_guarded() -> None:
     assert too_long == (
         grpc.StatusCode.INVALID_ARGUMENT,
         "E0513: This model's maximum context length is 20 tokens. However, you requested 21 tokens (21 "
-        "in the input, 0 in the completion asked for by max_tokens), more than the context window of 20 "
-        "tokens: shorten the input or lower max_tokens",
+        "in the input, 0 for the completion by default, as the request sets no max_tokens), more than the "
+        "context window of 20 tokens: shorten the input",
     )
     assert header == (
         grpc.StatusCode.INVALID_ARGUMENT,

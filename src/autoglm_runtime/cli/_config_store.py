@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,7 @@ __all__ = [
     "add_common",
     "check_key",
     "client",
+    "decoded",
     "denied_error",
     "jsonable",
     "kazoo",
@@ -86,10 +87,11 @@ def target(args: argparse.Namespace) -> tuple[str, str]:
         raise UsageError("no ZooKeeper given: pass --hosts HOST:PORT (or file:///dir) or set AUTOGLM_ZK_HOSTS")
     if not args.root:
         raise UsageError("no config root given: pass --root /path or set AUTOGLM_ZK_ROOT")
-    from autoglm_runtime.config.settings import check_hosts
+    from autoglm_runtime.config.settings import check_hosts, check_root
 
     check_hosts(str(args.hosts))
-    return str(args.hosts), str(args.root)
+    # set and delete write beside the client: a root the servers (and get) refuse must not be written either
+    return str(args.hosts), check_root(str(args.root))
 
 
 def check_key(key: str) -> str:
@@ -118,12 +120,17 @@ def _tls(args: argparse.Namespace) -> dict[str, Any]:
 
 
 @contextmanager
-def client(args: argparse.Namespace) -> Iterator[ConfigClient]:
-    """A ConfigClient on the store the options name (not started), stopped at the end."""
+def client(args: argparse.Namespace, *, raw: bool = False) -> Iterator[ConfigClient]:
+    """A ConfigClient on the store the options name (not started), stopped at the end.
+
+    ``raw``: it keeps every znode's data as bytes (the ``bytes`` codec), for :func:`decoded` to decode with
+    ``--codec``: a client with that codec leaves out data it cannot decode, as if the key did not exist.
+    """
     from autoglm_runtime.config import ConfigClient, ZooKeeperConnection  # kazoo loads only when used
 
     hosts, root = target(args)
-    config = ConfigClient(hosts, root, codec=args.codec, auth=_auth(args), connection=ZooKeeperConnection(**_tls(args)))
+    codec = "bytes" if raw else args.codec
+    config = ConfigClient(hosts, root, codec=codec, auth=_auth(args), connection=ZooKeeperConnection(**_tls(args)))
     try:
         yield config
     finally:
@@ -143,6 +150,35 @@ def load(config: ConfigClient, args: argparse.Namespace) -> tuple[str, ...]:
         prefix = "/" if config.root == "/" else f"{config.root}/"
         return tuple(sorted({p[len(prefix) :] if p.startswith(prefix) else "" for p in exc.paths}))
     return ()
+
+
+def decoded(raw: Mapping[str, Any], args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, ConfigError]]:
+    """The values of a raw (bytes) snapshot decoded with ``--codec``, and the error for each key it cannot decode
+    (servers reading with that codec refuse such data and keep their last good value, or the default)."""
+    from autoglm_runtime.config.codec import decode_value, resolve_codec
+
+    codec = resolve_codec(args.codec)
+    values: dict[str, Any] = {}
+    errors: dict[str, ConfigError] = {}
+    for key, data in raw.items():
+        try:
+            values[key] = decode_value(codec, data)
+        except Exception as exc:  # a codec may raise anything (RecursionError from deep JSON): still undecodable
+            other = "--codec text" if args.codec == "json" and _utf8(data) else "--codec bytes"
+            errors[key] = ConfigError(
+                f"key {key!r} under {args.root} holds data the {args.codec} codec cannot decode ({exc}): servers "
+                f"reading it with that codec keep their last good value (or their default); fix it with config set, "
+                f"or read it as it is with {other}"
+            )
+    return values, errors
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def denied_error(args: argparse.Namespace, key: str) -> ConfigAccessError:

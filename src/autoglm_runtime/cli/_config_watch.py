@@ -17,10 +17,10 @@ import queue
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from autoglm_runtime.cli import _output
-from autoglm_runtime.cli._config_store import client, denied_error, jsonable, load, show
+from autoglm_runtime.cli._config_store import client, decoded, denied_error, jsonable, load, show
 from autoglm_runtime.errors import EXIT_OK, ConfigAccessError
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def watch(args: argparse.Namespace) -> int:
         if watching or change.kind != "added":
             changes.put(change)
 
-    with client(args) as config:
+    with client(args, raw=True) as config:
         # Subscribed before start(), so a change landing between the load and the subscription is not lost.
         config.subscribe(args.prefix, on_change)
         denied = load(config, args)
@@ -114,6 +114,8 @@ def watch(args: argparse.Namespace) -> int:
             for key in denied:
                 _output.report(denied_error(args, key))
             return ConfigAccessError.exit_code
+        # Raw data, decoded here: data the codec refuses is said on stderr, not passed over as servers pass it over.
+        served, _undecodable = decoded(config.snapshot(), args)
         watching = True
         seen = Seen(resyncs=config.health()["resync_reasons"])
         _output.note(f"watching {args.root}/{args.prefix} on {args.hosts}")
@@ -128,10 +130,31 @@ def watch(args: argparse.Namespace) -> int:
             seen, notices = follow(seen, config.health())
             for notice in notices:
                 _output.note(describe(notice, args.hosts, args.root))
-            if change is not None:
+            if change is not None and (shown := _served(change, served, args)) is not None:
                 seen_changes += 1
-                _print(change, args)
+                _print(shown, args)
     return EXIT_OK
+
+
+def _served(change: ConfigChange, served: dict[str, Any], args: argparse.Namespace) -> ConfigChange | None:
+    """``change`` (raw data) as servers reading with ``--codec`` see it (``served``: their values, kept up to
+    date); ``None``, with a line on stderr, for data they refuse (they keep their last good value)."""
+    from autoglm_runtime.config import ConfigChange
+
+    old = served.get(change.key)
+    if change.kind == "deleted":
+        if change.key not in served:
+            return None  # servers never had a value for it
+        del served[change.key]
+        return ConfigChange(change.key, "deleted", old, None, change.version)
+    new, undecodable = decoded({change.key: change.new}, args)
+    if undecodable:
+        error = undecodable[change.key]
+        _output.note(f"autoglm-runtime: warning {error.code}: {error.message.replace(' holds ', ' now holds ', 1)}")
+        return None
+    kind: Literal["added", "updated"] = "updated" if change.key in served else "added"
+    served[change.key] = new[change.key]
+    return ConfigChange(change.key, kind, old, new[change.key], change.version)
 
 
 def _print(change: ConfigChange, args: argparse.Namespace) -> None:

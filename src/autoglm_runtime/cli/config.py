@@ -23,6 +23,7 @@ from autoglm_runtime.cli._config_store import (
     add_common,
     check_key,
     client,
+    decoded,
     denied_error,
     jsonable,
     kazoo,
@@ -93,17 +94,21 @@ def _count(text: str) -> int:
 
 def _get(args: argparse.Namespace) -> int:
     key = check_key(args.key)
-    with client(args) as config:
+    with client(args, raw=True) as config:
         denied = load(config, args)
-        snapshot = config.snapshot()
-        if key not in snapshot:
+        raw = config.snapshot()
+        if key not in raw:
             # Not loaded because ZooKeeper refused it (or a key above it) is not "missing".
             for refused in denied:
                 if not refused or key == refused or key.startswith(f"{refused}/"):
                     raise denied_error(args, refused)
             missing(key, args.root)
             return EXIT_FINDINGS
-        value = snapshot[key]
+        values, undecodable = decoded({key: raw[key]}, args)
+        if undecodable:  # there, but no server can read it: not "missing" either
+            _output.report(undecodable[key])
+            return EXIT_FINDINGS
+        value = values[key]
         version = config.version(key)
     if args.json:
         text = json.dumps({"key": key, "value": jsonable(value), "version": version}, ensure_ascii=False)
@@ -201,9 +206,9 @@ def _delete(args: argparse.Namespace) -> int:
 
 def _dump(args: argparse.Namespace) -> int:
     """Every key it may read, then one line on stderr per key ZooKeeper refused (exit status 3, partial)."""
-    with client(args) as config:
+    with client(args, raw=True) as config:
         denied = load(config, args)
-        snapshot = config.snapshot()
+        snapshot, undecodable = decoded(config.snapshot(), args)
     if args.json:
         text = json.dumps({k: jsonable(snapshot[k]) for k in sorted(snapshot)}, ensure_ascii=False, indent=2) + "\n"
     else:
@@ -212,7 +217,9 @@ def _dump(args: argparse.Namespace) -> int:
         _output.write(text, f"the {len(snapshot)} values under {args.root}")
     for key in denied:
         _output.report(denied_error(args, key))
-    return EXIT_PARTIAL if denied else EXIT_OK
+    for key in sorted(undecodable):
+        _output.report(undecodable[key])
+    return EXIT_PARTIAL if denied or undecodable else EXIT_OK
 
 
 def _file_path(hosts: str, root: str, key: str) -> Path:

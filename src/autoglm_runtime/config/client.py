@@ -38,6 +38,7 @@ from autoglm_runtime.config.settings import (
     ZooKeeperConnection,
     all_refused,
     check_hosts,
+    check_root,
     normalize_auth,
     session_factory,
 )
@@ -50,12 +51,6 @@ if TYPE_CHECKING:
 __all__ = ["ConfigClient"]
 
 log = logging.getLogger("autoglm_runtime.config")
-
-
-def _normalize_root(root: str) -> str:
-    if not root.startswith("/") or "//" in root or (root != "/" and root.endswith("/")):
-        raise UsageError(f"config root {root!r} must be an absolute ZooKeeper path such as '/autoglm/prod'")
-    return root
 
 
 class ConfigClient(Reads):
@@ -113,7 +108,7 @@ class ConfigClient(Reads):
         connection = connection if connection is not None else ZooKeeperConnection()
         normalize_auth(auth)  # a malformed auth is a usage error for every backend
         self.hosts = hosts
-        self.root = _normalize_root(root)
+        self.root = check_root(root)
         self.ttl = ttl
         self.snapshot_path = Path(snapshot_path) if snapshot_path is not None else None
         self._codec = resolve_codec(codec)

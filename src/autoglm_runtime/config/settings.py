@@ -71,6 +71,21 @@ def check_hosts(hosts: str) -> None:
         ) from exc
 
 
+def check_root(root: str) -> str:
+    """``root`` if it names a znode (absolute, no empty part, no final '/'); a coded usage error otherwise."""
+    if not root.startswith("/") or "//" in root or (root != "/" and root.endswith("/")):
+        # A root that is absolute already was told to be absolute: say what is wrong with it.
+        fix = (
+            "; drop the final '/'"
+            if root.startswith("/") and root.endswith("/") and "//" not in root
+            else "; an empty part ('//') names no znode"
+            if "//" in root
+            else ""
+        )
+        raise UsageError(f"config root {root!r} must be an absolute ZooKeeper path such as '/autoglm/prod'{fix}")
+    return root
+
+
 def _positive(name: str, value: object) -> None:
     if not _number(name, value) > 0:
         raise UsageError(f"{name} must be a positive number, got {value!r}")

@@ -176,7 +176,8 @@ class Report:
 
     def _summary_line(self) -> str:
         summary = self.summary()
-        checked = f"{self.distributions} distributions" if self.python is not None else "no environment"
+        plural = "" if self.distributions == 1 else "s"
+        checked = f"{self.distributions} distribution{plural}" if self.python is not None else "no environment"
         models = f"{len(self.models)} model" + ("" if len(self.models) == 1 else "s")
         info = f", {summary['informational']} informational" if summary["informational"] else ""
         if not summary["errors"]:  # E0101 names a conflict: a clean run carries no code

@@ -8,15 +8,17 @@ A model directory holds ``model.toml``::
     requirements = ["conflictlib==1.0", "numpy>=1.24,<2", "-r extra-requirements.txt"]
     python = ">=3.10"                        # optional
 
-A requirements entry ``-r FILE`` (relative to the model directory) includes a requirements file. Every
-problem in a manifest is collected and reported at once, naming the file and the field.
+A requirements entry ``-r FILE`` (relative to the model directory) includes a requirements file. The optional
+``[serving]`` table (how the isolated loader serves the model) is checked here too, so check-deps refuses a
+manifest the loader would refuse. Every problem in a manifest is collected and reported at once, naming the file
+and the field.
 """
 
 from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +34,20 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ModelManifest", "load_manifest", "parse_requirement_lines", "parse_requirements_file"]
+__all__ = [
+    "SERVING_DEFAULTS",
+    "ModelManifest",
+    "load_manifest",
+    "parse_requirement_lines",
+    "parse_requirements_file",
+    "serving_problems",
+]
 
 MANIFEST_NAME = "model.toml"
 _NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")  # fullmatch: `$` lets a final newline by
+#: The ``[serving]`` fields and their defaults (``autoglm_runtime.isolation.workers.serving.ServingOptions``).
+SERVING_DEFAULTS: Mapping[str, Any] = {"replicas": 1, "concurrency": "serial", "max_inflight": 1, "max_queue": 64}
+_CONCURRENCY = ("serial", "threads", "async")
 _ENTRYPOINT_RE = re.compile(r"[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*")
 
 
@@ -61,6 +73,30 @@ class ModelManifest:
     def attribute(self) -> str:
         """The callable part of the entrypoint."""
         return self.entrypoint.split(":", 1)[1]
+
+
+def serving_problems(table: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(field, problem)`` for every problem of a ``[serving]`` table (absent fields take their defaults)."""
+    problems: list[tuple[str, str]] = []
+    known = tuple(SERVING_DEFAULTS)
+    for key in sorted(set(table) - set(known)):
+        problems.append((key, f"unknown field; expected one of {', '.join(known)}"))
+    for key, low in (("replicas", 1), ("max_inflight", 1), ("max_queue", 0)):
+        value = table.get(key, SERVING_DEFAULTS[key])
+        if type(value) is not int or value < low:
+            problems.append((key, f"must be a whole number >= {low}, got {value!r}"))
+    concurrency = table.get("concurrency", "serial")
+    if concurrency not in _CONCURRENCY:
+        problems.append(("concurrency", f"must be one of {', '.join(map(repr, _CONCURRENCY))}, got {concurrency!r}"))
+    elif concurrency == "serial" and table.get("max_inflight", 1) not in (1, None) and not problems:
+        problems.append(
+            (
+                "max_inflight",
+                f"{table['max_inflight']} calls at once need concurrency = 'threads' (a thread-safe model) or 'async' "
+                "(an async model); a serial model runs one call at a time",
+            )
+        )
+    return problems
 
 
 class _Problems:
@@ -227,6 +263,14 @@ def parse_requirements_file(path: Path | str) -> tuple[list[Requirement], list[P
     return reqs, included
 
 
+def _check_serving(serving: Any, problems: _Problems) -> None:
+    if not isinstance(serving, dict):
+        problems.add("serving", f"must be a table ([serving]), got {serving!r}")
+        return
+    for key, what in serving_problems(serving):
+        problems.add(f"serving.{key}", what)
+
+
 def _read_toml(source: Path) -> dict[str, Any]:
     try:
         with source.open("rb") as fh:
@@ -295,6 +339,7 @@ def load_manifest(path: Path | str) -> ModelManifest:
             except InvalidSpecifier:
                 problems.add("model.python", f"{raw_python!r} is not a valid version specifier")
 
+    _check_serving(data.get("serving", {}), problems)  # so check-deps refuses what the loader would refuse
     problems.raise_if_any()
     assert isinstance(name, str)
     assert isinstance(entrypoint, str)

@@ -27,7 +27,14 @@ from packaging.specifiers import SpecifierSet
 
 from autoglm_runtime.deps.manifest import ModelManifest, load_manifest
 from autoglm_runtime.deps.planning import ModelRequirements, Plan, plan_groups
-from autoglm_runtime.errors import BackendUnsupportedError, EnvironmentBuildError, IsolationError, UsageError
+from autoglm_runtime.errors import (
+    BackendUnsupportedError,
+    DependencyConflictError,
+    EnvironmentBuildError,
+    IsolationError,
+    UsageError,
+)
+from autoglm_runtime.isolation._options import check_loader_options
 from autoglm_runtime.isolation.envs._use import EnvironmentHold, hold_environment
 from autoglm_runtime.isolation.envs.build import BuildProgress, BuiltEnvironment, EnvironmentBuilder, Installer
 from autoglm_runtime.isolation.model import LoadedModel, ModelHealth
@@ -77,18 +84,17 @@ class ModelLoader:
         heartbeat_timeout: float = 30.0,
         retry_after: float = 1.0,
     ) -> None:
-        if heartbeat_interval is not None and not 0 < heartbeat_interval < heartbeat_timeout:
-            raise UsageError(
-                "heartbeat_interval must be a positive number of seconds below heartbeat_timeout="
-                f"{heartbeat_timeout!r} (or None to turn heartbeats off), got {heartbeat_interval!r}"
-            )
-        if backend not in ("auto", "process", "subinterp"):
-            raise UsageError(f"backend must be 'auto', 'process' or 'subinterp', got {backend!r}")
-        if default_timeout is not None and not 0 < default_timeout <= threading.TIMEOUT_MAX:
-            raise UsageError(
-                f"default_timeout must be a positive number of seconds (at most {threading.TIMEOUT_MAX:g}) or None, "
-                f"got {default_timeout!r}"
-            )
+        check_loader_options(
+            backend=backend,
+            default_timeout=default_timeout,
+            start_timeout=start_timeout,
+            max_restarts=max_restarts,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            retry_after=retry_after,
+        )
         self.builder = EnvironmentBuilder(
             env_root,
             python=python,
@@ -236,10 +242,8 @@ class ModelLoader:
 
     def _ensure_held(self, manifest: ModelManifest) -> tuple[BuiltEnvironment, EnvironmentHold]:
         """The model's environment, held in use; built again should a collection remove it meanwhile."""
-        with self._lock:
-            manifest = self._shared.get(manifest.name, manifest)
         for _ in range(3):
-            environment = self.builder.ensure(manifest)
+            environment = self._ensure(manifest)
             hold = hold_environment(environment.path)
             if hold is not None:
                 return environment, hold
@@ -247,6 +251,28 @@ class ModelLoader:
             f"the environment of model '{manifest.name}' at {environment.path} was removed three times while it "
             "was being loaded; stop the process that keeps collecting it (autoglm-runtime env gc), then load again"
         )
+
+    def _ensure(self, manifest: ModelManifest) -> BuiltEnvironment:
+        """The model's environment: its group's when it shares one, else (or should that fail) its own."""
+        with self._lock:
+            group = self._shared.get(manifest.name)
+        if group is None:
+            return self.builder.ensure(manifest)
+        try:
+            return self.builder.ensure(group)
+        except (EnvironmentBuildError, DependencyConflictError) as exc:
+            # The plan judges direct requirements only: what they pull in may still clash (a dependency of one
+            # member pinning what another pins otherwise). Sharing saves disk; it must not cost the model.
+            with self._lock:
+                for name in [name for name, shared in self._shared.items() if shared is group]:
+                    del self._shared[name]
+            _log.warning(
+                "models %s cannot share one environment (%s); each gets an environment of its own",
+                group.name.replace("+", ", "),
+                exc.message.splitlines()[0],
+                extra={"error_code": exc.code, "model": manifest.name},
+            )
+            return self.builder.ensure(manifest)
 
     def _start_worker(
         self,

@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from autoglm_runtime.errors import ContextWindowExceededError
+
+if TYPE_CHECKING:
+    from autoglm_runtime.validation.request import GuardInput
 
 __all__ = ["output_error", "overflow_error"]
 
 
 def overflow_error(
-    input_tokens: int, output_tokens: int, window: int, param: str | None, output_param: str, *, at_least: bool
+    input_tokens: int, output_tokens: int, window: int, request: GuardInput, *, at_least: bool
 ) -> ContextWindowExceededError:
-    """E0513 worded as OpenAI words it, so clients that look for the phrase recognise it."""
+    """E0513 worded as OpenAI words it, so clients that look for the phrase recognise it.
+
+    The output budget is blamed on the field that asked for it; a request that sets none got the guard's
+    ``default_output_tokens``, and is told so rather than to lower a field it never sent.
+    """
     has = "at least " if at_least else ""
+    field = request.output_param
+    if request.max_output_tokens is not None:
+        output = f"{output_tokens} in the completion asked for by {field}"
+        fix = f"shorten the input or lower {field}"
+    else:
+        output = f"{output_tokens} for the completion by default, as the request sets no {field}"
+        fix = "shorten the input" + (f", or send a lower {field}" if output_tokens else "")
     return ContextWindowExceededError(
         f"This model's maximum context length is {window} tokens. However, you requested {has}"
-        f"{input_tokens + output_tokens} tokens ({has}{input_tokens} in the input, {output_tokens} in the completion "
-        f"asked for by {output_param}), more than the context window of {window} tokens: shorten the input or "
-        f"lower {output_param}",
-        param=param,
+        f"{input_tokens + output_tokens} tokens ({has}{input_tokens} in the input, {output}), more than the context "
+        f"window of {window} tokens: {fix}",
+        param=request.param,
     )
 
 

@@ -113,8 +113,7 @@ def reject_partial(
                 least + request.fixed_tokens,
                 output,
                 limits.context_window,
-                request.param,
-                request.output_param,
+                request,
                 at_least=True,
             )
             raise pinned_error(exc, request, limits.context_window) if truncating else exc

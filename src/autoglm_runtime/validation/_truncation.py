@@ -244,7 +244,7 @@ def judge_rendered(
         per_token = guard.max_chars_per_token
         least = -(-len(text) // per_token) if per_token is not None else guard.least_words([text], room, whole=True)
         if least > room:
-            raise overflow_error(least, output, window, request.param, request.output_param, at_least=True)
+            raise overflow_error(least, output, window, request, at_least=True)
         return guard.count([text], room, request, fixed=0, output=output, window=window, tokenizer=tok)[0]
 
     text = render()
@@ -326,7 +326,7 @@ def _cut_last_turn(
             excess -= cut
         text = render(dropped, {i: work[i] for i in last})
         ids = guard.encode(text, tokenizer=guard.prompt_tokenizer)
-    raise overflow_error(len(ids), output, window, request.param, request.output_param, at_least=False)
+    raise overflow_error(len(ids), output, window, request, at_least=False)
 
 
 def _drop_units(messages: Sequence[Any]) -> list[list[int]]:

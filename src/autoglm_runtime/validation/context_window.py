@@ -316,7 +316,7 @@ context window of 4 tokens: shorten the input or lower max_tokens
         else:
             return
         if at_least > budget:
-            raise overflow_error(at_least + fixed, output, window, request.param, request.output_param, at_least=True)
+            raise overflow_error(at_least + fixed, output, window, request, at_least=True)
 
     def least_tokens(self, texts: Sequence[str], enough: int) -> int:
         """A proven lower bound on the tokens of texts that begin with ``texts``, working no harder than it takes
@@ -364,9 +364,7 @@ context window of 4 tokens: shorten the input or lower max_tokens
         running = sum(len(s) for s in segments if isinstance(s, tuple))
 
         def over(counted: int, *, exact: bool) -> ContextWindowExceededError:
-            return overflow_error(
-                counted + fixed, output, window, request.param, request.output_param, at_least=not exact
-            )
+            return overflow_error(counted + fixed, output, window, request, at_least=not exact)
 
         if running > budget:
             raise over(running, exact=False)

@@ -12,6 +12,7 @@ and it can ask for the guard's verdict through ``result_arg``::
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from autoglm_runtime.errors import InvalidRequestError, UsageError
 from autoglm_runtime.observability import GuardCheck
+from autoglm_runtime.validation._openai import OpenAIExtractor
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
 
@@ -36,7 +38,10 @@ def guarded(
     result_arg: str | None = None,
     decode_guard: DecodeGuard | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Decorate a function so its ``text_arg`` (a string or a list of strings) is judged before every call.
+    """Decorate a function so its ``text_arg`` is judged before every call: a string, a list of strings, or a chat
+    (a list of OpenAI-style message dicts, judged as the ASGI middleware judges ``messages``: with the guard's chat
+    template when it has one; with truncation on, the function receives the kept messages, old turns dropped, as a
+    new list: the caller's is never changed).
 
     ``max_tokens_arg`` names the argument holding the requested output tokens (its default value counts when the
     caller leaves it out). ``result_arg``, if given, is an argument the wrapper fills with the
@@ -56,15 +61,23 @@ def guarded(
             text = bound.arguments[text_arg]
             if not isinstance(text, (str, list, tuple)):
                 raise InvalidRequestError(
-                    f"{text_arg} must be a string or a list of strings, got {type(text).__name__}", param=text_arg
+                    f"{text_arg} must be a string, a list of strings or a list of chat messages, got "
+                    f"{type(text).__name__}",
+                    param=text_arg,
                 )
-            for piece in [text] if isinstance(text, str) else text:
-                if isinstance(piece, str):
-                    decoder.check_text(piece, param=text_arg)
             max_tokens = bound.arguments.get(max_tokens_arg) if max_tokens_arg is not None else None
-            result: GuardResult = guard.check(text, max_output_tokens=max_tokens, param=text_arg)
-            if result.truncated:
-                bound.arguments[text_arg] = result.text if isinstance(text, str) else list(result.segments)
+            if text and all(isinstance(message, dict) for message in text):
+                result, kept = _judge_chat(
+                    guard, decoder, list(text), max_tokens, text_arg=text_arg, max_tokens_arg=max_tokens_arg
+                )
+                bound.arguments[text_arg] = kept
+            else:
+                for piece in [text] if isinstance(text, str) else text:
+                    if isinstance(piece, str):
+                        decoder.check_text(piece, param=text_arg)
+                result = guard.check(text, max_output_tokens=max_tokens, param=text_arg)
+                if result.truncated:
+                    bound.arguments[text_arg] = result.text if isinstance(text, str) else list(result.segments)
             if result_arg is not None:
                 bound.arguments[result_arg] = result
             return bound, result
@@ -92,3 +105,28 @@ def guarded(
         return cast(Callable[P, R], wrapper)
 
     return decorate
+
+
+def _judge_chat(
+    guard: ContextWindowGuard,
+    decoder: DecodeGuard,
+    messages: list[Any],
+    max_tokens: Any,
+    *,
+    text_arg: str,
+    max_tokens_arg: str | None,
+) -> tuple[GuardResult, list[Any]]:
+    """The verdict on a chat, and the messages the function receives (the caller's, or the kept ones)."""
+    decoder.check_value({text_arg: messages})
+    # The argument names stand for the body's fields, so errors name them (param "messages[1].content").
+    fields = (max_tokens_arg,) if max_tokens_arg is not None else ()
+    extractor = OpenAIExtractor(prompt_fields=(), messages_fields=(text_arg,), max_tokens_fields=fields)
+    body: dict[str, Any] = {text_arg: messages}
+    if max_tokens_arg is not None and max_tokens is not None:
+        body[max_tokens_arg] = max_tokens
+    extracted = extractor.extract(body)
+    result = guard.judge(extracted.guard_input())
+    if not result.truncated and not result.dropped_messages:
+        return result, messages
+    copied = {text_arg: copy.deepcopy(messages)}
+    return result, list(extractor.apply(copied, extracted, result)[text_arg])

@@ -157,7 +157,14 @@ class _Guards:
         if not result.truncated or self.rewriter is None:
             return request
         tally.cuts.append((number, result.removed_tokens))
-        return _call("rewriter", self.rewriter, request, result)
+        rewritten = _call("rewriter", self.rewriter, request, result)
+        if not isinstance(rewritten, type(request)):
+            # The handler would fail on it with a bare UNKNOWN (a None, a str where a message is expected).
+            raise InvalidRequestError(
+                f"the server's rewriter returned {type(rewritten).__name__}, not a {type(request).__name__} like the "
+                "request, for this request: check the request fields"
+            )
+        return rewritten
 
 
 class ValidationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]

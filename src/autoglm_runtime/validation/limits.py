@@ -146,6 +146,7 @@ class ConfigLimits:
         self._defaults = defaults
         self._reported: set[tuple[str, str]] = set()
         self._absent: set[str] = set()  # keys whose absence was logged (again when they come back and go)
+        self._unloaded: set[str] = set()  # keys read before the client loaded anything (logged once each)
 
     @property
     def keys(self) -> tuple[str, str, str]:
@@ -189,8 +190,26 @@ class ConfigLimits:
         # Said once per absence: a key named wrongly (a prefix without its '/', a typo) is not silent.
         if key in self._absent:
             return
-        self._absent.add(key)
         root = getattr(self._client, "root", None)
+        health = getattr(self._client, "health", None)  # a ConfigClient says whether it has loaded yet
+        state = health()["state"] if callable(health) else "running"
+        if state in ("new", "starting"):
+            # Nothing is loaded yet: "does not exist" would send an operator looking for a typo. Not remembered as
+            # absent, so a key still missing once the client has loaded is said then.
+            if key not in self._unloaded:
+                self._unloaded.add(key)
+                log.warning(
+                    "config key %r%s is not loaded yet (the config client's state is %r: start() it before requests "
+                    "are judged); the default %s=%r is in force",
+                    key,
+                    f" under {root}" if root else "",
+                    state,
+                    field,
+                    default,
+                    extra={"error_code": "E0409", "key": key},
+                )
+            return
+        self._absent.add(key)
         # A key holding null (an empty znode) reads as None too: it exists, and saying otherwise misleads.
         state = "does not exist" if self._client.get(key, _ABSENT) is _ABSENT else "holds null (empty)"
         log.info(

@@ -42,6 +42,7 @@ from typing import Literal, Protocol
 
 from autoglm_runtime.deps.check import check_probed
 from autoglm_runtime.deps.manifest import ModelManifest
+from autoglm_runtime.deps.probe import interpreter_path
 from autoglm_runtime.errors import DependencyConflictError, EnvironmentBuildError, UsageError
 from autoglm_runtime.isolation.envs._fastprobe import FactsProbe, probe_venv
 from autoglm_runtime.isolation.envs._installer import Scrubber, remove_path, run_streaming, usable_root
@@ -143,7 +144,8 @@ class EnvironmentBuilder:
         if build_timeout is not None and not build_timeout > 0:
             raise UsageError(f"build_timeout must be a positive number of seconds or None, got {build_timeout!r}")
         self.root = Path(root).absolute()
-        self.python = os.path.abspath(os.fspath(python) if python is not None else sys.executable)
+        # A bare name (python3.12) is looked up on PATH, as check-deps --python does; a path is made absolute.
+        self.python = interpreter_path(os.fspath(python)) if python is not None else os.path.abspath(sys.executable)
         self.wheelhouse = Path(wheelhouse).absolute() if wheelhouse is not None else None
         self.offline = offline
         self.index_url = index_url
@@ -185,7 +187,8 @@ class EnvironmentBuilder:
         if manifest.python is not None and not manifest.python.contains(info.version, prereleases=True):
             raise DependencyConflictError(
                 f"model '{manifest.name}' needs Python {manifest.python} but the environment interpreter "
-                f"{self.python} is {info.version}; pass python= an interpreter that fits"
+                f"{self.python} is {info.version}: give an interpreter that fits (ModelLoader(python=...), or --python "
+                "for env build)"
             )
         key = self.key_for(manifest)
         final = self.path_for(key)

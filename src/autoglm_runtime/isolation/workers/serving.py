@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from autoglm_runtime.deps.manifest import SERVING_DEFAULTS, serving_problems
 from autoglm_runtime.errors import ManifestError
 from autoglm_runtime.isolation.workers.process import Concurrency
 
@@ -27,8 +28,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["ServingOptions", "read_serving"]
-
-_CONCURRENCY = ("serial", "threads", "async")
 
 
 @dataclass(frozen=True)
@@ -47,27 +46,10 @@ class ServingOptions:
 
 
 def _checked(source: str, table: dict[str, Any]) -> ServingOptions:
-    problems: list[str] = []
-    known = ("replicas", "concurrency", "max_inflight", "max_queue")
-    for key in sorted(set(table) - set(known)):
-        problems.append(f"serving.{key}: unknown field; expected one of {', '.join(known)}")
-    for key, low in (("replicas", 1), ("max_inflight", 1), ("max_queue", 0)):
-        value = table.get(key, getattr(ServingOptions, key))
-        if type(value) is not int or value < low:
-            problems.append(f"serving.{key}: must be a whole number >= {low}, got {value!r}")
-    concurrency = table.get("concurrency", "serial")
-    if concurrency not in _CONCURRENCY:
-        problems.append(
-            f"serving.concurrency: must be one of {', '.join(map(repr, _CONCURRENCY))}, got {concurrency!r}"
-        )
-    elif concurrency == "serial" and table.get("max_inflight", 1) not in (1, None) and not problems:
-        problems.append(
-            f"serving.max_inflight: {table['max_inflight']} calls at once need concurrency = 'threads' (a thread-safe "
-            "model) or 'async' (an async model); a serial model runs one call at a time"
-        )
+    problems = serving_problems(table)
     if problems:
-        raise ManifestError(f"{source}: " + "; ".join(problems))
-    return replace(ServingOptions(), **{key: table[key] for key in known if key in table})
+        raise ManifestError(f"{source}: " + "; ".join(f"serving.{key}: {what}" for key, what in problems))
+    return replace(ServingOptions(), **{key: table[key] for key in SERVING_DEFAULTS if key in table})
 
 
 def read_serving(source: Path) -> ServingOptions:

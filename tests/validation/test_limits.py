@@ -1,0 +1,47 @@
+"""ConfigLimits with a real ConfigClient (a file:// store: no server needed)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from autoglm_runtime.config import ConfigClient
+from autoglm_runtime.validation import ConfigLimits, Limits
+
+
+def test_keys_read_before_the_client_loaded_are_not_said_not_to_exist(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    # Before: limits judged before ConfigClient.start() logged "config key ... does not exist" for keys that exist,
+    # sending the operator to look for a typo, and nothing said the defaults were in force only because nothing
+    # was loaded yet.
+    (tmp_path / "cfg" / "m").mkdir(parents=True)
+    (tmp_path / "cfg" / "m" / "context_window").write_text("77")
+    config = ConfigClient(tmp_path.as_uri(), "/cfg")  # a real client, on a file:// store, not started
+    limits = ConfigLimits(config, prefix="m/", defaults=Limits(10), truncation_side_key="side")
+    with caplog.at_level(logging.INFO, logger="autoglm_runtime.validation"):
+        assert limits.current() == Limits(10)
+        with config:  # started: what is missing now is said to be missing
+            assert limits.current() == Limits(77)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        *(
+            (
+                "WARNING",
+                f"config key 'm/{key}' under /cfg is not loaded yet (the config client's state is 'new': start() it "
+                f"before requests are judged); the default {field} is in force",
+            )
+            for key, field in [
+                ("context_window", "context_window=10"),
+                ("truncate_on_overflow", "truncate_on_overflow=False"),
+                ("side", "truncation_side='left'"),
+            ]
+        ),
+        (
+            "INFO",
+            "config key 'm/truncate_on_overflow' does not exist under /cfg; the default truncate_on_overflow=False is "
+            "in force",
+        ),
+        ("INFO", "config key 'm/side' does not exist under /cfg; the default truncation_side='left' is in force"),
+    ]
