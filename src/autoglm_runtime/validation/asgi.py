@@ -321,7 +321,8 @@ class ValidationMiddleware:
         value = self.decode_guard.check_json(body)
         guard = self.context_guard
         extracted = self.extractor.extract(value, max_text_chars=guard.text_limit() if guard is not None else None)
-        if guard is None or (not extracted.fields and extracted.max_output_tokens is None):
+        # A chat is judged even without text or budget: its messages still cost the template's tokens.
+        if guard is None or (not extracted.fields and extracted.max_output_tokens is None and extracted.chat is None):
             return body, None
         try:
             result = guard.judge(extracted.guard_input())
