@@ -13,11 +13,12 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import repeat
 from typing import Any, Literal, NamedTuple
 
 from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, UsageError
+from autoglm_runtime.validation._conversation import template_options
 from autoglm_runtime.validation._partial import json_prefix
 from autoglm_runtime.validation.context_window import Chat, GuardInput, GuardResult, Segment
 
@@ -206,6 +207,11 @@ class OpenAIExtractor:
             # Pieces outside the messages (a suffix) belong to no turn.
             missing = len(fields) - len(chat.turns)
             chat = Chat(chat.messages, (*chat.turns, *[-1] * missing), (*chat.places, *[()] * missing), chat.tools)
+        if chat is not None:
+            special = body.get("add_special_tokens", False)
+            if not isinstance(special, bool):
+                raise _shape_error("add_special_tokens", "a boolean", special, "add_special_tokens")
+            chat = replace(chat, options=template_options(body), add_special_tokens=special)
         output, output_param = self._max_tokens(body)
         return ExtractedInput(
             tuple(fields), output, param, output_param, frozenset(pinned), batch, chat, frozenset(partial)

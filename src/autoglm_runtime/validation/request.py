@@ -23,12 +23,17 @@ class Chat:
 
     ``turns[i]`` is the index of the message segment ``i`` belongs to (``-1`` for pieces outside any message, such
     as tool definitions); ``places[i]`` is where segment ``i`` sits inside its message (``("content",)``).
+    ``options`` are the template variables the request sets (``add_generation_prompt``, ``documents``, its
+    ``chat_template_kwargs``); ``add_special_tokens`` asks for the tokenizer's own special tokens (a BOS) on top
+    of the rendered prompt, as vLLM's request field of that name does.
     """
 
     messages: tuple[Mapping[str, Any], ...]
     turns: tuple[int, ...]
     places: tuple[tuple[str | int, ...], ...] = ()
     tools: tuple[Any, ...] | None = None
+    options: Mapping[str, Any] | None = None
+    add_special_tokens: bool = False
 
 
 @dataclass(frozen=True)
