@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from tests.validation._helpers import Gate, char_tok
 
-from autoglm_runtime.validation import ContextWindowGuard, GuardResult, ValidationMiddleware
+from autoglm_runtime.validation import ContextWindowGuard, GuardResult, OpenAIExtractor, ValidationMiddleware
 
 
 async def echo(request: Request) -> JSONResponse:
@@ -41,7 +41,15 @@ def build_app(*, window: int = 50, truncate: bool = False, **options: Any) -> St
             Route("/v1/completions", echo, methods=["POST"]),
             Route("/v1/chat/completions", echo, methods=["POST"]),
         ],
-        middleware=[Middleware(ValidationMiddleware, context_guard=guard, **options)],
+        # These bodies name their budgets themselves: no completions default of 16 output tokens.
+        middleware=[
+            Middleware(
+                ValidationMiddleware,
+                context_guard=guard,
+                extractor=OpenAIExtractor(prompt_max_tokens=None),
+                **options,
+            )
+        ],
     )
 
 

@@ -23,11 +23,13 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 from autoglm_runtime.errors import InvalidRequestError
+from autoglm_runtime.validation.request import Chat
 
-__all__ = ["ContentFormat", "content_format", "conversation", "template_options"]
+__all__ = ["ContentFormat", "content_format", "conversation", "present", "template_options", "with_options"]
 
 ContentFormat = Literal["string", "openai"]
 
@@ -211,3 +213,23 @@ def template_options(body: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(effort, str) and "enable_thinking" not in kwargs:
         options["enable_thinking"] = effort != "none"
     return options
+
+
+def with_options(chat: Chat, body: dict[str, Any]) -> Chat:
+    """``chat`` with the request's template variables and ``add_special_tokens`` (vLLM's chat fields)."""
+    special = body.get("add_special_tokens", False)
+    if not isinstance(special, bool):
+        raise InvalidRequestError(
+            f"add_special_tokens must be a boolean, got {type(special).__name__}: fix the request body",
+            param="add_special_tokens",
+        )
+    return replace(chat, options=template_options(body), add_special_tokens=special)
+
+
+def present(body: dict[str, Any], name: str) -> bool:
+    """Whether the dotted field ``name`` is in ``body`` at all (a null counts as sent)."""
+    *parents, last = name.split(".")
+    value: Any = body
+    for part in parents:
+        value = value.get(part) if isinstance(value, dict) else None
+    return isinstance(value, dict) and last in value

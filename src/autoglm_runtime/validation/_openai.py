@@ -13,12 +13,12 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, Literal, NamedTuple
 
 from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, UsageError
-from autoglm_runtime.validation._conversation import template_options
+from autoglm_runtime.validation._conversation import present, with_options
 from autoglm_runtime.validation._partial import json_prefix
 from autoglm_runtime.validation.context_window import Chat, GuardInput, GuardResult, Segment
 
@@ -121,7 +121,8 @@ class OpenAIExtractor:
     """Finds the text a model will read in an OpenAI-style request body.
 
     ``max_prompts``, ``max_messages`` and ``max_parts`` (content parts over all messages) bound the work one body
-    can cause; past them the request is rejected with E5010.
+    can cause; past them the request is rejected with E5010. ``prompt_max_tokens`` is the output budget of a
+    completions body sending no budget field (16, as OpenAI and vLLM default ``max_tokens``; ``None`` for none).
 
     >>> OpenAIExtractor().extract({"prompt": "hi", "max_tokens": 5}).segments
     ['hi']
@@ -138,10 +139,18 @@ class OpenAIExtractor:
         max_prompts: int = 2048,
         max_messages: int = 4096,
         max_parts: int = 8192,
+        prompt_max_tokens: int | None = 16,
     ) -> None:
         for option, value in (("max_prompts", max_prompts), ("max_messages", max_messages), ("max_parts", max_parts)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{option} must be a positive integer, got {value!r}")
+        if prompt_max_tokens is not None and (
+            isinstance(prompt_max_tokens, bool) or not isinstance(prompt_max_tokens, int) or prompt_max_tokens < 0
+        ):
+            raise UsageError(f"prompt_max_tokens must be a whole number >= 0 or None, got {prompt_max_tokens!r}")
+        #: The output budget of a prompt (completions) body that sends no budget field at all: OpenAI's and vLLM's
+        #: ``max_tokens`` default of 16 (a chat has none: it may run to the window).
+        self.prompt_max_tokens = prompt_max_tokens
         self.prompt_fields = tuple(prompt_fields)
         self.messages_fields = tuple(messages_fields)
         self.max_tokens_fields = tuple(max_tokens_fields)
@@ -208,11 +217,8 @@ class OpenAIExtractor:
             missing = len(fields) - len(chat.turns)
             chat = Chat(chat.messages, (*chat.turns, *[-1] * missing), (*chat.places, *[()] * missing), chat.tools)
         if chat is not None:
-            special = body.get("add_special_tokens", False)
-            if not isinstance(special, bool):
-                raise _shape_error("add_special_tokens", "a boolean", special, "add_special_tokens")
-            chat = replace(chat, options=template_options(body), add_special_tokens=special)
-        output, output_param = self._max_tokens(body)
+            chat = with_options(chat, body)
+        output, output_param = self._max_tokens(body, completion=chat is None and bool(fields))
         return ExtractedInput(
             tuple(fields), output, param, output_param, frozenset(pinned), batch, chat, frozenset(partial)
         )
@@ -326,8 +332,11 @@ class OpenAIExtractor:
             )
         return None
 
-    def _max_tokens(self, body: dict[str, Any]) -> tuple[int | None, str]:
-        """The largest output budget sent, and its field: the backend may honour any of them."""
+    def _max_tokens(self, body: dict[str, Any], *, completion: bool) -> tuple[int | None, str]:
+        """The largest output budget sent, and its field: the backend may honour any of them.
+
+        A ``completion`` body sending none of the fields asks for ``prompt_max_tokens``, as vLLM reads it.
+        """
         best: int | None = None
         best_name = self.max_tokens_fields[0] if self.max_tokens_fields else "max_tokens"
         for name in self.max_tokens_fields:
@@ -340,6 +349,9 @@ class OpenAIExtractor:
                 )
             if best is None or value > best:
                 best, best_name = value, name
+        sent = best is not None or any(present(body, name) for name in self.max_tokens_fields)
+        if completion and not sent and self.prompt_max_tokens is not None:
+            best = self.prompt_max_tokens
         return best, best_name
 
     def apply(self, body: Any, extracted: ExtractedInput, result: GuardResult) -> Any:
