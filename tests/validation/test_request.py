@@ -172,6 +172,9 @@ def test_a_system_prompt_that_alone_overflows_is_rejected_even_with_truncation()
         ({"messages": [{"role": "user", "content": [{"text": "x" * 40}]}]}, 40),
         ({"messages": [{"role": "user", "content": [{"type": "refusal", "refusal": "x" * 40}]}]}, 40),
         ({"messages": [{"role": "assistant", "content": "x" * 10, "reasoning_content": "r" * 30}]}, 40),
+        # vLLM's own names: a "thinking" part is text to it, "reasoning" what it renames reasoning_content to.
+        ({"messages": [{"role": "user", "content": [{"type": "thinking", "thinking": "x" * 40}]}]}, 40),
+        ({"messages": [{"role": "assistant", "content": "x" * 10, "reasoning": "r" * 30}]}, 40),
         ({"prompt": "x" * 10, "suffix": "y" * 30}, 40),
     ],
 )

@@ -2,10 +2,11 @@
 
 Everything the model reads is counted: ``prompt`` (a string, token ids, or a batch: a list of strings or of token id
 lists, each prompt judged on its own), ``suffix``, every message's text (``text``, ``input_text`` and untyped parts
-with ``text``, ``refusal``, ``reasoning_content``, tool calls) and the ``tools``/``functions`` definitions. Parts of
-a kind that carries no text (images, audio, files) are skipped; a part of an unknown kind that carries text is
-rejected with E5010 rather than left uncounted. System and developer messages, tools and the suffix are pinned:
-counted, never truncated. Field names are configurable (dotted for nesting, e.g. ``parameters.max_new_tokens``).
+with ``text``, ``refusal`` and ``thinking`` parts, ``reasoning_content``, ``reasoning``, tool calls) and the
+``tools``/``functions`` definitions. Parts of a kind that carries no text (images, audio, files) are skipped; a part
+of an unknown kind that carries text is rejected with E5010 rather than left uncounted. System and developer
+messages, tools and the suffix are pinned: counted, never truncated. Field names are configurable (dotted for
+nesting, e.g. ``parameters.max_new_tokens``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ _NO_TEXT_PARTS = frozenset(
     {"image_url", "input_image", "image", "input_audio", "audio", "file", "input_file", "video", "video_url"}
 )
 _PINNED_ROLES = frozenset({"system", "developer"})
-_MESSAGE_TEXT = ("reasoning_content",)
+_MESSAGE_TEXT = ("reasoning_content", "reasoning")
 _MESSAGE_JSON = ("tool_calls", "function_call")
 _RESULT_ROLES = frozenset({"tool", "function"})
 _CONTENT: tuple[str | int, ...] = ("content",)
@@ -319,8 +320,8 @@ class OpenAIExtractor:
             if not isinstance(part.get("text"), str):
                 raise _shape_error(f"{where}.text", "a string", part.get("text"), name)
             return ("text",)
-        if kind == "refusal" and isinstance(part.get("refusal"), str):
-            return ("refusal",)
+        if kind in ("refusal", "thinking") and isinstance(part.get(kind), str):
+            return (kind,)
         if kind in _NO_TEXT_PARTS:
             return None
         carried = [key for key, item in part.items() if key != "type" and isinstance(item, str)]
