@@ -20,6 +20,7 @@ from typing import Any, Literal, NamedTuple
 
 from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, UsageError
 from autoglm_runtime.validation._conversation import present, with_options
+from autoglm_runtime.validation._kept import kept_fields
 from autoglm_runtime.validation._partial import json_prefix
 from autoglm_runtime.validation.context_window import Chat, GuardInput, GuardResult, Segment
 
@@ -66,6 +67,8 @@ class ExtractedInput:
     batch: bool = False
     chat: Chat | None = None
     partial: frozenset[int] = frozenset()
+    keep_tokens: int | None = None
+    keep_side: str = "left"
 
     @property
     def segments(self) -> list[Segment]:
@@ -83,6 +86,8 @@ class ExtractedInput:
             batch=self.batch,
             chat=self.chat,
             partial=self.partial,
+            keep_tokens=self.keep_tokens,
+            keep_side=self.keep_side,
         )
 
 
@@ -221,7 +226,15 @@ class OpenAIExtractor:
             chat = with_options(chat, body)
         output, output_param = self._max_tokens(body, completion=chat is None and bool(fields))
         return ExtractedInput(
-            tuple(fields), output, param, output_param, frozenset(pinned), batch, chat, frozenset(partial)
+            tuple(fields),
+            output,
+            param,
+            output_param,
+            frozenset(pinned),
+            batch,
+            chat,
+            frozenset(partial),
+            *kept_fields(body),
         )
 
     def _prompt(self, name: str, value: Any) -> tuple[list[TextField], bool]:

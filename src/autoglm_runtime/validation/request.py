@@ -46,6 +46,8 @@ class GuardInput:
     its own, judged alone together with the pinned ones. ``fixed_tokens`` are counted on top (formatting the
     model adds around the pieces). Segments whose index is in ``partial`` hold only the start of a longer text; a
     guard rejects such a request by length alone or raises :class:`IncompleteInput` (judge the whole text then).
+    ``keep_tokens`` says the backend itself keeps only that many prompt tokens (vLLM's ``truncate_prompt_tokens``;
+    ``-1`` for all the window leaves), from the ``keep_side`` end's opposite: ``"left"`` drops the start.
 
     >>> GuardInput("Tell me a story", max_output_tokens=200, param="prompt").max_output_tokens
     200
@@ -60,6 +62,8 @@ class GuardInput:
     fixed_tokens: int = 0
     chat: Chat | None = None
     partial: frozenset[int] = frozenset()
+    keep_tokens: int | None = None
+    keep_side: str = "left"
 
 
 class IncompleteInput(Exception):
