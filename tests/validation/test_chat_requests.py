@@ -158,3 +158,13 @@ def test_template_variables_of_the_wrong_shape_are_e5010(fields: dict[str, Any],
 def test_the_content_format_is_read_off_the_template(source: str, form: str) -> None:
     assert ChatTemplate(source).content_format == form
     assert ChatTemplate(source, content_format="openai").content_format == "openai"
+
+
+def test_the_client_s_own_private_use_characters_still_count_with_continue_final_message(model: Any) -> None:
+    # The guard marks the final message's end with a private-use character; a client sending that character must
+    # not get it dropped from the count.
+    directory, reference = model
+    messages = [{"role": "user", "content": "\U000f0000" * 50}, {"role": "assistant", "content": "the quick"}]
+    kwargs = {"add_generation_prompt": False, "continue_final_message": True}
+    ids = reference.apply_chat_template(messages, tokenize=True, **kwargs)["input_ids"]
+    assert judge(directory, {"messages": messages, **kwargs}).token_ids == (tuple(ids),)

@@ -185,10 +185,9 @@ class ChatTemplate:
                 f"the model's chat template failed on the messages ({type(exc).__name__}: {exc}): fix the conversation",
                 param="messages",
             ) from exc
-        if marked:
-            end = text.rfind(_END)
-            text = text[:end] if end >= 0 else text
-        return text.replace(_END, "")
+        # Only the mark itself goes: the same character sent by the client stays, and counts.
+        end = text.rfind(_END) if marked else -1
+        return text[:end] if end >= 0 else text
 
 
 #: Marks where the final message's text ends (a private-use character no template writes).
