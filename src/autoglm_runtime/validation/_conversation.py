@@ -20,7 +20,6 @@ and one that printed a null content would count ``None``: neither is what the mo
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -127,6 +126,13 @@ def _arguments(value: Any) -> Any:
     return value if isinstance(value, dict | list) else {}
 
 
+def _parsed_call(call: Any) -> Any:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict):
+        return call
+    return {**call, "function": {**function, "arguments": _arguments(function.get("arguments"))}}
+
+
 def conversation(messages: Sequence[Mapping[str, Any]], form: ContentFormat) -> list[dict[str, Any]]:
     """``messages`` as vLLM hands them to a chat template in the content format ``form`` (see the module)."""
     out: list[dict[str, Any]] = []
@@ -138,12 +144,8 @@ def conversation(messages: Sequence[Mapping[str, Any]], form: ContentFormat) -> 
         if role == "assistant":
             calls = message.get("tool_calls")
             if isinstance(calls, list) and calls:
-                # A copy: the request's own calls keep their JSON text (a truncated body is forwarded as it is).
-                item["tool_calls"] = calls = copy.deepcopy(calls)
-                for call in calls:
-                    function = call.get("function") if isinstance(call, dict) else None
-                    if isinstance(function, dict):
-                        function["arguments"] = _arguments(function.get("arguments"))
+                # New dicts: the request's own calls keep their JSON text (a truncated body is forwarded as it is).
+                item["tool_calls"] = [_parsed_call(call) for call in calls]
             reasoning = message.get("reasoning")
             if reasoning is None:
                 reasoning = message.get("reasoning_content")
