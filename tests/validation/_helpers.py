@@ -25,7 +25,8 @@ def char_tok(*, max_token_chars: int | None = None) -> CallableTokenizer:
 
 def extract(request: bytes) -> GuardInput:
     """A gRPC extractor for OpenAI-style JSON request bytes."""
-    extracted = OpenAIExtractor().extract(DecodeGuard().check_json(request))
+    # A gRPC message has no HTTP completions default: only the budget it sends counts.
+    extracted = OpenAIExtractor(prompt_max_tokens=None).extract(DecodeGuard().check_json(request))
     return GuardInput(extracted.segments, extracted.max_output_tokens, extracted.param)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -122,6 +123,38 @@ def test_lone_surrogate_escape_is_400_e5009() -> None:
         "the input contains a lone surrogate U+D800 at character 0 of prompt, which no tokenizer can encode: "
         "send well-formed Unicode text"
     )
+
+
+def test_a_body_in_utf16_or_with_a_bom_is_read_as_starlette_reads_it() -> None:
+    # Starlette's (and FastAPI's, vLLM's) request.json() is json.loads of the bytes, which reads these encodings.
+    body = json.dumps({"prompt": "h\u00e9llo \U0001f642", "max_tokens": 3}, ensure_ascii=False)
+    for encoding in ("utf-8-sig", "utf-16", "utf-16-be", "utf-32-le"):
+        response = post(build_app(), "/v1/completions", content=body.encode(encoding))
+        assert response.status_code == 200, encoding
+        assert response.json()["received"] == json.loads(body)
+    response = post(build_app(), "/v1/completions", content=body.encode("utf-16-le")[:-1])
+    assert error_of(response)["message"] == (
+        "the input is not valid UTF-16-LE: the bytes at offset 76 cannot be decoded (truncated data): send UTF-8 "
+        "encoded text"
+    )
+
+
+def test_a_compressed_body_is_refused_for_what_it_is() -> None:
+    response = post(
+        build_app(),
+        "/v1/completions",
+        content=gzip.compress(b'{"prompt": "hi"}'),
+        headers={"content-encoding": "gzip"},
+    )
+    assert response.status_code == 400
+    assert (error_of(response)["code"], error_of(response)["message"]) == (
+        "E5009",
+        "the request body is sent with content-encoding 'gzip', which the guard cannot read: send it uncompressed",
+    )
+    identity = post(
+        build_app(), "/v1/completions", content=b'{"prompt": "hi"}', headers={"content-encoding": "identity"}
+    )
+    assert identity.status_code == 200
 
 
 def test_declared_oversize_body_is_413() -> None:

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from tests.validation._helpers import Gate, char_tok
 
-from autoglm_runtime.validation import ContextWindowGuard, GuardResult, ValidationMiddleware
+from autoglm_runtime.validation import ContextWindowGuard, GuardResult, OpenAIExtractor, ValidationMiddleware
 
 
 async def echo(request: Request) -> JSONResponse:
@@ -41,7 +41,15 @@ def build_app(*, window: int = 50, truncate: bool = False, **options: Any) -> St
             Route("/v1/completions", echo, methods=["POST"]),
             Route("/v1/chat/completions", echo, methods=["POST"]),
         ],
-        middleware=[Middleware(ValidationMiddleware, context_guard=guard, **options)],
+        # These bodies name their budgets themselves: no completions default of 16 output tokens.
+        middleware=[
+            Middleware(
+                ValidationMiddleware,
+                context_guard=guard,
+                extractor=OpenAIExtractor(prompt_max_tokens=None),
+                **options,
+            )
+        ],
     )
 
 
@@ -222,3 +230,21 @@ def test_a_stalled_body_gets_408() -> None:
     assert json.loads(sent[1]["body"])["error"]["message"] == (
         "the request body did not arrive within 0.05 seconds: send the body promptly (the server's body_timeout)"
     )
+
+
+def test_a_chat_without_text_or_budget_is_still_judged() -> None:
+    # Messages holding only images (or null content) carry no text, but each still costs its role markers: 30
+    # messages at message_tokens=4, plus the reply's start, are 124 tokens in a window of 100.
+    guard = ContextWindowGuard(char_tok(), 100)
+    app = Starlette(
+        routes=[Route("/v1/chat/completions", echo, methods=["POST"])],
+        middleware=[Middleware(ValidationMiddleware, context_guard=guard)],
+    )
+    image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}
+    for message in (image, {"role": "user", "content": None}):
+        response = post(app, "/v1/chat/completions", json={"messages": [message] * 30})
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "E0513"
+        assert "you requested at least 124 tokens (at least 124 in the input" in response.json()["error"]["message"]
+    response = post(app, "/v1/chat/completions", json={"messages": [image] * 2})
+    assert (response.status_code, response.json()["input_tokens"]) == (200, 12)

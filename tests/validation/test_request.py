@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from tests.validation._helpers import char_tok
 
-from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestError
+from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestError, UsageError
 from autoglm_runtime.validation import ContextWindowGuard, GuardResult, OpenAIExtractor
 
 
@@ -28,7 +28,8 @@ class Recording:
 
 def judge(body: dict[str, Any], window: int, *, truncate: bool = False, message_tokens: int = 0) -> GuardResult:
     guard = ContextWindowGuard(char_tok(), window, truncate_on_overflow=truncate, message_tokens=message_tokens)
-    return guard.judge(OpenAIExtractor().extract(body).guard_input())
+    # These bodies name their budgets themselves: no completions default of 16 output tokens.
+    return guard.judge(OpenAIExtractor(prompt_max_tokens=None).extract(body).guard_input())
 
 
 def rejection(body: dict[str, Any], window: int, **kwargs: Any) -> ContextWindowExceededError:
@@ -49,6 +50,30 @@ def test_the_largest_output_budget_is_judged() -> None:
     )
     extracted = OpenAIExtractor().extract({"prompt": "x", "max_tokens": 9, "max_completion_tokens": 3})
     assert (extracted.max_output_tokens, extracted.output_param) == (9, "max_tokens")
+
+
+def test_a_completions_body_without_a_budget_asks_for_vllm_s_default_of_16_tokens() -> None:
+    # vLLM's (and OpenAI's) /v1/completions default max_tokens to 16; a chat has no default (it may run to the window).
+    guard = ContextWindowGuard(char_tok(), 100)
+    with pytest.raises(ContextWindowExceededError) as info:
+        guard.judge(OpenAIExtractor().extract({"prompt": "x" * 90}).guard_input())
+    assert "you requested 106 tokens (90 in the input, 16 in the completion asked for by max_tokens)" in (
+        info.value.message
+    )
+    assert guard.judge(OpenAIExtractor().extract({"prompt": "x" * 84}).guard_input()).output_tokens == 16
+    assert [
+        OpenAIExtractor().extract(body).max_output_tokens for body in ({"prompt": ["a", "b"]}, {"prompt": [1, 2]})
+    ] == [
+        16,
+        16,
+    ]
+    # An explicit null is no budget, as vLLM reads it; a chat, or a body sending any budget field, keeps its own.
+    assert OpenAIExtractor().extract({"prompt": "x", "max_tokens": None}).max_output_tokens is None
+    assert OpenAIExtractor().extract({"prompt": "x", "max_completion_tokens": 3}).max_output_tokens == 3
+    assert OpenAIExtractor().extract({"messages": [{"role": "user", "content": "x"}]}).max_output_tokens is None
+    assert OpenAIExtractor(prompt_max_tokens=None).extract({"prompt": "x"}).max_output_tokens is None
+    with pytest.raises(UsageError):
+        OpenAIExtractor(prompt_max_tokens=-1)
 
 
 def test_a_budget_that_fits_alone_but_not_with_the_input_names_the_field_sent() -> None:
@@ -147,6 +172,9 @@ def test_a_system_prompt_that_alone_overflows_is_rejected_even_with_truncation()
         ({"messages": [{"role": "user", "content": [{"text": "x" * 40}]}]}, 40),
         ({"messages": [{"role": "user", "content": [{"type": "refusal", "refusal": "x" * 40}]}]}, 40),
         ({"messages": [{"role": "assistant", "content": "x" * 10, "reasoning_content": "r" * 30}]}, 40),
+        # vLLM's own names: a "thinking" part is text to it, "reasoning" what it renames reasoning_content to.
+        ({"messages": [{"role": "user", "content": [{"type": "thinking", "thinking": "x" * 40}]}]}, 40),
+        ({"messages": [{"role": "assistant", "content": "x" * 10, "reasoning": "r" * 30}]}, 40),
         ({"prompt": "x" * 10, "suffix": "y" * 30}, 40),
     ],
 )

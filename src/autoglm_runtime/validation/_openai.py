@@ -2,10 +2,11 @@
 
 Everything the model reads is counted: ``prompt`` (a string, token ids, or a batch: a list of strings or of token id
 lists, each prompt judged on its own), ``suffix``, every message's text (``text``, ``input_text`` and untyped parts
-with ``text``, ``refusal``, ``reasoning_content``, tool calls) and the ``tools``/``functions`` definitions. Parts of
-a kind that carries no text (images, audio, files) are skipped; a part of an unknown kind that carries text is
-rejected with E5010 rather than left uncounted. System and developer messages, tools and the suffix are pinned:
-counted, never truncated. Field names are configurable (dotted for nesting, e.g. ``parameters.max_new_tokens``).
+with ``text``, ``refusal`` and ``thinking`` parts, ``reasoning_content``, ``reasoning``, tool calls) and the
+``tools``/``functions`` definitions. Parts of a kind that carries no text (images, audio, files) are skipped; a part
+of an unknown kind that carries text is rejected with E5010 rather than left uncounted. System and developer
+messages, tools and the suffix are pinned: counted, never truncated. Field names are configurable (dotted for
+nesting, e.g. ``parameters.max_new_tokens``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from itertools import repeat
 from typing import Any, Literal, NamedTuple
 
 from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, UsageError
+from autoglm_runtime.validation._conversation import present, with_options
+from autoglm_runtime.validation._kept import kept_fields
 from autoglm_runtime.validation._partial import json_prefix
 from autoglm_runtime.validation.context_window import Chat, GuardInput, GuardResult, Segment
 
@@ -34,7 +37,7 @@ _NO_TEXT_PARTS = frozenset(
     {"image_url", "input_image", "image", "input_audio", "audio", "file", "input_file", "video", "video_url"}
 )
 _PINNED_ROLES = frozenset({"system", "developer"})
-_MESSAGE_TEXT = ("reasoning_content",)
+_MESSAGE_TEXT = ("reasoning_content", "reasoning")
 _MESSAGE_JSON = ("tool_calls", "function_call")
 _RESULT_ROLES = frozenset({"tool", "function"})
 _CONTENT: tuple[str | int, ...] = ("content",)
@@ -64,6 +67,8 @@ class ExtractedInput:
     batch: bool = False
     chat: Chat | None = None
     partial: frozenset[int] = frozenset()
+    keep_tokens: int | None = None
+    keep_side: str = "left"
 
     @property
     def segments(self) -> list[Segment]:
@@ -81,6 +86,8 @@ class ExtractedInput:
             batch=self.batch,
             chat=self.chat,
             partial=self.partial,
+            keep_tokens=self.keep_tokens,
+            keep_side=self.keep_side,
         )
 
 
@@ -120,7 +127,8 @@ class OpenAIExtractor:
     """Finds the text a model will read in an OpenAI-style request body.
 
     ``max_prompts``, ``max_messages`` and ``max_parts`` (content parts over all messages) bound the work one body
-    can cause; past them the request is rejected with E5010.
+    can cause; past them the request is rejected with E5010. ``prompt_max_tokens`` is the output budget of a
+    completions body sending no budget field (16, as OpenAI and vLLM default ``max_tokens``; ``None`` for none).
 
     >>> OpenAIExtractor().extract({"prompt": "hi", "max_tokens": 5}).segments
     ['hi']
@@ -137,10 +145,18 @@ class OpenAIExtractor:
         max_prompts: int = 2048,
         max_messages: int = 4096,
         max_parts: int = 8192,
+        prompt_max_tokens: int | None = 16,
     ) -> None:
         for option, value in (("max_prompts", max_prompts), ("max_messages", max_messages), ("max_parts", max_parts)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{option} must be a positive integer, got {value!r}")
+        if prompt_max_tokens is not None and (
+            isinstance(prompt_max_tokens, bool) or not isinstance(prompt_max_tokens, int) or prompt_max_tokens < 0
+        ):
+            raise UsageError(f"prompt_max_tokens must be a whole number >= 0 or None, got {prompt_max_tokens!r}")
+        #: The output budget of a prompt (completions) body that sends no budget field at all: OpenAI's and vLLM's
+        #: ``max_tokens`` default of 16 (a chat has none: it may run to the window).
+        self.prompt_max_tokens = prompt_max_tokens
         self.prompt_fields = tuple(prompt_fields)
         self.messages_fields = tuple(messages_fields)
         self.max_tokens_fields = tuple(max_tokens_fields)
@@ -206,9 +222,19 @@ class OpenAIExtractor:
             # Pieces outside the messages (a suffix) belong to no turn.
             missing = len(fields) - len(chat.turns)
             chat = Chat(chat.messages, (*chat.turns, *[-1] * missing), (*chat.places, *[()] * missing), chat.tools)
-        output, output_param = self._max_tokens(body)
+        if chat is not None:
+            chat = with_options(chat, body)
+        output, output_param = self._max_tokens(body, completion=chat is None and bool(fields))
         return ExtractedInput(
-            tuple(fields), output, param, output_param, frozenset(pinned), batch, chat, frozenset(partial)
+            tuple(fields),
+            output,
+            param,
+            output_param,
+            frozenset(pinned),
+            batch,
+            chat,
+            frozenset(partial),
+            *kept_fields(body),
         )
 
     def _prompt(self, name: str, value: Any) -> tuple[list[TextField], bool]:
@@ -307,8 +333,8 @@ class OpenAIExtractor:
             if not isinstance(part.get("text"), str):
                 raise _shape_error(f"{where}.text", "a string", part.get("text"), name)
             return ("text",)
-        if kind == "refusal" and isinstance(part.get("refusal"), str):
-            return ("refusal",)
+        if kind in ("refusal", "thinking") and isinstance(part.get(kind), str):
+            return (kind,)
         if kind in _NO_TEXT_PARTS:
             return None
         carried = [key for key, item in part.items() if key != "type" and isinstance(item, str)]
@@ -320,8 +346,11 @@ class OpenAIExtractor:
             )
         return None
 
-    def _max_tokens(self, body: dict[str, Any]) -> tuple[int | None, str]:
-        """The largest output budget sent, and its field: the backend may honour any of them."""
+    def _max_tokens(self, body: dict[str, Any], *, completion: bool) -> tuple[int | None, str]:
+        """The largest output budget sent, and its field: the backend may honour any of them.
+
+        A ``completion`` body sending none of the fields asks for ``prompt_max_tokens``, as vLLM reads it.
+        """
         best: int | None = None
         best_name = self.max_tokens_fields[0] if self.max_tokens_fields else "max_tokens"
         for name in self.max_tokens_fields:
@@ -334,6 +363,9 @@ class OpenAIExtractor:
                 )
             if best is None or value > best:
                 best, best_name = value, name
+        sent = best is not None or any(present(body, name) for name in self.max_tokens_fields)
+        if completion and not sent and self.prompt_max_tokens is not None:
+            best = self.prompt_max_tokens
         return best, best_name
 
     def apply(self, body: Any, extracted: ExtractedInput, result: GuardResult) -> Any:

@@ -24,6 +24,7 @@ from autoglm_runtime.validation.limits import Limits, TruncationSide
 
 if TYPE_CHECKING:
     from autoglm_runtime.validation.context_window import ContextWindowGuard
+    from autoglm_runtime.validation.tokenizers import Tokenizer
 
 log = get_logger("autoglm_runtime.validation.context_window")
 
@@ -225,7 +226,7 @@ def judge_rendered(
     assert template is not None
     window = limits.context_window
     budget = window - output
-    tok = guard.prompt_tokenizer
+    tok = _chat_tokenizer(guard, request)
 
     def render(dropped: Sequence[int] = (), overrides: dict[int, Segment] | None = None) -> str:
         messages: list[Any] = list(chat.messages)
@@ -238,7 +239,7 @@ def judge_rendered(
             target[chat.places[index][-1]] = value
         gone = set(dropped)
         kept = [message for number, message in enumerate(messages) if number not in gone]
-        return template.render(kept, tools=chat.tools)
+        return template.render(kept, tools=chat.tools, options=chat.options)
 
     def measure(text: str, room: int) -> list[int]:
         per_token = guard.max_chars_per_token
@@ -261,7 +262,7 @@ def judge_rendered(
         raise pinned_error(exc, request, window) from None
 
     def fits(k: int) -> tuple[str, list[int]] | None:
-        return _fits(render(_first(units, k)), budget, guard)
+        return _fits(render(_first(units, k)), budget, guard, tok)
 
     low, high = 0, max(len(units) - 1, 0)
     found = fits(high)
@@ -288,8 +289,13 @@ def judge_rendered(
     )
 
 
-def _fits(text: str, budget: int, guard: ContextWindowGuard) -> tuple[str, list[int]] | None:
-    ids = guard.encode(text, tokenizer=guard.prompt_tokenizer)
+def _chat_tokenizer(guard: ContextWindowGuard, request: GuardInput) -> Tokenizer:
+    """vLLM tokenizes a rendered chat without adding special tokens, unless the request asks for them."""
+    return guard.tokenizer if request.chat is not None and request.chat.add_special_tokens else guard.prompt_tokenizer
+
+
+def _fits(text: str, budget: int, guard: ContextWindowGuard, tok: Tokenizer) -> tuple[str, list[int]] | None:
+    ids = guard.encode(text, tokenizer=tok)
     return (text, ids) if len(ids) <= budget else None
 
 
@@ -312,7 +318,7 @@ def _cut_last_turn(
     ]
     work = list(segments)
     text = render(dropped)
-    ids = guard.encode(text, tokenizer=guard.prompt_tokenizer)
+    ids = guard.encode(text, tokenizer=_chat_tokenizer(guard, request))
     for _ in range(_FIT_ROUNDS):
         excess = len(ids) - budget
         if excess <= 0:
@@ -325,7 +331,7 @@ def _cut_last_turn(
             work[index] = _decode(guard, piece[cut:], output, window) if cut < len(piece) else ""
             excess -= cut
         text = render(dropped, {i: work[i] for i in last})
-        ids = guard.encode(text, tokenizer=guard.prompt_tokenizer)
+        ids = guard.encode(text, tokenizer=_chat_tokenizer(guard, request))
     raise overflow_error(len(ids), output, window, request, at_least=False)
 
 

@@ -5,7 +5,8 @@ Order of work for an HTTP request, each step rejecting before the app sees anyth
 1. guarded headers are measured on the raw bytes (E0512, 431) -- before the body is read, for every path;
 2. on guarded paths, the body is read up to ``max_body_bytes`` (E0515, 413; a larger ``content-length`` is refused
    without reading, and reading stops at the limit) within ``body_timeout`` seconds (E0517, 408);
-3. the body must be UTF-8 JSON without lone surrogates (E5009, 400);
+3. the body must be JSON (UTF-8, or UTF-16/32 as ``json.loads`` reads bytes), uncompressed, without lone
+   surrogates (E5009, 400);
 4. the text is extracted OpenAI-style and judged by the context-window guard (E0513, 400). Large bodies are judged
    on the middleware's own pool of ``max_concurrent_checks`` named threads; when all are busy the request is
    refused at once (E0516, 503 with ``Retry-After``) rather than queued.
@@ -47,6 +48,7 @@ from autoglm_runtime.errors import (
     AutoGLMRuntimeError,
     BodyTimeoutError,
     GuardOverloadedError,
+    InputDecodeError,
     RequestTooLargeError,
     UsageError,
 )
@@ -240,6 +242,13 @@ class ValidationMiddleware:
             body = await self._read_body(scope, receive)
         else:
             body = await self._read_body_in_time(scope, receive, self.body_timeout)
+        for name, value in scope.get("headers") or ():
+            # A compressed body is bytes the guard cannot count: refused with its reason, not as "invalid UTF-8".
+            if name.lower() == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+                raise InputDecodeError(
+                    f"the request body is sent with content-encoding {value.decode('latin-1')[:40]!r}, which the "
+                    "guard cannot read: send it uncompressed"
+                )
         if self.offload and len(body) > _INLINE_BODY_BYTES:
             return await self._judge_on_pool(body)
         return self._judge(body)
@@ -321,7 +330,8 @@ class ValidationMiddleware:
         value = self.decode_guard.check_json(body)
         guard = self.context_guard
         extracted = self.extractor.extract(value, max_text_chars=guard.text_limit() if guard is not None else None)
-        if guard is None or (not extracted.fields and extracted.max_output_tokens is None):
+        # A chat is judged even without text or budget: its messages still cost the template's tokens.
+        if guard is None or (not extracted.fields and extracted.max_output_tokens is None and extracted.chat is None):
             return body, None
         try:
             result = guard.judge(extracted.guard_input())

@@ -10,8 +10,9 @@ misses those tokens; counting the rendered prompt does not::
 Templates are untrusted code: they run in jinja2's ``ImmutableSandboxedEnvironment`` with the environment that
 ``transformers``' ``apply_chat_template`` sets up (``trim_blocks``, ``lstrip_blocks``, loop controls, a ``tojson``
 that does not escape HTML, ``raise_exception``, ``strftime_now``) and the tokenizer's special tokens
-(``bos_token``, ``eos_token`` ...) as variables. The generation prompt is added, as vLLM does for chat completions.
-jinja2 is an optional dependency (the ``chat`` extra), imported when a template is built.
+(``bos_token``, ``eos_token`` ...) as variables. The messages reach it as vLLM's OpenAI server hands them over
+(``_conversation``), and the generation prompt is added, as vLLM does for chat completions unless the request says
+otherwise. jinja2 is an optional dependency (the ``chat`` extra), imported when a template is built.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from autoglm_runtime.errors import InvalidRequestError, UsageError
+from autoglm_runtime.validation._conversation import ContentFormat, conversation
+from autoglm_runtime.validation._conversation import content_format as _detect
 
 __all__ = ["ChatTemplate"]
 
@@ -55,6 +58,7 @@ class ChatTemplate:
         special_tokens: Mapping[str, str] | None = None,
         add_generation_prompt: bool = True,
         now: Callable[[], datetime] = datetime.now,
+        content_format: Literal["auto", "string", "openai"] = "auto",
     ) -> None:
         try:  # optional dependency: imported only when used
             import jinja2
@@ -88,8 +92,13 @@ class ChatTemplate:
         env.globals["strftime_now"] = strftime_now
         try:
             self._template = env.from_string(source)
+            parsed = env.parse(source)
         except jinja2.TemplateError as exc:
             raise UsageError(f"the chat template cannot be compiled: {exc}") from exc
+        if content_format not in ("auto", "string", "openai"):
+            raise UsageError(f"content_format must be 'auto', 'string' or 'openai', got {content_format!r}")
+        #: How message content reaches the template, read off it as vLLM does ("openai": a list of parts).
+        self.content_format: ContentFormat = _detect(parsed) if content_format == "auto" else content_format
         self._errors: tuple[type[Exception], ...] = (jinja2.TemplateError,)
         self.source = source
         self.special_tokens = dict(special_tokens or {})
@@ -137,51 +146,64 @@ class ChatTemplate:
         tokens = {name: text for name in SPECIAL_TOKENS if (text := _token_text(config.get(name))) is not None}
         return cls(source, special_tokens={**tokens, **kwargs.pop("special_tokens", {})}, **kwargs)
 
-    def render(self, messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Any] | None = None) -> str:
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> str:
         """The prompt the model reads for ``messages`` (and ``tools``), generation prompt included.
 
+        The messages reach the template as vLLM hands them over (see :attr:`content_format`): content parts become
+        one string or a list of typed parts, a null content an empty one, tool call arguments objects. ``options``
+        are the request's own template variables (``add_generation_prompt``, ``continue_final_message``,
+        ``documents``, its ``chat_template_kwargs``, as :class:`OpenAIExtractor` reads them into ``Chat.options``);
+        they override the defaults and the special tokens.
         A template that rejects the conversation (``raise_exception``) or fails on it is a bad request: E5010.
         """
+        variables: dict[str, Any] = {
+            **self.special_tokens,
+            "documents": None,
+            "add_generation_prompt": self.add_generation_prompt,
+            **(options or {}),
+        }
+        chat = conversation(messages, self.content_format)
+        # continue_final_message leaves the last message open: the prompt ends where its text ends (transformers
+        # marks that place, renders, and cuts there).
+        marked = bool(variables.get("continue_final_message")) and _mark_end(chat)
         try:
-            return self._render(messages, tools)
+            text = str(
+                self._template.render(messages=chat, tools=list(tools) if tools is not None else None, **variables)
+            )
         except self._errors as exc:
-            raise self._named(messages, tools, exc) or InvalidRequestError(
+            raise InvalidRequestError(
                 f"the model's chat template rejected the messages: {exc}: fix the conversation", param="messages"
             ) from exc
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
-            raise self._named(messages, tools, exc) or InvalidRequestError(
+            raise InvalidRequestError(
                 f"the model's chat template failed on the messages ({type(exc).__name__}: {exc}): fix the conversation",
                 param="messages",
             ) from exc
+        # Only the mark itself goes: the same character sent by the client stays, and counts.
+        end = text.rfind(_END) if marked else -1
+        return text[:end] if end >= 0 else text
 
-    def _render(self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None) -> str:
-        return str(
-            self._template.render(
-                messages=list(messages),
-                tools=list(tools) if tools is not None else None,
-                documents=None,
-                add_generation_prompt=self.add_generation_prompt,
-                **self.special_tokens,
-            )
-        )
 
-    def _named(
-        self, messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None, exc: Exception
-    ) -> InvalidRequestError | None:
-        """E5010 naming the first message without content, when giving those messages content lets the template
-        render (so their missing content is what it failed on); ``None`` otherwise."""
-        empty = [n for n, m in enumerate(messages) if isinstance(m, Mapping) and m.get("content") is None]
-        if not empty:
-            return None
-        try:
-            self._render([{**m, "content": ""} if n in empty else m for n, m in enumerate(messages)], tools)
-        except Exception:  # something else is wrong too: keep the template's own words
-            return None
-        first = messages[empty[0]]
-        state = "is null" if "content" in first else "is missing"
-        return InvalidRequestError(
-            f"messages[{empty[0]}] (role {first.get('role')!r}) has no content (its 'content' {state}), and the "
-            f"model's chat template cannot render a message without it ({type(exc).__name__}: {exc}): send "
-            f"messages[{empty[0]}] with a 'content' string",
-            param=f"messages[{empty[0]}].content",
-        )
+#: Marks where the final message's text ends (a private-use character no template writes).
+_END = "\U000f0000"
+
+
+def _mark_end(chat: list[dict[str, Any]]) -> bool:
+    """Append :data:`_END` to the final message's last text; ``False`` when it has none."""
+    if not chat:
+        return False
+    content = chat[-1].get("content")
+    if isinstance(content, str):
+        chat[-1]["content"] = content + _END
+        return True
+    for part in reversed(content if isinstance(content, list) else []):
+        if "text" in part:
+            part["text"] += _END
+            return True
+    return False

@@ -200,6 +200,10 @@ context window of 4 tokens: shorten the input or lower max_tokens
             )
         if output > limits.context_window:
             raise output_error(output, limits.context_window, request.output_param)
+        if request.keep_tokens is not None:
+            from autoglm_runtime.validation._kept import judge_kept
+
+            return judge_kept(self, request, output, limits)
         segments = segments_of(request.segments)
         if request.partial:
             from autoglm_runtime.validation._partial import reject_partial

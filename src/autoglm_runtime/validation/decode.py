@@ -70,8 +70,23 @@ of prompt, which no tokenizer can encode: send well-formed Unicode text
         return text
 
     def check_json(self, data: bytes) -> Any:
-        """Parse ``data`` as UTF-8 JSON and check every string in it (keys too) for lone surrogates."""
-        text = self.check_bytes(data)
+        """Parse ``data`` as JSON and check every string in it (keys too) for lone surrogates.
+
+        The encoding is found as ``json.loads`` finds it for bytes, which is how Starlette's and FastAPI's
+        ``request.json()`` (vLLM's server, and most apps behind the middleware) read a body: UTF-8, with or without a
+        byte order mark, or UTF-16 / UTF-32. Each is decoded strictly.
+        """
+        encoding = json.detect_encoding(data)
+        if encoding in ("utf-8", "utf-8-sig"):
+            text = self.check_bytes(data).removeprefix("\ufeff") if encoding == "utf-8-sig" else self.check_bytes(data)
+        else:
+            try:
+                text = data.decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise InputDecodeError(
+                    f"the input is not valid {encoding.upper()}: the bytes at offset {exc.start} cannot be decoded "
+                    f"({exc.reason}): send UTF-8 encoded text",
+                ) from exc
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -23,12 +23,17 @@ class Chat:
 
     ``turns[i]`` is the index of the message segment ``i`` belongs to (``-1`` for pieces outside any message, such
     as tool definitions); ``places[i]`` is where segment ``i`` sits inside its message (``("content",)``).
+    ``options`` are the template variables the request sets (``add_generation_prompt``, ``documents``, its
+    ``chat_template_kwargs``); ``add_special_tokens`` asks for the tokenizer's own special tokens (a BOS) on top
+    of the rendered prompt, as vLLM's request field of that name does.
     """
 
     messages: tuple[Mapping[str, Any], ...]
     turns: tuple[int, ...]
     places: tuple[tuple[str | int, ...], ...] = ()
     tools: tuple[Any, ...] | None = None
+    options: Mapping[str, Any] | None = None
+    add_special_tokens: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class GuardInput:
     its own, judged alone together with the pinned ones. ``fixed_tokens`` are counted on top (formatting the
     model adds around the pieces). Segments whose index is in ``partial`` hold only the start of a longer text; a
     guard rejects such a request by length alone or raises :class:`IncompleteInput` (judge the whole text then).
+    ``keep_tokens`` says the backend itself keeps only that many prompt tokens (vLLM's ``truncate_prompt_tokens``;
+    ``-1`` for all the window leaves), from the ``keep_side`` end's opposite: ``"left"`` drops the start.
 
     >>> GuardInput("Tell me a story", max_output_tokens=200, param="prompt").max_output_tokens
     200
@@ -55,6 +62,8 @@ class GuardInput:
     fixed_tokens: int = 0
     chat: Chat | None = None
     partial: frozenset[int] = frozenset()
+    keep_tokens: int | None = None
+    keep_side: str = "left"
 
 
 class IncompleteInput(Exception):

@@ -1,0 +1,237 @@
+"""The messages a chat template sees, as vLLM's OpenAI server hands them over, and the content format it picks.
+
+vLLM never gives a template the request's messages as they came. It keeps only the keys a template uses, turns every
+``content`` into one shape and parses tool call arguments (``vllm/entrypoints/chat_utils.py``,
+``parse_chat_messages``):
+
+- the *content format* is read off the template: ``"openai"`` when the template loops over a message's ``content``
+  (``{% for part in message['content'] %}``), else ``"string"``;
+- in the string format a message's content is its text parts joined with ``"\\n"`` (``""`` for none, also for a
+  null content); in the openai format it is a list of ``{"type": "text", "text": ...}`` and ``{"type": "image"}``
+  (``"audio"``, ``"video"``) parts;
+- an assistant's ``tool_calls`` are kept with each call's JSON ``arguments`` parsed into an object (``{}`` when the
+  text is not JSON), an empty list is dropped; its ``reasoning`` (or ``reasoning_content``) is passed under both
+  names; a tool result keeps its ``tool_call_id`` and, when all its parts are text, a string content;
+- ``name`` (a string) is kept; a developer message keeps its ``tools``; any other key is dropped.
+
+A template that printed a content list would otherwise count the parts' Python text (a base64 image URL included),
+and one that printed a null content would count ``None``: neither is what the model reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, Literal
+
+from autoglm_runtime.errors import InvalidRequestError
+from autoglm_runtime.validation.request import Chat
+
+__all__ = ["ContentFormat", "content_format", "conversation", "present", "template_options", "with_options"]
+
+ContentFormat = Literal["string", "openai"]
+
+_TEXT_KEYS = {"text": "text", "input_text": "text", "output_text": "text", "refusal": "refusal", "thinking": "thinking"}
+_MODALITIES = {
+    "image_url": "image",
+    "input_image": "image",
+    "image_pil": "image",
+    "image_embeds": "image",
+    "audio_url": "audio",
+    "input_audio": "audio",
+    "audio_embeds": "audio",
+    "video_url": "video",
+}
+
+
+def content_format(parsed: Any) -> ContentFormat:
+    """``"openai"`` when the parsed template (a ``jinja2.nodes.Template``) loops over a message's content."""
+    from jinja2 import nodes
+
+    def names_of(root: Any, name: str) -> set[str]:
+        """``name`` and the variables assigned from it (``{% set loop_messages = messages[1:] %}``)."""
+        found, pending = {name}, [name]
+        while pending:
+            current = pending.pop()
+            for assign in root.find_all(nodes.Assign):
+                target = assign.target
+                if isinstance(target, nodes.Name) and target.name not in found and _reads(assign.node, current, None):
+                    found.add(target.name)
+                    pending.append(target.name)
+        return found
+
+    messages = names_of(parsed, "messages")
+    items = {
+        loop.target.name
+        for loop in parsed.find_all(nodes.For)
+        if isinstance(loop.target, nodes.Name) and any(_reads(loop.iter, name, None) for name in messages)
+    }
+    for loop in parsed.find_all(nodes.For):
+        if any(_reads(loop.iter, item, "content") for item in items):
+            return "openai"
+    return "string"
+
+
+def _reads(node: Any, name: str, key: str | None) -> bool:
+    """Whether ``node`` is ``name`` (or ``name[key]`` / ``name.key``), maybe sliced, filtered or tested."""
+    from jinja2 import nodes
+
+    while isinstance(node, nodes.Filter | nodes.Test) or (
+        isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Slice)
+    ):
+        if node.node is None:
+            return False
+        node = node.node
+    if key is not None:
+        item = isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and node.arg.value == key
+        if not (item or (isinstance(node, nodes.Getattr) and node.attr == key)):
+            return False
+        node = node.node
+    return isinstance(node, nodes.Name) and node.ctx == "load" and node.name == name
+
+
+def _parts(content: Any) -> Iterator[dict[str, str]]:
+    """Each part of ``content`` as ``{"type": "text", "text": ...}`` or ``{"type": modality}``; others dropped."""
+    if content is None:
+        return
+    if isinstance(content, str):
+        yield {"type": "text", "text": content}
+        return
+    if not isinstance(content, Sequence):
+        return
+    for part in content:
+        if isinstance(part, str):
+            yield {"type": "text", "text": part}
+            continue
+        if not isinstance(part, Mapping):
+            continue
+        kind = part.get("type")
+        if kind is None:
+            kind = "text" if "text" in part else next((k for k in _MODALITIES if k in part), None)
+        key = _TEXT_KEYS.get(kind) if isinstance(kind, str) else None
+        if key is not None:
+            if isinstance(part.get(key), str):
+                yield {"type": "text", "text": part[key]}
+        elif isinstance(kind, str) and kind in _MODALITIES:
+            yield {"type": _MODALITIES[kind]}
+
+
+def _arguments(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return {}
+    return value if isinstance(value, dict | list) else {}
+
+
+def _parsed_call(call: Any) -> Any:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict):
+        return call
+    return {**call, "function": {**function, "arguments": _arguments(function.get("arguments"))}}
+
+
+def conversation(messages: Sequence[Mapping[str, Any]], form: ContentFormat) -> list[dict[str, Any]]:
+    """``messages`` as vLLM hands them to a chat template in the content format ``form`` (see the module)."""
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        role = message.get("role")
+        parts = list(_parts(message.get("content")))
+        content: Any = parts if form == "openai" else "\n".join(p["text"] for p in parts if "text" in p)
+        item: dict[str, Any] = {"role": role, "content": content}
+        if role == "assistant":
+            calls = message.get("tool_calls")
+            if isinstance(calls, list) and calls:
+                # New dicts: the request's own calls keep their JSON text (a truncated body is forwarded as it is).
+                item["tool_calls"] = [_parsed_call(call) for call in calls]
+            reasoning = message.get("reasoning")
+            if reasoning is None:
+                reasoning = message.get("reasoning_content")
+            if reasoning is not None:
+                item["reasoning"] = item["reasoning_content"] = reasoning
+        elif role == "tool":
+            if "tool_call_id" in message:
+                item["tool_call_id"] = message["tool_call_id"]
+            if form == "openai" and all(p["type"] == "text" for p in parts):
+                item["content"] = "\n".join(p["text"] for p in parts)
+        if isinstance(message.get("name"), str):
+            item["name"] = message["name"]
+        if role == "developer":
+            item["tools"] = message.get("tools")
+        out.append(item)
+    return out
+
+
+#: Chat request fields vLLM passes to the template, with the types it accepts.
+_OPTION_FIELDS: dict[str, tuple[type, ...]] = {
+    "add_generation_prompt": (bool,),
+    "continue_final_message": (bool,),
+    "documents": (list,),
+    "reasoning_effort": (str,),
+}
+_RESERVED = ("messages", "tools", "chat_template", "tokenize")
+
+
+def template_options(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The template variables a chat request sets, merged as vLLM merges them.
+
+    ``chat_template_kwargs`` first, then the request's ``add_generation_prompt``, ``continue_final_message``,
+    ``documents`` and ``reasoning_effort`` where sent, and ``enable_thinking`` (false for ``reasoning_effort``
+    ``"none"``) unless the kwargs set it. A field of the wrong type is E5010, as is a kwarg naming the messages,
+    the tools or the template itself.
+
+    >>> template_options({"chat_template_kwargs": {"enable_thinking": False}, "add_generation_prompt": False})
+    {'enable_thinking': False, 'add_generation_prompt': False}
+    """
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict):
+        raise InvalidRequestError(
+            f"chat_template_kwargs must be an object, got {type(kwargs).__name__}: fix the request body",
+            param="chat_template_kwargs",
+        )
+    for name in _RESERVED:
+        if name in kwargs:
+            raise InvalidRequestError(
+                f"chat_template_kwargs may not set {name!r}: send it as the request's own field, or not at all",
+                param="chat_template_kwargs",
+            )
+    options = dict(kwargs)
+    for name, kinds in _OPTION_FIELDS.items():
+        value = body.get(name)
+        if value is None or value == "auto":
+            continue
+        if not isinstance(value, kinds):
+            raise InvalidRequestError(
+                f"{name} must be {'a boolean' if kinds == (bool,) else 'a ' + kinds[0].__name__}, got "
+                f"{type(value).__name__}: fix the request body",
+                param=name,
+            )
+        options[name] = value
+    effort = body.get("reasoning_effort")
+    if isinstance(effort, str) and "enable_thinking" not in kwargs:
+        options["enable_thinking"] = effort != "none"
+    return options
+
+
+def with_options(chat: Chat, body: dict[str, Any]) -> Chat:
+    """``chat`` with the request's template variables and ``add_special_tokens`` (vLLM's chat fields)."""
+    special = body.get("add_special_tokens", False)
+    if not isinstance(special, bool):
+        raise InvalidRequestError(
+            f"add_special_tokens must be a boolean, got {type(special).__name__}: fix the request body",
+            param="add_special_tokens",
+        )
+    return replace(chat, options=template_options(body), add_special_tokens=special)
+
+
+def present(body: dict[str, Any], name: str) -> bool:
+    """Whether the dotted field ``name`` is in ``body`` at all (a null counts as sent)."""
+    *parents, last = name.split(".")
+    value: Any = body
+    for part in parents:
+        value = value.get(part) if isinstance(value, dict) else None
+    return isinstance(value, dict) and last in value

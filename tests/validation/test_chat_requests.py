@@ -1,0 +1,170 @@
+"""A chat request is counted as vLLM's OpenAI server renders it: messages as vLLM hands them to the template (content
+parts joined or typed, null content empty, tool call arguments parsed) and the request's own template variables
+(add_generation_prompt, continue_final_message, documents, chat_template_kwargs, reasoning_effort,
+add_special_tokens). The reference is transformers' apply_chat_template on the messages as vLLM passes them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.validation._helpers import write_chat_model
+
+from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestError
+from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, HFTokenizer, OpenAIExtractor
+
+TOOLS_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+    "{% for call in m.tool_calls or [] %}<call>{{ call.function.arguments | tojson }}</call>{% endfor %}"
+    "<|im_end|>\n{% endfor %}"
+    "{% if documents %}{% for d in documents %}<doc>{{ d.text }}</doc>{% endfor %}{% endif %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+ARGUMENTS = '{"city":"Paris","days":[1,2,3,4,5,6,7,8,9,10]}'
+CHAT = [
+    {"role": "user", "content": "hello world"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "look", "arguments": ARGUMENTS}}],
+    },
+    {"role": "tool", "tool_call_id": "c1", "content": "the quick brown fox"},
+]
+# What vLLM hands the template for CHAT: a null content is empty, the arguments are an object.
+SEEN = [
+    CHAT[0],
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {
+                "id": "c1",
+                "type": "function",
+                "function": {"name": "look", "arguments": {"city": "Paris", "days": list(range(1, 11))}},
+            }
+        ],
+    },
+    CHAT[2],
+]
+
+
+@pytest.fixture
+def model(tmp_path: Path) -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    directory = write_chat_model(tmp_path / "model", TOOLS_TEMPLATE)
+    return directory, AutoTokenizer.from_pretrained(str(directory))
+
+
+def judge(directory: Path, body: dict[str, Any], window: int = 4096) -> Any:
+    guard = ContextWindowGuard(
+        HFTokenizer.from_file(directory / "tokenizer.json"), window, chat_template=ChatTemplate.from_file(directory)
+    )
+    return guard.judge(OpenAIExtractor().extract(body).guard_input())
+
+
+def test_tool_call_arguments_are_counted_as_the_object_vllm_renders(model: Any) -> None:
+    directory, reference = model
+    ids = reference.apply_chat_template(SEEN, tokenize=True, add_generation_prompt=True)["input_ids"]
+    result = judge(directory, {"messages": CHAT})
+    assert result.prompt == reference.apply_chat_template(SEEN, tokenize=False, add_generation_prompt=True)
+    assert '"days": [1, 2, 3' in result.prompt
+    assert result.token_ids == (tuple(ids),)
+    # The request itself is left as it came (a truncated body is forwarded with the client's JSON text).
+    assert CHAT[1]["tool_calls"][0]["function"]["arguments"] == ARGUMENTS
+    with pytest.raises(ContextWindowExceededError):
+        judge(directory, {"messages": CHAT, "max_tokens": 1}, window=len(ids))
+
+
+def test_content_parts_reach_a_string_template_as_their_joined_text(model: Any) -> None:
+    directory, reference = model
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 50_000}}
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hello"}, image, "world"]}]}
+    seen = [{"role": "user", "content": "hello\nworld"}]
+    ids = reference.apply_chat_template(seen, tokenize=True, add_generation_prompt=True)["input_ids"]
+    result = judge(directory, body, window=len(ids))
+    assert result.token_ids == (tuple(ids),)
+
+
+@pytest.mark.parametrize(
+    ("fields", "kwargs"),
+    [
+        ({"add_generation_prompt": False}, {"add_generation_prompt": False}),
+        (
+            {"chat_template_kwargs": {"enable_thinking": False}},
+            {"add_generation_prompt": True, "enable_thinking": False},
+        ),
+        ({"reasoning_effort": "none"}, {"add_generation_prompt": True, "enable_thinking": False}),
+        (
+            {"documents": [{"title": "a", "text": "one two three"}]},
+            {"add_generation_prompt": True, "documents": [{"title": "a", "text": "one two three"}]},
+        ),
+        (
+            {"add_generation_prompt": False, "continue_final_message": True},
+            {"add_generation_prompt": False, "continue_final_message": True},
+        ),
+    ],
+    ids=["no-generation-prompt", "thinking-off", "reasoning-effort-none", "documents", "continue-final-message"],
+)
+def test_the_request_s_template_variables_count(model: Any, fields: dict[str, Any], kwargs: dict[str, Any]) -> None:
+    directory, reference = model
+    messages = [{"role": "user", "content": "hello world"}, {"role": "assistant", "content": "the quick"}]
+    ids = reference.apply_chat_template(messages, tokenize=True, **kwargs)["input_ids"]
+    assert judge(directory, {"messages": messages, **fields}).token_ids == (tuple(ids),)
+
+
+def test_add_special_tokens_adds_the_tokenizer_s_bos_on_top(model: Any) -> None:
+    directory, _ = model
+    body = {"messages": [{"role": "user", "content": "hello world"}]}
+    plain = judge(directory, body).token_ids[0]
+    assert judge(directory, {**body, "add_special_tokens": True}).token_ids[0] == (plain[0], *plain)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"add_generation_prompt": "no"}, "add_generation_prompt must be a boolean, got str: fix the request body"),
+        ({"chat_template_kwargs": []}, "chat_template_kwargs must be an object, got list: fix the request body"),
+        (
+            {"chat_template_kwargs": {"messages": []}},
+            "chat_template_kwargs may not set 'messages': send it as the request's own field, or not at all",
+        ),
+        ({"add_special_tokens": 1}, "add_special_tokens must be a boolean, got int: fix the request body"),
+    ],
+)
+def test_template_variables_of_the_wrong_shape_are_e5010(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor().extract({"messages": [{"role": "user", "content": "hi"}], **fields})
+    assert info.value.message == message
+
+
+@pytest.mark.parametrize(
+    ("source", "form"),
+    [
+        ("{% for m in messages %}{{ m['content'] }}{% endfor %}", "string"),
+        ("{% for m in messages %}{% for p in m['content'] %}{{ p.text }}{% endfor %}{% endfor %}", "openai"),
+        ("{% for m in messages %}{% for p in m.content | selectattr('text') %}{% endfor %}{% endfor %}", "openai"),
+        (
+            "{% set rest = messages[1:] %}{% for m in rest %}{% for p in m.content %}{{ p }}{% endfor %}{% endfor %}",
+            "openai",
+        ),
+        ("{% for p in content %}{% endfor %}{% for m in messages %}{{ m.content }}{% endfor %}", "string"),
+    ],
+)
+def test_the_content_format_is_read_off_the_template(source: str, form: str) -> None:
+    assert ChatTemplate(source).content_format == form
+    assert ChatTemplate(source, content_format="openai").content_format == "openai"
+
+
+def test_the_client_s_own_private_use_characters_still_count_with_continue_final_message(model: Any) -> None:
+    # The guard marks the final message's end with a private-use character; a client sending that character must
+    # not get it dropped from the count.
+    directory, reference = model
+    messages = [{"role": "user", "content": "\U000f0000" * 50}, {"role": "assistant", "content": "the quick"}]
+    kwargs = {"add_generation_prompt": False, "continue_final_message": True}
+    ids = reference.apply_chat_template(messages, tokenize=True, **kwargs)["input_ids"]
+    assert judge(directory, {"messages": messages, **kwargs}).token_ids == (tuple(ids),)
