@@ -57,9 +57,14 @@ def test_a_completions_body_without_a_budget_asks_for_vllm_s_default_of_16_token
     guard = ContextWindowGuard(char_tok(), 100)
     with pytest.raises(ContextWindowExceededError) as info:
         guard.judge(OpenAIExtractor().extract({"prompt": "x" * 90}).guard_input())
-    assert "you requested 106 tokens (90 in the input, 16 in the completion asked for by max_tokens)" in (
-        info.value.message
+    # The client sent no max_tokens: the default is said to be one, not blamed on a field never sent.
+    assert info.value.message.endswith(
+        "you requested 106 tokens (90 in the input, 16 for the completion by default, as the request sets no "
+        "max_tokens), more than the context window of 100 tokens: shorten the input, or send a lower max_tokens"
     )
+    with pytest.raises(ContextWindowExceededError) as sent:
+        guard.judge(OpenAIExtractor().extract({"prompt": "x" * 90, "max_tokens": 16}).guard_input())
+    assert "16 in the completion asked for by max_tokens" in sent.value.message
     assert guard.judge(OpenAIExtractor().extract({"prompt": "x" * 84}).guard_input()).output_tokens == 16
     assert [
         OpenAIExtractor().extract(body).max_output_tokens for body in ({"prompt": ["a", "b"]}, {"prompt": [1, 2]})

@@ -56,7 +56,8 @@ class ExtractedInput:
 
     ``output_param`` is the field the budget came from (the largest when several are sent); ``pinned`` holds the
     indexes of fields never truncated; ``batch`` marks a list of prompts; ``chat`` describes the messages;
-    ``partial`` holds the indexes of fields holding only the start of their text (see ``max_text_chars``).
+    ``partial`` holds the indexes of fields holding only the start of their text (see ``max_text_chars``);
+    ``output_defaulted`` says the budget is the extractor's ``prompt_max_tokens`` (the request sent none).
     """
 
     fields: tuple[TextField, ...]
@@ -69,6 +70,7 @@ class ExtractedInput:
     partial: frozenset[int] = frozenset()
     keep_tokens: int | None = None
     keep_side: str = "left"
+    output_defaulted: bool = False
 
     @property
     def segments(self) -> list[Segment]:
@@ -88,6 +90,7 @@ class ExtractedInput:
             partial=self.partial,
             keep_tokens=self.keep_tokens,
             keep_side=self.keep_side,
+            output_defaulted=self.output_defaulted,
         )
 
 
@@ -224,7 +227,7 @@ class OpenAIExtractor:
             chat = Chat(chat.messages, (*chat.turns, *[-1] * missing), (*chat.places, *[()] * missing), chat.tools)
         if chat is not None:
             chat = with_options(chat, body)
-        output, output_param = self._max_tokens(body, completion=chat is None and bool(fields))
+        output, output_param, defaulted = self._max_tokens(body, completion=chat is None and bool(fields))
         return ExtractedInput(
             tuple(fields),
             output,
@@ -235,6 +238,7 @@ class OpenAIExtractor:
             chat,
             frozenset(partial),
             *kept_fields(body),
+            output_defaulted=defaulted,
         )
 
     def _prompt(self, name: str, value: Any) -> tuple[list[TextField], bool]:
@@ -346,8 +350,9 @@ class OpenAIExtractor:
             )
         return None
 
-    def _max_tokens(self, body: dict[str, Any], *, completion: bool) -> tuple[int | None, str]:
-        """The largest output budget sent, and its field: the backend may honour any of them.
+    def _max_tokens(self, body: dict[str, Any], *, completion: bool) -> tuple[int | None, str, bool]:
+        """The largest output budget sent, its field, and whether it is a default: the backend may honour any of
+        them.
 
         A ``completion`` body sending none of the fields asks for ``prompt_max_tokens``, as vLLM reads it.
         """
@@ -365,8 +370,8 @@ class OpenAIExtractor:
                 best, best_name = value, name
         sent = best is not None or any(present(body, name) for name in self.max_tokens_fields)
         if completion and not sent and self.prompt_max_tokens is not None:
-            best = self.prompt_max_tokens
-        return best, best_name
+            return self.prompt_max_tokens, best_name, True
+        return best, best_name, False
 
     def apply(self, body: Any, extracted: ExtractedInput, result: GuardResult) -> Any:
         """``body`` (changed in place) with each input piece replaced by the guard's possibly truncated one."""

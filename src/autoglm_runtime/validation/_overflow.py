@@ -18,11 +18,12 @@ def overflow_error(
     """E0513 worded as OpenAI words it, so clients that look for the phrase recognise it.
 
     The output budget is blamed on the field that asked for it; a request that sets none got the guard's
-    ``default_output_tokens``, and is told so rather than to lower a field it never sent.
+    ``default_output_tokens`` (or the backend's default, ``output_defaulted``), and is told so rather than to lower a
+    field it never sent.
     """
     has = "at least " if at_least else ""
     field = request.output_param
-    if request.max_output_tokens is not None:
+    if request.max_output_tokens is not None and not request.output_defaulted:
         output = f"{output_tokens} in the completion asked for by {field}"
         fix = f"shorten the input or lower {field}"
     else:

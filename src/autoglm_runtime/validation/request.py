@@ -48,6 +48,8 @@ class GuardInput:
     guard rejects such a request by length alone or raises :class:`IncompleteInput` (judge the whole text then).
     ``keep_tokens`` says the backend itself keeps only that many prompt tokens (vLLM's ``truncate_prompt_tokens``;
     ``-1`` for all the window leaves), from the ``keep_side`` end's opposite: ``"left"`` drops the start.
+    ``output_defaulted`` says the request sent no budget and ``max_output_tokens`` is the backend's default for it
+    (vLLM's 16 for a completion): an overflow then does not blame a field the client never sent.
 
     >>> GuardInput("Tell me a story", max_output_tokens=200, param="prompt").max_output_tokens
     200
@@ -64,6 +66,7 @@ class GuardInput:
     partial: frozenset[int] = frozenset()
     keep_tokens: int | None = None
     keep_side: str = "left"
+    output_defaulted: bool = False
 
 
 class IncompleteInput(Exception):
