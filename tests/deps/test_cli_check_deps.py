@@ -79,6 +79,11 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         f"autoglm-runtime: error E0001: model name 'a' is used by both {a / 'model.toml'} and "
         f"{other / 'model.toml'}; names must be unique\n"
     )
+    for twice in ([str(a), str(a)], [str(a), str(a / "model.toml")]):
+        assert main(["check-deps", *twice]) == 2
+        assert capsys.readouterr().err == (
+            f"autoglm-runtime: error E0001: model 'a' ({a / 'model.toml'}) is given twice: give each model once\n"
+        )
 
 
 def test_an_interpreter_that_fails_the_probe_is_a_usage_error(

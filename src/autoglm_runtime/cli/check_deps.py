@@ -321,6 +321,8 @@ def _check(
         if model.name in seen:
             from autoglm_runtime.errors import UsageError
 
+            if seen[model.name].resolve() == model.source.resolve():
+                raise UsageError(f"model '{model.name}' ({model.source}) is given twice: give each model once")
             raise UsageError(
                 f"model name '{model.name}' is used by both {seen[model.name]} and {model.source}; names must be unique"
             )
