@@ -265,10 +265,15 @@ def run(args: argparse.Namespace) -> int:
     With ``--json`` an error is printed as a JSON object on stdout too (``ok`` false, its ``code``,
     ``exit_code`` 2 and the ``error`` message), so a caller parsing stdout always gets JSON.
     """
+    given = args.python
     if args.python:
         args.python = _early_probe.absolute(args.python)
     started = _probe_process(args) if args.python else None
     try:
+        if given and started is not None and isinstance(started.error, FileNotFoundError):
+            from autoglm_runtime.deps.probe import launch_error
+
+            raise launch_error(args.python, started.error, given) from started.error
         width = None if args.json else _width()
         key = _report_key(args, width)
         entry = _report_cache.entry_path(_early_probe.cache_path(args.python)) if key is not None else ""
