@@ -82,7 +82,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--plan",
         action="store_true",
-        help="also print a plan: the models in groups that can each share one environment (greedy)",
+        help="also print a plan: the models in groups whose direct requirements can share one environment (greedy)",
     )
     parser.add_argument(
         "--why",
