@@ -250,7 +250,7 @@ def test_a_stream_of_something_else_is_a_model_call_error(echo: Any) -> None:
     with pytest.raises(ModelCallError) as info:
         list(echo.stream("not_a_generator", timeout=60))
     assert info.value.code == "E0105"
-    assert "not_a_generator() returned a int, not a generator: use call()" in str(info.value)
+    assert "not_a_generator() returned an int, not a generator: use call()" in str(info.value)
 
 
 def test_stream_idle_timeout_raises_e0305_and_restarts_the_worker(

@@ -253,3 +253,28 @@ def test_version_refuses_a_key_starting_with_a_slash_as_get_does(tmp_path: Path)
             "config key '/cfg/models/window' starts with '/' and can never exist: keys are relative to the client's "
             "root /cfg, such as 'models/window'"
         )
+
+
+def test_a_listener_that_is_not_callable_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    from pydantic import BaseModel
+
+    class Window(BaseModel):
+        context_window: int
+
+    (tmp_path / "cfg" / "models").mkdir(parents=True)
+    (tmp_path / "cfg" / "models" / "context_window").write_text("4096")
+    with ConfigClient(f"file://{tmp_path}", "/cfg") as client:
+        with pytest.raises(UsageError) as info:
+            client.subscribe("models/", "on_change")  # type: ignore[arg-type]
+        assert str(info.value) == (
+            "E0001: subscribe('models/', ...) was given 'on_change' (of type str) as its listener, which is not "
+            "callable: pass a function taking one ConfigChange"
+        )
+        with pytest.raises(UsageError, match=r"subscribe\('', ...\) was given None \(of type NoneType\)"):
+            client.get_and_subscribe("", None)  # type: ignore[arg-type]
+        with client.typed_view("models", Window) as view, pytest.raises(UsageError) as typed:
+            view.subscribe(42)  # type: ignore[arg-type]
+        assert typed.value.message == (
+            "TypedView.subscribe was given 42 (of type int) as its listener, which is not callable: pass a function "
+            "taking one Window"
+        )

@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from autoglm_runtime.config.dispatcher import ConfigChange, Dispatcher
+from autoglm_runtime.errors import UsageError
 
 
 def change(key: str, version: int) -> ConfigChange:
@@ -79,5 +80,9 @@ def test_slow_listener_never_blocks_publish() -> None:
 
 
 def test_listener_must_be_callable() -> None:
-    with pytest.raises(TypeError, match="listener must be callable, not 3"):
+    with pytest.raises(UsageError) as info:
         Dispatcher().subscribe("", 3)  # type: ignore[arg-type]
+    assert str(info.value) == (
+        "E0001: subscribe('', ...) was given 3 (of type int) as its listener, which is not callable: pass a function "
+        "taking one ConfigChange"
+    )

@@ -14,6 +14,8 @@ from tests._support.processes import processes_matching
 
 from autoglm_runtime.cli import main
 from autoglm_runtime.cli.check_deps import load_target
+from autoglm_runtime.deps.probe import probe_environment
+from autoglm_runtime.errors import UsageError
 from autoglm_runtime.testing import fail_in_ci_else_skip
 
 
@@ -78,6 +80,36 @@ def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert capsys.readouterr().err == (
         f"autoglm-runtime: error E0001: model name 'a' is used by both {a / 'model.toml'} and "
         f"{other / 'model.toml'}; names must be unique\n"
+    )
+    for twice in ([str(a), str(a)], [str(a), str(a / "model.toml")]):
+        assert main(["check-deps", *twice]) == 2
+        assert capsys.readouterr().err == (
+            f"autoglm-runtime: error E0001: model 'a' ({a / 'model.toml'}) is given twice: give each model once\n"
+        )
+
+
+def test_a_bare_interpreter_name_not_on_path_is_said_not_found_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.chdir(tmp_path)
+    said = (
+        "E0001: interpreter python3.99 was not found on PATH; pass a Python executable (a path, or a name on PATH) "
+        "to --python"
+    )
+    for spelling in (["--python", "python3.99"], ["--python=python3.99", "--no-cache"], ["--pyth", "python3.99"]):
+        assert main(["check-deps", *spelling]) == 2
+        assert capsys.readouterr().err == f"autoglm-runtime: error {said}\n"
+    assert main(["check-deps", "--python", "python3.99", "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"] == said
+    with pytest.raises(UsageError) as info:
+        probe_environment("python3.99")
+    assert str(info.value) == said
+    assert main(["check-deps", "--python", "./python3.99"]) == 2  # a path: said as before, made absolute
+    assert capsys.readouterr().err == (
+        f"autoglm-runtime: error E0001: interpreter {tmp_path / 'python3.99'} does not exist; pass a Python "
+        "executable to --python\n"
     )
 
 

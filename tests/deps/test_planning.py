@@ -76,7 +76,8 @@ def test_the_plan_groups_models_that_can_share_and_checks_each_group_whole() -> 
     plan = plan_groups(broken, WIN39)
     assert plan.to_json() == {"method": "greedy", "groups": [["a"]], "unplaceable": ["self"]}
     assert plan.render() == (
-        "plan: 1 environment for 1 models (greedy grouping: may not be the fewest possible)\n"
+        "plan: 1 environment for 1 models, grouped by their direct requirements (greedy grouping: may not be the "
+        "fewest possible)\n"
         "  group 1: a\n"
         "  no environment (contradictory requirements): self\n"
     )
@@ -130,7 +131,17 @@ def test_cli_plan_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["check-deps", str(a), str(b), "--plan"]) == 1
     text = capsys.readouterr().out
     assert text.endswith(
-        "plan: 2 environments for 2 models (greedy grouping: may not be the fewest possible)\n"
+        "plan: 2 environments for 2 models, grouped by their direct requirements (greedy grouping: may not be the "
+        "fewest possible)\n"
         "  group 1: a\n"
         "  group 2: b\n"
+    )
+    c = _model_dir(tmp_path, "c", "packaging>=1,<99")
+    assert main(["check-deps", str(a), str(b), str(c), "--plan"]) == 1
+    assert capsys.readouterr().out.endswith(
+        "plan: 2 environments for 3 models, grouped by their direct requirements (greedy grouping: may not be the "
+        "fewest possible)\n"
+        "  group 1: a\n"
+        "  group 2: b, c\n"
+        "  not judged: what the requirements pull in, which may still clash within a group\n"
     )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
+import pytest
 from tests.validation._helpers import char_tok, extract, rewrite
 
 from autoglm_runtime.validation import (
@@ -32,6 +34,14 @@ async def echo_stream(requests: AsyncIterator[bytes], context: grpc.aio.Servicer
         yield request
 
 
+def plain_complete(request: bytes, context: grpc.ServicerContext) -> bytes:
+    return request
+
+
+def plain_words(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+    yield from json.loads(request)["prompt"].encode().split()
+
+
 def run(interceptor: AsyncValidationInterceptor, body: Callable[[grpc.aio.Channel], Awaitable[Any]]) -> Any:
     async def go() -> Any:
         server = grpc.aio.server(interceptors=[interceptor])
@@ -39,6 +49,8 @@ def run(interceptor: AsyncValidationInterceptor, body: Callable[[grpc.aio.Channe
             "Complete": grpc.unary_unary_rpc_method_handler(complete),
             "Words": grpc.unary_stream_rpc_method_handler(words),
             "Echo": grpc.stream_stream_rpc_method_handler(echo_stream),
+            "PlainComplete": grpc.unary_unary_rpc_method_handler(plain_complete),
+            "PlainWords": grpc.unary_stream_rpc_method_handler(plain_words),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         port = server.add_insecure_port("127.0.0.1:0")
@@ -212,3 +224,41 @@ def test_a_rejection_carries_its_code_in_trailing_metadata_too() -> None:
 
 async def _as_stream(call: Awaitable[Any]) -> AsyncIterator[Any]:
     yield await call
+
+
+def test_a_plain_function_handler_is_refused_with_a_coded_status_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    interceptor = AsyncValidationInterceptor(context_guard=ContextWindowGuard(char_tok(), 20), extractor=extract)
+
+    async def body(channel: grpc.aio.Channel) -> Any:
+        refused = []
+        for _ in range(2):
+            call = channel.unary_unary(f"/{SERVICE}/PlainComplete")(payload("hello"))
+            code, details = await failure(call)
+            refused.append((code, details, dict(await call.trailing_metadata())))
+        stream = channel.unary_stream(f"/{SERVICE}/PlainWords")(payload("a b"))
+        code, details = await failure(stream.read())
+        return refused, (code, details, dict(await stream.trailing_metadata()))
+
+    with caplog.at_level(logging.WARNING, logger="autoglm_runtime.validation.grpc"):
+        refused, streamed = run(interceptor, body)
+    message = (
+        f"the handler of /{SERVICE}/PlainComplete (plain_complete) is a plain function, but AsyncValidationInterceptor "
+        "awaits the handlers it guards: make it `async def` (an async generator for a streamed response), or serve "
+        "it with grpc.server and ValidationInterceptor"
+    )
+    expected = (grpc.StatusCode.INTERNAL, f"E0001: {message}", {"x-autoglm-error-code": "E0001"})
+    assert refused == [expected, expected]
+    assert streamed == (
+        grpc.StatusCode.INTERNAL,
+        f"E0001: {message}".replace("PlainComplete (plain_complete)", "PlainWords (plain_words)"),
+        {"x-autoglm-error-code": "E0001"},
+    )
+    logged = [(r.levelname, r.getMessage(), getattr(r, "error_code", None)) for r in caplog.records]
+    assert logged == [
+        ("ERROR", f"gRPC handler refused: {message}", "E0001"),
+        (
+            "ERROR",
+            "gRPC handler refused: " + message.replace("PlainComplete (plain_complete)", "PlainWords (plain_words)"),
+            "E0001",
+        ),
+    ]

@@ -86,6 +86,24 @@ def test_hf_from_file_missing(tmp_path: Path) -> None:
     assert info.value.message.startswith(f"cannot load the tokenizer file {str(tmp_path / 'nope.json')!r}: ")
 
 
+def test_hf_from_file_takes_a_model_directory_holding_tokenizer_json(tokenizer_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "tokenizer.json").write_bytes((tokenizer_dir / "bytelevel.json").read_bytes())
+    text = "hello world, ünïcödé"
+    from_directory = HFTokenizer.from_file(model)
+    assert from_directory.encode(text) == HFTokenizer.from_file(model / "tokenizer.json").encode(text)
+    assert from_directory.encode(text) == RawTokenizer.from_file(str(tokenizer_dir / "bytelevel.json")).encode(text).ids
+    assert from_directory.max_token_chars == HFTokenizer.from_file(tokenizer_dir / "bytelevel.json").max_token_chars
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError) as info:
+        HFTokenizer.from_file(tmp_path / "empty")
+    assert str(info.value) == (
+        f"E0001: the directory {str(tmp_path / 'empty')!r} holds no tokenizer.json: give the model's tokenizer.json, "
+        "or the directory holding it"
+    )
+
+
 def test_ranks_file_with_a_bad_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.tiktoken"
     path.write_bytes(base64.b64encode(b"a") + b" 0\nnot-base64!! 1\n")

@@ -82,7 +82,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--plan",
         action="store_true",
-        help="also print a plan: the models in groups that can each share one environment (greedy)",
+        help="also print a plan: the models in groups whose direct requirements can share one environment (greedy)",
     )
     parser.add_argument(
         "--why",
@@ -265,10 +265,15 @@ def run(args: argparse.Namespace) -> int:
     With ``--json`` an error is printed as a JSON object on stdout too (``ok`` false, its ``code``,
     ``exit_code`` 2 and the ``error`` message), so a caller parsing stdout always gets JSON.
     """
+    given = args.python
     if args.python:
         args.python = _early_probe.absolute(args.python)
     started = _probe_process(args) if args.python else None
     try:
+        if given and started is not None and isinstance(started.error, FileNotFoundError):
+            from autoglm_runtime.deps.probe import launch_error
+
+            raise launch_error(args.python, started.error, given) from started.error
         width = None if args.json else _width()
         key = _report_key(args, width)
         entry = _report_cache.entry_path(_early_probe.cache_path(args.python)) if key is not None else ""
@@ -321,6 +326,8 @@ def _check(
         if model.name in seen:
             from autoglm_runtime.errors import UsageError
 
+            if seen[model.name].resolve() == model.source.resolve():
+                raise UsageError(f"model '{model.name}' ({model.source}) is given twice: give each model once")
             raise UsageError(
                 f"model name '{model.name}' is used by both {seen[model.name]} and {model.source}; names must be unique"
             )

@@ -16,11 +16,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from autoglm_runtime.errors import UsageError
+
 __all__ = ["ChangeKind", "ConfigChange", "Dispatcher", "Listener"]
 
 log = logging.getLogger(__name__)
 
 ChangeKind = Literal["added", "updated", "deleted"]
+
+
+def require_callable(fn: object, where: str, argument: str) -> None:
+    """Refuse a listener that cannot be called (E0001) now, rather than on the dispatcher thread at a change."""
+    if not callable(fn):
+        raise UsageError(
+            f"{where} was given {fn!r} (of type {type(fn).__name__}) as its listener, which is not callable: pass a "
+            f"function taking one {argument}"
+        )
 
 
 @dataclass(frozen=True)
@@ -69,8 +80,7 @@ class Dispatcher:
     def subscribe(self, prefix: str, fn: Listener, *, after: int = 0) -> Callable[[], None]:
         """Call ``fn`` for every change whose key starts with ``prefix`` published after the first ``after``
         ones (default: every change not yet delivered); returns the unsubscribe callable."""
-        if not callable(fn):
-            raise TypeError(f"listener must be callable, not {fn!r}")
+        require_callable(fn, f"subscribe({prefix!r}, ...)", "ConfigChange")
         ident = next(self._ids)
         with self._lock:
             self._subscribers = (*self._subscribers, (ident, prefix, fn, after))

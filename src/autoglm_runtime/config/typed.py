@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from autoglm_runtime.config.dispatcher import require_callable
 from autoglm_runtime.errors import ConfigTypeError, UsageError
 
 if TYPE_CHECKING:
@@ -94,6 +95,7 @@ class TypedView(Generic[M]):
 
     def subscribe(self, fn: Callable[[M], None]) -> Callable[[], None]:
         """Call ``fn(model)`` for each new valid model; returns a callable that removes ``fn``."""
+        require_callable(fn, "TypedView.subscribe", self.model.__name__)
         with self._lock:
             self._listeners.append(fn)
 

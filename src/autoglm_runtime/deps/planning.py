@@ -1,11 +1,13 @@
-"""Which models can share one environment: contradictions, cross-model conflicts, and a grouping plan.
+"""Which models can share one environment, judged by their direct requirements: contradictions, cross-model
+conflicts, and a grouping plan.
 
 Many models repeat the same requirement texts, so models are compared in *camps*: the models that need
 one distribution with the same specifier set. A conflict between two camps is one finding naming every
 model of both, instead of one finding per pair of models; each distinct combination of specifier sets is
 judged once (:func:`~autoglm_runtime.deps.specifiers.disjoint`).
 
-:func:`plan_groups` partitions models into groups that can each share one environment::
+:func:`plan_groups` partitions models into groups whose direct requirements (and ``python`` ranges) can all hold in
+one environment::
 
     from autoglm_runtime.deps.planning import plan_groups
     plan = plan_groups(models)            # ModelManifest objects
@@ -13,7 +15,9 @@ judged once (:func:`~autoglm_runtime.deps.specifiers.disjoint`).
 
 Finding the fewest groups is graph colouring, which is NP-hard; the plan is *greedy* (most-constrained
 model first, each into the first group it fits), so it may use more groups than the optimum, never fewer
-than needed, and each group it gives is checked as a whole, not only pairwise.
+than needed, and each group it gives is checked as a whole, not only pairwise. What the requirements pull in is
+not judged (that takes a resolver): a group may still fail to install as one, and
+:meth:`~autoglm_runtime.isolation.ModelLoader.share_environments` then gives its members environments of their own.
 """
 
 from __future__ import annotations
@@ -175,7 +179,7 @@ def _clashes(key: str | None, label: str, specs: Mapping[str, SpecifierSet], tex
 
 @dataclass(frozen=True)
 class Plan:
-    """Models partitioned into groups that can each share one environment (found greedily)."""
+    """Models partitioned into groups whose direct requirements can share one environment (found greedily)."""
 
     groups: tuple[tuple[str, ...], ...]
     #: Models that fit no environment at all (their own requirements contradict each other).
@@ -191,16 +195,19 @@ class Plan:
         count = len(self.groups)
         lines = [
             f"plan: {count} environment{'' if count == 1 else 's'} for "
-            f"{sum(len(g) for g in self.groups)} models (greedy grouping: may not be the fewest possible)"
+            f"{sum(len(g) for g in self.groups)} models, grouped by their direct requirements (greedy grouping: "
+            "may not be the fewest possible)"
         ]
         lines += [f"  group {i}: {', '.join(group)}" for i, group in enumerate(self.groups, start=1)]
+        if any(len(group) > 1 for group in self.groups):
+            lines.append("  not judged: what the requirements pull in, which may still clash within a group")
         if self.unplaceable:
             lines.append(f"  no environment (contradictory requirements): {', '.join(self.unplaceable)}")
         return "\n".join(lines) + "\n"
 
 
 def plan_groups(models: Sequence[ModelRequirements], markers: Mapping[str, str] | None = None) -> Plan:
-    """Partition ``models`` into groups that can each share one environment, greedily.
+    """Partition ``models`` into groups whose direct requirements can share one environment, greedily.
 
     A model joins the first group in which, for every distribution, the specifier sets of all members
     and its own still have a common version; the most-constrained models are placed first.

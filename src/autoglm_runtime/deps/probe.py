@@ -259,8 +259,8 @@ def _directory_error(exe: str) -> UsageError:
     return UsageError(f"{exe} is a directory, not an interpreter; pass a Python executable to --python")
 
 
-def launch_error(python: str | Path, exc: OSError | subprocess.TimeoutExpired) -> UsageError:
-    """The usage error for an interpreter that could not be started or did not answer."""
+def launch_error(python: str | Path, exc: OSError | subprocess.TimeoutExpired, given: str | None = None) -> UsageError:
+    """The usage error for an interpreter (``given`` as ``python``) that could not be started or did not answer."""
     from autoglm_runtime.errors import UsageError  # here: a check that runs never loads the registry
 
     exe = str(python)
@@ -268,6 +268,12 @@ def launch_error(python: str | Path, exc: OSError | subprocess.TimeoutExpired) -
         return UsageError(f"interpreter {exe} did not answer the probe within {PROBE_TIMEOUT:.0f} s")
     if os.path.isdir(exe):
         return _directory_error(exe)
+    if isinstance(exc, FileNotFoundError) and given is not None and os.sep not in given:
+        # A bare name was looked for on PATH: ``exe`` (made absolute in the working directory) is only where it is not.
+        return UsageError(
+            f"interpreter {given} was not found on PATH; pass a Python executable (a path, or a name on PATH) "
+            "to --python"
+        )
     if isinstance(exc, FileNotFoundError):
         return UsageError(f"interpreter {exe} does not exist; pass a Python executable to --python")
     if isinstance(exc, PermissionError):
@@ -350,5 +356,5 @@ def probe_environment(python: str | Path | None = None) -> ProbedEnvironment:
     try:
         done = subprocess.run(probe_command(exe), capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise launch_error(exe, exc) from exc
+        raise launch_error(exe, exc, os.fspath(python)) from exc
     return finish_probe(exe, done.returncode, done.stdout, done.stderr)

@@ -216,12 +216,13 @@ class ModelLoader:
         return model
 
     def share_environments(self, models: Sequence[str | os.PathLike[str] | ModelManifest]) -> Plan:
-        """Opt in to one environment per group of ``models`` that can share one, instead of one per
-        requirement set; returns the plan (:func:`~autoglm_runtime.deps.planning.plan_groups`, greedy).
+        """Opt in to one environment per group of ``models`` whose direct requirements can share one, instead of
+        one per requirement set; returns the plan (:func:`~autoglm_runtime.deps.planning.plan_groups`, greedy).
 
         Each group's environment holds the union of its members' requirements (markers judged for the
         running interpreter), so loading any member builds or reuses the group's environment. Models left out,
-        or whose requirements contradict themselves, keep an environment of their own.
+        or whose requirements contradict themselves, keep an environment of their own, and so do the members of
+        a group whose environment cannot be built (what their requirements pull in clashes): a warning says so.
 
         >>> plan = loader.share_environments(["models/a", "models/b", "models/c"])   # doctest: +SKIP
         >>> plan.groups                                                             # doctest: +SKIP

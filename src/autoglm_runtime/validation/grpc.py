@@ -32,7 +32,7 @@ from typing import Any
 
 import grpc
 
-from autoglm_runtime.errors import INPUT_TRUNCATED, AutoGLMRuntimeError, InvalidRequestError
+from autoglm_runtime.errors import INPUT_TRUNCATED, AutoGLMRuntimeError, InvalidRequestError, UsageError
 from autoglm_runtime.logging import get_logger
 from autoglm_runtime.observability import GuardCheck
 from autoglm_runtime.validation.asgi import ERROR_CODE_HEADER, TRUNCATED_TOKENS_HEADER, WARNING_CODE_HEADER
@@ -261,7 +261,8 @@ class ValidationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """The same guards for ``grpc.aio`` servers; messages are judged in a worker thread (tokenizing is CPU work).
 
-    Handlers must be coroutine functions or async generators, as ``grpc.aio`` servicers usually are.
+    Handlers must be coroutine functions or async generators, as ``grpc.aio`` servicers usually are: with an
+    ``extractor``, a plain function's calls are refused (E0001, logged once per method, ``INTERNAL``).
     """
 
     def __init__(
@@ -274,6 +275,7 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         decode_guard: DecodeGuard | None = None,
     ) -> None:
         self._guards = _Guards(header_guard, context_guard, extractor, rewriter, decode_guard)
+        self._refused: set[str] = set()
 
     async def intercept_service(
         self,
@@ -289,6 +291,9 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         if self._guards.extractor is None:
             return handler
         behavior = _behavior(handler)
+        if not (inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)):
+            refusing = self._refusing(handler_call_details.method, behavior, handler.response_streaming)
+            return _build(handler, refusing, request_deserializer=None)
         judge = self._judge
 
         async def judged(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -322,6 +327,20 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
 
         return _build(handler, guarded_single, request_deserializer=handler.request_deserializer)
 
+    def _refusing(self, method: str, behavior: Callable[..., Any], streaming: bool) -> Callable[..., Any]:
+        """Every call to a plain-function handler refused: awaiting what it returns would end each call with a
+        bare UNKNOWN ("object dict can't be used in 'await' expression")."""
+        error = UsageError(
+            f"the handler of {method} ({getattr(behavior, '__qualname__', behavior)}) is a plain function, but "
+            "AsyncValidationInterceptor awaits the handlers it guards: make it `async def` (an async generator for "
+            "a streamed response), or serve it with grpc.server and ValidationInterceptor"
+        )
+        if method not in self._refused:
+            self._refused.add(method)
+            log.error("gRPC handler refused: %s", error.message, extra={"error_code": error.code})
+        # INTERNAL, not the class's INVALID_ARGUMENT: the server is set up wrong, the client's request is not.
+        return _async_rejecting(error, streaming, refused=grpc.StatusCode.INTERNAL)
+
     async def _judge(self, request: Any, context: grpc.aio.ServicerContext, tally: _Tally) -> Any:
         with GuardCheck("grpc") as check:
             return await self._verdict(request, context, tally, check)
@@ -354,16 +373,24 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         return request
 
 
-def _async_rejecting(error: AutoGLMRuntimeError, streaming: bool) -> Callable[..., Any]:
-    async def reject(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+def _async_rejecting(
+    error: AutoGLMRuntimeError, streaming: bool, refused: grpc.StatusCode | None = None
+) -> Callable[..., Any]:
+    """A handler of the right shape whose every call is aborted with ``error``: a guard's rejection, or with
+    status ``refused`` a handler refused (logged once when refused, and no guard's verdict)."""
+
+    async def abort(context: grpc.aio.ServicerContext) -> None:
+        if refused is not None:
+            await context.abort(refused, f"{error.code}: {error.message}", _trailer(error))
         with GuardCheck("grpc") as check:
             check.reject(error)
             await context.abort(_status(error), _details(error), _trailer(error))
 
+    async def reject(_request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await abort(context)
+
     async def reject_streaming(_request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        with GuardCheck("grpc") as check:
-            check.reject(error)
-            await context.abort(_status(error), _details(error), _trailer(error))
+        await abort(context)
         yield  # pragma: no cover - abort raises; the yield only makes this an async generator
 
     return reject_streaming if streaming else reject

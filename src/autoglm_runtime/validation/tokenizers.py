@@ -133,13 +133,21 @@ class HFTokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path, *, add_special_tokens: bool = True) -> HFTokenizer:
-        """Load ``tokenizer.json`` from a local path (no hub look-up, no download)."""
+        """Load ``tokenizer.json`` from a local path, or from a model directory holding one, as
+        :meth:`ChatTemplate.from_file` takes one (no hub look-up, no download)."""
         try:  # optional dependency: imported only when used
             import tokenizers
         except ImportError as exc:
             raise UsageError(
                 "HFTokenizer needs tokenizers: pip install 'autoglm-runtime[tokenizers]' (tokenizers>=0.15)"
             ) from exc
+        if Path(path).is_dir():
+            if not (Path(path) / "tokenizer.json").is_file():
+                raise UsageError(
+                    f"the directory {str(path)!r} holds no tokenizer.json: give the model's tokenizer.json, or the "
+                    "directory holding it"
+                )
+            path = Path(path) / "tokenizer.json"
         try:
             tok = tokenizers.Tokenizer.from_file(str(path))
         except Exception as exc:

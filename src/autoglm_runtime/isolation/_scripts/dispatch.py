@@ -34,6 +34,17 @@ WINDOW = 32
 _PLAIN = frozenset((type(None), bool, int, float, str, bytes, bytearray, memoryview, list, dict, tuple))
 
 
+def a_type(value: object) -> str:
+    """``value``'s type name after its article, for messages: "an int", "a list"."""
+    kind = type(value).__name__
+    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
+
+
+def not_a_generator(method: str, result: object) -> TypeError:
+    """What a stream's call says when the method returned something else ("returned an int")."""
+    return TypeError(f"{method}() returned {a_type(result)}, not a generator: use call()")
+
+
 class _Stream:
     """Flow control and cancellation of one stream; its waits end on credit or cancel."""
 
@@ -189,9 +200,7 @@ class Dispatcher:
                 self._answer(call_id, result)
                 return
             if not inspect.isgenerator(result):
-                raise TypeError(
-                    f"{message['method']}() returned a {type(result).__name__}, not a generator: use call()"
-                )
+                raise not_a_generator(message["method"], result)
             try:
                 for item in result:
                     if not stream.take():
@@ -238,9 +247,7 @@ class Dispatcher:
                 finally:
                     result.close()
             else:
-                raise TypeError(
-                    f"{message['method']}() returned a {type(result).__name__}, not a generator: use call()"
-                )
+                raise not_a_generator(message["method"], result)
             self._reply({"id": call_id, "ok": True, "end": True})
         except BaseException as exc:
             self._fail(call_id, exc)

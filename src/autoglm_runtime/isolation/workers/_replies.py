@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from autoglm_runtime.errors import BackendUnsupportedError, IsolationError, ModelCallError, ModelLoadError
+from autoglm_runtime.isolation._scripts.dispatch import a_type
 
 __all__ = ["ReplyMismatch", "hello_of", "result_of", "undecodable_reply"]
 
@@ -35,7 +36,7 @@ def hello_of(name: str, entrypoint: str, hello: Any) -> Mapping[str, Any]:
     entrypoint failed) or :class:`ReplyMismatch`.
     """
     if not isinstance(hello, dict):
-        raise ReplyMismatch(f"sent a {type(hello).__name__} instead of a handshake")
+        raise ReplyMismatch(f"sent {a_type(hello)} instead of a handshake")
     if hello.get("ok"):
         return hello
     error = _error_of(hello)
@@ -59,7 +60,7 @@ def result_of(name: str, method: str, call_id: int, reply: Any) -> Any:
     :class:`ReplyMismatch`.
     """
     if not isinstance(reply, dict):
-        raise ReplyMismatch(f"answered {method}() with a {type(reply).__name__}")
+        raise ReplyMismatch(f"answered {method}() with {a_type(reply)}")
     if reply.get("ok") is True and reply.get("id") == call_id:  # the common case, without building an error
         return reply.get("result")
     error = _error_of(reply)
