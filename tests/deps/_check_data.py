@@ -42,13 +42,16 @@ def dist(
     record_matches: bool | None = None,
     clashes: Mapping[str, bool] | None = None,
     editable: str | None = None,
+    metadata_dir: str | None = None,
+    same_files: Iterable[str] = (),
 ) -> dict[str, Any]:
     """One distribution as the probe describes it."""
+    same = {"same_files": list(same_files)} if same_files else {}
     return {
         "name": name,
         "version": version,
         "location": location,
-        "metadata_dir": f"{location}/{name}-{version}.dist-info",
+        "metadata_dir": metadata_dir or f"{location}/{name}-{version}.dist-info",
         "requires": list(requires),
         "requires_python": requires_python,
         "provides_extra": list(extras),
@@ -57,15 +60,19 @@ def dist(
         "record_matches": record_matches,
         "clashes": dict(clashes or {}),
         "editable": editable,
+        **same,
     }
 
 
-def environment(*dists: dict[str, Any], markers: Mapping[str, str] = WIN39) -> ProbedEnvironment:
+def environment(
+    *dists: dict[str, Any], markers: Mapping[str, str] = WIN39, base_site: Sequence[str] = ()
+) -> ProbedEnvironment:
     data = {
-        "probe": 2,
+        "probe": 3,
         "version": markers["python_full_version"],
         "markers": dict(markers),
-        "path": [SITE],
+        "path": [SITE, *base_site],
+        "base_site": list(base_site),
         "distributions": list(dists),
     }
     return parse_probe(data, "/t/bin/python")

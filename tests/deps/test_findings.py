@@ -22,7 +22,7 @@ CYCLE = Finding(kind="cycle", packages=("x", "y"), message="dependency cycle: x 
 def test_every_kind_is_listed_once() -> None:
     assert sorted(KINDS) == sorted(typing.get_args(Kind))
     assert len(set(KINDS)) == len(KINDS)
-    assert set(INFORMATIONAL_KINDS) == {"cycle"}
+    assert set(INFORMATIONAL_KINDS) == {"cycle", "overrides-base"}
 
 
 def test_only_informational_findings_keep_the_report_ok() -> None:

@@ -1,9 +1,9 @@
 """Findings of ``check-deps`` and the report that carries them (JSON form and terminal rendering).
 
 Every finding has the code E0101, a ``kind`` (the stable JSON value below), the distributions and models it
-involves, a one-sentence message with versions and specifiers, and a hint saying what to do. ``cycle`` is
-informational: it is reported but does not make the check fail. The JSON form is documented in
-``docs/check-deps.md``; its field names are stable.
+involves, a one-sentence message with versions and specifiers, and a hint saying what to do. ``cycle`` and
+``overrides-base`` are informational: they are reported but do not make the check fail. The JSON form is
+documented in ``docs/check-deps.md``; its field names are stable.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ Kind = Literal[
     "model-vs-host",
     "missing-extra",
     "invalid-metadata",
+    "overrides-base",
     "cycle",
 ]
 #: Every kind, in the order reports list them.
@@ -45,10 +46,11 @@ KINDS: tuple[Kind, ...] = (
     "duplicate",
     "shadowed-module",
     "invalid-metadata",
+    "overrides-base",
     "cycle",
 )
 #: Kinds that are reported but never change the exit code.
-INFORMATIONAL_KINDS: frozenset[str] = frozenset({"cycle"})
+INFORMATIONAL_KINDS: frozenset[str] = frozenset({"cycle", "overrides-base"})
 REPORT_FORMAT = 1
 
 
@@ -66,7 +68,7 @@ class Finding:
 
     @property
     def severity(self) -> Literal["error", "info"]:
-        """``info`` for informational kinds (``cycle``), else ``error``."""
+        """``info`` for informational kinds (``cycle``, ``overrides-base``), else ``error``."""
         return "info" if self.kind in INFORMATIONAL_KINDS else "error"
 
     def sort_key(self) -> tuple[int, tuple[str, ...], tuple[str, ...], str]:
@@ -104,7 +106,7 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        """True when no finding affects the exit code (informational ``cycle`` findings may remain)."""
+        """True when no finding affects the exit code (informational findings may remain)."""
         return not any(f.severity == "error" for f in self.findings)
 
     @property

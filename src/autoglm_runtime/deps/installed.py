@@ -8,6 +8,7 @@ from typing import Literal
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
+from autoglm_runtime.deps._copies import duplicates
 from autoglm_runtime.deps._graph import Edges, cycles, req_text, shortest_chain
 from autoglm_runtime.deps.findings import Finding
 from autoglm_runtime.deps.probe import InstalledDist, ProbedEnvironment, canonical
@@ -222,7 +223,7 @@ class RequirementGraph:
 
 def check_installed(env: ProbedEnvironment) -> list[Finding]:
     """Every finding about the environment alone (no model involved)."""
-    findings = _invalid_metadata(env) + _duplicates(env) + _shadowed_modules(env)
+    findings = _invalid_metadata(env) + duplicates(env) + _shadowed_modules(env)
     graph = RequirementGraph(env, {})
     version = env.python_version
     for key, dist in sorted(env.winners.items()):
@@ -268,61 +269,6 @@ def _invalid_metadata(env: ProbedEnvironment) -> list[Finding]:
                     details={"metadata_dir": dist.metadata_dir, "error": error},
                 )
             )
-    return findings
-
-
-def _place(dist: InstalledDist) -> dict[str, str]:
-    return {"version": dist.version, "location": dist.location, "metadata_dir": dist.metadata_dir}
-
-
-def _duplicates(env: ProbedEnvironment) -> list[Finding]:
-    findings = []
-    for key in sorted(env.winners):
-        found = env.copies(key)
-        if len(found) < 2:
-            continue
-        used = env.winners[key]
-        name = used.name
-        same_dir = [d for d in found if d.location == used.location and d is not used]
-        other_dirs = [d for d in found if d.location != used.location]
-        # pip cannot uninstall a copy whose RECORD is gone, and an unpinned --force-reinstall would upgrade
-        # past what the environment pins: delete the stale metadata, then reinstall the same version.
-        reinstall = f"pip install --force-reinstall --no-deps '{name}=={used.version}'"
-        if key not in env.undetermined:
-            hidden = "; ".join(f"{d.label} ({d.metadata_dir})" for d in found if d is not used)
-            message = (
-                f"{name} is installed {len(found)} times on the path: {used.label} ({used.metadata_dir}) is the "
-                f"one imported, shadowing {hidden}"
-            )
-            details: dict[str, object] = {"used": _place(used), "shadowed": [_place(d) for d in found if d is not used]}
-            steps = []
-            if same_dir:
-                dirs = ", ".join(d.metadata_dir for d in same_dir)
-                steps.append(f"delete the stale metadata {'directories' if len(same_dir) > 1 else 'directory'} {dirs}")
-            if other_dirs:
-                steps.append(
-                    "uninstall the shadowed copies in other directories or take those directories off the path"
-                )
-            hint = "; ".join(steps)
-        else:
-            candidates = [d for d in found if d.location == used.location]
-            listed = " and ".join(f"{d.label} ({d.metadata_dir})" for d in candidates)
-            message = (
-                f"{name} is installed {len(found)} times on the path: {listed} are in one directory and the files "
-                "on disk match no single copy's RECORD, so which copy's files are imported cannot be determined"
-            )
-            if other_dirs:
-                message += "; they shadow " + "; ".join(f"{d.label} ({d.metadata_dir})" for d in other_dirs)
-            hint = (
-                f"delete the metadata directories of the copies you do not want, then reinstall the one you keep over "
-                f"its files, e.g. {reinstall}"
-            )
-            details = {
-                "used": None,
-                "candidates": [_place(d) for d in candidates],
-                "shadowed": [_place(d) for d in other_dirs],
-            }
-        findings.append(Finding(kind="duplicate", packages=(key,), message=message, hint=hint, details=details))
     return findings
 
 

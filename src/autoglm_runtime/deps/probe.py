@@ -75,6 +75,9 @@ class InstalledDist:
     #: Import names, claimed in several path entries too, whose ``__init__.py`` in this distribution's
     #: directory declares a namespace (pkgutil ``extend_path``, ``pkg_resources.declare_namespace``).
     namespaces: frozenset[str] = frozenset()
+    #: Metadata directories of the other copies in this directory that are the same distribution: the same
+    #: version, describing the same files (Debian's ``.dist-info`` beside its ``.egg-info``).
+    same_files: frozenset[str] = frozenset()
 
     @functools.cached_property
     def parsed_version(self) -> Version | str:
@@ -106,6 +109,9 @@ class ProbedEnvironment:
     markers: dict[str, str]
     path: list[str]
     dists: list[InstalledDist]
+    #: The path entries that are the base interpreter's site directories (a virtual environment made with
+    #: ``--system-site-packages``); empty elsewhere.
+    base_site: frozenset[str] = frozenset()
     #: The importable copy of each distribution, by normalised name (see :meth:`copies`).
     winners: dict[str, InstalledDist] = field(init=False)
     _copies: dict[str, list[InstalledDist]] = field(init=False, repr=False)
@@ -117,26 +123,41 @@ class ProbedEnvironment:
     _evaluated: dict[tuple[int, str], tuple[Marker, bool]] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
+    _matches: dict[str, bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         copies: dict[str, list[InstalledDist]] = {}
+        matches: dict[str, bool] = {}  # a copy's metadata directory -> whether it or one the same matches
         for dist in self.dists:
-            if dist.name:
-                copies.setdefault(dist.key, []).append(dist)
+            if not dist.name:
+                continue
+            found = copies.setdefault(dist.key, [])
+            same = next((d for d in found if d.metadata_dir in dist.same_files), None) if dist.same_files else None
+            if same is not None:  # one distribution with two metadata directories: the first listed stands
+                matches[same.metadata_dir] = matches[same.metadata_dir] or bool(dist.record_matches)
+                continue
+            found.append(dist)
+            matches[dist.metadata_dir] = bool(dist.record_matches)
         self._copies = copies
         self.winners = {}
         undetermined = set()
         for key, found in copies.items():
-            first_dir = [d for d in found if d.location == found[0].location]
-            matching = [d for d in first_dir if d.record_matches]
-            if len(first_dir) > 1 and len(matching) != 1:
+            winner = _pick_copy(found, matches)
+            if winner is None:
                 undetermined.add(key)
-            self.winners[key] = matching[0] if len(first_dir) > 1 and len(matching) == 1 else found[0]
+            self.winners[key] = winner or found[0]
         self.undetermined = frozenset(undetermined)
+        self._matches = matches
 
     def copies(self, key: str) -> list[InstalledDist]:
-        """Every copy of distribution ``key`` on the path, in precedence order."""
+        """Every copy of distribution ``key`` on the path, in precedence order (a metadata directory that is
+        the same distribution as one listed before it in its directory is no copy of its own)."""
         return list(self._copies.get(key, ()))
+
+    def pick(self, found: list[InstalledDist]) -> InstalledDist | None:
+        """Which of the copies ``found`` (in precedence order) is imported, were they alone on the path:
+        :func:`_pick_copy`."""
+        return _pick_copy(found, self._matches)
 
     @property
     def python_version(self) -> str:
@@ -164,6 +185,17 @@ class ProbedEnvironment:
         result = marker.evaluate({**self.markers, "extra": extra})
         self._evaluated[(id(marker), extra)] = (marker, result)
         return result
+
+
+def _pick_copy(found: list[InstalledDist], matches: dict[str, bool]) -> InstalledDist | None:
+    """The copy of ``found`` (copies of one distribution, in precedence order) that is imported: the first,
+    unless others share its directory; then the one whose RECORD matches the files on disk (``matches``, by
+    metadata directory), ``None`` when not exactly one does."""
+    first_dir = [d for d in found if d.location == found[0].location]
+    if len(first_dir) == 1:
+        return found[0]
+    matching = [d for d in first_dir if matches.get(d.metadata_dir)]
+    return matching[0] if len(matching) == 1 else None
 
 
 def _is_pep440(version: str) -> bool:
@@ -218,6 +250,7 @@ def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
     dist.record_matches = bool(matches) if matches is not None else None
     dist.clashes = {str(k): bool(v) for k, v in (raw.get("clashes") or {}).items()}
     dist.namespaces = frozenset(str(m) for m in raw.get("namespaces") or ())
+    dist.same_files = frozenset(str(m) for m in raw.get("same_files") or ())
     return dist
 
 
@@ -229,6 +262,7 @@ def parse_probe(data: dict[str, Any], python: str) -> ProbedEnvironment:
         markers={str(k): str(v) for k, v in data["markers"].items()},
         path=[str(p) for p in data["path"]],
         dists=[_parse_dist(raw) for raw in data["distributions"]],
+        base_site=frozenset(str(p) for p in data.get("base_site") or ()),
     )
 
 

@@ -157,6 +157,40 @@ def decide_copies(
     disk: dict[str, str | None] = {}
     for dist, files in zip(group, rows):  # noqa: B905
         dist["record_matches"] = bool(files) and _matches_disk(location, files, paths, disk, stats)
+    for i, dist in enumerate(group):
+        same = [
+            str(o["metadata_dir"]) for j, o in enumerate(group) if j != i and _same_files(dist, rows[i], o, rows[j])
+        ]
+        if same:
+            dist["same_files"] = same
+
+
+def _installed(dist: dict[str, object], rows: dict[str, str | None]) -> dict[str, str | None]:
+    """The hashed RECORD rows of ``dist`` outside its own metadata directory: the files it installed."""
+    own = os.path.basename(str(dist["metadata_dir"])) + "/"
+    return {p: h for p, h in rows.items() if h is not None and not p.startswith(own)}
+
+
+def _same_files(
+    a: dict[str, object], rows_a: dict[str, str | None], b: dict[str, object], rows_b: dict[str, str | None]
+) -> bool:
+    """Whether copies ``a`` and ``b`` of one directory are one distribution: the same version, describing the
+    same files. Two RECORDs must list the same files with the same hashes (byte code aside); a copy without
+    one (an ``.egg-info``, as Debian ships beside the ``.dist-info``) must install no top-level name the
+    other does not, each from the same file."""
+    if a["version"] != b["version"] or a["version"] is None:
+        return False
+    if rows_a and rows_b:
+        return _installed(a, rows_a) == _installed(b, rows_b)
+    mods_a, mods_b = a["modules"], b["modules"]
+    if rows_a:  # b has no RECORD: its names (from top_level.txt) must be among a's
+        mods_a, mods_b = mods_b, mods_a
+    elif not rows_b and set(mods_a) != set(mods_b):  # type: ignore[call-overload]
+        return False
+    return all(
+        name in mods_b and mods_b[name][0] == path[0]  # type: ignore[index, operator]
+        for name, path in mods_a.items()  # type: ignore[attr-defined]
+    )
 
 
 def decide_clash(

@@ -1,16 +1,17 @@
 """Describe an interpreter's installed distributions, as JSON (or marshal), using only the standard library.
 
 ``check-deps --python INTERPRETER`` runs this file with ``INTERPRETER -I probe.py``; it and the modules beside
-it (:mod:`scan`, :mod:`metadata`, :mod:`markers`, :mod:`probe_cache`, :mod:`ownership`) must therefore import
+it (:mod:`scan`, :mod:`metadata`, :mod:`markers`, :mod:`probe_cache`, :mod:`ownership`,
+:mod:`sites`) must therefore import
 nothing outside the standard library and run on every Python this project supports. Run as a script, this file
 is compiled afresh each time, so it stays small; the modules beside it are imported and their byte code is cached. The
 output is one JSON object (without ``--cache``, on CPython: the same object as marshal bytes in base64, see
 :func:`_print_marshal`)::
 
-    {"probe": 2, "executable": ..., "version": "3.11.7", "markers": {...PEP 508 environment...},
-     "path": [...sys.path...], "distributions": [{"name", "version", "location", "metadata_dir",
-     "requires", "requires_python", "provides_extra", "modules", "editable", "record_matches", "clashes",
-     "namespaces", "errors"}, ...]}
+    {"probe": 3, "executable": ..., "version": "3.11.7", "markers": {...PEP 508 environment...},
+     "path": [...sys.path...], "base_site": [...], "distributions": [{"name", "version", "location",
+     "metadata_dir", "requires", "requires_python", "provides_extra", "modules", "editable",
+     "record_matches", "clashes", "namespaces", "errors"[, "same_files"]}, ...]}
 
 ``distributions`` is in import-precedence order: ``sys.path`` order, then directory order, the order
 ``importlib.metadata`` finds them. ``modules`` maps each top-level import name a distribution installs to
@@ -19,8 +20,12 @@ namespace directory is no name a distribution owns); an editable install (``edit
 directory) owns none. Where distributions of one directory claim one name, ``clashes`` maps it to whether
 this distribution's files are the ones on disk, judged on every file they both list with different
 hashes (compiled modules included); where copies of one distribution share a directory,
-``record_matches`` says whether this copy's RECORD matches the files on disk; ``namespaces`` lists the
+``record_matches`` says whether this copy's RECORD matches the files on disk, and ``same_files`` (only where
+there is one) lists the metadata directories of the other copies of the same version that describe the same
+files (Debian ships a ``.dist-info`` and an ``.egg-info`` of one package so); ``namespaces`` lists the
 names also claimed in other path entries whose ``__init__.py`` in this directory declares a namespace.
+``base_site`` lists the path entries that are the base interpreter's site directories, in a virtual
+environment made with ``--system-site-packages`` (:mod:`sites`); empty elsewhere.
 ``errors`` lists metadata that could not be read; the checker turns those into ``invalid-metadata``
 findings instead of failing.
 Metadata directories named ``~...`` (left by an interrupted pip uninstall) are not distributions.
@@ -68,7 +73,7 @@ __all__ = [
     "python_version",
 ]
 
-PROBE_FORMAT = 2
+PROBE_FORMAT = 3
 #: Written before the JSON object, so that output of ``.pth`` files run at start-up can be told apart.
 OUTPUT_MARK = "\n@autoglm-runtime-probe@\n"
 #: Written before the base64 of the description's marshal bytes (:func:`_print_marshal`) instead of
@@ -116,7 +121,18 @@ def _interpreter(cache: dict[str, object] | None = None, misses: list[str] | Non
         "version": facts["version"],
         "markers": facts["markers"],
         "path": list(sys.path),
+        "base_site": _base_site(),
     }
+
+
+def _base_site() -> list[str]:
+    """:func:`sites.base_site` of ``sys.path``; imported only in a virtual environment (the one place it can
+    find any)."""
+    if sys.prefix == sys.base_prefix and sys.exec_prefix == sys.base_exec_prefix:
+        return []
+    from .sites import base_site
+
+    return base_site(list(sys.path))
 
 
 def probe() -> dict[str, object]:

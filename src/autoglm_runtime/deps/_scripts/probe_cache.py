@@ -15,7 +15,7 @@ import sys
 
 STAMPED = ("METADATA", "PKG-INFO", "RECORD", "requires.txt", "top_level.txt", "direct_url.json")
 #: Bumped whenever an entry's form changes: a cache file of another format is an empty cache.
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
 #: How much older than the stamp a directory's mtime must be for :func:`holds` to trust it without a
 #: listing: file systems keep timestamps at a coarse granularity (up to 2 s on FAT), so an entry added just
 #: after a listing could leave the directory's mtime unchanged.

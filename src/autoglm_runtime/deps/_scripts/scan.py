@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 #: Recomputed every run (they depend on other distributions' files), so never taken from the cache.
-_PER_RUN = ("record_matches", "clashes", "namespaces")
+_PER_RUN = ("record_matches", "clashes", "namespaces", "same_files")
 
 
 def _canonical(name: object) -> str:
@@ -206,7 +206,7 @@ def _holds(hit: list[object], stamps: list[object], location: str) -> bool:
 
 def _result(kind: str, module: str, dist: dict[str, object]) -> object:
     if kind == "copies":
-        return dist["record_matches"]
+        return [dist["record_matches"], dist.get("same_files")]
     if kind == "spread":
         return module in dist["namespaces"]  # type: ignore[operator]
     return dist["clashes"].get(module)  # type: ignore[attr-defined]
@@ -214,7 +214,9 @@ def _result(kind: str, module: str, dist: dict[str, object]) -> object:
 
 def _apply(kind: str, module: str, dist: dict[str, object], value: object) -> None:
     if kind == "copies":
-        dist["record_matches"] = value
+        dist["record_matches"] = value[0]  # type: ignore[index]
+        if value[1]:  # type: ignore[index]
+            dist["same_files"] = value[1]  # type: ignore[index]
     elif kind == "spread":
         if value:
             dist["namespaces"].append(module)  # type: ignore[attr-defined]

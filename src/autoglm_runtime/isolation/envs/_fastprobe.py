@@ -242,6 +242,7 @@ def describe_venv(python: str | os.PathLike[str], facts: VenvFacts) -> ProbedEnv
         "version": facts.version,
         "markers": facts.markers,
         "path": path,
+        "base_site": [],  # without the system site-packages, no base site directory is on the path
         "distributions": _probe.collect(path),
     }
     return parse_probe(data, exe)
