@@ -7,7 +7,7 @@ import socket
 import threading
 
 from autoglm_runtime.isolation._scripts import protocol
-from autoglm_runtime.isolation.workers._calls import AbandonedSink, AsyncCallSink
+from autoglm_runtime.isolation.workers._calls import AbandonedSink, AsyncCallSink, StreamSink
 from autoglm_runtime.isolation.workers._connection import Connection
 from autoglm_runtime.testing import wait_until
 
@@ -60,3 +60,21 @@ def test_an_abandoned_call_done_in_time_stops_its_timer_and_is_never_late() -> N
     wait_until(lambda: "test-abandoned-timer" not in [t.name for t in threading.enumerate()], 30, "the timer to stop")
     sink.watch(0.0, lambda: late.append("late"), "test-abandoned-timer")  # done already: nothing to watch
     assert late == []
+
+
+def test_a_stream_closed_early_is_done_at_its_end_not_at_a_chunk_still_on_its_way(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    conn, peer = pair
+    conn.register(5, StreamSink("steps"))
+    other = StreamSink("other")
+    conn.register(6, other)
+    done: list[str] = []
+    assert conn.replace(5, AbandonedSink("steps", lambda: done.append("done")))
+    protocol.write_frame(peer, {"id": 5, "chunk": 1})  # sent before the worker saw the cancel
+    protocol.write_frame(peer, {"id": 6, "chunk": 1})
+    assert other.get(30) == {"id": 6, "chunk": 1}  # read after the closed stream's chunk
+    assert (done, conn.inflight) == ([], 2)
+    protocol.write_frame(peer, {"id": 5, "ok": True, "end": True})
+    wait_until(lambda: conn.inflight == 1, 30, "the closed stream's end to be read")
+    assert done == ["done"]

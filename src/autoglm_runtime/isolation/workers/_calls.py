@@ -160,9 +160,10 @@ class AsyncCallSink:
 
 
 class AbandonedSink:
-    """The reply of a call its caller stopped waiting for (a cancelled task) while the worker runs it: nobody wants
-    it, but the worker is busy until it comes, so ``on_done`` (freeing the call's place) runs then, once.
-    :meth:`watch` bounds the wait, as the caller's timeout would have."""
+    """The last reply of a call its caller stopped waiting for (a cancelled task) or of a stream closed early, while
+    the worker still runs it: nobody wants it, but the worker is busy until it comes, so ``on_done`` (freeing the
+    call's place) runs then, once; a stream's chunks still on their way are dropped. :meth:`watch` bounds the wait,
+    as the caller's timeout would have."""
 
     reads = False
 
@@ -187,7 +188,8 @@ class AbandonedSink:
             timer.start()
 
     def deliver(self, message: dict[str, Any]) -> None:
-        self._done()
+        if "chunk" not in message:  # (a chunk sent before the worker saw the stream's cancel: not the end yet)
+            self._done()
 
     def fail(self, error: BaseException) -> None:
         self._done()
