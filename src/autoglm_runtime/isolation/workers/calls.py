@@ -266,11 +266,7 @@ def _abandon(  # noqa: PLR0917
     sink = AbandonedSink(method, on_done)
     if not conn.replace(call_id, sink):
         return False
-    sink.watch(
-        left,
-        lambda: worker.timed_out(conn, method, timeout, f" after {after}"),
-        f"autoglm-model-{worker.spec.name}-abandoned-{call_id}",
-    )
+    sink.watch(left, lambda: worker.timed_out(conn, method, timeout, f" after {after}"))
     return True
 
 
