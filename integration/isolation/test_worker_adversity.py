@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from integration.isolation._helpers import in_background, outcome
 
-from autoglm_runtime.errors import ModelCallError, WorkerError
+from autoglm_runtime.errors import ModelCallError, ModelOverloadedError, WorkerError
 from autoglm_runtime.isolation import ModelLoader
 from autoglm_runtime.testing import wait_until
 
@@ -53,6 +53,13 @@ class Model:
 
     def exit(self):
         os._exit(3)
+
+    def steps(self, marker, release):
+        yield 1
+        open(marker, "w").write(str(os.getpid()))  # a long step (a prefill): no chunk, no way to stop it meanwhile
+        while not os.path.exists(release):
+            threading.Event().wait(0.01)
+        yield 2
 
 def load():
     return Model()
@@ -152,18 +159,10 @@ def test_a_cancelled_async_call_keeps_its_place_until_the_worker_answers_it(
 
     async def scenario() -> tuple[Any, bool]:
         await _cancel_while_running(model.acall("wait", str(marker), str(release), timeout=60), marker)
-        # The worker still runs wait(): the next call waits for it in the queue (not inside the worker, where its
-        # timeout would kill the worker)
-        second = asyncio.create_task(model.acall("pid", timeout=30))
-        loop = asyncio.get_running_loop()
-        queued = await loop.run_in_executor(None, outcome, wait_until, lambda: model.health()["queued"] == 1, 10)
-        release.write_text("go")
-        return await second, queued is None
+        return await _next_call_queued(model, release)  # the worker still runs wait()
 
     assert asyncio.run(scenario()) == (pid, True)
-    health = model.health()
-    assert (health["restarts"], health["inflight"], health["queued"]) == (0, 0, 0)
-    model.close()
+    _idle_without_restarts(model)
 
 
 def test_an_abandoned_call_still_running_past_its_timeout_has_its_worker_restarted(
@@ -175,10 +174,100 @@ def test_an_abandoned_call_still_running_past_its_timeout_has_its_worker_restart
 
     asyncio.run(_cancel_while_running(model.acall("wait", str(marker), str(never), timeout=1), marker))
     # Nobody waits for it, but its timeout still holds: the hung worker is killed and restarted, as for a caller
+    _restarted_for_a_timeout(model, pid)
+
+
+def _restarted_for_a_timeout(model: Any, pid: int) -> None:
     assert model.call("pid", timeout=30) != pid
     health = model.health()
     assert (health["restarts"], health["restart_reasons"], health["inflight"]) == (1, {"timeout": 1}, 0)
     model.close()
+
+
+def test_a_stream_closed_during_a_step_keeps_its_place_until_the_worker_ends_its_generator(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL)
+    pid = model.call("pid", timeout=30)
+    marker, release = tmp_path / "running", tmp_path / "release"
+    _close_during_a_step(model, marker, release, timeout=60)
+    # Closed: the worker closes the generator only once the step returns, so the next call waits for it in the queue
+    # (not inside the worker, where its timeout would kill the worker)
+    waiting, answer = in_background(model.call, "pid", timeout=30)
+    queued = outcome(wait_until, lambda: model.health()["queued"] == 1, 10)
+    release.write_text("go")
+    waiting.join()
+    assert (queued, answer) == (None, [pid])
+    _idle_without_restarts(model)
+
+
+def test_an_async_stream_closed_during_a_step_keeps_its_place_until_the_worker_ends_its_generator(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL)
+    pid = model.call("pid", timeout=30)
+    marker, release = tmp_path / "running", tmp_path / "release"
+
+    async def scenario() -> tuple[Any, bool]:
+        async with model.astream("steps", str(marker), str(release), timeout=60) as chunks:
+            assert await chunks.__anext__() == 1
+            while not marker.exists():
+                await asyncio.sleep(0.01)
+        return await _next_call_queued(model, release)  # closed: the worker closes the generator after the step
+
+    assert asyncio.run(scenario()) == (pid, True)
+    _idle_without_restarts(model)
+
+
+def _close_during_a_step(model: Any, marker: Path, release: Path, timeout: float) -> None:
+    """Read a stream's first chunk, and close it once the model is inside its next step (until ``release``)."""
+    with model.stream("steps", str(marker), str(release), timeout=timeout) as chunks:
+        assert next(chunks) == 1
+        wait_until(marker.exists, 30, "the generator's long step to start")
+
+
+async def _next_call_queued(model: Any, release: Path) -> tuple[Any, bool]:
+    """The next call, made while the worker is still busy with what its caller gave up on: its answer once
+    ``release`` lets the worker go, and whether it waited in the queue meanwhile (not inside the worker, where its
+    timeout would kill the worker)."""
+    second = asyncio.create_task(model.acall("pid", timeout=30))
+    loop = asyncio.get_running_loop()
+    queued = await loop.run_in_executor(None, outcome, wait_until, lambda: model.health()["queued"] == 1, 10)
+    release.write_text("go")
+    return await second, queued is None
+
+
+def _idle_without_restarts(model: Any) -> None:
+    health = model.health()
+    assert (health["restarts"], health["inflight"], health["queued"]) == (0, 0, 0)
+    model.close()
+
+
+def test_a_call_right_after_a_stream_closed_during_a_step_is_refused_without_a_queue(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL, "max_queue = 0")
+    pid = model.call("pid", timeout=30)
+    marker, release = tmp_path / "running", tmp_path / "release"
+    _close_during_a_step(model, marker, release, timeout=60)
+    with pytest.raises(ModelOverloadedError):  # the worker is still busy with the step
+        model.call("pid", timeout=30)
+    release.write_text("go")
+    wait_until(lambda: model.health()["inflight"] == 0, 30, "the worker to end the closed stream's generator")
+    assert model.call("pid", timeout=30) == pid
+    assert model.health()["restarts"] == 0
+    model.close()
+
+
+def test_a_stream_closed_during_a_step_longer_than_its_timeout_has_its_worker_restarted(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL)
+    pid = model.call("pid", timeout=30)
+    marker, never = tmp_path / "running", tmp_path / "never"
+    _close_during_a_step(model, marker, never, timeout=2)
+    # Nobody reads it, but its idle timeout still holds: the hung worker is killed and restarted, as for a reader
+    _restarted_for_a_timeout(model, pid)
 
 
 def test_close_leaves_no_thread_though_a_daemon_the_model_started_holds_its_output(

@@ -147,6 +147,7 @@ def test_streams_count_by_outcome_with_a_span_each(loader: ModelLoader, make_mod
 
         asyncio.run(overloaded())
         assert next(endless) == 1
+    _freed(model)  # closed early: the replica is the stream's until the worker has closed its generator
     with pytest.raises(ModelCallError):  # the generator raised after its first chunk
         list(model.stream("broken", timeout=30))
 
@@ -157,9 +158,11 @@ def test_streams_count_by_outcome_with_a_span_each(loader: ModelLoader, make_mod
         return chunks
 
     assert asyncio.run(consume()) == [0, 1, 0]
+    _freed(model)
     dropped = model.stream("endless", timeout=30)
     assert next(dropped) == 0
-    del dropped  # never closed: dropping it stops it, and frees the replica for the next call
+    del dropped  # never closed: dropping it stops it, and frees the replica once the worker closed the generator
+    _freed(model)
     assert model.call("echo", 7, timeout=30) == 7
     assert moved.moved() == {
         "autoglm_worker_calls_total{model=streams,outcome=ok}": 3.0,  # two streams and the echo call
@@ -189,6 +192,11 @@ def test_streams_count_by_outcome_with_a_span_each(loader: ModelLoader, make_mod
         ("endless", None, StatusCode.UNSET, 1, True),
         ("endless", None, StatusCode.UNSET, 1, True),
     ]
+
+
+def _freed(model: Any) -> None:
+    """Wait until the worker has closed the generator of the stream just closed early, and its place is free."""
+    wait_until(lambda: model.health()["inflight"] == 0, 30, "the closed stream's generator to be closed in the worker")
 
 
 def test_in_flight_and_queued_calls_are_gauges_read_at_scrape_time(

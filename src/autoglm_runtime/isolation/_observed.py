@@ -52,7 +52,7 @@ class ObservedStream(ModelStream):
 
     def __del__(self) -> None:
         if self._pid == _closer.pid():
-            _end_dropped(self._event)  # the pool's stream, dropped with this one, frees its worker itself
+            _end_dropped(self._event)  # the pool's stream, dropped with this one, stops its generator itself
 
 
 class ObservedAsyncStream(AsyncModelStream):

@@ -7,7 +7,8 @@ import socket
 import threading
 
 from autoglm_runtime.isolation._scripts import protocol
-from autoglm_runtime.isolation.workers._calls import AbandonedSink, AsyncCallSink
+from autoglm_runtime.isolation.workers import _calls
+from autoglm_runtime.isolation.workers._calls import AbandonedSink, AsyncCallSink, StreamSink
 from autoglm_runtime.isolation.workers._connection import Connection
 from autoglm_runtime.testing import wait_until
 
@@ -44,19 +45,39 @@ def test_an_abandoned_call_not_done_within_its_time_is_late_once() -> None:
     done: list[str] = []
     late = threading.Event()
     sink = AbandonedSink("slow", lambda: done.append("done"))
-    sink.watch(0.01, late.set, "test-abandoned-timer")
+    sink.watch(0.01, late.set)
     assert late.wait(30)
     assert done == []  # it is the worker's end (the connection breaking) that frees the place
     sink.fail(ConnectionError("killed"))
     assert done == ["done"]
 
 
-def test_an_abandoned_call_done_in_time_stops_its_timer_and_is_never_late() -> None:
+def test_an_abandoned_call_done_in_time_is_never_late() -> None:
     late: list[str] = []
-    sink = AbandonedSink("slow", lambda: None)
-    sink.watch(3600, lambda: late.append("late"), "test-abandoned-timer")
-    assert "test-abandoned-timer" in [thread.name for thread in threading.enumerate()]
-    sink.deliver({"id": 1, "ok": True, "result": 1})
-    wait_until(lambda: "test-abandoned-timer" not in [t.name for t in threading.enumerate()], 30, "the timer to stop")
-    sink.watch(0.0, lambda: late.append("late"), "test-abandoned-timer")  # done already: nothing to watch
-    assert late == []
+    first, second = AbandonedSink("slow", lambda: None), AbandonedSink("slow", lambda: None)
+    first.watch(0.2, lambda: late.append("first"))
+    second.watch(0.1, lambda: late.append("second"))  # sooner: the watch thread wakes for it
+    first.deliver({"id": 1, "ok": True, "result": 1})
+    second.deliver({"id": 2, "ok": True, "end": True})
+    wait_until(lambda: _calls._watch.pending == 0, 30, "both deadlines to pass")
+    first.watch(0.0, lambda: late.append("again"))  # done already: nothing to watch
+    assert (late, _calls._watch.pending) == ([], 0)
+    assert [t.name for t in threading.enumerate()].count("autoglm-abandoned-watch") == 1
+
+
+def test_a_stream_closed_early_is_done_at_its_end_not_at_a_chunk_still_on_its_way(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    conn, peer = pair
+    conn.register(5, StreamSink("steps"))
+    other = StreamSink("other")
+    conn.register(6, other)
+    done: list[str] = []
+    assert conn.replace(5, AbandonedSink("steps", lambda: done.append("done")))
+    protocol.write_frame(peer, {"id": 5, "chunk": 1})  # sent before the worker saw the cancel
+    protocol.write_frame(peer, {"id": 6, "chunk": 1})
+    assert other.get(30) == {"id": 6, "chunk": 1}  # read after the closed stream's chunk
+    assert (done, conn.inflight) == ([], 2)
+    protocol.write_frame(peer, {"id": 5, "ok": True, "end": True})
+    wait_until(lambda: conn.inflight == 1, 30, "the closed stream's end to be read")
+    assert done == ["done"]

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
+import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -160,52 +164,100 @@ class AsyncCallSink:
 
 
 class AbandonedSink:
-    """The reply of a call its caller stopped waiting for (a cancelled task) while the worker runs it: nobody wants
-    it, but the worker is busy until it comes, so ``on_done`` (freeing the call's place) runs then, once.
-    :meth:`watch` bounds the wait, as the caller's timeout would have."""
+    """The last reply of a call its caller stopped waiting for (a cancelled task) or of a stream closed early, while
+    the worker still runs it: nobody wants it, but the worker is busy until it comes, so ``on_done`` (freeing the
+    call's place) runs then, once; a stream's chunks still on their way are dropped. :meth:`watch` bounds the wait,
+    as the caller's timeout would have."""
 
     reads = False
 
     def __init__(self, method: str, on_done: Callable[[], None]) -> None:
         self.method = method
         self._on_done: Callable[[], None] | None = on_done
-        self._timer: threading.Timer | None = None
+        self._on_late: Callable[[], object] | None = None
         self._lock = threading.Lock()
 
-    def watch(self, left: float | None, on_late: Callable[[], object], name: str) -> None:
-        """Run ``on_late`` (kill the worker) on a timer thread called ``name`` unless the last reply comes within
-        ``left`` s (``None``: wait for ever); the timer goes with the last reply (or a broken connection)."""
+    def watch(self, left: float | None, on_late: Callable[[], object]) -> None:
+        """Run ``on_late`` (kill the worker) on the watch thread unless the last reply comes within ``left`` s
+        (``None``: wait for ever)."""
         if left is None:
             return
-        timer = threading.Timer(left, self._late, (on_late,))
-        timer.name, timer.daemon = name, True
         with self._lock:
             if self._on_done is None:  # the last reply came already
                 return
-            self._timer = timer
-        with contextlib.suppress(RuntimeError):  # the interpreter is shutting down: its workers go with it
-            timer.start()
+            self._on_late = on_late
+        _watch.add(time.monotonic() + left, self)
 
     def deliver(self, message: dict[str, Any]) -> None:
-        self._done()
+        if "chunk" not in message:  # (a chunk sent before the worker saw the stream's cancel: not the end yet)
+            self._done()
 
     def fail(self, error: BaseException) -> None:
         self._done()
 
-    def _late(self, on_late: Callable[[], object]) -> None:
+    def late(self) -> None:
+        """(On the watch thread, at the deadline) kill the worker, unless the last reply came."""
         with self._lock:
-            pending = self._on_done is not None
-        if pending:
+            on_late, self._on_late = self._on_late, None
+        if on_late is not None:
             on_late()
 
     def _done(self) -> None:
         with self._lock:
             on_done, self._on_done = self._on_done, None
-            timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
+            self._on_late = None  # (the watch thread lets go of the rest at the deadline)
         if on_done is not None:
             on_done()
+
+
+class _Watch:
+    """One daemon thread (``autoglm-abandoned-watch``, started with the first deadline) runs the deadlines of every
+    abandoned call: a timer thread each cost the closing caller up to a millisecond to start where threads contend
+    for the GIL."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: list[tuple[float, int, AbandonedSink]] = []  # a heap, soonest first
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, at: float, sink: AbandonedSink) -> None:
+        with self._cond:
+            heapq.heappush(self._due, (at, next(self._order), sink))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="autoglm-abandoned-watch", daemon=True)
+                with contextlib.suppress(RuntimeError):  # the interpreter is shutting down: its workers go with it
+                    self._thread.start()
+            elif self._due[0][2] is sink:
+                self._cond.notify()
+
+    @property
+    def pending(self) -> int:
+        """Deadlines not reached yet (those whose reply came included)."""
+        with self._cond:
+            return len(self._due)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._due or self._due[0][0] > (now := time.monotonic()):
+                    self._cond.wait(self._due[0][0] - now if self._due else None)
+                sink = heapq.heappop(self._due)[2]
+            sink.late()
+            del sink  # (the sink of a worker since gone goes now, not with the next deadline)
+
+
+_watch = _Watch()
+
+
+def _forget_parent() -> None:
+    """In a forked child: the parent's watch thread does not run here, and its deadlines are the parent's."""
+    global _watch
+    _watch = _Watch()
+
+
+with contextlib.suppress(AttributeError):  # no fork on this platform
+    os.register_at_fork(after_in_child=_forget_parent)
 
 
 class StreamSink:

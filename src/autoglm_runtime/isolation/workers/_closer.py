@@ -4,9 +4,9 @@ A stream whose last reference goes is closed inline, on the dropping line. But t
 stream in a reference cycle (a traceback holding the frame that iterated it, say) wherever it happens to run,
 which can be a thread in the middle of a connection's, a replica pool's or a metric's critical section. Closing
 inline there would take a lock that same thread holds and wait for ever. So such a stream's ``__del__`` hands it
-to the closer thread and waits for it to be closed: the worker is still free once the collection returns, and
-only when the collecting thread holds a lock the close needs does it go on after :data:`CLOSE_WAIT` seconds, the
-close completing once it lets go. (Handing every dropped stream over was slow where threads contend for the GIL:
+to the closer thread and waits for it to be closed (its cancel sent, as on the dropping line), and only when
+the collecting thread holds a lock the close needs does it go on after :data:`CLOSE_WAIT` seconds, the close
+completing once it lets go. (Handing every dropped stream over was slow where threads contend for the GIL:
 up to a second per drop, against milliseconds inline.)"""
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """One worker's socket on the host: frames out under a lock, frames in by whoever holds the read side.
 
 Every call or stream registers a :class:`Sink` under its id before its request is sent; each reply goes to the
-sink of its id. Who reads the socket:
+sink of its id. A call its caller gave up on (a cancelled async call, a stream closed early) keeps an
+:class:`AbandonedSink` registered until its last reply has freed its place: in flight (:attr:`Connection.inflight`)
+means the worker still works on it. Who reads the socket:
 
 * a thread blocked in :meth:`Connection.wait` for its own reply (a blocking call) reads it itself while nobody
   else reads: one call in flight costs no hand-off between host threads; :meth:`Connection.call` takes the read
@@ -32,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from autoglm_runtime.isolation._scripts import protocol as _protocol
-from autoglm_runtime.isolation.workers._calls import CallSink, OwnSink, PeerGone, SendTimeout, Sink
+from autoglm_runtime.isolation.workers._calls import AbandonedSink, CallSink, OwnSink, PeerGone, SendTimeout, Sink
 
 __all__ = ["Connection", "PeerGone", "SendTimeout", "Sink"]
 
@@ -385,12 +387,16 @@ class Connection:
         final = "chunk" not in message  # a result, an error or a stream's end: nothing more comes for the id
         with self._lock:
             sink = self._sinks.get(call_id)  # type: ignore[arg-type]
-            if sink is not None and (final or sink.reads):  # a blocking call takes one reply, whatever it is
+            # An abandoned call (or closed stream) counts as in flight until its place is freed (by its deliver)
+            lingers = final and type(sink) is AbandonedSink
+            if sink is not None and (final or sink.reads) and not lingers:  # a blocking call takes any one reply
                 del self._sinks[call_id]  # type: ignore[arg-type]
                 if not sink.reads:
                     self._unread -= 1
         if sink is not None:
             sink.deliver(message)
+        if lingers:
+            self.unregister(call_id)  # type: ignore[arg-type]
 
     def _run(self) -> None:
         while True:

@@ -8,7 +8,10 @@ Promises (for every kind):
   (its other calls fail with E0103) -- unless none of the request went out yet: then the worker is left alone;
 * a blocking call reads its own reply from the socket while no other thread does (see ``_connection.py``);
 * a stream yields each chunk as soon as the model yielded it; closing it early (``close()``, leaving a ``with``
-  block, dropping it) closes the generator inside the worker and frees the worker for the next call;
+  block, dropping it) returns at once and has the worker close the generator, which it can do only once the
+  model's current step returns: the stream keeps its place (``on_done``) until the worker says the generator
+  ended (or dies), within the stream's idle ``timeout`` -- past it the worker is killed and restarted, as for a
+  stream waiting that long;
 * a stream belongs to the process that opened it: a forked child's copy does nothing when closed or dropped (the
   call, its connection and its worker's slot are the parent's: a cancel from the child would stop the parent's
   stream) and refuses to be read (E0001);
@@ -235,7 +238,8 @@ async def acall(  # noqa: PLR0917
                 raise await loop.run_in_executor(None, worker.timed_out, conn, method, timeout, "") from None
             except asyncio.CancelledError:
                 if on_done is not None:
-                    handed_over = _abandon(worker, conn, call_id, method, timeout, _left(worker, deadline), on_done)
+                    left = _left(worker, deadline)
+                    handed_over = _abandon(worker, conn, call_id, method, timeout, left, on_done, "its caller had gone")
                 raise
         finally:
             if not handed_over:
@@ -254,18 +258,15 @@ def _abandon(  # noqa: PLR0917
     timeout: float | None,
     left: float | None,
     on_done: Callable[[], None],
+    after: str,
 ) -> bool:
-    """Hand the replies still due for a call its caller gave up on to an :class:`AbandonedSink`, which runs
-    ``on_done`` once the worker is done with the call, or kills the worker (as a timeout does) when it is not done
-    within ``left`` s; False when nothing is due any more (then nothing was handed over)."""
+    """Hand the replies still due for a call its caller gave up on (``after`` says how) to an :class:`AbandonedSink`,
+    which runs ``on_done`` once the worker is done with the call, or kills the worker (as a timeout does) when it is
+    not done within ``left`` s; False when nothing is due any more (then nothing was handed over)."""
     sink = AbandonedSink(method, on_done)
     if not conn.replace(call_id, sink):
         return False
-    sink.watch(
-        left,
-        lambda: worker.timed_out(conn, method, timeout, " after its caller had gone"),
-        f"autoglm-model-{worker.spec.name}-abandoned-{call_id}",
-    )
+    sink.watch(left, lambda: worker.timed_out(conn, method, timeout, f" after {after}"))
     return True
 
 
@@ -327,11 +328,22 @@ class _StreamState:
         self.finished = True
         if self.pid != _closer.pid():
             return  # a forked child's copy: only marked closed (see the module's promises)
-        self.conn.unregister(self.call_id)
-        if cancel:  # the consumer went away: the worker closes the model's generator and is free again
+        # Stopped early: the worker closes the model's generator once its current step returns, and only then is it
+        # free; until its end reply comes (or it dies) the stream keeps its place (on_done), as an abandoned call.
+        on_done, timeout = self._on_done, self.timeout
+        kept = (
+            cancel
+            and on_done is not None
+            and _abandon(
+                self.worker, self.conn, self.call_id, self.method, timeout, timeout, on_done, "its stream was closed"
+            )
+        )
+        if not kept:  # ended by the worker (or given up on by the host), or its end came already (unread)
+            self.conn.unregister(self.call_id)
+        if cancel:
             self.conn.send_message({"id": self.call_id, "type": "cancel"})
-        if self._on_done is not None:
-            self._on_done()
+        if on_done is not None and not kept:
+            on_done()
 
 
 _S = TypeVar("_S", bound="ModelStream")
@@ -365,7 +377,8 @@ class ModelStream(Iterator[Any]):
         return chunk
 
     def close(self) -> None:
-        """Stop early: the model's generator is closed in the worker (its ``finally`` blocks run). Idempotent.
+        """Stop early: the model's generator is closed in the worker (its ``finally`` blocks run) once its current
+        step returns; this returns at once, and the stream keeps its place until then. Idempotent.
 
         In a forked child, its inherited copy is only marked closed: the stream goes on in the parent.
         """
