@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import signal
 import threading
+import time
 import zlib
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from integration.isolation._helpers import in_background, outcome
+from integration.isolation._helpers import in_background, outcome, pid_in
 
 from autoglm_runtime.errors import ModelCallError, WorkerError
 from autoglm_runtime.isolation import ModelLoader
@@ -179,6 +181,53 @@ def test_an_abandoned_call_still_running_past_its_timeout_has_its_worker_restart
     health = model.health()
     assert (health["restarts"], health["restart_reasons"], health["inflight"]) == (1, {"timeout": 1}, 0)
     model.close()
+
+
+def test_an_abandoned_call_answered_as_its_timer_kills_the_worker_gives_its_place_to_no_call_before_the_kill(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL)
+    pid = model.call("pid", timeout=30)
+    marker, release = tmp_path / "running", tmp_path / "release"
+    marker2, release2 = tmp_path / "running2", tmp_path / "release2"
+
+    class AnswerAsTheTimerFires(logging.Handler):
+        """The abandoned call's answer comes between its timer's decision and the kill (which logs first)."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if "after its caller had gone" not in record.getMessage():
+                return
+            release.write_text("go")
+            # Until the next call runs in the doomed worker, or the answer was read and its place is still held
+            _poll(lambda: marker2.exists() or (model.health()["inflight"], model.health()["queued"]) == (0, 1))
+
+    handler = AnswerAsTheTimerFires()
+    logger = logging.getLogger("autoglm_runtime.isolation.workers.process")
+    logger.addHandler(handler)
+    try:
+
+        async def scenario() -> tuple[Any, int]:
+            await _cancel_while_running(model.acall("wait", str(marker), str(release), timeout=1), marker)
+            second = asyncio.create_task(model.acall("wait", str(marker2), str(release2), timeout=30))
+            while model.health()["restarts"] == 0:  # the late abandoned call got its worker killed
+                await asyncio.sleep(0.01)
+            release2.write_text("go")
+            return await asyncio.gather(second, return_exceptions=True), pid_in(marker2)
+
+        answer, ran_in = asyncio.run(scenario())
+    finally:
+        logger.removeHandler(handler)
+    assert (answer, ran_in != pid) == (["done"], True)  # it ran in the restarted worker, not killed in the old one
+    health = model.health()
+    assert (health["restarts"], health["inflight"], health["queued"]) == (1, 0, 0)
+    model.close()
+
+
+def _poll(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait until ``condition()`` or ``timeout`` s passed, quietly (inside a log handler: no exception may leave)."""
+    end = time.monotonic() + timeout
+    while not condition() and time.monotonic() < end:
+        time.sleep(0.001)
 
 
 def test_close_leaves_no_thread_though_a_daemon_the_model_started_holds_its_output(

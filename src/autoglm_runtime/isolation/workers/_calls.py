@@ -162,7 +162,8 @@ class AsyncCallSink:
 class AbandonedSink:
     """The reply of a call its caller stopped waiting for (a cancelled task) while the worker runs it: nobody wants
     it, but the worker is busy until it comes, so ``on_done`` (freeing the call's place) runs then, once.
-    :meth:`watch` bounds the wait, as the caller's timeout would have."""
+    :meth:`watch` bounds the wait, as the caller's timeout would have: past it, ``on_done`` runs once ``on_late``
+    (the kill) returned, whatever came meanwhile."""
 
     reads = False
 
@@ -193,10 +194,16 @@ class AbandonedSink:
         self._done()
 
     def _late(self, on_late: Callable[[], object]) -> None:
+        # The place is freed once on_late (the kill) returned, not by a reply coming meanwhile: the kill logs, then
+        # waits for the worker's lifecycle lock, and a place freed before it would hand the doomed worker a call.
         with self._lock:
-            pending = self._on_done is not None
-        if pending:
+            on_done, self._on_done, self._timer = self._on_done, None, None
+        if on_done is None:
+            return
+        try:
             on_late()
+        finally:
+            on_done()
 
     def _done(self) -> None:
         with self._lock:
