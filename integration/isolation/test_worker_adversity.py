@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import re
 import signal
 import threading
@@ -55,6 +56,9 @@ class Model:
 
     def exit(self):
         os._exit(3)
+
+    def nap(self, seconds):
+        threading.Event().wait(seconds)
 
 def load():
     return Model()
@@ -228,6 +232,39 @@ def _poll(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
     while not condition() and time.monotonic() < end:
         time.sleep(0.001)
+
+
+def test_cancels_racing_the_answers_leave_every_max_inflight_place_free_and_no_more(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL, 'concurrency = "threads"\nmax_inflight = 2')
+    rng = random.Random(7)
+
+    async def storm() -> None:
+        # Each call cancelled at a random moment: in the queue, while running, or as its answer comes
+        loop, tasks = asyncio.get_running_loop(), []
+        for _ in range(300):
+            tasks.append(asyncio.create_task(model.acall("nap", rng.random() * 0.002, timeout=30)))
+            loop.call_later(rng.random() * 0.01, tasks[-1].cancel)
+            await asyncio.sleep(rng.random() * 0.002)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(storm())
+    wait_until(lambda: model.health()["inflight"] == 0, 30, "the abandoned calls to be answered")
+    # Exactly max_inflight places: two calls run at once (none leaked), a third waits in the queue (none extra)
+    release = tmp_path / "release"
+    running = [
+        in_background(model.call, "wait", str(tmp_path / f"running{n}"), str(release), timeout=60) for n in (0, 1)
+    ]
+    wait_until(lambda: all((tmp_path / f"running{n}").exists() for n in (0, 1)), 30, "two calls to run")
+    third = in_background(model.call, "wait", str(tmp_path / "running2"), str(release), timeout=60)
+    queued = outcome(wait_until, lambda: model.health()["queued"] == 1, 10)
+    release.write_text("go")
+    for thread, _ in [*running, third]:
+        thread.join()
+    assert (queued, [out for _, out in [*running, third]]) == (None, [["done"]] * 3)
+    assert model.health()["restarts"] == 0
+    model.close()
 
 
 def test_close_leaves_no_thread_though_a_daemon_the_model_started_holds_its_output(
