@@ -60,6 +60,10 @@ class Model:
     def nap(self, seconds):
         threading.Event().wait(seconds)
 
+    def once_then_exit(self, path):
+        open(path, "a").write("ran\\n")
+        os._exit(3)
+
 def load():
     return Model()
 """
@@ -297,6 +301,26 @@ def test_a_burst_of_calls_to_a_worker_that_died_idle_all_run_on_its_restarted_wo
         assert len(set(answers)) == 1
         assert pid not in answers
     assert model.health()["restarts"] == 5
+    model.close()
+
+
+@pytest.mark.parametrize("others", [0, 1], ids=["alone", "with-another-call-in-flight"])
+def test_a_blocking_call_whose_worker_died_after_it_had_the_request_is_not_run_again(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path, others: int
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL, 'concurrency = "threads"\nmax_inflight = 2')
+    marker, never, ran = tmp_path / "running", tmp_path / "never", tmp_path / "ran"
+    busy = [in_background(model.call, "wait", str(marker), str(never), timeout=60) for _ in range(others)]
+    if others:
+        wait_until(marker.exists, 30, "the other call to run")
+    # Its request was written in full: the broken connection that follows must fail it, not send it again
+    with pytest.raises(WorkerError, match=r"died during once_then_exit\(\): exited with status 3"):
+        model.call("once_then_exit", str(ran), timeout=30)
+    for thread, out in busy:
+        thread.join()
+        assert isinstance(out[0], WorkerError)
+    assert ran.read_text() == "ran\n"
+    assert model.health()["restarts"] == 0  # (restarted by the next call)
     model.close()
 
 
