@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import random
 import re
 import signal
 import threading
+import time
 import zlib
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from integration.isolation._helpers import in_background, outcome
+from integration.isolation._helpers import in_background, outcome, pid_in
 
 from autoglm_runtime.errors import ModelCallError, ModelOverloadedError, WorkerError
 from autoglm_runtime.isolation import ModelLoader
@@ -60,6 +63,13 @@ class Model:
         while not os.path.exists(release):
             threading.Event().wait(0.01)
         yield 2
+
+    def nap(self, seconds):
+        threading.Event().wait(seconds)
+
+    def once_then_exit(self, path):
+        open(path, "a").write("ran\\n")
+        os._exit(3)
 
 def load():
     return Model()
@@ -270,6 +280,86 @@ def test_a_stream_closed_during_a_step_longer_than_its_timeout_has_its_worker_re
     _restarted_for_a_timeout(model, pid)
 
 
+def test_an_abandoned_call_answered_as_its_timer_kills_the_worker_gives_its_place_to_no_call_before_the_kill(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL)
+    pid = model.call("pid", timeout=30)
+    marker, release = tmp_path / "running", tmp_path / "release"
+    marker2, release2 = tmp_path / "running2", tmp_path / "release2"
+
+    class AnswerAsTheTimerFires(logging.Handler):
+        """The abandoned call's answer comes between its timer's decision and the kill (which logs first)."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if "after its caller had gone" not in record.getMessage():
+                return
+            release.write_text("go")
+            # Until the next call runs in the doomed worker, or the answer was read and its place is still held
+            _poll(lambda: marker2.exists() or (model.health()["inflight"], model.health()["queued"]) == (0, 1))
+
+    handler = AnswerAsTheTimerFires()
+    logger = logging.getLogger("autoglm_runtime.isolation.workers.process")
+    logger.addHandler(handler)
+    try:
+
+        async def scenario() -> tuple[Any, int]:
+            await _cancel_while_running(model.acall("wait", str(marker), str(release), timeout=1), marker)
+            second = asyncio.create_task(model.acall("wait", str(marker2), str(release2), timeout=30))
+            while model.health()["restarts"] == 0:  # the late abandoned call got its worker killed
+                await asyncio.sleep(0.01)
+            release2.write_text("go")
+            return await asyncio.gather(second, return_exceptions=True), pid_in(marker2)
+
+        answer, ran_in = asyncio.run(scenario())
+    finally:
+        logger.removeHandler(handler)
+    assert (answer, ran_in != pid) == (["done"], True)  # it ran in the restarted worker, not killed in the old one
+    health = model.health()
+    assert (health["restarts"], health["inflight"], health["queued"]) == (1, 0, 0)
+    model.close()
+
+
+def _poll(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait until ``condition()`` or ``timeout`` s passed, quietly (inside a log handler: no exception may leave)."""
+    end = time.monotonic() + timeout
+    while not condition() and time.monotonic() < end:
+        time.sleep(0.001)
+
+
+def test_cancels_racing_the_answers_leave_every_max_inflight_place_free_and_no_more(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL, 'concurrency = "threads"\nmax_inflight = 2')
+    rng = random.Random(7)
+
+    async def storm() -> None:
+        # Each call cancelled at a random moment: in the queue, while running, or as its answer comes
+        loop, tasks = asyncio.get_running_loop(), []
+        for _ in range(300):
+            tasks.append(asyncio.create_task(model.acall("nap", rng.random() * 0.002, timeout=30)))
+            loop.call_later(rng.random() * 0.01, tasks[-1].cancel)
+            await asyncio.sleep(rng.random() * 0.002)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(storm())
+    wait_until(lambda: model.health()["inflight"] == 0, 30, "the abandoned calls to be answered")
+    # Exactly max_inflight places: two calls run at once (none leaked), a third waits in the queue (none extra)
+    release = tmp_path / "release"
+    running = [
+        in_background(model.call, "wait", str(tmp_path / f"running{n}"), str(release), timeout=60) for n in (0, 1)
+    ]
+    wait_until(lambda: all((tmp_path / f"running{n}").exists() for n in (0, 1)), 30, "two calls to run")
+    third = in_background(model.call, "wait", str(tmp_path / "running2"), str(release), timeout=60)
+    queued = outcome(wait_until, lambda: model.health()["queued"] == 1, 10)
+    release.write_text("go")
+    for thread, _ in [*running, third]:
+        thread.join()
+    assert (queued, [out for _, out in [*running, third]]) == (None, [["done"]] * 3)
+    assert model.health()["restarts"] == 0
+    model.close()
+
+
 def test_close_leaves_no_thread_though_a_daemon_the_model_started_holds_its_output(
     loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest
 ) -> None:
@@ -300,6 +390,26 @@ def test_a_burst_of_calls_to_a_worker_that_died_idle_all_run_on_its_restarted_wo
         assert len(set(answers)) == 1
         assert pid not in answers
     assert model.health()["restarts"] == 5
+    model.close()
+
+
+@pytest.mark.parametrize("others", [0, 1], ids=["alone", "with-another-call-in-flight"])
+def test_a_blocking_call_whose_worker_died_after_it_had_the_request_is_not_run_again(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path, others: int
+) -> None:
+    model = _load(loader, make_model, _named(request), MODEL, 'concurrency = "threads"\nmax_inflight = 2')
+    marker, never, ran = tmp_path / "running", tmp_path / "never", tmp_path / "ran"
+    busy = [in_background(model.call, "wait", str(marker), str(never), timeout=60) for _ in range(others)]
+    if others:
+        wait_until(marker.exists, 30, "the other call to run")
+    # Its request was written in full: the broken connection that follows must fail it, not send it again
+    with pytest.raises(WorkerError, match=r"died during once_then_exit\(\): exited with status 3"):
+        model.call("once_then_exit", str(ran), timeout=30)
+    for thread, out in busy:
+        thread.join()
+        assert isinstance(out[0], WorkerError)
+    assert ran.read_text() == "ran\n"
+    assert model.health()["restarts"] == 0  # (restarted by the next call)
     model.close()
 
 

@@ -47,8 +47,8 @@ def test_an_abandoned_call_not_done_within_its_time_is_late_once() -> None:
     sink = AbandonedSink("slow", lambda: done.append("done"))
     sink.watch(0.01, late.set)
     assert late.wait(30)
-    assert done == []  # it is the worker's end (the connection breaking) that frees the place
-    sink.fail(ConnectionError("killed"))
+    wait_until(lambda: done, 30, "the place to be freed once the worker was killed")
+    sink.fail(ConnectionError("killed"))  # the kill broke the connection: freed once all the same
     assert done == ["done"]
 
 
@@ -81,3 +81,22 @@ def test_a_stream_closed_early_is_done_at_its_end_not_at_a_chunk_still_on_its_wa
     protocol.write_frame(peer, {"id": 5, "ok": True, "end": True})
     wait_until(lambda: conn.inflight == 1, 30, "the closed stream's end to be read")
     assert done == ["done"]
+
+
+def test_an_abandoned_call_late_frees_its_place_only_once_its_worker_was_killed() -> None:
+    # The reply may come between the timer's look and the kill (the kill logs first, then waits for the lifecycle
+    # lock): freeing the place then would hand the doomed worker the next call, which the kill then fails (E0103).
+    events: list[str] = []
+    killed = threading.Event()
+    sink = AbandonedSink("slow", lambda: events.append("freed"))
+
+    def kill() -> None:
+        sink.deliver({"id": 1, "ok": True, "result": 1})  # the reply, just as the timer decided
+        events.append("killed")
+        sink.fail(ConnectionError("killed"))  # the kill breaks the connection
+        killed.set()
+
+    sink.watch(0.0, kill)
+    assert killed.wait(30)
+    wait_until(lambda: "freed" in events, 30, "the place to be freed")
+    assert events == ["killed", "freed"]

@@ -167,7 +167,8 @@ class AbandonedSink:
     """The last reply of a call its caller stopped waiting for (a cancelled task) or of a stream closed early, while
     the worker still runs it: nobody wants it, but the worker is busy until it comes, so ``on_done`` (freeing the
     call's place) runs then, once; a stream's chunks still on their way are dropped. :meth:`watch` bounds the wait,
-    as the caller's timeout would have."""
+    as the caller's timeout would have: past it, ``on_done`` runs once ``on_late`` (the kill) returned, whatever
+    came meanwhile."""
 
     reads = False
 
@@ -197,10 +198,18 @@ class AbandonedSink:
 
     def late(self) -> None:
         """(On the watch thread, at the deadline) kill the worker, unless the last reply came."""
+        # The place is freed once on_late (the kill) returned, not by a reply coming meanwhile: the kill logs, then
+        # waits for the worker's lifecycle lock, and a place freed before it would hand the doomed worker a call.
         with self._lock:
             on_late, self._on_late = self._on_late, None
-        if on_late is not None:
+            if on_late is None:  # the last reply came already (it took on_late with on_done)
+                return
+            on_done, self._on_done = self._on_done, None
+        try:
             on_late()
+        finally:
+            if on_done is not None:
+                on_done()
 
     def _done(self) -> None:
         with self._lock:

@@ -217,7 +217,8 @@ async def acall(  # noqa: PLR0917
 ) -> Any:
     """:func:`call`, awaited on the running loop. ``on_done`` runs once the call no longer occupies the worker: as
     it returns or raises, or -- when its task is cancelled while the worker runs it -- once the worker answers it
-    (or dies): the worker is not free before (a pool's next call would wait inside it, where its timeout kills it)."""
+    (or dies, or was killed past the call's timeout): the worker is not free before (a pool's next call would wait
+    inside it, where its timeout kills it)."""
     handed_over = False
     try:
         loop = asyncio.get_running_loop()
