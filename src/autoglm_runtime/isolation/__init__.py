@@ -13,7 +13,7 @@ from autoglm_runtime.isolation._scripts.protocol import ArrayValue
 from autoglm_runtime.isolation.envs.build import BuildEvent, BuiltEnvironment, EnvironmentBuilder
 from autoglm_runtime.isolation.envs.gc import GarbageReport, collect_garbage
 from autoglm_runtime.isolation.loader import LoadedModel, ModelHealth, ModelLoader
-from autoglm_runtime.isolation.workers.calls import AsyncModelStream, ModelStream
+from autoglm_runtime.isolation.workers.streams import AsyncModelStream, ModelStream
 
 ArrayValue.__module__ = __name__  # defined in the stdlib-only wire format, which the worker loads by path
 

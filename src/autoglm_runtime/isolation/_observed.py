@@ -4,7 +4,7 @@ Each wraps the pool's stream and ends its :class:`~autoglm_runtime.observability
 when the model's generator is exhausted, when the stream fails (the E-code), or when its consumer stops it early
 (``close``, ``aclose``, leaving its ``with`` block, dropping it, or cancelling the task awaiting a chunk). They
 subclass the streams they wrap, so the types :class:`LoadedModel` promises stay true. A forked child's copy records
-nothing (the stream goes on in the parent, whose event it is; see ``workers/calls.py``).
+nothing (the stream goes on in the parent, whose event it is; see ``workers/streams.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import functools
 from typing import Any
 
 from autoglm_runtime.isolation.workers import _closer
-from autoglm_runtime.isolation.workers.calls import AsyncModelStream, ModelStream
+from autoglm_runtime.isolation.workers.streams import AsyncModelStream, ModelStream
 from autoglm_runtime.observability import ModelStreamCall
 
 __all__ = ["ObservedAsyncStream", "ObservedStream"]

@@ -14,10 +14,10 @@ from typing import Any
 from autoglm_runtime.deps.manifest import ModelManifest
 from autoglm_runtime.isolation._observed import ObservedAsyncStream, ObservedStream
 from autoglm_runtime.isolation.envs.build import BuiltEnvironment
-from autoglm_runtime.isolation.workers.calls import AsyncModelStream, ModelStream
 from autoglm_runtime.isolation.workers.pool import ReplicaPool
 from autoglm_runtime.isolation.workers.process import WorkerHealth
 from autoglm_runtime.isolation.workers.serving import ServingOptions
+from autoglm_runtime.isolation.workers.streams import AsyncModelStream, ModelStream
 from autoglm_runtime.observability import ModelCall, ModelStreamCall
 from autoglm_runtime.observability._events import ModelCallMetrics
 from autoglm_runtime.observability._tracing import spans_off

@@ -1,4 +1,5 @@
-"""Calls and streams on one worker, blocking or async: request out, replies routed back by id.
+"""Calls and streams on one worker, blocking or async: request out, replies routed back by id. Calls are here,
+streams in ``streams.py`` (which builds on the helpers here).
 
 Promises (for every kind):
 
@@ -22,39 +23,25 @@ Promises (for every kind):
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable
 from json.encoder import encode_basestring as _json_string  # what encode writes for a str
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from autoglm_runtime.errors import UsageError
 from autoglm_runtime.isolation._scripts import protocol as _protocol
-from autoglm_runtime.isolation._scripts.dispatch import WINDOW
-from autoglm_runtime.isolation.workers import _closer, _replies
-from autoglm_runtime.isolation.workers._calls import AbandonedSink, AsyncCallSink, AsyncStreamSink, Item, StreamSink
+from autoglm_runtime.isolation.workers import _replies
+from autoglm_runtime.isolation.workers._calls import AbandonedSink, AsyncCallSink
 from autoglm_runtime.isolation.workers._connection import Connection, PeerGone, SendTimeout
 from autoglm_runtime.observability._tracing import traceparent
 
 if TYPE_CHECKING:
     from autoglm_runtime.isolation.workers.process import WorkerProcess
 
-__all__ = [
-    "AsyncModelStream",
-    "ModelStream",
-    "acall",
-    "astream",
-    "call",
-    "check_timeout",
-    "open_astream",
-    "seconds",
-    "stream",
-]
+__all__ = ["acall", "call", "check_timeout", "request_frame", "seconds"]
 
-_MORE = WINDOW // 2
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a method name JSON writes as it is
 
 
@@ -269,238 +256,3 @@ def _abandon(  # noqa: PLR0917
         return False
     sink.watch(left, lambda: worker.timed_out(conn, method, timeout, f" after {after}"))
     return True
-
-
-def _open(
-    worker: WorkerProcess, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
-) -> tuple[int, _protocol.Frame, float | None]:
-    deadline = _deadline(worker, method, timeout)
-    call_id, frame = _request(worker, method, args, kwargs, True)
-    return call_id, frame, deadline
-
-
-class _StreamState:
-    """What a stream's two flavours share: its chunk accounting and how it ends."""
-
-    def __init__(  # noqa: PLR0917
-        self,
-        worker: WorkerProcess,
-        conn: Connection,
-        call_id: int,
-        method: str,
-        timeout: float | None,
-        on_done: Callable[[], None] | None,
-    ) -> None:
-        self.worker, self.conn, self.call_id, self.method, self.timeout = worker, conn, call_id, method, timeout
-        self._on_done = on_done
-        self._consumed = 0
-        self.finished = False
-        self.pid = _closer.pid()  # the process that opened the stream, the only one whose copy talks to the worker
-
-    def not_here(self) -> UsageError:
-        """The error reading a copy of the stream a forked child inherited raises."""
-        return UsageError(
-            f"the stream of {self.method}() on model '{self.worker.spec.name}' was opened by process {self.pid} and "
-            f"cannot be read in process {_closer.pid()}, a fork of it: its chunks go to process {self.pid}; open "
-            "streams in the process that reads them"
-        )
-
-    def take(self, item: Item | None) -> tuple[bool, Any]:
-        """``(True, chunk)`` for a chunk; ``(False, None)`` at the end; raises the stream's error."""
-        if isinstance(item, BaseException):
-            self.finish(cancel=False)
-            raise item
-        assert item is not None
-        if "chunk" in item:
-            self._consumed += 1
-            if self._consumed % _MORE == 0:
-                self.conn.send_message({"id": self.call_id, "type": "more", "n": _MORE})
-            return True, item["chunk"]
-        self.finish(cancel=False)
-        if item.get("end"):
-            self.worker.succeeded()
-            return False, None
-        _outcome(self.worker, self.method, self.call_id, item)
-        raise AssertionError("a stream ended with a result")  # pragma: no cover - the worker never sends one
-
-    def finish(self, cancel: bool) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        if self.pid != _closer.pid():
-            return  # a forked child's copy: only marked closed (see the module's promises)
-        # Stopped early: the worker closes the model's generator once its current step returns, and only then is it
-        # free; until its end reply comes (or it dies) the stream keeps its place (on_done), as an abandoned call.
-        on_done, timeout = self._on_done, self.timeout
-        kept = (
-            cancel
-            and on_done is not None
-            and _abandon(
-                self.worker, self.conn, self.call_id, self.method, timeout, timeout, on_done, "its stream was closed"
-            )
-        )
-        if not kept:  # ended by the worker (or given up on by the host), or its end came already (unread)
-            self.conn.unregister(self.call_id)
-        if cancel:
-            self.conn.send_message({"id": self.call_id, "type": "cancel"})
-        if on_done is not None and not kept:
-            on_done()
-
-
-_S = TypeVar("_S", bound="ModelStream")
-_A = TypeVar("_A", bound="AsyncModelStream")
-
-
-class ModelStream(Iterator[Any]):
-    """The chunks a model's generator yields, one by one, as they come; close it to stop the generator.
-
-    >>> with model.stream("generate", "Once upon", timeout=30) as chunks:  # doctest: +SKIP
-    ...     for chunk in chunks: print(chunk, end="")
-    """
-
-    def __init__(self, state: _StreamState, sink: StreamSink) -> None:
-        self._state = state
-        self._sink = sink
-
-    def __next__(self) -> Any:
-        state = self._state
-        if state.finished:
-            raise StopIteration
-        if state.pid != _closer.pid():
-            raise state.not_here()
-        item = self._sink.get(state.timeout)
-        if item is None:
-            state.finish(cancel=False)
-            raise state.worker.timed_out(state.conn, state.method, state.timeout, " (waiting for its next chunk)")
-        more, chunk = state.take(item)
-        if not more:
-            raise StopIteration
-        return chunk
-
-    def close(self) -> None:
-        """Stop early: the model's generator is closed in the worker (its ``finally`` blocks run) once its current
-        step returns; this returns at once, and the stream keeps its place until then. Idempotent.
-
-        In a forked child, its inherited copy is only marked closed: the stream goes on in the parent.
-        """
-        self._state.finish(cancel=True)
-
-    def __enter__(self: _S) -> _S:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        state = self._state
-        if not state.finished and state.pid == _closer.pid():  # dropped unclosed (see _closer), where it was opened
-            _closer.dropped(self.close)
-
-
-class AsyncModelStream(AsyncIterator[Any]):
-    """:class:`ModelStream` for ``async for``; ``await stream.aclose()`` (or ``async with``) stops it early.
-
-    It reaches its worker on the first ``__anext__`` (so ``async for chunk in model.astream(...)`` works).
-    """
-
-    def __init__(self, opener: Callable[[], Awaitable[tuple[_StreamState, AsyncStreamSink]]]) -> None:
-        self._opener = opener
-        self._state: _StreamState | None = None
-        self._sink: AsyncStreamSink | None = None
-        self._closed = False
-
-    async def __anext__(self) -> Any:
-        if self._closed:
-            raise StopAsyncIteration
-        if self._state is None:
-            self._state, self._sink = await self._opener()
-        state, sink = self._state, self._sink
-        assert sink is not None
-        if state.finished:
-            raise StopAsyncIteration
-        if state.pid != _closer.pid():
-            raise state.not_here()
-        try:
-            item = await asyncio.wait_for(sink.queue.get(), state.timeout)
-        except asyncio.TimeoutError:
-            state.finish(cancel=False)
-            loop = asyncio.get_running_loop()
-            error = await loop.run_in_executor(
-                None, state.worker.timed_out, state.conn, state.method, state.timeout, " (waiting for its next chunk)"
-            )
-            raise error from None
-        more, chunk = state.take(item)
-        if not more:
-            raise StopAsyncIteration
-        return chunk
-
-    async def aclose(self) -> None:
-        """Stop early: the model's generator is closed in the worker. Idempotent (in a forked child, see
-        :meth:`ModelStream.close`)."""
-        self._closed = True
-        if self._state is not None:
-            self._state.finish(cancel=True)
-
-    async def __aenter__(self: _A) -> _A:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    def __del__(self) -> None:
-        state = self._state
-        if state is not None and not state.finished and state.pid == _closer.pid():
-            _closer.dropped(functools.partial(state.finish, cancel=True))
-
-
-def stream(  # noqa: PLR0917
-    worker: WorkerProcess,
-    method: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    timeout: float | None,
-    on_done: Callable[[], None] | None = None,
-) -> ModelStream:
-    """Start ``model.<method>(*args, **kwargs)`` (a generator) in ``worker``; ``on_done`` runs once it ends."""
-    _closer.ensure_started()  # here, not in __del__: see _closer
-    call_id, frame, deadline = _open(worker, method, args, kwargs, timeout)
-    conn = worker.connection(method, timeout, deadline)
-    sink = StreamSink(method)
-    conn.register(call_id, sink)
-    unsent = _send(conn, call_id, frame, deadline)
-    if unsent is not None:
-        raise _unsent(worker, conn, method, timeout, unsent)
-    return ModelStream(_StreamState(worker, conn, call_id, method, timeout, on_done), sink)
-
-
-async def open_astream(  # noqa: PLR0917
-    worker: WorkerProcess,
-    method: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    timeout: float | None,
-    on_done: Callable[[], None] | None = None,
-) -> tuple[_StreamState, AsyncStreamSink]:
-    """Start ``model.<method>(...)`` (a generator) in ``worker`` from the running loop (opens an
-    :class:`AsyncModelStream`)."""
-    loop = asyncio.get_running_loop()
-    _closer.ensure_started()
-    call_id, frame, deadline = _open(worker, method, args, kwargs, timeout)
-    conn = await _aconnection(worker, method, timeout, deadline)
-    sink = AsyncStreamSink(method, loop)
-    conn.register(call_id, sink)
-    unsent = _send(conn, call_id, frame, deadline)
-    if unsent is not None:
-        raise await loop.run_in_executor(None, _unsent, worker, conn, method, timeout, unsent)
-    return _StreamState(worker, conn, call_id, method, timeout, on_done), sink
-
-
-def astream(
-    worker: WorkerProcess, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
-) -> AsyncModelStream:
-    """:func:`stream` for ``async for``."""
-    return AsyncModelStream(lambda: open_astream(worker, method, args, kwargs, timeout))

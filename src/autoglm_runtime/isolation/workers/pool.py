@@ -25,11 +25,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from autoglm_runtime.errors import ModelOverloadedError, ModelTimeoutError, WorkerError
-from autoglm_runtime.isolation.workers import calls
+from autoglm_runtime.isolation.workers import calls, streams
 from autoglm_runtime.isolation.workers._connection import Connection
 from autoglm_runtime.isolation.workers._state import Heartbeat, heartbeat_step
-from autoglm_runtime.isolation.workers.calls import AsyncModelStream, ModelStream
 from autoglm_runtime.isolation.workers.process import WorkerHealth, WorkerProcess
+from autoglm_runtime.isolation.workers.streams import AsyncModelStream, ModelStream
 
 __all__ = ["ReplicaPool"]
 
@@ -151,7 +151,7 @@ class ReplicaPool:
         deadline = None if timeout is None else self._timer() + timeout
         worker = self._acquire(method, timeout, deadline)
         try:
-            return calls.stream(worker, method, args, kwargs, timeout, self._releaser(worker))
+            return streams.stream(worker, method, args, kwargs, timeout, self._releaser(worker))
         except BaseException:
             self._release(worker)
             raise
@@ -165,7 +165,7 @@ class ReplicaPool:
             deadline = None if timeout is None else self._timer() + timeout
             worker = await self._aacquire(method, timeout, deadline)
             try:
-                return await calls.open_astream(worker, method, args, kwargs, timeout, self._releaser(worker))
+                return await streams.open_astream(worker, method, args, kwargs, timeout, self._releaser(worker))
             except BaseException:
                 self._release(worker)
                 raise
