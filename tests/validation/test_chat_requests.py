@@ -186,3 +186,26 @@ def test_a_continued_final_message_s_trailing_space_counts_as_the_template_trims
         ids = reference.apply_chat_template(messages, tokenize=True, **kwargs)["input_ids"]
         result = judge(directory, {"messages": messages, **kwargs})
         assert (result.prompt, result.token_ids) == (prompt, (tuple(ids),))
+
+
+@pytest.mark.parametrize(
+    ("fields", "kwargs"),
+    [
+        ({"chat_template_kwargs": {"add_generation_prompt": False}}, {"add_generation_prompt": True}),
+        (
+            {"chat_template_kwargs": {"add_generation_prompt": True}, "add_generation_prompt": False},
+            {"add_generation_prompt": False},
+        ),
+        ({"chat_template_kwargs": {"continue_final_message": True}}, {"add_generation_prompt": True}),
+    ],
+    ids=["kwargs-no-generation-prompt", "field-beats-kwargs", "kwargs-continue-final-message"],
+)
+def test_the_request_s_own_generation_fields_beat_its_kwargs(
+    model: Any, fields: dict[str, Any], kwargs: dict[str, Any]
+) -> None:
+    # vLLM merges the request's add_generation_prompt and continue_final_message over chat_template_kwargs, and those
+    # fields always have a value (true and false by default): the kwargs never set them.
+    directory, reference = model
+    messages = [{"role": "user", "content": "hello world"}, {"role": "assistant", "content": "the quick"}]
+    ids = reference.apply_chat_template(messages, tokenize=True, **kwargs)["input_ids"]
+    assert judge(directory, {"messages": messages, **fields}).token_ids == (tuple(ids),)

@@ -172,15 +172,17 @@ _OPTION_FIELDS: dict[str, tuple[type, ...]] = {
     "reasoning_effort": (str,),
 }
 _RESERVED = ("messages", "tools", "chat_template", "tokenize")
+_REQUEST_ONLY = ("add_generation_prompt", "continue_final_message")
 
 
 def template_options(body: Mapping[str, Any]) -> dict[str, Any]:
     """The template variables a chat request sets, merged as vLLM merges them.
 
-    ``chat_template_kwargs`` first, then the request's ``add_generation_prompt``, ``continue_final_message``,
-    ``documents`` and ``reasoning_effort`` where sent, and ``enable_thinking`` (false for ``reasoning_effort``
-    ``"none"``) unless the kwargs set it. A field of the wrong type is E5010, as is a kwarg naming the messages,
-    the tools or the template itself.
+    ``chat_template_kwargs`` first (less ``add_generation_prompt`` and ``continue_final_message``: vLLM always
+    overrides them with the request's own, defaults included), then the request's ``add_generation_prompt``,
+    ``continue_final_message``, ``documents`` and ``reasoning_effort`` where sent, and ``enable_thinking`` (false
+    for ``reasoning_effort`` ``"none"``) unless the kwargs set it. A field of the wrong type is E5010, as is a
+    kwarg naming the messages, the tools or the template itself.
 
     >>> template_options({"chat_template_kwargs": {"enable_thinking": False}, "add_generation_prompt": False})
     {'enable_thinking': False, 'add_generation_prompt': False}
@@ -199,7 +201,9 @@ def template_options(body: Mapping[str, Any]) -> dict[str, Any]:
                 f"chat_template_kwargs may not set {name!r}: send it as the request's own field, or not at all",
                 param="chat_template_kwargs",
             )
-    options = dict(kwargs)
+    # The request's own add_generation_prompt and continue_final_message always have a value in vLLM (true and false
+    # by default) and are merged over the kwargs: the kwargs never set them.
+    options = {name: value for name, value in kwargs.items() if name not in _REQUEST_ONLY}
     for name, kinds in _OPTION_FIELDS.items():
         value = body.get(name)
         if value is None or value == "auto":
