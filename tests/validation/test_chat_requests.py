@@ -209,3 +209,12 @@ def test_the_request_s_own_generation_fields_beat_its_kwargs(
     messages = [{"role": "user", "content": "hello world"}, {"role": "assistant", "content": "the quick"}]
     ids = reference.apply_chat_template(messages, tokenize=True, **kwargs)["input_ids"]
     assert judge(directory, {"messages": messages, **fields}).token_ids == (tuple(ids),)
+
+
+def test_empty_text_parts_add_no_line_break_to_a_string_template(model: Any) -> None:
+    # vLLM keeps only the parts that parse to some text before joining them with "\n": an empty text part is gone.
+    directory, reference = model
+    parts = [{"type": "text", "text": "hello"}, {"type": "text", "text": ""}, "", {"type": "text", "text": "world"}]
+    seen = [{"role": "user", "content": "hello\nworld"}]
+    ids = reference.apply_chat_template(seen, tokenize=True, add_generation_prompt=True)["input_ids"]
+    assert judge(directory, {"messages": [{"role": "user", "content": parts}]}).token_ids == (tuple(ids),)

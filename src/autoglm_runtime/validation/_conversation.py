@@ -6,9 +6,9 @@ vLLM never gives a template the request's messages as they came. It keeps only t
 
 - the *content format* is read off the template: ``"openai"`` when the template loops over a message's ``content``
   (``{% for part in message['content'] %}``), else ``"string"``;
-- in the string format a message's content is its text parts joined with ``"\\n"`` (``""`` for none, also for a
-  null content); in the openai format it is a list of ``{"type": "text", "text": ...}`` and ``{"type": "image"}``
-  (``"audio"``, ``"video"``) parts;
+- in the string format a message's content is its non-empty text parts joined with ``"\\n"`` (``""`` for none,
+  also for a null content); in the openai format it is a list of ``{"type": "text", "text": ...}`` and
+  ``{"type": "image"}`` (``"audio"``, ``"video"``) parts;
 - an assistant's ``tool_calls`` are kept with each call's JSON ``arguments`` parsed into an object (``{}`` when the
   text is not JSON), an empty list is dropped; its ``reasoning`` (or ``reasoning_content``) is passed under both
   names; a tool result keeps its ``tool_call_id`` and, when all its parts are text, a string content;
@@ -139,7 +139,8 @@ def conversation(messages: Sequence[Mapping[str, Any]], form: ContentFormat) -> 
     for message in messages:
         role = message.get("role")
         parts = list(_parts(message.get("content")))
-        content: Any = parts if form == "openai" else "\n".join(p["text"] for p in parts if "text" in p)
+        # vLLM keeps a string template's parts only when they parse to some text: an empty one adds no line break.
+        content: Any = parts if form == "openai" else "\n".join(p["text"] for p in parts if p.get("text"))
         item: dict[str, Any] = {"role": role, "content": content}
         if role == "assistant":
             calls = message.get("tool_calls")
