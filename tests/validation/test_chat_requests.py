@@ -168,3 +168,53 @@ def test_the_client_s_own_private_use_characters_still_count_with_continue_final
     kwargs = {"add_generation_prompt": False, "continue_final_message": True}
     ids = reference.apply_chat_template(messages, tokenize=True, **kwargs)["input_ids"]
     assert judge(directory, {"messages": messages, **kwargs}).token_ids == (tuple(ids),)
+
+
+def test_a_continued_final_message_s_trailing_space_counts_as_the_template_trims_it(tmp_path: Path) -> None:
+    # A template that trims each message's content drops the final message's trailing whitespace: the prompt ends
+    # where its trimmed text ends (transformers cuts there), so a client's trailing newlines do not count.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    trimming = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n{% endfor %}"
+    directory = write_chat_model(tmp_path / "model", trimming)
+    reference = AutoTokenizer.from_pretrained(str(directory))
+    kwargs = {"add_generation_prompt": False, "continue_final_message": True}
+    for text in ("the quick \n\n\n", "the quick"):
+        messages = [{"role": "user", "content": "hello world"}, {"role": "assistant", "content": text}]
+        prompt = reference.apply_chat_template(messages, tokenize=False, **kwargs)
+        ids = reference.apply_chat_template(messages, tokenize=True, **kwargs)["input_ids"]
+        result = judge(directory, {"messages": messages, **kwargs})
+        assert (result.prompt, result.token_ids) == (prompt, (tuple(ids),))
+
+
+@pytest.mark.parametrize(
+    ("fields", "kwargs"),
+    [
+        ({"chat_template_kwargs": {"add_generation_prompt": False}}, {"add_generation_prompt": True}),
+        (
+            {"chat_template_kwargs": {"add_generation_prompt": True}, "add_generation_prompt": False},
+            {"add_generation_prompt": False},
+        ),
+        ({"chat_template_kwargs": {"continue_final_message": True}}, {"add_generation_prompt": True}),
+    ],
+    ids=["kwargs-no-generation-prompt", "field-beats-kwargs", "kwargs-continue-final-message"],
+)
+def test_the_request_s_own_generation_fields_beat_its_kwargs(
+    model: Any, fields: dict[str, Any], kwargs: dict[str, Any]
+) -> None:
+    # vLLM merges the request's add_generation_prompt and continue_final_message over chat_template_kwargs, and those
+    # fields always have a value (true and false by default): the kwargs never set them.
+    directory, reference = model
+    messages = [{"role": "user", "content": "hello world"}, {"role": "assistant", "content": "the quick"}]
+    ids = reference.apply_chat_template(messages, tokenize=True, **kwargs)["input_ids"]
+    assert judge(directory, {"messages": messages, **fields}).token_ids == (tuple(ids),)
+
+
+def test_empty_text_parts_add_no_line_break_to_a_string_template(model: Any) -> None:
+    # vLLM keeps only the parts that parse to some text before joining them with "\n": an empty text part is gone.
+    directory, reference = model
+    parts = [{"type": "text", "text": "hello"}, {"type": "text", "text": ""}, "", {"type": "text", "text": "world"}]
+    seen = [{"role": "user", "content": "hello\nworld"}]
+    ids = reference.apply_chat_template(seen, tokenize=True, add_generation_prompt=True)["input_ids"]
+    assert judge(directory, {"messages": [{"role": "user", "content": parts}]}).token_ids == (tuple(ids),)

@@ -6,9 +6,9 @@ vLLM never gives a template the request's messages as they came. It keeps only t
 
 - the *content format* is read off the template: ``"openai"`` when the template loops over a message's ``content``
   (``{% for part in message['content'] %}``), else ``"string"``;
-- in the string format a message's content is its text parts joined with ``"\\n"`` (``""`` for none, also for a
-  null content); in the openai format it is a list of ``{"type": "text", "text": ...}`` and ``{"type": "image"}``
-  (``"audio"``, ``"video"``) parts;
+- in the string format a message's content is its non-empty text parts joined with ``"\\n"`` (``""`` for none,
+  also for a null content); in the openai format it is a list of ``{"type": "text", "text": ...}`` and
+  ``{"type": "image"}`` (``"audio"``, ``"video"``) parts;
 - an assistant's ``tool_calls`` are kept with each call's JSON ``arguments`` parsed into an object (``{}`` when the
   text is not JSON), an empty list is dropped; its ``reasoning`` (or ``reasoning_content``) is passed under both
   names; a tool result keeps its ``tool_call_id`` and, when all its parts are text, a string content;
@@ -139,7 +139,8 @@ def conversation(messages: Sequence[Mapping[str, Any]], form: ContentFormat) -> 
     for message in messages:
         role = message.get("role")
         parts = list(_parts(message.get("content")))
-        content: Any = parts if form == "openai" else "\n".join(p["text"] for p in parts if "text" in p)
+        # vLLM keeps a string template's parts only when they parse to some text: an empty one adds no line break.
+        content: Any = parts if form == "openai" else "\n".join(p["text"] for p in parts if p.get("text"))
         item: dict[str, Any] = {"role": role, "content": content}
         if role == "assistant":
             calls = message.get("tool_calls")
@@ -172,15 +173,17 @@ _OPTION_FIELDS: dict[str, tuple[type, ...]] = {
     "reasoning_effort": (str,),
 }
 _RESERVED = ("messages", "tools", "chat_template", "tokenize")
+_REQUEST_ONLY = ("add_generation_prompt", "continue_final_message")
 
 
 def template_options(body: Mapping[str, Any]) -> dict[str, Any]:
     """The template variables a chat request sets, merged as vLLM merges them.
 
-    ``chat_template_kwargs`` first, then the request's ``add_generation_prompt``, ``continue_final_message``,
-    ``documents`` and ``reasoning_effort`` where sent, and ``enable_thinking`` (false for ``reasoning_effort``
-    ``"none"``) unless the kwargs set it. A field of the wrong type is E5010, as is a kwarg naming the messages,
-    the tools or the template itself.
+    ``chat_template_kwargs`` first (less ``add_generation_prompt`` and ``continue_final_message``: vLLM always
+    overrides them with the request's own, defaults included), then the request's ``add_generation_prompt``,
+    ``continue_final_message``, ``documents`` and ``reasoning_effort`` where sent, and ``enable_thinking`` (false
+    for ``reasoning_effort`` ``"none"``) unless the kwargs set it. A field of the wrong type is E5010, as is a
+    kwarg naming the messages, the tools or the template itself.
 
     >>> template_options({"chat_template_kwargs": {"enable_thinking": False}, "add_generation_prompt": False})
     {'enable_thinking': False, 'add_generation_prompt': False}
@@ -199,7 +202,9 @@ def template_options(body: Mapping[str, Any]) -> dict[str, Any]:
                 f"chat_template_kwargs may not set {name!r}: send it as the request's own field, or not at all",
                 param="chat_template_kwargs",
             )
-    options = dict(kwargs)
+    # The request's own add_generation_prompt and continue_final_message always have a value in vLLM (true and false
+    # by default) and are merged over the kwargs: the kwargs never set them.
+    options = {name: value for name, value in kwargs.items() if name not in _REQUEST_ONLY}
     for name, kinds in _OPTION_FIELDS.items():
         value = body.get(name)
         if value is None or value == "auto":

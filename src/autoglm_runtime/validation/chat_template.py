@@ -185,25 +185,30 @@ class ChatTemplate:
                 f"the model's chat template failed on the messages ({type(exc).__name__}: {exc}): fix the conversation",
                 param="messages",
             ) from exc
-        # Only the mark itself goes: the same character sent by the client stays, and counts.
+        # Only the mark itself goes: the same character sent by the client stays, and counts. A template that trimmed
+        # the mark's trailing space trimmed the message too: the text before the mark loses its trailing whitespace.
         end = text.rfind(_END) if marked else -1
-        return text[:end] if end >= 0 else text
+        if end < 0:
+            return text
+        return text[:end] if text.startswith(_MARK, end) else text[:end].rstrip()
 
 
-#: Marks where the final message's text ends (a private-use character no template writes).
+#: Marks where the final message's text ends (a private-use character no template writes); the space after it, as
+#: transformers' own mark has, tells whether the template trims the content.
 _END = "\U000f0000"
+_MARK = _END + " "
 
 
 def _mark_end(chat: list[dict[str, Any]]) -> bool:
-    """Append :data:`_END` to the final message's last text; ``False`` when it has none."""
+    """Append :data:`_MARK` to the final message's last text; ``False`` when it has none."""
     if not chat:
         return False
     content = chat[-1].get("content")
     if isinstance(content, str):
-        chat[-1]["content"] = content + _END
+        chat[-1]["content"] = content + _MARK
         return True
     for part in reversed(content if isinstance(content, list) else []):
         if "text" in part:
-            part["text"] += _END
+            part["text"] += _MARK
             return True
     return False
