@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from integration.isolation._helpers import in_background, outcome, pid_in
 
-from autoglm_runtime.errors import ModelCallError, ModelOverloadedError, WorkerError
+from autoglm_runtime.errors import ModelCallError, ModelOverloadedError, ModelTimeoutError, WorkerError
 from autoglm_runtime.isolation import ModelLoader
 from autoglm_runtime.testing import wait_until
 
@@ -460,3 +460,43 @@ def test_calls_wait_for_the_live_replica_not_fail_on_one_given_up(
         busy.join()
         waiting.join()
         assert (first, queued, second) == (["done"], None, [int(marker.read_text())])
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_stream_past_its_idle_timeout_keeps_its_place_until_its_worker_was_killed(
+    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path, flavour: str
+) -> None:
+    # Freed before the kill, the place could go to a queued call sent into the worker about to be killed (E0103).
+    model = _load(loader, make_model, _named(request), MODEL)
+    pid = model.call("pid", timeout=30)
+    marker, release = tmp_path / "running", tmp_path / "never"
+    held: list[int] = []
+
+    class AtTheKill(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting for its next chunk" in record.getMessage():
+                held.append(model.health()["inflight"])
+
+    handler = AtTheKill()
+    logger = logging.getLogger("autoglm_runtime.isolation.workers.process")
+    logger.addHandler(handler)
+    try:
+        if flavour == "sync":
+            with model.stream("steps", str(marker), str(release), timeout=1) as chunks:
+                assert next(chunks) == 1
+                with pytest.raises(ModelTimeoutError):
+                    next(chunks)
+        else:
+
+            async def read() -> None:
+                chunks = model.astream("steps", str(marker), str(release), timeout=1)
+                assert await chunks.__anext__() == 1
+                with pytest.raises(ModelTimeoutError):
+                    await chunks.__anext__()
+                await chunks.aclose()
+
+            asyncio.run(read())
+    finally:
+        logger.removeHandler(handler)
+    assert held == [1]  # the stream still held its place while its worker was killed
+    _restarted_for_a_timeout(model, pid)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncModelStream", "ModelStream", "astream", "open_astream", "stream"]
 
 _MORE = WINDOW // 2
+_WAITING = " (waiting for its next chunk)"  # what a stream's idle timeout says it waited for
 
 
 def _open(
@@ -132,9 +133,12 @@ class ModelStream(Iterator[Any]):
         if state.pid != _closer.pid():
             raise state.not_here()
         item = self._sink.get(state.timeout)
-        if item is None:
-            state.finish(cancel=False)
-            raise state.worker.timed_out(state.conn, state.method, state.timeout, " (waiting for its next chunk)")
+        if item is None:  # the place is given up once the worker was killed (before, a queued call could go to it)
+            try:
+                error = state.worker.timed_out(state.conn, state.method, state.timeout, _WAITING)
+            finally:
+                state.finish(cancel=False)
+            raise error
         more, chunk = state.take(item)
         if not more:
             raise StopIteration
@@ -188,11 +192,13 @@ class AsyncModelStream(AsyncIterator[Any]):
         try:
             item = await asyncio.wait_for(sink.queue.get(), state.timeout)
         except asyncio.TimeoutError:
-            state.finish(cancel=False)
             loop = asyncio.get_running_loop()
-            error = await loop.run_in_executor(
-                None, state.worker.timed_out, state.conn, state.method, state.timeout, " (waiting for its next chunk)"
-            )
+            try:  # (the place is given up once the worker was killed, as for a blocking stream)
+                error = await loop.run_in_executor(
+                    None, state.worker.timed_out, state.conn, state.method, state.timeout, _WAITING
+                )
+            finally:
+                state.finish(cancel=False)
             raise error from None
         more, chunk = state.take(item)
         if not more:
