@@ -222,6 +222,12 @@ def test_a_bare_interpreter_name_is_looked_up_on_path_as_check_deps_does(
     with pytest.raises(UsageError) as info:
         EnvironmentBuilder(tmp_path / "envs", python="./" + name)  # a path is a path: not looked up
     assert info.value.message.startswith(f"interpreter {tmp_path / name} does not exist")
+    # A name found nowhere is said to be missing from PATH, not a file of the working directory.
+    with pytest.raises(UsageError) as missing:
+        EnvironmentBuilder(tmp_path / "envs", python="python3.99")
+    assert missing.value.message == (
+        "interpreter python3.99 was not found on PATH; give the path of a Python executable, or a name on PATH"
+    )
 
 
 def test_supervision_options_no_worker_can_run_with_are_refused_all_at_once(tmp_path: Path) -> None:

@@ -146,6 +146,11 @@ class EnvironmentBuilder:
         self.root = Path(root).absolute()
         # A bare name (python3.12) is looked up on PATH, as check-deps --python does; a path is made absolute.
         self.python = interpreter_path(os.fspath(python)) if python is not None else os.path.abspath(sys.executable)
+        if python is not None and os.sep not in os.fspath(python) and not os.path.exists(self.python):
+            raise UsageError(
+                f"interpreter {os.fspath(python)} was not found on PATH; give the path of a Python executable, or "
+                "a name on PATH"
+            )
         self.wheelhouse = Path(wheelhouse).absolute() if wheelhouse is not None else None
         self.offline = offline
         self.index_url = index_url
