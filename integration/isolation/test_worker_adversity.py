@@ -97,6 +97,16 @@ def loader(wheelhouse: Path, env_root: Path) -> Iterator[ModelLoader]:
         yield loader
 
 
+@pytest.fixture
+def load(loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """Loads the test's own model in the module's loader: ``code`` (``MODEL``), with ``serving`` in its manifest."""
+
+    def load(serving: str = "", code: str = MODEL) -> Any:
+        return _load(loader, make_model, _named(request), code, serving)
+
+    return load
+
+
 def _named(request: pytest.FixtureRequest) -> str:
     """A model name of the test's own (its parameters included)."""
     name = request.node.name
@@ -116,9 +126,9 @@ UNPRINTABLE = "model '{}' raised Unprintable: <str() of the Unprintable raised R
 
 @pytest.mark.parametrize("serving", ["", 'concurrency = "threads"\nmax_inflight = 2'], ids=["serial", "threads"])
 def test_an_exception_whose_str_raises_is_a_model_call_error_and_the_worker_lives_on(
-    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, serving: str
+    load: Callable[..., Any], serving: str
 ) -> None:
-    model = _load(loader, make_model, _named(request), MODEL, serving)
+    model = load(serving)
     pid = model.call("pid", timeout=30)
     with pytest.raises(ModelCallError) as info:
         model.call("unprintable", timeout=30)
@@ -133,10 +143,8 @@ def test_an_exception_whose_str_raises_is_a_model_call_error_and_the_worker_live
     model.close()
 
 
-def test_an_async_models_exception_whose_str_raises_is_a_model_call_error(
-    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest
-) -> None:
-    model = _load(loader, make_model, _named(request), ASYNC_MODEL, 'concurrency = "async"')
+def test_an_async_models_exception_whose_str_raises_is_a_model_call_error(load: Callable[..., Any]) -> None:
+    model = load('concurrency = "async"', ASYNC_MODEL)
     with pytest.raises(ModelCallError) as info:
         model.call("unprintable", timeout=30)
     assert info.value.message == UNPRINTABLE.format(model.name)
@@ -144,10 +152,8 @@ def test_an_async_models_exception_whose_str_raises_is_a_model_call_error(
     model.close()
 
 
-def test_an_exception_too_large_for_a_frame_is_reported_cut_and_the_worker_lives_on(
-    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest
-) -> None:
-    model = _load(loader, make_model, _named(request), MODEL)
+def test_an_exception_too_large_for_a_frame_is_reported_cut_and_the_worker_lives_on(load: Callable[..., Any]) -> None:
+    model = load()
     pid = model.call("pid", timeout=30)
     size = 70 * 1024 * 1024  # more than a frame's JSON may hold (64 MiB)
     with pytest.raises(ModelCallError) as info:
@@ -161,9 +167,9 @@ def test_an_exception_too_large_for_a_frame_is_reported_cut_and_the_worker_lives
 
 
 def test_a_cancelled_async_call_keeps_its_place_until_the_worker_answers_it(
-    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+    load: Callable[..., Any], tmp_path: Path
 ) -> None:
-    model = _load(loader, make_model, _named(request), MODEL)
+    model = load()
     pid = model.call("pid", timeout=30)
     marker, release = tmp_path / "running", tmp_path / "release"
 
@@ -176,9 +182,9 @@ def test_a_cancelled_async_call_keeps_its_place_until_the_worker_answers_it(
 
 
 def test_an_abandoned_call_still_running_past_its_timeout_has_its_worker_restarted(
-    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+    load: Callable[..., Any], tmp_path: Path
 ) -> None:
-    model = _load(loader, make_model, _named(request), MODEL)
+    model = load()
     pid = model.call("pid", timeout=30)
     marker, never = tmp_path / "running", tmp_path / "never"
 
@@ -195,9 +201,9 @@ def _restarted_for_a_timeout(model: Any, pid: int) -> None:
 
 
 def test_a_stream_closed_during_a_step_keeps_its_place_until_the_worker_ends_its_generator(
-    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+    load: Callable[..., Any], tmp_path: Path
 ) -> None:
-    model = _load(loader, make_model, _named(request), MODEL)
+    model = load()
     pid = model.call("pid", timeout=30)
     marker, release = tmp_path / "running", tmp_path / "release"
     _close_during_a_step(model, marker, release, timeout=60)
@@ -212,9 +218,9 @@ def test_a_stream_closed_during_a_step_keeps_its_place_until_the_worker_ends_its
 
 
 def test_an_async_stream_closed_during_a_step_keeps_its_place_until_the_worker_ends_its_generator(
-    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+    load: Callable[..., Any], tmp_path: Path
 ) -> None:
-    model = _load(loader, make_model, _named(request), MODEL)
+    model = load()
     pid = model.call("pid", timeout=30)
     marker, release = tmp_path / "running", tmp_path / "release"
 
@@ -254,9 +260,9 @@ def _idle_without_restarts(model: Any) -> None:
 
 
 def test_a_call_right_after_a_stream_closed_during_a_step_is_refused_without_a_queue(
-    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+    load: Callable[..., Any], tmp_path: Path
 ) -> None:
-    model = _load(loader, make_model, _named(request), MODEL, "max_queue = 0")
+    model = load("max_queue = 0")
     pid = model.call("pid", timeout=30)
     marker, release = tmp_path / "running", tmp_path / "release"
     _close_during_a_step(model, marker, release, timeout=60)
@@ -270,9 +276,9 @@ def test_a_call_right_after_a_stream_closed_during_a_step_is_refused_without_a_q
 
 
 def test_a_stream_closed_during_a_step_longer_than_its_timeout_has_its_worker_restarted(
-    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+    load: Callable[..., Any], tmp_path: Path
 ) -> None:
-    model = _load(loader, make_model, _named(request), MODEL)
+    model = load()
     pid = model.call("pid", timeout=30)
     marker, never = tmp_path / "running", tmp_path / "never"
     _close_during_a_step(model, marker, never, timeout=2)
@@ -281,9 +287,9 @@ def test_a_stream_closed_during_a_step_longer_than_its_timeout_has_its_worker_re
 
 
 def test_an_abandoned_call_answered_as_its_timer_kills_the_worker_gives_its_place_to_no_call_before_the_kill(
-    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+    load: Callable[..., Any], tmp_path: Path
 ) -> None:
-    model = _load(loader, make_model, _named(request), MODEL)
+    model = load()
     pid = model.call("pid", timeout=30)
     marker, release = tmp_path / "running", tmp_path / "release"
     marker2, release2 = tmp_path / "running2", tmp_path / "release2"
@@ -328,9 +334,9 @@ def _poll(condition: Callable[[], bool], timeout: float = 30.0) -> None:
 
 
 def test_cancels_racing_the_answers_leave_every_max_inflight_place_free_and_no_more(
-    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path
+    load: Callable[..., Any], tmp_path: Path
 ) -> None:
-    model = _load(loader, make_model, _named(request), MODEL, 'concurrency = "threads"\nmax_inflight = 2')
+    model = load('concurrency = "threads"\nmax_inflight = 2')
     rng = random.Random(7)
 
     async def storm() -> None:
@@ -360,10 +366,8 @@ def test_cancels_racing_the_answers_leave_every_max_inflight_place_free_and_no_m
     model.close()
 
 
-def test_close_leaves_no_thread_though_a_daemon_the_model_started_holds_its_output(
-    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest
-) -> None:
-    model = _load(loader, make_model, _named(request), MODEL)
+def test_close_leaves_no_thread_though_a_daemon_the_model_started_holds_its_output(load: Callable[..., Any]) -> None:
+    model = load()
     pid = model.call("pid", timeout=30)
     daemon = model.call("daemon", timeout=30)
     try:
@@ -373,10 +377,8 @@ def test_close_leaves_no_thread_though_a_daemon_the_model_started_holds_its_outp
         os.kill(daemon, signal.SIGKILL)
 
 
-def test_a_burst_of_calls_to_a_worker_that_died_idle_all_run_on_its_restarted_worker(
-    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest
-) -> None:
-    model = _load(loader, make_model, _named(request), MODEL, 'concurrency = "threads"\nmax_inflight = 8')
+def test_a_burst_of_calls_to_a_worker_that_died_idle_all_run_on_its_restarted_worker(load: Callable[..., Any]) -> None:
+    model = load('concurrency = "threads"\nmax_inflight = 8')
     for _ in range(5):  # the callers race one another to find the death: every order must work
         pid = model.call("pid", timeout=30)
         os.kill(pid, signal.SIGKILL)
@@ -395,9 +397,9 @@ def test_a_burst_of_calls_to_a_worker_that_died_idle_all_run_on_its_restarted_wo
 
 @pytest.mark.parametrize("others", [0, 1], ids=["alone", "with-another-call-in-flight"])
 def test_a_blocking_call_whose_worker_died_after_it_had_the_request_is_not_run_again(
-    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path, others: int
+    load: Callable[..., Any], tmp_path: Path, others: int
 ) -> None:
-    model = _load(loader, make_model, _named(request), MODEL, 'concurrency = "threads"\nmax_inflight = 2')
+    model = load('concurrency = "threads"\nmax_inflight = 2')
     marker, never, ran = tmp_path / "running", tmp_path / "never", tmp_path / "ran"
     busy = [in_background(model.call, "wait", str(marker), str(never), timeout=60) for _ in range(others)]
     if others:
@@ -464,10 +466,10 @@ def test_calls_wait_for_the_live_replica_not_fail_on_one_given_up(
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])
 def test_a_stream_past_its_idle_timeout_keeps_its_place_until_its_worker_was_killed(
-    loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest, tmp_path: Path, flavour: str
+    load: Callable[..., Any], tmp_path: Path, flavour: str
 ) -> None:
     # Freed before the kill, the place could go to a queued call sent into the worker about to be killed (E0103).
-    model = _load(loader, make_model, _named(request), MODEL)
+    model = load()
     pid = model.call("pid", timeout=30)
     marker, release = tmp_path / "running", tmp_path / "never"
     held: list[int] = []
