@@ -6,6 +6,8 @@ import asyncio
 import socket
 import threading
 
+import pytest
+
 from autoglm_runtime.isolation._scripts import protocol
 from autoglm_runtime.isolation.workers import _calls
 from autoglm_runtime.isolation.workers._calls import AbandonedSink, AsyncCallSink, StreamSink
@@ -100,3 +102,22 @@ def test_an_abandoned_call_late_frees_its_place_only_once_its_worker_was_killed(
     assert killed.wait(30)
     wait_until(lambda: "freed" in events, 30, "the place to be freed")
     assert events == ["killed", "freed"]
+
+
+def test_a_kill_that_fails_at_its_deadline_is_logged_and_later_deadlines_still_fire(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # One watch thread runs every deadline: a kill that raises (no fork left for the restart) must not end it.
+    def failing_kill() -> None:
+        raise OSError("Resource temporarily unavailable")
+
+    late = threading.Event()
+    first, second = AbandonedSink("first", lambda: None), AbandonedSink("second", lambda: None)
+    first.watch(0.0, failing_kill)
+    second.watch(0.05, late.set)
+    assert late.wait(30)
+    [record] = [r for r in caplog.records if "killing its worker at its deadline failed" in r.getMessage()]
+    assert (record.getMessage(), getattr(record, "error_code", None)) == (
+        "model call first(): killing its worker at its deadline failed",
+        "E0103",
+    )

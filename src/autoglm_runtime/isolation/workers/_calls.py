@@ -12,12 +12,15 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import logging
 import os
 import queue
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
+
+_log = logging.getLogger("autoglm_runtime.isolation.workers.process")
 
 __all__ = [
     "AbandonedSink",
@@ -252,7 +255,14 @@ class _Watch:
                 while not self._due or self._due[0][0] > (now := time.monotonic()):
                     self._cond.wait(self._due[0][0] - now if self._due else None)
                 sink = heapq.heappop(self._due)[2]
-            sink.late()
+            try:
+                sink.late()
+            except Exception:  # (one failed kill, e.g. no fork left for the restart, must not end every deadline)
+                _log.exception(
+                    "model call %s(): killing its worker at its deadline failed",
+                    sink.method,
+                    extra={"error_code": "E0103"},
+                )
             del sink  # (the sink of a worker since gone goes now, not with the next deadline)
 
 
