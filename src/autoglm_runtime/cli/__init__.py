@@ -199,7 +199,6 @@ def console() -> NoReturn:
     it with 120 and nothing on stderr. (A reader leaving in the middle of one large write is not seen: Python's
     buffered writer takes the partial write for a whole one, and the command ends with its own code.)
     """
-    import contextlib
     import os
 
     from autoglm_runtime.cli import _output
@@ -225,8 +224,10 @@ def console() -> NoReturn:
         _output.report(exc)  # written outside a command: a stored report replayed, argparse's help
         code = exc.exit_code
     if fast:
-        with contextlib.suppress(AttributeError, OSError):  # stderr closed or failing: nowhere is left to say so
+        try:  # noqa: SIM105 (contextlib would be a module more to import on every check's start-up)
             sys.stderr.flush()
+        except (AttributeError, OSError):  # stderr closed or failing: nowhere is left to say so
+            pass
         os._exit(code)
     sys.exit(code)
 

@@ -109,10 +109,11 @@ class RequirementGraph:
                     (excluding if disjoint(req.specifier, wanted) else accepting).append(label)
         return excluding, accepting
 
-    def _why(self, model: str, req: Requirement, key: str) -> tuple[str, dict[str, object]]:
-        """The end of a ``model-vs-host`` message: what holds the installed version, and its details."""
-        chain = self._chain(model, key, admitted(req))
-        excluding, accepting = self._holders(key, admitted(req))
+    def _why(self, model: str, req: Requirement, key: str, wanted: SpecifierSet) -> tuple[str, dict[str, object]]:
+        """The end of a ``model-vs-host`` message (``wanted``: the versions ``req`` admits): what holds the
+        installed version, and its details."""
+        chain = self._chain(model, key, wanted)
+        excluding, accepting = self._holders(key, wanted)
         details: dict[str, object] = {"chain": chain or [], "excluded_by": excluding}
         if chain is not None:
             why = f", pulled in by {' -> '.join(chain)}"
@@ -131,8 +132,8 @@ class RequirementGraph:
         return why, details
 
     def _model_vs_host(self, where: str, model: str, req: Requirement, dist: InstalledDist) -> Finding:
-        why, details = self._why(model, req, dist.key)
         wanted = admitted(req)
+        why, details = self._why(model, req, dist.key, wanted)
         return Finding(
             kind="model-vs-host",
             packages=(dist.key,),

@@ -85,10 +85,10 @@ def serving_problems(table: Mapping[str, Any]) -> list[tuple[str, str]]:
         value = table.get(key, SERVING_DEFAULTS[key])
         if type(value) is not int or value < low:
             problems.append((key, f"must be a whole number >= {low}, got {value!r}"))
-    concurrency = table.get("concurrency", "serial")
+    concurrency = table.get("concurrency", SERVING_DEFAULTS["concurrency"])
     if concurrency not in _CONCURRENCY:
         problems.append(("concurrency", f"must be one of {', '.join(map(repr, _CONCURRENCY))}, got {concurrency!r}"))
-    elif concurrency == "serial" and table.get("max_inflight", 1) not in (1, None) and not problems:
+    elif concurrency == "serial" and table.get("max_inflight", 1) != 1 and not problems:
         problems.append(
             (
                 "max_inflight",

@@ -47,8 +47,10 @@ def _headers(text: str) -> dict[str, list[str]]:
     return {key: [v.rstrip("\n") for v in values] for key, values in out.items()}
 
 
-def _egg_requires(text: str) -> list[str]:
-    """``requires.txt`` of an egg-info directory, converted to Requires-Dist strings."""
+def _egg_requires(text: str, extras: list[str] | None = None) -> list[str]:
+    """``requires.txt`` of an egg-info directory, converted to Requires-Dist strings; ``extras`` receives the
+    extras it has sections for (``[name]``, ``[name:marker]``), as pip lists them for an egg-info whose PKG-INFO
+    names none."""
     out: list[str] = []
     marker = ""
     for raw in text.splitlines():
@@ -57,6 +59,8 @@ def _egg_requires(text: str) -> list[str]:
             continue
         if line.startswith("[") and line.endswith("]"):
             extra, _, env = line[1:-1].partition(":")
+            if extras is not None and extra.strip() and extra.strip() not in extras:
+                extras.append(extra.strip())
             parts = []
             if env.strip():
                 parts.append(f"({env.strip()})")
@@ -65,19 +69,6 @@ def _egg_requires(text: str) -> list[str]:
             marker = " and ".join(parts)
             continue
         out.append(f"{line}; {marker}" if marker else line)
-    return out
-
-
-def _egg_extras(text: str) -> list[str]:
-    """The extras ``requires.txt`` has sections for (``[name]``, ``[name:marker]``), as pip lists them for an
-    egg-info whose PKG-INFO names none."""
-    out: list[str] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("[") and line.endswith("]"):
-            extra = line[1:-1].partition(":")[0].strip()
-            if extra and extra not in out:
-                out.append(extra)
     return out
 
 
@@ -266,9 +257,10 @@ def describe(location: str, entry: str) -> tuple[dict[str, object], str | None]:
     record: str | None = None
     if archive is not None or os.path.isdir(meta_dir):
         if egg and not (requires and extras):  # PKG-INFO's fields first, as importlib.metadata and pip read them
-            text = _read_meta(meta_dir, "requires.txt", errors, archive) or ""
-            requires = requires or _egg_requires(text)
-            extras = extras or _egg_extras(text)
+            sections: list[str] = []
+            egg_requires = _egg_requires(_read_meta(meta_dir, "requires.txt", errors, archive) or "", sections)
+            requires = requires or egg_requires
+            extras = extras or sections
         if archive is None:
             record = _read_meta(meta_dir, "RECORD", errors)
     python = headers.get("requires-python")
