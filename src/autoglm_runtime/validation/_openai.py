@@ -368,8 +368,12 @@ class OpenAIExtractor:
                 )
             if best is None or value > best:
                 best, best_name = value, name
-        sent = best is not None or any(present(body, name) for name in self.max_tokens_fields)
-        if completion and not sent and self.prompt_max_tokens is not None:
+        if (
+            completion
+            and best is None
+            and self.prompt_max_tokens is not None
+            and not any(present(body, name) for name in self.max_tokens_fields)  # (a null counts as sent)
+        ):
             return self.prompt_max_tokens, best_name, True
         return best, best_name, False
 
