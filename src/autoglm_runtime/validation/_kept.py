@@ -9,12 +9,11 @@ the input whole, as the backend tokenizes it, and reports what the backend keeps
 
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestError
-from autoglm_runtime.validation.limits import Limits, StaticLimits
+from autoglm_runtime.validation.limits import Limits
 from autoglm_runtime.validation.request import GuardInput, GuardResult
 
 if TYPE_CHECKING:
@@ -57,9 +56,7 @@ def judge_kept(guard: ContextWindowGuard, request: GuardInput, output: int, limi
             f"{room}, or send -1 for all the room there is",
             param="truncate_prompt_tokens",
         )
-    unbounded = copy.copy(guard)
-    unbounded._limits = StaticLimits(_UNBOUNDED)
-    whole = unbounded.judge(replace(request, keep_tokens=None), allow_truncation=False)
+    whole = guard._judge_under(replace(request, keep_tokens=None), _UNBOUNDED, allow_truncation=False)
     return _kept(whole, keep, request.keep_side, window)
 
 
