@@ -74,13 +74,13 @@ def _kept(result: GuardResult, keep: int, side: str, window: int) -> GuardResult
     if cut <= 0:
         return replace(result, context_window=window)
     ids = [list(piece) for piece in result.token_ids]
-    order = ids if side == "left" else [piece[::-1] for piece in reversed(ids)]
     left = cut
-    for piece in order:
+    for piece in ids if side == "left" else reversed(ids):  # the cut starts at the start, or at the end
         taken = min(left, len(piece))
-        del piece[:taken]
+        if side == "left":
+            del piece[:taken]
+        else:
+            del piece[len(piece) - taken :]
         left -= taken
-    if side != "left":
-        ids = [piece[::-1] for piece in reversed(order)]
     # The rendered prompt's text no longer matches what the backend keeps.
     return replace(result, input_tokens=keep, context_window=window, token_ids=tuple(map(tuple, ids)), prompt=None)
