@@ -28,7 +28,7 @@ from typing import Any, Literal
 from autoglm_runtime.errors import InvalidRequestError
 from autoglm_runtime.validation.request import Chat
 
-__all__ = ["ContentFormat", "content_format", "conversation", "present", "template_options", "with_options"]
+__all__ = ["ContentFormat", "content_format", "conversation", "template_options", "with_options"]
 
 ContentFormat = Literal["string", "openai"]
 
@@ -231,12 +231,3 @@ def with_options(chat: Chat, body: dict[str, Any]) -> Chat:
             param="add_special_tokens",
         )
     return replace(chat, options=template_options(body), add_special_tokens=special)
-
-
-def present(body: dict[str, Any], name: str) -> bool:
-    """Whether the dotted field ``name`` is in ``body`` at all (a null counts as sent)."""
-    *parents, last = name.split(".")
-    value: Any = body
-    for part in parents:
-        value = value.get(part) if isinstance(value, dict) else None
-    return isinstance(value, dict) and last in value

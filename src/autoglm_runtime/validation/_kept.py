@@ -9,12 +9,11 @@ the input whole, as the backend tokenizes it, and reports what the backend keeps
 
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestError
-from autoglm_runtime.validation.limits import Limits, StaticLimits
+from autoglm_runtime.validation.limits import Limits
 from autoglm_runtime.validation.request import GuardInput, GuardResult
 
 if TYPE_CHECKING:
@@ -57,9 +56,7 @@ def judge_kept(guard: ContextWindowGuard, request: GuardInput, output: int, limi
             f"{room}, or send -1 for all the room there is",
             param="truncate_prompt_tokens",
         )
-    unbounded = copy.copy(guard)
-    unbounded._limits = StaticLimits(_UNBOUNDED)
-    whole = unbounded.judge(replace(request, keep_tokens=None), allow_truncation=False)
+    whole = guard._judge_under(replace(request, keep_tokens=None), _UNBOUNDED, allow_truncation=False)
     return _kept(whole, keep, request.keep_side, window)
 
 
@@ -77,13 +74,13 @@ def _kept(result: GuardResult, keep: int, side: str, window: int) -> GuardResult
     if cut <= 0:
         return replace(result, context_window=window)
     ids = [list(piece) for piece in result.token_ids]
-    order = ids if side == "left" else [piece[::-1] for piece in reversed(ids)]
     left = cut
-    for piece in order:
+    for piece in ids if side == "left" else reversed(ids):  # the cut starts at the start, or at the end
         taken = min(left, len(piece))
-        del piece[:taken]
+        if side == "left":
+            del piece[:taken]
+        else:
+            del piece[len(piece) - taken :]
         left -= taken
-    if side != "left":
-        ids = [piece[::-1] for piece in reversed(order)]
     # The rendered prompt's text no longer matches what the backend keeps.
     return replace(result, input_tokens=keep, context_window=window, token_ids=tuple(map(tuple, ids)), prompt=None)

@@ -19,7 +19,7 @@ from itertools import repeat
 from typing import Any, Literal, NamedTuple
 
 from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, UsageError
-from autoglm_runtime.validation._conversation import present, with_options
+from autoglm_runtime.validation._conversation import with_options
 from autoglm_runtime.validation._kept import kept_fields
 from autoglm_runtime.validation._partial import json_prefix
 from autoglm_runtime.validation.context_window import Chat, GuardInput, GuardResult, Segment
@@ -112,6 +112,13 @@ def _dotted(body: dict[str, Any], name: str) -> Any:
             return None
         value = value.get(part)
     return value
+
+
+def _present(body: dict[str, Any], name: str) -> bool:
+    """Whether the dotted field ``name`` is in ``body`` at all (a null counts as sent)."""
+    parent, _, last = name.rpartition(".")
+    holder = _dotted(body, parent) if parent else body
+    return isinstance(holder, dict) and last in holder
 
 
 def _shape_error(where: str, expected: str, value: Any, param: str) -> InvalidRequestError:
@@ -368,8 +375,12 @@ class OpenAIExtractor:
                 )
             if best is None or value > best:
                 best, best_name = value, name
-        sent = best is not None or any(present(body, name) for name in self.max_tokens_fields)
-        if completion and not sent and self.prompt_max_tokens is not None:
+        if (
+            completion
+            and best is None
+            and self.prompt_max_tokens is not None
+            and not any(_present(body, name) for name in self.max_tokens_fields)  # (a null counts as sent)
+        ):
             return self.prompt_max_tokens, best_name, True
         return best, best_name, False
 

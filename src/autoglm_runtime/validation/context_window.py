@@ -191,7 +191,10 @@ context window of 4 tokens: shorten the input or lower max_tokens
 
     def judge(self, request: GuardInput, *, allow_truncation: bool = True) -> GuardResult:
         """Judge a whole request described by ``request`` (batch prompts, pinned pieces, chat messages)."""
-        limits = self._limits.current()
+        return self._judge_under(request, self._limits.current(), allow_truncation)
+
+    def _judge_under(self, request: GuardInput, limits: Limits, allow_truncation: bool) -> GuardResult:
+        """:meth:`judge` under ``limits`` (the current ones, or the backend's own cut's: see ``_kept``)."""
         output = self.default_output_tokens if request.max_output_tokens is None else request.max_output_tokens
         if isinstance(output, bool) or not isinstance(output, int) or output < 0:
             raise InvalidRequestError(

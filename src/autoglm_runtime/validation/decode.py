@@ -78,7 +78,7 @@ of prompt, which no tokenizer can encode: send well-formed Unicode text
         """
         encoding = json.detect_encoding(data)
         if encoding in ("utf-8", "utf-8-sig"):
-            text = self.check_bytes(data).removeprefix("\ufeff") if encoding == "utf-8-sig" else self.check_bytes(data)
+            text = self.check_bytes(data).removeprefix("\ufeff")  # (only "utf-8-sig" data starts with one)
         else:
             try:
                 text = data.decode(encoding)

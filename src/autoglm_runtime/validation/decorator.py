@@ -48,6 +48,13 @@ def guarded(
     :class:`GuardResult`. Lone surrogates are rejected (E5009) before counting.
     """
     decoder = decode_guard or DecodeGuard()
+    # A chat argument is read as a body whose fields the argument names stand for, so errors name them
+    # (param "messages[1].content"); built once here, not on each call.
+    chat_extractor = OpenAIExtractor(
+        prompt_fields=(),
+        messages_fields=(text_arg,),
+        max_tokens_fields=(max_tokens_arg,) if max_tokens_arg is not None else (),
+    )
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         signature = inspect.signature(fn)
@@ -68,7 +75,13 @@ def guarded(
             max_tokens = bound.arguments.get(max_tokens_arg) if max_tokens_arg is not None else None
             if text and all(isinstance(message, dict) for message in text):
                 result, kept = _judge_chat(
-                    guard, decoder, list(text), max_tokens, text_arg=text_arg, max_tokens_arg=max_tokens_arg
+                    guard,
+                    decoder,
+                    chat_extractor,
+                    list(text),
+                    max_tokens,
+                    text_arg=text_arg,
+                    max_tokens_arg=max_tokens_arg,
                 )
                 bound.arguments[text_arg] = kept
             else:
@@ -110,6 +123,7 @@ def guarded(
 def _judge_chat(
     guard: ContextWindowGuard,
     decoder: DecodeGuard,
+    extractor: OpenAIExtractor,
     messages: list[Any],
     max_tokens: Any,
     *,
@@ -118,9 +132,6 @@ def _judge_chat(
 ) -> tuple[GuardResult, list[Any]]:
     """The verdict on a chat, and the messages the function receives (the caller's, or the kept ones)."""
     decoder.check_value({text_arg: messages})
-    # The argument names stand for the body's fields, so errors name them (param "messages[1].content").
-    fields = (max_tokens_arg,) if max_tokens_arg is not None else ()
-    extractor = OpenAIExtractor(prompt_fields=(), messages_fields=(text_arg,), max_tokens_fields=fields)
     body: dict[str, Any] = {text_arg: messages}
     if max_tokens_arg is not None and max_tokens is not None:
         body[max_tokens_arg] = max_tokens
