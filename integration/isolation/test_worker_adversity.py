@@ -200,6 +200,23 @@ def _restarted_for_a_timeout(model: Any, pid: int) -> None:
     model.close()
 
 
+def test_a_worker_that_dies_as_its_call_times_out_counts_one_failure_not_two(load: Callable[..., Any]) -> None:
+    model = load()
+    pid = model.call("pid", timeout=30)
+    worker = model._pool.workers[0]
+    conn = worker._conn
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: model.health()["restart_reasons"], 30, "the worker's death to be recorded")
+    # The call's timeout fires right after the death was recorded (the race of a worker dying at its deadline):
+    # its kill finds a dead process whose end was counted already
+    worker.timed_out(conn, "wait", 1.0)
+    health = model.health()
+    assert (health["failures"], health["restart_reasons"]) == (1, {"signal": 1}), health
+    assert model.call("pid", timeout=30) != pid
+    assert (model.health()["restarts"], model.health()["failures"]) == (1, 0)
+    model.close()
+
+
 def test_a_stream_closed_during_a_step_keeps_its_place_until_the_worker_ends_its_generator(
     load: Callable[..., Any], tmp_path: Path
 ) -> None:

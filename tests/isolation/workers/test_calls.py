@@ -54,16 +54,23 @@ def test_an_abandoned_call_not_done_within_its_time_is_late_once() -> None:
     assert done == ["done"]
 
 
+def _watched(*sinks: AbandonedSink) -> bool:
+    """Whether the shared watch still holds a deadline of one of ``sinks``."""
+    with _calls._watch._cond:
+        return any(sink in sinks for _, _, sink in _calls._watch._due)
+
+
 def test_an_abandoned_call_done_in_time_is_never_late() -> None:
     late: list[str] = []
     first, second = AbandonedSink("slow", lambda: None), AbandonedSink("slow", lambda: None)
-    first.watch(0.2, lambda: late.append("first"))
-    second.watch(0.1, lambda: late.append("second"))  # sooner: the watch thread wakes for it
+    first.watch(2.0, lambda: late.append("first"))
+    second.watch(1.0, lambda: late.append("second"))  # sooner: the watch thread wakes for it
     first.deliver({"id": 1, "ok": True, "result": 1})
     second.deliver({"id": 2, "ok": True, "end": True})
-    wait_until(lambda: _calls._watch.pending == 0, 30, "both deadlines to pass")
+    # (other tests' deadlines may still be pending in the one watch: wait for these two only)
+    wait_until(lambda: not _watched(first, second), 30, "both deadlines to pass")
     first.watch(0.0, lambda: late.append("again"))  # done already: nothing to watch
-    assert (late, _calls._watch.pending) == ([], 0)
+    assert (late, _watched(first, second)) == ([], False)
     assert [t.name for t in threading.enumerate()].count("autoglm-abandoned-watch") == 1
 
 

@@ -243,12 +243,6 @@ class _Watch:
             elif self._due[0][2] is sink:
                 self._cond.notify()
 
-    @property
-    def pending(self) -> int:
-        """Deadlines not reached yet (those whose reply came included)."""
-        with self._cond:
-            return len(self._due)
-
     def _run(self) -> None:
         while True:
             with self._cond:

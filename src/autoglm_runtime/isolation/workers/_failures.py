@@ -45,6 +45,14 @@ class FailureLog:
         self.policy.record(description)
         self.reasons[reason] += 1
 
+    def count_kill(self, pid: int, description: str, reason: str) -> None:
+        """A process we killed for ``reason`` (a timeout, no heartbeat): one failure, unless its own death was counted
+        first (it died as we decided to kill it: one failure, not two)."""
+        if pid in self._recorded:
+            return
+        self._recorded.add(pid)
+        self.count(description, reason)
+
     def record_exit(self, proc: subprocess.Popen[bytes]) -> bool:
         """Count how ``proc`` ended (exit status, signal, OOM kill), once, unless we stopped it; True if counted now."""
         if proc.pid in self._recorded or proc.pid in self._stopped:

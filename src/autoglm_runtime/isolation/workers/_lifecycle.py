@@ -186,9 +186,13 @@ class WorkerLifecycle:
             left = None if deadline is None else deadline - self._timer()
             return WorkerView(phase, self._restarts.exhausted, self._restarts.wait(), left)
 
-    def _count_failure(self, description: str, reason: str) -> None:
+    def _count_failure(self, description: str, reason: str, killed: int | None = None) -> None:
+        """One more failure; for a process we ``killed`` (its pid), none if its own death was counted already."""
         with self._state_lock:
-            self._failures.count(description, reason)
+            if killed is None:
+                self._failures.count(description, reason)
+            else:
+                self._failures.count_kill(killed, description, reason)
             if self._state != "failed":
                 self._state = "dead"
 
@@ -244,7 +248,7 @@ class WorkerLifecycle:
             ),
         )
         with self._state_lock:
-            self._count_failure(description, reason)
+            self._count_failure(description, reason, killed=pid)
             if self._restarts.exhausted:
                 self._state = "failed"
                 return
