@@ -25,7 +25,7 @@ from autoglm_runtime.testing import wait_until
 pytestmark = pytest.mark.slow
 
 MODEL = """
-import os, subprocess, threading
+import os, subprocess, sys, threading
 
 class Unprintable(Exception):
     def __str__(self):
@@ -63,6 +63,17 @@ class Model:
         while not os.path.exists(release):
             threading.Event().wait(0.01)
         yield 2
+
+    def undecodable_chunks(self, closed):
+        sys.set_int_max_str_digits(0)  # this worker may print it; the host (default limit) cannot read it
+        try:
+            yield 1
+            yield 10 ** 5000
+            while True:
+                yield 2
+                threading.Event().wait(0.01)
+        finally:
+            open(closed, "w").write("closed")
 
     def nap(self, seconds):
         threading.Event().wait(seconds)
@@ -214,6 +225,26 @@ def test_a_worker_that_dies_as_its_call_times_out_counts_one_failure_not_two(loa
     assert (health["failures"], health["restart_reasons"]) == (1, {"signal": 1}), health
     assert model.call("pid", timeout=30) != pid
     assert (model.health()["restarts"], model.health()["failures"]) == (1, 0)
+    model.close()
+
+
+def test_a_chunk_the_host_cannot_decode_fails_the_stream_and_closes_its_generator_in_the_worker(
+    load: Callable[..., Any], tmp_path: Path
+) -> None:
+    model = load()
+    pid = model.call("pid", timeout=30)
+    closed = tmp_path / "closed"
+    with model.stream("undecodable_chunks", str(closed), timeout=30) as chunks:
+        assert next(chunks) == 1
+        with pytest.raises(ModelCallError) as info:
+            next(chunks)
+    assert (info.value.code, "cannot decode" in info.value.message) == ("E0105", True)
+    # The generator went on in the worker: it is closed there (not left waiting for the host to want more), and
+    # the stream kept its place until then, so the next call runs on the same worker without a restart
+    wait_until(closed.exists, 30, "the worker to close the generator")
+    assert model.call("pid", timeout=30) == pid
+    health = model.health()
+    assert (health["restarts"], health["failures"], health["inflight"]) == (0, 0, 0)
     model.close()
 
 

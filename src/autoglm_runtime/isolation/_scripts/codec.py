@@ -70,19 +70,22 @@ class DecodeError(FrameError):
     """A complete frame whose body cannot be decoded; the frame was consumed and the stream is still in step.
 
     ``call_id`` is the id the frame starts with (both sides write ``"id"`` first), so that the one call it
-    answers can fail; ``None`` when it names none.
+    answers can fail; ``None`` when it names none. ``chunk``: the frame is a stream's chunk (``"chunk"`` follows
+    the id), not the call's last reply.
     """
 
     call_id: int | None = None
+    chunk = False
 
 
-_ID = re.compile(rb'^\{"id":(-?[0-9]{1,18})[,}]')
+_ID = re.compile(rb'^\{"id":(-?[0-9]{1,18})(?:\}|,("chunk":)?)')
 
 
 def _undecodable(message: str, body: bytes | bytearray) -> DecodeError:
     error = DecodeError(message)
     match = _ID.match(body)
     error.call_id = int(match.group(1)) if match else None
+    error.chunk = match is not None and match.group(2) is not None
     return error
 
 

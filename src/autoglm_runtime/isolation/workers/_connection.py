@@ -429,8 +429,9 @@ class Connection:
     def _undecodable(self, exc: _protocol.DecodeError) -> None:
         with self._lock:
             known = exc.call_id is not None and exc.call_id in self._sinks
-        if known:
-            self._route({"id": exc.call_id, "ok": False, "undecodable": str(exc)})
+        if known:  # (a stream's chunk stays a chunk: the stream is not over in the worker, see _StreamState.take)
+            kind: dict[str, Any] = {"chunk": None} if exc.chunk else {"ok": False}
+            self._route({"id": exc.call_id, **kind, "undecodable": str(exc)})
         else:
             self._logger.warning(
                 "model %s worker (pid %d) sent a frame the host cannot decode: %s", self.name, self.pid, exc

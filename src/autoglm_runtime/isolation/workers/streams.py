@@ -76,6 +76,9 @@ class _StreamState:
             raise item
         assert item is not None
         if "chunk" in item:
+            if "undecodable" in item:  # the stream fails here; the worker, still running it, closes the generator
+                self.finish(cancel=True)
+                _outcome(self.worker, self.method, self.call_id, item)
             self._consumed += 1
             if self._consumed % _MORE == 0:
                 self.conn.send_message({"id": self.call_id, "type": "more", "n": _MORE})
