@@ -128,3 +128,23 @@ def test_a_kill_that_fails_at_its_deadline_is_logged_and_later_deadlines_still_f
         "model call first(): killing its worker at its deadline failed",
         "E0103",
     )
+
+
+def test_a_deadline_added_when_no_thread_can_start_is_watched_once_one_can(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_calls, "_watch", _calls._Watch())  # a watch of the test's own, with no thread yet
+    late: list[str] = []
+    start = threading.Thread.start
+
+    def refused(self: threading.Thread) -> None:  # what CPython raises when the system has no thread to give
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    AbandonedSink("slow", lambda: None).watch(0.0, lambda: late.append("first"))
+    assert caplog.records[-1].error_code == "E0103"  # type: ignore[attr-defined]
+    assert "no thread could start to watch the deadline of abandoned call slow()" in caplog.records[-1].getMessage()
+    monkeypatch.setattr(threading.Thread, "start", start)
+    AbandonedSink("slower", lambda: None).watch(0.0, lambda: late.append("second"))  # a thread starts now...
+    wait_until(lambda: len(late) == 2, 30, "both deadlines to run")  # ...and runs the deadline that waited too
+    assert sorted(late) == ["first", "second"]

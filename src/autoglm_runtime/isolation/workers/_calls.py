@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -237,9 +238,20 @@ class _Watch:
         with self._cond:
             heapq.heappush(self._due, (at, next(self._order), sink))
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="autoglm-abandoned-watch", daemon=True)
-                with contextlib.suppress(RuntimeError):  # the interpreter is shutting down: its workers go with it
-                    self._thread.start()
+                thread = threading.Thread(target=self._run, name="autoglm-abandoned-watch", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError as exc:  # no thread to be had: the next deadline tries again, this one waits
+                    if not sys.is_finalizing():  # (shutting down: its workers go with it)
+                        _log.warning(
+                            "no thread could start to watch the deadline of abandoned call %s() (%s); its worker "
+                            "keeps its place until it answers",
+                            sink.method,
+                            exc,
+                            extra={"error_code": "E0103"},
+                        )
+                else:
+                    self._thread = thread
             elif self._due[0][2] is sink:
                 self._cond.notify()
 
