@@ -141,3 +141,44 @@ def test_no_span_is_started_until_the_application_sets_a_provider_and_then_every
         "inside": True,
         "spans": [["autoglm.model.call", {"autoglm.model.name": "m", "autoglm.model.method": "echo"}]],
     }
+
+
+def test_multiprocess_mode_exports_every_series_one_process_does_counters_at_zero_included(tmp_path: Path) -> None:
+    # A counter series that first appears at 1 hides that increment from increase() and rate(): the alerting
+    # rules on drift, rejections and restarts would miss the first one. Every series of the single-process
+    # collectors (reasons that never happened included) must be in the files from the first mirror on.
+    config = tmp_path / "config"
+    (config / "p").mkdir(parents=True)
+    (config / "p" / "a").write_text("1")
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    code = f"""
+        import json
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+        from autoglm_runtime import ConfigClient
+        from autoglm_runtime.observability import ConfigMetrics, ModelMetrics
+
+        class Loader:
+            def health(self):
+                return {{"m": {{"replicas": [{{"state": "ready", "pid": 1}}], "inflight": 0, "queued": 0}}}}
+
+        def series(families):
+            return sorted(
+                [s.name, sorted((k, v) for k, v in s.labels.items() if k != "pid")]
+                for family in families for s in family.samples
+            )
+
+        with ConfigClient("file://{config}", "/p") as client:
+            exporters = [ConfigMetrics(client, multiprocess=True), ModelMetrics(Loader(), multiprocess=True)]
+            for exporter in exporters:
+                exporter.mirror()
+            one_process = series(f for e in exporters for f in e.collect())
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        print(json.dumps([one_process, series(registry.collect())]))
+    """
+    one_process, multiprocess = run(code, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)})  # type: ignore[misc]
+    assert ["autoglm_config_drift_corrected_total", [["root", "/p"]]] in one_process
+    assert ["autoglm_worker_starts_total", [["model", "m"], ["reason", "crash"]]] in one_process
+    assert multiprocess == one_process

@@ -150,8 +150,11 @@ class _HealthExporter:
             # A smaller count is a new client or worker counting from zero again: all of it is new.
             delta = value - previous if value >= previous else value
             self._last[key] = value
+            # The series is written at 0 too (making the child does): one appearing at its first increment
+            # would hide that increment from increase() and rate(), and so from the alerting rules.
+            child = metric.labels(*labels)
             if delta > 0:
-                metric.labels(*labels).inc(delta)
+                child.inc(delta)
 
     @property
     def _gauges(self) -> frozenset[str]:
