@@ -14,6 +14,7 @@ def run(code: str, env: dict[str, str] | None = None) -> object:
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
+        stdin=subprocess.DEVNULL,
         text=True,
         timeout=120,
         check=False,
@@ -182,3 +183,44 @@ def test_multiprocess_mode_exports_every_series_one_process_does_counters_at_zer
     assert ["autoglm_config_drift_corrected_total", [["root", "/p"]]] in one_process
     assert ["autoglm_worker_starts_total", [["model", "m"], ["reason", "crash"]]] in one_process
     assert multiprocess == one_process
+
+
+def test_a_dead_process_gauges_leave_the_exposition_at_the_next_mirror_of_a_live_one(tmp_path: Path) -> None:
+    # uvicorn --workers restarts a worker that died and has no hook to call mark_process_dead from: the dead
+    # worker's last sync timestamp stayed exported for good and fired AutoGLMConfigStale after 5 minutes.
+    config = tmp_path / "config"
+    (config / "p").mkdir(parents=True)
+    (config / "p" / "a").write_text("1")
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+    mirror = f"""
+        import json, os, sys
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+        from autoglm_runtime import ConfigClient
+        from autoglm_runtime.observability import ConfigMetrics
+
+        with ConfigClient("file://{config}", "/p") as client:
+            ConfigMetrics(client, multiprocess=True).mirror()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        pids = sorted(
+            int(s.labels["pid"]) for family in registry.collect() for s in family.samples
+            if s.name == "autoglm_config_keys"
+        )
+        print(json.dumps([os.getpid(), pids]), flush=True)
+        sys.stdin.read()  # until told to end
+    """
+    dead_pid, pids = run(mirror, env)  # type: ignore[misc]
+    assert pids == [dead_pid]
+    live = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(mirror)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+    )
+    try:
+        assert live.stdout is not None
+        live_pid, _ = json.loads(live.stdout.readline())
+        pid, pids = run(mirror, env)  # type: ignore[misc]
+        assert pids == sorted([live_pid, pid])
+    finally:
+        live.communicate(b"", timeout=60)

@@ -4,7 +4,8 @@ In one process they are prometheus_client collectors: every scrape calls ``healt
 between (``ConfigClient.get()`` stays a dict read). In prometheus_client's multiprocess mode
 (``PROMETHEUS_MULTIPROC_DIR`` set; a prefork server) the scrape reads files the processes wrote and never calls
 a collector, so instead a thread per exporter copies ``health()`` into those files every ``interval`` seconds:
-values are then up to ``interval`` old, and each gauge carries a ``pid`` label (mode ``liveall``)::
+values are then up to ``interval`` old, and each gauge carries a ``pid`` label (mode ``liveall``); the gauges of a
+process that ended leave at the next copy any process makes::
 
     from autoglm_runtime.observability import ConfigMetrics, ModelMetrics
 
@@ -14,6 +15,8 @@ values are then up to ``interval`` old, and each gauge carries a ``pid`` label (
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -137,7 +140,14 @@ class _HealthExporter:
     # --- multiprocess: a thread copying health() into the processes' files ------------------------
 
     def mirror(self) -> None:
-        """Copy ``health()`` into the multiprocess metrics once (the thread does this every ``interval``)."""
+        """Copy ``health()`` into the multiprocess metrics once (the thread does this every ``interval``), and
+        take the gauges of processes that ended out of the exposition (see :func:`_reap_dead_processes`)."""
+        self._mirror()
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if self._mirrored and directory:
+            _reap_dead_processes(directory)
+
+    def _mirror(self) -> None:
         for name, labels, value in self._read():
             metric = self._metric(name)
             if metric is None:
@@ -183,6 +193,45 @@ class _HealthExporter:
             if self._stop.wait(self._interval):
                 self.mirror()
                 return
+
+
+def _reap_dead_processes(directory: str) -> None:
+    """``mark_process_dead`` for each process whose live gauges are in ``directory`` but that no longer runs.
+
+    What gunicorn's ``child_exit`` hook is for, done from every process instead: uvicorn ``--workers`` has no such
+    hook and restarts a worker that died, whose last values (a frozen sync timestamp) were otherwise exported for
+    good. Only while the files are named by pid (prometheus_client's default): this process's own file is there.
+    """
+    if os.name != "posix":  # (os.kill(pid, 0) asks whether a process runs on POSIX only)
+        return
+    from prometheus_client.multiprocess import mark_process_dead
+
+    own = os.getpid()
+    pids: set[int] = set()
+    found_own = False
+    for path in glob.glob(os.path.join(glob.escape(directory), "gauge_live*_*.db")):
+        identifier = os.path.basename(path)[: -len(".db")].rpartition("_")[2]
+        if not identifier.isdigit():
+            return  # a process_identifier other than the pid: whether it runs cannot be told
+        pid = int(identifier)
+        found_own = found_own or pid == own
+        if pid != own and not _running(pid):
+            pids.add(pid)
+    if not found_own:
+        return
+    for pid in sorted(pids):
+        with contextlib.suppress(FileNotFoundError):  # (another process, or the server's hook, removed it first)
+            mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class ConfigMetrics(_HealthExporter):
