@@ -122,6 +122,37 @@ def test_calls_count_by_outcome_and_restarts_show_in_the_worker_metrics(
     }
 
 
+def test_an_acall_its_caller_cancels_counts_as_cancelled_not_as_an_error(
+    loader: ModelLoader, make_model: Any, tmp_path: Path
+) -> None:
+    model = loader.load(make_model("cancelled-call", MODEL))
+    exporter = span_exporter()
+    moved = Delta(
+        *[("autoglm_worker_calls_total", {"model": "cancelled-call", "outcome": o}) for o in ("cancelled", "error")],
+    )
+
+    async def cancel_while_running() -> None:
+        task = asyncio.create_task(model.acall("hang", str(tmp_path / "running"), timeout=60))
+        while not (tmp_path / "running").exists():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_while_running())
+    assert moved.moved() == {
+        "autoglm_worker_calls_total{model=cancelled-call,outcome=cancelled}": 1.0,
+        "autoglm_worker_calls_total{model=cancelled-call,outcome=error}": 0.0,
+    }
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "autoglm.model.call"]
+    assert span.status.status_code == StatusCode.UNSET  # not a failure, as a stream closed early is not one
+    assert dict(span.attributes or {}) == {
+        "autoglm.model.name": "cancelled-call",
+        "autoglm.model.method": "hang",
+        "autoglm.model.call.cancelled": True,
+    }
+
+
 STREAM_OUTCOMES = ("ok", "cancelled", "E0106", "E0105")
 
 
