@@ -224,3 +224,47 @@ def test_a_dead_process_gauges_leave_the_exposition_at_the_next_mirror_of_a_live
         assert pids == sorted([live_pid, pid])
     finally:
         live.communicate(b"", timeout=60)
+
+
+def test_multiprocess_mode_a_gauge_gone_from_health_is_no_longer_a_value(tmp_path: Path) -> None:
+    # One process: a closed model's series leave the exposition. The files cannot drop a series: it was left at
+    # its last value (autoglm_worker_up 1 for a model no longer loaded); it is NaN, which no rule compares true.
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    code = """
+        import json, math
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+        from autoglm_runtime.observability import ModelMetrics
+
+        class Loader:
+            models = {"m": {"replicas": [{"state": "ready", "pid": 1}], "inflight": 2, "queued": 0}}
+            def health(self):
+                return self.models
+
+        def up():
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            values = {
+                s.name: s.value for family in registry.collect() for s in family.samples
+                if s.name in ("autoglm_worker_up", "autoglm_worker_inflight", "autoglm_worker_starts_total")
+                and s.labels.get("reason", "initial") == "initial"
+            }
+            return {name: "nan" if math.isnan(v) else v for name, v in sorted(values.items())}
+
+        loader = Loader()
+        exporter = ModelMetrics(loader, multiprocess=True)
+        exporter.mirror()
+        loaded = up()
+        loader.models = {}  # closed
+        exporter.mirror()
+        closed = up()
+        loader.models = {"m": {"replicas": [{"state": "ready", "pid": 2}], "inflight": 0, "queued": 0}}
+        exporter.mirror()  # loaded again
+        print(json.dumps([loaded, closed, up()]))
+    """
+    loaded, closed, again = run(code, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)})  # type: ignore[misc]
+    assert loaded == {"autoglm_worker_inflight": 2.0, "autoglm_worker_starts_total": 1.0, "autoglm_worker_up": 1.0}
+    # (a counter keeps its count, as counts of a process that ended stay in the sums)
+    assert closed == {"autoglm_worker_inflight": "nan", "autoglm_worker_starts_total": 1.0, "autoglm_worker_up": "nan"}
+    assert again == {"autoglm_worker_inflight": 0.0, "autoglm_worker_starts_total": 2.0, "autoglm_worker_up": 1.0}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -81,6 +82,7 @@ class _HealthExporter:
         self._thread: threading.Thread | None = None
         self._mirrored: dict[str, Any] = {}
         self._last: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._written: set[tuple[str, tuple[str, ...]]] = set()  # the series the last mirror wrote
 
     # --- single process: a collector -------------------------------------------------------------
 
@@ -148,14 +150,16 @@ class _HealthExporter:
             _reap_dead_processes(directory)
 
     def _mirror(self) -> None:
+        written: set[tuple[str, tuple[str, ...]]] = set()
         for name, labels, value in self._read():
             metric = self._metric(name)
             if metric is None:
                 continue
+            key = (name, labels)
+            written.add(key)
             if name in self._gauges:
                 metric.labels(*labels).set(value)
                 continue
-            key = (name, labels)
             previous = self._last.get(key, 0.0)
             # A smaller count is a new client or worker counting from zero again: all of it is new.
             delta = value - previous if value >= previous else value
@@ -165,6 +169,16 @@ class _HealthExporter:
             child = metric.labels(*labels)
             if delta > 0:
                 child.inc(delta)
+        # A series gone from health() (a model closed) leaves a single process's exposition; a file cannot drop
+        # it, so a gauge becomes NaN (no rule compares it true) and a counter keeps its count, counting anew
+        # from zero if the series comes back (the model loaded again).
+        for key in self._written - written:
+            name, labels = key
+            if name in self._gauges:
+                self._metric(name).labels(*labels).set(math.nan)
+            else:
+                self._last.pop(key, None)
+        self._written = written
 
     @property
     def _gauges(self) -> frozenset[str]:
