@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tests._support.telemetry import promtool_check_metrics
 
 from autoglm_runtime.testing import wait_until
 
@@ -62,6 +63,7 @@ class Prefork:
     def __init__(self, port: int, proc: subprocess.Popen[bytes]) -> None:
         self.port = port
         self.proc = proc
+        self.text = ""  # the last scrape's exposition
 
     def get(self, path: str) -> httpx.Response:
         # A new connection each time, so that either worker may take it.
@@ -72,6 +74,7 @@ class Prefork:
         # empty still: a worker starting up. The next scrape reads it.
         answers: list[httpx.Response] = []
         wait_until(lambda: answers.append(self.get("/metrics")) or answers[-1].status_code == 200, 60, "a scrape")
+        self.text = answers[-1].text
         return {
             (sample.name, frozenset(sample.labels.items())): sample.value
             for family in text_string_to_metric_families(answers[-1].text)
@@ -148,3 +151,4 @@ def test_counters_add_up_over_workers_and_a_dead_worker_leaves_no_gauge(prefork:
     wait_until(lambda: prefork.gauge_pids() == prefork.workers(), 60, "the gauges of exactly the live workers")
     after = prefork.scrape()
     assert (after[rejected], after[passed]) == (sent, 2 * sent)  # the dead worker's counts stay in the sums
+    assert promtool_check_metrics(prefork.text) == (0, "")
