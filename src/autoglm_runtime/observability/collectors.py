@@ -87,20 +87,9 @@ class _HealthExporter:
     # --- single process: a collector -------------------------------------------------------------
 
     def collect(self) -> Iterator[Any]:
-        """The metric families, read now (prometheus_client calls this on every scrape)."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        built: dict[str, Any] = {}
-        for family in self._families:
-            kind = GaugeMetricFamily if family.kind == "gauge" else CounterMetricFamily
-            built[family.name] = kind(family.name, family.documentation, labels=family.labels)
-        for name, labels, value in self._read():
-            built[name].add_metric(labels, value)
-        yield from built.values()
-
-    def describe(self) -> list[Any]:
-        """Nothing: registering never calls :meth:`collect` (which may be slow before start)."""
-        return []
+        """This exporter's metric families, read now (on a registry, the families of every exporter of its kind
+        started there are collected together, each once, on every scrape)."""
+        return _families(self._families, [self._read])
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -111,7 +100,7 @@ class _HealthExporter:
                 return
             self._started = True
             if not self._multiprocess:
-                self._registry.register(self)
+                _Shared.join(self)
                 return
             self._stop.clear()
             self._thread = threading.Thread(target=self._mirror_loop, name=self._thread_name, daemon=True)
@@ -125,7 +114,7 @@ class _HealthExporter:
             self._started = False
             thread, self._thread = self._thread, None
             if not self._multiprocess:
-                self._registry.unregister(self)
+                _Shared.leave(self)
         if thread is not None:
             self._stop.set()
             thread.join()
@@ -207,6 +196,64 @@ class _HealthExporter:
             if self._stop.wait(self._interval):
                 self.mirror()
                 return
+
+
+def _families(families: tuple[Family, ...], reads: list[Callable[[], list[Sample]]]) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    built: dict[str, Any] = {}
+    for family in families:
+        kind = GaugeMetricFamily if family.kind == "gauge" else CounterMetricFamily
+        built[family.name] = kind(family.name, family.documentation, labels=family.labels)
+    for read in reads:
+        for name, labels, value in read():
+            built[name].add_metric(labels, value)
+    yield from built.values()
+
+
+class _Shared:
+    """The collector of one registry for the started exporters of one kind: each family once, holding the samples
+    of all of them (one per client or loader, told apart by their labels). An exporter's own families would repeat
+    each metric's HELP line, which makes Prometheus refuse the whole scrape."""
+
+    _lock = threading.Lock()
+    _by_key: dict[tuple[int, type], _Shared] = {}  # (id(registry), exporter class); the entry holds the registry
+
+    def __init__(self, registry: Any, families: tuple[Family, ...]) -> None:
+        self.registry = registry
+        self.families = families
+        self.members: list[_HealthExporter] = []
+
+    @classmethod
+    def join(cls, exporter: _HealthExporter) -> None:
+        key = (id(exporter._registry), type(exporter))
+        with cls._lock:
+            shared = cls._by_key.get(key)
+            if shared is None:
+                shared = cls._by_key[key] = _Shared(exporter._registry, exporter._families)
+                exporter._registry.register(shared)
+            shared.members.append(exporter)
+
+    @classmethod
+    def leave(cls, exporter: _HealthExporter) -> None:
+        key = (id(exporter._registry), type(exporter))
+        with cls._lock:
+            shared = cls._by_key.get(key)
+            if shared is None or exporter not in shared.members:
+                return
+            shared.members.remove(exporter)
+            if not shared.members:
+                del cls._by_key[key]
+                shared.registry.unregister(shared)
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            reads = [member._read for member in self.members]
+        return _families(self.families, reads)
+
+    def describe(self) -> list[Any]:
+        """Nothing: registering never calls :meth:`collect` (which may be slow before start)."""
+        return []
 
 
 def _reap_dead_processes(directory: str) -> None:
