@@ -268,3 +268,18 @@ def test_multiprocess_mode_a_gauge_gone_from_health_is_no_longer_a_value(tmp_pat
     # (a counter keeps its count, as counts of a process that ended stay in the sums)
     assert closed == {"autoglm_worker_inflight": "nan", "autoglm_worker_starts_total": 1.0, "autoglm_worker_up": "nan"}
     assert again == {"autoglm_worker_inflight": 0.0, "autoglm_worker_starts_total": 2.0, "autoglm_worker_up": 1.0}
+
+
+def test_multiprocess_mode_is_what_prometheus_client_chose_at_its_import() -> None:
+    # prometheus_client picks its value class once, at import: a directory named after that changes nothing, and
+    # an exporter that mirrored into files then would leave the default registry without its metrics.
+    out = run(
+        """
+        import json, os
+        import prometheus_client
+        from autoglm_runtime.observability import multiprocess_mode
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = "/nonexistent"  # too late
+        print(json.dumps(multiprocess_mode()))
+        """
+    )
+    assert out is False

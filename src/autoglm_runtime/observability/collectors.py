@@ -53,8 +53,13 @@ class ModelSource(Protocol):
 
 
 def multiprocess_mode() -> bool:
-    """Whether prometheus_client runs in multiprocess mode here (``PROMETHEUS_MULTIPROC_DIR`` is set)."""
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    """Whether prometheus_client runs in multiprocess mode here: ``PROMETHEUS_MULTIPROC_DIR`` was set when it was
+    first imported (it chooses then, once), or the application set its own multiprocess value class."""
+    if not METRICS_AVAILABLE:
+        return False
+    from prometheus_client import values
+
+    return values.ValueClass is not values.MutexValue
 
 
 class _HealthExporter:
