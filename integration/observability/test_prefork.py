@@ -4,6 +4,7 @@ no gauge behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -116,6 +117,7 @@ def prefork(tmp_path: Path) -> Iterator[Prefork]:
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     sock.close()
     server = Prefork(port, proc)
@@ -123,11 +125,11 @@ def prefork(tmp_path: Path) -> Iterator[Prefork]:
         wait_until(lambda: len(server.gauge_pids()) == 2, 60, "both workers to mirror their health")
         yield server
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
+        proc.send_signal(signal.SIGINT)  # uvicorn stops its workers, then itself
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # its workers too: they are in its session
             proc.wait()
 
 

@@ -24,6 +24,16 @@ def run(code: str, env: dict[str, str] | None = None) -> object:
     return json.loads(result.stdout.splitlines()[-1])
 
 
+def stores(tmp_path: Path) -> tuple[Path, Path]:
+    """A file:// config store holding one key under /p, and an empty directory for multiprocess mode's files."""
+    config = tmp_path / "config"
+    (config / "p").mkdir(parents=True)
+    (config / "p" / "a").write_text("1")
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    return config, metrics
+
+
 def test_without_the_extras_the_guards_work_and_the_exporters_say_what_to_install() -> None:
     out = run(
         """
@@ -61,12 +71,8 @@ def test_without_the_extras_the_guards_work_and_the_exporters_say_what_to_instal
 
 
 def test_multiprocess_mode_mirrors_health_into_the_shared_files(tmp_path: Path) -> None:
-    config = tmp_path / "config"
-    (config / "p").mkdir(parents=True)
-    (config / "p" / "a").write_text("1")
+    config, metrics = stores(tmp_path)
     (config / "p" / "b").write_text("{bad")
-    metrics = tmp_path / "metrics"
-    metrics.mkdir()
     code = f"""
         import json, os, threading
         from prometheus_client import CollectorRegistry
@@ -148,11 +154,7 @@ def test_multiprocess_mode_exports_every_series_one_process_does_counters_at_zer
     # A counter series that first appears at 1 hides that increment from increase() and rate(): the alerting
     # rules on drift, rejections and restarts would miss the first one. Every series of the single-process
     # collectors (reasons that never happened included) must be in the files from the first mirror on.
-    config = tmp_path / "config"
-    (config / "p").mkdir(parents=True)
-    (config / "p" / "a").write_text("1")
-    metrics = tmp_path / "metrics"
-    metrics.mkdir()
+    config, metrics = stores(tmp_path)
     code = f"""
         import json
         from prometheus_client import CollectorRegistry
@@ -188,11 +190,7 @@ def test_multiprocess_mode_exports_every_series_one_process_does_counters_at_zer
 def test_a_dead_process_gauges_leave_the_exposition_at_the_next_mirror_of_a_live_one(tmp_path: Path) -> None:
     # uvicorn --workers restarts a worker that died and has no hook to call mark_process_dead from: the dead
     # worker's last sync timestamp stayed exported for good and fired AutoGLMConfigStale after 5 minutes.
-    config = tmp_path / "config"
-    (config / "p").mkdir(parents=True)
-    (config / "p" / "a").write_text("1")
-    metrics = tmp_path / "metrics"
-    metrics.mkdir()
+    config, metrics = stores(tmp_path)
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
     mirror = f"""
         import json, os, sys
