@@ -122,6 +122,82 @@ def test_calls_count_by_outcome_and_restarts_show_in_the_worker_metrics(
     }
 
 
+def test_worker_starts_count_the_processes_started_not_the_failures(
+    wheelhouse: Path, env_root: Path, make_model: Any, tmp_path: Path
+) -> None:
+    """A crashed worker restarts on the next call, and one given up on never does: each restart is counted when
+    its process starts, under the reason of the failure it followed, and initial plus restarts is how many
+    worker processes were started."""
+    with ModelLoader(
+        env_root, wheelhouse=wheelhouse, offline=True, backend="process", backoff=0.01, max_restarts=1
+    ) as loader:
+        model = loader.load(make_model("starts", MODEL))
+        registry = CollectorRegistry()
+
+        def starts() -> dict[str, float | None]:
+            reasons = ("initial", "crash", "oom", "timeout", "heartbeat")
+            return {
+                r: registry.get_sample_value("autoglm_worker_starts_total", {"model": "starts", "reason": r})
+                for r in reasons
+            }
+
+        def killed() -> None:
+            pid = model.health()["pid"]
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: model.health()["state"] == "dead", 30, "the killed worker to be seen dead")
+
+        none = {"oom": 0.0, "timeout": 0.0, "heartbeat": 0.0}
+        with ModelMetrics(loader, registry=registry):
+            killed()
+            assert starts() == {"initial": 1.0, "crash": 0.0, **none}  # not restarted yet: no call since
+            assert model.health()["restarts"] == 0
+            assert model.call("echo", 1, timeout=30) == 1
+            assert starts() == {"initial": 1.0, "crash": 1.0, **none}
+            killed()
+            marker = tmp_path / "hanging"
+            thread, outcome = in_background(model.call, "hang", str(marker), timeout=60)  # restarts it
+            os.kill(pid_in(marker), signal.SIGKILL)  # the second failure in a row: more than max_restarts=1
+            thread.join(30)
+            assert [type(e) for e in outcome] == [WorkerError]
+            with pytest.raises(WorkerError, match="gave up after 1 restarts"):
+                model.call("echo", 2, timeout=30)
+            health = model.health()
+            assert (health["state"], health["restarts"]) == ("failed", 2)
+            assert starts() == {"initial": 1.0, "crash": 2.0, **none}  # three deaths, two restarts
+
+
+def test_an_acall_its_caller_cancels_counts_as_cancelled_not_as_an_error(
+    loader: ModelLoader, make_model: Any, tmp_path: Path
+) -> None:
+    model = loader.load(make_model("cancelled-call", MODEL))
+    exporter = span_exporter()
+    moved = Delta(
+        *[("autoglm_worker_calls_total", {"model": "cancelled-call", "outcome": o}) for o in ("cancelled", "error")],
+    )
+
+    async def cancel_while_running() -> None:
+        task = asyncio.create_task(model.acall("hang", str(tmp_path / "running"), timeout=60))
+        while not (tmp_path / "running").exists():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_while_running())
+    assert moved.moved() == {
+        "autoglm_worker_calls_total{model=cancelled-call,outcome=cancelled}": 1.0,
+        "autoglm_worker_calls_total{model=cancelled-call,outcome=error}": 0.0,
+    }
+    (span,) = [s for s in exporter.get_finished_spans() if s.name == "autoglm.model.call"]
+    assert span.status.status_code == StatusCode.UNSET  # not a failure, as a stream closed early is not one
+    assert dict(span.attributes or {}) == {
+        "autoglm.model.name": "cancelled-call",
+        "autoglm.model.method": "hang",
+        "autoglm.model.call.cancelled": True,
+    }
+
+
 STREAM_OUTCOMES = ("ok", "cancelled", "E0106", "E0105")
 
 

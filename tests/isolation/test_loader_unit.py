@@ -159,6 +159,7 @@ def test_worker_on_the_host_interpreter(tmp_path: Path) -> None:
         "backend": "process",
         "failures": 0,
         "restart_reasons": {},
+        "restarted_after": {},
         "inflight": 0,
     }
     with pytest.raises(WorkerError):

@@ -14,6 +14,7 @@ def run(code: str, env: dict[str, str] | None = None) -> object:
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
+        stdin=subprocess.DEVNULL,
         text=True,
         timeout=120,
         check=False,
@@ -21,6 +22,16 @@ def run(code: str, env: dict[str, str] | None = None) -> object:
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.splitlines()[-1])
+
+
+def stores(tmp_path: Path) -> tuple[Path, Path]:
+    """A file:// config store holding one key under /p, and an empty directory for multiprocess mode's files."""
+    config = tmp_path / "config"
+    (config / "p").mkdir(parents=True)
+    (config / "p" / "a").write_text("1")
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    return config, metrics
 
 
 def test_without_the_extras_the_guards_work_and_the_exporters_say_what_to_install() -> None:
@@ -60,12 +71,8 @@ def test_without_the_extras_the_guards_work_and_the_exporters_say_what_to_instal
 
 
 def test_multiprocess_mode_mirrors_health_into_the_shared_files(tmp_path: Path) -> None:
-    config = tmp_path / "config"
-    (config / "p").mkdir(parents=True)
-    (config / "p" / "a").write_text("1")
+    config, metrics = stores(tmp_path)
     (config / "p" / "b").write_text("{bad")
-    metrics = tmp_path / "metrics"
-    metrics.mkdir()
     code = f"""
         import json, os, threading
         from prometheus_client import CollectorRegistry
@@ -141,3 +148,136 @@ def test_no_span_is_started_until_the_application_sets_a_provider_and_then_every
         "inside": True,
         "spans": [["autoglm.model.call", {"autoglm.model.name": "m", "autoglm.model.method": "echo"}]],
     }
+
+
+def test_multiprocess_mode_exports_every_series_one_process_does_counters_at_zero_included(tmp_path: Path) -> None:
+    # A counter series that first appears at 1 hides that increment from increase() and rate(): the alerting
+    # rules on drift, rejections and restarts would miss the first one. Every series of the single-process
+    # collectors (reasons that never happened included) must be in the files from the first mirror on.
+    config, metrics = stores(tmp_path)
+    code = f"""
+        import json
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+        from autoglm_runtime import ConfigClient
+        from autoglm_runtime.observability import ConfigMetrics, ModelMetrics
+
+        class Loader:
+            def health(self):
+                return {{"m": {{"replicas": [{{"state": "ready", "pid": 1}}], "inflight": 0, "queued": 0}}}}
+
+        def series(families):
+            return sorted(
+                [s.name, sorted((k, v) for k, v in s.labels.items() if k != "pid")]
+                for family in families for s in family.samples
+            )
+
+        with ConfigClient("file://{config}", "/p") as client:
+            exporters = [ConfigMetrics(client, multiprocess=True), ModelMetrics(Loader(), multiprocess=True)]
+            for exporter in exporters:
+                exporter.mirror()
+            one_process = series(f for e in exporters for f in e.collect())
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        print(json.dumps([one_process, series(registry.collect())]))
+    """
+    one_process, multiprocess = run(code, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)})  # type: ignore[misc]
+    assert ["autoglm_config_drift_corrected_total", [["root", "/p"]]] in one_process
+    assert ["autoglm_worker_starts_total", [["model", "m"], ["reason", "crash"]]] in one_process
+    assert multiprocess == one_process
+
+
+def test_a_dead_process_gauges_leave_the_exposition_at_the_next_mirror_of_a_live_one(tmp_path: Path) -> None:
+    # uvicorn --workers restarts a worker that died and has no hook to call mark_process_dead from: the dead
+    # worker's last sync timestamp stayed exported for good and fired AutoGLMConfigStale after 5 minutes.
+    config, metrics = stores(tmp_path)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+    mirror = f"""
+        import json, os, sys
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+        from autoglm_runtime import ConfigClient
+        from autoglm_runtime.observability import ConfigMetrics
+
+        with ConfigClient("file://{config}", "/p") as client:
+            ConfigMetrics(client, multiprocess=True).mirror()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        pids = sorted(
+            int(s.labels["pid"]) for family in registry.collect() for s in family.samples
+            if s.name == "autoglm_config_keys"
+        )
+        print(json.dumps([os.getpid(), pids]), flush=True)
+        sys.stdin.read()  # until told to end
+    """
+    dead_pid, pids = run(mirror, env)  # type: ignore[misc]
+    assert pids == [dead_pid]
+    live = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(mirror)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+    )
+    try:
+        assert live.stdout is not None
+        live_pid, _ = json.loads(live.stdout.readline())
+        pid, pids = run(mirror, env)  # type: ignore[misc]
+        assert pids == sorted([live_pid, pid])
+    finally:
+        live.communicate(b"", timeout=60)
+
+
+def test_multiprocess_mode_a_gauge_gone_from_health_is_no_longer_a_value(tmp_path: Path) -> None:
+    # One process: a closed model's series leave the exposition. The files cannot drop a series: it was left at
+    # its last value (autoglm_worker_up 1 for a model no longer loaded); it is NaN, which no rule compares true.
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    code = """
+        import json, math
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+        from autoglm_runtime.observability import ModelMetrics
+
+        class Loader:
+            models = {"m": {"replicas": [{"state": "ready", "pid": 1}], "inflight": 2, "queued": 0}}
+            def health(self):
+                return self.models
+
+        def up():
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            values = {
+                s.name: s.value for family in registry.collect() for s in family.samples
+                if s.name in ("autoglm_worker_up", "autoglm_worker_inflight", "autoglm_worker_starts_total")
+                and s.labels.get("reason", "initial") == "initial"
+            }
+            return {name: "nan" if math.isnan(v) else v for name, v in sorted(values.items())}
+
+        loader = Loader()
+        exporter = ModelMetrics(loader, multiprocess=True)
+        exporter.mirror()
+        loaded = up()
+        loader.models = {}  # closed
+        exporter.mirror()
+        closed = up()
+        loader.models = {"m": {"replicas": [{"state": "ready", "pid": 2}], "inflight": 0, "queued": 0}}
+        exporter.mirror()  # loaded again
+        print(json.dumps([loaded, closed, up()]))
+    """
+    loaded, closed, again = run(code, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)})  # type: ignore[misc]
+    assert loaded == {"autoglm_worker_inflight": 2.0, "autoglm_worker_starts_total": 1.0, "autoglm_worker_up": 1.0}
+    # (a counter keeps its count, as counts of a process that ended stay in the sums)
+    assert closed == {"autoglm_worker_inflight": "nan", "autoglm_worker_starts_total": 1.0, "autoglm_worker_up": "nan"}
+    assert again == {"autoglm_worker_inflight": 0.0, "autoglm_worker_starts_total": 2.0, "autoglm_worker_up": 1.0}
+
+
+def test_multiprocess_mode_is_what_prometheus_client_chose_at_its_import() -> None:
+    # prometheus_client picks its value class once, at import: a directory named after that changes nothing, and
+    # an exporter that mirrored into files then would leave the default registry without its metrics.
+    out = run(
+        """
+        import json, os
+        import prometheus_client
+        from autoglm_runtime.observability import multiprocess_mode
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = "/nonexistent"  # too late
+        print(json.dumps(multiprocess_mode()))
+        """
+    )
+    assert out is False

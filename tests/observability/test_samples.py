@@ -57,6 +57,7 @@ def test_workers_by_replica_and_restart_reason() -> None:
         "b": {
             "state": "dead",
             "restart_reasons": {"signal": 1, "exit": 1, "heartbeat": 1},
+            "restarted_after": {"exit": 1, "heartbeat": 1},  # replica 0 died of a signal: restarts on a call
             "replicas": [{"state": "dead", "pid": None, "inflight": 0}, {"state": "ready", "pid": 9, "inflight": 3}],
             "inflight": 3,
             "queued": 5,
@@ -81,7 +82,7 @@ def test_workers_by_replica_and_restart_reason() -> None:
         ("autoglm_worker_up", ("b", "0"), 0.0),
         ("autoglm_worker_up", ("b", "1"), 1.0),
         ("autoglm_worker_starts", ("b", "initial"), 2.0),
-        ("autoglm_worker_starts", ("b", "crash"), 2.0),
+        ("autoglm_worker_starts", ("b", "crash"), 1.0),
         ("autoglm_worker_starts", ("b", "oom"), 0.0),
         ("autoglm_worker_starts", ("b", "timeout"), 0.0),
         ("autoglm_worker_starts", ("b", "heartbeat"), 1.0),

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
 from typing import Any
 
@@ -141,10 +141,6 @@ class LoadedModel:
     def health(self) -> ModelHealth:
         """The replicas' real state and the model's environment: a new :class:`ModelHealth` dict."""
         replicas = self._pool.health()
-        reasons: dict[str, int] = {}
-        for replica in replicas:
-            for reason, count in replica["restart_reasons"].items():
-                reasons[reason] = reasons.get(reason, 0) + count
         exits = [r["last_exit"] for r in replicas if r["last_exit"] is not None]
         return ModelHealth(
             state=min((r["state"] for r in replicas), key=_ORDER.index),
@@ -153,7 +149,8 @@ class LoadedModel:
             last_exit=exits[-1] if exits else None,
             backend=replicas[0]["backend"],
             failures=max(r["failures"] for r in replicas),
-            restart_reasons=reasons,
+            restart_reasons=_summed(replica["restart_reasons"] for replica in replicas),
+            restarted_after=_summed(replica["restarted_after"] for replica in replicas),
             inflight=sum(r["inflight"] for r in replicas),
             env=self.environment.key,
             replicas=replicas,
@@ -172,3 +169,12 @@ class LoadedModel:
 
     def __repr__(self) -> str:
         return f"<LoadedModel {self.name!r} backend={self.backend} env={self.environment.key}>"
+
+
+def _summed(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """The replicas' counts by reason, added up."""
+    total: dict[str, int] = {}
+    for replica in counts:
+        for reason, count in replica.items():
+            total[reason] = total.get(reason, 0) + count
+    return total

@@ -7,6 +7,7 @@ exception only ends the span. Without prometheus_client and opentelemetry-api bo
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
@@ -30,7 +31,8 @@ Surface = Literal["http", "grpc", "decorator"]
 GUARD_SPAN = "autoglm.guard.check"
 MODEL_CALL_SPAN = "autoglm.model.call"
 MODEL_STREAM_SPAN = "autoglm.model.stream"
-#: The outcome of a stream its consumer stopped early (closed it, left its ``with`` block, dropped it).
+#: The outcome of a stream its consumer stopped early (closed it, left its ``with`` block, dropped it), or of an
+#: async call its caller cancelled.
 CANCELLED = "cancelled"
 
 
@@ -161,8 +163,11 @@ class ModelCall:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         span = self._span
-        if span is not None and isinstance(exc, AutoGLMRuntimeError):
-            _tracing.fail_span(span[0], exc)
+        if span is not None:
+            if isinstance(exc, AutoGLMRuntimeError):
+                _tracing.fail_span(span[0], exc)
+            elif exc is not None and _cancelled(exc) and span[0].is_recording():
+                span[0].set_attribute("autoglm.model.call.cancelled", True)
         metrics = self._metrics
         if metrics is not None:
             metrics.model_call_duration.get(self.model).observe(time.perf_counter() - self._start)
@@ -207,7 +212,15 @@ class ModelCallMetrics:
 def _outcome(error: BaseException | None) -> str:
     if error is None:
         return "ok"
-    return error.code if isinstance(error, AutoGLMRuntimeError) else "error"
+    if isinstance(error, AutoGLMRuntimeError):
+        return error.code
+    return CANCELLED if _cancelled(error) else "error"
+
+
+def _cancelled(error: BaseException) -> bool:
+    """Whether ``error`` is asyncio's cancellation (its caller stopped waiting): not a failure of the call."""
+    asyncio = sys.modules.get("asyncio")  # (not imported for this: without asyncio there is no such error)
+    return asyncio is not None and isinstance(error, asyncio.CancelledError)
 
 
 class ModelStreamCall:

@@ -116,7 +116,7 @@ def config_samples(root: str, health: Mapping[str, Any]) -> list[Sample]:
     return samples
 
 
-#: The workers' failure reasons (``restart_reasons`` in health) as the reasons of autoglm_worker_starts_total.
+#: The workers' failure reasons (keys of ``restarted_after`` in health) as autoglm_worker_starts_total's reasons.
 START_REASONS = {
     "exit": "crash",
     "signal": "crash",
@@ -132,9 +132,10 @@ def worker_samples(health: Mapping[str, Mapping[str, Any]]) -> list[Sample]:
     """The worker metrics of a loader from its ``health()`` dict (one entry per loaded model).
 
     ``autoglm_worker_up`` has one series per replica; ``autoglm_worker_starts_total`` counts the first start of
-    each replica (``initial``) and every restart by why it was needed (``crash``, ``oom``, ``timeout``,
-    ``heartbeat``), always all five, so a rate over a reason that never happened is 0, not absent. The load
-    gauges (in flight, queued, replicas and the two limits) have one series per model.
+    each replica (``initial``) and every restart, once its process started (``restarted_after``), by the failure
+    it followed (``crash``, ``oom``, ``timeout``, ``heartbeat``), always all five, so a rate over a reason that
+    never happened is 0, not absent. The load gauges (in flight, queued, replicas and the two limits) have one
+    series per model.
     """
     samples: list[Sample] = []
     for model, entry in sorted(health.items()):
@@ -144,7 +145,10 @@ def worker_samples(health: Mapping[str, Mapping[str, Any]]) -> list[Sample]:
             samples.append(("autoglm_worker_up", (model, str(index)), 1.0 if up else 0.0))
         starts = dict.fromkeys(("initial", "crash", "oom", "timeout", "heartbeat"), 0.0)
         starts["initial"] = float(len(replicas))
-        for reason, count in (entry.get("restart_reasons") or {}).items():
+        restarts = entry.get("restarted_after")
+        if restarts is None:  # (a source counting only failures: each taken as restarted)
+            restarts = entry.get("restart_reasons")
+        for reason, count in (restarts or {}).items():
             label = START_REASONS.get(str(reason), "crash")
             starts[label] += float(count)
         samples.extend(("autoglm_worker_starts", (model, reason), count) for reason, count in starts.items())

@@ -4,7 +4,8 @@ In one process they are prometheus_client collectors: every scrape calls ``healt
 between (``ConfigClient.get()`` stays a dict read). In prometheus_client's multiprocess mode
 (``PROMETHEUS_MULTIPROC_DIR`` set; a prefork server) the scrape reads files the processes wrote and never calls
 a collector, so instead a thread per exporter copies ``health()`` into those files every ``interval`` seconds:
-values are then up to ``interval`` old, and each gauge carries a ``pid`` label (mode ``liveall``)::
+values are then up to ``interval`` old, and each gauge carries a ``pid`` label (mode ``liveall``); the gauges of a
+process that ended leave at the next copy any process makes::
 
     from autoglm_runtime.observability import ConfigMetrics, ModelMetrics
 
@@ -14,6 +15,9 @@ values are then up to ``interval`` old, and each gauge carries a ``pid`` label (
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -49,8 +53,13 @@ class ModelSource(Protocol):
 
 
 def multiprocess_mode() -> bool:
-    """Whether prometheus_client runs in multiprocess mode here (``PROMETHEUS_MULTIPROC_DIR`` is set)."""
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    """Whether prometheus_client runs in multiprocess mode here: ``PROMETHEUS_MULTIPROC_DIR`` was set when it was
+    first imported (it chooses then, once), or the application set its own multiprocess value class."""
+    if not METRICS_AVAILABLE:
+        return False
+    from prometheus_client import values
+
+    return values.ValueClass is not values.MutexValue
 
 
 class _HealthExporter:
@@ -78,24 +87,14 @@ class _HealthExporter:
         self._thread: threading.Thread | None = None
         self._mirrored: dict[str, Any] = {}
         self._last: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._written: set[tuple[str, tuple[str, ...]]] = set()  # the series the last mirror wrote
 
     # --- single process: a collector -------------------------------------------------------------
 
     def collect(self) -> Iterator[Any]:
-        """The metric families, read now (prometheus_client calls this on every scrape)."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        built: dict[str, Any] = {}
-        for family in self._families:
-            kind = GaugeMetricFamily if family.kind == "gauge" else CounterMetricFamily
-            built[family.name] = kind(family.name, family.documentation, labels=family.labels)
-        for name, labels, value in self._read():
-            built[name].add_metric(labels, value)
-        yield from built.values()
-
-    def describe(self) -> list[Any]:
-        """Nothing: registering never calls :meth:`collect` (which may be slow before start)."""
-        return []
+        """This exporter's metric families, read now (on a registry, the families of every exporter of its kind
+        started there are collected together, each once, on every scrape)."""
+        return _families(self._families, [self._read])
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -106,7 +105,7 @@ class _HealthExporter:
                 return
             self._started = True
             if not self._multiprocess:
-                self._registry.register(self)
+                _Shared.join(self)
                 return
             self._stop.clear()
             self._thread = threading.Thread(target=self._mirror_loop, name=self._thread_name, daemon=True)
@@ -120,7 +119,7 @@ class _HealthExporter:
             self._started = False
             thread, self._thread = self._thread, None
             if not self._multiprocess:
-                self._registry.unregister(self)
+                _Shared.leave(self)
         if thread is not None:
             self._stop.set()
             thread.join()
@@ -137,21 +136,43 @@ class _HealthExporter:
     # --- multiprocess: a thread copying health() into the processes' files ------------------------
 
     def mirror(self) -> None:
-        """Copy ``health()`` into the multiprocess metrics once (the thread does this every ``interval``)."""
+        """Copy ``health()`` into the multiprocess metrics once (the thread does this every ``interval``), and
+        take the gauges of processes that ended out of the exposition (see :func:`_reap_dead_processes`)."""
+        self._mirror()
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if self._mirrored and directory:
+            _reap_dead_processes(directory)
+
+    def _mirror(self) -> None:
+        written: set[tuple[str, tuple[str, ...]]] = set()
         for name, labels, value in self._read():
             metric = self._metric(name)
             if metric is None:
                 continue
+            key = (name, labels)
+            written.add(key)
             if name in self._gauges:
                 metric.labels(*labels).set(value)
                 continue
-            key = (name, labels)
             previous = self._last.get(key, 0.0)
             # A smaller count is a new client or worker counting from zero again: all of it is new.
             delta = value - previous if value >= previous else value
             self._last[key] = value
+            # The series is written at 0 too (making the child does): one appearing at its first increment
+            # would hide that increment from increase() and rate(), and so from the alerting rules.
+            child = metric.labels(*labels)
             if delta > 0:
-                metric.labels(*labels).inc(delta)
+                child.inc(delta)
+        # A series gone from health() (a model closed) leaves a single process's exposition; a file cannot drop
+        # it, so a gauge becomes NaN (no rule compares it true) and a counter keeps its count, counting anew
+        # from zero if the series comes back (the model loaded again).
+        for key in self._written - written:
+            name, labels = key
+            if name in self._gauges:
+                self._metric(name).labels(*labels).set(math.nan)
+            else:
+                self._last.pop(key, None)
+        self._written = written
 
     @property
     def _gauges(self) -> frozenset[str]:
@@ -180,6 +201,103 @@ class _HealthExporter:
             if self._stop.wait(self._interval):
                 self.mirror()
                 return
+
+
+def _families(families: tuple[Family, ...], reads: list[Callable[[], list[Sample]]]) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    built: dict[str, Any] = {}
+    for family in families:
+        kind = GaugeMetricFamily if family.kind == "gauge" else CounterMetricFamily
+        built[family.name] = kind(family.name, family.documentation, labels=family.labels)
+    for read in reads:
+        for name, labels, value in read():
+            built[name].add_metric(labels, value)
+    yield from built.values()
+
+
+class _Shared:
+    """The collector of one registry for the started exporters of one kind: each family once, holding the samples
+    of all of them (one per client or loader, told apart by their labels). An exporter's own families would repeat
+    each metric's HELP line, which makes Prometheus refuse the whole scrape."""
+
+    _lock = threading.Lock()
+    _by_key: dict[tuple[int, type], _Shared] = {}  # (id(registry), exporter class); the entry holds the registry
+
+    def __init__(self, registry: Any, families: tuple[Family, ...]) -> None:
+        self.registry = registry
+        self.families = families
+        self.members: list[_HealthExporter] = []
+
+    @classmethod
+    def join(cls, exporter: _HealthExporter) -> None:
+        key = (id(exporter._registry), type(exporter))
+        with cls._lock:
+            shared = cls._by_key.get(key)
+            if shared is None:
+                shared = cls._by_key[key] = _Shared(exporter._registry, exporter._families)
+                exporter._registry.register(shared)
+            shared.members.append(exporter)
+
+    @classmethod
+    def leave(cls, exporter: _HealthExporter) -> None:
+        key = (id(exporter._registry), type(exporter))
+        with cls._lock:
+            shared = cls._by_key.get(key)
+            if shared is None or exporter not in shared.members:
+                return
+            shared.members.remove(exporter)
+            if not shared.members:
+                del cls._by_key[key]
+                shared.registry.unregister(shared)
+
+    def collect(self) -> Iterator[Any]:
+        with self._lock:
+            reads = [member._read for member in self.members]
+        return _families(self.families, reads)
+
+    def describe(self) -> list[Any]:
+        """Nothing: registering never calls :meth:`collect` (which may be slow before start)."""
+        return []
+
+
+def _reap_dead_processes(directory: str) -> None:
+    """``mark_process_dead`` for each process whose live gauges are in ``directory`` but that no longer runs.
+
+    What gunicorn's ``child_exit`` hook is for, done from every process instead: uvicorn ``--workers`` has no such
+    hook and restarts a worker that died, whose last values (a frozen sync timestamp) were otherwise exported for
+    good. Only while the files are named by pid (prometheus_client's default): this process's own file is there.
+    """
+    if os.name != "posix":  # (os.kill(pid, 0) asks whether a process runs on POSIX only)
+        return
+    from prometheus_client.multiprocess import mark_process_dead
+
+    own = os.getpid()
+    pids: set[int] = set()
+    found_own = False
+    for path in glob.glob(os.path.join(glob.escape(directory), "gauge_live*_*.db")):
+        identifier = os.path.basename(path)[: -len(".db")].rpartition("_")[2]
+        if not identifier.isdigit():
+            return  # a process_identifier other than the pid: whether it runs cannot be told
+        pid = int(identifier)
+        found_own = found_own or pid == own
+        if pid != own and not _running(pid):
+            pids.add(pid)
+    if not found_own:
+        return
+    for pid in sorted(pids):
+        with contextlib.suppress(FileNotFoundError):  # (another process, or the server's hook, removed it first)
+            mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 class ConfigMetrics(_HealthExporter):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -378,3 +380,18 @@ def test_a_call_beside_another_on_a_closed_worker_end_says_the_peer_is_gone_too(
     assert (conn.inflight, str(other.error)) == (0, "stream: the peer went away")
     with pytest.raises(PeerGone):  # broken before it registered: none of it went out
         conn.call(46, "echo", _request(46), time.monotonic() + 30, time.monotonic() + 30)
+
+
+def test_an_undecodable_frame_for_no_call_is_logged_with_its_code(
+    pair: tuple[Connection, socket.socket], caplog: pytest.LogCaptureFixture
+) -> None:
+    conn, peer = pair
+    body = b'{"id":999,"ok":true,"result":{"$b":1}}'  # well framed, but names a buffer the frame does not hold
+    stream = StreamSink("tokens")
+    conn.register(7, stream)
+    with caplog.at_level(logging.WARNING, logger="test"):
+        peer.sendall(struct.pack(">IH", len(body), 0) + body)
+        protocol.write_frame(peer, {"id": 7, "ok": True, "end": True})  # read after it: the stream is in step
+        assert stream.get(30) == {"id": 7, "ok": True, "end": True}
+    (record,) = [r for r in caplog.records if "cannot decode" in r.getMessage()]
+    assert (getattr(record, "error_code", None), getattr(record, "model", None)) == ("E0105", "m")

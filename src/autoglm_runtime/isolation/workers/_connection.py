@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from autoglm_runtime.errors import ModelCallError
 from autoglm_runtime.isolation._scripts import protocol as _protocol
 from autoglm_runtime.isolation.workers._calls import AbandonedSink, CallSink, OwnSink, PeerGone, SendTimeout, Sink
 
@@ -433,6 +434,10 @@ class Connection:
             kind: dict[str, Any] = {"chunk": None} if exc.chunk else {"ok": False}
             self._route({"id": exc.call_id, **kind, "undecodable": str(exc)})
         else:
-            self._logger.warning(
-                "model %s worker (pid %d) sent a frame the host cannot decode: %s", self.name, self.pid, exc
+            self._logger.warning(  # coded as the reply of a call would be (undecodable_reply)
+                "model %s worker (pid %d) sent a frame the host cannot decode: %s",
+                self.name,
+                self.pid,
+                exc,
+                extra={"error_code": ModelCallError.code, "model": self.name},
             )

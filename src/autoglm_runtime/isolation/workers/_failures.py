@@ -23,6 +23,9 @@ class FailureLog:
     def __init__(self, policy: RestartPolicy) -> None:
         self.policy = policy
         self.reasons: collections.Counter[str] = collections.Counter()
+        #: Restarts by the reason of the failure each followed (a failure is restarted lazily, or never).
+        self.restarted_after: collections.Counter[str] = collections.Counter()
+        self._cause: str | None = None  # the reason of the last failure not yet followed by a restart
         self.spawns = 0
         self._oom_at_spawn: int | None = None
         self._recorded: set[int] = set()  # pids whose death was recorded
@@ -31,6 +34,9 @@ class FailureLog:
     def spawned(self) -> None:
         """A new process started: the OOM-kill count to compare its end against."""
         self._oom_at_spawn = oom_kill_count()
+        if self.spawns:
+            self.restarted_after[self._cause or "exit"] += 1
+        self._cause = None
         self.spawns += 1
 
     def stopping(self, pid: int) -> bool:
@@ -44,6 +50,7 @@ class FailureLog:
         """One more failure in a row, described for messages and counted under ``reason`` in health."""
         self.policy.record(description)
         self.reasons[reason] += 1
+        self._cause = reason
 
     def count_kill(self, pid: int, description: str, reason: str) -> None:
         """A process we killed for ``reason`` (a timeout, no heartbeat): one failure, unless its own death was counted

@@ -209,6 +209,7 @@ class WorkerProcess(WorkerLifecycle):
                 backend=self.spec.backend,
                 failures=self._restarts.failures,
                 restart_reasons=dict(self._failures.reasons),
+                restarted_after=dict(self._failures.restarted_after),
                 inflight=self.inflight,
             )
 

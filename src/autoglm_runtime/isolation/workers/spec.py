@@ -39,6 +39,8 @@ class WorkerHealth(TypedDict):
     * ``failures`` (int): failures (deaths, timeouts) in a row since the last successful call.
     * ``restart_reasons`` (dict): failures by reason since the start -- ``exit``, ``signal``, ``oom``,
       ``timeout``, ``heartbeat``, ``load`` (a restarted worker failed to load), ``protocol``.
+    * ``restarted_after`` (dict): restarts by the reason of the failure each followed (same keys; sums to
+      ``restarts``): a crashed worker restarts on the next call, one given up on never does.
     * ``inflight`` (int): calls and streams running on the worker now.
     """
 
@@ -49,6 +51,7 @@ class WorkerHealth(TypedDict):
     backend: Literal["process", "subinterp"]
     failures: int
     restart_reasons: dict[str, int]
+    restarted_after: dict[str, int]
     inflight: int
 
 
