@@ -66,7 +66,10 @@ def test_loose_budgets_are_read_as_vllm_reads_them() -> None:
     assert OpenAIExtractor().extract({"prompt": "a", "truncate_prompt_tokens": "5"}).keep_tokens == 5
     with pytest.raises(InvalidRequestError) as info:
         OpenAIExtractor().extract({**CHAT, "max_tokens": 16.5})
-    assert info.value.message == "max_tokens must be a whole number of at least 1, got 16.5: fix the request body"
+    assert info.value.message == (
+        'max_tokens must be a whole number of at least 1 (vLLM also reads "16" and 16.0 as 16), got 16.5: fix the '
+        "request body"
+    )
 
 
 def test_loose_template_flags_are_read_as_vllm_reads_them() -> None:

@@ -38,8 +38,8 @@ def kept_fields(body: dict[str, Any]) -> tuple[int | None, str]:
     keep = None if sent is None else lax_int(sent)
     if sent is not None and (keep is None or keep < -1):
         raise InvalidRequestError(
-            f"truncate_prompt_tokens must be a whole number of at least 1, or -1, got {sent!r:.40}: fix the request "
-            "body",
+            f'truncate_prompt_tokens must be a whole number of at least 1, or -1 (vLLM also reads "5" and 5.0 as '
+            f"5), got {sent!r:.40}: fix the request body",
             param="truncate_prompt_tokens",
         )
     if keep == 0:

@@ -381,7 +381,8 @@ class OpenAIExtractor:
             budget = lax_int(value)
             if budget is None or budget < 0:
                 raise InvalidRequestError(
-                    f"{name} must be a whole number of at least 1, got {value!r:.40}: fix the request body",
+                    f'{name} must be a whole number of at least 1 (vLLM also reads "16" and 16.0 as 16), got '
+                    f"{value!r:.40}: fix the request body",
                     param=name,
                 )
             if budget == 0 and not (completion and lax_bool(body.get("echo")) is True):
