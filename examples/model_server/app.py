@@ -125,8 +125,8 @@ class _Handlers:
         body = await request.json()  # the middleware decoded and judged it already
         try:
             _required(body, "prompt", "a prompt: a string, a list of strings, or token ids")
-            sampling = self._capped(body["model"], Sampling.from_body(body))
             result = self._judged(request)
+            sampling = self._capped(body["model"], Sampling.from_body(body, result.output_tokens if result else None))
             prompts = self._prompts(body["prompt"], result)
             model = self._model(body)
             envelope = Envelope.new("text_completion", model.name, f"numpy-{numpy_version(model)}")
@@ -160,7 +160,7 @@ class _Handlers:
             result = self._judged(request)
             if result is None or result.prompt is None or not body["messages"]:
                 raise InvalidRequestError("messages is empty: send at least one message", param="messages")
-            sampling = self._capped(body["model"], Sampling.from_body(body))
+            sampling = self._capped(body["model"], Sampling.from_body(body, result.output_tokens))
             model = self._model(body)
             envelope = Envelope.new("chat.completion", model.name, f"numpy-{numpy_version(model)}")
             run = self._run(model, sampling, envelope)

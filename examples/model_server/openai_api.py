@@ -108,11 +108,18 @@ class Sampling:
     include_usage: bool
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> Sampling:
-        """The options of ``body``; raises :class:`InvalidRequestError` (E5010) naming every bad field."""
+    def from_body(cls, body: Mapping[str, Any], judged: int | None = None) -> Sampling:
+        """The options of ``body``; raises :class:`InvalidRequestError` (E5010) naming every bad field.
+
+        ``judged`` is the output budget the guard judged (``GuardResult.output_tokens``): the field vLLM would use,
+        read as vLLM reads it (``"16"`` is 16), or the default when the request sends none.
+        """
         problems: list[tuple[str, str]] = []
-        # The guard has checked these are non-negative integers and judged the largest one: use the same.
-        budgets = [body[name] for name in ("max_tokens", "max_completion_tokens") if body.get(name) is not None]
+        # A chat's max_completion_tokens comes before its max_tokens; a completion has only max_tokens.
+        fields = ("max_completion_tokens", "max_tokens") if "messages" in body else ("max_tokens",)
+        sent = [body[name] for name in fields if body.get(name) is not None]
+        if judged is None:
+            judged = sent[0] if sent and type(sent[0]) is int else DEFAULT_MAX_TOKENS
         temperature = body.get("temperature", 1.0)
         if temperature is None:
             temperature = 1.0
@@ -136,8 +143,8 @@ class Sampling:
                 "; ".join(message for _, message in problems) + ": fix the request body", param=problems[0][0]
             )
         return cls(
-            max_tokens=max(budgets) if budgets else DEFAULT_MAX_TOKENS,
-            explicit=bool(budgets),
+            max_tokens=judged,
+            explicit=bool(sent),
             temperature=float(temperature),
             seed=seed,
             stream=bool(stream),

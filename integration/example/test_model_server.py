@@ -172,6 +172,22 @@ def test_an_output_cap_changed_in_zookeeper_bounds_max_tokens(server: Server) ->
     until(lambda: server.http.get("/health").json()["limits"][CHARS]["max_output_tokens"] == 32, 10, "the default")
 
 
+def test_the_budget_run_is_the_one_the_guard_judged(server: Server) -> None:
+    # max_completion_tokens wins over max_tokens in a chat (as in vLLM): 64 is over the cap of 32, but not used.
+    messages: Any = [{"role": "user", "content": "How does the server follow ZooKeeper?"}]
+    chat = server.client.chat.completions.create(
+        model=WORDS, messages=messages, max_completion_tokens=3, max_tokens=64, temperature=0
+    )
+    assert chat.usage is not None
+    assert chat.usage.completion_tokens <= 3
+    # A budget sent as text is read as vLLM reads it.
+    done = server.client.completions.create(
+        model=CHARS, prompt="The model server", temperature=0, extra_body={"max_tokens": "3"}
+    )
+    assert done.usage is not None
+    assert (done.usage.completion_tokens, done.choices[0].finish_reason) == (3, "length")
+
+
 def _numpy(server: Server) -> str:
     return str(server.http.get(f"/v1/models/{WORDS}").json()["numpy"])
 

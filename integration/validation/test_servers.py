@@ -3,6 +3,7 @@ environment variable) on a real FastAPI app under uvicorn, driven over real HTTP
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -113,8 +114,9 @@ def client(server: str) -> Iterator[openai.OpenAI]:
 
 
 def expected_chat_tokens(model_dir: Path, messages: list[dict[str, str]]) -> int:
+    # Counted in a window no chat here reaches, so chats longer than the server's window are counted too.
     guard = ContextWindowGuard(
-        HFTokenizer.from_file(model_dir / "tokenizer.json"), WINDOW, chat_template=ChatTemplate.from_file(model_dir)
+        HFTokenizer.from_file(model_dir / "tokenizer.json"), 2**20, chat_template=ChatTemplate.from_file(model_dir)
     )
     return guard.judge(OpenAIExtractor().extract({"messages": messages}).guard_input()).input_tokens
 
@@ -197,3 +199,47 @@ def test_every_settings_problem_is_reported_at_once(tmp_path: Path) -> None:
         f"the guard settings in {str(path)!r} are not valid: unknown key 'colour'; 'max_body_bytes' cannot be 'big'; "
         "'tokenizer' needs 'context_window': fix them (see docs/validation.md)"
     )
+
+
+def test_the_async_streaming_client_sees_the_code_and_the_header(server: str) -> None:
+    async def call() -> openai.BadRequestError:
+        async with openai.AsyncOpenAI(base_url=f"{server}/v1", api_key="test", max_retries=0, timeout=30) as client:
+            with pytest.raises(openai.BadRequestError) as info:
+                await client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": "fox " * 100}], stream=True
+                )
+            return info.value
+
+    error = asyncio.run(call())
+    assert (error.code, error.param, error.status_code) == ("context_length_exceeded", "messages", 400)
+    assert error.response.headers["x-autoglm-error-code"] == "E0513"
+
+
+def test_a_chat_is_judged_on_the_budget_vllm_uses(client: openai.OpenAI) -> None:
+    messages: Any = [{"role": "user", "content": "hello"}]
+    # vLLM runs this with 4 output tokens (max_completion_tokens wins); the larger max_tokens was refused before.
+    response = client.chat.completions.create(model="m", messages=messages, max_completion_tokens=4, max_tokens=10**6)
+    assert response.choices[0].message.content == "ok"
+    # A budget sent as text, as vLLM's pydantic models read it.
+    assert client.chat.completions.create(model="m", messages=messages, extra_body={"max_tokens": "16"}).usage
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="m", messages=messages, max_tokens=0)
+    assert (info.value.param, info.value.response.headers["x-autoglm-error-code"]) == ("max_tokens", "E5010")
+    assert "max_tokens must be at least 1, got 0" in info.value.message
+
+
+def test_a_chat_filling_the_window_without_a_budget_is_refused(client: openai.OpenAI, model_dir: Path) -> None:
+    # vLLM refuses a prompt that leaves no room for the one token the model writes at least.
+    words = 1
+    while expected_chat_tokens(model_dir, [{"role": "user", "content": "fox " * words}]) < WINDOW:
+        words += 1
+    messages: Any = [{"role": "user", "content": "fox " * words}]
+    # ("fox " is one token with this tokenizer, so some length fills the window exactly.)
+    assert expected_chat_tokens(model_dir, messages) == WINDOW
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="m", messages=messages)
+    assert info.value.code == "context_length_exceeded"
+    assert "(64 in the input, 1 for the completion by default" in info.value.message
+    shorter: Any = [{"role": "user", "content": "fox " * (words - 1)}]
+    assert expected_chat_tokens(model_dir, shorter) < WINDOW
+    assert client.chat.completions.create(model="m", messages=shorter).choices[0].message.content == "ok"

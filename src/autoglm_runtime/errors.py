@@ -211,8 +211,8 @@ _register(
     "E5010",
     "Invalid request field",
     "error",
-    "A request field the guards read has the wrong shape or type: the body is not a JSON object, a prompt or "
-    "message is not text, or max_tokens is not a non-negative integer.",
+    "A request field the guards read has the wrong shape, type or value: the body is not a JSON object, a prompt "
+    "or message is not text, max_tokens is not a whole number of at least 1, or truncate_prompt_tokens is 0.",
     "Fix the field named in the error's param; see the OpenAI request format.",
 )
 

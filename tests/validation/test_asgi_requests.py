@@ -63,25 +63,32 @@ def post(app: Any, path: str = "/v1/completions", **kwargs: Any) -> httpx.Respon
     return asyncio.run(_post(app, path, **kwargs))
 
 
-def test_the_largest_budget_field_is_blamed_over_http() -> None:
-    response = post(build_app(), json={"prompt": "hi", "max_tokens": 5, "max_completion_tokens": 1_000_000})
+def test_the_budget_field_vllm_uses_is_judged_over_http() -> None:
+    # vLLM's chat server uses max_completion_tokens when it is sent, else max_tokens; its completions server has no
+    # max_completion_tokens at all (it is ignored there).
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    response = post(build_app(), "/v1/chat/completions", json={**chat, "max_tokens": 5, "max_completion_tokens": 10**6})
     assert response.status_code == 400
     assert (response.json()["error"]["param"], response.json()["error"]["code"]) == ("max_completion_tokens", "E0513")
+    response = post(build_app(), "/v1/chat/completions", json={**chat, "max_tokens": 10**6, "max_completion_tokens": 5})
+    assert response.status_code == 200
+    assert post(build_app(), json={"prompt": "hi", "max_tokens": 5, "max_completion_tokens": 10**6}).status_code == 200
 
 
 def test_a_batch_reaches_the_app_with_only_the_long_prompt_cut() -> None:
+    # No budget is sent: each prompt leaves room for the one token the model writes at least.
     response = post(build_app(window=20, truncate=True), json={"prompt": ["a" * 10, "b" * 30]})
     assert response.status_code == 200
-    assert response.json()["received"] == {"prompt": ["a" * 10, "b" * 20]}
-    assert response.headers["x-autoglm-truncated-tokens"] == "10"
+    assert response.json()["received"] == {"prompt": ["a" * 10, "b" * 19]}
+    assert response.headers["x-autoglm-truncated-tokens"] == "11"
 
 
 def test_a_truncated_batch_with_a_suffix_keeps_the_suffix() -> None:
     body = {"prompt": ["a" * 10, "b" * 30], "suffix": "s" * 5}
     response = post(build_app(window=20, truncate=True), json=body)
     assert response.status_code == 200
-    assert response.json()["received"] == {"prompt": ["a" * 10, "b" * 15], "suffix": "s" * 5}
-    assert response.headers["x-autoglm-truncated-tokens"] == "15"
+    assert response.json()["received"] == {"prompt": ["a" * 10, "b" * 14], "suffix": "s" * 5}
+    assert response.headers["x-autoglm-truncated-tokens"] == "16"
 
 
 def test_a_batch_error_names_the_prompt_over_http() -> None:
@@ -107,7 +114,7 @@ def test_a_truncated_chunked_request_has_one_framing_header() -> None:
 
     response = post(build_app(truncate=True), content=chunks())
     assert response.status_code == 200
-    assert response.json()["headers"] == {"content-length": str(len(json.dumps({"prompt": "p" * 50})))}
+    assert response.json()["headers"] == {"content-length": str(len(json.dumps({"prompt": "p" * 49})))}
 
 
 # 13. The app reuses the guard's tokens instead of tokenizing again.
@@ -234,7 +241,8 @@ def test_a_stalled_body_gets_408() -> None:
 
 def test_a_chat_without_text_or_budget_is_still_judged() -> None:
     # Messages holding only images (or null content) carry no text, but each still costs its role markers: 30
-    # messages at message_tokens=4, plus the reply's start, are 124 tokens in a window of 100.
+    # messages at message_tokens=4, plus the reply's start, are 124 tokens (and one the model writes at least) in a
+    # window of 100.
     guard = ContextWindowGuard(char_tok(), 100)
     app = Starlette(
         routes=[Route("/v1/chat/completions", echo, methods=["POST"])],
@@ -245,6 +253,6 @@ def test_a_chat_without_text_or_budget_is_still_judged() -> None:
         response = post(app, "/v1/chat/completions", json={"messages": [message] * 30})
         assert response.status_code == 400
         assert response.json()["error"]["code"] == "E0513"
-        assert "you requested at least 124 tokens (at least 124 in the input" in response.json()["error"]["message"]
+        assert "you requested at least 125 tokens (at least 124 in the input" in response.json()["error"]["message"]
     response = post(app, "/v1/chat/completions", json={"messages": [image] * 2})
     assert (response.status_code, response.json()["input_tokens"]) == (200, 12)

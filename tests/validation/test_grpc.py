@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.validation._helpers import char_tok, extract, rewrite
 
-from autoglm_runtime.validation import ContextWindowGuard, GuardInput
+from autoglm_runtime.validation import ContextWindowGuard, GuardInput, OpenAIExtractor
 from autoglm_runtime.validation.grpc import ValidationInterceptor
 
 SERVICE = "test.Llm"
@@ -253,4 +253,28 @@ def test_a_rewriter_returning_another_type_than_the_request_is_a_coded_status(ch
         grpc.StatusCode.INVALID_ARGUMENT,
         "E5010: the server's rewriter returned NoneType, not a bytes like the request, for this request: check the "
         "request fields",
+    )
+
+
+def test_a_chat_over_a_real_channel_is_judged_as_vllm_reads_it(channel_for: Any) -> None:
+    def openai_style(request: bytes) -> GuardInput:
+        return OpenAIExtractor().extract(json.loads(request)).guard_input()
+
+    guard = ContextWindowGuard(char_tok(), 20, message_tokens=0)
+    channel = channel_for(context_guard=guard, extractor=openai_style)
+    # A budget sent as text is read as vLLM's pydantic models read it; max_completion_tokens wins over max_tokens.
+    body = {"messages": [{"role": "user", "content": "x" * 15}], "max_tokens": 10**6, "max_completion_tokens": "5"}
+    assert unary(channel, body)[0] == {"received": body}
+    # No budget: the prompt must leave room for one token.
+    error = rpc_error(channel, {"messages": [{"role": "user", "content": "x" * 20}]})
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "E0513: This model's maximum context length is 20 tokens. However, you requested 21 tokens (20 in the input, "
+        "1 for the completion by default, as the request sets no max_completion_tokens), more than the context window "
+        "of 20 tokens: shorten the input"
+    )
+    error = rpc_error(channel, {"prompt": "x", "truncate_prompt_tokens": 0})
+    assert (error.code(), dict(error.trailing_metadata())) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        {"x-autoglm-error-code": "E5010"},
     )

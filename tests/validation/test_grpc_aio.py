@@ -12,9 +12,7 @@ import grpc
 import pytest
 from tests.validation._helpers import char_tok, extract, rewrite
 
-from autoglm_runtime.validation import (
-    ContextWindowGuard,
-)
+from autoglm_runtime.validation import ContextWindowGuard, GuardInput, OpenAIExtractor
 from autoglm_runtime.validation.grpc import AsyncValidationInterceptor
 
 SERVICE = "test.AioLlm"
@@ -262,3 +260,22 @@ def test_a_plain_function_handler_is_refused_with_a_coded_status_logged_once(cap
             "E0001",
         ),
     ]
+
+
+def test_a_chat_over_an_aio_channel_is_judged_as_vllm_reads_it() -> None:
+    def openai_style(request: bytes) -> GuardInput:
+        return OpenAIExtractor().extract(json.loads(request)).guard_input()
+
+    guard = ContextWindowGuard(char_tok(), 20, message_tokens=0)
+    interceptor = AsyncValidationInterceptor(context_guard=guard, extractor=openai_style)
+    fits = json.dumps({"messages": [{"role": "user", "content": "x" * 19}], "max_tokens": "1"}).encode()
+    fills = json.dumps({"messages": [{"role": "user", "content": "x" * 20}]}).encode()
+
+    async def body(channel: grpc.aio.Channel) -> Any:
+        call = channel.unary_unary(f"/{SERVICE}/Complete")
+        return await call(fits), await failure(call(fills))
+
+    ok, refused = run(interceptor, body)
+    assert ok == fits
+    assert refused[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused[1].startswith("E0513: This model's maximum context length is 20 tokens. However, you requested 21")

@@ -54,8 +54,16 @@ def test_keeping_more_than_the_window_holds_is_e0513_and_a_bad_value_e5010() -> 
         "window: lower truncate_prompt_tokens to at most 90, or send -1 for all the room there is"
     )
     for fields, message in (
-        ({"truncate_prompt_tokens": -2}, "truncate_prompt_tokens must be an integer of at least -1, got -2"),
-        ({"truncate_prompt_tokens": True}, "truncate_prompt_tokens must be an integer of at least -1, got True"),
+        (
+            {"truncate_prompt_tokens": -2},
+            'truncate_prompt_tokens must be a whole number of at least 1, or -1 (vLLM also reads "5" and 5.0 as 5), '
+            "got -2",
+        ),
+        (
+            {"truncate_prompt_tokens": 2.5},
+            'truncate_prompt_tokens must be a whole number of at least 1, or -1 (vLLM also reads "5" and 5.0 as 5), '
+            "got 2.5",
+        ),
         ({"truncation_side": "middle"}, "truncation_side must be 'left' or 'right', got 'middle'"),
     ):
         with pytest.raises(InvalidRequestError) as error:

@@ -110,12 +110,14 @@ def test_no_input_fields() -> None:
         ),
         (
             {"prompt": "a", "max_tokens": -3},
-            "max_tokens must be a non-negative integer, got -3: fix the request body",
+            'max_tokens must be a whole number of at least 1 (vLLM also reads "16" and 16.0 as 16), got -3: fix the '
+            "request body",
             "max_tokens",
         ),
         (
-            {"prompt": "a", "max_tokens": "9"},
-            "max_tokens must be a non-negative integer, got '9': fix the request body",
+            {"prompt": "a", "max_tokens": "9 tokens"},
+            "max_tokens must be a whole number of at least 1 (vLLM also reads \"16\" and 16.0 as 16), got '9 tokens': "
+            "fix the request body",
             "max_tokens",
         ),
     ],

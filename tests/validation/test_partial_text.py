@@ -67,7 +67,7 @@ def test_with_a_bound_the_start_alone_rejects() -> None:
         guard.judge(extracted.guard_input())
     # The 201 characters held, at no more than 2 characters a token: at least 101 tokens (the tool definition is
     # pinned, so only it is weighed: with truncation on, the rest of the input could be cut).
-    assert "you requested at least 101 tokens (at least 101 in the input, 0 for the completion" in info.value.message
+    assert "you requested at least 102 tokens (at least 101 in the input, 1 for the completion" in info.value.message
 
 
 def test_with_truncation_on_a_long_tool_definition_is_still_rejected() -> None:
@@ -81,8 +81,8 @@ def test_with_truncation_on_a_long_tool_definition_is_still_rejected() -> None:
     assert info.value.message == (
         "This model's maximum context length is 100 tokens. However, the system and developer messages, tool "
         "definitions and other pieces that are never truncated leave no room for the rest of the input (you "
-        "requested at least 101 tokens (at least 101 in the input, 0 for the completion by default, as the request "
-        "sets no max_tokens), more than the context window of 100 tokens: shorten the input)"
+        "requested at least 102 tokens (at least 101 in the input, 1 for the completion by default, as the request "
+        "sets no max_completion_tokens), more than the context window of 100 tokens: shorten the input)"
     )
     assert info.value.param == "messages"
 
@@ -166,7 +166,7 @@ DESCRIPTION = st.lists(PIECES, max_size=150).map("".join)
 
 
 @settings(max_examples=150, deadline=None)
-@given(description=DESCRIPTION, window=st.integers(1, 80), output=st.integers(0, 20), bounded=st.booleans())
+@given(description=DESCRIPTION, window=st.integers(1, 80), output=st.integers(1, 20), bounded=st.booleans())
 def test_verdicts_from_the_start_match_the_whole_text(
     hf_bytelevel: HFTokenizer, description: str, window: int, output: int, bounded: bool
 ) -> None:

@@ -38,18 +38,29 @@ def rejection(body: dict[str, Any], window: int, **kwargs: Any) -> ContextWindow
     return info.value
 
 
-# 1. The backend may honour any budget field it is sent, so the largest one is judged.
-def test_the_largest_output_budget_is_judged() -> None:
-    body = {"prompt": "hello", "max_tokens": 5, "max_completion_tokens": 1_000_000}
-    error = rejection(body, 100)
+# 1. The budget vLLM uses is judged: a chat's max_completion_tokens before its max_tokens (vLLM's
+# ChatCompletionRequest.build_tok_params); a completion has only max_tokens (CompletionRequest has no other).
+def test_the_budget_vllm_uses_is_judged() -> None:
+    chat = {"messages": [{"role": "user", "content": "hello"}]}
+    error = rejection({**chat, "max_tokens": 5, "max_completion_tokens": 1_000_000}, 100)
     assert error.param == "max_completion_tokens"
     assert error.message == (
         "This model's maximum context length is 100 tokens. However, max_completion_tokens asks for 1000000 output "
         "tokens, more than the context window of 100 tokens on its own: lower max_completion_tokens to at most 100 "
         "minus the input's tokens"
     )
-    extracted = OpenAIExtractor().extract({"prompt": "x", "max_tokens": 9, "max_completion_tokens": 3})
+    extracted = OpenAIExtractor().extract({**chat, "max_tokens": 9, "max_completion_tokens": 3})
+    assert (extracted.max_output_tokens, extracted.output_param) == (3, "max_completion_tokens")
+    # Before this, the larger was judged: a chat vLLM runs with 3 output tokens was refused for its max_tokens.
+    assert judge({**chat, "max_tokens": 10**6, "max_completion_tokens": 3}, 100).output_tokens == 3
+    extracted = OpenAIExtractor().extract({**chat, "max_tokens": 9, "max_completion_tokens": None})
     assert (extracted.max_output_tokens, extracted.output_param) == (9, "max_tokens")
+    for body in ({"prompt": "x", "max_tokens": 9, "max_completion_tokens": 3}, {"prompt": "x", "max_tokens": 9}):
+        extracted = OpenAIExtractor().extract(body)
+        assert (extracted.max_output_tokens, extracted.output_param) == (9, "max_tokens")
+    # A completion's max_completion_tokens is ignored, as vLLM ignores it: the default of 16 applies.
+    extracted = OpenAIExtractor().extract({"prompt": "x", "max_completion_tokens": 3})
+    assert (extracted.max_output_tokens, extracted.output_param, extracted.output_defaulted) == (16, "max_tokens", True)
 
 
 def test_a_completions_body_without_a_budget_asks_for_vllm_s_default_of_16_tokens() -> None:
@@ -74,7 +85,7 @@ def test_a_completions_body_without_a_budget_asks_for_vllm_s_default_of_16_token
     ]
     # An explicit null is no budget, as vLLM reads it; a chat, or a body sending any budget field, keeps its own.
     assert OpenAIExtractor().extract({"prompt": "x", "max_tokens": None}).max_output_tokens is None
-    assert OpenAIExtractor().extract({"prompt": "x", "max_completion_tokens": 3}).max_output_tokens == 3
+    assert OpenAIExtractor().extract({"prompt": "x", "max_tokens": 3}).max_output_tokens == 3
     assert OpenAIExtractor().extract({"messages": [{"role": "user", "content": "x"}]}).max_output_tokens is None
     assert OpenAIExtractor(prompt_max_tokens=None).extract({"prompt": "x"}).max_output_tokens is None
     with pytest.raises(UsageError):
@@ -82,8 +93,8 @@ def test_a_completions_body_without_a_budget_asks_for_vllm_s_default_of_16_token
 
 
 def test_a_budget_that_fits_alone_but_not_with_the_input_names_the_field_sent() -> None:
-    error = rejection({"prompt": "x" * 30, "max_completion_tokens": 80}, 100)
-    assert error.param == "prompt"
+    error = rejection({"messages": [{"role": "user", "content": "x" * 30}], "max_completion_tokens": 80}, 100)
+    assert error.param == "messages"
     assert error.message == (
         "This model's maximum context length is 100 tokens. However, you requested 110 tokens (30 in the input, 80 "
         "in the completion asked for by max_completion_tokens), more than the context window of 100 tokens: shorten "
@@ -94,7 +105,7 @@ def test_a_budget_that_fits_alone_but_not_with_the_input_names_the_field_sent() 
 # 6. An output budget over the window is the budget's fault, not the prompt's.
 @pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens", "max_new_tokens"])
 def test_an_absurd_output_budget_blames_its_own_field(field: str) -> None:
-    error = rejection({"prompt": "hi", field: 10**9}, 8192)
+    error = rejection({"messages": [{"role": "user", "content": "hi"}], field: 10**9}, 8192)
     assert error.param == field
     assert error.message.startswith(
         f"This model's maximum context length is 8192 tokens. However, {field} asks for 1000000000 output tokens"
@@ -117,22 +128,22 @@ def test_a_batch_error_names_the_prompt() -> None:
 
 
 def test_batch_truncation_cuts_only_the_prompt_that_overflows() -> None:
-    result = judge({"prompt": ["a" * 10, "b" * 30, [1, 2, 3]]}, 20, truncate=True)
+    result = judge({"prompt": ["a" * 10, "b" * 30, [1, 2, 3]], "max_tokens": 1}, 21, truncate=True)
     assert result.segments == ("a" * 10, "b" * 20, (1, 2, 3))
     assert [r.removed_tokens for r in result.batch] == [0, 10, 0]
     assert result.removed_tokens == 10
 
 
 def test_a_suffix_counts_with_every_batch_prompt() -> None:
-    error = rejection({"prompt": ["a" * 10, "b" * 10], "suffix": "s" * 15}, 24)
+    error = rejection({"prompt": ["a" * 10, "b" * 10], "suffix": "s" * 15, "max_tokens": 1}, 25)
     assert error.param == "prompt[0]"
-    assert error.message.startswith("This model's maximum context length is 24 tokens. However, you requested 25")
+    assert error.message.startswith("This model's maximum context length is 25 tokens. However, you requested 26")
 
 
 # 3. System and developer content is never cut; the oldest other turns go first.
 def test_truncation_keeps_the_system_prompt_and_cuts_the_user_message() -> None:
     body = {"messages": [{"role": "system", "content": "S" * 10}, {"role": "user", "content": "u" * 30}]}
-    result = judge(body, 25, truncate=True)
+    result = judge(body, 26, truncate=True)  # 25 for the input, 1 for the token the model writes at least
     assert result.segments == ("S" * 10, "u" * 15)
     assert (result.input_tokens, result.removed_tokens) == (25, 15)
 
@@ -147,7 +158,7 @@ def test_truncation_drops_the_oldest_turns_whole_before_cutting() -> None:
             {"role": "user", "content": "q" * 20},
         ]
     }
-    result = judge(body, 32, truncate=True, message_tokens=1)
+    result = judge({**body, "max_completion_tokens": 1}, 33, truncate=True, message_tokens=1)
     assert result.dropped_messages == (1, 2)
     # 5 + 5 + 20 characters plus 1 token for each of the 3 messages left and 1 for the reply.
     assert result.input_tokens == 34 - 2

@@ -26,6 +26,7 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from autoglm_runtime.errors import InvalidRequestError
+from autoglm_runtime.validation._lax import lax_bool
 from autoglm_runtime.validation.request import Chat
 
 __all__ = ["ContentFormat", "content_format", "conversation", "template_options", "with_options"]
@@ -182,8 +183,9 @@ def template_options(body: Mapping[str, Any]) -> dict[str, Any]:
     ``chat_template_kwargs`` first (less ``add_generation_prompt`` and ``continue_final_message``: vLLM always
     overrides them with the request's own, defaults included), then the request's ``add_generation_prompt``,
     ``continue_final_message``, ``documents`` and ``reasoning_effort`` where sent, and ``enable_thinking`` (false
-    for ``reasoning_effort`` ``"none"``) unless the kwargs set it. A field of the wrong type is E5010, as is a
-    kwarg naming the messages, the tools or the template itself.
+    for ``reasoning_effort`` ``"none"``) unless the kwargs set it. Booleans are read as vLLM's pydantic models read
+    them (``"no"`` and ``0`` are false). A field of the wrong type is E5010, as is a kwarg naming the messages, the
+    tools or the template itself.
 
     >>> template_options({"chat_template_kwargs": {"enable_thinking": False}, "add_generation_prompt": False})
     {'enable_thinking': False, 'add_generation_prompt': False}
@@ -207,27 +209,39 @@ def template_options(body: Mapping[str, Any]) -> dict[str, Any]:
     options = {name: value for name, value in kwargs.items() if name not in _REQUEST_ONLY}
     for name, kinds in _OPTION_FIELDS.items():
         value = body.get(name)
-        if value is None or value == "auto":
+        if value is None:
             continue
-        if not isinstance(value, kinds):
-            raise InvalidRequestError(
-                f"{name} must be {'a boolean' if kinds == (bool,) else 'a ' + kinds[0].__name__}, got "
-                f"{type(value).__name__}: fix the request body",
-                param=name,
-            )
-        options[name] = value
+        if kinds == (bool,):
+            # vLLM's pydantic models read "no", "false", 0 as false (lax mode): so does the template.
+            flag = lax_bool(value)
+            if flag is None:
+                raise _not_boolean(name, value)
+            options[name] = flag
+        elif value != "auto":
+            if not isinstance(value, kinds):
+                raise InvalidRequestError(
+                    f"{name} must be a {kinds[0].__name__}, got {type(value).__name__}: fix the request body",
+                    param=name,
+                )
+            options[name] = value
     effort = body.get("reasoning_effort")
     if isinstance(effort, str) and "enable_thinking" not in kwargs:
         options["enable_thinking"] = effort != "none"
     return options
 
 
+def _not_boolean(name: str, value: Any) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"{name} must be a boolean (true/false; vLLM also reads 'yes'/'no', 'on'/'off', 1/0), got {value!r:.40}: fix "
+        "the request body",
+        param=name,
+    )
+
+
 def with_options(chat: Chat, body: dict[str, Any]) -> Chat:
     """``chat`` with the request's template variables and ``add_special_tokens`` (vLLM's chat fields)."""
-    special = body.get("add_special_tokens", False)
-    if not isinstance(special, bool):
-        raise InvalidRequestError(
-            f"add_special_tokens must be a boolean, got {type(special).__name__}: fix the request body",
-            param="add_special_tokens",
-        )
+    sent = body.get("add_special_tokens", False)
+    special = lax_bool(sent)
+    if special is None:
+        raise _not_boolean("add_special_tokens", sent)
     return replace(chat, options=template_options(body), add_special_tokens=special)

@@ -5,6 +5,11 @@ prompt it tokenized, ``-1`` meaning as many as the window leaves beside the outp
 than that. Such a request cannot overflow with its input, so the guard must not refuse it for its length: it counts
 the input whole, as the backend tokenizes it, and reports what the backend keeps. The guard itself cuts nothing
 (``removed_tokens`` stays 0 and the body is forwarded as it came).
+
+``0`` is E5010: vLLM cuts the prompt to nothing and then refuses it as empty. A request sending no output budget
+leaves vLLM no room to keep for it, so ``-1`` keeps the whole window, and vLLM then refuses a prompt that leaves no
+room for the one token the model writes at least: E0513 here too (``vllm/renderers/params.py``
+``TokenizeParams``, ``vllm/v1/engine/input_processor.py`` ``InputProcessor._validate_prompt_len``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestError
+from autoglm_runtime.validation._lax import lax_int
 from autoglm_runtime.validation.limits import Limits
 from autoglm_runtime.validation.request import GuardInput, GuardResult
 
@@ -26,11 +32,21 @@ _UNBOUNDED = Limits(2**62)
 
 
 def kept_fields(body: dict[str, Any]) -> tuple[int | None, str]:
-    """``truncate_prompt_tokens`` (an integer of at least -1, or none) and ``truncation_side`` of a request body."""
-    keep = body.get("truncate_prompt_tokens")
-    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < -1):
+    """``truncate_prompt_tokens`` (a whole number of at least 1, or -1, or none; read as vLLM reads it, so ``"5"``
+    is 5) and ``truncation_side`` of a request body."""
+    sent = body.get("truncate_prompt_tokens")
+    keep = None if sent is None else lax_int(sent)
+    if sent is not None and (keep is None or keep < -1):
         raise InvalidRequestError(
-            f"truncate_prompt_tokens must be an integer of at least -1, got {keep!r:.40}: fix the request body",
+            f'truncate_prompt_tokens must be a whole number of at least 1, or -1 (vLLM also reads "5" and 5.0 as '
+            f"5), got {sent!r:.40}: fix the request body",
+            param="truncate_prompt_tokens",
+        )
+    if keep == 0:
+        # vLLM cuts the prompt to nothing, then refuses it: "The decoder prompt cannot be empty".
+        raise InvalidRequestError(
+            "truncate_prompt_tokens is 0, which keeps no prompt token, and the model cannot read an empty prompt: send "
+            "at least 1, or -1 for all the room the window leaves",
             param="truncate_prompt_tokens",
         )
     side = body.get("truncation_side")
@@ -57,6 +73,17 @@ def judge_kept(guard: ContextWindowGuard, request: GuardInput, output: int, limi
             param="truncate_prompt_tokens",
         )
     whole = guard._judge_under(replace(request, keep_tokens=None), _UNBOUNDED, allow_truncation=False)
+    least = request.min_output_tokens
+    longest = max(one.input_tokens for one in whole.batch or (whole,))
+    if min(longest, keep) + least > window:
+        # Only with no budget sent: vLLM keeps the whole window and then refuses a prompt that leaves no room.
+        raise ContextWindowExceededError(
+            f"This model's maximum context length is {window} tokens. However, truncate_prompt_tokens keeps "
+            f"{min(longest, keep)} prompt tokens, which leaves no room for the {least} completion token(s) the model "
+            f"writes at least, as the request sets no {request.output_param}: send truncate_prompt_tokens of at most "
+            f"{window - least}, or a {request.output_param}",
+            param="truncate_prompt_tokens",
+        )
     return _kept(whole, keep, request.keep_side, window)
 
 

@@ -21,6 +21,7 @@ from typing import Any, Literal, NamedTuple
 from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, UsageError
 from autoglm_runtime.validation._conversation import with_options
 from autoglm_runtime.validation._kept import kept_fields
+from autoglm_runtime.validation._lax import lax_bool, lax_int
 from autoglm_runtime.validation._partial import json_prefix
 from autoglm_runtime.validation.context_window import Chat, GuardInput, GuardResult, Segment
 
@@ -54,10 +55,13 @@ class TextField(NamedTuple):
 class ExtractedInput:
     """The input pieces of one request, the output budget it asks for, and the fields to blame on errors.
 
-    ``output_param`` is the field the budget came from (the largest when several are sent); ``pinned`` holds the
+    ``output_param`` is the field the budget came from (the one the backend uses when several are sent; see
+    :meth:`OpenAIExtractor._max_tokens`); ``pinned`` holds the
     indexes of fields never truncated; ``batch`` marks a list of prompts; ``chat`` describes the messages;
     ``partial`` holds the indexes of fields holding only the start of their text (see ``max_text_chars``);
     ``output_defaulted`` says the budget is the extractor's ``prompt_max_tokens`` (the request sent none).
+    ``min_output_tokens`` is the room the input must leave whatever the budget: vLLM refuses a prompt that fills
+    the window, as the model writes at least one token.
     """
 
     fields: tuple[TextField, ...]
@@ -71,6 +75,7 @@ class ExtractedInput:
     keep_tokens: int | None = None
     keep_side: str = "left"
     output_defaulted: bool = False
+    min_output_tokens: int = 1
 
     @property
     def segments(self) -> list[Segment]:
@@ -91,6 +96,7 @@ class ExtractedInput:
             keep_tokens=self.keep_tokens,
             keep_side=self.keep_side,
             output_defaulted=self.output_defaulted,
+            min_output_tokens=self.min_output_tokens,
         )
 
 
@@ -149,7 +155,7 @@ class OpenAIExtractor:
         *,
         prompt_fields: Sequence[str] = ("prompt",),
         messages_fields: Sequence[str] = ("messages",),
-        max_tokens_fields: Sequence[str] = ("max_tokens", "max_completion_tokens", "max_new_tokens"),
+        max_tokens_fields: Sequence[str] = ("max_completion_tokens", "max_tokens", "max_new_tokens"),
         suffix_fields: Sequence[str] = ("suffix",),
         tools_fields: Sequence[str] = ("tools", "functions"),
         max_prompts: int = 2048,
@@ -358,31 +364,42 @@ class OpenAIExtractor:
         return None
 
     def _max_tokens(self, body: dict[str, Any], *, completion: bool) -> tuple[int | None, str, bool]:
-        """The largest output budget sent, its field, and whether it is a default: the backend may honour any of
-        them.
+        """The output budget the backend uses, its field, and whether it is a default.
 
-        A ``completion`` body sending none of the fields asks for ``prompt_max_tokens``, as vLLM reads it.
+        The first field of ``max_tokens_fields`` the body sends wins, as vLLM's chat server reads
+        ``max_completion_tokens`` before ``max_tokens``; a ``completion`` body (a prompt) skips
+        ``max_completion_tokens``, which only the chat API has (vLLM ignores it there). Values are read as vLLM's
+        pydantic models read them (``"16"`` and ``16.0`` are 16). A budget of 0 is E5010, as vLLM refuses it, except
+        for a completion with ``echo`` (vLLM then returns the prompt and generates one token). A ``completion``
+        sending no budget asks for ``prompt_max_tokens``, as vLLM reads it.
         """
-        best: int | None = None
-        best_name = self.max_tokens_fields[0] if self.max_tokens_fields else "max_tokens"
-        for name in self.max_tokens_fields:
+        fields = [name for name in self.max_tokens_fields if not (completion and name == "max_completion_tokens")]
+        for name in fields:
             value = _dotted(body, name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            budget = lax_int(value)
+            if budget is None or budget < 0:
                 raise InvalidRequestError(
-                    f"{name} must be a non-negative integer, got {value!r:.40}: fix the request body", param=name
+                    f'{name} must be a whole number of at least 1 (vLLM also reads "16" and 16.0 as 16), got '
+                    f"{value!r:.40}: fix the request body",
+                    param=name,
                 )
-            if best is None or value > best:
-                best, best_name = value, name
+            if budget == 0 and not (completion and lax_bool(body.get("echo")) is True):
+                raise InvalidRequestError(
+                    f"{name} must be at least 1, got 0: the model writes at least one token (vLLM refuses 0 but for a "
+                    "completion with echo); send 1 or more, or leave it out",
+                    param=name,
+                )
+            return budget, name, False
+        name = fields[0] if fields else "max_tokens"
         if (
             completion
-            and best is None
             and self.prompt_max_tokens is not None
-            and not any(_present(body, name) for name in self.max_tokens_fields)  # (a null counts as sent)
+            and not any(_present(body, name) for name in fields)  # (a null counts as sent)
         ):
-            return self.prompt_max_tokens, best_name, True
-        return best, best_name, False
+            return self.prompt_max_tokens, name, True
+        return None, name, False
 
     def apply(self, body: Any, extracted: ExtractedInput, result: GuardResult) -> Any:
         """``body`` (changed in place) with each input piece replaced by the guard's possibly truncated one."""

@@ -28,7 +28,8 @@ def overflow_error(
         fix = f"shorten the input or lower {field}"
     else:
         output = f"{output_tokens} for the completion by default, as the request sets no {field}"
-        fix = "shorten the input" + (f", or send a lower {field}" if output_tokens else "")
+        # The least the model writes (vLLM: one token) cannot be lowered.
+        fix = "shorten the input" + (f", or send a lower {field}" if output_tokens > request.min_output_tokens else "")
     return ContextWindowExceededError(
         f"This model's maximum context length is {window} tokens. However, you requested {has}"
         f"{input_tokens + output_tokens} tokens ({has}{input_tokens} in the input, {output}), more than the context "

@@ -323,6 +323,8 @@ def _cut_last_turn(
         excess = len(ids) - budget
         if excess <= 0:
             return text, ids, work
+        if all(work[index] == "" for index in last):
+            break  # nothing left that may be cut
         for index in last:
             if excess <= 0:
                 break
@@ -332,7 +334,17 @@ def _cut_last_turn(
             excess -= cut
         text = render(dropped, {i: work[i] for i in last})
         ids = guard.encode(text, tokenizer=_chat_tokenizer(guard, request))
-    raise overflow_error(len(ids), output, window, request, at_least=False)
+    error = overflow_error(len(ids), output, window, request, at_least=False)
+    if all(work[index] == "" for index in last):
+        # Say why truncation, though on, did not make it fit: what is left may not be cut.
+        raise ContextWindowExceededError(
+            f"This model's maximum context length is {window} tokens. However, truncation dropped every earlier turn "
+            "and emptied the text it may cut, and the rest still does not fit: system and developer messages, tool "
+            "definitions, and a tool call with the results answering it are never shortened "
+            f"({error.message.split('However, ', 1)[-1]})",
+            param=request.param,
+        )
+    raise error
 
 
 def _drop_units(messages: Sequence[Any]) -> list[list[int]]:

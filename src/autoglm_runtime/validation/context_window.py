@@ -207,6 +207,8 @@ context window of 4 tokens: shorten the input or lower max_tokens
             from autoglm_runtime.validation._kept import judge_kept
 
             return judge_kept(self, request, output, limits)
+        # The backend writes at least this many tokens, whatever the request asks for (vLLM: one).
+        output = max(output, request.min_output_tokens)
         segments = segments_of(request.segments)
         if request.partial:
             from autoglm_runtime.validation._partial import reject_partial

@@ -50,6 +50,8 @@ class GuardInput:
     ``-1`` for all the window leaves), from the ``keep_side`` end's opposite: ``"left"`` drops the start.
     ``output_defaulted`` says the request sent no budget and ``max_output_tokens`` is the backend's default for it
     (vLLM's 16 for a completion): an overflow then does not blame a field the client never sent.
+    ``min_output_tokens`` is the least room the input must leave, whatever the budget (1 for a generating backend:
+    vLLM refuses a prompt that fills the window even when the request sends no budget, or a budget of 0).
 
     >>> GuardInput("Tell me a story", max_output_tokens=200, param="prompt").max_output_tokens
     200
@@ -67,6 +69,7 @@ class GuardInput:
     keep_tokens: int | None = None
     keep_side: str = "left"
     output_defaulted: bool = False
+    min_output_tokens: int = 0
 
 
 class IncompleteInput(Exception):

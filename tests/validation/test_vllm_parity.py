@@ -1,0 +1,164 @@
+"""The guard reads budgets and flags as vLLM's OpenAI server does, and refuses what vLLM refuses.
+
+References (vllm-project/vllm): ``ChatCompletionRequest.build_tok_params`` (max_completion_tokens before max_tokens),
+``CompletionRequest`` (no max_completion_tokens; ``echo`` with ``max_tokens: 0``), ``SamplingParams._verify_args``
+(max_tokens at least 1), ``InputProcessor._validate_prompt_len`` (no empty prompt, no prompt filling the window),
+``TokenizeParams`` (``truncate_prompt_tokens``), and the requests being pydantic models in lax mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
+from tests.validation._helpers import char_tok
+
+from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestError
+from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, GuardResult, OpenAIExtractor
+from autoglm_runtime.validation._lax import lax_bool, lax_int
+
+CHAT = {"messages": [{"role": "user", "content": "x" * 20}]}
+
+
+def judge(body: dict[str, Any], window: int, **guard: Any) -> GuardResult:
+    return ContextWindowGuard(char_tok(), window, message_tokens=0, **guard).judge(
+        OpenAIExtractor().extract(body).guard_input()
+    )
+
+
+def pydantic_reads(kind: type, value: Any) -> Any:
+    try:
+        return TypeAdapter(kind).validate_python(value)
+    except ValidationError:
+        return None
+
+
+TEXT_NUMBERS = st.from_regex(r"\s?[+-]?[0-9_]{0,6}(\.[0-9_]{0,3})?\s?", fullmatch=True)
+VALUES = st.one_of(
+    st.integers(-(10**20), 10**20),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    TEXT_NUMBERS,
+    st.text(max_size=8),
+    st.sampled_from(["no", "YES", "On", "off", "t", "F", "y", "N", "1", "0", "true", "False", " no", "2", "", "1.0"]),
+    st.none(),
+    st.lists(st.integers(), max_size=1),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(value=VALUES)
+def test_lax_readers_read_what_pydantic_reads(value: Any) -> None:
+    assert lax_int(value) == pydantic_reads(int, value)
+    assert lax_bool(value) == pydantic_reads(bool, value)
+
+
+def test_loose_budgets_are_read_as_vllm_reads_them() -> None:
+    # Before, "16" and 16.0 were E5010 although vLLM runs them with 16 output tokens.
+    for sent in ("16", 16.0, " 16 ", "16.0"):
+        extracted = OpenAIExtractor().extract({**CHAT, "max_tokens": sent})
+        assert extracted.max_output_tokens == 16
+    with pytest.raises(ContextWindowExceededError):
+        judge({**CHAT, "max_tokens": "90"}, 100)
+    assert OpenAIExtractor().extract({"prompt": "a", "truncate_prompt_tokens": "5"}).keep_tokens == 5
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor().extract({**CHAT, "max_tokens": 16.5})
+    assert info.value.message == (
+        'max_tokens must be a whole number of at least 1 (vLLM also reads "16" and 16.0 as 16), got 16.5: fix the '
+        "request body"
+    )
+
+
+def test_loose_template_flags_are_read_as_vllm_reads_them() -> None:
+    template = ChatTemplate(
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    )
+    guard = ContextWindowGuard(char_tok(), 100, chat_template=template)
+
+    def prompt(**fields: Any) -> str | None:
+        return guard.judge(OpenAIExtractor().extract({**CHAT, **fields}).guard_input()).prompt
+
+    assert prompt(add_generation_prompt="no") == prompt(add_generation_prompt=False) == "x" * 20
+    assert prompt(add_generation_prompt="on") == prompt(add_generation_prompt=1) == "x" * 20 + ">"
+    assert OpenAIExtractor().extract({**CHAT, "add_special_tokens": "true"}).chat.add_special_tokens  # type: ignore[union-attr]
+
+
+def test_a_chat_without_a_budget_must_leave_room_for_one_token() -> None:
+    # vLLM works out max_tokens as the window less the prompt and refuses 0; before, a prompt of exactly the
+    # window passed.
+    with pytest.raises(ContextWindowExceededError) as info:
+        judge(CHAT, 20)
+    assert info.value.message == (
+        "This model's maximum context length is 20 tokens. However, you requested 21 tokens (20 in the input, 1 for "
+        "the completion by default, as the request sets no max_completion_tokens), more than the context window of "
+        "20 tokens: shorten the input"
+    )
+    assert judge(CHAT, 21).output_tokens == 1
+    assert judge({**CHAT, "max_tokens": None}, 21).input_tokens == 20
+    # With truncation on, the cut leaves that token's room too.
+    assert judge(CHAT, 20, truncate_on_overflow=True).input_tokens == 19
+
+
+def test_a_budget_of_zero_is_refused_as_vllm_refuses_it() -> None:
+    for body in ({**CHAT, "max_tokens": 0}, {"prompt": "a", "max_tokens": 0}, {**CHAT, "max_completion_tokens": "0"}):
+        with pytest.raises(InvalidRequestError) as info:
+            OpenAIExtractor().extract(body)
+        assert info.value.param in ("max_tokens", "max_completion_tokens")
+        assert "must be at least 1, got 0" in info.value.message
+    # A completion with echo and max_tokens 0 returns the prompt (vLLM generates one token): the prompt must leave it.
+    echoed = {"prompt": "x" * 20, "max_tokens": 0, "echo": True}
+    assert judge(echoed, 21).input_tokens == 20
+    with pytest.raises(ContextWindowExceededError):
+        judge(echoed, 20)
+
+
+def test_truncate_prompt_tokens_zero_is_e5010() -> None:
+    # vLLM cuts the prompt to nothing and refuses it ("The decoder prompt cannot be empty"); the guard passed it.
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor().extract({"prompt": "a", "truncate_prompt_tokens": 0})
+    assert info.value.param == "truncate_prompt_tokens"
+    assert info.value.message == (
+        "truncate_prompt_tokens is 0, which keeps no prompt token, and the model cannot read an empty prompt: send at "
+        "least 1, or -1 for all the room the window leaves"
+    )
+
+
+def test_keeping_the_whole_window_without_a_budget_is_e0513() -> None:
+    # vLLM's -1 keeps the window less the budget sent (none: the whole window), then refuses a prompt that fills it.
+    with pytest.raises(ContextWindowExceededError) as info:
+        judge({**CHAT, "truncate_prompt_tokens": -1}, 10)
+    assert info.value.param == "truncate_prompt_tokens"
+    assert info.value.message == (
+        "This model's maximum context length is 10 tokens. However, truncate_prompt_tokens keeps 10 prompt tokens, "
+        "which leaves no room for the 1 completion token(s) the model writes at least, as the request sets no "
+        "max_completion_tokens: send truncate_prompt_tokens of at most 9, or a max_completion_tokens"
+    )
+    assert judge({**CHAT, "truncate_prompt_tokens": 9}, 10).input_tokens == 9
+    assert judge({**CHAT, "truncate_prompt_tokens": -1, "max_tokens": 2}, 10).input_tokens == 8
+    assert judge({**CHAT, "truncate_prompt_tokens": -1}, 21).input_tokens == 20
+
+
+def test_a_last_tool_exchange_that_cannot_be_cut_says_why() -> None:
+    template = ChatTemplate(
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% if m.tool_calls %}{{ m.tool_calls|tojson }}"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}<a>{% endif %}"
+    )
+    call = {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    body = {
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "1", "content": "r" * 100},
+        ],
+        "max_tokens": 5,
+    }
+    with pytest.raises(ContextWindowExceededError) as info:
+        judge(body, 60, truncate_on_overflow=True, chat_template=template)
+    assert info.value.message.startswith(
+        "This model's maximum context length is 60 tokens. However, truncation dropped every earlier turn and emptied "
+        "the text it may cut, and the rest still does not fit: system and developer messages, tool definitions, and a "
+        "tool call with the results answering it are never shortened (you requested "
+    )
