@@ -75,8 +75,9 @@ class InstalledDist:
     #: Import names, claimed in several path entries too, whose ``__init__.py`` in this distribution's
     #: directory declares a namespace (pkgutil ``extend_path``, ``pkg_resources.declare_namespace``).
     namespaces: frozenset[str] = frozenset()
-    #: Metadata directories of the other copies in this directory that are the same distribution: the same
-    #: version, describing the same files (Debian's ``.dist-info`` beside its ``.egg-info``).
+    #: Metadata directories of the other copies in this directory that describe the same files (Debian's
+    #: ``.dist-info`` beside its ``.egg-info``): one distribution when their versions are one too
+    #: (:meth:`same_version`).
     same_files: frozenset[str] = frozenset()
 
     @functools.cached_property
@@ -88,6 +89,15 @@ class InstalledDist:
         except InvalidVersion:
             return self.version
         return parsed if str(parsed) == self.version else self.version
+
+    def same_version(self, other: InstalledDist) -> bool:
+        """Whether ``other`` has this version, compared as PEP 440 versions (``1.0`` is ``1.0.0``, ``2.0RC1`` is
+        ``2.0rc1``), as ``importlib.metadata``'s consumers (pip, packaging) compare them; text that is not
+        PEP 440 is compared as written."""
+        try:
+            return Version(self.version) == Version(other.version)
+        except InvalidVersion:
+            return self.version == other.version
 
     @functools.cached_property
     def key(self) -> str:
@@ -132,7 +142,11 @@ class ProbedEnvironment:
             if not dist.name:
                 continue
             found = copies.setdefault(dist.key, [])
-            same = next((d for d in found if d.metadata_dir in dist.same_files), None) if dist.same_files else None
+            same = (
+                next((d for d in found if d.metadata_dir in dist.same_files and d.same_version(dist)), None)
+                if dist.same_files
+                else None
+            )
             if same is not None:  # one distribution with two metadata directories: the first listed stands
                 matches[same.metadata_dir] = matches[same.metadata_dir] or bool(dist.record_matches)
                 continue

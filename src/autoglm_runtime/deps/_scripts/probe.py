@@ -21,9 +21,10 @@ directory) owns none. Where distributions of one directory claim one name, ``cla
 this distribution's files are the ones on disk, judged on every file they both list with different
 hashes (compiled modules included); where copies of one distribution share a directory,
 ``record_matches`` says whether this copy's RECORD matches the files on disk, and ``same_files`` (only where
-there is one) lists the metadata directories of the other copies of the same version that describe the same
-files (Debian ships a ``.dist-info`` and an ``.egg-info`` of one package so); ``namespaces`` lists the
-names also claimed in other path entries whose ``__init__.py`` in this directory declares a namespace.
+there is one) lists the metadata directories of the other copies that describe the same files (Debian ships a
+``.dist-info`` and an ``.egg-info`` of one package so; the checker also requires one PEP 440 version);
+``namespaces`` lists the names also claimed in other path entries whose ``__init__.py`` in this directory
+declares a namespace.
 ``base_site`` lists the path entries that are the base interpreter's site directories, in a virtual
 environment made with ``--system-site-packages`` (:mod:`sites`); empty elsewhere.
 ``errors`` lists metadata that could not be read; the checker turns those into ``invalid-metadata``
