@@ -270,6 +270,19 @@ def _invalid_metadata(env: ProbedEnvironment) -> list[Finding]:
                     details={"metadata_dir": dist.metadata_dir, "error": error},
                 )
             )
+        for error in dist.ignored:
+            findings.append(
+                Finding(
+                    kind="invalid-metadata",
+                    packages=(dist.key,),
+                    message=f"invalid metadata in {dist.metadata_dir}: {error}; it is ignored, as pip ignores it: "
+                    "any Python is taken to be supported",
+                    hint=f"nothing to do here: pip installs and imports {dist.name} all the same; a release of "
+                    f"{dist.name} with valid metadata ends this",
+                    details={"metadata_dir": dist.metadata_dir, "error": error},
+                    informational=True,
+                )
+            )
     return findings
 
 

@@ -65,6 +65,9 @@ class InstalledDist:
     #: top-level import name -> [RECORD path, RECORD hash] of the file that makes it importable
     modules: dict[str, list[str | None]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    #: Invalid metadata that pip ignores (an invalid ``Requires-Python``, taken as any Python): reported as
+    #: informational ``invalid-metadata``, never failing the check.
+    ignored: list[str] = field(default_factory=list)
     #: The project directory of an editable install, else ``None``.
     editable: str | None = None
     #: For a copy sharing its directory with another copy: whether its RECORD matches the files on disk.
@@ -254,8 +257,8 @@ def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
     if python:
         try:
             dist.requires_python = SpecifierSet(python)
-        except InvalidSpecifier:
-            errors.append(f"{label} has an invalid Requires-Python {python!r}")
+        except InvalidSpecifier:  # pip warns and takes any Python (BaseDistribution.requires_python)
+            dist.ignored.append(f"{label} has an invalid Requires-Python {python!r}")
     dist.provides_extra = frozenset(canonical(e) for e in raw.get("provides_extra", []))
     dist.modules = dict(raw.get("modules", {}))
     editable = raw.get("editable")
