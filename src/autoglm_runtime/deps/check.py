@@ -64,8 +64,8 @@ def check_probed(
     env: ProbedEnvironment, models: Sequence[ModelManifest] = (), extra_requirements: Sequence[Requirement] = ()
 ) -> Report:
     """:func:`check_environment` on an environment already described (by :func:`probe_environment`)."""
-    findings = check_installed(env)
     all_models = _as_models(models, extra_requirements) if models or extra_requirements else []
+    findings = check_installed(env, {m.name: list(m.active(env.markers)) for m in all_models})
     if all_models:  # an environment alone: the model checks (and the planning module) have nothing to do
         from autoglm_runtime.deps.planning import contradictions, cross_model
 
