@@ -78,8 +78,9 @@ def environment(
     return parse_probe(data, "/t/bin/python")
 
 
-def model(name: str, *requirements: str, python: str | None = None) -> ModelManifest:
+def model(name: str, *requirements: str, python: str | None = None, constraints: Sequence[str] = ()) -> ModelManifest:
     return ModelManifest(
+        constraints=tuple(Requirement(c) for c in constraints),
         name=name,
         entrypoint=f"{name}:load",
         requirements=tuple(Requirement(r) for r in requirements),
