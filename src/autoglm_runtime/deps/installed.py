@@ -10,6 +10,7 @@ from packaging.specifiers import SpecifierSet
 
 from autoglm_runtime.deps._copies import duplicates
 from autoglm_runtime.deps._graph import Edges, cycles, req_text, shortest_chain
+from autoglm_runtime.deps._platform import unsupported_wheels
 from autoglm_runtime.deps._shadowed import shadowed_modules
 from autoglm_runtime.deps.findings import Finding
 from autoglm_runtime.deps.probe import InstalledDist, ProbedEnvironment, canonical
@@ -229,7 +230,7 @@ def check_installed(
     """Every finding about the environment itself; ``model_requirements`` (model name -> its active
     requirements) only decide whether a base interpreter's distribution the environment shadows is needed."""
     graph = RequirementGraph(env, model_requirements or {})  # the models' edges take part in no check below
-    findings = _invalid_metadata(env) + duplicates(env) + shadowed_modules(env, graph.edges)
+    findings = _invalid_metadata(env) + duplicates(env) + shadowed_modules(env, graph.edges) + unsupported_wheels(env)
     version = env.python_version
     for key, dist in sorted(env.winners.items()):
         if dist.requires_python is not None and not env.supports(dist.requires_python):

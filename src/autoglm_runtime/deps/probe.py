@@ -68,6 +68,8 @@ class InstalledDist:
     #: Invalid metadata that pip ignores (an invalid ``Requires-Python``, taken as any Python): reported as
     #: informational ``invalid-metadata``, never failing the check.
     ignored: list[str] = field(default_factory=list)
+    #: The ``Tag`` lines of a wheel's ``WHEEL`` file (``cp312-cp312-manylinux_2_17_x86_64``), as written.
+    wheel_tags: tuple[str, ...] = ()
     #: The project directory of an editable install, else ``None``.
     editable: str | None = None
     #: For a copy sharing its directory with another copy: whether its RECORD matches the files on disk.
@@ -125,6 +127,8 @@ class ProbedEnvironment:
     #: The path entries that are the base interpreter's site directories (a virtual environment made with
     #: ``--system-site-packages``); empty elsewhere.
     base_site: frozenset[str] = frozenset()
+    #: The interpreter's ``sys.abiflags`` (``""``, ``"t"`` free-threaded, ``"d"`` debug); ``None`` when unknown.
+    abiflags: str | None = None
     #: The importable copy of each distribution, by normalised name (see :meth:`copies`).
     winners: dict[str, InstalledDist] = field(init=False)
     _copies: dict[str, list[InstalledDist]] = field(init=False, repr=False)
@@ -268,6 +272,7 @@ def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
     dist.clashes = {str(k): bool(v) for k, v in (raw.get("clashes") or {}).items()}
     dist.namespaces = frozenset(str(m) for m in raw.get("namespaces") or ())
     dist.same_files = frozenset(str(m) for m in raw.get("same_files") or ())
+    dist.wheel_tags = tuple(str(t) for t in raw.get("wheel_tags") or ())
     return dist
 
 
@@ -280,6 +285,7 @@ def parse_probe(data: dict[str, Any], python: str) -> ProbedEnvironment:
         path=[str(p) for p in data["path"]],
         dists=[_parse_dist(raw) for raw in data["distributions"]],
         base_site=frozenset(str(p) for p in data.get("base_site") or ()),
+        abiflags=None if data.get("abiflags") is None else str(data["abiflags"]),
     )
 
 

@@ -263,6 +263,7 @@ def describe(location: str, entry: str) -> tuple[dict[str, object], str | None]:
             extras = extras or sections
         if archive is None:
             record = _read_meta(meta_dir, "RECORD", errors)
+    wheel = None if egg or archive is not None else _read_meta(meta_dir, "WHEEL", errors)
     python = headers.get("requires-python")
     editable = _editable_root(meta_dir, record)
     dist.update(
@@ -273,6 +274,8 @@ def describe(location: str, entry: str) -> tuple[dict[str, object], str | None]:
         # A zipped egg's modules are no files in a directory that another distribution could overwrite.
         modules={} if editable or archive else _modules(meta_dir, record, location, errors),
         editable=editable,
+        # the interpreters and platforms the wheel was built for, as pip check reads them
+        wheel_tags=[_unfold(t) for t in _headers(wheel).get("tag", [])] if wheel else [],
         errors=errors,
         # last, as the cache's per-run update adds them: one key order, one JSON text for one description
         record_matches=None,

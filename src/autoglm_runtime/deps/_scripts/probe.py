@@ -10,8 +10,8 @@ output is one JSON object (without ``--cache``, on CPython: the same object as m
 
     {"probe": 3, "executable": ..., "version": "3.11.7", "markers": {...PEP 508 environment...},
      "path": [...sys.path...], "base_site": [...], "distributions": [{"name", "version", "location",
-     "metadata_dir", "requires", "requires_python", "provides_extra", "modules", "editable",
-     "record_matches", "clashes", "namespaces", "errors"[, "same_files"]}, ...]}
+     "metadata_dir", "requires", "requires_python", "provides_extra", "modules", "editable", "wheel_tags",
+     "record_matches", "clashes", "namespaces", "errors"[, "same_files"]}, ...], "abiflags": ...}
 
 ``distributions`` is in import-precedence order: ``sys.path`` order, then directory order, the order
 ``importlib.metadata`` finds them. ``modules`` maps each top-level import name a distribution installs to
@@ -123,6 +123,7 @@ def _interpreter(cache: dict[str, object] | None = None, misses: list[str] | Non
         "markers": facts["markers"],
         "path": list(sys.path),
         "base_site": _base_site(),
+        "abiflags": getattr(sys, "abiflags", None),  # POSIX CPython: its ABI tag is cpXY + these
     }
 
 
