@@ -78,14 +78,16 @@ def test_another_machine_or_implementation_is_not_judged() -> None:
 
 def test_the_probe_reads_the_wheel_tags_and_the_abi_flags(tmp_path: Path) -> None:
     site = tmp_path / "site"
+    native = {"native/__init__.py": "", "native/_core.cpython-39-x86_64-linux-gnu.so": b"\x7fELF"}
     for wheel in (
-        build_wheel(tmp_path / "w", "pure", "1.0"),
-        build_wheel(tmp_path / "w", "native", "1.0", tag="cp39-cp39-win_amd64"),
+        build_wheel(tmp_path / "w", "pure", "1.0", tag="py2-none-any"),
+        build_wheel(tmp_path / "w", "native", "1.0", modules=native, tag="cp39-cp39-manylinux_2_17_x86_64"),
     ):
         with zipfile.ZipFile(wheel) as zf:
             zf.extractall(site)
     dists = {d["name"]: d["wheel_tags"] for d in _probe.collect([str(site)])}
-    assert dists == {"pure": ["py3-none-any"], "native": ["cp39-cp39-win_amd64"]}
+    # Only a wheel with compiled modules has its WHEEL read: the many pure ones cost no read.
+    assert dists == {"pure": [], "native": ["cp39-cp39-manylinux_2_17_x86_64"]}
     data = _probe.probe()
     assert data["abiflags"] == getattr(sys, "abiflags", None)
     assert parse_probe(data, sys.executable).abiflags == data["abiflags"]

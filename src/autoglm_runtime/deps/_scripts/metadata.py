@@ -263,7 +263,10 @@ def describe(location: str, entry: str) -> tuple[dict[str, object], str | None]:
             extras = extras or sections
         if archive is None:
             record = _read_meta(meta_dir, "RECORD", errors)
-    wheel = None if egg or archive is not None else _read_meta(meta_dir, "WHEEL", errors)
+    # WHEEL's tags matter for compiled modules (a cp312 extension does not import on 3.11): read for the
+    # distributions whose RECORD lists one, which keeps the read off the many pure ones.
+    compiled = record is not None and (".so," in record or ".pyd," in record)
+    wheel = _read_meta(meta_dir, "WHEEL", errors) if compiled else None
     python = headers.get("requires-python")
     editable = _editable_root(meta_dir, record)
     dist.update(
