@@ -457,3 +457,59 @@ def test_undecodable_metadata_through_the_cli_is_a_finding(
     assert (done.returncode, done.stderr) == (1, "")
     findings = json.loads(done.stdout)["findings"]
     assert [f["details"]["error"] for f in findings if f["packages"] == ["latin"]] == latin
+
+
+def test_the_user_site_is_not_checked_as_workers_do_not_import_from_it(tmp_path: Path) -> None:
+    # The probe runs with -I, as model workers do (isolation/workers/spec.py): PYTHONUSERBASE and the user site
+    # are ignored by both, so a distribution there is neither checked nor importable by a model.
+    python = _target_python()
+    user_env = {**os.environ, "PYTHONUSERBASE": str(tmp_path / "userbase")}
+    user_site = subprocess.run(
+        [str(python), "-c", "import site; print(site.getusersitepackages())"],
+        env=user_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    _unpack(build_wheel(tmp_path / "w", "usersitelib", "1.0", requires=["absent-lib"]), Path(user_site))
+    plain = [str(python), "-c", "import usersitelib"]
+    assert subprocess.run(plain, env=user_env, check=False).returncode == 0  # a plain run imports it
+    isolated = [str(python), "-I", "-c", "import usersitelib"]
+    assert subprocess.run(isolated, env=user_env, capture_output=True, check=False).returncode == 1  # a worker does not
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("autoglm-runtime")),
+            "check-deps",
+            "--python",
+            str(python),
+            "--json",
+            "--no-cache",
+        ],
+        env=user_env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    report = json.loads(done.stdout)
+    assert not [f for f in report["findings"] if "usersitelib" in f["packages"]]
+
+
+def test_a_wheel_built_for_another_python_is_reported_as_pip_check_reports_it(tmp_path: Path) -> None:
+    # A site-packages copied from another Python: its cp3XX extension does not import here.
+    python = _target_python()
+    other = "cp36"  # never the target's (3.12 or newer)
+    venv = tmp_path / "venv"
+    subprocess.run([str(UV), "venv", "-q", "-p", str(python), str(venv)], check=True)
+    target = venv / "bin" / "python"
+    machine = _printed(target, "import platform; print(platform.machine())")
+    modules = {"natlib/__init__.py": "from ._core import X\n", f"natlib/_core.{other}-x86_64-linux-gnu.so": b"\x7fELF"}
+    wheel = build_wheel(
+        tmp_path / "w", "natlib", "1.0", modules=modules, tag=f"{other}-{other}m-manylinux_2_17_{machine}"
+    )
+    _unpack(wheel, _site(target))
+    pip_check = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(target), "check"], capture_output=True, text=True, check=False
+    )
+    assert pip_check.stdout.strip() == "natlib 1.0 is not supported on this platform"
+    report = check_environment(target)
+    assert [(f.kind, f.packages) for f in report.findings] == [("unsupported-wheel", ("natlib",))]

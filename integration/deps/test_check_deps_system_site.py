@@ -24,6 +24,7 @@ from autoglm_runtime.testing.zookeeper import fail_in_ci_else_skip
 pytestmark = pytest.mark.slow
 DEBIAN_SITE = Path("/usr/lib/python3/dist-packages")
 DEBIAN_PAIR = (DEBIAN_SITE / "cryptography.egg-info", DEBIAN_SITE / "cryptography-38.0.4.dist-info")
+DEBIAN_PYTHON = Path("/usr/bin/python3")
 
 
 def _report(python: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
@@ -108,3 +109,34 @@ def test_debians_own_python_and_a_venv_over_it(tmp_path: Path, capsys: pytest.Ca
     assert [f["kind"] for f in found] == ["overrides-base"]
     assert [d["location"] for d in found[0]["details"]["shadowed"]] == [str(DEBIAN_SITE)]
     assert not [f for f in report["findings"] if f["kind"] == "duplicate"]  # type: ignore[attr-defined]
+
+
+def test_a_venv_module_over_debians_pyjwt_is_informational_until_something_requires_pyjwt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if not (DEBIAN_SITE / "jwt" / "__init__.py").is_file():  # Debian's python3-jwt: PyJWT-2.6.0.egg-info, jwt/
+        fail_in_ci_else_skip("needs Debian's python3-jwt (apt-get install python3-jwt)")
+    venv = tmp_path / "venv"
+    subprocess.run([str(DEBIAN_PYTHON), "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    other_jwt = build_wheel(tmp_path / "w", "jwt", "1.4.0", modules={"jwt/__init__.py": "class JWT: pass\n"})
+    subprocess.run([str(UV), "pip", "install", "-q", "--no-deps", "--python", str(python), other_jwt], check=True)
+    report = _report(python, capsys)
+    found = [f for f in report["findings"] if f["kind"] == "shadowed-module"]  # type: ignore[attr-defined]
+    assert [(f["packages"], f["severity"], f["details"]["required_by"]) for f in found] == [
+        (["jwt", "pyjwt"], "info", [])
+    ]
+    # What requires PyJWT now gets the other jwt: PyJWT's API is not there.
+    needs = build_wheel(tmp_path / "w", "needs-pyjwt", "1.0", requires=["PyJWT>=2"])
+    subprocess.run([str(UV), "pip", "install", "-q", "--no-deps", "--python", str(python), needs], check=True)
+    report = _report(python, capsys)
+    found = [f for f in report["findings"] if f["kind"] == "shadowed-module"]  # type: ignore[attr-defined]
+    assert [(f["severity"], f["details"]["required_by"]) for f in found] == [("error", ["needs-pyjwt 1.0 (PyJWT>=2)"])]
+    assert report["exit_code"] == 1
+    imported = subprocess.run(
+        [str(python), "-c", "import jwt; jwt.encode"], capture_output=True, text=True, check=False
+    )
+    assert imported.returncode == 1
+    assert imported.stderr.splitlines()[-1] == "AttributeError: module 'jwt' has no attribute 'encode'"
+    pip_check = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True, check=False)
+    assert "jwt" not in pip_check.stdout.lower()  # PyJWT 2.6.0 is installed, as far as pip check sees

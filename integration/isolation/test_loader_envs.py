@@ -73,6 +73,17 @@ def test_second_load_reuses_the_environment(wheelhouse: Path, env_root: Path, ma
     assert metadata["requirements"] == ["conflictlib==1.0"]
 
 
+def test_a_models_constraints_file_limits_its_environment(wheelhouse: Path, env_root: Path, make_model) -> None:
+    # pip and uv apply a requirements file's -c lines to what they install: conflictlib 2.0, the newest, is
+    # excluded. The builder installed the requirements alone, so the constraint was lost.
+    directory = make_model("constrained", VERSION_MODEL, ["conflictlib", "-c constraints.txt"])
+    (directory / "constraints.txt").write_text("conflictlib<2\n", encoding="utf-8")
+    unconstrained = make_model("unconstrained", VERSION_MODEL, ["conflictlib"])
+    with ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="process") as loader:
+        assert loader.load(directory).call("version", timeout=30) == "1.0"
+        assert loader.load(unconstrained).call("version", timeout=30) == "2.0"
+
+
 BUILD_SCRIPT = """
 import sys
 from autoglm_runtime.isolation import EnvironmentBuilder

@@ -44,6 +44,7 @@ def dist(
     editable: str | None = None,
     metadata_dir: str | None = None,
     same_files: Iterable[str] = (),
+    wheel_tags: Iterable[str] = (),
 ) -> dict[str, Any]:
     """One distribution as the probe describes it."""
     same = {"same_files": list(same_files)} if same_files else {}
@@ -60,6 +61,7 @@ def dist(
         "record_matches": record_matches,
         "clashes": dict(clashes or {}),
         "editable": editable,
+        "wheel_tags": list(wheel_tags),
         **same,
     }
 
@@ -78,8 +80,9 @@ def environment(
     return parse_probe(data, "/t/bin/python")
 
 
-def model(name: str, *requirements: str, python: str | None = None) -> ModelManifest:
+def model(name: str, *requirements: str, python: str | None = None, constraints: Sequence[str] = ()) -> ModelManifest:
     return ModelManifest(
+        constraints=tuple(Requirement(c) for c in constraints),
         name=name,
         entrypoint=f"{name}:load",
         requirements=tuple(Requirement(r) for r in requirements),

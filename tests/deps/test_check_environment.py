@@ -183,7 +183,8 @@ def test_invalid_metadata_is_reported_and_the_rest_still_checked() -> None:
         (
             "invalid-metadata",
             ("a",),
-            f"invalid metadata in {SITE}/a-1.0.dist-info: a 1.0 has an invalid Requires-Python '~=3'",
+            f"invalid metadata in {SITE}/a-1.0.dist-info: a 1.0 has an invalid Requires-Python '~=3'; it is ignored, "
+            "as pip ignores it: any Python is taken to be supported",
         ),
         (
             "invalid-metadata",
@@ -204,6 +205,38 @@ def test_invalid_metadata_is_reported_and_the_rest_still_checked() -> None:
             "'not.a.version' (not PEP 440)",
         ),
     ]
+
+
+def test_an_invalid_requires_python_is_ignored_as_pip_ignores_it_and_reported_as_informational() -> None:
+    # pip's BaseDistribution.requires_python logs "Package 'a' has an invalid Requires-Python" and takes an empty
+    # SpecifierSet (any Python); pip check never reads it, uv pip check reads '>=3.7.*' leniently as '>=3.7'.
+    report = check_probed(
+        environment(dist("a", "1.0", requires_python=">=3.7.*"), dist("b", "1.0", requires_python=">=4.*"))
+    )
+    assert [(f.kind, f.severity, f.packages, f.message) for f in report.findings] == [
+        (
+            "invalid-metadata",
+            "info",
+            ("a",),
+            f"invalid metadata in {SITE}/a-1.0.dist-info: a 1.0 has an invalid Requires-Python '>=3.7.*'; it is "
+            "ignored, as pip ignores it: any Python is taken to be supported",
+        ),
+        (
+            "invalid-metadata",
+            "info",
+            ("b",),
+            f"invalid metadata in {SITE}/b-1.0.dist-info: b 1.0 has an invalid Requires-Python '>=4.*'; it is "
+            "ignored, as pip ignores it: any Python is taken to be supported",
+        ),
+    ]
+    assert report.findings[0].hint == (
+        "nothing to do here: pip installs and imports a all the same; a release of a with valid metadata ends this"
+    )
+    assert report.findings[0].details == {
+        "metadata_dir": f"{SITE}/a-1.0.dist-info",
+        "error": "a 1.0 has an invalid Requires-Python '>=3.7.*'",
+    }
+    assert (report.ok, report.exit_code, report.summary()["informational"]) == (True, 0, 2)
 
 
 def test_cycles_are_informational() -> None:

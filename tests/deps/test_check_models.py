@@ -214,3 +214,45 @@ def test_a_direct_reference_to_a_wheel_admits_that_wheel_s_version_only() -> Non
     # A reference to an sdist or a repository names no version: any installed one is accepted.
     sdist = "torch @ https://example.invalid/torch-2.1.0.tar.gz"
     assert _found(check_probed(env, [model("a", sdist), model("b", "torch>=2.2")])) == []
+
+
+def test_constraints_limit_what_the_models_sharing_an_environment_require() -> None:
+    # pip applies every -c constraint of an install to what it installs: model a's numpy<2 to b's numpy>=2 too.
+    a = model("a", "pandas", constraints=["numpy<2"])
+    b = model("b", "numpy>=2")
+    report = check_models([a, b, model("c", "numpy")])
+    assert _found(report) == [
+        (
+            "cross-model",
+            ("a", "b"),
+            "model 'b' needs numpy>=2 but model 'a' needs numpy<2 (constraint): they cannot share one environment; "
+            "load them isolated",
+        )
+    ]
+    assert report.findings[0].details == {"requirements": {"a": "numpy<2 (constraint)", "b": "numpy>=2"}}
+    # A constraint alone installs nothing: constraints of a distribution no model requires never clash.
+    assert check_models([model("a", constraints=["x<2"]), model("b", constraints=["x>=2"])]).findings == []
+
+
+def test_a_models_constraint_contradicting_its_requirement() -> None:
+    assert _found(check_models([model("a", "numpy>=2", constraints=["numpy<2", "other<1"])])) == [
+        (
+            "model-contradiction",
+            ("a",),
+            "model 'a' needs numpy>=2 and numpy<2 (constraint): no version of numpy satisfies all of them, so the "
+            "model cannot be installed in any environment",
+        )
+    ]
+
+
+def test_a_constraint_on_a_requirement_is_checked_against_the_environment() -> None:
+    env = environment(dist("numpy", "2.1.0"), dist("six", "1.16.0"))
+    report = check_probed(env, [model("a", "numpy", constraints=["numpy<2", "six<1.10", "absent<1"])])
+    assert _found(report) == [
+        (
+            "model-vs-host",
+            ("a",),
+            "model 'a' (by a constraint) needs numpy<2 but the environment has numpy 2.1.0, which nothing else "
+            "requires",
+        )
+    ]

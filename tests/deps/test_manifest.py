@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from packaging.requirements import Requirement
 
 from autoglm_runtime.deps.manifest import (
     _Problems,
@@ -184,9 +185,28 @@ def test_requirements_files_written_by_pip_compile_and_uv_are_accepted(tmp_path:
     (tmp_path / "constraints.txt").write_text("urllib3<2\n")
     (tmp_path / "localproj").mkdir()
     (tmp_path / "localproj" / "pyproject.toml").write_text('[project]\nname = "localproj"\nversion = "0.1"\n')
-    reqs, included = parse_requirements_file(tmp_path / "requirements.txt")
+    constraints: list[Requirement] = []
+    reqs, included = parse_requirements_file(tmp_path / "requirements.txt", constraints)
     assert [str(r) for r in reqs] == ["localproj", "from-git", "numpy==1.26.4", "tiny_lib==2.0", "pandas==2.1.4"]
     assert included == [(tmp_path / "requirements.txt").resolve(), (tmp_path / "constraints.txt").resolve()]
+    assert [str(r) for r in constraints] == ["urllib3<2"]
+
+
+def test_constraints_files_are_kept_apart_from_the_requirements(tmp_path: Path) -> None:
+    # As pip reads them: a -c file's lines (and those of the files it includes) are constraints, wherever the
+    # -c line is, also in a -r file.
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "c.txt").write_text("numpy<2\n-r c2.txt\n")
+    (tmp_path / "m" / "c2.txt").write_text("pandas==2.1.4; python_version >= '3.9'\n")
+    (tmp_path / "m" / "r.txt").write_text("scipy\n-c c3.txt\n")
+    (tmp_path / "m" / "c3.txt").write_text("scipy<1.12\n")
+    _write(
+        tmp_path / "m",
+        '[model]\nname = "m"\nentrypoint = "m:load"\nrequirements = ["numpy", "-c c.txt", "-r r.txt"]\n',
+    )
+    manifest = load_manifest(tmp_path / "m")
+    assert [str(r) for r in manifest.requirements] == ["numpy", "scipy"]
+    assert [str(r) for r in manifest.constraints] == ["numpy<2", 'pandas==2.1.4; python_version >= "3.9"', "scipy<1.12"]
 
 
 def test_a_huge_bad_line_is_not_echoed_whole(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 from tests.deps._check_data import WIN39, dist, environment, model
 
 from autoglm_runtime.cli import main
@@ -145,3 +146,15 @@ def test_cli_plan_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         "  group 2: b, c\n"
         "  not judged: what the requirements pull in, which may still clash within a group\n"
     )
+
+
+def test_the_plan_applies_each_members_constraints_to_the_whole_group() -> None:
+    constrains = ModelRequirements("a", (Requirement("pandas"),), constraints=(Requirement("numpy<2"),))
+    needs_new = ModelRequirements("b", (Requirement("numpy>=2"),))
+    needs_any = ModelRequirements("c", (Requirement("numpy"),))
+    only_constrains = ModelRequirements("d", (), constraints=(Requirement("numpy>=2"), Requirement("x>=2")))
+    other_x = ModelRequirements("e", (), constraints=(Requirement("x<2"),))
+    plan = plan_groups([constrains, needs_new, needs_any, only_constrains, other_x], markers=WIN39)
+    # a's numpy<2 limits b's numpy>=2, and with d's numpy>=2 c's numpy; constraints of what no member requires
+    # (a's and d's numpy, d's and e's x) install nothing, so they never keep models apart.
+    assert plan.groups == (("a", "d", "e"), ("b", "c"))

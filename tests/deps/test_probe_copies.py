@@ -65,10 +65,22 @@ def test_a_dist_info_and_an_egg_info_of_one_version_are_one_distribution(tmp_pat
 def test_an_egg_info_of_another_version_is_a_copy_of_its_own(tmp_path: Path) -> None:
     site = _debian_site(tmp_path, egg_version="37.0")
     dists = _probe.collect([str(site)])
-    assert _same_files(dists) == {"crypt-38.0.4.dist-info": [], "crypt.egg-info": []}
+    # The probe reports the same files; the checker, comparing versions with PEP 440, keeps two copies.
+    assert _same_files(dists)["crypt.egg-info"] == [str(site / "crypt-38.0.4.dist-info")]
     data = {"probe": 3, "version": "3.11.2", "markers": {}, "path": [str(site)], "distributions": dists}
     found = [f.kind for f in check_probed(parse_probe(data, "/usr/bin/python3")).findings]
     assert found == ["missing", "duplicate"]
+
+
+def test_versions_of_one_distribution_are_compared_as_pep_440_versions(tmp_path: Path) -> None:
+    # 38.0.4.0 is 38.0.4 (PEP 440 pads releases with zeros), as pip and packaging compare versions; compared
+    # as text they differed, and the pair was reported as a duplicate.
+    site = _debian_site(tmp_path, egg_version="38.0.4.0")
+    dists = _probe.collect([str(site)])
+    data = {"probe": 3, "version": "3.11.2", "markers": {}, "path": [str(site)], "distributions": dists}
+    env = parse_probe(data, "/usr/bin/python3")
+    assert [f.kind for f in check_probed(env).findings] == ["missing"]  # cffi; no duplicate
+    assert [d.version for d in env.copies("crypt")] == ["38.0.4"]  # the first listed stands
 
 
 def test_an_egg_info_naming_a_module_the_dist_info_does_not_install_is_a_copy_of_its_own(tmp_path: Path) -> None:

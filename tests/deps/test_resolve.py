@@ -78,3 +78,20 @@ def test_without_uv_resolve_is_a_usage_error_saying_how_to_get_it(tmp_path: Path
         "autoglm-runtime: error E0001: --resolve needs uv's resolver, which is not installed: "
         "pip install 'autoglm-runtime[uv]'\n"
     )
+
+
+def test_constraints_files_take_part_in_the_resolution(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a's constraint limits what b pulls in once they share an environment: only the resolver sees it.
+    wheels = tmp_path / "wheels"
+    build_wheel(wheels, "top", "1.0", requires=["lib"])
+    build_wheel(wheels, "newtop", "1.0", requires=["lib>=2"])
+    for version in ("1.0", "2.0"):
+        build_wheel(wheels, "lib", version)
+    a = _model_dir(tmp_path, "a", "top", "-c constraints.txt")
+    (a / "constraints.txt").write_text("lib<2\n")
+    b = _model_dir(tmp_path, "b", "newtop")
+    args = ["--python", sys.executable, "--json", "--find-links", str(wheels), "--offline", "--resolve"]
+    main(["check-deps", str(a), str(b), *args])
+    found = [f for f in json.loads(capsys.readouterr().out)["findings"] if f["kind"] != "missing"]
+    assert [(f["kind"], f["models"]) for f in found] == [("resolve-conflict", ["a", "b"])]
+    assert "lib<2" in found[0]["message"]

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
 
+    from packaging.requirements import Requirement
+
     from autoglm_runtime.deps.findings import Report
     from autoglm_runtime.deps.manifest import ModelManifest
     from autoglm_runtime.deps.planning import ModelRequirements
@@ -155,7 +157,8 @@ def load_target(path: Path) -> ModelManifest:
         )
     if path.is_dir() or path.suffix == ".toml":
         return load_manifest(path)
-    requirements, included = parse_requirements_file(path)
+    constraints: list[Requirement] = []
+    requirements, included = parse_requirements_file(path, constraints)
     source = path.resolve()
     return ModelManifest(
         name=path.name,
@@ -165,6 +168,7 @@ def load_target(path: Path) -> ModelManifest:
         directory=source.parent,
         source=source,
         included_files=tuple(included),
+        constraints=tuple(constraints),
     )
 
 
@@ -347,7 +351,7 @@ def _check(
     if models and (args.plan or args.why or args.resolve):
         from autoglm_runtime.deps.planning import ModelRequirements
 
-        planned = [ModelRequirements(m.name, m.requirements, m.python) for m in models]
+        planned = [ModelRequirements(m.name, m.requirements, m.python, m.constraints) for m in models]
     if args.plan:
         from autoglm_runtime.deps.planning import plan_groups
 

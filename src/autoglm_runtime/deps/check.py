@@ -23,7 +23,7 @@ from packaging.requirements import Requirement
 from autoglm_runtime.deps._scripts.probe import marker_environment
 from autoglm_runtime.deps.findings import Finding, Report
 from autoglm_runtime.deps.installed import RequirementGraph, check_installed
-from autoglm_runtime.deps.probe import ProbedEnvironment, probe_environment
+from autoglm_runtime.deps.probe import ProbedEnvironment, canonical, probe_environment
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -40,7 +40,7 @@ EXTRA_REQUIREMENTS_MODEL = "extra-requirements"
 def _as_models(models: Sequence[ModelManifest], extra: Sequence[Requirement]) -> list[ModelRequirements]:
     from autoglm_runtime.deps.planning import ModelRequirements  # here: an environment alone never needs it
 
-    out = [ModelRequirements(m.name, m.requirements, m.python) for m in models]
+    out = [ModelRequirements(m.name, m.requirements, m.python, m.constraints) for m in models]
     if extra:
         out.append(ModelRequirements(EXTRA_REQUIREMENTS_MODEL, tuple(extra), None))
     return out
@@ -64,8 +64,8 @@ def check_probed(
     env: ProbedEnvironment, models: Sequence[ModelManifest] = (), extra_requirements: Sequence[Requirement] = ()
 ) -> Report:
     """:func:`check_environment` on an environment already described (by :func:`probe_environment`)."""
-    findings = check_installed(env)
     all_models = _as_models(models, extra_requirements) if models or extra_requirements else []
+    findings = check_installed(env, {m.name: list(m.active(env.markers)) for m in all_models})
     if all_models:  # an environment alone: the model checks (and the planning module) have nothing to do
         from autoglm_runtime.deps.planning import contradictions, cross_model
 
@@ -113,7 +113,12 @@ def _check_against_env(env: ProbedEnvironment, models: Sequence[ModelRequirement
                     details={"requires_python": str(model.python), "python_version": version},
                 )
             )
+        required = set()
         for req in model.active(env.markers):
             findings += graph.check_requirement(where, req, model=model.name)
+            required.add(canonical(req.name))
+        for req in model.active_constraints(env.markers):  # pip limits what the model requires by them
+            if canonical(req.name) in required and canonical(req.name) in env.winners:
+                findings += graph.check_requirement(f"{where} (by a constraint)", req, model=model.name)
     findings += graph.check_extras()
     return findings

@@ -2,7 +2,8 @@
 
 Every finding has the code E0101, a ``kind`` (the stable JSON value below), the distributions and models it
 involves, a one-sentence message with versions and specifiers, and a hint saying what to do. ``cycle`` and
-``overrides-base`` are informational: they are reported but do not make the check fail. The JSON form is
+``overrides-base`` are informational, and so is a finding marked :attr:`Finding.informational`: they are
+reported but do not make the check fail. The JSON form is
 documented in ``docs/check-deps.md``; its field names are stable.
 """
 
@@ -23,6 +24,7 @@ Kind = Literal[
     "incompatible",
     "missing",
     "requires-python",
+    "unsupported-wheel",
     "duplicate",
     "shadowed-module",
     "cross-model",
@@ -43,6 +45,7 @@ KINDS: tuple[Kind, ...] = (
     "incompatible",
     "missing-extra",
     "requires-python",
+    "unsupported-wheel",
     "duplicate",
     "shadowed-module",
     "invalid-metadata",
@@ -65,11 +68,15 @@ class Finding:
     models: tuple[str, ...] = ()
     details: Mapping[str, Any] = field(default_factory=dict)
     code: str = "E0101"
+    #: Informational although its kind is not always so: what pip accepts and ignores (an invalid
+    #: ``Requires-Python``), or shadows by design (a base interpreter's module nothing requires).
+    informational: bool = False
 
     @property
     def severity(self) -> Literal["error", "info"]:
-        """``info`` for informational kinds (``cycle``, ``overrides-base``), else ``error``."""
-        return "info" if self.kind in INFORMATIONAL_KINDS else "error"
+        """``info`` for informational kinds (``cycle``, ``overrides-base``) and :attr:`informational` findings,
+        else ``error``."""
+        return "info" if self.informational or self.kind in INFORMATIONAL_KINDS else "error"
 
     def sort_key(self) -> tuple[int, tuple[str, ...], tuple[str, ...], str]:
         return (KINDS.index(self.kind), self.models, self.packages, self.message)

@@ -10,6 +10,8 @@ from packaging.specifiers import SpecifierSet
 
 from autoglm_runtime.deps._copies import duplicates
 from autoglm_runtime.deps._graph import Edges, cycles, req_text, shortest_chain
+from autoglm_runtime.deps._platform import unsupported_wheels
+from autoglm_runtime.deps._shadowed import shadowed_modules
 from autoglm_runtime.deps.findings import Finding
 from autoglm_runtime.deps.probe import InstalledDist, ProbedEnvironment, canonical
 from autoglm_runtime.deps.specifiers import admitted, disjoint, satisfies
@@ -222,10 +224,13 @@ class RequirementGraph:
         )
 
 
-def check_installed(env: ProbedEnvironment) -> list[Finding]:
-    """Every finding about the environment alone (no model involved)."""
-    findings = _invalid_metadata(env) + duplicates(env) + _shadowed_modules(env)
-    graph = RequirementGraph(env, {})
+def check_installed(
+    env: ProbedEnvironment, model_requirements: Mapping[str, Sequence[Requirement]] | None = None
+) -> list[Finding]:
+    """Every finding about the environment itself; ``model_requirements`` (model name -> its active
+    requirements) only decide whether a base interpreter's distribution the environment shadows is needed."""
+    graph = RequirementGraph(env, model_requirements or {})  # the models' edges take part in no check below
+    findings = _invalid_metadata(env) + duplicates(env) + shadowed_modules(env, graph.edges) + unsupported_wheels(env)
     version = env.python_version
     for key, dist in sorted(env.winners.items()):
         if dist.requires_python is not None and not env.supports(dist.requires_python):
@@ -270,57 +275,17 @@ def _invalid_metadata(env: ProbedEnvironment) -> list[Finding]:
                     details={"metadata_dir": dist.metadata_dir, "error": error},
                 )
             )
+        for error in dist.ignored:
+            findings.append(
+                Finding(
+                    kind="invalid-metadata",
+                    packages=(dist.key,),
+                    message=f"invalid metadata in {dist.metadata_dir}: {error}; it is ignored, as pip ignores it: "
+                    "any Python is taken to be supported",
+                    hint=f"nothing to do here: pip installs and imports {dist.name} all the same; a release of "
+                    f"{dist.name} with valid metadata ends this",
+                    details={"metadata_dir": dist.metadata_dir, "error": error},
+                    informational=True,
+                )
+            )
     return findings
-
-
-def _shadowed_modules(env: ProbedEnvironment) -> list[Finding]:
-    providers: dict[str, list[InstalledDist]] = {}
-    for dist in env.winners.values():
-        if dist.editable:
-            continue  # its RECORD lists only the import hook; the project's files are not its own
-        for module in dist.modules:
-            providers.setdefault(module, []).append(dist)
-    rank: dict[str, int] = {}
-    for dist in env.dists:
-        rank.setdefault(dist.location, len(rank))
-    findings = []
-    for module, found in sorted(providers.items()):
-        if len(found) < 2:
-            continue
-        dists = sorted(found, key=lambda d: (rank[d.location], d.key))
-        if module in dists[0].namespaces:  # its __init__.py extends the package over the later path entries
-            dists = [d for d in dists if d.location == dists[0].location or module not in d.namespaces]
-            if len(dists) < 2:
-                continue
-        first = [d for d in dists if d.location == dists[0].location]
-        winner: InstalledDist | None = first[0]
-        if len(first) > 1:
-            clashing = [d for d in first if module in d.clashes]
-            if not clashing and len(first) == len(dists):
-                continue  # every file they both install is identical (a shared namespace __init__.py)
-            on_disk = [d for d in clashing if d.clashes[module]]
-            if clashing:
-                winner = on_disk[0] if len(on_disk) == 1 else None
-        findings.append(_shadowed_finding(module, dists, winner))
-    return findings
-
-
-def _shadowed_finding(module: str, dists: list[InstalledDist], winner: InstalledDist | None) -> Finding:
-    names = ", ".join(d.label for d in dists[:-1]) + f" and {dists[-1].label}"
-    verb = "both install" if len(dists) == 2 else "all install"
-    if winner is None:
-        outcome = "the files on disk cannot be attributed to either, so the import is a mix or a guess"
-    else:
-        losers = " and ".join(d.label for d in dists if d is not winner)
-        outcome = f"'import {module}' gets {winner.label}, so {losers} is shadowed"
-    return Finding(
-        kind="shadowed-module",
-        packages=tuple(sorted(d.key for d in dists)),
-        message=f"{names} {verb} the top-level module '{module}'; {outcome}",
-        hint="uninstall one of them; they cannot be used in one environment",
-        details={
-            "module": module,
-            "winner": winner.key if winner else None,
-            "distributions": [{"name": d.key, "version": d.version, "location": d.location} for d in dists],
-        },
-    )

@@ -63,6 +63,9 @@ class ModelManifest:
     source: Path
     #: Files pulled in by ``-r`` entries, in the order read (their content belongs in an env's identity).
     included_files: tuple[Path, ...] = field(default=())
+    #: The lines of ``-c`` constraints files: as pip applies them, they add no requirement but limit the
+    #: versions of whatever is installed with the model.
+    constraints: tuple[Requirement, ...] = field(default=())
 
     @property
     def module(self) -> str:
@@ -186,11 +189,12 @@ def parse_requirement_lines(
     problems: _Problems,
     included: list[Path],
     _stack: tuple[Path, ...] = (),
+    constraints: list[Requirement] | None = None,
 ) -> list[Requirement]:
     """Parse ``(where, text)`` pairs as pip reads requirements files; ``-r``/``-c FILE`` relative to ``base``.
 
-    What pip accepts is accepted: ``-r``/``-c`` includes (a constraints file is read and checked but adds
-    no requirement), index and binary options (ignored), per-requirement ``--hash`` options (dropped),
+    What pip accepts is accepted: ``-r``/``-c`` includes (a constraints file adds no requirement; its lines
+    go to ``constraints`` when given), index and binary options (ignored), per-requirement ``--hash`` options (dropped),
     ``-e`` targets with ``#egg=NAME`` or a local project with a ``pyproject.toml`` name, and wheel paths
     or URLs (``name==version`` from the file name).
     """
@@ -202,9 +206,13 @@ def parse_requirement_lines(
         if text.startswith("-"):
             name, value = _option(text)
             if name in ("-r", "--requirement", "-c", "--constraint"):
-                nested = _include(where, value, base, problems, included=included, stack=_stack)
+                nested = _include(
+                    where, value, base, problems, included=included, stack=_stack, constraints=constraints
+                )
                 if name in ("-r", "--requirement"):
                     out.extend(nested)
+                elif constraints is not None:
+                    constraints.extend(nested)
             elif name in ("-e", "--editable"):
                 project = _editable(value, base)
                 if project is not None:
@@ -232,7 +240,14 @@ def parse_requirement_lines(
 
 
 def _include(
-    where: str, target: str, base: Path, problems: _Problems, *, included: list[Path], stack: tuple[Path, ...]
+    where: str,
+    target: str,
+    base: Path,
+    problems: _Problems,
+    *,
+    included: list[Path],
+    stack: tuple[Path, ...],
+    constraints: list[Requirement] | None,
 ) -> list[Requirement]:
     path = (base / target.strip()).resolve()
     if path in stack:
@@ -245,11 +260,16 @@ def _include(
         return []
     included.append(path)
     nested = ((f"{path}:{n}", line) for n, line in _logical_lines(content))
-    return parse_requirement_lines(nested, path.parent, problems, included, (*stack, path))
+    return parse_requirement_lines(nested, path.parent, problems, included, (*stack, path), constraints)
 
 
-def parse_requirements_file(path: Path | str) -> tuple[list[Requirement], list[Path]]:
-    """Parse a requirements file; returns the requirements and the files it includes (itself first)."""
+def parse_requirements_file(
+    path: Path | str, constraints: list[Requirement] | None = None
+) -> tuple[list[Requirement], list[Path]]:
+    """Parse a requirements file; returns the requirements and the files it includes (itself first).
+
+    The lines of its ``-c`` constraints files are added to ``constraints`` when given.
+    """
     source = Path(path).resolve()
     problems = _Problems(source)
     try:
@@ -258,7 +278,7 @@ def parse_requirements_file(path: Path | str) -> tuple[list[Requirement], list[P
         raise ManifestError(f"{source}: cannot read requirements file: {exc}") from exc
     included = [source]
     lines = ((f"line {n}", line) for n, line in _logical_lines(text))
-    reqs = parse_requirement_lines(lines, source.parent, problems, included, (source,))
+    reqs = parse_requirement_lines(lines, source.parent, problems, included, (source,), constraints)
     problems.raise_if_any()
     return reqs, included
 
@@ -315,6 +335,7 @@ def load_manifest(path: Path | str) -> ModelManifest:
     raw_reqs = table.get("requirements", [])
     included: list[Path] = []
     requirements: list[Requirement] = []
+    constraints: list[Requirement] = []
     if not isinstance(raw_reqs, list):
         problems.add("model.requirements", f"must be a list of PEP 508 strings, got {raw_reqs!r}")
     else:
@@ -326,7 +347,9 @@ def load_manifest(path: Path | str) -> ModelManifest:
                 else:
                     problems.add(f"model.requirements[{i}]", f"must be a PEP 508 string, got {raw!r}")
 
-        requirements = parse_requirement_lines(lines(raw_reqs), source.parent, problems, included, (source,))
+        requirements = parse_requirement_lines(
+            lines(raw_reqs), source.parent, problems, included, (source,), constraints
+        )
 
     python: SpecifierSet | None = None
     raw_python = table.get("python")
@@ -351,4 +374,5 @@ def load_manifest(path: Path | str) -> ModelManifest:
         directory=source.parent,
         source=source,
         included_files=tuple(included),
+        constraints=tuple(constraints),
     )

@@ -23,7 +23,7 @@ not judged (that takes a resolver): a group may still fail to install as one, an
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,17 +42,28 @@ _PYTHON = "@python"
 
 @dataclass(frozen=True)
 class ModelRequirements:
-    """A model as the planning sees it: its name, requirements and Python range."""
+    """A model as the planning sees it: its name, requirements, Python range and constraints (``-c`` files),
+    which add no requirement but limit the versions of whatever is installed with the model, as pip applies
+    them: to its own requirements, and to those of every model sharing its environment."""
 
     name: str
     requirements: tuple[Requirement, ...]
     python: SpecifierSet | None = None
+    constraints: tuple[Requirement, ...] = ()
 
     def active(self, markers: Mapping[str, str]) -> Iterable[Requirement]:
         """The requirements whose markers hold in ``markers`` (with no extra)."""
-        for req in self.requirements:
-            if req.marker is None or req.marker.evaluate({**markers, "extra": ""}):
-                yield req
+        return _holding(self.requirements, markers)
+
+    def active_constraints(self, markers: Mapping[str, str]) -> Iterable[Requirement]:
+        """The constraints whose markers hold in ``markers``."""
+        return _holding(self.constraints, markers)
+
+
+def _holding(reqs: Iterable[Requirement], markers: Mapping[str, str]) -> Iterator[Requirement]:
+    for req in reqs:
+        if req.marker is None or req.marker.evaluate({**markers, "extra": ""}):
+            yield req
 
 
 def _canonical(name: str) -> str:
@@ -61,38 +72,53 @@ def _canonical(name: str) -> str:
     return canonical(name)
 
 
-def _needs(models: Sequence[ModelRequirements], markers: Mapping[str, str]) -> dict[str, dict[str, list[Requirement]]]:
-    """distribution -> model -> that model's active requirements on it."""
-    by_name: dict[str, dict[str, list[Requirement]]] = {}
+#: A model's requirement on a distribution, or (``True``) one of its constraints.
+_Term = tuple[Requirement, bool]
+
+
+def _needs(models: Sequence[ModelRequirements], markers: Mapping[str, str]) -> dict[str, dict[str, list[_Term]]]:
+    """distribution -> model -> that model's active requirements on it, then its constraints on it, for every
+    distribution some model requires (a constraint alone installs nothing, so limits nothing)."""
+    by_name: dict[str, dict[str, list[_Term]]] = {}
     for model in models:
         for req in model.active(markers):
-            by_name.setdefault(_canonical(req.name), {}).setdefault(model.name, []).append(req)
+            by_name.setdefault(_canonical(req.name), {}).setdefault(model.name, []).append((req, False))
+    for model in models:
+        for req in model.active_constraints(markers):
+            per_model = by_name.get(_canonical(req.name))
+            if per_model is not None:
+                per_model.setdefault(model.name, []).append((req, True))
     return by_name
 
 
-def _spec(reqs: Sequence[Requirement]) -> SpecifierSet:
-    return SpecifierSet(",".join(text for text in (str(admitted(r)) for r in reqs) if text))
+def _spec(terms: Sequence[_Term]) -> SpecifierSet:
+    return SpecifierSet(",".join(text for text in (str(admitted(r)) for r, _ in terms) if text))
 
 
-def _text(reqs: Sequence[Requirement]) -> str:
-    return ", ".join(req_text(r) for r in reqs)
+def _texts(terms: Sequence[_Term]) -> list[str]:
+    return [req_text(r) + (" (constraint)" if constraint else "") for r, constraint in terms]
+
+
+def _text(terms: Sequence[_Term]) -> str:
+    return ", ".join(_texts(terms))
 
 
 def contradictions(models: Sequence[ModelRequirements], markers: Mapping[str, str]) -> list[Finding]:
-    """``model-contradiction``: one model's own requirements on a distribution that no version satisfies."""
+    """``model-contradiction``: one model's own requirements (and constraints) on a distribution it requires
+    that no version satisfies."""
     findings = []
     for key, per_model in sorted(_needs(models, markers).items()):
-        for name, reqs in sorted(per_model.items()):
-            if len(reqs) > 1 and disjoint(*(admitted(r) for r in reqs)):
+        for name, terms in sorted(per_model.items()):
+            if any(not c for _, c in terms) and len(terms) > 1 and disjoint(*(admitted(r) for r, _ in terms)):
                 findings.append(
                     Finding(
                         kind="model-contradiction",
                         packages=(key,),
                         models=(name,),
-                        message=f"model '{name}' needs {' and '.join(req_text(r) for r in reqs)}: no version of "
+                        message=f"model '{name}' needs {' and '.join(_texts(terms))}: no version of "
                         f"{key} satisfies all of them, so the model cannot be installed in any environment",
                         hint=f"fix model '{name}''s requirements on {key} (they contradict each other)",
-                        details={"requirements": [req_text(r) for r in reqs]},
+                        details={"requirements": _texts(terms)},
                     )
                 )
     return findings
@@ -124,8 +150,8 @@ def cross_model(models: Sequence[ModelRequirements], markers: Mapping[str, str])
     findings: list[Finding] = []
     for key, per_model in sorted(_needs(models, markers).items()):
         if len(per_model) > 1:
-            specs = {m: _spec(reqs) for m, reqs in per_model.items()}
-            findings += _clashes(key, key, specs, {m: _text(reqs) for m, reqs in per_model.items()})
+            specs = {m: _spec(terms) for m, terms in per_model.items()}
+            findings += _clashes(key, key, specs, {m: _text(terms) for m, terms in per_model.items()})
     pythons = {m.name: m.python for m in models if m.python is not None}
     if len(pythons) > 1:
         findings += _clashes(None, "Python", pythons, {m: f"Python {spec}" for m, spec in pythons.items()})
@@ -216,12 +242,18 @@ def plan_groups(models: Sequence[ModelRequirements], markers: Mapping[str, str] 
         from autoglm_runtime.deps._scripts.probe import marker_environment
 
         markers = marker_environment()
-    own: dict[str, dict[str, SpecifierSet]] = {}
+    own: dict[str, dict[str, SpecifierSet]] = {}  # what it requires, narrowed by its own constraints
+    limits: dict[str, dict[str, SpecifierSet]] = {}  # what it only constrains
     for model in models:
-        merged: dict[str, list[Requirement]] = {}
+        merged: dict[str, list[_Term]] = {}
         for req in model.active(markers):
-            merged.setdefault(_canonical(req.name), []).append(req)
-        own[model.name] = {key: _spec(reqs) for key, reqs in merged.items()}
+            merged.setdefault(_canonical(req.name), []).append((req, False))
+        constrained: dict[str, list[_Term]] = {}
+        for req in model.active_constraints(markers):
+            key = _canonical(req.name)
+            (merged[key] if key in merged else constrained.setdefault(key, [])).append((req, True))
+        own[model.name] = {key: _spec(terms) for key, terms in merged.items()}
+        limits[model.name] = {key: _spec(terms) for key, terms in constrained.items()}
         if model.python is not None:
             own[model.name][_PYTHON] = model.python
     bad = {f.models[0] for f in contradictions(models, markers)}
@@ -230,15 +262,26 @@ def plan_groups(models: Sequence[ModelRequirements], markers: Mapping[str, str] 
         for name in finding.models:
             clashes[name] += 1
     order = sorted((m.name for m in models if m.name not in bad), key=lambda n: (-clashes[n], n))
-    groups: list[tuple[list[str], dict[str, SpecifierSet]]] = []
+    # A group: its members, what they require (narrowed by their constraints), what they only constrain.
+    groups: list[tuple[list[str], dict[str, SpecifierSet], dict[str, SpecifierSet]]] = []
     for name in order:
-        for members, specs in groups:
-            if all(key not in specs or not disjoint(specs[key], spec) for key, spec in own[name].items()):
+        for members, specs, limited in groups:
+            fits = all(_fit(specs, key, spec) and _fit(limited, key, spec) for key, spec in own[name].items())
+            if fits and all(_fit(specs, key, spec) for key, spec in limits[name].items()):
                 members.append(name)
-                for key, spec in own[name].items():
-                    specs[key] = spec if key not in specs else SpecifierSet(f"{specs[key]},{spec}".strip(","))
+                _narrow(specs, own[name])
+                _narrow(limited, limits[name])
                 break
         else:
-            groups.append(([name], dict(own[name])))
-    ordered = tuple(tuple(sorted(members)) for members, _ in groups)
+            groups.append(([name], dict(own[name]), dict(limits[name])))
+    ordered = tuple(tuple(sorted(members)) for members, _, _ in groups)
     return Plan(groups=tuple(sorted(ordered)), unplaceable=tuple(sorted(bad)))
+
+
+def _fit(specs: Mapping[str, SpecifierSet], key: str, spec: SpecifierSet) -> bool:
+    return key not in specs or not disjoint(specs[key], spec)
+
+
+def _narrow(specs: dict[str, SpecifierSet], more: Mapping[str, SpecifierSet]) -> None:
+    for key, spec in more.items():
+        specs[key] = spec if key not in specs else SpecifierSet(f"{specs[key]},{spec}".strip(","))

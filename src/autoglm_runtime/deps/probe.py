@@ -65,6 +65,11 @@ class InstalledDist:
     #: top-level import name -> [RECORD path, RECORD hash] of the file that makes it importable
     modules: dict[str, list[str | None]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    #: Invalid metadata that pip ignores (an invalid ``Requires-Python``, taken as any Python): reported as
+    #: informational ``invalid-metadata``, never failing the check.
+    ignored: list[str] = field(default_factory=list)
+    #: The ``Tag`` lines of a wheel's ``WHEEL`` file (``cp312-cp312-manylinux_2_17_x86_64``), as written.
+    wheel_tags: tuple[str, ...] = ()
     #: The project directory of an editable install, else ``None``.
     editable: str | None = None
     #: For a copy sharing its directory with another copy: whether its RECORD matches the files on disk.
@@ -75,8 +80,9 @@ class InstalledDist:
     #: Import names, claimed in several path entries too, whose ``__init__.py`` in this distribution's
     #: directory declares a namespace (pkgutil ``extend_path``, ``pkg_resources.declare_namespace``).
     namespaces: frozenset[str] = frozenset()
-    #: Metadata directories of the other copies in this directory that are the same distribution: the same
-    #: version, describing the same files (Debian's ``.dist-info`` beside its ``.egg-info``).
+    #: Metadata directories of the other copies in this directory that describe the same files (Debian's
+    #: ``.dist-info`` beside its ``.egg-info``): one distribution when their versions are one too
+    #: (:meth:`same_version`).
     same_files: frozenset[str] = frozenset()
 
     @functools.cached_property
@@ -88,6 +94,15 @@ class InstalledDist:
         except InvalidVersion:
             return self.version
         return parsed if str(parsed) == self.version else self.version
+
+    def same_version(self, other: InstalledDist) -> bool:
+        """Whether ``other`` has this version, compared as PEP 440 versions (``1.0`` is ``1.0.0``, ``2.0RC1`` is
+        ``2.0rc1``), as ``importlib.metadata``'s consumers (pip, packaging) compare them; text that is not
+        PEP 440 is compared as written."""
+        try:
+            return Version(self.version) == Version(other.version)
+        except InvalidVersion:
+            return self.version == other.version
 
     @functools.cached_property
     def key(self) -> str:
@@ -112,6 +127,8 @@ class ProbedEnvironment:
     #: The path entries that are the base interpreter's site directories (a virtual environment made with
     #: ``--system-site-packages``); empty elsewhere.
     base_site: frozenset[str] = frozenset()
+    #: The interpreter's ``sys.abiflags`` (``""``, ``"t"`` free-threaded, ``"d"`` debug); ``None`` when unknown.
+    abiflags: str | None = None
     #: The importable copy of each distribution, by normalised name (see :meth:`copies`).
     winners: dict[str, InstalledDist] = field(init=False)
     _copies: dict[str, list[InstalledDist]] = field(init=False, repr=False)
@@ -132,7 +149,11 @@ class ProbedEnvironment:
             if not dist.name:
                 continue
             found = copies.setdefault(dist.key, [])
-            same = next((d for d in found if d.metadata_dir in dist.same_files), None) if dist.same_files else None
+            same = (
+                next((d for d in found if d.metadata_dir in dist.same_files and d.same_version(dist)), None)
+                if dist.same_files
+                else None
+            )
             if same is not None:  # one distribution with two metadata directories: the first listed stands
                 matches[same.metadata_dir] = matches[same.metadata_dir] or bool(dist.record_matches)
                 continue
@@ -240,8 +261,8 @@ def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
     if python:
         try:
             dist.requires_python = SpecifierSet(python)
-        except InvalidSpecifier:
-            errors.append(f"{label} has an invalid Requires-Python {python!r}")
+        except InvalidSpecifier:  # pip warns and takes any Python (BaseDistribution.requires_python)
+            dist.ignored.append(f"{label} has an invalid Requires-Python {python!r}")
     dist.provides_extra = frozenset(canonical(e) for e in raw.get("provides_extra", []))
     dist.modules = dict(raw.get("modules", {}))
     editable = raw.get("editable")
@@ -251,6 +272,7 @@ def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
     dist.clashes = {str(k): bool(v) for k, v in (raw.get("clashes") or {}).items()}
     dist.namespaces = frozenset(str(m) for m in raw.get("namespaces") or ())
     dist.same_files = frozenset(str(m) for m in raw.get("same_files") or ())
+    dist.wheel_tags = tuple(str(t) for t in raw.get("wheel_tags") or ())
     return dist
 
 
@@ -263,6 +285,7 @@ def parse_probe(data: dict[str, Any], python: str) -> ProbedEnvironment:
         path=[str(p) for p in data["path"]],
         dists=[_parse_dist(raw) for raw in data["distributions"]],
         base_site=frozenset(str(p) for p in data.get("base_site") or ()),
+        abiflags=None if data.get("abiflags") is None else str(data["abiflags"]),
     )
 
 

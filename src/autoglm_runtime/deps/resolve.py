@@ -71,12 +71,26 @@ def trim(explanation: str, limit: int = EXPLANATION_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
-def _compile(uv: str, python: str, requirements: Sequence[str], sources: ResolveSources) -> str | None:
-    """``None`` when the requirements resolve, else uv's explanation."""
+def _compile(
+    uv: str, python: str, requirements: Sequence[str], sources: ResolveSources, constraints: Sequence[str] = ()
+) -> str | None:
+    """``None`` when the requirements resolve under ``constraints`` (as ``-c`` applies them), else uv's
+    explanation."""
     command = [uv, "pip", "compile", "-", "--quiet", "--no-header", "--color", "never", "--python", python]
+    if not constraints:
+        return _run(command + sources.args(), requirements)
+    import tempfile  # here: only models with constraints files need one
+
+    with tempfile.TemporaryDirectory(prefix="autoglm-resolve-") as tmp:
+        path = Path(tmp, "constraints.txt")
+        path.write_text("".join(f"{c}\n" for c in constraints), encoding="utf-8")
+        return _run([*command, "-c", str(path), *sources.args()], requirements)
+
+
+def _run(command: list[str], requirements: Sequence[str]) -> str | None:
     try:
         done = subprocess.run(
-            command + sources.args(),
+            command,
             input="\n".join(requirements) + "\n",
             capture_output=True,
             text=True,
@@ -86,7 +100,7 @@ def _compile(uv: str, python: str, requirements: Sequence[str], sources: Resolve
     except subprocess.TimeoutExpired as exc:
         raise UsageError(f"uv did not finish resolving within {RESOLVE_TIMEOUT:.0f} s") from exc
     except OSError as exc:
-        raise UsageError(f"uv ({uv}) cannot be run: {exc}") from exc
+        raise UsageError(f"uv ({command[0]}) cannot be run: {exc}") from exc
     return None if done.returncode == 0 else (done.stderr or done.stdout or f"uv exited {done.returncode}")
 
 
@@ -102,7 +116,7 @@ def resolve_models(
     fine: list[ModelRequirements] = []
     for model in models:
         lines = [str(r) for r in model.requirements]
-        why = _compile(uv, exe, lines, sources)
+        why = _compile(uv, exe, lines, sources, [str(c) for c in model.constraints])
         if why is None:
             fine.append(model)
             continue
@@ -117,7 +131,8 @@ def resolve_models(
             )
         )
     if len(fine) > 1:
-        why = _compile(uv, exe, [str(r) for m in fine for r in m.requirements], sources)
+        constraints = [str(c) for m in fine for c in m.constraints]
+        why = _compile(uv, exe, [str(r) for m in fine for r in m.requirements], sources, constraints)
         if why is not None:
             names = tuple(sorted(m.name for m in fine))
             listed = ", ".join(f"'{n}'" for n in names)

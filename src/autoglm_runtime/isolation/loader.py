@@ -229,7 +229,7 @@ class ModelLoader:
         (('a', 'c'), ('b',))
         """
         manifests = [m if isinstance(m, ModelManifest) else load_manifest(Path(m)) for m in models]
-        plan = plan_groups([ModelRequirements(m.name, m.requirements, m.python) for m in manifests])
+        plan = plan_groups([ModelRequirements(m.name, m.requirements, m.python, m.constraints) for m in manifests])
         by_name = {m.name: m for m in manifests}
         shared: dict[str, ModelManifest] = {}
         for group in plan.groups:
@@ -383,7 +383,7 @@ class ModelLoader:
 
 
 def _group_manifest(members: Sequence[ModelManifest]) -> ModelManifest:
-    """The manifest a group's environment is built from: every member's requirements, once each."""
+    """The manifest a group's environment is built from: every member's requirements and constraints, once each."""
     requirements = tuple(dict.fromkeys(r for m in members for r in m.requirements))
     pythons = [str(m.python) for m in members if m.python is not None]
     return replace(
@@ -392,6 +392,7 @@ def _group_manifest(members: Sequence[ModelManifest]) -> ModelManifest:
         requirements=requirements,
         python=SpecifierSet(",".join(pythons)) if pythons else None,
         included_files=tuple(dict.fromkeys(p for m in members for p in m.included_files)),
+        constraints=tuple(dict.fromkeys(c for m in members for c in m.constraints)),
     )
 
 

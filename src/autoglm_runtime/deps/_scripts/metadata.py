@@ -263,6 +263,10 @@ def describe(location: str, entry: str) -> tuple[dict[str, object], str | None]:
             extras = extras or sections
         if archive is None:
             record = _read_meta(meta_dir, "RECORD", errors)
+    # WHEEL's tags matter for compiled modules (a cp312 extension does not import on 3.11): read for the
+    # distributions whose RECORD lists one, which keeps the read off the many pure ones.
+    compiled = record is not None and (".so," in record or ".pyd," in record)
+    wheel = _read_meta(meta_dir, "WHEEL", errors) if compiled else None
     python = headers.get("requires-python")
     editable = _editable_root(meta_dir, record)
     dist.update(
@@ -273,6 +277,8 @@ def describe(location: str, entry: str) -> tuple[dict[str, object], str | None]:
         # A zipped egg's modules are no files in a directory that another distribution could overwrite.
         modules={} if editable or archive else _modules(meta_dir, record, location, errors),
         editable=editable,
+        # the interpreters and platforms the wheel was built for, as pip check reads them
+        wheel_tags=[_unfold(t) for t in _headers(wheel).get("tag", [])] if wheel else [],
         errors=errors,
         # last, as the cache's per-run update adds them: one key order, one JSON text for one description
         record_matches=None,

@@ -174,11 +174,12 @@ def _installed(dist: dict[str, object], rows: dict[str, str | None]) -> dict[str
 def _same_files(
     a: dict[str, object], rows_a: dict[str, str | None], b: dict[str, object], rows_b: dict[str, str | None]
 ) -> bool:
-    """Whether copies ``a`` and ``b`` of one directory are one distribution: the same version, describing the
-    same files. Two RECORDs must list the same files with the same hashes (byte code aside); a copy without
-    one (an ``.egg-info``, as Debian ships beside the ``.dist-info``) must install no top-level name the
-    other does not, each from the same file."""
-    if a["version"] != b["version"] or a["version"] is None:
+    """Whether copies ``a`` and ``b`` of one directory describe the same files. Two RECORDs must list the same
+    files with the same hashes (byte code aside); a copy without one (an ``.egg-info``, as Debian ships beside
+    the ``.dist-info``) must install no top-level name the other does not, each from the same file. Whether
+    their versions are one version is judged by the checker, with PEP 440 (``1.0`` is ``1.0.0``), which this
+    stdlib-only probe cannot do."""
+    if a["version"] is None or b["version"] is None:
         return False
     if rows_a and rows_b:
         return _installed(a, rows_a) == _installed(b, rows_b)

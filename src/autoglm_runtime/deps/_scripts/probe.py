@@ -10,8 +10,8 @@ output is one JSON object (without ``--cache``, on CPython: the same object as m
 
     {"probe": 3, "executable": ..., "version": "3.11.7", "markers": {...PEP 508 environment...},
      "path": [...sys.path...], "base_site": [...], "distributions": [{"name", "version", "location",
-     "metadata_dir", "requires", "requires_python", "provides_extra", "modules", "editable",
-     "record_matches", "clashes", "namespaces", "errors"[, "same_files"]}, ...]}
+     "metadata_dir", "requires", "requires_python", "provides_extra", "modules", "editable", "wheel_tags",
+     "record_matches", "clashes", "namespaces", "errors"[, "same_files"]}, ...], "abiflags": ...}
 
 ``distributions`` is in import-precedence order: ``sys.path`` order, then directory order, the order
 ``importlib.metadata`` finds them. ``modules`` maps each top-level import name a distribution installs to
@@ -21,9 +21,10 @@ directory) owns none. Where distributions of one directory claim one name, ``cla
 this distribution's files are the ones on disk, judged on every file they both list with different
 hashes (compiled modules included); where copies of one distribution share a directory,
 ``record_matches`` says whether this copy's RECORD matches the files on disk, and ``same_files`` (only where
-there is one) lists the metadata directories of the other copies of the same version that describe the same
-files (Debian ships a ``.dist-info`` and an ``.egg-info`` of one package so); ``namespaces`` lists the
-names also claimed in other path entries whose ``__init__.py`` in this directory declares a namespace.
+there is one) lists the metadata directories of the other copies that describe the same files (Debian ships a
+``.dist-info`` and an ``.egg-info`` of one package so; the checker also requires one PEP 440 version);
+``namespaces`` lists the names also claimed in other path entries whose ``__init__.py`` in this directory
+declares a namespace.
 ``base_site`` lists the path entries that are the base interpreter's site directories, in a virtual
 environment made with ``--system-site-packages`` (:mod:`sites`); empty elsewhere.
 ``errors`` lists metadata that could not be read; the checker turns those into ``invalid-metadata``
@@ -122,6 +123,7 @@ def _interpreter(cache: dict[str, object] | None = None, misses: list[str] | Non
         "markers": facts["markers"],
         "path": list(sys.path),
         "base_site": _base_site(),
+        "abiflags": getattr(sys, "abiflags", None),  # POSIX CPython: its ABI tag is cpXY + these
     }
 
 

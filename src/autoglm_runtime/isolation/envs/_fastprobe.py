@@ -52,6 +52,8 @@ class VenvFacts:
     path: tuple[str, ...]
     #: Site-packages directories under :data:`_probe.PREFIX_PLACEHOLDER`, in ``site``'s order.
     site_packages: tuple[str, ...]
+    #: ``sys.abiflags`` (``None`` where there is none): with the version, the interpreter's ABI tag.
+    abiflags: str | None = None
 
 
 _CACHE: dict[FactsKey, VenvFacts] = {}
@@ -121,6 +123,7 @@ def _parse_facts(stdout: str) -> VenvFacts | None:
             markers={str(k): str(v) for k, v in data["markers"].items()},
             path=tuple(str(p) for p in data["path"]),
             site_packages=tuple(str(p) for p in data["site_packages"]),
+            abiflags=None if data.get("abiflags") is None else str(data["abiflags"]),
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -243,6 +246,7 @@ def describe_venv(python: str | os.PathLike[str], facts: VenvFacts) -> ProbedEnv
         "markers": facts.markers,
         "path": path,
         "base_site": [],  # without the system site-packages, no base site directory is on the path
+        "abiflags": facts.abiflags,
         "distributions": _probe.collect(path),
     }
     return parse_probe(data, exe)

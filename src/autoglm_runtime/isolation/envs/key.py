@@ -242,5 +242,7 @@ def environment_key(manifest: ModelManifest, interpreter: InterpreterInfo, sourc
         "source": source,
         "included": sorted(_file_digest(Path(p)) for p in manifest.included_files),
     }
+    if manifest.constraints:  # applied since the builder passes them (-c): earlier builds of these ignored them
+        material["constraints"] = normalise_requirements(manifest.constraints)
     blob = json.dumps(material, sort_keys=True, separators=(",", ":")).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:KEY_LENGTH]
