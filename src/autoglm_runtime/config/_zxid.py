@@ -88,7 +88,11 @@ class ZxidGuard:
             self.rechecks = 0
             return False
         if (zxid >> 32) >= (highest >> 32) and self.rechecks < MAX_RECHECKS:
-            return False  # lagging, maybe: removals stay deferred until a re-check
+            # Lagging, maybe: removals stay deferred until a re-check, scheduled here. A resync that then
+            # reads nothing (setWatches relative to a zxid this server never reached fires nothing: the same
+            # keys with older values, as in a restore from a backup) would otherwise never ask again.
+            self.behind()
+            return False
         log.warning(
             "zxid regression: ZooKeeper at %s answers at zxid %#x, below zxid %#x the cache already holds "
             "(a rebuilt or restored ensemble?); forgetting cached versions and re-reading the whole tree",
