@@ -98,3 +98,38 @@ def test_a_new_session_behind_the_cache_with_the_same_keys_is_rechecked(
         client.stop()
     finally:
         proxy.stop()
+
+
+def test_a_session_every_server_refuses_is_given_up_for_a_new_one(
+    zk_root: str,
+    zk_server: ZooKeeperServer,
+    zk_client: KazooClient,
+    zk_restartable: ZooKeeperServer,
+    make_client: Factory,
+    until: Until,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The ensemble at the client's address is replaced by one restored from a backup (smaller zxids). ZooKeeper
+    refuses to take back a session that saw a larger zxid ("client must try another server") and kazoo retries
+    that session for ever: the client stayed disconnected and stale for good, until its process restarted."""
+    with kazoo_session(zk_restartable.hosts) as backup:
+        backup.create(f"{zk_root}/a", j("backup"), makepath=True)
+    zk_client.create(f"{zk_root}/a", j(0))
+    for i in range(1, 20):
+        zk_client.set(f"{zk_root}/a", j(i))
+    proxy = SwitchingProxy(zk_server.host, zk_server.port).start()
+    try:
+        client = make_client(proxy.hosts, zk_root)  # session_timeout 4 s
+        client.start(timeout=10)
+        assert client.get("a") == 19
+        proxy.then((zk_restartable.host, zk_restartable.port))
+        with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
+            proxy.cut()
+            until(lambda: client.get("a") == "backup", timeout=40, what="the restored ensemble's value")
+        until(lambda: client.health()["connected"] and client.health()["stale_seconds"] == 0.0, what="fresh again")
+        messages = [r.getMessage() for r in caplog.records if getattr(r, "error_code", "") == "E0409"]
+        assert any(m.startswith("config sync has been disconnected from ZooKeeper at") for m in messages)
+        assert any(m.startswith("zxid regression: ZooKeeper at") for m in messages)
+        client.stop()
+    finally:
+        proxy.stop()
