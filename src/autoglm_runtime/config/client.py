@@ -352,8 +352,9 @@ class ConfigClient(Reads):
     def subscribe(self, prefix: str, fn: Listener) -> Callable[[], None]:
         """Call ``fn(change)`` on the dispatcher thread for each change under ``prefix`` (``""``: every key).
 
-        Returns a callable that unsubscribes. Per key, changes arrive in version order; a raising
-        listener is logged (E0409) and the others still run. Subscribe before :meth:`start` to receive the
+        Returns a callable that unsubscribes. The listener gets the changes applied after this call (not those
+        still queued behind a slow listener). Per key, changes arrive in version order; a raising listener is
+        logged (E0409) and the others still run. Subscribe before :meth:`start` to receive the
         initial load as ``added`` events. On a stopped (or failed) client, which delivers nothing any more,
         it raises :class:`~autoglm_runtime.errors.UsageError` (E0001).
 
@@ -367,7 +368,8 @@ class ConfigClient(Reads):
                 f"cannot subscribe to {prefix!r}: this ConfigClient (hosts {self.hosts}, root {self.root}) "
                 f"was {ended} and delivers no more changes; subscribe on a new, started client"
             )
-        return self._dispatcher.subscribe(prefix, fn)
+        # Only changes published from now on: one applied earlier but still queued behind a slow listener is old news.
+        return self._dispatcher.subscribe(prefix, fn, after=self._dispatcher.published)
 
     def wait_listeners(self, timeout: float) -> bool:
         """Wait until listeners have been called for every change applied so far; ``False`` on timeout."""
