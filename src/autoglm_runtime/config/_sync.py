@@ -241,6 +241,8 @@ class ZooKeeperSync:
                     event = self._do(action, unanswered, error)
             except Interrupted as exc:
                 lost = exc.paths if isinstance(exc, Lost) else frozenset()
+                for path in lost:  # handled until read again (a timeout keeps the cache following): not drift
+                    self._pending.mark(path, data=True, children=True)
                 event = sm.CutShort(lost, self._reader.rearm, tuple(todo))
             except Exception as exc:
                 error, event = exc, sm.Failed()
