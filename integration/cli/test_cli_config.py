@@ -184,8 +184,9 @@ def test_dump_prints_what_it_may_read_and_names_each_key_it_may_not(
                 "",
                 f"autoglm-runtime: error E0409: key 'nothing' does not exist under {zk_root}\n",
             )
-            # watch: a client that could not load everything follows nothing; said the same way.
-            assert _cli("config", "watch", "--for", "1", *target) == (2, "", "\n".join(refused) + "\n")
+            # watch: said the same way, and what it may read is followed (test_cli_config_watch.py); exit 3.
+            watched = f"watching {zk_root}/ on {zk_hosts}\n"
+            assert _cli("config", "watch", "--for", "1", *target) == (3, "", "\n".join(refused) + "\n" + watched)
             secret = tmp_path / "zk-auth"
             secret.write_text("reader:s3cret\n")
             assert _cli("config", "dump", "--auth-file", str(secret), *target) == (

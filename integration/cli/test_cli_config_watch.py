@@ -13,7 +13,9 @@ from contextlib import contextmanager
 from typing import IO
 
 import pytest
+from integration._helpers import kazoo_session
 from kazoo.client import KazooClient
+from kazoo.security import make_digest_acl
 
 from autoglm_runtime.testing.zookeeper import FaultProxy
 
@@ -102,3 +104,29 @@ def test_watch_says_once_when_zookeeper_is_lost_and_once_when_it_is_back(
         }
     else:
         assert change == "updated limit = 2\n"
+
+
+def test_watch_follows_what_it_may_read_and_names_each_key_it_may_not(zk_hosts: str, zk_root: str) -> None:
+    # Before: a tree ZooKeeper refused in part was not followed at all (exit 2 at once, nothing watched).
+    only_reader = [make_digest_acl("reader", "s3cret", all=True)]
+    with kazoo_session(zk_hosts, auth_data=[("digest", "reader:s3cret")]) as owner:
+        owner.create(f"{zk_root}/public", b"1")
+        owner.create(f"{zk_root}/secret", b"2", acl=only_reader)
+        try:
+            with watching("--count", "1", "--for", "120", "--hosts", zk_hosts, "--root", zk_root) as (
+                process,
+                out,
+                err,
+            ):
+                assert err.next() == (
+                    f"autoglm-runtime: error E0409: ZooKeeper at {zk_hosts} denied reading key 'secret' under "
+                    f"{zk_root} (and any key below it): give --auth-file (or --auth) with credentials that may read "
+                    "it, or check its ACL\n"
+                )
+                assert err.next() == f"watching {zk_root}/ on {zk_hosts}\n"
+                owner.set(f"{zk_root}/public", b"3")
+                assert out.next() == "updated public = 3\n"
+                assert process.wait(PATIENCE) == 3  # EXIT_PARTIAL: part of the tree was not followed
+                assert (out.rest(), err.rest()) == ([], [])
+        finally:
+            owner.delete(f"{zk_root}/secret")  # the fixture's cleanup has no credentials for it

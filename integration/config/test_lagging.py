@@ -6,14 +6,16 @@ connections to it.
 
 from __future__ import annotations
 
+import logging
 import threading
 
+import pytest
 from integration._helpers import kazoo_session
 from integration.config._helpers import Factory, SwitchingProxy, Until, j, kazoo_of
 from kazoo.client import KazooClient
 from kazoo.protocol.states import KazooState
 
-from autoglm_runtime.testing.zookeeper import ZooKeeperServer
+from autoglm_runtime.testing.zookeeper import ZooKeeperServer, expire_session
 
 
 def test_a_catch_up_session_on_a_server_behind_does_not_hide_a_change(
@@ -55,6 +57,79 @@ def test_a_catch_up_session_on_a_server_behind_does_not_hide_a_change(
         assert dict(client.snapshot()) == {"a": "while away", "b": 2}
         assert client.health()["resync_reasons"] == {"gap": 1}
         assert client.health()["drift_corrected"] == 0
+        client.stop()
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("watch_mode", ["auto", "per_node"])
+def test_a_new_session_behind_the_cache_with_the_same_keys_is_rechecked(
+    zk_root: str,
+    zk_hosts: str,
+    zk_server: ZooKeeperServer,
+    zk_client: KazooClient,
+    zk_restartable: ZooKeeperServer,
+    make_client: Factory,
+    until: Until,
+    caplog: pytest.LogCaptureFixture,
+    watch_mode: str,
+) -> None:
+    """An ensemble restored from a backup holds the same keys with older values and smaller zxids. A new
+    session landing there re-armed its watches relative to a zxid the server never reached: nothing fired,
+    no read was needed, so nothing asked whether the server was behind. The client said "resynced" and
+    served values the ensemble no longer had, for good (the TTL re-read's smaller zxids count as older)."""
+    with kazoo_session(zk_restartable.hosts) as backup:
+        backup.create(f"{zk_root}/a", j("backup"), makepath=True)
+    zk_client.create(f"{zk_root}/a", j(0))
+    for i in range(1, 20):
+        zk_client.set(f"{zk_root}/a", j(i))
+    proxy = SwitchingProxy(zk_server.host, zk_server.port).start()
+    try:
+        client = make_client(proxy.hosts, zk_root, watch_mode=watch_mode)
+        client.start(timeout=10)
+        assert client.get("a") == 19
+        proxy.then((zk_server.host, zk_server.port), (zk_restartable.host, zk_restartable.port))
+        with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
+            expire_session(kazoo_of(client), hosts=zk_hosts)
+            until(lambda: client.get("a") == "backup", what="the restored ensemble's value")
+        messages = [r.getMessage() for r in caplog.records if getattr(r, "error_code", "") == "E0409"]
+        assert any(m.startswith("ZooKeeper server is behind the cache") for m in messages)
+        assert any(m.startswith("zxid regression: ZooKeeper at") for m in messages)
+        client.stop()
+    finally:
+        proxy.stop()
+
+
+def test_a_session_every_server_refuses_is_given_up_for_a_new_one(
+    zk_root: str,
+    zk_server: ZooKeeperServer,
+    zk_client: KazooClient,
+    zk_restartable: ZooKeeperServer,
+    make_client: Factory,
+    until: Until,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The ensemble at the client's address is replaced by one restored from a backup (smaller zxids). ZooKeeper
+    refuses to take back a session that saw a larger zxid ("client must try another server") and kazoo retries
+    that session for ever: the client stayed disconnected and stale for good, until its process restarted."""
+    with kazoo_session(zk_restartable.hosts) as backup:
+        backup.create(f"{zk_root}/a", j("backup"), makepath=True)
+    zk_client.create(f"{zk_root}/a", j(0))
+    for i in range(1, 20):
+        zk_client.set(f"{zk_root}/a", j(i))
+    proxy = SwitchingProxy(zk_server.host, zk_server.port).start()
+    try:
+        client = make_client(proxy.hosts, zk_root)  # session_timeout 4 s
+        client.start(timeout=10)
+        assert client.get("a") == 19
+        proxy.then((zk_restartable.host, zk_restartable.port))
+        with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
+            proxy.cut()
+            until(lambda: client.get("a") == "backup", timeout=40, what="the restored ensemble's value")
+        until(lambda: client.health()["connected"] and client.health()["stale_seconds"] == 0.0, what="fresh again")
+        messages = [r.getMessage() for r in caplog.records if getattr(r, "error_code", "") == "E0409"]
+        assert any(m.startswith("config sync has been disconnected from ZooKeeper at") for m in messages)
+        assert any(m.startswith("zxid regression: ZooKeeper at") for m in messages)
         client.stop()
     finally:
         proxy.stop()

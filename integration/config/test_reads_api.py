@@ -82,6 +82,30 @@ def test_get_and_subscribe_misses_and_repeats_nothing(
     assert chain[-1] == 200
 
 
+def test_a_listener_subscribed_behind_a_slow_one_sees_only_later_changes(
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory, until: Until
+) -> None:
+    """Changes applied before subscribe() but not yet delivered (a slow listener held the queue) reached the new
+    listener: after reading 2 with get() it was told "1 -> 2" later on, an update it had already seen."""
+    zk_client.create(f"{zk_root}/n", j(0))
+    client = make_client(zk_hosts, zk_root)
+    client.start(timeout=10)
+    release = threading.Event()
+    client.subscribe("", lambda change: release.wait(10))
+    zk_client.set(f"{zk_root}/n", j(1))
+    zk_client.set(f"{zk_root}/n", j(2))
+    until(lambda: client.get("n") == 2, what="both writes applied")
+    late: list[ConfigChange] = []
+    client.subscribe("n", late.append)
+    release.set()
+    assert client.wait_listeners(10)
+    assert late == []
+    zk_client.set(f"{zk_root}/n", j(3))
+    until(lambda: client.get("n") == 3, what="the write after subscribing")
+    assert client.wait_listeners(10)
+    assert [(e.old, e.new) for e in late] == [(2, 3)]
+
+
 def test_changes_as_an_async_iterator(
     zk_hosts: str, zk_root: str, zk_client: KazooClient, make_client: Factory
 ) -> None:

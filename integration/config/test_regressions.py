@@ -226,3 +226,21 @@ def test_resync_after_an_outage_longer_than_ttl_does_not_reread_the_tree(
     assert client._cache.expired(limit=10) == []  # type: ignore[attr-defined]
     assert client.health()["reads"] - reads < 20  # the changed key, not 400 reads of the whole tree
     assert client.health()["drift_corrected"] == 0
+
+
+def test_large_values_are_loaded_in_answers_the_server_can_build(
+    zk_restartable: ZooKeeperServer, make_client: Factory
+) -> None:
+    """The server builds a multiRead's whole answer in memory (and copies it) before sending it: one answer
+    of 40 values of 1 MB exhausted the harness server's 256 MB heap, and the server exited (kazoo's TreeCache,
+    one read per znode, loads the same tree). Reads of znodes of unknown size now share answers of 16 MB."""
+    value = j("x" * 1_000_000)
+    with kazoo_session(zk_restartable.hosts) as admin:
+        admin.ensure_path("/big")
+        for pending in [admin.create_async(f"/big/k{i:02d}", value) for i in range(40)]:
+            pending.get(timeout=60)
+    client = make_client(zk_restartable.hosts, "/big")
+    client.start(timeout=30)
+    assert len(client.snapshot()) == 40
+    assert client.health()["requests"] < client.health()["reads"]  # still multiRead
+    assert zk_restartable.mode() == "standalone"

@@ -159,3 +159,15 @@ def test_acl_without_or_with_wrong_credentials(
     # What it refused, for a caller to report; what it could read stays readable (config dump prints it).
     assert info.value.paths == (f"{protected_root}/secret",)
     assert dict(client.snapshot()) == {"public": "open", **{f"p{i:02d}": i for i in range(20)}}
+
+
+def test_a_start_that_allows_denied_znodes_follows_the_rest(
+    zk_hosts: str, zk_client: KazooClient, protected_root: str, make_client: Factory, until: Until
+) -> None:
+    client = make_client(zk_hosts, protected_root)
+    client.start(timeout=10, allow_denied=True)
+    assert client.denied == (f"{protected_root}/secret",)
+    assert client.health()["state"] == "running"
+    zk_client.set(f"{protected_root}/public", j("changed"))
+    until(lambda: client.get("public") == "changed", what="a readable key followed")
+    assert "secret" not in client.snapshot()

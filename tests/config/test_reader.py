@@ -89,7 +89,8 @@ def reader(fake: FakeKazoo) -> ZooKeeperReader:
     return ZooKeeperReader(client=fake, watch=lambda event: None, status=status, batch_size=500, op_timeout=2.0)  # type: ignore[arg-type]
 
 
-SPECS = [(f"/r/k{i:02d}", True, True) for i in range(20)]
+# Reads of znodes of unknown size: as many as one multiRead answer takes (MAX_ANSWER_BYTES).
+SPECS = [(f"/r/k{i:02d}", True, True) for i in range(16)]
 
 
 def test_unimplemented_multiread_falls_back_to_plain_reads_for_good(caplog: pytest.LogCaptureFixture) -> None:
@@ -97,7 +98,7 @@ def test_unimplemented_multiread_falls_back_to_plain_reads_for_good(caplog: pyte
     zk = reader(fake)
     with caplog.at_level(logging.INFO, logger="autoglm_runtime.config"):
         results = zk.read(SPECS)
-    assert [r.data for r in results] == [str(i).encode() for i in range(20)]
+    assert [r.data for r in results] == [str(i).encode() for i in range(16)]
     assert (zk.bulk, zk.rearm) == (False, True)  # setWatches predates 3.6: re-arming still works
     [record] = caplog.records
     assert record.getMessage() == (
@@ -117,7 +118,7 @@ def test_a_dropped_multiread_halves_the_batch_then_reads_one_by_one() -> None:
         zk.read(SPECS)
     assert zk.bulk  # a drop is an interruption, not a reason to give multiRead up
     results = zk.read(SPECS)  # the level after two drops in a row: plain reads
-    assert [r.data for r in results] == [str(i).encode() for i in range(20)]
+    assert [r.data for r in results] == [str(i).encode() for i in range(16)]
     assert fake.multireads == 2
     fake.multi = "ok"
     zk.read(SPECS)
@@ -130,7 +131,7 @@ def test_an_unexpected_multiread_failure_downgrades_once(caplog: pytest.LogCaptu
     with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
         results = zk.read(SPECS)
         zk.read(SPECS)
-    assert len(results) == 20
+    assert len(results) == 16
     assert (zk.bulk, zk.rearm) == (False, False)
     [record] = caplog.records
     assert record.error_code == "E0409"  # type: ignore[attr-defined]
@@ -187,3 +188,13 @@ def test_self_check_downgrades_when_kazoo_internals_differ(
         f"config sync cannot use multiRead/setWatches ({reason}); reading znodes one by one and re-reading the "
         "whole tree after each reconnect"
     )
+
+
+def test_data_sizes_learned_from_reads_let_small_values_share_one_answer() -> None:
+    fake = FakeKazoo(tree(40))
+    zk = reader(fake)
+    specs = [(f"/r/k{i:02d}", True, True) for i in range(40)]
+    zk.read(specs)
+    assert fake.multireads == 3  # sizes unknown (up to 1 MiB each): 16 + 16 + 8
+    zk.read(specs)
+    assert fake.multireads == 4  # each known to hold a byte: one answer

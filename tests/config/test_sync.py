@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 from kazoo.protocol.states import ZnodeStat
 
-from autoglm_runtime.config._reader import ReadResult
+from autoglm_runtime.config import _syncstate as sm
+from autoglm_runtime.config._reader import Interrupted, ReadResult
 from autoglm_runtime.config._sync import ZooKeeperSync
 from autoglm_runtime.config._values import ValuePipeline
 from autoglm_runtime.config.cache import ConfigCache
@@ -139,3 +140,23 @@ def test_an_unexpected_sync_failure_marks_stale_logs_and_backs_off(
         "config sync failed; serving last-known-good values and retrying in 0.5 s",
         "config sync failed; serving last-known-good values and retrying in 1.0 s",
     ]
+
+
+def test_a_read_cut_short_stays_pending_until_it_is_read_again(sync: ZooKeeperSync) -> None:
+    """A watch event's re-read timed out (no drop, so the cache still counts as following): until the read that
+    retries it, a difference the reconciler finds there is that event's, not drift. The cut-short read had
+    already unmarked it, so a verification meanwhile counted drift."""
+    read = Reads()
+    load(sync, read)
+    sync._pending.mark("/r/svc/v0", data=True, children=False)
+
+    def timed_out(specs: object) -> list[ReadResult]:
+        raise Interrupted
+
+    sync._reader.read = timed_out  # type: ignore[method-assign]
+    sync._execute((sm.Read(frozenset({"/r/svc/v0"}), frozenset()),))
+    assert "/r/svc/v0" in sync._pending
+    assert "/r/svc/v0" in sync._state.retry
+    with sync._cache.batch():
+        sync._tree.drift("/r/svc/v0", "svc/v0", 2)
+    assert sync._status.report(applied=0, keys=0)["drift_corrected"] == 0

@@ -10,7 +10,9 @@ from kazoo.protocol.serialization import ZnodeStat
 from autoglm_runtime.config._wire import (
     GET_CHILDREN,
     GET_DATA,
+    MAX_ANSWER_BYTES,
     MAX_REQUEST_BYTES,
+    UNKNOWN_DATA_BYTES,
     MultiRead,
     SetWatches,
     plan_batches,
@@ -108,3 +110,18 @@ def test_multiread_batches_are_cut_by_bytes_as_well_as_by_count() -> None:
     assert plan_batches(short, count=500, max_bytes=MAX_REQUEST_BYTES, path_bytes=len) == [500, 1000, 1200]
     huge = [("/" + "x" * 300_000, True, False), ("/y", True, False)]
     assert plan_batches(huge, count=500, max_bytes=MAX_REQUEST_BYTES, path_bytes=len) == [1, 2]
+
+
+def test_multiread_batches_are_cut_by_what_their_data_reads_may_answer() -> None:
+    """The server builds a multiRead's whole answer in memory: data reads of unknown size (up to 1 MiB each) share
+    answers of MAX_ANSWER_BYTES; known small values still go 500 to a request, child-list reads cost nothing."""
+    per_answer = MAX_ANSWER_BYTES // UNKNOWN_DATA_BYTES
+    unknown = [(f"/k{i}", True, True) for i in range(40)]
+    cut = plan_batches(unknown, count=500, max_bytes=MAX_REQUEST_BYTES, path_bytes=len, data_bytes=lambda p: 1 << 20)
+    assert cut == [per_answer, 2 * per_answer, 40]
+    small = plan_batches(unknown * 25, count=500, max_bytes=MAX_REQUEST_BYTES, path_bytes=len, data_bytes=lambda p: 100)
+    assert small == [500, 1000]
+    lists = [(f"/k{i}", False, True) for i in range(40)]
+    assert plan_batches(
+        lists, count=500, max_bytes=MAX_REQUEST_BYTES, path_bytes=len, data_bytes=lambda p: 1 << 20
+    ) == [40]

@@ -137,19 +137,22 @@ def client(args: argparse.Namespace, *, raw: bool = False) -> Iterator[ConfigCli
         config.stop()
 
 
-def load(config: ConfigClient, args: argparse.Namespace) -> tuple[str, ...]:
+def load(config: ConfigClient, args: argparse.Namespace, *, follow: bool = False) -> tuple[str, ...]:
     """Start ``config``; returns the keys ZooKeeper refused to read (``""``: the root itself), sorted.
 
-    The keys it could read are loaded all the same (``config.snapshot()``); the client no longer follows the tree.
+    The keys it could read are loaded all the same (``config.snapshot()``); unless ``follow``, the client no
+    longer follows the tree.
     """
     try:
-        config.start(timeout=args.timeout)
+        config.start(timeout=args.timeout, allow_denied=follow)
     except ConfigAccessError as exc:
         if not exc.paths:
             raise
-        prefix = "/" if config.root == "/" else f"{config.root}/"
-        return tuple(sorted({p[len(prefix) :] if p.startswith(prefix) else "" for p in exc.paths}))
-    return ()
+        paths = exc.paths
+    else:
+        paths = config.denied
+    prefix = "/" if config.root == "/" else f"{config.root}/"
+    return tuple(sorted({p[len(prefix) :] if p.startswith(prefix) else "" for p in paths}))
 
 
 def decoded(raw: Mapping[str, Any], args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, ConfigError]]:

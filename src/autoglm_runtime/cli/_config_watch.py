@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from autoglm_runtime.cli import _output
 from autoglm_runtime.cli._config_store import client, decoded, denied_error, jsonable, load, show
-from autoglm_runtime.errors import EXIT_OK, ConfigAccessError
+from autoglm_runtime.errors import EXIT_OK, EXIT_PARTIAL
 
 if TYPE_CHECKING:
     from autoglm_runtime.config import ConfigChange, ConfigHealth
@@ -109,11 +109,10 @@ def watch(args: argparse.Namespace) -> int:
     with client(args, raw=True) as config:
         # Subscribed before start(), so a change landing between the load and the subscription is not lost.
         config.subscribe(args.prefix, on_change)
-        denied = load(config, args)
-        if denied:  # a client that could not load everything is shut down: there is nothing to follow
-            for key in denied:
-                _output.report(denied_error(args, key))
-            return ConfigAccessError.exit_code
+        # What ZooKeeper refuses to read is said once; the rest is followed all the same (exit 3 at the end).
+        denied = load(config, args, follow=True)
+        for key in denied:
+            _output.report(denied_error(args, key))
         # Raw data, decoded here: data the codec refuses is said on stderr, not passed over as servers pass it over.
         served, _undecodable = decoded(config.snapshot(), args)
         watching = True
@@ -133,7 +132,7 @@ def watch(args: argparse.Namespace) -> int:
             if change is not None and (shown := _served(change, served, args)) is not None:
                 seen_changes += 1
                 _print(shown, args)
-    return EXIT_OK
+    return EXIT_PARTIAL if denied else EXIT_OK
 
 
 def _served(change: ConfigChange, served: dict[str, Any], args: argparse.Namespace) -> ConfigChange | None:

@@ -45,6 +45,7 @@ from autoglm_runtime.config._wire import (
     GET_CHILDREN,
     GET_DATA,
     MAX_REQUEST_BYTES,
+    UNKNOWN_DATA_BYTES,
     MultiRead,
     SetWatches,
     Spec,
@@ -133,6 +134,8 @@ class ZooKeeperReader:
         self._plain_next = False
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
+        #: The data size each znode had when last read: what its next data read may answer (multiRead plans).
+        self._sizes: dict[str, int] = {}
 
     def next_seq(self) -> int:
         with self._lock:
@@ -190,7 +193,14 @@ class ZooKeeperReader:
         result.take(self.wait(data), children=False)
         if kids is not None:
             result.take(self.wait(kids), children=True)
+        self._learn(result)
         return result
+
+    def _learn(self, result: ReadResult) -> None:
+        if result.stat is not None:
+            self._sizes[result.path] = result.stat.dataLength
+        elif result.missing:
+            self._sizes.pop(result.path, None)
 
     def _server_path(self, path: str) -> str:
         chroot: str = self.client.chroot
@@ -227,6 +237,7 @@ class ZooKeeperReader:
                     result.take(self.wait(data), children=False)
                 if kids is not None:
                     result.take(self.wait(kids), children=True)
+                self._learn(result)
                 out.append(result)
         return out
 
@@ -241,6 +252,7 @@ class ZooKeeperReader:
             count=self._batch_size,
             max_bytes=self._max_bytes,
             path_bytes=lambda path: len(self._server_path(path).encode("utf-8")),
+            data_bytes=lambda path: self._sizes.get(path, UNKNOWN_DATA_BYTES),
         )
         with self._lock:
             for start, end in zip([0, *ends[:-1]], ends, strict=True):
@@ -272,6 +284,8 @@ class ZooKeeperReader:
                 result.take(answer, children=children)
                 if not out or out[-1] is not result:
                     out.append(result)
+        for result in out:
+            self._learn(result)
         self._bulk_drops = 0
         if self.watching:
             self._arm(out, relative)

@@ -93,7 +93,13 @@ class ZooKeeperSync:
         # A read found the root gone: the full read that follows is a change of the tree, not a resync.
         self._root_event = False
         self._guard = ZxidGuard(
-            client=self.client, wait=self._reader.wait, status=status, cache=cache, hosts=hosts, root=root
+            client=client,
+            wait=self._reader.wait,
+            status=status,
+            cache=cache,
+            hosts=hosts,
+            root=root,
+            session=op_timeout,
         )
         self._tree = TreeApplier(
             hosts=hosts,
@@ -147,6 +153,7 @@ class ZooKeeperSync:
     def _on_state(self, state: KazooState) -> None:
         if state == KazooState.CONNECTED:
             self._connections += 1
+            self._guard.note_connected()
             self._status.set_connected(True)
             zxid = 0
         else:
@@ -203,6 +210,7 @@ class ZooKeeperSync:
             items = collect(self._queue)
             if STOP in items or self._stopping.is_set():
                 return
+            self._guard.give_up_session(self._stopping)  # after a long outage (a restored ensemble)
             plan: sm.Plan = ()
             connected = self.client.connected
             events = to_events(
@@ -233,6 +241,8 @@ class ZooKeeperSync:
                     event = self._do(action, unanswered, error)
             except Interrupted as exc:
                 lost = exc.paths if isinstance(exc, Lost) else frozenset()
+                for path in lost:  # handled until read again (a timeout keeps the cache following): not drift
+                    self._pending.mark(path, data=True, children=True)
                 event = sm.CutShort(lost, self._reader.rearm, tuple(todo))
             except Exception as exc:
                 error, event = exc, sm.Failed()

@@ -36,7 +36,9 @@ __all__ = [
     "ADD_WATCH_PERSISTENT_RECURSIVE",
     "GET_CHILDREN",
     "GET_DATA",
+    "MAX_ANSWER_BYTES",
     "MAX_REQUEST_BYTES",
+    "UNKNOWN_DATA_BYTES",
     "AddWatch",
     "MultiRead",
     "SetWatches",
@@ -55,6 +57,11 @@ ADD_WATCH_PERSISTENT_RECURSIVE = 1
 
 # ZooKeeper refuses packets over jute.maxbuffer (1 MiB by default); stay far below it.
 MAX_REQUEST_BYTES = 256 * 1024
+#: What a data read of a znode not read yet may answer: up to jute.maxbuffer (1 MiB by default).
+UNKNOWN_DATA_BYTES = 1024 * 1024
+#: The data a multiRead may answer at most, as far as known: the server builds the whole answer in memory (and
+#: copies it) before sending it, so 40 values of 1 MB in one answer exhausted a 256 MB heap and ended the server.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 _OP_OVERHEAD = 9 + 4 + 1  # multiheader, string length, watch flag
 
 Spec = tuple[str, bool, bool]  # path, read data, read children
@@ -162,21 +169,31 @@ class AddWatch:
         return None
 
 
-def plan_batches(specs: Sequence[Spec], *, count: int, max_bytes: int, path_bytes: Callable[[str], int]) -> list[int]:
+def plan_batches(
+    specs: Sequence[Spec],
+    *,
+    count: int,
+    max_bytes: int,
+    path_bytes: Callable[[str], int],
+    data_bytes: Callable[[str], int] = lambda path: 0,
+) -> list[int]:
     """Where to cut ``specs`` into multiRead requests: the end index of each batch.
 
-    A batch holds at most ``count`` specs and at most ``max_bytes`` of encoded ops (each data or child
-    read costs its path's bytes plus a fixed overhead); a single spec over the budget still gets a batch.
+    A batch holds at most ``count`` specs, at most ``max_bytes`` of encoded ops (each data or child read
+    costs its path's bytes plus a fixed overhead) and data reads answering at most ``MAX_ANSWER_BYTES``
+    (``data_bytes(path)``: what the znode's data read may answer); a single spec over a budget still gets a
+    batch.
     """
     ends: list[int] = []
-    size = 0
-    items = 0
+    size = answer = items = 0
     for index, (path, want_data, want_children) in enumerate(specs):
         cost = (int(want_data) + int(want_children)) * (path_bytes(path) + _OP_OVERHEAD)
-        if items and (items >= count or size + cost > max_bytes):
+        data = data_bytes(path) if want_data else 0
+        if items and (items >= count or size + cost > max_bytes or answer + data > MAX_ANSWER_BYTES):
             ends.append(index)
-            size = items = 0
+            size = answer = items = 0
         size += cost
+        answer += data
         items += 1
     if items:
         ends.append(len(specs))

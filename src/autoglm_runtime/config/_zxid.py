@@ -7,11 +7,18 @@ know znodes created after its zxid) and the tree is read again 0.5, 1 and 2 s la
 epoch is older, or it is still behind after three re-checks, the ensemble's zxids went backwards (rebuilt
 or restored from a backup): every cached version is forgotten and the tree is read again, so ZooKeeper
 wins.
+
+A session that saw a zxid is never taken back by a server below it: ZooKeeper closes such a reconnect at once
+("client must try another server"), and kazoo retries the same session for ever. When every server does so
+(the ensemble was restored from a backup) the client would stay disconnected for good; once the connection
+has been down far longer than any session outlives its client (:meth:`ZxidGuard.give_up_session`), the
+session is given up for a new one, which any server takes, and the checks above take it from there.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +34,8 @@ log = logging.getLogger("autoglm_runtime.config")
 
 #: Re-checks of a server behind the cache before it is taken for a zxid regression.
 MAX_RECHECKS = 3
+#: A connection down this many session timeouts belongs to a session no server keeps (or takes back).
+GIVE_UP_AFTER_SESSIONS = 2.0
 
 
 class ZxidGuard:
@@ -45,8 +54,10 @@ class ZxidGuard:
         cache: ConfigCache,
         hosts: str,
         root: str,
+        session: float = 10.0,
     ) -> None:
         self._client = client
+        self._give_up_after = GIVE_UP_AFTER_SESSIONS * session  # ``session``: the session timeout, seconds
         self._wait = wait
         self._status = status
         self._cache = cache
@@ -56,10 +67,49 @@ class ZxidGuard:
         self.seen_zxid = 0  # the highest zxid the ensemble showed us before a drop
         self.rechecks = 0  # full re-reads done because the server was behind the cache
         self.recheck_at: float | None = None  # time.monotonic() of the next one
+        self.down_since: float | None = None  # time.monotonic() of the drop, while disconnected
+        self._given_up = False  # the session of this outage was given up already
 
     def note_drop(self, zxid: int) -> None:
         """Remember the last zxid kazoo saw before the connection dropped (kazoo forgets it on LOST)."""
         self.seen_zxid = max(self.seen_zxid, zxid)
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+
+    def note_connected(self) -> None:
+        self.down_since = None
+        self._given_up = False
+
+    def give_up_session(self, stopping: threading.Event) -> bool:
+        """Once per outage, when the connection has been down ``GIVE_UP_AFTER_SESSIONS`` session timeouts, give
+        the session up and connect with a new one (kazoo's public stop and start, as after an expiry: it reports
+        LOST, then CONNECTED); True if it did. See the module's docstring."""
+        down = self.down_since
+        if down is None or self._given_up or self._client.connected or time.monotonic() - down < self._give_up_after:
+            return False
+        self._given_up = True
+        log.warning(
+            "config sync has been disconnected from ZooKeeper at %s for %.0f s, longer than its session can live: "
+            "opening a new session (servers restored from a backup refuse the old one, which saw newer zxids: "
+            "ZooKeeper logs 'client must try another server')",
+            self._hosts,
+            time.monotonic() - down,
+            extra={"error_code": "E0409", "hosts": self._hosts, "root": self._root},
+        )
+        try:
+            self._client.stop()
+            if not stopping.is_set():
+                self._client.start_async()
+        except Exception:  # kazoo's WriterNotClosedException: never end the sync thread over it
+            log.exception(
+                "config sync could not replace its ZooKeeper session; trying again in %.0f s",
+                self._give_up_after,
+                extra={"error_code": "E0409", "hosts": self._hosts, "root": self._root},
+            )
+            self._given_up = False
+            self.down_since = time.monotonic()
+            return False
+        return True
 
     def highest(self) -> int:
         """The highest zxid we know the ensemble reached: a server behind it has not seen all we have."""
@@ -88,7 +138,11 @@ class ZxidGuard:
             self.rechecks = 0
             return False
         if (zxid >> 32) >= (highest >> 32) and self.rechecks < MAX_RECHECKS:
-            return False  # lagging, maybe: removals stay deferred until a re-check
+            # Lagging, maybe: removals stay deferred until a re-check, scheduled here. A resync that then
+            # reads nothing (setWatches relative to a zxid this server never reached fires nothing: the same
+            # keys with older values, as in a restore from a backup) would otherwise never ask again.
+            self.behind()
+            return False
         log.warning(
             "zxid regression: ZooKeeper at %s answers at zxid %#x, below zxid %#x the cache already holds "
             "(a rebuilt or restored ensemble?); forgetting cached versions and re-reading the whole tree",

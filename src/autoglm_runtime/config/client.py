@@ -126,6 +126,8 @@ class ConfigClient(Reads):
         self._failed: BaseException | None = None
         self._shut_down = False
         self._stop_requested = threading.Event()
+        #: The znodes ZooKeeper denied reading at start, when ``start(allow_denied=True)`` went on without them.
+        self.denied: tuple[str, ...] = ()
         self._source: ZooKeeperSync | FileSync
         if hosts.startswith("file://"):
             self._source = FileSync(
@@ -166,7 +168,7 @@ class ConfigClient(Reads):
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def start(self, timeout: float | None = None) -> None:
+    def start(self, timeout: float | None = None, *, allow_denied: bool = False) -> None:
         """Load the whole subtree, then follow it; returns once the cache holds a consistent picture.
 
         ``timeout`` defaults to the client's ``start_timeout`` (which ``with ConfigClient(...)`` uses). If
@@ -177,7 +179,9 @@ class ConfigClient(Reads):
         :class:`~autoglm_runtime.errors.ConfigUnavailableError` with neither,
         :class:`~autoglm_runtime.errors.SnapshotError` if the snapshot is refused, and
         :class:`~autoglm_runtime.errors.ConfigAccessError` if ZooKeeper denies reading part of the tree: its ``paths``
-        name the znodes refused, and what could be read stays readable (:meth:`snapshot`, :meth:`get`).
+        name the znodes refused, and what could be read stays readable (:meth:`snapshot`, :meth:`get`). With
+        ``allow_denied=True`` such a start returns instead, and the client follows what it may read: :attr:`denied`
+        names the znodes refused (each also logged, E0409), whose keys stay absent.
 
         Calling it again after it returned does nothing. A start that raised leaves the client shut down
         (no thread left): calling ``start()`` again raises :class:`~autoglm_runtime.errors.UsageError`,
@@ -199,7 +203,7 @@ class ConfigClient(Reads):
             self._status.set_state("starting")
             self._dispatcher.start()
             try:
-                self._start_source(timeout)
+                self._start_source(timeout, allow_denied=allow_denied)
             except BaseException as exc:
                 self._failed = exc
                 self._status.set_state("stopped" if self._stop_requested.is_set() else "failed")
@@ -223,7 +227,7 @@ class ConfigClient(Reads):
         # Events of the initial load reach listeners subscribed before start(), not those subscribed after.
         self._dispatcher.wait_idle(max(timeout, 1.0))
 
-    def _start_source(self, timeout: float) -> None:
+    def _start_source(self, timeout: float, *, allow_denied: bool) -> None:
         source = self._source
         if isinstance(source, FileSync):
             source.start()
@@ -233,7 +237,9 @@ class ConfigClient(Reads):
         refused = self.snapshot_path is not None and self.snapshot_path.exists()
         if self._wait_loaded(source, timeout, give_up_when_refused=refused):
             if source.load_error is not None:
-                raise source.load_error
+                if not allow_denied:
+                    raise source.load_error
+                self.denied = source.load_error.paths
             self._status.source = "zookeeper"
             return
         if self.snapshot_path is None or not self.snapshot_path.exists():
@@ -352,8 +358,9 @@ class ConfigClient(Reads):
     def subscribe(self, prefix: str, fn: Listener) -> Callable[[], None]:
         """Call ``fn(change)`` on the dispatcher thread for each change under ``prefix`` (``""``: every key).
 
-        Returns a callable that unsubscribes. Per key, changes arrive in version order; a raising
-        listener is logged (E0409) and the others still run. Subscribe before :meth:`start` to receive the
+        Returns a callable that unsubscribes. The listener gets the changes applied after this call (not those
+        still queued behind a slow listener). Per key, changes arrive in version order; a raising listener is
+        logged (E0409) and the others still run. Subscribe before :meth:`start` to receive the
         initial load as ``added`` events. On a stopped (or failed) client, which delivers nothing any more,
         it raises :class:`~autoglm_runtime.errors.UsageError` (E0001).
 
@@ -367,7 +374,8 @@ class ConfigClient(Reads):
                 f"cannot subscribe to {prefix!r}: this ConfigClient (hosts {self.hosts}, root {self.root}) "
                 f"was {ended} and delivers no more changes; subscribe on a new, started client"
             )
-        return self._dispatcher.subscribe(prefix, fn)
+        # Only changes published from now on: one applied earlier but still queued behind a slow listener is old news.
+        return self._dispatcher.subscribe(prefix, fn, after=self._dispatcher.published)
 
     def wait_listeners(self, timeout: float) -> bool:
         """Wait until listeners have been called for every change applied so far; ``False`` on timeout."""

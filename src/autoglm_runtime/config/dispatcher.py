@@ -127,7 +127,7 @@ class Dispatcher:
                 if position > after and item.key.startswith(prefix):
                     try:
                         fn(item)
-                    except Exception:
+                    except BaseException:  # sys.exit() too: it would end this thread, and every later delivery
                         log.exception(
                             "config listener raised; the other listeners still run",
                             extra={"error_code": "E0409", "key": item.key, "listener": repr(fn)},
