@@ -150,8 +150,11 @@ class _HealthExporter:
             # A smaller count is a new client or worker counting from zero again: all of it is new.
             delta = value - previous if value >= previous else value
             self._last[key] = value
+            # The child is made even at 0: it writes the series into the file, so a counter the rules take an
+            # increase() of exists before its first event here too, as on the default registry.
+            child = metric.labels(*labels)
             if delta > 0:
-                metric.labels(*labels).inc(delta)
+                child.inc(delta)
 
     @property
     def _gauges(self) -> frozenset[str]:
