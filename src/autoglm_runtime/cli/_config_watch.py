@@ -109,7 +109,7 @@ def watch(args: argparse.Namespace) -> int:
     with client(args, raw=True) as config:
         # Subscribed before start(), so a change landing between the load and the subscription is not lost.
         config.subscribe(args.prefix, on_change)
-        denied = load(config, args)
+        denied = load(config, args, follow=True)
         if denied:  # a client that could not load everything is shut down: there is nothing to follow
             for key in denied:
                 _output.report(denied_error(args, key))
