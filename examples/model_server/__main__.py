@@ -52,7 +52,8 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if not self.should_exit:
-            print(self._text, file=sys.stderr, flush=True)
+            # On standard output: standard error carries the JSON log lines alone, for whatever collects them.
+            print(self._text, file=sys.stdout, flush=True)
 
 
 def _shown(path: Path) -> str:

@@ -33,7 +33,7 @@ table of its model.toml (examples/model_server/models/<model>/). Everything else
 STATE_DIR on first start and reused afterwards: a wheelhouse (the numpy wheels the models pin are fetched
 from the package index at first start only; later starts work offline), a small tokenizer, one environment
 per model (environments of STATE_DIR/envs that the server does not use are removed at start). Once the port
-serves, a walk-through of curl commands is printed on stderr.
+serves, a walk-through of curl commands is printed on stdout (stderr carries the JSON log lines alone).
 
 Exit codes: 130 after Ctrl-C and 143 after SIGTERM (everything stopped then), 2 for usage errors (E0001: a
 port in use, a state directory used by another server, contradictory flags), else the code of the error
