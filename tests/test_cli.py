@@ -53,6 +53,28 @@ def test_a_refused_command_line_is_coded_e0001_like_every_other_usage_error(
     assert err.endswith(f": error E0001: {message}\n")
 
 
+@pytest.mark.parametrize(
+    ("argv", "prog"),
+    [
+        (["config", "dump", "--jsn"], "autoglm-runtime config dump"),
+        (["check-deps", "--pln"], "autoglm-runtime check-deps"),
+        (["env", "build", "m", "--bogus"], "autoglm-runtime env build"),
+        (["--bogus"], "autoglm-runtime"),
+    ],
+)
+def test_a_stray_argument_is_refused_by_the_subcommand_it_was_given_to(
+    argv: list[str], prog: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: the top parser's usage ("autoglm-runtime [-h] [--version] COMMAND ..."), none of the options
+    # the mistyped one was meant to be.
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {prog} [-h]")
+    assert err.endswith(f"\n{prog}: error E0001: unrecognized arguments: {argv[-1]}\n")
+
+
 def test_console_entry_point_runs_as_a_module() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "autoglm_runtime", "--help"], capture_output=True, text=True, check=False
