@@ -365,14 +365,16 @@ def test_scripts_serve_walkthrough_restart_and_reset(store: str, tmp_path: Path,
     )
     assert "not the defaults" not in third.banner
     assert httpx.get(f"{third.url}/health", timeout=30).json()["limits"] == dict.fromkeys(MODELS, DEFAULTS)
-    rejected = httpx.post(f"{third.url}/v1/completions", headers={"authorization": "x" * 600}, timeout=30)
-    assert rejected.headers["x-autoglm-error-code"] == "E0512"
+    headers = {"authorization": "x" * 600, "x-request-id": "req-7f3a"}
+    rejected = httpx.post(f"{third.url}/v1/completions", headers=headers, timeout=30)
+    assert (rejected.headers["x-autoglm-error-code"], rejected.headers["x-request-id"]) == ("E0512", "req-7f3a")
     third.stop()
     # The banner is on standard output: standard error is the JSON log alone, one object a line, as a log
     # shipper reads it (before, the banner's ~45 lines of text were among them)
     logged = [json.loads(line) for line in (tmp_path / "serve-2.stderr").read_text(encoding="utf-8").splitlines()]
-    assert all(isinstance(entry, dict) and "error_code" in entry for entry in logged)
-    assert "E0512" in [entry["error_code"] for entry in logged]
+    assert all(isinstance(entry, dict) and "error_code" in entry and "color_message" not in entry for entry in logged)
+    # the rejection's line carries the id the client sent, as do the server's lines for that request
+    assert [entry.get("trace_id") for entry in logged if entry["error_code"] == "E0512"] == ["req-7f3a"]
 
 
 def test_a_port_in_use_is_a_usage_error_before_any_set_up(tmp_path: Path) -> None:
