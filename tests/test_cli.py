@@ -35,22 +35,27 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "prog", "message"),
     [
-        (["check-deps", "--pln"], "unrecognized arguments: --pln"),
-        (["config", "get"], "the following arguments are required: key"),
-        (["env", "build"], "the following arguments are required: PATH"),
+        (["check-deps", "--pln"], "autoglm-runtime check-deps", "unrecognized arguments: --pln"),
+        (["config", "get"], "autoglm-runtime config get", "the following arguments are required: key"),
+        (["env", "build"], "autoglm-runtime env build", "the following arguments are required: PATH"),
+        # A stray argument is refused by the subcommand it was given to, with its usage: before, the top
+        # parser's ("autoglm-runtime [-h] [--version] COMMAND ..."), none of the options it was meant to be.
+        (["config", "dump", "--jsn"], "autoglm-runtime config dump", "unrecognized arguments: --jsn"),
+        (["env", "build", "m", "--bogus"], "autoglm-runtime env build", "unrecognized arguments: --bogus"),
+        (["--bogus"], "autoglm-runtime", "unrecognized arguments: --bogus"),
     ],
 )
 def test_a_refused_command_line_is_coded_e0001_like_every_other_usage_error(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str], prog: str, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: autoglm-runtime")
-    assert err.endswith(f": error E0001: {message}\n")
+    assert err.startswith(f"usage: {prog} [-h]")
+    assert err.endswith(f"\n{prog}: error E0001: {message}\n")
 
 
 def test_console_entry_point_runs_as_a_module() -> None:

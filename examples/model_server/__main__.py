@@ -31,6 +31,7 @@ from examples.model_server import banner, options
 from examples.model_server.app import create_app, numpy_version
 from examples.model_server.assets import MODELS, build_tokenizer, fill_wheelhouse, tokenizer_path
 from examples.model_server.model_limits import ModelLimits
+from examples.model_server.request_ids import RequestIds
 from examples.model_server.store import open_store, seed
 
 log = logging.getLogger("examples.model_server")
@@ -52,7 +53,8 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if not self.should_exit:
-            print(self._text, file=sys.stderr, flush=True)
+            # On standard output: standard error carries the JSON log lines alone, for whatever collects them.
+            print(self._text, file=sys.stdout, flush=True)
 
 
 def _shown(path: Path) -> str:
@@ -93,7 +95,9 @@ def _serve(args: argparse.Namespace, sock: socket.socket) -> None:
         environments = f"{_shown(envs)}: {len(loaded) - built} reused, {built} built, {len(removed)} unused removed"
 
         limits = {m.name: ModelLimits(config, m.name) for m in manifests}  # the app's, read once for the banner
-        app = create_app(config=config, loader=loader, tokenizer=tokenizer, templates=templates, limits=limits)
+        app = RequestIds(
+            create_app(config=config, loader=loader, tokenizer=tokenizer, templates=templates, limits=limits)
+        )
         host, port = sock.getsockname()[:2]
         url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
         text = banner.render(
@@ -122,6 +126,11 @@ class _Terminated(Exception):
     """SIGTERM arrived: unwind like Ctrl-C, so every worker, client and local ZooKeeper is stopped."""
 
 
+def _drop_color_message(record: logging.LogRecord) -> bool:
+    record.__dict__.pop("color_message", None)
+    return True
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise _Terminated
 
@@ -130,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the server until Ctrl-C or SIGTERM; returns the exit code: 130 and 143 after those (everything
     stopped), 2 for usage errors, the error's own code for others (each printed with its code)."""
     configure_json_logging(logging.INFO)
+    # uvicorn adds its message again with terminal colour codes: noise in a JSON log.
+    logging.getLogger("uvicorn.error").addFilter(_drop_color_message)
     # uvicorn handles both signals while it serves, then raises them again; the default SIGTERM action would
     # end the process without the clean-up below.
     signal.signal(signal.SIGTERM, _terminate)

@@ -33,7 +33,7 @@ table of its model.toml (examples/model_server/models/<model>/). Everything else
 STATE_DIR on first start and reused afterwards: a wheelhouse (the numpy wheels the models pin are fetched
 from the package index at first start only; later starts work offline), a small tokenizer, one environment
 per model (environments of STATE_DIR/envs that the server does not use are removed at start). Once the port
-serves, a walk-through of curl commands is printed on stderr.
+serves, a walk-through of curl commands is printed on stdout (stderr carries the JSON log lines alone).
 
 Exit codes: 130 after Ctrl-C and 143 after SIGTERM (everything stopped then), 2 for usage errors (E0001: a
 port in use, a state directory used by another server, contradictory flags), else the code of the error
@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--zk",
         metavar="HOSTS",
         default=zk,
-        help="ZooKeeper connect string to follow instead of a local store (default: $AUTOGLM_ZK_HOSTS, "
-        + ("now %(default)s)" if zk else "unset now)"),
+        help="ZooKeeper connect string to follow instead of a local store; one not reached within 15 s fails the "
+        "start (E0409) (default: $AUTOGLM_ZK_HOSTS, " + ("now %(default)s)" if zk else "unset now)"),
     )
     parser.add_argument(
         "--config-store",

@@ -103,7 +103,12 @@ def seed(hosts: str, root: str, models: Iterable[str], *, reset: bool, timeout: 
             except NodeExistsError:
                 if reset:
                     zk.set(node, value)
-    except (KazooException, KazooTimeoutError) as exc:
+    except KazooTimeoutError as exc:
+        raise ConfigUnavailableError(
+            f"ZooKeeper at {hosts} could not be reached within {timeout:g} s to write the default limits under "
+            f"{root}: check --zk and that ZooKeeper runs there"
+        ) from exc
+    except KazooException as exc:
         raise ConfigUnavailableError(
             f"ZooKeeper at {hosts} could not take the default limits under {root} ({type(exc).__name__}): "
             "check --zk and that the server runs"

@@ -93,8 +93,7 @@ def test_unreachable_zookeeper_and_missing_arguments(capsys: pytest.CaptureFixtu
     assert code == 1
     assert err == (
         "autoglm-runtime: error E0409: ZooKeeper at 127.0.0.1:1 could not be reached (or root /x loaded) within "
-        "0.5 s and no snapshot_path is set: start ZooKeeper, check hosts, or give a snapshot_path with a valid "
-        "snapshot\n"
+        "0.5 s: check --hosts and that ZooKeeper runs there, or give a longer --timeout\n"
     )
     code, _, err = _run(capsys, "config", "get", "k", "--hosts", "127.0.0.1:1")
     assert (code, err) == (2, "autoglm-runtime: error E0001: no config root given: pass --root /path or set "
@@ -102,6 +101,30 @@ def test_unreachable_zookeeper_and_missing_arguments(capsys: pytest.CaptureFixtu
     code, _, err = _run(capsys, "config", "get", "/abs", "--hosts", "h", "--root", "/r")
     assert (code, err) == (2, "autoglm-runtime: error E0001: key '/abs' must be a path relative to the root, "
                               "such as 'models/llm/context_window'\n")  # fmt: skip
+
+
+def test_a_root_that_does_not_exist_is_said_not_served_as_an_empty_tree(
+    zk_hosts: str, zk_root: str, zk_client: KazooClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: dump of a mistyped root printed nothing and exited 0, and get said the key did not exist.
+    zk_client.create(f"{zk_root}/a", b"1", makepath=True)
+    typo = f"{zk_root}x"
+    problem = f"config root {typo} does not exist on ZooKeeper at {zk_hosts}"
+    for command in (["dump"], ["get", "a"]):
+        assert _run(capsys, "config", *command, "--hosts", zk_hosts, "--root", typo) == (
+            1,
+            "",
+            f"autoglm-runtime: error E0409: {problem}: check --root (a server following it serves no keys), or "
+            "create it by setting a key under it with config set\n",
+        )
+    # watch follows it all the same (its keys are printed once it is created), after saying so
+    assert _run(capsys, "config", "watch", "--hosts", zk_hosts, "--root", typo, "--for", "0.5") == (
+        0,
+        "",
+        f"autoglm-runtime: warning E0409: {problem}: check --root; its keys are printed once it is created\n"
+        f"watching {typo}/ on {zk_hosts}\n",
+    )
+    assert _run(capsys, "config", "dump", "--hosts", zk_hosts, "--root", zk_root) == (0, "a = 1\n", "")
 
 
 def test_writes_without_credentials_are_refused_with_the_path(

@@ -67,15 +67,17 @@ class Serve:
 
     args: list[str]
     log_path: Path
+    #: Where standard error goes when it is kept apart from standard output (then ``log_path``).
+    stderr_path: Path | None = None
     proc: subprocess.Popen[bytes] = field(init=False)
     banner: str = ""
 
     def start(self) -> Serve:
         env = {k: v for k, v in os.environ.items() if k not in ("AUTOGLM_ZK_HOSTS", "PORT")}
-        with self.log_path.open("wb") as log:
+        with self.log_path.open("wb") as log, (self.stderr_path or Path(os.devnull)).open("wb") as errors:
             self.proc = subprocess.Popen(
-                ["bash", "scripts/serve", *self.args],
-                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                ["bash", "scripts/serve", *self.args], cwd=REPO, env=env, stdout=log,
+                stderr=subprocess.STDOUT if self.stderr_path is None else errors, start_new_session=True,
             )  # fmt: skip
         text = _poll(lambda: self._banner() or self.proc.poll() is not None, 300, "the banner")
         if not isinstance(text, str):
@@ -316,8 +318,8 @@ def test_scripts_serve_walkthrough_restart_and_reset(store: str, tmp_path: Path,
         _needs_local_zookeeper()
     port = _free_port()
 
-    def serve(*flags: str) -> Serve:
-        run = Serve(["--port", str(port), *extra, *flags], tmp_path / f"serve-{len(runs)}.log")
+    def serve(*flags: str, stderr_path: Path | None = None) -> Serve:
+        run = Serve(["--port", str(port), *extra, *flags], tmp_path / f"serve-{len(runs)}.log", stderr_path)
         runs.append(run)
         return run.start()
 
@@ -355,7 +357,7 @@ def test_scripts_serve_walkthrough_restart_and_reset(store: str, tmp_path: Path,
     _lower_the_window(second)
     second.stop()
 
-    third = serve("--reset")
+    third = serve("--reset", stderr_path=tmp_path / "serve-2.stderr")
     assert third.line("limits in force: ").startswith(
         "limits in force: chars-numpy2 context_window=64 truncate_on_overflow=false max_output_tokens=32 "
         "tokens_per_second=0; words-numpy1 context_window=64 truncate_on_overflow=false max_output_tokens=32 "
@@ -363,7 +365,16 @@ def test_scripts_serve_walkthrough_restart_and_reset(store: str, tmp_path: Path,
     )
     assert "not the defaults" not in third.banner
     assert httpx.get(f"{third.url}/health", timeout=30).json()["limits"] == dict.fromkeys(MODELS, DEFAULTS)
+    headers = {"authorization": "x" * 600, "x-request-id": "req-7f3a"}
+    rejected = httpx.post(f"{third.url}/v1/completions", headers=headers, timeout=30)
+    assert (rejected.headers["x-autoglm-error-code"], rejected.headers["x-request-id"]) == ("E0512", "req-7f3a")
     third.stop()
+    # The banner is on standard output: standard error is the JSON log alone, one object a line, as a log
+    # shipper reads it (before, the banner's ~45 lines of text were among them)
+    logged = [json.loads(line) for line in (tmp_path / "serve-2.stderr").read_text(encoding="utf-8").splitlines()]
+    assert all(isinstance(entry, dict) and "error_code" in entry and "color_message" not in entry for entry in logged)
+    # the rejection's line carries the id the client sent, as do the server's lines for that request
+    assert [entry.get("trace_id") for entry in logged if entry["error_code"] == "E0512"] == ["req-7f3a"]
 
 
 def test_a_port_in_use_is_a_usage_error_before_any_set_up(tmp_path: Path) -> None:

@@ -89,8 +89,21 @@ def test_an_unreachable_zookeeper_is_one_coded_line_without_kazoos_own(tmp_path:
     assert (done.returncode, done.stdout, done.stderr) == (
         1,
         "",
-        "autoglm-runtime: error E0409: ZooKeeper at 127.0.0.1:1 could not be reached within 1 s: check --hosts\n",
+        "autoglm-runtime: error E0409: ZooKeeper at 127.0.0.1:1 could not be reached within 1 s: check --hosts and "
+        "that ZooKeeper runs there, or give a longer --timeout\n",
     )
+
+
+def test_a_read_from_an_unreachable_zookeeper_names_the_commands_own_options(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Before: the SDK's advice, "give a snapshot_path with a valid snapshot", which no config command takes.
+    for command in (["get", "k"], ["dump"], ["watch"]):
+        assert main(["config", *command, "--hosts", "127.0.0.1:1", "--root", "/x", "--timeout", "0.3"]) == 1
+        assert capsys.readouterr().err == (
+            "autoglm-runtime: error E0409: ZooKeeper at 127.0.0.1:1 could not be reached (or root /x loaded) within "
+            "0.3 s: check --hosts and that ZooKeeper runs there, or give a longer --timeout\n"
+        )
 
 
 def test_a_connect_string_kazoo_cannot_parse_is_a_usage_error_not_a_traceback(

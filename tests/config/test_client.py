@@ -87,6 +87,19 @@ def test_unreachable_with_snapshot_serves_it_and_reports_staleness(
     }
 
 
+def test_a_snapshot_start_reports_the_snapshot_as_last_confirmed(dead_hosts: str, tmp_path: Path) -> None:
+    # The config-stale alert reads autoglm_config_last_sync_timestamp_seconds (last_confirmed): a server that
+    # started on a snapshot while ZooKeeper was down had none, so the alert never fired however long it lasted.
+    path = tmp_path / "prod.snapshot"
+    written_at = time.time() - 600
+    entries = {"models/llm/context_window": SnapshotEntry(b"4096", 5, 9)}
+    write_snapshot(path, hosts=dead_hosts, root="/autoglm/prod", entries=entries, written_at=written_at)
+    with ConfigClient(dead_hosts, "/autoglm/prod", snapshot_path=path, start_timeout=0.3) as client:
+        health = client.health()
+        assert (health["source"], health["last_confirmed"], health["last_sync"]) == ("snapshot", written_at, None)
+        assert health["stale_seconds"] >= 600
+
+
 @pytest.mark.parametrize("damage", ["truncate", "foreign"])
 def test_unreachable_with_refused_snapshot_raises(dead_hosts: str, tmp_path: Path, damage: str) -> None:
     path = tmp_path / "prod.snapshot"

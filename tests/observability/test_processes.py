@@ -97,6 +97,7 @@ def test_multiprocess_mode_mirrors_health_into_the_shared_files(tmp_path: Path) 
             s.name + json.dumps(s.labels, sort_keys=True): s.value
             for family in registry.collect() for s in family.samples
             if s.name.startswith(("autoglm_config_keys", "autoglm_config_updates_rejected_total",
+                                  "autoglm_config_drift_corrected_total",
                                   "autoglm_guard_check_duration_seconds_count"))
         }}
         print(json.dumps([threads, values, os.getpid()]))
@@ -107,6 +108,9 @@ def test_multiprocess_mode_mirrors_health_into_the_shared_files(tmp_path: Path) 
         # Gauges carry the writing process's pid (mode liveall); counters are summed over processes.
         f'autoglm_config_keys{{"pid": "{pid}", "root": "/p"}}': 1.0,
         'autoglm_config_updates_rejected_total{"code": "E0409", "reason": "decode", "root": "/p"}': 1.0,
+        'autoglm_config_updates_rejected_total{"code": "E0409", "reason": "validator", "root": "/p"}': 0.0,
+        # Counters still at 0 are in the files too: the alert rules' increase() needs them before the first event.
+        'autoglm_config_drift_corrected_total{"root": "/p"}': 0.0,
         'autoglm_guard_check_duration_seconds_count{"surface": "decorator"}': 1.0,
     }
 

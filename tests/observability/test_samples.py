@@ -41,7 +41,17 @@ def test_a_running_client_with_resyncs_and_rejections() -> None:
         ("autoglm_config_resyncs", ("/p", "root_recreated"), 0.0),
         ("autoglm_config_resyncs", ("/p", "session_expired"), 1.0),
         ("autoglm_config_drift_corrected", ("/p",), 2.0),
+        ("autoglm_config_updates_rejected", ("/p", "E0409", "decode"), 0.0),
         ("autoglm_config_updates_rejected", ("/p", "E0409", "validator"), 4.0),
+    ]
+
+
+def test_rejections_are_exported_from_zero_for_both_reasons() -> None:
+    # increase() needs a sample before the first rejection: a series born at 1 never fires the alert on it.
+    health = {"state": "running", "connected": True, "last_confirmed": 1_700_000_000.0, "source": "zookeeper"}
+    assert [sample for sample in config_samples("/p", health) if sample[0] == "autoglm_config_updates_rejected"] == [
+        ("autoglm_config_updates_rejected", ("/p", "E0409", "decode"), 0.0),
+        ("autoglm_config_updates_rejected", ("/p", "E0409", "validator"), 0.0),
     ]
 
 

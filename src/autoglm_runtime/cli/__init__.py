@@ -22,7 +22,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
-    from typing import NoReturn, Protocol
+    from typing import Any, NoReturn, Protocol
 
     class _Writable(Protocol):  # what argparse prints to (typeshed's SupportsWrite[str])
         def write(self, text: str, /) -> object: ...
@@ -61,11 +61,33 @@ class UsageExit(SystemExit):
         self.message = message
 
 
+_INNERMOST = "_autoglm_innermost_parser"
+
+
 def _parser_class() -> type[argparse.ArgumentParser]:
     """argparse's parser, whose errors raise :class:`UsageExit` (its subcommands' parsers are of its class)."""
     import argparse
 
     class Parser(argparse.ArgumentParser):
+        # argparse says "unrecognized arguments" with the top parser's usage (`autoglm-runtime [-h] [--version]
+        # COMMAND ...`), which shows none of the options of the subcommand the stray argument was given to: the
+        # innermost parser that ran records itself (a subcommand's namespace is copied into its parent's), and
+        # the error comes from it.
+        def parse_known_args(  # type: ignore[override]  # (argparse types it with overloads)
+            self, args: Any = None, namespace: Any = None
+        ) -> tuple[argparse.Namespace, list[str]]:
+            parsed, extras = super().parse_known_args(args, namespace)
+            if not hasattr(parsed, _INNERMOST):
+                setattr(parsed, _INNERMOST, self)
+            return parsed, extras
+
+        def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+            parsed, extras = self.parse_known_args(args, namespace)
+            innermost: argparse.ArgumentParser = vars(parsed).pop(_INNERMOST, self)  # not one of the arguments
+            if extras:
+                innermost.error(f"unrecognized arguments: {' '.join(extras)}")
+            return parsed
+
         def error(self, message: str) -> NoReturn:
             from autoglm_runtime.errors import UsageError
 

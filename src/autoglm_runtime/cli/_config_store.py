@@ -141,7 +141,8 @@ def load(config: ConfigClient, args: argparse.Namespace, *, follow: bool = False
     """Start ``config``; returns the keys ZooKeeper refused to read (``""``: the root itself), sorted.
 
     The keys it could read are loaded all the same (``config.snapshot()``); unless ``follow``, the client no
-    longer follows the tree.
+    longer follows the tree. A root ZooKeeper says does not exist (a typo in ``--root``) is an error, not an empty
+    tree; with ``follow`` (``watch``, which prints its keys once it is created) a warning on stderr.
     """
     try:
         config.start(timeout=args.timeout, allow_denied=follow)
@@ -149,10 +150,31 @@ def load(config: ConfigClient, args: argparse.Namespace, *, follow: bool = False
         if not exc.paths:
             raise
         paths = exc.paths
+    except ConfigUnavailableError as exc:
+        if config.hosts.startswith("file://"):
+            raise
+        # The SDK's advice (a snapshot_path) is no option of this command: name the ones it has.
+        raise ConfigUnavailableError(
+            f"ZooKeeper at {config.hosts} could not be reached (or root {config.root} loaded) within "
+            f"{args.timeout:g} s: {_UNREACHABLE_HINT}"
+        ) from exc
     else:
         paths = config.denied
+        if config.health()["root_missing"]:
+            problem = f"config root {config.root} does not exist on ZooKeeper at {config.hosts}"
+            if not follow:
+                raise ConfigError(
+                    f"{problem}: check --root (a server following it serves no keys), or create it by setting a "
+                    "key under it with config set"
+                )
+            _output.note(
+                f"autoglm-runtime: warning E0409: {problem}: check --root; its keys are printed once it is created"
+            )
     prefix = "/" if config.root == "/" else f"{config.root}/"
     return tuple(sorted({p[len(prefix) :] if p.startswith(prefix) else "" for p in paths}))
+
+
+_UNREACHABLE_HINT = "check --hosts and that ZooKeeper runs there, or give a longer --timeout"
 
 
 def decoded(raw: Mapping[str, Any], args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, ConfigError]]:
@@ -230,7 +252,7 @@ def kazoo(args: argparse.Namespace, hosts: str) -> Iterator[Any]:
     except KazooTimeoutError as exc:
         zk.close()
         raise ConfigUnavailableError(
-            f"ZooKeeper at {hosts} could not be reached within {args.timeout:g} s: check --hosts"
+            f"ZooKeeper at {hosts} could not be reached within {args.timeout:g} s: {_UNREACHABLE_HINT}"
         ) from exc
     try:
         yield zk

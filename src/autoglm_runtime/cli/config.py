@@ -66,7 +66,7 @@ def register(subparsers: Any) -> None:
 
     delete = commands.add_parser("delete", help="delete one key (and, with --recursive, its children)")
     delete.add_argument("key", help=_KEY_HELP)
-    delete.add_argument("--recursive", action="store_true")
+    delete.add_argument("--recursive", action="store_true", help="also delete the keys below it")
     add_common(delete)
     delete.set_defaults(func=_delete)
 

@@ -71,7 +71,9 @@ def register(subparsers: Any) -> None:
     build.add_argument("--offline", action="store_true", help="never use the network (with --wheelhouse: --no-index)")
     build.add_argument("--index-url", help="package index to use instead of the default")
     build.add_argument("--python", help="interpreter to build for (default: the one running this command)")
-    build.add_argument("--installer", choices=("auto", "uv", "pip"), default="auto")
+    build.add_argument(
+        "--installer", choices=("auto", "uv", "pip"), default="auto", help="auto: uv when found, else venv + pip (auto)"
+    )
     build.add_argument("--no-check", action="store_true", help="skip the check-deps run after a build")
     build.add_argument(
         "--build-timeout",

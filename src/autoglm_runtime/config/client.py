@@ -259,9 +259,8 @@ class ConfigClient(Reads):
             if not source.loaded.is_set():
                 for key, entry in snapshot.entries.items():
                     self._pipeline.ingest(key, entry.data, czxid=entry.czxid, mzxid=entry.mzxid, seq=0)
-                self._status.source = "snapshot"
                 # The values are as old as the snapshot, not as the start.
-                self._status.mark_stale(age=self._status.wall_age(snapshot.written_at))
+                self._status.serve_snapshot(snapshot.written_at)
         log.warning(
             "ZooKeeper unreachable at start: serving the snapshot (%d keys) and reporting stale until it connects",
             len(snapshot.entries),

@@ -75,8 +75,9 @@ class ConfigHealth(TypedDict):
       snapshot was written).
     * ``last_sync`` (float or None): Unix time of the last completed load or resync.
     * ``last_confirmed`` (float or None): Unix time ZooKeeper (or the directory) last confirmed the cache while it
-      followed its source: a load, a resync, a completed verification re-read (or directory scan). It keeps
-      moving while all is well (at least every ``ttl``), so "now minus this" is how out of date the cache may be.
+      followed its source: a load, a resync, a completed verification re-read (or directory scan); for a start
+      that served a snapshot, when the snapshot was written. It keeps moving while all is well (at least every
+      ``ttl``), so "now minus this" is how out of date the cache may be.
     * ``applied`` (int): changes applied to the cache (adds, updates, deletes).
     * ``rejected`` (int): data refused by the codec or the validator.
     * ``drift_corrected`` (int): differences the reconciler found and fixed.
@@ -144,6 +145,15 @@ class SyncStatus:
             if self.stale_since is None:
                 self.stale_since = self._timer() - max(0.0, age)
                 self._stale_wall = self._wall_clock() - max(0.0, age)
+
+    def serve_snapshot(self, written_at: float) -> None:
+        """The cache now holds a snapshot written at ``written_at`` (Unix time): it is as stale as the snapshot
+        is old, and that is when its source last confirmed it, so an alert on ``last_confirmed`` ages from there
+        instead of finding no timestamp at all."""
+        self.mark_stale(age=self.wall_age(written_at))
+        with self._lock:
+            self.source = "snapshot"
+            self.last_confirmed = written_at
 
     def wall_age(self, unix_time: float) -> float:
         """Seconds from ``unix_time`` until now on the wall clock (0 for a time in the future)."""

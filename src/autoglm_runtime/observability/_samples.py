@@ -29,6 +29,7 @@ _CONFIG_STATES = ("new", "starting", "running", "stopped", "failed")
 _CONFIG_SOURCES = ("none", "zookeeper", "snapshot", "file")
 _WATCH_MODES = ("persistent", "per_node", "none")
 _RESYNC_REASONS = ("reconnect", "session_expired", "gap", "root_recreated")
+_REJECT_REASONS = ("decode", "validator")
 
 CONFIG_FAMILIES = (
     Family(
@@ -111,7 +112,10 @@ def config_samples(root: str, health: Mapping[str, Any]) -> list[Sample]:
     for reason, count in sorted(reasons.items()):
         samples.append(("autoglm_config_resyncs", (root, reason), float(count)))
     samples.append(("autoglm_config_drift_corrected", (root,), float(health.get("drift_corrected", 0))))
-    for reason, count in sorted(health.get("rejected_reasons", {}).items()):
+    # Both reasons from the start too: a series that first appears at 1 has no increase(), so the first bad
+    # value a server refused would never fire AutoGLMConfigUpdatesRejected.
+    rejected = dict.fromkeys(_REJECT_REASONS, 0) | dict(health.get("rejected_reasons", {}))
+    for reason, count in sorted(rejected.items()):
         samples.append(("autoglm_config_updates_rejected", (root, "E0409", reason), float(count)))
     return samples
 
