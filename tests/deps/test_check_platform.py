@@ -57,6 +57,10 @@ def test_a_wheel_of_another_python_is_unsupported_as_pip_check_says() -> None:
         ([f"cp38-abi3-manylinux_2_17_{MACHINE}"], "", []),  # the stable ABI of 3.8 and later
         ([f"cp311-cp311t-manylinux_2_17_{MACHINE}"], "", ["unsupported-wheel"]),  # free-threaded only
         ([f"cp311-cp311t-manylinux_2_17_{MACHINE}"], "t", []),
+        ([f"cp311-cp311d-manylinux_2_17_{MACHINE}"], "d", []),
+        ([f"cp311-cp311-manylinux_2_17_{MACHINE}"], "d", []),  # a debug build loads normal extensions too
+        ([f"cp311-cp311t-manylinux_2_17_{MACHINE}"], "td", []),
+        ([f"cp311-cp311-manylinux_2_17_{MACHINE}"], "td", ["unsupported-wheel"]),
         (["py2-none-any"], "", ["unsupported-wheel"]),  # pip check says so too
         (["py2.py3-none-any"], "", []),
         (["py311-none-any"], "", []),
