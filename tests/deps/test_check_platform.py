@@ -57,6 +57,10 @@ def test_a_wheel_of_another_python_is_unsupported_as_pip_check_says() -> None:
         ([f"cp38-abi3-manylinux_2_17_{MACHINE}"], "", []),  # the stable ABI of 3.8 and later
         ([f"cp311-cp311t-manylinux_2_17_{MACHINE}"], "", ["unsupported-wheel"]),  # free-threaded only
         ([f"cp311-cp311t-manylinux_2_17_{MACHINE}"], "t", []),
+        ([f"cp311-cp311d-manylinux_2_17_{MACHINE}"], "d", []),
+        ([f"cp311-cp311-manylinux_2_17_{MACHINE}"], "d", []),  # a debug build loads normal extensions too
+        ([f"cp311-cp311t-manylinux_2_17_{MACHINE}"], "td", []),
+        ([f"cp311-cp311-manylinux_2_17_{MACHINE}"], "td", ["unsupported-wheel"]),
         (["py2-none-any"], "", ["unsupported-wheel"]),  # pip check says so too
         (["py2.py3-none-any"], "", []),
         (["py311-none-any"], "", []),
@@ -71,7 +75,8 @@ def test_which_tags_the_target_supports(tags: list[str], abiflags: str | None, k
 
 def test_another_machine_or_implementation_is_not_judged() -> None:
     win = {**HERE311, "sys_platform": "win32", "platform_machine": "AMD64"}
-    assert _kinds(dist("x", "1.0", wheel_tags=["cp311-cp311-manylinux_2_17_x86_64"]), markers=win) == []
+    # (a Windows wheel: this machine's tags would refuse it, the Windows target's accept it)
+    assert _kinds(dist("x", "1.0", wheel_tags=["cp311-cp311-win_amd64"]), markers=win) == []
     pypy = {**HERE311, "implementation_name": "pypy"}
     assert _kinds(dist("x", "1.0", wheel_tags=["cp311-cp311-win_amd64"]), markers=pypy) == []
 

@@ -193,8 +193,8 @@ def test_requirements_files_written_by_pip_compile_and_uv_are_accepted(tmp_path:
 
 
 def test_constraints_files_are_kept_apart_from_the_requirements(tmp_path: Path) -> None:
-    # As pip reads them: a -c file's lines (and those of the files it includes) are constraints, wherever the
-    # -c line is, also in a -r file.
+    # A -c file's lines are constraints wherever the -c line is, also in a -r file; so are those of the files
+    # it includes with -r, as uv reads them (pip reads those as requirements).
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "c.txt").write_text("numpy<2\n-r c2.txt\n")
     (tmp_path / "m" / "c2.txt").write_text("pandas==2.1.4; python_version >= '3.9'\n")

@@ -158,3 +158,15 @@ def test_the_plan_applies_each_members_constraints_to_the_whole_group() -> None:
     # a's numpy<2 limits b's numpy>=2, and with d's numpy>=2 c's numpy; constraints of what no member requires
     # (a's and d's numpy, d's and e's x) install nothing, so they never keep models apart.
     assert plan.groups == (("a", "d", "e"), ("b", "c"))
+
+
+def test_a_constraint_joins_no_group_whose_constraints_it_contradicts_on_what_a_member_requires() -> None:
+    # b (placed before c: its torch clash with d counts) requires numpy; a's numpy<2 and c's numpy>=2 would
+    # both limit it in one environment, which cross_model reports as a clash between a and c.
+    models = [
+        ModelRequirements("a", (), constraints=(Requirement("numpy<2"),)),
+        ModelRequirements("b", (Requirement("numpy>=1"), Requirement("torch>=2"))),
+        ModelRequirements("c", (), constraints=(Requirement("numpy>=2"),)),
+        ModelRequirements("d", (Requirement("torch<2"),)),
+    ]
+    assert plan_groups(models, markers=WIN39).groups == (("a", "b"), ("c", "d"))

@@ -77,5 +77,8 @@ def _tags(major: int, minor: int, abiflags: str) -> frozenset[object]:
     platforms = list(tags.platform_tags())
     version = (major, minor)
     interpreter = f"cp{major}{minor}"
-    cpython = tags.cpython_tags(version, [f"{interpreter}{abiflags}"], platforms)
+    abis = [f"{interpreter}{abiflags}"]
+    if "d" in abiflags and version >= (3, 8):  # a debug build loads normal extension modules too, as packaging says
+        abis.append(f"{interpreter}{abiflags.replace('d', '')}")
+    cpython = tags.cpython_tags(version, abis, platforms)
     return frozenset([*cpython, *tags.compatible_tags(version, interpreter, platforms)])

@@ -267,7 +267,12 @@ def plan_groups(models: Sequence[ModelRequirements], markers: Mapping[str, str] 
     for name in order:
         for members, specs, limited in groups:
             fits = all(_fit(specs, key, spec) and _fit(limited, key, spec) for key, spec in own[name].items())
-            if fits and all(_fit(specs, key, spec) for key, spec in limits[name].items()):
+            # a constraint limits the others' only where a member requires the distribution
+            limits_fit = all(
+                _fit(specs, key, spec) and (key not in specs or _fit(limited, key, spec))
+                for key, spec in limits[name].items()
+            )
+            if fits and limits_fit:
                 members.append(name)
                 _narrow(specs, own[name])
                 _narrow(limited, limits[name])

@@ -275,11 +275,10 @@ class EnvironmentBuilder:
             doing = "writing the requirements file"
             reqs = workdir / "requirements.txt"
             reqs.write_text("".join(f"{r}\n" for r in manifest.requirements), encoding="utf-8")
-            if manifest.constraints:  # the manifest's -c files, applied as pip applies them
-                reqs.with_name("constraints.txt").write_text(
-                    "".join(f"{r}\n" for r in manifest.constraints), encoding="utf-8"
-                )
-            for argv in self._commands(venv, reqs, bool(manifest.requirements), bool(manifest.constraints)):
+            constraints = workdir / "constraints.txt" if manifest.constraints else None
+            if constraints is not None:  # the manifest's -c files, applied as pip applies them
+                constraints.write_text("".join(f"{r}\n" for r in manifest.constraints), encoding="utf-8")
+            for argv in self._commands(venv, reqs, bool(manifest.requirements), constraints):
                 phase: Phase = "venv" if "venv" in argv[:4] else "install"
                 self._run(key, 1 if phase == "venv" else 2, phase, argv, manifest, deadline=deadline)
                 if phase == "venv" and self.check:  # what the check needs of the interpreter, learnt meanwhile
@@ -327,9 +326,9 @@ class EnvironmentBuilder:
         os.rename(final, aside)  # one atomic step: <root>/<key> never holds a half-removed tree
         remove_path(aside.parent)
 
-    def _commands(self, venv: Path, reqs: Path, install: bool, constrained: bool = False) -> list[list[str]]:
-        """The installer's commands; ``constrained``: ``constraints.txt`` beside ``reqs`` limits the install."""
-        source: list[str] = ["-c", str(reqs.with_name("constraints.txt"))] if constrained else []
+    def _commands(self, venv: Path, reqs: Path, install: bool, constraints: Path | None = None) -> list[list[str]]:
+        """The installer's commands; ``constraints``, a constraints file, limits the install."""
+        source: list[str] = ["-c", str(constraints)] if constraints is not None else []
         if self.wheelhouse is not None:
             source += ["--find-links", str(self.wheelhouse)]
         if self.index_url is not None:
