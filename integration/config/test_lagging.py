@@ -78,11 +78,7 @@ def test_a_new_session_behind_the_cache_with_the_same_keys_is_rechecked(
     session landing there re-armed its watches relative to a zxid the server never reached: nothing fired,
     no read was needed, so nothing asked whether the server was behind. The client said "resynced" and
     served values the ensemble no longer had, for good (the TTL re-read's smaller zxids count as older)."""
-    with kazoo_session(zk_restartable.hosts) as backup:
-        backup.create(f"{zk_root}/a", j("backup"), makepath=True)
-    zk_client.create(f"{zk_root}/a", j(0))
-    for i in range(1, 20):
-        zk_client.set(f"{zk_root}/a", j(i))
+    _with_a_backup_behind(zk_root, zk_client, zk_restartable)
     proxy = SwitchingProxy(zk_server.host, zk_server.port).start()
     try:
         client = make_client(proxy.hosts, zk_root, watch_mode=watch_mode)
@@ -112,11 +108,7 @@ def test_a_session_every_server_refuses_is_given_up_for_a_new_one(
     """The ensemble at the client's address is replaced by one restored from a backup (smaller zxids). ZooKeeper
     refuses to take back a session that saw a larger zxid ("client must try another server") and kazoo retries
     that session for ever: the client stayed disconnected and stale for good, until its process restarted."""
-    with kazoo_session(zk_restartable.hosts) as backup:
-        backup.create(f"{zk_root}/a", j("backup"), makepath=True)
-    zk_client.create(f"{zk_root}/a", j(0))
-    for i in range(1, 20):
-        zk_client.set(f"{zk_root}/a", j(i))
+    _with_a_backup_behind(zk_root, zk_client, zk_restartable)
     proxy = SwitchingProxy(zk_server.host, zk_server.port).start()
     try:
         client = make_client(proxy.hosts, zk_root)  # session_timeout 4 s
@@ -133,3 +125,13 @@ def test_a_session_every_server_refuses_is_given_up_for_a_new_one(
         client.stop()
     finally:
         proxy.stop()
+
+
+def _with_a_backup_behind(root: str, live: KazooClient, backup_server: ZooKeeperServer) -> None:
+    """``root``/a holds 19 on the live server (after 20 writes) and "backup" on ``backup_server``, at smaller zxids:
+    an ensemble restored from a backup, as a client of the live one finds it."""
+    with kazoo_session(backup_server.hosts) as backup:
+        backup.create(f"{root}/a", j("backup"), makepath=True)
+    live.create(f"{root}/a", j(0))
+    for i in range(1, 20):
+        live.set(f"{root}/a", j(i))

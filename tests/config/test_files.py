@@ -89,6 +89,43 @@ def test_follows_edits_creates_and_deletes(client: ConfigClient, tree: Path) -> 
     ]
 
 
+def test_a_listener_subscribed_once_get_shows_a_change_is_not_told_of_it(
+    client: ConfigClient, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """get() shows a value as soon as the cache holds it, a moment before the change is queued for listeners: a
+    listener subscribed in that moment (get() said False already) was told "True -> False" too, a change
+    applied before it subscribed."""
+    late: list[ConfigChange] = []
+    readers: list[threading.Thread] = []
+    seen: list[object] = []
+    publish = client._dispatcher.publish  # type: ignore[attr-defined]
+
+    def read_then_subscribe() -> None:
+        seen.append(client.get("flag"))
+        client.subscribe("flag", late.append)
+
+    def publish_after_a_reader(change: ConfigChange) -> None:
+        # The sync thread between the cache's update and its publication: a reader sees the value, subscribes.
+        if change.key == "flag" and not readers:
+            reader = threading.Thread(target=read_then_subscribe)
+            reader.start()
+            readers.append(reader)
+            reader.join(1.0)  # (a subscribe() that waits for this publication is still waiting)
+        publish(change)
+
+    monkeypatch.setattr(client._dispatcher, "publish", publish_after_a_reader)  # type: ignore[attr-defined]
+    write(tree / "flag", "false")
+    wait_until(lambda: bool(readers))
+    readers[0].join(10.0)
+    assert seen == [False]
+    assert client.wait_listeners(5)
+    assert late == []
+    write(tree / "flag", "true")
+    wait_until(lambda: client.get("flag") is True)
+    assert client.wait_listeners(5)
+    assert [(e.old, e.new) for e in late] == [(False, True)]
+
+
 def test_invalid_json_and_validator_rejection_keep_last_good(
     client: ConfigClient, tree: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -374,7 +374,11 @@ class ConfigClient(Reads):
                 f"was {ended} and delivers no more changes; subscribe on a new, started client"
             )
         # Only changes published from now on: one applied earlier but still queued behind a slow listener is old news.
-        return self._dispatcher.subscribe(prefix, fn, after=self._dispatcher.published)
+        # Counted under the cache's lock, which the cache holds from a value's update to its publication: a change
+        # get() (which reads without it) already shows is counted too.
+        with self._cache.lock:
+            after = self._dispatcher.published
+        return self._dispatcher.subscribe(prefix, fn, after=after)
 
     def wait_listeners(self, timeout: float) -> bool:
         """Wait until listeners have been called for every change applied so far; ``False`` on timeout."""
