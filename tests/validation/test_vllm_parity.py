@@ -162,3 +162,24 @@ def test_a_last_tool_exchange_that_cannot_be_cut_says_why() -> None:
         "the text it may cut, and the rest still does not fit: system and developer messages, tool definitions, and a "
         "tool call with the results answering it are never shortened (you requested "
     )
+
+
+def test_an_echo_with_a_budget_of_zero_is_not_told_to_lower_it_or_that_it_sent_none() -> None:
+    # The model writes one token though max_tokens is 0: the refusal says so, and asks for no lower max_tokens
+    # (before: "1 in the completion asked for by max_tokens ... lower max_tokens", and with truncate_prompt_tokens
+    # "as the request sets no max_tokens").
+    echoed = {"prompt": "x" * 20, "max_tokens": 0, "echo": True}
+    with pytest.raises(ContextWindowExceededError) as info:
+        judge(echoed, 20)
+    assert info.value.message == (
+        "This model's maximum context length is 20 tokens. However, you requested 21 tokens (20 in the input, 1 for "
+        "the completion, the least the model writes, though max_tokens is 0), more than the context window of 20 "
+        "tokens: shorten the input"
+    )
+    with pytest.raises(ContextWindowExceededError) as info:
+        judge({**echoed, "truncate_prompt_tokens": -1}, 20)
+    assert info.value.message == (
+        "This model's maximum context length is 20 tokens. However, truncate_prompt_tokens keeps 20 prompt tokens, "
+        "which leaves no room for the 1 completion token(s) the model writes at least, though max_tokens is 0: send "
+        "truncate_prompt_tokens of at most 19, or a max_tokens of at least 1"
+    )

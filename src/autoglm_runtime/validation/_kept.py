@@ -76,12 +76,17 @@ def judge_kept(guard: ContextWindowGuard, request: GuardInput, output: int, limi
     least = request.min_output_tokens
     longest = max(one.input_tokens for one in whole.batch or (whole,))
     if min(longest, keep) + least > window:
-        # Only with no budget sent: vLLM keeps the whole window and then refuses a prompt that leaves no room.
+        # Only with no budget sent (or a completion's echo with 0): vLLM keeps the whole window and then refuses a
+        # prompt that leaves no room.
+        param, sent = request.output_param, request.max_output_tokens
+        if sent is None:
+            why, ask = f"as the request sets no {param}", f"a {param}"
+        else:
+            why, ask = f"though {param} is {sent}", f"a {param} of at least {least}"
         raise ContextWindowExceededError(
             f"This model's maximum context length is {window} tokens. However, truncate_prompt_tokens keeps "
             f"{min(longest, keep)} prompt tokens, which leaves no room for the {least} completion token(s) the model "
-            f"writes at least, as the request sets no {request.output_param}: send truncate_prompt_tokens of at most "
-            f"{window - least}, or a {request.output_param}",
+            f"writes at least, {why}: send truncate_prompt_tokens of at most {window - least}, or {ask}",
             param="truncate_prompt_tokens",
         )
     return _kept(whole, keep, request.keep_side, window)

@@ -23,7 +23,12 @@ def overflow_error(
     """
     has = "at least " if at_least else ""
     field = request.output_param
-    if request.max_output_tokens is not None and not request.output_defaulted:
+    if request.max_output_tokens is not None and output_tokens > request.max_output_tokens:
+        # A budget under the least the model writes (a completion's echo with 0): lowering it changes nothing.
+        output = f"{output_tokens} for the completion, the least the model writes, though {field} is "
+        output += f"{request.max_output_tokens}"
+        fix = "shorten the input"
+    elif request.max_output_tokens is not None and not request.output_defaulted:
         output = f"{output_tokens} in the completion asked for by {field}"
         fix = f"shorten the input or lower {field}"
     else:
