@@ -6,6 +6,7 @@ import itertools
 import threading
 
 import pytest
+from kazoo.protocol.states import ZnodeStat
 
 from autoglm_runtime.config._reader import ReadResult
 from autoglm_runtime.config._tree import PendingPaths, TreeApplier
@@ -41,6 +42,13 @@ def _children(path: str, seq: int, names: list[str]) -> ReadResult:
 def _missing(path: str, seq: int) -> ReadResult:
     result = ReadResult(path, seq)
     result.missing = True
+    return result
+
+
+def _value(path: str, seq: int, data: bytes, czxid: int) -> ReadResult:
+    """A read of ``path``'s value and (empty) child list, at the incarnation created at ``czxid``."""
+    result = _children(path, seq, [])
+    result.data, result.stat = data, ZnodeStat(czxid, czxid, 0, 0, 0, 0, 0, 0, len(data), 0, czxid)
     return result
 
 
@@ -124,3 +132,29 @@ def test_a_child_an_older_read_found_missing_is_read_again_when_a_newer_list_nam
     assert tree.apply(_missing("/r/a", 5), found=None, full=False, reconcile=False) == []
     assert cache.get("a") is None
     assert tree.children["/r"] == (4, frozenset())
+
+
+@pytest.mark.parametrize("adopt", [True, False])
+def test_a_missing_read_older_than_the_znode_created_again_is_no_drift(adopt: bool) -> None:
+    """A verification read "a" missing (6) and then the root's child list naming it (7): "a" was created again
+    in between. The sync thread applied the re-read of that creation (8) first; "a" is no longer pending. Before
+    the fix, the older missing read took "a" out of the root's remembered child list (though the cache kept
+    the newer "a"), so the list read after it looked like a creation no watch had reported: one false drift
+    count (integration/config/test_wrong_state.py's churn test, 3 runs in ~60 under load), and forgot the new
+    incarnation's czxid; per node, where the root's list was read again after the creation, it cost a needless
+    re-read of "a"."""
+    tree, cache, status = _applier()
+    tree.adopt = adopt  # persistent watch mode: a creation's re-read joins the parent's child list
+    tree.apply(_children("/r", 1, ["a"]), found=None, full=False, reconcile=False)
+    tree.apply(_value("/r/a", 2, b"1", czxid=10), found=None, full=False, reconcile=False)
+    tree.apply(_missing("/r/a", 5), found=None, full=False, reconcile=False)  # its deletion's re-read
+    assert cache.get("a") is None
+    tree.apply(_value("/r/a", 8, b"2", czxid=20), found=None, full=False, reconcile=False)  # its creation's
+    if not adopt:  # per node, the root's child watch fired: its list is read again
+        tree.apply(_children("/r", 9, ["a"]), found=None, full=False, reconcile=False)
+    # The verification's reads, issued before 8, applied after it.
+    assert tree.apply(_missing("/r/a", 6), found=None, full=False, reconcile=True) == []
+    assert tree.apply(_children("/r", 7, ["a"]), found=None, full=False, reconcile=True) == []
+    assert status.drift_corrected == 0
+    assert (cache.get("a"), tree.czxids["/r/a"], tree.pzxids["/r/a"]) == (2, 20, 20)
+    assert "a" in tree.children["/r"][1]

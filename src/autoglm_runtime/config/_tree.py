@@ -175,6 +175,12 @@ class TreeApplier:
         listed = self.children.get(parent)
         return listed is not None and listed[0] > seq and name in listed[1]
 
+    def _seen_after(self, path: str, seq: int) -> bool:
+        """True if a read issued after read ``seq`` found ``path`` present (its value or its child list)."""
+        entry = self._cache.entry(self.key(path))
+        listed = self.children.get(path)
+        return (entry is not None and entry.seq > seq) or (listed is not None and listed[0] > seq)
+
     def path(self, key: str) -> str:
         return self.root if key == "" else self._prefix + key
 
@@ -194,6 +200,10 @@ class TreeApplier:
                 self.children.pop(path, None)
                 self.czxids.pop(path, None)
                 self.pzxids.pop(path, None)
+            elif self._seen_after(path, result.seq):
+                # Created again since this read, and a newer read loaded it (a verification's read applied
+                # after the sync thread's re-read of the creation): this read is outdated, nothing is gone.
+                return []
             elif self._listed_after(path, result.seq):
                 # A child list read after this one names it: it was created again after this read found it
                 # missing, and (per node) no watch of ours is left on the new znode. Read it, do not drop it.
@@ -298,6 +308,11 @@ class TreeApplier:
         return [(base + name, True, True) for name in sorted(new)]
 
     def remove_subtree(self, path: str, seq: int, *, reconcile: bool) -> None:
+        if self._seen_after(path, seq):
+            # A read issued after ``seq`` found it: what read ``seq`` saw gone was created again. Forgetting its
+            # name in the parent's child list made the parent's next list look like a creation no watch had
+            # reported (a false drift count), and its czxid and pzxid are the new incarnation's.
+            return
         # Forget the name in the parent's child list too: if the znode is created again, the parent's next
         # child list must show it as new (and load it), even though the name did not change.
         parent, name = self._parent(path)
