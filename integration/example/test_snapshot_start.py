@@ -1,0 +1,63 @@
+"""A production restart during a ZooKeeper outage: the example server starts from its snapshot and catches up.
+
+The server of this test follows a ZooKeeper of its own (``zk_restartable``), which the test stops between two
+runs of ``bash scripts/serve --zk`` on one state directory, then starts again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from integration.example._server import WORDS, running_server, until
+
+from autoglm_runtime.config import read_snapshot
+from autoglm_runtime.testing.zookeeper import ZooKeeperServer
+
+pytestmark = pytest.mark.slow
+
+
+def _records(log: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+def test_a_restart_while_zookeeper_is_down_serves_the_snapshot_and_catches_up(
+    zk_restartable: ZooKeeperServer, tmp_path: Path
+) -> None:
+    hosts, state = zk_restartable.hosts, tmp_path / "state"
+    state.mkdir()
+    window = f"limits/{WORDS}/context_window"
+    with running_server(hosts, state) as server:
+        root = server.root
+        server.set_config({window: b"77"})
+        until(lambda: server.health()["limits"][WORDS]["context_window"] == 77, 30, "the change to be followed")
+    # The stop wrote what the server last followed.
+    assert read_snapshot(state / "config.snapshot", hosts=hosts, root=root).entries[window].data == b"77"
+    zk_restartable.stop()
+
+    (state / "server.log").rename(tmp_path / "first.log")
+    with running_server(hosts, state, healthy=False) as server:
+        response = server.http.get("/health")
+        health = response.json()
+        # Serving the last-known-good limits, and saying it is neither connected nor fresh.
+        assert (response.status_code, health["status"]) == (503, "degraded")
+        config = health["config"]
+        assert (config["state"], config["source"], config["connected"]) == ("running", "snapshot", False)
+        assert config["stale_seconds"] > 0
+        assert health["limits"][WORDS]["context_window"] == 77
+        assert {name: m["state"] for name, m in health["models"].items()} == {WORDS: "ready", "chars-numpy2": "ready"}
+        warnings = [r for r in _records(server.log) if r.get("error_code") == "E0409"]
+        assert [r["message"] for r in warnings if str(r["message"]).startswith(f"ZooKeeper at {hosts} refuses")] == [
+            f"ZooKeeper at {hosts} refuses connections (nothing listens there), so the default limits under {root} "
+            "could not be written: check --zk and that ZooKeeper runs there; serving the last-known-good config "
+            f"from the snapshot {state / 'config.snapshot'} until ZooKeeper answers"
+        ]
+        served = "ZooKeeper unreachable at start: serving the snapshot"
+        assert any(str(r["message"]).startswith(served) for r in warnings)
+
+        zk_restartable.start()
+        until(lambda: server.http.get("/health").status_code == 200, 60, "the server to catch up with ZooKeeper")
+        assert server.health()["config"]["source"] == "zookeeper"
+        server.set_config({window: b"55"})
+        until(lambda: server.health()["limits"][WORDS]["context_window"] == 55, 30, "a change after the outage")
