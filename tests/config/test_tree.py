@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 
 import pytest
@@ -158,3 +159,41 @@ def test_a_missing_read_older_than_the_znode_created_again_is_no_drift(adopt: bo
     assert status.drift_corrected == 0
     assert (cache.get("a"), tree.czxids["/r/a"], tree.pzxids["/r/a"]) == (2, 20, 20)
     assert "a" in tree.children["/r"][1]
+
+
+def _denied(path: str, seq: int) -> ReadResult:
+    result = ReadResult(path, seq)
+    result.denied = True
+    return result
+
+
+def test_a_denied_child_is_said_once_and_left_out_of_the_safety_net(caplog: pytest.LogCaptureFixture) -> None:
+    tree, cache, status = _applier()
+    with caplog.at_level(logging.INFO, logger="autoglm_runtime.config"):
+        assert tree.apply(_children("/r", 1, ["a"]), found=None, full=False, reconcile=False) == [("/r/a", True, True)]
+        assert tree.apply(_denied("/r/a", 2), found=None, full=False, reconcile=False) == []
+        assert status.denied == ("/r/a",)
+        # A verification of the root's child list: "a" is absent from the cache because it is refused, not lost.
+        # (before: read again at every verification, and said again each time)
+        assert tree.apply(_children("/r", 3, ["a"]), found=None, full=False, reconcile=True) == []
+        assert tree.apply(_denied("/r/a", 4), found=None, full=False, reconcile=False) == []
+        assert status.denied == ("/r/a",)
+        tree.apply(_value("/r/a", 5, b"1", czxid=5), found=None, full=False, reconcile=False)
+    assert (status.denied, cache.get("a")) == ((), 1)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "ZooKeeper denied reading /r/a; keeping the last known values of it and everything under it"),
+        ("INFO", "ZooKeeper lets the client read /r/a again"),
+    ]
+
+
+def test_a_full_read_that_no_longer_reaches_a_denied_znode_forgets_it() -> None:
+    tree, _, status = _applier()
+    found: set[str] = set()
+    tree.apply(_children("/r", 1, ["a"]), found=found, full=True, reconcile=False)
+    tree.apply(_denied("/r/a", 2), found=found, full=True, reconcile=False)
+    tree.end_full_read()
+    assert status.denied == ("/r/a",)
+    tree.denied = []  # the next full read: "a" was deleted meanwhile
+    tree.apply(_children("/r", 3, []), found=set(), full=True, reconcile=False)
+    tree.end_full_read()
+    assert status.denied == ()

@@ -321,6 +321,7 @@ class ZooKeeperSync:
             self._pending.answer_all(start_seq)
             for result in results:
                 self._tree.apply(result, found=found, full=True, reconcile=False)
+            self._tree.end_full_read()
             if self._tree.denied and not self.loaded.is_set():
                 paths = ", ".join(self._tree.denied[:5])
                 self.load_error = ConfigAccessError(

@@ -126,7 +126,8 @@ class ConfigClient(Reads):
         self._failed: BaseException | None = None
         self._shut_down = False
         self._stop_requested = threading.Event()
-        #: The znodes ZooKeeper denied reading at start, when ``start(allow_denied=True)`` went on without them.
+        #: The znodes ZooKeeper denied reading at start, when ``start(allow_denied=True)`` went on without them
+        #: (``health()["denied"]`` follows those refused now).
         self.denied: tuple[str, ...] = ()
         self._source: ZooKeeperSync | FileSync
         if hosts.startswith("file://"):
@@ -357,11 +358,12 @@ class ConfigClient(Reads):
     def subscribe(self, prefix: str, fn: Listener) -> Callable[[], None]:
         """Call ``fn(change)`` on the dispatcher thread for each change under ``prefix`` (``""``: every key).
 
-        Returns a callable that unsubscribes. The listener gets the changes applied after this call (not those
-        still queued behind a slow listener). Per key, changes arrive in version order; a raising listener is
-        logged (E0409) and the others still run. Subscribe before :meth:`start` to receive the
-        initial load as ``added`` events. On a stopped (or failed) client, which delivers nothing any more,
-        it raises :class:`~autoglm_runtime.errors.UsageError` (E0001).
+        Returns a callable that unsubscribes: once it returns, ``fn`` is never called again (from another thread
+        it waits for a call of ``fn`` in progress; from within a listener it returns at once). The listener gets
+        the changes applied after this call (not those still queued behind a slow listener). Per key, changes
+        arrive in version order; a raising listener is logged (E0409) and the others still run. Subscribe before
+        :meth:`start` to receive the initial load as ``added`` events. On a stopped (or failed) client, which
+        delivers nothing any more, it raises :class:`~autoglm_runtime.errors.UsageError` (E0001).
 
         >>> unsubscribe = client.subscribe("models/", lambda change: print(change.key, change.new))  # doctest: +SKIP
         """
@@ -393,7 +395,8 @@ class ConfigClient(Reads):
         timer), ``last_sync`` (Unix time of the last full load or resync, or ``None``), ``applied``,
         ``rejected``, ``drift_corrected``, ``resyncs``, ``reads`` (znode reads issued), ``requests``
         (ZooKeeper requests those took), ``source`` (``"none"``, ``"zookeeper"``, ``"snapshot"``,
-        ``"file"``) and ``keys``. It is JSON-ready: ``json.dumps(client.health())``.
+        ``"file"``), ``keys`` and ``denied`` (the znodes ZooKeeper refuses to let it read now; :attr:`denied`
+        is those of the start). It is JSON-ready: ``json.dumps(client.health())``.
 
         >>> client.health()["state"], client.health()["connected"]  # doctest: +SKIP
         ('running', True)
