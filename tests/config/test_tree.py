@@ -197,3 +197,15 @@ def test_a_full_read_that_no_longer_reaches_a_denied_znode_forgets_it() -> None:
     tree.apply(_children("/r", 3, []), found=set(), full=True, reconcile=False)
     tree.end_full_read()
     assert status.denied == ()
+
+
+def test_removing_a_subtree_forgets_the_bookkeeping_of_every_znode_under_it() -> None:
+    tree, cache, _ = _applier()
+    assert tree.apply(_children("/r", 1, ["a"]), found=None, full=False, reconcile=False) == [("/r/a", True, True)]
+    for seq, (path, child) in enumerate([("/r/a", "b"), ("/r/a/b", "c"), ("/r/a/b/c", None)], start=2):
+        read = _value(path, seq, b"1", czxid=seq)
+        read.children = [child] if child else []
+        tree.apply(read, found=None, full=False, reconcile=False)
+    assert sorted(tree.czxids) == sorted(tree.pzxids) == ["/r/a", "/r/a/b", "/r/a/b/c"]
+    tree.apply(_missing("/r/a", 5), found=None, full=False, reconcile=False)
+    assert (tree.czxids, tree.pzxids, tree.children, dict(cache.snapshot())) == ({}, {}, {"/r": (1, frozenset())}, {})
