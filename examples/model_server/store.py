@@ -152,7 +152,11 @@ def start_config(store: ConfigStore, root: str, models: Iterable[str], *, state:
     try:
         seed(store.hosts, root, names, reset=reset, give_up_when_refused=fallback)
     except ConfigUnavailableError as exc:
-        if not fallback:
+        from kazoo.exceptions import KazooException
+
+        # Only a ZooKeeper that cannot be reached is waited out on the snapshot: one that answered and refused
+        # the write (its KazooException is the cause) is an error to fix now.
+        if not fallback or isinstance(exc.__cause__, KazooException):
             raise
         log.warning(
             "%s; serving the last-known-good config from the snapshot %s until ZooKeeper answers",
