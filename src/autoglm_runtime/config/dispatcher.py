@@ -72,6 +72,7 @@ class Dispatcher:
         # waits for that call to end, except on the dispatcher thread (a listener unsubscribing itself).
         self._calling = 0
         self._call_done = threading.Condition(self._lock)
+        self._waiting = 0  # unsubscribe() calls waiting on _call_done (notified only then: it costs per call)
         self._dispatching: int | None = None
         self._thread: threading.Thread | None = None
         self._idle = threading.Condition()
@@ -102,8 +103,12 @@ class Dispatcher:
             with self._lock:
                 self._subscribers = tuple(s for s in self._subscribers if s[0] != ident)
                 self._live.discard(ident)
-                if threading.get_ident() != self._dispatching:
-                    self._call_done.wait_for(lambda: self._calling != ident)
+                if threading.get_ident() != self._dispatching and self._calling == ident:
+                    self._waiting += 1
+                    try:
+                        self._call_done.wait_for(lambda: self._calling != ident)
+                    finally:
+                        self._waiting -= 1
 
         return unsubscribe
 
@@ -134,6 +139,7 @@ class Dispatcher:
 
     def _run(self) -> None:
         self._dispatching = threading.get_ident()
+        lock, live = self._lock, self._live  # (locals: this loop is the per-listener cost of every change)
         while True:
             got = self._queue.get()
             if got is _STOP:
@@ -142,25 +148,23 @@ class Dispatcher:
             position, item = got
             for ident, prefix, fn, after in self._subscribers:
                 if position > after and item.key.startswith(prefix):
-                    self._deliver(ident, fn, item)
+                    with lock:
+                        # Unsubscribed since this round began: its unsubscribe() has returned, so no more calls.
+                        if ident not in live:
+                            continue
+                        self._calling = ident
+                    try:
+                        fn(item)
+                    except BaseException:  # sys.exit() too: it would end this thread, and every later delivery
+                        log.exception(
+                            "config listener raised; the other listeners still run",
+                            extra={"error_code": "E0409", "key": item.key, "listener": repr(fn)},
+                        )
+                    finally:
+                        with lock:
+                            self._calling = 0
+                            if self._waiting:
+                                self._call_done.notify_all()
             with self._idle:
                 self._done += 1
                 self._idle.notify_all()
-
-    def _deliver(self, ident: int, fn: Listener, item: ConfigChange) -> None:
-        with self._lock:
-            # Unsubscribed since this round of deliveries began: its unsubscribe() has returned, so no more calls.
-            if ident not in self._live:
-                return
-            self._calling = ident
-        try:
-            fn(item)
-        except BaseException:  # sys.exit() too: it would end this thread, and every later delivery
-            log.exception(
-                "config listener raised; the other listeners still run",
-                extra={"error_code": "E0409", "key": item.key, "listener": repr(fn)},
-            )
-        finally:
-            with self._lock:
-                self._calling = 0
-                self._call_done.notify_all()
