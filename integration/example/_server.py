@@ -90,15 +90,15 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(hosts: str, state: Path, *, healthy: bool = True) -> Iterator[Server]:
+def running_server(hosts: str, state: Path, *, healthy: bool = True, root: str | None = None) -> Iterator[Server]:
     """``bash scripts/serve`` on ZooKeeper ``hosts`` with state directory ``state``; stopped with Ctrl-C after,
     and then none of its worker processes may be left. It is ready once ``/health`` says 200 (``healthy``) or
-    answers at all (a server that cannot reach ZooKeeper says 503)."""
+    answers at all (a server that cannot reach ZooKeeper says 503). ``root`` defaults to one per test process."""
     fill_wheelhouse(DEFAULT_WHEELS, [load_manifest(model) for model in sorted(MODELS.iterdir())])
     (state / "wheels").mkdir(exist_ok=True)
     for wheel in DEFAULT_WHEELS.glob("numpy-*.whl"):
         shutil.copy2(wheel, state / "wheels" / wheel.name)
-    root = f"/example-{os.getpid()}"
+    root = root or f"/example-{os.getpid()}"
     port = _free_port()
     log_path = state / "server.log"
     with log_path.open("wb") as log:

@@ -1,18 +1,21 @@
 """A production restart during a ZooKeeper outage: the example server starts from its snapshot and catches up.
 
-The server of this test follows a ZooKeeper of its own (``zk_restartable``), which the test stops between two
-runs of ``bash scripts/serve --zk`` on one state directory, then starts again.
+Two runs of ``bash scripts/serve --zk`` on one state directory: the first follows ZooKeeper and leaves its
+snapshot; before the second, ZooKeeper is stopped (connections refused: the fallback is at once) or hidden
+behind a proxy that resets every connection (nothing refused: the fallback comes after the 15 s timeout).
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
 from integration.example._server import WORDS, running_server, until
 
 from autoglm_runtime.config import read_snapshot
+from autoglm_runtime.testing.proxy import FaultProxy
 from autoglm_runtime.testing.zookeeper import ZooKeeperServer
 
 pytestmark = pytest.mark.slow
@@ -28,7 +31,7 @@ def test_a_restart_while_zookeeper_is_down_serves_the_snapshot_and_catches_up(
     hosts, state = zk_restartable.hosts, tmp_path / "state"
     state.mkdir()
     window = f"limits/{WORDS}/context_window"
-    with running_server(hosts, state) as server:
+    with running_server(hosts, state, root=f"/example-{uuid.uuid4().hex}") as server:
         root = server.root
         server.set_config({window: b"77"})
         until(lambda: server.health()["limits"][WORDS]["context_window"] == 77, 30, "the change to be followed")
@@ -37,7 +40,7 @@ def test_a_restart_while_zookeeper_is_down_serves_the_snapshot_and_catches_up(
     zk_restartable.stop()
 
     (state / "server.log").rename(tmp_path / "first.log")
-    with running_server(hosts, state, healthy=False) as server:
+    with running_server(hosts, state, healthy=False, root=root) as server:
         response = server.http.get("/health")
         health = response.json()
         # Serving the last-known-good limits, and saying it is neither connected nor fresh.
@@ -61,3 +64,32 @@ def test_a_restart_while_zookeeper_is_down_serves_the_snapshot_and_catches_up(
         assert server.health()["config"]["source"] == "zookeeper"
         server.set_config({window: b"55"})
         until(lambda: server.health()["limits"][WORDS]["context_window"] == 55, 30, "a change after the outage")
+
+
+def test_a_restart_while_zookeeper_cannot_be_reached_serves_the_snapshot_after_the_timeout(
+    zk_proxy: FaultProxy, tmp_path: Path
+) -> None:
+    hosts, state = zk_proxy.hosts, tmp_path / "state"
+    state.mkdir()
+    window = f"limits/{WORDS}/context_window"
+    with running_server(hosts, state, root=f"/example-{uuid.uuid4().hex}") as server:
+        root = server.root
+        server.set_config({window: b"66"})
+        until(lambda: server.health()["limits"][WORDS]["context_window"] == 66, 30, "the change to be followed")
+    zk_proxy.refuse()  # accepted, then reset: no host refuses outright, so the seed waits out its 15 s
+
+    with running_server(hosts, state, healthy=False, root=root) as server:
+        health = server.health()
+        assert (health["config"]["source"], health["config"]["connected"]) == ("snapshot", False)
+        assert health["limits"][WORDS]["context_window"] == 66
+        [warning] = [r for r in _records(server.log) if str(r["message"]).startswith(f"ZooKeeper at {hosts} could")]
+        assert (warning["error_code"], warning["message"]) == (
+            "E0409",
+            f"ZooKeeper at {hosts} could not be reached within 15 s to write the default limits under {root}: check "
+            "--zk and that ZooKeeper runs there; serving the last-known-good config from the snapshot "
+            f"{state / 'config.snapshot'} until ZooKeeper answers",
+        )
+        zk_proxy.restore()
+        until(lambda: server.http.get("/health").status_code == 200, 60, "the server to catch up with ZooKeeper")
+        server.set_config({window: b"44"})
+        until(lambda: server.health()["limits"][WORDS]["context_window"] == 44, 30, "a change after the outage")
