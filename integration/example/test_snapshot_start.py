@@ -21,22 +21,31 @@ from autoglm_runtime.testing.zookeeper import ZooKeeperServer
 pytestmark = pytest.mark.slow
 
 
+WINDOW = f"limits/{WORDS}/context_window"
+
+
 def _records(log: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+def _first_run(hosts: str, state: Path, window: int) -> str:
+    """Run the server once on a root of its own with its window set to ``window``; returns the root. Its stop
+    writes the snapshot of what it last followed."""
+    state.mkdir()
+    with running_server(hosts, state, root=f"/example-{uuid.uuid4().hex}") as server:
+        server.set_config({WINDOW: str(window).encode()})
+        until(lambda: server.health()["limits"][WORDS]["context_window"] == window, 30, "the change to be followed")
+    assert (
+        read_snapshot(state / "config.snapshot", hosts=hosts, root=server.root).entries[WINDOW].data == b"%d" % window
+    )
+    return server.root
 
 
 def test_a_restart_while_zookeeper_is_down_serves_the_snapshot_and_catches_up(
     zk_restartable: ZooKeeperServer, tmp_path: Path
 ) -> None:
     hosts, state = zk_restartable.hosts, tmp_path / "state"
-    state.mkdir()
-    window = f"limits/{WORDS}/context_window"
-    with running_server(hosts, state, root=f"/example-{uuid.uuid4().hex}") as server:
-        root = server.root
-        server.set_config({window: b"77"})
-        until(lambda: server.health()["limits"][WORDS]["context_window"] == 77, 30, "the change to be followed")
-    # The stop wrote what the server last followed.
-    assert read_snapshot(state / "config.snapshot", hosts=hosts, root=root).entries[window].data == b"77"
+    root = _first_run(hosts, state, 77)
     zk_restartable.stop()
 
     (state / "server.log").rename(tmp_path / "first.log")
@@ -62,7 +71,7 @@ def test_a_restart_while_zookeeper_is_down_serves_the_snapshot_and_catches_up(
         zk_restartable.start()
         until(lambda: server.http.get("/health").status_code == 200, 60, "the server to catch up with ZooKeeper")
         assert server.health()["config"]["source"] == "zookeeper"
-        server.set_config({window: b"55"})
+        server.set_config({WINDOW: b"55"})
         until(lambda: server.health()["limits"][WORDS]["context_window"] == 55, 30, "a change after the outage")
 
 
@@ -70,12 +79,7 @@ def test_a_restart_while_zookeeper_cannot_be_reached_serves_the_snapshot_after_t
     zk_proxy: FaultProxy, tmp_path: Path
 ) -> None:
     hosts, state = zk_proxy.hosts, tmp_path / "state"
-    state.mkdir()
-    window = f"limits/{WORDS}/context_window"
-    with running_server(hosts, state, root=f"/example-{uuid.uuid4().hex}") as server:
-        root = server.root
-        server.set_config({window: b"66"})
-        until(lambda: server.health()["limits"][WORDS]["context_window"] == 66, 30, "the change to be followed")
+    root = _first_run(hosts, state, 66)
     zk_proxy.refuse()  # accepted, then reset: no host refuses outright, so the seed waits out its 15 s
 
     with running_server(hosts, state, healthy=False, root=root) as server:
@@ -91,5 +95,5 @@ def test_a_restart_while_zookeeper_cannot_be_reached_serves_the_snapshot_after_t
         )
         zk_proxy.restore()
         until(lambda: server.http.get("/health").status_code == 200, 60, "the server to catch up with ZooKeeper")
-        server.set_config({window: b"44"})
+        server.set_config({WINDOW: b"44"})
         until(lambda: server.health()["limits"][WORDS]["context_window"] == 44, 30, "a change after the outage")
