@@ -20,8 +20,6 @@ from types import FrameType
 
 import uvicorn
 
-from autoglm_runtime import ConfigClient
-from autoglm_runtime.config import SyncTuning
 from autoglm_runtime.deps import load_manifest
 from autoglm_runtime.errors import AutoGLMRuntimeError
 from autoglm_runtime.isolation import ModelLoader, collect_garbage
@@ -32,7 +30,7 @@ from examples.model_server.app import create_app, numpy_version
 from examples.model_server.assets import MODELS, build_tokenizer, fill_wheelhouse, tokenizer_path
 from examples.model_server.model_limits import ModelLimits
 from examples.model_server.request_ids import RequestIds
-from examples.model_server.store import open_store, seed
+from examples.model_server.store import open_store, start_config
 
 log = logging.getLogger("examples.model_server")
 
@@ -69,13 +67,11 @@ def _serve(args: argparse.Namespace, sock: socket.socket) -> None:
     with contextlib.ExitStack() as stack:
         stack.enter_context(options.state_lock(state))
         manifests = [load_manifest(model_dir) for model_dir in sorted(MODELS.iterdir())]
-        # Config first: a ZooKeeper that cannot be reached fails the start before the first start's downloads.
+        # Config first: a ZooKeeper that cannot be reached fails a first start before its downloads.
         store = open_store(zk=args.zk, choice=args.config_store, state=state, stack=stack)
         root: str = args.root
-        seed(store.hosts, root, [m.name for m in manifests], reset=args.reset)
-        snapshot = None if store.hosts.startswith("file://") else state / "config.snapshot"
-        config = ConfigClient(store.hosts, root, snapshot_path=snapshot, tuning=SyncTuning(poll_interval=0.2))
-        config.start(timeout=15)
+        # A restart while ZooKeeper is down serves the snapshot of the last run (E0409, stale in /health).
+        config = start_config(store, root, [m.name for m in manifests], state=state, reset=args.reset)
         stack.callback(config.stop)
 
         wheelhouse = fill_wheelhouse(state / "wheels", manifests)

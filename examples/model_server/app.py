@@ -13,8 +13,9 @@
 - ``/metrics`` is the Prometheus exposition: guard, model-call, config and worker metrics (docs/operations.md).
 - ``/health`` reports config connection and staleness, each model's limits, its workers' state and how it is
   served (``serving``: replicas, concurrency, max_inflight, max_queue from its ``model.toml``; 503 when
-  degraded). Unknown paths and methods answer in OpenAI's error shape (404, 405), as do unknown models (404
-  ``model_not_found``).
+  degraded: the config is not following ZooKeeper -- disconnected, or still serving the snapshot a start during
+  an outage served -- or a worker is not ready). Unknown paths and methods answer in OpenAI's error shape (404,
+  405), as do unknown models (404 ``model_not_found``).
 
 A route is one entry of ``routes`` in :func:`create_app`.
 """
@@ -194,7 +195,9 @@ class _Handlers:
     async def health(self, _: Request) -> JSONResponse:
         config_health = self.config.health()  # a ConfigHealth dict, JSON-ready as is
         workers = self.loader.health()
-        healthy = config_health["connected"] and all(w["state"] == "ready" for w in workers.values())
+        # Connected is not enough: a server that started on its snapshot is connected before the tree is loaded.
+        following = config_health["connected"] and config_health["stale_seconds"] == 0.0
+        healthy = following and all(w["state"] == "ready" for w in workers.values())
         limits = {name: source.current().as_dict() for name, source in sorted(self.limits.items())}
         # Each worker's health, and how the model is served: the [serving] table of its model.toml.
         models = {

@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--zk",
         metavar="HOSTS",
         default=zk,
-        help="ZooKeeper connect string to follow instead of a local store; one not reached within 15 s fails the "
-        "start (E0409) (default: $AUTOGLM_ZK_HOSTS, " + ("now %(default)s)" if zk else "unset now)"),
+        help="ZooKeeper connect string to follow instead of a local store; one not reached within 15 s fails a "
+        "first start (E0409), while later starts serve the last-known-good config from STATE_DIR/config.snapshot "
+        "until it answers (default: $AUTOGLM_ZK_HOSTS, " + ("now %(default)s)" if zk else "unset now)"),
     )
     parser.add_argument(
         "--config-store",

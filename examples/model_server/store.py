@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoglm_runtime import ConfigClient
+from autoglm_runtime.config import SyncTuning
 from autoglm_runtime.errors import ConfigUnavailableError, UsageError
 from autoglm_runtime.testing import ZooKeeperUnavailableError, start_zookeeper
 from examples.model_server.model_limits import (
@@ -72,9 +74,19 @@ def open_store(
     return ConfigStore(f"file://{directory}", f"a file:// config directory ({why})", str(directory))
 
 
-def seed(hosts: str, root: str, models: Iterable[str], *, reset: bool, timeout: float = 15) -> None:
+def seed(
+    hosts: str,
+    root: str,
+    models: Iterable[str],
+    *,
+    reset: bool,
+    timeout: float = 15,
+    give_up_when_refused: bool = False,
+) -> None:
     """Write the ``models``' default limits where they are missing (all of them with ``reset``); other values
-    stay. A ZooKeeper not reached within ``timeout`` seconds is E0409."""
+    stay. A ZooKeeper not reached within ``timeout`` seconds is E0409 (:class:`ConfigUnavailableError`); with
+    ``give_up_when_refused``, so is one whose every host refuses the connection, at once (a server with a
+    snapshot to serve need not wait out the timeout for it)."""
     wanted = defaults(models)
     if hosts.startswith("file://"):
         base = Path(hosts[len("file://") :]) / root.strip("/")
@@ -91,6 +103,13 @@ def seed(hosts: str, root: str, models: Iterable[str], *, reset: bool, timeout: 
     from kazoo.handlers.threading import KazooTimeoutError
 
     from autoglm_runtime.config._kazoolog import OutageLog
+    from autoglm_runtime.config.settings import all_refused
+
+    if give_up_when_refused and all_refused(hosts):
+        raise ConfigUnavailableError(
+            f"ZooKeeper at {hosts} refuses connections (nothing listens there), so the default limits under {root} "
+            "could not be written: check --zk and that ZooKeeper runs there"
+        )
 
     # kazoo's own warnings (one per failed connection attempt) coded E0409 and said once, as the ConfigClient's.
     zk = KazooClient(hosts=hosts, logger=OutageLog(hosts))
@@ -116,3 +135,36 @@ def seed(hosts: str, root: str, models: Iterable[str], *, reset: bool, timeout: 
     finally:
         zk.stop()
         zk.close()
+
+
+def start_config(store: ConfigStore, root: str, models: Iterable[str], *, state: Path, reset: bool) -> ConfigClient:
+    """Seed the defaults, then start following the store; the caller stops the client.
+
+    A ZooKeeper store keeps a snapshot in ``state`` (``config.snapshot``): a restart while ZooKeeper is down (or
+    unreachable) serves that last-known-good config, stale and disconnected in ``/health``, and catches up once
+    ZooKeeper answers (the defaults are not written then: the snapshot came from a start that wrote them). The
+    first start has no snapshot, so there it is E0409, as a ``--reset`` that cannot write is.
+    """
+    names = list(models)
+    snapshot = None if store.hosts.startswith("file://") else state / "config.snapshot"
+    fallback = snapshot is not None and snapshot.exists() and not reset
+    timeout = 15.0
+    try:
+        seed(store.hosts, root, names, reset=reset, give_up_when_refused=fallback)
+    except ConfigUnavailableError as exc:
+        from kazoo.exceptions import KazooException
+
+        # Only a ZooKeeper that cannot be reached is waited out on the snapshot: one that answered and refused
+        # the write (its KazooException is the cause) is an error to fix now.
+        if not fallback or isinstance(exc.__cause__, KazooException):
+            raise
+        log.warning(
+            "%s; serving the last-known-good config from the snapshot %s until ZooKeeper answers",
+            exc.message,
+            snapshot,
+            extra={"error_code": "E0409", "hosts": store.hosts, "root": root, "path": str(snapshot)},
+        )
+        timeout = 2.0  # ZooKeeper was just given its chance; the client keeps connecting in the background
+    config = ConfigClient(store.hosts, root, snapshot_path=snapshot, tuning=SyncTuning(poll_interval=0.2))
+    config.start(timeout=timeout)
+    return config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,3 +172,56 @@ def test_a_start_that_allows_denied_znodes_follows_the_rest(
     zk_client.set(f"{protected_root}/public", j("changed"))
     until(lambda: client.get("public") == "changed", what="a readable key followed")
     assert "secret" not in client.snapshot()
+
+
+@pytest.mark.parametrize("watch_mode", ["per_node", "auto"])
+def test_a_denied_znode_is_said_once_and_not_read_again_at_each_verification(
+    zk_hosts: str,
+    protected_root: str,
+    make_client: Factory,
+    until: Until,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+    watch_mode: str,
+) -> None:
+    client = make_client(zk_hosts, protected_root, ttl=30.0, reconcile_rate=1000.0, watch_mode=watch_mode)
+    secret = f"{protected_root}/secret"
+    with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
+        client.start(timeout=10, allow_denied=True)
+        assert client.health()["denied"] == [secret]
+        rounds = []
+        for _ in range(3):
+            before = client.health()["reads"]
+            clock.advance(34)  # every entry (and the root's child list) is due
+            until(
+                lambda: all(client._cache.deadline(k) > clock() for k in ["", *client.snapshot()]),  # type: ignore[attr-defined,operator]
+                what="every key confirmed",
+            )
+            rounds.append(client.health()["reads"] - before)
+    # Per node a data and a child-list read per key (the root: its child list), under a persistent watch one
+    # exists each; never the denied znode again (before: read at each verification, per node, and said each time).
+    assert rounds == ([21 * 2 + 1] * 3 if watch_mode == "per_node" else [22] * 3)
+    said = [r for r in caplog.records if r.getMessage().startswith("ZooKeeper denied reading")]
+    assert [r.getMessage() for r in said] == [
+        f"ZooKeeper denied reading {secret}; keeping the last known values of it and everything under it"
+    ]
+    assert client.health()["denied"] == [secret]
+
+
+@pytest.mark.parametrize("watch_mode", ["per_node", "auto"])
+def test_a_denied_znode_deleted_leaves_health_denied(
+    zk_hosts: str, protected_root: str, make_client: Factory, until: Until, clock: FakeClock, watch_mode: str
+) -> None:
+    acl = [make_digest_acl("reader", "s3cret", all=True)]
+    secret, gone = f"{protected_root}/secret", f"{protected_root}/gone"
+    with kazoo_session(zk_hosts, start_timeout=10, auth_data=[("digest", "reader:s3cret")]) as owner:
+        owner.create(gone, j("hidden"), acl=acl)
+        client = make_client(zk_hosts, protected_root, watch_mode=watch_mode)
+        client.start(timeout=10, allow_denied=True)
+        assert (client.denied, client.health()["denied"]) == ((gone, secret), [gone, secret])
+        owner.delete(gone)
+        # Per node, the root's child watch reports it; a persistent watch reports nothing of a znode the client may
+        # not read (servers check the ACL before notifying): the verification of the root's child list finds it gone.
+        clock.advance(34)
+        until(lambda: client.health()["denied"] == [secret], what="the deleted znode out of health()['denied']")
+        assert client.denied == (gone, secret)  # what the start was refused, as it was

@@ -90,14 +90,15 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(hosts: str, state: Path) -> Iterator[Server]:
+def running_server(hosts: str, state: Path, *, healthy: bool = True, root: str | None = None) -> Iterator[Server]:
     """``bash scripts/serve`` on ZooKeeper ``hosts`` with state directory ``state``; stopped with Ctrl-C after,
-    and then none of its worker processes may be left."""
+    and then none of its worker processes may be left. It is ready once ``/health`` says 200 (``healthy``) or
+    answers at all (a server that cannot reach ZooKeeper says 503). ``root`` defaults to one per test process."""
     fill_wheelhouse(DEFAULT_WHEELS, [load_manifest(model) for model in sorted(MODELS.iterdir())])
-    (state / "wheels").mkdir()
+    (state / "wheels").mkdir(exist_ok=True)
     for wheel in DEFAULT_WHEELS.glob("numpy-*.whl"):
         shutil.copy2(wheel, state / "wheels" / wheel.name)
-    root = f"/example-{os.getpid()}"
+    root = root or f"/example-{os.getpid()}"
     port = _free_port()
     log_path = state / "server.log"
     with log_path.open("wb") as log:
@@ -109,7 +110,8 @@ def running_server(hosts: str, state: Path) -> Iterator[Server]:
     http = httpx.Client(base_url=url, timeout=30)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
     try:
-        until(lambda: proc.poll() is not None or http.get("/health").status_code == 200, 240, "the server")
+        ready = (200,) if healthy else (200, 503)
+        until(lambda: proc.poll() is not None or http.get("/health").status_code in ready, 240, "the server")
         if proc.poll() is not None:
             raise AssertionError(f"the server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
         yield Server(http, client, hosts, root, state)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -93,3 +94,72 @@ def test_listener_must_be_callable() -> None:
         "E0001: subscribe('', ...) was given 3 (of type int) as its listener, which is not callable: pass a function "
         "taking one ConfigChange"
     )
+
+
+def test_no_call_after_unsubscribe_returns_even_for_a_change_already_being_delivered() -> None:
+    dispatcher = Dispatcher()
+    entered, release = threading.Event(), threading.Event()
+    late: list[ConfigChange] = []
+
+    def slow(change: ConfigChange) -> None:
+        entered.set()
+        release.wait(10)
+
+    dispatcher.subscribe("", slow)
+    unsubscribe = dispatcher.subscribe("", late.append)
+    dispatcher.start()
+    try:
+        dispatcher.publish(change("a", 1))
+        assert entered.wait(10)  # the change is being delivered: "slow" runs, "late" is next in line
+        unsubscribe()
+        release.set()
+        assert dispatcher.wait_idle(10)
+    finally:
+        dispatcher.stop()
+    assert late == []  # (before: called once more, after its unsubscribe had returned)
+
+
+def test_unsubscribe_from_another_thread_returns_only_after_the_call_in_progress() -> None:
+    dispatcher = Dispatcher()
+    entered, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def listener(change: ConfigChange) -> None:
+        entered.set()
+        release.wait(10)
+        order.append("call ended")
+
+    unsubscribe = dispatcher.subscribe("", listener)
+    dispatcher.start()
+    try:
+        dispatcher.publish(change("a", 1))
+        assert entered.wait(10)
+        unsubscriber = threading.Thread(target=lambda: (unsubscribe(), order.append("unsubscribed")))
+        unsubscriber.start()
+        unsubscriber.join(0.2)  # gives a wrong unsubscribe the time to return first; no assertion on time
+        release.set()
+        unsubscriber.join(10)
+        assert dispatcher.wait_idle(10)
+    finally:
+        dispatcher.stop()
+    assert order == ["call ended", "unsubscribed"]
+
+
+def test_a_listener_unsubscribing_itself_returns_at_once_and_is_not_called_again() -> None:
+    dispatcher = Dispatcher()
+    seen: list[int] = []
+    handle: list[Callable[[], None]] = []
+
+    def once(change: ConfigChange) -> None:
+        seen.append(change.version)
+        handle[0]()  # on the dispatcher thread: waiting for its own call to end would deadlock
+
+    handle.append(dispatcher.subscribe("", once))
+    dispatcher.start()
+    try:
+        dispatcher.publish(change("a", 1))
+        dispatcher.publish(change("a", 2))
+        assert dispatcher.wait_idle(10)
+    finally:
+        dispatcher.stop()
+    assert seen == [1]

@@ -34,6 +34,7 @@ def test_staleness_counts_from_the_first_suspension(clock: FakeClock) -> None:
         "keys": 2,
         "root_missing": False,
         "watch_mode": "none",
+        "denied": [],
     }
 
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
+import logging
 import threading
 
 import pytest
 from kazoo.protocol.states import ZnodeStat
 
 from autoglm_runtime.config._reader import ReadResult
-from autoglm_runtime.config._tree import PendingPaths, TreeApplier
+from autoglm_runtime.config._tree import TreeApplier
 from autoglm_runtime.config._values import ValuePipeline
 from autoglm_runtime.config.cache import ConfigCache
 from autoglm_runtime.config.codec import resolve_codec
@@ -71,54 +71,6 @@ def test_a_missing_root_forgets_its_child_list() -> None:
 
 # Each case: events marked (path, data, children) then reads applied (seq offset from the last mark, data,
 # children); the paths still pending. A read is numbered after the marks taken before it was issued.
-@pytest.mark.parametrize(
-    ("reads", "pending"),
-    [
-        ([(1, True, True)], set()),  # a read issued after the events answers them
-        ([(1, True, False)], {"/r/a"}),  # a value read does not answer a child event
-        ([(1, False, True)], {"/r/a"}),  # nor a child-list read a value event
-        ([(1, True, False), (2, False, True)], set()),
-        ([(-1, True, True)], {"/r/a"}),  # a read issued before the second event does not answer it
-    ],
-)
-def test_a_read_answers_only_what_it_read_of_the_events_before_it(
-    reads: list[tuple[int, bool, bool]], pending: set[str]
-) -> None:
-    numbers = itertools.count(1)
-    paths = PendingPaths(lambda: next(numbers))
-    paths.mark("/r/a", data=True, children=False)  # 1
-    paths.mark("/r/a", data=False, children=True)  # 2
-    for offset, data, children in reads:
-        paths.answer("/r/a", 2 + offset, data=data, children=children)
-    assert paths.paths() == pending
-    assert ("/r/a" in paths) == bool(pending)
-
-
-def test_applying_the_re_read_of_an_earlier_event_keeps_a_later_one_pending() -> None:
-    paths = PendingPaths(itertools.count(100).__next__)
-    paths.mark("/r/a", data=True, children=False, seq=10)  # a value changed: its re-read 10 was issued
-    paths.mark("/r/a", data=True, children=True, seq=11)  # deleted: re-read 11 (value and children) issued
-    paths.answer("/r/a", 10, data=True, children=False)
-    assert "/r/a" in paths
-    paths.answer("/r/a", 11, data=True, children=True)
-    assert "/r/a" not in paths
-
-
-def test_a_full_read_answers_the_events_marked_before_it_started_not_those_since() -> None:
-    """A full read answers the pending events only when it is applied (under the cache lock): clearing them
-    when it started let a verification applying meanwhile count their changes as drift."""
-    paths = PendingPaths(itertools.count(100).__next__)
-    paths.mark("/r/a", data=True, children=False, seq=10)
-    paths.mark("/r/b", data=True, children=True, seq=11)
-    # The full read started after read 12; these events came after that.
-    paths.mark("/r/b", data=False, children=True, seq=13)
-    paths.mark("/r/c", data=True, children=False, seq=14)
-    paths.answer_all(12)
-    assert paths.paths() == frozenset({"/r/b", "/r/c"})
-    paths.answer("/r/b", 13, data=False, children=True)  # b's value mark went with the full read
-    assert paths.paths() == frozenset({"/r/c"})
-
-
 def test_a_child_an_older_read_found_missing_is_read_again_when_a_newer_list_names_it() -> None:
     tree, cache, _ = _applier()
     tree.apply(_children("/r", 1, ["a"]), found=None, full=False, reconcile=False)
@@ -158,3 +110,53 @@ def test_a_missing_read_older_than_the_znode_created_again_is_no_drift(adopt: bo
     assert status.drift_corrected == 0
     assert (cache.get("a"), tree.czxids["/r/a"], tree.pzxids["/r/a"]) == (2, 20, 20)
     assert "a" in tree.children["/r"][1]
+
+
+def _denied(path: str, seq: int) -> ReadResult:
+    result = ReadResult(path, seq)
+    result.denied = True
+    return result
+
+
+def test_a_denied_child_is_said_once_and_left_out_of_the_safety_net(caplog: pytest.LogCaptureFixture) -> None:
+    tree, cache, status = _applier()
+    with caplog.at_level(logging.INFO, logger="autoglm_runtime.config"):
+        assert tree.apply(_children("/r", 1, ["a"]), found=None, full=False, reconcile=False) == [("/r/a", True, True)]
+        assert tree.apply(_denied("/r/a", 2), found=None, full=False, reconcile=False) == []
+        assert status.denied == ("/r/a",)
+        # A verification of the root's child list: "a" is absent from the cache because it is refused, not lost.
+        # (before: read again at every verification, and said again each time)
+        assert tree.apply(_children("/r", 3, ["a"]), found=None, full=False, reconcile=True) == []
+        assert tree.apply(_denied("/r/a", 4), found=None, full=False, reconcile=False) == []
+        assert status.denied == ("/r/a",)
+        tree.apply(_value("/r/a", 5, b"1", czxid=5), found=None, full=False, reconcile=False)
+    assert (status.denied, cache.get("a")) == ((), 1)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "ZooKeeper denied reading /r/a; keeping the last known values of it and everything under it"),
+        ("INFO", "ZooKeeper lets the client read /r/a again"),
+    ]
+
+
+def test_a_full_read_that_no_longer_reaches_a_denied_znode_forgets_it() -> None:
+    tree, _, status = _applier()
+    found: set[str] = set()
+    tree.apply(_children("/r", 1, ["a"]), found=found, full=True, reconcile=False)
+    tree.apply(_denied("/r/a", 2), found=found, full=True, reconcile=False)
+    tree.end_full_read()
+    assert status.denied == ("/r/a",)
+    tree.denied = []  # the next full read: "a" was deleted meanwhile
+    tree.apply(_children("/r", 3, []), found=set(), full=True, reconcile=False)
+    tree.end_full_read()
+    assert status.denied == ()
+
+
+def test_removing_a_subtree_forgets_the_bookkeeping_of_every_znode_under_it() -> None:
+    tree, cache, _ = _applier()
+    assert tree.apply(_children("/r", 1, ["a"]), found=None, full=False, reconcile=False) == [("/r/a", True, True)]
+    for seq, (path, child) in enumerate([("/r/a", "b"), ("/r/a/b", "c"), ("/r/a/b/c", None)], start=2):
+        read = _value(path, seq, b"1", czxid=seq)
+        read.children = [child] if child else []
+        tree.apply(read, found=None, full=False, reconcile=False)
+    assert sorted(tree.czxids) == sorted(tree.pzxids) == ["/r/a", "/r/a/b", "/r/a/b/c"]
+    tree.apply(_missing("/r/a", 5), found=None, full=False, reconcile=False)
+    assert (tree.czxids, tree.pzxids, tree.children, dict(cache.snapshot())) == ({}, {}, {"/r": (1, frozenset())}, {})

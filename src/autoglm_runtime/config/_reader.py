@@ -135,6 +135,8 @@ class ZooKeeperReader:
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
         #: The data size each znode had when last read: what its next data read may answer (multiRead plans).
+        #: The sync and reconciler threads share it without a lock: each use is one get, set or pop (atomic on a
+        #: dict), nothing iterates it, and a size another thread just changed misplans one batch at worst.
         self._sizes: dict[str, int] = {}
 
     def next_seq(self) -> int:

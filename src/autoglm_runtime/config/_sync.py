@@ -33,9 +33,10 @@ from kazoo.protocol.states import Callback, EventType, KazooState, WatchedEvent
 
 from autoglm_runtime.config import _syncstate as sm
 from autoglm_runtime.config._inbox import STOP, Item, collect, to_events
+from autoglm_runtime.config._pending import PendingPaths
 from autoglm_runtime.config._reader import Interrupted, ZooKeeperReader
 from autoglm_runtime.config._recursive import RecursiveWatch
-from autoglm_runtime.config._tree import PendingPaths, TreeApplier
+from autoglm_runtime.config._tree import TreeApplier
 from autoglm_runtime.config._values import ValuePipeline
 from autoglm_runtime.config._walk import Lost, TreeWalker
 from autoglm_runtime.config._zxid import ZxidGuard
@@ -321,6 +322,7 @@ class ZooKeeperSync:
             self._pending.answer_all(start_seq)
             for result in results:
                 self._tree.apply(result, found=found, full=True, reconcile=False)
+            self._tree.end_full_read()
             if self._tree.denied and not self.loaded.is_set():
                 paths = ", ".join(self._tree.denied[:5])
                 self.load_error = ConfigAccessError(

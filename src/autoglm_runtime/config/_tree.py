@@ -15,74 +15,18 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from autoglm_runtime.config._pending import PendingPaths
 from autoglm_runtime.config._reader import ReadResult, Spec
 from autoglm_runtime.config._values import ValuePipeline
 from autoglm_runtime.config.cache import SNAPSHOT_SEQ, ConfigCache
 from autoglm_runtime.config.health import SyncStatus
 from autoglm_runtime.logging import describe_value
 
-__all__ = ["PendingPaths", "TreeApplier"]
+__all__ = ["TreeApplier"]
 
 log = logging.getLogger("autoglm_runtime.config")
 
 _NONE: frozenset[str] = frozenset()
-
-
-class PendingPaths:
-    """Paths whose watch fired and whose re-read has not been applied yet (a difference there is not drift).
-
-    An event marks what it asks to read again -- the value, the child list, or both -- with a number from the
-    reader's sequence, so reads issued after the event carry larger ones. A read unmarks only what it read,
-    and only marks not newer than itself: neither the re-read of an earlier event nor a read of the value
-    alone forgets a later event, whose change the reconciler would otherwise take for drift. kazoo's callback
-    thread marks; the sync thread unmarks.
-    """
-
-    def __init__(self, next_seq: Callable[[], int]) -> None:
-        self._next_seq = next_seq
-        self._lock = threading.Lock()
-        self._marks: dict[str, list[int]] = {}  # path -> [value mark, child-list mark]; 0: not marked
-
-    def mark(self, path: str, *, data: bool, children: bool, seq: int | None = None) -> None:
-        """An event asks to read the value (``data``) and/or the child list of ``path`` again; ``seq``: the
-        number of the read already issued for it (default: a new number, for a read still to be issued)."""
-        seq = self._next_seq() if seq is None else seq
-        with self._lock:
-            marks = self._marks.setdefault(path, [0, 0])
-            if data:
-                marks[0] = max(marks[0], seq)
-            if children:
-                marks[1] = max(marks[1], seq)
-
-    def answer(self, path: str, seq: int, *, data: bool, children: bool) -> None:
-        """A read of ``path`` numbered ``seq`` (of its value if ``data``, its child list if ``children``) is being
-        applied: unmark what it answers."""
-        with self._lock:
-            marks = self._marks.get(path)
-            if marks is None:
-                return
-            if data and marks[0] <= seq:
-                marks[0] = 0
-            if children and marks[1] <= seq:
-                marks[1] = 0
-            if marks == [0, 0]:
-                del self._marks[path]
-
-    def __contains__(self, path: object) -> bool:
-        return path in self._marks
-
-    def paths(self) -> frozenset[str]:
-        with self._lock:
-            return frozenset(self._marks)
-
-    def answer_all(self, seq: int) -> None:
-        """A full read whose reads are all numbered after ``seq`` is being applied: unmark everything marked
-        up to ``seq``, not what was marked since (those events' re-reads are still to come)."""
-        with self._lock:
-            for path in [p for p, marks in self._marks.items() if max(marks) <= seq]:
-                del self._marks[path]
-            for marks in self._marks.values():
-                marks[:] = [0 if mark <= seq else mark for mark in marks]
 
 
 class TreeApplier:
@@ -125,8 +69,12 @@ class TreeApplier:
         self.reload: set[str] = set()
         #: Paths the sync thread is reading again for a watch event (a difference there is not drift).
         self.inflight: set[str] = set()
-        #: Paths denied during the first load (for the start error).
+        #: Paths denied during the current full read (for the start error, and ``refused`` after it).
         self.denied: list[str] = []
+        #: Paths whose last read was denied (``health()["denied"]``): said once, and not read again by the
+        #: safety net at each verification (an ACL change fires no watch; a full read or a change of the parent's
+        #: child list reads them again).
+        self.refused: set[str] = set()
         #: A znode read for its own creation event joins its parent's child list (persistent watch mode, where
         #: creations are reported per znode and child lists are not read again).
         self.adopt = False
@@ -141,6 +89,20 @@ class TreeApplier:
             del self.czxids[path]
         for path in [p for p in self.pzxids if p not in known]:
             del self.pzxids[path]
+
+    def end_full_read(self) -> None:
+        """A full read was applied: the paths it was denied are the ones refused now (cache lock held)."""
+        for path in sorted(self.refused - set(self.denied)):  # not reached by the read: gone (read ones are out)
+            self._readable(path, gone=True)
+        self.refused = set(self.denied)
+        self._status.denied = tuple(sorted(self.refused))
+
+    def _readable(self, path: str, *, gone: bool) -> None:
+        """``path``, refused before, was read (or found ``gone``): it is no longer denied."""
+        self.refused.discard(path)
+        self._status.denied = tuple(sorted(self.refused))
+        what = "the znode %s ZooKeeper denied reading is gone" if gone else "ZooKeeper lets the client read %s again"
+        log.info(what, path, extra={"path": path, "hosts": self.hosts})
 
     def known_paths(self) -> tuple[list[str], list[str], list[str]]:
         """The znodes whose value we hold (rejected values included), those whose child list we hold, and the
@@ -190,8 +152,7 @@ class TreeApplier:
     def apply(self, result: ReadResult, *, found: set[str] | None, full: bool, reconcile: bool) -> list[Spec]:
         """Apply one read (cache lock held); returns the reads it leads to (new children)."""
         path, key = result.path, self.key(result.path)
-        if result.denied:
-            self._denied(path, key, found)
+        if self._refusal(result, key, found):
             return []
         if result.missing:
             if path == self.root:
@@ -233,14 +194,26 @@ class TreeApplier:
         if listed is not None and name not in listed[1] and seq > listed[0]:
             self.children[parent] = (listed[0], listed[1] | {name})
 
+    def _refusal(self, result: ReadResult, key: str, found: set[str] | None) -> bool:
+        """True if ZooKeeper denied the read; else a path it denied before is no longer refused."""
+        if result.denied:
+            self._denied(result.path, key, found)
+            return True
+        if result.path in self.refused:
+            self._readable(result.path, gone=result.missing)
+        return False
+
     def _denied(self, path: str, key: str, found: set[str] | None) -> None:
-        if not self._loaded.is_set():
+        if found is not None:
             self.denied.append(path)
-        log.warning(
-            "ZooKeeper denied reading %s; keeping the last known values of it and everything under it",
-            path,
-            extra={"error_code": "E0409", "path": path, "hosts": self.hosts},
-        )
+        if path not in self.refused:
+            self.refused.add(path)
+            self._status.denied = tuple(sorted(self.refused))
+            log.warning(
+                "ZooKeeper denied reading %s; keeping the last known values of it and everything under it",
+                path,
+                extra={"error_code": "E0409", "path": path, "hosts": self.hosts},
+            )
         if found is not None:
             # What we cannot read is kept as last known, not deleted by the resync.
             below = key + "/"
@@ -304,7 +277,12 @@ class TreeApplier:
             # The safety net covers structure too: a child this list already had but the cache lacks (its
             # load was lost) is read again; the value read reports the drift if it was real.
             entry = self._cache.entry
-            new |= {name for name in names & old_names if entry(self.key(base + name)) is None}
+            # A child ZooKeeper refused to let us read is not a lost load: reading it again finds the same refusal.
+            new |= {
+                name
+                for name in names & old_names
+                if entry(self.key(base + name)) is None and base + name not in self.refused
+            }
         return [(base + name, True, True) for name in sorted(new)]
 
     def remove_subtree(self, path: str, seq: int, *, reconcile: bool) -> None:
@@ -328,6 +306,8 @@ class TreeApplier:
                 stack.extend(f"{current}/{name}" for name in entry[1])
             self.czxids.pop(current, None)
             self.pzxids.pop(current, None)
+            if current in self.refused:
+                self._readable(current, gone=True)
             change = self._cache.remove(self.key(current), seq=seq)
             if change is not None and reconcile:
                 self.drift(current, change.key, None, structural=True)

@@ -14,8 +14,9 @@ from typing import Any
 
 from kazoo.protocol.states import Callback
 
+from autoglm_runtime.config._pending import PendingPaths
 from autoglm_runtime.config._reader import Interrupted, ReadResult, Spec, ZooKeeperReader
-from autoglm_runtime.config._tree import PendingPaths, TreeApplier
+from autoglm_runtime.config._tree import TreeApplier
 from autoglm_runtime.config.cache import ConfigCache
 
 __all__ = ["Lost", "TreeWalker"]

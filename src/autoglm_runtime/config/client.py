@@ -14,7 +14,6 @@ See ``docs/config-sync.md`` for what each failure does to readers and listeners.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoglm_runtime.config._files import FileSync, file_directory
 from autoglm_runtime.config._reads import _MISSING, Reads
+from autoglm_runtime.config._startup import serve_snapshot, wait_loaded
 from autoglm_runtime.config._sync import ZooKeeperSync
 from autoglm_runtime.config._values import Validator, ValuePipeline
 from autoglm_runtime.config.cache import ConfigCache
@@ -36,21 +36,18 @@ from autoglm_runtime.config.settings import (
     Auth,
     SyncTuning,
     ZooKeeperConnection,
-    all_refused,
     check_hosts,
     check_root,
     normalize_auth,
     session_factory,
 )
-from autoglm_runtime.config.snapshot import SnapshotEntry, SnapshotWriter, read_snapshot
-from autoglm_runtime.errors import ConfigUnavailableError, SnapshotError, UsageError
+from autoglm_runtime.config.snapshot import SnapshotEntry, SnapshotWriter
+from autoglm_runtime.errors import ConfigUnavailableError, UsageError
 
 if TYPE_CHECKING:
     from kazoo.client import KazooClient
 
 __all__ = ["ConfigClient"]
-
-log = logging.getLogger("autoglm_runtime.config")
 
 
 class ConfigClient(Reads):
@@ -126,7 +123,8 @@ class ConfigClient(Reads):
         self._failed: BaseException | None = None
         self._shut_down = False
         self._stop_requested = threading.Event()
-        #: The znodes ZooKeeper denied reading at start, when ``start(allow_denied=True)`` went on without them.
+        #: The znodes ZooKeeper denied reading at start, when ``start(allow_denied=True)`` went on without them
+        #: (``health()["denied"]`` follows those refused now).
         self.denied: tuple[str, ...] = ()
         self._source: ZooKeeperSync | FileSync
         if hosts.startswith("file://"):
@@ -235,7 +233,9 @@ class ConfigClient(Reads):
             return
         source.start()
         refused = self.snapshot_path is not None and self.snapshot_path.exists()
-        if self._wait_loaded(source, timeout, give_up_when_refused=refused):
+        if wait_loaded(
+            source.loaded, self._stop_requested, hosts=self.hosts, timeout=timeout, give_up_when_refused=refused
+        ):
             if source.load_error is not None:
                 if not allow_denied:
                     raise source.load_error
@@ -248,41 +248,16 @@ class ConfigClient(Reads):
                 f"ZooKeeper at {self.hosts} could not be reached (or root {self.root} loaded) within {timeout:g} s "
                 f"and {where}: start ZooKeeper, check hosts, or give a snapshot_path with a valid snapshot"
             )
-        try:
-            snapshot = read_snapshot(self.snapshot_path, hosts=self.hosts, root=self.root)
-        except SnapshotError as exc:
-            raise SnapshotError(
-                f"{exc.message}; ZooKeeper at {self.hosts} (root {self.root}) could not be reached within "
-                f"{timeout:g} s, so there is nothing to serve"
-            ) from exc
-        with self._cache.batch():
-            if not source.loaded.is_set():
-                for key, entry in snapshot.entries.items():
-                    self._pipeline.ingest(key, entry.data, czxid=entry.czxid, mzxid=entry.mzxid, seq=0)
-                # The values are as old as the snapshot, not as the start.
-                self._status.serve_snapshot(snapshot.written_at)
-        log.warning(
-            "ZooKeeper unreachable at start: serving the snapshot (%d keys) and reporting stale until it connects",
-            len(snapshot.entries),
-            extra={"error_code": "E0409", "hosts": self.hosts, "root": self.root, "path": str(self.snapshot_path)},
+        serve_snapshot(
+            self.snapshot_path,
+            hosts=self.hosts,
+            root=self.root,
+            timeout=timeout,
+            cache=self._cache,
+            pipeline=self._pipeline,
+            status=self._status,
+            loaded=source.loaded,
         )
-
-    def _wait_loaded(self, source: ZooKeeperSync, timeout: float, *, give_up_when_refused: bool) -> bool:
-        """Wait for the load, polling :meth:`stop`'s request so it never waits out the whole timeout, and
-        (``give_up_when_refused``) whether every host refuses connections, which no waiting cures."""
-        deadline = time.monotonic() + timeout
-        probe_at = time.monotonic() + 0.2
-        while not self._stop_requested.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return source.loaded.is_set()
-            if source.loaded.wait(min(remaining, 0.05)):
-                return True
-            if give_up_when_refused and time.monotonic() >= probe_at:
-                probe_at = time.monotonic() + 1.0
-                if all_refused(self.hosts):
-                    return source.loaded.is_set()
-        raise UsageError("stopped during start: ConfigClient.stop() was called while start() waited for ZooKeeper")
 
     def stop(self) -> None:
         """Stop following: ends every thread of the client and closes the session, which drops every watch.
@@ -357,11 +332,12 @@ class ConfigClient(Reads):
     def subscribe(self, prefix: str, fn: Listener) -> Callable[[], None]:
         """Call ``fn(change)`` on the dispatcher thread for each change under ``prefix`` (``""``: every key).
 
-        Returns a callable that unsubscribes. The listener gets the changes applied after this call (not those
-        still queued behind a slow listener). Per key, changes arrive in version order; a raising listener is
-        logged (E0409) and the others still run. Subscribe before :meth:`start` to receive the
-        initial load as ``added`` events. On a stopped (or failed) client, which delivers nothing any more,
-        it raises :class:`~autoglm_runtime.errors.UsageError` (E0001).
+        Returns a callable that unsubscribes: once it returns, ``fn`` is never called again (from another thread
+        it waits for a call of ``fn`` in progress; from within a listener it returns at once). The listener gets
+        the changes applied after this call (not those still queued behind a slow listener). Per key, changes
+        arrive in version order; a raising listener is logged (E0409) and the others still run. Subscribe before
+        :meth:`start` to receive the initial load as ``added`` events. On a stopped (or failed) client, which
+        delivers nothing any more, it raises :class:`~autoglm_runtime.errors.UsageError` (E0001).
 
         >>> unsubscribe = client.subscribe("models/", lambda change: print(change.key, change.new))  # doctest: +SKIP
         """
@@ -393,7 +369,8 @@ class ConfigClient(Reads):
         timer), ``last_sync`` (Unix time of the last full load or resync, or ``None``), ``applied``,
         ``rejected``, ``drift_corrected``, ``resyncs``, ``reads`` (znode reads issued), ``requests``
         (ZooKeeper requests those took), ``source`` (``"none"``, ``"zookeeper"``, ``"snapshot"``,
-        ``"file"``) and ``keys``. It is JSON-ready: ``json.dumps(client.health())``.
+        ``"file"``), ``keys`` and ``denied`` (the znodes ZooKeeper refuses to let it read now; :attr:`denied`
+        is those of the start). It is JSON-ready: ``json.dumps(client.health())``.
 
         >>> client.health()["state"], client.health()["connected"]  # doctest: +SKIP
         ('running', True)

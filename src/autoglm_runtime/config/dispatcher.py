@@ -65,8 +65,15 @@ class Dispatcher:
         self._name = name
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._subscribers: tuple[tuple[int, str, Listener, int], ...] = ()
+        self._live: set[int] = set()  # the idents in _subscribers, for the check before each call
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        # The subscription whose listener runs now (0: none), and the dispatcher thread's ident: unsubscribe()
+        # waits for that call to end, except on the dispatcher thread (a listener unsubscribing itself).
+        self._calling = 0
+        self._call_done = threading.Condition(self._lock)
+        self._waiting = 0  # unsubscribe() calls waiting on _call_done (notified only then: it costs per call)
+        self._dispatching: int | None = None
         self._thread: threading.Thread | None = None
         self._idle = threading.Condition()
         self._queued = 0
@@ -79,15 +86,29 @@ class Dispatcher:
 
     def subscribe(self, prefix: str, fn: Listener, *, after: int = 0) -> Callable[[], None]:
         """Call ``fn`` for every change whose key starts with ``prefix`` published after the first ``after``
-        ones (default: every change not yet delivered); returns the unsubscribe callable."""
+        ones (default: every change not yet delivered); returns the unsubscribe callable.
+
+        Once the unsubscribe callable returns, ``fn`` is never called again and no call of it is running:
+        from another thread it waits for a call in progress to end (so it must not be called while holding
+        what ``fn`` waits for); from within a listener (on the dispatcher thread) it returns at once: the call
+        in progress (perhaps of ``fn`` itself) finishes, and no other call of ``fn`` starts.
+        """
         require_callable(fn, f"subscribe({prefix!r}, ...)", "ConfigChange")
         ident = next(self._ids)
         with self._lock:
             self._subscribers = (*self._subscribers, (ident, prefix, fn, after))
+            self._live.add(ident)
 
         def unsubscribe() -> None:
             with self._lock:
                 self._subscribers = tuple(s for s in self._subscribers if s[0] != ident)
+                self._live.discard(ident)
+                if threading.get_ident() != self._dispatching and self._calling == ident:
+                    self._waiting += 1
+                    try:
+                        self._call_done.wait_for(lambda: self._calling != ident)
+                    finally:
+                        self._waiting -= 1
 
         return unsubscribe
 
@@ -117,14 +138,21 @@ class Dispatcher:
             return self._idle.wait_for(lambda: self._done >= self._queued, timeout)
 
     def _run(self) -> None:
+        self._dispatching = threading.get_ident()
+        lock, live = self._lock, self._live  # (locals: this loop is the per-listener cost of every change)
         while True:
             got = self._queue.get()
             if got is _STOP:
                 return
             assert isinstance(got, tuple)
             position, item = got
-            for _ident, prefix, fn, after in self._subscribers:
+            for ident, prefix, fn, after in self._subscribers:
                 if position > after and item.key.startswith(prefix):
+                    with lock:
+                        # Unsubscribed since this round began: its unsubscribe() has returned, so no more calls.
+                        if ident not in live:
+                            continue
+                        self._calling = ident
                     try:
                         fn(item)
                     except BaseException:  # sys.exit() too: it would end this thread, and every later delivery
@@ -132,6 +160,11 @@ class Dispatcher:
                             "config listener raised; the other listeners still run",
                             extra={"error_code": "E0409", "key": item.key, "listener": repr(fn)},
                         )
+                    finally:
+                        with lock:
+                            self._calling = 0
+                            if self._waiting:
+                                self._call_done.notify_all()
             with self._idle:
                 self._done += 1
                 self._idle.notify_all()

@@ -62,8 +62,8 @@ RESYNC_SPAN = "autoglm.config.resync"
 class ConfigHealth(TypedDict):
     """What :meth:`ConfigClient.health() <autoglm_runtime.config.ConfigClient.health>` returns.
 
-    A ``dict`` at run time (JSON-ready: str, bool, int, float and ``None`` values, and dicts of ints), typed for
-    mypy.
+    A ``dict`` at run time (JSON-ready: str, bool, int, float and ``None`` values, dicts of ints and a list of
+    str), typed for mypy.
     Each call returns a new one.
 
     * ``state`` (:data:`ConfigState`): ``"new"``, ``"starting"``, ``"running"``, ``"stopped"`` or ``"failed"``.
@@ -90,6 +90,9 @@ class ConfigHealth(TypedDict):
     * ``root_missing`` (bool): ZooKeeper answered that the root does not exist (a typo in the root, or it
       was deleted); the client follows it and loads it once it is created. Logged once as E0409.
     * ``watch_mode`` (:data:`WatchMode`): ``"persistent"``, ``"per_node"`` or ``"none"`` (``file://``).
+    * ``denied`` (list of str): the znodes ZooKeeper refuses to let the client read (ACL), sorted; their keys
+      keep their last known values, or stay absent (as after ``start(allow_denied=True)``). Each is logged once
+      as E0409, and leaves the list once a read of it succeeds or it is deleted.
     """
 
     state: ConfigState
@@ -109,6 +112,7 @@ class ConfigHealth(TypedDict):
     keys: int
     root_missing: bool
     watch_mode: WatchMode
+    denied: list[str]
 
 
 class SyncStatus:
@@ -137,6 +141,8 @@ class SyncStatus:
         self._stale_wall: float | None = None  # when it went stale, on the wall clock: where a resync span starts
         self.root_missing = False
         self.watch_mode: WatchMode = "none"
+        #: The znodes ZooKeeper refuses to let the client read, sorted (the sync thread replaces the tuple).
+        self.denied: tuple[str, ...] = ()
 
     def mark_stale(self, *, age: float = 0.0) -> None:
         """The cache stopped following its source ``age`` seconds ago (kept if already stale: staleness counts
@@ -243,4 +249,5 @@ class SyncStatus:
                 keys=keys,
                 root_missing=self.root_missing,
                 watch_mode=self.watch_mode,
+                denied=list(self.denied),
             )
