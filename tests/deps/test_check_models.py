@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from packaging.requirements import Requirement
 from tests.deps._check_data import WIN39, dist, environment, model
 
@@ -256,3 +257,20 @@ def test_a_constraint_on_a_requirement_is_checked_against_the_environment() -> N
             "requires",
         )
     ]
+
+
+def test_the_environment_and_the_models_are_checked_on_one_requirement_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoglm_runtime.deps import installed
+
+    built: list[object] = []
+    original = installed.RequirementGraph.__init__
+
+    def counting(self: installed.RequirementGraph, *args: object, **kwargs: object) -> None:
+        built.append(self)
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(installed.RequirementGraph, "__init__", counting)
+    env = environment(dist("pandas", "2.1.4", ["numpy<2"]), dist("numpy", "1.26.4"))
+    report = check_probed(env, [model("a", "pandas==2.1.4"), model("b", "numpy>=2")])
+    assert [f.kind for f in report.findings] == ["model-vs-host"]
+    assert len(built) == 1  # its edges (every installed requirement, markers evaluated) are built once

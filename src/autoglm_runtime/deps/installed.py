@@ -16,7 +16,7 @@ from autoglm_runtime.deps.findings import Finding
 from autoglm_runtime.deps.probe import InstalledDist, ProbedEnvironment, canonical
 from autoglm_runtime.deps.specifiers import admitted, disjoint, satisfies
 
-__all__ = ["RequirementGraph", "check_installed"]
+__all__ = ["RequirementGraph", "check_graph", "check_installed"]
 
 
 class RequirementGraph:
@@ -229,7 +229,13 @@ def check_installed(
 ) -> list[Finding]:
     """Every finding about the environment itself; ``model_requirements`` (model name -> its active
     requirements) only decide whether a base interpreter's distribution the environment shadows is needed."""
-    graph = RequirementGraph(env, model_requirements or {})  # the models' edges take part in no check below
+    return check_graph(RequirementGraph(env, model_requirements or {}))
+
+
+def check_graph(graph: RequirementGraph) -> list[Finding]:
+    """:func:`check_installed` on a graph already built, which the model checks can then use too (its
+    requested extras are checked and consumed here)."""
+    env = graph.env
     findings = _invalid_metadata(env) + duplicates(env) + shadowed_modules(env, graph.edges) + unsupported_wheels(env)
     version = env.python_version
     for key, dist in sorted(env.winners.items()):
