@@ -111,6 +111,29 @@ def test_why_names_installed_requirers_and_models_with_their_ranges() -> None:
         "installed": None,
         "required_by": [],
         "models": [],
+        "through_extras": [],
+    }
+
+
+def test_why_follows_requested_extras_and_says_who_requests_them() -> None:
+    env = environment(
+        dist("socksio", "1.0"),
+        dist("httpx", "0.27.0", ['socksio==1.*; extra == "socks"', 'h2[tls]; extra == "http2"'], extras=["socks", "http2"]),
+        dist("client", "1.0", ["httpx[socks]>=0.27"]),
+        dist("h2", "4.1", ['socksio>=0.5; extra == "tls"'], extras=["tls"]),
+    )
+    answer = explain("socksio", env, _plain(model("m", "httpx[http2,socks]")))
+    assert answer.render() == (
+        "why socksio (1.0 installed):\n"
+        "  h2 4.1 requires socksio>=0.5 for its extra 'tls', which httpx 0.27.0's extra 'http2' (h2[tls]) requests\n"
+        "  httpx 0.27.0 requires socksio==1.* for its extra 'socks', which client 1.0 (httpx[socks]>=0.27) and model "
+        "'m' (httpx[http2,socks]) request\n"
+    )
+    assert answer.to_json()["through_extras"][0] == {
+        "requirer": "h2 4.1",
+        "extra": "tls",
+        "requirement": "socksio>=0.5",
+        "requested_by": ["httpx 0.27.0's extra 'http2' (h2[tls])"],
     }
 
 
