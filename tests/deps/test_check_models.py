@@ -274,3 +274,61 @@ def test_the_environment_and_the_models_are_checked_on_one_requirement_graph(mon
     report = check_probed(env, [model("a", "pandas==2.1.4"), model("b", "numpy>=2")])
     assert [f.kind for f in report.findings] == ["model-vs-host"]
     assert len(built) == 1  # its edges (every installed requirement, markers evaluated) are built once
+
+
+def test_a_conflict_between_models_through_installed_distributions_names_both_chains() -> None:
+    env = environment(
+        dist("pandas", "2.1.4", ["numpy<2"]),
+        dist("numpy", "1.26.4"),
+        dist("newlib", "1.0", ["numpy>=2"]),
+        dist("wrapper", "1.0", ["newlib"]),
+    )
+    report = check_probed(env, [model("a", "pandas"), model("b", "wrapper"), model("c", "newlib")])
+    assert _found(report) == [
+        (
+            "incompatible",
+            ("a", "b", "c"),
+            "newlib 1.0 requires numpy>=2, but numpy 1.26.4 is installed; model b -> wrapper 1.0 -> newlib 1.0 -> "
+            "numpy>=2 and model c -> newlib 1.0 -> numpy>=2 conflict with model a -> pandas 2.1.4 -> numpy<2",
+        )
+    ]
+    finding = report.findings[0]
+    assert finding.details == {
+        "requirement": "numpy>=2",
+        "installed": "1.26.4",
+        "needed_by": {
+            "b": ["model b", "wrapper 1.0", "newlib 1.0", "numpy>=2"],
+            "c": ["model c", "newlib 1.0", "numpy>=2"],
+        },
+        "chain": ["model a", "pandas 2.1.4", "numpy<2"],
+    }
+    assert finding.hint == (
+        "install a version of numpy matching '>=2', or a version of newlib that accepts numpy 1.26.4, or load models "
+        "'a', 'b' and 'c' in separate environments (see --plan)"
+    )
+
+
+def test_a_conflict_within_one_model_or_with_the_host_names_its_chains() -> None:
+    env = environment(
+        dist("pandas", "2.1.4", ["numpy<2"]), dist("numpy", "1.26.4"), dist("newlib", "1.0", ["numpy>=2"])
+    )
+    both = check_probed(env, [model("a", "pandas", "newlib")])
+    assert _found(both) == [
+        (
+            "incompatible",
+            ("a",),
+            "newlib 1.0 requires numpy>=2, but numpy 1.26.4 is installed; model a -> newlib 1.0 -> numpy>=2 conflicts "
+            "with model a -> pandas 2.1.4 -> numpy<2",
+        )
+    ]
+    host = check_probed(env, [model("b", "newlib")])
+    assert _found(host) == [
+        (
+            "incompatible",
+            ("b",),
+            "newlib 1.0 requires numpy>=2, but numpy 1.26.4 is installed; model b -> newlib 1.0 -> numpy>=2 conflicts "
+            "with pandas 2.1.4 -> numpy<2",
+        )
+    ]
+    alone = check_probed(env, [model("c", "pandas")])  # no model needs newlib: the environment's own finding
+    assert _found(alone) == [("incompatible", (), "newlib 1.0 requires numpy>=2, but numpy 1.26.4 is installed")]

@@ -118,7 +118,12 @@ def test_why_names_installed_requirers_and_models_with_their_ranges() -> None:
 def test_why_follows_requested_extras_and_says_who_requests_them() -> None:
     env = environment(
         dist("socksio", "1.0"),
-        dist("httpx", "0.27.0", ['socksio==1.*; extra == "socks"', 'h2[tls]; extra == "http2"'], extras=["socks", "http2"]),
+        dist(
+            "httpx",
+            "0.27.0",
+            ['socksio==1.*; extra == "socks"', 'h2[tls]; extra == "http2"'],
+            extras=["socks", "http2"],
+        ),
         dist("client", "1.0", ["httpx[socks]>=0.27"]),
         dist("h2", "4.1", ['socksio>=0.5; extra == "tls"'], extras=["tls"]),
     )

@@ -72,28 +72,58 @@ class RequirementGraph:
         if model is not None:
             return [self._model_vs_host(where, model, req, dist)]
         name = self.env.winners[requirer].name if requirer else where
+        why, models, details = self._between_models(requirer, req, dist) if requirer else ("", (), {})
+        hint = f"install a version of {req.name} matching '{req.specifier}', or a version of {name} that accepts "
+        hint += dist.label
+        if len(models) > 1:
+            hint += f", or load models {', '.join(repr(m) for m in models[:-1])} and {models[-1]!r} in separate "
+            hint += "environments (see --plan)"
         return [
             Finding(
                 kind="incompatible",
                 packages=(requirer or key, key),
-                message=f"{where} requires {req_text(req)}, but {dist.label} is installed",
-                hint=f"install a version of {req.name} matching '{req.specifier}', or a version of {name} that "
-                f"accepts {dist.label}",
-                details={"requirement": req_text(req), "installed": dist.version},
+                models=models,
+                message=f"{where} requires {req_text(req)}, but {dist.label} is installed{why}",
+                hint=hint,
+                details={"requirement": req_text(req), "installed": dist.version, **details},
             )
         ]
 
-    def _chain(self, model: str | None, key: str, wanted: SpecifierSet) -> list[str] | None:
+    def _between_models(
+        self, requirer: str, req: Requirement, dist: InstalledDist
+    ) -> tuple[str, tuple[str, ...], dict[str, object]]:
+        """For an installed distribution's requirement the installed ``dist`` fails, when models are checked:
+        which models need the requirer (each one's chain to it) and what holds ``dist`` there, as the end of the
+        message, the models involved and details (nothing when no model needs the requirer)."""
+        needed_by: dict[str, list[str]] = {}
+        for name in sorted(self.models):
+            to_requirer = shortest_chain(self.edges, [f"model {name}"], requirer, self.labels)
+            if to_requirer is not None:
+                needed_by[name] = [*to_requirer[:-1], self.labels[requirer], req_text(req)]
+        if not needed_by:
+            return "", (), {}
+        holder = self._chain(None, dist.key, req.specifier, last=tuple(needed_by))
+        needs = " and ".join(" -> ".join(chain) for chain in needed_by.values())
+        models = set(needed_by)
+        if holder is None:
+            why = f"; needed by {needs}"
+        else:
+            why = f"; {needs} conflict{'s' if len(needed_by) == 1 else ''} with {' -> '.join(holder)}"
+            models.update(m for m in self.models if holder[0] == f"model {m}")
+        return why, tuple(sorted(models)), {"needed_by": needed_by, "chain": holder or []}
+
+    def _chain(self, model: str | None, key: str, wanted: SpecifierSet, last: tuple[str, ...] = ()) -> list[str] | None:
         """Why ``key``'s installed version is there and not one in ``wanted``: the shortest chain, from
-        another model if one leads to it, else from a root, whose last requirement the installed version
-        satisfies and which excludes every version in ``wanted``.
+        another model than ``model`` if one leads to it (the models ``last`` tried after the others), else from
+        a root, whose last requirement the installed version satisfies and which excludes every version in
+        ``wanted``.
         """
         version = self.env.winners[key].parsed_version
 
         def accept(req: Requirement) -> bool:
             return satisfies(req.specifier, version) and disjoint(req.specifier, wanted)
 
-        models = [f"model {m}" for m in sorted(self.models) if m != model]
+        models = [f"model {m}" for m in sorted(self.models, key=lambda m: (m in last, m)) if m != model]
         return shortest_chain(self.edges, models, key, self.labels, accept) or shortest_chain(
             self.edges, self.root_dists, key, self.labels, accept
         )

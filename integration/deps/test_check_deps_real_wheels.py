@@ -1,0 +1,100 @@
+"""check-deps on an environment installed by uv from the package index: real metadata, real markers and extras.
+
+Model 'a' needs ``kubernetes==28.1.0`` (which requires ``urllib3<2.0,>=1.24.2``), model 'b' needs
+``types-requests==2.32.0.20240914`` (which requires ``urllib3>=2``) and ``httpx[socks]==0.27.0`` (whose extra
+'socks' requires ``socksio==1.*``). The environment is what installing 'a' and then forcing in 'b''s stubs
+leaves: urllib3 1.26, so the models conflict only through what they pull in.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoglm_runtime.cli import main
+from autoglm_runtime.testing.zookeeper import fail_in_ci_else_skip
+
+pytestmark = pytest.mark.slow
+
+UV = Path(sys.executable).with_name("uv")
+STUBS = "types-requests==2.32.0.20240914"
+
+
+def _uv(*args: str | Path) -> None:
+    done = subprocess.run([str(UV), *map(str, args)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        fail_in_ci_else_skip(f"uv {' '.join(map(str, args))} failed (no package index?): {done.stderr.strip()[-400:]}")
+
+
+def _model(root: Path, name: str, *requirements: str) -> Path:
+    directory = root / name
+    directory.mkdir()
+    reqs = ", ".join(json.dumps(r) for r in requirements)
+    (directory / "model.toml").write_text(f'[model]\nname = "{name}"\nentrypoint = "m:load"\nrequirements = [{reqs}]\n')
+    return directory
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("real-wheels")
+    venv = root / "venv"
+    _uv("venv", "-q", "--python", sys.executable, venv)
+    python = venv / "bin" / "python"
+    _uv("pip", "install", "-q", "--python", python, "kubernetes==28.1.0", "httpx[socks]==0.27.0")
+    _uv("pip", "install", "-q", "--python", python, "--no-deps", STUBS)
+    return python, _model(root, "a", "kubernetes==28.1.0"), _model(root, "b", STUBS, "httpx[socks]==0.27.0")
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, dict[str, object]]:
+    code = main(["check-deps", *map(str, args), "--json", "--no-cache"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_models_conflicting_through_what_they_pull_in_are_named_with_both_chains(
+    installed: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    python, a, b = installed
+    code, out = _run(capsys, a, b, "--python", python)
+    assert code == 1
+    findings = out["findings"]
+    assert isinstance(findings, list)
+    urllib3 = next(f for f in findings if f["packages"] == ["types-requests", "urllib3"])
+    version = urllib3["details"]["installed"]
+    assert version.startswith("1.26.")
+    assert urllib3["kind"] == "incompatible"
+    assert urllib3["models"] == ["a", "b"]
+    assert urllib3["message"] == (
+        f"types-requests 2.32.0.20240914 requires urllib3>=2, but urllib3 {version} is installed; model b -> "
+        "types-requests 2.32.0.20240914 -> urllib3>=2 conflicts with model a -> kubernetes 28.1.0 -> "
+        "urllib3<2.0,>=1.24.2"
+    )
+    assert urllib3["details"]["needed_by"] == {"b": ["model b", "types-requests 2.32.0.20240914", "urllib3>=2"]}
+    assert urllib3["details"]["chain"] == ["model a", "kubernetes 28.1.0", "urllib3<2.0,>=1.24.2"]
+    assert [f["kind"] for f in findings] == ["incompatible"]  # everything else resolved and installed
+
+
+def test_why_shows_a_requirement_reached_through_an_extra(
+    installed: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    python, a, b = installed
+    _, out = _run(capsys, a, b, "--python", python, "--why", "socksio")
+    assert out["why"] == [
+        {
+            "package": "socksio",
+            "installed": "1.0.0",
+            "required_by": [],
+            "models": [],
+            "through_extras": [
+                {
+                    "requirer": "httpx 0.27.0",
+                    "extra": "socks",
+                    "requirement": "socksio==1.*",
+                    "requested_by": ["model 'b' (httpx[socks]==0.27.0)"],
+                }
+            ],
+        }
+    ]
