@@ -72,17 +72,17 @@ class RequirementGraph:
         if model is not None:
             return [self._model_vs_host(where, model, req, dist)]
         name = self.env.winners[requirer].name if requirer else where
-        why, models, details = self._between_models(requirer, req, dist) if requirer else ("", (), {})
+        why, involved, details = self._between_models(requirer, req, dist) if requirer else ("", (), {})
         hint = f"install a version of {req.name} matching '{req.specifier}', or a version of {name} that accepts "
         hint += dist.label
-        if len(models) > 1:
-            hint += f", or load models {', '.join(repr(m) for m in models[:-1])} and {models[-1]!r} in separate "
+        if len(involved) > 1:
+            hint += f", or load models {', '.join(repr(m) for m in involved[:-1])} and {involved[-1]!r} in separate "
             hint += "environments (see --plan)"
         return [
             Finding(
                 kind="incompatible",
                 packages=(requirer or key, key),
-                models=models,
+                models=involved,
                 message=f"{where} requires {req_text(req)}, but {dist.label} is installed{why}",
                 hint=hint,
                 details={"requirement": req_text(req), "installed": dist.version, **details},
