@@ -98,3 +98,26 @@ def test_why_shows_a_requirement_reached_through_an_extra(
             ],
         }
     ]
+
+
+def test_a_constraint_with_extras_is_refused_as_pip_refuses_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "c.txt").write_text("httpx[socks]==0.27.0\n")
+    (tmp_path / "r.txt").write_text("httpx\n")
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "-r", "r.txt", "-c", "c.txt"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert pip.returncode != 0
+    assert "Constraints cannot have extras" in pip.stderr
+    model = _model(tmp_path, "m", "httpx", "-c ../c.txt")
+    assert main(["check-deps", str(model)]) == 2
+    assert capsys.readouterr().err == (
+        f"autoglm-runtime: error E0102: {model / 'model.toml'}: model.requirements[1]: constraint "
+        "'httpx[socks]==0.27.0' in ../c.txt has extras [socks]: pip refuses extras in constraints ('Constraints "
+        "cannot have extras') and uv ignores them; write 'httpx==0.27.0' (a requirement may ask for the extras)\n"
+    )
