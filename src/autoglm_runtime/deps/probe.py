@@ -129,6 +129,9 @@ class ProbedEnvironment:
     base_site: frozenset[str] = frozenset()
     #: The interpreter's ``sys.abiflags`` (``""``, ``"t"`` free-threaded, ``"d"`` debug); ``None`` when unknown.
     abiflags: str | None = None
+    #: ``(pointer bits, C library)``: ``(64, "glibc 2.36")``, ``(32, "glibc 2.36")`` for a 32-bit interpreter on a
+    #: 64-bit kernel, ``(64, "")`` for musl or another C library; ``None`` when unknown.
+    binary_platform: tuple[int, str] | None = None
     #: The importable copy of each distribution, by normalised name (see :meth:`copies`).
     winners: dict[str, InstalledDist] = field(init=False)
     _copies: dict[str, list[InstalledDist]] = field(init=False, repr=False)
@@ -286,7 +289,14 @@ def parse_probe(data: dict[str, Any], python: str) -> ProbedEnvironment:
         dists=[_parse_dist(raw) for raw in data["distributions"]],
         base_site=frozenset(str(p) for p in data.get("base_site") or ()),
         abiflags=None if data.get("abiflags") is None else str(data["abiflags"]),
+        binary_platform=_binary_platform(data.get("binary_platform")),
     )
+
+
+def _binary_platform(raw: object) -> tuple[int, str] | None:
+    if isinstance(raw, list) and len(raw) == 2 and isinstance(raw[0], int) and isinstance(raw[1], str):
+        return raw[0], raw[1]
+    return None
 
 
 def interpreter_path(python: str | Path) -> str:
