@@ -9,6 +9,7 @@ leaves: urllib3 1.26, so the models conflict only through what they pull in.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +122,45 @@ def test_a_constraint_with_extras_is_refused_as_pip_refuses_it(
         "'httpx[socks]==0.27.0' in ../c.txt has extras [socks]: pip refuses extras in constraints ('Constraints "
         "cannot have extras') and uv ignores them; write 'httpx==0.27.0' (a requirement may ask for the extras)\n"
     )
+
+
+def test_a_wheel_reinstalled_with_other_tags_is_seen_by_a_warm_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # WHEEL is not in the probe cache's stamp: a reinstall writes a new metadata directory (new mtimes), so
+    # a cached description is never reused for it. Here the directory is stamped old (trusted: checked by one
+    # stat per stamped file, no listing) before pip puts a wheel of the same version for another Python there.
+    _uv("venv", "-q", "--python", sys.executable, tmp_path / "venv")
+    python = tmp_path / "venv" / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-I", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    target = tmp_path / "target"
+    (Path(site) / "target.pth").write_text(f"{target}\n")
+    minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    other = "3.12" if minor != "3.12" else "3.11"
+
+    def pip_target(version: str, *more: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--target", str(target), "--python-version", version,
+             "--only-binary=:all:", "--no-deps", *more, "markupsafe==2.1.5"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            fail_in_ci_else_skip(f"pip could not download markupsafe 2.1.5 (no package index?): {done.stderr[-400:]}")
+
+    pip_target(minor)
+    old = 1_600_000_000
+    for path in [target, *target.rglob("*")]:
+        os.utime(path, (old, old))
+    for _ in range(2):  # the second run reads every description from the cache
+        assert main(["check-deps", "--python", str(python), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["findings"] == []
+    pip_target(other, "--upgrade")
+    assert main(["check-deps", "--python", str(python), "--json"]) == 1
+    (finding,) = json.loads(capsys.readouterr().out)["findings"]
+    assert finding["kind"] == "unsupported-wheel"
+    assert all(tag.startswith(f"cp{other.replace('.', '')}-") for tag in finding["details"]["wheel_tags"])
