@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import functools
 
+from autoglm_runtime.deps.distributions import ProbedEnvironment
 from autoglm_runtime.deps.findings import Finding
-from autoglm_runtime.deps.probe import ProbedEnvironment
 
 __all__ = ["unsupported_wheels"]
 

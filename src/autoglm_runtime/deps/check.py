@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING
 from packaging.requirements import Requirement
 
 from autoglm_runtime.deps._scripts.probe import marker_environment
+from autoglm_runtime.deps.distributions import ProbedEnvironment, canonical
 from autoglm_runtime.deps.findings import Finding, Report
 from autoglm_runtime.deps.installed import RequirementGraph, check_graph
-from autoglm_runtime.deps.probe import ProbedEnvironment, canonical, probe_environment
+from autoglm_runtime.deps.probe import probe_environment
 
 if TYPE_CHECKING:
     from pathlib import Path

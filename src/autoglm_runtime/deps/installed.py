@@ -12,8 +12,8 @@ from autoglm_runtime.deps._copies import duplicates
 from autoglm_runtime.deps._graph import Edges, cycles, req_text, shortest_chain
 from autoglm_runtime.deps._platform import unsupported_wheels
 from autoglm_runtime.deps._shadowed import shadowed_modules
+from autoglm_runtime.deps.distributions import InstalledDist, ProbedEnvironment, canonical
 from autoglm_runtime.deps.findings import Finding
-from autoglm_runtime.deps.probe import InstalledDist, ProbedEnvironment, canonical
 from autoglm_runtime.deps.specifiers import admitted, disjoint, satisfies
 
 __all__ = ["RequirementGraph", "check_graph", "check_installed"]

@@ -18,8 +18,8 @@ from typing import Any
 from packaging.requirements import Requirement
 
 from autoglm_runtime.deps._graph import req_text
+from autoglm_runtime.deps.distributions import ProbedEnvironment, canonical
 from autoglm_runtime.deps.planning import ModelRequirements
-from autoglm_runtime.deps.probe import ProbedEnvironment, canonical
 
 __all__ = ["ThroughExtra", "Why", "explain"]
 

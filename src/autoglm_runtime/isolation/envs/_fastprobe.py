@@ -34,7 +34,8 @@ from pathlib import Path
 from types import TracebackType
 
 from autoglm_runtime.deps._scripts import probe as _probe
-from autoglm_runtime.deps.probe import PROBE_TIMEOUT, ProbedEnvironment, parse_probe, probe_environment
+from autoglm_runtime.deps.distributions import ProbedEnvironment, parse_probe
+from autoglm_runtime.deps.probe import PROBE_TIMEOUT, probe_environment
 
 __all__ = ["FactsProbe", "VenvFacts", "describe_venv", "facts_command", "facts_key", "probe_venv"]
 
