@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.deps._check_data import model_dir
 
 from autoglm_runtime.cli import main
 from autoglm_runtime.testing.zookeeper import fail_in_ci_else_skip
@@ -31,14 +32,6 @@ def _uv(*args: str | Path) -> None:
         fail_in_ci_else_skip(f"uv {' '.join(map(str, args))} failed (no package index?): {done.stderr.strip()[-400:]}")
 
 
-def _model(root: Path, name: str, *requirements: str) -> Path:
-    directory = root / name
-    directory.mkdir()
-    reqs = ", ".join(json.dumps(r) for r in requirements)
-    (directory / "model.toml").write_text(f'[model]\nname = "{name}"\nentrypoint = "m:load"\nrequirements = [{reqs}]\n')
-    return directory
-
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("real-wheels")
@@ -47,7 +40,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
     python = venv / "bin" / "python"
     _uv("pip", "install", "-q", "--python", python, "kubernetes==28.1.0", "httpx[socks]==0.27.0")
     _uv("pip", "install", "-q", "--python", python, "--no-deps", STUBS)
-    return python, _model(root, "a", "kubernetes==28.1.0"), _model(root, "b", STUBS, "httpx[socks]==0.27.0")
+    return python, model_dir(root, "a", "kubernetes==28.1.0"), model_dir(root, "b", STUBS, "httpx[socks]==0.27.0")
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, dict[str, object]]:
@@ -115,7 +108,7 @@ def test_a_constraint_with_extras_is_refused_as_pip_refuses_it(
     )
     assert pip.returncode != 0
     assert "Constraints cannot have extras" in pip.stderr
-    model = _model(tmp_path, "m", "httpx", "-c ../c.txt")
+    model = model_dir(tmp_path, "m", "httpx", "-c ../c.txt")
     assert main(["check-deps", str(model)]) == 2
     assert capsys.readouterr().err == (
         f"autoglm-runtime: error E0102: {model / 'model.toml'}: model.requirements[1]: constraint "

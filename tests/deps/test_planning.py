@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
-from tests.deps._check_data import WIN39, dist, environment, model
+from tests.deps._check_data import WIN39, dist, environment, model, model_dir
 
 from autoglm_runtime.cli import main
 from autoglm_runtime.deps.check import check_models
@@ -142,17 +142,9 @@ def test_why_follows_requested_extras_and_says_who_requests_them() -> None:
     }
 
 
-def _model_dir(root: Path, name: str, *requirements: str) -> Path:
-    directory = root / name
-    directory.mkdir()
-    reqs = ", ".join(json.dumps(r) for r in requirements)
-    (directory / "model.toml").write_text(f'[model]\nname = "{name}"\nentrypoint = "m:load"\nrequirements = [{reqs}]\n')
-    return directory
-
-
 def test_cli_plan_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    a = _model_dir(tmp_path, "a", "packaging<1")
-    b = _model_dir(tmp_path, "b", "packaging>=1")
+    a = model_dir(tmp_path, "a", "packaging<1")
+    b = model_dir(tmp_path, "b", "packaging>=1")
     assert main(["check-deps", str(a), str(b), "--plan", "--why", "packaging", "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["plan"] == {"method": "greedy", "groups": [["a"], ["b"]], "unplaceable": []}
@@ -165,7 +157,7 @@ def test_cli_plan_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         "  group 1: a\n"
         "  group 2: b\n"
     )
-    c = _model_dir(tmp_path, "c", "packaging>=1,<99")
+    c = model_dir(tmp_path, "c", "packaging>=1,<99")
     assert main(["check-deps", str(a), str(b), str(c), "--plan"]) == 1
     assert capsys.readouterr().out.endswith(
         "plan: 2 environments for 3 models, grouped by their direct requirements (greedy grouping: may not be the "
