@@ -114,8 +114,8 @@ class RequirementGraph:
 
     def _chain(self, model: str | None, key: str, wanted: SpecifierSet, last: tuple[str, ...] = ()) -> list[str] | None:
         """Why ``key``'s installed version is there and not one in ``wanted``: the shortest chain, from
-        another model than ``model`` if one leads to it (the models ``last`` tried after the others), else from
-        a root, whose last requirement the installed version satisfies and which excludes every version in
+        another model than ``model`` if one leads to it (of equal chains, one from a model not in ``last``), else
+        from a root, whose last requirement the installed version satisfies and which excludes every version in
         ``wanted``.
         """
         version = self.env.winners[key].parsed_version
@@ -258,7 +258,8 @@ def check_installed(
     env: ProbedEnvironment, model_requirements: Mapping[str, Sequence[Requirement]] | None = None
 ) -> list[Finding]:
     """Every finding about the environment itself; ``model_requirements`` (model name -> its active
-    requirements) only decide whether a base interpreter's distribution the environment shadows is needed."""
+    requirements) decide whether a base interpreter's distribution the environment shadows is needed, and
+    which models an ``incompatible`` finding names (those that need its requiring distribution)."""
     return check_graph(RequirementGraph(env, model_requirements or {}))
 
 
