@@ -332,3 +332,31 @@ def test_a_conflict_within_one_model_or_with_the_host_names_its_chains() -> None
     ]
     alone = check_probed(env, [model("c", "pandas")])  # no model needs newlib: the environment's own finding
     assert _found(alone) == [("incompatible", (), "newlib 1.0 requires numpy>=2, but numpy 1.26.4 is installed")]
+
+
+def test_a_conflict_between_models_through_an_extra_names_the_extra_in_the_chain() -> None:
+    env = environment(
+        dist("client", "1.0", ["httpx[socks]"]),
+        dist("httpx", "0.27.0", ['socksio>=2; extra == "socks"'], extras=["socks"]),
+        dist("socksio", "1.0"),
+        dist("old", "1.0", ["socksio<2"]),
+    )
+    report = check_probed(env, [model("a", "old"), model("b", "client")])
+    assert _found(report) == [
+        (
+            "incompatible",
+            ("a", "b"),
+            "client 1.0 requires httpx[socks], whose extra 'socks' needs socksio>=2, but socksio 1.0 is installed; "
+            "model b -> client 1.0 -> httpx[socks] 0.27.0 -> socksio>=2 conflicts with model a -> old 1.0 -> socksio<2",
+        )
+    ]
+    assert report.findings[0].details == {
+        "requirement": "httpx[socks]",
+        "extra": "socks",
+        "needs": "socksio>=2",
+        "installed": "1.0",
+        "chain": ["model a", "old 1.0", "socksio<2"],
+        "needed_by": {"b": ["model b", "client 1.0", "httpx[socks] 0.27.0", "socksio>=2"]},
+    }
+    alone = check_probed(env)  # no model: the environment's finding, as before
+    assert [(f.kind, f.models, f.details["chain"]) for f in alone.findings] == [("incompatible", (), [])]

@@ -90,16 +90,17 @@ class RequirementGraph:
         ]
 
     def _between_models(
-        self, requirer: str, req: Requirement, dist: InstalledDist
+        self, requirer: str, req: Requirement, dist: InstalledDist, via: str | None = None
     ) -> tuple[str, tuple[str, ...], dict[str, object]]:
         """For an installed distribution's requirement the installed ``dist`` fails, when models are checked:
-        which models need the requirer (each one's chain to it) and what holds ``dist`` there, as the end of the
-        message, the models involved and details (nothing when no model needs the requirer)."""
+        which models need the requirer (each one's chain to it, then ``via``, the extra it requests, when the
+        requirement is that extra's) and what holds ``dist`` there, as the end of the message, the models
+        involved and details (nothing when no model needs the requirer)."""
         needed_by: dict[str, list[str]] = {}
         for name in sorted(self.models):
             to_requirer = shortest_chain(self.edges, [f"model {name}"], requirer, self.labels)
             if to_requirer is not None:
-                needed_by[name] = [*to_requirer[:-1], self.labels[requirer], req_text(req)]
+                needed_by[name] = [*to_requirer[:-1], self.labels[requirer], *([via] if via else []), req_text(req)]
         if not needed_by:
             return "", (), {}
         holder = self._chain(None, dist.key, req.specifier, last=tuple(needed_by))
@@ -238,6 +239,11 @@ class RequirementGraph:
         kind: Literal["model-vs-host", "incompatible"] = "model-vs-host" if models else "incompatible"
         chain = self._chain(models[0], dep_key, dep.specifier) if models else None
         why = f", pulled in by {' -> '.join(chain)}" if chain else ""
+        more: dict[str, object] = {}
+        if not models and requirer is not None:  # a distribution's extra: the models that need that distribution
+            via = f"{dist.name}[{extra}] {dist.version}"
+            why, models, more = self._between_models(requirer, dep, installed, via=via)
+            chain = more.pop("chain", None)  # type: ignore[assignment]
         return Finding(
             kind=kind,
             packages=tuple(p for p in (requirer, dist.key, dep_key) if p),
@@ -250,6 +256,7 @@ class RequirementGraph:
                 "needs": req_text(dep),
                 "installed": installed.version,
                 "chain": chain or [],
+                **more,
             },
         )
 
