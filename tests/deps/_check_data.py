@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -90,3 +91,12 @@ def model(name: str, *requirements: str, python: str | None = None, constraints:
         directory=Path(f"/m/{name}"),
         source=Path(f"/m/{name}/model.toml"),
     )
+
+
+def model_dir(root: Path, name: str, *requirements: str) -> Path:
+    """A model directory ``root/name`` whose ``model.toml`` requires ``requirements``."""
+    directory = root / name
+    directory.mkdir()
+    reqs = ", ".join(json.dumps(r) for r in requirements)
+    (directory / "model.toml").write_text(f'[model]\nname = "{name}"\nentrypoint = "m:load"\nrequirements = [{reqs}]\n')
+    return directory

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from packaging.requirements import Requirement
 from tests.deps._check_data import WIN39, dist, environment, model
 
@@ -256,3 +257,106 @@ def test_a_constraint_on_a_requirement_is_checked_against_the_environment() -> N
             "requires",
         )
     ]
+
+
+def test_the_environment_and_the_models_are_checked_on_one_requirement_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    from autoglm_runtime.deps import installed
+
+    built: list[object] = []
+    original = installed.RequirementGraph.__init__
+
+    def counting(self: installed.RequirementGraph, *args: object, **kwargs: object) -> None:
+        built.append(self)
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(installed.RequirementGraph, "__init__", counting)
+    env = environment(dist("pandas", "2.1.4", ["numpy<2"]), dist("numpy", "1.26.4"))
+    report = check_probed(env, [model("a", "pandas==2.1.4"), model("b", "numpy>=2")])
+    assert [f.kind for f in report.findings] == ["model-vs-host"]
+    assert len(built) == 1  # its edges (every installed requirement, markers evaluated) are built once
+
+
+def test_a_conflict_between_models_through_installed_distributions_names_both_chains() -> None:
+    env = environment(
+        dist("pandas", "2.1.4", ["numpy<2"]),
+        dist("numpy", "1.26.4"),
+        dist("newlib", "1.0", ["numpy>=2"]),
+        dist("wrapper", "1.0", ["newlib"]),
+    )
+    report = check_probed(env, [model("a", "pandas"), model("b", "wrapper"), model("c", "newlib")])
+    assert _found(report) == [
+        (
+            "incompatible",
+            ("a", "b", "c"),
+            "newlib 1.0 requires numpy>=2, but numpy 1.26.4 is installed; model b -> wrapper 1.0 -> newlib 1.0 -> "
+            "numpy>=2 and model c -> newlib 1.0 -> numpy>=2 conflict with model a -> pandas 2.1.4 -> numpy<2",
+        )
+    ]
+    finding = report.findings[0]
+    assert finding.details == {
+        "requirement": "numpy>=2",
+        "installed": "1.26.4",
+        "needed_by": {
+            "b": ["model b", "wrapper 1.0", "newlib 1.0", "numpy>=2"],
+            "c": ["model c", "newlib 1.0", "numpy>=2"],
+        },
+        "chain": ["model a", "pandas 2.1.4", "numpy<2"],
+    }
+    assert finding.hint == (
+        "install a version of numpy matching '>=2', or a version of newlib that accepts numpy 1.26.4, or load models "
+        "'a', 'b' and 'c' in separate environments (see --plan)"
+    )
+
+
+def test_a_conflict_within_one_model_or_with_the_host_names_its_chains() -> None:
+    env = environment(
+        dist("pandas", "2.1.4", ["numpy<2"]), dist("numpy", "1.26.4"), dist("newlib", "1.0", ["numpy>=2"])
+    )
+    both = check_probed(env, [model("a", "pandas", "newlib")])
+    assert _found(both) == [
+        (
+            "incompatible",
+            ("a",),
+            "newlib 1.0 requires numpy>=2, but numpy 1.26.4 is installed; model a -> newlib 1.0 -> numpy>=2 conflicts "
+            "with model a -> pandas 2.1.4 -> numpy<2",
+        )
+    ]
+    host = check_probed(env, [model("b", "newlib")])
+    assert _found(host) == [
+        (
+            "incompatible",
+            ("b",),
+            "newlib 1.0 requires numpy>=2, but numpy 1.26.4 is installed; model b -> newlib 1.0 -> numpy>=2 conflicts "
+            "with pandas 2.1.4 -> numpy<2",
+        )
+    ]
+    alone = check_probed(env, [model("c", "pandas")])  # no model needs newlib: the environment's own finding
+    assert _found(alone) == [("incompatible", (), "newlib 1.0 requires numpy>=2, but numpy 1.26.4 is installed")]
+
+
+def test_a_conflict_between_models_through_an_extra_names_the_extra_in_the_chain() -> None:
+    env = environment(
+        dist("client", "1.0", ["httpx[socks]"]),
+        dist("httpx", "0.27.0", ['socksio>=2; extra == "socks"'], extras=["socks"]),
+        dist("socksio", "1.0"),
+        dist("old", "1.0", ["socksio<2"]),
+    )
+    report = check_probed(env, [model("a", "old"), model("b", "client")])
+    assert _found(report) == [
+        (
+            "incompatible",
+            ("a", "b"),
+            "client 1.0 requires httpx[socks], whose extra 'socks' needs socksio>=2, but socksio 1.0 is installed; "
+            "model b -> client 1.0 -> httpx[socks] 0.27.0 -> socksio>=2 conflicts with model a -> old 1.0 -> socksio<2",
+        )
+    ]
+    assert report.findings[0].details == {
+        "requirement": "httpx[socks]",
+        "extra": "socks",
+        "needs": "socksio>=2",
+        "installed": "1.0",
+        "chain": ["model a", "old 1.0", "socksio<2"],
+        "needed_by": {"b": ["model b", "client 1.0", "httpx[socks] 0.27.0", "socksio>=2"]},
+    }
+    alone = check_probed(env)  # no model: the environment's finding, as before
+    assert [(f.kind, f.models, f.details["chain"]) for f in alone.findings] == [("incompatible", (), [])]

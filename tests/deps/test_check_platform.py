@@ -11,6 +11,7 @@ import pytest
 from tests.deps._check_data import dist, environment
 
 from autoglm_runtime.deps._scripts import probe as _probe
+from autoglm_runtime.deps._scripts.markers import binary_platform
 from autoglm_runtime.deps.check import check_probed
 from autoglm_runtime.deps.probe import parse_probe
 from autoglm_runtime.testing.wheels import build_wheel
@@ -23,11 +24,14 @@ HERE311 = {
     "python_version": "3.11",
 }
 MACHINE = platform.machine()
+#: This interpreter's pointer width and C library, as a target like it reports them.
+HERE_BINARY = (64 if sys.maxsize > 2**32 else 32, binary_platform()[1])
 
 
 def _kinds(*dists: dict[str, object], markers: dict[str, str] = HERE311, abiflags: str | None = "") -> list[str]:
     env = environment(*dists, markers=markers)
     env.abiflags = abiflags
+    env.binary_platform = HERE_BINARY  # type: ignore[assignment]
     return [f.kind for f in check_probed(env).findings]
 
 
@@ -36,6 +40,7 @@ def test_a_wheel_of_another_python_is_unsupported_as_pip_check_says() -> None:
     cp312 = [f"cp312-cp312-manylinux_2_17_{MACHINE}", f"cp312-cp312-manylinux2014_{MACHINE}"]
     env = environment(dist("pydantic_core", "2.50.5", wheel_tags=cp312), markers=HERE311)
     env.abiflags = ""
+    env.binary_platform = HERE_BINARY  # type: ignore[assignment]
     (finding,) = check_probed(env).findings
     assert (finding.kind, finding.packages, finding.severity) == ("unsupported-wheel", ("pydantic-core",), "error")
     assert finding.message == (
@@ -81,6 +86,30 @@ def test_another_machine_or_implementation_is_not_judged() -> None:
     assert _kinds(dist("x", "1.0", wheel_tags=["cp311-cp311-win_amd64"]), markers=pypy) == []
 
 
+@pytest.mark.skipif(sys.platform != "linux" or MACHINE != "x86_64", reason="an x86_64 Linux host")
+def test_a_32_bit_or_musl_target_on_this_kernel_is_not_judged_by_our_tags() -> None:
+    # A 32-bit interpreter on a 64-bit kernel reports platform_machine x86_64 (the kernel's) but loads i686
+    # modules; a musl one loads musllinux modules. These are the WHEEL tags of real wheels built for them:
+    # judged with this glibc x86_64 interpreter's tags they would all be "unsupported".
+    i686 = ["cp311-cp311-manylinux_2_17_i686", "cp311-cp311-manylinux2014_i686"]
+    musl = ["cp311-cp311-musllinux_1_1_x86_64"]
+    for binary, tags in (([32, HERE_BINARY[1]], i686), ([64, ""], musl)):
+        data = {
+            "version": "3.11.7",
+            "markers": HERE311,
+            "path": ["/t/site-packages"],
+            "distributions": [dist("markupsafe", "2.1.5", wheel_tags=tags)],
+            "abiflags": "",
+            "binary_platform": binary,
+        }
+        env = parse_probe(data, "/t/bin/python")
+        assert env.binary_platform == tuple(binary)
+        assert [f.kind for f in check_probed(env).findings] == []
+    assert HERE_BINARY[1].startswith("glibc ")  # else the musl case above would be this machine's own
+    # The same target reporting this interpreter's width and C library is judged: an i686 wheel is unsupported.
+    assert _kinds(dist("markupsafe", "2.1.5", wheel_tags=i686)) == ["unsupported-wheel"]
+
+
 def test_the_probe_reads_the_wheel_tags_and_the_abi_flags(tmp_path: Path) -> None:
     site = tmp_path / "site"
     native = {"native/__init__.py": "", "native/_core.cpython-39-x86_64-linux-gnu.so": b"\x7fELF"}
@@ -96,3 +125,5 @@ def test_the_probe_reads_the_wheel_tags_and_the_abi_flags(tmp_path: Path) -> Non
     data = _probe.probe()
     assert data["abiflags"] == getattr(sys, "abiflags", None)
     assert parse_probe(data, sys.executable).abiflags == data["abiflags"]
+    assert data["binary_platform"] == [HERE_BINARY[0], HERE_BINARY[1]]
+    assert parse_probe(data, sys.executable).binary_platform == HERE_BINARY

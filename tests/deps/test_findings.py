@@ -33,6 +33,16 @@ def test_only_informational_findings_keep_the_report_ok() -> None:
     assert Report([CYCLE, CROSS]).exit_code == 1
 
 
+def test_a_finding_of_an_informational_kind_says_so_itself() -> None:
+    # severity and the informational field give one answer: a cycle built without the flag is informational
+    assert CYCLE.informational is True
+    assert CYCLE.severity == "info"
+    assert CROSS.informational is False
+    assert CROSS.severity == "error"
+    flagged = Finding(kind="invalid-metadata", packages=("x",), message="m", hint="h", informational=True)
+    assert (flagged.informational, flagged.severity) == (True, "info")
+
+
 def test_json_form_is_stable() -> None:
     report = Report([CROSS, CYCLE], python="/e/bin/python", python_version="3.12.1", distributions=7, models=("a", "b"))
     out = report.to_json()

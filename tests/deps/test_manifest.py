@@ -209,6 +209,29 @@ def test_constraints_files_are_kept_apart_from_the_requirements(tmp_path: Path) 
     assert [str(r) for r in manifest.constraints] == ["numpy<2", 'pandas==2.1.4; python_version >= "3.9"', "scipy<1.12"]
 
 
+def test_a_constraint_with_extras_is_a_problem_as_pip_refuses_it(tmp_path: Path) -> None:
+    # pip: "Constraints cannot have extras"; uv drops them: read here as either, the check and the install disagree
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "c.txt").write_text("numpy<2\nrequests[socks]<3; python_version >= '3.8'\n-r c2.txt\n")
+    (tmp_path / "m" / "c2.txt").write_text("httpx[http2,socks]==0.27.0\n")
+    _write(
+        tmp_path / "m",
+        '[model]\nname = "m"\nentrypoint = "m:load"\nrequirements = ["requests", "-c c.txt"]\n',
+    )
+    with pytest.raises(ManifestError) as info:
+        load_manifest(tmp_path / "m")
+    assert info.value.code == "E0102"
+    assert str(info.value) == (
+        f"E0102: {tmp_path / 'm' / 'model.toml'} has 2 problems: model.requirements[1]: constraint "
+        "'requests[socks]<3; python_version >= \"3.8\"' in c.txt has extras [socks]: pip refuses extras in "
+        "constraints ('Constraints cannot have extras') and uv ignores them; write "
+        "'requests<3; python_version >= \"3.8\"' (a requirement may ask for the extras); model.requirements[1]: "
+        "constraint 'httpx[http2,socks]==0.27.0' in c.txt has extras [http2,socks]: pip refuses extras in "
+        "constraints ('Constraints cannot have extras') and uv ignores them; write 'httpx==0.27.0' (a requirement "
+        "may ask for the extras)"
+    )
+
+
 def test_a_huge_bad_line_is_not_echoed_whole(tmp_path: Path) -> None:
     bad = tmp_path / "bad.txt"
     bad.write_text("numpy==1.26.4 " + "garbage " * 2000 + "\n")

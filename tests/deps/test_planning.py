@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
-from tests.deps._check_data import WIN39, dist, environment, model
+from tests.deps._check_data import WIN39, dist, environment, model, model_dir
 
 from autoglm_runtime.cli import main
 from autoglm_runtime.deps.check import check_models
@@ -111,20 +111,40 @@ def test_why_names_installed_requirers_and_models_with_their_ranges() -> None:
         "installed": None,
         "required_by": [],
         "models": [],
+        "through_extras": [],
     }
 
 
-def _model_dir(root: Path, name: str, *requirements: str) -> Path:
-    directory = root / name
-    directory.mkdir()
-    reqs = ", ".join(json.dumps(r) for r in requirements)
-    (directory / "model.toml").write_text(f'[model]\nname = "{name}"\nentrypoint = "m:load"\nrequirements = [{reqs}]\n')
-    return directory
+def test_why_follows_requested_extras_and_says_who_requests_them() -> None:
+    env = environment(
+        dist("socksio", "1.0"),
+        dist(
+            "httpx",
+            "0.27.0",
+            ['socksio==1.*; extra == "socks"', 'h2[tls]; extra == "http2"'],
+            extras=["socks", "http2"],
+        ),
+        dist("client", "1.0", ["httpx[socks]>=0.27"]),
+        dist("h2", "4.1", ['socksio>=0.5; extra == "tls"'], extras=["tls"]),
+    )
+    answer = explain("socksio", env, _plain(model("m", "httpx[http2,socks]")))
+    assert answer.render() == (
+        "why socksio (1.0 installed):\n"
+        "  h2 4.1 requires socksio>=0.5 for its extra 'tls', which httpx 0.27.0's extra 'http2' (h2[tls]) requests\n"
+        "  httpx 0.27.0 requires socksio==1.* for its extra 'socks', which client 1.0 (httpx[socks]>=0.27) and model "
+        "'m' (httpx[http2,socks]) request\n"
+    )
+    assert answer.to_json()["through_extras"][0] == {
+        "requirer": "h2 4.1",
+        "extra": "tls",
+        "requirement": "socksio>=0.5",
+        "requested_by": ["httpx 0.27.0's extra 'http2' (h2[tls])"],
+    }
 
 
 def test_cli_plan_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    a = _model_dir(tmp_path, "a", "packaging<1")
-    b = _model_dir(tmp_path, "b", "packaging>=1")
+    a = model_dir(tmp_path, "a", "packaging<1")
+    b = model_dir(tmp_path, "b", "packaging>=1")
     assert main(["check-deps", str(a), str(b), "--plan", "--why", "packaging", "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["plan"] == {"method": "greedy", "groups": [["a"], ["b"]], "unplaceable": []}
@@ -137,7 +157,7 @@ def test_cli_plan_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         "  group 1: a\n"
         "  group 2: b\n"
     )
-    c = _model_dir(tmp_path, "c", "packaging>=1,<99")
+    c = model_dir(tmp_path, "c", "packaging>=1,<99")
     assert main(["check-deps", str(a), str(b), str(c), "--plan"]) == 1
     assert capsys.readouterr().out.endswith(
         "plan: 2 environments for 3 models, grouped by their direct requirements (greedy grouping: may not be the "

@@ -8,18 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.deps._check_data import model_dir
 
 from autoglm_runtime.cli import main
 from autoglm_runtime.deps.resolve import trim
 from autoglm_runtime.testing.wheels import build_wheel
-
-
-def _model_dir(root: Path, name: str, *requirements: str) -> Path:
-    directory = root / name
-    directory.mkdir()
-    reqs = ", ".join(json.dumps(r) for r in requirements)
-    (directory / "model.toml").write_text(f'[model]\nname = "{name}"\nentrypoint = "m:load"\nrequirements = [{reqs}]\n')
-    return directory
 
 
 @pytest.fixture
@@ -34,9 +27,9 @@ def wheelhouse(tmp_path: Path) -> Path:
 def test_a_transitive_conflict_is_found_only_by_resolving(
     tmp_path: Path, wheelhouse: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    a = _model_dir(tmp_path, "a", "transformers==4.30.2")
-    b = _model_dir(tmp_path, "b", "tokenizers>=0.15")
-    c = _model_dir(tmp_path, "c", "absent-lib>=1")
+    a = model_dir(tmp_path, "a", "transformers==4.30.2")
+    b = model_dir(tmp_path, "b", "tokenizers>=0.15")
+    c = model_dir(tmp_path, "c", "absent-lib>=1")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = str(venv / "bin" / "python")
@@ -66,7 +59,7 @@ def test_trim_keeps_one_line_without_labels() -> None:
 
 
 def test_without_uv_resolve_is_a_usage_error_saying_how_to_get_it(tmp_path: Path) -> None:
-    a = _model_dir(tmp_path, "a", "transformers==4.30.2")
+    a = model_dir(tmp_path, "a", "transformers==4.30.2")
     code = (
         "import sys; sys.modules['uv'] = None\n"
         "from autoglm_runtime.cli import main\n"
@@ -87,9 +80,9 @@ def test_constraints_files_take_part_in_the_resolution(tmp_path: Path, capsys: p
     build_wheel(wheels, "newtop", "1.0", requires=["lib>=2"])
     for version in ("1.0", "2.0"):
         build_wheel(wheels, "lib", version)
-    a = _model_dir(tmp_path, "a", "top", "-c constraints.txt")
+    a = model_dir(tmp_path, "a", "top", "-c constraints.txt")
     (a / "constraints.txt").write_text("lib<2\n")
-    b = _model_dir(tmp_path, "b", "newtop")
+    b = model_dir(tmp_path, "b", "newtop")
     args = ["--python", sys.executable, "--json", "--find-links", str(wheels), "--offline", "--resolve"]
     main(["check-deps", str(a), str(b), *args])
     found = [f for f in json.loads(capsys.readouterr().out)["findings"] if f["kind"] != "missing"]

@@ -9,8 +9,9 @@ light. Check an interpreter's environment alone or against models, or models aga
     print(report.render() if not report.ok else "no problems")
 
 - :mod:`~autoglm_runtime.deps.manifest`: ``model.toml`` and requirements files;
-- :mod:`~autoglm_runtime.deps.probe`: what an interpreter has installed (:class:`ProbedEnvironment`), read by
-  the stdlib-only script in ``_scripts/probe.py`` run inside that interpreter;
+- :mod:`~autoglm_runtime.deps.probe`: what an interpreter has installed, read by the stdlib-only script in
+  ``_scripts/probe.py`` run inside that interpreter, and :mod:`~autoglm_runtime.deps.distributions`, that
+  description as the checks use it (:class:`ProbedEnvironment`);
 - :mod:`~autoglm_runtime.deps.installed`: checks over installed distributions (missing, incompatible,
   duplicate, shadowed-module, ...);
 - :mod:`~autoglm_runtime.deps.check`: the entry points, and the checks between models and against a host;
@@ -27,10 +28,11 @@ if TYPE_CHECKING:
     from typing import Any
 
     from autoglm_runtime.deps.check import check_environment, check_models, check_probed
+    from autoglm_runtime.deps.distributions import InstalledDist, ProbedEnvironment
     from autoglm_runtime.deps.findings import Finding, Report
     from autoglm_runtime.deps.manifest import ModelManifest, load_manifest, parse_requirements_file
     from autoglm_runtime.deps.planning import ModelRequirements, Plan, plan_groups
-    from autoglm_runtime.deps.probe import InstalledDist, ProbedEnvironment, probe_environment
+    from autoglm_runtime.deps.probe import probe_environment
 del TYPE_CHECKING
 
 __all__ = [
@@ -54,11 +56,11 @@ __all__ = [
 #: it uses (no TOML parser without a model.toml), and a stored report none at all.
 _LAZY = {
     "Finding": "findings",
-    "InstalledDist": "probe",
+    "InstalledDist": "distributions",
     "ModelManifest": "manifest",
     "ModelRequirements": "planning",
     "Plan": "planning",
-    "ProbedEnvironment": "probe",
+    "ProbedEnvironment": "distributions",
     "Report": "findings",
     "check_environment": "check",
     "check_models": "check",

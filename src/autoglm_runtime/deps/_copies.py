@@ -9,8 +9,8 @@ informational ``overrides-base``. Copies within the environment's own directorie
 
 from __future__ import annotations
 
+from autoglm_runtime.deps.distributions import InstalledDist, ProbedEnvironment
 from autoglm_runtime.deps.findings import Finding
-from autoglm_runtime.deps.probe import InstalledDist, ProbedEnvironment
 
 __all__ = ["duplicates"]
 

@@ -3,17 +3,18 @@
 ``pip check`` (since 23.3) and ``uv pip check`` report a distribution whose ``WHEEL`` tags are all outside the
 tags the interpreter supports: a ``cp312`` extension in a Python 3.11 environment (a copied or reused
 site-packages) does not import. The supported tags are ``packaging``'s for the target: its CPython version and
-ABI (``sys.abiflags``), and the platform tags of the machine running the check, which the target shares when it
-reports the same OS and machine type. Otherwise (another implementation, another platform) the tags are not
-judged.
+ABI (``sys.abiflags``), and the platform tags of the interpreter running the check, which the target shares when it
+reports the same OS and machine type, pointer width and C library. Otherwise (another implementation, another
+platform, a 32-bit interpreter on a 64-bit kernel, musl against glibc) the tags are not judged: the running
+interpreter's would be wrong for it.
 """
 
 from __future__ import annotations
 
 import functools
 
+from autoglm_runtime.deps.distributions import ProbedEnvironment
 from autoglm_runtime.deps.findings import Finding
-from autoglm_runtime.deps.probe import ProbedEnvironment
 
 __all__ = ["unsupported_wheels"]
 
@@ -57,8 +58,12 @@ def _supported(env: ProbedEnvironment) -> frozenset[object] | None:
     import platform
     import sys
 
+    from autoglm_runtime.deps._scripts.markers import binary_platform
+
     markers = env.markers
     same_machine = markers.get("sys_platform") == sys.platform and markers.get("platform_machine") == platform.machine()
+    # The machine is the kernel's: a 32-bit or musl interpreter on it supports other platform tags than ours.
+    same_machine = same_machine and env.binary_platform == tuple(binary_platform())
     if env.abiflags is None or markers.get("implementation_name") != "cpython" or not same_machine:
         return None
     try:

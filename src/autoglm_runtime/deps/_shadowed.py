@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from autoglm_runtime.deps._graph import Edges, req_text
+from autoglm_runtime.deps.distributions import InstalledDist, ProbedEnvironment
 from autoglm_runtime.deps.findings import Finding
-from autoglm_runtime.deps.probe import InstalledDist, ProbedEnvironment
 
 __all__ = ["shadowed_modules"]
 

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING
 from packaging.requirements import Requirement
 
 from autoglm_runtime.deps._scripts.probe import marker_environment
+from autoglm_runtime.deps.distributions import ProbedEnvironment, canonical
 from autoglm_runtime.deps.findings import Finding, Report
-from autoglm_runtime.deps.installed import RequirementGraph, check_installed
-from autoglm_runtime.deps.probe import ProbedEnvironment, canonical, probe_environment
+from autoglm_runtime.deps.installed import RequirementGraph, check_graph
+from autoglm_runtime.deps.probe import probe_environment
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -65,11 +66,13 @@ def check_probed(
 ) -> Report:
     """:func:`check_environment` on an environment already described (by :func:`probe_environment`)."""
     all_models = _as_models(models, extra_requirements) if models or extra_requirements else []
-    findings = check_installed(env, {m.name: list(m.active(env.markers)) for m in all_models})
+    # One graph for the environment's checks and the models': its edges are the costly part to build.
+    graph = RequirementGraph(env, {m.name: list(m.active(env.markers)) for m in all_models})
+    findings = check_graph(graph)
     if all_models:  # an environment alone: the model checks (and the planning module) have nothing to do
         from autoglm_runtime.deps.planning import contradictions, cross_model
 
-        findings += _check_against_env(env, all_models)
+        findings += _check_against_env(graph, all_models)
         findings += contradictions(all_models, env.markers) + cross_model(all_models, env.markers)
     return Report(
         findings=sorted(findings, key=Finding.sort_key),
@@ -95,10 +98,11 @@ def check_models(models: Sequence[ModelManifest], markers: Mapping[str, str] | N
     return Report(findings=sorted(findings, key=Finding.sort_key), models=tuple(m.name for m in all_models))
 
 
-def _check_against_env(env: ProbedEnvironment, models: Sequence[ModelRequirements]) -> list[Finding]:
-    """``requires-python``, ``missing``, ``model-vs-host`` and ``missing-extra`` for each model."""
+def _check_against_env(graph: RequirementGraph, models: Sequence[ModelRequirements]) -> list[Finding]:
+    """``requires-python``, ``missing``, ``model-vs-host`` and ``missing-extra`` for each model (``graph``: the
+    environment's, with these models)."""
     findings: list[Finding] = []
-    graph = RequirementGraph(env, {m.name: list(m.active(env.markers)) for m in models})
+    env = graph.env
     version = env.python_version
     for model in models:
         where = f"model '{model.name}'"

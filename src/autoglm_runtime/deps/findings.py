@@ -1,10 +1,10 @@
 """Findings of ``check-deps`` and the report that carries them (JSON form and terminal rendering).
 
 Every finding has the code E0101, a ``kind`` (the stable JSON value below), the distributions and models it
-involves, a one-sentence message with versions and specifiers, and a hint saying what to do. ``cycle`` and
-``overrides-base`` are informational, and so is a finding marked :attr:`Finding.informational`: they are
-reported but do not make the check fail. The JSON form is
-documented in ``docs/check-deps.md``; its field names are stable.
+involves, a one-sentence message with versions and specifiers, and a hint saying what to do. A finding whose
+:attr:`Finding.informational` is true (always for the :data:`INFORMATIONAL_KINDS`, ``cycle`` and ``overrides-base``)
+is reported but does not make the check fail. The JSON form is documented in ``docs/check-deps.md``; its field
+names are stable.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ KINDS: tuple[Kind, ...] = (
     "overrides-base",
     "cycle",
 )
-#: Kinds that are reported but never change the exit code.
+#: Kinds that are reported but never change the exit code: their findings are always :attr:`Finding.informational`.
 INFORMATIONAL_KINDS: frozenset[str] = frozenset({"cycle", "overrides-base"})
 REPORT_FORMAT = 1
 
@@ -68,15 +68,19 @@ class Finding:
     models: tuple[str, ...] = ()
     details: Mapping[str, Any] = field(default_factory=dict)
     code: str = "E0101"
-    #: Informational although its kind is not always so: what pip accepts and ignores (an invalid
-    #: ``Requires-Python``), or shadows by design (a base interpreter's module nothing requires).
+    #: Reported without failing the check: always for the :data:`INFORMATIONAL_KINDS` (set so whatever is
+    #: passed), and for what pip accepts and ignores (an invalid ``Requires-Python``) or shadows by design (a
+    #: base interpreter's module nothing requires).
     informational: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind in INFORMATIONAL_KINDS and not self.informational:
+            object.__setattr__(self, "informational", True)  # one answer: severity reads this field alone
 
     @property
     def severity(self) -> Literal["error", "info"]:
-        """``info`` for informational kinds (``cycle``, ``overrides-base``) and :attr:`informational` findings,
-        else ``error``."""
-        return "info" if self.informational or self.kind in INFORMATIONAL_KINDS else "error"
+        """``info`` for an :attr:`informational` finding, else ``error``."""
+        return "info" if self.informational else "error"
 
     def sort_key(self) -> tuple[int, tuple[str, ...], tuple[str, ...], str]:
         return (KINDS.index(self.kind), self.models, self.packages, self.message)

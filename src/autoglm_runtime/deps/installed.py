@@ -12,11 +12,11 @@ from autoglm_runtime.deps._copies import duplicates
 from autoglm_runtime.deps._graph import Edges, cycles, req_text, shortest_chain
 from autoglm_runtime.deps._platform import unsupported_wheels
 from autoglm_runtime.deps._shadowed import shadowed_modules
+from autoglm_runtime.deps.distributions import InstalledDist, ProbedEnvironment, canonical
 from autoglm_runtime.deps.findings import Finding
-from autoglm_runtime.deps.probe import InstalledDist, ProbedEnvironment, canonical
 from autoglm_runtime.deps.specifiers import admitted, disjoint, satisfies
 
-__all__ = ["RequirementGraph", "check_installed"]
+__all__ = ["RequirementGraph", "check_graph", "check_installed"]
 
 
 class RequirementGraph:
@@ -72,28 +72,59 @@ class RequirementGraph:
         if model is not None:
             return [self._model_vs_host(where, model, req, dist)]
         name = self.env.winners[requirer].name if requirer else where
+        why, involved, details = self._between_models(requirer, req, dist) if requirer else ("", (), {})
+        hint = f"install a version of {req.name} matching '{req.specifier}', or a version of {name} that accepts "
+        hint += dist.label
+        if len(involved) > 1:
+            hint += f", or load models {', '.join(repr(m) for m in involved[:-1])} and {involved[-1]!r} in separate "
+            hint += "environments (see --plan)"
         return [
             Finding(
                 kind="incompatible",
                 packages=(requirer or key, key),
-                message=f"{where} requires {req_text(req)}, but {dist.label} is installed",
-                hint=f"install a version of {req.name} matching '{req.specifier}', or a version of {name} that "
-                f"accepts {dist.label}",
-                details={"requirement": req_text(req), "installed": dist.version},
+                models=involved,
+                message=f"{where} requires {req_text(req)}, but {dist.label} is installed{why}",
+                hint=hint,
+                details={"requirement": req_text(req), "installed": dist.version, **details},
             )
         ]
 
-    def _chain(self, model: str | None, key: str, wanted: SpecifierSet) -> list[str] | None:
+    def _between_models(
+        self, requirer: str, req: Requirement, dist: InstalledDist, via: str | None = None
+    ) -> tuple[str, tuple[str, ...], dict[str, object]]:
+        """For an installed distribution's requirement the installed ``dist`` fails, when models are checked:
+        which models need the requirer (each one's chain to it, then ``via``, the extra it requests, when the
+        requirement is that extra's) and what holds ``dist`` there, as the end of the message, the models
+        involved and details (nothing when no model needs the requirer)."""
+        needed_by: dict[str, list[str]] = {}
+        for name in sorted(self.models):
+            to_requirer = shortest_chain(self.edges, [f"model {name}"], requirer, self.labels)
+            if to_requirer is not None:
+                needed_by[name] = [*to_requirer[:-1], self.labels[requirer], *([via] if via else []), req_text(req)]
+        if not needed_by:
+            return "", (), {}
+        holder = self._chain(None, dist.key, req.specifier, last=tuple(needed_by))
+        needs = " and ".join(" -> ".join(chain) for chain in needed_by.values())
+        models = set(needed_by)
+        if holder is None:
+            why = f"; needed by {needs}"
+        else:
+            why = f"; {needs} conflict{'s' if len(needed_by) == 1 else ''} with {' -> '.join(holder)}"
+            models.update(m for m in self.models if holder[0] == f"model {m}")
+        return why, tuple(sorted(models)), {"needed_by": needed_by, "chain": holder or []}
+
+    def _chain(self, model: str | None, key: str, wanted: SpecifierSet, last: tuple[str, ...] = ()) -> list[str] | None:
         """Why ``key``'s installed version is there and not one in ``wanted``: the shortest chain, from
-        another model if one leads to it, else from a root, whose last requirement the installed version
-        satisfies and which excludes every version in ``wanted``.
+        another model than ``model`` if one leads to it (of equal chains, one from a model not in ``last``), else
+        from a root, whose last requirement the installed version satisfies and which excludes every version in
+        ``wanted``.
         """
         version = self.env.winners[key].parsed_version
 
         def accept(req: Requirement) -> bool:
             return satisfies(req.specifier, version) and disjoint(req.specifier, wanted)
 
-        models = [f"model {m}" for m in sorted(self.models) if m != model]
+        models = [f"model {m}" for m in sorted(self.models, key=lambda m: (m in last, m)) if m != model]
         return shortest_chain(self.edges, models, key, self.labels, accept) or shortest_chain(
             self.edges, self.root_dists, key, self.labels, accept
         )
@@ -208,6 +239,11 @@ class RequirementGraph:
         kind: Literal["model-vs-host", "incompatible"] = "model-vs-host" if models else "incompatible"
         chain = self._chain(models[0], dep_key, dep.specifier) if models else None
         why = f", pulled in by {' -> '.join(chain)}" if chain else ""
+        more: dict[str, object] = {}
+        if not models and requirer is not None:  # a distribution's extra: the models that need that distribution
+            via = f"{dist.name}[{extra}] {dist.version}"
+            why, models, more = self._between_models(requirer, dep, installed, via=via)
+            chain = more.pop("chain", None)  # type: ignore[assignment]
         return Finding(
             kind=kind,
             packages=tuple(p for p in (requirer, dist.key, dep_key) if p),
@@ -220,6 +256,7 @@ class RequirementGraph:
                 "needs": req_text(dep),
                 "installed": installed.version,
                 "chain": chain or [],
+                **more,
             },
         )
 
@@ -228,8 +265,15 @@ def check_installed(
     env: ProbedEnvironment, model_requirements: Mapping[str, Sequence[Requirement]] | None = None
 ) -> list[Finding]:
     """Every finding about the environment itself; ``model_requirements`` (model name -> its active
-    requirements) only decide whether a base interpreter's distribution the environment shadows is needed."""
-    graph = RequirementGraph(env, model_requirements or {})  # the models' edges take part in no check below
+    requirements) decide whether a base interpreter's distribution the environment shadows is needed, and
+    which models an ``incompatible`` finding names (those that need its requiring distribution)."""
+    return check_graph(RequirementGraph(env, model_requirements or {}))
+
+
+def check_graph(graph: RequirementGraph) -> list[Finding]:
+    """:func:`check_installed` on a graph already built, which the model checks can then use too (its
+    requested extras are checked and consumed here)."""
+    env = graph.env
     findings = _invalid_metadata(env) + duplicates(env) + shadowed_modules(env, graph.edges) + unsupported_wheels(env)
     version = env.python_version
     for key, dist in sorted(env.winners.items()):

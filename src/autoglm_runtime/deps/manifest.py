@@ -211,8 +211,8 @@ def parse_requirement_lines(
                 )
                 if name in ("-r", "--requirement"):
                     out.extend(nested)
-                elif constraints is not None:
-                    constraints.extend(nested)
+                else:
+                    _add_constraints(nested, where, value, problems, constraints)
             elif name in ("-e", "--editable"):
                 project = _editable(value, base)
                 if project is not None:
@@ -237,6 +237,26 @@ def parse_requirement_lines(
             reason = str(exc).splitlines()[0]
             problems.add(where, f"{_shown(text)} is not a valid PEP 508 requirement ({reason[:120]})")
     return out
+
+
+def _add_constraints(
+    found: list[Requirement], where: str, file: str, problems: _Problems, constraints: list[Requirement] | None
+) -> None:
+    """Add the lines of the constraints file ``file`` to ``constraints`` (when given); one with extras is a
+    problem: pip's install fails on it and uv's drops the extras, so it would mean one thing here and another
+    (or nothing) to the installer."""
+    for req in found:
+        if req.extras:
+            plain = Requirement(str(req))
+            plain.extras = set()
+            problems.add(
+                where,
+                f"constraint {str(req)!r} in {file.strip()} has extras [{','.join(sorted(req.extras))}]: pip refuses "
+                f"extras in constraints ('Constraints cannot have extras') and uv ignores them; write {str(plain)!r} "
+                "(a requirement may ask for the extras)",
+            )
+        elif constraints is not None:
+            constraints.append(req)
 
 
 def _include(

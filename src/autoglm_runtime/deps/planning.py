@@ -67,7 +67,7 @@ def _holding(reqs: Iterable[Requirement], markers: Mapping[str, str]) -> Iterato
 
 
 def _canonical(name: str) -> str:
-    from autoglm_runtime.deps.probe import canonical
+    from autoglm_runtime.deps.distributions import canonical
 
     return canonical(name)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["marker_environment", "python_version"]
+__all__ = ["binary_platform", "marker_environment", "python_version"]
 
 
 def marker_environment() -> dict[str, str]:
@@ -94,3 +94,15 @@ def _uname_markers() -> dict[str, str] | None:
         "python_version": ".".join(version.split(".")[:2]),
         "sys_platform": sys.platform,
     }
+
+
+def binary_platform() -> list[object]:
+    """``[pointer bits, C library]`` of the running interpreter: what its platform tags depend on beyond
+    ``os.uname()``'s machine, which is the kernel's (a 32-bit interpreter on a 64-bit kernel says ``x86_64``
+    but loads only ``i686`` extension modules; a musl one loads ``musllinux`` ones). The C library is
+    ``"glibc 2.36"`` as glibc names itself, or ``""`` for any other (musl, macOS, Windows)."""
+    try:
+        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (AttributeError, ValueError, OSError):  # no confstr (Windows), or a C library without that name (musl)
+        libc = ""
+    return [64 if sys.maxsize > 2**32 else 32, libc]

@@ -11,7 +11,8 @@ output is one JSON object (without ``--cache``, on CPython: the same object as m
     {"probe": 3, "executable": ..., "version": "3.11.7", "markers": {...PEP 508 environment...},
      "path": [...sys.path...], "base_site": [...], "distributions": [{"name", "version", "location",
      "metadata_dir", "requires", "requires_python", "provides_extra", "modules", "editable", "wheel_tags",
-     "record_matches", "clashes", "namespaces", "errors"[, "same_files"]}, ...], "abiflags": ...}
+     "record_matches", "clashes", "namespaces", "errors"[, "same_files"]}, ...], "abiflags": ...,
+     "binary_platform": [64, "glibc 2.36"]}
 
 ``distributions`` is in import-precedence order: ``sys.path`` order, then directory order, the order
 ``importlib.metadata`` finds them. ``modules`` maps each top-level import name a distribution installs to
@@ -54,7 +55,7 @@ if not __package__:  # run as a script: the relative imports below then find the
     sys.modules[_here.__name__] = _here
     __package__ = _here.__name__
 
-from .markers import marker_environment, python_version
+from .markers import binary_platform, marker_environment, python_version
 from .scan import collect
 
 TYPE_CHECKING = False  # typing's own flag costs the import of typing, in a script that must start fast
@@ -124,6 +125,7 @@ def _interpreter(cache: dict[str, object] | None = None, misses: list[str] | Non
         "path": list(sys.path),
         "base_site": _base_site(),
         "abiflags": getattr(sys, "abiflags", None),  # POSIX CPython: its ABI tag is cpXY + these
+        "binary_platform": binary_platform(),
     }
 
 

@@ -34,7 +34,8 @@ from pathlib import Path
 from types import TracebackType
 
 from autoglm_runtime.deps._scripts import probe as _probe
-from autoglm_runtime.deps.probe import PROBE_TIMEOUT, ProbedEnvironment, parse_probe, probe_environment
+from autoglm_runtime.deps.distributions import ProbedEnvironment, parse_probe
+from autoglm_runtime.deps.probe import PROBE_TIMEOUT, probe_environment
 
 __all__ = ["FactsProbe", "VenvFacts", "describe_venv", "facts_command", "facts_key", "probe_venv"]
 
@@ -54,6 +55,8 @@ class VenvFacts:
     site_packages: tuple[str, ...]
     #: ``sys.abiflags`` (``None`` where there is none): with the version, the interpreter's ABI tag.
     abiflags: str | None = None
+    #: ``[pointer bits, C library]`` (:func:`~autoglm_runtime.deps._scripts.markers.binary_platform`).
+    binary_platform: tuple[object, ...] | None = None
 
 
 _CACHE: dict[FactsKey, VenvFacts] = {}
@@ -124,6 +127,7 @@ def _parse_facts(stdout: str) -> VenvFacts | None:
             path=tuple(str(p) for p in data["path"]),
             site_packages=tuple(str(p) for p in data["site_packages"]),
             abiflags=None if data.get("abiflags") is None else str(data["abiflags"]),
+            binary_platform=tuple(data["binary_platform"]) if data.get("binary_platform") else None,
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -247,6 +251,7 @@ def describe_venv(python: str | os.PathLike[str], facts: VenvFacts) -> ProbedEnv
         "path": path,
         "base_site": [],  # without the system site-packages, no base site directory is on the path
         "abiflags": facts.abiflags,
+        "binary_platform": list(facts.binary_platform) if facts.binary_platform else None,
         "distributions": _probe.collect(path),
     }
     return parse_probe(data, exe)
