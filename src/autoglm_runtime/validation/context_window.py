@@ -35,6 +35,7 @@ bounded part of it (see :mod:`autoglm_runtime.validation._truncation`).
 
 from __future__ import annotations
 
+import copy
 import functools
 import operator
 from collections.abc import Sequence
@@ -43,7 +44,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Literal, cast
 
 from autoglm_runtime.errors import ContextWindowExceededError, InputDecodeError, InvalidRequestError, UsageError
-from autoglm_runtime.validation._overflow import output_error, overflow_error
+from autoglm_runtime.validation._overflow import empty_error, output_error, overflow_error
 from autoglm_runtime.validation._word_bounds import WordBound
 from autoglm_runtime.validation.limits import Limits, LimitsSource, StaticLimits, TruncationSide
 from autoglm_runtime.validation.request import Chat, GuardInput, GuardResult, Segment, segments_of
@@ -182,24 +183,45 @@ context window of 4 tokens: shorten the input or lower max_tokens
         param: str | None = None,
         allow_truncation: bool = True,
     ) -> GuardResult:
-        """Judge one request; ``text`` is a prompt or the request's segments (e.g. each message's content).
+        """Count ``text`` (a prompt, or a request's segments such as each message's content) against the window.
 
+        The input must leave room for ``max_output_tokens`` (``default_output_tokens`` when ``None``) and nothing
+        more, and may be empty: ``check`` counts. :meth:`judge` judges a request as a generating backend runs it (room
+        for at least one output token, no empty prompt).
         ``allow_truncation=False`` rejects even when the limits enable truncation (for callers that cannot pass
         a truncated input on). Raises :class:`ContextWindowExceededError` or :class:`InputDecodeError`.
         """
-        return self.judge(GuardInput(text, max_output_tokens, param), allow_truncation=allow_truncation)
+        counted = GuardInput(text, max_output_tokens, param, min_output_tokens=0)
+        return self._judge_under(counted, self._limits.current(), allow_truncation, allow_empty=True)
 
     def judge(self, request: GuardInput, *, allow_truncation: bool = True) -> GuardResult:
         """Judge a whole request described by ``request`` (batch prompts, pinned pieces, chat messages)."""
         return self._judge_under(request, self._limits.current(), allow_truncation)
 
-    def _judge_under(self, request: GuardInput, limits: Limits, allow_truncation: bool) -> GuardResult:
+    @functools.cached_property
+    def _plain(self) -> ContextWindowGuard:
+        """This guard counting text without the tokenizer's special tokens (``GuardInput.add_special_tokens``)."""
+        plain = copy.copy(self)
+        plain.tokenizer = self.prompt_tokenizer
+        return plain
+
+    def _judge_under(
+        self, request: GuardInput, limits: Limits, allow_truncation: bool, *, allow_empty: bool = False
+    ) -> GuardResult:
         """:meth:`judge` under ``limits`` (the current ones, or the backend's own cut's: see ``_kept``)."""
+        if not request.add_special_tokens and request.chat is None and self.prompt_tokenizer is not self.tokenizer:
+            return self._plain._judge_under(request, limits, allow_truncation, allow_empty=allow_empty)
         output = self.default_output_tokens if request.max_output_tokens is None else request.max_output_tokens
         if isinstance(output, bool) or not isinstance(output, int) or output < 0:
             raise InvalidRequestError(
                 f"{request.output_param} must be a non-negative integer, got {output!r:.40}",
                 param=request.output_param,
+            )
+        least = request.min_output_tokens
+        if type(least) is not int or least < 0:
+            raise InvalidRequestError(
+                f"min_output_tokens must be a whole number of at least 0, got {least!r:.40}: fix the extractor that "
+                "built the GuardInput"
             )
         if output > limits.context_window:
             raise output_error(output, limits.context_window, request.output_param)
@@ -208,7 +230,7 @@ context window of 4 tokens: shorten the input or lower max_tokens
 
             return judge_kept(self, request, output, limits)
         # The backend writes at least this many tokens, whatever the request asks for (vLLM: one).
-        output = max(output, request.min_output_tokens)
+        output = max(output, least)
         segments = segments_of(request.segments)
         if request.partial:
             from autoglm_runtime.validation._partial import reject_partial
@@ -217,7 +239,7 @@ context window of 4 tokens: shorten the input or lower max_tokens
                 self, request, segments, output, limits, truncating=limits.truncate_on_overflow and allow_truncation
             )
         if not request.batch:
-            return self._judge_one(request, segments, output, limits, allow_truncation)
+            return self._judge_one(request, segments, output, limits, allow_truncation, allow_empty=allow_empty)
         shared = [segment for index, segment in enumerate(segments) if index in request.pinned]
         prompts = [segment for index, segment in enumerate(segments) if index not in request.pinned]
         results = []
@@ -233,7 +255,9 @@ context window of 4 tokens: shorten the input or lower max_tokens
                     pinned=frozenset(range(1, len(shared) + 1)),
                     batch=False,
                 )
-                results.append(self._judge_one(one, [prompt, *shared], output, limits, allow_truncation))
+                results.append(
+                    self._judge_one(one, [prompt, *shared], output, limits, allow_truncation, allow_empty=allow_empty)
+                )
         finally:
             _memo.reset(token)
         judged = iter(r.segments[0] for r in results)
@@ -260,6 +284,25 @@ context window of 4 tokens: shorten the input or lower max_tokens
         memo.update(zip(batch, self.encode_many(batch), strict=True))
 
     def _judge_one(
+        self,
+        request: GuardInput,
+        segments: list[Segment],
+        output: int,
+        limits: Limits,
+        allow_truncation: bool,
+        *,
+        allow_empty: bool,
+    ) -> GuardResult:
+        result = self._count_one(request, segments, output, limits, allow_truncation)
+        # vLLM refuses a prompt of no token. Without a template a chat's own tokens are unknown, and a body with no
+        # input field is not a prompt the guard knows: both are let through.
+        if result.input_tokens == 0 and not allow_empty:
+            known = self.chat_template is not None if request.chat is not None else bool(segments)
+            if known:
+                raise empty_error(request)
+        return result
+
+    def _count_one(
         self, request: GuardInput, segments: list[Segment], output: int, limits: Limits, allow_truncation: bool
     ) -> GuardResult:
         from autoglm_runtime.validation import _truncation
