@@ -229,7 +229,7 @@ def test_a_content_length_of_thousands_of_digits_is_413_unread() -> None:
 
 
 def test_an_output_budget_over_the_window_is_400_even_without_input() -> None:
-    for body in ({"max_tokens": 100_000}, {"prompt": [], "max_tokens": 51}):
+    for body in ({"max_tokens": 100_000}, {"prompt": "", "max_tokens": 51}):
         response = post(build_app(), "/v1/completions", json_body=body)
         assert response.status_code == 400
         assert error_of(response)["param"] == "max_tokens"

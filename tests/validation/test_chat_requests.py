@@ -226,3 +226,13 @@ def test_empty_text_parts_add_no_line_break_to_a_string_template(model: Any) -> 
     seen = [{"role": "user", "content": "hello\nworld"}]
     ids = reference.apply_chat_template(seen, tokenize=True, add_generation_prompt=True)["input_ids"]
     assert judge(directory, {"messages": [{"role": "user", "content": parts}]}).token_ids == (tuple(ids),)
+
+
+def test_continue_final_message_continues_a_user_message_as_transformers_does(model: Any) -> None:
+    # transformers (and so vLLM with a Hugging Face tokenizer) continues whatever the final message is; only vLLM's
+    # Mistral tokenizer refuses a final message that is not the assistant's. The guard counts the same prompt.
+    directory, reference = model
+    messages = [{"role": "user", "content": "hello world"}]
+    kwargs = {"add_generation_prompt": False, "continue_final_message": True}
+    ids = reference.apply_chat_template(messages, tokenize=True, **kwargs)["input_ids"]
+    assert judge(directory, {"messages": messages, **kwargs}).token_ids == (tuple(ids),)

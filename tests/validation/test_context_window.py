@@ -23,7 +23,7 @@ from autoglm_runtime.validation import (
     TiktokenTokenizer,
     Tokenizer,
 )
-from autoglm_runtime.validation import context_window as cw
+from autoglm_runtime.validation import _counting as counting
 
 TAIL = "shorten the input or lower max_tokens"
 
@@ -120,7 +120,7 @@ def test_chunked_counting_stops_early_with_a_lower_bound() -> None:
     guard = ContextWindowGuard(tok, 20)
     with pytest.raises(ContextWindowExceededError) as info:
         guard.check("x" * 1_000_000, max_output_tokens=10)
-    first_chunk = cw._MIN_CHUNK_CHARS // 4  # the smallest chunk; no whitespace, so the cut is exact
+    first_chunk = counting._MIN_CHUNK_CHARS // 4  # the smallest chunk; no whitespace, so the cut is exact
     assert info.value.message == overflow(first_chunk - BOUNDARY_SLACK, 10, 20, at_least=True)
     assert tok.encoded_chars == first_chunk
 
@@ -153,9 +153,9 @@ def test_later_chunks_are_sized_from_the_density_seen() -> None:
 
 def test_chunks_are_cut_at_the_start_of_a_whitespace_run() -> None:
     text = "abc   defgh"
-    assert [cw._cut(text, target) for target in (9, 5, 3, 2)] == [3, 3, 3, 2]
+    assert [counting._cut(text, target) for target in (9, 5, 3, 2)] == [3, 3, 3, 2]
     # A cut never falls at or before the previous one, so counting always moves on.
-    assert cw._cut(text, 5, after=3) == 5
+    assert counting._cut(text, 5, after=3) == 5
 
 
 def test_long_input_that_fits_is_counted_exactly() -> None:
@@ -448,7 +448,7 @@ def test_verdicts_are_sound(
     """
     text = "".join(pieces)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cw, "_MIN_CHUNK_CHARS", chunk)
+        patch.setattr(counting, "_MIN_CHUNK_CHARS", chunk)
         toks: tuple[Tokenizer, ...] = (hf_bytelevel, tiny_tiktoken)
         bounds: tuple[Literal["auto"] | None, ...] = ("auto", None)
         for tok, bound in itertools.product(toks, bounds):

@@ -115,3 +115,23 @@ def test_a_chat_is_judged_as_the_middleware_judges_messages() -> None:
     assert wrong.value.message == (
         "conversation[0].content must be a string or a list of content parts, got int: fix the request body"
     )
+
+
+def test_a_prompt_is_judged_as_a_chat_is_room_for_one_token_and_no_empty_prompt() -> None:
+    # Before, a prompt went through check() (no room kept for the token the model writes, an empty prompt passed)
+    # while a chat through the same decorator was judged as a request: the model behind it refuses both.
+    @guarded(ContextWindowGuard(char_tok(), 10))
+    def generate(prompt: str, max_tokens: int | None = None) -> str:
+        return prompt
+
+    assert generate("x" * 9) == "x" * 9
+    with pytest.raises(ContextWindowExceededError) as info:
+        generate("x" * 10)
+    assert info.value.message == (
+        "This model's maximum context length is 10 tokens. However, you requested 11 tokens (10 in the input, 1 for "
+        "the completion by default, as the request sets no max_tokens), more than the context window of 10 tokens: "
+        "shorten the input"
+    )
+    with pytest.raises(InvalidRequestError) as empty:
+        generate("")
+    assert empty.value.param == "prompt"

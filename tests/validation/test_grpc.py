@@ -125,8 +125,8 @@ def test_without_a_rewriter_truncation_becomes_rejection(channel_for: Any) -> No
     channel = channel_for(context_guard=guard, extractor=extract)
     error = rpc_error(channel, {"prompt": "x" * 30})
     assert error.details() == (
-        "E0513: This model's maximum context length is 20 tokens. However, you requested 30 tokens (30 "
-        "in the input, 0 for the completion by default, as the request sets no max_tokens), more than the "
+        "E0513: This model's maximum context length is 20 tokens. However, you requested 31 tokens (30 "
+        "in the input, 1 for the completion by default, as the request sets no max_tokens), more than the "
         "context window of 20 tokens: shorten the input"
     )
 
@@ -140,7 +140,7 @@ def test_streaming_requests_are_judged_message_by_message(channel_for: Any) -> N
         call(iter([*ok, json.dumps({"prompt": "x" * 11}).encode()]), timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details().startswith(
-        "E0513: This model's maximum context length is 10 tokens. However, you requested 11 tokens"
+        "E0513: This model's maximum context length is 10 tokens. However, you requested 12 tokens"
     )
 
 
@@ -151,9 +151,13 @@ def test_extractor_may_return_plain_text_or_none(channel_for: Any) -> None:
     channel = channel_for(context_guard=ContextWindowGuard(char_tok(), 10), extractor=by_prefix)
     call = channel.unary_unary(f"/{SERVICE}/Complete")
     with pytest.raises(grpc.RpcError) as info:
-        call(b"12345678901", timeout=10)
-    assert info.value.details().startswith(
-        "E0513: This model's maximum context length is 10 tokens. However, you requested 11 tokens"
+        call(b"1234567890", timeout=10)
+    # A plain string leaves room for the one token the model writes, as an OpenAI request does (before: 0, and a
+    # prompt filling the window passed although vLLM refuses it).
+    assert info.value.details() == (
+        "E0513: This model's maximum context length is 10 tokens. However, you requested 11 tokens (10 in the input, "
+        "1 for the completion by default, as the request sets no max_tokens), more than the context window of 10 "
+        "tokens: shorten the input"
     )
     with pytest.raises(grpc.RpcError) as passed:
         call(b"skip: not json, so the handler itself fails", timeout=10)
@@ -206,6 +210,17 @@ def test_fuzzed_calls_get_a_coded_invalid_argument_or_pass(channel_for: Any) -> 
             "E5010: the server's extractor returned list, not a GuardInput, a string or None, for this request: check "
             "the request fields",
         ),
+        # Before, these were taken as they came: -1 let a prompt overflow the window by a token, "1" failed as UNKNOWN.
+        (
+            lambda request: GuardInput("x", min_output_tokens=-1),
+            "E5010: min_output_tokens must be a whole number of at least 0, got -1: fix the extractor that built the "
+            "GuardInput",
+        ),
+        (
+            lambda request: GuardInput("x", min_output_tokens="1"),  # type: ignore[arg-type]
+            "E5010: min_output_tokens must be a whole number of at least 0, got '1': fix the extractor that built the "
+            "GuardInput",
+        ),
     ],
 )
 def test_a_failing_extractor_is_always_a_coded_status(channel_for: Any, extractor: Any, details: str) -> None:
@@ -220,10 +235,10 @@ def test_a_client_stream_reports_every_truncated_message(channel_for: Any) -> No
     call = channel.stream_unary(f"/{SERVICE}/Chat")
     bodies = [{"prompt": "a" * 13}, {"prompt": "fits"}, {"prompt": "b" * 15}]
     response, info = call.with_call(iter([json.dumps(b).encode() for b in bodies]), timeout=10)
-    assert [r["prompt"] for r in json.loads(response)["received"]] == ["a" * 10, "fits", "b" * 10]
+    assert [r["prompt"] for r in json.loads(response)["received"]] == ["a" * 9, "fits", "b" * 9]
     assert dict(info.trailing_metadata()) == {
-        "x-autoglm-truncated-tokens": "8",
-        "x-autoglm-truncated-messages": "0:3,2:5",
+        "x-autoglm-truncated-tokens": "10",
+        "x-autoglm-truncated-messages": "0:4,2:6",
         "x-autoglm-warning-code": "E0514",
     }
 
@@ -236,8 +251,8 @@ def test_a_client_stream_rejected_after_a_truncation_reports_both(channel_for: A
         call(iter([json.dumps({"prompt": "a" * 13}).encode(), b'{"prompt": "\\udfff"}']), timeout=10)
     assert info.value.details().startswith("E5009: the input contains a lone surrogate U+DFFF")
     assert dict(info.value.trailing_metadata()) == {
-        "x-autoglm-truncated-tokens": "3",
-        "x-autoglm-truncated-messages": "0:3",
+        "x-autoglm-truncated-tokens": "4",
+        "x-autoglm-truncated-messages": "0:4",
         "x-autoglm-warning-code": "E0514",
         "x-autoglm-error-code": "E5009",
     }

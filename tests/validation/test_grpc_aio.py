@@ -88,8 +88,8 @@ def test_unary_calls_are_guarded() -> None:
     assert ok == payload("hello")
     assert too_long == (
         grpc.StatusCode.INVALID_ARGUMENT,
-        "E0513: This model's maximum context length is 20 tokens. However, you requested 21 tokens (21 "
-        "in the input, 0 for the completion by default, as the request sets no max_tokens), more than the "
+        "E0513: This model's maximum context length is 20 tokens. However, you requested 22 tokens (21 "
+        "in the input, 1 for the completion by default, as the request sets no max_tokens), more than the "
         "context window of 20 tokens: shorten the input",
     )
     assert header == (
@@ -121,7 +121,7 @@ def test_streams_are_guarded_message_by_message() -> None:
 
     async def body(channel: grpc.aio.Channel) -> Any:
         words_call = channel.unary_stream(f"/{SERVICE}/Words")
-        spoken = [w async for w in words_call(payload("one two three"))]
+        spoken = [w async for w in words_call(payload("one two thre"))]
         echo = channel.stream_stream(f"/{SERVICE}/Echo")
         received: list[bytes] = []
         call = echo(iter([payload("fine"), payload("y" * 14), payload("never")]))
@@ -133,11 +133,11 @@ def test_streams_are_guarded_message_by_message() -> None:
         raise AssertionError("the stream was not aborted")
 
     spoken, received, code, details = run(interceptor, body)
-    assert spoken == [b"one", b"two", b"three"]
+    assert spoken == [b"one", b"two", b"thre"]
     assert received == [payload("fine")]
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.startswith(
-        "E0513: This model's maximum context length is 13 tokens. However, you requested 14 tokens"
+        "E0513: This model's maximum context length is 13 tokens. However, you requested 15 tokens"
     )
 
 
@@ -163,10 +163,10 @@ def test_a_client_stream_reports_every_truncated_message() -> None:
         return received, dict(await call.trailing_metadata())
 
     received, trailing = run(interceptor, body)
-    assert received == ["a" * 10, "short", "b" * 10]
+    assert received == ["a" * 9, "short", "b" * 9]
     assert trailing == {
-        "x-autoglm-truncated-tokens": "6",
-        "x-autoglm-truncated-messages": "0:4,2:2",
+        "x-autoglm-truncated-tokens": "8",
+        "x-autoglm-truncated-messages": "0:5,2:3",
         "x-autoglm-warning-code": "E0514",
     }
 
@@ -212,8 +212,8 @@ def test_a_rejection_carries_its_code_in_trailing_metadata_too() -> None:
     assert stream == (  # what the truncated message put there stays, as HTTP keeps both headers
         "E5009",
         {
-            "x-autoglm-truncated-tokens": "3",
-            "x-autoglm-truncated-messages": "0:3",
+            "x-autoglm-truncated-tokens": "4",
+            "x-autoglm-truncated-messages": "0:4",
             "x-autoglm-warning-code": "E0514",
             "x-autoglm-error-code": "E5009",
         },

@@ -30,7 +30,8 @@ def test_prompt_lists_and_token_ids() -> None:
     assert extractor.extract({"prompt": ["a", "b"]}).segments == ["a", "b"]
     assert extractor.extract({"prompt": [1, 2, 3]}).segments == [(1, 2, 3)]
     assert extractor.extract({"prompt": [[1, 2], "c"]}).segments == [(1, 2), "c"]
-    assert extractor.extract({"prompt": []}).segments == []
+    with pytest.raises(InvalidRequestError):
+        extractor.extract({"prompt": []})  # vLLM: "please provide at least one prompt"
 
 
 def test_a_batch_of_strings_names_each_prompt_as_a_mixed_batch_does() -> None:

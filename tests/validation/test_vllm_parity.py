@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
-from tests.validation._helpers import char_tok
+from tests.validation._helpers import char_tok, write_chat_model
 
 from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestError
-from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, GuardResult, OpenAIExtractor
+from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, GuardResult, HFTokenizer, OpenAIExtractor
 from autoglm_runtime.validation._lax import lax_bool, lax_int
 
 CHAT = {"messages": [{"role": "user", "content": "x" * 20}]}
@@ -182,4 +182,125 @@ def test_an_echo_with_a_budget_of_zero_is_not_told_to_lower_it_or_that_it_sent_n
         "This model's maximum context length is 20 tokens. However, truncate_prompt_tokens keeps 20 prompt tokens, "
         "which leaves no room for the 1 completion token(s) the model writes at least, though max_tokens is 0: send "
         "truncate_prompt_tokens of at most 19, or a max_tokens of at least 1"
+    )
+
+
+@pytest.fixture(scope="module")
+def bos_tok(tmp_path_factory: pytest.TempPathFactory) -> HFTokenizer:
+    """A byte-level BPE whose post-processor adds a BOS (id 0), as Llama's does."""
+    return HFTokenizer.from_file(write_chat_model(tmp_path_factory.mktemp("bos"), "{{ messages }}"))
+
+
+def judge_with(tok: Any, body: dict[str, Any], window: int = 100, **guard: Any) -> GuardResult:
+    return ContextWindowGuard(tok, window, **guard).judge(OpenAIExtractor().extract(body).guard_input())
+
+
+def test_a_completion_with_add_special_tokens_false_is_counted_without_the_bos(bos_tok: HFTokenizer) -> None:
+    # vLLM's CompletionRequest.add_special_tokens (default true) is passed to the tokenizer; false adds no BOS.
+    # Before, the guard counted the BOS whatever the request said.
+    body = {"prompt": "hello world", "max_tokens": 4}
+    with_bos = judge_with(bos_tok, body).token_ids[0]
+    assert with_bos[0] == 0
+    for sent in (False, "no", 0):
+        assert judge_with(bos_tok, {**body, "add_special_tokens": sent}).token_ids[0] == with_bos[1:]
+    assert judge_with(bos_tok, {**body, "add_special_tokens": True}).token_ids[0] == with_bos
+    # The batch, truncation and truncate_prompt_tokens paths count the same way.
+    batch = judge_with(bos_tok, {"prompt": ["hello world", "one two"], "add_special_tokens": False})
+    assert [0 in ids for ids in batch.token_ids] == [False, False]
+    window = len(with_bos) - 1 + 4
+    assert judge_with(bos_tok, {**body, "add_special_tokens": False}, window).input_tokens == len(with_bos) - 1
+    with pytest.raises(ContextWindowExceededError):
+        judge_with(bos_tok, body, window)
+    cut = judge_with(bos_tok, {**body, "add_special_tokens": False}, window - 1, truncate_on_overflow=True)
+    assert cut.token_ids[0] == with_bos[2:]
+    kept = judge_with(bos_tok, {**body, "add_special_tokens": False, "truncate_prompt_tokens": 2})
+    assert kept.token_ids[0] == with_bos[-2:]
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor().extract({**body, "add_special_tokens": "maybe"})
+    assert info.value.param == "add_special_tokens"
+
+
+def test_a_chat_adds_no_special_tokens_unless_asked(bos_tok: HFTokenizer) -> None:
+    # vLLM's ChatCompletionRequest.add_special_tokens defaults to false: the template writes the BOS itself.
+    template = ChatTemplate("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    chat = {"messages": [{"role": "user", "content": "hello world"}]}
+    plain = judge_with(bos_tok, chat, chat_template=template).token_ids[0]
+    assert plain[0] != 0
+    assert judge_with(bos_tok, {**chat, "add_special_tokens": True}, chat_template=template).token_ids[0] == (0, *plain)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": ["a", ""]}, "prompt[1]"),
+        ({"prompt": [[1], []]}, "prompt[1]"),
+        ({"prompt": "", "truncate_prompt_tokens": 5}, "prompt"),
+    ],
+)
+def test_an_empty_prompt_is_refused_as_vllm_refuses_it(body: dict[str, Any], param: str) -> None:
+    # vLLM: "The decoder prompt cannot be empty" (400). Before, the guard passed it.
+    with pytest.raises(InvalidRequestError) as info:
+        judge(body, 100)
+    assert info.value.param == param
+    assert info.value.message == (
+        f'{param} holds no token for the model to read, and the backend cannot run an empty prompt (vLLM: "The '
+        'decoder prompt cannot be empty"): send some input'
+    )
+
+
+def test_an_empty_list_of_prompts_is_refused_as_vllm_refuses_it() -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor().extract({"prompt": []})
+    assert info.value.param == "prompt"
+    assert info.value.message == (
+        'prompt is an empty list: send at least one prompt (vLLM: "please provide at least one prompt")'
+    )
+
+
+def test_an_empty_prompt_counts_what_the_tokenizer_adds(bos_tok: HFTokenizer) -> None:
+    # An empty string is one BOS token to a tokenizer that adds one, and vLLM runs it; without the BOS it is empty.
+    assert judge_with(bos_tok, {"prompt": ""}).token_ids == ((0,),)
+    with pytest.raises(InvalidRequestError):
+        judge_with(bos_tok, {"prompt": "", "add_special_tokens": False})
+    # A chat whose rendered prompt is empty is refused too; without a template the guard cannot know, and passes it.
+    template = ChatTemplate("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    empty_chat = {"messages": [{"role": "user", "content": ""}]}
+    with pytest.raises(InvalidRequestError) as info:
+        judge(empty_chat, 100, chat_template=template)
+    assert info.value.param == "messages"
+    assert judge(empty_chat, 100).input_tokens == 0
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"continue_final_message": True, "add_generation_prompt": True},
+        {"continue_final_message": True},  # add_generation_prompt is true by default in vLLM
+        {"continue_final_message": "yes", "add_generation_prompt": 1},
+        # vLLM's check_generation_prompt reads the raw values before pydantic does: "no" is a true string there.
+        {"continue_final_message": True, "add_generation_prompt": "no"},
+    ],
+)
+def test_continue_final_message_with_a_generation_prompt_is_refused(fields: dict[str, Any]) -> None:
+    # vLLM refuses both (the request model's check_generation_prompt, or transformers' apply_chat_template for the
+    # default); before, the guard rendered the chat with both and passed it.
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "the"}]}
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor().extract({**chat, **fields})
+    assert info.value.param == "continue_final_message"
+    assert info.value.message == (
+        "Cannot set both `continue_final_message` and `add_generation_prompt` to True (add_generation_prompt is "
+        "true unless the request sends false): send add_generation_prompt false to continue the final message"
+    )
+    assert OpenAIExtractor().extract({**chat, "continue_final_message": True, "add_generation_prompt": False}).chat
+
+
+def test_continue_final_message_needs_a_message_to_continue() -> None:
+    # transformers refuses it ("continue_final_message is set but the conversation is empty!"), and so vLLM.
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor().extract({"messages": [], "continue_final_message": True, "add_generation_prompt": False})
+    assert info.value.param == "continue_final_message"
+    assert info.value.message == (
+        "continue_final_message is set but the conversation is empty: send the message to continue"
     )

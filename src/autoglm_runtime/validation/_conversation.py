@@ -29,7 +29,7 @@ from autoglm_runtime.errors import InvalidRequestError
 from autoglm_runtime.validation._lax import lax_bool
 from autoglm_runtime.validation.request import Chat
 
-__all__ = ["ContentFormat", "content_format", "conversation", "template_options", "with_options"]
+__all__ = ["ContentFormat", "content_format", "conversation", "not_boolean", "template_options", "with_options"]
 
 ContentFormat = Literal["string", "openai"]
 
@@ -215,7 +215,7 @@ def template_options(body: Mapping[str, Any]) -> dict[str, Any]:
             # vLLM's pydantic models read "no", "false", 0 as false (lax mode): so does the template.
             flag = lax_bool(value)
             if flag is None:
-                raise _not_boolean(name, value)
+                raise not_boolean(name, value)
             options[name] = flag
         elif value != "auto":
             if not isinstance(value, kinds):
@@ -227,10 +227,28 @@ def template_options(body: Mapping[str, Any]) -> dict[str, Any]:
     effort = body.get("reasoning_effort")
     if isinstance(effort, str) and "enable_thinking" not in kwargs:
         options["enable_thinking"] = effort != "none"
+    if options.get("continue_final_message") or body.get("continue_final_message"):
+        _check_continue(body, options)
     return options
 
 
-def _not_boolean(name: str, value: Any) -> InvalidRequestError:
+def _check_continue(body: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+    """Refuse what vLLM refuses with ``continue_final_message``.
+
+    vLLM's request model refuses both flags when both raw values are true in Python (``"no"`` is a true string
+    there, before pydantic reads it); with the flag read true and ``add_generation_prompt`` true, sent or by
+    default, transformers' ``apply_chat_template`` refuses the pair.
+    """
+    raw = bool(body.get("continue_final_message")) and bool(body.get("add_generation_prompt"))
+    if raw or (options.get("continue_final_message") and options.get("add_generation_prompt", True)):
+        raise InvalidRequestError(
+            "Cannot set both `continue_final_message` and `add_generation_prompt` to True (add_generation_prompt is "
+            "true unless the request sends false): send add_generation_prompt false to continue the final message",
+            param="continue_final_message",
+        )
+
+
+def not_boolean(name: str, value: Any) -> InvalidRequestError:
     return InvalidRequestError(
         f"{name} must be a boolean (true/false; vLLM also reads 'yes'/'no', 'on'/'off', 1/0), got {value!r:.40}: fix "
         "the request body",
@@ -243,5 +261,12 @@ def with_options(chat: Chat, body: dict[str, Any]) -> Chat:
     sent = body.get("add_special_tokens", False)
     special = lax_bool(sent)
     if special is None:
-        raise _not_boolean("add_special_tokens", sent)
-    return replace(chat, options=template_options(body), add_special_tokens=special)
+        raise not_boolean("add_special_tokens", sent)
+    options = template_options(body)
+    if options.get("continue_final_message") and not chat.messages:
+        # transformers' apply_chat_template refuses it, and so vLLM.
+        raise InvalidRequestError(
+            "continue_final_message is set but the conversation is empty: send the message to continue",
+            param="continue_final_message",
+        )
+    return replace(chat, options=options, add_special_tokens=special)

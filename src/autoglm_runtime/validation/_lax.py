@@ -16,7 +16,8 @@ from typing import Any
 __all__ = ["lax_bool", "lax_int"]
 
 #: A whole number as pydantic parses one from text: ASCII digits, ``_`` between digits, an optional ``.0...``.
-_INT_TEXT = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*(?:\.0+)?")
+#: pydantic skips leading zeros together with any underscores among them, so ``"0__1"`` is 1 but ``"1__2"`` fails.
+_INT_TEXT = re.compile(r"[+-]?(?:0[0_]*)?[0-9]+(?:_[0-9]+)*(?:\.0+)?")
 #: Python's own limit on the digits of an integer read from text (pydantic refuses longer ones too).
 _MAX_DIGITS = 4300
 _FLOAT_END = 2.0**63
@@ -46,7 +47,7 @@ def lax_int(value: Any) -> int | None:
         text = value.strip(_WHITE_SPACE)
         if len(text) > _MAX_DIGITS or _INT_TEXT.fullmatch(text) is None:
             return None
-        return int(text.partition(".")[0])
+        return int(text.partition(".")[0].replace("_", ""))
     return None
 
 

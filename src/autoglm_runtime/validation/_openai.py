@@ -19,7 +19,7 @@ from itertools import repeat
 from typing import Any, Literal, NamedTuple
 
 from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, UsageError
-from autoglm_runtime.validation._conversation import with_options
+from autoglm_runtime.validation._conversation import not_boolean, with_options
 from autoglm_runtime.validation._kept import kept_fields
 from autoglm_runtime.validation._lax import lax_bool, lax_int
 from autoglm_runtime.validation._partial import json_prefix
@@ -61,7 +61,8 @@ class ExtractedInput:
     ``partial`` holds the indexes of fields holding only the start of their text (see ``max_text_chars``);
     ``output_defaulted`` says the budget is the extractor's ``prompt_max_tokens`` (the request sent none).
     ``min_output_tokens`` is the room the input must leave whatever the budget: vLLM refuses a prompt that fills
-    the window, as the model writes at least one token.
+    the window, as the model writes at least one token. ``add_special_tokens`` is a completion's field of that name
+    (vLLM adds the tokenizer's BOS to a text prompt unless it is false).
     """
 
     fields: tuple[TextField, ...]
@@ -76,6 +77,7 @@ class ExtractedInput:
     keep_side: str = "left"
     output_defaulted: bool = False
     min_output_tokens: int = 1
+    add_special_tokens: bool = True
 
     @property
     def segments(self) -> list[Segment]:
@@ -97,6 +99,7 @@ class ExtractedInput:
             keep_side=self.keep_side,
             output_defaulted=self.output_defaulted,
             min_output_tokens=self.min_output_tokens,
+            add_special_tokens=self.add_special_tokens,
         )
 
 
@@ -109,6 +112,16 @@ def _is_ids(value: Any) -> bool:
 def _index_paths(base: Path, count: int) -> tuple[Path, ...]:
     """``(*base, 0)`` to ``(*base, count - 1)``, built once per field rather than once per request."""
     return tuple((*base, index) for index in range(count))
+
+
+def _special_tokens(body: dict[str, Any]) -> bool:
+    """A completion's ``add_special_tokens``: vLLM adds the tokenizer's BOS to a text prompt unless it is false."""
+    if "add_special_tokens" not in body:
+        return True
+    flag = lax_bool(body["add_special_tokens"])
+    if flag is None:
+        raise not_boolean("add_special_tokens", body["add_special_tokens"])
+    return flag
 
 
 def _dotted(body: dict[str, Any], name: str) -> Any:
@@ -252,6 +265,8 @@ class OpenAIExtractor:
             frozenset(partial),
             *kept_fields(body),
             output_defaulted=defaulted,
+            # A chat's add_special_tokens is read into its Chat (with_options), with vLLM's chat default of false.
+            add_special_tokens=chat is not None or _special_tokens(body),
         )
 
     def _prompt(self, name: str, value: Any) -> tuple[list[TextField], bool]:
@@ -260,7 +275,12 @@ class OpenAIExtractor:
             return [TextField(base, value)], False
         if not isinstance(value, list):
             raise _shape_error(name, "a string, a list of strings or a list of token ids", value, name)
-        if value and type(value[0]) is int:
+        if not value:
+            raise InvalidRequestError(
+                f'{name} is an empty list: send at least one prompt (vLLM: "please provide at least one prompt")',
+                param=name,
+            )
+        if type(value[0]) is int:
             # One tokenized prompt (however long), not a batch.
             if not _is_ids(value):
                 raise _shape_error(name, "a list of token ids (integers only)", value, name)

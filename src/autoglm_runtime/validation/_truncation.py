@@ -150,11 +150,12 @@ def _drop_turns(
     order: list[int],
     over: int,
 ) -> tuple[int, list[int], list[int]]:
-    """Drop whole turns in ``order`` while over, keeping the last one; returns what is still over."""
+    """Drop whole turns, oldest first whatever the truncation side, while over, keeping the last one; returns what
+    is still over and ``order`` less the dropped turns' pieces."""
     assert request.chat is not None
     turns = request.chat.turns
     by_turn: dict[int, list[int]] = {}
-    for index in order:
+    for index in sorted(order):
         by_turn.setdefault(turns[index], []).append(index)
     dropped: list[int] = []
     for turn in list(by_turn)[:-1]:
@@ -279,11 +280,11 @@ def judge_rendered(
     else:
         dropped = _first(units, high)
         text, ids, segments = _cut_last_turn(
-            guard, request, segments, render, dropped=dropped, budget=budget, output=output, window=window
+            guard, request, segments, render, dropped=dropped, output=output, limits=limits
         )
     work = [("" if isinstance(s, str) else ()) if chat.turns[i] in dropped else s for i, s in enumerate(segments)]
     removed = len(full) - len(ids)
-    _log_truncation(removed, len(full), len(ids), output=output, window=window, side="left")
+    _log_truncation(removed, len(full), len(ids), output=output, window=window, side=limits.truncation_side)
     return GuardResult(
         len(ids), output, window, removed, tuple(work), (tuple(ids),), dropped_messages=tuple(dropped), prompt=text
     )
@@ -306,16 +307,20 @@ def _cut_last_turn(
     render: Callable[..., str],
     *,
     dropped: list[int],
-    budget: int,
     output: int,
-    window: int,
+    limits: Limits,
 ) -> tuple[str, list[int], list[Segment]]:
-    """Cut the text of the one turn left, from its start, until the rendered chat fits."""
+    """Cut the text of the one turn left, from its start (``side`` ``"left"``) or its end, until the rendered chat
+    fits."""
     assert request.chat is not None
     turns = request.chat.turns
     last = [
         i for i, s in enumerate(segments) if isinstance(s, str) and turns[i] not in dropped and i not in request.pinned
     ]
+    window, side = limits.context_window, limits.truncation_side
+    budget = window - output
+    if side == "right":
+        last.reverse()
     work = list(segments)
     text = render(dropped)
     ids = guard.encode(text, tokenizer=_chat_tokenizer(guard, request))
@@ -328,9 +333,11 @@ def _cut_last_turn(
         for index in last:
             if excess <= 0:
                 break
-            piece = guard.encode(str(work[index]))
+            # The text as the rendered prompt holds it: without the special tokens the tokenizer adds on its own.
+            piece = guard.encode(str(work[index]), tokenizer=guard.prompt_tokenizer)
             cut = min(excess, len(piece))
-            work[index] = _decode(guard, piece[cut:], output, window) if cut < len(piece) else ""
+            keep = piece[cut:] if side == "left" else piece[: len(piece) - cut]
+            work[index] = _decode(guard, keep, output, window) if keep else ""
             excess -= cut
         text = render(dropped, {i: work[i] for i in last})
         ids = guard.encode(text, tokenizer=_chat_tokenizer(guard, request))

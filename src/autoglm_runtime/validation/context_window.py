@@ -30,58 +30,37 @@ Absurdly long input never ties up a worker, in two steps:
 
 Short pieces are tokenized together in one batch call (identical pieces once), so a body of many small strings
 costs one tokenizer call per batch rather than one per string. Truncating a very long piece tokenizes only a
-bounded part of it (see :mod:`autoglm_runtime.validation._truncation`).
+bounded part of it (see :mod:`autoglm_runtime.validation._truncation`). The counting itself lives in
+:mod:`autoglm_runtime.validation._counting`; this module judges requests with it.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import operator
 from collections.abc import Sequence
-from contextvars import ContextVar
 from dataclasses import replace
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Literal
 
-from autoglm_runtime.errors import ContextWindowExceededError, InputDecodeError, InvalidRequestError, UsageError
-from autoglm_runtime.validation._overflow import output_error, overflow_error
+from autoglm_runtime.errors import InvalidRequestError, UsageError
+from autoglm_runtime.validation._counting import _BATCH_CHARS, _MIN_CHUNK_CHARS, BOUNDARY_SLACK, TokenCounter, _memo
+from autoglm_runtime.validation._overflow import empty_error, output_error
 from autoglm_runtime.validation._word_bounds import WordBound
 from autoglm_runtime.validation.limits import Limits, LimitsSource, StaticLimits, TruncationSide
 from autoglm_runtime.validation.request import Chat, GuardInput, GuardResult, Segment, segments_of
-from autoglm_runtime.validation.tokenizers import BatchTokenizer, HFTokenizer, Tokenizer
+from autoglm_runtime.validation.tokenizers import HFTokenizer, Tokenizer
 
 if TYPE_CHECKING:
     from autoglm_runtime.validation.chat_template import ChatTemplate
 
 __all__ = ["BOUNDARY_SLACK", "Chat", "ContextWindowGuard", "GuardInput", "GuardResult", "Segment"]
 
-#: Tokens a chunk cut may add compared with tokenizing across it (merges split, a prefix space added).
-BOUNDARY_SLACK = 8
-
-_MIN_CHUNK_CHARS = 16_384
-_CUT_LOOKBACK = 1_024
-#: Characters of short pieces tokenized in one batch call before the running total is compared with the budget.
-_BATCH_CHARS = 65_536
 #: Without a sound bound, a partial text's start holds this many characters per token of the window.
 _PARTIAL_CHARS_PER_TOKEN = 16
-#: Token ids of a batch's prompts, tokenized together ahead of judging them one by one (per call, per thread).
-_memo: ContextVar[dict[str, list[int]] | None] = ContextVar("autoglm_guard_memo", default=None)
 
 
-@functools.lru_cache(maxsize=64)
-def _batches(kind: type) -> bool:
-    # What isinstance(tok, BatchTokenizer) decides, asked once per tokenizer class rather than per call.
-    return callable(getattr(kind, "encode_batch", None))
-
-
-def _cut(text: str, target: int, after: int = 1) -> int:
-    """A cut point in ``(after, target]``: the start of a whitespace run when one is near, else ``target``."""
-    for index in range(target, max(target - _CUT_LOOKBACK, after), -1):
-        if text[index].isspace() and not text[index - 1].isspace():
-            return index
-    return target
-
-
-class ContextWindowGuard:
+class ContextWindowGuard(TokenCounter):
     """Rejects (E0513) or, when enabled, truncates (E0514) input that does not fit the context window.
 
     ``context_window`` is a token count or a :class:`LimitsSource` read once per request (then the source decides
@@ -182,24 +161,45 @@ context window of 4 tokens: shorten the input or lower max_tokens
         param: str | None = None,
         allow_truncation: bool = True,
     ) -> GuardResult:
-        """Judge one request; ``text`` is a prompt or the request's segments (e.g. each message's content).
+        """Count ``text`` (a prompt, or a request's segments such as each message's content) against the window.
 
+        The input must leave room for ``max_output_tokens`` (``default_output_tokens`` when ``None``) and nothing
+        more, and may be empty: ``check`` counts. :meth:`judge` judges a request as a generating backend runs it (room
+        for at least one output token, no empty prompt).
         ``allow_truncation=False`` rejects even when the limits enable truncation (for callers that cannot pass
         a truncated input on). Raises :class:`ContextWindowExceededError` or :class:`InputDecodeError`.
         """
-        return self.judge(GuardInput(text, max_output_tokens, param), allow_truncation=allow_truncation)
+        counted = GuardInput(text, max_output_tokens, param, min_output_tokens=0)
+        return self._judge_under(counted, self._limits.current(), allow_truncation, allow_empty=True)
 
     def judge(self, request: GuardInput, *, allow_truncation: bool = True) -> GuardResult:
         """Judge a whole request described by ``request`` (batch prompts, pinned pieces, chat messages)."""
         return self._judge_under(request, self._limits.current(), allow_truncation)
 
-    def _judge_under(self, request: GuardInput, limits: Limits, allow_truncation: bool) -> GuardResult:
+    @functools.cached_property
+    def _plain(self) -> ContextWindowGuard:
+        """This guard counting text without the tokenizer's special tokens (``GuardInput.add_special_tokens``)."""
+        plain = copy.copy(self)
+        plain.tokenizer = self.prompt_tokenizer
+        return plain
+
+    def _judge_under(
+        self, request: GuardInput, limits: Limits, allow_truncation: bool, *, allow_empty: bool = False
+    ) -> GuardResult:
         """:meth:`judge` under ``limits`` (the current ones, or the backend's own cut's: see ``_kept``)."""
+        if not request.add_special_tokens and request.chat is None and self.prompt_tokenizer is not self.tokenizer:
+            return self._plain._judge_under(request, limits, allow_truncation, allow_empty=allow_empty)
         output = self.default_output_tokens if request.max_output_tokens is None else request.max_output_tokens
         if isinstance(output, bool) or not isinstance(output, int) or output < 0:
             raise InvalidRequestError(
                 f"{request.output_param} must be a non-negative integer, got {output!r:.40}",
                 param=request.output_param,
+            )
+        least = request.min_output_tokens
+        if type(least) is not int or least < 0:
+            raise InvalidRequestError(
+                f"min_output_tokens must be a whole number of at least 0, got {least!r:.40}: fix the extractor that "
+                "built the GuardInput"
             )
         if output > limits.context_window:
             raise output_error(output, limits.context_window, request.output_param)
@@ -208,7 +208,7 @@ context window of 4 tokens: shorten the input or lower max_tokens
 
             return judge_kept(self, request, output, limits)
         # The backend writes at least this many tokens, whatever the request asks for (vLLM: one).
-        output = max(output, request.min_output_tokens)
+        output = max(output, least)
         segments = segments_of(request.segments)
         if request.partial:
             from autoglm_runtime.validation._partial import reject_partial
@@ -217,7 +217,7 @@ context window of 4 tokens: shorten the input or lower max_tokens
                 self, request, segments, output, limits, truncating=limits.truncate_on_overflow and allow_truncation
             )
         if not request.batch:
-            return self._judge_one(request, segments, output, limits, allow_truncation)
+            return self._judge_one(request, segments, output, limits, allow_truncation, allow_empty=allow_empty)
         shared = [segment for index, segment in enumerate(segments) if index in request.pinned]
         prompts = [segment for index, segment in enumerate(segments) if index not in request.pinned]
         results = []
@@ -233,7 +233,9 @@ context window of 4 tokens: shorten the input or lower max_tokens
                     pinned=frozenset(range(1, len(shared) + 1)),
                     batch=False,
                 )
-                results.append(self._judge_one(one, [prompt, *shared], output, limits, allow_truncation))
+                results.append(
+                    self._judge_one(one, [prompt, *shared], output, limits, allow_truncation, allow_empty=allow_empty)
+                )
         finally:
             _memo.reset(token)
         judged = iter(r.segments[0] for r in results)
@@ -260,6 +262,25 @@ context window of 4 tokens: shorten the input or lower max_tokens
         memo.update(zip(batch, self.encode_many(batch), strict=True))
 
     def _judge_one(
+        self,
+        request: GuardInput,
+        segments: list[Segment],
+        output: int,
+        limits: Limits,
+        allow_truncation: bool,
+        *,
+        allow_empty: bool,
+    ) -> GuardResult:
+        result = self._count_one(request, segments, output, limits, allow_truncation)
+        # vLLM refuses a prompt of no token. Without a template a chat's own tokens are unknown, and a body with no
+        # input field is not a prompt the guard knows: both are let through.
+        if result.input_tokens == 0 and not allow_empty:
+            known = self.chat_template is not None if request.chat is not None else bool(segments)
+            if known:
+                raise empty_error(request)
+        return result
+
+    def _count_one(
         self, request: GuardInput, segments: list[Segment], output: int, limits: Limits, allow_truncation: bool
     ) -> GuardResult:
         from autoglm_runtime.validation import _truncation
@@ -279,151 +300,3 @@ context window of 4 tokens: shorten the input or lower max_tokens
         ids = self.count(segments, budget - fixed, request, fixed=fixed, output=output, window=limits.context_window)
         total = fixed + sum(len(i) for i in ids)
         return GuardResult(total, output, limits.context_window, 0, tuple(segments), tuple(tuple(i) for i in ids))
-
-    def encode(self, text: str, *, tokenizer: Tokenizer | None = None) -> list[int]:
-        """``text``'s ids; a tokenizer failure becomes :class:`InputDecodeError` (E5009)."""
-        return self.encode_many([text], tokenizer=tokenizer)[0]
-
-    def encode_many(self, texts: Sequence[str], *, tokenizer: Tokenizer | None = None) -> list[list[int]]:
-        """The ids of each text, in one batch call when the tokenizer has one, each distinct text once."""
-        tok = tokenizer or self.tokenizer
-        memo = _memo.get() if tokenizer is None else None
-        if memo:
-            missing = [text for text in texts if text not in memo]
-            if not missing:
-                return [memo[text] for text in texts]
-            found = dict(zip(missing, self._encode_distinct(missing, tok), strict=True))
-            return [memo[text] if text in memo else found[text] for text in texts]
-        return self._encode_distinct(texts, tok)
-
-    def _encode_distinct(self, texts: Sequence[str], tok: Tokenizer) -> list[list[int]]:
-        unique = list(dict.fromkeys(texts))
-        try:
-            batching = cast(BatchTokenizer, tok) if _batches(type(tok)) else None
-            encoded = batching.encode_batch(unique) if batching else [tok.encode(text) for text in unique]
-        except UsageError:
-            raise
-        except Exception as exc:
-            # Tokenizer errors would otherwise surface as 500s; the input is what they object to.
-            raise InputDecodeError(
-                f"the tokenizer could not encode the input ({type(exc).__name__}): send well-formed text"
-            ) from exc
-        by_text = dict(zip(unique, encoded, strict=True))
-        return [by_text[text] for text in texts]
-
-    def _precheck(
-        self, segments: list[Segment], budget: int, *, fixed: int, output: int, window: int, request: GuardInput
-    ) -> None:
-        per_token = self.max_chars_per_token
-        chars = sum(len(s) for s in segments if isinstance(s, str))
-        ids = sum(len(s) for s in segments if isinstance(s, tuple))
-        if per_token is not None:
-            at_least = ids + -(-chars // per_token)
-        elif self.word_counter is not None and chars > max(_BATCH_CHARS, 2 * (budget - ids)):
-            # Short text is tokenized at once for an exact count; c characters hold at most ceil(c / 2) words.
-            at_least = ids + self.least_words([s for s in segments if isinstance(s, str)], budget - ids, whole=True)
-        else:
-            return
-        if at_least > budget:
-            raise overflow_error(at_least + fixed, output, window, request, at_least=True)
-
-    def least_tokens(self, texts: Sequence[str], enough: int) -> int:
-        """A proven lower bound on the tokens of texts that begin with ``texts``, working no harder than it takes
-        to pass ``enough``.
-
-        Each text may be only the start of a longer one. With a sound ``max_chars_per_token`` the bound is their
-        length over it; without one, each start is counted with early exit, less one cut's slack (the whole text
-        holds at least its start's tokens, less what one cut can split).
-
-        >>> from autoglm_runtime.validation import CallableTokenizer
-        >>> ContextWindowGuard(CallableTokenizer(list, max_token_chars=4), 8).least_tokens(["x" * 10], 8)
-        3
-        """
-        if self.max_chars_per_token is not None:
-            return -(-sum(map(len, texts)) // self.max_chars_per_token)
-        least = self.least_words(texts, enough)
-        if least > enough:
-            return least
-        least = 0
-        for text in texts:
-            counted, _ = self._count_long(text, enough - least + BOUNDARY_SLACK, None)
-            least += max(counted - BOUNDARY_SLACK, 0)
-            if least > enough:
-                break
-        return least
-
-    def least_words(self, texts: Sequence[str], enough: int, *, whole: bool = False) -> int:
-        """The words of ``texts`` that each cost at least one token (0 without a ``word_counter``), counted no
-        further than it takes to pass ``enough``; a lower bound on the tokens of texts that begin with ``texts``, or
-        with ``whole`` (each text is tokenized as it is) of ``texts`` themselves."""
-        return 0 if self.word_counter is None else self.word_counter.least_tokens_of(texts, enough, whole=whole)
-
-    def count(
-        self,
-        segments: Sequence[Segment],
-        budget: int,
-        request: GuardInput,
-        *,
-        fixed: int,
-        output: int,
-        window: int,
-        tokenizer: Tokenizer | None = None,
-    ) -> list[list[int]]:
-        """Each segment's ids, or E0513 as soon as their running total is proven to exceed ``budget``."""
-        running = sum(len(s) for s in segments if isinstance(s, tuple))
-
-        def over(counted: int, *, exact: bool) -> ContextWindowExceededError:
-            return overflow_error(counted + fixed, output, window, request, at_least=not exact)
-
-        if running > budget:
-            raise over(running, exact=False)
-        ids: list[list[int] | None] = [list(s) if isinstance(s, tuple) else None for s in segments]
-        batch: list[int] = []
-        batch_chars = 0
-        order = [i for i, s in enumerate(segments) if isinstance(s, str)]
-        for position, index in enumerate(order):
-            text = segments[index]
-            assert isinstance(text, str)
-            if len(text) > _MIN_CHUNK_CHARS:
-                counted, exact = self._count_long(text, budget - running, tokenizer)
-                if exact is None:
-                    raise over(running + counted, exact=False)
-                ids[index] = exact
-                running += counted
-            else:
-                batch.append(index)
-                batch_chars += len(text)
-            if batch and (batch_chars >= _BATCH_CHARS or position == len(order) - 1):
-                encoded = self.encode_many([segments[i] for i in batch], tokenizer=tokenizer)  # type: ignore[misc]
-                for i, e in zip(batch, encoded, strict=True):
-                    ids[i] = e
-                running += sum(len(e) for e in encoded)
-                batch, batch_chars = [], 0
-            if running > budget:
-                raise over(running, exact=position == len(order) - 1)
-        return [i if i is not None else [] for i in ids]
-
-    def _count_long(self, text: str, remaining: int, tokenizer: Tokenizer | None) -> tuple[int, list[int] | None]:
-        """``(len(ids), ids)``, or ``(lower_bound, None)`` once chunked counting proved ``remaining`` exceeded."""
-        remaining = max(remaining, 0)
-        if len(text) > max(_MIN_CHUNK_CHARS, 8 * (remaining + 1)):
-            # Far longer than could plausibly fit: count in chunks, each sized from the characters per token seen so
-            # far to just reach what is left, so a rejection costs little more than tokenizing the tokens left (text
-            # that still fits is counted again whole).
-            floor = max(_MIN_CHUNK_CHARS // 4, 1)
-            chunk = max(floor, remaining + 1 + 2 * BOUNDARY_SLACK)
-            position = counted = cuts = 0
-            while position < len(text):
-                target = position + chunk
-                end = len(text) if target >= len(text) else _cut(text, target, max(position, 1))
-                counted += len(self.encode(text[position:end], tokenizer=tokenizer))
-                position = end
-                cuts += position < len(text)
-                lower = counted - BOUNDARY_SLACK * cuts
-                if lower > remaining:
-                    return lower, None
-                # The tokens still to prove, plus the next cut's slack, at the density so far and an eighth more.
-                needed = remaining + 1 - lower + BOUNDARY_SLACK
-                chunk = max(floor, needed * position * 9 // (8 * max(counted, 1)))
-        ids = self.encode(text, tokenizer=tokenizer)
-        return len(ids), ids

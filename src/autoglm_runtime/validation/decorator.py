@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 from autoglm_runtime.errors import InvalidRequestError, UsageError
 from autoglm_runtime.observability import GuardCheck
 from autoglm_runtime.validation._openai import OpenAIExtractor
-from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardResult
+from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardInput, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
 
 __all__ = ["guarded"]
@@ -88,7 +88,8 @@ def guarded(
                 for piece in [text] if isinstance(text, str) else text:
                     if isinstance(piece, str):
                         decoder.check_text(piece, param=text_arg)
-                result = guard.check(text, max_output_tokens=max_tokens, param=text_arg)
+                # Judged as a request to the model: room for the token it writes, no empty prompt (as a chat is).
+                result = guard.judge(GuardInput(text, max_tokens, text_arg))
                 if result.truncated:
                     bound.arguments[text_arg] = result.text if isinstance(text, str) else list(result.segments)
             if result_arg is not None:

@@ -7,8 +7,8 @@ call is aborted with the status named by the error class (``INVALID_ARGUMENT`` f
 
     interceptor = ValidationInterceptor(
         context_guard=ContextWindowGuard(tokenizer, 8192),
-        # (a proto3 field left unset reads 0: no budget; a generating model writes one token at least)
-        extractor=lambda request: GuardInput(request.prompt, request.max_tokens or None, "prompt", min_output_tokens=1),
+        # (a proto3 field left unset reads 0: no budget; the input still leaves room for the one token the model writes)
+        extractor=lambda request: GuardInput(request.prompt, request.max_tokens or None, "prompt"),
         rewriter=lambda request, result: replace_prompt(request, result.text),
     )
     server = grpc.server(ThreadPoolExecutor(4), interceptors=[interceptor])

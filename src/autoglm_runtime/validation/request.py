@@ -50,8 +50,12 @@ class GuardInput:
     ``-1`` for all the window leaves), from the ``keep_side`` end's opposite: ``"left"`` drops the start.
     ``output_defaulted`` says the request sent no budget and ``max_output_tokens`` is the backend's default for it
     (vLLM's 16 for a completion): an overflow then does not blame a field the client never sent.
-    ``min_output_tokens`` is the least room the input must leave, whatever the budget (1 for a generating backend:
-    vLLM refuses a prompt that fills the window even when the request sends no budget, or a budget of 0).
+    ``min_output_tokens`` is the least room the input must leave, whatever the budget: 1 by default, as a generating
+    backend writes at least one token (vLLM refuses a prompt that fills the window even when the request sends no
+    budget, or a budget of 0); 0 only for a backend that generates nothing. A value that is not a whole number of at
+    least 0 is E5010 when the request is judged. ``add_special_tokens`` says whether the backend adds the
+    tokenizer's special tokens (a BOS) to each text prompt, as vLLM's completions field of that name (true by
+    default); a chat's comes from ``chat`` instead.
 
     >>> GuardInput("Tell me a story", max_output_tokens=200, param="prompt").max_output_tokens
     200
@@ -69,7 +73,8 @@ class GuardInput:
     keep_tokens: int | None = None
     keep_side: str = "left"
     output_defaulted: bool = False
-    min_output_tokens: int = 0
+    min_output_tokens: int = 1
+    add_special_tokens: bool = True
 
 
 class IncompleteInput(Exception):
