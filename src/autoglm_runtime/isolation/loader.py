@@ -38,6 +38,7 @@ from autoglm_runtime.isolation._options import check_loader_options
 from autoglm_runtime.isolation.envs._use import EnvironmentHold, hold_environment
 from autoglm_runtime.isolation.envs.build import BuildProgress, BuiltEnvironment, EnvironmentBuilder, Installer
 from autoglm_runtime.isolation.model import LoadedModel, ModelHealth
+from autoglm_runtime.isolation.workers import _forks
 from autoglm_runtime.isolation.workers.pool import ReplicaPool
 from autoglm_runtime.isolation.workers.process import Concurrency, WorkerProcess, WorkerSpec
 from autoglm_runtime.isolation.workers.serving import read_serving
@@ -125,6 +126,14 @@ class ModelLoader:
         self._holds: dict[LoadedModel, EnvironmentHold] = {}  # keeps ``env gc`` off the models' environments
         self._shared: dict[str, ModelManifest] = {}  # model name -> the manifest of its group's environment
         self._closed = False
+        _forks.track(self)
+
+    def forget_parent(self) -> None:
+        """(In a forked child, see ``workers/_forks.py``) loads in flight in the parent are the parent's: their
+        threads do not run here, and their names are free to load in the child."""
+        self._lock = threading.Lock()
+        self._loading.clear()
+        self._starting.clear()
 
     @property
     def models(self) -> Mapping[str, LoadedModel]:

@@ -289,6 +289,10 @@ class Connection:
             thread.join(10)
         self._sock.close()
 
+    def forget_parent(self) -> None:
+        """(In a forked child) close the child's copy of the socket only: a shutdown would end the parent's too."""
+        self._sock.close()
+
     # --- the read side --------------------------------------------------------------------------------
 
     def _check_intact(self) -> None:

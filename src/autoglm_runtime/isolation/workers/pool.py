@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from autoglm_runtime.errors import ModelOverloadedError, ModelTimeoutError, WorkerError
-from autoglm_runtime.isolation.workers import calls, streams
+from autoglm_runtime.isolation.workers import _forks, calls, streams
 from autoglm_runtime.isolation.workers._connection import Connection
 from autoglm_runtime.isolation.workers._state import Heartbeat, heartbeat_step
 from autoglm_runtime.isolation.workers.process import WorkerHealth, WorkerProcess
@@ -116,6 +116,22 @@ class ReplicaPool:
         self._closed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        _forks.track(self)
+
+    def forget_parent(self) -> None:
+        """(In a forked child, see :mod:`._forks`; its workers forgot theirs first) the parent's calls in flight and
+        queued are the parent's: the child starts with none, and with a heartbeat thread of its own."""
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._load = dict.fromkeys(self.workers, 0)
+        self._waiters = collections.deque()
+        stopped = self._stop.is_set()
+        self._stop = threading.Event()
+        beating, self._thread = self._thread is not None, None
+        if stopped:
+            self._stop.set()
+        elif beating:
+            self.start()
 
     def start(self) -> None:
         """Start the heartbeat thread (the workers are started already)."""
