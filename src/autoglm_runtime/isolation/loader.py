@@ -125,6 +125,7 @@ class ModelLoader:
         self._starting: set[WorkerProcess] = set()  # workers of loads in flight: close() stops them too
         self._holds: dict[LoadedModel, EnvironmentHold] = {}  # keeps ``env gc`` off the models' environments
         self._shared: dict[str, ModelManifest] = {}  # model name -> the manifest of its group's environment
+        self._group_locks: dict[str, threading.Lock] = {}  # group name -> held by the member trying its environment
         self._closed = False
         _forks.track(self)
 
@@ -132,6 +133,7 @@ class ModelLoader:
         """(In a forked child, see ``workers/_forks.py``) loads in flight in the parent are the parent's: their
         threads do not run here, and their names are free to load in the child."""
         self._lock = threading.Lock()
+        self._group_locks = {}
         self._loading.clear()
         self._starting.clear()
 
@@ -266,23 +268,32 @@ class ModelLoader:
         """The model's environment: its group's when it shares one, else (or should that fail) its own."""
         with self._lock:
             group = self._shared.get(manifest.name)
-        if group is None:
+            trying = None if group is None else self._group_locks.setdefault(group.name, threading.Lock())
+        if group is None or trying is None:
             return self.builder.ensure(manifest)
-        try:
-            return self.builder.ensure(group)
-        except (EnvironmentBuildError, DependencyConflictError) as exc:
-            # The plan judges direct requirements only: what they pull in may still clash (a dependency of one
-            # member pinning what another pins otherwise). Sharing saves disk; it must not cost the model.
+        with trying:  # members loaded at once try the group's environment one at a time: a failure is built once
             with self._lock:
-                for name in [name for name, shared in self._shared.items() if shared is group]:
-                    del self._shared[name]
-            _log.warning(
-                "models %s cannot share one environment (%s); each gets an environment of its own",
-                group.name.replace("+", ", "),
-                exc.message.splitlines()[0],
-                extra={"error_code": exc.code, "model": manifest.name},
-            )
-            return self.builder.ensure(manifest)
+                still_shared = self._shared.get(manifest.name) is group
+            if still_shared:
+                try:
+                    return self.builder.ensure(group)
+                except (EnvironmentBuildError, DependencyConflictError) as exc:
+                    self._unshare(group, manifest.name, exc)
+        return self.builder.ensure(manifest)
+
+    def _unshare(self, group: ModelManifest, name: str, exc: EnvironmentBuildError | DependencyConflictError) -> None:
+        """The environment of ``group`` cannot be built: each member gets its own (one warning for the group)."""
+        # The plan judges direct requirements only: what they pull in may still clash (a dependency of one member
+        # pinning what another pins otherwise). Sharing saves disk; it must not cost the model.
+        with self._lock:
+            for member in [member for member, shared in self._shared.items() if shared is group]:
+                del self._shared[member]
+        _log.warning(
+            "models %s cannot share one environment (%s); each gets an environment of its own",
+            group.name.replace("+", ", "),
+            exc.message.splitlines()[0],
+            extra={"error_code": exc.code, "model": name},
+        )
 
     def _start_worker(
         self,
