@@ -286,19 +286,24 @@ with contextlib.suppress(AttributeError):  # no fork on this platform
 
 
 class StreamSink:
-    """A stream's replies, in order, for a thread reading with :meth:`get`."""
+    """A stream's replies, in order, for a thread reading with :meth:`get`; ``on_end`` runs as the last one (its end,
+    its error, or the connection's failure) is queued: the worker is done with the stream, read or not."""
 
     reads = False
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, on_end: Callable[[], None]) -> None:
         self.method = method
+        self.on_end = on_end
         self._queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
 
     def deliver(self, message: dict[str, Any]) -> None:
         self._queue.put(message)
+        if "chunk" not in message:
+            self.on_end()
 
     def fail(self, error: BaseException) -> None:
         self._queue.put(error)
+        self.on_end()
 
     def get(self, timeout: float | None) -> Item | None:
         """The next reply or error; ``None`` when ``timeout`` (s) passed first."""
@@ -309,20 +314,24 @@ class StreamSink:
 
 
 class AsyncStreamSink:
-    """A stream's replies, in order, in an ``asyncio.Queue`` of ``loop``."""
+    """A stream's replies, in order, in an ``asyncio.Queue`` of ``loop``; ``on_end`` as for :class:`StreamSink`."""
 
     reads = False
 
-    def __init__(self, method: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, method: str, loop: asyncio.AbstractEventLoop, on_end: Callable[[], None]) -> None:
         self.method = method
         self.loop = loop
+        self.on_end = on_end
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
 
     def deliver(self, message: dict[str, Any]) -> None:
         _soon(self.loop, self.queue.put_nowait, message)
+        if "chunk" not in message:
+            self.on_end()
 
     def fail(self, error: BaseException) -> None:
         _soon(self.loop, self.queue.put_nowait, error)
+        self.on_end()
 
 
 def _soon(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:

@@ -166,11 +166,9 @@ class ReplicaPool:
         calls.check_timeout(self.name, method, timeout)
         deadline = None if timeout is None else self._timer() + timeout
         worker = self._acquire(method, timeout, deadline)
-        try:
-            return streams.stream(worker, method, args, kwargs, timeout, self._releaser(worker))
-        except BaseException:
-            self._release(worker)
-            raise
+        return streams.stream(
+            worker, method, args, kwargs, timeout, self._releaser(worker)
+        )  # (released, even if raises)
 
     def astream(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
@@ -180,11 +178,7 @@ class ReplicaPool:
         async def opener() -> Any:
             deadline = None if timeout is None else self._timer() + timeout
             worker = await self._aacquire(method, timeout, deadline)
-            try:
-                return await streams.open_astream(worker, method, args, kwargs, timeout, self._releaser(worker))
-            except BaseException:
-                self._release(worker)
-                raise
+            return await streams.open_astream(worker, method, args, kwargs, timeout, self._releaser(worker))
 
         return AsyncModelStream(opener)
 

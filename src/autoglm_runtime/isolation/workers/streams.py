@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from autoglm_runtime.errors import UsageError
+from autoglm_runtime.errors import ModelTimeoutError, UsageError
 from autoglm_runtime.isolation._scripts import protocol as _protocol
 from autoglm_runtime.isolation._scripts.dispatch import WINDOW
 from autoglm_runtime.isolation.workers import _closer
@@ -57,6 +58,7 @@ class _StreamState:
     ) -> None:
         self.worker, self.conn, self.call_id, self.method, self.timeout = worker, conn, call_id, method, timeout
         self._on_done = on_done
+        self._release_lock = threading.Lock()
         self._consumed = 0
         self.finished = False
         self.pid = _closer.pid()  # the process that opened the stream, the only one whose copy talks to the worker
@@ -90,6 +92,31 @@ class _StreamState:
         _outcome(self.worker, self.method, self.call_id, item)
         raise AssertionError("a stream ended with a result")  # pragma: no cover - the worker never sends one
 
+    def release(self) -> None:
+        """Give the stream's place back (``on_done``), once: when the worker is done with it (its end or error came,
+        read or not, or the worker died), or when the host gives up on it."""
+        on_done = self.take_release()
+        if on_done is not None:
+            on_done()
+
+    def take_release(self) -> Callable[[], None] | None:
+        """Take ``on_done`` away (``None`` once it ran or was taken): the caller runs it when it sees fit."""
+        with self._release_lock:
+            on_done, self._on_done = self._on_done, None
+        return on_done
+
+    def kill(self) -> ModelTimeoutError:
+        """The stream waited past its idle timeout: kill the worker (see ``WorkerProcess.timed_out``) and end it."""
+        # The place is given back once the kill returned, not by an end coming meanwhile: a call given it before
+        # would go to the doomed worker (see AbandonedSink.late).
+        on_done = self.take_release()
+        try:
+            return self.worker.timed_out(self.conn, self.method, self.timeout, _WAITING)
+        finally:
+            self.finish(cancel=False)
+            if on_done is not None:
+                on_done()
+
     def finish(self, cancel: bool) -> None:
         if self.finished:
             return
@@ -97,21 +124,28 @@ class _StreamState:
         if self.pid != _closer.pid():
             return  # a forked child's copy: only marked closed (see the module's promises)
         # Stopped early: the worker closes the model's generator once its current step returns, and only then is it
-        # free; until its end reply comes (or it dies) the stream keeps its place (on_done), as an abandoned call.
-        on_done, timeout = self._on_done, self.timeout
+        # free; until its end reply comes (or it dies) the stream keeps its place (release), as an abandoned call.
+        timeout = self.timeout
         kept = (
             cancel
-            and on_done is not None
+            and self._on_done is not None
             and _abandon(
-                self.worker, self.conn, self.call_id, self.method, timeout, timeout, on_done, "its stream was closed"
+                self.worker,
+                self.conn,
+                self.call_id,
+                self.method,
+                timeout,
+                timeout,
+                self.release,
+                "its stream was closed",
             )
         )
         if not kept:  # ended by the worker (or given up on by the host), or its end came already (unread)
             self.conn.unregister(self.call_id)
         if cancel:
             self.conn.send_message({"id": self.call_id, "type": "cancel"})
-        if on_done is not None and not kept:
-            on_done()
+        if not kept:
+            self.release()
 
 
 _S = TypeVar("_S", bound="ModelStream")
@@ -136,12 +170,8 @@ class ModelStream(Iterator[Any]):
         if state.pid != _closer.pid():
             raise state.not_here()
         item = self._sink.get(state.timeout)
-        if item is None:  # the place is given up once the worker was killed (before, a queued call could go to it)
-            try:
-                error = state.worker.timed_out(state.conn, state.method, state.timeout, _WAITING)
-            finally:
-                state.finish(cancel=False)
-            raise error
+        if item is None:
+            raise state.kill()
         more, chunk = state.take(item)
         if not more:
             raise StopIteration
@@ -195,14 +225,7 @@ class AsyncModelStream(AsyncIterator[Any]):
         try:
             item = await asyncio.wait_for(sink.queue.get(), state.timeout)
         except asyncio.TimeoutError:
-            loop = asyncio.get_running_loop()
-            try:  # (the place is given up once the worker was killed, as for a blocking stream)
-                error = await loop.run_in_executor(
-                    None, state.worker.timed_out, state.conn, state.method, state.timeout, _WAITING
-                )
-            finally:
-                state.finish(cancel=False)
-            raise error from None
+            raise await asyncio.get_running_loop().run_in_executor(None, state.kill) from None
         more, chunk = state.take(item)
         if not more:
             raise StopAsyncIteration
@@ -237,16 +260,26 @@ def stream(  # noqa: PLR0917
     timeout: float | None,
     on_done: Callable[[], None] | None = None,
 ) -> ModelStream:
-    """Start ``model.<method>(*args, **kwargs)`` (a generator) in ``worker``; ``on_done`` runs once it ends."""
+    """Start ``model.<method>(*args, **kwargs)`` (a generator) in ``worker``; ``on_done`` runs once, when the worker
+    is done with the stream (or this raises)."""
     _closer.ensure_started()  # here, not in __del__: see _closer
-    call_id, frame, deadline = _open(worker, method, args, kwargs, timeout)
-    conn = worker.connection(method, timeout, deadline)
-    sink = StreamSink(method)
+    try:
+        call_id, frame, deadline = _open(worker, method, args, kwargs, timeout)
+        conn = worker.connection(method, timeout, deadline)
+    except BaseException:
+        if on_done is not None:
+            on_done()
+        raise
+    state = _StreamState(worker, conn, call_id, method, timeout, on_done)
+    sink = StreamSink(method, state.release)
     conn.register(call_id, sink)
     unsent = _send(conn, call_id, frame, deadline)
     if unsent is not None:
-        raise _unsent(worker, conn, method, timeout, unsent)
-    return ModelStream(_StreamState(worker, conn, call_id, method, timeout, on_done), sink)
+        try:
+            raise _unsent(worker, conn, method, timeout, unsent)
+        finally:
+            state.release()
+    return ModelStream(state, sink)
 
 
 async def open_astream(  # noqa: PLR0917
@@ -258,17 +291,26 @@ async def open_astream(  # noqa: PLR0917
     on_done: Callable[[], None] | None = None,
 ) -> tuple[_StreamState, AsyncStreamSink]:
     """Start ``model.<method>(...)`` (a generator) in ``worker`` from the running loop (opens an
-    :class:`AsyncModelStream`)."""
+    :class:`AsyncModelStream`); ``on_done`` as for :func:`stream`."""
     loop = asyncio.get_running_loop()
     _closer.ensure_started()
-    call_id, frame, deadline = _open(worker, method, args, kwargs, timeout)
-    conn = await _aconnection(worker, method, timeout, deadline)
-    sink = AsyncStreamSink(method, loop)
+    try:
+        call_id, frame, deadline = _open(worker, method, args, kwargs, timeout)
+        conn = await _aconnection(worker, method, timeout, deadline)
+    except BaseException:
+        if on_done is not None:
+            on_done()
+        raise
+    state = _StreamState(worker, conn, call_id, method, timeout, on_done)
+    sink = AsyncStreamSink(method, loop, state.release)
     conn.register(call_id, sink)
     unsent = _send(conn, call_id, frame, deadline)
     if unsent is not None:
-        raise await loop.run_in_executor(None, _unsent, worker, conn, method, timeout, unsent)
-    return _StreamState(worker, conn, call_id, method, timeout, on_done), sink
+        try:
+            raise await loop.run_in_executor(None, _unsent, worker, conn, method, timeout, unsent)
+        finally:
+            state.release()
+    return state, sink
 
 
 def astream(
