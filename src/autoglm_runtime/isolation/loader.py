@@ -62,6 +62,8 @@ class ModelLoader:
     ``heartbeat_timeout`` (s) bound how long a hung worker goes unnoticed between calls: it is killed and
     restarted between ``heartbeat_timeout`` and ``heartbeat_timeout + 1.25 * heartbeat_interval`` s after its
     last answer. ``retry_after`` (s) is what :class:`ModelOverloadedError` tells callers to wait.
+    ``unread_timeout`` (s; ``None``: never) closes a stream whose consumer left a chunk unread that long, giving its
+    replica back.
     """
 
     def __init__(  # noqa: PLR0917 - the documented call takes these six positionally
@@ -84,6 +86,7 @@ class ModelLoader:
         heartbeat_interval: float | None = 5.0,
         heartbeat_timeout: float = 30.0,
         retry_after: float = 1.0,
+        unread_timeout: float | None = 300.0,
     ) -> None:
         check_loader_options(
             backend=backend,
@@ -95,6 +98,7 @@ class ModelLoader:
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
             retry_after=retry_after,
+            unread_timeout=unread_timeout,
         )
         self.builder = EnvironmentBuilder(
             env_root,
@@ -118,6 +122,7 @@ class ModelLoader:
             "heartbeat_interval": heartbeat_interval,
             "heartbeat_timeout": heartbeat_timeout,
             "retry_after": retry_after,
+            "unread_timeout": unread_timeout,
         }
         self._lock = threading.Lock()
         self._models: dict[str, LoadedModel] = {}

@@ -28,11 +28,13 @@ __all__ = [
     "AsyncCallSink",
     "AsyncStreamSink",
     "CallSink",
+    "Due",
     "OwnSink",
     "PeerGone",
     "SendTimeout",
     "Sink",
     "StreamSink",
+    "watch",
 ]
 
 
@@ -223,6 +225,19 @@ class AbandonedSink:
             on_done()
 
 
+class Due(Protocol):
+    """A deadline of the watch thread: :meth:`late` runs on it at the deadline; ``method`` names it in logs."""
+
+    method: str
+
+    def late(self) -> None: ...
+
+
+def watch(at: float, due: Due) -> None:
+    """Run ``due.late()`` on the watch thread at ``at`` (a ``time.monotonic()`` instant)."""
+    _watch.add(at, due)
+
+
 class _Watch:
     """One daemon thread (``autoglm-abandoned-watch``, started with the first deadline) runs the deadlines of every
     abandoned call: a timer thread each cost the closing caller up to a millisecond to start where threads contend
@@ -230,11 +245,11 @@ class _Watch:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._due: list[tuple[float, int, AbandonedSink]] = []  # a heap, soonest first
+        self._due: list[tuple[float, int, Due]] = []  # a heap, soonest first
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
 
-    def add(self, at: float, sink: AbandonedSink) -> None:
+    def add(self, at: float, sink: Due) -> None:
         with self._cond:
             heapq.heappush(self._due, (at, next(self._order), sink))
             if self._thread is None:
@@ -305,6 +320,10 @@ class StreamSink:
         self._queue.put(error)
         self.on_end()
 
+    def queued(self) -> int:
+        """Replies waiting to be read."""
+        return self._queue.qsize()
+
     def get(self, timeout: float | None) -> Item | None:
         """The next reply or error; ``None`` when ``timeout`` (s) passed first."""
         try:
@@ -323,6 +342,10 @@ class AsyncStreamSink:
         self.loop = loop
         self.on_end = on_end
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
+
+    def queued(self) -> int:
+        """Replies waiting to be read (read from any thread: a length)."""
+        return self.queue.qsize()
 
     def deliver(self, message: dict[str, Any]) -> None:
         _soon(self.loop, self.queue.put_nowait, message)

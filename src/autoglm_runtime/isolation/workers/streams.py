@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import threading
+import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -15,7 +18,7 @@ from autoglm_runtime.errors import ModelTimeoutError, UsageError
 from autoglm_runtime.isolation._scripts import protocol as _protocol
 from autoglm_runtime.isolation._scripts.dispatch import WINDOW
 from autoglm_runtime.isolation.workers import _closer
-from autoglm_runtime.isolation.workers._calls import AsyncStreamSink, Item, StreamSink
+from autoglm_runtime.isolation.workers._calls import AsyncStreamSink, Item, StreamSink, watch
 from autoglm_runtime.isolation.workers._connection import Connection
 from autoglm_runtime.isolation.workers.calls import (
     _abandon,
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncModelStream", "ModelStream", "astream", "open_astream", "stream"]
 
+_log = logging.getLogger("autoglm_runtime.isolation.workers.process")
 _MORE = WINDOW // 2
 _WAITING = " (waiting for its next chunk)"  # what a stream's idle timeout says it waited for
 
@@ -61,6 +65,7 @@ class _StreamState:
         self._release_lock = threading.Lock()
         self._consumed = 0
         self.finished = False
+        self.error: ModelTimeoutError | None = None  # why the host gave up on a stream its consumer left unread
         self.pid = _closer.pid()  # the process that opened the stream, the only one whose copy talks to the worker
 
     def not_here(self) -> UsageError:
@@ -117,10 +122,39 @@ class _StreamState:
             if on_done is not None:
                 on_done()
 
+    @property
+    def consumed(self) -> int:
+        """Chunks the consumer took so far."""
+        return self._consumed
+
+    @property
+    def holding(self) -> bool:
+        """True while the stream holds its place (the worker has not ended it, and nobody gave it up)."""
+        return self._on_done is not None
+
+    def give_up_unread(self, unread: float) -> None:
+        """(On the watch thread) the consumer left a chunk unread for ``unread`` s: close the stream (the worker
+        closes the generator and the place goes back, as on ``close()``); the consumer's next read raises E0305."""
+        name = self.worker.spec.name
+        self.error = ModelTimeoutError(
+            f"the stream of {self.method}() on model '{name}' was closed after a chunk waited {unread:g} s without its "
+            "consumer reading it (unread_timeout): its worker closed the generator and serves other calls; read a "
+            "stream steadily or close it, or raise unread_timeout"
+        )
+        _log.warning(
+            "model %s: a chunk of the stream of %s() waited %g s unread; closing the stream",
+            name,
+            self.method,
+            unread,
+            extra={"error_code": ModelTimeoutError.code, "model": name},
+        )
+        self.finish(cancel=True)
+
     def finish(self, cancel: bool) -> None:
-        if self.finished:
-            return
-        self.finished = True
+        with self._release_lock:  # (the watch thread may give an unread stream up as its consumer closes it)
+            if self.finished:
+                return
+            self.finished = True
         if self.pid != _closer.pid():
             return  # a forked child's copy: only marked closed (see the module's promises)
         # Stopped early: the worker closes the model's generator once its current step returns, and only then is it
@@ -148,6 +182,31 @@ class _StreamState:
             self.release()
 
 
+class _Unread:
+    """Gives a stream up once a chunk waited unread for ``unread`` s: looked at every ``unread`` s on the watch thread
+    (no cost per chunk), it closes the stream when a chunk waited at both of two looks and none was taken between.
+    It holds the stream only weakly: a stream dropped meanwhile is closed by its ``__del__``."""
+
+    def __init__(self, state: _StreamState, queued: Callable[[], int], unread: float) -> None:
+        self.method = state.method
+        self._state = weakref.ref(state)
+        self._queued = weakref.WeakMethod(queued)
+        self._unread = unread
+        self._seen = -1  # chunks taken at the last look, if a chunk waited then; -1 if none did
+        watch(time.monotonic() + unread, self)
+
+    def late(self) -> None:
+        state, queued = self._state(), self._queued()
+        if state is None or queued is None or state.finished or not state.holding:
+            return  # gone, closed, or ended by the worker: its place is back already
+        waiting = queued() > 0
+        if waiting and state.consumed == self._seen:
+            state.give_up_unread(self._unread)
+            return
+        self._seen = state.consumed if waiting else -1
+        watch(time.monotonic() + self._unread, self)
+
+
 _S = TypeVar("_S", bound="ModelStream")
 _A = TypeVar("_A", bound="AsyncModelStream")
 
@@ -166,6 +225,8 @@ class ModelStream(Iterator[Any]):
     def __next__(self) -> Any:
         state = self._state
         if state.finished:
+            if state.error is not None:
+                raise state.error
             raise StopIteration
         if state.pid != _closer.pid():
             raise state.not_here()
@@ -219,6 +280,8 @@ class AsyncModelStream(AsyncIterator[Any]):
         state, sink = self._state, self._sink
         assert sink is not None
         if state.finished:
+            if state.error is not None:
+                raise state.error
             raise StopAsyncIteration
         if state.pid != _closer.pid():
             raise state.not_here()
@@ -259,9 +322,11 @@ def stream(  # noqa: PLR0917
     kwargs: dict[str, Any],
     timeout: float | None,
     on_done: Callable[[], None] | None = None,
+    unread: float | None = None,
 ) -> ModelStream:
     """Start ``model.<method>(*args, **kwargs)`` (a generator) in ``worker``; ``on_done`` runs once, when the worker
-    is done with the stream (or this raises)."""
+    is done with the stream (or this raises). With ``unread`` (s), the stream is closed once a chunk waited that
+    long (up to twice that) without its consumer reading it; the consumer's next read raises E0305."""
     _closer.ensure_started()  # here, not in __del__: see _closer
     try:
         call_id, frame, deadline = _open(worker, method, args, kwargs, timeout)
@@ -279,6 +344,8 @@ def stream(  # noqa: PLR0917
             raise _unsent(worker, conn, method, timeout, unsent)
         finally:
             state.release()
+    if unread is not None:
+        _Unread(state, sink.queued, unread)
     return ModelStream(state, sink)
 
 
@@ -289,9 +356,10 @@ async def open_astream(  # noqa: PLR0917
     kwargs: dict[str, Any],
     timeout: float | None,
     on_done: Callable[[], None] | None = None,
+    unread: float | None = None,
 ) -> tuple[_StreamState, AsyncStreamSink]:
     """Start ``model.<method>(...)`` (a generator) in ``worker`` from the running loop (opens an
-    :class:`AsyncModelStream`); ``on_done`` as for :func:`stream`."""
+    :class:`AsyncModelStream`); ``on_done`` and ``unread`` as for :func:`stream`."""
     loop = asyncio.get_running_loop()
     _closer.ensure_started()
     try:
@@ -310,6 +378,8 @@ async def open_astream(  # noqa: PLR0917
             raise await loop.run_in_executor(None, _unsent, worker, conn, method, timeout, unsent)
         finally:
             state.release()
+    if unread is not None:
+        _Unread(state, sink.queued, unread)
     return state, sink
 
 
