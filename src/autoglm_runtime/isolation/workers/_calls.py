@@ -41,7 +41,7 @@ __all__ = [
 class Sink(Protocol):
     """Where the replies to one call go; both methods are called by whoever reads the socket (or by a closer).
 
-    ``reads`` is True for a sink whose thread waits in :meth:`Connection.wait <.._connection.Connection.wait>`
+    ``reads`` is True for a sink whose thread waits in :meth:`Connection.wait <.._routing.ReadSide.wait>`
     and reads for itself.
     """
 
@@ -71,7 +71,7 @@ Item = dict[str, Any] | BaseException
 
 
 class CallSink:
-    """One reply for a thread blocked in :meth:`Connection.wait <.._connection.Connection.wait>`, which reads
+    """One reply for a thread blocked in :meth:`Connection.wait <.._routing.ReadSide.wait>`, which reads
     the socket itself when nobody else does (``reads`` is True): see :mod:`._connection`."""
 
     reads = True
