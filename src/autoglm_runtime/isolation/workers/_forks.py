@@ -45,10 +45,14 @@ def track(owner: Inherited) -> None:
 
 
 def _in_child() -> None:
-    for worker in list(_workers):
-        worker.forget_parent()
-    for owner in list(_owners):
-        owner.forget_parent()
+    failed: Exception | None = None
+    for inherited in [*_workers, *_owners]:  # workers first: owners start threads that use them
+        try:
+            inherited.forget_parent()
+        except Exception as exc:  # (one that fails must not leave the others shared with the parent)
+            failed = failed or exc
+    if failed is not None:
+        raise failed  # reported by os.fork as unraisable, once every other object forgot its parent
 
 
 with contextlib.suppress(AttributeError):  # no fork on this platform
