@@ -120,7 +120,7 @@ def test_a_stream_left_unread_is_closed_and_its_replica_serves_other_calls(
     [record] = [r for r in caplog.records if r.levelname == "WARNING"]
     assert (
         record.getMessage()
-        == f"model {model.name}: a chunk of the stream of count() waited 0.2 s unread; closing the stream"
+        == f"model {model.name}: a chunk of the stream of count() waited 0.2 s unread; closed the stream"
     )
     model.close()
 

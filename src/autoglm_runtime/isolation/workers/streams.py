@@ -136,27 +136,30 @@ class _StreamState:
         """(On the watch thread) the consumer left a chunk unread for ``unread`` s: close the stream (the worker
         closes the generator and the place goes back, as on ``close()``); the consumer's next read raises E0305."""
         name = self.worker.spec.name
-        self.error = ModelTimeoutError(
+        error = ModelTimeoutError(
             f"the stream of {self.method}() on model '{name}' was closed after a chunk waited {unread:g} s without its "
             "consumer reading it (unread_timeout): its worker closed the generator and serves other calls; read a "
             "stream steadily or close it, or raise unread_timeout"
         )
-        _log.warning(
-            "model %s: a chunk of the stream of %s() waited %g s unread; closing the stream",
-            name,
-            self.method,
-            unread,
-            extra={"error_code": ModelTimeoutError.code, "model": name},
-        )
-        self.finish(cancel=True)
+        if self.finish(cancel=True, error=error):
+            _log.warning(
+                "model %s: a chunk of the stream of %s() waited %g s unread; closed the stream",
+                name,
+                self.method,
+                unread,
+                extra={"error_code": ModelTimeoutError.code, "model": name},
+            )
 
-    def finish(self, cancel: bool) -> None:
+    def finish(self, cancel: bool, error: ModelTimeoutError | None = None) -> bool:
+        """End the stream here (``cancel``: stop it in the worker; ``error``: what reading it raises from now on);
+        False when it had ended already."""
         with self._release_lock:  # (the watch thread may give an unread stream up as its consumer closes it)
             if self.finished:
-                return
+                return False
             self.finished = True
+            self.error = error
         if self.pid != _closer.pid():
-            return  # a forked child's copy: only marked closed (see the module's promises)
+            return True  # a forked child's copy: only marked closed (see the module's promises)
         # Stopped early: the worker closes the model's generator once its current step returns, and only then is it
         # free; until its end reply comes (or it dies) the stream keeps its place (release), as an abandoned call.
         timeout = self.timeout
@@ -180,6 +183,7 @@ class _StreamState:
             self.conn.send_message({"id": self.call_id, "type": "cancel"})
         if not kept:
             self.release()
+        return True
 
 
 class _Unread:
