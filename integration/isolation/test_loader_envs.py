@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -224,17 +226,23 @@ def test_shared_environments_build_one_environment_per_plan_group(wheelhouse: Pa
     assert metadata["requirements"] == ["conflictlib<2,>=1.0", "conflictlib==1.0"]
 
 
+def _unshareable(wheelhouse: Path, tmp_path: Path) -> Path:
+    """A wheelhouse with conflictlib 1.0 and 2.0 and needstwo 1.0, which needs conflictlib>=2."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for wheel in wheelhouse.glob("conflictlib-*.whl"):
+        (wheels / wheel.name).write_bytes(wheel.read_bytes())
+    build_wheel(wheels, "needstwo", "1.0", requires=["conflictlib>=2"])
+    return wheels
+
+
 def test_a_shared_environment_that_cannot_be_built_leaves_each_model_its_own(
     wheelhouse: Path, tmp_path: Path, make_model, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The plan judges direct requirements: share-x (conflictlib==1.0) and share-y (needstwo, which pulls in
     # conflictlib>=2) look compatible, and are grouped. Before: loading either failed with the group's E0101
     # install error, though each loads alone.
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    for wheel in wheelhouse.glob("conflictlib-*.whl"):
-        (wheels / wheel.name).write_bytes(wheel.read_bytes())
-    build_wheel(wheels, "needstwo", "1.0", requires=["conflictlib>=2"])
+    wheels = _unshareable(wheelhouse, tmp_path)
     x_dir = make_model("share-x", VERSION_MODEL, ["conflictlib==1.0"])
     y_dir = make_model("share-y", VERSION_MODEL, ["needstwo==1.0"])
     with ModelLoader(tmp_path / "envs", wheelhouse=wheels, offline=True, backend="process") as loader:
@@ -251,3 +259,29 @@ def test_a_shared_environment_that_cannot_be_built_leaves_each_model_its_own(
     )
     assert record.getMessage().endswith("); each gets an environment of its own")
     assert (record.error_code, record.model) == ("E0101", "share-y")  # type: ignore[attr-defined]
+
+
+def test_members_of_an_unbuildable_group_loaded_at_once_get_one_warning(
+    wheelhouse: Path, tmp_path: Path, make_model, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: each member loading at the same time built the group's environment, failed and warned (one warning
+    # per member).
+    wheels = _unshareable(wheelhouse, tmp_path)
+    members = [
+        make_model("once-x", VERSION_MODEL, ["conflictlib==1.0"]),
+        make_model("once-y", VERSION_MODEL, ["needstwo"]),
+    ]
+    with ModelLoader(tmp_path / "envs", wheelhouse=wheels, offline=True, backend="process") as loader:
+        assert loader.share_environments(members).groups == (("once-x", "once-y"),)
+        start = threading.Barrier(len(members))
+
+        def load(directory: Path) -> str:
+            start.wait()
+            return str(loader.load(directory).call("version", timeout=30))
+
+        logged = caplog.at_level("WARNING", logger="autoglm_runtime.isolation.loader")
+        with logged, ThreadPoolExecutor(len(members)) as pool:
+            assert list(pool.map(load, members)) == ["1.0", "2.0"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "autoglm_runtime.isolation.loader"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("models once-x, once-y cannot share one environment (")

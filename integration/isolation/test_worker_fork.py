@@ -1,5 +1,7 @@
-"""A stream inherited by a forked child (a prefork server's worker, multiprocessing's "fork") belongs to its parent:
-the child's copy, dropped or closed, sends nothing on the socket both share, and reading it is a coded error."""
+"""A forked child (a prefork server's worker, multiprocessing's "fork") leaves its parent's workers alone: its calls go
+to workers of its own, closing its copy of the loader stops only those, and a stream it inherited belongs to its
+parent: the child's copy, dropped or closed, sends nothing on the socket both share, and reading it is a coded
+error."""
 
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ import itertools
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +40,11 @@ class Model:
 
     def echo(self, value):
         return value
+
+    def pid(self):
+        import os
+
+        return os.getpid()
 
 def load():
     return Model()
@@ -99,15 +109,25 @@ def _reap(pid: int, timeout: float) -> int:
 def _fork_and_reap(holder: list[Any], how: str, read: bool) -> tuple[int, dict[str, Any]]:
     """Fork; the child runs :func:`_in_child` on its copy of ``holder`` (the parent's stream in a list: no other
     reference keeps the child's copy alive). The child's pid and what it saw."""
+    return _forked(lambda: _in_child(holder, how, read))
+
+
+def _forked(run: Callable[[], dict[str, Any]], meanwhile: Callable[[], None] = lambda: None) -> tuple[int, Any]:
+    """Fork; the child runs ``run`` while the parent runs ``meanwhile``. The child's pid and what ``run`` returned."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
             os.close(read_end)
-            os.write(write_end, json.dumps(_in_child(holder, how, read)).encode())
+            try:
+                seen = run()
+            except BaseException as exc:
+                seen = {"error": f"{type(exc).__name__}: {exc}"}
+            os.write(write_end, json.dumps(seen).encode())
         finally:
             os._exit(0)
     os.close(write_end)
+    meanwhile()
     assert _reap(pid, 60) == 0
     with os.fdopen(read_end) as child:
         return pid, json.loads(child.read())
@@ -156,3 +176,95 @@ def test_a_forked_child_dropping_its_copy_of_an_async_stream_leaves_the_parents_
     assert asyncio.run(consume()) == list(range(1, CHUNKS))
     assert model.health()["inflight"] == 0
     assert model.call("echo", "next", timeout=60) == "next"
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_forked_child_calls_workers_of_its_own_while_the_parent_calls_its_own(model: Any) -> None:
+    # Before: the child's calls went over the parent's socket, under the same ids as the parent's: each process read
+    # the other's replies, and both timed out and killed the parent's worker.
+    ours = model.call("pid", timeout=60)
+
+    def child() -> dict[str, Any]:
+        before = model.health()
+        echoed = [model.call("echo", f"child {i}", timeout=60) for i in range(100)]
+        worker = model.call("pid", timeout=60)
+        return {
+            "state before": before["state"],
+            "pid before": before["pid"],
+            "echoed": echoed == [f"child {i}" for i in range(100)],
+            "own worker": worker != ours and _parent_of(worker) == os.getpid(),
+            "restarts": model.health()["restarts"],
+        }
+
+    def parent() -> None:
+        expected = [f"parent {i}" for i in range(100)]
+        assert [model.call("echo", f"parent {i}", timeout=60) for i in range(100)] == expected
+
+    _, seen = _forked(child, parent)
+    assert seen == {"state before": "dead", "pid before": None, "echoed": True, "own worker": True, "restarts": 0}
+    health = model.health()
+    assert (health["pid"], health["restarts"], health["failures"]) == (ours, 0, 0)
+    assert model.call("pid", timeout=60) == ours
+
+
+def test_a_forked_child_closing_its_loader_stops_only_its_own_workers(
+    model: Any, loader: ModelLoader, wait_gone: Callable[[int, float], bool]
+) -> None:
+    # Before: the child's close() shut the parent's socket down and killed the parent's worker's process group.
+    ours = model.call("pid", timeout=60)
+
+    def child() -> dict[str, Any]:
+        worker = model.call("pid", timeout=60)
+        loader.close()
+        return {"worker": worker, "gone": wait_gone(worker, 30), "state": model.health()["state"]}
+
+    _, seen = _forked(child)
+    assert seen["worker"] != ours
+    assert (seen["gone"], seen["state"]) == (True, "dead")
+    assert model.call("pid", timeout=60) == ours
+    assert (model.health()["restarts"], model.health()["state"]) == (0, "ready")
+
+
+ORPHANING_PARENT = """
+import json, os, sys, time
+from autoglm_runtime.isolation import ModelLoader
+
+env_root, wheelhouse, model_dir = sys.argv[1:]
+loader = ModelLoader(env_root, wheelhouse=wheelhouse, offline=True, backend="process", heartbeat_interval=None)
+worker = loader.load(model_dir).call("pid", timeout=60)
+child = os.fork()
+if child == 0:
+    time.sleep(120)  # lives on, holding whatever it inherited
+    os._exit(0)
+print(json.dumps([worker, child]), flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_parents_workers_exit_with_it_while_a_forked_child_lives(
+    model: Any, env_root: Path, wheelhouse: Path, tmp_path: Path, wait_gone: Callable[[int, float], bool]
+) -> None:
+    # Before: the child's copy of the parent's socket kept the worker from seeing its host go; it ran on until the
+    # child exited.
+    script = tmp_path / "parent.py"
+    script.write_text(ORPHANING_PARENT, encoding="utf-8")
+    directory = str(model.manifest.directory)
+    parent = subprocess.Popen(
+        [sys.executable, str(script), str(env_root), str(wheelhouse), directory], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        worker, child = json.loads(parent.stdout.readline())
+        parent.kill()  # the host dies without closing anything
+        parent.wait()
+        try:
+            assert wait_gone(worker, 20)
+            assert not wait_gone(child, 0)  # (the child still runs)
+        finally:
+            os.kill(child, signal.SIGKILL)
+    finally:
+        parent.kill()
+        parent.wait()

@@ -249,4 +249,8 @@ def test_supervision_options_no_worker_can_run_with_are_refused_all_at_once(tmp_
         "start_timeout must be a number of seconds above 0, got 0; max_restarts must be a whole number, 0 or more "
         "(0: never restart), got True"
     )
+    with pytest.raises(UsageError) as info:
+        ModelLoader(tmp_path, unread_timeout=0)
+    assert info.value.message == "unread_timeout must be a number of seconds above 0 or None, got 0"
     ModelLoader(tmp_path, max_restarts=0, backoff=0, max_backoff=0, retry_after=0).close()  # 0 means none: valid
+    ModelLoader(tmp_path, unread_timeout=None).close()

@@ -35,6 +35,7 @@ def check_loader_options(
     heartbeat_interval: float | None,
     heartbeat_timeout: float,
     retry_after: float,
+    unread_timeout: float | None = None,
 ) -> None:
     """Raise one UsageError naming every option that no worker could run with."""
     problems: list[str | None] = []
@@ -57,6 +58,8 @@ def check_loader_options(
     problems.append(_seconds("max_backoff", max_backoff, zero=True))
     problems.append(_seconds("heartbeat_timeout", heartbeat_timeout, zero=False))
     problems.append(_seconds("retry_after", retry_after, zero=True, what=" (the Retry-After of E0106)"))
+    if unread_timeout is not None:
+        problems.append(_seconds("unread_timeout", unread_timeout, zero=False, what=" or None"))
     found = [problem for problem in problems if problem is not None]
     if found:
         raise UsageError("; ".join(found))

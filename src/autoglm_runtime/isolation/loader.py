@@ -38,6 +38,7 @@ from autoglm_runtime.isolation._options import check_loader_options
 from autoglm_runtime.isolation.envs._use import EnvironmentHold, hold_environment
 from autoglm_runtime.isolation.envs.build import BuildProgress, BuiltEnvironment, EnvironmentBuilder, Installer
 from autoglm_runtime.isolation.model import LoadedModel, ModelHealth
+from autoglm_runtime.isolation.workers import _forks
 from autoglm_runtime.isolation.workers.pool import ReplicaPool
 from autoglm_runtime.isolation.workers.process import Concurrency, WorkerProcess, WorkerSpec
 from autoglm_runtime.isolation.workers.serving import read_serving
@@ -61,6 +62,8 @@ class ModelLoader:
     ``heartbeat_timeout`` (s) bound how long a hung worker goes unnoticed between calls: it is killed and
     restarted between ``heartbeat_timeout`` and ``heartbeat_timeout + 1.25 * heartbeat_interval`` s after its
     last answer. ``retry_after`` (s) is what :class:`ModelOverloadedError` tells callers to wait.
+    ``unread_timeout`` (s; ``None``: never) closes a stream whose consumer left a chunk unread that long, giving its
+    replica back.
     """
 
     def __init__(  # noqa: PLR0917 - the documented call takes these six positionally
@@ -83,6 +86,7 @@ class ModelLoader:
         heartbeat_interval: float | None = 5.0,
         heartbeat_timeout: float = 30.0,
         retry_after: float = 1.0,
+        unread_timeout: float | None = 300.0,
     ) -> None:
         check_loader_options(
             backend=backend,
@@ -94,6 +98,7 @@ class ModelLoader:
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
             retry_after=retry_after,
+            unread_timeout=unread_timeout,
         )
         self.builder = EnvironmentBuilder(
             env_root,
@@ -117,6 +122,7 @@ class ModelLoader:
             "heartbeat_interval": heartbeat_interval,
             "heartbeat_timeout": heartbeat_timeout,
             "retry_after": retry_after,
+            "unread_timeout": unread_timeout,
         }
         self._lock = threading.Lock()
         self._models: dict[str, LoadedModel] = {}
@@ -124,7 +130,17 @@ class ModelLoader:
         self._starting: set[WorkerProcess] = set()  # workers of loads in flight: close() stops them too
         self._holds: dict[LoadedModel, EnvironmentHold] = {}  # keeps ``env gc`` off the models' environments
         self._shared: dict[str, ModelManifest] = {}  # model name -> the manifest of its group's environment
+        self._group_locks: dict[str, threading.Lock] = {}  # group name -> held by the member trying its environment
         self._closed = False
+        _forks.track(self)
+
+    def forget_parent(self) -> None:
+        """(In a forked child, see ``workers/_forks.py``) loads in flight in the parent are the parent's: their
+        threads do not run here, and their names are free to load in the child."""
+        self._lock = threading.Lock()
+        self._group_locks = {}
+        self._loading.clear()
+        self._starting.clear()
 
     @property
     def models(self) -> Mapping[str, LoadedModel]:
@@ -257,23 +273,32 @@ class ModelLoader:
         """The model's environment: its group's when it shares one, else (or should that fail) its own."""
         with self._lock:
             group = self._shared.get(manifest.name)
-        if group is None:
+            trying = None if group is None else self._group_locks.setdefault(group.name, threading.Lock())
+        if group is None or trying is None:
             return self.builder.ensure(manifest)
-        try:
-            return self.builder.ensure(group)
-        except (EnvironmentBuildError, DependencyConflictError) as exc:
-            # The plan judges direct requirements only: what they pull in may still clash (a dependency of one
-            # member pinning what another pins otherwise). Sharing saves disk; it must not cost the model.
+        with trying:  # members loaded at once try the group's environment one at a time: a failure is built once
             with self._lock:
-                for name in [name for name, shared in self._shared.items() if shared is group]:
-                    del self._shared[name]
-            _log.warning(
-                "models %s cannot share one environment (%s); each gets an environment of its own",
-                group.name.replace("+", ", "),
-                exc.message.splitlines()[0],
-                extra={"error_code": exc.code, "model": manifest.name},
-            )
-            return self.builder.ensure(manifest)
+                still_shared = self._shared.get(manifest.name) is group
+            if still_shared:
+                try:
+                    return self.builder.ensure(group)
+                except (EnvironmentBuildError, DependencyConflictError) as exc:
+                    self._unshare(group, manifest.name, exc)
+        return self.builder.ensure(manifest)
+
+    def _unshare(self, group: ModelManifest, name: str, exc: EnvironmentBuildError | DependencyConflictError) -> None:
+        """The environment of ``group`` cannot be built: each member gets its own (one warning for the group)."""
+        # The plan judges direct requirements only: what they pull in may still clash (a dependency of one member
+        # pinning what another pins otherwise). Sharing saves disk; it must not cost the model.
+        with self._lock:
+            for member in [member for member, shared in self._shared.items() if shared is group]:
+                del self._shared[member]
+        _log.warning(
+            "models %s cannot share one environment (%s); each gets an environment of its own",
+            group.name.replace("+", ", "),
+            exc.message.splitlines()[0],
+            extra={"error_code": exc.code, "model": name},
+        )
 
     def _start_worker(
         self,

@@ -78,8 +78,8 @@ def test_a_stream_closed_early_is_done_at_its_end_not_at_a_chunk_still_on_its_wa
     pair: tuple[Connection, socket.socket],
 ) -> None:
     conn, peer = pair
-    conn.register(5, StreamSink("steps"))
-    other = StreamSink("other")
+    conn.register(5, StreamSink("steps", lambda: None))
+    other = StreamSink("other", lambda: None)
     conn.register(6, other)
     done: list[str] = []
     assert conn.replace(5, AbandonedSink("steps", lambda: done.append("done")))

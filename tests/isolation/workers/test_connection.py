@@ -88,7 +88,8 @@ def test_a_stream_is_read_by_the_reader_thread_while_a_blocked_call_reads_its_ow
     pair: tuple[Connection, socket.socket],
 ) -> None:
     conn, peer = pair
-    stream = StreamSink("tokens")
+    ended: list[int] = []
+    stream = StreamSink("tokens", lambda: ended.append(conn.inflight))
     conn.register(1, stream)
     call = CallSink("echo")
     conn.register(2, call)
@@ -98,6 +99,7 @@ def test_a_stream_is_read_by_the_reader_thread_while_a_blocked_call_reads_its_ow
     assert conn.wait(call, time.monotonic() + 30)
     assert call.reply == {"id": 2, "ok": True, "result": 2}
     assert [stream.get(30), stream.get(30)] == [{"id": 1, "chunk": "a"}, {"id": 1, "ok": True, "end": True}]
+    assert ended == [0]  # once, as its end was routed (the stream no longer counted in flight)
     assert conn.inflight == 0
 
 
@@ -387,7 +389,7 @@ def test_an_undecodable_frame_for_no_call_is_logged_with_its_code(
 ) -> None:
     conn, peer = pair
     body = b'{"id":999,"ok":true,"result":{"$b":1}}'  # well framed, but names a buffer the frame does not hold
-    stream = StreamSink("tokens")
+    stream = StreamSink("tokens", lambda: None)
     conn.register(7, stream)
     with caplog.at_level(logging.WARNING, logger="test"):
         peer.sendall(struct.pack(">IH", len(body), 0) + body)

@@ -28,18 +28,20 @@ __all__ = [
     "AsyncCallSink",
     "AsyncStreamSink",
     "CallSink",
+    "Due",
     "OwnSink",
     "PeerGone",
     "SendTimeout",
     "Sink",
     "StreamSink",
+    "watch",
 ]
 
 
 class Sink(Protocol):
     """Where the replies to one call go; both methods are called by whoever reads the socket (or by a closer).
 
-    ``reads`` is True for a sink whose thread waits in :meth:`Connection.wait <.._connection.Connection.wait>`
+    ``reads`` is True for a sink whose thread waits in :meth:`Connection.wait <.._routing.ReadSide.wait>`
     and reads for itself.
     """
 
@@ -69,7 +71,7 @@ Item = dict[str, Any] | BaseException
 
 
 class CallSink:
-    """One reply for a thread blocked in :meth:`Connection.wait <.._connection.Connection.wait>`, which reads
+    """One reply for a thread blocked in :meth:`Connection.wait <.._routing.ReadSide.wait>`, which reads
     the socket itself when nobody else does (``reads`` is True): see :mod:`._connection`."""
 
     reads = True
@@ -223,6 +225,19 @@ class AbandonedSink:
             on_done()
 
 
+class Due(Protocol):
+    """A deadline of the watch thread: :meth:`late` runs on it at the deadline; ``method`` names it in logs."""
+
+    method: str
+
+    def late(self) -> None: ...
+
+
+def watch(at: float, due: Due) -> None:
+    """Run ``due.late()`` on the watch thread at ``at`` (a ``time.monotonic()`` instant)."""
+    _watch.add(at, due)
+
+
 class _Watch:
     """One daemon thread (``autoglm-abandoned-watch``, started with the first deadline) runs the deadlines of every
     abandoned call: a timer thread each cost the closing caller up to a millisecond to start where threads contend
@@ -230,11 +245,11 @@ class _Watch:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._due: list[tuple[float, int, AbandonedSink]] = []  # a heap, soonest first
+        self._due: list[tuple[float, int, Due]] = []  # a heap, soonest first
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
 
-    def add(self, at: float, sink: AbandonedSink) -> None:
+    def add(self, at: float, sink: Due) -> None:
         with self._cond:
             heapq.heappush(self._due, (at, next(self._order), sink))
             if self._thread is None:
@@ -286,19 +301,28 @@ with contextlib.suppress(AttributeError):  # no fork on this platform
 
 
 class StreamSink:
-    """A stream's replies, in order, for a thread reading with :meth:`get`."""
+    """A stream's replies, in order, for a thread reading with :meth:`get`; ``on_end`` runs as the last one (its end,
+    its error, or the connection's failure) is queued: the worker is done with the stream, read or not."""
 
     reads = False
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, on_end: Callable[[], None]) -> None:
         self.method = method
+        self.on_end = on_end
         self._queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
 
     def deliver(self, message: dict[str, Any]) -> None:
         self._queue.put(message)
+        if "chunk" not in message:
+            self.on_end()
 
     def fail(self, error: BaseException) -> None:
         self._queue.put(error)
+        self.on_end()
+
+    def queued(self) -> int:
+        """Replies waiting to be read."""
+        return self._queue.qsize()
 
     def get(self, timeout: float | None) -> Item | None:
         """The next reply or error; ``None`` when ``timeout`` (s) passed first."""
@@ -309,20 +333,28 @@ class StreamSink:
 
 
 class AsyncStreamSink:
-    """A stream's replies, in order, in an ``asyncio.Queue`` of ``loop``."""
+    """A stream's replies, in order, in an ``asyncio.Queue`` of ``loop``; ``on_end`` as for :class:`StreamSink`."""
 
     reads = False
 
-    def __init__(self, method: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, method: str, loop: asyncio.AbstractEventLoop, on_end: Callable[[], None]) -> None:
         self.method = method
         self.loop = loop
+        self.on_end = on_end
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
+
+    def queued(self) -> int:
+        """Replies waiting to be read (read from any thread: a length)."""
+        return self.queue.qsize()
 
     def deliver(self, message: dict[str, Any]) -> None:
         _soon(self.loop, self.queue.put_nowait, message)
+        if "chunk" not in message:
+            self.on_end()
 
     def fail(self, error: BaseException) -> None:
         _soon(self.loop, self.queue.put_nowait, error)
+        self.on_end()
 
 
 def _soon(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:

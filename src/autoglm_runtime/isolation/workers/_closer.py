@@ -24,7 +24,7 @@ __all__ = ["CLOSE_WAIT", "close_dropped", "dropped", "ensure_started", "pid"]
 #: How long a stream's ``__del__`` waits for the closer thread to close it (in the normal case microseconds).
 CLOSE_WAIT = 1.0
 
-_queue: queue.SimpleQueue[tuple[Callable[[], None], threading.Event]] = queue.SimpleQueue()
+_queue: queue.SimpleQueue[tuple[Callable[[], object], threading.Event]] = queue.SimpleQueue()
 _thread: threading.Thread | None = None
 _start_lock = threading.Lock()
 _collecting: int | None = None  # the thread a garbage collection runs on, while it runs
@@ -52,7 +52,7 @@ def ensure_started() -> None:
             _thread.start()
 
 
-def dropped(close: Callable[[], None]) -> None:
+def dropped(close: Callable[[], object]) -> None:
     """Run ``close`` (a stream's ``__del__``'s): inline, unless the garbage collector runs it on this thread
     (then :func:`close_dropped`)."""
     if _collecting == threading.get_ident():
@@ -62,7 +62,7 @@ def dropped(close: Callable[[], None]) -> None:
         close()
 
 
-def close_dropped(close: Callable[[], None]) -> None:
+def close_dropped(close: Callable[[], object]) -> None:
     """Run ``close`` (a dropped stream's) on the closer thread, waiting up to :data:`CLOSE_WAIT` s for it.
 
     Only :class:`queue.SimpleQueue` and a fresh event are touched here, both safe wherever ``__del__`` runs. On

@@ -25,7 +25,7 @@ from autoglm_runtime.errors import (
     WorkerError,
 )
 from autoglm_runtime.isolation._scripts import protocol as _protocol
-from autoglm_runtime.isolation.workers import _replies
+from autoglm_runtime.isolation.workers import _forks, _replies
 from autoglm_runtime.isolation.workers._connection import Connection
 from autoglm_runtime.isolation.workers._failures import FailureLog, reap
 from autoglm_runtime.isolation.workers._output import OutputPump
@@ -69,6 +69,29 @@ class WorkerLifecycle:
         self._hello_deadline = 0.0
         self._ids = itertools.count(1)
         self.hello: Mapping[str, Any] = {}
+        _forks.track_worker(self)
+
+    def forget_parent(self) -> None:
+        """(In a forked child, see :mod:`._forks`) leave the worker process to the parent: close the child's copies of
+        its socket and pipes, and mark it down, so that the child's next call starts a worker of the child's own."""
+        self._lifecycle = threading.Lock()
+        self._state_lock = threading.RLock()
+        closing = self._closing.is_set()
+        self._closing = threading.Event()
+        conn, pump = self._conn, self._pump
+        self._proc = self._conn = self._pump = None  # (a Popen of the parent's: the child cannot wait for it)
+        self._awaiting_hello = False
+        if conn is not None:
+            conn.forget_parent()
+        if pump is not None:  # (it holds the process's stdout and stderr)
+            pump.forget_parent()
+        if closing:
+            self._closing.set()
+        elif self._state != "failed":  # the child's own worker starts afresh: the parent's failures are the parent's
+            policy = self._restarts
+            self._restarts = RestartPolicy(policy.max_restarts, policy.backoff, policy.max_backoff, timer=self._timer)
+            self._failures = FailureLog(self._restarts)
+            self._state = "dead"
 
     def _set_state(self, state: WorkerState) -> None:
         with self._state_lock:

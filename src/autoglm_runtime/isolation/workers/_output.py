@@ -233,9 +233,20 @@ class OutputPump:
                         selector.unregister(fd)
                         open_fds.discard(fd)
                     self._lines(fd, chunk, splitters[fd])
-        os.close(self._wake_r)
+        wake_r, self._wake_r = self._wake_r, -1  # (before the close: a fork's child must never close a reused number)
+        os.close(wake_r)
         for pipe in self._pipes:
             pipe.close()
+
+    def forget_parent(self) -> None:
+        """(In a forked child) close the child's copies of this pump's descriptors; the parent's thread reads on."""
+        for pipe in self._pipes:
+            pipe.close()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._wake_r = self._wake_w = -1
 
     def _lines(self, fd: int, chunk: bytes, splitter: LineSplitter) -> None:
         """Log the lines ``chunk`` completes (at end of file, an empty chunk: the unfinished last one)."""

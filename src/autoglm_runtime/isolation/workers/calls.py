@@ -7,7 +7,7 @@ Promises (for every kind):
   request and the wait for the answer; for a stream it is the idle bound, before the first chunk and between
   two chunks. Past it the call raises :class:`ModelTimeoutError` (E0305) and the worker is killed and restarted
   (its other calls fail with E0103) -- unless none of the request went out yet: then the worker is left alone;
-* a blocking call reads its own reply from the socket while no other thread does (see ``_connection.py``);
+* a blocking call reads its own reply from the socket while no other thread does (see ``_routing.py``);
 * a stream yields each chunk as soon as the model yielded it; closing it early (``close()``, leaving a ``with``
   block, dropping it) returns at once and has the worker close the generator, which it can do only once the
   model's current step returns: the stream keeps its place (``on_done``) until the worker says the generator

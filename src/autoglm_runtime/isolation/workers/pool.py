@@ -10,6 +10,8 @@ Promises:
   takes no calls while another serves (they wait for it instead);
 * one heartbeat thread per model (``autoglm-model-<name>-heartbeat``) pings every ready replica every
   ``heartbeat_interval`` s and restarts one whose ping went unanswered ``heartbeat_timeout`` s;
+* a stream whose consumer leaves a chunk unread for ``unread_timeout`` s (up to twice that) is closed and its
+  place given back (the consumer's next read raises E0305);
 * :meth:`ReplicaPool.close` refuses new calls, lets calls in flight and queued finish until ``drain_timeout``,
   then stops every replica: no process or thread is left.
 """
@@ -25,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from autoglm_runtime.errors import ModelOverloadedError, ModelTimeoutError, WorkerError
-from autoglm_runtime.isolation.workers import calls, streams
+from autoglm_runtime.isolation.workers import _forks, calls, streams
 from autoglm_runtime.isolation.workers._connection import Connection
 from autoglm_runtime.isolation.workers._state import Heartbeat, heartbeat_step
 from autoglm_runtime.isolation.workers.process import WorkerHealth, WorkerProcess
@@ -99,6 +101,7 @@ class ReplicaPool:
         heartbeat_interval: float | None = 5.0,
         heartbeat_timeout: float = 30.0,
         retry_after: float = 1.0,
+        unread_timeout: float | None = None,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
@@ -107,6 +110,7 @@ class ReplicaPool:
         self.max_queue = max_queue
         self._heartbeat = (heartbeat_interval, heartbeat_timeout)
         self._retry_after = retry_after
+        self._unread = unread_timeout
         self._timer = timer
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -116,6 +120,22 @@ class ReplicaPool:
         self._closed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        _forks.track(self)
+
+    def forget_parent(self) -> None:
+        """(In a forked child, see :mod:`._forks`; its workers forgot theirs first) the parent's calls in flight and
+        queued are the parent's: the child starts with none, and with a heartbeat thread of its own."""
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._load = dict.fromkeys(self.workers, 0)
+        self._waiters = collections.deque()
+        stopped = self._stop.is_set()
+        self._stop = threading.Event()
+        beating, self._thread = self._thread is not None, None
+        if stopped:
+            self._stop.set()
+        elif beating:
+            self.start()
 
     def start(self) -> None:
         """Start the heartbeat thread (the workers are started already)."""
@@ -150,11 +170,8 @@ class ReplicaPool:
         calls.check_timeout(self.name, method, timeout)
         deadline = None if timeout is None else self._timer() + timeout
         worker = self._acquire(method, timeout, deadline)
-        try:
-            return streams.stream(worker, method, args, kwargs, timeout, self._releaser(worker))
-        except BaseException:
-            self._release(worker)
-            raise
+        # (streams.stream releases the replica once the worker is done with the stream, also when it raises)
+        return streams.stream(worker, method, args, kwargs, timeout, self._releaser(worker), self._unread)
 
     def astream(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
@@ -164,11 +181,9 @@ class ReplicaPool:
         async def opener() -> Any:
             deadline = None if timeout is None else self._timer() + timeout
             worker = await self._aacquire(method, timeout, deadline)
-            try:
-                return await streams.open_astream(worker, method, args, kwargs, timeout, self._releaser(worker))
-            except BaseException:
-                self._release(worker)
-                raise
+            return await streams.open_astream(
+                worker, method, args, kwargs, timeout, self._releaser(worker), self._unread
+            )
 
         return AsyncModelStream(opener)
 

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import threading
+import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from autoglm_runtime.errors import UsageError
+from autoglm_runtime.errors import ModelTimeoutError, UsageError
 from autoglm_runtime.isolation._scripts import protocol as _protocol
 from autoglm_runtime.isolation._scripts.dispatch import WINDOW
 from autoglm_runtime.isolation.workers import _closer
-from autoglm_runtime.isolation.workers._calls import AsyncStreamSink, Item, StreamSink
+from autoglm_runtime.isolation.workers._calls import AsyncStreamSink, Item, StreamSink, watch
 from autoglm_runtime.isolation.workers._connection import Connection
 from autoglm_runtime.isolation.workers.calls import (
     _abandon,
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncModelStream", "ModelStream", "astream", "open_astream", "stream"]
 
+_log = logging.getLogger("autoglm_runtime.isolation.workers.process")
 _MORE = WINDOW // 2
 _WAITING = " (waiting for its next chunk)"  # what a stream's idle timeout says it waited for
 
@@ -57,8 +62,10 @@ class _StreamState:
     ) -> None:
         self.worker, self.conn, self.call_id, self.method, self.timeout = worker, conn, call_id, method, timeout
         self._on_done = on_done
+        self._release_lock = threading.Lock()
         self._consumed = 0
         self.finished = False
+        self.error: ModelTimeoutError | None = None  # why the host gave up on a stream its consumer left unread
         self.pid = _closer.pid()  # the process that opened the stream, the only one whose copy talks to the worker
 
     def not_here(self) -> UsageError:
@@ -90,28 +97,118 @@ class _StreamState:
         _outcome(self.worker, self.method, self.call_id, item)
         raise AssertionError("a stream ended with a result")  # pragma: no cover - the worker never sends one
 
-    def finish(self, cancel: bool) -> None:
-        if self.finished:
-            return
-        self.finished = True
+    def release(self) -> None:
+        """Give the stream's place back (``on_done``), once: when the worker is done with it (its end or error came,
+        read or not, or the worker died), or when the host gives up on it."""
+        on_done = self.take_release()
+        if on_done is not None:
+            on_done()
+
+    def take_release(self) -> Callable[[], None] | None:
+        """Take ``on_done`` away (``None`` once it ran or was taken): the caller runs it when it sees fit."""
+        with self._release_lock:
+            on_done, self._on_done = self._on_done, None
+        return on_done
+
+    def kill(self) -> ModelTimeoutError:
+        """The stream waited past its idle timeout: kill the worker (see ``WorkerProcess.timed_out``) and end it."""
+        # The place is given back once the kill returned, not by an end coming meanwhile: a call given it before
+        # would go to the doomed worker (see AbandonedSink.late).
+        on_done = self.take_release()
+        try:
+            return self.worker.timed_out(self.conn, self.method, self.timeout, _WAITING)
+        finally:
+            self.finish(cancel=False)
+            if on_done is not None:
+                on_done()
+
+    @property
+    def consumed(self) -> int:
+        """Chunks the consumer took so far."""
+        return self._consumed
+
+    @property
+    def holding(self) -> bool:
+        """True while the stream holds its place (the worker has not ended it, and nobody gave it up)."""
+        return self._on_done is not None
+
+    def give_up_unread(self, unread: float) -> None:
+        """(On the watch thread) the consumer left a chunk unread for ``unread`` s: close the stream (the worker
+        closes the generator and the place goes back, as on ``close()``); the consumer's next read raises E0305."""
+        name = self.worker.spec.name
+        error = ModelTimeoutError(
+            f"the stream of {self.method}() on model '{name}' was closed after a chunk waited {unread:g} s without its "
+            "consumer reading it (unread_timeout): its worker closed the generator and serves other calls; read a "
+            "stream steadily or close it, or raise unread_timeout"
+        )
+        if self.finish(cancel=True, error=error):
+            _log.warning(
+                "model %s: a chunk of the stream of %s() waited %g s unread; closed the stream",
+                name,
+                self.method,
+                unread,
+                extra={"error_code": ModelTimeoutError.code, "model": name},
+            )
+
+    def finish(self, cancel: bool, error: ModelTimeoutError | None = None) -> bool:
+        """End the stream here (``cancel``: stop it in the worker; ``error``: what reading it raises from now on);
+        False when it had ended already."""
+        with self._release_lock:  # (the watch thread may give an unread stream up as its consumer closes it)
+            if self.finished:
+                return False
+            self.finished = True
+            self.error = error
         if self.pid != _closer.pid():
-            return  # a forked child's copy: only marked closed (see the module's promises)
+            return True  # a forked child's copy: only marked closed (see the module's promises)
         # Stopped early: the worker closes the model's generator once its current step returns, and only then is it
-        # free; until its end reply comes (or it dies) the stream keeps its place (on_done), as an abandoned call.
-        on_done, timeout = self._on_done, self.timeout
+        # free; until its end reply comes (or it dies) the stream keeps its place (release), as an abandoned call.
+        timeout = self.timeout
         kept = (
             cancel
-            and on_done is not None
+            and self._on_done is not None
             and _abandon(
-                self.worker, self.conn, self.call_id, self.method, timeout, timeout, on_done, "its stream was closed"
+                self.worker,
+                self.conn,
+                self.call_id,
+                self.method,
+                timeout,
+                timeout,
+                self.release,
+                "its stream was closed",
             )
         )
         if not kept:  # ended by the worker (or given up on by the host), or its end came already (unread)
             self.conn.unregister(self.call_id)
         if cancel:
             self.conn.send_message({"id": self.call_id, "type": "cancel"})
-        if on_done is not None and not kept:
-            on_done()
+        if not kept:
+            self.release()
+        return True
+
+
+class _Unread:
+    """Gives a stream up once a chunk waited unread for ``unread`` s: looked at every ``unread`` s on the watch thread
+    (no cost per chunk), it closes the stream when a chunk waited at both of two looks and none was taken between.
+    It holds the stream only weakly: a stream dropped meanwhile is closed by its ``__del__``."""
+
+    def __init__(self, state: _StreamState, queued: Callable[[], int], unread: float) -> None:
+        self.method = state.method
+        self._state = weakref.ref(state)
+        self._queued = weakref.WeakMethod(queued)
+        self._unread = unread
+        self._seen = -1  # chunks taken at the last look, if a chunk waited then; -1 if none did
+        watch(time.monotonic() + unread, self)
+
+    def late(self) -> None:
+        state, queued = self._state(), self._queued()
+        if state is None or queued is None or state.finished or not state.holding:
+            return  # gone, closed, or ended by the worker: its place is back already
+        waiting = queued() > 0
+        if waiting and state.consumed == self._seen:
+            state.give_up_unread(self._unread)
+            return
+        self._seen = state.consumed if waiting else -1
+        watch(time.monotonic() + self._unread, self)
 
 
 _S = TypeVar("_S", bound="ModelStream")
@@ -132,16 +229,14 @@ class ModelStream(Iterator[Any]):
     def __next__(self) -> Any:
         state = self._state
         if state.finished:
+            if state.error is not None:
+                raise state.error
             raise StopIteration
         if state.pid != _closer.pid():
             raise state.not_here()
         item = self._sink.get(state.timeout)
-        if item is None:  # the place is given up once the worker was killed (before, a queued call could go to it)
-            try:
-                error = state.worker.timed_out(state.conn, state.method, state.timeout, _WAITING)
-            finally:
-                state.finish(cancel=False)
-            raise error
+        if item is None:
+            raise state.kill()
         more, chunk = state.take(item)
         if not more:
             raise StopIteration
@@ -189,20 +284,15 @@ class AsyncModelStream(AsyncIterator[Any]):
         state, sink = self._state, self._sink
         assert sink is not None
         if state.finished:
+            if state.error is not None:
+                raise state.error
             raise StopAsyncIteration
         if state.pid != _closer.pid():
             raise state.not_here()
         try:
             item = await asyncio.wait_for(sink.queue.get(), state.timeout)
         except asyncio.TimeoutError:
-            loop = asyncio.get_running_loop()
-            try:  # (the place is given up once the worker was killed, as for a blocking stream)
-                error = await loop.run_in_executor(
-                    None, state.worker.timed_out, state.conn, state.method, state.timeout, _WAITING
-                )
-            finally:
-                state.finish(cancel=False)
-            raise error from None
+            raise await asyncio.get_running_loop().run_in_executor(None, state.kill) from None
         more, chunk = state.take(item)
         if not more:
             raise StopAsyncIteration
@@ -236,17 +326,31 @@ def stream(  # noqa: PLR0917
     kwargs: dict[str, Any],
     timeout: float | None,
     on_done: Callable[[], None] | None = None,
+    unread: float | None = None,
 ) -> ModelStream:
-    """Start ``model.<method>(*args, **kwargs)`` (a generator) in ``worker``; ``on_done`` runs once it ends."""
+    """Start ``model.<method>(*args, **kwargs)`` (a generator) in ``worker``; ``on_done`` runs once, when the worker
+    is done with the stream (or this raises). With ``unread`` (s), the stream is closed once a chunk waited that
+    long (up to twice that) without its consumer reading it; the consumer's next read raises E0305."""
     _closer.ensure_started()  # here, not in __del__: see _closer
-    call_id, frame, deadline = _open(worker, method, args, kwargs, timeout)
-    conn = worker.connection(method, timeout, deadline)
-    sink = StreamSink(method)
+    try:
+        call_id, frame, deadline = _open(worker, method, args, kwargs, timeout)
+        conn = worker.connection(method, timeout, deadline)
+    except BaseException:
+        if on_done is not None:
+            on_done()
+        raise
+    state = _StreamState(worker, conn, call_id, method, timeout, on_done)
+    sink = StreamSink(method, state.release)
     conn.register(call_id, sink)
     unsent = _send(conn, call_id, frame, deadline)
     if unsent is not None:
-        raise _unsent(worker, conn, method, timeout, unsent)
-    return ModelStream(_StreamState(worker, conn, call_id, method, timeout, on_done), sink)
+        try:
+            raise _unsent(worker, conn, method, timeout, unsent)
+        finally:
+            state.release()
+    if unread is not None:
+        _Unread(state, sink.queued, unread)
+    return ModelStream(state, sink)
 
 
 async def open_astream(  # noqa: PLR0917
@@ -256,19 +360,31 @@ async def open_astream(  # noqa: PLR0917
     kwargs: dict[str, Any],
     timeout: float | None,
     on_done: Callable[[], None] | None = None,
+    unread: float | None = None,
 ) -> tuple[_StreamState, AsyncStreamSink]:
     """Start ``model.<method>(...)`` (a generator) in ``worker`` from the running loop (opens an
-    :class:`AsyncModelStream`)."""
+    :class:`AsyncModelStream`); ``on_done`` and ``unread`` as for :func:`stream`."""
     loop = asyncio.get_running_loop()
     _closer.ensure_started()
-    call_id, frame, deadline = _open(worker, method, args, kwargs, timeout)
-    conn = await _aconnection(worker, method, timeout, deadline)
-    sink = AsyncStreamSink(method, loop)
+    try:
+        call_id, frame, deadline = _open(worker, method, args, kwargs, timeout)
+        conn = await _aconnection(worker, method, timeout, deadline)
+    except BaseException:
+        if on_done is not None:
+            on_done()
+        raise
+    state = _StreamState(worker, conn, call_id, method, timeout, on_done)
+    sink = AsyncStreamSink(method, loop, state.release)
     conn.register(call_id, sink)
     unsent = _send(conn, call_id, frame, deadline)
     if unsent is not None:
-        raise await loop.run_in_executor(None, _unsent, worker, conn, method, timeout, unsent)
-    return _StreamState(worker, conn, call_id, method, timeout, on_done), sink
+        try:
+            raise await loop.run_in_executor(None, _unsent, worker, conn, method, timeout, unsent)
+        finally:
+            state.release()
+    if unread is not None:
+        _Unread(state, sink.queued, unread)
+    return state, sink
 
 
 def astream(
