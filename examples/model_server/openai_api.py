@@ -51,7 +51,9 @@ def model_not_found(name: str, known: Sequence[str]) -> JSONResponse:
 
 
 # What these models cannot give: refused when asked for, never dropped (a client asking for log probabilities would
-# get "logprobs": null, one sending tools a plain text answer, one sending stop sequences text past them).
+# get "logprobs": null, one sending tools a plain text answer, one sending stop sequences text past them, one asking
+# for nucleus sampling or a penalty the plain temperature sampling it did not ask for). The sampling options after
+# OpenAI's are vLLM's, which its clients send in extra_body.
 _UNSUPPORTED = {
     "logprobs": "log probabilities",
     "top_logprobs": "log probabilities",
@@ -68,6 +70,15 @@ _UNSUPPORTED = {
     "modalities": "output other than text",
     "audio": "audio output",
     "web_search_options": "web search",
+    "top_p": "nucleus sampling",
+    "presence_penalty": "presence penalties",
+    "frequency_penalty": "frequency penalties",
+    "top_k": "top-k sampling",
+    "min_p": "min-p sampling",
+    "repetition_penalty": "repetition penalties",
+    "min_tokens": "a minimum length",
+    "ignore_eos": "generating past the end of the text",
+    "stop_token_ids": "stop tokens",
 }
 # The values that ask for nothing (what a client sends when it leaves the option at its default).
 _NOTHING_ASKED: dict[str, tuple[Any, ...]] = {
@@ -76,6 +87,9 @@ _NOTHING_ASKED: dict[str, tuple[Any, ...]] = {
     "function_call": ("none", "auto"),
     "response_format": ({"type": "text"},),
     "modalities": (["text"],),
+    "top_p": (1,),
+    "top_k": (-1,),  # vLLM's "all tokens" (0 too, as every option's 0)
+    "repetition_penalty": (1,),
 }
 # Tools a request forbids calling ("none": "the model will not call any tool and instead generates a message") ask
 # for nothing these models cannot give: a plain answer is what such a request wants.

@@ -243,6 +243,18 @@ COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
         (CHAT, {"model": WORDS, "messages": [{"role": "user", "content": "hi"}], "tool_choice": "auto",
                 "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "E5010: tools asks for tool "
          "calls, which these models do not give, got [{'type': 'function', 'function': {'name: fix the request body"),
+        (CHAT, {"model": WORDS, "messages": [{"role": "user", "content": "hi"}], "top_p": 0.5, "presence_penalty": 1,
+                "frequency_penalty": -0.5}, "top_p", "E5010: top_p asks for nucleus sampling, which these models do "
+         "not give, got 0.5; presence_penalty asks for presence penalties, which these models do not give, got 1; "
+         "frequency_penalty asks for frequency penalties, which these models do not give, got -0.5: fix the request "
+         "body"),
+        (COMPLETIONS, {"model": WORDS, "prompt": "hi", "top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2,
+                       "min_tokens": 4, "ignore_eos": True, "stop_token_ids": [2]}, "top_k", "E5010: top_k asks for "
+         "top-k sampling, which these models do not give, got 5; min_p asks for min-p sampling, which these models do "
+         "not give, got 0.1; repetition_penalty asks for repetition penalties, which these models do not give, got "
+         "1.2; min_tokens asks for a minimum length, which these models do not give, got 4; ignore_eos asks for "
+         "generating past the end of the text, which these models do not give, got True; stop_token_ids asks for stop "
+         "tokens, which these models do not give, got [2]: fix the request body"),
         (CHAT, {"model": CHARS, "messages": [{"role": "tool", "content": "42"}]}, "messages", "E5010: the model's "
          "chat template rejected the messages: roles are system, user and assistant; got tool: fix the conversation"),
     ],
@@ -263,7 +275,18 @@ def test_requests_the_guard_can_judge_get_coded_400s(
 def test_options_left_at_what_asks_for_nothing_are_accepted(server: Server) -> None:
     # What a client sends for an option it leaves alone: refusing these would refuse ordinary clients.
     done = server.client.completions.create(
-        model=WORDS, prompt="hi", max_tokens=2, best_of=1, echo=False, logprobs=None, stop=None, logit_bias={}
+        model=WORDS,
+        prompt="hi",
+        max_tokens=2,
+        best_of=1,
+        echo=False,
+        logprobs=None,
+        stop=None,
+        logit_bias={},
+        top_p=1,
+        presence_penalty=0,
+        frequency_penalty=0.0,
+        extra_body={"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "min_tokens": 0, "ignore_eos": False},
     )
     assert done.choices[0].finish_reason in ("length", "stop")
     chat = server.client.chat.completions.create(
@@ -274,6 +297,9 @@ def test_options_left_at_what_asks_for_nothing_are_accepted(server: Server) -> N
         tool_choice="none",
         response_format={"type": "text"},
         modalities=["text"],
+        top_p=1.0,
+        presence_penalty=0.0,
+        extra_body={"top_k": 0, "stop_token_ids": []},
     )
     assert chat.choices[0].message.role == "assistant"
 
