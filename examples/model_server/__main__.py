@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import platform
 import signal
 import socket
 import sys
@@ -69,6 +70,7 @@ def _serve(args: argparse.Namespace, sock: socket.socket) -> None:
     with contextlib.ExitStack() as stack:
         stack.enter_context(options.state_lock(state))
         manifests = [load_manifest(model_dir) for model_dir in sorted(MODELS.iterdir())]
+        options.check_python(manifests, platform.python_version())
         # Config first: a ZooKeeper that cannot be reached fails the start before the first start's downloads.
         store = open_store(zk=args.zk, choice=args.config_store, state=state, stack=stack)
         root: str = args.root
