@@ -110,6 +110,10 @@ def _unsupported(body: Mapping[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
+#: The least seed taken: a signed 64-bit integer's (vLLM's range starts there too).
+_LEAST_SEED = -(2**63)
+
+
 @dataclass(frozen=True)
 class Sampling:
     """The generation options of one request, checked (every problem named at once)."""
@@ -142,6 +146,11 @@ class Sampling:
         seed = body.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             problems.append(("seed", f"seed must be an integer, got {seed!r:.40}"))
+        elif seed is not None and seed < _LEAST_SEED:
+            problems.append(("seed", f"seed must be an integer of at least {_LEAST_SEED}, got {seed}"))
+        elif seed is not None and seed < 0:
+            # vLLM takes any 64-bit seed, numpy's generators none below 0: its 64-bit two's complement samples alike.
+            seed %= 2**64
         stream = body.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             problems.append(("stream", f"stream must be true or false, got {stream!r:.40}"))

@@ -304,6 +304,20 @@ def test_options_left_at_what_asks_for_nothing_are_accepted(server: Server) -> N
     assert chat.choices[0].message.role == "assistant"
 
 
+def test_a_negative_seed_is_its_64_bit_twos_complement(server: Server) -> None:
+    # vLLM takes any 64-bit seed; numpy's generators take none below 0, and seed=-1 was a 500 (E0105: the model
+    # raised ValueError) for a request the server could judge.
+    def text(seed: int) -> str | None:
+        return server.client.completions.create(model=WORDS, prompt="The", max_tokens=8, seed=seed).choices[0].text
+
+    assert text(-1) == text(2**64 - 1)
+    assert text(-(2**63)) == text(2**63)
+    response = server.http.post(COMPLETIONS, json={"model": WORDS, "prompt": "hi", "seed": -(2**63) - 1})
+    assert (response.status_code, response.json()["error"]["message"]) == (
+        400, f"E5010: seed must be an integer of at least {-(2**63)}, got {-(2**63) - 1}: fix the request body"
+    )  # fmt: skip
+
+
 def test_an_empty_prompt_is_completed_from_nothing_as_openais_api_does(server: Server, ngramlm: ModuleType) -> None:
     # Only a missing prompt or an empty list of prompts is E5010 (the README says which).
     done = server.client.completions.create(model=WORDS, prompt="", max_tokens=4, temperature=0)
