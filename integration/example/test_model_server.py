@@ -304,6 +304,13 @@ def test_options_left_at_what_asks_for_nothing_are_accepted(server: Server) -> N
     assert chat.choices[0].message.role == "assistant"
 
 
+def test_a_tiny_temperature_is_answered_by_both_models(server: Server) -> None:
+    # chars-numpy2 answered temperature=0.001 with a 500 (E0105: "Probabilities contain NaN").
+    for model in (WORDS, CHARS):
+        done = server.client.completions.create(model=model, prompt="The", max_tokens=4, temperature=0.001, seed=1)
+        assert done.choices[0].finish_reason in ("length", "stop")
+
+
 def test_a_negative_seed_is_its_64_bit_twos_complement(server: Server) -> None:
     # vLLM takes any 64-bit seed; numpy's generators take none below 0, and seed=-1 was a 500 (E0105: the model
     # raised ValueError) for a request the server could judge.
