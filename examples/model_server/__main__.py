@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+import tokenizers
 import uvicorn
 
 from autoglm_runtime import ConfigClient
@@ -98,7 +99,14 @@ def _serve(args: argparse.Namespace, sock: socket.socket) -> None:
 
         limits = {m.name: ModelLimits(config, m.name) for m in manifests}  # the app's, read once for the banner
         app = RequestIds(
-            create_app(config=config, loader=loader, tokenizer=tokenizer, templates=templates, limits=limits)
+            create_app(
+                config=config,
+                loader=loader,
+                tokenizer=tokenizer,
+                templates=templates,
+                limits=limits,
+                vocabulary=tokenizers.Tokenizer.from_file(str(tokenizer_file)).get_vocab_size(),
+            )
         )
         host, port = sock.getsockname()[:2]
         url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"

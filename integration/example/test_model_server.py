@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import tokenizers
 from integration.example._server import CHARS, WORDS, Server, answer, greedy, until
 from kazoo.client import KazooClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -302,6 +303,23 @@ def test_options_left_at_what_asks_for_nothing_are_accepted(server: Server) -> N
         extra_body={"top_k": 0, "stop_token_ids": []},
     )
     assert chat.choices[0].message.role == "assistant"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "param", "bad"), [([-1], "prompt", -1), (["hi", [1, 2, 10**6]], "prompt[1]", 10**6)]
+)
+def test_token_ids_outside_the_vocabulary_are_a_coded_400(server: Server, prompt: Any, param: str, bad: int) -> None:
+    # -1 was a bare "Internal Server Error" (the tokenizer's decode overflowed); 10**6 was dropped by the decode
+    # while usage counted it (vLLM refuses both: "out of vocabulary").
+    vocabulary = tokenizers.Tokenizer.from_file(str(tokenizer_path(server.state))).get_vocab_size()
+    response = server.http.post(COMPLETIONS, json={"model": WORDS, "prompt": prompt, "max_tokens": 2})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (param, "E5010")
+    assert error["message"] == (
+        f"E5010: {param} holds token id {bad}, which the models' tokenizer does not have (its ids are 0 to "
+        f"{vocabulary - 1}): send ids of its vocabulary, or the text"
+    )
 
 
 def test_a_tiny_temperature_is_answered_by_both_models(server: Server) -> None:
