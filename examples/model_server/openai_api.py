@@ -114,6 +114,21 @@ def _unsupported(body: Mapping[str, Any]) -> list[tuple[str, str]]:
 _LEAST_SEED = -(2**63)
 
 
+def _unreadable_parts(body: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The content parts of a chat the models cannot read (images, audio, files): the chat template renders text
+    parts alone, so the model would answer as if they had not been sent."""
+    messages = body.get("messages")
+    problems = []
+    for index, message in enumerate(messages if isinstance(messages, list) else ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        for number, part in enumerate(content if isinstance(content, list) else ()):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind != "text":
+                where = f"messages[{index}].content[{number}]"
+                problems.append((where, f"{where} is a part of type {kind!r:.40}, which these models cannot read"))
+    return problems
+
+
 @dataclass(frozen=True)
 class Sampling:
     """The generation options of one request, checked (every problem named at once)."""
@@ -161,6 +176,7 @@ class Sampling:
         if body.get("n", 1) not in (1, None):
             problems.append(("n", f"n must be 1 (these models write one choice per prompt), got {body['n']!r:.40}"))
         problems += _unsupported(body)
+        problems += _unreadable_parts(body)
         if problems:
             raise InvalidRequestError(
                 "; ".join(message for _, message in problems) + ": fix the request body", param=problems[0][0]

@@ -256,6 +256,12 @@ COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
          "1.2; min_tokens asks for a minimum length, which these models do not give, got 4; ignore_eos asks for "
          "generating past the end of the text, which these models do not give, got True; stop_token_ids asks for stop "
          "tokens, which these models do not give, got [2]: fix the request body"),
+        (CHAT, {"model": WORDS, "messages": [{"role": "system", "content": "hi"}, {"role": "user", "content": [
+                {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "x.png"}},
+                {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]}, "messages[1].content[1]",
+         "E5010: messages[1].content[1] is a part of type 'image_url', which these models cannot read; "
+         "messages[1].content[2] is a part of type 'input_audio', which these models cannot read: fix the request "
+         "body"),
         (CHAT, {"model": CHARS, "messages": [{"role": "tool", "content": "42"}]}, "messages", "E5010: the model's "
          "chat template rejected the messages: roles are system, user and assistant; got tool: fix the conversation"),
     ],
