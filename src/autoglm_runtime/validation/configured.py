@@ -15,7 +15,8 @@ nothing else. :class:`EnvValidationMiddleware` reads its settings from the TOML 
 
 Every key of the file is optional except ``context_window`` when a ``tokenizer`` is given; unknown keys, values
 of the wrong type and values out of range are all reported together (E0001), naming the file, when the server
-builds its middleware.
+builds its middleware (built at the ASGI lifespan's start-up, as FastAPI does, the middleware fails that start-up
+with the error: see :class:`EnvValidationMiddleware`).
 """
 
 from __future__ import annotations
