@@ -4,11 +4,12 @@ environment variable) on a real FastAPI app under uvicorn, driven over real HTTP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from autoglm_runtime.validation import (
     EnvValidationMiddleware,
     HFTokenizer,
     OpenAIExtractor,
+    ValidationMiddleware,
 )
 from autoglm_runtime.validation.configured import CONFIG_ENV_VAR, GuardSettings
 
@@ -322,3 +324,27 @@ def test_without_lifespan_every_request_gets_a_coded_500_and_the_log_says_why(
             "E0001",
         )
     ]
+
+
+def test_a_bad_option_given_to_add_middleware_stops_the_server_before_the_apps_start_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The same for ValidationMiddleware's own options: the app's lifespan start-up was skipped without a word.
+    started: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        started.append("app")
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+    app.add_middleware(ValidationMiddleware, error_style="opnai")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None))
+    exits: list[object] = []
+    thread, up = _run_until_started_or_stopped(server, exits)
+    if up:
+        server.should_exit = True
+    thread.join(30)
+    assert (up, exits, started) == (False, [uvicorn.config.STARTUP_FAILURE], [])
+    refused = [r.getMessage() for r in caplog.records if r.name == "uvicorn.error" and r.levelname == "ERROR"]
+    assert "E0001: error_style must be 'autoglm' or 'openai', got 'opnai'" in refused

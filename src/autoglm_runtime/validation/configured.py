@@ -21,7 +21,6 @@ with the error: see :class:`EnvValidationMiddleware`).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -31,9 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from autoglm_runtime.errors import UsageError
-from autoglm_runtime.logging import get_logger
 from autoglm_runtime.validation._openai import ErrorStyle, OpenAIExtractor
-from autoglm_runtime.validation.asgi import ERROR_CODE_HEADER, ASGIApp, Receive, Scope, Send, ValidationMiddleware
+from autoglm_runtime.validation.asgi import ASGIApp, ValidationMiddleware
 from autoglm_runtime.validation.chat_template import ChatTemplate
 from autoglm_runtime.validation.context_window import ContextWindowGuard
 from autoglm_runtime.validation.headers import HeaderTokenGuard
@@ -46,8 +44,6 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 __all__ = ["CONFIG_ENV_VAR", "EnvValidationMiddleware", "GuardSettings"]
-
-log = get_logger(__name__)
 
 #: The environment variable naming the settings file of :class:`EnvValidationMiddleware`.
 CONFIG_ENV_VAR = "AUTOGLM_VALIDATION_CONFIG"
@@ -208,7 +204,6 @@ class EnvValidationMiddleware(ValidationMiddleware):
     """
 
     def __init__(self, app: ASGIApp) -> None:
-        self._refusal: UsageError | None = None
         try:
             path = os.environ.get(CONFIG_ENV_VAR)
             if not path:
@@ -216,53 +211,8 @@ class EnvValidationMiddleware(ValidationMiddleware):
                     f"EnvValidationMiddleware reads its settings from the file named by {CONFIG_ENV_VAR}, which is "
                     "not set: set it to a TOML or JSON settings file (see docs/validation.md)"
                 )
-            super().__init__(app, **GuardSettings.from_file(path).middleware_options())
+            options = GuardSettings.from_file(path).middleware_options()
         except UsageError as exc:
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:  # built before the server runs: its own start-up code sees the error
-                raise exc from None
-            self.app = app
-            self._refusal = exc
-            self._told = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._refusal is None:
-            await super().__call__(scope, receive, send)
-        else:
-            await self._refuse(self._refusal, scope, receive, send)
-
-    async def _refuse(self, error: UsageError, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "lifespan":
-            message = await receive()
-            if message["type"] == "lifespan.startup":  # the server logs the message and exits
-                await send({"type": "lifespan.startup.failed", "message": str(error)})
+            self._refuse(app, exc)
             return
-        if not self._told:
-            self._told = True
-            log.error(
-                "EnvValidationMiddleware refuses every request: %s", error.message, extra={"error_code": error.code}
-            )
-        if kind == "websocket":
-            await send({"type": "websocket.close", "code": 1011, "reason": f"{error.code}: guard not configured"})
-            return
-        if kind != "http":
-            return
-        # The settings' problems name the server's files: clients are told where to look, not what they hold.
-        body = {
-            "error": {
-                "message": f"{error.code}: the server's request guard is not configured: its log says why",
-                "type": "server_error",
-                "param": None,
-                "code": error.code,
-            }
-        }
-        payload = json.dumps(body).encode("utf-8")
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode("ascii")),
-            (ERROR_CODE_HEADER.encode("ascii"), error.code.encode("ascii")),
-        ]
-        await send({"type": "http.response.start", "status": 500, "headers": headers})
-        await send({"type": "http.response.body", "body": payload, "more_body": False})
+        super().__init__(app, **options)
