@@ -108,11 +108,8 @@ class _Handlers:
             return sampling
         if not sampling.explicit:
             return dataclasses.replace(sampling, max_tokens=cap)
-        raise InvalidRequestError(
-            f"max_tokens {sampling.max_tokens} is more than the output cap of {cap} tokens of model {name} "
-            f"(config key {limits.cap_key}): lower max_tokens",
-            param="max_tokens",
-        )
+        limits.refuse_over_cap(sampling.max_tokens)
+        return sampling  # the cap was raised meanwhile
 
     def _run(self, model: LoadedModel, sampling: Sampling, envelope: Envelope) -> generation.Run:
         """The request on ``model``, under the response's id, its stream paced by the model's live setting."""
@@ -294,7 +291,7 @@ def create_app(
         )
     # The outer middleware checks headers, body size and shape for every request, before any model is chosen.
     return ValidationMiddleware(
-        PerModelGuards(app, model_guards, GUARDED),
+        PerModelGuards(app, model_guards, GUARDED, limits),
         header_guard=HeaderTokenGuard(max_length=max_header_length),
         paths=GUARDED,
         error_style="openai",

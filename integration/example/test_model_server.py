@@ -157,6 +157,15 @@ def test_an_output_cap_changed_in_zookeeper_bounds_max_tokens(server: Server) ->
             f"E5010: max_tokens 5 is more than the output cap of 4 tokens of model {CHARS} (config key "
             f"limits/{CHARS}/max_output_tokens): lower max_tokens"
         )
+        # Over the window too: the cap is named first (the window's advice, "at most 64 minus the input's
+        # tokens", sent clients to a max_tokens the cap refused next).
+        for field in ("max_tokens", "max_completion_tokens"):
+            over = server.http.post(CHAT, json={"model": CHARS, "messages": [{"role": "user", "content": "hi"}],
+                                                field: 100})  # fmt: skip
+            assert over.json()["error"]["message"] == (
+                f"E5010: max_tokens 100 is more than the output cap of 4 tokens of model {CHARS} (config key "
+                f"limits/{CHARS}/max_output_tokens): lower max_tokens"
+            )
         unasked = server.client.completions.create(model=CHARS, prompt="The model", temperature=0)
         assert unasked.usage is not None
         assert unasked.usage.completion_tokens == 4  # the default budget of 16, lowered to the cap
