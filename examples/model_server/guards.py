@@ -5,6 +5,7 @@ is judged by the guard of the model it names. The SDK's :class:`ValidationMiddle
 guard; :class:`PerModelGuards` reads the ``model`` field of a guarded request (already size-, decode- and
 shape-checked by the outer middleware) and hands the request to that model's middleware. A body that names no
 model is a 400 (E5010), a model that is not served a 404 ``model_not_found``: no model's guard could judge it.
+A ``max_tokens`` over the model's output cap is a 400 (E5010) before its guard judges the window.
 
 With tracing on, the two layers make one ``autoglm.guard.check`` span per request: the outer middleware's, which
 lasts until the app has answered; the model's middleware records its verdict on it (the request's scope carries
