@@ -173,6 +173,16 @@ class Sampling:
         if not isinstance(options, dict):
             problems.append(("stream_options", f"stream_options must be an object, got {options!r:.40}"))
             options = {}
+        elif options and stream is not True:
+            problems.append((
+                "stream_options",
+                f"stream_options is for streamed responses (as vLLM refuses it without stream: true), got "
+                f"{options!r:.40}",
+            ))  # fmt: skip
+        include = options.get("include_usage")
+        if include is not None and not isinstance(include, bool):
+            shown = f"stream_options.include_usage must be true or false, got {include!r:.40}"
+            problems.append(("stream_options", shown))
         if body.get("n", 1) not in (1, None):
             problems.append(("n", f"n must be 1 (these models write one choice per prompt), got {body['n']!r:.40}"))
         problems += _unsupported(body)

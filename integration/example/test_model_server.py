@@ -271,6 +271,12 @@ COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
          "E5010: messages[1].content[1] is a part of type 'image_url', which these models cannot read; "
          "messages[1].content[2] is a part of type 'input_audio', which these models cannot read: fix the request "
          "body"),
+        (COMPLETIONS, {"model": WORDS, "prompt": "hi", "stream_options": {"include_usage": True}}, "stream_options",
+         "E5010: stream_options is for streamed responses (as vLLM refuses it without stream: true), got "
+         "{'include_usage': True}: fix the request body"),
+        (CHAT, {"model": WORDS, "messages": [{"role": "user", "content": "hi"}], "stream": True, "stream_options": {
+                "include_usage": "yes"}}, "stream_options", "E5010: stream_options.include_usage must be true or "
+         "false, got 'yes': fix the request body"),
         (CHAT, {"model": CHARS, "messages": [{"role": "tool", "content": "42"}]}, "messages", "E5010: the model's "
          "chat template rejected the messages: roles are system, user and assistant; got tool: fix the conversation"),
     ],
