@@ -27,6 +27,15 @@ def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().err.startswith("usage: autoglm-runtime")
 
 
+def test_the_env_command_says_what_its_subcommands_do(capsys: pytest.CaptureFixture[str]) -> None:
+    # It said "build and inspect": there is no inspecting subcommand, and gc, which removes environments, went
+    # unmentioned.
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = " ".join(capsys.readouterr().out.split())
+    assert "env build model environments (env build) and remove unused ones (env gc) " in listed
+
+
 def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["no-such-command"])

@@ -34,8 +34,9 @@ OPTIONAL = {
     "typed": "pydantic",
 }
 TEST_ONLY = {"pytest", "testcontainers", "docker"}  # the harness's container backend (docker comes with testcontainers)
-#: Stdlib modules of other Python versions than this one (subinterpreters: 3.12 and 3.13+; SHA-2: 3.12+).
-OTHER_STDLIB = {"_interpreters", "_xxsubinterpreters", "_sha2"}
+#: Stdlib modules of other Python versions than this one (subinterpreters: 3.12 and 3.13+; SHA-2: _sha2 on 3.12+,
+#: _sha256 before).
+OTHER_STDLIB = {"_interpreters", "_xxsubinterpreters", "_sha2", "_sha256"}
 
 
 def imported_top_level_names() -> set[str]:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import platform
 import signal
 import socket
 import sys
 from pathlib import Path
 from types import FrameType
 
+import tokenizers
 import uvicorn
 
 from autoglm_runtime.deps import load_manifest
@@ -67,6 +69,7 @@ def _serve(args: argparse.Namespace, sock: socket.socket) -> None:
     with contextlib.ExitStack() as stack:
         stack.enter_context(options.state_lock(state))
         manifests = [load_manifest(model_dir) for model_dir in sorted(MODELS.iterdir())]
+        options.check_python(manifests, platform.python_version())
         # Config first: a ZooKeeper that cannot be reached fails a first start before its downloads.
         store = open_store(zk=args.zk, choice=args.config_store, state=state, stack=stack)
         root: str = args.root
@@ -92,7 +95,14 @@ def _serve(args: argparse.Namespace, sock: socket.socket) -> None:
 
         limits = {m.name: ModelLimits(config, m.name) for m in manifests}  # the app's, read once for the banner
         app = RequestIds(
-            create_app(config=config, loader=loader, tokenizer=tokenizer, templates=templates, limits=limits)
+            create_app(
+                config=config,
+                loader=loader,
+                tokenizer=tokenizer,
+                templates=templates,
+                limits=limits,
+                vocabulary=tokenizers.Tokenizer.from_file(str(tokenizer_file)).get_vocab_size(),
+            )
         )
         host, port = sock.getsockname()[:2]
         url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"

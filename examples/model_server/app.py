@@ -86,10 +86,13 @@ class _Handlers:
         tokenizer: Tokenizer,
         limits: Mapping[str, ModelLimits],
         call_timeout: float,
+        *,
+        vocabulary: int | None,
     ) -> None:
         self.config = config
         self.loader = loader
         self.tokenizer = tokenizer
+        self.vocabulary = vocabulary
         self.limits = limits
         self.call_timeout = call_timeout
         self.created = int(time.time())
@@ -106,11 +109,8 @@ class _Handlers:
             return sampling
         if not sampling.explicit:
             return dataclasses.replace(sampling, max_tokens=cap)
-        raise InvalidRequestError(
-            f"max_tokens {sampling.max_tokens} is more than the output cap of {cap} tokens of model {name} "
-            f"(config key {limits.cap_key}): lower max_tokens",
-            param="max_tokens",
-        )
+        limits.refuse_over_cap(sampling.max_tokens)
+        return sampling  # the cap was raised meanwhile
 
     def _run(self, model: LoadedModel, sampling: Sampling, envelope: Envelope) -> generation.Run:
         """The request on ``model``, under the response's id, its stream paced by the model's live setting."""
@@ -152,6 +152,17 @@ class _Handlers:
         if result is None:  # the guard judges every body with a prompt
             raise InvalidRequestError("the request has no prompt to complete: send a prompt", param="prompt")
         pieces = [one.segments[0] for one in result.batch] if result.batch else [result.segments[0]]
+        for index, piece in enumerate(pieces):
+            if isinstance(piece, str) or self.vocabulary is None:
+                continue
+            bad = next((token for token in piece if not 0 <= token < self.vocabulary), None)
+            if bad is not None:  # a decode would drop it, or fail on a negative one
+                param = f"prompt[{index}]" if result.batch else "prompt"
+                raise InvalidRequestError(
+                    f"{param} holds token id {bad}, which the models' tokenizer does not have (its ids are 0 to "
+                    f"{self.vocabulary - 1}): send ids of its vocabulary, or the text",
+                    param=param,
+                )
         return [piece if isinstance(piece, str) else self.tokenizer.decode(piece) for piece in pieces]
 
     async def chat(self, request: Request) -> Response:
@@ -235,16 +246,18 @@ def create_app(
     call_timeout: float = 10.0,
     max_header_length: int = 512,
     limits: Mapping[str, ModelLimits] | None = None,
+    vocabulary: int | None = None,
 ) -> ValidationMiddleware:
     """The server's ASGI app; ``config`` is started and ``loader`` has its models loaded by the caller.
 
     ``templates`` holds each model's chat template (its ``tokenizer_config.json``); all models count tokens with
-    ``tokenizer``. Run it with ASGI lifespan on: shutdown stops the guards' threads. ``limits``: each model's
-    live limits, when the caller reads them too (the banner); else made here.
+    ``tokenizer``, whose ids are ``0`` to ``vocabulary - 1`` (token-id prompts outside are refused when given).
+    Run it with ASGI lifespan on: shutdown stops the guards' threads. ``limits``: each model's live limits, when
+    the caller reads them too (the banner); else made here.
     """
     names = sorted(loader.models)
     limits = dict(limits) if limits is not None else {name: ModelLimits(config, name) for name in names}
-    handlers = _Handlers(config, loader, tokenizer, limits, call_timeout)
+    handlers = _Handlers(config, loader, tokenizer, limits, call_timeout, vocabulary=vocabulary)
     model_guards: dict[str, ValidationMiddleware] = {}
 
     # Read at each scrape, on prometheus_client's default registry (one app per process, as __main__ makes).
@@ -281,7 +294,7 @@ def create_app(
         )
     # The outer middleware checks headers, body size and shape for every request, before any model is chosen.
     return ValidationMiddleware(
-        PerModelGuards(app, model_guards, GUARDED),
+        PerModelGuards(app, model_guards, GUARDED, limits),
         header_guard=HeaderTokenGuard(max_length=max_header_length),
         paths=GUARDED,
         error_style="openai",

@@ -1,6 +1,6 @@
 """The example's assets in its state directory: a wheelhouse for the models' environments and a small tokenizer.
 
-The wheelhouse holds the example's own package (``packages/ngramlm-1.1``, built here with the SDK's wheel
+The wheelhouse holds the example's own package (``packages/ngramlm-1.2``, built here with the SDK's wheel
 builder) and the real numpy wheels the two models pin. Those are the only downloads, made at first start with
 ``pip download`` from the package index; later starts find them in the wheelhouse and work offline. The
 tokenizer is trained on ``corpus.txt``.

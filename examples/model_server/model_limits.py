@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from autoglm_runtime.errors import InvalidRequestError
 from autoglm_runtime.validation import ConfigLimits, ConfigReader, Limits
 
 log = logging.getLogger("examples.model_server")
@@ -84,6 +85,16 @@ class ModelLimits:
 
     def current(self) -> Reading:
         return Reading(self.guard.current(), self._read(self.cap_key, _cap, "output cap"), self.tokens_per_second())
+
+    def refuse_over_cap(self, max_tokens: int) -> None:
+        """Raise :class:`InvalidRequestError` (E5010) when ``max_tokens`` asks for more than the output cap."""
+        cap = self._read(self.cap_key, _cap, "output cap")
+        if max_tokens > cap:
+            raise InvalidRequestError(
+                f"max_tokens {max_tokens} is more than the output cap of {cap} tokens of model {self.model} "
+                f"(config key {self.cap_key}): lower max_tokens",
+                param="max_tokens",
+            )
 
     def tokens_per_second(self) -> float:
         """The pace of this model's streams now (``0``: unpaced); read at every token of a paced stream."""

@@ -51,7 +51,9 @@ def model_not_found(name: str, known: Sequence[str]) -> JSONResponse:
 
 
 # What these models cannot give: refused when asked for, never dropped (a client asking for log probabilities would
-# get "logprobs": null, one sending tools a plain text answer, one sending stop sequences text past them).
+# get "logprobs": null, one sending tools a plain text answer, one sending stop sequences text past them, one asking
+# for nucleus sampling or a penalty the plain temperature sampling it did not ask for). The sampling options after
+# OpenAI's are vLLM's, which its clients send in extra_body.
 _UNSUPPORTED = {
     "logprobs": "log probabilities",
     "top_logprobs": "log probabilities",
@@ -68,6 +70,15 @@ _UNSUPPORTED = {
     "modalities": "output other than text",
     "audio": "audio output",
     "web_search_options": "web search",
+    "top_p": "nucleus sampling",
+    "presence_penalty": "presence penalties",
+    "frequency_penalty": "frequency penalties",
+    "top_k": "top-k sampling",
+    "min_p": "min-p sampling",
+    "repetition_penalty": "repetition penalties",
+    "min_tokens": "a minimum length",
+    "ignore_eos": "generating past the end of the text",
+    "stop_token_ids": "stop tokens",
 }
 # The values that ask for nothing (what a client sends when it leaves the option at its default).
 _NOTHING_ASKED: dict[str, tuple[Any, ...]] = {
@@ -76,6 +87,9 @@ _NOTHING_ASKED: dict[str, tuple[Any, ...]] = {
     "function_call": ("none", "auto"),
     "response_format": ({"type": "text"},),
     "modalities": (["text"],),
+    "top_p": (1,),
+    "top_k": (-1,),  # vLLM's "all tokens" (0 too, as every option's 0)
+    "repetition_penalty": (1,),
 }
 # Tools a request forbids calling ("none": "the model will not call any tool and instead generates a message") ask
 # for nothing these models cannot give: a plain answer is what such a request wants.
@@ -93,6 +107,25 @@ def _unsupported(body: Mapping[str, Any]) -> list[tuple[str, str]]:
         if name in _CALLS_FORBIDDEN_BY and body.get(_CALLS_FORBIDDEN_BY[name]) == "none":
             continue
         problems.append((name, f"{name} asks for {what}, which these models do not give, got {value!r:.40}"))
+    return problems
+
+
+#: The least seed taken: a signed 64-bit integer's (vLLM's range starts there too).
+_LEAST_SEED = -(2**63)
+
+
+def _unreadable_parts(body: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The content parts of a chat the models cannot read (images, audio, files): the chat template renders text
+    parts alone, so the model would answer as if they had not been sent."""
+    messages = body.get("messages")
+    problems = []
+    for index, message in enumerate(messages if isinstance(messages, list) else ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        for number, part in enumerate(content if isinstance(content, list) else ()):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if isinstance(kind, str) and kind != "text":
+                where = f"messages[{index}].content[{number}]"
+                problems.append((where, f"{where} is a part of type {kind!r:.40}, which these models cannot read"))
     return problems
 
 
@@ -128,6 +161,11 @@ class Sampling:
         seed = body.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             problems.append(("seed", f"seed must be an integer, got {seed!r:.40}"))
+        elif seed is not None and seed < _LEAST_SEED:
+            problems.append(("seed", f"seed must be an integer of at least {_LEAST_SEED}, got {seed}"))
+        elif seed is not None and seed < 0:
+            # vLLM takes any 64-bit seed, numpy's generators none below 0: its 64-bit two's complement samples alike.
+            seed %= 2**64
         stream = body.get("stream", False)
         if not isinstance(stream, bool) and stream is not None:
             problems.append(("stream", f"stream must be true or false, got {stream!r:.40}"))
@@ -135,9 +173,20 @@ class Sampling:
         if not isinstance(options, dict):
             problems.append(("stream_options", f"stream_options must be an object, got {options!r:.40}"))
             options = {}
+        elif options and stream is not True:
+            problems.append((
+                "stream_options",
+                f"stream_options is for streamed responses (as vLLM refuses it without stream: true), got "
+                f"{options!r:.40}",
+            ))  # fmt: skip
+        include = options.get("include_usage")
+        if include is not None and not isinstance(include, bool):
+            shown = f"stream_options.include_usage must be true or false, got {include!r:.40}"
+            problems.append(("stream_options", shown))
         if body.get("n", 1) not in (1, None):
             problems.append(("n", f"n must be 1 (these models write one choice per prompt), got {body['n']!r:.40}"))
         problems += _unsupported(body)
+        problems += _unreadable_parts(body)
         if problems:
             raise InvalidRequestError(
                 "; ".join(message for _, message in problems) + ": fix the request body", param=problems[0][0]

@@ -8,10 +8,11 @@ import errno
 import fcntl
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from autoglm_runtime.config.settings import check_hosts
+from autoglm_runtime.deps import ModelManifest
 from autoglm_runtime.errors import UsageError
 
 DEFAULT_STATE_DIR = Path(".autoglm/example")
@@ -36,8 +37,8 @@ per model (environments of STATE_DIR/envs that the server does not use are remov
 serves, a walk-through of curl commands is printed on stdout (stderr carries the JSON log lines alone).
 
 Exit codes: 130 after Ctrl-C and 143 after SIGTERM (everything stopped then), 2 for usage errors (E0001: a
-port in use, a state directory used by another server, contradictory flags), else the code of the error
-that stopped the start."""
+port in use, a state directory used by another server, contradictory flags, a Python the models' wheels do
+not exist for), else the code of the error that stopped the start."""
 
 
 def _port(text: str) -> int:
@@ -120,6 +121,29 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.zk:
         check_hosts(args.zk)  # a typo in --zk is a usage error now, not a traceback after the downloads
     return args
+
+
+def check_python(manifests: Sequence[ModelManifest], version: str) -> None:
+    """Refuse, before any set-up, a Python some model's ``python`` range leaves out: the wheels it pins exist for
+    no other, so the first start's ``pip download`` would fail late, in pip's words."""
+    refused = [m for m in manifests if m.python is not None and not m.python.contains(version, prereleases=True)]
+    if not refused:
+        return
+    needs = "; ".join(f"model {m.name} needs Python {m.python}" for m in refused)
+    fitting = [
+        f"3.{minor}"
+        for minor in range(20, 9, -1)
+        if all(m.python is None or m.python.contains(f"3.{minor}.0") for m in manifests)
+    ]
+    fix = (
+        f"make .venv with Python {fitting[0]}, for example rm -rf .venv && PYTHON=python{fitting[0]} bash scripts/serve"
+        if fitting
+        else "no Python fits every model: change their model.toml"
+    )
+    raise UsageError(
+        f"{needs} (the python of its model.toml: the wheels it pins exist for no other), and this server runs on "
+        f"Python {version}: {fix}"
+    )
 
 
 def bind(host: str, port: int) -> socket.socket:

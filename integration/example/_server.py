@@ -133,7 +133,7 @@ def running_server(hosts: str, state: Path, *, healthy: bool = True, root: str |
 def load_ngramlm() -> ModuleType:
     """The example's n-gram package, imported here from its source (numpy of the test environment)."""
     spec = importlib.util.spec_from_file_location(
-        "example_ngramlm", HERE / "packages" / "ngramlm-1.1" / "ngramlm" / "__init__.py"
+        "example_ngramlm", HERE / "packages" / "ngramlm-1.2" / "ngramlm" / "__init__.py"
     )
     assert spec is not None
     assert spec.loader is not None

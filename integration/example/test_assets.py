@@ -35,7 +35,7 @@ def test_a_filled_wheelhouse_is_used_offline(tmp_path: Path, monkeypatch: pytest
     manifests = [load_manifest(model) for model in sorted(MODELS.iterdir())]
     assert fill_wheelhouse(tmp_path, manifests) == tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "ngramlm-1.1-py3-none-any.whl", "numpy-1.26.4-py3-none-any.whl", "numpy-2.0.2-py3-none-any.whl",
+        "ngramlm-1.2-py3-none-any.whl", "numpy-1.26.4-py3-none-any.whl", "numpy-2.0.2-py3-none-any.whl",
     ]  # fmt: skip
 
 
@@ -57,7 +57,7 @@ def test_a_wheel_that_cannot_be_fetched_is_a_coded_error(tmp_path: Path, monkeyp
 
 @pytest.fixture(scope="module")
 def ngramlm() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("example_ngramlm", HERE / "packages/ngramlm-1.1/ngramlm/__init__.py")
+    spec = importlib.util.spec_from_file_location("example_ngramlm", HERE / "packages/ngramlm-1.2/ngramlm/__init__.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -73,6 +73,20 @@ def test_the_ngram_model_continues_its_corpus_and_stops_at_a_line_end(ngramlm: M
     assert lm.complete("the cat", 1, temperature=0)["finish_reason"] == "length"
     chars = ngramlm.NGramLM("abcabc\n", unit="char", order=3)
     assert "".join(chars.generate("ab", 4, temperature=0)) == "cabc"
+
+
+@pytest.mark.parametrize("temperature", [1e-3, 1e-10, 1e-300])
+def test_a_tiny_temperature_samples_the_most_frequent_continuation(ngramlm: ModuleType, temperature: float) -> None:
+    # counts ** (1 / temperature) overflowed to inf and numpy refused the NaN probabilities: a 500 (E0105) for
+    # temperature 0.001, which the server accepts (0 to 2).
+    for unit, order in (("word", 3), ("char", 6)):
+        lm = ngramlm.NGramLM(CORPUS.read_text(encoding="utf-8"), unit=unit, order=order)
+        context = [lm._index[token] for token in lm.tokens("The model server")]
+        for token in lm.generate("The model server", 12, temperature=temperature, seed=1):
+            nexts, counts = lm._distribution(context)
+            chosen = lm._index[token.strip() or token]
+            assert counts[list(nexts).index(chosen)] == counts.max()  # one of the most frequent (ties are drawn)
+            context.append(chosen)
 
 
 def test_sampling_is_seeded_and_stays_in_the_vocabulary(ngramlm: ModuleType) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import tokenizers
 from integration.example._server import CHARS, WORDS, Server, answer, greedy, until
 from kazoo.client import KazooClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -156,6 +157,15 @@ def test_an_output_cap_changed_in_zookeeper_bounds_max_tokens(server: Server) ->
             f"E5010: max_tokens 5 is more than the output cap of 4 tokens of model {CHARS} (config key "
             f"limits/{CHARS}/max_output_tokens): lower max_tokens"
         )
+        # Over the window too: the cap is named first (the window's advice, "at most 64 minus the input's
+        # tokens", sent clients to a max_tokens the cap refused next).
+        for field in ("max_tokens", "max_completion_tokens"):
+            over = server.http.post(CHAT, json={"model": CHARS, "messages": [{"role": "user", "content": "hi"}],
+                                                field: 100})  # fmt: skip
+            assert over.json()["error"]["message"] == (
+                f"E5010: max_tokens 100 is more than the output cap of 4 tokens of model {CHARS} (config key "
+                f"limits/{CHARS}/max_output_tokens): lower max_tokens"
+            )
         unasked = server.client.completions.create(model=CHARS, prompt="The model", temperature=0)
         assert unasked.usage is not None
         assert unasked.usage.completion_tokens == 4  # the default budget of 16, lowered to the cap
@@ -243,6 +253,30 @@ COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
         (CHAT, {"model": WORDS, "messages": [{"role": "user", "content": "hi"}], "tool_choice": "auto",
                 "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "E5010: tools asks for tool "
          "calls, which these models do not give, got [{'type': 'function', 'function': {'name: fix the request body"),
+        (CHAT, {"model": WORDS, "messages": [{"role": "user", "content": "hi"}], "top_p": 0.5, "presence_penalty": 1,
+                "frequency_penalty": -0.5}, "top_p", "E5010: top_p asks for nucleus sampling, which these models do "
+         "not give, got 0.5; presence_penalty asks for presence penalties, which these models do not give, got 1; "
+         "frequency_penalty asks for frequency penalties, which these models do not give, got -0.5: fix the request "
+         "body"),
+        (COMPLETIONS, {"model": WORDS, "prompt": "hi", "top_k": 5, "min_p": 0.1, "repetition_penalty": 1.2,
+                       "min_tokens": 4, "ignore_eos": True, "stop_token_ids": [2]}, "top_k", "E5010: top_k asks for "
+         "top-k sampling, which these models do not give, got 5; min_p asks for min-p sampling, which these models do "
+         "not give, got 0.1; repetition_penalty asks for repetition penalties, which these models do not give, got "
+         "1.2; min_tokens asks for a minimum length, which these models do not give, got 4; ignore_eos asks for "
+         "generating past the end of the text, which these models do not give, got True; stop_token_ids asks for stop "
+         "tokens, which these models do not give, got [2]: fix the request body"),
+        (CHAT, {"model": WORDS, "messages": [{"role": "system", "content": "hi"}, {"role": "user", "content": [
+                {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "x.png"}},
+                {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}]}, "messages[1].content[1]",
+         "E5010: messages[1].content[1] is a part of type 'image_url', which these models cannot read; "
+         "messages[1].content[2] is a part of type 'input_audio', which these models cannot read: fix the request "
+         "body"),
+        (COMPLETIONS, {"model": WORDS, "prompt": "hi", "stream_options": {"include_usage": True}}, "stream_options",
+         "E5010: stream_options is for streamed responses (as vLLM refuses it without stream: true), got "
+         "{'include_usage': True}: fix the request body"),
+        (CHAT, {"model": WORDS, "messages": [{"role": "user", "content": "hi"}], "stream": True, "stream_options": {
+                "include_usage": "yes"}}, "stream_options", "E5010: stream_options.include_usage must be true or "
+         "false, got 'yes': fix the request body"),
         (CHAT, {"model": CHARS, "messages": [{"role": "tool", "content": "42"}]}, "messages", "E5010: the model's "
          "chat template rejected the messages: roles are system, user and assistant; got tool: fix the conversation"),
     ],
@@ -263,7 +297,18 @@ def test_requests_the_guard_can_judge_get_coded_400s(
 def test_options_left_at_what_asks_for_nothing_are_accepted(server: Server) -> None:
     # What a client sends for an option it leaves alone: refusing these would refuse ordinary clients.
     done = server.client.completions.create(
-        model=WORDS, prompt="hi", max_tokens=2, best_of=1, echo=False, logprobs=None, stop=None, logit_bias={}
+        model=WORDS,
+        prompt="hi",
+        max_tokens=2,
+        best_of=1,
+        echo=False,
+        logprobs=None,
+        stop=None,
+        logit_bias={},
+        top_p=1,
+        presence_penalty=0,
+        frequency_penalty=0.0,
+        extra_body={"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "min_tokens": 0, "ignore_eos": False},
     )
     assert done.choices[0].finish_reason in ("length", "stop")
     chat = server.client.chat.completions.create(
@@ -274,8 +319,49 @@ def test_options_left_at_what_asks_for_nothing_are_accepted(server: Server) -> N
         tool_choice="none",
         response_format={"type": "text"},
         modalities=["text"],
+        top_p=1.0,
+        presence_penalty=0.0,
+        extra_body={"top_k": 0, "stop_token_ids": []},
     )
     assert chat.choices[0].message.role == "assistant"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "param", "bad"), [([-1], "prompt", -1), (["hi", [1, 2, 10**6]], "prompt[1]", 10**6)]
+)
+def test_token_ids_outside_the_vocabulary_are_a_coded_400(server: Server, prompt: Any, param: str, bad: int) -> None:
+    # -1 was a bare "Internal Server Error" (the tokenizer's decode overflowed); 10**6 was dropped by the decode
+    # while usage counted it (vLLM refuses both: "out of vocabulary").
+    vocabulary = tokenizers.Tokenizer.from_file(str(tokenizer_path(server.state))).get_vocab_size()
+    response = server.http.post(COMPLETIONS, json={"model": WORDS, "prompt": prompt, "max_tokens": 2})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (param, "E5010")
+    assert error["message"] == (
+        f"E5010: {param} holds token id {bad}, which the models' tokenizer does not have (its ids are 0 to "
+        f"{vocabulary - 1}): send ids of its vocabulary, or the text"
+    )
+
+
+def test_a_tiny_temperature_is_answered_by_both_models(server: Server) -> None:
+    # chars-numpy2 answered temperature=0.001 with a 500 (E0105: "Probabilities contain NaN").
+    for model in (WORDS, CHARS):
+        done = server.client.completions.create(model=model, prompt="The", max_tokens=4, temperature=0.001, seed=1)
+        assert done.choices[0].finish_reason in ("length", "stop")
+
+
+def test_a_negative_seed_is_its_64_bit_twos_complement(server: Server) -> None:
+    # vLLM takes any 64-bit seed; numpy's generators take none below 0, and seed=-1 was a 500 (E0105: the model
+    # raised ValueError) for a request the server could judge.
+    def text(seed: int) -> str | None:
+        return server.client.completions.create(model=WORDS, prompt="The", max_tokens=8, seed=seed).choices[0].text
+
+    assert text(-1) == text(2**64 - 1)
+    assert text(-(2**63)) == text(2**63)
+    response = server.http.post(COMPLETIONS, json={"model": WORDS, "prompt": "hi", "seed": -(2**63) - 1})
+    assert (response.status_code, response.json()["error"]["message"]) == (
+        400, f"E5010: seed must be an integer of at least {-(2**63)}, got {-(2**63) - 1}: fix the request body"
+    )  # fmt: skip
 
 
 def test_an_empty_prompt_is_completed_from_nothing_as_openais_api_does(server: Server, ngramlm: ModuleType) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from autoglm_runtime.deps import load_manifest
 from autoglm_runtime.errors import ConfigUnavailableError, UsageError
 from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, HFTokenizer
 from examples.model_server import banner, options
@@ -245,3 +246,18 @@ def test_seeding_an_unreachable_zookeeper_is_e0409_and_says_each_kazoo_warning_o
     assert all(getattr(r, "error_code", None) == "E0409" for r in warnings)
     assert len({r.msg for r in warnings}) == len(warnings)
     assert all(r.name == "autoglm_runtime.config.kazoo" for r in caplog.records if "kazoo" in r.name)
+
+
+def test_a_python_the_models_pins_have_no_wheels_for_is_refused_before_any_set_up() -> None:
+    # On Python 3.13, pip download found no numpy 1.26 wheel and the start failed with E0101 after starting
+    # ZooKeeper, advising to "start once with access to the package index", which it had.
+    manifests = [load_manifest(directory) for directory in sorted(MODELS.iterdir())]
+    options.check_python(manifests, "3.12.1")
+    options.check_python(manifests, "3.10.13")
+    with pytest.raises(UsageError) as info:
+        options.check_python(manifests, "3.13.0")
+    assert info.value.message == (
+        "model words-numpy1 needs Python <3.13,>=3.10 (the python of its model.toml: the wheels it pins exist for "
+        "no other), and this server runs on Python 3.13.0: make .venv with Python 3.12, for example rm -rf .venv && "
+        "PYTHON=python3.12 bash scripts/serve"
+    )

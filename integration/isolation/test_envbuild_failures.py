@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import subprocess
+import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tests._support.processes import processes_matching
 
 from autoglm_runtime.deps import load_manifest
 from autoglm_runtime.errors import DependencyConflictError
@@ -129,3 +133,24 @@ def test_a_uv_build_never_tells_to_activate_its_temporary_directory(
     said = [event.message for event in events]
     assert [m for m in said if "Activate with" in m or "activate" in m] == [], said
     assert any("creating a" in m for m in said)
+
+
+def test_sigterm_to_env_build_stops_its_installer_and_removes_the_unfinished_environment(
+    carrier_wheelhouse: Path, tmp_path: Path, make_model: MakeModel
+) -> None:
+    # SIGTERM (systemd, Kubernetes, timeout) ended the command at once: 'python -m venv' and its pip ran on,
+    # orphaned, in a .build-* directory nothing would remove. It now unwinds as Ctrl-C does, and exits 143.
+    root = tmp_path / "envs"
+    model = make_model("terminated", MODEL, ["conflictlib==1.0"])
+    command = [sys.executable, "-m", "autoglm_runtime", "env", "build", str(model), "--env-root", str(root)]
+    command += ["--wheelhouse", str(carrier_wheelhouse), "--offline", "--installer", "pip", "--progress", "lines"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as build:
+        assert build.stdout is not None
+        first = build.stdout.readline()
+        assert first.startswith("[1/4 venv] creating"), first
+        build.send_signal(signal.SIGTERM)
+        rest = build.stdout.read()
+        assert build.wait(60) == 143, rest
+    assert "Traceback" not in rest
+    assert processes_matching(str(root).encode()) == []
+    assert list(root.iterdir()) == []

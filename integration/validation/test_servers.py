@@ -4,11 +4,12 @@ environment variable) on a real FastAPI app under uvicorn, driven over real HTTP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from autoglm_runtime.validation import (
     EnvValidationMiddleware,
     HFTokenizer,
     OpenAIExtractor,
+    ValidationMiddleware,
 )
 from autoglm_runtime.validation.configured import CONFIG_ENV_VAR, GuardSettings
 
@@ -243,3 +245,106 @@ def test_a_chat_filling_the_window_without_a_budget_is_refused(client: openai.Op
     shorter: Any = [{"role": "user", "content": "fox " * (words - 1)}]
     assert expected_chat_tokens(model_dir, shorter) < WINDOW
     assert client.chat.completions.create(model="m", messages=shorter).choices[0].message.content == "ok"
+
+
+def _run_until_started_or_stopped(server: uvicorn.Server, exits: list[object]) -> tuple[threading.Thread, bool]:
+    """``server`` run on a thread until it serves (True) or gives up starting (False, its exit code in ``exits``)."""
+
+    def run() -> None:
+        try:
+            server.run()
+        except SystemExit as stopped:  # how uvicorn gives up starting: sys.exit(STARTUP_FAILURE)
+            exits.append(stopped.code)
+
+    thread = threading.Thread(target=run, name="uvicorn-test-server")
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive():
+        assert time.monotonic() < deadline, "uvicorn neither started nor stopped within 30 seconds"
+        time.sleep(0.01)
+    return thread, server.started
+
+
+@pytest.mark.parametrize("lifespan", ["auto", "on"])
+def test_bad_settings_stop_the_server_at_start_up_whatever_its_lifespan_mode(
+    lifespan: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # FastAPI builds its middleware at the lifespan's start-up. uvicorn's default lifespan mode ("auto", vLLM's too)
+    # took the error raised there for an app without lifespan support, logged only "ASGI 'lifespan' protocol appears
+    # unsupported." at INFO and served a 500 for every request.
+    settings = tmp_path / "guard.toml"
+    settings.write_text("max_body_bytes = -1\n", encoding="utf-8")
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(settings))
+    server = uvicorn.Server(uvicorn.Config(build_app(), host="127.0.0.1", port=0, lifespan=lifespan, log_config=None))
+    exits: list[object] = []
+    thread, started = _run_until_started_or_stopped(server, exits)
+    if started:
+        server.should_exit = True
+    thread.join(30)
+    assert (started, exits) == (False, [uvicorn.config.STARTUP_FAILURE])
+    refused = [r.getMessage() for r in caplog.records if r.name == "uvicorn.error" and r.levelname == "ERROR"]
+    assert (
+        f"E0001: the guard settings in {str(settings)!r} are not valid: 'max_body_bytes' must be at least 1, got -1: "
+        "fix them (see docs/validation.md)"
+    ) in refused
+
+
+def test_without_lifespan_every_request_gets_a_coded_500_and_the_log_says_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv(CONFIG_ENV_VAR, raising=False)
+    server = uvicorn.Server(uvicorn.Config(build_app(), host="127.0.0.1", port=0, lifespan="off", log_config=None))
+    thread, started = _run_until_started_or_stopped(server, [])
+    try:
+        assert started
+        port = server.servers[0].sockets[0].getsockname()[1]
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="test", max_retries=0) as client:
+            for _ in range(2):
+                with pytest.raises(openai.InternalServerError) as info:
+                    client.completions.create(model="m", prompt="hi")
+                assert info.value.response.headers["x-autoglm-error-code"] == "E0001"
+                # The settings' problems stay in the server's log: they name its files.
+                assert info.value.response.json() == {
+                    "error": {
+                        "code": "E0001",
+                        "message": "E0001: the server's request guard is not configured: its log says why",
+                        "param": None,
+                        "type": "server_error",
+                    }
+                }
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    logged = [r for r in caplog.records if r.name.startswith("autoglm_runtime") and r.levelname == "ERROR"]
+    assert [(r.getMessage(), getattr(r, "error_code", None)) for r in logged] == [
+        (
+            "EnvValidationMiddleware refuses every request: EnvValidationMiddleware reads its settings from the file "
+            "named by AUTOGLM_VALIDATION_CONFIG, which is not set: set it to a TOML or JSON settings file (see "
+            "docs/validation.md)",
+            "E0001",
+        )
+    ]
+
+
+def test_a_bad_option_given_to_add_middleware_stops_the_server_before_the_apps_start_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The same for ValidationMiddleware's own options: the app's lifespan start-up was skipped without a word.
+    started: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        started.append("app")
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+    app.add_middleware(ValidationMiddleware, error_style="opnai")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None))
+    exits: list[object] = []
+    thread, up = _run_until_started_or_stopped(server, exits)
+    if up:
+        server.should_exit = True
+    thread.join(30)
+    assert (up, exits, started) == (False, [uvicorn.config.STARTUP_FAILURE], [])
+    refused = [r.getMessage() for r in caplog.records if r.name == "uvicorn.error" and r.levelname == "ERROR"]
+    assert "E0001: error_style must be 'autoglm' or 'openai', got 'opnai'" in refused

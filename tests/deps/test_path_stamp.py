@@ -275,6 +275,7 @@ def test_an_interpreter_that_can_no_longer_run_is_reported_not_read_in_process(
     # chmod changes no mtime, size or inode, only the ctime: the interpreter it stops is not "unchanged".
     env = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--copies", "--without-pip", str(env)], check=True)
+    spawned.clear()  # Python 3.13's subprocess starts the venv command with posix_spawn too
     python = env / "bin" / "python"
     _age(env)
     assert _check(python, capsys) == []

@@ -267,6 +267,15 @@ def test_a_failing_decode_during_truncation_becomes_a_rejection() -> None:
     )
 
 
+def test_a_limits_value_is_taken_as_constant_limits(chars: CallableTokenizer) -> None:
+    # Limits is what StaticLimits and ConfigLimits hand out: passing one directly is asking for those limits.
+    guard = ContextWindowGuard(chars, Limits(4, truncate_on_overflow=True, truncation_side="right"))
+    result = guard.check("abcdef", max_output_tokens=1)
+    assert (result.text, result.removed_tokens) == ("abc", 3)
+    with pytest.raises(ContextWindowExceededError):
+        ContextWindowGuard(chars, Limits(4)).check("abcdef", max_output_tokens=1)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -278,13 +287,19 @@ def test_a_failing_decode_during_truncation_becomes_a_rejection() -> None:
         # AttributeError on every request.
         (
             {"context_window": "8192"},
-            "context_window must be a whole number of tokens or a limits source (StaticLimits, ConfigLimits), "
+            "context_window must be a whole number of tokens, a Limits, or a limits source (StaticLimits, "
+            "ConfigLimits), "
             "got '8192'",
         ),
         (
             {"context_window": 8192.0},
-            "context_window must be a whole number of tokens or a limits source (StaticLimits, ConfigLimits), "
+            "context_window must be a whole number of tokens, a Limits, or a limits source (StaticLimits, "
+            "ConfigLimits), "
             "got 8192.0",
+        ),
+        (
+            {"context_window": Limits(8), "truncation_side": "right"},
+            "truncate_on_overflow and truncation_side come from the limits source when one is given: set them there",
         ),
         (
             {"context_window": StaticLimits(Limits(8)), "truncate_on_overflow": True},

@@ -21,7 +21,7 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from typing import Any, NoReturn, Protocol
 
     class _Writable(Protocol):  # what argparse prints to (typeshed's SupportsWrite[str])
@@ -126,6 +126,31 @@ def _json_requested(arguments: Sequence[str]) -> bool:
     return False
 
 
+def _unwind_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # 143, the status SIGTERM's default action gives, after the clean-up
+
+
+def _sigterm_unwinds() -> Callable[[], None]:
+    """Make SIGTERM unwind the command as Ctrl-C does (``finally`` blocks kill an installer's process group and
+    remove an unfinished environment) instead of ending the process at once; returns what restores the handler.
+
+    Only where SIGTERM has its default action and in the main thread: a program running :func:`main` in-process
+    keeps its own handler."""
+    import signal
+
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return lambda: None
+        signal.signal(signal.SIGTERM, _unwind_on_sigterm)
+    except ValueError:  # not the main thread
+        return lambda: None
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    return restore
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (the console script exits with it)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
@@ -137,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         prestarted = prestart(arguments[1:])
         extra = {"prestarted": prestarted, "argv": arguments[1:]}
+    # check-deps is a one-shot read whose start-up time counts (signal imports enum); the others build and follow.
+    restore = _sigterm_unwinds() if command in ("config", "env") else None
     try:
         if prestarted is not None:
             from autoglm_runtime.cli.check_deps import replay
@@ -172,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if prestarted is not None:
             prestarted.kill()  # a no-op once check-deps has used it; else (a usage error, --help) it must go
+        if restore is not None:
+            restore()
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

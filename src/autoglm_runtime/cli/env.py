@@ -62,7 +62,7 @@ class ProgressLines:
 
 def register(subparsers: Any) -> None:
     """Add ``env`` and its ``build`` subcommand."""
-    env = subparsers.add_parser("env", help="build and inspect isolated model environments")
+    env = subparsers.add_parser("env", help="build model environments (env build) and remove unused ones (env gc)")
     commands = env.add_subparsers(dest="env_command", metavar="ENV_COMMAND", required=True)
     build = commands.add_parser("build", help="build (or reuse) the environment of each model")
     build.add_argument("paths", nargs="+", metavar="PATH", help="model directory or model.toml")

@@ -55,6 +55,7 @@ from autoglm_runtime.errors import (
 from autoglm_runtime.logging import get_logger
 from autoglm_runtime.observability import GuardCheck
 from autoglm_runtime.validation._openai import ErrorStyle, OpenAIExtractor, error_body
+from autoglm_runtime.validation._refusal import Refusal, server_running
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
 from autoglm_runtime.validation.headers import HeaderTokenGuard
@@ -111,6 +112,21 @@ def replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+def _check_options(
+    max_body_bytes: int, max_concurrent_checks: int, body_timeout: float | None, error_style: str, retry_after: int
+) -> None:
+    if max_body_bytes < 1:
+        raise UsageError(f"max_body_bytes must be at least 1, got {max_body_bytes}")
+    if isinstance(max_concurrent_checks, bool) or max_concurrent_checks < 1:
+        raise UsageError(f"max_concurrent_checks must be at least 1, got {max_concurrent_checks}")
+    if body_timeout is not None and not body_timeout > 0:  # (nan too: it would never time out)
+        raise UsageError(f"body_timeout must be positive or None, got {body_timeout}")
+    if error_style not in ("autoglm", "openai"):
+        raise UsageError(f"error_style must be 'autoglm' or 'openai', got {error_style!r}")
+    if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
+        raise UsageError(f"retry_after must be a whole number of seconds >= 0, got {retry_after!r}")
+
+
 class ValidationMiddleware:
     """Pure ASGI middleware running the guards before the wrapped app sees a request.
 
@@ -122,6 +138,10 @@ class ValidationMiddleware:
 
     The pool starts with the first large body (or :meth:`start`) and stops with :meth:`stop`, at ASGI lifespan
     shutdown, or when the middleware is used as a context manager.
+
+    Options it cannot use raise :class:`UsageError` (E0001), except when a running server builds the middleware
+    (FastAPI's and Starlette's ``add_middleware`` build it at the lifespan's start-up): there the error fails that
+    start-up, so the server stops with it in its log, and without a lifespan every request gets a 500 (E0001).
     """
 
     def __init__(
@@ -141,14 +161,12 @@ class ValidationMiddleware:
         body_timeout: float | None = 30.0,
         error_style: ErrorStyle = "autoglm",
     ) -> None:
-        if max_body_bytes < 1:
-            raise UsageError(f"max_body_bytes must be at least 1, got {max_body_bytes}")
-        if isinstance(max_concurrent_checks, bool) or max_concurrent_checks < 1:
-            raise UsageError(f"max_concurrent_checks must be at least 1, got {max_concurrent_checks}")
-        if body_timeout is not None and not body_timeout > 0:  # (nan too: it would never time out)
-            raise UsageError(f"body_timeout must be positive or None, got {body_timeout}")
-        if error_style not in ("autoglm", "openai"):
-            raise UsageError(f"error_style must be 'autoglm' or 'openai', got {error_style!r}")
+        self._refusal: Refusal | None = None
+        try:
+            _check_options(max_body_bytes, max_concurrent_checks, body_timeout, error_style, retry_after)
+        except UsageError as exc:
+            self._refuse(app, exc)
+            return
         self.app = app
         self.context_guard = context_guard
         self.header_guard = header_guard
@@ -159,14 +177,20 @@ class ValidationMiddleware:
         self.methods = frozenset(method.upper() for method in methods)
         self.offload = offload
         self.max_concurrent_checks = max_concurrent_checks
-        if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
-            raise UsageError(f"retry_after must be a whole number of seconds >= 0, got {retry_after!r}")
         self.retry_after = retry_after
         self.body_timeout = body_timeout
         self.error_style: ErrorStyle = error_style
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._busy = 0
+
+    def _refuse(self, app: ASGIApp, error: UsageError) -> None:
+        """Raise ``error``, unless a running server is building this middleware (see ``_refusal.py``): then
+        answer with it instead, so the server's start-up fails with it."""
+        if not server_running():
+            raise error
+        self.app = app
+        self._refusal = Refusal(type(self).__name__, error)
 
     def start(self) -> None:
         """Start the pool of guard threads (done on demand otherwise)."""
@@ -191,6 +215,9 @@ class ValidationMiddleware:
         self.stop()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._refusal is not None:
+            await self._refusal(scope, receive, send)
+            return
         kind = scope["type"]
         if kind == "lifespan":
             await self.app(scope, receive, self._stopping_on_shutdown(send))

@@ -15,7 +15,8 @@ nothing else. :class:`EnvValidationMiddleware` reads its settings from the TOML 
 
 Every key of the file is optional except ``context_window`` when a ``tokenizer`` is given; unknown keys, values
 of the wrong type and values out of range are all reported together (E0001), naming the file, when the server
-builds its middleware.
+builds its middleware (built at the ASGI lifespan's start-up, as FastAPI does, the middleware fails that start-up
+with the error: see :class:`EnvValidationMiddleware`).
 """
 
 from __future__ import annotations
@@ -195,13 +196,23 @@ class EnvValidationMiddleware(ValidationMiddleware):
     """A :class:`ValidationMiddleware` built from the app alone, configured by the file ``$AUTOGLM_VALIDATION_CONFIG``.
 
     For vLLM's ``--middleware`` and ``app.add_middleware(EnvValidationMiddleware)``; it is pure ASGI like its base.
+    Settings it cannot use raise :class:`UsageError` (E0001), except when the middleware is built inside a running
+    event loop: Starlette and FastAPI build their middleware there, at the lifespan's start-up, where uvicorn's
+    default lifespan mode would take the error for an app without lifespan support and serve a 500 for every
+    request. There the middleware fails the lifespan's start-up with the error, so the server stops at once with
+    it in its log; without a lifespan, it answers every request with 500 (E0001) and logs the error once.
     """
 
     def __init__(self, app: ASGIApp) -> None:
-        path = os.environ.get(CONFIG_ENV_VAR)
-        if not path:
-            raise UsageError(
-                f"EnvValidationMiddleware reads its settings from the file named by {CONFIG_ENV_VAR}, which is not "
-                "set: set it to a TOML or JSON settings file (see docs/validation.md)"
-            )
-        super().__init__(app, **GuardSettings.from_file(path).middleware_options())
+        try:
+            path = os.environ.get(CONFIG_ENV_VAR)
+            if not path:
+                raise UsageError(
+                    f"EnvValidationMiddleware reads its settings from the file named by {CONFIG_ENV_VAR}, which is "
+                    "not set: set it to a TOML or JSON settings file (see docs/validation.md)"
+                )
+            options = GuardSettings.from_file(path).middleware_options()
+        except UsageError as exc:
+            self._refuse(app, exc)
+            return
+        super().__init__(app, **options)

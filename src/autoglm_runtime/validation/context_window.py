@@ -63,10 +63,11 @@ _PARTIAL_CHARS_PER_TOKEN = 16
 class ContextWindowGuard(TokenCounter):
     """Rejects (E0513) or, when enabled, truncates (E0514) input that does not fit the context window.
 
-    ``context_window`` is a token count or a :class:`LimitsSource` read once per request (then the source decides
-    truncation too). ``max_chars_per_token`` overrides the tokenizer's ``max_token_chars`` for the pre-check
-    (``None`` turns that character pre-check off). ``word_bound=False`` stops the guard from using the tokenizer's
-    ``word_bound`` (proven lower bounds from words) when it has no character bound. ``default_output_tokens``
+    ``context_window`` is a token count, a :class:`Limits` (constant limits) or a :class:`LimitsSource` read once
+    per request (then the limits decide truncation too). ``max_chars_per_token`` overrides the tokenizer's
+    ``max_token_chars`` for the pre-check (``None`` turns that character pre-check off). ``word_bound=False``
+    stops the guard from using the tokenizer's ``word_bound`` (proven lower bounds from words) when it has no
+    character bound. ``default_output_tokens``
     is assumed when a request names no output budget.
     ``chat_template`` renders chat requests as the model will read them; without one, each message costs
     ``message_tokens`` on top of its text (a cautious stand-in for the template's own tokens).
@@ -84,7 +85,7 @@ context window of 4 tokens: shorten the input or lower max_tokens
     def __init__(
         self,
         tokenizer: Tokenizer,
-        context_window: int | LimitsSource,
+        context_window: int | Limits | LimitsSource,
         *,
         truncate_on_overflow: bool = False,
         truncation_side: TruncationSide = "left",
@@ -97,13 +98,16 @@ context window of 4 tokens: shorten the input or lower max_tokens
         if not isinstance(context_window, int | bool) and hasattr(type(context_window), "__index__"):
             # An integer of another type: numpy.int64(8192) read from a model's config.
             context_window = operator.index(context_window)  # type: ignore[arg-type]
+        if isinstance(context_window, Limits):  # what a source hands out: those limits, for good
+            context_window = StaticLimits(context_window)
         if isinstance(context_window, int):
             self._limits: LimitsSource = StaticLimits(
                 Limits(context_window, truncate_on_overflow=truncate_on_overflow, truncation_side=truncation_side)
             )
         elif not callable(getattr(context_window, "current", None)):
             raise UsageError(
-                "context_window must be a whole number of tokens or a limits source (StaticLimits, ConfigLimits), "
+                "context_window must be a whole number of tokens, a Limits, or a limits source (StaticLimits, "
+                "ConfigLimits), "
                 f"got {context_window!r}"
             )
         else:

@@ -1,4 +1,4 @@
-"""ngramlm 1.1: a small n-gram language model on numpy, trained on a text when it is built.
+"""ngramlm 1.2: a small n-gram language model on numpy, trained on a text when it is built.
 
 The example's two models use it, each in its own environment: one with numpy 1.26, one with numpy 2. It runs
 in the model worker, so it imports numpy and the standard library only. Counts are kept per context as numpy
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__version__ = "1.1"
+__version__ = "1.2"
 
 #: The token that ends a line of the training text: generating it ends the completion ("stop").
 END = "\n"
@@ -82,7 +82,9 @@ class NGramLM:
             if temperature <= 0:
                 chosen = int(nexts[int(np.argmax(weights))])
             else:
-                scaled = weights ** (1.0 / temperature)
+                # counts ** (1 / temperature), divided by the largest's: in logs, so a tiny temperature cannot
+                # overflow to inf (1.2)
+                scaled = np.exp((np.log(weights) - np.log(weights.max())) / temperature)
                 chosen = int(rng.choice(nexts, p=scaled / scaled.sum()))
             if chosen == end:
                 return
