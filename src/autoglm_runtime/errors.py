@@ -86,6 +86,17 @@ _register(
     "what was not written and why.",
 )
 _register(
+    "E0004",
+    "Metrics not exported",
+    "warning",
+    "In prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR), an exporter could not update the "
+    "metrics files: the live gauges of a process that ended could not be removed (permission denied, an I/O "
+    "error), so its last values stay in the exposition, or copying health() into the files failed. The exporter "
+    "keeps running and tries again at its next interval.",
+    "Make PROMETHEUS_MULTIPROC_DIR writable by the server's user on a healthy file system, or remove the files "
+    "the message names; read the logged exception for a failed copy.",
+)
+_register(
     "E0101",
     "Dependency conflict or model load failure",
     "error",

@@ -285,3 +285,92 @@ def test_multiprocess_mode_is_what_prometheus_client_chose_at_its_import() -> No
         """
     )
     assert out is False
+
+
+def test_a_dead_process_whose_gauges_cannot_be_removed_is_logged_once_and_the_mirror_goes_on(tmp_path: Path) -> None:
+    # mark_process_dead failing with anything but ENOENT (EACCES, EIO; here EISDIR, which root gets too) ended
+    # the mirror thread: the process then exported frozen values for good.
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    unremovable, removable = (int(run("import os; print(os.getpid())")) for _ in range(2))  # type: ignore[call-overload]
+    (metrics / f"gauge_liveall_{unremovable}.db").mkdir()
+    (metrics / f"gauge_liveall_{removable}.db").write_bytes(b"")
+    code = """
+        import io, json, os, threading
+        from autoglm_runtime.logging import configure_json_logging
+        from autoglm_runtime.observability import ModelMetrics
+
+        stream = io.StringIO()
+        configure_json_logging("WARNING", stream=stream)
+        calls, enough = [], threading.Event()
+
+        class Loader:
+            def health(self):
+                calls.append(None)
+                if len(calls) in (2, 3):
+                    raise RuntimeError("health failed")
+                if len(calls) >= 6:
+                    enough.set()
+                return {"m": {"replicas": [{"state": "ready", "pid": 1}], "inflight": 0, "queued": 0}}
+
+        exporter = ModelMetrics(Loader(), interval=0.01, multiprocess=True)
+        with exporter:
+            assert enough.wait(60), "the mirror thread stopped"
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        left = sorted(name for name in os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]) if "liveall" in name)
+        print(json.dumps([left, [[line["error_code"], line["message"]] for line in lines]]))
+    """
+    left, logged = run(code, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)})  # type: ignore[misc]
+    assert f"gauge_liveall_{removable}.db" not in left
+    assert f"gauge_liveall_{unremovable}.db" in left
+    assert logged == [
+        [
+            "E0004",
+            f"the live gauges of process {unremovable}, which ended, cannot be removed from {metrics} ([Errno 21] "
+            f"Is a directory: '{metrics}/gauge_liveall_{unremovable}.db'): its last values stay in the exposition; "
+            f"make the directory writable by this server, or remove {metrics}/gauge_live*_{unremovable}.db",
+        ],
+        [
+            "E0004",
+            "ModelMetrics could not copy health() into the multiprocess metrics files; it tries again every 0.01 s",
+        ],
+    ]
+
+
+def test_concurrent_mirrors_of_one_exporter_add_each_increment_once(tmp_path: Path) -> None:
+    # mirror() is public and its thread calls it too: both read the last count, both added the same delta.
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    code = """
+        import itertools, json, sys, threading
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+        from autoglm_runtime.observability import ConfigMetrics
+
+        class Client:
+            root = "/p"
+            count = itertools.count(1)
+            last = 0
+            def health(self):
+                self.last = next(self.count)
+                return {"drift_corrected": self.last}
+
+        sys.setswitchinterval(1e-6)  # threads switch between any two bytecodes: the race shows at once
+        client = Client()
+        exporter = ConfigMetrics(client, multiprocess=True)
+        threads = [threading.Thread(target=lambda: [exporter.mirror() for _ in range(300)]) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        exporter.mirror()
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        (exported,) = [
+            s.value for family in registry.collect() for s in family.samples
+            if s.name == "autoglm_config_drift_corrected_total"
+        ]
+        print(json.dumps([client.last, exported]))
+    """
+    last, exported = run(code, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)})  # type: ignore[misc]
+    assert exported == last

@@ -15,8 +15,8 @@ process that ended leave at the next copy any process makes::
 
 from __future__ import annotations
 
-import contextlib
 import glob
+import logging
 import math
 import os
 import threading
@@ -36,6 +36,10 @@ from autoglm_runtime.observability._samples import (
 )
 
 __all__ = ["ConfigMetrics", "ConfigSource", "ModelMetrics", "ModelSource", "multiprocess_mode"]
+
+_log = logging.getLogger("autoglm_runtime.observability")
+#: Logged when the multiprocess files could not be updated (see docs/error-codes.md).
+_NOT_EXPORTED = "E0004"
 
 
 class ConfigSource(Protocol):
@@ -88,6 +92,10 @@ class _HealthExporter:
         self._mirrored: dict[str, Any] = {}
         self._last: dict[tuple[str, tuple[str, ...]], float] = {}
         self._written: set[tuple[str, tuple[str, ...]]] = set()  # the series the last mirror wrote
+        # mirror() is public and the thread calls it too: one at a time, or both would add the same delta.
+        self._mirror_lock = threading.Lock()
+        self._unreaped: set[int] = set()  # ended processes whose files could not be removed (logged once each)
+        self._failure: str | None = None  # how the thread's last mirror failed (logged once while it repeats)
 
     # --- single process: a collector -------------------------------------------------------------
 
@@ -138,10 +146,11 @@ class _HealthExporter:
     def mirror(self) -> None:
         """Copy ``health()`` into the multiprocess metrics once (the thread does this every ``interval``), and
         take the gauges of processes that ended out of the exposition (see :func:`_reap_dead_processes`)."""
-        self._mirror()
-        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        if self._mirrored and directory:
-            _reap_dead_processes(directory)
+        with self._mirror_lock:
+            self._mirror()
+            directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+            if self._mirrored and directory:
+                _reap_dead_processes(directory, self._unreaped)
 
     def _mirror(self) -> None:
         written: set[tuple[str, tuple[str, ...]]] = set()
@@ -197,10 +206,27 @@ class _HealthExporter:
 
     def _mirror_loop(self) -> None:
         while True:
-            self.mirror()
+            self._mirror_logged()
             if self._stop.wait(self._interval):
-                self.mirror()
+                self._mirror_logged()
                 return
+
+    def _mirror_logged(self) -> None:
+        """:meth:`mirror` on the thread: a failure is logged (once while it repeats) and the next one tries again."""
+        try:
+            self.mirror()
+        except Exception as exc:  # (health() or a file failing once must not end the exports for good)
+            failure = f"{type(exc).__name__}: {exc}"
+            if failure != self._failure:
+                _log.exception(
+                    "%s could not copy health() into the multiprocess metrics files; it tries again every %g s",
+                    type(self).__name__,
+                    self._interval,
+                    extra={"error_code": _NOT_EXPORTED},
+                )
+            self._failure = failure
+        else:
+            self._failure = None
 
 
 def _families(families: tuple[Family, ...], reads: list[Callable[[], list[Sample]]]) -> Iterator[Any]:
@@ -261,8 +287,11 @@ class _Shared:
         return []
 
 
-def _reap_dead_processes(directory: str) -> None:
+def _reap_dead_processes(directory: str, unreaped: set[int]) -> None:
     """``mark_process_dead`` for each process whose live gauges are in ``directory`` but that no longer runs.
+
+    A file that cannot be removed (permissions, an I/O error) is logged once per process (``unreaped`` remembers
+    which) and tried again at the next call; the others are removed all the same.
 
     What gunicorn's ``child_exit`` hook is for, done from every process instead: uvicorn ``--workers`` has no such
     hook and restarts a worker that died, whose last values (a frozen sync timestamp) were otherwise exported for
@@ -285,9 +314,26 @@ def _reap_dead_processes(directory: str) -> None:
             pids.add(pid)
     if not found_own:
         return
+    unreaped &= pids  # (files removed since, by another process or by hand)
     for pid in sorted(pids):
-        with contextlib.suppress(FileNotFoundError):  # (another process, or the server's hook, removed it first)
+        try:
             mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        except FileNotFoundError:  # another process, or the server's hook, removed it first
+            pass
+        except OSError as exc:
+            if pid not in unreaped:
+                _log.warning(
+                    "the live gauges of process %d, which ended, cannot be removed from %s (%s): its last values "
+                    "stay in the exposition; make the directory writable by this server, or remove %s",
+                    pid,
+                    directory,
+                    exc,
+                    os.path.join(directory, f"gauge_live*_{pid}.db"),
+                    extra={"error_code": _NOT_EXPORTED},
+                )
+            unreaped.add(pid)
+            continue
+        unreaped.discard(pid)
 
 
 def _running(pid: int) -> bool:
