@@ -374,3 +374,33 @@ def test_concurrent_mirrors_of_one_exporter_add_each_increment_once(tmp_path: Pa
     """
     last, exported = run(code, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)})  # type: ignore[misc]
     assert exported == last
+
+
+def test_the_overload_series_the_alerts_read_exist_at_zero_before_the_first_refusal() -> None:
+    # AutoGLMGuardOverloaded and AutoGLMModelOverloaded take rate() of these counters: a series that first appeared
+    # at its first refusal (at 1) hid that refusal from them. A fresh interpreter: no refusal counted before.
+    out = run(
+        """
+        import json
+        from prometheus_client import REGISTRY
+        from autoglm_runtime.observability._events import ModelCallMetrics
+        from autoglm_runtime.validation import ValidationMiddleware
+
+        def value(name, labels):
+            return REGISTRY.get_sample_value(name, labels)
+
+        guard = "autoglm_guard_rejections_total", {"code": "E0516", "surface": "http"}
+        before = [value(*guard)]
+        ValidationMiddleware(lambda scope, receive, send: None, offload=False)
+        before.append(value(*guard))  # (no guard threads: nothing refuses as overloaded)
+        ValidationMiddleware(lambda scope, receive, send: None)
+        ModelCallMetrics("m")  # what a LoadedModel records with, made as it loads
+        after = [
+            value(*guard),
+            value("autoglm_worker_calls_total", {"model": "m", "outcome": "E0106"}),
+            value("autoglm_worker_calls_total", {"model": "m", "outcome": "ok"}),
+        ]
+        print(json.dumps([before, after]))
+        """
+    )
+    assert out == [[None, None], [0.0, 0.0, 0.0]]

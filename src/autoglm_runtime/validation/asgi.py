@@ -54,6 +54,7 @@ from autoglm_runtime.errors import (
 )
 from autoglm_runtime.logging import get_logger
 from autoglm_runtime.observability import GuardCheck
+from autoglm_runtime.observability._events import expect_rejections
 from autoglm_runtime.validation._openai import ErrorStyle, OpenAIExtractor, error_body
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
@@ -167,6 +168,8 @@ class ValidationMiddleware:
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._busy = 0
+        if offload:  # (only the guard threads refuse as overloaded)
+            expect_rejections("http", GuardOverloadedError.code)
 
     def start(self) -> None:
         """Start the pool of guard threads (done on demand otherwise)."""
