@@ -35,7 +35,15 @@ from typing import Any
 
 from autoglm_runtime.errors import ModelCallError
 from autoglm_runtime.isolation._scripts import protocol as _protocol
-from autoglm_runtime.isolation.workers._calls import AbandonedSink, CallSink, OwnSink, PeerGone, SendTimeout, Sink
+from autoglm_runtime.isolation.workers._calls import (
+    AbandonedSink,
+    CallSink,
+    OwnSink,
+    PeerGone,
+    SendTimeout,
+    Sink,
+    caller_context,
+)
 
 __all__ = ["Connection", "PeerGone", "SendTimeout", "Sink"]
 
@@ -374,8 +382,13 @@ class Connection:
             return True
         with self._lock:
             closed = self._closed_with is not None
-        if not closed:  # the worker's end broke first: it died (or hung up); the supervisor says how
-            self._fail_all(self._on_broken(self))
+        if not closed:  # the worker's end broke first: it died (or hung up); the supervisor says how (and logs it)
+            if threading.current_thread() is self._thread:  # under the trace id of the (oldest) call it failed
+                with self._lock:
+                    context = caller_context(self._sinks.values())
+                self._fail_all(context.run(self._on_broken, self))
+            else:  # a caller's thread, reading for its own call: its context is that call's
+                self._fail_all(self._on_broken(self))
         return False
 
     def _route(self, message: dict[str, Any]) -> None:

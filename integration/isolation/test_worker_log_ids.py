@@ -1,0 +1,97 @@
+"""What the host logs about a call on a thread that is not the caller's carries that call's trace ids.
+
+A worker that dies during an async call is noticed by the connection's reader thread, and a call abandoned past its
+timeout is killed by the watch thread: neither runs in the caller's context, so their log lines had no trace id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from integration.isolation._helpers import log_line
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
+from tests._support.telemetry import span_exporter
+
+from autoglm_runtime.errors import WorkerError
+from autoglm_runtime.isolation import LoadedModel, ModelLoader
+
+pytestmark = pytest.mark.slow
+
+MODEL = """
+import os, threading
+
+class Model:
+    def exit(self):
+        os._exit(3)
+
+    def wait(self, marker):
+        open(marker, "w").write("running")
+        threading.Event().wait(600)
+
+def load():
+    return Model()
+"""
+
+
+@pytest.fixture
+def model(loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest) -> Iterator[LoadedModel]:
+    loaded = loader.load(make_model(request.node.name.removeprefix("test_")[:40], MODEL))
+    try:
+        yield loaded
+    finally:
+        loaded.close()
+
+
+def _ids(spans: tuple[ReadableSpan, ...], name: str) -> tuple[str, str]:
+    (span,) = [span for span in spans if span.name == name]
+    assert span.context is not None
+    return format(span.context.trace_id, "032x"), format(span.context.span_id, "016x")
+
+
+def _traced(call: Coroutine[Any, Any, Any]) -> None:
+    async def request() -> None:
+        with trace.get_tracer("test").start_as_current_span("request"):
+            await call
+
+    asyncio.run(request())
+
+
+def test_a_worker_dying_during_an_async_call_is_logged_with_the_calls_ids(
+    model: LoadedModel, worker_log: io.StringIO
+) -> None:
+    exporter = span_exporter()
+
+    async def dies() -> None:
+        with pytest.raises(WorkerError):
+            await model.acall("exit", timeout=60)
+
+    _traced(dies())
+    line = log_line(worker_log, "exited with status 3")
+    spans = exporter.get_finished_spans()
+    assert (line["error_code"], line["trace_id"], line["span_id"]) == ("E0103", *_ids(spans, "autoglm.model.call"))
+
+
+def test_killing_the_worker_of_a_call_abandoned_past_its_timeout_is_logged_with_the_calls_ids(
+    model: LoadedModel, worker_log: io.StringIO, tmp_path: Path
+) -> None:
+    exporter = span_exporter()
+    marker = tmp_path / "running"
+
+    async def abandoned() -> None:
+        task = asyncio.create_task(model.acall("wait", str(marker), timeout=1))
+        while not marker.exists():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    _traced(abandoned())
+    line = log_line(worker_log, "after its caller had gone; killing its worker")
+    spans = exporter.get_finished_spans()
+    assert (line["error_code"], line["trace_id"], line["span_id"]) == ("E0305", *_ids(spans, "autoglm.model.call"))
