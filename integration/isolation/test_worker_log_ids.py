@@ -1,7 +1,8 @@
 """What the host logs about a call on a thread that is not the caller's carries that call's trace ids.
 
-A worker that dies during an async call is noticed by the connection's reader thread, and a call abandoned past its
-timeout is killed by the watch thread: neither runs in the caller's context, so their log lines had no trace id.
+A worker that dies during an async call is noticed by the connection's reader thread, a call abandoned past its
+timeout is killed by the watch thread, and an async call's timeout kills its worker on an executor thread: none
+ran in the caller's context, so their log lines had no trace id.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from tests._support.telemetry import span_exporter
 
-from autoglm_runtime.errors import WorkerError
+from autoglm_runtime.errors import ModelTimeoutError, WorkerError
 from autoglm_runtime.isolation import LoadedModel, ModelLoader
 
 pytestmark = pytest.mark.slow
@@ -93,5 +94,21 @@ def test_killing_the_worker_of_a_call_abandoned_past_its_timeout_is_logged_with_
 
     _traced(abandoned())
     line = log_line(worker_log, "after its caller had gone; killing its worker")
+    spans = exporter.get_finished_spans()
+    assert (line["error_code"], line["trace_id"], line["span_id"]) == ("E0305", *_ids(spans, "autoglm.model.call"))
+
+
+def test_killing_the_worker_of_an_async_call_past_its_timeout_is_logged_with_the_calls_ids(
+    model: LoadedModel, worker_log: io.StringIO, tmp_path: Path
+) -> None:
+    # Off the loop, on an executor thread: run_in_executor does not carry the caller's context there (to_thread does).
+    exporter = span_exporter()
+
+    async def late() -> None:
+        with pytest.raises(ModelTimeoutError):
+            await model.acall("wait", str(tmp_path / "running"), timeout=0.5)
+
+    _traced(late())
+    line = log_line(worker_log, "wait() timed out after 0.5 s; killing its worker")
     spans = exporter.get_finished_spans()
     assert (line["error_code"], line["trace_id"], line["span_id"]) == ("E0305", *_ids(spans, "autoglm.model.call"))

@@ -195,10 +195,9 @@ class AsyncModelStream(AsyncIterator[Any]):
         try:
             item = await asyncio.wait_for(sink.queue.get(), state.timeout)
         except asyncio.TimeoutError:
-            loop = asyncio.get_running_loop()
             try:  # (the place is given up once the worker was killed, as for a blocking stream)
-                error = await loop.run_in_executor(
-                    None, state.worker.timed_out, state.conn, state.method, state.timeout, _WAITING
+                error = await asyncio.to_thread(
+                    state.worker.timed_out, state.conn, state.method, state.timeout, _WAITING
                 )
             finally:
                 state.finish(cancel=False)
@@ -267,7 +266,7 @@ async def open_astream(  # noqa: PLR0917
     conn.register(call_id, sink)
     unsent = _send(conn, call_id, frame, deadline)
     if unsent is not None:
-        raise await loop.run_in_executor(None, _unsent, worker, conn, method, timeout, unsent)
+        raise await asyncio.to_thread(_unsent, worker, conn, method, timeout, unsent)
     return _StreamState(worker, conn, call_id, method, timeout, on_done), sink
 
 
