@@ -49,39 +49,40 @@ def model(loader: ModelLoader, make_model: Any, request: pytest.FixtureRequest) 
         loaded.close()
 
 
-def _ids(spans: tuple[ReadableSpan, ...], name: str) -> tuple[str, str]:
-    (span,) = [span for span in spans if span.name == name]
+def _ids(spans: tuple[ReadableSpan, ...]) -> tuple[str, str]:
+    (span,) = [span for span in spans if span.name == "autoglm.model.call"]
     assert span.context is not None
     return format(span.context.trace_id, "032x"), format(span.context.span_id, "016x")
 
 
-def _traced(call: Coroutine[Any, Any, Any]) -> None:
+def _logged_ids(call: Coroutine[Any, Any, Any], worker_log: io.StringIO, text: str) -> tuple[Any, ...]:
+    """Run ``call`` in a request span: the error code and ids of the log line holding ``text``, then its model
+    call span's ids."""
+    exporter = span_exporter()
+
     async def request() -> None:
         with trace.get_tracer("test").start_as_current_span("request"):
             await call
 
     asyncio.run(request())
+    line = log_line(worker_log, text)
+    return line["error_code"], line["trace_id"], line["span_id"], *_ids(exporter.get_finished_spans())
 
 
 def test_a_worker_dying_during_an_async_call_is_logged_with_the_calls_ids(
     model: LoadedModel, worker_log: io.StringIO
 ) -> None:
-    exporter = span_exporter()
-
     async def dies() -> None:
         with pytest.raises(WorkerError):
             await model.acall("exit", timeout=60)
 
-    _traced(dies())
-    line = log_line(worker_log, "exited with status 3")
-    spans = exporter.get_finished_spans()
-    assert (line["error_code"], line["trace_id"], line["span_id"]) == ("E0103", *_ids(spans, "autoglm.model.call"))
+    code, trace_id, span_id, *call_ids = _logged_ids(dies(), worker_log, "exited with status 3")
+    assert (code, trace_id, span_id) == ("E0103", *call_ids)
 
 
 def test_killing_the_worker_of_a_call_abandoned_past_its_timeout_is_logged_with_the_calls_ids(
     model: LoadedModel, worker_log: io.StringIO, tmp_path: Path
 ) -> None:
-    exporter = span_exporter()
     marker = tmp_path / "running"
 
     async def abandoned() -> None:
@@ -92,23 +93,18 @@ def test_killing_the_worker_of_a_call_abandoned_past_its_timeout_is_logged_with_
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    _traced(abandoned())
-    line = log_line(worker_log, "after its caller had gone; killing its worker")
-    spans = exporter.get_finished_spans()
-    assert (line["error_code"], line["trace_id"], line["span_id"]) == ("E0305", *_ids(spans, "autoglm.model.call"))
+    logged = _logged_ids(abandoned(), worker_log, "after its caller had gone; killing its worker")
+    code, trace_id, span_id, *call_ids = logged
+    assert (code, trace_id, span_id) == ("E0305", *call_ids)
 
 
 def test_killing_the_worker_of_an_async_call_past_its_timeout_is_logged_with_the_calls_ids(
     model: LoadedModel, worker_log: io.StringIO, tmp_path: Path
 ) -> None:
     # Off the loop, on an executor thread: run_in_executor does not carry the caller's context there (to_thread does).
-    exporter = span_exporter()
-
     async def late() -> None:
         with pytest.raises(ModelTimeoutError):
             await model.acall("wait", str(tmp_path / "running"), timeout=0.5)
 
-    _traced(late())
-    line = log_line(worker_log, "wait() timed out after 0.5 s; killing its worker")
-    spans = exporter.get_finished_spans()
-    assert (line["error_code"], line["trace_id"], line["span_id"]) == ("E0305", *_ids(spans, "autoglm.model.call"))
+    code, trace_id, span_id, *call_ids = _logged_ids(late(), worker_log, "wait() timed out after 0.5 s; killing")
+    assert (code, trace_id, span_id) == ("E0305", *call_ids)
