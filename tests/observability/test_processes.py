@@ -404,3 +404,41 @@ def test_the_overload_series_the_alerts_read_exist_at_zero_before_the_first_refu
         """
     )
     assert out == [[None, None], [0.0, 0.0, 0.0]]
+
+
+def test_an_exporter_made_again_for_the_same_source_adds_only_what_is_new(tmp_path: Path) -> None:
+    # Each exporter remembered its own last counts, and counted a source it had not seen from zero: the second
+    # ConfigMetrics of a client (after the first stopped) added the client's whole count to the files again.
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    code = """
+        import json
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+        from autoglm_runtime.observability import ConfigMetrics
+
+        class Client:
+            root = "/p"
+            drift = 3
+            def health(self):
+                return {"drift_corrected": self.drift}
+
+        def exported():
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            (value,) = [
+                s.value for family in registry.collect() for s in family.samples
+                if s.name == "autoglm_config_drift_corrected_total"
+            ]
+            return value
+
+        client = Client()
+        with ConfigMetrics(client, multiprocess=True, interval=3600):
+            pass  # (mirrors as it starts and as it stops)
+        first = exported()
+        client.drift = 5
+        with ConfigMetrics(client, multiprocess=True, interval=3600):
+            pass
+        print(json.dumps([first, exported()]))
+    """
+    assert run(code, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}) == [3.0, 5.0]

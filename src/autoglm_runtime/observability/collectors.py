@@ -66,6 +66,23 @@ def multiprocess_mode() -> bool:
     return values.ValueClass is not values.MutexValue
 
 
+class _Mirrored:
+    """What this process's exporters copied into the multiprocess files, shared by all of them, and the lock they
+    copy under (:meth:`_HealthExporter.mirror` is public and the thread calls it too).
+
+    One metric object per name: prometheus_client's file-backed values cache their number per object, so two
+    objects of one series would overwrite each other's writes. One last count per counter series: an exporter
+    made again for the same source (after another stopped) adds only what is new, not the whole count again."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.metrics: dict[str, Any] = {}
+        self.last: dict[tuple[str, tuple[str, ...]], float] = {}
+
+
+_mirrored = _Mirrored()
+
+
 class _HealthExporter:
     """Turns samples from a ``health()`` reader into metrics: a collector, or a mirror thread in multiprocess mode."""
 
@@ -89,11 +106,7 @@ class _HealthExporter:
         self._started = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._mirrored: dict[str, Any] = {}
-        self._last: dict[tuple[str, tuple[str, ...]], float] = {}
         self._written: set[tuple[str, tuple[str, ...]]] = set()  # the series the last mirror wrote
-        # mirror() is public and the thread calls it too: one at a time, or both would add the same delta.
-        self._mirror_lock = threading.Lock()
         self._unreaped: set[int] = set()  # ended processes whose files could not be removed (logged once each)
         self._failure: str | None = None  # how the thread's last mirror failed (logged once while it repeats)
 
@@ -146,10 +159,10 @@ class _HealthExporter:
     def mirror(self) -> None:
         """Copy ``health()`` into the multiprocess metrics once (the thread does this every ``interval``), and
         take the gauges of processes that ended out of the exposition (see :func:`_reap_dead_processes`)."""
-        with self._mirror_lock:
+        with _mirrored.lock:
             self._mirror()
             directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-            if self._mirrored and directory:
+            if self._written and directory:
                 _reap_dead_processes(directory, self._unreaped)
 
     def _mirror(self) -> None:
@@ -163,10 +176,10 @@ class _HealthExporter:
             if name in self._gauges:
                 metric.labels(*labels).set(value)
                 continue
-            previous = self._last.get(key, 0.0)
+            previous = _mirrored.last.get(key, 0.0)
             # A smaller count is a new client or worker counting from zero again: all of it is new.
             delta = value - previous if value >= previous else value
-            self._last[key] = value
+            _mirrored.last[key] = value
             # The series is written at 0 too (making the child does): one appearing at its first increment
             # would hide that increment from increase() and rate(), and so from the alerting rules.
             child = metric.labels(*labels)
@@ -180,7 +193,7 @@ class _HealthExporter:
             if name in self._gauges:
                 self._metric(name).labels(*labels).set(math.nan)
             else:
-                self._last.pop(key, None)
+                _mirrored.last.pop(key, None)
         self._written = written
 
     @property
@@ -190,7 +203,7 @@ class _HealthExporter:
     def _metric(self, name: str) -> Any:
         import prometheus_client as prom
 
-        metric = self._mirrored.get(name)
+        metric = _mirrored.metrics.get(name)
         if metric is None:
             family = next((f for f in self._families if f.name == name), None)
             if family is None:
@@ -201,7 +214,7 @@ class _HealthExporter:
                 )
             else:
                 metric = prom.Counter(name, family.documentation, family.labels, registry=None)
-            self._mirrored[name] = metric
+            _mirrored.metrics[name] = metric
         return metric
 
     def _mirror_loop(self) -> None:
