@@ -442,3 +442,54 @@ def test_an_exporter_made_again_for_the_same_source_adds_only_what_is_new(tmp_pa
         print(json.dumps([first, exported()]))
     """
     assert run(code, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}) == [3.0, 5.0]
+
+
+def test_a_child_forked_while_a_mirror_held_the_lock_mirrors_its_own_files(tmp_path: Path) -> None:
+    # The exporters of a process share one lock: a child forked while a mirror held it (a preloading server's
+    # master exporting as it forks) must not wait for it for ever, nor start from its parent's counts.
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    code = """
+        import json, os, threading, time
+        from autoglm_runtime.observability import ConfigMetrics, collectors
+
+        class Client:
+            root = "/p"
+            def health(self):
+                return {"drift_corrected": 2}
+
+        ConfigMetrics(Client(), multiprocess=True).mirror()
+        held, forked = threading.Event(), threading.Event()
+
+        def mirroring():  # (as a mirror thread holds it during its copy)
+            with collectors._mirrored.lock:
+                held.set()
+                forked.wait()
+
+        thread = threading.Thread(target=mirroring)
+        thread.start()
+        held.wait()
+        child = os.fork()
+        if child == 0:
+            ConfigMetrics(Client(), multiprocess=True).mirror()
+            os._exit(0)
+        forked.set()
+        thread.join()
+        deadline = time.monotonic() + 60
+        while (done := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(child, 9)
+            os.waitpid(child, 0)
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        counts = sorted(
+            s.value for family in registry.collect() for s in family.samples
+            if s.name == "autoglm_config_drift_corrected_total"
+        )
+        print(json.dumps([done[0] == child and os.waitstatus_to_exitcode(done[1]), counts]))
+    """
+    # Summed over both processes' files: each counted the client's 2 once.
+    assert run(code, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}) == [0, [4.0]]

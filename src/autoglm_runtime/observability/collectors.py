@@ -15,7 +15,7 @@ process that ended leave at the next copy any process makes::
 
 from __future__ import annotations
 
-import glob
+import contextlib
 import logging
 import math
 import os
@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from autoglm_runtime.errors import UsageError
+from autoglm_runtime.observability._dead_processes import NOT_EXPORTED, reap_dead_processes
 from autoglm_runtime.observability._metrics import METRICS_AVAILABLE
 from autoglm_runtime.observability._samples import (
     CONFIG_FAMILIES,
@@ -38,8 +39,6 @@ from autoglm_runtime.observability._samples import (
 __all__ = ["ConfigMetrics", "ConfigSource", "ModelMetrics", "ModelSource", "multiprocess_mode"]
 
 _log = logging.getLogger("autoglm_runtime.observability")
-#: Logged when the multiprocess files could not be updated (see docs/error-codes.md).
-_NOT_EXPORTED = "E0004"
 
 
 class ConfigSource(Protocol):
@@ -81,6 +80,16 @@ class _Mirrored:
 
 
 _mirrored = _Mirrored()
+
+
+def _forget_parent() -> None:
+    """In a forked child: its files are its own (empty), and the parent's lock may have been held at the fork."""
+    global _mirrored
+    _mirrored = _Mirrored()
+
+
+with contextlib.suppress(AttributeError):  # no fork on this platform
+    os.register_at_fork(after_in_child=_forget_parent)
 
 
 class _HealthExporter:
@@ -158,12 +167,12 @@ class _HealthExporter:
 
     def mirror(self) -> None:
         """Copy ``health()`` into the multiprocess metrics once (the thread does this every ``interval``), and
-        take the gauges of processes that ended out of the exposition (see :func:`_reap_dead_processes`)."""
+        take the gauges of processes that ended out of the exposition (see ``_dead_processes``)."""
         with _mirrored.lock:
             self._mirror()
             directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
             if self._written and directory:
-                _reap_dead_processes(directory, self._unreaped)
+                reap_dead_processes(directory, self._unreaped)
 
     def _mirror(self) -> None:
         written: set[tuple[str, tuple[str, ...]]] = set()
@@ -235,7 +244,7 @@ class _HealthExporter:
                     "%s could not copy health() into the multiprocess metrics files; it tries again every %g s",
                     type(self).__name__,
                     self._interval,
-                    extra={"error_code": _NOT_EXPORTED},
+                    extra={"error_code": NOT_EXPORTED},
                 )
             self._failure = failure
         else:
@@ -298,65 +307,6 @@ class _Shared:
     def describe(self) -> list[Any]:
         """Nothing: registering never calls :meth:`collect` (which may be slow before start)."""
         return []
-
-
-def _reap_dead_processes(directory: str, unreaped: set[int]) -> None:
-    """``mark_process_dead`` for each process whose live gauges are in ``directory`` but that no longer runs.
-
-    A file that cannot be removed (permissions, an I/O error) is logged once per process (``unreaped`` remembers
-    which) and tried again at the next call; the others are removed all the same.
-
-    What gunicorn's ``child_exit`` hook is for, done from every process instead: uvicorn ``--workers`` has no such
-    hook and restarts a worker that died, whose last values (a frozen sync timestamp) were otherwise exported for
-    good. Only while the files are named by pid (prometheus_client's default): this process's own file is there.
-    """
-    if os.name != "posix":  # (os.kill(pid, 0) asks whether a process runs on POSIX only)
-        return
-    from prometheus_client.multiprocess import mark_process_dead
-
-    own = os.getpid()
-    pids: set[int] = set()
-    found_own = False
-    for path in glob.glob(os.path.join(glob.escape(directory), "gauge_live*_*.db")):
-        identifier = os.path.basename(path)[: -len(".db")].rpartition("_")[2]
-        if not identifier.isdigit():
-            return  # a process_identifier other than the pid: whether it runs cannot be told
-        pid = int(identifier)
-        found_own = found_own or pid == own
-        if pid != own and not _running(pid):
-            pids.add(pid)
-    if not found_own:
-        return
-    unreaped &= pids  # (files removed since, by another process or by hand)
-    for pid in sorted(pids):
-        try:
-            mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
-        except FileNotFoundError:  # another process, or the server's hook, removed it first
-            pass
-        except OSError as exc:
-            if pid not in unreaped:
-                _log.warning(
-                    "the live gauges of process %d, which ended, cannot be removed from %s (%s): its last values "
-                    "stay in the exposition; make the directory writable by this server, or remove %s",
-                    pid,
-                    directory,
-                    exc,
-                    os.path.join(directory, f"gauge_live*_{pid}.db"),
-                    extra={"error_code": _NOT_EXPORTED},
-                )
-            unreaped.add(pid)
-            continue
-        unreaped.discard(pid)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 class ConfigMetrics(_HealthExporter):
