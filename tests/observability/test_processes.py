@@ -34,6 +34,32 @@ def stores(tmp_path: Path) -> tuple[Path, Path]:
     return config, metrics
 
 
+#: The start of a script counting drift in multiprocess mode: a client whose count the script sets, and
+#: ``exported()``, what the files export for it (summed over processes).
+DRIFT = textwrap.dedent(
+    """
+    import json
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+    from autoglm_runtime.observability import ConfigMetrics
+
+    class Client:
+        root = "/p"
+        drift = 0
+        def health(self):
+            return {"drift_corrected": self.drift}
+
+    def exported():
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return sum(
+            s.value for family in registry.collect() for s in family.samples
+            if s.name == "autoglm_config_drift_corrected_total"
+        )
+    """
+)
+
+
 def test_without_the_extras_the_guards_work_and_the_exporters_say_what_to_install() -> None:
     out = run(
         """
@@ -342,21 +368,16 @@ def test_concurrent_mirrors_of_one_exporter_add_each_increment_once(tmp_path: Pa
     metrics = tmp_path / "metrics"
     metrics.mkdir()
     code = """
-        import itertools, json, sys, threading
-        from prometheus_client import CollectorRegistry
-        from prometheus_client.multiprocess import MultiProcessCollector
-        from autoglm_runtime.observability import ConfigMetrics
+        import itertools, sys, threading
 
-        class Client:
-            root = "/p"
-            count = itertools.count(1)
-            last = 0
+        class Growing(Client):
+            counts = itertools.count(1)
             def health(self):
-                self.last = next(self.count)
-                return {"drift_corrected": self.last}
+                self.drift = next(self.counts)
+                return super().health()
 
         sys.setswitchinterval(1e-6)  # threads switch between any two bytecodes: the race shows at once
-        client = Client()
+        client = Growing()
         exporter = ConfigMetrics(client, multiprocess=True)
         threads = [threading.Thread(target=lambda: [exporter.mirror() for _ in range(300)]) for _ in range(4)]
         for thread in threads:
@@ -364,15 +385,10 @@ def test_concurrent_mirrors_of_one_exporter_add_each_increment_once(tmp_path: Pa
         for thread in threads:
             thread.join()
         exporter.mirror()
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)
-        (exported,) = [
-            s.value for family in registry.collect() for s in family.samples
-            if s.name == "autoglm_config_drift_corrected_total"
-        ]
-        print(json.dumps([client.last, exported]))
+        print(json.dumps([client.drift, exported()]))
     """
-    last, exported = run(code, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)})  # type: ignore[misc]
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+    last, exported = run(DRIFT + textwrap.dedent(code), env)  # type: ignore[misc]
     assert exported == last
 
 
@@ -412,27 +428,8 @@ def test_an_exporter_made_again_for_the_same_source_adds_only_what_is_new(tmp_pa
     metrics = tmp_path / "metrics"
     metrics.mkdir()
     code = """
-        import json
-        from prometheus_client import CollectorRegistry
-        from prometheus_client.multiprocess import MultiProcessCollector
-        from autoglm_runtime.observability import ConfigMetrics
-
-        class Client:
-            root = "/p"
-            drift = 3
-            def health(self):
-                return {"drift_corrected": self.drift}
-
-        def exported():
-            registry = CollectorRegistry()
-            MultiProcessCollector(registry)
-            (value,) = [
-                s.value for family in registry.collect() for s in family.samples
-                if s.name == "autoglm_config_drift_corrected_total"
-            ]
-            return value
-
         client = Client()
+        client.drift = 3
         with ConfigMetrics(client, multiprocess=True, interval=3600):
             pass  # (mirrors as it starts and as it stops)
         first = exported()
@@ -441,7 +438,7 @@ def test_an_exporter_made_again_for_the_same_source_adds_only_what_is_new(tmp_pa
             pass
         print(json.dumps([first, exported()]))
     """
-    assert run(code, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}) == [3.0, 5.0]
+    assert run(DRIFT + textwrap.dedent(code), {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}) == [3.0, 5.0]
 
 
 def test_a_child_forked_while_a_mirror_held_the_lock_mirrors_its_own_files(tmp_path: Path) -> None:
@@ -450,14 +447,10 @@ def test_a_child_forked_while_a_mirror_held_the_lock_mirrors_its_own_files(tmp_p
     metrics = tmp_path / "metrics"
     metrics.mkdir()
     code = """
-        import json, os, threading, time
-        from autoglm_runtime.observability import ConfigMetrics, collectors
+        import os, threading, time
+        from autoglm_runtime.observability import collectors
 
-        class Client:
-            root = "/p"
-            def health(self):
-                return {"drift_corrected": 2}
-
+        Client.drift = 2
         ConfigMetrics(Client(), multiprocess=True).mirror()
         held, forked = threading.Event(), threading.Event()
 
@@ -481,15 +474,7 @@ def test_a_child_forked_while_a_mirror_held_the_lock_mirrors_its_own_files(tmp_p
         if done[0] == 0:
             os.kill(child, 9)
             os.waitpid(child, 0)
-        from prometheus_client import CollectorRegistry
-        from prometheus_client.multiprocess import MultiProcessCollector
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)
-        counts = sorted(
-            s.value for family in registry.collect() for s in family.samples
-            if s.name == "autoglm_config_drift_corrected_total"
-        )
-        print(json.dumps([done[0] == child and os.waitstatus_to_exitcode(done[1]), counts]))
+        print(json.dumps([done[0] == child and os.waitstatus_to_exitcode(done[1]), exported()]))
     """
     # Summed over both processes' files: each counted the client's 2 once.
-    assert run(code, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}) == [0, [4.0]]
+    assert run(DRIFT + textwrap.dedent(code), {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}) == [0, 4.0]
