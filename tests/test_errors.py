@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import autoglm_runtime.testing  # noqa: F401  (defines the harness's error classes)
-from autoglm_runtime import errors
+from autoglm_runtime import _error_registry, errors
 from autoglm_runtime.errors import (
     REGISTRY,
     AutoGLMRuntimeError,
@@ -105,4 +105,4 @@ def test_a_subclass_with_an_unregistered_code_is_refused() -> None:
 
 def test_registering_a_code_twice_is_refused() -> None:
     with pytest.raises(RuntimeError, match="error code E0409 is registered twice"):
-        errors._register("E0409", "x", "error", "x", "x")
+        _error_registry._register("E0409", "x", "error", "x", "x")

@@ -11,6 +11,11 @@ Every line is one JSON object with ``level``, ``timestamp`` (UTC, RFC 3339), ``m
 ``message``, ``trace_id`` and ``span_id`` when known, and every ``extra`` field. The ids come from the active
 OpenTelemetry span when there is one (with opentelemetry-api installed), else ``trace_id`` from
 :func:`bind_trace_id`, so one id ties a request's log lines to its trace.
+
+The formatter reads those ids from the context it runs in. Behind a ``logging.handlers.QueueHandler`` it runs on
+the ``QueueListener``'s thread instead of the request's, so put a :class:`TraceContextFilter` on the queue handler:
+it captures the ids (and the error code of a logged SDK exception) where the record is logged, and they travel
+with the record through the queue.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ install_null_handler()
 
 __all__ = [
     "JsonFormatter",
+    "TraceContextFilter",
     "bind_trace_id",
     "configure_json_logging",
     "current_trace_id",
@@ -88,6 +94,47 @@ def describe_value(value: Any) -> dict[str, Any]:
     return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()[:12]}
 
 
+# Where TraceContextFilter leaves the ids of the context a record was logged in: (trace_id, span_id), either None.
+_CAPTURED = "_autoglm_ids"
+
+
+def _context_ids() -> tuple[str | None, str | None]:
+    ids = current_ids()
+    return ids if ids is not None else (_trace_id.get(), None)
+
+
+def _exception_code(record: logging.LogRecord) -> str | None:
+    exc = record.exc_info[1] if record.exc_info else None
+    return exc.code if isinstance(exc, AutoGLMRuntimeError) else None
+
+
+class TraceContextFilter(logging.Filter):
+    """Captures, where a record is logged, what :class:`JsonFormatter` would otherwise read when it formats: the
+    trace ids of the caller's context, and the E-code of a logged SDK exception. Never drops a record.
+
+    Needed where formatting happens elsewhere: ``logging.handlers.QueueHandler`` hands records to a
+    ``QueueListener`` thread, outside the request's context, and drops ``exc_info`` on the way. A handler's filters
+    run in the caller's thread, so put this one on the queue handler::
+
+        import logging.handlers, queue
+        from autoglm_runtime.logging import JsonFormatter, TraceContextFilter
+
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        to_queue = logging.handlers.QueueHandler(records)
+        to_queue.addFilter(TraceContextFilter())
+        to_stderr = logging.StreamHandler()
+        to_stderr.setFormatter(JsonFormatter())
+        listener = logging.handlers.QueueListener(records, to_stderr)
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _CAPTURED not in record.__dict__:  # (the first handler's filter decides: the record is the same)
+            record.__dict__[_CAPTURED] = _context_ids()
+            if getattr(record, "error_code", None) is None and (code := _exception_code(record)) is not None:
+                record.error_code = code
+        return True
+
+
 def _rfc3339(created: float) -> str:
     stamp = datetime.fromtimestamp(created, tz=timezone.utc)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
@@ -108,9 +155,8 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         error_code = getattr(record, "error_code", None)
-        exc = record.exc_info[1] if record.exc_info else None
-        if error_code is None and isinstance(exc, AutoGLMRuntimeError):
-            error_code = exc.code
+        if error_code is None:
+            error_code = _exception_code(record)
         entry: dict[str, Any] = {
             "level": record.levelname,
             "timestamp": _rfc3339(record.created),
@@ -118,11 +164,12 @@ class JsonFormatter(logging.Formatter):
             "error_code": error_code,
             "message": record.getMessage(),
         }
-        ids = current_ids()
-        if ids is not None:
-            entry["trace_id"], entry["span_id"] = ids
-        elif (trace_id := _trace_id.get()) is not None:
+        # Captured where the record was logged (TraceContextFilter), else this context is the caller's.
+        trace_id, span_id = record.__dict__.get(_CAPTURED) or _context_ids()
+        if trace_id is not None:
             entry["trace_id"] = trace_id
+        if span_id is not None:
+            entry["span_id"] = span_id
         for key, value in record.__dict__.items():
             if key not in _RECORD_ATTRS and not key.startswith("_") and key not in entry:
                 entry[key] = _jsonable(value)

@@ -34,6 +34,32 @@ def stores(tmp_path: Path) -> tuple[Path, Path]:
     return config, metrics
 
 
+#: The start of a script counting drift in multiprocess mode: a client whose count the script sets, and
+#: ``exported()``, what the files export for it (summed over processes).
+DRIFT = textwrap.dedent(
+    """
+    import json
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+    from autoglm_runtime.observability import ConfigMetrics
+
+    class Client:
+        root = "/p"
+        drift = 0
+        def health(self):
+            return {"drift_corrected": self.drift}
+
+    def exported():
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return sum(
+            s.value for family in registry.collect() for s in family.samples
+            if s.name == "autoglm_config_drift_corrected_total"
+        )
+    """
+)
+
+
 def test_without_the_extras_the_guards_work_and_the_exporters_say_what_to_install() -> None:
     out = run(
         """
@@ -285,3 +311,170 @@ def test_multiprocess_mode_is_what_prometheus_client_chose_at_its_import() -> No
         """
     )
     assert out is False
+
+
+def test_a_dead_process_whose_gauges_cannot_be_removed_is_logged_once_and_the_mirror_goes_on(tmp_path: Path) -> None:
+    # mark_process_dead failing with anything but ENOENT (EACCES, EIO; here EISDIR, which root gets too) ended
+    # the mirror thread: the process then exported frozen values for good.
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    unremovable, removable = (int(run("import os; print(os.getpid())")) for _ in range(2))  # type: ignore[call-overload]
+    (metrics / f"gauge_liveall_{unremovable}.db").mkdir()
+    (metrics / f"gauge_liveall_{removable}.db").write_bytes(b"")
+    code = """
+        import io, json, os, threading
+        from autoglm_runtime.logging import configure_json_logging
+        from autoglm_runtime.observability import ModelMetrics
+
+        stream = io.StringIO()
+        configure_json_logging("WARNING", stream=stream)
+        calls, enough = [], threading.Event()
+
+        class Loader:
+            def health(self):
+                calls.append(None)
+                if len(calls) in (2, 3):
+                    raise RuntimeError("health failed")
+                if len(calls) >= 6:
+                    enough.set()
+                return {"m": {"replicas": [{"state": "ready", "pid": 1}], "inflight": 0, "queued": 0}}
+
+        exporter = ModelMetrics(Loader(), interval=0.01, multiprocess=True)
+        with exporter:
+            assert enough.wait(60), "the mirror thread stopped"
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        left = sorted(name for name in os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]) if "liveall" in name)
+        print(json.dumps([left, [[line["error_code"], line["message"]] for line in lines]]))
+    """
+    left, logged = run(code, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)})  # type: ignore[misc]
+    assert f"gauge_liveall_{removable}.db" not in left
+    assert f"gauge_liveall_{unremovable}.db" in left
+    assert logged == [
+        [
+            "E0004",
+            f"the live gauges of process {unremovable}, which ended, cannot be removed from {metrics} ([Errno 21] "
+            f"Is a directory: '{metrics}/gauge_liveall_{unremovable}.db'): its last values stay in the exposition; "
+            f"make the directory writable by this server, or remove {metrics}/gauge_live*_{unremovable}.db",
+        ],
+        [
+            "E0004",
+            "ModelMetrics could not copy health() into the multiprocess metrics files; it tries again every 0.01 s",
+        ],
+    ]
+
+
+def test_concurrent_mirrors_of_one_exporter_add_each_increment_once(tmp_path: Path) -> None:
+    # mirror() is public and its thread calls it too: both read the last count, both added the same delta.
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    code = """
+        import itertools, sys, threading
+
+        class Growing(Client):
+            counts = itertools.count(1)
+            def health(self):
+                self.drift = next(self.counts)
+                return super().health()
+
+        sys.setswitchinterval(1e-6)  # threads switch between any two bytecodes: the race shows at once
+        client = Growing()
+        exporter = ConfigMetrics(client, multiprocess=True)
+        threads = [threading.Thread(target=lambda: [exporter.mirror() for _ in range(300)]) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        exporter.mirror()
+        print(json.dumps([client.drift, exported()]))
+    """
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+    last, exported = run(DRIFT + textwrap.dedent(code), env)  # type: ignore[misc]
+    assert exported == last
+
+
+def test_the_overload_series_the_alerts_read_exist_at_zero_before_the_first_refusal() -> None:
+    # AutoGLMGuardOverloaded and AutoGLMModelOverloaded take rate() of these counters: a series that first appeared
+    # at its first refusal (at 1) hid that refusal from them. A fresh interpreter: no refusal counted before.
+    out = run(
+        """
+        import json
+        from prometheus_client import REGISTRY
+        from autoglm_runtime.observability._events import ModelCallMetrics
+        from autoglm_runtime.validation import ValidationMiddleware
+
+        def value(name, labels):
+            return REGISTRY.get_sample_value(name, labels)
+
+        guard = "autoglm_guard_rejections_total", {"code": "E0516", "surface": "http"}
+        before = [value(*guard)]
+        ValidationMiddleware(lambda scope, receive, send: None, offload=False)
+        before.append(value(*guard))  # (no guard threads: nothing refuses as overloaded)
+        ValidationMiddleware(lambda scope, receive, send: None)
+        ModelCallMetrics("m")  # what a LoadedModel records with, made as it loads
+        after = [
+            value(*guard),
+            value("autoglm_worker_calls_total", {"model": "m", "outcome": "E0106"}),
+            value("autoglm_worker_calls_total", {"model": "m", "outcome": "ok"}),
+        ]
+        print(json.dumps([before, after]))
+        """
+    )
+    assert out == [[None, None], [0.0, 0.0, 0.0]]
+
+
+def test_an_exporter_made_again_for_the_same_source_adds_only_what_is_new(tmp_path: Path) -> None:
+    # Each exporter remembered its own last counts, and counted a source it had not seen from zero: the second
+    # ConfigMetrics of a client (after the first stopped) added the client's whole count to the files again.
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    code = """
+        client = Client()
+        client.drift = 3
+        with ConfigMetrics(client, multiprocess=True, interval=3600):
+            pass  # (mirrors as it starts and as it stops)
+        first = exported()
+        client.drift = 5
+        with ConfigMetrics(client, multiprocess=True, interval=3600):
+            pass
+        print(json.dumps([first, exported()]))
+    """
+    assert run(DRIFT + textwrap.dedent(code), {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}) == [3.0, 5.0]
+
+
+def test_a_child_forked_while_a_mirror_held_the_lock_mirrors_its_own_files(tmp_path: Path) -> None:
+    # The exporters of a process share one lock: a child forked while a mirror held it (a preloading server's
+    # master exporting as it forks) must not wait for it for ever, nor start from its parent's counts.
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    code = """
+        import os, threading, time
+        from autoglm_runtime.observability import collectors
+
+        Client.drift = 2
+        ConfigMetrics(Client(), multiprocess=True).mirror()
+        held, forked = threading.Event(), threading.Event()
+
+        def mirroring():  # (as a mirror thread holds it during its copy)
+            with collectors._mirrored.lock:
+                held.set()
+                forked.wait()
+
+        thread = threading.Thread(target=mirroring)
+        thread.start()
+        held.wait()
+        child = os.fork()
+        if child == 0:
+            ConfigMetrics(Client(), multiprocess=True).mirror()
+            os._exit(0)
+        forked.set()
+        thread.join()
+        deadline = time.monotonic() + 60
+        while (done := os.waitpid(child, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(child, 9)
+            os.waitpid(child, 0)
+        print(json.dumps([done[0] == child and os.waitstatus_to_exitcode(done[1]), exported()]))
+    """
+    # Summed over both processes' files: each counted the client's 2 once.
+    assert run(DRIFT + textwrap.dedent(code), {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}) == [0, 4.0]

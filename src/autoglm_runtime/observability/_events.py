@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from autoglm_runtime.errors import AutoGLMRuntimeError
+from autoglm_runtime.errors import AutoGLMRuntimeError, ModelOverloadedError
 from autoglm_runtime.observability import _tracing
 from autoglm_runtime.observability._guard_stream import GuardStream
 from autoglm_runtime.observability._metrics import event_metrics
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from autoglm_runtime.validation.request import GuardResult
 
-__all__ = ["GuardCheck", "ModelCall", "ModelCallMetrics", "ModelStreamCall", "Surface"]
+__all__ = ["GuardCheck", "ModelCall", "ModelCallMetrics", "ModelStreamCall", "Surface", "expect_rejections"]
 
 #: Where a guard ran: the ASGI middleware, a gRPC interceptor, or the ``guarded`` decorator.
 Surface = Literal["http", "grpc", "decorator"]
@@ -34,6 +34,16 @@ MODEL_STREAM_SPAN = "autoglm.model.stream"
 #: The outcome of a stream its consumer stopped early (closed it, left its ``with`` block, dropped it), or of an
 #: async call its caller cancelled.
 CANCELLED = "cancelled"
+
+
+def expect_rejections(surface: Surface, *codes: str) -> None:
+    """Export the rejection series of ``codes`` on ``surface`` at 0 now, where a guard that may refuse with them is
+    set up: a counter series that first appears at 1 hides that refusal from ``increase()`` and ``rate()``, and so
+    from the alerting rules (deploy/prometheus) that read it."""
+    metrics = event_metrics()
+    if metrics is not None:
+        for code in codes:
+            metrics.guard_rejections.get(code, surface)
 
 
 class GuardCheck:
@@ -178,7 +188,8 @@ class ModelCall:
 
 class ModelCallMetrics:
     """The metrics of one model's calls, for a path that starts no span (see ``spans_off``): what a
-    :class:`ModelCall` records, with the series of its commonest outcome (``ok``) looked up once, on first use.
+    :class:`ModelCall` records, with the series of its commonest outcome (``ok``) looked up once. The ``ok`` and
+    ``E0106`` series are exported at 0 from its creation (the model's load).
 
     >>> metrics = ModelCallMetrics("a"); started = time.perf_counter()   # doctest: +SKIP
     >>> metrics.record(started, None)   # or the error the call raised  # doctest: +SKIP
@@ -191,6 +202,11 @@ class ModelCallMetrics:
         self._metrics = event_metrics()
         self._duration: Any = None
         self._ok: Any = None
+        if self._metrics is not None:
+            # Exported at 0 from the load on, as the alerting rules read them: a series that first appears at 1
+            # hides that call from increase() and rate() (AutoGLMModelOverloaded would miss the first refusals).
+            self._ok = self._metrics.model_calls.get(model, "ok")
+            self._metrics.model_calls.get(model, ModelOverloadedError.code)
 
     def record(self, started: float, error: BaseException | None) -> None:
         """Count a call that began at ``started`` (``time.perf_counter()``) and ended now, with ``error`` or not."""

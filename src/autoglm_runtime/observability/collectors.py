@@ -16,7 +16,7 @@ process that ended leave at the next copy any process makes::
 from __future__ import annotations
 
 import contextlib
-import glob
+import logging
 import math
 import os
 import threading
@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from autoglm_runtime.errors import UsageError
+from autoglm_runtime.observability._dead_processes import NOT_EXPORTED, reap_dead_processes
 from autoglm_runtime.observability._metrics import METRICS_AVAILABLE
 from autoglm_runtime.observability._samples import (
     CONFIG_FAMILIES,
@@ -36,6 +37,8 @@ from autoglm_runtime.observability._samples import (
 )
 
 __all__ = ["ConfigMetrics", "ConfigSource", "ModelMetrics", "ModelSource", "multiprocess_mode"]
+
+_log = logging.getLogger("autoglm_runtime.observability")
 
 
 class ConfigSource(Protocol):
@@ -62,6 +65,33 @@ def multiprocess_mode() -> bool:
     return values.ValueClass is not values.MutexValue
 
 
+class _Mirrored:
+    """What this process's exporters copied into the multiprocess files, shared by all of them, and the lock they
+    copy under (:meth:`_HealthExporter.mirror` is public and the thread calls it too).
+
+    One metric object per name: prometheus_client's file-backed values cache their number per object, so two
+    objects of one series would overwrite each other's writes. One last count per counter series: an exporter
+    made again for the same source (after another stopped) adds only what is new, not the whole count again."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.metrics: dict[str, Any] = {}
+        self.last: dict[tuple[str, tuple[str, ...]], float] = {}
+
+
+_mirrored = _Mirrored()
+
+
+def _forget_parent() -> None:
+    """In a forked child: its files are its own (empty), and the parent's lock may have been held at the fork."""
+    global _mirrored
+    _mirrored = _Mirrored()
+
+
+with contextlib.suppress(AttributeError):  # no fork on this platform
+    os.register_at_fork(after_in_child=_forget_parent)
+
+
 class _HealthExporter:
     """Turns samples from a ``health()`` reader into metrics: a collector, or a mirror thread in multiprocess mode."""
 
@@ -85,9 +115,9 @@ class _HealthExporter:
         self._started = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._mirrored: dict[str, Any] = {}
-        self._last: dict[tuple[str, tuple[str, ...]], float] = {}
         self._written: set[tuple[str, tuple[str, ...]]] = set()  # the series the last mirror wrote
+        self._unreaped: set[int] = set()  # ended processes whose files could not be removed (logged once each)
+        self._failure: str | None = None  # how the thread's last mirror failed (logged once while it repeats)
 
     # --- single process: a collector -------------------------------------------------------------
 
@@ -137,11 +167,12 @@ class _HealthExporter:
 
     def mirror(self) -> None:
         """Copy ``health()`` into the multiprocess metrics once (the thread does this every ``interval``), and
-        take the gauges of processes that ended out of the exposition (see :func:`_reap_dead_processes`)."""
-        self._mirror()
-        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        if self._mirrored and directory:
-            _reap_dead_processes(directory)
+        take the gauges of processes that ended out of the exposition (see ``_dead_processes``)."""
+        with _mirrored.lock:
+            self._mirror()
+            directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+            if self._written and directory:
+                reap_dead_processes(directory, self._unreaped)
 
     def _mirror(self) -> None:
         written: set[tuple[str, tuple[str, ...]]] = set()
@@ -154,10 +185,10 @@ class _HealthExporter:
             if name in self._gauges:
                 metric.labels(*labels).set(value)
                 continue
-            previous = self._last.get(key, 0.0)
+            previous = _mirrored.last.get(key, 0.0)
             # A smaller count is a new client or worker counting from zero again: all of it is new.
             delta = value - previous if value >= previous else value
-            self._last[key] = value
+            _mirrored.last[key] = value
             # The series is written at 0 too (making the child does): one appearing at its first increment
             # would hide that increment from increase() and rate(), and so from the alerting rules.
             child = metric.labels(*labels)
@@ -171,7 +202,7 @@ class _HealthExporter:
             if name in self._gauges:
                 self._metric(name).labels(*labels).set(math.nan)
             else:
-                self._last.pop(key, None)
+                _mirrored.last.pop(key, None)
         self._written = written
 
     @property
@@ -181,7 +212,7 @@ class _HealthExporter:
     def _metric(self, name: str) -> Any:
         import prometheus_client as prom
 
-        metric = self._mirrored.get(name)
+        metric = _mirrored.metrics.get(name)
         if metric is None:
             family = next((f for f in self._families if f.name == name), None)
             if family is None:
@@ -192,15 +223,32 @@ class _HealthExporter:
                 )
             else:
                 metric = prom.Counter(name, family.documentation, family.labels, registry=None)
-            self._mirrored[name] = metric
+            _mirrored.metrics[name] = metric
         return metric
 
     def _mirror_loop(self) -> None:
         while True:
-            self.mirror()
+            self._mirror_logged()
             if self._stop.wait(self._interval):
-                self.mirror()
+                self._mirror_logged()
                 return
+
+    def _mirror_logged(self) -> None:
+        """:meth:`mirror` on the thread: a failure is logged (once while it repeats) and the next one tries again."""
+        try:
+            self.mirror()
+        except Exception as exc:  # (health() or a file failing once must not end the exports for good)
+            failure = f"{type(exc).__name__}: {exc}"
+            if failure != self._failure:
+                _log.exception(
+                    "%s could not copy health() into the multiprocess metrics files; it tries again every %g s",
+                    type(self).__name__,
+                    self._interval,
+                    extra={"error_code": NOT_EXPORTED},
+                )
+            self._failure = failure
+        else:
+            self._failure = None
 
 
 def _families(families: tuple[Family, ...], reads: list[Callable[[], list[Sample]]]) -> Iterator[Any]:
@@ -259,45 +307,6 @@ class _Shared:
     def describe(self) -> list[Any]:
         """Nothing: registering never calls :meth:`collect` (which may be slow before start)."""
         return []
-
-
-def _reap_dead_processes(directory: str) -> None:
-    """``mark_process_dead`` for each process whose live gauges are in ``directory`` but that no longer runs.
-
-    What gunicorn's ``child_exit`` hook is for, done from every process instead: uvicorn ``--workers`` has no such
-    hook and restarts a worker that died, whose last values (a frozen sync timestamp) were otherwise exported for
-    good. Only while the files are named by pid (prometheus_client's default): this process's own file is there.
-    """
-    if os.name != "posix":  # (os.kill(pid, 0) asks whether a process runs on POSIX only)
-        return
-    from prometheus_client.multiprocess import mark_process_dead
-
-    own = os.getpid()
-    pids: set[int] = set()
-    found_own = False
-    for path in glob.glob(os.path.join(glob.escape(directory), "gauge_live*_*.db")):
-        identifier = os.path.basename(path)[: -len(".db")].rpartition("_")[2]
-        if not identifier.isdigit():
-            return  # a process_identifier other than the pid: whether it runs cannot be told
-        pid = int(identifier)
-        found_own = found_own or pid == own
-        if pid != own and not _running(pid):
-            pids.add(pid)
-    if not found_own:
-        return
-    for pid in sorted(pids):
-        with contextlib.suppress(FileNotFoundError):  # (another process, or the server's hook, removed it first)
-            mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 class ConfigMetrics(_HealthExporter):

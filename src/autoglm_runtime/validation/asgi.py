@@ -54,6 +54,7 @@ from autoglm_runtime.errors import (
 )
 from autoglm_runtime.logging import get_logger
 from autoglm_runtime.observability import GuardCheck
+from autoglm_runtime.observability._events import expect_rejections
 from autoglm_runtime.validation._openai import ErrorStyle, OpenAIExtractor, error_body
 from autoglm_runtime.validation._refusal import Refusal, server_running
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardResult
@@ -183,6 +184,8 @@ class ValidationMiddleware:
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._busy = 0
+        if offload:  # (only the guard threads refuse as overloaded)
+            expect_rejections("http", GuardOverloadedError.code)
 
     def _refuse(self, app: ASGIApp, error: UsageError) -> None:
         """Raise ``error``, unless a running server is building this middleware (see ``_refusal.py``): then

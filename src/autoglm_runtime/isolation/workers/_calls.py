@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import itertools
 import logging
@@ -18,7 +19,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 _log = logging.getLogger("autoglm_runtime.isolation.workers.process")
@@ -34,6 +35,7 @@ __all__ = [
     "SendTimeout",
     "Sink",
     "StreamSink",
+    "caller_context",
     "watch",
 ]
 
@@ -42,11 +44,13 @@ class Sink(Protocol):
     """Where the replies to one call go; both methods are called by whoever reads the socket (or by a closer).
 
     ``reads`` is True for a sink whose thread waits in :meth:`Connection.wait <.._routing.ReadSide.wait>`
-    and reads for itself.
+    and reads for itself. ``context`` is the caller's context (copied as the call began), for what other threads
+    log about the call to carry its trace id; ``None`` where only the caller's own thread can see its reply.
     """
 
     method: str
     reads: bool
+    context: contextvars.Context | None
 
     def deliver(self, message: dict[str, Any]) -> None: ...
 
@@ -78,6 +82,7 @@ class CallSink:
 
     def __init__(self, method: str) -> None:
         self.method = method
+        self.context: contextvars.Context | None = contextvars.copy_context()  # (the reader thread may read it)
         self._signal = threading.Lock()  # released when there is news: a bare lock wakes the waiter fastest
         self._signal.acquire()
         self._signalled = False
@@ -127,6 +132,7 @@ class OwnSink:
     was in flight): it reads its reply itself and nobody ever has to wake it, so there is nothing to signal."""
 
     reads = True
+    context: contextvars.Context | None = None  # (its own thread reads every frame while it is in flight)
     __slots__ = ("error", "method", "reply", "settled")
 
     def __init__(self, method: str) -> None:
@@ -151,6 +157,7 @@ class AsyncCallSink:
 
     def __init__(self, method: str, loop: asyncio.AbstractEventLoop) -> None:
         self.method = method
+        self.context: contextvars.Context | None = contextvars.copy_context()
         self.loop = loop
         self.future: asyncio.Future[dict[str, Any]] = loop.create_future()
 
@@ -180,6 +187,7 @@ class AbandonedSink:
 
     def __init__(self, method: str, on_done: Callable[[], None]) -> None:
         self.method = method
+        self.context: contextvars.Context | None = contextvars.copy_context()  # (made by the call giving up)
         self._on_done: Callable[[], None] | None = on_done
         self._on_late: Callable[[], object] | None = None
         self._lock = threading.Lock()
@@ -276,15 +284,26 @@ class _Watch:
                 while not self._due or self._due[0][0] > (now := time.monotonic()):
                     self._cond.wait(self._due[0][0] - now if self._due else None)
                 sink = heapq.heappop(self._due)[2]
-            try:
-                sink.late()
-            except Exception:  # (one failed kill, e.g. no fork left for the restart, must not end every deadline)
-                _log.exception(
-                    "model call %s(): killing its worker at its deadline failed",
-                    sink.method,
-                    extra={"error_code": "E0103"},
-                )
+            # In the call's context: the kill's log lines carry the trace id of the call that outlived its timeout.
+            caller_context([sink]).run(_late, sink)
             del sink  # (the sink of a worker since gone goes now, not with the next deadline)
+
+
+def _late(sink: AbandonedSink) -> None:
+    try:
+        sink.late()
+    except Exception:  # (one failed kill, e.g. no fork left for the restart, must not end every deadline)
+        _log.exception(
+            "model call %s(): killing its worker at its deadline failed", sink.method, extra={"error_code": "E0103"}
+        )
+
+
+def caller_context(sinks: Iterable[Sink]) -> contextvars.Context:
+    """A copy of the context of the first of ``sinks`` that has one (an empty one if none has), for a thread that is
+    not the caller's to run what it logs about those calls in: the lines then carry the call's trace id. A copy, as
+    a context runs on one thread at a time and the reader and watch threads may both use a call's at once."""
+    context = next((sink.context for sink in sinks if sink.context is not None), None)
+    return context.copy() if context is not None else contextvars.Context()
 
 
 _watch = _Watch()
@@ -309,6 +328,7 @@ class StreamSink:
     def __init__(self, method: str, on_end: Callable[[], None]) -> None:
         self.method = method
         self.on_end = on_end
+        self.context: contextvars.Context | None = contextvars.copy_context()
         self._queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
 
     def deliver(self, message: dict[str, Any]) -> None:
@@ -339,6 +359,7 @@ class AsyncStreamSink:
 
     def __init__(self, method: str, loop: asyncio.AbstractEventLoop, on_end: Callable[[], None]) -> None:
         self.method = method
+        self.context: contextvars.Context | None = contextvars.copy_context()
         self.loop = loop
         self.on_end = on_end
         self.queue: asyncio.Queue[Item] = asyncio.Queue()

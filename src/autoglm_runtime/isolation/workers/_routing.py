@@ -31,7 +31,7 @@ from typing import Any
 
 from autoglm_runtime.errors import ModelCallError
 from autoglm_runtime.isolation._scripts import protocol as _protocol
-from autoglm_runtime.isolation.workers._calls import AbandonedSink, CallSink, OwnSink, Sink
+from autoglm_runtime.isolation.workers._calls import AbandonedSink, CallSink, OwnSink, Sink, caller_context
 
 __all__ = ["ReadSide"]
 
@@ -226,8 +226,13 @@ class ReadSide:
             return True
         with self._lock:
             closed = self._closed_with is not None
-        if not closed:  # the worker's end broke first: it died (or hung up); the supervisor says how
-            self._fail_all(self._broken())
+        if not closed:  # the worker's end broke first: it died (or hung up); the supervisor says how (and logs it)
+            if threading.current_thread() is self._thread:  # under the trace id of the (oldest) call it failed
+                with self._lock:
+                    context = caller_context(self._sinks.values())
+                self._fail_all(context.run(self._broken))
+            else:  # a caller's thread, reading for its own call: its context is that call's
+                self._fail_all(self._broken())
         return False
 
     def _route(self, message: dict[str, Any]) -> None:

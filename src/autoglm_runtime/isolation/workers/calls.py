@@ -114,8 +114,8 @@ async def _aconnection(worker: WorkerProcess, method: str, timeout: float | None
     conn = worker.ready_connection()
     if conn is not None:
         return conn
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(None, worker.connection, method, timeout, deadline)
+    # (to_thread, unlike run_in_executor, runs it in the caller's context: what it logs carries the call's ids)
+    return await asyncio.to_thread(worker.connection, method, timeout, deadline)
 
 
 def _in_time(worker: WorkerProcess, method: str, timeout: float | None, deadline: float | None) -> None:
@@ -218,12 +218,12 @@ async def acall(  # noqa: PLR0917
         try:
             unsent = _send(conn, call_id, frame, deadline)
             if unsent is not None:
-                raise await loop.run_in_executor(None, _unsent, worker, conn, method, timeout, unsent)
+                raise await asyncio.to_thread(_unsent, worker, conn, method, timeout, unsent)
             try:
                 reply = await asyncio.wait_for(sink.future, _left(worker, deadline))
             except asyncio.TimeoutError:
                 conn.unregister(call_id)
-                raise await loop.run_in_executor(None, worker.timed_out, conn, method, timeout, "") from None
+                raise await asyncio.to_thread(worker.timed_out, conn, method, timeout, "") from None
             except asyncio.CancelledError:
                 if on_done is not None:
                     left = _left(worker, deadline)

@@ -292,7 +292,7 @@ class AsyncModelStream(AsyncIterator[Any]):
         try:
             item = await asyncio.wait_for(sink.queue.get(), state.timeout)
         except asyncio.TimeoutError:
-            raise await asyncio.get_running_loop().run_in_executor(None, state.kill) from None
+            raise await asyncio.to_thread(state.kill) from None
         more, chunk = state.take(item)
         if not more:
             raise StopAsyncIteration
@@ -379,7 +379,7 @@ async def open_astream(  # noqa: PLR0917
     unsent = _send(conn, call_id, frame, deadline)
     if unsent is not None:
         try:
-            raise await loop.run_in_executor(None, _unsent, worker, conn, method, timeout, unsent)
+            raise await asyncio.to_thread(_unsent, worker, conn, method, timeout, unsent)
         finally:
             state.release()
     if unread is not None:
