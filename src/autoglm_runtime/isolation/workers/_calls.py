@@ -285,11 +285,12 @@ class _Watch:
                     self._cond.wait(self._due[0][0] - now if self._due else None)
                 sink = heapq.heappop(self._due)[2]
             # In the call's context: the kill's log lines carry the trace id of the call that outlived its timeout.
-            caller_context([sink]).run(_late, sink)
+            context = getattr(sink, "context", None)  # (an abandoned call's; a stream's unread limit has none)
+            (context.copy() if context is not None else contextvars.Context()).run(_late, sink)
             del sink  # (the sink of a worker since gone goes now, not with the next deadline)
 
 
-def _late(sink: AbandonedSink) -> None:
+def _late(sink: Due) -> None:
     try:
         sink.late()
     except Exception:  # (one failed kill, e.g. no fork left for the restart, must not end every deadline)
