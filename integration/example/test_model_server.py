@@ -232,7 +232,7 @@ COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
         (COMPLETIONS, {"prompt": "hi"}, "model", f"E5010: the request names no model: set 'model' to one of {CHARS}, "
          f"{WORDS}"),
         (COMPLETIONS, {"model": WORDS, "prompt": [], "max_tokens": 2}, "prompt", "E5010: prompt is an empty list: "
-         "send at least one prompt"),
+         'send at least one prompt (vLLM: "please provide at least one prompt")'),
         (COMPLETIONS, {"model": WORDS, "prompt": "hi", "temperature": "hot", "n": 3}, "temperature", "E5010: "
          "temperature must be a number from 0 to 2, got 'hot'; n must be 1 (these models write one choice per "
          "prompt), got 3: fix the request body"),

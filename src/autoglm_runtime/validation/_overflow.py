@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestError
+from autoglm_runtime.errors import ContextWindowExceededError
 
 if TYPE_CHECKING:
     from autoglm_runtime.validation.request import GuardInput
 
-__all__ = ["empty_error", "output_error", "overflow_error"]
+__all__ = ["output_error", "overflow_error"]
 
 
 def overflow_error(
@@ -51,14 +51,4 @@ def output_error(output: int, window: int, output_param: str) -> ContextWindowEx
         f"tokens, more than the context window of {window} tokens on its own: lower {output_param} to at most "
         f"{window} minus the input's tokens",
         param=output_param,
-    )
-
-
-def empty_error(request: GuardInput) -> InvalidRequestError:
-    """E5010 for input that holds no token: the backend refuses an empty prompt."""
-    where = request.param or "the input"
-    return InvalidRequestError(
-        f'{where} holds no token for the model to read, and the backend cannot run an empty prompt (vLLM: "The '
-        'decoder prompt cannot be empty"): send some input',
-        param=request.param,
     )

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Literal
 
 from autoglm_runtime.errors import InvalidRequestError, UsageError
 from autoglm_runtime.validation._counting import _BATCH_CHARS, _MIN_CHUNK_CHARS, BOUNDARY_SLACK, TokenCounter, _memo
-from autoglm_runtime.validation._overflow import empty_error, output_error
+from autoglm_runtime.validation._overflow import output_error
 from autoglm_runtime.validation._word_bounds import WordBound
 from autoglm_runtime.validation.limits import Limits, LimitsSource, StaticLimits, TruncationSide
 from autoglm_runtime.validation.request import Chat, GuardInput, GuardResult, Segment, segments_of
@@ -168,13 +168,13 @@ context window of 4 tokens: shorten the input or lower max_tokens
         """Count ``text`` (a prompt, or a request's segments such as each message's content) against the window.
 
         The input must leave room for ``max_output_tokens`` (``default_output_tokens`` when ``None``) and nothing
-        more, and may be empty: ``check`` counts. :meth:`judge` judges a request as a generating backend runs it (room
-        for at least one output token, no empty prompt).
+        more: ``check`` counts. :meth:`judge` judges a request as a generating backend runs it (room for at least
+        one output token).
         ``allow_truncation=False`` rejects even when the limits enable truncation (for callers that cannot pass
         a truncated input on). Raises :class:`ContextWindowExceededError` or :class:`InputDecodeError`.
         """
         counted = GuardInput(text, max_output_tokens, param, min_output_tokens=0)
-        return self._judge_under(counted, self._limits.current(), allow_truncation, allow_empty=True)
+        return self._judge_under(counted, self._limits.current(), allow_truncation)
 
     def judge(self, request: GuardInput, *, allow_truncation: bool = True) -> GuardResult:
         """Judge a whole request described by ``request`` (batch prompts, pinned pieces, chat messages)."""
@@ -187,12 +187,10 @@ context window of 4 tokens: shorten the input or lower max_tokens
         plain.tokenizer = self.prompt_tokenizer
         return plain
 
-    def _judge_under(
-        self, request: GuardInput, limits: Limits, allow_truncation: bool, *, allow_empty: bool = False
-    ) -> GuardResult:
+    def _judge_under(self, request: GuardInput, limits: Limits, allow_truncation: bool) -> GuardResult:
         """:meth:`judge` under ``limits`` (the current ones, or the backend's own cut's: see ``_kept``)."""
         if not request.add_special_tokens and request.chat is None and self.prompt_tokenizer is not self.tokenizer:
-            return self._plain._judge_under(request, limits, allow_truncation, allow_empty=allow_empty)
+            return self._plain._judge_under(request, limits, allow_truncation)
         output = self.default_output_tokens if request.max_output_tokens is None else request.max_output_tokens
         if isinstance(output, bool) or not isinstance(output, int) or output < 0:
             raise InvalidRequestError(
@@ -221,7 +219,7 @@ context window of 4 tokens: shorten the input or lower max_tokens
                 self, request, segments, output, limits, truncating=limits.truncate_on_overflow and allow_truncation
             )
         if not request.batch:
-            return self._judge_one(request, segments, output, limits, allow_truncation, allow_empty=allow_empty)
+            return self._count_one(request, segments, output, limits, allow_truncation)
         shared = [segment for index, segment in enumerate(segments) if index in request.pinned]
         prompts = [segment for index, segment in enumerate(segments) if index not in request.pinned]
         results = []
@@ -237,9 +235,7 @@ context window of 4 tokens: shorten the input or lower max_tokens
                     pinned=frozenset(range(1, len(shared) + 1)),
                     batch=False,
                 )
-                results.append(
-                    self._judge_one(one, [prompt, *shared], output, limits, allow_truncation, allow_empty=allow_empty)
-                )
+                results.append(self._count_one(one, [prompt, *shared], output, limits, allow_truncation))
         finally:
             _memo.reset(token)
         judged = iter(r.segments[0] for r in results)
@@ -264,25 +260,6 @@ context window of 4 tokens: shorten the input or lower max_tokens
                 if chars >= _BATCH_CHARS:
                     break
         memo.update(zip(batch, self.encode_many(batch), strict=True))
-
-    def _judge_one(
-        self,
-        request: GuardInput,
-        segments: list[Segment],
-        output: int,
-        limits: Limits,
-        allow_truncation: bool,
-        *,
-        allow_empty: bool,
-    ) -> GuardResult:
-        result = self._count_one(request, segments, output, limits, allow_truncation)
-        # vLLM refuses a prompt of no token. Without a template a chat's own tokens are unknown, and a body with no
-        # input field is not a prompt the guard knows: both are let through.
-        if result.input_tokens == 0 and not allow_empty:
-            known = self.chat_template is not None if request.chat is not None else bool(segments)
-            if known:
-                raise empty_error(request)
-        return result
 
     def _count_one(
         self, request: GuardInput, segments: list[Segment], output: int, limits: Limits, allow_truncation: bool

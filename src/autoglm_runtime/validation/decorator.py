@@ -88,7 +88,7 @@ def guarded(
                 for piece in [text] if isinstance(text, str) else text:
                     if isinstance(piece, str):
                         decoder.check_text(piece, param=text_arg)
-                # Judged as a request to the model: room for the token it writes, no empty prompt (as a chat is).
+                # Judged as a request to the model: room for the token it writes (as a chat is).
                 result = guard.judge(GuardInput(text, max_tokens, text_arg))
                 if result.truncated:
                     bound.arguments[text_arg] = result.text if isinstance(text, str) else list(result.segments)
