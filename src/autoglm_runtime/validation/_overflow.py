@@ -1,5 +1,4 @@
-"""The E0513 errors of the context-window guard, worded as OpenAI words them (clients look for the phrase), and the
-E5010 of an empty prompt."""
+"""The E0513 errors of the context-window guard, worded as OpenAI words them (clients look for the phrase)."""
 
 from __future__ import annotations
 
