@@ -234,9 +234,11 @@ class AbandonedSink:
 
 
 class Due(Protocol):
-    """A deadline of the watch thread: :meth:`late` runs on it at the deadline; ``method`` names it in logs."""
+    """A deadline of the watch thread: :meth:`late` runs on it at the deadline, in ``context`` (a copy) when it has
+    one (a call's: the kill's log lines carry its trace id); ``method`` names it in logs."""
 
     method: str
+    context: contextvars.Context | None
 
     def late(self) -> None: ...
 
@@ -285,8 +287,7 @@ class _Watch:
                     self._cond.wait(self._due[0][0] - now if self._due else None)
                 sink = heapq.heappop(self._due)[2]
             # In the call's context: the kill's log lines carry the trace id of the call that outlived its timeout.
-            context = getattr(sink, "context", None)  # (an abandoned call's; a stream's unread limit has none)
-            (context.copy() if context is not None else contextvars.Context()).run(_late, sink)
+            caller_context([sink]).run(_late, sink)
             del sink  # (the sink of a worker since gone goes now, not with the next deadline)
 
 
@@ -299,7 +300,7 @@ def _late(sink: Due) -> None:
         )
 
 
-def caller_context(sinks: Iterable[Sink]) -> contextvars.Context:
+def caller_context(sinks: Iterable[Sink | Due]) -> contextvars.Context:
     """A copy of the context of the first of ``sinks`` that has one (an empty one if none has), for a thread that is
     not the caller's to run what it logs about those calls in: the lines then carry the call's trace id. A copy, as
     a context runs on one thread at a time and the reader and watch threads may both use a call's at once."""

@@ -5,6 +5,7 @@ control (the worker runs at most ``WINDOW`` chunks ahead) and an early close; th
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import threading
@@ -190,6 +191,8 @@ class _Unread:
     """Gives a stream up once a chunk waited unread for ``unread`` s: looked at every ``unread`` s on the watch thread
     (no cost per chunk), it closes the stream when a chunk waited at both of two looks and none was taken between.
     It holds the stream only weakly: a stream dropped meanwhile is closed by its ``__del__``."""
+
+    context: contextvars.Context | None = None  # (no call's: what it logs names the stream's method)
 
     def __init__(self, state: _StreamState, queued: Callable[[], int], unread: float) -> None:
         self.method = state.method
