@@ -15,7 +15,6 @@ process that ended leave at the next copy any process makes::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -25,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Protocol
 
+from autoglm_runtime._fork import after_fork_in_child
 from autoglm_runtime.errors import UsageError
 from autoglm_runtime.observability._dead_processes import NOT_EXPORTED, reap_dead_processes
 from autoglm_runtime.observability._metrics import METRICS_AVAILABLE
@@ -97,14 +97,11 @@ class _Mirrored:
 _mirrored = _Mirrored()
 
 
+@after_fork_in_child
 def _forget_parent() -> None:
     """In a forked child: its files are its own (empty), and the parent's lock may have been held at the fork."""
     global _mirrored
     _mirrored = _Mirrored()
-
-
-with contextlib.suppress(AttributeError):  # no fork on this platform
-    os.register_at_fork(after_in_child=_forget_parent)
 
 
 class _HealthExporter:
