@@ -142,10 +142,17 @@ class TraceContextFilter(logging.Filter):
             if getattr(record, "error_code", None) is None and (code := _exception_code(record)) is not None:
                 record.error_code = code
             if record.exc_info or record.stack_info:
-                # (what prepare's format will merge: a traceback formatted before, by an earlier handler, or now)
-                traceback = record.exc_text or (_PLAIN.formatException(record.exc_info) if record.exc_info else None)
-                record.__dict__[_DETACHED] = (record.getMessage(), traceback, record.stack_info)
+                # (arguments that do not fit the message raise: the handler reports that, as without the filter)
+                with contextlib.suppress(Exception):
+                    record.__dict__[_DETACHED] = _detached(record)
         return True
+
+
+def _detached(record: logging.LogRecord) -> tuple[str, str | None, str | None]:
+    """What a QueueHandler's prepare is about to merge: the message, the traceback (formatted before, by an earlier
+    handler's formatter, else as its own default formatter will) and the stack."""
+    traceback = record.exc_text or (_PLAIN.formatException(record.exc_info) if record.exc_info else None)
+    return record.getMessage(), traceback, record.stack_info
 
 
 def _merged(message: str, traceback: str | None, stack: str | None) -> str:

@@ -171,3 +171,27 @@ def test_a_message_rewritten_after_the_filter_keeps_the_rewrite_and_loses_only_t
     (line, *_) = _through_a_queue(_log_a_traceback_and_a_stack, _Redact())
     assert line["message"] == "rejected <key>"
     assert str(line["exception"]).startswith("Traceback (most recent call last):\n")
+
+
+def test_a_message_whose_arguments_do_not_fit_is_reported_by_the_handler_not_raised_to_the_caller() -> None:
+    reported: list[str] = []
+
+    class Reporting(logging.handlers.QueueHandler):
+        def handleError(self, record: logging.LogRecord) -> None:
+            reported.append(str(record.msg))
+
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    to_queue = Reporting(records)
+    to_queue.addFilter(TraceContextFilter())
+    log = logging.getLogger("autoglm_runtime.test_log_ids.unfit")
+    log.addHandler(to_queue)
+    log.propagate = False
+    try:
+        try:
+            raise ConfigValueError("key 'a' holds invalid JSON")
+        except ConfigValueError:
+            log.exception("rejected %s and %s", "models/a")  # noqa: PLE1206 (one argument short, on purpose)
+    finally:
+        log.removeHandler(to_queue)
+    assert reported == ["rejected %s and %s"]
+    assert records.empty()
