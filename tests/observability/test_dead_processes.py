@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -111,3 +112,68 @@ def test_a_pid_reused_while_its_ended_process_is_reaped_keeps_the_new_process_ga
     assert files == [f"gauge_liveall_{ended}.db"]  # (and nothing left aside)
     assert checks == 2
     assert gauges == exported
+
+
+def _chattr(flag: str, path: Path) -> bool:
+    try:
+        return subprocess.run(["chattr", flag, str(path)], capture_output=True, check=False).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+def test_a_file_that_cannot_be_moved_aside_is_logged_under_its_own_name(tmp_path: Path) -> None:
+    # A directory the server may no longer change (immutable here: root may write anywhere else): the ended
+    # process's file stays where it was, and is logged once by its own name, not by the one it was to be moved to.
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    ended = _ended(metrics)
+    code = """
+        import io, json, os, sys
+        from prometheus_client import Gauge
+        from autoglm_runtime.logging import configure_json_logging
+        from autoglm_runtime.observability._dead_processes import reap_dead_processes
+
+        stream = io.StringIO()
+        configure_json_logging("WARNING", stream=stream)
+        Gauge("own", "a gauge", registry=None, multiprocess_mode="liveall").set(1)
+        print("ready", flush=True)
+        sys.stdin.readline()  # (the directory is immutable now)
+        unreaped = set()
+        for _ in range(2):
+            reap_dead_processes(os.environ["PROMETHEUS_MULTIPROC_DIR"], unreaped)
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        print(json.dumps([sorted(unreaped), [[line["error_code"], line["message"]] for line in lines]]))
+    """
+    reaper = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)},
+    )
+    try:
+        assert reaper.stdout is not None
+        assert reaper.stdout.readline() == "ready\n"
+        if not _chattr("+i", metrics):
+            pytest.skip("chattr +i is not available here (no e2fsprogs, a file system without it, no capability)")
+        out, _ = reaper.communicate("\n", timeout=120)
+        files = sorted(os.listdir(metrics))
+    finally:
+        _chattr("-i", metrics)
+        if reaper.poll() is None:
+            reaper.kill()
+            reaper.wait()
+    assert reaper.returncode == 0
+    unreaped, logged = json.loads(out)
+    assert unreaped == [ended]
+    path = metrics / f"gauge_liveall_{ended}.db"
+    assert logged == [
+        [
+            "E0004",
+            f"the live gauges of process {ended}, which ended, cannot be removed from {metrics} ([Errno 1] Operation "
+            f"not permitted: '{path}'): its last values stay in the exposition; make the directory writable by "
+            f"this server, or remove {metrics}/gauge_live*_{ended}.db",
+        ]
+    ]
+    assert path.name in files
+    assert not [name for name in files if "reaping" in name]

@@ -91,6 +91,8 @@ def _remove(path: str, pid: int, running: Callable[[int], bool]) -> None:
         os.rename(path, aside)
     except FileNotFoundError:  # another process, or the server's hook, removed it first
         return
+    except OSError as exc:  # (said of the file the operator knows, not of the name it was to be moved to)
+        raise OSError(exc.errno, exc.strerror, path) from exc
     if running(pid):
         _put_back(aside, path)
         return
