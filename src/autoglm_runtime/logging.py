@@ -170,7 +170,7 @@ def _split(merged: str, detached: tuple[str, str | None, str | None]) -> str:
     if merged == _merged(message, traceback, stack):
         return message
     tail = _merged("", traceback, stack)
-    if merged.endswith(tail):
+    if tail and merged.endswith(tail):
         return merged[: -len(tail)]
     return merged  # a queue handler with a formatter of its own: what it wrote stays as it wrote it
 
