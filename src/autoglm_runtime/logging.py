@@ -8,14 +8,16 @@ The library only attaches a ``NullHandler`` to the ``autoglm_runtime`` logger; a
         log.warning("drift corrected", extra={"error_code": "E0409", "key": "models/a"})
 
 Every line is one JSON object with ``level``, ``timestamp`` (UTC, RFC 3339), ``module``, ``error_code``,
-``message``, ``trace_id`` and ``span_id`` when known, and every ``extra`` field. The ids come from the active
+``message``, ``trace_id`` and ``span_id`` when known, every ``extra`` field, and ``exception`` (a logged exception's
+traceback) and ``stack`` (``stack_info=True``) when there is one. The ids come from the active
 OpenTelemetry span when there is one (with opentelemetry-api installed), else ``trace_id`` from
 :func:`bind_trace_id`, so one id ties a request's log lines to its trace.
 
 The formatter reads those ids from the context it runs in. Behind a ``logging.handlers.QueueHandler`` it runs on
 the ``QueueListener``'s thread instead of the request's, so put a :class:`TraceContextFilter` on the queue handler:
 it captures the ids (and the error code of a logged SDK exception) where the record is logged, and they travel
-with the record through the queue.
+with the record through the queue; it also keeps the traceback and stack apart from the message, which the queue
+handler merges, so a line through the queue reads as one written directly.
 """
 
 from __future__ import annotations
@@ -96,6 +98,11 @@ def describe_value(value: Any) -> dict[str, Any]:
 
 # Where TraceContextFilter leaves the ids of the context a record was logged in: (trace_id, span_id), either None.
 _CAPTURED = "_autoglm_ids"
+# Where it leaves, for a record with a traceback or a stack, (message, traceback, stack) as they were before a
+# QueueHandler's prepare merged the last two into the first (and dropped exc_info and stack_info).
+_DETACHED = "_autoglm_detached"
+# The formatter QueueHandler.prepare formats with when it has none: the traceback it merges is this one's.
+_PLAIN = logging.Formatter()
 
 
 def _context_ids() -> tuple[str | None, str | None]:
@@ -113,8 +120,10 @@ class TraceContextFilter(logging.Filter):
     trace ids of the caller's context, and the E-code of a logged SDK exception. Never drops a record.
 
     Needed where formatting happens elsewhere: ``logging.handlers.QueueHandler`` hands records to a
-    ``QueueListener`` thread, outside the request's context, and drops ``exc_info`` on the way. A handler's filters
-    run in the caller's thread, so put this one on the queue handler::
+    ``QueueListener`` thread, outside the request's context, and on the way merges a traceback (and a stack) into
+    the message and drops ``exc_info``. The filter keeps them apart too, so that the line has its ``message``,
+    ``exception`` and ``stack`` fields as when written directly. A handler's filters run in the caller's thread,
+    so put this one on the queue handler::
 
         import logging.handlers, queue
         from autoglm_runtime.logging import JsonFormatter, TraceContextFilter
@@ -132,7 +141,38 @@ class TraceContextFilter(logging.Filter):
             record.__dict__[_CAPTURED] = _context_ids()
             if getattr(record, "error_code", None) is None and (code := _exception_code(record)) is not None:
                 record.error_code = code
+            if record.exc_info or record.stack_info:
+                # (arguments that do not fit the message raise: the handler reports that, as without the filter)
+                with contextlib.suppress(Exception):
+                    record.__dict__[_DETACHED] = _detached(record)
         return True
+
+
+def _detached(record: logging.LogRecord) -> tuple[str, str | None, str | None]:
+    """What a QueueHandler's prepare is about to merge: the message, the traceback (formatted before, by an earlier
+    handler's formatter, else as its own default formatter will) and the stack."""
+    traceback = record.exc_text or (_PLAIN.formatException(record.exc_info) if record.exc_info else None)
+    return record.getMessage(), traceback, record.stack_info
+
+
+def _merged(message: str, traceback: str | None, stack: str | None) -> str:
+    """The message as ``logging.Formatter.format`` appends a traceback and a stack to it."""
+    for part in (traceback, stack):
+        if part:
+            message = (message if message[-1:] == "\n" else message + "\n") + part
+    return message
+
+
+def _split(merged: str, detached: tuple[str, str | None, str | None]) -> str:
+    """The message of a record whose traceback or stack a QueueHandler merged into it, without them: as logged, or
+    as a later filter of the queue handler rewrote it (a redaction), when only the merged tail can be cut."""
+    message, traceback, stack = detached
+    if merged == _merged(message, traceback, stack):
+        return message
+    tail = _merged("", traceback, stack)
+    if tail and merged.endswith(tail):
+        return merged[: -len(tail)]
+    return merged  # a queue handler with a formatter of its own: what it wrote stays as it wrote it
 
 
 def _rfc3339(created: float) -> str:
@@ -164,6 +204,12 @@ class JsonFormatter(logging.Formatter):
             "error_code": error_code,
             "message": record.getMessage(),
         }
+        traceback = self.formatException(record.exc_info) if record.exc_info else None
+        stack = self.formatStack(record.stack_info) if record.stack_info else None
+        detached = record.__dict__.get(_DETACHED)
+        if detached is not None and traceback is None and stack is None:  # (a QueueHandler merged them)
+            entry["message"] = _split(entry["message"], detached)
+            traceback, stack = detached[1], detached[2]
         # Captured where the record was logged (TraceContextFilter), else this context is the caller's.
         trace_id, span_id = record.__dict__.get(_CAPTURED) or _context_ids()
         if trace_id is not None:
@@ -173,8 +219,10 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _RECORD_ATTRS and not key.startswith("_") and key not in entry:
                 entry[key] = _jsonable(value)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+        if traceback is not None:
+            entry["exception"] = traceback
+        if stack is not None:
+            entry["stack"] = stack
         return json.dumps(entry, ensure_ascii=False)
 
 

@@ -441,6 +441,54 @@ def test_an_exporter_made_again_for_the_same_source_adds_only_what_is_new(tmp_pa
     assert run(DRIFT + textwrap.dedent(code), {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}) == [3.0, 5.0]
 
 
+def test_a_new_source_on_the_same_root_adds_its_whole_count_however_far_past_the_old_one(tmp_path: Path) -> None:
+    # The last counts were shared by every source of a series: a new client on the old one's root whose count
+    # (5) was past the old one's (3) at its first mirror added only the difference (exported 5 for 3 + 5), and
+    # two clients of one root mirrored in turn took each other's counts for their own.
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    code = """
+        old = Client()
+        old.drift = 3
+        with ConfigMetrics(old, multiprocess=True, interval=3600):
+            pass
+        exported_once = exported()
+        new = Client()
+        new.drift = 5
+        with ConfigMetrics(new, multiprocess=True, interval=3600) as new_metrics:
+            pass
+        after_new = exported()
+        old_metrics = ConfigMetrics(old, multiprocess=True)
+        old.drift, new.drift = 4, 7
+        old_metrics.mirror()
+        new_metrics.mirror()
+        print(json.dumps([exported_once, after_new, exported()]))
+    """
+    exported = run(DRIFT + textwrap.dedent(code), {"PROMETHEUS_MULTIPROC_DIR": str(metrics)})
+    assert exported == [3.0, 8.0, 11.0]
+
+
+def test_a_source_without_weak_references_is_counted_by_its_exporter(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    code = """
+        class Slotted:
+            __slots__ = ("drift",)
+            root = "/p"
+            def health(self):
+                return {"drift_corrected": self.drift}
+
+        client = Slotted()
+        client.drift = 3
+        exporter = ConfigMetrics(client, multiprocess=True)
+        exporter.mirror()
+        client.drift = 5
+        exporter.mirror()
+        print(json.dumps(exported()))
+    """
+    assert run(DRIFT + textwrap.dedent(code), {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}) == 5.0
+
+
 def test_a_child_forked_while_a_mirror_held_the_lock_mirrors_its_own_files(tmp_path: Path) -> None:
     # The exporters of a process share one lock: a child forked while a mirror held it (a preloading server's
     # master exporting as it forks) must not wait for it for ever, nor start from its parent's counts.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from collections.abc import Callable
 
 __all__ = ["NOT_EXPORTED", "reap_dead_processes"]
 
@@ -17,8 +18,20 @@ _log = logging.getLogger("autoglm_runtime.observability")
 NOT_EXPORTED = "E0004"
 
 
-def reap_dead_processes(directory: str, unreaped: set[int]) -> None:
-    """``mark_process_dead`` for each process whose live gauges are in ``directory`` but that no longer runs.
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def reap_dead_processes(directory: str, unreaped: set[int], running: Callable[[int], bool] = _running) -> None:
+    """``mark_process_dead`` for each process whose live gauges are in ``directory`` but that no longer runs
+    (``running`` tells, by pid), without losing the file of a new process given the same pid meanwhile
+    (see :func:`_remove`).
 
     A file that cannot be removed (permissions, an I/O error) is logged once per process (``unreaped`` remembers
     which) and tried again at the next call; the others are removed all the same.
@@ -29,8 +42,6 @@ def reap_dead_processes(directory: str, unreaped: set[int]) -> None:
     """
     if os.name != "posix":  # (os.kill(pid, 0) asks whether a process runs on POSIX only)
         return
-    from prometheus_client.multiprocess import mark_process_dead
-
     own = os.getpid()
     pids: set[int] = set()
     found_own = False
@@ -40,16 +51,15 @@ def reap_dead_processes(directory: str, unreaped: set[int]) -> None:
             return  # a process_identifier other than the pid: whether it runs cannot be told
         pid = int(identifier)
         found_own = found_own or pid == own
-        if pid != own and not _running(pid):
+        if pid != own and not running(pid):
             pids.add(pid)
     if not found_own:
         return
     unreaped &= pids  # (files removed since, by another process or by hand)
     for pid in sorted(pids):
         try:
-            mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
-        except FileNotFoundError:  # another process, or the server's hook, removed it first
-            pass
+            for path in glob.glob(os.path.join(glob.escape(directory), f"gauge_live*_{pid}.db")):
+                _remove(path, pid, running)
         except OSError as exc:
             if pid not in unreaped:
                 _log.warning(
@@ -66,11 +76,41 @@ def reap_dead_processes(directory: str, unreaped: set[int]) -> None:
         unreaped.discard(pid)
 
 
-def _running(pid: int) -> bool:
+def _remove(path: str, pid: int, running: Callable[[int], bool]) -> None:
+    """Remove ``path``, a live gauges file of ``pid`` found ended, unless a new process given ``pid`` has it open.
+
+    Such a process opens the file under its old name (its name too) and writes its gauges there: removed then,
+    they would be missing from the exposition for as long as it runs. So the file is first moved aside, out of the
+    exposition (prometheus_client reads ``*.db`` files only) and out of reach (a process that opens the name from
+    then on makes a file of its own). If ``pid`` runs again by then, the file may be that process's and goes
+    back (unless the process made its own since: the file moved aside is then the ended one's); if not, no
+    process can have it open, and it is removed.
+    """
+    aside = f"{path}.reaping-{os.getpid()}"
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+        os.rename(path, aside)
+    except FileNotFoundError:  # another process, or the server's hook, removed it first
+        return
+    except OSError as exc:  # (said of the file the operator knows, not of the name it was to be moved to)
+        raise OSError(exc.errno, exc.strerror, path) from exc
+    if running(pid):
+        _put_back(aside, path)
+        return
+    try:
+        os.remove(aside)
+    except OSError as exc:
+        _put_back(aside, path)  # (exported as before: logged, and tried again at the next mirror)
+        raise OSError(exc.errno, exc.strerror, path) from exc
+
+
+def _put_back(aside: str, path: str) -> None:
+    """Move ``aside`` back to ``path``, unless a file is there by now (then ``aside`` is removed)."""
+    try:
+        os.link(aside, path)  # (fails, unlike a rename, if a new process made its own file there since)
+    except FileExistsError:
+        pass
+    except OSError:  # no hard link here (a file system without them, or a directory)
+        if not os.path.lexists(path):
+            os.rename(aside, path)
+            return
+    os.remove(aside)

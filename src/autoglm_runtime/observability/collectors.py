@@ -15,15 +15,16 @@ process that ended leave at the next copy any process makes::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Protocol
 
+from autoglm_runtime._fork import after_fork_in_child
 from autoglm_runtime.errors import UsageError
 from autoglm_runtime.observability._dead_processes import NOT_EXPORTED, reap_dead_processes
 from autoglm_runtime.observability._metrics import METRICS_AVAILABLE
@@ -70,26 +71,37 @@ class _Mirrored:
     copy under (:meth:`_HealthExporter.mirror` is public and the thread calls it too).
 
     One metric object per name: prometheus_client's file-backed values cache their number per object, so two
-    objects of one series would overwrite each other's writes. One last count per counter series: an exporter
-    made again for the same source (after another stopped) adds only what is new, not the whole count again."""
+    objects of one series would overwrite each other's writes. One last count per source (a client, a loader)
+    and counter series: an exporter made again for the same source (after another stopped) adds only what is
+    new, not the whole count again, and one for a new source on the same root adds all of that source's count,
+    however far past the old one's it already is."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.metrics: dict[str, Any] = {}
-        self.last: dict[tuple[str, tuple[str, ...]], float] = {}
+        self.last: dict[int, dict[tuple[str, tuple[str, ...]], float]] = {}  # by id() of a live source
+
+    def last_counts(self, source: object) -> dict[tuple[str, tuple[str, ...]], float] | None:
+        """The last counts copied from ``source``, kept while it lives; ``None`` for a source that cannot be
+        weakly referenced (its exporter keeps its own)."""
+        counts = self.last.get(id(source))
+        if counts is None:
+            try:
+                weakref.finalize(source, self.last.pop, id(source), None)  # (before its id can be reused)
+            except TypeError:
+                return None
+            counts = self.last[id(source)] = {}
+        return counts
 
 
 _mirrored = _Mirrored()
 
 
+@after_fork_in_child
 def _forget_parent() -> None:
     """In a forked child: its files are its own (empty), and the parent's lock may have been held at the fork."""
     global _mirrored
     _mirrored = _Mirrored()
-
-
-with contextlib.suppress(AttributeError):  # no fork on this platform
-    os.register_at_fork(after_in_child=_forget_parent)
 
 
 class _HealthExporter:
@@ -98,14 +110,23 @@ class _HealthExporter:
     _families: tuple[Family, ...]
     _thread_name: str
 
-    def __init__(self, read: Callable[[], list[Sample]], registry: Any, interval: float, multiprocess: bool | None):
+    def __init__(
+        self,
+        source: object,
+        read: Callable[[], list[Sample]],
+        registry: Any,
+        interval: float,
+        multiprocess: bool | None,
+    ):
         if not METRICS_AVAILABLE:
             raise UsageError(
                 "metrics need prometheus-client: install autoglm-runtime[metrics] (or pip install prometheus-client)"
             )
         if interval <= 0:
             raise UsageError(f"interval must be a positive number of seconds, got {interval}")
+        self._source = source
         self._read = read
+        self._own_last: dict[tuple[str, tuple[str, ...]], float] = {}  # (a source without weak references)
         import prometheus_client
 
         self._registry = registry if registry is not None else prometheus_client.REGISTRY
@@ -176,6 +197,9 @@ class _HealthExporter:
 
     def _mirror(self) -> None:
         written: set[tuple[str, tuple[str, ...]]] = set()
+        last = _mirrored.last_counts(self._source)
+        if last is None:
+            last = self._own_last
         for name, labels, value in self._read():
             metric = self._metric(name)
             if metric is None:
@@ -185,10 +209,10 @@ class _HealthExporter:
             if name in self._gauges:
                 metric.labels(*labels).set(value)
                 continue
-            previous = _mirrored.last.get(key, 0.0)
+            previous = last.get(key, 0.0)
             # A smaller count is a new client or worker counting from zero again: all of it is new.
             delta = value - previous if value >= previous else value
-            _mirrored.last[key] = value
+            last[key] = value
             # The series is written at 0 too (making the child does): one appearing at its first increment
             # would hide that increment from increase() and rate(), and so from the alerting rules.
             child = metric.labels(*labels)
@@ -202,7 +226,7 @@ class _HealthExporter:
             if name in self._gauges:
                 self._metric(name).labels(*labels).set(math.nan)
             else:
-                _mirrored.last.pop(key, None)
+                last.pop(key, None)
         self._written = written
 
     @property
@@ -323,7 +347,7 @@ class ConfigMetrics(_HealthExporter):
         self, client: ConfigSource, *, registry: Any = None, interval: float = 5.0, multiprocess: bool | None = None
     ) -> None:
         self.client = client
-        super().__init__(lambda: config_samples(client.root, client.health()), registry, interval, multiprocess)
+        super().__init__(client, lambda: config_samples(client.root, client.health()), registry, interval, multiprocess)
 
     def __enter__(self) -> ConfigMetrics:
         self.start()
@@ -343,7 +367,7 @@ class ModelMetrics(_HealthExporter):
         self, loader: ModelSource, *, registry: Any = None, interval: float = 5.0, multiprocess: bool | None = None
     ) -> None:
         self.loader = loader
-        super().__init__(lambda: worker_samples(loader.health()), registry, interval, multiprocess)
+        super().__init__(loader, lambda: worker_samples(loader.health()), registry, interval, multiprocess)
 
     def __enter__(self) -> ModelMetrics:
         self.start()

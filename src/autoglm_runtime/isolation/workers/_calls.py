@@ -14,13 +14,14 @@ import contextvars
 import heapq
 import itertools
 import logging
-import os
 import queue
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
+
+from autoglm_runtime._fork import after_fork_in_child
 
 _log = logging.getLogger("autoglm_runtime.isolation.workers.process")
 
@@ -311,14 +312,11 @@ def caller_context(sinks: Iterable[Sink | Due]) -> contextvars.Context:
 _watch = _Watch()
 
 
+@after_fork_in_child
 def _forget_parent() -> None:
     """In a forked child: the parent's watch thread does not run here, and its deadlines are the parent's."""
     global _watch
     _watch = _Watch()
-
-
-with contextlib.suppress(AttributeError):  # no fork on this platform
-    os.register_at_fork(after_in_child=_forget_parent)
 
 
 class StreamSink:

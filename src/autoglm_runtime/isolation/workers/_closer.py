@@ -19,6 +19,8 @@ import sys
 import threading
 from collections.abc import Callable
 
+from autoglm_runtime._fork import after_fork_in_child
+
 __all__ = ["CLOSE_WAIT", "close_dropped", "dropped", "ensure_started", "pid"]
 
 #: How long a stream's ``__del__`` waits for the closer thread to close it (in the normal case microseconds).
@@ -98,6 +100,7 @@ def _run() -> None:
             done.set()
 
 
+@after_fork_in_child
 def _forget_parent() -> None:
     """In a forked child: the parent's closer thread does not run here, and the closes it had queued are the
     parent's (run here, they would cancel the parent's calls on the sockets both share, or wait for ever for a
@@ -107,7 +110,3 @@ def _forget_parent() -> None:
     _queue = queue.SimpleQueue()
     _thread = None
     _start_lock = threading.Lock()  # (held at the fork by a thread that does not exist here)
-
-
-with contextlib.suppress(AttributeError):  # no fork on this platform
-    os.register_at_fork(after_in_child=_forget_parent)

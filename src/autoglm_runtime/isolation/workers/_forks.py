@@ -14,10 +14,10 @@ failure nor a restart). Streams the child inherited stay the parent's (see ``str
 
 from __future__ import annotations
 
-import contextlib
-import os
 import weakref
 from typing import Protocol
+
+from autoglm_runtime._fork import after_fork_in_child
 
 __all__ = ["Inherited", "track", "track_worker"]
 
@@ -44,6 +44,7 @@ def track(owner: Inherited) -> None:
     _owners.add(owner)
 
 
+@after_fork_in_child
 def _in_child() -> None:
     failed: Exception | None = None
     for inherited in [*_workers, *_owners]:  # workers first: owners start threads that use them
@@ -53,7 +54,3 @@ def _in_child() -> None:
             failed = failed or exc
     if failed is not None:
         raise failed  # reported by os.fork as unraisable, once every other object forgot its parent
-
-
-with contextlib.suppress(AttributeError):  # no fork on this platform
-    os.register_at_fork(after_in_child=_in_child)
