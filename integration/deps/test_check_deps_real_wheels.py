@@ -90,6 +90,7 @@ def test_why_shows_a_requirement_reached_through_an_extra(
                     "requested_by": ["model 'b' (httpx[socks]==0.27.0)"],
                 }
             ],
+            "unrequested_extras": [],
         }
     ]
 
