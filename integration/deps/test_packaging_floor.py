@@ -14,15 +14,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from integration._helpers import UV, uv_pip_install
 
 import autoglm_runtime
 from autoglm_runtime.cli import main
-from autoglm_runtime.testing.zookeeper import fail_in_ci_else_skip
 
 pytestmark = pytest.mark.slow
 
 FLOOR = "23.2"
-UV = Path(sys.executable).with_name("uv")
 # The code under test is this process's autoglm_runtime (a worktree's src, say), not the one -I would import.
 RUNNER = """
 import sys
@@ -39,15 +38,7 @@ OURS = str(Path(autoglm_runtime.__file__).parent.parent)
 def old_packaging(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding only ``packaging`` at the floor version (from uv's cache, else the index)."""
     target = tmp_path_factory.mktemp("packaging-floor")
-    done = subprocess.run(
-        [str(UV), "pip", "install", "-q", "--target", str(target), f"packaging=={FLOOR}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        message = f"packaging=={FLOOR} could not be installed (no cache and no index?): {done.stderr.strip()}"
-        fail_in_ci_else_skip(message)
+    uv_pip_install("--target", target, f"packaging=={FLOOR}")
     return target
 
 
