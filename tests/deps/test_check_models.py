@@ -114,6 +114,21 @@ def test_model_vs_host_never_says_another_model_s_own_requirement_pulled_the_ver
     }
 
 
+def test_a_model_s_extra_against_another_model_s_own_requirement_is_a_clash_not_a_chain() -> None:
+    env = environment(dist("httpx", "0.27", ["rich<13; extra == 'cli'"], extras=["cli"]), dist("rich", "13.1"))
+    report = check_probed(env, [model("m", "httpx[cli]"), model("o", "rich>=13")])
+    assert _found(report) == [
+        (
+            "model-vs-host",
+            ("m",),
+            "model 'm' requires httpx[cli], whose extra 'cli' needs rich<13, but rich 13.1 is installed; model 'o' "
+            "needs rich>=13, so model 'm' cannot share an environment with it",
+        )
+    ]
+    assert report.findings[0].details["chain"] == []
+    assert report.findings[0].details["models_excluding"] == {"o": "rich>=13"}
+
+
 def test_model_vs_host_chain_from_a_root_distribution_or_none() -> None:
     env = environment(dist("pandas", "2.1.4", ["numpy<2"]), dist("numpy", "1.26.4"), dist("lone", "1.0"))
     report = check_probed(env, [model("b", "numpy>=2", "lone>1")])

@@ -172,11 +172,15 @@ class RequirementGraph:
             )
         else:
             why = ", which no installed distribution requires" if rivals else ", which nothing else requires"
-        if rivals:
-            needs = " and ".join(f"model '{m}' needs {r}" for m, r in rivals.items())
-            them = "it" if len(rivals) == 1 else "them"
-            why += f"; {needs}, so model '{model}' cannot share an environment with {them}"
-        return why, details
+        return why + self._rivals_text(model, rivals), details
+
+    @staticmethod
+    def _rivals_text(model: str, rivals: Mapping[str, str]) -> str:
+        """The end of a message naming the other models whose own requirements exclude ``model``'s range."""
+        if not rivals:
+            return ""
+        needs = " and ".join(f"model '{m}' needs {r}" for m, r in rivals.items())
+        return f"; {needs}, so model '{model}' cannot share an environment with {'it' if len(rivals) == 1 else 'them'}"
 
     def _rivals(self, model: str, key: str, wanted: SpecifierSet) -> dict[str, str]:
         """The other models whose own requirements on ``key`` exclude ``wanted``: model -> requirement text."""
@@ -263,6 +267,9 @@ class RequirementGraph:
         chain = self._chain(models[0], dep_key, dep.specifier) if models else None
         why = f", pulled in by {' -> '.join(chain)}" if chain else ""
         more: dict[str, object] = {}
+        if models:
+            more["models_excluding"] = rivals = self._rivals(models[0], dep_key, dep.specifier)
+            why += self._rivals_text(models[0], rivals)
         if not models and requirer is not None:  # a distribution's extra: the models that need that distribution
             via = f"{dist.name}[{extra}] {dist.version}"
             why, models, more = self._between_models(requirer, dep, installed, via=via)
