@@ -32,6 +32,7 @@ def test_a_model_contradicting_itself_is_a_finding_of_its_own() -> None:
     ]
     assert report.exit_code == 1
     assert report.findings[0].details == {"requirements": ["beta<2", "Beta>=2"]}
+    assert report.findings[0].hint == "fix the requirements of model 'm' on beta (they contradict each other)"
 
 
 def test_forty_models_give_one_finding_per_clashing_camp_not_per_pair() -> None:
