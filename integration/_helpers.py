@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 from kazoo.client import KazooClient
 
-from autoglm_runtime.testing.zookeeper import ZooKeeperUnavailableError, backend_order, skip_or_fail
+from autoglm_runtime.testing.zookeeper import (
+    ZooKeeperUnavailableError,
+    backend_order,
+    fail_in_ci_else_skip,
+    skip_or_fail,
+)
+
+#: The uv installed with the test environment (the ``uv`` extra).
+UV = Path(sys.executable).with_name("uv")
+#: Seconds a ``uv pip install`` from the package index may take before the test gives up on the index.
+INDEX_TIMEOUT = 300.0
+
+
+def _uv_cache() -> str | None:
+    """uv's cache directory as the user's environment sets it, read when the tests are collected: before a
+    fixture points ``XDG_CACHE_HOME`` (where uv keeps its cache too) at a test's own directory."""
+    try:
+        done = subprocess.run([str(UV), "cache", "dir"], capture_output=True, text=True, check=False, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+UV_CACHE = _uv_cache()
 
 #: How this project's tests get a container engine where Docker is missing (added to the container backend's skips).
 CONTAINER_HINT = (
@@ -36,3 +63,27 @@ def skip_or_fail_zookeeper(exc: ZooKeeperUnavailableError) -> NoReturn:
     if backend_order() == ("container",):
         exc = ZooKeeperUnavailableError(f"{exc.message} {CONTAINER_HINT}")
     skip_or_fail(exc)
+
+
+def uv_pip_install(*args: str | Path) -> None:
+    """``uv pip install -q ARGS`` for a test that needs real wheels: from uv's cache alone when it holds them
+    (``--offline``: no network, about 0.3 s), else from the package index (``UV_INDEX_URL`` or PyPI). The cache is
+    the user's (``UV_CACHE`` above), also in a test whose check-deps caches live in its own ``XDG_CACHE_HOME``.
+
+    When neither can, the test fails under ``CI`` and is skipped elsewhere, with uv's own error either way: a CI
+    machine without the index and without a warm cache never passes by skipping what it did not run.
+    """
+    argv = [str(UV), "pip", "install", "-q", *map(str, args)]
+    env = {**os.environ, "UV_CACHE_DIR": UV_CACHE} if UV_CACHE else None
+    if subprocess.run([*argv, "--offline"], capture_output=True, check=False, env=env).returncode == 0:
+        return
+    command = f"uv pip install {' '.join(map(str, args))}"
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False, env=env, timeout=INDEX_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        fail_in_ci_else_skip(f"{command}: not in uv's cache, and the package index did not answer in {INDEX_TIMEOUT} s")
+    if done.returncode != 0:
+        fail_in_ci_else_skip(
+            f"{command}: not in uv's cache, and not installable from the package index (is it reachable?): "
+            f"{done.stderr.strip()[-600:]}"
+        )

@@ -100,3 +100,15 @@ def _modules_of(distribution: str) -> set[str]:
         for module, distributions in importlib.metadata.packages_distributions().items()
         if distribution in distributions
     }
+
+
+def test_gitignore_ignores_a_venv_symlink_as_well_as_a_venv_directory() -> None:
+    # ``.venv/`` matches directories only: a ``.venv`` symlink to an environment elsewhere would be added by
+    # ``git add -A``. git matches the patterns itself here (``--no-index``: whether the path is tracked aside).
+    patterns = (ROOT / ".gitignore").read_text().splitlines()
+    assert ".venv" in patterns
+    done = subprocess.run(
+        ["git", "check-ignore", "--no-index", "-q", ".venv"], cwd=ROOT, capture_output=True, check=False
+    )
+    assert done.returncode in (0, 128), done.stderr  # 128: not a git checkout (an sdist), the patterns above hold
+    assert done.returncode != 1  # 1: git does not ignore it

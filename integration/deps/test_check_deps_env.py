@@ -250,7 +250,8 @@ def test_models_against_the_environment(env: Env) -> None:
         (
             "model-vs-host",
             ("c",),
-            "model 'c' needs pandas>=3 but the environment has pandas 2.1.4, pulled in by model a -> pandas==2.1.4",
+            "model 'c' needs pandas>=3 but the environment has pandas 2.1.4, which no installed distribution "
+            "requires; model 'a' needs pandas==2.1.4, so model 'c' cannot share an environment with it",
         ),
         ("missing", ("c",), "model 'c' requires absent-model-lib>=1, but absent-model-lib is not installed"),
         (
@@ -295,15 +296,17 @@ def test_cli_json_with_a_requirements_file(env: Env, capsys: pytest.CaptureFixtu
             "severity": "error",
             "packages": ["pandas"],
             "models": ["extra-reqs.txt"],
-            "message": "model 'extra-reqs.txt' needs pandas<2 but the environment has pandas 2.1.4, pulled in by "
-            "model a -> pandas==2.1.4",
+            "message": "model 'extra-reqs.txt' needs pandas<2 but the environment has pandas 2.1.4, which no "
+            "installed distribution requires; model 'a' needs pandas==2.1.4, so model 'extra-reqs.txt' cannot share "
+            "an environment with it",
             "hint": "load model 'extra-reqs.txt' isolated in its own environment, or change the environment so "
             "that pandas matches '<2'",
             "details": {
                 "requirement": "pandas<2",
                 "installed": "2.1.4",
-                "chain": ["model a", "pandas==2.1.4"],
+                "chain": [],
                 "excluded_by": [],
+                "models_excluding": {"a": "pandas==2.1.4"},
             },
         }
     )

@@ -15,31 +15,24 @@ import sys
 from pathlib import Path
 
 import pytest
+from integration._helpers import UV, uv_pip_install
 from tests.deps._check_data import model_dir
 
 from autoglm_runtime.cli import main
-from autoglm_runtime.testing.zookeeper import fail_in_ci_else_skip
 
 pytestmark = pytest.mark.slow
 
-UV = Path(sys.executable).with_name("uv")
 STUBS = "types-requests==2.32.0.20240914"
-
-
-def _uv(*args: str | Path) -> None:
-    done = subprocess.run([str(UV), *map(str, args)], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        fail_in_ci_else_skip(f"uv {' '.join(map(str, args))} failed (no package index?): {done.stderr.strip()[-400:]}")
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("real-wheels")
     venv = root / "venv"
-    _uv("venv", "-q", "--python", sys.executable, venv)
+    subprocess.run([str(UV), "venv", "-q", "--python", sys.executable, str(venv)], check=True)
     python = venv / "bin" / "python"
-    _uv("pip", "install", "-q", "--python", python, "kubernetes==28.1.0", "httpx[socks]==0.27.0")
-    _uv("pip", "install", "-q", "--python", python, "--no-deps", STUBS)
+    uv_pip_install("--python", python, "kubernetes==28.1.0", "httpx[socks]==0.27.0")
+    uv_pip_install("--python", python, "--no-deps", STUBS)
     return python, model_dir(root, "a", "kubernetes==28.1.0"), model_dir(root, "b", STUBS, "httpx[socks]==0.27.0")
 
 
@@ -90,6 +83,7 @@ def test_why_shows_a_requirement_reached_through_an_extra(
                     "requested_by": ["model 'b' (httpx[socks]==0.27.0)"],
                 }
             ],
+            "unrequested_extras": [],
         }
     ]
 
@@ -120,10 +114,10 @@ def test_a_constraint_with_extras_is_refused_as_pip_refuses_it(
 def test_a_wheel_reinstalled_with_other_tags_is_seen_by_a_warm_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # WHEEL is not in the probe cache's stamp: a reinstall writes a new metadata directory (new mtimes), so
+    # WHEEL is not in the probe cache's stamp: a reinstall writes the metadata directory anew (new mtimes), so
     # a cached description is never reused for it. Here the directory is stamped old (trusted: checked by one
-    # stat per stamped file, no listing) before pip puts a wheel of the same version for another Python there.
-    _uv("venv", "-q", "--python", sys.executable, tmp_path / "venv")
+    # stat per stamped file, no listing) before uv puts a wheel of the same version for another Python there.
+    subprocess.run([str(UV), "venv", "-q", "--python", sys.executable, str(tmp_path / "venv")], check=True)
     python = tmp_path / "venv" / "bin" / "python"
     site = subprocess.run(
         [str(python), "-I", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
@@ -136,23 +130,18 @@ def test_a_wheel_reinstalled_with_other_tags_is_seen_by_a_warm_run(
     minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
     other = "3.12" if minor != "3.12" else "3.11"
 
-    def pip_target(version: str, *more: str) -> None:
-        done = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--target", str(target), "--python-version", version,
-             "--only-binary=:all:", "--no-deps", *more, "markupsafe==2.1.5"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            fail_in_ci_else_skip(f"pip could not download markupsafe 2.1.5 (no package index?): {done.stderr[-400:]}")
+    def install(version: str, *more: str) -> None:
+        uv_pip_install("--target", target, "--python-version", version, "--only-binary", ":all:", "--no-deps", *more,
+                       "markupsafe==2.1.5")  # fmt: skip
 
-    pip_target(minor)
+    install(minor)
     old = 1_600_000_000
     for path in [target, *target.rglob("*")]:
         os.utime(path, (old, old))
     for _ in range(2):  # the second run reads every description from the cache
         assert main(["check-deps", "--python", str(python), "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["findings"] == []
-    pip_target(other, "--upgrade")
+    install(other, "--upgrade")
     assert main(["check-deps", "--python", str(python), "--json"]) == 1
     (finding,) = json.loads(capsys.readouterr().out)["findings"]
     assert finding["kind"] == "unsupported-wheel"

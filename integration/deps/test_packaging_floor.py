@@ -14,37 +14,31 @@ import sys
 from pathlib import Path
 
 import pytest
+from integration._helpers import UV, uv_pip_install
 
+import autoglm_runtime
 from autoglm_runtime.cli import main
-from autoglm_runtime.testing.zookeeper import fail_in_ci_else_skip
 
 pytestmark = pytest.mark.slow
 
 FLOOR = "23.2"
-UV = Path(sys.executable).with_name("uv")
+# The code under test is this process's autoglm_runtime (a worktree's src, say), not the one -I would import.
 RUNNER = """
 import sys
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
 import packaging
-assert packaging.__version__ == sys.argv[2], packaging.__file__
+assert packaging.__version__ == sys.argv[3], packaging.__file__
 from autoglm_runtime.cli import main
-sys.exit(main(sys.argv[3:]))
+sys.exit(main(sys.argv[4:]))
 """
+OURS = str(Path(autoglm_runtime.__file__).parent.parent)
 
 
 @pytest.fixture(scope="module")
 def old_packaging(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding only ``packaging`` at the floor version (from uv's cache, else the index)."""
     target = tmp_path_factory.mktemp("packaging-floor")
-    done = subprocess.run(
-        [str(UV), "pip", "install", "-q", "--target", str(target), f"packaging=={FLOOR}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        message = f"packaging=={FLOOR} could not be installed (no cache and no index?): {done.stderr.strip()}"
-        fail_in_ci_else_skip(message)
+    uv_pip_install("--target", target, f"packaging=={FLOOR}")
     return target
 
 
@@ -94,7 +88,7 @@ def test_check_deps_on_the_packaging_floor_equals_the_current_packaging(
     python, site, models = odd_env
     argv = ["check-deps", *map(str, models), "--python", str(python), "--json"]
     done = subprocess.run(
-        [sys.executable, "-I", "-c", RUNNER, str(old_packaging), FLOOR, *argv],
+        [sys.executable, "-I", "-c", RUNNER, str(old_packaging), OURS, FLOOR, *argv],
         capture_output=True,
         text=True,
         check=False,
@@ -113,8 +107,9 @@ def test_check_deps_on_the_packaging_floor_equals_the_current_packaging(
         (
             "model-vs-host",
             ["newer"],
-            "model 'newer' needs bad>=2 but the environment has bad 1.0-foo-bar, pulled in by model pinned -> "
-            "bad===1.0-foo-bar",
+            "model 'newer' needs bad>=2 but the environment has bad 1.0-foo-bar; no installed distribution "
+            "excludes bad>=2 (user 1.0 (bad>=0.5) accepts it), so bad can be changed to match; model 'pinned' needs "
+            "bad===1.0-foo-bar, so model 'newer' cannot share an environment with it",
         ),
         ("incompatible", [], "rc-normal 1.0 requires rc===1.0.0rc1, but rc 1.0.0-RC1 is installed"),
         ("incompatible", [], "user 1.0 requires bad>=0.5, but bad 1.0-foo-bar is installed"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from packaging.requirements import InvalidRequirement, Requirement
-from tests.deps._check_data import SITE, WIN39, dist, environment
+from tests.deps._check_data import SITE, WIN39, dist, environment, model
 
 from autoglm_runtime.deps.check import check_probed
 from autoglm_runtime.deps.installed import check_installed
@@ -36,6 +36,17 @@ def test_missing_and_incompatible_as_pip_check_judges() -> None:
         ("missing", ("a", "c"), "a 1.0 requires c, but c is not installed"),
         ("incompatible", ("a", "b"), "a 1.0 requires b>=2, but b 1.5 is installed"),
         ("incompatible", ("a", "rc"), "a 1.0 requires rc<2.0, but rc 2.0rc1 is installed"),
+    ]
+
+
+def test_a_requirement_listed_twice_is_one_requirement_as_for_pip_check() -> None:
+    # huggingface_hub 2.4's METADATA has 'Requires-Dist: fastapi; extra == "all"' twice (and others so).
+    hub = dist("hub", "2.4", ["absent>=1", "absent>=1", 'fastapi; extra == "all"', 'fastapi; extra == "all"'],
+               extras=["all"])  # fmt: skip
+    report = check_probed(environment(hub), [model("m", "hub[all]")])
+    assert [(f.kind, f.message) for f in report.findings] == [
+        ("missing", "hub 2.4 requires absent>=1, but absent is not installed"),
+        ("missing-extra", "model 'm' requires hub[all], whose extra 'all' needs fastapi, but fastapi is not installed"),
     ]
 
 

@@ -66,7 +66,67 @@ def test_model_vs_host_chain_prefers_other_models() -> None:
         "installed": "1.26.4",
         "chain": ["model a", "pandas 2.1.4", "numpy<2"],
         "excluded_by": ["pandas 2.1.4 (numpy<2)"],
+        "models_excluding": {},
     }
+
+
+def test_model_vs_host_never_says_another_model_s_own_requirement_pulled_the_version_in() -> None:
+    # examples/model_server: words-numpy1 pins numpy 1.26, chars-numpy2 needs numpy 2; the environment has
+    # numpy 2 for transformers' sake (numpy>=1.17), not for chars-numpy2, which is only checked, not installed.
+    env = environment(dist("numpy", "2.4.6"), dist("transformers", "5.24.0", ["numpy>=1.17"]), dist("lone", "1.0"))
+    models = [model("chars-numpy2", "numpy>=2,<3", "lone>=1"), model("words-numpy1", "numpy>=1.26,<1.27", "lone<1")]
+    report = check_probed(env, models)
+    assert _found(report) == [
+        (
+            "cross-model",
+            ("chars-numpy2", "words-numpy1"),
+            "model 'words-numpy1' needs lone<1 but model 'chars-numpy2' needs lone>=1: they cannot share one "
+            "environment; load them isolated",
+        ),
+        (
+            "cross-model",
+            ("chars-numpy2", "words-numpy1"),
+            "model 'words-numpy1' needs numpy<1.27,>=1.26 but model 'chars-numpy2' needs numpy<3,>=2: they cannot "
+            "share one environment; load them isolated",
+        ),
+        (
+            "model-vs-host",
+            ("words-numpy1",),
+            "model 'words-numpy1' needs lone<1 but the environment has lone 1.0, which no installed distribution "
+            "requires; model 'chars-numpy2' needs lone>=1, so model 'words-numpy1' cannot share an environment with "
+            "it",
+        ),
+        (
+            "model-vs-host",
+            ("words-numpy1",),
+            "model 'words-numpy1' needs numpy<1.27,>=1.26 but the environment has numpy 2.4.6; no installed "
+            "distribution excludes numpy<1.27,>=1.26 (transformers 5.24.0 (numpy>=1.17) accepts it), so numpy can be "
+            "changed to match; model 'chars-numpy2' needs numpy<3,>=2, so model 'words-numpy1' cannot share an "
+            "environment with it",
+        ),
+    ]
+    assert report.findings[3].details == {
+        "requirement": "numpy<1.27,>=1.26",
+        "installed": "2.4.6",
+        "chain": [],
+        "excluded_by": [],
+        "models_excluding": {"chars-numpy2": "numpy<3,>=2"},
+    }
+
+
+def test_a_model_s_extra_against_another_model_s_own_requirement_is_a_clash_not_a_chain() -> None:
+    env = environment(dist("httpx", "0.27", ["rich<13; extra == 'cli'"], extras=["cli"]), dist("rich", "13.1"))
+    report = check_probed(env, [model("m", "httpx[cli]"), model("o", "rich>=13")])
+    assert _found(report) == [
+        (
+            "model-vs-host",
+            ("m",),
+            "model 'm' requires httpx[cli], whose extra 'cli' needs rich<13, but rich 13.1 is installed; model 'o' "
+            "needs rich>=13, so model 'm' cannot share an environment with it",
+        )
+    ]
+    assert report.findings[0].details["chain"] == []
+    assert report.findings[0].details["models_excluding"] == {"o": "rich>=13"}
 
 
 def test_model_vs_host_chain_from_a_root_distribution_or_none() -> None:
@@ -173,7 +233,8 @@ def test_extra_requirements_are_a_pseudo_model() -> None:
         (
             "model-vs-host",
             ("m",),
-            "model 'm' needs a<1 but the environment has a 1.0, pulled in by model extra-requirements -> a>=1",
+            "model 'm' needs a<1 but the environment has a 1.0, which no installed distribution requires; model "
+            "'extra-requirements' needs a>=1, so model 'm' cannot share an environment with it",
         ),
     ]
 

@@ -32,6 +32,7 @@ def test_a_model_contradicting_itself_is_a_finding_of_its_own() -> None:
     ]
     assert report.exit_code == 1
     assert report.findings[0].details == {"requirements": ["beta<2", "Beta>=2"]}
+    assert report.findings[0].hint == "fix the requirements of model 'm' on beta (they contradict each other)"
 
 
 def test_forty_models_give_one_finding_per_clashing_camp_not_per_pair() -> None:
@@ -112,6 +113,7 @@ def test_why_names_installed_requirers_and_models_with_their_ranges() -> None:
         "required_by": [],
         "models": [],
         "through_extras": [],
+        "unrequested_extras": [],
     }
 
 
@@ -140,6 +142,38 @@ def test_why_follows_requested_extras_and_says_who_requests_them() -> None:
         "requirement": "socksio>=0.5",
         "requested_by": ["httpx 0.27.0's extra 'http2' (h2[tls])"],
     }
+
+
+def test_why_a_distribution_only_an_unrequested_extra_would_bring_says_it_is_not_required() -> None:
+    env = environment(
+        dist("socksio", "1.0"),
+        dist("httpx", "0.27.0", ['socksio==1.*; extra == "socks"', 'h2>=4; extra == "http2"'],
+             extras=["socks", "http2"]),
+        dist("hub", "2.4", ['socksio; extra == "all"', 'socksio; extra == "all"', 'socksio; extra == "dev"'],
+             extras=["all", "dev"]),
+        dist("h2", "4.1"),
+        dist("client", "1.0", ['httpx[socks]; extra == "proxy"'], extras=["proxy"]),  # its extra: not requested
+    )  # fmt: skip
+    answer = explain("socksio", env, _plain(model("m", "httpx[http2]")))
+    assert answer.render() == (
+        "why socksio (1.0 installed):\n"
+        "  nothing installed and no model requires it\n"
+        "  not required: httpx 0.27.0 requires socksio==1.* only for its extra 'socks', which nothing installed and "
+        "no model requests\n"
+        "  not required: hub 2.4 requires socksio only for its extras 'all', 'dev', which nothing installed and no "
+        "model requests\n"
+    )
+    assert answer.to_json()["through_extras"] == []
+    assert answer.to_json()["unrequested_extras"] == [
+        {"requirer": "httpx 0.27.0", "extras": ["socks"], "requirement": "socksio==1.*"},
+        {"requirer": "hub 2.4", "extras": ["all", "dev"], "requirement": "socksio"},
+    ]
+    requested = explain("socksio", env, _plain(model("m", "hub[all]")))
+    assert requested.render() == (
+        "why socksio (1.0 installed):\n"
+        "  hub 2.4 requires socksio for its extra 'all', which model 'm' (hub[all]) requests\n"
+    )
+    assert requested.to_json()["unrequested_extras"] == []  # something requires it: the answer is that
 
 
 def test_cli_plan_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

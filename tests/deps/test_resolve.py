@@ -50,6 +50,7 @@ def test_a_transitive_conflict_is_found_only_by_resolving(
     assert "\n" not in conflict
     assert len(found[1]["details"]["explanation"]) <= 600
     assert found[0]["message"].startswith("model 'c' cannot be installed from the given sources: ")
+    assert found[0]["hint"] == "change the requirements of model 'c', or add the distributions it needs to the sources"
 
 
 def test_trim_keeps_one_line_without_labels() -> None:

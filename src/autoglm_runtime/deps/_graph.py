@@ -24,13 +24,14 @@ def shortest_chain(
     roots: Iterable[str],
     target: str,
     labels: Mapping[str, str],
-    accept: Callable[[Requirement], bool] = lambda req: True,
+    accept: Callable[[str, Requirement], bool] = lambda node, req: True,
 ) -> list[str] | None:
     """The shortest path from any of ``roots`` to ``target``, as labels ending with the last requirement.
 
     ``["model a", "pandas 2.1.4", "numpy<2"]`` reads "model a requires pandas 2.1.4, which requires
-    numpy<2". Only a last requirement that ``accept`` allows ends a chain (one the installed version
-    satisfies, so the chain explains it). Roots are tried in order; the first shortest chain wins.
+    numpy<2". Only a last requirement that ``accept`` allows, given the node that requires it, ends a chain
+    (one the installed version satisfies, so the chain explains it). Roots are tried in order; the first
+    shortest chain wins.
     """
     best: list[str] | None = None
     for root in roots:
@@ -42,7 +43,7 @@ def shortest_chain(
         while queue and found is None:
             node = queue.popleft()
             for dep, req in edges.get(node, ()):
-                if dep == target and accept(req):
+                if dep == target and accept(node, req):
                     found, last = req, node
                     break
                 if dep not in seen:

@@ -232,11 +232,15 @@ def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
     label = f"{name} {version}".strip() or where
     if version and isinstance(dist.parsed_version, str) and not _is_pep440(version):
         errors.append(f"{label} has an invalid version {version!r} (not PEP 440)")
+    seen: set[str] = set()
     for text in raw.get("requires", []):
         parsed = _requirement(str(text))
         if isinstance(parsed, str):
             errors.append(f"{label} has an invalid requirement {text!r} ({parsed})")
             continue
+        if text in seen:  # huggingface_hub 2.4 lists 'fastapi; extra == "all"' twice: one requirement, as for pip
+            continue
+        seen.add(text)
         dist.requires.append(parsed)
     python = raw.get("requires_python")
     if python:

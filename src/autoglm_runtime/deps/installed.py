@@ -103,7 +103,8 @@ class RequirementGraph:
                 needed_by[name] = [*to_requirer[:-1], self.labels[requirer], *([via] if via else []), req_text(req)]
         if not needed_by:
             return "", (), {}
-        holder = self._chain(None, dist.key, req.specifier, last=tuple(needed_by))
+        # Here a model's own requirement may end the chain: it conflicts with what the others need.
+        holder = self._chain(None, dist.key, req.specifier, last=tuple(needed_by), held=False)
         needs = " and ".join(" -> ".join(chain) for chain in needed_by.values())
         models = set(needed_by)
         if holder is None:
@@ -113,15 +114,23 @@ class RequirementGraph:
             models.update(m for m in self.models if holder[0] == f"model {m}")
         return why, tuple(sorted(models)), {"needed_by": needed_by, "chain": holder or []}
 
-    def _chain(self, model: str | None, key: str, wanted: SpecifierSet, last: tuple[str, ...] = ()) -> list[str] | None:
+    def _chain(
+        self, model: str | None, key: str, wanted: SpecifierSet, last: tuple[str, ...] = (), *, held: bool = True
+    ) -> list[str] | None:
         """Why ``key``'s installed version is there and not one in ``wanted``: the shortest chain, from
         another model than ``model`` if one leads to it (of equal chains, one from a model not in ``last``), else
         from a root, whose last requirement the installed version satisfies and which excludes every version in
         ``wanted``.
+
+        ``held``: the last requirement must be an installed distribution's, so that the chain says what holds
+        the version in the environment. A model's own requirement holds nothing there (the models checked
+        are not installed, only compared): it is a clash between models, which ``cross-model`` reports.
         """
         version = self.env.winners[key].parsed_version
 
-        def accept(req: Requirement) -> bool:
+        def accept(node: str, req: Requirement) -> bool:
+            if held and node not in self.env.winners:
+                return False
             return satisfies(req.specifier, version) and disjoint(req.specifier, wanted)
 
         models = [f"model {m}" for m in sorted(self.models, key=lambda m: (m in last, m)) if m != model]
@@ -147,7 +156,8 @@ class RequirementGraph:
         installed version, and its details."""
         chain = self._chain(model, key, wanted)
         excluding, accepting = self._holders(key, wanted)
-        details: dict[str, object] = {"chain": chain or [], "excluded_by": excluding}
+        rivals = self._rivals(model, key, wanted)
+        details: dict[str, object] = {"chain": chain or [], "excluded_by": excluding, "models_excluding": rivals}
         if chain is not None:
             why = f", pulled in by {' -> '.join(chain)}"
             others = [h for h in excluding if not h.startswith(chain[-2] + " (")] if len(chain) > 1 else excluding
@@ -161,8 +171,25 @@ class RequirementGraph:
                 f"{'accepts' if len(accepting) == 1 else 'accept'} it), so {req.name} can be changed to match"
             )
         else:
-            why = ", which nothing else requires"
-        return why, details
+            why = ", which no installed distribution requires" if rivals else ", which nothing else requires"
+        return why + self._rivals_text(model, rivals), details
+
+    @staticmethod
+    def _rivals_text(model: str, rivals: Mapping[str, str]) -> str:
+        """The end of a message naming the other models whose own requirements exclude ``model``'s range."""
+        if not rivals:
+            return ""
+        needs = " and ".join(f"model '{m}' needs {r}" for m, r in rivals.items())
+        return f"; {needs}, so model '{model}' cannot share an environment with {'it' if len(rivals) == 1 else 'them'}"
+
+    def _rivals(self, model: str, key: str, wanted: SpecifierSet) -> dict[str, str]:
+        """The other models whose own requirements on ``key`` exclude ``wanted``: model -> requirement text."""
+        rivals: dict[str, str] = {}
+        for name, reqs in sorted(self.models.items()):
+            clashing = [r for r in reqs if canonical(r.name) == key and disjoint(admitted(r), wanted)]
+            if name != model and clashing:
+                rivals[name] = req_text(clashing[0])
+        return rivals
 
     def _model_vs_host(self, where: str, model: str, req: Requirement, dist: InstalledDist) -> Finding:
         wanted = admitted(req)
@@ -240,6 +267,9 @@ class RequirementGraph:
         chain = self._chain(models[0], dep_key, dep.specifier) if models else None
         why = f", pulled in by {' -> '.join(chain)}" if chain else ""
         more: dict[str, object] = {}
+        if models:
+            more["models_excluding"] = rivals = self._rivals(models[0], dep_key, dep.specifier)
+            why += self._rivals_text(models[0], rivals)
         if not models and requirer is not None:  # a distribution's extra: the models that need that distribution
             via = f"{dist.name}[{extra}] {dist.version}"
             why, models, more = self._between_models(requirer, dep, installed, via=via)

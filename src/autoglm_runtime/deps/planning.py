@@ -117,7 +117,7 @@ def contradictions(models: Sequence[ModelRequirements], markers: Mapping[str, st
                         models=(name,),
                         message=f"model '{name}' needs {' and '.join(_texts(terms))}: no version of "
                         f"{key} satisfies all of them, so the model cannot be installed in any environment",
-                        hint=f"fix model '{name}''s requirements on {key} (they contradict each other)",
+                        hint=f"fix the requirements of model '{name}' on {key} (they contradict each other)",
                         details={"requirements": _texts(terms)},
                     )
                 )

@@ -126,7 +126,8 @@ def resolve_models(
                 packages=(),
                 models=(model.name,),
                 message=f"model '{model.name}' cannot be installed from the given sources: {trim(why)}",
-                hint=f"change model '{model.name}''s requirements, or add the distributions it needs to the sources",
+                hint=f"change the requirements of model '{model.name}', or add the distributions it needs to the "
+                "sources",
                 details={"requirements": [req_text(r) for r in model.requirements], "explanation": trim(why)},
             )
         )

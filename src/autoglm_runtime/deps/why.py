@@ -6,7 +6,8 @@ print(answer.render())
 
 A requirement that holds only through an extra (``socksio; extra == "socks"`` in httpx) is listed with the extra
 and with who requests that extra (``client 1.0 (httpx[socks]>=0.27)``, a model, or another extra), as pip
-installs it only then.
+installs it only then. One for an extra nothing requests requires nothing: it is listed apart, as not requested
+(whoever installed the distribution may have asked for the extra by hand: ``pip install 'httpx[socks]'``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class Why:
     required_by: tuple[tuple[str, str], ...]
     models: tuple[tuple[str, str], ...]
     through_extras: tuple[ThroughExtra, ...] = ()
+    #: (requirer, extras, requirement): when nothing requires it, the installed distributions that would for
+    #: extras nothing requests
+    unrequested_extras: tuple[tuple[str, tuple[str, ...], str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """``{"package", "installed", "required_by": [{"requirer", "requirement"}], "models": [...],
@@ -69,6 +73,9 @@ class Why:
                 }
                 for t in self.through_extras
             ],
+            "unrequested_extras": [
+                {"requirer": r, "extras": list(extras), "requirement": q} for r, extras, q in self.unrequested_extras
+            ],
         }
 
     def render(self) -> str:
@@ -80,6 +87,12 @@ class Why:
         lines += [f"  model '{model}' requires {req}" for model, req in self.models]
         if len(lines) == 1:
             lines.append("  nothing installed and no model requires it")
+        for requirer, extras, req in self.unrequested_extras:
+            named = ", ".join(f"'{e}'" for e in extras)
+            lines.append(
+                f"  not required: {requirer} requires {req} only for its extra{'s' if len(extras) > 1 else ''} "
+                f"{named}, which nothing installed and no model requests"
+            )
         return "\n".join(lines) + "\n"
 
 
@@ -96,17 +109,32 @@ def explain(package: str, env: ProbedEnvironment, models: Sequence[ModelRequirem
     )
     wanted = sorted((m.name, req_text(r)) for m in models for r in m.active(env.markers) if canonical(r.name) == key)
     through = []
-    for (provider, extra), requesters in sorted(_requested_extras(env, models).items()):
+    requested = _requested_extras(env, models)
+    for (provider, extra), requesters in sorted(requested.items()):
         dist = env.winners[provider]
         for req in _extra_only(env, dist.requires, extra):
             if canonical(req.name) == key:
                 through.append(ThroughExtra(dist.label, extra, req_text(req), tuple(sorted(requesters))))
+    # Asked about a distribution nothing requires, say which extras would (nobody asks for them): the answer to
+    # "why is it installed?" is then "by hand, or for one of these extras", never a chain through them.
+    unrequested: dict[tuple[str, str], list[str]] = {}
+    for dist in sorted(env.winners.values(), key=lambda d: d.key) if not (required_by or wanted or through) else ():
+        for extra in sorted({canonical(e) for e in dist.provides_extra}):
+            if (dist.key, extra) in requested:
+                continue
+            for req in _extra_only(env, dist.requires, extra):
+                if canonical(req.name) != key:
+                    continue
+                extras = unrequested.setdefault((dist.label, req_text(req)), [])
+                if extra not in extras:  # huggingface_hub 2.4 lists "fastapi; extra == 'all'" twice
+                    extras.append(extra)
     return Why(
         package=installed.name if installed else package,
         installed=installed.version if installed else None,
         required_by=tuple(required_by),
         models=tuple(wanted),
         through_extras=tuple(through),
+        unrequested_extras=tuple((who, tuple(extras), req) for (who, req), extras in unrequested.items()),
     )
 
 
