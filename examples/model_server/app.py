@@ -206,9 +206,8 @@ class _Handlers:
     async def health(self, _: Request) -> JSONResponse:
         config_health = self.config.health()  # a ConfigHealth dict, JSON-ready as is
         workers = self.loader.health()
-        # Connected is not enough: a server that started on its snapshot is connected before the tree is loaded.
-        following = config_health["connected"] and config_health["stale_seconds"] == 0.0
-        healthy = following and all(w["state"] == "ready" for w in workers.values())
+        # Not "connected": a server that started on its snapshot is connected before the tree is loaded.
+        healthy = config_health["following"] and all(w["state"] == "ready" for w in workers.values())
         limits = {name: source.current().as_dict() for name, source in sorted(self.limits.items())}
         # Each worker's health, and how the model is served: the [serving] table of its model.toml.
         models = {

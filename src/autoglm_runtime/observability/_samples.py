@@ -39,6 +39,13 @@ CONFIG_FAMILIES = (
         ("root",),
     ),
     Family("autoglm_config_connected", "gauge", "1 while the client runs and its session is CONNECTED.", ("root",)),
+    Family(
+        "autoglm_config_following",
+        "gauge",
+        "1 while the values served come from a completed load or resync of the source and the client follows it "
+        "(0 on the snapshot a start served, even once connected).",
+        ("root",),
+    ),
     Family("autoglm_config_state", "gauge", "1 for the client's lifecycle state, 0 for the others.", ("root", "state")),
     Family("autoglm_config_source", "gauge", "1 for where the cached values came from.", ("root", "source")),
     Family("autoglm_config_keys", "gauge", "Keys in the config cache.", ("root",)),
@@ -101,6 +108,7 @@ def config_samples(root: str, health: Mapping[str, Any]) -> list[Sample]:
     if confirmed is not None:
         samples.append(("autoglm_config_last_sync_timestamp_seconds", (root,), float(confirmed)))
     samples.append(("autoglm_config_connected", (root,), 1.0 if health.get("connected") else 0.0))
+    samples.append(("autoglm_config_following", (root,), 1.0 if health.get("following") else 0.0))
     samples.extend(("autoglm_config_state", (root, s), float(health.get("state") == s)) for s in _CONFIG_STATES)
     samples.extend(("autoglm_config_source", (root, s), float(health.get("source") == s)) for s in _CONFIG_SOURCES)
     samples.append(("autoglm_config_keys", (root,), float(health.get("keys", 0))))
