@@ -12,10 +12,12 @@ from integration.config._helpers import Factory, Until, j, kazoo_of
 from kazoo.client import KazooClient
 from kazoo.protocol.states import KazooState
 from kazoo.security import make_digest_acl
+from prometheus_client import CollectorRegistry
 
 from autoglm_runtime import ConfigChange
 from autoglm_runtime.config import ConfigHealth, read_snapshot
 from autoglm_runtime.errors import ConfigAccessError, ConfigUnavailableError, SnapshotError
+from autoglm_runtime.observability import ConfigMetrics
 from autoglm_runtime.testing.proxy import FaultProxy
 from autoglm_runtime.testing.zookeeper import ZooKeeperServer
 
@@ -267,3 +269,31 @@ def test_a_client_on_its_snapshot_is_connected_before_it_follows_zookeeper(
         0.0,
         2,
     )
+
+
+def test_denied_znodes_are_counted_in_a_gauge(
+    zk_hosts: str, protected_root: str, make_client: Factory, until: Until, clock: FakeClock
+) -> None:
+    gone = f"{protected_root}/gone"
+    registry = CollectorRegistry()
+    with kazoo_session(zk_hosts, start_timeout=10, auth_data=[("digest", "reader:s3cret")]) as owner:
+        owner.create(gone, j("hidden"), acl=[make_digest_acl("reader", "s3cret", all=True)])
+        client = make_client(zk_hosts, protected_root)
+        client.start(timeout=10, allow_denied=True)
+        with ConfigMetrics(client, registry=registry):
+            denied = registry.get_sample_value("autoglm_config_denied_znodes", {"root": protected_root})
+            assert (denied, client.health()["denied"]) == (2.0, [gone, f"{protected_root}/secret"])
+            owner.delete(gone)
+            clock.advance(34)  # the verification of the root's child list finds it gone
+            until(lambda: len(client.health()["denied"]) == 1, what="the deleted znode out of health()['denied']")
+            assert registry.get_sample_value("autoglm_config_denied_znodes", {"root": protected_root}) == 1.0
+
+
+def test_a_client_that_may_read_everything_exports_no_denied_znode(
+    zk_hosts: str, protected_root: str, make_client: Factory
+) -> None:
+    registry = CollectorRegistry()
+    client = make_client(zk_hosts, protected_root, auth=("digest", "reader:s3cret"))
+    client.start(timeout=10)
+    with ConfigMetrics(client, registry=registry):
+        assert registry.get_sample_value("autoglm_config_denied_znodes", {"root": protected_root}) == 0.0

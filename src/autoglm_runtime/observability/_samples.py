@@ -61,6 +61,13 @@ CONFIG_FAMILIES = (
         "1 while ZooKeeper says the configured root does not exist (a typo, or deleted).",
         ("root",),
     ),
+    Family(
+        "autoglm_config_denied_znodes",
+        "gauge",
+        "Znodes ZooKeeper refuses to let the client read (ACL, credentials): their keys keep their last known "
+        "values, or stay absent.",
+        ("root",),
+    ),
     Family("autoglm_config_resyncs", "counter", "Completed resyncs, by what caused them.", ("root", "reason")),
     Family(
         "autoglm_config_drift_corrected",
@@ -115,6 +122,8 @@ def config_samples(root: str, health: Mapping[str, Any]) -> list[Sample]:
     mode = health.get("watch_mode", "none")
     samples.extend(("autoglm_config_watch_mode", (root, m), float(mode == m)) for m in _WATCH_MODES)
     samples.append(("autoglm_config_root_missing", (root,), 1.0 if health.get("root_missing") else 0.0))
+    # A count, not a series per path: paths as labels would grow without bound and outlive their denial.
+    samples.append(("autoglm_config_denied_znodes", (root,), float(len(health.get("denied", ())))))
     # Every reason, always: a rate over a reason that never happened is 0, not absent.
     reasons = dict.fromkeys(_RESYNC_REASONS, 0) | dict(health.get("resync_reasons", {}))
     for reason, count in sorted(reasons.items()):
