@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -135,8 +135,10 @@ class ZooKeeperReader:
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
         #: The data size each znode had when last read: what its next data read may answer (multiRead plans).
-        #: The sync and reconciler threads share it without a lock: each use is one get, set or pop (atomic on a
-        #: dict), nothing iterates it, and a size another thread just changed misplans one batch at worst.
+        #: The sync and reconciler threads share it without a lock: each use is one get, set, pop or copy (atomic
+        #: on a dict), and a size another thread just changed misplans one batch at worst. Znodes found gone are
+        #: forgotten: read missing, removed with their parent (:meth:`forget_size`), or not reached by a full read
+        #: (:meth:`keep_sizes`: deleted during an outage, they are never read again).
         self._sizes: dict[str, int] = {}
 
     def next_seq(self) -> int:
@@ -197,6 +199,15 @@ class ZooKeeperReader:
             result.take(self.wait(kids), children=True)
         self._learn(result)
         return result
+
+    def forget_size(self, path: str) -> None:
+        """``path`` is gone: its size plans no read any more."""
+        self._sizes.pop(path, None)
+
+    def keep_sizes(self, paths: Container[str]) -> None:
+        """Forget the size of every znode not in ``paths`` (what a full read found)."""
+        for path in [p for p in self._sizes.copy() if p not in paths]:
+            self._sizes.pop(path, None)
 
     def _learn(self, result: ReadResult) -> None:
         if result.stat is not None:

@@ -111,6 +111,7 @@ class ZooKeeperSync:
             pending=self._pending,
             behind=self._guard.behind,
             loaded=self.loaded,
+            forget=self._reader.forget_size,
         )
         self._walker = TreeWalker(
             root=root, reader=self._reader, tree=self._tree, cache=cache, pending=self._pending, stopping=self._stopping
@@ -334,7 +335,7 @@ class ZooKeeperSync:
             if not self._guard.behind():
                 for key in self._cache.keys() - found:
                     self._cache.remove(key, seq=start_seq)
-                self._tree.prune(found, root=not root_missing)
+                self._reader.keep_sizes(self._tree.prune(found, root=not root_missing))
             self._status.source = "zookeeper"
             root_event = self._root_event
             self._root_event = False
