@@ -11,7 +11,8 @@ from kazoo.exceptions import ConnectionLoss, NoNodeError, UnimplementedError
 from kazoo.handlers.threading import SequentialThreadingHandler
 from kazoo.protocol.states import ZnodeStat
 
-from autoglm_runtime.config._reader import Interrupted, ZooKeeperReader
+from autoglm_runtime.config._reader import ZooKeeperReader
+from autoglm_runtime.config._results import Interrupted
 from autoglm_runtime.config._wire import GET_DATA, MAX_REQUEST_BYTES, MultiRead, SetWatches
 from autoglm_runtime.config.health import SyncStatus
 

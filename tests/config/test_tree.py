@@ -8,7 +8,7 @@ import threading
 import pytest
 from kazoo.protocol.states import ZnodeStat
 
-from autoglm_runtime.config._reader import ReadResult
+from autoglm_runtime.config._results import ReadResult
 from autoglm_runtime.config._tree import TreeApplier
 from autoglm_runtime.config._values import ValuePipeline
 from autoglm_runtime.config.cache import ConfigCache

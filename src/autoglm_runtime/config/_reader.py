@@ -41,6 +41,7 @@ from kazoo.exceptions import (
     UnimplementedError,
 )
 
+from autoglm_runtime.config._results import Interrupted, ReadResult
 from autoglm_runtime.config._wire import (
     GET_CHILDREN,
     GET_DATA,
@@ -56,7 +57,7 @@ from autoglm_runtime.config._wire import (
 )
 from autoglm_runtime.config.health import SyncStatus
 
-__all__ = ["BULK_MIN", "Interrupted", "ReadResult", "Spec", "ZooKeeperReader"]
+__all__ = ["BULK_MIN", "Spec", "ZooKeeperReader"]
 
 log = logging.getLogger("autoglm_runtime.config")
 
@@ -67,40 +68,8 @@ _MIN_REQUEST_BYTES = 16 * 1024
 _DROPS = (ConnectionLoss, ConnectionClosedError, SessionExpiredError)
 
 
-class Interrupted(Exception):
-    """The connection went away (or a read timed out) in the middle of a batch."""
-
-
 class _Downgrade(Exception):
     """The multiRead path cannot be used with this server or kazoo version; read znodes one by one."""
-
-
-class ReadResult:
-    """What one path's read found."""
-
-    __slots__ = ("children", "data", "denied", "missing", "path", "seq", "stat")
-
-    def __init__(self, path: str, seq: int) -> None:
-        self.path = path
-        self.seq = seq
-        self.data: bytes | None = None
-        self.stat: Any = None
-        self.children: list[str] | None = None
-        self.missing = False
-        self.denied = False
-
-    def take(self, value: Any, *, children: bool) -> None:
-        """Record one answer: a value, or a kazoo exception instance from a multiRead."""
-        if isinstance(value, NoNodeError):
-            self.missing = True
-        elif isinstance(value, NoAuthError):
-            self.denied = True
-        elif isinstance(value, BaseException):
-            raise Interrupted from value
-        elif children:
-            self.children = value
-        else:
-            self.data, self.stat = value
 
 
 class ZooKeeperReader:

@@ -1,6 +1,6 @@
 """Applying reads to the cache, and the bookkeeping of the tree they came from.
 
-:class:`TreeApplier` turns each :class:`~._reader.ReadResult` into cache changes: values go through the
+:class:`TreeApplier` turns each :class:`~._results.ReadResult` into cache changes: values go through the
 value pipeline (decode, validate, newest wins), a missing znode removes its subtree, a child list is
 diffed against the last one to find what to read next and what vanished. It remembers, per znode, the
 child list last read and the czxid of the incarnation last seen: a larger czxid means the znode was
@@ -16,8 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from autoglm_runtime.config._pending import PendingPaths
-from autoglm_runtime.config._reader import ReadResult, Spec
+from autoglm_runtime.config._results import ReadResult
 from autoglm_runtime.config._values import ValuePipeline
+from autoglm_runtime.config._wire import Spec
 from autoglm_runtime.config.cache import SNAPSHOT_SEQ, ConfigCache
 from autoglm_runtime.config.health import SyncStatus
 from autoglm_runtime.logging import describe_value
