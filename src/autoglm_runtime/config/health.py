@@ -73,7 +73,7 @@ class ConfigHealth(TypedDict):
     * ``following`` (bool): the values served come from a completed load or resync of the source and the
       client follows it now: running, connected, ``source`` "zookeeper" or "file" and ``stale_seconds`` 0.0.
       False while the snapshot a start served is still what the cache holds, during a resync, after a sync
-      failure and in every state but "running".
+      failure and in every state but "running". It says nothing of ``root_missing`` or ``denied``.
     * ``stale_seconds`` (float): 0.0 while the cache follows its source, and for a client that never
       loaded anything; otherwise seconds on the injected ``timer`` since it stopped following (first
       suspension, session loss, a sync failure, ``stop()``; for a start that served a snapshot, since the
