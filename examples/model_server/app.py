@@ -11,8 +11,9 @@
   two small n-gram models on numpy 1.26 and numpy 2, which cannot share a process, each in its own environment
   and worker (:class:`ModelLoader`).
 - ``/metrics`` is the Prometheus exposition: guard, model-call, config and worker metrics (docs/operations.md).
-- ``/health`` reports config connection and staleness, each model's limits, its workers' state and how it is
-  served (``serving``: replicas, concurrency, max_inflight, max_queue from its ``model.toml``; 503 when
+- ``/health`` reports config connection and staleness, each model's limits (``rejected_limits``: the config keys
+  whose value is refused now, each with why, while the last good value stays in force), its workers' state and how
+  it is served (``serving``: replicas, concurrency, max_inflight, max_queue from its ``model.toml``; 503 when
   degraded: the config is not following ZooKeeper -- disconnected, or still serving the snapshot a start during
   an outage served -- or a worker is not ready). Unknown paths and methods answer in OpenAI's error shape (404,
   405), as do unknown models (404 ``model_not_found``).
@@ -206,10 +207,11 @@ class _Handlers:
     async def health(self, _: Request) -> JSONResponse:
         config_health = self.config.health()  # a ConfigHealth dict, JSON-ready as is
         workers = self.loader.health()
-        # Connected is not enough: a server that started on its snapshot is connected before the tree is loaded.
-        following = config_health["connected"] and config_health["stale_seconds"] == 0.0
-        healthy = following and all(w["state"] == "ready" for w in workers.values())
+        # Not "connected": a server that started on its snapshot is connected before the tree is loaded.
+        healthy = config_health["following"] and all(w["state"] == "ready" for w in workers.values())
         limits = {name: source.current().as_dict() for name, source in sorted(self.limits.items())}
+        # Values refused now (the last good one in force), by config key: until now only a WARNING line said so.
+        rejected = {key: why for source in self.limits.values() for key, why in source.rejected().items()}
         # Each worker's health, and how the model is served: the [serving] table of its model.toml.
         models = {
             name: {**workers[name], "serving": dataclasses.asdict(model.serving)}
@@ -217,7 +219,7 @@ class _Handlers:
             if name in workers
         }
         payload = {"status": "ok" if healthy else "degraded", "config": config_health, "limits": limits,
-                   "models": models}  # fmt: skip
+                   "rejected_limits": dict(sorted(rejected.items())), "models": models}  # fmt: skip
         return JSONResponse(payload, status_code=200 if healthy else 503)
 
 

@@ -4,7 +4,8 @@
 :class:`ConfigLimits`; ``max_output_tokens`` caps the ``max_tokens`` a request may ask of the model;
 ``tokens_per_second`` paces streamed responses (at most that many tokens a second per stream; ``0``, the
 default, sends each token as soon as the model writes it). A value that is not valid is logged once as E0409
-(with the key, never the value) and the last good value stays.
+(with the key, never the value) and the last good value stays; :meth:`ModelLimits.rejected` names the keys
+refused now, with why (``/health`` shows them as ``rejected_limits``).
 """
 
 from __future__ import annotations
@@ -82,9 +83,16 @@ class ModelLimits:
         }
         self._good = dict(self._defaults)
         self._reported: set[tuple[str, str]] = set()
+        self._rejected: dict[str, str] = {}  # key -> why its value is refused, as of its last reading
 
     def current(self) -> Reading:
         return Reading(self.guard.current(), self._read(self.cap_key, _cap, "output cap"), self.tokens_per_second())
+
+    def rejected(self) -> dict[str, str]:
+        """The config keys of this model whose value is refused now, each with why (never the value): the last
+        good value is in force for them. Read afresh: call it after :meth:`current`, as ``/health`` does."""
+        why = {key: f"not a valid limit ({reason})" for key, reason in self.guard.rejected().items()}
+        return dict(sorted({**why, **self._rejected}.items()))
 
     def refuse_over_cap(self, max_tokens: int) -> None:
         """Raise :class:`InvalidRequestError` (E5010) when ``max_tokens`` asks for more than the output cap."""
@@ -103,10 +111,12 @@ class ModelLimits:
     def _read(self, key: str, parse: Callable[[str], Any | None], what: str) -> Any:
         raw = self._config.get(key, None)
         if raw is None:
+            self._rejected.pop(key, None)
             return self._defaults[key]
         text = str(raw).strip()
         value = None if isinstance(raw, bool) else parse(text)
         if value is None:
+            self._rejected[key] = f"not a valid {what} (expected {_EXPECTED[what]})"
             if (key, text) not in self._reported:
                 self._reported.add((key, text))
                 log.warning(
@@ -117,5 +127,6 @@ class ModelLimits:
                     extra={"error_code": "E0409", "key": key},
                 )
             return self._good[key]
+        self._rejected.pop(key, None)
         self._good[key] = value
         return value

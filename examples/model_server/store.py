@@ -86,7 +86,11 @@ def seed(
     """Write the ``models``' default limits where they are missing (all of them with ``reset``); other values
     stay. A ZooKeeper not reached within ``timeout`` seconds is E0409 (:class:`ConfigUnavailableError`); with
     ``give_up_when_refused``, so is one whose every host refuses the connection, at once (a server with a
-    snapshot to serve need not wait out the timeout for it)."""
+    snapshot to serve need not wait out the timeout for it).
+
+    A connection lost in the middle resumes where it stopped once kazoo reconnects (each write is a
+    create-if-absent, or a set with ``reset``: doing one twice is harmless); a write still not done ``timeout``
+    seconds after its first try is E0409 too, naming how many of the values were written."""
     wanted = defaults(models)
     if hosts.startswith("file://"):
         base = Path(hosts[len("file://") :]) / root.strip("/")
@@ -99,8 +103,9 @@ def seed(
                 tmp.replace(path)
         return
     from kazoo.client import KazooClient
-    from kazoo.exceptions import KazooException, NodeExistsError
+    from kazoo.exceptions import KazooException, NodeExistsError, OperationTimeoutError
     from kazoo.handlers.threading import KazooTimeoutError
+    from kazoo.retry import KazooRetry, RetryFailedError
 
     from autoglm_runtime.config._kazoolog import OutageLog
     from autoglm_runtime.config.settings import all_refused
@@ -112,16 +117,43 @@ def seed(
         )
 
     # kazoo's own warnings (one per failed connection attempt) coded E0409 and said once, as the ConfigClient's.
-    zk = KazooClient(hosts=hosts, logger=OutageLog(hosts))
+    zk = KazooClient(hosts=hosts, logger=OutageLog(hosts), connection_retry={"max_tries": -1, "max_delay": 1.0})
+    # A write cut by a connection loss (or a session expiry) is tried again until it answers, for up to timeout s.
+    retry = KazooRetry(max_tries=-1, delay=0.1, max_delay=1.0, deadline=timeout, ignore_expire=True)
+    tries = [0]
+
+    def put(node: str, value: bytes) -> None:
+        tries[0] += 1
+        # Waited for with a timeout: kazoo holds a request made while it reconnects until it is connected again.
+        try:
+            try:
+                zk.create_async(node, value, makepath=True).get(timeout=timeout)
+            except NodeExistsError:  # set before, or by the try the connection loss cut short
+                if reset:
+                    zk.set_async(node, value).get(timeout=timeout)
+        except KazooTimeoutError as exc:
+            raise OperationTimeoutError(f"no answer within {timeout:g} s") from exc
+
+    written = 0
     try:
         zk.start(timeout=timeout)
         for key, value in wanted.items():
-            node = f"{root}/{key}"
-            try:
-                zk.create(node, value, makepath=True)
-            except NodeExistsError:
-                if reset:
-                    zk.set(node, value)
+            retry(put, f"{root}/{key}", value)
+            written += 1
+        if tries[0] > len(wanted):
+            log.info(
+                "the connection to ZooKeeper at %s was lost while the default limits were written; resumed and "
+                "wrote all %d",
+                hosts,
+                len(wanted),
+                extra={"hosts": hosts, "root": root, "tries": tries[0]},
+            )
+    except RetryFailedError as exc:
+        raise ConfigUnavailableError(
+            f"ZooKeeper at {hosts} lost the connection while the default limits under {root} were written and did "
+            f"not answer again within {timeout:g} s ({written} of {len(wanted)} confirmed written): check --zk and "
+            "that ZooKeeper runs there"
+        ) from exc
     except KazooTimeoutError as exc:
         raise ConfigUnavailableError(
             f"ZooKeeper at {hosts} could not be reached within {timeout:g} s to write the default limits under "
@@ -153,10 +185,13 @@ def start_config(store: ConfigStore, root: str, models: Iterable[str], *, state:
         seed(store.hosts, root, names, reset=reset, give_up_when_refused=fallback)
     except ConfigUnavailableError as exc:
         from kazoo.exceptions import KazooException
+        from kazoo.retry import RetryFailedError
 
         # Only a ZooKeeper that cannot be reached is waited out on the snapshot: one that answered and refused
-        # the write (its KazooException is the cause) is an error to fix now.
-        if not fallback or isinstance(exc.__cause__, KazooException):
+        # the write (its KazooException is the cause) is an error to fix now. A connection that went away in the
+        # middle and did not come back (RetryFailedError) is one that cannot be reached.
+        refused = isinstance(exc.__cause__, KazooException) and not isinstance(exc.__cause__, RetryFailedError)
+        if not fallback or refused:
             raise
         log.warning(
             "%s; serving the last-known-good config from the snapshot %s until ZooKeeper answers",

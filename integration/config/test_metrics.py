@@ -37,6 +37,7 @@ def test_rejections_resyncs_and_the_sync_timestamp_reach_the_registry(
     with ConfigMetrics(client, registry=registry):
         assert value("autoglm_config_keys") == 2.0
         assert value("autoglm_config_connected") == 1.0
+        assert value("autoglm_config_following") == 1.0
         assert value("autoglm_config_state", state="running") == 1.0
         assert value("autoglm_config_state", state="stopped") == 0.0
         assert value("autoglm_config_source", source="zookeeper") == 1.0
@@ -58,6 +59,7 @@ def test_rejections_resyncs_and_the_sync_timestamp_reach_the_registry(
         client.stop()
         assert value("autoglm_config_state", state="stopped") == 1.0
         assert value("autoglm_config_connected") == 0.0
+        assert value("autoglm_config_following") == 0.0
     assert value("autoglm_config_keys") is None  # unregistered
     (resync,) = [span for span in exporter.get_finished_spans() if span.name == "autoglm.config.resync"]
     assert dict(resync.attributes or {}) == {

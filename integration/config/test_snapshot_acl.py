@@ -8,13 +8,17 @@ from pathlib import Path
 
 import pytest
 from integration._helpers import kazoo_session
-from integration.config._helpers import Factory, Until, j
+from integration.config._helpers import Factory, Until, j, kazoo_of
 from kazoo.client import KazooClient
+from kazoo.protocol.states import KazooState
 from kazoo.security import make_digest_acl
+from prometheus_client import CollectorRegistry
 
 from autoglm_runtime import ConfigChange
-from autoglm_runtime.config import read_snapshot
+from autoglm_runtime.config import ConfigHealth, read_snapshot
 from autoglm_runtime.errors import ConfigAccessError, ConfigUnavailableError, SnapshotError
+from autoglm_runtime.observability import ConfigMetrics
+from autoglm_runtime.testing.proxy import FaultProxy
 from autoglm_runtime.testing.zookeeper import ZooKeeperServer
 
 from .conftest import FakeClock
@@ -225,3 +229,71 @@ def test_a_denied_znode_deleted_leaves_health_denied(
         clock.advance(34)
         until(lambda: client.health()["denied"] == [secret], what="the deleted znode out of health()['denied']")
         assert client.denied == (gone, secret)  # what the start was refused, as it was
+
+
+def test_a_client_on_its_snapshot_is_connected_before_it_follows_zookeeper(
+    zk_proxy: FaultProxy, zk_root: str, zk_client: KazooClient, tmp_path: Path, make_client: Factory, until: Until
+) -> None:
+    hosts, path = zk_proxy.hosts, tmp_path / "cfg.snapshot"
+    zk_client.create(f"{zk_root}/a", j(1))
+    writer = make_client(hosts, zk_root, snapshot_path=path, snapshot_debounce=0.05)
+    writer.start(timeout=10)
+    until(lambda: snapshot_keys(path, hosts, zk_root) == {"a": j(1)}, what="snapshot written")
+    writer.stop()
+    zk_client.set(f"{zk_root}/a", j(2))
+    zk_proxy.refuse()
+    client = make_client(hosts, zk_root, snapshot_path=path)
+    client.start(timeout=0.5)
+    health = client.health()
+    assert (health["source"], health["connected"], health["following"]) == ("snapshot", False, False)
+
+    def stall(state: KazooState) -> None:
+        # Runs on kazoo's connection thread right after the handshake, before it can send the load's first read.
+        if state == KazooState.CONNECTED:
+            zk_proxy.set_delay(3600)
+
+    kazoo_of(client).add_listener(stall)
+    zk_proxy.restore()
+    seen: list[ConfigHealth] = []
+    until(lambda: seen.append(client.health()) or seen[-1]["connected"], what="the session CONNECTED")
+    assert (seen[-1]["source"], seen[-1]["following"], client.get("a")) == ("snapshot", False, 1)
+
+    kazoo_of(client).remove_listener(stall)
+    zk_proxy.set_delay(0)
+    zk_proxy.cut()  # the stalled connection: the client reconnects and loads
+    until(lambda: client.health()["following"], what="the load from ZooKeeper")
+    health = client.health()
+    assert (health["source"], health["connected"], health["stale_seconds"], client.get("a")) == (
+        "zookeeper",
+        True,
+        0.0,
+        2,
+    )
+
+
+def test_denied_znodes_are_counted_in_a_gauge(
+    zk_hosts: str, protected_root: str, make_client: Factory, until: Until, clock: FakeClock
+) -> None:
+    gone = f"{protected_root}/gone"
+    registry = CollectorRegistry()
+    with kazoo_session(zk_hosts, start_timeout=10, auth_data=[("digest", "reader:s3cret")]) as owner:
+        owner.create(gone, j("hidden"), acl=[make_digest_acl("reader", "s3cret", all=True)])
+        client = make_client(zk_hosts, protected_root)
+        client.start(timeout=10, allow_denied=True)
+        with ConfigMetrics(client, registry=registry):
+            denied = registry.get_sample_value("autoglm_config_denied_znodes", {"root": protected_root})
+            assert (denied, client.health()["denied"]) == (2.0, [gone, f"{protected_root}/secret"])
+            owner.delete(gone)
+            clock.advance(34)  # the verification of the root's child list finds it gone
+            until(lambda: len(client.health()["denied"]) == 1, what="the deleted znode out of health()['denied']")
+            assert registry.get_sample_value("autoglm_config_denied_znodes", {"root": protected_root}) == 1.0
+
+
+def test_a_client_that_may_read_everything_exports_no_denied_znode(
+    zk_hosts: str, protected_root: str, make_client: Factory
+) -> None:
+    registry = CollectorRegistry()
+    client = make_client(zk_hosts, protected_root, auth=("digest", "reader:s3cret"))
+    client.start(timeout=10)
+    with ConfigMetrics(client, registry=registry):
+        assert registry.get_sample_value("autoglm_config_denied_znodes", {"root": protected_root}) == 0.0

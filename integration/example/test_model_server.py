@@ -174,12 +174,23 @@ def test_an_output_cap_changed_in_zookeeper_bounds_max_tokens(server: Server) ->
         until(lambda: server.http.get("/health") and "is not a valid output cap" in log.read_text(), 10, "the warning")
         warning = next(json.loads(line) for line in log.read_text().splitlines() if "valid output cap" in line)
         assert (warning["error_code"], warning["key"]) == ("E0409", f"limits/{CHARS}/max_output_tokens")
-        assert server.http.get("/health").json()["limits"][CHARS]["max_output_tokens"] == 4
+        health = server.http.get("/health").json()
+        assert health["limits"][CHARS]["max_output_tokens"] == 4
+        # Shown where an operator looks, not only in the log (before: nothing in /health said a value was refused).
+        why = "not a valid output cap (expected a whole number of tokens, at least 1)"
+        assert (health["status"], health["rejected_limits"]) == ("ok", {f"limits/{CHARS}/max_output_tokens": why})
+        zk.set(f"{server.root}/limits/{WORDS}/truncate_on_overflow", b'"maybe"')
+        until(lambda: len(server.health()["rejected_limits"]) == 2, 10, "the guard's refused value in /health")
+        assert server.health()["rejected_limits"][f"limits/{WORDS}/truncate_on_overflow"] == (
+            "not a valid limit (expected true or false)"
+        )
     finally:
         zk.set(key, b"32")
+        zk.set(f"{server.root}/limits/{WORDS}/truncate_on_overflow", b"false")
         zk.stop()
         zk.close()
     until(lambda: server.http.get("/health").json()["limits"][CHARS]["max_output_tokens"] == 32, 10, "the default")
+    until(lambda: server.health()["rejected_limits"] == {}, 10, "no refused value left")
 
 
 def test_the_budget_run_is_the_one_the_guard_judged(server: Server) -> None:
@@ -412,10 +423,11 @@ def test_an_overlong_authorization_header_gets_431_e0512(server: Server) -> None
 def test_health_reports_config_limits_and_workers(server: Server) -> None:
     health = server.http.get("/health").json()
     assert health["status"] == "ok"
-    assert health["config"]["connected"] is True
+    assert (health["config"]["connected"], health["config"]["following"]) == (True, True)
     assert health["config"]["source"] == "zookeeper"
     defaults = {"context_window": 64, "truncate_on_overflow": False, "max_output_tokens": 32, "tokens_per_second": 0}
     assert health["limits"] == {CHARS: defaults, WORDS: defaults}
+    assert health["rejected_limits"] == {}
     assert {name: w["state"] for name, w in health["models"].items()} == {CHARS: "ready", WORDS: "ready"}
     # How each model is served: the [serving] table of its model.toml, and the workers it started.
     served = {

@@ -7,17 +7,23 @@ import json
 import logging
 import socket
 import subprocess
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+from kazoo.client import KazooClient
 
+from autoglm_runtime.config import ConfigClient, SyncTuning
 from autoglm_runtime.deps import load_manifest
 from autoglm_runtime.errors import ConfigUnavailableError, UsageError
+from autoglm_runtime.testing import wait_until
+from autoglm_runtime.testing.proxy import FaultProxy
 from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, HFTokenizer
 from examples.model_server import banner, options
 from examples.model_server.assets import MODELS, build_tokenizer
 from examples.model_server.model_limits import DEFAULT_LIMITS
-from examples.model_server.store import open_store, seed
+from examples.model_server.store import ConfigStore, defaults, open_store, seed, start_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -246,6 +252,76 @@ def test_seeding_an_unreachable_zookeeper_is_e0409_and_says_each_kazoo_warning_o
     assert all(getattr(r, "error_code", None) == "E0409" for r in warnings)
     assert len({r.msg for r in warnings}) == len(warnings)
     assert all(r.name == "autoglm_runtime.config.kazoo" for r in caplog.records if "kazoo" in r.name)
+
+
+def _cut_after_the_first_write(proxy: FaultProxy, admin: KazooClient, root: str, *, back: bool) -> threading.Event:
+    """Cut the seed's connection (behind ``proxy``) as soon as its first write lands under ``root`` (the first
+    parent it makes): the answer, held back by the proxy's delay, is lost. ``back``: it may connect again at once."""
+    cut = threading.Event()
+
+    def written(_: Any) -> None:
+        if back:
+            proxy.set_delay(0)
+        else:
+            proxy.refuse()
+        proxy.cut()
+        cut.set()
+
+    admin.get_children(root, watch=written)
+    proxy.set_delay(0.3)
+    return cut
+
+
+def test_seeding_resumes_after_a_connection_loss_in_the_middle(
+    zk_proxy: FaultProxy, zk_client: KazooClient, zk_root: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    wanted = defaults(["a", "b"])
+    cut = _cut_after_the_first_write(zk_proxy, zk_client, zk_root, back=True)
+    with caplog.at_level("INFO", logger="examples.model_server"):
+        seed(zk_proxy.hosts, zk_root, ["a", "b"], reset=False, timeout=20)
+    assert cut.is_set()
+    assert {key: zk_client.get(f"{zk_root}/{key}")[0] for key in wanted} == wanted
+    resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("the connection to ZooKeeper")]
+    assert resumed == [
+        f"the connection to ZooKeeper at {zk_proxy.hosts} was lost while the default limits were written; resumed "
+        f"and wrote all {len(wanted)}"
+    ]
+
+
+def test_seeding_whose_connection_does_not_come_back_is_e0409_with_what_was_written(
+    zk_proxy: FaultProxy, zk_client: KazooClient, zk_root: str
+) -> None:
+    wanted = defaults(["a"])
+    cut = _cut_after_the_first_write(zk_proxy, zk_client, zk_root, back=False)
+    with pytest.raises(ConfigUnavailableError) as info:
+        seed(zk_proxy.hosts, zk_root, ["a"], reset=False, timeout=5)
+    assert cut.is_set()
+    assert (info.value.code, info.value.message) == (
+        "E0409",
+        f"ZooKeeper at {zk_proxy.hosts} lost the connection while the default limits under {zk_root} were written "
+        f"and did not answer again within 5 s (0 of {len(wanted)} confirmed written): check --zk and that ZooKeeper "
+        "runs there",
+    )
+
+
+def test_a_restart_whose_seed_loses_zookeeper_for_good_serves_the_snapshot(
+    zk_proxy: FaultProxy, zk_client: KazooClient, zk_root: str, tmp_path: Path
+) -> None:
+    zk_client.create(f"{zk_root}/note", b'"kept"')
+    snapshot = tmp_path / "config.snapshot"
+    with ConfigClient(zk_proxy.hosts, zk_root, snapshot_path=snapshot, tuning=SyncTuning(snapshot_debounce=0.05)):
+        wait_until(snapshot.exists, what="the snapshot of the last run")
+    # The restart's seed writes the defaults of a new model; its connection goes after the first write for good.
+    cut = _cut_after_the_first_write(zk_proxy, zk_client, zk_root, back=False)
+    config = start_config(
+        ConfigStore(zk_proxy.hosts, "behind a proxy", "-"), zk_root, ["a"], state=tmp_path, reset=False
+    )
+    try:
+        assert cut.is_set()
+        health = config.health()
+        assert (health["source"], health["following"], config.get("note")) == ("snapshot", False, "kept")
+    finally:
+        config.stop()
 
 
 def test_a_python_the_models_pins_have_no_wheels_for_is_refused_before_any_set_up() -> None:

@@ -55,7 +55,12 @@ def test_a_restart_while_zookeeper_is_down_serves_the_snapshot_and_catches_up(
         # Serving the last-known-good limits, and saying it is neither connected nor fresh.
         assert (response.status_code, health["status"]) == (503, "degraded")
         config = health["config"]
-        assert (config["state"], config["source"], config["connected"]) == ("running", "snapshot", False)
+        assert (config["state"], config["source"], config["connected"], config["following"]) == (
+            "running",
+            "snapshot",
+            False,
+            False,
+        )
         assert config["stale_seconds"] > 0
         assert health["limits"][WORDS]["context_window"] == 77
         assert {name: m["state"] for name, m in health["models"].items()} == {WORDS: "ready", "chars-numpy2": "ready"}
@@ -70,7 +75,7 @@ def test_a_restart_while_zookeeper_is_down_serves_the_snapshot_and_catches_up(
 
         zk_restartable.start()
         until(lambda: server.http.get("/health").status_code == 200, 60, "the server to catch up with ZooKeeper")
-        assert server.health()["config"]["source"] == "zookeeper"
+        assert (server.health()["config"]["source"], server.health()["config"]["following"]) == ("zookeeper", True)
         server.set_config({WINDOW: b"55"})
         until(lambda: server.health()["limits"][WORDS]["context_window"] == 55, 30, "a change after the outage")
 

@@ -15,8 +15,9 @@ ASTRAY = Seen(Link.ASTRAY, {"reconnect": 1})
 
 def health(*, connected: bool = True, stale: float = 0.0, **resyncs: int) -> ConfigHealth:
     fields: dict[str, Any] = {"connected": connected, "stale_seconds": stale, "resync_reasons": {"reconnect": 1}}
+    fields["following"] = connected and stale == 0.0  # what SyncStatus.report says of a running ZooKeeper client
     fields["resync_reasons"].update(resyncs)
-    return fields  # type: ignore[return-value]  # follow() reads only these three
+    return fields  # type: ignore[return-value]  # follow() reads only these
 
 
 @pytest.mark.parametrize(

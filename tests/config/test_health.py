@@ -19,6 +19,7 @@ def test_staleness_counts_from_the_first_suspension(clock: FakeClock) -> None:
     assert report == {
         "state": "new",
         "connected": False,
+        "following": False,
         "stale_seconds": 0.0,
         "last_sync": 1.7e9,
         "last_confirmed": 1.7e9,
@@ -46,6 +47,46 @@ def test_only_a_running_client_is_connected(clock: FakeClock) -> None:
         status.set_state(state)  # type: ignore[arg-type]
         seen[state] = status.report(applied=0, keys=0)["connected"]
     assert seen == {"new": False, "starting": False, "running": True, "stopped": False, "failed": False}
+
+
+def test_a_client_on_its_snapshot_is_connected_but_not_following_until_the_load_completes(clock: FakeClock) -> None:
+    status = SyncStatus(timer=clock, wall_clock=lambda: 1.7e9)
+    status.set_state("running")
+    status.serve_snapshot(1.7e9 - 60)  # ZooKeeper was down at start
+    seen = [(status.report(applied=0, keys=0)["connected"], status.report(applied=0, keys=0)["following"])]
+    status.set_connected(True)  # ZooKeeper answers: the session is CONNECTED, the tree not loaded yet
+    report = status.report(applied=0, keys=0)
+    seen.append((report["connected"], report["following"]))
+    status.source = "zookeeper"  # what the sync thread's completed load does
+    status.mark_synced(resync=False)
+    report = status.report(applied=0, keys=0)
+    seen.append((report["connected"], report["following"]))
+    assert seen == [(False, False), (True, False), (True, True)]
+    assert (report["source"], report["stale_seconds"]) == ("zookeeper", 0.0)
+
+
+def test_following_needs_a_running_connected_client_whose_values_come_from_a_completed_load(clock: FakeClock) -> None:
+    cases = {
+        # (state, connected, source, stale): following
+        ("running", True, "zookeeper", False): True,
+        ("running", True, "file", False): True,
+        ("running", True, "zookeeper", True): False,  # reconnected, the resync not completed yet
+        ("running", False, "zookeeper", False): False,
+        ("running", True, "snapshot", True): False,
+        ("running", True, "none", False): False,
+        ("starting", True, "zookeeper", False): False,
+        ("stopped", True, "zookeeper", False): False,
+    }
+    seen = {}
+    for state, connected, source, stale in cases:
+        status = SyncStatus(timer=clock)
+        status.set_connected(connected)
+        status.source = source  # type: ignore[assignment]
+        if stale:
+            status.mark_stale()
+        status.set_state(state)  # type: ignore[arg-type]
+        seen[state, connected, source, stale] = status.report(applied=0, keys=0)["following"]
+    assert seen == cases
 
 
 def test_stopping_a_client_that_holds_values_makes_it_stale_for_good(clock: FakeClock) -> None:

@@ -11,7 +11,8 @@ from kazoo.exceptions import ConnectionLoss, NoNodeError, UnimplementedError
 from kazoo.handlers.threading import SequentialThreadingHandler
 from kazoo.protocol.states import ZnodeStat
 
-from autoglm_runtime.config._reader import Interrupted, ZooKeeperReader
+from autoglm_runtime.config._reader import ZooKeeperReader
+from autoglm_runtime.config._results import Interrupted
 from autoglm_runtime.config._wire import GET_DATA, MAX_REQUEST_BYTES, MultiRead, SetWatches
 from autoglm_runtime.config.health import SyncStatus
 
@@ -198,3 +199,17 @@ def test_data_sizes_learned_from_reads_let_small_values_share_one_answer() -> No
     assert fake.multireads == 3  # sizes unknown (up to 1 MiB each): 16 + 16 + 8
     zk.read(specs)
     assert fake.multireads == 4  # each known to hold a byte: one answer
+
+
+def test_sizes_of_znodes_found_gone_are_forgotten() -> None:
+    fake = FakeKazoo(tree(40))
+    zk = reader(fake)
+    specs = [(f"/r/k{i:02d}", True, True) for i in range(40)]
+    zk.read(specs)
+    zk.keep_sizes({f"/r/k{i:02d}" for i in range(24)})  # what a full read found: k24..k39 were deleted meanwhile
+    zk.forget_size("/r/k23")  # removed with its parent
+    before = fake.multireads
+    zk.read(specs[23:40])  # (created again) 17 reads of unknown size again (up to 1 MiB each): 16 + 1
+    assert fake.multireads - before == 2
+    zk.read(specs[:23])  # still known to hold a byte each: one answer
+    assert fake.multireads - before == 3

@@ -9,7 +9,7 @@ import pytest
 from kazoo.protocol.states import ZnodeStat
 
 from autoglm_runtime.config import _syncstate as sm
-from autoglm_runtime.config._reader import Interrupted, ReadResult
+from autoglm_runtime.config._results import Interrupted, ReadResult
 from autoglm_runtime.config._sync import ZooKeeperSync
 from autoglm_runtime.config._values import ValuePipeline
 from autoglm_runtime.config.cache import ConfigCache

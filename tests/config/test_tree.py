@@ -8,7 +8,7 @@ import threading
 import pytest
 from kazoo.protocol.states import ZnodeStat
 
-from autoglm_runtime.config._reader import ReadResult
+from autoglm_runtime.config._results import ReadResult
 from autoglm_runtime.config._tree import TreeApplier
 from autoglm_runtime.config._values import ValuePipeline
 from autoglm_runtime.config.cache import ConfigCache
@@ -160,3 +160,16 @@ def test_removing_a_subtree_forgets_the_bookkeeping_of_every_znode_under_it() ->
     assert sorted(tree.czxids) == sorted(tree.pzxids) == ["/r/a", "/r/a/b", "/r/a/b/c"]
     tree.apply(_missing("/r/a", 5), found=None, full=False, reconcile=False)
     assert (tree.czxids, tree.pzxids, tree.children, dict(cache.snapshot())) == ({}, {}, {"/r": (1, frozenset())}, {})
+
+
+def test_removing_a_subtree_tells_the_reader_to_forget_every_znode_under_it() -> None:
+    tree, _, _ = _applier()
+    forgotten: list[str] = []
+    tree._forget = forgotten.append
+    tree.apply(_children("/r", 1, ["a"]), found=None, full=False, reconcile=False)
+    for seq, (path, child) in enumerate([("/r/a", "b"), ("/r/a/b", None)], start=2):
+        read = _value(path, seq, b"1", czxid=seq)
+        read.children = [child] if child else []
+        tree.apply(read, found=None, full=False, reconcile=False)
+    tree.apply(_children("/r", 4, []), found=None, full=False, reconcile=False)  # "a" gone with all under it
+    assert sorted(forgotten) == ["/r/a", "/r/a/b"]

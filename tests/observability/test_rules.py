@@ -22,7 +22,7 @@ def test_the_rule_file_is_valid() -> None:
     result = promtool("check", "rules", "autoglm-alerts.yml")
     assert (result.returncode, result.stdout.strip().splitlines()) == (
         0,
-        ["Checking autoglm-alerts.yml", "  SUCCESS: 9 rules found"],
+        ["Checking autoglm-alerts.yml", "  SUCCESS: 10 rules found"],
     )
 
 

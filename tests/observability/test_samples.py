@@ -9,6 +9,7 @@ def test_a_running_client_with_resyncs_and_rejections() -> None:
     health = {
         "state": "running",
         "connected": True,
+        "following": True,
         "last_sync": 1_700_000_000.0,
         "last_confirmed": 1_700_000_030.0,
         "source": "zookeeper",
@@ -16,12 +17,14 @@ def test_a_running_client_with_resyncs_and_rejections() -> None:
         "resync_reasons": {"session_expired": 1, "reconnect": 3},
         "watch_mode": "persistent",
         "root_missing": False,
+        "denied": ["/p/secret", "/p/x/y"],
         "drift_corrected": 2,
         "rejected_reasons": {"validator": 4},
     }
     assert config_samples("/p", health) == [
         ("autoglm_config_last_sync_timestamp_seconds", ("/p",), 1_700_000_030.0),
         ("autoglm_config_connected", ("/p",), 1.0),
+        ("autoglm_config_following", ("/p",), 1.0),
         ("autoglm_config_state", ("/p", "new"), 0.0),
         ("autoglm_config_state", ("/p", "starting"), 0.0),
         ("autoglm_config_state", ("/p", "running"), 1.0),
@@ -36,6 +39,7 @@ def test_a_running_client_with_resyncs_and_rejections() -> None:
         ("autoglm_config_watch_mode", ("/p", "per_node"), 0.0),
         ("autoglm_config_watch_mode", ("/p", "none"), 0.0),
         ("autoglm_config_root_missing", ("/p",), 0.0),
+        ("autoglm_config_denied_znodes", ("/p",), 2.0),
         ("autoglm_config_resyncs", ("/p", "gap"), 0.0),
         ("autoglm_config_resyncs", ("/p", "reconnect"), 3.0),
         ("autoglm_config_resyncs", ("/p", "root_recreated"), 0.0),
@@ -60,6 +64,8 @@ def test_a_client_that_never_synced_has_no_timestamp() -> None:
     names = [name for name, _, _ in config_samples("/p", health)]
     assert "autoglm_config_last_sync_timestamp_seconds" not in names
     assert ("autoglm_config_connected", ("/p",), 0.0) in config_samples("/p", health)
+    assert ("autoglm_config_following", ("/p",), 0.0) in config_samples("/p", health)
+    assert ("autoglm_config_denied_znodes", ("/p",), 0.0) in config_samples("/p", health)
 
 
 def test_workers_by_replica_and_restart_reason() -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from autoglm_runtime.config import ConfigClient
+from autoglm_runtime.config import ConfigClient, SyncTuning
+from autoglm_runtime.testing import wait_until
 from autoglm_runtime.validation import ConfigLimits, Limits
 
 
@@ -45,3 +46,25 @@ def test_keys_read_before_the_client_loaded_are_not_said_not_to_exist(
         ),
         ("INFO", "config key 'm/side' does not exist under /cfg; the default truncation_side='left' is in force"),
     ]
+
+
+def test_rejected_names_the_keys_whose_value_is_refused_now(tmp_path: Path) -> None:
+    # Before: a refused value was said only in a WARNING line; nothing a health endpoint could show.
+    (tmp_path / "cfg" / "m").mkdir(parents=True)
+    (tmp_path / "cfg" / "m" / "context_window").write_text("77")
+    config = ConfigClient(tmp_path.as_uri(), "/cfg", tuning=SyncTuning(poll_interval=0.05))
+    limits = ConfigLimits(config, prefix="m/", defaults=Limits(10))
+    with config:
+        assert (limits.current(), limits.rejected()) == (Limits(77), {})
+        (tmp_path / "cfg" / "m" / "context_window").write_text('"huge"')
+        (tmp_path / "cfg" / "m" / "truncate_on_overflow").write_text('"maybe"')
+        wait_until(lambda: config.get("m/truncate_on_overflow") == "maybe" and config.get("m/context_window") == "huge")
+        assert limits.current() == Limits(77)  # the last good values stay
+        assert limits.rejected() == {
+            "m/context_window": "expected a whole number of tokens",
+            "m/truncate_on_overflow": "expected true or false",
+        }
+        (tmp_path / "cfg" / "m" / "context_window").unlink()
+        wait_until(lambda: config.get("m/context_window") is None)
+        assert limits.current() == Limits(10)
+        assert limits.rejected() == {"m/truncate_on_overflow": "expected true or false"}

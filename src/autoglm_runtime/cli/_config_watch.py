@@ -66,7 +66,7 @@ def follow(seen: Seen, health: ConfigHealth) -> tuple[Seen, tuple[Notice, ...]]:
     """Decide what to tell the operator, given what it was told (``seen``) and the client's ``health`` now."""
     counts = {r: n for r, n in health["resync_reasons"].items() if r in _CONNECTION_RESYNCS}
     grown = tuple(r for r in _CONNECTION_RESYNCS if counts.get(r, 0) > seen.resyncs.get(r, 0))
-    following = health["connected"] and health["stale_seconds"] == 0.0
+    following = health["following"]
     if seen.link is Link.ASTRAY:
         if not following:
             return seen, ()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 from kazoo.client import KazooClient
@@ -41,6 +41,7 @@ from kazoo.exceptions import (
     UnimplementedError,
 )
 
+from autoglm_runtime.config._results import Interrupted, ReadResult
 from autoglm_runtime.config._wire import (
     GET_CHILDREN,
     GET_DATA,
@@ -56,7 +57,7 @@ from autoglm_runtime.config._wire import (
 )
 from autoglm_runtime.config.health import SyncStatus
 
-__all__ = ["BULK_MIN", "Interrupted", "ReadResult", "Spec", "ZooKeeperReader"]
+__all__ = ["BULK_MIN", "Spec", "ZooKeeperReader"]
 
 log = logging.getLogger("autoglm_runtime.config")
 
@@ -67,40 +68,8 @@ _MIN_REQUEST_BYTES = 16 * 1024
 _DROPS = (ConnectionLoss, ConnectionClosedError, SessionExpiredError)
 
 
-class Interrupted(Exception):
-    """The connection went away (or a read timed out) in the middle of a batch."""
-
-
 class _Downgrade(Exception):
     """The multiRead path cannot be used with this server or kazoo version; read znodes one by one."""
-
-
-class ReadResult:
-    """What one path's read found."""
-
-    __slots__ = ("children", "data", "denied", "missing", "path", "seq", "stat")
-
-    def __init__(self, path: str, seq: int) -> None:
-        self.path = path
-        self.seq = seq
-        self.data: bytes | None = None
-        self.stat: Any = None
-        self.children: list[str] | None = None
-        self.missing = False
-        self.denied = False
-
-    def take(self, value: Any, *, children: bool) -> None:
-        """Record one answer: a value, or a kazoo exception instance from a multiRead."""
-        if isinstance(value, NoNodeError):
-            self.missing = True
-        elif isinstance(value, NoAuthError):
-            self.denied = True
-        elif isinstance(value, BaseException):
-            raise Interrupted from value
-        elif children:
-            self.children = value
-        else:
-            self.data, self.stat = value
 
 
 class ZooKeeperReader:
@@ -135,8 +104,10 @@ class ZooKeeperReader:
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
         #: The data size each znode had when last read: what its next data read may answer (multiRead plans).
-        #: The sync and reconciler threads share it without a lock: each use is one get, set or pop (atomic on a
-        #: dict), nothing iterates it, and a size another thread just changed misplans one batch at worst.
+        #: The sync and reconciler threads share it without a lock: each use is one get, set, pop or copy (atomic
+        #: on a dict), and a size another thread just changed misplans one batch at worst. Znodes found gone are
+        #: forgotten: read missing, removed with their parent (:meth:`forget_size`), or not reached by a full read
+        #: (:meth:`keep_sizes`: deleted during an outage, they are never read again).
         self._sizes: dict[str, int] = {}
 
     def next_seq(self) -> int:
@@ -197,6 +168,15 @@ class ZooKeeperReader:
             result.take(self.wait(kids), children=True)
         self._learn(result)
         return result
+
+    def forget_size(self, path: str) -> None:
+        """``path`` is gone: its size plans no read any more."""
+        self._sizes.pop(path, None)
+
+    def keep_sizes(self, paths: Container[str]) -> None:
+        """Forget the size of every znode not in ``paths`` (what a full read found)."""
+        for path in [p for p in self._sizes.copy() if p not in paths]:
+            self._sizes.pop(path, None)
 
     def _learn(self, result: ReadResult) -> None:
         if result.stat is not None:

@@ -34,7 +34,8 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import BadArgumentsError, MarshallingError, UnimplementedError
 from kazoo.protocol.states import Callback, WatchedEvent
 
-from autoglm_runtime.config._reader import Interrupted, ZooKeeperReader
+from autoglm_runtime.config._reader import ZooKeeperReader
+from autoglm_runtime.config._results import Interrupted
 from autoglm_runtime.config._wire import AddWatch
 from autoglm_runtime.config.health import SyncStatus, WatchMode
 
@@ -118,7 +119,7 @@ class RecursiveWatch:
     def ensure(self, connection: int) -> bool:
         """Add the watch on ``connection`` unless it already was; False if the client is (now) per node.
 
-        Raises :class:`~._reader.Interrupted` if the connection drops or the request times out.
+        Raises :class:`~._results.Interrupted` if the connection drops or the request times out.
         """
         if not self.active:
             return False

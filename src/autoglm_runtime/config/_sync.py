@@ -2,10 +2,9 @@
 
 Threads and who may call ZooKeeper:
 
-* kazoo's connection thread runs :meth:`ZooKeeperSync._on_state`; it only records the state and the time
-  and queues a note for the sync thread (calling ZooKeeper there deadlocks, kazoo #356/#381);
-* kazoo's callback thread runs :meth:`ZooKeeperSync._on_watch`; it queues the path, and for a value
-  changed, a znode created or deleted issues the re-read without waiting for it (a thread hop saved);
+* kazoo's connection thread and callback thread run :class:`._callbacks.KazooCallbacks`: they record and
+  queue for the sync thread, and at most issue a re-read without waiting for it (calling ZooKeeper there
+  deadlocks, kazoo #356/#381);
 * the sync thread (``autoglm-config-sync``) does every load, re-read and resync;
 * the reconciler thread calls :meth:`ZooKeeperSync.reread` for expired entries.
 
@@ -29,13 +28,15 @@ import threading
 from collections.abc import Callable, Iterable
 
 from kazoo.client import KazooClient
-from kazoo.protocol.states import Callback, EventType, KazooState, WatchedEvent
+from kazoo.protocol.states import Callback, WatchedEvent
 
 from autoglm_runtime.config import _syncstate as sm
+from autoglm_runtime.config._callbacks import KazooCallbacks
 from autoglm_runtime.config._inbox import STOP, Item, collect, to_events
 from autoglm_runtime.config._pending import PendingPaths
-from autoglm_runtime.config._reader import Interrupted, ZooKeeperReader
+from autoglm_runtime.config._reader import ZooKeeperReader
 from autoglm_runtime.config._recursive import RecursiveWatch
+from autoglm_runtime.config._results import Interrupted
 from autoglm_runtime.config._tree import TreeApplier
 from autoglm_runtime.config._values import ValuePipeline
 from autoglm_runtime.config._walk import Lost, TreeWalker
@@ -111,6 +112,7 @@ class ZooKeeperSync:
             pending=self._pending,
             behind=self._guard.behind,
             loaded=self.loaded,
+            forget=self._reader.forget_size,
         )
         self._walker = TreeWalker(
             root=root, reader=self._reader, tree=self._tree, cache=cache, pending=self._pending, stopping=self._stopping
@@ -125,7 +127,17 @@ class ZooKeeperSync:
             op_timeout=op_timeout,
             enabled=persistent_watch,
         )
-        self._connections = 0  # CONNECTED transitions so far (kazoo's connection thread counts them)
+        self._callbacks = KazooCallbacks(
+            hosts=hosts,
+            root=root,
+            client=client,
+            inbox=self._queue,
+            reader=self._reader,
+            pending=self._pending,
+            guard=self._guard,
+            status=status,
+            stopping=self._stopping,
+        )
         self._gap = False  # the next full read closes a gap no catch-up could (its resync reason)
         self._thread = threading.Thread(target=self._run, name="autoglm-config-sync", daemon=True)
 
@@ -133,14 +145,14 @@ class ZooKeeperSync:
 
     def start(self) -> None:
         """Start connecting (kazoo retries forever in the background) and the sync thread."""
-        self.client.add_listener(self._on_state)
+        self.client.add_listener(self._callbacks.on_state)
         self._thread.start()
         self.client.start_async()
 
     def stop(self) -> None:
         """End the sync thread, close the session (which drops every watch) and kazoo's threads."""
         self._stopping.set()
-        self.client.remove_listener(self._on_state)
+        self.client.remove_listener(self._callbacks.on_state)
         self._queue.put(STOP)
         if self._thread.is_alive():
             self._thread.join(10.0)
@@ -149,56 +161,10 @@ class ZooKeeperSync:
         finally:
             self.client.close()
 
-    # --- kazoo callbacks (never call ZooKeeper here) -----------------------------------------------
-
-    def _on_state(self, state: KazooState) -> None:
-        if state == KazooState.CONNECTED:
-            self._connections += 1
-            self._guard.note_connected()
-            self._status.set_connected(True)
-            zxid = 0
-        else:
-            # Everything up to this zxid reached us (as data or as a watch event) before the drop; kazoo
-            # forgets it when it resets a lost session: the event carries it to the sync thread.
-            zxid = self.client.last_zxid
-            self._guard.note_drop(zxid)
-            self._status.set_connected(False)
-            self._status.mark_stale()
-            log.warning(
-                "config sync %s: serving last-known-good values until the resync completes",
-                "suspended (connection lost)" if state == KazooState.SUSPENDED else "lost its session",
-                extra={"error_code": "E0409", "hosts": self.hosts, "root": self.root, "state": str(state)},
-            )
-        self._queue.put(("state", (state, zxid)))
-
     def _on_watch(self, event: WatchedEvent) -> None:
-        # EventType.NONE: kazoo dropping its watches on a connection loss (the resync that follows covers it).
-        if event.type == EventType.NONE or not event.path or self._stopping.is_set():
-            return
-        if event.path == self.root and event.type == EventType.CHANGED:
-            return  # the root's own value is not a key (a persistent watch reports it)
-        if event.type != EventType.CHILD and event.path != self.root:
-            # Issue the re-read here (asynchronous, never blocking kazoo's callback thread): it saves a
-            # thread hop on the path every update takes. The sync thread waits for it and applies it.
-            # After a deletion the znode may already be back (a new incarnation): read its children too,
-            # which (per node) arms the child watch the deletion consumed. A creation (reported by a
-            # persistent watch) is read with its children as well.
-            children = event.type != EventType.CHANGED
-            try:
-                started = self._reader.start_read(event.path, children=children)
-            except Exception:  # kazoo refuses calls once closing; the sync thread reads it instead
-                pass
-            else:
-                self._pending.mark(event.path, data=True, children=children, seq=started[0].seq)
-                self._queue.put(("fetched", started))
-                return
-        self._queue_read(event)
-
-    def _queue_read(self, event: WatchedEvent) -> None:
-        """Have the sync thread read the value (or, for a child event, the child list) of the event's znode."""
-        child = event.type == EventType.CHILD
-        self._pending.mark(event.path, data=not child, children=child)
-        self._queue.put(("children" if child else "data", event.path))
+        # The one callable every read and re-arm registers (kazoo keeps it in sets): the reader is made with it,
+        # before the callbacks that use the reader.
+        self._callbacks.on_watch(event)
 
     # --- the sync thread: collect events, decide (``_syncstate``), execute ------------------------
 
@@ -334,7 +300,7 @@ class ZooKeeperSync:
             if not self._guard.behind():
                 for key in self._cache.keys() - found:
                     self._cache.remove(key, seq=start_seq)
-                self._tree.prune(found, root=not root_missing)
+                self._reader.keep_sizes(self._tree.prune(found, root=not root_missing))
             self._status.source = "zookeeper"
             root_event = self._root_event
             self._root_event = False
@@ -383,7 +349,9 @@ class ZooKeeperSync:
         if not self._ensure_watch():
             self._reader.arm(data_paths, child_paths, action.relative, exist_paths)
             self.client.handler.dispatch_callback(Callback("watch", self._queue.put, (marker,)))
-        elif self._recursive.catch_up(action.relative, data_paths, child_paths, exist_paths, self._on_catch_up):
+        elif self._recursive.catch_up(
+            action.relative, data_paths, child_paths, exist_paths, self._callbacks.on_catch_up
+        ):
             self._queue.put(marker)
         else:
             self._gap = True  # no catch-up session: the whole tree is read again
@@ -392,15 +360,9 @@ class ZooKeeperSync:
 
     def _ensure_watch(self) -> bool:
         """Add the persistent watch on this connection (once); False in per-node mode."""
-        persistent = self._recursive.ensure(self._connections)
+        persistent = self._recursive.ensure(self._callbacks.connections)
         self._tree.adopt = persistent
         return persistent
-
-    def _on_catch_up(self, event: WatchedEvent) -> None:
-        """A firing of the catch-up session's setWatches: read that znode (or child list) again."""
-        if event.type == EventType.NONE or not event.path or self._stopping.is_set():
-            return
-        self._queue_read(event)
 
     # --- the reconciler's entry point ------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Applying reads to the cache, and the bookkeeping of the tree they came from.
 
-:class:`TreeApplier` turns each :class:`~._reader.ReadResult` into cache changes: values go through the
+:class:`TreeApplier` turns each :class:`~._results.ReadResult` into cache changes: values go through the
 value pipeline (decode, validate, newest wins), a missing znode removes its subtree, a child list is
 diffed against the last one to find what to read next and what vanished. It remembers, per znode, the
 child list last read and the czxid of the incarnation last seen: a larger czxid means the znode was
@@ -16,8 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 from autoglm_runtime.config._pending import PendingPaths
-from autoglm_runtime.config._reader import ReadResult, Spec
+from autoglm_runtime.config._results import ReadResult
 from autoglm_runtime.config._values import ValuePipeline
+from autoglm_runtime.config._wire import Spec
 from autoglm_runtime.config.cache import SNAPSHOT_SEQ, ConfigCache
 from autoglm_runtime.config.health import SyncStatus
 from autoglm_runtime.logging import describe_value
@@ -34,7 +35,8 @@ class TreeApplier:
 
     ``pending`` is the set of paths whose watch fired and whose re-read is on its way (a difference found
     there is not drift); ``behind()`` says whether the server answers below what the cache holds (its
-    removals are then deferred); ``loaded`` is set once the first load finished.
+    removals are then deferred); ``loaded`` is set once the first load finished; ``forget(path)`` is called
+    for every znode a removal forgets (the reader drops its size).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class TreeApplier:
         pending: PendingPaths,
         behind: Callable[[], bool],
         loaded: threading.Event,
+        forget: Callable[[str], None] = lambda path: None,
     ) -> None:
         self.hosts = hosts
         self.root = root
@@ -58,6 +61,7 @@ class TreeApplier:
         self._pending = pending
         self._behind = behind
         self._loaded = loaded
+        self._forget = forget
         #: The child list last read per znode, with the sequence number of that read.
         self.children: dict[str, tuple[int, frozenset[str]]] = {}
         #: The czxid of each znode's incarnation we read last.
@@ -79,9 +83,9 @@ class TreeApplier:
         #: creations are reported per znode and child lists are not read again).
         self.adopt = False
 
-    def prune(self, found: set[str], *, root: bool) -> None:
+    def prune(self, found: set[str], *, root: bool) -> set[str]:
         """Forget the bookkeeping of znodes a full read did not find (keys ``found`` are the ones it did;
-        ``root``: it found the root)."""
+        ``root``: it found the root); returns the paths it found."""
         known = {self.path(k) for k in found} | ({self.root} if root else set())
         for path in [p for p in self.children if p not in known]:
             del self.children[path]
@@ -89,6 +93,7 @@ class TreeApplier:
             del self.czxids[path]
         for path in [p for p in self.pzxids if p not in known]:
             del self.pzxids[path]
+        return known
 
     def end_full_read(self) -> None:
         """A full read was applied: the paths it was denied are the ones refused now (cache lock held)."""
@@ -306,6 +311,7 @@ class TreeApplier:
                 stack.extend(f"{current}/{name}" for name in entry[1])
             self.czxids.pop(current, None)
             self.pzxids.pop(current, None)
+            self._forget(current)
             if current in self.refused:
                 self._readable(current, gone=True)
             change = self._cache.remove(self.key(current), seq=seq)

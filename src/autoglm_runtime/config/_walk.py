@@ -15,8 +15,10 @@ from typing import Any
 from kazoo.protocol.states import Callback
 
 from autoglm_runtime.config._pending import PendingPaths
-from autoglm_runtime.config._reader import Interrupted, ReadResult, Spec, ZooKeeperReader
+from autoglm_runtime.config._reader import ZooKeeperReader
+from autoglm_runtime.config._results import Interrupted, ReadResult
 from autoglm_runtime.config._tree import TreeApplier
+from autoglm_runtime.config._wire import Spec
 from autoglm_runtime.config.cache import ConfigCache
 
 __all__ = ["Lost", "TreeWalker"]

@@ -364,7 +364,9 @@ class ConfigClient(Reads):
         """How well the cache follows its source: a new :class:`~autoglm_runtime.config.ConfigHealth` dict.
 
         Keys: ``state`` (``"new"``, ``"starting"``, ``"running"``, ``"stopped"``, ``"failed"``),
-        ``connected`` (bool; False unless running and CONNECTED), ``stale_seconds`` (0.0 while following;
+        ``connected`` (bool; False unless running and the session is CONNECTED: says nothing about the values),
+        ``following`` (bool; connected and the values come from a completed load or resync, not from the snapshot
+        a start served nor from before a drop), ``stale_seconds`` (0.0 while following;
         else seconds since suspension, session loss, a snapshot start or :meth:`stop`, on the injected
         timer), ``last_sync`` (Unix time of the last full load or resync, or ``None``), ``applied``,
         ``rejected``, ``drift_corrected``, ``resyncs``, ``reads`` (znode reads issued), ``requests``
@@ -372,7 +374,7 @@ class ConfigClient(Reads):
         ``"file"``), ``keys`` and ``denied`` (the znodes ZooKeeper refuses to let it read now; :attr:`denied`
         is those of the start). It is JSON-ready: ``json.dumps(client.health())``.
 
-        >>> client.health()["state"], client.health()["connected"]  # doctest: +SKIP
+        >>> client.health()["state"], client.health()["following"]  # doctest: +SKIP
         ('running', True)
         """
         return self._status.report(applied=self._cache.applied, keys=len(self._cache))

@@ -68,7 +68,12 @@ class ConfigHealth(TypedDict):
 
     * ``state`` (:data:`ConfigState`): ``"new"``, ``"starting"``, ``"running"``, ``"stopped"`` or ``"failed"``.
     * ``connected`` (bool): the client is running and its session is CONNECTED (always, for ``file://``);
-      False in every other state.
+      False in every other state. It says nothing about the values: after a start that served the snapshot, or
+      a reconnect, the session is CONNECTED before the tree is loaded or resynced; ``following`` says that.
+    * ``following`` (bool): the values served come from a completed load or resync of the source and the
+      client follows it now: running, connected, ``source`` "zookeeper" or "file" and ``stale_seconds`` 0.0.
+      False while the snapshot a start served is still what the cache holds, during a resync, after a sync
+      failure and in every state but "running". It says nothing of ``root_missing`` or ``denied``.
     * ``stale_seconds`` (float): 0.0 while the cache follows its source, and for a client that never
       loaded anything; otherwise seconds on the injected ``timer`` since it stopped following (first
       suspension, session loss, a sync failure, ``stop()``; for a start that served a snapshot, since the
@@ -97,6 +102,7 @@ class ConfigHealth(TypedDict):
 
     state: ConfigState
     connected: bool
+    following: bool
     stale_seconds: float
     last_sync: float | None
     last_confirmed: float | None
@@ -230,10 +236,14 @@ class SyncStatus:
     def report(self, *, applied: int, keys: int) -> ConfigHealth:
         """The ``health()`` dict."""
         with self._lock:
+            # Only a running client is connected, whatever the source's last callback said.
+            connected = self.connected and self.state == "running"
             return ConfigHealth(
                 state=self.state,
-                # Only a running client is connected, whatever the source's last callback said.
-                connected=self.connected and self.state == "running",
+                connected=connected,
+                # A session CONNECTED before the load (or resync) completes still serves the snapshot's values
+                # (or those from before the drop): only a completed load clears stale_since and sets the source.
+                following=connected and self.stale_since is None and self.source in ("zookeeper", "file"),
                 stale_seconds=self.stale_seconds(),
                 last_sync=self.last_sync,
                 last_confirmed=self.last_confirmed,

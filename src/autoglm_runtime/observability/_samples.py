@@ -39,6 +39,13 @@ CONFIG_FAMILIES = (
         ("root",),
     ),
     Family("autoglm_config_connected", "gauge", "1 while the client runs and its session is CONNECTED.", ("root",)),
+    Family(
+        "autoglm_config_following",
+        "gauge",
+        "1 while the values served come from a completed load or resync of the source and the client follows it "
+        "(0 on the snapshot a start served, even once connected).",
+        ("root",),
+    ),
     Family("autoglm_config_state", "gauge", "1 for the client's lifecycle state, 0 for the others.", ("root", "state")),
     Family("autoglm_config_source", "gauge", "1 for where the cached values came from.", ("root", "source")),
     Family("autoglm_config_keys", "gauge", "Keys in the config cache.", ("root",)),
@@ -52,6 +59,13 @@ CONFIG_FAMILIES = (
         "autoglm_config_root_missing",
         "gauge",
         "1 while ZooKeeper says the configured root does not exist (a typo, or deleted).",
+        ("root",),
+    ),
+    Family(
+        "autoglm_config_denied_znodes",
+        "gauge",
+        "Znodes ZooKeeper refuses to let the client read (ACL, credentials): their keys keep their last known "
+        "values, or stay absent.",
         ("root",),
     ),
     Family("autoglm_config_resyncs", "counter", "Completed resyncs, by what caused them.", ("root", "reason")),
@@ -101,12 +115,15 @@ def config_samples(root: str, health: Mapping[str, Any]) -> list[Sample]:
     if confirmed is not None:
         samples.append(("autoglm_config_last_sync_timestamp_seconds", (root,), float(confirmed)))
     samples.append(("autoglm_config_connected", (root,), 1.0 if health.get("connected") else 0.0))
+    samples.append(("autoglm_config_following", (root,), 1.0 if health.get("following") else 0.0))
     samples.extend(("autoglm_config_state", (root, s), float(health.get("state") == s)) for s in _CONFIG_STATES)
     samples.extend(("autoglm_config_source", (root, s), float(health.get("source") == s)) for s in _CONFIG_SOURCES)
     samples.append(("autoglm_config_keys", (root,), float(health.get("keys", 0))))
     mode = health.get("watch_mode", "none")
     samples.extend(("autoglm_config_watch_mode", (root, m), float(mode == m)) for m in _WATCH_MODES)
     samples.append(("autoglm_config_root_missing", (root,), 1.0 if health.get("root_missing") else 0.0))
+    # A count, not a series per path: paths as labels would grow without bound and outlive their denial.
+    samples.append(("autoglm_config_denied_znodes", (root,), float(len(health.get("denied", ())))))
     # Every reason, always: a rate over a reason that never happened is 0, not absent.
     reasons = dict.fromkeys(_RESYNC_REASONS, 0) | dict(health.get("resync_reasons", {}))
     for reason, count in sorted(reasons.items()):

@@ -145,6 +145,7 @@ class ConfigLimits:
         self._last_good = defaults
         self._defaults = defaults
         self._reported: set[tuple[str, str]] = set()
+        self._rejected: dict[str, str] = {}  # key -> why its value is refused, as of the last reading
         self._absent: set[str] = set()  # keys whose absence was logged (again when they come back and go)
         self._unloaded: set[str] = set()  # keys read before the client loaded anything (logged once each)
 
@@ -152,6 +153,17 @@ class ConfigLimits:
     def keys(self) -> tuple[str, str, str]:
         """The ConfigClient keys read: context window, truncate flag, truncation side."""
         return self._keys
+
+    def rejected(self) -> dict[str, str]:
+        """The keys whose value was refused at the last :meth:`current`, each with why (``{"models/llm/
+        context_window": "expected a whole number of tokens"}``): the last good value is in force for them. Empty
+        when every value is valid or absent. The reasons never quote the value (it may hold a secret).
+
+        >>> limits.rejected()  # doctest: +SKIP
+        {'models/llm/truncate_on_overflow': 'expected true or false'}
+        """
+        with self._lock:
+            return dict(self._rejected)
 
     def current(self) -> Limits:
         raw = (
@@ -174,6 +186,7 @@ class ConfigLimits:
             ("truncation_side", raw[2], _parse_side),
         )
         for key, (field, value, parse) in zip(self._keys, fields, strict=True):
+            self._rejected.pop(key, None)
             if value is None:
                 default = getattr(self._defaults, field)
                 limits = replace(limits, **{field: default})
@@ -183,6 +196,7 @@ class ConfigLimits:
             try:
                 limits = replace(limits, **{field: parse(value)})
             except ValueError as exc:  # the parsers' reasons never quote the value
+                self._rejected[key] = str(exc)
                 self._report(key, value, str(exc))
         return limits
 
