@@ -124,6 +124,13 @@ def test_the_app_receives_the_guard_result() -> None:
     assert response.json()["token_ids"] == [[ord("h"), ord("e"), ord("y")]]
 
 
+@pytest.mark.parametrize("body", [{"model": "m"}, {"model": "m", "prompt": None}, {"messages": None}])
+def test_a_body_without_input_reaches_the_app_without_a_guard_result(body: dict[str, Any]) -> None:
+    # docs/validation.md: nothing to judge, so the app answers it; it must read guard_result with getattr.
+    response = post(build_app(), json=body)
+    assert (response.status_code, response.json()["received"], response.json()["input_tokens"]) == (200, body, None)
+
+
 def test_lifespan_state_is_kept_next_to_the_guard_result() -> None:
     seen: list[Any] = []
 
