@@ -31,6 +31,22 @@ def test_every_out_of_range_value_of_the_file_is_reported_at_once_with_the_file_
     )
 
 
+def test_a_tokenizer_and_a_chat_template_that_cannot_be_loaded_are_named_together_with_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: only the tokenizer's error, without the file or the key that named it.
+    path = tmp_path / "guard.toml"
+    path.write_text(f'context_window = 64\ntokenizer = "{tmp_path}"\nchat_template = "{tmp_path / "none.json"}"\n')
+    monkeypatch.setenv("AUTOGLM_VALIDATION_CONFIG", str(path))
+    with pytest.raises(UsageError) as info:
+        EnvValidationMiddleware(_app)
+    assert info.value.message == (
+        f"the guard settings in {str(path)!r} name files that cannot be used: 'tokenizer': the directory "
+        f"{str(tmp_path)!r} holds no tokenizer.json: give the model's tokenizer.json, or the directory holding it; "
+        f"'chat_template': no chat template at {str(tmp_path / 'none.json')!r}: the file or directory does not exist"
+    )
+
+
 def test_range_problems_come_with_unknown_keys_and_wrong_types(tmp_path: Path) -> None:
     path = tmp_path / "guard.json"
     path.write_text('{"max_parts": 0, "colour": "red", "retry_after": "soon", "error_style": "xml"}')

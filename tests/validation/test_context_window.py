@@ -188,6 +188,18 @@ def test_token_id_segments_are_counted_by_length(chars: CallableTokenizer) -> No
     assert guard.check(mixed).input_tokens == 4
 
 
+@pytest.mark.parametrize("bound", [4, None])  # the pre-check, and the count without one
+def test_token_ids_over_the_window_are_an_exact_count_not_a_lower_bound(bound: int | None) -> None:
+    # Token ids are counted by their length: "at least 12" would say the guard does not know.
+    guard = ContextWindowGuard(RecordingTokenizer(max_token_chars=bound), 10)
+    with pytest.raises(ContextWindowExceededError) as info:
+        guard.check([list(range(12))], max_output_tokens=2)
+    assert info.value.message == overflow(12, 2, 10)
+    with pytest.raises(ContextWindowExceededError) as info:  # text beside them is not counted yet
+        guard.check([list(range(12)), "x" * 8], max_output_tokens=2)
+    assert info.value.message == overflow(12 if bound is None else 14, 2, 10, at_least=True)
+
+
 def test_truncate_left_keeps_the_end(chars: CallableTokenizer, caplog: pytest.LogCaptureFixture) -> None:
     guard = ContextWindowGuard(chars, 8, truncate_on_overflow=True)
     with caplog.at_level(logging.WARNING, logger="autoglm_runtime.validation"):
@@ -396,7 +408,10 @@ def test_an_absent_key_is_said_once_per_absence_so_a_misnamed_one_is_not_silent(
         del config.values["models/llmtruncation_side"]
         assert limits.current() == Limits(10)
     assert [r.getMessage() for r in caplog.records] == [
-        "config key 'models/llmcontext_window' does not exist; the default context_window=10 is in force",
+        # models/llm/context_window exists: the missing '/' is named (a WARNING; tests/validation/test_limits.py)
+        "config key 'models/llmcontext_window' does not exist, but 'models/llm/context_window' does: end the "
+        "ConfigLimits prefix with '/' (keys are the prefix and the name joined as they are); the default "
+        "context_window=10 is in force",
         "config key 'models/llmtruncate_on_overflow' does not exist; the default truncate_on_overflow=False is in "
         "force",
         "config key 'models/llmtruncation_side' does not exist; the default truncation_side='left' is in force",

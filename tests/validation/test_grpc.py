@@ -27,8 +27,8 @@ def chat(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
     return json.dumps({"received": [json.loads(r) for r in requests]}).encode()
 
 
-def serve(interceptor: ValidationInterceptor) -> tuple[grpc.Server, grpc.Channel]:
-    server = grpc.server(ThreadPoolExecutor(max_workers=2), interceptors=[interceptor])
+def serve(interceptor: ValidationInterceptor, options: Any = ()) -> tuple[grpc.Server, grpc.Channel]:
+    server = grpc.server(ThreadPoolExecutor(max_workers=2), interceptors=[interceptor], options=options)
     handlers = {
         "Complete": grpc.unary_unary_rpc_method_handler(complete),
         "Chat": grpc.stream_unary_rpc_method_handler(chat),
@@ -43,8 +43,8 @@ def serve(interceptor: ValidationInterceptor) -> tuple[grpc.Server, grpc.Channel
 def channel_for() -> Iterator[Any]:
     started: list[tuple[grpc.Server, grpc.Channel]] = []
 
-    def make(**kwargs: Any) -> grpc.Channel:
-        server, channel = serve(ValidationInterceptor(**kwargs))
+    def make(options: Any = (), **kwargs: Any) -> grpc.Channel:
+        server, channel = serve(ValidationInterceptor(**kwargs), options)
         started.append((server, channel))
         return channel
 
@@ -84,6 +84,17 @@ def test_overlong_metadata_aborts_before_the_handler(channel_for: Any) -> None:
         "or raise the limit if such values are legitimate"
     )
     assert dict(error.trailing_metadata()) == {"x-autoglm-error-code": "E0512"}  # as HTTP's header
+
+
+def test_metadata_over_grpcs_own_limit_gets_e0512_once_the_server_takes_it(channel_for: Any) -> None:
+    # docs/validation.md: past grpc.max_metadata_size (8 KiB) gRPC refuses some calls itself with
+    # RESOURCE_EXHAUSTED and no code, at random; with the documented server option every one reaches the guard.
+    channel = channel_for(options=[("grpc.max_metadata_size", 64 * 1024)])
+    seen = set()
+    for _ in range(20):
+        error = rpc_error(channel, b"{}", metadata=[("authorization", "t" * 12_000)])
+        seen.add((error.code(), dict(error.trailing_metadata() or ()).get("x-autoglm-error-code")))
+    assert seen == {(grpc.StatusCode.INVALID_ARGUMENT, "E0512")}
 
 
 def test_context_overflow_aborts_with_the_code(channel_for: Any) -> None:

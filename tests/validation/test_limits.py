@@ -68,3 +68,34 @@ def test_rejected_names_the_keys_whose_value_is_refused_now(tmp_path: Path) -> N
         wait_until(lambda: config.get("m/context_window") is None)
         assert limits.current() == Limits(10)
         assert limits.rejected() == {"m/truncate_on_overflow": "expected true or false"}
+
+
+def test_a_prefix_without_its_slash_is_a_warning_naming_the_key_meant(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    # Before: only an INFO line said 'models/llmcontext_window' does not exist, and the default window stayed in
+    # force: silent under a WARNING log level, the misconfiguration the limits are read live to avoid.
+    (tmp_path / "cfg" / "models" / "llm").mkdir(parents=True)
+    (tmp_path / "cfg" / "models" / "llm" / "context_window").write_text("77")
+    with ConfigClient(tmp_path.as_uri(), "/cfg") as config, caplog.at_level(logging.INFO, "autoglm_runtime.validation"):
+        limits = ConfigLimits(config, prefix="models/llm", defaults=Limits(10))
+        assert limits.current() == Limits(10)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "WARNING",
+            "config key 'models/llmcontext_window' does not exist under /cfg, but 'models/llm/context_window' does: "
+            "end the ConfigLimits prefix with '/' (keys are the prefix and the name joined as they are); the default "
+            "context_window=10 is in force",
+        ),
+        (
+            "INFO",
+            "config key 'models/llmtruncate_on_overflow' does not exist under /cfg; the default "
+            "truncate_on_overflow=False is in force",
+        ),
+        (
+            "INFO",
+            "config key 'models/llmtruncation_side' does not exist under /cfg; the default truncation_side='left' is "
+            "in force",
+        ),
+    ]
+    assert caplog.records[0].error_code == "E0409"

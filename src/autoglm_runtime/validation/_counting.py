@@ -97,8 +97,8 @@ class TokenCounter:
             at_least = ids + self.least_words([s for s in segments if isinstance(s, str)], budget - ids, whole=True)
         else:
             return
-        if at_least > budget:
-            raise overflow_error(at_least + fixed, output, window, request, at_least=True)
+        if at_least > budget:  # token ids alone are counted exactly
+            raise overflow_error(at_least + fixed, output, window, request, at_least=chars > 0)
 
     def least_tokens(self, texts: Sequence[str], enough: int) -> int:
         """A proven lower bound on the tokens of texts that begin with ``texts``, working no harder than it takes
@@ -148,8 +148,8 @@ class TokenCounter:
         def over(counted: int, *, exact: bool) -> ContextWindowExceededError:
             return overflow_error(counted + fixed, output, window, request, at_least=not exact)
 
-        if running > budget:
-            raise over(running, exact=False)
+        if running > budget:  # exact when the input is token ids alone
+            raise over(running, exact=all(isinstance(s, tuple) for s in segments))
         ids: list[list[int] | None] = [list(s) if isinstance(s, tuple) else None for s in segments]
         batch: list[int] = []
         batch_chars = 0

@@ -126,19 +126,23 @@ class GuardSettings:
         """A :class:`ValidationMiddleware` around ``app`` with these settings."""
         return ValidationMiddleware(app, **self.middleware_options())
 
-    def middleware_options(self) -> dict[str, Any]:
-        """The keyword arguments of :class:`ValidationMiddleware` these settings stand for (files are loaded)."""
+    def middleware_options(self, *, source: str = "the guard settings") -> dict[str, Any]:
+        """The keyword arguments of :class:`ValidationMiddleware` these settings stand for (files are loaded).
+
+        A tokenizer and a chat template that cannot be loaded are both named, in one
+        :class:`~autoglm_runtime.errors.UsageError` naming ``source``."""
         guard = None
         if self.tokenizer is not None:
             assert self.context_window is not None
+            tokenizer, template = self._files(source)
             guard = ContextWindowGuard(
-                HFTokenizer.from_file(self.tokenizer),
+                tokenizer,
                 self.context_window,
                 truncate_on_overflow=self.truncate_on_overflow,
                 truncation_side=self.truncation_side,
                 default_output_tokens=self.default_output_tokens,
                 message_tokens=self.message_tokens,
-                chat_template=ChatTemplate.from_file(self.chat_template) if self.chat_template else None,
+                chat_template=template,
             )
         return {
             "context_guard": guard,
@@ -153,6 +157,24 @@ class GuardSettings:
             "body_timeout": self.body_timeout,
             "error_style": self.error_style,
         }
+
+    def _files(self, source: str) -> tuple[HFTokenizer, ChatTemplate | None]:
+        """The tokenizer and chat template the settings name, or one error naming every file that failed."""
+        assert self.tokenizer is not None
+        problems: list[str] = []
+        tokenizer = template = None
+        try:
+            tokenizer = HFTokenizer.from_file(self.tokenizer)
+        except UsageError as exc:
+            problems.append(f"'tokenizer': {exc.message}")
+        if self.chat_template:
+            try:
+                template = ChatTemplate.from_file(self.chat_template)
+            except UsageError as exc:
+                problems.append(f"'chat_template': {exc.message}")
+        if problems or tokenizer is None:
+            raise UsageError(f"{source} name files that cannot be used: {'; '.join(problems)}")
+        return tokenizer, template
 
 
 #: What a value of the right type must also be, as the part it configures requires (the part refuses the same
@@ -211,7 +233,7 @@ class EnvValidationMiddleware(ValidationMiddleware):
                     f"EnvValidationMiddleware reads its settings from the file named by {CONFIG_ENV_VAR}, which is "
                     "not set: set it to a TOML or JSON settings file (see docs/validation.md)"
                 )
-            options = GuardSettings.from_file(path).middleware_options()
+            options = GuardSettings.from_file(path).middleware_options(source=f"the guard settings in {path!r}")
         except UsageError as exc:
             self._refuse(app, exc)
             return

@@ -127,6 +127,15 @@ class ConfigLimits:
         truncation_side_key: str = "truncation_side",
     ) -> None:
         self._client = client
+        # A prefix without its '/' ("models/llm") names keys nobody wrote; kept to say which ones were meant.
+        self._slashed = (
+            {
+                prefix + name: f"{prefix}/{name}"
+                for name in (context_window_key, truncate_on_overflow_key, truncation_side_key)
+            }
+            if prefix and not prefix.endswith("/")
+            else {}
+        )
         self._keys = (
             prefix + context_window_key,
             prefix + truncate_on_overflow_key,
@@ -226,6 +235,19 @@ class ConfigLimits:
         self._absent.add(key)
         # A key holding null (an empty znode) reads as None too: it exists, and saying otherwise misleads.
         state = "does not exist" if self._client.get(key, _ABSENT) is _ABSENT else "holds null (empty)"
+        meant = self._slashed.get(key)
+        if state == "does not exist" and meant is not None and self._client.get(meant, _ABSENT) is not _ABSENT:
+            log.warning(
+                "config key %r does not exist%s, but %r does: end the ConfigLimits prefix with '/' (keys are the "
+                "prefix and the name joined as they are); the default %s=%r is in force",
+                key,
+                f" under {root}" if root else "",
+                meant,
+                field,
+                default,
+                extra={"error_code": "E0409", "key": key},
+            )
+            return
         log.info(
             "config key %r %s%s; the default %s=%r is in force",
             key,

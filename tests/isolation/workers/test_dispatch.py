@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autoglm_runtime.isolation._scripts.dispatch import not_a_generator
+from autoglm_runtime.isolation._scripts.dispatch import method_of, not_a_generator
 from autoglm_runtime.isolation.workers._replies import ReplyMismatch, hello_of, result_of
 
 
@@ -25,3 +25,36 @@ def test_a_frame_that_breaks_the_protocol_names_its_type_with_its_article() -> N
     with pytest.raises(ReplyMismatch) as reply:
         result_of("m", "generate", 1, [])
     assert str(reply.value) == "answered generate() with a list"
+
+
+class _Model:
+    label = "not callable"
+
+    def predict(self, text: str) -> str:
+        return text
+
+    def generate(self, text: str) -> str:
+        return text
+
+    def _private(self) -> None: ...
+
+    @property
+    def costly(self) -> str:  # never read to list the methods
+        raise AssertionError("the model's property ran")
+
+
+def test_a_method_the_model_lacks_is_named_with_those_it_has() -> None:
+    # Before: "raised AttributeError: '_Model' object has no attribute 'predcit'", as if the model had failed.
+    model = _Model()
+    assert method_of(model, "predict")("hi") == "hi"
+    with pytest.raises(AttributeError) as missing:
+        method_of(model, "predcit")
+    assert str(missing.value) == "the model (_Model) has no method 'predcit': its methods are generate, predict"
+    with pytest.raises(AttributeError) as attribute:
+        method_of(model, "label")
+    assert str(attribute.value) == (
+        "the model (_Model) has an attribute that is not a method named 'label': its methods are generate, predict"
+    )
+    with pytest.raises(AttributeError) as bare:
+        method_of(object(), "predict")
+    assert str(bare.value) == "the model (object) has no method 'predict': it has no public method"

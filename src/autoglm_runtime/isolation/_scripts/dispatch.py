@@ -45,6 +45,18 @@ def not_a_generator(method: str, result: object) -> TypeError:
     return TypeError(f"{method}() returned {a_type(result)}, not a generator: use call()")
 
 
+def method_of(model: object, name: str) -> Any:
+    """The model's method ``name``, or an ``AttributeError`` naming the methods it has (a misspelt name)."""
+    method = getattr(model, name, None)
+    if callable(method):
+        return method
+    # Looked up on the class: reading an instance's properties would run the model's code.
+    names = sorted(n for n in dir(type(model)) if not n.startswith("_") and callable(getattr(type(model), n, None)))
+    has = f"its methods are {', '.join(names)}" if names else "it has no public method"
+    what = "has no method" if method is None else "has an attribute that is not a method named"
+    raise AttributeError(f"the model ({type(model).__name__}) {what} {name!r}: {has}")
+
+
 class _Stream:
     """Flow control and cancellation of one stream; its waits end on credit or cancel."""
 
@@ -173,7 +185,7 @@ class Dispatcher:
             self._streams.pop(call_id, None)
 
     def _start(self, message: dict[str, Any]) -> Any:
-        method = getattr(self._model, message["method"])
+        method = method_of(self._model, message["method"])
         return method(*message.get("args", ()), **message.get("kwargs", {}))
 
     def _run(self, message: dict[str, Any], stream: _Stream | None) -> None:
