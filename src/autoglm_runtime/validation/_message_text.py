@@ -1,0 +1,146 @@
+"""The text a chat request's messages carry, and where each piece sits in the body.
+
+Every message's text is read: a string ``content``, its ``text``, ``input_text``, ``output_text`` and untyped parts
+with ``text``, ``refusal`` and ``thinking`` parts, ``reasoning_content`` and ``reasoning``, and its tool calls (as
+the JSON the template writes). Parts of a kind that carries no text (images, audio, files) are skipped; a part of an
+unknown kind that carries text is rejected with E5010 rather than left uncounted. System and developer messages, and
+an assistant's tool calls with the results that answer them, are pinned: counted, never cut apart.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, NamedTuple
+
+from autoglm_runtime.errors import InvalidRequestError
+from autoglm_runtime.validation.request import Chat, Segment
+
+__all__ = ["Path", "TextField", "read_messages", "shape_error", "too_many"]
+
+Path = tuple[str | int, ...]
+
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+_NO_TEXT_PARTS = frozenset(
+    {"image_url", "input_image", "image", "input_audio", "audio", "file", "input_file", "video", "video_url"}
+)
+_PINNED_ROLES = frozenset({"system", "developer"})
+_MESSAGE_TEXT = ("reasoning_content", "reasoning")
+_MESSAGE_JSON = ("tool_calls", "function_call")
+_RESULT_ROLES = frozenset({"tool", "function"})
+_CONTENT: tuple[str | int, ...] = ("content",)
+
+
+class TextField(NamedTuple):
+    """One piece of input and where it sits in the body (``("messages", 0, "content")``)."""
+
+    path: Path
+    value: Segment
+
+
+def shape_error(where: str, expected: str, value: Any, param: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"{where} must be {expected}, got {type(value).__name__}: fix the request body", param=param
+    )
+
+
+def too_many(what: str, count: int, limit: int, option: str, param: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"the request has {count} {what}, more than the limit of {limit}: send fewer, or raise {option}", param=param
+    )
+
+
+def read_messages(  # noqa: PLR0912  (one branch per message shape, kept flat on the hot path)
+    name: str, value: Any, fields: list[TextField], pinned: set[int], *, max_messages: int, max_parts: int
+) -> Chat:
+    """The chat of the messages field ``name`` (``value``): each text the model reads is appended to ``fields``
+    (where it sits, and the text), the indexes of those never truncated added to ``pinned``; E5010 for a wrong
+    shape, or past ``max_messages`` messages or ``max_parts`` content parts.
+    """
+    base: Path = tuple(name.split("."))
+    if not isinstance(value, list):
+        raise shape_error(name, "a list of messages", value, name)
+    if len(value) > max_messages:
+        raise too_many("messages", len(value), max_messages, "max_messages", name)
+    turns: list[int] = [-1] * len(fields)
+    places: list[Path] = [()] * len(fields)
+    parts_seen = 0
+    answering = False  # the messages so far end with an assistant's tool calls and their results
+    for index, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise shape_error(f"{name}[{index}]", "an object", message, name)
+        content = message.get("content")
+        found: list[tuple[Path, Segment]]
+        if isinstance(content, str):
+            found = [(_CONTENT, content)]
+        elif content is None:
+            found = []
+        elif isinstance(content, list):
+            parts_seen += len(content)
+            if parts_seen > max_parts:
+                raise too_many("content parts", parts_seen, max_parts, "max_parts", name)
+            found = []
+            for part_index, part in enumerate(content):
+                place = _part(name, index, part_index, part)
+                if place is not None:
+                    found.append((("content", part_index, *place), _text_at(part, place)))
+        else:
+            raise shape_error(f"{name}[{index}].content", "a string or a list of content parts", content, name)
+        # Any key besides role and content may carry text the model reads (tool_calls often come without content).
+        extra = len(message) > ("role" in message) + ("content" in message)
+        if extra:
+            found.extend(((key,), message[key]) for key in _MESSAGE_TEXT if isinstance(message.get(key), str))
+        role = message.get("role")
+        # A tool result stays with the call it answers (pinned below): dropping one alone breaks the chat.
+        keep = role in _PINNED_ROLES or (answering and role in _RESULT_ROLES)
+        answering = (extra and role == "assistant" and any(message.get(key) for key in _MESSAGE_JSON)) or (
+            answering and role in _RESULT_ROLES
+        )
+        for place, text in found:
+            if keep:
+                pinned.add(len(fields))
+            fields.append(TextField((*base, index, *place), text))
+            turns.append(index)
+            places.append(place)
+        if extra:
+            for key in _MESSAGE_JSON:
+                if message.get(key) is not None:
+                    # Counted as the JSON the template writes; pinned, so a cut never leaves broken JSON behind.
+                    pinned.add(len(fields))
+                    fields.append(TextField((*base, index, key), json.dumps(message[key], ensure_ascii=False)))
+                    turns.append(index)
+                    places.append((key,))
+    return Chat(tuple(value), tuple(turns), tuple(places))
+
+
+def _part(name: str, index: int, part_index: int, part: Any) -> Path | None:
+    """Where the text of one content part is (``("text",)``), or ``None`` for a part without text."""
+    where = f"{name}[{index}].content[{part_index}]"
+    if isinstance(part, str):
+        return ()
+    if not isinstance(part, dict):
+        raise shape_error(where, "an object", part, name)
+    kind = part.get("type")
+    if kind in _TEXT_PARTS or (kind is None and "text" in part):
+        if not isinstance(part.get("text"), str):
+            raise shape_error(f"{where}.text", "a string", part.get("text"), name)
+        return ("text",)
+    if kind in ("refusal", "thinking") and isinstance(part.get(kind), str):
+        return (kind,)
+    if kind in _NO_TEXT_PARTS:
+        return None
+    carried = [key for key, item in part.items() if key != "type" and isinstance(item, str)]
+    if carried:
+        raise InvalidRequestError(
+            f"{where} is a content part of type {kind!r} carrying text in {carried[0]!r}, which the guard cannot "
+            "count: send it as a {'type': 'text', 'text': ...} part",
+            param=name,
+        )
+    return None
+
+
+def _text_at(part: Any, place: Path) -> str:
+    value = part
+    for key in place:
+        value = value[key]
+    assert isinstance(value, str)
+    return value
