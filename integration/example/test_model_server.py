@@ -279,6 +279,14 @@ COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
          "false, got 'yes': fix the request body"),
         (CHAT, {"model": CHARS, "messages": [{"role": "tool", "content": "42"}]}, "messages", "E5010: the model's "
          "chat template rejected the messages: roles are system, user and assistant; got tool: fix the conversation"),
+        (CHAT, {"model": WORDS, "messages": [{"role": "user", "content": "hi"}, {"role": 5, "content": "hi"}]},
+         "messages[1].role", "E5010: messages[1].role is an integer, not a string (OpenAI: \"Invalid type for "
+         "'messages[1].role': expected a string, but got an integer instead.\"): give every message a role, one of "
+         "'system', 'assistant', 'user', 'function', 'tool', or 'developer'"),
+        (CHAT, {"model": WORDS, "messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role", "E5010: "
+         "messages[0].role is 'robot', not a role the server takes (OpenAI: \"Invalid value: 'robot'. Supported "
+         "values are: 'system', 'assistant', 'user', 'function', 'tool', and 'developer'.\"): give every message a "
+         "role, one of 'system', 'assistant', 'user', 'function', 'tool', or 'developer'"),
     ],
 )  # fmt: skip
 def test_requests_the_guard_can_judge_get_coded_400s(
@@ -292,6 +300,19 @@ def test_requests_the_guard_can_judge_get_coded_400s(
         "param": param,
         "code": "E5010",
     }
+
+
+def test_a_message_without_a_role_is_refused_by_name_through_the_openai_client(server: Server) -> None:
+    # Before, the chars model's template failed on the missing role: "E5010: the model's chat template failed on
+    # the messages (UndefinedError: ...)", naming no message.
+    messages: Any = [{"role": "system", "content": "Be brief."}, {"content": "How does the server start?"}]
+    with pytest.raises(openai.BadRequestError) as info:
+        server.client.chat.completions.create(model=CHARS, messages=messages, max_tokens=4)
+    assert (info.value.code, info.value.param) == ("E5010", "messages[1].role")
+    assert info.value.body["message"] == (  # type: ignore[index]
+        "E5010: messages[1].role is missing (OpenAI: \"Missing required parameter: 'messages[1].role'.\"): give every "
+        "message a role, one of 'system', 'assistant', 'user', 'function', 'tool', or 'developer'"
+    )
 
 
 def test_options_left_at_what_asks_for_nothing_are_accepted(server: Server) -> None:

@@ -172,7 +172,7 @@ def test_fuzzed_calls_get_a_coded_invalid_argument_or_pass(channel_for: Any) -> 
     bodies = st.one_of(
         st.binary(max_size=300),
         st.builds(lambda p, m: json.dumps({"prompt": p, "max_tokens": m}).encode(), prompts, st.integers(-3, 400)),
-        st.builds(lambda p: json.dumps({"messages": [{"content": p}]}).encode()[:-3], prompts),
+        st.builds(lambda p: json.dumps({"messages": [{"role": "user", "content": p}]}).encode()[:-3], prompts),
     )
     values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=900)
 
@@ -287,6 +287,13 @@ def test_a_chat_over_a_real_channel_is_judged_as_vllm_reads_it(channel_for: Any)
         "E0513: This model's maximum context length is 20 tokens. However, you requested 21 tokens (20 in the input, "
         "1 for the completion by default, as the request sets no max_completion_tokens), more than the context window "
         "of 20 tokens: shorten the input"
+    )
+    # A message without a role is refused before it is counted, as on HTTP.
+    error = rpc_error(channel, {"messages": [{"content": "x"}]})
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "E5010: messages[0].role is missing (OpenAI: \"Missing required parameter: 'messages[0].role'.\"): give "
+        "every message a role, one of 'system', 'assistant', 'user', 'function', 'tool', or 'developer'",
     )
     error = rpc_error(channel, {"prompt": "x", "truncate_prompt_tokens": 0})
     assert (error.code(), dict(error.trailing_metadata())) == (

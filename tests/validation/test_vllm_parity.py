@@ -3,7 +3,8 @@
 References (vllm-project/vllm): ``ChatCompletionRequest.build_tok_params`` (max_completion_tokens before max_tokens),
 ``CompletionRequest`` (no max_completion_tokens; ``echo`` with ``max_tokens: 0``), ``SamplingParams._verify_args``
 (max_tokens at least 1), ``InputProcessor._validate_prompt_len`` (no empty prompt, no prompt filling the window),
-``TokenizeParams`` (``truncate_prompt_tokens``), and the requests being pydantic models in lax mode.
+``TokenizeParams`` (``truncate_prompt_tokens``), ``CustomChatCompletionMessageParam`` (a message's role is a required
+string, any one), and the requests being pydantic models in lax mode.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from openai.types.chat import ChatCompletionMessageParam
 from pydantic import TypeAdapter, ValidationError
 from tests.validation._helpers import char_tok, write_chat_model
+from typing_extensions import Required, TypedDict
 
 from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestError
 from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, GuardResult, HFTokenizer, OpenAIExtractor
@@ -290,3 +293,38 @@ def test_continue_final_message_needs_a_message_to_continue() -> None:
     assert info.value.message == (
         "continue_final_message is set but the conversation is empty: send the message to continue"
     )
+
+
+class _VllmCustomMessage(TypedDict, total=False):
+    """vLLM's ``CustomChatCompletionMessageParam`` (vllm/entrypoints/chat_utils.py): "Enables custom roles"."""
+
+    role: Required[str]
+    content: str
+
+
+OPENAI_MESSAGE: TypeAdapter[Any] = TypeAdapter(ChatCompletionMessageParam)
+VLLM_MESSAGE: TypeAdapter[Any] = TypeAdapter(ChatCompletionMessageParam | _VllmCustomMessage)
+ROLE_VALUES = st.one_of(
+    st.sampled_from(["system", "developer", "user", "assistant", "tool", "function", "observation", "User", ""]),
+    st.text(max_size=6),
+    st.none(),
+    st.integers(),
+    st.booleans(),
+    st.lists(st.text(max_size=2), max_size=1),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(role=ROLE_VALUES, sent=st.booleans())
+def test_roles_are_refused_as_openai_refuses_them_and_left_open_as_vllm_leaves_them(role: Any, sent: bool) -> None:
+    # (name and tool_call_id: a function or tool message needs them in OpenAI's types; the guard does not read them)
+    message = {"content": "hi", "name": "n", "tool_call_id": "c", **({"role": role} if sent else {})}
+    for extractor, model in ((OpenAIExtractor(), OPENAI_MESSAGE), (OpenAIExtractor(roles=None), VLLM_MESSAGE)):
+        try:
+            model.validate_python(message)
+        except ValidationError:
+            with pytest.raises(InvalidRequestError) as info:
+                extractor.extract({"messages": [message]})
+            assert (info.value.code, info.value.param) == ("E5010", "messages[0].role")
+        else:
+            assert extractor.extract({"messages": [message]}).segments == ["hi"]

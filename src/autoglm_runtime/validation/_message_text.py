@@ -5,19 +5,30 @@ with ``text``, ``refusal`` and ``thinking`` parts, ``reasoning_content`` and ``r
 the JSON the template writes). Parts of a kind that carries no text (images, audio, files) are skipped; a part of an
 unknown kind that carries text is rejected with E5010 rather than left uncounted. System and developer messages, and
 an assistant's tool calls with the results that answer them, are pinned: counted, never cut apart.
+
+Every message needs a string ``role``, as both OpenAI and vLLM require (vLLM's ``CustomChatCompletionMessageParam``
+has ``role: Required[str]``); by default it must be one of OpenAI's (:data:`OPENAI_ROLES`). vLLM also takes any
+other string ("custom roles", left to the chat template), which ``roles=None`` allows.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from autoglm_runtime.errors import InvalidRequestError
 from autoglm_runtime.validation.request import Chat, Segment
 
-__all__ = ["Path", "TextField", "read_messages", "shape_error", "too_many"]
+__all__ = ["OPENAI_ROLES", "Path", "TextField", "read_messages", "shape_error", "too_many"]
 
 Path = tuple[str | int, ...]
+
+#: The roles OpenAI's chat API takes, in the order its "Supported values are: ..." error lists them.
+OPENAI_ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+#: How many messages without a valid role one error names before it just counts the rest.
+_NAMED_PROBLEMS = 5
+_JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a decimal", list: "an array", dict: "an object"}
 
 _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 _NO_TEXT_PARTS = frozenset(
@@ -50,17 +61,26 @@ def too_many(what: str, count: int, limit: int, option: str, param: str) -> Inva
 
 
 def read_messages(  # noqa: PLR0912  (one branch per message shape, kept flat on the hot path)
-    name: str, value: Any, fields: list[TextField], pinned: set[int], *, max_messages: int, max_parts: int
+    name: str,
+    value: Any,
+    fields: list[TextField],
+    pinned: set[int],
+    *,
+    max_messages: int,
+    max_parts: int,
+    roles: Sequence[str] | None = OPENAI_ROLES,
 ) -> Chat:
     """The chat of the messages field ``name`` (``value``): each text the model reads is appended to ``fields``
     (where it sits, and the text), the indexes of those never truncated added to ``pinned``; E5010 for a wrong
-    shape, or past ``max_messages`` messages or ``max_parts`` content parts.
+    shape, a message whose role is missing, not a string or not one of ``roles`` (any string for ``None``), or
+    past ``max_messages`` messages or ``max_parts`` content parts.
     """
     base: Path = tuple(name.split("."))
     if not isinstance(value, list):
         raise shape_error(name, "a list of messages", value, name)
     if len(value) > max_messages:
         raise too_many("messages", len(value), max_messages, "max_messages", name)
+    check_roles(name, value, roles)
     turns: list[int] = [-1] * len(fields)
     places: list[Path] = [()] * len(fields)
     parts_seen = 0
@@ -110,6 +130,59 @@ def read_messages(  # noqa: PLR0912  (one branch per message shape, kept flat on
                     turns.append(index)
                     places.append((key,))
     return Chat(tuple(value), tuple(turns), tuple(places))
+
+
+def check_roles(name: str, messages: list[Any], roles: Sequence[str] | None) -> None:
+    """E5010 naming every message of ``messages`` (the field ``name``) whose role is missing, not a string, or not
+    one of ``roles`` (any string for ``None``), with OpenAI's words for the first; messages that are not objects
+    are left to the shape check."""
+    allowed = None if roles is None else frozenset(roles)
+    problems: list[tuple[int, str, str]] = []  # (index, what is wrong, OpenAI's words)
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        if type(role) is str and (allowed is None or role in allowed):
+            continue
+        where = f"{name}[{index}].role"
+        if "role" not in message:
+            problems.append((index, "is missing", f"Missing required parameter: '{where}'."))
+        elif not isinstance(role, str):
+            kind = "null" if role is None else _JSON_TYPES.get(type(role), type(role).__name__)
+            problems.append(
+                (
+                    index,
+                    f"is {kind}, not a string",
+                    f"Invalid type for '{where}': expected a string, but got {kind} instead.",
+                )
+            )
+        else:
+            assert roles is not None
+            problems.append(
+                (
+                    index,
+                    f"is {role[:40]!r}, not a role the server takes",
+                    f"Invalid value: {role[:40]!r}. Supported values are: {_listed(roles)}.",
+                )
+            )
+    if not problems:
+        return
+    first, what, openai = problems[0]
+    message = f'{name}[{first}].role {what} (OpenAI: "{openai}")'
+    if len(problems) > 1:
+        others = [f"{name}[{index}].role {what}" for index, what, _ in problems[1 : _NAMED_PROBLEMS + 1]]
+        more = len(problems) - 1 - len(others)
+        message += "; " + ", ".join(others) + (f", and {more} more messages have no valid role" if more else "")
+    advice = " (a string)" if roles is None else f", one of {_listed(roles, 'or')}"
+    raise InvalidRequestError(f"{message}: give every message a role{advice}", param=f"{name}[{first}].role")
+
+
+def _listed(names: Sequence[str], last: str = "and") -> str:
+    """``'a', 'b', and 'c'``, as OpenAI lists supported values."""
+    quoted = [repr(item) for item in names]
+    if len(quoted) < 3:
+        return f" {last} ".join(quoted)
+    return f"{', '.join(quoted[:-1])}, {last} {quoted[-1]}"
 
 
 def _part(name: str, index: int, part_index: int, part: Any) -> Path | None:

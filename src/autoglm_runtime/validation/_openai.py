@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any, Literal
@@ -19,7 +19,14 @@ from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, Usa
 from autoglm_runtime.validation._conversation import not_boolean, with_options
 from autoglm_runtime.validation._kept import kept_fields
 from autoglm_runtime.validation._lax import lax_bool, lax_int
-from autoglm_runtime.validation._message_text import Path, TextField, read_messages, shape_error, too_many
+from autoglm_runtime.validation._message_text import (
+    OPENAI_ROLES,
+    Path,
+    TextField,
+    read_messages,
+    shape_error,
+    too_many,
+)
 from autoglm_runtime.validation._partial import json_prefix
 from autoglm_runtime.validation.context_window import Chat, GuardInput, GuardResult, Segment
 
@@ -125,10 +132,19 @@ class OpenAIExtractor:
     ``max_prompts``, ``max_messages`` and ``max_parts`` (content parts over all messages) bound the work one body
     can cause; past them the request is rejected with E5010. ``prompt_max_tokens`` is the output budget of a
     completions body sending no budget field (16, as OpenAI and vLLM default ``max_tokens``; ``None`` for none).
+    ``roles`` are the message roles taken (OpenAI's six, :attr:`OPENAI_ROLES`, by default); a message whose role
+    is missing, not a string, or another one is E5010. ``None`` takes any string, as vLLM does ("custom roles",
+    such as GLM's ``observation``, left to the chat template).
 
     >>> OpenAIExtractor().extract({"prompt": "hi", "max_tokens": 5}).segments
     ['hi']
+    >>> chat = {"messages": [{"role": "observation", "content": "42"}]}
+    >>> OpenAIExtractor(roles=(*OpenAIExtractor.OPENAI_ROLES, "observation")).extract(chat).segments
+    ['42']
     """
+
+    #: The roles OpenAI's chat API takes: ``system``, ``assistant``, ``user``, ``function``, ``tool``, ``developer``.
+    OPENAI_ROLES: tuple[str, ...] = OPENAI_ROLES
 
     def __init__(
         self,
@@ -142,6 +158,7 @@ class OpenAIExtractor:
         max_messages: int = 4096,
         max_parts: int = 8192,
         prompt_max_tokens: int | None = 16,
+        roles: Iterable[str] | None = OPENAI_ROLES,
     ) -> None:
         for option, value in (("max_prompts", max_prompts), ("max_messages", max_messages), ("max_parts", max_parts)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -150,6 +167,11 @@ class OpenAIExtractor:
             isinstance(prompt_max_tokens, bool) or not isinstance(prompt_max_tokens, int) or prompt_max_tokens < 0
         ):
             raise UsageError(f"prompt_max_tokens must be a whole number >= 0 or None, got {prompt_max_tokens!r}")
+        taken = None if roles is None or isinstance(roles, str) else tuple(dict.fromkeys(roles))
+        if roles is not None and (not taken or not all(isinstance(role, str) for role in taken)):
+            raise UsageError(f"roles must be a list of role names (strings), or None for any, got {roles!r:.80}")
+        #: The message roles taken (``None``: any string).
+        self.roles = taken
         #: The output budget of a prompt (completions) body that sends no budget field at all: OpenAI's and vLLM's
         #: ``max_tokens`` default of 16 (a chat has none: it may run to the window).
         self.prompt_max_tokens = prompt_max_tokens
@@ -191,7 +213,13 @@ class OpenAIExtractor:
             if value is not None:
                 param = param or name
                 chat = read_messages(
-                    name, value, fields, pinned, max_messages=self.max_messages, max_parts=self.max_parts
+                    name,
+                    value,
+                    fields,
+                    pinned,
+                    max_messages=self.max_messages,
+                    max_parts=self.max_parts,
+                    roles=self.roles,
                 )
         for name in self.suffix_fields:
             value = _dotted(body, name)
