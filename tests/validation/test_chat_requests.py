@@ -236,3 +236,27 @@ def test_continue_final_message_continues_a_user_message_as_transformers_does(mo
     kwargs = {"add_generation_prompt": False, "continue_final_message": True}
     ids = reference.apply_chat_template(messages, tokenize=True, **kwargs)["input_ids"]
     assert judge(directory, {"messages": messages, **kwargs}).token_ids == (tuple(ids),)
+
+
+def test_tools_reach_the_template_as_vllm_dumps_them(tmp_path: Path) -> None:
+    # vLLM hands a template [tool.model_dump() for tool in request.tools]: ChatCompletionToolsParam (type, function)
+    # over FunctionDefinition (name, description, parameters, then other keys). Before, the tools went in as sent, so
+    # a template writing them as JSON counted no "description": null, and the client's key order.
+    directory = write_chat_model(
+        tmp_path / "model", "{{ tools | tojson }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
+    sent = [
+        {"function": {"parameters": {"type": "object"}, "name": "look", "strict": True}, "x_note": "dropped"},
+        {"type": "function", "function": {"name": "wait", "description": "Wait."}, "defer_loading": True},
+        {"type": "custom", "custom": {"name": "grep"}},  # vLLM refuses this one itself: left as it came
+    ]
+    result = judge(directory, {"messages": [{"role": "user", "content": "hi"}], "tools": sent})
+    assert result.prompt == (
+        '[{"type": "function", "function": {"name": "look", "description": null, "parameters": {"type": "object"}, '
+        '"strict": true}}, {"type": "function", "function": {"name": "wait", "description": "Wait.", "parameters": '
+        'null}, "defer_loading": true}, {"type": "custom", "custom": {"name": "grep"}}]hi'
+    )
+    assert sent[0] == {
+        "function": {"parameters": {"type": "object"}, "name": "look", "strict": True},
+        "x_note": "dropped",
+    }

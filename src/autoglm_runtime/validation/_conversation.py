@@ -12,7 +12,11 @@ vLLM never gives a template the request's messages as they came. It keeps only t
 - an assistant's ``tool_calls`` are kept with each call's JSON ``arguments`` parsed into an object (``{}`` when the
   text is not JSON), an empty list is dropped; its ``reasoning`` (or ``reasoning_content``) is passed under both
   names; a tool result keeps its ``tool_call_id`` and, when all its parts are text, a string content;
-- ``name`` (a string) is kept; a developer message keeps its ``tools``; any other key is dropped.
+- ``name`` (a string) is kept; a developer message keeps its ``tools``; any other key is dropped;
+- the request's ``tools`` reach the template as vLLM's pydantic models dump them (``ChatCompletionToolsParam``,
+  ``FunctionDefinition``; ``tool_dicts``): ``type`` first, then ``function`` with its ``name``, ``description``
+  and ``parameters`` (``null`` when not sent) before its other keys; a tool's keys besides those two are dropped
+  (but a set ``defer_loading``). A tool vLLM's models would refuse is left as it came.
 
 A template that printed a content list would otherwise count the parts' Python text (a base64 image URL included),
 and one that printed a null content would count ``None``: neither is what the model reads.
@@ -29,7 +33,15 @@ from autoglm_runtime.errors import InvalidRequestError
 from autoglm_runtime.validation._lax import lax_bool
 from autoglm_runtime.validation.request import Chat
 
-__all__ = ["ContentFormat", "content_format", "conversation", "not_boolean", "template_options", "with_options"]
+__all__ = [
+    "ContentFormat",
+    "content_format",
+    "conversation",
+    "not_boolean",
+    "template_options",
+    "tool_dicts",
+    "with_options",
+]
 
 ContentFormat = Literal["string", "openai"]
 
@@ -162,6 +174,32 @@ def conversation(messages: Sequence[Mapping[str, Any]], form: ContentFormat) -> 
             item["name"] = message["name"]
         if role == "developer":
             item["tools"] = message.get("tools")
+        out.append(item)
+    return out
+
+
+_FUNCTION_FIELDS = ("name", "description", "parameters")
+
+
+def tool_dicts(tools: Sequence[Any]) -> list[Any]:
+    """``tools`` as vLLM hands them to a chat template: each one's ``model_dump()`` (see the module)."""
+    out: list[Any] = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        if not (
+            isinstance(function, Mapping)
+            and tool.get("type", "function") == "function"
+            and isinstance(function.get("name"), str)
+            and isinstance(function.get("description"), str | None)
+            and isinstance(function.get("parameters"), dict | None)
+        ):
+            out.append(tool)  # vLLM refuses the request itself: nothing to count as it would
+            continue
+        dumped = {name: function.get(name) for name in _FUNCTION_FIELDS}
+        dumped.update((key, value) for key, value in function.items() if key not in _FUNCTION_FIELDS)
+        item: dict[str, Any] = {"type": "function", "function": dumped}
+        if tool.get("defer_loading") is not None:
+            item["defer_loading"] = tool["defer_loading"]
         out.append(item)
     return out
 
