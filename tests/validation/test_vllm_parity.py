@@ -9,6 +9,7 @@ string, any one), and the requests being pydantic models in lax mode.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -328,3 +329,57 @@ def test_roles_are_refused_as_openai_refuses_them_and_left_open_as_vllm_leaves_t
             assert (info.value.code, info.value.param) == ("E5010", "messages[0].role")
         else:
             assert extractor.extract({"messages": [message]}).segments == ["hi"]
+
+
+@pytest.mark.parametrize(
+    ("call", "message", "param"),
+    [
+        (
+            {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{'city': 'Paris'}"}},
+            "messages[1].tool_calls[0].function.arguments is not JSON (Expecting property name enclosed in double "
+            "quotes: line 1 column 2 (char 1)): vLLM parses a tool call's arguments for the chat template and "
+            "refuses text that is not JSON; send the arguments as the JSON text of an object",
+            "messages[1].tool_calls[0].function.arguments",
+        ),
+        (
+            {"id": "1", "type": "function", "function": {"name": "f", "arguments": 5}},
+            "messages[1].tool_calls[0].function.arguments must be the JSON text of the call's arguments, got int: fix "
+            "the request body",
+            "messages[1].tool_calls[0].function.arguments",
+        ),
+        (
+            {"id": "1", "type": "function"},
+            "messages[1].tool_calls[0] must be an object with a 'function' object (its name and arguments), got "
+            "NoneType: fix the request body",
+            "messages[1].tool_calls[0]",
+        ),
+        (
+            "f()",
+            "messages[1].tool_calls[0] must be an object with a 'function' object (its name and arguments), got str "
+            "as the call: fix the request body",
+            "messages[1].tool_calls[0]",
+        ),
+    ],
+)
+def test_a_tool_call_vllm_cannot_parse_is_refused(call: Any, message: str, param: str) -> None:
+    # vLLM's _postprocess_messages runs json.loads on every non-empty arguments text (and reads call["function"]):
+    # it refuses these requests. Before, the guard counted {} for them and let them through.
+    body = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [call]}]}
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor().extract(body)
+    assert (info.value.message, info.value.param) == (message, param)
+
+
+@pytest.mark.parametrize("arguments", [None, "", [], {}, '{"a": 1}', {"a": 1}, [1]])
+def test_tool_call_arguments_vllm_parses_are_taken(arguments: Any) -> None:
+    call = {"id": "1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    template = ChatTemplate(
+        "{% for m in messages %}{% for c in m.tool_calls or [] %}{{ c.function.arguments | tojson }}"
+        "{% endfor %}{% endfor %}"
+    )
+    extracted = OpenAIExtractor().extract({"messages": [{"role": "assistant", "tool_calls": [call]}]})
+    assert extracted.chat is not None
+    # vLLM: empty arguments become {}, an object or array is kept, text is parsed.
+    expected = {None: "{}", "": "{}", "[]": "{}", "{}": "{}", '{"a": 1}': '{"a": 1}', "[1]": "[1]"}
+    rendered = template.render(extracted.chat.messages, options={"add_generation_prompt": False})
+    assert rendered == expected[arguments if arguments is None or isinstance(arguments, str) else json.dumps(arguments)]

@@ -20,7 +20,16 @@ from typing import Any, NamedTuple
 from autoglm_runtime.errors import InvalidRequestError
 from autoglm_runtime.validation.request import Chat, Segment
 
-__all__ = ["OPENAI_ROLES", "Path", "TextField", "read_messages", "shape_error", "too_many"]
+__all__ = [
+    "OPENAI_ROLES",
+    "Path",
+    "TextField",
+    "check_roles",
+    "check_tool_calls",
+    "read_messages",
+    "shape_error",
+    "too_many",
+]
 
 Path = tuple[str | int, ...]
 
@@ -110,6 +119,8 @@ def read_messages(  # noqa: PLR0912  (one branch per message shape, kept flat on
         if extra:
             found.extend(((key,), message[key]) for key in _MESSAGE_TEXT if isinstance(message.get(key), str))
         role = message.get("role")
+        if extra and role == "assistant" and isinstance(message.get("tool_calls"), list):
+            check_tool_calls(f"{name}[{index}].tool_calls", message["tool_calls"])
         # A tool result stays with the call it answers (pinned below): dropping one alone breaks the chat.
         keep = role in _PINNED_ROLES or (answering and role in _RESULT_ROLES)
         answering = (extra and role == "assistant" and any(message.get(key) for key in _MESSAGE_JSON)) or (
@@ -175,6 +186,35 @@ def check_roles(name: str, messages: list[Any], roles: Sequence[str] | None) -> 
         message += "; " + ", ".join(others) + (f", and {more} more messages have no valid role" if more else "")
     advice = " (a string)" if roles is None else f", one of {_listed(roles, 'or')}"
     raise InvalidRequestError(f"{message}: give every message a role{advice}", param=f"{name}[{first}].role")
+
+
+def check_tool_calls(where: str, calls: list[Any]) -> None:
+    """E5010 for an assistant's tool call vLLM cannot hand to a chat template (``_postprocess_messages``): one that
+    is not an object with a ``function`` object, or whose ``arguments`` are text that is not JSON (vLLM parses
+    them with ``json.loads``; empty ones become ``{}``) or neither text nor a JSON object or array."""
+    for number, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            shown = call if not isinstance(call, dict) else function
+            raise InvalidRequestError(
+                f"{where}[{number}] must be an object with a 'function' object (its name and arguments), got "
+                f"{type(shown).__name__}{'' if isinstance(call, dict) else ' as the call'}: fix the request body",
+                param=f"{where}[{number}]",
+            )
+        arguments = function.get("arguments")
+        if not arguments or isinstance(arguments, dict | list):
+            continue
+        param = f"{where}[{number}].function.arguments"
+        if not isinstance(arguments, str):
+            raise shape_error(param, "the JSON text of the call's arguments", arguments, param)
+        try:
+            json.loads(arguments)
+        except ValueError as exc:
+            raise InvalidRequestError(
+                f"{param} is not JSON ({exc}): vLLM parses a tool call's arguments for the chat template and "
+                "refuses text that is not JSON; send the arguments as the JSON text of an object",
+                param=param,
+            ) from None
 
 
 def _listed(names: Sequence[str], last: str = "and") -> str:
