@@ -348,7 +348,7 @@ def test_options_left_at_what_asks_for_nothing_are_accepted(server: Server) -> N
 
 
 @pytest.mark.parametrize(
-    ("prompt", "param", "bad"), [([-1], "prompt", -1), (["hi", [1, 2, 10**6]], "prompt[1]", 10**6)]
+    ("prompt", "param", "bad"), [([10**6], "prompt", 10**6), ([[5], [1, 2, 10**6]], "prompt[1]", 10**6)]
 )
 def test_token_ids_outside_the_vocabulary_are_a_coded_400(server: Server, prompt: Any, param: str, bad: int) -> None:
     # -1 was a bare "Internal Server Error" (the tokenizer's decode overflowed); 10**6 was dropped by the decode
@@ -361,6 +361,13 @@ def test_token_ids_outside_the_vocabulary_are_a_coded_400(server: Server, prompt
     assert error["message"] == (
         f"E5010: {param} holds token id {bad}, which the models' tokenizer does not have (its ids are 0 to "
         f"{vocabulary - 1}): send ids of its vocabulary, or the text"
+    )
+    # A negative id is no token id at all: the guard refuses it first, as vLLM's CompletionRequest does.
+    negative = server.http.post(COMPLETIONS, json={"model": WORDS, "prompt": [-1], "max_tokens": 2})
+    assert negative.status_code == 400, negative.text
+    assert negative.json()["error"]["message"] == (
+        "E5010: prompt[0] is -1, not a token id: token ids are whole numbers of at least 0 (vLLM refuses others): "
+        "fix the request body"
     )
 
 

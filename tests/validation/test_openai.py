@@ -29,18 +29,18 @@ def test_prompt_lists_and_token_ids() -> None:
     extractor = OpenAIExtractor()
     assert extractor.extract({"prompt": ["a", "b"]}).segments == ["a", "b"]
     assert extractor.extract({"prompt": [1, 2, 3]}).segments == [(1, 2, 3)]
-    assert extractor.extract({"prompt": [[1, 2], "c"]}).segments == [(1, 2), "c"]
+    assert extractor.extract({"prompt": [[1, 2], [3]]}).segments == [(1, 2), (3,)]
     with pytest.raises(InvalidRequestError):
         extractor.extract({"prompt": []})  # vLLM: "please provide at least one prompt"
 
 
-def test_a_batch_of_strings_names_each_prompt_as_a_mixed_batch_does() -> None:
+def test_a_batch_of_strings_names_each_prompt_as_a_batch_of_token_ids_does() -> None:
     extractor = OpenAIExtractor(max_prompts=3)
     strings = extractor.extract({"prompt": ["a", "b"]})
-    mixed = extractor.extract({"prompt": ["a", [7]]})
+    ids = extractor.extract({"prompt": [[5], [7]]})
     assert strings.fields == (TextField(("prompt", 0), "a"), TextField(("prompt", 1), "b"))
-    assert mixed.fields == (TextField(("prompt", 0), "a"), TextField(("prompt", 1), (7,)))
-    assert (strings.batch, mixed.batch) == (True, True)
+    assert ids.fields == (TextField(("prompt", 0), (5,)), TextField(("prompt", 1), (7,)))
+    assert (strings.batch, ids.batch) == (True, True)
     assert all(type(field) is TextField for field in strings.fields)
     assert extractor.extract({"prompt": ["x", "y", "z"]}).fields[2] == TextField(("prompt", 2), "z")
 

@@ -10,13 +10,13 @@ string, any one), and the requests being pydantic models in lax mode.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionMessageParam
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 from tests.validation._helpers import char_tok, write_chat_model
 from typing_extensions import Required, TypedDict
 
@@ -383,3 +383,65 @@ def test_tool_call_arguments_vllm_parses_are_taken(arguments: Any) -> None:
     expected = {None: "{}", "": "{}", "[]": "{}", "{}": "{}", '{"a": 1}': '{"a": 1}', "[1]": "[1]"}
     rendered = template.render(extracted.chat.messages, options={"add_generation_prompt": False})
     assert rendered == expected[arguments if arguments is None or isinstance(arguments, str) else json.dumps(arguments)]
+
+
+#: vLLM's CompletionRequest.prompt (vllm/entrypoints/openai/completion/protocol.py), read by pydantic in smart mode.
+VLLM_PROMPT: TypeAdapter[Any] = TypeAdapter(
+    list[Annotated[int, Field(ge=0)]] | list[list[Annotated[int, Field(ge=0)]]] | str | list[str]
+)
+PROMPT_PIECES = st.one_of(
+    st.integers(-2, 40),
+    st.sampled_from([1.0, 2.5, -1.0, True, False, "7", " 8 ", "x", "", "-3", "4.0"]),
+)
+PROMPTS = st.one_of(
+    st.lists(PROMPT_PIECES, min_size=1, max_size=4),
+    st.lists(st.lists(PROMPT_PIECES, max_size=3) | PROMPT_PIECES, min_size=1, max_size=3),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(prompt=PROMPTS)
+def test_a_prompt_list_is_read_as_vllm_reads_it(prompt: list[Any]) -> None:
+    # Before, [1.0, 2.0] and [true, 2] (token ids to vLLM) were E5010, and [-1] or ["a", [7]] (refused by vLLM)
+    # passed.
+    try:
+        read = VLLM_PROMPT.validate_python(prompt)
+    except ValidationError:
+        with pytest.raises(InvalidRequestError) as info:
+            OpenAIExtractor().extract({"prompt": prompt})
+        assert info.value.code == "E5010"
+        return
+    extracted = OpenAIExtractor().extract({"prompt": prompt})
+    if read and all(isinstance(item, int) for item in read):
+        assert (extracted.segments, extracted.batch) == ([tuple(read)], False)
+    else:
+        assert extracted.segments == [item if isinstance(item, str) else tuple(item) for item in read]
+        assert extracted.batch
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message", "param"),
+    [
+        (
+            [3, -1],
+            "prompt[1] is -1, not a token id: token ids are whole numbers of at least 0 (vLLM refuses others): fix "
+            "the request body",
+            "prompt[1]",
+        ),
+        (
+            [[3], [2, "x"]],
+            "prompt[1][1] must be a token id (a whole number), got str: fix the request body",
+            "prompt[1][1]",
+        ),
+        (
+            ["a", [7]],
+            "prompt mixes strings and lists of token ids: vLLM takes a string, a list of strings, token ids or a list "
+            "of token id lists, one kind at a time (so does OpenAI): send one kind",
+            "prompt",
+        ),
+    ],
+)
+def test_a_prompt_list_vllm_refuses_is_e5010_naming_why(prompt: list[Any], message: str, param: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor().extract({"prompt": prompt})
+    assert (info.value.message, info.value.param) == (message, param)

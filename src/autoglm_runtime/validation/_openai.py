@@ -1,18 +1,16 @@
 """Text extraction from OpenAI-style JSON bodies, and the OpenAI-shaped error body.
 
 Everything the model reads is counted: ``prompt`` (a string, token ids, or a batch: a list of strings or of token id
-lists, each prompt judged on its own), ``suffix``, every message's text (read in ``_message_text``) and the
-``tools``/``functions`` definitions. Tools and the suffix are pinned: counted, never truncated. Field names are
-configurable (dotted for nesting, e.g. ``parameters.max_new_tokens``).
+lists, each prompt judged on its own; read in ``_prompt``), ``suffix``, every message's text (read in
+``_message_text``) and the ``tools``/``functions`` definitions. Tools and the suffix are pinned: counted, never
+truncated. Field names are configurable (dotted for nesting, e.g. ``parameters.max_new_tokens``).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any, Literal
 
 from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, UsageError
@@ -21,13 +19,12 @@ from autoglm_runtime.validation._kept import kept_fields
 from autoglm_runtime.validation._lax import lax_bool, lax_int
 from autoglm_runtime.validation._message_text import (
     OPENAI_ROLES,
-    Path,
     TextField,
     read_messages,
     shape_error,
-    too_many,
 )
 from autoglm_runtime.validation._partial import json_prefix
+from autoglm_runtime.validation._prompt import read_prompt
 from autoglm_runtime.validation.context_window import Chat, GuardInput, GuardResult, Segment
 
 __all__ = ["ErrorStyle", "ExtractedInput", "OpenAIExtractor", "TextField", "error_body"]
@@ -87,17 +84,6 @@ class ExtractedInput:
             min_output_tokens=self.min_output_tokens,
             add_special_tokens=self.add_special_tokens,
         )
-
-
-def _is_ids(value: Any) -> bool:
-    # One pass in C over the element types; bool is a distinct type, so True/False are not token ids.
-    return isinstance(value, list) and (not value or set(map(type, value)) == {int})
-
-
-@functools.lru_cache(maxsize=8)
-def _index_paths(base: Path, count: int) -> tuple[Path, ...]:
-    """``(*base, 0)`` to ``(*base, count - 1)``, built once per field rather than once per request."""
-    return tuple((*base, index) for index in range(count))
 
 
 def _special_tokens(body: dict[str, Any]) -> bool:
@@ -205,7 +191,7 @@ class OpenAIExtractor:
             value = _dotted(body, name)
             if value is not None:
                 param = param or name
-                prompts, is_batch = self._prompt(name, value)
+                prompts, is_batch = read_prompt(name, value, self.max_prompts)
                 fields.extend(prompts)
                 batch = batch or is_batch
         for name in self.messages_fields:
@@ -265,38 +251,6 @@ class OpenAIExtractor:
             # A chat's add_special_tokens is read into its Chat (with_options), with vLLM's chat default of false.
             add_special_tokens=chat is not None or _special_tokens(body),
         )
-
-    def _prompt(self, name: str, value: Any) -> tuple[list[TextField], bool]:
-        base: Path = tuple(name.split("."))
-        if isinstance(value, str):
-            return [TextField(base, value)], False
-        if not isinstance(value, list):
-            raise shape_error(name, "a string, a list of strings or a list of token ids", value, name)
-        if not value:
-            raise InvalidRequestError(
-                f'{name} is an empty list: send at least one prompt (vLLM: "please provide at least one prompt")',
-                param=name,
-            )
-        if type(value[0]) is int:
-            # One tokenized prompt (however long), not a batch.
-            if not _is_ids(value):
-                raise shape_error(name, "a list of token ids (integers only)", value, name)
-            return [TextField(base, tuple(value))], False
-        if len(value) > self.max_prompts:
-            raise too_many("prompts", len(value), self.max_prompts, "max_prompts", name)
-        if set(map(type, value)) == {str}:
-            # The usual batch: no per-element check, and the index paths come from a shared tuple.
-            paths = _index_paths(base, self.max_prompts)[: len(value)]
-            return list(map(tuple.__new__, repeat(TextField), zip(paths, value, strict=True))), True
-        out: list[TextField] = []
-        for index, item in enumerate(value):
-            if isinstance(item, str):
-                out.append(TextField((*base, index), item))
-            elif _is_ids(item):
-                out.append(TextField((*base, index), tuple(item)))
-            else:
-                raise shape_error(f"{name}[{index}]", "a string or a list of token ids", item, f"{name}[{index}]")
-        return out, True
 
     def _max_tokens(self, body: dict[str, Any], *, completion: bool) -> tuple[int | None, str, bool]:
         """The output budget the backend uses, its field, and whether it is a default.
