@@ -5,6 +5,7 @@ add_special_tokens). The reference is transformers' apply_chat_template on the m
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -260,3 +261,17 @@ def test_tools_reach_the_template_as_vllm_dumps_them(tmp_path: Path) -> None:
         "function": {"parameters": {"type": "object"}, "name": "look", "strict": True},
         "x_note": "dropped",
     }
+
+
+def test_only_tools_reach_the_template_not_functions(tmp_path: Path) -> None:
+    # vLLM's ChatCompletionRequest has no functions field (ignored as an extra) and renders request.tools alone.
+    # Before, functions went to the template as its tools, and replaced tools when a body sent both.
+    directory = write_chat_model(
+        tmp_path / "model", "{{ tools | tojson }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
+    tools = [{"type": "function", "function": {"name": "look", "description": "Look.", "parameters": {}}}]
+    functions = [{"name": "old", "parameters": {}}]
+    messages = [{"role": "user", "content": "hi"}]
+    assert judge(directory, {"messages": messages, "functions": functions}).prompt == "nullhi"
+    both = judge(directory, {"messages": messages, "tools": tools, "functions": functions})
+    assert both.prompt == f"{json.dumps(tools)}hi"

@@ -229,7 +229,10 @@ class OpenAIExtractor:
                 partial.add(len(fields))
             fields.append(TextField(tuple(name.split(".")), text))
             if chat is not None:
-                chat = Chat(chat.messages, (*chat.turns, -1), (*chat.places, ()), tuple(value))
+                # The template gets the first tools field alone, as vLLM renders request.tools and has no
+                # functions field (OpenAI's deprecated one is counted without a template, never rendered).
+                tools = tuple(value) if name == self.tools_fields[0] else chat.tools
+                chat = Chat(chat.messages, (*chat.turns, -1), (*chat.places, ()), tools)
         if chat is not None and len(chat.turns) < len(fields):
             # Pieces outside the messages (a suffix) belong to no turn.
             missing = len(fields) - len(chat.turns)
