@@ -14,7 +14,7 @@ other string ("custom roles", left to the chat template), which ``roles=None`` a
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from autoglm_runtime.errors import InvalidRequestError
@@ -143,14 +143,14 @@ def read_messages(  # noqa: PLR0912  (one branch per message shape, kept flat on
     return Chat(tuple(value), tuple(turns), tuple(places))
 
 
-def check_roles(name: str, messages: list[Any], roles: Sequence[str] | None) -> None:
+def check_roles(name: str, messages: Sequence[Any], roles: Sequence[str] | None) -> None:
     """E5010 naming every message of ``messages`` (the field ``name``) whose role is missing, not a string, or not
     one of ``roles`` (any string for ``None``), with OpenAI's words for the first; messages that are not objects
     are left to the shape check."""
     allowed = None if roles is None else frozenset(roles)
     problems: list[tuple[int, str, str]] = []  # (index, what is wrong, OpenAI's words)
     for index, message in enumerate(messages):
-        if not isinstance(message, dict):
+        if not isinstance(message, Mapping):
             continue
         role = message.get("role")
         if type(role) is str and (allowed is None or role in allowed):
