@@ -143,6 +143,15 @@ def test_add_special_tokens_adds_the_tokenizer_s_bos_on_top(model: Any) -> None:
             "add_special_tokens must be a boolean (true/false; vLLM also reads 'yes'/'no', 'on'/'off', 1/0), got 2: "
             "fix the request body",
         ),
+        # vLLM types documents list[dict[str, str]] and refuses these; they reached the template before.
+        (
+            {"documents": ["one two"]},
+            "documents[0] must be an object of strings (such as title and text), got str: fix the request body",
+        ),
+        (
+            {"documents": [{"title": "a", "text": "b"}, {"title": "c", "page": 4}]},
+            "documents[1].page must be a string (vLLM takes documents of strings only), got int: fix the request body",
+        ),
     ],
 )
 def test_template_variables_of_the_wrong_shape_are_e5010(fields: dict[str, Any], message: str) -> None:

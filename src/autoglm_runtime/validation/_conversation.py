@@ -26,7 +26,7 @@ and one that printed a null content would count ``None``: neither is what the mo
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -266,6 +266,7 @@ def template_options(body: Mapping[str, Any]) -> dict[str, Any]:
                     f"{name} must be a {kinds[0].__name__}, got {type(value).__name__}: fix the request body",
                     param=name,
                 )
+            _SHAPE_CHECKS.get(name, _no_check)(value)
             options[name] = value
     effort = body.get("reasoning_effort")
     if isinstance(effort, str) and "enable_thinking" not in kwargs:
@@ -273,6 +274,33 @@ def template_options(body: Mapping[str, Any]) -> dict[str, Any]:
     if options.get("continue_final_message") or body.get("continue_final_message"):
         _check_continue(body, options)
     return options
+
+
+def _check_documents(documents: list[Any]) -> None:
+    """E5010 unless every document is an object of strings, as vLLM types them (``list[dict[str, str]]``)."""
+    for index, document in enumerate(documents):
+        where = f"documents[{index}]"
+        if not isinstance(document, dict):
+            raise InvalidRequestError(
+                f"{where} must be an object of strings (such as title and text), got {type(document).__name__}: fix "
+                "the request body",
+                param=where,
+            )
+        for key, text in document.items():
+            if not isinstance(text, str):
+                raise InvalidRequestError(
+                    f"{where}.{key} must be a string (vLLM takes documents of strings only), got "
+                    f"{type(text).__name__}: fix the request body",
+                    param=f"{where}.{key}",
+                )
+
+
+def _no_check(value: Any) -> None:
+    return None
+
+
+#: What vLLM's request model checks inside a template variable of the right type.
+_SHAPE_CHECKS: dict[str, Callable[[Any], None]] = {"documents": _check_documents}
 
 
 def _check_continue(body: Mapping[str, Any], options: Mapping[str, Any]) -> None:
