@@ -290,6 +290,14 @@ COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
          "false, got 'yes': fix the request body"),
         (CHAT, {"model": CHARS, "messages": [{"role": "tool", "content": "42"}]}, "messages", "E5010: the model's "
          "chat template rejected the messages: roles are system, user and assistant; got tool: fix the conversation"),
+        (CHAT, {"model": WORDS, "messages": [{"role": "user", "content": "hi"}, {"role": 5, "content": "hi"}]},
+         "messages[1].role", "E5010: messages[1].role is an integer, not a string (OpenAI: \"Invalid type for "
+         "'messages[1].role': expected a string, but got an integer instead.\"): give every message a role, one of "
+         "'system', 'assistant', 'user', 'function', 'tool', or 'developer'"),
+        (CHAT, {"model": WORDS, "messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role", "E5010: "
+         "messages[0].role is 'robot', not a role the server takes (OpenAI: \"Invalid value: 'robot'. Supported "
+         "values are: 'system', 'assistant', 'user', 'function', 'tool', and 'developer'.\"): give every message a "
+         "role, one of 'system', 'assistant', 'user', 'function', 'tool', or 'developer'"),
     ],
 )  # fmt: skip
 def test_requests_the_guard_can_judge_get_coded_400s(
@@ -303,6 +311,19 @@ def test_requests_the_guard_can_judge_get_coded_400s(
         "param": param,
         "code": "E5010",
     }
+
+
+def test_a_message_without_a_role_is_refused_by_name_through_the_openai_client(server: Server) -> None:
+    # Before, the chars model's template failed on the missing role: "E5010: the model's chat template failed on
+    # the messages (UndefinedError: ...)", naming no message.
+    messages: Any = [{"role": "system", "content": "Be brief."}, {"content": "How does the server start?"}]
+    with pytest.raises(openai.BadRequestError) as info:
+        server.client.chat.completions.create(model=CHARS, messages=messages, max_tokens=4)
+    assert (info.value.code, info.value.param) == ("E5010", "messages[1].role")
+    assert info.value.body["message"] == (  # type: ignore[index]
+        "E5010: messages[1].role is missing (OpenAI: \"Missing required parameter: 'messages[1].role'.\"): give every "
+        "message a role, one of 'system', 'assistant', 'user', 'function', 'tool', or 'developer'"
+    )
 
 
 def test_options_left_at_what_asks_for_nothing_are_accepted(server: Server) -> None:
@@ -338,7 +359,7 @@ def test_options_left_at_what_asks_for_nothing_are_accepted(server: Server) -> N
 
 
 @pytest.mark.parametrize(
-    ("prompt", "param", "bad"), [([-1], "prompt", -1), (["hi", [1, 2, 10**6]], "prompt[1]", 10**6)]
+    ("prompt", "param", "bad"), [([10**6], "prompt", 10**6), ([[5], [1, 2, 10**6]], "prompt[1]", 10**6)]
 )
 def test_token_ids_outside_the_vocabulary_are_a_coded_400(server: Server, prompt: Any, param: str, bad: int) -> None:
     # -1 was a bare "Internal Server Error" (the tokenizer's decode overflowed); 10**6 was dropped by the decode
@@ -351,6 +372,13 @@ def test_token_ids_outside_the_vocabulary_are_a_coded_400(server: Server, prompt
     assert error["message"] == (
         f"E5010: {param} holds token id {bad}, which the models' tokenizer does not have (its ids are 0 to "
         f"{vocabulary - 1}): send ids of its vocabulary, or the text"
+    )
+    # A negative id is no token id at all: the guard refuses it first, as vLLM's CompletionRequest does.
+    negative = server.http.post(COMPLETIONS, json={"model": WORDS, "prompt": [-1], "max_tokens": 2})
+    assert negative.status_code == 400, negative.text
+    assert negative.json()["error"]["message"] == (
+        "E5010: prompt[0] is -1, not a token id: token ids are whole numbers of at least 0 (vLLM refuses others): "
+        "fix the request body"
     )
 
 

@@ -80,7 +80,9 @@ def test_fitting_request_reaches_the_app_unchanged() -> None:
 
 def test_context_overflow_is_400_with_openai_error_body() -> None:
     response = post(
-        build_app(), "/v1/chat/completions", json_body={"messages": [{"content": "x" * 45}], "max_tokens": 10}
+        build_app(),
+        "/v1/chat/completions",
+        json_body={"messages": [{"role": "user", "content": "x" * 45}], "max_tokens": 10},
     )
     assert response.status_code == 400
     assert error_of(response) == {
@@ -92,6 +94,20 @@ def test_context_overflow_is_400_with_openai_error_body() -> None:
         "param": "messages",
         "code": "E0513",
     }
+
+
+def test_a_message_without_a_valid_role_is_400_e5010_naming_it() -> None:
+    for message, param, opening in (
+        ({"content": "hi"}, "messages[1].role", "messages[1].role is missing"),
+        ({"role": 5, "content": "hi"}, "messages[1].role", "messages[1].role is an integer, not a string"),
+        ({"role": "robot", "content": "hi"}, "messages[1].role", "messages[1].role is 'robot', not a role"),
+    ):
+        body = {"messages": [{"role": "user", "content": "hi"}, message], "max_tokens": 1}
+        response = post(build_app(), "/v1/chat/completions", json_body=body)
+        assert response.status_code == 400
+        error = error_of(response)
+        assert (error["code"], error["param"]) == ("E5010", param)
+        assert error["message"].startswith(opening), error["message"]
 
 
 def test_truncated_request_passes_the_truncated_body_and_says_so() -> None:
@@ -310,11 +326,16 @@ JSON_VALUES = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(JSON_TEXT, children, max_size=4),
     max_leaves=12,
 )
+ROLES = ["system", "user", "assistant", "tool", "observation"]
 REQUESTS = st.fixed_dictionaries(
     {},
     optional={
         "prompt": JSON_VALUES,
-        "messages": st.lists(st.fixed_dictionaries({"content": JSON_VALUES}) | JSON_VALUES, max_size=3),
+        "messages": st.lists(
+            st.fixed_dictionaries({"content": JSON_VALUES}, optional={"role": st.sampled_from(ROLES) | JSON_VALUES})
+            | JSON_VALUES,
+            max_size=3,
+        ),
         "max_tokens": st.integers(-5, 100) | JSON_VALUES,
     },
 )

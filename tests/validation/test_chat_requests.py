@@ -5,6 +5,7 @@ add_special_tokens). The reference is transformers' apply_chat_template on the m
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,15 @@ def test_add_special_tokens_adds_the_tokenizer_s_bos_on_top(model: Any) -> None:
             "add_special_tokens must be a boolean (true/false; vLLM also reads 'yes'/'no', 'on'/'off', 1/0), got 2: "
             "fix the request body",
         ),
+        # vLLM types documents list[dict[str, str]] and refuses these; they reached the template before.
+        (
+            {"documents": ["one two"]},
+            "documents[0] must be an object of strings (such as title and text), got str: fix the request body",
+        ),
+        (
+            {"documents": [{"title": "a", "text": "b"}, {"title": "c", "page": 4}]},
+            "documents[1].page must be a string (vLLM takes documents of strings only), got int: fix the request body",
+        ),
     ],
 )
 def test_template_variables_of_the_wrong_shape_are_e5010(fields: dict[str, Any], message: str) -> None:
@@ -236,3 +246,41 @@ def test_continue_final_message_continues_a_user_message_as_transformers_does(mo
     kwargs = {"add_generation_prompt": False, "continue_final_message": True}
     ids = reference.apply_chat_template(messages, tokenize=True, **kwargs)["input_ids"]
     assert judge(directory, {"messages": messages, **kwargs}).token_ids == (tuple(ids),)
+
+
+def test_tools_reach_the_template_as_vllm_dumps_them(tmp_path: Path) -> None:
+    # vLLM hands a template [tool.model_dump() for tool in request.tools]: ChatCompletionToolsParam (type, function)
+    # over FunctionDefinition (name, description, parameters, then other keys). Before, the tools went in as sent, so
+    # a template writing them as JSON counted no "description": null, and the client's key order.
+    directory = write_chat_model(
+        tmp_path / "model", "{{ tools | tojson }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
+    sent = [
+        {"function": {"parameters": {"type": "object"}, "name": "look", "strict": True}, "x_note": "dropped"},
+        {"type": "function", "function": {"name": "wait", "description": "Wait."}, "defer_loading": True},
+        {"type": "custom", "custom": {"name": "grep"}},  # vLLM refuses this one itself: left as it came
+    ]
+    result = judge(directory, {"messages": [{"role": "user", "content": "hi"}], "tools": sent})
+    assert result.prompt == (
+        '[{"type": "function", "function": {"name": "look", "description": null, "parameters": {"type": "object"}, '
+        '"strict": true}}, {"type": "function", "function": {"name": "wait", "description": "Wait.", "parameters": '
+        'null}, "defer_loading": true}, {"type": "custom", "custom": {"name": "grep"}}]hi'
+    )
+    assert sent[0] == {
+        "function": {"parameters": {"type": "object"}, "name": "look", "strict": True},
+        "x_note": "dropped",
+    }
+
+
+def test_only_tools_reach_the_template_not_functions(tmp_path: Path) -> None:
+    # vLLM's ChatCompletionRequest has no functions field (ignored as an extra) and renders request.tools alone.
+    # Before, functions went to the template as its tools, and replaced tools when a body sent both.
+    directory = write_chat_model(
+        tmp_path / "model", "{{ tools | tojson }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
+    tools = [{"type": "function", "function": {"name": "look", "description": "Look.", "parameters": {}}}]
+    functions = [{"name": "old", "parameters": {}}]
+    messages = [{"role": "user", "content": "hi"}]
+    assert judge(directory, {"messages": messages, "functions": functions}).prompt == "nullhi"
+    both = judge(directory, {"messages": messages, "tools": tools, "functions": functions})
+    assert both.prompt == f"{json.dumps(tools)}hi"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from autoglm_runtime.errors import UsageError
+from autoglm_runtime.errors import InvalidRequestError, UsageError
 from autoglm_runtime.validation import EnvValidationMiddleware, GuardSettings
 
 
@@ -76,6 +76,7 @@ BOUNDS: list[tuple[str, Any, Any, str]] = [
     ("max_prompts", 1, 0, "'max_prompts' must be at least 1, got 0"),
     ("max_messages", 1, 0, "'max_messages' must be at least 1, got 0"),
     ("max_parts", 1, 0, "'max_parts' must be at least 1, got 0"),
+    ("roles", ["user"], [], "'roles' must name at least one role, got ()"),
 ]
 _NEEDS_TOKENIZER = {"context_window", "truncation_side", "default_output_tokens", "message_tokens"}
 
@@ -96,3 +97,19 @@ def test_the_settings_refuse_exactly_what_the_components_refuse(
     value = tuple(refused) if isinstance(refused, list) else refused
     with pytest.raises(UsageError):
         GuardSettings(**{**base, key: value}).middleware(_app)
+
+
+def test_roles_are_openais_by_default_listed_or_any_for_a_json_null(tmp_path: Path) -> None:
+    observation = {"messages": [{"role": "observation", "content": "42"}]}
+    default = GuardSettings.from_mapping({}).middleware_options()["extractor"]
+    with pytest.raises(InvalidRequestError):
+        default.extract(observation)
+    path = tmp_path / "guard.toml"
+    path.write_text('roles = ["system", "user", "assistant", "observation"]\n')
+    listed = GuardSettings.from_file(path).middleware_options()["extractor"]
+    assert listed.extract(observation).segments == ["42"]
+    with pytest.raises(InvalidRequestError):
+        listed.extract({"messages": [{"role": "tool", "content": "42"}]})
+    path = tmp_path / "guard.json"
+    path.write_text('{"roles": null}')
+    assert GuardSettings.from_file(path).middleware_options()["extractor"].extract(observation).segments == ["42"]

@@ -117,6 +117,27 @@ def test_a_chat_is_judged_as_the_middleware_judges_messages() -> None:
     )
 
 
+def test_a_chat_message_without_a_valid_role_is_refused_as_the_middleware_refuses_it() -> None:
+    judged = guarded(ContextWindowGuard(char_tok(), 30), text_arg="conversation", max_tokens_arg=None)(
+        lambda conversation: conversation
+    )
+    with pytest.raises(InvalidRequestError) as missing:
+        judged([{"role": "user", "content": "a"}, {"content": "b"}])
+    assert (missing.value.message, missing.value.param) == (
+        "conversation[1].role is missing (OpenAI: \"Missing required parameter: 'conversation[1].role'.\"): give every "
+        "message a role, one of 'system', 'assistant', 'user', 'function', 'tool', or 'developer'",
+        "conversation[1].role",
+    )
+    with pytest.raises(InvalidRequestError):
+        judged([{"role": "observation", "content": "b"}])
+    glm = guarded(
+        ContextWindowGuard(char_tok(), 30), text_arg="conversation", max_tokens_arg=None, roles=("user", "observation")
+    )
+    assert glm(lambda conversation: conversation)([{"role": "observation", "content": "b"}]) == [
+        {"role": "observation", "content": "b"}
+    ]
+
+
 def test_a_prompt_is_judged_as_a_chat_is_room_for_one_token() -> None:
     # Before, a prompt went through check() (no room kept for the token the model writes) while a chat through the
     # same decorator was judged as a request.

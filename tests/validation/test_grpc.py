@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.validation._helpers import char_tok, extract, rewrite
 
-from autoglm_runtime.validation import ContextWindowGuard, GuardInput, OpenAIExtractor
+from autoglm_runtime.validation import Chat, ContextWindowGuard, GuardInput, OpenAIExtractor
 from autoglm_runtime.validation.grpc import ValidationInterceptor
 
 SERVICE = "test.Llm"
@@ -183,7 +183,7 @@ def test_fuzzed_calls_get_a_coded_invalid_argument_or_pass(channel_for: Any) -> 
     bodies = st.one_of(
         st.binary(max_size=300),
         st.builds(lambda p, m: json.dumps({"prompt": p, "max_tokens": m}).encode(), prompts, st.integers(-3, 400)),
-        st.builds(lambda p: json.dumps({"messages": [{"content": p}]}).encode()[:-3], prompts),
+        st.builds(lambda p: json.dumps({"messages": [{"role": "user", "content": p}]}).encode()[:-3], prompts),
     )
     values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=900)
 
@@ -299,8 +299,35 @@ def test_a_chat_over_a_real_channel_is_judged_as_vllm_reads_it(channel_for: Any)
         "1 for the completion by default, as the request sets no max_completion_tokens), more than the context window "
         "of 20 tokens: shorten the input"
     )
+    # A message without a role is refused before it is counted, as on HTTP.
+    error = rpc_error(channel, {"messages": [{"content": "x"}]})
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "E5010: messages[0].role is missing (OpenAI: \"Missing required parameter: 'messages[0].role'.\"): give "
+        "every message a role, one of 'system', 'assistant', 'user', 'function', 'tool', or 'developer'",
+    )
     error = rpc_error(channel, {"prompt": "x", "truncate_prompt_tokens": 0})
     assert (error.code(), dict(error.trailing_metadata())) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         {"x-autoglm-error-code": "E5010"},
+    )
+
+
+def test_a_chat_an_extractor_builds_itself_needs_roles_too(channel_for: Any) -> None:
+    # An extractor of its own (a proto's turns, say) builds the Chat without OpenAIExtractor: the guard still refuses
+    # a message without a string role, which its chat template would fail on, unclearly.
+    def own(request: bytes) -> GuardInput:
+        turns = json.loads(request)["turns"]
+        chat = Chat(tuple(turns), tuple(range(len(turns))), tuple(("content",) for _ in turns))
+        return GuardInput([turn["content"] for turn in turns], None, "turns", chat=chat)
+
+    channel = channel_for(context_guard=ContextWindowGuard(char_tok(), 50), extractor=own)
+    assert unary(channel, {"turns": [{"role": "user", "content": "hi"}]})[0] == {
+        "received": {"turns": [{"role": "user", "content": "hi"}]}
+    }
+    error = rpc_error(channel, {"turns": [{"role": "user", "content": "hi"}, {"role": None, "content": "x"}]})
+    assert (error.code(), error.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "E5010: turns[1].role is null, not a string (OpenAI: \"Invalid type for 'turns[1].role': expected a string, "
+        'but got null instead."): give every message a role (a string)',
     )

@@ -279,3 +279,17 @@ def test_a_chat_over_an_aio_channel_is_judged_as_vllm_reads_it() -> None:
     assert ok == fits
     assert refused[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert refused[1].startswith("E0513: This model's maximum context length is 20 tokens. However, you requested 21")
+
+
+def test_a_message_without_a_role_is_refused_as_on_the_sync_server() -> None:
+    interceptor = AsyncValidationInterceptor(context_guard=ContextWindowGuard(char_tok(), 20), extractor=extract)
+
+    async def body(channel: grpc.aio.Channel) -> Any:
+        return await failure(channel.unary_unary(f"/{SERVICE}/Complete")(b'{"messages": [{"role": 5}]}'))
+
+    assert run(interceptor, body) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "E5010: messages[0].role is an integer, not a string (OpenAI: \"Invalid type for 'messages[0].role': "
+        "expected a string, but got an integer instead.\"): give every message a role, one of 'system', "
+        "'assistant', 'user', 'function', 'tool', or 'developer'",
+    )

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestError
+from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestError, UsageError
 from autoglm_runtime.validation import (
     CallableTokenizer,
     ContextWindowGuard,
@@ -29,18 +29,18 @@ def test_prompt_lists_and_token_ids() -> None:
     extractor = OpenAIExtractor()
     assert extractor.extract({"prompt": ["a", "b"]}).segments == ["a", "b"]
     assert extractor.extract({"prompt": [1, 2, 3]}).segments == [(1, 2, 3)]
-    assert extractor.extract({"prompt": [[1, 2], "c"]}).segments == [(1, 2), "c"]
+    assert extractor.extract({"prompt": [[1, 2], [3]]}).segments == [(1, 2), (3,)]
     with pytest.raises(InvalidRequestError):
         extractor.extract({"prompt": []})  # vLLM: "please provide at least one prompt"
 
 
-def test_a_batch_of_strings_names_each_prompt_as_a_mixed_batch_does() -> None:
+def test_a_batch_of_strings_names_each_prompt_as_a_batch_of_token_ids_does() -> None:
     extractor = OpenAIExtractor(max_prompts=3)
     strings = extractor.extract({"prompt": ["a", "b"]})
-    mixed = extractor.extract({"prompt": ["a", [7]]})
+    ids = extractor.extract({"prompt": [[5], [7]]})
     assert strings.fields == (TextField(("prompt", 0), "a"), TextField(("prompt", 1), "b"))
-    assert mixed.fields == (TextField(("prompt", 0), "a"), TextField(("prompt", 1), (7,)))
-    assert (strings.batch, mixed.batch) == (True, True)
+    assert ids.fields == (TextField(("prompt", 0), (5,)), TextField(("prompt", 1), (7,)))
+    assert (strings.batch, ids.batch) == (True, True)
     assert all(type(field) is TextField for field in strings.fields)
     assert extractor.extract({"prompt": ["x", "y", "z"]}).fields[2] == TextField(("prompt", 2), "z")
 
@@ -100,12 +100,12 @@ def test_no_input_fields() -> None:
         ({"messages": "hi"}, "messages must be a list of messages, got str: fix the request body", "messages"),
         ({"messages": ["hi"]}, "messages[0] must be an object, got str: fix the request body", "messages"),
         (
-            {"messages": [{"content": 5}]},
+            {"messages": [{"role": "user", "content": 5}]},
             "messages[0].content must be a string or a list of content parts, got int: fix the request body",
             "messages",
         ),
         (
-            {"messages": [{"content": [{"type": "text", "text": None}]}]},
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]},
             "messages[0].content[0].text must be a string, got NoneType: fix the request body",
             "messages",
         ),
@@ -130,13 +130,19 @@ def test_wrong_shapes_are_coded(body: Any, message: str, param: str | None) -> N
 
 
 def test_apply_writes_truncated_pieces_back(chars: CallableTokenizer) -> None:
-    body = {"messages": [{"content": "aaaa"}, {"content": [{"type": "text", "text": "bbbb"}]}], "prompt": [1, 2, 3]}
+    body = {
+        "messages": [
+            {"role": "user", "content": "aaaa"},
+            {"role": "user", "content": [{"type": "text", "text": "bbbb"}]},
+        ],
+        "prompt": [1, 2, 3],
+    }
     extractor = OpenAIExtractor()
     extracted = extractor.extract(body)
     result = ContextWindowGuard(chars, 5, truncate_on_overflow=True).check(extracted.segments)
     # Prompt fields come first, then messages: the left cut takes the 3 prompt ids, then 3 of "aaaa".
     assert extractor.apply(body, extracted, result) == {
-        "messages": [{"content": "a"}, {"content": [{"type": "text", "text": "bbbb"}]}],
+        "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": [{"type": "text", "text": "bbbb"}]}],
         "prompt": [],
     }
 
@@ -146,3 +152,81 @@ def test_error_body_shape() -> None:
     assert error_body(exc) == {
         "error": {"message": "too long", "type": "invalid_request_error", "param": "prompt", "code": "E0513"}
     }
+
+
+ROLE_ADVICE = "give every message a role, one of 'system', 'assistant', 'user', 'function', 'tool', or 'developer'"
+
+
+@pytest.mark.parametrize(
+    ("message", "error"),
+    [
+        (
+            {"content": "hi"},
+            "messages[1].role is missing (OpenAI: \"Missing required parameter: 'messages[1].role'.\")",
+        ),
+        (
+            {"role": 5, "content": "hi"},
+            "messages[1].role is an integer, not a string (OpenAI: \"Invalid type for 'messages[1].role': expected a "
+            'string, but got an integer instead.")',
+        ),
+        (
+            {"role": None, "content": "hi"},
+            "messages[1].role is null, not a string (OpenAI: \"Invalid type for 'messages[1].role': expected a "
+            'string, but got null instead.")',
+        ),
+        (
+            {"role": "robot", "content": "hi"},
+            "messages[1].role is 'robot', not a role the server takes (OpenAI: \"Invalid value: 'robot'. Supported "
+            "values are: 'system', 'assistant', 'user', 'function', 'tool', and 'developer'.\")",
+        ),
+    ],
+)
+def test_a_message_without_a_valid_role_is_e5010(message: dict[str, Any], error: str) -> None:
+    # Before, all four were counted as if they had a role (a template then failed on them, or counted a "None").
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor().extract({"messages": [{"role": "system", "content": "be brief"}, message]})
+    assert (info.value.message, info.value.param, info.value.code) == (
+        f"{error}: {ROLE_ADVICE}",
+        "messages[1].role",
+        "E5010",
+    )
+
+
+def test_every_message_without_a_valid_role_is_named_in_one_error() -> None:
+    messages = [{"content": "a"}, {"role": "user", "content": "b"}, {"role": [1]}, *[{"role": "x"}] * 6]
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor().extract({"messages": messages})
+    assert info.value.message == (
+        "messages[0].role is missing (OpenAI: \"Missing required parameter: 'messages[0].role'.\"); messages[2].role "
+        "is an array, not a string, messages[3].role is 'x', not a role the server takes, messages[4].role is 'x', "
+        "not a role the server takes, messages[5].role is 'x', not a role the server takes, messages[6].role is 'x', "
+        f"not a role the server takes, and 2 more messages have no valid role: {ROLE_ADVICE}"
+    )
+    assert info.value.param == "messages[0].role"
+
+
+def test_roles_can_be_extended_or_left_open_as_vllm_leaves_them() -> None:
+    observation = {"messages": [{"role": "observation", "content": "42"}]}
+    glm = OpenAIExtractor(roles=(*OpenAIExtractor.OPENAI_ROLES, "observation"))
+    assert glm.extract(observation).segments == ["42"]
+    assert OpenAIExtractor(roles=None).extract(observation).segments == ["42"]  # vLLM's "custom roles"
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor(roles=["user", "observation"]).extract({"messages": [{"role": "system", "content": "x"}]})
+    assert info.value.message == (
+        "messages[0].role is 'system', not a role the server takes (OpenAI: \"Invalid value: 'system'. Supported "
+        "values are: 'user' and 'observation'.\"): give every message a role, one of 'user' or 'observation'"
+    )
+    # vLLM too refuses a message without a string role (role: Required[str]).
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor(roles=None).extract({"messages": [{"role": 5, "content": "x"}]})
+    assert info.value.message == (
+        "messages[0].role is an integer, not a string (OpenAI: \"Invalid type for 'messages[0].role': expected a "
+        'string, but got an integer instead."): give every message a role (a string)'
+    )
+
+
+@pytest.mark.parametrize("roles", ["user", [], ["user", 5]])
+def test_roles_must_be_a_list_of_names(roles: Any) -> None:
+    with pytest.raises(UsageError) as info:
+        OpenAIExtractor(roles=roles)
+    assert info.value.message == (f"roles must be a list of role names (strings), or None for any, got {roles!r}")

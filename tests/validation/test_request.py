@@ -128,10 +128,14 @@ def test_a_batch_error_names_the_prompt() -> None:
 
 
 def test_batch_truncation_cuts_only_the_prompt_that_overflows() -> None:
-    result = judge({"prompt": ["a" * 10, "b" * 30, [1, 2, 3]], "max_tokens": 1}, 21, truncate=True)
-    assert result.segments == ("a" * 10, "b" * 20, (1, 2, 3))
+    result = judge({"prompt": ["a" * 10, "b" * 30, "ccc"], "max_tokens": 1}, 21, truncate=True)
+    assert result.segments == ("a" * 10, "b" * 20, "ccc")
     assert [r.removed_tokens for r in result.batch] == [0, 10, 0]
     assert result.removed_tokens == 10
+    # (A batch mixing strings and token ids is refused, as vLLM refuses it: test_vllm_parity.py.)
+    ids = judge({"prompt": [[1] * 10, [2] * 30, [3] * 3], "max_tokens": 1}, 21, truncate=True)
+    assert ids.segments == ((1,) * 10, (2,) * 20, (3,) * 3)
+    assert [r.removed_tokens for r in ids.batch] == [0, 10, 0]
 
 
 def test_a_suffix_counts_with_every_batch_prompt() -> None:

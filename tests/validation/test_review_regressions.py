@@ -19,12 +19,13 @@ from autoglm_runtime.validation import (
 )
 
 BIG = "word " * 500
+ARGUMENTS = json.dumps({"text": BIG})  # vLLM refuses arguments that are not JSON
 
 
 @pytest.mark.parametrize(
     "message",
     [
-        {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": BIG}}]},
+        {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": ARGUMENTS}}]},
         {"role": "assistant", "function_call": {"name": "f", "arguments": BIG}},
         {"role": "assistant", "reasoning_content": BIG},
     ],

@@ -3,18 +3,22 @@
 References (vllm-project/vllm): ``ChatCompletionRequest.build_tok_params`` (max_completion_tokens before max_tokens),
 ``CompletionRequest`` (no max_completion_tokens; ``echo`` with ``max_tokens: 0``), ``SamplingParams._verify_args``
 (max_tokens at least 1), ``InputProcessor._validate_prompt_len`` (no empty prompt, no prompt filling the window),
-``TokenizeParams`` (``truncate_prompt_tokens``), and the requests being pydantic models in lax mode.
+``TokenizeParams`` (``truncate_prompt_tokens``), ``CustomChatCompletionMessageParam`` (a message's role is a required
+string, any one), and the requests being pydantic models in lax mode.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Annotated, Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import TypeAdapter, ValidationError
+from openai.types.chat import ChatCompletionMessageParam
+from pydantic import Field, TypeAdapter, ValidationError
 from tests.validation._helpers import char_tok, write_chat_model
+from typing_extensions import Required, TypedDict
 
 from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestError
 from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, GuardResult, HFTokenizer, OpenAIExtractor
@@ -290,3 +294,154 @@ def test_continue_final_message_needs_a_message_to_continue() -> None:
     assert info.value.message == (
         "continue_final_message is set but the conversation is empty: send the message to continue"
     )
+
+
+class _VllmCustomMessage(TypedDict, total=False):
+    """vLLM's ``CustomChatCompletionMessageParam`` (vllm/entrypoints/chat_utils.py): "Enables custom roles"."""
+
+    role: Required[str]
+    content: str
+
+
+OPENAI_MESSAGE: TypeAdapter[Any] = TypeAdapter(ChatCompletionMessageParam)
+VLLM_MESSAGE: TypeAdapter[Any] = TypeAdapter(ChatCompletionMessageParam | _VllmCustomMessage)
+ROLE_VALUES = st.one_of(
+    st.sampled_from(["system", "developer", "user", "assistant", "tool", "function", "observation", "User", ""]),
+    st.text(max_size=6),
+    st.none(),
+    st.integers(),
+    st.booleans(),
+    st.lists(st.text(max_size=2), max_size=1),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(role=ROLE_VALUES, sent=st.booleans())
+def test_roles_are_refused_as_openai_refuses_them_and_left_open_as_vllm_leaves_them(role: Any, sent: bool) -> None:
+    # (name and tool_call_id: a function or tool message needs them in OpenAI's types; the guard does not read them)
+    message = {"content": "hi", "name": "n", "tool_call_id": "c", **({"role": role} if sent else {})}
+    for extractor, model in ((OpenAIExtractor(), OPENAI_MESSAGE), (OpenAIExtractor(roles=None), VLLM_MESSAGE)):
+        try:
+            model.validate_python(message)
+        except ValidationError:
+            with pytest.raises(InvalidRequestError) as info:
+                extractor.extract({"messages": [message]})
+            assert (info.value.code, info.value.param) == ("E5010", "messages[0].role")
+        else:
+            assert extractor.extract({"messages": [message]}).segments == ["hi"]
+
+
+@pytest.mark.parametrize(
+    ("call", "message", "param"),
+    [
+        (
+            {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{'city': 'Paris'}"}},
+            "messages[1].tool_calls[0].function.arguments is not JSON (Expecting property name enclosed in double "
+            "quotes: line 1 column 2 (char 1)): vLLM parses a tool call's arguments for the chat template and "
+            "refuses text that is not JSON; send the arguments as the JSON text of an object",
+            "messages[1].tool_calls[0].function.arguments",
+        ),
+        (
+            {"id": "1", "type": "function", "function": {"name": "f", "arguments": 5}},
+            "messages[1].tool_calls[0].function.arguments must be the JSON text of the call's arguments, got int: fix "
+            "the request body",
+            "messages[1].tool_calls[0].function.arguments",
+        ),
+        (
+            {"id": "1", "type": "function"},
+            "messages[1].tool_calls[0] must be an object with a 'function' object (its name and arguments), got "
+            "NoneType: fix the request body",
+            "messages[1].tool_calls[0]",
+        ),
+        (
+            "f()",
+            "messages[1].tool_calls[0] must be an object with a 'function' object (its name and arguments), got str "
+            "as the call: fix the request body",
+            "messages[1].tool_calls[0]",
+        ),
+    ],
+)
+def test_a_tool_call_vllm_cannot_parse_is_refused(call: Any, message: str, param: str) -> None:
+    # vLLM's _postprocess_messages runs json.loads on every non-empty arguments text (and reads call["function"]):
+    # it refuses these requests. Before, the guard counted {} for them and let them through.
+    body = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [call]}]}
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor().extract(body)
+    assert (info.value.message, info.value.param) == (message, param)
+
+
+@pytest.mark.parametrize("arguments", [None, "", [], {}, '{"a": 1}', {"a": 1}, [1]])
+def test_tool_call_arguments_vllm_parses_are_taken(arguments: Any) -> None:
+    call = {"id": "1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    template = ChatTemplate(
+        "{% for m in messages %}{% for c in m.tool_calls or [] %}{{ c.function.arguments | tojson }}"
+        "{% endfor %}{% endfor %}"
+    )
+    extracted = OpenAIExtractor().extract({"messages": [{"role": "assistant", "tool_calls": [call]}]})
+    assert extracted.chat is not None
+    # vLLM: empty arguments become {}, an object or array is kept, text is parsed.
+    expected = {None: "{}", "": "{}", "[]": "{}", "{}": "{}", '{"a": 1}': '{"a": 1}', "[1]": "[1]"}
+    rendered = template.render(extracted.chat.messages, options={"add_generation_prompt": False})
+    assert rendered == expected[arguments if arguments is None or isinstance(arguments, str) else json.dumps(arguments)]
+
+
+#: vLLM's CompletionRequest.prompt (vllm/entrypoints/openai/completion/protocol.py), read by pydantic in smart mode.
+VLLM_PROMPT: TypeAdapter[Any] = TypeAdapter(
+    list[Annotated[int, Field(ge=0)]] | list[list[Annotated[int, Field(ge=0)]]] | str | list[str]
+)
+PROMPT_PIECES = st.one_of(
+    st.integers(-2, 40),
+    st.sampled_from([1.0, 2.5, -1.0, True, False, "7", " 8 ", "x", "", "-3", "4.0"]),
+)
+PROMPTS = st.one_of(
+    st.lists(PROMPT_PIECES, min_size=1, max_size=4),
+    st.lists(st.lists(PROMPT_PIECES, max_size=3) | PROMPT_PIECES, min_size=1, max_size=3),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(prompt=PROMPTS)
+def test_a_prompt_list_is_read_as_vllm_reads_it(prompt: list[Any]) -> None:
+    # Before, [1.0, 2.0] and [true, 2] (token ids to vLLM) were E5010, and [-1] or ["a", [7]] (refused by vLLM)
+    # passed.
+    try:
+        read = VLLM_PROMPT.validate_python(prompt)
+    except ValidationError:
+        with pytest.raises(InvalidRequestError) as info:
+            OpenAIExtractor().extract({"prompt": prompt})
+        assert info.value.code == "E5010"
+        return
+    extracted = OpenAIExtractor().extract({"prompt": prompt})
+    if read and all(isinstance(item, int) for item in read):
+        assert (extracted.segments, extracted.batch) == ([tuple(read)], False)
+    else:
+        assert extracted.segments == [item if isinstance(item, str) else tuple(item) for item in read]
+        assert extracted.batch
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message", "param"),
+    [
+        (
+            [3, -1],
+            "prompt[1] is -1, not a token id: token ids are whole numbers of at least 0 (vLLM refuses others): fix "
+            "the request body",
+            "prompt[1]",
+        ),
+        (
+            [[3], [2, "x"]],
+            "prompt[1][1] must be a token id (a whole number), got str: fix the request body",
+            "prompt[1][1]",
+        ),
+        (
+            ["a", [7]],
+            "prompt mixes strings and lists of token ids: vLLM takes a string, a list of strings, token ids or a list "
+            "of token id lists, one kind at a time (so does OpenAI): send one kind",
+            "prompt",
+        ),
+    ],
+)
+def test_a_prompt_list_vllm_refuses_is_e5010_naming_why(prompt: list[Any], message: str, param: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor().extract({"prompt": prompt})
+    assert (info.value.message, info.value.param) == (message, param)

@@ -9,10 +9,15 @@ vLLM never gives a template the request's messages as they came. It keeps only t
 - in the string format a message's content is its non-empty text parts joined with ``"\\n"`` (``""`` for none,
   also for a null content); in the openai format it is a list of ``{"type": "text", "text": ...}`` and
   ``{"type": "image"}`` (``"audio"``, ``"video"``) parts;
-- an assistant's ``tool_calls`` are kept with each call's JSON ``arguments`` parsed into an object (``{}`` when the
-  text is not JSON), an empty list is dropped; its ``reasoning`` (or ``reasoning_content``) is passed under both
-  names; a tool result keeps its ``tool_call_id`` and, when all its parts are text, a string content;
-- ``name`` (a string) is kept; a developer message keeps its ``tools``; any other key is dropped.
+- an assistant's ``tool_calls`` are kept with each call's JSON ``arguments`` parsed into an object (``{}`` when
+  empty; text that is not JSON is refused by the extractor, as vLLM refuses it), an empty list is dropped; its
+  ``reasoning`` (or ``reasoning_content``) is passed under both names; a tool result keeps its ``tool_call_id``
+  and, when all its parts are text, a string content;
+- ``name`` (a string) is kept; a developer message keeps its ``tools``; any other key is dropped;
+- the request's ``tools`` reach the template as vLLM's pydantic models dump them (``ChatCompletionToolsParam``,
+  ``FunctionDefinition``; ``tool_dicts``): ``type`` first, then ``function`` with its ``name``, ``description``
+  and ``parameters`` (``null`` when not sent) before its other keys; a tool's keys besides those two are dropped
+  (but a set ``defer_loading``). A tool vLLM's models would refuse is left as it came.
 
 A template that printed a content list would otherwise count the parts' Python text (a base64 image URL included),
 and one that printed a null content would count ``None``: neither is what the model reads.
@@ -21,7 +26,7 @@ and one that printed a null content would count ``None``: neither is what the mo
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -29,7 +34,15 @@ from autoglm_runtime.errors import InvalidRequestError
 from autoglm_runtime.validation._lax import lax_bool
 from autoglm_runtime.validation.request import Chat
 
-__all__ = ["ContentFormat", "content_format", "conversation", "not_boolean", "template_options", "with_options"]
+__all__ = [
+    "ContentFormat",
+    "content_format",
+    "conversation",
+    "not_boolean",
+    "template_options",
+    "tool_dicts",
+    "with_options",
+]
 
 ContentFormat = Literal["string", "openai"]
 
@@ -119,6 +132,10 @@ def _parts(content: Any) -> Iterator[dict[str, str]]:
 
 
 def _arguments(value: Any) -> Any:
+    # vLLM: empty arguments (None, "", {}, []) become {}, an object or array stays, text is parsed (the extractor
+    # refuses text that is not JSON, as vLLM does: {} here only for messages handed to a template directly).
+    if not value:
+        return {}
     if isinstance(value, str):
         try:
             return json.loads(value)
@@ -162,6 +179,32 @@ def conversation(messages: Sequence[Mapping[str, Any]], form: ContentFormat) -> 
             item["name"] = message["name"]
         if role == "developer":
             item["tools"] = message.get("tools")
+        out.append(item)
+    return out
+
+
+_FUNCTION_FIELDS = ("name", "description", "parameters")
+
+
+def tool_dicts(tools: Sequence[Any]) -> list[Any]:
+    """``tools`` as vLLM hands them to a chat template: each one's ``model_dump()`` (see the module)."""
+    out: list[Any] = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, Mapping) else None
+        if not (
+            isinstance(function, Mapping)
+            and tool.get("type", "function") == "function"
+            and isinstance(function.get("name"), str)
+            and isinstance(function.get("description"), str | None)
+            and isinstance(function.get("parameters"), dict | None)
+        ):
+            out.append(tool)  # vLLM refuses the request itself: nothing to count as it would
+            continue
+        dumped = {name: function.get(name) for name in _FUNCTION_FIELDS}
+        dumped.update((key, value) for key, value in function.items() if key not in _FUNCTION_FIELDS)
+        item: dict[str, Any] = {"type": "function", "function": dumped}
+        if tool.get("defer_loading") is not None:
+            item["defer_loading"] = tool["defer_loading"]
         out.append(item)
     return out
 
@@ -223,6 +266,7 @@ def template_options(body: Mapping[str, Any]) -> dict[str, Any]:
                     f"{name} must be a {kinds[0].__name__}, got {type(value).__name__}: fix the request body",
                     param=name,
                 )
+            _SHAPE_CHECKS.get(name, _no_check)(value)
             options[name] = value
     effort = body.get("reasoning_effort")
     if isinstance(effort, str) and "enable_thinking" not in kwargs:
@@ -230,6 +274,33 @@ def template_options(body: Mapping[str, Any]) -> dict[str, Any]:
     if options.get("continue_final_message") or body.get("continue_final_message"):
         _check_continue(body, options)
     return options
+
+
+def _check_documents(documents: list[Any]) -> None:
+    """E5010 unless every document is an object of strings, as vLLM types them (``list[dict[str, str]]``)."""
+    for index, document in enumerate(documents):
+        where = f"documents[{index}]"
+        if not isinstance(document, dict):
+            raise InvalidRequestError(
+                f"{where} must be an object of strings (such as title and text), got {type(document).__name__}: fix "
+                "the request body",
+                param=where,
+            )
+        for key, text in document.items():
+            if not isinstance(text, str):
+                raise InvalidRequestError(
+                    f"{where}.{key} must be a string (vLLM takes documents of strings only), got "
+                    f"{type(text).__name__}: fix the request body",
+                    param=f"{where}.{key}",
+                )
+
+
+def _no_check(value: Any) -> None:
+    return None
+
+
+#: What vLLM's request model checks inside a template variable of the right type.
+_SHAPE_CHECKS: dict[str, Callable[[Any], None]] = {"documents": _check_documents}
 
 
 def _check_continue(body: Mapping[str, Any], options: Mapping[str, Any]) -> None:

@@ -1,54 +1,37 @@
 """Text extraction from OpenAI-style JSON bodies, and the OpenAI-shaped error body.
 
 Everything the model reads is counted: ``prompt`` (a string, token ids, or a batch: a list of strings or of token id
-lists, each prompt judged on its own), ``suffix``, every message's text (``text``, ``input_text`` and untyped parts
-with ``text``, ``refusal`` and ``thinking`` parts, ``reasoning_content``, ``reasoning``, tool calls) and the
-``tools``/``functions`` definitions. Parts of a kind that carries no text (images, audio, files) are skipped; a part
-of an unknown kind that carries text is rejected with E5010 rather than left uncounted. System and developer
-messages, tools and the suffix are pinned: counted, never truncated. Field names are configurable (dotted for
-nesting, e.g. ``parameters.max_new_tokens``).
+lists, each prompt judged on its own; read in ``_prompt``), ``suffix``, every message's text (read in
+``_message_text``) and the ``tools``/``functions`` definitions. Tools and the suffix are pinned: counted, never
+truncated. Field names are configurable (dotted for nesting, e.g. ``parameters.max_new_tokens``).
 """
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import repeat
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, UsageError
 from autoglm_runtime.validation._conversation import not_boolean, with_options
 from autoglm_runtime.validation._kept import kept_fields
 from autoglm_runtime.validation._lax import lax_bool, lax_int
+from autoglm_runtime.validation._message_text import (
+    OPENAI_ROLES,
+    TextField,
+    read_messages,
+    shape_error,
+)
 from autoglm_runtime.validation._partial import json_prefix
+from autoglm_runtime.validation._prompt import read_prompt
 from autoglm_runtime.validation.context_window import Chat, GuardInput, GuardResult, Segment
 
 __all__ = ["ErrorStyle", "ExtractedInput", "OpenAIExtractor", "TextField", "error_body"]
 
-Path = tuple[str | int, ...]
-
 #: ``"autoglm"`` puts our E-code in ``error.code``; ``"openai"`` puts OpenAI's code there (for E0513
 #: ``context_length_exceeded``) and keeps the E-code in the message and the ``x-autoglm-error-code`` header.
 ErrorStyle = Literal["autoglm", "openai"]
-
-_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
-_NO_TEXT_PARTS = frozenset(
-    {"image_url", "input_image", "image", "input_audio", "audio", "file", "input_file", "video", "video_url"}
-)
-_PINNED_ROLES = frozenset({"system", "developer"})
-_MESSAGE_TEXT = ("reasoning_content", "reasoning")
-_MESSAGE_JSON = ("tool_calls", "function_call")
-_RESULT_ROLES = frozenset({"tool", "function"})
-_CONTENT: tuple[str | int, ...] = ("content",)
-
-
-class TextField(NamedTuple):
-    """One piece of input and where it sits in the body (``("messages", 0, "content")``)."""
-
-    path: Path
-    value: Segment
 
 
 @dataclass(frozen=True)
@@ -103,17 +86,6 @@ class ExtractedInput:
         )
 
 
-def _is_ids(value: Any) -> bool:
-    # One pass in C over the element types; bool is a distinct type, so True/False are not token ids.
-    return isinstance(value, list) and (not value or set(map(type, value)) == {int})
-
-
-@functools.lru_cache(maxsize=8)
-def _index_paths(base: Path, count: int) -> tuple[Path, ...]:
-    """``(*base, 0)`` to ``(*base, count - 1)``, built once per field rather than once per request."""
-    return tuple((*base, index) for index in range(count))
-
-
 def _special_tokens(body: dict[str, Any]) -> bool:
     """A completion's ``add_special_tokens``: vLLM adds the tokenizer's BOS to a text prompt unless it is false."""
     if "add_special_tokens" not in body:
@@ -140,28 +112,25 @@ def _present(body: dict[str, Any], name: str) -> bool:
     return isinstance(holder, dict) and last in holder
 
 
-def _shape_error(where: str, expected: str, value: Any, param: str) -> InvalidRequestError:
-    return InvalidRequestError(
-        f"{where} must be {expected}, got {type(value).__name__}: fix the request body", param=param
-    )
-
-
-def _too_many(what: str, count: int, limit: int, option: str, param: str) -> InvalidRequestError:
-    return InvalidRequestError(
-        f"the request has {count} {what}, more than the limit of {limit}: send fewer, or raise {option}", param=param
-    )
-
-
 class OpenAIExtractor:
     """Finds the text a model will read in an OpenAI-style request body.
 
     ``max_prompts``, ``max_messages`` and ``max_parts`` (content parts over all messages) bound the work one body
     can cause; past them the request is rejected with E5010. ``prompt_max_tokens`` is the output budget of a
     completions body sending no budget field (16, as OpenAI and vLLM default ``max_tokens``; ``None`` for none).
+    ``roles`` are the message roles taken (OpenAI's six, :attr:`OPENAI_ROLES`, by default); a message whose role
+    is missing, not a string, or another one is E5010. ``None`` takes any string, as vLLM does ("custom roles",
+    such as GLM's ``observation``, left to the chat template).
 
     >>> OpenAIExtractor().extract({"prompt": "hi", "max_tokens": 5}).segments
     ['hi']
+    >>> chat = {"messages": [{"role": "observation", "content": "42"}]}
+    >>> OpenAIExtractor(roles=(*OpenAIExtractor.OPENAI_ROLES, "observation")).extract(chat).segments
+    ['42']
     """
+
+    #: The roles OpenAI's chat API takes: ``system``, ``assistant``, ``user``, ``function``, ``tool``, ``developer``.
+    OPENAI_ROLES: tuple[str, ...] = OPENAI_ROLES
 
     def __init__(
         self,
@@ -175,6 +144,7 @@ class OpenAIExtractor:
         max_messages: int = 4096,
         max_parts: int = 8192,
         prompt_max_tokens: int | None = 16,
+        roles: Iterable[str] | None = OPENAI_ROLES,
     ) -> None:
         for option, value in (("max_prompts", max_prompts), ("max_messages", max_messages), ("max_parts", max_parts)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -183,6 +153,11 @@ class OpenAIExtractor:
             isinstance(prompt_max_tokens, bool) or not isinstance(prompt_max_tokens, int) or prompt_max_tokens < 0
         ):
             raise UsageError(f"prompt_max_tokens must be a whole number >= 0 or None, got {prompt_max_tokens!r}")
+        taken = None if roles is None or isinstance(roles, str) else tuple(dict.fromkeys(roles))
+        if roles is not None and (not taken or not all(isinstance(role, str) for role in taken)):
+            raise UsageError(f"roles must be a list of role names (strings), or None for any, got {roles!r:.80}")
+        #: The message roles taken (``None``: any string).
+        self.roles = taken
         #: The output budget of a prompt (completions) body that sends no budget field at all: OpenAI's and vLLM's
         #: ``max_tokens`` default of 16 (a chat has none: it may run to the window).
         self.prompt_max_tokens = prompt_max_tokens
@@ -216,20 +191,28 @@ class OpenAIExtractor:
             value = _dotted(body, name)
             if value is not None:
                 param = param or name
-                prompts, is_batch = self._prompt(name, value)
+                prompts, is_batch = read_prompt(name, value, self.max_prompts)
                 fields.extend(prompts)
                 batch = batch or is_batch
         for name in self.messages_fields:
             value = _dotted(body, name)
             if value is not None:
                 param = param or name
-                chat = self._messages(name, value, fields, pinned)
+                chat = read_messages(
+                    name,
+                    value,
+                    fields,
+                    pinned,
+                    max_messages=self.max_messages,
+                    max_parts=self.max_parts,
+                    roles=self.roles,
+                )
         for name in self.suffix_fields:
             value = _dotted(body, name)
             if value is None:
                 continue
             if not isinstance(value, str):
-                raise _shape_error(name, "a string", value, name)
+                raise shape_error(name, "a string", value, name)
             pinned.add(len(fields))
             fields.append(TextField(tuple(name.split(".")), value))
         for name in self.tools_fields:
@@ -237,7 +220,7 @@ class OpenAIExtractor:
             if value is None:
                 continue
             if not isinstance(value, list):
-                raise _shape_error(name, "a list of definitions", value, name)
+                raise shape_error(name, "a list of definitions", value, name)
             pinned.add(len(fields))
             text = None if max_text_chars is None else json_prefix(value, max_text_chars)
             if text is None:
@@ -246,7 +229,10 @@ class OpenAIExtractor:
                 partial.add(len(fields))
             fields.append(TextField(tuple(name.split(".")), text))
             if chat is not None:
-                chat = Chat(chat.messages, (*chat.turns, -1), (*chat.places, ()), tuple(value))
+                # The template gets the first tools field alone, as vLLM renders request.tools and has no
+                # functions field (OpenAI's deprecated one is counted without a template, never rendered).
+                tools = tuple(value) if name == self.tools_fields[0] else chat.tools
+                chat = Chat(chat.messages, (*chat.turns, -1), (*chat.places, ()), tools)
         if chat is not None and len(chat.turns) < len(fields):
             # Pieces outside the messages (a suffix) belong to no turn.
             missing = len(fields) - len(chat.turns)
@@ -268,120 +254,6 @@ class OpenAIExtractor:
             # A chat's add_special_tokens is read into its Chat (with_options), with vLLM's chat default of false.
             add_special_tokens=chat is not None or _special_tokens(body),
         )
-
-    def _prompt(self, name: str, value: Any) -> tuple[list[TextField], bool]:
-        base: Path = tuple(name.split("."))
-        if isinstance(value, str):
-            return [TextField(base, value)], False
-        if not isinstance(value, list):
-            raise _shape_error(name, "a string, a list of strings or a list of token ids", value, name)
-        if not value:
-            raise InvalidRequestError(
-                f'{name} is an empty list: send at least one prompt (vLLM: "please provide at least one prompt")',
-                param=name,
-            )
-        if type(value[0]) is int:
-            # One tokenized prompt (however long), not a batch.
-            if not _is_ids(value):
-                raise _shape_error(name, "a list of token ids (integers only)", value, name)
-            return [TextField(base, tuple(value))], False
-        if len(value) > self.max_prompts:
-            raise _too_many("prompts", len(value), self.max_prompts, "max_prompts", name)
-        if set(map(type, value)) == {str}:
-            # The usual batch: no per-element check, and the index paths come from a shared tuple.
-            paths = _index_paths(base, self.max_prompts)[: len(value)]
-            return list(map(tuple.__new__, repeat(TextField), zip(paths, value, strict=True))), True
-        out: list[TextField] = []
-        for index, item in enumerate(value):
-            if isinstance(item, str):
-                out.append(TextField((*base, index), item))
-            elif _is_ids(item):
-                out.append(TextField((*base, index), tuple(item)))
-            else:
-                raise _shape_error(f"{name}[{index}]", "a string or a list of token ids", item, f"{name}[{index}]")
-        return out, True
-
-    def _messages(self, name: str, value: Any, fields: list[TextField], pinned: set[int]) -> Chat:  # noqa: PLR0912  (one branch per message shape, kept flat on the hot path)
-        base: Path = tuple(name.split("."))
-        if not isinstance(value, list):
-            raise _shape_error(name, "a list of messages", value, name)
-        if len(value) > self.max_messages:
-            raise _too_many("messages", len(value), self.max_messages, "max_messages", name)
-        turns: list[int] = [-1] * len(fields)
-        places: list[Path] = [()] * len(fields)
-        parts_seen = 0
-        answering = False  # the messages so far end with an assistant's tool calls and their results
-        for index, message in enumerate(value):
-            if not isinstance(message, dict):
-                raise _shape_error(f"{name}[{index}]", "an object", message, name)
-            content = message.get("content")
-            found: list[tuple[Path, Segment]]
-            if isinstance(content, str):
-                found = [(_CONTENT, content)]
-            elif content is None:
-                found = []
-            elif isinstance(content, list):
-                parts_seen += len(content)
-                if parts_seen > self.max_parts:
-                    raise _too_many("content parts", parts_seen, self.max_parts, "max_parts", name)
-                found = []
-                for part_index, part in enumerate(content):
-                    place = self._part(name, index, part_index, part)
-                    if place is not None:
-                        found.append((("content", part_index, *place), _text_at(part, place)))
-            else:
-                raise _shape_error(f"{name}[{index}].content", "a string or a list of content parts", content, name)
-            # Any key besides role and content may carry text the model reads (tool_calls often come without content).
-            extra = len(message) > ("role" in message) + ("content" in message)
-            if extra:
-                found.extend(((key,), message[key]) for key in _MESSAGE_TEXT if isinstance(message.get(key), str))
-            role = message.get("role")
-            # A tool result stays with the call it answers (pinned below): dropping one alone breaks the chat.
-            keep = role in _PINNED_ROLES or (answering and role in _RESULT_ROLES)
-            answering = (extra and role == "assistant" and any(message.get(key) for key in _MESSAGE_JSON)) or (
-                answering and role in _RESULT_ROLES
-            )
-            for place, text in found:
-                if keep:
-                    pinned.add(len(fields))
-                fields.append(TextField((*base, index, *place), text))
-                turns.append(index)
-                places.append(place)
-            if extra:
-                for key in _MESSAGE_JSON:
-                    if message.get(key) is not None:
-                        # Counted as the JSON the template writes; pinned, so a cut never leaves broken JSON behind.
-                        pinned.add(len(fields))
-                        fields.append(TextField((*base, index, key), json.dumps(message[key], ensure_ascii=False)))
-                        turns.append(index)
-                        places.append((key,))
-        return Chat(tuple(value), tuple(turns), tuple(places))
-
-    @staticmethod
-    def _part(name: str, index: int, part_index: int, part: Any) -> Path | None:
-        """Where the text of one content part is (``("text",)``), or ``None`` for a part without text."""
-        where = f"{name}[{index}].content[{part_index}]"
-        if isinstance(part, str):
-            return ()
-        if not isinstance(part, dict):
-            raise _shape_error(where, "an object", part, name)
-        kind = part.get("type")
-        if kind in _TEXT_PARTS or (kind is None and "text" in part):
-            if not isinstance(part.get("text"), str):
-                raise _shape_error(f"{where}.text", "a string", part.get("text"), name)
-            return ("text",)
-        if kind in ("refusal", "thinking") and isinstance(part.get(kind), str):
-            return (kind,)
-        if kind in _NO_TEXT_PARTS:
-            return None
-        carried = [key for key, item in part.items() if key != "type" and isinstance(item, str)]
-        if carried:
-            raise InvalidRequestError(
-                f"{where} is a content part of type {kind!r} carrying text in {carried[0]!r}, which the guard cannot "
-                "count: send it as a {'type': 'text', 'text': ...} part",
-                param=name,
-            )
-        return None
 
     def _max_tokens(self, body: dict[str, Any], *, completion: bool) -> tuple[int | None, str, bool]:
         """The output budget the backend uses, its field, and whether it is a default.
@@ -438,14 +310,6 @@ class OpenAIExtractor:
                         del messages[number]
                     break
         return body
-
-
-def _text_at(part: Any, place: Path) -> str:
-    value = part
-    for key in place:
-        value = value[key]
-    assert isinstance(value, str)
-    return value
 
 
 def error_body(exc: AutoGLMRuntimeError, style: ErrorStyle = "autoglm") -> dict[str, Any]:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
-import sys
 import threading
 from collections.abc import Awaitable, Callable, Collection, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -48,13 +47,13 @@ from autoglm_runtime.errors import (
     AutoGLMRuntimeError,
     BodyTimeoutError,
     GuardOverloadedError,
-    InputDecodeError,
     RequestTooLargeError,
     UsageError,
 )
 from autoglm_runtime.logging import get_logger
 from autoglm_runtime.observability import GuardCheck
 from autoglm_runtime.observability._events import expect_rejections
+from autoglm_runtime.validation._asgi_body import Disconnected, read_body, read_body_in_time, refuse_encoding
 from autoglm_runtime.validation._openai import ErrorStyle, OpenAIExtractor, error_body
 from autoglm_runtime.validation._refusal import Refusal, server_running
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardResult
@@ -92,10 +91,6 @@ _INLINE_BODY_BYTES = 16_384
 _FRAMING = (b"content-length", b"transfer-encoding")
 # The scope key under which the outermost middleware's check of a request is found by the ones inside it.
 _CHECK_KEY = "autoglm.guard_check"
-
-
-class _Disconnected(Exception):
-    """The client went away while its body was being read."""
 
 
 def replaying(body: bytes, receive: Receive) -> Receive:
@@ -249,7 +244,7 @@ class ValidationMiddleware:
                 if self.header_guard is not None:
                     self.header_guard.check(scope.get("headers") or ())
                 body, result = await self._judge_body(scope, receive)
-            except _Disconnected:
+            except Disconnected:
                 return
             except AutoGLMRuntimeError as exc:
                 check.reject(exc)
@@ -269,16 +264,10 @@ class ValidationMiddleware:
 
     async def _judge_body(self, scope: Scope, receive: Receive) -> tuple[bytes, GuardResult | None]:
         if self.body_timeout is None:
-            body = await self._read_body(scope, receive)
+            body = await read_body(scope, receive, self.max_body_bytes)
         else:
-            body = await self._read_body_in_time(scope, receive, self.body_timeout)
-        for name, value in scope.get("headers") or ():
-            # A compressed body is bytes the guard cannot count: refused with its reason, not as "invalid UTF-8".
-            if name.lower() == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
-                raise InputDecodeError(
-                    f"the request body is sent with content-encoding {value.decode('latin-1')[:40]!r}, which the "
-                    "guard cannot read: send it uncompressed"
-                )
+            body = await read_body_in_time(scope, receive, self.max_body_bytes, self.body_timeout)
+        refuse_encoding(scope)
         if self.offload and len(body) > _INLINE_BODY_BYTES:
             return await self._judge_on_pool(body)
         return self._judge(body)
@@ -293,19 +282,6 @@ class ValidationMiddleware:
 
     def _guards(self, scope: Scope) -> bool:
         return scope.get("method", "GET") in self.methods and (self.paths is None or scope.get("path") in self.paths)
-
-    async def _read_body_in_time(self, scope: Scope, receive: Receive, timeout: float) -> bytes:
-        try:
-            if sys.version_info >= (3, 11):
-                # A deadline on the running task: wait_for would start a task of its own for every request.
-                async with asyncio.timeout(timeout):
-                    return await self._read_body(scope, receive)
-            return await asyncio.wait_for(self._read_body(scope, receive), timeout)
-        except asyncio.TimeoutError:
-            raise BodyTimeoutError(
-                f"the request body did not arrive within {timeout:g} seconds: send the body promptly "
-                "(the server's body_timeout)"
-            ) from None
 
     async def _judge_on_pool(self, body: bytes) -> tuple[bytes, GuardResult | None]:
         with self._lock:
@@ -324,37 +300,6 @@ class ValidationMiddleware:
         finally:
             with self._lock:
                 self._busy -= 1
-
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        limit = self.max_body_bytes
-        for name, value in scope.get("headers") or ():
-            declared = value.strip()
-            # Compare digit counts first: int() of a 5,000-digit header would raise (and cost) before any check.
-            if name.lower() == b"content-length" and declared.isdigit():
-                too_large = len(declared.lstrip(b"0")) > len(str(limit)) or int(declared) > limit
-                if too_large:
-                    text = declared.decode("ascii")
-                    shown = text if len(text) <= 20 else f"{text[:12]}... ({len(text)} digits)"
-                    raise RequestTooLargeError(
-                        f"the request body is {shown} bytes long, more than the limit of {limit} bytes: "
-                        "send a smaller body, or raise max_body_bytes",
-                    )
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise RequestTooLargeError(
-                    f"the request body is larger than the limit of {limit} bytes ({size} bytes received when "
-                    "reading stopped): send a smaller body, or raise max_body_bytes",
-                )
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
 
     def _judge(self, body: bytes) -> tuple[bytes, GuardResult | None]:
         value = self.decode_guard.check_json(body)

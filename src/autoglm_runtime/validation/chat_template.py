@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autoglm_runtime.errors import InvalidRequestError, UsageError
-from autoglm_runtime.validation._conversation import ContentFormat, conversation
+from autoglm_runtime.validation._conversation import ContentFormat, conversation, tool_dicts
 from autoglm_runtime.validation._conversation import content_format as _detect
 
 __all__ = ["ChatTemplate"]
@@ -174,7 +174,9 @@ class ChatTemplate:
         marked = bool(variables.get("continue_final_message")) and _mark_end(chat)
         try:
             text = str(
-                self._template.render(messages=chat, tools=list(tools) if tools is not None else None, **variables)
+                self._template.render(
+                    messages=chat, tools=tool_dicts(tools) if tools is not None else None, **variables
+                )
             )
         except self._errors as exc:
             raise InvalidRequestError(

@@ -75,6 +75,7 @@ class GuardSettings:
     max_prompts: int = 2048
     max_messages: int = 4096
     max_parts: int = 8192
+    roles: tuple[str, ...] | None = OpenAIExtractor.OPENAI_ROLES
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, source: str = "the settings") -> GuardSettings:
@@ -148,7 +149,10 @@ class GuardSettings:
             "context_guard": guard,
             "header_guard": HeaderTokenGuard(self.max_header_length, self.guarded_headers),
             "extractor": OpenAIExtractor(
-                max_prompts=self.max_prompts, max_messages=self.max_messages, max_parts=self.max_parts
+                max_prompts=self.max_prompts,
+                max_messages=self.max_messages,
+                max_parts=self.max_parts,
+                roles=self.roles,
             ),
             "max_body_bytes": self.max_body_bytes,
             "paths": self.paths,
@@ -194,17 +198,20 @@ _BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_prompts": (lambda v: v >= 1, "must be at least 1"),
     "max_messages": (lambda v: v >= 1, "must be at least 1"),
     "max_parts": (lambda v: v >= 1, "must be at least 1"),
+    "roles": (lambda v: len(v) >= 1, "must name at least one role"),
 }
 
 _OPTIONAL_TEXT = frozenset({"tokenizer", "chat_template"})
-_TEXT_LISTS = frozenset({"paths", "guarded_headers"})
+_TEXT_LISTS = frozenset({"paths", "guarded_headers", "roles"})
+#: Lists a JSON null may stand for: every path guarded, any role taken.
+_OPEN_LISTS = frozenset({"paths", "roles"})
 
 
 def _valid(key: str, value: Any) -> bool:
     if key in _OPTIONAL_TEXT:
         return value is None or isinstance(value, str)
     if key in _TEXT_LISTS:
-        return (value is None and key == "paths") or (
+        return (value is None and key in _OPEN_LISTS) or (
             isinstance(value, tuple) and all(isinstance(item, str) for item in value)
         )
     if key == "body_timeout":

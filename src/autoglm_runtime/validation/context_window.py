@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Literal
 
 from autoglm_runtime.errors import InvalidRequestError, UsageError
 from autoglm_runtime.validation._counting import _BATCH_CHARS, _MIN_CHUNK_CHARS, BOUNDARY_SLACK, TokenCounter, _memo
+from autoglm_runtime.validation._message_text import check_roles
 from autoglm_runtime.validation._overflow import output_error
 from autoglm_runtime.validation._word_bounds import WordBound
 from autoglm_runtime.validation.limits import Limits, LimitsSource, StaticLimits, TruncationSide
@@ -177,7 +178,13 @@ context window of 4 tokens: shorten the input or lower max_tokens
         return self._judge_under(counted, self._limits.current(), allow_truncation)
 
     def judge(self, request: GuardInput, *, allow_truncation: bool = True) -> GuardResult:
-        """Judge a whole request described by ``request`` (batch prompts, pinned pieces, chat messages)."""
+        """Judge a whole request described by ``request`` (batch prompts, pinned pieces, chat messages).
+
+        A chat message without a string role is E5010, as OpenAI and vLLM refuse it, however the chat was built
+        (:class:`OpenAIExtractor` also holds roles to its ``roles``).
+        """
+        if request.chat is not None:
+            check_roles(request.param or "messages", request.chat.messages, None)
         return self._judge_under(request, self._limits.current(), allow_truncation)
 
     @functools.cached_property

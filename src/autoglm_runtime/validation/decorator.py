@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, cast
 
 from autoglm_runtime.errors import InvalidRequestError, UsageError
@@ -37,6 +37,7 @@ def guarded(
     max_tokens_arg: str | None = "max_tokens",
     result_arg: str | None = None,
     decode_guard: DecodeGuard | None = None,
+    roles: Iterable[str] | None = OpenAIExtractor.OPENAI_ROLES,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorate a function so its ``text_arg`` is judged before every call: a string, a list of strings, or a chat
     (a list of OpenAI-style message dicts, judged as the ASGI middleware judges ``messages``: with the guard's chat
@@ -45,7 +46,8 @@ def guarded(
 
     ``max_tokens_arg`` names the argument holding the requested output tokens (its default value counts when the
     caller leaves it out). ``result_arg``, if given, is an argument the wrapper fills with the
-    :class:`GuardResult`. Lone surrogates are rejected (E5009) before counting.
+    :class:`GuardResult`. Lone surrogates are rejected (E5009) before counting. ``roles`` are the message roles a
+    chat may use, as :class:`OpenAIExtractor`'s (``None`` for any string).
     """
     decoder = decode_guard or DecodeGuard()
     # A chat argument is read as a body whose fields the argument names stand for, so errors name them
@@ -54,6 +56,7 @@ def guarded(
         prompt_fields=(),
         messages_fields=(text_arg,),
         max_tokens_fields=(max_tokens_arg,) if max_tokens_arg is not None else (),
+        roles=roles,
     )
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:

@@ -28,27 +28,29 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
 
-from autoglm_runtime.errors import INPUT_TRUNCATED, AutoGLMRuntimeError, InvalidRequestError, UsageError
+from autoglm_runtime.errors import AutoGLMRuntimeError, UsageError
 from autoglm_runtime.logging import get_logger
 from autoglm_runtime.observability import GuardCheck
-from autoglm_runtime.validation.asgi import ERROR_CODE_HEADER, TRUNCATED_TOKENS_HEADER, WARNING_CODE_HEADER
-from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardInput, GuardResult
+from autoglm_runtime.validation._grpc_guards import (
+    TRUNCATED_MESSAGES_HEADER,
+    Extractor,
+    Guards,
+    Rewriter,
+    Tally,
+)
+from autoglm_runtime.validation.asgi import ERROR_CODE_HEADER
+from autoglm_runtime.validation.context_window import ContextWindowGuard
 from autoglm_runtime.validation.decode import DecodeGuard
 from autoglm_runtime.validation.headers import HeaderTokenGuard
 
 __all__ = ["TRUNCATED_MESSAGES_HEADER", "AsyncValidationInterceptor", "Extractor", "Rewriter", "ValidationInterceptor"]
 
 log = get_logger(__name__)
-
-TRUNCATED_MESSAGES_HEADER = "x-autoglm-truncated-messages"
-
-Extractor = Callable[[Any], "GuardInput | str | None"]
-Rewriter = Callable[[Any, GuardResult], Any]
 
 _DEFAULT_HEADER_GUARD = HeaderTokenGuard()
 
@@ -62,110 +64,16 @@ def _details(exc: AutoGLMRuntimeError) -> str:
     return f"{exc.code}: {exc.message}"
 
 
-def _trailer(exc: AutoGLMRuntimeError, tally: _Tally | None = None) -> tuple[tuple[str, str], ...]:
+def _trailer(exc: AutoGLMRuntimeError, tally: Tally | None = None) -> tuple[tuple[str, str], ...]:
     """A rejected call's trailing metadata: its code (as HTTP's header), after what earlier messages' truncation
     put there (aborting replaces the call's trailing metadata)."""
     earlier = tally.trailing() if tally is not None and tally.cuts else ()
     return (*earlier, (ERROR_CODE_HEADER, exc.code))
 
 
-def _abort(context: grpc.ServicerContext, exc: AutoGLMRuntimeError, tally: _Tally | None = None) -> None:
+def _abort(context: grpc.ServicerContext, exc: AutoGLMRuntimeError, tally: Tally | None = None) -> None:
     context.set_trailing_metadata(_trailer(exc, tally))
     context.abort(_status(exc), _details(exc))
-
-
-class _Tally:
-    """The messages one call has had judged, and which of them were truncated by how many tokens."""
-
-    def __init__(self) -> None:
-        self.seen = 0
-        self.cuts: list[tuple[int, int]] = []
-        #: The guard's verdict on the message judged last (``None``: nothing was counted).
-        self.verdict: GuardResult | None = None
-
-    def trailing(self) -> tuple[tuple[str, str], ...]:
-        total = sum(removed for _, removed in self.cuts)
-        return (
-            (TRUNCATED_TOKENS_HEADER, str(total)),
-            (TRUNCATED_MESSAGES_HEADER, ",".join(f"{index}:{removed}" for index, removed in self.cuts)),
-            (WARNING_CODE_HEADER, INPUT_TRUNCATED),
-        )
-
-
-def _call(what: str, fn: Callable[..., Any], *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except AutoGLMRuntimeError:
-        raise
-    except Exception as exc:
-        # A plug-in that chokes on a request is the request's problem to the client, and must stay coded.
-        raise InvalidRequestError(
-            f"the server's {what} failed on this request ({type(exc).__name__}: {exc}): check the request fields"
-        ) from exc
-
-
-class _Guards:
-    """What both interceptors do, free of any server flavour: judge metadata, judge one request message."""
-
-    def __init__(
-        self,
-        header_guard: HeaderTokenGuard | None,
-        context_guard: ContextWindowGuard | None,
-        extractor: Extractor | None,
-        rewriter: Rewriter | None,
-        decode_guard: DecodeGuard | None,
-    ) -> None:
-        self.header_guard = header_guard
-        self.context_guard = context_guard
-        self.extractor = extractor
-        self.rewriter = rewriter
-        self.decode_guard = decode_guard or DecodeGuard()
-
-    def metadata_error(self, details: grpc.HandlerCallDetails) -> AutoGLMRuntimeError | None:
-        if self.header_guard is None:
-            return None
-        try:
-            self.header_guard.check((item.key, item.value) for item in details.invocation_metadata or ())
-        except AutoGLMRuntimeError as exc:
-            return exc
-        return None
-
-    def judge(self, request: Any, tally: _Tally) -> Any:
-        """The request to pass on (``tally`` records a truncation); raises our coded errors."""
-        assert self.extractor is not None
-        number = tally.seen
-        tally.seen += 1
-        tally.verdict = None
-        extracted = _call("extractor", self.extractor, request)
-        if extracted is None:
-            return request
-        if isinstance(extracted, str):
-            extracted = GuardInput(extracted)
-        if not isinstance(extracted, GuardInput):
-            raise InvalidRequestError(
-                f"the server's extractor returned {type(extracted).__name__}, not a GuardInput, a string or None, "
-                "for this request: check the request fields"
-            )
-        segments = extracted.segments
-        pieces = [segments] if isinstance(segments, str) else segments if isinstance(segments, Sequence) else []
-        for segment in pieces:
-            if isinstance(segment, str):
-                self.decode_guard.check_text(segment, param=extracted.param)
-        if self.context_guard is None:
-            return request
-        result = self.context_guard.judge(extracted, allow_truncation=self.rewriter is not None)
-        tally.verdict = result
-        if not result.truncated or self.rewriter is None:
-            return request
-        tally.cuts.append((number, result.removed_tokens))
-        rewritten = _call("rewriter", self.rewriter, request, result)
-        if not isinstance(rewritten, type(request)):
-            # The handler would fail on it with a bare UNKNOWN (a None, a str where a message is expected).
-            raise InvalidRequestError(
-                f"the server's rewriter returned {type(rewritten).__name__}, not a {type(request).__name__} like the "
-                "request, for this request: check the request fields"
-            )
-        return rewritten
 
 
 class ValidationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -183,7 +91,7 @@ class ValidationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         rewriter: Rewriter | None = None,
         decode_guard: DecodeGuard | None = None,
     ) -> None:
-        self._guards = _Guards(header_guard, context_guard, extractor, rewriter, decode_guard)
+        self._guards = Guards(header_guard, context_guard, extractor, rewriter, decode_guard)
 
     def intercept_service(
         self,
@@ -209,7 +117,7 @@ class ValidationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if handler.request_streaming:
 
             def guarded_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-                tally = _Tally()
+                tally = Tally()
                 return behavior((self._judge(request, context, tally) for request in requests), context)
 
             return _build(handler, guarded_stream, request_deserializer=handler.request_deserializer)
@@ -219,7 +127,7 @@ class ValidationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             def guarded_responses(request: Any, context: grpc.ServicerContext) -> Any:
                 # grpc iterates the responses after this returns: the guard span stays open until they end.
                 with GuardCheck("grpc") as check:
-                    request = self._verdict(request, context, _Tally(), check)
+                    request = self._verdict(request, context, Tally(), check)
                     check.forward()
                     responses = iter(behavior(request, context))
                     stream = check.hand_over()
@@ -235,18 +143,18 @@ class ValidationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             # One request message: the guard span stays current while the handler runs (until it returns), so
             # the handler's model calls join the call's trace; see _judge for streamed requests.
             with GuardCheck("grpc") as check:
-                request = self._verdict(request, context, _Tally(), check)
+                request = self._verdict(request, context, Tally(), check)
                 check.forward()
                 return behavior(request, context)
 
         return _build(handler, guarded_unary, request_deserializer=handler.request_deserializer)
 
-    def _judge(self, request: Any, context: grpc.ServicerContext, tally: _Tally) -> Any:
+    def _judge(self, request: Any, context: grpc.ServicerContext, tally: Tally) -> Any:
         """One message of a streamed request, judged (and spanned) alone as the handler pulls it."""
         with GuardCheck("grpc") as check:
             return self._verdict(request, context, tally, check)
 
-    def _verdict(self, request: Any, context: grpc.ServicerContext, tally: _Tally, check: GuardCheck) -> Any:
+    def _verdict(self, request: Any, context: grpc.ServicerContext, tally: Tally, check: GuardCheck) -> Any:
         try:
             request = self._guards.judge(request, tally)
         except AutoGLMRuntimeError as exc:
@@ -275,7 +183,7 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         rewriter: Rewriter | None = None,
         decode_guard: DecodeGuard | None = None,
     ) -> None:
-        self._guards = _Guards(header_guard, context_guard, extractor, rewriter, decode_guard)
+        self._guards = Guards(header_guard, context_guard, extractor, rewriter, decode_guard)
         self._refused: set[str] = set()
 
     async def intercept_service(
@@ -298,7 +206,7 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         judge = self._judge
 
         async def judged(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            tally = _Tally()
+            tally = Tally()
             async for request in requests:
                 yield await judge(request, context, tally)
 
@@ -322,7 +230,7 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
                 return await behavior(judged(request, context), context)
             # One request message: its guard span stays current while the handler runs (as on the sync server).
             with GuardCheck("grpc") as check:
-                incoming = await self._verdict(request, context, _Tally(), check)
+                incoming = await self._verdict(request, context, Tally(), check)
                 check.forward()
                 return await behavior(incoming, context)
 
@@ -342,7 +250,7 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         # INTERNAL, not the class's INVALID_ARGUMENT: the server is set up wrong, the client's request is not.
         return _async_rejecting(error, streaming, refused=grpc.StatusCode.INTERNAL)
 
-    async def _judge(self, request: Any, context: grpc.aio.ServicerContext, tally: _Tally) -> Any:
+    async def _judge(self, request: Any, context: grpc.aio.ServicerContext, tally: Tally) -> Any:
         with GuardCheck("grpc") as check:
             return await self._verdict(request, context, tally, check)
 
@@ -350,7 +258,7 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         """The handler's outcome for one request message (an async generator, or a coroutine that writes its
         responses), to be run after the verdict with the guard span open (current while it runs) until it ends."""
         with GuardCheck("grpc") as check:
-            incoming = await self._verdict(request, context, _Tally(), check)
+            incoming = await self._verdict(request, context, Tally(), check)
             check.forward()
             outcome = behavior(incoming, context)
             stream = check.hand_over()
@@ -361,7 +269,7 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         context.add_done_callback(lambda _context: stream.end())
         return stream.aresponses(outcome) if inspect.isasyncgen(outcome) else stream.run(outcome)
 
-    async def _verdict(self, request: Any, context: grpc.aio.ServicerContext, tally: _Tally, check: GuardCheck) -> Any:
+    async def _verdict(self, request: Any, context: grpc.aio.ServicerContext, tally: Tally, check: GuardCheck) -> Any:
         try:
             request = await asyncio.to_thread(self._guards.judge, request, tally)
         except AutoGLMRuntimeError as exc:
