@@ -61,7 +61,8 @@ class ModelLoader:
     ``None`` lets such calls wait for ever. ``heartbeat_interval`` (s; ``None`` turns heartbeats off) and
     ``heartbeat_timeout`` (s) bound how long a hung worker goes unnoticed between calls: it is killed and
     restarted between ``heartbeat_timeout`` and ``heartbeat_timeout + 1.25 * heartbeat_interval`` s after its
-    last answer. ``retry_after`` (s) is what :class:`ModelOverloadedError` tells callers to wait.
+    last answer. ``retry_after`` and ``max_retry_after`` (s) bound what :class:`ModelOverloadedError` tells callers to
+    wait (whole seconds, reckoned from the queue ahead, the replicas and how long recent calls took).
     ``unread_timeout`` (s; ``None``: never) closes a stream whose consumer left a chunk unread that long, giving its
     replica back.
     """
@@ -87,6 +88,7 @@ class ModelLoader:
         heartbeat_timeout: float = 30.0,
         retry_after: float = 1.0,
         unread_timeout: float | None = 300.0,
+        max_retry_after: float = 60.0,
     ) -> None:
         check_loader_options(
             backend=backend,
@@ -99,6 +101,7 @@ class ModelLoader:
             heartbeat_timeout=heartbeat_timeout,
             retry_after=retry_after,
             unread_timeout=unread_timeout,
+            max_retry_after=max_retry_after,
         )
         self.builder = EnvironmentBuilder(
             env_root,
@@ -122,6 +125,7 @@ class ModelLoader:
             "heartbeat_interval": heartbeat_interval,
             "heartbeat_timeout": heartbeat_timeout,
             "retry_after": retry_after,
+            "max_retry_after": max_retry_after,
             "unread_timeout": unread_timeout,
         }
         self._lock = threading.Lock()

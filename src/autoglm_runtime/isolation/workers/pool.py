@@ -5,7 +5,8 @@ Promises:
 * a call goes to the replica with the fewest calls in flight that runs fewer than ``max_inflight``; when every
   replica is full it waits in a FIFO queue (its timeout counts), and when ``max_queue`` calls already wait it
   is refused at once with :class:`ModelOverloadedError` (E0106, HTTP 503 with ``Retry-After``, gRPC
-  ``RESOURCE_EXHAUSTED``); nothing unbounded;
+  ``RESOURCE_EXHAUSTED``); nothing unbounded. Its ``retry_after`` is whole seconds, from the queue ahead, the
+  replicas and how long recent calls held a replica, within ``[retry_after, max_retry_after]`` (see ``_retry.py``);
 * replicas fail independently: a crash fails only the calls in flight on that replica, and a replica given up on
   takes no calls while another serves (they wait for it instead);
 * one heartbeat thread per model (``autoglm-model-<name>-heartbeat``) pings every ready replica every
@@ -29,6 +30,7 @@ from typing import Any
 from autoglm_runtime.errors import ModelOverloadedError, ModelTimeoutError, WorkerError
 from autoglm_runtime.isolation.workers import _forks, calls, streams
 from autoglm_runtime.isolation.workers._connection import Connection
+from autoglm_runtime.isolation.workers._retry import HeldTime, retry_after
 from autoglm_runtime.isolation.workers._state import Heartbeat, heartbeat_step
 from autoglm_runtime.isolation.workers.process import WorkerHealth, WorkerProcess
 from autoglm_runtime.isolation.workers.streams import AsyncModelStream, ModelStream
@@ -101,6 +103,7 @@ class ReplicaPool:
         heartbeat_interval: float | None = 5.0,
         heartbeat_timeout: float = 30.0,
         retry_after: float = 1.0,
+        max_retry_after: float = 60.0,
         unread_timeout: float | None = None,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -109,7 +112,8 @@ class ReplicaPool:
         self.max_inflight = max_inflight
         self.max_queue = max_queue
         self._heartbeat = (heartbeat_interval, heartbeat_timeout)
-        self._retry_after = retry_after
+        self._retry_after = (retry_after, max_retry_after)
+        self._held = HeldTime()
         self._unread = unread_timeout
         self._timer = timer
         self._lock = threading.Lock()
@@ -154,10 +158,11 @@ class ReplicaPool:
                 self._load[worker] += 1
         if worker is None:
             worker = self._acquire(method, timeout, deadline)
+        taken = self._timer()
         try:
             return calls.call(worker, method, args, kwargs, timeout, deadline)
         finally:
-            self._release(worker)
+            self._release(worker, taken)
 
     async def acall(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         calls.check_timeout(self.name, method, timeout)
@@ -227,7 +232,8 @@ class ReplicaPool:
     # --- internals ------------------------------------------------------------------------------------
 
     def _releaser(self, worker: WorkerProcess) -> Callable[[], None]:
-        return lambda: self._release(worker)
+        taken = self._timer()
+        return lambda: self._release(worker, taken)
 
     def _pick(self, method: str, loop: asyncio.AbstractEventLoop | None) -> WorkerProcess | _Waiter:
         with self._lock:
@@ -240,12 +246,17 @@ class ReplicaPool:
                 self._load[worker] += 1
                 return worker
             if len(self._waiters) >= self.max_queue:
+                least, most = self._retry_after
+                places = len(self._serving()) * self.max_inflight
+                wait = retry_after(
+                    queued=len(self._waiters), places=places, held=self._held.mean, least=least, most=most
+                )
                 raise ModelOverloadedError(
                     f"model '{self.name}' is overloaded: its {len(self.workers)} replica(s) each run "
                     f"max_inflight={self.max_inflight} calls and {len(self._waiters)} more wait in its queue "
                     f"(max_queue={self.max_queue}); {method}() was refused without running: retry after "
-                    f"{self._retry_after:g} s, or raise replicas, max_inflight or max_queue in its [serving] table",
-                    retry_after=self._retry_after,
+                    f"{wait} s, or raise replicas, max_inflight or max_queue in its [serving] table",
+                    retry_after=wait,
                 )
             waiter = _Waiter(loop)
             self._waiters.append(waiter)
@@ -313,8 +324,12 @@ class ReplicaPool:
             raise
         return self._granted(picked, method, timeout)
 
-    def _release(self, worker: WorkerProcess) -> None:
+    def _release(self, worker: WorkerProcess, taken: float | None = None) -> None:
+        """Give ``worker``'s place back; ``taken``: when the call took it (its time counts in :class:`HeldTime`)."""
+        now = None if taken is None else self._timer()
         with self._lock:
+            if now is not None and taken is not None:
+                self._held.add(now - taken)
             # The freed place goes straight to the first waiter (its load stays), unless it is a given-up replica's
             # while another serves: the waiter is that one's, as soon as it frees a place.
             if self._waiters and (len(self.workers) == 1 or worker in self._serving()):
