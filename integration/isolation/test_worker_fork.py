@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -146,6 +147,35 @@ def test_a_forked_child_dropping_or_closing_its_copy_leaves_the_parents_stream_r
     assert first == 0
     _, seen = _fork_and_reap(holder, how, read=False)
     assert seen == ({"after close": [], "dropped": True} if how in ("close", "with") else {"dropped": True})
+    _runs_to_its_end(model, holder[0])
+
+
+@pytest.mark.parametrize("how", ["close", "with"])
+def test_a_forked_child_closes_its_copy_even_when_a_parent_thread_held_the_streams_lock_at_the_fork(
+    model: Any, how: str
+) -> None:
+    # Before: the child's close() took the stream's lock before seeing the stream was its parent's; a thread of the
+    # parent that held it at the fork (the reader thread giving the stream's place back, the watch thread giving
+    # up an unread stream) does not exist in the child, so the child hung in close() for ever.
+    holder = [model.stream("count", CHUNKS, timeout=60)]
+    assert next(holder[0]) == 0
+    lock = holder[0]._inner._state._release_lock  # (only a held lock at the fork shows it; no thread holds it long)
+    held, forked = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            forked.wait(60)
+
+    holder_thread = threading.Thread(target=hold, name="test-holds-the-stream-lock")
+    holder_thread.start()
+    held.wait(60)
+    try:
+        _, seen = _forked(lambda: _in_child(holder, how, read=False), forked.set)
+    finally:
+        forked.set()
+        holder_thread.join()
+    assert seen == {"after close": [], "dropped": True}
     _runs_to_its_end(model, holder[0])
 
 

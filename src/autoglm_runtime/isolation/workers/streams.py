@@ -144,13 +144,16 @@ class _StreamState:
         """End the stream here (``cancel``: stop it in the worker; ``error``: what reading it raises from now on);
         False when it had ended already. A cancelled stream keeps its place until the worker closed the generator,
         for up to ``within`` s (default: its idle timeout), then ``on_late`` (default: the kill of a late call)."""
+        if self.pid != _closer.pid():  # a forked child's copy: only marked closed (see the module's promises)
+            # Without the lock: a thread of the parent (its reader, its watch) may have held it at the fork, and no
+            # thread of this process will ever let it go. Only the child's own code touches its copy.
+            ended, self.finished = self.finished, True
+            return not ended
         with self._release_lock:  # (the watch thread may give an unread stream up as its consumer closes it)
             if self.finished:
                 return False
             self.finished = True
             self.error = error
-        if self.pid != _closer.pid():
-            return True  # a forked child's copy: only marked closed (see the module's promises)
         # Stopped early: the worker closes the model's generator once its current step returns, and only then is it
         # free; until its end reply comes (or it dies) the stream keeps its place (release), as an abandoned call.
         timeout = self.timeout
