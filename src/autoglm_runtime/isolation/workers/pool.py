@@ -12,7 +12,8 @@ Promises:
 * one heartbeat thread per model (``autoglm-model-<name>-heartbeat``) pings every ready replica every
   ``heartbeat_interval`` s and restarts one whose ping went unanswered ``heartbeat_timeout`` s;
 * a stream whose consumer leaves a chunk unread for ``unread_timeout`` s (up to twice that) is closed and its
-  place given back (the consumer's next read raises E0305);
+  place given back (the consumer's next read raises E0305), its worker killed and restarted should the model's
+  current step not return within ``unread_timeout`` s more (see ``_unread.py``);
 * :meth:`ReplicaPool.close` refuses new calls, lets calls in flight and queued finish until ``drain_timeout``,
   then stops every replica: no process or thread is left.
 """
