@@ -61,7 +61,7 @@ class ModelLoader:
     last answer. ``retry_after`` and ``max_retry_after`` (s) bound what :class:`ModelOverloadedError` tells callers to
     wait (whole seconds, reckoned from the queue ahead, the replicas and how long recent calls took).
     ``unread_timeout`` (s; ``None``: never) closes a stream whose consumer left a chunk unread that long, giving its
-    replica back.
+    replica back (its worker is restarted should the model's current step not return within that time more).
     """
 
     def __init__(  # noqa: PLR0917 - the documented call takes these six positionally
