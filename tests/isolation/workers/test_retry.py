@@ -50,6 +50,17 @@ def test_held_time_is_a_weighted_mean_of_recent_calls() -> None:
     assert held.mean == pytest.approx(6.4)
 
 
+def test_held_time_before_any_call_gave_its_place_back_is_the_mean_age_of_those_holding_one() -> None:
+    held = HeldTime()
+    assert held.typical(now=5.0) is None  # nothing to go by
+    first, second = held.take(now=0.0), held.take(now=6.0)
+    assert held.typical(now=10.0) == 7.0  # ages 10 and 4
+    held.give(second, now=12.0)
+    assert (held.mean, held.typical(now=100.0)) == (6.0, 6.0)  # from now on the mean, whatever the age of first
+    held.give(first, now=20.0)
+    assert held.mean == pytest.approx(8.8)
+
+
 MODEL = """
 import os, time
 
@@ -75,6 +86,20 @@ def _in_background(function: Any, *args: Any) -> tuple[threading.Thread, list[An
     return thread, out
 
 
+def _refused(pool: ReplicaPool) -> ModelOverloadedError:
+    with pytest.raises(ModelOverloadedError) as info:
+        pool.call("echo", ("refused",), {}, None)
+    return info.value
+
+
+def _message(wait: int) -> str:
+    return (
+        "model 'retry' is overloaded: its 1 replica(s) each run max_inflight=1 calls and 2 more wait in its "
+        f"queue (max_queue=2); echo() was refused without running: retry after {wait} s, or raise replicas, "
+        "max_inflight or max_queue in its [serving] table"
+    )
+
+
 def test_an_overloaded_pool_tells_callers_to_wait_for_the_queue_ahead_of_them(tmp_path: Path) -> None:
     # Before: every refusal said Retry-After 1, however deep the queue of slow calls a retry would join.
     (tmp_path / "model").mkdir()
@@ -84,33 +109,23 @@ def test_an_overloaded_pool_tells_callers_to_wait_for_the_queue_ahead_of_them(tm
     now = [0.0]
     pool = ReplicaPool("retry", [worker], max_queue=2, heartbeat_interval=None, timer=lambda: now[0])
     try:
-        first = tmp_path / "first"
-        first.mkdir()
-        running = _in_background(pool.call, "block", (str(first),), {}, None)
-        wait_until((first / "running").exists, 30, "the first call to run")
-        now[0] = 10.0  # the first call holds the replica 10 s
-        (first / "go").touch()
-        running[0].join()
-        assert running[1] == ["done"]
-
-        second = tmp_path / "second"
-        second.mkdir()
-        callers = [_in_background(pool.call, "block", (str(second),), {}, None)]
-        wait_until((second / "running").exists, 30, "the second call to run")
-        callers += [_in_background(pool.call, "echo", (i,), {}, None) for i in range(2)]
-        wait_until(lambda: pool.queued == 2, 30, "two calls to queue")
-        with pytest.raises(ModelOverloadedError) as info:
-            pool.call("echo", ("refused",), {}, None)
-        assert info.value.retry_after == 30  # 2 queued and the refused one, 10 s each, on 1 place
-        assert info.value.message == (
-            "model 'retry' is overloaded: its 1 replica(s) each run max_inflight=1 calls and 2 more wait in its "
-            "queue (max_queue=2); echo() was refused without running: retry after 30 s, or raise replicas, "
-            "max_inflight or max_queue in its [serving] table"
-        )
-        (second / "go").touch()
-        for thread, _ in callers:
-            thread.join()
-        assert [out for _, out in callers] == [["done"], [0], [1]]
+        # Phase 0: no call gave its place back yet, and the one holding it has for 10 s: 3 calls of 10 s on 1 place.
+        # It gives it back after 10 s, the two queued after none (the clock stands still): a mean of 6.4 s, so in
+        # phase 1: 3 calls of 6.4 s, 19.2 s rounded up.
+        for phase, (runs_for, wait) in enumerate([(10.0, 30), (0.0, 20)]):
+            gate = tmp_path / f"phase-{phase}"
+            gate.mkdir()
+            callers = [_in_background(pool.call, "block", (str(gate),), {}, None)]
+            wait_until((gate / "running").exists, 30, "the blocking call to run")
+            callers += [_in_background(pool.call, "echo", (i,), {}, None) for i in range(2)]
+            wait_until(lambda: pool.queued == 2, 30, "two calls to queue")
+            now[0] += runs_for
+            refused = _refused(pool)
+            assert (refused.retry_after, refused.message) == (wait, _message(wait))
+            (gate / "go").touch()
+            for thread, _ in callers:
+                thread.join()
+            assert [out for _, out in callers] == [["done"], [0], [1]]
     finally:
         pool.close()
     assert worker.health()["pid"] is None

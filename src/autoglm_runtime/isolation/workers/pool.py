@@ -152,18 +152,20 @@ class ReplicaPool:
 
     def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         calls.check_timeout(self.name, method, timeout)
-        deadline = None if timeout is None else self._timer() + timeout
+        now = self._timer()
+        deadline = None if timeout is None else now + timeout
         with self._lock:  # a free replica, taken at once (as _pick would); anything else goes the general way
             worker = None if self._closing else self._least_loaded()
             if worker is not None:
                 self._load[worker] += 1
+                token = self._held.take(now)
         if worker is None:
             worker = self._acquire(method, timeout, deadline)
-        taken = self._timer()
+            token = self._taken()
         try:
             return calls.call(worker, method, args, kwargs, timeout, deadline)
         finally:
-            self._release(worker, taken)
+            self._release(worker, token)
 
     async def acall(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         calls.check_timeout(self.name, method, timeout)
@@ -233,8 +235,14 @@ class ReplicaPool:
     # --- internals ------------------------------------------------------------------------------------
 
     def _releaser(self, worker: WorkerProcess) -> Callable[[], None]:
-        taken = self._timer()
-        return lambda: self._release(worker, taken)
+        token = self._taken()
+        return lambda: self._release(worker, token)
+
+    def _taken(self) -> int:
+        """(A call just took its place) the token its release gives to :class:`HeldTime`."""
+        now = self._timer()
+        with self._lock:
+            return self._held.take(now)
 
     def _pick(self, method: str, loop: asyncio.AbstractEventLoop | None) -> WorkerProcess | _Waiter:
         with self._lock:
@@ -249,9 +257,8 @@ class ReplicaPool:
             if len(self._waiters) >= self.max_queue:
                 least, most = self._retry_after
                 places = len(self._serving()) * self.max_inflight
-                wait = retry_after(
-                    queued=len(self._waiters), places=places, held=self._held.mean, least=least, most=most
-                )
+                held = self._held.typical(self._timer())
+                wait = retry_after(queued=len(self._waiters), places=places, held=held, least=least, most=most)
                 raise ModelOverloadedError(
                     f"model '{self.name}' is overloaded: its {len(self.workers)} replica(s) each run "
                     f"max_inflight={self.max_inflight} calls and {len(self._waiters)} more wait in its queue "
@@ -325,12 +332,13 @@ class ReplicaPool:
             raise
         return self._granted(picked, method, timeout)
 
-    def _release(self, worker: WorkerProcess, taken: float | None = None) -> None:
-        """Give ``worker``'s place back; ``taken``: when the call took it (its time counts in :class:`HeldTime`)."""
-        now = None if taken is None else self._timer()
+    def _release(self, worker: WorkerProcess, token: int | None = None) -> None:
+        """Give ``worker``'s place back; ``token``: :meth:`_taken`'s for the call (its time counts in
+        :class:`HeldTime`), ``None`` for a place its call never used (its caller gave up first)."""
+        now = None if token is None else self._timer()
         with self._lock:
-            if now is not None and taken is not None:
-                self._held.add(now - taken)
+            if now is not None and token is not None:
+                self._held.give(token, now)
             # The freed place goes straight to the first waiter (its load stays), unless it is a given-up replica's
             # while another serves: the waiter is that one's, as soon as it frees a place.
             if self._waiters and (len(self.workers) == 1 or worker in self._serving()):
