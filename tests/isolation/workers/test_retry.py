@@ -61,6 +61,17 @@ def test_held_time_before_any_call_gave_its_place_back_is_the_mean_age_of_those_
     assert held.mean == pytest.approx(8.8)
 
 
+def test_a_forked_child_forgets_the_parents_calls_holding_places_but_keeps_the_mean() -> None:
+    # Without it, a forked child's hint went by the ever-growing age of its parent's calls, which never end there.
+    held = HeldTime()
+    held.give(held.take(now=0.0), now=4.0)
+    parents = HeldTime()
+    parents.take(now=0.0)
+    for one in (held, parents):
+        one.forget_holders()
+    assert (held.typical(now=1000.0), parents.typical(now=1000.0)) == (4.0, None)
+
+
 MODEL = """
 import os, time
 

@@ -55,6 +55,11 @@ class HeldTime:
         """The call of ``token`` gave its place back at ``now``: its time counts in the mean."""
         self.add(now - self._holding.pop(token))
 
+    def forget_holders(self) -> None:
+        """(In a forked child) the calls holding places are the parent's: they never give them back here. The mean
+        stays: what the parent saw of the model holds for the child's workers too."""
+        self._holding = {}
+
     def add(self, seconds: float) -> None:
         """Count one call that held its place ``seconds``."""
         seconds = max(seconds, 0.0)  # (an injected clock may step back)

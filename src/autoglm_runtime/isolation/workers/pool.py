@@ -134,6 +134,7 @@ class ReplicaPool:
         self._idle = threading.Condition(self._lock)
         self._load = dict.fromkeys(self.workers, 0)
         self._waiters = collections.deque()
+        self._held.forget_holders()
         stopped = self._stop.is_set()
         self._stop = threading.Event()
         beating, self._thread = self._thread is not None, None
