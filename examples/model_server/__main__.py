@@ -10,6 +10,7 @@ port. See ``options.py`` for the flags.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import platform
@@ -38,17 +39,38 @@ log = logging.getLogger("examples.model_server")
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, printing the banner once it accepts connections on the socket."""
+    """uvicorn's server, printing the banner once it accepts connections on the socket.
 
-    def __init__(self, config: uvicorn.Config, text: str) -> None:
+    A second Ctrl-C (or SIGTERM) while it shuts down stops it at once, as uvicorn's own second Ctrl-C does, but
+    quietly: the requests and the lifespan task that forced exit cancels are not logged as errors with tracebacks.
+    """
+
+    def __init__(self, config: uvicorn.Config, text: str, stop: _Stop) -> None:
         super().__init__(config)
         self._text = text
+        self._stop = stop
         #: The signals that stopped the server, in order.
         self.received: list[int] = []
+        self._hurried = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.received.append(sig)
+        self._stop.stopping = True
+        self._stop.replays += 1  # (uvicorn raises each again once it has shut down)
+        again = self.should_exit
         super().handle_exit(sig, frame)
+        if again and not self._hurried:
+            self._hurried = True
+            self.force_exit = True  # (uvicorn forces only on a second SIGINT; a second SIGTERM means it too)
+            log.info("second interrupt: stopping at once, without waiting for open connections")
+
+    def quiet_cancellations(self, record: logging.LogRecord) -> bool:
+        """(A filter of uvicorn's logger) False for what a forced exit's cancellations log: a request or the
+        lifespan task cancelled mid-way is how a second Ctrl-C stops them, not an error."""
+        if not self.force_exit:
+            return True
+        cancelled = record.exc_info is not None and isinstance(record.exc_info[1], asyncio.CancelledError)
+        return not (cancelled or record.getMessage().rstrip().endswith("CancelledError"))
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
@@ -64,81 +86,108 @@ def _shown(path: Path) -> str:
     return str(path)
 
 
-def _serve(args: argparse.Namespace, sock: socket.socket) -> None:
-    state: Path = args.state_dir
+def _serve(args: argparse.Namespace, sock: socket.socket, stop: _Stop) -> None:
     with contextlib.ExitStack() as stack:
-        stack.enter_context(options.state_lock(state))
-        manifests = [load_manifest(model_dir) for model_dir in sorted(MODELS.iterdir())]
-        options.check_python(manifests, platform.python_version())
-        # Config first: a ZooKeeper that cannot be reached fails a first start before its downloads.
-        store = open_store(zk=args.zk, choice=args.config_store, state=state, stack=stack)
-        root: str = args.root
-        # A restart while ZooKeeper is down serves the snapshot of the last run (E0409, stale in /health).
-        config = start_config(store, root, [m.name for m in manifests], state=state, reset=args.reset)
-        stack.callback(config.stop)
+        try:
+            _start_and_serve(args, sock, stack, stop)
+        finally:
+            stop.stopping = True  # however it ended: the clean-up below runs to its end
 
-        wheelhouse = fill_wheelhouse(state / "wheels", manifests)
-        tokenizer_file = tokenizer_path(state)
-        if not tokenizer_file.exists():
-            build_tokenizer(tokenizer_file)
-        tokenizer = HFTokenizer.from_file(tokenizer_file)
-        templates = {m.name: ChatTemplate.from_file(m.directory / "tokenizer_config.json") for m in manifests}
-        walkthrough = banner.Walkthrough.for_tokenizer(tokenizer, templates[banner.RELOADED])
 
-        envs = state / "envs"
-        loader = stack.enter_context(ModelLoader(envs, wheelhouse=wheelhouse, offline=True, backend=args.backend))
-        loaded = [loader.load(manifest) for manifest in manifests]
-        # The state directory's environments are this server's alone: those it does not hold are old keys.
-        removed = collect_garbage(envs).removed
-        built = sum(model.environment.created for model in loaded)
-        environments = f"{_shown(envs)}: {len(loaded) - built} reused, {built} built, {len(removed)} unused removed"
+def _start_and_serve(args: argparse.Namespace, sock: socket.socket, stack: contextlib.ExitStack, stop: _Stop) -> None:
+    state: Path = args.state_dir
+    stack.enter_context(options.state_lock(state))
+    manifests = [load_manifest(model_dir) for model_dir in sorted(MODELS.iterdir())]
+    options.check_python(manifests, platform.python_version())
+    # Config first: a ZooKeeper that cannot be reached fails a first start before its downloads.
+    store = open_store(zk=args.zk, choice=args.config_store, state=state, stack=stack)
+    root: str = args.root
+    # A restart while ZooKeeper is down serves the snapshot of the last run (E0409, stale in /health).
+    config = start_config(store, root, [m.name for m in manifests], state=state, reset=args.reset)
+    stack.callback(config.stop)
 
-        limits = {m.name: ModelLimits(config, m.name) for m in manifests}  # the app's, read once for the banner
-        app = RequestIds(
-            create_app(
-                config=config,
-                loader=loader,
-                tokenizer=tokenizer,
-                templates=templates,
-                limits=limits,
-                vocabulary=tokenizers.Tokenizer.from_file(str(tokenizer_file)).get_vocab_size(),
-            )
+    wheelhouse = fill_wheelhouse(state / "wheels", manifests)
+    tokenizer_file = tokenizer_path(state)
+    if not tokenizer_file.exists():
+        build_tokenizer(tokenizer_file)
+    tokenizer = HFTokenizer.from_file(tokenizer_file)
+    templates = {m.name: ChatTemplate.from_file(m.directory / "tokenizer_config.json") for m in manifests}
+    walkthrough = banner.Walkthrough.for_tokenizer(tokenizer, templates[banner.RELOADED])
+
+    envs = state / "envs"
+    loader = stack.enter_context(ModelLoader(envs, wheelhouse=wheelhouse, offline=True, backend=args.backend))
+    loaded = [loader.load(manifest) for manifest in manifests]
+    # The state directory's environments are this server's alone: those it does not hold are old keys.
+    removed = collect_garbage(envs).removed
+    built = sum(model.environment.created for model in loaded)
+    environments = f"{_shown(envs)}: {len(loaded) - built} reused, {built} built, {len(removed)} unused removed"
+
+    limits = {m.name: ModelLimits(config, m.name) for m in manifests}  # the app's, read once for the banner
+    app = RequestIds(
+        create_app(
+            config=config,
+            loader=loader,
+            tokenizer=tokenizer,
+            templates=templates,
+            limits=limits,
+            vocabulary=tokenizers.Tokenizer.from_file(str(tokenizer_file)).get_vocab_size(),
         )
-        host, port = sock.getsockname()[:2]
-        url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-        text = banner.render(
-            url=url,
-            store=store,
-            root=root,
-            limits={name: model_limits.current() for name, model_limits in limits.items()},
-            numpy={model.name: numpy_version(model) for model in loaded},
-            serving={model.name: model.serving for model in loaded},
-            environments=environments,
-            walkthrough=walkthrough,
-            cli=str(Path(sys.executable).parent / "autoglm-runtime"),
-        )
-        # Lifespan on: shutdown stops the guards' threads.
-        server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"), text)
-        server.run(sockets=[sock])
-        # uvicorn raises the signal again after its shutdown, but inside asyncio.run, whose own SIGINT handler may
-        # only cancel a task that has already finished: then run() returns normally. Say how it ended anyway.
-        if signal.SIGINT in server.received:
-            raise KeyboardInterrupt
-        if signal.SIGTERM in server.received:
-            raise _Terminated
+    )
+    host, port = sock.getsockname()[:2]
+    url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+    text = banner.render(
+        url=url,
+        store=store,
+        root=root,
+        limits={name: model_limits.current() for name, model_limits in limits.items()},
+        numpy={model.name: numpy_version(model) for model in loaded},
+        serving={model.name: model.serving for model in loaded},
+        environments=environments,
+        walkthrough=walkthrough,
+        cli=str(Path(sys.executable).parent / "autoglm-runtime"),
+    )
+    # Lifespan on: shutdown stops the guards' threads.
+    server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"), text, stop)
+    logging.getLogger("uvicorn.error").addFilter(server.quiet_cancellations)
+    server.run(sockets=[sock])
+    # (uvicorn raises the signals again after its shutdown, inside asyncio.run: _Stop lets them pass there.)
+    if signal.SIGINT in server.received:
+        raise KeyboardInterrupt
+    if signal.SIGTERM in server.received:
+        raise _Terminated
 
 
 class _Terminated(Exception):
     """SIGTERM arrived: unwind like Ctrl-C, so every worker, client and local ZooKeeper is stopped."""
 
 
+class _Stop:
+    """The handler of Ctrl-C (SIGINT) and SIGTERM outside uvicorn's own (which serves while it runs, see
+    :class:`_Server`): the first unwinds (``KeyboardInterrupt``, :class:`_Terminated`) so that everything is
+    stopped; once stopping, another is said once and lets that clean-up run to its end -- raised, it would cut the
+    clean-up short wherever it landed (leaving workers behind) and print that place's traceback."""
+
+    def __init__(self) -> None:
+        #: True once the server stops (a signal came, or serving ended): signals no longer raise.
+        self.stopping = False
+        #: Signals uvicorn handled and will raise again once it has shut down: not the user's doing.
+        self.replays = 0
+        self._told = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt if signum == signal.SIGINT else _Terminated
+        if self.replays:
+            self.replays -= 1
+        elif not self._told:
+            self._told = True
+            log.info("interrupted again: already stopping the models' workers and the config store")
+
+
 def _drop_color_message(record: logging.LogRecord) -> bool:
     record.__dict__.pop("color_message", None)
     return True
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise _Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,12 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("uvicorn.error").addFilter(_drop_color_message)
     # uvicorn handles both signals while it serves, then raises them again; the default SIGTERM action would
     # end the process without the clean-up below.
-    signal.signal(signal.SIGTERM, _terminate)
+    stop = _Stop()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     try:
         args = options.parse(argv)
         sock = options.bind(args.host, args.port)  # before any set-up: a taken port fails at once
         with sock:
-            _serve(args, sock)
+            _serve(args, sock, stop)
     except AutoGLMRuntimeError as exc:
         print(f"bash scripts/serve: error {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
@@ -166,4 +217,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Everything is stopped: a Ctrl-C now (the interpreter restores the default action as it finalizes) would only
+    # turn exit status 130 into death by SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(code)

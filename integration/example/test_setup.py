@@ -190,7 +190,7 @@ def test_an_overloaded_model_answers_503_with_retry_after() -> None:
     from autoglm_runtime.errors import ModelOverloadedError
     from examples.model_server.openai_api import error_response
 
-    response = error_response(ModelOverloadedError("model m is busy: retry later", retry_after=2.0))
+    response = error_response(ModelOverloadedError("model m is busy: retry later", retry_after=2))
     assert (response.status_code, response.headers["retry-after"], response.headers["x-autoglm-error-code"]) == (
         503,
         "2",

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ import pytest
 
 from autoglm_runtime.errors import UsageError
 from autoglm_runtime.isolation import ModelLoader
+from autoglm_runtime.testing import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -147,6 +149,61 @@ def test_a_forked_child_dropping_or_closing_its_copy_leaves_the_parents_stream_r
     _, seen = _fork_and_reap(holder, how, read=False)
     assert seen == ({"after close": [], "dropped": True} if how in ("close", "with") else {"dropped": True})
     _runs_to_its_end(model, holder[0])
+
+
+@pytest.mark.parametrize("how", ["close", "with"])
+def test_a_forked_child_closes_its_copy_even_when_a_parent_thread_held_the_streams_lock_at_the_fork(
+    model: Any, how: str
+) -> None:
+    # Before: the child's close() took the stream's lock before seeing the stream was its parent's; a thread of the
+    # parent that held it at the fork (the reader thread giving the stream's place back, the watch thread giving
+    # up an unread stream) does not exist in the child, so the child hung in close() for ever.
+    holder = [model.stream("count", CHUNKS, timeout=60)]
+    assert next(holder[0]) == 0
+    lock = holder[0]._inner._state._release_lock  # (only a held lock at the fork shows it; no thread holds it long)
+    held, forked = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            forked.wait(60)
+
+    holder_thread = threading.Thread(target=hold, name="test-holds-the-stream-lock")
+    holder_thread.start()
+    held.wait(60)
+    try:
+        _, seen = _forked(lambda: _in_child(holder, how, read=False), forked.set)
+    finally:
+        forked.set()
+        holder_thread.join()
+    assert seen == {"after close": [], "dropped": True}
+    _runs_to_its_end(model, holder[0])
+
+
+def test_a_fork_returns_in_the_child_when_a_parent_thread_held_a_workers_output_pipe_at_the_fork(model: Any) -> None:
+    # Before: the child's at-fork handler closed its copies of each worker's stdout and stderr through the buffered
+    # readers Popen made, whose close() takes the reader's lock. A thread of the parent holding it at the fork (the
+    # output pump closing them as the worker exits) left it locked in the child: os.fork() never returned there.
+    # Here a thread blocked reading the pipe holds whatever lock reading it takes, for as long as the test needs.
+    worker = model._pool.workers[0]
+    pipe = worker._pump._pipes[0]  # (only a lock held at the fork shows it; no thread holds it long)
+    reader = threading.Thread(target=pipe.read, args=(1,), name="test-reads-the-worker-stdout", daemon=True)
+    reader.start()
+    wait_until(lambda: _reading(reader, pipe.fileno()), 30, "the reader to block reading the pipe")
+    _, seen = _forked(lambda: {"forked": True})
+    assert seen == {"forked": True}
+    model.close()  # (the worker's exit ends the read: end of file)
+    reader.join(30)
+    assert not reader.is_alive()
+
+
+def _reading(thread: threading.Thread, fd: int) -> bool:
+    """True while ``thread`` is blocked in a read(2) of ``fd`` (Linux x86-64: system call 0)."""
+    try:
+        fields = Path(f"/proc/self/task/{thread.native_id}/syscall").read_text().split()
+    except OSError:
+        return False
+    return len(fields) > 1 and fields[0] == "0" and int(fields[1], 16) == fd
 
 
 def test_reading_a_forked_childs_copy_is_a_coded_error(model: Any) -> None:

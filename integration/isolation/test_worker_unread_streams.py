@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -149,3 +150,52 @@ def test_a_consumer_waiting_for_a_slow_chunk_or_reading_every_chunk_is_not_cut_o
     assert list(model.stream("late", 1.0, timeout=None)) == ["late"]  # five limits long, with the consumer in next()
     assert list(model.stream("count", 2000, timeout=None)) == list(range(2000))
     model.close()
+
+
+STUCK = """
+import threading
+
+class Model:
+    def stuck(self):
+        yield 0
+        yield 1
+        threading.Event().wait()  # the step after the unread chunk never returns
+
+    def echo(self, value):
+        return value
+
+def load():
+    return Model()
+"""
+
+
+def test_a_stream_left_unread_whose_step_never_returns_has_its_worker_killed_not_its_replica_leaked(
+    impatient: ModelLoader, make_model: Any, wait_gone: Callable[[int, float], bool], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: closing the unread stream asked the worker to close the generator, which it cannot do while the model's
+    # step runs; with timeout=None nothing bounded that wait, so the replica stayed taken (inflight 1) for ever and
+    # every later call queued behind it.
+    model = impatient.load(make_model(f"unread-{next(_MODELS)}", STUCK))
+    pid = model.health()["pid"]
+    kept = model.stream("stuck", timeout=None)
+    assert next(kept) == 0
+    with caplog.at_level("WARNING", logger="autoglm_runtime.isolation.workers.process"):
+        _until(lambda: model.health()["inflight"] == 0, "the replica of the stuck, unread stream to be reclaimed")
+    assert wait_gone(pid, 60)
+    assert model.call("echo", "served", timeout=60) == "served"
+    health = model.health()
+    assert (health["restarts"], health["restart_reasons"], health["pid"] != pid) == (1, {"timeout": 1}, True)
+    with pytest.raises(ModelTimeoutError) as info:
+        next(kept)
+    assert str(info.value) == (
+        f"E0305: model '{model.name}' did not answer stuck() within 0.2 s of closing its stream, which its consumer "
+        "had left unread; its worker was killed and is restarting: raise the timeout if the model is merely slow"
+    )
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"model {model.name}: a chunk of the stream of stuck() waited 0.2 s unread; closed the stream",
+        f"model {model.name}: stuck() timed out after 0.2 s of closing its stream, which its consumer had left unread; "
+        "killing its worker",
+    ]
+    model.close()
+    assert wait_gone(health["pid"], 60)
+    assert [t.name for t in threading.enumerate() if model.name in t.name] == []

@@ -236,14 +236,21 @@ class ModelCallError(IsolationError):
 class ModelOverloadedError(IsolationError):
     """Every replica of a model is busy and its queue is full; the call was refused without waiting.
 
-    ``retry_after`` (s) is what an HTTP adapter sends as ``Retry-After``.
+    ``retry_after`` (whole seconds) is when to come back, what an HTTP adapter sends as ``Retry-After``: a pool
+    reckons it from the calls queued ahead, its replicas and how long recent calls took, within the loader's
+    ``retry_after`` and ``max_retry_after``.
+
+    >>> try:                                                                           # doctest: +SKIP
+    ...     model.call("predict", text)
+    ... except ModelOverloadedError as exc:
+    ...     response = Response(status_code=503, headers={"Retry-After": str(exc.retry_after)})
     """
 
     code = "E0106"
     http_status = 503
     grpc_status = "RESOURCE_EXHAUSTED"
 
-    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 

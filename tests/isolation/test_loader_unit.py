@@ -250,6 +250,11 @@ def test_supervision_options_no_worker_can_run_with_are_refused_all_at_once(tmp_
         "(0: never restart), got True"
     )
     with pytest.raises(UsageError) as info:
+        ModelLoader(tmp_path, max_retry_after=float("inf"))
+    assert info.value.message == (
+        "max_retry_after must be a number of seconds, 0 or more (the longest Retry-After of E0106), got inf"
+    )
+    with pytest.raises(UsageError) as info:
         ModelLoader(tmp_path, unread_timeout=0)
     assert info.value.message == "unread_timeout must be a number of seconds above 0 or None, got 0"
     ModelLoader(tmp_path, max_restarts=0, backoff=0, max_backoff=0, retry_after=0).close()  # 0 means none: valid

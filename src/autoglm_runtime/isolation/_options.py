@@ -36,6 +36,7 @@ def check_loader_options(
     heartbeat_timeout: float,
     retry_after: float,
     unread_timeout: float | None = None,
+    max_retry_after: float = 60.0,
 ) -> None:
     """Raise one UsageError naming every option that no worker could run with."""
     problems: list[str | None] = []
@@ -58,6 +59,7 @@ def check_loader_options(
     problems.append(_seconds("max_backoff", max_backoff, zero=True))
     problems.append(_seconds("heartbeat_timeout", heartbeat_timeout, zero=False))
     problems.append(_seconds("retry_after", retry_after, zero=True, what=" (the Retry-After of E0106)"))
+    problems.append(_seconds("max_retry_after", max_retry_after, zero=True, what=" (the longest Retry-After of E0106)"))
     if unread_timeout is not None:
         problems.append(_seconds("unread_timeout", unread_timeout, zero=False, what=" or None"))
     found = [problem for problem in problems if problem is not None]

@@ -18,22 +18,19 @@ import logging
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from packaging.specifiers import SpecifierSet
-
 from autoglm_runtime.deps.manifest import ModelManifest, load_manifest
-from autoglm_runtime.deps.planning import ModelRequirements, Plan, plan_groups
+from autoglm_runtime.deps.planning import Plan
 from autoglm_runtime.errors import (
     BackendUnsupportedError,
-    DependencyConflictError,
     EnvironmentBuildError,
     IsolationError,
     UsageError,
 )
+from autoglm_runtime.isolation._groups import SharedEnvironments
 from autoglm_runtime.isolation._options import check_loader_options
 from autoglm_runtime.isolation.envs._use import EnvironmentHold, hold_environment
 from autoglm_runtime.isolation.envs.build import BuildProgress, BuiltEnvironment, EnvironmentBuilder, Installer
@@ -61,9 +58,10 @@ class ModelLoader:
     ``None`` lets such calls wait for ever. ``heartbeat_interval`` (s; ``None`` turns heartbeats off) and
     ``heartbeat_timeout`` (s) bound how long a hung worker goes unnoticed between calls: it is killed and
     restarted between ``heartbeat_timeout`` and ``heartbeat_timeout + 1.25 * heartbeat_interval`` s after its
-    last answer. ``retry_after`` (s) is what :class:`ModelOverloadedError` tells callers to wait.
+    last answer. ``retry_after`` and ``max_retry_after`` (s) bound what :class:`ModelOverloadedError` tells callers to
+    wait (whole seconds, reckoned from the queue ahead, the replicas and how long recent calls took).
     ``unread_timeout`` (s; ``None``: never) closes a stream whose consumer left a chunk unread that long, giving its
-    replica back.
+    replica back (its worker is restarted should the model's current step not return within that time more).
     """
 
     def __init__(  # noqa: PLR0917 - the documented call takes these six positionally
@@ -87,6 +85,7 @@ class ModelLoader:
         heartbeat_timeout: float = 30.0,
         retry_after: float = 1.0,
         unread_timeout: float | None = 300.0,
+        max_retry_after: float = 60.0,
     ) -> None:
         check_loader_options(
             backend=backend,
@@ -99,6 +98,7 @@ class ModelLoader:
             heartbeat_timeout=heartbeat_timeout,
             retry_after=retry_after,
             unread_timeout=unread_timeout,
+            max_retry_after=max_retry_after,
         )
         self.builder = EnvironmentBuilder(
             env_root,
@@ -122,6 +122,7 @@ class ModelLoader:
             "heartbeat_interval": heartbeat_interval,
             "heartbeat_timeout": heartbeat_timeout,
             "retry_after": retry_after,
+            "max_retry_after": max_retry_after,
             "unread_timeout": unread_timeout,
         }
         self._lock = threading.Lock()
@@ -129,8 +130,7 @@ class ModelLoader:
         self._loading: set[str] = set()
         self._starting: set[WorkerProcess] = set()  # workers of loads in flight: close() stops them too
         self._holds: dict[LoadedModel, EnvironmentHold] = {}  # keeps ``env gc`` off the models' environments
-        self._shared: dict[str, ModelManifest] = {}  # model name -> the manifest of its group's environment
-        self._group_locks: dict[str, threading.Lock] = {}  # group name -> held by the member trying its environment
+        self._groups = SharedEnvironments(self.builder)
         self._closed = False
         _forks.track(self)
 
@@ -138,7 +138,7 @@ class ModelLoader:
         """(In a forked child, see ``workers/_forks.py``) loads in flight in the parent are the parent's: their
         threads do not run here, and their names are free to load in the child."""
         self._lock = threading.Lock()
-        self._group_locks = {}
+        self._groups.forget_parent()
         self._loading.clear()
         self._starting.clear()
 
@@ -244,60 +244,18 @@ class ModelLoader:
         >>> plan.groups                                                             # doctest: +SKIP
         (('a', 'c'), ('b',))
         """
-        manifests = [m if isinstance(m, ModelManifest) else load_manifest(Path(m)) for m in models]
-        plan = plan_groups([ModelRequirements(m.name, m.requirements, m.python, m.constraints) for m in manifests])
-        by_name = {m.name: m for m in manifests}
-        shared: dict[str, ModelManifest] = {}
-        for group in plan.groups:
-            members = [by_name[n] for n in group]
-            if len(members) > 1:
-                merged = _group_manifest(members)
-                shared.update(dict.fromkeys(group, merged))
-        with self._lock:
-            self._shared.update(shared)
-        return plan
+        return self._groups.plan(models)
 
     def _ensure_held(self, manifest: ModelManifest) -> tuple[BuiltEnvironment, EnvironmentHold]:
         """The model's environment, held in use; built again should a collection remove it meanwhile."""
         for _ in range(3):
-            environment = self._ensure(manifest)
+            environment = self._groups.ensure(manifest)
             hold = hold_environment(environment.path)
             if hold is not None:
                 return environment, hold
         raise EnvironmentBuildError(
             f"the environment of model '{manifest.name}' at {environment.path} was removed three times while it "
             "was being loaded; stop the process that keeps collecting it (autoglm-runtime env gc), then load again"
-        )
-
-    def _ensure(self, manifest: ModelManifest) -> BuiltEnvironment:
-        """The model's environment: its group's when it shares one, else (or should that fail) its own."""
-        with self._lock:
-            group = self._shared.get(manifest.name)
-            trying = None if group is None else self._group_locks.setdefault(group.name, threading.Lock())
-        if group is None or trying is None:
-            return self.builder.ensure(manifest)
-        with trying:  # members loaded at once try the group's environment one at a time: a failure is built once
-            with self._lock:
-                still_shared = self._shared.get(manifest.name) is group
-            if still_shared:
-                try:
-                    return self.builder.ensure(group)
-                except (EnvironmentBuildError, DependencyConflictError) as exc:
-                    self._unshare(group, manifest.name, exc)
-        return self.builder.ensure(manifest)
-
-    def _unshare(self, group: ModelManifest, name: str, exc: EnvironmentBuildError | DependencyConflictError) -> None:
-        """The environment of ``group`` cannot be built: each member gets its own (one warning for the group)."""
-        # The plan judges direct requirements only: what they pull in may still clash (a dependency of one member
-        # pinning what another pins otherwise). Sharing saves disk; it must not cost the model.
-        with self._lock:
-            for member in [member for member, shared in self._shared.items() if shared is group]:
-                del self._shared[member]
-        _log.warning(
-            "models %s cannot share one environment (%s); each gets an environment of its own",
-            group.name.replace("+", ", "),
-            exc.message.splitlines()[0],
-            extra={"error_code": exc.code, "model": name},
         )
 
     def _start_worker(
@@ -405,20 +363,6 @@ class ModelLoader:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def _group_manifest(members: Sequence[ModelManifest]) -> ModelManifest:
-    """The manifest a group's environment is built from: every member's requirements and constraints, once each."""
-    requirements = tuple(dict.fromkeys(r for m in members for r in m.requirements))
-    pythons = [str(m.python) for m in members if m.python is not None]
-    return replace(
-        members[0],
-        name="+".join(sorted(m.name for m in members)),
-        requirements=requirements,
-        python=SpecifierSet(",".join(pythons)) if pythons else None,
-        included_files=tuple(dict.fromkeys(p for m in members for p in m.included_files)),
-        constraints=tuple(dict.fromkeys(c for m in members for c in m.constraints)),
-    )
 
 
 def _closed_while_loading(name: str) -> str:

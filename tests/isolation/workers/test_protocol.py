@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from tests.isolation.workers._helpers import exact
 
-from autoglm_runtime.isolation._scripts import codec
+from autoglm_runtime.isolation._scripts import codec, decoding
 from autoglm_runtime.isolation._scripts.protocol import (
     MAX_FRAME,
     ArrayValue,
@@ -112,12 +112,12 @@ def test_object_and_structured_arrays_are_refused() -> None:
 
 def test_without_numpy_arrays_arrive_as_array_values(monkeypatch: pytest.MonkeyPatch) -> None:
     array = np.arange(6, dtype="<f4").reshape(2, 3)
-    monkeypatch.setattr(codec, "_NUMPY", [None])  # as in a worker whose environment has no numpy
+    monkeypatch.setattr(decoding, "_NUMPY", [None])  # as in a worker whose environment has no numpy
     got = _through_socket({"x": array})["x"]
     assert isinstance(got, ArrayValue)
     assert (got.dtype, got.shape, bytes(got.data)) == ("<f4", (2, 3), array.tobytes())
     assert repr(got) == "ArrayValue(dtype='<f4', shape=(2, 3), nbytes=24)"
-    monkeypatch.setattr(codec, "_NUMPY", [np])
+    monkeypatch.setattr(decoding, "_NUMPY", [np])
     back = _through_socket(got)  # an array value travels back as the array it stands for
     assert exact(back, array)
 

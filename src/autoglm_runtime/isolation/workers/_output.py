@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import json
 import logging
 import os
@@ -141,6 +142,11 @@ class LineSplitter:
         return line, truncated
 
 
+def _raw(pipe: IO[bytes]) -> IO[bytes] | io.RawIOBase:
+    """The unbuffered file under ``pipe`` (detached from it), or ``pipe`` itself when it has no buffer."""
+    return pipe.detach() if isinstance(pipe, io.BufferedReader) else pipe
+
+
 class OutputPump:
     """One named thread that turns a worker's stdout/stderr lines into log records tagged with the model.
 
@@ -170,7 +176,11 @@ class OutputPump:
         self._pid = pid
         self._logger = logger
         self._streams = {stdout.fileno(): "stdout", stderr.fileno(): "stderr"}
-        self._pipes = (stdout, stderr)
+        # The raw files, not the buffered readers Popen made (read here with os.read anyway): closing a buffered reader
+        # takes its lock, and a thread holding it at a fork (this pump's own, closing them as the worker exits) would
+        # leave it locked in the child, whose at-fork handler closes them (forget_parent): os.fork() would never
+        # return there.
+        self._pipes = (_raw(stdout), _raw(stderr))
         self._tail: collections.deque[str] = collections.deque(maxlen=20)
         self._tail_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"autoglm-worker-{model}-output-{pid}", daemon=True)

@@ -247,12 +247,14 @@ def _abandon(  # noqa: PLR0917
     left: float | None,
     on_done: Callable[[], None],
     after: str,
+    on_late: Callable[[], object] | None = None,
 ) -> bool:
     """Hand the replies still due for a call its caller gave up on (``after`` says how) to an :class:`AbandonedSink`,
-    which runs ``on_done`` once the worker is done with the call, or kills the worker (as a timeout does) when it is
-    not done within ``left`` s; False when nothing is due any more (then nothing was handed over)."""
+    which runs ``on_done`` once the worker is done with the call, or kills the worker (as a timeout does; or runs
+    ``on_late``, which does) when it is not done within ``left`` s; False when nothing is due any more (then nothing
+    was handed over)."""
     sink = AbandonedSink(method, on_done)
     if not conn.replace(call_id, sink):
         return False
-    sink.watch(left, lambda: worker.timed_out(conn, method, timeout, f" after {after}"))
+    sink.watch(left, on_late or (lambda: worker.timed_out(conn, method, timeout, f" after {after}")))
     return True

@@ -5,13 +5,15 @@ Promises:
 * a call goes to the replica with the fewest calls in flight that runs fewer than ``max_inflight``; when every
   replica is full it waits in a FIFO queue (its timeout counts), and when ``max_queue`` calls already wait it
   is refused at once with :class:`ModelOverloadedError` (E0106, HTTP 503 with ``Retry-After``, gRPC
-  ``RESOURCE_EXHAUSTED``); nothing unbounded;
+  ``RESOURCE_EXHAUSTED``); nothing unbounded. Its ``retry_after`` is whole seconds, from the queue ahead, the
+  replicas and how long recent calls held a replica, within ``[retry_after, max_retry_after]`` (see ``_retry.py``);
 * replicas fail independently: a crash fails only the calls in flight on that replica, and a replica given up on
   takes no calls while another serves (they wait for it instead);
 * one heartbeat thread per model (``autoglm-model-<name>-heartbeat``) pings every ready replica every
   ``heartbeat_interval`` s and restarts one whose ping went unanswered ``heartbeat_timeout`` s;
 * a stream whose consumer leaves a chunk unread for ``unread_timeout`` s (up to twice that) is closed and its
-  place given back (the consumer's next read raises E0305);
+  place given back (the consumer's next read raises E0305), its worker killed and restarted should the model's
+  current step not return within ``unread_timeout`` s more (see ``_unread.py``);
 * :meth:`ReplicaPool.close` refuses new calls, lets calls in flight and queued finish until ``drain_timeout``,
   then stops every replica: no process or thread is left.
 """
@@ -29,6 +31,7 @@ from typing import Any
 from autoglm_runtime.errors import ModelOverloadedError, ModelTimeoutError, WorkerError
 from autoglm_runtime.isolation.workers import _forks, calls, streams
 from autoglm_runtime.isolation.workers._connection import Connection
+from autoglm_runtime.isolation.workers._retry import HeldTime, retry_after
 from autoglm_runtime.isolation.workers._state import Heartbeat, heartbeat_step
 from autoglm_runtime.isolation.workers.process import WorkerHealth, WorkerProcess
 from autoglm_runtime.isolation.workers.streams import AsyncModelStream, ModelStream
@@ -101,6 +104,7 @@ class ReplicaPool:
         heartbeat_interval: float | None = 5.0,
         heartbeat_timeout: float = 30.0,
         retry_after: float = 1.0,
+        max_retry_after: float = 60.0,
         unread_timeout: float | None = None,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -109,7 +113,8 @@ class ReplicaPool:
         self.max_inflight = max_inflight
         self.max_queue = max_queue
         self._heartbeat = (heartbeat_interval, heartbeat_timeout)
-        self._retry_after = retry_after
+        self._retry_after = (retry_after, max_retry_after)
+        self._held = HeldTime()
         self._unread = unread_timeout
         self._timer = timer
         self._lock = threading.Lock()
@@ -129,6 +134,7 @@ class ReplicaPool:
         self._idle = threading.Condition(self._lock)
         self._load = dict.fromkeys(self.workers, 0)
         self._waiters = collections.deque()
+        self._held.forget_holders()
         stopped = self._stop.is_set()
         self._stop = threading.Event()
         beating, self._thread = self._thread is not None, None
@@ -147,17 +153,20 @@ class ReplicaPool:
 
     def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         calls.check_timeout(self.name, method, timeout)
-        deadline = None if timeout is None else self._timer() + timeout
+        now = self._timer()
+        deadline = None if timeout is None else now + timeout
         with self._lock:  # a free replica, taken at once (as _pick would); anything else goes the general way
             worker = None if self._closing else self._least_loaded()
             if worker is not None:
                 self._load[worker] += 1
+                token = self._held.take(now)
         if worker is None:
             worker = self._acquire(method, timeout, deadline)
+            token = self._taken()
         try:
             return calls.call(worker, method, args, kwargs, timeout, deadline)
         finally:
-            self._release(worker)
+            self._release(worker, token)
 
     async def acall(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
         calls.check_timeout(self.name, method, timeout)
@@ -227,7 +236,14 @@ class ReplicaPool:
     # --- internals ------------------------------------------------------------------------------------
 
     def _releaser(self, worker: WorkerProcess) -> Callable[[], None]:
-        return lambda: self._release(worker)
+        token = self._taken()
+        return lambda: self._release(worker, token)
+
+    def _taken(self) -> int:
+        """(A call just took its place) the token its release gives to :class:`HeldTime`."""
+        now = self._timer()
+        with self._lock:
+            return self._held.take(now)
 
     def _pick(self, method: str, loop: asyncio.AbstractEventLoop | None) -> WorkerProcess | _Waiter:
         with self._lock:
@@ -240,12 +256,16 @@ class ReplicaPool:
                 self._load[worker] += 1
                 return worker
             if len(self._waiters) >= self.max_queue:
+                least, most = self._retry_after
+                places = len(self._serving()) * self.max_inflight
+                held = self._held.typical(self._timer())
+                wait = retry_after(queued=len(self._waiters), places=places, held=held, least=least, most=most)
                 raise ModelOverloadedError(
                     f"model '{self.name}' is overloaded: its {len(self.workers)} replica(s) each run "
                     f"max_inflight={self.max_inflight} calls and {len(self._waiters)} more wait in its queue "
                     f"(max_queue={self.max_queue}); {method}() was refused without running: retry after "
-                    f"{self._retry_after:g} s, or raise replicas, max_inflight or max_queue in its [serving] table",
-                    retry_after=self._retry_after,
+                    f"{wait} s, or raise replicas, max_inflight or max_queue in its [serving] table",
+                    retry_after=wait,
                 )
             waiter = _Waiter(loop)
             self._waiters.append(waiter)
@@ -313,8 +333,13 @@ class ReplicaPool:
             raise
         return self._granted(picked, method, timeout)
 
-    def _release(self, worker: WorkerProcess) -> None:
+    def _release(self, worker: WorkerProcess, token: int | None = None) -> None:
+        """Give ``worker``'s place back; ``token``: :meth:`_taken`'s for the call (its time counts in
+        :class:`HeldTime`), ``None`` for a place its call never used (its caller gave up first)."""
+        now = None if token is None else self._timer()
         with self._lock:
+            if now is not None and token is not None:
+                self._held.give(token, now)
             # The freed place goes straight to the first waiter (its load stays), unless it is a given-up replica's
             # while another serves: the waiter is that one's, as soon as it frees a place.
             if self._waiters and (len(self.workers) == 1 or worker in self._serving()):

@@ -5,12 +5,8 @@ control (the worker runs at most ``WINDOW`` chunks ahead) and an early close; th
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
-import logging
 import threading
-import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,8 +15,9 @@ from autoglm_runtime.errors import ModelTimeoutError, UsageError
 from autoglm_runtime.isolation._scripts import protocol as _protocol
 from autoglm_runtime.isolation._scripts.dispatch import WINDOW
 from autoglm_runtime.isolation.workers import _closer
-from autoglm_runtime.isolation.workers._calls import AsyncStreamSink, Item, StreamSink, watch
+from autoglm_runtime.isolation.workers._calls import AsyncStreamSink, Item, StreamSink
 from autoglm_runtime.isolation.workers._connection import Connection
+from autoglm_runtime.isolation.workers._unread import UnreadWatch
 from autoglm_runtime.isolation.workers.calls import (
     _abandon,
     _aconnection,
@@ -36,7 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AsyncModelStream", "ModelStream", "astream", "open_astream", "stream"]
 
-_log = logging.getLogger("autoglm_runtime.isolation.workers.process")
 _MORE = WINDOW // 2
 _WAITING = " (waiting for its next chunk)"  # what a stream's idle timeout says it waited for
 
@@ -133,34 +129,31 @@ class _StreamState:
         """True while the stream holds its place (the worker has not ended it, and nobody gave it up)."""
         return self._on_done is not None
 
-    def give_up_unread(self, unread: float) -> None:
-        """(On the watch thread) the consumer left a chunk unread for ``unread`` s: close the stream (the worker
-        closes the generator and the place goes back, as on ``close()``); the consumer's next read raises E0305."""
-        name = self.worker.spec.name
-        error = ModelTimeoutError(
-            f"the stream of {self.method}() on model '{name}' was closed after a chunk waited {unread:g} s without its "
-            "consumer reading it (unread_timeout): its worker closed the generator and serves other calls; read a "
-            "stream steadily or close it, or raise unread_timeout"
-        )
-        if self.finish(cancel=True, error=error):
-            _log.warning(
-                "model %s: a chunk of the stream of %s() waited %g s unread; closed the stream",
-                name,
-                self.method,
-                unread,
-                extra={"error_code": ModelTimeoutError.code, "model": name},
-            )
+    def fail_with(self, error: ModelTimeoutError) -> None:
+        """What reading the (finished) stream raises from now on: ``error``."""
+        with self._release_lock:
+            self.error = error
 
-    def finish(self, cancel: bool, error: ModelTimeoutError | None = None) -> bool:
+    def finish(
+        self,
+        cancel: bool,
+        error: ModelTimeoutError | None = None,
+        within: float | None = None,
+        on_late: Callable[[], object] | None = None,
+    ) -> bool:
         """End the stream here (``cancel``: stop it in the worker; ``error``: what reading it raises from now on);
-        False when it had ended already."""
+        False when it had ended already. A cancelled stream keeps its place until the worker closed the generator,
+        for up to ``within`` s (default: its idle timeout), then ``on_late`` (default: the kill of a late call)."""
+        if self.pid != _closer.pid():  # a forked child's copy: only marked closed (see the module's promises)
+            # Without the lock: a thread of the parent (its reader, its watch) may have held it at the fork, and no
+            # thread of this process will ever let it go. Only the child's own code touches its copy.
+            ended, self.finished = self.finished, True
+            return not ended
         with self._release_lock:  # (the watch thread may give an unread stream up as its consumer closes it)
             if self.finished:
                 return False
             self.finished = True
             self.error = error
-        if self.pid != _closer.pid():
-            return True  # a forked child's copy: only marked closed (see the module's promises)
         # Stopped early: the worker closes the model's generator once its current step returns, and only then is it
         # free; until its end reply comes (or it dies) the stream keeps its place (release), as an abandoned call.
         timeout = self.timeout
@@ -173,9 +166,10 @@ class _StreamState:
                 self.call_id,
                 self.method,
                 timeout,
-                timeout,
+                timeout if within is None else within,
                 self.release,
                 "its stream was closed",
+                on_late,
             )
         )
         if not kept:  # ended by the worker (or given up on by the host), or its end came already (unread)
@@ -185,33 +179,6 @@ class _StreamState:
         if not kept:
             self.release()
         return True
-
-
-class _Unread:
-    """Gives a stream up once a chunk waited unread for ``unread`` s: looked at every ``unread`` s on the watch thread
-    (no cost per chunk), it closes the stream when a chunk waited at both of two looks and none was taken between.
-    It holds the stream only weakly: a stream dropped meanwhile is closed by its ``__del__``."""
-
-    context: contextvars.Context | None = None  # (no call's: what it logs names the stream's method)
-
-    def __init__(self, state: _StreamState, queued: Callable[[], int], unread: float) -> None:
-        self.method = state.method
-        self._state = weakref.ref(state)
-        self._queued = weakref.WeakMethod(queued)
-        self._unread = unread
-        self._seen = -1  # chunks taken at the last look, if a chunk waited then; -1 if none did
-        watch(time.monotonic() + unread, self)
-
-    def late(self) -> None:
-        state, queued = self._state(), self._queued()
-        if state is None or queued is None or state.finished or not state.holding:
-            return  # gone, closed, or ended by the worker: its place is back already
-        waiting = queued() > 0
-        if waiting and state.consumed == self._seen:
-            state.give_up_unread(self._unread)
-            return
-        self._seen = state.consumed if waiting else -1
-        watch(time.monotonic() + self._unread, self)
 
 
 _S = TypeVar("_S", bound="ModelStream")
@@ -352,7 +319,7 @@ def stream(  # noqa: PLR0917
         finally:
             state.release()
     if unread is not None:
-        _Unread(state, sink.queued, unread)
+        UnreadWatch(state, sink.queued, unread)
     return ModelStream(state, sink)
 
 
@@ -386,7 +353,7 @@ async def open_astream(  # noqa: PLR0917
         finally:
             state.release()
     if unread is not None:
-        _Unread(state, sink.queued, unread)
+        UnreadWatch(state, sink.queued, unread)
     return state, sink
 
 

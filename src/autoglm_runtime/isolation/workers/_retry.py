@@ -1,0 +1,85 @@
+"""When a caller refused as overloaded (E0106) should come back: the ``Retry-After`` a pool sends.
+
+A refused call would have waited behind every call in the queue. The queue moves ``places`` calls (replicas serving
+times ``max_inflight``) per call's time on a replica, so the wait for a place is about that time times
+``(queued + 1) / places``. The time is an exponentially weighted mean of how long recent calls held their place
+(streams: until the worker was done with them), which tracks a model whose calls grew slower; before any call gave
+its place back (a queue filled at start-up by slow calls), the mean age of the calls holding one, which each will
+hold at least that long. The hint is whole
+seconds (``Retry-After`` takes no fraction), never below the loader's ``retry_after`` (also the hint before any call
+finished) and never above its ``max_retry_after`` (unless ``retry_after`` is higher): a client told to wait ten
+minutes would rather be told to look again.
+
+>>> retry_after(queued=7, places=2, held=3.0, least=1.0, most=60.0)
+12
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+__all__ = ["HeldTime", "retry_after"]
+
+#: The weight of the newest call in the mean: about the last ten calls count.
+WEIGHT = 0.2
+
+
+class HeldTime:
+    """How long calls hold a place on a replica: :attr:`mean`, exponentially weighted (s; ``None`` until one gave
+    its place back), and when each call holding one now took it. Not thread-safe: the pool uses it under its lock.
+
+    >>> held = HeldTime()
+    >>> first = held.take(now=100.0)
+    >>> held.typical(now=104.0)        # none gave its place back yet: the age of those holding one
+    4.0
+    >>> held.give(first, now=110.0)
+    >>> held.typical(now=200.0)
+    10.0
+    """
+
+    __slots__ = ("_holding", "_tokens", "mean")
+
+    def __init__(self) -> None:
+        self.mean: float | None = None
+        self._holding: dict[int, float] = {}  # token -> when its call took its place
+        self._tokens = itertools.count()
+
+    def take(self, now: float) -> int:
+        """A call took a place at ``now``; the token to :meth:`give` it back with."""
+        token = next(self._tokens)
+        self._holding[token] = now
+        return token
+
+    def give(self, token: int, now: float) -> None:
+        """The call of ``token`` gave its place back at ``now``: its time counts in the mean."""
+        self.add(now - self._holding.pop(token))
+
+    def forget_holders(self) -> None:
+        """(In a forked child) the calls holding places are the parent's: they never give them back here. The mean
+        stays: what the parent saw of the model holds for the child's workers too."""
+        self._holding = {}
+
+    def add(self, seconds: float) -> None:
+        """Count one call that held its place ``seconds``."""
+        seconds = max(seconds, 0.0)  # (an injected clock may step back)
+        self.mean = seconds if self.mean is None else self.mean + WEIGHT * (seconds - self.mean)
+
+    def typical(self, now: float) -> float | None:
+        """The time (s) a call holds its place: the mean, or before any gave it back the mean age of those holding one
+        (``None`` when none does either)."""
+        if self.mean is not None:
+            return self.mean
+        if not self._holding:
+            return None
+        return max(sum(now - taken for taken in self._holding.values()) / len(self._holding), 0.0)
+
+
+def retry_after(*, queued: int, places: int, held: float | None, least: float, most: float) -> int:
+    """Whole seconds a refused caller should wait: ``held * (queued + 1) / places`` rounded up, within
+    ``[ceil(least), floor(most)]`` (``least`` alone while ``held`` is ``None``)."""
+    low = math.ceil(least)
+    high = max(math.floor(most), low)
+    if held is None or places <= 0:
+        return low
+    return min(max(math.ceil(held * (queued + 1) / places), low), high)
