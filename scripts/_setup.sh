@@ -1,21 +1,64 @@
 # Shared set-up for scripts/test and scripts/serve (sourced, not run).
 
 PYTHON=${PYTHON:-python3}
+VENV_STAMP=.venv/.autoglm-installed
 
+# venv_install_plan STAMP HASH WANTED: the extras to install into .venv (comma-separated), or nothing when the
+# stamp shows WANTED installed from the pyproject.toml whose hash is HASH. The stamp is "HASH EXTRAS" as
+# setup_venv writes it; a bare HASH (from before the extras were recorded) stands for dev,server, which was always
+# installed then. Under the same HASH the extras installed before are kept: scripts/test after scripts/serve adds
+# the test tools once, and scripts/serve after scripts/test finds its own among them. Under another HASH only
+# WANTED is installed and recorded (pyproject.toml may have changed any extra; scripts/test adds its own again).
+# No side effects: tests/test_setup_script.py runs it.
+venv_install_plan() {
+  local stamp=$1 hash=$2 wanted=$3 stamped="" had="" extra
+  read -r stamped had <<<"$stamp" || true
+  if [ -n "$stamped" ] && [ -z "$had" ]; then had=dev,server; fi
+  if [ "$stamped" != "$hash" ]; then
+    echo "$wanted"
+    return 0
+  fi
+  for extra in ${wanted//,/ }; do
+    case ",$had," in
+      *",$extra,"*) ;;
+      *)
+        printf '%s\n' ${had//,/ } ${wanted//,/ } | sort -u | paste -sd, -
+        return 0
+        ;;
+    esac
+  done
+}
+
+# What an extra brings, for the line that says what is being installed.
+_extra_purpose() {
+  case $1 in
+    server) echo "what the example server needs" ;;
+    dev) echo "the test tools (pytest, ruff, mypy and what the tests import)" ;;
+    *) echo "the [$1] extra" ;;
+  esac
+}
+
+# setup_venv EXTRAS: .venv with autoglm-runtime (editable) and EXTRAS (comma-separated extras of pyproject.toml:
+# scripts/serve asks for server, scripts/test for dev,server). Installs only when the stamp does not show them
+# installed from this pyproject.toml, and says what it installs and that it is done once.
 setup_venv() {
-  local stamp=.venv/.autoglm-installed
+  local wanted=${1:?setup_venv needs the extras to install, such as server or dev,server}
+  local started=$SECONDS hash plan extra what=""
   if [ ! -x .venv/bin/python ]; then
-    echo "== creating .venv with $($PYTHON --version)"
+    rm -f "$VENV_STAMP" # a stamp that outlived its interpreter would skip the install
+    echo "== creating .venv with $($PYTHON --version): once, later runs reuse it"
     "$PYTHON" -m venv .venv
   fi
-  # Reinstall only when the dependency list changed: keeps repeat runs fast.
-  local want; want=$(sha256sum pyproject.toml | cut -c1-16)
-  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "== installing autoglm-runtime and its test tools into .venv"
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[dev,server]'
-    echo "$want" > "$stamp"
-  fi
+  hash=$(sha256sum pyproject.toml | cut -c1-16)
+  plan=$(venv_install_plan "$(cat "$VENV_STAMP" 2>/dev/null)" "$hash" "$wanted")
+  [ -n "$plan" ] || return 0
+  for extra in ${plan//,/ }; do what+="${what:+ and }$(_extra_purpose "$extra")"; done
+  echo "== installing autoglm-runtime and $what" \
+    "([$plan] in pyproject.toml) into .venv: a one-time step, repeated only when pyproject.toml changes"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[$plan]"
+  echo "$hash $plan" >"$VENV_STAMP"
+  echo "== .venv is ready ($((SECONDS - started)) s)"
 }
 
 have_zookeeper() {

@@ -185,6 +185,7 @@ def test_config_commands_whose_output_cannot_be_written_are_coded_errors(stdout:
     subprocess.run([*config, "set", "limits/rpm", "100", *target], check=True)
     cases = [
         (["set", "limits/burst", "5", "--json"], "the confirmation of setting 'limits/burst' (the value is set)"),
+        (["set", "limits/rpm", "150"], "the confirmation of setting 'limits/rpm' (the value is set)"),
         (["get", "limits/rpm"], "the value of 'limits/rpm'"),
         (["get", "limits/rpm", "--json"], "the value of 'limits/rpm'"),
         (["dump"], "the 2 values under /app"),

@@ -17,6 +17,7 @@ import platform
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -33,6 +34,7 @@ from examples.model_server.app import create_app, numpy_version
 from examples.model_server.assets import MODELS, build_tokenizer, fill_wheelhouse, tokenizer_path
 from examples.model_server.model_limits import ModelLimits
 from examples.model_server.request_ids import RequestIds
+from examples.model_server.started import Started
 from examples.model_server.store import open_store, start_config
 
 log = logging.getLogger("examples.model_server")
@@ -87,20 +89,24 @@ def _shown(path: Path) -> str:
 
 
 def _serve(args: argparse.Namespace, sock: socket.socket, stop: _Stop) -> None:
+    started = Started()
     with contextlib.ExitStack() as stack:
+        stack.push(_say_stopped(started))  # first in, so last out: once the workers and ZooKeeper are stopped
         try:
-            _start_and_serve(args, sock, stack, stop)
+            _start_and_serve(args, sock, stack, stop, started)
         finally:
             stop.stopping = True  # however it ended: the clean-up below runs to its end
 
 
-def _start_and_serve(args: argparse.Namespace, sock: socket.socket, stack: contextlib.ExitStack, stop: _Stop) -> None:
+def _start_and_serve(
+    args: argparse.Namespace, sock: socket.socket, stack: contextlib.ExitStack, stop: _Stop, started: Started
+) -> None:
     state: Path = args.state_dir
     stack.enter_context(options.state_lock(state))
     manifests = [load_manifest(model_dir) for model_dir in sorted(MODELS.iterdir())]
     options.check_python(manifests, platform.python_version())
     # Config first: a ZooKeeper that cannot be reached fails a first start before its downloads.
-    store = open_store(zk=args.zk, choice=args.config_store, state=state, stack=stack)
+    store = started.store = open_store(zk=args.zk, choice=args.config_store, state=state, stack=stack)
     root: str = args.root
     # A restart while ZooKeeper is down serves the snapshot of the last run (E0409, stale in /health).
     config = start_config(store, root, [m.name for m in manifests], state=state, reset=args.reset)
@@ -116,7 +122,9 @@ def _start_and_serve(args: argparse.Namespace, sock: socket.socket, stack: conte
 
     envs = state / "envs"
     loader = stack.enter_context(ModelLoader(envs, wheelhouse=wheelhouse, offline=True, backend=args.backend))
-    loaded = [loader.load(manifest) for manifest in manifests]
+    loaded = started.models
+    for manifest in manifests:
+        loaded.append(loader.load(manifest))
     # The state directory's environments are this server's alone: those it does not hold are old keys.
     removed = collect_garbage(envs).removed
     built = sum(model.environment.created for model in loaded)
@@ -159,6 +167,22 @@ def _start_and_serve(args: argparse.Namespace, sock: socket.socket, stack: conte
 
 class _Terminated(Exception):
     """SIGTERM arrived: unwind like Ctrl-C, so every worker, client and local ZooKeeper is stopped."""
+
+
+def _say_stopped(started: Started) -> Callable[[type[BaseException] | None, BaseException | None, object], bool]:
+    """An exit callback saying, after Ctrl-C or SIGTERM, what was stopped: on standard output under the banner,
+    and in the log."""
+
+    def say(kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        interrupted = kind is not None and issubclass(kind, (KeyboardInterrupt, _Terminated))
+        line = started.stopped_line() if interrupted else None
+        if line is not None:
+            log.info("%s", line)
+            with contextlib.suppress(OSError):  # a reader of standard output gone first: the log has it
+                print(line, file=sys.stdout, flush=True)
+        return False  # the exception goes on: main() turns it into the exit code
+
+    return say
 
 
 class _Stop:

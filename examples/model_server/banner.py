@@ -86,8 +86,8 @@ def _curl(url: str, model: str, prompt: str) -> str:
 def _config_set(cli: str, store: ConfigStore, root: str, model: str, setting: tuple[str, str]) -> str:
     key, value = setting
     return (
-        f"{shlex.quote(cli)} config set {limits_prefix(model)}{key} {value} --hosts {shlex.quote(store.hosts)} "
-        f"--root {root}"
+        f"{shlex.quote(cli)} config set {limits_prefix(model)}{key} {shlex.quote(value)} "
+        f"--hosts {shlex.quote(store.hosts)} --root {root}"
     )
 
 
@@ -95,9 +95,11 @@ DEFAULT_READING = Reading(DEFAULT_LIMITS, DEFAULT_MAX_OUTPUT_TOKENS)
 
 
 def _value(value: Any) -> str:
-    """A setting as the config CLI takes it: ``true``, ``64``, ``0`` (not ``0.0``), ``0.5``."""
+    """A setting as the config CLI takes it (JSON text): ``true``, ``64``, ``0`` (not ``0.0``), ``0.5``, ``"left"``."""
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, str):
+        return json.dumps(value)
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

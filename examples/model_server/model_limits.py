@@ -1,11 +1,12 @@
 """Each model's limits, read live from the config at every request: ``limits/<model>/...``.
 
-``context_window``, ``truncate_on_overflow`` (and ``truncation_side``) are the guard's, read through the SDK's
-:class:`ConfigLimits`; ``max_output_tokens`` caps the ``max_tokens`` a request may ask of the model;
-``tokens_per_second`` paces streamed responses (at most that many tokens a second per stream; ``0``, the
-default, sends each token as soon as the model writes it). A value that is not valid is logged once as E0409
-(with the key, never the value) and the last good value stays; :meth:`ModelLimits.rejected` names the keys
-refused now, with why (``/health`` shows them as ``rejected_limits``).
+``context_window``, ``truncate_on_overflow`` and ``truncation_side`` (``left``, the default, removes the start
+of an overlong input, ``right`` its end) are the guard's, read through the SDK's :class:`ConfigLimits`;
+``max_output_tokens`` caps the ``max_tokens`` a request may ask of the model; ``tokens_per_second`` paces
+streamed responses (at most that many tokens a second per stream; ``0``, the default, sends each token as soon
+as the model writes it). A value that is not valid is logged once as E0409 (with the key, never the value) and
+the last good value stays; :meth:`ModelLimits.rejected` names the keys refused now, with why (``/health`` shows
+them as ``rejected_limits``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Reading:
         return {
             "context_window": self.guard.context_window,
             "truncate_on_overflow": self.guard.truncate_on_overflow,
+            "truncation_side": self.guard.truncation_side,
             "max_output_tokens": self.max_output_tokens,
             "tokens_per_second": self.tokens_per_second,
         }

@@ -7,15 +7,16 @@ the defaults are written only where a key is missing, or everywhere with ``reset
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from autoglm_runtime import ConfigClient
 from autoglm_runtime.config import SyncTuning
 from autoglm_runtime.errors import ConfigUnavailableError, UsageError
-from autoglm_runtime.testing import ZooKeeperUnavailableError, start_zookeeper
+from autoglm_runtime.testing import ZooKeeperServer, ZooKeeperUnavailableError, start_zookeeper
 from examples.model_server.model_limits import (
     DEFAULT_LIMITS,
     DEFAULT_MAX_OUTPUT_TOKENS,
@@ -31,6 +32,7 @@ def defaults(models: Iterable[str]) -> dict[str, bytes]:
     values = {
         "context_window": str(DEFAULT_LIMITS.context_window).encode(),
         "truncate_on_overflow": b"false",
+        "truncation_side": json.dumps(DEFAULT_LIMITS.truncation_side).encode(),  # JSON text: "left"
         "max_output_tokens": str(DEFAULT_MAX_OUTPUT_TOKENS).encode(),
         "tokens_per_second": f"{DEFAULT_TOKENS_PER_SECOND:g}".encode(),
     }
@@ -39,11 +41,41 @@ def defaults(models: Iterable[str]) -> dict[str, bytes]:
 
 @dataclass(frozen=True)
 class ConfigStore:
-    """The hosts string the server follows, what it is (for the banner), and where its data lives."""
+    """The hosts string the server follows, what it is (for the banner), and where its data lives;
+    ``zookeeper`` is the local ZooKeeper started for it, if one was."""
 
     hosts: str
     description: str
     data: str
+    zookeeper: ZooKeeperServer | None = None
+
+
+#: What gets a ZooKeeper to follow when none is installed: said with the reason none could start.
+NO_ZOOKEEPER_HINT = (
+    "to follow ZooKeeper, install it (Debian/Ubuntu: apt-get install zookeeper; elsewhere an Apache ZooKeeper "
+    "tarball with ZOOKEEPER_HOME set to it) and start again, or give a running one with --zk HOSTS (or "
+    "AUTOGLM_ZK_HOSTS)"
+)
+
+
+def _why_not(exc: ZooKeeperUnavailableError) -> str:
+    """Why the local ZooKeeper could not start, without the test harness's advice (a Docker engine does
+    nothing for this server: it only starts an installed ZooKeeper)."""
+    reason = exc.reasons.get("local", exc.message).rstrip(".")
+    # "The local backend ..." reads on inside the sentence as "the local backend ..."; "ZOOKEEPER_HOME" stays.
+    return reason[:1].lower() + reason[1:] if reason[1:2].islower() else reason
+
+
+@contextlib.contextmanager
+def _harness_info_quiet() -> Iterator[None]:
+    """The harness's INFO lines speak of a test server; the example says what its ZooKeeper is itself."""
+    harness = logging.getLogger("autoglm_runtime.testing")
+    level = harness.level
+    harness.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        harness.setLevel(level)
 
 
 def open_store(
@@ -51,23 +83,32 @@ def open_store(
 ) -> ConfigStore:
     """The config store to follow; a local ZooKeeper started here is stopped when ``stack`` closes.
 
-    ``env`` is where the harness looks for a ZooKeeper installation (default: the process environment).
+    ``env`` is where to look for a ZooKeeper installation (default: the process environment).
     """
     if zk:
         return ConfigStore(zk, "ZooKeeper given by --zk / AUTOGLM_ZK_HOSTS", f"that ZooKeeper ({zk})")
     if choice in ("auto", "zookeeper"):
         data = state / "zookeeper"
         try:
-            server = stack.enter_context(start_zookeeper("local", data_dir=data, env=env))
+            with _harness_info_quiet():
+                server = stack.enter_context(start_zookeeper("local", data_dir=data, env=env))
         except ZooKeeperUnavailableError as exc:
             if choice == "zookeeper":
                 raise UsageError(
-                    f"--config-store zookeeper needs a local ZooKeeper, and none is installed ({exc.message}); "
-                    "install one, or use --config-store file"
+                    f"--config-store zookeeper needs a local ZooKeeper, and none could start ({_why_not(exc)}): "
+                    f"{NO_ZOOKEEPER_HINT}; or use --config-store file"
                 ) from exc
-            log.warning("no ZooKeeper installed (%s); following a file:// config directory instead", exc.message)
+            log.warning(
+                "no local ZooKeeper could start (%s), so the config is a file:// directory, %s: %s; "
+                "--config-store file chooses the directory without this warning",
+                _why_not(exc),
+                state / "config",
+                NO_ZOOKEEPER_HINT,
+            )
         else:
-            return ConfigStore(server.hosts, "a local ZooKeeper started through autoglm_runtime.testing", str(data))
+            log.info("a local ZooKeeper for this example serves at %s (data in %s)", server.hosts, data)
+            what = "a local ZooKeeper for this example (it runs while the server does)"
+            return ConfigStore(server.hosts, what, str(data), server)
     directory = state / "config"
     directory.mkdir(parents=True, exist_ok=True)
     why = "no ZooKeeper installed" if choice == "auto" else "--config-store file"

@@ -25,10 +25,11 @@ def test_set_get_dump_delete_round_trip(
     zk_hosts: str, zk_root: str, zk_client: KazooClient, capsys: pytest.CaptureFixture[str]
 ) -> None:
     target = ("--hosts", zk_hosts, "--root", zk_root)
-    assert _run(capsys, "config", "set", "models/llm/context_window", "8192", *target) == (0, "", "")
+    said = f"set models/llm/context_window under {zk_root} at {zk_hosts}"
+    assert _run(capsys, "config", "set", "models/llm/context_window", "8192", *target) == (0, f"{said} (new key)\n", "")
     # A new key is created with its value in one write: version 0, not a create followed by a set.
     assert zk_client.get(f"{zk_root}/models/llm/context_window")[1].version == 0
-    assert _run(capsys, "config", "set", "models/llm/context_window", "8192", *target) == (0, "", "")
+    assert _run(capsys, "config", "set", "models/llm/context_window", "8192", *target) == (0, f"{said}\n", "")
     assert zk_client.get(f"{zk_root}/models/llm/context_window")[1].version == 1
     assert _run(capsys, "config", "set", "flags", '{"truncate": false}', *target)[0] == 0
     assert _run(capsys, "config", "get", "models/llm/context_window", *target) == (0, "8192\n", "")

@@ -453,7 +453,13 @@ def test_health_reports_config_limits_and_workers(server: Server) -> None:
     assert health["status"] == "ok"
     assert (health["config"]["connected"], health["config"]["following"]) == (True, True)
     assert health["config"]["source"] == "zookeeper"
-    defaults = {"context_window": 64, "truncate_on_overflow": False, "max_output_tokens": 32, "tokens_per_second": 0}
+    defaults = {
+        "context_window": 64,
+        "truncate_on_overflow": False,
+        "truncation_side": "left",  # seeded like every limit, so no start logs it as missing
+        "max_output_tokens": 32,
+        "tokens_per_second": 0,
+    }
     assert health["limits"] == {CHARS: defaults, WORDS: defaults}
     assert health["rejected_limits"] == {}
     assert {name: w["state"] for name, w in health["models"].items()} == {CHARS: "ready", WORDS: "ready"}

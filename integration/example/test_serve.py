@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -38,7 +39,13 @@ from examples.model_server.assets import build_local_wheels
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = REPO / ".autoglm" / "example"  # the default --state-dir, as the README runs it
-DEFAULTS = {"context_window": 64, "truncate_on_overflow": False, "max_output_tokens": 32, "tokens_per_second": 0}
+DEFAULTS = {
+    "context_window": 64,
+    "truncate_on_overflow": False,
+    "truncation_side": "left",
+    "max_output_tokens": 32,
+    "tokens_per_second": 0,
+}
 MODELS = ("chars-numpy2", "words-numpy1")
 
 pytestmark = pytest.mark.slow
@@ -100,6 +107,14 @@ class Serve:
     def url(self) -> str:
         return re.search(r"listening on (\S+)", self.banner).group(1)  # type: ignore[union-attr]
 
+    @property
+    def hosts(self) -> str:
+        return re.search(r"^config: .*: (\S+) root ", self.banner, re.M).group(1)  # type: ignore[union-attr]
+
+    @property
+    def root(self) -> str:
+        return re.search(r"^config: .* root (\S+)$", self.banner, re.M).group(1)  # type: ignore[union-attr]
+
     def line(self, prefix: str) -> str:
         return next(line for line in self.banner.splitlines() if line.startswith(prefix))
 
@@ -112,6 +127,12 @@ class Serve:
             assert self.proc.wait(60) == 130, self.log()[-4000:]  # 128 + SIGINT, after a clean stop
         finally:
             self.kill()
+        # Before, nothing said what was stopped: now one line on standard output, after the banner.
+        stopped = "stopped: 3 model workers (chars-numpy2 1, words-numpy1 2)"
+        if self.hosts.startswith("127.0.0.1:"):  # the local ZooKeeper
+            stopped += f" and the local ZooKeeper at {self.hosts} (its data stays in {STATE / 'zookeeper'})"
+        said = [line for line in self.log().splitlines() if not line.startswith("{")]
+        assert said[-1] == stopped, said[-5:]
         _poll(lambda: not any(is_running(pid) for pid in workers), 30, f"the workers {workers} to exit")
         _poll(lambda: not processes_matching(str(STATE / "zookeeper").encode()), 30, "the local ZooKeeper to exit")
 
@@ -184,7 +205,8 @@ def walk(serve: Serve) -> list[tuple[Step, Response | None]]:
         setting = re.search(r" config set limits/([\w-]+)/(\w+) (\S+) ", step.command)
         assert setting is not None, f"an unexpected command in the walk-through: {step.command}"
         model, key, text = setting.groups()
-        value: Any = int(text) if text.isdigit() else text == "true"
+        value: Any = json.loads(shlex.split(text)[0])  # JSON text, as the config CLI takes it
+        assert output == f"set limits/{model}/{key} under {serve.root} at {serve.hosts}\n", output
 
         def followed(model: str = model, key: str = key, value: Any = value) -> bool:
             return httpx.get(f"{serve.url}/health", timeout=30).json()["limits"][model][key] == value
@@ -326,7 +348,7 @@ def test_scripts_serve_walkthrough_restart_and_reset(store: str, tmp_path: Path,
     first = serve()
     assert first.url == f"http://127.0.0.1:{port}"
     expected_config = (
-        "config: a local ZooKeeper started through autoglm_runtime.testing: 127.0.0.1:"
+        "config: a local ZooKeeper for this example (it runs while the server does): 127.0.0.1:"
         if store == "zookeeper"
         else f"config: a file:// config directory (--config-store file): file://{STATE / 'config'} root"
     )
@@ -346,9 +368,9 @@ def test_scripts_serve_walkthrough_restart_and_reset(store: str, tmp_path: Path,
 
     second = serve()
     assert second.line("limits in force: ").startswith(
-        "limits in force: chars-numpy2 context_window=64 truncate_on_overflow=false max_output_tokens=32 "
-        f"tokens_per_second=0; words-numpy1 context_window={window} truncate_on_overflow=false max_output_tokens=32 "
-        "tokens_per_second=0 (kept in "
+        'limits in force: chars-numpy2 context_window=64 truncate_on_overflow=false truncation_side="left" '
+        f"max_output_tokens=32 tokens_per_second=0; words-numpy1 context_window={window} truncate_on_overflow=false "
+        'truncation_side="left" max_output_tokens=32 tokens_per_second=0 (kept in '
     )
     assert second.line("environments: ") == "environments: .autoglm/example/envs: 2 reused, 0 built, 1 unused removed"
     assert _env_dirs() == envs_before  # the same directories: nothing rebuilt, the old one gone
@@ -359,9 +381,9 @@ def test_scripts_serve_walkthrough_restart_and_reset(store: str, tmp_path: Path,
 
     third = serve("--reset", stderr_path=tmp_path / "serve-2.stderr")
     assert third.line("limits in force: ").startswith(
-        "limits in force: chars-numpy2 context_window=64 truncate_on_overflow=false max_output_tokens=32 "
-        "tokens_per_second=0; words-numpy1 context_window=64 truncate_on_overflow=false max_output_tokens=32 "
-        "tokens_per_second=0 (kept in "
+        'limits in force: chars-numpy2 context_window=64 truncate_on_overflow=false truncation_side="left" '
+        "max_output_tokens=32 tokens_per_second=0; words-numpy1 context_window=64 truncate_on_overflow=false "
+        'truncation_side="left" max_output_tokens=32 tokens_per_second=0 (kept in '
     )
     assert "not the defaults" not in third.banner
     assert httpx.get(f"{third.url}/health", timeout=30).json()["limits"] == dict.fromkeys(MODELS, DEFAULTS)

@@ -78,6 +78,17 @@ def test_a_file_store_key_cannot_both_hold_a_value_and_have_keys_below_it(
     assert (tmp_path / "cfg" / "a" / "b").read_text() == "1"
 
 
+def test_set_says_what_it_set_and_whether_the_key_is_new(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # Before: nothing on success, so a mistyped key was created as quietly as a value was changed.
+    store = tmp_path.as_uri()
+    target = ["--hosts", store, "--root", "/cfg"]
+    assert main(["config", "set", "limits/llm/context_window", "64", *target]) == 0
+    assert capsys.readouterr() == (f"set limits/llm/context_window under /cfg at {store} (new key)\n", "")
+    assert main(["config", "set", "limits/llm/context_window", "25", *target]) == 0
+    assert capsys.readouterr() == (f"set limits/llm/context_window under /cfg at {store}\n", "")
+    assert (tmp_path / "cfg" / "limits" / "llm" / "context_window").read_text() == "25"
+
+
 def test_an_unreachable_zookeeper_is_one_coded_line_without_kazoos_own(tmp_path: Path) -> None:
     # Before: kazoo's "Connection dropped: ... Connection refused" lines reached stderr through logging's last
     # resort (the library's logger has a NullHandler, kazoo's had nothing), one per attempt, before the error.

@@ -130,6 +130,12 @@ def test_auto_with_nothing_available_says_why_and_how_to_install(tmp_path: Path)
         "local: The local backend needs a java executable, but none was found in JAVA_HOME or on PATH. "
         "external: The external backend needs AUTOGLM_ZK_HOSTS, which is not set. " + INSTALL_HINT
     )
+    # The same reasons without the advice, for a program that gives its own (the example server does).
+    assert info.value.reasons == {
+        "container": f"No Docker engine answered a ping at {NO_DOCKER} within 10 seconds.",
+        "local": "The local backend needs a java executable, but none was found in JAVA_HOME or on PATH.",
+        "external": "The external backend needs AUTOGLM_ZK_HOSTS, which is not set.",
+    }
     assert "apt-get install zookeeper" in INSTALL_HINT
     assert "ZOOKEEPER_HOME" in INSTALL_HINT
     assert "AUTOGLM_ZK_HOSTS" in INSTALL_HINT

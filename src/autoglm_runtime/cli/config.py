@@ -144,6 +144,7 @@ def _set(args: argparse.Namespace) -> int:
     if hosts.startswith("file://"):
         path = _file_path(hosts, root, key)
         _check_file_key(path, key, hosts, root)
+        created = not path.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write beside the file and rename, so a watching server never reads half a value.
         tmp = path.with_name(f".{path.name}.tmp")
@@ -158,14 +159,17 @@ def _set(args: argparse.Namespace) -> int:
             try:
                 zk.create(full, data, makepath=True)
                 stat = zk.exists(full)
+                created = True
             except NodeExistsError:
                 stat = zk.set(full, data)
+                created = False
             version = int(stat.mzxid) if stat is not None else None
     if args.json:
-        _output.write(
-            json.dumps({"key": key, "set": True, "version": version}) + "\n",
-            f"the confirmation of setting {key!r} (the value is set)",
-        )
+        text = json.dumps({"key": key, "set": True, "version": version}) + "\n"
+    else:
+        # Not the value, which may be a secret; "new key" shows a mistyped key that was created, not changed.
+        text = f"set {key} under {root} at {hosts}{' (new key)' if created else ''}\n"
+    _output.write(text, f"the confirmation of setting {key!r} (the value is set)")
     return EXIT_OK
 
 

@@ -40,7 +40,15 @@ class ZooKeeperHarnessError(AutoGLMRuntimeError, RuntimeError):
 
 
 class ZooKeeperUnavailableError(ZooKeeperHarnessError):
-    """No backend can provide a ZooKeeper server on this machine; the message says how to install one."""
+    """No backend can provide a ZooKeeper server on this machine; the message says how to install one.
+
+    ``reasons`` says why each backend tried could not, by backend name, without the advice: a program that
+    starts ZooKeeper for another purpose than tests (the example server) gives its own.
+    """
+
+    def __init__(self, message: str, reasons: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.reasons: dict[str, str] = dict(reasons or {})
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -187,23 +187,24 @@ def start_zookeeper(
     by default a temporary folder is used and removed by ``close()``.
 
     A backend that is not available here is skipped under ``auto``; when none is left,
-    :class:`ZooKeeperUnavailableError` says why each failed and how to install ZooKeeper. A backend
-    that is available but breaks (java exits at start, no answer in ``start_timeout`` seconds) raises
-    :class:`ZooKeeperHarnessError` at once rather than hiding the fault behind the next backend.
+    :class:`ZooKeeperUnavailableError` says why each failed (its ``reasons`` too, by backend) and how to install
+    ZooKeeper. A backend that is available but breaks (java exits at start, no answer in ``start_timeout``
+    seconds) raises :class:`ZooKeeperHarnessError` at once rather than hiding the fault behind the next backend.
     """
     env = os.environ if env is None else env
     order = backend_order(backend, env)
     folder = None if data_dir is None else Path(data_dir).resolve()  # relative to the caller's cwd, now
-    reasons: list[str] = []
+    reasons: dict[str, str] = {}
     for name in order:
         try:
             server = _STARTERS[name](folder, start_timeout, env)
         except ZooKeeperUnavailableError as exc:
             log.debug("ZooKeeper backend %s is not available: %s", name, exc)
-            reasons.append(f"{name}: {exc.message}")
+            reasons[name] = exc.message
             continue
         log.info("ZooKeeper test server uses the %s backend at %s", name, server.hosts)
         return server
+    said = " ".join(f"{name}: {reason}" for name, reason in reasons.items())
     raise ZooKeeperUnavailableError(
-        f"No ZooKeeper backend could start (tried {', '.join(order)}). " + " ".join(reasons) + " " + INSTALL_HINT
+        f"No ZooKeeper backend could start (tried {', '.join(order)}). {said} {INSTALL_HINT}", reasons
     )
