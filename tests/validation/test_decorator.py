@@ -8,7 +8,7 @@ import pytest
 from tests.validation._helpers import char_tok
 
 from autoglm_runtime.errors import ContextWindowExceededError, InputDecodeError, InvalidRequestError, UsageError
-from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, GuardResult, guarded
+from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, GuardResult, OpenAIExtractor, guarded
 
 
 def test_sync_function_sees_only_fitting_input() -> None:
@@ -125,11 +125,21 @@ def test_a_chat_message_without_a_valid_role_is_refused_as_the_middleware_refuse
         judged([{"role": "user", "content": "a"}, {"content": "b"}])
     assert (missing.value.message, missing.value.param) == (
         "conversation[1].role is missing (OpenAI: \"Missing required parameter: 'conversation[1].role'.\"): give every "
-        "message a role, one of 'system', 'assistant', 'user', 'function', 'tool', or 'developer'",
+        "message a role (a string)",
         "conversation[1].role",
     )
-    with pytest.raises(InvalidRequestError):
-        judged([{"role": "observation", "content": "b"}])
+    # Any string role by default, as vLLM takes it (GLM's tool results are "observation" messages): before, the
+    # default was OpenAI's six and this chat was refused.
+    assert judged([{"role": "observation", "content": "b"}]) == [{"role": "observation", "content": "b"}]
+    openai = guarded(
+        ContextWindowGuard(char_tok(), 30),
+        text_arg="conversation",
+        max_tokens_arg=None,
+        roles=OpenAIExtractor.OPENAI_ROLES,
+    )(lambda conversation: conversation)
+    with pytest.raises(InvalidRequestError) as refused:
+        openai([{"role": "observation", "content": "b"}])
+    assert refused.value.param == "conversation[0].role"
     glm = guarded(
         ContextWindowGuard(char_tok(), 30), text_arg="conversation", max_tokens_arg=None, roles=("user", "observation")
     )

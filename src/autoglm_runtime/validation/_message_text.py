@@ -7,8 +7,8 @@ unknown kind that carries text is rejected with E5010 rather than left uncounted
 an assistant's tool calls with the results that answer them, are pinned: counted, never cut apart.
 
 Every message needs a string ``role``, as both OpenAI and vLLM require (vLLM's ``CustomChatCompletionMessageParam``
-has ``role: Required[str]``); by default it must be one of OpenAI's (:data:`OPENAI_ROLES`). vLLM also takes any
-other string ("custom roles", left to the chat template), which ``roles=None`` allows.
+has ``role: Required[str]``). Any string is taken by default, as vLLM takes it ("custom roles", left to the chat
+template, such as GLM's ``observation``); a list of roles (OpenAI's: :data:`OPENAI_ROLES`) restricts them.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def read_messages(  # noqa: PLR0912  (one branch per message shape, kept flat on
     *,
     max_messages: int,
     max_parts: int,
-    roles: Sequence[str] | None = OPENAI_ROLES,
+    roles: Sequence[str] | None = None,
 ) -> Chat:
     """The chat of the messages field ``name`` (``value``): each text the model reads is appended to ``fields``
     (where it sits, and the text), the indexes of those never truncated added to ``pinned``; E5010 for a wrong

@@ -118,15 +118,19 @@ class OpenAIExtractor:
     ``max_prompts``, ``max_messages`` and ``max_parts`` (content parts over all messages) bound the work one body
     can cause; past them the request is rejected with E5010. ``prompt_max_tokens`` is the output budget of a
     completions body sending no budget field (16, as OpenAI and vLLM default ``max_tokens``; ``None`` for none).
-    ``roles`` are the message roles taken (OpenAI's six, :attr:`OPENAI_ROLES`, by default); a message whose role
-    is missing, not a string, or another one is E5010. ``None`` takes any string, as vLLM does ("custom roles",
-    such as GLM's ``observation``, left to the chat template).
+    ``roles`` are the message roles taken: by default (``None``) any string, as vLLM takes it ("custom roles", left
+    to the chat template, such as GLM's ``observation`` for tool results); a list restricts them, such as OpenAI's
+    six (:attr:`OPENAI_ROLES`). A message whose role is missing, not a string, or not in the list is E5010.
 
     >>> OpenAIExtractor().extract({"prompt": "hi", "max_tokens": 5}).segments
     ['hi']
     >>> chat = {"messages": [{"role": "observation", "content": "42"}]}
-    >>> OpenAIExtractor(roles=(*OpenAIExtractor.OPENAI_ROLES, "observation")).extract(chat).segments
+    >>> OpenAIExtractor().extract(chat).segments
     ['42']
+    >>> OpenAIExtractor(roles=OpenAIExtractor.OPENAI_ROLES).extract(chat)
+    Traceback (most recent call last):
+    ...
+    autoglm_runtime.errors.InvalidRequestError: E5010: messages[0].role is 'observation', not a role the server ...
     """
 
     #: The roles OpenAI's chat API takes: ``system``, ``assistant``, ``user``, ``function``, ``tool``, ``developer``.
@@ -144,7 +148,7 @@ class OpenAIExtractor:
         max_messages: int = 4096,
         max_parts: int = 8192,
         prompt_max_tokens: int | None = 16,
-        roles: Iterable[str] | None = OPENAI_ROLES,
+        roles: Iterable[str] | None = None,
     ) -> None:
         for option, value in (("max_prompts", max_prompts), ("max_messages", max_messages), ("max_parts", max_parts)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

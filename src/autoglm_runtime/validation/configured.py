@@ -75,7 +75,7 @@ class GuardSettings:
     max_prompts: int = 2048
     max_messages: int = 4096
     max_parts: int = 8192
-    roles: tuple[str, ...] | None = OpenAIExtractor.OPENAI_ROLES
+    roles: tuple[str, ...] | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, source: str = "the settings") -> GuardSettings:

@@ -37,7 +37,7 @@ def guarded(
     max_tokens_arg: str | None = "max_tokens",
     result_arg: str | None = None,
     decode_guard: DecodeGuard | None = None,
-    roles: Iterable[str] | None = OpenAIExtractor.OPENAI_ROLES,
+    roles: Iterable[str] | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorate a function so its ``text_arg`` is judged before every call: a string, a list of strings, or a chat
     (a list of OpenAI-style message dicts, judged as the ASGI middleware judges ``messages``: with the guard's chat
@@ -47,7 +47,7 @@ def guarded(
     ``max_tokens_arg`` names the argument holding the requested output tokens (its default value counts when the
     caller leaves it out). ``result_arg``, if given, is an argument the wrapper fills with the
     :class:`GuardResult`. Lone surrogates are rejected (E5009) before counting. ``roles`` are the message roles a
-    chat may use, as :class:`OpenAIExtractor`'s (``None`` for any string).
+    chat may use, as :class:`OpenAIExtractor`'s: any string by default (``None``), as vLLM takes it.
     """
     decoder = decode_guard or DecodeGuard()
     # A chat argument is read as a body whose fields the argument names stand for, so errors name them
