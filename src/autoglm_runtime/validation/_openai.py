@@ -1,4 +1,4 @@
-"""Text extraction from OpenAI-style JSON bodies, and the OpenAI-shaped error body.
+"""Text extraction from OpenAI-style JSON bodies.
 
 Everything the model reads is counted: ``prompt`` (a string, token ids, or a batch: a list of strings or of token id
 lists, each prompt judged on its own; read in ``_prompt``), ``suffix``, every message's text (read in
@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, UsageError
+from autoglm_runtime.errors import InvalidRequestError, UsageError
 from autoglm_runtime.validation._conversation import not_boolean, with_options
 from autoglm_runtime.validation._kept import kept_fields
 from autoglm_runtime.validation._lax import lax_bool, lax_int
@@ -27,11 +27,7 @@ from autoglm_runtime.validation._partial import json_prefix
 from autoglm_runtime.validation._prompt import read_prompt
 from autoglm_runtime.validation.context_window import Chat, GuardInput, GuardResult, Segment
 
-__all__ = ["ErrorStyle", "ExtractedInput", "OpenAIExtractor", "TextField", "error_body"]
-
-#: ``"autoglm"`` puts our E-code in ``error.code``; ``"openai"`` puts OpenAI's code there (for E0513
-#: ``context_length_exceeded``) and keeps the E-code in the message and the ``x-autoglm-error-code`` header.
-ErrorStyle = Literal["autoglm", "openai"]
+__all__ = ["ExtractedInput", "OpenAIExtractor", "TextField"]
 
 
 @dataclass(frozen=True)
@@ -314,24 +310,3 @@ class OpenAIExtractor:
                         del messages[number]
                     break
         return body
-
-
-def error_body(exc: AutoGLMRuntimeError, style: ErrorStyle = "autoglm") -> dict[str, Any]:
-    """The OpenAI error shape carrying our code: ``{"error": {"message", "type", "param", "code"}}``.
-
-    With ``style="openai"`` the ``code`` is OpenAI's where one exists (``context_length_exceeded``) and the message
-    starts with our code.
-    """
-    code: str | None = exc.code
-    message = exc.message
-    if style == "openai":
-        code = exc.openai_code or exc.code
-        message = f"{exc.code}: {message}"
-    return {
-        "error": {
-            "message": message,
-            "type": exc.openai_type,
-            "param": getattr(exc, "param", None),
-            "code": code,
-        }
-    }

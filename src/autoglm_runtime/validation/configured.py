@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from autoglm_runtime.errors import UsageError
-from autoglm_runtime.validation._openai import ErrorStyle, OpenAIExtractor
+from autoglm_runtime.validation._openai import OpenAIExtractor
 from autoglm_runtime.validation.asgi import ASGIApp, ValidationMiddleware
 from autoglm_runtime.validation.chat_template import ChatTemplate
 from autoglm_runtime.validation.context_window import ContextWindowGuard
 from autoglm_runtime.validation.headers import HeaderTokenGuard
+from autoglm_runtime.validation.http_errors import ErrorStyle
 from autoglm_runtime.validation.limits import TruncationSide
 from autoglm_runtime.validation.tokenizers import HFTokenizer
 
