@@ -148,6 +148,38 @@ def test_a_chat_message_without_a_valid_role_is_refused_as_the_middleware_refuse
     ]
 
 
+@pytest.mark.parametrize(
+    ("budget", "message"),
+    [
+        (0, "budget must be at least 1, got 0: the model writes at least one token (vLLM refuses 0 but for a "
+            "completion with echo); send 1 or more, or leave it out"),
+        (-1, 'budget must be a whole number of at least 1 (vLLM also reads "16" and 16.0 as 16), got -1: fix the '
+             "request body"),
+        ("many", 'budget must be a whole number of at least 1 (vLLM also reads "16" and 16.0 as 16), got \'many\': '
+                 "fix the request body"),
+    ],
+)  # fmt: skip
+def test_a_budget_is_refused_as_the_http_path_refuses_it(budget: object, message: str) -> None:
+    # Before, a prompt's max_tokens of 0 passed the decorator (a chat's, and the HTTP path's, were E5010), and "many"
+    # was refused in other words ("must be a non-negative integer"), naming max_tokens whatever the argument.
+    @guarded(ContextWindowGuard(char_tok(), 10), max_tokens_arg="budget")
+    def generate(prompt: str | list[dict[str, str]], budget: object = None) -> object:
+        return prompt
+
+    http = OpenAIExtractor(max_tokens_fields=("budget",))
+    for call, body in (
+        (lambda: generate("x", budget=budget), {"prompt": "x", "budget": budget}),
+        (lambda: generate([{"role": "user", "content": "x"}], budget=budget), {"messages": [], "budget": budget}),
+    ):
+        with pytest.raises(InvalidRequestError) as by_decorator:
+            call()
+        with pytest.raises(InvalidRequestError) as by_http:
+            http.extract(body)
+        assert (by_decorator.value.message, by_decorator.value.param) == (message, "budget")
+        assert (by_http.value.message, by_http.value.param) == (message, "budget")
+    assert generate("x", budget="3") == "x"  # read as vLLM (and the HTTP path) read it
+
+
 def test_a_prompt_is_judged_as_a_chat_is_room_for_one_token() -> None:
     # Before, a prompt went through check() (no room kept for the token the model writes) while a chat through the
     # same decorator was judged as a request.

@@ -27,7 +27,7 @@ from autoglm_runtime.validation._partial import json_prefix
 from autoglm_runtime.validation._prompt import read_prompt
 from autoglm_runtime.validation.context_window import Chat, GuardInput, GuardResult, Segment
 
-__all__ = ["ExtractedInput", "OpenAIExtractor", "TextField"]
+__all__ = ["ExtractedInput", "OpenAIExtractor", "TextField", "read_budget"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,26 @@ def _present(body: dict[str, Any], name: str) -> bool:
     parent, _, last = name.rpartition(".")
     holder = _dotted(body, parent) if parent else body
     return isinstance(holder, dict) and last in holder
+
+
+def read_budget(name: str, value: Any, *, echo: bool = False) -> int:
+    """The output budget ``value`` sent as ``name``, read as vLLM's pydantic models read it (``"16"`` and ``16.0``
+    are 16); E5010 for one that is not a whole number of at least 1, or for 0 unless ``echo`` (a completion that
+    echoes its prompt: vLLM returns the prompt and generates one token)."""
+    budget = lax_int(value)
+    if budget is None or budget < 0:
+        raise InvalidRequestError(
+            f'{name} must be a whole number of at least 1 (vLLM also reads "16" and 16.0 as 16), got '
+            f"{value!r:.40}: fix the request body",
+            param=name,
+        )
+    if budget == 0 and not echo:
+        raise InvalidRequestError(
+            f"{name} must be at least 1, got 0: the model writes at least one token (vLLM refuses 0 but for a "
+            "completion with echo); send 1 or more, or leave it out",
+            param=name,
+        )
+    return budget
 
 
 class OpenAIExtractor:
@@ -270,20 +290,7 @@ class OpenAIExtractor:
             value = _dotted(body, name)
             if value is None:
                 continue
-            budget = lax_int(value)
-            if budget is None or budget < 0:
-                raise InvalidRequestError(
-                    f'{name} must be a whole number of at least 1 (vLLM also reads "16" and 16.0 as 16), got '
-                    f"{value!r:.40}: fix the request body",
-                    param=name,
-                )
-            if budget == 0 and not (completion and lax_bool(body.get("echo")) is True):
-                raise InvalidRequestError(
-                    f"{name} must be at least 1, got 0: the model writes at least one token (vLLM refuses 0 but for a "
-                    "completion with echo); send 1 or more, or leave it out",
-                    param=name,
-                )
-            return budget, name, False
+            return read_budget(name, value, echo=completion and lax_bool(body.get("echo")) is True), name, False
         name = fields[0] if fields else "max_tokens"
         if (
             completion

@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from autoglm_runtime.errors import InvalidRequestError, UsageError
 from autoglm_runtime.observability import GuardCheck
-from autoglm_runtime.validation._openai import OpenAIExtractor
+from autoglm_runtime.validation._openai import OpenAIExtractor, read_budget
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardInput, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
 
@@ -91,8 +91,12 @@ def guarded(
                 for piece in [text] if isinstance(text, str) else text:
                     if isinstance(piece, str):
                         decoder.check_text(piece, param=text_arg)
-                # Judged as a request to the model: room for the token it writes (as a chat is).
-                result = guard.judge(GuardInput(text, max_tokens, text_arg))
+                # Judged as a request to the model: room for the token it writes (as a chat is), its budget read
+                # as the HTTP path and a chat here read it (0 is E5010, as vLLM refuses it).
+                output_param = max_tokens_arg or "max_tokens"
+                if max_tokens is not None:
+                    max_tokens = read_budget(output_param, max_tokens)
+                result = guard.judge(GuardInput(text, max_tokens, text_arg, output_param=output_param))
                 if result.truncated:
                     bound.arguments[text_arg] = result.text if isinstance(text, str) else list(result.segments)
             if result_arg is not None:
