@@ -237,14 +237,22 @@ def test_an_unknown_part_that_carries_text_is_rejected() -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"prompt": [""] * 3}, "the request has 3 prompts, more than the limit of 2: send fewer, or raise max_prompts"),
+        # Worded for the client, who cannot raise the limit ("or raise max_messages" was the operator's remedy).
+        (
+            {"prompt": [""] * 3},
+            "the request has 3 prompts, more than the 2 this server takes in one request: send at most 2 prompts, "
+            "splitting the batch over several requests (the limit is the server's max_prompts setting)",
+        ),
         (
             {"messages": [{"role": "user", "content": ""}] * 3},
-            "the request has 3 messages, more than the limit of 2: send fewer, or raise max_messages",
+            "the request has 3 messages, more than the 2 this server takes in one request: send at most 2 messages, "
+            "dropping older turns (the limit is the server's max_messages setting)",
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "text", "text": ""}] * 2}] * 2},
-            "the request has 4 content parts, more than the limit of 3: send fewer, or raise max_parts",
+            "the request has 4 content parts, more than the 3 this server takes in one request: send at most 3 "
+            "content parts (counted over all messages), merging text parts or dropping older turns (the limit is the "
+            "server's max_parts setting)",
         ),
     ],
 )

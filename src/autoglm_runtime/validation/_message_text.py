@@ -63,9 +63,13 @@ def shape_error(where: str, expected: str, value: Any, param: str) -> InvalidReq
     )
 
 
-def too_many(what: str, count: int, limit: int, option: str, param: str) -> InvalidRequestError:
+def too_many(what: str, count: int, limit: int, *, option: str, param: str, advice: str) -> InvalidRequestError:
+    """E5010 for a request with more ``what`` than the server's ``option`` takes, worded for the client, who cannot
+    change the limit (the setting is named for the operator reading the same words in the log)."""
     return InvalidRequestError(
-        f"the request has {count} {what}, more than the limit of {limit}: send fewer, or raise {option}", param=param
+        f"the request has {count} {what}, more than the {limit} this server takes in one request: send at most "
+        f"{limit} {what}{advice} (the limit is the server's {option} setting)",
+        param=param,
     )
 
 
@@ -88,7 +92,9 @@ def read_messages(  # noqa: PLR0912  (one branch per message shape, kept flat on
     if not isinstance(value, list):
         raise shape_error(name, "a list of messages", value, name)
     if len(value) > max_messages:
-        raise too_many("messages", len(value), max_messages, "max_messages", name)
+        raise too_many(
+            "messages", len(value), max_messages, option="max_messages", param=name, advice=", dropping older turns"
+        )
     check_roles(name, value, roles)
     turns: list[int] = [-1] * len(fields)
     places: list[Path] = [()] * len(fields)
@@ -106,7 +112,14 @@ def read_messages(  # noqa: PLR0912  (one branch per message shape, kept flat on
         elif isinstance(content, list):
             parts_seen += len(content)
             if parts_seen > max_parts:
-                raise too_many("content parts", parts_seen, max_parts, "max_parts", name)
+                raise too_many(
+                    "content parts",
+                    parts_seen,
+                    max_parts,
+                    option="max_parts",
+                    param=name,
+                    advice=" (counted over all messages), merging text parts or dropping older turns",
+                )
             found = []
             for part_index, part in enumerate(content):
                 place = _part(name, index, part_index, part)
