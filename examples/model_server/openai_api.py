@@ -18,7 +18,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError
-from autoglm_runtime.validation import GuardResult, error_body
+from autoglm_runtime.validation import GuardResult, http_error
 from examples.model_server.model_limits import Reading
 
 #: Output tokens when a request names none (the guards assume the same; see app.py).
@@ -28,17 +28,8 @@ OWNER = "autoglm-runtime-example"
 
 def error_response(exc: AutoGLMRuntimeError, *, status: int | None = None, code: str | None = None) -> JSONResponse:
     """``exc`` as OpenAI's error body; ``status`` and ``code`` override the class's where OpenAI has its own."""
-    status = status or exc.http_status
-    body = error_body(exc, "openai")
-    if code is not None:
-        body["error"]["code"] = code
-    if status < 500:  # the request's fault, whatever the class's default type
-        body["error"]["type"] = "invalid_request_error"
-    headers = {"x-autoglm-error-code": exc.code}
-    retry_after = getattr(exc, "retry_after", None)  # overloaded models and guards say when to come back
-    if isinstance(retry_after, (int, float)):
-        headers["retry-after"] = str(max(1, round(retry_after)))
-    return JSONResponse(body, status_code=status, headers=headers)
+    answer = http_error(exc, "openai", status=status, code=code)
+    return JSONResponse(answer.body, status_code=answer.status, headers=answer.headers)
 
 
 def model_not_found(name: str, known: Sequence[str]) -> JSONResponse:

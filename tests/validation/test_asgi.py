@@ -24,6 +24,7 @@ from autoglm_runtime.errors import UsageError
 from autoglm_runtime.validation import (
     ContextWindowGuard,
     HeaderTokenGuard,
+    OpenAIExtractor,
     ValidationMiddleware,
 )
 
@@ -40,7 +41,9 @@ async def ws_echo(websocket: WebSocket) -> None:
     await websocket.close()
 
 
-def build_app(*, truncate: bool = False, max_body_bytes: int = 4096, window: int = 50) -> Starlette:
+def build_app(
+    *, truncate: bool = False, max_body_bytes: int = 4096, window: int = 50, extractor: OpenAIExtractor | None = None
+) -> Starlette:
     guard = ContextWindowGuard(char_tok(), window, truncate_on_overflow=truncate)
     return Starlette(
         routes=[
@@ -49,7 +52,9 @@ def build_app(*, truncate: bool = False, max_body_bytes: int = 4096, window: int
             Route("/other", echo, methods=["POST"]),
             WebSocketRoute("/ws", ws_echo),
         ],
-        middleware=[Middleware(ValidationMiddleware, context_guard=guard, max_body_bytes=max_body_bytes)],
+        middleware=[
+            Middleware(ValidationMiddleware, context_guard=guard, max_body_bytes=max_body_bytes, extractor=extractor)
+        ],
     )
 
 
@@ -97,17 +102,26 @@ def test_context_overflow_is_400_with_openai_error_body() -> None:
 
 
 def test_a_message_without_a_valid_role_is_400_e5010_naming_it() -> None:
-    for message, param, opening in (
-        ({"content": "hi"}, "messages[1].role", "messages[1].role is missing"),
-        ({"role": 5, "content": "hi"}, "messages[1].role", "messages[1].role is an integer, not a string"),
-        ({"role": "robot", "content": "hi"}, "messages[1].role", "messages[1].role is 'robot', not a role"),
+    openai = OpenAIExtractor(roles=OpenAIExtractor.OPENAI_ROLES)
+    for message, param, opening, extractor in (
+        ({"content": "hi"}, "messages[1].role", "messages[1].role is missing", None),
+        ({"role": 5, "content": "hi"}, "messages[1].role", "messages[1].role is an integer, not a string", None),
+        ({"role": "robot", "content": "hi"}, "messages[1].role", "messages[1].role is 'robot', not a role", openai),
     ):
         body = {"messages": [{"role": "user", "content": "hi"}, message], "max_tokens": 1}
-        response = post(build_app(), "/v1/chat/completions", json_body=body)
+        response = post(build_app(extractor=extractor), "/v1/chat/completions", json_body=body)
         assert response.status_code == 400
         error = error_of(response)
         assert (error["code"], error["param"]) == ("E5010", param)
         assert error["message"].startswith(opening), error["message"]
+
+
+def test_a_custom_role_passes_by_default_as_vllm_takes_it() -> None:
+    # GLM's tool results come as "observation" messages; before, the default refused every role but OpenAI's six.
+    body = {"messages": [{"role": "user", "content": "hi"}, {"role": "observation", "content": "42"}], "max_tokens": 1}
+    response = post(build_app(), "/v1/chat/completions", json_body=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["received"] == body
 
 
 def test_truncated_request_passes_the_truncated_body_and_says_so() -> None:
@@ -177,8 +191,9 @@ def test_declared_oversize_body_is_413() -> None:
     response = post(build_app(max_body_bytes=100), "/v1/completions", content=b"x" * 101)
     assert response.status_code == 413
     assert error_of(response) == {
-        "message": "the request body is 101 bytes long, more than the limit of 100 bytes: send a smaller body, "
-        "or raise max_body_bytes",
+        # Worded for the client, who cannot raise the limit ("or raise max_body_bytes" was the operator's remedy).
+        "message": "the request body is 101 bytes long, more than the 100 bytes this server takes: send a body of at "
+        "most 100 bytes (the limit is the server's max_body_bytes setting)",
         "type": "invalid_request_error",
         "param": None,
         "code": "E0515",
@@ -239,8 +254,8 @@ def test_a_content_length_of_thousands_of_digits_is_413_unread() -> None:
     assert asyncio.run(driver.run(app, [(b"content-length", b"9" * 5000)])) == 413
     assert driver.reads == 0
     assert driver.body["error"]["message"] == (
-        "the request body is 999999999999... (5000 digits) bytes long, more than the limit of 100 bytes: "
-        "send a smaller body, or raise max_body_bytes"
+        "the request body is 999999999999... (5000 digits) bytes long, more than the 100 bytes this server takes: "
+        "send a body of at most 100 bytes (the limit is the server's max_body_bytes setting)"
     )
 
 
@@ -263,8 +278,8 @@ def test_reading_stops_at_the_limit_without_content_length() -> None:
     assert asyncio.run(driver.run(app, [])) == 413
     assert driver.reads == 2
     assert driver.body["error"]["message"] == (
-        "the request body is larger than the limit of 100 bytes (120 bytes received when reading stopped): "
-        "send a smaller body, or raise max_body_bytes"
+        "the request body is larger than the 100 bytes this server takes (120 bytes received when reading "
+        "stopped): send a body of at most 100 bytes (the limit is the server's max_body_bytes setting)"
     )
 
 

@@ -35,6 +35,15 @@ STRICT = (
     "{% else %}{{ ' ' + message['content'] | trim + eos_token }}{% endif %}"
     "{% endfor %}"
 )
+#: GLM-4's shape: tool results come back as "observation" messages, a role outside OpenAI's six.
+GLM = (
+    "[gMASK]<sop>"
+    "{% for item in messages %}"
+    "{% if item['role'] == 'observation' %}<|observation|>\n{{ item['content'] }}"
+    "{% else %}<|{{ item['role'] }}|>\n{{ item['content'] }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 CONTROLS = (
     "{% set ns = namespace(seen=0) %}"
     "Year {{ strftime_now('%Y') }}\n"
@@ -244,6 +253,32 @@ def test_without_a_template_a_tool_result_stays_with_its_call(tmp_path: Path) ->
     full = _tool_guard(directory, 100_000, False).judge(extracted.guard_input()).input_tokens
     result = _tool_guard(directory, full - 20, False).judge(extracted.guard_input())
     assert result.dropped_messages == (0,)
+
+
+def test_a_glm_observation_is_taken_by_default_and_counted_as_transformers_renders_it(
+    tmp_path: Path, transformers_tokenizer: Any
+) -> None:
+    # Before, the default roles were OpenAI's six: this chat, which vLLM runs through GLM's template, was E5010.
+    directory = write_chat_model(tmp_path / "model", GLM)
+    reference = transformers_tokenizer(str(directory))
+    messages = [
+        {"role": "user", "content": "the quick brown fox?"},
+        {"role": "assistant", "content": "one"},
+        {"role": "observation", "content": "two three"},
+    ]
+    expected = reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = reference.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)["input_ids"]
+    guard = ContextWindowGuard(
+        HFTokenizer.from_file(directory / "tokenizer.json"),
+        4096,
+        chat_template=ChatTemplate.from_file(directory / "tokenizer_config.json"),
+    )
+    result = guard.judge(OpenAIExtractor().extract({"messages": messages}).guard_input())
+    assert "<|observation|>\ntwo three" in expected
+    assert (result.prompt, result.token_ids, result.input_tokens) == (expected, (tuple(ids),), len(ids))
+    with pytest.raises(InvalidRequestError) as info:  # OpenAI's six, opted into
+        OpenAIExtractor(roles=OpenAIExtractor.OPENAI_ROLES).extract({"messages": messages})
+    assert info.value.param == "messages[2].role"
 
 
 @pytest.mark.parametrize("message", [{"role": "user"}, {"role": "user", "content": None}], ids=["missing", "null"])

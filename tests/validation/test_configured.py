@@ -99,11 +99,15 @@ def test_the_settings_refuse_exactly_what_the_components_refuse(
         GuardSettings(**{**base, key: value}).middleware(_app)
 
 
-def test_roles_are_openais_by_default_listed_or_any_for_a_json_null(tmp_path: Path) -> None:
+def test_roles_are_any_string_by_default_listed_or_any_for_a_json_null(tmp_path: Path) -> None:
     observation = {"messages": [{"role": "observation", "content": "42"}]}
     default = GuardSettings.from_mapping({}).middleware_options()["extractor"]
+    assert default.roles is None
+    assert default.extract(observation).segments == ["42"]  # GLM's tool results, as vLLM takes them
+    path = tmp_path / "openai.toml"
+    path.write_text('roles = ["system", "assistant", "user", "function", "tool", "developer"]\n')
     with pytest.raises(InvalidRequestError):
-        default.extract(observation)
+        GuardSettings.from_file(path).middleware_options()["extractor"].extract(observation)
     path = tmp_path / "guard.toml"
     path.write_text('roles = ["system", "user", "assistant", "observation"]\n')
     listed = GuardSettings.from_file(path).middleware_options()["extractor"]

@@ -8,7 +8,7 @@ import pytest
 from tests.validation._helpers import char_tok
 
 from autoglm_runtime.errors import ContextWindowExceededError, InputDecodeError, InvalidRequestError, UsageError
-from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, GuardResult, guarded
+from autoglm_runtime.validation import ChatTemplate, ContextWindowGuard, GuardResult, OpenAIExtractor, guarded
 
 
 def test_sync_function_sees_only_fitting_input() -> None:
@@ -125,17 +125,59 @@ def test_a_chat_message_without_a_valid_role_is_refused_as_the_middleware_refuse
         judged([{"role": "user", "content": "a"}, {"content": "b"}])
     assert (missing.value.message, missing.value.param) == (
         "conversation[1].role is missing (OpenAI: \"Missing required parameter: 'conversation[1].role'.\"): give every "
-        "message a role, one of 'system', 'assistant', 'user', 'function', 'tool', or 'developer'",
+        "message a role (a string)",
         "conversation[1].role",
     )
-    with pytest.raises(InvalidRequestError):
-        judged([{"role": "observation", "content": "b"}])
+    # Any string role by default, as vLLM takes it (GLM's tool results are "observation" messages): before, the
+    # default was OpenAI's six and this chat was refused.
+    assert judged([{"role": "observation", "content": "b"}]) == [{"role": "observation", "content": "b"}]
+    openai = guarded(
+        ContextWindowGuard(char_tok(), 30),
+        text_arg="conversation",
+        max_tokens_arg=None,
+        roles=OpenAIExtractor.OPENAI_ROLES,
+    )(lambda conversation: conversation)
+    with pytest.raises(InvalidRequestError) as refused:
+        openai([{"role": "observation", "content": "b"}])
+    assert refused.value.param == "conversation[0].role"
     glm = guarded(
         ContextWindowGuard(char_tok(), 30), text_arg="conversation", max_tokens_arg=None, roles=("user", "observation")
     )
     assert glm(lambda conversation: conversation)([{"role": "observation", "content": "b"}]) == [
         {"role": "observation", "content": "b"}
     ]
+
+
+@pytest.mark.parametrize(
+    ("budget", "message"),
+    [
+        (0, "budget must be at least 1, got 0: the model writes at least one token (vLLM refuses 0 but for a "
+            "completion with echo); send 1 or more, or leave it out"),
+        (-1, 'budget must be a whole number of at least 1 (vLLM also reads "16" and 16.0 as 16), got -1: fix the '
+             "request body"),
+        ("many", 'budget must be a whole number of at least 1 (vLLM also reads "16" and 16.0 as 16), got \'many\': '
+                 "fix the request body"),
+    ],
+)  # fmt: skip
+def test_a_budget_is_refused_as_the_http_path_refuses_it(budget: object, message: str) -> None:
+    # Before, a prompt's max_tokens of 0 passed the decorator (a chat's, and the HTTP path's, were E5010), and "many"
+    # was refused in other words ("must be a non-negative integer"), naming max_tokens whatever the argument.
+    @guarded(ContextWindowGuard(char_tok(), 10), max_tokens_arg="budget")
+    def generate(prompt: str | list[dict[str, str]], budget: object = None) -> object:
+        return prompt
+
+    http = OpenAIExtractor(max_tokens_fields=("budget",))
+    for call, body in (
+        (lambda: generate("x", budget=budget), {"prompt": "x", "budget": budget}),
+        (lambda: generate([{"role": "user", "content": "x"}], budget=budget), {"messages": [], "budget": budget}),
+    ):
+        with pytest.raises(InvalidRequestError) as by_decorator:
+            call()
+        with pytest.raises(InvalidRequestError) as by_http:
+            http.extract(body)
+        assert (by_decorator.value.message, by_decorator.value.param) == (message, "budget")
+        assert (by_http.value.message, by_http.value.param) == (message, "budget")
+    assert generate("x", budget="3") == "x"  # read as vLLM (and the HTTP path) read it
 
 
 def test_a_prompt_is_judged_as_a_chat_is_room_for_one_token() -> None:

@@ -183,8 +183,11 @@ ROLE_ADVICE = "give every message a role, one of 'system', 'assistant', 'user', 
 )
 def test_a_message_without_a_valid_role_is_e5010(message: dict[str, Any], error: str) -> None:
     # Before, all four were counted as if they had a role (a template then failed on them, or counted a "None").
+    # OpenAI's roles are opted into: by default any string is a role (test_any_string_role_is_taken_by_default).
     with pytest.raises(InvalidRequestError) as info:
-        OpenAIExtractor().extract({"messages": [{"role": "system", "content": "be brief"}, message]})
+        OpenAIExtractor(roles=OpenAIExtractor.OPENAI_ROLES).extract(
+            {"messages": [{"role": "system", "content": "be brief"}, message]}
+        )
     assert (info.value.message, info.value.param, info.value.code) == (
         f"{error}: {ROLE_ADVICE}",
         "messages[1].role",
@@ -195,7 +198,7 @@ def test_a_message_without_a_valid_role_is_e5010(message: dict[str, Any], error:
 def test_every_message_without_a_valid_role_is_named_in_one_error() -> None:
     messages = [{"content": "a"}, {"role": "user", "content": "b"}, {"role": [1]}, *[{"role": "x"}] * 6]
     with pytest.raises(InvalidRequestError) as info:
-        OpenAIExtractor().extract({"messages": messages})
+        OpenAIExtractor(roles=OpenAIExtractor.OPENAI_ROLES).extract({"messages": messages})
     assert info.value.message == (
         "messages[0].role is missing (OpenAI: \"Missing required parameter: 'messages[0].role'.\"); messages[2].role "
         "is an array, not a string, messages[3].role is 'x', not a role the server takes, messages[4].role is 'x', "
@@ -205,23 +208,42 @@ def test_every_message_without_a_valid_role_is_named_in_one_error() -> None:
     assert info.value.param == "messages[0].role"
 
 
-def test_roles_can_be_extended_or_left_open_as_vllm_leaves_them() -> None:
+def test_any_string_role_is_taken_by_default_as_vllm_takes_it() -> None:
+    # GLM's chat templates give tool results the role "observation"; vLLM takes any string role ("custom roles").
+    # Before, the default was OpenAI's six and this chat, which vLLM runs, was refused with E5010.
+    observation = {"messages": [{"role": "user", "content": "sum?"}, {"role": "observation", "content": "42"}]}
+    assert OpenAIExtractor().extract(observation).segments == ["sum?", "42"]
+    assert OpenAIExtractor(roles=None).extract(observation).segments == ["sum?", "42"]
+    # vLLM too refuses a message without a string role (role: Required[str]).
+    for message, error in (
+        ({"role": 5, "content": "x"}, "an integer, not a string (OpenAI: \"Invalid type for 'messages[0].role': "
+         "expected a string, but got an integer instead.\")"),
+        ({"content": "x"}, "missing (OpenAI: \"Missing required parameter: 'messages[0].role'.\")"),
+    ):  # fmt: skip
+        with pytest.raises(InvalidRequestError) as info:
+            OpenAIExtractor().extract({"messages": [message]})
+        assert (info.value.message, info.value.param) == (
+            f"messages[0].role is {error}: give every message a role (a string)",
+            "messages[0].role",
+        )
+
+
+def test_a_list_of_roles_restricts_them() -> None:
     observation = {"messages": [{"role": "observation", "content": "42"}]}
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor(roles=OpenAIExtractor.OPENAI_ROLES).extract(observation)
+    assert info.value.message == (
+        "messages[0].role is 'observation', not a role the server takes (OpenAI: \"Invalid value: 'observation'. "
+        "Supported values are: 'system', 'assistant', 'user', 'function', 'tool', and 'developer'.\"): "
+        f"{ROLE_ADVICE}"
+    )
     glm = OpenAIExtractor(roles=(*OpenAIExtractor.OPENAI_ROLES, "observation"))
     assert glm.extract(observation).segments == ["42"]
-    assert OpenAIExtractor(roles=None).extract(observation).segments == ["42"]  # vLLM's "custom roles"
     with pytest.raises(InvalidRequestError) as info:
         OpenAIExtractor(roles=["user", "observation"]).extract({"messages": [{"role": "system", "content": "x"}]})
     assert info.value.message == (
         "messages[0].role is 'system', not a role the server takes (OpenAI: \"Invalid value: 'system'. Supported "
         "values are: 'user' and 'observation'.\"): give every message a role, one of 'user' or 'observation'"
-    )
-    # vLLM too refuses a message without a string role (role: Required[str]).
-    with pytest.raises(InvalidRequestError) as info:
-        OpenAIExtractor(roles=None).extract({"messages": [{"role": 5, "content": "x"}]})
-    assert info.value.message == (
-        "messages[0].role is an integer, not a string (OpenAI: \"Invalid type for 'messages[0].role': expected a "
-        'string, but got an integer instead."): give every message a role (a string)'
     )
 
 

@@ -80,9 +80,9 @@ def test_with_truncation_on_a_long_tool_definition_is_still_rejected() -> None:
     # Truncation cannot help: the message says the pieces never truncated are what leaves no room.
     assert info.value.message == (
         "This model's maximum context length is 100 tokens. However, the system and developer messages, tool "
-        "definitions and other pieces that are never truncated leave no room for the rest of the input (you "
-        "requested at least 102 tokens (at least 101 in the input, 1 for the completion by default, as the request "
-        "sets no max_completion_tokens), more than the context window of 100 tokens: shorten the input)"
+        "definitions and other pieces that are never truncated leave no room for the rest of the input. With them "
+        "alone, you requested at least 102 tokens (at least 101 in the input, 1 for the completion by default, as "
+        "the request sets no max_completion_tokens), more than the context window of 100 tokens: shorten them"
     )
     assert info.value.param == "messages"
 

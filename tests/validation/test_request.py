@@ -178,10 +178,16 @@ def test_a_system_prompt_that_alone_overflows_is_rejected_even_with_truncation()
     body = {"messages": [{"role": "system", "content": "S" * 40}, {"role": "user", "content": "hi"}]}
     error = rejection(body, 30, truncate=True)
     assert error.code == "E0513"
-    assert error.message.startswith(
+    # Before, the count was the guard's whole E0513 in parentheses, with its own parentheses and "shorten the input"
+    # inside: the fix that truncation already tried.
+    assert error.message == (
         "This model's maximum context length is 30 tokens. However, the system and developer messages, tool "
-        "definitions and other pieces that are never truncated leave no room for the rest of the input"
+        "definitions and other pieces that are never truncated leave no room for the rest of the input. With them "
+        "alone, you requested 41 tokens (40 in the input, 1 for the completion by default, as the request sets no "
+        "max_completion_tokens), more than the context window of 30 tokens: shorten them"
     )
+    error = rejection({**body, "max_tokens": 5}, 30, truncate=True)
+    assert error.message.endswith("more than the context window of 30 tokens: shorten them or lower max_tokens")
 
 
 # 4. Everything the model reads is counted.
@@ -237,14 +243,22 @@ def test_an_unknown_part_that_carries_text_is_rejected() -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"prompt": [""] * 3}, "the request has 3 prompts, more than the limit of 2: send fewer, or raise max_prompts"),
+        # Worded for the client, who cannot raise the limit ("or raise max_messages" was the operator's remedy).
+        (
+            {"prompt": [""] * 3},
+            "the request has 3 prompts, more than the 2 this server takes in one request: send at most 2 prompts, "
+            "splitting the batch over several requests (the limit is the server's max_prompts setting)",
+        ),
         (
             {"messages": [{"role": "user", "content": ""}] * 3},
-            "the request has 3 messages, more than the limit of 2: send fewer, or raise max_messages",
+            "the request has 3 messages, more than the 2 this server takes in one request: send at most 2 messages, "
+            "dropping older turns (the limit is the server's max_messages setting)",
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "text", "text": ""}] * 2}] * 2},
-            "the request has 4 content parts, more than the limit of 3: send fewer, or raise max_parts",
+            "the request has 4 content parts, more than the 3 this server takes in one request: send at most 3 "
+            "content parts (counted over all messages), merging text parts or dropping older turns (the limit is the "
+            "server's max_parts setting)",
         ),
     ],
 )

@@ -320,7 +320,8 @@ ROLE_VALUES = st.one_of(
 def test_roles_are_refused_as_openai_refuses_them_and_left_open_as_vllm_leaves_them(role: Any, sent: bool) -> None:
     # (name and tool_call_id: a function or tool message needs them in OpenAI's types; the guard does not read them)
     message = {"content": "hi", "name": "n", "tool_call_id": "c", **({"role": role} if sent else {})}
-    for extractor, model in ((OpenAIExtractor(), OPENAI_MESSAGE), (OpenAIExtractor(roles=None), VLLM_MESSAGE)):
+    openai = OpenAIExtractor(roles=OpenAIExtractor.OPENAI_ROLES)
+    for extractor, model in ((openai, OPENAI_MESSAGE), (OpenAIExtractor(), VLLM_MESSAGE)):
         try:
             model.validate_python(message)
         except ValidationError:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from autoglm_runtime._exports import publish as _publish
 from autoglm_runtime.validation._normalized_words import NormalizedWordCounter
-from autoglm_runtime.validation._openai import ErrorStyle, ExtractedInput, OpenAIExtractor, TextField, error_body
+from autoglm_runtime.validation._openai import ExtractedInput, OpenAIExtractor, TextField
 from autoglm_runtime.validation._word_bounds import WordBound, WordCounter
 from autoglm_runtime.validation.asgi import ValidationMiddleware
 from autoglm_runtime.validation.chat_template import ChatTemplate
@@ -22,6 +22,7 @@ from autoglm_runtime.validation.context_window import BOUNDARY_SLACK, ContextWin
 from autoglm_runtime.validation.decode import DecodeGuard
 from autoglm_runtime.validation.decorator import guarded
 from autoglm_runtime.validation.headers import HeaderTokenGuard
+from autoglm_runtime.validation.http_errors import ErrorStyle, HTTPError, error_body, http_error
 from autoglm_runtime.validation.limits import ConfigLimits, ConfigReader, Limits, LimitsSource, StaticLimits
 from autoglm_runtime.validation.request import Chat, GuardInput, GuardResult, IncompleteInput
 from autoglm_runtime.validation.tokenizers import (
@@ -49,6 +50,7 @@ __all__ = [
     "GuardResult",
     "GuardSettings",
     "HFTokenizer",
+    "HTTPError",
     "HeaderTokenGuard",
     "IncompleteInput",
     "Limits",
@@ -64,6 +66,7 @@ __all__ = [
     "WordCounter",
     "error_body",
     "guarded",
+    "http_error",
 ]
 
 _publish(__name__, globals(), __all__)

@@ -32,8 +32,8 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
                 text = declared.decode("ascii")
                 shown = text if len(text) <= 20 else f"{text[:12]}... ({len(text)} digits)"
                 raise RequestTooLargeError(
-                    f"the request body is {shown} bytes long, more than the limit of {limit} bytes: "
-                    "send a smaller body, or raise max_body_bytes",
+                    f"the request body is {shown} bytes long, more than the {limit} bytes this server takes: send "
+                    f"a body of at most {limit} bytes (the limit is the server's max_body_bytes setting)",
                 )
     chunks: list[bytes] = []
     size = 0
@@ -45,8 +45,9 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise RequestTooLargeError(
-                f"the request body is larger than the limit of {limit} bytes ({size} bytes received when "
-                "reading stopped): send a smaller body, or raise max_body_bytes",
+                f"the request body is larger than the {limit} bytes this server takes ({size} bytes received when "
+                f"reading stopped): send a body of at most {limit} bytes (the limit is the server's max_body_bytes "
+                "setting)",
             )
         chunks.append(chunk)
         if not message.get("more_body", False):

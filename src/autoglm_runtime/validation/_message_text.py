@@ -7,8 +7,8 @@ unknown kind that carries text is rejected with E5010 rather than left uncounted
 an assistant's tool calls with the results that answer them, are pinned: counted, never cut apart.
 
 Every message needs a string ``role``, as both OpenAI and vLLM require (vLLM's ``CustomChatCompletionMessageParam``
-has ``role: Required[str]``); by default it must be one of OpenAI's (:data:`OPENAI_ROLES`). vLLM also takes any
-other string ("custom roles", left to the chat template), which ``roles=None`` allows.
+has ``role: Required[str]``). Any string is taken by default, as vLLM takes it ("custom roles", left to the chat
+template, such as GLM's ``observation``); a list of roles (OpenAI's: :data:`OPENAI_ROLES`) restricts them.
 """
 
 from __future__ import annotations
@@ -63,9 +63,13 @@ def shape_error(where: str, expected: str, value: Any, param: str) -> InvalidReq
     )
 
 
-def too_many(what: str, count: int, limit: int, option: str, param: str) -> InvalidRequestError:
+def too_many(what: str, count: int, limit: int, *, option: str, param: str, advice: str) -> InvalidRequestError:
+    """E5010 for a request with more ``what`` than the server's ``option`` takes, worded for the client, who cannot
+    change the limit (the setting is named for the operator reading the same words in the log)."""
     return InvalidRequestError(
-        f"the request has {count} {what}, more than the limit of {limit}: send fewer, or raise {option}", param=param
+        f"the request has {count} {what}, more than the {limit} this server takes in one request: send at most "
+        f"{limit} {what}{advice} (the limit is the server's {option} setting)",
+        param=param,
     )
 
 
@@ -77,7 +81,7 @@ def read_messages(  # noqa: PLR0912  (one branch per message shape, kept flat on
     *,
     max_messages: int,
     max_parts: int,
-    roles: Sequence[str] | None = OPENAI_ROLES,
+    roles: Sequence[str] | None = None,
 ) -> Chat:
     """The chat of the messages field ``name`` (``value``): each text the model reads is appended to ``fields``
     (where it sits, and the text), the indexes of those never truncated added to ``pinned``; E5010 for a wrong
@@ -88,7 +92,9 @@ def read_messages(  # noqa: PLR0912  (one branch per message shape, kept flat on
     if not isinstance(value, list):
         raise shape_error(name, "a list of messages", value, name)
     if len(value) > max_messages:
-        raise too_many("messages", len(value), max_messages, "max_messages", name)
+        raise too_many(
+            "messages", len(value), max_messages, option="max_messages", param=name, advice=", dropping older turns"
+        )
     check_roles(name, value, roles)
     turns: list[int] = [-1] * len(fields)
     places: list[Path] = [()] * len(fields)
@@ -106,7 +112,14 @@ def read_messages(  # noqa: PLR0912  (one branch per message shape, kept flat on
         elif isinstance(content, list):
             parts_seen += len(content)
             if parts_seen > max_parts:
-                raise too_many("content parts", parts_seen, max_parts, "max_parts", name)
+                raise too_many(
+                    "content parts",
+                    parts_seen,
+                    max_parts,
+                    option="max_parts",
+                    param=name,
+                    advice=" (counted over all messages), merging text parts or dropping older turns",
+                )
             found = []
             for part_index, part in enumerate(content):
                 place = _part(name, index, part_index, part)

@@ -1,4 +1,4 @@
-"""Text extraction from OpenAI-style JSON bodies, and the OpenAI-shaped error body.
+"""Text extraction from OpenAI-style JSON bodies.
 
 Everything the model reads is counted: ``prompt`` (a string, token ids, or a batch: a list of strings or of token id
 lists, each prompt judged on its own; read in ``_prompt``), ``suffix``, every message's text (read in
@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from autoglm_runtime.errors import AutoGLMRuntimeError, InvalidRequestError, UsageError
+from autoglm_runtime.errors import InvalidRequestError, UsageError
 from autoglm_runtime.validation._conversation import not_boolean, with_options
 from autoglm_runtime.validation._kept import kept_fields
 from autoglm_runtime.validation._lax import lax_bool, lax_int
@@ -27,11 +27,7 @@ from autoglm_runtime.validation._partial import json_prefix
 from autoglm_runtime.validation._prompt import read_prompt
 from autoglm_runtime.validation.context_window import Chat, GuardInput, GuardResult, Segment
 
-__all__ = ["ErrorStyle", "ExtractedInput", "OpenAIExtractor", "TextField", "error_body"]
-
-#: ``"autoglm"`` puts our E-code in ``error.code``; ``"openai"`` puts OpenAI's code there (for E0513
-#: ``context_length_exceeded``) and keeps the E-code in the message and the ``x-autoglm-error-code`` header.
-ErrorStyle = Literal["autoglm", "openai"]
+__all__ = ["ExtractedInput", "OpenAIExtractor", "TextField", "read_budget"]
 
 
 @dataclass(frozen=True)
@@ -112,21 +108,45 @@ def _present(body: dict[str, Any], name: str) -> bool:
     return isinstance(holder, dict) and last in holder
 
 
+def read_budget(name: str, value: Any, *, echo: bool = False) -> int:
+    """The output budget ``value`` sent as ``name``, read as vLLM's pydantic models read it (``"16"`` and ``16.0``
+    are 16); E5010 for one that is not a whole number of at least 1, or for 0 unless ``echo`` (a completion that
+    echoes its prompt: vLLM returns the prompt and generates one token)."""
+    budget = lax_int(value)
+    if budget is None or budget < 0:
+        raise InvalidRequestError(
+            f'{name} must be a whole number of at least 1 (vLLM also reads "16" and 16.0 as 16), got '
+            f"{value!r:.40}: fix the request body",
+            param=name,
+        )
+    if budget == 0 and not echo:
+        raise InvalidRequestError(
+            f"{name} must be at least 1, got 0: the model writes at least one token (vLLM refuses 0 but for a "
+            "completion with echo); send 1 or more, or leave it out",
+            param=name,
+        )
+    return budget
+
+
 class OpenAIExtractor:
     """Finds the text a model will read in an OpenAI-style request body.
 
     ``max_prompts``, ``max_messages`` and ``max_parts`` (content parts over all messages) bound the work one body
     can cause; past them the request is rejected with E5010. ``prompt_max_tokens`` is the output budget of a
     completions body sending no budget field (16, as OpenAI and vLLM default ``max_tokens``; ``None`` for none).
-    ``roles`` are the message roles taken (OpenAI's six, :attr:`OPENAI_ROLES`, by default); a message whose role
-    is missing, not a string, or another one is E5010. ``None`` takes any string, as vLLM does ("custom roles",
-    such as GLM's ``observation``, left to the chat template).
+    ``roles`` are the message roles taken: by default (``None``) any string, as vLLM takes it ("custom roles", left
+    to the chat template, such as GLM's ``observation`` for tool results); a list restricts them, such as OpenAI's
+    six (:attr:`OPENAI_ROLES`). A message whose role is missing, not a string, or not in the list is E5010.
 
     >>> OpenAIExtractor().extract({"prompt": "hi", "max_tokens": 5}).segments
     ['hi']
     >>> chat = {"messages": [{"role": "observation", "content": "42"}]}
-    >>> OpenAIExtractor(roles=(*OpenAIExtractor.OPENAI_ROLES, "observation")).extract(chat).segments
+    >>> OpenAIExtractor().extract(chat).segments
     ['42']
+    >>> OpenAIExtractor(roles=OpenAIExtractor.OPENAI_ROLES).extract(chat)
+    Traceback (most recent call last):
+    ...
+    autoglm_runtime.errors.InvalidRequestError: E5010: messages[0].role is 'observation', not a role the server ...
     """
 
     #: The roles OpenAI's chat API takes: ``system``, ``assistant``, ``user``, ``function``, ``tool``, ``developer``.
@@ -144,7 +164,7 @@ class OpenAIExtractor:
         max_messages: int = 4096,
         max_parts: int = 8192,
         prompt_max_tokens: int | None = 16,
-        roles: Iterable[str] | None = OPENAI_ROLES,
+        roles: Iterable[str] | None = None,
     ) -> None:
         for option, value in (("max_prompts", max_prompts), ("max_messages", max_messages), ("max_parts", max_parts)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -270,20 +290,7 @@ class OpenAIExtractor:
             value = _dotted(body, name)
             if value is None:
                 continue
-            budget = lax_int(value)
-            if budget is None or budget < 0:
-                raise InvalidRequestError(
-                    f'{name} must be a whole number of at least 1 (vLLM also reads "16" and 16.0 as 16), got '
-                    f"{value!r:.40}: fix the request body",
-                    param=name,
-                )
-            if budget == 0 and not (completion and lax_bool(body.get("echo")) is True):
-                raise InvalidRequestError(
-                    f"{name} must be at least 1, got 0: the model writes at least one token (vLLM refuses 0 but for a "
-                    "completion with echo); send 1 or more, or leave it out",
-                    param=name,
-                )
-            return budget, name, False
+            return read_budget(name, value, echo=completion and lax_bool(body.get("echo")) is True), name, False
         name = fields[0] if fields else "max_tokens"
         if (
             completion
@@ -310,24 +317,3 @@ class OpenAIExtractor:
                         del messages[number]
                     break
         return body
-
-
-def error_body(exc: AutoGLMRuntimeError, style: ErrorStyle = "autoglm") -> dict[str, Any]:
-    """The OpenAI error shape carrying our code: ``{"error": {"message", "type", "param", "code"}}``.
-
-    With ``style="openai"`` the ``code`` is OpenAI's where one exists (``context_length_exceeded``) and the message
-    starts with our code.
-    """
-    code: str | None = exc.code
-    message = exc.message
-    if style == "openai":
-        code = exc.openai_code or exc.code
-        message = f"{exc.code}: {message}"
-    return {
-        "error": {
-            "message": message,
-            "type": exc.openai_type,
-            "param": getattr(exc, "param", None),
-            "code": code,
-        }
-    }

@@ -61,7 +61,14 @@ def read_prompt(name: str, value: Any, max_prompts: int) -> tuple[list[TextField
         return [TextField(base, tuple(value))], False
     kinds = set(map(type, value))
     if kinds <= {str, list} and len(value) > max_prompts:
-        raise too_many("prompts", len(value), max_prompts, "max_prompts", name)
+        raise too_many(
+            "prompts",
+            len(value),
+            max_prompts,
+            option="max_prompts",
+            param=name,
+            advice=", splitting the batch over several requests",
+        )
     if kinds == {str}:
         # The usual batch: no per-element check, and the index paths come from a shared tuple.
         paths = _index_paths(base, max_prompts)[: len(value)]

@@ -15,6 +15,7 @@ from typing import Any
 
 from autoglm_runtime.errors import UsageError
 from autoglm_runtime.logging import get_logger
+from autoglm_runtime.validation.http_errors import ERROR_CODE_HEADER
 
 log = get_logger(__name__)
 
@@ -23,8 +24,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-#: The response header carrying a refusal's code (the middleware's ERROR_CODE_HEADER).
-_CODE_HEADER = b"x-autoglm-error-code"
+_CODE_HEADER = ERROR_CODE_HEADER.encode("ascii")
 
 
 def server_running() -> bool:

@@ -36,10 +36,18 @@ _CALL_KEYS = ("tool_calls", "function_call")
 
 
 def pinned_error(exc: ContextWindowExceededError, request: GuardInput, window: int) -> ContextWindowExceededError:
+    """``exc`` (the overflow of the pieces never truncated, counted alone) said as what it is: truncating the rest
+    cannot help, so the fix is to shorten those pieces (or to lower the budget, where ``exc`` says so)."""
+    lead = "However, you requested "
+    if lead not in exc.message:
+        return exc
+    # "T tokens (I in the input, O ...), more than the context window of W tokens" and its fix, split at the last
+    # ": " (the numbers' words hold none).
+    claim, _, fix = exc.message.split(lead, 1)[1].rpartition(": ")
     return ContextWindowExceededError(
         f"This model's maximum context length is {window} tokens. However, the system and developer messages, tool "
-        f"definitions and other pieces that are never truncated leave no room for the rest of the input "
-        f"({exc.message.split('However, ', 1)[-1]})",
+        f"definitions and other pieces that are never truncated leave no room for the rest of the input. With them "
+        f"alone, you requested {claim}: {fix.replace('shorten the input', 'shorten them', 1)}",
         param=request.param,
     )
 

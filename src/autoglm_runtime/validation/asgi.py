@@ -54,11 +54,12 @@ from autoglm_runtime.logging import get_logger
 from autoglm_runtime.observability import GuardCheck
 from autoglm_runtime.observability._events import expect_rejections
 from autoglm_runtime.validation._asgi_body import Disconnected, read_body, read_body_in_time, refuse_encoding
-from autoglm_runtime.validation._openai import ErrorStyle, OpenAIExtractor, error_body
+from autoglm_runtime.validation._openai import OpenAIExtractor
 from autoglm_runtime.validation._refusal import Refusal, server_running
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
 from autoglm_runtime.validation.headers import HeaderTokenGuard
+from autoglm_runtime.validation.http_errors import ERROR_CODE_HEADER, ErrorStyle, http_error
 from autoglm_runtime.validation.request import IncompleteInput
 
 __all__ = [
@@ -80,7 +81,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 TRUNCATED_TOKENS_HEADER = "x-autoglm-truncated-tokens"
 WARNING_CODE_HEADER = "x-autoglm-warning-code"
-ERROR_CODE_HEADER = "x-autoglm-error-code"
 #: The key of ``scope["state"]`` holding the guard's :class:`GuardResult`.
 GUARD_RESULT_KEY = "guard_result"
 
@@ -355,16 +355,15 @@ class ValidationMiddleware:
             # Closing before accepting makes the server answer the handshake with 403.
             await send({"type": "websocket.close", "code": 1008, "reason": f"{exc.code}: {exc.message}"[:120]})
             return
-        payload = json.dumps(error_body(exc, self.error_style)).encode("utf-8")
+        answer = http_error(exc, self.error_style)
+        payload = json.dumps(answer.body).encode("utf-8")
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(payload)).encode("ascii")),
-            (ERROR_CODE_HEADER.encode("ascii"), exc.code.encode("ascii")),
+            *((name.encode("ascii"), value.encode("ascii")) for name, value in answer.headers.items()),
         ]
-        if isinstance(exc, GuardOverloadedError):
-            headers.append((b"retry-after", str(exc.retry_after).encode("ascii")))
         if isinstance(exc, BodyTimeoutError | RequestTooLargeError):
             # The rest of the body is never read, so the connection cannot carry another request.
             headers.append((b"connection", b"close"))
-        await send({"type": "http.response.start", "status": exc.http_status, "headers": headers})
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": payload, "more_body": False})

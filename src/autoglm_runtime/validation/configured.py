@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from autoglm_runtime.errors import UsageError
-from autoglm_runtime.validation._openai import ErrorStyle, OpenAIExtractor
+from autoglm_runtime.validation._openai import OpenAIExtractor
 from autoglm_runtime.validation.asgi import ASGIApp, ValidationMiddleware
 from autoglm_runtime.validation.chat_template import ChatTemplate
 from autoglm_runtime.validation.context_window import ContextWindowGuard
 from autoglm_runtime.validation.headers import HeaderTokenGuard
+from autoglm_runtime.validation.http_errors import ErrorStyle
 from autoglm_runtime.validation.limits import TruncationSide
 from autoglm_runtime.validation.tokenizers import HFTokenizer
 
@@ -75,7 +76,7 @@ class GuardSettings:
     max_prompts: int = 2048
     max_messages: int = 4096
     max_parts: int = 8192
-    roles: tuple[str, ...] | None = OpenAIExtractor.OPENAI_ROLES
+    roles: tuple[str, ...] | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, source: str = "the settings") -> GuardSettings:

@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from autoglm_runtime.errors import InvalidRequestError, UsageError
 from autoglm_runtime.observability import GuardCheck
-from autoglm_runtime.validation._openai import OpenAIExtractor
+from autoglm_runtime.validation._openai import OpenAIExtractor, read_budget
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardInput, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
 
@@ -37,7 +37,7 @@ def guarded(
     max_tokens_arg: str | None = "max_tokens",
     result_arg: str | None = None,
     decode_guard: DecodeGuard | None = None,
-    roles: Iterable[str] | None = OpenAIExtractor.OPENAI_ROLES,
+    roles: Iterable[str] | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorate a function so its ``text_arg`` is judged before every call: a string, a list of strings, or a chat
     (a list of OpenAI-style message dicts, judged as the ASGI middleware judges ``messages``: with the guard's chat
@@ -47,7 +47,7 @@ def guarded(
     ``max_tokens_arg`` names the argument holding the requested output tokens (its default value counts when the
     caller leaves it out). ``result_arg``, if given, is an argument the wrapper fills with the
     :class:`GuardResult`. Lone surrogates are rejected (E5009) before counting. ``roles`` are the message roles a
-    chat may use, as :class:`OpenAIExtractor`'s (``None`` for any string).
+    chat may use, as :class:`OpenAIExtractor`'s: any string by default (``None``), as vLLM takes it.
     """
     decoder = decode_guard or DecodeGuard()
     # A chat argument is read as a body whose fields the argument names stand for, so errors name them
@@ -91,8 +91,12 @@ def guarded(
                 for piece in [text] if isinstance(text, str) else text:
                     if isinstance(piece, str):
                         decoder.check_text(piece, param=text_arg)
-                # Judged as a request to the model: room for the token it writes (as a chat is).
-                result = guard.judge(GuardInput(text, max_tokens, text_arg))
+                # Judged as a request to the model: room for the token it writes (as a chat is), its budget read
+                # as the HTTP path and a chat here read it (0 is E5010, as vLLM refuses it).
+                output_param = max_tokens_arg or "max_tokens"
+                if max_tokens is not None:
+                    max_tokens = read_budget(output_param, max_tokens)
+                result = guard.judge(GuardInput(text, max_tokens, text_arg, output_param=output_param))
                 if result.truncated:
                     bound.arguments[text_arg] = result.text if isinstance(text, str) else list(result.segments)
             if result_arg is not None:

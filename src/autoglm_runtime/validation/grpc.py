@@ -43,10 +43,10 @@ from autoglm_runtime.validation._grpc_guards import (
     Rewriter,
     Tally,
 )
-from autoglm_runtime.validation.asgi import ERROR_CODE_HEADER
 from autoglm_runtime.validation.context_window import ContextWindowGuard
 from autoglm_runtime.validation.decode import DecodeGuard
 from autoglm_runtime.validation.headers import HeaderTokenGuard
+from autoglm_runtime.validation.http_errors import ERROR_CODE_HEADER
 
 __all__ = ["TRUNCATED_MESSAGES_HEADER", "AsyncValidationInterceptor", "Extractor", "Rewriter", "ValidationInterceptor"]
 
