@@ -112,3 +112,15 @@ def test_gitignore_ignores_a_venv_symlink_as_well_as_a_venv_directory() -> None:
     )
     assert done.returncode in (0, 128), done.stderr  # 128: not a git checkout (an sdist), the patterns above hold
     assert done.returncode != 1  # 1: git does not ignore it
+
+
+def test_the_example_servers_uvicorn_hands_the_signals_back() -> None:
+    # examples/model_server/__main__.py relies on uvicorn restoring the SIGINT/SIGTERM handlers it found and raising
+    # the signals again once it has shut down: uvicorn 0.29's "cooperative signal handling". Before, the extras
+    # allowed 0.27, whose event-loop handlers reset SIGTERM to its default action as the loop closed: a SIGTERM
+    # during the clean-up killed the server with its workers still running, a Ctrl-C cut the clean-up short.
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    for extra in ("server", "test"):
+        (uvicorn,) = [Requirement(spec) for spec in extras[extra] if Requirement(spec).name == "uvicorn"]
+        assert not uvicorn.specifier.contains("0.28.1"), f"the {extra} extra allows {uvicorn}"
+        assert uvicorn.specifier.contains("0.29.0")

@@ -159,14 +159,18 @@ def _start_and_serve(
     logging.getLogger("uvicorn.error").addFilter(server.quiet_cancellations)
     server.run(sockets=[sock])
     # (uvicorn raises the signals again after its shutdown, inside asyncio.run: _Stop lets them pass there.)
-    if signal.SIGINT in server.received:
+    # The first signal says how it ended: a Ctrl-C pressed while a SIGTERM's shutdown waits only hurries it.
+    stopped_by = next((sig for sig in server.received if sig in (signal.SIGINT, signal.SIGTERM)), None)
+    if stopped_by == signal.SIGINT:
         raise KeyboardInterrupt
-    if signal.SIGTERM in server.received:
+    if stopped_by == signal.SIGTERM:
         raise _Terminated
 
 
-class _Terminated(Exception):
-    """SIGTERM arrived: unwind like Ctrl-C, so every worker, client and local ZooKeeper is stopped."""
+class _Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C, so every worker, client and local ZooKeeper is stopped. A
+    ``BaseException``, as ``KeyboardInterrupt`` is: raised wherever the start is, it must pass the ``except
+    Exception`` of the code it lands in (which would turn it into that code's own error, and its exit code)."""
 
 
 def _say_stopped(started: Started) -> Callable[[type[BaseException] | None, BaseException | None, object], bool]:

@@ -23,6 +23,7 @@ from integration.example._server import DEFAULT_WHEELS, REPO
 from tests._support.processes import is_running
 
 from autoglm_runtime.deps import load_manifest
+from autoglm_runtime.errors import UsageError
 from examples.model_server.assets import MODELS, fill_wheelhouse
 
 pytestmark = pytest.mark.slow
@@ -85,8 +86,16 @@ def _healthy(port: int) -> bool:
         return False
 
 
+@pytest.mark.parametrize(
+    ("first", "second", "code"),
+    [
+        pytest.param(signal.SIGINT, signal.SIGINT, 130, id="Ctrl-C twice"),
+        # Before: 130, as if Ctrl-C had stopped it; the stop was SIGTERM's, a Ctrl-C only hurried it.
+        pytest.param(signal.SIGTERM, signal.SIGINT, 143, id="SIGTERM, then Ctrl-C"),
+    ],
+)
 def test_a_second_ctrl_c_while_a_client_holds_the_shutdown_exits_at_once_quietly_and_reaps_the_workers(
-    started: _Started,
+    started: _Started, first: signal.Signals, second: signal.Signals, code: int
 ) -> None:
     # Before: uvicorn's forced exit cancelled the request still reading its body and the lifespan task, and both
     # were logged with their tracebacks (ERROR "Exception in ASGI application ... CancelledError").
@@ -99,12 +108,12 @@ def test_a_second_ctrl_c_while_a_client_holds_the_shutdown_exits_at_once_quietly
             b"content-length: 100\r\n\r\n{"
         )
         time.sleep(0.2)  # (only lets the request reach the app; the test waits on the log below)
-        started.proc.send_signal(signal.SIGINT)
+        started.proc.send_signal(first)
         _until(
             lambda: any("Waiting for connections to close" in m for m in started.messages()), 60, "the shutdown to wait"
         )
-        started.proc.send_signal(signal.SIGINT)
-        assert started.proc.wait(60) == 130
+        started.proc.send_signal(second)
+        assert started.proc.wait(60) == code
     lines = started.lines()
     assert [line for line in lines if "Traceback" in line or '"level": "ERROR"' in line] == []
     assert not [line for line in lines if not line.startswith("{")]  # nothing but JSON log lines
@@ -138,3 +147,23 @@ def test_one_signal_stops_it_cleanly_with_its_exit_code(started: _Started, sig: 
     assert "second interrupt: stopping at once, without waiting for open connections" not in messages
     assert [line for line in started.lines() if "Traceback" in line or '"level": "ERROR"' in line] == []
     _until(lambda: not any(is_running(pid) for pid in workers), 30, f"the workers {workers} to exit")
+
+
+def test_sigterm_during_the_start_passes_the_handlers_of_ordinary_errors_it_lands_in() -> None:
+    # Before: _Terminated was an Exception. Raised by the SIGTERM handler wherever the start was, inside code that
+    # translates ordinary errors at its boundary (a tokenizer's load, a config value's decoding), it became that
+    # code's coded error: "bash scripts/serve: error ..." and its exit code instead of a clean stop with 143.
+    from examples.model_server.__main__ import _Stop, _Terminated
+
+    stop = _Stop()
+
+    def translating() -> None:
+        try:
+            stop(signal.SIGTERM, None)
+        except Exception as exc:
+            raise UsageError("the code it landed in") from exc
+
+    with pytest.raises(_Terminated):
+        translating()
+    assert stop.stopping
+    stop(signal.SIGTERM, None)  # once stopping, another only lets the clean-up run (it is said once in the log)
