@@ -16,8 +16,9 @@ vLLM never gives a template the request's messages as they came. It keeps only t
 - ``name`` (a string) is kept; a developer message keeps its ``tools``; any other key is dropped;
 - the request's ``tools`` reach the template as vLLM's pydantic models dump them (``ChatCompletionToolsParam``,
   ``FunctionDefinition``; ``tool_dicts``): ``type`` first, then ``function`` with its ``name``, ``description``
-  and ``parameters`` (``null`` when not sent) before its other keys; a tool's keys besides those two are dropped
-  (but a set ``defer_loading``). A tool vLLM's models would refuse is left as it came.
+  and ``parameters`` (``null`` when not sent) and a set ``defer_loading`` (the tool's own when the function sets
+  none) before its other keys; a tool's keys besides those two are dropped, but a set ``defer_loading``. A tool
+  vLLM's models would refuse is left as it came.
 
 A template that printed a content list would otherwise count the parts' Python text (a base64 image URL included),
 and one that printed a null content would count ``None``: neither is what the model reads.
@@ -183,30 +184,52 @@ def conversation(messages: Sequence[Mapping[str, Any]], form: ContentFormat) -> 
     return out
 
 
-_FUNCTION_FIELDS = ("name", "description", "parameters")
+_FUNCTION_FIELDS = ("name", "description", "parameters", "defer_loading")
+_REFUSED = object()
 
 
 def tool_dicts(tools: Sequence[Any]) -> list[Any]:
     """``tools`` as vLLM hands them to a chat template: each one's ``model_dump()`` (see the module)."""
     out: list[Any] = []
     for tool in tools:
-        function = tool.get("function") if isinstance(tool, Mapping) else None
-        if not (
-            isinstance(function, Mapping)
-            and tool.get("type", "function") == "function"
-            and isinstance(function.get("name"), str)
-            and isinstance(function.get("description"), str | None)
-            and isinstance(function.get("parameters"), dict | None)
-        ):
-            out.append(tool)  # vLLM refuses the request itself: nothing to count as it would
-            continue
-        dumped = {name: function.get(name) for name in _FUNCTION_FIELDS}
-        dumped.update((key, value) for key, value in function.items() if key not in _FUNCTION_FIELDS)
-        item: dict[str, Any] = {"type": "function", "function": dumped}
-        if tool.get("defer_loading") is not None:
-            item["defer_loading"] = tool["defer_loading"]
-        out.append(item)
+        dumped = _dumped_tool(tool)
+        out.append(tool if dumped is None else dumped)  # None: vLLM refuses the request, nothing to count as it would
     return out
+
+
+def _dumped_tool(tool: Any) -> dict[str, Any] | None:
+    function = tool.get("function") if isinstance(tool, Mapping) else None
+    if not (
+        isinstance(function, Mapping)
+        and tool.get("type", "function") == "function"
+        and isinstance(function.get("name"), str)
+        and isinstance(function.get("description"), str | None)
+        and isinstance(function.get("parameters"), dict | None)
+    ):
+        return None
+    outer, inner = _defer_loading(tool), _defer_loading(function)
+    if outer is _REFUSED or inner is _REFUSED:
+        return None
+    # ChatCompletionToolsParam hands its defer_loading down to a function that sets none; both are dumped unless
+    # None, the function's among its fields (before its other keys).
+    inner = outer if inner is None else inner
+    dumped = {name: function.get(name) for name in _FUNCTION_FIELDS[:3]}
+    if inner is not None:
+        dumped["defer_loading"] = inner
+    dumped.update((key, value) for key, value in function.items() if key not in _FUNCTION_FIELDS)
+    item: dict[str, Any] = {"type": "function", "function": dumped}
+    if outer is not None:
+        item["defer_loading"] = outer
+    return item
+
+
+def _defer_loading(holder: Mapping[str, Any]) -> Any:
+    """``holder``'s ``defer_loading`` as vLLM's ``bool | None`` field reads it, ``_REFUSED`` for what it refuses."""
+    value = holder.get("defer_loading")
+    if value is None:
+        return None
+    read = lax_bool(value)
+    return _REFUSED if read is None else read
 
 
 #: Chat request fields vLLM passes to the template, with the types it accepts.
