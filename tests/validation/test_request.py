@@ -233,6 +233,18 @@ def test_an_unknown_part_that_carries_text_is_rejected() -> None:
     assert OpenAIExtractor().extract({"messages": [{"role": "user", "content": [{"type": "mystery"}]}]}).fields == ()
 
 
+@pytest.mark.parametrize("kind", [[], {"a": 1}, 3, True])
+def test_a_part_whose_type_is_not_a_string_is_e5010(kind: Any) -> None:
+    # A list or an object as the type was looked up among the kinds: TypeError (unhashable), a 500 for the client.
+    body = {"messages": [{"role": "user", "content": [{"type": kind, "text": "hi"}]}]}
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor().extract(body)
+    assert (info.value.code, info.value.param) == ("E5010", "messages")
+    assert info.value.message == (
+        f"messages[0].content[0].type must be a string, got {type(kind).__name__}: fix the request body"
+    )
+
+
 # 7. One body cannot make the guard do unbounded work.
 @pytest.mark.parametrize(
     ("body", "message"),

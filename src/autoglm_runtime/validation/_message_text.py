@@ -233,6 +233,9 @@ def _part(name: str, index: int, part_index: int, part: Any) -> Path | None:
     if not isinstance(part, dict):
         raise shape_error(where, "an object", part, name)
     kind = part.get("type")
+    if kind is not None and not isinstance(kind, str):
+        # A list or an object here cannot even be looked up among the kinds (unhashable): a 500 before.
+        raise shape_error(f"{where}.type", "a string", kind, name)
     if kind in _TEXT_PARTS or (kind is None and "text" in part):
         if not isinstance(part.get("text"), str):
             raise shape_error(f"{where}.text", "a string", part.get("text"), name)
