@@ -10,9 +10,9 @@ vLLM never gives a template the request's messages as they came. It keeps only t
   also for a null content); in the openai format it is a list of ``{"type": "text", "text": ...}`` and
   ``{"type": "image"}`` (``"audio"``, ``"video"``) parts;
 - an assistant's ``tool_calls`` are kept with each call's JSON ``arguments`` parsed into an object (``{}`` when
-  empty; text that is not JSON is refused by the extractor, as vLLM refuses it), an empty list is dropped; its
-  ``reasoning`` (or ``reasoning_content``) is passed under both names; a tool result keeps its ``tool_call_id``
-  and, when all its parts are text, a string content;
+  empty, for text that is not JSON and for arguments neither text, an object nor an array), an empty list is
+  dropped; its ``reasoning`` (or ``reasoning_content``) is passed under both names; a tool result keeps its
+  ``tool_call_id`` and, when all its parts are text, a string content;
 - ``name`` (a string) is kept; a developer message keeps its ``tools``; any other key is dropped;
 - the request's ``tools`` reach the template as vLLM's pydantic models dump them (``ChatCompletionToolsParam``,
   ``FunctionDefinition``; ``tool_dicts``): ``type`` first, then ``function`` with its ``name``, ``description``
@@ -133,8 +133,8 @@ def _parts(content: Any) -> Iterator[dict[str, str]]:
 
 
 def _arguments(value: Any) -> Any:
-    # vLLM: empty arguments (None, "", {}, []) become {}, an object or array stays, text is parsed (the extractor
-    # refuses text that is not JSON, as vLLM does: {} here only for messages handed to a template directly).
+    # vLLM: empty arguments (None, "", {}, []) become {}, an object or array stays, text is parsed; text that is not
+    # JSON becomes {} (refusing it would fail every later turn of a conversation that holds it), as does a number.
     if not value:
         return {}
     if isinstance(value, str):

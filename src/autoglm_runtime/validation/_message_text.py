@@ -189,9 +189,10 @@ def check_roles(name: str, messages: Sequence[Any], roles: Sequence[str] | None)
 
 
 def check_tool_calls(where: str, calls: list[Any]) -> None:
-    """E5010 for an assistant's tool call vLLM cannot hand to a chat template (``_postprocess_messages``): one that
-    is not an object with a ``function`` object, or whose ``arguments`` are text that is not JSON (vLLM parses
-    them with ``json.loads``; empty ones become ``{}``) or neither text nor a JSON object or array."""
+    """E5010 for an assistant's tool call vLLM cannot hand to a chat template (``_postprocess_messages`` reads
+    ``call["function"]``): one that is not an object with a ``function`` object. Its ``arguments`` are never
+    refused: vLLM parses JSON text and gives the template ``{}`` for text that is not JSON (or for arguments of
+    another type), so that a malformed call in a conversation's history does not fail every later turn."""
     for number, call in enumerate(calls):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
@@ -201,20 +202,6 @@ def check_tool_calls(where: str, calls: list[Any]) -> None:
                 f"{type(shown).__name__}{'' if isinstance(call, dict) else ' as the call'}: fix the request body",
                 param=f"{where}[{number}]",
             )
-        arguments = function.get("arguments")
-        if not arguments or isinstance(arguments, dict | list):
-            continue
-        param = f"{where}[{number}].function.arguments"
-        if not isinstance(arguments, str):
-            raise shape_error(param, "the JSON text of the call's arguments", arguments, param)
-        try:
-            json.loads(arguments)
-        except ValueError as exc:
-            raise InvalidRequestError(
-                f"{param} is not JSON ({exc}): vLLM parses a tool call's arguments for the chat template and "
-                "refuses text that is not JSON; send the arguments as the JSON text of an object",
-                param=param,
-            ) from None
 
 
 def _listed(names: Sequence[str], last: str = "and") -> str:
