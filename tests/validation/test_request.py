@@ -9,6 +9,7 @@ from tests.validation._helpers import char_tok
 
 from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestError, UsageError
 from autoglm_runtime.validation import ContextWindowGuard, GuardResult, OpenAIExtractor
+from autoglm_runtime.validation._conversation import _MODALITIES as MODALITIES
 
 
 class Recording:
@@ -231,6 +232,14 @@ def test_an_unknown_part_that_carries_text_is_rejected() -> None:
         "count: send it as a {'type': 'text', 'text': ...} part"
     )
     assert OpenAIExtractor().extract({"messages": [{"role": "user", "content": [{"type": "mystery"}]}]}).fields == ()
+
+
+@pytest.mark.parametrize("kind", sorted(MODALITIES))
+def test_every_media_part_a_template_is_given_is_skipped_not_refused(kind: str) -> None:
+    # vLLM takes {"type": "image_embeds", "image_embeds": "<base64>"} (and audio_embeds) under --enable-mm-embeds,
+    # and a template gets {"type": "image"} for it; the extractor refused it as a part carrying text it cannot count.
+    body = {"messages": [{"role": "user", "content": [{"type": kind, kind: "QUFB"}, "hi"]}]}
+    assert OpenAIExtractor().extract(body).segments == ["hi"]
 
 
 @pytest.mark.parametrize("kind", [[], {"a": 1}, 3, True])

@@ -40,8 +40,13 @@ _NAMED_PROBLEMS = 5
 _JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a decimal", list: "an array", dict: "an object"}
 
 _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+#: Media parts (vLLM's, with the embeddings it takes under --enable-mm-embeds, and OpenAI's): no text to count.
 _NO_TEXT_PARTS = frozenset(
-    {"image_url", "input_image", "image", "input_audio", "audio", "file", "input_file", "video", "video_url"}
+    {
+        *("image_url", "input_image", "image", "image_pil", "image_embeds"),
+        *("input_audio", "audio", "audio_url", "audio_embeds"),
+        *("file", "input_file", "video", "video_url"),
+    }
 )
 _PINNED_ROLES = frozenset({"system", "developer"})
 _MESSAGE_TEXT = ("reasoning_content", "reasoning")
