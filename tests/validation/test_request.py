@@ -242,6 +242,13 @@ def test_every_media_part_a_template_is_given_is_skipped_not_refused(kind: str) 
     assert OpenAIExtractor().extract(body).segments == ["hi"]
 
 
+def test_a_media_part_without_a_type_is_skipped_as_vllm_reads_it_by_its_key() -> None:
+    # vLLM reads {"image_url": "http://..."} (no type) as an image, and so did the template's conversation; the
+    # extractor refused it as a part of type None carrying text in 'image_url'.
+    body = {"messages": [{"role": "user", "content": [{"image_url": "http://x/cat.png"}, "hi"]}]}
+    assert OpenAIExtractor().extract(body).segments == ["hi"]
+
+
 @pytest.mark.parametrize("kind", [[], {"a": 1}, 3, True])
 def test_a_part_whose_type_is_not_a_string_is_e5010(kind: Any) -> None:
     # A list or an object as the type was looked up among the kinds: TypeError (unhashable), a 500 for the client.

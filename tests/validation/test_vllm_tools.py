@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer, model_validator
 
-from autoglm_runtime.validation import ChatTemplate
+from autoglm_runtime.validation import ChatTemplate, OpenAIExtractor
 
 
 class _VllmBase(BaseModel):
@@ -94,4 +94,32 @@ def test_a_tools_defer_loading_reaches_its_function() -> None:
     assert rendered == (
         '[{"type": "function", "function": {"name": "wait", "description": null, "parameters": null, '
         '"defer_loading": true, "strict": true}, "defer_loading": true}]'
+    )
+
+
+STRING_FORMAT = ChatTemplate("{% for m in messages %}[{{ m['content'] }}]{% endfor %}")
+OPENAI_FORMAT = ChatTemplate(
+    "{% for m in messages %}{% for p in m['content'] %}{{ p | tojson }}{% endfor %}|{% endfor %}"
+)
+
+
+def test_a_tool_reference_part_reaches_the_template_as_vllm_hands_it_over() -> None:
+    # vLLM (chat_utils._parse_chat_message_content_part) takes {"type": "tool_reference", "name": ...}, a deferred
+    # tool for the template to expand: a string template reads the name as text, an openai one the reference, and a
+    # tool result holding one keeps its parts. The guard refused it (E5010, a part "carrying text in 'name'").
+    reference = {"type": "tool_reference", "name": "grep"}
+    body = {
+        "messages": [
+            {"role": "user", "content": [reference, "hi"]},
+            {"role": "tool", "tool_call_id": "1", "content": [reference]},
+        ]
+    }
+    extracted = OpenAIExtractor().extract(body)
+    assert extracted.segments == ["grep", "hi", "grep"]
+    assert extracted.pinned == frozenset({0, 2})  # a name is never cut
+    assert extracted.chat is not None
+    assert STRING_FORMAT.render(extracted.chat.messages, options=NO_PROMPT) == "[grep\nhi][grep]"
+    assert OPENAI_FORMAT.render(extracted.chat.messages, options=NO_PROMPT) == (
+        '{"type": "tool_reference", "name": "grep"}{"type": "text", "text": "hi"}|'
+        '{"type": "tool_reference", "name": "grep"}|'
     )

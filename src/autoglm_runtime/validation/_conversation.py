@@ -42,6 +42,7 @@ __all__ = [
     "not_boolean",
     "template_options",
     "tool_dicts",
+    "untyped_kind",
     "with_options",
 ]
 
@@ -106,8 +107,9 @@ def _reads(node: Any, name: str, key: str | None) -> bool:
     return isinstance(node, nodes.Name) and node.ctx == "load" and node.name == name
 
 
-def _parts(content: Any) -> Iterator[dict[str, str]]:
-    """Each part of ``content`` as ``{"type": "text", "text": ...}`` or ``{"type": modality}``; others dropped."""
+def _parts(content: Any) -> Iterator[dict[str, Any]]:
+    """Each part of ``content`` as ``{"type": "text", "text": ...}``, ``{"type": modality}`` or
+    ``{"type": "tool_reference", "name": ...}`` (a deferred tool the template expands); others dropped."""
     if content is None:
         return
     if isinstance(content, str):
@@ -123,13 +125,27 @@ def _parts(content: Any) -> Iterator[dict[str, str]]:
             continue
         kind = part.get("type")
         if kind is None:
-            kind = "text" if "text" in part else next((k for k in _MODALITIES if k in part), None)
+            kind = untyped_kind(part)
         key = _TEXT_KEYS.get(kind) if isinstance(kind, str) else None
         if key is not None:
             if isinstance(part.get(key), str):
                 yield {"type": "text", "text": part[key]}
         elif isinstance(kind, str) and kind in _MODALITIES:
             yield {"type": _MODALITIES[kind]}
+        elif kind == "tool_reference" and isinstance(part.get("name"), str):
+            yield {"type": "tool_reference", "name": part["name"]}
+
+
+def untyped_kind(part: Mapping[str, Any]) -> str | None:
+    """The kind vLLM reads a content part without a ``type`` as: by its keys (``{"image_url": ...}``)."""
+    if "text" in part:
+        return "text"
+    return next((kind for kind in (*_MODALITIES, "tool_reference") if kind in part), None)
+
+
+def _text(part: Mapping[str, Any]) -> str | None:
+    """The text a string-format template reads for one of :func:`_parts`' parts (a tool reference's name)."""
+    return part.get("text") if part["type"] == "text" else part.get("name")
 
 
 def _arguments(value: Any) -> Any:
@@ -159,7 +175,7 @@ def conversation(messages: Sequence[Mapping[str, Any]], form: ContentFormat) -> 
         role = message.get("role")
         parts = list(_parts(message.get("content")))
         # vLLM keeps a string template's parts only when they parse to some text: an empty one adds no line break.
-        content: Any = parts if form == "openai" else "\n".join(p["text"] for p in parts if p.get("text"))
+        content: Any = parts if form == "openai" else "\n".join(t for p in parts if (t := _text(p)))
         item: dict[str, Any] = {"role": role, "content": content}
         if role == "assistant":
             calls = message.get("tool_calls")

@@ -1,10 +1,11 @@
 """The text a chat request's messages carry, and where each piece sits in the body.
 
 Every message's text is read: a string ``content``, its ``text``, ``input_text``, ``output_text`` and untyped parts
-with ``text``, ``refusal`` and ``thinking`` parts, ``reasoning_content`` and ``reasoning``, and its tool calls (as
-the JSON the template writes). Parts of a kind that carries no text (images, audio, files) are skipped; a part of an
-unknown kind that carries text is rejected with E5010 rather than left uncounted. System and developer messages, and
-an assistant's tool calls with the results that answer them, are pinned: counted, never cut apart.
+with ``text``, ``refusal`` and ``thinking`` parts, a ``tool_reference`` part's ``name``, ``reasoning_content`` and
+``reasoning``, and its tool calls (as the JSON the template writes). Parts of a kind that carries no text (images,
+audio, files, their embeddings) are skipped; a part of an unknown kind that carries text is rejected with E5010
+rather than left uncounted. System and developer messages, an assistant's tool calls with the results that answer
+them, and tool reference names are pinned: counted, never cut apart.
 
 Every message needs a string ``role``, as both OpenAI and vLLM require (vLLM's ``CustomChatCompletionMessageParam``
 has ``role: Required[str]``); by default it must be one of OpenAI's (:data:`OPENAI_ROLES`). vLLM also takes any
@@ -18,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from autoglm_runtime.errors import InvalidRequestError
+from autoglm_runtime.validation._conversation import untyped_kind
 from autoglm_runtime.validation.request import Chat, Segment
 
 __all__ = [
@@ -132,7 +134,7 @@ def read_messages(  # noqa: PLR0912  (one branch per message shape, kept flat on
             answering and role in _RESULT_ROLES
         )
         for place, text in found:
-            if keep:
+            if keep or place[-1:] == ("name",):  # (a tool reference's name is not cut: it names a tool)
                 pinned.add(len(fields))
             fields.append(TextField((*base, index, *place), text))
             turns.append(index)
@@ -225,10 +227,12 @@ def _part(name: str, index: int, part_index: int, part: Any) -> Path | None:
     if not isinstance(part, dict):
         raise shape_error(where, "an object", part, name)
     kind = part.get("type")
-    if kind is not None and not isinstance(kind, str):
+    if kind is None:
+        kind = untyped_kind(part)
+    elif not isinstance(kind, str):
         # A list or an object here cannot even be looked up among the kinds (unhashable): a 500 before.
         raise shape_error(f"{where}.type", "a string", kind, name)
-    if kind in _TEXT_PARTS or (kind is None and "text" in part):
+    if kind in _TEXT_PARTS:
         if not isinstance(part.get("text"), str):
             raise shape_error(f"{where}.text", "a string", part.get("text"), name)
         return ("text",)
@@ -236,6 +240,8 @@ def _part(name: str, index: int, part_index: int, part: Any) -> Path | None:
         return (kind,)
     if kind in _NO_TEXT_PARTS:
         return None
+    if kind == "tool_reference" and isinstance(part.get("name"), str):
+        return ("name",)  # vLLM gives a string template the name as text; an openai one the reference to expand
     carried = [key for key, item in part.items() if key != "type" and isinstance(item, str)]
     if carried:
         raise InvalidRequestError(
