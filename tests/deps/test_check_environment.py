@@ -50,6 +50,17 @@ def test_a_requirement_listed_twice_is_one_requirement_as_for_pip_check() -> Non
     ]
 
 
+def test_a_requirement_listed_twice_in_other_words_is_one_requirement_as_for_pip_check() -> None:
+    # pip check keeps requirements in sets, and packaging's Requirement equality ignores spacing, quotes, the
+    # order of specifiers and the name's spelling: the same requirement written another way was two findings.
+    spelled = ["absent>=1,<2", "Absent < 2 , >= 1", 'fastapi; extra == "all"', "FastAPI ; extra=='all'"]
+    report = check_probed(environment(dist("hub", "2.4", spelled, extras=["all"])), [model("m", "hub[all]")])
+    assert [(f.kind, f.message) for f in report.findings] == [
+        ("missing", "hub 2.4 requires absent<2,>=1, but absent is not installed"),
+        ("missing-extra", "model 'm' requires hub[all], whose extra 'all' needs fastapi, but fastapi is not installed"),
+    ]
+
+
 def test_markers_are_evaluated_for_the_target_interpreter() -> None:
     requires = [
         "winlib; sys_platform == 'win32'",

@@ -250,8 +250,9 @@ def test_continue_final_message_continues_a_user_message_as_transformers_does(mo
 
 def test_tools_reach_the_template_as_vllm_dumps_them(tmp_path: Path) -> None:
     # vLLM hands a template [tool.model_dump() for tool in request.tools]: ChatCompletionToolsParam (type, function)
-    # over FunctionDefinition (name, description, parameters, then other keys). Before, the tools went in as sent, so
-    # a template writing them as JSON counted no "description": null, and the client's key order.
+    # over FunctionDefinition (name, description, parameters, a set defer_loading -- the tool's own when the function
+    # sets none -- then other keys). Before, the tools went in as sent, so a template writing them as JSON counted no
+    # "description": null, and the client's key order.
     directory = write_chat_model(
         tmp_path / "model", "{{ tools | tojson }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
     )
@@ -264,7 +265,7 @@ def test_tools_reach_the_template_as_vllm_dumps_them(tmp_path: Path) -> None:
     assert result.prompt == (
         '[{"type": "function", "function": {"name": "look", "description": null, "parameters": {"type": "object"}, '
         '"strict": true}}, {"type": "function", "function": {"name": "wait", "description": "Wait.", "parameters": '
-        'null}, "defer_loading": true}, {"type": "custom", "custom": {"name": "grep"}}]hi'
+        'null, "defer_loading": true}, "defer_loading": true}, {"type": "custom", "custom": {"name": "grep"}}]hi'
     )
     assert sent[0] == {
         "function": {"parameters": {"type": "object"}, "name": "look", "strict": True},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -127,6 +128,21 @@ def test_wrong_shapes_are_coded(body: Any, message: str, param: str | None) -> N
     with pytest.raises(InvalidRequestError) as info:
         OpenAIExtractor().extract(body)
     assert (info.value.message, info.value.param, info.value.code) == (message, param, "E5010")
+
+
+def test_a_batch_of_strings_costs_paths_for_its_own_size_not_for_max_prompts() -> None:
+    # The index paths of a batch of strings were built (and kept) for max_prompts entries whatever the batch's size:
+    # a limit set very high ("no limit") made the first batch build that many tuples, all of memory for 10**9.
+    extractor = OpenAIExtractor(max_prompts=500_000)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        extracted = extractor.extract({"prompt": ["a", "b", "c"]})
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert extracted.fields == tuple(TextField(("prompt", index), text) for index, text in enumerate("abc"))
+    assert grown < 100_000  # bytes (500,000 paths are some 40 MB)
 
 
 def test_apply_writes_truncated_pieces_back(chars: CallableTokenizer) -> None:

@@ -9,6 +9,7 @@ from tests.validation._helpers import char_tok
 
 from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestError, UsageError
 from autoglm_runtime.validation import ContextWindowGuard, GuardResult, OpenAIExtractor
+from autoglm_runtime.validation._conversation import _MODALITIES as MODALITIES
 
 
 class Recording:
@@ -237,6 +238,33 @@ def test_an_unknown_part_that_carries_text_is_rejected() -> None:
         "count: send it as a {'type': 'text', 'text': ...} part"
     )
     assert OpenAIExtractor().extract({"messages": [{"role": "user", "content": [{"type": "mystery"}]}]}).fields == ()
+
+
+@pytest.mark.parametrize("kind", sorted(MODALITIES))
+def test_every_media_part_a_template_is_given_is_skipped_not_refused(kind: str) -> None:
+    # vLLM takes {"type": "image_embeds", "image_embeds": "<base64>"} (and audio_embeds) under --enable-mm-embeds,
+    # and a template gets {"type": "image"} for it; the extractor refused it as a part carrying text it cannot count.
+    body = {"messages": [{"role": "user", "content": [{"type": kind, kind: "QUFB"}, "hi"]}]}
+    assert OpenAIExtractor().extract(body).segments == ["hi"]
+
+
+def test_a_media_part_without_a_type_is_skipped_as_vllm_reads_it_by_its_key() -> None:
+    # vLLM reads {"image_url": "http://..."} (no type) as an image, and so did the template's conversation; the
+    # extractor refused it as a part of type None carrying text in 'image_url'.
+    body = {"messages": [{"role": "user", "content": [{"image_url": "http://x/cat.png"}, "hi"]}]}
+    assert OpenAIExtractor().extract(body).segments == ["hi"]
+
+
+@pytest.mark.parametrize("kind", [[], {"a": 1}, 3, True])
+def test_a_part_whose_type_is_not_a_string_is_e5010(kind: Any) -> None:
+    # A list or an object as the type was looked up among the kinds: TypeError (unhashable), a 500 for the client.
+    body = {"messages": [{"role": "user", "content": [{"type": kind, "text": "hi"}]}]}
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor().extract(body)
+    assert (info.value.code, info.value.param) == ("E5010", "messages")
+    assert info.value.message == (
+        f"messages[0].content[0].type must be a string, got {type(kind).__name__}: fix the request body"
+    )
 
 
 # 7. One body cannot make the guard do unbounded work.

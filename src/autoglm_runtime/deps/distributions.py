@@ -232,15 +232,18 @@ def _parse_dist(raw: dict[str, Any]) -> InstalledDist:
     label = f"{name} {version}".strip() or where
     if version and isinstance(dist.parsed_version, str) and not _is_pep440(version):
         errors.append(f"{label} has an invalid version {version!r} (not PEP 440)")
-    seen: set[str] = set()
+    seen: set[tuple[object, ...]] = set()
     for text in raw.get("requires", []):
         parsed = _requirement(str(text))
         if isinstance(parsed, str):
             errors.append(f"{label} has an invalid requirement {text!r} ({parsed})")
             continue
-        if text in seen:  # huggingface_hub 2.4 lists 'fastapi; extra == "all"' twice: one requirement, as for pip
+        # huggingface_hub 2.4 lists 'fastapi; extra == "all"' twice: one requirement, as for pip check, which
+        # keeps requirements in a set (packaging's equality: spacing, quotes and the name's spelling aside).
+        same = (canonical(parsed.name), *sorted(parsed.extras), str(parsed.specifier), parsed.url, str(parsed.marker))
+        if same in seen:
             continue
-        seen.add(text)
+        seen.add(same)
         dist.requires.append(parsed)
     python = raw.get("requires_python")
     if python:

@@ -10,14 +10,15 @@ vLLM never gives a template the request's messages as they came. It keeps only t
   also for a null content); in the openai format it is a list of ``{"type": "text", "text": ...}`` and
   ``{"type": "image"}`` (``"audio"``, ``"video"``) parts;
 - an assistant's ``tool_calls`` are kept with each call's JSON ``arguments`` parsed into an object (``{}`` when
-  empty; text that is not JSON is refused by the extractor, as vLLM refuses it), an empty list is dropped; its
-  ``reasoning`` (or ``reasoning_content``) is passed under both names; a tool result keeps its ``tool_call_id``
-  and, when all its parts are text, a string content;
+  empty, for text that is not JSON and for arguments neither text, an object nor an array), an empty list is
+  dropped; its ``reasoning`` (or ``reasoning_content``) is passed under both names; a tool result keeps its
+  ``tool_call_id`` and, when all its parts are text, a string content;
 - ``name`` (a string) is kept; a developer message keeps its ``tools``; any other key is dropped;
 - the request's ``tools`` reach the template as vLLM's pydantic models dump them (``ChatCompletionToolsParam``,
   ``FunctionDefinition``; ``tool_dicts``): ``type`` first, then ``function`` with its ``name``, ``description``
-  and ``parameters`` (``null`` when not sent) before its other keys; a tool's keys besides those two are dropped
-  (but a set ``defer_loading``). A tool vLLM's models would refuse is left as it came.
+  and ``parameters`` (``null`` when not sent) and a set ``defer_loading`` (the tool's own when the function sets
+  none) before its other keys; a tool's keys besides those two are dropped, but a set ``defer_loading``. A tool
+  vLLM's models would refuse is left as it came.
 
 A template that printed a content list would otherwise count the parts' Python text (a base64 image URL included),
 and one that printed a null content would count ``None``: neither is what the model reads.
@@ -41,6 +42,7 @@ __all__ = [
     "not_boolean",
     "template_options",
     "tool_dicts",
+    "untyped_kind",
     "with_options",
 ]
 
@@ -105,8 +107,9 @@ def _reads(node: Any, name: str, key: str | None) -> bool:
     return isinstance(node, nodes.Name) and node.ctx == "load" and node.name == name
 
 
-def _parts(content: Any) -> Iterator[dict[str, str]]:
-    """Each part of ``content`` as ``{"type": "text", "text": ...}`` or ``{"type": modality}``; others dropped."""
+def _parts(content: Any) -> Iterator[dict[str, Any]]:
+    """Each part of ``content`` as ``{"type": "text", "text": ...}``, ``{"type": modality}`` or
+    ``{"type": "tool_reference", "name": ...}`` (a deferred tool the template expands); others dropped."""
     if content is None:
         return
     if isinstance(content, str):
@@ -122,18 +125,32 @@ def _parts(content: Any) -> Iterator[dict[str, str]]:
             continue
         kind = part.get("type")
         if kind is None:
-            kind = "text" if "text" in part else next((k for k in _MODALITIES if k in part), None)
+            kind = untyped_kind(part)
         key = _TEXT_KEYS.get(kind) if isinstance(kind, str) else None
         if key is not None:
             if isinstance(part.get(key), str):
                 yield {"type": "text", "text": part[key]}
         elif isinstance(kind, str) and kind in _MODALITIES:
             yield {"type": _MODALITIES[kind]}
+        elif kind == "tool_reference" and isinstance(part.get("name"), str):
+            yield {"type": "tool_reference", "name": part["name"]}
+
+
+def untyped_kind(part: Mapping[str, Any]) -> str | None:
+    """The kind vLLM reads a content part without a ``type`` as: by its keys (``{"image_url": ...}``)."""
+    if "text" in part:
+        return "text"
+    return next((kind for kind in (*_MODALITIES, "tool_reference") if kind in part), None)
+
+
+def _text(part: Mapping[str, Any]) -> str | None:
+    """The text a string-format template reads for one of :func:`_parts`' parts (a tool reference's name)."""
+    return part.get("text") if part["type"] == "text" else part.get("name")
 
 
 def _arguments(value: Any) -> Any:
-    # vLLM: empty arguments (None, "", {}, []) become {}, an object or array stays, text is parsed (the extractor
-    # refuses text that is not JSON, as vLLM does: {} here only for messages handed to a template directly).
+    # vLLM: empty arguments (None, "", {}, []) become {}, an object or array stays, text is parsed; text that is not
+    # JSON becomes {} (refusing it would fail every later turn of a conversation that holds it), as does a number.
     if not value:
         return {}
     if isinstance(value, str):
@@ -158,7 +175,7 @@ def conversation(messages: Sequence[Mapping[str, Any]], form: ContentFormat) -> 
         role = message.get("role")
         parts = list(_parts(message.get("content")))
         # vLLM keeps a string template's parts only when they parse to some text: an empty one adds no line break.
-        content: Any = parts if form == "openai" else "\n".join(p["text"] for p in parts if p.get("text"))
+        content: Any = parts if form == "openai" else "\n".join(t for p in parts if (t := _text(p)))
         item: dict[str, Any] = {"role": role, "content": content}
         if role == "assistant":
             calls = message.get("tool_calls")
@@ -183,30 +200,52 @@ def conversation(messages: Sequence[Mapping[str, Any]], form: ContentFormat) -> 
     return out
 
 
-_FUNCTION_FIELDS = ("name", "description", "parameters")
+_FUNCTION_FIELDS = ("name", "description", "parameters", "defer_loading")
+_REFUSED = object()
 
 
 def tool_dicts(tools: Sequence[Any]) -> list[Any]:
     """``tools`` as vLLM hands them to a chat template: each one's ``model_dump()`` (see the module)."""
     out: list[Any] = []
     for tool in tools:
-        function = tool.get("function") if isinstance(tool, Mapping) else None
-        if not (
-            isinstance(function, Mapping)
-            and tool.get("type", "function") == "function"
-            and isinstance(function.get("name"), str)
-            and isinstance(function.get("description"), str | None)
-            and isinstance(function.get("parameters"), dict | None)
-        ):
-            out.append(tool)  # vLLM refuses the request itself: nothing to count as it would
-            continue
-        dumped = {name: function.get(name) for name in _FUNCTION_FIELDS}
-        dumped.update((key, value) for key, value in function.items() if key not in _FUNCTION_FIELDS)
-        item: dict[str, Any] = {"type": "function", "function": dumped}
-        if tool.get("defer_loading") is not None:
-            item["defer_loading"] = tool["defer_loading"]
-        out.append(item)
+        dumped = _dumped_tool(tool)
+        out.append(tool if dumped is None else dumped)  # None: vLLM refuses the request, nothing to count as it would
     return out
+
+
+def _dumped_tool(tool: Any) -> dict[str, Any] | None:
+    function = tool.get("function") if isinstance(tool, Mapping) else None
+    if not (
+        isinstance(function, Mapping)
+        and tool.get("type", "function") == "function"
+        and isinstance(function.get("name"), str)
+        and isinstance(function.get("description"), str | None)
+        and isinstance(function.get("parameters"), dict | None)
+    ):
+        return None
+    outer, inner = _defer_loading(tool), _defer_loading(function)
+    if outer is _REFUSED or inner is _REFUSED:
+        return None
+    # ChatCompletionToolsParam hands its defer_loading down to a function that sets none; both are dumped unless
+    # None, the function's among its fields (before its other keys).
+    inner = outer if inner is None else inner
+    dumped = {name: function.get(name) for name in _FUNCTION_FIELDS[:3]}
+    if inner is not None:
+        dumped["defer_loading"] = inner
+    dumped.update((key, value) for key, value in function.items() if key not in _FUNCTION_FIELDS)
+    item: dict[str, Any] = {"type": "function", "function": dumped}
+    if outer is not None:
+        item["defer_loading"] = outer
+    return item
+
+
+def _defer_loading(holder: Mapping[str, Any]) -> Any:
+    """``holder``'s ``defer_loading`` as vLLM's ``bool | None`` field reads it, ``_REFUSED`` for what it refuses."""
+    value = holder.get("defer_loading")
+    if value is None:
+        return None
+    read = lax_bool(value)
+    return _REFUSED if read is None else read
 
 
 #: Chat request fields vLLM passes to the template, with the types it accepts.

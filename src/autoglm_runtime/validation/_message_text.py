@@ -1,10 +1,11 @@
 """The text a chat request's messages carry, and where each piece sits in the body.
 
 Every message's text is read: a string ``content``, its ``text``, ``input_text``, ``output_text`` and untyped parts
-with ``text``, ``refusal`` and ``thinking`` parts, ``reasoning_content`` and ``reasoning``, and its tool calls (as
-the JSON the template writes). Parts of a kind that carries no text (images, audio, files) are skipped; a part of an
-unknown kind that carries text is rejected with E5010 rather than left uncounted. System and developer messages, and
-an assistant's tool calls with the results that answer them, are pinned: counted, never cut apart.
+with ``text``, ``refusal`` and ``thinking`` parts, a ``tool_reference`` part's ``name``, ``reasoning_content`` and
+``reasoning``, and its tool calls (as the JSON the template writes). Parts of a kind that carries no text (images,
+audio, files, their embeddings) are skipped; a part of an unknown kind that carries text is rejected with E5010
+rather than left uncounted. System and developer messages, an assistant's tool calls with the results that answer
+them, and tool reference names are pinned: counted, never cut apart.
 
 Every message needs a string ``role``, as both OpenAI and vLLM require (vLLM's ``CustomChatCompletionMessageParam``
 has ``role: Required[str]``). Any string is taken by default, as vLLM takes it ("custom roles", left to the chat
@@ -18,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from autoglm_runtime.errors import InvalidRequestError
+from autoglm_runtime.validation._conversation import untyped_kind
 from autoglm_runtime.validation.request import Chat, Segment
 
 __all__ = [
@@ -40,8 +42,13 @@ _NAMED_PROBLEMS = 5
 _JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a decimal", list: "an array", dict: "an object"}
 
 _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+#: Media parts (vLLM's, with the embeddings it takes under --enable-mm-embeds, and OpenAI's): no text to count.
 _NO_TEXT_PARTS = frozenset(
-    {"image_url", "input_image", "image", "input_audio", "audio", "file", "input_file", "video", "video_url"}
+    {
+        *("image_url", "input_image", "image", "image_pil", "image_embeds"),
+        *("input_audio", "audio", "audio_url", "audio_embeds"),
+        *("file", "input_file", "video", "video_url"),
+    }
 )
 _PINNED_ROLES = frozenset({"system", "developer"})
 _MESSAGE_TEXT = ("reasoning_content", "reasoning")
@@ -140,7 +147,7 @@ def read_messages(  # noqa: PLR0912  (one branch per message shape, kept flat on
             answering and role in _RESULT_ROLES
         )
         for place, text in found:
-            if keep:
+            if keep or place[-1:] == ("name",):  # (a tool reference's name is not cut: it names a tool)
                 pinned.add(len(fields))
             fields.append(TextField((*base, index, *place), text))
             turns.append(index)
@@ -202,9 +209,10 @@ def check_roles(name: str, messages: Sequence[Any], roles: Sequence[str] | None)
 
 
 def check_tool_calls(where: str, calls: list[Any]) -> None:
-    """E5010 for an assistant's tool call vLLM cannot hand to a chat template (``_postprocess_messages``): one that
-    is not an object with a ``function`` object, or whose ``arguments`` are text that is not JSON (vLLM parses
-    them with ``json.loads``; empty ones become ``{}``) or neither text nor a JSON object or array."""
+    """E5010 for an assistant's tool call vLLM cannot hand to a chat template (``_postprocess_messages`` reads
+    ``call["function"]``): one that is not an object with a ``function`` object. Its ``arguments`` are never
+    refused: vLLM parses JSON text and gives the template ``{}`` for text that is not JSON (or for arguments of
+    another type), so that a malformed call in a conversation's history does not fail every later turn."""
     for number, call in enumerate(calls):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
@@ -214,20 +222,6 @@ def check_tool_calls(where: str, calls: list[Any]) -> None:
                 f"{type(shown).__name__}{'' if isinstance(call, dict) else ' as the call'}: fix the request body",
                 param=f"{where}[{number}]",
             )
-        arguments = function.get("arguments")
-        if not arguments or isinstance(arguments, dict | list):
-            continue
-        param = f"{where}[{number}].function.arguments"
-        if not isinstance(arguments, str):
-            raise shape_error(param, "the JSON text of the call's arguments", arguments, param)
-        try:
-            json.loads(arguments)
-        except ValueError as exc:
-            raise InvalidRequestError(
-                f"{param} is not JSON ({exc}): vLLM parses a tool call's arguments for the chat template and "
-                "refuses text that is not JSON; send the arguments as the JSON text of an object",
-                param=param,
-            ) from None
 
 
 def _listed(names: Sequence[str], last: str = "and") -> str:
@@ -246,7 +240,12 @@ def _part(name: str, index: int, part_index: int, part: Any) -> Path | None:
     if not isinstance(part, dict):
         raise shape_error(where, "an object", part, name)
     kind = part.get("type")
-    if kind in _TEXT_PARTS or (kind is None and "text" in part):
+    if kind is None:
+        kind = untyped_kind(part)
+    elif not isinstance(kind, str):
+        # A list or an object here cannot even be looked up among the kinds (unhashable): a 500 before.
+        raise shape_error(f"{where}.type", "a string", kind, name)
+    if kind in _TEXT_PARTS:
         if not isinstance(part.get("text"), str):
             raise shape_error(f"{where}.text", "a string", part.get("text"), name)
         return ("text",)
@@ -254,6 +253,8 @@ def _part(name: str, index: int, part_index: int, part: Any) -> Path | None:
         return (kind,)
     if kind in _NO_TEXT_PARTS:
         return None
+    if kind == "tool_reference" and isinstance(part.get("name"), str):
+        return ("name",)  # vLLM gives a string template the name as text; an openai one the reference to expand
     carried = [key for key, item in part.items() if key != "type" and isinstance(item, str)]
     if carried:
         raise InvalidRequestError(

@@ -26,10 +26,17 @@ def _is_ids(value: Any) -> bool:
     return isinstance(value, list) and (not value or (set(map(type, value)) == {int} and min(value) >= 0))
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=32)
 def _index_paths(base: Path, count: int) -> tuple[Path, ...]:
-    """``(*base, 0)`` to ``(*base, count - 1)``, built once per field rather than once per request."""
+    """``(*base, 0)`` to ``(*base, count - 1)``, built once per field and size class rather than once per request."""
     return tuple((*base, index) for index in range(count))
+
+
+def _paths_for(base: Path, count: int) -> tuple[Path, ...]:
+    """The first ``count`` index paths of ``base``, from a cached run of the next power of two: never more than twice
+    what a request needs (a run as long as ``max_prompts`` was built whatever the batch, all of memory for a limit
+    set very high)."""
+    return _index_paths(base, 1 << (count - 1).bit_length())[:count]
 
 
 def _lax_ids(items: list[Any]) -> tuple[int, ...] | None:
@@ -71,7 +78,7 @@ def read_prompt(name: str, value: Any, max_prompts: int) -> tuple[list[TextField
         )
     if kinds == {str}:
         # The usual batch: no per-element check, and the index paths come from a shared tuple.
-        paths = _index_paths(base, max_prompts)[: len(value)]
+        paths = _paths_for(base, len(value))
         return list(map(tuple.__new__, repeat(TextField), zip(paths, value, strict=True))), True
     if kinds == {list} and all(map(_is_ids, value)):
         return [TextField((*base, index), tuple(item)) for index, item in enumerate(value)], True
