@@ -10,7 +10,6 @@ import socket
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
@@ -305,29 +304,21 @@ def test_seeding_an_unreachable_zookeeper_is_e0409_and_says_each_kazoo_warning_o
     assert all(r.name == "autoglm_runtime.config.kazoo" for r in caplog.records if "kazoo" in r.name)
 
 
-def _cut_after_the_first_write(proxy: FaultProxy, admin: KazooClient, root: str, *, back: bool) -> threading.Event:
-    """Cut the seed's connection (behind ``proxy``) as soon as its first write lands under ``root`` (the first
-    parent it makes): the answer, held back by the proxy's delay, is lost. ``back``: it may connect again at once."""
-    cut = threading.Event()
+def _cut_after_the_first_write(proxy: FaultProxy, *, back: bool) -> threading.Event:
+    """Cut the seed's connection (behind ``proxy``) at its first write ZooKeeper does (the first parent it
+    makes): the write is applied, its answer never reaches the seed. ``back``: it may connect again at once;
+    else every new connection is refused from the cut on.
 
-    def written(_: Any) -> None:
-        if back:
-            proxy.set_delay(0)
-        else:
-            proxy.refuse()
-        proxy.cut()
-        cut.set()
-
-    admin.get_children(root, watch=written)
-    proxy.set_delay(0.3)
-    return cut
+    At that point of the seed's own traffic, not timed from a watch: a watch that fired late, under load, cut
+    after the seed's writes were all answered, so it saw no loss and did not say it resumed."""
+    return proxy.cut_before_answer("create", refuse=not back)
 
 
 def test_seeding_resumes_after_a_connection_loss_in_the_middle(
     zk_proxy: FaultProxy, zk_client: KazooClient, zk_root: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     wanted = defaults(["a", "b"])
-    cut = _cut_after_the_first_write(zk_proxy, zk_client, zk_root, back=True)
+    cut = _cut_after_the_first_write(zk_proxy, back=True)
     with caplog.at_level("INFO", logger="examples.model_server"):
         seed(zk_proxy.hosts, zk_root, ["a", "b"], reset=False, timeout=20)
     assert cut.is_set()
@@ -343,10 +334,11 @@ def test_seeding_whose_connection_does_not_come_back_is_e0409_with_what_was_writ
     zk_proxy: FaultProxy, zk_client: KazooClient, zk_root: str
 ) -> None:
     wanted = defaults(["a"])
-    cut = _cut_after_the_first_write(zk_proxy, zk_client, zk_root, back=False)
+    cut = _cut_after_the_first_write(zk_proxy, back=False)
     with pytest.raises(ConfigUnavailableError) as info:
         seed(zk_proxy.hosts, zk_root, ["a"], reset=False, timeout=5)
     assert cut.is_set()
+    assert zk_client.exists(f"{zk_root}/limits") is not None  # done by ZooKeeper, never confirmed to the seed
     assert (info.value.code, info.value.message) == (
         "E0409",
         f"ZooKeeper at {zk_proxy.hosts} lost the connection while the default limits under {zk_root} were written "
@@ -363,7 +355,7 @@ def test_a_restart_whose_seed_loses_zookeeper_for_good_serves_the_snapshot(
     with ConfigClient(zk_proxy.hosts, zk_root, snapshot_path=snapshot, tuning=SyncTuning(snapshot_debounce=0.05)):
         wait_until(snapshot.exists, what="the snapshot of the last run")
     # The restart's seed writes the defaults of a new model; its connection goes after the first write for good.
-    cut = _cut_after_the_first_write(zk_proxy, zk_client, zk_root, back=False)
+    cut = _cut_after_the_first_write(zk_proxy, back=False)
     config = start_config(
         ConfigStore(zk_proxy.hosts, "behind a proxy", "-"), zk_root, ["a"], state=tmp_path, reset=False
     )

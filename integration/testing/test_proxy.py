@@ -1,12 +1,15 @@
-"""The fault proxy in front of a real server: a cut suspends a kazoo client, restore reconnects it."""
+"""The fault proxy in front of a real server: a cut suspends a kazoo client, restore reconnects it; a cut before
+an answer loses the answer to a request the server did."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
 from integration._helpers import kazoo_session
 from kazoo.client import KazooClient
+from kazoo.exceptions import ConnectionLoss, NodeExistsError
 from kazoo.protocol.states import KazooState
 from kazoo.retry import KazooRetry
 
@@ -49,3 +52,43 @@ def test_delay_slows_but_keeps_the_connection(zk_proxy: FaultProxy, proxied_clie
     assert proxied_client.get(f"{zk_root}/delayed")[0] == b"late"
     assert zk_proxy.delayed_chunks >= before + 2  # the request and its reply were both held back
     assert proxied_client.state == KazooState.CONNECTED
+
+
+def _refused(proxy: FaultProxy) -> bool:
+    """True when a new connection to the proxy is reset or closed at once (ZooKeeper itself would wait for the
+    handshake: no answer within the timeout)."""
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("refuse", [False, True], ids=["back", "refused"])
+def test_cut_before_answer_loses_the_answer_to_a_create_the_server_did(
+    zk_proxy: FaultProxy, proxied_client: KazooClient, zk_client: KazooClient, zk_root: str, refuse: bool
+) -> None:
+    proxied_client.create(f"{zk_root}/there", b"0")
+    session_id = proxied_client.client_id[0]
+    lost = zk_proxy.cut_before_answer("create", refuse=refuse)
+    with pytest.raises(NodeExistsError):  # an error answer is no request done: it goes through
+        proxied_client.create(f"{zk_root}/there", b"0")
+    assert proxied_client.get(f"{zk_root}/there")[0] == b"0"  # so does the answer to another request
+    assert not lost.is_set()
+
+    with StateWatcher(proxied_client) as states:
+        with pytest.raises(ConnectionLoss):
+            proxied_client.create(f"{zk_root}/done", b"1")
+        assert lost.is_set()
+        assert zk_client.get(f"{zk_root}/done")[0] == b"1"  # the server did the create whose answer was lost
+        states.wait_for(KazooState.SUSPENDED)
+        if refuse:
+            assert _refused(zk_proxy)
+            zk_proxy.restore()
+        states.wait_for(KazooState.CONNECTED, timeout=15)
+
+    assert proxied_client.client_id[0] == session_id
+    proxied_client.create(f"{zk_root}/after", b"2")  # once only: the next create is answered
+    assert zk_proxy.connections == 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 
@@ -141,3 +143,83 @@ def test_stop_leaves_no_thread_and_no_listener(echo_port: int) -> None:
         socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
     for sock in socks:
         sock.close()
+
+
+# Against the echo server, a request frame comes back as an answer with the same bytes: the request header
+# (xid, opcode) and the next eight bytes read as the answer header (xid, zxid, err). So ``_request(xid, opcode,
+# err)`` is a request whose echo answers it with error code ``err``, as ZooKeeper's answer would.
+def _frame(body: bytes) -> bytes:
+    return struct.pack(">i", len(body)) + body
+
+
+def _request(xid: int, opcode: int, err: int) -> bytes:
+    return _frame(struct.pack(">iiii", xid, opcode, 0, err))
+
+
+_HANDSHAKE = _frame(b"connect")
+_CREATE = 1
+_GET = 4
+
+
+def _received_until_closed(sock: socket.socket) -> bytes:
+    received = b""
+    while chunk := sock.recv(4096):
+        received += chunk
+    return received
+
+
+def test_cut_before_answer_forwards_the_request_and_loses_only_its_done_answer(proxy: FaultProxy) -> None:
+    lost = proxy.cut_before_answer("create")
+    with _connect(proxy) as sock:
+        answered = _HANDSHAKE + _request(1, _GET, 0) + _request(2, _CREATE, -110)
+        assert _roundtrip(sock, answered) == answered  # another request, and a create answered with an error
+        assert not lost.is_set()
+
+        sock.sendall(_request(3, _CREATE, 0) + _request(4, _GET, 0))
+
+        assert _received_until_closed(sock) == b""  # nothing of the answer, nor of what came after it
+        assert lost.is_set()
+        assert proxy.connections == 0
+    with _connect(proxy) as again:  # once only, and new connections are accepted
+        stream = _HANDSHAKE + _request(5, _CREATE, 0)
+        assert _roundtrip(again, stream) == stream
+
+
+def test_answers_before_the_lost_one_in_the_same_chunk_are_passed_on(proxy: FaultProxy) -> None:
+    lost = proxy.cut_before_answer("set")
+    with _connect(proxy) as sock:
+        sock.sendall(_HANDSHAKE + _request(1, _GET, 0) + _request(2, 5, 0))
+        received = _received_until_closed(sock)
+    # the echo may come back in one chunk or several: what precedes the set's answer always arrives whole
+    assert received == _HANDSHAKE + _request(1, _GET, 0)
+    assert lost.is_set()
+
+
+def test_cut_before_answer_with_refuse_refuses_new_connections_until_restore(proxy: FaultProxy) -> None:
+    lost = proxy.cut_before_answer("create", refuse=True)
+    with _connect(proxy) as sock:
+        sock.sendall(_HANDSHAKE + _request(1, _CREATE, 0))
+        assert _received_until_closed(sock) == _HANDSHAKE
+    assert lost.is_set()
+    assert _is_refused(proxy)
+    proxy.restore()
+    with _connect(proxy) as again:
+        assert _roundtrip(again, b"back") == b"back"
+
+
+def test_restore_disarms_a_cut_before_answer_that_did_not_happen(proxy: FaultProxy) -> None:
+    lost = proxy.cut_before_answer("create")
+    proxy.restore()
+    with _connect(proxy) as sock:
+        stream = _HANDSHAKE + _request(1, _CREATE, 0)
+        assert _roundtrip(sock, stream) == stream
+    assert not lost.is_set()
+
+
+def test_an_unknown_request_is_refused_with_the_known_ones(proxy: FaultProxy) -> None:
+    said = (
+        "The fault proxy knows no ZooKeeper request 'create_node': name one of create, delete, exists, get, set, "
+        "get_acls, set_acls, get_children, sync, transaction."
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(said)}$"):
+        proxy.cut_before_answer("create_node")

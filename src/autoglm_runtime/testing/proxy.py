@@ -9,6 +9,7 @@
         proxy.cut()        # live connections are closed: the client goes SUSPENDED
         proxy.restore()    # connections are accepted again: the client reconnects
         proxy.set_delay(0.2)  # every forwarded chunk waits 0.2 s
+        lost = proxy.cut_before_answer("create")  # the next create is done, but its answer is lost
 
 Each accepted connection is served by two named threads (one per direction); ``stop()`` closes every
 socket and joins every thread, so nothing outlives the proxy.
@@ -23,9 +24,12 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import TracebackType
 
 from autoglm_runtime.testing._common import ZooKeeperHarnessError, format_hosts
+from autoglm_runtime.testing._zkframes import REPLY_HEADER, REQUEST_HEADER, REQUESTS, FrameScanner
 
 __all__ = ["FaultProxy"]
 
@@ -49,21 +53,43 @@ def _reset(sock: socket.socket) -> None:
     sock.close()
 
 
+@dataclass
+class _AnswerCut:
+    """An armed :meth:`FaultProxy.cut_before_answer`: the request it waits for, its opcodes, whether new
+    connections are refused after it, and the event set once it happened."""
+
+    request: str
+    opcodes: frozenset[int]
+    refuse: bool
+    happened: threading.Event = field(default_factory=threading.Event)
+
+
+_Frames = list[tuple[int, tuple[int, ...]]]
+
+
 class _Link:
-    """One proxied connection: the client's socket, the upstream socket and their two pump threads."""
+    """One proxied connection: the client's socket, the upstream socket and their two pump threads.
+
+    Both pumps follow ZooKeeper's frames (``_zkframes``), so an armed :meth:`FaultProxy.cut_before_answer`
+    can note the xids of the requests it waits for on the way up and find their answers on the way down."""
 
     def __init__(self, proxy: FaultProxy, number: int, downstream: socket.socket, upstream: socket.socket) -> None:
         self.proxy = proxy
         self.downstream = downstream
         self.upstream = upstream
         self._closed = threading.Event()
+        self._waited: set[int] = set()  # xids of forwarded requests whose answer an armed cut waits for
+        self._waited_lock = threading.Lock()
         self.threads = [
             threading.Thread(
-                target=self._pump, args=(downstream, upstream), name=f"FaultProxy-{proxy.port}-{number}-up", daemon=True
+                target=self._pump,
+                args=(downstream, upstream, FrameScanner(REQUEST_HEADER), self._requests),
+                name=f"FaultProxy-{proxy.port}-{number}-up",
+                daemon=True,
             ),
             threading.Thread(
                 target=self._pump,
-                args=(upstream, downstream),
+                args=(upstream, downstream, FrameScanner(REPLY_HEADER), self._answers),
                 name=f"FaultProxy-{proxy.port}-{number}-down",
                 daemon=True,
             ),
@@ -73,7 +99,34 @@ class _Link:
         for thread in self.threads:
             thread.start()
 
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+    def _requests(self, frames: _Frames) -> tuple[int, _AnswerCut | None]:
+        # Noted before the chunk that completes the request is forwarded, so before its answer can come back.
+        armed = self.proxy._armed_cut()
+        if armed is not None:
+            with self._waited_lock:
+                self._waited.update(xid for _, (xid, opcode) in frames if opcode in armed.opcodes)
+        return 0, None
+
+    def _answers(self, frames: _Frames) -> tuple[int, _AnswerCut | None]:
+        for start, (xid, _zxid, err) in frames:
+            with self._waited_lock:
+                if xid not in self._waited:
+                    continue
+                self._waited.discard(xid)
+            if err == 0:  # the server did the request: this is the answer to lose (an error answer goes on)
+                cut = self.proxy._claim_cut()
+                if cut is not None:
+                    return start, cut
+        return 0, None
+
+    def _pump(
+        self,
+        source: socket.socket,
+        target: socket.socket,
+        scanner: FrameScanner,
+        inspect: Callable[[_Frames], tuple[int, _AnswerCut | None]],
+    ) -> None:
+        cut: _AnswerCut | None = None
         try:
             while not self._closed.is_set():
                 data = source.recv(_CHUNK)
@@ -85,19 +138,29 @@ class _Link:
                     if self._closed.is_set():
                         break
                     self.proxy._count_delayed()
+                start, cut = inspect(scanner.scan(data))
+                if cut is not None:
+                    # What came before the lost answer's frame; none of it, should its start have gone already
+                    # (a client never takes a frame cut short for an answer).
+                    target.sendall(data[: max(start, 0)])
+                    break
                 target.sendall(data)
         except OSError:
             pass
         finally:
+            if cut is not None:
+                # Set before the close: whoever sees the connection gone finds the cut happened.
+                log.debug("fault proxy %s lost the answer to a %s and cut its connection", self.proxy.port, cut.request)
+                cut.happened.set()
             self.close()
 
     def close(self) -> None:
         if self._closed.is_set():
             return
         self._closed.set()
+        self.proxy._forget(self)  # first, so a client that sees its connection closed finds it gone from the count
         _close(self.downstream)
         _close(self.upstream)
-        self.proxy._forget(self)
 
     def join(self, timeout: float) -> None:
         for thread in self.threads:
@@ -106,7 +169,8 @@ class _Link:
 
 
 class FaultProxy:
-    """A threaded TCP proxy from a free loopback port to ``host:port`` that can cut, refuse and delay.
+    """A threaded TCP proxy from a free loopback port to ``host:port`` that can cut, refuse and delay, and lose
+    the answer to one ZooKeeper request (:meth:`cut_before_answer`).
 
     ``start()`` begins listening (``hosts`` is then the connect string to give clients); ``stop()``
     closes all connections and joins all threads. Also a context manager.
@@ -119,6 +183,7 @@ class FaultProxy:
         self.delay = 0.0
         self._delayed = 0
         self._refusing = False
+        self._answer_cut: _AnswerCut | None = None
         self._lock = threading.Lock()
         self._links: set[_Link] = set()
         self._finished: list[_Link] = []
@@ -208,15 +273,59 @@ class FaultProxy:
             link.close()
         log.debug("fault proxy %s cut %d connections", self.port, len(links))
 
+    def cut_before_answer(self, request: str, *, refuse: bool = False) -> threading.Event:
+        """Lose the answer to the next ``request`` the server does, and cut that connection: a fault at a point
+        of the client's own traffic, where a timed :meth:`cut` may come too early or too late.
+
+        ``request`` names a kazoo request method (``"create"``, ``"set"``, ``"delete"``, ``"transaction"``,
+        ``"get"``, ``"exists"``, ``"get_children"``, ``"get_acls"``, ``"set_acls"``, ``"sync"``). The proxy
+        follows ZooKeeper's length-prefixed frames: it forwards such a request and, when the server's answer
+        says the request was done (error code 0), passes on nothing of that answer, closes that connection
+        (others stay) and, with ``refuse``, refuses new ones from then on, as :meth:`refuse` does. The client
+        sees a connection loss for a request the server did. An error answer (a create of a node that
+        exists) goes through, and the next request is waited for. It happens once: arm it again for another.
+        Returns an event that is set as the cut happens, before the client can see its connection closed;
+        :meth:`restore` disarms a cut that did not happen yet.
+
+        ::
+
+            lost = proxy.cut_before_answer("create", refuse=True)
+            client.create("/a", b"1")   # raises ConnectionLoss, yet /a exists with b"1"
+            assert lost.is_set()
+        """
+        opcodes = REQUESTS.get(request)
+        if opcodes is None:
+            raise ValueError(
+                f"The fault proxy knows no ZooKeeper request {request!r}: name one of {', '.join(REQUESTS)}."
+            )
+        cut = _AnswerCut(request, opcodes, refuse)
+        with self._lock:
+            self._answer_cut = cut
+        return cut.happened
+
+    def _armed_cut(self) -> _AnswerCut | None:
+        with self._lock:
+            return self._answer_cut
+
+    def _claim_cut(self) -> _AnswerCut | None:
+        # One answer wins, even when two connections' answers come at once; refusing starts before the close,
+        # so the client cannot reconnect in between.
+        with self._lock:
+            cut, self._answer_cut = self._answer_cut, None
+            if cut is not None and cut.refuse:
+                self._refusing = True
+            return cut
+
     def refuse(self) -> None:
         """Reset every new connection as soon as it is accepted; live ones are left alone (see ``cut()``)."""
         with self._lock:
             self._refusing = True
 
     def restore(self) -> None:
-        """Accept and forward new connections again, with no delay."""
+        """Accept and forward new connections again, with no delay and no armed :meth:`cut_before_answer`."""
         with self._lock:
             self._refusing = False
+            self._answer_cut = None
         self.delay = 0.0
 
     def set_delay(self, seconds: float) -> None:

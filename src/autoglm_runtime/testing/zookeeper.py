@@ -25,7 +25,7 @@ order); the server's ``backend`` attribute and an INFO log line say which one wa
         server.restart()  # same port, same data
 
 Also here: :class:`ZooKeeperEnsemble` (three local servers), :class:`FaultProxy` (cut, refuse, delay
-connections) and :func:`expire_session` (force a client's session to expire).
+connections, or lose one request's answer) and :func:`expire_session` (force a client's session to expire).
 """
 
 from __future__ import annotations

@@ -1,0 +1,78 @@
+"""ZooKeeper's wire framing, as far as the fault proxy needs it to find one request's answer.
+
+Each direction of a connection is a stream of frames: a 4-byte big-endian length, then that many bytes of
+body. The first frame each way is the session handshake (ConnectRequest, ConnectResponse), with no header;
+every later request starts with ``xid, opcode`` (two int32) and every later answer with ``xid, zxid, err``
+(int32, int64, int32), the answer carrying its request's xid.
+"""
+
+from __future__ import annotations
+
+import struct
+
+_LENGTH = struct.Struct(">i")
+REQUEST_HEADER = struct.Struct(">ii")  # xid, opcode
+REPLY_HEADER = struct.Struct(">iqi")  # xid, zxid, err
+
+#: The request opcodes (ZooDefs.OpCode) behind each kazoo request method, for ``FaultProxy.cut_before_answer``.
+REQUESTS: dict[str, frozenset[int]] = {
+    "create": frozenset({1, 15, 19, 21}),  # create, create2, createContainer, createTTL
+    "delete": frozenset({2}),
+    "exists": frozenset({3}),
+    "get": frozenset({4}),
+    "set": frozenset({5}),
+    "get_acls": frozenset({6}),
+    "set_acls": frozenset({7}),
+    "get_children": frozenset({8, 12}),  # getChildren, getChildren2
+    "sync": frozenset({9}),
+    "transaction": frozenset({14}),  # multi
+}
+
+
+class FrameScanner:
+    """Follows one direction of a connection frame by frame, chunk after chunk, copying nothing but the few
+    bytes of a header split between two chunks; it never holds data back, so it does no harm to a stream that
+    is not ZooKeeper's (it then reads nonsense headers, which nobody asks about).
+
+    >>> scanner = FrameScanner(REQUEST_HEADER)
+    >>> scanner.scan(b"\\0\\0\\0\\1h" + b"\\0\\0\\0\\x08\\0\\0\\0\\x05\\0\\0")  # the handshake, half a header
+    []
+    >>> scanner.scan(b"\\0\\x01")
+    [(-10, (5, 1))]
+    """
+
+    def __init__(self, header: struct.Struct) -> None:
+        self._header = header
+        self._tail = b""  # the start of a frame whose length or header has not fully arrived yet
+        self._left = 0  # bytes of the current frame's body not seen yet
+        self._handshake = True
+
+    def scan(self, data: bytes) -> list[tuple[int, tuple[int, ...]]]:
+        """The frames whose header completes in ``data``, in order: ``(start, header fields)``, ``start``
+        being where the frame's length prefix begins, as an offset into ``data`` (negative when the frame
+        began in an earlier chunk)."""
+        buf = self._tail + data if self._tail else data
+        before = len(buf) - len(data)
+        found: list[tuple[int, tuple[int, ...]]] = []
+        pos = 0
+        while True:
+            if self._left:
+                step = min(self._left, len(buf) - pos)
+                pos += step
+                self._left -= step
+                if self._left:
+                    break
+            if len(buf) - pos < _LENGTH.size:
+                break
+            (length,) = _LENGTH.unpack_from(buf, pos)
+            length = max(length, 0)
+            need = 0 if self._handshake else min(length, self._header.size)
+            if len(buf) - pos - _LENGTH.size < need:
+                break
+            if not self._handshake and length >= self._header.size:
+                found.append((pos - before, self._header.unpack_from(buf, pos + _LENGTH.size)))
+            self._handshake = False
+            self._left = length
+            pos += _LENGTH.size
+        self._tail = bytes(buf[pos:])
+        return found
