@@ -7,6 +7,7 @@ connections to it.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 
 import pytest
@@ -15,7 +16,12 @@ from integration.config._helpers import Factory, SwitchingProxy, Until, j, kazoo
 from kazoo.client import KazooClient
 from kazoo.protocol.states import KazooState
 
+from autoglm_runtime.config import _zxid
+from autoglm_runtime.testing.proxy import FaultProxy
 from autoglm_runtime.testing.zookeeper import ZooKeeperServer, expire_session
+
+#: The start of the E0409 line that gives a session up after a long outage.
+GIVEN_UP = "config sync has been disconnected from ZooKeeper at "
 
 
 def test_a_catch_up_session_on_a_server_behind_does_not_hide_a_change(
@@ -120,11 +126,56 @@ def test_a_session_every_server_refuses_is_given_up_for_a_new_one(
             until(lambda: client.get("a") == "backup", timeout=40, what="the restored ensemble's value")
         until(lambda: client.health()["connected"] and client.health()["stale_seconds"] == 0.0, what="fresh again")
         messages = [r.getMessage() for r in caplog.records if getattr(r, "error_code", "") == "E0409"]
-        assert any(m.startswith("config sync has been disconnected from ZooKeeper at") for m in messages)
+        # What the client met: servers that take the connection and close it at once.
+        [given_up] = [m for m in messages if m.startswith(GIVEN_UP)]
+        assert re.fullmatch(
+            rf"{GIVEN_UP}{re.escape(proxy.hosts)} for \d+ s, longer than its session can live: servers took (\d+) of "
+            r"its \1 connection attempts but the session resumed on none \(ZooKeeper restored from a backup closes "
+            r"such a connection at once for a session that saw newer zxids, logging 'client must try another "
+            r"server'\); opening a new session",
+            given_up,
+        ), given_up
         assert any(m.startswith("zxid regression: ZooKeeper at") for m in messages)
         client.stop()
     finally:
         proxy.stop()
+
+
+def test_a_session_given_up_during_a_partition_says_no_server_answered(
+    zk_root: str,
+    zk_client: KazooClient,
+    zk_proxy: FaultProxy,
+    make_client: Factory,
+    until: Until,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing answers at the client's address (a partition, the ensemble down): the session is given up all the
+    same, and the E0409 line blamed a restore from a backup that never happened, sending the operator after the
+    wrong cause. It says that no attempt reached a server."""
+    # After 5 s, not 20: half the session timeout the ConfigClient knows (its default 10 s; the factory sets 4 s).
+    monkeypatch.setattr(_zxid, "GIVE_UP_AFTER_SESSIONS", 0.5)
+    zk_client.create(f"{zk_root}/a", j(1))
+    client = make_client(zk_proxy.hosts, zk_root)
+    client.start(timeout=10)
+
+    def given_up() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith(GIVEN_UP)]
+
+    with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
+        zk_proxy.stop()  # nothing listens at the address any more: the kernel refuses every attempt
+        until(given_up, what="the session given up")
+        zk_proxy.start()  # the same address again
+        zk_client.set(f"{zk_root}/a", j(2))
+        until(lambda: client.get("a") == 2, what="the change made after the partition")
+    [message] = given_up()
+    assert re.fullmatch(
+        rf"{GIVEN_UP}{re.escape(zk_proxy.hosts)} for \d+ s, longer than its session can live: none of its \d+ "
+        r"connection attempts reached a server \(last: \[Errno 111\] Connection refused\): a network partition, "
+        r"the ensemble down or a wrong address; a new session is opened as soon as a server answers",
+        message,
+    ), message
+    client.stop()
 
 
 def _with_a_backup_behind(root: str, live: KazooClient, backup_server: ZooKeeperServer) -> None:

@@ -1,6 +1,6 @@
 """Metrics under a real prefork server (uvicorn --workers 2, prometheus_client's multiprocess mode): counters add
-up over the processes, every series is there from the start, and a worker killed and restarted by uvicorn leaves
-no gauge behind."""
+up over the processes, every series is there from the start, config gauges are one series per root over the
+processes, and a worker killed and restarted by uvicorn leaves no gauge behind."""
 
 from __future__ import annotations
 
@@ -61,9 +61,10 @@ app = Starlette(routes=[Route("/metrics", metrics), Route("/generate", generate_
 
 
 class Prefork:
-    def __init__(self, port: int, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, port: int, proc: subprocess.Popen[bytes], metrics: Path) -> None:
         self.port = port
         self.proc = proc
+        self.metrics = metrics
         self.text = ""  # the last scrape's exposition
 
     def get(self, path: str) -> httpx.Response:
@@ -82,8 +83,15 @@ class Prefork:
             for sample in family.samples
         }
 
+    def running(self) -> float | None:
+        """The processes whose config client runs, as scraped (the config gauges are merged over the processes)."""
+        series = ("autoglm_config_state", frozenset({("root", "/p"), ("state", "running")}))
+        return self.scrape().get(series)
+
     def gauge_pids(self) -> set[int]:
-        return {int(dict(labels)["pid"]) for name, labels in self.scrape() if name == "autoglm_config_connected"}
+        """The processes whose live gauges' files are in the multiprocess directory (in the exposition)."""
+        names = (path.name[: -len(".db")] for path in self.metrics.glob("gauge_live*_*.db"))
+        return {int(name.rpartition("_")[2]) for name in names}
 
     def workers(self) -> set[int]:
         """uvicorn's worker processes now (its other child is multiprocessing's resource tracker)."""
@@ -120,9 +128,9 @@ def prefork(tmp_path: Path) -> Iterator[Prefork]:
         start_new_session=True,
     )
     sock.close()
-    server = Prefork(port, proc)
+    server = Prefork(port, proc, metrics)
     try:
-        wait_until(lambda: len(server.gauge_pids()) == 2, 60, "both workers to mirror their health")
+        wait_until(lambda: server.running() == 2, 60, "both workers to mirror their health")
         yield server
     finally:
         proc.send_signal(signal.SIGINT)  # uvicorn stops its workers, then itself
@@ -147,10 +155,17 @@ def test_counters_add_up_over_workers_and_a_dead_worker_leaves_no_gauge(prefork:
     before = prefork.scrape()
     assert (before[rejected], before[passed], before[drift]) == (sent, 2 * sent, 0.0)  # drift at 0: exported
     assert {str(p) for p in prefork.gauge_pids()} == pids == {str(p) for p in prefork.workers()}
+    # One series per root, no pid: the alert rules fire once for the server, not once per worker.
+    assert [labels for name, labels in before if name.startswith("autoglm_config") and "pid" in dict(labels)] == []
     dead = int(next(iter(pids)))
     os.kill(dead, signal.SIGKILL)
     wait_until(lambda: len(prefork.workers()) == 2 and dead not in prefork.workers(), 60, "uvicorn's new worker")
-    wait_until(lambda: prefork.gauge_pids() == prefork.workers(), 60, "the gauges of exactly the live workers")
+    # Left behind, the dead worker's gauges would count it running still (3).
+    wait_until(
+        lambda: prefork.gauge_pids() == prefork.workers() and prefork.running() == 2,
+        60,
+        "the gauges of exactly the live workers",
+    )
     after = prefork.scrape()
     assert (after[rejected], after[passed]) == (sent, 2 * sent)  # the dead worker's counts stay in the sums
     assert promtool_check_metrics(prefork.text) == (0, "")

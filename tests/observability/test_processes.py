@@ -128,11 +128,12 @@ def test_multiprocess_mode_mirrors_health_into_the_shared_files(tmp_path: Path) 
         }}
         print(json.dumps([threads, values, os.getpid()]))
     """
-    threads, values, pid = run(code, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)})  # type: ignore[misc]
+    threads, values, _ = run(code, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)})  # type: ignore[misc]
     assert threads == []  # stop() ended the mirror thread
     assert values == {
-        # Gauges carry the writing process's pid (mode liveall); counters are summed over processes.
-        f'autoglm_config_keys{{"pid": "{pid}", "root": "/p"}}': 1.0,
+        # A config gauge is one series per root, merged over the live processes (keys: the most any holds);
+        # counters are summed over processes.
+        'autoglm_config_keys{"root": "/p"}': 1.0,
         'autoglm_config_updates_rejected_total{"code": "E0409", "reason": "decode", "root": "/p"}': 1.0,
         'autoglm_config_updates_rejected_total{"code": "E0409", "reason": "validator", "root": "/p"}': 0.0,
         # Counters still at 0 are in the files too: the alert rules' increase() needs them before the first event.
@@ -219,11 +220,14 @@ def test_multiprocess_mode_exports_every_series_one_process_does_counters_at_zer
 
 def test_a_dead_process_gauges_leave_the_exposition_at_the_next_mirror_of_a_live_one(tmp_path: Path) -> None:
     # uvicorn --workers restarts a worker that died and has no hook to call mark_process_dead from: the dead
-    # worker's last sync timestamp stayed exported for good and fired AutoGLMConfigStale after 5 minutes.
+    # worker's last sync timestamp stayed exported for good and fired AutoGLMConfigStale after 5 minutes. Here the
+    # dead process held a key the live ones no longer have: merged over the processes (the most keys any holds),
+    # its count would stay the one exported.
     config, metrics = stores(tmp_path)
+    (config / "p" / "b").write_text("2")
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
     mirror = f"""
-        import json, os, sys
+        import glob, json, os, sys
         from prometheus_client import CollectorRegistry
         from prometheus_client.multiprocess import MultiProcessCollector
         from autoglm_runtime import ConfigClient
@@ -233,23 +237,25 @@ def test_a_dead_process_gauges_leave_the_exposition_at_the_next_mirror_of_a_live
             ConfigMetrics(client, multiprocess=True).mirror()
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
-        pids = sorted(
-            int(s.labels["pid"]) for family in registry.collect() for s in family.samples
-            if s.name == "autoglm_config_keys"
-        )
-        print(json.dumps([os.getpid(), pids]), flush=True)
+        keys = [
+            s.value for family in registry.collect() for s in family.samples if s.name == "autoglm_config_keys"
+        ]
+        files = glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "gauge_live*_*.db"))
+        pids = sorted({{int(os.path.basename(f)[: -len(".db")].rpartition("_")[2]) for f in files}})
+        print(json.dumps([os.getpid(), keys, pids]), flush=True)
         sys.stdin.read()  # until told to end
     """
-    dead_pid, pids = run(mirror, env)  # type: ignore[misc]
-    assert pids == [dead_pid]
+    dead_pid, keys, pids = run(mirror, env)  # type: ignore[misc]
+    assert (keys, pids) == ([2.0], [dead_pid])
+    (config / "p" / "b").unlink()
     live = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(mirror)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
     )
     try:
         assert live.stdout is not None
-        live_pid, _ = json.loads(live.stdout.readline())
-        pid, pids = run(mirror, env)  # type: ignore[misc]
-        assert pids == sorted([live_pid, pid])
+        live_pid, _, _ = json.loads(live.stdout.readline())
+        pid, keys, pids = run(mirror, env)  # type: ignore[misc]
+        assert (keys, pids) == ([1.0], sorted([live_pid, pid]))
     finally:
         live.communicate(b"", timeout=60)
 

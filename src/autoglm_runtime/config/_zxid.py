@@ -12,7 +12,9 @@ A session that saw a zxid is never taken back by a server below it: ZooKeeper cl
 ("client must try another server"), and kazoo retries the same session for ever. When every server does so
 (the ensemble was restored from a backup) the client would stay disconnected for good; once the connection
 has been down far longer than any session outlives its client (:meth:`ZxidGuard.give_up_session`), the
-session is given up for a new one, which any server takes, and the checks above take it from there.
+session is given up for a new one, which any server takes, and the checks above take it from there. A plain
+partition gets there too (the session is long gone on the servers by then): the E0409 line says which of the two
+the connection attempts met (:mod:`._attempts`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 from kazoo.client import KazooClient
 
+from autoglm_runtime.config._attempts import ConnectAttempts, observed
 from autoglm_runtime.config.cache import ConfigCache
 from autoglm_runtime.config.health import SyncStatus
 
@@ -69,12 +72,15 @@ class ZxidGuard:
         self.recheck_at: float | None = None  # time.monotonic() of the next one
         self.down_since: float | None = None  # time.monotonic() of the drop, while disconnected
         self._given_up = False  # the session of this outage was given up already
+        self._attempts = ConnectAttempts()  # what the connection attempts of this outage met
+        self._attempts.watch(client)
 
     def note_drop(self, zxid: int) -> None:
         """Remember the last zxid kazoo saw before the connection dropped (kazoo forgets it on LOST)."""
         self.seen_zxid = max(self.seen_zxid, zxid)
         if self.down_since is None:
             self.down_since = time.monotonic()
+            self._attempts.reset()
 
     def note_connected(self) -> None:
         self.down_since = None
@@ -88,13 +94,19 @@ class ZxidGuard:
         if down is None or self._given_up or self._client.connected or time.monotonic() - down < self._give_up_after:
             return False
         self._given_up = True
+        accepted, failed, last_error = self._attempts.counts()
         log.warning(
-            "config sync has been disconnected from ZooKeeper at %s for %.0f s, longer than its session can live: "
-            "opening a new session (servers restored from a backup refuse the old one, which saw newer zxids: "
-            "ZooKeeper logs 'client must try another server')",
+            "config sync has been disconnected from ZooKeeper at %s for %.0f s, longer than its session can live: %s",
             self._hosts,
             time.monotonic() - down,
-            extra={"error_code": "E0409", "hosts": self._hosts, "root": self._root},
+            observed(accepted, failed, last_error),
+            extra={
+                "error_code": "E0409",
+                "hosts": self._hosts,
+                "root": self._root,
+                "attempts": accepted + failed,
+                "accepted": accepted,
+            },
         )
         try:
             self._client.stop()

@@ -2,6 +2,14 @@
 
 A :class:`Family` names a metric; a sample is ``(family name, label values, value)``. Counters are named here
 without ``_total`` (prometheus_client appends it).
+
+In prometheus_client's multiprocess mode each process writes its own values and the scrape merges them: counters
+are summed, and each gauge by its family's ``multiprocess_mode``. A model's workers belong to one process, so
+the worker gauges keep one series per process (``liveall``, a ``pid`` label). Every process of a server follows
+the same root, so a config gauge is one series per root (no ``pid``: an alert fires once per server, not once
+per process, and no series is left behind by each restart), merged so that it shows the process worst off:
+the oldest confirmation, 0 for connected and following while any process is not, the most znodes denied; the
+enum gauges (state, source, watch mode) count the processes in each value.
 """
 
 from __future__ import annotations
@@ -15,12 +23,14 @@ __all__ = ["CONFIG_FAMILIES", "WORKER_FAMILIES", "Family", "Sample", "config_sam
 
 @dataclass(frozen=True)
 class Family:
-    """One metric: its name, kind, help text and label names."""
+    """One metric: its name, kind, help text, label names, and how a gauge's values of the live processes are
+    merged in multiprocess mode (prometheus_client's ``multiprocess_mode``; ``liveall`` keeps one per process)."""
 
     name: str
     kind: Literal["gauge", "counter"]
     documentation: str
     labels: tuple[str, ...]
+    multiprocess_mode: Literal["liveall", "livemin", "livemax", "livesum"] = "liveall"
 
 
 Sample = tuple[str, tuple[str, ...], float]
@@ -32,34 +42,51 @@ _RESYNC_REASONS = ("reconnect", "session_expired", "gap", "root_recreated")
 _REJECT_REASONS = ("decode", "validator")
 
 CONFIG_FAMILIES = (
+    # In multiprocess mode (see the module's docstring): the oldest confirmation of the live processes.
     Family(
         "autoglm_config_last_sync_timestamp_seconds",
         "gauge",
         "Unix time ZooKeeper last confirmed the config cache: a load, a resync or a verification re-read.",
         ("root",),
+        "livemin",
     ),
-    Family("autoglm_config_connected", "gauge", "1 while the client runs and its session is CONNECTED.", ("root",)),
+    Family(
+        "autoglm_config_connected",
+        "gauge",
+        "1 while the client runs and its session is CONNECTED.",
+        ("root",),
+        "livemin",
+    ),
     Family(
         "autoglm_config_following",
         "gauge",
         "1 while the values served come from a completed load or resync of the source and the client follows it "
         "(0 on the snapshot a start served, even once connected).",
         ("root",),
+        "livemin",
     ),
-    Family("autoglm_config_state", "gauge", "1 for the client's lifecycle state, 0 for the others.", ("root", "state")),
-    Family("autoglm_config_source", "gauge", "1 for where the cached values came from.", ("root", "source")),
-    Family("autoglm_config_keys", "gauge", "Keys in the config cache.", ("root",)),
+    Family(
+        "autoglm_config_state",
+        "gauge",
+        "1 for the client's lifecycle state, 0 for the others.",
+        ("root", "state"),
+        "livesum",
+    ),
+    Family("autoglm_config_source", "gauge", "1 for where the cached values came from.", ("root", "source"), "livesum"),
+    Family("autoglm_config_keys", "gauge", "Keys in the config cache.", ("root",), "livemax"),
     Family(
         "autoglm_config_watch_mode",
         "gauge",
         "1 for how the client follows ZooKeeper (persistent: one recursive watch; per_node: two per znode).",
         ("root", "mode"),
+        "livesum",
     ),
     Family(
         "autoglm_config_root_missing",
         "gauge",
         "1 while ZooKeeper says the configured root does not exist (a typo, or deleted).",
         ("root",),
+        "livemax",
     ),
     Family(
         "autoglm_config_denied_znodes",
@@ -67,6 +94,7 @@ CONFIG_FAMILIES = (
         "Znodes ZooKeeper refuses to let the client read (ACL, credentials): their keys keep their last known "
         "values, or stay absent.",
         ("root",),
+        "livemax",
     ),
     Family("autoglm_config_resyncs", "counter", "Completed resyncs, by what caused them.", ("root", "reason")),
     Family(

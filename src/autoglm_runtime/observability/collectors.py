@@ -4,8 +4,9 @@ In one process they are prometheus_client collectors: every scrape calls ``healt
 between (``ConfigClient.get()`` stays a dict read). In prometheus_client's multiprocess mode
 (``PROMETHEUS_MULTIPROC_DIR`` set; a prefork server) the scrape reads files the processes wrote and never calls
 a collector, so instead a thread per exporter copies ``health()`` into those files every ``interval`` seconds:
-values are then up to ``interval`` old, and each gauge carries a ``pid`` label (mode ``liveall``); the gauges of a
-process that ended leave at the next copy any process makes::
+values are then up to ``interval`` old; the worker gauges carry a ``pid`` label (mode ``liveall``), the config
+gauges are one series per root, merged over the live processes (see ``_samples``); the gauges of a process that
+ended leave at the next copy any process makes::
 
     from autoglm_runtime.observability import ConfigMetrics, ModelMetrics
 
@@ -243,7 +244,11 @@ class _HealthExporter:
                 return None
             if family.kind == "gauge":
                 metric = prom.Gauge(
-                    name, family.documentation, family.labels, registry=None, multiprocess_mode="liveall"
+                    name,
+                    family.documentation,
+                    family.labels,
+                    registry=None,
+                    multiprocess_mode=family.multiprocess_mode,
                 )
             else:
                 metric = prom.Counter(name, family.documentation, family.labels, registry=None)

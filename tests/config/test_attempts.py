@@ -1,0 +1,119 @@
+"""What a KazooClient's connection attempts met: a server that took the TCP connection, or nothing at all."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from kazoo.client import KazooClient
+from kazoo.retry import KazooRetry
+
+from autoglm_runtime.config._attempts import ConnectAttempts, observed
+from autoglm_runtime.testing import wait_until
+
+
+@pytest.mark.parametrize(
+    ("accepted", "failed", "last_error", "expected"),
+    [
+        (
+            3,
+            0,
+            None,
+            "servers took 3 of its 3 connection attempts but the session resumed on none (ZooKeeper restored from a "
+            "backup closes such a connection at once for a session that saw newer zxids, logging 'client must try "
+            "another server'); opening a new session",
+        ),
+        (
+            1,
+            4,
+            "timed out",
+            "servers took 1 of its 5 connection attempts but the session resumed on none (ZooKeeper restored from a "
+            "backup closes such a connection at once for a session that saw newer zxids, logging 'client must try "
+            "another server'); opening a new session",
+        ),
+        (
+            0,
+            7,
+            "[Errno 111] Connection refused",
+            "none of its 7 connection attempts reached a server (last: [Errno 111] Connection refused): a network "
+            "partition, the ensemble down or a wrong address; a new session is opened as soon as a server answers",
+        ),
+        (
+            0,
+            0,
+            None,
+            "it could not try a single connection, none of the host names resolved; a new session is opened as soon "
+            "as a server answers",
+        ),
+    ],
+)
+def test_the_give_up_line_says_what_the_attempts_met(
+    accepted: int, failed: int, last_error: str | None, expected: str
+) -> None:
+    assert observed(accepted, failed, last_error) == expected
+
+
+@pytest.fixture
+def closing_server() -> Iterator[int]:
+    """A port whose listener takes each TCP connection and closes it at once, as a server restored from a backup
+    does to a session that saw newer zxids."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            connection.close()
+
+    thread = threading.Thread(target=serve, name="closing-server", daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    done.set()
+    thread.join(5)
+    listener.close()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (the kernel refuses connections to it)."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return int(sock.getsockname()[1])
+
+
+def attempts_on(port: int, needed: int = 2) -> tuple[int, int, str | None]:
+    client = KazooClient(
+        hosts=f"127.0.0.1:{port}", timeout=1.0, connection_retry=KazooRetry(max_tries=-1, delay=0.05, max_delay=0.1)
+    )
+    attempts = ConnectAttempts()
+    attempts.watch(client)
+    client.start_async()
+    try:
+        wait_until(lambda: sum(attempts.counts()[:2]) >= needed, timeout=20, what=f"{needed} connection attempts")
+    finally:
+        client.stop()
+        client.close()
+    return attempts.counts()
+
+
+def test_attempts_a_server_takes_and_closes_are_counted_as_accepted(closing_server: int) -> None:
+    accepted, failed, last_error = attempts_on(closing_server)
+    assert (accepted >= 2, failed, last_error) == (True, 0, None)
+
+
+def test_attempts_nothing_takes_are_counted_as_failed_with_the_last_error() -> None:
+    accepted, failed, last_error = attempts_on(free_port())
+    assert (accepted, failed >= 2, last_error) == (0, True, "[Errno 111] Connection refused")
+
+
+def test_reset_forgets_the_attempts_so_far() -> None:
+    attempts = ConnectAttempts()
+    attempts._note(OSError("no"))
+    attempts._note(None)
+    assert attempts.counts() == (1, 1, "no")
+    attempts.reset()
+    assert attempts.counts() == (0, 0, None)
