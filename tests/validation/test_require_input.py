@@ -12,10 +12,11 @@ from starlette.routing import Route
 from tests.validation._helpers import char_tok
 from tests.validation.test_embeddings import echo, error, post
 from tests.validation.test_grpc import rpc_error, serve, unary
+from tests.validation.test_grpc_aio import SERVICE, failure, payload, run
 
 from autoglm_runtime.errors import InvalidRequestError
 from autoglm_runtime.validation import ContextWindowGuard, GuardInput, GuardSettings, ValidationMiddleware, guarded
-from autoglm_runtime.validation.grpc import ValidationInterceptor
+from autoglm_runtime.validation.grpc import AsyncValidationInterceptor, ValidationInterceptor
 
 ROUTES = [Route(path, echo, methods=["POST"]) for path in ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")]
 GUARD = ContextWindowGuard(char_tok(), 50)
@@ -113,3 +114,26 @@ def test_the_interceptor_refuses_an_unset_prompt_when_input_is_required() -> Non
 
 def _interceptor(extractor: Any, **options: Any) -> ValidationInterceptor:
     return ValidationInterceptor(context_guard=GUARD, extractor=extractor, **options)
+
+
+def test_the_async_interceptor_refuses_an_empty_prompt_when_input_is_required() -> None:
+    def extractor(request: bytes) -> GuardInput:
+        return GuardInput(json.loads(request)["prompt"], None, "prompt")
+
+    async def calls(channel: grpc.aio.Channel) -> Any:
+        call = channel.unary_unary(f"/{SERVICE}/Complete")
+        return await failure(call(payload(""))), await call(payload("hi"))
+
+    required = AsyncValidationInterceptor(context_guard=GUARD, extractor=extractor, require_input=True)
+    refused, passed = run(required, calls)
+    assert refused == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "E5010: the request gives the model no input: prompt is empty or not set: send the model's input; this "
+        "server refuses requests without it (require_input)",
+    )
+    assert passed == payload("hi")
+
+    async def empty(channel: grpc.aio.Channel) -> Any:
+        return await channel.unary_unary(f"/{SERVICE}/Complete")(payload(""))
+
+    assert run(AsyncValidationInterceptor(context_guard=GUARD, extractor=extractor), empty) == payload("")
