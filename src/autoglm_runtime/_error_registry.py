@@ -209,8 +209,9 @@ _register(
     "Invalid request field",
     "error",
     "A request field the guards read has the wrong shape, type or value: the body is not a JSON object, a prompt "
-    "or message is not text, max_tokens is not a whole number of at least 1, or truncate_prompt_tokens is 0.",
-    "Fix the field named in the error's param; see the OpenAI request format.",
+    "or message is not text, max_tokens is not a whole number of at least 1, or truncate_prompt_tokens is 0; or, "
+    "where the server requires input (require_input), the request holds none (no prompt, messages or input).",
+    "Fix the field named in the error's param, or send the missing input; see the OpenAI request format.",
 )
 
 

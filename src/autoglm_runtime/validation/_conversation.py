@@ -259,7 +259,7 @@ _RESERVED = ("messages", "tools", "chat_template", "tokenize")
 _REQUEST_ONLY = ("add_generation_prompt", "continue_final_message")
 
 
-def template_options(body: Mapping[str, Any]) -> dict[str, Any]:
+def template_options(body: Mapping[str, Any], *, generation_prompt: bool = True) -> dict[str, Any]:
     """The template variables a chat request sets, merged as vLLM merges them.
 
     ``chat_template_kwargs`` first (less ``add_generation_prompt`` and ``continue_final_message``: vLLM always
@@ -267,7 +267,8 @@ def template_options(body: Mapping[str, Any]) -> dict[str, Any]:
     ``continue_final_message``, ``documents`` and ``reasoning_effort`` where sent, and ``enable_thinking`` (false
     for ``reasoning_effort`` ``"none"``) unless the kwargs set it. Booleans are read as vLLM's pydantic models read
     them (``"no"`` and ``0`` are false). A field of the wrong type is E5010, as is a kwarg naming the messages, the
-    tools or the template itself.
+    tools or the template itself. ``generation_prompt`` is ``add_generation_prompt``'s default: true for a chat
+    completion, false for an embedding's chat (vLLM's ``EmbeddingChatRequest``).
 
     >>> template_options({"chat_template_kwargs": {"enable_thinking": False}, "add_generation_prompt": False})
     {'enable_thinking': False, 'add_generation_prompt': False}
@@ -289,6 +290,8 @@ def template_options(body: Mapping[str, Any]) -> dict[str, Any]:
     # The request's own add_generation_prompt and continue_final_message always have a value in vLLM (true and false
     # by default) and are merged over the kwargs: the kwargs never set them.
     options = {name: value for name, value in kwargs.items() if name not in _REQUEST_ONLY}
+    # (an embedding's chat is rendered without the generation prompt unless the request sends it: set below)
+    options.update({} if generation_prompt else {"add_generation_prompt": False})
     for name, kinds in _OPTION_FIELDS.items():
         value = body.get(name)
         if value is None:
@@ -366,13 +369,14 @@ def not_boolean(name: str, value: Any) -> InvalidRequestError:
     )
 
 
-def with_options(chat: Chat, body: dict[str, Any]) -> Chat:
-    """``chat`` with the request's template variables and ``add_special_tokens`` (vLLM's chat fields)."""
+def with_options(chat: Chat, body: dict[str, Any], *, generation_prompt: bool = True) -> Chat:
+    """``chat`` with the request's template variables and ``add_special_tokens`` (vLLM's chat fields);
+    ``generation_prompt`` is ``add_generation_prompt``'s default (see :func:`template_options`)."""
     sent = body.get("add_special_tokens", False)
     special = lax_bool(sent)
     if special is None:
         raise not_boolean("add_special_tokens", sent)
-    options = template_options(body)
+    options = template_options(body, generation_prompt=generation_prompt)
     if options.get("continue_final_message") and not chat.messages:
         # transformers' apply_chat_template refuses it, and so vLLM.
         raise InvalidRequestError(

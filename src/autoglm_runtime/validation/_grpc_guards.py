@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from autoglm_runtime.errors import INPUT_TRUNCATED, AutoGLMRuntimeError, InvalidRequestError
+from autoglm_runtime.validation._required import is_empty, no_input
 from autoglm_runtime.validation.asgi import TRUNCATED_TOKENS_HEADER, WARNING_CODE_HEADER
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardInput, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
@@ -61,12 +62,15 @@ class Guards:
         extractor: Extractor | None,
         rewriter: Rewriter | None,
         decode_guard: DecodeGuard | None,
+        *,
+        require_input: bool = False,
     ) -> None:
         self.header_guard = header_guard
         self.context_guard = context_guard
         self.extractor = extractor
         self.rewriter = rewriter
         self.decode_guard = decode_guard or DecodeGuard()
+        self.require_input = require_input
 
     def metadata_error(self, details: Any) -> AutoGLMRuntimeError | None:
         if self.header_guard is None:
@@ -98,6 +102,8 @@ class Guards:
         for segment in pieces:
             if isinstance(segment, str):
                 self.decode_guard.check_text(segment, param=extracted.param)
+        if self.require_input and is_empty(extracted):
+            raise no_input(extracted.param)
         if self.context_guard is None:
             return request
         result = self.context_guard.judge(extracted, allow_truncation=self.rewriter is not None)

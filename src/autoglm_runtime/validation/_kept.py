@@ -65,10 +65,14 @@ def judge_kept(guard: ContextWindowGuard, request: GuardInput, output: int, limi
     room = window - output
     keep = room if request.keep_tokens == -1 else request.keep_tokens
     if keep > room:
+        beside = (
+            f"and with the {output} tokens of the completion asked for by {request.output_param} that is"
+            if output
+            else "which is"
+        )
         raise ContextWindowExceededError(
             f"This model's maximum context length is {window} tokens. However, truncate_prompt_tokens asks to keep "
-            f"{keep} prompt tokens, and with the {output} tokens of the completion asked for by "
-            f"{request.output_param} that is more than the context window: lower truncate_prompt_tokens to at most "
+            f"{keep} prompt tokens, {beside} more than the context window: lower truncate_prompt_tokens to at most "
             f"{room}, or send -1 for all the room there is",
             param="truncate_prompt_tokens",
         )

@@ -3,20 +3,22 @@
 Everything the model reads is counted: ``prompt`` (a string, token ids, or a batch: a list of strings or of token id
 lists, each prompt judged on its own; read in ``_prompt``), ``suffix``, every message's text (read in
 ``_message_text``) and the ``tools``/``functions`` definitions. Tools and the suffix are pinned: counted, never
-truncated. Field names are configurable (dotted for nesting, e.g. ``parameters.max_new_tokens``).
+truncated. An embeddings body (``extract(..., embedding=True)``) is read as vLLM's ``/v1/embeddings`` reads it: its
+``input`` is the same union as ``prompt`` (each input of a batch judged on its own), or it holds ``messages``, and
+nothing is generated. Field names are configurable (dotted for nesting, e.g. ``parameters.max_new_tokens``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from autoglm_runtime.errors import InvalidRequestError, UsageError
-from autoglm_runtime.validation._conversation import not_boolean, with_options
+from autoglm_runtime.validation._conversation import with_options
+from autoglm_runtime.validation._extracted import ExtractedInput, dotted, present, read_budget, special_tokens
 from autoglm_runtime.validation._kept import kept_fields
-from autoglm_runtime.validation._lax import lax_bool, lax_int
+from autoglm_runtime.validation._lax import lax_bool
 from autoglm_runtime.validation._message_text import (
     OPENAI_ROLES,
     TextField,
@@ -25,107 +27,9 @@ from autoglm_runtime.validation._message_text import (
 )
 from autoglm_runtime.validation._partial import json_prefix
 from autoglm_runtime.validation._prompt import read_prompt
-from autoglm_runtime.validation.context_window import Chat, GuardInput, GuardResult, Segment
+from autoglm_runtime.validation.context_window import Chat, GuardResult
 
 __all__ = ["ExtractedInput", "OpenAIExtractor", "TextField", "read_budget"]
-
-
-@dataclass(frozen=True)
-class ExtractedInput:
-    """The input pieces of one request, the output budget it asks for, and the fields to blame on errors.
-
-    ``output_param`` is the field the budget came from (the one the backend uses when several are sent; see
-    :meth:`OpenAIExtractor._max_tokens`); ``pinned`` holds the
-    indexes of fields never truncated; ``batch`` marks a list of prompts; ``chat`` describes the messages;
-    ``partial`` holds the indexes of fields holding only the start of their text (see ``max_text_chars``);
-    ``output_defaulted`` says the budget is the extractor's ``prompt_max_tokens`` (the request sent none).
-    ``min_output_tokens`` is the room the input must leave whatever the budget: vLLM refuses a prompt that fills
-    the window, as the model writes at least one token. ``add_special_tokens`` is a completion's field of that name
-    (vLLM adds the tokenizer's BOS to a text prompt unless it is false).
-    """
-
-    fields: tuple[TextField, ...]
-    max_output_tokens: int | None
-    param: str | None
-    output_param: str = "max_tokens"
-    pinned: frozenset[int] = frozenset()
-    batch: bool = False
-    chat: Chat | None = None
-    partial: frozenset[int] = frozenset()
-    keep_tokens: int | None = None
-    keep_side: str = "left"
-    output_defaulted: bool = False
-    min_output_tokens: int = 1
-    add_special_tokens: bool = True
-
-    @property
-    def segments(self) -> list[Segment]:
-        """The pieces in body order, as a guard counts them."""
-        return [field.value for field in self.fields]
-
-    def guard_input(self) -> GuardInput:
-        """What a :class:`ContextWindowGuard` judges for this request."""
-        return GuardInput(
-            self.segments,
-            self.max_output_tokens,
-            self.param,
-            output_param=self.output_param,
-            pinned=self.pinned,
-            batch=self.batch,
-            chat=self.chat,
-            partial=self.partial,
-            keep_tokens=self.keep_tokens,
-            keep_side=self.keep_side,
-            output_defaulted=self.output_defaulted,
-            min_output_tokens=self.min_output_tokens,
-            add_special_tokens=self.add_special_tokens,
-        )
-
-
-def _special_tokens(body: dict[str, Any]) -> bool:
-    """A completion's ``add_special_tokens``: vLLM adds the tokenizer's BOS to a text prompt unless it is false."""
-    if "add_special_tokens" not in body:
-        return True
-    flag = lax_bool(body["add_special_tokens"])
-    if flag is None:
-        raise not_boolean("add_special_tokens", body["add_special_tokens"])
-    return flag
-
-
-def _dotted(body: dict[str, Any], name: str) -> Any:
-    value: Any = body
-    for part in name.split("."):
-        if not isinstance(value, dict):
-            return None
-        value = value.get(part)
-    return value
-
-
-def _present(body: dict[str, Any], name: str) -> bool:
-    """Whether the dotted field ``name`` is in ``body`` at all (a null counts as sent)."""
-    parent, _, last = name.rpartition(".")
-    holder = _dotted(body, parent) if parent else body
-    return isinstance(holder, dict) and last in holder
-
-
-def read_budget(name: str, value: Any, *, echo: bool = False) -> int:
-    """The output budget ``value`` sent as ``name``, read as vLLM's pydantic models read it (``"16"`` and ``16.0``
-    are 16); E5010 for one that is not a whole number of at least 1, or for 0 unless ``echo`` (a completion that
-    echoes its prompt: vLLM returns the prompt and generates one token)."""
-    budget = lax_int(value)
-    if budget is None or budget < 0:
-        raise InvalidRequestError(
-            f'{name} must be a whole number of at least 1 (vLLM also reads "16" and 16.0 as 16), got '
-            f"{value!r:.40}: fix the request body",
-            param=name,
-        )
-    if budget == 0 and not echo:
-        raise InvalidRequestError(
-            f"{name} must be at least 1, got 0: the model writes at least one token (vLLM refuses 0 but for a "
-            "completion with echo); send 1 or more, or leave it out",
-            param=name,
-        )
-    return budget
 
 
 class OpenAIExtractor:
@@ -137,9 +41,12 @@ class OpenAIExtractor:
     ``roles`` are the message roles taken: by default (``None``) any string, as vLLM takes it ("custom roles", left
     to the chat template, such as GLM's ``observation`` for tool results); a list restricts them, such as OpenAI's
     six (:attr:`OPENAI_ROLES`). A message whose role is missing, not a string, or not in the list is E5010.
+    ``input_fields`` hold an embeddings request's input (read with ``extract(body, embedding=True)``).
 
     >>> OpenAIExtractor().extract({"prompt": "hi", "max_tokens": 5}).segments
     ['hi']
+    >>> OpenAIExtractor().extract({"input": ["a", "b"]}, embedding=True).max_output_tokens
+    0
     >>> chat = {"messages": [{"role": "observation", "content": "42"}]}
     >>> OpenAIExtractor().extract(chat).segments
     ['42']
@@ -165,6 +72,7 @@ class OpenAIExtractor:
         max_parts: int = 8192,
         prompt_max_tokens: int | None = 16,
         roles: Iterable[str] | None = None,
+        input_fields: Sequence[str] = ("input",),
     ) -> None:
         for option, value in (("max_prompts", max_prompts), ("max_messages", max_messages), ("max_parts", max_parts)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -182,6 +90,7 @@ class OpenAIExtractor:
         #: ``max_tokens`` default of 16 (a chat has none: it may run to the window).
         self.prompt_max_tokens = prompt_max_tokens
         self.prompt_fields = tuple(prompt_fields)
+        self.input_fields = tuple(input_fields)
         self.messages_fields = tuple(messages_fields)
         self.max_tokens_fields = tuple(max_tokens_fields)
         self.suffix_fields = tuple(suffix_fields)
@@ -190,8 +99,16 @@ class OpenAIExtractor:
         self.max_messages = max_messages
         self.max_parts = max_parts
 
-    def extract(self, body: Any, *, max_text_chars: int | None = None) -> ExtractedInput:  # noqa: PLR0912  (one flat branch per request field reads as the API does)
+    def extract(  # noqa: PLR0912  (one flat branch per request field reads as the API does)
+        self, body: Any, *, max_text_chars: int | None = None, embedding: bool = False
+    ) -> ExtractedInput:
         """The input of ``body``; raises :class:`InvalidRequestError` (E5010) for fields of the wrong shape.
+
+        With ``embedding``, ``body`` is an embeddings request, read as vLLM's ``/v1/embeddings`` reads it: its
+        ``input_fields`` take what a completion's ``prompt`` takes (a list of strings or of token id lists is a
+        batch: each input is judged on its own), or it holds ``messages`` (rendered without the generation prompt
+        unless the body asks for it); suffix, tools and output budget fields are not read, and nothing is generated
+        (the input may fill the window: ``max_output_tokens`` and ``min_output_tokens`` are 0).
 
         With ``max_text_chars`` (a guard's :meth:`~ContextWindowGuard.text_limit`: no longer text can fit), tool
         definitions whose JSON text is longer are held as only its first ``max_text_chars + 1`` characters and
@@ -207,15 +124,15 @@ class OpenAIExtractor:
         param: str | None = None
         batch = False
         chat: Chat | None = None
-        for name in self.prompt_fields:
-            value = _dotted(body, name)
+        for name in self.input_fields if embedding else self.prompt_fields:
+            value = dotted(body, name)
             if value is not None:
                 param = param or name
                 prompts, is_batch = read_prompt(name, value, self.max_prompts)
                 fields.extend(prompts)
                 batch = batch or is_batch
         for name in self.messages_fields:
-            value = _dotted(body, name)
+            value = dotted(body, name)
             if value is not None:
                 param = param or name
                 chat = read_messages(
@@ -227,16 +144,16 @@ class OpenAIExtractor:
                     max_parts=self.max_parts,
                     roles=self.roles,
                 )
-        for name in self.suffix_fields:
-            value = _dotted(body, name)
+        for name in () if embedding else self.suffix_fields:
+            value = dotted(body, name)
             if value is None:
                 continue
             if not isinstance(value, str):
                 raise shape_error(name, "a string", value, name)
             pinned.add(len(fields))
             fields.append(TextField(tuple(name.split(".")), value))
-        for name in self.tools_fields:
-            value = _dotted(body, name)
+        for name in () if embedding else self.tools_fields:
+            value = dotted(body, name)
             if value is None:
                 continue
             if not isinstance(value, list):
@@ -258,8 +175,11 @@ class OpenAIExtractor:
             missing = len(fields) - len(chat.turns)
             chat = Chat(chat.messages, (*chat.turns, *[-1] * missing), (*chat.places, *[()] * missing), chat.tools)
         if chat is not None:
-            chat = with_options(chat, body)
-        output, output_param, defaulted = self._max_tokens(body, completion=chat is None and bool(fields))
+            chat = with_options(chat, body, generation_prompt=not embedding)
+        output: int | None = 0  # (an embedding: nothing is generated, whatever budget fields the body sends)
+        output_param, defaulted = "max_tokens", False
+        if not embedding:
+            output, output_param, defaulted = self._max_tokens(body, completion=chat is None and bool(fields))
         return ExtractedInput(
             tuple(fields),
             output,
@@ -272,7 +192,18 @@ class OpenAIExtractor:
             *kept_fields(body),
             output_defaulted=defaulted,
             # A chat's add_special_tokens is read into its Chat (with_options), with vLLM's chat default of false.
-            add_special_tokens=chat is not None or _special_tokens(body),
+            add_special_tokens=chat is not None or special_tokens(body),
+            min_output_tokens=0 if embedding else 1,
+            embedding=embedding,
+        )
+
+    def missing_input(self, *, embedding: bool = False) -> InvalidRequestError:
+        """E5010 for a body holding none of the fields the model reads (the middleware's ``require_input``)."""
+        names = [*(self.input_fields if embedding else self.prompt_fields), *self.messages_fields]
+        return InvalidRequestError(
+            f"the request gives the model no input: it sends none of {', '.join(names)} (or sends them null): send "
+            "the model's input; this server refuses requests without it (require_input)",
+            param=names[0] if len(names) == 1 else None,
         )
 
     def _max_tokens(self, body: dict[str, Any], *, completion: bool) -> tuple[int | None, str, bool]:
@@ -287,7 +218,7 @@ class OpenAIExtractor:
         """
         fields = [name for name in self.max_tokens_fields if not (completion and name == "max_completion_tokens")]
         for name in fields:
-            value = _dotted(body, name)
+            value = dotted(body, name)
             if value is None:
                 continue
             return read_budget(name, value, echo=completion and lax_bool(body.get("echo")) is True), name, False
@@ -295,7 +226,7 @@ class OpenAIExtractor:
         if (
             completion
             and self.prompt_max_tokens is not None
-            and not any(_present(body, name) for name in fields)  # (a null counts as sent)
+            and not any(present(body, name) for name in fields)  # (a null counts as sent)
         ):
             return self.prompt_max_tokens, name, True
         return None, name, False
@@ -311,7 +242,7 @@ class OpenAIExtractor:
             target[field.path[-1]] = list(segment) if isinstance(segment, tuple) else segment
         if result.dropped_messages and extracted.chat is not None:
             for name in self.messages_fields:
-                messages = _dotted(body, name)
+                messages = dotted(body, name)
                 if isinstance(messages, list):
                     for number in sorted(result.dropped_messages, reverse=True):
                         del messages[number]

@@ -19,9 +19,18 @@ def overflow_error(
 
     The output budget is blamed on the field that asked for it; a request that sets none got the guard's
     ``default_output_tokens`` (or the backend's default, ``output_defaulted``), and is told so rather than to lower a
-    field it never sent.
+    field it never sent. A request that generates nothing (``embedding``) is told of its input alone, naming its place
+    (``input[1]``).
     """
     has = "at least " if at_least else ""
+    if request.embedding:
+        where = request.param or "the input"
+        return ContextWindowExceededError(
+            f"This model's maximum context length is {window} tokens. However, you requested {has}{input_tokens} "
+            f"tokens in the input{f' ({where})' if request.param else ''} for embedding generation, more than the "
+            f"context window of {window} tokens: shorten {where}",
+            param=request.param,
+        )
     field = request.output_param
     if request.max_output_tokens is not None and output_tokens > request.max_output_tokens:
         # A budget under the least the model writes (a completion's echo with 0): lowering it changes nothing.

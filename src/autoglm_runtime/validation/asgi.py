@@ -7,7 +7,9 @@ Order of work for an HTTP request, each step rejecting before the app sees anyth
    without reading, and reading stops at the limit) within ``body_timeout`` seconds (E0517, 408);
 3. the body must be JSON (UTF-8, or UTF-16/32 as ``json.loads`` reads bytes), uncompressed, without lone
    surrogates (E5009, 400);
-4. the text is extracted OpenAI-style and judged by the context-window guard (E0513, 400). Large bodies are judged
+4. the text is extracted OpenAI-style (an ``embedding_paths`` body as an embeddings request: each input against the
+   window, nothing generated; with ``require_input``, a body holding no input at all is E5010) and judged by the
+   context-window guard (E0513, 400). Large bodies are judged
    on the middleware's own pool of ``max_concurrent_checks`` named threads; when all are busy the request is
    refused at once (E0516, 503 with ``Retry-After``) rather than queued.
 
@@ -84,7 +86,8 @@ WARNING_CODE_HEADER = "x-autoglm-warning-code"
 #: The key of ``scope["state"]`` holding the guard's :class:`GuardResult`.
 GUARD_RESULT_KEY = "guard_result"
 
-_DEFAULT_PATHS = ("/v1/completions", "/v1/chat/completions")
+_EMBEDDING_PATHS = ("/v1/embeddings",)
+_DEFAULT_PATHS = ("/v1/completions", "/v1/chat/completions", *_EMBEDDING_PATHS)
 _DEFAULT_HEADER_GUARD = HeaderTokenGuard()
 # Judging a small body inline is cheaper than a thread hop; larger ones would stall the event loop.
 _INLINE_BODY_BYTES = 16_384
@@ -127,7 +130,10 @@ class ValidationMiddleware:
     """Pure ASGI middleware running the guards before the wrapped app sees a request.
 
     ``paths`` are the exact request paths whose bodies are judged (``None``: every path); header checks apply to
-    every HTTP and WebSocket request. ``header_guard=None`` turns the header check off, ``context_guard=None``
+    every HTTP and WebSocket request. Bodies on ``embedding_paths`` are read as embeddings requests (their
+    ``input``, each against the whole window). ``require_input`` refuses (E5010) a body on a guarded path holding
+    no input for the model (no ``prompt``, ``messages``, or an embedding's ``input``), which otherwise passes
+    unjudged. ``header_guard=None`` turns the header check off, ``context_guard=None``
     the token check (bodies are still size- and decode-checked). ``offload`` judges large bodies on the
     middleware's pool of ``max_concurrent_checks`` threads so tokenizing does not block the event loop (turn it off
     outside asyncio). ``body_timeout`` (seconds, ``None`` for none) bounds how long a body may take to arrive.
@@ -151,6 +157,8 @@ class ValidationMiddleware:
         max_body_bytes: int = 4 * 1024 * 1024,
         paths: Collection[str] | None = _DEFAULT_PATHS,
         methods: Collection[str] = ("POST",),
+        embedding_paths: Collection[str] = _EMBEDDING_PATHS,
+        require_input: bool = False,
         offload: bool = True,
         max_concurrent_checks: int = 4,
         retry_after: int = 1,
@@ -171,6 +179,8 @@ class ValidationMiddleware:
         self.max_body_bytes = max_body_bytes
         self.paths = frozenset(paths) if paths is not None else None
         self.methods = frozenset(method.upper() for method in methods)
+        self.embedding_paths = frozenset(embedding_paths)
+        self.require_input = require_input
         self.offload = offload
         self.max_concurrent_checks = max_concurrent_checks
         self.retry_after = retry_after
@@ -268,9 +278,10 @@ class ValidationMiddleware:
         else:
             body = await read_body_in_time(scope, receive, self.max_body_bytes, self.body_timeout)
         refuse_encoding(scope)
+        embedding = scope.get("path") in self.embedding_paths
         if self.offload and len(body) > _INLINE_BODY_BYTES:
-            return await self._judge_on_pool(body)
-        return self._judge(body)
+            return await self._judge_on_pool(body, embedding)
+        return self._judge(body, embedding)
 
     def _stopping_on_shutdown(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:
@@ -283,7 +294,7 @@ class ValidationMiddleware:
     def _guards(self, scope: Scope) -> bool:
         return scope.get("method", "GET") in self.methods and (self.paths is None or scope.get("path") in self.paths)
 
-    async def _judge_on_pool(self, body: bytes) -> tuple[bytes, GuardResult | None]:
+    async def _judge_on_pool(self, body: bytes, embedding: bool) -> tuple[bytes, GuardResult | None]:
         with self._lock:
             if self._busy >= self.max_concurrent_checks:
                 raise GuardOverloadedError(
@@ -296,23 +307,29 @@ class ValidationMiddleware:
             self.start()
             assert self._executor is not None
             context = contextvars.copy_context()
-            return await asyncio.get_running_loop().run_in_executor(self._executor, context.run, self._judge, body)
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, context.run, self._judge, body, embedding
+            )
         finally:
             with self._lock:
                 self._busy -= 1
 
-    def _judge(self, body: bytes) -> tuple[bytes, GuardResult | None]:
+    def _judge(self, body: bytes, embedding: bool = False) -> tuple[bytes, GuardResult | None]:
         value = self.decode_guard.check_json(body)
         guard = self.context_guard
-        extracted = self.extractor.extract(value, max_text_chars=guard.text_limit() if guard is not None else None)
-        # A chat is judged even without text or budget: its messages still cost the template's tokens.
-        if guard is None or (not extracted.fields and extracted.max_output_tokens is None and extracted.chat is None):
+        limit = guard.text_limit() if guard is not None else None
+        extracted = self.extractor.extract(value, max_text_chars=limit, embedding=embedding)
+        if self.require_input and not extracted.has_input:
+            raise self.extractor.missing_input(embedding=embedding)
+        # A chat is judged even without text or budget: its messages still cost the template's tokens. A budget
+        # alone is judged too (it may not fit on its own); an embedding asks for none.
+        if guard is None or not (extracted.has_input or (extracted.max_output_tokens is not None and not embedding)):
             return body, None
         try:
             result = guard.judge(extracted.guard_input())
         except IncompleteInput:
             # The limits changed between reading the text limit and judging: judge the whole text.
-            extracted = self.extractor.extract(value)
+            extracted = self.extractor.extract(value, embedding=embedding)
             result = guard.judge(extracted.guard_input())
         if not result.truncated:
             return body, result

@@ -66,7 +66,9 @@ class GuardSettings:
     default_output_tokens: int = 0
     message_tokens: int = 4
     max_body_bytes: int = 4 * 1024 * 1024
-    paths: tuple[str, ...] | None = ("/v1/completions", "/v1/chat/completions")
+    paths: tuple[str, ...] | None = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
+    embedding_paths: tuple[str, ...] = ("/v1/embeddings",)
+    require_input: bool = False
     max_concurrent_checks: int = 4
     retry_after: int = 1
     body_timeout: float | None = 30.0
@@ -157,6 +159,8 @@ class GuardSettings:
             ),
             "max_body_bytes": self.max_body_bytes,
             "paths": self.paths,
+            "embedding_paths": self.embedding_paths,
+            "require_input": self.require_input,
             "max_concurrent_checks": self.max_concurrent_checks,
             "retry_after": self.retry_after,
             "body_timeout": self.body_timeout,
@@ -203,7 +207,7 @@ _BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 _OPTIONAL_TEXT = frozenset({"tokenizer", "chat_template"})
-_TEXT_LISTS = frozenset({"paths", "guarded_headers", "roles"})
+_TEXT_LISTS = frozenset({"paths", "embedding_paths", "guarded_headers", "roles"})
 #: Lists a JSON null may stand for: every path guarded, any role taken.
 _OPEN_LISTS = frozenset({"paths", "roles"})
 

@@ -198,6 +198,8 @@ context window of 4 tokens: shorten the input or lower max_tokens
         """:meth:`judge` under ``limits`` (the current ones, or the backend's own cut's: see ``_kept``)."""
         if not request.add_special_tokens and request.chat is None and self.prompt_tokenizer is not self.tokenizer:
             return self._plain._judge_under(request, limits, allow_truncation)
+        if request.embedding and (request.max_output_tokens, request.min_output_tokens) != (0, 0):
+            request = replace(request, max_output_tokens=0, min_output_tokens=0)  # nothing is generated
         output = self.default_output_tokens if request.max_output_tokens is None else request.max_output_tokens
         if isinstance(output, bool) or not isinstance(output, int) or output < 0:
             raise InvalidRequestError(

@@ -21,6 +21,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 from autoglm_runtime.errors import InvalidRequestError, UsageError
 from autoglm_runtime.observability import GuardCheck
 from autoglm_runtime.validation._openai import OpenAIExtractor, read_budget
+from autoglm_runtime.validation._required import is_empty, no_input
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardInput, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
 
@@ -38,6 +39,7 @@ def guarded(
     result_arg: str | None = None,
     decode_guard: DecodeGuard | None = None,
     roles: Iterable[str] | None = None,
+    require_input: bool = False,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorate a function so its ``text_arg`` is judged before every call: a string, a list of strings, or a chat
     (a list of OpenAI-style message dicts, judged as the ASGI middleware judges ``messages``: with the guard's chat
@@ -48,6 +50,8 @@ def guarded(
     caller leaves it out). ``result_arg``, if given, is an argument the wrapper fills with the
     :class:`GuardResult`. Lone surrogates are rejected (E5009) before counting. ``roles`` are the message roles a
     chat may use, as :class:`OpenAIExtractor`'s: any string by default (``None``), as vLLM takes it.
+    ``require_input`` refuses (E5010) a call whose ``text_arg`` is empty (``""``, ``[]``, only empty prompts), which
+    otherwise passes: nothing to count is within every limit.
     """
     decoder = decode_guard or DecodeGuard()
     # A chat argument is read as a body whose fields the argument names stand for, so errors name them
@@ -96,7 +100,10 @@ def guarded(
                 output_param = max_tokens_arg or "max_tokens"
                 if max_tokens is not None:
                     max_tokens = read_budget(output_param, max_tokens)
-                result = guard.judge(GuardInput(text, max_tokens, text_arg, output_param=output_param))
+                request = GuardInput(text, max_tokens, text_arg, output_param=output_param)
+                if require_input and is_empty(request):
+                    raise no_input(text_arg)
+                result = guard.judge(request)
                 if result.truncated:
                     bound.arguments[text_arg] = result.text if isinstance(text, str) else list(result.segments)
             if result_arg is not None:

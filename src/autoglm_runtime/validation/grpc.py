@@ -79,7 +79,9 @@ def _abort(context: grpc.ServicerContext, exc: AutoGLMRuntimeError, tally: Tally
 class ValidationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """A synchronous-server (``grpc.server``) interceptor guarding metadata and request messages.
 
-    Streaming requests are judged message by message as the handler pulls them.
+    Streaming requests are judged message by message as the handler pulls them. With ``require_input``, a message
+    whose extracted input is empty (no piece, or only empty ones: an unset proto3 ``prompt`` reads ``""``) is
+    refused with E5010; an extractor returning ``None`` still skips its message.
     """
 
     def __init__(
@@ -90,8 +92,11 @@ class ValidationInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         extractor: Extractor | None = None,
         rewriter: Rewriter | None = None,
         decode_guard: DecodeGuard | None = None,
+        require_input: bool = False,
     ) -> None:
-        self._guards = Guards(header_guard, context_guard, extractor, rewriter, decode_guard)
+        self._guards = Guards(
+            header_guard, context_guard, extractor, rewriter, decode_guard, require_input=require_input
+        )
 
     def intercept_service(
         self,
@@ -182,8 +187,11 @@ class AsyncValidationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[mi
         extractor: Extractor | None = None,
         rewriter: Rewriter | None = None,
         decode_guard: DecodeGuard | None = None,
+        require_input: bool = False,
     ) -> None:
-        self._guards = Guards(header_guard, context_guard, extractor, rewriter, decode_guard)
+        self._guards = Guards(
+            header_guard, context_guard, extractor, rewriter, decode_guard, require_input=require_input
+        )
         self._refused: set[str] = set()
 
     async def intercept_service(

@@ -55,7 +55,9 @@ class GuardInput:
     budget, or a budget of 0); 0 only for a backend that generates nothing. A value that is not a whole number of at
     least 0 is E5010 when the request is judged. ``add_special_tokens`` says whether the backend adds the
     tokenizer's special tokens (a BOS) to each text prompt, as vLLM's completions field of that name (true by
-    default); a chat's comes from ``chat`` instead.
+    default); a chat's comes from ``chat`` instead. ``embedding`` marks a request that generates nothing (vLLM's
+    ``/v1/embeddings``, or any pooling request): its input may fill the window, whatever ``max_output_tokens`` and
+    ``min_output_tokens`` say (both are read as 0), and an overflow speaks of the input alone, naming ``param``.
 
     >>> GuardInput("Tell me a story", max_output_tokens=200, param="prompt").max_output_tokens
     200
@@ -75,6 +77,7 @@ class GuardInput:
     output_defaulted: bool = False
     min_output_tokens: int = 1
     add_special_tokens: bool = True
+    embedding: bool = False
 
 
 class IncompleteInput(Exception):
