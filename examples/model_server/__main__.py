@@ -92,6 +92,8 @@ def _serve(args: argparse.Namespace, sock: socket.socket, stop: _Stop) -> None:
     started = Started()
     with contextlib.ExitStack() as stack:
         stack.push(_say_stopped(started))  # first in, so last out: once the workers and ZooKeeper are stopped
+        # Before the loader: its workers, and those of a load Ctrl-C interrupts, are stopped while this counts.
+        stack.enter_context(started.counting_stops(lambda: stop.stopping))
         try:
             _start_and_serve(args, sock, stack, stop, started)
         finally:

@@ -51,8 +51,8 @@ class _Started:
         return [int(m.split("pid ")[1].split(",")[0]) for m in self.messages() if "worker started (pid" in m]
 
 
-@pytest.fixture
-def started(tmp_path: Path) -> Iterator[_Started]:
+def _launch(tmp_path: Path) -> _Started:
+    """The server, started in a session of its own; its standard output in ``tmp_path / "stdout.log"``."""
     fill_wheelhouse(DEFAULT_WHEELS, [load_manifest(model) for model in sorted(MODELS.iterdir())])
     (tmp_path / "wheels").mkdir()
     for wheel in DEFAULT_WHEELS.glob("numpy-*.whl"):
@@ -62,13 +62,19 @@ def started(tmp_path: Path) -> Iterator[_Started]:
         port = int(sock.getsockname()[1])
     stderr = tmp_path / "stderr.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
-    with stderr.open("wb") as errors:
+    with stderr.open("wb") as errors, (tmp_path / "stdout.log").open("wb") as output:
         proc = subprocess.Popen(
             [sys.executable, "-m", "examples.model_server", "--config-store", "file", "--port", str(port),
              "--state-dir", str(tmp_path / "state")],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True,
+            cwd=REPO, env=env, stdout=output, stderr=errors, start_new_session=True,
         )  # fmt: skip
-    server = _Started(proc, port, stderr)
+    return _Started(proc, port, stderr)
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Iterator[_Started]:
+    server = _launch(tmp_path)
+    proc, port = server.proc, server.port
     try:
         _until(lambda: proc.poll() is not None or _healthy(port), 240, "the server to answer /health")
         assert proc.poll() is None, "\n".join(server.lines()[-30:])
@@ -167,3 +173,34 @@ def test_sigterm_during_the_start_passes_the_handlers_of_ordinary_errors_it_land
         translating()
     assert stop.stopping
     stop(signal.SIGTERM, None)  # once stopping, another only lets the clean-up run (it is said once in the log)
+
+
+def test_ctrl_c_while_a_model_loads_says_its_started_worker_was_stopped_too(tmp_path: Path) -> None:
+    # Before: "stopped: ..." named only the models loaded; the worker of the model still loading, which the stop did
+    # end, was left out of it.
+    server = _launch(tmp_path)
+    proc = server.proc
+    starting = "model words-numpy1 worker started (pid "
+    try:
+        _until(
+            lambda: proc.poll() is not None or any(m.startswith(starting) for m in server.messages()),
+            240,
+            "words-numpy1's first worker to start",
+        )
+        assert proc.poll() is None, "\n".join(server.lines()[-30:])
+        (pid,) = [int(m.removeprefix(starting).split(",")[0]) for m in server.messages() if m.startswith(starting)]
+        os.kill(pid, signal.SIGSTOP)  # it cannot answer its handshake: the load stays under way
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    messages = server.messages()
+    assert [m for m in messages if m.startswith(("model words-numpy1 loaded", starting))] == [
+        f"{starting}{pid}, process backend)"
+    ]
+    said = (tmp_path / "stdout.log").read_text().splitlines()
+    assert said == ["stopped: 2 model workers (chars-numpy2 1, words-numpy1 1 mid-load)"]
+    assert f"model words-numpy1 worker stopped (pid {pid})" in messages
+    _until(lambda: not any(is_running(p) for p in server.workers()), 30, f"the workers {server.workers()} to exit")

@@ -237,8 +237,8 @@ class ModelOverloadedError(IsolationError):
     """Every replica of a model is busy and its queue is full; the call was refused without waiting.
 
     ``retry_after`` (whole seconds) is when to come back, what an HTTP adapter sends as ``Retry-After``: a pool
-    reckons it from the calls queued ahead, its replicas and how long recent calls took, within the loader's
-    ``retry_after`` and ``max_retry_after``.
+    reckons it from the calls queued ahead, its replicas, how long recent calls took and how long the calls running
+    still have to run, within the loader's ``retry_after`` and ``max_retry_after``.
 
     >>> try:                                                                           # doctest: +SKIP
     ...     model.call("predict", text)

@@ -12,7 +12,7 @@ from tests.deps._check_data import WIN39, dist, environment, model, model_dir
 from autoglm_runtime.cli import main
 from autoglm_runtime.deps.check import check_models
 from autoglm_runtime.deps.planning import ModelRequirements, Plan, plan_groups
-from autoglm_runtime.deps.why import explain
+from autoglm_runtime.deps.why import Why, explain
 
 
 def _plain(*models: object) -> list[ModelRequirements]:
@@ -174,6 +174,34 @@ def test_why_a_distribution_only_an_unrequested_extra_would_bring_says_it_is_not
         "  hub 2.4 requires socksio for its extra 'all', which model 'm' (hub[all]) requests\n"
     )
     assert requested.to_json()["unrequested_extras"] == []  # something requires it: the answer is that
+
+
+def _keys(value: object) -> set[str]:
+    if isinstance(value, dict):
+        return set(value) | {key for item in value.values() for key in _keys(item)}
+    if isinstance(value, list):
+        return {key for item in value for key in _keys(item)}
+    return set()
+
+
+def test_why_to_json_names_in_its_docstring_every_field_it_emits() -> None:
+    # Before: the docstring stopped at through_extras; unrequested_extras (and its "extras") were emitted unsaid.
+    env = environment(
+        dist("socksio", "1.0"),
+        dist("httpx", "0.27.0", ['socksio==1.*; extra == "socks"'], extras=["socks"]),
+        dist("pandas", "2.1.4", ["numpy<2"]),
+        dist("numpy", "1.26.4"),
+    )
+    unrequested = explain("socksio", env, _plain(model("m", "httpx"))).to_json()
+    requested = explain("socksio", env, _plain(model("m", "httpx[socks]"))).to_json()
+    required = explain("numpy", env, _plain(model("m", "numpy>=1"))).to_json()
+    emitted = _keys(unrequested) | _keys(requested) | _keys(required)
+    assert emitted == {
+        "package", "installed", "required_by", "models", "through_extras", "unrequested_extras", "requirer",
+        "requirement", "model", "extra", "requested_by", "extras",
+    }  # fmt: skip
+    doc = Why.to_json.__doc__ or ""
+    assert sorted(key for key in emitted if f'"{key}"' not in doc) == []
 
 
 def test_cli_plan_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

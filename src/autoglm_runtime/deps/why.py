@@ -57,8 +57,10 @@ class Why:
     unrequested_extras: tuple[tuple[str, tuple[str, ...], str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        """``{"package", "installed", "required_by": [{"requirer", "requirement"}], "models": [...],
-        "through_extras": [{"requirer", "extra", "requirement", "requested_by": [...]}]}``."""
+        """``{"package", "installed", "required_by": [{"requirer", "requirement"}], "models": [{"model",
+        "requirement"}], "through_extras": [{"requirer", "extra", "requirement", "requested_by": [...]}],
+        "unrequested_extras": [{"requirer", "extras", "requirement"}]}`` (``unrequested_extras`` only when nothing
+        requires the package, else empty)."""
         return {
             "package": self.package,
             "installed": self.installed,

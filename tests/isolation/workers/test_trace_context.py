@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -16,7 +18,9 @@ from tests._support.telemetry import span_exporter
 
 from autoglm_runtime.isolation._scripts import trace_context
 from autoglm_runtime.isolation.workers._output import trace_ids
+from autoglm_runtime.isolation.workers.process import WorkerProcess, WorkerSpec
 from autoglm_runtime.observability._tracing import traceparent
+from autoglm_runtime.testing import wait_until
 
 TRACE, SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 
@@ -143,3 +147,45 @@ def test_scopes_on_threads_do_not_see_each_other() -> None:
 )
 def test_the_host_lifts_ids_from_json_lines_only(line: str, expected: dict[str, str]) -> None:
     assert trace_ids(line) == expected
+
+
+STACK_MODEL = """
+import logging
+
+class Model:
+    def look_around(self):
+        logging.getLogger("model").warning("where am I", stack_info=True)
+        return "looked"
+
+def load():
+    return Model()
+"""
+
+
+def test_a_real_workers_log_line_carries_the_stack_of_a_record_logged_with_stack_info(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: the worker's JSON line had "exception" but no "stack": stack_info=True was dropped on the way.
+    (tmp_path / "stack_model.py").write_text(STACK_MODEL)
+    worker = WorkerProcess(WorkerSpec("stacks", sys.executable, str(tmp_path), "stack_model:load"))
+    with caplog.at_level("INFO", logger="autoglm_runtime.isolation.workers.process"):
+        worker.start()
+        try:
+            assert worker.call("look_around", timeout=60) == "looked"
+
+            def forwarded() -> list[logging.LogRecord]:
+                return [r for r in caplog.records if getattr(r, "stream", None) == "stderr"]
+
+            wait_until(forwarded, 30, "the worker's log line to be forwarded")
+        finally:
+            worker.close()
+    (record,) = forwarded()
+    entry = json.loads(record.args[2])  # type: ignore[index]
+    assert sorted(entry) == ["level", "message", "module", "stack", "timestamp"]
+    assert (entry["level"], entry["module"], entry["message"]) == ("WARNING", "model", "where am I")
+    stack = entry["stack"].splitlines()
+    assert stack[0] == "Stack (most recent call last):"
+    assert stack[-2:] == [
+        f'  File "{tmp_path / "stack_model.py"}", line 6, in look_around',
+        '    logging.getLogger("model").warning("where am I", stack_info=True)',
+    ]

@@ -9,7 +9,8 @@ start-up time nor the handshake's list of imported distributions changes.
   the host when a span was active) is the current one inside it;
 * :func:`install_logging` stamps ``trace_id`` and ``span_id`` on every log record (``None`` outside a traced call;
   a model's own format may use ``%(trace_id)s``), and makes logging's last resort -- what prints the warnings of a
-  model that configured no logging -- write JSON lines carrying those ids, which the host forwards with the ids.
+  model that configured no logging -- write JSON lines carrying those ids (and a record's traceback and stack as
+  ``exception`` and ``stack``), which the host forwards with the ids.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ class CallScope:
 
 class JsonLines(logging.Formatter):
     """One JSON object per record: ``level``, ``timestamp``, ``module``, ``message``, and when known ``trace_id``,
-    ``span_id`` and ``exception``."""
+    ``span_id``, ``exception`` (a logged exception's traceback) and ``stack`` (``stack_info=True``), as the host's
+    ``autoglm_runtime.logging.JsonFormatter`` writes them."""
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -118,6 +120,8 @@ class JsonLines(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
         return json.dumps(entry, ensure_ascii=False)
 
 

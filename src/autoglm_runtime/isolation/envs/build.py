@@ -4,8 +4,8 @@
 
 * if ``<root>/<key>/autoglm-env.json`` exists it is returned at once (the key computation and a ``stat``;
   the directory only ever appears complete);
-* otherwise the builder takes an exclusive ``fcntl`` lock on ``<root>/.<key>.lock`` (so two processes
-  asking for one key build it once: the second waits, then finds it built), builds in a temporary
+* otherwise the builder takes an exclusive ``fcntl`` lock on ``<root>/.<key>.lock`` (``_keylock.py``: two
+  processes asking for one key build it once, the second waits, then finds it built), builds in a temporary
   directory ``<root>/.build-<key>-*`` with uv (or ``python -m venv`` and pip when uv is missing), checks it
   with check-deps, and renames it to ``<root>/<key>``;
 * a failed build or check removes its temporary directory and lock file and raises
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
 import importlib
 import json
 import logging
@@ -35,7 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -46,6 +45,7 @@ from autoglm_runtime.deps.probe import interpreter_path
 from autoglm_runtime.errors import DependencyConflictError, EnvironmentBuildError, UsageError
 from autoglm_runtime.isolation.envs._fastprobe import FactsProbe, probe_venv
 from autoglm_runtime.isolation.envs._installer import Scrubber, remove_path, run_streaming, usable_root
+from autoglm_runtime.isolation.envs._keylock import key_lock
 from autoglm_runtime.isolation.envs._use import METADATA_NAME, touch
 from autoglm_runtime.isolation.envs.key import (
     InterpreterInfo,
@@ -200,7 +200,8 @@ class EnvironmentBuilder:
         if (final / METADATA_NAME).is_file():
             touch(final)  # its last use, which ``env gc`` reads
             return BuiltEnvironment(key, final, _bin(final), info, created=False)
-        with self._lock(key):
+        waiting = "another process is building this environment; waiting for it"
+        with key_lock(self.root, key, self.lock_timeout, lambda: self._emit(key, 0, "wait", waiting)):
             if (final / METADATA_NAME).is_file():  # another process built it while we waited
                 self._emit(key, 4, "done", f"environment {key} was built by another process; reusing it")
                 return BuiltEnvironment(key, final, _bin(final), info, created=False)
@@ -212,48 +213,6 @@ class EnvironmentBuilder:
         _log.info("env %s [%d/%d %s] %s", key, step, _TOTAL_STEPS, phase, message, extra={"env_key": key})
         if self.progress is not None:
             self.progress(event)
-
-    @contextlib.contextmanager
-    def _lock(self, key: str) -> Iterator[None]:
-        path = self.root / f".{key}.lock"
-        deadline = time.monotonic() + self.lock_timeout
-        waiting = False
-        while True:
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise EnvironmentBuildError(
-                    f"the lock file {path} of environment {key} cannot be opened: {exc.strerror or exc}; check that "
-                    f"{self.root} is a writable directory, then load the model again"
-                ) from exc
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                if not waiting:
-                    self._emit(key, 0, "wait", "another process is building this environment; waiting for it")
-                    waiting = True
-                if time.monotonic() > deadline:
-                    raise EnvironmentBuildError(
-                        f"gave up waiting {self.lock_timeout:g} s for the lock {path}: another build of "
-                        f"environment {key} still runs; remove the lock file if no build runs"
-                    ) from None
-                time.sleep(0.02)
-                continue
-            # The holder unlinks the file before unlocking; a lock on an unlinked file protects nothing.
-            try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            os.close(fd)
 
     def _build(self, manifest: ModelManifest, key: str, final: Path, info: InterpreterInfo) -> None:
         started = time.monotonic()

@@ -3,7 +3,9 @@ restart and stop, driven by the pure decision in :mod:`._state` ("look -> decide
 
 :class:`WorkerLifecycle` holds a worker's state and the mechanics; :class:`~.process.WorkerProcess` adds what
 calls, heartbeats and health see. The worker's output goes to the ``autoglm_runtime.isolation.workers.process``
-logger.
+logger, with an INFO line when a worker process starts (``model m worker started (pid 12, process backend)``) and
+when one still running is stopped (``model m worker stopped (pid 12)``, ``extra={"model", "pid"}``: by ``close()``,
+a load given up or interrupted, or a kill before a restart).
 """
 
 from __future__ import annotations
@@ -295,6 +297,7 @@ class WorkerLifecycle:
             self._conn = None
             self._awaiting_hello = False
             stopping = proc is not None and self._failures.stopping(proc.pid)  # a stop we chose is not a crash
+            running = stopping and proc is not None and proc.poll() is None
         if conn is not None:  # outside the state lock: the reader thread it joins may be waiting for that lock
             conn.close(
                 reason
@@ -310,6 +313,11 @@ class WorkerLifecycle:
                     proc.wait(timeout=grace)  # it exits by itself once its socket closes
             kill_group(proc)  # also reaps anything it started in its process group
             proc.wait()
+            if running:  # (not a process that had ended by itself: that is no stop of ours)
+                name = self.spec.name
+                self._logger.info(
+                    "model %s worker stopped (pid %d)", name, proc.pid, extra={"model": name, "pid": proc.pid}
+                )
         if pump is not None:
             pump.finish(5)
 

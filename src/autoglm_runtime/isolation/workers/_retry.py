@@ -1,23 +1,33 @@
 """When a caller refused as overloaded (E0106) should come back: the ``Retry-After`` a pool sends.
 
-A refused call would have waited behind every call in the queue. The queue moves ``places`` calls (replicas serving
-times ``max_inflight``) per call's time on a replica, so the wait for a place is about that time times
-``(queued + 1) / places``. The time is an exponentially weighted mean of how long recent calls held their place
-(streams: until the worker was done with them), which tracks a model whose calls grew slower; before any call gave
-its place back (a queue filled at start-up by slow calls), the mean age of the calls holding one, which each will
-hold at least that long. The hint is whole
-seconds (``Retry-After`` takes no fraction), never below the loader's ``retry_after`` (also the hint before any call
-finished) and never above its ``max_retry_after`` (unless ``retry_after`` is higher): a client told to wait ten
-minutes would rather be told to look again.
+A refused call would have waited behind every call in the queue, for a place (replicas serving times
+``max_inflight``). Each call holds its place about ``t`` s: an exponentially weighted mean of how long recent calls
+held one (streams: until the worker was done with them), which tracks a model whose calls grew slower; before any
+call gave its place back (a queue filled at start-up by slow calls), the mean age of the calls holding one, which
+each will hold at least that long. A call holding a place now has ``r = max(t - age, 0)`` s of it left (its age
+counted from when it took the place); a place none holds, none. With those ``p`` remaining times sorted,
+``r[0] <= ... <= r[p-1]``, the ``q`` queued calls take the places as they free up, each for ``t`` s, so the refused
+call, the ``q+1``-th, would get one after::
 
->>> retry_after(queued=7, places=2, held=3.0, least=1.0, most=60.0)
+    r[q mod p] + t * (q div p)
+
+seconds: at once behind calls about to end, a whole ``t`` behind calls just started even with the queue shorter
+than the places. The hint is whole seconds (``Retry-After`` takes no fraction), rounded up, never below the
+loader's ``retry_after`` (also the hint before any call finished or held a place) and never above its
+``max_retry_after`` (unless ``retry_after`` is higher): a client told to wait ten minutes would rather be told to
+look again.
+
+>>> retry_after(queued=7, places=2, held=3.0, ages=[0.0, 0.0], least=1.0, most=60.0)     # 3 + 3 * 3
 12
+>>> retry_after(queued=1, places=4, held=10.0, ages=[0.5] * 4, least=1.0, most=60.0)     # 9.5 left, queue or not
+10
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 
 __all__ = ["HeldTime", "retry_after"]
 
@@ -33,6 +43,8 @@ class HeldTime:
     >>> first = held.take(now=100.0)
     >>> held.typical(now=104.0)        # none gave its place back yet: the age of those holding one
     4.0
+    >>> held.ages(now=104.0)
+    [4.0]
     >>> held.give(first, now=110.0)
     >>> held.typical(now=200.0)
     10.0
@@ -65,21 +77,31 @@ class HeldTime:
         seconds = max(seconds, 0.0)  # (an injected clock may step back)
         self.mean = seconds if self.mean is None else self.mean + WEIGHT * (seconds - self.mean)
 
+    def ages(self, now: float) -> list[float]:
+        """How long (s) each call holding a place now has held it (never below 0: an injected clock may step back)."""
+        return [max(now - taken, 0.0) for taken in self._holding.values()]
+
     def typical(self, now: float) -> float | None:
         """The time (s) a call holds its place: the mean, or before any gave it back the mean age of those holding one
         (``None`` when none does either)."""
         if self.mean is not None:
             return self.mean
-        if not self._holding:
-            return None
-        return max(sum(now - taken for taken in self._holding.values()) / len(self._holding), 0.0)
+        ages = self.ages(now)
+        return sum(ages) / len(ages) if ages else None
 
 
-def retry_after(*, queued: int, places: int, held: float | None, least: float, most: float) -> int:
-    """Whole seconds a refused caller should wait: ``held * (queued + 1) / places`` rounded up, within
-    ``[ceil(least), floor(most)]`` (``least`` alone while ``held`` is ``None``)."""
+def retry_after(
+    *, queued: int, places: int, held: float | None, ages: Sequence[float], least: float, most: float
+) -> int:
+    """Whole seconds a refused caller should wait for a place behind ``queued`` calls: ``r[queued mod places] + held
+    * (queued div places)`` rounded up, where ``r`` are the places' remaining times sorted (``max(held - age, 0)``
+    for each of ``ages``, the calls holding one; 0 for a place none holds; the ``places`` shortest should more calls
+    hold one), within ``[ceil(least), floor(most)]`` (``least`` alone while ``held`` is ``None``)."""
     low = math.ceil(least)
     high = max(math.floor(most), low)
     if held is None or places <= 0:
         return low
-    return min(max(math.ceil(held * (queued + 1) / places), low), high)
+    remaining = sorted(max(held - age, 0.0) for age in ages)[:places]
+    remaining = [0.0] * (places - len(remaining)) + remaining
+    rounds, place = divmod(queued, places)
+    return min(max(math.ceil(remaining[place] + held * rounds), low), high)

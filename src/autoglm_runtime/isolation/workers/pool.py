@@ -6,7 +6,8 @@ Promises:
   replica is full it waits in a FIFO queue (its timeout counts), and when ``max_queue`` calls already wait it
   is refused at once with :class:`ModelOverloadedError` (E0106, HTTP 503 with ``Retry-After``, gRPC
   ``RESOURCE_EXHAUSTED``); nothing unbounded. Its ``retry_after`` is whole seconds, from the queue ahead, the
-  replicas and how long recent calls held a replica, within ``[retry_after, max_retry_after]`` (see ``_retry.py``);
+  replicas, how long recent calls held a replica and how long the calls holding one still have to run, within
+  ``[retry_after, max_retry_after]`` (see ``_retry.py``);
 * replicas fail independently: a crash fails only the calls in flight on that replica, and a replica given up on
   takes no calls while another serves (they wait for it instead);
 * one heartbeat thread per model (``autoglm-model-<name>-heartbeat``) pings every ready replica every
@@ -258,8 +259,15 @@ class ReplicaPool:
             if len(self._waiters) >= self.max_queue:
                 least, most = self._retry_after
                 places = len(self._serving()) * self.max_inflight
-                held = self._held.typical(self._timer())
-                wait = retry_after(queued=len(self._waiters), places=places, held=held, least=least, most=most)
+                now = self._timer()
+                wait = retry_after(
+                    queued=len(self._waiters),
+                    places=places,
+                    held=self._held.typical(now),
+                    ages=self._held.ages(now),
+                    least=least,
+                    most=most,
+                )
                 raise ModelOverloadedError(
                     f"model '{self.name}' is overloaded: its {len(self.workers)} replica(s) each run "
                     f"max_inflight={self.max_inflight} calls and {len(self._waiters)} more wait in its queue "
