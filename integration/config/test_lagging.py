@@ -130,9 +130,10 @@ def test_a_session_every_server_refuses_is_given_up_for_a_new_one(
         [given_up] = [m for m in messages if m.startswith(GIVEN_UP)]
         assert re.fullmatch(
             rf"{GIVEN_UP}{re.escape(proxy.hosts)} for \d+ s, longer than its session can live: servers took (\d+) of "
-            r"its \1 connection attempts but the session resumed on none \(ZooKeeper restored from a backup closes "
-            r"such a connection at once for a session that saw newer zxids, logging 'client must try another "
-            r"server'\); opening a new session",
+            r"its \1 connection attempts but the session resumed on none: ZooKeeper closes such a connection at once "
+            r"when restored from a backup, for a session that saw newer zxids \(it logs 'client must try another "
+            r"server'\), and while it has no quorum \(it logs 'ZooKeeperServer not running', and takes sessions again "
+            r"once its quorum is back\); opening a new session",
             given_up,
         ), given_up
         assert any(m.startswith("zxid regression: ZooKeeper at") for m in messages)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from integration._helpers import kazoo_session
 from kazoo.client import KazooClient
-from kazoo.exceptions import ConnectionLoss, NodeExistsError
+from kazoo.exceptions import ConnectionLoss, NodeExistsError, RolledBackError
 from kazoo.protocol.states import KazooState
 from kazoo.retry import KazooRetry
 
@@ -92,3 +92,25 @@ def test_cut_before_answer_loses_the_answer_to_a_create_the_server_did(
     assert proxied_client.client_id[0] == session_id
     proxied_client.create(f"{zk_root}/after", b"2")  # once only: the next create is answered
     assert zk_proxy.connections == 1
+
+
+def test_cut_before_answer_lets_a_failed_transaction_through_and_loses_a_done_ones_answer(
+    zk_proxy: FaultProxy, proxied_client: KazooClient, zk_client: KazooClient, zk_root: str
+) -> None:
+    # ZooKeeper answers a transaction whose operations failed with error code 0, the errors inside: the proxy took
+    # that for a transaction done and cut the connection, so the client saw ConnectionLoss for nothing done.
+    proxied_client.create(f"{zk_root}/there", b"0")
+    lost = zk_proxy.cut_before_answer("transaction")
+    failing = proxied_client.transaction()
+    failing.create(f"{zk_root}/new", b"1")
+    failing.create(f"{zk_root}/there", b"1")
+    assert [type(result) for result in failing.commit()] == [RolledBackError, NodeExistsError]
+    assert not lost.is_set()
+    assert zk_client.exists(f"{zk_root}/new") is None
+
+    done = proxied_client.transaction()
+    done.create(f"{zk_root}/new", b"1")
+    with pytest.raises(ConnectionLoss):
+        done.commit()
+    assert lost.is_set()
+    assert zk_client.get(f"{zk_root}/new")[0] == b"1"

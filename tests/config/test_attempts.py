@@ -21,17 +21,19 @@ from autoglm_runtime.testing import wait_until
             3,
             0,
             None,
-            "servers took 3 of its 3 connection attempts but the session resumed on none (ZooKeeper restored from a "
-            "backup closes such a connection at once for a session that saw newer zxids, logging 'client must try "
-            "another server'); opening a new session",
+            "servers took 3 of its 3 connection attempts but the session resumed on none: ZooKeeper closes such "
+            "a connection at once when restored from a backup, for a session that saw newer zxids (it logs 'client "
+            "must try another server'), and while it has no quorum (it logs 'ZooKeeperServer not running', and takes "
+            "sessions again once its quorum is back); opening a new session",
         ),
         (
             1,
             4,
             "timed out",
-            "servers took 1 of its 5 connection attempts but the session resumed on none (ZooKeeper restored from a "
-            "backup closes such a connection at once for a session that saw newer zxids, logging 'client must try "
-            "another server'); opening a new session",
+            "servers took 1 of its 5 connection attempts but the session resumed on none: ZooKeeper closes such "
+            "a connection at once when restored from a backup, for a session that saw newer zxids (it logs 'client "
+            "must try another server'), and while it has no quorum (it logs 'ZooKeeperServer not running', and takes "
+            "sessions again once its quorum is back); opening a new session",
         ),
         (
             0,
@@ -58,7 +60,7 @@ def test_the_give_up_line_says_what_the_attempts_met(
 @pytest.fixture
 def closing_server() -> Iterator[int]:
     """A port whose listener takes each TCP connection and closes it at once, as a server restored from a backup
-    does to a session that saw newer zxids."""
+    does to a session that saw newer zxids, and a server without a quorum to any."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.1)
     done = threading.Event()

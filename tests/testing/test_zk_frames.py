@@ -6,7 +6,14 @@ import struct
 
 import pytest
 
-from autoglm_runtime.testing._zkframes import REPLY_HEADER, REQUEST_HEADER, REQUESTS, FrameScanner
+from autoglm_runtime.testing._zkframes import (
+    MULTI_HEADER,
+    REPLY_HEADER,
+    REQUEST_HEADER,
+    REQUESTS,
+    FrameScanner,
+    multi_failed,
+)
 
 
 def _frame(body: bytes) -> bytes:
@@ -74,3 +81,24 @@ def test_the_requests_are_named_by_kazoos_methods() -> None:
     assert REQUESTS["create"] == {1, 15, 19, 21}  # create, create2 (kazoo's include_data), container, TTL
     assert REQUESTS["set"] == {5}
     assert REQUESTS["transaction"] == {14}
+
+
+@pytest.mark.parametrize("size", [1, 3, 16, 20, 21, 4096])
+def test_extra_ends_each_frames_fields_with_the_bytes_after_its_header_as_many_as_it_holds(size: int) -> None:
+    failed = MULTI_HEADER.pack(-1, False, -110) + b"\xff\xff\xff\x92" + MULTI_HEADER.pack(-1, True, -1)
+    stream, _ = _stream(
+        REPLY_HEADER,
+        ((1, 7, 0), failed),  # a multi whose first operation failed
+        ((2, 8, -101), b""),  # an error answer: the header alone
+        ((3, 9, 0), b"abc"),  # a body shorter than extra
+    )
+    found = _scan_in_chunks(FrameScanner(REPLY_HEADER, MULTI_HEADER.size), stream, size)
+    assert [fields for _, fields in found] == [(1, 7, 0, failed[:9]), (2, 8, -101, b""), (3, 9, 0, b"abc")]
+    assert [multi_failed(fields[3]) for _, fields in found] == [True, False, False]
+
+
+def test_a_multi_is_failed_when_its_first_result_is_an_error_not_the_end_marker() -> None:
+    assert multi_failed(MULTI_HEADER.pack(-1, False, -101))  # (ZooKeeper rolls back the others)
+    assert not multi_failed(MULTI_HEADER.pack(1, False, -1))  # a create's result
+    assert not multi_failed(MULTI_HEADER.pack(-1, True, -1))  # an empty multi: the end marker at once
+    assert not multi_failed(b"")

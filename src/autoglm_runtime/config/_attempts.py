@@ -3,10 +3,12 @@
 kazoo opens each attempt with its handler's ``create_connection`` (the TCP connection, and the TLS handshake with
 ``use_ssl``), then sends the session's ConnectRequest. An attempt that gets a socket reached a server: a server
 restored from a backup then closes the connection at once, refusing a session that saw newer zxids ("client must
-try another server"). One that raises (connection refused, timed out, host unreachable, TLS refused) reached
-nothing that would take it: a network partition, the ensemble down or a wrong address. A host name that does
-not resolve makes no attempt at all. :class:`ConnectAttempts` counts both kinds from the last drop on, so the
-E0409 line of :meth:`._zxid.ZxidGuard.give_up_session` says which one the client met (:func:`observed`).
+try another server"), and so does a server without a quorum (a majority down or cut off, an election under way:
+"ZooKeeperServer not running"), so the line names both. One that raises (connection refused, timed out, host
+unreachable, TLS refused) reached nothing that would take it: a network partition, the ensemble down or a wrong
+address. A host name that does not resolve makes no attempt at all. :class:`ConnectAttempts` counts both kinds
+from the last drop on, so the E0409 line of :meth:`._zxid.ZxidGuard.give_up_session` says which one the client
+met (:func:`observed`).
 """
 
 from __future__ import annotations
@@ -74,9 +76,10 @@ def observed(accepted: int, failed: int, last_error: str | None) -> str:
     attempts = accepted + failed
     if accepted:
         return (
-            f"servers took {accepted} of its {attempts} connection attempts but the session resumed on none "
-            "(ZooKeeper restored from a backup closes such a connection at once for a session that saw newer "
-            "zxids, logging 'client must try another server'); opening a new session"
+            f"servers took {accepted} of its {attempts} connection attempts but the session resumed on none: "
+            "ZooKeeper closes such a connection at once when restored from a backup, for a session that saw newer "
+            "zxids (it logs 'client must try another server'), and while it has no quorum (it logs 'ZooKeeperServer "
+            "not running', and takes sessions again once its quorum is back); opening a new session"
         )
     if failed:
         return (

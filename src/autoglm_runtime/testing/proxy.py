@@ -27,9 +27,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from autoglm_runtime.testing._common import ZooKeeperHarnessError, format_hosts
-from autoglm_runtime.testing._zkframes import REPLY_HEADER, REQUEST_HEADER, REQUESTS, FrameScanner
+from autoglm_runtime.testing._zkframes import (
+    MULTI_HEADER,
+    MULTI_OPCODE,
+    REPLY_HEADER,
+    REQUEST_HEADER,
+    REQUESTS,
+    FrameScanner,
+    multi_failed,
+)
 
 __all__ = ["FaultProxy"]
 
@@ -64,7 +73,7 @@ class _AnswerCut:
     happened: threading.Event = field(default_factory=threading.Event)
 
 
-_Frames = list[tuple[int, tuple[int, ...]]]
+_Frames = list[tuple[int, tuple[Any, ...]]]  # (start, header fields): see FrameScanner.scan
 
 
 class _Link:
@@ -78,7 +87,7 @@ class _Link:
         self.downstream = downstream
         self.upstream = upstream
         self._closed = threading.Event()
-        self._waited: set[int] = set()  # xids of forwarded requests whose answer an armed cut waits for
+        self._waited: dict[int, int] = {}  # xid -> opcode of forwarded requests whose answer an armed cut waits for
         self._waited_lock = threading.Lock()
         self.threads = [
             threading.Thread(
@@ -89,7 +98,7 @@ class _Link:
             ),
             threading.Thread(
                 target=self._pump,
-                args=(upstream, downstream, FrameScanner(REPLY_HEADER), self._answers),
+                args=(upstream, downstream, FrameScanner(REPLY_HEADER, MULTI_HEADER.size), self._answers),
                 name=f"FaultProxy-{proxy.port}-{number}-down",
                 daemon=True,
             ),
@@ -104,16 +113,18 @@ class _Link:
         armed = self.proxy._armed_cut()
         if armed is not None:
             with self._waited_lock:
-                self._waited.update(xid for _, (xid, opcode) in frames if opcode in armed.opcodes)
+                self._waited.update((xid, opcode) for _, (xid, opcode) in frames if opcode in armed.opcodes)
         return 0, None
 
     def _answers(self, frames: _Frames) -> tuple[int, _AnswerCut | None]:
-        for start, (xid, _zxid, err) in frames:
+        for start, (xid, _zxid, err, body) in frames:
             with self._waited_lock:
-                if xid not in self._waited:
-                    continue
-                self._waited.discard(xid)
-            if err == 0:  # the server did the request: this is the answer to lose (an error answer goes on)
+                opcode = self._waited.pop(xid, None)
+            if opcode is None:
+                continue
+            # A multi whose operations failed is answered with err 0 too, its errors inside: nothing was done.
+            done = err == 0 and not (opcode == MULTI_OPCODE and multi_failed(body))
+            if done:  # the server did the request: this is the answer to lose (an error answer goes on)
                 cut = self.proxy._claim_cut()
                 if cut is not None:
                     return start, cut
@@ -283,7 +294,8 @@ class FaultProxy:
         says the request was done (error code 0), passes on nothing of that answer, closes that connection
         (others stay) and, with ``refuse``, refuses new ones from then on, as :meth:`refuse` does. The client
         sees a connection loss for a request the server did. An error answer (a create of a node that
-        exists) goes through, and the next request is waited for. It happens once: arm it again for another.
+        exists, a transaction whose operations failed, which ZooKeeper answers with code 0 and the errors
+        inside) goes through, and the next request is waited for. It happens once: arm it again for another.
         Returns an event that is set as the cut happens, before the client can see its connection closed;
         :meth:`restore` disarms a cut that did not happen yet.
 
