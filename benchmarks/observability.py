@@ -14,7 +14,9 @@ Settings, interleaved in short runs in one process (the SDK's module switches ar
   server's OpenTelemetry instrumentation does; its span is the trace's root), with our spans off (metrics only)
   and on. "ours on" is compared with "ours off": the server's own span is paid by any traced server.
 
-The exporter drops the spans, so only the SDK's own cost is measured. Printed:
+The exporter drops the spans, so only the SDK's own cost is measured. Each table ends with what one span costs at
+100%: each of ours (the request's cost with ours on, less with ours off, over our spans in a request) beside the
+server's own root span (the SDK's span alone, no code of ours). Printed:
 
 1. guard only: one ASGI request through ValidationMiddleware (body read, decode check, extraction, counting with a
    byte-level BPE tokenizer trained here) to a small app, called directly (no HTTP server, so the guard's share is
@@ -237,9 +239,10 @@ async def measure_full(app: Any, body: bytes, requests: int) -> dict[str, tuple[
     return medians
 
 
-def report(medians: dict[str, float], unit: str = "us", scale: float = 1e6) -> None:
+def report(medians: dict[str, float], spans: int, unit: str = "us", scale: float = 1e6) -> None:
     """Each setting against its peer: the untraced ones against off, our spans in a traced server against the
-    same server with ours off."""
+    same server with ours off; then, at 100%, what each of our ``spans`` per request costs beside the server's
+    own root span (one span of the SDK, no code of ours)."""
     for setting in SETTINGS:
         ratio = medians[setting] / medians["off"]
         target = "" if setting == "off" else "   (target <= 1.03x)"
@@ -254,7 +257,16 @@ def report(medians: dict[str, float], unit: str = "us", scale: float = 1e6) -> N
         f"{rate} {medians[f'server {rate}, ours off'] / medians['off']:6.3f}x" for rate in ("1%", "100%")
     )
     print(f"    the server's own root span alone (server X%, ours off, against off): {roots}")
+    ours = (medians["server 100%, ours on"] - medians["server 100%, ours off"]) / spans * scale
+    server = (medians["server 100%, ours off"] - medians["off"]) * scale
+    print(
+        f"    per span at 100%: each of ours ({spans} a request) {ours:6.1f} {unit}, the server's own root span "
+        f"{server:6.1f} {unit}"
+    )
 
+
+#: Our spans in one request of the example server: the guard check's (one for both guard layers) and the model call's.
+SPANS = 2
 
 SETTING_HEADER = "x-bench-setting"
 CPU_HEADER = "x-bench-cpu"
@@ -389,9 +401,9 @@ def main() -> None:
         print(f"   httpx; the same /v1/completions request, the settings alternating in runs of {RUN} requests")
         served = measure_served(body, 1500)
         print(f"  wall time at the client (median of {counted(1500)})")
-        report({setting: wall for setting, (wall, _) in served.items()})
+        report({setting: wall for setting, (wall, _) in served.items()}, spans=SPANS)
         print(f"  server process CPU (median of {counted(1500)}; the model worker's CPU is not in it)")
-        report({setting: cpu for setting, (_, cpu) in served.items()})
+        report({setting: cpu for setting, (_, cpu) in served.items()}, spans=SPANS)
     for provider in providers.values():
         provider.shutdown()
 
@@ -408,7 +420,7 @@ def guard_only() -> None:
             body = json.dumps({"prompt": prompt_of(raw, words, tokens, rng), "max_tokens": 256}).encode()
             asyncio.run(measure(guarded, body, 20))  # warm up
             print(f"  {tokens}-token prompt (median of {counted(requests)})")
-            report(asyncio.run(measure(guarded, body, requests)))
+            report(asyncio.run(measure(guarded, body, requests)), spans=1)
 
 
 def example_sections(sections: set[int]) -> bytes:
@@ -424,9 +436,9 @@ def example_sections(sections: set[int]) -> bytes:
         asyncio.run(measure_full(example, body, 10))  # warm up
         full = asyncio.run(measure_full(example, body, 1000))
     print(f"  wall time (median of {counted(1000)})")
-    report({setting: wall for setting, (wall, _) in full.items()})
+    report({setting: wall for setting, (wall, _) in full.items()}, spans=SPANS)
     print(f"  host CPU (median of {counted(1000)}; the worker's CPU is not in it)")
-    report({setting: cpu for setting, (_, cpu) in full.items()})
+    report({setting: cpu for setting, (_, cpu) in full.items()}, spans=SPANS)
     return body
 
 
