@@ -97,6 +97,14 @@ _FRAMING = (b"content-length", b"transfer-encoding")
 _CHECK_KEY = "autoglm.guard_check"
 
 
+def _close_reason(text: str) -> str:
+    """``text`` as a WebSocket close reason: at most 123 bytes of UTF-8, cut between words (a number cut short
+    would tell the client a wrong limit)."""
+    if len(text.encode("utf-8")) <= 123:
+        return text
+    return text.encode("utf-8")[:120].decode("utf-8", "ignore").rsplit(" ", 1)[0] + "..."
+
+
 def replaying(body: bytes, receive: Receive) -> Receive:
     """A ``receive`` that hands the app ``body`` (already read and judged) as one message, then defers to
     ``receive`` (for the disconnect), so a middleware that read the body can still pass the request on."""
@@ -373,7 +381,7 @@ class ValidationMiddleware:
         )
         if kind == "websocket":
             # Closing before accepting makes the server answer the handshake with 403.
-            await send({"type": "websocket.close", "code": 1008, "reason": f"{exc.code}: {exc.message}"[:120]})
+            await send({"type": "websocket.close", "code": 1008, "reason": _close_reason(f"{exc.code}: {exc.message}")})
             return
         answer = http_error(exc, self.error_style)
         payload = json.dumps(answer.body).encode("utf-8")
