@@ -154,14 +154,16 @@ _register(
     "Token or header too long",
     "error",
     "A header value (such as an Authorization token) exceeds its length limit and was rejected before parsing.",
-    "Send a shorter value; raise the limit only if such tokens are legitimate.",
+    "Clients send a shorter value. Operators raise the limit (HeaderTokenGuard max_length, the settings file's "
+    "max_header_length) only if such values are legitimate.",
 )
 _register(
     "E0513",
     "Context window exceeded",
     "error",
     "Input tokens plus requested output tokens exceed the model's context window.",
-    "Shorten the prompt or lower max_tokens; or enable truncation explicitly if cutting input is acceptable.",
+    "Clients shorten the input or lower max_tokens (the message says which). Operators may enable truncation "
+    "(truncate_on_overflow) if cutting input is acceptable.",
 )
 _register(
     "E0514",
@@ -176,7 +178,7 @@ _register(
     "Request body too large",
     "error",
     "The request body exceeds the byte limit and was rejected before it was read in full.",
-    "Send a smaller body, or raise the body limit of the validation middleware.",
+    "Clients send a smaller body. Operators raise the middleware's max_body_bytes if such bodies are legitimate.",
 )
 _register(
     "E0516",

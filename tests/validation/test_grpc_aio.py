@@ -94,8 +94,8 @@ def test_unary_calls_are_guarded() -> None:
     )
     assert header == (
         grpc.StatusCode.INVALID_ARGUMENT,
-        "E0512: the authorization header is 513 bytes long, more than the limit of 512: send a shorter value, "
-        "or raise the limit if such values are legitimate",
+        "E0512: the authorization header is 513 bytes long, more than the 512 bytes this server takes: send at most "
+        "512 bytes",
     )
 
 

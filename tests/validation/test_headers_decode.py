@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from autoglm_runtime.errors import HeaderTooLongError, InputDecodeError, UsageError
 from autoglm_runtime.validation import DecodeGuard, HeaderTokenGuard
 
-TOO_LONG = "send a shorter value, or raise the limit if such values are legitimate"
+# For the client, who cannot change the limit (before: "or raise the limit if such values are legitimate").
+TOO_LONG = "send at most {} bytes"
 
 
 def test_header_at_the_limit_passes_and_one_more_byte_fails() -> None:
@@ -19,7 +20,9 @@ def test_header_at_the_limit_passes_and_one_more_byte_fails() -> None:
     guard.check([(b"authorization", b"x" * 512)])
     with pytest.raises(HeaderTooLongError) as info:
         guard.check([(b"host", b"a"), (b"authorization", b"x" * 513)])
-    assert info.value.message == f"the authorization header is 513 bytes long, more than the limit of 512: {TOO_LONG}"
+    assert info.value.message == (
+        f"the authorization header is 513 bytes long, more than the 512 bytes this server takes: {TOO_LONG.format(512)}"
+    )
     assert (info.value.code, info.value.http_status, info.value.param) == ("E0512", 431, "authorization")
 
 
@@ -28,14 +31,18 @@ def test_header_names_are_case_insensitive_and_others_are_ignored() -> None:
     guard.check([(b"cookie", b"c" * 10_000)])
     with pytest.raises(HeaderTooLongError) as info:
         guard.check([("X-API-KEY", "k" * 9)])
-    assert info.value.message == f"the x-api-key header is 9 bytes long, more than the limit of 8: {TOO_LONG}"
+    assert info.value.message == (
+        f"the x-api-key header is 9 bytes long, more than the 8 bytes this server takes: {TOO_LONG.format(8)}"
+    )
 
 
 def test_str_values_are_measured_in_utf8_bytes() -> None:
     guard = HeaderTokenGuard(max_length=8)
     with pytest.raises(HeaderTooLongError) as info:
         guard.check([("authorization", "ééééé")])  # 5 characters, 10 bytes
-    assert info.value.message == f"the authorization header is 10 bytes long, more than the limit of 8: {TOO_LONG}"
+    assert info.value.message == (
+        f"the authorization header is 10 bytes long, more than the 8 bytes this server takes: {TOO_LONG.format(8)}"
+    )
 
 
 def test_the_message_never_contains_the_value() -> None:

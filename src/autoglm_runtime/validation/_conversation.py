@@ -13,7 +13,8 @@ vLLM never gives a template the request's messages as they came. It keeps only t
   empty, for text that is not JSON and for arguments neither text, an object nor an array), an empty list is
   dropped; its ``reasoning`` (or ``reasoning_content``) is passed under both names; a tool result keeps its
   ``tool_call_id`` and, when all its parts are text, a string content;
-- ``name`` (a string) is kept; a developer message keeps its ``tools``; any other key is dropped;
+- ``name`` and ``task`` (strings: a participant's name, a model's task marker) are kept, whatever the role; a
+  developer message keeps its ``tools``; any other key is dropped;
 - the request's ``tools`` reach the template as vLLM's pydantic models dump them (``ChatCompletionToolsParam``,
   ``FunctionDefinition``; ``tool_dicts``): ``type`` first, then ``function`` with its ``name``, ``description``
   and ``parameters`` (``null`` when not sent) and a set ``defer_loading`` (the tool's own when the function sets
@@ -194,6 +195,8 @@ def conversation(messages: Sequence[Mapping[str, Any]], form: ContentFormat) -> 
                 item["content"] = "\n".join(p["text"] for p in parts)
         if isinstance(message.get("name"), str):
             item["name"] = message["name"]
+        if isinstance(message.get("task"), str):  # (a model's task marker: vLLM passes it on for DeepSeek V4)
+            item["task"] = message["task"]
         if role == "developer":
             item["tools"] = message.get("tools")
         out.append(item)

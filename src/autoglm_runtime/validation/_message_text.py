@@ -210,9 +210,11 @@ def check_roles(name: str, messages: Sequence[Any], roles: Sequence[str] | None)
 
 def check_tool_calls(where: str, calls: list[Any]) -> None:
     """E5010 for an assistant's tool call vLLM cannot hand to a chat template (``_postprocess_messages`` reads
-    ``call["function"]``): one that is not an object with a ``function`` object. Its ``arguments`` are never
-    refused: vLLM parses JSON text and gives the template ``{}`` for text that is not JSON (or for arguments of
-    another type), so that a malformed call in a conversation's history does not fail every later turn."""
+    ``call["function"]``): one that is not an object with a ``function`` object; and for one whose ``type`` is
+    missing or not ``"function"``, which vLLM refuses with a 400 (openai's ``ChatCompletionMessageToolCallParam``
+    types it ``Required[Literal["function"]]``, checked as vLLM's chat parser reads the calls). Its ``arguments``
+    are not refused here: vLLM parses JSON text and gives the template ``{}`` for text that is not JSON, so that a
+    malformed call in a conversation's history does not fail every later turn."""
     for number, call in enumerate(calls):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
@@ -221,6 +223,14 @@ def check_tool_calls(where: str, calls: list[Any]) -> None:
                 f"{where}[{number}] must be an object with a 'function' object (its name and arguments), got "
                 f"{type(shown).__name__}{'' if isinstance(call, dict) else ' as the call'}: fix the request body",
                 param=f"{where}[{number}]",
+            )
+        kind = call.get("type")
+        if kind != "function":
+            what = "is missing" if "type" not in call else f"is {kind!r:.40}, not 'function'"
+            raise InvalidRequestError(
+                f"{where}[{number}].type {what}: the server takes only function tool calls in a conversation, as "
+                'vLLM does; send "type": "function"',
+                param=f"{where}[{number}].type",
             )
 
 

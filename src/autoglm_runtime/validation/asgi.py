@@ -56,7 +56,8 @@ from autoglm_runtime.logging import get_logger
 from autoglm_runtime.observability import GuardCheck
 from autoglm_runtime.observability._events import expect_rejections
 from autoglm_runtime.validation._asgi_body import Disconnected, read_body, read_body_in_time, refuse_encoding
-from autoglm_runtime.validation._openai import OpenAIExtractor
+from autoglm_runtime.validation._asgi_options import check_options, reads_embeddings, warn_misconfigured
+from autoglm_runtime.validation._openai import ExtractedInput, OpenAIExtractor
 from autoglm_runtime.validation._refusal import Refusal, server_running
 from autoglm_runtime.validation.context_window import ContextWindowGuard, GuardResult
 from autoglm_runtime.validation.decode import DecodeGuard
@@ -96,6 +97,14 @@ _FRAMING = (b"content-length", b"transfer-encoding")
 _CHECK_KEY = "autoglm.guard_check"
 
 
+def _close_reason(text: str) -> str:
+    """``text`` as a WebSocket close reason: at most 123 bytes of UTF-8, cut between words (a number cut short
+    would tell the client a wrong limit)."""
+    if len(text.encode("utf-8")) <= 123:
+        return text
+    return text.encode("utf-8")[:120].decode("utf-8", "ignore").rsplit(" ", 1)[0] + "..."
+
+
 def replaying(body: bytes, receive: Receive) -> Receive:
     """A ``receive`` that hands the app ``body`` (already read and judged) as one message, then defers to
     ``receive`` (for the disconnect), so a middleware that read the body can still pass the request on."""
@@ -111,29 +120,17 @@ def replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def _check_options(
-    max_body_bytes: int, max_concurrent_checks: int, body_timeout: float | None, error_style: str, retry_after: int
-) -> None:
-    if max_body_bytes < 1:
-        raise UsageError(f"max_body_bytes must be at least 1, got {max_body_bytes}")
-    if isinstance(max_concurrent_checks, bool) or max_concurrent_checks < 1:
-        raise UsageError(f"max_concurrent_checks must be at least 1, got {max_concurrent_checks}")
-    if body_timeout is not None and not body_timeout > 0:  # (nan too: it would never time out)
-        raise UsageError(f"body_timeout must be positive or None, got {body_timeout}")
-    if error_style not in ("autoglm", "openai"):
-        raise UsageError(f"error_style must be 'autoglm' or 'openai', got {error_style!r}")
-    if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
-        raise UsageError(f"retry_after must be a whole number of seconds >= 0, got {retry_after!r}")
-
-
 class ValidationMiddleware:
     """Pure ASGI middleware running the guards before the wrapped app sees a request.
 
     ``paths`` are the exact request paths whose bodies are judged (``None``: every path); header checks apply to
     every HTTP and WebSocket request. Bodies on ``embedding_paths`` are read as embeddings requests (their
-    ``input``, each against the whole window). ``require_input`` refuses (E5010) a body on a guarded path holding
-    no input for the model (no ``prompt``, ``messages``, or an embedding's ``input``), which otherwise passes
-    unjudged. ``header_guard=None`` turns the header check off, ``context_guard=None``
+    ``input``, each against the whole window); an entry ``paths`` does not guard is logged as a warning (E0001) when
+    the middleware is built. An ``extractor`` whose ``extract`` override has no ``embedding`` argument (written for
+    an older :class:`OpenAIExtractor`) is still called as before on the other paths; bodies on its embedding paths
+    are only size- and JSON-checked, and a warning (E0001) says so. ``require_input`` refuses (E5010) a body on a
+    guarded path holding no input for the model (no ``prompt``, ``messages``, or an embedding's ``input``), which
+    otherwise passes unjudged. ``header_guard=None`` turns the header check off, ``context_guard=None``
     the token check (bodies are still size- and decode-checked). ``offload`` judges large bodies on the
     middleware's pool of ``max_concurrent_checks`` threads so tokenizing does not block the event loop (turn it off
     outside asyncio). ``body_timeout`` (seconds, ``None`` for none) bounds how long a body may take to arrive.
@@ -167,7 +164,7 @@ class ValidationMiddleware:
     ) -> None:
         self._refusal: Refusal | None = None
         try:
-            _check_options(max_body_bytes, max_concurrent_checks, body_timeout, error_style, retry_after)
+            check_options(max_body_bytes, max_concurrent_checks, body_timeout, error_style, retry_after)
         except UsageError as exc:
             self._refuse(app, exc)
             return
@@ -180,6 +177,11 @@ class ValidationMiddleware:
         self.paths = frozenset(paths) if paths is not None else None
         self.methods = frozenset(method.upper() for method in methods)
         self.embedding_paths = frozenset(embedding_paths)
+        # An extract() written before embedding existed is never handed it; its embedding paths go uncounted.
+        self._reads_embeddings = reads_embeddings(self.extractor)
+        warn_misconfigured(
+            self.paths, self.embedding_paths, _EMBEDDING_PATHS, self.extractor, reads=self._reads_embeddings
+        )
         self.require_input = require_input
         self.offload = offload
         self.max_concurrent_checks = max_concurrent_checks
@@ -316,9 +318,11 @@ class ValidationMiddleware:
 
     def _judge(self, body: bytes, embedding: bool = False) -> tuple[bytes, GuardResult | None]:
         value = self.decode_guard.check_json(body)
+        if embedding and not self._reads_embeddings:
+            return body, None  # (said at construction: this extractor cannot read an embeddings body)
         guard = self.context_guard
         limit = guard.text_limit() if guard is not None else None
-        extracted = self.extractor.extract(value, max_text_chars=limit, embedding=embedding)
+        extracted = self._extract(value, limit, embedding)
         if self.require_input and not extracted.has_input:
             raise self.extractor.missing_input(embedding=embedding)
         # A chat is judged even without text or budget: its messages still cost the template's tokens. A budget
@@ -329,12 +333,19 @@ class ValidationMiddleware:
             result = guard.judge(extracted.guard_input())
         except IncompleteInput:
             # The limits changed between reading the text limit and judging: judge the whole text.
-            extracted = self.extractor.extract(value, embedding=embedding)
+            extracted = self._extract(value, None, embedding)
             result = guard.judge(extracted.guard_input())
         if not result.truncated:
             return body, result
         rewritten = self.extractor.apply(value, extracted, result)
         return json.dumps(rewritten, ensure_ascii=False).encode("utf-8"), result
+
+    def _extract(self, value: Any, limit: int | None, embedding: bool) -> ExtractedInput:
+        # embedding= only where it is true: an extract() overridden before the argument existed still serves the
+        # other paths.
+        if embedding:
+            return self.extractor.extract(value, max_text_chars=limit, embedding=True)
+        return self.extractor.extract(value, max_text_chars=limit)
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, result: GuardResult | None
@@ -370,7 +381,7 @@ class ValidationMiddleware:
         )
         if kind == "websocket":
             # Closing before accepting makes the server answer the handshake with 403.
-            await send({"type": "websocket.close", "code": 1008, "reason": f"{exc.code}: {exc.message}"[:120]})
+            await send({"type": "websocket.close", "code": 1008, "reason": _close_reason(f"{exc.code}: {exc.message}")})
             return
         answer = http_error(exc, self.error_style)
         payload = json.dumps(answer.body).encode("utf-8")

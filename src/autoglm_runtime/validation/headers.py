@@ -26,8 +26,8 @@ class HeaderTokenGuard:
     >>> HeaderTokenGuard(max_length=4).check([(b"authorization", b"Bearer abc")])
     Traceback (most recent call last):
     ...
-    autoglm_runtime.errors.HeaderTooLongError: E0512: the authorization header is 10 bytes long, more than the \
-limit of 4: send a shorter value, or raise the limit if such values are legitimate
+    autoglm_runtime.errors.HeaderTooLongError: E0512: the authorization header is 10 bytes long, more than the 4 \
+bytes this server takes: send at most 4 bytes
     """
 
     def __init__(self, max_length: int = 512, headers: Iterable[str] = ("authorization",)) -> None:
@@ -55,7 +55,8 @@ limit of 4: send a shorter value, or raise the limit if such values are legitima
             if size > limit:
                 header = lowered.decode("latin-1") if isinstance(lowered, bytes) else lowered
                 raise HeaderTooLongError(
-                    f"the {header} header is {size} bytes long, more than the limit of {limit}: "
-                    "send a shorter value, or raise the limit if such values are legitimate",
+                    # For the client, who cannot change the limit (the operator's remedy is in error-codes.md).
+                    f"the {header} header is {size} bytes long, more than the {limit} bytes this server takes: "
+                    f"send at most {limit} bytes",
                     param=header,
                 )
