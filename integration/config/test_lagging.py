@@ -15,8 +15,11 @@ from integration._helpers import kazoo_session
 from integration.config._helpers import Factory, SwitchingProxy, Until, j, kazoo_of
 from kazoo.client import KazooClient
 from kazoo.protocol.states import KazooState
+from kazoo.retry import KazooRetry
 
+from autoglm_runtime import ConfigClient
 from autoglm_runtime.config import _zxid
+from autoglm_runtime.testing._common import four_letter_word
 from autoglm_runtime.testing.proxy import FaultProxy
 from autoglm_runtime.testing.zookeeper import ZooKeeperServer, expire_session
 
@@ -129,7 +132,8 @@ def test_a_session_every_server_refuses_is_given_up_for_a_new_one(
         # What the client met: servers that take the connection and close it at once.
         [given_up] = [m for m in messages if m.startswith(GIVEN_UP)]
         assert re.fullmatch(
-            rf"{GIVEN_UP}{re.escape(proxy.hosts)} for \d+ s, longer than its session can live: servers took (\d+) of "
+            rf"{GIVEN_UP}{re.escape(proxy.hosts)} for \d+ s, longer than its session can live \(session timeout 4 s\): "
+            r"servers took (\d+) of "
             r"its \1 connection attempts but the session resumed on none: ZooKeeper closes such a connection at once "
             r"when restored from a backup, for a session that saw newer zxids \(it logs 'client must try another "
             r"server'\), and while it has no quorum \(it logs 'ZooKeeperServer not running', and takes sessions again "
@@ -154,7 +158,7 @@ def test_a_session_given_up_during_a_partition_says_no_server_answered(
     """Nothing answers at the client's address (a partition, the ensemble down): the session is given up all the
     same, and the E0409 line blamed a restore from a backup that never happened, sending the operator after the
     wrong cause. It says that no attempt reached a server."""
-    # After 5 s, not 20: half the session timeout the ConfigClient knows (its default 10 s; the factory sets 4 s).
+    # After 2 s, not 8: half the session timeout the factory's clients ask for (4 s), which the server grants.
     monkeypatch.setattr(_zxid, "GIVE_UP_AFTER_SESSIONS", 0.5)
     zk_client.create(f"{zk_root}/a", j(1))
     client = make_client(zk_proxy.hosts, zk_root)
@@ -171,12 +175,62 @@ def test_a_session_given_up_during_a_partition_says_no_server_answered(
         until(lambda: client.get("a") == 2, what="the change made after the partition")
     [message] = given_up()
     assert re.fullmatch(
-        rf"{GIVEN_UP}{re.escape(zk_proxy.hosts)} for \d+ s, longer than its session can live: none of its \d+ "
+        rf"{GIVEN_UP}{re.escape(zk_proxy.hosts)} for \d+ s, longer than its session can live \(session timeout 4 s\): "
+        r"none of its \d+ "
         r"connection attempts reached a server \(last: \[Errno 111\] Connection refused\): a network partition, "
         r"the ensemble down or a wrong address; a new session is opened as soon as a server answers",
         message,
     ), message
     client.stop()
+
+
+def _granted(server: ZooKeeperServer, requested: float) -> float:
+    """The session timeout ``server`` grants a client asking for ``requested`` s: clamped to its bounds."""
+    reply = four_letter_word(server.host, server.port, "conf")
+    assert reply is not None, "the server did not answer conf"
+    bounds = dict(line.split("=", 1) for line in reply.splitlines() if "=" in line)
+    low, high = int(bounds["minSessionTimeout"]) / 1000, int(bounds["maxSessionTimeout"]) / 1000
+    return min(max(requested, low), high)
+
+
+@pytest.mark.parametrize("requested", [1.5, 0.5])
+def test_a_session_is_given_up_after_the_timeout_its_own_client_uses(
+    requested: float,
+    zk_root: str,
+    zk_server: ZooKeeperServer,
+    zk_client: KazooClient,
+    zk_proxy: FaultProxy,
+    until: Until,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The give-up delay was two of the ConfigClient's ``session_timeout`` option (10 s by default) whatever the
+    session: a ``client_factory`` whose clients ask for a short session waited 20 s all the same, and so did one
+    the server granted another timeout. It is two of the timeout the server granted (asking for 0.5 s, the
+    server's ``minSessionTimeout`` of 1 s), and the line says which."""
+    zk_client.create(f"{zk_root}/a", j(1))
+    retry = KazooRetry(max_tries=-1, delay=0.05, max_delay=0.5)
+    client = ConfigClient(
+        zk_proxy.hosts,
+        zk_root,
+        client_factory=lambda: KazooClient(hosts=zk_proxy.hosts, timeout=requested, connection_retry=retry),
+    )
+    client.start(timeout=10)
+    granted = _granted(zk_server, requested)
+
+    def given_up() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith(GIVEN_UP)]
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="autoglm_runtime.config"):
+            zk_proxy.stop()
+            until(given_up, timeout=15, what="the session given up")  # two 10 s timeouts would take 20 s
+            zk_proxy.start()
+            zk_client.set(f"{zk_root}/a", j(2))
+            until(lambda: client.get("a") == 2, what="the change made after the partition")
+    finally:
+        client.stop()
+    [message] = given_up()
+    assert f"longer than its session can live (session timeout {granted:g} s): none of its" in message, message
 
 
 def _with_a_backup_behind(root: str, live: KazooClient, backup_server: ZooKeeperServer) -> None:

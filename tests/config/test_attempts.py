@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.handlers.threading import SequentialThreadingHandler
 from kazoo.retry import KazooRetry
 
 from autoglm_runtime.config._attempts import ConnectAttempts, observed
@@ -114,8 +115,67 @@ def test_attempts_nothing_takes_are_counted_as_failed_with_the_last_error() -> N
 
 def test_reset_forgets_the_attempts_so_far() -> None:
     attempts = ConnectAttempts()
-    attempts._note(OSError("no"))
-    attempts._note(None)
+    attempts.note(OSError("no"))
+    attempts.note(None)
     assert attempts.counts() == (1, 1, "no")
     attempts.reset()
     assert attempts.counts() == (0, 0, None)
+
+
+def test_clients_sharing_one_handler_count_only_their_own_attempts(closing_server: int) -> None:
+    """A ``client_factory`` may give all its clients one handler. The counting wrapped the handler's
+    ``create_connection`` in place, once per client watched: the wrappers stacked, and each client's attempts were
+    counted by every client's counter (a partitioned client was told servers took its connections)."""
+    handler = SequentialThreadingHandler()
+    retry = KazooRetry(max_tries=-1, delay=0.05, max_delay=0.1)
+    taking = KazooClient(hosts=f"127.0.0.1:{closing_server}", timeout=1.0, handler=handler, connection_retry=retry)
+    refusing = KazooClient(hosts=f"127.0.0.1:{free_port()}", timeout=1.0, handler=handler, connection_retry=retry)
+    took, refused = ConnectAttempts(), ConnectAttempts()
+    took.watch(taking)
+    refused.watch(refusing)
+    taking.start_async()
+    refusing.start_async()
+    try:
+        wait_until(
+            lambda: took.counts()[0] >= 2 and refused.counts()[1] >= 2, timeout=20, what="2 attempts of each client"
+        )
+    finally:
+        for client in (taking, refusing):
+            client.stop()
+            client.close()
+    assert (took.counts()[1:], refused.counts()[0], refused.counts()[2]) == (
+        (0, None),
+        0,
+        "[Errno 111] Connection refused",
+    )
+    assert "create_connection" not in vars(handler)  # the shared handler is left as it is
+
+
+def test_a_client_watched_again_is_counted_once_by_the_last_watcher(closing_server: int) -> None:
+    client = KazooClient(
+        hosts=f"127.0.0.1:{closing_server}",
+        timeout=1.0,
+        connection_retry=KazooRetry(max_tries=-1, delay=0.05, max_delay=0.1),
+    )
+    first, last = ConnectAttempts(), ConnectAttempts()
+    first.watch(client)
+    last.watch(client)
+    client.start_async()
+    try:
+        wait_until(lambda: last.counts()[0] >= 3, timeout=20, what="3 attempts")
+    finally:
+        client.stop()
+        client.close()
+    # Stacked wrappers counted each attempt in both (and twice in one watched twice the same way).
+    assert (first.counts(), last.counts()[1:]) == ((0, 0, None), (0, None))
+
+
+def test_the_session_timeout_is_the_one_the_client_asks_for_until_a_server_grants_one() -> None:
+    """The give-up delay took the ConfigClient's ``session_timeout`` option (10 s by default) even for a
+    ``client_factory``'s client asking for another; the server's grant replaces it (integration/config)."""
+    attempts = ConnectAttempts()
+    assert attempts.session_timeout() == 10.0
+    attempts.watch(KazooClient(hosts="127.0.0.1:1", timeout=2.5))
+    assert attempts.session_timeout() == 2.5
+    attempts.grant(4.0)
+    assert attempts.session_timeout() == 4.0

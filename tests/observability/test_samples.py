@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autoglm_runtime.observability._samples import config_samples, worker_samples
+from autoglm_runtime.observability._samples import CONFIG_FAMILIES, config_samples, worker_samples
 
 
 def test_a_running_client_with_resyncs_and_rejections() -> None:
@@ -108,3 +108,17 @@ def test_workers_by_replica_and_restart_reason() -> None:
         ("autoglm_worker_max_inflight", ("b",), 4.0),
         ("autoglm_worker_max_queue", ("b",), 8.0),
     ]
+
+
+def test_the_help_of_the_enum_gauges_says_what_the_value_is_in_both_modes() -> None:
+    """In multiprocess mode these gauges are summed over the processes (``livesum``), so a value is a count of
+    processes; their HELP said only "1 for the state, 0 for the others"."""
+    assert {f.name: f.documentation for f in CONFIG_FAMILIES if f.multiprocess_mode == "livesum"} == {
+        "autoglm_config_state": "The client's lifecycle state: 1 for its state, 0 for the others; in multiprocess "
+        "mode the number of processes in each state.",
+        "autoglm_config_source": "Where the cached values came from: 1 for their source, 0 for the others; in "
+        "multiprocess mode the number of processes on each source.",
+        "autoglm_config_watch_mode": "How the client follows ZooKeeper (persistent: one recursive watch; per_node: "
+        "two per znode): 1 for its mode, 0 for the others; in multiprocess mode the number of processes in each "
+        "mode.",
+    }

@@ -8,7 +8,7 @@ try another server"), and so does a server without a quorum (a majority down or 
 unreachable, TLS refused) reached nothing that would take it: a network partition, the ensemble down or a wrong
 address. A host name that does not resolve makes no attempt at all. :class:`ConnectAttempts` counts both kinds
 from the last drop on, so the E0409 line of :meth:`._zxid.ZxidGuard.give_up_session` says which one the client
-met (:func:`observed`).
+met (:func:`observed`), and keeps the session timeout the server granted, which says when to give up.
 """
 
 from __future__ import annotations
@@ -17,15 +17,19 @@ import threading
 from typing import Any
 
 from kazoo.client import KazooClient
+from kazoo.protocol.serialization import Connect
 
 __all__ = ["ConnectAttempts", "observed"]
 
 
 class ConnectAttempts:
-    """Counts a ``KazooClient``'s connection attempts since :meth:`reset`: those a server took, those it did not.
+    """Counts a ``KazooClient``'s connection attempts since :meth:`reset`: those a server took, those it did not;
+    and knows the session timeout the client uses (:meth:`session_timeout`).
 
-    :meth:`watch` wraps the ``create_connection`` of the client's own handler (kazoo's public ``handler``), which
-    kazoo's connection thread calls for each attempt; the counts are read from any thread.
+    :meth:`watch` puts a counting view of the client's handler in front of its own connection (kazoo's
+    ``client._connection``, one per client), whose thread calls the handler's ``create_connection`` for each
+    attempt. The handler itself is left as it is: a ``client_factory`` may give several clients one handler (the
+    catch-up sessions too), and only this client's attempts are counted. The counts are read from any thread.
     """
 
     def __init__(self) -> None:
@@ -33,24 +37,44 @@ class ConnectAttempts:
         self._accepted = 0
         self._failed = 0
         self._last_error: str | None = None
+        self._requested = 10.0  # seconds, kazoo's default, until watch() reads the client's
+        self._granted: float | None = None  # seconds, what the server granted the last session
 
     def watch(self, client: KazooClient) -> None:
-        """Count the connection attempts ``client`` makes from now on."""
-        handler = client.handler
-        connect = handler.create_connection
+        """Count the connection attempts ``client`` makes from now on (a client watched again is counted once,
+        by the last :class:`ConnectAttempts` that watched it), and follow its session timeout."""
+        self._requested = client._session_timeout / 1000.0  # what it asks for, in ms as ZooKeeper's wire has it
+        connection = client._connection
+        handler = connection.handler
+        if isinstance(handler, _CountingHandler):
+            handler.attempts = self
+            return
+        view = connection.handler = _CountingHandler(handler, self)
+        invoke = connection._invoke
 
-        def create_connection(*args: Any, **kwargs: Any) -> Any:
-            try:
-                sock = connect(*args, **kwargs)
-            except OSError as exc:
-                self._note(exc)
-                raise
-            self._note(None)
-            return sock
+        def granted(*args: Any, **kwargs: Any) -> Any:
+            result = invoke(*args, **kwargs)
+            # The answer to a ConnectRequest carries the session timeout the server granted (clamped to its
+            # minSessionTimeout..maxSessionTimeout, in ms); kazoo only logs it.
+            if isinstance(result, tuple) and result and isinstance(result[0], Connect) and result[0].time_out > 0:
+                view.attempts.grant(result[0].time_out / 1000.0)
+            return result
 
-        handler.create_connection = create_connection
+        connection._invoke = granted
 
-    def _note(self, error: OSError | None) -> None:
+    def session_timeout(self) -> float:
+        """The session timeout in seconds: the one the server granted the last session, else the one the client
+        asks for."""
+        with self._lock:
+            return self._granted if self._granted is not None else self._requested
+
+    def grant(self, seconds: float) -> None:
+        """The server granted a session ``seconds`` long."""
+        with self._lock:
+            self._granted = seconds
+
+    def note(self, error: OSError | None) -> None:
+        """One attempt: it got a socket (``error`` None), or it raised ``error``."""
         with self._lock:
             if error is None:
                 self._accepted += 1
@@ -68,6 +92,27 @@ class ConnectAttempts:
         """``(accepted, failed, last error)`` since :meth:`reset`."""
         with self._lock:
             return self._accepted, self._failed, self._last_error
+
+
+class _CountingHandler:
+    """One client's view of a kazoo handler: its ``create_connection`` counts into ``attempts``, everything else is
+    the handler's."""
+
+    def __init__(self, handler: Any, attempts: ConnectAttempts) -> None:
+        self._handler = handler
+        self.attempts = attempts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handler, name)
+
+    def create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            sock = self._handler.create_connection(*args, **kwargs)
+        except OSError as exc:
+            self.attempts.note(exc)
+            raise
+        self.attempts.note(None)
+        return sock
 
 
 def observed(accepted: int, failed: int, last_error: str | None) -> str:

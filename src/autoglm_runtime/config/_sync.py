@@ -101,7 +101,6 @@ class ZooKeeperSync:
             cache=cache,
             hosts=hosts,
             root=root,
-            session=op_timeout,
         )
         self._tree = TreeApplier(
             hosts=hosts,

@@ -37,7 +37,8 @@ log = logging.getLogger("autoglm_runtime.config")
 
 #: Re-checks of a server behind the cache before it is taken for a zxid regression.
 MAX_RECHECKS = 3
-#: A connection down this many session timeouts belongs to a session no server keeps (or takes back).
+#: A connection down this many session timeouts belongs to a session no server keeps (or takes back). The session
+#: timeout is the client's own: the one the server granted its last session, else the one its KazooClient asks for.
 GIVE_UP_AFTER_SESSIONS = 2.0
 
 
@@ -57,10 +58,8 @@ class ZxidGuard:
         cache: ConfigCache,
         hosts: str,
         root: str,
-        session: float = 10.0,
     ) -> None:
         self._client = client
-        self._give_up_after = GIVE_UP_AFTER_SESSIONS * session  # ``session``: the session timeout, seconds
         self._wait = wait
         self._status = status
         self._cache = cache
@@ -91,14 +90,19 @@ class ZxidGuard:
         the session up and connect with a new one (kazoo's public stop and start, as after an expiry: it reports
         LOST, then CONNECTED); True if it did. See the module's docstring."""
         down = self.down_since
-        if down is None or self._given_up or self._client.connected or time.monotonic() - down < self._give_up_after:
+        session = self._attempts.session_timeout()
+        if down is None or self._given_up or self._client.connected:
+            return False
+        if time.monotonic() - down < GIVE_UP_AFTER_SESSIONS * session:
             return False
         self._given_up = True
         accepted, failed, last_error = self._attempts.counts()
         log.warning(
-            "config sync has been disconnected from ZooKeeper at %s for %.0f s, longer than its session can live: %s",
+            "config sync has been disconnected from ZooKeeper at %s for %.0f s, longer than its session can live "
+            "(session timeout %g s): %s",
             self._hosts,
             time.monotonic() - down,
+            session,
             observed(accepted, failed, last_error),
             extra={
                 "error_code": "E0409",
@@ -106,6 +110,7 @@ class ZxidGuard:
                 "root": self._root,
                 "attempts": accepted + failed,
                 "accepted": accepted,
+                "session_timeout": session,
             },
         )
         try:
@@ -115,7 +120,7 @@ class ZxidGuard:
         except Exception:  # kazoo's WriterNotClosedException: never end the sync thread over it
             log.exception(
                 "config sync could not replace its ZooKeeper session; trying again in %.0f s",
-                self._give_up_after,
+                GIVE_UP_AFTER_SESSIONS * session,
                 extra={"error_code": "E0409", "hosts": self._hosts, "root": self._root},
             )
             self._given_up = False

@@ -65,19 +65,29 @@ CONFIG_FAMILIES = (
         ("root",),
         "livemin",
     ),
+    # The enum gauges: 1 for the value, 0 for the others; summed in multiprocess mode, so a count of processes.
     Family(
         "autoglm_config_state",
         "gauge",
-        "1 for the client's lifecycle state, 0 for the others.",
+        "The client's lifecycle state: 1 for its state, 0 for the others; in multiprocess mode the number of "
+        "processes in each state.",
         ("root", "state"),
         "livesum",
     ),
-    Family("autoglm_config_source", "gauge", "1 for where the cached values came from.", ("root", "source"), "livesum"),
+    Family(
+        "autoglm_config_source",
+        "gauge",
+        "Where the cached values came from: 1 for their source, 0 for the others; in multiprocess mode the number "
+        "of processes on each source.",
+        ("root", "source"),
+        "livesum",
+    ),
     Family("autoglm_config_keys", "gauge", "Keys in the config cache.", ("root",), "livemax"),
     Family(
         "autoglm_config_watch_mode",
         "gauge",
-        "1 for how the client follows ZooKeeper (persistent: one recursive watch; per_node: two per znode).",
+        "How the client follows ZooKeeper (persistent: one recursive watch; per_node: two per znode): 1 for its "
+        "mode, 0 for the others; in multiprocess mode the number of processes in each mode.",
         ("root", "mode"),
         "livesum",
     ),
