@@ -179,3 +179,21 @@ def test_the_session_timeout_is_the_one_the_client_asks_for_until_a_server_grant
     assert attempts.session_timeout() == 2.5
     attempts.grant(4.0)
     assert attempts.session_timeout() == 4.0
+
+
+def test_a_kazoo_without_the_internals_followed_is_not_counted_and_the_line_says_so() -> None:
+    """A client whose ``_connection`` lacks what :meth:`ConnectAttempts.watch` wraps (a kazoo other than the
+    versions followed) raised AttributeError in the sync's start; it is now not counted, and the E0409 line does
+    not read "no attempt" as "no host resolved"."""
+
+    class Bare:
+        _session_timeout = 4000
+        _connection = object()
+
+    attempts = ConnectAttempts()
+    attempts.watch(Bare())  # type: ignore[arg-type]
+    assert (attempts.followed, attempts.session_timeout(), attempts.counts()) == (False, 4.0, (0, 0, None))
+    assert observed(0, 0, None, followed=attempts.followed) == (
+        "what its connection attempts met is unknown (this kazoo's connection internals differ from the versions "
+        "this SDK follows); opening a new session"
+    )

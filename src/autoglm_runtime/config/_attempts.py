@@ -39,13 +39,23 @@ class ConnectAttempts:
         self._last_error: str | None = None
         self._requested = 10.0  # seconds, kazoo's default, until watch() reads the client's
         self._granted: float | None = None  # seconds, what the server granted the last session
+        #: Whether :meth:`watch` could follow the client's attempts (kazoo's internals are as expected).
+        self.followed = False
 
     def watch(self, client: KazooClient) -> None:
         """Count the connection attempts ``client`` makes from now on (a client watched again is counted once,
         by the last :class:`ConnectAttempts` that watched it), and follow its session timeout."""
-        self._requested = client._session_timeout / 1000.0  # what it asks for, in ms as ZooKeeper's wire has it
-        connection = client._connection
-        handler = connection.handler
+        requested = getattr(client, "_session_timeout", None)
+        if isinstance(requested, (int, float)) and requested > 0:
+            self._requested = requested / 1000.0  # what it asks for, in ms as ZooKeeper's wire has it
+        connection: Any = getattr(client, "_connection", None)
+        handler = getattr(connection, "handler", None)
+        if handler is None or not callable(getattr(connection, "_invoke", None)):
+            # A kazoo whose internals differ from the versions known here (the pin allows 2.9-2.11): nothing is
+            # counted, and the E0409 line says so instead of reading no attempt as "no host resolved".
+            self.followed = False
+            return
+        self.followed = True
         if isinstance(handler, _CountingHandler):
             handler.attempts = self
             return
@@ -115,9 +125,14 @@ class _CountingHandler:
         return sock
 
 
-def observed(accepted: int, failed: int, last_error: str | None) -> str:
+def observed(accepted: int, failed: int, last_error: str | None, *, followed: bool = True) -> str:
     """What the connection attempts of an outage met, and what the client does next: the end of the E0409 line
-    that gives the session up."""
+    that gives the session up. ``followed``: whether the attempts could be counted at all."""
+    if not followed:
+        return (
+            "what its connection attempts met is unknown (this kazoo's connection internals differ from the "
+            "versions this SDK follows); opening a new session"
+        )
     attempts = accepted + failed
     if accepted:
         return (

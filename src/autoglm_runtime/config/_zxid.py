@@ -103,7 +103,7 @@ class ZxidGuard:
             self._hosts,
             time.monotonic() - down,
             session,
-            observed(accepted, failed, last_error),
+            observed(accepted, failed, last_error, followed=self._attempts.followed),
             extra={
                 "error_code": "E0409",
                 "hosts": self._hosts,
