@@ -284,3 +284,37 @@ def test_a_file_left_aside_by_a_reaper_killed_mid_reap_is_settled_by_a_later_rea
     finally:
         if live is not None:
             live.communicate("")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_during_a_reap_reaps_too(tmp_path: Path) -> None:
+    # Reaps take turns under a lock (a file aside under this process's pid is then none of its reaps'): a child
+    # forked while a thread of the parent held it would wait for it for ever at its first reap.
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    ended = _ended(metrics)
+    code = """
+        import json, os, signal, time
+        from prometheus_client import Gauge
+        from autoglm_runtime.observability import _dead_processes
+
+        directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        with _dead_processes._reaping:  # (as a thread of this process reaping at the fork)
+            child = os.fork()
+            if child == 0:
+                Gauge("own", "a gauge", registry=None, multiprocess_mode="liveall").set(1)
+                _dead_processes.reap_dead_processes(directory, set())
+                os._exit(0)
+            deadline = time.monotonic() + 60  # (a child that hangs is killed, not left behind)
+            while not os.waitpid(child, os.WNOHANG)[0]:
+                if time.monotonic() > deadline:
+                    os.kill(child, signal.SIGKILL)
+                    os.waitpid(child, 0)
+                    print(json.dumps(["hung", []]))
+                    raise SystemExit(0)
+                time.sleep(0.05)
+        print(json.dumps(["reaped", sorted(os.listdir(directory))]))
+    """
+    state, files = run(code, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)})  # type: ignore[misc]
+    assert state == "reaped"
+    assert f"gauge_liveall_{ended}.db" not in files

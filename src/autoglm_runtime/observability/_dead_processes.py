@@ -12,6 +12,8 @@ import os
 import threading
 from collections.abc import Callable
 
+from autoglm_runtime._fork import after_fork_in_child
+
 __all__ = ["NOT_EXPORTED", "reap_dead_processes"]
 
 _log = logging.getLogger("autoglm_runtime.observability")
@@ -22,6 +24,13 @@ _ASIDE = ".reaping-"
 #: One reap at a time in a process: a file moved aside under this process's pid is one it is reaping only while
 #: it holds this (see :func:`_recover`).
 _reaping = threading.Lock()
+
+
+@after_fork_in_child
+def _forget_parent() -> None:
+    """In a forked child: a reap of the parent's may have held the lock at the fork, and never ends here."""
+    global _reaping
+    _reaping = threading.Lock()
 
 
 def _running(pid: int) -> bool:
