@@ -174,7 +174,7 @@ def test_numpy_only_on_the_host_side(echo: Any) -> None:
     array = np.arange(6, dtype="<f4").reshape(2, 3)
     seen = echo.call("describe", array, timeout=60)
     assert seen == {
-        "type": "_autoglm_codec.ArrayValue",  # the wire format, loaded by path in the worker
+        "type": "_autoglm_scripts.codec.ArrayValue",  # the wire format, a package of a private name in the worker
         "numpy": False,
         "dtype": "<f4",
         "shape": [2, 3],

@@ -238,7 +238,8 @@ class ModelOverloadedError(IsolationError):
 
     ``retry_after`` (whole seconds) is when to come back, what an HTTP adapter sends as ``Retry-After``: a pool
     reckons it from the calls queued ahead, its replicas, how long recent calls took and how long the calls running
-    still have to run, within the loader's ``retry_after`` and ``max_retry_after``.
+    still have to run, within the loader's ``retry_after`` and ``max_retry_after`` and never below 1 (a
+    ``Retry-After: 0`` would tell clients to retry at once).
 
     >>> try:                                                                           # doctest: +SKIP
     ...     model.call("predict", text)

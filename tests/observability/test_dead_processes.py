@@ -177,3 +177,144 @@ def test_a_file_that_cannot_be_moved_aside_is_logged_under_its_own_name(tmp_path
     ]
     assert path.name in files
     assert not [name for name in files if "reaping" in name]
+
+
+#: Reaps as REAP does, but the process of pid ``argv[1]`` is found ended whether it runs or not, and this reaper stops
+#: right after it moved that process's file aside (printing "aside") until it is killed there.
+KILLED_REAPER = """
+    import os, sys
+    from prometheus_client import Gauge
+    from autoglm_runtime.observability._dead_processes import _running, reap_dead_processes
+
+    Gauge("own", "a gauge", registry=None, multiprocess_mode="liveall").set(1)
+    target, checks = int(sys.argv[1]), []
+
+    def running(pid):
+        if pid != target:
+            return _running(pid)
+        checks.append(pid)
+        if len(checks) == 2:  # (asked again: the file is aside)
+            print("aside", flush=True)
+            sys.stdin.read()
+        return False
+
+    reap_dead_processes(os.environ["PROMETHEUS_MULTIPROC_DIR"], set(), running)
+"""
+
+#: A later reap by a process of the same server (its own gauges written), with nothing injected.
+LATER_REAP = """
+    import os
+    from prometheus_client import Gauge
+    from autoglm_runtime.observability._dead_processes import reap_dead_processes
+
+    Gauge("own", "a gauge", registry=None, multiprocess_mode="liveall").set(1)
+    reap_dead_processes(os.environ["PROMETHEUS_MULTIPROC_DIR"], set())
+    print("[]")
+"""
+
+
+def _exported(metrics: Path) -> list[list[object]]:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(metrics))
+    return sorted(
+        [sample.name, int(sample.labels["pid"]), sample.value]
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name != "own"
+    )
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the reaper asks whether a pid runs on POSIX only")
+@pytest.mark.parametrize("target", ["ended", "live"])
+def test_a_file_left_aside_by_a_reaper_killed_mid_reap_is_settled_by_a_later_reap(tmp_path: Path, target: str) -> None:
+    # A reaper killed between moving a file aside and putting it back or removing it left `*.db.reaping-<pid>` in
+    # the directory for good; a live process's gauges moved aside with it were missing from every scrape after.
+    # Now a later reap removes it (its process ended) or puts it back (its process runs), once that reaper is gone.
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+    live = None
+    if target == "ended":
+        pid = _ended(metrics)
+    else:  # (a process that runs, found ended by a reaper mistaken about it)
+        live = subprocess.Popen(
+            [sys.executable, "-c", GAUGE, "0", "live", "7"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+    try:
+        if live is not None:
+            assert live.stdout is not None
+            pid = int(live.stdout.readline())
+        reaper = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(KILLED_REAPER), str(pid)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            assert reaper.stdout is not None
+            assert reaper.stdout.readline() == "aside\n"
+            aside = f"gauge_liveall_{pid}.db.reaping-{reaper.pid}"
+            assert run(LATER_REAP, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}) == []
+            # (while its reaper runs, the file is that reaper's to settle)
+            assert sorted(name for name in os.listdir(metrics) if str(pid) in name) == [aside]
+        finally:
+            reaper.kill()
+            reaper.wait()
+        assert sorted(name for name in os.listdir(metrics) if str(pid) in name) == [aside]
+        assert run(LATER_REAP, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)}) == []
+        files = sorted(name for name in os.listdir(metrics) if str(pid) in name)
+        if live is None:
+            assert files == []
+            assert _exported(metrics) == []
+        else:
+            assert files == [f"gauge_liveall_{pid}.db"]
+            assert live.stdin is not None
+            live.stdin.write("\n")
+            live.stdin.flush()
+            assert live.stdout.readline() == "again\n"  # (it writes to the file put back)
+            assert _exported(metrics) == [["live", pid, 8.0]]
+    finally:
+        if live is not None:
+            live.communicate("")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_during_a_reap_reaps_too(tmp_path: Path) -> None:
+    # Reaps take turns under a lock (a file aside under this process's pid is then none of its reaps'): a child
+    # forked while a thread of the parent held it would wait for it for ever at its first reap.
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    ended = _ended(metrics)
+    code = """
+        import json, os, signal, time
+        from prometheus_client import Gauge
+        from autoglm_runtime.observability import _dead_processes
+
+        directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        with _dead_processes._reaping:  # (as a thread of this process reaping at the fork)
+            child = os.fork()
+            if child == 0:
+                Gauge("own", "a gauge", registry=None, multiprocess_mode="liveall").set(1)
+                _dead_processes.reap_dead_processes(directory, set())
+                os._exit(0)
+            deadline = time.monotonic() + 60  # (a child that hangs is killed, not left behind)
+            while not os.waitpid(child, os.WNOHANG)[0]:
+                if time.monotonic() > deadline:
+                    os.kill(child, signal.SIGKILL)
+                    os.waitpid(child, 0)
+                    print(json.dumps(["hung", []]))
+                    raise SystemExit(0)
+                time.sleep(0.05)
+        print(json.dumps(["reaped", sorted(os.listdir(directory))]))
+    """
+    state, files = run(code, {"PROMETHEUS_MULTIPROC_DIR": str(metrics)})  # type: ignore[misc]
+    assert state == "reaped"
+    assert f"gauge_liveall_{ended}.db" not in files

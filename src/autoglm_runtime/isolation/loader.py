@@ -59,8 +59,8 @@ class ModelLoader:
     ``heartbeat_timeout`` (s) bound how long a hung worker goes unnoticed between calls: it is killed and
     restarted between ``heartbeat_timeout`` and ``heartbeat_timeout + 1.25 * heartbeat_interval`` s after its
     last answer. ``retry_after`` and ``max_retry_after`` (s) bound what :class:`ModelOverloadedError` tells callers to
-    wait (whole seconds, reckoned from the queue ahead, the replicas, how long recent calls took and how long the
-    calls running still have to run).
+    wait (whole seconds, never below 1, reckoned from the queue ahead, the replicas, how long recent calls took and
+    how long the calls running still have to run).
     ``unread_timeout`` (s; ``None``: never) closes a stream whose consumer left a chunk unread that long, giving its
     replica back (its worker is restarted should the model's current step not return within that time more).
     """

@@ -9,13 +9,28 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import threading
 from collections.abc import Callable
+
+from autoglm_runtime._fork import after_fork_in_child
 
 __all__ = ["NOT_EXPORTED", "reap_dead_processes"]
 
 _log = logging.getLogger("autoglm_runtime.observability")
 #: Logged when the multiprocess files could not be updated (see docs/error-codes.md).
 NOT_EXPORTED = "E0004"
+#: What a live gauges file moved aside by the process of pid ``N`` is named after: ``<file>.db.reaping-N``.
+_ASIDE = ".reaping-"
+#: One reap at a time in a process: a file moved aside under this process's pid is one it is reaping only while
+#: it holds this (see :func:`_recover`).
+_reaping = threading.Lock()
+
+
+@after_fork_in_child
+def _forget_parent() -> None:
+    """In a forked child: a reap of the parent's may have held the lock at the fork, and never ends here."""
+    global _reaping
+    _reaping = threading.Lock()
 
 
 def _running(pid: int) -> bool:
@@ -42,6 +57,11 @@ def reap_dead_processes(directory: str, unreaped: set[int], running: Callable[[i
     """
     if os.name != "posix":  # (os.kill(pid, 0) asks whether a process runs on POSIX only)
         return
+    with _reaping:
+        _reap(directory, unreaped, running)
+
+
+def _reap(directory: str, unreaped: set[int], running: Callable[[int], bool]) -> None:
     own = os.getpid()
     pids: set[int] = set()
     found_own = False
@@ -55,6 +75,7 @@ def reap_dead_processes(directory: str, unreaped: set[int], running: Callable[[i
             pids.add(pid)
     if not found_own:
         return
+    _recover(directory, own, running)
     unreaped &= pids  # (files removed since, by another process or by hand)
     for pid in sorted(pids):
         try:
@@ -76,6 +97,32 @@ def reap_dead_processes(directory: str, unreaped: set[int], running: Callable[[i
         unreaped.discard(pid)
 
 
+def _recover(directory: str, own: int, running: Callable[[int], bool]) -> None:
+    """Settle the files a reaper moved aside (see :func:`_remove`) and left there because it ended mid-reap (killed,
+    out of memory), or failed to remove them: a file the reaper's pid does not run for any more (or this process's
+    own, whose reaps take turns) goes back if its pid runs, as the reaper would have done, else it is removed.
+    Left there, it would stay in the directory for good, and a live process's gauges moved aside with it would
+    stay out of the exposition as long as that process ran.
+
+    A file whose reaper runs (another process mid-reap, or a new one given its pid) is left to the next call.
+    Another process settling the same file meanwhile is no error: the file is gone, or back in place.
+    """
+    for aside in glob.glob(os.path.join(glob.escape(directory), f"gauge_live*_*.db{_ASIDE}*")):
+        path, _, reaper = aside.rpartition(_ASIDE)
+        identifier = os.path.basename(path)[: -len(".db")].rpartition("_")[2]
+        if not (reaper.isdigit() and identifier.isdigit()):
+            continue  # (not a name this module gives)
+        if int(reaper) != own and running(int(reaper)):
+            continue
+        try:
+            if running(int(identifier)):
+                _put_back(aside, path)
+            else:
+                os.remove(aside)
+        except OSError:  # settled by another process first; or a directory this one may not change, whose own
+            continue  # reaps fail and are logged (E0004): tried again at the next call
+
+
 def _remove(path: str, pid: int, running: Callable[[int], bool]) -> None:
     """Remove ``path``, a live gauges file of ``pid`` found ended, unless a new process given ``pid`` has it open.
 
@@ -86,7 +133,7 @@ def _remove(path: str, pid: int, running: Callable[[int], bool]) -> None:
     back (unless the process made its own since: the file moved aside is then the ended one's); if not, no
     process can have it open, and it is removed.
     """
-    aside = f"{path}.reaping-{os.getpid()}"
+    aside = f"{path}{_ASIDE}{os.getpid()}"
     try:
         os.rename(path, aside)
     except FileNotFoundError:  # another process, or the server's hook, removed it first

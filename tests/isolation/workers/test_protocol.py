@@ -7,6 +7,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -38,6 +39,7 @@ from autoglm_runtime.isolation._scripts.protocol import (
     write_frame,
 )
 from autoglm_runtime.isolation.workers.calls import request_frame
+from autoglm_runtime.isolation.workers.spec import WORKER_SCRIPT
 from autoglm_runtime.testing import fail_in_ci_else_skip
 
 # Keys starting with "$" are where tags live: user dicts with such keys (even ones that look exactly like a
@@ -365,10 +367,10 @@ def test_a_value_containing_itself_is_found_without_running_out_of_stack() -> No
     script = textwrap.dedent(
         f"""
         import importlib.util, sys, threading
-        spec = importlib.util.spec_from_file_location("codec", {codec.__file__!r})
-        codec = importlib.util.module_from_spec(spec)
-        sys.modules["codec"] = codec
-        spec.loader.exec_module(codec)
+        spec = importlib.util.spec_from_file_location("_autoglm_worker", {WORKER_SCRIPT.as_posix()!r})
+        worker = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(worker)
+        codec = worker._load_sibling("codec")  # (as the worker loads its modules)
         threading.stack_size(512 * 1024)
         said = []
         def run():
@@ -785,3 +787,38 @@ def test_a_reply_or_plain_call_of_any_json_value_decodes_as_its_whole_body(text:
     ):
         data = body.encode("utf-8", "surrogatepass")
         assert exact(_decoded(codec.Decoder(), data, buffers), _decoded(_Whole(), data, buffers))
+
+
+def test_in_a_worker_the_wire_format_files_import_one_another_as_one_package_off_sys_path() -> None:
+    # codec.py loaded decoding.py by path with the same lines protocol.py used to load codec.py, and worker_main.py
+    # its modules: now worker_main.py alone loads by path, making this directory a package of a private name once.
+    scripts = WORKER_SCRIPT.parent
+    assert sorted(p.name for p in scripts.glob("*.py") if "spec_from_file_location" in p.read_text()) == [
+        "worker_main.py"
+    ]
+    script = f"""
+        import importlib.util, json, socket, sys
+        spec = importlib.util.spec_from_file_location("_autoglm_worker", {WORKER_SCRIPT.as_posix()!r})
+        worker = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(worker)
+        protocol = worker._load_sibling("protocol")
+        a, b = socket.socketpair()
+        protocol.write_frame(a, {{"a": bytearray(b"x")}})
+        decoded = protocol.FrameReader(b).read()["a"]
+        print(json.dumps([
+            decoded == bytearray(b"x") and protocol.ArrayValue is sys.modules["_autoglm_scripts.decoding"].ArrayValue,
+            protocol.__name__,
+            sorted(name for name in sys.modules if name.startswith("_autoglm")),
+            [entry for entry in sys.path if "_scripts" in entry],
+        ]))
+    """
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", textwrap.dedent(script)], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [
+        True,
+        "_autoglm_scripts.protocol",
+        ["_autoglm_scripts", "_autoglm_scripts.codec", "_autoglm_scripts.decoding", "_autoglm_scripts.protocol"],
+        [],
+    ]

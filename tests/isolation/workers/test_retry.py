@@ -33,7 +33,9 @@ from autoglm_runtime.testing import wait_until
         (1, 4, 10.0, [0.5, 0.5], 1.0, 60.0, 1),  # two places none holds: the queued call and the refused one's
         (0, 1, 10.0, [0.0, 0.0, 0.0, 8.0], 1.0, 60.0, 2),  # more holders than places: the shortest counts
         (2, 1, 0.1, [0.0], 0.0, 60.0, 1),  # 0.3 s rounds up to a whole second
-        (2, 1, 0.0, [0.0], 0.0, 60.0, 0),  # with least 0, calls that take no time: come back at once
+        (2, 1, 0.0, [0.0], 0.0, 60.0, 1),  # least 0 and calls that take no time: still 1 s, never "at once" (0)
+        (0, 1, 4.0, [7.0], 0.0, 60.0, 1),  # least 0 and a call past the typical time, none queued: 1 s, not 0
+        (9, 1, 5.0, [0.0], 0.0, 0.0, 1),  # least 0 and a cap of 0: 1 s
         (2, 1, 4.0, [7.0], 0.0, 60.0, 8),  # a call past the typical time: it ends any moment, then 2 rounds
         (9, 1, 5.0, [0.0], 1.0, 0.5, 1),  # a cap below the least: the least wins
         (3, 0, 5.0, [0.0], 1.0, 60.0, 1),  # (no place at all: nothing to reckon from)
@@ -152,16 +154,20 @@ def test_an_overloaded_pool_tells_callers_to_wait_for_the_queue_ahead_of_them(tm
     assert worker.health()["pid"] is None
 
 
-def test_an_overloaded_pool_counts_what_the_calls_in_flight_still_have_to_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("least", [1.0, 0.0])
+def test_an_overloaded_pool_counts_what_the_calls_in_flight_still_have_to_run(tmp_path: Path, least: float) -> None:
     # Before: t * (queued + 1) / places, here 10 * 1 / 2 = 5 s, whatever the calls holding the places had left: with
-    # two calls of 10 s just started, a client came back 5 s before either place could be free.
+    # two calls of 10 s just started, a client came back 5 s before either place could be free. And with
+    # retry_after=0, calls past their typical time made the hint 0: `Retry-After: 0`, "retry at once".
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "retry_model.py").write_text(MODEL)
     spec = WorkerSpec("retry", sys.executable, str(tmp_path / "model"), "retry_model:load", "process", "threads", 2)
     worker = WorkerProcess(spec)
     worker.start()
     now = [0.0]
-    pool = ReplicaPool("retry", [worker], max_inflight=2, max_queue=0, heartbeat_interval=None, timer=lambda: now[0])
+    pool = ReplicaPool(
+        "retry", [worker], max_inflight=2, max_queue=0, heartbeat_interval=None, timer=lambda: now[0], retry_after=least
+    )
     try:
         learn = tmp_path / "learn"
         learn.mkdir()

@@ -1,8 +1,8 @@
 """Messages as frames and back: a JSON header plus raw binary buffers (the wire format's values).
 
-STDLIB ONLY, and valid on every interpreter a model environment may use (3.8+): the worker loads this file
-by path (through ``protocol.py``) inside the model's environment, where the SDK is not installed. Encoding is
-here; decoding is in ``decoding.py``, which this file loads (:class:`Decoder` and :func:`decode` are its).
+STDLIB ONLY, and valid on every interpreter a model environment may use (3.8+): the worker imports it (through
+``protocol.py``) inside the model's environment, where the SDK is not installed (see ``worker_main.py``). Encoding
+is here; decoding is in ``decoding.py``, which this file imports (:class:`Decoder` and :func:`decode` are its).
 
 A frame is ``>IH`` (JSON length, buffer count), one ``>Q`` length per buffer, the UTF-8 JSON body, then the
 buffers' raw bytes. Binary values anywhere in a message travel as buffers, never inside the JSON (no base64,
@@ -276,21 +276,8 @@ def _frame(body: str, buffers: list[memoryview]) -> Frame:
     return _HEAD.pack(len(data), len(buffers)) + lengths + data, buffers
 
 
-# The decoding side, last: it builds on the names above (in a package, a sibling importing them from this module; by
-# path, a sibling given them first).
-if __package__:
-    from . import decoding as _decoding
-else:  # loaded by path in a model's environment: its sibling is loaded by path too, under a private name
-    import importlib.util
-    import os
+# The decoding side, last: it imports the names above from this module, then partly initialised.
+from . import decoding as _decoding  # noqa: E402
 
-    _spec = importlib.util.spec_from_file_location(
-        "_autoglm_decoding", os.path.join(os.path.dirname(os.path.abspath(__file__)), "decoding.py")
-    )
-    assert _spec is not None
-    assert _spec.loader is not None
-    _decoding = importlib.util.module_from_spec(_spec)
-    _decoding.__dict__.update(_KINDS=_KINDS, ArrayValue=ArrayValue, DecodeError=DecodeError, _undecodable=_undecodable)
-    _spec.loader.exec_module(_decoding)
 Decoder = _decoding.Decoder
 decode = _decoding.decode

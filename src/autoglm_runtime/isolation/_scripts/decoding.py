@@ -1,10 +1,9 @@
 """Frames' JSON bodies back into messages: tags into bytes, memoryviews and arrays (see ``codec.py``, whose public face
 :class:`Decoder` and :func:`decode` are).
 
-STDLIB ONLY, and valid on every interpreter a model environment may use (3.8+), as ``codec.py``. Imported by
-``codec.py`` as its sibling in a package; loaded by path by ``codec.py`` where it is itself loaded by path (in a
-model's environment), which first puts the four names below into this module's namespace: the same objects, so
-an :class:`ArrayValue` decoded here is the one the encoder knows.
+STDLIB ONLY, and valid on every interpreter a model environment may use (3.8+), as ``codec.py``, which imports it
+last (the names imported from there below are defined by then): the same objects, so an :class:`ArrayValue` decoded
+here is the one the encoder knows.
 """
 
 from __future__ import annotations
@@ -13,9 +12,7 @@ import json
 import re
 from typing import Any
 
-if __package__:
-    from .codec import _KINDS, ArrayValue, DecodeError, _undecodable
-# else: ``_KINDS``, ``ArrayValue``, ``DecodeError`` and ``_undecodable`` were put here by ``codec.py``
+from .codec import _KINDS, ArrayValue, DecodeError, _undecodable
 
 __all__ = ["Decoder", "decode"]
 

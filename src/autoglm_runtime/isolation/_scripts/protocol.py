@@ -1,8 +1,9 @@
 """Frames over a socket between the host and a model worker: written with ``sendmsg``, read with ``recv_into``.
 
-STDLIB ONLY, and valid on every interpreter a model environment may use (3.8+): the worker loads this file
-by path inside the model's environment, where the SDK is not installed; it loads ``codec.py`` (what a frame
-holds, and the values it re-exports here) from its own directory the same way.
+STDLIB ONLY, and valid on every interpreter a model environment may use (3.8+): inside the model's environment,
+where the SDK is not installed, the worker imports this directory as a package of a private name (see
+``worker_main.py``), so ``codec.py`` (what a frame holds, and the values it re-exports here) is imported
+relatively there as here.
 
 :func:`send` hands a frame's buffers to ``sendmsg`` without copying them; :class:`FrameReader` reads small
 frames through one buffer (one ``recv`` for a small reply) and large binary buffers straight into their own
@@ -24,19 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-if __package__:
-    from . import codec as _codec
-else:  # loaded by path in a model's environment: its sibling is loaded by path too, under a private name
-    import importlib.util
-    import os
-
-    _spec = importlib.util.spec_from_file_location(
-        "_autoglm_codec", os.path.join(os.path.dirname(os.path.abspath(__file__)), "codec.py")
-    )
-    assert _spec is not None
-    assert _spec.loader is not None
-    _codec = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(_codec)
+from . import codec as _codec
 
 __all__ = [
     "MAX_BUFFERS",

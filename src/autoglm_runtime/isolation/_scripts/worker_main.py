@@ -5,8 +5,8 @@ STDLIB ONLY. The host starts it as a script, by path, with the environment's int
     <env>/bin/python -I .../_scripts/worker_main.py --fd 3 --name a --model-dir models/a --entrypoint a_model:load
 
 so neither the SDK nor the host's site-packages need to (or can) be importable here. It loads
-``protocol.py`` from its own directory by file path, under a private module name, without putting that
-directory on ``sys.path`` (the model must not see the SDK's modules).
+``protocol.py`` and the other files of its own directory as a package of a private name, ``_autoglm_scripts``,
+made by path, without putting that directory on ``sys.path`` (the model must not see the SDK's modules).
 
 Start-up: put the model directory first on ``sys.path``, import the entrypoint, call it to get the model
 object, then send a ``hello`` frame listing the distributions whose modules were actually imported, with
@@ -50,17 +50,30 @@ EXIT_LOAD_FAILED = 3
 #: The longest message (and traceback) an error reply carries; longer ones are cut.
 ERROR_TEXT = 65536
 EXIT_HOST_FAILED = 4
+#: The private name this directory is a package under in the worker (see :func:`_load_sibling`).
+PACKAGE = "_autoglm_scripts"
 
 
 def _load_sibling(module: str) -> ModuleType:
-    """``module``.py from this directory, by path, under a private name (not via ``sys.path``)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{module}.py")
-    spec = importlib.util.spec_from_file_location(f"_autoglm_{module}", path)
-    if spec is None or spec.loader is None:  # pragma: no cover - the file ships next to this one
-        raise ImportError(f"cannot load the worker's {module} module from {path}")
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return loaded
+    """``module``.py from this directory, imported as ``_autoglm_scripts.<module>``.
+
+    Run as a script (in a model's environment), this directory is first made a package of that private name, once,
+    by path (its ``__init__.py``) and without going on ``sys.path`` (the model must not see the SDK's modules), so
+    the files here import one another relatively (``from . import codec``) as they do in the SDK: none of them
+    loads a sibling by path itself.
+    """
+    if __package__:  # (imported in the SDK: its own package)
+        return importlib.import_module(f"{__package__}.{module}")
+    if PACKAGE not in sys.modules:
+        here = os.path.dirname(os.path.abspath(__file__))
+        init = os.path.join(here, "__init__.py")
+        spec = importlib.util.spec_from_file_location(PACKAGE, init, submodule_search_locations=[here])
+        if spec is None or spec.loader is None:  # pragma: no cover - the file ships next to this one
+            raise ImportError(f"cannot load the worker's modules from {here}")
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[PACKAGE] = package  # (where the import system looks a package's modules up)
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"{PACKAGE}.{module}")
 
 
 def _error(exc: BaseException, backend: str = "process") -> dict[str, Any]:

@@ -15,7 +15,10 @@ seconds: at once behind calls about to end, a whole ``t`` behind calls just star
 than the places. The hint is whole seconds (``Retry-After`` takes no fraction), rounded up, never below the
 loader's ``retry_after`` (also the hint before any call finished or held a place) and never above its
 ``max_retry_after`` (unless ``retry_after`` is higher): a client told to wait ten minutes would rather be told to
-look again.
+look again. Nor is it ever below 1 s, whatever ``retry_after`` (0 is allowed): ``Retry-After: 0`` tells a client
+it may retry at once, which a model that just refused a call for want of room is not ready for (a call "about to
+end" by the estimate is one past its typical time, which may well run on); an estimate under a second says "in
+a second".
 
 >>> retry_after(queued=7, places=2, held=3.0, ages=[0.0, 0.0], least=1.0, most=60.0)     # 3 + 3 * 3
 12
@@ -96,8 +99,9 @@ def retry_after(
     """Whole seconds a refused caller should wait for a place behind ``queued`` calls: ``r[queued mod places] + held
     * (queued div places)`` rounded up, where ``r`` are the places' remaining times sorted (``max(held - age, 0)``
     for each of ``ages``, the calls holding one; 0 for a place none holds; the ``places`` shortest should more calls
-    hold one), within ``[ceil(least), floor(most)]`` (``least`` alone while ``held`` is ``None``)."""
-    low = math.ceil(least)
+    hold one), within ``[max(ceil(least), 1), floor(most)]`` (the low end alone while ``held`` is ``None``): never
+    0, which would tell HTTP clients to retry at once."""
+    low = max(math.ceil(least), 1)
     high = max(math.floor(most), low)
     if held is None or places <= 0:
         return low
