@@ -25,7 +25,7 @@ from starlette.routing import Route
 from tests.validation._helpers import char_tok, write_chat_model
 from tests.validation.test_vllm_parity import PROMPTS
 
-from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestError, UsageError
+from autoglm_runtime.errors import ContextWindowExceededError, InvalidRequestError
 from autoglm_runtime.validation import (
     ChatTemplate,
     ContextWindowGuard,
@@ -118,28 +118,6 @@ def test_an_embeddings_path_is_guarded_by_default_and_others_can_be_named() -> N
     assert error(post(custom, {"input": ["x", "x" * 11]}, "/embed"))[:3] == (400, "E0513", "input[1]")
     # Not an embeddings path: "input" is no field of a completion, and nothing is judged.
     assert post(app(paths=None), {"input": "x" * 11}, "/v1/completions").json()["input_tokens"] is None
-
-
-def test_an_embedding_path_outside_paths_is_refused_rather_than_left_unjudged(tmp_path: Path) -> None:
-    # embedding_paths=["/embed"] with the default paths left /embed unguarded without a word: any input passed.
-    with pytest.raises(UsageError) as info:
-        app(embedding_paths=["/embed", "/v1/embeddings"])
-    assert (info.value.code, info.value.message) == (
-        "E0001",
-        "embedding_paths names '/embed', not among paths, so its bodies would not be judged at all: add it to paths "
-        "(embedding_paths only says which guarded paths are read as embeddings requests)",
-    )
-    settings = tmp_path / "guard.toml"
-    settings.write_text('embedding_paths = ["/embed"]\n', encoding="utf-8")
-    with pytest.raises(UsageError, match="embedding_paths names '/embed', not among paths"):
-        GuardSettings.from_file(settings).middleware(Starlette())
-    # The default one may be left out of paths (embeddings unguarded, as docs/validation.md says), and every path
-    # is guarded with paths=None.
-    assert post(app(paths=["/v1/completions"]), {"input": "x" * 11}).json()["input_tokens"] is None
-    assert error(post(app(paths=None, embedding_paths=["/embed"]), {"input": "x" * 11}, "/embed"))[:2] == (
-        400,
-        "E0513",
-    )
 
 
 def test_only_the_long_input_is_cut_when_truncation_is_on_and_it_is_reported() -> None:

@@ -126,20 +126,6 @@ def _check_options(
         raise UsageError(f"retry_after must be a whole number of seconds >= 0, got {retry_after!r}")
 
 
-def _check_embedding_paths(paths: Collection[str] | None, embedding_paths: Collection[str]) -> None:
-    """E0001 for an embedding path outside ``paths``, whose bodies would not be judged at all (the default one may
-    be left out of ``paths``: the way to leave embeddings unguarded)."""
-    unguarded = sorted(
-        set(embedding_paths) - set(paths if paths is not None else embedding_paths) - {*_EMBEDDING_PATHS}
-    )
-    if unguarded:
-        listed = ", ".join(map(repr, unguarded))
-        raise UsageError(
-            f"embedding_paths names {listed}, not among paths, so its bodies would not be judged at all: add it to "
-            "paths (embedding_paths only says which guarded paths are read as embeddings requests)"
-        )
-
-
 class ValidationMiddleware:
     """Pure ASGI middleware running the guards before the wrapped app sees a request.
 
@@ -182,7 +168,6 @@ class ValidationMiddleware:
         self._refusal: Refusal | None = None
         try:
             _check_options(max_body_bytes, max_concurrent_checks, body_timeout, error_style, retry_after)
-            _check_embedding_paths(paths, embedding_paths)
         except UsageError as exc:
             self._refuse(app, exc)
             return
