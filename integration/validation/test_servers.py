@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -348,3 +351,23 @@ def test_a_bad_option_given_to_add_middleware_stops_the_server_before_the_apps_s
     assert (up, exits, started) == (False, [uvicorn.config.STARTUP_FAILURE], [])
     refused = [r.getMessage() for r in caplog.records if r.name == "uvicorn.error" and r.levelname == "ERROR"]
     assert "E0001: error_style must be 'autoglm' or 'openai', got 'opnai'" in refused
+
+
+def test_under_uvicorn_workers_bad_settings_stop_the_whole_server_with_status_0(tmp_path: Path) -> None:
+    # docs/validation.md said uvicorn exits with status 3 after the error; that holds for one process only. Under
+    # `uvicorn --workers N` each worker exits with 3 and the parent stops too, but ends with status 0 (uvicorn's
+    # Multiprocess supervisor): a supervisor restarting only failed servers would not notice. The docs say so now.
+    (tmp_path / "guarded_app.py").write_text(
+        "from fastapi import FastAPI\n"
+        "from autoglm_runtime.validation import ValidationMiddleware\n"
+        "app = FastAPI()\n"
+        "app.add_middleware(ValidationMiddleware, error_style='opnai')\n",
+        encoding="utf-8",
+    )
+    src = Path(__file__).resolve().parents[2] / "src"
+    command = [sys.executable, "-m", "uvicorn", "guarded_app:app", "--workers", "2", "--port", "0"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(src)])}
+    done = subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.stderr.count("ERROR:    E0001: error_style must be 'autoglm' or 'openai', got 'opnai'") >= 1
+    assert "failed to start, stopping the parent process." in done.stderr
+    assert done.returncode == 0

@@ -226,3 +226,24 @@ def test_an_unreadable_directory_is_not_a_deletion(
     monkeypatch.setattr("autoglm_runtime.config._files.os.walk", real_walk)
     wait_until(lambda: stale_seconds(client, clock) == 0.0)
     assert client.get("models/llm/context_window") == 4096
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_client_started_before_a_fork_says_in_the_child_that_it_follows_nothing(
+    client: ConfigClient, tree: Path
+) -> None:
+    # gunicorn --preload, or a module-level start() before a prefork server forks: the child's copy has no sync
+    # thread, so it never sees a change, yet its health() said connected and following.
+    assert (client.health()["connected"], client.health()["following"]) == (True, True)
+    read, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        health = client.health()
+        os.write(write_end, repr((health["state"], health["connected"], health["following"])).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read) as from_child:
+        seen = from_child.read()
+    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+    assert seen == "('running', False, False)"
+    assert (client.health()["connected"], client.health()["following"]) == (True, True)  # the parent still follows

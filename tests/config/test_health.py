@@ -118,3 +118,23 @@ def test_staleness_from_before_the_stop_keeps_counting_from_its_start(clock: Fak
     status.set_state("stopped")
     clock.advance(1)
     assert status.stale_seconds() == 4.0
+
+
+def test_a_copy_in_a_forked_child_reports_a_running_client_as_following_nothing(clock: FakeClock) -> None:
+    status = SyncStatus(timer=clock, wall_clock=lambda: 1.7e9)
+    status.set_state("running")
+    status.set_connected(True)
+    status.mark_synced(resync=False)
+    status.forked()  # what the after-fork hook runs in the child
+    clock.advance(4)
+    report = status.report(applied=0, keys=0)
+    assert (report["state"], report["connected"], report["following"], report["stale_seconds"]) == (
+        "running",
+        False,
+        False,
+        4.0,
+    )
+    status.set_connected(True)  # (nothing in the child would call it: no sync thread runs there)
+    new = SyncStatus(timer=clock)
+    new.forked()  # a client never started stays as it was: it may still be started in the child
+    assert (new.report(applied=0, keys=0)["state"], new.stale_seconds()) == ("new", 0.0)

@@ -96,6 +96,23 @@ def test_a_batch_error_names_the_prompt_over_http() -> None:
     assert response.json()["error"]["param"] == "prompt[1]"
 
 
+def test_a_message_of_the_wrong_shape_is_named_as_openai_names_it_over_http() -> None:
+    # The param was the whole "messages" field while the message named messages[1].content; the openai client
+    # shows the param as BadRequestError.param, as OpenAI's own "Invalid type for 'messages[1].content'" does.
+    body = {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": 5}]}
+    response = post(build_app(error_style="openai"), "/v1/chat/completions", json=body)
+    assert (response.status_code, response.json()["error"]) == (
+        400,
+        {
+            "message": "E5010: messages[1].content must be a string or a list of content parts, got int: fix the "
+            "request body",
+            "type": "invalid_request_error",
+            "param": "messages[1].content",
+            "code": "E5010",
+        },
+    )
+
+
 def test_dropped_turns_leave_the_body_the_app_receives() -> None:
     messages = [
         {"role": "system", "content": "S" * 5},

@@ -112,8 +112,9 @@ def test_a_chat_is_judged_as_the_middleware_judges_messages() -> None:
     assert bad.value.param == "conversation[0].content"
     with pytest.raises(InvalidRequestError) as wrong:
         judged([{"role": "user", "content": 5}])
-    assert wrong.value.message == (
-        "conversation[0].content must be a string or a list of content parts, got int: fix the request body"
+    assert (wrong.value.message, wrong.value.param) == (
+        "conversation[0].content must be a string or a list of content parts, got int: fix the request body",
+        "conversation[0].content",  # as the decode error above names it
     )
 
 

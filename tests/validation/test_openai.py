@@ -99,16 +99,23 @@ def test_no_input_fields() -> None:
             "prompt[1]",
         ),
         ({"messages": "hi"}, "messages must be a list of messages, got str: fix the request body", "messages"),
-        ({"messages": ["hi"]}, "messages[0] must be an object, got str: fix the request body", "messages"),
+        # The element at fault is the param, as OpenAI names it ("Invalid type for 'messages[0].content'") and as a
+        # missing role (messages[0].role) or a bad prompt (prompt[1]) is named; it was the whole "messages" field.
+        ({"messages": ["hi"]}, "messages[0] must be an object, got str: fix the request body", "messages[0]"),
         (
             {"messages": [{"role": "user", "content": 5}]},
             "messages[0].content must be a string or a list of content parts, got int: fix the request body",
-            "messages",
+            "messages[0].content",
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]},
             "messages[0].content[0].text must be a string, got NoneType: fix the request body",
-            "messages",
+            "messages[0].content[0].text",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": ["a", 7]}]},
+            "messages[1].content[1] must be an object, got int: fix the request body",
+            "messages[1].content[1]",
         ),
         (
             {"prompt": "a", "max_tokens": -3},

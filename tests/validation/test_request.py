@@ -237,6 +237,7 @@ def test_an_unknown_part_that_carries_text_is_rejected() -> None:
         "messages[0].content[0] is a content part of type 'mystery' carrying text in 'body', which the guard cannot "
         "count: send it as a {'type': 'text', 'text': ...} part"
     )
+    assert info.value.param == "messages[0].content[0]"  # the part at fault, not the whole messages field
     assert OpenAIExtractor().extract({"messages": [{"role": "user", "content": [{"type": "mystery"}]}]}).fields == ()
 
 
@@ -261,7 +262,7 @@ def test_a_part_whose_type_is_not_a_string_is_e5010(kind: Any) -> None:
     body = {"messages": [{"role": "user", "content": [{"type": kind, "text": "hi"}]}]}
     with pytest.raises(InvalidRequestError) as info:
         OpenAIExtractor().extract(body)
-    assert (info.value.code, info.value.param) == ("E5010", "messages")
+    assert (info.value.code, info.value.param) == ("E5010", "messages[0].content[0].type")
     assert info.value.message == (
         f"messages[0].content[0].type must be a string, got {type(kind).__name__}: fix the request body"
     )

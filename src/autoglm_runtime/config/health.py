@@ -11,9 +11,11 @@ from __future__ import annotations
 import collections
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Literal, TypedDict
 
+from autoglm_runtime._fork import after_fork_in_child
 from autoglm_runtime.observability._tracing import record_span
 
 __all__ = [
@@ -131,6 +133,7 @@ class SyncStatus:
         self._root = root
         self._wall_clock = wall_clock
         self._lock = threading.Lock()
+        _STATUSES.add(self)
         self.state: ConfigState = "new"
         self.connected = False
         self.source: ConfigSource = "none"
@@ -149,6 +152,16 @@ class SyncStatus:
         self.watch_mode: WatchMode = "none"
         #: The znodes ZooKeeper refuses to let the client read, sorted (the sync thread replaces the tuple).
         self.denied: tuple[str, ...] = ()
+
+    def forked(self) -> None:
+        """This is a copy in a process forked from the one whose client it reports on: none of that client's
+        threads run here, so it follows nothing from now on, whatever it did before the fork."""
+        self._lock = threading.Lock()  # a thread of the parent may have held it at the fork
+        if self.state in ("starting", "running"):
+            self.connected = False
+            if self.stale_since is None:
+                self.stale_since = self._timer()
+                self._stale_wall = self._wall_clock()
 
     def mark_stale(self, *, age: float = 0.0) -> None:
         """The cache stopped following its source ``age`` seconds ago (kept if already stale: staleness counts
@@ -261,3 +274,15 @@ class SyncStatus:
                 watch_mode=self.watch_mode,
                 denied=list(self.denied),
             )
+
+
+# Every status of this process, so that a forked child can tell the truth about the clients it inherited.
+_STATUSES: weakref.WeakSet[SyncStatus] = weakref.WeakSet()
+
+
+@after_fork_in_child
+def _forked() -> None:
+    # A ConfigClient started before a fork (gunicorn --preload, a module-level start() in a prefork server) kept
+    # reporting connected and following in the child, where no sync thread runs and no change ever arrives.
+    for status in list(_STATUSES):
+        status.forked()

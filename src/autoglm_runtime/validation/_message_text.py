@@ -64,9 +64,11 @@ class TextField(NamedTuple):
     value: Segment
 
 
-def shape_error(where: str, expected: str, value: Any, param: str) -> InvalidRequestError:
+def shape_error(where: str, expected: str, value: Any) -> InvalidRequestError:
+    """E5010 for a value of the wrong shape; ``param`` names the element at fault (``messages[0].content``), as
+    OpenAI's API does and as the guard's other errors on the same element do."""
     return InvalidRequestError(
-        f"{where} must be {expected}, got {type(value).__name__}: fix the request body", param=param
+        f"{where} must be {expected}, got {type(value).__name__}: fix the request body", param=where
     )
 
 
@@ -97,7 +99,7 @@ def read_messages(  # noqa: PLR0912  (one branch per message shape, kept flat on
     """
     base: Path = tuple(name.split("."))
     if not isinstance(value, list):
-        raise shape_error(name, "a list of messages", value, name)
+        raise shape_error(name, "a list of messages", value)
     if len(value) > max_messages:
         raise too_many(
             "messages", len(value), max_messages, option="max_messages", param=name, advice=", dropping older turns"
@@ -109,7 +111,7 @@ def read_messages(  # noqa: PLR0912  (one branch per message shape, kept flat on
     answering = False  # the messages so far end with an assistant's tool calls and their results
     for index, message in enumerate(value):
         if not isinstance(message, dict):
-            raise shape_error(f"{name}[{index}]", "an object", message, name)
+            raise shape_error(f"{name}[{index}]", "an object", message)
         content = message.get("content")
         found: list[tuple[Path, Segment]]
         if isinstance(content, str):
@@ -133,7 +135,7 @@ def read_messages(  # noqa: PLR0912  (one branch per message shape, kept flat on
                 if place is not None:
                     found.append((("content", part_index, *place), _text_at(part, place)))
         else:
-            raise shape_error(f"{name}[{index}].content", "a string or a list of content parts", content, name)
+            raise shape_error(f"{name}[{index}].content", "a string or a list of content parts", content)
         # Any key besides role and content may carry text the model reads (tool_calls often come without content).
         extra = len(message) > ("role" in message) + ("content" in message)
         if extra:
@@ -248,16 +250,16 @@ def _part(name: str, index: int, part_index: int, part: Any) -> Path | None:
     if isinstance(part, str):
         return ()
     if not isinstance(part, dict):
-        raise shape_error(where, "an object", part, name)
+        raise shape_error(where, "an object", part)
     kind = part.get("type")
     if kind is None:
         kind = untyped_kind(part)
     elif not isinstance(kind, str):
         # A list or an object here cannot even be looked up among the kinds (unhashable): a 500 before.
-        raise shape_error(f"{where}.type", "a string", kind, name)
+        raise shape_error(f"{where}.type", "a string", kind)
     if kind in _TEXT_PARTS:
         if not isinstance(part.get("text"), str):
-            raise shape_error(f"{where}.text", "a string", part.get("text"), name)
+            raise shape_error(f"{where}.text", "a string", part.get("text"))
         return ("text",)
     if kind in ("refusal", "thinking") and isinstance(part.get(kind), str):
         return (kind,)
@@ -270,7 +272,7 @@ def _part(name: str, index: int, part_index: int, part: Any) -> Path | None:
         raise InvalidRequestError(
             f"{where} is a content part of type {kind!r} carrying text in {carried[0]!r}, which the guard cannot "
             "count: send it as a {'type': 'text', 'text': ...} part",
-            param=name,
+            param=where,
         )
     return None
 

@@ -149,7 +149,7 @@ class OpenAIExtractor:
             if value is None:
                 continue
             if not isinstance(value, str):
-                raise shape_error(name, "a string", value, name)
+                raise shape_error(name, "a string", value)
             pinned.add(len(fields))
             fields.append(TextField(tuple(name.split(".")), value))
         for name in () if embedding else self.tools_fields:
@@ -157,7 +157,7 @@ class OpenAIExtractor:
             if value is None:
                 continue
             if not isinstance(value, list):
-                raise shape_error(name, "a list of definitions", value, name)
+                raise shape_error(name, "a list of definitions", value)
             pinned.add(len(fields))
             text = None if max_text_chars is None else json_prefix(value, max_text_chars)
             if text is None:

@@ -57,7 +57,7 @@ def read_prompt(name: str, value: Any, max_prompts: int) -> tuple[list[TextField
     if isinstance(value, str):
         return [TextField(base, value)], False
     if not isinstance(value, list):
-        raise shape_error(name, "a string, a list of strings or a list of token ids", value, name)
+        raise shape_error(name, "a string, a list of strings or a list of token ids", value)
     if not value:
         raise InvalidRequestError(
             f'{name} is an empty list: send at least one prompt (vLLM: "please provide at least one prompt")',
@@ -105,7 +105,7 @@ def _refusal(name: str, value: list[Any]) -> InvalidRequestError:
                 expected = (
                     "a token id (a whole number)" if isinstance(item, list) else "a string or a list of token ids"
                 )
-                return shape_error(place, expected, token, place)
+                return shape_error(place, expected, token)
             if read < 0:
                 return InvalidRequestError(
                     f"{place} is {token!r:.20}, not a token id: token ids are whole numbers of at least 0 (vLLM "
