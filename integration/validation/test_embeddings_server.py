@@ -136,10 +136,11 @@ def test_an_input_past_the_window_reaches_the_client_as_a_coded_error(
     error = info.value
     assert (error.status_code, error.code, error.param) == (400, "context_length_exceeded", param)
     assert error.response.headers["x-autoglm-error-code"] == "E0513"
+    several = param.endswith("]")
+    where, fix = (f"{param}, one of the request's inputs,", param) if several else ("the input", "the input")
     assert (
         f"E0513: This model's maximum context length is {WINDOW} tokens. However, you requested {WINDOW + 1} tokens "
-        f"in the input ({param}) for embedding generation, more than the context window of {WINDOW} tokens: shorten "
-        f"{param}"
+        f"in {where} for embedding generation, more than the context window of {WINDOW} tokens: shorten {fix}"
     ) in error.message
 
 

@@ -208,11 +208,13 @@ def test_every_rejection_is_logged_once_with_its_code(caplog: pytest.LogCaptureF
 # 9. Large bodies are judged on a bounded pool of the middleware's own; a full pool answers 503 at once.
 
 
-def test_a_full_guard_pool_answers_503_with_retry_after_and_small_bodies_pass() -> None:
+@pytest.mark.parametrize(("retry_after", "told"), [(3, 3), (0, 1)])
+def test_a_full_guard_pool_answers_503_with_retry_after_and_small_bodies_pass(retry_after: int, told: int) -> None:
+    # retry_after=0 is told as 1 s: "Retry-After: 0" sends a client that follows it straight back (before, it did).
     gate = Gate()
     guard = ContextWindowGuard(gate, 100_000)
     app = Starlette(routes=[Route("/v1/completions", echo, methods=["POST"])])
-    middleware = ValidationMiddleware(app, context_guard=guard, max_concurrent_checks=1, retry_after=3)
+    middleware = ValidationMiddleware(app, context_guard=guard, max_concurrent_checks=1, retry_after=retry_after)
     big = {"prompt": "b" * 20_000}
 
     async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
@@ -227,9 +229,9 @@ def test_a_full_guard_pool_answers_503_with_retry_after_and_small_bodies_pass() 
         first, refused, small = asyncio.run(scenario())
     assert (first.status_code, small.status_code) == (200, 200)
     assert refused.status_code == 503
-    assert (refused.headers["retry-after"], refused.headers["x-autoglm-error-code"]) == ("3", "E0516")
+    assert (refused.headers["retry-after"], refused.headers["x-autoglm-error-code"]) == (str(told), "E0516")
     assert refused.json()["error"]["message"] == (
-        "all 1 guard threads are busy judging other requests: retry in 3 seconds"
+        f"all 1 guard threads are busy judging other requests: retry in {told} second{'s' if told > 1 else ''}"
     )
     assert not [t for t in threading.enumerate() if t.name.startswith("autoglm-guard")]
 

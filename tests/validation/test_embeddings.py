@@ -98,13 +98,14 @@ def test_each_input_may_fill_the_window_and_no_budget_is_read(body: Any, tokens:
     ],
 )
 def test_an_input_past_the_window_is_e0513_naming_it(body: Any, param: str) -> None:
-    place = " (input[1])" if param == "input[1]" else " (input)"
+    # One input is "the input" (before: "in the input (input)"); one of several is named.
+    where, fix = (f"{param}, one of the request's inputs,", param) if param == "input[1]" else ("the input",) * 2
     assert error(post(app(), body)) == (
         400,
         "E0513",
         param,
-        f"This model's maximum context length is 10 tokens. However, you requested 11 tokens in the input{place} "
-        f"for embedding generation, more than the context window of 10 tokens: shorten {param}",
+        f"This model's maximum context length is 10 tokens. However, you requested 11 tokens in {where} for "
+        f"embedding generation, more than the context window of 10 tokens: shorten {fix}",
     )
 
 
@@ -222,3 +223,23 @@ def test_an_embeddings_chat_is_rendered_without_the_generation_prompt(tmp_path: 
     assert guard.judge(kept.guard_input()).prompt == "[hello world"
     with pytest.raises(InvalidRequestError):
         OpenAIExtractor().extract({**body, "continue_final_message": True})  # a chat completion's default is true
+
+
+@pytest.mark.parametrize(
+    ("embedding", "sent", "reserved"),
+    [
+        (True, {}, 0),
+        (True, {"add_generation_prompt": True}, 4),
+        (False, {}, 4),
+        (False, {"add_generation_prompt": False}, 0),
+    ],
+)
+def test_a_chat_without_a_template_reserves_the_reply_start_only_where_one_is_rendered(
+    embedding: bool, sent: dict[str, Any], reserved: int
+) -> None:
+    # Two messages of 5 characters at message_tokens=4: 10 + 2 * 4 tokens, and 4 more for the reply's start only
+    # where the backend renders one. Before, an embedding's chat (no generation prompt in vLLM) paid it too.
+    guard = ContextWindowGuard(char_tok(), 100)
+    body = {"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "world"}], **sent}
+    result = guard.judge(OpenAIExtractor().extract(body, embedding=embedding).guard_input())
+    assert result.input_tokens == 18 + reserved

@@ -48,8 +48,9 @@ def test_an_overloaded_model_is_503_with_retry_after_in_whole_seconds_rounded_up
             }
         },
     )
-    # Never sooner than the model said: 1.2 s is 2 whole seconds, not 1.
-    for seconds, header in ((1.2, "2"), (2.0, "2"), (0.0, "0"), (3, "3")):
+    # Never sooner than the model said: 1.2 s is 2 whole seconds, not 1. Never 0 either: a client that follows
+    # "Retry-After: 0" retries at once, into the same overload (before, 0 and 0.0 were sent as "0").
+    for seconds, header in ((1.2, "2"), (2.0, "2"), (0.0, "1"), (0, "1"), (0.3, "1"), (3, "3")):
         assert http_error(ModelOverloadedError("busy", retry_after=seconds)).headers["retry-after"] == header
 
 

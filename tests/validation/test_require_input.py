@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -31,12 +33,13 @@ def middleware(**options: Any) -> ValidationMiddleware:
 
 
 @pytest.mark.parametrize("body", [{"model": "m"}, {"prompt": None}, {"messages": None, "max_tokens": 5}])
-@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
-def test_a_body_without_input_is_refused_when_input_is_required(body: dict[str, Any], path: str) -> None:
+@pytest.mark.parametrize(("path", "param"), [("/v1/completions", "prompt"), ("/v1/chat/completions", "messages")])
+def test_a_body_without_input_is_refused_when_input_is_required(body: dict[str, Any], path: str, param: str) -> None:
+    # param names the field the route takes, as OpenAI names a missing one (before: null).
     assert error(post(middleware(context_guard=GUARD, require_input=True), body, path)) == (
         400,
         "E5010",
-        None,
+        param,
         NO_PROMPT,
     )
     # Without a tokenizer too: nothing needs counting to see that nothing is there.
@@ -48,8 +51,29 @@ def test_a_body_without_input_is_refused_when_input_is_required(body: dict[str, 
 
 def test_an_embeddings_body_without_input_names_input() -> None:
     response = post(middleware(context_guard=GUARD, require_input=True), {"model": "m", "dimensions": 8})
+    assert error(response)[2] == "input"
     assert error(response)[3].startswith("the request gives the model no input: it sends none of input, messages ")
     assert post(middleware(context_guard=GUARD), {"model": "m"}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings"])
+@pytest.mark.parametrize("body", [{"messages": []}, {"messages": [], "tools": [{"type": "function"}], "max_tokens": 5}])
+def test_an_empty_list_of_messages_is_no_input_when_input_is_required(body: dict[str, Any], path: str) -> None:
+    # Before, "messages": [] passed require_input (the field is sent): a request with nothing for the model to read.
+    assert error(post(middleware(context_guard=GUARD, require_input=True), body, path)) == (
+        400,
+        "E5010",
+        "messages",
+        "the request gives the model no input: messages is an empty list: send at least one message; this server "
+        "refuses requests without input (require_input)",
+    )
+    # The default is vLLM's: the body passes as sent.
+    response = post(middleware(context_guard=GUARD), body, path)
+    assert (response.status_code, response.json()["received"]) == (200, body)
+    # An embedding's input beside the empty list is input.
+    if path == "/v1/embeddings":
+        given = {**body, "input": "hi"}
+        assert post(middleware(context_guard=GUARD, require_input=True), given, path).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -137,3 +161,11 @@ def test_the_async_interceptor_refuses_an_empty_prompt_when_input_is_required() 
         return await channel.unary_unary(f"/{SERVICE}/Complete")(payload(""))
 
     assert run(AsyncValidationInterceptor(context_guard=GUARD, extractor=extractor), empty) == payload("")
+
+
+def test_the_docs_never_read_a_guard_result_that_may_be_missing() -> None:
+    # Without require_input, a body holding no input reaches the app with no guard_result: a snippet reading
+    # request.state.guard_result.input_tokens answers it with a 500 (AttributeError). The Ray Serve one did.
+    root = Path(__file__).resolve().parents[2]
+    for page in (root / "README.md", *sorted((root / "docs").glob("*.md"))):
+        assert re.findall(r"state\.guard_result\.\w+", page.read_text(encoding="utf-8")) == [], page.name

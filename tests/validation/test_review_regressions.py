@@ -25,7 +25,10 @@ ARGUMENTS = json.dumps({"text": BIG})  # vLLM refuses arguments that are not JSO
 @pytest.mark.parametrize(
     "message",
     [
-        {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": ARGUMENTS}}]},
+        {
+            "role": "assistant",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": ARGUMENTS}}],
+        },
         {"role": "assistant", "function_call": {"name": "f", "arguments": BIG}},
         {"role": "assistant", "reasoning_content": BIG},
     ],

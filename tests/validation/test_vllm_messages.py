@@ -84,6 +84,56 @@ def test_a_tool_call_whose_type_is_not_function_is_refused_as_vllm_refuses_it(ki
     )
 
 
+_CALL: dict[str, Any] = {"id": "c1", "type": "function", "function": FUNCTION}
+
+
+@pytest.mark.parametrize(
+    ("call", "param", "what", "advice"),
+    [
+        (_CALL, None, None, None),
+        ({**_CALL, "function": {**FUNCTION, "arguments": "not JSON"}}, None, None, None),
+        ({**_CALL, "function": {**FUNCTION, "arguments": ""}}, None, None, None),
+        ({"type": "function", "function": FUNCTION}, "id", "is missing", "the call's id, as the model's reply gave it"),
+        ({**_CALL, "id": 7}, "id", "must be a string, got int", "the call's id, as the model's reply gave it"),
+        ({**_CALL, "id": None}, "id", "must be a string, got NoneType", "the call's id, as the model's reply gave it"),
+        ({**_CALL, "function": {"arguments": "{}"}}, "function.name", "is missing", "the function's name"),
+        ({**_CALL, "function": {"name": 5, "arguments": "{}"}}, "function.name", "must be a string, got int", None),
+        ({**_CALL, "function": {"name": "look"}}, "function.arguments", "is missing", None),
+        ({**_CALL, "function": {"name": "look", "arguments": {"city": "Paris"}}}, "function.arguments", "dict", None),
+        ({**_CALL, "function": {"name": "look", "arguments": {}}}, "function.arguments", "dict", None),
+        ({**_CALL, "function": {"name": "look", "arguments": [1]}}, "function.arguments", "list", None),
+        ({**_CALL, "function": {"name": "look", "arguments": None}}, "function.arguments", "NoneType", None),
+        ({**_CALL, "function": {"name": "look", "arguments": 5}}, "function.arguments", "int", None),
+        ({**_CALL, "function": {"name": "look", "arguments": True}}, "function.arguments", "bool", None),
+    ],
+)
+def test_a_tool_call_vllm_refuses_is_refused_naming_its_field(
+    call: dict[str, Any], param: str | None, what: str | None, advice: str | None
+) -> None:
+    # vLLM validates each listed call against openai's ChatCompletionMessageToolCallParam (id, function.name and
+    # function.arguments required strings) and answers a 400; before, the guard passed such calls (and counted an
+    # object's arguments as if vLLM parsed them), and its docs said vLLM took them.
+    message = {"role": "assistant", "content": None, "tool_calls": [_CALL, call]}
+    assert vllm_takes(message) is (param is None)
+    body = {"messages": [{"role": "user", "content": "hi"}, message]}
+    if param is None:
+        assert OpenAIExtractor().extract(body).chat is not None
+        return
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor().extract(body)
+    assert (info.value.code, info.value.param) == ("E5010", f"messages[1].tool_calls[1].{param}")
+    if what in ("dict", "list", "NoneType", "int", "bool"):
+        what = f"must be a string, got {what}"
+    assert info.value.message.startswith(
+        f"messages[1].tool_calls[1].{param} {what}: vLLM refuses such a tool call in a conversation, as OpenAI "
+        "types it; send "
+    )
+    if advice is not None:
+        assert info.value.message.endswith(f"; send {advice}")
+    if param == "function.arguments":
+        assert info.value.message.endswith("""; send its arguments as JSON text, such as '{"city": "Paris"}'""")
+
+
 TEMPLATE = ChatTemplate(
     "{% for m in messages %}<{{ m['role'] }}{% for key in m if key not in ('role', 'content') %} {{ key }}="
     "{{ m[key] }}{% endfor %}>{{ m['content'] }}{% endfor %}"

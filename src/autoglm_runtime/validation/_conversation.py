@@ -10,9 +10,9 @@ vLLM never gives a template the request's messages as they came. It keeps only t
   also for a null content); in the openai format it is a list of ``{"type": "text", "text": ...}`` and
   ``{"type": "image"}`` (``"audio"``, ``"video"``) parts;
 - an assistant's ``tool_calls`` are kept with each call's JSON ``arguments`` parsed into an object (``{}`` when
-  empty, for text that is not JSON and for arguments neither text, an object nor an array), an empty list is
-  dropped; its ``reasoning`` (or ``reasoning_content``) is passed under both names; a tool result keeps its
-  ``tool_call_id`` and, when all its parts are text, a string content;
+  empty and for text that is not a JSON object), an empty list is dropped; its ``reasoning`` (or
+  ``reasoning_content``) is passed under both names; a tool result keeps its ``tool_call_id`` and, when all its
+  parts are text, a string content;
 - ``name`` and ``task`` (strings: a participant's name, a model's task marker) are kept, whatever the role; a
   developer message keeps its ``tools``; any other key is dropped;
 - the request's ``tools`` reach the template as vLLM's pydantic models dump them (``ChatCompletionToolsParam``,
@@ -150,16 +150,17 @@ def _text(part: Mapping[str, Any]) -> str | None:
 
 
 def _arguments(value: Any) -> Any:
-    # vLLM: empty arguments (None, "", {}, []) become {}, an object or array stays, text is parsed; text that is not
-    # JSON becomes {} (refusing it would fail every later turn of a conversation that holds it), as does a number.
+    # vLLM (_postprocess_messages): empty arguments become {}, JSON text is parsed, and what is not a JSON object
+    # becomes {} (refusing text that is not JSON would fail every later turn of a conversation that holds it).
+    # Arguments that are not text never get here: vLLM refuses them (check_tool_calls).
     if not value:
         return {}
     if isinstance(value, str):
         try:
-            return json.loads(value)
+            value = json.loads(value)
         except ValueError:
             return {}
-    return value if isinstance(value, dict | list) else {}
+    return value if isinstance(value, dict) else {}
 
 
 def _parsed_call(call: Any) -> Any:

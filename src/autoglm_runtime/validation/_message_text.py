@@ -211,12 +211,17 @@ def check_roles(name: str, messages: Sequence[Any], roles: Sequence[str] | None)
 
 
 def check_tool_calls(where: str, calls: list[Any]) -> None:
-    """E5010 for an assistant's tool call vLLM cannot hand to a chat template (``_postprocess_messages`` reads
-    ``call["function"]``): one that is not an object with a ``function`` object; and for one whose ``type`` is
-    missing or not ``"function"``, which vLLM refuses with a 400 (openai's ``ChatCompletionMessageToolCallParam``
-    types it ``Required[Literal["function"]]``, checked as vLLM's chat parser reads the calls). Its ``arguments``
-    are not refused here: vLLM parses JSON text and gives the template ``{}`` for text that is not JSON, so that a
-    malformed call in a conversation's history does not fail every later turn."""
+    """E5010 for an assistant's tool call vLLM refuses with a 400, or cannot hand to a chat template.
+
+    vLLM's chat parser lists an assistant's ``tool_calls`` (``_parse_chat_message_content``), which validates each
+    against openai's ``ChatCompletionMessageToolCallParam``: an object with a string ``id``, ``"type":
+    "function"`` and a ``function`` object holding a string ``name`` and string ``arguments`` (a pydantic
+    ``ValidationError``, answered 400). So a call that is not an object with a ``function`` object, whose ``type``
+    is missing or not ``"function"``, or whose ``id``, ``function.name`` or ``function.arguments`` is missing or
+    not a string (``arguments`` as an object, not JSON text) is refused here too, ``param`` naming the field. Text
+    ``arguments`` are never refused, JSON or not: vLLM's ``_postprocess_messages`` gives the template ``{}`` for
+    text that is not a JSON object, so that a malformed call in a conversation's history does not fail every later
+    turn."""
     for number, call in enumerate(calls):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
@@ -233,6 +238,20 @@ def check_tool_calls(where: str, calls: list[Any]) -> None:
                 f"{where}[{number}].type {what}: the server takes only function tool calls in a conversation, as "
                 'vLLM does; send "type": "function"',
                 param=f"{where}[{number}].type",
+            )
+        for field, holder, key, advice in (
+            ("id", call, "id", "the call's id, as the model's reply gave it"),
+            ("function.name", function, "name", "the function's name"),
+            ("function.arguments", function, "arguments", 'its arguments as JSON text, such as \'{"city": "Paris"}\''),
+        ):
+            value = holder.get(key)
+            if isinstance(value, str):
+                continue
+            what = "is missing" if key not in holder else f"must be a string, got {type(value).__name__}"
+            raise InvalidRequestError(
+                f"{where}[{number}].{field} {what}: vLLM refuses such a tool call in a conversation, as OpenAI "
+                f"types it; send {advice}",
+                param=f"{where}[{number}].{field}",
             )
 
 

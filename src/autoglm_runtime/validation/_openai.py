@@ -197,14 +197,32 @@ class OpenAIExtractor:
             embedding=embedding,
         )
 
-    def missing_input(self, *, embedding: bool = False) -> InvalidRequestError:
-        """E5010 for a body holding none of the fields the model reads (the middleware's ``require_input``)."""
+    def missing_input(self, *, embedding: bool = False, chat: bool = False) -> InvalidRequestError:
+        """E5010 for a body holding none of the fields the model reads (the middleware's ``require_input``).
+
+        ``param`` names the field the route takes, as OpenAI names a missing one: an embedding's ``input``, a
+        ``chat`` route's ``messages``, else a completion's ``prompt`` (the first of each list of fields).
+        """
         names = [*(self.input_fields if embedding else self.prompt_fields), *self.messages_fields]
+        taken = self.input_fields if embedding else self.messages_fields if chat else self.prompt_fields
         return InvalidRequestError(
             f"the request gives the model no input: it sends none of {', '.join(names)} (or sends them null): send "
             "the model's input; this server refuses requests without it (require_input)",
-            param=names[0] if len(names) == 1 else None,
+            param=taken[0] if taken else None,
         )
+
+    def require_input(self, extracted: ExtractedInput, *, embedding: bool = False, chat: bool = False) -> None:
+        """E5010 (:meth:`missing_input`) unless ``extracted`` gives the model some input: a prompt (an embedding's
+        ``input``) or at least one message. An empty ``messages`` list alone is no input either, though vLLM
+        passes it (to a template that then renders no conversation at all)."""
+        if not extracted.has_input:
+            raise self.missing_input(embedding=embedding, chat=chat)
+        if extracted.chat is not None and not extracted.chat.messages and extracted.param in self.messages_fields:
+            raise InvalidRequestError(
+                f"the request gives the model no input: {extracted.param} is an empty list: send at least one "
+                "message; this server refuses requests without input (require_input)",
+                param=extracted.param,
+            )
 
     def _max_tokens(self, body: dict[str, Any], *, completion: bool) -> tuple[int | None, str, bool]:
         """The output budget the backend uses, its field, and whether it is a default.

@@ -19,16 +19,18 @@ def overflow_error(
 
     The output budget is blamed on the field that asked for it; a request that sets none got the guard's
     ``default_output_tokens`` (or the backend's default, ``output_defaulted``), and is told so rather than to lower a
-    field it never sent. A request that generates nothing (``embedding``) is told of its input alone, naming its place
-    (``input[1]``).
+    field it never sent. A request that generates nothing (``embedding``) is told of its input alone: "the input", or
+    the place of the one at fault among several (``input[1]``); ``param`` names it either way.
     """
     has = "at least " if at_least else ""
     if request.embedding:
-        where = request.param or "the input"
+        # One input is "the input"; one of a batch (input[1]) is named, so the client knows which to shorten.
+        several = request.param is not None and request.param.endswith("]")
+        where = f"{request.param}, one of the request's inputs," if several else "the input"
         return ContextWindowExceededError(
             f"This model's maximum context length is {window} tokens. However, you requested {has}{input_tokens} "
-            f"tokens in the input{f' ({where})' if request.param else ''} for embedding generation, more than the "
-            f"context window of {window} tokens: shorten {where}",
+            f"tokens in {where} for embedding generation, more than the context window of {window} tokens: shorten "
+            f"{request.param if several else 'the input'}",
             param=request.param,
         )
     field = request.output_param

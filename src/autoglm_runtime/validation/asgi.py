@@ -129,11 +129,12 @@ class ValidationMiddleware:
     the middleware is built. An ``extractor`` whose ``extract`` override has no ``embedding`` argument (written for
     an older :class:`OpenAIExtractor`) is still called as before on the other paths; bodies on its embedding paths
     are only size- and JSON-checked, and a warning (E0001) says so. ``require_input`` refuses (E5010) a body on a
-    guarded path holding no input for the model (no ``prompt``, ``messages``, or an embedding's ``input``), which
-    otherwise passes unjudged. ``header_guard=None`` turns the header check off, ``context_guard=None``
-    the token check (bodies are still size- and decode-checked). ``offload`` judges large bodies on the
-    middleware's pool of ``max_concurrent_checks`` threads so tokenizing does not block the event loop (turn it off
-    outside asyncio). ``body_timeout`` (seconds, ``None`` for none) bounds how long a body may take to arrive.
+    guarded path holding no input for the model (no ``prompt``, no message, no embedding ``input``; ``param``
+    names the route's field), which otherwise passes. ``header_guard=None`` turns the header check off,
+    ``context_guard=None`` the token check (bodies are still size- and decode-checked). ``offload`` judges large
+    bodies on the middleware's pool of ``max_concurrent_checks`` threads so tokenizing does not block the event
+    loop (turn it off outside asyncio). ``body_timeout`` (seconds, ``None`` for none) bounds how long a body may
+    take to arrive.
 
     The pool starts with the first large body (or :meth:`start`) and stops with :meth:`stop`, at ASGI lifespan
     shutdown, or when the middleware is used as a context manager.
@@ -280,10 +281,10 @@ class ValidationMiddleware:
         else:
             body = await read_body_in_time(scope, receive, self.max_body_bytes, self.body_timeout)
         refuse_encoding(scope)
-        embedding = scope.get("path") in self.embedding_paths
+        path = str(scope.get("path", ""))
         if self.offload and len(body) > _INLINE_BODY_BYTES:
-            return await self._judge_on_pool(body, embedding)
-        return self._judge(body, embedding)
+            return await self._judge_on_pool(body, path)
+        return self._judge(body, path)
 
     def _stopping_on_shutdown(self, send: Send) -> Send:
         async def wrapped(message: Message) -> None:
@@ -296,13 +297,14 @@ class ValidationMiddleware:
     def _guards(self, scope: Scope) -> bool:
         return scope.get("method", "GET") in self.methods and (self.paths is None or scope.get("path") in self.paths)
 
-    async def _judge_on_pool(self, body: bytes, embedding: bool) -> tuple[bytes, GuardResult | None]:
+    async def _judge_on_pool(self, body: bytes, path: str) -> tuple[bytes, GuardResult | None]:
         with self._lock:
             if self._busy >= self.max_concurrent_checks:
+                wait = max(1, self.retry_after)  # ("Retry-After: 0" would send clients straight back)
                 raise GuardOverloadedError(
                     f"all {self.max_concurrent_checks} guard threads are busy judging other requests: retry in "
-                    f"{self.retry_after} seconds",
-                    retry_after=self.retry_after,
+                    f"{wait} second{'s' if wait > 1 else ''}",
+                    retry_after=wait,
                 )
             self._busy += 1
         try:
@@ -310,21 +312,22 @@ class ValidationMiddleware:
             assert self._executor is not None
             context = contextvars.copy_context()
             return await asyncio.get_running_loop().run_in_executor(
-                self._executor, context.run, self._judge, body, embedding
+                self._executor, context.run, self._judge, body, path
             )
         finally:
             with self._lock:
                 self._busy -= 1
 
-    def _judge(self, body: bytes, embedding: bool = False) -> tuple[bytes, GuardResult | None]:
+    def _judge(self, body: bytes, path: str = "") -> tuple[bytes, GuardResult | None]:
         value = self.decode_guard.check_json(body)
+        embedding = path in self.embedding_paths
         if embedding and not self._reads_embeddings:
             return body, None  # (said at construction: this extractor cannot read an embeddings body)
         guard = self.context_guard
         limit = guard.text_limit() if guard is not None else None
         extracted = self._extract(value, limit, embedding)
-        if self.require_input and not extracted.has_input:
-            raise self.extractor.missing_input(embedding=embedding)
+        if self.require_input:  # (a chat route's missing field is its messages, as OpenAI names it)
+            self.extractor.require_input(extracted, embedding=embedding, chat=path.endswith("/chat/completions"))
         # A chat is judged even without text or budget: its messages still cost the template's tokens. A budget
         # alone is judged too (it may not fit on its own); an embedding asks for none.
         if guard is None or not (extracted.has_input or (extracted.max_output_tokens is not None and not embedding)):

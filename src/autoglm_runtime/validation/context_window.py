@@ -71,7 +71,8 @@ class ContextWindowGuard(TokenCounter):
     character bound. ``default_output_tokens``
     is assumed when a request names no output budget.
     ``chat_template`` renders chat requests as the model will read them; without one, each message costs
-    ``message_tokens`` on top of its text (a cautious stand-in for the template's own tokens).
+    ``message_tokens`` on top of its text (a cautious stand-in for the template's own tokens), and so does the
+    reply's start where one is rendered (not for an embedding's chat, nor with ``add_generation_prompt`` false).
 
     >>> from autoglm_runtime.validation import CallableTokenizer
     >>> guard = ContextWindowGuard(CallableTokenizer(str.split), 4)
@@ -281,7 +282,10 @@ context window of 4 tokens: shorten the input or lower max_tokens
             return _truncation.judge_rendered(self, request, segments, output, limits, truncating=truncating)
         fixed = request.fixed_tokens
         if request.chat is not None:
-            fixed += self.message_tokens * len(request.chat.messages) + self.message_tokens
+            # The reply's start is reserved only where the backend renders it: not for an embedding's chat (vLLM's
+            # embeddings add no generation prompt unless asked), nor with add_generation_prompt false.
+            replies = (request.chat.options or {}).get("add_generation_prompt", not request.embedding)
+            fixed += self.message_tokens * (len(request.chat.messages) + bool(replies))
         if truncating and budget - fixed >= 1:
             return _truncation.judge_truncating(self, request, segments, fixed=fixed, output=output, limits=limits)
         self._precheck(

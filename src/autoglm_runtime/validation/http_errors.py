@@ -48,8 +48,8 @@ class HTTPError(NamedTuple):
 
     #: The HTTP status: the error class's ``http_status`` unless overridden.
     status: int
-    #: ``x-autoglm-error-code`` (the E-code), and ``retry-after`` (whole seconds) for an error that says when to
-    #: come back; lower-case names, as ASGI sends them.
+    #: ``x-autoglm-error-code`` (the E-code), and ``retry-after`` (whole seconds, at least 1) for an error that says
+    #: when to come back; lower-case names, as ASGI sends them.
     headers: dict[str, str]
     #: The JSON body, as :func:`error_body` writes it.
     body: dict[str, Any]
@@ -61,9 +61,11 @@ def http_error(
     """``exc`` as the status, headers and body of an HTTP answer, as the guards' middleware answers it.
 
     An error with ``retry_after`` (seconds: an overloaded model's E0106, a busy guard's E0516) gets ``Retry-After``
-    in whole seconds, rounded up, so a client never comes back sooner than it was told. ``status`` and ``code``
-    override the class's status and the body's ``code`` where your API has its own (a 404 ``model_not_found``);
-    a status below 500 is the request's fault, so the body's ``type`` is then ``invalid_request_error``.
+    in whole seconds, rounded up, so a client never comes back sooner than it was told, and never below 1:
+    ``Retry-After: 0`` tells a client that follows the header to retry at once, into the same overload. ``status``
+    and ``code`` override the class's status and the body's ``code`` where your API has its own (a 404
+    ``model_not_found``); a status below 500 is the request's fault, so the body's ``type`` is then
+    ``invalid_request_error``.
 
     >>> from autoglm_runtime.errors import ModelOverloadedError
     >>> http_error(ModelOverloadedError("model 'gen' is overloaded", retry_after=0.5), "openai")
@@ -78,5 +80,5 @@ def http_error(
     headers = {ERROR_CODE_HEADER: exc.code}
     retry_after = getattr(exc, "retry_after", None)
     if isinstance(retry_after, int | float) and not isinstance(retry_after, bool) and math.isfinite(retry_after):
-        headers["retry-after"] = str(max(0, math.ceil(retry_after)))
+        headers["retry-after"] = str(max(1, math.ceil(retry_after)))
     return HTTPError(status, headers, body)
