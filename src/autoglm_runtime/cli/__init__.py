@@ -288,4 +288,3 @@ def _is_the_program() -> bool:
     """Whether this process runs the command as its program: its ``__main__`` is the console script or this
     packages' ``__main__`` (all import :func:`console` under that name), not a caller's module."""
     return getattr(sys.modules.get("__main__"), "console", None) is console
-
