@@ -67,10 +67,9 @@ def test_a_refused_command_line_is_coded_e0001_like_every_other_usage_error(
     assert err.endswith(f"\n{prog}: error E0001: {message}\n")
 
 
-def test_console_entry_point_runs_as_a_module() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "autoglm_runtime", "--help"], capture_output=True, text=True, check=False
-    )
+@pytest.mark.parametrize("module", ["autoglm_runtime", "autoglm_runtime.cli"])
+def test_console_entry_point_runs_as_a_module(module: str) -> None:
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=False)
     assert done.returncode == 0
     assert "Config sync, isolated model loading and input validation" in done.stdout
 
@@ -92,6 +91,7 @@ def small_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 COMMANDS = {
     "console script": [str(Path(sys.executable).with_name("autoglm-runtime"))],
     "python -m": [sys.executable, "-m", "autoglm_runtime"],
+    "python -m cli": [sys.executable, "-m", "autoglm_runtime.cli"],
 }
 
 

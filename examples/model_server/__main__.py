@@ -27,13 +27,12 @@ import uvicorn
 from autoglm_runtime.deps import load_manifest
 from autoglm_runtime.errors import AutoGLMRuntimeError
 from autoglm_runtime.isolation import ModelLoader, collect_garbage
-from autoglm_runtime.logging import configure_json_logging
+from autoglm_runtime.logging import RequestIdMiddleware, configure_json_logging
 from autoglm_runtime.validation import ChatTemplate, HFTokenizer
 from examples.model_server import banner, options
 from examples.model_server.app import create_app, numpy_version
 from examples.model_server.assets import MODELS, build_tokenizer, fill_wheelhouse, tokenizer_path
 from examples.model_server.model_limits import ModelLimits
-from examples.model_server.request_ids import RequestIds
 from examples.model_server.started import Started
 from examples.model_server.store import open_store, start_config
 
@@ -133,7 +132,7 @@ def _start_and_serve(
     environments = f"{_shown(envs)}: {len(loaded) - built} reused, {built} built, {len(removed)} unused removed"
 
     limits = {m.name: ModelLimits(config, m.name) for m in manifests}  # the app's, read once for the banner
-    app = RequestIds(
+    app = RequestIdMiddleware(
         create_app(
             config=config,
             loader=loader,

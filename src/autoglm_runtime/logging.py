@@ -18,6 +18,9 @@ the ``QueueListener``'s thread instead of the request's, so put a :class:`TraceC
 it captures the ids (and the error code of a logged SDK exception) where the record is logged, and they travel
 with the record through the queue; it also keeps the traceback and stack apart from the message, which the queue
 handler merges, so a line through the queue reads as one written directly.
+
+In an ASGI server, :class:`RequestIdMiddleware` binds each request's ``X-Request-Id`` (or a new id) this way and
+sends it back in the response's ``x-request-id`` header, so a guard's rejection line names the request.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import hashlib
 import json
 import logging
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from datetime import datetime, timezone
 from typing import IO, Any
 
@@ -40,6 +44,7 @@ install_null_handler()
 
 __all__ = [
     "JsonFormatter",
+    "RequestIdMiddleware",
     "TraceContextFilter",
     "bind_trace_id",
     "configure_json_logging",
@@ -246,3 +251,61 @@ def configure_json_logging(
     target.addHandler(handler)
     target.setLevel(level)
     return handler
+
+
+# ASGI's shapes, spelled out so that this module needs no ASGI framework (Starlette's types are these).
+_Scope = MutableMapping[str, Any]
+_Message = MutableMapping[str, Any]
+_Receive = Callable[[], Awaitable[_Message]]
+_Send = Callable[[_Message], Awaitable[None]]
+_ASGIApp = Callable[[_Scope, _Receive, _Send], Awaitable[None]]
+
+_HEADER = b"x-request-id"
+# What a client's id may hold: visible ASCII, nothing a log line or a header could be split or forged with.
+_ID_BYTES = frozenset(range(0x21, 0x7F))
+
+
+class RequestIdMiddleware:
+    """ASGI middleware tying a request's log lines to it: binds its id as their ``trace_id`` (as
+    :func:`bind_trace_id` does) and sends the id back in the response's ``x-request-id`` header.
+
+    The id is the request's ``X-Request-Id`` header, as vLLM's server and OpenAI's API use it (the openai client
+    shows the response's as ``response._request_id``, and an error's as ``exc.request_id``), else a new one,
+    32 hex digits. A client's id is kept only when it is 1 to ``max_length`` (128) characters of visible ASCII;
+    one longer, empty, or holding spaces, control characters or non-ASCII bytes is replaced by a new id, never
+    logged or sent back. The response carries one ``x-request-id``: one the app set itself is replaced.
+    Requests other than HTTP (lifespan, websocket) pass through untouched. An active OpenTelemetry span's ids
+    still take precedence in the log lines, as for :func:`bind_trace_id`::
+
+        from autoglm_runtime.logging import RequestIdMiddleware
+        app = RequestIdMiddleware(ValidationMiddleware(app, context_guard=guard))
+        # or, in FastAPI/Starlette: app.add_middleware(RequestIdMiddleware)
+    """
+
+    def __init__(self, app: _ASGIApp, *, max_length: int = 128) -> None:
+        self.app = app
+        self.max_length = max_length
+
+    def request_id(self, given: bytes | None) -> str:
+        """The id for a request whose ``X-Request-Id`` header is ``given`` (``None``: none): ``given`` when it
+        is acceptable, else a new one."""
+        if given is not None and 0 < len(given) <= self.max_length and _ID_BYTES.issuperset(given):
+            return given.decode("ascii")
+        return uuid.uuid4().hex
+
+    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((value for name, value in scope.get("headers", ()) if name.lower() == _HEADER), None)
+        request_id = self.request_id(given)
+        header = (_HEADER, request_id.encode("ascii"))
+
+        async def send_with_id(message: _Message) -> None:
+            if message["type"] == "http.response.start":
+                kept = [(name, value) for name, value in message.get("headers", ()) if name.lower() != _HEADER]
+                message = {**message, "headers": [*kept, header]}
+            await send(message)
+
+        with bind_trace_id(request_id):
+            await self.app(scope, receive, send_with_id)

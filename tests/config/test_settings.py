@@ -98,3 +98,34 @@ def test_settings_of_the_wrong_type_are_coded_usage_errors(build: object, messag
 def test_a_factory_must_give_a_new_kazoo_client() -> None:
     with pytest.raises(UsageError, match="client_factory must return a kazoo KazooClient, got NoneType"):
         ConfigClient("127.0.0.1:1", "/r", client_factory=lambda: None)  # type: ignore[arg-type,return-value]
+
+
+def test_a_second_client_sharing_the_first_ones_handler_is_refused() -> None:
+    from kazoo.handlers.threading import SequentialThreadingHandler
+
+    from autoglm_runtime.config.settings import session_factory
+
+    shared = SequentialThreadingHandler()
+    made: list[KazooClient] = []
+
+    def factory() -> KazooClient:
+        made.append(KazooClient("127.0.0.1:1", handler=shared if len(made) < 3 else SequentialThreadingHandler()))
+        return made[-1]
+
+    new_session = session_factory("127.0.0.1:1", ZooKeeperConnection(), None, factory)
+    try:
+        assert new_session() is made[0]  # the config client's own session
+        for _ in range(2):  # every catch-up client with that handler, not only the first
+            with pytest.raises(UsageError) as info:
+                new_session()
+            assert info.value.code == "E0001"
+            assert info.value.message == (
+                f"client_factory returned a KazooClient sharing its handler (SequentialThreadingHandler at "
+                f"{id(shared):#x}) with the config client's own session: KazooClient.stop() stops its handler, so "
+                "closing the short catch-up session would stop the config client's too; create a new handler for "
+                "each client inside the factory (or leave handler= out)"
+            )
+        assert new_session() is made[3]  # a handler of its own: taken
+    finally:
+        for client in made:
+            client.close()

@@ -232,7 +232,8 @@ def _call(args: argparse.Namespace) -> int:
 
 
 def console() -> NoReturn:
-    """The ``autoglm-runtime`` console script (and ``python -m autoglm_runtime``): :func:`main`, then exit.
+    """The ``autoglm-runtime`` console script (and ``python -m autoglm_runtime`` or ``python -m
+    autoglm_runtime.cli``): :func:`main`, then exit.
 
     ``check-deps`` is a one-shot command whose whole-process time is part of what it is judged by: once its
     output is flushed, its process ends at once (``os._exit``) instead of tearing down the interpreter, which for
@@ -285,9 +286,5 @@ def console() -> NoReturn:
 
 def _is_the_program() -> bool:
     """Whether this process runs the command as its program: its ``__main__`` is the console script or this
-    package's ``__main__`` (both import :func:`console` under that name), not a caller's module."""
+    packages' ``__main__`` (all import :func:`console` under that name), not a caller's module."""
     return getattr(sys.modules.get("__main__"), "console", None) is console
-
-
-if __name__ == "__main__":  # pragma: no cover
-    console()

@@ -28,8 +28,8 @@ class ConnectAttempts:
 
     :meth:`watch` puts a counting view of the client's handler in front of its own connection (kazoo's
     ``client._connection``, one per client), whose thread calls the handler's ``create_connection`` for each
-    attempt. The handler itself is left as it is: a ``client_factory`` may give several clients one handler (the
-    catch-up sessions too), and only this client's attempts are counted. The counts are read from any thread.
+    attempt. The handler itself is left as it is (a ``client_factory``'s client brings its own), and only this
+    client's attempts are counted. The counts are read from any thread.
     """
 
     def __init__(self) -> None:

@@ -38,6 +38,7 @@ from autoglm_runtime.config._reader import ZooKeeperReader
 from autoglm_runtime.config._results import Interrupted
 from autoglm_runtime.config._wire import AddWatch
 from autoglm_runtime.config.health import SyncStatus, WatchMode
+from autoglm_runtime.errors import UsageError
 
 __all__ = ["RecursiveWatch"]
 
@@ -226,6 +227,8 @@ class RecursiveWatch:
             try:
                 made = self._session_factory()
                 problem = ""
+            except UsageError as exc:  # (a factory the SDK refuses: its message says why and what to do)
+                problem = str(exc)
             except Exception as exc:
                 problem = f"{type(exc).__name__}: {exc}"
         if isinstance(made, KazooClient) and made is not self.client:

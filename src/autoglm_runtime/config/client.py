@@ -65,7 +65,9 @@ class ConfigClient(Reads):
     ``client_factory`` replaces ``connection`` and ``auth`` where the caller wants the ``KazooClient`` in its
     own hands (``file://`` hosts use neither it nor ``connection``): it is called with no arguments and must
     return a new, unstarted client, which the ConfigClient starts, owns and stops; it is called again for each
-    short catch-up session after a reconnect (see docs/config-sync.md, "Watch modes"). A client that retries
+    short catch-up session after a reconnect (see docs/config-sync.md, "Watch modes"). Each client needs a
+    handler of its own (``KazooClient.stop()`` stops its handler): a catch-up client on the handler of the first
+    is refused (E0001, logged on the E0409 line), and the gap is closed by reading the whole tree. A client that retries
     forever (``connection_retry=KazooRetry(max_tries=-1, ...)``) is what the sync expects;
     :meth:`ZooKeeperConnection.kazoo_client` builds one::
 

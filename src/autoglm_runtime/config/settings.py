@@ -9,8 +9,9 @@ snapshot debounce). Both are frozen, so one instance can be shared by every clie
     tls = ZooKeeperConnection(use_ssl=True, ca="/etc/zk/ca.pem", certfile="/etc/zk/client.pem")
     config = ConfigClient("zk1:2281", "/autoglm/prod", connection=tls, tuning=SyncTuning(reconcile_rate=50))
 
-A test or an application that needs its own ``KazooClient`` (to share its handler, watch its states or
-expire its session) passes ``client_factory`` instead of ``connection``; see :class:`ConfigClient`.
+A test or an application that needs its own ``KazooClient`` (to choose its handler, watch its states or
+expire its session) passes ``client_factory`` instead of ``connection``; see :class:`ConfigClient`. Each client
+the factory returns needs a handler of its own: ``KazooClient.stop()`` stops its handler too.
 """
 
 from __future__ import annotations
@@ -200,10 +201,29 @@ def session_factory(
     hosts: str, connection: ZooKeeperConnection, auth: Auth | None, client_factory: Callable[[], KazooClient] | None
 ) -> Callable[[], KazooClient]:
     """What makes a ConfigClient's sessions (its own, then the short catch-up ones): ``client_factory``'s clients,
-    checked, or clients built from ``connection`` and ``auth``."""
+    checked, or clients built from ``connection`` and ``auth``.
+
+    A catch-up client sharing the handler of the first (the ConfigClient's own session) is refused: kazoo's
+    ``KazooClient.stop()`` stops the handler as well, so closing the catch-up session would stop the main one's
+    callbacks and connection for good."""
     if client_factory is None:
         return lambda: connection.kazoo_client(hosts, auth)
-    return lambda: _made_client(client_factory)
+    made: list[KazooClient] = []  # the first client made: the ConfigClient's own session
+
+    def new_session() -> KazooClient:
+        client = _made_client(client_factory)
+        if not made:
+            made.append(client)
+        elif client.handler is made[0].handler:
+            raise UsageError(
+                f"client_factory returned a KazooClient sharing its handler ({type(client.handler).__name__} at "
+                f"{id(client.handler):#x}) with the config client's own session: KazooClient.stop() stops its "
+                "handler, so closing the short catch-up session would stop the config client's too; create a new "
+                "handler for each client inside the factory (or leave handler= out)"
+            )
+        return client
+
+    return new_session
 
 
 def _made_client(factory: Callable[[], KazooClient]) -> KazooClient:

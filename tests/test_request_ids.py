@@ -1,0 +1,85 @@
+"""RequestIdMiddleware as a pure ASGI app: which client ids it keeps, the one header it sends, what it leaves alone.
+(Over real HTTP with the openai client: integration/validation/test_request_ids.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import pytest
+
+from autoglm_runtime.logging import RequestIdMiddleware, current_trace_id
+
+
+async def nothing(scope: Any, receive: Any, send: Any) -> None:
+    pass
+
+
+def call(app: Any, scope: dict[str, Any]) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_an_id_the_app_set_itself_is_replaced_by_the_bound_one() -> None:
+    seen: list[str | None] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(current_trace_id())
+        headers = [(b"X-Request-Id", b"inner"), (b"content-type", b"text/plain")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    scope = {"type": "http", "headers": [(b"x-request-id", b"req-7f3a")]}
+    start = call(RequestIdMiddleware(app), scope)[0]
+    assert start["headers"] == [(b"content-type", b"text/plain"), (b"x-request-id", b"req-7f3a")]
+    assert seen == ["req-7f3a"]
+    assert current_trace_id() is None  # unbound once the request is done
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        (b"req-7f3a", True),
+        (b"~" * 128, True),
+        (b"~" * 129, False),
+        (b"", False),
+        (b"req 7f3a", False),
+        (b"req\r\nx-forged: 1", False),
+        (b"req-\x7f", False),
+        (b"req-\xe9", False),
+        (None, False),
+    ],
+)
+def test_only_short_visible_ascii_ids_are_kept(given: bytes | None, kept: bool) -> None:
+    request_id = RequestIdMiddleware(nothing).request_id(given)
+    if kept:
+        assert given is not None
+        assert request_id == given.decode()
+    else:
+        assert re.fullmatch(r"[0-9a-f]{32}", request_id)
+
+
+def test_max_length_moves_the_bound() -> None:
+    middleware = RequestIdMiddleware(nothing, max_length=8)
+    assert middleware.request_id(b"12345678") == "12345678"
+    assert middleware.request_id(b"123456789") != "123456789"
+
+
+def test_lifespan_passes_through_untouched() -> None:
+    scopes: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scopes.append((scope, current_trace_id()))
+
+    scope = {"type": "lifespan"}
+    call(RequestIdMiddleware(app), scope)
+    assert scopes == [(scope, None)]
