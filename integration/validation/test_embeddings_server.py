@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import struct
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +12,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
+from integration._helpers import served
 from tests.validation._helpers import write_chat_model
 
 from autoglm_runtime.validation import ContextWindowGuard, HFTokenizer, OpenAIExtractor
@@ -63,20 +61,8 @@ def server(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         encoding="utf-8",
     )
     monkeypatch.setenv(CONFIG_ENV_VAR, str(settings))
-    server = uvicorn.Server(uvicorn.Config(build_app(), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn-test-server")
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "uvicorn stopped while starting"
-        assert time.monotonic() < deadline, "uvicorn did not start within 30 seconds"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with served(build_app()) as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,16 +9,14 @@ import json
 import logging
 import re
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-import uvicorn
 from fastapi import FastAPI
+from integration._helpers import served
 from tests.validation._helpers import write_chat_model
 
 from autoglm_runtime.logging import JsonFormatter, RequestIdMiddleware, current_trace_id
@@ -64,20 +62,8 @@ def log_lines() -> Iterator[io.StringIO]:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
     model_dir = write_chat_model(tmp_path / "model", "{{ messages[0]['content'] }}")
-    server = uvicorn.Server(uvicorn.Config(build_app(model_dir), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn-test-server")
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "uvicorn stopped while starting"
-        assert time.monotonic() < deadline, "uvicorn did not start within 30 seconds"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with served(build_app(model_dir)) as url:
+        yield url
 
 
 @pytest.fixture
@@ -124,9 +110,7 @@ def test_a_bad_id_from_the_client_is_replaced_never_logged_or_echoed(
 @pytest.mark.parametrize(
     "given", [b"req-\x01\x1b[31m", b"req-\xc3\xa9t\xc3\xa9", b"r" * 4000], ids=["control", "non-ascii", "huge"]
 )
-def test_raw_bytes_no_client_library_would_send_are_replaced(
-    given: bytes, server: str, log_lines: io.StringIO
-) -> None:
+def test_raw_bytes_no_client_library_would_send_are_replaced(given: bytes, server: str, log_lines: io.StringIO) -> None:
     host, port = server.removeprefix("http://").split(":")
     body = json.dumps({"model": "m", "prompt": OVERLONG}).encode()
     with socket.create_connection((host, int(port)), timeout=30) as sock:

@@ -20,6 +20,7 @@ import openai
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
+from integration._helpers import served
 from starlette.middleware.base import BaseHTTPMiddleware
 from tests.validation._helpers import write_chat_model
 
@@ -95,20 +96,8 @@ def server(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         encoding="utf-8",
     )
     monkeypatch.setenv(CONFIG_ENV_VAR, str(settings))
-    server = uvicorn.Server(uvicorn.Config(build_app(), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn-test-server")
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive(), "uvicorn stopped while starting"
-        assert time.monotonic() < deadline, "uvicorn did not start within 30 seconds"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with served(build_app()) as url:
+        yield url
     assert not [t for t in threading.enumerate() if t.name.startswith("autoglm-guard")]
 
 
