@@ -280,7 +280,8 @@ class RequestIdMiddleware:
 
         from autoglm_runtime.logging import RequestIdMiddleware
         app = RequestIdMiddleware(ValidationMiddleware(app, context_guard=guard))
-        # or, in FastAPI/Starlette: app.add_middleware(RequestIdMiddleware)
+        # or, in FastAPI/Starlette: app.add_middleware(RequestIdMiddleware); Starlette's own ServerErrorMiddleware
+        # stays outside it, so its 500 for an unhandled exception has no x-request-id: wrap the app for that
     """
 
     def __init__(self, app: _ASGIApp, *, max_length: int = 128) -> None:
