@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from autoglm_runtime.errors import UsageError
 from autoglm_runtime.logging import RequestIdMiddleware, current_trace_id
 
 
@@ -83,3 +84,11 @@ def test_lifespan_passes_through_untouched() -> None:
     scope = {"type": "lifespan"}
     call(RequestIdMiddleware(app), scope)
     assert scopes == [(scope, None)]
+
+
+@pytest.mark.parametrize("max_length", [0, -1, True, "128", 12.5, None])
+def test_a_max_length_it_cannot_use_is_refused_when_built(max_length: Any) -> None:
+    # Before, 0 silently replaced every client's id, and "128" or None raised TypeError in every request that sent
+    # an X-Request-Id (a 500), long after start-up.
+    with pytest.raises(UsageError, match=r"max_length must be a whole number of at least 1, got "):
+        RequestIdMiddleware(nothing, max_length=max_length)

@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from typing import IO, Any
 
 from autoglm_runtime._library_logging import install_null_handler
-from autoglm_runtime.errors import AutoGLMRuntimeError
+from autoglm_runtime.errors import AutoGLMRuntimeError, UsageError
 from autoglm_runtime.observability._tracing import current_ids
 
 install_null_handler()
@@ -271,7 +271,8 @@ class RequestIdMiddleware:
 
     The id is the request's ``X-Request-Id`` header, as vLLM's server and OpenAI's API use it (the openai client
     shows the response's as ``response._request_id``, and an error's as ``exc.request_id``), else a new one,
-    32 hex digits. A client's id is kept only when it is 1 to ``max_length`` (128) characters of visible ASCII;
+    32 hex digits. A client's id is kept only when it is 1 to ``max_length`` (128; a whole number of at least 1, else
+    :class:`~autoglm_runtime.errors.UsageError`) characters of visible ASCII;
     one longer, empty, or holding spaces, control characters or non-ASCII bytes is replaced by a new id, never
     logged or sent back. The response carries one ``x-request-id``: one the app set itself is replaced.
     Requests other than HTTP (lifespan, websocket) pass through untouched. An active OpenTelemetry span's ids
@@ -279,10 +280,14 @@ class RequestIdMiddleware:
 
         from autoglm_runtime.logging import RequestIdMiddleware
         app = RequestIdMiddleware(ValidationMiddleware(app, context_guard=guard))
-        # or, in FastAPI/Starlette: app.add_middleware(RequestIdMiddleware)
+        # or, in FastAPI/Starlette: app.add_middleware(RequestIdMiddleware); Starlette's own ServerErrorMiddleware
+        # stays outside it, so its 500 for an unhandled exception has no x-request-id: wrap the app for that
     """
 
     def __init__(self, app: _ASGIApp, *, max_length: int = 128) -> None:
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            # (else every client's id would be replaced, or each request sending one would fail with a TypeError)
+            raise UsageError(f"max_length must be a whole number of at least 1, got {max_length!r}")
         self.app = app
         self.max_length = max_length
 

@@ -17,7 +17,14 @@ from tests.validation.test_grpc import rpc_error, serve, unary
 from tests.validation.test_grpc_aio import SERVICE, failure, payload, run
 
 from autoglm_runtime.errors import InvalidRequestError
-from autoglm_runtime.validation import ContextWindowGuard, GuardInput, GuardSettings, ValidationMiddleware, guarded
+from autoglm_runtime.validation import (
+    ContextWindowGuard,
+    GuardInput,
+    GuardSettings,
+    OpenAIExtractor,
+    ValidationMiddleware,
+    guarded,
+)
 from autoglm_runtime.validation.grpc import AsyncValidationInterceptor, ValidationInterceptor
 
 ROUTES = [Route(path, echo, methods=["POST"]) for path in ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")]
@@ -169,3 +176,16 @@ def test_the_docs_never_read_a_guard_result_that_may_be_missing() -> None:
     root = Path(__file__).resolve().parents[2]
     for page in (root / "README.md", *sorted((root / "docs").glob("*.md"))):
         assert re.findall(r"state\.guard_result\.\w+", page.read_text(encoding="utf-8")) == [], page.name
+
+
+class _OldMissingInput(OpenAIExtractor):
+    # An override written before missing_input took chat= (0.1.x's signature): it was public, and customised.
+    def missing_input(self, *, embedding: bool = False) -> InvalidRequestError:  # type: ignore[override]
+        return InvalidRequestError("send a prompt (our wording)", param="prompt")
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_a_missing_input_override_without_chat_still_answers_e5010(path: str) -> None:
+    # Before, require_input called it with chat= and the TypeError answered the request with a 500.
+    refused = post(middleware(context_guard=GUARD, require_input=True, extractor=_OldMissingInput()), {}, path)
+    assert error(refused) == (400, "E5010", "prompt", "send a prompt (our wording)")

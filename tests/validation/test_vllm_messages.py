@@ -157,3 +157,23 @@ def test_a_message_task_reaches_the_template_as_vllm_hands_it_over(role: str) ->
         assert extracted.chat is not None
         rendered = TEMPLATE.render(extracted.chat.messages, options={"add_generation_prompt": False})
         assert rendered == f"<{role}{shown}>hi"
+
+
+@pytest.mark.parametrize("calls", [{"id": "1", "type": "function", "function": FUNCTION}, "x", 5, 0, True, {"a": 1}])
+def test_tool_calls_that_are_not_a_list_are_refused_as_vllm_refuses_them(calls: Any) -> None:
+    # Before, anything but a list was passed (and dropped from the conversation): vLLM answers it with a 400.
+    message = {"role": "assistant", "content": "hi", "tool_calls": calls}
+    assert not vllm_takes(message)
+    with pytest.raises(InvalidRequestError) as info:
+        OpenAIExtractor().extract({"messages": [message]})
+    assert (info.value.code, info.value.param) == ("E5010", "messages[0].tool_calls")
+    assert info.value.message.startswith("messages[0].tool_calls must be a list of tool calls, got ")
+
+
+@pytest.mark.parametrize("calls", [None, [], {}, ""])
+def test_tool_calls_listing_no_call_pass_as_vllm_passes_them(calls: Any) -> None:
+    message = {"role": "assistant", "content": "hi", "tool_calls": calls}
+    assert vllm_takes(message)
+    extracted = OpenAIExtractor().extract({"messages": [message]})
+    assert extracted.chat is not None
+    assert list(extracted.chat.messages) == [message]

@@ -141,8 +141,8 @@ def read_messages(  # noqa: PLR0912  (one branch per message shape, kept flat on
         if extra:
             found.extend(((key,), message[key]) for key in _MESSAGE_TEXT if isinstance(message.get(key), str))
         role = message.get("role")
-        if extra and role == "assistant" and isinstance(message.get("tool_calls"), list):
-            check_tool_calls(f"{name}[{index}].tool_calls", message["tool_calls"])
+        if extra and role == "assistant":
+            _check_calls(f"{name}[{index}].tool_calls", message.get("tool_calls"))
         # A tool result stays with the call it answers (pinned below): dropping one alone breaks the chat.
         keep = role in _PINNED_ROLES or (answering and role in _RESULT_ROLES)
         answering = (extra and role == "assistant" and any(message.get(key) for key in _MESSAGE_JSON)) or (
@@ -208,6 +208,15 @@ def check_roles(name: str, messages: Sequence[Any], roles: Sequence[str] | None)
         message += "; " + ", ".join(others) + (f", and {more} more messages have no valid role" if more else "")
     advice = " (a string)" if roles is None else f", one of {_listed(roles, 'or')}"
     raise InvalidRequestError(f"{message}: give every message a role{advice}", param=f"{name}[{first}].role")
+
+
+def _check_calls(where: str, calls: Any) -> None:
+    # vLLM iterates an assistant's tool_calls (pydantic's Iterable): a call object alone, text or a number is a 400
+    # there; None, an empty "" or {} lists no call.
+    if isinstance(calls, list):
+        check_tool_calls(where, calls)
+    elif calls is not None and not (isinstance(calls, str | dict) and not calls):
+        raise shape_error(where, "a list of tool calls", calls)
 
 
 def check_tool_calls(where: str, calls: list[Any]) -> None:

@@ -10,6 +10,7 @@ nothing is generated. Field names are configurable (dotted for nesting, e.g. ``p
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -216,7 +217,13 @@ class OpenAIExtractor:
         ``input``) or at least one message. An empty ``messages`` list alone is no input either, though vLLM
         passes it (to a template that then renders no conversation at all)."""
         if not extracted.has_input:
-            raise self.missing_input(embedding=embedding, chat=chat)
+            # An override written before ``chat`` existed (``missing_input(self, *, embedding=False)``) keeps working.
+            takes_chat = "chat" in inspect.signature(self.missing_input).parameters
+            raise (
+                self.missing_input(embedding=embedding, chat=chat)
+                if takes_chat
+                else self.missing_input(embedding=embedding)
+            )
         if extracted.chat is not None and not extracted.chat.messages and extracted.param in self.messages_fields:
             raise InvalidRequestError(
                 f"the request gives the model no input: {extracted.param} is an empty list: send at least one "
