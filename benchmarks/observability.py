@@ -259,10 +259,11 @@ def report(medians: dict[str, float], spans: int, unit: str = "us", scale: float
     print(f"    the server's own root span alone (server X%, ours off, against off): {roots}")
     ours = (medians["server 100%, ours on"] - medians["server 100%, ours off"]) / spans * scale
     server = (medians["server 100%, ours off"] - medians["off"]) * scale
-    print(
-        f"    per span at 100%: each of ours ({spans} a request) {ours:6.1f} {unit}, the server's own root span "
-        f"{server:6.1f} {unit}"
-    )
+
+    def cost(value: float) -> str:  # a difference of medians below zero is noise larger than the cost
+        return f"{value:6.1f} {unit}" if value > 0 else "within noise"
+
+    print(f"    per span at 100%: each of ours ({spans} a request) {cost(ours)}, the server's own root span {cost(server)}")
 
 
 #: Our spans in one request of the example server: the guard check's (one for both guard layers) and the model call's.
