@@ -263,9 +263,8 @@ def report(medians: dict[str, float], spans: int, unit: str = "us", scale: float
     def cost(value: float) -> str:  # a difference of medians below zero is noise larger than the cost
         return f"{value:6.1f} {unit}" if value > 0 else "within noise"
 
-    print(
-        f"    per span at 100%: each of ours ({spans} a request) {cost(ours)}, the server's own root span {cost(server)}"
-    )
+    mine = f"each of ours ({spans} a request) {cost(ours)}"
+    print(f"    per span at 100%: {mine}, the server's own root span {cost(server)}")
 
 
 #: Our spans in one request of the example server: the guard check's (one for both guard layers) and the model call's.
