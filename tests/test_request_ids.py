@@ -92,3 +92,23 @@ def test_a_max_length_it_cannot_use_is_refused_when_built(max_length: Any) -> No
     # an X-Request-Id (a 500), long after start-up.
     with pytest.raises(UsageError, match=r"max_length must be a whole number of at least 1, got "):
         RequestIdMiddleware(nothing, max_length=max_length)
+
+
+def test_an_exception_is_logged_once_with_the_outermost_binding_and_re_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise KeyError("gone")
+
+    nested = RequestIdMiddleware(RequestIdMiddleware(app))
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [(b"x-request-id", b"r-1")]}
+    with caplog.at_level("ERROR", logger="autoglm_runtime.logging"), pytest.raises(KeyError):
+        call(nested, scope)
+    assert [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records] == [
+        (
+            "ERROR",
+            "unhandled exception in the app for POST /v1/chat/completions; the server answers 500 (if nothing was "
+            "sent yet) and logs the exception again, without the request id",
+            True,
+        )
+    ]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from fastapi import FastAPI
@@ -20,6 +21,7 @@ from integration._helpers import served
 from tests.validation._helpers import write_chat_model
 
 from autoglm_runtime.logging import JsonFormatter, RequestIdMiddleware, current_trace_id
+from autoglm_runtime.testing import wait_until
 from autoglm_runtime.validation import ContextWindowGuard, HFTokenizer, ValidationMiddleware
 
 WINDOW = 32
@@ -128,3 +130,44 @@ def test_raw_bytes_no_client_library_would_send_are_replaced(given: bytes, serve
     assert NEW_ID.fullmatch(echoed[0].decode())
     assert [entry["trace_id"] for entry in rejections(log_lines)] == [echoed[0].decode()]
     assert given.decode("latin-1") not in log_lines.getvalue()
+
+
+def test_an_unhandled_exception_is_logged_once_with_the_id_the_client_sent() -> None:
+    """uvicorn logs an exception the app raises ("Exception in ASGI application") after the middleware's binding
+    ended, so no traceback line carried the request's id: the one line an operator needs to tie to the client's
+    ``x-request-id``. The middleware now logs it once with the id, then re-raises."""
+    app = FastAPI()
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("the model fell over")
+
+    app.add_middleware(RequestIdMiddleware)
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(JsonFormatter())
+    # The SDK's line reaches the root logger; uvicorn's stays on its own (uvicorn's default config stops it there,
+    # and replaces that logger's handlers as the server starts).
+    loggers = [logging.getLogger(), logging.getLogger("uvicorn.error")]
+    with served(app) as url:
+        for logger in loggers:
+            logger.addHandler(handler)
+        try:
+            answer = httpx.get(f"{url}/boom", headers={"X-Request-Id": "req-boom-1"}, timeout=30)
+            assert answer.status_code == 500
+            wait_until(lambda: "Exception in ASGI application" in lines.getvalue(), timeout=30, what="uvicorn's line")
+        finally:
+            for logger in loggers:
+                logger.removeHandler(handler)
+    tracebacks = [entry for entry in map(json.loads, lines.getvalue().splitlines()) if "exception" in entry]
+    assert [(entry["module"], entry.get("trace_id")) for entry in tracebacks] == [
+        ("autoglm_runtime.logging", "req-boom-1"),
+        ("uvicorn.error", None),
+    ]
+    ours = tracebacks[0]
+    assert (ours["level"], ours["message"]) == (
+        "ERROR",
+        "unhandled exception in the app for GET /boom; the server answers 500 (if nothing was sent yet) and logs "
+        "the exception again, without the request id",
+    )
+    assert ours["exception"].endswith("RuntimeError: the model fell over")

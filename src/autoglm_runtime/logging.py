@@ -261,6 +261,9 @@ _Send = Callable[[_Message], Awaitable[None]]
 _ASGIApp = Callable[[_Scope, _Receive, _Send], Awaitable[None]]
 
 _HEADER = b"x-request-id"
+# Where RequestIdMiddleware marks an exception it logged (with the request's id), so that it is logged once.
+_LOGGED = "_autoglm_request_id"
+_log = get_logger(__name__)
 # What a client's id may hold: visible ASCII, nothing a log line or a header could be split or forged with.
 _ID_BYTES = frozenset(range(0x21, 0x7F))
 
@@ -275,6 +278,8 @@ class RequestIdMiddleware:
     :class:`~autoglm_runtime.errors.UsageError`) characters of visible ASCII;
     one longer, empty, or holding spaces, control characters or non-ASCII bytes is replaced by a new id, never
     logged or sent back. The response carries one ``x-request-id``: one the app set itself is replaced.
+    An exception the app raises is logged once with the id bound (``autoglm_runtime.logging`` logger, ERROR, with
+    its traceback), then re-raised to the server, whose own line of it has no id.
     Requests other than HTTP (lifespan, websocket) pass through untouched. An active OpenTelemetry span's ids
     still take precedence in the log lines, as for :func:`bind_trace_id`::
 
@@ -313,4 +318,19 @@ class RequestIdMiddleware:
             await send(message)
 
         with bind_trace_id(request_id):
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                # The server logs what escapes the app too (uvicorn: "Exception in ASGI application"), but after
+                # this binding ended: that line has no trace_id. This one, with the id, is written once per
+                # exception, also through several of these middlewares.
+                if exc.__dict__.get(_LOGGED) is None:
+                    exc.__dict__[_LOGGED] = request_id
+                    _log.error(
+                        "unhandled exception in the app for %s %s; the server answers 500 (if nothing was sent "
+                        "yet) and logs the exception again, without the request id",
+                        scope.get("method", "?"),
+                        scope.get("path", "?"),
+                        exc_info=exc,
+                    )
+                raise

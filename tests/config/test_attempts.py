@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 
 import pytest
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import SequentialThreadingHandler
+from kazoo.protocol.states import KeeperState
 from kazoo.retry import KazooRetry
 
 from autoglm_runtime.config._attempts import ConnectAttempts, observed
@@ -197,3 +200,74 @@ def test_a_kazoo_without_the_internals_followed_is_not_counted_and_the_line_says
         "what its connection attempts met is unknown (this kazoo's connection internals differ from the versions "
         "this SDK follows); opening a new session"
     )
+
+
+@pytest.fixture
+def read_only_server() -> Iterator[tuple[int, list[int]]]:
+    """A port speaking just enough ZooKeeper to be a read-only server: it grants a read-only session, answers its
+    pings, and answers ``isro`` probes with ``ro``; and how many probes it answered so far (a list of one)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    done = threading.Event()
+    probes = [0]
+
+    def read(connection: socket.socket, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = connection.recv(size - len(data))
+            if not chunk:
+                raise ConnectionError("closed")
+            data += chunk
+        return data
+
+    def session(connection: socket.socket) -> None:
+        with connection, contextlib.suppress(OSError):
+            head = read(connection, 4)
+            if head == b"isro":  # kazoo's RWPinger, looking for a read-write server
+                probes[0] += 1
+                connection.sendall(b"ro")
+                return
+            read(connection, struct.unpack("!i", head)[0])  # the ConnectRequest
+            # protocol version, session timeout (ms), session id, password, read-only
+            reply = struct.pack("!iiqi16s?", 0, 1000, 42, 16, b"\0" * 16, True)
+            connection.sendall(struct.pack("!i", len(reply)) + reply)
+            while not done.is_set():
+                request = read(connection, struct.unpack("!i", read(connection, 4))[0])
+                xid = struct.unpack_from("!i", request)[0]
+                header = struct.pack("!iqi", xid, 0, 0)  # a ping's answer: xid -2, zxid, no error
+                connection.sendall(struct.pack("!i", len(header)) + header)
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=session, args=(connection,), name="read-only-session", daemon=True).start()
+
+    thread = threading.Thread(target=serve, name="read-only-server", daemon=True)
+    thread.start()
+    yield listener.getsockname()[1], probes
+    done.set()
+    thread.join(5)
+    listener.close()
+
+
+def test_a_read_only_clients_probes_for_a_read_write_server_are_not_counted(
+    read_only_server: tuple[int, list[int]],
+) -> None:
+    """A ``read_only=True`` client on a read-only server probes every host for a read-write one between its pings,
+    through the same handler's ``create_connection``: each probe was counted as a connection attempt a server
+    took, so an outage's E0409 line told of attempts the session never made."""
+    port, probes = read_only_server
+    client = KazooClient(hosts=f"127.0.0.1:{port}", timeout=1.0, read_only=True)
+    attempts = ConnectAttempts()
+    attempts.watch(client)
+    client.start(timeout=10)
+    try:
+        assert client.client_state == KeeperState.CONNECTED_RO
+        wait_until(lambda: probes[0] >= 2, timeout=20, what="2 probes for a read-write server")
+    finally:
+        client.stop()
+        client.close()
+    assert attempts.counts() == (1, 0, None)

@@ -50,7 +50,7 @@ class ConnectAttempts:
             self._requested = requested / 1000.0  # what it asks for, in ms as ZooKeeper's wire has it
         connection: Any = getattr(client, "_connection", None)
         handler = getattr(connection, "handler", None)
-        if handler is None or not callable(getattr(connection, "_invoke", None)):
+        if handler is None or not all(callable(getattr(connection, name, None)) for name in ("_invoke", "_connect")):
             # A kazoo whose internals differ from the versions known here (the pin allows 2.9-2.11): nothing is
             # counted, and the E0409 line says so instead of reading no attempt as "no host resolved".
             self.followed = False
@@ -60,7 +60,16 @@ class ConnectAttempts:
             handler.attempts = self
             return
         view = connection.handler = _CountingHandler(handler, self)
-        invoke = connection._invoke
+        invoke, connect = connection._invoke, connection._connect
+
+        def session_connect(*args: Any, **kwargs: Any) -> Any:
+            # Only the session's own connection counts: a client with ``read_only=True`` on a read-only server
+            # also probes every host for a read-write one (kazoo's RWPinger, on the same handler) between pings.
+            view.connecting.active = True
+            try:
+                return connect(*args, **kwargs)
+            finally:
+                view.connecting.active = False
 
         def granted(*args: Any, **kwargs: Any) -> Any:
             result = invoke(*args, **kwargs)
@@ -71,6 +80,7 @@ class ConnectAttempts:
             return result
 
         connection._invoke = granted
+        connection._connect = session_connect
 
     def session_timeout(self) -> float:
         """The session timeout in seconds: the one the server granted the last session, else the one the client
@@ -105,17 +115,21 @@ class ConnectAttempts:
 
 
 class _CountingHandler:
-    """One client's view of a kazoo handler: its ``create_connection`` counts into ``attempts``, everything else is
-    the handler's."""
+    """One client's view of a kazoo handler: its ``create_connection`` counts into ``attempts`` while the client
+    connects its session (``connecting.active``, set on the connection's thread), everything else is the
+    handler's."""
 
     def __init__(self, handler: Any, attempts: ConnectAttempts) -> None:
         self._handler = handler
         self.attempts = attempts
+        self.connecting = threading.local()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._handler, name)
 
     def create_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if not getattr(self.connecting, "active", False):
+            return self._handler.create_connection(*args, **kwargs)
         try:
             sock = self._handler.create_connection(*args, **kwargs)
         except OSError as exc:
