@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from autoglm_runtime.errors import UsageError
-from autoglm_runtime.logging import RequestIdMiddleware, current_trace_id
+from autoglm_runtime.logging import RequestIdMiddleware, current_request_id, current_trace_id
 
 
 async def nothing(scope: Any, receive: Any, send: Any) -> None:
@@ -31,10 +31,10 @@ def call(app: Any, scope: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_an_id_the_app_set_itself_is_replaced_by_the_bound_one() -> None:
-    seen: list[str | None] = []
+    seen: list[tuple[str | None, str | None]] = []
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        seen.append(current_trace_id())
+        seen.append((current_trace_id(), current_request_id()))
         headers = [(b"X-Request-Id", b"inner"), (b"content-type", b"text/plain")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"ok"})
@@ -42,8 +42,8 @@ def test_an_id_the_app_set_itself_is_replaced_by_the_bound_one() -> None:
     scope = {"type": "http", "headers": [(b"x-request-id", b"req-7f3a")]}
     start = call(RequestIdMiddleware(app), scope)[0]
     assert start["headers"] == [(b"content-type", b"text/plain"), (b"x-request-id", b"req-7f3a")]
-    assert seen == ["req-7f3a"]
-    assert current_trace_id() is None  # unbound once the request is done
+    assert seen == [("req-7f3a", "req-7f3a")]
+    assert (current_trace_id(), current_request_id()) == (None, None)  # unbound once the request is done
 
 
 @pytest.mark.parametrize(

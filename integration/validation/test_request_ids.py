@@ -18,9 +18,10 @@ import openai
 import pytest
 from fastapi import FastAPI
 from integration._helpers import served
+from tests._support.telemetry import span_exporter
 from tests.validation._helpers import write_chat_model
 
-from autoglm_runtime.logging import JsonFormatter, RequestIdMiddleware, current_trace_id
+from autoglm_runtime.logging import JsonFormatter, RequestIdMiddleware, current_request_id
 from autoglm_runtime.testing import wait_until
 from autoglm_runtime.validation import ContextWindowGuard, HFTokenizer, ValidationMiddleware
 
@@ -39,7 +40,7 @@ def build_app(model_dir: Path) -> FastAPI:
             "object": "text_completion",
             "created": 0,
             "model": body["model"],
-            "choices": [{"index": 0, "text": current_trace_id() or "", "finish_reason": "stop", "logprobs": None}],
+            "choices": [{"index": 0, "text": current_request_id() or "", "finish_reason": "stop", "logprobs": None}],
         }
 
     guard = ContextWindowGuard(HFTokenizer.from_file(model_dir / "tokenizer.json"), WINDOW)
@@ -84,7 +85,7 @@ def test_the_rejection_line_and_the_error_carry_the_id_the_client_sent(
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model="m", prompt=OVERLONG, extra_headers={"X-Request-Id": "req-7f3a"})
     assert info.value.request_id == "req-7f3a"
-    assert [entry["trace_id"] for entry in rejections(log_lines)] == ["req-7f3a"]
+    assert [entry["request_id"] for entry in rejections(log_lines)] == ["req-7f3a"]
 
 
 def test_a_request_without_an_id_gets_a_new_one_the_app_sees_too(client: openai.OpenAI) -> None:
@@ -106,7 +107,7 @@ def test_a_bad_id_from_the_client_is_replaced_never_logged_or_echoed(
     request_id = info.value.request_id
     assert request_id is not None
     assert NEW_ID.fullmatch(request_id)
-    assert [entry["trace_id"] for entry in rejections(log_lines)] == [request_id]
+    assert [entry["request_id"] for entry in rejections(log_lines)] == [request_id]
 
 
 @pytest.mark.parametrize(
@@ -128,7 +129,7 @@ def test_raw_bytes_no_client_library_would_send_are_replaced(given: bytes, serve
     echoed = [line.partition(b": ")[2] for line in head if line.lower().startswith(b"x-request-id:")]
     assert len(echoed) == 1
     assert NEW_ID.fullmatch(echoed[0].decode())
-    assert [entry["trace_id"] for entry in rejections(log_lines)] == [echoed[0].decode()]
+    assert [entry["request_id"] for entry in rejections(log_lines)] == [echoed[0].decode()]
     assert given.decode("latin-1") not in log_lines.getvalue()
 
 
@@ -160,7 +161,7 @@ def test_an_unhandled_exception_is_logged_once_with_the_id_the_client_sent() -> 
             for logger in loggers:
                 logger.removeHandler(handler)
     tracebacks = [entry for entry in map(json.loads, lines.getvalue().splitlines()) if "exception" in entry]
-    assert [(entry["module"], entry.get("trace_id")) for entry in tracebacks] == [
+    assert [(entry["module"], entry.get("request_id")) for entry in tracebacks] == [
         ("autoglm_runtime.logging", "req-boom-1"),
         ("uvicorn.error", None),
     ]
@@ -171,3 +172,19 @@ def test_an_unhandled_exception_is_logged_once_with_the_id_the_client_sent() -> 
         "the exception again, without the request id",
     )
     assert ours["exception"].endswith("RuntimeError: the model fell over")
+
+
+def test_with_a_span_active_the_line_keeps_the_client_id_as_request_id(
+    client: openai.OpenAI, log_lines: io.StringIO
+) -> None:
+    """With a tracer provider set (tracing on), the guard's span is active while it logs: its trace id took the
+    line's ``trace_id``, and the id the client sent was on no line at all (this failed in a full run, where an
+    earlier test had set the process's provider). ``request_id`` keeps it, beside the span's ids."""
+    exporter = span_exporter()
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="m", prompt=OVERLONG, extra_headers={"X-Request-Id": "req-traced"})
+    assert info.value.request_id == "req-traced"
+    [line] = rejections(log_lines)
+    [guard] = [span for span in exporter.get_finished_spans() if span.name == "autoglm.guard.check"]
+    assert guard.context is not None
+    assert (line["request_id"], line["trace_id"]) == ("req-traced", format(guard.context.trace_id, "032x"))

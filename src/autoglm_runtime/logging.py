@@ -8,10 +8,10 @@ The library only attaches a ``NullHandler`` to the ``autoglm_runtime`` logger; a
         log.warning("drift corrected", extra={"error_code": "E0409", "key": "models/a"})
 
 Every line is one JSON object with ``level``, ``timestamp`` (UTC, RFC 3339), ``module``, ``error_code``,
-``message``, ``trace_id`` and ``span_id`` when known, every ``extra`` field, and ``exception`` (a logged exception's
-traceback) and ``stack`` (``stack_info=True``) when there is one. The ids come from the active
-OpenTelemetry span when there is one (with opentelemetry-api installed), else ``trace_id`` from
-:func:`bind_trace_id`, so one id ties a request's log lines to its trace.
+``message``, ``trace_id`` and ``span_id`` when known, ``request_id`` inside :class:`RequestIdMiddleware`, every
+``extra`` field, and ``exception`` (a logged exception's traceback) and ``stack`` (``stack_info=True``) when there
+is one. The ids come from the active OpenTelemetry span when there is one (with opentelemetry-api installed), else
+``trace_id`` from :func:`bind_trace_id`, so one id ties a request's log lines to its trace.
 
 The formatter reads those ids from the context it runs in. Behind a ``logging.handlers.QueueHandler`` it runs on
 the ``QueueListener``'s thread instead of the request's, so put a :class:`TraceContextFilter` on the queue handler:
@@ -48,12 +48,15 @@ __all__ = [
     "TraceContextFilter",
     "bind_trace_id",
     "configure_json_logging",
+    "current_request_id",
     "current_trace_id",
     "describe_value",
     "get_logger",
 ]
 
 _trace_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("autoglm_trace_id", default=None)
+# The id RequestIdMiddleware gave the request: its lines' ``request_id`` field, whatever span is active.
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("autoglm_request_id", default=None)
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 _RECORD_ATTRS = frozenset(
@@ -72,6 +75,12 @@ def current_trace_id() -> str | None:
     :func:`bind_trace_id`, else ``None``."""
     ids = current_ids()
     return ids[0] if ids is not None else _trace_id.get()
+
+
+def current_request_id() -> str | None:
+    """The id :class:`RequestIdMiddleware` gave the request this context handles (what its log lines carry as
+    ``request_id`` and the response's ``x-request-id``), else ``None``."""
+    return _request_id.get()
 
 
 @contextlib.contextmanager
@@ -101,7 +110,8 @@ def describe_value(value: Any) -> dict[str, Any]:
     return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()[:12]}
 
 
-# Where TraceContextFilter leaves the ids of the context a record was logged in: (trace_id, span_id), either None.
+# Where TraceContextFilter leaves the ids of the context a record was logged in: (trace_id, span_id, request_id),
+# any of them None.
 _CAPTURED = "_autoglm_ids"
 # Where it leaves, for a record with a traceback or a stack, (message, traceback, stack) as they were before a
 # QueueHandler's prepare merged the last two into the first (and dropped exc_info and stack_info).
@@ -110,9 +120,10 @@ _DETACHED = "_autoglm_detached"
 _PLAIN = logging.Formatter()
 
 
-def _context_ids() -> tuple[str | None, str | None]:
+def _context_ids() -> tuple[str | None, str | None, str | None]:
     ids = current_ids()
-    return ids if ids is not None else (_trace_id.get(), None)
+    trace_id, span_id = ids if ids is not None else (_trace_id.get(), None)
+    return trace_id, span_id, _request_id.get()
 
 
 def _exception_code(record: logging.LogRecord) -> str | None:
@@ -216,11 +227,13 @@ class JsonFormatter(logging.Formatter):
             entry["message"] = _split(entry["message"], detached)
             traceback, stack = detached[1], detached[2]
         # Captured where the record was logged (TraceContextFilter), else this context is the caller's.
-        trace_id, span_id = record.__dict__.get(_CAPTURED) or _context_ids()
+        trace_id, span_id, request_id = record.__dict__.get(_CAPTURED) or _context_ids()
         if trace_id is not None:
             entry["trace_id"] = trace_id
         if span_id is not None:
             entry["span_id"] = span_id
+        if request_id is not None:  # (RequestIdMiddleware's: the trace_id is a span's while one is active)
+            entry["request_id"] = request_id
         for key, value in record.__dict__.items():
             if key not in _RECORD_ATTRS and not key.startswith("_") and key not in entry:
                 entry[key] = _jsonable(value)
@@ -269,8 +282,9 @@ _ID_BYTES = frozenset(range(0x21, 0x7F))
 
 
 class RequestIdMiddleware:
-    """ASGI middleware tying a request's log lines to it: binds its id as their ``trace_id`` (as
-    :func:`bind_trace_id` does) and sends the id back in the response's ``x-request-id`` header.
+    """ASGI middleware tying a request's log lines to it: writes its id as their ``request_id`` field (see
+    :func:`current_request_id`), binds it as their ``trace_id`` (as :func:`bind_trace_id` does: an active
+    OpenTelemetry span's trace id takes precedence there) and sends it back in the response's ``x-request-id`` header.
 
     The id is the request's ``X-Request-Id`` header, as vLLM's server and OpenAI's API use it (the openai client
     shows the response's as ``response._request_id``, and an error's as ``exc.request_id``), else a new one,
@@ -281,7 +295,8 @@ class RequestIdMiddleware:
     An exception the app raises is logged once with the id bound (``autoglm_runtime.logging`` logger, ERROR, with
     its traceback), then re-raised to the server, whose own line of it has no id.
     Requests other than HTTP (lifespan, websocket) pass through untouched. An active OpenTelemetry span's ids
-    still take precedence in the log lines, as for :func:`bind_trace_id`::
+    take precedence in the lines' ``trace_id`` and ``span_id``, as for :func:`bind_trace_id`; ``request_id`` stays
+    the client's id::
 
         from autoglm_runtime.logging import RequestIdMiddleware
         app = RequestIdMiddleware(ValidationMiddleware(app, context_guard=guard))
@@ -317,20 +332,27 @@ class RequestIdMiddleware:
                 message = {**message, "headers": [*kept, header]}
             await send(message)
 
-        with bind_trace_id(request_id):
-            try:
-                await self.app(scope, receive, send_with_id)
-            except Exception as exc:
-                # The server logs what escapes the app too (uvicorn: "Exception in ASGI application"), but after
-                # this binding ended: that line has no trace_id. This one, with the id, is written once per
-                # exception, also through several of these middlewares.
-                if exc.__dict__.get(_LOGGED) is None:
-                    exc.__dict__[_LOGGED] = request_id
-                    _log.error(
-                        "unhandled exception in the app for %s %s; the server answers 500 (if nothing was sent "
-                        "yet) and logs the exception again, without the request id",
-                        scope.get("method", "?"),
-                        scope.get("path", "?"),
-                        exc_info=exc,
-                    )
-                raise
+        bound = _request_id.set(request_id)
+        try:
+            with bind_trace_id(request_id):
+                await self._call(scope, receive, send_with_id, request_id)
+        finally:
+            _request_id.reset(bound)
+
+    async def _call(self, scope: _Scope, receive: _Receive, send: _Send, request_id: str) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            # The server logs what escapes the app too (uvicorn: "Exception in ASGI application"), but after this
+            # binding ended: that line has no trace_id. This one, with the id, is written once per exception, also
+            # through several of these middlewares.
+            if exc.__dict__.get(_LOGGED) is None:
+                exc.__dict__[_LOGGED] = request_id
+                _log.error(
+                    "unhandled exception in the app for %s %s; the server answers 500 (if nothing was sent yet) "
+                    "and logs the exception again, without the request id",
+                    scope.get("method", "?"),
+                    scope.get("path", "?"),
+                    exc_info=exc,
+                )
+            raise
