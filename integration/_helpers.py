@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -111,3 +114,40 @@ def served(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@contextmanager
+def prefork_uvicorn(app: str, cwd: Path, metrics: Path, **env: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """``uvicorn APP --workers 2`` run from ``cwd`` (on ``PYTHONPATH``), with ``PROMETHEUS_MULTIPROC_DIR=metrics``
+    and ``env``, on a loopback socket passed by ``--fd`` (as systemd passes them, listening already): its port and
+    process until the block ends, then SIGINT (uvicorn stops its workers, then itself), and SIGKILL to its session
+    if it has not ended within 30 s."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    port = sock.getsockname()[1]
+    environment = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+        "PYTHONPATH": os.pathsep.join([str(cwd), os.environ.get("PYTHONPATH", "")]),
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", app, "--workers", "2", "--fd", str(sock.fileno())],
+        pass_fds=[sock.fileno()],
+        env=environment,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    sock.close()
+    try:
+        yield port, proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # its workers too: they are in its session
+            proc.wait()

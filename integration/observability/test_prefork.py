@@ -4,18 +4,16 @@ processes, and a worker killed and restarted by uvicorn leaves no gauge behind."
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import socket
 import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from integration._helpers import prefork_uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from tests._support.telemetry import promtool_check_metrics
 
@@ -108,37 +106,11 @@ def prefork(tmp_path: Path) -> Iterator[Prefork]:
     (tmp_path / "prefork_app.py").write_text(textwrap.dedent(APP))
     metrics = tmp_path / "metrics"
     metrics.mkdir()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)  # (uvicorn takes a socket passed by --fd as listening already, as systemd passes them)
-    port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics),
-        "TEST_CONFIG": f"file://{tmp_path / 'config'}",
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "prefork_app:app", "--workers", "2", "--fd", str(sock.fileno())],
-        pass_fds=[sock.fileno()],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    sock.close()
-    server = Prefork(port, proc, metrics)
-    try:
+    config = f"file://{tmp_path / 'config'}"
+    with prefork_uvicorn("prefork_app:app", tmp_path, metrics, TEST_CONFIG=config) as (port, proc):
+        server = Prefork(port, proc, metrics)
         wait_until(lambda: server.running() == 2, 60, "both workers to mirror their health")
         yield server
-    finally:
-        proc.send_signal(signal.SIGINT)  # uvicorn stops its workers, then itself
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(30)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # its workers too: they are in its session
-            proc.wait()
 
 
 def test_counters_add_up_over_workers_and_a_dead_worker_leaves_no_gauge(prefork: Prefork) -> None:

@@ -5,17 +5,12 @@ prometheus_client is imported there long before the variable could be set)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from integration._helpers import prefork_uvicorn
 from integration.test_docs_snippets import python_blocks
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -75,36 +70,10 @@ def server(tmp_path: Path) -> Iterator[int]:
     (tmp_path / "server.py").write_text(server_module())
     metrics = tmp_path / "metrics"
     metrics.mkdir()  # empty at the start, as the page says
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics),
-        "AUTOGLM_ZK_HOSTS": f"file://{tmp_path / 'config'}",  # the config source the snippet reads; no ZooKeeper
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "server:app", "--workers", "2", "--fd", str(sock.fileno())],
-        pass_fds=[sock.fileno()],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    sock.close()
-    try:
+    config = f"file://{tmp_path / 'config'}"  # the config source the snippet reads; no ZooKeeper
+    with prefork_uvicorn("server:app", tmp_path, metrics, AUTOGLM_ZK_HOSTS=config) as (port, _):
         wait_until(lambda: get(port, "/metrics").status_code == 200, 60, "a scrape")
         yield port
-    finally:
-        proc.send_signal(signal.SIGINT)  # uvicorn stops its workers, then itself
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(30)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # its workers too: they are in its session
-            proc.wait()
 
 
 def rejections(text: str) -> float:
