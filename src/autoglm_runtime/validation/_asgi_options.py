@@ -15,7 +15,7 @@ from typing import Any
 from autoglm_runtime.errors import UsageError
 from autoglm_runtime.logging import get_logger
 
-__all__ = ["check_options", "reads_embeddings", "warn_misconfigured"]
+__all__ = ["check_options", "reads_embeddings", "takes_keyword", "warn_misconfigured"]
 
 log = get_logger("autoglm_runtime.validation.asgi")
 
@@ -38,19 +38,25 @@ def check_options(
         raise UsageError(f"retry_after must be a whole number of seconds >= 0, got {retry_after!r}")
 
 
-def reads_embeddings(extractor: Any) -> bool:
-    """Whether ``extractor.extract`` takes the ``embedding`` keyword (an override written for an older
-    :class:`OpenAIExtractor`, ``extract(body, *, max_text_chars=None)``, does not). Read off its signature, never by
-    calling it and catching ``TypeError``; one whose signature cannot be read is taken at its word."""
+def takes_keyword(function: Any, name: str) -> bool:
+    """Whether ``function`` takes the keyword ``name`` (or any, with ``**kwargs``): an override written for an
+    older :class:`OpenAIExtractor` may not. Read off its signature, never by calling it and catching ``TypeError``;
+    one whose signature cannot be read is taken at its word."""
     try:
-        parameters = inspect.signature(extractor.extract).parameters.values()
+        parameters = inspect.signature(function).parameters.values()
     except (TypeError, ValueError):
         return True
     return any(
         parameter.kind is inspect.Parameter.VAR_KEYWORD
-        or (parameter.name == "embedding" and parameter.kind is not inspect.Parameter.POSITIONAL_ONLY)
+        or (parameter.name == name and parameter.kind is not inspect.Parameter.POSITIONAL_ONLY)
         for parameter in parameters
     )
+
+
+def reads_embeddings(extractor: Any) -> bool:
+    """Whether ``extractor.extract`` takes the ``embedding`` keyword (an override written for an older
+    :class:`OpenAIExtractor`, ``extract(body, *, max_text_chars=None)``, does not)."""
+    return takes_keyword(extractor.extract, "embedding")
 
 
 def warn_misconfigured(

@@ -10,12 +10,12 @@ nothing is generated. Field names are configurable (dotted for nesting, e.g. ``p
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from autoglm_runtime.errors import InvalidRequestError, UsageError
+from autoglm_runtime.validation._asgi_options import takes_keyword
 from autoglm_runtime.validation._conversation import with_options
 from autoglm_runtime.validation._extracted import ExtractedInput, dotted, present, read_budget, special_tokens
 from autoglm_runtime.validation._kept import kept_fields
@@ -218,7 +218,7 @@ class OpenAIExtractor:
         passes it (to a template that then renders no conversation at all)."""
         if not extracted.has_input:
             # An override written before ``chat`` existed (``missing_input(self, *, embedding=False)``) keeps working.
-            takes_chat = "chat" in inspect.signature(self.missing_input).parameters
+            takes_chat = takes_keyword(self.missing_input, "chat")
             raise (
                 self.missing_input(embedding=embedding, chat=chat)
                 if takes_chat
